@@ -1,0 +1,178 @@
+//! Typed settings, loaded once from the environment; every error names its variable.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use secrecy::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct SettingsError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+/// Which advisory locks an import takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportLockMode {
+    /// One lock per tenant URL: imports of different tenants run in parallel.
+    Tenant,
+    /// One import at a time cluster-wide (then the tenant's lock), as the original.
+    Global,
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: SecretString,
+    pub amqp_url: SecretString,
+    pub listen: SocketAddr,
+    pub bootstrap_client: Option<SecretString>,
+    pub import_lock: ImportLockMode,
+    pub template_allow_private: bool,
+    pub worker_concurrency: u16,
+    pub token_ttl: Duration,
+    pub job_max_attempts: u32,
+    pub template_timeout: Duration,
+    pub template_max_bytes: u64,
+    pub log_format: LogFormat,
+    /// Base64 of 32 bytes; seals administrator passwords between API and worker.
+    pub seal_key: Option<SecretString>,
+    /// How long a worker owns a running job without renewing its lease.
+    pub job_lease: Duration,
+    /// First retry delay after a transient failure; doubles per attempt.
+    pub retry_base_delay: Duration,
+    pub shutdown_timeout: Duration,
+    pub upload_dir: std::path::PathBuf,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds settings from any variable source (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let var = |name: &'static str, default: &str| -> String {
+            get(name).filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned())
+        };
+        Ok(Self {
+            database_url: SecretString::from(var(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/provisioner",
+            )),
+            amqp_url: SecretString::from(var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
+            listen: parse("PROVISIONER_LISTEN", &var("PROVISIONER_LISTEN", "127.0.0.1:8080"))?,
+            bootstrap_client: get("PROVISIONER_BOOTSTRAP_CLIENT")
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from),
+            import_lock: match var("PROVISIONER_IMPORT_LOCK", "tenant").as_str() {
+                "tenant" => ImportLockMode::Tenant,
+                "global" => ImportLockMode::Global,
+                other => return Err(invalid("PROVISIONER_IMPORT_LOCK", other, "`tenant` or `global`")),
+            },
+            template_allow_private: parse_bool(
+                "PROVISIONER_TEMPLATE_ALLOW_PRIVATE",
+                &var("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false"),
+            )?,
+            worker_concurrency: positive("PROVISIONER_WORKER_CONCURRENCY", &var("PROVISIONER_WORKER_CONCURRENCY", "4"))?,
+            token_ttl: seconds("PROVISIONER_TOKEN_TTL", &var("PROVISIONER_TOKEN_TTL", "3600"))?,
+            job_max_attempts: positive("PROVISIONER_JOB_MAX_ATTEMPTS", &var("PROVISIONER_JOB_MAX_ATTEMPTS", "5"))?,
+            template_timeout: seconds("PROVISIONER_TEMPLATE_TIMEOUT", &var("PROVISIONER_TEMPLATE_TIMEOUT", "60"))?,
+            template_max_bytes: positive(
+                "PROVISIONER_TEMPLATE_MAX_BYTES",
+                &var("PROVISIONER_TEMPLATE_MAX_BYTES", "67108864"),
+            )?,
+            log_format: match var("PROVISIONER_LOG_FORMAT", "pretty").as_str() {
+                "pretty" => LogFormat::Pretty,
+                "json" => LogFormat::Json,
+                other => return Err(invalid("PROVISIONER_LOG_FORMAT", other, "`pretty` or `json`")),
+            },
+            seal_key: get("PROVISIONER_SEAL_KEY").filter(|v| !v.is_empty()).map(SecretString::from),
+            job_lease: seconds("PROVISIONER_JOB_LEASE", &var("PROVISIONER_JOB_LEASE", "30"))?,
+            retry_base_delay: millis(
+                "PROVISIONER_RETRY_BASE_DELAY_MS",
+                &var("PROVISIONER_RETRY_BASE_DELAY_MS", "1000"),
+            )?,
+            shutdown_timeout: seconds(
+                "PROVISIONER_SHUTDOWN_TIMEOUT",
+                &var("PROVISIONER_SHUTDOWN_TIMEOUT", "30"),
+            )?,
+            upload_dir: var("PROVISIONER_UPLOAD_DIR", "/tmp/provisioner-uploads").into(),
+        })
+    }
+}
+
+fn invalid(variable: &'static str, value: &str, expected: &str) -> SettingsError {
+    SettingsError { variable, message: format!("`{value}` is not valid; expected {expected}") }
+}
+
+fn parse<T: FromStr>(variable: &'static str, value: &str) -> Result<T, SettingsError>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e| SettingsError { variable, message: format!("`{value}`: {e}") })
+}
+
+fn parse_bool(variable: &'static str, value: &str) -> Result<bool, SettingsError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(variable, value, "`true` or `false`")),
+    }
+}
+
+fn positive<T: FromStr + Default + PartialEq>(variable: &'static str, value: &str) -> Result<T, SettingsError>
+where
+    T::Err: std::fmt::Display,
+{
+    let n: T = parse(variable, value)?;
+    if n == T::default() {
+        return Err(invalid(variable, value, "a positive integer"));
+    }
+    Ok(n)
+}
+
+fn seconds(variable: &'static str, value: &str) -> Result<Duration, SettingsError> {
+    positive::<u64>(variable, value).map(Duration::from_secs)
+}
+
+fn millis(variable: &'static str, value: &str) -> Result<Duration, SettingsError> {
+    positive::<u64>(variable, value).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_point_at_local_services() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.import_lock, ImportLockMode::Tenant);
+        assert_eq!(s.worker_concurrency, 4);
+        assert_eq!(s.job_max_attempts, 5);
+        assert_eq!(s.template_max_bytes, 64 * 1024 * 1024);
+        assert!(!s.template_allow_private);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = settings(&[("PROVISIONER_IMPORT_LOCK", "cluster")]).unwrap_err();
+        assert_eq!(err.variable, "PROVISIONER_IMPORT_LOCK");
+        let err = settings(&[("PROVISIONER_WORKER_CONCURRENCY", "0")]).unwrap_err();
+        assert_eq!(err.variable, "PROVISIONER_WORKER_CONCURRENCY");
+    }
+}

@@ -1,0 +1,104 @@
+//! Access-number ranges. Overlap between ranges of one digit length is impossible by the
+//! `access_numbers_no_overlap` exclusion constraint; these functions apply the template rules
+//! on top of it.
+
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RangeRow {
+    pub id: i64,
+    pub number: String,
+    pub count: i32,
+    pub media: String,
+    pub tenant_id: Option<Uuid>,
+}
+
+/// What happened to one range offered to a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Created,
+    AssignedExisting,
+    AssignedToOtherTenant,
+    OverlapsExistingRange,
+}
+
+/// Gives `tenant_id` the range `number` x `count` by the contract's rules: no overlap -> created;
+/// exactly the same range unassigned -> assigned; exactly the same range owned -> skipped;
+/// any other overlap -> skipped whole.
+pub async fn place(conn: &mut PgConnection, tenant_id: Uuid, number: &str, count: i32, media: &str) -> Result<Placement, sqlx::Error> {
+    loop {
+        let inserted = sqlx::query(
+            "INSERT INTO access_numbers (number, count, media, tenant_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(number)
+        .bind(count)
+        .bind(media)
+        .bind(tenant_id)
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Placement::Created);
+        }
+        let overlapping: Vec<RangeRow> = sqlx::query_as(
+            "SELECT id, number, count, media, tenant_id FROM access_numbers
+             WHERE digits = length($1) AND span && numrange($1::numeric, $1::numeric + $2)
+             FOR UPDATE",
+        )
+        .bind(number)
+        .bind(count)
+        .fetch_all(&mut *conn)
+        .await?;
+        match overlapping.as_slice() {
+            // The conflicting range went away between the two statements: try again.
+            [] => continue,
+            [same] if same.number == number && same.count == count => {
+                return Ok(match same.tenant_id {
+                    None => {
+                        sqlx::query("UPDATE access_numbers SET tenant_id = $2 WHERE id = $1")
+                            .bind(same.id)
+                            .bind(tenant_id)
+                            .execute(&mut *conn)
+                            .await?;
+                        Placement::AssignedExisting
+                    }
+                    Some(owner) if owner == tenant_id => Placement::OverlapsExistingRange,
+                    Some(_) => Placement::AssignedToOtherTenant,
+                });
+            }
+            _ => return Ok(Placement::OverlapsExistingRange),
+        }
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ListedRange {
+    pub number: String,
+    pub count: i32,
+    pub media: String,
+    pub tenant_url: Option<String>,
+}
+
+/// Ranges ordered by digit length and first number; only one tenant's when `tenant_url` is set.
+pub async fn list(exec: impl PgExecutor<'_>, tenant_url: Option<&str>) -> Result<Vec<ListedRange>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.number, a.count, a.media, t.url AS tenant_url
+         FROM access_numbers a LEFT JOIN tenants t ON t.id = a.tenant_id
+         WHERE $1::text IS NULL OR t.url = $1
+         ORDER BY a.digits, a.span",
+    )
+    .bind(tenant_url)
+    .fetch_all(exec)
+    .await
+}
+
+/// A tenant's ranges, for export.
+pub async fn of_tenant(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<RangeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, number, count, media, tenant_id FROM access_numbers WHERE tenant_id = $1 ORDER BY digits, span",
+    )
+    .bind(tenant_id)
+    .fetch_all(exec)
+    .await
+}

@@ -1,0 +1,65 @@
+//! The import lock: PostgreSQL advisory transaction locks with namespaced 64-bit keys computed in
+//! SQL, so an operator can take the same lock by hand.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgConnection;
+
+/// One advisory lock key of the contract.
+#[derive(Debug, Clone, Copy)]
+pub enum LockKey<'a> {
+    /// `hashtextextended('provisioner:import', 0)`: one import at a time cluster-wide.
+    Global,
+    /// `hashtextextended('provisioner:tenant:' || url, 0)`.
+    Tenant(&'a str),
+}
+
+impl LockKey<'_> {
+    fn text(&self) -> String {
+        match self {
+            LockKey::Global => "provisioner:import".to_owned(),
+            LockKey::Tenant(url) => format!("provisioner:tenant:{}", url.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// Takes `keys` in order inside the current transaction, waiting `wait` in all (zero: do not
+/// wait). Returns `false` when the wait ran out; the transaction is then aborted and must be
+/// rolled back. The wait bound covers only these locks: `lock_timeout` is reset afterwards.
+pub async fn acquire(
+    conn: &mut PgConnection,
+    keys: &[LockKey<'_>],
+    wait: Duration,
+) -> Result<bool, sqlx::Error> {
+    let deadline = Instant::now() + wait;
+    for key in keys {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining_ms = remaining.as_millis();
+        if remaining_ms == 0 {
+            let got: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(key.text())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if !got {
+                return Ok(false);
+            }
+            continue;
+        }
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(format!("{remaining_ms}ms"))
+            .execute(&mut *conn)
+            .await?;
+        let taken = sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key.text())
+            .execute(&mut *conn)
+            .await;
+        match taken {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    sqlx::query("SET LOCAL lock_timeout TO DEFAULT").execute(&mut *conn).await?;
+    Ok(true)
+}

@@ -1,0 +1,106 @@
+//! All SQL of the system. Free functions take an executor or a connection; callers own the
+//! transaction.
+
+pub mod access_numbers;
+pub mod jobs;
+pub mod locks;
+pub mod outbox;
+pub mod secrets;
+pub mod tenants;
+
+use std::{str::FromStr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{
+    ConnectOptions, Connection, Executor, PgPool,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+};
+
+/// How a process wants its pool.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    pub application_name: &'static str,
+    /// Sessions idle inside a transaction longer than this are ended by the server, so a hung
+    /// process never keeps a lock.
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
+/// Connects, creating the database when it does not exist, and applies pending migrations.
+pub async fn connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url.expose_secret())?
+        .application_name(config.application_name)
+        .log_statements(tracing::log::LevelFilter::Trace);
+    create_database_if_missing(&options).await?;
+    let idle = config.idle_in_transaction_timeout;
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if let Some(idle) = idle {
+                    let sql = format!(
+                        "SET idle_in_transaction_session_timeout = {}",
+                        idle.as_millis()
+                    );
+                    conn.execute(sql.as_str()).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let Some(name) = options.get_database().map(str::to_owned) else { return Ok(()) };
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match admin.execute(sql.as_str()).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another replica created it first.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// The template `dbVersion`: the version of the newest applied migration.
+pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COALESCE(max(version), 0) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
+}
+
+/// Is the error a violation of the named constraint or unique index?
+pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
+    matches!(err, sqlx::Error::Database(e) if e.constraint() == Some(constraint))
+}
+
+/// Is the error one that a retry may cure (connection lost, server shutting down, pool closed)?
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|c| {
+            // connection exceptions, serialization failures/deadlocks, admin shutdown
+            c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("57P")
+        }),
+        _ => false,
+    }
+}

@@ -1,0 +1,88 @@
+//! The transactional outbox: messages are written in the transaction that makes the state they
+//! announce, and a relay publishes them after commit.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, postgres::PgQueryResult};
+
+/// The channel on which inserts are announced, so relays wake at once.
+pub const NOTIFY_CHANNEL: &str = "provisioner_outbox";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    /// Publish no sooner than this after commit (delayed retries).
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub message_id: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    pub attempts: i32,
+}
+
+pub async fn insert(conn: &mut PgConnection, msg: &OutboxMessage) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload, available_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+    )
+    .bind(&msg.exchange)
+    .bind(&msg.routing_key)
+    .bind(&msg.message_id)
+    .bind(&msg.content_type)
+    .bind(&msg.payload)
+    .bind(msg.delay.as_secs_f64())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Locks up to `limit` due messages, oldest first, skipping those another relay holds.
+pub async fn lock_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, exchange, routing_key, message_id, content_type, payload, attempts
+         FROM outbox WHERE available_at <= now()
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<PgQueryResult, sqlx::Error> {
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(ids).execute(conn).await
+}
+
+/// Leaves a message that the broker did not confirm for a later try.
+pub async fn postpone(conn: &mut PgConnection, id: i64, delay: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET attempts = attempts + 1,
+                available_at = now() + make_interval(secs => $2)
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(delay.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Age in seconds of the oldest due message (0 when none): the relay's lag.
+pub async fn lag_seconds(conn: &mut PgConnection) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(available_at))::float8, 0)
+         FROM outbox WHERE available_at <= now()",
+    )
+    .fetch_one(conn)
+    .await
+}

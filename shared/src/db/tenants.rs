@@ -1,0 +1,213 @@
+//! Tenants and their configuration: users, objects, calling lists and audit history. Bulk
+//! inserts go through `jsonb_to_recordset`, one round trip per table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::template::{AuditEntry, CallingListEntry, ObjectEntry, UserEntry};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub id: Uuid,
+    pub url: String,
+    pub name: String,
+    pub sip_domain: String,
+    pub status: String,
+    pub settings: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn find_by_url(exec: impl PgExecutor<'_>, url: &str) -> Result<Option<TenantRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, url, name, sip_domain, status, settings, created_at FROM tenants WHERE url = $1")
+        .bind(url)
+        .fetch_optional(exec)
+        .await
+}
+
+pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE url = $1)")
+        .bind(url)
+        .fetch_one(exec)
+        .await
+}
+
+/// Inserts an Inactive tenant. A taken URL or SIP domain is a unique violation for the caller.
+pub async fn insert(conn: &mut PgConnection, t: &TenantRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tenants (id, url, name, sip_domain, status, settings, created_at)
+         VALUES ($1, $2, $3, $4, 'Inactive', $5, $6)",
+    )
+    .bind(t.id)
+    .bind(&t.url)
+    .bind(&t.name)
+    .bind(&t.sip_domain)
+    .bind(&t.settings)
+    .bind(t.created_at)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+#[derive(Serialize)]
+struct UserRecord<'a> {
+    id: Uuid,
+    position: i32,
+    login_id: &'a str,
+    first_name: &'a str,
+    last_name: &'a str,
+    email: &'a str,
+    roles: &'a [String],
+    password_hash: Option<&'a str>,
+    teams: &'a [Uuid],
+}
+
+pub async fn insert_users(conn: &mut PgConnection, tenant_id: Uuid, users: &[UserEntry]) -> Result<(), sqlx::Error> {
+    let records: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| UserRecord {
+            id: u.id,
+            position: i as i32,
+            login_id: &u.login_id,
+            first_name: &u.first_name,
+            last_name: &u.last_name,
+            email: &u.email,
+            roles: &u.roles,
+            password_hash: u.password_hash.as_deref(),
+            teams: &u.teams,
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, position, login_id, first_name, last_name, email, roles, password_hash, teams)
+         SELECT id, $1, position, login_id, first_name, last_name, email, roles, password_hash, teams
+         FROM jsonb_to_recordset($2) AS x(id uuid, position int, login_id text, first_name text,
+              last_name text, email text, roles jsonb, password_hash text, teams uuid[])",
+    )
+    .bind(tenant_id)
+    .bind(sqlx::types::Json(records))
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+#[derive(Serialize)]
+struct ObjectRecord<'a> {
+    id: Uuid,
+    position: i32,
+    kind: &'a str,
+    name: &'a str,
+    data: &'a Map<String, Value>,
+    refs: &'a [Uuid],
+}
+
+pub async fn insert_objects(conn: &mut PgConnection, tenant_id: Uuid, objects: &[ObjectEntry]) -> Result<(), sqlx::Error> {
+    let records: Vec<_> = objects
+        .iter()
+        .enumerate()
+        .map(|(i, o)| ObjectRecord { id: o.id, position: i as i32, kind: &o.kind, name: &o.name, data: &o.data, refs: &o.refs })
+        .collect();
+    sqlx::query(
+        "INSERT INTO config_objects (id, tenant_id, position, kind, name, data, refs)
+         SELECT id, $1, position, kind, name, data, refs
+         FROM jsonb_to_recordset($2) AS x(id uuid, position int, kind text, name text, data jsonb, refs uuid[])",
+    )
+    .bind(tenant_id)
+    .bind(sqlx::types::Json(records))
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+pub async fn insert_calling_lists(conn: &mut PgConnection, tenant_id: Uuid, lists: &[CallingListEntry]) -> Result<(), sqlx::Error> {
+    let records: Vec<Value> = lists
+        .iter()
+        .enumerate()
+        .map(|(i, l)| serde_json::json!({"id": l.id, "position": i, "name": l.name, "entries": l.entries}))
+        .collect();
+    sqlx::query(
+        "INSERT INTO calling_lists (id, tenant_id, position, name, entries)
+         SELECT id, $1, position, name, entries
+         FROM jsonb_to_recordset($2) AS x(id uuid, position int, name text, entries jsonb)",
+    )
+    .bind(tenant_id)
+    .bind(sqlx::types::Json(records))
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+pub async fn insert_audit(conn: &mut PgConnection, tenant_id: Uuid, audit: &[AuditEntry]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, at, actor, action, object, details)
+         SELECT $1, at, actor, action, object, details
+         FROM jsonb_to_recordset($2) WITH ORDINALITY AS x(at timestamptz, actor text, action text, object text, details jsonb, n)
+         ORDER BY n",
+    )
+    .bind(tenant_id)
+    .bind(sqlx::types::Json(audit))
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+pub async fn users(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<UserEntry>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, String, String, String, Value, Option<String>, Vec<Uuid>)> = sqlx::query_as(
+        "SELECT id, login_id, first_name, last_name, email, roles, password_hash, teams
+         FROM users WHERE tenant_id = $1 ORDER BY position, login_id",
+    )
+    .bind(tenant_id)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, login_id, first_name, last_name, email, roles, password_hash, teams)| UserEntry {
+            id,
+            login_id,
+            first_name,
+            last_name,
+            email,
+            roles: serde_json::from_value(roles).unwrap_or_default(),
+            password_hash,
+            teams,
+        })
+        .collect())
+}
+
+pub async fn objects(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<ObjectEntry>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, String, sqlx::types::Json<Map<String, Value>>, Vec<Uuid>)> = sqlx::query_as(
+        "SELECT id, kind, name, data, refs FROM config_objects WHERE tenant_id = $1 ORDER BY position, id",
+    )
+    .bind(tenant_id)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, kind, name, data, refs)| ObjectEntry { id, kind, name, data: data.0, refs })
+        .collect())
+}
+
+pub async fn calling_lists(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<CallingListEntry>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, sqlx::types::Json<Vec<Map<String, Value>>>)> = sqlx::query_as(
+        "SELECT id, name, entries FROM calling_lists WHERE tenant_id = $1 ORDER BY position, id",
+    )
+    .bind(tenant_id)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows.into_iter().map(|(id, name, entries)| CallingListEntry { id, name, entries: entries.0 }).collect())
+}
+
+pub async fn audit(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let rows: Vec<(DateTime<Utc>, String, String, String, sqlx::types::Json<Map<String, Value>>)> = sqlx::query_as(
+        "SELECT at, actor, action, object, details FROM audit_log WHERE tenant_id = $1 ORDER BY id",
+    )
+    .bind(tenant_id)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(at, actor, action, object, details)| AuditEntry { at, actor, action, object, details: details.0 })
+        .collect())
+}

@@ -1,0 +1,239 @@
+//! Validated domain types. Once parsed, a value is valid everywhere it travels.
+
+use std::{collections::BTreeMap, fmt};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A tenant URL: a DNS host name, stored lower-case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantUrl(String);
+
+impl TenantUrl {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let url = raw.to_ascii_lowercase();
+        if url.is_empty() || url.len() > 253 {
+            return Err("must be a host name of 1 to 253 characters");
+        }
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if !url.split('.').all(label_ok) {
+            return Err("must be a host name: dot-separated labels of letters, digits and inner hyphens");
+        }
+        Ok(Self(url))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantUrl {
+    type Error = &'static str;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<TenantUrl> for String {
+    fn from(value: TenantUrl) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for TenantUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Is `s` an access number: 1 to 20 decimal digits?
+pub fn is_access_number(s: &str) -> bool {
+    (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A pragmatic e-mail check: one `@`, a non-empty local part without spaces, a dotted domain.
+pub fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    s.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && !local.chars().any(|c| c.is_whitespace() || c == '@' || c.is_control())
+        && domain.contains('.')
+        && TenantUrl::parse(domain).is_ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] =
+        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// The kinds of job, by their stable wire names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    #[serde(rename = "createTenant")]
+    CreateTenant,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateTenant => "createTenant",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "createTenant" => Some(Self::CreateTenant),
+            _ => None,
+        }
+    }
+}
+
+/// The administrator a create request names. Its password travels sealed, never here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSpec {
+    pub login_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+}
+
+/// Where the worker finds the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TemplateSource {
+    Url(String),
+}
+
+/// What a create-tenant job needs besides the password: stored in `jobs.params`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTenantParams {
+    pub tenant_name: String,
+    pub admin: AdminSpec,
+    pub number_map: BTreeMap<String, String>,
+    pub template: TemplateSource,
+    pub lock_timeout: u32,
+}
+
+/// Default and largest client `lockTimeout`, seconds.
+pub const DEFAULT_LOCK_TIMEOUT: u32 = 120;
+pub const MAX_LOCK_TIMEOUT: u32 = 3600;
+
+/// The tenant a successful job made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSummary {
+    pub id: Uuid,
+    pub url: String,
+    pub name: String,
+    pub status: String,
+}
+
+/// Why a template access-number range was left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SkipReason {
+    AssignedToOtherTenant,
+    OverlapsExistingRange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRange {
+    pub number: String,
+    pub count: i32,
+    pub reason: SkipReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub title: String,
+    pub detail: String,
+}
+
+/// A job as clients see it: the body of `GET /configapi/v2/jobs/{id}` and every event's `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: Uuid,
+    pub kind: String,
+    pub tenant_url: String,
+    pub status: JobStatus,
+    pub code: Option<i32>,
+    pub error: Option<JobError>,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub tenant: Option<TenantSummary>,
+    pub skipped_access_numbers: Vec<SkippedRange>,
+    pub batch_id: Option<Uuid>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_urls_are_host_names_stored_lower_case() {
+        assert_eq!(TenantUrl::parse("Acme.Example.COM").unwrap().as_str(), "acme.example.com");
+        assert!(TenantUrl::parse("a").is_ok());
+        for bad in ["", "-a.com", "a-.com", "a..com", "a_b.com", "a b", "ä.com", &"a".repeat(254)] {
+            assert!(TenantUrl::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn access_numbers_are_one_to_twenty_digits() {
+        assert!(is_access_number("0"));
+        assert!(is_access_number(&"9".repeat(20)));
+        assert!(!is_access_number(""));
+        assert!(!is_access_number(&"9".repeat(21)));
+        assert!(!is_access_number("+1415"));
+    }
+
+    #[test]
+    fn emails() {
+        assert!(is_email("ada@acme.example"));
+        assert!(!is_email("ada"));
+        assert!(!is_email("ada@localhost"));
+        assert!(!is_email("a da@acme.example"));
+        assert!(!is_email("@acme.example"));
+    }
+}

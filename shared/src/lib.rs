@@ -1,0 +1,11 @@
+//! Everything both provisioner binaries agree on: settings, domain types, SQL, the broker's wire
+//! contract, the template format, sealing of secrets and telemetry.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod queue;
+pub mod relay;
+pub mod seal;
+pub mod telemetry;
+pub mod template;

@@ -1,0 +1,112 @@
+//! The broker's wire contract: exchange and queue names, queue arguments, the job message and
+//! the CloudEvents status events.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{db::outbox::OutboxMessage, domain::JobView};
+
+pub const JOBS_EXCHANGE: &str = "provisioner.jobs";
+pub const CREATE_TENANT_QUEUE: &str = "provisioner.jobs.create-tenant";
+pub const CREATE_TENANT_ROUTING_KEY: &str = "create-tenant";
+pub const DEAD_EXCHANGE: &str = "provisioner.jobs.dead";
+pub const DEAD_QUEUE: &str = "provisioner.jobs.dead";
+pub const EVENTS_EXCHANGE: &str = "provisioner.events";
+
+/// Deliveries of one message (including redeliveries after a consumer died) before the broker
+/// dead-letters it.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The body of a job message: the id and nothing else; PostgreSQL holds the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobMessage {
+    pub job_id: Uuid,
+}
+
+impl JobMessage {
+    pub fn outbox(job_id: Uuid, delay: std::time::Duration) -> OutboxMessage {
+        OutboxMessage {
+            exchange: JOBS_EXCHANGE.to_owned(),
+            routing_key: CREATE_TENANT_ROUTING_KEY.to_owned(),
+            message_id: job_id.to_string(),
+            content_type: "application/json".to_owned(),
+            payload: serde_json::to_vec(&JobMessage { job_id }).expect("job message serializes"),
+            delay,
+        }
+    }
+}
+
+/// The CloudEvents 1.0 structured event announcing a job's status at `version`.
+pub fn status_event(job: &JobView, version: i32) -> OutboxMessage {
+    let id = Uuid::now_v7();
+    let status = job.status.as_str();
+    let event = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/provisioner",
+        "type": format!("io.provisioner.job.{status}"),
+        "subject": job.job_id,
+        "time": chrono::Utc::now(),
+        "datacontenttype": "application/json",
+        "jobversion": version,
+        "data": job,
+    });
+    OutboxMessage {
+        exchange: EVENTS_EXCHANGE.to_owned(),
+        routing_key: format!("job.{status}"),
+        message_id: id.to_string(),
+        content_type: "application/cloudevents+json".to_owned(),
+        payload: serde_json::to_vec(&event).expect("event serializes"),
+        delay: std::time::Duration::ZERO,
+    }
+}
+
+/// Arguments of the job queue; every declarer uses exactly these, so a drift fails at start
+/// (the broker refuses a redeclaration with other arguments).
+pub fn job_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_EXCHANGE.into()));
+    args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    args
+}
+
+/// Declares every exchange and queue of the contract (idempotent).
+pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .exchange_declare(JOBS_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(DEAD_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .await?;
+    channel
+        .exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .await?;
+    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    let mut dead_args = FieldTable::default();
+    dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    channel.queue_declare(DEAD_QUEUE.into(), queue, dead_args).await?;
+    channel
+        .queue_bind(DEAD_QUEUE.into(), DEAD_EXCHANGE.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .await?;
+    channel.queue_declare(CREATE_TENANT_QUEUE.into(), queue, job_queue_arguments()).await?;
+    channel
+        .queue_bind(
+            CREATE_TENANT_QUEUE.into(),
+            JOBS_EXCHANGE.into(),
+            CREATE_TENANT_ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
