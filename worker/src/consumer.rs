@@ -1,0 +1,111 @@
+//! The consume loop: one broker connection, prefetch = concurrency, manual acks sent only after
+//! the job's outcome committed, reconnection with backoff after broker faults.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions},
+    types::FieldTable,
+};
+use provisioner_shared::{
+    db,
+    queue::{self, JobMessage},
+    relay,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::{self, Context, Disposition};
+
+/// Consumes until `shutdown`, reconnecting after broker faults.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match session(&ctx, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "consumer interrupted; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let conn = relay::connect_broker(&ctx.settings.amqp_url, "provisioner-worker").await?;
+    let channel = conn.create_channel().await?;
+    queue::declare_topology(&channel).await?;
+    channel.basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default()).await?;
+    let tag = format!("provisioner-worker-{}", uuid::Uuid::new_v4());
+    let mut consumer = channel
+        .basic_consume(queue::CREATE_TENANT_QUEUE.into(), tag.clone().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    tracing::info!(queue = queue::CREATE_TENANT_QUEUE, prefetch = ctx.settings.worker_concurrency, "consuming");
+    let mut tasks = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => { tasks.spawn(handle(ctx.clone(), delivery, shutdown.clone())); }
+                Some(Err(e)) => break Err(e.into()),
+                None => break Err(anyhow::anyhow!("the broker ended the consumer")),
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done { tracing::error!(error = %e, "delivery task failed"); }
+            }
+            () = shutdown.cancelled() => break Ok(()),
+        }
+    };
+    if result.is_ok() {
+        // Stop intake, let in-flight jobs finish within the deadline.
+        let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+        let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(jobs = tasks.len(), "shutdown deadline reached; handing unfinished jobs back");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            hand_back_leases(ctx).await;
+        }
+        // Unacknowledged deliveries return to the queue when the connection closes.
+        let _ = conn.close(200, "shutdown".into()).await;
+    }
+    result
+}
+
+/// Jobs cut short by shutdown: let their leases end now so a redelivery runs them at once.
+async fn hand_back_leases(ctx: &Context) {
+    let held: Vec<_> = ctx.leases.lock().expect("lease map").drain().collect();
+    for (id, token) in held {
+        if let Err(e) = db::jobs::release_lease(&ctx.pool, id, token).await {
+            tracing::warn!(job.id = %id, error = %e, "cannot release lease; the sweeper will");
+        }
+    }
+}
+
+async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: CancellationToken) {
+    let disposition = match serde_json::from_slice::<JobMessage>(&delivery.data) {
+        Ok(msg) => jobs::process(ctx, msg.job_id, shutdown).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable job message; dead-lettering it");
+            Disposition::DeadLetter
+        }
+    };
+    let sent = match disposition {
+        Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Disposition::DeadLetter => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
+        Disposition::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+    };
+    if let Err(e) = sent {
+        // The channel is gone: the broker redelivers, and the job's state in the database
+        // makes the redelivery harmless.
+        tracing::warn!(error = %e, "cannot settle delivery");
+    }
+}

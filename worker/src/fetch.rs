@@ -1,0 +1,207 @@
+//! Template download: bounded in time and bytes, no proxy, no redirects, and no connection to a
+//! loopback, private or link-local address unless the operator allows it.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::{Host, Url};
+
+/// Why a download failed: `Permanent` ends the job with code 400, `Transient` is retried.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    #[error("{0}")]
+    Permanent(String),
+    #[error("{0}")]
+    Transient(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves to a non-public address")]
+struct Blocked(String);
+
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    allow_private: bool,
+    max_bytes: u64,
+}
+
+impl Fetcher {
+    pub fn new(allow_private: bool, timeout: Duration, max_bytes: u64) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5).min(timeout))
+            .timeout(timeout)
+            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+            .user_agent("provisioner-worker")
+            .build()
+            .expect("the HTTP client configuration is static");
+        Self { client, allow_private, max_bytes }
+    }
+
+    pub async fn get(&self, raw: &str) -> Result<Bytes, FetchError> {
+        let url = Url::parse(raw).map_err(|e| FetchError::Permanent(format!("templateUrl is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(FetchError::Permanent("templateUrl must be http or https".to_owned()));
+        }
+        let literal = match url.host() {
+            Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if let Some(ip) = literal.filter(|ip| !self.allow_private && !is_public(*ip)) {
+            return Err(FetchError::Permanent(format!("templateUrl refers to the non-public address {ip}")));
+        }
+        let response = self.client.get(url).send().await.map_err(classify)?;
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(FetchError::Permanent(format!("the template server redirected ({status}); redirects are not followed")));
+        }
+        if status.is_server_error() {
+            return Err(FetchError::Transient(format!("the template server answered {status}")));
+        }
+        if !status.is_success() {
+            return Err(FetchError::Permanent(format!("the template server answered {status}")));
+        }
+        let too_large = || FetchError::Permanent(format!("the template is larger than {} bytes", self.max_bytes));
+        if response.content_length().is_some_and(|n| n > self.max_bytes) {
+            return Err(too_large());
+        }
+        let mut body = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(classify)?;
+            if (body.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+}
+
+fn classify(e: reqwest::Error) -> FetchError {
+    let mut source: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<Blocked>() {
+            return FetchError::Permanent(format!("templateUrl host {b}"));
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::NotFound {
+                return FetchError::Permanent("templateUrl host does not resolve".to_owned());
+            }
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        FetchError::Transient("the template download timed out".to_owned())
+    } else if e.is_connect() {
+        FetchError::Transient("the template server could not be reached".to_owned())
+    } else {
+        FetchError::Transient(format!("the template download failed: {e}"))
+    }
+}
+
+/// Resolves with the system resolver and refuses names with any non-public address, so a
+/// name cannot smuggle a connection to an internal host (DNS rebinding included: the checked
+/// addresses are the ones connected to).
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::NotFound, "host not found"))?
+                .collect();
+            if !allow_private && addrs.iter().any(|a| !is_public(a.ip())) {
+                return Err(Box::new(Blocked(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// Is `ip` a globally routable unicast address?
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // shared address space
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || a >= 240)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link local
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 (may reach IPv4 private space)
+        || ip.to_ipv4().is_some_and(|v4| !is_public_v4(v4)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_public_addresses_are_recognised() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "::ffff:127.0.0.1", "fe80::1", "fd00::1", "::"] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} treated as public");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} treated as private");
+        }
+    }
+
+    #[tokio::test]
+    async fn obfuscated_loopback_urls_are_refused_before_connecting() {
+        let fetcher = Fetcher::new(false, Duration::from_secs(2), 1024);
+        for url in [
+            "http://127.0.0.1/t.zip",
+            "http://2130706433/t.zip",
+            "http://0x7f.1/t.zip",
+            "http://[::ffff:127.0.0.1]/t.zip",
+            "http://169.254.169.254/latest/meta-data",
+            "http://localhost/t.zip",
+        ] {
+            match fetcher.get(url).await {
+                Err(FetchError::Permanent(msg)) => assert!(msg.contains("non-public"), "{url}: {msg}"),
+                other => panic!("{url} was not refused: {other:?}"),
+            }
+        }
+        assert!(matches!(fetcher.get("ftp://example.com/t.zip").await, Err(FetchError::Permanent(_))));
+    }
+}

@@ -1,0 +1,217 @@
+//! Job kinds and the life of one job inside a worker: claim under a lease, run the kind's
+//! handler, record how it ended. One file per kind; `run_kind` is the registry.
+
+pub mod create_tenant;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use provisioner_shared::{
+    config::Settings,
+    db::{
+        self,
+        jobs::{Ending, JobRow},
+    },
+    domain::{JobError, JobKind},
+    seal::Sealer,
+    template::Limits,
+};
+use rand::Rng;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::fetch::Fetcher;
+
+/// What every job handler may use.
+#[derive(Debug)]
+pub struct Context {
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub sealer: Sealer,
+    pub fetcher: Fetcher,
+    pub db_version: i64,
+    pub limits: Limits,
+    /// Jobs this process holds a lease on, so shutdown can hand them back.
+    pub leases: Mutex<HashMap<Uuid, Uuid>>,
+}
+
+/// How a handler's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The work and the job's success committed together.
+    Committed,
+    /// A permanent failure with the job's final code.
+    Fail { code: i32, title: String, detail: String },
+    /// A fault that a later attempt may not meet.
+    Transient(String),
+    /// Another worker took the job over (our lease ran out); nothing was written.
+    LostLease,
+}
+
+impl Step {
+    pub fn fail(code: i32, title: &str, detail: impl Into<String>) -> Self {
+        Self::Fail { code, title: title.to_owned(), detail: detail.into() }
+    }
+}
+
+impl From<sqlx::Error> for Step {
+    fn from(e: sqlx::Error) -> Self {
+        Step::Transient(format!("database error: {e}"))
+    }
+}
+
+/// What the consumer should do with the delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Ack,
+    /// Dead-letter it: the message is poison (unparsable, unknown job, or a job that kept
+    /// crashing its handler).
+    DeadLetter,
+    /// Give it back to the broker (shutdown interrupted the work).
+    Requeue,
+}
+
+/// Processes the job `id` once: returns when its outcome (or a retry) is committed.
+pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -> Disposition {
+    let token = Uuid::new_v4();
+    let job = loop {
+        match acquire(&ctx, id, token).await {
+            Ok(Acquired::Claimed(job)) => break job,
+            Ok(Acquired::Ended) => return Disposition::Ack,
+            Ok(Acquired::Unknown) => {
+                tracing::warn!(job.id = %id, "message names no known job; dead-lettering it");
+                return Disposition::DeadLetter;
+            }
+            Ok(Acquired::HeldElsewhere(wait)) | Err(Wait(wait)) => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => return Disposition::Requeue,
+                }
+            }
+        }
+    };
+    ctx.leases.lock().expect("lease map").insert(id, token);
+    let span = tracing::info_span!("job", job.id = %id, job.kind = %job.kind, tenant.url = %job.tenant_url, attempt = job.attempts);
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), id, token));
+    let handler = tokio::spawn(tracing::Instrument::instrument(run_kind(ctx.clone(), job.clone(), token), span.clone()));
+    let (step, panicked) = match handler.await {
+        Ok(step) => (step, false),
+        Err(e) => (Step::Transient(format!("the handler crashed: {e}")), e.is_panic()),
+    };
+    heartbeat.abort();
+    let _enter = span.enter();
+    let disposition = record(&ctx, &job, token, step, panicked).await;
+    ctx.leases.lock().expect("lease map").remove(&id);
+    disposition
+}
+
+enum Acquired {
+    Claimed(JobRow),
+    Ended,
+    Unknown,
+    HeldElsewhere(Duration),
+}
+
+/// A database fault while claiming: wait this long and try again.
+struct Wait(Duration);
+
+async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, Wait> {
+    let attempt = async {
+        let mut tx = ctx.pool.begin().await?;
+        if let Some(job) = db::jobs::claim(&mut tx, id, token, ctx.settings.job_lease).await? {
+            tx.commit().await?;
+            return Ok(Acquired::Claimed(job));
+        }
+        let Some(job) = db::jobs::find(&mut *tx, id, None).await? else { return Ok(Acquired::Unknown) };
+        if job.status().is_terminal() {
+            return Ok(Acquired::Ended);
+        }
+        let remaining = job.lease_until.map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
+        if job.status == "running" && remaining.is_zero() {
+            // Its worker died or hung: take it back (or fail it when out of attempts).
+            db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
+            tx.commit().await?;
+            return Ok(Acquired::HeldElsewhere(Duration::ZERO));
+        }
+        Ok(Acquired::HeldElsewhere(remaining.clamp(Duration::from_millis(100), Duration::from_secs(1))))
+    };
+    attempt.await.map_err(|e: sqlx::Error| {
+        tracing::warn!(job.id = %id, error = %e, "cannot claim job; retrying");
+        Wait(Duration::from_secs(1))
+    })
+}
+
+async fn run_kind(ctx: Arc<Context>, job: JobRow, token: Uuid) -> Step {
+    match JobKind::parse(&job.kind) {
+        Some(JobKind::CreateTenant) => create_tenant::run(&ctx, &job, token).await,
+        None => Step::fail(500, "Internal Server Error", format!("no handler for job kind `{}`", job.kind)),
+    }
+}
+
+async fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) {
+    let every = ctx.settings.job_lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        match db::jobs::renew_lease(&ctx.pool, id, token, ctx.settings.job_lease).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => tracing::warn!(job.id = %id, error = %e, "cannot renew the job's lease"),
+        }
+    }
+}
+
+/// Commits how the attempt ended. Database faults here are retried until they pass: the
+/// delivery is not acknowledged before the outcome is durable.
+async fn record(ctx: &Context, job: &JobRow, token: Uuid, step: Step, panicked: bool) -> Disposition {
+    let max = ctx.settings.job_max_attempts as i32;
+    let exhausted = job.attempts >= max;
+    match &step {
+        Step::Committed => tracing::info!("job succeeded"),
+        Step::LostLease => tracing::warn!("lease lost to another worker; this attempt wrote nothing"),
+        Step::Fail { code, detail, .. } => tracing::info!(code, detail, "job failed"),
+        Step::Transient(reason) => tracing::warn!(reason, attempt = job.attempts, max, "transient failure"),
+    }
+    loop {
+        let result = async {
+            let mut tx = ctx.pool.begin().await?;
+            match &step {
+                Step::Committed | Step::LostLease => return Ok(()),
+                Step::Fail { code, title, detail } => {
+                    let ending = Ending::Failed { code: *code, error: JobError { title: title.clone(), detail: detail.clone() } };
+                    db::jobs::finish(&mut tx, job.id, token, &ending).await?;
+                }
+                Step::Transient(_) if exhausted => {
+                    let error = JobError {
+                        title: "Internal Server Error".to_owned(),
+                        detail: format!("the job failed {max} times with transient faults"),
+                    };
+                    db::jobs::finish(&mut tx, job.id, token, &Ending::Failed { code: 500, error }).await?;
+                }
+                Step::Transient(_) => {
+                    db::jobs::retry_later(&mut tx, job.id, token, backoff(ctx.settings.retry_base_delay, job.attempts)).await?;
+                }
+            }
+            tx.commit().await
+        }
+        .await;
+        match result {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's outcome; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    if panicked && exhausted { Disposition::DeadLetter } else { Disposition::Ack }
+}
+
+/// Exponential backoff with jitter: base * 2^(attempt-1), at most 5 minutes.
+fn backoff(base: Duration, attempt: i32) -> Duration {
+    let exp = base.saturating_mul(1 << (attempt - 1).clamp(0, 16)).min(Duration::from_secs(300));
+    let jitter = rand::thread_rng().gen_range(0.8..1.2);
+    exp.mul_f64(jitter)
+}
