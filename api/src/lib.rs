@@ -1,1 +1,94 @@
+//! The provisioner HTTP API: validates requests, records jobs with their outbox messages in one
+//! transaction, answers at once, and serves job and tenant state.
 
+pub mod error;
+pub mod routes;
+pub mod validate;
+pub mod wait;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use provisioner_shared::{
+    config::Settings,
+    db::{self, PoolConfig},
+    relay::{self, Notifications},
+    seal::Sealer,
+    telemetry,
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+/// What every handler may use.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub sealer: Sealer,
+    pub settings: Arc<Settings>,
+    pub notifications: Notifications,
+}
+
+/// The whole HTTP surface, apart from binding: tests drive it on port 0.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .layer(CatchPanicLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Connects, binds `settings.listen` and serves until `shutdown`; then finishes in-flight
+/// requests. `on_bound` learns the bound address (port 0 picks one).
+pub async fn run(settings: Settings, shutdown: CancellationToken, on_bound: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+    let pool = db::connect(
+        &settings.database_url,
+        &PoolConfig { max_connections: 32, application_name: "provisioner-api", idle_in_transaction_timeout: Some(Duration::from_secs(60)) },
+    )
+    .await?;
+    let sealer = Sealer::load(settings.seal_key.as_ref(), &pool).await?;
+    let background = CancellationToken::new();
+    let notifications = Notifications::start(pool.clone(), background.clone());
+    let relay = tokio::spawn(relay::run(pool.clone(), settings.amqp_url.clone(), notifications.clone(), background.clone()));
+    let state = AppState { pool: pool.clone(), sealer, settings: Arc::new(settings.clone()), notifications };
+
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "provisioner API listening");
+    on_bound(addr);
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    // Let the relay publish what the last requests committed; whatever remains is published by
+    // any other process's relay, or by this one at its next start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    background.cancel();
+    let _ = relay.await;
+    pool.close().await;
+    tracing::info!("provisioner API stopped");
+    Ok(())
+}
+
+/// The binary's whole `main`: telemetry, settings, signals, run.
+pub async fn main_entry() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    telemetry::init(settings.log_format);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    run(settings, shutdown, |_| {}).await
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub async fn signal_shutdown(token: CancellationToken) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}

@@ -1,0 +1,144 @@
+//! Job status: get (with long-poll), list with filters and cursor, cancel.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use provisioner_shared::{
+    db::{self, jobs::ListFilter},
+    domain::{JobStatus, JobView, TenantUrl},
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::ANONYMOUS_CLIENT;
+use crate::{
+    AppState,
+    error::{ApiError, FieldError},
+    wait,
+};
+
+/// Longest long-poll, seconds.
+pub const MAX_POLL_WAIT: u64 = 60;
+
+#[derive(Debug, Deserialize)]
+pub struct GetQuery {
+    wait: Option<String>,
+    status: Option<String>,
+}
+
+fn job_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no job {raw}")))
+}
+
+pub async fn get(State(state): State<AppState>, Path(raw): Path<String>, Query(q): Query<GetQuery>) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&raw)?;
+    let mut errors = Vec::new();
+    let wait_secs = match q.wait.as_deref() {
+        None => 0,
+        Some(w) => w.parse::<u64>().map(|n| n.min(MAX_POLL_WAIT)).unwrap_or_else(|_| {
+            errors.push(FieldError::new("wait", "must be a non-negative integer of seconds"));
+            0
+        }),
+    };
+    let seen = match q.status.as_deref() {
+        None => None,
+        Some(s) => JobStatus::parse(s).or_else(|| {
+            errors.push(FieldError::new("status", "must be queued, running, succeeded, failed or cancelled"));
+            None
+        }),
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let job = wait::until(&state, id, ANONYMOUS_CLIENT, deadline, |j| {
+        j.status().is_terminal() || seen.is_none_or(|s| s != j.status())
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    Ok(Json(job.view()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    status: Option<String>,
+    tenant_url: Option<String>,
+    batch_id: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Page<JobView>>, ApiError> {
+    let mut errors = Vec::new();
+    let status = q.status.as_deref().and_then(|s| {
+        JobStatus::parse(s).or_else(|| {
+            errors.push(FieldError::new("status", "must be queued, running, succeeded, failed or cancelled"));
+            None
+        })
+    });
+    let tenant_url = q.tenant_url.as_deref().and_then(|u| TenantUrl::parse(u).map_err(|m| errors.push(FieldError::new("tenantUrl", m))).ok());
+    let batch_id = q.batch_id.as_deref().and_then(|b| Uuid::parse_str(b).map_err(|_| errors.push(FieldError::new("batchId", "must be a UUID"))).ok());
+    let limit = page_limit(q.limit.as_deref(), &mut errors);
+    let after = q.cursor.as_deref().and_then(|c| decode_cursor(c).or_else(|| {
+        errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
+        None
+    }));
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let filter = ListFilter { client_id: ANONYMOUS_CLIENT, status, tenant_url: tenant_url.as_ref().map(TenantUrl::as_str), batch_id, after, limit: limit + 1 };
+    let mut rows = db::jobs::list(&state.pool, &filter).await?;
+    let next_cursor = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        let last = rows.last().expect("a full page has a last item");
+        encode_cursor(last.created_at, last.id)
+    });
+    Ok(Json(Page { items: rows.iter().map(|r| r.view()).collect(), next_cursor }))
+}
+
+/// `limit`: 1 to 500, default 50; larger values are clamped.
+pub fn page_limit(raw: Option<&str>, errors: &mut Vec<FieldError>) -> i64 {
+    match raw.map(str::parse::<i64>) {
+        None => 50,
+        Some(Ok(n)) if n >= 1 => n.min(500),
+        Some(_) => {
+            errors.push(FieldError::new("limit", "must be an integer from 1 to 500"));
+            50
+        }
+    }
+}
+
+pub fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.timestamp_micros()))
+}
+
+pub fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+    let (micros, id) = text.split_once('|')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))
+}
+
+pub async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&raw)?;
+    let mut tx = state.pool.begin().await?;
+    if let Some(job) = db::jobs::cancel(&mut tx, id, ANONYMOUS_CLIENT).await? {
+        tx.commit().await?;
+        return Ok(Json(job.view()));
+    }
+    match db::jobs::find(&mut *tx, id, Some(ANONYMOUS_CLIENT)).await? {
+        None => Err(ApiError::NotFound(format!("no job {id}"))),
+        Some(job) => Err(ApiError::Conflict(format!("job {id} is {} and can no longer be cancelled", job.status))),
+    }
+}
