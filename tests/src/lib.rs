@@ -1,1 +1,201 @@
+//! End-to-end harness: each test gets a fresh database and RabbitMQ vhost, the API on port 0,
+//! workers in-process or as child processes, and a local template server.
 
+pub mod fixtures;
+pub mod template_server;
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use provisioner_shared::config::Settings;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use template_server::TemplateServer;
+
+/// A running system under test.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub db: sqlx::PgPool,
+    pub vars: HashMap<String, String>,
+    pub database: String,
+    pub vhost: String,
+    pub templates: TemplateServer,
+    api_shutdown: CancellationToken,
+    workers: Vec<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// How to start a test system.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workers: usize,
+    pub vars: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { workers: 1, vars: vec![] }
+    }
+}
+
+fn run_rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        provisioner_shared::telemetry::init(provisioner_shared::config::LogFormat::Pretty);
+        let name = format!("provisioner_test_{}", Uuid::new_v4().simple());
+        let vhost = name.clone();
+        tokio::task::spawn_blocking({
+            let vhost = vhost.clone();
+            move || {
+                run_rabbitmqctl(&["add_vhost", &vhost]);
+                run_rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+            }
+        })
+        .await
+        .unwrap();
+        let templates = TemplateServer::start().await;
+        let mut vars: HashMap<String, String> = [
+            ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{name}")),
+            ("AMQP_URL", format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")),
+            ("PROVISIONER_LISTEN", "127.0.0.1:0".to_owned()),
+            ("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "true".to_owned()),
+            ("PROVISIONER_RETRY_BASE_DELAY_MS", "50".to_owned()),
+            ("PROVISIONER_JOB_LEASE", "3".to_owned()),
+            ("PROVISIONER_SHUTDOWN_TIMEOUT", "5".to_owned()),
+            ("PROVISIONER_TEMPLATE_TIMEOUT", "5".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in &options.vars {
+            vars.insert((*k).to_owned(), v.clone());
+        }
+        let settings = settings(&vars);
+        let api_shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(provisioner_api::run(settings.clone(), api_shutdown.clone(), move |addr| {
+            let _ = tx.send(addr);
+        }));
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("API starts").expect("API binds");
+        let db = sqlx::PgPool::connect(&vars["DATABASE_URL"]).await.unwrap();
+        let mut app = Self {
+            addr,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            db,
+            vars,
+            database: name,
+            vhost,
+            templates,
+            api_shutdown,
+            workers: vec![],
+        };
+        for _ in 0..options.workers {
+            app.start_worker();
+        }
+        app
+    }
+
+    pub fn settings(&self) -> Settings {
+        settings(&self.vars)
+    }
+
+    /// Starts one more in-process worker.
+    pub fn start_worker(&mut self) {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(provisioner_worker::run(self.settings(), token.clone()));
+        self.workers.push((token, handle));
+    }
+
+    /// Stops every in-process worker gracefully.
+    pub async fn stop_workers(&mut self) {
+        for (token, handle) in self.workers.drain(..) {
+            token.cancel();
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `POST /configapi/v2/selfservice/tenant/{tenant}` with a JSON body.
+    pub async fn create(&self, tenant: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.url(&format!("/configapi/v2/selfservice/tenant/{tenant}"))).json(body).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the job until it is terminal (long-polling; 60 s in all).
+    pub async fn wait_job(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, job) = self.get_json(&format!("/configapi/v2/jobs/{id}?wait=5&status=running")).await;
+            assert_eq!(status, 200, "job {id}: {job}");
+            if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+                return job;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "job {id} did not end: {job}");
+        }
+    }
+
+    /// Creates a tenant and waits for the job; returns the final job.
+    pub async fn create_and_wait(&self, tenant: &str, body: &Value) -> Value {
+        let r = self.create(tenant, body).await;
+        assert_eq!(r.status(), 202, "create {tenant}");
+        let job: Value = r.json().await.unwrap();
+        self.wait_job(job["jobId"].as_str().unwrap()).await
+    }
+
+    pub async fn export(&self, tenant: &str) -> provisioner_shared::template::Template {
+        let r = self.http.get(self.url(&format!("/configapi/v2/tenant/{tenant}/export"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/zip");
+        let bytes = r.bytes().await.unwrap();
+        provisioner_shared::template::Template::read(&bytes, &Default::default(), self.db_version().await).unwrap()
+    }
+
+    pub async fn db_version(&self) -> i64 {
+        provisioner_shared::db::schema_version(&self.db).await.unwrap()
+    }
+
+    /// Stops everything and removes the database and vhost.
+    pub async fn stop(mut self) {
+        self.stop_workers().await;
+        self.api_shutdown.cancel();
+        self.db.close().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)).execute(&admin).await;
+        let vhost = self.vhost.clone();
+        tokio::task::spawn_blocking(move || run_rabbitmqctl(&["delete_vhost", &vhost])).await.unwrap();
+    }
+}
+
+fn settings(vars: &HashMap<String, String>) -> Settings {
+    Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing after `within`.
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(within: Duration, mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,75 @@
+//! A local HTTP server that serves templates, answers with chosen status codes, and counts hits.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+
+/// What a path answers: a body, or a status; `fail_first` answers 503 that many times first.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub status: u16,
+    pub body: Bytes,
+    pub fail_first: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    routes: HashMap<String, Route>,
+    hits: HashMap<String, usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TemplateServer {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl TemplateServer {
+    pub async fn start() -> Self {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().route("/{name}", get(serve)).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, inner }
+    }
+
+    /// Serves `body` at `/name`; returns its URL.
+    pub fn put(&self, name: &str, body: Vec<u8>) -> String {
+        self.route(name, Route { status: 200, body: body.into(), fail_first: 0 })
+    }
+
+    pub fn route(&self, name: &str, route: Route) -> String {
+        self.inner.lock().unwrap().routes.insert(name.to_owned(), route);
+        format!("http://{}/{name}", self.addr)
+    }
+
+    pub fn hits(&self, name: &str) -> usize {
+        self.inner.lock().unwrap().hits.get(name).copied().unwrap_or(0)
+    }
+}
+
+async fn serve(State(inner): State<Arc<Mutex<Inner>>>, Path(name): Path<String>) -> Response {
+    let mut inner = inner.lock().unwrap();
+    let hits = {
+        let h = inner.hits.entry(name.clone()).or_default();
+        *h += 1;
+        *h
+    };
+    match inner.routes.get(&name) {
+        None => StatusCode::NOT_FOUND.into_response(),
+        Some(r) if hits <= r.fail_first => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Some(r) => (StatusCode::from_u16(r.status).unwrap(), [("content-type", "application/zip")], r.body.clone()).into_response(),
+    }
+}
