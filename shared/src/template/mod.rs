@@ -52,6 +52,8 @@ pub enum TemplateError {
     TotalTooLarge(u64),
     #[error("entry name `{0}` appears more than once")]
     DuplicateEntry(String),
+    #[error("the archive lists {listed} entries under only {distinct} distinct names")]
+    RepeatedNames { listed: usize, distinct: usize },
     #[error("entry name `{0}` is absolute or leaves the archive")]
     UnsafeName(String),
     #[error("entry `{0}` is a symbolic link")]
@@ -274,6 +276,13 @@ fn read_entries(bytes: &[u8], limits: &Limits) -> Result<BTreeMap<String, Vec<u8
     if archive.len() > limits.max_entries {
         return Err(TemplateError::TooManyEntries(archive.len(), limits.max_entries));
     }
+    // The reader keeps one entry per name; the central directory's own count reveals any
+    // duplicate it folded away.
+    match declared_entries(bytes) {
+        Some(n) if n as usize > limits.max_entries => return Err(TemplateError::TooManyEntries(n as usize, limits.max_entries)),
+        Some(n) if n as usize != archive.len() => return Err(TemplateError::RepeatedNames { listed: n as usize, distinct: archive.len() }),
+        _ => {}
+    }
     let mut seen = HashSet::new();
     let mut wanted = Vec::new();
     for i in 0..archive.len() {
@@ -316,6 +325,17 @@ fn read_entries(bytes: &[u8], limits: &Limits) -> Result<BTreeMap<String, Vec<u8
     Ok(out)
 }
 
+/// The entry count in the end-of-central-directory record (`None` for ZIP64, whose count the
+/// reader checks itself).
+fn declared_entries(bytes: &[u8]) -> Option<u16> {
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    let tail_start = bytes.len().saturating_sub(22 + u16::MAX as usize);
+    let at = bytes[tail_start..].windows(4).rposition(|w| w == EOCD)? + tail_start;
+    let total = bytes.get(at + 10..at + 12)?;
+    let n = u16::from_le_bytes([total[0], total[1]]);
+    (n != u16::MAX).then_some(n)
+}
+
 const KNOWN: [&str; 7] = [MANIFEST, TENANT, USERS, OBJECTS, ACCESS_NUMBERS, CALLING_LISTS, AUDIT];
 
 fn parse<T: DeserializeOwned>(entries: &mut BTreeMap<String, Vec<u8>>, name: &'static str) -> Result<Option<T>, TemplateError> {
@@ -324,3 +344,6 @@ fn parse<T: DeserializeOwned>(entries: &mut BTreeMap<String, Vec<u8>>, name: &'s
         .map(|body| serde_json::from_slice(&body).map_err(|e| TemplateError::InvalidEntry(name, e.to_string())))
         .transpose()
 }
+
+#[cfg(test)]
+mod tests;

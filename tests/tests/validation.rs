@@ -1,0 +1,132 @@
+//! Request validation: every bad field named at once, problem+json, nothing recorded.
+
+use provisioner_tests::{TestApp, fixtures};
+use serde_json::{Value, json};
+
+async fn problem(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    (status, r.json().await.unwrap())
+}
+
+fn fields(p: &Value) -> Vec<String> {
+    p["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn each_invalid_field_is_named_and_no_job_is_recorded() {
+    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let good = fixtures::create_body("https://templates.example/t.zip");
+    let cases: Vec<(&str, Value)> = vec![
+        ("tenantName", json!(null)),
+        ("tenantName", json!("")),
+        ("tenantName", json!(42)),
+        ("firstName", json!(null)),
+        ("lastName", json!([])),
+        ("loginId", json!(null)),
+        ("password", json!("short")),
+        ("password", json!("x".repeat(257))),
+        ("password", json!(null)),
+        ("email", json!("not-an-address")),
+        ("email", json!(null)),
+        ("templateUrl", json!("ftp://templates.example/t.zip")),
+        ("templateUrl", json!("/relative/t.zip")),
+        ("templateUrl", json!(null)),
+        ("lockTimeout", json!(-1)),
+        ("lockTimeout", json!(3601)),
+        ("lockTimeout", json!(1.5)),
+        ("lockTimeout", json!("10")),
+        ("numberMap", json!(["0000000000"])),
+        ("numberMap.00x", json!({"00x": "4155550100"})),
+        ("numberMap.0000000000", json!({"0000000000": "41555501001234567890123"})),
+        ("numberMap.0000000000", json!({"0000000000": 4155550100u64})),
+    ];
+    for (field, value) in cases {
+        let mut body = good.clone();
+        let key = field.split('.').next().unwrap();
+        if value.is_null() {
+            body.as_object_mut().unwrap().remove(key);
+        } else {
+            body[key] = value.clone();
+        }
+        let (status, p) = problem(app.create("acme.example.com", &body).await).await;
+        assert_eq!(status, 400, "{field} = {value}");
+        assert_eq!(p["status"], 400);
+        assert_eq!(fields(&p), vec![field.to_owned()], "{field} = {value}: {p}");
+    }
+    // Two keys mapping to one number.
+    let mut body = good.clone();
+    body["numberMap"] = json!({"0000000000": "4155550100", "0000000100": "4155550100"});
+    let (status, p) = problem(app.create("acme.example.com", &body).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(fields(&p).len(), 1, "{p}");
+
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db).await.unwrap();
+    assert_eq!(count, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn all_problems_are_reported_at_once_including_unknown_and_server_owned_fields() {
+    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let body = json!({"tenantName": "", "password": "x", "email": "nope", "status": "succeeded", "owner": "me", "templateUrl": "mailto:x@y.z"});
+    let (status, p) = problem(app.create("bad_host!", &body).await).await;
+    assert_eq!(status, 400);
+    let mut got = fields(&p);
+    got.sort();
+    let mut want: Vec<String> = ["tenant_url", "tenantName", "firstName", "lastName", "loginId", "password", "email", "templateUrl", "status", "owner"].map(String::from).to_vec();
+    want.sort();
+    assert_eq!(got, want, "{p}");
+    assert!(p["errors"].as_array().unwrap().iter().all(|e| !e["message"].as_str().unwrap().is_empty()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_urls_must_be_host_names() {
+    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let body = fixtures::create_body("https://templates.example/t.zip");
+    for bad in ["-acme.com", "acme..com", "acme_support.com", &format!("{}.com", "a".repeat(64))] {
+        let (status, p) = problem(app.create(bad, &body).await).await;
+        assert_eq!(status, 400, "{bad}");
+        assert_eq!(fields(&p), vec!["tenant_url"], "{bad}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
+    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let url = app.url("/configapi/v2/selfservice/tenant/acme.example.com");
+    let r = app.http.post(&url).header("content-type", "application/json").body("{\"tenantName\": ").send().await.unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 400);
+    assert!(p["detail"].as_str().unwrap().contains("line 1 column"), "{p}");
+
+    let r = app.http.post(&url).header("content-type", "application/json").body("[1, 2]").send().await.unwrap();
+    assert_eq!(problem(r).await.0, 400);
+
+    let r = app.http.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 415);
+    assert!(p["detail"].as_str().unwrap().contains("text/plain"));
+
+    let r = app.http.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(problem(r).await.0, 415);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_jobs_and_tenants_are_404_problems() {
+    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    for path in [
+        "/configapi/v2/jobs/00000000-0000-0000-0000-000000000000",
+        "/configapi/v2/jobs/not-a-uuid",
+        "/configapi/v2/tenant/nobody.example.com",
+        "/configapi/v2/tenant/nobody.example.com/export",
+        "/configapi/v2/no-such-route",
+    ] {
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(problem(r).await.0, 404, "{path}");
+    }
+    app.stop().await;
+}
