@@ -1,6 +1,7 @@
 //! End-to-end harness: each test gets a fresh database and RabbitMQ vhost, the API on port 0,
 //! workers in-process or as child processes, and a local template server.
 
+pub mod events;
 pub mod fixtures;
 pub mod template_server;
 

@@ -60,21 +60,26 @@ pub async fn create_from_json(State(state): State<AppState>, Path(raw_url): Path
     .await;
     let job = match inserted {
         Ok(job) => job,
-        Err(InsertError::ActiveJobExists) => {
-            return Err(ApiError::Conflict(format!("a queued or running job exists for tenant {}", request.tenant_url)));
-        }
-        Err(InsertError::IdempotencyKeyTaken) => {
-            // A concurrent request with the same key won the race.
+        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) if idempotency_key.is_some() => {
+            // A concurrent request with the same key may have won the race: its job is
+            // committed by now (the unique check waited for it).
             drop(tx);
-            let key = idempotency_key.expect("only keyed requests can collide on the key");
-            let job = db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key).await?.ok_or_else(|| anyhow::anyhow!("idempotency key vanished"))?;
-            return replay(&state, job, &digest, prefer_wait).await;
+            let key = idempotency_key.expect("checked above");
+            return match db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key).await? {
+                Some(job) => replay(&state, job, &digest, prefer_wait).await,
+                None => Err(active_job_exists(&request.tenant_url)),
+            };
         }
+        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) => return Err(active_job_exists(&request.tenant_url)),
         Err(InsertError::Database(e)) => return Err(e.into()),
     };
     tx.commit().await?;
     tracing::info!(job.id = %job.id, tenant.url = %job.tenant_url, "job accepted");
     respond(&state, job, prefer_wait).await
+}
+
+fn active_job_exists(tenant: &provisioner_shared::domain::TenantUrl) -> ApiError {
+    ApiError::Conflict(format!("a queued or running job exists for tenant {tenant}"))
 }
 
 async fn replay(state: &AppState, job: JobRow, digest: &str, prefer_wait: Option<u64>) -> Result<Response, ApiError> {

@@ -1,0 +1,93 @@
+//! Access numbers through `numberMap` and the contract's range rules.
+
+use provisioner_tests::{TestApp, fixtures};
+use serde_json::{Value, json};
+
+async fn insert_range(app: &TestApp, number: &str, count: i32, owner: Option<&str>) {
+    sqlx::query("INSERT INTO access_numbers (number, count, media, tenant_id) VALUES ($1, $2, 'VOICE', (SELECT id FROM tenants WHERE url = $3))")
+        .bind(number)
+        .bind(count)
+        .bind(owner)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
+async fn ranges(app: &TestApp, tenant: Option<&str>) -> Vec<(String, i64, Value)> {
+    let path = match tenant {
+        Some(t) => format!("/configapi/v2/accessnumbers?tenantUrl={t}"),
+        None => "/configapi/v2/accessnumbers".to_owned(),
+    };
+    let (status, body) = app.get_json(&path).await;
+    assert_eq!(status, 200);
+    body.as_array().unwrap().iter().map(|r| (r["number"].as_str().unwrap().to_owned(), r["count"].as_i64().unwrap(), r["tenantUrl"].clone())).collect()
+}
+
+#[tokio::test]
+async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
+    let app = TestApp::spawn().await;
+    let mut template = fixtures::sample_template(app.db_version().await);
+    template.access_numbers = serde_json::from_value(json!([
+        {"number": "1000", "count": 10, "media": "VOICE"},   // mapped to 5000: free -> created
+        {"number": "2000", "count": 10, "media": "VOICE"},   // identical unassigned range exists -> assigned
+        {"number": "3000", "count": 10, "media": "VOICE"},   // identical range owned by another tenant -> skipped
+        {"number": "4000", "count": 10, "media": "VOICE"},   // overlaps an unassigned range -> skipped
+        {"number": "6000", "count": 10, "media": "CHAT"},    // overlaps another tenant's range -> skipped
+        {"number": "70000", "count": 10, "media": "VOICE"}   // another digit length never overlaps 7000..
+    ]))
+    .unwrap();
+    let url = app.templates.put("numbers.zip", template.write());
+
+    let other = fixtures::tenant_url();
+    let mut plain = fixtures::sample_template(app.db_version().await);
+    plain.access_numbers.clear();
+    let plain_url = app.templates.put("plain.zip", plain.write());
+    let mut body = fixtures::create_body(&plain_url);
+    body["numberMap"] = json!({});
+    assert_eq!(app.create_and_wait(&other, &body).await["code"], 200);
+    insert_range(&app, "2000", 10, None).await;
+    insert_range(&app, "3000", 10, Some(&other)).await;
+    insert_range(&app, "4005", 10, None).await;
+    insert_range(&app, "6009", 1, Some(&other)).await;
+    insert_range(&app, "7000", 10, None).await;
+
+    let tenant = fixtures::tenant_url();
+    let mut body = fixtures::create_body(&url);
+    body["numberMap"] = json!({"1000": "5000"});
+    let job = app.create_and_wait(&tenant, &body).await;
+    assert_eq!(job["code"], 200, "{job}");
+    assert_eq!(
+        job["skippedAccessNumbers"],
+        json!([
+            {"number": "3000", "count": 10, "reason": "assignedToOtherTenant"},
+            {"number": "4000", "count": 10, "reason": "overlapsExistingRange"},
+            {"number": "6000", "count": 10, "reason": "overlapsExistingRange"}
+        ])
+    );
+    let mine: Vec<_> = ranges(&app, Some(&tenant)).await.into_iter().map(|(n, c, _)| (n, c)).collect();
+    assert_eq!(mine, vec![("2000".to_owned(), 10), ("5000".to_owned(), 10), ("70000".to_owned(), 10)]);
+    let all = ranges(&app, None).await;
+    assert!(all.contains(&("4005".to_owned(), 10, Value::Null)), "the overlapped unassigned range stays unassigned");
+    assert!(all.contains(&("3000".to_owned(), 10, json!(other))), "another tenant's range is untouched");
+    assert!(!all.iter().any(|(n, ..)| n == "1000"), "a mapped range does not keep its template number");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn overlapping_ranges_are_impossible_in_the_database_itself() {
+    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    insert_range(&app, "4155550100", 100, None).await;
+    for (number, count) in [("4155550199", 1), ("4155550000", 101), ("4155550150", 10)] {
+        let err = sqlx::query("INSERT INTO access_numbers (number, count, media) VALUES ($1, $2, 'VOICE')")
+            .bind(number)
+            .bind(count)
+            .execute(&app.db)
+            .await
+            .unwrap_err();
+        assert_eq!(err.as_database_error().unwrap().constraint(), Some("access_numbers_no_overlap"), "{number} x {count}");
+    }
+    // Adjacent ranges and other digit lengths are fine.
+    insert_range(&app, "4155550200", 5, None).await;
+    insert_range(&app, "04155550100", 5, None).await;
+    app.stop().await;
+}

@@ -1,0 +1,212 @@
+//! The job resource: events, `Prefer: wait`, idempotency, cancel, listing and long-polling.
+
+use std::{collections::HashSet, time::Duration};
+
+use provisioner_tests::{Options, TestApp, events::EventTap, fixtures};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn every_status_change_is_published_as_a_cloudevent_with_jobversion() {
+    let app = TestApp::spawn().await;
+    let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let job = app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url)).await;
+    let id = job["jobId"].as_str().unwrap();
+    let mut events = tap.collect_until(|e| e.len() >= 3).await;
+    events.sort_by_key(|e| e.body["jobversion"].as_i64());
+    let keys: Vec<_> = events.iter().map(|e| e.routing_key.as_str()).collect();
+    assert_eq!(keys, ["job.queued", "job.running", "job.succeeded"]);
+    let mut ids = HashSet::new();
+    for (i, e) in events.iter().enumerate() {
+        let b = &e.body;
+        assert_eq!(e.content_type.as_deref(), Some("application/cloudevents+json"));
+        assert!(e.persistent);
+        assert_eq!(b["specversion"], "1.0");
+        assert_eq!(b["source"], "/provisioner");
+        assert_eq!(b["type"], format!("io.provisioner.{}", e.routing_key));
+        assert_eq!(b["subject"], id);
+        assert_eq!(b["jobversion"], i as i64 + 1);
+        assert!(b["time"].is_string());
+        assert!(ids.insert(b["id"].as_str().unwrap().to_owned()), "event ids are unique");
+        assert_eq!(b["data"]["jobId"], id);
+        assert_eq!(b["data"]["status"], e.routing_key.trim_start_matches("job."));
+    }
+    assert_eq!(events[2].body["data"], job, "the last event carries the job as GET returns it");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn prefer_wait_answers_with_the_final_code() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let post = |tenant: String, body: Value, wait: &'static str| {
+        app.http.post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}"))).header("prefer", wait).json(&body).send()
+    };
+    let tenant = fixtures::tenant_url();
+    let r = post(tenant.clone(), fixtures::create_body(&url), "respond-async, wait=30").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["preference-applied"], "wait=30");
+    let job: Value = r.json().await.unwrap();
+    assert_eq!((job["status"].as_str(), job["code"].as_i64()), (Some("succeeded"), Some(200)));
+    assert_eq!(job["tenant"]["url"], tenant);
+
+    // A failure answers its code as a problem carrying the job.
+    let r = post(fixtures::tenant_url(), fixtures::create_body(&format!("http://{}/absent", app.templates.addr)), "wait=30").await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["preference-applied"], "wait=30");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["title"], "Bad template");
+    assert_eq!(p["job"]["code"], 400);
+
+    // Existing tenant: 409 at once, whatever the preference.
+    let r = post(tenant, fixtures::create_body(&url), "wait=30").await.unwrap();
+    assert_eq!(r.status(), 409);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn prefer_wait_that_runs_out_answers_202() {
+    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let started = std::time::Instant::now();
+    let r = app.http.post(app.url(&format!("/configapi/v2/selfservice/tenant/{}", fixtures::tenant_url()))).header("prefer", "wait=1").json(&fixtures::create_body(&url)).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(r.headers().contains_key("location"));
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "queued");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_422() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let tenant = fixtures::tenant_url();
+    let send = |body: Value, key: &'static str| {
+        app.http.post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}"))).header("idempotency-key", key).json(&body).send()
+    };
+    let body = fixtures::create_body(&url);
+    // A storm of concurrent retries makes exactly one job.
+    let storm = futures_util::future::join_all((0..8).map(|_| send(body.clone(), "key-1"))).await;
+    let mut ids = HashSet::new();
+    for r in storm {
+        let r = r.unwrap();
+        assert_eq!(r.status(), 202);
+        ids.insert(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids.into_iter().next().unwrap();
+    app.wait_job(&id).await;
+
+    // After the job ended, the same key and body still return it (not 409 for the new tenant).
+    let r = send(body.clone(), "key-1").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let again: Value = r.json().await.unwrap();
+    assert_eq!((again["jobId"].as_str(), again["status"].as_str()), (Some(id.as_str()), Some("succeeded")));
+
+    let mut other = body.clone();
+    other["password"] = json!("another password entirely");
+    let r = send(other, "key-1").await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db).await.unwrap();
+    assert_eq!(jobs, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
+    let mut app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let tenant = fixtures::tenant_url();
+    let job: Value = app.create(&tenant, &fixtures::create_body(&url)).await.json().await.unwrap();
+    let id = job["jobId"].as_str().unwrap();
+    let r = app.http.delete(app.url(&format!("/configapi/v2/jobs/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cancelled: Value = r.json().await.unwrap();
+    assert_eq!((cancelled["status"].as_str(), cancelled["code"].as_i64()), (Some("cancelled"), None));
+    assert!(cancelled["finishedAt"].is_string());
+    let r = app.http.delete(app.url(&format!("/configapi/v2/jobs/{id}"))).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let r = app.http.delete(app.url("/configapi/v2/jobs/00000000-0000-0000-0000-000000000000")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The worker receives the message, sees the job cancelled, and does nothing.
+    app.start_worker();
+    let other = app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url)).await;
+    assert_eq!(other["code"], 200);
+    let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(after["status"], "cancelled");
+    assert_eq!(app.get_json(&format!("/configapi/v2/tenant/{tenant}")).await.0, 404);
+    let sealed: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed_password FROM jobs WHERE id = $1::uuid").bind(id).fetch_one(&app.db).await.unwrap();
+    assert!(sealed.is_none(), "an ended job keeps no password, sealed or not");
+
+    // Ended jobs cannot be cancelled.
+    let r = app.http.delete(app.url(&format!("/configapi/v2/jobs/{}", other["jobId"].as_str().unwrap()))).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jobs_list_newest_first_with_filters_and_a_cursor() {
+    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let mut made = vec![];
+    for _ in 0..5 {
+        let job: Value = app.create(&fixtures::tenant_url(), &fixtures::create_body(&url)).await.json().await.unwrap();
+        made.push(job["jobId"].as_str().unwrap().to_owned());
+    }
+    app.http.delete(app.url(&format!("/configapi/v2/jobs/{}", made[0]))).send().await.unwrap();
+    let mut seen = vec![];
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/configapi/v2/jobs?limit=2&cursor={c}"),
+            None => "/configapi/v2/jobs?limit=2".to_owned(),
+        };
+        let (status, page) = app.get_json(&path).await;
+        assert_eq!(status, 200);
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|j| j["jobId"].as_str().unwrap().to_owned()));
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    made.reverse();
+    assert_eq!(seen, made, "every job once, newest first");
+    let (_, cancelled) = app.get_json("/configapi/v2/jobs?status=cancelled").await;
+    assert_eq!(cancelled["items"].as_array().unwrap().len(), 1);
+    assert_eq!(cancelled["items"][0]["jobId"], made[4]);
+    let (status, _) = app.get_json("/configapi/v2/jobs?status=bogus").await;
+    assert_eq!(status, 400);
+    let (status, _) = app.get_json("/configapi/v2/jobs?cursor=garbage").await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn long_polling_returns_as_soon_as_the_status_changes() {
+    let mut app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let job: Value = app.create(&fixtures::tenant_url(), &fixtures::create_body(&url)).await.json().await.unwrap();
+    let id = job["jobId"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let (_, same) = app.get_json(&format!("/configapi/v2/jobs/{id}?wait=1&status=queued")).await;
+    assert_eq!(same["status"], "queued");
+    assert!(started.elapsed() >= Duration::from_millis(900), "no change: waits the full time");
+
+    let poll = {
+        let (http, url) = (app.http.clone(), app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=queued")));
+        tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.start_worker();
+    let changed = poll.await.unwrap();
+    assert_ne!(changed["status"], "queued");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    app.stop().await;
+}
