@@ -168,6 +168,22 @@ impl TestApp {
         provisioner_shared::template::Template::read(&bytes, &Default::default(), self.db_version().await).unwrap()
     }
 
+    /// Advisory locks in this test's database: (granted, waiting).
+    pub async fn advisory_locks(&self) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE granted), count(*) FILTER (WHERE NOT granted) FROM pg_locks
+             WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Waits until `n` sessions wait for an advisory lock in this test's database.
+    pub async fn until_lock_waiters(&self, n: i64) {
+        eventually(Duration::from_secs(20), || async { (self.advisory_locks().await.1 == n).then_some(()) }).await;
+    }
+
     pub async fn db_version(&self) -> i64 {
         provisioner_shared::db::schema_version(&self.db).await.unwrap()
     }

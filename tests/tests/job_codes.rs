@@ -133,11 +133,7 @@ async fn a_lock_freed_within_lock_timeout_lets_the_import_succeed() {
     let held = hold_lock(&app, &format!("provisioner:tenant:{tenant}")).await;
     let r = app.create(&tenant, &fixtures::create_body(&url)).await;
     let id = r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_owned();
-    provisioner_tests::eventually(Duration::from_secs(10), || async {
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetch_one(&app.db).await.unwrap();
-        (waiting == 1).then_some(())
-    })
-    .await;
+    app.until_lock_waiters(1).await;
     held.rollback().await.unwrap();
     let job = app.wait_job(&id).await;
     assert_eq!((job["code"].as_i64(), job["attempts"].as_i64()), (Some(200), Some(1)), "{job}");

@@ -44,6 +44,9 @@ pub async fn connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
                         idle.as_millis()
                     );
                     conn.execute(sql.as_str()).await?;
+                    // A session waiting for a lock notices a vanished client within a second,
+                    // so a killed worker neither waits on nor holds a lock.
+                    conn.execute("SET client_connection_check_interval = 1000").await?;
                 }
                 Ok(())
             })
