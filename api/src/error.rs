@@ -18,7 +18,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_owned(), message: message.into() }
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -42,7 +45,13 @@ pub enum ApiError {
     Unavailable(String),
     /// A job that ended with a failure code, answered under `Prefer: wait`.
     #[error("job failed")]
-    JobFailed { code: u16, title: String, detail: String, job: Box<JobView>, applied: String },
+    JobFailed {
+        code: u16,
+        title: String,
+        detail: String,
+        job: Box<JobView>,
+        applied: String,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -69,15 +78,60 @@ struct Problem<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, kind, title, detail): (StatusCode, &str, String, String) = match &self {
-            ApiError::Validation(_) => (StatusCode::BAD_REQUEST, "urn:provisioner:problem:validation", "Validation failed".into(), "one or more fields are invalid; see `errors`".into()),
-            ApiError::BadRequest(d) => (StatusCode::BAD_REQUEST, "about:blank", "Bad Request".into(), d.clone()),
-            ApiError::UnsupportedMediaType(d) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "about:blank", "Unsupported Media Type".into(), d.clone()),
-            ApiError::NotFound(d) => (StatusCode::NOT_FOUND, "about:blank", "Not Found".into(), d.clone()),
-            ApiError::Conflict(d) => (StatusCode::CONFLICT, "about:blank", "Conflict".into(), d.clone()),
-            ApiError::Unprocessable(d) => (StatusCode::UNPROCESSABLE_ENTITY, "about:blank", "Unprocessable Content".into(), d.clone()),
-            ApiError::LockTimeout(d) => (StatusCode::SERVICE_UNAVAILABLE, "urn:provisioner:problem:lock-timeout", "Lock timeout".into(), d.clone()),
-            ApiError::Unavailable(d) => (StatusCode::SERVICE_UNAVAILABLE, "about:blank", "Service Unavailable".into(), d.clone()),
-            ApiError::JobFailed { code, title, detail, .. } => (
+            ApiError::Validation(_) => (
+                StatusCode::BAD_REQUEST,
+                "urn:provisioner:problem:validation",
+                "Validation failed".into(),
+                "one or more fields are invalid; see `errors`".into(),
+            ),
+            ApiError::BadRequest(d) => (
+                StatusCode::BAD_REQUEST,
+                "about:blank",
+                "Bad Request".into(),
+                d.clone(),
+            ),
+            ApiError::UnsupportedMediaType(d) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "about:blank",
+                "Unsupported Media Type".into(),
+                d.clone(),
+            ),
+            ApiError::NotFound(d) => (
+                StatusCode::NOT_FOUND,
+                "about:blank",
+                "Not Found".into(),
+                d.clone(),
+            ),
+            ApiError::Conflict(d) => (
+                StatusCode::CONFLICT,
+                "about:blank",
+                "Conflict".into(),
+                d.clone(),
+            ),
+            ApiError::Unprocessable(d) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "about:blank",
+                "Unprocessable Content".into(),
+                d.clone(),
+            ),
+            ApiError::LockTimeout(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "urn:provisioner:problem:lock-timeout",
+                "Lock timeout".into(),
+                d.clone(),
+            ),
+            ApiError::Unavailable(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "about:blank",
+                "Service Unavailable".into(),
+                d.clone(),
+            ),
+            ApiError::JobFailed {
+                code,
+                title,
+                detail,
+                ..
+            } => (
                 StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 "urn:provisioner:problem:job-failed",
                 title.clone(),
@@ -85,7 +139,12 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Internal(e) => {
                 tracing::error!(error = ?e, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "about:blank", "Internal Server Error".into(), "the server could not complete the request".into())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "about:blank",
+                    "Internal Server Error".into(),
+                    "the server could not complete the request".into(),
+                )
             }
         };
         let problem = Problem {

@@ -39,23 +39,43 @@ pub fn router(state: AppState) -> Router {
 
 /// Connects, binds `settings.listen` and serves until `shutdown`; then finishes in-flight
 /// requests. `on_bound` learns the bound address (port 0 picks one).
-pub async fn run(settings: Settings, shutdown: CancellationToken, on_bound: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     let pool = db::connect(
         &settings.database_url,
-        &PoolConfig { max_connections: 32, application_name: "provisioner-api", idle_in_transaction_timeout: Some(Duration::from_secs(60)) },
+        &PoolConfig {
+            max_connections: 32,
+            application_name: "provisioner-api",
+            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+        },
     )
     .await?;
     let sealer = Sealer::load(settings.seal_key.as_ref(), &pool).await?;
     let background = CancellationToken::new();
     let notifications = Notifications::start(pool.clone(), background.clone());
-    let relay = tokio::spawn(relay::run(pool.clone(), settings.amqp_url.clone(), notifications.clone(), background.clone()));
-    let state = AppState { pool: pool.clone(), sealer, settings: Arc::new(settings.clone()), notifications };
+    let relay = tokio::spawn(relay::run(
+        pool.clone(),
+        settings.amqp_url.clone(),
+        notifications.clone(),
+        background.clone(),
+    ));
+    let state = AppState {
+        pool: pool.clone(),
+        sealer,
+        settings: Arc::new(settings.clone()),
+        notifications,
+    };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "provisioner API listening");
     on_bound(addr);
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     // Let the relay publish what the last requests committed; whatever remains is published by
     // any other process's relay, or by this one at its next start.
     tokio::time::sleep(Duration::from_millis(300)).await;

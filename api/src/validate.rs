@@ -3,14 +3,25 @@
 use std::collections::{BTreeMap, HashSet};
 
 use provisioner_shared::domain::{
-    AdminSpec, CreateTenantParams, DEFAULT_LOCK_TIMEOUT, MAX_LOCK_TIMEOUT, TemplateSource, TenantUrl, is_access_number, is_email,
+    AdminSpec, CreateTenantParams, DEFAULT_LOCK_TIMEOUT, MAX_LOCK_TIMEOUT, TemplateSource,
+    TenantUrl, is_access_number, is_email,
 };
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use crate::error::FieldError;
 
-const FIELDS: [&str; 9] = ["tenantName", "numberMap", "firstName", "lastName", "loginId", "password", "email", "templateUrl", "lockTimeout"];
+const FIELDS: [&str; 9] = [
+    "tenantName",
+    "numberMap",
+    "firstName",
+    "lastName",
+    "loginId",
+    "password",
+    "email",
+    "templateUrl",
+    "lockTimeout",
+];
 
 /// A valid request: what the job records, plus the password to seal.
 #[derive(Debug)]
@@ -21,18 +32,30 @@ pub struct CreateRequest {
 }
 
 /// Validates the path's tenant URL and a JSON object body.
-pub fn create_request(raw_url: &str, body: &Map<String, Value>) -> Result<CreateRequest, Vec<FieldError>> {
+pub fn create_request(
+    raw_url: &str,
+    body: &Map<String, Value>,
+) -> Result<CreateRequest, Vec<FieldError>> {
     let mut errors = Vec::new();
-    let tenant_url = TenantUrl::parse(raw_url).map_err(|m| errors.push(FieldError::new("tenant_url", m))).ok();
+    let tenant_url = TenantUrl::parse(raw_url)
+        .map_err(|m| errors.push(FieldError::new("tenant_url", m)))
+        .ok();
     for key in body.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
         errors.push(FieldError::new(key, "unknown field"));
     }
     let mut text = |field: &'static str, max: usize| -> Option<String> {
         match body.get(field) {
             None | Some(Value::Null) => errors.push(FieldError::new(field, "is required")),
-            Some(Value::String(s)) if s.trim().is_empty() => errors.push(FieldError::new(field, "must not be empty")),
-            Some(Value::String(s)) if s.chars().count() > max => errors.push(FieldError::new(field, format!("must be at most {max} characters"))),
-            Some(Value::String(s)) if s.chars().any(char::is_control) => errors.push(FieldError::new(field, "must not contain control characters")),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                errors.push(FieldError::new(field, "must not be empty"))
+            }
+            Some(Value::String(s)) if s.chars().count() > max => errors.push(FieldError::new(
+                field,
+                format!("must be at most {max} characters"),
+            )),
+            Some(Value::String(s)) if s.chars().any(char::is_control) => errors.push(
+                FieldError::new(field, "must not contain control characters"),
+            ),
             Some(Value::String(s)) => return Some(s.clone()),
             Some(_) => errors.push(FieldError::new(field, "must be a string")),
         }
@@ -49,7 +72,9 @@ pub fn create_request(raw_url: &str, body: &Map<String, Value>) -> Result<Create
             errors.push(FieldError::new("password", "is required"));
             None
         }
-        Some(Value::String(p)) if (8..=256).contains(&p.chars().count()) => Some(SecretString::from(p.clone())),
+        Some(Value::String(p)) if (8..=256).contains(&p.chars().count()) => {
+            Some(SecretString::from(p.clone()))
+        }
         Some(Value::String(_)) => {
             errors.push(FieldError::new("password", "must be 8 to 256 characters"));
             None
@@ -69,33 +94,58 @@ pub fn create_request(raw_url: &str, body: &Map<String, Value>) -> Result<Create
             errors.push(FieldError::new("templateUrl", m));
         }
     }
-    let number_map = body.get("numberMap").map(|v| number_map(v, &mut errors)).unwrap_or_default();
+    let number_map = body
+        .get("numberMap")
+        .map(|v| number_map(v, &mut errors))
+        .unwrap_or_default();
     let lock_timeout = match body.get("lockTimeout") {
         None | Some(Value::Null) => DEFAULT_LOCK_TIMEOUT,
         Some(v) => match v.as_u64() {
             Some(n) if n <= u64::from(MAX_LOCK_TIMEOUT) => n as u32,
             _ => {
-                errors.push(FieldError::new("lockTimeout", format!("must be an integer from 0 to {MAX_LOCK_TIMEOUT}")));
+                errors.push(FieldError::new(
+                    "lockTimeout",
+                    format!("must be an integer from 0 to {MAX_LOCK_TIMEOUT}"),
+                ));
                 0
             }
         },
     };
-    match (tenant_url, tenant_name, first_name, last_name, login_id, email, template_url, password) {
-        (Some(tenant_url), Some(tenant_name), Some(first_name), Some(last_name), Some(login_id), Some(email), Some(url), Some(password))
-            if errors.is_empty() =>
-        {
-            Ok(CreateRequest {
-                tenant_url,
-                params: CreateTenantParams {
-                    tenant_name,
-                    admin: AdminSpec { login_id, first_name, last_name, email },
-                    number_map,
-                    template: TemplateSource::Url(url),
-                    lock_timeout,
+    match (
+        tenant_url,
+        tenant_name,
+        first_name,
+        last_name,
+        login_id,
+        email,
+        template_url,
+        password,
+    ) {
+        (
+            Some(tenant_url),
+            Some(tenant_name),
+            Some(first_name),
+            Some(last_name),
+            Some(login_id),
+            Some(email),
+            Some(url),
+            Some(password),
+        ) if errors.is_empty() => Ok(CreateRequest {
+            tenant_url,
+            params: CreateTenantParams {
+                tenant_name,
+                admin: AdminSpec {
+                    login_id,
+                    first_name,
+                    last_name,
+                    email,
                 },
-                password,
-            })
-        }
+                number_map,
+                template: TemplateSource::Url(url),
+                lock_timeout,
+            },
+            password,
+        }),
         _ => Err(errors),
     }
 }
@@ -114,7 +164,10 @@ pub fn check_template_url(raw: &str) -> Result<(), &'static str> {
 
 fn number_map(value: &Value, errors: &mut Vec<FieldError>) -> BTreeMap<String, String> {
     let Value::Object(map) = value else {
-        errors.push(FieldError::new("numberMap", "must be an object of template number to real number"));
+        errors.push(FieldError::new(
+            "numberMap",
+            "must be an object of template number to real number",
+        ));
         return BTreeMap::new();
     };
     let mut out = BTreeMap::new();
@@ -122,17 +175,26 @@ fn number_map(value: &Value, errors: &mut Vec<FieldError>) -> BTreeMap<String, S
     for (key, value) in map {
         let field = format!("numberMap.{key}");
         if !is_access_number(key) {
-            errors.push(FieldError::new(&field, "keys must be strings of 1 to 20 digits"));
+            errors.push(FieldError::new(
+                &field,
+                "keys must be strings of 1 to 20 digits",
+            ));
             continue;
         }
         match value.as_str() {
             Some(v) if is_access_number(v) => {
                 if !targets.insert(v.to_owned()) {
-                    errors.push(FieldError::new(&field, format!("{v} is the target of more than one key")));
+                    errors.push(FieldError::new(
+                        &field,
+                        format!("{v} is the target of more than one key"),
+                    ));
                 }
                 out.insert(key.clone(), v.to_owned());
             }
-            _ => errors.push(FieldError::new(&field, "values must be strings of 1 to 20 digits")),
+            _ => errors.push(FieldError::new(
+                &field,
+                "values must be strings of 1 to 20 digits",
+            )),
         }
     }
     out
@@ -156,7 +218,19 @@ mod tests {
         )
         .unwrap_err();
         let fields: HashSet<_> = errors.iter().map(|e| e.field.as_str()).collect();
-        for f in ["tenant_url", "tenantName", "firstName", "lastName", "loginId", "password", "email", "templateUrl", "lockTimeout", "numberMap.12a", "status"] {
+        for f in [
+            "tenant_url",
+            "tenantName",
+            "firstName",
+            "lastName",
+            "loginId",
+            "password",
+            "email",
+            "templateUrl",
+            "lockTimeout",
+            "numberMap.12a",
+            "status",
+        ] {
             assert!(fields.contains(f), "{f} not reported: {errors:?}");
         }
         assert!(fields.contains("numberMap.1") || fields.contains("numberMap.2"));

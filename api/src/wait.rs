@@ -22,7 +22,9 @@ pub async fn until(
     let mut changes = state.notifications.subscribe();
     let id_text = id.to_string();
     loop {
-        let Some(job) = db::jobs::find(&state.pool, id, Some(client_id)).await? else { return Ok(None) };
+        let Some(job) = db::jobs::find(&state.pool, id, Some(client_id)).await? else {
+            return Ok(None);
+        };
         if done(&job) || Instant::now() >= deadline {
             return Ok(Some(job));
         }

@@ -59,7 +59,9 @@ impl Settings {
     /// Builds settings from any variable source (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
         let var = |name: &'static str, default: &str| -> String {
-            get(name).filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned())
+            get(name)
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_owned())
         };
         Ok(Self {
             database_url: SecretString::from(var(
@@ -67,23 +69,44 @@ impl Settings {
                 "postgres://postgres@127.0.0.1:5432/provisioner",
             )),
             amqp_url: SecretString::from(var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
-            listen: parse("PROVISIONER_LISTEN", &var("PROVISIONER_LISTEN", "127.0.0.1:8080"))?,
+            listen: parse(
+                "PROVISIONER_LISTEN",
+                &var("PROVISIONER_LISTEN", "127.0.0.1:8080"),
+            )?,
             bootstrap_client: get("PROVISIONER_BOOTSTRAP_CLIENT")
                 .filter(|v| !v.is_empty())
                 .map(SecretString::from),
             import_lock: match var("PROVISIONER_IMPORT_LOCK", "tenant").as_str() {
                 "tenant" => ImportLockMode::Tenant,
                 "global" => ImportLockMode::Global,
-                other => return Err(invalid("PROVISIONER_IMPORT_LOCK", other, "`tenant` or `global`")),
+                other => {
+                    return Err(invalid(
+                        "PROVISIONER_IMPORT_LOCK",
+                        other,
+                        "`tenant` or `global`",
+                    ));
+                }
             },
             template_allow_private: parse_bool(
                 "PROVISIONER_TEMPLATE_ALLOW_PRIVATE",
                 &var("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false"),
             )?,
-            worker_concurrency: positive("PROVISIONER_WORKER_CONCURRENCY", &var("PROVISIONER_WORKER_CONCURRENCY", "4"))?,
-            token_ttl: seconds("PROVISIONER_TOKEN_TTL", &var("PROVISIONER_TOKEN_TTL", "3600"))?,
-            job_max_attempts: positive("PROVISIONER_JOB_MAX_ATTEMPTS", &var("PROVISIONER_JOB_MAX_ATTEMPTS", "5"))?,
-            template_timeout: seconds("PROVISIONER_TEMPLATE_TIMEOUT", &var("PROVISIONER_TEMPLATE_TIMEOUT", "60"))?,
+            worker_concurrency: positive(
+                "PROVISIONER_WORKER_CONCURRENCY",
+                &var("PROVISIONER_WORKER_CONCURRENCY", "4"),
+            )?,
+            token_ttl: seconds(
+                "PROVISIONER_TOKEN_TTL",
+                &var("PROVISIONER_TOKEN_TTL", "3600"),
+            )?,
+            job_max_attempts: positive(
+                "PROVISIONER_JOB_MAX_ATTEMPTS",
+                &var("PROVISIONER_JOB_MAX_ATTEMPTS", "5"),
+            )?,
+            template_timeout: seconds(
+                "PROVISIONER_TEMPLATE_TIMEOUT",
+                &var("PROVISIONER_TEMPLATE_TIMEOUT", "60"),
+            )?,
             template_max_bytes: positive(
                 "PROVISIONER_TEMPLATE_MAX_BYTES",
                 &var("PROVISIONER_TEMPLATE_MAX_BYTES", "67108864"),
@@ -91,9 +114,17 @@ impl Settings {
             log_format: match var("PROVISIONER_LOG_FORMAT", "pretty").as_str() {
                 "pretty" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
-                other => return Err(invalid("PROVISIONER_LOG_FORMAT", other, "`pretty` or `json`")),
+                other => {
+                    return Err(invalid(
+                        "PROVISIONER_LOG_FORMAT",
+                        other,
+                        "`pretty` or `json`",
+                    ));
+                }
             },
-            seal_key: get("PROVISIONER_SEAL_KEY").filter(|v| !v.is_empty()).map(SecretString::from),
+            seal_key: get("PROVISIONER_SEAL_KEY")
+                .filter(|v| !v.is_empty())
+                .map(SecretString::from),
             job_lease: seconds("PROVISIONER_JOB_LEASE", &var("PROVISIONER_JOB_LEASE", "30"))?,
             retry_base_delay: millis(
                 "PROVISIONER_RETRY_BASE_DELAY_MS",
@@ -109,14 +140,20 @@ impl Settings {
 }
 
 fn invalid(variable: &'static str, value: &str, expected: &str) -> SettingsError {
-    SettingsError { variable, message: format!("`{value}` is not valid; expected {expected}") }
+    SettingsError {
+        variable,
+        message: format!("`{value}` is not valid; expected {expected}"),
+    }
 }
 
 fn parse<T: FromStr>(variable: &'static str, value: &str) -> Result<T, SettingsError>
 where
     T::Err: std::fmt::Display,
 {
-    value.trim().parse().map_err(|e| SettingsError { variable, message: format!("`{value}`: {e}") })
+    value.trim().parse().map_err(|e| SettingsError {
+        variable,
+        message: format!("`{value}`: {e}"),
+    })
 }
 
 fn parse_bool(variable: &'static str, value: &str) -> Result<bool, SettingsError> {
@@ -127,7 +164,10 @@ fn parse_bool(variable: &'static str, value: &str) -> Result<bool, SettingsError
     }
 }
 
-fn positive<T: FromStr + Default + PartialEq>(variable: &'static str, value: &str) -> Result<T, SettingsError>
+fn positive<T: FromStr + Default + PartialEq>(
+    variable: &'static str,
+    value: &str,
+) -> Result<T, SettingsError>
 where
     T::Err: std::fmt::Display,
 {
@@ -152,8 +192,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 

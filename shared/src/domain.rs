@@ -25,7 +25,9 @@ impl TenantUrl {
                 && !l.ends_with('-')
         };
         if !url.split('.').all(label_ok) {
-            return Err("must be a host name: dot-separated labels of letters, digits and inner hyphens");
+            return Err(
+                "must be a host name: dot-separated labels of letters, digits and inner hyphens",
+            );
         }
         Ok(Self(url))
     }
@@ -61,11 +63,15 @@ pub fn is_access_number(s: &str) -> bool {
 
 /// A pragmatic e-mail check: one `@`, a non-empty local part without spaces, a dotted domain.
 pub fn is_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else { return false };
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
     s.len() <= 254
         && !local.is_empty()
         && local.len() <= 64
-        && !local.chars().any(|c| c.is_whitespace() || c == '@' || c.is_control())
+        && !local
+            .chars()
+            .any(|c| c.is_whitespace() || c == '@' || c.is_control())
         && domain.contains('.')
         && TenantUrl::parse(domain).is_ok()
 }
@@ -81,8 +87,13 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub const ALL: [JobStatus; 5] =
-        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled];
+    pub const ALL: [JobStatus; 5] = [
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -212,9 +223,21 @@ mod tests {
 
     #[test]
     fn tenant_urls_are_host_names_stored_lower_case() {
-        assert_eq!(TenantUrl::parse("Acme.Example.COM").unwrap().as_str(), "acme.example.com");
+        assert_eq!(
+            TenantUrl::parse("Acme.Example.COM").unwrap().as_str(),
+            "acme.example.com"
+        );
         assert!(TenantUrl::parse("a").is_ok());
-        for bad in ["", "-a.com", "a-.com", "a..com", "a_b.com", "a b", "ä.com", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            "a_b.com",
+            "a b",
+            "ä.com",
+            &"a".repeat(254),
+        ] {
             assert!(TenantUrl::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

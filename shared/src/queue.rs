@@ -71,34 +71,83 @@ pub fn status_event(job: &JobView, version: i32) -> OutboxMessage {
 /// (the broker refuses a redeclaration with other arguments).
 pub fn job_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_EXCHANGE.into()));
-    args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
-    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(DEAD_EXCHANGE.into()),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
     args
 }
 
 /// Declares every exchange and queue of the contract (idempotent).
 pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     channel
-        .exchange_declare(JOBS_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default())
+        .exchange_declare(
+            JOBS_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(DEAD_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default())
+        .exchange_declare(
+            DEAD_EXCHANGE.into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default())
+        .exchange_declare(
+            EVENTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
         .await?;
-    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    let queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     let mut dead_args = FieldTable::default();
-    dead_args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    channel.queue_declare(DEAD_QUEUE.into(), queue, dead_args).await?;
+    dead_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     channel
-        .queue_bind(DEAD_QUEUE.into(), DEAD_EXCHANGE.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_declare(DEAD_QUEUE.into(), queue, dead_args)
         .await?;
-    channel.queue_declare(CREATE_TENANT_QUEUE.into(), queue, job_queue_arguments()).await?;
+    channel
+        .queue_bind(
+            DEAD_QUEUE.into(),
+            DEAD_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(CREATE_TENANT_QUEUE.into(), queue, job_queue_arguments())
+        .await?;
     channel
         .queue_bind(
             CREATE_TENANT_QUEUE.into(),

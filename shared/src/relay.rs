@@ -40,7 +40,9 @@ impl Notifications {
     /// Starts listening; the task reconnects on its own until `shutdown`.
     pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
         let (sender, _) = broadcast::channel(4096);
-        let hub = Self { sender: sender.clone() };
+        let hub = Self {
+            sender: sender.clone(),
+        };
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
                 if let Err(e) = listen(&pool, &sender, &shutdown).await {
@@ -60,9 +62,15 @@ impl Notifications {
     }
 }
 
-async fn listen(pool: &PgPool, sender: &broadcast::Sender<Notification>, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
+async fn listen(
+    pool: &PgPool,
+    sender: &broadcast::Sender<Notification>,
+    shutdown: &CancellationToken,
+) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all([outbox::NOTIFY_CHANNEL, db::jobs::NOTIFY_CHANNEL]).await?;
+    listener
+        .listen_all([outbox::NOTIFY_CHANNEL, db::jobs::NOTIFY_CHANNEL])
+        .await?;
     loop {
         let next = tokio::select! {
             n = listener.try_recv() => n?,
@@ -70,7 +78,10 @@ async fn listen(pool: &PgPool, sender: &broadcast::Sender<Notification>, shutdow
         };
         match next {
             Some(n) => {
-                let _ = sender.send(Notification { channel: n.channel().to_owned(), payload: n.payload().to_owned() });
+                let _ = sender.send(Notification {
+                    channel: n.channel().to_owned(),
+                    payload: n.payload().to_owned(),
+                });
             }
             None => return Err(sqlx::Error::PoolClosed),
         }
@@ -84,7 +95,12 @@ pub async fn connect_broker(url: &SecretString, name: &str) -> lapin::Result<Con
 }
 
 /// Publishes the outbox until `shutdown`, reconnecting to the broker as needed.
-pub async fn run(pool: PgPool, amqp_url: SecretString, hub: Notifications, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    amqp_url: SecretString,
+    hub: Notifications,
+    shutdown: CancellationToken,
+) {
     let mut wake = hub.subscribe();
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
@@ -111,7 +127,9 @@ async fn relay_session(
     let conn = connect_broker(amqp_url, "provisioner-relay").await?;
     let channel = conn.create_channel().await?;
     queue::declare_topology(&channel).await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     tracing::info!("outbox relay connected");
     loop {
         while publish_batch(pool, &channel).await? == BATCH as usize {}
@@ -144,7 +162,10 @@ async fn publish_batch(pool: &PgPool, channel: &Channel) -> anyhow::Result<usize
                 row.exchange.clone().into(),
                 row.routing_key.clone().into(),
                 // Job messages must reach their queue; events may have no subscriber.
-                BasicPublishOptions { mandatory: row.exchange == queue::JOBS_EXCHANGE, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: row.exchange == queue::JOBS_EXCHANGE,
+                    ..Default::default()
+                },
                 &row.payload,
                 props,
             )

@@ -44,14 +44,19 @@ impl Sealer {
             .chain_update(key)
             .finalize()
             .into();
-        Self { cipher: XChaCha20Poly1305::new(key.into()), digest_key }
+        Self {
+            cipher: XChaCha20Poly1305::new(key.into()),
+            digest_key,
+        }
     }
 
     /// The operator's key when configured, else the instance key kept in the database (made on
     /// first use; every process of the cluster then agrees on it).
     pub async fn load(configured: Option<&SecretString>, pool: &PgPool) -> Result<Self, SealError> {
         let key: Vec<u8> = match configured {
-            Some(b64) => STANDARD.decode(b64.expose_secret().trim()).map_err(|_| SealError::BadKey)?,
+            Some(b64) => STANDARD
+                .decode(b64.expose_secret().trim())
+                .map_err(|_| SealError::BadKey)?,
             None => {
                 let mut fresh = [0u8; 32];
                 rand::thread_rng().fill_bytes(&mut fresh);
@@ -68,7 +73,13 @@ impl Sealer {
         rand::thread_rng().fill_bytes(&mut nonce);
         let sealed = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: context })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context,
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         [nonce.as_slice(), &sealed].concat()
     }
@@ -79,7 +90,13 @@ impl Sealer {
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         self.cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: context })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: context,
+                },
+            )
             .map_err(|_| SealError::Corrupt)
     }
 
@@ -89,7 +106,11 @@ impl Sealer {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key)
             .expect("HMAC accepts keys of any length");
         mac.update(data);
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 }
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::{
     Connection, ConnectionProperties, ExchangeKind,
-    options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
     types::FieldTable,
 };
 use serde_json::Value;
@@ -26,19 +29,57 @@ pub struct Event {
 
 impl EventTap {
     pub async fn start(amqp_url: &str) -> Self {
-        let conn = Connection::connect(amqp_url, ConnectionProperties::default()).await.unwrap();
+        let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
         let channel = conn.create_channel().await.unwrap();
         channel
-            .exchange_declare(provisioner_shared::queue::EVENTS_EXCHANGE.into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .exchange_declare(
+                provisioner_shared::queue::EVENTS_EXCHANGE.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        let queue = channel.queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
         channel
-            .queue_bind(queue.name().clone(), provisioner_shared::queue::EVENTS_EXCHANGE.into(), "job.#".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                queue.name().clone(),
+                provisioner_shared::queue::EVENTS_EXCHANGE.into(),
+                "job.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        let consumer = channel.basic_consume(queue.name().clone(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
-        Self { _conn: conn, consumer }
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Self {
+            _conn: conn,
+            consumer,
+        }
     }
 
     /// Receives events until `done` holds for the list so far, or 30 s pass.
@@ -46,11 +87,19 @@ impl EventTap {
         let mut events = vec![];
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !done(&events) {
-            let next = tokio::time::timeout_at(deadline, self.consumer.next()).await.expect("events arrive in time").unwrap().unwrap();
+            let next = tokio::time::timeout_at(deadline, self.consumer.next())
+                .await
+                .expect("events arrive in time")
+                .unwrap()
+                .unwrap();
             next.acker.ack(BasicAckOptions::default()).await.unwrap();
             events.push(Event {
                 routing_key: next.routing_key.to_string(),
-                content_type: next.properties.content_type().as_ref().map(|c| c.to_string()),
+                content_type: next
+                    .properties
+                    .content_type()
+                    .as_ref()
+                    .map(|c| c.to_string()),
                 persistent: *next.properties.delivery_mode() == Some(2),
                 body: serde_json::from_slice(&next.data).unwrap(),
             });

@@ -4,7 +4,8 @@ use std::io::{Cursor, Write};
 
 use chrono::Utc;
 use provisioner_shared::template::{
-    AccessNumberEntry, AuditEntry, CallingListEntry, FORMAT, FORMAT_VERSION, Manifest, ManifestSource, ObjectEntry, Template, TenantEntry, UserEntry,
+    AccessNumberEntry, AuditEntry, CallingListEntry, FORMAT, FORMAT_VERSION, Manifest,
+    ManifestSource, ObjectEntry, Template, TenantEntry, UserEntry,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -24,30 +25,91 @@ pub fn sample_template(db_version: i64) -> Template {
             format_version: FORMAT_VERSION,
             db_version,
             exported_at: Utc::now(),
-            source: ManifestSource { tenant_id: source, tenant_url: "source.example.com".into(), tenant_name: "Source".into() },
+            source: ManifestSource {
+                tenant_id: source,
+                tenant_url: "source.example.com".into(),
+                tenant_name: "Source".into(),
+            },
         },
         tenant: TenantEntry {
             id: source,
             url: "source.example.com".into(),
             name: "Source".into(),
             sip_domain: "source.example.com".into(),
-            settings: json!({"timezone": "Europe/London", "recording": {"enabled": true}}).as_object().unwrap().clone(),
+            settings: json!({"timezone": "Europe/London", "recording": {"enabled": true}})
+                .as_object()
+                .unwrap()
+                .clone(),
         },
         users: vec![
-            UserEntry { id: Uuid::new_v4(), login_id: "admin".into(), first_name: "Old".into(), last_name: "Admin".into(), email: "old@source.example".into(), roles: vec!["admin".into()], password_hash: Some(hash.clone()), teams: vec![] },
-            UserEntry { id: Uuid::new_v4(), login_id: "agent1".into(), first_name: "Grace".into(), last_name: "Hopper".into(), email: "grace@source.example".into(), roles: vec!["agent".into()], password_hash: Some(hash), teams: vec![team] },
+            UserEntry {
+                id: Uuid::new_v4(),
+                login_id: "admin".into(),
+                first_name: "Old".into(),
+                last_name: "Admin".into(),
+                email: "old@source.example".into(),
+                roles: vec!["admin".into()],
+                password_hash: Some(hash.clone()),
+                teams: vec![],
+            },
+            UserEntry {
+                id: Uuid::new_v4(),
+                login_id: "agent1".into(),
+                first_name: "Grace".into(),
+                last_name: "Hopper".into(),
+                email: "grace@source.example".into(),
+                roles: vec!["agent".into()],
+                password_hash: Some(hash),
+                teams: vec![team],
+            },
         ],
         objects: vec![
-            ObjectEntry { id: team, kind: "team".into(), name: "Tier 1".into(), data: json!({"size": 5}).as_object().unwrap().clone(), refs: vec![] },
-            ObjectEntry { id: skill, kind: "skill".into(), name: "English".into(), data: Default::default(), refs: vec![] },
-            ObjectEntry { id: service, kind: "service".into(), name: "Support".into(), data: json!({"sla": 20}).as_object().unwrap().clone(), refs: vec![team, skill] },
+            ObjectEntry {
+                id: team,
+                kind: "team".into(),
+                name: "Tier 1".into(),
+                data: json!({"size": 5}).as_object().unwrap().clone(),
+                refs: vec![],
+            },
+            ObjectEntry {
+                id: skill,
+                kind: "skill".into(),
+                name: "English".into(),
+                data: Default::default(),
+                refs: vec![],
+            },
+            ObjectEntry {
+                id: service,
+                kind: "service".into(),
+                name: "Support".into(),
+                data: json!({"sla": 20}).as_object().unwrap().clone(),
+                refs: vec![team, skill],
+            },
         ],
         access_numbers: vec![
-            AccessNumberEntry { number: "0000000000".into(), count: 10, media: "VOICE".into() },
-            AccessNumberEntry { number: "0000000100".into(), count: 5, media: "VOICE".into() },
+            AccessNumberEntry {
+                number: "0000000000".into(),
+                count: 10,
+                media: "VOICE".into(),
+            },
+            AccessNumberEntry {
+                number: "0000000100".into(),
+                count: 5,
+                media: "VOICE".into(),
+            },
         ],
-        calling_lists: vec![CallingListEntry { id: Uuid::new_v4(), name: "Leads".into(), entries: vec![json!({"phone": "4155550000"}).as_object().unwrap().clone()] }],
-        audit: vec![AuditEntry { at: Utc::now(), actor: "ops".into(), action: "update".into(), object: "service".into(), details: Default::default() }],
+        calling_lists: vec![CallingListEntry {
+            id: Uuid::new_v4(),
+            name: "Leads".into(),
+            entries: vec![json!({"phone": "4155550000"}).as_object().unwrap().clone()],
+        }],
+        audit: vec![AuditEntry {
+            at: Utc::now(),
+            actor: "ops".into(),
+            action: "update".into(),
+            object: "service".into(),
+            details: Default::default(),
+        }],
     }
 }
 
@@ -67,7 +129,8 @@ pub fn create_body(template_url: &str) -> Value {
 /// A ZIP from raw `(name, bytes)` entries, for hostile archives.
 pub fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
     for (name, body) in entries {
         zip.start_file(*name, options).unwrap();
         zip.write_all(body).unwrap();
@@ -77,5 +140,8 @@ pub fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// A random, unique tenant URL.
 pub fn tenant_url() -> String {
-    format!("t{}.example.com", &Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "t{}.example.com",
+        &Uuid::new_v4().simple().to_string()[..12]
+    )
 }

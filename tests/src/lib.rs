@@ -24,7 +24,10 @@ pub struct TestApp {
     pub vhost: String,
     pub templates: TemplateServer,
     api_shutdown: CancellationToken,
-    workers: Vec<(CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    workers: Vec<(
+        CancellationToken,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
 }
 
 /// How to start a test system.
@@ -36,13 +39,23 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { workers: 1, vars: vec![] }
+        Self {
+            workers: 1,
+            vars: vec![],
+        }
     }
 }
 
 fn run_rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl TestApp {
@@ -65,8 +78,14 @@ impl TestApp {
         .unwrap();
         let templates = TemplateServer::start().await;
         let mut vars: HashMap<String, String> = [
-            ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:5432/{name}")),
-            ("AMQP_URL", format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")),
+            (
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            ),
+            (
+                "AMQP_URL",
+                format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+            ),
             ("PROVISIONER_LISTEN", "127.0.0.1:0".to_owned()),
             ("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "true".to_owned()),
             ("PROVISIONER_RETRY_BASE_DELAY_MS", "50".to_owned()),
@@ -83,10 +102,17 @@ impl TestApp {
         let settings = settings(&vars);
         let api_shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(provisioner_api::run(settings.clone(), api_shutdown.clone(), move |addr| {
-            let _ = tx.send(addr);
-        }));
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("API starts").expect("API binds");
+        tokio::spawn(provisioner_api::run(
+            settings.clone(),
+            api_shutdown.clone(),
+            move |addr| {
+                let _ = tx.send(addr);
+            },
+        ));
+        let addr = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("API starts")
+            .expect("API binds");
         let db = sqlx::PgPool::connect(&vars["DATABASE_URL"]).await.unwrap();
         let mut app = Self {
             addr,
@@ -130,7 +156,12 @@ impl TestApp {
 
     /// `POST /configapi/v2/selfservice/tenant/{tenant}` with a JSON body.
     pub async fn create(&self, tenant: &str, body: &Value) -> reqwest::Response {
-        self.http.post(self.url(&format!("/configapi/v2/selfservice/tenant/{tenant}"))).json(body).send().await.unwrap()
+        self.http
+            .post(self.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
@@ -143,12 +174,17 @@ impl TestApp {
     pub async fn wait_job(&self, id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let (status, job) = self.get_json(&format!("/configapi/v2/jobs/{id}?wait=5&status=running")).await;
+            let (status, job) = self
+                .get_json(&format!("/configapi/v2/jobs/{id}?wait=5&status=running"))
+                .await;
             assert_eq!(status, 200, "job {id}: {job}");
             if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
                 return job;
             }
-            assert!(tokio::time::Instant::now() < deadline, "job {id} did not end: {job}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} did not end: {job}"
+            );
         }
     }
 
@@ -161,11 +197,21 @@ impl TestApp {
     }
 
     pub async fn export(&self, tenant: &str) -> provisioner_shared::template::Template {
-        let r = self.http.get(self.url(&format!("/configapi/v2/tenant/{tenant}/export"))).send().await.unwrap();
+        let r = self
+            .http
+            .get(self.url(&format!("/configapi/v2/tenant/{tenant}/export")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["content-type"], "application/zip");
         let bytes = r.bytes().await.unwrap();
-        provisioner_shared::template::Template::read(&bytes, &Default::default(), self.db_version().await).unwrap()
+        provisioner_shared::template::Template::read(
+            &bytes,
+            &Default::default(),
+            self.db_version().await,
+        )
+        .unwrap()
     }
 
     /// Advisory locks in this test's database: (granted, waiting).
@@ -181,11 +227,16 @@ impl TestApp {
 
     /// Waits until `n` sessions wait for an advisory lock in this test's database.
     pub async fn until_lock_waiters(&self, n: i64) {
-        eventually(Duration::from_secs(20), || async { (self.advisory_locks().await.1 == n).then_some(()) }).await;
+        eventually(Duration::from_secs(20), || async {
+            (self.advisory_locks().await.1 == n).then_some(())
+        })
+        .await;
     }
 
     pub async fn db_version(&self) -> i64 {
-        provisioner_shared::db::schema_version(&self.db).await.unwrap()
+        provisioner_shared::db::schema_version(&self.db)
+            .await
+            .unwrap()
     }
 
     /// Stops everything and removes the database and vhost.
@@ -194,10 +245,19 @@ impl TestApp {
         self.api_shutdown.cancel();
         self.db.close().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.database)).execute(&admin).await;
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.database
+        ))
+        .execute(&admin)
+        .await;
         let vhost = self.vhost.clone();
-        tokio::task::spawn_blocking(move || run_rabbitmqctl(&["delete_vhost", &vhost])).await.unwrap();
+        tokio::task::spawn_blocking(move || run_rabbitmqctl(&["delete_vhost", &vhost]))
+            .await
+            .unwrap();
     }
 }
 
@@ -206,13 +266,19 @@ fn settings(vars: &HashMap<String, String>) -> Settings {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, failing after `within`.
-pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(within: Duration, mut check: impl FnMut() -> F) -> T {
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {within:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -38,7 +38,9 @@ pub struct TemplateServer {
 impl TemplateServer {
     pub async fn start() -> Self {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().route("/{name}", get(serve)).with_state(inner.clone());
+        let app = Router::new()
+            .route("/{name}", get(serve))
+            .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -47,16 +49,33 @@ impl TemplateServer {
 
     /// Serves `body` at `/name`; returns its URL.
     pub fn put(&self, name: &str, body: Vec<u8>) -> String {
-        self.route(name, Route { status: 200, body: body.into(), fail_first: 0 })
+        self.route(
+            name,
+            Route {
+                status: 200,
+                body: body.into(),
+                fail_first: 0,
+            },
+        )
     }
 
     pub fn route(&self, name: &str, route: Route) -> String {
-        self.inner.lock().unwrap().routes.insert(name.to_owned(), route);
+        self.inner
+            .lock()
+            .unwrap()
+            .routes
+            .insert(name.to_owned(), route);
         format!("http://{}/{name}", self.addr)
     }
 
     pub fn hits(&self, name: &str) -> usize {
-        self.inner.lock().unwrap().hits.get(name).copied().unwrap_or(0)
+        self.inner
+            .lock()
+            .unwrap()
+            .hits
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -70,6 +89,11 @@ async fn serve(State(inner): State<Arc<Mutex<Inner>>>, Path(name): Path<String>)
     match inner.routes.get(&name) {
         None => StatusCode::NOT_FOUND.into_response(),
         Some(r) if hits <= r.fail_first => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-        Some(r) => (StatusCode::from_u16(r.status).unwrap(), [("content-type", "application/zip")], r.body.clone()).into_response(),
+        Some(r) => (
+            StatusCode::from_u16(r.status).unwrap(),
+            [("content-type", "application/zip")],
+            r.body.clone(),
+        )
+            .into_response(),
     }
 }

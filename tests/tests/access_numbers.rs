@@ -20,7 +20,17 @@ async fn ranges(app: &TestApp, tenant: Option<&str>) -> Vec<(String, i64, Value)
     };
     let (status, body) = app.get_json(&path).await;
     assert_eq!(status, 200);
-    body.as_array().unwrap().iter().map(|r| (r["number"].as_str().unwrap().to_owned(), r["count"].as_i64().unwrap(), r["tenantUrl"].clone())).collect()
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["number"].as_str().unwrap().to_owned(),
+                r["count"].as_i64().unwrap(),
+                r["tenantUrl"].clone(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -64,27 +74,57 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
             {"number": "6000", "count": 10, "reason": "overlapsExistingRange"}
         ])
     );
-    let mine: Vec<_> = ranges(&app, Some(&tenant)).await.into_iter().map(|(n, c, _)| (n, c)).collect();
-    assert_eq!(mine, vec![("2000".to_owned(), 10), ("5000".to_owned(), 10), ("70000".to_owned(), 10)]);
+    let mine: Vec<_> = ranges(&app, Some(&tenant))
+        .await
+        .into_iter()
+        .map(|(n, c, _)| (n, c))
+        .collect();
+    assert_eq!(
+        mine,
+        vec![
+            ("2000".to_owned(), 10),
+            ("5000".to_owned(), 10),
+            ("70000".to_owned(), 10)
+        ]
+    );
     let all = ranges(&app, None).await;
-    assert!(all.contains(&("4005".to_owned(), 10, Value::Null)), "the overlapped unassigned range stays unassigned");
-    assert!(all.contains(&("3000".to_owned(), 10, json!(other))), "another tenant's range is untouched");
-    assert!(!all.iter().any(|(n, ..)| n == "1000"), "a mapped range does not keep its template number");
+    assert!(
+        all.contains(&("4005".to_owned(), 10, Value::Null)),
+        "the overlapped unassigned range stays unassigned"
+    );
+    assert!(
+        all.contains(&("3000".to_owned(), 10, json!(other))),
+        "another tenant's range is untouched"
+    );
+    assert!(
+        !all.iter().any(|(n, ..)| n == "1000"),
+        "a mapped range does not keep its template number"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn overlapping_ranges_are_impossible_in_the_database_itself() {
-    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     insert_range(&app, "4155550100", 100, None).await;
     for (number, count) in [("4155550199", 1), ("4155550000", 101), ("4155550150", 10)] {
-        let err = sqlx::query("INSERT INTO access_numbers (number, count, media) VALUES ($1, $2, 'VOICE')")
-            .bind(number)
-            .bind(count)
-            .execute(&app.db)
-            .await
-            .unwrap_err();
-        assert_eq!(err.as_database_error().unwrap().constraint(), Some("access_numbers_no_overlap"), "{number} x {count}");
+        let err = sqlx::query(
+            "INSERT INTO access_numbers (number, count, media) VALUES ($1, $2, 'VOICE')",
+        )
+        .bind(number)
+        .bind(count)
+        .execute(&app.db)
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.as_database_error().unwrap().constraint(),
+            Some("access_numbers_no_overlap"),
+            "{number} x {count}"
+        );
     }
     // Adjacent ranges and other digit lengths are fine.
     insert_range(&app, "4155550200", 5, None).await;

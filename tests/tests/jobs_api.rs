@@ -9,8 +9,13 @@ use serde_json::{Value, json};
 async fn every_status_change_is_published_as_a_cloudevent_with_jobversion() {
     let app = TestApp::spawn().await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
-    let job = app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url)).await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
+    let job = app
+        .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
     let id = job["jobId"].as_str().unwrap();
     let mut events = tap.collect_until(|e| e.len() >= 3).await;
     events.sort_by_key(|e| e.body["jobversion"].as_i64());
@@ -19,7 +24,10 @@ async fn every_status_change_is_published_as_a_cloudevent_with_jobversion() {
     let mut ids = HashSet::new();
     for (i, e) in events.iter().enumerate() {
         let b = &e.body;
-        assert_eq!(e.content_type.as_deref(), Some("application/cloudevents+json"));
+        assert_eq!(
+            e.content_type.as_deref(),
+            Some("application/cloudevents+json")
+        );
         assert!(e.persistent);
         assert_eq!(b["specversion"], "1.0");
         assert_eq!(b["source"], "/provisioner");
@@ -27,31 +35,62 @@ async fn every_status_change_is_published_as_a_cloudevent_with_jobversion() {
         assert_eq!(b["subject"], id);
         assert_eq!(b["jobversion"], i as i64 + 1);
         assert!(b["time"].is_string());
-        assert!(ids.insert(b["id"].as_str().unwrap().to_owned()), "event ids are unique");
+        assert!(
+            ids.insert(b["id"].as_str().unwrap().to_owned()),
+            "event ids are unique"
+        );
         assert_eq!(b["data"]["jobId"], id);
-        assert_eq!(b["data"]["status"], e.routing_key.trim_start_matches("job."));
+        assert_eq!(
+            b["data"]["status"],
+            e.routing_key.trim_start_matches("job.")
+        );
     }
-    assert_eq!(events[2].body["data"], job, "the last event carries the job as GET returns it");
+    assert_eq!(
+        events[2].body["data"], job,
+        "the last event carries the job as GET returns it"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn prefer_wait_answers_with_the_final_code() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let post = |tenant: String, body: Value, wait: &'static str| {
-        app.http.post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}"))).header("prefer", wait).json(&body).send()
+        app.http
+            .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+            .header("prefer", wait)
+            .json(&body)
+            .send()
     };
     let tenant = fixtures::tenant_url();
-    let r = post(tenant.clone(), fixtures::create_body(&url), "respond-async, wait=30").await.unwrap();
+    let r = post(
+        tenant.clone(),
+        fixtures::create_body(&url),
+        "respond-async, wait=30",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["preference-applied"], "wait=30");
     let job: Value = r.json().await.unwrap();
-    assert_eq!((job["status"].as_str(), job["code"].as_i64()), (Some("succeeded"), Some(200)));
+    assert_eq!(
+        (job["status"].as_str(), job["code"].as_i64()),
+        (Some("succeeded"), Some(200))
+    );
     assert_eq!(job["tenant"]["url"], tenant);
 
     // A failure answers its code as a problem carrying the job.
-    let r = post(fixtures::tenant_url(), fixtures::create_body(&format!("http://{}/absent", app.templates.addr)), "wait=30").await.unwrap();
+    let r = post(
+        fixtures::tenant_url(),
+        fixtures::create_body(&format!("http://{}/absent", app.templates.addr)),
+        "wait=30",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     assert_eq!(r.headers()["preference-applied"], "wait=30");
@@ -60,17 +99,36 @@ async fn prefer_wait_answers_with_the_final_code() {
     assert_eq!(p["job"]["code"], 400);
 
     // Existing tenant: 409 at once, whatever the preference.
-    let r = post(tenant, fixtures::create_body(&url), "wait=30").await.unwrap();
+    let r = post(tenant, fixtures::create_body(&url), "wait=30")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn prefer_wait_that_runs_out_answers_202() {
-    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let started = std::time::Instant::now();
-    let r = app.http.post(app.url(&format!("/configapi/v2/selfservice/tenant/{}", fixtures::tenant_url()))).header("prefer", "wait=1").json(&fixtures::create_body(&url)).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        )))
+        .header("prefer", "wait=1")
+        .json(&fixtures::create_body(&url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert!(r.headers().contains_key("location"));
@@ -81,10 +139,17 @@ async fn prefer_wait_that_runs_out_answers_202() {
 #[tokio::test]
 async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_422() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let tenant = fixtures::tenant_url();
     let send = |body: Value, key: &'static str| {
-        app.http.post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}"))).header("idempotency-key", key).json(&body).send()
+        app.http
+            .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
     };
     let body = fixtures::create_body(&url);
     // A storm of concurrent retries makes exactly one job.
@@ -93,7 +158,12 @@ async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_4
     for r in storm {
         let r = r.unwrap();
         assert_eq!(r.status(), 202);
-        ids.insert(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_owned());
+        ids.insert(
+            r.json::<Value>().await.unwrap()["jobId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(ids.len(), 1, "{ids:?}");
     let id = ids.into_iter().next().unwrap();
@@ -103,61 +173,136 @@ async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_4
     let r = send(body.clone(), "key-1").await.unwrap();
     assert_eq!(r.status(), 202);
     let again: Value = r.json().await.unwrap();
-    assert_eq!((again["jobId"].as_str(), again["status"].as_str()), (Some(id.as_str()), Some("succeeded")));
+    assert_eq!(
+        (again["jobId"].as_str(), again["status"].as_str()),
+        (Some(id.as_str()), Some("succeeded"))
+    );
 
     let mut other = body.clone();
     other["password"] = json!("another password entirely");
     let r = send(other, "key-1").await.unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db).await.unwrap();
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(jobs, 1);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
-    let mut app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let mut app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let tenant = fixtures::tenant_url();
-    let job: Value = app.create(&tenant, &fixtures::create_body(&url)).await.json().await.unwrap();
+    let job: Value = app
+        .create(&tenant, &fixtures::create_body(&url))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["jobId"].as_str().unwrap();
-    let r = app.http.delete(app.url(&format!("/configapi/v2/jobs/{id}"))).send().await.unwrap();
+    let r = app
+        .http
+        .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let cancelled: Value = r.json().await.unwrap();
-    assert_eq!((cancelled["status"].as_str(), cancelled["code"].as_i64()), (Some("cancelled"), None));
+    assert_eq!(
+        (cancelled["status"].as_str(), cancelled["code"].as_i64()),
+        (Some("cancelled"), None)
+    );
     assert!(cancelled["finishedAt"].is_string());
-    let r = app.http.delete(app.url(&format!("/configapi/v2/jobs/{id}"))).send().await.unwrap();
+    let r = app
+        .http
+        .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
-    let r = app.http.delete(app.url("/configapi/v2/jobs/00000000-0000-0000-0000-000000000000")).send().await.unwrap();
+    let r = app
+        .http
+        .delete(app.url("/configapi/v2/jobs/00000000-0000-0000-0000-000000000000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 
     // The worker receives the message, sees the job cancelled, and does nothing.
     app.start_worker();
-    let other = app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url)).await;
+    let other = app
+        .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
     assert_eq!(other["code"], 200);
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(after["status"], "cancelled");
-    assert_eq!(app.get_json(&format!("/configapi/v2/tenant/{tenant}")).await.0, 404);
-    let sealed: Option<Vec<u8>> = sqlx::query_scalar("SELECT sealed_password FROM jobs WHERE id = $1::uuid").bind(id).fetch_one(&app.db).await.unwrap();
-    assert!(sealed.is_none(), "an ended job keeps no password, sealed or not");
+    assert_eq!(
+        app.get_json(&format!("/configapi/v2/tenant/{tenant}"))
+            .await
+            .0,
+        404
+    );
+    let sealed: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT sealed_password FROM jobs WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(
+        sealed.is_none(),
+        "an ended job keeps no password, sealed or not"
+    );
 
     // Ended jobs cannot be cancelled.
-    let r = app.http.delete(app.url(&format!("/configapi/v2/jobs/{}", other["jobId"].as_str().unwrap()))).send().await.unwrap();
+    let r = app
+        .http
+        .delete(app.url(&format!(
+            "/configapi/v2/jobs/{}",
+            other["jobId"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn jobs_list_newest_first_with_filters_and_a_cursor() {
-    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let mut made = vec![];
     for _ in 0..5 {
-        let job: Value = app.create(&fixtures::tenant_url(), &fixtures::create_body(&url)).await.json().await.unwrap();
+        let job: Value = app
+            .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await
+            .json()
+            .await
+            .unwrap();
         made.push(job["jobId"].as_str().unwrap().to_owned());
     }
-    app.http.delete(app.url(&format!("/configapi/v2/jobs/{}", made[0]))).send().await.unwrap();
+    app.http
+        .delete(app.url(&format!("/configapi/v2/jobs/{}", made[0])))
+        .send()
+        .await
+        .unwrap();
     let mut seen = vec![];
     let mut cursor: Option<String> = None;
     loop {
@@ -169,7 +314,11 @@ async fn jobs_list_newest_first_with_filters_and_a_cursor() {
         assert_eq!(status, 200);
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 2);
-        seen.extend(items.iter().map(|j| j["jobId"].as_str().unwrap().to_owned()));
+        seen.extend(
+            items
+                .iter()
+                .map(|j| j["jobId"].as_str().unwrap().to_owned()),
+        );
         match page["nextCursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -189,18 +338,46 @@ async fn jobs_list_newest_first_with_filters_and_a_cursor() {
 
 #[tokio::test]
 async fn long_polling_returns_as_soon_as_the_status_changes() {
-    let mut app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
-    let job: Value = app.create(&fixtures::tenant_url(), &fixtures::create_body(&url)).await.json().await.unwrap();
+    let mut app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
+    let job: Value = app
+        .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["jobId"].as_str().unwrap().to_owned();
     let started = std::time::Instant::now();
-    let (_, same) = app.get_json(&format!("/configapi/v2/jobs/{id}?wait=1&status=queued")).await;
+    let (_, same) = app
+        .get_json(&format!("/configapi/v2/jobs/{id}?wait=1&status=queued"))
+        .await;
     assert_eq!(same["status"], "queued");
-    assert!(started.elapsed() >= Duration::from_millis(900), "no change: waits the full time");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "no change: waits the full time"
+    );
 
     let poll = {
-        let (http, url) = (app.http.clone(), app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=queued")));
-        tokio::spawn(async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
+        let (http, url) = (
+            app.http.clone(),
+            app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=queued")),
+        );
+        tokio::spawn(async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();

@@ -10,12 +10,21 @@ async fn problem(r: reqwest::Response) -> (u16, Value) {
 }
 
 fn fields(p: &Value) -> Vec<String> {
-    p["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect()
+    p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
 async fn each_invalid_field_is_named_and_no_job_is_recorded() {
-    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     let good = fixtures::create_body("https://templates.example/t.zip");
     let cases: Vec<(&str, Value)> = vec![
         ("tenantName", json!(null)),
@@ -38,7 +47,10 @@ async fn each_invalid_field_is_named_and_no_job_is_recorded() {
         ("lockTimeout", json!("10")),
         ("numberMap", json!(["0000000000"])),
         ("numberMap.00x", json!({"00x": "4155550100"})),
-        ("numberMap.0000000000", json!({"0000000000": "41555501001234567890123"})),
+        (
+            "numberMap.0000000000",
+            json!({"0000000000": "41555501001234567890123"}),
+        ),
         ("numberMap.0000000000", json!({"0000000000": 4155550100u64})),
     ];
     for (field, value) in cases {
@@ -61,31 +73,66 @@ async fn each_invalid_field_is_named_and_no_job_is_recorded() {
     assert_eq!(status, 400);
     assert_eq!(fields(&p).len(), 1, "{p}");
 
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&app.db).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(count, 0);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn all_problems_are_reported_at_once_including_unknown_and_server_owned_fields() {
-    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     let body = json!({"tenantName": "", "password": "x", "email": "nope", "status": "succeeded", "owner": "me", "templateUrl": "mailto:x@y.z"});
     let (status, p) = problem(app.create("bad_host!", &body).await).await;
     assert_eq!(status, 400);
     let mut got = fields(&p);
     got.sort();
-    let mut want: Vec<String> = ["tenant_url", "tenantName", "firstName", "lastName", "loginId", "password", "email", "templateUrl", "status", "owner"].map(String::from).to_vec();
+    let mut want: Vec<String> = [
+        "tenant_url",
+        "tenantName",
+        "firstName",
+        "lastName",
+        "loginId",
+        "password",
+        "email",
+        "templateUrl",
+        "status",
+        "owner",
+    ]
+    .map(String::from)
+    .to_vec();
     want.sort();
     assert_eq!(got, want, "{p}");
-    assert!(p["errors"].as_array().unwrap().iter().all(|e| !e["message"].as_str().unwrap().is_empty()));
+    assert!(
+        p["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !e["message"].as_str().unwrap().is_empty())
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn tenant_urls_must_be_host_names() {
-    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     let body = fixtures::create_body("https://templates.example/t.zip");
-    for bad in ["-acme.com", "acme..com", "acme_support.com", &format!("{}.com", "a".repeat(64))] {
+    for bad in [
+        "-acme.com",
+        "acme..com",
+        "acme_support.com",
+        &format!("{}.com", "a".repeat(64)),
+    ] {
         let (status, p) = problem(app.create(bad, &body).await).await;
         assert_eq!(status, 400, "{bad}");
         assert_eq!(fields(&p), vec!["tenant_url"], "{bad}");
@@ -95,17 +142,45 @@ async fn tenant_urls_must_be_host_names() {
 
 #[tokio::test]
 async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
-    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     let url = app.url("/configapi/v2/selfservice/tenant/acme.example.com");
-    let r = app.http.post(&url).header("content-type", "application/json").body("{\"tenantName\": ").send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"tenantName\": ")
+        .send()
+        .await
+        .unwrap();
     let (status, p) = problem(r).await;
     assert_eq!(status, 400);
-    assert!(p["detail"].as_str().unwrap().contains("line 1 column"), "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("line 1 column"),
+        "{p}"
+    );
 
-    let r = app.http.post(&url).header("content-type", "application/json").body("[1, 2]").send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("[1, 2]")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(r).await.0, 400);
 
-    let r = app.http.post(&url).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let r = app
+        .http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     let (status, p) = problem(r).await;
     assert_eq!(status, 415);
     assert!(p["detail"].as_str().unwrap().contains("text/plain"));
@@ -117,7 +192,11 @@ async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
 
 #[tokio::test]
 async fn unknown_jobs_and_tenants_are_404_problems() {
-    let app = TestApp::with(provisioner_tests::Options { workers: 0, ..Default::default() }).await;
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     for path in [
         "/configapi/v2/jobs/00000000-0000-0000-0000-000000000000",
         "/configapi/v2/jobs/not-a-uuid",

@@ -1,10 +1,6 @@
 //! Workers as separate processes: load sharing, no duplicates, and a worker killed mid-import.
 
-use std::{
-    collections::HashMap,
-    process::Stdio,
-    time::Duration,
-};
+use std::{collections::HashMap, process::Stdio, time::Duration};
 
 use provisioner_tests::{Options, TestApp, eventually, fixtures};
 use serde_json::{Value, json};
@@ -14,9 +10,18 @@ use tokio::{
 };
 
 /// Starts a worker process with the app's settings; its log lines go to `lines`.
-fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> (Child, tokio::sync::mpsc::UnboundedReceiver<String>) {
+fn spawn_worker(
+    app: &TestApp,
+    extra: &[(&str, &str)],
+) -> (Child, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-worker"));
-    cmd.envs(&app.vars).envs(extra.iter().copied()).env("PROVISIONER_LOG_FORMAT", "json").env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+    cmd.envs(&app.vars)
+        .envs(extra.iter().copied())
+        .env("PROVISIONER_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
     let mut child = cmd.spawn().expect("worker starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -41,8 +46,15 @@ fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<Value> {
 
 #[tokio::test]
 async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
-    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let (mut a, mut a_log) = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
     let (mut b, mut b_log) = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
     let mut ids = vec![];
@@ -53,20 +65,40 @@ async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
         body["numberMap"] = json!({"0000000000": format!("41555{i:05}")});
         let r = app.create(&tenant, &body).await;
         assert_eq!(r.status(), 202);
-        ids.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_owned());
+        ids.push(
+            r.json::<Value>().await.unwrap()["jobId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
         tenants.push(tenant);
     }
     for id in &ids {
         let job = app.wait_job(id).await;
-        assert_eq!((job["code"].as_i64(), job["attempts"].as_i64()), (Some(200), Some(1)), "{job}");
+        assert_eq!(
+            (job["code"].as_i64(), job["attempts"].as_i64()),
+            (Some(200), Some(1)),
+            "{job}"
+        );
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = ANY($1)").bind(&tenants).fetch_one(&app.db).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = ANY($1)")
+        .bind(&tenants)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(count, 24);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let done_by = |logs: Vec<Value>| logs.iter().filter(|l| l["message"] == "job succeeded").count();
+    let done_by = |logs: Vec<Value>| {
+        logs.iter()
+            .filter(|l| l["message"] == "job succeeded")
+            .count()
+    };
     let (by_a, by_b) = (done_by(drain(&mut a_log)), done_by(drain(&mut b_log)));
     assert_eq!(by_a + by_b, 24, "each job ran once");
-    assert!(by_a > 0 && by_b > 0, "both workers took jobs: {by_a} and {by_b}");
+    assert!(
+        by_a > 0 && by_b > 0,
+        "both workers took jobs: {by_a} and {by_b}"
+    );
     a.kill().await.unwrap();
     b.kill().await.unwrap();
     app.stop().await;
@@ -74,12 +106,23 @@ async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
 
 #[tokio::test]
 async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
-    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let tenant = fixtures::tenant_url();
     // Hold the tenant's lock so the first worker stops inside its import transaction.
     let mut held = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(format!("provisioner:tenant:{tenant}")).execute(&mut *held).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("provisioner:tenant:{tenant}"))
+        .execute(&mut *held)
+        .await
+        .unwrap();
     let (mut victim, _log) = spawn_worker(&app, &[]);
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(60);
@@ -94,67 +137,160 @@ async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
 
     let (mut rescuer, _log2) = spawn_worker(&app, &[]);
     let done = app.wait_job(&id).await;
-    assert_eq!((done["status"].as_str(), done["code"].as_i64(), done["attempts"].as_i64()), (Some("succeeded"), Some(200), Some(2)), "{done}");
-    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = $1").bind(&tenant).fetch_one(&app.db).await.unwrap();
+    assert_eq!(
+        (
+            done["status"].as_str(),
+            done["code"].as_i64(),
+            done["attempts"].as_i64()
+        ),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = $1")
+        .bind(&tenant)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(tenants, 1);
-    assert_eq!(app.advisory_locks().await, (0, 0), "no advisory lock outlives its import");
+    assert_eq!(
+        app.advisory_locks().await,
+        (0, 0),
+        "no advisory lock outlives its import"
+    );
     rescuer.kill().await.unwrap();
     app.stop().await;
 }
 
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_job_finish_before_the_worker_exits() {
-    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let tenant = fixtures::tenant_url();
     let mut held = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(format!("provisioner:tenant:{tenant}")).execute(&mut *held).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("provisioner:tenant:{tenant}"))
+        .execute(&mut *held)
+        .await
+        .unwrap();
     let (mut worker, _log) = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "20")]);
-    let job: Value = app.create(&tenant, &fixtures::create_body(&url)).await.json().await.unwrap();
+    let job: Value = app
+        .create(&tenant, &fixtures::create_body(&url))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["jobId"].as_str().unwrap().to_owned();
     app.until_lock_waiters(1).await;
     let pid = worker.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(worker.try_wait().unwrap().is_none(), "the worker waits for its in-flight job");
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker waits for its in-flight job"
+    );
     held.rollback().await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), worker.wait()).await.expect("exits after the job").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), worker.wait())
+        .await
+        .expect("exits after the job")
+        .unwrap();
     assert!(status.success(), "{status:?}");
     let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
-    assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("succeeded"), Some(1)), "{job}");
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("succeeded"), Some(1)),
+        "{job}"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn duplicate_deliveries_of_a_job_have_one_effect() {
     use lapin::{BasicProperties, Connection, ConnectionProperties, options::BasicPublishOptions};
-    let mut app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let mut app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let tenant = fixtures::tenant_url();
-    let job: Value = app.create(&tenant, &fixtures::create_body(&url)).await.json().await.unwrap();
+    let job: Value = app
+        .create(&tenant, &fixtures::create_body(&url))
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["jobId"].as_str().unwrap().to_owned();
     // Publish the same job message four more times, then race two workers.
-    let conn = Connection::connect(&app.vars["AMQP_URL"], ConnectionProperties::default()).await.unwrap();
+    let conn = Connection::connect(&app.vars["AMQP_URL"], ConnectionProperties::default())
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     for _ in 0..4 {
         channel
-            .basic_publish("provisioner.jobs".into(), "create-tenant".into(), BasicPublishOptions::default(), json!({"jobId": id}).to_string().as_bytes(), BasicProperties::default())
+            .basic_publish(
+                "provisioner.jobs".into(),
+                "create-tenant".into(),
+                BasicPublishOptions::default(),
+                json!({"jobId": id}).to_string().as_bytes(),
+                BasicProperties::default(),
+            )
             .await
             .unwrap();
     }
     app.start_worker();
     app.start_worker();
     let done = app.wait_job(&id).await;
-    assert_eq!((done["code"].as_i64(), done["attempts"].as_i64()), (Some(200), Some(1)));
+    assert_eq!(
+        (done["code"].as_i64(), done["attempts"].as_i64()),
+        (Some(200), Some(1))
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants").fetch_one(&app.db).await.unwrap();
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     assert_eq!(tenants, 1);
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(after, done, "later deliveries changed nothing");
     // Garbage on the queue is dead-lettered, not looped.
-    channel.basic_publish("provisioner.jobs".into(), "create-tenant".into(), BasicPublishOptions::default(), b"not json", BasicProperties::default()).await.unwrap();
+    channel
+        .basic_publish(
+            "provisioner.jobs".into(),
+            "create-tenant".into(),
+            BasicPublishOptions::default(),
+            b"not json",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
     let dead = eventually(Duration::from_secs(10), || async {
-        let q = channel.queue_declare("provisioner.jobs.dead".into(), lapin::options::QueueDeclareOptions { passive: true, ..Default::default() }, Default::default()).await.unwrap();
+        let q = channel
+            .queue_declare(
+                "provisioner.jobs.dead".into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
         (q.message_count() >= 1).then_some(q.message_count())
     })
     .await;

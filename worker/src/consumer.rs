@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicQosOptions, BasicRejectOptions,
+    },
     types::FieldTable,
 };
 use provisioner_shared::{
@@ -41,12 +44,23 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
     let conn = relay::connect_broker(&ctx.settings.amqp_url, "provisioner-worker").await?;
     let channel = conn.create_channel().await?;
     queue::declare_topology(&channel).await?;
-    channel.basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
+        .await?;
     let tag = format!("provisioner-worker-{}", uuid::Uuid::new_v4());
     let mut consumer = channel
-        .basic_consume(queue::CREATE_TENANT_QUEUE.into(), tag.clone().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue::CREATE_TENANT_QUEUE.into(),
+            tag.clone().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
-    tracing::info!(queue = queue::CREATE_TENANT_QUEUE, prefetch = ctx.settings.worker_concurrency, "consuming");
+    tracing::info!(
+        queue = queue::CREATE_TENANT_QUEUE,
+        prefetch = ctx.settings.worker_concurrency,
+        "consuming"
+    );
     let mut tasks = JoinSet::new();
     let result = loop {
         tokio::select! {
@@ -63,13 +77,18 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
     };
     if result.is_ok() {
         // Stop intake, let in-flight jobs finish within the deadline.
-        let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+        let _ = channel
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await;
         let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(jobs = tasks.len(), "shutdown deadline reached; handing unfinished jobs back");
+            tracing::warn!(
+                jobs = tasks.len(),
+                "shutdown deadline reached; handing unfinished jobs back"
+            );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
             hand_back_leases(ctx).await;
@@ -100,8 +119,21 @@ async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: CancellationTok
     };
     let sent = match disposition {
         Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Disposition::DeadLetter => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
-        Disposition::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+        Disposition::DeadLetter => {
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
+        Disposition::Requeue => {
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
     };
     if let Err(e) = sent {
         // The channel is gone: the broker redelivers, and the job's state in the database

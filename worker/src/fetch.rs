@@ -43,13 +43,20 @@ impl Fetcher {
             .user_agent("provisioner-worker")
             .build()
             .expect("the HTTP client configuration is static");
-        Self { client, allow_private, max_bytes }
+        Self {
+            client,
+            allow_private,
+            max_bytes,
+        }
     }
 
     pub async fn get(&self, raw: &str) -> Result<Bytes, FetchError> {
-        let url = Url::parse(raw).map_err(|e| FetchError::Permanent(format!("templateUrl is not a URL: {e}")))?;
+        let url = Url::parse(raw)
+            .map_err(|e| FetchError::Permanent(format!("templateUrl is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(FetchError::Permanent("templateUrl must be http or https".to_owned()));
+            return Err(FetchError::Permanent(
+                "templateUrl must be http or https".to_owned(),
+            ));
         }
         let literal = match url.host() {
             Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
@@ -57,21 +64,37 @@ impl Fetcher {
             _ => None,
         };
         if let Some(ip) = literal.filter(|ip| !self.allow_private && !is_public(*ip)) {
-            return Err(FetchError::Permanent(format!("templateUrl refers to the non-public address {ip}")));
+            return Err(FetchError::Permanent(format!(
+                "templateUrl refers to the non-public address {ip}"
+            )));
         }
         let response = self.client.get(url).send().await.map_err(classify)?;
         let status = response.status();
         if status.is_redirection() {
-            return Err(FetchError::Permanent(format!("the template server redirected ({status}); redirects are not followed")));
+            return Err(FetchError::Permanent(format!(
+                "the template server redirected ({status}); redirects are not followed"
+            )));
         }
         if status.is_server_error() {
-            return Err(FetchError::Transient(format!("the template server answered {status}")));
+            return Err(FetchError::Transient(format!(
+                "the template server answered {status}"
+            )));
         }
         if !status.is_success() {
-            return Err(FetchError::Permanent(format!("the template server answered {status}")));
+            return Err(FetchError::Permanent(format!(
+                "the template server answered {status}"
+            )));
         }
-        let too_large = || FetchError::Permanent(format!("the template is larger than {} bytes", self.max_bytes));
-        if response.content_length().is_some_and(|n| n > self.max_bytes) {
+        let too_large = || {
+            FetchError::Permanent(format!(
+                "the template is larger than {} bytes",
+                self.max_bytes
+            ))
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes)
+        {
             return Err(too_large());
         }
         let mut body = BytesMut::new();
@@ -178,7 +201,20 @@ mod tests {
 
     #[test]
     fn non_public_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "::ffff:127.0.0.1", "fe80::1", "fd00::1", "::"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "fd00::1",
+            "::",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} treated as public");
         }
         for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
@@ -198,10 +234,15 @@ mod tests {
             "http://localhost/t.zip",
         ] {
             match fetcher.get(url).await {
-                Err(FetchError::Permanent(msg)) => assert!(msg.contains("non-public"), "{url}: {msg}"),
+                Err(FetchError::Permanent(msg)) => {
+                    assert!(msg.contains("non-public"), "{url}: {msg}")
+                }
                 other => panic!("{url} was not refused: {other:?}"),
             }
         }
-        assert!(matches!(fetcher.get("ftp://example.com/t.zip").await, Err(FetchError::Permanent(_))));
+        assert!(matches!(
+            fetcher.get("ftp://example.com/t.zip").await,
+            Err(FetchError::Permanent(_))
+        ));
     }
 }

@@ -32,8 +32,19 @@ pub struct Plan {
 impl Plan {
     /// Gives every user and object a new id and rewrites references to match. The template's
     /// calling lists and audit history are not part of a plan: create never imports them.
-    pub fn from_template(template: &Template, tenant_url: &str, tenant_name: &str, admin: Option<UserEntry>, numbers: Vec<AccessNumberEntry>, lock_timeout: Duration) -> Self {
-        let ids: HashMap<Uuid, Uuid> = template.objects.iter().map(|o| (o.id, Uuid::now_v7())).collect();
+    pub fn from_template(
+        template: &Template,
+        tenant_url: &str,
+        tenant_name: &str,
+        admin: Option<UserEntry>,
+        numbers: Vec<AccessNumberEntry>,
+        lock_timeout: Duration,
+    ) -> Self {
+        let ids: HashMap<Uuid, Uuid> = template
+            .objects
+            .iter()
+            .map(|o| (o.id, Uuid::now_v7()))
+            .collect();
         let objects = template
             .objects
             .iter()
@@ -74,7 +85,13 @@ impl Plan {
 }
 
 /// Runs the import for job `job_id` under lease `token`.
-pub async fn run(pool: &PgPool, mode: ImportLockMode, job_id: Uuid, token: Uuid, plan: &Plan) -> Result<Step, sqlx::Error> {
+pub async fn run(
+    pool: &PgPool,
+    mode: ImportLockMode,
+    job_id: Uuid,
+    token: Uuid,
+    plan: &Plan,
+) -> Result<Step, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let keys: &[LockKey] = match mode {
         ImportLockMode::Global => &[LockKey::Global, LockKey::Tenant(&plan.tenant_url)],
@@ -83,7 +100,14 @@ pub async fn run(pool: &PgPool, mode: ImportLockMode, job_id: Uuid, token: Uuid,
     let started = std::time::Instant::now();
     if !db::locks::acquire(&mut tx, keys, plan.lock_timeout).await? {
         tx.rollback().await?;
-        return Ok(Step::fail(503, "Lock timeout", format!("the import lock was not free within {} s", plan.lock_timeout.as_secs())));
+        return Ok(Step::fail(
+            503,
+            "Lock timeout",
+            format!(
+                "the import lock was not free within {} s",
+                plan.lock_timeout.as_secs()
+            ),
+        ));
     }
     tracing::debug!(waited = ?started.elapsed(), "import lock taken");
     if db::tenants::exists(&mut *tx, &plan.tenant_url).await? {
@@ -101,7 +125,10 @@ pub async fn run(pool: &PgPool, mode: ImportLockMode, job_id: Uuid, token: Uuid,
     };
     match db::tenants::insert(&mut tx, &tenant).await {
         Ok(()) => {}
-        Err(e) if db::violates(&e, "tenants_url_key") || db::violates(&e, "tenants_sip_domain_key") => {
+        Err(e)
+            if db::violates(&e, "tenants_url_key")
+                || db::violates(&e, "tenants_sip_domain_key") =>
+        {
             return Ok(tenant_exists(&plan.tenant_url));
         }
         Err(e) => return Err(e),
@@ -110,16 +137,39 @@ pub async fn run(pool: &PgPool, mode: ImportLockMode, job_id: Uuid, token: Uuid,
     db::tenants::insert_users(&mut tx, tenant.id, &plan.users).await?;
     let mut skipped = Vec::new();
     for range in &plan.access_numbers {
-        let reason = match db::access_numbers::place(&mut tx, tenant.id, &range.number, range.count, &range.media).await? {
+        let reason = match db::access_numbers::place(
+            &mut tx,
+            tenant.id,
+            &range.number,
+            range.count,
+            &range.media,
+        )
+        .await?
+        {
             Placement::Created | Placement::AssignedExisting => continue,
             Placement::AssignedToOtherTenant => SkipReason::AssignedToOtherTenant,
             Placement::OverlapsExistingRange => SkipReason::OverlapsExistingRange,
         };
-        skipped.push(SkippedRange { number: range.number.clone(), count: range.count, reason });
+        skipped.push(SkippedRange {
+            number: range.number.clone(),
+            count: range.count,
+            reason,
+        });
     }
-    let summary = TenantSummary { id: tenant.id, url: tenant.url, name: tenant.name, status: tenant.status };
-    let ending = Ending::Succeeded { tenant: summary, skipped };
-    if db::jobs::finish(&mut tx, job_id, token, &ending).await?.is_none() {
+    let summary = TenantSummary {
+        id: tenant.id,
+        url: tenant.url,
+        name: tenant.name,
+        status: tenant.status,
+    };
+    let ending = Ending::Succeeded {
+        tenant: summary,
+        skipped,
+    };
+    if db::jobs::finish(&mut tx, job_id, token, &ending)
+        .await?
+        .is_none()
+    {
         tx.rollback().await?;
         return Ok(Step::LostLease);
     }
@@ -128,5 +178,9 @@ pub async fn run(pool: &PgPool, mode: ImportLockMode, job_id: Uuid, token: Uuid,
 }
 
 fn tenant_exists(url: &str) -> Step {
-    Step::fail(409, "Conflict", format!("a tenant with URL {url} already exists"))
+    Step::fail(
+        409,
+        "Conflict",
+        format!("a tenant with URL {url} already exists"),
+    )
 }

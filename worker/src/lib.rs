@@ -7,7 +7,11 @@ pub mod import;
 pub mod jobs;
 pub mod sweeper;
 
-use std::{collections::HashMap, sync::{Arc, Mutex}, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use provisioner_shared::{
     config::Settings,
@@ -34,15 +38,39 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     .await?;
     let sealer = Sealer::load(settings.seal_key.as_ref(), &pool).await?;
     let db_version = db::schema_version(&pool).await?;
-    let limits = Limits { max_entries: 1_000, ..Limits::default() };
-    let fetcher = Fetcher::new(settings.template_allow_private, settings.template_timeout, settings.template_max_bytes);
-    let ctx = Arc::new(Context { pool: pool.clone(), settings: settings.clone(), sealer, fetcher, db_version, limits, leases: Mutex::new(HashMap::new()) });
+    let limits = Limits {
+        max_entries: 1_000,
+        ..Limits::default()
+    };
+    let fetcher = Fetcher::new(
+        settings.template_allow_private,
+        settings.template_timeout,
+        settings.template_max_bytes,
+    );
+    let ctx = Arc::new(Context {
+        pool: pool.clone(),
+        settings: settings.clone(),
+        sealer,
+        fetcher,
+        db_version,
+        limits,
+        leases: Mutex::new(HashMap::new()),
+    });
 
     let background = CancellationToken::new();
     let hub = Notifications::start(pool.clone(), background.clone());
-    let relay = tokio::spawn(relay::run(pool.clone(), settings.amqp_url.clone(), hub, background.clone()));
+    let relay = tokio::spawn(relay::run(
+        pool.clone(),
+        settings.amqp_url.clone(),
+        hub,
+        background.clone(),
+    ));
     let sweeper = tokio::spawn(sweeper::run(ctx.clone(), background.clone()));
-    tracing::info!(concurrency = settings.worker_concurrency, db_version, "worker started");
+    tracing::info!(
+        concurrency = settings.worker_concurrency,
+        db_version,
+        "worker started"
+    );
 
     consumer::run(ctx, shutdown).await;
     // Give the relay a moment to publish what the last jobs wrote, then stop it.
@@ -69,7 +97,9 @@ pub async fn signal_shutdown(token: CancellationToken) {
     #[cfg(unix)]
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => { s.recv().await; }
+            Ok(mut s) => {
+                s.recv().await;
+            }
             Err(_) => std::future::pending::<()>().await,
         }
     };

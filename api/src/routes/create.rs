@@ -9,7 +9,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use provisioner_shared::{
-    db::{self, jobs::{InsertError, JobRow, NewJob}},
+    db::{
+        self,
+        jobs::{InsertError, JobRow, NewJob},
+    },
     domain::JobKind,
 };
 use secrecy::ExposeSecret;
@@ -23,26 +26,45 @@ use crate::{AppState, error::ApiError, validate, wait};
 /// Longest `Prefer: wait`, seconds.
 pub const MAX_PREFER_WAIT: u64 = 300;
 
-pub async fn create_from_json(State(state): State<AppState>, Path(raw_url): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_from_json(
+    State(state): State<AppState>,
+    Path(raw_url): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     require_json(&headers)?;
-    let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
-    let Value::Object(fields) = &value else { return Err(ApiError::BadRequest("the body must be a JSON object".to_owned())) };
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let Value::Object(fields) = &value else {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".to_owned(),
+        ));
+    };
     let request = validate::create_request(&raw_url, fields).map_err(ApiError::Validation)?;
     let idempotency_key = idempotency_key(&headers)?;
     let prefer_wait = prefer_wait(&headers);
     // The digest covers the whole request, password included, keyed so it reveals nothing.
-    let digest = state.sealer.digest(format!("{}\n{}", request.tenant_url, value).as_bytes());
+    let digest = state
+        .sealer
+        .digest(format!("{}\n{}", request.tenant_url, value).as_bytes());
 
     if let Some(key) = idempotency_key {
-        if let Some(job) = db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key).await? {
+        if let Some(job) =
+            db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key).await?
+        {
             return replay(&state, job, &digest, prefer_wait).await;
         }
     }
     if db::tenants::exists(&state.pool, request.tenant_url.as_str()).await? {
-        return Err(ApiError::Conflict(format!("a tenant with URL {} already exists", request.tenant_url)));
+        return Err(ApiError::Conflict(format!(
+            "a tenant with URL {} already exists",
+            request.tenant_url
+        )));
     }
     let id = Uuid::now_v7();
-    let sealed = state.sealer.seal(request.password.expose_secret().as_bytes(), id.as_bytes());
+    let sealed = state
+        .sealer
+        .seal(request.password.expose_secret().as_bytes(), id.as_bytes());
     let mut tx = state.pool.begin().await?;
     let inserted = db::jobs::insert(
         &mut tx,
@@ -60,17 +82,23 @@ pub async fn create_from_json(State(state): State<AppState>, Path(raw_url): Path
     .await;
     let job = match inserted {
         Ok(job) => job,
-        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) if idempotency_key.is_some() => {
+        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken)
+            if idempotency_key.is_some() =>
+        {
             // A concurrent request with the same key may have won the race: its job is
             // committed by now (the unique check waited for it).
             drop(tx);
             let key = idempotency_key.expect("checked above");
-            return match db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key).await? {
+            return match db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key)
+                .await?
+            {
                 Some(job) => replay(&state, job, &digest, prefer_wait).await,
                 None => Err(active_job_exists(&request.tenant_url)),
             };
         }
-        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) => return Err(active_job_exists(&request.tenant_url)),
+        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) => {
+            return Err(active_job_exists(&request.tenant_url));
+        }
         Err(InsertError::Database(e)) => return Err(e.into()),
     };
     tx.commit().await?;
@@ -79,21 +107,40 @@ pub async fn create_from_json(State(state): State<AppState>, Path(raw_url): Path
 }
 
 fn active_job_exists(tenant: &provisioner_shared::domain::TenantUrl) -> ApiError {
-    ApiError::Conflict(format!("a queued or running job exists for tenant {tenant}"))
+    ApiError::Conflict(format!(
+        "a queued or running job exists for tenant {tenant}"
+    ))
 }
 
-async fn replay(state: &AppState, job: JobRow, digest: &str, prefer_wait: Option<u64>) -> Result<Response, ApiError> {
+async fn replay(
+    state: &AppState,
+    job: JobRow,
+    digest: &str,
+    prefer_wait: Option<u64>,
+) -> Result<Response, ApiError> {
     if job.request_digest.as_deref() != Some(digest) {
-        return Err(ApiError::Unprocessable("this Idempotency-Key was used with a different request".to_owned()));
+        return Err(ApiError::Unprocessable(
+            "this Idempotency-Key was used with a different request".to_owned(),
+        ));
     }
     respond(state, job, prefer_wait).await
 }
 
 /// 202 with the job, or, under `Prefer: wait=N`, the job's final code if it ends within N s.
-pub async fn respond(state: &AppState, job: JobRow, prefer_wait: Option<u64>) -> Result<Response, ApiError> {
-    let Some(secs) = prefer_wait else { return Ok(accepted(&job)) };
+pub async fn respond(
+    state: &AppState,
+    job: JobRow,
+    prefer_wait: Option<u64>,
+) -> Result<Response, ApiError> {
+    let Some(secs) = prefer_wait else {
+        return Ok(accepted(&job));
+    };
     let deadline = Instant::now() + std::time::Duration::from_secs(secs);
-    let job = wait::until(state, job.id, &job.client_id, deadline, |j| j.status().is_terminal()).await?.unwrap_or(job);
+    let job = wait::until(state, job.id, &job.client_id, deadline, |j| {
+        j.status().is_terminal()
+    })
+    .await?
+    .unwrap_or(job);
     if !job.status().is_terminal() {
         return Ok(accepted(&job));
     }
@@ -102,39 +149,77 @@ pub async fn respond(state: &AppState, job: JobRow, prefer_wait: Option<u64>) ->
     match (job.code, view.error.clone()) {
         (Some(200), _) => {
             let mut response = (StatusCode::OK, Json(view)).into_response();
-            response.headers_mut().insert("preference-applied", HeaderValue::from_str(&applied).expect("ascii"));
+            response.headers_mut().insert(
+                "preference-applied",
+                HeaderValue::from_str(&applied).expect("ascii"),
+            );
             Ok(response)
         }
         (code, error) => {
-            let (title, detail) = error.map(|e| (e.title, e.detail)).unwrap_or_else(|| ("Cancelled".to_owned(), "the job was cancelled".to_owned()));
-            Err(ApiError::JobFailed { code: code.map_or(409, |c| c as u16), title, detail, job: Box::new(view), applied })
+            let (title, detail) = error
+                .map(|e| (e.title, e.detail))
+                .unwrap_or_else(|| ("Cancelled".to_owned(), "the job was cancelled".to_owned()));
+            Err(ApiError::JobFailed {
+                code: code.map_or(409, |c| c as u16),
+                title,
+                detail,
+                job: Box::new(view),
+                applied,
+            })
         }
     }
 }
 
 fn accepted(job: &JobRow) -> Response {
     let location = format!("/configapi/v2/jobs/{}", job.id);
-    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job.view())).into_response()
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job.view()),
+    )
+        .into_response()
 }
 
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else if mime.is_empty() {
-        Err(ApiError::UnsupportedMediaType("Content-Type is missing; send application/json".to_owned()))
+        Err(ApiError::UnsupportedMediaType(
+            "Content-Type is missing; send application/json".to_owned(),
+        ))
     } else {
-        Err(ApiError::UnsupportedMediaType(format!("Content-Type {mime} is not supported here; send application/json")))
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {mime} is not supported here; send application/json"
+        )))
     }
 }
 
 /// `Idempotency-Key`: 1 to 255 visible ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     match v.to_str() {
-        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => Ok(Some(k)),
-        _ => Err(ApiError::Validation(vec![crate::error::FieldError::new("Idempotency-Key", "must be 1 to 255 visible ASCII characters")])),
+        Ok(k)
+            if (1..=255).contains(&k.len())
+                && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
+        {
+            Ok(Some(k))
+        }
+        _ => Err(ApiError::Validation(vec![crate::error::FieldError::new(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters",
+        )])),
     }
 }
 
@@ -147,7 +232,8 @@ pub fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
         .flat_map(|v| v.split([',', ';']))
         .filter_map(|pref| {
             let (name, value) = pref.split_once('=')?;
-            (name.trim().eq_ignore_ascii_case("wait")).then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
+            (name.trim().eq_ignore_ascii_case("wait"))
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())?
         })
         .next()
         .map(|n| n.min(MAX_PREFER_WAIT))

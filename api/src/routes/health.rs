@@ -14,16 +14,28 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready when the database answers and the broker accepts a connection.
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await;
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await;
     if !matches!(db, Ok(Ok(_))) {
-        return Err(ApiError::Unavailable("the database is not reachable".to_owned()));
+        return Err(ApiError::Unavailable(
+            "the database is not reachable".to_owned(),
+        ));
     }
-    let broker = tokio::time::timeout(Duration::from_secs(2), relay::connect_broker(&state.settings.amqp_url, "provisioner-readyz")).await;
+    let broker = tokio::time::timeout(
+        Duration::from_secs(2),
+        relay::connect_broker(&state.settings.amqp_url, "provisioner-readyz"),
+    )
+    .await;
     match broker {
         Ok(Ok(conn)) => {
             let _ = conn.close(200, "readiness probe".into()).await;
             Ok(Json(json!({"status": "ready"})))
         }
-        _ => Err(ApiError::Unavailable("the message broker is not reachable".to_owned())),
+        _ => Err(ApiError::Unavailable(
+            "the message broker is not reachable".to_owned(),
+        )),
     }
 }

@@ -34,20 +34,33 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no job {raw}")))
 }
 
-pub async fn get(State(state): State<AppState>, Path(raw): Path<String>, Query(q): Query<GetQuery>) -> Result<Json<JobView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut errors = Vec::new();
     let wait_secs = match q.wait.as_deref() {
         None => 0,
-        Some(w) => w.parse::<u64>().map(|n| n.min(MAX_POLL_WAIT)).unwrap_or_else(|_| {
-            errors.push(FieldError::new("wait", "must be a non-negative integer of seconds"));
-            0
-        }),
+        Some(w) => w
+            .parse::<u64>()
+            .map(|n| n.min(MAX_POLL_WAIT))
+            .unwrap_or_else(|_| {
+                errors.push(FieldError::new(
+                    "wait",
+                    "must be a non-negative integer of seconds",
+                ));
+                0
+            }),
     };
     let seen = match q.status.as_deref() {
         None => None,
         Some(s) => JobStatus::parse(s).or_else(|| {
-            errors.push(FieldError::new("status", "must be queued, running, succeeded, failed or cancelled"));
+            errors.push(FieldError::new(
+                "status",
+                "must be queued, running, succeeded, failed or cancelled",
+            ));
             None
         }),
     };
@@ -80,32 +93,58 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Page<JobView>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<JobView>>, ApiError> {
     let mut errors = Vec::new();
     let status = q.status.as_deref().and_then(|s| {
         JobStatus::parse(s).or_else(|| {
-            errors.push(FieldError::new("status", "must be queued, running, succeeded, failed or cancelled"));
+            errors.push(FieldError::new(
+                "status",
+                "must be queued, running, succeeded, failed or cancelled",
+            ));
             None
         })
     });
-    let tenant_url = q.tenant_url.as_deref().and_then(|u| TenantUrl::parse(u).map_err(|m| errors.push(FieldError::new("tenantUrl", m))).ok());
-    let batch_id = q.batch_id.as_deref().and_then(|b| Uuid::parse_str(b).map_err(|_| errors.push(FieldError::new("batchId", "must be a UUID"))).ok());
+    let tenant_url = q.tenant_url.as_deref().and_then(|u| {
+        TenantUrl::parse(u)
+            .map_err(|m| errors.push(FieldError::new("tenantUrl", m)))
+            .ok()
+    });
+    let batch_id = q.batch_id.as_deref().and_then(|b| {
+        Uuid::parse_str(b)
+            .map_err(|_| errors.push(FieldError::new("batchId", "must be a UUID")))
+            .ok()
+    });
     let limit = page_limit(q.limit.as_deref(), &mut errors);
-    let after = q.cursor.as_deref().and_then(|c| decode_cursor(c).or_else(|| {
-        errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
-        None
-    }));
+    let after = q.cursor.as_deref().and_then(|c| {
+        decode_cursor(c).or_else(|| {
+            errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
+            None
+        })
+    });
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let filter = ListFilter { client_id: ANONYMOUS_CLIENT, status, tenant_url: tenant_url.as_ref().map(TenantUrl::as_str), batch_id, after, limit: limit + 1 };
+    let filter = ListFilter {
+        client_id: ANONYMOUS_CLIENT,
+        status,
+        tenant_url: tenant_url.as_ref().map(TenantUrl::as_str),
+        batch_id,
+        after,
+        limit: limit + 1,
+    };
     let mut rows = db::jobs::list(&state.pool, &filter).await?;
     let next_cursor = (rows.len() as i64 > limit).then(|| {
         rows.truncate(limit as usize);
         let last = rows.last().expect("a full page has a last item");
         encode_cursor(last.created_at, last.id)
     });
-    Ok(Json(Page { items: rows.iter().map(|r| r.view()).collect(), next_cursor }))
+    Ok(Json(Page {
+        items: rows.iter().map(|r| r.view()).collect(),
+        next_cursor,
+    }))
 }
 
 /// `limit`: 1 to 500, default 50; larger values are clamped.
@@ -127,10 +166,16 @@ pub fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
 pub fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
     let (micros, id) = text.split_once('|')?;
-    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, Uuid::parse_str(id).ok()?))
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
 }
 
-pub async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> Result<Json<JobView>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut tx = state.pool.begin().await?;
     if let Some(job) = db::jobs::cancel(&mut tx, id, ANONYMOUS_CLIENT).await? {
@@ -139,6 +184,9 @@ pub async fn cancel(State(state): State<AppState>, Path(raw): Path<String>) -> R
     }
     match db::jobs::find(&mut *tx, id, Some(ANONYMOUS_CLIENT)).await? {
         None => Err(ApiError::NotFound(format!("no job {id}"))),
-        Some(job) => Err(ApiError::Conflict(format!("job {id} is {} and can no longer be cancelled", job.status))),
+        Some(job) => Err(ApiError::Conflict(format!(
+            "job {id} is {} and can no longer be cancelled",
+            job.status
+        ))),
     }
 }

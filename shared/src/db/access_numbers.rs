@@ -26,7 +26,13 @@ pub enum Placement {
 /// Gives `tenant_id` the range `number` x `count` by the contract's rules: no overlap -> created;
 /// exactly the same range unassigned -> assigned; exactly the same range owned -> skipped;
 /// any other overlap -> skipped whole.
-pub async fn place(conn: &mut PgConnection, tenant_id: Uuid, number: &str, count: i32, media: &str) -> Result<Placement, sqlx::Error> {
+pub async fn place(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    number: &str,
+    count: i32,
+    media: &str,
+) -> Result<Placement, sqlx::Error> {
     loop {
         let inserted = sqlx::query(
             "INSERT INTO access_numbers (number, count, media, tenant_id) VALUES ($1, $2, $3, $4)
@@ -81,7 +87,10 @@ pub struct ListedRange {
 }
 
 /// Ranges ordered by digit length and first number; only one tenant's when `tenant_url` is set.
-pub async fn list(exec: impl PgExecutor<'_>, tenant_url: Option<&str>) -> Result<Vec<ListedRange>, sqlx::Error> {
+pub async fn list(
+    exec: impl PgExecutor<'_>,
+    tenant_url: Option<&str>,
+) -> Result<Vec<ListedRange>, sqlx::Error> {
     sqlx::query_as(
         "SELECT a.number, a.count, a.media, t.url AS tenant_url
          FROM access_numbers a LEFT JOIN tenants t ON t.id = a.tenant_id
@@ -94,7 +103,10 @@ pub async fn list(exec: impl PgExecutor<'_>, tenant_url: Option<&str>) -> Result
 }
 
 /// A tenant's ranges, for export.
-pub async fn of_tenant(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<RangeRow>, sqlx::Error> {
+pub async fn of_tenant(
+    exec: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+) -> Result<Vec<RangeRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, number, count, media, tenant_id FROM access_numbers WHERE tenant_id = $1 ORDER BY digits, span",
     )

@@ -29,7 +29,14 @@ macro_rules! columns {
 /// `UPDATE jobs SET <set>, version = version + 1 WHERE <filter> RETURNING <columns>`.
 macro_rules! transition_sql {
     ($set:literal, $filter:literal) => {
-        concat!("UPDATE jobs SET ", $set, ", version = version + 1 WHERE ", $filter, " RETURNING ", columns!())
+        concat!(
+            "UPDATE jobs SET ",
+            $set,
+            ", version = version + 1 WHERE ",
+            $filter,
+            " RETURNING ",
+            columns!()
+        )
     };
 }
 
@@ -71,12 +78,18 @@ impl JobRow {
             tenant_url: self.tenant_url.clone(),
             status: self.status(),
             code: self.code,
-            error: self.error.clone().and_then(|e| serde_json::from_value(e).ok()),
+            error: self
+                .error
+                .clone()
+                .and_then(|e| serde_json::from_value(e).ok()),
             attempts: self.attempts,
             created_at: self.created_at,
             started_at: self.started_at,
             finished_at: self.finished_at,
-            tenant: self.tenant.clone().and_then(|t| serde_json::from_value(t).ok()),
+            tenant: self
+                .tenant
+                .clone()
+                .and_then(|t| serde_json::from_value(t).ok()),
             skipped_access_numbers: serde_json::from_value(self.skipped_numbers.clone())
                 .unwrap_or_default(),
             batch_id: self.batch_id,
@@ -190,7 +203,10 @@ pub struct ListFilter<'a> {
 }
 
 /// Jobs newest first.
-pub async fn list(exec: impl PgExecutor<'_>, f: &ListFilter<'_>) -> Result<Vec<JobRow>, sqlx::Error> {
+pub async fn list(
+    exec: impl PgExecutor<'_>,
+    f: &ListFilter<'_>,
+) -> Result<Vec<JobRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM jobs
          WHERE client_id = $1
@@ -213,10 +229,17 @@ pub async fn list(exec: impl PgExecutor<'_>, f: &ListFilter<'_>) -> Result<Vec<J
 }
 
 /// queued -> cancelled. `None` when the job is not queued (or not the client's).
-pub async fn cancel(conn: &mut PgConnection, id: Uuid, client_id: &str) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn cancel(
+    conn: &mut PgConnection,
+    id: Uuid,
+    client_id: &str,
+) -> Result<Option<JobRow>, sqlx::Error> {
     let row = transition(
         conn,
-        transition_sql!("status = 'cancelled', finished_at = now(), sealed_password = NULL", "id = $1 AND status = 'queued' AND client_id = $2"),
+        transition_sql!(
+            "status = 'cancelled', finished_at = now(), sealed_password = NULL",
+            "id = $1 AND status = 'queued' AND client_id = $2"
+        ),
         id,
         |q| q.bind(client_id.to_owned()),
     )
@@ -225,11 +248,19 @@ pub async fn cancel(conn: &mut PgConnection, id: Uuid, client_id: &str) -> Resul
 }
 
 /// queued -> running under a fresh lease held by `token`. `None` when the job is not queued.
-pub async fn claim(conn: &mut PgConnection, id: Uuid, token: Uuid, lease: Duration) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn claim(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    lease: Duration,
+) -> Result<Option<JobRow>, sqlx::Error> {
     transition(
         conn,
-        transition_sql!("status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
-         lease_token = $2, lease_until = now() + make_interval(secs => $3)", "id = $1 AND status = 'queued'"),
+        transition_sql!(
+            "status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
+         lease_token = $2, lease_until = now() + make_interval(secs => $3)",
+            "id = $1 AND status = 'queued'"
+        ),
         id,
         |q| q.bind(token).bind(lease.as_secs_f64()),
     )
@@ -237,7 +268,12 @@ pub async fn claim(conn: &mut PgConnection, id: Uuid, token: Uuid, lease: Durati
 }
 
 /// Extends the lease; `false` when `token` no longer holds the job.
-pub async fn renew_lease(exec: impl PgExecutor<'_>, id: Uuid, token: Uuid, lease: Duration) -> Result<bool, sqlx::Error> {
+pub async fn renew_lease(
+    exec: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
          WHERE id = $1 AND lease_token = $2 AND status = 'running'",
@@ -252,7 +288,11 @@ pub async fn renew_lease(exec: impl PgExecutor<'_>, id: Uuid, token: Uuid, lease
 
 /// Lets the lease of a job whose work was cut short (shutdown) expire now, so a redelivery may
 /// take it at once.
-pub async fn release_lease(exec: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> Result<(), sqlx::Error> {
+pub async fn release_lease(
+    exec: impl PgExecutor<'_>,
+    id: Uuid,
+    token: Uuid,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE jobs SET lease_until = now() WHERE id = $1 AND lease_token = $2 AND status = 'running'")
         .bind(id)
         .bind(token)
@@ -264,19 +304,38 @@ pub async fn release_lease(exec: impl PgExecutor<'_>, id: Uuid, token: Uuid) -> 
 /// How a running job ends.
 #[derive(Debug, Clone)]
 pub enum Ending {
-    Succeeded { tenant: TenantSummary, skipped: Vec<SkippedRange> },
-    Failed { code: i32, error: JobError },
+    Succeeded {
+        tenant: TenantSummary,
+        skipped: Vec<SkippedRange>,
+    },
+    Failed {
+        code: i32,
+        error: JobError,
+    },
 }
 
 /// running -> succeeded | failed, only while `token` holds the lease.
-pub async fn finish(conn: &mut PgConnection, id: Uuid, token: Uuid, ending: &Ending) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    ending: &Ending,
+) -> Result<Option<JobRow>, sqlx::Error> {
     let (status, code, error, tenant, skipped) = match ending {
-        Ending::Succeeded { tenant, skipped } => {
-            ("succeeded", 200, None, Some(serde_json::to_value(tenant).expect("serializes")), serde_json::to_value(skipped).expect("serializes"))
-        }
-        Ending::Failed { code, error } => {
-            ("failed", *code, Some(serde_json::to_value(error).expect("serializes")), None, Value::Array(vec![]))
-        }
+        Ending::Succeeded { tenant, skipped } => (
+            "succeeded",
+            200,
+            None,
+            Some(serde_json::to_value(tenant).expect("serializes")),
+            serde_json::to_value(skipped).expect("serializes"),
+        ),
+        Ending::Failed { code, error } => (
+            "failed",
+            *code,
+            Some(serde_json::to_value(error).expect("serializes")),
+            None,
+            Value::Array(vec![]),
+        ),
     };
     transition(
         conn,
@@ -290,10 +349,18 @@ pub async fn finish(conn: &mut PgConnection, id: Uuid, token: Uuid, ending: &End
 
 /// running -> queued after a transient failure: the job message is published again after
 /// `delay`.
-pub async fn retry_later(conn: &mut PgConnection, id: Uuid, token: Uuid, delay: Duration) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn retry_later(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    delay: Duration,
+) -> Result<Option<JobRow>, sqlx::Error> {
     let row = transition(
         conn,
-        transition_sql!("status = 'queued', lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
+        transition_sql!(
+            "status = 'queued', lease_token = NULL, lease_until = NULL",
+            "id = $1 AND lease_token = $2 AND status = 'running'"
+        ),
         id,
         |q| q.bind(token),
     )
@@ -305,7 +372,10 @@ pub async fn retry_later(conn: &mut PgConnection, id: Uuid, token: Uuid, delay: 
 }
 
 /// Running jobs whose lease ran out: their worker died or hung.
-pub async fn expired_leases(exec: impl PgExecutor<'_>, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+pub async fn expired_leases(
+    exec: impl PgExecutor<'_>,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM jobs WHERE status = 'running' AND lease_until < now()
          ORDER BY lease_until LIMIT $1",
@@ -317,7 +387,11 @@ pub async fn expired_leases(exec: impl PgExecutor<'_>, limit: i64) -> Result<Vec
 
 /// Takes a running job from a holder whose lease ran out: back to queued (with a new job
 /// message) while attempts remain, else failed with code 500.
-pub async fn rescue(conn: &mut PgConnection, id: Uuid, max_attempts: u32) -> Result<Option<JobRow>, sqlx::Error> {
+pub async fn rescue(
+    conn: &mut PgConnection,
+    id: Uuid,
+    max_attempts: u32,
+) -> Result<Option<JobRow>, sqlx::Error> {
     let holder: Option<(Uuid, i32)> = sqlx::query_as(
         "SELECT lease_token, attempts FROM jobs
          WHERE id = $1 AND status = 'running' AND lease_until < now() FOR UPDATE",
@@ -325,7 +399,9 @@ pub async fn rescue(conn: &mut PgConnection, id: Uuid, max_attempts: u32) -> Res
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((token, attempts)) = holder else { return Ok(None) };
+    let Some((token, attempts)) = holder else {
+        return Ok(None);
+    };
     if attempts >= max_attempts as i32 {
         let error = JobError {
             title: "Internal Server Error".to_owned(),
@@ -338,7 +414,10 @@ pub async fn rescue(conn: &mut PgConnection, id: Uuid, max_attempts: u32) -> Res
 }
 
 /// The sealed administrator password of a job.
-pub async fn sealed_password(exec: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Vec<u8>>, sqlx::Error> {
+pub async fn sealed_password(
+    exec: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
     sqlx::query_scalar("SELECT sealed_password FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(exec)
@@ -355,7 +434,9 @@ async fn transition(
     id: Uuid,
     bind: impl FnOnce(Query) -> Query,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    let row = bind(sqlx::query_as(sql).bind(id)).fetch_optional(&mut *conn).await?;
+    let row = bind(sqlx::query_as(sql).bind(id))
+        .fetch_optional(&mut *conn)
+        .await?;
     if let Some(row) = &row {
         announce(conn, row).await?;
     }

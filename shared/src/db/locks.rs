@@ -56,10 +56,14 @@ pub async fn acquire(
             .await;
         match taken {
             Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(false),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         }
     }
-    sqlx::query("SET LOCAL lock_timeout TO DEFAULT").execute(&mut *conn).await?;
+    sqlx::query("SET LOCAL lock_timeout TO DEFAULT")
+        .execute(&mut *conn)
+        .await?;
     Ok(true)
 }

@@ -46,7 +46,8 @@ pub async fn connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
                     conn.execute(sql.as_str()).await?;
                     // A session waiting for a lock notices a vanished client within a second,
                     // so a killed worker neither waits on nor holds a lock.
-                    conn.execute("SET client_connection_check_interval = 1000").await?;
+                    conn.execute("SET client_connection_check_interval = 1000")
+                        .await?;
                 }
                 Ok(())
             })
@@ -60,7 +61,9 @@ pub async fn connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
-    let Some(name) = options.get_database().map(str::to_owned) else { return Ok(()) };
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")

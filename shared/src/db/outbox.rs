@@ -43,7 +43,10 @@ pub async fn insert(conn: &mut PgConnection, msg: &OutboxMessage) -> Result<(), 
     .bind(msg.delay.as_secs_f64())
     .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -60,11 +63,18 @@ pub async fn lock_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxR
 }
 
 pub async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<PgQueryResult, sqlx::Error> {
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(ids).execute(conn).await
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await
 }
 
 /// Leaves a message that the broker did not confirm for a later try.
-pub async fn postpone(conn: &mut PgConnection, id: i64, delay: Duration) -> Result<(), sqlx::Error> {
+pub async fn postpone(
+    conn: &mut PgConnection,
+    id: i64,
+    delay: Duration,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE outbox SET attempts = attempts + 1,
                 available_at = now() + make_interval(secs => $2)

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, types::Json};
 use uuid::Uuid;
 
 use crate::template::{AuditEntry, CallingListEntry, ObjectEntry, UserEntry};
@@ -20,7 +20,10 @@ pub struct TenantRow {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn find_by_url(exec: impl PgExecutor<'_>, url: &str) -> Result<Option<TenantRow>, sqlx::Error> {
+pub async fn find_by_url(
+    exec: impl PgExecutor<'_>,
+    url: &str,
+) -> Result<Option<TenantRow>, sqlx::Error> {
     sqlx::query_as("SELECT id, url, name, sip_domain, status, settings, created_at FROM tenants WHERE url = $1")
         .bind(url)
         .fetch_optional(exec)
@@ -64,7 +67,11 @@ struct UserRecord<'a> {
     teams: &'a [Uuid],
 }
 
-pub async fn insert_users(conn: &mut PgConnection, tenant_id: Uuid, users: &[UserEntry]) -> Result<(), sqlx::Error> {
+pub async fn insert_users(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    users: &[UserEntry],
+) -> Result<(), sqlx::Error> {
     let records: Vec<_> = users
         .iter()
         .enumerate()
@@ -87,7 +94,7 @@ pub async fn insert_users(conn: &mut PgConnection, tenant_id: Uuid, users: &[Use
               last_name text, email text, roles jsonb, password_hash text, teams uuid[])",
     )
     .bind(tenant_id)
-    .bind(sqlx::types::Json(records))
+    .bind(Json(records))
     .execute(conn)
     .await
     .map(drop)
@@ -103,11 +110,22 @@ struct ObjectRecord<'a> {
     refs: &'a [Uuid],
 }
 
-pub async fn insert_objects(conn: &mut PgConnection, tenant_id: Uuid, objects: &[ObjectEntry]) -> Result<(), sqlx::Error> {
+pub async fn insert_objects(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    objects: &[ObjectEntry],
+) -> Result<(), sqlx::Error> {
     let records: Vec<_> = objects
         .iter()
         .enumerate()
-        .map(|(i, o)| ObjectRecord { id: o.id, position: i as i32, kind: &o.kind, name: &o.name, data: &o.data, refs: &o.refs })
+        .map(|(i, o)| ObjectRecord {
+            id: o.id,
+            position: i as i32,
+            kind: &o.kind,
+            name: &o.name,
+            data: &o.data,
+            refs: &o.refs,
+        })
         .collect();
     sqlx::query(
         "INSERT INTO config_objects (id, tenant_id, position, kind, name, data, refs)
@@ -115,13 +133,17 @@ pub async fn insert_objects(conn: &mut PgConnection, tenant_id: Uuid, objects: &
          FROM jsonb_to_recordset($2) AS x(id uuid, position int, kind text, name text, data jsonb, refs uuid[])",
     )
     .bind(tenant_id)
-    .bind(sqlx::types::Json(records))
+    .bind(Json(records))
     .execute(conn)
     .await
     .map(drop)
 }
 
-pub async fn insert_calling_lists(conn: &mut PgConnection, tenant_id: Uuid, lists: &[CallingListEntry]) -> Result<(), sqlx::Error> {
+pub async fn insert_calling_lists(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    lists: &[CallingListEntry],
+) -> Result<(), sqlx::Error> {
     let records: Vec<Value> = lists
         .iter()
         .enumerate()
@@ -133,13 +155,17 @@ pub async fn insert_calling_lists(conn: &mut PgConnection, tenant_id: Uuid, list
          FROM jsonb_to_recordset($2) AS x(id uuid, position int, name text, entries jsonb)",
     )
     .bind(tenant_id)
-    .bind(sqlx::types::Json(records))
+    .bind(Json(records))
     .execute(conn)
     .await
     .map(drop)
 }
 
-pub async fn insert_audit(conn: &mut PgConnection, tenant_id: Uuid, audit: &[AuditEntry]) -> Result<(), sqlx::Error> {
+pub async fn insert_audit(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    audit: &[AuditEntry],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_log (tenant_id, at, actor, action, object, details)
          SELECT $1, at, actor, action, object, details
@@ -147,14 +173,29 @@ pub async fn insert_audit(conn: &mut PgConnection, tenant_id: Uuid, audit: &[Aud
          ORDER BY n",
     )
     .bind(tenant_id)
-    .bind(sqlx::types::Json(audit))
+    .bind(Json(audit))
     .execute(conn)
     .await
     .map(drop)
 }
 
-pub async fn users(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<UserEntry>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, String, String, String, Value, Option<String>, Vec<Uuid>)> = sqlx::query_as(
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    login_id: String,
+    first_name: String,
+    last_name: String,
+    email: String,
+    roles: Json<Vec<String>>,
+    password_hash: Option<String>,
+    teams: Vec<Uuid>,
+}
+
+pub async fn users(
+    exec: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+) -> Result<Vec<UserEntry>, sqlx::Error> {
+    let rows: Vec<UserRow> = sqlx::query_as(
         "SELECT id, login_id, first_name, last_name, email, roles, password_hash, teams
          FROM users WHERE tenant_id = $1 ORDER BY position, login_id",
     )
@@ -163,21 +204,33 @@ pub async fn users(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<Use
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, login_id, first_name, last_name, email, roles, password_hash, teams)| UserEntry {
-            id,
-            login_id,
-            first_name,
-            last_name,
-            email,
-            roles: serde_json::from_value(roles).unwrap_or_default(),
-            password_hash,
-            teams,
+        .map(|u| UserEntry {
+            id: u.id,
+            login_id: u.login_id,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            email: u.email,
+            roles: u.roles.0,
+            password_hash: u.password_hash,
+            teams: u.teams,
         })
         .collect())
 }
 
-pub async fn objects(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<ObjectEntry>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, String, sqlx::types::Json<Map<String, Value>>, Vec<Uuid>)> = sqlx::query_as(
+#[derive(sqlx::FromRow)]
+struct ObjectRow {
+    id: Uuid,
+    kind: String,
+    name: String,
+    data: Json<Map<String, Value>>,
+    refs: Vec<Uuid>,
+}
+
+pub async fn objects(
+    exec: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+) -> Result<Vec<ObjectEntry>, sqlx::Error> {
+    let rows: Vec<ObjectRow> = sqlx::query_as(
         "SELECT id, kind, name, data, refs FROM config_objects WHERE tenant_id = $1 ORDER BY position, id",
     )
     .bind(tenant_id)
@@ -185,22 +238,57 @@ pub async fn objects(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<O
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, kind, name, data, refs)| ObjectEntry { id, kind, name, data: data.0, refs })
+        .map(|o| ObjectEntry {
+            id: o.id,
+            kind: o.kind,
+            name: o.name,
+            data: o.data.0,
+            refs: o.refs,
+        })
         .collect())
 }
 
-pub async fn calling_lists(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<CallingListEntry>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, sqlx::types::Json<Vec<Map<String, Value>>>)> = sqlx::query_as(
+#[derive(sqlx::FromRow)]
+struct CallingListRow {
+    id: Uuid,
+    name: String,
+    entries: Json<Vec<Map<String, Value>>>,
+}
+
+pub async fn calling_lists(
+    exec: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+) -> Result<Vec<CallingListEntry>, sqlx::Error> {
+    let rows: Vec<CallingListRow> = sqlx::query_as(
         "SELECT id, name, entries FROM calling_lists WHERE tenant_id = $1 ORDER BY position, id",
     )
     .bind(tenant_id)
     .fetch_all(exec)
     .await?;
-    Ok(rows.into_iter().map(|(id, name, entries)| CallingListEntry { id, name, entries: entries.0 }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|l| CallingListEntry {
+            id: l.id,
+            name: l.name,
+            entries: l.entries.0,
+        })
+        .collect())
 }
 
-pub async fn audit(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    let rows: Vec<(DateTime<Utc>, String, String, String, sqlx::types::Json<Map<String, Value>>)> = sqlx::query_as(
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    at: DateTime<Utc>,
+    actor: String,
+    action: String,
+    object: String,
+    details: Json<Map<String, Value>>,
+}
+
+pub async fn audit(
+    exec: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT at, actor, action, object, details FROM audit_log WHERE tenant_id = $1 ORDER BY id",
     )
     .bind(tenant_id)
@@ -208,6 +296,12 @@ pub async fn audit(exec: impl PgExecutor<'_>, tenant_id: Uuid) -> Result<Vec<Aud
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(at, actor, action, object, details)| AuditEntry { at, actor, action, object, details: details.0 })
+        .map(|a| AuditEntry {
+            at: a.at,
+            actor: a.actor,
+            action: a.action,
+            object: a.object,
+            details: a.details.0,
+        })
         .collect())
 }

@@ -35,7 +35,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_entries: 1_000, max_entry_bytes: 64 << 20, max_total_bytes: 256 << 20 }
+        Self {
+            max_entries: 1_000,
+            max_entry_bytes: 64 << 20,
+            max_total_bytes: 256 << 20,
+        }
     }
 }
 
@@ -168,17 +172,30 @@ impl Template {
     /// another format, format version or database version is refused.
     pub fn read(bytes: &[u8], limits: &Limits, db_version: i64) -> Result<Self, TemplateError> {
         let mut entries = read_entries(bytes, limits)?;
-        let manifest: Manifest = parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
+        let manifest: Manifest =
+            parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
         if manifest.format != FORMAT {
-            return Err(TemplateError::Incompatible("format", manifest.format, FORMAT.to_owned()));
+            return Err(TemplateError::Incompatible(
+                "format",
+                manifest.format,
+                FORMAT.to_owned(),
+            ));
         }
         if manifest.format_version != FORMAT_VERSION {
             let v = manifest.format_version.to_string();
-            return Err(TemplateError::Incompatible("formatVersion", v, FORMAT_VERSION.to_string()));
+            return Err(TemplateError::Incompatible(
+                "formatVersion",
+                v,
+                FORMAT_VERSION.to_string(),
+            ));
         }
         if manifest.db_version != db_version {
             let v = manifest.db_version.to_string();
-            return Err(TemplateError::Incompatible("dbVersion", v, db_version.to_string()));
+            return Err(TemplateError::Incompatible(
+                "dbVersion",
+                v,
+                db_version.to_string(),
+            ));
         }
         let template = Template {
             manifest,
@@ -214,22 +231,37 @@ impl Template {
                 return bad(format!("user id {} appears twice", u.id));
             }
             if u.login_id.is_empty() || !logins.insert(u.login_id.as_str()) {
-                return bad(format!("login id `{}` is empty or appears twice", u.login_id));
+                return bad(format!(
+                    "login id `{}` is empty or appears twice",
+                    u.login_id
+                ));
             }
             if let Some(t) = u.teams.iter().find(|t| !object_ids.contains(t)) {
                 return bad(format!("user `{}` is in unknown team {t}", u.login_id));
             }
-            if u.password_hash.as_deref().is_some_and(|h| !h.starts_with("$argon2id$")) {
-                return bad(format!("user `{}` has a password hash that is not Argon2id", u.login_id));
+            if u.password_hash
+                .as_deref()
+                .is_some_and(|h| !h.starts_with("$argon2id$"))
+            {
+                return bad(format!(
+                    "user `{}` has a password hash that is not Argon2id",
+                    u.login_id
+                ));
             }
         }
         let mut firsts = HashSet::new();
         for n in &self.access_numbers {
             if !is_access_number(&n.number) || !(1..=1_000_000).contains(&n.count) {
-                return bad(format!("access number range {} x {} is not 1-20 digits with a count of 1 to 1000000", n.number, n.count));
+                return bad(format!(
+                    "access number range {} x {} is not 1-20 digits with a count of 1 to 1000000",
+                    n.number, n.count
+                ));
             }
             if !range_fits(&n.number, n.count) {
-                return bad(format!("access number range {} x {} runs past its digit length", n.number, n.count));
+                return bad(format!(
+                    "access number range {} x {} runs past its digit length",
+                    n.number, n.count
+                ));
             }
             if !firsts.insert(n.number.as_str()) {
                 return bad(format!("access number {} starts two ranges", n.number));
@@ -244,7 +276,8 @@ impl Template {
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated);
         let mut put = |name: &str, value: Value| {
-            zip.start_file(name, options).expect("writing to memory cannot fail");
+            zip.start_file(name, options)
+                .expect("writing to memory cannot fail");
             let body = serde_json::to_vec_pretty(&value).expect("serializes");
             zip.write_all(&body).expect("writing to memory cannot fail");
         };
@@ -255,7 +288,9 @@ impl Template {
         put(ACCESS_NUMBERS, json(&self.access_numbers));
         put(CALLING_LISTS, json(&self.calling_lists));
         put(AUDIT, json(&self.audit));
-        zip.finish().expect("writing to memory cannot fail").into_inner()
+        zip.finish()
+            .expect("writing to memory cannot fail")
+            .into_inner()
     }
 }
 
@@ -265,30 +300,52 @@ fn json<T: Serialize>(value: &T) -> Value {
 
 /// Does `count` numbers from `first` stay within `first`'s digit length?
 pub fn range_fits(first: &str, count: i32) -> bool {
-    let Ok(start) = first.parse::<u128>() else { return false };
+    let Ok(start) = first.parse::<u128>() else {
+        return false;
+    };
     let last = start + count.max(1) as u128 - 1;
     last < 10u128.pow(first.len() as u32)
 }
 
 /// Reads the known entries' bytes, enforcing every limit while reading.
 fn read_entries(bytes: &[u8], limits: &Limits) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| TemplateError::NotZip(e.to_string()))?;
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| TemplateError::NotZip(e.to_string()))?;
     if archive.len() > limits.max_entries {
-        return Err(TemplateError::TooManyEntries(archive.len(), limits.max_entries));
+        return Err(TemplateError::TooManyEntries(
+            archive.len(),
+            limits.max_entries,
+        ));
     }
     // The reader keeps one entry per name; the central directory's own count reveals any
     // duplicate it folded away.
     match declared_entries(bytes) {
-        Some(n) if n as usize > limits.max_entries => return Err(TemplateError::TooManyEntries(n as usize, limits.max_entries)),
-        Some(n) if n as usize != archive.len() => return Err(TemplateError::RepeatedNames { listed: n as usize, distinct: archive.len() }),
+        Some(n) if n as usize > limits.max_entries => {
+            return Err(TemplateError::TooManyEntries(
+                n as usize,
+                limits.max_entries,
+            ));
+        }
+        Some(n) if n as usize != archive.len() => {
+            return Err(TemplateError::RepeatedNames {
+                listed: n as usize,
+                distinct: archive.len(),
+            });
+        }
         _ => {}
     }
     let mut seen = HashSet::new();
     let mut wanted = Vec::new();
     for i in 0..archive.len() {
-        let entry = archive.by_index_raw(i).map_err(|e| TemplateError::NotZip(e.to_string()))?;
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| TemplateError::NotZip(e.to_string()))?;
         let name = entry.name().to_owned();
-        if name.starts_with('/') || name.starts_with('\\') || name.split(['/', '\\']).any(|p| p == "..") || name.contains(':') {
+        if name.starts_with('/')
+            || name.starts_with('\\')
+            || name.split(['/', '\\']).any(|p| p == "..")
+            || name.contains(':')
+        {
             return Err(TemplateError::UnsafeName(name));
         }
         if !seen.insert(name.clone()) {
@@ -304,7 +361,9 @@ fn read_entries(bytes: &[u8], limits: &Limits) -> Result<BTreeMap<String, Vec<u8
     let mut total = 0u64;
     let mut out = BTreeMap::new();
     for i in wanted {
-        let mut entry = archive.by_index(i).map_err(|e| TemplateError::NotZip(e.to_string()))?;
+        let mut entry = archive
+            .by_index(i)
+            .map_err(|e| TemplateError::NotZip(e.to_string()))?;
         let name = entry.name().to_owned();
         let budget = limits.max_entry_bytes.min(limits.max_total_bytes - total);
         let mut body = Vec::new();
@@ -336,12 +395,26 @@ fn declared_entries(bytes: &[u8]) -> Option<u16> {
     (n != u16::MAX).then_some(n)
 }
 
-const KNOWN: [&str; 7] = [MANIFEST, TENANT, USERS, OBJECTS, ACCESS_NUMBERS, CALLING_LISTS, AUDIT];
+const KNOWN: [&str; 7] = [
+    MANIFEST,
+    TENANT,
+    USERS,
+    OBJECTS,
+    ACCESS_NUMBERS,
+    CALLING_LISTS,
+    AUDIT,
+];
 
-fn parse<T: DeserializeOwned>(entries: &mut BTreeMap<String, Vec<u8>>, name: &'static str) -> Result<Option<T>, TemplateError> {
+fn parse<T: DeserializeOwned>(
+    entries: &mut BTreeMap<String, Vec<u8>>,
+    name: &'static str,
+) -> Result<Option<T>, TemplateError> {
     entries
         .remove(name)
-        .map(|body| serde_json::from_slice(&body).map_err(|e| TemplateError::InvalidEntry(name, e.to_string())))
+        .map(|body| {
+            serde_json::from_slice(&body)
+                .map_err(|e| TemplateError::InvalidEntry(name, e.to_string()))
+        })
         .transpose()
 }
 

@@ -10,7 +10,8 @@ const DB: i64 = 7;
 
 fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
     for (name, body) in entries {
         zip.start_file(*name, options).unwrap();
         zip.write_all(body).unwrap();
@@ -37,26 +38,59 @@ fn read(bytes: &[u8]) -> Result<Template, TemplateError> {
 
 #[test]
 fn a_minimal_template_reads_and_round_trips() {
-    let t = read(&zip_of(&[(MANIFEST, &manifest(1, DB)), (TENANT, &tenant())])).unwrap();
+    let t = read(&zip_of(&[
+        (MANIFEST, &manifest(1, DB)),
+        (TENANT, &tenant()),
+    ]))
+    .unwrap();
     assert!(t.users.is_empty() && t.objects.is_empty());
     assert_eq!(read(&t.write()).unwrap(), t);
 }
 
 #[test]
 fn not_a_zip_is_refused() {
-    assert!(matches!(read(b"PK\x03\x04 definitely not"), Err(TemplateError::NotZip(_))));
+    assert!(matches!(
+        read(b"PK\x03\x04 definitely not"),
+        Err(TemplateError::NotZip(_))
+    ));
     assert!(matches!(read(b"<html>"), Err(TemplateError::NotZip(_))));
     assert!(matches!(read(b""), Err(TemplateError::NotZip(_))));
 }
 
 #[test]
 fn manifest_problems_are_refused() {
-    assert_eq!(read(&zip_of(&[(TENANT, &tenant())])), Err(TemplateError::Missing(MANIFEST)));
-    assert!(matches!(read(&zip_of(&[(MANIFEST, b"{nope")])), Err(TemplateError::InvalidEntry(MANIFEST, _))));
-    assert!(matches!(read(&zip_of(&[(MANIFEST, &manifest(2, DB)), (TENANT, &tenant())])), Err(TemplateError::Incompatible("formatVersion", ..))));
-    assert!(matches!(read(&zip_of(&[(MANIFEST, &manifest(1, DB - 1)), (TENANT, &tenant())])), Err(TemplateError::Incompatible("dbVersion", ..))));
-    let other = String::from_utf8(manifest(1, DB)).unwrap().replace(FORMAT, "something-else");
-    assert!(matches!(read(&zip_of(&[(MANIFEST, other.as_bytes()), (TENANT, &tenant())])), Err(TemplateError::Incompatible("format", ..))));
+    assert_eq!(
+        read(&zip_of(&[(TENANT, &tenant())])),
+        Err(TemplateError::Missing(MANIFEST))
+    );
+    assert!(matches!(
+        read(&zip_of(&[(MANIFEST, b"{nope")])),
+        Err(TemplateError::InvalidEntry(MANIFEST, _))
+    ));
+    assert!(matches!(
+        read(&zip_of(&[
+            (MANIFEST, &manifest(2, DB)),
+            (TENANT, &tenant())
+        ])),
+        Err(TemplateError::Incompatible("formatVersion", ..))
+    ));
+    assert!(matches!(
+        read(&zip_of(&[
+            (MANIFEST, &manifest(1, DB - 1)),
+            (TENANT, &tenant())
+        ])),
+        Err(TemplateError::Incompatible("dbVersion", ..))
+    ));
+    let other = String::from_utf8(manifest(1, DB))
+        .unwrap()
+        .replace(FORMAT, "something-else");
+    assert!(matches!(
+        read(&zip_of(&[
+            (MANIFEST, other.as_bytes()),
+            (TENANT, &tenant())
+        ])),
+        Err(TemplateError::Incompatible("format", ..))
+    ));
 }
 
 #[test]
@@ -65,12 +99,26 @@ fn entries_of_the_wrong_shape_are_refused() {
     let cases: [(&str, &[u8]); 4] = [
         (USERS, br#"{"not": "a list"}"#),
         (OBJECTS, br#"[{"id": "x", "kind": "team", "name": "t"}]"#),
-        (ACCESS_NUMBERS, br#"[{"number": 12, "count": 1, "media": "VOICE"}]"#),
-        (AUDIT, br#"[{"at": "yesterday", "actor": "a", "action": "b", "object": "c"}]"#),
+        (
+            ACCESS_NUMBERS,
+            br#"[{"number": 12, "count": 1, "media": "VOICE"}]"#,
+        ),
+        (
+            AUDIT,
+            br#"[{"at": "yesterday", "actor": "a", "action": "b", "object": "c"}]"#,
+        ),
     ];
     for (name, body) in cases {
-        let err = read(&zip_of(&[(MANIFEST, &m), (TENANT, &tenant()), (name, body)])).unwrap_err();
-        assert!(matches!(err, TemplateError::InvalidEntry(n, _) if n == name), "{name}: {err:?}");
+        let err = read(&zip_of(&[
+            (MANIFEST, &m),
+            (TENANT, &tenant()),
+            (name, body),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(err, TemplateError::InvalidEntry(n, _) if n == name),
+            "{name}: {err:?}"
+        );
     }
 }
 
@@ -78,24 +126,58 @@ fn entries_of_the_wrong_shape_are_refused() {
 fn dangling_references_and_bad_numbers_are_invalid_content() {
     let m = manifest(1, DB);
     let dangling = br#"[{"id": "0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f11", "kind": "service", "name": "s", "refs": ["0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f12"]}]"#;
-    assert!(matches!(read(&zip_of(&[(MANIFEST, &m), (TENANT, &tenant()), (OBJECTS, dangling)])), Err(TemplateError::InvalidContent(_))));
-    for numbers in [&br#"[{"number": "99", "count": 5, "media": "VOICE"}]"#[..], br#"[{"number": "1", "count": 0, "media": "VOICE"}]"#, br#"[{"number": "1a", "count": 1, "media": "VOICE"}]"#] {
-        assert!(matches!(read(&zip_of(&[(MANIFEST, &m), (TENANT, &tenant()), (ACCESS_NUMBERS, numbers)])), Err(TemplateError::InvalidContent(_))));
+    assert!(matches!(
+        read(&zip_of(&[
+            (MANIFEST, &m),
+            (TENANT, &tenant()),
+            (OBJECTS, dangling)
+        ])),
+        Err(TemplateError::InvalidContent(_))
+    ));
+    for numbers in [
+        &br#"[{"number": "99", "count": 5, "media": "VOICE"}]"#[..],
+        br#"[{"number": "1", "count": 0, "media": "VOICE"}]"#,
+        br#"[{"number": "1a", "count": 1, "media": "VOICE"}]"#,
+    ] {
+        assert!(matches!(
+            read(&zip_of(&[
+                (MANIFEST, &m),
+                (TENANT, &tenant()),
+                (ACCESS_NUMBERS, numbers)
+            ])),
+            Err(TemplateError::InvalidContent(_))
+        ));
     }
     let plain = br#"[{"id": "0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f11", "loginId": "a", "firstName": "a", "lastName": "b", "email": "a@b.c", "passwordHash": "plaintext"}]"#;
-    assert!(matches!(read(&zip_of(&[(MANIFEST, &m), (TENANT, &tenant()), (USERS, plain)])), Err(TemplateError::InvalidContent(_))));
+    assert!(matches!(
+        read(&zip_of(&[
+            (MANIFEST, &m),
+            (TENANT, &tenant()),
+            (USERS, plain)
+        ])),
+        Err(TemplateError::InvalidContent(_))
+    ));
 }
 
 #[test]
 fn too_many_entries_are_refused() {
     let names: Vec<String> = (0..1001).map(|i| format!("junk/{i}.txt")).collect();
     let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &b""[..])).collect();
-    assert_eq!(read(&zip_of(&entries)), Err(TemplateError::TooManyEntries(1001, 1000)));
+    assert_eq!(
+        read(&zip_of(&entries)),
+        Err(TemplateError::TooManyEntries(1001, 1000))
+    );
 }
 
 #[test]
 fn unsafe_names_are_refused() {
-    for name in ["../manifest.json", "/etc/passwd", "a/../../b.json", "C:\\evil.json", "..\\x.json"] {
+    for name in [
+        "../manifest.json",
+        "/etc/passwd",
+        "a/../../b.json",
+        "C:\\evil.json",
+        "..\\x.json",
+    ] {
         let err = read(&zip_of(&[(name, b"{}"), (MANIFEST, &manifest(1, DB))])).unwrap_err();
         assert_eq!(err, TemplateError::UnsafeName(name.to_owned()));
     }
@@ -104,36 +186,74 @@ fn unsafe_names_are_refused() {
 #[test]
 fn duplicate_entries_are_refused() {
     // The writer refuses duplicates, so rename one entry in the finished bytes.
-    let bytes = zip_of(&[(MANIFEST, &manifest(1, DB)), ("manifesX.json", &manifest(1, DB)), (TENANT, &tenant())]);
+    let bytes = zip_of(&[
+        (MANIFEST, &manifest(1, DB)),
+        ("manifesX.json", &manifest(1, DB)),
+        (TENANT, &tenant()),
+    ]);
     let patched = replace_all(&bytes, b"manifesX.json", MANIFEST.as_bytes());
     let err = read(&patched).unwrap_err();
-    assert!(matches!(err, TemplateError::RepeatedNames { listed: 3, distinct: 2 } | TemplateError::DuplicateEntry(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            TemplateError::RepeatedNames {
+                listed: 3,
+                distinct: 2
+            } | TemplateError::DuplicateEntry(_)
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn a_bomb_is_stopped_at_the_entry_limit_while_reading() {
-    let limits = Limits { max_entries: 10, max_entry_bytes: 1 << 20, max_total_bytes: 4 << 20 };
+    let limits = Limits {
+        max_entries: 10,
+        max_entry_bytes: 1 << 20,
+        max_total_bytes: 4 << 20,
+    };
     let zeros = vec![b' '; (1 << 20) + 1];
     let bytes = zip_of(&[(MANIFEST, &manifest(1, DB)), (USERS, &zeros)]);
     assert!(bytes.len() < 10_000, "the bomb is small on the wire");
-    assert_eq!(Template::read(&bytes, &limits, DB), Err(TemplateError::EntryTooLarge(USERS.to_owned(), 1 << 20)));
+    assert_eq!(
+        Template::read(&bytes, &limits, DB),
+        Err(TemplateError::EntryTooLarge(USERS.to_owned(), 1 << 20))
+    );
 }
 
 #[test]
 fn the_total_limit_counts_every_entry_read() {
-    let limits = Limits { max_entries: 10, max_entry_bytes: 1 << 20, max_total_bytes: (3 << 19) + 10 };
+    let limits = Limits {
+        max_entries: 10,
+        max_entry_bytes: 1 << 20,
+        max_total_bytes: (3 << 19) + 10,
+    };
     let big = vec![b' '; 1 << 19];
-    let bytes = zip_of(&[(MANIFEST, &manifest(1, DB)), (USERS, &big), (OBJECTS, &big), (AUDIT, &big), (TENANT, &tenant())]);
-    assert_eq!(Template::read(&bytes, &limits, DB), Err(TemplateError::TotalTooLarge(limits.max_total_bytes)));
+    let bytes = zip_of(&[
+        (MANIFEST, &manifest(1, DB)),
+        (USERS, &big),
+        (OBJECTS, &big),
+        (AUDIT, &big),
+        (TENANT, &tenant()),
+    ]);
+    assert_eq!(
+        Template::read(&bytes, &limits, DB),
+        Err(TemplateError::TotalTooLarge(limits.max_total_bytes))
+    );
 }
 
 #[test]
 fn size_headers_that_lie_do_not_raise_the_limit() {
     // A stored entry of 2 MiB whose headers claim 10 bytes: reading must never yield more than
     // the limit, whatever the headers say.
-    let limits = Limits { max_entries: 10, max_entry_bytes: 1 << 20, max_total_bytes: 4 << 20 };
+    let limits = Limits {
+        max_entries: 10,
+        max_entry_bytes: 1 << 20,
+        max_total_bytes: 4 << 20,
+    };
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     zip.start_file(MANIFEST, stored).unwrap();
     zip.write_all(&manifest(1, DB)).unwrap();
     zip.start_file(USERS, stored).unwrap();
@@ -146,7 +266,13 @@ fn size_headers_that_lie_do_not_raise_the_limit() {
 
 #[test]
 fn other_harmless_entries_are_ignored() {
-    let t = read(&zip_of(&[(MANIFEST, &manifest(1, DB)), (TENANT, &tenant()), ("README.txt", b"hello"), ("extra/notes.json", b"[")])).unwrap();
+    let t = read(&zip_of(&[
+        (MANIFEST, &manifest(1, DB)),
+        (TENANT, &tenant()),
+        ("README.txt", b"hello"),
+        ("extra/notes.json", b"["),
+    ]))
+    .unwrap();
     assert_eq!(t.tenant.url, "a.example.com");
 }
 

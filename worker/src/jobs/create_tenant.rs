@@ -19,7 +19,13 @@ use crate::{
 pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
     let params: CreateTenantParams = match serde_json::from_value(job.params.clone()) {
         Ok(p) => p,
-        Err(e) => return Step::fail(500, "Internal Server Error", format!("the job's parameters are unreadable: {e}")),
+        Err(e) => {
+            return Step::fail(
+                500,
+                "Internal Server Error",
+                format!("the job's parameters are unreadable: {e}"),
+            );
+        }
     };
     let bytes = match &params.template {
         TemplateSource::Url(url) => match ctx.fetcher.get(url).await {
@@ -29,7 +35,11 @@ pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
         },
     };
     let (limits, db_version) = (ctx.limits, ctx.db_version);
-    let template = match tokio::task::spawn_blocking(move || Template::read(&bytes, &limits, db_version)).await {
+    let template = match tokio::task::spawn_blocking(move || {
+        Template::read(&bytes, &limits, db_version)
+    })
+    .await
+    {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return Step::fail(400, "Bad template", e.to_string()),
         Err(e) => return Step::Transient(format!("template reader crashed: {e}")),
@@ -53,24 +63,53 @@ pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
         teams: vec![],
     };
     let lock_timeout = Duration::from_secs(params.lock_timeout.into());
-    let plan = Plan::from_template(&template, &job.tenant_url, &params.tenant_name, Some(admin), numbers, lock_timeout);
-    import::run(&ctx.pool, ctx.settings.import_lock, job.id, token, &plan).await.unwrap_or_else(Step::from)
+    let plan = Plan::from_template(
+        &template,
+        &job.tenant_url,
+        &params.tenant_name,
+        Some(admin),
+        numbers,
+        lock_timeout,
+    );
+    import::run(&ctx.pool, ctx.settings.import_lock, job.id, token, &plan)
+        .await
+        .unwrap_or_else(Step::from)
 }
 
 /// Applies `numberMap`: every key must start a template range, which moves to the mapped
 /// number with the same count.
-fn map_numbers(ranges: &[AccessNumberEntry], params: &CreateTenantParams) -> Result<Vec<AccessNumberEntry>, String> {
-    if let Some(key) = params.number_map.keys().find(|k| !ranges.iter().any(|r| &r.number == *k)) {
-        return Err(format!("numberMap key {key} is not the first number of any access number range in the template"));
+fn map_numbers(
+    ranges: &[AccessNumberEntry],
+    params: &CreateTenantParams,
+) -> Result<Vec<AccessNumberEntry>, String> {
+    if let Some(key) = params
+        .number_map
+        .keys()
+        .find(|k| !ranges.iter().any(|r| &r.number == *k))
+    {
+        return Err(format!(
+            "numberMap key {key} is not the first number of any access number range in the template"
+        ));
     }
     ranges
         .iter()
         .map(|r| {
-            let number = params.number_map.get(&r.number).unwrap_or(&r.number).clone();
+            let number = params
+                .number_map
+                .get(&r.number)
+                .unwrap_or(&r.number)
+                .clone();
             if !range_fits(&number, r.count) {
-                return Err(format!("numberMap value {number} cannot hold a range of {} numbers", r.count));
+                return Err(format!(
+                    "numberMap value {number} cannot hold a range of {} numbers",
+                    r.count
+                ));
             }
-            Ok(AccessNumberEntry { number, count: r.count, media: r.media.clone() })
+            Ok(AccessNumberEntry {
+                number,
+                count: r.count,
+                media: r.media.clone(),
+            })
         })
         .collect()
 }
@@ -78,7 +117,13 @@ fn map_numbers(ranges: &[AccessNumberEntry], params: &CreateTenantParams) -> Res
 async fn admin_password_hash(ctx: &Context, job_id: Uuid) -> Result<String, Step> {
     let sealed = db::jobs::sealed_password(&ctx.pool, job_id)
         .await?
-        .ok_or_else(|| Step::fail(500, "Internal Server Error", "the job carries no administrator password"))?;
+        .ok_or_else(|| {
+            Step::fail(
+                500,
+                "Internal Server Error",
+                "the job carries no administrator password",
+            )
+        })?;
     let password = ctx
         .sealer
         .open(&sealed, job_id.as_bytes())

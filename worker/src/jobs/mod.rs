@@ -45,7 +45,11 @@ pub enum Step {
     /// The work and the job's success committed together.
     Committed,
     /// A permanent failure with the job's final code.
-    Fail { code: i32, title: String, detail: String },
+    Fail {
+        code: i32,
+        title: String,
+        detail: String,
+    },
     /// A fault that a later attempt may not meet.
     Transient(String),
     /// Another worker took the job over (our lease ran out); nothing was written.
@@ -54,7 +58,11 @@ pub enum Step {
 
 impl Step {
     pub fn fail(code: i32, title: &str, detail: impl Into<String>) -> Self {
-        Self::Fail { code, title: title.to_owned(), detail: detail.into() }
+        Self::Fail {
+            code,
+            title: title.to_owned(),
+            detail: detail.into(),
+        }
     }
 }
 
@@ -80,7 +88,7 @@ pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -
     let token = Uuid::new_v4();
     let job = loop {
         match acquire(&ctx, id, token).await {
-            Ok(Acquired::Claimed(job)) => break job,
+            Ok(Acquired::Claimed(job)) => break *job,
             Ok(Acquired::Ended) => return Disposition::Ack,
             Ok(Acquired::Unknown) => {
                 tracing::warn!(job.id = %id, "message names no known job; dead-lettering it");
@@ -97,10 +105,16 @@ pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -
     ctx.leases.lock().expect("lease map").insert(id, token);
     let span = tracing::info_span!("job", job.id = %id, job.kind = %job.kind, tenant.url = %job.tenant_url, attempt = job.attempts);
     let heartbeat = tokio::spawn(heartbeat(ctx.clone(), id, token));
-    let handler = tokio::spawn(tracing::Instrument::instrument(run_kind(ctx.clone(), job.clone(), token), span.clone()));
+    let handler = tokio::spawn(tracing::Instrument::instrument(
+        run_kind(ctx.clone(), job.clone(), token),
+        span.clone(),
+    ));
     let (step, panicked) = match handler.await {
         Ok(step) => (step, false),
-        Err(e) => (Step::Transient(format!("the handler crashed: {e}")), e.is_panic()),
+        Err(e) => (
+            Step::Transient(format!("the handler crashed: {e}")),
+            e.is_panic(),
+        ),
     };
     heartbeat.abort();
     let _enter = span.enter();
@@ -110,7 +124,7 @@ pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -
 }
 
 enum Acquired {
-    Claimed(JobRow),
+    Claimed(Box<JobRow>),
     Ended,
     Unknown,
     HeldElsewhere(Duration),
@@ -124,20 +138,27 @@ async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, Wait>
         let mut tx = ctx.pool.begin().await?;
         if let Some(job) = db::jobs::claim(&mut tx, id, token, ctx.settings.job_lease).await? {
             tx.commit().await?;
-            return Ok(Acquired::Claimed(job));
+            return Ok(Acquired::Claimed(Box::new(job)));
         }
-        let Some(job) = db::jobs::find(&mut *tx, id, None).await? else { return Ok(Acquired::Unknown) };
+        let Some(job) = db::jobs::find(&mut *tx, id, None).await? else {
+            return Ok(Acquired::Unknown);
+        };
         if job.status().is_terminal() {
             return Ok(Acquired::Ended);
         }
-        let remaining = job.lease_until.map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
+        let remaining = job
+            .lease_until
+            .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or_default();
         if job.status == "running" && remaining.is_zero() {
             // Its worker died or hung: take it back (or fail it when out of attempts).
             db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
             tx.commit().await?;
             return Ok(Acquired::HeldElsewhere(Duration::ZERO));
         }
-        Ok(Acquired::HeldElsewhere(remaining.clamp(Duration::from_millis(100), Duration::from_secs(1))))
+        Ok(Acquired::HeldElsewhere(
+            remaining.clamp(Duration::from_millis(100), Duration::from_secs(1)),
+        ))
     };
     attempt.await.map_err(|e: sqlx::Error| {
         tracing::warn!(job.id = %id, error = %e, "cannot claim job; retrying");
@@ -148,7 +169,11 @@ async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, Wait>
 async fn run_kind(ctx: Arc<Context>, job: JobRow, token: Uuid) -> Step {
     match JobKind::parse(&job.kind) {
         Some(JobKind::CreateTenant) => create_tenant::run(&ctx, &job, token).await,
-        None => Step::fail(500, "Internal Server Error", format!("no handler for job kind `{}`", job.kind)),
+        None => Step::fail(
+            500,
+            "Internal Server Error",
+            format!("no handler for job kind `{}`", job.kind),
+        ),
     }
 }
 
@@ -166,22 +191,42 @@ async fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) {
 
 /// Commits how the attempt ended. Database faults here are retried until they pass: the
 /// delivery is not acknowledged before the outcome is durable.
-async fn record(ctx: &Context, job: &JobRow, token: Uuid, step: Step, panicked: bool) -> Disposition {
+async fn record(
+    ctx: &Context,
+    job: &JobRow,
+    token: Uuid,
+    step: Step,
+    panicked: bool,
+) -> Disposition {
     let max = ctx.settings.job_max_attempts as i32;
     let exhausted = job.attempts >= max;
     match &step {
         Step::Committed => tracing::info!("job succeeded"),
-        Step::LostLease => tracing::warn!("lease lost to another worker; this attempt wrote nothing"),
+        Step::LostLease => {
+            tracing::warn!("lease lost to another worker; this attempt wrote nothing")
+        }
         Step::Fail { code, detail, .. } => tracing::info!(code, detail, "job failed"),
-        Step::Transient(reason) => tracing::warn!(reason, attempt = job.attempts, max, "transient failure"),
+        Step::Transient(reason) => {
+            tracing::warn!(reason, attempt = job.attempts, max, "transient failure")
+        }
     }
     loop {
         let result = async {
             let mut tx = ctx.pool.begin().await?;
             match &step {
                 Step::Committed | Step::LostLease => return Ok(()),
-                Step::Fail { code, title, detail } => {
-                    let ending = Ending::Failed { code: *code, error: JobError { title: title.clone(), detail: detail.clone() } };
+                Step::Fail {
+                    code,
+                    title,
+                    detail,
+                } => {
+                    let ending = Ending::Failed {
+                        code: *code,
+                        error: JobError {
+                            title: title.clone(),
+                            detail: detail.clone(),
+                        },
+                    };
                     db::jobs::finish(&mut tx, job.id, token, &ending).await?;
                 }
                 Step::Transient(_) if exhausted => {
@@ -189,10 +234,17 @@ async fn record(ctx: &Context, job: &JobRow, token: Uuid, step: Step, panicked: 
                         title: "Internal Server Error".to_owned(),
                         detail: format!("the job failed {max} times with transient faults"),
                     };
-                    db::jobs::finish(&mut tx, job.id, token, &Ending::Failed { code: 500, error }).await?;
+                    db::jobs::finish(&mut tx, job.id, token, &Ending::Failed { code: 500, error })
+                        .await?;
                 }
                 Step::Transient(_) => {
-                    db::jobs::retry_later(&mut tx, job.id, token, backoff(ctx.settings.retry_base_delay, job.attempts)).await?;
+                    db::jobs::retry_later(
+                        &mut tx,
+                        job.id,
+                        token,
+                        backoff(ctx.settings.retry_base_delay, job.attempts),
+                    )
+                    .await?;
                 }
             }
             tx.commit().await
@@ -206,12 +258,18 @@ async fn record(ctx: &Context, job: &JobRow, token: Uuid, step: Step, panicked: 
             }
         }
     }
-    if panicked && exhausted { Disposition::DeadLetter } else { Disposition::Ack }
+    if panicked && exhausted {
+        Disposition::DeadLetter
+    } else {
+        Disposition::Ack
+    }
 }
 
 /// Exponential backoff with jitter: base * 2^(attempt-1), at most 5 minutes.
 fn backoff(base: Duration, attempt: i32) -> Duration {
-    let exp = base.saturating_mul(1 << (attempt - 1).clamp(0, 16)).min(Duration::from_secs(300));
+    let exp = base
+        .saturating_mul(1 << (attempt - 1).clamp(0, 16))
+        .min(Duration::from_secs(300));
     let jitter = rand::thread_rng().gen_range(0.8..1.2);
     exp.mul_f64(jitter)
 }
