@@ -34,7 +34,13 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -96,6 +102,9 @@ impl IntoResponse for ApiError {
                 "Unsupported Media Type".into(),
                 d.clone(),
             ),
+            ApiError::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "about:blank", "Unauthorized".into(), d.clone()),
+            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "about:blank", "Forbidden".into(), d.clone()),
+            ApiError::PayloadTooLarge(d) => (StatusCode::PAYLOAD_TOO_LARGE, "about:blank", "Content Too Large".into(), d.clone()),
             ApiError::NotFound(d) => (
                 StatusCode::NOT_FOUND,
                 "about:blank",

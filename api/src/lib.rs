@@ -1,6 +1,8 @@
 //! The provisioner HTTP API: validates requests, records jobs with their outbox messages in one
 //! transaction, answers at once, and serves job and tenant state.
 
+pub mod auth;
+pub mod cli;
 pub mod error;
 pub mod routes;
 pub mod validate;
@@ -31,7 +33,7 @@ pub struct AppState {
 
 /// The whole HTTP surface, apart from binding: tests drive it on port 0.
 pub fn router(state: AppState) -> Router {
-    routes::routes()
+    routes::routes(state.clone())
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -54,6 +56,9 @@ pub async fn run(
     )
     .await?;
     let sealer = Sealer::load(settings.seal_key.as_ref(), &pool).await?;
+    if let Some(spec) = &settings.bootstrap_client {
+        auth::bootstrap(&pool, secrecy::ExposeSecret::expose_secret(spec)).await?;
+    }
     let background = CancellationToken::new();
     let notifications = Notifications::start(pool.clone(), background.clone());
     let relay = tokio::spawn(relay::run(
@@ -90,6 +95,10 @@ pub async fn run(
 pub async fn main_entry() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        return cli::run(&settings, &args).await;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     run(settings, shutdown, |_| {}).await

@@ -92,6 +92,7 @@ impl TestApp {
             ("PROVISIONER_JOB_LEASE", "3".to_owned()),
             ("PROVISIONER_SHUTDOWN_TIMEOUT", "5".to_owned()),
             ("PROVISIONER_TEMPLATE_TIMEOUT", "5".to_owned()),
+            ("PROVISIONER_BOOTSTRAP_CLIENT", format!("{BOOTSTRAP_ID}:{BOOTSTRAP_SECRET}")),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -114,9 +115,11 @@ impl TestApp {
             .expect("API starts")
             .expect("API binds");
         let db = sqlx::PgPool::connect(&vars["DATABASE_URL"]).await.unwrap();
+        let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
+        let token = fetch_token(&anonymous, addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
         let mut app = Self {
             addr,
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: authorized_client(&token),
             db,
             vars,
             database: name,
@@ -259,6 +262,29 @@ impl TestApp {
             .await
             .unwrap();
     }
+}
+
+/// The client every test system bootstraps, with every scope.
+pub const BOOTSTRAP_ID: &str = "test-admin";
+pub const BOOTSTRAP_SECRET: &str = "test-admin-secret";
+
+/// Client-credentials token for `id:secret`.
+pub async fn fetch_token(http: &reqwest::Client, addr: SocketAddr, id: &str, secret: &str) -> String {
+    let r = http
+        .post(format!("http://{addr}/configapi/v2/oauth/token"))
+        .form(&[("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "token for {id}");
+    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` with every request.
+pub fn authorized_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap()
 }
 
 fn settings(vars: &HashMap<String, String>) -> Settings {

@@ -2,6 +2,7 @@
 //! transaction, answer 202 at once (or the final code under `Prefer: wait`).
 
 use axum::{
+    Extension,
     Json,
     body::Bytes,
     extract::{Path, State},
@@ -20,14 +21,15 @@ use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::ANONYMOUS_CLIENT;
-use crate::{AppState, error::ApiError, validate, wait};
+use crate::{
+    auth::Caller,AppState, error::ApiError, validate, wait};
 
 /// Longest `Prefer: wait`, seconds.
 pub const MAX_PREFER_WAIT: u64 = 300;
 
 pub async fn create_from_json(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw_url): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -50,7 +52,7 @@ pub async fn create_from_json(
 
     if let Some(key) = idempotency_key {
         if let Some(job) =
-            db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key).await?
+            db::jobs::find_by_idempotency_key(&state.pool, &caller.client_id, key).await?
         {
             return replay(&state, job, &digest, prefer_wait).await;
         }
@@ -72,7 +74,7 @@ pub async fn create_from_json(
             id,
             kind: JobKind::CreateTenant.as_str(),
             tenant_url: request.tenant_url.as_str(),
-            client_id: ANONYMOUS_CLIENT,
+            client_id: &caller.client_id,
             params: serde_json::to_value(&request.params).expect("params serialize"),
             sealed_password: Some(sealed),
             idempotency_key,
@@ -89,7 +91,7 @@ pub async fn create_from_json(
             // committed by now (the unique check waited for it).
             drop(tx);
             let key = idempotency_key.expect("checked above");
-            return match db::jobs::find_by_idempotency_key(&state.pool, ANONYMOUS_CLIENT, key)
+            return match db::jobs::find_by_idempotency_key(&state.pool, &caller.client_id, key)
                 .await?
             {
                 Some(job) => replay(&state, job, &digest, prefer_wait).await,

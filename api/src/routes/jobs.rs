@@ -1,6 +1,7 @@
 //! Job status: get (with long-poll), list with filters and cursor, cancel.
 
 use axum::{
+    Extension,
     Json,
     extract::{Path, Query, State},
 };
@@ -14,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::ANONYMOUS_CLIENT;
 use crate::{
+    auth::Caller,
     AppState,
     error::{ApiError, FieldError},
     wait,
@@ -36,6 +37,7 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
 
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> Result<Json<JobView>, ApiError> {
@@ -68,7 +70,7 @@ pub async fn get(
         return Err(ApiError::Validation(errors));
     }
     let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
-    let job = wait::until(&state, id, ANONYMOUS_CLIENT, deadline, |j| {
+    let job = wait::until(&state, id, &caller.client_id, deadline, |j| {
         j.status().is_terminal() || seen.is_none_or(|s| s != j.status())
     })
     .await?
@@ -95,6 +97,7 @@ pub struct Page<T> {
 
 pub async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Page<JobView>>, ApiError> {
     let mut errors = Vec::new();
@@ -128,7 +131,7 @@ pub async fn list(
         return Err(ApiError::Validation(errors));
     }
     let filter = ListFilter {
-        client_id: ANONYMOUS_CLIENT,
+        client_id: &caller.client_id,
         status,
         tenant_url: tenant_url.as_ref().map(TenantUrl::as_str),
         batch_id,
@@ -174,15 +177,16 @@ pub fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
 
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut tx = state.pool.begin().await?;
-    if let Some(job) = db::jobs::cancel(&mut tx, id, ANONYMOUS_CLIENT).await? {
+    if let Some(job) = db::jobs::cancel(&mut tx, id, &caller.client_id).await? {
         tx.commit().await?;
         return Ok(Json(job.view()));
     }
-    match db::jobs::find(&mut *tx, id, Some(ANONYMOUS_CLIENT)).await? {
+    match db::jobs::find(&mut *tx, id, Some(&caller.client_id)).await? {
         None => Err(ApiError::NotFound(format!("no job {id}"))),
         Some(job) => Err(ApiError::Conflict(format!(
             "job {id} is {} and can no longer be cancelled",

@@ -1,4 +1,5 @@
-//! Route table of the API.
+//! Route table of the API: public routes, the token endpoint, and everything else behind a
+//! bearer token with the route's scope.
 
 pub mod create;
 pub mod health;
@@ -6,33 +7,25 @@ pub mod jobs;
 pub mod tenants;
 
 use axum::{
-    Router,
+    Router, middleware,
     routing::{get, post},
 };
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, auth, error::ApiError};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: AppState) -> Router<AppState> {
+    let protected = Router::new()
+        .route("/configapi/v2/selfservice/tenant/{tenant_url}", post(create::create_from_json))
+        .route("/configapi/v2/jobs", get(jobs::list))
+        .route("/configapi/v2/jobs/{job_id}", get(jobs::get).delete(jobs::cancel))
+        .route("/configapi/v2/tenant/{tenant_url}", get(tenants::get))
+        .route("/configapi/v2/tenant/{tenant_url}/export", get(tenants::export))
+        .route("/configapi/v2/accessnumbers", get(tenants::access_numbers))
+        .route_layer(middleware::from_fn_with_state(state, auth::require_token));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route(
-            "/configapi/v2/selfservice/tenant/{tenant_url}",
-            post(create::create_from_json),
-        )
-        .route("/configapi/v2/jobs", get(jobs::list))
-        .route(
-            "/configapi/v2/jobs/{job_id}",
-            get(jobs::get).delete(jobs::cancel),
-        )
-        .route("/configapi/v2/tenant/{tenant_url}", get(tenants::get))
-        .route(
-            "/configapi/v2/tenant/{tenant_url}/export",
-            get(tenants::export),
-        )
-        .route("/configapi/v2/accessnumbers", get(tenants::access_numbers))
+        .route("/configapi/v2/oauth/token", post(auth::token))
+        .merge(protected)
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
 }
-
-/// The client a request acts for. Until OAuth clients exist every caller is the same client.
-pub const ANONYMOUS_CLIENT: &str = "";

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, Version, password_hash::SaltString};
 use provisioner_shared::{
     db::{self, jobs::JobRow},
     domain::{CreateTenantParams, TemplateSource},
@@ -128,17 +127,7 @@ async fn admin_password_hash(ctx: &Context, job_id: Uuid) -> Result<String, Step
         .sealer
         .open(&sealed, job_id.as_bytes())
         .map_err(|e| Step::fail(500, "Internal Server Error", e.to_string()))?;
-    tokio::task::spawn_blocking(move || hash_password(&password))
+    tokio::task::spawn_blocking(move || provisioner_shared::passwords::hash(&password))
         .await
         .map_err(|e| Step::Transient(format!("password hashing crashed: {e}")))
-}
-
-/// Argon2id with the contract's minimum cost: m=19456 KiB, t=2, p=1.
-pub fn hash_password(password: &[u8]) -> String {
-    let params = Params::new(19_456, 2, 1, None).expect("static Argon2 parameters are valid");
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password(password, &salt)
-        .expect("Argon2 hashing of an in-memory password cannot fail")
-        .to_string()
 }

@@ -1,0 +1,80 @@
+//! Throughput and latency benchmark of the whole system on this machine: the API and in-process
+//! workers against the local PostgreSQL and RabbitMQ, templates from a local server.
+//!
+//! `cargo run --release -p provisioner-tests --bin bench -- [JOBS] [CLIENTS] [WORKERS]`
+//! (defaults 1000, 32, 2; each worker runs PROVISIONER_WORKER_CONCURRENCY=8 jobs at once).
+
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, stream};
+use provisioner_tests::{Options, TestApp, fixtures};
+use serde_json::{Value, json};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
+    let (jobs, clients, workers) = (args.first().copied().unwrap_or(1000), args.get(1).copied().unwrap_or(32), args.get(2).copied().unwrap_or(2));
+    let app = TestApp::with(Options {
+        workers,
+        vars: vec![("PROVISIONER_WORKER_CONCURRENCY", "8".into()), ("RUST_LOG", "warn".into())],
+    })
+    .await;
+    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+
+    let started = Instant::now();
+    let results: Vec<(f64, String)> = stream::iter(0..jobs)
+        .map(|i| {
+            let app = &app;
+            let url = url.clone();
+            async move {
+                let mut body = fixtures::create_body(&url);
+                body["numberMap"] = json!({"0000000000": format!("4{i:09}0")});
+                let t = Instant::now();
+                let r = app.create(&fixtures::tenant_url(), &body).await;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                assert_eq!(r.status(), 202);
+                (ms, r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_owned())
+            }
+        })
+        .buffer_unordered(clients)
+        .collect()
+        .await;
+    let accepted_in = started.elapsed();
+
+    loop {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')").fetch_one(&app.db).await.unwrap();
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all_done = started.elapsed();
+    let rows: Vec<(f64, f64, i32)> = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM finished_at - created_at)::float8 * 1000,
+                EXTRACT(EPOCH FROM finished_at - started_at)::float8 * 1000, code
+         FROM jobs",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let ok = rows.iter().filter(|r| r.2 == 200).count();
+    let mut api: Vec<f64> = results.iter().map(|r| r.0).collect();
+    let mut e2e: Vec<f64> = rows.iter().map(|r| r.0).collect();
+    let mut run: Vec<f64> = rows.iter().map(|r| r.1).collect();
+    for v in [&mut api, &mut e2e, &mut run] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!("jobs {jobs}, clients {clients}, workers {workers} x 8, succeeded {ok}");
+    println!("accepted in {:.2} s ({:.0} req/s); all ended in {:.2} s ({:.1} jobs/s)", accepted_in.as_secs_f64(), jobs as f64 / accepted_in.as_secs_f64(), all_done.as_secs_f64(), jobs as f64 / all_done.as_secs_f64());
+    println!("API POST latency ms     p50 {:.1}  p99 {:.1}", percentile(&api, 0.5), percentile(&api, 0.99));
+    println!("enqueue->terminal ms    p50 {:.0}  p95 {:.0}  p99 {:.0}", percentile(&e2e, 0.5), percentile(&e2e, 0.95), percentile(&e2e, 0.99));
+    println!("job run (claim->end) ms p50 {:.0}  p99 {:.0}  max {:.0}", percentile(&run, 0.5), percentile(&run, 0.99), run.last().copied().unwrap_or(f64::NAN));
+    app.stop().await;
+}
