@@ -19,14 +19,35 @@ const USAGE: &str = "usage:
 /// Runs the command in `args` (without the program name); prints to stdout.
 pub async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let pool = db::connect(&settings.database_url, &PoolConfig { max_connections: 2, application_name: "provisioner-cli", idle_in_transaction_timeout: None }).await?;
+    let pool = db::connect(
+        &settings.database_url,
+        &PoolConfig {
+            max_connections: 2,
+            application_name: "provisioner-cli",
+            idle_in_transaction_timeout: None,
+        },
+    )
+    .await?;
     match args.as_slice() {
         ["client", "create", rest @ ..] => {
-            let opt = |name: &str| rest.iter().position(|a| *a == name).and_then(|i| rest.get(i + 1)).copied();
-            let name = opt("--name").ok_or_else(|| anyhow::anyhow!("--name is required\n{USAGE}"))?;
-            let scopes: Vec<String> = opt("--scopes").unwrap_or("tenants:read,tenants:write").split(',').map(|s| s.trim().to_owned()).collect();
+            let opt = |name: &str| {
+                rest.iter()
+                    .position(|a| *a == name)
+                    .and_then(|i| rest.get(i + 1))
+                    .copied()
+            };
+            let name =
+                opt("--name").ok_or_else(|| anyhow::anyhow!("--name is required\n{USAGE}"))?;
+            let scopes: Vec<String> = opt("--scopes")
+                .unwrap_or("tenants:read,tenants:write")
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .collect();
             if let Some(bad) = scopes.iter().find(|s| !ALL_SCOPES.contains(&s.as_str())) {
-                anyhow::bail!("unknown scope `{bad}`; scopes are {}", ALL_SCOPES.join(", "));
+                anyhow::bail!(
+                    "unknown scope `{bad}`; scopes are {}",
+                    ALL_SCOPES.join(", ")
+                );
             }
             let id = match opt("--id") {
                 Some(id) => id.to_owned(),
@@ -38,12 +59,26 @@ pub async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
                 tokio::task::spawn_blocking(move || passwords::hash(secret.as_bytes())).await?
             };
             db::clients::insert(&pool, &id, name, &hash, &scopes).await?;
-            println!("client_id={id}\nclient_secret={secret}\nscopes={}\n(the secret is shown once; it is stored hashed)", scopes.join(","));
+            println!(
+                "client_id={id}\nclient_secret={secret}\nscopes={}\n(the secret is shown once; it is stored hashed)",
+                scopes.join(",")
+            );
         }
         ["client", "list"] => {
             for c in db::clients::list(&pool).await? {
-                let state = if c.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{}\t{}\t{}\t{}\t{}", c.id, c.name, c.scopes.join(","), c.created_at.to_rfc3339(), state);
+                let state = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    c.id,
+                    c.name,
+                    c.scopes.join(","),
+                    c.created_at.to_rfc3339(),
+                    state
+                );
             }
         }
         ["client", "revoke", id] => {

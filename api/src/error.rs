@@ -102,9 +102,24 @@ impl IntoResponse for ApiError {
                 "Unsupported Media Type".into(),
                 d.clone(),
             ),
-            ApiError::Unauthorized(d) => (StatusCode::UNAUTHORIZED, "about:blank", "Unauthorized".into(), d.clone()),
-            ApiError::Forbidden(d) => (StatusCode::FORBIDDEN, "about:blank", "Forbidden".into(), d.clone()),
-            ApiError::PayloadTooLarge(d) => (StatusCode::PAYLOAD_TOO_LARGE, "about:blank", "Content Too Large".into(), d.clone()),
+            ApiError::Unauthorized(d) => (
+                StatusCode::UNAUTHORIZED,
+                "about:blank",
+                "Unauthorized".into(),
+                d.clone(),
+            ),
+            ApiError::Forbidden(d) => (
+                StatusCode::FORBIDDEN,
+                "about:blank",
+                "Forbidden".into(),
+                d.clone(),
+            ),
+            ApiError::PayloadTooLarge(d) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "about:blank",
+                "Content Too Large".into(),
+                d.clone(),
+            ),
             ApiError::NotFound(d) => (
                 StatusCode::NOT_FOUND,
                 "about:blank",

@@ -1,7 +1,10 @@
 //! Argon2id hashing of passwords and client secrets, at the contract's minimum cost
 //! (m=19456 KiB, t=2, p=1). CPU-heavy: call from a blocking task.
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version, password_hash::SaltString};
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
+    password_hash::SaltString,
+};
 
 fn argon2() -> Argon2<'static> {
     let params = Params::new(19_456, 2, 1, None).expect("static Argon2 parameters are valid");
@@ -11,7 +14,10 @@ fn argon2() -> Argon2<'static> {
 /// A PHC string: `$argon2id$v=19$m=19456,t=2,p=1$...`.
 pub fn hash(secret: &[u8]) -> String {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-    argon2().hash_password(secret, &salt).expect("Argon2 hashing of an in-memory secret cannot fail").to_string()
+    argon2()
+        .hash_password(secret, &salt)
+        .expect("Argon2 hashing of an in-memory secret cannot fail")
+        .to_string()
 }
 
 /// Does `secret` match the PHC string `phc`? A malformed `phc` never matches.

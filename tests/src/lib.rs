@@ -92,7 +92,10 @@ impl TestApp {
             ("PROVISIONER_JOB_LEASE", "3".to_owned()),
             ("PROVISIONER_SHUTDOWN_TIMEOUT", "5".to_owned()),
             ("PROVISIONER_TEMPLATE_TIMEOUT", "5".to_owned()),
-            ("PROVISIONER_BOOTSTRAP_CLIENT", format!("{BOOTSTRAP_ID}:{BOOTSTRAP_SECRET}")),
+            (
+                "PROVISIONER_BOOTSTRAP_CLIENT",
+                format!("{BOOTSTRAP_ID}:{BOOTSTRAP_SECRET}"),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -269,22 +272,41 @@ pub const BOOTSTRAP_ID: &str = "test-admin";
 pub const BOOTSTRAP_SECRET: &str = "test-admin-secret";
 
 /// Client-credentials token for `id:secret`.
-pub async fn fetch_token(http: &reqwest::Client, addr: SocketAddr, id: &str, secret: &str) -> String {
+pub async fn fetch_token(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    id: &str,
+    secret: &str,
+) -> String {
     let r = http
         .post(format!("http://{addr}/configapi/v2/oauth/token"))
-        .form(&[("grant_type", "client_credentials"), ("client_id", id), ("client_secret", secret)])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "token for {id}");
-    r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+    r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// An HTTP client that sends `Authorization: Bearer <token>` with every request.
 pub fn authorized_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap()
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 fn settings(vars: &HashMap<String, String>) -> Settings {

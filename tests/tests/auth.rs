@@ -2,25 +2,51 @@
 
 use std::time::Duration;
 
-use provisioner_tests::{BOOTSTRAP_ID, BOOTSTRAP_SECRET, Options, TestApp, authorized_client, fetch_token, fixtures};
+use provisioner_tests::{
+    BOOTSTRAP_ID, BOOTSTRAP_SECRET, Options, TestApp, authorized_client, fetch_token, fixtures,
+};
 use serde_json::Value;
 
 /// Runs `provisioner-api` (the test build) with the app's settings and `args`.
 async fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-api")).envs(&app.vars).env("RUST_LOG", "warn").args(args).output().await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-api"))
+        .envs(&app.vars)
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 fn field<'a>(out: &'a str, name: &str) -> &'a str {
-    out.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).unwrap_or_else(|| panic!("no {name} in {out}"))
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
 }
 
 #[tokio::test]
 async fn the_token_endpoint_follows_rfc_6749() {
-    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
     let anon = reqwest::Client::new();
     let url = app.url("/configapi/v2/oauth/token");
-    let r = anon.post(&url).form(&[("grant_type", "client_credentials"), ("client_id", BOOTSTRAP_ID), ("client_secret", BOOTSTRAP_SECRET)]).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", BOOTSTRAP_ID),
+            ("client_secret", BOOTSTRAP_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let body: Value = r.json().await.unwrap();
@@ -29,28 +55,88 @@ async fn the_token_endpoint_follows_rfc_6749() {
     assert!(body["access_token"].as_str().unwrap().len() >= 40);
 
     // HTTP Basic client authentication works too.
-    let r = anon.post(&url).basic_auth(BOOTSTRAP_ID, Some(BOOTSTRAP_SECRET)).form(&[("grant_type", "client_credentials")]).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .basic_auth(BOOTSTRAP_ID, Some(BOOTSTRAP_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
-        (vec![("grant_type", "client_credentials"), ("client_id", BOOTSTRAP_ID), ("client_secret", "wrong")], 401, "invalid_client"),
-        (vec![("grant_type", "client_credentials"), ("client_id", "nobody"), ("client_secret", "x")], 401, "invalid_client"),
-        (vec![("grant_type", "client_credentials"), ("client_secret", BOOTSTRAP_SECRET)], 401, "invalid_client"),
-        (vec![("grant_type", "client_credentials")], 401, "invalid_client"),
-        (vec![("grant_type", "password"), ("client_id", BOOTSTRAP_ID), ("client_secret", BOOTSTRAP_SECRET)], 400, "unsupported_grant_type"),
-        (vec![("client_id", BOOTSTRAP_ID), ("client_secret", BOOTSTRAP_SECRET)], 400, "invalid_request"),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", BOOTSTRAP_ID),
+                ("client_secret", "wrong"),
+            ],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", "nobody"),
+                ("client_secret", "x"),
+            ],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_secret", BOOTSTRAP_SECRET),
+            ],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![("grant_type", "client_credentials")],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", "password"),
+                ("client_id", BOOTSTRAP_ID),
+                ("client_secret", BOOTSTRAP_SECRET),
+            ],
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            vec![
+                ("client_id", BOOTSTRAP_ID),
+                ("client_secret", BOOTSTRAP_SECRET),
+            ],
+            400,
+            "invalid_request",
+        ),
     ];
     for (form, status, error) in cases {
         let r = anon.post(&url).form(&form).send().await.unwrap();
         assert_eq!(r.status(), status, "{form:?}");
         assert_eq!(r.json::<Value>().await.unwrap()["error"], error, "{form:?}");
     }
-    let r = anon.post(&url).json(&serde_json::json!({"grant_type": "client_credentials"})).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .json(&serde_json::json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
     // Secrets and tokens are stored hashed.
-    let stored: Vec<String> = sqlx::query_scalar("SELECT secret_hash FROM api_clients").fetch_all(&app.db).await.unwrap();
-    assert!(stored.iter().all(|h| h.starts_with("$argon2id$") && !h.contains(BOOTSTRAP_SECRET)));
+    let stored: Vec<String> = sqlx::query_scalar("SELECT secret_hash FROM api_clients")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|h| h.starts_with("$argon2id$") && !h.contains(BOOTSTRAP_SECRET))
+    );
     let token = body["access_token"].as_str().unwrap();
     let raw: i64 = sqlx::query_scalar("SELECT count(*) FROM access_tokens WHERE position(convert_to($1, 'UTF8') in token_hash) > 0").bind(token).fetch_one(&app.db).await.unwrap();
     assert_eq!(raw, 0);
@@ -59,65 +145,208 @@ async fn the_token_endpoint_follows_rfc_6749() {
 
 #[tokio::test]
 async fn missing_unknown_and_expired_tokens_are_401_with_a_bearer_challenge() {
-    let app = TestApp::with(Options { workers: 0, vars: vec![("PROVISIONER_TOKEN_TTL", "1".into())] }).await;
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_TOKEN_TTL", "1".into())],
+    })
+    .await;
     let anon = reqwest::Client::new();
     let path = app.url("/configapi/v2/jobs");
     let check = |r: reqwest::Response| {
         assert_eq!(r.status(), 401);
-        assert!(r.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
         assert_eq!(r.headers()["content-type"], "application/problem+json");
     };
     check(anon.get(&path).send().await.unwrap());
-    check(anon.get(&path).bearer_auth("not-a-token").send().await.unwrap());
-    check(anon.post(app.url("/configapi/v2/selfservice/tenant/a.example.com")).json(&serde_json::json!({})).send().await.unwrap());
+    check(
+        anon.get(&path)
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .unwrap(),
+    );
+    check(
+        anon.post(app.url("/configapi/v2/selfservice/tenant/a.example.com"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap(),
+    );
     let token = fetch_token(&anon, app.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
-    assert_eq!(anon.get(&path).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        anon.get(&path)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     check(anon.get(&path).bearer_auth(&token).send().await.unwrap());
     // Health, readiness and the token endpoint need no token.
-    assert_eq!(anon.get(app.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(anon.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        anon.get(app.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        anon.get(app.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
-    let app = TestApp::with(Options { workers: 0, ..Default::default() }).await;
-    let (ok, out) = cli(&app, &["client", "create", "--name", "reader", "--scopes", "tenants:read"]).await;
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let (ok, out) = cli(
+        &app,
+        &[
+            "client",
+            "create",
+            "--name",
+            "reader",
+            "--scopes",
+            "tenants:read",
+        ],
+    )
+    .await;
     assert!(ok, "{out}");
-    let reader = authorized_client(&fetch_token(&reqwest::Client::new(), app.addr, field(&out, "client_id"), field(&out, "client_secret")).await);
+    let reader = authorized_client(
+        &fetch_token(
+            &reqwest::Client::new(),
+            app.addr,
+            field(&out, "client_id"),
+            field(&out, "client_secret"),
+        )
+        .await,
+    );
     let (ok, out) = cli(&app, &["client", "create", "--name", "other writer"]).await;
     assert!(ok, "{out}");
-    let (other_id, other_secret) = (field(&out, "client_id").to_owned(), field(&out, "client_secret").to_owned());
-    let other = authorized_client(&fetch_token(&reqwest::Client::new(), app.addr, &other_id, &other_secret).await);
+    let (other_id, other_secret) = (
+        field(&out, "client_id").to_owned(),
+        field(&out, "client_secret").to_owned(),
+    );
+    let other = authorized_client(
+        &fetch_token(&reqwest::Client::new(), app.addr, &other_id, &other_secret).await,
+    );
 
     let body = fixtures::create_body("https://templates.example/t.zip");
-    let r = reader.post(app.url(&format!("/configapi/v2/selfservice/tenant/{}", fixtures::tenant_url()))).json(&body).send().await.unwrap();
+    let r = reader
+        .post(app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        )))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, "a read-only client cannot create");
-    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
-    assert_eq!(reader.get(app.url("/configapi/v2/jobs")).send().await.unwrap().status(), 200);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    assert_eq!(
+        reader
+            .get(app.url("/configapi/v2/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
-    let job: Value = app.create(&fixtures::tenant_url(), &body).await.json().await.unwrap();
+    let job: Value = app
+        .create(&fixtures::tenant_url(), &body)
+        .await
+        .json()
+        .await
+        .unwrap();
     let id = job["jobId"].as_str().unwrap();
-    let r = other.get(app.url(&format!("/configapi/v2/jobs/{id}"))).send().await.unwrap();
+    let r = other
+        .get(app.url(&format!("/configapi/v2/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404, "another client's job is not found");
     let text = r.text().await.unwrap();
-    assert!(!text.contains(id) || text.contains("no job"), "no data leaks: {text}");
-    assert_eq!(other.delete(app.url(&format!("/configapi/v2/jobs/{id}"))).send().await.unwrap().status(), 404);
-    let listed: Value = other.get(app.url("/configapi/v2/jobs")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        !text.contains(id) || text.contains("no job"),
+        "no data leaks: {text}"
+    );
+    assert_eq!(
+        other
+            .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let listed: Value = other
+        .get(app.url("/configapi/v2/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(listed["items"], serde_json::json!([]));
     let (status, mine) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!((status, mine["status"].as_str()), (200, Some("queued")));
 
     // Listing and revoking clients.
     let (ok, out) = cli(&app, &["client", "list"]).await;
-    assert!(ok && out.contains(&other_id) && out.contains("reader") && !out.contains(&other_secret), "{out}");
+    assert!(
+        ok && out.contains(&other_id) && out.contains("reader") && !out.contains(&other_secret),
+        "{out}"
+    );
     let (ok, _) = cli(&app, &["client", "revoke", &other_id]).await;
     assert!(ok);
-    assert_eq!(other.get(app.url("/configapi/v2/jobs")).send().await.unwrap().status(), 401, "a revoked client's tokens end");
-    let r = reqwest::Client::new().post(app.url("/configapi/v2/oauth/token")).form(&[("grant_type", "client_credentials"), ("client_id", other_id.as_str()), ("client_secret", other_secret.as_str())]).send().await.unwrap();
+    assert_eq!(
+        other
+            .get(app.url("/configapi/v2/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "a revoked client's tokens end"
+    );
+    let r = reqwest::Client::new()
+        .post(app.url("/configapi/v2/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", other_id.as_str()),
+            ("client_secret", other_secret.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let (ok, out) = cli(&app, &["client", "create", "--name", "x", "--scopes", "tenants:admin"]).await;
+    let (ok, out) = cli(
+        &app,
+        &[
+            "client",
+            "create",
+            "--name",
+            "x",
+            "--scopes",
+            "tenants:admin",
+        ],
+    )
+    .await;
     assert!(!ok && out.contains("unknown scope"), "{out}");
     app.stop().await;
 }

@@ -53,7 +53,13 @@ async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
         "t",
         fixtures::sample_template(app.db_version().await).write(),
     );
-    let token = provisioner_tests::fetch_token(&reqwest::Client::new(), addr.parse().unwrap(), provisioner_tests::BOOTSTRAP_ID, provisioner_tests::BOOTSTRAP_SECRET).await;
+    let token = provisioner_tests::fetch_token(
+        &reqwest::Client::new(),
+        addr.parse().unwrap(),
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
     let http = provisioner_tests::authorized_client(&token);
     let mut answers = String::new();
     let tenant = fixtures::tenant_url();

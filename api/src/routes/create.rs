@@ -2,8 +2,7 @@
 //! transaction, answer 202 at once (or the final code under `Prefer: wait`).
 
 use axum::{
-    Extension,
-    Json,
+    Extension, Json,
     body::Bytes,
     extract::{Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -21,8 +20,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::{
-    auth::Caller,AppState, error::ApiError, validate, wait};
+use crate::{AppState, auth::Caller, error::ApiError, validate, wait};
 
 /// Longest `Prefer: wait`, seconds.
 pub const MAX_PREFER_WAIT: u64 = 300;

@@ -1,8 +1,7 @@
 //! Job status: get (with long-poll), list with filters and cursor, cancel.
 
 use axum::{
-    Extension,
-    Json,
+    Extension, Json,
     extract::{Path, Query, State},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -16,8 +15,8 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
-    auth::Caller,
     AppState,
+    auth::Caller,
     error::{ApiError, FieldError},
     wait,
 };

@@ -1,23 +1,30 @@
-//! Tenant details, Export Tenant, and the access-number listing.
+//! Tenants: details, list, and the lifecycle (activate, deactivate, delete). Every change takes
+//! the tenant's advisory lock, so it never interleaves with an import of that tenant, and is
+//! written to the tenant's audit history.
 
 use std::time::Duration;
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Path, Query, State},
-    http::header,
-    response::{IntoResponse, Response},
 };
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use provisioner_shared::{
-    db::{self, locks::LockKey, tenants::TenantRow},
+    db::{
+        self,
+        locks::LockKey,
+        tenants::{NumbersOnDelete, TenantRow},
+    },
     domain::{MAX_LOCK_TIMEOUT, TenantUrl},
-    template::{self, AccessNumberEntry, Manifest, ManifestSource, Template, TenantEntry},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::json;
+use sqlx::PgConnection;
 
+use super::jobs::{Page, page_limit};
 use crate::{
     AppState,
+    auth::Caller,
     error::{ApiError, FieldError},
 };
 
@@ -48,7 +55,8 @@ impl From<TenantRow> for TenantBody {
     }
 }
 
-fn tenant_url(raw: &str) -> Result<TenantUrl, ApiError> {
+/// A path's tenant URL; one that cannot be a host name names no tenant.
+pub fn tenant_url(raw: &str) -> Result<TenantUrl, ApiError> {
     TenantUrl::parse(raw).map_err(|_| ApiError::NotFound(format!("no tenant {raw}")))
 }
 
@@ -64,12 +72,50 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Tenants ordered by URL.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<TenantBody>>, ApiError> {
+    let mut errors = Vec::new();
+    let limit = page_limit(q.limit.as_deref(), &mut errors);
+    let after = q.cursor.as_deref().and_then(|c| {
+        let decoded = URL_SAFE_NO_PAD
+            .decode(c)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        decoded.or_else(|| {
+            errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
+            None
+        })
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut rows = db::tenants::list(&state.pool, after.as_deref(), limit + 1).await?;
+    let next_cursor = (rows.len() as i64 > limit).then(|| {
+        rows.truncate(limit as usize);
+        URL_SAFE_NO_PAD.encode(&rows.last().expect("a full page has a last item").url)
+    });
+    Ok(Json(Page {
+        items: rows.into_iter().map(TenantBody::from).collect(),
+        next_cursor,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LockQuery {
     lock_timeout: Option<String>,
+    keep_access_numbers: Option<String>,
 }
 
-/// `?lockTimeout=N`: 0 to 3600 seconds.
+/// `?lockTimeout=N`: 0 to 3600 seconds, default 30.
 pub fn route_lock_timeout(q: &LockQuery) -> Result<Duration, ApiError> {
     match q.lock_timeout.as_deref().map(str::parse::<u64>) {
         None => Ok(Duration::from_secs(DEFAULT_ROUTE_LOCK_TIMEOUT)),
@@ -81,112 +127,106 @@ pub fn route_lock_timeout(q: &LockQuery) -> Result<Duration, ApiError> {
     }
 }
 
-/// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
-/// it never observes an import half-way.
-pub async fn export(
-    State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<LockQuery>,
-) -> Result<Response, ApiError> {
-    let url = tenant_url(&raw)?;
-    let wait = route_lock_timeout(&q)?;
-    let mut tx = state.pool.begin().await?;
-    if !db::locks::acquire(&mut tx, &[LockKey::Tenant(url.as_str())], wait).await? {
+/// Takes the tenant's lock in `conn`'s transaction (503 when it is not free in time) and
+/// returns the tenant (404 when there is none).
+pub async fn lock_tenant(
+    conn: &mut PgConnection,
+    url: &TenantUrl,
+    wait: Duration,
+) -> Result<TenantRow, ApiError> {
+    if !db::locks::acquire(conn, &[LockKey::Tenant(url.as_str())], wait).await? {
         return Err(ApiError::LockTimeout(format!(
             "the tenant's lock was not free within {} s",
             wait.as_secs()
         )));
     }
-    let tenant = db::tenants::find_by_url(&mut *tx, url.as_str())
+    db::tenants::find_by_url(&mut *conn, url.as_str())
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))?;
-    let settings: Map<String, Value> =
-        serde_json::from_value(tenant.settings.clone()).unwrap_or_default();
-    let template = Template {
-        manifest: Manifest {
-            format: template::FORMAT.to_owned(),
-            format_version: template::FORMAT_VERSION,
-            db_version: db::schema_version(&state.pool).await?,
-            exported_at: chrono::Utc::now(),
-            source: ManifestSource {
-                tenant_id: tenant.id,
-                tenant_url: tenant.url.clone(),
-                tenant_name: tenant.name.clone(),
-            },
-        },
-        tenant: TenantEntry {
-            id: tenant.id,
-            url: tenant.url.clone(),
-            name: tenant.name.clone(),
-            sip_domain: tenant.sip_domain.clone(),
-            settings,
-        },
-        users: db::tenants::users(&mut *tx, tenant.id).await?,
-        objects: db::tenants::objects(&mut *tx, tenant.id).await?,
-        access_numbers: db::access_numbers::of_tenant(&mut *tx, tenant.id)
-            .await?
-            .into_iter()
-            .map(|r| AccessNumberEntry {
-                number: r.number,
-                count: r.count,
-                media: r.media,
-            })
-            .collect(),
-        calling_lists: db::tenants::calling_lists(&mut *tx, tenant.id).await?,
-        audit: db::tenants::audit(&mut *tx, tenant.id).await?,
-    };
-    tx.commit().await?;
-    let body = tokio::task::spawn_blocking(move || template.write())
-        .await
-        .map_err(anyhow::Error::from)?;
-    let disposition = format!("attachment; filename=\"{url}.zip\"");
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/zip".to_owned()),
-            (header::CONTENT_DISPOSITION, disposition),
-        ],
-        body,
-    )
-        .into_response())
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NumbersQuery {
-    tenant_url: Option<String>,
+pub async fn activate(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    path: Path<String>,
+    q: Query<LockQuery>,
+) -> Result<Json<TenantBody>, ApiError> {
+    change_status(state, caller, path, q, "Inactive", "Active", "activate").await
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RangeBody {
-    number: String,
-    count: i32,
-    tenant_url: Option<String>,
-    media: String,
+pub async fn deactivate(
+    state: State<AppState>,
+    caller: Extension<Caller>,
+    path: Path<String>,
+    q: Query<LockQuery>,
+) -> Result<Json<TenantBody>, ApiError> {
+    change_status(state, caller, path, q, "Active", "Inactive", "deactivate").await
 }
 
-pub async fn access_numbers(
+/// from -> to; a tenant already in `to` answers 200 unchanged.
+async fn change_status(
     State(state): State<AppState>,
-    Query(q): Query<NumbersQuery>,
-) -> Result<Json<Vec<RangeBody>>, ApiError> {
-    let url = q
-        .tenant_url
-        .as_deref()
-        .map(|u| {
-            TenantUrl::parse(u)
-                .map_err(|m| ApiError::Validation(vec![FieldError::new("tenantUrl", m)]))
-        })
-        .transpose()?;
-    let ranges = db::access_numbers::list(&state.pool, url.as_ref().map(TenantUrl::as_str)).await?;
-    Ok(Json(
-        ranges
-            .into_iter()
-            .map(|r| RangeBody {
-                number: r.number,
-                count: r.count,
-                tenant_url: r.tenant_url,
-                media: r.media,
-            })
-            .collect(),
-    ))
+    Extension(caller): Extension<Caller>,
+    Path(raw): Path<String>,
+    Query(q): Query<LockQuery>,
+    from: &str,
+    to: &str,
+    action: &str,
+) -> Result<Json<TenantBody>, ApiError> {
+    let url = tenant_url(&raw)?;
+    let wait = route_lock_timeout(&q)?;
+    let mut tx = state.pool.begin().await?;
+    let mut tenant = lock_tenant(&mut tx, &url, wait).await?;
+    if db::tenants::set_status(&mut tx, tenant.id, from, to).await? {
+        let details = json!({"from": from, "to": to});
+        db::tenants::audit_event(
+            &mut tx,
+            tenant.id,
+            &actor(&caller),
+            action,
+            &format!("tenant:{url}"),
+            details,
+        )
+        .await?;
+        tenant.status = to.to_owned();
+    }
+    tx.commit().await?;
+    Ok(Json(tenant.into()))
+}
+
+/// Delete Tenant: only an Inactive one; its numbers go too unless `keepAccessNumbers=true`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<LockQuery>,
+) -> Result<Json<TenantBody>, ApiError> {
+    let url = tenant_url(&raw)?;
+    let wait = route_lock_timeout(&q)?;
+    let numbers = match q.keep_access_numbers.as_deref() {
+        None | Some("false") => NumbersOnDelete::Delete,
+        Some("true") => NumbersOnDelete::KeepUnassigned,
+        Some(_) => {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "keepAccessNumbers",
+                "must be true or false",
+            )]));
+        }
+    };
+    let mut tx = state.pool.begin().await?;
+    let tenant = lock_tenant(&mut tx, &url, wait).await?;
+    if tenant.status != "Inactive" {
+        return Err(ApiError::BadRequest(format!(
+            "tenant {url} is {}; deactivate it first",
+            tenant.status
+        )));
+    }
+    db::tenants::delete(&mut tx, tenant.id, numbers).await?;
+    tx.commit().await?;
+    tracing::info!(tenant.url = %url, ?numbers, "tenant deleted");
+    Ok(Json(tenant.into()))
+}
+
+/// Who made a change, as the audit history records it.
+pub fn actor(caller: &Caller) -> String {
+    format!("client:{}", caller.client_id)
 }

@@ -114,3 +114,39 @@ pub async fn of_tenant(
     .fetch_all(exec)
     .await
 }
+
+/// Creates a range for a tenant; `false` when it overlaps any existing range.
+pub async fn create(
+    conn: &mut PgConnection,
+    number: &str,
+    count: i32,
+    media: &str,
+    tenant_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO access_numbers (number, count, media, tenant_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(number)
+    .bind(count)
+    .bind(media)
+    .bind(tenant_id)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Deletes the range that starts at `number` with exactly `count` numbers; returns it.
+pub async fn delete(
+    conn: &mut PgConnection,
+    number: &str,
+    count: i32,
+) -> Result<Option<RangeRow>, sqlx::Error> {
+    sqlx::query_as(
+        "DELETE FROM access_numbers WHERE number = $1 AND count = $2
+         RETURNING id, number, count, media, tenant_id",
+    )
+    .bind(number)
+    .bind(count)
+    .fetch_optional(conn)
+    .await
+}

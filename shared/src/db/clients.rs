@@ -15,7 +15,13 @@ pub struct ClientRow {
 }
 
 /// Creates the client, or (bootstrap) gives an existing one this secret and these scopes again.
-pub async fn upsert(exec: impl PgExecutor<'_>, id: &str, name: &str, secret_hash: &str, scopes: &[String]) -> Result<(), sqlx::Error> {
+pub async fn upsert(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    name: &str,
+    secret_hash: &str,
+    scopes: &[String],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO UPDATE SET secret_hash = $3, scopes = $4, revoked_at = NULL",
@@ -29,7 +35,13 @@ pub async fn upsert(exec: impl PgExecutor<'_>, id: &str, name: &str, secret_hash
     .map(drop)
 }
 
-pub async fn insert(exec: impl PgExecutor<'_>, id: &str, name: &str, secret_hash: &str, scopes: &[String]) -> Result<(), sqlx::Error> {
+pub async fn insert(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    name: &str,
+    secret_hash: &str,
+    scopes: &[String],
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)")
         .bind(id)
         .bind(name)
@@ -41,7 +53,10 @@ pub async fn insert(exec: impl PgExecutor<'_>, id: &str, name: &str, secret_hash
 }
 
 /// An active (not revoked) client.
-pub async fn find_active(exec: impl PgExecutor<'_>, id: &str) -> Result<Option<ClientRow>, sqlx::Error> {
+pub async fn find_active(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+) -> Result<Option<ClientRow>, sqlx::Error> {
     sqlx::query_as("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_clients WHERE id = $1 AND revoked_at IS NULL")
         .bind(id)
         .fetch_optional(exec)
@@ -56,15 +71,26 @@ pub async fn list(exec: impl PgExecutor<'_>) -> Result<Vec<ClientRow>, sqlx::Err
 
 /// Revokes the client and ends its tokens; `false` if there is no such active client.
 pub async fn revoke(conn: &mut sqlx::PgConnection, id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE api_clients SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+    let done = sqlx::query(
+        "UPDATE api_clients SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM access_tokens WHERE client_id = $1")
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM access_tokens WHERE client_id = $1").bind(id).execute(&mut *conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn insert_token(exec: impl PgExecutor<'_>, token_hash: &[u8], client_id: &str, scopes: &[String], expires_at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+pub async fn insert_token(
+    exec: impl PgExecutor<'_>,
+    token_hash: &[u8],
+    client_id: &str,
+    scopes: &[String],
+    expires_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO access_tokens (token_hash, client_id, scopes, expires_at) VALUES ($1, $2, $3, $4)")
         .bind(token_hash)
         .bind(client_id)
@@ -76,11 +102,16 @@ pub async fn insert_token(exec: impl PgExecutor<'_>, token_hash: &[u8], client_i
 }
 
 /// The client and scopes of an unexpired token (valid strictly before `expires_at`).
-pub async fn find_token(exec: impl PgExecutor<'_>, token_hash: &[u8]) -> Result<Option<(String, Vec<String>)>, sqlx::Error> {
-    sqlx::query_as("SELECT client_id, scopes FROM access_tokens WHERE token_hash = $1 AND expires_at > now()")
-        .bind(token_hash)
-        .fetch_optional(exec)
-        .await
+pub async fn find_token(
+    exec: impl PgExecutor<'_>,
+    token_hash: &[u8],
+) -> Result<Option<(String, Vec<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT client_id, scopes FROM access_tokens WHERE token_hash = $1 AND expires_at > now()",
+    )
+    .bind(token_hash)
+    .fetch_optional(exec)
+    .await
 }
 
 /// Forgets tokens that expired more than a day ago.

@@ -19,14 +19,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numeric arguments")).collect();
-    let (jobs, clients, workers) = (args.first().copied().unwrap_or(1000), args.get(1).copied().unwrap_or(32), args.get(2).copied().unwrap_or(2));
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numeric arguments"))
+        .collect();
+    let (jobs, clients, workers) = (
+        args.first().copied().unwrap_or(1000),
+        args.get(1).copied().unwrap_or(32),
+        args.get(2).copied().unwrap_or(2),
+    );
     let app = TestApp::with(Options {
         workers,
-        vars: vec![("PROVISIONER_WORKER_CONCURRENCY", "8".into()), ("RUST_LOG", "warn".into())],
+        vars: vec![
+            ("PROVISIONER_WORKER_CONCURRENCY", "8".into()),
+            ("RUST_LOG", "warn".into()),
+        ],
     })
     .await;
-    let url = app.templates.put("t", fixtures::sample_template(app.db_version().await).write());
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
 
     let started = Instant::now();
     let results: Vec<(f64, String)> = stream::iter(0..jobs)
@@ -40,7 +53,13 @@ async fn main() {
                 let r = app.create(&fixtures::tenant_url(), &body).await;
                 let ms = t.elapsed().as_secs_f64() * 1e3;
                 assert_eq!(r.status(), 202);
-                (ms, r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_owned())
+                (
+                    ms,
+                    r.json::<Value>().await.unwrap()["jobId"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
             }
         })
         .buffer_unordered(clients)
@@ -49,7 +68,11 @@ async fn main() {
     let accepted_in = started.elapsed();
 
     loop {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')").fetch_one(&app.db).await.unwrap();
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
         if open == 0 {
             break;
         }
@@ -72,9 +95,29 @@ async fn main() {
         v.sort_by(f64::total_cmp);
     }
     println!("jobs {jobs}, clients {clients}, workers {workers} x 8, succeeded {ok}");
-    println!("accepted in {:.2} s ({:.0} req/s); all ended in {:.2} s ({:.1} jobs/s)", accepted_in.as_secs_f64(), jobs as f64 / accepted_in.as_secs_f64(), all_done.as_secs_f64(), jobs as f64 / all_done.as_secs_f64());
-    println!("API POST latency ms     p50 {:.1}  p99 {:.1}", percentile(&api, 0.5), percentile(&api, 0.99));
-    println!("enqueue->terminal ms    p50 {:.0}  p95 {:.0}  p99 {:.0}", percentile(&e2e, 0.5), percentile(&e2e, 0.95), percentile(&e2e, 0.99));
-    println!("job run (claim->end) ms p50 {:.0}  p99 {:.0}  max {:.0}", percentile(&run, 0.5), percentile(&run, 0.99), run.last().copied().unwrap_or(f64::NAN));
+    println!(
+        "accepted in {:.2} s ({:.0} req/s); all ended in {:.2} s ({:.1} jobs/s)",
+        accepted_in.as_secs_f64(),
+        jobs as f64 / accepted_in.as_secs_f64(),
+        all_done.as_secs_f64(),
+        jobs as f64 / all_done.as_secs_f64()
+    );
+    println!(
+        "API POST latency ms     p50 {:.1}  p99 {:.1}",
+        percentile(&api, 0.5),
+        percentile(&api, 0.99)
+    );
+    println!(
+        "enqueue->terminal ms    p50 {:.0}  p95 {:.0}  p99 {:.0}",
+        percentile(&e2e, 0.5),
+        percentile(&e2e, 0.95),
+        percentile(&e2e, 0.99)
+    );
+    println!(
+        "job run (claim->end) ms p50 {:.0}  p99 {:.0}  max {:.0}",
+        percentile(&run, 0.5),
+        percentile(&run, 0.99),
+        run.last().copied().unwrap_or(f64::NAN)
+    );
     app.stop().await;
 }

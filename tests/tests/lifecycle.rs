@@ -1,0 +1,313 @@
+//! Tenant lifecycle and access-number management through the API, with their audit trail.
+
+use provisioner_tests::{TestApp, fixtures};
+use serde_json::{Value, json};
+
+async fn post(app: &TestApp, path: &str) -> (u16, Value) {
+    let r = app.http.post(app.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn delete(app: &TestApp, path: &str) -> (u16, Value) {
+    let r = app.http.delete(app.url(path)).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn numbers_of(app: &TestApp, tenant: &str) -> Vec<(String, i64)> {
+    let (_, list) = app.get_json("/configapi/v2/accessnumbers").await;
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["tenantUrl"] == tenant)
+        .map(|r| {
+            (
+                r["number"].as_str().unwrap().to_owned(),
+                r["count"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_full_lifecycle_and_the_identical_unassigned_range_rule() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
+    let tenant = fixtures::tenant_url();
+    assert_eq!(
+        app.create_and_wait(&tenant, &fixtures::create_body(&url))
+            .await["code"],
+        200
+    );
+
+    let (status, t) = post(&app, &format!("/configapi/v2/tenant/{tenant}/activate")).await;
+    assert_eq!((status, t["status"].as_str()), (200, Some("Active")));
+    let (status, p) = delete(&app, &format!("/configapi/v2/tenant/{tenant}")).await;
+    assert_eq!(status, 400, "an active tenant cannot be deleted: {p}");
+    let (status, t) = post(&app, &format!("/configapi/v2/tenant/{tenant}/deactivate")).await;
+    assert_eq!((status, t["status"].as_str()), (200, Some("Inactive")));
+    let audit: Vec<String> = app
+        .export(&tenant)
+        .await
+        .audit
+        .iter()
+        .map(|a| format!("{} {} {}", a.actor, a.action, a.object))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            format!("client:test-admin activate tenant:{tenant}"),
+            format!("client:test-admin deactivate tenant:{tenant}")
+        ]
+    );
+
+    let (status, _) = delete(
+        &app,
+        &format!("/configapi/v2/tenant/{tenant}?keepAccessNumbers=true"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.get_json(&format!("/configapi/v2/tenant/{tenant}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(numbers_of(&app, "").await.len(), 0);
+    let (_, all) = app.get_json("/configapi/v2/accessnumbers").await;
+    let unassigned: Vec<_> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["tenantUrl"].is_null())
+        .map(|r| r["number"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        unassigned,
+        vec!["0000000100", "4155550100"],
+        "kept numbers are unassigned"
+    );
+
+    // A new tenant from a template with that same range gets the identical unassigned range.
+    let second = fixtures::tenant_url();
+    let job = app
+        .create_and_wait(&second, &fixtures::create_body(&url))
+        .await;
+    assert_eq!(
+        (job["code"].as_i64(), &job["skippedAccessNumbers"]),
+        (Some(200), &json!([]))
+    );
+    assert_eq!(
+        numbers_of(&app, &second).await,
+        vec![("0000000100".to_owned(), 5), ("4155550100".to_owned(), 10)]
+    );
+
+    // Without keepAccessNumbers the numbers go with the tenant.
+    let (status, _) = delete(&app, &format!("/configapi/v2/tenant/{second}")).await;
+    assert_eq!(status, 200);
+    let (_, all) = app.get_json("/configapi/v2/accessnumbers").await;
+    assert_eq!(all, json!([]));
+    assert_eq!(
+        delete(&app, &format!("/configapi/v2/tenant/{second}"))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        post(&app, "/configapi/v2/tenant/nobody.example.com/activate")
+            .await
+            .0,
+        404
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn lifecycle_routes_wait_for_the_tenants_lock_then_answer_503() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
+    let tenant = fixtures::tenant_url();
+    app.create_and_wait(&tenant, &fixtures::create_body(&url))
+        .await;
+    let mut held = app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("provisioner:tenant:{tenant}"))
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    for path in [
+        format!("/configapi/v2/tenant/{tenant}/activate?lockTimeout=1"),
+        format!("/configapi/v2/tenant/{tenant}/deactivate?lockTimeout=0"),
+    ] {
+        let (status, p) = post(&app, &path).await;
+        assert_eq!(
+            (status, p["title"].as_str()),
+            (503, Some("Lock timeout")),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        delete(
+            &app,
+            &format!("/configapi/v2/tenant/{tenant}?lockTimeout=1")
+        )
+        .await
+        .0,
+        503
+    );
+    let r = app
+        .http
+        .get(app.url(&format!(
+            "/configapi/v2/tenant/{tenant}/export?lockTimeout=1"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // Released while an activation waits: it proceeds.
+    let waiting = {
+        let (http, path) = (
+            app.http.clone(),
+            app.url(&format!(
+                "/configapi/v2/tenant/{tenant}/activate?lockTimeout=20"
+            )),
+        );
+        tokio::spawn(async move { http.post(path).send().await.unwrap().status().as_u16() })
+    };
+    app.until_lock_waiters(1).await;
+    held.rollback().await.unwrap();
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(
+        post(
+            &app,
+            &format!("/configapi/v2/tenant/{tenant}/activate?lockTimeout=x")
+        )
+        .await
+        .0,
+        400
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_are_listed_with_a_cursor() {
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    for i in 0..5 {
+        sqlx::query("INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), $1, 'T', $1)").bind(format!("t{i}.example.com")).execute(&app.db).await.unwrap();
+    }
+    let mut seen = vec![];
+    let mut path = "/configapi/v2/tenant?limit=2".to_owned();
+    loop {
+        let (status, page) = app.get_json(&path).await;
+        assert_eq!(status, 200);
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["url"].as_str().unwrap().to_owned()),
+        );
+        match page["nextCursor"].as_str() {
+            Some(c) => path = format!("/configapi/v2/tenant?limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        (0..5)
+            .map(|i| format!("t{i}.example.com"))
+            .collect::<Vec<_>>()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn access_numbers_are_created_assigned_and_deleted() {
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), 'acme.example.com', 'Acme', 'acme.example.com')").execute(&app.db).await.unwrap();
+    let create = |body: Value| {
+        app.http
+            .post(app.url("/configapi/v2/accessnumbers"))
+            .json(&body)
+            .send()
+    };
+    let r = create(json!({"number": "4155550100", "count": 100, "tenantUrl": "acme.example.com", "media": "VOICE"})).await.unwrap();
+    assert_eq!(r.status(), 204);
+    for overlap in [
+        json!({"number": "4155550199", "count": 1, "tenantUrl": "acme.example.com"}),
+        json!({"number": "4155550000", "count": 200, "tenantUrl": "acme.example.com"}),
+    ] {
+        assert_eq!(create(overlap).await.unwrap().status(), 409);
+    }
+    let r = create(json!({"number": "5", "count": 1, "tenantUrl": "nobody.example.com"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "the tenant must exist");
+    let r = create(json!({"number": "12x", "count": 0, "extra": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.unwrap();
+    let mut fields: Vec<_> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_owned())
+        .collect();
+    fields.sort();
+    assert_eq!(fields, vec!["count", "extra", "number", "tenantUrl"]);
+
+    let (_, listed) = app
+        .get_json("/configapi/v2/accessnumbers?tenantUrl=acme.example.com")
+        .await;
+    assert_eq!(
+        listed,
+        json!([{"number": "4155550100", "count": 100, "tenantUrl": "acme.example.com", "media": "VOICE"}])
+    );
+    assert_eq!(
+        delete(&app, "/configapi/v2/accessnumbers/4155550100?count=99")
+            .await
+            .0,
+        404,
+        "the count must match exactly"
+    );
+    assert_eq!(
+        delete(&app, "/configapi/v2/accessnumbers/4155550100")
+            .await
+            .0,
+        400
+    );
+    let (status, gone) = delete(&app, "/configapi/v2/accessnumbers/4155550100?count=100").await;
+    assert_eq!(
+        (status, gone["tenantUrl"].as_str()),
+        (200, Some("acme.example.com"))
+    );
+    assert_eq!(
+        app.get_json("/configapi/v2/accessnumbers").await.1,
+        json!([])
+    );
+    let actions: Vec<String> = sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        actions,
+        vec!["accessNumbers.create", "accessNumbers.delete"]
+    );
+    app.stop().await;
+}
