@@ -20,3 +20,9 @@ CREATE INDEX access_tokens_expiry ON access_tokens (expires_at);
 
 ALTER TABLE jobs ADD COLUMN lock_wait_ms integer;
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+
+-- Import Tenant always answers 202 (a clash ends its job with 409), so only creates are limited
+-- to one active job per tenant URL.
+DROP INDEX jobs_one_active_per_tenant;
+CREATE UNIQUE INDEX jobs_one_active_per_tenant ON jobs (tenant_url)
+    WHERE status IN ('queued', 'running') AND kind = 'createTenant';

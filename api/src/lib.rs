@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod routes;
+pub mod upload;
 pub mod validate;
 pub mod wait;
 

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::error::FieldError;
 
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
+    "template",
     "tenantName",
     "numberMap",
     "firstName",
@@ -31,16 +32,31 @@ pub struct CreateRequest {
     pub password: SecretString,
 }
 
-/// Validates the path's tenant URL and a JSON object body.
+/// Where a create request's template comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateInput {
+    /// JSON body: `templateUrl` is required.
+    Json,
+    /// Form with a `template` file part: `templateUrl` must be absent.
+    FormFile,
+    /// Form without a file part: `templateUrl` is required.
+    FormUrl,
+}
+
+/// Validates the path's tenant URL and the request's fields (a JSON object, or the form's
+/// parts gathered into one).
 pub fn create_request(
     raw_url: &str,
     body: &Map<String, Value>,
+    input: TemplateInput,
 ) -> Result<CreateRequest, Vec<FieldError>> {
     let mut errors = Vec::new();
     let tenant_url = TenantUrl::parse(raw_url)
         .map_err(|m| errors.push(FieldError::new("tenant_url", m)))
         .ok();
-    for key in body.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+    for key in body.keys().filter(|k| {
+        !FIELDS.contains(&k.as_str()) || (input == TemplateInput::Json && *k == "template")
+    }) {
         errors.push(FieldError::new(key, "unknown field"));
     }
     let mut text = |field: &'static str, max: usize| -> Option<String> {
@@ -66,7 +82,10 @@ pub fn create_request(
     let last_name = text("lastName", 255);
     let login_id = text("loginId", 255);
     let email = text("email", 254);
-    let template_url = text("templateUrl", 2048);
+    let template_url = match input {
+        TemplateInput::FormFile => None,
+        TemplateInput::Json | TemplateInput::FormUrl => text("templateUrl", 2048),
+    };
     let password = match body.get("password") {
         None | Some(Value::Null) => {
             errors.push(FieldError::new("password", "is required"));
@@ -89,11 +108,24 @@ pub fn create_request(
             errors.push(FieldError::new("email", "must be a valid e-mail address"));
         }
     }
-    if let Some(u) = &template_url {
-        if let Err(m) = check_template_url(u) {
-            errors.push(FieldError::new("templateUrl", m));
+    let template = match (input, template_url) {
+        (TemplateInput::FormFile, _) if body.contains_key("templateUrl") => {
+            errors.push(FieldError::new(
+                "templateUrl",
+                "give either a template file or templateUrl, not both",
+            ));
+            None
         }
-    }
+        (TemplateInput::FormFile, _) => Some(TemplateSource::Upload),
+        (_, Some(u)) => match check_template_url(&u) {
+            Ok(()) => Some(TemplateSource::Url(u)),
+            Err(m) => {
+                errors.push(FieldError::new("templateUrl", m));
+                None
+            }
+        },
+        (_, None) => None,
+    };
     let number_map = body
         .get("numberMap")
         .map(|v| number_map(v, &mut errors))
@@ -118,7 +150,7 @@ pub fn create_request(
         last_name,
         login_id,
         email,
-        template_url,
+        template,
         password,
     ) {
         (
@@ -128,20 +160,20 @@ pub fn create_request(
             Some(last_name),
             Some(login_id),
             Some(email),
-            Some(url),
+            Some(template),
             Some(password),
         ) if errors.is_empty() => Ok(CreateRequest {
             tenant_url,
             params: CreateTenantParams {
                 tenant_name,
-                admin: AdminSpec {
+                admin: Some(AdminSpec {
                     login_id,
                     first_name,
                     last_name,
                     email,
-                },
+                }),
                 number_map,
-                template: TemplateSource::Url(url),
+                template,
                 lock_timeout,
             },
             password,
@@ -215,6 +247,7 @@ mod tests {
             "bad_host",
             &body(json!({"tenantName": 3, "password": "short", "email": "nope", "templateUrl": "ftp://x/y",
                           "lockTimeout": 3601, "numberMap": {"12a": "1", "1": "2", "2": "2"}, "status": "x"})),
+            TemplateInput::Json,
         )
         .unwrap_err();
         let fields: HashSet<_> = errors.iter().map(|e| e.field.as_str()).collect();

@@ -119,18 +119,22 @@ impl JobStatus {
 pub enum JobKind {
     #[serde(rename = "createTenant")]
     CreateTenant,
+    #[serde(rename = "importTenant")]
+    ImportTenant,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CreateTenant => "createTenant",
+            Self::ImportTenant => "importTenant",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "createTenant" => Some(Self::CreateTenant),
+            "importTenant" => Some(Self::ImportTenant),
             _ => None,
         }
     }
@@ -151,6 +155,8 @@ pub struct AdminSpec {
 #[serde(rename_all = "camelCase")]
 pub enum TemplateSource {
     Url(String),
+    /// Uploaded with the request; kept under the upload directory, named after the job.
+    Upload,
 }
 
 /// What a create-tenant job needs besides the password: stored in `jobs.params`.
@@ -158,9 +164,17 @@ pub enum TemplateSource {
 #[serde(rename_all = "camelCase")]
 pub struct CreateTenantParams {
     pub tenant_name: String,
-    pub admin: AdminSpec,
+    /// The request's administrator; `None` (stream variant) keeps the template's users as they are.
+    pub admin: Option<AdminSpec>,
     pub number_map: BTreeMap<String, String>,
     pub template: TemplateSource,
+    pub lock_timeout: u32,
+}
+
+/// What an import-tenant job needs: the upload is its template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportTenantParams {
     pub lock_timeout: u32,
 }
 

@@ -10,3 +10,4 @@ pub mod relay;
 pub mod seal;
 pub mod telemetry;
 pub mod template;
+pub mod uploads;

@@ -8,7 +8,7 @@ use provisioner_shared::{
     config::ImportLockMode,
     db::{self, access_numbers::Placement, jobs::Ending, locks::LockKey, tenants::TenantRow},
     domain::{SkipReason, SkippedRange, TenantSummary},
-    template::{AccessNumberEntry, Template, UserEntry},
+    template::{AccessNumberEntry, AuditEntry, CallingListEntry, Template, UserEntry},
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -19,6 +19,7 @@ use crate::jobs::Step;
 /// Everything the transaction writes, prepared before it starts (no hashing under the lock).
 #[derive(Debug)]
 pub struct Plan {
+    pub tenant_id: Uuid,
     pub tenant_url: String,
     pub tenant_name: String,
     pub sip_domain: String,
@@ -26,6 +27,10 @@ pub struct Plan {
     pub users: Vec<UserEntry>,
     pub objects: Vec<provisioner_shared::template::ObjectEntry>,
     pub access_numbers: Vec<AccessNumberEntry>,
+    /// Imported only by Import Tenant.
+    pub calling_lists: Vec<CallingListEntry>,
+    /// The history to keep (Import Tenant), then the entry recording this import, if any.
+    pub audit: Vec<AuditEntry>,
     pub lock_timeout: Duration,
 }
 
@@ -72,6 +77,7 @@ impl Plan {
             }
         }
         Self {
+            tenant_id: Uuid::now_v7(),
             tenant_url: tenant_url.to_owned(),
             tenant_name: tenant_name.to_owned(),
             sip_domain: tenant_url.to_owned(),
@@ -79,6 +85,38 @@ impl Plan {
             users,
             objects,
             access_numbers: numbers,
+            calling_lists: vec![],
+            audit: vec![],
+            lock_timeout,
+        }
+    }
+
+    /// Import Tenant: the tenant as it was, ids, users with their hashes, calling lists and
+    /// history included, plus one history entry recording the import by `actor`.
+    pub fn for_import(template: &Template, actor: &str, lock_timeout: Duration) -> Self {
+        let t = &template.tenant;
+        let mut audit = template.audit.clone();
+        audit.push(AuditEntry {
+            at: Utc::now(),
+            actor: actor.to_owned(),
+            action: "import".to_owned(),
+            object: format!("tenant:{}", t.url),
+            details: serde_json::json!({"source": template.manifest.source, "dbVersion": template.manifest.db_version})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        });
+        Self {
+            tenant_id: t.id,
+            tenant_url: t.url.to_ascii_lowercase(),
+            tenant_name: t.name.clone(),
+            sip_domain: t.sip_domain.clone(),
+            settings: Value::Object(t.settings.clone()),
+            users: template.users.clone(),
+            objects: template.objects.clone(),
+            access_numbers: template.access_numbers.clone(),
+            calling_lists: template.calling_lists.clone(),
+            audit,
             lock_timeout,
         }
     }
@@ -110,12 +148,14 @@ pub async fn run(
         ));
     }
     tracing::debug!(waited = ?started.elapsed(), "import lock taken");
-    if db::tenants::exists(&mut *tx, &plan.tenant_url).await? {
+    if db::tenants::exists(&mut *tx, &plan.tenant_url).await?
+        || db::tenants::id_exists(&mut *tx, plan.tenant_id).await?
+    {
         tx.rollback().await?;
         return Ok(tenant_exists(&plan.tenant_url));
     }
     let tenant = TenantRow {
-        id: Uuid::now_v7(),
+        id: plan.tenant_id,
         url: plan.tenant_url.clone(),
         name: plan.tenant_name.clone(),
         sip_domain: plan.sip_domain.clone(),
@@ -126,15 +166,36 @@ pub async fn run(
     match db::tenants::insert(&mut tx, &tenant).await {
         Ok(()) => {}
         Err(e)
-            if db::violates(&e, "tenants_url_key")
-                || db::violates(&e, "tenants_sip_domain_key") =>
+            if ["tenants_pkey", "tenants_url_key", "tenants_sip_domain_key"]
+                .iter()
+                .any(|c| db::violates(&e, c)) =>
         {
             return Ok(tenant_exists(&plan.tenant_url));
         }
         Err(e) => return Err(e),
     }
-    db::tenants::insert_objects(&mut tx, tenant.id, &plan.objects).await?;
-    db::tenants::insert_users(&mut tx, tenant.id, &plan.users).await?;
+    let contents = async {
+        db::tenants::insert_objects(&mut tx, tenant.id, &plan.objects).await?;
+        db::tenants::insert_users(&mut tx, tenant.id, &plan.users).await?;
+        db::tenants::insert_calling_lists(&mut tx, tenant.id, &plan.calling_lists).await?;
+        db::tenants::insert_audit(&mut tx, tenant.id, &plan.audit).await
+    };
+    match contents.await {
+        Ok(()) => {}
+        // Kept ids (Import Tenant) that another tenant already uses.
+        Err(e)
+            if ["users_pkey", "config_objects_pkey", "calling_lists_pkey"]
+                .iter()
+                .any(|c| db::violates(&e, c)) =>
+        {
+            return Ok(Step::fail(
+                409,
+                "Conflict",
+                "the tenant's objects, users or calling lists already exist in this cluster",
+            ));
+        }
+        Err(e) => return Err(e),
+    }
     let mut skipped = Vec::new();
     for range in &plan.access_numbers {
         let reason = match db::access_numbers::place(

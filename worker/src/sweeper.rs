@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use provisioner_shared::db;
+use provisioner_shared::{db, uploads};
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::Context;
@@ -21,13 +21,37 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
+/// Uploads older than this whose job has ended (or never came to be) are removed.
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
 async fn sweep(ctx: &Context) -> Result<(), sqlx::Error> {
+    sweep_uploads(ctx).await?;
     for id in db::jobs::expired_leases(&ctx.pool, 100).await? {
         let mut tx = ctx.pool.begin().await?;
         if let Some(job) = db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await? {
             tracing::warn!(job.id = %id, status = %job.status, "rescued a job whose lease ran out");
         }
         tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Removes uploads no job needs: the job ended, or its request failed before the job was made.
+async fn sweep_uploads(ctx: &Context) -> Result<(), sqlx::Error> {
+    let candidates = match uploads::older_than(&ctx.settings.upload_dir, ORPHAN_AGE).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the upload directory");
+            return Ok(());
+        }
+    };
+    for id in candidates {
+        let live = db::jobs::find(&ctx.pool, id, None)
+            .await?
+            .is_some_and(|j| !j.status().is_terminal());
+        if !live {
+            uploads::remove(&ctx.settings.upload_dir, id).await;
+        }
     }
     Ok(())
 }

@@ -1,10 +1,10 @@
-//! Create tenant from template (JSON): validate, record the job and its outbox message in one
-//! transaction, answer 202 at once (or the final code under `Prefer: wait`).
+//! Create tenant from template: the JSON and form-data variants of one route, and the job
+//! submission every create or import shares (idempotency, the immediate 409s, the job and its
+//! outbox message in one transaction, `Prefer: wait`).
 
 use axum::{
     Extension, Json,
-    body::Bytes,
-    extract::{Path, State},
+    extract::{FromRequest, Multipart, Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -14,25 +14,46 @@ use provisioner_shared::{
         jobs::{InsertError, JobRow, NewJob},
     },
     domain::JobKind,
+    uploads,
 };
-use secrecy::ExposeSecret;
-use serde_json::Value;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::{AppState, auth::Caller, error::ApiError, validate, wait};
+use crate::{
+    AppState,
+    auth::Caller,
+    error::ApiError,
+    upload,
+    validate::{self, CreateRequest, TemplateInput},
+    wait,
+};
 
 /// Longest `Prefer: wait`, seconds.
 pub const MAX_PREFER_WAIT: u64 = 300;
+/// Largest JSON body.
+const JSON_LIMIT: usize = 1 << 20;
+/// Largest text part of a form.
+const FORM_TEXT_LIMIT: usize = 64 << 10;
 
-pub async fn create_from_json(
+/// `POST /configapi/v2/selfservice/tenant/{tenant_url}`, JSON or `multipart/form-data`.
+pub async fn create_from_template(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(raw_url): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    if mime(&headers) == "multipart/form-data" {
+        return from_form(state, caller, raw_url, headers, request).await;
+    }
     require_json(&headers)?;
+    let body = axum::body::to_bytes(request.into_body(), JSON_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::PayloadTooLarge(format!("a JSON body may have at most {JSON_LIMIT} bytes"))
+        })?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
     let Value::Object(fields) = &value else {
@@ -40,76 +61,250 @@ pub async fn create_from_json(
             "the body must be a JSON object".to_owned(),
         ));
     };
-    let request = validate::create_request(&raw_url, fields).map_err(ApiError::Validation)?;
-    let idempotency_key = idempotency_key(&headers)?;
-    let prefer_wait = prefer_wait(&headers);
+    let request = validate::create_request(&raw_url, fields, TemplateInput::Json)
+        .map_err(ApiError::Validation)?;
     // The digest covers the whole request, password included, keyed so it reveals nothing.
     let digest = state
         .sealer
         .digest(format!("{}\n{}", request.tenant_url, value).as_bytes());
+    submit(
+        &state,
+        &caller,
+        &headers,
+        Submission::create(Uuid::now_v7(), request, digest, false),
+    )
+    .await
+}
 
+/// The form variant: parts as the original, the template streamed to the upload directory.
+async fn from_form(
+    state: AppState,
+    caller: Caller,
+    raw_url: String,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let mut multipart = Multipart::from_request(request, &state)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let job_id = Uuid::now_v7();
+    let max = state.settings.template_max_bytes;
+    let mut fields = Map::new();
+    let mut number_map = Map::new();
+    let mut upload = None;
+    let parsed: Result<(), ApiError> = async {
+        while let Some(field) = multipart.next_field().await? {
+            let name = field.name().unwrap_or_default().to_owned();
+            match name.as_str() {
+                "template" if upload.is_none() => {
+                    upload =
+                        Some(upload::save(&state.settings.upload_dir, job_id, field, max).await?)
+                }
+                "numberMap" => {
+                    let pair = form_text(field).await?;
+                    match pair.split_once(':') {
+                        Some((from, to)) => number_map
+                            .insert(from.trim().to_owned(), Value::String(to.trim().to_owned())),
+                        None => number_map.insert(pair, Value::Null),
+                    };
+                }
+                _ if fields.contains_key(&name) || (name == "template" && upload.is_some()) => {
+                    return Err(ApiError::Validation(vec![crate::error::FieldError::new(
+                        &name,
+                        "appears more than once",
+                    )]));
+                }
+                _ => {
+                    let text = form_text(field).await?;
+                    let value = match name.as_str() {
+                        "lockTimeout" => text
+                            .trim()
+                            .parse::<u64>()
+                            .map(Value::from)
+                            .unwrap_or(Value::String(text)),
+                        _ => Value::String(text),
+                    };
+                    fields.insert(name, value);
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    let discard = || async { uploads::remove(&state.settings.upload_dir, job_id).await };
+    if let Err(e) = parsed {
+        discard().await;
+        return Err(e);
+    }
+    if !number_map.is_empty() {
+        fields.insert("numberMap".to_owned(), Value::Object(number_map));
+    }
+    let input = if upload.is_some() {
+        TemplateInput::FormFile
+    } else {
+        TemplateInput::FormUrl
+    };
+    let request = match validate::create_request(&raw_url, &fields, input) {
+        Ok(r) => r,
+        Err(errors) => {
+            discard().await;
+            return Err(ApiError::Validation(errors));
+        }
+    };
+    let file_digest = upload.as_ref().map(|u| u.sha256.as_str()).unwrap_or("");
+    let digest = state.sealer.digest(
+        format!(
+            "{}\n{}\n{file_digest}",
+            request.tenant_url,
+            Value::Object(fields)
+        )
+        .as_bytes(),
+    );
+    submit(
+        &state,
+        &caller,
+        &headers,
+        Submission::create(job_id, request, digest, upload.is_some()),
+    )
+    .await
+}
+
+async fn form_text(field: axum::extract::multipart::Field<'_>) -> Result<String, ApiError> {
+    let name = field.name().unwrap_or_default().to_owned();
+    let bytes = field.bytes().await?;
+    if bytes.len() > FORM_TEXT_LIMIT {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "form part `{name}` is larger than {FORM_TEXT_LIMIT} bytes"
+        )));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::BadRequest(format!("form part `{name}` is not UTF-8 text")))
+}
+
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(e.body_text())
+        } else {
+            ApiError::BadRequest(format!("malformed form data: {}", e.body_text()))
+        }
+    }
+}
+
+/// A job about to be recorded.
+pub struct Submission {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub tenant_url: String,
+    pub params: Value,
+    pub password: Option<SecretString>,
+    pub digest: String,
+    /// Answer 409 at once when the tenant exists (creates; imports learn it from their job).
+    pub refuse_existing_tenant: bool,
+    /// The request uploaded its template: remove it unless the job is made.
+    pub uploaded: bool,
+}
+
+impl Submission {
+    pub fn create(id: Uuid, request: CreateRequest, digest: String, uploaded: bool) -> Self {
+        Self {
+            id,
+            kind: JobKind::CreateTenant,
+            tenant_url: request.tenant_url.to_string(),
+            params: serde_json::to_value(&request.params).expect("params serialize"),
+            password: Some(request.password),
+            digest,
+            refuse_existing_tenant: true,
+            uploaded,
+        }
+    }
+}
+
+/// Records the job (or replays the one its idempotency key names) and answers.
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    sub: Submission,
+) -> Result<Response, ApiError> {
+    let prefer_wait = prefer_wait(headers);
+    let outcome = record(state, caller, headers, &sub).await;
+    if sub.uploaded && !matches!(outcome, Ok(Recorded::New(_))) {
+        uploads::remove(&state.settings.upload_dir, sub.id).await;
+    }
+    match outcome? {
+        Recorded::New(job) => {
+            tracing::info!(job.id = %job.id, job.kind = %job.kind, tenant.url = %job.tenant_url, "job accepted");
+            respond(state, job, prefer_wait).await
+        }
+        Recorded::Replay(job) => replay(state, job, &sub.digest, prefer_wait).await,
+    }
+}
+
+enum Recorded {
+    New(JobRow),
+    Replay(JobRow),
+}
+
+async fn record(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    sub: &Submission,
+) -> Result<Recorded, ApiError> {
+    let idempotency_key = idempotency_key(headers)?;
     if let Some(key) = idempotency_key {
         if let Some(job) =
             db::jobs::find_by_idempotency_key(&state.pool, &caller.client_id, key).await?
         {
-            return replay(&state, job, &digest, prefer_wait).await;
+            return Ok(Recorded::Replay(job));
         }
     }
-    if db::tenants::exists(&state.pool, request.tenant_url.as_str()).await? {
+    if sub.refuse_existing_tenant && db::tenants::exists(&state.pool, &sub.tenant_url).await? {
         return Err(ApiError::Conflict(format!(
             "a tenant with URL {} already exists",
-            request.tenant_url
+            sub.tenant_url
         )));
     }
-    let id = Uuid::now_v7();
-    let sealed = state
-        .sealer
-        .seal(request.password.expose_secret().as_bytes(), id.as_bytes());
+    let sealed = sub.password.as_ref().map(|p| {
+        state
+            .sealer
+            .seal(p.expose_secret().as_bytes(), sub.id.as_bytes())
+    });
     let mut tx = state.pool.begin().await?;
-    let inserted = db::jobs::insert(
-        &mut tx,
-        NewJob {
-            id,
-            kind: JobKind::CreateTenant.as_str(),
-            tenant_url: request.tenant_url.as_str(),
-            client_id: &caller.client_id,
-            params: serde_json::to_value(&request.params).expect("params serialize"),
-            sealed_password: Some(sealed),
-            idempotency_key,
-            request_digest: Some(&digest),
-        },
-    )
-    .await;
-    let job = match inserted {
-        Ok(job) => job,
-        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken)
-            if idempotency_key.is_some() =>
-        {
-            // A concurrent request with the same key may have won the race: its job is
-            // committed by now (the unique check waited for it).
-            drop(tx);
-            let key = idempotency_key.expect("checked above");
-            return match db::jobs::find_by_idempotency_key(&state.pool, &caller.client_id, key)
-                .await?
-            {
-                Some(job) => replay(&state, job, &digest, prefer_wait).await,
-                None => Err(active_job_exists(&request.tenant_url)),
-            };
+    let new_job = NewJob {
+        id: sub.id,
+        kind: sub.kind.as_str(),
+        tenant_url: &sub.tenant_url,
+        client_id: &caller.client_id,
+        params: sub.params.clone(),
+        sealed_password: sealed,
+        idempotency_key,
+        request_digest: Some(&sub.digest),
+    };
+    match db::jobs::insert(&mut tx, new_job).await {
+        Ok(job) => {
+            tx.commit().await?;
+            Ok(Recorded::New(job))
         }
         Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) => {
-            return Err(active_job_exists(&request.tenant_url));
+            drop(tx);
+            // A concurrent request with the same key may have won the race: its job is
+            // committed by now (the unique check waited for it).
+            if let Some(key) = idempotency_key {
+                if let Some(job) =
+                    db::jobs::find_by_idempotency_key(&state.pool, &caller.client_id, key).await?
+                {
+                    return Ok(Recorded::Replay(job));
+                }
+            }
+            Err(ApiError::Conflict(format!(
+                "a queued or running job exists for tenant {}",
+                sub.tenant_url
+            )))
         }
-        Err(InsertError::Database(e)) => return Err(e.into()),
-    };
-    tx.commit().await?;
-    tracing::info!(job.id = %job.id, tenant.url = %job.tenant_url, "job accepted");
-    respond(&state, job, prefer_wait).await
-}
-
-fn active_job_exists(tenant: &provisioner_shared::domain::TenantUrl) -> ApiError {
-    ApiError::Conflict(format!(
-        "a queued or running job exists for tenant {tenant}"
-    ))
+        Err(InsertError::Database(e)) => Err(e.into()),
+    }
 }
 
 async fn replay(
@@ -180,26 +375,30 @@ fn accepted(job: &JobRow) -> Response {
         .into_response()
 }
 
-pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+/// The request's media type, lower-case, without parameters.
+pub fn mime(headers: &HeaderMap) -> String {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct
-        .split(';')
+    ct.split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
+        .to_ascii_lowercase()
+}
+
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mime = mime(headers);
     if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else if mime.is_empty() {
         Err(ApiError::UnsupportedMediaType(
-            "Content-Type is missing; send application/json".to_owned(),
+            "Content-Type is missing; send application/json or multipart/form-data".to_owned(),
         ))
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type {mime} is not supported here; send application/json"
+            "Content-Type {mime} is not supported here; send application/json or multipart/form-data"
         )))
     }
 }

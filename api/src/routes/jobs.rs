@@ -183,6 +183,7 @@ pub async fn cancel(
     let mut tx = state.pool.begin().await?;
     if let Some(job) = db::jobs::cancel(&mut tx, id, &caller.client_id).await? {
         tx.commit().await?;
+        provisioner_shared::uploads::remove(&state.settings.upload_dir, id).await;
         return Ok(Json(job.view()));
     }
     match db::jobs::find(&mut *tx, id, Some(&caller.client_id)).await? {

@@ -6,30 +6,42 @@ pub mod create;
 pub mod export;
 pub mod health;
 pub mod jobs;
+pub mod stream;
 pub mod tenants;
 
 use axum::{
-    Router, middleware,
+    Router,
+    extract::DefaultBodyLimit,
+    middleware,
     routing::{delete, get, post},
 };
 
 use crate::{AppState, auth, error::ApiError};
 
 pub fn routes(state: AppState) -> Router<AppState> {
+    // The form variant carries the template plus a few small text parts.
+    let body_limit = usize::try_from(state.settings.template_max_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 << 10);
     let protected = Router::new()
         .route(
             "/configapi/v2/selfservice/tenant/{tenant_url}",
-            post(create::create_from_json),
+            post(create::create_from_template).layer(DefaultBodyLimit::max(body_limit)),
         )
         .route("/configapi/v2/jobs", get(jobs::list))
         .route(
             "/configapi/v2/jobs/{job_id}",
             get(jobs::get).delete(jobs::cancel),
         )
-        .route("/configapi/v2/tenant", get(tenants::list))
+        .route(
+            "/configapi/v2/tenant",
+            get(tenants::list).post(stream::import_tenant),
+        )
         .route(
             "/configapi/v2/tenant/{tenant_url}",
-            get(tenants::get).delete(tenants::delete),
+            get(tenants::get)
+                .put(stream::create_from_stream)
+                .delete(tenants::delete),
         )
         .route(
             "/configapi/v2/tenant/{tenant_url}/export",

@@ -166,14 +166,19 @@ pub async fn insert_audit(
     tenant_id: Uuid,
     audit: &[AuditEntry],
 ) -> Result<(), sqlx::Error> {
+    let records: Vec<Value> = audit
+        .iter()
+        .enumerate()
+        .map(|(i, a)| serde_json::json!({"n": i, "at": a.at, "actor": a.actor, "action": a.action, "object": a.object, "details": a.details}))
+        .collect();
     sqlx::query(
         "INSERT INTO audit_log (tenant_id, at, actor, action, object, details)
          SELECT $1, at, actor, action, object, details
-         FROM jsonb_to_recordset($2) WITH ORDINALITY AS x(at timestamptz, actor text, action text, object text, details jsonb, n)
+         FROM jsonb_to_recordset($2) AS x(n int, at timestamptz, actor text, action text, object text, details jsonb)
          ORDER BY n",
     )
     .bind(tenant_id)
-    .bind(Json(audit))
+    .bind(Json(records))
     .execute(conn)
     .await
     .map(drop)
@@ -389,5 +394,12 @@ pub async fn url_of(exec: impl PgExecutor<'_>, id: Uuid) -> Result<Option<String
     sqlx::query_scalar("SELECT url FROM tenants WHERE id = $1")
         .bind(id)
         .fetch_optional(exec)
+        .await
+}
+
+pub async fn id_exists(exec: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+        .bind(id)
+        .fetch_one(exec)
         .await
 }

@@ -168,27 +168,10 @@ pub struct Template {
 }
 
 impl Template {
-    /// Parses and checks an archive. `db_version` is the server's schema version; a template of
-    /// another format, format version or database version is refused.
+    /// Parses and checks an archive for create-from-template: its format, format version and
+    /// database version must equal the server's (`db_version`).
     pub fn read(bytes: &[u8], limits: &Limits, db_version: i64) -> Result<Self, TemplateError> {
-        let mut entries = read_entries(bytes, limits)?;
-        let manifest: Manifest =
-            parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
-        if manifest.format != FORMAT {
-            return Err(TemplateError::Incompatible(
-                "format",
-                manifest.format,
-                FORMAT.to_owned(),
-            ));
-        }
-        if manifest.format_version != FORMAT_VERSION {
-            let v = manifest.format_version.to_string();
-            return Err(TemplateError::Incompatible(
-                "formatVersion",
-                v,
-                FORMAT_VERSION.to_string(),
-            ));
-        }
+        let (manifest, entries) = read_manifest(bytes, limits)?;
         if manifest.db_version != db_version {
             let v = manifest.db_version.to_string();
             return Err(TemplateError::Incompatible(
@@ -197,6 +180,28 @@ impl Template {
                 db_version.to_string(),
             ));
         }
+        Self::from_entries(manifest, entries)
+    }
+
+    /// Parses and checks an archive for Import Tenant: an older database version is brought up to
+    /// `db_version` when this server knows every step; a newer or unknown one is refused.
+    pub fn read_upgrading(
+        bytes: &[u8],
+        limits: &Limits,
+        db_version: i64,
+    ) -> Result<Self, TemplateError> {
+        let (mut manifest, mut entries) = read_manifest(bytes, limits)?;
+        if manifest.db_version != db_version {
+            upgrade::upgrade(&mut entries, manifest.db_version, db_version)?;
+            manifest.db_version = db_version;
+        }
+        Self::from_entries(manifest, entries)
+    }
+
+    fn from_entries(
+        manifest: Manifest,
+        mut entries: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, TemplateError> {
         let template = Template {
             manifest,
             tenant: parse(&mut entries, TENANT)?.ok_or(TemplateError::Missing(TENANT))?,
@@ -296,6 +301,39 @@ impl Template {
 
 fn json<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).expect("template entries serialize")
+}
+
+/// Reads the archive and its manifest, checking the format and format version.
+fn read_manifest(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(Manifest, BTreeMap<String, Vec<u8>>), TemplateError> {
+    let mut entries = read_entries(bytes, limits)?;
+    let manifest: Manifest =
+        parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
+    if manifest.format != FORMAT {
+        return Err(TemplateError::Incompatible(
+            "format",
+            manifest.format,
+            FORMAT.to_owned(),
+        ));
+    }
+    if manifest.format_version != FORMAT_VERSION {
+        let v = manifest.format_version.to_string();
+        return Err(TemplateError::Incompatible(
+            "formatVersion",
+            v,
+            FORMAT_VERSION.to_string(),
+        ));
+    }
+    Ok((manifest, entries))
+}
+
+/// The URL in `tenant.json`, when the archive is readable enough to say.
+pub fn peek_tenant_url(bytes: &[u8], limits: &Limits) -> Option<String> {
+    let mut entries = read_entries(bytes, limits).ok()?;
+    let tenant: TenantEntry = parse(&mut entries, TENANT).ok()??;
+    Some(tenant.url)
 }
 
 /// Does `count` numbers from `first` stay within `first`'s digit length?
@@ -420,3 +458,4 @@ fn parse<T: DeserializeOwned>(
 
 #[cfg(test)]
 mod tests;
+mod upgrade;

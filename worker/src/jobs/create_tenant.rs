@@ -1,19 +1,17 @@
-//! `createTenant`: fetch the template, check it, hash the administrator's password, import.
+//! `createTenant`: fetch (or load the upload of) the template, check it, hash the request's
+//! administrator password, import with new ids.
 
 use std::time::Duration;
 
 use provisioner_shared::{
     db::{self, jobs::JobRow},
-    domain::{CreateTenantParams, TemplateSource},
+    domain::{AdminSpec, CreateTenantParams},
     template::{AccessNumberEntry, Template, UserEntry, range_fits},
 };
 use uuid::Uuid;
 
-use super::{Context, Step};
-use crate::{
-    fetch::FetchError,
-    import::{self, Plan},
-};
+use super::{Context, Step, template_bytes};
+use crate::import::{self, Plan};
 
 pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
     let params: CreateTenantParams = match serde_json::from_value(job.params.clone()) {
@@ -26,12 +24,9 @@ pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
             );
         }
     };
-    let bytes = match &params.template {
-        TemplateSource::Url(url) => match ctx.fetcher.get(url).await {
-            Ok(b) => b,
-            Err(FetchError::Permanent(detail)) => return Step::fail(400, "Bad template", detail),
-            Err(FetchError::Transient(detail)) => return Step::Transient(detail),
-        },
+    let bytes = match template_bytes(ctx, job, &params.template).await {
+        Ok(b) => b,
+        Err(step) => return step,
     };
     let (limits, db_version) = (ctx.limits, ctx.db_version);
     let template = match tokio::task::spawn_blocking(move || {
@@ -47,26 +42,19 @@ pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
         Ok(n) => n,
         Err(detail) => return Step::fail(400, "Bad template", detail),
     };
-    let password_hash = match admin_password_hash(ctx, job.id).await {
-        Ok(h) => h,
-        Err(step) => return step,
-    };
-    let admin = UserEntry {
-        id: Uuid::now_v7(),
-        login_id: params.admin.login_id.clone(),
-        first_name: params.admin.first_name.clone(),
-        last_name: params.admin.last_name.clone(),
-        email: params.admin.email.clone(),
-        roles: vec!["admin".to_owned()],
-        password_hash: Some(password_hash),
-        teams: vec![],
+    let admin = match &params.admin {
+        Some(spec) => match admin_user(ctx, job.id, spec).await {
+            Ok(user) => Some(user),
+            Err(step) => return step,
+        },
+        None => None,
     };
     let lock_timeout = Duration::from_secs(params.lock_timeout.into());
     let plan = Plan::from_template(
         &template,
         &job.tenant_url,
         &params.tenant_name,
-        Some(admin),
+        admin,
         numbers,
         lock_timeout,
     );
@@ -113,7 +101,8 @@ fn map_numbers(
         .collect()
 }
 
-async fn admin_password_hash(ctx: &Context, job_id: Uuid) -> Result<String, Step> {
+/// The request's administrator, with its sealed password opened and hashed (Argon2id).
+async fn admin_user(ctx: &Context, job_id: Uuid, spec: &AdminSpec) -> Result<UserEntry, Step> {
     let sealed = db::jobs::sealed_password(&ctx.pool, job_id)
         .await?
         .ok_or_else(|| {
@@ -127,7 +116,17 @@ async fn admin_password_hash(ctx: &Context, job_id: Uuid) -> Result<String, Step
         .sealer
         .open(&sealed, job_id.as_bytes())
         .map_err(|e| Step::fail(500, "Internal Server Error", e.to_string()))?;
-    tokio::task::spawn_blocking(move || provisioner_shared::passwords::hash(&password))
+    let hash = tokio::task::spawn_blocking(move || provisioner_shared::passwords::hash(&password))
         .await
-        .map_err(|e| Step::Transient(format!("password hashing crashed: {e}")))
+        .map_err(|e| Step::Transient(format!("password hashing crashed: {e}")))?;
+    Ok(UserEntry {
+        id: Uuid::now_v7(),
+        login_id: spec.login_id.clone(),
+        first_name: spec.first_name.clone(),
+        last_name: spec.last_name.clone(),
+        email: spec.email.clone(),
+        roles: vec!["admin".to_owned()],
+        password_hash: Some(hash),
+        teams: vec![],
+    })
 }

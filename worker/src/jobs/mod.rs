@@ -2,6 +2,7 @@
 //! handler, record how it ended. One file per kind; `run_kind` is the registry.
 
 pub mod create_tenant;
+pub mod import_tenant;
 
 use std::{
     collections::HashMap,
@@ -15,16 +16,17 @@ use provisioner_shared::{
         self,
         jobs::{Ending, JobRow},
     },
-    domain::{JobError, JobKind},
+    domain::{JobError, JobKind, TemplateSource},
     seal::Sealer,
     template::Limits,
+    uploads,
 };
 use rand::Rng;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchError, Fetcher};
 
 /// What every job handler may use.
 #[derive(Debug)]
@@ -118,8 +120,17 @@ pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -
     };
     heartbeat.abort();
     let _enter = span.enter();
+    let ended = match &step {
+        Step::Committed | Step::Fail { .. } => true,
+        Step::Transient(_) => job.attempts >= ctx.settings.job_max_attempts as i32,
+        Step::LostLease => false,
+    };
     let disposition = record(&ctx, &job, token, step, panicked).await;
     ctx.leases.lock().expect("lease map").remove(&id);
+    if ended {
+        // No later attempt needs the uploaded template.
+        uploads::remove(&ctx.settings.upload_dir, id).await;
+    }
     disposition
 }
 
@@ -169,11 +180,48 @@ async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, Wait>
 async fn run_kind(ctx: Arc<Context>, job: JobRow, token: Uuid) -> Step {
     match JobKind::parse(&job.kind) {
         Some(JobKind::CreateTenant) => create_tenant::run(&ctx, &job, token).await,
+        Some(JobKind::ImportTenant) => import_tenant::run(&ctx, &job, token).await,
         None => Step::fail(
             500,
             "Internal Server Error",
             format!("no handler for job kind `{}`", job.kind),
         ),
+    }
+}
+
+/// The template's bytes: downloaded, or read from the job's upload.
+pub async fn template_bytes(
+    ctx: &Context,
+    job: &JobRow,
+    source: &TemplateSource,
+) -> Result<bytes::Bytes, Step> {
+    match source {
+        TemplateSource::Url(url) => ctx.fetcher.get(url).await.map_err(|e| match e {
+            FetchError::Permanent(detail) => Step::fail(400, "Bad template", detail),
+            FetchError::Transient(detail) => Step::Transient(detail),
+        }),
+        TemplateSource::Upload => {
+            let path = uploads::path(&ctx.settings.upload_dir, job.id);
+            match tokio::fs::read(&path).await {
+                Ok(b) if b.len() as u64 <= ctx.settings.template_max_bytes => Ok(b.into()),
+                Ok(_) => Err(Step::fail(
+                    400,
+                    "Bad template",
+                    format!(
+                        "the template is larger than {} bytes",
+                        ctx.settings.template_max_bytes
+                    ),
+                )),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Step::fail(
+                    500,
+                    "Internal Server Error",
+                    "the uploaded template is no longer available",
+                )),
+                Err(e) => Err(Step::Transient(format!(
+                    "cannot read the uploaded template: {e}"
+                ))),
+            }
+        }
     }
 }
 

@@ -1,0 +1,162 @@
+//! The raw-ZIP variants: create from a streamed template (`PUT /configapi/v2/tenant/{url}`) and
+//! Import Tenant (`POST /configapi/v2/tenant`). Both stream the body to the upload directory.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Extension,
+    extract::{Path, Query, Request, State},
+    http::HeaderMap,
+    response::Response,
+};
+use provisioner_shared::{
+    db,
+    domain::{
+        CreateTenantParams, DEFAULT_LOCK_TIMEOUT, ImportTenantParams, JobKind, MAX_LOCK_TIMEOUT,
+        TemplateSource, TenantUrl,
+    },
+    template::{self, Limits},
+};
+use serde::Deserialize;
+
+use super::create::{Submission, mime, submit};
+use crate::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, FieldError},
+    upload,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamQuery {
+    lock_timeout: Option<String>,
+}
+
+fn lock_timeout(q: &StreamQuery) -> Result<u32, FieldError> {
+    match q.lock_timeout.as_deref().map(str::parse::<u32>) {
+        None => Ok(DEFAULT_LOCK_TIMEOUT),
+        Some(Ok(n)) if n <= MAX_LOCK_TIMEOUT => Ok(n),
+        Some(_) => Err(FieldError::new(
+            "lockTimeout",
+            format!("must be an integer from 0 to {MAX_LOCK_TIMEOUT}"),
+        )),
+    }
+}
+
+fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
+    match mime(headers).as_str() {
+        "application/zip" | "application/octet-stream" | "application/x-zip-compressed" => Ok(()),
+        "" => Err(ApiError::UnsupportedMediaType(
+            "Content-Type is missing; send application/zip".to_owned(),
+        )),
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type {other} is not supported here; send application/zip"
+        ))),
+    }
+}
+
+/// `PUT /configapi/v2/tenant/{tenant_url}?lockTimeout=N`: the tenant name and SIP domain are
+/// generated, and the administrator comes from the template unchanged.
+pub async fn create_from_stream(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw_url): Path<String>,
+    Query(q): Query<StreamQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    require_zip(&headers)?;
+    let url = TenantUrl::parse(&raw_url).map_err(|m| FieldError::new("tenant_url", m));
+    let (url, lock_timeout) = match (url, lock_timeout(&q)) {
+        (Ok(u), Ok(l)) => (u, l),
+        (u, l) => {
+            return Err(ApiError::Validation(
+                u.err().into_iter().chain(l.err()).collect(),
+            ));
+        }
+    };
+    // Refuse an existing tenant before reading a possibly large body.
+    if db::tenants::exists(&state.pool, url.as_str()).await? {
+        return Err(ApiError::Conflict(format!(
+            "a tenant with URL {url} already exists"
+        )));
+    }
+    let id = uuid::Uuid::now_v7();
+    let upload = upload::save(
+        &state.settings.upload_dir,
+        id,
+        request.into_body().into_data_stream(),
+        state.settings.template_max_bytes,
+    )
+    .await?;
+    let params = CreateTenantParams {
+        tenant_name: url.to_string(),
+        admin: None,
+        number_map: BTreeMap::new(),
+        template: TemplateSource::Upload,
+        lock_timeout,
+    };
+    let digest = state
+        .sealer
+        .digest(format!("stream\n{url}\n{lock_timeout}\n{}", upload.sha256).as_bytes());
+    let sub = Submission {
+        id,
+        kind: JobKind::CreateTenant,
+        tenant_url: url.to_string(),
+        params: serde_json::to_value(&params).expect("params serialize"),
+        password: None,
+        digest,
+        refuse_existing_tenant: true,
+        uploaded: true,
+    };
+    submit(&state, &caller, &headers, sub).await
+}
+
+/// `POST /configapi/v2/tenant?lockTimeout=N`: Import Tenant. Always a job: a bad archive or an
+/// existing tenant ends it with code 400 or 409.
+pub async fn import_tenant(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<StreamQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    require_zip(&headers)?;
+    let lock_timeout = lock_timeout(&q).map_err(|e| ApiError::Validation(vec![e]))?;
+    let id = uuid::Uuid::now_v7();
+    let upload = upload::save(
+        &state.settings.upload_dir,
+        id,
+        request.into_body().into_data_stream(),
+        state.settings.template_max_bytes,
+    )
+    .await?;
+    // The job names its tenant when the archive says which; a bad archive fails in the worker.
+    let path = upload.path.clone();
+    let tenant_url = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(path).ok()?;
+        template::peek_tenant_url(&bytes, &Limits::default())
+    })
+    .await
+    .ok()
+    .flatten()
+    .and_then(|u| TenantUrl::parse(&u).ok())
+    .map(|u| u.to_string())
+    .unwrap_or_default();
+    let params = ImportTenantParams { lock_timeout };
+    let digest = state
+        .sealer
+        .digest(format!("import\n{lock_timeout}\n{}", upload.sha256).as_bytes());
+    let sub = Submission {
+        id,
+        kind: JobKind::ImportTenant,
+        tenant_url,
+        params: serde_json::to_value(&params).expect("params serialize"),
+        password: None,
+        digest,
+        refuse_existing_tenant: false,
+        uploaded: true,
+    };
+    submit(&state, &caller, &headers, sub).await
+}

@@ -1,0 +1,76 @@
+//! The upgrade path of templates: one step per schema version that changed since the first, each
+//! bringing a template's raw entries from one `dbVersion` to the next. Import Tenant walks the
+//! steps from a template's version to the server's; create-from-template never does.
+//!
+//! Every migration adds a step here, even when the template format does not change (then the
+//! step is `unchanged`), so that templates of every released version stay importable.
+
+use std::collections::BTreeMap;
+
+use super::TemplateError;
+
+type Entries = BTreeMap<String, Vec<u8>>;
+type Step = fn(&mut Entries) -> Result<(), TemplateError>;
+
+/// (from dbVersion, to dbVersion, step), in order.
+const STEPS: &[(i64, i64, Step)] = &[
+    // 0002 added OAuth clients and job metrics: nothing a template holds.
+    (20261130000001, 20261130000002, unchanged),
+];
+
+fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {
+    Ok(())
+}
+
+/// Brings `entries` from `from` to `to`, or says why it cannot.
+pub fn upgrade(entries: &mut Entries, from: i64, to: i64) -> Result<(), TemplateError> {
+    let refuse = || {
+        TemplateError::Incompatible(
+            "dbVersion",
+            from.to_string(),
+            format!("{to} or an older version this server can upgrade"),
+        )
+    };
+    if from > to {
+        return Err(refuse());
+    }
+    let mut at = from;
+    while at != to {
+        let (_, next, step) = STEPS.iter().find(|(f, ..)| *f == at).ok_or_else(refuse)?;
+        step(entries)?;
+        at = *next;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_older_versions_upgrade_and_others_are_refused() {
+        let mut entries = Entries::new();
+        assert!(upgrade(&mut entries, 20261130000001, 20261130000002).is_ok());
+        assert!(upgrade(&mut entries, 20261130000002, 20261130000002).is_ok());
+        assert!(
+            upgrade(&mut entries, 20261130000002, 20261130000001).is_err(),
+            "newer"
+        );
+        assert!(
+            upgrade(&mut entries, 20250101000000, 20261130000002).is_err(),
+            "unknown"
+        );
+    }
+
+    #[test]
+    fn the_steps_end_at_the_newest_migration() {
+        let newest = crate::db::MIGRATOR.iter().map(|m| m.version).max().unwrap();
+        let first = crate::db::MIGRATOR.iter().map(|m| m.version).min().unwrap();
+        assert_eq!(
+            STEPS.last().map(|s| s.1),
+            Some(newest),
+            "a migration was added without its template upgrade step"
+        );
+        assert_eq!(STEPS.first().map(|s| s.0), Some(first));
+    }
+}

@@ -1,0 +1,381 @@
+//! The form-data and stream variants of create, and Import Tenant.
+
+use provisioner_tests::{Options, TestApp, fixtures};
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+fn form(template: Option<Vec<u8>>, template_url: Option<&str>) -> Form {
+    let mut form = Form::new()
+        .text("tenantName", "Form Tenant")
+        .text("numberMap", "0000000000:4155550100")
+        .text("numberMap", "0000000100:0000000200")
+        .text("firstName", "Ada")
+        .text("lastName", "Lovelace")
+        .text("loginId", "admin")
+        .text("password", fixtures::SENTINEL_PASSWORD)
+        .text("email", "ada@acme.example")
+        .text("lockTimeout", "10");
+    if let Some(bytes) = template {
+        form = form.part(
+            "template",
+            Part::bytes(bytes)
+                .file_name("template.zip")
+                .mime_str("application/zip")
+                .unwrap(),
+        );
+    }
+    if let Some(url) = template_url {
+        form = form.text("templateUrl", url.to_owned());
+    }
+    form
+}
+
+fn uploads_left(app: &TestApp) -> usize {
+    std::fs::read_dir(&app.vars["PROVISIONER_UPLOAD_DIR"])
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+async fn job_of(r: reqwest::Response, app: &TestApp) -> Value {
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    app.wait_job(job["jobId"].as_str().unwrap()).await
+}
+
+#[tokio::test]
+async fn form_data_creates_from_an_uploaded_template_or_a_template_url() {
+    let app = TestApp::spawn().await;
+    let template = fixtures::sample_template(app.db_version().await);
+    let tenant = fixtures::tenant_url();
+    let url = app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}"));
+    let job = job_of(
+        app.http
+            .post(&url)
+            .multipart(form(Some(template.write()), None))
+            .send()
+            .await
+            .unwrap(),
+        &app,
+    )
+    .await;
+    assert_eq!(job["code"], 200, "{job}");
+    let exported = app.export(&tenant).await;
+    assert_eq!(exported.tenant.name, "Form Tenant");
+    let numbers: Vec<_> = exported
+        .access_numbers
+        .iter()
+        .map(|n| n.number.as_str())
+        .collect();
+    assert_eq!(
+        numbers,
+        vec!["0000000200", "4155550100"],
+        "repeatable numberMap parts"
+    );
+    let admin = exported
+        .users
+        .iter()
+        .find(|u| u.login_id == "admin")
+        .unwrap();
+    assert!(provisioner_shared::passwords::verify(
+        fixtures::SENTINEL_PASSWORD.as_bytes(),
+        admin.password_hash.as_deref().unwrap()
+    ));
+    assert_eq!(
+        uploads_left(&app),
+        0,
+        "the upload is removed once its job ended"
+    );
+
+    let served = app.templates.put("t.zip", template.write());
+    let other = fixtures::tenant_url();
+    let job = job_of(
+        app.http
+            .post(app.url(&format!("/configapi/v2/selfservice/tenant/{other}")))
+            .multipart(form(None, Some(&served)))
+            .send()
+            .await
+            .unwrap(),
+        &app,
+    )
+    .await;
+    assert_eq!(job["code"], 200, "{job}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn form_data_needs_exactly_one_template_source_and_a_size_limit_holds() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_TEMPLATE_MAX_BYTES", "100000".into())],
+    })
+    .await;
+    let template = fixtures::sample_template(app.db_version().await).write();
+    let url = app.url(&format!(
+        "/configapi/v2/selfservice/tenant/{}",
+        fixtures::tenant_url()
+    ));
+    for (f, field) in [
+        (
+            form(Some(template.clone()), Some("https://t.example/t.zip")),
+            "templateUrl",
+        ),
+        (form(None, None), "templateUrl"),
+    ] {
+        let r = app.http.post(&url).multipart(f).send().await.unwrap();
+        assert_eq!(r.status(), 400);
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["errors"][0]["field"], field, "{p}");
+    }
+    let bad = form(Some(template.clone()), None).text("status", "succeeded");
+    let r = app.http.post(&url).multipart(bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let huge: Vec<u8> = (0..150_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let r = app
+        .http
+        .post(&url)
+        .multipart(form(Some(huge), None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        uploads_left(&app),
+        0,
+        "refused requests leave no upload behind"
+    );
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_template_makes_a_tenant_with_the_templates_own_administrator() {
+    let app = TestApp::with(Options {
+        vars: vec![("PROVISIONER_TEMPLATE_MAX_BYTES", "100000".into())],
+        ..Default::default()
+    })
+    .await;
+    let template = fixtures::sample_template(app.db_version().await);
+    let tenant = fixtures::tenant_url();
+    let put = |tenant: String, body: Vec<u8>, ct: &'static str| {
+        app.http
+            .put(app.url(&format!("/configapi/v2/tenant/{tenant}?lockTimeout=5")))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = put(tenant.clone(), template.write(), "application/zip")
+        .await
+        .unwrap();
+    let job = job_of(r, &app).await;
+    assert_eq!(
+        (job["kind"].as_str(), job["code"].as_i64()),
+        (Some("createTenant"), Some(200)),
+        "{job}"
+    );
+    let (_, details) = app
+        .get_json(&format!("/configapi/v2/tenant/{tenant}"))
+        .await;
+    assert_eq!(
+        (details["name"].as_str(), details["sipDomain"].as_str()),
+        (Some(tenant.as_str()), Some(tenant.as_str()))
+    );
+    let exported = app.export(&tenant).await;
+    let logins: Vec<_> = exported
+        .users
+        .iter()
+        .map(|u| {
+            (
+                u.login_id.clone(),
+                u.first_name.clone(),
+                u.password_hash.clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<_> = template
+        .users
+        .iter()
+        .map(|u| {
+            (
+                u.login_id.clone(),
+                u.first_name.clone(),
+                u.password_hash.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(logins, expected, "the template's administrator, unchanged");
+    assert!(exported.calling_lists.is_empty() && exported.audit.is_empty());
+
+    assert_eq!(
+        put(tenant.clone(), template.write(), "application/zip")
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    assert_eq!(
+        put(fixtures::tenant_url(), vec![0; 200_000], "application/zip")
+            .await
+            .unwrap()
+            .status(),
+        413
+    );
+    assert_eq!(
+        put(fixtures::tenant_url(), template.write(), "text/plain")
+            .await
+            .unwrap()
+            .status(),
+        415
+    );
+    let job = job_of(
+        put(
+            fixtures::tenant_url(),
+            b"not a zip".to_vec(),
+            "application/octet-stream",
+        )
+        .await
+        .unwrap(),
+        &app,
+    )
+    .await;
+    assert_eq!(job["code"], 400);
+    provisioner_tests::eventually(std::time::Duration::from_secs(5), || async {
+        (uploads_left(&app) == 0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn import_tenant_round_trip_keeps_everything_and_create_from_the_export_does_not() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put(
+        "t.zip",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
+    let tenant = fixtures::tenant_url();
+    app.create_and_wait(&tenant, &fixtures::create_body(&url))
+        .await;
+    for action in ["activate", "deactivate"] {
+        assert_eq!(
+            app.http
+                .post(app.url(&format!("/configapi/v2/tenant/{tenant}/{action}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    sqlx::query("INSERT INTO calling_lists (id, tenant_id, position, name, entries) SELECT gen_random_uuid(), id, 0, 'Renewals', '[{\"phone\": \"4155550123\"}]' FROM tenants WHERE url = $1")
+        .bind(&tenant)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let before = app.export(&tenant).await;
+    assert_eq!((before.calling_lists.len(), before.audit.len()), (1, 2));
+    assert_eq!(
+        app.http
+            .delete(app.url(&format!("/configapi/v2/tenant/{tenant}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let import = |body: Vec<u8>| {
+        app.http
+            .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
+            .header("content-type", "application/zip")
+            .body(body)
+            .send()
+    };
+    let job = job_of(import(before.write()).await.unwrap(), &app).await;
+    assert_eq!(
+        (
+            job["kind"].as_str(),
+            job["code"].as_i64(),
+            job["tenantUrl"].as_str()
+        ),
+        (Some("importTenant"), Some(200), Some(tenant.as_str())),
+        "{job}"
+    );
+    let after = app.export(&tenant).await;
+    assert_eq!(
+        after.tenant, before.tenant,
+        "ids, URL, name, SIP domain and settings are kept"
+    );
+    assert_eq!(
+        after.users, before.users,
+        "users keep their ids and password hashes"
+    );
+    assert_eq!(after.objects, before.objects);
+    assert_eq!(after.calling_lists, before.calling_lists);
+    assert_eq!(after.access_numbers, before.access_numbers);
+    assert_eq!(after.audit[..2], before.audit[..], "history is kept");
+    assert_eq!(after.audit.len(), 3, "plus the import itself");
+    assert_eq!(
+        (
+            after.audit[2].action.as_str(),
+            after.audit[2].actor.as_str()
+        ),
+        ("import", "client:test-admin")
+    );
+    let (_, details) = app
+        .get_json(&format!("/configapi/v2/tenant/{tenant}"))
+        .await;
+    assert_eq!(details["status"], "Inactive");
+
+    // The same tenant again: the job ends with 409, the API still answers 202.
+    let job = job_of(import(before.write()).await.unwrap(), &app).await;
+    assert_eq!(job["code"], 409, "{job}");
+
+    // Create-from-template from that export carries neither calling lists nor history.
+    let export_url = app.templates.put("export.zip", before.write());
+    let copy = fixtures::tenant_url();
+    let mut body = fixtures::create_body(&export_url);
+    body["numberMap"] = json!({"4155550100": "4155550300", "0000000100": "0000000300"});
+    assert_eq!(app.create_and_wait(&copy, &body).await["code"], 200);
+    let copied = app.export(&copy).await;
+    assert!(copied.calling_lists.is_empty() && copied.audit.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn import_upgrades_known_older_versions_and_refuses_newer_or_unknown_ones() {
+    let app = TestApp::spawn().await;
+    let current = app.db_version().await;
+    let import = |body: Vec<u8>| {
+        app.http
+            .post(app.url("/configapi/v2/tenant"))
+            .header("content-type", "application/zip")
+            .body(body)
+            .send()
+    };
+    for (version, code) in [
+        (20261130000001, 200),
+        (current + 1, 400),
+        (20200101000000, 400),
+    ] {
+        let mut template = fixtures::sample_template(version);
+        template.tenant.id = uuid::Uuid::new_v4();
+        template.tenant.url = fixtures::tenant_url();
+        template.tenant.sip_domain = template.tenant.url.clone();
+        template.access_numbers.clear();
+        let job = job_of(import(template.write()).await.unwrap(), &app).await;
+        assert_eq!(job["code"], code, "dbVersion {version}: {job}");
+    }
+    let job = job_of(import(b"garbage".to_vec()).await.unwrap(), &app).await;
+    assert_eq!(
+        job["code"], 400,
+        "a bad archive is a job failure, never an immediate error"
+    );
+    app.stop().await;
+}
