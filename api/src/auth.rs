@@ -59,6 +59,13 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
 
 /// `POST /configapi/v2/oauth/token`: form-encoded `grant_type=client_credentials`, with the
 /// client's credentials in the form or in HTTP Basic authentication.
+#[utoipa::path(post, path = "/configapi/v2/oauth/token", tag = "auth",
+    request_body(content = crate::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "A bearer token", body = crate::openapi::TokenResponse),
+        (status = 400, description = "invalid_request, unsupported_grant_type or invalid_scope", body = crate::openapi::OAuthError),
+        (status = 401, description = "invalid_client", body = crate::openapi::OAuthError)
+    ))]
 pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let form_type = headers
         .get(header::CONTENT_TYPE)

@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod upload;
 pub mod validate;
@@ -34,7 +36,9 @@ pub struct AppState {
 
 /// The whole HTTP surface, apart from binding: tests drive it on port 0.
 pub fn router(state: AppState) -> Router {
+    metrics::handle();
     routes::routes(state.clone())
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(CatchPanicLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -97,6 +101,10 @@ pub async fn main_entry() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("openapi") {
+        println!("{}", openapi::document().to_pretty_json()?);
+        return Ok(());
+    }
     if !args.is_empty() {
         return cli::run(&settings, &args).await;
     }

@@ -76,7 +76,7 @@ pub fn is_email(s: &str) -> bool {
         && TenantUrl::parse(domain).is_ok()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
@@ -183,7 +183,7 @@ pub const DEFAULT_LOCK_TIMEOUT: u32 = 120;
 pub const MAX_LOCK_TIMEOUT: u32 = 3600;
 
 /// The tenant a successful job made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TenantSummary {
     pub id: Uuid,
     pub url: String,
@@ -192,28 +192,28 @@ pub struct TenantSummary {
 }
 
 /// Why a template access-number range was left out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum SkipReason {
     AssignedToOtherTenant,
     OverlapsExistingRange,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkippedRange {
     pub number: String,
     pub count: i32,
     pub reason: SkipReason,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobError {
     pub title: String,
     pub detail: String,
 }
 
 /// A job as clients see it: the body of `GET /configapi/v2/jobs/{id}` and every event's `data`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     pub job_id: Uuid,

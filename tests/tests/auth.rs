@@ -64,7 +64,8 @@ async fn the_token_endpoint_follows_rfc_6749() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    let cases: Vec<(Vec<(&str, &str)>, u16, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 ("grant_type", "client_credentials"),

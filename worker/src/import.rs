@@ -147,7 +147,9 @@ pub async fn run(
             ),
         ));
     }
-    tracing::debug!(waited = ?started.elapsed(), "import lock taken");
+    let waited = started.elapsed();
+    tracing::debug!(?waited, "import lock taken");
+    db::jobs::set_lock_wait(&mut tx, job_id, waited).await?;
     if db::tenants::exists(&mut *tx, &plan.tenant_url).await?
         || db::tenants::id_exists(&mut *tx, plan.tenant_id).await?
     {

@@ -27,7 +27,7 @@ pub struct NumbersQuery {
     tenant_url: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RangeBody {
     number: String,
@@ -36,6 +36,15 @@ pub struct RangeBody {
     media: String,
 }
 
+#[utoipa::path(get, path = "/configapi/v2/accessnumbers", tag = "access numbers",
+    params(("tenantUrl" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "Ranges; unassigned ones have tenantUrl null", body = Vec<RangeBody>),
+        (status = 400, description = "Invalid tenantUrl", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<NumbersQuery>,
@@ -68,6 +77,16 @@ pub struct DeleteQuery {
 }
 
 /// `POST /configapi/v2/accessnumbers`: create a range and assign it to an existing tenant.
+#[utoipa::path(post, path = "/configapi/v2/accessnumbers", tag = "access numbers",
+    request_body = crate::openapi::AccessNumberRequest,
+    responses(
+        (status = 204, description = "Created and assigned"),
+        (status = 400, description = "Invalid fields, or no such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Overlaps an existing range", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -176,6 +195,16 @@ pub async fn create(
 
 /// `DELETE /configapi/v2/accessnumbers/{number}?count=N`: the range with exactly that start and
 /// count.
+#[utoipa::path(delete, path = "/configapi/v2/accessnumbers/{number}", tag = "access numbers",
+    params(("number" = String, Path), ("count" = u32, Query)),
+    responses(
+        (status = 200, description = "The deleted range", body = RangeBody),
+        (status = 400, description = "Missing count", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such range", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

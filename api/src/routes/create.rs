@@ -13,7 +13,7 @@ use provisioner_shared::{
         self,
         jobs::{InsertError, JobRow, NewJob},
     },
-    domain::JobKind,
+    domain::{JobKind, JobView},
     uploads,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -25,6 +25,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::ApiError,
+    openapi::{CreateTenantForm, CreateTenantRequest},
     upload,
     validate::{self, CreateRequest, TemplateInput},
     wait,
@@ -38,6 +39,25 @@ const JSON_LIMIT: usize = 1 << 20;
 const FORM_TEXT_LIMIT: usize = 64 << 10;
 
 /// `POST /configapi/v2/selfservice/tenant/{tenant_url}`, JSON or `multipart/form-data`.
+#[utoipa::path(post, path = "/configapi/v2/selfservice/tenant/{tenant_url}", tag = "tenants",
+    params(("tenant_url" = String, Path, description = "Host name of the new tenant"),
+        ("Prefer" = Option<String>, Header, description = "wait=N (N <= 300): answer the job's final code if it ends in time"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same job")),
+    request_body(content((CreateTenantRequest = "application/json"), (CreateTenantForm = "multipart/form-data"))),
+    responses(
+        (status = 202, description = "Accepted: the job, queued", body = JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
+        (status = 200, description = "Under Prefer: wait, the job succeeded in time", body = JobView),
+        (status = 400, description = "Invalid fields (all named), or under Prefer: wait a bad template", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The tenant, or an active job for it, exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The template is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON or form data", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency-Key reused with another body", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Under Prefer: wait, the job failed after retries", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Under Prefer: wait, lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn create_from_template(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -16,6 +16,16 @@ use crate::{AppState, error::ApiError};
 
 /// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
 /// it never observes an import half-way.
+#[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}/export", tag = "tenants",
+    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
+    responses(
+        (status = 200, description = "The tenant as a template ZIP", content_type = "application/zip"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
 pub async fn export(
     State(state): State<AppState>,
     Path(raw): Path<String>,

@@ -34,6 +34,17 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no job {raw}")))
 }
 
+#[utoipa::path(get, path = "/configapi/v2/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path), ("wait" = Option<u64>, Query, description = "Long-poll up to N s (<= 60)"),
+        ("status" = Option<JobStatus>, Query, description = "Return as soon as the status differs from this")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Invalid wait or status", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this client", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -87,13 +98,23 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/configapi/v2/jobs", tag = "jobs",
+    params(("status" = Option<JobStatus>, Query), ("tenantUrl" = Option<String>, Query), ("batchId" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "Jobs, newest first", body = Page<JobView>),
+        (status = 400, description = "Invalid filter", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -174,6 +195,16 @@ pub fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
+#[utoipa::path(delete, path = "/configapi/v2/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, description = "The cancelled job", body = JobView),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job for this client", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is running or has ended", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

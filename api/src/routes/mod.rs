@@ -67,6 +67,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .route("/configapi/v2/oauth/token", post(auth::token))
         .merge(protected)
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })

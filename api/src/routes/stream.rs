@@ -58,6 +58,21 @@ fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// `PUT /configapi/v2/tenant/{tenant_url}?lockTimeout=N`: the tenant name and SIP domain are
 /// generated, and the administrator comes from the template unchanged.
+#[utoipa::path(put, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants",
+    params(("tenant_url" = String, Path, description = "Host name of the new tenant"),
+        ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
+    request_body(content = Vec<u8>, content_type = "application/zip", description = "The template ZIP"),
+    responses(
+        (status = 202, description = "Accepted: the job, queued", body = provisioner_shared::domain::JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
+        (status = 200, description = "Under Prefer: wait, the job succeeded in time", body = provisioner_shared::domain::JobView),
+        (status = 400, description = "Invalid tenant URL or lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The tenant exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The template is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn create_from_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -115,6 +130,18 @@ pub async fn create_from_stream(
 
 /// `POST /configapi/v2/tenant?lockTimeout=N`: Import Tenant. Always a job: a bad archive or an
 /// existing tenant ends it with code 400 or 409.
+#[utoipa::path(post, path = "/configapi/v2/tenant", tag = "tenants",
+    params(("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
+    request_body(content = Vec<u8>, content_type = "application/zip", description = "An exported tenant"),
+    responses(
+        (status = 202, description = "Accepted: the job, queued", body = provisioner_shared::domain::JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
+        (status = 400, description = "Invalid lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The archive is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn import_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -31,7 +31,7 @@ use crate::{
 /// Lifecycle routes wait this long for the tenant's lock unless told otherwise.
 pub const DEFAULT_ROUTE_LOCK_TIMEOUT: u64 = 30;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantBody {
     id: uuid::Uuid,
@@ -60,6 +60,15 @@ pub fn tenant_url(raw: &str) -> Result<TenantUrl, ApiError> {
     TenantUrl::parse(raw).map_err(|_| ApiError::NotFound(format!("no tenant {raw}")))
 }
 
+#[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants",
+    params(("tenant_url" = String, Path)),
+    responses(
+        (status = 200, description = "The tenant", body = TenantBody),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
 pub async fn get(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -78,6 +87,15 @@ pub struct ListQuery {
 }
 
 /// Tenants ordered by URL.
+#[utoipa::path(get, path = "/configapi/v2/tenant", tag = "tenants",
+    params(("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
+    responses(
+        (status = 200, description = "Tenants by URL", body = Page<TenantBody>),
+        (status = 400, description = "Invalid limit or cursor", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -145,6 +163,17 @@ pub async fn lock_tenant(
         .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))
 }
 
+#[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/activate", tag = "tenants", description = "Inactive -> Active",
+    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantBody),
+        (status = 400, description = "Invalid lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn activate(
     state: State<AppState>,
     caller: Extension<Caller>,
@@ -154,6 +183,17 @@ pub async fn activate(
     change_status(state, caller, path, q, "Inactive", "Active", "activate").await
 }
 
+#[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/deactivate", tag = "tenants", description = "Active -> Inactive",
+    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantBody),
+        (status = 400, description = "Invalid lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn deactivate(
     state: State<AppState>,
     caller: Extension<Caller>,
@@ -195,6 +235,17 @@ async fn change_status(
 }
 
 /// Delete Tenant: only an Inactive one; its numbers go too unless `keepAccessNumbers=true`.
+#[utoipa::path(delete, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants",
+    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)"), ("keepAccessNumbers" = Option<bool>, Query, description = "Keep the numbers, unassigned")),
+    responses(
+        (status = 200, description = "The deleted tenant", body = TenantBody),
+        (status = 400, description = "The tenant is active", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
+    ),
+    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn delete(
     State(state): State<AppState>,
     Path(raw): Path<String>,

@@ -1,0 +1,133 @@
+//! Health, readiness, metrics and the OpenAPI document.
+
+use provisioner_tests::{Options, TestApp, fixtures};
+use serde_json::Value;
+
+const COMMITTED: &str = include_str!("../../docs/openapi.json");
+const OAS_31_SCHEMA: &str = include_str!("../fixtures/openapi-3.1-schema.json");
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_committed_one_and_valid_openapi_3_1() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let served: Value = reqwest::get(app.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed: Value = serde_json::from_str(COMMITTED).unwrap();
+    assert_eq!(
+        served, committed,
+        "docs/openapi.json is stale: regenerate it with `cargo run -p provisioner-api -- openapi > docs/openapi.json`"
+    );
+    assert_eq!(served["openapi"], "3.1.0");
+
+    let schema: Value = serde_json::from_str(OAS_31_SCHEMA).unwrap();
+    let validator =
+        jsonschema::validator_for(&schema).expect("the OpenAPI 3.1 meta-schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(&served)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The validator does reject what is not OpenAPI 3.1.
+    let mut broken = served.clone();
+    broken["openapi"] = Value::from("3.0.3");
+    broken["paths"]["/healthz"]["get"]["responses"] = Value::from(7);
+    assert!(!validator.is_valid(&broken));
+
+    let routes: Vec<(&str, &str)> = vec![
+        ("/configapi/v2/oauth/token", "post"),
+        ("/configapi/v2/selfservice/tenant/{tenant_url}", "post"),
+        ("/configapi/v2/tenant/{tenant_url}", "put"),
+        ("/configapi/v2/tenant/{tenant_url}", "get"),
+        ("/configapi/v2/tenant/{tenant_url}", "delete"),
+        ("/configapi/v2/tenant", "get"),
+        ("/configapi/v2/tenant", "post"),
+        ("/configapi/v2/tenant/{tenant_url}/export", "get"),
+        ("/configapi/v2/tenant/{tenant_url}/activate", "post"),
+        ("/configapi/v2/tenant/{tenant_url}/deactivate", "post"),
+        ("/configapi/v2/jobs", "get"),
+        ("/configapi/v2/jobs/{job_id}", "get"),
+        ("/configapi/v2/jobs/{job_id}", "delete"),
+        ("/configapi/v2/accessnumbers", "get"),
+        ("/configapi/v2/accessnumbers", "post"),
+        ("/configapi/v2/accessnumbers/{number}", "delete"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ];
+    for (path, method) in routes {
+        assert!(
+            served["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    let create = &served["paths"]["/configapi/v2/selfservice/tenant/{tenant_url}"]["post"];
+    for code in ["202", "400", "401", "403", "409", "413", "415", "422"] {
+        assert!(create["responses"][code].is_object(), "create lacks {code}");
+    }
+    assert!(create["responses"]["400"]["content"]["application/problem+json"].is_object());
+    assert!(create["requestBody"]["content"]["multipart/form-data"].is_object());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_expose_requests_jobs_durations_and_lock_waits() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
+    assert_eq!(
+        app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await["code"],
+        200
+    );
+    let r = reqwest::get(app.url("/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200, "no token needed");
+    let text = r.text().await.unwrap();
+    for needle in [
+        "provisioner_http_requests_total{method=\"POST\",route=\"/configapi/v2/selfservice/tenant/{tenant_url}\",status=\"202\"}",
+        "provisioner_http_request_duration_seconds_bucket{method=\"GET\",route=\"/configapi/v2/jobs/{job_id}\"",
+        "provisioner_jobs{status=\"succeeded\"} 1",
+        "provisioner_jobs{status=\"queued\"} 0",
+        "provisioner_jobs_ended_last_hour 1",
+        "provisioner_job_duration_seconds_last_hour{quantile=\"0.99\"}",
+        "provisioner_lock_wait_seconds_last_hour{quantile=\"0.5\"}",
+        "provisioner_outbox_lag_seconds",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    assert!(
+        !text.contains(&app.vars["DATABASE_URL"]),
+        "aggregate figures only"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_fails_while_the_broker_is_unreachable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("AMQP_URL", format!("amqp://guest:guest@{closed}/%2f"))],
+    })
+    .await;
+    let r = reqwest::get(app.url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        reqwest::get(app.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    app.stop().await;
+}
