@@ -41,6 +41,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -113,6 +115,12 @@ impl IntoResponse for ApiError {
                 "about:blank",
                 "Forbidden".into(),
                 d.clone(),
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "about:blank",
+                "Method Not Allowed".into(),
+                "this route does not take that method".into(),
             ),
             ApiError::PayloadTooLarge(d) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

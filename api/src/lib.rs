@@ -39,7 +39,13 @@ pub fn router(state: AppState) -> Router {
     metrics::handle();
     routes::routes(state.clone())
         .route_layer(axum::middleware::from_fn(metrics::track))
-        .layer(CatchPanicLayer::new())
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                axum::response::IntoResponse::into_response(error::ApiError::Internal(
+                    anyhow::anyhow!("a request handler panicked"),
+                ))
+            },
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -22,6 +22,9 @@ pub const EVENTS_EXCHANGE: &str = "provisioner.events";
 /// dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// Most messages the job queue holds.
+pub const MAX_QUEUED: i64 = 1_000_000;
+
 /// The body of a job message: the id and nothing else; PostgreSQL holds the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -87,6 +90,9 @@ pub fn job_queue_arguments() -> FieldTable {
         "x-dead-letter-strategy".into(),
         AMQPValue::LongString("at-least-once".into()),
     );
+    // A bounded queue: past the limit publishes are refused (nacked), and the relay keeps
+    // the messages in the outbox until there is room.
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(MAX_QUEUED));
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),

@@ -227,6 +227,18 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Takes the advisory lock `key` (e.g. `provisioner:tenant:<url>`) from a session of the
+    /// test, as an operator could by hand; it is held until the transaction ends.
+    pub async fn hold_lock(&self, key: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut tx = self.db.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    }
+
     /// Advisory locks in this test's database: (granted, waiting).
     pub async fn advisory_locks(&self) -> (i64, i64) {
         sqlx::query_as(

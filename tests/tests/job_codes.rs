@@ -213,17 +213,6 @@ async fn transient_faults_are_retried_until_the_import_succeeds() {
     app2.stop().await;
 }
 
-/// Holds the tenant's advisory lock from another session, as an operator could by hand.
-async fn hold_lock(app: &TestApp, key: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(key)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx
-}
-
 #[tokio::test]
 async fn lock_wait_past_lock_timeout_ends_with_503_and_is_not_retried() {
     let app = TestApp::spawn().await;
@@ -232,7 +221,7 @@ async fn lock_wait_past_lock_timeout_ends_with_503_and_is_not_retried() {
         fixtures::sample_template(app.db_version().await).write(),
     );
     let tenant = fixtures::tenant_url();
-    let held = hold_lock(&app, &format!("provisioner:tenant:{tenant}")).await;
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(1);
     let r = app.create(&tenant, &body).await;
@@ -262,7 +251,7 @@ async fn lock_wait_past_lock_timeout_ends_with_503_and_is_not_retried() {
     drop(held);
 
     // lockTimeout 0: do not wait at all.
-    let held = hold_lock(&app, &format!("provisioner:tenant:{tenant}")).await;
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     body["lockTimeout"] = json!(0);
     let r = app.create(&tenant, &body).await;
     let id = r.json::<Value>().await.unwrap()["jobId"]
@@ -282,7 +271,7 @@ async fn a_lock_freed_within_lock_timeout_lets_the_import_succeed() {
         fixtures::sample_template(app.db_version().await).write(),
     );
     let tenant = fixtures::tenant_url();
-    let held = hold_lock(&app, &format!("provisioner:tenant:{tenant}")).await;
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let r = app.create(&tenant, &fixtures::create_body(&url)).await;
     let id = r.json::<Value>().await.unwrap()["jobId"]
         .as_str()
@@ -310,7 +299,7 @@ async fn global_lock_mode_serialises_imports_of_different_tenants() {
         "t",
         fixtures::sample_template(app.db_version().await).write(),
     );
-    let held = hold_lock(&app, "provisioner:import").await;
+    let held = app.hold_lock("provisioner:import").await;
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(1);
     let id = submit(&app, &body).await;

@@ -136,12 +136,7 @@ async fn lifecycle_routes_wait_for_the_tenants_lock_then_answer_503() {
     let tenant = fixtures::tenant_url();
     app.create_and_wait(&tenant, &fixtures::create_body(&url))
         .await;
-    let mut held = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("provisioner:tenant:{tenant}"))
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     for path in [
         format!("/configapi/v2/tenant/{tenant}/activate?lockTimeout=1"),
         format!("/configapi/v2/tenant/{tenant}/deactivate?lockTimeout=0"),

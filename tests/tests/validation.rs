@@ -209,3 +209,20 @@ async fn unknown_jobs_and_tenants_are_404_problems() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_wrong_method_is_a_405_problem() {
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        ..Default::default()
+    })
+    .await;
+    let r = app
+        .http
+        .patch(app.url("/configapi/v2/jobs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await.0, 405);
+    app.stop().await;
+}

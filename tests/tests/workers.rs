@@ -117,12 +117,7 @@ async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
     );
     let tenant = fixtures::tenant_url();
     // Hold the tenant's lock so the first worker stops inside its import transaction.
-    let mut held = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("provisioner:tenant:{tenant}"))
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let (mut victim, _log) = spawn_worker(&app, &[]);
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(60);
@@ -173,12 +168,7 @@ async fn sigterm_lets_the_in_flight_job_finish_before_the_worker_exits() {
         fixtures::sample_template(app.db_version().await).write(),
     );
     let tenant = fixtures::tenant_url();
-    let mut held = app.db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("provisioner:tenant:{tenant}"))
-        .execute(&mut *held)
-        .await
-        .unwrap();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let (mut worker, _log) = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "20")]);
     let job: Value = app
         .create(&tenant, &fixtures::create_body(&url))

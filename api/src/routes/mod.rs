@@ -72,4 +72,5 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/configapi/v2/oauth/token", post(auth::token))
         .merge(protected)
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }

@@ -6,47 +6,24 @@ use std::time::Duration;
 use provisioner_shared::{
     db::{self, jobs::JobRow},
     domain::{AdminSpec, CreateTenantParams},
-    template::{AccessNumberEntry, Template, UserEntry, range_fits},
+    template::{AccessNumberEntry, UserEntry, range_fits},
 };
 use uuid::Uuid;
 
-use super::{Context, Step, template_bytes};
+use super::{Context, Step, Versions, load_template, params};
 use crate::import::{self, Plan};
 
 pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
-    let params: CreateTenantParams = match serde_json::from_value(job.params.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            return Step::fail(
-                500,
-                "Internal Server Error",
-                format!("the job's parameters are unreadable: {e}"),
-            );
-        }
-    };
-    let bytes = match template_bytes(ctx, job, &params.template).await {
-        Ok(b) => b,
-        Err(step) => return step,
-    };
-    let (limits, db_version) = (ctx.limits, ctx.db_version);
-    let template = match tokio::task::spawn_blocking(move || {
-        Template::read(&bytes, &limits, db_version)
-    })
-    .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Step::fail(400, "Bad template", e.to_string()),
-        Err(e) => return Step::Transient(format!("template reader crashed: {e}")),
-    };
-    let numbers = match map_numbers(&template.access_numbers, &params) {
-        Ok(n) => n,
-        Err(detail) => return Step::fail(400, "Bad template", detail),
-    };
+    attempt(ctx, job, token).await.unwrap_or_else(|step| step)
+}
+
+async fn attempt(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Step, Step> {
+    let params: CreateTenantParams = params(job)?;
+    let template = load_template(ctx, job, &params.template, Versions::Exact).await?;
+    let numbers = map_numbers(&template.access_numbers, &params)
+        .map_err(|detail| Step::fail(400, "Bad template", detail))?;
     let admin = match &params.admin {
-        Some(spec) => match admin_user(ctx, job.id, spec).await {
-            Ok(user) => Some(user),
-            Err(step) => return step,
-        },
+        Some(spec) => Some(admin_user(ctx, job.id, spec).await?),
         None => None,
     };
     let lock_timeout = Duration::from_secs(params.lock_timeout.into());
@@ -58,9 +35,7 @@ pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
         numbers,
         lock_timeout,
     );
-    import::run(&ctx.pool, ctx.settings.import_lock, job.id, token, &plan)
-        .await
-        .unwrap_or_else(Step::from)
+    Ok(import::run(&ctx.pool, ctx.settings.import_lock, job.id, token, &plan).await?)
 }
 
 /// Applies `numberMap`: every key must start a template range, which moves to the mapped

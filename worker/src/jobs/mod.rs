@@ -18,7 +18,7 @@ use provisioner_shared::{
     },
     domain::{JobError, JobKind, TemplateSource},
     seal::Sealer,
-    template::Limits,
+    template::{Limits, Template},
     uploads,
 };
 use rand::Rng;
@@ -186,6 +186,46 @@ async fn run_kind(ctx: Arc<Context>, job: JobRow, token: Uuid) -> Step {
             "Internal Server Error",
             format!("no handler for job kind `{}`", job.kind),
         ),
+    }
+}
+
+/// The job's parameters, as its kind stores them.
+pub fn params<T: serde::de::DeserializeOwned>(job: &JobRow) -> Result<T, Step> {
+    serde_json::from_value(job.params.clone()).map_err(|e| {
+        Step::fail(
+            500,
+            "Internal Server Error",
+            format!("the job's parameters are unreadable: {e}"),
+        )
+    })
+}
+
+/// Which database versions a template may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// Exactly the server's (create-from-template).
+    Exact,
+    /// The server's, or an older one that can be upgraded (Import Tenant).
+    Upgradable,
+}
+
+/// Loads and reads the job's template; every fault in it is code 400.
+pub async fn load_template(
+    ctx: &Context,
+    job: &JobRow,
+    source: &TemplateSource,
+    versions: Versions,
+) -> Result<Template, Step> {
+    let bytes = template_bytes(ctx, job, source).await?;
+    let (limits, db_version) = (ctx.limits, ctx.db_version);
+    let read = tokio::task::spawn_blocking(move || match versions {
+        Versions::Exact => Template::read(&bytes, &limits, db_version),
+        Versions::Upgradable => Template::read_upgrading(&bytes, &limits, db_version),
+    });
+    match read.await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(Step::fail(400, "Bad template", e.to_string())),
+        Err(e) => Err(Step::Transient(format!("template reader crashed: {e}"))),
     }
 }
 
