@@ -2,7 +2,8 @@
 //! workers against the local PostgreSQL and RabbitMQ, templates from a local server.
 //!
 //! `cargo run --release -p provisioner-tests --bin bench -- [JOBS] [CLIENTS] [WORKERS]`
-//! (defaults 1000, 32, 2; each worker runs PROVISIONER_WORKER_CONCURRENCY=8 jobs at once).
+//! (defaults 1000, 32, 2; each worker runs PROVISIONER_WORKER_CONCURRENCY=8 jobs at once;
+//! WORKERS=0 measures the API alone).
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +67,16 @@ async fn main() {
         .collect()
         .await;
     let accepted_in = started.elapsed();
+    let mut api: Vec<f64> = results.iter().map(|r| r.0).collect();
+    api.sort_by(f64::total_cmp);
+    if workers == 0 {
+        // API only: how fast requests are accepted, with nothing else competing for the CPU.
+        println!("jobs {jobs}, clients {clients}, no workers");
+        println!("accepted in {:.2} s ({:.0} req/s)", accepted_in.as_secs_f64(), jobs as f64 / accepted_in.as_secs_f64());
+        println!("API POST latency ms     p50 {:.1}  p99 {:.1}", percentile(&api, 0.5), percentile(&api, 0.99));
+        app.stop().await;
+        return;
+    }
 
     loop {
         let open: i64 =
@@ -88,10 +99,9 @@ async fn main() {
     .await
     .unwrap();
     let ok = rows.iter().filter(|r| r.2 == 200).count();
-    let mut api: Vec<f64> = results.iter().map(|r| r.0).collect();
     let mut e2e: Vec<f64> = rows.iter().map(|r| r.0).collect();
     let mut run: Vec<f64> = rows.iter().map(|r| r.1).collect();
-    for v in [&mut api, &mut e2e, &mut run] {
+    for v in [&mut e2e, &mut run] {
         v.sort_by(f64::total_cmp);
     }
     println!("jobs {jobs}, clients {clients}, workers {workers} x 8, succeeded {ok}");
