@@ -104,9 +104,14 @@ pub async fn run(
     let mut wake = hub.subscribe();
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
+        let started = std::time::Instant::now();
         match relay_session(&pool, &amqp_url, &mut wake, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
+                // A session that ran a while was healthy: start backing off afresh.
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(200);
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay interrupted");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}

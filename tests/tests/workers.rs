@@ -288,3 +288,63 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
     let _: HashMap<(), ()> = HashMap::new();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn broker_connections_dropped_under_load_are_reestablished_and_no_job_is_lost() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put(
+        "t",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
+    let mut ids = vec![];
+    for round in 0..3 {
+        for i in 0..5 {
+            let mut body = fixtures::create_body(&url);
+            body["numberMap"] = json!({"0000000000": format!("5{round}{i:08}")});
+            let r = app.create(&fixtures::tenant_url(), &body).await;
+            assert_eq!(r.status(), 202);
+            ids.push(
+                r.json::<Value>().await.unwrap()["jobId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        // The broker drops every connection of this system: relays and consumers.
+        let vhost = app.vhost.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("rabbitmqctl")
+                .args([
+                    "close_all_connections",
+                    "--vhost",
+                    &vhost,
+                    "test: connection loss",
+                ])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for id in &ids {
+        let job = app.wait_job(id).await;
+        assert_eq!(job["code"], 200, "{job}");
+    }
+    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(tenants, 15, "every accepted job made its tenant, once");
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0, "every job message was published");
+    app.stop().await;
+}

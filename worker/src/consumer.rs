@@ -26,9 +26,14 @@ use crate::jobs::{self, Context, Disposition};
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
+        let started = std::time::Instant::now();
         match session(&ctx, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
+                // A session that ran a while was healthy: start backing off afresh.
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(200);
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "consumer interrupted; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}

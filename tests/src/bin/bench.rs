@@ -72,8 +72,16 @@ async fn main() {
     if workers == 0 {
         // API only: how fast requests are accepted, with nothing else competing for the CPU.
         println!("jobs {jobs}, clients {clients}, no workers");
-        println!("accepted in {:.2} s ({:.0} req/s)", accepted_in.as_secs_f64(), jobs as f64 / accepted_in.as_secs_f64());
-        println!("API POST latency ms     p50 {:.1}  p99 {:.1}", percentile(&api, 0.5), percentile(&api, 0.99));
+        println!(
+            "accepted in {:.2} s ({:.0} req/s)",
+            accepted_in.as_secs_f64(),
+            jobs as f64 / accepted_in.as_secs_f64()
+        );
+        println!(
+            "API POST latency ms     p50 {:.1}  p99 {:.1}",
+            percentile(&api, 0.5),
+            percentile(&api, 0.99)
+        );
         app.stop().await;
         return;
     }
