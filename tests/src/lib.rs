@@ -63,6 +63,23 @@ impl TestApp {
         Self::with(Options::default()).await
     }
 
+    /// A system with no worker: jobs stay queued until a test starts one.
+    pub async fn without_workers() -> Self {
+        Self::with(Options {
+            workers: 0,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Serves the sample template (of this schema version) at `/name`; returns its URL.
+    pub async fn serve_sample_template(&self, name: &str) -> String {
+        self.templates.put(
+            name,
+            fixtures::sample_template(self.db_version().await).write(),
+        )
+    }
+
     pub async fn with(options: Options) -> Self {
         provisioner_shared::telemetry::init(provisioner_shared::config::LogFormat::Pretty);
         let name = format!("provisioner_test_{}", Uuid::new_v4().simple());

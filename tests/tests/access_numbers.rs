@@ -105,11 +105,7 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
 
 #[tokio::test]
 async fn overlapping_ranges_are_impossible_in_the_database_itself() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     insert_range(&app, "4155550100", 100, None).await;
     for (number, count) in [("4155550199", 1), ("4155550000", 101), ("4155550150", 10)] {
         let err = sqlx::query(

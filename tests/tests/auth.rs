@@ -30,11 +30,7 @@ fn field<'a>(out: &'a str, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn the_token_endpoint_follows_rfc_6749() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let anon = reqwest::Client::new();
     let url = app.url("/configapi/v2/oauth/token");
     let r = anon
@@ -204,11 +200,7 @@ async fn missing_unknown_and_expired_tokens_are_401_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let (ok, out) = cli(
         &app,
         &[

@@ -134,10 +134,7 @@ async fn create_from_template_imports_everything_but_calling_lists_and_audit() {
 #[tokio::test]
 async fn an_export_creates_an_identical_configuration_with_new_ids() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "support.zip",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("support.zip").await;
     let first = fixtures::tenant_url();
     assert_eq!(
         app.create_and_wait(&first, &fixtures::create_body(&url))
@@ -180,15 +177,8 @@ async fn an_export_creates_an_identical_configuration_with_new_ids() {
 
 #[tokio::test]
 async fn an_existing_tenant_or_an_active_job_for_it_is_409_at_once() {
-    let mut app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "support.zip",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("support.zip").await;
     let tenant = fixtures::tenant_url();
     assert_eq!(
         app.create(&tenant, &fixtures::create_body(&url))
@@ -221,15 +211,8 @@ async fn an_existing_tenant_or_an_active_job_for_it_is_409_at_once() {
 
 #[tokio::test]
 async fn a_tenant_created_between_acceptance_and_import_ends_the_job_with_409() {
-    let mut app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "support.zip",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("support.zip").await;
     let tenant = fixtures::tenant_url();
     let r = app.create(&tenant, &fixtures::create_body(&url)).await;
     let job: Value = r.json().await.unwrap();

@@ -216,10 +216,7 @@ async fn transient_faults_are_retried_until_the_import_succeeds() {
 #[tokio::test]
 async fn lock_wait_past_lock_timeout_ends_with_503_and_is_not_retried() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let mut body = fixtures::create_body(&url);
@@ -266,10 +263,7 @@ async fn lock_wait_past_lock_timeout_ends_with_503_and_is_not_retried() {
 #[tokio::test]
 async fn a_lock_freed_within_lock_timeout_lets_the_import_succeed() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let r = app.create(&tenant, &fixtures::create_body(&url)).await;
@@ -295,10 +289,7 @@ async fn global_lock_mode_serialises_imports_of_different_tenants() {
         ..Default::default()
     })
     .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let held = app.hold_lock("provisioner:import").await;
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(1);

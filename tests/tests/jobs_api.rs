@@ -2,17 +2,14 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use provisioner_tests::{Options, TestApp, events::EventTap, fixtures};
+use provisioner_tests::{TestApp, events::EventTap, fixtures};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn every_status_change_is_published_as_a_cloudevent_with_jobversion() {
     let app = TestApp::spawn().await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let job = app
         .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await;
@@ -55,10 +52,7 @@ async fn every_status_change_is_published_as_a_cloudevent_with_jobversion() {
 #[tokio::test]
 async fn prefer_wait_answers_with_the_final_code() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let post = |tenant: String, body: Value, wait: &'static str| {
         app.http
             .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
@@ -108,15 +102,8 @@ async fn prefer_wait_answers_with_the_final_code() {
 
 #[tokio::test]
 async fn prefer_wait_that_runs_out_answers_202() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let started = std::time::Instant::now();
     let r = app
         .http
@@ -139,10 +126,7 @@ async fn prefer_wait_that_runs_out_answers_202() {
 #[tokio::test]
 async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_422() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let send = |body: Value, key: &'static str| {
         app.http
@@ -193,15 +177,8 @@ async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_4
 
 #[tokio::test]
 async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
-    let mut app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let job: Value = app
         .create(&tenant, &fixtures::create_body(&url))
@@ -279,15 +256,8 @@ async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
 
 #[tokio::test]
 async fn jobs_list_newest_first_with_filters_and_a_cursor() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let mut made = vec![];
     for _ in 0..5 {
         let job: Value = app
@@ -338,15 +308,8 @@ async fn jobs_list_newest_first_with_filters_and_a_cursor() {
 
 #[tokio::test]
 async fn long_polling_returns_as_soon_as_the_status_changes() {
-    let mut app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let job: Value = app
         .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await

@@ -33,10 +33,7 @@ async fn numbers_of(app: &TestApp, tenant: &str) -> Vec<(String, i64)> {
 #[tokio::test]
 async fn the_full_lifecycle_and_the_identical_unassigned_range_rule() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     assert_eq!(
         app.create_and_wait(&tenant, &fixtures::create_body(&url))
@@ -129,10 +126,7 @@ async fn the_full_lifecycle_and_the_identical_unassigned_range_rule() {
 #[tokio::test]
 async fn lifecycle_routes_wait_for_the_tenants_lock_then_answer_503() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     app.create_and_wait(&tenant, &fixtures::create_body(&url))
         .await;
@@ -193,11 +187,7 @@ async fn lifecycle_routes_wait_for_the_tenants_lock_then_answer_503() {
 
 #[tokio::test]
 async fn tenants_are_listed_with_a_cursor() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     for i in 0..5 {
         sqlx::query("INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), $1, 'T', $1)").bind(format!("t{i}.example.com")).execute(&app.db).await.unwrap();
     }
@@ -229,11 +219,7 @@ async fn tenants_are_listed_with_a_cursor() {
 
 #[tokio::test]
 async fn access_numbers_are_created_assigned_and_deleted() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     sqlx::query("INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), 'acme.example.com', 'Acme', 'acme.example.com')").execute(&app.db).await.unwrap();
     let create = |body: Value| {
         app.http

@@ -8,11 +8,7 @@ const OAS_31_SCHEMA: &str = include_str!("../fixtures/openapi-3.1-schema.json");
 
 #[tokio::test]
 async fn the_served_openapi_document_is_the_committed_one_and_valid_openapi_3_1() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let served: Value = reqwest::get(app.url("/openapi.json"))
         .await
         .unwrap()
@@ -80,10 +76,7 @@ async fn the_served_openapi_document_is_the_committed_one_and_valid_openapi_3_1(
 #[tokio::test]
 async fn metrics_expose_requests_jobs_durations_and_lock_waits() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     assert_eq!(
         app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
             .await["code"],

@@ -3,7 +3,7 @@
 use std::{process::Stdio, time::Duration};
 
 use provisioner_tests::{
-    Options, TestApp,
+    TestApp,
     events::EventTap,
     fixtures::{self, SENTINEL_PASSWORD},
 };
@@ -17,11 +17,7 @@ fn hex(s: &str) -> String {
 #[tokio::test]
 async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
     // The API and the worker run as processes whose complete debug logs are read.
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
     let spawn = |bin: &str| {
         Command::new(bin)
@@ -49,10 +45,7 @@ async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
             }
         }
     };
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let token = provisioner_tests::fetch_token(
         &reqwest::Client::new(),
         addr.parse().unwrap(),

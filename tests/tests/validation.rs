@@ -20,11 +20,7 @@ fn fields(p: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn each_invalid_field_is_named_and_no_job_is_recorded() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let good = fixtures::create_body("https://templates.example/t.zip");
     let cases: Vec<(&str, Value)> = vec![
         ("tenantName", json!(null)),
@@ -83,11 +79,7 @@ async fn each_invalid_field_is_named_and_no_job_is_recorded() {
 
 #[tokio::test]
 async fn all_problems_are_reported_at_once_including_unknown_and_server_owned_fields() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let body = json!({"tenantName": "", "password": "x", "email": "nope", "status": "succeeded", "owner": "me", "templateUrl": "mailto:x@y.z"});
     let (status, p) = problem(app.create("bad_host!", &body).await).await;
     assert_eq!(status, 400);
@@ -121,11 +113,7 @@ async fn all_problems_are_reported_at_once_including_unknown_and_server_owned_fi
 
 #[tokio::test]
 async fn tenant_urls_must_be_host_names() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let body = fixtures::create_body("https://templates.example/t.zip");
     for bad in [
         "-acme.com",
@@ -142,11 +130,7 @@ async fn tenant_urls_must_be_host_names() {
 
 #[tokio::test]
 async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let url = app.url("/configapi/v2/selfservice/tenant/acme.example.com");
     let r = app
         .http
@@ -192,11 +176,7 @@ async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
 
 #[tokio::test]
 async fn unknown_jobs_and_tenants_are_404_problems() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     for path in [
         "/configapi/v2/jobs/00000000-0000-0000-0000-000000000000",
         "/configapi/v2/jobs/not-a-uuid",
@@ -212,11 +192,7 @@ async fn unknown_jobs_and_tenants_are_404_problems() {
 
 #[tokio::test]
 async fn a_wrong_method_is_a_405_problem() {
-    let app = TestApp::with(provisioner_tests::Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_workers().await;
     let r = app
         .http
         .patch(app.url("/configapi/v2/jobs"))

@@ -255,10 +255,7 @@ async fn a_streamed_template_makes_a_tenant_with_the_templates_own_administrator
 #[tokio::test]
 async fn import_tenant_round_trip_keeps_everything_and_create_from_the_export_does_not() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t.zip",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t.zip").await;
     let tenant = fixtures::tenant_url();
     app.create_and_wait(&tenant, &fixtures::create_body(&url))
         .await;

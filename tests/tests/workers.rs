@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
-use provisioner_tests::{Options, TestApp, eventually, fixtures};
+use provisioner_tests::{TestApp, eventually, fixtures};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -46,15 +46,8 @@ fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<Value> {
 
 #[tokio::test]
 async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let (mut a, mut a_log) = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
     let (mut b, mut b_log) = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
     let mut ids = vec![];
@@ -106,15 +99,8 @@ async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
 
 #[tokio::test]
 async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     // Hold the tenant's lock so the first worker stops inside its import transaction.
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
@@ -158,15 +144,8 @@ async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
 
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_job_finish_before_the_worker_exits() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let (mut worker, _log) = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "20")]);
@@ -209,15 +188,8 @@ async fn sigterm_lets_the_in_flight_job_finish_before_the_worker_exits() {
 #[tokio::test]
 async fn duplicate_deliveries_of_a_job_have_one_effect() {
     use lapin::{BasicProperties, Connection, ConnectionProperties, options::BasicPublishOptions};
-    let mut app = TestApp::with(Options {
-        workers: 0,
-        ..Default::default()
-    })
-    .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let job: Value = app
         .create(&tenant, &fixtures::create_body(&url))
@@ -292,10 +264,7 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
 #[tokio::test]
 async fn broker_connections_dropped_under_load_are_reestablished_and_no_job_is_lost() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
     let mut ids = vec![];
     for round in 0..3 {
         for i in 0..5 {

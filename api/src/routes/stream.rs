@@ -44,6 +44,22 @@ fn lock_timeout(q: &StreamQuery) -> Result<u32, FieldError> {
     }
 }
 
+/// Streams the request body to the upload of job `id`.
+async fn save_body(
+    state: &AppState,
+    id: uuid::Uuid,
+    request: Request,
+) -> Result<upload::Upload, ApiError> {
+    let body = request.into_body().into_data_stream();
+    upload::save(
+        &state.settings.upload_dir,
+        id,
+        body,
+        state.settings.template_max_bytes,
+    )
+    .await
+}
+
 fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
     match mime(headers).as_str() {
         "application/zip" | "application/octet-stream" | "application/x-zip-compressed" => Ok(()),
@@ -98,13 +114,7 @@ pub async fn create_from_stream(
         )));
     }
     let id = uuid::Uuid::now_v7();
-    let upload = upload::save(
-        &state.settings.upload_dir,
-        id,
-        request.into_body().into_data_stream(),
-        state.settings.template_max_bytes,
-    )
-    .await?;
+    let upload = save_body(&state, id, request).await?;
     let params = CreateTenantParams {
         tenant_name: url.to_string(),
         admin: None,
@@ -152,13 +162,7 @@ pub async fn import_tenant(
     require_zip(&headers)?;
     let lock_timeout = lock_timeout(&q).map_err(|e| ApiError::Validation(vec![e]))?;
     let id = uuid::Uuid::now_v7();
-    let upload = upload::save(
-        &state.settings.upload_dir,
-        id,
-        request.into_body().into_data_stream(),
-        state.settings.template_max_bytes,
-    )
-    .await?;
+    let upload = save_body(&state, id, request).await?;
     // The job names its tenant when the archive says which; a bad archive fails in the worker.
     let path = upload.path.clone();
     let tenant_url = tokio::task::spawn_blocking(move || {

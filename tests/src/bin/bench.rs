@@ -37,10 +37,7 @@ async fn main() {
         ],
     })
     .await;
-    let url = app.templates.put(
-        "t",
-        fixtures::sample_template(app.db_version().await).write(),
-    );
+    let url = app.serve_sample_template("t").await;
 
     let started = Instant::now();
     let results: Vec<(f64, String)> = stream::iter(0..jobs)
