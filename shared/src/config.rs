@@ -69,10 +69,7 @@ impl Settings {
                 "postgres://postgres@127.0.0.1:5432/provisioner",
             )),
             amqp_url: SecretString::from(var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
-            listen: parse(
-                "PROVISIONER_LISTEN",
-                &var("PROVISIONER_LISTEN", "127.0.0.1:8080"),
-            )?,
+            listen: listen_address(&var("PROVISIONER_LISTEN", "127.0.0.1:8080"))?,
             bootstrap_client: get("PROVISIONER_BOOTSTRAP_CLIENT")
                 .filter(|v| !v.is_empty())
                 .map(SecretString::from),
@@ -136,6 +133,16 @@ impl Settings {
             )?,
             upload_dir: var("PROVISIONER_UPLOAD_DIR", "/tmp/provisioner-uploads").into(),
         })
+    }
+}
+
+/// `host:port`, or `:port` for every interface (`:0` picks a free port).
+fn listen_address(value: &str) -> Result<SocketAddr, SettingsError> {
+    match value.trim().strip_prefix(':') {
+        Some(port) => {
+            parse::<u16>("PROVISIONER_LISTEN", port).map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+        }
+        None => parse("PROVISIONER_LISTEN", value),
     }
 }
 
@@ -208,6 +215,18 @@ mod tests {
         assert_eq!(s.job_max_attempts, 5);
         assert_eq!(s.template_max_bytes, 64 * 1024 * 1024);
         assert!(!s.template_allow_private);
+    }
+
+    #[test]
+    fn a_bare_port_listens_on_every_interface() {
+        let s = settings(&[("PROVISIONER_LISTEN", ":0")]).unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:0");
+        assert_eq!(
+            settings(&[("PROVISIONER_LISTEN", "nope")])
+                .unwrap_err()
+                .variable,
+            "PROVISIONER_LISTEN"
+        );
     }
 
     #[test]
