@@ -43,6 +43,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after: u64 },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -115,6 +117,12 @@ impl IntoResponse for ApiError {
                 "about:blank",
                 "Forbidden".into(),
                 d.clone(),
+            ),
+            ApiError::TooManyRequests { detail, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "about:blank",
+                "Too Many Requests".into(),
+                detail.clone(),
             ),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -195,6 +203,12 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_vec(&problem).expect("problems serialize");
         let mut response = (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response();
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(*retry_after),
+            );
+        }
         if let ApiError::JobFailed { applied, .. } = &self {
             if let Ok(v) = HeaderValue::from_str(applied) {
                 response.headers_mut().insert("preference-applied", v);

@@ -49,6 +49,8 @@ pub struct Settings {
     pub retry_base_delay: Duration,
     pub shutdown_timeout: Duration,
     pub upload_dir: std::path::PathBuf,
+    /// Queued and running jobs one client may have; past it, creates answer 429.
+    pub client_max_active_jobs: u32,
 }
 
 impl Settings {
@@ -132,6 +134,10 @@ impl Settings {
                 &var("PROVISIONER_SHUTDOWN_TIMEOUT", "30"),
             )?,
             upload_dir: var("PROVISIONER_UPLOAD_DIR", "/tmp/provisioner-uploads").into(),
+            client_max_active_jobs: positive(
+                "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
+                &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),
+            )?,
         })
     }
 }

@@ -166,6 +166,8 @@ async fn a_template_server_that_keeps_failing_ends_with_500_after_max_attempts()
         "{job}"
     );
     assert_eq!(app.templates.hits("down"), 3);
+    let detail = job["error"]["detail"].as_str().unwrap();
+    assert!(detail.contains("503"), "the last fault is named: {detail}");
     app.stop().await;
 }
 

@@ -350,3 +350,42 @@ async fn long_polling_returns_as_soon_as_the_status_changes() {
     assert!(started.elapsed() < Duration::from_secs(20));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_past_its_active_job_cap_gets_429_with_retry_after() {
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "2".into())],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let mut ids = vec![];
+    for _ in 0..2 {
+        let r = app
+            .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await;
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<Value>().await.unwrap()["jobId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let r = app
+        .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    app.http
+        .delete(app.url(&format!("/configapi/v2/jobs/{}", ids[0])))
+        .send()
+        .await
+        .unwrap();
+    let r = app
+        .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    assert_eq!(r.status(), 202, "an ended job frees its place");
+    app.stop().await;
+}

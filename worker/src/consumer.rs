@@ -116,7 +116,7 @@ async fn hand_back_leases(ctx: &Context) {
 
 async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: CancellationToken) {
     let disposition = match serde_json::from_slice::<JobMessage>(&delivery.data) {
-        Ok(msg) => jobs::process(ctx, msg.job_id, shutdown).await,
+        Ok(msg) => jobs::process(ctx, msg.job_id, delivery.redelivered, shutdown).await,
         Err(e) => {
             tracing::warn!(error = %e, "unreadable job message; dead-lettering it");
             Disposition::DeadLetter

@@ -53,6 +53,7 @@ const FORM_TEXT_LIMIT: usize = 64 << 10;
         (status = 409, description = "The tenant, or an active job for it, exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The template is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON or form data", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The client has too many queued or running jobs (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency-Key reused with another body", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 500, description = "Under Prefer: wait, the job failed after retries", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Under Prefer: wait, lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
@@ -285,6 +286,13 @@ async fn record(
             "a tenant with URL {} already exists",
             sub.tenant_url
         )));
+    }
+    let cap = state.settings.client_max_active_jobs;
+    if db::jobs::active_count(&state.pool, &caller.client_id).await? >= i64::from(cap) {
+        return Err(ApiError::TooManyRequests {
+            detail: format!("this client has {cap} queued or running jobs, its limit; retry later"),
+            retry_after: 5,
+        });
     }
     let sealed = sub.password.as_ref().map(|p| {
         state

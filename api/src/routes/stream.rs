@@ -86,7 +86,8 @@ fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The tenant exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The template is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json")
+        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The client has too many queued or running jobs (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json")
     ),
     security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn create_from_stream(
@@ -149,7 +150,8 @@ pub async fn create_from_stream(
         (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "The archive is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json")
+        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The client has too many queued or running jobs (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json")
     ),
     security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
 pub async fn import_tenant(

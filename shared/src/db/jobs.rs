@@ -495,3 +495,13 @@ pub async fn set_lock_wait(
         .await
         .map(drop)
 }
+
+/// Queued and running jobs of one client.
+pub async fn active_count(exec: impl PgExecutor<'_>, client_id: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE client_id = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(client_id)
+    .fetch_one(exec)
+    .await
+}

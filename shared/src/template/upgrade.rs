@@ -16,6 +16,8 @@ type Step = fn(&mut Entries) -> Result<(), TemplateError>;
 const STEPS: &[(i64, i64, Step)] = &[
     // 0002 added OAuth clients and job metrics: nothing a template holds.
     (20261130000001, 20261130000002, unchanged),
+    // 0003 indexed active jobs by client.
+    (20261130000002, 20261130000003, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {
@@ -50,7 +52,7 @@ mod tests {
     #[test]
     fn known_older_versions_upgrade_and_others_are_refused() {
         let mut entries = Entries::new();
-        assert!(upgrade(&mut entries, 20261130000001, 20261130000002).is_ok());
+        assert!(upgrade(&mut entries, 20261130000001, 20261130000003).is_ok());
         assert!(upgrade(&mut entries, 20261130000002, 20261130000002).is_ok());
         assert!(
             upgrade(&mut entries, 20261130000002, 20261130000001).is_err(),

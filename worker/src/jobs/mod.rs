@@ -69,8 +69,10 @@ impl Step {
 }
 
 impl From<sqlx::Error> for Step {
+    /// The cause is logged here; the job's record says only what kind of fault it was.
     fn from(e: sqlx::Error) -> Self {
-        Step::Transient(format!("database error: {e}"))
+        tracing::warn!(error = %e, "database fault during the job");
+        Step::Transient("a database fault interrupted the job".to_owned())
     }
 }
 
@@ -86,7 +88,14 @@ pub enum Disposition {
 }
 
 /// Processes the job `id` once: returns when its outcome (or a retry) is committed.
-pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -> Disposition {
+/// `redelivered` is the broker's flag: such a delivery may stand for a worker that died holding
+/// the job, so it waits for that worker's lease instead of being dropped as a duplicate.
+pub async fn process(
+    ctx: Arc<Context>,
+    id: Uuid,
+    redelivered: bool,
+    shutdown: CancellationToken,
+) -> Disposition {
     let token = Uuid::new_v4();
     let job = loop {
         match acquire(&ctx, id, token).await {
@@ -96,6 +105,9 @@ pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -
                 tracing::warn!(job.id = %id, "message names no known job; dead-lettering it");
                 return Disposition::DeadLetter;
             }
+            Ok(Acquired::Rescued) => {}
+            // A duplicate of a job another live worker runs: that worker settles it.
+            Ok(Acquired::HeldElsewhere(_)) if !redelivered => return Disposition::Ack,
             Ok(Acquired::HeldElsewhere(wait)) | Err(Wait(wait)) => {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -113,10 +125,13 @@ pub async fn process(ctx: Arc<Context>, id: Uuid, shutdown: CancellationToken) -
     ));
     let (step, panicked) = match handler.await {
         Ok(step) => (step, false),
-        Err(e) => (
-            Step::Transient(format!("the handler crashed: {e}")),
-            e.is_panic(),
-        ),
+        Err(e) => {
+            tracing::error!(job.id = %id, error = %e, "the job's handler crashed");
+            (
+                Step::Transient("the importer crashed".to_owned()),
+                e.is_panic(),
+            )
+        }
     };
     heartbeat.abort();
     let _enter = span.enter();
@@ -138,7 +153,10 @@ enum Acquired {
     Claimed(Box<JobRow>),
     Ended,
     Unknown,
+    /// Running under another worker's live lease, which ends within this long at most.
     HeldElsewhere(Duration),
+    /// Its previous worker's lease ran out and the job was taken back: try again at once.
+    Rescued,
 }
 
 /// A database fault while claiming: wait this long and try again.
@@ -165,7 +183,7 @@ async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, Wait>
             // Its worker died or hung: take it back (or fail it when out of attempts).
             db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
             tx.commit().await?;
-            return Ok(Acquired::HeldElsewhere(Duration::ZERO));
+            return Ok(Acquired::Rescued);
         }
         Ok(Acquired::HeldElsewhere(
             remaining.clamp(Duration::from_millis(100), Duration::from_secs(1)),
@@ -225,7 +243,7 @@ pub async fn load_template(
     match read.await {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(Step::fail(400, "Bad template", e.to_string())),
-        Err(e) => Err(Step::Transient(format!("template reader crashed: {e}"))),
+        Err(_) => Err(Step::Transient("the template reader crashed".to_owned())),
     }
 }
 
@@ -317,10 +335,12 @@ async fn record(
                     };
                     db::jobs::finish(&mut tx, job.id, token, &ending).await?;
                 }
-                Step::Transient(_) if exhausted => {
+                Step::Transient(reason) if exhausted => {
                     let error = JobError {
                         title: "Internal Server Error".to_owned(),
-                        detail: format!("the job failed {max} times with transient faults"),
+                        detail: format!(
+                            "the job failed {max} times with transient faults; the last: {reason}"
+                        ),
                     };
                     db::jobs::finish(&mut tx, job.id, token, &Ending::Failed { code: 500, error })
                         .await?;
