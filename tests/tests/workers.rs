@@ -317,3 +317,42 @@ async fn broker_connections_dropped_under_load_are_reestablished_and_no_job_is_l
     assert_eq!(pending, 0, "every job message was published");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_starting_together_on_a_new_database_all_come_up() {
+    let app = TestApp::without_workers().await;
+    let fresh = format!("{}_fresh", app.database);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{fresh}");
+    let mut children: Vec<Child> = (0..3)
+        .map(|_| spawn_worker(&app, &[("DATABASE_URL", url.as_str())]).0)
+        .collect();
+    let db = eventually(Duration::from_secs(30), || async {
+        sqlx::PgPool::connect(&url).await.ok()
+    })
+    .await;
+    eventually(Duration::from_secs(30), || async {
+        let applied: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+            .fetch_one(&db)
+            .await
+            .ok();
+        (applied == Some(provisioner_shared::db::MIGRATOR.iter().count() as i64)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for child in &mut children {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a replica died at start"
+        );
+        child.kill().await.unwrap();
+    }
+    db.close().await;
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{fresh}\" WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    app.stop().await;
+}

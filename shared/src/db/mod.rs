@@ -28,7 +28,24 @@ pub struct PoolConfig {
 }
 
 /// Connects, creating the database when it does not exist, and applies pending migrations.
+/// While PostgreSQL is unreachable it keeps trying for a minute, so a process may start first.
 pub async fn connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<PgPool> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match try_connect(url, config).await {
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.downcast_ref::<sqlx::Error>().is_some_and(is_transient) =>
+            {
+                tracing::warn!(error = %e, "PostgreSQL is not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn try_connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url.expose_secret())?
         .application_name(config.application_name)
         .log_statements(tracing::log::LevelFilter::Trace);
@@ -75,8 +92,9 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Resul
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         match admin.execute(sql.as_str()).await {
             Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another replica created it first.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            // Another replica created it first (PostgreSQL reports the race as either code).
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
             Err(e) => return Err(e.into()),
         }
     }
