@@ -183,7 +183,8 @@ async fn publish_batch(pool: &PgPool, channel: &Channel) -> anyhow::Result<usize
             .await
             .map_err(|_| anyhow::anyhow!("publisher confirm timed out"))??;
         match outcome {
-            Confirmation::Ack(None) | Confirmation::NotRequested => sent.push(row.id),
+            Confirmation::Ack(None) => sent.push(row.id),
+            Confirmation::NotRequested => anyhow::bail!("the channel is not in confirm mode"),
             Confirmation::Ack(Some(_returned)) => {
                 tracing::error!(exchange = %row.exchange, routing_key = %row.routing_key, "message unroutable; kept in the outbox");
                 outbox::postpone(&mut tx, row.id, retry_delay(row.attempts)).await?;

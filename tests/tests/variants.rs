@@ -376,3 +376,31 @@ async fn import_upgrades_known_older_versions_and_refuses_newer_or_unknown_ones(
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_create_retried_with_its_idempotency_key_answers_the_same_job() {
+    let app = TestApp::spawn().await;
+    let body = fixtures::sample_template(app.db_version().await).write();
+    let tenant = fixtures::tenant_url();
+    let put = |body: Vec<u8>| {
+        app.http
+            .put(app.url(&format!("/configapi/v2/tenant/{tenant}")))
+            .header("content-type", "application/zip")
+            .header("idempotency-key", "stream-1")
+            .body(body)
+            .send()
+    };
+    let job = job_of(put(body.clone()).await.unwrap(), &app).await;
+    assert_eq!(job["code"], 200);
+    let r = put(body.clone()).await.unwrap();
+    assert_eq!(r.status(), 202, "a replay, not 409");
+    assert_eq!(r.json::<Value>().await.unwrap()["jobId"], job["jobId"]);
+    let mut other = body;
+    other.extend_from_slice(b"trailing bytes");
+    assert_eq!(
+        put(other).await.unwrap().status(),
+        422,
+        "same key, different body"
+    );
+    app.stop().await;
+}

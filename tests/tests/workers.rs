@@ -356,3 +356,38 @@ async fn replicas_starting_together_on_a_new_database_all_come_up() {
         .unwrap();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_job_in_flight_when_the_broker_connection_drops_still_ends() {
+    let app = TestApp::spawn().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+    let mut body = fixtures::create_body(&url);
+    body["lockTimeout"] = json!(3);
+    let job: Value = app.create(&tenant, &body).await.json().await.unwrap();
+    app.until_lock_waiters(1).await;
+    let vhost = app.vhost.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl")
+            .args([
+                "close_all_connections",
+                "--vhost",
+                &vhost,
+                "test: connection loss mid-job",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let done = app.wait_job(job["jobId"].as_str().unwrap()).await;
+    assert_eq!(
+        (done["code"].as_i64(), done["attempts"].as_i64()),
+        (Some(503), Some(1)),
+        "the in-flight attempt recorded its outcome: {done}"
+    );
+    drop(held);
+    app.stop().await;
+}

@@ -80,6 +80,11 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
             () = shutdown.cancelled() => break Ok(()),
         }
     };
+    if result.is_err() {
+        // The channel is gone, but the jobs in flight are not: let them finish and record their
+        // outcomes (their acks will fail; the redeliveries find the jobs ended).
+        tasks.detach_all();
+    }
     if result.is_ok() {
         // Stop intake, let in-flight jobs finish within the deadline.
         let _ = channel

@@ -128,7 +128,8 @@ fn classify(e: reqwest::Error) -> FetchError {
     } else if e.is_connect() {
         FetchError::Transient("the template server could not be reached".to_owned())
     } else {
-        FetchError::Transient(format!("the template download failed: {e}"))
+        tracing::warn!(error = %e, "template download failed");
+        FetchError::Transient("the template download failed".to_owned())
     }
 }
 

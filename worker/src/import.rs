@@ -149,7 +149,6 @@ pub async fn run(
     }
     let waited = started.elapsed();
     tracing::debug!(?waited, "import lock taken");
-    db::jobs::set_lock_wait(&mut tx, job_id, waited).await?;
     if db::tenants::exists(&mut *tx, &plan.tenant_url).await?
         || db::tenants::id_exists(&mut *tx, plan.tenant_id).await?
     {
@@ -229,6 +228,8 @@ pub async fn run(
         tenant: summary,
         skipped,
     };
+    // Written last: the job row stays unlocked while the import runs, so heartbeats go through.
+    db::jobs::set_lock_wait(&mut tx, job_id, waited).await?;
     if db::jobs::finish(&mut tx, job_id, token, &ending)
         .await?
         .is_none()

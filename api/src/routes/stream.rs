@@ -108,8 +108,10 @@ pub async fn create_from_stream(
             ));
         }
     };
-    // Refuse an existing tenant before reading a possibly large body.
-    if db::tenants::exists(&state.pool, url.as_str()).await? {
+    // Refuse an existing tenant before reading a possibly large body, unless the request may be
+    // the retry of one that made it (a replay answers the job, not 409).
+    let keyed = headers.contains_key("idempotency-key");
+    if !keyed && db::tenants::exists(&state.pool, url.as_str()).await? {
         return Err(ApiError::Conflict(format!(
             "a tenant with URL {url} already exists"
         )));

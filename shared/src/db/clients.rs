@@ -107,7 +107,8 @@ pub async fn find_token(
     token_hash: &[u8],
 ) -> Result<Option<(String, Vec<String>)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT client_id, scopes FROM access_tokens WHERE token_hash = $1 AND expires_at > now()",
+        "SELECT t.client_id, t.scopes FROM access_tokens t JOIN api_clients c ON c.id = t.client_id
+         WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL",
     )
     .bind(token_hash)
     .fetch_optional(exec)

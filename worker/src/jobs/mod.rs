@@ -97,6 +97,9 @@ pub async fn process(
     shutdown: CancellationToken,
 ) -> Disposition {
     let token = Uuid::new_v4();
+    // A redelivered copy waits at most this long for a live holder before leaving the job to it
+    // (and to the sweeper, should that holder die later).
+    let patience = tokio::time::Instant::now() + ctx.settings.job_lease * 2;
     let job = loop {
         match acquire(&ctx, id, token).await {
             Ok(Acquired::Claimed(job)) => break *job,
@@ -107,7 +110,11 @@ pub async fn process(
             }
             Ok(Acquired::Rescued) => {}
             // A duplicate of a job another live worker runs: that worker settles it.
-            Ok(Acquired::HeldElsewhere(_)) if !redelivered => return Disposition::Ack,
+            Ok(Acquired::HeldElsewhere(_))
+                if !redelivered || tokio::time::Instant::now() > patience =>
+            {
+                return Disposition::Ack;
+            }
             Ok(Acquired::HeldElsewhere(wait)) | Err(Wait(wait)) => {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -118,12 +125,14 @@ pub async fn process(
     };
     ctx.leases.lock().expect("lease map").insert(id, token);
     let span = tracing::info_span!("job", job.id = %id, job.kind = %job.kind, tenant.url = %job.tenant_url, attempt = job.attempts);
-    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), id, token));
-    let handler = tokio::spawn(tracing::Instrument::instrument(
+    // Both stop with this task: a job abandoned at shutdown neither renews its lease nor goes on
+    // importing.
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(ctx.clone(), id, token)));
+    let mut handler = AbortOnDrop(tokio::spawn(tracing::Instrument::instrument(
         run_kind(ctx.clone(), job.clone(), token),
         span.clone(),
-    ));
-    let (step, panicked) = match handler.await {
+    )));
+    let (step, panicked) = match (&mut handler.0).await {
         Ok(step) => (step, false),
         Err(e) => {
             tracing::error!(job.id = %id, error = %e, "the job's handler crashed");
@@ -133,20 +142,24 @@ pub async fn process(
             )
         }
     };
-    heartbeat.abort();
+    drop(_heartbeat);
     let _enter = span.enter();
-    let ended = match &step {
-        Step::Committed | Step::Fail { .. } => true,
-        Step::Transient(_) => job.attempts >= ctx.settings.job_max_attempts as i32,
-        Step::LostLease => false,
-    };
-    let disposition = record(&ctx, &job, token, step, panicked).await;
+    let (disposition, ended) = record(&ctx, &job, token, step, panicked).await;
     ctx.leases.lock().expect("lease map").remove(&id);
     if ended {
         // No later attempt needs the uploaded template.
         uploads::remove(&ctx.settings.upload_dir, id).await;
     }
     disposition
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum Acquired {
@@ -181,9 +194,14 @@ async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, Wait>
             .unwrap_or_default();
         if job.status == "running" && remaining.is_zero() {
             // Its worker died or hung: take it back (or fail it when out of attempts).
-            db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
+            let rescued = db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
             tx.commit().await?;
-            return Ok(Acquired::Rescued);
+            // The database's clock may still see the lease alive: then wait like for any holder.
+            return Ok(if rescued.is_some() {
+                Acquired::Rescued
+            } else {
+                Acquired::HeldElsewhere(Duration::from_secs(1))
+            });
         }
         Ok(Acquired::HeldElsewhere(
             remaining.clamp(Duration::from_millis(100), Duration::from_secs(1)),
@@ -275,9 +293,12 @@ pub async fn template_bytes(
                     "Internal Server Error",
                     "the uploaded template is no longer available",
                 )),
-                Err(e) => Err(Step::Transient(format!(
-                    "cannot read the uploaded template: {e}"
-                ))),
+                Err(e) => {
+                    tracing::warn!(job.id = %job.id, error = %e, "cannot read the uploaded template");
+                    Err(Step::Transient(
+                        "the uploaded template could not be read".to_owned(),
+                    ))
+                }
             }
         }
     }
@@ -296,14 +317,15 @@ async fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) {
 }
 
 /// Commits how the attempt ended. Database faults here are retried until they pass: the
-/// delivery is not acknowledged before the outcome is durable.
+/// delivery is not acknowledged before the outcome is durable. Also says whether the job ended
+/// by this attempt (its outcome applied while this worker still held the lease).
 async fn record(
     ctx: &Context,
     job: &JobRow,
     token: Uuid,
     step: Step,
     panicked: bool,
-) -> Disposition {
+) -> (Disposition, bool) {
     let max = ctx.settings.job_max_attempts as i32;
     let exhausted = job.attempts >= max;
     match &step {
@@ -316,11 +338,13 @@ async fn record(
             tracing::warn!(reason, attempt = job.attempts, max, "transient failure")
         }
     }
+    let ended_here;
     loop {
         let result = async {
             let mut tx = ctx.pool.begin().await?;
-            match &step {
-                Step::Committed | Step::LostLease => return Ok(()),
+            let applied = match &step {
+                Step::Committed => return Ok(true),
+                Step::LostLease => return Ok(false),
                 Step::Fail {
                     code,
                     title,
@@ -333,7 +357,9 @@ async fn record(
                             detail: detail.clone(),
                         },
                     };
-                    db::jobs::finish(&mut tx, job.id, token, &ending).await?;
+                    db::jobs::finish(&mut tx, job.id, token, &ending)
+                        .await?
+                        .is_some()
                 }
                 Step::Transient(reason) if exhausted => {
                     let error = JobError {
@@ -343,7 +369,8 @@ async fn record(
                         ),
                     };
                     db::jobs::finish(&mut tx, job.id, token, &Ending::Failed { code: 500, error })
-                        .await?;
+                        .await?
+                        .is_some()
                 }
                 Step::Transient(_) => {
                     db::jobs::retry_later(
@@ -353,24 +380,31 @@ async fn record(
                         backoff(ctx.settings.retry_base_delay, job.attempts),
                     )
                     .await?;
+                    // Queued again: a later attempt still needs the job's upload.
+                    false
                 }
-            }
-            tx.commit().await
+            };
+            tx.commit().await?;
+            Ok::<bool, sqlx::Error>(applied)
         }
         .await;
         match result {
-            Ok(()) => break,
+            Ok(applied) => {
+                ended_here = applied;
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
-    if panicked && exhausted {
+    let disposition = if panicked && exhausted {
         Disposition::DeadLetter
     } else {
         Disposition::Ack
-    }
+    };
+    (disposition, ended_here)
 }
 
 /// Exponential backoff with jitter: base * 2^(attempt-1), at most 5 minutes.
