@@ -284,7 +284,15 @@ pub async fn bootstrap(pool: &sqlx::PgPool, spec: &str) -> anyhow::Result<()> {
     let secret = secret.to_owned();
     let hash = tokio::task::spawn_blocking(move || passwords::hash(secret.as_bytes())).await?;
     let scopes: Vec<String> = ALL_SCOPES.map(str::to_owned).to_vec();
-    db::clients::upsert(pool, id, id, &hash, &scopes).await?;
+    db::clients::insert(
+        pool,
+        id,
+        id,
+        &hash,
+        &scopes,
+        db::clients::OnExisting::Replace,
+    )
+    .await?;
     tracing::info!(client.id = id, "bootstrap client ready");
     Ok(())
 }

@@ -58,7 +58,15 @@ pub async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
                 let secret = secret.clone();
                 tokio::task::spawn_blocking(move || passwords::hash(secret.as_bytes())).await?
             };
-            db::clients::insert(&pool, &id, name, &hash, &scopes).await?;
+            db::clients::insert(
+                &pool,
+                &id,
+                name,
+                &hash,
+                &scopes,
+                db::clients::OnExisting::Refuse,
+            )
+            .await?;
             println!(
                 "client_id={id}\nclient_secret={secret}\nscopes={}\n(the secret is shown once; it is stored hashed)",
                 scopes.join(",")

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod fixtures;
+pub mod process;
 pub mod template_server;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
@@ -192,6 +193,21 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Creates from a JSON body, expects 202, and returns the job id.
+    pub async fn submit(&self, tenant: &str, body: &Value) -> String {
+        let r = self.create(tenant, body).await;
+        assert_eq!(r.status(), 202, "create {tenant}");
+        r.json::<Value>().await.unwrap()["jobId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The single number a `SELECT count(*) ...` query answers in this test's database.
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> (u16, Value) {

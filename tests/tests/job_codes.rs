@@ -131,10 +131,7 @@ async fn each_template_fault_ends_the_job_with_400_and_is_not_retried() {
             "{name}: `{detail}` lacks `{expect}`"
         );
     }
-    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let tenants = app.count("SELECT count(*) FROM tenants").await;
     assert_eq!(tenants, 0, "no failed import left a tenant behind");
     app.stop().await;
 }

@@ -167,10 +167,7 @@ async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_4
     let r = send(other, "key-1").await.unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let jobs = app.count("SELECT count(*) FROM jobs").await;
     assert_eq!(jobs, 1);
     app.stop().await;
 }
@@ -180,13 +177,7 @@ async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
     let mut app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
-    let job: Value = app
-        .create(&tenant, &fixtures::create_body(&url))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = job["jobId"].as_str().unwrap();
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
     let r = app
         .http
         .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
@@ -310,13 +301,9 @@ async fn jobs_list_newest_first_with_filters_and_a_cursor() {
 async fn long_polling_returns_as_soon_as_the_status_changes() {
     let mut app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
-    let job: Value = app
-        .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = job["jobId"].as_str().unwrap().to_owned();
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
     let started = std::time::Instant::now();
     let (_, same) = app
         .get_json(&format!("/configapi/v2/jobs/{id}?wait=1&status=queued"))

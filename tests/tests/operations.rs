@@ -124,3 +124,54 @@ async fn readiness_fails_while_the_broker_is_unreachable() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let mut api =
+        provisioner_tests::process::Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &[], "info");
+    let addr = api.api_addr().await;
+    let token = provisioner_tests::fetch_token(
+        &reqwest::Client::new(),
+        addr,
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
+    let http = provisioner_tests::authorized_client(&token);
+    let started = std::time::Instant::now();
+    let poll = tokio::spawn(async move {
+        let r = http
+            .get(format!(
+                "http://{addr}/configapi/v2/jobs/{id}?wait=3&status=queued"
+            ))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    api.terminate();
+    let (status, job) = poll.await.unwrap();
+    assert_eq!(
+        (status, job["status"].as_str()),
+        (200, Some("queued")),
+        "the long-poll in flight was answered"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(2900),
+        "it ran its full wait"
+    );
+    assert!(api.exit(std::time::Duration::from_secs(10)).await.success());
+    assert!(
+        reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .is_err(),
+        "no new connections after shutdown"
+    );
+    app.stop().await;
+}

@@ -1,14 +1,14 @@
 //! The administrator's password is never stored, logged, published or answered in plaintext.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use provisioner_tests::{
     TestApp,
     events::EventTap,
     fixtures::{self, SENTINEL_PASSWORD},
+    process::Proc,
 };
-use serde_json::Value;
-use tokio::{io::AsyncReadExt, process::Command};
+use tokio::process::Command;
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
@@ -19,36 +19,13 @@ async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
     // The API and the worker run as processes whose complete debug logs are read.
     let app = TestApp::without_workers().await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
-    let spawn = |bin: &str| {
-        Command::new(bin)
-            .envs(&app.vars)
-            .env("PROVISIONER_LOG_FORMAT", "json")
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
-    let mut api = spawn(env!("CARGO_BIN_EXE_test-api"));
-    let mut worker = spawn(env!("CARGO_BIN_EXE_test-worker"));
-    let mut api_out = tokio::io::BufReader::new(api.stdout.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        tokio::io::AsyncBufReadExt::read_line(&mut api_out, &mut line)
-            .await
-            .unwrap();
-        assert!(!line.is_empty(), "the API exited early");
-        if let Ok(v) = serde_json::from_str::<Value>(&line) {
-            if v["message"] == "provisioner API listening" {
-                break v["addr"].as_str().unwrap().to_owned();
-            }
-        }
-    };
+    let mut api = Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &[], "debug");
+    let mut worker = Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &[], "debug");
+    let addr = api.api_addr().await;
     let url = app.serve_sample_template("t").await;
     let token = provisioner_tests::fetch_token(
         &reqwest::Client::new(),
-        addr.parse().unwrap(),
+        addr,
         provisioner_tests::BOOTSTRAP_ID,
         provisioner_tests::BOOTSTRAP_SECRET,
     )
@@ -112,33 +89,13 @@ async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
         })
         .await;
 
-    for child in [&mut api, &mut worker] {
-        let pid = child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-    }
+    api.terminate();
+    worker.terminate();
     let mut logs = String::new();
-    for child in [&mut api, &mut worker] {
-        tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        if let Some(mut out) = child.stdout.take() {
-            out.read_to_string(&mut logs).await.unwrap();
-        }
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut logs)
-            .await
-            .unwrap();
+    for process in [&mut api, &mut worker] {
+        assert!(process.exit(Duration::from_secs(20)).await.success());
+        logs.push_str(&process.text());
     }
-    tokio::io::AsyncReadExt::read_to_string(&mut api_out, &mut logs)
-        .await
-        .unwrap();
     assert!(logs.contains("job succeeded"), "the logs were captured");
 
     let dump = Command::new("pg_dump")

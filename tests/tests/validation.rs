@@ -69,10 +69,7 @@ async fn each_invalid_field_is_named_and_no_job_is_recorded() {
     assert_eq!(status, 400);
     assert_eq!(fields(&p).len(), 1, "{p}");
 
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let count = app.count("SELECT count(*) FROM jobs").await;
     assert_eq!(count, 0);
     app.stop().await;
 }

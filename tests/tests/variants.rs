@@ -146,10 +146,7 @@ async fn form_data_needs_exactly_one_template_source_and_a_size_limit_holds() {
         0,
         "refused requests leave no upload behind"
     );
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let jobs = app.count("SELECT count(*) FROM jobs").await;
     assert_eq!(jobs, 0);
     app.stop().await;
 }

@@ -1,55 +1,21 @@
 //! Workers as separate processes: load sharing, no duplicates, and a worker killed mid-import.
 
-use std::{collections::HashMap, process::Stdio, time::Duration};
+use std::time::Duration;
 
-use provisioner_tests::{TestApp, eventually, fixtures};
+use provisioner_tests::{TestApp, eventually, fixtures, process::Proc};
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 
-/// Starts a worker process with the app's settings; its log lines go to `lines`.
-fn spawn_worker(
-    app: &TestApp,
-    extra: &[(&str, &str)],
-) -> (Child, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_test-worker"));
-    cmd.envs(&app.vars)
-        .envs(extra.iter().copied())
-        .env("PROVISIONER_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("worker starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
-fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<Value> {
-    let mut out = vec![];
-    while let Ok(line) = rx.try_recv() {
-        if let Ok(v) = serde_json::from_str(&line) {
-            out.push(v);
-        }
-    }
-    out
+/// Starts a worker process with the app's settings and `extra` variables.
+fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
+    Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), app, extra, "info")
 }
 
 #[tokio::test]
 async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
     let app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
-    let (mut a, mut a_log) = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
-    let (mut b, mut b_log) = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
+    let mut a = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
+    let mut b = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "2")]);
     let mut ids = vec![];
     let mut tenants = vec![];
     for i in 0..24 {
@@ -86,14 +52,14 @@ async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
             .filter(|l| l["message"] == "job succeeded")
             .count()
     };
-    let (by_a, by_b) = (done_by(drain(&mut a_log)), done_by(drain(&mut b_log)));
+    let (by_a, by_b) = (done_by(a.records()), done_by(b.records()));
     assert_eq!(by_a + by_b, 24, "each job ran once");
     assert!(
         by_a > 0 && by_b > 0,
         "both workers took jobs: {by_a} and {by_b}"
     );
-    a.kill().await.unwrap();
-    b.kill().await.unwrap();
+    a.child.kill().await.unwrap();
+    b.child.kill().await.unwrap();
     app.stop().await;
 }
 
@@ -104,19 +70,19 @@ async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
     let tenant = fixtures::tenant_url();
     // Hold the tenant's lock so the first worker stops inside its import transaction.
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
-    let (mut victim, _log) = spawn_worker(&app, &[]);
+    let mut victim = spawn_worker(&app, &[]);
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(60);
     let job: Value = app.create(&tenant, &body).await.json().await.unwrap();
     let id = job["jobId"].as_str().unwrap().to_owned();
     app.until_lock_waiters(1).await;
-    victim.start_kill().unwrap(); // SIGKILL
-    victim.wait().await.unwrap();
+    victim.child.start_kill().unwrap(); // SIGKILL
+    victim.child.wait().await.unwrap();
     // Its session ends with it: no one waits on the lock any more.
     app.until_lock_waiters(0).await;
     held.rollback().await.unwrap();
 
-    let (mut rescuer, _log2) = spawn_worker(&app, &[]);
+    let mut rescuer = spawn_worker(&app, &[]);
     let done = app.wait_job(&id).await;
     assert_eq!(
         (
@@ -138,7 +104,7 @@ async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
         (0, 0),
         "no advisory lock outlives its import"
     );
-    rescuer.kill().await.unwrap();
+    rescuer.child.kill().await.unwrap();
     app.stop().await;
 }
 
@@ -148,33 +114,17 @@ async fn sigterm_lets_the_in_flight_job_finish_before_the_worker_exits() {
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
-    let (mut worker, _log) = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "20")]);
-    let job: Value = app
-        .create(&tenant, &fixtures::create_body(&url))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = job["jobId"].as_str().unwrap().to_owned();
+    let mut worker = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "20")]);
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
     app.until_lock_waiters(1).await;
-    let pid = worker.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    worker.terminate();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        worker.try_wait().unwrap().is_none(),
+        worker.child.try_wait().unwrap().is_none(),
         "the worker waits for its in-flight job"
     );
     held.rollback().await.unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), worker.wait())
-        .await
-        .expect("exits after the job")
-        .unwrap();
+    let status = worker.exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
     let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(
@@ -191,13 +141,7 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
     let mut app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
-    let job: Value = app
-        .create(&tenant, &fixtures::create_body(&url))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = job["jobId"].as_str().unwrap().to_owned();
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
     // Publish the same job message four more times, then race two workers.
     let conn = Connection::connect(&app.vars["AMQP_URL"], ConnectionProperties::default())
         .await
@@ -223,10 +167,7 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
         (Some(200), Some(1))
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let tenants = app.count("SELECT count(*) FROM tenants").await;
     assert_eq!(tenants, 1);
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(after, done, "later deliveries changed nothing");
@@ -257,7 +198,6 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
     })
     .await;
     assert_eq!(dead, 1);
-    let _: HashMap<(), ()> = HashMap::new();
     app.stop().await;
 }
 
@@ -304,10 +244,7 @@ async fn broker_connections_dropped_under_load_are_reestablished_and_no_job_is_l
         let job = app.wait_job(id).await;
         assert_eq!(job["code"], 200, "{job}");
     }
-    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let tenants = app.count("SELECT count(*) FROM tenants").await;
     assert_eq!(tenants, 15, "every accepted job made its tenant, once");
     let pending: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
@@ -323,8 +260,8 @@ async fn replicas_starting_together_on_a_new_database_all_come_up() {
     let app = TestApp::without_workers().await;
     let fresh = format!("{}_fresh", app.database);
     let url = format!("postgres://postgres@127.0.0.1:5432/{fresh}");
-    let mut children: Vec<Child> = (0..3)
-        .map(|_| spawn_worker(&app, &[("DATABASE_URL", url.as_str())]).0)
+    let mut children: Vec<Proc> = (0..3)
+        .map(|_| spawn_worker(&app, &[("DATABASE_URL", url.as_str())]))
         .collect();
     let db = eventually(Duration::from_secs(30), || async {
         sqlx::PgPool::connect(&url).await.ok()
@@ -341,10 +278,10 @@ async fn replicas_starting_together_on_a_new_database_all_come_up() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     for child in &mut children {
         assert!(
-            child.try_wait().unwrap().is_none(),
+            child.child.try_wait().unwrap().is_none(),
             "a replica died at start"
         );
-        child.kill().await.unwrap();
+        child.child.kill().await.unwrap();
     }
     db.close().await;
     let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
@@ -389,5 +326,38 @@ async fn a_job_in_flight_when_the_broker_connection_drops_still_ends() {
         "the in-flight attempt recorded its outcome: {done}"
     );
     drop(held);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+    let mut worker = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "1")]);
+    let mut body = fixtures::create_body(&url);
+    body["lockTimeout"] = json!(60);
+    let id = app.submit(&tenant, &body).await;
+    app.until_lock_waiters(1).await;
+    worker.terminate();
+    assert!(worker.exit(Duration::from_secs(15)).await.success());
+    // Its lease ends now rather than lasting out its term, and its lock wait is gone.
+    let (status, lease_over): (String, bool) =
+        sqlx::query_as("SELECT status, lease_until <= now() FROM jobs WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), lease_over), ("running", true));
+    app.until_lock_waiters(0).await; // the abandoned session's wait ends within a second
+    held.rollback().await.unwrap();
+    app.start_worker();
+    let done = app.wait_job(&id).await;
+    assert_eq!(
+        (done["code"].as_i64(), done["attempts"].as_i64()),
+        (Some(200), Some(2)),
+        "{done}"
+    );
     app.stop().await;
 }

@@ -225,11 +225,10 @@ pub async fn run(
         status: tenant.status,
     };
     let ending = Ending::Succeeded {
+        lock_wait: waited,
         tenant: summary,
         skipped,
     };
-    // Written last: the job row stays unlocked while the import runs, so heartbeats go through.
-    db::jobs::set_lock_wait(&mut tx, job_id, waited).await?;
     if db::jobs::finish(&mut tx, job_id, token, &ending)
         .await?
         .is_none()

@@ -14,25 +14,13 @@ pub struct ClientRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// Creates the client, or (bootstrap) gives an existing one this secret and these scopes again.
-pub async fn upsert(
-    exec: impl PgExecutor<'_>,
-    id: &str,
-    name: &str,
-    secret_hash: &str,
-    scopes: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO UPDATE SET secret_hash = $3, scopes = $4, revoked_at = NULL",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(secret_hash)
-    .bind(scopes)
-    .execute(exec)
-    .await
-    .map(drop)
+/// What `insert` does when the client id exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExisting {
+    /// Fail with a unique violation (operators making a new client).
+    Refuse,
+    /// Give it this secret and these scopes again, and un-revoke it (the bootstrap client).
+    Replace,
 }
 
 pub async fn insert(
@@ -41,8 +29,18 @@ pub async fn insert(
     name: &str,
     secret_hash: &str,
     scopes: &[String],
+    on_existing: OnExisting,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)")
+    let sql = match on_existing {
+        OnExisting::Refuse => {
+            "INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)"
+        }
+        OnExisting::Replace => {
+            "INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET secret_hash = $3, scopes = $4, revoked_at = NULL"
+        }
+    };
+    sqlx::query(sql)
         .bind(id)
         .bind(name)
         .bind(secret_hash)

@@ -305,6 +305,8 @@ pub async fn release_lease(
 #[derive(Debug, Clone)]
 pub enum Ending {
     Succeeded {
+        /// How long the import waited for its lock.
+        lock_wait: Duration,
         tenant: TenantSummary,
         skipped: Vec<SkippedRange>,
     },
@@ -321,13 +323,18 @@ pub async fn finish(
     token: Uuid,
     ending: &Ending,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    let (status, code, error, tenant, skipped) = match ending {
-        Ending::Succeeded { tenant, skipped } => (
+    let (status, code, error, tenant, skipped, lock_wait_ms) = match ending {
+        Ending::Succeeded {
+            tenant,
+            skipped,
+            lock_wait,
+        } => (
             "succeeded",
             200,
             None,
             Some(serde_json::to_value(tenant).expect("serializes")),
             serde_json::to_value(skipped).expect("serializes"),
+            Some(i32::try_from(lock_wait.as_millis()).unwrap_or(i32::MAX)),
         ),
         Ending::Failed { code, error } => (
             "failed",
@@ -335,14 +342,15 @@ pub async fn finish(
             Some(serde_json::to_value(error).expect("serializes")),
             None,
             Value::Array(vec![]),
+            None,
         ),
     };
     transition(
         conn,
-        transition_sql!("status = $3, code = $4, error = $5, tenant = $6, skipped_numbers = $7, finished_at = now(),
+        transition_sql!("status = $3, code = $4, error = $5, tenant = $6, skipped_numbers = $7, lock_wait_ms = $8, finished_at = now(),
          sealed_password = NULL, lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
         id,
-        |q| q.bind(token).bind(status).bind(code).bind(error).bind(tenant).bind(skipped),
+        |q| q.bind(token).bind(status).bind(code).bind(error).bind(tenant).bind(skipped).bind(lock_wait_ms),
     )
     .await
 }
@@ -480,20 +488,6 @@ pub async fn stats(exec: impl PgExecutor<'_>) -> Result<Stats, sqlx::Error> {
     )
     .fetch_one(exec)
     .await
-}
-
-/// Records how long the import waited for its lock (in the import's transaction).
-pub async fn set_lock_wait(
-    conn: &mut PgConnection,
-    id: Uuid,
-    waited: Duration,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET lock_wait_ms = $2 WHERE id = $1")
-        .bind(id)
-        .bind(i32::try_from(waited.as_millis()).unwrap_or(i32::MAX))
-        .execute(conn)
-        .await
-        .map(drop)
 }
 
 /// Queued and running jobs of one client.

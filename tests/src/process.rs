@@ -1,0 +1,126 @@
+//! A provisioner binary run as a child process with the test system's settings, its JSON log
+//! lines (stdout and stderr) collected as they come.
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+    task::JoinHandle,
+};
+
+use crate::TestApp;
+
+pub struct Proc {
+    pub child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    readers: Vec<JoinHandle<()>>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `bin` (a `CARGO_BIN_EXE_*` path) with the app's variables, then `extra`.
+    pub fn spawn(bin: &str, app: &TestApp, extra: &[(&str, &str)], rust_log: &str) -> Self {
+        let mut child = Command::new(bin)
+            .envs(&app.vars)
+            .envs(extra.iter().copied())
+            .env("PROVISIONER_LOG_FORMAT", "json")
+            .env("RUST_LOG", rust_log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let readers = vec![
+            forward(child.stdout.take().unwrap(), tx.clone()),
+            forward(child.stderr.take().unwrap(), tx),
+        ];
+        Self {
+            child,
+            lines,
+            readers,
+            seen: vec![],
+        }
+    }
+
+    /// Every line received so far.
+    pub fn text(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
+    /// The JSON log records received so far.
+    pub fn records(&mut self) -> Vec<Value> {
+        self.text();
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for the first record whose message is `message`.
+    pub async fn wait_for(&mut self, message: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| r["message"] == message) {
+                return r;
+            }
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no `{message}` in time"))
+                .unwrap_or_else(|| panic!("the process ended before `{message}`"));
+            self.seen.push(line);
+        }
+    }
+
+    /// The API's bound address, from its log.
+    pub async fn api_addr(&mut self) -> std::net::SocketAddr {
+        self.wait_for("provisioner API listening").await["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running").to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for the process to exit (and its output to be read).
+    pub async fn exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("exits in time")
+            .unwrap();
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        self.text();
+        status
+    }
+}
+
+fn forward(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    tx: mpsc::UnboundedSender<String>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    })
+}
