@@ -1,10 +1,12 @@
-//! OAuth 2.0 client credentials (RFC 6749 section 4.4): the token endpoint, and the middleware
-//! that checks bearer tokens and scopes on every other route.
+//! OAuth 2.0 client credentials (RFC 6749 section 4.4): scopes, client authentication and token
+//! issue (for the token route), the middleware that checks bearer tokens and scopes on every
+//! other route, and the bootstrap client.
+
+use std::time::Duration;
 
 use axum::{
-    body::Bytes,
     extract::{Request, State},
-    http::{HeaderMap, Method, StatusCode, header},
+    http::{HeaderMap, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -13,179 +15,101 @@ use base64::{
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
 use chrono::Utc;
-use provisioner_shared::{db, passwords};
+use provisioner_shared::{
+    db::{self, clients::ClientRow},
+    passwords,
+};
 use rand::RngCore;
-use serde::Deserialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
+use sqlx::PgPool;
 
 use crate::{AppState, error::ApiError};
 
-pub const SCOPE_READ: &str = "tenants:read";
-pub const SCOPE_WRITE: &str = "tenants:write";
-pub const ALL_SCOPES: [&str; 2] = [SCOPE_READ, SCOPE_WRITE];
+/// A permission a client holds and a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every GET route.
+    TenantsRead,
+    /// Every route that changes state.
+    TenantsWrite,
+}
+
+impl Scope {
+    pub(crate) const ALL: [Scope; 2] = [Scope::TenantsRead, Scope::TenantsWrite];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::TenantsRead => "tenants:read",
+            Self::TenantsWrite => "tenants:write",
+        }
+    }
+
+    /// What it grants, as the OpenAPI document describes it.
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            Self::TenantsRead => "read tenants, jobs and numbers",
+            Self::TenantsWrite => "change them",
+        }
+    }
+}
+
+/// Every scope's name, as the bootstrap client and `client create` grant them.
+pub(crate) fn all_scope_names() -> Vec<String> {
+    Scope::ALL.iter().map(|s| s.as_str().to_owned()).collect()
+}
 
 /// The authenticated client of a request.
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub client_id: String,
+pub(crate) struct Caller {
+    pub(crate) client_id: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenForm {
-    grant_type: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    scope: Option<String>,
+impl Caller {
+    /// Who made a change, as the audit history records it.
+    pub(crate) fn actor(&self) -> String {
+        format!("client:{}", self.client_id)
+    }
 }
 
-fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut response = (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            "Basic realm=\"provisioner\""
-                .parse()
-                .expect("static header"),
-        );
-    }
-    response
-}
-
-/// `POST /configapi/v2/oauth/token`: form-encoded `grant_type=client_credentials`, with the
-/// client's credentials in the form or in HTTP Basic authentication.
-#[utoipa::path(post, path = "/configapi/v2/oauth/token", tag = "auth",
-    request_body(content = crate::openapi::TokenRequest, content_type = "application/x-www-form-urlencoded"),
-    responses(
-        (status = 200, description = "A bearer token", body = crate::openapi::TokenResponse),
-        (status = 400, description = "invalid_request, unsupported_grant_type or invalid_scope", body = crate::openapi::OAuthError),
-        (status = 401, description = "invalid_client", body = crate::openapi::OAuthError)
-    ))]
-pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let form_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !form_type
-        .to_ascii_lowercase()
-        .starts_with("application/x-www-form-urlencoded")
-    {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "send application/x-www-form-urlencoded",
-        );
-    }
-    let Ok(form) = serde_urlencoded::from_bytes::<TokenForm>(&body) else {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the form cannot be parsed",
-        );
-    };
-    match form.grant_type.as_deref() {
-        None => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "grant_type is required",
-            );
-        }
-        Some("client_credentials") => {}
-        Some(_) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                "only client_credentials is supported",
-            );
-        }
-    }
-    let (id, secret) = match (
-        form.client_id,
-        form.client_secret,
-        basic_credentials(&headers),
-    ) {
-        (Some(id), Some(secret), None) => (id, secret),
-        (None, None, Some(basic)) => basic,
-        _ => {
-            return oauth_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "client authentication failed",
-            );
-        }
-    };
-    let client = match db::clients::find_active(&state.pool, &id).await {
-        Ok(c) => c,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    // Verify against a dummy hash when the client is unknown, so timing does not tell.
+/// The client `id` if it exists, is not revoked and `secret` is its secret. Unknown clients are
+/// verified against a dummy hash, so timing does not tell them apart.
+pub(crate) async fn authenticate_client(
+    pool: &PgPool,
+    id: &str,
+    secret: String,
+) -> Result<Option<ClientRow>, sqlx::Error> {
+    let client = db::clients::find_active(pool, id).await?;
     let phc = client
         .as_ref()
-        .map(|c| c.secret_hash.clone())
-        .unwrap_or_else(|| DUMMY_HASH.to_owned());
+        .map_or_else(|| DUMMY_HASH.to_owned(), |c| c.secret_hash.clone());
     let verified = tokio::task::spawn_blocking(move || passwords::verify(secret.as_bytes(), &phc))
         .await
         .unwrap_or(false);
-    let Some(client) = client.filter(|_| verified) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client authentication failed",
-        );
-    };
-    let scopes: Vec<String> = match form.scope.as_deref() {
-        None | Some("") => client.scopes.clone(),
-        Some(asked) => {
-            let asked: Vec<String> = asked
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if !asked.iter().all(|s| client.scopes.contains(s)) {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_scope",
-                    "the client may not have that scope",
-                );
-            }
-            asked
-        }
-    };
+    Ok(client.filter(|_| verified))
+}
+
+/// Issues a bearer token for `client_id` with `scopes`, living `ttl`; expired tokens of every
+/// client are purged on the way, so they never pile up.
+pub(crate) async fn issue_token(
+    pool: &PgPool,
+    client_id: &str,
+    scopes: &[String],
+    ttl: Duration,
+) -> Result<String, sqlx::Error> {
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let token = URL_SAFE_NO_PAD.encode(raw);
-    let ttl = state.settings.token_ttl;
     let expires_at = Utc::now() + chrono::Duration::from_std(ttl).expect("TTL fits");
-    if let Err(e) = db::clients::insert_token(
-        &state.pool,
-        &token_digest(&token),
-        &client.id,
-        &scopes,
-        expires_at,
-    )
-    .await
-    {
-        return ApiError::from(e).into_response();
-    }
-    let body = json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl.as_secs(), "scope": scopes.join(" ")});
-    (
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response()
+    db::clients::insert_token(pool, &token_digest(&token), client_id, scopes, expires_at).await?;
+    db::clients::purge_expired_tokens(pool).await?;
+    Ok(token)
 }
 
 /// An Argon2id hash of a random value nobody knows, verified against for unknown clients.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$bm90LWEtcmVhbC1zYWx0$TG8gTJrXyJ0Jw0gOZz3QYcZRBYw6cJzP0m1GkV1xHhY";
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+/// `id:secret` from HTTP Basic authentication.
+pub(crate) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let encoded = value
         .strip_prefix("Basic ")
@@ -195,14 +119,21 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((id.to_owned(), secret.to_owned()))
 }
 
-pub fn token_digest(token: &str) -> Vec<u8> {
+fn token_digest(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Middleware: a valid bearer token whose client holds the route's scope (`tenants:read` for
-/// GET and HEAD, `tenants:write` for the rest). Puts the `Caller` into the request.
-pub async fn require_token(
-    State(state): State<AppState>,
+/// The state of the bearer-token middleware: the app's, and the scope its routes need.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    pub(crate) state: AppState,
+    pub(crate) scope: Scope,
+}
+
+/// Middleware: a valid bearer token whose client holds the gate's scope. Puts the `Caller`
+/// into the request.
+pub(crate) async fn require_token(
+    State(gate): State<Gate>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -219,18 +150,14 @@ pub async fn require_token(
     let Some(token) = token else {
         return unauthorized(None);
     };
-    let found = match db::clients::find_token(&state.pool, &token_digest(token)).await {
+    let found = match db::clients::find_token(&gate.state.pool, &token_digest(token)).await {
         Ok(found) => found,
         Err(e) => return ApiError::from(e).into_response(),
     };
     let Some((client_id, scopes)) = found else {
         return unauthorized(Some("the token is unknown or expired"));
     };
-    let needed = if matches!(*request.method(), Method::GET | Method::HEAD) {
-        SCOPE_READ
-    } else {
-        SCOPE_WRITE
-    };
+    let needed = gate.scope.as_str();
     if !scopes.iter().any(|s| s == needed) {
         let mut response =
             ApiError::Forbidden(format!("this route needs the scope {needed}")).into_response();
@@ -261,7 +188,7 @@ fn unauthorized(reason: Option<&str>) -> Response {
 }
 
 /// Makes sure `id:secret` exists with every scope (the bootstrap client).
-pub async fn bootstrap(pool: &sqlx::PgPool, spec: &str) -> anyhow::Result<()> {
+pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
     let (id, secret) = spec.split_once(':').ok_or_else(|| {
         anyhow::anyhow!("PROVISIONER_BOOTSTRAP_CLIENT must be client_id:client_secret")
     })?;
@@ -274,16 +201,16 @@ pub async fn bootstrap(pool: &sqlx::PgPool, spec: &str) -> anyhow::Result<()> {
         let same =
             tokio::task::spawn_blocking(move || passwords::verify(secret.as_bytes(), &phc)).await?;
         if same
-            && ALL_SCOPES
+            && Scope::ALL
                 .iter()
-                .all(|s| existing.scopes.iter().any(|e| e == s))
+                .all(|s| existing.scopes.iter().any(|e| e == s.as_str()))
         {
             return Ok(());
         }
     }
     let secret = secret.to_owned();
     let hash = tokio::task::spawn_blocking(move || passwords::hash(secret.as_bytes())).await?;
-    let scopes: Vec<String> = ALL_SCOPES.map(str::to_owned).to_vec();
+    let scopes = all_scope_names();
     db::clients::insert(
         pool,
         id,

@@ -8,7 +8,7 @@ use provisioner_shared::{
 };
 use rand::RngCore;
 
-use crate::auth::ALL_SCOPES;
+use crate::auth::all_scope_names;
 
 const USAGE: &str = "usage:
   provisioner-api                      run the API
@@ -17,7 +17,7 @@ const USAGE: &str = "usage:
   provisioner-api client revoke ID";
 
 /// Runs the command in `args` (without the program name); prints to stdout.
-pub async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pool = db::connect(
         &settings.database_url,
@@ -43,11 +43,9 @@ pub async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
                 .split(',')
                 .map(|s| s.trim().to_owned())
                 .collect();
-            if let Some(bad) = scopes.iter().find(|s| !ALL_SCOPES.contains(&s.as_str())) {
-                anyhow::bail!(
-                    "unknown scope `{bad}`; scopes are {}",
-                    ALL_SCOPES.join(", ")
-                );
+            let known = all_scope_names();
+            if let Some(bad) = scopes.iter().find(|s| !known.contains(s)) {
+                anyhow::bail!("unknown scope `{bad}`; scopes are {}", known.join(", "));
             }
             let id = match opt("--id") {
                 Some(id) => id.to_owned(),

@@ -1,5 +1,6 @@
 //! The API's one error type: a single mapping to status codes and RFC 9457 problem bodies. 5xx
-//! bodies are generic; their cause is logged once, inside the request's span.
+//! bodies are generic; their cause is logged once, when the response is made, inside the
+//! request's span.
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -7,17 +8,19 @@ use axum::{
 };
 use provisioner_shared::domain::JobView;
 use serde::Serialize;
+use utoipa::ToSchema;
 
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub(crate) struct FieldError {
+    pub(crate) field: String,
+    pub(crate) message: String,
 }
 
 impl FieldError {
-    pub fn new(field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
             message: message.into(),
@@ -25,8 +28,25 @@ impl FieldError {
     }
 }
 
+/// RFC 9457 problem details: the body of every 4xx and 5xx answer (the token endpoint aside).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Problem {
+    /// A URI naming the kind of problem; `about:blank` when the status says it all.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: String,
+    status: u16,
+    detail: String,
+    /// Every invalid field (validation problems only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<FieldError>>,
+    /// The job, when a job's failure is answered under `Prefer: wait`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<Box<JobView>>,
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("validation failed")]
     Validation(Vec<FieldError>),
     #[error("{0}")]
@@ -72,148 +92,161 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    title: &'a str,
-    status: u16,
-    detail: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [FieldError]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    job: Option<&'a JobView>,
+impl From<axum::extract::multipart::MultipartError> for ApiError {
+    fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge(e.body_text())
+        } else {
+            Self::BadRequest(format!("malformed form data: {}", e.body_text()))
+        }
+    }
+}
+
+impl From<axum::Error> for ApiError {
+    /// A request body that could not be read.
+    fn from(e: axum::Error) -> Self {
+        Self::BadRequest(format!("the request body could not be read: {e}"))
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::Validation(vec![e])
+    }
+}
+
+impl ApiError {
+    /// Status, problem type and title: the one place they are decided.
+    fn class(&self) -> (StatusCode, &'static str, &'static str) {
+        const BLANK: &str = "about:blank";
+        match self {
+            Self::Validation(_) => (
+                StatusCode::BAD_REQUEST,
+                "urn:provisioner:problem:validation",
+                "Validation failed",
+            ),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, BLANK, "Bad Request"),
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                BLANK,
+                "Unsupported Media Type",
+            ),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, BLANK, "Unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, BLANK, "Forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, BLANK, "Not Found"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, BLANK, "Content Too Large"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, BLANK, "Method Not Allowed"),
+            Self::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, BLANK, "Too Many Requests")
+            }
+            Self::Conflict(_) => (StatusCode::CONFLICT, BLANK, "Conflict"),
+            Self::Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                BLANK,
+                "Unprocessable Content",
+            ),
+            Self::LockTimeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "urn:provisioner:problem:lock-timeout",
+                "Lock timeout",
+            ),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                BLANK,
+                "Service Unavailable",
+            ),
+            Self::JobFailed { code, .. } => (
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "urn:provisioner:problem:job-failed",
+                "",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                BLANK,
+                "Internal Server Error",
+            ),
+        }
+    }
+
+    fn into_problem(self) -> (Problem, Option<(header::HeaderName, HeaderValue)>) {
+        let (status, kind, title) = self.class();
+        let mut problem = Problem {
+            kind,
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: String::new(),
+            errors: None,
+            job: None,
+        };
+        let mut extra = None;
+        match self {
+            Self::Validation(errors) => {
+                problem.detail = "one or more fields are invalid; see `errors`".to_owned();
+                problem.errors = Some(errors);
+            }
+            Self::MethodNotAllowed => {
+                problem.detail = "this route does not take that method".to_owned();
+            }
+            Self::TooManyRequests {
+                detail,
+                retry_after,
+            } => {
+                problem.detail = detail;
+                extra = Some((header::RETRY_AFTER, HeaderValue::from(retry_after)));
+            }
+            Self::JobFailed {
+                title,
+                detail,
+                job,
+                applied,
+                ..
+            } => {
+                (problem.title, problem.detail, problem.job) = (title, detail, Some(job));
+                extra = HeaderValue::from_str(&applied)
+                    .ok()
+                    .map(|v| (header::HeaderName::from_static("preference-applied"), v));
+            }
+            Self::Internal(e) => {
+                tracing::error!(error = ?e, "request failed");
+                problem.detail = "the server could not complete the request".to_owned();
+            }
+            Self::BadRequest(d)
+            | Self::UnsupportedMediaType(d)
+            | Self::Unauthorized(d)
+            | Self::Forbidden(d)
+            | Self::NotFound(d)
+            | Self::PayloadTooLarge(d)
+            | Self::Conflict(d)
+            | Self::Unprocessable(d)
+            | Self::LockTimeout(d)
+            | Self::Unavailable(d) => problem.detail = d,
+        }
+        (problem, extra)
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind, title, detail): (StatusCode, &str, String, String) = match &self {
-            ApiError::Validation(_) => (
-                StatusCode::BAD_REQUEST,
-                "urn:provisioner:problem:validation",
-                "Validation failed".into(),
-                "one or more fields are invalid; see `errors`".into(),
-            ),
-            ApiError::BadRequest(d) => (
-                StatusCode::BAD_REQUEST,
-                "about:blank",
-                "Bad Request".into(),
-                d.clone(),
-            ),
-            ApiError::UnsupportedMediaType(d) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "about:blank",
-                "Unsupported Media Type".into(),
-                d.clone(),
-            ),
-            ApiError::Unauthorized(d) => (
-                StatusCode::UNAUTHORIZED,
-                "about:blank",
-                "Unauthorized".into(),
-                d.clone(),
-            ),
-            ApiError::Forbidden(d) => (
-                StatusCode::FORBIDDEN,
-                "about:blank",
-                "Forbidden".into(),
-                d.clone(),
-            ),
-            ApiError::TooManyRequests { detail, .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "about:blank",
-                "Too Many Requests".into(),
-                detail.clone(),
-            ),
-            ApiError::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "about:blank",
-                "Method Not Allowed".into(),
-                "this route does not take that method".into(),
-            ),
-            ApiError::PayloadTooLarge(d) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "about:blank",
-                "Content Too Large".into(),
-                d.clone(),
-            ),
-            ApiError::NotFound(d) => (
-                StatusCode::NOT_FOUND,
-                "about:blank",
-                "Not Found".into(),
-                d.clone(),
-            ),
-            ApiError::Conflict(d) => (
-                StatusCode::CONFLICT,
-                "about:blank",
-                "Conflict".into(),
-                d.clone(),
-            ),
-            ApiError::Unprocessable(d) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "about:blank",
-                "Unprocessable Content".into(),
-                d.clone(),
-            ),
-            ApiError::LockTimeout(d) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "urn:provisioner:problem:lock-timeout",
-                "Lock timeout".into(),
-                d.clone(),
-            ),
-            ApiError::Unavailable(d) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "about:blank",
-                "Service Unavailable".into(),
-                d.clone(),
-            ),
-            ApiError::JobFailed {
-                code,
-                title,
-                detail,
-                ..
-            } => (
-                StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                "urn:provisioner:problem:job-failed",
-                title.clone(),
-                detail.clone(),
-            ),
-            ApiError::Internal(e) => {
-                tracing::error!(error = ?e, "request failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "about:blank",
-                    "Internal Server Error".into(),
-                    "the server could not complete the request".into(),
-                )
-            }
-        };
-        let problem = Problem {
-            kind,
-            title: &title,
-            status: status.as_u16(),
-            detail: &detail,
-            errors: match &self {
-                ApiError::Validation(errors) => Some(errors),
-                _ => None,
-            },
-            job: match &self {
-                ApiError::JobFailed { job, .. } => Some(job),
-                _ => None,
-            },
-        };
+        let (problem, extra) = self.into_problem();
+        let status = StatusCode::from_u16(problem.status).expect("a valid status");
         let body = serde_json::to_vec(&problem).expect("problems serialize");
         let mut response = (status, [(header::CONTENT_TYPE, PROBLEM_JSON)], body).into_response();
-        if let ApiError::TooManyRequests { retry_after, .. } = &self {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from(*retry_after),
-            );
-        }
-        if let ApiError::JobFailed { applied, .. } = &self {
-            if let Ok(v) = HeaderValue::from_str(applied) {
-                response.headers_mut().insert("preference-applied", v);
-            }
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
         }
         response
+    }
+}
+
+/// Runs every check, then answers all their field errors at once, or all their values.
+pub(crate) fn all_valid<A, B>(
+    a: Result<A, FieldError>,
+    b: Result<B, FieldError>,
+) -> Result<(A, B), ApiError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => Err(ApiError::Validation(
+            a.err().into_iter().chain(b.err()).collect(),
+        )),
     }
 }

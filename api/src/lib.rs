@@ -1,15 +1,18 @@
 //! The provisioner HTTP API: validates requests, records jobs with their outbox messages in one
 //! transaction, answers at once, and serves job and tenant state.
 
-pub mod auth;
-pub mod cli;
-pub mod error;
-pub mod metrics;
-pub mod openapi;
-pub mod routes;
-pub mod upload;
-pub mod validate;
-pub mod wait;
+mod auth;
+mod cli;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod routes;
+mod submit;
+mod tenant_lock;
+mod upload;
+mod validate;
+mod wait;
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,17 +30,17 @@ use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 /// What every handler may use.
 #[derive(Debug, Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub sealer: Sealer,
-    pub settings: Arc<Settings>,
-    pub notifications: Notifications,
+pub(crate) struct AppState {
+    pool: PgPool,
+    sealer: Sealer,
+    settings: Arc<Settings>,
+    notifications: Notifications,
 }
 
-/// The whole HTTP surface, apart from binding: tests drive it on port 0.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface, apart from binding.
+fn router(state: AppState) -> Router {
     metrics::handle();
-    routes::routes(state.clone())
+    routes::router(&state)
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {

@@ -1,22 +1,19 @@
-//! `/metrics` in Prometheus text: request counts and latencies of this process, and
-//! cluster-wide job figures read from the database at scrape time (aggregates only).
+//! Prometheus figures: request counts and latencies of this process, and cluster-wide job
+//! figures read from the database at scrape time (aggregates only).
 
 use std::{sync::OnceLock, time::Instant};
 
 use axum::{
-    extract::{MatchedPath, Request, State},
-    http::header,
+    extract::{MatchedPath, Request},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use provisioner_shared::db;
-
-use crate::{AppState, error::ApiError};
+use provisioner_shared::db::jobs::Stats;
 
 /// The process-wide recorder (installed once, shared by every router in the process).
-pub fn handle() -> &'static PrometheusHandle {
+pub(crate) fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
@@ -34,7 +31,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Middleware: counts and times every routed request by method, route template and status.
-pub async fn track(request: Request, next: Next) -> Response {
+pub(crate) async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
     let route = request
@@ -49,9 +46,8 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
-pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let stats = db::jobs::stats(&state.pool).await?;
+/// Sets the cluster-wide job gauges from the database's aggregates.
+pub(crate) fn record_job_stats(stats: &Stats, outbox_lag_seconds: f64) {
     for (status, n) in [
         ("queued", stats.queued),
         ("running", stats.running),
@@ -78,11 +74,5 @@ pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError>
         gauge!(name, "quantile" => "0.5").set(p50.unwrap_or(0.0));
         gauge!(name, "quantile" => "0.99").set(p99.unwrap_or(0.0));
     }
-    let mut conn = state.pool.acquire().await?;
-    gauge!("provisioner_outbox_lag_seconds").set(db::outbox::lag_seconds(&mut conn).await?);
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle().render(),
-    )
-        .into_response())
+    gauge!("provisioner_outbox_lag_seconds").set(outbox_lag_seconds);
 }

@@ -13,15 +13,13 @@ use crate::error::ApiError;
 
 /// A template written to the upload directory for job `job_id`.
 #[derive(Debug)]
-pub struct Upload {
-    pub job_id: Uuid,
-    pub path: PathBuf,
-    pub sha256: String,
-    pub bytes: u64,
+pub(crate) struct Upload {
+    pub(crate) path: PathBuf,
+    pub(crate) sha256: String,
 }
 
 /// Writes `stream` to the job's upload file; more than `max` bytes is 413 and leaves nothing.
-pub async fn save<S, E>(
+pub(crate) async fn save<S, E>(
     dir: &std::path::Path,
     job_id: Uuid,
     mut stream: S,
@@ -69,20 +67,9 @@ where
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(Upload {
-        job_id,
-        path,
-        sha256,
-        bytes,
-    })
+    Ok(Upload { path, sha256 })
 }
 
-pub fn too_large(max: u64) -> ApiError {
+fn too_large(max: u64) -> ApiError {
     ApiError::PayloadTooLarge(format!("the template is larger than {max} bytes"))
-}
-
-impl From<axum::Error> for ApiError {
-    fn from(e: axum::Error) -> Self {
-        ApiError::BadRequest(format!("the request body could not be read: {e}"))
-    }
 }

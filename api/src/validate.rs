@@ -3,13 +3,13 @@
 use std::collections::{BTreeMap, HashSet};
 
 use provisioner_shared::domain::{
-    AdminSpec, CreateTenantParams, DEFAULT_LOCK_TIMEOUT, MAX_LOCK_TIMEOUT, TemplateSource,
-    TenantUrl, is_access_number, is_email,
+    AdminSpec, CreateTenantParams, DEFAULT_LOCK_TIMEOUT, TemplateSource, TenantUrl,
+    is_access_number, is_email,
 };
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
-use crate::error::FieldError;
+use crate::{error::FieldError, extract::lock_timeout_from};
 
 const FIELDS: [&str; 10] = [
     "template",
@@ -26,15 +26,15 @@ const FIELDS: [&str; 10] = [
 
 /// A valid request: what the job records, plus the password to seal.
 #[derive(Debug)]
-pub struct CreateRequest {
-    pub tenant_url: TenantUrl,
-    pub params: CreateTenantParams,
-    pub password: SecretString,
+pub(crate) struct CreateRequest {
+    pub(crate) tenant_url: TenantUrl,
+    pub(crate) params: CreateTenantParams,
+    pub(crate) password: SecretString,
 }
 
 /// Where a create request's template comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TemplateInput {
+pub(crate) enum TemplateInput {
     /// JSON body: `templateUrl` is required.
     Json,
     /// Form with a `template` file part: `templateUrl` must be absent.
@@ -45,145 +45,143 @@ pub enum TemplateInput {
 
 /// Validates the path's tenant URL and the request's fields (a JSON object, or the form's
 /// parts gathered into one).
-pub fn create_request(
+pub(crate) fn create_request(
     raw_url: &str,
     body: &Map<String, Value>,
     input: TemplateInput,
 ) -> Result<CreateRequest, Vec<FieldError>> {
-    let mut errors = Vec::new();
+    let mut check = Checker {
+        body,
+        errors: Vec::new(),
+    };
     let tenant_url = TenantUrl::parse(raw_url)
-        .map_err(|m| errors.push(FieldError::new("tenant_url", m)))
+        .map_err(|m| check.errors.push(FieldError::new("tenant_url", m)))
         .ok();
-    for key in body.keys().filter(|k| {
-        !FIELDS.contains(&k.as_str()) || (input == TemplateInput::Json && *k == "template")
-    }) {
-        errors.push(FieldError::new(key, "unknown field"));
-    }
-    let mut text = |field: &'static str, max: usize| -> Option<String> {
-        match body.get(field) {
-            None | Some(Value::Null) => errors.push(FieldError::new(field, "is required")),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                errors.push(FieldError::new(field, "must not be empty"))
-            }
-            Some(Value::String(s)) if s.chars().count() > max => errors.push(FieldError::new(
-                field,
-                format!("must be at most {max} characters"),
-            )),
-            Some(Value::String(s)) if s.chars().any(char::is_control) => errors.push(
-                FieldError::new(field, "must not contain control characters"),
-            ),
-            Some(Value::String(s)) => return Some(s.clone()),
-            Some(_) => errors.push(FieldError::new(field, "must be a string")),
-        }
-        None
-    };
-    let tenant_name = text("tenantName", 255);
-    let first_name = text("firstName", 255);
-    let last_name = text("lastName", 255);
-    let login_id = text("loginId", 255);
-    let email = text("email", 254);
-    let template_url = match input {
-        TemplateInput::FormFile => None,
-        TemplateInput::Json | TemplateInput::FormUrl => text("templateUrl", 2048),
-    };
-    let password = match body.get("password") {
-        None | Some(Value::Null) => {
-            errors.push(FieldError::new("password", "is required"));
-            None
-        }
-        Some(Value::String(p)) if (8..=256).contains(&p.chars().count()) => {
-            Some(SecretString::from(p.clone()))
-        }
-        Some(Value::String(_)) => {
-            errors.push(FieldError::new("password", "must be 8 to 256 characters"));
-            None
-        }
-        Some(_) => {
-            errors.push(FieldError::new("password", "must be a string"));
-            None
-        }
-    };
-    if let Some(e) = &email {
-        if !is_email(e) {
-            errors.push(FieldError::new("email", "must be a valid e-mail address"));
-        }
-    }
-    let template = match (input, template_url) {
-        (TemplateInput::FormFile, _) if body.contains_key("templateUrl") => {
-            errors.push(FieldError::new(
-                "templateUrl",
-                "give either a template file or templateUrl, not both",
-            ));
-            None
-        }
-        (TemplateInput::FormFile, _) => Some(TemplateSource::Upload),
-        (_, Some(u)) => match check_template_url(&u) {
-            Ok(()) => Some(TemplateSource::Url(u)),
-            Err(m) => {
-                errors.push(FieldError::new("templateUrl", m));
-                None
-            }
-        },
-        (_, None) => None,
-    };
+    check.unknown_fields(input);
+    let tenant_name = check.text("tenantName", 255);
+    let admin = check.admin();
+    let template = check.template(input);
+    let password = check.password();
     let number_map = body
         .get("numberMap")
-        .map(|v| number_map(v, &mut errors))
+        .map(|v| number_map(v, &mut check.errors))
         .unwrap_or_default();
     let lock_timeout = match body.get("lockTimeout") {
         None | Some(Value::Null) => DEFAULT_LOCK_TIMEOUT,
-        Some(v) => match v.as_u64() {
-            Some(n) if n <= u64::from(MAX_LOCK_TIMEOUT) => n as u32,
-            _ => {
-                errors.push(FieldError::new(
-                    "lockTimeout",
-                    format!("must be an integer from 0 to {MAX_LOCK_TIMEOUT}"),
-                ));
-                0
-            }
-        },
-    };
-    match (
-        tenant_url,
-        tenant_name,
-        first_name,
-        last_name,
-        login_id,
-        email,
-        template,
-        password,
-    ) {
-        (
-            Some(tenant_url),
-            Some(tenant_name),
-            Some(first_name),
-            Some(last_name),
-            Some(login_id),
-            Some(email),
-            Some(template),
-            Some(password),
-        ) if errors.is_empty() => Ok(CreateRequest {
-            tenant_url,
-            params: CreateTenantParams {
-                tenant_name,
-                admin: Some(AdminSpec {
-                    login_id,
-                    first_name,
-                    last_name,
-                    email,
-                }),
-                number_map,
-                template,
-                lock_timeout,
-            },
-            password,
+        Some(v) => lock_timeout_from(v.as_u64()).unwrap_or_else(|e| {
+            check.errors.push(e);
+            0
         }),
-        _ => Err(errors),
+    };
+    match (tenant_url, tenant_name, admin, template, password) {
+        (Some(tenant_url), Some(tenant_name), Some(admin), Some(template), Some(password))
+            if check.errors.is_empty() =>
+        {
+            Ok(CreateRequest {
+                tenant_url,
+                params: CreateTenantParams {
+                    tenant_name,
+                    admin: Some(admin),
+                    number_map,
+                    template,
+                    lock_timeout,
+                },
+                password,
+            })
+        }
+        _ => Err(check.errors),
+    }
+}
+
+/// The body under validation and every problem found so far.
+struct Checker<'a> {
+    body: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl Checker<'_> {
+    fn unknown_fields(&mut self, input: TemplateInput) {
+        for key in self.body.keys().filter(|k| {
+            !FIELDS.contains(&k.as_str()) || (input == TemplateInput::Json && *k == "template")
+        }) {
+            self.errors.push(FieldError::new(key, "unknown field"));
+        }
+    }
+
+    /// A required, non-empty string of at most `max` characters without control characters.
+    fn text(&mut self, field: &'static str, max: usize) -> Option<String> {
+        let problem = match self.body.get(field) {
+            None | Some(Value::Null) => "is required".to_owned(),
+            Some(Value::String(s)) if s.trim().is_empty() => "must not be empty".to_owned(),
+            Some(Value::String(s)) if s.chars().count() > max => {
+                format!("must be at most {max} characters")
+            }
+            Some(Value::String(s)) if s.chars().any(char::is_control) => {
+                "must not contain control characters".to_owned()
+            }
+            Some(Value::String(s)) => return Some(s.clone()),
+            Some(_) => "must be a string".to_owned(),
+        };
+        self.errors.push(FieldError::new(field, problem));
+        None
+    }
+
+    /// The administrator's names, login and e-mail (every field checked).
+    fn admin(&mut self) -> Option<AdminSpec> {
+        let first_name = self.text("firstName", 255);
+        let last_name = self.text("lastName", 255);
+        let login_id = self.text("loginId", 255);
+        let email = self.text("email", 254);
+        if email.as_deref().is_some_and(|e| !is_email(e)) {
+            self.errors
+                .push(FieldError::new("email", "must be a valid e-mail address"));
+        }
+        Some(AdminSpec {
+            login_id: login_id?,
+            first_name: first_name?,
+            last_name: last_name?,
+            email: email?,
+        })
+    }
+
+    fn password(&mut self) -> Option<SecretString> {
+        let problem = match self.body.get("password") {
+            None | Some(Value::Null) => "is required",
+            Some(Value::String(p)) if (8..=256).contains(&p.chars().count()) => {
+                return Some(SecretString::from(p.clone()));
+            }
+            Some(Value::String(_)) => "must be 8 to 256 characters",
+            Some(_) => "must be a string",
+        };
+        self.errors.push(FieldError::new("password", problem));
+        None
+    }
+
+    /// The uploaded file, or `templateUrl`, as `input` demands.
+    fn template(&mut self, input: TemplateInput) -> Option<TemplateSource> {
+        if input == TemplateInput::FormFile {
+            if self.body.contains_key("templateUrl") {
+                self.errors.push(FieldError::new(
+                    "templateUrl",
+                    "give either a template file or templateUrl, not both",
+                ));
+                return None;
+            }
+            return Some(TemplateSource::Upload);
+        }
+        let url = self.text("templateUrl", 2048)?;
+        match check_template_url(&url) {
+            Ok(()) => Some(TemplateSource::Url(url)),
+            Err(m) => {
+                self.errors.push(FieldError::new("templateUrl", m));
+                None
+            }
+        }
     }
 }
 
 /// An absolute http(s) URL with a host and no credentials.
-pub fn check_template_url(raw: &str) -> Result<(), &'static str> {
+fn check_template_url(raw: &str) -> Result<(), &'static str> {
     let url = url::Url::parse(raw).map_err(|_| "must be an absolute http or https URL")?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err("must be an absolute http or https URL");

@@ -2,60 +2,60 @@
 
 use axum::{
     Extension, Json,
-    body::Bytes,
-    extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    extract::{Path, State},
+    http::{StatusCode, Uri},
 };
 use provisioner_shared::{
     db,
     domain::{TenantUrl, is_access_number},
     template::range_fits,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 
-use super::{create::require_json, tenants::actor};
 use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
+    extract::{JsonObject, query_param},
 };
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NumbersQuery {
-    tenant_url: Option<String>,
+/// `POST /configapi/v2/accessnumbers`.
+#[expect(
+    dead_code,
+    reason = "documents the body that is read field by field, to name every bad field"
+)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct AccessNumberRequest {
+    number: String,
+    count: i32,
+    tenant_url: String,
+    /// Default `VOICE`.
+    media: Option<String>,
 }
 
+/// A range of access numbers as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct RangeBody {
+pub(super) struct RangeBody {
     number: String,
     count: i32,
     tenant_url: Option<String>,
     media: String,
 }
 
-#[utoipa::path(get, path = "/configapi/v2/accessnumbers", tag = "access numbers",
+#[utoipa::path(get, path = "/configapi/v2/accessnumbers", tag = "access numbers", operation_id = "listAccessNumbers",
     params(("tenantUrl" = Option<String>, Query)),
     responses(
         (status = 200, description = "Ranges; unassigned ones have tenantUrl null", body = Vec<RangeBody>),
-        (status = 400, description = "Invalid tenantUrl", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
-pub async fn list(
+        (status = 400, description = "Invalid tenantUrl")))]
+pub(super) async fn list_access_numbers(
     State(state): State<AppState>,
-    Query(q): Query<NumbersQuery>,
+    uri: Uri,
 ) -> Result<Json<Vec<RangeBody>>, ApiError> {
-    let url = q
-        .tenant_url
-        .as_deref()
-        .map(|u| {
-            TenantUrl::parse(u)
-                .map_err(|m| ApiError::Validation(vec![FieldError::new("tenantUrl", m)]))
-        })
+    let url = query_param(&uri, "tenantUrl")
+        .map(|u| TenantUrl::parse(&u).map_err(|m| FieldError::new("tenantUrl", m)))
         .transpose()?;
     let ranges = db::access_numbers::list(&state.pool, url.as_ref().map(TenantUrl::as_str)).await?;
     Ok(Json(
@@ -71,61 +71,66 @@ pub async fn list(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct DeleteQuery {
-    count: Option<String>,
+/// A range to create, as validated.
+struct NewRange {
+    number: String,
+    count: i32,
+    media: String,
+    tenant_url: TenantUrl,
 }
 
-/// `POST /configapi/v2/accessnumbers`: create a range and assign it to an existing tenant.
-#[utoipa::path(post, path = "/configapi/v2/accessnumbers", tag = "access numbers",
-    request_body = crate::openapi::AccessNumberRequest,
-    responses(
-        (status = 204, description = "Created and assigned"),
-        (status = 400, description = "Invalid fields, or no such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Overlaps an existing range", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn create(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, ApiError> {
-    require_json(&headers)?;
-    let value: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::BadRequest(
-            "the body must be a JSON object".to_owned(),
-        ));
-    };
+/// Every field of a create request checked at once.
+fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
     let mut errors: Vec<FieldError> = fields
         .keys()
         .filter(|k| !["number", "count", "tenantUrl", "media"].contains(&k.as_str()))
         .map(|k| FieldError::new(k, "unknown field"))
         .collect();
-    let number = match fields.get("number").and_then(Value::as_str) {
-        Some(n) if is_access_number(n) => Some(n.to_owned()),
-        _ => {
-            errors.push(FieldError::new(
-                "number",
-                "is required: a string of 1 to 20 digits",
-            ));
-            None
+    fn check<T>(
+        errors: &mut Vec<FieldError>,
+        field: &str,
+        message: &str,
+        v: Option<T>,
+    ) -> Option<T> {
+        if v.is_none() {
+            errors.push(FieldError::new(field, message));
         }
+        v
+    }
+    let number = fields.get("number").and_then(Value::as_str);
+    let number = check(
+        &mut errors,
+        "number",
+        "is required: a string of 1 to 20 digits",
+        number.filter(|n| is_access_number(n)).map(str::to_owned),
+    );
+    let count = fields.get("count").and_then(Value::as_i64);
+    let count = check(
+        &mut errors,
+        "count",
+        "is required: an integer from 1 to 1000000",
+        count
+            .filter(|c| (1..=1_000_000).contains(c))
+            .map(|c| c as i32),
+    );
+    let media = match fields.get("media") {
+        None | Some(Value::Null) => Some("VOICE".to_owned()),
+        Some(Value::String(m)) if !m.trim().is_empty() && m.len() <= 32 => Some(m.clone()),
+        Some(_) => None,
     };
-    let count = match fields.get("count").and_then(Value::as_i64) {
-        Some(c) if (1..=1_000_000).contains(&c) => Some(c as i32),
-        _ => {
-            errors.push(FieldError::new(
-                "count",
-                "is required: an integer from 1 to 1000000",
-            ));
-            None
-        }
+    let media = check(
+        &mut errors,
+        "media",
+        "must be a non-empty string of at most 32 characters",
+        media,
+    );
+    let tenant_url = match fields.get("tenantUrl").and_then(Value::as_str) {
+        None => Err("is required"),
+        Some(u) => TenantUrl::parse(u),
     };
+    let tenant_url = tenant_url
+        .map_err(|m| errors.push(FieldError::new("tenantUrl", m)))
+        .ok();
     if let (Some(n), Some(c)) = (&number, count) {
         if !range_fits(n, c) {
             errors.push(FieldError::new(
@@ -134,45 +139,41 @@ pub async fn create(
             ));
         }
     }
-    let media = match fields.get("media") {
-        None | Some(Value::Null) => Some("VOICE".to_owned()),
-        Some(Value::String(m)) if !m.trim().is_empty() && m.len() <= 32 => Some(m.clone()),
-        Some(_) => {
-            errors.push(FieldError::new(
-                "media",
-                "must be a non-empty string of at most 32 characters",
-            ));
-            None
+    match (number, count, media, tenant_url) {
+        (Some(number), Some(count), Some(media), Some(tenant_url)) if errors.is_empty() => {
+            Ok(NewRange {
+                number,
+                count,
+                media,
+                tenant_url,
+            })
         }
-    };
-    let tenant_url = match fields
-        .get("tenantUrl")
-        .and_then(Value::as_str)
-        .map(TenantUrl::parse)
-    {
-        Some(Ok(u)) => Some(u),
-        Some(Err(m)) => {
-            errors.push(FieldError::new("tenantUrl", m));
-            None
-        }
-        None => {
-            errors.push(FieldError::new("tenantUrl", "is required"));
-            None
-        }
-    };
-    let (Some(number), Some(count), Some(media), Some(url)) = (number, count, media, tenant_url)
-    else {
-        return Err(ApiError::Validation(errors));
-    };
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+        _ => Err(errors),
     }
+}
+
+/// `POST /configapi/v2/accessnumbers`: create a range and assign it to an existing tenant.
+#[utoipa::path(post, path = "/configapi/v2/accessnumbers", tag = "access numbers", operation_id = "createAccessNumbers",
+    request_body = AccessNumberRequest,
+    responses(
+        (status = 204, description = "Created and assigned"),
+        (status = 400, description = "Invalid fields, or no such tenant"),
+        (status = 409, description = "Overlaps an existing range"),
+        (status = 415, description = "Not JSON")))]
+pub(super) async fn create_access_numbers(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    JsonObject(fields): JsonObject,
+) -> Result<StatusCode, ApiError> {
+    let NewRange {
+        number,
+        count,
+        media,
+        tenant_url: url,
+    } = new_range(&fields).map_err(ApiError::Validation)?;
     let mut tx = state.pool.begin().await?;
     let Some(tenant) = db::tenants::find_by_url(&mut *tx, url.as_str()).await? else {
-        return Err(ApiError::Validation(vec![FieldError::new(
-            "tenantUrl",
-            format!("no tenant {url} exists"),
-        )]));
+        return Err(FieldError::new("tenantUrl", format!("no tenant {url} exists")).into());
     };
     if !db::access_numbers::create(&mut tx, &number, count, &media, tenant.id).await? {
         return Err(ApiError::Conflict(format!(
@@ -180,12 +181,13 @@ pub async fn create(
         )));
     }
     let details = json!({"number": number, "count": count, "media": media});
+    let target = format!("accessNumber:{number}");
     db::tenants::audit_event(
         &mut tx,
         tenant.id,
-        &actor(&caller),
+        &caller.actor(),
         "accessNumbers.create",
-        &format!("accessNumber:{number}"),
+        &target,
         details,
     )
     .await?;
@@ -195,29 +197,22 @@ pub async fn create(
 
 /// `DELETE /configapi/v2/accessnumbers/{number}?count=N`: the range with exactly that start and
 /// count.
-#[utoipa::path(delete, path = "/configapi/v2/accessnumbers/{number}", tag = "access numbers",
+#[utoipa::path(delete, path = "/configapi/v2/accessnumbers/{number}", tag = "access numbers", operation_id = "deleteAccessNumbers",
     params(("number" = String, Path), ("count" = u32, Query)),
     responses(
         (status = 200, description = "The deleted range", body = RangeBody),
-        (status = 400, description = "Missing count", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such range", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn delete(
+        (status = 400, description = "Missing count"),
+        (status = 404, description = "No such range")))]
+pub(super) async fn delete_access_numbers(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(number): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    uri: Uri,
 ) -> Result<Json<RangeBody>, ApiError> {
-    let count = match q.count.as_deref().map(str::parse::<i32>) {
+    let count = match query_param(&uri, "count").map(|c| c.parse::<i32>()) {
         Some(Ok(c)) if c >= 1 => c,
         _ => {
-            return Err(ApiError::Validation(vec![FieldError::new(
-                "count",
-                "is required: a positive integer",
-            )]));
+            return Err(FieldError::new("count", "is required: a positive integer").into());
         }
     };
     if !is_access_number(&number) {
@@ -230,12 +225,13 @@ pub async fn delete(
     let mut tenant_url = None;
     if let Some(tenant_id) = range.tenant_id {
         let details = json!({"number": number, "count": count});
+        let target = format!("accessNumber:{number}");
         db::tenants::audit_event(
             &mut tx,
             tenant_id,
-            &actor(&caller),
+            &caller.actor(),
             "accessNumbers.delete",
-            &format!("accessNumber:{number}"),
+            &target,
             details,
         )
         .await?;

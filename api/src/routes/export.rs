@@ -1,7 +1,7 @@
 //! Export Tenant: a template-format-1 ZIP of everything the tenant has.
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::State,
     http::header,
     response::{IntoResponse, Response},
 };
@@ -11,30 +11,29 @@ use provisioner_shared::{
 };
 use serde_json::{Map, Value};
 
-use super::tenants::{LockQuery, lock_tenant, route_lock_timeout, tenant_url};
-use crate::{AppState, error::ApiError};
+use crate::{
+    AppState,
+    error::ApiError,
+    extract::{RouteLockTimeout, TenantPath},
+    tenant_lock::lock_tenant,
+};
 
 /// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
 /// it never observes an import half-way.
-#[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}/export", tag = "tenants",
+#[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}/export", tag = "tenants", operation_id = "exportTenant",
     params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
     responses(
         (status = 200, description = "The tenant as a template ZIP", content_type = "application/zip"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
-pub async fn export(
+        (status = 400, description = "Invalid lockTimeout"),
+        (status = 404, description = "No such tenant"),
+        (status = 503, description = "Lock timeout")))]
+pub(super) async fn export_tenant(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<LockQuery>,
+    TenantPath(url): TenantPath,
+    wait: RouteLockTimeout,
 ) -> Result<Response, ApiError> {
-    let url = tenant_url(&raw)?;
-    let wait = route_lock_timeout(&q)?;
     let mut tx = state.pool.begin().await?;
-    let tenant = lock_tenant(&mut tx, &url, wait).await?;
+    let tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
     let settings: Map<String, Value> =
         serde_json::from_value(tenant.settings.clone()).unwrap_or_default();
     let template = Template {

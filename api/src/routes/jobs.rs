@@ -2,15 +2,14 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
+    http::Uri,
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use provisioner_shared::{
     db::{self, jobs::ListFilter},
     domain::{JobStatus, JobView, TenantUrl},
 };
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -18,134 +17,100 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
+    extract::{Page, PageQuery, clamped_seconds, not_a_cursor, query_param},
     wait,
 };
 
 /// Longest long-poll, seconds.
-pub const MAX_POLL_WAIT: u64 = 60;
-
-#[derive(Debug, Deserialize)]
-pub struct GetQuery {
-    wait: Option<String>,
-    status: Option<String>,
-}
+const MAX_POLL_WAIT: u64 = 60;
 
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no job {raw}")))
 }
 
-#[utoipa::path(get, path = "/configapi/v2/jobs/{job_id}", tag = "jobs",
-    params(("job_id" = String, Path), ("wait" = Option<u64>, Query, description = "Long-poll up to N s (<= 60)"),
-        ("status" = Option<JobStatus>, Query, description = "Return as soon as the status differs from this")),
+/// `?status=`: one of the job statuses.
+fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
+    let raw = query_param(uri, "status")?;
+    JobStatus::parse(&raw).or_else(|| {
+        errors.push(FieldError::new(
+            "status",
+            "must be queued, running, succeeded, failed or cancelled",
+        ));
+        None
+    })
+}
+
+/// The job; with `?wait=N` it answers as soon as the job is terminal, or, with `&status=S`, as
+/// soon as its status differs from `S`; after N seconds at most.
+#[utoipa::path(get, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "getJob",
+    params(("job_id" = String, Path), ("wait" = Option<u64>, Query, description = "Long-poll up to N s (<= 60, larger values clamped)"),
+        ("status" = Option<JobStatus>, Query, description = "With wait: return as soon as the status differs from this")),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 400, description = "Invalid wait or status", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job for this client", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
-pub async fn get(
+        (status = 400, description = "Invalid wait or status"),
+        (status = 404, description = "No such job for this client")))]
+pub(super) async fn get_job(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
-    Query(q): Query<GetQuery>,
+    uri: Uri,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut errors = Vec::new();
-    let wait_secs = match q.wait.as_deref() {
-        None => 0,
-        Some(w) => w
-            .parse::<u64>()
-            .map(|n| n.min(MAX_POLL_WAIT))
-            .unwrap_or_else(|_| {
-                errors.push(FieldError::new(
-                    "wait",
-                    "must be a non-negative integer of seconds",
-                ));
-                0
-            }),
-    };
-    let seen = match q.status.as_deref() {
-        None => None,
-        Some(s) => JobStatus::parse(s).or_else(|| {
+    let wait_secs = query_param(&uri, "wait").map_or(0, |w| {
+        clamped_seconds(&w, MAX_POLL_WAIT).unwrap_or_else(|| {
             errors.push(FieldError::new(
-                "status",
-                "must be queued, running, succeeded, failed or cancelled",
+                "wait",
+                "must be a non-negative integer of seconds",
             ));
-            None
-        }),
-    };
+            0
+        })
+    });
+    let seen = status_param(&uri, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
     let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
-    let job = wait::until(&state, id, &caller.client_id, deadline, |j| {
-        j.status().is_terminal() || seen.is_none_or(|s| s != j.status())
+    let job = wait::until(&state, id, &caller.client_id, deadline, |j| match seen {
+        None => j.status().is_terminal(),
+        Some(seen) => j.status() != seen,
     })
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     Ok(Json(job.view()))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListQuery {
-    status: Option<String>,
-    tenant_url: Option<String>,
-    batch_id: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
-#[utoipa::path(get, path = "/configapi/v2/jobs", tag = "jobs",
+/// The client's jobs, newest first.
+#[utoipa::path(get, path = "/configapi/v2/jobs", tag = "jobs", operation_id = "listJobs",
     params(("status" = Option<JobStatus>, Query), ("tenantUrl" = Option<String>, Query), ("batchId" = Option<String>, Query),
         ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
     responses(
         (status = 200, description = "Jobs, newest first", body = Page<JobView>),
-        (status = 400, description = "Invalid filter", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
-pub async fn list(
+        (status = 400, description = "Invalid filter")))]
+pub(super) async fn list_jobs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<ListQuery>,
+    uri: Uri,
 ) -> Result<Json<Page<JobView>>, ApiError> {
     let mut errors = Vec::new();
-    let status = q.status.as_deref().and_then(|s| {
-        JobStatus::parse(s).or_else(|| {
-            errors.push(FieldError::new(
-                "status",
-                "must be queued, running, succeeded, failed or cancelled",
-            ));
-            None
-        })
-    });
-    let tenant_url = q.tenant_url.as_deref().and_then(|u| {
-        TenantUrl::parse(u)
+    let status = status_param(&uri, &mut errors);
+    let tenant_url = query_param(&uri, "tenantUrl").and_then(|u| {
+        TenantUrl::parse(&u)
             .map_err(|m| errors.push(FieldError::new("tenantUrl", m)))
             .ok()
     });
-    let batch_id = q.batch_id.as_deref().and_then(|b| {
-        Uuid::parse_str(b)
+    let batch_id = query_param(&uri, "batchId").and_then(|b| {
+        Uuid::parse_str(&b)
             .map_err(|_| errors.push(FieldError::new("batchId", "must be a UUID")))
             .ok()
     });
-    let limit = page_limit(q.limit.as_deref(), &mut errors);
-    let after = q.cursor.as_deref().and_then(|c| {
-        decode_cursor(c).or_else(|| {
-            errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
-            None
-        })
+    let page = PageQuery::read(&uri, &mut errors);
+    let after = page.after.as_deref().and_then(|c| {
+        let key = parse_job_key(c);
+        if key.is_none() {
+            errors.push(not_a_cursor());
+        }
+        key
     });
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -156,38 +121,18 @@ pub async fn list(
         tenant_url: tenant_url.as_ref().map(TenantUrl::as_str),
         batch_id,
         after,
-        limit: limit + 1,
+        limit: page.fetch(),
     };
-    let mut rows = db::jobs::list(&state.pool, &filter).await?;
-    let next_cursor = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        let last = rows.last().expect("a full page has a last item");
-        encode_cursor(last.created_at, last.id)
-    });
-    Ok(Json(Page {
-        items: rows.iter().map(|r| r.view()).collect(),
-        next_cursor,
-    }))
+    let rows = db::jobs::list(&state.pool, &filter).await?;
+    Ok(Json(page.page(
+        rows,
+        |last| format!("{}|{}", last.created_at.timestamp_micros(), last.id),
+        |row| row.view(),
+    )))
 }
 
-/// `limit`: 1 to 500, default 50; larger values are clamped.
-pub fn page_limit(raw: Option<&str>, errors: &mut Vec<FieldError>) -> i64 {
-    match raw.map(str::parse::<i64>) {
-        None => 50,
-        Some(Ok(n)) if n >= 1 => n.min(500),
-        Some(_) => {
-            errors.push(FieldError::new("limit", "must be an integer from 1 to 500"));
-            50
-        }
-    }
-}
-
-pub fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.timestamp_micros()))
-}
-
-pub fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(raw).ok()?).ok()?;
+/// A job listing's sort key: creation time in microseconds and id.
+fn parse_job_key(text: &str) -> Option<(DateTime<chrono::Utc>, Uuid)> {
     let (micros, id) = text.split_once('|')?;
     Some((
         DateTime::from_timestamp_micros(micros.parse().ok()?)?,
@@ -195,17 +140,14 @@ pub fn decode_cursor(raw: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
-#[utoipa::path(delete, path = "/configapi/v2/jobs/{job_id}", tag = "jobs",
+/// Cancels a queued job.
+#[utoipa::path(delete, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "cancelJob",
     params(("job_id" = String, Path)),
     responses(
         (status = 200, description = "The cancelled job", body = JobView),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such job for this client", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The job is running or has ended", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn cancel(
+        (status = 404, description = "No such job for this client"),
+        (status = 409, description = "The job is running or has ended")))]
+pub(super) async fn cancel_job(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,

@@ -1,76 +1,105 @@
-//! Route table of the API: public routes, the token endpoint, and everything else behind a
-//! bearer token with the route's scope.
+//! The route table: every route is registered here once, with its documentation (its handler's
+//! `#[utoipa::path]`), in a group that says which scope its token needs. The router and the
+//! OpenAPI document are both made from this table, so they cannot disagree.
+//!
+//! Route files are leaves: a handler may use the modules below `routes` (`extract`, `submit`,
+//! `auth`, `error`, ...) but never a sibling route file.
 
-pub mod access_numbers;
-pub mod create;
-pub mod export;
-pub mod health;
-pub mod jobs;
-pub mod stream;
-pub mod tenants;
+mod access_numbers;
+mod create;
+mod export;
+mod health;
+mod jobs;
+mod operations;
+mod stream;
+mod tenants;
+mod token;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    middleware,
-    routing::{delete, get, post},
+use axum::{Router, extract::DefaultBodyLimit, middleware};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    AppState,
+    auth::{Gate, Scope, require_token},
+    error::ApiError,
 };
 
-use crate::{AppState, auth, error::ApiError};
+/// Routes that share an access rule.
+pub(crate) struct Group {
+    /// The scope a bearer token needs; `None`: public.
+    pub(crate) scope: Option<Scope>,
+    pub(crate) routes: OpenApiRouter<AppState>,
+}
 
-pub fn routes(state: AppState) -> Router<AppState> {
+/// Every route. `body_limit` caps the bodies of the routes that take a template in a form.
+pub(crate) fn table(body_limit: usize) -> Vec<Group> {
+    let (schemas, paths, create) = routes!(create::create_from_template);
+    let create = (
+        schemas,
+        paths,
+        create.layer(DefaultBodyLimit::max(body_limit)),
+    );
+    let public = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(operations::metrics))
+        .routes(routes!(operations::openapi_json))
+        .routes(routes!(token::issue_token_route));
+    let read = OpenApiRouter::new()
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(tenants::list_tenants))
+        .routes(routes!(tenants::get_tenant))
+        .routes(routes!(export::export_tenant))
+        .routes(routes!(access_numbers::list_access_numbers));
+    let write = OpenApiRouter::new()
+        .routes(create)
+        .routes(routes!(stream::create_from_stream))
+        .routes(routes!(stream::import_tenant))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(tenants::activate_tenant))
+        .routes(routes!(tenants::deactivate_tenant))
+        .routes(routes!(tenants::delete_tenant))
+        .routes(routes!(access_numbers::create_access_numbers))
+        .routes(routes!(access_numbers::delete_access_numbers));
+    vec![
+        Group {
+            scope: None,
+            routes: public,
+        },
+        Group {
+            scope: Some(Scope::TenantsRead),
+            routes: read,
+        },
+        Group {
+            scope: Some(Scope::TenantsWrite),
+            routes: write,
+        },
+    ]
+}
+
+/// The whole HTTP surface of `table`, each group behind its scope's bearer-token check.
+pub(crate) fn router(state: &AppState) -> Router<AppState> {
     // The form variant carries the template plus a few small text parts.
     let body_limit = usize::try_from(state.settings.template_max_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(64 << 10);
-    let protected = Router::new()
-        .route(
-            "/configapi/v2/selfservice/tenant/{tenant_url}",
-            post(create::create_from_template).layer(DefaultBodyLimit::max(body_limit)),
-        )
-        .route("/configapi/v2/jobs", get(jobs::list))
-        .route(
-            "/configapi/v2/jobs/{job_id}",
-            get(jobs::get).delete(jobs::cancel),
-        )
-        .route(
-            "/configapi/v2/tenant",
-            get(tenants::list).post(stream::import_tenant),
-        )
-        .route(
-            "/configapi/v2/tenant/{tenant_url}",
-            get(tenants::get)
-                .put(stream::create_from_stream)
-                .delete(tenants::delete),
-        )
-        .route(
-            "/configapi/v2/tenant/{tenant_url}/export",
-            get(export::export),
-        )
-        .route(
-            "/configapi/v2/tenant/{tenant_url}/activate",
-            post(tenants::activate),
-        )
-        .route(
-            "/configapi/v2/tenant/{tenant_url}/deactivate",
-            post(tenants::deactivate),
-        )
-        .route(
-            "/configapi/v2/accessnumbers",
-            get(access_numbers::list).post(access_numbers::create),
-        )
-        .route(
-            "/configapi/v2/accessnumbers/{number}",
-            delete(access_numbers::delete),
-        )
-        .route_layer(middleware::from_fn_with_state(state, auth::require_token));
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(crate::metrics::render))
-        .route("/openapi.json", get(crate::openapi::openapi_json))
-        .route("/configapi/v2/oauth/token", post(auth::token))
-        .merge(protected)
+    table(body_limit)
+        .into_iter()
+        .fold(Router::new(), |router, group| {
+            let (routes, _) = group.routes.split_for_parts();
+            let routes = match group.scope {
+                None => routes,
+                Some(scope) => routes.route_layer(middleware::from_fn_with_state(
+                    Gate {
+                        state: state.clone(),
+                        scope,
+                    },
+                    require_token,
+                )),
+            };
+            router.merge(routes)
+        })
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }

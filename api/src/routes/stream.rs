@@ -5,44 +5,24 @@ use std::collections::BTreeMap;
 
 use axum::{
     Extension,
-    extract::{Path, Query, Request, State},
+    extract::{Path, Request, State},
     http::HeaderMap,
     response::Response,
 };
 use provisioner_shared::{
     db,
-    domain::{
-        CreateTenantParams, DEFAULT_LOCK_TIMEOUT, ImportTenantParams, JobKind, MAX_LOCK_TIMEOUT,
-        TemplateSource, TenantUrl,
-    },
+    domain::{CreateTenantParams, ImportTenantParams, JobKind, JobView, TemplateSource, TenantUrl},
     template::{self, Limits},
 };
-use serde::Deserialize;
 
-use super::create::{Submission, mime, submit};
 use crate::{
     AppState,
     auth::Caller,
-    error::{ApiError, FieldError},
+    error::{ApiError, FieldError, all_valid},
+    extract::{JobLockTimeout, media_type},
+    submit::{Answer, Submission, submit},
     upload,
 };
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StreamQuery {
-    lock_timeout: Option<String>,
-}
-
-fn lock_timeout(q: &StreamQuery) -> Result<u32, FieldError> {
-    match q.lock_timeout.as_deref().map(str::parse::<u32>) {
-        None => Ok(DEFAULT_LOCK_TIMEOUT),
-        Some(Ok(n)) if n <= MAX_LOCK_TIMEOUT => Ok(n),
-        Some(_) => Err(FieldError::new(
-            "lockTimeout",
-            format!("must be an integer from 0 to {MAX_LOCK_TIMEOUT}"),
-        )),
-    }
-}
 
 /// Streams the request body to the upload of job `id`.
 async fn save_body(
@@ -61,7 +41,7 @@ async fn save_body(
 }
 
 fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
-    match mime(headers).as_str() {
+    match media_type(headers).as_str() {
         "application/zip" | "application/octet-stream" | "application/x-zip-compressed" => Ok(()),
         "" => Err(ApiError::UnsupportedMediaType(
             "Content-Type is missing; send application/zip".to_owned(),
@@ -75,42 +55,33 @@ fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
 /// `PUT /configapi/v2/tenant/{tenant_url}?lockTimeout=N`: the tenant name and SIP domain are
 /// generated, and the administrator comes from the template unchanged.
 #[utoipa::path(put, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants",
+    operation_id = "createTenantFromStream",
     params(("tenant_url" = String, Path, description = "Host name of the new tenant"),
         ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
     request_body(content = Vec<u8>, content_type = "application/zip", description = "The template ZIP"),
     responses(
-        (status = 202, description = "Accepted: the job, queued", body = provisioner_shared::domain::JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
-        (status = 200, description = "Under Prefer: wait, the job succeeded in time", body = provisioner_shared::domain::JobView),
-        (status = 400, description = "Invalid tenant URL or lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The tenant exists", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The template is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The client has too many queued or running jobs (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn create_from_stream(
+        (status = 202, description = "Accepted: the job, queued", body = JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
+        (status = 200, description = "Under Prefer: wait, the job succeeded in time", body = JobView),
+        (status = 400, description = "Invalid tenant URL or lockTimeout"),
+        (status = 409, description = "The tenant exists"),
+        (status = 413, description = "The template is too large"),
+        (status = 415, description = "Not a ZIP"),
+        (status = 429, description = "The client has too many queued or running jobs (Retry-After)")))]
+pub(super) async fn create_from_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(raw_url): Path<String>,
-    Query(q): Query<StreamQuery>,
+    lock_timeout: Result<JobLockTimeout, FieldError>,
+    answer: Answer,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let headers = request.headers().clone();
-    require_zip(&headers)?;
+    require_zip(request.headers())?;
     let url = TenantUrl::parse(&raw_url).map_err(|m| FieldError::new("tenant_url", m));
-    let (url, lock_timeout) = match (url, lock_timeout(&q)) {
-        (Ok(u), Ok(l)) => (u, l),
-        (u, l) => {
-            return Err(ApiError::Validation(
-                u.err().into_iter().chain(l.err()).collect(),
-            ));
-        }
-    };
+    let (url, lock_timeout) = all_valid(url, lock_timeout)?;
+    let lock_timeout = lock_timeout.0;
     // Refuse an existing tenant before reading a possibly large body, unless the request may be
     // the retry of one that made it (a replay answers the job, not 409).
-    let keyed = headers.contains_key("idempotency-key");
+    let keyed = answer.idempotency_key.0.is_some();
     if !keyed && db::tenants::exists(&state.pool, url.as_str()).await? {
         return Err(ApiError::Conflict(format!(
             "a tenant with URL {url} already exists"
@@ -138,33 +109,30 @@ pub async fn create_from_stream(
         refuse_existing_tenant: true,
         uploaded: true,
     };
-    submit(&state, &caller, &headers, sub).await
+    submit(&state, &caller, &answer, sub).await
 }
 
 /// `POST /configapi/v2/tenant?lockTimeout=N`: Import Tenant. Always a job: a bad archive or an
 /// existing tenant ends it with code 400 or 409.
 #[utoipa::path(post, path = "/configapi/v2/tenant", tag = "tenants",
+    operation_id = "importTenant",
     params(("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
     request_body(content = Vec<u8>, content_type = "application/zip", description = "An exported tenant"),
     responses(
-        (status = 202, description = "Accepted: the job, queued", body = provisioner_shared::domain::JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
-        (status = 400, description = "Invalid lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The archive is too large", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not a ZIP", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The client has too many queued or running jobs (Retry-After)", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn import_tenant(
+        (status = 202, description = "Accepted: the job, queued", body = JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
+        (status = 400, description = "Invalid lockTimeout"),
+        (status = 413, description = "The archive is too large"),
+        (status = 415, description = "Not a ZIP"),
+        (status = 429, description = "The client has too many queued or running jobs (Retry-After)")))]
+pub(super) async fn import_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<StreamQuery>,
+    lock_timeout: Result<JobLockTimeout, FieldError>,
+    answer: Answer,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let headers = request.headers().clone();
-    require_zip(&headers)?;
-    let lock_timeout = lock_timeout(&q).map_err(|e| ApiError::Validation(vec![e]))?;
+    require_zip(request.headers())?;
+    let lock_timeout = lock_timeout?.0;
     let id = uuid::Uuid::now_v7();
     let upload = save_body(&state, id, request).await?;
     // The job names its tenant when the archive says which; a bad archive fails in the worker.
@@ -193,5 +161,5 @@ pub async fn import_tenant(
         refuse_existing_tenant: false,
         uploaded: true,
     };
-    submit(&state, &caller, &headers, sub).await
+    submit(&state, &caller, &answer, sub).await
 }

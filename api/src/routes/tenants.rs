@@ -2,42 +2,31 @@
 //! the tenant's advisory lock, so it never interleaves with an import of that tenant, and is
 //! written to the tenant's audit history.
 
-use std::time::Duration;
-
-use axum::{
-    Extension, Json,
-    extract::{Path, Query, State},
+use axum::{Extension, Json, extract::State, http::Uri};
+use provisioner_shared::db::{
+    self,
+    tenants::{NumbersOnDelete, TenantRow},
 };
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use provisioner_shared::{
-    db::{
-        self,
-        locks::LockKey,
-        tenants::{NumbersOnDelete, TenantRow},
-    },
-    domain::{MAX_LOCK_TIMEOUT, TenantUrl},
-};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
-use sqlx::PgConnection;
 
-use super::jobs::{Page, page_limit};
 use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
+    extract::{Page, PageQuery, RouteLockTimeout, TenantPath, query_param},
+    tenant_lock::lock_tenant,
 };
 
-/// Lifecycle routes wait this long for the tenant's lock unless told otherwise.
-pub const DEFAULT_ROUTE_LOCK_TIMEOUT: u64 = 30;
-
+/// A tenant as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TenantBody {
+pub(super) struct TenantBody {
     id: uuid::Uuid,
     url: String,
     name: String,
     sip_domain: String,
+    /// `Active` or `Inactive`.
     status: String,
     created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -55,176 +44,111 @@ impl From<TenantRow> for TenantBody {
     }
 }
 
-/// A path's tenant URL; one that cannot be a host name names no tenant.
-pub fn tenant_url(raw: &str) -> Result<TenantUrl, ApiError> {
-    TenantUrl::parse(raw).map_err(|_| ApiError::NotFound(format!("no tenant {raw}")))
-}
-
-#[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants",
+#[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants", operation_id = "getTenant",
     params(("tenant_url" = String, Path)),
     responses(
         (status = 200, description = "The tenant", body = TenantBody),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
-pub async fn get(
+        (status = 404, description = "No such tenant")))]
+pub(super) async fn get_tenant(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    TenantPath(url): TenantPath,
 ) -> Result<Json<TenantBody>, ApiError> {
-    let url = tenant_url(&raw)?;
     let tenant = db::tenants::find_by_url(&state.pool, url.as_str())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))?;
     Ok(Json(tenant.into()))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
 /// Tenants ordered by URL.
-#[utoipa::path(get, path = "/configapi/v2/tenant", tag = "tenants",
+#[utoipa::path(get, path = "/configapi/v2/tenant", tag = "tenants", operation_id = "listTenants",
     params(("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
     responses(
         (status = 200, description = "Tenants by URL", body = Page<TenantBody>),
-        (status = 400, description = "Invalid limit or cursor", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:read"]), ("oauth2" = ["tenants:read"])))]
-pub async fn list(
+        (status = 400, description = "Invalid limit or cursor")))]
+pub(super) async fn list_tenants(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    uri: Uri,
 ) -> Result<Json<Page<TenantBody>>, ApiError> {
     let mut errors = Vec::new();
-    let limit = page_limit(q.limit.as_deref(), &mut errors);
-    let after = q.cursor.as_deref().and_then(|c| {
-        let decoded = URL_SAFE_NO_PAD
-            .decode(c)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok());
-        decoded.or_else(|| {
-            errors.push(FieldError::new("cursor", "is not a cursor this API issued"));
-            None
-        })
-    });
+    let page = PageQuery::read(&uri, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut rows = db::tenants::list(&state.pool, after.as_deref(), limit + 1).await?;
-    let next_cursor = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        URL_SAFE_NO_PAD.encode(&rows.last().expect("a full page has a last item").url)
-    });
-    Ok(Json(Page {
-        items: rows.into_iter().map(TenantBody::from).collect(),
-        next_cursor,
-    }))
+    let rows = db::tenants::list(&state.pool, page.after.as_deref(), page.fetch()).await?;
+    Ok(Json(page.page(rows, |t| t.url.clone(), TenantBody::from)))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LockQuery {
-    lock_timeout: Option<String>,
-    keep_access_numbers: Option<String>,
-}
-
-/// `?lockTimeout=N`: 0 to 3600 seconds, default 30.
-pub fn route_lock_timeout(q: &LockQuery) -> Result<Duration, ApiError> {
-    match q.lock_timeout.as_deref().map(str::parse::<u64>) {
-        None => Ok(Duration::from_secs(DEFAULT_ROUTE_LOCK_TIMEOUT)),
-        Some(Ok(n)) if n <= u64::from(MAX_LOCK_TIMEOUT) => Ok(Duration::from_secs(n)),
-        Some(_) => Err(ApiError::Validation(vec![FieldError::new(
-            "lockTimeout",
-            format!("must be an integer from 0 to {MAX_LOCK_TIMEOUT}"),
-        )])),
-    }
-}
-
-/// Takes the tenant's lock in `conn`'s transaction (503 when it is not free in time) and
-/// returns the tenant (404 when there is none).
-pub async fn lock_tenant(
-    conn: &mut PgConnection,
-    url: &TenantUrl,
-    wait: Duration,
-) -> Result<TenantRow, ApiError> {
-    if !db::locks::acquire(conn, &[LockKey::Tenant(url.as_str())], wait).await? {
-        return Err(ApiError::LockTimeout(format!(
-            "the tenant's lock was not free within {} s",
-            wait.as_secs()
-        )));
-    }
-    db::tenants::find_by_url(&mut *conn, url.as_str())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))
-}
-
-#[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/activate", tag = "tenants", description = "Inactive -> Active",
+#[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/activate", tag = "tenants",
+    operation_id = "activateTenant", description = "Inactive -> Active; an Active tenant is answered unchanged.",
     params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
     responses(
         (status = 200, description = "The tenant", body = TenantBody),
-        (status = 400, description = "Invalid lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn activate(
+        (status = 400, description = "Invalid lockTimeout"),
+        (status = 404, description = "No such tenant"),
+        (status = 503, description = "Lock timeout")))]
+pub(super) async fn activate_tenant(
     state: State<AppState>,
     caller: Extension<Caller>,
-    path: Path<String>,
-    q: Query<LockQuery>,
+    path: TenantPath,
+    wait: RouteLockTimeout,
 ) -> Result<Json<TenantBody>, ApiError> {
-    change_status(state, caller, path, q, "Inactive", "Active", "activate").await
+    change_status(state, caller, path, wait, Change::Activate).await
 }
 
-#[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/deactivate", tag = "tenants", description = "Active -> Inactive",
+#[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/deactivate", tag = "tenants",
+    operation_id = "deactivateTenant", description = "Active -> Inactive; an Inactive tenant is answered unchanged.",
     params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
     responses(
         (status = 200, description = "The tenant", body = TenantBody),
-        (status = 400, description = "Invalid lockTimeout", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn deactivate(
+        (status = 400, description = "Invalid lockTimeout"),
+        (status = 404, description = "No such tenant"),
+        (status = 503, description = "Lock timeout")))]
+pub(super) async fn deactivate_tenant(
     state: State<AppState>,
     caller: Extension<Caller>,
-    path: Path<String>,
-    q: Query<LockQuery>,
+    path: TenantPath,
+    wait: RouteLockTimeout,
 ) -> Result<Json<TenantBody>, ApiError> {
-    change_status(state, caller, path, q, "Active", "Inactive", "deactivate").await
+    change_status(state, caller, path, wait, Change::Deactivate).await
+}
+
+/// A lifecycle change of status.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Activate,
+    Deactivate,
+}
+
+impl Change {
+    /// From, to, and the audit action.
+    fn parts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Activate => ("Inactive", "Active", "activate"),
+            Self::Deactivate => ("Active", "Inactive", "deactivate"),
+        }
+    }
 }
 
 /// from -> to; a tenant already in `to` answers 200 unchanged.
 async fn change_status(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
-    Query(q): Query<LockQuery>,
-    from: &str,
-    to: &str,
-    action: &str,
+    TenantPath(url): TenantPath,
+    wait: RouteLockTimeout,
+    change: Change,
 ) -> Result<Json<TenantBody>, ApiError> {
-    let url = tenant_url(&raw)?;
-    let wait = route_lock_timeout(&q)?;
+    let (from, to, action) = change.parts();
     let mut tx = state.pool.begin().await?;
-    let mut tenant = lock_tenant(&mut tx, &url, wait).await?;
+    let mut tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
     if db::tenants::set_status(&mut tx, tenant.id, from, to).await? {
         let details = json!({"from": from, "to": to});
+        let target = format!("tenant:{url}");
         db::tenants::audit_event(
             &mut tx,
             tenant.id,
-            &actor(&caller),
+            &caller.actor(),
             action,
-            &format!("tenant:{url}"),
+            &target,
             details,
         )
         .await?;
@@ -235,36 +159,28 @@ async fn change_status(
 }
 
 /// Delete Tenant: only an Inactive one; its numbers go too unless `keepAccessNumbers=true`.
-#[utoipa::path(delete, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants",
+#[utoipa::path(delete, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants", operation_id = "deleteTenant",
     params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)"), ("keepAccessNumbers" = Option<bool>, Query, description = "Keep the numbers, unassigned")),
     responses(
         (status = 200, description = "The deleted tenant", body = TenantBody),
-        (status = 400, description = "The tenant is active", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, unknown or expired token", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The client lacks the scope", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such tenant", body = crate::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Lock timeout", body = crate::openapi::Problem, content_type = "application/problem+json")
-    ),
-    security(("bearer" = ["tenants:write"]), ("oauth2" = ["tenants:write"])))]
-pub async fn delete(
+        (status = 400, description = "The tenant is active, or an invalid parameter"),
+        (status = 404, description = "No such tenant"),
+        (status = 503, description = "Lock timeout")))]
+pub(super) async fn delete_tenant(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<LockQuery>,
+    TenantPath(url): TenantPath,
+    wait: RouteLockTimeout,
+    uri: Uri,
 ) -> Result<Json<TenantBody>, ApiError> {
-    let url = tenant_url(&raw)?;
-    let wait = route_lock_timeout(&q)?;
-    let numbers = match q.keep_access_numbers.as_deref() {
+    let numbers = match query_param(&uri, "keepAccessNumbers").as_deref() {
         None | Some("false") => NumbersOnDelete::Delete,
         Some("true") => NumbersOnDelete::KeepUnassigned,
         Some(_) => {
-            return Err(ApiError::Validation(vec![FieldError::new(
-                "keepAccessNumbers",
-                "must be true or false",
-            )]));
+            return Err(FieldError::new("keepAccessNumbers", "must be true or false").into());
         }
     };
     let mut tx = state.pool.begin().await?;
-    let tenant = lock_tenant(&mut tx, &url, wait).await?;
+    let tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
     if tenant.status != "Inactive" {
         return Err(ApiError::BadRequest(format!(
             "tenant {url} is {}; deactivate it first",
@@ -275,9 +191,4 @@ pub async fn delete(
     tx.commit().await?;
     tracing::info!(tenant.url = %url, ?numbers, "tenant deleted");
     Ok(Json(tenant.into()))
-}
-
-/// Who made a change, as the audit history records it.
-pub fn actor(caller: &Caller) -> String {
-    format!("client:{}", caller.client_id)
 }

@@ -109,6 +109,11 @@ pub async fn schema_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// Does the database answer? (Readiness probes.)
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
+
 /// Is the error a violation of the named constraint or unique index?
 pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.constraint() == Some(constraint))

@@ -1,0 +1,102 @@
+//! Request headers several routes read: `Idempotency-Key`, `Prefer: wait` and the media type.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::FromRequestParts,
+    http::{HeaderMap, header, request::Parts},
+};
+
+use crate::error::{ApiError, FieldError};
+
+/// Longest `Prefer: wait`, seconds.
+pub(crate) const MAX_PREFER_WAIT: u64 = 300;
+
+/// `Idempotency-Key`: 1 to 255 visible ASCII characters; anything else is a validation error.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdempotencyKey(pub(crate) Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(v) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        match v.to_str() {
+            Ok(k)
+                if (1..=255).contains(&k.len())
+                    && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
+            {
+                Ok(Self(Some(k.to_owned())))
+            }
+            _ => Err(FieldError::new(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+            .into()),
+        }
+    }
+}
+
+/// `Prefer: wait=N` (RFC 7240) in seconds, clamped to the maximum however many digits it has;
+/// other preferences are ignored.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PreferWait(pub(crate) Option<u64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PreferWait {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let wait = parts
+            .headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|pref| {
+                let (name, value) = pref.split_once('=')?;
+                name.trim().eq_ignore_ascii_case("wait").then_some(())?;
+                clamped_seconds(value.trim().trim_matches('"'), MAX_PREFER_WAIT)
+            })
+            .next();
+        Ok(Self(wait))
+    }
+}
+
+/// A non-negative integer of seconds, at most `max` (any larger number, however many digits,
+/// is `max`); `None` when `raw` is not such a number.
+pub(crate) fn clamped_seconds(raw: &str, max: u64) -> Option<u64> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(raw.parse::<u64>().map_or(max, |n| n.min(max)))
+}
+
+/// The request's media type, lower-case, without parameters.
+pub(crate) fn media_type(headers: &HeaderMap) -> String {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    ct.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clamped_seconds;
+
+    #[test]
+    fn waits_are_clamped_whatever_their_length() {
+        assert_eq!(clamped_seconds("5", 60), Some(5));
+        assert_eq!(clamped_seconds("61", 60), Some(60));
+        assert_eq!(clamped_seconds(&"9".repeat(40), 60), Some(60));
+        assert_eq!(clamped_seconds("-1", 60), None);
+        assert_eq!(clamped_seconds("", 60), None);
+        assert_eq!(clamped_seconds("1.5", 60), None);
+    }
+}

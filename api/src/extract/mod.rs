@@ -1,0 +1,17 @@
+//! Typed extractors for what several routes read the same way: a tenant named in the path, the
+//! lock timeout, `Idempotency-Key`, `Prefer: wait`, JSON object bodies, and pages of a listing.
+//! Each parses in one place and rejects with an `ApiError` (problem+json).
+
+mod headers;
+mod json;
+mod lock_timeout;
+mod page;
+mod query;
+mod tenant;
+
+pub(crate) use headers::{IdempotencyKey, PreferWait, clamped_seconds, media_type};
+pub(crate) use json::JsonObject;
+pub(crate) use lock_timeout::{JobLockTimeout, RouteLockTimeout, lock_timeout_from};
+pub(crate) use page::{Page, PageQuery, not_a_cursor};
+pub(crate) use query::query_param;
+pub(crate) use tenant::TenantPath;

@@ -1,0 +1,83 @@
+//! Pages of a listing: `limit` and `cursor` in, `{"items", "nextCursor"}` out. A cursor is the
+//! last item's sort key as text, base64url-encoded so clients treat it as opaque.
+
+use axum::http::Uri;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::query_param;
+use crate::error::FieldError;
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+/// One page of a listing.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Page<T> {
+    pub(crate) items: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// `?limit=` (1 to 500, default 50, larger values clamped) and `?cursor=` (decoded to the sort
+/// key it carries).
+#[derive(Debug, Clone)]
+pub(crate) struct PageQuery {
+    pub(crate) limit: i64,
+    pub(crate) after: Option<String>,
+}
+
+impl PageQuery {
+    /// Reads both parameters; each bad one adds its field error.
+    pub(crate) fn read(uri: &Uri, errors: &mut Vec<FieldError>) -> Self {
+        let limit = match query_param(uri, "limit").map(|l| l.parse::<i64>()) {
+            None => DEFAULT_LIMIT,
+            Some(Ok(n)) if n >= 1 => n.min(MAX_LIMIT),
+            Some(_) => {
+                errors.push(FieldError::new("limit", "must be an integer from 1 to 500"));
+                DEFAULT_LIMIT
+            }
+        };
+        let after = query_param(uri, "cursor").and_then(|c| {
+            let text = URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            if text.is_none() {
+                errors.push(not_a_cursor());
+            }
+            text
+        });
+        Self { limit, after }
+    }
+
+    /// How many rows to fetch: one more than a page, to learn whether another page follows.
+    pub(crate) fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// The page of `rows` (fetched with `fetch()`), its cursor made from the last item's key.
+    pub(crate) fn page<R, T>(
+        &self,
+        mut rows: Vec<R>,
+        key: impl Fn(&R) -> String,
+        item: impl FnMut(R) -> T,
+    ) -> Page<T> {
+        let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
+        let next_cursor = (rows.len() > limit).then(|| {
+            rows.truncate(limit);
+            URL_SAFE_NO_PAD.encode(key(rows.last().expect("a full page has a last item")))
+        });
+        Page {
+            items: rows.into_iter().map(item).collect(),
+            next_cursor,
+        }
+    }
+}
+
+/// The error for a cursor this API did not issue.
+pub(crate) fn not_a_cursor() -> FieldError {
+    FieldError::new("cursor", "is not a cursor this API issued")
+}

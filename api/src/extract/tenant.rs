@@ -1,0 +1,26 @@
+//! `{tenant_url}` of a route that names an existing tenant.
+
+use axum::{
+    extract::{FromRequestParts, Path},
+    http::request::Parts,
+};
+use provisioner_shared::domain::TenantUrl;
+
+use crate::error::ApiError;
+
+/// The path's tenant URL, normalised. One that cannot be a host name names no tenant: `404`.
+#[derive(Debug, Clone)]
+pub(crate) struct TenantPath(pub(crate) TenantUrl);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        TenantUrl::parse(&raw)
+            .map(Self)
+            .map_err(|_| ApiError::NotFound(format!("no tenant {raw}")))
+    }
+}

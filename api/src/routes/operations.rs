@@ -1,0 +1,32 @@
+//! Operators' routes: Prometheus figures and this API's OpenAPI document.
+
+use axum::{
+    Json,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
+use provisioner_shared::db;
+
+use crate::{AppState, error::ApiError, metrics, openapi};
+
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let stats = db::jobs::stats(&state.pool).await?;
+    let mut conn = state.pool.acquire().await?;
+    let lag = db::outbox::lag_seconds(&mut conn).await?;
+    metrics::record_job_stats(&stats, lag);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::handle().render(),
+    )
+        .into_response())
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
+pub(super) async fn openapi_json() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi::document())
+}

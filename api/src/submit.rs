@@ -1,0 +1,241 @@
+//! The job submission every create and import shares: idempotency replays, the immediate 409s,
+//! the per-client cap, the job and its outbox message in one transaction, and the answer (`202`,
+//! or the job's final code under `Prefer: wait`).
+
+use axum::{
+    Json,
+    extract::FromRequestParts,
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use provisioner_shared::{
+    db::{
+        self,
+        jobs::{InsertError, JobRow, NewJob},
+    },
+    domain::JobKind,
+    uploads,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::Caller,
+    error::ApiError,
+    extract::{IdempotencyKey, PreferWait},
+    validate::CreateRequest,
+    wait,
+};
+
+/// A job about to be recorded.
+pub(crate) struct Submission {
+    pub(crate) id: Uuid,
+    pub(crate) kind: JobKind,
+    pub(crate) tenant_url: String,
+    pub(crate) params: Value,
+    pub(crate) password: Option<SecretString>,
+    /// Keyed digest of the whole request: a replay with another body is `422`.
+    pub(crate) digest: String,
+    /// Answer 409 at once when the tenant exists (creates; imports learn it from their job).
+    pub(crate) refuse_existing_tenant: bool,
+    /// The request uploaded its template: remove it unless the job is made.
+    pub(crate) uploaded: bool,
+}
+
+impl Submission {
+    /// A create from a validated request.
+    pub(crate) fn create(id: Uuid, request: CreateRequest, digest: String, uploaded: bool) -> Self {
+        Self {
+            id,
+            kind: JobKind::CreateTenant,
+            tenant_url: request.tenant_url.to_string(),
+            params: serde_json::to_value(&request.params).expect("params serialize"),
+            password: Some(request.password),
+            digest,
+            refuse_existing_tenant: true,
+            uploaded,
+        }
+    }
+}
+
+/// How the caller asked to be answered: its `Idempotency-Key` and `Prefer: wait`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Answer {
+    pub(crate) idempotency_key: IdempotencyKey,
+    pub(crate) prefer_wait: PreferWait,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Answer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let idempotency_key = IdempotencyKey::from_request_parts(parts, state).await?;
+        let Ok(prefer_wait) = PreferWait::from_request_parts(parts, state).await;
+        Ok(Self {
+            idempotency_key,
+            prefer_wait,
+        })
+    }
+}
+
+/// Records the job (or replays the one its idempotency key names) and answers.
+pub(crate) async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    answer: &Answer,
+    sub: Submission,
+) -> Result<Response, ApiError> {
+    let key = answer.idempotency_key.0.as_deref();
+    let outcome = record(state, caller, key, &sub).await;
+    if sub.uploaded && !matches!(outcome, Ok(Recorded::New(_))) {
+        uploads::remove(&state.settings.upload_dir, sub.id).await;
+    }
+    let job = match outcome? {
+        Recorded::New(job) => {
+            tracing::info!(job.id = %job.id, job.kind = %job.kind, tenant.url = %job.tenant_url, "job accepted");
+            job
+        }
+        Recorded::Replay(job) if job.request_digest.as_deref() == Some(sub.digest.as_str()) => job,
+        Recorded::Replay(_) => {
+            return Err(ApiError::Unprocessable(
+                "this Idempotency-Key was used with a different request".to_owned(),
+            ));
+        }
+    };
+    respond(state, job, answer.prefer_wait).await
+}
+
+enum Recorded {
+    New(JobRow),
+    Replay(JobRow),
+}
+
+async fn record(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<&str>,
+    sub: &Submission,
+) -> Result<Recorded, ApiError> {
+    if let Some(job) = replayed(state, caller, key).await? {
+        return Ok(Recorded::Replay(job));
+    }
+    if sub.refuse_existing_tenant && db::tenants::exists(&state.pool, &sub.tenant_url).await? {
+        return Err(ApiError::Conflict(format!(
+            "a tenant with URL {} already exists",
+            sub.tenant_url
+        )));
+    }
+    let cap = state.settings.client_max_active_jobs;
+    if db::jobs::active_count(&state.pool, &caller.client_id).await? >= i64::from(cap) {
+        return Err(ApiError::TooManyRequests {
+            detail: format!("this client has {cap} queued or running jobs, its limit; retry later"),
+            retry_after: 5,
+        });
+    }
+    let sealed = sub.password.as_ref().map(|p| {
+        state
+            .sealer
+            .seal(p.expose_secret().as_bytes(), sub.id.as_bytes())
+    });
+    let mut tx = state.pool.begin().await?;
+    let new_job = NewJob {
+        id: sub.id,
+        kind: sub.kind.as_str(),
+        tenant_url: &sub.tenant_url,
+        client_id: &caller.client_id,
+        params: sub.params.clone(),
+        sealed_password: sealed,
+        idempotency_key: key,
+        request_digest: Some(&sub.digest),
+    };
+    match db::jobs::insert(&mut tx, new_job).await {
+        Ok(job) => {
+            tx.commit().await?;
+            Ok(Recorded::New(job))
+        }
+        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) => {
+            drop(tx);
+            // A concurrent request with the same key may have won the race: its job is
+            // committed by now (the unique check waited for it).
+            match replayed(state, caller, key).await? {
+                Some(job) => Ok(Recorded::Replay(job)),
+                None => Err(ApiError::Conflict(format!(
+                    "a queued or running job exists for tenant {}",
+                    sub.tenant_url
+                ))),
+            }
+        }
+        Err(InsertError::Database(e)) => Err(e.into()),
+    }
+}
+
+/// The caller's job recorded under this idempotency key, if any.
+async fn replayed(
+    state: &AppState,
+    caller: &Caller,
+    key: Option<&str>,
+) -> Result<Option<JobRow>, ApiError> {
+    match key {
+        Some(key) => {
+            Ok(db::jobs::find_by_idempotency_key(&state.pool, &caller.client_id, key).await?)
+        }
+        None => Ok(None),
+    }
+}
+
+/// 202 with the job, or, under `Prefer: wait=N`, the job's final code if it ends within N s.
+async fn respond(
+    state: &AppState,
+    job: JobRow,
+    prefer_wait: PreferWait,
+) -> Result<Response, ApiError> {
+    let Some(secs) = prefer_wait.0 else {
+        return Ok(accepted(&job));
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let job = wait::until(state, job.id, &job.client_id, deadline, |j| {
+        j.status().is_terminal()
+    })
+    .await?
+    .unwrap_or(job);
+    if !job.status().is_terminal() {
+        return Ok(accepted(&job));
+    }
+    let applied = format!("wait={secs}");
+    let view = job.view();
+    match (job.code, view.error.clone()) {
+        (Some(200), _) => {
+            let mut response = (StatusCode::OK, Json(view)).into_response();
+            response.headers_mut().insert(
+                "preference-applied",
+                HeaderValue::from_str(&applied).expect("ascii"),
+            );
+            Ok(response)
+        }
+        (code, error) => {
+            let (title, detail) = error
+                .map(|e| (e.title, e.detail))
+                .unwrap_or_else(|| ("Cancelled".to_owned(), "the job was cancelled".to_owned()));
+            Err(ApiError::JobFailed {
+                code: code.map_or(409, |c| c as u16),
+                title,
+                detail,
+                job: Box::new(view),
+                applied,
+            })
+        }
+    }
+}
+
+fn accepted(job: &JobRow) -> Response {
+    let location = format!("/configapi/v2/jobs/{}", job.id);
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job.view()),
+    )
+        .into_response()
+}
