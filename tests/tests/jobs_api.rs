@@ -376,3 +376,61 @@ async fn a_client_past_its_active_job_cap_gets_429_with_retry_after() {
     assert_eq!(r.status(), 202, "an ended job frees its place");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn long_polling_without_a_status_waits_until_the_job_is_terminal() {
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let poll = {
+        let (http, url) = (
+            app.http.clone(),
+            app.url(&format!("/configapi/v2/jobs/{id}?wait=60")),
+        );
+        tokio::spawn(async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    // The job passes through `running` on its way: neither that nor `queued` may answer.
+    app.start_worker();
+    let (status, job) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["code"], 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wait_of_any_length_is_clamped_not_refused() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let r = app
+        .http
+        .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A terminal job answers at once, whatever the wait.
+    for wait in ["61", "18446744073709551616", &"9".repeat(40)] {
+        let (status, job) = app
+            .get_json(&format!("/configapi/v2/jobs/{id}?wait={wait}"))
+            .await;
+        assert_eq!(status, 200, "wait={wait}: {job}");
+        assert_eq!(job["status"], "cancelled");
+    }
+    for wait in ["-1", "soon", "1.5"] {
+        let (status, problem) = app
+            .get_json(&format!("/configapi/v2/jobs/{id}?wait={wait}"))
+            .await;
+        assert_eq!(status, 400, "wait={wait}");
+        assert_eq!(problem["errors"][0]["field"], "wait");
+    }
+    app.stop().await;
+}
