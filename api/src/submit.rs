@@ -13,7 +13,7 @@ use provisioner_shared::{
         self,
         jobs::{InsertError, JobRow, NewJob},
     },
-    domain::JobKind,
+    domain::{JobKind, JobView},
     uploads,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -59,6 +59,24 @@ impl Submission {
             uploaded,
         }
     }
+}
+
+/// The answers every submission may give, for the routes' documentation (with their own 4xx).
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "documents the answers that `submit` builds")]
+pub(crate) enum Submitted {
+    /// Accepted: the job, queued.
+    #[response(status = 202, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}")))]
+    Accepted(JobView),
+    /// Under `Prefer: wait`, the job succeeded in time (a failure answers its code).
+    #[response(status = 200)]
+    Succeeded(JobView),
+    /// `Idempotency-Key` reused with another request.
+    #[response(status = 422)]
+    KeyReused,
+    /// The client has too many queued or running jobs (`Retry-After`).
+    #[response(status = 429)]
+    TooManyJobs,
 }
 
 /// How the caller asked to be answered: its `Idempotency-Key` and `Prefer: wait`.

@@ -7,7 +7,7 @@ use axum::{
     extract::{FromRequest, Multipart, Path, Request, State, multipart::Field},
     response::Response,
 };
-use provisioner_shared::{domain::JobView, uploads};
+use provisioner_shared::uploads;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -18,7 +18,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{JsonObject, media_type},
-    submit::{Answer, Submission, submit},
+    submit::{Answer, Submission, Submitted, submit},
     upload::{self, Upload},
     validate::{self, TemplateInput},
 };
@@ -79,14 +79,11 @@ const FORM_TEXT_LIMIT: usize = 64 << 10;
         ("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same job")),
     request_body(content((CreateTenantRequest = "application/json"), (CreateTenantForm = "multipart/form-data"))),
     responses(
-        (status = 202, description = "Accepted: the job, queued", body = JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
-        (status = 200, description = "Under Prefer: wait, the job succeeded in time", body = JobView),
+        Submitted,
         (status = 400, description = "Invalid fields (all named), or under Prefer: wait a bad template"),
         (status = 409, description = "The tenant, or an active job for it, exists"),
         (status = 413, description = "The template is too large"),
         (status = 415, description = "Not JSON or form data"),
-        (status = 422, description = "Idempotency-Key reused with another body"),
-        (status = 429, description = "The client has too many queued or running jobs (Retry-After)"),
         (status = 500, description = "Under Prefer: wait, the job failed after retries"),
         (status = 503, description = "Under Prefer: wait, lock timeout")))]
 pub(super) async fn create_from_template(

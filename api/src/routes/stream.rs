@@ -11,7 +11,7 @@ use axum::{
 };
 use provisioner_shared::{
     db,
-    domain::{CreateTenantParams, ImportTenantParams, JobKind, JobView, TemplateSource, TenantUrl},
+    domain::{CreateTenantParams, ImportTenantParams, JobKind, TemplateSource, TenantUrl},
     template::{self, Limits},
 };
 
@@ -20,7 +20,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError, all_valid},
     extract::{JobLockTimeout, media_type},
-    submit::{Answer, Submission, submit},
+    submit::{Answer, Submission, Submitted, submit},
     upload,
 };
 
@@ -60,13 +60,11 @@ fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
         ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
     request_body(content = Vec<u8>, content_type = "application/zip", description = "The template ZIP"),
     responses(
-        (status = 202, description = "Accepted: the job, queued", body = JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
-        (status = 200, description = "Under Prefer: wait, the job succeeded in time", body = JobView),
+        Submitted,
         (status = 400, description = "Invalid tenant URL or lockTimeout"),
         (status = 409, description = "The tenant exists"),
         (status = 413, description = "The template is too large"),
-        (status = 415, description = "Not a ZIP"),
-        (status = 429, description = "The client has too many queued or running jobs (Retry-After)")))]
+        (status = 415, description = "Not a ZIP")))]
 pub(super) async fn create_from_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -119,11 +117,10 @@ pub(super) async fn create_from_stream(
     params(("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
     request_body(content = Vec<u8>, content_type = "application/zip", description = "An exported tenant"),
     responses(
-        (status = 202, description = "Accepted: the job, queued", body = JobView, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}"))),
+        Submitted,
         (status = 400, description = "Invalid lockTimeout"),
         (status = 413, description = "The archive is too large"),
-        (status = 415, description = "Not a ZIP"),
-        (status = 429, description = "The client has too many queued or running jobs (Retry-After)")))]
+        (status = 415, description = "Not a ZIP")))]
 pub(super) async fn import_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
