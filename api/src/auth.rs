@@ -22,6 +22,7 @@ use provisioner_shared::{
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{AppState, error::ApiError};
 
@@ -72,19 +73,24 @@ impl Caller {
 }
 
 /// The client `id` if it exists, is not revoked and `secret` is its secret. Unknown clients are
-/// verified against a dummy hash, so timing does not tell them apart.
+/// verified against a dummy hash, so timing does not tell them apart. `slot` (from the
+/// `TokenGuard`) is held until the hashing ends, even if the request is abandoned.
 pub(crate) async fn authenticate_client(
     pool: &PgPool,
     id: &str,
     secret: String,
+    slot: OwnedSemaphorePermit,
 ) -> Result<Option<ClientRow>, sqlx::Error> {
     let client = db::clients::find_active(pool, id).await?;
     let phc = client
         .as_ref()
         .map_or_else(|| DUMMY_HASH.to_owned(), |c| c.secret_hash.clone());
-    let verified = tokio::task::spawn_blocking(move || passwords::verify(secret.as_bytes(), &phc))
-        .await
-        .unwrap_or(false);
+    let verified = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        passwords::verify(secret.as_bytes(), &phc)
+    })
+    .await
+    .unwrap_or(false);
     Ok(client.filter(|_| verified))
 }
 

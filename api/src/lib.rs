@@ -10,6 +10,7 @@ mod openapi;
 mod routes;
 mod submit;
 mod tenant_lock;
+mod token_guard;
 mod upload;
 mod validate;
 mod wait;
@@ -35,6 +36,7 @@ pub(crate) struct AppState {
     sealer: Sealer,
     settings: Arc<Settings>,
     notifications: Notifications,
+    token_guard: Arc<token_guard::TokenGuard>,
 }
 
 /// The whole HTTP surface, apart from binding.
@@ -86,13 +88,15 @@ pub async fn run(
         sealer,
         settings: Arc::new(settings.clone()),
         notifications,
+        token_guard: Arc::new(token_guard::TokenGuard::new()),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "provisioner API listening");
     on_bound(addr);
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     // Let the relay publish what the last requests committed; whatever remains is published by

@@ -372,3 +372,76 @@ async fn tokens_a_day_past_their_expiry_are_purged_when_a_token_is_issued() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused() {
+    let app = TestApp::without_workers().await;
+    let url = app.url("/configapi/v2/oauth/token");
+    let http = reqwest::Client::new();
+    let flood = (0..64).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", &format!("nobody-{i}")),
+                    ("client_secret", "wrong"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let retry_after = r.headers().get("retry-after").cloned();
+            (r.status().as_u16(), retry_after)
+        }
+    });
+    let answers = futures_util::future::join_all(flood).await;
+    let busy: Vec<_> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        !busy.is_empty(),
+        "past the verification slots and their queue, requests are refused at once: {answers:?}"
+    );
+    assert!(busy.iter().all(|(_, retry)| retry.is_some()));
+    assert!(
+        answers.iter().all(|(s, _)| [401, 503, 429].contains(s)),
+        "{answers:?}"
+    );
+
+    // Failures from one peer are counted: after 20 in a minute it is refused without hashing.
+    let mut failed = answers.iter().filter(|(s, _)| *s == 401).count();
+    while failed < 20 {
+        let r = http
+            .post(&url)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "nobody"),
+                ("client_secret", "wrong"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "failure {} of 20", failed + 1);
+        failed += 1;
+    }
+    // Even good credentials wait now.
+    let r = http
+        .post(&url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", BOOTSTRAP_ID),
+            ("client_secret", BOOTSTRAP_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    app.stop().await;
+}

@@ -1,10 +1,12 @@
 //! The OAuth 2.0 token endpoint (client credentials, RFC 6749 section 4.4). Its errors are RFC
 //! 6749 section 5.2 bodies, not problem+json.
 
+use std::net::SocketAddr;
+
 use axum::{
     Json,
     body::Bytes,
-    extract::State,
+    extract::{ConnectInfo, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -16,6 +18,7 @@ use crate::{
     auth::{authenticate_client, basic_credentials, issue_token},
     error::ApiError,
     extract::media_type,
+    token_guard::Refusal,
 };
 
 /// `POST /configapi/v2/oauth/token` (form-encoded).
@@ -68,6 +71,27 @@ impl OAuthError {
         response
     }
 
+    /// The guard's refusal, with `Retry-After`.
+    fn refused(refusal: Refusal) -> Response {
+        let (status, description, retry_after) = match refusal {
+            Refusal::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many token requests at once; retry shortly",
+                1,
+            ),
+            Refusal::TooManyFailures { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed attempts for this client or from this address; retry later",
+                retry_after,
+            ),
+        };
+        let mut response = Self::respond(status, "temporarily_unavailable", description);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+        response
+    }
+
     fn invalid_client() -> Response {
         Self::respond(
             StatusCode::UNAUTHORIZED,
@@ -84,9 +108,12 @@ impl OAuthError {
     responses(
         (status = 200, description = "A bearer token", body = TokenResponse),
         (status = 400, description = "invalid_request, unsupported_grant_type or invalid_scope", body = OAuthError),
-        (status = 401, description = "invalid_client", body = OAuthError)))]
+        (status = 401, description = "invalid_client", body = OAuthError),
+        (status = 429, description = "Too many failed attempts for this client or from this address (Retry-After)", body = OAuthError),
+        (status = 503, description = "Too many token requests at once (Retry-After)", body = OAuthError)))]
 pub(super) async fn issue_token_route(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -105,9 +132,17 @@ pub(super) async fn issue_token_route(
         (None, None, Some(basic)) => basic,
         _ => return OAuthError::invalid_client(),
     };
-    let client = match authenticate_client(&state.pool, &id, secret).await {
+    let guard = &state.token_guard;
+    let slot = match guard.admit(&id, Some(peer.ip())).await {
+        Ok(slot) => slot,
+        Err(refusal) => return OAuthError::refused(refusal),
+    };
+    let client = match authenticate_client(&state.pool, &id, secret, slot).await {
         Ok(Some(client)) => client,
-        Ok(None) => return OAuthError::invalid_client(),
+        Ok(None) => {
+            guard.failed(&id, Some(peer.ip()));
+            return OAuthError::invalid_client();
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
     let scopes: Vec<String> = match form.scope.as_deref() {

@@ -1,0 +1,191 @@
+//! Bounds the token endpoint's work. Verifying a client secret is an Argon2id hash (19 MiB, tens
+//! of milliseconds of a core), so an unbounded flood of bad requests could exhaust memory: at most
+//! one verification per core runs at once, a few more wait briefly, and the rest are answered
+//! `503` at once. Clients and peers that keep failing are refused (`429`) for a while without
+//! any hashing.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Failed attempts one client id, or one peer, may make in a window before being refused.
+const MAX_FAILURES: u32 = 20;
+/// The window of `MAX_FAILURES`.
+const WINDOW: Duration = Duration::from_secs(60);
+/// How long a request may wait for a verification slot.
+const QUEUE_WAIT: Duration = Duration::from_millis(500);
+/// Most failure records kept (ids and peers together); past it the oldest windows are dropped.
+const MAX_TRACKED: usize = 10_000;
+
+/// Why a token request was not let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Every verification slot and queue place is taken: `503`.
+    Busy,
+    /// The client id or the peer failed too often lately: `429` for `retry_after` seconds.
+    TooManyFailures { retry_after: u64 },
+}
+
+/// Shared by every request of the process.
+#[derive(Debug)]
+pub(crate) struct TokenGuard {
+    slots: Arc<Semaphore>,
+    queue: Arc<Semaphore>,
+    failures: Mutex<HashMap<Key, Window>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Client(String),
+    Peer(IpAddr),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    failures: u32,
+}
+
+impl TokenGuard {
+    /// One verification slot per core; as many queue places as four times that.
+    pub(crate) fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::with_slots(cores)
+    }
+
+    fn with_slots(slots: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+            queue: Arc::new(Semaphore::new(slots * 4)),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A verification slot for `client_id` from `peer`, or why not.
+    pub(crate) async fn admit(
+        &self,
+        client_id: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<OwnedSemaphorePermit, Refusal> {
+        let keys = keys(client_id, peer);
+        if let Some(retry_after) = self.refused_for(&keys) {
+            return Err(Refusal::TooManyFailures { retry_after });
+        }
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let _place = self
+            .queue
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Busy)?;
+        tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| Refusal::Busy)?
+            .map_err(|_| Refusal::Busy)
+    }
+
+    /// Records a failed verification of `client_id` from `peer`.
+    pub(crate) fn failed(&self, client_id: &str, peer: Option<IpAddr>) {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().expect("failure map");
+        if failures.len() >= MAX_TRACKED {
+            failures.retain(|_, w| now.duration_since(w.started) < WINDOW);
+        }
+        for key in keys(client_id, peer) {
+            if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
+                break;
+            }
+            let window = failures.entry(key).or_insert(Window {
+                started: now,
+                failures: 0,
+            });
+            if now.duration_since(window.started) >= WINDOW {
+                *window = Window {
+                    started: now,
+                    failures: 0,
+                };
+            }
+            window.failures += 1;
+        }
+    }
+
+    /// Seconds until the first of `keys` that failed too often may try again.
+    fn refused_for(&self, keys: &[Key]) -> Option<u64> {
+        let now = Instant::now();
+        let failures = self.failures.lock().expect("failure map");
+        keys.iter()
+            .filter_map(|k| failures.get(k))
+            .filter(|w| w.failures >= MAX_FAILURES)
+            .filter_map(|w| WINDOW.checked_sub(now.duration_since(w.started)))
+            .map(|left| left.as_secs().max(1))
+            .max()
+    }
+}
+
+fn keys(client_id: &str, peer: Option<IpAddr>) -> Vec<Key> {
+    let mut keys = vec![Key::Client(client_id.to_owned())];
+    keys.extend(peer.map(Key::Peer));
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overflow_is_refused_at_once_and_slots_come_back() {
+        let guard = TokenGuard::with_slots(1);
+        let held = guard.admit("a", None).await.unwrap();
+        // Four queue places wait (and run out); a fifth request is refused without waiting.
+        let waiting: Vec<_> = (0..4).map(|_| guard.admit("a", None)).collect();
+        let started = Instant::now();
+        assert_eq!(guard.queue.available_permits(), 4);
+        let (queued, overflow) = tokio::join!(futures_util::future::join_all(waiting), async {
+            tokio::task::yield_now().await;
+            guard.admit("a", None).await
+        });
+        assert_eq!(overflow.unwrap_err(), Refusal::Busy);
+        assert!(
+            queued
+                .iter()
+                .all(|r| r.as_ref().unwrap_err() == &Refusal::Busy)
+        );
+        assert!(started.elapsed() < QUEUE_WAIT * 4);
+        drop(held);
+        assert!(guard.admit("a", None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_lock_out_the_client_and_the_peer_only() {
+        let guard = TokenGuard::with_slots(2);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            assert!(guard.admit("victim", Some(peer)).await.is_ok());
+            guard.failed("victim", Some(peer));
+        }
+        let refusal = guard.admit("victim", None).await.unwrap_err();
+        assert!(
+            matches!(refusal, Refusal::TooManyFailures { retry_after } if (1..=60).contains(&retry_after))
+        );
+        assert!(
+            guard.admit("other", Some(peer)).await.is_err(),
+            "the peer is refused"
+        );
+        assert!(guard.admit("other", None).await.is_ok(), "others are not");
+    }
+
+    #[test]
+    fn the_failure_map_stays_bounded() {
+        let guard = TokenGuard::with_slots(1);
+        for i in 0..(MAX_TRACKED * 3) {
+            guard.failed(&format!("client-{i}"), None);
+        }
+        assert!(guard.failures.lock().unwrap().len() <= MAX_TRACKED);
+    }
+}
