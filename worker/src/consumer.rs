@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
@@ -13,9 +14,9 @@ use lapin::{
     types::FieldTable,
 };
 use provisioner_shared::{
-    db,
     queue::{self, JobMessage},
     relay,
+    runtime::{self, Backoff},
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -23,35 +24,26 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::{self, Context, Disposition};
 
 /// Consumes until `shutdown`, reconnecting after broker faults.
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        let started = std::time::Instant::now();
-        match session(&ctx, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                // A session that ran a while was healthy: start backing off afresh.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(200);
-                }
-                tracing::warn!(error = %e, retry_in = ?backoff, "consumer interrupted; reconnecting");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+    runtime::reconnect("consumer", backoff, &shutdown, || session(&ctx, &shutdown)).await;
 }
 
 async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let conn = relay::connect_broker(&ctx.settings.amqp_url, "provisioner-worker").await?;
-    let channel = conn.create_channel().await?;
-    queue::declare_topology(&channel).await?;
+    let conn = relay::connect_broker(&ctx.settings.amqp_url, "provisioner-worker")
+        .await
+        .context("connecting to the broker")?;
+    let channel = conn.create_channel().await.context("opening a channel")?;
+    queue::declare_topology(&channel)
+        .await
+        .context("declaring the broker topology")?;
     channel
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
-        .await?;
+        .await
+        .context("setting the prefetch")?;
     let tag = format!("provisioner-worker-{}", uuid::Uuid::new_v4());
     let mut consumer = channel
         .basic_consume(
@@ -60,7 +52,8 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .context("starting to consume")?;
     tracing::info!(
         queue = queue::CREATE_TENANT_QUEUE,
         prefetch = ctx.settings.worker_concurrency,
@@ -71,7 +64,7 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => { tasks.spawn(handle(ctx.clone(), delivery, shutdown.clone())); }
-                Some(Err(e)) => break Err(e.into()),
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
@@ -101,22 +94,12 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
             );
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
-            hand_back_leases(ctx).await;
+            jobs::hand_back(ctx).await;
         }
         // Unacknowledged deliveries return to the queue when the connection closes.
         let _ = conn.close(200, "shutdown".into()).await;
     }
     result
-}
-
-/// Jobs cut short by shutdown: let their leases end now so a redelivery runs them at once.
-async fn hand_back_leases(ctx: &Context) {
-    let held: Vec<_> = ctx.leases.lock().expect("lease map").drain().collect();
-    for (id, token) in held {
-        if let Err(e) = db::jobs::release_lease(&ctx.pool, id, token).await {
-            tracing::warn!(job.id = %id, error = %e, "cannot release lease; the sweeper will");
-        }
-    }
 }
 
 async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: CancellationToken) {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobs::Context;
 
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let every = (ctx.settings.job_lease / 3).max(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -48,7 +48,7 @@ async fn sweep_uploads(ctx: &Context) -> Result<(), sqlx::Error> {
     for id in candidates {
         let live = db::jobs::find(&ctx.pool, id, None)
             .await?
-            .is_some_and(|j| !j.status().is_terminal());
+            .is_some_and(|j| !j.status.is_terminal());
         if !live {
             uploads::remove(&ctx.settings.upload_dir, id).await;
         }

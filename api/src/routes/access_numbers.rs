@@ -8,7 +8,7 @@ use axum::{
 };
 use provisioner_shared::{
     db,
-    domain::{TenantUrl, is_access_number},
+    domain::{AuditAction, TenantUrl, is_access_number},
     template::range_fits,
 };
 use serde::{Deserialize, Serialize};
@@ -184,7 +184,7 @@ pub async fn create(
         &mut tx,
         tenant.id,
         &actor(&caller),
-        "accessNumbers.create",
+        AuditAction::AccessNumbersCreate,
         &format!("accessNumber:{number}"),
         details,
     )
@@ -234,7 +234,7 @@ pub async fn delete(
             &mut tx,
             tenant_id,
             &actor(&caller),
-            "accessNumbers.delete",
+            AuditAction::AccessNumbersDelete,
             &format!("accessNumber:{number}"),
             details,
         )

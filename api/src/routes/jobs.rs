@@ -81,7 +81,7 @@ pub async fn get(
     }
     let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
     let job = wait::until(&state, id, &caller.client_id, deadline, |j| {
-        j.status().is_terminal() || seen.is_none_or(|s| s != j.status())
+        j.status.is_terminal() || seen.is_none_or(|s| s != j.status)
     })
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;

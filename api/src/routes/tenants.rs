@@ -15,7 +15,7 @@ use provisioner_shared::{
         locks::LockKey,
         tenants::{NumbersOnDelete, TenantRow},
     },
-    domain::{MAX_LOCK_TIMEOUT, TenantUrl},
+    domain::{AuditAction, MAX_LOCK_TIMEOUT, TenantStatus, TenantUrl},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -49,7 +49,7 @@ impl From<TenantRow> for TenantBody {
             url: t.url,
             name: t.name,
             sip_domain: t.sip_domain,
-            status: t.status,
+            status: t.status.to_string(),
             created_at: t.created_at,
         }
     }
@@ -180,7 +180,16 @@ pub async fn activate(
     path: Path<String>,
     q: Query<LockQuery>,
 ) -> Result<Json<TenantBody>, ApiError> {
-    change_status(state, caller, path, q, "Inactive", "Active", "activate").await
+    change_status(
+        state,
+        caller,
+        path,
+        q,
+        TenantStatus::Inactive,
+        TenantStatus::Active,
+        AuditAction::Activate,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/deactivate", tag = "tenants", description = "Active -> Inactive",
@@ -200,7 +209,16 @@ pub async fn deactivate(
     path: Path<String>,
     q: Query<LockQuery>,
 ) -> Result<Json<TenantBody>, ApiError> {
-    change_status(state, caller, path, q, "Active", "Inactive", "deactivate").await
+    change_status(
+        state,
+        caller,
+        path,
+        q,
+        TenantStatus::Active,
+        TenantStatus::Inactive,
+        AuditAction::Deactivate,
+    )
+    .await
 }
 
 /// from -> to; a tenant already in `to` answers 200 unchanged.
@@ -209,9 +227,9 @@ async fn change_status(
     Extension(caller): Extension<Caller>,
     Path(raw): Path<String>,
     Query(q): Query<LockQuery>,
-    from: &str,
-    to: &str,
-    action: &str,
+    from: TenantStatus,
+    to: TenantStatus,
+    action: AuditAction,
 ) -> Result<Json<TenantBody>, ApiError> {
     let url = tenant_url(&raw)?;
     let wait = route_lock_timeout(&q)?;
@@ -228,7 +246,7 @@ async fn change_status(
             details,
         )
         .await?;
-        tenant.status = to.to_owned();
+        tenant.status = to;
     }
     tx.commit().await?;
     Ok(Json(tenant.into()))
@@ -265,7 +283,7 @@ pub async fn delete(
     };
     let mut tx = state.pool.begin().await?;
     let tenant = lock_tenant(&mut tx, &url, wait).await?;
-    if tenant.status != "Inactive" {
+    if tenant.status != TenantStatus::Inactive {
         return Err(ApiError::BadRequest(format!(
             "tenant {url} is {}; deactivate it first",
             tenant.status

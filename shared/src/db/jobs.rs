@@ -11,12 +11,12 @@ use uuid::Uuid;
 
 use crate::{
     db::outbox,
-    domain::{JobError, JobStatus, JobView, SkippedRange, TenantSummary},
+    domain::{JobError, JobKind, JobStatus, JobView, SkippedRange, TenantSummary},
     queue,
 };
 
 /// The channel on which job changes are announced (payload: the job id).
-pub const NOTIFY_CHANNEL: &str = "provisioner_jobs";
+pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_jobs";
 
 macro_rules! columns {
     () => {
@@ -45,9 +45,9 @@ const COLUMNS: &str = columns!();
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: JobKind,
     pub tenant_url: String,
-    pub status: String,
+    pub status: JobStatus,
     pub version: i32,
     pub code: Option<i32>,
     pub error: Option<Value>,
@@ -67,16 +67,12 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    pub fn status(&self) -> JobStatus {
-        JobStatus::parse(&self.status).expect("status is constrained by the schema")
-    }
-
     pub fn view(&self) -> JobView {
         JobView {
             job_id: self.id,
-            kind: self.kind.clone(),
+            kind: self.kind,
             tenant_url: self.tenant_url.clone(),
-            status: self.status(),
+            status: self.status,
             code: self.code,
             error: self
                 .error
@@ -100,7 +96,7 @@ impl JobRow {
 #[derive(Debug)]
 pub struct NewJob<'a> {
     pub id: Uuid,
-    pub kind: &'a str,
+    pub kind: JobKind,
     pub tenant_url: &'a str,
     pub client_id: &'a str,
     pub params: Value,
@@ -218,7 +214,7 @@ pub async fn list(
          LIMIT $7"
     ))
     .bind(f.client_id)
-    .bind(f.status.map(JobStatus::as_str))
+    .bind(f.status)
     .bind(f.tenant_url)
     .bind(f.batch_id)
     .bind(f.after.map(|a| a.0))
@@ -329,7 +325,7 @@ pub async fn finish(
             skipped,
             lock_wait,
         } => (
-            "succeeded",
+            JobStatus::Succeeded,
             200,
             None,
             Some(serde_json::to_value(tenant).expect("serializes")),
@@ -337,7 +333,7 @@ pub async fn finish(
             Some(i32::try_from(lock_wait.as_millis()).unwrap_or(i32::MAX)),
         ),
         Ending::Failed { code, error } => (
-            "failed",
+            JobStatus::Failed,
             *code,
             Some(serde_json::to_value(error).expect("serializes")),
             None,

@@ -7,7 +7,10 @@ use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgExecutor, types::Json};
 use uuid::Uuid;
 
-use crate::template::{AuditEntry, CallingListEntry, ObjectEntry, UserEntry};
+use crate::{
+    domain::{AuditAction, TenantStatus},
+    template::{AuditEntry, CallingListEntry, ObjectEntry, UserEntry},
+};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TenantRow {
@@ -15,7 +18,7 @@ pub struct TenantRow {
     pub url: String,
     pub name: String,
     pub sip_domain: String,
-    pub status: String,
+    pub status: TenantStatus,
     pub settings: Value,
     pub created_at: DateTime<Utc>,
 }
@@ -315,8 +318,8 @@ pub async fn audit(
 pub async fn set_status(
     conn: &mut PgConnection,
     id: Uuid,
-    from: &str,
-    to: &str,
+    from: TenantStatus,
+    to: TenantStatus,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE tenants SET status = $3 WHERE id = $1 AND status = $2")
         .bind(id)
@@ -375,7 +378,7 @@ pub async fn audit_event(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     actor: &str,
-    action: &str,
+    action: AuditAction,
     object: &str,
     details: Value,
 ) -> Result<(), sqlx::Error> {
