@@ -98,6 +98,19 @@ pub async fn connect_broker(url: &SecretString, name: &str) -> lapin::Result<Con
     Connection::connect(url.expose_secret(), props).await
 }
 
+/// Connects as `name`, opens a channel and declares the topology: how every broker session
+/// starts.
+pub async fn open_channel(url: &SecretString, name: &str) -> anyhow::Result<(Connection, Channel)> {
+    let conn = connect_broker(url, name)
+        .await
+        .context("connecting to the broker")?;
+    let channel = conn.create_channel().await.context("opening a channel")?;
+    queue::declare_topology(&channel)
+        .await
+        .context("declaring the broker topology")?;
+    Ok((conn, channel))
+}
+
 /// A running outbox relay. `drain_and_stop` ends it after publishing what is committed.
 #[derive(Debug)]
 pub struct Relay {
@@ -170,13 +183,7 @@ async fn relay_session(
     drain: &CancellationToken,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let conn = connect_broker(amqp_url, "provisioner-relay")
-        .await
-        .context("connecting to the broker")?;
-    let channel = conn.create_channel().await.context("opening a channel")?;
-    queue::declare_topology(&channel)
-        .await
-        .context("declaring the broker topology")?;
+    let (conn, channel) = open_channel(amqp_url, "provisioner-relay").await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

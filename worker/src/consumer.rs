@@ -33,13 +33,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 }
 
 async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let conn = relay::connect_broker(&ctx.settings.amqp_url, "provisioner-worker")
-        .await
-        .context("connecting to the broker")?;
-    let channel = conn.create_channel().await.context("opening a channel")?;
-    queue::declare_topology(&channel)
-        .await
-        .context("declaring the broker topology")?;
+    let (conn, channel) = relay::open_channel(&ctx.settings.amqp_url, "provisioner-worker").await?;
     channel
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
         .await
@@ -73,33 +67,39 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
             () = shutdown.cancelled() => break Ok(()),
         }
     };
-    if result.is_err() {
+    match &result {
         // The channel is gone, but the jobs in flight are not: let them finish and record their
         // outcomes (their acks will fail; the redeliveries find the jobs ended).
-        tasks.detach_all();
-    }
-    if result.is_ok() {
-        // Stop intake, let in-flight jobs finish within the deadline.
-        let _ = channel
-            .basic_cancel(tag.into(), BasicCancelOptions::default())
-            .await;
-        let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                jobs = tasks.len(),
-                "shutdown deadline reached; handing unfinished jobs back"
-            );
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-            jobs::hand_back(ctx).await;
+        Err(_) => tasks.detach_all(),
+        Ok(()) => {
+            // Stop intake, let in-flight jobs finish within the deadline.
+            let _ = channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await;
+            drain(ctx, tasks).await;
+            // Unacknowledged deliveries return to the queue when the connection closes.
+            let _ = conn.close(200, "shutdown".into()).await;
         }
-        // Unacknowledged deliveries return to the queue when the connection closes.
-        let _ = conn.close(200, "shutdown".into()).await;
     }
     result
+}
+
+/// Waits for the jobs in flight up to the shutdown deadline; past it, aborts them and hands
+/// their leases back.
+async fn drain(ctx: &Context, mut tasks: JoinSet<()>) {
+    let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            jobs = tasks.len(),
+            "shutdown deadline reached; handing unfinished jobs back"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        jobs::hand_back(ctx).await;
+    }
 }
 
 async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: CancellationToken) {
