@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use provisioner_shared::{db, uploads};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Context;
+use crate::jobs::{self, Context};
 
 pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let every = (ctx.settings.job_lease / 3).max(Duration::from_secs(1));
@@ -28,7 +28,7 @@ async fn sweep(ctx: &Context) -> Result<(), sqlx::Error> {
     sweep_uploads(ctx).await?;
     for id in db::jobs::expired_leases(&ctx.pool, 100).await? {
         let mut tx = ctx.pool.begin().await?;
-        if let Some(job) = db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await? {
+        if let Some(job) = jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await? {
             tracing::warn!(job.id = %id, status = %job.status, "rescued a job whose lease ran out");
         }
         tx.commit().await?;

@@ -389,13 +389,20 @@ pub async fn expired_leases(
     .await
 }
 
-/// Takes a running job from a holder whose lease ran out: back to queued (with a new job
-/// message) while attempts remain, else failed with code 500.
-pub async fn rescue(
+/// The lease of a running job whose holder let it run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiredLease {
+    pub token: Uuid,
+    pub attempts: i32,
+}
+
+/// Locks a running job whose lease ran out (its worker died or hung), for the caller to take
+/// it back with `retry_later` or `finish` under the returned token. `None`: the job is not
+/// running, or its lease is alive.
+pub async fn lock_expired(
     conn: &mut PgConnection,
     id: Uuid,
-    max_attempts: u32,
-) -> Result<Option<JobRow>, sqlx::Error> {
+) -> Result<Option<ExpiredLease>, sqlx::Error> {
     let holder: Option<(Uuid, i32)> = sqlx::query_as(
         "SELECT lease_token, attempts FROM jobs
          WHERE id = $1 AND status = 'running' AND lease_until < now() FOR UPDATE",
@@ -403,18 +410,7 @@ pub async fn rescue(
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((token, attempts)) = holder else {
-        return Ok(None);
-    };
-    if attempts >= max_attempts as i32 {
-        let error = JobError {
-            title: "Internal Server Error".to_owned(),
-            detail: format!("the job's worker was lost {attempts} times"),
-        };
-        finish(conn, id, token, &Ending::Failed { code: 500, error }).await
-    } else {
-        retry_later(conn, id, token, Duration::ZERO).await
-    }
+    Ok(holder.map(|(token, attempts)| ExpiredLease { token, attempts }))
 }
 
 /// The sealed administrator password of a job.

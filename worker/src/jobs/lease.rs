@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Context, Disposition};
+use super::{Context, Disposition, outcome};
 
 /// Claims job `id` under lease `token`, or says what to do with the delivery instead.
 /// `redelivered` is the broker's flag: such a delivery may stand for a worker that died holding
@@ -82,7 +82,7 @@ async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, sqlx:
         .unwrap_or_default();
     if job.status == JobStatus::Running && remaining.is_zero() {
         // Its worker died or hung: take it back (or fail it when out of attempts).
-        let rescued = db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
+        let rescued = outcome::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
         tx.commit().await?;
         // The database's clock may still see the lease alive: then wait like for any holder.
         return Ok(if rescued.is_some() {

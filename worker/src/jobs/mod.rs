@@ -19,7 +19,7 @@ use self::lease::AbortOnDrop;
 pub(crate) use self::{
     context::Context,
     lease::hand_back,
-    outcome::{Finished, JobFailure},
+    outcome::{Finished, JobFailure, rescue},
 };
 use crate::tenant_write::{self, Plan};
 

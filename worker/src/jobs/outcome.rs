@@ -8,6 +8,7 @@ use provisioner_shared::{
     domain::JobError,
 };
 use rand::Rng;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::Context;
@@ -194,6 +195,27 @@ async fn write(
     };
     tx.commit().await?;
     Ok(ended)
+}
+
+/// Takes a running job from a holder whose lease ran out: back to queued (with a new job
+/// message) while attempts remain, else failed with code 500. `None`: nothing to take.
+pub(crate) async fn rescue(
+    conn: &mut PgConnection,
+    id: Uuid,
+    max_attempts: u32,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let Some(lease) = db::jobs::lock_expired(conn, id).await? else {
+        return Ok(None);
+    };
+    if lease.attempts >= max_attempts as i32 {
+        let failure = JobFailure::Internal(format!(
+            "the job's worker was lost {} times",
+            lease.attempts
+        ));
+        db::jobs::finish(conn, id, lease.token, &failure.ending()).await
+    } else {
+        db::jobs::retry_later(conn, id, lease.token, Duration::ZERO).await
+    }
 }
 
 /// Exponential backoff with jitter: base * 2^(attempt-1), at most 5 minutes.
