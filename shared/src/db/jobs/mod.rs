@@ -1,6 +1,6 @@
-//! The jobs table: creation, lookup, listing and every status transition. Each transition bumps
-//! `version`, writes its CloudEvent to the outbox and notifies waiters, in the caller's
-//! transaction.
+//! The jobs table: creation, lookup, listing and cancellation (here), the transitions a worker
+//! makes under a lease (`lease`), aggregate figures (`stats`). Each transition bumps `version`,
+//! writes its CloudEvent to the outbox and notifies waiters, in the caller's transaction.
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     db::outbox,
-    domain::{JobError, JobKind, JobStatus, JobView, SkippedRange, TenantSummary},
+    domain::{JobKind, JobStatus, JobView},
     queue,
 };
 
@@ -41,6 +41,18 @@ macro_rules! transition_sql {
 }
 
 const COLUMNS: &str = columns!();
+
+// After the macros: the submodules use them.
+mod lease;
+mod stats;
+
+pub use self::{
+    lease::{
+        Ending, ExpiredLease, claim, expired_leases, finish, lock_expired, release_lease,
+        renew_lease, retry_later,
+    },
+    stats::{Stats, active_count, stats},
+};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
@@ -243,176 +255,6 @@ pub async fn cancel(
     Ok(row)
 }
 
-/// queued -> running under a fresh lease held by `token`. `None` when the job is not queued.
-pub async fn claim(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-    lease: Duration,
-) -> Result<Option<JobRow>, sqlx::Error> {
-    transition(
-        conn,
-        transition_sql!(
-            "status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
-         lease_token = $2, lease_until = now() + make_interval(secs => $3)",
-            "id = $1 AND status = 'queued'"
-        ),
-        id,
-        |q| q.bind(token).bind(lease.as_secs_f64()),
-    )
-    .await
-}
-
-/// Extends the lease; `false` when `token` no longer holds the job.
-pub async fn renew_lease(
-    exec: impl PgExecutor<'_>,
-    id: Uuid,
-    token: Uuid,
-    lease: Duration,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
-         WHERE id = $1 AND lease_token = $2 AND status = 'running'",
-    )
-    .bind(id)
-    .bind(token)
-    .bind(lease.as_secs_f64())
-    .execute(exec)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// Lets the lease of a job whose work was cut short (shutdown) expire now, so a redelivery may
-/// take it at once.
-pub async fn release_lease(
-    exec: impl PgExecutor<'_>,
-    id: Uuid,
-    token: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET lease_until = now() WHERE id = $1 AND lease_token = $2 AND status = 'running'")
-        .bind(id)
-        .bind(token)
-        .execute(exec)
-        .await
-        .map(drop)
-}
-
-/// How a running job ends.
-#[derive(Debug, Clone)]
-pub enum Ending {
-    Succeeded {
-        /// How long the import waited for its lock.
-        lock_wait: Duration,
-        tenant: TenantSummary,
-        skipped: Vec<SkippedRange>,
-    },
-    Failed {
-        code: i32,
-        error: JobError,
-    },
-}
-
-/// running -> succeeded | failed, only while `token` holds the lease.
-pub async fn finish(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-    ending: &Ending,
-) -> Result<Option<JobRow>, sqlx::Error> {
-    let (status, code, error, tenant, skipped, lock_wait_ms) = match ending {
-        Ending::Succeeded {
-            tenant,
-            skipped,
-            lock_wait,
-        } => (
-            JobStatus::Succeeded,
-            200,
-            None,
-            Some(serde_json::to_value(tenant).expect("serializes")),
-            serde_json::to_value(skipped).expect("serializes"),
-            Some(i32::try_from(lock_wait.as_millis()).unwrap_or(i32::MAX)),
-        ),
-        Ending::Failed { code, error } => (
-            JobStatus::Failed,
-            *code,
-            Some(serde_json::to_value(error).expect("serializes")),
-            None,
-            Value::Array(vec![]),
-            None,
-        ),
-    };
-    transition(
-        conn,
-        transition_sql!("status = $3, code = $4, error = $5, tenant = $6, skipped_numbers = $7, lock_wait_ms = $8, finished_at = now(),
-         sealed_password = NULL, lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
-        id,
-        |q| q.bind(token).bind(status).bind(code).bind(error).bind(tenant).bind(skipped).bind(lock_wait_ms),
-    )
-    .await
-}
-
-/// running -> queued after a transient failure: the job message is published again after
-/// `delay`.
-pub async fn retry_later(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-    delay: Duration,
-) -> Result<Option<JobRow>, sqlx::Error> {
-    let row = transition(
-        conn,
-        transition_sql!(
-            "status = 'queued', lease_token = NULL, lease_until = NULL",
-            "id = $1 AND lease_token = $2 AND status = 'running'"
-        ),
-        id,
-        |q| q.bind(token),
-    )
-    .await?;
-    if row.is_some() {
-        outbox::insert(conn, &queue::JobMessage::outbox(id, delay)).await?;
-    }
-    Ok(row)
-}
-
-/// Running jobs whose lease ran out: their worker died or hung.
-pub async fn expired_leases(
-    exec: impl PgExecutor<'_>,
-    limit: i64,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE status = 'running' AND lease_until < now()
-         ORDER BY lease_until LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(exec)
-    .await
-}
-
-/// The lease of a running job whose holder let it run out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExpiredLease {
-    pub token: Uuid,
-    pub attempts: i32,
-}
-
-/// Locks a running job whose lease ran out (its worker died or hung), for the caller to take
-/// it back with `retry_later` or `finish` under the returned token. `None`: the job is not
-/// running, or its lease is alive.
-pub async fn lock_expired(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<ExpiredLease>, sqlx::Error> {
-    let holder: Option<(Uuid, i32)> = sqlx::query_as(
-        "SELECT lease_token, attempts FROM jobs
-         WHERE id = $1 AND status = 'running' AND lease_until < now() FOR UPDATE",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(holder.map(|(token, attempts)| ExpiredLease { token, attempts }))
-}
-
 /// The sealed administrator password of a job.
 pub async fn sealed_password(
     exec: impl PgExecutor<'_>,
@@ -441,53 +283,4 @@ async fn transition(
         announce(conn, row).await?;
     }
     Ok(row)
-}
-
-/// Aggregate figures for `/metrics`: jobs by status, and run time and lock wait quantiles of
-/// the jobs that ended in the last hour.
-#[derive(Debug, Clone, Default, sqlx::FromRow)]
-pub struct Stats {
-    pub queued: i64,
-    pub running: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-    pub cancelled: i64,
-    pub recent: i64,
-    pub duration_p50: Option<f64>,
-    pub duration_p99: Option<f64>,
-    pub lock_wait_p50: Option<f64>,
-    pub lock_wait_p99: Option<f64>,
-    pub lock_timeouts: i64,
-}
-
-pub async fn stats(exec: impl PgExecutor<'_>) -> Result<Stats, sqlx::Error> {
-    sqlx::query_as(
-        "WITH recent AS (
-             SELECT EXTRACT(EPOCH FROM finished_at - started_at)::float8 AS secs, lock_wait_ms, code
-             FROM jobs WHERE finished_at > now() - interval '1 hour' AND started_at IS NOT NULL)
-         SELECT
-             (SELECT count(*) FROM jobs WHERE status = 'queued') AS queued,
-             (SELECT count(*) FROM jobs WHERE status = 'running') AS running,
-             (SELECT count(*) FROM jobs WHERE status = 'succeeded') AS succeeded,
-             (SELECT count(*) FROM jobs WHERE status = 'failed') AS failed,
-             (SELECT count(*) FROM jobs WHERE status = 'cancelled') AS cancelled,
-             (SELECT count(*) FROM recent) AS recent,
-             (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY secs) FROM recent) AS duration_p50,
-             (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY secs) FROM recent) AS duration_p99,
-             (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lock_wait_ms) / 1000.0 FROM recent) AS lock_wait_p50,
-             (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY lock_wait_ms) / 1000.0 FROM recent) AS lock_wait_p99,
-             (SELECT count(*) FROM recent WHERE code = 503) AS lock_timeouts",
-    )
-    .fetch_one(exec)
-    .await
-}
-
-/// Queued and running jobs of one client.
-pub async fn active_count(exec: impl PgExecutor<'_>, client_id: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE client_id = $1 AND status IN ('queued', 'running')",
-    )
-    .bind(client_id)
-    .fetch_one(exec)
-    .await
 }
