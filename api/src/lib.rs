@@ -21,13 +21,17 @@ use axum::Router;
 use provisioner_shared::{
     config::Settings,
     db::{self, PoolConfig},
-    relay::{self, Notifications},
+    relay::Notifications,
+    runtime::{self, Background},
     seal::Sealer,
     telemetry,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+/// How long stopping may spend publishing what the last requests committed.
+const OUTBOX_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What every handler may use.
 #[derive(Debug, Clone)]
@@ -75,19 +79,12 @@ pub async fn run(
     if let Some(spec) = &settings.bootstrap_client {
         auth::bootstrap(&pool, secrecy::ExposeSecret::expose_secret(spec)).await?;
     }
-    let background = CancellationToken::new();
-    let notifications = Notifications::start(pool.clone(), background.clone());
-    let relay = tokio::spawn(relay::run(
-        pool.clone(),
-        settings.amqp_url.clone(),
-        notifications.clone(),
-        background.clone(),
-    ));
+    let background = Background::start(&pool, &settings.amqp_url);
     let state = AppState {
         pool: pool.clone(),
         sealer,
         settings: Arc::new(settings.clone()),
-        notifications,
+        notifications: background.notifications().clone(),
         token_guard: Arc::new(token_guard::TokenGuard::new()),
     };
 
@@ -99,11 +96,9 @@ pub async fn run(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
-    // Let the relay publish what the last requests committed; whatever remains is published by
-    // any other process's relay, or by this one at its next start.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    background.cancel();
-    let _ = relay.await;
+    // Publish what the last requests committed; whatever remains after the deadline is published
+    // by any other process's relay, or by this one at its next start.
+    background.stop(OUTBOX_DRAIN_DEADLINE).await;
     pool.close().await;
     tracing::info!("provisioner API stopped");
     Ok(())
@@ -122,24 +117,6 @@ pub async fn main_entry() -> anyhow::Result<()> {
         return cli::run(&settings, &args).await;
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(runtime::shutdown_signal(shutdown.clone()));
     run(settings, shutdown, |_| {}).await
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-pub async fn signal_shutdown(token: CancellationToken) {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received");
-    token.cancel();
 }

@@ -161,7 +161,7 @@ async fn record(
     let mut tx = state.pool.begin().await?;
     let new_job = NewJob {
         id: sub.id,
-        kind: sub.kind.as_str(),
+        kind: sub.kind,
         tenant_url: &sub.tenant_url,
         client_id: &caller.client_id,
         params: sub.params.clone(),
@@ -215,11 +215,11 @@ async fn respond(
     };
     let deadline = Instant::now() + std::time::Duration::from_secs(secs);
     let job = wait::until(state, job.id, &job.client_id, deadline, |j| {
-        j.status().is_terminal()
+        j.status.is_terminal()
     })
     .await?
     .unwrap_or(job);
-    if !job.status().is_terminal() {
+    if !job.status.is_terminal() {
         return Ok(accepted(&job));
     }
     let applied = format!("wait={secs}");

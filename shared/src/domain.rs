@@ -1,5 +1,9 @@
 //! Validated domain types. Once parsed, a value is valid everywhere it travels.
 
+mod states;
+
+pub use states::{AuditAction, JobKind, JobStatus, TenantStatus};
+
 use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, Utc};
@@ -76,70 +80,6 @@ pub fn is_email(s: &str) -> bool {
         && TenantUrl::parse(domain).is_ok()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobStatus {
-    pub const ALL: [JobStatus; 5] = [
-        Self::Queued,
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
-    }
-}
-
-/// The kinds of job, by their stable wire names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobKind {
-    #[serde(rename = "createTenant")]
-    CreateTenant,
-    #[serde(rename = "importTenant")]
-    ImportTenant,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::CreateTenant => "createTenant",
-            Self::ImportTenant => "importTenant",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "createTenant" => Some(Self::CreateTenant),
-            "importTenant" => Some(Self::ImportTenant),
-            _ => None,
-        }
-    }
-}
-
 /// The administrator a create request names. Its password travels sealed, never here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -188,7 +128,8 @@ pub struct TenantSummary {
     pub id: Uuid,
     pub url: String,
     pub name: String,
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: TenantStatus,
 }
 
 /// Why a template access-number range was left out.
@@ -217,7 +158,8 @@ pub struct JobError {
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     pub job_id: Uuid,
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: JobKind,
     pub tenant_url: String,
     pub status: JobStatus,
     pub code: Option<i32>,

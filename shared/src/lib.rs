@@ -1,5 +1,5 @@
 //! Everything both provisioner binaries agree on: settings, domain types, SQL, the broker's wire
-//! contract, the template format, sealing of secrets and telemetry.
+//! contract, the template format, sealing of secrets, telemetry and process plumbing.
 
 pub mod config;
 pub mod db;
@@ -7,6 +7,7 @@ pub mod domain;
 pub mod passwords;
 pub mod queue;
 pub mod relay;
+pub mod runtime;
 pub mod seal;
 pub mod telemetry;
 pub mod template;

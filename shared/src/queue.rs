@@ -11,19 +11,19 @@ use uuid::Uuid;
 
 use crate::{db::outbox::OutboxMessage, domain::JobView};
 
-pub const JOBS_EXCHANGE: &str = "provisioner.jobs";
+pub(crate) const JOBS_EXCHANGE: &str = "provisioner.jobs";
 pub const CREATE_TENANT_QUEUE: &str = "provisioner.jobs.create-tenant";
-pub const CREATE_TENANT_ROUTING_KEY: &str = "create-tenant";
-pub const DEAD_EXCHANGE: &str = "provisioner.jobs.dead";
-pub const DEAD_QUEUE: &str = "provisioner.jobs.dead";
+const CREATE_TENANT_ROUTING_KEY: &str = "create-tenant";
+const DEAD_EXCHANGE: &str = "provisioner.jobs.dead";
+const DEAD_QUEUE: &str = "provisioner.jobs.dead";
 pub const EVENTS_EXCHANGE: &str = "provisioner.events";
 
 /// Deliveries of one message (including redeliveries after a consumer died) before the broker
 /// dead-letters it.
-pub const DELIVERY_LIMIT: i64 = 20;
+const DELIVERY_LIMIT: i64 = 20;
 
 /// Most messages the job queue holds.
-pub const MAX_QUEUED: i64 = 1_000_000;
+const MAX_QUEUED: i64 = 1_000_000;
 
 /// The body of a job message: the id and nothing else; PostgreSQL holds the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub struct JobMessage {
 }
 
 impl JobMessage {
-    pub fn outbox(job_id: Uuid, delay: std::time::Duration) -> OutboxMessage {
+    pub(crate) fn outbox(job_id: Uuid, delay: std::time::Duration) -> OutboxMessage {
         OutboxMessage {
             exchange: JOBS_EXCHANGE.to_owned(),
             routing_key: CREATE_TENANT_ROUTING_KEY.to_owned(),
@@ -46,7 +46,7 @@ impl JobMessage {
 }
 
 /// The CloudEvents 1.0 structured event announcing a job's status at `version`.
-pub fn status_event(job: &JobView, version: i32) -> OutboxMessage {
+pub(crate) fn status_event(job: &JobView, version: i32) -> OutboxMessage {
     let id = Uuid::now_v7();
     let status = job.status.as_str();
     let event = serde_json::json!({
@@ -72,7 +72,7 @@ pub fn status_event(job: &JobView, version: i32) -> OutboxMessage {
 
 /// Arguments of the job queue; every declarer uses exactly these, so a drift fails at start
 /// (the broker refuses a redeclaration with other arguments).
-pub fn job_queue_arguments() -> FieldTable {
+fn job_queue_arguments() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),

@@ -1,21 +1,24 @@
 //! The outbox relay and the database notification hub. Every process runs one relay: it
 //! publishes committed outbox rows with publisher confirms and `mandatory`, and deletes a row
-//! only once the broker confirmed it routed and stored the message.
+//! only once the broker confirmed it routed and stored the message. Stopping drains: what is
+//! committed and due is published first (`Relay::drain_and_stop`).
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::sync::broadcast;
+use tokio::{sync::broadcast, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     db::{self, outbox},
     queue,
+    runtime::{self, Backoff},
 };
 
 const BATCH: i64 = 200;
@@ -44,15 +47,16 @@ impl Notifications {
             sender: sender.clone(),
         };
         tokio::spawn(async move {
-            while !shutdown.is_cancelled() {
-                if let Err(e) = listen(&pool, &sender, &shutdown).await {
-                    tracing::warn!(error = %e, "database notifications interrupted; reconnecting");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                }
-            }
+            let backoff = Backoff {
+                first: Duration::from_secs(1),
+                max: Duration::from_secs(1),
+            };
+            runtime::reconnect("database notifications", backoff, &shutdown, || async {
+                listen(&pool, &sender, &shutdown)
+                    .await
+                    .context("listening for database notifications")
+            })
+            .await;
         });
         hub
     }
@@ -94,59 +98,105 @@ pub async fn connect_broker(url: &SecretString, name: &str) -> lapin::Result<Con
     Connection::connect(url.expose_secret(), props).await
 }
 
-/// Publishes the outbox until `shutdown`, reconnecting to the broker as needed.
-pub async fn run(
+/// Connects as `name`, opens a channel and declares the topology: how every broker session
+/// starts.
+pub async fn open_channel(url: &SecretString, name: &str) -> anyhow::Result<(Connection, Channel)> {
+    let conn = connect_broker(url, name)
+        .await
+        .context("connecting to the broker")?;
+    let channel = conn.create_channel().await.context("opening a channel")?;
+    queue::declare_topology(&channel)
+        .await
+        .context("declaring the broker topology")?;
+    Ok((conn, channel))
+}
+
+/// A running outbox relay. `drain_and_stop` ends it after publishing what is committed.
+#[derive(Debug)]
+pub struct Relay {
+    task: JoinHandle<()>,
+    drain: CancellationToken,
+}
+
+impl Relay {
+    /// Starts publishing the outbox, reconnecting to the broker as needed.
+    pub fn start(pool: PgPool, amqp_url: SecretString, hub: Notifications) -> Self {
+        let drain = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(publish_until(pool, amqp_url, hub, drain.clone(), stop));
+        Self { task, drain }
+    }
+
+    /// Publishes every outbox row already committed and due, then stops. At `deadline` (say,
+    /// the broker is unreachable) it stops anyway: what remains is published by any other
+    /// process's relay, or by this one at its next start.
+    pub async fn drain_and_stop(mut self, deadline: Duration) {
+        self.drain.cancel();
+        if tokio::time::timeout(deadline, &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?deadline,
+                "the outbox relay did not drain in time; stopping it"
+            );
+            self.task.abort();
+            let _ = self.task.await;
+        }
+    }
+}
+
+/// Publishes until `drain` (after one last pass over due rows) or `stop` (at once).
+async fn publish_until(
     pool: PgPool,
     amqp_url: SecretString,
     hub: Notifications,
-    shutdown: CancellationToken,
+    drain: CancellationToken,
+    stop: CancellationToken,
 ) {
-    let mut wake = hub.subscribe();
-    let mut backoff = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        let started = std::time::Instant::now();
-        match relay_session(&pool, &amqp_url, &mut wake, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                // A session that ran a while was healthy: start backing off afresh.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(200);
-                }
-                tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay interrupted");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+    };
+    runtime::reconnect("outbox relay", backoff, &stop, || {
+        // A fresh subscription per session: the session starts with a full pass anyway.
+        relay_session(&pool, &amqp_url, hub.subscribe(), &drain, &stop)
+    })
+    .await;
 }
 
 async fn relay_session(
     pool: &PgPool,
     amqp_url: &SecretString,
-    wake: &mut broadcast::Receiver<Notification>,
-    shutdown: &CancellationToken,
+    mut wake: broadcast::Receiver<Notification>,
+    drain: &CancellationToken,
+    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let conn = connect_broker(amqp_url, "provisioner-relay").await?;
-    let channel = conn.create_channel().await?;
-    queue::declare_topology(&channel).await?;
+    let (conn, channel) = open_channel(amqp_url, "provisioner-relay").await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+        .await
+        .context("enabling publisher confirms")?;
     tracing::info!("outbox relay connected");
     loop {
-        while publish_batch(pool, &channel).await? == BATCH as usize {}
+        while publish_batch(pool, &channel)
+            .await
+            .context("publishing the outbox")?
+            == BATCH as usize
+        {}
+        if drain.is_cancelled() {
+            break;
+        }
         tokio::select! {
             _ = wake.recv() => {}
             () = tokio::time::sleep(POLL) => {}
-            () = shutdown.cancelled() => {
-                let _ = conn.close(200, "shutdown".into()).await;
-                return Ok(());
-            }
+            // One last pass over what is due, then stop.
+            () = drain.cancelled() => {}
+            () = stop.cancelled() => break,
         }
     }
+    let _ = conn.close(200, "shutdown".into()).await;
+    Ok(())
 }
 
 /// Publishes one batch of due rows; returns how many it handled.

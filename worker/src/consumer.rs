@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
@@ -13,9 +14,9 @@ use lapin::{
     types::FieldTable,
 };
 use provisioner_shared::{
-    db,
     queue::{self, JobMessage},
     relay,
+    runtime::{self, Backoff},
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -23,35 +24,20 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::{self, Context, Disposition};
 
 /// Consumes until `shutdown`, reconnecting after broker faults.
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        let started = std::time::Instant::now();
-        match session(&ctx, &shutdown).await {
-            Ok(()) => return,
-            Err(e) => {
-                // A session that ran a while was healthy: start backing off afresh.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(200);
-                }
-                tracing::warn!(error = %e, retry_in = ?backoff, "consumer interrupted; reconnecting");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let backoff = Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+    runtime::reconnect("consumer", backoff, &shutdown, || session(&ctx, &shutdown)).await;
 }
 
 async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Result<()> {
-    let conn = relay::connect_broker(&ctx.settings.amqp_url, "provisioner-worker").await?;
-    let channel = conn.create_channel().await?;
-    queue::declare_topology(&channel).await?;
+    let (conn, channel) = relay::open_channel(&ctx.settings.amqp_url, "provisioner-worker").await?;
     channel
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
-        .await?;
+        .await
+        .context("setting the prefetch")?;
     let tag = format!("provisioner-worker-{}", uuid::Uuid::new_v4());
     let mut consumer = channel
         .basic_consume(
@@ -60,7 +46,8 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .context("starting to consume")?;
     tracing::info!(
         queue = queue::CREATE_TENANT_QUEUE,
         prefetch = ctx.settings.worker_concurrency,
@@ -71,7 +58,7 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
         tokio::select! {
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => { tasks.spawn(handle(ctx.clone(), delivery, shutdown.clone())); }
-                Some(Err(e)) => break Err(e.into()),
+                Some(Err(e)) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
@@ -80,42 +67,38 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
             () = shutdown.cancelled() => break Ok(()),
         }
     };
-    if result.is_err() {
+    match &result {
         // The channel is gone, but the jobs in flight are not: let them finish and record their
         // outcomes (their acks will fail; the redeliveries find the jobs ended).
-        tasks.detach_all();
-    }
-    if result.is_ok() {
-        // Stop intake, let in-flight jobs finish within the deadline.
-        let _ = channel
-            .basic_cancel(tag.into(), BasicCancelOptions::default())
-            .await;
-        let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                jobs = tasks.len(),
-                "shutdown deadline reached; handing unfinished jobs back"
-            );
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-            hand_back_leases(ctx).await;
+        Err(_) => tasks.detach_all(),
+        Ok(()) => {
+            // Stop intake, let in-flight jobs finish within the deadline.
+            let _ = channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await;
+            drain(ctx, tasks).await;
+            // Unacknowledged deliveries return to the queue when the connection closes.
+            let _ = conn.close(200, "shutdown".into()).await;
         }
-        // Unacknowledged deliveries return to the queue when the connection closes.
-        let _ = conn.close(200, "shutdown".into()).await;
     }
     result
 }
 
-/// Jobs cut short by shutdown: let their leases end now so a redelivery runs them at once.
-async fn hand_back_leases(ctx: &Context) {
-    let held: Vec<_> = ctx.leases.lock().expect("lease map").drain().collect();
-    for (id, token) in held {
-        if let Err(e) = db::jobs::release_lease(&ctx.pool, id, token).await {
-            tracing::warn!(job.id = %id, error = %e, "cannot release lease; the sweeper will");
-        }
+/// Waits for the jobs in flight up to the shutdown deadline; past it, aborts them and hands
+/// their leases back.
+async fn drain(ctx: &Context, mut tasks: JoinSet<()>) {
+    let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            jobs = tasks.len(),
+            "shutdown deadline reached; handing unfinished jobs back"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        jobs::hand_back(ctx).await;
     }
 }
 

@@ -14,7 +14,7 @@ use url::{Host, Url};
 
 /// Why a download failed: `Permanent` ends the job with code 400, `Transient` is retried.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error("{0}")]
     Permanent(String),
     #[error("{0}")]
@@ -26,14 +26,14 @@ pub enum FetchError {
 struct Blocked(String);
 
 #[derive(Debug, Clone)]
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     client: reqwest::Client,
     allow_private: bool,
     max_bytes: u64,
 }
 
 impl Fetcher {
-    pub fn new(allow_private: bool, timeout: Duration, max_bytes: u64) -> Self {
+    pub(crate) fn new(allow_private: bool, timeout: Duration, max_bytes: u64) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -50,7 +50,7 @@ impl Fetcher {
         }
     }
 
-    pub async fn get(&self, raw: &str) -> Result<Bytes, FetchError> {
+    pub(crate) async fn get(&self, raw: &str) -> Result<Bytes, FetchError> {
         let url = Url::parse(raw)
             .map_err(|e| FetchError::Permanent(format!("templateUrl is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -158,7 +158,7 @@ impl Resolve for GuardedResolver {
 }
 
 /// Is `ip` a globally routable unicast address?
-pub fn is_public(ip: IpAddr) -> bool {
+fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

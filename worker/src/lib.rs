@@ -1,29 +1,28 @@
-//! The provisioner worker: consumes job messages, runs each job under a lease, imports templates
+//! The provisioner worker: consumes job messages, runs each job under a lease, writes tenants
 //! under the advisory lock, and relays the outbox.
 
-pub mod consumer;
-pub mod fetch;
-pub mod import;
-pub mod jobs;
-pub mod sweeper;
+mod consumer;
+mod fetch;
+mod jobs;
+mod sweeper;
+mod tenant_write;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
+use anyhow::Context as _;
 use provisioner_shared::{
     config::Settings,
     db::{self, PoolConfig},
-    relay::{self, Notifications},
+    runtime::{self, Background},
     seal::Sealer,
     telemetry,
-    template::Limits,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{fetch::Fetcher, jobs::Context};
+use crate::jobs::Context;
+
+/// At shutdown, how long the relay may take to publish what the last jobs committed.
+const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Runs consumer, lease sweeper and outbox relay until `shutdown`, then drains.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -35,37 +34,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             idle_in_transaction_timeout: Some(Duration::from_secs(60)),
         },
     )
-    .await?;
-    let sealer = Sealer::load(settings.seal_key.as_ref(), &pool).await?;
-    let db_version = db::schema_version(&pool).await?;
-    let limits = Limits {
-        max_entries: 1_000,
-        ..Limits::default()
-    };
-    let fetcher = Fetcher::new(
-        settings.template_allow_private,
-        settings.template_timeout,
-        settings.template_max_bytes,
-    );
-    let ctx = Arc::new(Context {
-        pool: pool.clone(),
-        settings: settings.clone(),
-        sealer,
-        fetcher,
-        db_version,
-        limits,
-        leases: Mutex::new(HashMap::new()),
-    });
+    .await
+    .context("connecting to PostgreSQL")?;
+    let sealer = Sealer::load(settings.seal_key.as_ref(), &pool)
+        .await
+        .context("loading the seal key")?;
+    let db_version = db::schema_version(&pool)
+        .await
+        .context("reading the schema version")?;
+    let ctx = Context::new(pool.clone(), settings.clone(), sealer, db_version);
 
-    let background = CancellationToken::new();
-    let hub = Notifications::start(pool.clone(), background.clone());
-    let relay = tokio::spawn(relay::run(
-        pool.clone(),
-        settings.amqp_url.clone(),
-        hub,
-        background.clone(),
-    ));
-    let sweeper = tokio::spawn(sweeper::run(ctx.clone(), background.clone()));
+    let background = Background::start(&pool, &settings.amqp_url);
+    let sweeping = CancellationToken::new();
+    let sweeper = tokio::spawn(sweeper::run(ctx.clone(), sweeping.clone()));
     tracing::info!(
         concurrency = settings.worker_concurrency,
         db_version,
@@ -73,10 +54,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     );
 
     consumer::run(ctx, shutdown).await;
-    // Give the relay a moment to publish what the last jobs wrote, then stop it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    background.cancel();
-    let _ = tokio::join!(relay, sweeper);
+    sweeping.cancel();
+    let _ = sweeper.await;
+    // Publish what the last jobs committed before stopping the relay.
+    background.stop(RELAY_DRAIN_DEADLINE).await;
     pool.close().await;
     tracing::info!("worker stopped");
     Ok(())
@@ -87,28 +68,6 @@ pub async fn main_entry() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format);
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(runtime::shutdown_signal(shutdown.clone()));
     run(settings, shutdown).await
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-pub async fn signal_shutdown(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received");
-    token.cancel();
 }

@@ -6,9 +6,9 @@ use std::{sync::Arc, time::Duration};
 use provisioner_shared::{db, uploads};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Context;
+use crate::jobs::{self, Context};
 
-pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let every = (ctx.settings.job_lease / 3).max(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -28,7 +28,7 @@ async fn sweep(ctx: &Context) -> Result<(), sqlx::Error> {
     sweep_uploads(ctx).await?;
     for id in db::jobs::expired_leases(&ctx.pool, 100).await? {
         let mut tx = ctx.pool.begin().await?;
-        if let Some(job) = db::jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await? {
+        if let Some(job) = jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await? {
             tracing::warn!(job.id = %id, status = %job.status, "rescued a job whose lease ran out");
         }
         tx.commit().await?;
@@ -48,7 +48,7 @@ async fn sweep_uploads(ctx: &Context) -> Result<(), sqlx::Error> {
     for id in candidates {
         let live = db::jobs::find(&ctx.pool, id, None)
             .await?
-            .is_some_and(|j| !j.status().is_terminal());
+            .is_some_and(|j| !j.status.is_terminal());
         if !live {
             uploads::remove(&ctx.settings.upload_dir, id).await;
         }

@@ -7,7 +7,7 @@ use axum::{
 };
 use provisioner_shared::{
     db,
-    domain::{TenantUrl, is_access_number},
+    domain::{AuditAction, TenantUrl, is_access_number},
     template::range_fits,
 };
 use serde::Serialize;
@@ -186,7 +186,7 @@ pub(super) async fn create_access_numbers(
         &mut tx,
         tenant.id,
         &caller.actor(),
-        "accessNumbers.create",
+        AuditAction::AccessNumbersCreate,
         &target,
         details,
     )
@@ -230,7 +230,7 @@ pub(super) async fn delete_access_numbers(
             &mut tx,
             tenant_id,
             &caller.actor(),
-            "accessNumbers.delete",
+            AuditAction::AccessNumbersDelete,
             &target,
             details,
         )

@@ -72,8 +72,8 @@ pub(super) async fn get_job(
     }
     let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
     let job = wait::until(&state, id, &caller.client_id, deadline, |j| match seen {
-        None => j.status().is_terminal(),
-        Some(seen) => j.status() != seen,
+        None => j.status.is_terminal(),
+        Some(seen) => j.status != seen,
     })
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;

@@ -3,9 +3,12 @@
 //! written to the tenant's audit history.
 
 use axum::{Extension, Json, extract::State, http::Uri};
-use provisioner_shared::db::{
-    self,
-    tenants::{NumbersOnDelete, TenantRow},
+use provisioner_shared::{
+    db::{
+        self,
+        tenants::{NumbersOnDelete, TenantRow},
+    },
+    domain::{AuditAction, TenantStatus},
 };
 use serde::Serialize;
 use serde_json::json;
@@ -26,8 +29,7 @@ pub(super) struct TenantBody {
     url: String,
     name: String,
     sip_domain: String,
-    /// `Active` or `Inactive`.
-    status: String,
+    status: TenantStatus,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -121,10 +123,18 @@ enum Change {
 
 impl Change {
     /// From, to, and the audit action.
-    fn parts(self) -> (&'static str, &'static str, &'static str) {
+    fn parts(self) -> (TenantStatus, TenantStatus, AuditAction) {
         match self {
-            Self::Activate => ("Inactive", "Active", "activate"),
-            Self::Deactivate => ("Active", "Inactive", "deactivate"),
+            Self::Activate => (
+                TenantStatus::Inactive,
+                TenantStatus::Active,
+                AuditAction::Activate,
+            ),
+            Self::Deactivate => (
+                TenantStatus::Active,
+                TenantStatus::Inactive,
+                AuditAction::Deactivate,
+            ),
         }
     }
 }
@@ -152,7 +162,7 @@ async fn change_status(
             details,
         )
         .await?;
-        tenant.status = to.to_owned();
+        tenant.status = to;
     }
     tx.commit().await?;
     Ok(Json(tenant.into()))
@@ -181,7 +191,7 @@ pub(super) async fn delete_tenant(
     };
     let mut tx = state.pool.begin().await?;
     let tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
-    if tenant.status != "Inactive" {
+    if tenant.status != TenantStatus::Inactive {
         return Err(ApiError::BadRequest(format!(
             "tenant {url} is {}; deactivate it first",
             tenant.status

@@ -6,7 +6,7 @@ pub mod clients;
 pub mod jobs;
 pub mod locks;
 pub mod outbox;
-pub mod secrets;
+pub(crate) mod secrets;
 pub mod tenants;
 
 use std::{str::FromStr, time::Duration};
@@ -120,7 +120,7 @@ pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
 }
 
 /// Is the error one that a retry may cure (connection lost, server shutting down, pool closed)?
-pub fn is_transient(err: &sqlx::Error) -> bool {
+fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

@@ -6,10 +6,10 @@ use std::time::Duration;
 use sqlx::{PgConnection, postgres::PgQueryResult};
 
 /// The channel on which inserts are announced, so relays wake at once.
-pub const NOTIFY_CHANNEL: &str = "provisioner_outbox";
+pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_outbox";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxMessage {
+pub(crate) struct OutboxMessage {
     pub exchange: String,
     pub routing_key: String,
     pub message_id: String,
@@ -20,7 +20,7 @@ pub struct OutboxMessage {
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct OutboxRow {
+pub(crate) struct OutboxRow {
     pub id: i64,
     pub exchange: String,
     pub routing_key: String,
@@ -30,7 +30,10 @@ pub struct OutboxRow {
     pub attempts: i32,
 }
 
-pub async fn insert(conn: &mut PgConnection, msg: &OutboxMessage) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    msg: &OutboxMessage,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload, available_at)
          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
@@ -51,7 +54,10 @@ pub async fn insert(conn: &mut PgConnection, msg: &OutboxMessage) -> Result<(), 
 }
 
 /// Locks up to `limit` due messages, oldest first, skipping those another relay holds.
-pub async fn lock_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+pub(crate) async fn lock_due(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, exchange, routing_key, message_id, content_type, payload, attempts
          FROM outbox WHERE available_at <= now()
@@ -62,7 +68,10 @@ pub async fn lock_due(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxR
     .await
 }
 
-pub async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<PgQueryResult, sqlx::Error> {
+pub(crate) async fn delete(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<PgQueryResult, sqlx::Error> {
     sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
         .bind(ids)
         .execute(conn)
@@ -70,7 +79,7 @@ pub async fn delete(conn: &mut PgConnection, ids: &[i64]) -> Result<PgQueryResul
 }
 
 /// Leaves a message that the broker did not confirm for a later try.
-pub async fn postpone(
+pub(crate) async fn postpone(
     conn: &mut PgConnection,
     id: i64,
     delay: Duration,

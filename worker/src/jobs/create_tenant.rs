@@ -10,18 +10,18 @@ use provisioner_shared::{
 };
 use uuid::Uuid;
 
-use super::{Context, Step, Versions, load_template, params};
-use crate::import::{self, Plan};
+use super::{
+    Context, Finished, JobFailure, params,
+    template::{self, Versions},
+    write_tenant,
+};
+use crate::tenant_write::Plan;
 
-pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
-    attempt(ctx, job, token).await.unwrap_or_else(|step| step)
-}
-
-async fn attempt(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Step, Step> {
+pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
     let params: CreateTenantParams = params(job)?;
-    let template = load_template(ctx, job, &params.template, Versions::Exact).await?;
-    let numbers = map_numbers(&template.access_numbers, &params)
-        .map_err(|detail| Step::fail(400, "Bad template", detail))?;
+    let template = template::load(ctx, job, &params.template, Versions::Exact).await?;
+    let numbers =
+        map_numbers(&template.access_numbers, &params).map_err(JobFailure::BadTemplate)?;
     let admin = match &params.admin {
         Some(spec) => Some(admin_user(ctx, job.id, spec).await?),
         None => None,
@@ -35,7 +35,7 @@ async fn attempt(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Step, Step>
         numbers,
         lock_timeout,
     );
-    Ok(import::run(&ctx.pool, ctx.settings.import_lock, job.id, token, &plan).await?)
+    write_tenant(ctx, job, token, &plan).await
 }
 
 /// Applies `numberMap`: every key must start a template range, which moves to the mapped
@@ -77,23 +77,23 @@ fn map_numbers(
 }
 
 /// The request's administrator, with its sealed password opened and hashed (Argon2id).
-async fn admin_user(ctx: &Context, job_id: Uuid, spec: &AdminSpec) -> Result<UserEntry, Step> {
+async fn admin_user(
+    ctx: &Context,
+    job_id: Uuid,
+    spec: &AdminSpec,
+) -> Result<UserEntry, JobFailure> {
     let sealed = db::jobs::sealed_password(&ctx.pool, job_id)
         .await?
         .ok_or_else(|| {
-            Step::fail(
-                500,
-                "Internal Server Error",
-                "the job carries no administrator password",
-            )
+            JobFailure::Internal("the job carries no administrator password".to_owned())
         })?;
     let password = ctx
         .sealer
         .open(&sealed, job_id.as_bytes())
-        .map_err(|e| Step::fail(500, "Internal Server Error", e.to_string()))?;
+        .map_err(|e| JobFailure::Internal(e.to_string()))?;
     let hash = tokio::task::spawn_blocking(move || provisioner_shared::passwords::hash(&password))
         .await
-        .map_err(|_| Step::Transient("password hashing crashed".to_owned()))?;
+        .map_err(|e| JobFailure::fault("password hashing crashed", e))?;
     Ok(UserEntry {
         id: Uuid::now_v7(),
         login_id: spec.login_id.clone(),

@@ -10,25 +10,21 @@ use provisioner_shared::{
 };
 use uuid::Uuid;
 
-use super::{Context, Step, Versions, load_template, params};
-use crate::import::{self, Plan};
+use super::{
+    Context, Finished, JobFailure, params,
+    template::{self, Versions},
+    write_tenant,
+};
+use crate::tenant_write::Plan;
 
-pub async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Step {
-    attempt(ctx, job, token).await.unwrap_or_else(|step| step)
-}
-
-async fn attempt(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Step, Step> {
+pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
     let params: ImportTenantParams = params(job)?;
-    let template = load_template(ctx, job, &TemplateSource::Upload, Versions::Upgradable).await?;
+    let template = template::load(ctx, job, &TemplateSource::Upload, Versions::Upgradable).await?;
     if TenantUrl::parse(&template.tenant.url).is_err() {
-        return Err(Step::fail(
-            400,
-            "Bad template",
-            format!(
-                "tenant.json url `{}` is not a host name",
-                template.tenant.url
-            ),
-        ));
+        return Err(JobFailure::BadTemplate(format!(
+            "tenant.json url `{}` is not a host name",
+            template.tenant.url
+        )));
     }
     let actor = format!("client:{}", job.client_id);
     let plan = Plan::for_import(
@@ -36,5 +32,5 @@ async fn attempt(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Step, Step>
         &actor,
         Duration::from_secs(params.lock_timeout.into()),
     );
-    Ok(import::run(&ctx.pool, ctx.settings.import_lock, job.id, token, &plan).await?)
+    write_tenant(ctx, job, token, &plan).await
 }

@@ -1,0 +1,153 @@
+//! Tenants: lookup, insertion, lifecycle and audit events (here), and their configuration
+//! (`contents`).
+
+mod contents;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+pub use self::contents::{
+    audit, calling_lists, insert_audit, insert_calling_lists, insert_objects, insert_users,
+    objects, users,
+};
+use crate::domain::{AuditAction, TenantStatus};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub id: Uuid,
+    pub url: String,
+    pub name: String,
+    pub sip_domain: String,
+    pub status: TenantStatus,
+    pub settings: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn find_by_url(
+    exec: impl PgExecutor<'_>,
+    url: &str,
+) -> Result<Option<TenantRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, url, name, sip_domain, status, settings, created_at FROM tenants WHERE url = $1")
+        .bind(url)
+        .fetch_optional(exec)
+        .await
+}
+
+pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE url = $1)")
+        .bind(url)
+        .fetch_one(exec)
+        .await
+}
+
+/// Inserts an Inactive tenant. A taken URL or SIP domain is a unique violation for the caller.
+pub async fn insert(conn: &mut PgConnection, t: &TenantRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tenants (id, url, name, sip_domain, status, settings, created_at)
+         VALUES ($1, $2, $3, $4, 'Inactive', $5, $6)",
+    )
+    .bind(t.id)
+    .bind(&t.url)
+    .bind(&t.name)
+    .bind(&t.sip_domain)
+    .bind(&t.settings)
+    .bind(t.created_at)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Moves the tenant from `from` to `to`; `false` if it was not in `from`.
+pub async fn set_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: TenantStatus,
+    to: TenantStatus,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE tenants SET status = $3 WHERE id = $1 AND status = $2")
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What happens to a deleted tenant's access numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumbersOnDelete {
+    Delete,
+    KeepUnassigned,
+}
+
+/// Deletes the tenant with its configuration, calling lists and history.
+pub async fn delete(
+    conn: &mut PgConnection,
+    id: Uuid,
+    numbers: NumbersOnDelete,
+) -> Result<(), sqlx::Error> {
+    let sql = match numbers {
+        NumbersOnDelete::Delete => "DELETE FROM access_numbers WHERE tenant_id = $1",
+        NumbersOnDelete::KeepUnassigned => {
+            "UPDATE access_numbers SET tenant_id = NULL WHERE tenant_id = $1"
+        }
+    };
+    sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM tenants WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Tenants ordered by URL, after `after` (exclusive).
+pub async fn list(
+    exec: impl PgExecutor<'_>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TenantRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, url, name, sip_domain, status, settings, created_at FROM tenants
+         WHERE $1::text IS NULL OR url > $1 ORDER BY url LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(exec)
+    .await
+}
+
+/// Appends one entry to the tenant's audit history.
+pub async fn audit_event(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    actor: &str,
+    action: AuditAction,
+    object: &str,
+    details: Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_log (tenant_id, at, actor, action, object, details) VALUES ($1, now(), $2, $3, $4, $5)")
+        .bind(tenant_id)
+        .bind(actor)
+        .bind(action)
+        .bind(object)
+        .bind(details)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+pub async fn url_of(exec: impl PgExecutor<'_>, id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT url FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_optional(exec)
+        .await
+}
+
+pub async fn id_exists(exec: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
+        .bind(id)
+        .fetch_one(exec)
+        .await
+}

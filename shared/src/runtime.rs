@@ -1,0 +1,116 @@
+//! Process plumbing both binaries share: the shutdown signal, the reconnect-with-backoff loop of
+//! long-lived sessions (broker consumer, outbox relay, notification listener), and the
+//! background services every process runs and stops by draining.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::{Notifications, Relay};
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub async fn shutdown_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+    token.cancel();
+}
+
+/// How a reconnect loop waits between sessions: from `first`, doubling up to `max`, each wait
+/// jittered by ±20%.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+/// A session that lasted this long was healthy: the next failure backs off from `first` again.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
+/// Runs `session` again and again until one returns `Ok` (it stopped on purpose) or `shutdown`
+/// is cancelled. Each failure is logged once, naming `what`, then waited out with `backoff`.
+pub async fn reconnect<F, Fut>(
+    what: &str,
+    backoff: Backoff,
+    shutdown: &CancellationToken,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut wait = backoff.first;
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        let Err(e) = session().await else {
+            return;
+        };
+        if started.elapsed() > HEALTHY_SESSION {
+            wait = backoff.first;
+        }
+        let retry_in = wait.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+        tracing::warn!(
+            error = format!("{e:#}"),
+            ?retry_in,
+            "{what} interrupted; reconnecting"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(retry_in) => {}
+            () = shutdown.cancelled() => return,
+        }
+        wait = (wait * 2).min(backoff.max);
+    }
+}
+
+/// The services every process runs besides its own work: the notification hub and the outbox
+/// relay. Stop them with `stop`, which publishes what is committed first.
+#[derive(Debug)]
+pub struct Background {
+    notifications: Notifications,
+    relay: Relay,
+    hub: CancellationToken,
+}
+
+impl Background {
+    /// Starts listening for notifications and relaying the outbox.
+    pub fn start(pool: &PgPool, amqp_url: &SecretString) -> Self {
+        let hub = CancellationToken::new();
+        let notifications = Notifications::start(pool.clone(), hub.clone());
+        let relay = Relay::start(pool.clone(), amqp_url.clone(), notifications.clone());
+        Self {
+            notifications,
+            relay,
+            hub,
+        }
+    }
+
+    /// The hub, for in-process subscribers.
+    pub fn notifications(&self) -> &Notifications {
+        &self.notifications
+    }
+
+    /// Publishes the outbox rows already committed and due (giving up after `deadline`), then
+    /// stops the relay and the hub.
+    pub async fn stop(self, deadline: Duration) {
+        self.relay.drain_and_stop(deadline).await;
+        self.hub.cancel();
+    }
+}

@@ -1,0 +1,130 @@
+//! A job's lease: claiming the job (or rescuing it from a dead holder), renewing the lease while
+//! the handler runs, and handing leases back at shutdown.
+
+use std::{sync::Arc, time::Duration};
+
+use provisioner_shared::{
+    db::{self, jobs::JobRow},
+    domain::JobStatus,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Context, Disposition, outcome};
+
+/// Claims job `id` under lease `token`, or says what to do with the delivery instead.
+/// `redelivered` is the broker's flag: such a delivery may stand for a worker that died holding
+/// the job, so it waits for that worker's lease instead of being dropped as a duplicate.
+pub(super) async fn claim(
+    ctx: &Context,
+    id: Uuid,
+    token: Uuid,
+    redelivered: bool,
+    shutdown: &CancellationToken,
+) -> Result<JobRow, Disposition> {
+    // A redelivered copy waits at most this long for a live holder before leaving the job to it
+    // (and to the sweeper, should that holder die later).
+    let patience = tokio::time::Instant::now() + ctx.settings.job_lease * 2;
+    loop {
+        let wait = match acquire(ctx, id, token).await {
+            Ok(Acquired::Claimed(job)) => return Ok(*job),
+            Ok(Acquired::Ended) => return Err(Disposition::Ack),
+            Ok(Acquired::Unknown) => {
+                tracing::warn!(job.id = %id, "message names no known job; dead-lettering it");
+                return Err(Disposition::DeadLetter);
+            }
+            Ok(Acquired::Rescued) => continue,
+            // A duplicate of a job another live worker runs: that worker settles it.
+            Ok(Acquired::HeldElsewhere(_))
+                if !redelivered || tokio::time::Instant::now() > patience =>
+            {
+                return Err(Disposition::Ack);
+            }
+            Ok(Acquired::HeldElsewhere(wait)) => wait,
+            Err(e) => {
+                tracing::warn!(job.id = %id, error = %e, "cannot claim job; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Err(Disposition::Requeue),
+        }
+    }
+}
+
+enum Acquired {
+    Claimed(Box<JobRow>),
+    Ended,
+    Unknown,
+    /// Running under another worker's live lease, which ends within this long at most.
+    HeldElsewhere(Duration),
+    /// Its previous worker's lease ran out and the job was taken back: try again at once.
+    Rescued,
+}
+
+async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    if let Some(job) = db::jobs::claim(&mut tx, id, token, ctx.settings.job_lease).await? {
+        tx.commit().await?;
+        return Ok(Acquired::Claimed(Box::new(job)));
+    }
+    let Some(job) = db::jobs::find(&mut *tx, id, None).await? else {
+        return Ok(Acquired::Unknown);
+    };
+    if job.status.is_terminal() {
+        return Ok(Acquired::Ended);
+    }
+    let remaining = job
+        .lease_until
+        .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default())
+        .unwrap_or_default();
+    if job.status == JobStatus::Running && remaining.is_zero() {
+        // Its worker died or hung: take it back (or fail it when out of attempts).
+        let rescued = outcome::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
+        tx.commit().await?;
+        // The database's clock may still see the lease alive: then wait like for any holder.
+        return Ok(if rescued.is_some() {
+            Acquired::Rescued
+        } else {
+            Acquired::HeldElsewhere(Duration::from_secs(1))
+        });
+    }
+    Ok(Acquired::HeldElsewhere(
+        remaining.clamp(Duration::from_millis(100), Duration::from_secs(1)),
+    ))
+}
+
+/// Renews the lease every third of its term while alive; stops with its guard.
+pub(super) fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) -> AbortOnDrop<()> {
+    AbortOnDrop(tokio::spawn(async move {
+        let every = ctx.settings.job_lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match db::jobs::renew_lease(&ctx.pool, id, token, ctx.settings.job_lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => tracing::warn!(job.id = %id, error = %e, "cannot renew the job's lease"),
+            }
+        }
+    }))
+}
+
+/// Jobs cut short by shutdown: let their leases end now so a redelivery runs them at once.
+pub(crate) async fn hand_back(ctx: &Context) {
+    for (id, token) in ctx.leases.take_all() {
+        if let Err(e) = db::jobs::release_lease(&ctx.pool, id, token).await {
+            tracing::warn!(job.id = %id, error = %e, "cannot release lease; the sweeper will");
+        }
+    }
+}
+
+/// A task that is aborted when this guard is dropped.
+pub(super) struct AbortOnDrop<T>(pub(super) JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

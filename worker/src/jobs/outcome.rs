@@ -1,0 +1,228 @@
+//! How a job attempt ends: `Finished` or a `JobFailure`, whose code and title come from one
+//! mapping, and the recording of that outcome (retry with backoff, or the job's end).
+
+use std::time::Duration;
+
+use provisioner_shared::{
+    db::{self, jobs::Ending, jobs::JobRow},
+    domain::JobError,
+};
+use rand::Rng;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::Context;
+use crate::tenant_write::WriteOutcome;
+
+/// A handler's attempt that failed in none of the `JobFailure` ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finished {
+    /// The work and the job's success committed together.
+    Committed,
+    /// Another worker took the job over (our lease ran out); nothing was written.
+    LostLease,
+}
+
+/// Why a job attempt failed. The detail is what the job's `error.detail` says.
+#[derive(Debug)]
+pub(crate) enum JobFailure {
+    /// The template (or a parameter naming part of it) is unusable: code 400.
+    BadTemplate(String),
+    /// The tenant, or ids it keeps, exist: code 409.
+    Conflict(String),
+    /// The import lock was not free within the client's `lockTimeout`: code 503, final.
+    LockTimeout(String),
+    /// A fault a later attempt may not meet: retried, code 500 once attempts run out. The
+    /// `cause`, if any, is logged when the attempt is recorded; the job shows only `detail`.
+    Transient {
+        detail: String,
+        cause: Option<anyhow::Error>,
+    },
+    /// A fault no retry cures: code 500.
+    Internal(String),
+}
+
+impl JobFailure {
+    pub(crate) fn transient(detail: impl Into<String>) -> Self {
+        Self::Transient {
+            detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// A transient fault whose cause stays in the logs.
+    pub(crate) fn fault(detail: impl Into<String>, cause: impl Into<anyhow::Error>) -> Self {
+        Self::Transient {
+            detail: detail.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// The job's final code and error title: the one mapping.
+    fn code_and_title(&self) -> (i32, &'static str) {
+        match self {
+            Self::BadTemplate(_) => (400, "Bad template"),
+            Self::Conflict(_) => (409, "Conflict"),
+            Self::LockTimeout(_) => (503, "Lock timeout"),
+            Self::Transient { .. } | Self::Internal(_) => (500, "Internal Server Error"),
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            Self::BadTemplate(d)
+            | Self::Conflict(d)
+            | Self::LockTimeout(d)
+            | Self::Internal(d)
+            | Self::Transient { detail: d, .. } => d,
+        }
+    }
+
+    fn ending(&self) -> Ending {
+        let (code, title) = self.code_and_title();
+        Ending::Failed {
+            code,
+            error: JobError {
+                title: title.to_owned(),
+                detail: self.detail().to_owned(),
+            },
+        }
+    }
+}
+
+impl From<sqlx::Error> for JobFailure {
+    /// Records only what kind of fault it was; the cause is logged with the outcome.
+    fn from(e: sqlx::Error) -> Self {
+        Self::fault("a database fault interrupted the job", e)
+    }
+}
+
+/// What the write transaction's outcome means for the job.
+pub(crate) fn written(outcome: WriteOutcome) -> Result<Finished, JobFailure> {
+    match outcome {
+        WriteOutcome::Committed => Ok(Finished::Committed),
+        WriteOutcome::LostLease => Ok(Finished::LostLease),
+        WriteOutcome::LockNotFree { within } => Err(JobFailure::LockTimeout(format!(
+            "the import lock was not free within {} s",
+            within.as_secs()
+        ))),
+        WriteOutcome::TenantExists { url } => Err(JobFailure::Conflict(format!(
+            "a tenant with URL {url} already exists"
+        ))),
+        WriteOutcome::IdsTaken => Err(JobFailure::Conflict(
+            "the tenant's objects, users or calling lists already exist in this cluster".to_owned(),
+        )),
+    }
+}
+
+/// Commits how the attempt ended. Database faults here are retried until they pass: the
+/// delivery is not acknowledged before the outcome is durable. Returns whether the job ended by
+/// this attempt (its outcome applied while this worker still held the lease).
+pub(super) async fn record(
+    ctx: &Context,
+    job: &JobRow,
+    token: Uuid,
+    outcome: Result<Finished, JobFailure>,
+) -> bool {
+    let max = ctx.settings.job_max_attempts;
+    log(&outcome, job.attempts, max);
+    let failure = match outcome {
+        Ok(Finished::Committed) => return true,
+        Ok(Finished::LostLease) => return false,
+        Err(f) if job.attempts >= max as i32 => exhausted(f, max),
+        Err(f) => f,
+    };
+    loop {
+        match write(ctx, job, token, &failure).await {
+            Ok(ended) => return ended,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the job's outcome; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The attempt's one log line, inside the job's span.
+fn log(outcome: &Result<Finished, JobFailure>, attempt: i32, max: u32) {
+    match outcome {
+        Ok(Finished::Committed) => tracing::info!("job succeeded"),
+        Ok(Finished::LostLease) => {
+            tracing::warn!("lease lost to another worker; this attempt wrote nothing")
+        }
+        Err(JobFailure::Transient { detail, cause }) => match cause {
+            Some(e) => {
+                tracing::warn!(reason = %detail, error = format!("{e:#}"), attempt, max, "transient failure")
+            }
+            None => tracing::warn!(reason = %detail, attempt, max, "transient failure"),
+        },
+        Err(f) => tracing::info!(
+            code = f.code_and_title().0,
+            detail = f.detail(),
+            "job failed"
+        ),
+    }
+}
+
+/// A transient failure on the last attempt ends the job.
+fn exhausted(failure: JobFailure, max: u32) -> JobFailure {
+    match failure {
+        JobFailure::Transient { detail, .. } => JobFailure::Internal(format!(
+            "the job failed {max} times with transient faults; the last: {detail}"
+        )),
+        permanent => permanent,
+    }
+}
+
+/// Ends the job with `failure`, or queues it again after a backoff if it is transient.
+async fn write(
+    ctx: &Context,
+    job: &JobRow,
+    token: Uuid,
+    failure: &JobFailure,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    let ended = match failure {
+        JobFailure::Transient { .. } => {
+            let delay = backoff(ctx.settings.retry_base_delay, job.attempts);
+            db::jobs::retry_later(&mut tx, job.id, token, delay).await?;
+            // Queued again: a later attempt still needs the job's upload.
+            false
+        }
+        permanent => db::jobs::finish(&mut tx, job.id, token, &permanent.ending())
+            .await?
+            .is_some(),
+    };
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// Takes a running job from a holder whose lease ran out: back to queued (with a new job
+/// message) while attempts remain, else failed with code 500. `None`: nothing to take.
+pub(crate) async fn rescue(
+    conn: &mut PgConnection,
+    id: Uuid,
+    max_attempts: u32,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let Some(lease) = db::jobs::lock_expired(conn, id).await? else {
+        return Ok(None);
+    };
+    if lease.attempts >= max_attempts as i32 {
+        let failure = JobFailure::Internal(format!(
+            "the job's worker was lost {} times",
+            lease.attempts
+        ));
+        db::jobs::finish(conn, id, lease.token, &failure.ending()).await
+    } else {
+        db::jobs::retry_later(conn, id, lease.token, Duration::ZERO).await
+    }
+}
+
+/// Exponential backoff with jitter: base * 2^(attempt-1), at most 5 minutes.
+fn backoff(base: Duration, attempt: i32) -> Duration {
+    let exp = base
+        .saturating_mul(1 << (attempt - 1).clamp(0, 16))
+        .min(Duration::from_secs(300));
+    let jitter = rand::thread_rng().gen_range(0.8..1.2);
+    exp.mul_f64(jitter)
+}

@@ -1,0 +1,197 @@
+//! The write transaction that create and Import Tenant share: advisory lock, tenant, users,
+//! objects, access numbers and the job's success, all committed together or not at all. It
+//! reports its own outcome; the job layer decides what that means for the job.
+
+mod plan;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use provisioner_shared::{
+    config::ImportLockMode,
+    db::{self, access_numbers::Placement, jobs::Ending, locks::LockKey, tenants::TenantRow},
+    domain::{SkipReason, SkippedRange, TenantStatus, TenantSummary},
+};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+pub(crate) use plan::Plan;
+
+/// How the write transaction ended; a database fault is its `Err`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteOutcome {
+    /// The tenant and the job's success committed together.
+    Committed,
+    /// The import lock was not free within the plan's lock timeout; nothing was written.
+    LockNotFree { within: Duration },
+    /// A tenant with this URL, id or SIP domain exists; nothing was written.
+    TenantExists { url: String },
+    /// Kept ids (Import Tenant) of objects, users or calling lists that another tenant uses.
+    IdsTaken,
+    /// Another worker took the job over (this lease ran out); nothing was written.
+    LostLease,
+}
+
+/// Unique constraints whose violation means the tenant itself exists.
+const TENANT_KEYS: [&str; 3] = ["tenants_pkey", "tenants_url_key", "tenants_sip_domain_key"];
+/// Unique constraints whose violation means kept ids are in use by another tenant.
+const CONTENT_KEYS: [&str; 3] = ["users_pkey", "config_objects_pkey", "calling_lists_pkey"];
+
+/// Writes `plan` for job `job_id` under lease `token`.
+pub(crate) async fn run(
+    pool: &PgPool,
+    mode: ImportLockMode,
+    job_id: Uuid,
+    token: Uuid,
+    plan: &Plan,
+) -> Result<WriteOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    match write(&mut tx, mode, job_id, token, plan).await {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(WriteOutcome::Committed)
+        }
+        Err(Abort::Refused(outcome)) => {
+            tx.rollback().await?;
+            Ok(outcome)
+        }
+        Err(Abort::Database(e)) => Err(e),
+    }
+}
+
+/// Why the transaction is rolled back.
+enum Abort {
+    /// An outcome other than `Committed`.
+    Refused(WriteOutcome),
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Abort {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+/// The steps of the transaction, in order.
+async fn write(
+    conn: &mut PgConnection,
+    mode: ImportLockMode,
+    job_id: Uuid,
+    token: Uuid,
+    plan: &Plan,
+) -> Result<(), Abort> {
+    let lock_wait = take_locks(conn, mode, plan).await?;
+    let tenant = insert_tenant(conn, plan).await?;
+    insert_contents(conn, &tenant, plan).await?;
+    let skipped = place_numbers(conn, &tenant, plan).await?;
+    let ending = Ending::Succeeded {
+        lock_wait,
+        tenant: TenantSummary {
+            id: tenant.id,
+            url: tenant.url,
+            name: tenant.name,
+            status: tenant.status,
+        },
+        skipped,
+    };
+    match db::jobs::finish(conn, job_id, token, &ending).await? {
+        Some(_) => Ok(()),
+        None => Err(Abort::Refused(WriteOutcome::LostLease)),
+    }
+}
+
+/// Takes the import lock(s) of `mode`, waiting at most the plan's lock timeout; returns how
+/// long it waited.
+async fn take_locks(
+    conn: &mut PgConnection,
+    mode: ImportLockMode,
+    plan: &Plan,
+) -> Result<Duration, Abort> {
+    let keys: &[LockKey] = match mode {
+        ImportLockMode::Global => &[LockKey::Global, LockKey::Tenant(&plan.tenant_url)],
+        ImportLockMode::Tenant => &[LockKey::Tenant(&plan.tenant_url)],
+    };
+    let started = Instant::now();
+    if !db::locks::acquire(conn, keys, plan.lock_timeout).await? {
+        return Err(Abort::Refused(WriteOutcome::LockNotFree {
+            within: plan.lock_timeout,
+        }));
+    }
+    let waited = started.elapsed();
+    tracing::debug!(?waited, "import lock taken");
+    Ok(waited)
+}
+
+/// Inserts the tenant, Inactive, unless one with its URL, id or SIP domain exists.
+async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow, Abort> {
+    let exists = || {
+        Abort::Refused(WriteOutcome::TenantExists {
+            url: plan.tenant_url.clone(),
+        })
+    };
+    if db::tenants::exists(&mut *conn, &plan.tenant_url).await?
+        || db::tenants::id_exists(&mut *conn, plan.tenant_id).await?
+    {
+        return Err(exists());
+    }
+    let tenant = TenantRow {
+        id: plan.tenant_id,
+        url: plan.tenant_url.clone(),
+        name: plan.tenant_name.clone(),
+        sip_domain: plan.sip_domain.clone(),
+        status: TenantStatus::Inactive,
+        settings: plan.settings.clone(),
+        created_at: Utc::now(),
+    };
+    match db::tenants::insert(conn, &tenant).await {
+        Ok(()) => Ok(tenant),
+        Err(e) if TENANT_KEYS.iter().any(|c| db::violates(&e, c)) => Err(exists()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Inserts the tenant's objects, users, calling lists and history.
+async fn insert_contents(
+    conn: &mut PgConnection,
+    tenant: &TenantRow,
+    plan: &Plan,
+) -> Result<(), Abort> {
+    let inserted = async {
+        db::tenants::insert_objects(&mut *conn, tenant.id, &plan.objects).await?;
+        db::tenants::insert_users(&mut *conn, tenant.id, &plan.users).await?;
+        db::tenants::insert_calling_lists(&mut *conn, tenant.id, &plan.calling_lists).await?;
+        db::tenants::insert_audit(&mut *conn, tenant.id, &plan.audit).await
+    };
+    match inserted.await {
+        Ok(()) => Ok(()),
+        Err(e) if CONTENT_KEYS.iter().any(|c| db::violates(&e, c)) => {
+            Err(Abort::Refused(WriteOutcome::IdsTaken))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Places the plan's access-number ranges by the range rules; returns those left out.
+async fn place_numbers(
+    conn: &mut PgConnection,
+    tenant: &TenantRow,
+    plan: &Plan,
+) -> Result<Vec<SkippedRange>, sqlx::Error> {
+    let mut skipped = Vec::new();
+    for range in &plan.access_numbers {
+        let placed =
+            db::access_numbers::place(conn, tenant.id, &range.number, range.count, &range.media)
+                .await?;
+        let reason = match placed {
+            Placement::Created | Placement::AssignedExisting => continue,
+            Placement::AssignedToOtherTenant => SkipReason::AssignedToOtherTenant,
+            Placement::OverlapsExistingRange => SkipReason::OverlapsExistingRange,
+        };
+        skipped.push(SkippedRange {
+            number: range.number.clone(),
+            count: range.count,
+            reason,
+        });
+    }
+    Ok(skipped)
+}
