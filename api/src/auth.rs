@@ -29,19 +29,30 @@ use crate::{AppState, error::ApiError};
 /// A permission a client holds and a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scope {
-    /// Every GET route.
+    /// Every GET route but Export Tenant.
     TenantsRead,
     /// Every route that changes state.
     TenantsWrite,
+    /// Export Tenant, which carries password hashes (`tenants:read` does not grant it).
+    TenantsExport,
+    /// An operator: sees every client's work. It grants visibility, not the other scopes.
+    ProvisionerAdmin,
 }
 
 impl Scope {
-    pub(crate) const ALL: [Scope; 2] = [Scope::TenantsRead, Scope::TenantsWrite];
+    pub(crate) const ALL: [Scope; 4] = [
+        Scope::TenantsRead,
+        Scope::TenantsWrite,
+        Scope::TenantsExport,
+        Scope::ProvisionerAdmin,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::TenantsRead => "tenants:read",
             Self::TenantsWrite => "tenants:write",
+            Self::TenantsExport => "tenants:export",
+            Self::ProvisionerAdmin => "provisioner:admin",
         }
     }
 
@@ -50,6 +61,8 @@ impl Scope {
         match self {
             Self::TenantsRead => "read tenants, jobs and numbers",
             Self::TenantsWrite => "change them",
+            Self::TenantsExport => "export tenants, password hashes included",
+            Self::ProvisionerAdmin => "see every client's work (with the other scopes)",
         }
     }
 }
@@ -63,9 +76,16 @@ pub(crate) fn all_scope_names() -> Vec<String> {
 #[derive(Debug, Clone)]
 pub(crate) struct Caller {
     pub(crate) client_id: String,
+    /// Its token has `provisioner:admin`: it sees every client's work.
+    pub(crate) operator: bool,
 }
 
 impl Caller {
+    /// Whose work this caller sees: its own, or everyone's (`None`) for an operator.
+    pub(crate) fn sees(&self) -> Option<&str> {
+        (!self.operator).then_some(self.client_id.as_str())
+    }
+
     /// Who made a change, as the audit history records it.
     pub(crate) fn actor(&self) -> String {
         format!("client:{}", self.client_id)
@@ -173,7 +193,11 @@ pub(crate) async fn require_token(
             .insert(header::WWW_AUTHENTICATE, challenge.parse().expect("ascii"));
         return response;
     }
-    request.extensions_mut().insert(Caller { client_id });
+    let operator = scopes.iter().any(|s| s == Scope::ProvisionerAdmin.as_str());
+    request.extensions_mut().insert(Caller {
+        client_id,
+        operator,
+    });
     next.run(request).await
 }
 

@@ -214,7 +214,7 @@ async fn respond(
         return Ok(accepted(&job));
     };
     let deadline = Instant::now() + std::time::Duration::from_secs(secs);
-    let job = wait::until(state, job.id, &job.client_id, deadline, |j| {
+    let job = wait::until(state, job.id, Some(&job.client_id), deadline, |j| {
         j.status.is_terminal()
     })
     .await?

@@ -10,11 +10,11 @@ use uuid::Uuid;
 use crate::AppState;
 
 /// Returns the job once `done` holds for it or `deadline` passes; `None` if it does not exist
-/// for this client.
+/// for `owner` (`None`: any client's).
 pub async fn until(
     state: &AppState,
     id: Uuid,
-    client_id: &str,
+    owner: Option<&str>,
     deadline: Instant,
     done: impl Fn(&JobRow) -> bool,
 ) -> Result<Option<JobRow>, sqlx::Error> {
@@ -22,7 +22,7 @@ pub async fn until(
     let mut changes = state.notifications.subscribe();
     let id_text = id.to_string();
     loop {
-        let Some(job) = db::jobs::find(&state.pool, id, Some(client_id)).await? else {
+        let Some(job) = db::jobs::find(&state.pool, id, owner).await? else {
             return Ok(None);
         };
         if done(&job) || Instant::now() >= deadline {

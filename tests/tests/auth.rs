@@ -445,3 +445,77 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
     assert_eq!(body["error"], "temporarily_unavailable");
     app.stop().await;
 }
+
+/// A client made by the operator command with `scopes`, and a bearer-token HTTP client for it.
+async fn client_with(app: &TestApp, name: &str, scopes: &str) -> (String, reqwest::Client) {
+    let (ok, out) = cli(
+        app,
+        &["client", "create", "--name", name, "--scopes", scopes],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (id, secret) = (field(&out, "client_id"), field(&out, "client_secret"));
+    let token = fetch_token(&reqwest::Client::new(), app.addr, id, secret).await;
+    (id.to_owned(), authorized_client(&token))
+}
+
+#[tokio::test]
+async fn export_needs_its_own_scope_and_operators_see_every_clients_jobs() {
+    let app = TestApp::without_workers().await;
+    let (_, reader) = client_with(&app, "reader", "tenants:read").await;
+    let (_, exporter) = client_with(&app, "exporter", "tenants:read,tenants:export").await;
+    let (_, operator) = client_with(&app, "operator", "tenants:read,provisioner:admin").await;
+    let (_, writer) = client_with(&app, "writer", "tenants:read,tenants:write").await;
+
+    let export = app.url("/configapi/v2/tenant/nobody.example.com/export");
+    let r = reader.get(&export).send().await.unwrap();
+    assert_eq!(r.status(), 403, "tenants:read does not grant export");
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"tenants:export\"")
+    );
+    let r = exporter.get(&export).send().await.unwrap();
+    assert_eq!(r.status(), 404, "past the scope check: no such tenant");
+
+    let tenant = fixtures::tenant_url();
+    let r = writer
+        .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+        .json(&fixtures::create_body("https://templates.example/t.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = app.url(&format!("/configapi/v2/jobs/{id}"));
+    assert_eq!(reader.get(&job).send().await.unwrap().status(), 404);
+    let r = operator.get(&job).send().await.unwrap();
+    assert_eq!(r.status(), 200, "an operator sees another client's job");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["tenantUrl"],
+        tenant.as_str()
+    );
+    let listed: Value = operator
+        .get(app.url("/configapi/v2/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["jobId"] == id.as_str()),
+        "{listed}"
+    );
+    let r = operator.delete(&job).send().await.unwrap();
+    assert_eq!(r.status(), 403, "visibility is not the write scope");
+    app.stop().await;
+}

@@ -71,7 +71,7 @@ pub(super) async fn get_job(
         return Err(ApiError::Validation(errors));
     }
     let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
-    let job = wait::until(&state, id, &caller.client_id, deadline, |j| match seen {
+    let job = wait::until(&state, id, caller.sees(), deadline, |j| match seen {
         None => j.status.is_terminal(),
         Some(seen) => j.status != seen,
     })
@@ -80,7 +80,7 @@ pub(super) async fn get_job(
     Ok(Json(job.view()))
 }
 
-/// The client's jobs, newest first.
+/// The client's jobs (every client's for an operator), newest first.
 #[utoipa::path(get, path = "/configapi/v2/jobs", tag = "jobs", operation_id = "listJobs",
     params(("status" = Option<JobStatus>, Query), ("tenantUrl" = Option<String>, Query), ("batchId" = Option<String>, Query),
         ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
@@ -116,7 +116,7 @@ pub(super) async fn list_jobs(
         return Err(ApiError::Validation(errors));
     }
     let filter = ListFilter {
-        client_id: &caller.client_id,
+        client_id: caller.sees(),
         status,
         tenant_url: tenant_url.as_ref().map(TenantUrl::as_str),
         batch_id,
@@ -154,12 +154,12 @@ pub(super) async fn cancel_job(
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut tx = state.pool.begin().await?;
-    if let Some(job) = db::jobs::cancel(&mut tx, id, &caller.client_id).await? {
+    if let Some(job) = db::jobs::cancel(&mut tx, id, caller.sees()).await? {
         tx.commit().await?;
         provisioner_shared::uploads::remove(&state.settings.upload_dir, id).await;
         return Ok(Json(job.view()));
     }
-    match db::jobs::find(&mut *tx, id, Some(&caller.client_id)).await? {
+    match db::jobs::find(&mut *tx, id, caller.sees()).await? {
         None => Err(ApiError::NotFound(format!("no job {id}"))),
         Some(job) => Err(ApiError::Conflict(format!(
             "job {id} is {} and can no longer be cancelled",

@@ -50,8 +50,8 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(tenants::list_tenants))
         .routes(routes!(tenants::get_tenant))
-        .routes(routes!(export::export_tenant))
         .routes(routes!(access_numbers::list_access_numbers));
+    let export = OpenApiRouter::new().routes(routes!(export::export_tenant));
     let write = OpenApiRouter::new()
         .routes(create)
         .routes(routes!(stream::create_from_stream))
@@ -74,6 +74,10 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         Group {
             scope: Some(Scope::TenantsWrite),
             routes: write,
+        },
+        Group {
+            scope: Some(Scope::TenantsExport),
+            routes: export,
         },
     ]
 }

@@ -202,7 +202,8 @@ pub async fn find_by_idempotency_key(
 /// Filters of the job list; `after` is the (created_at, id) of the last item already seen.
 #[derive(Debug, Default)]
 pub struct ListFilter<'a> {
-    pub client_id: &'a str,
+    /// Whose jobs (`None`: every client's, for operators).
+    pub client_id: Option<&'a str>,
     pub status: Option<JobStatus>,
     pub tenant_url: Option<&'a str>,
     pub batch_id: Option<Uuid>,
@@ -217,7 +218,7 @@ pub async fn list(
 ) -> Result<Vec<JobRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM jobs
-         WHERE client_id = $1
+         WHERE ($1::text IS NULL OR client_id = $1)
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR tenant_url = $3)
            AND ($4::uuid IS NULL OR batch_id = $4)
@@ -240,16 +241,16 @@ pub async fn list(
 pub async fn cancel(
     conn: &mut PgConnection,
     id: Uuid,
-    client_id: &str,
+    client_id: Option<&str>,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let row = transition(
         conn,
         transition_sql!(
             "status = 'cancelled', finished_at = now(), sealed_password = NULL",
-            "id = $1 AND status = 'queued' AND client_id = $2"
+            "id = $1 AND status = 'queued' AND ($2::text IS NULL OR client_id = $2)"
         ),
         id,
-        |q| q.bind(client_id.to_owned()),
+        |q| q.bind(client_id.map(str::to_owned)),
     )
     .await?;
     Ok(row)
