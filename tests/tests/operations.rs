@@ -236,3 +236,30 @@ async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
+    let app = TestApp::without_workers().await;
+    let http = reqwest::Client::new();
+    for i in 0..40 {
+        let method = reqwest::Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        let r = http
+            .request(method, app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+    }
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("INVENTED"), "a method became a label");
+    assert!(
+        text.contains("method=\"other\",route=\"/healthz\",status=\"405\""),
+        "{text}"
+    );
+    app.stop().await;
+}
