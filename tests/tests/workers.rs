@@ -361,3 +361,94 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn stopping_the_api_publishes_every_job_it_committed() {
+    // The harness's own API gets a broker it cannot reach, so its relay publishes nothing and
+    // no worker consumes: whatever reaches the job queue was published by the API stopped below.
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        vars: vec![(
+            "AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:1/unreachable".to_owned(),
+        )],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let mut settings = app.settings();
+    settings.amqp_url = amqp_url.clone().into();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (bound, addr) = tokio::sync::oneshot::channel();
+    let api = tokio::spawn(provisioner_api::run(settings, stop.clone(), move |a| {
+        let _ = bound.send(a);
+    }));
+    let addr = addr.await.expect("the API binds");
+    let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
+    let token = provisioner_tests::fetch_token(
+        &anonymous,
+        addr,
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
+    let http = provisioner_tests::authorized_client(&token);
+
+    let submissions = (0..30).map(|i| {
+        let http = http.clone();
+        let mut body = fixtures::create_body(&url);
+        body["numberMap"] = json!({"0000000000": format!("41566{i:05}")});
+        async move {
+            let r = http
+                .post(format!(
+                    "http://{addr}/configapi/v2/selfservice/tenant/{}",
+                    fixtures::tenant_url()
+                ))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["jobId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    });
+    let mut ids: Vec<String> = futures_util::future::join_all(submissions).await;
+    // Stop right after the last 202, and wait until the API has stopped.
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), api)
+        .await
+        .expect("the API stops")
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox").await,
+        0,
+        "the outbox is drained"
+    );
+    let conn = lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut queued = vec![];
+    while let Some(message) = channel
+        .basic_get(
+            provisioner_shared::queue::CREATE_TENANT_QUEUE.into(),
+            lapin::options::BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+    {
+        let message: provisioner_shared::queue::JobMessage =
+            serde_json::from_slice(&message.delivery.data).unwrap();
+        queued.push(message.job_id.to_string());
+    }
+    let _ = conn.close(200, "done".into()).await;
+    ids.sort();
+    queued.sort();
+    assert_eq!(queued, ids, "one message per job in the job queue");
+    app.stop().await;
+}
