@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use provisioner_shared::domain::{
     AdminSpec, CreateTenantParams, DEFAULT_LOCK_TIMEOUT, TemplateSource, TenantUrl,
-    is_access_number, is_email,
+    is_access_number, is_email, is_hidden_char,
 };
 use secrecy::SecretString;
 use serde_json::{Map, Value};
@@ -116,8 +116,8 @@ impl Checker<'_> {
             Some(Value::String(s)) if s.chars().count() > max => {
                 format!("must be at most {max} characters")
             }
-            Some(Value::String(s)) if s.chars().any(char::is_control) => {
-                "must not contain control characters".to_owned()
+            Some(Value::String(s)) if s.chars().any(is_hidden_char) => {
+                "must not contain control or Unicode format characters".to_owned()
             }
             Some(Value::String(s)) => return Some(s.clone()),
             Some(_) => "must be a string".to_owned(),
@@ -265,5 +265,28 @@ mod tests {
             assert!(fields.contains(f), "{f} not reported: {errors:?}");
         }
         assert!(fields.contains("numberMap.1") || fields.contains("numberMap.2"));
+    }
+
+    #[test]
+    fn control_and_unicode_format_characters_are_refused() {
+        for bad in [
+            "Acme\u{202e}troppuS",
+            "Ac\u{200b}me",
+            "Acme\u{0007}",
+            "\u{feff}Acme",
+        ] {
+            let errors = create_request(
+                "acme.example.com",
+                &body(
+                    json!({"tenantName": bad, "firstName": "A", "lastName": "L", "loginId": "admin",
+                              "password": "correct horse", "email": "a@acme.example",
+                              "templateUrl": "https://t.example/t.zip"}),
+                ),
+                TemplateInput::Json,
+            )
+            .unwrap_err();
+            assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
+            assert_eq!(errors[0].field, "tenantName");
+        }
     }
 }

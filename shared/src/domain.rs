@@ -60,6 +60,16 @@ impl fmt::Display for TenantUrl {
     }
 }
 
+/// Is `c` a control character or a Unicode format character (general category Cc or Cf: for
+/// example U+202E RIGHT-TO-LEFT OVERRIDE or U+200B ZERO WIDTH SPACE), which text fields refuse?
+pub fn is_hidden_char(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control | GeneralCategory::Format
+    )
+}
+
 /// Is `s` an access number: 1 to 20 decimal digits?
 pub fn is_access_number(s: &str) -> bool {
     (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
