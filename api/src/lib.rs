@@ -15,7 +15,9 @@ mod upload;
 mod validate;
 mod wait;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::IntoFuture, sync::Arc, time::Duration};
+
+use anyhow::Context;
 
 use axum::Router;
 use provisioner_shared::{
@@ -29,9 +31,6 @@ use provisioner_shared::{
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
-
-/// How long stopping may spend publishing what the last requests committed.
-const OUTBOX_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What every handler may use.
 #[derive(Debug, Clone)]
@@ -92,16 +91,58 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "provisioner API listening");
     on_bound(addr);
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    // Publish what the last requests committed; whatever remains after the deadline is published
-    // by any other process's relay, or by this one at its next start.
-    background.stop(OUTBOX_DRAIN_DEADLINE).await;
+    let served = serve(
+        listener,
+        router(state),
+        &shutdown,
+        settings.shutdown_timeout,
+    )
+    .await;
+    // Publish what the last requests committed, within what is left of the shutdown timeout;
+    // whatever remains is published by any other process's relay, or by this one at its next
+    // start.
+    let left = served.as_ref().map_or(Duration::ZERO, |stop_by| {
+        stop_by.saturating_duration_since(tokio::time::Instant::now())
+    });
+    background.stop(left).await;
     pool.close().await;
     tracing::info!("provisioner API stopped");
-    Ok(())
+    served.map(drop)
+}
+
+/// Serves until `shutdown`, then lets requests in flight finish for at most `timeout`, whatever
+/// the clients do; past it they are cut off. Returns when the whole stop must be over.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: &CancellationToken,
+    timeout: Duration,
+) -> anyhow::Result<tokio::time::Instant> {
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    tokio::select! {
+        ended = &mut server => {
+            ended.context("the HTTP server task failed")?.context("serving HTTP")?;
+            Ok(tokio::time::Instant::now())
+        }
+        () = shutdown.cancelled() => {
+            let stop_by = tokio::time::Instant::now() + timeout;
+            match tokio::time::timeout_at(stop_by, &mut server).await {
+                Ok(ended) => {
+                    ended.context("the HTTP server task failed")?.context("serving HTTP")?;
+                }
+                Err(_) => {
+                    tracing::warn!(?timeout, "requests still in flight at the shutdown timeout; closing them");
+                    server.abort();
+                }
+            }
+            Ok(stop_by)
+        }
+    }
 }
 
 /// The binary's whole `main`: telemetry, settings, signals, run.

@@ -122,8 +122,7 @@ impl Relay {
     /// Starts publishing the outbox, reconnecting to the broker as needed.
     pub fn start(pool: PgPool, amqp_url: SecretString, hub: Notifications) -> Self {
         let drain = CancellationToken::new();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(publish_until(pool, amqp_url, hub, drain.clone(), stop));
+        let task = tokio::spawn(publish_until(pool, amqp_url, hub, drain.clone()));
         Self { task, drain }
     }
 
@@ -146,21 +145,21 @@ impl Relay {
     }
 }
 
-/// Publishes until `drain` (after one last pass over due rows) or `stop` (at once).
+/// Publishes until `drain`, then makes one last pass over due rows. A relay that is between
+/// broker sessions when `drain` comes stops at once (the broker is unreachable anyway).
 async fn publish_until(
     pool: PgPool,
     amqp_url: SecretString,
     hub: Notifications,
     drain: CancellationToken,
-    stop: CancellationToken,
 ) {
     let backoff = Backoff {
         first: Duration::from_millis(200),
         max: Duration::from_secs(10),
     };
-    runtime::reconnect("outbox relay", backoff, &stop, || {
+    runtime::reconnect("outbox relay", backoff, &drain, || {
         // A fresh subscription per session: the session starts with a full pass anyway.
-        relay_session(&pool, &amqp_url, hub.subscribe(), &drain, &stop)
+        relay_session(&pool, &amqp_url, hub.subscribe(), &drain)
     })
     .await;
 }
@@ -170,7 +169,6 @@ async fn relay_session(
     amqp_url: &SecretString,
     mut wake: broadcast::Receiver<Notification>,
     drain: &CancellationToken,
-    stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (conn, channel) = open_channel(amqp_url, "provisioner-relay").await?;
     channel
@@ -179,12 +177,15 @@ async fn relay_session(
         .context("enabling publisher confirms")?;
     tracing::info!("outbox relay connected");
     loop {
+        // Read before the pass: a pass that began before the drain was asked for may miss rows
+        // committed during it, so only a pass that began after it may be the last.
+        let last_pass = drain.is_cancelled();
         while publish_batch(pool, &channel)
             .await
             .context("publishing the outbox")?
             == BATCH as usize
         {}
-        if drain.is_cancelled() {
+        if last_pass {
             break;
         }
         tokio::select! {
@@ -192,7 +193,6 @@ async fn relay_session(
             () = tokio::time::sleep(POLL) => {}
             // One last pass over what is due, then stop.
             () = drain.cancelled() => {}
-            () = stop.cancelled() => break,
         }
     }
     let _ = conn.close(200, "shutdown".into()).await;

@@ -65,15 +65,21 @@ impl Proc {
 
     /// Waits for the first record whose message is `message`.
     pub async fn wait_for(&mut self, message: &str) -> Value {
+        self.wait_for_record(message, |r| r["message"] == message)
+            .await
+    }
+
+    /// Waits for the first record that `matches` (`what` names it in a failure).
+    pub async fn wait_for_record(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(r) = self.records().into_iter().find(|r| r["message"] == message) {
+            if let Some(r) = self.records().into_iter().find(|r| matches(r)) {
                 return r;
             }
             let line = tokio::time::timeout_at(deadline, self.lines.recv())
                 .await
-                .unwrap_or_else(|_| panic!("no `{message}` in time"))
-                .unwrap_or_else(|| panic!("the process ended before `{message}`"));
+                .unwrap_or_else(|_| panic!("no `{what}` in time"))
+                .unwrap_or_else(|| panic!("the process ended before `{what}`"));
             self.seen.push(line);
         }
     }

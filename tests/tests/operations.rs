@@ -238,6 +238,51 @@ async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
 }
 
 #[tokio::test]
+async fn sigterm_stops_the_api_within_its_shutdown_timeout_whatever_clients_do() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let mut api = provisioner_tests::process::Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        &app,
+        &[("PROVISIONER_SHUTDOWN_TIMEOUT", "1")],
+        "info,tower_http=debug",
+    );
+    let addr = api.api_addr().await;
+    let token = provisioner_tests::fetch_token(
+        &reqwest::Client::new(),
+        addr,
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
+    let http = provisioner_tests::authorized_client(&token);
+    // A long-poll that would hold the API for a minute.
+    let poll = tokio::spawn(async move {
+        http.get(format!(
+            "http://{addr}/configapi/v2/jobs/{id}?wait=60&status=queued"
+        ))
+        .send()
+        .await
+    });
+    api.wait_for_record("the long-poll reaching the API", |r| {
+        r["message"] == "started processing request" && r.to_string().contains("wait=60")
+    })
+    .await;
+    let terminated = std::time::Instant::now();
+    api.terminate();
+    assert!(api.exit(std::time::Duration::from_secs(8)).await.success());
+    assert!(
+        terminated.elapsed() < std::time::Duration::from_secs(8),
+        "the API stopped long before the long-poll would have ended"
+    );
+    let _ = poll.await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
     let app = TestApp::without_workers().await;
     let http = reqwest::Client::new();

@@ -6,6 +6,7 @@ mod headers;
 mod json;
 mod lock_timeout;
 mod page;
+mod path;
 mod query;
 mod tenant;
 
@@ -13,5 +14,6 @@ pub(crate) use headers::{IdempotencyKey, PreferWait, clamped_seconds, media_type
 pub(crate) use json::JsonObject;
 pub(crate) use lock_timeout::{JobLockTimeout, RouteLockTimeout, lock_timeout_from};
 pub(crate) use page::{Page, PageQuery, not_a_cursor};
+pub(crate) use path::PathText;
 pub(crate) use query::query_param;
 pub(crate) use tenant::TenantPath;

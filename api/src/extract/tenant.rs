@@ -1,9 +1,6 @@
 //! `{tenant_url}` of a route that names an existing tenant.
 
-use axum::{
-    extract::{FromRequestParts, Path},
-    http::request::Parts,
-};
+use axum::{extract::FromRequestParts, http::request::Parts};
 use provisioner_shared::domain::TenantUrl;
 
 use crate::error::ApiError;
@@ -16,9 +13,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let super::PathText(raw) = super::PathText::from_request_parts(parts, state).await?;
         TenantUrl::parse(&raw)
             .map(Self)
             .map_err(|_| ApiError::NotFound(format!("no tenant {raw}")))

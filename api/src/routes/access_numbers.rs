@@ -2,7 +2,7 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, State},
+    extract::State,
     http::{StatusCode, Uri},
 };
 use provisioner_shared::{
@@ -17,7 +17,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{JsonObject, query_param},
+    extract::{JsonObject, PathText, query_param},
 };
 
 /// `POST /configapi/v2/accessnumbers`.
@@ -206,7 +206,7 @@ pub(super) async fn create_access_numbers(
 pub(super) async fn delete_access_numbers(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(number): Path<String>,
+    PathText(number): PathText,
     uri: Uri,
 ) -> Result<Json<RangeBody>, ApiError> {
     let count = match query_param(&uri, "count").map(|c| c.parse::<i32>()) {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::{
     Extension,
-    extract::{FromRequest, Multipart, Path, Request, State, multipart::Field},
+    extract::{FromRequest, Multipart, Request, State, multipart::Field},
     response::Response,
 };
 use provisioner_shared::uploads;
@@ -17,7 +17,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{JsonObject, media_type},
+    extract::{JsonObject, PathText, media_type},
     submit::{Answer, Submission, Submitted, submit},
     upload::{self, Upload},
     validate::{self, TemplateInput},
@@ -89,7 +89,7 @@ const FORM_TEXT_LIMIT: usize = 64 << 10;
 pub(super) async fn create_from_template(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw_url): Path<String>,
+    PathText(raw_url): PathText,
     answer: Answer,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -203,14 +203,18 @@ async fn read_form(state: &AppState, job_id: Uuid, request: Request) -> Result<F
     Ok(form)
 }
 
-async fn form_text(field: Field<'_>) -> Result<String, ApiError> {
+/// A text part, read chunk by chunk: past `FORM_TEXT_LIMIT` bytes it is `413` before more is read.
+async fn form_text(mut field: Field<'_>) -> Result<String, ApiError> {
     let name = field.name().unwrap_or_default().to_owned();
-    let bytes = field.bytes().await?;
-    if bytes.len() > FORM_TEXT_LIMIT {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "form part `{name}` is larger than {FORM_TEXT_LIMIT} bytes"
-        )));
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await? {
+        if bytes.len() + chunk.len() > FORM_TEXT_LIMIT {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "form part `{name}` is larger than {FORM_TEXT_LIMIT} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes.to_vec())
+    String::from_utf8(bytes)
         .map_err(|_| ApiError::BadRequest(format!("form part `{name}` is not UTF-8 text")))
 }

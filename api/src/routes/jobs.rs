@@ -1,10 +1,6 @@
 //! Job status: get (with long-poll), list with filters and cursor, cancel.
 
-use axum::{
-    Extension, Json,
-    extract::{Path, State},
-    http::Uri,
-};
+use axum::{Extension, Json, extract::State, http::Uri};
 use chrono::DateTime;
 use provisioner_shared::{
     db::{self, jobs::ListFilter},
@@ -17,7 +13,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{Page, PageQuery, clamped_seconds, not_a_cursor, query_param},
+    extract::{Page, PageQuery, PathText, clamped_seconds, not_a_cursor, query_param},
     wait,
 };
 
@@ -52,7 +48,7 @@ fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
 pub(super) async fn get_job(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    PathText(raw): PathText,
     uri: Uri,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
@@ -150,7 +146,7 @@ fn parse_job_key(text: &str) -> Option<(DateTime<chrono::Utc>, Uuid)> {
 pub(super) async fn cancel_job(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw): Path<String>,
+    PathText(raw): PathText,
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut tx = state.pool.begin().await?;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::{
     Extension,
-    extract::{Path, Request, State},
+    extract::{Request, State},
     http::HeaderMap,
     response::Response,
 };
@@ -19,7 +19,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError, all_valid},
-    extract::{JobLockTimeout, media_type},
+    extract::{JobLockTimeout, PathText, media_type},
     submit::{Answer, Submission, Submitted, submit},
     upload,
 };
@@ -68,7 +68,7 @@ fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
 pub(super) async fn create_from_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(raw_url): Path<String>,
+    PathText(raw_url): PathText,
     lock_timeout: Result<JobLockTimeout, FieldError>,
     answer: Answer,
     request: Request,
