@@ -2,6 +2,8 @@
 //! the per-client cap, the job and its outbox message in one transaction, and the answer (`202`,
 //! or the job's final code under `Prefer: wait`).
 
+use std::convert::Infallible;
+
 use axum::{
     Json,
     extract::FromRequestParts,
@@ -87,10 +89,10 @@ pub(crate) struct Answer {
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Answer {
-    type Rejection = ApiError;
+    type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let idempotency_key = IdempotencyKey::from_request_parts(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let Ok(idempotency_key) = IdempotencyKey::from_request_parts(parts, state).await;
         let Ok(prefer_wait) = PreferWait::from_request_parts(parts, state).await;
         Ok(Self {
             idempotency_key,
@@ -106,7 +108,15 @@ pub(crate) async fn submit(
     answer: &Answer,
     sub: Submission,
 ) -> Result<Response, ApiError> {
-    let key = answer.idempotency_key.0.as_deref();
+    let key = match answer.idempotency_key.key() {
+        Ok(key) => key,
+        Err(e) => {
+            if sub.uploaded {
+                uploads::remove(&state.settings.upload_dir, sub.id).await;
+            }
+            return Err(e);
+        }
+    };
     let outcome = record(state, caller, key, &sub).await;
     if sub.uploaded && !matches!(outcome, Ok(Recorded::New(_))) {
         uploads::remove(&state.settings.upload_dir, sub.id).await;

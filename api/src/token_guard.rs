@@ -1,8 +1,9 @@
 //! Bounds the token endpoint's work. Verifying a client secret is an Argon2id hash (19 MiB, tens
 //! of milliseconds of a core), so an unbounded flood of bad requests could exhaust memory: at most
 //! one verification per core runs at once, a few more wait briefly, and the rest are answered
-//! `503` at once. Clients and peers that keep failing are refused (`429`) for a while without
-//! any hashing.
+//! `503` at once. Peers that keep failing, in all or for one client id, are refused (`429`) for
+//! a while without any hashing. Failures are not counted per client id alone: client ids are not
+//! secret, and anyone could otherwise lock a client out.
 
 use std::{
     collections::HashMap,
@@ -13,7 +14,8 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Failed attempts one client id, or one peer, may make in a window before being refused.
+/// Failed attempts one peer may make in a window, in all and for one client id, before being
+/// refused.
 const MAX_FAILURES: u32 = 20;
 /// The window of `MAX_FAILURES`.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -27,7 +29,7 @@ const MAX_TRACKED: usize = 10_000;
 pub(crate) enum Refusal {
     /// Every verification slot and queue place is taken: `503`.
     Busy,
-    /// The client id or the peer failed too often lately: `429` for `retry_after` seconds.
+    /// The peer failed too often lately: `429` for `retry_after` seconds.
     TooManyFailures { retry_after: u64 },
 }
 
@@ -41,7 +43,8 @@ pub(crate) struct TokenGuard {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
-    Client(String),
+    /// One client id from one peer (`None`: the peer is unknown).
+    ClientFrom(String, Option<IpAddr>),
     Peer(IpAddr),
 }
 
@@ -129,7 +132,7 @@ impl TokenGuard {
 }
 
 fn keys(client_id: &str, peer: Option<IpAddr>) -> Vec<Key> {
-    let mut keys = vec![Key::Client(client_id.to_owned())];
+    let mut keys = vec![Key::ClientFrom(client_id.to_owned(), peer)];
     keys.extend(peer.map(Key::Peer));
     keys
 }

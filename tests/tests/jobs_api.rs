@@ -434,3 +434,29 @@ async fn a_wait_of_any_length_is_clamped_not_refused() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn long_polling_for_a_change_from_a_terminal_status_answers_at_once() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let r = app
+        .http
+        .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A cancelled job will never change: waiting a minute for it would only hold the client.
+    let r = app
+        .http
+        .get(app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=cancelled")))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("answered before the client's 20 s timeout");
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}

@@ -199,3 +199,83 @@ async fn a_wrong_method_is_a_405_problem() {
     assert_eq!(problem(r).await.0, 405);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_request_is_judged_before_its_idempotency_key() {
+    let app = TestApp::without_workers().await;
+    let path = format!(
+        "/configapi/v2/selfservice/tenant/{}",
+        fixtures::tenant_url()
+    );
+    let bad_key = "k".repeat(300);
+    let r = app
+        .http
+        .post(app.url(&path))
+        .header("idempotency-key", &bad_key)
+        .header("content-type", "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415, "the media type is judged first");
+    let r = app
+        .http
+        .post(app.url(&path))
+        .header("idempotency-key", &bad_key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(r).await;
+    assert_eq!(status, 400);
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"tenantName") && !fields.contains(&"Idempotency-Key"),
+        "{fields:?}"
+    );
+    let r = app
+        .http
+        .post(app.url(&path))
+        .header("idempotency-key", &bad_key)
+        .json(&fixtures::create_body("https://templates.example/t.zip"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(r).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_paths_and_oversized_token_forms_still_answer_json() {
+    let app = TestApp::without_workers().await;
+    let r = app
+        .http
+        .get(app.url("/configapi/v2/jobs/%FF%FE"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(r).await;
+    assert!([400, 404].contains(&status), "{status} {body}");
+    let r = reqwest::Client::new()
+        .post(app.url("/configapi/v2/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=client_credentials&client_id={}",
+            "x".repeat(100_000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request");
+    app.stop().await;
+}

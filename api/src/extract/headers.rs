@@ -12,30 +12,49 @@ use crate::error::{ApiError, FieldError};
 /// Longest `Prefer: wait`, seconds.
 pub(crate) const MAX_PREFER_WAIT: u64 = 300;
 
-/// `Idempotency-Key`: 1 to 255 visible ASCII characters; anything else is a validation error.
+/// `Idempotency-Key`, as sent. It is checked (1 to 255 visible ASCII characters) by `key()`,
+/// which the submission calls after the request's own validation, so a bad body is reported
+/// first.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct IdempotencyKey(pub(crate) Option<String>);
+pub(crate) struct IdempotencyKey(Option<Result<String, ()>>);
 
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = ApiError;
+impl IdempotencyKey {
+    /// Was a key sent at all (valid or not)?
+    pub(crate) fn is_present(&self) -> bool {
+        self.0.is_some()
+    }
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let Some(v) = parts.headers.get("idempotency-key") else {
-            return Ok(Self(None));
-        };
-        match v.to_str() {
-            Ok(k)
-                if (1..=255).contains(&k.len())
-                    && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
-            {
-                Ok(Self(Some(k.to_owned())))
-            }
-            _ => Err(FieldError::new(
+    /// The key, if one was sent; a malformed one is a validation error.
+    pub(crate) fn key(&self) -> Result<Option<&str>, ApiError> {
+        match &self.0 {
+            None => Ok(None),
+            Some(Ok(k)) => Ok(Some(k)),
+            Some(Err(())) => Err(FieldError::new(
                 "Idempotency-Key",
                 "must be 1 to 255 visible ASCII characters",
             )
             .into()),
         }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let key = parts
+            .headers
+            .get("idempotency-key")
+            .map(|v| match v.to_str() {
+                Ok(k)
+                    if (1..=255).contains(&k.len())
+                        && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
+                {
+                    Ok(k.to_owned())
+                }
+                _ => Err(()),
+            });
+        Ok(Self(key))
     }
 }
 

@@ -79,7 +79,7 @@ pub(super) async fn create_from_stream(
     let lock_timeout = lock_timeout.0;
     // Refuse an existing tenant before reading a possibly large body, unless the request may be
     // the retry of one that made it (a replay answers the job, not 409).
-    let keyed = answer.idempotency_key.0.is_some();
+    let keyed = answer.idempotency_key.is_present();
     if !keyed && db::tenants::exists(&state.pool, url.as_str()).await? {
         return Err(ApiError::Conflict(format!(
             "a tenant with URL {url} already exists"

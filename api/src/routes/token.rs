@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use axum::{
     Json,
     body::Bytes,
-    extract::{ConnectInfo, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -20,6 +20,11 @@ use crate::{
     extract::media_type,
     token_guard::Refusal,
 };
+
+/// Largest token request form.
+const FORM_LIMIT: usize = 16 << 10;
+/// Longest client id (longer ones are refused before any work).
+const MAX_CLIENT_ID: usize = 255;
 
 /// `POST /configapi/v2/oauth/token` (form-encoded).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -81,7 +86,7 @@ impl OAuthError {
             ),
             Refusal::TooManyFailures { retry_after } => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many failed attempts for this client or from this address; retry later",
+                "too many failed attempts from this address; retry later",
                 retry_after,
             ),
         };
@@ -109,14 +114,22 @@ impl OAuthError {
         (status = 200, description = "A bearer token", body = TokenResponse),
         (status = 400, description = "invalid_request, unsupported_grant_type or invalid_scope", body = OAuthError),
         (status = 401, description = "invalid_client", body = OAuthError),
-        (status = 429, description = "Too many failed attempts for this client or from this address (Retry-After)", body = OAuthError),
+        (status = 413, description = "The form is larger than 16 KiB", body = OAuthError),
+        (status = 429, description = "Too many failed attempts from this address (Retry-After)", body = OAuthError),
         (status = 503, description = "Too many token requests at once (Retry-After)", body = OAuthError)))]
 pub(super) async fn issue_token_route(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
+    let headers = request.headers().clone();
+    let Ok(body) = axum::body::to_bytes(request.into_body(), FORM_LIMIT).await else {
+        return OAuthError::respond(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            "the form is larger than 16 KiB",
+        );
+    };
     let form = match read_form(&headers, &body) {
         Ok(form) => form,
         Err((error, description)) => {
@@ -132,6 +145,10 @@ pub(super) async fn issue_token_route(
         (None, None, Some(basic)) => basic,
         _ => return OAuthError::invalid_client(),
     };
+    if id.len() > MAX_CLIENT_ID {
+        // No client has such an id: nothing to verify, nothing to remember.
+        return OAuthError::invalid_client();
+    }
     let guard = &state.token_guard;
     let slot = match guard.admit(&id, Some(peer.ip())).await {
         Ok(slot) => slot,
