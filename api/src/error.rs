@@ -61,6 +61,9 @@ pub(crate) enum ApiError {
     NotFound(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The request body stalled.
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{detail}")]
@@ -94,6 +97,9 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<axum::extract::multipart::MultipartError> for ApiError {
     fn from(e: axum::extract::multipart::MultipartError) -> Self {
+        if let Some(fault) = body_fault(&e) {
+            return fault;
+        }
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Self::PayloadTooLarge(e.body_text())
         } else {
@@ -105,8 +111,29 @@ impl From<axum::extract::multipart::MultipartError> for ApiError {
 impl From<axum::Error> for ApiError {
     /// A request body that could not be read.
     fn from(e: axum::Error) -> Self {
-        Self::BadRequest(format!("the request body could not be read: {e}"))
+        body_fault(&e)
+            .unwrap_or_else(|| Self::BadRequest(format!("the request body could not be read: {e}")))
     }
+}
+
+/// `408` for a body that stalled, `413` for one past a length limit, found anywhere in the
+/// error's chain of causes.
+pub(crate) fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return Some(ApiError::RequestTimeout(
+                "the request body stalled; send it without long pauses".to_owned(),
+            ));
+        }
+        if e.is::<http_body_util::LengthLimitError>() {
+            return Some(ApiError::PayloadTooLarge(
+                "the request body is larger than this route accepts".to_owned(),
+            ));
+        }
+        cause = e.source();
+    }
+    None
 }
 
 impl From<FieldError> for ApiError {
@@ -134,6 +161,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, BLANK, "Unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, BLANK, "Forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, BLANK, "Not Found"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, BLANK, "Request Timeout"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, BLANK, "Content Too Large"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, BLANK, "Method Not Allowed"),
             Self::TooManyRequests { .. } => {
@@ -216,6 +244,7 @@ impl ApiError {
             | Self::Forbidden(d)
             | Self::NotFound(d)
             | Self::PayloadTooLarge(d)
+            | Self::RequestTimeout(d)
             | Self::Conflict(d)
             | Self::Unprocessable(d)
             | Self::LockTimeout(d)

@@ -8,6 +8,7 @@ mod extract;
 mod metrics;
 mod openapi;
 mod routes;
+mod server;
 mod submit;
 mod tenant_lock;
 mod token_guard;
@@ -15,9 +16,7 @@ mod upload;
 mod validate;
 mod wait;
 
-use std::{future::IntoFuture, sync::Arc, time::Duration};
-
-use anyhow::Context;
+use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use provisioner_shared::{
@@ -40,6 +39,7 @@ pub(crate) struct AppState {
     settings: Arc<Settings>,
     notifications: Notifications,
     token_guard: Arc<token_guard::TokenGuard>,
+    waits: Arc<wait::Waits>,
 }
 
 /// The whole HTTP surface, apart from binding.
@@ -55,7 +55,21 @@ fn router(state: AppState) -> Router {
             },
         ))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::map_request(body_timeout))
         .with_state(state)
+}
+
+/// A request body that sends nothing for this long ends the request with `408`.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes reading the request body fail once it stalls for `BODY_IDLE_TIMEOUT`.
+async fn body_timeout(request: axum::extract::Request) -> axum::extract::Request {
+    request.map(|body| {
+        axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
+            BODY_IDLE_TIMEOUT,
+            body,
+        ))
+    })
 }
 
 /// Connects, binds `settings.listen` and serves until `shutdown`; then finishes in-flight
@@ -85,17 +99,19 @@ pub async fn run(
         settings: Arc::new(settings.clone()),
         notifications: background.notifications().clone(),
         token_guard: Arc::new(token_guard::TokenGuard::new()),
+        waits: Arc::default(),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "provisioner API listening");
     on_bound(addr);
-    let served = serve(
+    let served = server::serve(
         listener,
         router(state),
         &shutdown,
         settings.shutdown_timeout,
+        settings.max_connections as usize,
     )
     .await;
     // Publish what the last requests committed, within what is left of the shutdown timeout;
@@ -108,41 +124,6 @@ pub async fn run(
     pool.close().await;
     tracing::info!("provisioner API stopped");
     served.map(drop)
-}
-
-/// Serves until `shutdown`, then lets requests in flight finish for at most `timeout`, whatever
-/// the clients do; past it they are cut off. Returns when the whole stop must be over.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: &CancellationToken,
-    timeout: Duration,
-) -> anyhow::Result<tokio::time::Instant> {
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
-    tokio::select! {
-        ended = &mut server => {
-            ended.context("the HTTP server task failed")?.context("serving HTTP")?;
-            Ok(tokio::time::Instant::now())
-        }
-        () = shutdown.cancelled() => {
-            let stop_by = tokio::time::Instant::now() + timeout;
-            match tokio::time::timeout_at(stop_by, &mut server).await {
-                Ok(ended) => {
-                    ended.context("the HTTP server task failed")?.context("serving HTTP")?;
-                }
-                Err(_) => {
-                    tracing::warn!(?timeout, "requests still in flight at the shutdown timeout; closing them");
-                    server.abort();
-                }
-            }
-            Ok(stop_by)
-        }
-    }
 }
 
 /// The binary's whole `main`: telemetry, settings, signals, run.

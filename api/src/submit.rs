@@ -224,9 +224,14 @@ async fn respond(
         return Ok(accepted(&job));
     };
     let deadline = Instant::now() + std::time::Duration::from_secs(secs);
-    let job = wait::until(state, job.id, Some(&job.client_id), deadline, |j| {
-        j.status.is_terminal()
-    })
+    let job = wait::until(
+        state,
+        job.id,
+        Some(&job.client_id),
+        &job.client_id,
+        deadline,
+        |j| j.status.is_terminal(),
+    )
     .await?
     .unwrap_or(job);
     if !job.status.is_terminal() {

@@ -1,7 +1,12 @@
 //! Waiting for a job to change, woken by the database's job notifications (with a polling
-//! fallback), for `Prefer: wait` and long-polling.
+//! fallback), for `Prefer: wait` and long-polling. Each client may hold a bounded number of
+//! waits at once; past it, a wait answers at once with the job as it is.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use provisioner_shared::db::{self, jobs::JobRow};
 use tokio::{sync::broadcast::error::RecvError, time::Instant};
@@ -9,15 +14,65 @@ use uuid::Uuid;
 
 use crate::AppState;
 
+/// Waits in progress, per client.
+#[derive(Debug, Default)]
+pub(crate) struct Waits {
+    held: Mutex<HashMap<String, u32>>,
+}
+
+/// One wait of a client; it ends when dropped.
+struct WaitSlot {
+    waits: Arc<Waits>,
+    client: String,
+}
+
+impl Waits {
+    /// A slot for `client`, unless it already holds `max`.
+    fn take(self: &Arc<Self>, client: &str, max: u32) -> Option<WaitSlot> {
+        let mut held = self.held.lock().expect("wait map");
+        let n = held.entry(client.to_owned()).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        metrics::gauge!("provisioner_http_waits").increment(1);
+        Some(WaitSlot {
+            waits: self.clone(),
+            client: client.to_owned(),
+        })
+    }
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        metrics::gauge!("provisioner_http_waits").decrement(1);
+        let mut held = self.waits.held.lock().expect("wait map");
+        if let Some(n) = held.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// Returns the job once `done` holds for it or `deadline` passes; `None` if it does not exist
-/// for `owner` (`None`: any client's).
-pub async fn until(
+/// for `owner` (`None`: any client's). `waiter` is the client that waits: past its limit of
+/// waits at once, the job is returned as it is, without waiting.
+pub(crate) async fn until(
     state: &AppState,
     id: Uuid,
     owner: Option<&str>,
+    waiter: &str,
     deadline: Instant,
     done: impl Fn(&JobRow) -> bool,
 ) -> Result<Option<JobRow>, sqlx::Error> {
+    let slot = state.waits.take(waiter, state.settings.client_max_waits);
+    let deadline = if slot.is_some() {
+        deadline
+    } else {
+        Instant::now()
+    };
     // Subscribe before reading, so a change between the read and the wait is not missed.
     let mut changes = state.notifications.subscribe();
     let id_text = id.to_string();

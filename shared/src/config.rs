@@ -51,6 +51,11 @@ pub struct Settings {
     pub upload_dir: std::path::PathBuf,
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
+    /// Connections the API serves at once; more wait in the kernel's backlog.
+    pub max_connections: u32,
+    /// Long-polls (`?wait=`, `Prefer: wait`) one client may hold open at once; past it they are
+    /// answered without waiting.
+    pub client_max_waits: u32,
 }
 
 impl Settings {
@@ -137,6 +142,14 @@ impl Settings {
             client_max_active_jobs: positive(
                 "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
                 &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),
+            )?,
+            max_connections: positive(
+                "PROVISIONER_MAX_CONNECTIONS",
+                &var("PROVISIONER_MAX_CONNECTIONS", "1024"),
+            )?,
+            client_max_waits: positive(
+                "PROVISIONER_CLIENT_MAX_WAITS",
+                &var("PROVISIONER_CLIENT_MAX_WAITS", "64"),
             )?,
         })
     }

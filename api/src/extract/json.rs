@@ -25,10 +25,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         require_json(request.headers())?;
         let body = axum::body::to_bytes(request.into_body(), JSON_LIMIT)
             .await
-            .map_err(|_| {
-                ApiError::PayloadTooLarge(format!(
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
                     "a JSON body may have at most {JSON_LIMIT} bytes"
-                ))
+                )),
+                other => other,
             })?;
         match serde_json::from_slice(&body) {
             Ok(Value::Object(fields)) => Ok(Self(fields)),

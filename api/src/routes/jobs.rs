@@ -67,10 +67,17 @@ pub(super) async fn get_job(
         return Err(ApiError::Validation(errors));
     }
     let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
-    let job = wait::until(&state, id, caller.sees(), deadline, |j| match seen {
-        None => j.status.is_terminal(),
-        Some(seen) => j.status != seen || j.status.is_terminal(),
-    })
+    let job = wait::until(
+        &state,
+        id,
+        caller.sees(),
+        &caller.client_id,
+        deadline,
+        |j| match seen {
+            None => j.status.is_terminal(),
+            Some(seen) => j.status != seen || j.status.is_terminal(),
+        },
+    )
     .await?
     .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     Ok(Json(job.view()))

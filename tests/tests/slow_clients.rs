@@ -1,0 +1,135 @@
+//! Slow and hostile clients: half-sent headers, stalled bodies, connection floods.
+
+use std::time::{Duration, Instant};
+
+use provisioner_tests::{Options, TestApp};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// Reads until the server closes the connection (or `within` passes); returns what it sent.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> String {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut seen)).await;
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test]
+async fn half_sent_headers_are_dropped_and_stalled_bodies_end_with_408() {
+    let app = TestApp::without_workers().await;
+    let started = Instant::now();
+    let headers = async {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        read_until_closed(&mut s, Duration::from_secs(45)).await;
+        started.elapsed()
+    };
+    let body = async {
+        let mut s = TcpStream::connect(app.addr).await.unwrap();
+        let path = format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            provisioner_tests::fixtures::tenant_url()
+        );
+        let token = provisioner_tests::fetch_token(
+            &reqwest::Client::new(),
+            app.addr,
+            provisioner_tests::BOOTSTRAP_ID,
+            provisioner_tests::BOOTSTRAP_SECRET,
+        )
+        .await;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"tenantName\"",
+            token
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_until_closed(&mut s, Duration::from_secs(45)).await;
+        (answer, started.elapsed())
+    };
+    let (headers_closed, (answer, body_answered)) = tokio::join!(headers, body);
+    assert!(
+        headers_closed < Duration::from_secs(40),
+        "half-sent headers held the connection {headers_closed:?}"
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled body answers 408: {answer}"
+    );
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(body_answered < Duration::from_secs(40));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_one() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_MAX_CONNECTIONS", "1".into())],
+    })
+    .await;
+    // This keep-alive connection takes the only slot (once the harness's own have closed).
+    let mut hog = TcpStream::connect(app.addr).await.unwrap();
+    hog.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    hog.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    let mut waiting = TcpStream::connect(app.addr).await.unwrap();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_secs(1), waiting.read(&mut buf)).await;
+    assert!(early.is_err(), "served past the cap");
+    drop(hog);
+    let answer = read_until_closed(&mut waiting, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_past_its_waits_at_once_is_answered_without_waiting() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_WAITS", "2".into())],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(
+            &provisioner_tests::fixtures::tenant_url(),
+            &provisioner_tests::fixtures::create_body(&url),
+        )
+        .await;
+    let poll = app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=queued"));
+    let held: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(app.http.get(&poll).send()))
+        .collect();
+    provisioner_tests::eventually(Duration::from_secs(10), || async {
+        let text = reqwest::get(app.url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("provisioner_http_waits 2").then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let r = app
+        .http
+        .get(&poll)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("answered without waiting");
+    assert_eq!(r.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    for h in held {
+        h.abort();
+    }
+    app.stop().await;
+}
