@@ -127,3 +127,39 @@ async fn overlapping_ranges_are_impossible_in_the_database_itself() {
     insert_range(&app, "04155550100", 5, None).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_range_listing_is_paged_through_link_headers_in_number_order() {
+    let app = TestApp::without_workers().await;
+    for n in ["99", "7000", "20", "100", "10", "30"] {
+        insert_range(&app, n, 1, None).await;
+    }
+    let mut seen = Vec::new();
+    let mut next = Some(app.url("/configapi/v2/accessnumbers?limit=4"));
+    let mut pages = 0;
+    while let Some(url) = next.take() {
+        let r = app.http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        next = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with(">; rel=\"next\""), "{l}");
+            app.url(&l[1..l.find('>').unwrap()])
+        });
+        let page: Vec<Value> = r.json().await.unwrap();
+        assert!(page.len() <= 4);
+        seen.extend(
+            page.iter()
+                .map(|r| r["number"].as_str().unwrap().to_owned()),
+        );
+        pages += 1;
+        assert!(pages <= 3, "the listing ends");
+    }
+    // Shorter numbers first, then by first number.
+    assert_eq!(seen, ["10", "20", "30", "99", "100", "7000"]);
+    assert_eq!(pages, 2);
+    let (status, _) = app.get_json("/configapi/v2/accessnumbers?cursor=zzz").await;
+    assert_eq!(status, 400);
+    let (status, _) = app.get_json("/configapi/v2/accessnumbers?limit=0").await;
+    assert_eq!(status, 400);
+    app.stop().await;
+}

@@ -30,14 +30,25 @@ pub(crate) struct PageQuery {
 }
 
 impl PageQuery {
-    /// Reads both parameters; each bad one adds its field error.
+    /// Reads both parameters (`limit` 1 to 500, default 50); each bad one adds its field error.
     pub(crate) fn read(uri: &Uri, errors: &mut Vec<FieldError>) -> Self {
+        Self::read_with(uri, errors, DEFAULT_LIMIT, MAX_LIMIT)
+    }
+
+    /// Reads both parameters with a listing's own default and largest `limit`.
+    pub(crate) fn read_with(
+        uri: &Uri,
+        errors: &mut Vec<FieldError>,
+        default: i64,
+        max: i64,
+    ) -> Self {
         let limit = match query_param(uri, "limit").map(|l| l.parse::<i64>()) {
-            None => DEFAULT_LIMIT,
-            Some(Ok(n)) if n >= 1 => n.min(MAX_LIMIT),
+            None => default,
+            Some(Ok(n)) if n >= 1 => n.min(max),
             Some(_) => {
-                errors.push(FieldError::new("limit", "must be an integer from 1 to 500"));
-                DEFAULT_LIMIT
+                let message = format!("must be an integer from 1 to {max}");
+                errors.push(FieldError::new("limit", message));
+                default
             }
         };
         let after = query_param(uri, "cursor").and_then(|c| {

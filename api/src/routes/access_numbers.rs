@@ -3,7 +3,8 @@
 use axum::{
     Extension, Json,
     extract::State,
-    http::{StatusCode, Uri},
+    http::{HeaderValue, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
 };
 use provisioner_shared::{
     db,
@@ -17,7 +18,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{JsonObject, PathText, query_param},
+    extract::{JsonObject, Page, PageQuery, PathText, not_a_cursor, query_param},
 };
 
 /// `POST /configapi/v2/accessnumbers`.
@@ -45,30 +46,62 @@ pub(super) struct RangeBody {
     media: String,
 }
 
+/// Most ranges in one answer (and the default `limit`).
+const MAX_RANGES: i64 = 1000;
+
+/// Ranges by digit length and first number. The body is an array (as the original's); a longer
+/// listing continues at the `Link: <...>; rel="next"` URL.
 #[utoipa::path(get, path = "/configapi/v2/accessnumbers", tag = "access numbers", operation_id = "listAccessNumbers",
-    params(("tenantUrl" = Option<String>, Query)),
+    params(("tenantUrl" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1-1000, default 1000"),
+        ("cursor" = Option<String>, Query, description = "From the previous answer's Link header")),
     responses(
-        (status = 200, description = "Ranges; unassigned ones have tenantUrl null", body = Vec<RangeBody>),
-        (status = 400, description = "Invalid tenantUrl")))]
+        (status = 200, description = "Ranges; unassigned ones have tenantUrl null", body = Vec<RangeBody>,
+            headers(("Link" = String, description = "`<URL>; rel=\"next\"` when more ranges follow"))),
+        (status = 400, description = "Invalid tenantUrl, limit or cursor")))]
 pub(super) async fn list_access_numbers(
     State(state): State<AppState>,
     uri: Uri,
-) -> Result<Json<Vec<RangeBody>>, ApiError> {
-    let url = query_param(&uri, "tenantUrl")
-        .map(|u| TenantUrl::parse(&u).map_err(|m| FieldError::new("tenantUrl", m)))
-        .transpose()?;
-    let ranges = db::access_numbers::list(&state.pool, url.as_ref().map(TenantUrl::as_str)).await?;
-    Ok(Json(
-        ranges
-            .into_iter()
-            .map(|r| RangeBody {
-                number: r.number,
-                count: r.count,
-                tenant_url: r.tenant_url,
-                media: r.media,
-            })
-            .collect(),
-    ))
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    let url = query_param(&uri, "tenantUrl").and_then(|u| {
+        TenantUrl::parse(&u)
+            .map_err(|m| errors.push(FieldError::new("tenantUrl", m)))
+            .ok()
+    });
+    let page = PageQuery::read_with(&uri, &mut errors, MAX_RANGES, MAX_RANGES);
+    if page.after.as_deref().is_some_and(|a| !is_access_number(a)) {
+        errors.push(not_a_cursor());
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let tenant = url.as_ref().map(TenantUrl::as_str);
+    let rows =
+        db::access_numbers::list(&state.pool, tenant, page.after.as_deref(), page.fetch()).await?;
+    let Page { items, next_cursor } = page.page(
+        rows,
+        |r| r.number.clone(),
+        |r| RangeBody {
+            number: r.number,
+            count: r.count,
+            tenant_url: r.tenant_url,
+            media: r.media,
+        },
+    );
+    let mut response = Json(items).into_response();
+    if let Some(cursor) = next_cursor {
+        let mut next = format!(
+            "/configapi/v2/accessnumbers?limit={}&cursor={cursor}",
+            page.limit
+        );
+        if let Some(t) = tenant {
+            next.push_str(&format!("&tenantUrl={t}"));
+        }
+        let link = HeaderValue::from_str(&format!("<{next}>; rel=\"next\""))
+            .map_err(anyhow::Error::from)?;
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 /// A range to create, as validated.

@@ -86,18 +86,25 @@ pub struct ListedRange {
     pub tenant_url: Option<String>,
 }
 
-/// Ranges ordered by digit length and first number; only one tenant's when `tenant_url` is set.
+/// At most `limit` ranges ordered by digit length and first number, after the range that
+/// starts at `after`; only one tenant's when `tenant_url` is set.
 pub async fn list(
     exec: impl PgExecutor<'_>,
     tenant_url: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
 ) -> Result<Vec<ListedRange>, sqlx::Error> {
     sqlx::query_as(
         "SELECT a.number, a.count, a.media, t.url AS tenant_url
          FROM access_numbers a LEFT JOIN tenants t ON t.id = a.tenant_id
-         WHERE $1::text IS NULL OR t.url = $1
-         ORDER BY a.digits, a.span",
+         WHERE ($1::text IS NULL OR t.url = $1)
+           AND ($2::text IS NULL OR (a.digits, a.number) > (length($2), $2))
+         ORDER BY a.digits, a.number
+         LIMIT $3",
     )
     .bind(tenant_url)
+    .bind(after)
+    .bind(limit)
     .fetch_all(exec)
     .await
 }
