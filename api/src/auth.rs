@@ -217,7 +217,8 @@ fn unauthorized(reason: Option<&str>) -> Response {
     response
 }
 
-/// Makes sure `id:secret` exists with every scope (the bootstrap client).
+/// Makes sure `id:secret` exists with every scope (the bootstrap client), unless an operator
+/// revoked it: a revocation outlives restarts.
 pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
     let (id, secret) = spec.split_once(':').ok_or_else(|| {
         anyhow::anyhow!("PROVISIONER_BOOTSTRAP_CLIENT must be client_id:client_secret")
@@ -226,7 +227,14 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         !id.is_empty() && !secret.is_empty(),
         "PROVISIONER_BOOTSTRAP_CLIENT must be client_id:client_secret"
     );
-    if let Some(existing) = db::clients::find_active(pool, id).await? {
+    if let Some(existing) = db::clients::find(pool, id).await? {
+        if existing.revoked_at.is_some() {
+            tracing::warn!(
+                client.id = id,
+                "the bootstrap client was revoked and stays revoked; unset PROVISIONER_BOOTSTRAP_CLIENT or name another id"
+            );
+            return Ok(());
+        }
         let (secret, phc) = (secret.to_owned(), existing.secret_hash.clone());
         let same =
             tokio::task::spawn_blocking(move || passwords::verify(secret.as_bytes(), &phc)).await?;

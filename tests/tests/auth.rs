@@ -519,3 +519,28 @@ async fn export_needs_its_own_scope_and_operators_see_every_clients_jobs() {
     assert_eq!(r.status(), 403, "visibility is not the write scope");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_revoked_bootstrap_client_stays_revoked_across_restarts() {
+    let app = TestApp::without_workers().await;
+    let (ok, out) = cli(&app, &["client", "revoke", BOOTSTRAP_ID]).await;
+    assert!(ok, "{out}");
+    // Another API process starts with the same PROVISIONER_BOOTSTRAP_CLIENT.
+    let mut api =
+        provisioner_tests::process::Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &[], "info");
+    let addr = api.api_addr().await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/configapi/v2/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", BOOTSTRAP_ID),
+            ("client_secret", BOOTSTRAP_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the restart did not undo the revocation");
+    api.terminate();
+    assert!(api.exit(Duration::from_secs(10)).await.success());
+    app.stop().await;
+}

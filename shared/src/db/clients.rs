@@ -19,7 +19,8 @@ pub struct ClientRow {
 pub enum OnExisting {
     /// Fail with a unique violation (operators making a new client).
     Refuse,
-    /// Give it this secret and these scopes again, and un-revoke it (the bootstrap client).
+    /// Give it this secret and these scopes again, unless it is revoked (the bootstrap client:
+    /// a revocation outlives restarts).
     Replace,
 }
 
@@ -37,7 +38,8 @@ pub async fn insert(
         }
         OnExisting::Replace => {
             "INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET secret_hash = $3, scopes = $4, revoked_at = NULL"
+             ON CONFLICT (id) DO UPDATE SET secret_hash = $3, scopes = $4
+             WHERE api_clients.revoked_at IS NULL"
         }
     };
     sqlx::query(sql)
@@ -48,6 +50,14 @@ pub async fn insert(
         .execute(exec)
         .await
         .map(drop)
+}
+
+/// A client, revoked or not.
+pub async fn find(exec: impl PgExecutor<'_>, id: &str) -> Result<Option<ClientRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_clients WHERE id = $1")
+        .bind(id)
+        .fetch_optional(exec)
+        .await
 }
 
 /// An active (not revoked) client.
