@@ -21,6 +21,12 @@ pub(crate) enum FetchError {
     Transient(String),
 }
 
+/// The one detail for a host that may not be fetched from, whatever the reason (it does not
+/// resolve, or it resolves to a non-public address): a job's error must not let a client map
+/// internal names.
+const UNREACHABLE_HOST: &str =
+    "templateUrl's host does not resolve to a public address, so no template was fetched";
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0} resolves to a non-public address")]
 struct Blocked(String);
@@ -63,10 +69,8 @@ impl Fetcher {
             Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
             _ => None,
         };
-        if let Some(ip) = literal.filter(|ip| !self.allow_private && !is_public(*ip)) {
-            return Err(FetchError::Permanent(format!(
-                "templateUrl refers to the non-public address {ip}"
-            )));
+        if literal.is_some_and(|ip| !self.allow_private && !is_public(ip)) {
+            return Err(FetchError::Permanent(UNREACHABLE_HOST.to_owned()));
         }
         let response = self.client.get(url).send().await.map_err(classify)?;
         let status = response.status();
@@ -113,19 +117,18 @@ impl Fetcher {
 fn classify(e: reqwest::Error) -> FetchError {
     let mut source: Option<&dyn std::error::Error> = Some(&e);
     while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<Blocked>() {
-            return FetchError::Permanent(format!("templateUrl host {b}"));
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::NotFound {
-                return FetchError::Permanent("templateUrl host does not resolve".to_owned());
-            }
+        let not_found = s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
+        if s.is::<Blocked>() || not_found {
+            return FetchError::Permanent(UNREACHABLE_HOST.to_owned());
         }
         source = s.source();
     }
     if e.is_timeout() {
         FetchError::Transient("the template download timed out".to_owned())
     } else if e.is_connect() {
+        // Refused and unreachable alike: the detail does not tell ports apart.
         FetchError::Transient("the template server could not be reached".to_owned())
     } else {
         tracing::warn!(error = %e, "template download failed");
@@ -193,6 +196,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link local
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 (may reach IPv4 private space)
+        || s[0] == 0x2002 // 6to4: tunnels to an embedded IPv4 address
+        || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to an embedded IPv4 address
+        || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated, still routed inside sites)
+        || (s[0] == 0x100 && s[1..4] == [0, 0, 0]) // discard only
         || ip.to_ipv4().is_some_and(|v4| !is_public_v4(v4)))
 }
 
@@ -215,6 +222,11 @@ mod tests {
             "fe80::1",
             "fd00::1",
             "::",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} treated as public");
         }
@@ -235,9 +247,7 @@ mod tests {
             "http://localhost/t.zip",
         ] {
             match fetcher.get(url).await {
-                Err(FetchError::Permanent(msg)) => {
-                    assert!(msg.contains("non-public"), "{url}: {msg}")
-                }
+                Err(FetchError::Permanent(msg)) => assert_eq!(msg, UNREACHABLE_HOST, "{url}"),
                 other => panic!("{url} was not refused: {other:?}"),
             }
         }
@@ -245,5 +255,10 @@ mod tests {
             fetcher.get("ftp://example.com/t.zip").await,
             Err(FetchError::Permanent(_))
         ));
+        // A name that does not resolve reads exactly like an internal one.
+        assert_eq!(
+            fetcher.get("http://no-such-host.invalid/t.zip").await,
+            Err(FetchError::Permanent(UNREACHABLE_HOST.to_owned()))
+        );
     }
 }
