@@ -29,12 +29,21 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Into<ApiError>,
 {
-    tokio::fs::create_dir_all(dir)
+    // Templates may carry password hashes: only this service's user may read them.
+    tokio::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
         .await
         .map_err(anyhow::Error::from)?;
     let path = uploads::path(dir, job_id);
     let partial = path.with_extension("zip.part");
-    let mut file = tokio::fs::File::create(&partial)
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
         .await
         .map_err(anyhow::Error::from)?;
     let mut hasher = Sha256::new();

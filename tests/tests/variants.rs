@@ -401,3 +401,29 @@ async fn a_streamed_create_retried_with_its_idempotency_key_answers_the_same_job
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn uploaded_templates_are_readable_by_the_service_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::without_workers().await;
+    let template = fixtures::sample_template(app.db_version().await).write();
+    let r = app
+        .http
+        .put(app.url(&format!("/configapi/v2/tenant/{}", fixtures::tenant_url())))
+        .header("content-type", "application/zip")
+        .body(template)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let dir = std::path::Path::new(&app.vars["PROVISIONER_UPLOAD_DIR"]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700);
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(mode(&files[0]), 0o600, "{}", files[0].display());
+    app.stop().await;
+}
