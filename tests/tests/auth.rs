@@ -7,6 +7,24 @@ use provisioner_tests::{
 };
 use serde_json::Value;
 
+/// `POST` to the token endpoint at `url` with client credentials in the form.
+async fn token_request(
+    http: &reqwest::Client,
+    url: &str,
+    id: &str,
+    secret: &str,
+) -> reqwest::Response {
+    http.post(url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Runs `provisioner-api` (the test build) with the app's settings and `args`.
 async fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-api"))
@@ -33,16 +51,7 @@ async fn the_token_endpoint_follows_rfc_6749() {
     let app = TestApp::without_workers().await;
     let anon = reqwest::Client::new();
     let url = app.url("/configapi/v2/oauth/token");
-    let r = anon
-        .post(&url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", BOOTSTRAP_ID),
-            ("client_secret", BOOTSTRAP_SECRET),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = token_request(&anon, &url, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["cache-control"], "no-store");
     let body: Value = r.json().await.unwrap();
@@ -314,16 +323,8 @@ async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
         401,
         "a revoked client's tokens end"
     );
-    let r = reqwest::Client::new()
-        .post(app.url("/configapi/v2/oauth/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", other_id.as_str()),
-            ("client_secret", other_secret.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let url = app.url("/configapi/v2/oauth/token");
+    let r = token_request(&reqwest::Client::new(), &url, &other_id, &other_secret).await;
     assert_eq!(r.status(), 401);
     let (ok, out) = cli(
         &app,
@@ -381,16 +382,7 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
     let flood = (0..64).map(|i| {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            let r = http
-                .post(&url)
-                .form(&[
-                    ("grant_type", "client_credentials"),
-                    ("client_id", &format!("nobody-{i}")),
-                    ("client_secret", "wrong"),
-                ])
-                .send()
-                .await
-                .unwrap();
+            let r = token_request(&http, &url, &format!("nobody-{i}"), "wrong").await;
             let retry_after = r.headers().get("retry-after").cloned();
             (r.status().as_u16(), retry_after)
         }
@@ -410,30 +402,12 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
     // Failures from one peer are counted: after 20 in a minute it is refused without hashing.
     let mut failed = answers.iter().filter(|(s, _)| *s == 401).count();
     while failed < 20 {
-        let r = http
-            .post(&url)
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "nobody"),
-                ("client_secret", "wrong"),
-            ])
-            .send()
-            .await
-            .unwrap();
+        let r = token_request(&http, &url, "nobody", "wrong").await;
         assert_eq!(r.status(), 401, "failure {} of 20", failed + 1);
         failed += 1;
     }
     // Even good credentials wait now.
-    let r = http
-        .post(&url)
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", BOOTSTRAP_ID),
-            ("client_secret", BOOTSTRAP_SECRET),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = token_request(&http, &url, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -529,16 +503,14 @@ async fn a_revoked_bootstrap_client_stays_revoked_across_restarts() {
     let mut api =
         provisioner_tests::process::Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &[], "info");
     let addr = api.api_addr().await;
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}/configapi/v2/oauth/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", BOOTSTRAP_ID),
-            ("client_secret", BOOTSTRAP_SECRET),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let url = format!("http://{addr}/configapi/v2/oauth/token");
+    let r = token_request(
+        &reqwest::Client::new(),
+        &url,
+        BOOTSTRAP_ID,
+        BOOTSTRAP_SECRET,
+    )
+    .await;
     assert_eq!(r.status(), 401, "the restart did not undo the revocation");
     api.terminate();
     assert!(api.exit(Duration::from_secs(10)).await.success());

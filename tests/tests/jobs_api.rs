@@ -403,9 +403,8 @@ async fn long_polling_without_a_status_waits_until_the_job_is_terminal() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_wait_of_any_length_is_clamped_not_refused() {
-    let app = TestApp::without_workers().await;
+/// A job that has ended (cancelled while queued): it never changes again.
+async fn cancelled_job(app: &TestApp) -> String {
     let url = app.serve_sample_template("t").await;
     let id = app
         .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
@@ -417,6 +416,13 @@ async fn a_wait_of_any_length_is_clamped_not_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    id
+}
+
+#[tokio::test]
+async fn a_wait_of_any_length_is_clamped_not_refused() {
+    let app = TestApp::without_workers().await;
+    let id = cancelled_job(&app).await;
     // A terminal job answers at once, whatever the wait.
     for wait in ["61", "18446744073709551616", &"9".repeat(40)] {
         let (status, job) = app
@@ -438,17 +444,7 @@ async fn a_wait_of_any_length_is_clamped_not_refused() {
 #[tokio::test]
 async fn long_polling_for_a_change_from_a_terminal_status_answers_at_once() {
     let app = TestApp::without_workers().await;
-    let url = app.serve_sample_template("t").await;
-    let id = app
-        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
-        .await;
-    let r = app
-        .http
-        .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let id = cancelled_job(&app).await;
     // A cancelled job will never change: waiting a minute for it would only hold the client.
     let r = app
         .http
