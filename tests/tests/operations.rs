@@ -308,3 +308,89 @@ async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        ids.push(
+            app.submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+                .await,
+        );
+    }
+    for id in &ids[..5] {
+        let r = app
+            .http
+            .delete(app.url(&format!("/configapi/v2/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Jobs written outside the API's paths (an import of history, say) count too.
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, started_at, finished_at)
+         SELECT gen_random_uuid(), 'createTenant', 'bulk' || g || '.example.com',
+                CASE WHEN g % 4 = 0 THEN 'failed' ELSE 'succeeded' END,
+                CASE WHEN g % 4 = 0 THEN 503 ELSE 200 END,
+                'someone', '{}', now() - interval '2 seconds', now()
+         FROM generate_series(1, 400) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (status, n) in [
+        ("queued", 7),
+        ("running", 0),
+        ("succeeded", 300),
+        ("failed", 100),
+        ("cancelled", 5),
+    ] {
+        let full = app
+            .count(&format!(
+                "SELECT count(*) FROM jobs WHERE status = '{status}'"
+            ))
+            .await;
+        assert_eq!(full, n);
+        let line = format!("provisioner_jobs{{status=\"{status}\"}} {n}\n");
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
+    assert!(
+        text.contains("provisioner_jobs_ended_last_hour 405\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisioner_lock_timeouts_last_hour 100\n"),
+        "{text}"
+    );
+    // The counts are read from the figures the trigger keeps, not from `jobs`.
+    sqlx::query("ALTER TABLE jobs DISABLE TRIGGER USER")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE status = 'queued'",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("provisioner_jobs{status=\"queued\"} 7\n"),
+        "{text}"
+    );
+    app.stop().await;
+}

@@ -14,6 +14,7 @@ use crate::{AppState, error::ApiError, metrics, openapi};
     responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let stats = db::jobs::stats(&state.pool).await?;
+    db::jobs::prune_endings(&state.pool).await?;
     let mut conn = state.pool.acquire().await?;
     let lag = db::outbox::lag_seconds(&mut conn).await?;
     metrics::record_job_stats(&stats, lag);

@@ -51,7 +51,7 @@ pub use self::{
         Ending, ExpiredLease, claim, expired_leases, finish, lock_expired, release_lease,
         renew_lease, retry_later,
     },
-    stats::{Stats, active_count, stats},
+    stats::{QUANTILE_SAMPLE, Stats, active_count, prune_endings, stats},
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
