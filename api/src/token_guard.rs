@@ -165,22 +165,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn repeated_failures_lock_out_the_client_and_the_peer_only() {
+    async fn repeated_failures_lock_out_the_failing_peer_only() {
         let guard = TokenGuard::with_slots(2);
-        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        let attacker: IpAddr = "192.0.2.7".parse().unwrap();
+        let owner: IpAddr = "198.51.100.9".parse().unwrap();
         for _ in 0..MAX_FAILURES {
-            assert!(guard.admit("victim", Some(peer)).await.is_ok());
-            guard.failed("victim", Some(peer));
+            assert!(guard.admit("victim", Some(attacker)).await.is_ok());
+            guard.failed("victim", Some(attacker));
         }
-        let refusal = guard.admit("victim", None).await.unwrap_err();
+        let refusal = guard.admit("victim", Some(attacker)).await.unwrap_err();
         assert!(
             matches!(refusal, Refusal::TooManyFailures { retry_after } if (1..=60).contains(&retry_after))
         );
         assert!(
-            guard.admit("other", Some(peer)).await.is_err(),
-            "the peer is refused"
+            guard.admit("other", Some(attacker)).await.is_err(),
+            "the peer is refused for every client id"
         );
-        assert!(guard.admit("other", None).await.is_ok(), "others are not");
+        assert!(
+            guard.admit("victim", Some(owner)).await.is_ok(),
+            "the client itself, from elsewhere, is not locked out"
+        );
     }
 
     #[test]
