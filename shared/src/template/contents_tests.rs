@@ -1,7 +1,7 @@
 //! Template contents checked like requests: strings, stored password hashes, free-form JSON,
-//! access-number caps; and Import Tenant's bounded URL peek.
+//! access-number caps.
 
-use std::io::{Cursor, Read, Seek, SeekFrom, Write};
+use std::io::{Cursor, Write};
 
 use serde_json::{Value, json};
 
@@ -287,69 +287,4 @@ fn create_checks_lists_it_does_not_import_for_shape_only() {
         read_with(Contents::ForCreate, &tenant(), &[(AUDIT, bad_shape)]),
         Err(TemplateError::InvalidEntry(AUDIT, _))
     ));
-}
-
-/// Counts the bytes read through it.
-struct Counting<R> {
-    inner: R,
-    read: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: Seek> Seek for Counting<R> {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        self.inner.seek(pos)
-    }
-}
-
-#[test]
-fn the_url_peek_reads_a_bounded_part_of_a_hostile_archive() {
-    // 48 MiB of incompressible filler, a tenant.json whose URL follows 8 MiB of settings, and
-    // a tenant.json whose URL comes first: the peek reads the directory and at most 1 MiB of
-    // tenant.json, whatever the archive's size.
-    let mut noise = vec![0u8; 48 << 20];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for b in &mut noise {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    let late = format!(
-        r#"{{"id": "{ID}", "settings": {{"a": "{}"}}, "url": "late.example.com"}}"#,
-        "v".repeat(8 << 20)
-    );
-    let early = serde_json::to_vec(&tenant()).unwrap();
-    for (body, expect) in [
-        (late.into_bytes(), None),
-        (early, Some("a.example.com".to_owned())),
-    ] {
-        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        zip.start_file("filler.bin", stored).unwrap();
-        zip.write_all(&noise).unwrap();
-        zip.start_file(TENANT, stored).unwrap();
-        zip.write_all(&body).unwrap();
-        let bytes = zip.finish().unwrap().into_inner();
-        let mut file = Counting {
-            inner: Cursor::new(&bytes),
-            read: 0,
-        };
-        assert_eq!(peek_tenant_url(&mut file, &Limits::default()), expect);
-        let bound = Limits::default().max_directory_bytes + (2 << 20);
-        assert!(
-            file.read <= bound,
-            "the peek read {} of {} bytes; at most {bound} allowed",
-            file.read,
-            bytes.len()
-        );
-    }
 }

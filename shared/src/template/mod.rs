@@ -231,4 +231,6 @@ pub fn range_fits(first: &str, count: i32) -> bool {
 #[cfg(test)]
 mod contents_tests;
 #[cfg(test)]
+mod peek_tests;
+#[cfg(test)]
 mod tests;
