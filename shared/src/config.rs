@@ -40,6 +40,9 @@ pub struct Settings {
     pub job_max_attempts: u32,
     pub template_timeout: Duration,
     pub template_max_bytes: u64,
+    /// Memory a worker process may spend on reading the templates of the jobs it runs at once
+    /// (each template's reading cost, see `Template::reading_cost`).
+    pub template_memory_budget: u64,
     pub log_format: LogFormat,
     /// Base64 of 32 bytes; seals administrator passwords between API and worker.
     pub seal_key: Option<SecretString>,
@@ -114,6 +117,10 @@ impl Settings {
             template_max_bytes: positive(
                 "PROVISIONER_TEMPLATE_MAX_BYTES",
                 &var("PROVISIONER_TEMPLATE_MAX_BYTES", "67108864"),
+            )?,
+            template_memory_budget: positive(
+                "PROVISIONER_TEMPLATE_MEMORY_BUDGET",
+                &var("PROVISIONER_TEMPLATE_MEMORY_BUDGET", "1073741824"),
             )?,
             log_format: match var("PROVISIONER_LOG_FORMAT", "pretty").as_str() {
                 "pretty" => LogFormat::Pretty,

@@ -39,7 +39,8 @@ pub fn sample_template(db_version: i64) -> Template {
             settings: json!({"timezone": "Europe/London", "recording": {"enabled": true}})
                 .as_object()
                 .unwrap()
-                .clone(),
+                .clone()
+                .into(),
         },
         users: vec![
             UserEntry {
@@ -68,7 +69,7 @@ pub fn sample_template(db_version: i64) -> Template {
                 id: team,
                 kind: "team".into(),
                 name: "Tier 1".into(),
-                data: json!({"size": 5}).as_object().unwrap().clone(),
+                data: json!({"size": 5}).as_object().unwrap().clone().into(),
                 refs: vec![],
             },
             ObjectEntry {
@@ -82,7 +83,7 @@ pub fn sample_template(db_version: i64) -> Template {
                 id: service,
                 kind: "service".into(),
                 name: "Support".into(),
-                data: json!({"sla": 20}).as_object().unwrap().clone(),
+                data: json!({"sla": 20}).as_object().unwrap().clone().into(),
                 refs: vec![team, skill],
             },
         ],
@@ -101,7 +102,7 @@ pub fn sample_template(db_version: i64) -> Template {
         calling_lists: vec![CallingListEntry {
             id: Uuid::new_v4(),
             name: "Leads".into(),
-            entries: vec![json!({"phone": "4155550000"}).as_object().unwrap().clone()],
+            entries: vec![json!({"phone": "4155550000"}).as_object().unwrap().clone()].into(),
         }],
         audit: vec![AuditEntry {
             at: Utc::now(),

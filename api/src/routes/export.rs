@@ -53,7 +53,7 @@ pub(super) async fn export_tenant(
             url: tenant.url.clone(),
             name: tenant.name.clone(),
             sip_domain: tenant.sip_domain.clone(),
-            settings,
+            settings: settings.into(),
         },
         users: db::tenants::users(&mut *tx, tenant.id).await?,
         objects: db::tenants::objects(&mut *tx, tenant.id).await?,

@@ -132,11 +132,12 @@ pub(super) async fn import_tenant(
     let lock_timeout = lock_timeout?.0;
     let id = uuid::Uuid::now_v7();
     let upload = save_body(&state, id, request).await?;
-    // The job names its tenant when the archive says which; a bad archive fails in the worker.
+    // The job names its tenant when the archive says which, within a bounded read (the
+    // directory and the start of tenant.json); a bad archive fails in the worker.
     let path = upload.path.clone();
     let tenant_url = tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(path).ok()?;
-        template::peek_tenant_url(&bytes, &Limits::default())
+        let file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+        template::peek_tenant_url(file, &Limits::default())
     })
     .await
     .ok()

@@ -1,18 +1,25 @@
 //! Template format 1: a ZIP of JSON entries describing a tenant. Reading is safe against hostile
-//! archives: nothing touches the disk, entry count and uncompressed bytes are bounded while
-//! reading (headers can lie), names are checked, duplicates refused.
+//! archives: nothing touches the disk; the central directory is walked by hand under a byte
+//! budget before the ZIP library sees it (`zipdir`); entry count and uncompressed bytes are
+//! bounded while reading (headers that lie are refused); free-form JSON is kept as checked text,
+//! never built into a tree (`json`); every string obeys the request fields' rules (`check`).
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    io::{Cursor, Read, Write},
+mod archive;
+mod check;
+mod entries;
+mod json;
+mod upgrade;
+mod zipdir;
+
+use std::io::Cursor;
+
+pub use archive::peek_tenant_url;
+pub use check::{MAX_NUMBERS, MAX_RANGES, MAX_ROLES};
+pub use entries::{
+    AccessNumberEntry, AuditEntry, CallingListEntry, Manifest, ManifestSource, ObjectEntry,
+    TenantEntry, UserEntry,
 };
-
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use serde_json::{Map, Value};
-use uuid::Uuid;
-
-use crate::domain::is_access_number;
+pub use json::{JsonDoc, MAX_DEPTH, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE};
 
 pub const FORMAT: &str = "provisioner-tenant-template";
 pub const FORMAT_VERSION: u32 = 1;
@@ -31,6 +38,8 @@ pub struct Limits {
     pub max_entries: usize,
     pub max_entry_bytes: u64,
     pub max_total_bytes: u64,
+    /// Largest central directory walked.
+    pub max_directory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -39,6 +48,7 @@ impl Default for Limits {
             max_entries: 1_000,
             max_entry_bytes: 64 << 20,
             max_total_bytes: 256 << 20,
+            max_directory_bytes: 1 << 20,
         }
     }
 }
@@ -49,16 +59,34 @@ pub enum TemplateError {
     #[error("the template is not a ZIP archive: {0}")]
     NotZip(String),
     #[error("the template has {0} entries; at most {1} are allowed")]
-    TooManyEntries(usize, usize),
+    TooManyEntries(u64, usize),
+    #[error("the template's central directory is {0} bytes; at most {1} are allowed")]
+    DirectoryTooLarge(u64, u64),
+    #[error("the archive's end record counts {0} entries on this disk but {1} in all")]
+    CountsDiffer(u64, u64),
+    #[error("the archive's end record declares {declared} entries but its directory holds {found}")]
+    CountDisagrees { declared: u64, found: String },
+    #[error("the archive's ZIP64 end record disagrees with its end record about the {0}")]
+    Zip64Disagrees(&'static str),
+    #[error("the archive spans several disks")]
+    SpannedArchive,
+    #[error("the archive is malformed: {0}")]
+    Malformed(String),
+    #[error("entries `{0}` and `{1}` share their data")]
+    SharedData(String, String),
     #[error("entry `{0}` is larger than {1} bytes uncompressed")]
     EntryTooLarge(String, u64),
+    #[error("entry `{0}` holds more or fewer bytes than its header says")]
+    SizeLies(String),
     #[error("the template's entries are larger than {0} bytes uncompressed in all")]
     TotalTooLarge(u64),
     #[error("entry name `{0}` appears more than once")]
     DuplicateEntry(String),
-    #[error("the archive lists {listed} entries under only {distinct} distinct names")]
-    RepeatedNames { listed: usize, distinct: usize },
-    #[error("entry name `{0}` is absolute or leaves the archive")]
+    #[error("entry names `{0}` and `{1}` differ only in case")]
+    NamesCollide(String, String),
+    #[error("entry name `{0}` is neither ASCII nor flagged UTF-8, or carries a second name")]
+    UnsupportedName(String),
+    #[error("entry name `{0}` is absolute, leaves the archive or holds control characters")]
     UnsafeName(String),
     #[error("entry `{0}` is a symbolic link")]
     Symlink(String),
@@ -74,85 +102,14 @@ pub enum TemplateError {
     InvalidContent(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub format: String,
-    pub format_version: u32,
-    pub db_version: i64,
-    pub exported_at: DateTime<Utc>,
-    pub source: ManifestSource,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ManifestSource {
-    pub tenant_id: Uuid,
-    pub tenant_url: String,
-    pub tenant_name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TenantEntry {
-    pub id: Uuid,
-    pub url: String,
-    pub name: String,
-    pub sip_domain: String,
-    #[serde(default)]
-    pub settings: Map<String, Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserEntry {
-    pub id: Uuid,
-    pub login_id: String,
-    pub first_name: String,
-    pub last_name: String,
-    pub email: String,
-    #[serde(default)]
-    pub roles: Vec<String>,
-    #[serde(default)]
-    pub password_hash: Option<String>,
-    #[serde(default)]
-    pub teams: Vec<Uuid>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ObjectEntry {
-    pub id: Uuid,
-    pub kind: String,
-    pub name: String,
-    #[serde(default)]
-    pub data: Map<String, Value>,
-    #[serde(default)]
-    pub refs: Vec<Uuid>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccessNumberEntry {
-    pub number: String,
-    pub count: i32,
-    pub media: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CallingListEntry {
-    pub id: Uuid,
-    pub name: String,
-    #[serde(default)]
-    pub entries: Vec<Map<String, Value>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub object: String,
-    #[serde(default)]
-    pub details: Map<String, Value>,
+/// What a read builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contents {
+    /// What create-from-template imports: calling lists and audit history are checked for
+    /// shape, never built; the tenant's own URL, name and SIP domain are not checked (replaced).
+    ForCreate,
+    /// Everything (Import Tenant, or reading an export).
+    All,
 }
 
 /// A whole template, in memory.
@@ -168,10 +125,28 @@ pub struct Template {
 }
 
 impl Template {
-    /// Parses and checks an archive for create-from-template: its format, format version and
-    /// database version must equal the server's (`db_version`).
+    /// Reads everything of an archive whose format, format version and database version must
+    /// equal the server's (`db_version`).
     pub fn read(bytes: &[u8], limits: &Limits, db_version: i64) -> Result<Self, TemplateError> {
-        let (manifest, entries) = read_manifest(bytes, limits)?;
+        Self::read_exact(bytes, limits, db_version, Contents::All)
+    }
+
+    /// Reads what create-from-template imports (see `Contents::ForCreate`).
+    pub fn read_for_create(
+        bytes: &[u8],
+        limits: &Limits,
+        db_version: i64,
+    ) -> Result<Self, TemplateError> {
+        Self::read_exact(bytes, limits, db_version, Contents::ForCreate)
+    }
+
+    fn read_exact(
+        bytes: &[u8],
+        limits: &Limits,
+        db_version: i64,
+        contents: Contents,
+    ) -> Result<Self, TemplateError> {
+        let (manifest, entries) = archive::read_manifest(bytes, limits)?;
         if manifest.db_version != db_version {
             let v = manifest.db_version.to_string();
             return Err(TemplateError::Incompatible(
@@ -180,160 +155,68 @@ impl Template {
                 db_version.to_string(),
             ));
         }
-        Self::from_entries(manifest, entries)
+        archive::build(manifest, entries, contents)
     }
 
-    /// Parses and checks an archive for Import Tenant: an older database version is brought up to
-    /// `db_version` when this server knows every step; a newer or unknown one is refused.
+    /// Reads everything of an archive for Import Tenant: an older database version is brought
+    /// up to `db_version` when this server knows every step; a newer or unknown one is refused.
     pub fn read_upgrading(
         bytes: &[u8],
         limits: &Limits,
         db_version: i64,
     ) -> Result<Self, TemplateError> {
-        let (mut manifest, mut entries) = read_manifest(bytes, limits)?;
+        let (mut manifest, mut entries) = archive::read_manifest(bytes, limits)?;
         if manifest.db_version != db_version {
             upgrade::upgrade(&mut entries, manifest.db_version, db_version)?;
             manifest.db_version = db_version;
         }
-        Self::from_entries(manifest, entries)
+        archive::build(manifest, entries, Contents::All)
     }
 
-    fn from_entries(
-        manifest: Manifest,
-        mut entries: BTreeMap<String, Vec<u8>>,
-    ) -> Result<Self, TemplateError> {
-        let template = Template {
-            manifest,
-            tenant: parse(&mut entries, TENANT)?.ok_or(TemplateError::Missing(TENANT))?,
-            users: parse(&mut entries, USERS)?.unwrap_or_default(),
-            objects: parse(&mut entries, OBJECTS)?.unwrap_or_default(),
-            access_numbers: parse(&mut entries, ACCESS_NUMBERS)?.unwrap_or_default(),
-            calling_lists: parse(&mut entries, CALLING_LISTS)?.unwrap_or_default(),
-            audit: parse(&mut entries, AUDIT)?.unwrap_or_default(),
-        };
-        template.check()?;
-        Ok(template)
+    /// An upper bound of the memory reading `bytes` for `contents` may take, archive included:
+    /// known from the central directory alone, before anything is decompressed.
+    pub fn reading_cost(
+        bytes: &[u8],
+        limits: &Limits,
+        contents: Contents,
+    ) -> Result<u64, TemplateError> {
+        archive::reading_cost(bytes, limits, contents)
     }
 
-    /// Checks what serde cannot: unique ids and login ids, references that resolve, sane
-    /// numbers and password hashes.
-    fn check(&self) -> Result<(), TemplateError> {
-        let bad = |m: String| Err(TemplateError::InvalidContent(m));
-        let mut object_ids = HashSet::new();
-        for o in &self.objects {
-            if !object_ids.insert(o.id) {
-                return bad(format!("object id {} appears twice", o.id));
-            }
-        }
-        for o in &self.objects {
-            if let Some(r) = o.refs.iter().find(|r| !object_ids.contains(r)) {
-                return bad(format!("object {} refers to unknown object {r}", o.id));
-            }
-        }
-        let (mut user_ids, mut logins) = (HashSet::new(), HashSet::new());
-        for u in &self.users {
-            if !user_ids.insert(u.id) {
-                return bad(format!("user id {} appears twice", u.id));
-            }
-            if u.login_id.is_empty() || !logins.insert(u.login_id.as_str()) {
-                return bad(format!(
-                    "login id `{}` is empty or appears twice",
-                    u.login_id
-                ));
-            }
-            if let Some(t) = u.teams.iter().find(|t| !object_ids.contains(t)) {
-                return bad(format!("user `{}` is in unknown team {t}", u.login_id));
-            }
-            if u.password_hash
-                .as_deref()
-                .is_some_and(|h| !h.starts_with("$argon2id$"))
-            {
-                return bad(format!(
-                    "user `{}` has a password hash that is not Argon2id",
-                    u.login_id
-                ));
-            }
-        }
-        let mut firsts = HashSet::new();
-        for n in &self.access_numbers {
-            if !is_access_number(&n.number) || !(1..=1_000_000).contains(&n.count) {
-                return bad(format!(
-                    "access number range {} x {} is not 1-20 digits with a count of 1 to 1000000",
-                    n.number, n.count
-                ));
-            }
-            if !range_fits(&n.number, n.count) {
-                return bad(format!(
-                    "access number range {} x {} runs past its digit length",
-                    n.number, n.count
-                ));
-            }
-            if !firsts.insert(n.number.as_str()) {
-                return bad(format!("access number {} starts two ranges", n.number));
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes every entry as a ZIP archive.
+    /// Writes every entry as a ZIP archive (typed, never through an intermediate JSON tree).
     pub fn write(&self) -> Vec<u8> {
         let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
         let options = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated);
-        let mut put = |name: &str, value: Value| {
+        let mut put = |name: &str, value: &dyn erased::Json| {
             zip.start_file(name, options)
                 .expect("writing to memory cannot fail");
-            let body = serde_json::to_vec_pretty(&value).expect("serializes");
-            zip.write_all(&body).expect("writing to memory cannot fail");
+            value.write_pretty(&mut zip);
         };
-        put(MANIFEST, json(&self.manifest));
-        put(TENANT, json(&self.tenant));
-        put(USERS, json(&self.users));
-        put(OBJECTS, json(&self.objects));
-        put(ACCESS_NUMBERS, json(&self.access_numbers));
-        put(CALLING_LISTS, json(&self.calling_lists));
-        put(AUDIT, json(&self.audit));
+        put(MANIFEST, &self.manifest);
+        put(TENANT, &self.tenant);
+        put(USERS, &self.users);
+        put(OBJECTS, &self.objects);
+        put(ACCESS_NUMBERS, &self.access_numbers);
+        put(CALLING_LISTS, &self.calling_lists);
+        put(AUDIT, &self.audit);
         zip.finish()
             .expect("writing to memory cannot fail")
             .into_inner()
     }
 }
 
-fn json<T: Serialize>(value: &T) -> Value {
-    serde_json::to_value(value).expect("template entries serialize")
-}
-
-/// Reads the archive and its manifest, checking the format and format version.
-fn read_manifest(
-    bytes: &[u8],
-    limits: &Limits,
-) -> Result<(Manifest, BTreeMap<String, Vec<u8>>), TemplateError> {
-    let mut entries = read_entries(bytes, limits)?;
-    let manifest: Manifest =
-        parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
-    if manifest.format != FORMAT {
-        return Err(TemplateError::Incompatible(
-            "format",
-            manifest.format,
-            FORMAT.to_owned(),
-        ));
+mod erased {
+    /// Any entry, written as pretty JSON straight into the archive.
+    pub(super) trait Json {
+        fn write_pretty(&self, out: &mut dyn std::io::Write);
     }
-    if manifest.format_version != FORMAT_VERSION {
-        let v = manifest.format_version.to_string();
-        return Err(TemplateError::Incompatible(
-            "formatVersion",
-            v,
-            FORMAT_VERSION.to_string(),
-        ));
-    }
-    Ok((manifest, entries))
-}
 
-/// The URL in `tenant.json`, when the archive is readable enough to say.
-pub fn peek_tenant_url(bytes: &[u8], limits: &Limits) -> Option<String> {
-    let mut entries = read_entries(bytes, limits).ok()?;
-    let tenant: TenantEntry = parse(&mut entries, TENANT).ok()??;
-    Some(tenant.url)
+    impl<T: serde::Serialize> Json for T {
+        fn write_pretty(&self, out: &mut dyn std::io::Write) {
+            serde_json::to_writer_pretty(out, self).expect("template entries serialize");
+        }
+    }
 }
 
 /// Does `count` numbers from `first` stay within `first`'s digit length?
@@ -345,117 +228,9 @@ pub fn range_fits(first: &str, count: i32) -> bool {
     last < 10u128.pow(first.len() as u32)
 }
 
-/// Reads the known entries' bytes, enforcing every limit while reading.
-fn read_entries(bytes: &[u8], limits: &Limits) -> Result<BTreeMap<String, Vec<u8>>, TemplateError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
-        .map_err(|e| TemplateError::NotZip(e.to_string()))?;
-    if archive.len() > limits.max_entries {
-        return Err(TemplateError::TooManyEntries(
-            archive.len(),
-            limits.max_entries,
-        ));
-    }
-    // The reader keeps one entry per name; the central directory's own count reveals any
-    // duplicate it folded away.
-    match declared_entries(bytes) {
-        Some(n) if n as usize > limits.max_entries => {
-            return Err(TemplateError::TooManyEntries(
-                n as usize,
-                limits.max_entries,
-            ));
-        }
-        Some(n) if n as usize != archive.len() => {
-            return Err(TemplateError::RepeatedNames {
-                listed: n as usize,
-                distinct: archive.len(),
-            });
-        }
-        _ => {}
-    }
-    let mut seen = HashSet::new();
-    let mut wanted = Vec::new();
-    for i in 0..archive.len() {
-        let entry = archive
-            .by_index_raw(i)
-            .map_err(|e| TemplateError::NotZip(e.to_string()))?;
-        let name = entry.name().to_owned();
-        if name.starts_with('/')
-            || name.starts_with('\\')
-            || name.split(['/', '\\']).any(|p| p == "..")
-            || name.contains(':')
-        {
-            return Err(TemplateError::UnsafeName(name));
-        }
-        if !seen.insert(name.clone()) {
-            return Err(TemplateError::DuplicateEntry(name));
-        }
-        if entry.is_symlink() {
-            return Err(TemplateError::Symlink(name));
-        }
-        if KNOWN.contains(&name.as_str()) {
-            wanted.push(i);
-        }
-    }
-    let mut total = 0u64;
-    let mut out = BTreeMap::new();
-    for i in wanted {
-        let mut entry = archive
-            .by_index(i)
-            .map_err(|e| TemplateError::NotZip(e.to_string()))?;
-        let name = entry.name().to_owned();
-        let budget = limits.max_entry_bytes.min(limits.max_total_bytes - total);
-        let mut body = Vec::new();
-        (&mut entry)
-            .take(budget + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| TemplateError::Unreadable(name.clone(), e.to_string()))?;
-        if body.len() as u64 > budget {
-            return Err(if budget < limits.max_entry_bytes {
-                TemplateError::TotalTooLarge(limits.max_total_bytes)
-            } else {
-                TemplateError::EntryTooLarge(name, limits.max_entry_bytes)
-            });
-        }
-        total += body.len() as u64;
-        out.insert(name, body);
-    }
-    Ok(out)
-}
-
-/// The entry count in the end-of-central-directory record (`None` for ZIP64, whose count the
-/// reader checks itself).
-fn declared_entries(bytes: &[u8]) -> Option<u16> {
-    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
-    let tail_start = bytes.len().saturating_sub(22 + u16::MAX as usize);
-    let at = bytes[tail_start..].windows(4).rposition(|w| w == EOCD)? + tail_start;
-    let total = bytes.get(at + 10..at + 12)?;
-    let n = u16::from_le_bytes([total[0], total[1]]);
-    (n != u16::MAX).then_some(n)
-}
-
-const KNOWN: [&str; 7] = [
-    MANIFEST,
-    TENANT,
-    USERS,
-    OBJECTS,
-    ACCESS_NUMBERS,
-    CALLING_LISTS,
-    AUDIT,
-];
-
-fn parse<T: DeserializeOwned>(
-    entries: &mut BTreeMap<String, Vec<u8>>,
-    name: &'static str,
-) -> Result<Option<T>, TemplateError> {
-    entries
-        .remove(name)
-        .map(|body| {
-            serde_json::from_slice(&body)
-                .map_err(|e| TemplateError::InvalidEntry(name, e.to_string()))
-        })
-        .transpose()
-}
-
+#[cfg(test)]
+mod contents_tests;
+#[cfg(test)]
+mod peek_tests;
 #[cfg(test)]
 mod tests;
-mod upgrade;

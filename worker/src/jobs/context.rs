@@ -9,6 +9,7 @@ use provisioner_shared::{config::Settings, seal::Sealer, template::Limits};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::template::TemplateBudget;
 use crate::fetch::Fetcher;
 
 /// What every job handler may use.
@@ -21,6 +22,8 @@ pub(crate) struct Context {
     /// The server's template `dbVersion`.
     pub(crate) db_version: i64,
     pub(crate) limits: Limits,
+    /// Memory for templates being read and held by running jobs.
+    pub(crate) template_budget: TemplateBudget,
     /// Jobs this process holds a lease on, so shutdown can hand them back.
     pub(crate) leases: Leases,
 }
@@ -37,10 +40,8 @@ impl Context {
             settings.template_timeout,
             settings.template_max_bytes,
         );
-        let limits = Limits {
-            max_entries: 1_000,
-            ..Limits::default()
-        };
+        let limits = Limits::default();
+        let template_budget = TemplateBudget::new(settings.template_memory_budget);
         Arc::new(Self {
             pool,
             settings,
@@ -48,6 +49,7 @@ impl Context {
             fetcher,
             db_version,
             limits,
+            template_budget,
             leases: Leases::default(),
         })
     }

@@ -19,7 +19,8 @@ use crate::tenant_write::Plan;
 
 pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
     let params: CreateTenantParams = params(job)?;
-    let template = template::load(ctx, job, &params.template, Versions::Exact).await?;
+    // `_reserved` holds the template's share of the memory budget until the job is done with it.
+    let (template, _reserved) = template::load(ctx, job, &params.template, Versions::Exact).await?;
     let numbers =
         map_numbers(&template.access_numbers, &params).map_err(JobFailure::BadTemplate)?;
     let admin = match &params.admin {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use provisioner_shared::{
     db::jobs::JobRow,
-    domain::{ImportTenantParams, TemplateSource, TenantUrl},
+    domain::{ImportTenantParams, TemplateSource},
 };
 use uuid::Uuid;
 
@@ -19,13 +19,9 @@ use crate::tenant_write::Plan;
 
 pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
     let params: ImportTenantParams = params(job)?;
-    let template = template::load(ctx, job, &TemplateSource::Upload, Versions::Upgradable).await?;
-    if TenantUrl::parse(&template.tenant.url).is_err() {
-        return Err(JobFailure::BadTemplate(format!(
-            "tenant.json url `{}` is not a host name",
-            template.tenant.url
-        )));
-    }
+    // The reader checked the tenant's URL, name and SIP domain like request fields.
+    let (template, _reserved) =
+        template::load(ctx, job, &TemplateSource::Upload, Versions::Upgradable).await?;
     let actor = format!("client:{}", job.client_id);
     let plan = Plan::for_import(
         &template,

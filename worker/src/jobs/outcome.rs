@@ -91,9 +91,31 @@ impl JobFailure {
 }
 
 impl From<sqlx::Error> for JobFailure {
-    /// Records only what kind of fault it was; the cause is logged with the outcome.
+    /// Classifies by SQLSTATE: what the database refuses in the data itself fails the job at
+    /// once; everything else (connection loss, serialization failure, deadlock, shutdown,
+    /// resources) may pass on a later attempt. The cause is logged with the outcome.
     fn from(e: sqlx::Error) -> Self {
-        Self::fault("a database fault interrupted the job", e)
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        match code.as_deref().map(|c| (c, &c[..2])) {
+            // 22: data exceptions (a NUL byte, a value out of range, bad JSON for jsonb...);
+            // 54: program limits (a value too large to index...).
+            Some((c, "22" | "54")) => Self::BadTemplate(format!(
+                "the database refused a value of the template (SQLSTATE {c})"
+            )),
+            // A unique violation nothing expected: something of this tenant exists already.
+            Some(("23505", _)) => Self::Conflict(
+                "part of the tenant already exists in this cluster (SQLSTATE 23505)".to_owned(),
+            ),
+            // Not-null, foreign-key and check violations: the template's data breaks a rule.
+            Some((c @ ("23502" | "23503" | "23514"), _)) => Self::BadTemplate(format!(
+                "the template breaks a rule of the database (SQLSTATE {c})"
+            )),
+            // 23P01 (an access-number range placed concurrently) and the rest: retried.
+            _ => Self::fault("a database fault interrupted the job", e),
+        }
     }
 }
 

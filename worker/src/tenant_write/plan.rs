@@ -76,7 +76,7 @@ impl Plan {
             tenant_url: tenant_url.to_owned(),
             tenant_name: tenant_name.to_owned(),
             sip_domain: tenant_url.to_owned(),
-            settings: Value::Object(template.tenant.settings.clone()),
+            settings: template.tenant.settings.to_value(),
             users,
             objects,
             access_numbers: numbers,
@@ -99,14 +99,15 @@ impl Plan {
             details: serde_json::json!({"source": template.manifest.source, "dbVersion": template.manifest.db_version})
                 .as_object()
                 .cloned()
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
         });
         Self {
             tenant_id: t.id,
             tenant_url: t.url.to_ascii_lowercase(),
             tenant_name: t.name.clone(),
             sip_domain: t.sip_domain.clone(),
-            settings: Value::Object(t.settings.clone()),
+            settings: t.settings.to_value(),
             users: template.users.clone(),
             objects: template.objects.clone(),
             access_numbers: template.access_numbers.clone(),

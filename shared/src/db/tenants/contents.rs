@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use sqlx::{PgConnection, PgExecutor, types::Json};
 use uuid::Uuid;
 
-use crate::template::{AuditEntry, CallingListEntry, ObjectEntry, UserEntry};
+use crate::template::{AuditEntry, CallingListEntry, JsonDoc, ObjectEntry, UserEntry};
 
 #[derive(Serialize)]
 struct UserRecord<'a> {
@@ -61,7 +61,7 @@ struct ObjectRecord<'a> {
     position: i32,
     kind: &'a str,
     name: &'a str,
-    data: &'a Map<String, Value>,
+    data: &'a JsonDoc,
     refs: &'a [Uuid],
 }
 
@@ -99,10 +99,23 @@ pub async fn insert_calling_lists(
     tenant_id: Uuid,
     lists: &[CallingListEntry],
 ) -> Result<(), sqlx::Error> {
-    let records: Vec<Value> = lists
+    // Typed records: the entries' JSON text goes to the database as it is, never as a tree.
+    #[derive(Serialize)]
+    struct Record<'a> {
+        id: Uuid,
+        position: usize,
+        name: &'a str,
+        entries: &'a JsonDoc,
+    }
+    let records: Vec<Record> = lists
         .iter()
         .enumerate()
-        .map(|(i, l)| serde_json::json!({"id": l.id, "position": i, "name": l.name, "entries": l.entries}))
+        .map(|(i, l)| Record {
+            id: l.id,
+            position: i,
+            name: &l.name,
+            entries: &l.entries,
+        })
         .collect();
     sqlx::query(
         "INSERT INTO calling_lists (id, tenant_id, position, name, entries)
@@ -121,10 +134,26 @@ pub async fn insert_audit(
     tenant_id: Uuid,
     audit: &[AuditEntry],
 ) -> Result<(), sqlx::Error> {
-    let records: Vec<Value> = audit
+    #[derive(Serialize)]
+    struct Record<'a> {
+        n: usize,
+        at: DateTime<Utc>,
+        actor: &'a str,
+        action: &'a str,
+        object: &'a str,
+        details: &'a JsonDoc,
+    }
+    let records: Vec<Record> = audit
         .iter()
         .enumerate()
-        .map(|(i, a)| serde_json::json!({"n": i, "at": a.at, "actor": a.actor, "action": a.action, "object": a.object, "details": a.details}))
+        .map(|(i, a)| Record {
+            n: i,
+            at: a.at,
+            actor: &a.actor,
+            action: &a.action,
+            object: &a.object,
+            details: &a.details,
+        })
         .collect();
     sqlx::query(
         "INSERT INTO audit_log (tenant_id, at, actor, action, object, details)
@@ -202,7 +231,7 @@ pub async fn objects(
             id: o.id,
             kind: o.kind,
             name: o.name,
-            data: o.data.0,
+            data: o.data.0.into(),
             refs: o.refs,
         })
         .collect())
@@ -230,7 +259,7 @@ pub async fn calling_lists(
         .map(|l| CallingListEntry {
             id: l.id,
             name: l.name,
-            entries: l.entries.0,
+            entries: l.entries.0.into(),
         })
         .collect())
 }
@@ -261,7 +290,7 @@ pub async fn audit(
             actor: a.actor,
             action: a.action,
             object: a.object,
-            details: a.details.0,
+            details: a.details.0.into(),
         })
         .collect())
 }

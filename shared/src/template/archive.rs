@@ -1,0 +1,260 @@
+//! Reading the archive: the walked central directory decides which entries are read and how
+//! many bytes each may yield; the ZIP library only decompresses them. Then each entry is parsed
+//! into its typed structure (its bytes dropped once parsed), and the whole checked.
+
+use std::{
+    collections::BTreeMap,
+    io::{Cursor, Read, Seek, SeekFrom},
+};
+
+use serde::de::DeserializeOwned;
+
+use super::{
+    ACCESS_NUMBERS, AUDIT, CALLING_LISTS, Contents, Limits, MANIFEST, Manifest, OBJECTS, TENANT,
+    Template, TemplateError, USERS, json,
+    zipdir::{self, DirEntry},
+};
+
+type Entries = BTreeMap<String, Vec<u8>>;
+
+/// What is built from an entry costs at most this many times its text: free-form JSON kept as
+/// text, typed fields, vectors' spare capacity (measured: `tests/template_memory.rs`).
+const BUILT_FACTOR: u64 = 4;
+const SLACK: u64 = 1 << 20;
+
+const KNOWN: [&str; 7] = [
+    MANIFEST,
+    TENANT,
+    USERS,
+    OBJECTS,
+    ACCESS_NUMBERS,
+    CALLING_LISTS,
+    AUDIT,
+];
+
+/// The known entries of `dir`, after the checks that need no decompression.
+fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>, TemplateError> {
+    if let Some(link) = dir.iter().find(|e| e.symlink) {
+        return Err(TemplateError::Symlink(link.name.clone()));
+    }
+    let wanted: Vec<_> = dir
+        .iter()
+        .filter(|e| KNOWN.contains(&e.name.as_str()))
+        .collect();
+    if let Some(big) = wanted.iter().find(|e| e.size > limits.max_entry_bytes) {
+        return Err(TemplateError::EntryTooLarge(
+            big.name.clone(),
+            limits.max_entry_bytes,
+        ));
+    }
+    if wanted.iter().map(|e| e.size).sum::<u64>() > limits.max_total_bytes {
+        return Err(TemplateError::TotalTooLarge(limits.max_total_bytes));
+    }
+    Ok(wanted)
+}
+
+/// See `Template::reading_cost`.
+pub(super) fn reading_cost(
+    bytes: &[u8],
+    limits: &Limits,
+    contents: Contents,
+) -> Result<u64, TemplateError> {
+    let dir = zipdir::walk(bytes, limits)?;
+    let wanted = wanted(&dir, limits)?;
+    let text: u64 = wanted.iter().map(|e| e.size).sum();
+    // What create only checks for shape costs its text, nothing built.
+    let built: u64 = wanted
+        .iter()
+        .filter(|e| contents == Contents::All || ![CALLING_LISTS, AUDIT].contains(&e.name.as_str()))
+        .map(|e| e.size)
+        .sum();
+    Ok(bytes.len() as u64 + text + built * BUILT_FACTOR + SLACK)
+}
+
+/// Reads the known entries' bytes: never more than their headers declare, nor the limits allow.
+fn read_entries(bytes: &[u8], limits: &Limits) -> Result<Entries, TemplateError> {
+    let dir = zipdir::walk(bytes, limits)?;
+    let wanted = wanted(&dir, limits)?;
+    let mut archive = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| TemplateError::NotZip(e.to_string()))?;
+    // The library must see the very directory walked above.
+    if archive.len() != dir.len()
+        || dir
+            .iter()
+            .any(|e| archive.index_for_name(&e.name).is_none())
+    {
+        return Err(TemplateError::Malformed(
+            "the ZIP library reads another central directory than the one walked".to_owned(),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for e in wanted {
+        let name = e.name.clone();
+        let mut entry = archive
+            .by_name(&name)
+            .map_err(|err| TemplateError::Unreadable(name.clone(), err.to_string()))?;
+        let mut body = Vec::with_capacity(e.size as usize);
+        (&mut entry)
+            .take(e.size + 1)
+            .read_to_end(&mut body)
+            .map_err(|err| TemplateError::Unreadable(name.clone(), err.to_string()))?;
+        if body.len() as u64 != e.size {
+            return Err(TemplateError::SizeLies(name));
+        }
+        out.insert(name, body);
+    }
+    Ok(out)
+}
+
+/// Reads the archive and its manifest, checking the format and format version.
+pub(super) fn read_manifest(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(Manifest, Entries), TemplateError> {
+    let mut entries = read_entries(bytes, limits)?;
+    let manifest: Manifest =
+        parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
+    if manifest.format != super::FORMAT {
+        return Err(TemplateError::Incompatible(
+            "format",
+            manifest.format,
+            super::FORMAT.to_owned(),
+        ));
+    }
+    if manifest.format_version != super::FORMAT_VERSION {
+        let v = manifest.format_version.to_string();
+        return Err(TemplateError::Incompatible(
+            "formatVersion",
+            v,
+            super::FORMAT_VERSION.to_string(),
+        ));
+    }
+    Ok((manifest, entries))
+}
+
+/// Parses the entries into a template (each entry's bytes dropped once parsed) and checks it.
+pub(super) fn build(
+    manifest: Manifest,
+    mut entries: Entries,
+    contents: Contents,
+) -> Result<Template, TemplateError> {
+    let tenant = parse(&mut entries, TENANT)?.ok_or(TemplateError::Missing(TENANT))?;
+    let users = parse(&mut entries, USERS)?.unwrap_or_default();
+    let objects = parse(&mut entries, OBJECTS)?.unwrap_or_default();
+    let access_numbers = parse(&mut entries, ACCESS_NUMBERS)?.unwrap_or_default();
+    let (calling_lists, audit) = match contents {
+        Contents::All => (
+            parse(&mut entries, CALLING_LISTS)?.unwrap_or_default(),
+            parse(&mut entries, AUDIT)?.unwrap_or_default(),
+        ),
+        Contents::ForCreate => {
+            check_shape::<json::ListShape>(&mut entries, CALLING_LISTS)?;
+            check_shape::<json::AuditShape>(&mut entries, AUDIT)?;
+            (Vec::new(), Vec::new())
+        }
+    };
+    let template = Template {
+        manifest,
+        tenant,
+        users,
+        objects,
+        access_numbers,
+        calling_lists,
+        audit,
+    };
+    template.check(contents == Contents::All)?;
+    Ok(template)
+}
+
+fn parse<T: DeserializeOwned>(
+    entries: &mut Entries,
+    name: &'static str,
+) -> Result<Option<T>, TemplateError> {
+    entries
+        .remove(name)
+        .map(|body| {
+            serde_json::from_slice(&body)
+                .map_err(|e| TemplateError::InvalidEntry(name, e.to_string()))
+        })
+        .transpose()
+}
+
+/// Checks a list the job does not import for shape, building nothing.
+fn check_shape<T: DeserializeOwned>(
+    entries: &mut Entries,
+    name: &'static str,
+) -> Result<(), TemplateError> {
+    match entries.remove(name) {
+        Some(body) => json::check_list::<T>(&body)
+            .map_err(|e| TemplateError::InvalidEntry(name, e.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Most bytes of the archive's tail `peek_tenant_url` reads to find the central directory.
+fn peek_tail(limits: &Limits) -> u64 {
+    limits.max_directory_bytes + (u16::MAX as u64) + 22 + 20 + (64 << 10)
+}
+/// Most uncompressed bytes of `tenant.json` `peek_tenant_url` reads.
+pub const PEEK_MAX_BYTES: u64 = 1 << 20;
+
+/// The URL in `tenant.json`, when the archive says so within a bounded read: at most the tail
+/// holding the central directory, and the first `PEEK_MAX_BYTES` of `tenant.json`, streamed
+/// (nothing else is decompressed, nothing is built but the URL).
+pub fn peek_tenant_url<R: Read + Seek>(mut file: R, limits: &Limits) -> Option<String> {
+    let len = file.seek(SeekFrom::End(0)).ok()?;
+    let tail_len = len.min(peek_tail(limits));
+    file.seek(SeekFrom::Start(len - tail_len)).ok()?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    (&mut file).take(tail_len).read_to_end(&mut tail).ok()?;
+    let dir = zipdir::walk_tail(&tail, len - tail_len, limits).ok()?;
+    let tenant = dir.iter().find(|e| e.name == TENANT)?;
+    let mut archive = zip::ZipArchive::new(file).ok()?;
+    if archive.len() != dir.len() {
+        return None;
+    }
+    let entry = archive.by_name(&tenant.name).ok()?;
+    url_of(entry.take(PEEK_MAX_BYTES))
+}
+
+/// Streams a `tenant.json` object until its `url` member, ignoring everything before it.
+fn url_of(reader: impl Read) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::cell::Cell;
+
+    #[derive(serde::Deserialize)]
+    #[serde(field_identifier, rename_all = "lowercase")]
+    enum Key {
+        Url,
+        #[serde(other)]
+        Other,
+    }
+    // Stopping at `url` leaves the object unfinished, which serde_json reports as an error once
+    // the visitor returned: the visitor keeps what it found in `found` instead.
+    struct Url<'a>(&'a Cell<Option<String>>);
+    impl<'de> Visitor<'de> for Url<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("tenant.json")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<Key>()? {
+                match key {
+                    Key::Url => return map.next_value().map(|url| self.0.set(Some(url))),
+                    Key::Other => map.next_value::<IgnoredAny>().map(drop)?,
+                }
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Url<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let _ = Url(&found).deserialize(&mut de);
+    found.into_inner()
+}

@@ -1,0 +1,290 @@
+//! Template contents checked like requests: strings, stored password hashes, free-form JSON,
+//! access-number caps.
+
+use std::io::{Cursor, Write};
+
+use serde_json::{Value, json};
+
+use super::*;
+
+const DB: i64 = 7;
+const ID: &str = "0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f10";
+const HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY";
+
+fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, body) in entries {
+        zip.start_file(*name, options).unwrap();
+        zip.write_all(body).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+fn manifest() -> Value {
+    json!({"format": FORMAT, "formatVersion": 1, "dbVersion": DB, "exportedAt": "2026-11-30T10:00:00Z",
+           "source": {"tenantId": ID, "tenantUrl": "a.example.com", "tenantName": "A"}})
+}
+
+fn tenant() -> Value {
+    json!({"id": ID, "url": "a.example.com", "name": "A", "sipDomain": "a.example.com", "settings": {}})
+}
+
+fn user() -> Value {
+    json!({"id": ID, "loginId": "agent", "firstName": "Grace", "lastName": "Hopper",
+           "email": "grace@a.example", "roles": ["agent"], "passwordHash": HASH})
+}
+
+/// Reads a template of `manifest`, `tenant` and the given entries, for create or import.
+fn read_with(
+    contents: Contents,
+    tenant: &Value,
+    entries: &[(&str, Value)],
+) -> Result<Template, TemplateError> {
+    let mut all = vec![
+        (MANIFEST, serde_json::to_vec(&manifest()).unwrap()),
+        (TENANT, serde_json::to_vec(tenant).unwrap()),
+    ];
+    all.extend(
+        entries
+            .iter()
+            .map(|(n, v)| (*n, serde_json::to_vec(v).unwrap())),
+    );
+    let bytes = zip_of(&all);
+    match contents {
+        Contents::ForCreate => Template::read_for_create(&bytes, &Limits::default(), DB),
+        Contents::All => Template::read_upgrading(&bytes, &Limits::default(), DB),
+    }
+}
+
+fn refused(entries: &[(&str, Value)]) -> String {
+    match read_with(Contents::ForCreate, &tenant(), entries) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("accepted: {entries:?}"),
+    }
+}
+
+#[test]
+fn user_strings_obey_the_request_fields_rules() {
+    assert!(read_with(Contents::ForCreate, &tenant(), &[(USERS, json!([user()]))]).is_ok());
+    let cases = [
+        (
+            "loginId",
+            json!("ag\u{0}ent"),
+            "users[0].loginId must not contain control",
+        ),
+        (
+            "loginId",
+            json!("x".repeat(1 << 20)),
+            "users[0].loginId must be at most 255",
+        ),
+        ("loginId", json!("  "), "users[0].loginId must not be empty"),
+        (
+            "firstName",
+            json!("Gr\u{202e}ace"),
+            "users[0].firstName must not contain",
+        ),
+        (
+            "lastName",
+            json!("Hop\u{200b}per"),
+            "users[0].lastName must not contain",
+        ),
+        (
+            "email",
+            json!("not-an-email"),
+            "users[0].email must be a valid e-mail",
+        ),
+        (
+            "roles",
+            json!(["ag\nent"]),
+            "users[0].roles[0] must not contain",
+        ),
+        ("roles", json!(vec!["r"; 40]), "more than 32 roles"),
+    ];
+    for (field, value, expect) in cases {
+        let mut u = user();
+        u[field] = value;
+        let err = refused(&[(USERS, json!([u]))]);
+        assert!(err.contains(expect), "{field}: {err}");
+        assert!(
+            err.len() < 500,
+            "the error does not repeat a huge value: {}",
+            err.len()
+        );
+    }
+}
+
+#[test]
+fn stored_password_hashes_must_be_argon2id_within_bounds() {
+    for (hash, expect) in [
+        (
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY",
+            "m=8,t=1,p=1",
+        ),
+        (
+            "$argon2id$v=19$m=4294967295,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY",
+            "password hash",
+        ),
+        ("$argon2id$", "password hash that is not a PHC string"),
+        (
+            "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY",
+            "not argon2id",
+        ),
+    ] {
+        let mut u = user();
+        u["passwordHash"] = json!(hash);
+        let err = refused(&[(USERS, json!([u]))]);
+        assert!(err.contains(expect), "{hash}: {err}");
+    }
+}
+
+#[test]
+fn object_and_number_strings_obey_the_rules() {
+    let object = |kind: &str, name: &str| json!([{"id": ID, "kind": kind, "name": name}]);
+    assert!(
+        refused(&[(OBJECTS, object("te\u{7}am", "t"))])
+            .contains("objects[0].kind must not contain")
+    );
+    assert!(
+        refused(&[(OBJECTS, object("team", &"n".repeat(256)))])
+            .contains("objects[0].name must be at most 255")
+    );
+    let media = json!([{"number": "4155550100", "count": 1, "media": "VO\u{202e}ICE"}]);
+    assert!(
+        refused(&[(ACCESS_NUMBERS, media)]).contains("access_numbers[0].media must not contain")
+    );
+}
+
+#[test]
+fn settings_keys_and_values_obey_the_rules_and_documents_are_bounded() {
+    let with_settings = |settings: Value| {
+        let mut t = tenant();
+        t["settings"] = settings;
+        read_with(Contents::ForCreate, &t, &[]).map(|t| t.tenant.settings.to_value())
+    };
+    assert_eq!(
+        with_settings(json!({"tz": "Europe/London", "n": {"deep": [1, "two"]}})).unwrap(),
+        json!({"tz": "Europe/London", "n": {"deep": [1, "two"]}})
+    );
+    for (settings, expect) in [
+        (
+            json!({"a\u{202e}": 1}),
+            "settings key contains control or Unicode format",
+        ),
+        (
+            json!({"a": {"b": ["x\u{0}"]}}),
+            "settings value contains control",
+        ),
+        (
+            json!({"a": "v".repeat(65_537)}),
+            "settings value is longer than 65536",
+        ),
+        (
+            json!({"k".repeat(256): 1}),
+            "settings key is longer than 255",
+        ),
+        (json!([1]), "invalid type"),
+    ] {
+        let err = with_settings(settings).unwrap_err().to_string();
+        assert!(err.contains(expect), "{err}");
+    }
+    // Nesting is bounded in every free-form document, settings or not.
+    let deep = |levels: usize| -> Value {
+        serde_json::from_str(&format!("{}1{}", "[".repeat(levels), "]".repeat(levels))).unwrap()
+    };
+    let object = |data: Value| json!([{"id": ID, "kind": "team", "name": "t", "data": data}]);
+    assert!(
+        read_with(
+            Contents::ForCreate,
+            &tenant(),
+            &[(OBJECTS, object(json!({"a": deep(30)})))]
+        )
+        .is_ok()
+    );
+    let err = refused(&[(OBJECTS, object(json!({"a": deep(31)})))]);
+    assert!(err.contains("nests deeper than 32 levels"), "{err}");
+}
+
+#[test]
+fn access_number_caps_hold_after_the_numbers_are_counted() {
+    let ranges = |n: usize, count: i32| -> Value {
+        (0..n)
+            .map(|i| json!({"number": format!("{:010}", i * 1_000_000), "count": count, "media": "VOICE"}))
+            .collect()
+    };
+    assert!(
+        read_with(
+            Contents::ForCreate,
+            &tenant(),
+            &[(ACCESS_NUMBERS, ranges(1_000, 100))]
+        )
+        .is_ok()
+    );
+    assert!(
+        refused(&[(ACCESS_NUMBERS, ranges(1_001, 1))])
+            .contains("1001 access-number ranges; at most 1000")
+    );
+    assert!(
+        refused(&[(ACCESS_NUMBERS, ranges(2, 50_001))])
+            .contains("hold 100002 numbers; at most 100000")
+    );
+}
+
+#[test]
+fn import_checks_the_tenants_own_name_url_and_sip_domain_and_create_does_not() {
+    for (field, value, expect) in [
+        (
+            "name",
+            json!("Ac\u{202e}me"),
+            "tenant.json name must not contain",
+        ),
+        ("name", json!(""), "tenant.json name must not be empty"),
+        (
+            "sipDomain",
+            json!("sip.example.com\u{0}"),
+            "tenant.json sipDomain",
+        ),
+        ("sipDomain", json!("not a domain"), "tenant.json sipDomain"),
+        ("url", json!("bad_host"), "tenant.json url"),
+    ] {
+        let mut t = tenant();
+        t[field] = value;
+        let err = read_with(Contents::All, &t, &[]).unwrap_err().to_string();
+        assert!(err.contains(expect), "{field}: {err}");
+        assert!(
+            read_with(Contents::ForCreate, &t, &[]).is_ok(),
+            "create replaces {field}"
+        );
+    }
+}
+
+#[test]
+fn create_checks_lists_it_does_not_import_for_shape_only() {
+    let lists = json!([{"id": ID, "name": "n\u{0}", "entries": [{"a": [[[[1]]]]}]}]);
+    let audit = json!([{"at": "2026-11-30T10:00:00Z", "actor": "a", "action": "b", "object": "c", "details": {"x": 1}}]);
+    let t = read_with(
+        Contents::ForCreate,
+        &tenant(),
+        &[(CALLING_LISTS, lists.clone()), (AUDIT, audit.clone())],
+    )
+    .unwrap();
+    assert!(
+        t.calling_lists.is_empty() && t.audit.is_empty(),
+        "nothing built"
+    );
+    let imported = read_with(Contents::All, &tenant(), &[(AUDIT, audit)]).unwrap();
+    assert_eq!(imported.audit[0].details.to_value(), json!({"x": 1}));
+    let err = read_with(Contents::All, &tenant(), &[(CALLING_LISTS, lists)]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("calling_lists[0].name must not contain"),
+        "{err}"
+    );
+    let bad_shape = json!([{"at": "yesterday", "actor": "a", "action": "b", "object": "c"}]);
+    assert!(matches!(
+        read_with(Contents::ForCreate, &tenant(), &[(AUDIT, bad_shape)]),
+        Err(TemplateError::InvalidEntry(AUDIT, _))
+    ));
+}

@@ -1,0 +1,306 @@
+//! Free-form JSON inside a template (tenant settings, object data, calling-list entries, audit
+//! details), kept as the text it came in (`JsonDoc`): checked once while read (nesting, and for
+//! settings the request fields' string rules) but never built into a tree, so it costs what its
+//! text costs. Lists a job does not import are checked for shape without being built.
+
+use std::{fmt, marker::PhantomData};
+
+use serde::{
+    Deserialize, Deserializer, Serialize, Serializer,
+    de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+};
+use serde_json::{Map, Value, value::RawValue};
+
+use crate::domain::is_hidden_char;
+
+/// Deepest nesting of a free-form value (the value itself is level 1).
+pub const MAX_DEPTH: usize = 32;
+/// Longest settings key and string value, in characters, and largest settings text in bytes.
+pub const MAX_SETTINGS_KEY: usize = 255;
+pub const MAX_SETTINGS_VALUE: usize = 65_536;
+pub const MAX_SETTINGS_BYTES: usize = 1 << 20;
+
+/// A JSON document kept as text: an object, or for calling-list entries a list of objects.
+#[derive(Debug, Clone)]
+pub struct JsonDoc(Box<RawValue>);
+
+impl JsonDoc {
+    /// `{}`.
+    pub fn empty_object() -> Self {
+        Self(RawValue::from_string("{}".to_owned()).expect("valid JSON"))
+    }
+
+    /// `[]`.
+    pub fn empty_list() -> Self {
+        Self(RawValue::from_string("[]".to_owned()).expect("valid JSON"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The document as a tree (costs what a tree costs: only for small documents).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).expect("a JsonDoc holds valid JSON")
+    }
+
+    fn from_serialize(value: &impl Serialize) -> Self {
+        Self(serde_json::value::to_raw_value(value).expect("JSON values serialize"))
+    }
+}
+
+impl Default for JsonDoc {
+    fn default() -> Self {
+        Self::empty_object()
+    }
+}
+
+/// Equal when they hold the same JSON, whatever the spacing or member order.
+impl PartialEq for JsonDoc {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
+
+impl From<Map<String, Value>> for JsonDoc {
+    fn from(map: Map<String, Value>) -> Self {
+        Self::from_serialize(&map)
+    }
+}
+
+impl From<Vec<Map<String, Value>>> for JsonDoc {
+    fn from(list: Vec<Map<String, Value>>) -> Self {
+        Self::from_serialize(&list)
+    }
+}
+
+impl From<Box<RawValue>> for JsonDoc {
+    /// Text read back from the database (a `jsonb` column), trusted as it was checked on import.
+    fn from(raw: Box<RawValue>) -> Self {
+        Self(raw)
+    }
+}
+
+impl Serialize for JsonDoc {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// What a document's top level must be, and which string rules hold inside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    /// An object whose keys and string values obey the request fields' rules.
+    Settings,
+    /// Any object.
+    Object,
+    /// A list of objects.
+    Objects,
+}
+
+impl<'de> Deserialize<'de> for JsonDoc {
+    /// Any object (object data, audit details).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read(d, Rules::Object)
+    }
+}
+
+fn read<'de, D: Deserializer<'de>>(d: D, rules: Rules) -> Result<JsonDoc, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    if rules == Rules::Settings && raw.get().len() > MAX_SETTINGS_BYTES {
+        return Err(de::Error::custom(format!(
+            "settings are larger than {MAX_SETTINGS_BYTES} bytes"
+        )));
+    }
+    let mut text = serde_json::Deserializer::from_str(raw.get());
+    let top = Scan { depth: 1, rules };
+    match rules {
+        Rules::Settings | Rules::Object => text.deserialize_map(top),
+        Rules::Objects => text.deserialize_seq(top),
+    }
+    .map_err(de::Error::custom)?;
+    Ok(JsonDoc(raw))
+}
+
+/// `deserialize_with` for tenant settings.
+pub(super) fn settings<'de, D: Deserializer<'de>>(d: D) -> Result<JsonDoc, D::Error> {
+    read(d, Rules::Settings)
+}
+
+/// `deserialize_with` for calling-list entries.
+pub(super) fn objects<'de, D: Deserializer<'de>>(d: D) -> Result<JsonDoc, D::Error> {
+    read(d, Rules::Objects)
+}
+
+/// Checks one value at `depth`, building nothing.
+#[derive(Clone, Copy)]
+struct Scan {
+    depth: usize,
+    rules: Rules,
+}
+
+impl Scan {
+    fn text<E: de::Error>(&self, s: &str, max: usize, what: &str) -> Result<(), E> {
+        if self.rules != Rules::Settings {
+            return Ok(());
+        }
+        if s.chars().count() > max {
+            return Err(E::custom(format!(
+                "a settings {what} is longer than {max} characters"
+            )));
+        }
+        if s.chars().any(is_hidden_char) {
+            return Err(E::custom(format!(
+                "a settings {what} contains control or Unicode format characters"
+            )));
+        }
+        Ok(())
+    }
+
+    fn deeper<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_DEPTH {
+            return Err(E::custom(format!(
+                "a value nests deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        let rules = if self.rules == Rules::Objects {
+            Rules::Object
+        } else {
+            self.rules
+        };
+        Ok(Self {
+            depth: self.depth + 1,
+            rules,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Scan {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.rules == Rules::Objects {
+            // The elements of a list of objects.
+            return d.deserialize_map(self);
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Scan {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self.rules {
+            Rules::Objects => "a list of JSON objects",
+            _ => "a JSON value",
+        })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.text(v, MAX_SETTINGS_VALUE, "value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = if self.rules == Rules::Objects {
+            Scan {
+                depth: self.depth + 1,
+                rules: Rules::Objects,
+            }
+        } else {
+            self.deeper()?
+        };
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            inner.text(&key, MAX_SETTINGS_KEY, "key")?;
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `body` is a JSON list whose every element has the shape `T`, building nothing
+/// but one element at a time (give `T` `IgnoredAny` fields for what need not be looked at).
+pub(super) fn check_list<T: for<'de> Deserialize<'de>>(body: &[u8]) -> serde_json::Result<()> {
+    struct Elements<T>(PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Elements<T> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element::<T>()?.is_some() {}
+            Ok(())
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_seq(Elements::<T>(PhantomData))?;
+    de.end()
+}
+
+/// The shape of a calling list and of an audit entry, for a job that imports neither.
+#[derive(Deserialize)]
+#[expect(dead_code, reason = "read only for their shape")]
+pub(super) struct ListShape {
+    id: uuid::Uuid,
+    name: IgnoredAny,
+    #[serde(default)]
+    entries: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+#[expect(dead_code, reason = "read only for their shape")]
+pub(super) struct AuditShape {
+    at: chrono::DateTime<chrono::Utc>,
+    actor: IgnoredAny,
+    action: IgnoredAny,
+    object: IgnoredAny,
+    #[serde(default)]
+    details: Option<IgnoredAny>,
+}
+
+/// `deserialize_with` for a user's roles: at most `check::MAX_ROLES` + 1 are built (one more
+/// than allowed, so the check names the breach).
+pub(super) fn roles<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Roles;
+    impl<'de> Visitor<'de> for Roles {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of roles")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(role) = seq.next_element::<String>()? {
+                if out.len() > super::check::MAX_ROLES {
+                    return Err(de::Error::custom(format!(
+                        "a user has more than {} roles",
+                        super::check::MAX_ROLES
+                    )));
+                }
+                out.push(role);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Roles)
+}

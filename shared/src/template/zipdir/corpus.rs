@@ -1,0 +1,273 @@
+//! A corpus of crafted archives, built here byte by byte (stored entries): each bends one rule of
+//! the central directory and is refused with its fault named. The first case proves the crafting
+//! itself reads, in both the plain and the ZIP64 encodings.
+
+use super::{
+    craft::{End, Entry, archive, entry},
+    walk,
+};
+use crate::template::{Limits, MANIFEST, TENANT, Template, TemplateError};
+
+const DB: i64 = 7;
+
+fn manifest() -> Vec<u8> {
+    format!(
+        r#"{{"format": "provisioner-tenant-template", "formatVersion": 1, "dbVersion": {DB}, "exportedAt": "2026-11-30T10:00:00Z",
+           "source": {{"tenantId": "0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f10", "tenantUrl": "a.example.com", "tenantName": "A"}}}}"#
+    )
+    .into_bytes()
+}
+
+fn tenant() -> Vec<u8> {
+    br#"{"id": "0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f10", "url": "a.example.com", "name": "A", "sipDomain": "a.example.com", "settings": {}}"#.to_vec()
+}
+
+fn good() -> Vec<Entry> {
+    vec![entry(MANIFEST, &manifest()), entry(TENANT, &tenant())]
+}
+
+fn read(bytes: &[u8]) -> Result<Template, TemplateError> {
+    Template::read(bytes, &Limits::default(), DB)
+}
+
+fn zip64() -> End {
+    End {
+        zip64: true,
+        ..End::default()
+    }
+}
+
+#[test]
+fn the_crafted_archives_read_in_both_encodings() {
+    for end in [End::default(), zip64()] {
+        let t = read(&archive(&good(), &end)).unwrap();
+        assert_eq!(t.tenant.url, "a.example.com");
+    }
+}
+
+#[test]
+fn counts_that_disagree_are_refused_in_both_encodings() {
+    for base in [End::default(), zip64()] {
+        let on_disk_differs = End {
+            on_disk: Some(1),
+            ..base.clone()
+        };
+        assert_eq!(
+            read(&archive(&good(), &on_disk_differs)),
+            Err(TemplateError::CountsDiffer(1, 2))
+        );
+        let fewer = End {
+            on_disk: Some(1),
+            total: Some(1),
+            ..base.clone()
+        };
+        assert!(matches!(
+            read(&archive(&good(), &fewer)),
+            Err(TemplateError::CountDisagrees { declared: 1, .. })
+        ));
+        let more = End {
+            on_disk: Some(5),
+            total: Some(5),
+            ..base
+        };
+        assert_eq!(
+            read(&archive(&good(), &more)),
+            Err(TemplateError::CountDisagrees {
+                declared: 5,
+                found: "2".into()
+            })
+        );
+    }
+}
+
+#[test]
+fn the_zip64_end_record_must_agree_with_the_end_record() {
+    let end = End {
+        narrow_total: Some(3),
+        ..zip64()
+    };
+    assert_eq!(
+        read(&archive(&good(), &end)),
+        Err(TemplateError::Zip64Disagrees("total entries"))
+    );
+    let astray = End {
+        locator_offset: Some(1 << 40),
+        ..zip64()
+    };
+    assert!(matches!(
+        read(&archive(&good(), &astray)),
+        Err(TemplateError::Malformed(_))
+    ));
+}
+
+#[test]
+fn archives_on_several_disks_are_refused() {
+    for end in [
+        End {
+            disk: 1,
+            ..End::default()
+        },
+        End { disk: 1, ..zip64() },
+        End {
+            locator_disks: Some(2),
+            ..zip64()
+        },
+    ] {
+        assert_eq!(
+            read(&archive(&good(), &end)),
+            Err(TemplateError::SpannedArchive)
+        );
+    }
+    let mut entries = good();
+    entries[1].disk = 1;
+    assert_eq!(
+        read(&archive(&entries, &End::default())),
+        Err(TemplateError::SpannedArchive)
+    );
+}
+
+#[test]
+fn duplicate_names_are_refused_in_every_encoding() {
+    let dup = || {
+        let mut e = good();
+        e.push(entry(MANIFEST, br#"{"format": "other"}"#));
+        e
+    };
+    for end in [End::default(), zip64()] {
+        assert_eq!(
+            read(&archive(&dup(), &end)),
+            Err(TemplateError::DuplicateEntry(MANIFEST.into()))
+        );
+    }
+    // The same name flagged UTF-8 once: the reader decodes both alike.
+    let mut flagged = dup();
+    flagged[2].flags = 1 << 11;
+    assert_eq!(
+        read(&archive(&flagged, &End::default())),
+        Err(TemplateError::DuplicateEntry(MANIFEST.into()))
+    );
+    let mut cased = good();
+    cased.push(entry("Manifest.JSON", b"{}"));
+    assert_eq!(
+        read(&archive(&cased, &End::default())),
+        Err(TemplateError::NamesCollide(
+            MANIFEST.into(),
+            "Manifest.JSON".into()
+        ))
+    );
+}
+
+#[test]
+fn thousands_of_same_name_records_are_refused_by_count_then_by_name() {
+    let mut many = good();
+    many.extend((0..5_000).map(|_| entry(TENANT, &tenant())));
+    assert_eq!(
+        read(&archive(&many, &zip64())),
+        Err(TemplateError::TooManyEntries(5_002, 1_000))
+    );
+    let roomy = Limits {
+        max_entries: 10_000,
+        ..Limits::default()
+    };
+    assert_eq!(
+        Template::read(&archive(&many, &zip64()), &roomy, DB),
+        Err(TemplateError::DuplicateEntry(TENANT.into()))
+    );
+}
+
+#[test]
+fn a_huge_directory_is_refused_before_it_is_walked() {
+    let mut many = good();
+    many.extend((0..20_000).map(|i| entry(&format!("junk/{i:08}.txt"), b"")));
+    // The end record claims few entries: the directory's size alone refuses it.
+    let end = End {
+        on_disk: Some(2),
+        total: Some(2),
+        ..End::default()
+    };
+    let bytes = archive(&many, &end);
+    assert!(matches!(
+        walk(&bytes, &Limits::default()),
+        Err(TemplateError::DirectoryTooLarge(_, 1_048_576))
+    ));
+    // Within the size budget, the walk stops at the first record past the declared count.
+    let roomy = Limits {
+        max_directory_bytes: 16 << 20,
+        ..Limits::default()
+    };
+    assert_eq!(
+        walk(&bytes, &roomy),
+        Err(TemplateError::CountDisagrees {
+            declared: 2,
+            found: "more than 2".into()
+        })
+    );
+}
+
+#[test]
+fn names_the_reader_would_decode_otherwise_are_refused() {
+    let mut cp437 = good();
+    cp437.push(Entry {
+        name: b"caf\x82.txt".to_vec(),
+        ..entry("", b"")
+    });
+    assert!(matches!(
+        read(&archive(&cp437, &End::default())),
+        Err(TemplateError::UnsupportedName(_))
+    ));
+    let mut second_name = good();
+    let mut unicode_path = vec![0x75, 0x70, 18, 0, 1, 0, 0, 0, 0];
+    unicode_path.extend(b"manifest.json");
+    second_name.push(Entry {
+        extra: unicode_path,
+        ..entry("other.json", b"{}")
+    });
+    assert_eq!(
+        read(&archive(&second_name, &End::default())),
+        Err(TemplateError::UnsupportedName("other.json".into()))
+    );
+    let mut hidden = good();
+    hidden.push(Entry {
+        flags: 1 << 11,
+        ..entry("a\u{202e}b.json", b"{}")
+    });
+    assert!(matches!(
+        read(&archive(&hidden, &End::default())),
+        Err(TemplateError::UnsafeName(_))
+    ));
+}
+
+#[test]
+fn shared_data_symlinks_and_truncation_are_refused() {
+    let mut shared = good();
+    shared.push(Entry {
+        same_data_as: Some(0),
+        ..entry("copy.json", b"")
+    });
+    assert_eq!(
+        read(&archive(&shared, &End::default())),
+        Err(TemplateError::SharedData(
+            MANIFEST.into(),
+            "copy.json".into()
+        ))
+    );
+    let mut link = good();
+    link.push(Entry {
+        unix_mode: Some(0o120777),
+        ..entry("link", b"/etc/passwd")
+    });
+    assert_eq!(
+        read(&archive(&link, &End::default())),
+        Err(TemplateError::Symlink("link".into()))
+    );
+    let bytes = archive(&good(), &End::default());
+    let mut cut = bytes.clone();
+    cut.truncate(bytes.len() - 1);
+    assert!(matches!(read(&cut), Err(TemplateError::NotZip(_))));
+    // The directory's size claims one byte less than its records take.
+    let mut short = bytes.clone();
+    let at = short.len() - 10;
+    let size = u32::from_le_bytes(short[at..at + 4].try_into().unwrap()) - 1;
+    short[at..at + 4].copy_from_slice(&size.to_le_bytes());
+    assert!(matches!(read(&short), Err(TemplateError::Malformed(_))));
+}

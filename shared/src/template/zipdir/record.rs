@@ -1,0 +1,137 @@
+//! One central-directory record: its name as the reader will decode it, its sizes and offset
+//! (ZIP64 extra field included), its disk, and whether it is a symbolic link.
+
+use super::{DirEntry, malformed, u16_at, u32_at, u64_at};
+use crate::{domain::is_hidden_char, template::TemplateError};
+
+const CENTRAL: u32 = 0x0201_4b50;
+const CENTRAL_LEN: usize = 46;
+/// General-purpose flag bit 11: the name is UTF-8.
+const UTF8_NAME: u16 = 1 << 11;
+
+pub(super) struct Record {
+    pub(super) entry: DirEntry,
+    pub(super) local_offset: u64,
+}
+
+/// Parses the record at the start of `b`; returns it and its length.
+pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), TemplateError> {
+    if b.len() < CENTRAL_LEN || u32_at(b, 0) != CENTRAL {
+        return Err(malformed(
+            "a central directory record is truncated or has no signature",
+        ));
+    }
+    let (made_by, flags) = (u16_at(b, 4), u16_at(b, 8));
+    let (name_len, extra_len, comment_len) = (
+        u16_at(b, 28) as usize,
+        u16_at(b, 30) as usize,
+        u16_at(b, 32) as usize,
+    );
+    let len = CENTRAL_LEN + name_len + extra_len + comment_len;
+    if b.len() < len {
+        return Err(malformed(
+            "a central directory record runs past the directory",
+        ));
+    }
+    let raw_name = &b[CENTRAL_LEN..CENTRAL_LEN + name_len];
+    let name = decode_name(raw_name, flags)?;
+    let extra = &b[CENTRAL_LEN + name_len..CENTRAL_LEN + name_len + extra_len];
+    let mut size = u64::from(u32_at(b, 24));
+    let mut compressed = u64::from(u32_at(b, 20));
+    let mut disk = u64::from(u16_at(b, 34));
+    let mut local_offset = u64::from(u32_at(b, 42));
+    for (id, data) in
+        extra_fields(extra).map_err(|m| TemplateError::Malformed(format!("`{name}`: {m}")))?
+    {
+        match id {
+            0x0001 => {
+                let mut fields = data.chunks(8);
+                let mut wide = |narrow: &mut u64, sentinel: u64, len: usize| {
+                    if *narrow == sentinel {
+                        match fields.next().filter(|f| f.len() >= len) {
+                            Some(f) if len == 8 => *narrow = u64_at(f, 0),
+                            Some(f) => *narrow = u32_at(f, 0).into(),
+                            None => return false,
+                        }
+                    }
+                    true
+                };
+                let ok = wide(&mut size, 0xFFFF_FFFF, 8)
+                    && wide(&mut compressed, 0xFFFF_FFFF, 8)
+                    && wide(&mut local_offset, 0xFFFF_FFFF, 8)
+                    && wide(&mut disk, 0xFFFF, 4);
+                if !ok {
+                    return Err(TemplateError::Malformed(format!(
+                        "`{name}`: its ZIP64 field lacks a size or offset it stands for"
+                    )));
+                }
+            }
+            0x7075 | 0x6375 => return Err(TemplateError::UnsupportedName(name)),
+            _ => {}
+        }
+    }
+    if disk != 0 {
+        return Err(TemplateError::SpannedArchive);
+    }
+    if local_offset.saturating_add(30).saturating_add(compressed) > dir_offset {
+        return Err(TemplateError::Malformed(format!(
+            "`{name}`: its data lies outside the archive's entries"
+        )));
+    }
+    check_name(&name)?;
+    // Unix mode in the high half of the external attributes, when made on Unix.
+    let mode = u32_at(b, 38) >> 16;
+    let symlink = made_by >> 8 == 3 && mode & 0o170000 == 0o120000;
+    let entry = DirEntry {
+        name,
+        size,
+        symlink,
+    };
+    Ok((
+        Record {
+            entry,
+            local_offset,
+        },
+        len,
+    ))
+}
+
+/// The name as the reader will decode it: UTF-8 when flagged, else plain ASCII (other code
+/// page 437 names are refused: they would decode differently by tool).
+fn decode_name(raw: &[u8], flags: u16) -> Result<String, TemplateError> {
+    let lossy = || String::from_utf8_lossy(raw).into_owned();
+    if flags & UTF8_NAME == 0 && !raw.is_ascii() {
+        return Err(TemplateError::UnsupportedName(lossy()));
+    }
+    String::from_utf8(raw.to_vec()).map_err(|_| TemplateError::UnsupportedName(lossy()))
+}
+
+fn check_name(name: &str) -> Result<(), TemplateError> {
+    if name.is_empty()
+        || name.starts_with('/')
+        || name.starts_with('\\')
+        || name.split(['/', '\\']).any(|p| p == "..")
+        || name.contains(':')
+        || name.chars().any(is_hidden_char)
+    {
+        return Err(TemplateError::UnsafeName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// The (id, data) pairs of an extra-field block.
+fn extra_fields(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, &'static str> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        if b.len() < 4 {
+            return Err("its extra fields are truncated");
+        }
+        let (id, len) = (u16_at(b, 0), u16_at(b, 2) as usize);
+        let data = b
+            .get(4..4 + len)
+            .ok_or("an extra field runs past its block")?;
+        out.push((id, data));
+        b = &b[4 + len..];
+    }
+    Ok(out)
+}
