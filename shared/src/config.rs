@@ -51,6 +51,12 @@ pub struct Settings {
     pub upload_dir: std::path::PathBuf,
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
+    /// How often the worker's sweeper rescues expired leases and re-sends stranded jobs;
+    /// `None`: a third of `job_lease` (at least a second).
+    pub sweep_interval: Option<Duration>,
+    /// A queued job whose message was sent this long ago with no pending outbox message is
+    /// sent again (its broker message may be lost).
+    pub reconcile_after: Duration,
 }
 
 impl Settings {
@@ -137,6 +143,14 @@ impl Settings {
             client_max_active_jobs: positive(
                 "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
                 &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),
+            )?,
+            sweep_interval: get("PROVISIONER_SWEEP_INTERVAL")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| seconds("PROVISIONER_SWEEP_INTERVAL", &v))
+                .transpose()?,
+            reconcile_after: seconds(
+                "PROVISIONER_RECONCILE_AFTER",
+                &var("PROVISIONER_RECONCILE_AFTER", "90"),
             )?,
         })
     }

@@ -48,6 +48,11 @@ impl Default for Options {
 }
 
 fn run_rabbitmqctl(args: &[&str]) {
+    rabbitmqctl(args);
+}
+
+/// Runs `rabbitmqctl` and returns its standard output; fails the test if it fails.
+fn rabbitmqctl(args: &[&str]) -> String {
     let out = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -57,6 +62,7 @@ fn run_rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl TestApp {
@@ -216,12 +222,18 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Polls the job until it is terminal (long-polling; 60 s in all).
+    /// Waits until the job is terminal (long polls of at most 5 s each; 60 s in all).
     pub async fn wait_job(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        self.wait_job_within(id, Duration::from_secs(60)).await
+    }
+
+    /// Waits until the job is terminal, at most `within`.
+    pub async fn wait_job_within(&self, id: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
+            // Without `status`, the API answers as soon as the job is terminal, or after 5 s.
             let (status, job) = self
-                .get_json(&format!("/configapi/v2/jobs/{id}?wait=5&status=running"))
+                .get_json(&format!("/configapi/v2/jobs/{id}?wait=5"))
                 .await;
             assert_eq!(status, 200, "job {id}: {job}");
             if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
@@ -229,9 +241,52 @@ impl TestApp {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "job {id} did not end: {job}"
+                "job {id} did not end within {within:?}: {job}"
             );
         }
+    }
+
+    /// Messages in a queue of this test's vhost, ready and unacknowledged together.
+    pub async fn queue_messages(&self, queue: &str) -> i64 {
+        let vhost = self.vhost.clone();
+        let queue = queue.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let out = rabbitmqctl(&[
+                "list_queues",
+                "-p",
+                &vhost,
+                "--quiet",
+                "--no-table-headers",
+                "name",
+                "messages",
+            ]);
+            out.lines()
+                .filter_map(|l| l.split_once('\t'))
+                .find(|(name, _)| name.trim() == queue)
+                .map_or(0, |(_, n)| n.trim().parse().expect("a count"))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Drops every message ready in a queue of this test's vhost, as an operator could.
+    pub async fn purge_queue(&self, queue: &str) {
+        let vhost = self.vhost.clone();
+        let queue = queue.to_owned();
+        tokio::task::spawn_blocking(move || rabbitmqctl(&["purge_queue", "-p", &vhost, &queue]))
+            .await
+            .unwrap();
+    }
+
+    /// Has the broker close every connection of this test's vhost.
+    pub async fn drop_broker_connections(&self, reason: &str) {
+        let vhost = self.vhost.clone();
+        let reason = reason.to_owned();
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(&["close_all_connections", "--vhost", &vhost, &reason])
+        })
+        .await
+        .unwrap();
     }
 
     /// Creates a tenant and waits for the job; returns the final job.
