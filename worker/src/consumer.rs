@@ -167,7 +167,10 @@ async fn handle(
     };
     if let Err(e) = joined {
         tracing::error!(job.id = %job, error = %e, "handling a delivery panicked; returning it");
-        let disposition = jobs::recover(&ctx, job, token).await;
+        // Should recovering panic too, the delivery still goes back.
+        let disposition = tokio::spawn(async move { jobs::recover(&ctx, job, token).await })
+            .await
+            .unwrap_or(Disposition::Requeue);
         settle(&acker, disposition).await;
     }
 }
