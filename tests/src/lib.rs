@@ -1,6 +1,7 @@
 //! End-to-end harness: each test gets a fresh database and RabbitMQ vhost, the API on port 0,
 //! workers in-process or as child processes, and a local template server.
 
+mod broker;
 pub mod events;
 pub mod fixtures;
 pub mod process;
@@ -52,7 +53,7 @@ fn run_rabbitmqctl(args: &[&str]) {
 }
 
 /// Runs `rabbitmqctl` and returns its standard output; fails the test if it fails.
-fn rabbitmqctl(args: &[&str]) -> String {
+pub(crate) fn rabbitmqctl(args: &[&str]) -> String {
     let out = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -244,49 +245,6 @@ impl TestApp {
                 "job {id} did not end within {within:?}: {job}"
             );
         }
-    }
-
-    /// Messages in a queue of this test's vhost, ready and unacknowledged together.
-    pub async fn queue_messages(&self, queue: &str) -> i64 {
-        let vhost = self.vhost.clone();
-        let queue = queue.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let out = rabbitmqctl(&[
-                "list_queues",
-                "-p",
-                &vhost,
-                "--quiet",
-                "--no-table-headers",
-                "name",
-                "messages",
-            ]);
-            out.lines()
-                .filter_map(|l| l.split_once('\t'))
-                .find(|(name, _)| name.trim() == queue)
-                .map_or(0, |(_, n)| n.trim().parse().expect("a count"))
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Drops every message ready in a queue of this test's vhost, as an operator could.
-    pub async fn purge_queue(&self, queue: &str) {
-        let vhost = self.vhost.clone();
-        let queue = queue.to_owned();
-        tokio::task::spawn_blocking(move || rabbitmqctl(&["purge_queue", "-p", &vhost, &queue]))
-            .await
-            .unwrap();
-    }
-
-    /// Has the broker close every connection of this test's vhost.
-    pub async fn drop_broker_connections(&self, reason: &str) {
-        let vhost = self.vhost.clone();
-        let reason = reason.to_owned();
-        tokio::task::spawn_blocking(move || {
-            rabbitmqctl(&["close_all_connections", "--vhost", &vhost, &reason])
-        })
-        .await
-        .unwrap();
     }
 
     /// Creates a tenant and waits for the job; returns the final job.
