@@ -24,26 +24,37 @@ fn spawn_worker(app: &TestApp) -> Proc {
     )
 }
 
-/// Runs a service command; fails the test if it fails.
-async fn run(program: &'static str, args: Vec<String>) {
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(program)
-            .args(&args)
-            .output()
-            .unwrap()
+/// Runs service commands one after the other in one blocking task, which completes even if the
+/// test fails meanwhile (a stopped broker is always started again); fails the test if one fails.
+async fn run(commands: Vec<(&'static str, Vec<String>)>) {
+    let failures = tokio::task::spawn_blocking(move || {
+        commands
+            .into_iter()
+            .filter_map(|(program, args)| {
+                let out = std::process::Command::new(program)
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                (!out.status.success()).then(|| {
+                    format!(
+                        "{program} {args:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{program}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(failures.is_empty(), "{failures:?}");
 }
 
 async fn restart_rabbitmq() {
-    run("rabbitmqctl", vec!["stop_app".into()]).await;
-    run("rabbitmqctl", vec!["start_app".into()]).await;
+    run(vec![
+        ("rabbitmqctl", vec!["stop_app".into()]),
+        ("rabbitmqctl", vec!["start_app".into()]),
+    ])
+    .await;
 }
 
 /// Restarts the newest local cluster, as `scripts/services` starts it.
@@ -54,7 +65,7 @@ async fn restart_postgresql() {
         .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
         .expect("a PostgreSQL cluster");
     let args = ["--skip-systemctl-redirect", &version, "main", "restart"];
-    run("pg_ctlcluster", args.map(str::to_owned).to_vec()).await;
+    run(vec![("pg_ctlcluster", args.map(str::to_owned).to_vec())]).await;
 }
 
 /// Submits a create until it is accepted (the same `Idempotency-Key` each time, so a create
