@@ -99,14 +99,14 @@ async fn submit(app: &TestApp, template: &str, i: usize, at: tokio::time::Instan
 }
 
 /// Kills a worker every 3 s (starting a new one), restarting RabbitMQ at rounds 2 and 10 and
-/// PostgreSQL at round 6.
-async fn chaos(app: &TestApp, workers: &mut Vec<Proc>, rounds: usize) -> usize {
+/// PostgreSQL at round 6 unless `restarts` is false.
+async fn chaos(app: &TestApp, workers: &mut Vec<Proc>, rounds: usize, restarts: bool) -> usize {
     let mut kills = 0;
     for round in 0..rounds {
         let started = Instant::now();
         match round {
-            2 | 10 => restart_rabbitmq().await,
-            6 => restart_postgresql().await,
+            2 | 10 if restarts => restart_rabbitmq().await,
+            6 if restarts => restart_postgresql().await,
             _ => {}
         }
         let mut victim = workers.remove(round % workers.len());
@@ -126,6 +126,8 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    // `PROVISIONER_CHAOS_RESTARTS=0` keeps the shared services up (worker kills only).
+    let restarts = std::env::var("PROVISIONER_CHAOS_RESTARTS").map_or(true, |v| v != "0");
     let app = TestApp::with(Options {
         workers: 0,
         vars: vec![("PROVISIONER_RECONCILE_AFTER", "30".to_owned())],
@@ -141,7 +143,7 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
         .map(|i| submit(&app, &template, i, start + pace * i as u32))
         .buffer_unordered(8)
         .collect::<Vec<String>>();
-    let (ids, kills) = tokio::join!(submissions, chaos(&app, &mut workers, 14));
+    let (ids, kills) = tokio::join!(submissions, chaos(&app, &mut workers, 14, restarts));
     assert_eq!(ids.len(), jobs);
 
     // Every accepted job ends; then nothing is left anywhere.
@@ -194,7 +196,7 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
     .await;
     let attempts = app.count("SELECT sum(attempts)::bigint FROM jobs").await;
     println!(
-        "chaos: {jobs} jobs, {kills} workers killed, 2 broker and 1 database restarts; \
+        "chaos: {jobs} jobs, {kills} workers killed, restarts {restarts}; \
          all ended in {ended_in:?}; {attempts} attempts in all"
     );
     for mut worker in workers {
