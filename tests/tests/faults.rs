@@ -249,3 +249,53 @@ async fn the_concurrency_bound_holds_across_a_broker_reconnect() {
     drop(held);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_reconciler_sends_a_job_again_only_when_no_message_waits_and_once_per_period() {
+    use provisioner_shared::db::jobs::resend_stranded;
+    // The API's relay cannot reach a broker: the job message stays in the outbox.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".to_owned())],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    sqlx::query("UPDATE jobs SET sent_at = now() - interval '1 hour'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let resend = || async {
+        let mut conn = app.db.acquire().await.unwrap();
+        resend_stranded(&mut conn, Duration::from_secs(60), 100)
+            .await
+            .unwrap()
+    };
+    assert!(
+        resend().await.is_empty(),
+        "its message still waits in the outbox"
+    );
+    sqlx::query("DELETE FROM outbox")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let sent: Vec<String> = resend().await.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        sent,
+        vec![id.clone()],
+        "a message the broker lost is sent again"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+            .await,
+        1
+    );
+    sqlx::query("DELETE FROM outbox")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(resend().await.is_empty(), "at most once per period");
+    app.stop().await;
+}

@@ -165,7 +165,10 @@ async fn a_lock_holder_killed_mid_write_leaves_no_rows_and_frees_the_lock() {
     .await;
     let freed_in = killed.elapsed();
     // Worker sessions check for a vanished client every second.
-    assert!(freed_in < Duration::from_secs(2), "lock freed only after {freed_in:?}");
+    assert!(
+        freed_in < Duration::from_secs(2),
+        "lock freed only after {freed_in:?}"
+    );
     for table in ["tenants", "config_objects", "users", "access_numbers"] {
         assert_eq!(
             app.count(&format!("SELECT count(*) FROM {table}")).await,
