@@ -52,7 +52,7 @@ pub struct Settings {
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
     /// How often the worker's sweeper rescues expired leases and re-sends stranded jobs;
-    /// `None`: a third of `job_lease` (at least a second).
+    /// `None`: a third of `job_lease`, from 1 to 10 seconds.
     pub sweep_interval: Option<Duration>,
     /// A queued job whose message was sent this long ago with no pending outbox message is
     /// sent again (its broker message may be lost).

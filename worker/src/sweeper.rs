@@ -13,7 +13,11 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let every = ctx
         .settings
         .sweep_interval
-        .unwrap_or((ctx.settings.job_lease / 3).max(Duration::from_secs(1)));
+        // At most 10 s, so that a lost job message is sent again within the contract's 2 minutes
+        // (with the default `reconcile_after` of 90 s) whatever the lease.
+        .unwrap_or(
+            (ctx.settings.job_lease / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+        );
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
