@@ -152,7 +152,8 @@ async fn a_queued_job_whose_message_was_purged_is_sent_again_and_completes_once(
     let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
     until_published(&app, 1).await;
     app.purge_queue(JOB_QUEUE).await;
-    assert_eq!(app.queue_messages(JOB_QUEUE).await, 0);
+    // The broker's counts lag a little behind the purge.
+    until_queue_empty(&app, JOB_QUEUE).await;
     app.start_worker();
     let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
     assert_eq!(
