@@ -77,6 +77,7 @@ pub(crate) fn record_job_stats(stats: &Stats, outbox_lag_seconds: f64) {
     }
     gauge!("provisioner_jobs_ended_last_hour").set(stats.recent as f64);
     gauge!("provisioner_lock_timeouts_last_hour").set(stats.lock_timeouts as f64);
+    gauge!("provisioner_worker_panics").set(stats.worker_panics as f64);
     for (name, p50, p99) in [
         (
             "provisioner_job_duration_seconds_last_hour",

@@ -59,6 +59,12 @@ pub struct Settings {
     /// Long-polls (`?wait=`, `Prefer: wait`) one client may hold open at once; past it they are
     /// answered without waiting.
     pub client_max_waits: u32,
+    /// How often the worker's sweeper rescues expired leases and re-sends stranded jobs;
+    /// `None`: a third of `job_lease`, from 1 to 10 seconds.
+    pub sweep_interval: Option<Duration>,
+    /// A queued job whose message was sent this long ago with no pending outbox message is
+    /// sent again (its broker message may be lost).
+    pub reconcile_after: Duration,
 }
 
 impl Settings {
@@ -157,6 +163,14 @@ impl Settings {
             client_max_waits: positive(
                 "PROVISIONER_CLIENT_MAX_WAITS",
                 &var("PROVISIONER_CLIENT_MAX_WAITS", "64"),
+            )?,
+            sweep_interval: get("PROVISIONER_SWEEP_INTERVAL")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| seconds("PROVISIONER_SWEEP_INTERVAL", &v))
+                .transpose()?,
+            reconcile_after: seconds(
+                "PROVISIONER_RECONCILE_AFTER",
+                &var("PROVISIONER_RECONCILE_AFTER", "90"),
             )?,
         })
     }

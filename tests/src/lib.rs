@@ -1,6 +1,7 @@
 //! End-to-end harness: each test gets a fresh database and RabbitMQ vhost, the API on port 0,
 //! workers in-process or as child processes, and a local template server.
 
+mod broker;
 pub mod events;
 pub mod fixtures;
 pub mod process;
@@ -48,6 +49,11 @@ impl Default for Options {
 }
 
 fn run_rabbitmqctl(args: &[&str]) {
+    rabbitmqctl(args);
+}
+
+/// Runs `rabbitmqctl` and returns its standard output; fails the test if it fails.
+pub(crate) fn rabbitmqctl(args: &[&str]) -> String {
     let out = std::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -57,6 +63,7 @@ fn run_rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 impl TestApp {
@@ -216,12 +223,18 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Polls the job until it is terminal (long-polling; 60 s in all).
+    /// Waits until the job is terminal (long polls of at most 5 s each; 60 s in all).
     pub async fn wait_job(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        self.wait_job_within(id, Duration::from_secs(60)).await
+    }
+
+    /// Waits until the job is terminal, at most `within`.
+    pub async fn wait_job_within(&self, id: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
+            // Without `status`, the API answers as soon as the job is terminal, or after 5 s.
             let (status, job) = self
-                .get_json(&format!("/configapi/v2/jobs/{id}?wait=5&status=running"))
+                .get_json(&format!("/configapi/v2/jobs/{id}?wait=5"))
                 .await;
             assert_eq!(status, 200, "job {id}: {job}");
             if ["succeeded", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
@@ -229,7 +242,7 @@ impl TestApp {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "job {id} did not end: {job}"
+                "job {id} did not end within {within:?}: {job}"
             );
         }
     }

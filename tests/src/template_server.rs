@@ -27,6 +27,8 @@ pub struct Route {
 struct Inner {
     routes: HashMap<String, Route>,
     hits: HashMap<String, usize>,
+    /// Paths whose requests wait (counted, unanswered) until the gate is released.
+    gates: HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +70,22 @@ impl TemplateServer {
         format!("http://{}/{name}", self.addr)
     }
 
+    /// Requests for `/name` from now on wait, unanswered, until `release(name)`.
+    pub fn hold(&self, name: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .gates
+            .insert(name.to_owned(), Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Answers the requests waiting for `/name`, and those to come.
+    pub fn release(&self, name: &str) {
+        if let Some(gate) = self.inner.lock().unwrap().gates.remove(name) {
+            gate.close();
+        }
+    }
+
     pub fn hits(&self, name: &str) -> usize {
         self.inner
             .lock()
@@ -80,13 +98,22 @@ impl TemplateServer {
 }
 
 async fn serve(State(inner): State<Arc<Mutex<Inner>>>, Path(name): Path<String>) -> Response {
-    let mut inner = inner.lock().unwrap();
-    let hits = {
-        let h = inner.hits.entry(name.clone()).or_default();
-        *h += 1;
-        *h
+    let (hits, gate) = {
+        let mut inner = inner.lock().unwrap();
+        let hits = inner.hits.entry(name.clone()).or_default();
+        *hits += 1;
+        (*hits, inner.gates.get(&name).cloned())
     };
-    match inner.routes.get(&name) {
+    if let Some(gate) = gate {
+        // Closed on release: the wait ends with an error.
+        let _ = gate.acquire().await;
+    }
+    answer(&inner.lock().unwrap(), &name, hits)
+}
+
+/// What `/name` answers to its `hits`-th request.
+fn answer(inner: &Inner, name: &str, hits: usize) -> Response {
+    match inner.routes.get(name) {
         None => StatusCode::NOT_FOUND.into_response(),
         Some(r) if hits <= r.fail_first => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Some(r) => (

@@ -46,13 +46,21 @@ async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
         .await
         .unwrap();
     assert_eq!(count, 24);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let done_by = |logs: Vec<Value>| {
         logs.iter()
             .filter(|l| l["message"] == "job succeeded")
             .count()
     };
-    let (by_a, by_b) = (done_by(a.records()), done_by(b.records()));
+    // The log lines of the last jobs may still be on their way through the pipes: poll them
+    // with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (by_a, by_b) = loop {
+        let (by_a, by_b) = (done_by(a.records()), done_by(b.records()));
+        if by_a + by_b >= 24 || tokio::time::Instant::now() > deadline {
+            break (by_a, by_b);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(by_a + by_b, 24, "each job ran once");
     assert!(
         by_a > 0 && by_b > 0,
@@ -118,7 +126,7 @@ async fn sigterm_lets_the_in_flight_job_finish_before_the_worker_exits() {
     let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
     app.until_lock_waiters(1).await;
     worker.terminate();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    worker.wait_for("shutdown signal received").await;
     assert!(
         worker.child.try_wait().unwrap().is_none(),
         "the worker waits for its in-flight job"
@@ -166,7 +174,11 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
         (done["code"].as_i64(), done["attempts"].as_i64()),
         (Some(200), Some(1))
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every copy was delivered and settled: none is ready or unacknowledged.
+    eventually(Duration::from_secs(20), || async {
+        (app.queue_messages("provisioner.jobs.create-tenant").await == 0).then_some(())
+    })
+    .await;
     let tenants = app.count("SELECT count(*) FROM tenants").await;
     assert_eq!(tenants, 1);
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
@@ -275,8 +287,8 @@ async fn replicas_starting_together_on_a_new_database_all_come_up() {
         (applied == Some(provisioner_shared::db::MIGRATOR.iter().count() as i64)).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     for child in &mut children {
+        child.wait_for("worker started").await;
         assert!(
             child.child.try_wait().unwrap().is_none(),
             "a replica died at start"

@@ -1,11 +1,14 @@
 //! The consume loop: one broker connection, prefetch = concurrency, manual acks sent only after
-//! the job's outcome committed, reconnection with backoff after broker faults.
+//! the job's outcome committed, reconnection with backoff after broker faults. Each delivery is
+//! handled in its own task under one of the process's slots (see `Context::slots`); a panic
+//! anywhere in its handling returns the delivery and gives the job a way forward.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use lapin::{
+    Acker,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -18,10 +21,17 @@ use provisioner_shared::{
     relay,
     runtime::{self, Backoff},
 };
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
 
-use crate::jobs::{self, Context, Disposition};
+use crate::jobs::{self, AbortOnDrop, Context, Disposition, Stage};
+
+/// The deliveries being handled, across broker sessions.
+struct InFlight {
+    tasks: TaskTracker,
+    /// Cancelled past the shutdown deadline: unfinished jobs are dropped and handed back.
+    abandon: CancellationToken,
+}
 
 /// Consumes until `shutdown`, reconnecting after broker faults.
 pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -29,10 +39,23 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         first: Duration::from_millis(200),
         max: Duration::from_secs(5),
     };
-    runtime::reconnect("consumer", backoff, &shutdown, || session(&ctx, &shutdown)).await;
+    let in_flight = InFlight {
+        tasks: TaskTracker::new(),
+        abandon: CancellationToken::new(),
+    };
+    runtime::reconnect("consumer", backoff, &shutdown, || {
+        session(&ctx, &shutdown, &in_flight)
+    })
+    .await;
+    // Shutdown may come while no session runs: jobs of lost channels still finish first.
+    drain(&ctx, &in_flight).await;
 }
 
-async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn session(
+    ctx: &Arc<Context>,
+    shutdown: &CancellationToken,
+    in_flight: &InFlight,
+) -> anyhow::Result<()> {
     let (conn, channel) = relay::open_channel(&ctx.settings.amqp_url, "provisioner-worker").await?;
     channel
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
@@ -53,74 +76,125 @@ async fn session(ctx: &Arc<Context>, shutdown: &CancellationToken) -> anyhow::Re
         prefetch = ctx.settings.worker_concurrency,
         "consuming"
     );
-    let mut tasks = JoinSet::new();
     let result = loop {
         tokio::select! {
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => { tasks.spawn(handle(ctx.clone(), delivery, shutdown.clone())); }
+                Some(Ok(delivery)) => {
+                    in_flight.tasks.spawn(handle(
+                        ctx.clone(),
+                        delivery,
+                        shutdown.clone(),
+                        in_flight.abandon.clone(),
+                    ));
+                }
                 Some(Err(e)) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done { tracing::error!(error = %e, "delivery task failed"); }
-            }
             () = shutdown.cancelled() => break Ok(()),
         }
     };
-    match &result {
-        // The channel is gone, but the jobs in flight are not: let them finish and record their
-        // outcomes (their acks will fail; the redeliveries find the jobs ended).
-        Err(_) => tasks.detach_all(),
-        Ok(()) => {
-            // Stop intake, let in-flight jobs finish within the deadline.
-            let _ = channel
-                .basic_cancel(tag.into(), BasicCancelOptions::default())
-                .await;
-            drain(ctx, tasks).await;
-            // Unacknowledged deliveries return to the queue when the connection closes.
-            let _ = conn.close(200, "shutdown".into()).await;
-        }
+    // On a broker fault the channel is gone, but the jobs in flight are not: they go on, keep
+    // their slots (so the next session cannot exceed the concurrency) and record their
+    // outcomes (their acks fail; the redeliveries find the jobs ended).
+    if result.is_ok() {
+        // Stop intake, let in-flight jobs finish within the deadline and settle.
+        let _ = channel
+            .basic_cancel(tag.into(), BasicCancelOptions::default())
+            .await;
+        drain(ctx, in_flight).await;
+        // Unacknowledged deliveries return to the queue when the connection closes.
+        let _ = conn.close(200, "shutdown".into()).await;
     }
     result
 }
 
-/// Waits for the jobs in flight up to the shutdown deadline; past it, aborts them and hands
-/// their leases back.
-async fn drain(ctx: &Context, mut tasks: JoinSet<()>) {
-    let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+/// Waits for the deliveries in flight up to the shutdown deadline; past it, abandons them and
+/// hands their leases back.
+async fn drain(ctx: &Context, in_flight: &InFlight) {
+    in_flight.tasks.close();
+    let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, in_flight.tasks.wait()).await;
     if drained.is_err() {
         tracing::warn!(
-            jobs = tasks.len(),
+            jobs = in_flight.tasks.len(),
             "shutdown deadline reached; handing unfinished jobs back"
         );
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        in_flight.abandon.cancel();
+        in_flight.tasks.wait().await;
         jobs::hand_back(ctx).await;
     }
 }
 
-async fn handle(ctx: Arc<Context>, delivery: Delivery, shutdown: CancellationToken) {
-    let disposition = match serde_json::from_slice::<JobMessage>(&delivery.data) {
-        Ok(msg) => jobs::process(ctx, msg.job_id, delivery.redelivered, shutdown).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "unreadable job message; dead-lettering it");
-            Disposition::DeadLetter
+/// Handles one delivery under a slot. The work runs in its own task so that a panic in it (in
+/// the claim, a commit, the recording or the settling) is caught here: the panic is counted,
+/// the job given up if this delivery held it, and the delivery returned or settled.
+async fn handle(
+    ctx: Arc<Context>,
+    delivery: Delivery,
+    shutdown: CancellationToken,
+    abandon: CancellationToken,
+) {
+    let acker = delivery.acker.clone();
+    let _slot = tokio::select! {
+        slot = ctx.slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
+        () = shutdown.cancelled() => {
+            settle(&acker, Disposition::Requeue).await;
+            return;
         }
     };
-    let sent = match disposition {
-        Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Disposition::DeadLetter => {
-            delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
+    let job = match serde_json::from_slice::<JobMessage>(&delivery.data) {
+        Ok(msg) => msg.job_id,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable job message; dead-lettering it");
+            settle(&acker, Disposition::DeadLetter).await;
+            return;
         }
+    };
+    let token = Uuid::new_v4();
+    let mut work = AbortOnDrop(tokio::spawn(deliver(
+        ctx.clone(),
+        delivery,
+        job,
+        token,
+        shutdown,
+    )));
+    let joined = tokio::select! {
+        joined = &mut work.0 => joined,
+        () = abandon.cancelled() => {
+            work.0.abort();
+            let _ = (&mut work.0).await;
+            return;
+        }
+    };
+    if let Err(e) = joined {
+        tracing::error!(job.id = %job, error = %e, "handling a delivery panicked; returning it");
+        // Should recovering panic too, the delivery still goes back.
+        let disposition = tokio::spawn(async move { jobs::recover(&ctx, job, token).await })
+            .await
+            .unwrap_or(Disposition::Requeue);
+        settle(&acker, disposition).await;
+    }
+}
+
+/// Processes the job, then settles its delivery.
+async fn deliver(
+    ctx: Arc<Context>,
+    delivery: Delivery,
+    job: Uuid,
+    token: Uuid,
+    shutdown: CancellationToken,
+) {
+    let disposition = jobs::process(ctx.clone(), job, token, delivery.redelivered, shutdown).await;
+    ctx.faults.at(Stage::Settle);
+    settle(&delivery.acker, disposition).await;
+}
+
+/// Acks, rejects or requeues. An acker settles once: a second call does nothing.
+async fn settle(acker: &Acker, disposition: Disposition) {
+    let sent = match disposition {
+        Disposition::Ack => acker.ack(BasicAckOptions::default()).await,
+        Disposition::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
         Disposition::Requeue => {
-            delivery
-                .acker
+            acker
                 .nack(BasicNackOptions {
                     requeue: true,
                     ..Default::default()

@@ -42,7 +42,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let db_version = db::schema_version(&pool)
         .await
         .context("reading the schema version")?;
-    let ctx = Context::new(pool.clone(), settings.clone(), sealer, db_version);
+    let ctx = Context::new(pool.clone(), settings.clone(), sealer, db_version)?;
 
     let background = Background::start(&pool, &settings.amqp_url);
     let sweeping = CancellationToken::new();

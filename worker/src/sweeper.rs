@@ -1,5 +1,6 @@
 //! Rescues jobs whose worker died or hung: a running job whose lease ran out goes back to the
-//! queue (or fails with code 500 when out of attempts).
+//! queue (or fails with code 500 when out of attempts). Reconciles the queue with the jobs: a
+//! queued job whose broker message is lost is sent again.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +10,14 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::{self, Context};
 
 pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let every = (ctx.settings.job_lease / 3).max(Duration::from_secs(1));
+    let every = ctx
+        .settings
+        .sweep_interval
+        // At most 10 s, so that a lost job message is sent again within the contract's 2 minutes
+        // (with the default `reconcile_after` of 90 s) whatever the lease.
+        .unwrap_or(
+            (ctx.settings.job_lease / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)),
+        );
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
@@ -18,7 +26,36 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         if let Err(e) = sweep(&ctx).await {
             tracing::warn!(error = %e, "lease sweep failed");
         }
+        if let Err(e) = reconcile(&ctx).await {
+            tracing::warn!(error = %e, "queue reconciliation failed");
+        }
     }
+}
+
+/// Jobs sent again per transaction, and transactions per sweep at most.
+const RESEND_BATCH: i64 = 100;
+const RESEND_BATCHES: usize = 10;
+
+/// Sends again the queued jobs whose message was sent longer ago than `reconcile_after` with
+/// none waiting in the outbox: a purged queue or a dead-lettered delivery lost it.
+async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
+    for _ in 0..RESEND_BATCHES {
+        let mut tx = ctx.pool.begin().await?;
+        let ids =
+            db::jobs::resend_stranded(&mut tx, ctx.settings.reconcile_after, RESEND_BATCH).await?;
+        tx.commit().await?;
+        if !ids.is_empty() {
+            tracing::warn!(
+                jobs = ids.len(),
+                first = %ids[0],
+                "sent again queued jobs whose message may be lost"
+            );
+        }
+        if ids.len() < RESEND_BATCH as usize {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Uploads older than this whose job has ended (or never came to be) are removed.

@@ -18,8 +18,10 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261130000001, 20261130000002, unchanged),
     // 0003 indexed active jobs by client.
     (20261130000002, 20261130000003, unchanged),
-    // Job figures for /metrics: nothing a template holds.
-    (20261130000003, 20261202150000, unchanged),
+    // 20261202000001 counted worker panics and dated job messages: nothing a template holds.
+    (20261130000003, 20261202000001, unchanged),
+    // 20261202150000 keeps job figures for /metrics: nothing a template holds.
+    (20261202000001, 20261202150000, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

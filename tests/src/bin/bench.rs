@@ -83,26 +83,37 @@ async fn main() {
         return;
     }
 
-    loop {
+    // Every accepted job should end; one that does not by the deadline is a lost job, and the
+    // run reports it rather than hanging.
+    let deadline =
+        Instant::now() + Duration::from_secs(120).max(Duration::from_millis(200) * jobs as u32);
+    let open = loop {
         let open: i64 =
             sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
                 .fetch_one(&app.db)
                 .await
                 .unwrap();
-        if open == 0 {
-            break;
+        if open == 0 || Instant::now() > deadline {
+            break open;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let all_done = started.elapsed();
     let rows: Vec<(f64, f64, i32)> = sqlx::query_as(
         "SELECT EXTRACT(EPOCH FROM finished_at - created_at)::float8 * 1000,
                 EXTRACT(EPOCH FROM finished_at - started_at)::float8 * 1000, code
-         FROM jobs",
+         FROM jobs WHERE finished_at IS NOT NULL AND started_at IS NOT NULL",
     )
     .fetch_all(&app.db)
     .await
     .unwrap();
+    let panics = app
+        .count("SELECT COALESCE(sum(count), 0)::bigint FROM worker_panics")
+        .await;
+    println!(
+        "reliability: {} of {jobs} jobs ended ({open} never did); {panics} worker panics caught",
+        jobs as i64 - open
+    );
     let ok = rows.iter().filter(|r| r.2 == 200).count();
     let mut e2e: Vec<f64> = rows.iter().map(|r| r.0).collect();
     let mut run: Vec<f64> = rows.iter().map(|r| r.1).collect();

@@ -121,7 +121,7 @@ pub(crate) async fn hand_back(ctx: &Context) {
 }
 
 /// A task that is aborted when this guard is dropped.
-pub(super) struct AbortOnDrop<T>(pub(super) JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

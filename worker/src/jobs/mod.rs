@@ -10,15 +10,21 @@ mod template;
 
 use std::sync::Arc;
 
-use provisioner_shared::{db::jobs::JobRow, domain::JobKind, uploads};
+use provisioner_shared::{
+    db::{
+        self,
+        jobs::{JobRow, PanicSite},
+    },
+    domain::{JobKind, JobStatus},
+    uploads,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use self::lease::AbortOnDrop;
 pub(crate) use self::{
-    context::Context,
-    lease::hand_back,
+    context::{Context, Stage},
+    lease::{AbortOnDrop, hand_back},
     outcome::{Finished, JobFailure, rescue},
 };
 use crate::tenant_write::{self, Plan};
@@ -30,26 +36,28 @@ pub(crate) enum Disposition {
     /// Dead-letter it: the message is poison (unparsable, unknown job, or a job that kept
     /// crashing its handler).
     DeadLetter,
-    /// Give it back to the broker (shutdown interrupted the work).
+    /// Give it back to the broker (shutdown interrupted the work, or its handling crashed).
     Requeue,
 }
 
-/// Processes the job `id` once: returns when its outcome (or a retry) is committed.
-/// `redelivered` is the broker's flag (see `lease::claim`).
+/// Processes the job `id` once under lease `token`: returns when its outcome (or a retry) is
+/// committed. `redelivered` is the broker's flag (see `lease::claim`).
 pub(crate) async fn process(
     ctx: Arc<Context>,
     id: Uuid,
+    token: Uuid,
     redelivered: bool,
     shutdown: CancellationToken,
 ) -> Disposition {
-    let token = Uuid::new_v4();
     let job = match lease::claim(&ctx, id, token, redelivered, &shutdown).await {
         Ok(job) => job,
         Err(disposition) => return disposition,
     };
     ctx.leases.hold(id, token);
+    ctx.faults.at(Stage::Claim);
     let span = tracing::info_span!("job", job.id = %id, job.kind = %job.kind, tenant.url = %job.tenant_url, attempt = job.attempts);
     let (outcome, panicked) = run_under_lease(&ctx, &job, token, span.clone()).await;
+    ctx.faults.at(Stage::Record);
     let ended = outcome::record(&ctx, &job, token, outcome)
         .instrument(span)
         .await;
@@ -62,6 +70,45 @@ pub(crate) async fn process(
         Disposition::DeadLetter
     } else {
         Disposition::Ack
+    }
+}
+
+/// After a panic while the delivery of job `id` was handled under lease `token` (outside the
+/// handler, whose panics `process` records as failed attempts): counts it, gives the job up if
+/// `token` still holds it (queued again with a new message, or failed once out of attempts),
+/// and says what becomes of the delivery. Whatever state the panic left, the job has a way
+/// forward: a new message, the returned delivery, or (the database unreachable) its lease
+/// running out for a redelivery or the sweeper.
+pub(crate) async fn recover(ctx: &Context, id: Uuid, token: Uuid) -> Disposition {
+    ctx.leases.release_token(id, token);
+    count_panic(ctx, PanicSite::Delivery).await;
+    match give_up(ctx, id, token).await {
+        Ok(Some(job)) if job.status == JobStatus::Failed => Disposition::DeadLetter,
+        // Queued again, with a new job message in the outbox: this copy is spent.
+        Ok(Some(_)) => Disposition::Ack,
+        // Not ours (not claimed, ended, or another worker's): the redelivery settles it.
+        Ok(None) => Disposition::Requeue,
+        Err(e) => {
+            tracing::warn!(job.id = %id, error = %e, "cannot give up the crashed job; its lease will run out");
+            Disposition::Requeue
+        }
+    }
+}
+
+async fn give_up(ctx: &Context, id: Uuid, token: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    let Some(lease) = db::jobs::lock_held(&mut tx, id, token).await? else {
+        return Ok(None);
+    };
+    let job = outcome::take_back(&mut tx, id, lease, ctx.settings.job_max_attempts).await?;
+    tx.commit().await?;
+    Ok(job)
+}
+
+/// Counts a caught panic for `/metrics` (a failure to count is only logged).
+async fn count_panic(ctx: &Context, site: PanicSite) {
+    if let Err(e) = db::jobs::record_panic(&ctx.pool, site).await {
+        tracing::warn!(error = %e, site = site.as_str(), "cannot count a panic");
     }
 }
 
@@ -81,6 +128,9 @@ async fn run_under_lease(
         Ok(outcome) => (outcome, false),
         Err(e) => {
             tracing::error!(job.id = %job.id, error = %e, "the job's handler crashed");
+            if e.is_panic() {
+                count_panic(ctx, PanicSite::Handler).await;
+            }
             (
                 Err(JobFailure::transient("the importer crashed")),
                 e.is_panic(),
@@ -91,6 +141,7 @@ async fn run_under_lease(
 
 /// The registry: each kind's handler.
 async fn run_kind(ctx: Arc<Context>, job: JobRow, token: Uuid) -> Result<Finished, JobFailure> {
+    ctx.faults.at(Stage::Handler);
     match job.kind {
         JobKind::CreateTenant => create_tenant::run(&ctx, &job, token).await,
         JobKind::ImportTenant => import_tenant::run(&ctx, &job, token).await,
@@ -112,5 +163,6 @@ async fn write_tenant(
 ) -> Result<Finished, JobFailure> {
     let written =
         tenant_write::run(&ctx.pool, ctx.settings.import_lock, job.id, token, plan).await?;
+    ctx.faults.at(Stage::Commit);
     outcome::written(written)
 }

@@ -229,6 +229,17 @@ pub(crate) async fn rescue(
     let Some(lease) = db::jobs::lock_expired(conn, id).await? else {
         return Ok(None);
     };
+    take_back(conn, id, lease, max_attempts).await
+}
+
+/// Takes a running job from `lease` (locked by the caller): back to queued with a new job
+/// message while attempts remain, else failed with code 500.
+pub(crate) async fn take_back(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lease: db::jobs::ExpiredLease,
+    max_attempts: u32,
+) -> Result<Option<JobRow>, sqlx::Error> {
     if lease.attempts >= max_attempts as i32 {
         let failure = JobFailure::Internal(format!(
             "the job's worker was lost {} times",

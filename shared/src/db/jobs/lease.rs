@@ -133,11 +133,12 @@ pub async fn retry_later(
     let row = transition(
         conn,
         transition_sql!(
-            "status = 'queued', lease_token = NULL, lease_until = NULL",
+            "status = 'queued', lease_token = NULL, lease_until = NULL,
+             sent_at = now() + make_interval(secs => $3)",
             "id = $1 AND lease_token = $2 AND status = 'running'"
         ),
         id,
-        |q| q.bind(token),
+        |q| q.bind(token).bind(delay.as_secs_f64()),
     )
     .await?;
     if row.is_some() {
@@ -182,4 +183,22 @@ pub async fn lock_expired(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(holder.map(|(token, attempts)| ExpiredLease { token, attempts }))
+}
+
+/// Locks a running job whose lease `token` holds, for the caller to give it up with
+/// `retry_later` or `finish` (its handling crashed). `None`: `token` holds no lease on it.
+pub async fn lock_held(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+) -> Result<Option<ExpiredLease>, sqlx::Error> {
+    let attempts: Option<i32> = sqlx::query_scalar(
+        "SELECT attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND status = 'running'
+         FOR UPDATE",
+    )
+    .bind(id)
+    .bind(token)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(attempts.map(|attempts| ExpiredLease { token, attempts }))
 }

@@ -44,13 +44,15 @@ const COLUMNS: &str = columns!();
 
 // After the macros: the submodules use them.
 mod lease;
+mod reconcile;
 mod stats;
 
 pub use self::{
     lease::{
-        Ending, ExpiredLease, claim, expired_leases, finish, lock_expired, release_lease,
-        renew_lease, retry_later,
+        Ending, ExpiredLease, claim, expired_leases, finish, lock_expired, lock_held,
+        release_lease, renew_lease, retry_later,
     },
+    reconcile::{PanicSite, record_panic, resend_stranded},
     stats::{QUANTILE_SAMPLE, Stats, active_count, prune_endings, stats},
 };
 

@@ -18,6 +18,8 @@ pub struct Stats {
     pub lock_wait_p50: Option<f64>,
     pub lock_wait_p99: Option<f64>,
     pub lock_timeouts: i64,
+    /// Panics workers caught while handling deliveries, ever.
+    pub worker_panics: i64,
 }
 
 /// Most recent endings the quantiles are computed over.
@@ -45,7 +47,8 @@ pub async fn stats(exec: impl PgExecutor<'_>) -> Result<Stats, sqlx::Error> {
              (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY secs) FROM sample) AS duration_p99,
              (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lock_wait_ms) / 1000.0 FROM sample) AS lock_wait_p50,
              (SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY lock_wait_ms) / 1000.0 FROM sample) AS lock_wait_p99,
-             (SELECT lock_timeouts FROM endings) AS lock_timeouts",
+             (SELECT lock_timeouts FROM endings) AS lock_timeouts,
+             (SELECT COALESCE(sum(count), 0)::bigint FROM worker_panics) AS worker_panics",
     )
     .bind(QUANTILE_SAMPLE)
     .fetch_one(exec)

@@ -1,0 +1,206 @@
+//! Chaos: about a thousand creates while RabbitMQ restarts twice and PostgreSQL once and worker
+//! processes are killed (-9) every few seconds, many of them inside their import transaction
+//! holding a tenant's lock. Every accepted job ends exactly once with its tenant written once
+//! and whole; no advisory lock, outbox row or queued message is left.
+//!
+//! It restarts the machine's shared services, so it is ignored by a plain `cargo test`;
+//! `scripts/test` runs it with `CI=true` or `PROVISIONER_CHAOS=1`.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, stream};
+use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc};
+use serde_json::Value;
+
+const JOB_QUEUE: &str = "provisioner.jobs.create-tenant";
+const DEAD_QUEUE: &str = "provisioner.jobs.dead";
+
+fn spawn_worker(app: &TestApp) -> Proc {
+    Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        app,
+        &[("PROVISIONER_WORKER_CONCURRENCY", "4")],
+        "warn",
+    )
+}
+
+/// Runs service commands one after the other in one blocking task, which completes even if the
+/// test fails meanwhile (a stopped broker is always started again); fails the test if one fails.
+async fn run(commands: Vec<(&'static str, Vec<String>)>) {
+    let failures = tokio::task::spawn_blocking(move || {
+        commands
+            .into_iter()
+            .filter_map(|(program, args)| {
+                let out = std::process::Command::new(program)
+                    .args(&args)
+                    .output()
+                    .unwrap();
+                (!out.status.success()).then(|| {
+                    format!(
+                        "{program} {args:?}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+async fn restart_rabbitmq() {
+    run(vec![
+        ("rabbitmqctl", vec!["stop_app".into()]),
+        ("rabbitmqctl", vec!["start_app".into()]),
+    ])
+    .await;
+}
+
+/// Restarts the newest local cluster, as `scripts/services` starts it.
+async fn restart_postgresql() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max_by_key(|v| v.parse::<u32>().unwrap_or(0))
+        .expect("a PostgreSQL cluster");
+    let args = ["--skip-systemctl-redirect", &version, "main", "restart"];
+    run(vec![("pg_ctlcluster", args.map(str::to_owned).to_vec())]).await;
+}
+
+/// Submits a create until it is accepted (the same `Idempotency-Key` each time, so a create
+/// whose answer was lost is not made twice); returns its job id.
+async fn submit(app: &TestApp, template: &str, i: usize, at: tokio::time::Instant) -> String {
+    // Paced so that the creates span the faults (not a synchronisation).
+    tokio::time::sleep_until(at).await;
+    let tenant = format!("chaos{i:05}.example.com");
+    let mut body = fixtures::create_body(template);
+    body["numberMap"] = serde_json::json!({"0000000000": format!("4{:09}", i * 10)});
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = app
+            .http
+            .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+            .header("idempotency-key", format!("chaos-{i}"))
+            .timeout(Duration::from_secs(30))
+            .json(&body)
+            .send()
+            .await;
+        if let Ok(r) = answer
+            && r.status() == 202
+        {
+            let job: Value = r.json().await.unwrap();
+            return job["jobId"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "create {i} never accepted");
+        // Back off while the database restarts (not a synchronisation: any answer will do).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kills a worker every 3 s (starting a new one), restarting RabbitMQ at rounds 2 and 10 and
+/// PostgreSQL at round 6 unless `restarts` is false.
+async fn chaos(app: &TestApp, workers: &mut Vec<Proc>, rounds: usize, restarts: bool) -> usize {
+    let mut kills = 0;
+    for round in 0..rounds {
+        let started = Instant::now();
+        match round {
+            2 | 10 if restarts => restart_rabbitmq().await,
+            6 if restarts => restart_postgresql().await,
+            _ => {}
+        }
+        let mut victim = workers.remove(round % workers.len());
+        victim.child.start_kill().unwrap();
+        victim.child.wait().await.unwrap();
+        kills += 1;
+        workers.push(spawn_worker(app));
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    }
+    kills
+}
+
+#[tokio::test]
+#[ignore = "restarts the shared PostgreSQL and RabbitMQ: scripts/test runs it with CI=true or PROVISIONER_CHAOS=1"]
+async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_worker_kills() {
+    let jobs: usize = std::env::var("PROVISIONER_CHAOS_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    // `PROVISIONER_CHAOS_RESTARTS=0` keeps the shared services up (worker kills only).
+    let restarts = std::env::var("PROVISIONER_CHAOS_RESTARTS").map_or(true, |v| v != "0");
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_RECONCILE_AFTER", "30".to_owned())],
+    })
+    .await;
+    let template = app.serve_sample_template("t").await;
+    let mut workers: Vec<Proc> = (0..3).map(|_| spawn_worker(&app)).collect();
+    let began = Instant::now();
+    let start = tokio::time::Instant::now();
+    // Spread over the first 36 s of the 42 s of chaos.
+    let pace = Duration::from_secs(36) / jobs as u32;
+    let submissions = stream::iter(0..jobs)
+        .map(|i| submit(&app, &template, i, start + pace * i as u32))
+        .buffer_unordered(8)
+        .collect::<Vec<String>>();
+    let (ids, kills) = tokio::join!(submissions, chaos(&app, &mut workers, 14, restarts));
+    assert_eq!(ids.len(), jobs);
+
+    // Every accepted job ends; then nothing is left anywhere.
+    eventually(Duration::from_secs(300), || async {
+        let open: Option<i64> =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_one(&app.db)
+                .await
+                .ok();
+        (open == Some(0)).then_some(())
+    })
+    .await;
+    let ended_in = began.elapsed();
+    let by_code: Vec<(Option<i32>, i64)> =
+        sqlx::query_as("SELECT code, count(*) FROM jobs GROUP BY code ORDER BY code")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        by_code,
+        vec![(Some(200), jobs as i64)],
+        "every job succeeded once"
+    );
+    // The tenant each job reports is the one that exists, whole.
+    let matched = app
+        .count(
+            "SELECT count(*) FROM jobs j JOIN tenants t
+             ON t.url = j.tenant_url AND t.id::text = j.tenant->>'id'",
+        )
+        .await;
+    assert_eq!(matched, jobs as i64, "each job's tenant exists, once");
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, jobs as i64);
+    let partial = app
+        .count(
+            "SELECT count(*) FROM tenants t WHERE
+             (SELECT count(*) FROM users u WHERE u.tenant_id = t.id) <>
+             (SELECT count(*) FROM users u JOIN tenants f ON f.id = u.tenant_id
+              WHERE f.url = 'chaos00000.example.com')
+             OR NOT EXISTS (SELECT 1 FROM config_objects o WHERE o.tenant_id = t.id)",
+        )
+        .await;
+    assert_eq!(partial, 0, "no tenant is partly written");
+    eventually(Duration::from_secs(60), || async {
+        (app.advisory_locks().await == (0, 0)
+            && app.count("SELECT count(*) FROM outbox").await == 0
+            && app.queue_messages(JOB_QUEUE).await == 0
+            && app.queue_messages(DEAD_QUEUE).await == 0)
+            .then_some(())
+    })
+    .await;
+    let attempts = app.count("SELECT sum(attempts)::bigint FROM jobs").await;
+    println!(
+        "chaos: {jobs} jobs, {kills} workers killed, restarts {restarts}; \
+         all ended in {ended_in:?}; {attempts} attempts in all"
+    );
+    for mut worker in workers {
+        worker.child.kill().await.unwrap();
+    }
+    app.stop().await;
+}

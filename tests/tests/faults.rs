@@ -1,0 +1,302 @@
+//! Faults inside a worker: a panic at any stage of handling a delivery, a job message the broker
+//! lost, and a broker reconnect while jobs run.
+
+use std::time::Duration;
+
+use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc};
+use serde_json::{Value, json};
+
+const JOB_QUEUE: &str = "provisioner.jobs.create-tenant";
+const DEAD_QUEUE: &str = "provisioner.jobs.dead";
+
+fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
+    Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), app, extra, "info")
+}
+
+/// The `provisioner_worker_panics` figure of `/metrics`.
+async fn panics_in_metrics(app: &TestApp) -> f64 {
+    let text = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("provisioner_worker_panics "))
+        .unwrap_or_else(|| panic!("no provisioner_worker_panics in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn tenants_named(app: &TestApp, url: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = $1")
+        .bind(url)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// Waits until no message of `queue` is ready or held unacknowledged.
+async fn until_queue_empty(app: &TestApp, queue: &str) {
+    eventually(Duration::from_secs(30), || async {
+        (app.queue_messages(queue).await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_panic_at_any_stage_of_handling_a_delivery_returns_it_and_the_job_ends_once() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    // (stage, the attempts the job ends with): a panic before the job's outcome committed
+    // costs an attempt; one after it changes nothing.
+    let stages = [
+        ("claim", 2),
+        ("handler", 2),
+        ("commit", 1),
+        ("record", 1),
+        ("settle", 1),
+    ];
+    for (n, (stage, attempts)) in stages.into_iter().enumerate() {
+        let mut worker = spawn_worker(&app, &[("PROVISIONER_TEST_PANIC", stage)]);
+        let tenant = fixtures::tenant_url();
+        let mut body = fixtures::create_body(&url);
+        body["numberMap"] = json!({"0000000000": format!("41577{n:05}")});
+        let id = app.submit(&tenant, &body).await;
+        let job = app.wait_job(&id).await;
+        assert_eq!(
+            (job["code"].as_i64(), job["attempts"].as_i64()),
+            (Some(200), Some(attempts)),
+            "panic at {stage}: {job}"
+        );
+        assert_eq!(tenants_named(&app, &tenant).await, 1, "panic at {stage}");
+        // The delivery was settled or returned, not left unacknowledged with the worker.
+        until_queue_empty(&app, JOB_QUEUE).await;
+        assert!(
+            worker
+                .text()
+                .contains(&format!("injected panic at {}", capitalized(stage))),
+            "the panic at {stage} happened"
+        );
+        assert!(
+            worker.child.try_wait().unwrap().is_none(),
+            "the worker lives on"
+        );
+        worker.child.kill().await.unwrap();
+    }
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(panics_in_metrics(&app).await, 5.0, "every panic is counted");
+    app.stop().await;
+}
+
+fn capitalized(stage: &str) -> String {
+    let mut chars = stage.chars();
+    chars.next().unwrap().to_uppercase().chain(chars).collect()
+}
+
+#[tokio::test]
+async fn a_job_whose_handling_always_panics_fails_once_out_of_attempts_and_is_dead_lettered() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_JOB_MAX_ATTEMPTS", "2".to_owned())],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let mut worker = spawn_worker(&app, &[("PROVISIONER_TEST_PANIC", "claim:always")]);
+    let tenant = fixtures::tenant_url();
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(
+        (job["code"].as_i64(), job["attempts"].as_i64()),
+        (Some(500), Some(2)),
+        "{job}"
+    );
+    until_queue_empty(&app, JOB_QUEUE).await;
+    eventually(Duration::from_secs(10), || async {
+        (app.queue_messages(DEAD_QUEUE).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(tenants_named(&app, &tenant).await, 0);
+    assert_eq!(panics_in_metrics(&app).await, 2.0);
+    worker.child.kill().await.unwrap();
+    app.stop().await;
+}
+
+/// A system whose worker, started later, re-sends job messages sent over a second ago.
+async fn reconciling_app() -> TestApp {
+    TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_RECONCILE_AFTER", "1".to_owned())],
+    })
+    .await
+}
+
+/// Waits until the relay has published every job message to the queue.
+async fn until_published(app: &TestApp, messages: i64) {
+    eventually(Duration::from_secs(20), || async {
+        (app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+            .await
+            == 0
+            && app.queue_messages(JOB_QUEUE).await == messages)
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_queued_job_whose_message_was_purged_is_sent_again_and_completes_once() {
+    let mut app = reconciling_app().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    until_published(&app, 1).await;
+    app.purge_queue(JOB_QUEUE).await;
+    // The broker's counts lag a little behind the purge.
+    until_queue_empty(&app, JOB_QUEUE).await;
+    app.start_worker();
+    let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (job["code"].as_i64(), job["attempts"].as_i64()),
+        (Some(200), Some(1)),
+        "{job}"
+    );
+    assert_eq!(tenants_named(&app, &tenant).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_job_whose_message_was_dead_lettered_is_sent_again_and_completes_once() {
+    use lapin::options::{BasicGetOptions, BasicRejectOptions};
+    let mut app = reconciling_app().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    until_published(&app, 1).await;
+    // A consumer gives up on the message: the broker dead-letters it.
+    let conn = lapin::Connection::connect(
+        &app.vars["AMQP_URL"],
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(JOB_QUEUE.into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("the job message is queued");
+    message
+        .delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (app.queue_messages(DEAD_QUEUE).await == 1).then_some(())
+    })
+    .await;
+    let _ = conn.close(200, "done".into()).await;
+    app.start_worker();
+    let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (job["code"].as_i64(), job["attempts"].as_i64()),
+        (Some(200), Some(1)),
+        "{job}"
+    );
+    assert_eq!(tenants_named(&app, &tenant).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_concurrency_bound_holds_across_a_broker_reconnect() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![("PROVISIONER_WORKER_CONCURRENCY", "1".to_owned())],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    // Job A waits for a tenant lock the test holds, until its lockTimeout ends it (503).
+    let a_tenant = fixtures::tenant_url();
+    let held = app
+        .hold_lock(&format!("provisioner:tenant:{a_tenant}"))
+        .await;
+    let mut body = fixtures::create_body(&url);
+    body["lockTimeout"] = json!(10);
+    let a = app.submit(&a_tenant, &body).await;
+    app.until_lock_waiters(1).await;
+    // The channel that delivered A is lost while A runs; the consumer reconnects.
+    app.drop_broker_connections("test: reconnect under load")
+        .await;
+    let mut body = fixtures::create_body(&url);
+    body["numberMap"] = json!({"0000000000": "4158800000"});
+    let b = app.submit(&fixtures::tenant_url(), &body).await;
+    let a = app.wait_job(&a).await;
+    let b = app.wait_job(&b).await;
+    assert_eq!(
+        (a["code"].as_i64(), b["code"].as_i64()),
+        (Some(503), Some(200))
+    );
+    // At concurrency 1, B starts only once A has ended (both times from the database's clock).
+    let at = |job: &Value, field: &str| {
+        chrono::DateTime::parse_from_rfc3339(job[field].as_str().unwrap()).unwrap()
+    };
+    assert!(
+        at(&b, "startedAt") >= at(&a, "finishedAt"),
+        "B started at {} while A ran until {}",
+        b["startedAt"],
+        a["finishedAt"]
+    );
+    drop(held);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_reconciler_sends_a_job_again_only_when_no_message_waits_and_once_per_period() {
+    use provisioner_shared::db::jobs::resend_stranded;
+    // The API's relay cannot reach a broker: the job message stays in the outbox.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".to_owned())],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    sqlx::query("UPDATE jobs SET sent_at = now() - interval '1 hour'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let resend = || async {
+        let mut conn = app.db.acquire().await.unwrap();
+        resend_stranded(&mut conn, Duration::from_secs(60), 100)
+            .await
+            .unwrap()
+    };
+    assert!(
+        resend().await.is_empty(),
+        "its message still waits in the outbox"
+    );
+    sqlx::query("DELETE FROM outbox")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let sent: Vec<String> = resend().await.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        sent,
+        vec![id.clone()],
+        "a message the broker lost is sent again"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+            .await,
+        1
+    );
+    sqlx::query("DELETE FROM outbox")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(resend().await.is_empty(), "at most once per period");
+    app.stop().await;
+}

@@ -1,0 +1,191 @@
+//! The two ways a job whose worker is lost comes back, each on its own: the broker's
+//! redelivery (the sweeper out of reach) and the lease sweeper (no redelivery possible); and a
+//! lock holder killed mid-write, which leaves no partial rows and no lock behind.
+
+use std::time::{Duration, Instant};
+
+use provisioner_tests::{TestApp, eventually, fixtures, process::Proc};
+use serde_json::{Value, json};
+
+fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
+    Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), app, extra, "info")
+}
+
+/// Sends `signal` (`STOP`, `CONT`, ...) to the child.
+fn signal(worker: &Proc, signal: &str) {
+    let pid = worker.child.id().expect("running").to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+async fn tenants_named(app: &TestApp, url: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = $1")
+        .bind(url)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+fn ended(job: &Value) -> (Option<&str>, Option<i64>, Option<i64>) {
+    (
+        job["status"].as_str(),
+        job["code"].as_i64(),
+        job["attempts"].as_i64(),
+    )
+}
+
+/// No sweeper runs for an hour in these workers: only a redelivery can take a job back.
+const NO_SWEEPER: (&str, &str) = ("PROVISIONER_SWEEP_INTERVAL", "3600");
+
+#[tokio::test]
+async fn a_killed_workers_job_completes_through_redelivery_alone() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+    let mut victim = spawn_worker(&app, &[NO_SWEEPER]);
+    let mut body = fixtures::create_body(&url);
+    body["lockTimeout"] = json!(60);
+    let id = app.submit(&tenant, &body).await;
+    app.until_lock_waiters(1).await;
+    victim.child.start_kill().unwrap(); // SIGKILL
+    victim.child.wait().await.unwrap();
+    app.until_lock_waiters(0).await;
+    held.rollback().await.unwrap();
+    // Had the victim acknowledged on receipt, nothing would bring the job back.
+    let mut rescuer = spawn_worker(&app, &[NO_SWEEPER]);
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        ended(&done),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    assert_eq!(tenants_named(&app, &tenant).await, 1);
+    assert_eq!(app.advisory_locks().await, (0, 0));
+    rescuer.child.kill().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopped_workers_job_is_rescued_by_the_sweeper_and_the_worker_writes_nothing_after() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    // The victim claims the job and then waits for its template, outside any transaction.
+    // At concurrency 1 (prefetch 1) it takes no further message: a stopped worker with free
+    // prefetch would swallow the rescued job's new message until the broker's heartbeat
+    // check closed its connection.
+    app.templates.hold("t");
+    let mut victim = spawn_worker(&app, &[("PROVISIONER_WORKER_CONCURRENCY", "1")]);
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    eventually(Duration::from_secs(20), || async {
+        (app.templates.hits("t") == 1).then_some(())
+    })
+    .await;
+    signal(&victim, "STOP");
+    app.templates.release("t");
+    // Its channel stays open, so the broker redelivers nothing: only the sweeper of another
+    // worker can take the job back once the victim's lease (3 s) runs out.
+    let mut rescuer = spawn_worker(&app, &[]);
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        ended(&done),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    rescuer.wait_for("rescued a job whose lease ran out").await;
+    // Woken, the victim finishes its attempt without effect: the job and tenant stay as they are.
+    signal(&victim, "CONT");
+    victim
+        .wait_for_record("the victim's attempt ending", |r| {
+            [
+                "job failed",
+                "job succeeded",
+                "lease lost to another worker; this attempt wrote nothing",
+            ]
+            .contains(&r["message"].as_str().unwrap_or(""))
+        })
+        .await;
+    let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(after, done, "the stopped worker changed nothing");
+    assert_eq!(tenants_named(&app, &tenant).await, 1);
+    victim.child.kill().await.unwrap();
+    rescuer.child.kill().await.unwrap();
+    app.stop().await;
+}
+
+/// Advisory locks granted and relation locks awaited in this test's database.
+async fn locks(app: &TestApp) -> (i64, i64) {
+    let advisory = app.advisory_locks().await.0;
+    let waits = app
+        .count(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'relation' AND NOT granted
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await;
+    (advisory, waits)
+}
+
+#[tokio::test]
+async fn a_lock_holder_killed_mid_write_leaves_no_rows_and_frees_the_lock() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    // Users cannot be written while the test holds this: the import stops after writing the
+    // tenant and its objects, holding the tenant's lock.
+    let mut users = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN SHARE MODE")
+        .execute(&mut *users)
+        .await
+        .unwrap();
+    let mut victim = spawn_worker(&app, &[NO_SWEEPER]);
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    eventually(Duration::from_secs(20), || async {
+        (locks(&app).await == (1, 1)).then_some(())
+    })
+    .await;
+    let wrote_tenant = app
+        .count(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE c.relname = 'tenants' AND l.mode = 'RowExclusiveLock' AND l.granted
+             AND l.pid <> pg_backend_pid()",
+        )
+        .await;
+    assert_eq!(wrote_tenant, 1, "the holder is inside its write");
+    victim.child.start_kill().unwrap(); // SIGKILL
+    victim.child.wait().await.unwrap();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(5), || async {
+        (locks(&app).await == (0, 0)).then_some(())
+    })
+    .await;
+    let freed_in = killed.elapsed();
+    // Worker sessions check for a vanished client every second.
+    assert!(
+        freed_in < Duration::from_secs(2),
+        "lock freed only after {freed_in:?}"
+    );
+    for table in ["tenants", "config_objects", "users", "access_numbers"] {
+        assert_eq!(
+            app.count(&format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "no partial rows in {table}"
+        );
+    }
+    users.rollback().await.unwrap();
+    let mut rescuer = spawn_worker(&app, &[NO_SWEEPER]);
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        ended(&done),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    assert_eq!(tenants_named(&app, &tenant).await, 1);
+    assert_eq!(app.advisory_locks().await, (0, 0));
+    rescuer.child.kill().await.unwrap();
+    app.stop().await;
+}
