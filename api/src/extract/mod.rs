@@ -11,7 +11,7 @@ mod query;
 mod tenant;
 
 pub(crate) use headers::{IdempotencyKey, PreferWait, clamped_seconds, media_type};
-pub(crate) use json::JsonObject;
+pub(crate) use json::{JsonObject, whole_number};
 pub(crate) use lock_timeout::{JobLockTimeout, RouteLockTimeout, lock_timeout_from};
 pub(crate) use page::{Page, PageQuery, not_a_cursor};
 pub(crate) use path::PathText;

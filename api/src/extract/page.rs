@@ -21,7 +21,7 @@ pub(crate) struct Page<T> {
     pub(crate) next_cursor: Option<String>,
 }
 
-/// `?limit=` (1 to 500, default 50, larger values clamped) and `?cursor=` (decoded to the sort
+/// `?limit=` (1 to 500, default 50, larger values clamped however many digits they have) and `?cursor=` (decoded to the sort
 /// key it carries).
 #[derive(Debug, Clone)]
 pub(crate) struct PageQuery {
@@ -42,9 +42,10 @@ impl PageQuery {
         default: i64,
         max: i64,
     ) -> Self {
-        let limit = match query_param(uri, "limit").map(|l| l.parse::<i64>()) {
+        let clamped = |raw: &str| super::clamped_seconds(raw, max.unsigned_abs());
+        let limit = match query_param(uri, "limit").map(|l| clamped(&l)) {
             None => default,
-            Some(Ok(n)) if n >= 1 => n.min(max),
+            Some(Some(n)) if n >= 1 => n as i64,
             Some(_) => {
                 let message = format!("must be an integer from 1 to {max}");
                 errors.push(FieldError::new("limit", message));

@@ -14,6 +14,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{Page, PageQuery, PathText, clamped_seconds, not_a_cursor, query_param},
+    openapi::shapes::{HostName, JobIdText, PageLimit, WaitSeconds},
     wait,
 };
 
@@ -39,7 +40,7 @@ fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
 /// The job; with `?wait=N` it answers as soon as the job is terminal, or, with `&status=S`, as
 /// soon as its status differs from `S`; after N seconds at most.
 #[utoipa::path(get, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "getJob",
-    params(("job_id" = String, Path), ("wait" = Option<u64>, Query, description = "Long-poll up to N s (<= 60, larger values clamped)"),
+    params(("job_id" = inline(JobIdText), Path), ("wait" = inline(Option<WaitSeconds>), Query, description = "Long-poll up to N s (<= 60, larger values clamped)"),
         ("status" = Option<JobStatus>, Query, description = "With wait: return as soon as the status differs from this")),
     responses(
         (status = 200, description = "The job", body = JobView),
@@ -85,8 +86,10 @@ pub(super) async fn get_job(
 
 /// The client's jobs (every client's for an operator), newest first.
 #[utoipa::path(get, path = "/configapi/v2/jobs", tag = "jobs", operation_id = "listJobs",
-    params(("status" = Option<JobStatus>, Query), ("tenantUrl" = Option<String>, Query), ("batchId" = Option<String>, Query),
-        ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
+    params(("status" = Option<JobStatus>, Query), ("tenantUrl" = inline(Option<HostName>), Query),
+        ("batchId" = inline(Option<JobIdText>), Query, description = "Only the items of this batch"),
+        ("limit" = inline(Option<PageLimit>), Query, description = "1-500, default 50; larger values are clamped"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
     responses(
         (status = 200, description = "Jobs, newest first", body = Page<JobView>),
         (status = 400, description = "Invalid filter")))]
@@ -145,7 +148,7 @@ fn parse_job_key(text: &str) -> Option<(DateTime<chrono::Utc>, Uuid)> {
 
 /// Cancels a queued job.
 #[utoipa::path(delete, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "cancelJob",
-    params(("job_id" = String, Path)),
+    params(("job_id" = inline(JobIdText), Path)),
     responses(
         (status = 200, description = "The cancelled job", body = JobView),
         (status = 404, description = "No such job for this client"),
