@@ -22,7 +22,9 @@ schemathesis.openapi.media_type(
     "application/zip",
     st.one_of(
         st.binary(max_size=2048),
-        st.dictionaries(st.text(min_size=1, max_size=40), st.binary(max_size=256), max_size=4).map(_zip),
+        st.dictionaries(
+            st.from_regex(r"[A-Za-z0-9_.-]{1,40}", fullmatch=True), st.binary(max_size=256), max_size=4
+        ).map(_zip),
     ),
 )
 
@@ -64,6 +66,7 @@ def range_within_its_digit_length(ctx, body):
     if not isinstance(body, dict):
         return True
     number, count = body.get("number"), body.get("count")
-    if not (isinstance(number, str) and number.isdigit() and isinstance(count, int)):
+    whole = isinstance(count, (int, float)) and not isinstance(count, bool) and count == int(count)
+    if not (isinstance(number, str) and number.isdigit() and whole):
         return True
-    return int(number) + count <= 10 ** len(number)
+    return int(number) + int(count) <= 10 ** len(number)
