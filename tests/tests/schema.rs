@@ -69,3 +69,53 @@ async fn schemathesis_finds_no_failure_with_every_check_against_the_served_docum
     // It did test: every documented operation was reached.
     assert!(report.contains("API Operations"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_answers_what_the_document_says_at_its_edges() {
+    let app = TestApp::spawn().await;
+    let tenant = fixtures::tenant_url();
+    let template = app.serve_sample_template("t.zip").await;
+    let job = app
+        .create_and_wait(&tenant, &fixtures::create_body(&template))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let post =
+        |path: &str, body: serde_json::Value| app.http.post(app.url(path)).json(&body).send();
+    // A whole number written as a float is the integer JSON Schema says it is.
+    let range = serde_json::json!({"number": "5550100", "count": 5.0, "tenantUrl": tenant});
+    assert_eq!(
+        post("/configapi/v2/accessnumbers", range)
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let mut body = fixtures::create_body(&template);
+    body["lockTimeout"] = serde_json::json!(5.0);
+    let created = app.create(&fixtures::tenant_url(), &body).await;
+    assert_eq!(created.status(), 202);
+    // `media` may not hide characters; a range count is at most 1,000,000.
+    let hidden = serde_json::json!({"number": "5550200", "count": 1, "tenantUrl": tenant, "media": "VO\u{202e}ICE"});
+    let refused = post("/configapi/v2/accessnumbers", hidden).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "media", "{problem}");
+    let too_many = app.url("/configapi/v2/accessnumbers/5550100?count=1000001");
+    assert_eq!(
+        app.http.delete(too_many).send().await.unwrap().status(),
+        400
+    );
+    // A page size of any length is clamped.
+    let (status, page) = app
+        .get_json(&format!("/configapi/v2/tenant?limit={}", "9".repeat(30)))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let urls: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["url"].as_str())
+        .collect();
+    assert!(urls.contains(&tenant.as_str()), "{page}");
+    app.stop().await;
+}

@@ -1,7 +1,6 @@
 //! Job status: get (with long-poll), list with filters and cursor, cancel.
 
 use axum::{Extension, Json, extract::State, http::Uri};
-use chrono::DateTime;
 use provisioner_shared::{
     db::{self, jobs::ListFilter},
     domain::{JobStatus, JobView, TenantUrl},
@@ -13,7 +12,10 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{Page, PageQuery, PathText, clamped_seconds, not_a_cursor, query_param},
+    extract::{
+        Page, PageQuery, PathText, clamped_seconds, job_key, job_key_text, not_a_cursor,
+        query_param,
+    },
     openapi::shapes::{HostName, JobIdText, PageLimit, WaitSeconds},
     wait,
 };
@@ -112,7 +114,7 @@ pub(super) async fn list_jobs(
     });
     let page = PageQuery::read(&uri, &mut errors);
     let after = page.after.as_deref().and_then(|c| {
-        let key = parse_job_key(c);
+        let key = job_key(c);
         if key.is_none() {
             errors.push(not_a_cursor());
         }
@@ -132,18 +134,9 @@ pub(super) async fn list_jobs(
     let rows = db::jobs::list(&state.pool, &filter).await?;
     Ok(Json(page.page(
         rows,
-        |last| format!("{}|{}", last.created_at.timestamp_micros(), last.id),
+        |last| job_key_text(last.created_at, last.id),
         |row| row.view(),
     )))
-}
-
-/// A job listing's sort key: creation time in microseconds and id.
-fn parse_job_key(text: &str) -> Option<(DateTime<chrono::Utc>, Uuid)> {
-    let (micros, id) = text.split_once('|')?;
-    Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        Uuid::parse_str(id).ok()?,
-    ))
 }
 
 /// Cancels a queued job.
