@@ -5,6 +5,8 @@ mod auth;
 mod cli;
 mod error;
 mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod openapi;
 mod routes;

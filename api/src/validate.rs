@@ -9,7 +9,10 @@ use provisioner_shared::domain::{
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
-use crate::{error::FieldError, extract::lock_timeout_from};
+use crate::{
+    error::FieldError,
+    extract::{lock_timeout_from, whole_number},
+};
 
 const FIELDS: [&str; 10] = [
     "template",
@@ -68,10 +71,11 @@ pub(crate) fn create_request(
         .unwrap_or_default();
     let lock_timeout = match body.get("lockTimeout") {
         None | Some(Value::Null) => DEFAULT_LOCK_TIMEOUT,
-        Some(v) => lock_timeout_from(v.as_u64()).unwrap_or_else(|e| {
-            check.errors.push(e);
-            0
-        }),
+        Some(v) => lock_timeout_from(whole_number(v).and_then(|n| u64::try_from(n).ok()))
+            .unwrap_or_else(|e| {
+                check.errors.push(e);
+                0
+            }),
     };
     match (tenant_url, tenant_name, admin, template, password) {
         (Some(tenant_url), Some(tenant_name), Some(admin), Some(template), Some(password))

@@ -45,17 +45,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
         let key = parts
             .headers
             .get("idempotency-key")
-            .map(|v| match v.to_str() {
-                Ok(k)
-                    if (1..=255).contains(&k.len())
-                        && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') =>
-                {
-                    Ok(k.to_owned())
-                }
-                _ => Err(()),
-            });
+            .map(|v| idempotency_key(v.as_bytes()).map(str::to_owned).ok_or(()));
         Ok(Self(key))
     }
+}
+
+/// An `Idempotency-Key` value: 1 to 255 visible ASCII characters or spaces.
+pub(crate) fn idempotency_key(raw: &[u8]) -> Option<&str> {
+    let ok =
+        (1..=255).contains(&raw.len()) && raw.iter().all(|&b| b.is_ascii_graphic() || b == b' ');
+    ok.then(|| std::str::from_utf8(raw).ok()).flatten()
 }
 
 /// `Prefer: wait=N` (RFC 7240) in seconds, clamped to the maximum however many digits it has;
@@ -67,20 +66,24 @@ impl<S: Send + Sync> FromRequestParts<S> for PreferWait {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let wait = parts
-            .headers
-            .get_all("prefer")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split([',', ';']))
-            .filter_map(|pref| {
-                let (name, value) = pref.split_once('=')?;
-                name.trim().eq_ignore_ascii_case("wait").then_some(())?;
-                clamped_seconds(value.trim().trim_matches('"'), MAX_PREFER_WAIT)
-            })
-            .next();
-        Ok(Self(wait))
+        let values = parts.headers.get_all("prefer");
+        Ok(Self(prefer_wait(values.iter().map(|v| v.as_bytes()))))
     }
+}
+
+/// The first `wait=N` among `Prefer` header values (clamped to `MAX_PREFER_WAIT`); values that
+/// are not visible ASCII text are ignored, as are other preferences.
+pub(crate) fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Option<u64> {
+    values
+        .into_iter()
+        .filter(|v| v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|pref| {
+            let (name, value) = pref.split_once('=')?;
+            name.trim().eq_ignore_ascii_case("wait").then_some(())?;
+            clamped_seconds(value.trim().trim_matches('"'), MAX_PREFER_WAIT)
+        })
 }
 
 /// A non-negative integer of seconds, at most `max` (any larger number, however many digits,
@@ -107,7 +110,28 @@ pub(crate) fn media_type(headers: &HeaderMap) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::clamped_seconds;
+    use super::{clamped_seconds, idempotency_key, prefer_wait};
+
+    #[test]
+    fn prefer_wait_is_the_first_wait_preference_clamped() {
+        assert_eq!(prefer_wait([&b"respond-async, wait=10"[..]]), Some(10));
+        assert_eq!(prefer_wait([&b"wait=\"7\"; handling=lenient"[..]]), Some(7));
+        assert_eq!(
+            prefer_wait([&b"return=minimal"[..], b"WAIT = 99999"]),
+            Some(300)
+        );
+        assert_eq!(prefer_wait([&b"wait=x"[..], b"wait=-1"]), None);
+        assert_eq!(prefer_wait([&b"wait=5\xc3\xa9"[..]]), None);
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_of_1_to_255() {
+        assert_eq!(idempotency_key(b"order 42"), Some("order 42"));
+        assert_eq!(idempotency_key(b""), None);
+        assert_eq!(idempotency_key(&[b'k'; 256]), None);
+        assert_eq!(idempotency_key(b"tab\tkey"), None);
+        assert_eq!(idempotency_key("clé".as_bytes()), None);
+    }
 
     #[test]
     fn waits_are_clamped_whatever_their_length() {

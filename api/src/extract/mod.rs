@@ -10,10 +10,15 @@ mod path;
 mod query;
 mod tenant;
 
-pub(crate) use headers::{IdempotencyKey, PreferWait, clamped_seconds, media_type};
-pub(crate) use json::JsonObject;
+pub(crate) use headers::{
+    IdempotencyKey, MAX_PREFER_WAIT, PreferWait, clamped_seconds, idempotency_key, media_type,
+    prefer_wait,
+};
+pub(crate) use json::{JsonObject, whole_number};
 pub(crate) use lock_timeout::{JobLockTimeout, RouteLockTimeout, lock_timeout_from};
-pub(crate) use page::{Page, PageQuery, not_a_cursor};
+pub(crate) use page::{
+    Page, PageQuery, decode_cursor, encode_cursor, job_key, job_key_text, not_a_cursor,
+};
 pub(crate) use path::PathText;
 pub(crate) use query::query_param;
 pub(crate) use tenant::TenantPath;

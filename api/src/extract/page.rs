@@ -3,8 +3,10 @@
 
 use axum::http::Uri;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use super::query_param;
 use crate::error::FieldError;
@@ -21,7 +23,7 @@ pub(crate) struct Page<T> {
     pub(crate) next_cursor: Option<String>,
 }
 
-/// `?limit=` (1 to 500, default 50, larger values clamped) and `?cursor=` (decoded to the sort
+/// `?limit=` (1 to 500, default 50, larger values clamped however many digits they have) and `?cursor=` (decoded to the sort
 /// key it carries).
 #[derive(Debug, Clone)]
 pub(crate) struct PageQuery {
@@ -42,9 +44,10 @@ impl PageQuery {
         default: i64,
         max: i64,
     ) -> Self {
-        let limit = match query_param(uri, "limit").map(|l| l.parse::<i64>()) {
+        let clamped = |raw: &str| super::clamped_seconds(raw, max.unsigned_abs());
+        let limit = match query_param(uri, "limit").map(|l| clamped(&l)) {
             None => default,
-            Some(Ok(n)) if n >= 1 => n.min(max),
+            Some(Some(n)) if n >= 1 => n as i64,
             Some(_) => {
                 let message = format!("must be an integer from 1 to {max}");
                 errors.push(FieldError::new("limit", message));
@@ -52,10 +55,7 @@ impl PageQuery {
             }
         };
         let after = query_param(uri, "cursor").and_then(|c| {
-            let text = URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
+            let text = decode_cursor(&c);
             if text.is_none() {
                 errors.push(not_a_cursor());
             }
@@ -79,7 +79,7 @@ impl PageQuery {
         let limit = usize::try_from(self.limit).unwrap_or(usize::MAX);
         let next_cursor = (rows.len() > limit).then(|| {
             rows.truncate(limit);
-            URL_SAFE_NO_PAD.encode(key(rows.last().expect("a full page has a last item")))
+            encode_cursor(&key(rows.last().expect("a full page has a last item")))
         });
         Page {
             items: rows.into_iter().map(item).collect(),
@@ -88,7 +88,75 @@ impl PageQuery {
     }
 }
 
+/// A cursor for the sort key `key`.
+pub(crate) fn encode_cursor(key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(key)
+}
+
+/// The sort key a cursor carries; `None` for text no cursor is.
+pub(crate) fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The job listing's sort key as text: creation time in microseconds and id.
+pub(crate) fn job_key_text(created_at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}|{id}", created_at.timestamp_micros())
+}
+
+/// A job listing's sort key read back from `job_key_text`.
+pub(crate) fn job_key(text: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let (micros, id) = text.split_once('|')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
+}
+
 /// The error for a cursor this API did not issue.
 pub(crate) fn not_a_cursor() -> FieldError {
     FieldError::new("cursor", "is not a cursor this API issued")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(query: &str) -> (PageQuery, Vec<FieldError>) {
+        let uri: Uri = format!("/x?{query}").parse().unwrap();
+        let mut errors = Vec::new();
+        (PageQuery::read(&uri, &mut errors), errors)
+    }
+
+    #[test]
+    fn limits_of_any_size_are_clamped_and_zero_is_refused() {
+        assert_eq!(read("limit=7").0.limit, 7);
+        assert_eq!(read("limit=501").0.limit, MAX_LIMIT);
+        assert_eq!(
+            read(&format!("limit={}", "9".repeat(30))).0.limit,
+            MAX_LIMIT
+        );
+        for bad in ["limit=0", "limit=-1", "limit=1.5", "limit="] {
+            assert_eq!(read(bad).1.len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_and_job_keys_read_back_what_they_were_made_from() {
+        let key = job_key_text(
+            DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            Uuid::nil(),
+        );
+        assert_eq!(
+            decode_cursor(&encode_cursor(&key)).as_deref(),
+            Some(key.as_str())
+        );
+        let (at, id) = job_key(&key).unwrap();
+        assert_eq!(
+            (at.timestamp_micros(), id),
+            (1_700_000_000_123_456, Uuid::nil())
+        );
+        assert_eq!(decode_cursor("not base64!"), None);
+        assert_eq!(job_key("12|not-a-uuid"), None);
+    }
 }

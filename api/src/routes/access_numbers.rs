@@ -8,7 +8,7 @@ use axum::{
 };
 use provisioner_shared::{
     db,
-    domain::{AuditAction, TenantUrl, is_access_number},
+    domain::{AuditAction, TenantUrl, is_access_number, is_hidden_char},
     template::range_fits,
 };
 use serde::Serialize;
@@ -18,7 +18,8 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{JsonObject, Page, PageQuery, PathText, not_a_cursor, query_param},
+    extract::{JsonObject, Page, PageQuery, PathText, not_a_cursor, query_param, whole_number},
+    openapi::shapes::{self, AccessNumberText, HostName, PageLimit, RangeCount},
 };
 
 /// `POST /configapi/v2/accessnumbers`.
@@ -29,11 +30,26 @@ use crate::{
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct AccessNumberRequest {
+    #[schema(schema_with = access_number)]
     number: String,
+    /// Must stay within the number's digit length.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     count: i32,
+    /// An existing tenant.
+    #[schema(schema_with = shapes::host_name)]
     tenant_url: String,
     /// Default `VOICE`.
+    #[schema(schema_with = media)]
     media: Option<String>,
+}
+
+fn access_number() -> impl Into<utoipa::openapi::RefOr<utoipa::openapi::Schema>> {
+    <AccessNumberText as utoipa::PartialSchema>::schema()
+}
+
+/// `media`: 1 to 32 characters, not blank, or null for the default.
+fn media() -> impl Into<utoipa::openapi::RefOr<utoipa::openapi::Schema>> {
+    shapes::nullable_text(32)
 }
 
 /// A range of access numbers as the API shows it.
@@ -52,7 +68,7 @@ const MAX_RANGES: i64 = 1000;
 /// Ranges by digit length and first number. The body is an array (as the original's); a longer
 /// listing continues at the `Link: <...>; rel="next"` URL.
 #[utoipa::path(get, path = "/configapi/v2/accessnumbers", tag = "access numbers", operation_id = "listAccessNumbers",
-    params(("tenantUrl" = Option<String>, Query), ("limit" = Option<u32>, Query, description = "1-1000, default 1000"),
+    params(("tenantUrl" = inline(Option<HostName>), Query), ("limit" = inline(Option<PageLimit>), Query, description = "1-1000, default 1000; larger values are clamped"),
         ("cursor" = Option<String>, Query, description = "From the previous answer's Link header")),
     responses(
         (status = 200, description = "Ranges; unassigned ones have tenantUrl null", body = Vec<RangeBody>,
@@ -137,7 +153,7 @@ fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
         "is required: a string of 1 to 20 digits",
         number.filter(|n| is_access_number(n)).map(str::to_owned),
     );
-    let count = fields.get("count").and_then(Value::as_i64);
+    let count = fields.get("count").and_then(whole_number);
     let count = check(
         &mut errors,
         "count",
@@ -148,13 +164,19 @@ fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
     );
     let media = match fields.get("media") {
         None | Some(Value::Null) => Some("VOICE".to_owned()),
-        Some(Value::String(m)) if !m.trim().is_empty() && m.len() <= 32 => Some(m.clone()),
+        Some(Value::String(m))
+            if !m.trim().is_empty()
+                && m.chars().count() <= 32
+                && !m.chars().any(is_hidden_char) =>
+        {
+            Some(m.clone())
+        }
         Some(_) => None,
     };
     let media = check(
         &mut errors,
         "media",
-        "must be a non-empty string of at most 32 characters",
+        "must be 1 to 32 characters, not blank, without control or format characters",
         media,
     );
     let tenant_url = match fields.get("tenantUrl").and_then(Value::as_str) {
@@ -231,10 +253,10 @@ pub(super) async fn create_access_numbers(
 /// `DELETE /configapi/v2/accessnumbers/{number}?count=N`: the range with exactly that start and
 /// count.
 #[utoipa::path(delete, path = "/configapi/v2/accessnumbers/{number}", tag = "access numbers", operation_id = "deleteAccessNumbers",
-    params(("number" = String, Path), ("count" = u32, Query)),
+    params(("number" = inline(AccessNumberText), Path), ("count" = inline(RangeCount), Query)),
     responses(
         (status = 200, description = "The deleted range", body = RangeBody),
-        (status = 400, description = "Missing count"),
+        (status = 400, description = "Missing or invalid count"),
         (status = 404, description = "No such range")))]
 pub(super) async fn delete_access_numbers(
     State(state): State<AppState>,
@@ -243,9 +265,10 @@ pub(super) async fn delete_access_numbers(
     uri: Uri,
 ) -> Result<Json<RangeBody>, ApiError> {
     let count = match query_param(&uri, "count").map(|c| c.parse::<i32>()) {
-        Some(Ok(c)) if c >= 1 => c,
+        Some(Ok(c)) if (1..=1_000_000).contains(&c) => c,
         _ => {
-            return Err(FieldError::new("count", "is required: a positive integer").into());
+            let message = "is required: an integer from 1 to 1000000";
+            return Err(FieldError::new("count", message).into());
         }
     };
     if !is_access_number(&number) {

@@ -18,6 +18,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{JsonObject, PathText, media_type},
+    openapi::shapes::{self, HostName, IdempotencyKeyText},
     submit::{Answer, Submission, Submitted, submit},
     upload::{self, Upload},
     validate::{self, TemplateInput},
@@ -31,20 +32,48 @@ use crate::{
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct CreateTenantRequest {
+    #[schema(schema_with = shapes::text)]
     tenant_name: String,
     /// Template access number -> real access number (1-20 digits each; targets distinct).
+    #[schema(schema_with = shapes::number_map)]
     number_map: Option<BTreeMap<String, String>>,
+    #[schema(schema_with = shapes::text)]
     first_name: String,
+    #[schema(schema_with = shapes::text)]
     last_name: String,
+    #[schema(schema_with = shapes::text)]
     login_id: String,
     /// 8-256 characters; never stored or returned in plaintext.
+    #[schema(schema_with = shapes::password)]
     password: String,
+    #[schema(schema_with = shapes::email)]
     email: String,
     /// Absolute http(s) URL of the template ZIP.
+    #[schema(schema_with = shapes::template_url)]
     template_url: String,
     /// Seconds to wait for the import lock, 0-3600 (default 120).
+    #[schema(schema_with = shapes::lock_timeout)]
     lock_timeout: Option<u32>,
 }
+
+/// Create tenant from template (form data): the fields of `CreateTenantFormFields` with exactly
+/// one of a `template` file part and `templateUrl`.
+pub(super) struct CreateTenantForm;
+
+impl utoipa::PartialSchema for CreateTenantForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::{AllOfBuilder, ObjectBuilder, OneOfBuilder};
+        let one_source = OneOfBuilder::new()
+            .item(ObjectBuilder::new().required("template"))
+            .item(ObjectBuilder::new().required("templateUrl"));
+        AllOfBuilder::new()
+            .item(CreateTenantFormFields::schema())
+            .item(one_source)
+            .into()
+    }
+}
+
+impl ToSchema for CreateTenantForm {}
 
 /// Create tenant from template (form data): the same fields, `numberMap` repeated as
 /// `template:actual`, and either a `template` file part or `templateUrl`.
@@ -53,18 +82,29 @@ pub(super) struct CreateTenantRequest {
     reason = "documents the body that is read field by field, to name every bad field"
 )]
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct CreateTenantForm {
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct CreateTenantFormFields {
+    #[schema(schema_with = shapes::text)]
     tenant_name: String,
+    /// `template:actual`, repeated (1-20 digits each; targets distinct).
+    #[schema(schema_with = shapes::form_number_map)]
     number_map: Option<Vec<String>>,
+    #[schema(schema_with = shapes::text)]
     first_name: String,
+    #[schema(schema_with = shapes::text)]
     last_name: String,
+    #[schema(schema_with = shapes::text)]
     login_id: String,
+    #[schema(schema_with = shapes::password)]
     password: String,
+    #[schema(schema_with = shapes::email)]
     email: String,
+    #[schema(schema_with = shapes::form_lock_timeout)]
     lock_timeout: Option<u32>,
-    #[schema(content_media_type = "application/zip")]
+    /// The template ZIP; exactly one of `template` and `templateUrl` is given.
+    #[schema(schema_with = shapes::zip)]
     template: Option<Vec<u8>>,
+    #[schema(schema_with = shapes::template_url)]
     template_url: Option<String>,
 }
 
@@ -74,14 +114,15 @@ const FORM_TEXT_LIMIT: usize = 64 << 10;
 /// `POST /configapi/v2/selfservice/tenant/{tenant_url}`, JSON or `multipart/form-data`.
 #[utoipa::path(post, path = "/configapi/v2/selfservice/tenant/{tenant_url}", tag = "tenants",
     operation_id = "createTenantFromTemplate",
-    params(("tenant_url" = String, Path, description = "Host name of the new tenant"),
+    params(("tenant_url" = inline(HostName), Path, description = "Host name of the new tenant"),
         ("Prefer" = Option<String>, Header, description = "wait=N (N <= 300): answer the job's final code if it ends in time"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same job")),
+        ("Idempotency-Key" = inline(Option<IdempotencyKeyText>), Header, description = "Same key and body: the same job")),
     request_body(content((CreateTenantRequest = "application/json"), (CreateTenantForm = "multipart/form-data"))),
     responses(
         Submitted,
         (status = 400, description = "Invalid fields (all named), or under Prefer: wait a bad template"),
         (status = 409, description = "The tenant, or an active job for it, exists"),
+        (status = 422, description = "The Idempotency-Key was used with another body"),
         (status = 413, description = "The template is too large"),
         (status = 415, description = "Not JSON or form data"),
         (status = 500, description = "Under Prefer: wait, the job failed after retries"),

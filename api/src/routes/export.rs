@@ -15,13 +15,14 @@ use crate::{
     AppState,
     error::ApiError,
     extract::{RouteLockTimeout, TenantPath},
+    openapi::shapes::{HostName, LockTimeoutSeconds},
     tenant_lock::lock_tenant,
 };
 
 /// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
 /// it never observes an import half-way.
 #[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}/export", tag = "tenants", operation_id = "exportTenant",
-    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
+    params(("tenant_url" = inline(HostName), Path), ("lockTimeout" = inline(Option<LockTimeoutSeconds>), Query, description = "Seconds to wait for the tenant lock (default 30)")),
     responses(
         (status = 200, description = "The tenant as a template ZIP", content_type = "application/zip"),
         (status = 400, description = "Invalid lockTimeout"),

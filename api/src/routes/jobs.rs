@@ -1,7 +1,6 @@
 //! Job status: get (with long-poll), list with filters and cursor, cancel.
 
 use axum::{Extension, Json, extract::State, http::Uri};
-use chrono::DateTime;
 use provisioner_shared::{
     db::{self, jobs::ListFilter},
     domain::{JobStatus, JobView, TenantUrl},
@@ -13,7 +12,11 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{Page, PageQuery, PathText, clamped_seconds, not_a_cursor, query_param},
+    extract::{
+        Page, PageQuery, PathText, clamped_seconds, job_key, job_key_text, not_a_cursor,
+        query_param,
+    },
+    openapi::shapes::{HostName, JobIdText, PageLimit, WaitSeconds},
     wait,
 };
 
@@ -39,7 +42,7 @@ fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
 /// The job; with `?wait=N` it answers as soon as the job is terminal, or, with `&status=S`, as
 /// soon as its status differs from `S`; after N seconds at most.
 #[utoipa::path(get, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "getJob",
-    params(("job_id" = String, Path), ("wait" = Option<u64>, Query, description = "Long-poll up to N s (<= 60, larger values clamped)"),
+    params(("job_id" = inline(JobIdText), Path), ("wait" = inline(Option<WaitSeconds>), Query, description = "Long-poll up to N s (<= 60, larger values clamped)"),
         ("status" = Option<JobStatus>, Query, description = "With wait: return as soon as the status differs from this")),
     responses(
         (status = 200, description = "The job", body = JobView),
@@ -85,8 +88,10 @@ pub(super) async fn get_job(
 
 /// The client's jobs (every client's for an operator), newest first.
 #[utoipa::path(get, path = "/configapi/v2/jobs", tag = "jobs", operation_id = "listJobs",
-    params(("status" = Option<JobStatus>, Query), ("tenantUrl" = Option<String>, Query), ("batchId" = Option<String>, Query),
-        ("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
+    params(("status" = Option<JobStatus>, Query), ("tenantUrl" = inline(Option<HostName>), Query),
+        ("batchId" = inline(Option<JobIdText>), Query, description = "Only the items of this batch"),
+        ("limit" = inline(Option<PageLimit>), Query, description = "1-500, default 50; larger values are clamped"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
     responses(
         (status = 200, description = "Jobs, newest first", body = Page<JobView>),
         (status = 400, description = "Invalid filter")))]
@@ -109,7 +114,7 @@ pub(super) async fn list_jobs(
     });
     let page = PageQuery::read(&uri, &mut errors);
     let after = page.after.as_deref().and_then(|c| {
-        let key = parse_job_key(c);
+        let key = job_key(c);
         if key.is_none() {
             errors.push(not_a_cursor());
         }
@@ -129,23 +134,14 @@ pub(super) async fn list_jobs(
     let rows = db::jobs::list(&state.pool, &filter).await?;
     Ok(Json(page.page(
         rows,
-        |last| format!("{}|{}", last.created_at.timestamp_micros(), last.id),
+        |last| job_key_text(last.created_at, last.id),
         |row| row.view(),
     )))
 }
 
-/// A job listing's sort key: creation time in microseconds and id.
-fn parse_job_key(text: &str) -> Option<(DateTime<chrono::Utc>, Uuid)> {
-    let (micros, id) = text.split_once('|')?;
-    Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        Uuid::parse_str(id).ok()?,
-    ))
-}
-
 /// Cancels a queued job.
 #[utoipa::path(delete, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "cancelJob",
-    params(("job_id" = String, Path)),
+    params(("job_id" = inline(JobIdText), Path)),
     responses(
         (status = 200, description = "The cancelled job", body = JobView),
         (status = 404, description = "No such job for this client"),

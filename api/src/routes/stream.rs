@@ -20,6 +20,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError, all_valid},
     extract::{JobLockTimeout, PathText, media_type},
+    openapi::shapes::{HostName, LockTimeoutSeconds, ZipBody},
     submit::{Answer, Submission, Submitted, submit},
     upload,
 };
@@ -56,9 +57,9 @@ fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
 /// generated, and the administrator comes from the template unchanged.
 #[utoipa::path(put, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants",
     operation_id = "createTenantFromStream",
-    params(("tenant_url" = String, Path, description = "Host name of the new tenant"),
-        ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
-    request_body(content = Vec<u8>, content_type = "application/zip", description = "The template ZIP"),
+    params(("tenant_url" = inline(HostName), Path, description = "Host name of the new tenant"),
+        ("lockTimeout" = inline(Option<LockTimeoutSeconds>), Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
+    request_body(content = inline(ZipBody), content_type = "application/zip", description = "The template ZIP"),
     responses(
         Submitted,
         (status = 400, description = "Invalid tenant URL or lockTimeout"),
@@ -114,8 +115,8 @@ pub(super) async fn create_from_stream(
 /// existing tenant ends it with code 400 or 409.
 #[utoipa::path(post, path = "/configapi/v2/tenant", tag = "tenants",
     operation_id = "importTenant",
-    params(("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
-    request_body(content = Vec<u8>, content_type = "application/zip", description = "An exported tenant"),
+    params(("lockTimeout" = inline(Option<LockTimeoutSeconds>), Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
+    request_body(content = inline(ZipBody), content_type = "application/zip", description = "An exported tenant"),
     responses(
         Submitted,
         (status = 400, description = "Invalid lockTimeout"),

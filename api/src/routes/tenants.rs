@@ -18,6 +18,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{Page, PageQuery, RouteLockTimeout, TenantPath, query_param},
+    openapi::shapes::{HostName, LockTimeoutSeconds, PageLimit},
     tenant_lock::lock_tenant,
 };
 
@@ -47,7 +48,7 @@ impl From<TenantRow> for TenantBody {
 }
 
 #[utoipa::path(get, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants", operation_id = "getTenant",
-    params(("tenant_url" = String, Path)),
+    params(("tenant_url" = inline(HostName), Path)),
     responses(
         (status = 200, description = "The tenant", body = TenantBody),
         (status = 404, description = "No such tenant")))]
@@ -63,7 +64,8 @@ pub(super) async fn get_tenant(
 
 /// Tenants ordered by URL.
 #[utoipa::path(get, path = "/configapi/v2/tenant", tag = "tenants", operation_id = "listTenants",
-    params(("limit" = Option<u32>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query)),
+    params(("limit" = inline(Option<PageLimit>), Query, description = "1-500, default 50; larger values are clamped"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
     responses(
         (status = 200, description = "Tenants by URL", body = Page<TenantBody>),
         (status = 400, description = "Invalid limit or cursor")))]
@@ -82,7 +84,7 @@ pub(super) async fn list_tenants(
 
 #[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/activate", tag = "tenants",
     operation_id = "activateTenant", description = "Inactive -> Active; an Active tenant is answered unchanged.",
-    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
+    params(("tenant_url" = inline(HostName), Path), ("lockTimeout" = inline(Option<LockTimeoutSeconds>), Query, description = "Seconds to wait for the tenant lock (default 30)")),
     responses(
         (status = 200, description = "The tenant", body = TenantBody),
         (status = 400, description = "Invalid lockTimeout"),
@@ -99,7 +101,7 @@ pub(super) async fn activate_tenant(
 
 #[utoipa::path(post, path = "/configapi/v2/tenant/{tenant_url}/deactivate", tag = "tenants",
     operation_id = "deactivateTenant", description = "Active -> Inactive; an Inactive tenant is answered unchanged.",
-    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)")),
+    params(("tenant_url" = inline(HostName), Path), ("lockTimeout" = inline(Option<LockTimeoutSeconds>), Query, description = "Seconds to wait for the tenant lock (default 30)")),
     responses(
         (status = 200, description = "The tenant", body = TenantBody),
         (status = 400, description = "Invalid lockTimeout"),
@@ -170,7 +172,7 @@ async fn change_status(
 
 /// Delete Tenant: only an Inactive one; its numbers go too unless `keepAccessNumbers=true`.
 #[utoipa::path(delete, path = "/configapi/v2/tenant/{tenant_url}", tag = "tenants", operation_id = "deleteTenant",
-    params(("tenant_url" = String, Path), ("lockTimeout" = Option<u32>, Query, description = "Seconds to wait for the tenant lock (default 30)"), ("keepAccessNumbers" = Option<bool>, Query, description = "Keep the numbers, unassigned")),
+    params(("tenant_url" = inline(HostName), Path), ("lockTimeout" = inline(Option<LockTimeoutSeconds>), Query, description = "Seconds to wait for the tenant lock (default 30)"), ("keepAccessNumbers" = Option<bool>, Query, description = "Keep the numbers, unassigned")),
     responses(
         (status = 200, description = "The deleted tenant", body = TenantBody),
         (status = 400, description = "The tenant is active, or an invalid parameter"),

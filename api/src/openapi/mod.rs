@@ -2,6 +2,8 @@
 //! the document itself: the frame plus every route of `routes::table`, each secured operation
 //! given its scope and the 401/403 answers, and every error answer the problem+json body.
 
+pub(crate) mod shapes;
+
 use std::sync::OnceLock;
 
 use utoipa::{
