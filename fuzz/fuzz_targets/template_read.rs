@@ -13,8 +13,10 @@ fuzz_target!(|data: &[u8]| {
         max_entries: 64,
         max_entry_bytes: 1 << 20,
         max_total_bytes: 4 << 20,
+        max_directory_bytes: 1 << 20,
     };
-    let _ = peek_tenant_url(data, &limits);
+    let _ = peek_tenant_url(std::io::Cursor::new(data), &limits);
+    let _ = Template::read_for_create(data, &limits, DB_VERSION);
     let _ = Template::read_upgrading(data, &limits, DB_VERSION);
     if let Ok(template) = Template::read(data, &limits, DB_VERSION) {
         let again = Template::read(&template.write(), &Limits::default(), DB_VERSION)
