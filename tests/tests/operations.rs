@@ -186,15 +186,22 @@ async fn readiness_fails_while_the_broker_is_unreachable() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
-    let app = TestApp::without_workers().await;
-    let url = app.serve_sample_template("t").await;
-    let id = app
-        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
-        .await;
-    let mut api =
-        provisioner_tests::process::Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &[], "info");
+/// Another API process for `app`, its address, and a client with the bootstrap client's token.
+async fn api_process(
+    app: &TestApp,
+    extra: &[(&str, &str)],
+    rust_log: &str,
+) -> (
+    provisioner_tests::process::Proc,
+    std::net::SocketAddr,
+    reqwest::Client,
+) {
+    let mut api = provisioner_tests::process::Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        app,
+        extra,
+        rust_log,
+    );
     let addr = api.api_addr().await;
     let token = provisioner_tests::fetch_token(
         &reqwest::Client::new(),
@@ -203,7 +210,17 @@ async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
         provisioner_tests::BOOTSTRAP_SECRET,
     )
     .await;
-    let http = provisioner_tests::authorized_client(&token);
+    (api, addr, provisioner_tests::authorized_client(&token))
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let (mut api, addr, http) = api_process(&app, &[], "info").await;
     let started = std::time::Instant::now();
     let poll = tokio::spawn(async move {
         let r = http
@@ -244,21 +261,12 @@ async fn sigterm_stops_the_api_within_its_shutdown_timeout_whatever_clients_do()
     let id = app
         .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await;
-    let mut api = provisioner_tests::process::Proc::spawn(
-        env!("CARGO_BIN_EXE_test-api"),
+    let (mut api, addr, http) = api_process(
         &app,
         &[("PROVISIONER_SHUTDOWN_TIMEOUT", "1")],
         "info,tower_http=debug",
-    );
-    let addr = api.api_addr().await;
-    let token = provisioner_tests::fetch_token(
-        &reqwest::Client::new(),
-        addr,
-        provisioner_tests::BOOTSTRAP_ID,
-        provisioner_tests::BOOTSTRAP_SECRET,
     )
     .await;
-    let http = provisioner_tests::authorized_client(&token);
     // A long-poll that would hold the API for a minute.
     let poll = tokio::spawn(async move {
         http.get(format!(
