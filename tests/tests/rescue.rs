@@ -41,6 +41,21 @@ fn ended(job: &Value) -> (Option<&str>, Option<i64>, Option<i64>) {
 /// No sweeper runs for an hour in these workers: only a redelivery can take a job back.
 const NO_SWEEPER: (&str, &str) = ("PROVISIONER_SWEEP_INTERVAL", "3600");
 
+/// A worker that never sweeps takes the job over by redelivery alone: it succeeds at its
+/// second attempt, its tenant exists once, and no advisory lock is left.
+async fn rescued_by_redelivery(app: &TestApp, id: &str, tenant: &str) {
+    let mut rescuer = spawn_worker(app, &[NO_SWEEPER]);
+    let done = app.wait_job_within(id, Duration::from_secs(30)).await;
+    assert_eq!(
+        ended(&done),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    assert_eq!(tenants_named(app, tenant).await, 1);
+    assert_eq!(app.advisory_locks().await, (0, 0));
+    rescuer.child.kill().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_killed_workers_job_completes_through_redelivery_alone() {
     let app = TestApp::without_workers().await;
@@ -57,16 +72,7 @@ async fn a_killed_workers_job_completes_through_redelivery_alone() {
     app.until_lock_waiters(0).await;
     held.rollback().await.unwrap();
     // Had the victim acknowledged on receipt, nothing would bring the job back.
-    let mut rescuer = spawn_worker(&app, &[NO_SWEEPER]);
-    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
-    assert_eq!(
-        ended(&done),
-        (Some("succeeded"), Some(200), Some(2)),
-        "{done}"
-    );
-    assert_eq!(tenants_named(&app, &tenant).await, 1);
-    assert_eq!(app.advisory_locks().await, (0, 0));
-    rescuer.child.kill().await.unwrap();
+    rescued_by_redelivery(&app, &id, &tenant).await;
     app.stop().await;
 }
 
@@ -177,15 +183,6 @@ async fn a_lock_holder_killed_mid_write_leaves_no_rows_and_frees_the_lock() {
         );
     }
     users.rollback().await.unwrap();
-    let mut rescuer = spawn_worker(&app, &[NO_SWEEPER]);
-    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
-    assert_eq!(
-        ended(&done),
-        (Some("succeeded"), Some(200), Some(2)),
-        "{done}"
-    );
-    assert_eq!(tenants_named(&app, &tenant).await, 1);
-    assert_eq!(app.advisory_locks().await, (0, 0));
-    rescuer.child.kill().await.unwrap();
+    rescued_by_redelivery(&app, &id, &tenant).await;
     app.stop().await;
 }
