@@ -105,8 +105,8 @@ pub struct AdminSpec {
 #[serde(rename_all = "camelCase")]
 pub enum TemplateSource {
     Url(String),
-    /// Uploaded with the request; kept under the upload directory, named after the job.
-    Upload,
+    /// A template in the store, by id (stored by the client, or uploaded with the request).
+    Stored(String),
 }
 
 /// What a create-tenant job needs besides the password: stored in `jobs.params`.
@@ -126,6 +126,8 @@ pub struct CreateTenantParams {
 #[serde(rename_all = "camelCase")]
 pub struct ImportTenantParams {
     pub lock_timeout: u32,
+    /// The uploaded archive, in the template store.
+    pub template_id: String,
 }
 
 /// Default and largest client `lockTimeout`, seconds.
@@ -181,6 +183,8 @@ pub struct JobView {
     pub tenant: Option<TenantSummary>,
     pub skipped_access_numbers: Vec<SkippedRange>,
     pub batch_id: Option<Uuid>,
+    /// The item's 0-based position in its batch.
+    pub batch_item: Option<i32>,
 }
 
 #[cfg(test)]

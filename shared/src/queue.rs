@@ -9,11 +9,20 @@ use lapin::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{db::outbox::OutboxMessage, domain::JobView};
+use crate::{
+    db::{jobs::JobRow, outbox::OutboxMessage},
+    domain::JobView,
+};
 
 pub(crate) const JOBS_EXCHANGE: &str = "provisioner.jobs";
+/// Interactive work: single creates and imports.
 pub const CREATE_TENANT_QUEUE: &str = "provisioner.jobs.create-tenant";
 const CREATE_TENANT_ROUTING_KEY: &str = "create-tenant";
+/// Batch items, released a few at a time by the dispatcher, fairly across clients.
+pub const BATCH_QUEUE: &str = "provisioner.jobs.batch";
+const BATCH_ROUTING_KEY: &str = "batch";
+/// Every job queue, interactive first.
+pub const JOB_QUEUES: [&str; 2] = [CREATE_TENANT_QUEUE, BATCH_QUEUE];
 const DEAD_EXCHANGE: &str = "provisioner.jobs.dead";
 const DEAD_QUEUE: &str = "provisioner.jobs.dead";
 pub const EVENTS_EXCHANGE: &str = "provisioner.events";
@@ -33,10 +42,20 @@ pub struct JobMessage {
 }
 
 impl JobMessage {
-    pub(crate) fn outbox(job_id: Uuid, delay: std::time::Duration) -> OutboxMessage {
+    /// The message of `job`, on the batch queue for a batch item, else on the interactive one.
+    pub(crate) fn outbox(job: &JobRow, delay: std::time::Duration) -> OutboxMessage {
+        Self::routed(job.id, job.batch_id.is_some(), delay)
+    }
+
+    pub(crate) fn routed(job_id: Uuid, batch_item: bool, delay: std::time::Duration) -> OutboxMessage {
+        let routing_key = if batch_item {
+            BATCH_ROUTING_KEY
+        } else {
+            CREATE_TENANT_ROUTING_KEY
+        };
         OutboxMessage {
             exchange: JOBS_EXCHANGE.to_owned(),
-            routing_key: CREATE_TENANT_ROUTING_KEY.to_owned(),
+            routing_key: routing_key.to_owned(),
             message_id: job_id.to_string(),
             content_type: "application/json".to_owned(),
             payload: serde_json::to_vec(&JobMessage { job_id }).expect("job message serializes"),
@@ -49,7 +68,7 @@ impl JobMessage {
 pub(crate) fn status_event(job: &JobView, version: i32) -> OutboxMessage {
     let id = Uuid::now_v7();
     let status = job.status.as_str();
-    let event = serde_json::json!({
+    let mut event = serde_json::json!({
         "specversion": "1.0",
         "id": id,
         "source": "/provisioner",
@@ -60,6 +79,9 @@ pub(crate) fn status_event(job: &JobView, version: i32) -> OutboxMessage {
         "jobversion": version,
         "data": job,
     });
+    if let Some(batch) = job.batch_id {
+        event["batchid"] = serde_json::Value::String(batch.to_string());
+    }
     OutboxMessage {
         exchange: EVENTS_EXCHANGE.to_owned(),
         routing_key: format!("job.{status}"),
@@ -151,17 +173,22 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    channel
-        .queue_declare(CREATE_TENANT_QUEUE.into(), queue, job_queue_arguments())
-        .await?;
-    channel
-        .queue_bind(
-            CREATE_TENANT_QUEUE.into(),
-            JOBS_EXCHANGE.into(),
-            CREATE_TENANT_ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    for (name, routing_key) in [
+        (CREATE_TENANT_QUEUE, CREATE_TENANT_ROUTING_KEY),
+        (BATCH_QUEUE, BATCH_ROUTING_KEY),
+    ] {
+        channel
+            .queue_declare(name.into(), queue, job_queue_arguments())
+            .await?;
+        channel
+            .queue_bind(
+                name.into(),
+                JOBS_EXCHANGE.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod clients;
 pub mod jobs;
 pub mod locks;
 pub mod outbox;
+pub mod templates;
 pub(crate) mod secrets;
 pub mod tenants;
 

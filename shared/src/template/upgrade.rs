@@ -22,6 +22,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261130000003, 20261202000001, unchanged),
     // 20261202150000 keeps job figures for /metrics: nothing a template holds.
     (20261202000001, 20261202150000, unchanged),
+    // 20261203000001 added the template store and batches: nothing a template holds.
+    (20261202150000, 20261203000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -115,7 +115,7 @@ pub async fn finish(
     transition(
         conn,
         transition_sql!("status = $3, code = $4, error = $5, tenant = $6, skipped_numbers = $7, lock_wait_ms = $8, finished_at = now(),
-         sealed_password = NULL, lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
+         sealed_password = NULL, template_id = NULL, lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
         id,
         |q| q.bind(token).bind(status).bind(code).bind(error).bind(tenant).bind(skipped).bind(lock_wait_ms),
     )
@@ -141,8 +141,8 @@ pub async fn retry_later(
         |q| q.bind(token).bind(delay.as_secs_f64()),
     )
     .await?;
-    if row.is_some() {
-        outbox::insert(conn, &queue::JobMessage::outbox(id, delay)).await?;
+    if let Some(row) = &row {
+        outbox::insert(conn, &queue::JobMessage::outbox(row, delay)).await?;
     }
     Ok(row)
 }

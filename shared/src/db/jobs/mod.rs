@@ -21,8 +21,8 @@ pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_jobs";
 macro_rules! columns {
     () => {
         "id, kind, tenant_url, status, version, code, error, attempts, created_at, \
-         started_at, finished_at, tenant, skipped_numbers, batch_id, client_id, params, \
-         idempotency_key, request_digest, lease_token, lease_until"
+         started_at, finished_at, tenant, skipped_numbers, batch_id, batch_item, client_id, \
+         params, idempotency_key, request_digest, lease_token, lease_until, template_id"
     };
 }
 
@@ -72,12 +72,15 @@ pub struct JobRow {
     pub tenant: Option<Value>,
     pub skipped_numbers: Value,
     pub batch_id: Option<Uuid>,
+    pub batch_item: Option<i32>,
     pub client_id: String,
     pub params: Value,
     pub idempotency_key: Option<String>,
     pub request_digest: Option<String>,
     pub lease_token: Option<Uuid>,
     pub lease_until: Option<DateTime<Utc>>,
+    /// The stored template the job reads, while it is queued or running.
+    pub template_id: Option<String>,
 }
 
 impl JobRow {
@@ -103,6 +106,7 @@ impl JobRow {
             skipped_access_numbers: serde_json::from_value(self.skipped_numbers.clone())
                 .unwrap_or_default(),
             batch_id: self.batch_id,
+            batch_item: self.batch_item,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct NewJob<'a> {
     pub sealed_password: Option<Vec<u8>>,
     pub idempotency_key: Option<&'a str>,
     pub request_digest: Option<&'a str>,
+    /// The stored template the job reads (kept in the store until the job ends).
+    pub template_id: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +139,8 @@ pub enum InsertError {
 pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, InsertError> {
     let row: JobRow = sqlx::query_as(&format!(
         "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
-                           idempotency_key, request_digest)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8)
+                           idempotency_key, request_digest, template_id)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9)
          RETURNING {COLUMNS}"
     ))
     .bind(job.id)
@@ -145,6 +151,7 @@ pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, 
     .bind(&job.sealed_password)
     .bind(job.idempotency_key)
     .bind(job.request_digest)
+    .bind(job.template_id)
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| {
@@ -156,7 +163,7 @@ pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, 
             InsertError::Database(e)
         }
     })?;
-    outbox::insert(conn, &queue::JobMessage::outbox(row.id, Duration::ZERO)).await?;
+    outbox::insert(conn, &queue::JobMessage::outbox(&row, Duration::ZERO)).await?;
     announce(conn, &row).await?;
     Ok(row)
 }
@@ -248,7 +255,7 @@ pub async fn cancel(
     let row = transition(
         conn,
         transition_sql!(
-            "status = 'cancelled', finished_at = now(), sealed_password = NULL",
+            "status = 'cancelled', finished_at = now(), sealed_password = NULL, template_id = NULL",
             "id = $1 AND status = 'queued' AND ($2::text IS NULL OR client_id = $2)"
         ),
         id,

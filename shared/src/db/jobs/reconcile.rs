@@ -18,26 +18,27 @@ pub async fn resend_stranded(
     after: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
         "WITH stranded AS (
              SELECT id FROM jobs j
              WHERE status = 'queued' AND sent_at < now() - make_interval(secs => $1)
+               AND (batch_id IS NULL OR released_at IS NOT NULL)
                AND NOT EXISTS (SELECT 1 FROM outbox o
                                WHERE o.message_id = j.id::text AND o.exchange = $2)
              ORDER BY sent_at LIMIT $3
              FOR UPDATE SKIP LOCKED)
          UPDATE jobs SET sent_at = now() FROM stranded WHERE jobs.id = stranded.id
-         RETURNING jobs.id",
+         RETURNING jobs.id, jobs.batch_id IS NOT NULL",
     )
     .bind(after.as_secs_f64())
     .bind(queue::JOBS_EXCHANGE)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    for id in &ids {
-        outbox::insert(conn, &queue::JobMessage::outbox(*id, Duration::ZERO)).await?;
+    for (id, batch_item) in &rows {
+        outbox::insert(conn, &queue::JobMessage::routed(*id, *batch_item, Duration::ZERO)).await?;
     }
-    Ok(ids)
+    Ok(rows.into_iter().map(|(id, _)| id).collect())
 }
 
 /// Where a worker caught a panic while handling a delivery.
