@@ -15,6 +15,12 @@ pub(crate) const PROBLEM_JSON: &str = "application/problem+json";
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub(crate) struct FieldError {
+    /// The item's 0-based position, for an item of a batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) item: Option<usize>,
+    /// The item's 1-based line, for an item of an NDJSON batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) line: Option<u64>,
     pub(crate) field: String,
     pub(crate) message: String,
 }
@@ -22,8 +28,19 @@ pub(crate) struct FieldError {
 impl FieldError {
     pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
         Self {
+            item: None,
+            line: None,
             field: field.to_owned(),
             message: message.into(),
+        }
+    }
+
+    /// The same problem, placed at an item of a batch.
+    pub(crate) fn at(self, item: usize, line: Option<u64>) -> Self {
+        Self {
+            item: Some(item),
+            line,
+            ..self
         }
     }
 }
@@ -49,6 +66,12 @@ pub(crate) struct Problem {
 pub(crate) enum ApiError {
     #[error("validation failed")]
     Validation(Vec<FieldError>),
+    /// Items of a batch are invalid: the first problems, and how many items have one.
+    #[error("invalid batch items")]
+    InvalidItems {
+        errors: Vec<FieldError>,
+        invalid: usize,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -147,7 +170,7 @@ impl ApiError {
     fn class(&self) -> (StatusCode, &'static str, &'static str) {
         const BLANK: &str = "about:blank";
         match self {
-            Self::Validation(_) => (
+            Self::Validation(_) | Self::InvalidItems { .. } => (
                 StatusCode::BAD_REQUEST,
                 "urn:provisioner:problem:validation",
                 "Validation failed",
@@ -210,6 +233,14 @@ impl ApiError {
         match self {
             Self::Validation(errors) => {
                 problem.detail = "one or more fields are invalid; see `errors`".to_owned();
+                problem.errors = Some(errors);
+            }
+            Self::InvalidItems { errors, invalid } => {
+                let items = if invalid == 1 { "item is" } else { "items are" };
+                problem.detail = format!(
+                    "{invalid} {items} invalid; nothing was created; see `errors` (at most {})",
+                    crate::intake::MAX_REPORTED_ERRORS
+                );
                 problem.errors = Some(errors);
             }
             Self::MethodNotAllowed => {

@@ -5,6 +5,7 @@ mod auth;
 mod cli;
 mod error;
 mod extract;
+mod intake;
 #[doc(hidden)]
 pub mod fuzzing;
 mod metrics;

@@ -178,6 +178,7 @@ async fn record(
         sealed_password: sealed,
         idempotency_key: key,
         request_digest: Some(&sub.digest),
+        template_id: None,
     };
     match db::jobs::insert(&mut tx, new_job).await {
         Ok(job) => {

@@ -171,7 +171,7 @@ impl Checker<'_> {
                 ));
                 return None;
             }
-            return Some(TemplateSource::Upload);
+            return Some(TemplateSource::Stored(String::new()));
         }
         let url = self.text("templateUrl", 2048)?;
         match check_template_url(&url) {

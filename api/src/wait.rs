@@ -1,4 +1,4 @@
-//! Waiting for a job to change, woken by the database's job notifications (with a polling
+//! Waiting for a job (or a batch) to change, woken by the database's job notifications (with a polling
 //! fallback), for `Prefer: wait` and long-polling. Each client may hold a bounded number of
 //! waits at once; past it, a wait answers at once with the job as it is.
 
@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use provisioner_shared::db::{self, jobs::JobRow};
+use provisioner_shared::db::{self, batches::BatchRow, jobs::JobRow};
 use tokio::{sync::broadcast::error::RecvError, time::Instant};
 use uuid::Uuid;
 
@@ -67,6 +67,36 @@ pub(crate) async fn until(
     deadline: Instant,
     done: impl Fn(&JobRow) -> bool,
 ) -> Result<Option<JobRow>, sqlx::Error> {
+    let fetch = || db::jobs::find(&state.pool, id, owner);
+    watch(state, id, waiter, deadline, fetch, done).await
+}
+
+/// `until` for a batch (woken when it stops).
+pub(crate) async fn until_batch(
+    state: &AppState,
+    id: Uuid,
+    owner: Option<&str>,
+    waiter: &str,
+    deadline: Instant,
+    done: impl Fn(&BatchRow) -> bool,
+) -> Result<Option<BatchRow>, sqlx::Error> {
+    let fetch = || db::batches::find(&state.pool, id, owner);
+    watch(state, id, waiter, deadline, fetch, done).await
+}
+
+/// Reads the thing `id` with `fetch` until `done` holds, woken by notifications naming `id`.
+async fn watch<T, F, Fut>(
+    state: &AppState,
+    id: Uuid,
+    waiter: &str,
+    deadline: Instant,
+    fetch: F,
+    done: impl Fn(&T) -> bool,
+) -> Result<Option<T>, sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, sqlx::Error>>,
+{
     let slot = state.waits.take(waiter, state.settings.client_max_waits);
     let deadline = if slot.is_some() {
         deadline
@@ -77,11 +107,11 @@ pub(crate) async fn until(
     let mut changes = state.notifications.subscribe();
     let id_text = id.to_string();
     loop {
-        let Some(job) = db::jobs::find(&state.pool, id, owner).await? else {
+        let Some(thing) = fetch().await? else {
             return Ok(None);
         };
-        if done(&job) || Instant::now() >= deadline {
-            return Ok(Some(job));
+        if done(&thing) || Instant::now() >= deadline {
+            return Ok(Some(thing));
         }
         let poll = (Instant::now() + Duration::from_secs(2)).min(deadline);
         loop {

@@ -65,6 +65,13 @@ pub struct Settings {
     /// A queued job whose message was sent this long ago with no pending outbox message is
     /// sent again (its broker message may be lost).
     pub reconcile_after: Duration,
+    /// Most items one batch may hold (`413` past it; a JSON body holds at most 1,000).
+    pub batch_max_items: u32,
+    /// Unfinished batch items one client may have; a batch that would pass it is `429`.
+    pub client_max_batch_items: u32,
+    /// Batch items on the broker or running at once, cluster-wide: the dispatcher releases
+    /// held items fairly across clients within this window.
+    pub dispatch_window: u32,
 }
 
 impl Settings {
@@ -171,6 +178,18 @@ impl Settings {
             reconcile_after: seconds(
                 "PROVISIONER_RECONCILE_AFTER",
                 &var("PROVISIONER_RECONCILE_AFTER", "90"),
+            )?,
+            batch_max_items: positive(
+                "PROVISIONER_BATCH_MAX_ITEMS",
+                &var("PROVISIONER_BATCH_MAX_ITEMS", "100000"),
+            )?,
+            client_max_batch_items: positive(
+                "PROVISIONER_CLIENT_MAX_BATCH_ITEMS",
+                &var("PROVISIONER_CLIENT_MAX_BATCH_ITEMS", "1000000"),
+            )?,
+            dispatch_window: positive(
+                "PROVISIONER_DISPATCH_WINDOW",
+                &var("PROVISIONER_DISPATCH_WINDOW", "32"),
             )?,
         })
     }

@@ -2,7 +2,7 @@
 
 mod states;
 
-pub use states::{AuditAction, JobKind, JobStatus, TenantStatus};
+pub use states::{AuditAction, BatchStatus, JobKind, JobStatus, TenantStatus};
 
 use std::{collections::BTreeMap, fmt};
 
@@ -163,6 +163,28 @@ pub struct SkippedRange {
 pub struct JobError {
     pub title: String,
     pub detail: String,
+}
+
+/// How many items of a batch are in each state; the parts add up to `total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchCounts {
+    pub total: i32,
+    pub queued: i32,
+    pub running: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub cancelled: i32,
+}
+
+/// A batch as clients see it: the body of `GET /configapi/v2/batches/{id}` and its events' `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchView {
+    pub batch_id: Uuid,
+    pub status: BatchStatus,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub counts: BatchCounts,
 }
 
 /// A job as clients see it: the body of `GET /configapi/v2/jobs/{id}` and every event's `data`.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     db::{jobs::JobRow, outbox::OutboxMessage},
-    domain::JobView,
+    domain::{BatchView, JobView},
 };
 
 pub(crate) const JOBS_EXCHANGE: &str = "provisioner.jobs";
@@ -85,6 +85,31 @@ pub(crate) fn status_event(job: &JobView, version: i32) -> OutboxMessage {
     OutboxMessage {
         exchange: EVENTS_EXCHANGE.to_owned(),
         routing_key: format!("job.{status}"),
+        message_id: id.to_string(),
+        content_type: "application/cloudevents+json".to_owned(),
+        payload: serde_json::to_vec(&event).expect("event serializes"),
+        delay: std::time::Duration::ZERO,
+    }
+}
+
+/// The CloudEvent announcing that a batch stopped (`batch.completed` or `batch.cancelled`).
+pub(crate) fn batch_event(batch: &BatchView, version: i32) -> OutboxMessage {
+    let id = Uuid::now_v7();
+    let status = batch.status.as_str();
+    let event = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "/provisioner",
+        "type": format!("io.provisioner.batch.{status}"),
+        "subject": batch.batch_id,
+        "time": chrono::Utc::now(),
+        "datacontenttype": "application/json",
+        "batchversion": version,
+        "data": batch,
+    });
+    OutboxMessage {
+        exchange: EVENTS_EXCHANGE.to_owned(),
+        routing_key: format!("batch.{status}"),
         message_id: id.to_string(),
         content_type: "application/cloudevents+json".to_owned(),
         payload: serde_json::to_vec(&event).expect("event serializes"),

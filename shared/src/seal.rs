@@ -103,10 +103,31 @@ impl Sealer {
     /// A keyed digest (HMAC-SHA256, hex): equal inputs give equal digests, and a digest says
     /// nothing about a low-entropy input such as a password without the key.
     pub fn digest(&self, data: &[u8]) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key)
-            .expect("HMAC accepts keys of any length");
-        mac.update(data);
-        mac.finalize()
+        let mut digester = self.digester();
+        digester.update(data);
+        digester.finish()
+    }
+
+    /// `digest` of data that arrives in parts: equal to `digest` of the parts joined.
+    pub fn digester(&self) -> Digester {
+        Digester(
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key)
+                .expect("HMAC accepts keys of any length"),
+        )
+    }
+}
+
+/// A keyed digest being computed; see `Sealer::digester`.
+pub struct Digester(Hmac<Sha256>);
+
+impl Digester {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(self) -> String {
+        self.0
+            .finalize()
             .into_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -134,5 +155,9 @@ mod tests {
         assert_eq!(a.digest(b"x"), a.digest(b"x"));
         assert_ne!(a.digest(b"x"), a.digest(b"y"));
         assert_ne!(a.digest(b"x"), Sealer::from_key(&[2; 32]).digest(b"x"));
+        let mut parts = a.digester();
+        parts.update(b"ab");
+        parts.update(b"c");
+        assert_eq!(parts.finish(), a.digest(b"abc"));
     }
 }

@@ -61,33 +61,44 @@ async fn session(
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
         .await
         .context("setting the prefetch")?;
-    let tag = format!("provisioner-worker-{}", uuid::Uuid::new_v4());
-    let mut consumer = channel
-        .basic_consume(
-            queue::CREATE_TENANT_QUEUE.into(),
-            tag.clone().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("starting to consume")?;
+    // One consumer per job queue, each with the prefetch; the slots bound what runs, and give
+    // interactive deliveries the first free one.
+    let mut tags = Vec::new();
+    let mut streams = Vec::new();
+    for name in queue::JOB_QUEUES {
+        let tag = format!("provisioner-worker-{}", uuid::Uuid::new_v4());
+        let consumer = channel
+            .basic_consume(
+                name.into(),
+                tag.clone().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("starting to consume {name}"))?;
+        let interactive = name != queue::BATCH_QUEUE;
+        streams.push(consumer.map(move |d| (interactive, d)).boxed());
+        tags.push(tag);
+    }
+    let mut consumer = futures_util::stream::select_all(streams);
     tracing::info!(
-        queue = queue::CREATE_TENANT_QUEUE,
+        queues = ?queue::JOB_QUEUES,
         prefetch = ctx.settings.worker_concurrency,
         "consuming"
     );
     let result = loop {
         tokio::select! {
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
+                Some((interactive, Ok(delivery))) => {
                     in_flight.tasks.spawn(handle(
                         ctx.clone(),
                         delivery,
+                        interactive,
                         shutdown.clone(),
                         in_flight.abandon.clone(),
                     ));
                 }
-                Some(Err(e)) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
+                Some((_, Err(e))) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
             },
             () = shutdown.cancelled() => break Ok(()),
@@ -98,9 +109,11 @@ async fn session(
     // outcomes (their acks fail; the redeliveries find the jobs ended).
     if result.is_ok() {
         // Stop intake, let in-flight jobs finish within the deadline and settle.
-        let _ = channel
-            .basic_cancel(tag.into(), BasicCancelOptions::default())
-            .await;
+        for tag in tags {
+            let _ = channel
+                .basic_cancel(tag.into(), BasicCancelOptions::default())
+                .await;
+        }
         drain(ctx, in_flight).await;
         // Unacknowledged deliveries return to the queue when the connection closes.
         let _ = conn.close(200, "shutdown".into()).await;
@@ -130,12 +143,13 @@ async fn drain(ctx: &Context, in_flight: &InFlight) {
 async fn handle(
     ctx: Arc<Context>,
     delivery: Delivery,
+    interactive: bool,
     shutdown: CancellationToken,
     abandon: CancellationToken,
 ) {
     let acker = delivery.acker.clone();
     let _slot = tokio::select! {
-        slot = ctx.slots.clone().acquire_owned() => slot.expect("the slots are never closed"),
+        slot = ctx.slots.acquire(interactive) => slot,
         () = shutdown.cancelled() => {
             settle(&acker, Disposition::Requeue).await;
             return;

@@ -2,8 +2,10 @@
 //! under the advisory lock, and relays the outbox.
 
 mod consumer;
+mod dispatcher;
 mod fetch;
 mod jobs;
+mod slots;
 mod sweeper;
 mod tenant_write;
 
@@ -24,7 +26,8 @@ use crate::jobs::Context;
 /// At shutdown, how long the relay may take to publish what the last jobs committed.
 const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Runs consumer, lease sweeper and outbox relay until `shutdown`, then drains.
+/// Runs consumer, lease sweeper, batch dispatcher and outbox relay until `shutdown`, then
+/// drains.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = db::connect(
         &settings.database_url,
@@ -47,6 +50,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let background = Background::start(&pool, &settings.amqp_url);
     let sweeping = CancellationToken::new();
     let sweeper = tokio::spawn(sweeper::run(ctx.clone(), sweeping.clone()));
+    let dispatcher = tokio::spawn(dispatcher::run(
+        pool.clone(),
+        settings.dispatch_window,
+        background.notifications().clone(),
+        sweeping.clone(),
+    ));
     tracing::info!(
         concurrency = settings.worker_concurrency,
         db_version,
@@ -56,6 +65,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     consumer::run(ctx, shutdown).await;
     sweeping.cancel();
     let _ = sweeper.await;
+    let _ = dispatcher.await;
     // Publish what the last jobs committed before stopping the relay.
     background.stop(RELAY_DRAIN_DEADLINE).await;
     pool.close().await;

@@ -6,6 +6,7 @@
 //! `auth`, `error`, ...) but never a sibling route file.
 
 mod access_numbers;
+mod batches;
 mod create;
 mod export;
 mod health;
@@ -50,7 +51,10 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(tenants::list_tenants))
         .routes(routes!(tenants::get_tenant))
-        .routes(routes!(access_numbers::list_access_numbers));
+        .routes(routes!(access_numbers::list_access_numbers))
+        .routes(routes!(batches::list_batches))
+        .routes(routes!(batches::get_batch))
+        .routes(routes!(batches::batch_results));
     let export = OpenApiRouter::new().routes(routes!(export::export_tenant));
     let write = OpenApiRouter::new()
         .routes(create)
@@ -61,7 +65,10 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         .routes(routes!(tenants::deactivate_tenant))
         .routes(routes!(tenants::delete_tenant))
         .routes(routes!(access_numbers::create_access_numbers))
-        .routes(routes!(access_numbers::delete_access_numbers));
+        .routes(routes!(access_numbers::delete_access_numbers))
+        .routes(routes!(batches::create_batch))
+        .routes(routes!(batches::cancel_batch))
+        .routes(routes!(batches::retry_batch));
     vec![
         Group {
             scope: None,

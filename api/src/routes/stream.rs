@@ -92,7 +92,7 @@ pub(super) async fn create_from_stream(
         tenant_name: url.to_string(),
         admin: None,
         number_map: BTreeMap::new(),
-        template: TemplateSource::Upload,
+        template: TemplateSource::Stored(upload.sha256.clone()),
         lock_timeout,
     };
     let digest = state
@@ -146,7 +146,7 @@ pub(super) async fn import_tenant(
     .and_then(|u| TenantUrl::parse(&u).ok())
     .map(|u| u.to_string())
     .unwrap_or_default();
-    let params = ImportTenantParams { lock_timeout };
+    let params = ImportTenantParams { lock_timeout, template_id: upload.sha256.clone() };
     let digest = state
         .sealer
         .digest(format!("import\n{lock_timeout}\n{}", upload.sha256).as_bytes());

@@ -2,6 +2,7 @@
 //! transaction.
 
 pub mod access_numbers;
+pub mod batches;
 pub mod clients;
 pub mod jobs;
 pub mod locks;

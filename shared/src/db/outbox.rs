@@ -53,6 +53,38 @@ pub(crate) async fn insert(
     Ok(())
 }
 
+/// Inserts many messages in one statement (due at once, or after their delay).
+pub(crate) async fn insert_many(
+    conn: &mut PgConnection,
+    msgs: &[OutboxMessage],
+) -> Result<(), sqlx::Error> {
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
+    let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
+    let delays: Vec<f64> = msgs.iter().map(|m| m.delay.as_secs_f64()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload, available_at)
+         SELECT e, r, m, c, p, now() + make_interval(secs => d)
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[])
+              AS t(e, r, m, c, p, d)",
+    )
+    .bind(column(|m| &m.exchange))
+    .bind(column(|m| &m.routing_key))
+    .bind(column(|m| &m.message_id))
+    .bind(column(|m| &m.content_type))
+    .bind(&payloads)
+    .bind(&delays)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Locks up to `limit` due messages, oldest first, skipping those another relay holds.
 pub(crate) async fn lock_due(
     conn: &mut PgConnection,

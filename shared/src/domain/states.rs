@@ -45,6 +45,19 @@ macro_rules! text_enum {
 }
 
 text_enum! {
+    /// Where a batch is: running while any item is queued or running.
+    #[derive(utoipa::ToSchema)]
+    pub enum BatchStatus {
+        /// Some item is queued or running.
+        Running = "running",
+        /// Every item ended.
+        Completed = "completed",
+        /// Every item ended after a cancel was asked for while the batch ran.
+        Cancelled = "cancelled",
+    }
+}
+
+text_enum! {
     /// Where a job is in its life (drawn in `docs/job-lifecycle.md`).
     #[derive(utoipa::ToSchema)]
     pub enum JobStatus {

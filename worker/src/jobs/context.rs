@@ -11,11 +11,10 @@ use std::{
 use anyhow::Context as _;
 use provisioner_shared::{config::Settings, seal::Sealer, template::Limits};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::template::TemplateBudget;
-use crate::fetch::Fetcher;
+use crate::{fetch::Fetcher, slots::Slots};
 
 /// What every job handler may use.
 #[derive(Debug)]
@@ -34,7 +33,7 @@ pub(crate) struct Context {
     /// One permit per job this process may run at once (`worker_concurrency`), held until the
     /// delivery is settled: it outlives broker sessions, so jobs left running by a lost channel
     /// still count against the bound after the consumer reconnects.
-    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Slots>,
     /// Panics a test asked for (`PROVISIONER_TEST_PANIC`); none otherwise.
     pub(crate) faults: Faults,
 }
@@ -56,7 +55,7 @@ impl Context {
         let faults = Faults::parse(std::env::var(Faults::VARIABLE).ok().as_deref())
             .with_context(|| format!("reading {}", Faults::VARIABLE))?;
         Ok(Arc::new(Self {
-            slots: Arc::new(Semaphore::new(usize::from(settings.worker_concurrency))),
+            slots: Slots::new(usize::from(settings.worker_concurrency)),
             pool,
             settings,
             sealer,

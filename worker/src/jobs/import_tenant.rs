@@ -21,7 +21,7 @@ pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Fini
     let params: ImportTenantParams = params(job)?;
     // The reader checked the tenant's URL, name and SIP domain like request fields.
     let (template, _reserved) =
-        template::load(ctx, job, &TemplateSource::Upload, Versions::Upgradable).await?;
+        template::load(ctx, job, &TemplateSource::Stored(String::new()), Versions::Upgradable).await?;
     let actor = format!("client:{}", job.client_id);
     let plan = Plan::for_import(
         &template,

@@ -6,6 +6,7 @@ mod create_tenant;
 mod import_tenant;
 mod lease;
 mod outcome;
+mod pin;
 mod template;
 
 use std::sync::Arc;

@@ -115,13 +115,17 @@ async fn bytes(
     source: &TemplateSource,
 ) -> Result<bytes::Bytes, JobFailure> {
     let path = match source {
+        TemplateSource::Url(url) if job.batch_id.is_some() => {
+            let batch = job.batch_id.expect("matched");
+            return super::pin::bytes(ctx, batch, url).await;
+        }
         TemplateSource::Url(url) => {
             return ctx.fetcher.get(url).await.map_err(|e| match e {
                 FetchError::Permanent(detail) => JobFailure::BadTemplate(detail),
                 FetchError::Transient(detail) => JobFailure::transient(detail),
             });
         }
-        TemplateSource::Upload => uploads::path(&ctx.settings.upload_dir, job.id),
+        TemplateSource::Stored(_) => uploads::path(&ctx.settings.upload_dir, job.id),
     };
     let max = ctx.settings.template_max_bytes;
     match tokio::fs::read(&path).await {

@@ -115,7 +115,8 @@ pub async fn finish(
     transition(
         conn,
         transition_sql!("status = $3, code = $4, error = $5, tenant = $6, skipped_numbers = $7, lock_wait_ms = $8, finished_at = now(),
-         sealed_password = NULL, template_id = NULL, lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
+         sealed_password = CASE WHEN $3 = 'failed' AND batch_id IS NOT NULL THEN sealed_password END,
+         template_id = NULL, lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
         id,
         |q| q.bind(token).bind(status).bind(code).bind(error).bind(tenant).bind(skipped).bind(lock_wait_ms),
     )

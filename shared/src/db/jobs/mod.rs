@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::{
-    db::outbox,
+    db::{self, outbox},
     domain::{JobKind, JobStatus, JobView},
     queue,
 };
@@ -40,7 +40,7 @@ macro_rules! transition_sql {
     };
 }
 
-const COLUMNS: &str = columns!();
+pub(crate) const COLUMNS: &str = columns!();
 
 // After the macros: the submodules use them.
 mod lease;
@@ -168,7 +168,8 @@ pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, 
     Ok(row)
 }
 
-/// Writes the event of the transition that produced `row` and wakes waiters.
+/// Writes the event of the transition that produced `row` and wakes waiters; the end of a
+/// batch's last item stops the batch.
 async fn announce(conn: &mut PgConnection, row: &JobRow) -> Result<(), sqlx::Error> {
     outbox::insert(conn, &queue::status_event(&row.view(), row.version)).await?;
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -176,6 +177,9 @@ async fn announce(conn: &mut PgConnection, row: &JobRow) -> Result<(), sqlx::Err
         .bind(row.id.to_string())
         .execute(&mut *conn)
         .await?;
+    if let Some(batch) = row.batch_id.filter(|_| row.status.is_terminal()) {
+        db::batches::settle(conn, batch).await?;
+    }
     Ok(())
 }
 

@@ -1,0 +1,559 @@
+//! Accepting a batch: the body is read as it arrives (NDJSON line by line, or one bounded JSON
+//! document), every item is validated as a single create is, and valid items are inserted in
+//! chunks into one transaction, so the API holds at most a chunk of items whatever the batch's
+//! size. Any invalid item rolls everything back. The body's keyed digest makes an
+//! `Idempotency-Key` replay answer the same batch.
+
+use std::collections::{BTreeSet, HashSet};
+
+use axum::body::{Body, Bytes};
+use futures_util::StreamExt;
+use provisioner_shared::{
+    db::{
+        self,
+        batches::{BatchRow, CreateError, NewItem},
+    },
+    domain::TemplateSource,
+    seal::Digester,
+};
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, FieldError},
+    validate::{self, TemplateInput},
+};
+
+/// Most item problems one answer lists.
+pub(crate) const MAX_REPORTED_ERRORS: usize = 100;
+/// Most items a JSON body holds.
+pub(crate) const JSON_MAX_ITEMS: usize = 1_000;
+/// Largest JSON batch body.
+const JSON_MAX_BYTES: usize = 8 << 20;
+/// Largest NDJSON line (one item).
+pub(crate) const LINE_MAX_BYTES: usize = 64 << 10;
+/// Items inserted per statement.
+const CHUNK: usize = 1_000;
+
+/// How the batch's request ended.
+pub(crate) enum Accepted {
+    /// A new batch, committed.
+    New(BatchRow),
+    /// The batch an earlier request with the same key and body made.
+    Replay(BatchRow),
+}
+
+/// One batch being accepted.
+pub(crate) struct Intake<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    key: Option<&'a str>,
+    id: Uuid,
+    /// Opened with the first chunk, so a small batch holds no transaction while it is read.
+    tx: Option<Transaction<'static, Postgres>>,
+    digester: Option<Digester>,
+    /// Set when another request holds the key: the rest is only digested.
+    replay: Option<BatchRow>,
+    max_items: usize,
+    items: usize,
+    /// 128 bits of each tenant URL's SHA-256: duplicates found without keeping the URLs.
+    urls: HashSet<u128>,
+    errors: Vec<FieldError>,
+    invalid: usize,
+    chunk: Vec<NewItem>,
+    templates: BTreeSet<String>,
+}
+
+impl<'a> Intake<'a> {
+    pub(crate) fn new(
+        state: &'a AppState,
+        caller: &'a Caller,
+        key: Option<&'a str>,
+        max_items: usize,
+    ) -> Self {
+        Self {
+            state,
+            caller,
+            key,
+            id: Uuid::now_v7(),
+            tx: None,
+            digester: Some(state.sealer.digester()),
+            replay: None,
+            max_items,
+            items: 0,
+            urls: HashSet::new(),
+            errors: Vec::new(),
+            invalid: 0,
+            chunk: Vec::new(),
+            templates: BTreeSet::new(),
+        }
+    }
+
+    /// Looks for a batch this client made with the same key; found, the body is only digested.
+    pub(crate) async fn check_replay(&mut self) -> Result<(), ApiError> {
+        if let Some(key) = self.key {
+            self.replay =
+                db::batches::find_by_idempotency_key(&self.state.pool, &self.caller.client_id, key)
+                    .await?;
+        }
+        Ok(())
+    }
+
+    fn digest(&mut self, bytes: &[u8]) {
+        if let Some(d) = &mut self.digester {
+            d.update(bytes);
+        }
+    }
+
+    /// Reads an NDJSON body: one item per non-blank line.
+    pub(crate) async fn ndjson(&mut self, body: Body) -> Result<(), ApiError> {
+        let mut lines = Lines::new(body);
+        while let Some(line) = lines.next(&mut |b| self.digest(b)).await? {
+            if self.replay.is_some() {
+                continue;
+            }
+            match line {
+                Line::Text(number, text) => {
+                    if text.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let fields = match serde_json::from_slice::<Value>(&text) {
+                        Ok(Value::Object(fields)) => Ok(fields),
+                        Ok(_) => Err(FieldError::new("", "an item must be a JSON object")),
+                        Err(e) => Err(FieldError::new("", format!("not valid JSON: {e}"))),
+                    };
+                    self.item(Some(number), fields).await?;
+                }
+                Line::TooLong(number) => {
+                    let e = FieldError::new(
+                        "",
+                        format!("an item may be at most {LINE_MAX_BYTES} bytes"),
+                    );
+                    self.item(Some(number), Err(e)).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a JSON body: `{"defaults": {...}, "items": [...]}`.
+    pub(crate) async fn json(&mut self, body: Body) -> Result<(), ApiError> {
+        let bytes = read_bounded(body, JSON_MAX_BYTES).await?;
+        self.digest(&bytes);
+        if self.replay.is_some() {
+            return Ok(());
+        }
+        let Value::Object(mut doc) = serde_json::from_slice::<Value>(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?
+        else {
+            return Err(FieldError::new("", "the body must be a JSON object").into());
+        };
+        drop(bytes);
+        let mut problems = Vec::new();
+        for key in doc.keys().filter(|k| !matches!(k.as_str(), "defaults" | "items")) {
+            problems.push(FieldError::new(key, "unknown field"));
+        }
+        let defaults = match doc.remove("defaults") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(d)) => Some(d),
+            Some(_) => {
+                problems.push(FieldError::new("defaults", "must be an object"));
+                None
+            }
+        };
+        if defaults.as_ref().is_some_and(|d| d.contains_key("tenantUrl")) {
+            problems.push(FieldError::new(
+                "defaults.tenantUrl",
+                "each item names its own tenantUrl",
+            ));
+        }
+        let items = match doc.remove("items") {
+            Some(Value::Array(items)) if !items.is_empty() => items,
+            Some(Value::Array(_)) => {
+                problems.push(FieldError::new("items", "must hold at least one item"));
+                Vec::new()
+            }
+            None | Some(Value::Null) => {
+                problems.push(FieldError::new("items", "is required"));
+                Vec::new()
+            }
+            Some(_) => {
+                problems.push(FieldError::new("items", "must be an array"));
+                Vec::new()
+            }
+        };
+        if !problems.is_empty() {
+            return Err(ApiError::Validation(problems));
+        }
+        let limit = JSON_MAX_ITEMS.min(self.max_items);
+        if items.len() > limit {
+            return Err(too_many(limit, "a JSON body; send NDJSON for more"));
+        }
+        for item in items {
+            let fields = match item {
+                Value::Object(fields) => Ok(with_defaults(defaults.as_ref(), fields)),
+                _ => Err(FieldError::new("", "an item must be a JSON object")),
+            };
+            self.item(None, fields).await?;
+        }
+        Ok(())
+    }
+
+    /// Validates one item and queues it for insertion.
+    async fn item(
+        &mut self,
+        line: Option<u64>,
+        fields: Result<Map<String, Value>, FieldError>,
+    ) -> Result<(), ApiError> {
+        let index = self.items;
+        self.items += 1;
+        if self.items > self.max_items {
+            return Err(too_many(self.max_items, "a batch"));
+        }
+        let checked = fields
+            .map_err(|e| vec![e])
+            .and_then(|fields| self.check(fields));
+        let request = match checked {
+            Ok(request) => request,
+            Err(errors) => {
+                self.invalid += 1;
+                let room = MAX_REPORTED_ERRORS.saturating_sub(self.errors.len());
+                self.errors
+                    .extend(errors.into_iter().take(room).map(|e| e.at(index, line)));
+                self.chunk.clear();
+                return Ok(());
+            }
+        };
+        if self.invalid > 0 {
+            // Nothing will be created: only validation goes on.
+            return Ok(());
+        }
+        let job_id = Uuid::now_v7();
+        let sealed_password = self.state.sealer.seal(
+            request.password.expose_secret().as_bytes(),
+            job_id.as_bytes(),
+        );
+        let template_id = match &request.params.template {
+            TemplateSource::Stored(id) => {
+                self.templates.insert(id.clone());
+                Some(id.clone())
+            }
+            TemplateSource::Url(_) => None,
+        };
+        self.chunk.push(NewItem {
+            job_id,
+            item: i32::try_from(index).expect("items are capped far below i32::MAX"),
+            tenant_url: request.tenant_url.to_string(),
+            params: serde_json::to_value(&request.params).expect("params serialize"),
+            sealed_password,
+            template_id,
+        });
+        if self.chunk.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// One item's checks: those of a single create, plus its `tenantUrl`, distinct in the batch.
+    fn check(
+        &mut self,
+        mut fields: Map<String, Value>,
+    ) -> Result<validate::CreateRequest, Vec<FieldError>> {
+        let url = fields.remove("tenantUrl");
+        let (raw_url, url_problem) = match &url {
+            Some(Value::String(s)) => (s.as_str(), None),
+            None | Some(Value::Null) => ("", Some("is required")),
+            Some(_) => ("", Some("must be a string")),
+        };
+        let result = validate::create_request(raw_url, &fields, TemplateInput::Json);
+        let mut errors: Vec<FieldError> = match &result {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors
+                .iter()
+                .map(|e| match (e.field.as_str(), url_problem) {
+                    ("tenant_url", Some(problem)) => FieldError::new("tenantUrl", problem),
+                    ("tenant_url", None) => FieldError::new("tenantUrl", e.message.clone()),
+                    _ => e.clone(),
+                })
+                .collect(),
+        };
+        if let Ok(request) = &result {
+            let digest = Sha256::digest(request.tenant_url.as_str().as_bytes());
+            let short = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
+            if !self.urls.insert(short) {
+                errors.push(FieldError::new(
+                    "tenantUrl",
+                    format!(
+                        "{} is named by an earlier item; tenant URLs must be distinct",
+                        request.tenant_url
+                    ),
+                ));
+            }
+        }
+        match result {
+            Ok(request) if errors.is_empty() => Ok(request),
+            _ => Err(errors),
+        }
+    }
+
+    /// Inserts the queued items (opening the batch with the first chunk).
+    async fn flush(&mut self) -> Result<(), ApiError> {
+        if self.chunk.is_empty() || self.replay.is_some() {
+            return Ok(());
+        }
+        if self.tx.is_none() {
+            let mut tx = self.state.pool.begin().await?;
+            match db::batches::create(&mut tx, self.id, &self.caller.client_id, self.key).await {
+                Ok(()) => self.tx = Some(tx),
+                Err(CreateError::IdempotencyKeyTaken) => {
+                    drop(tx);
+                    // A concurrent request with the key committed first: answer its batch.
+                    self.check_replay().await?;
+                    self.chunk.clear();
+                    return Ok(());
+                }
+                Err(CreateError::Database(e)) => return Err(e.into()),
+            }
+        }
+        let tx = self.tx.as_mut().expect("opened above");
+        db::batches::insert_items(tx, self.id, &self.caller.client_id, &self.chunk).await?;
+        self.chunk.clear();
+        Ok(())
+    }
+
+    /// After the whole body: commits the batch, or answers the problems found.
+    pub(crate) async fn finish(mut self) -> Result<Accepted, ApiError> {
+        let digest = self.digester.take().expect("digested once").finish();
+        if let Some(batch) = self.replay.take() {
+            return replayed(batch, &digest);
+        }
+        if self.invalid > 0 {
+            return Err(ApiError::InvalidItems {
+                errors: std::mem::take(&mut self.errors),
+                invalid: self.invalid,
+            });
+        }
+        if self.items == 0 {
+            return Err(FieldError::new("items", "a batch holds at least one item").into());
+        }
+        self.flush().await?;
+        if let Some(batch) = self.replay.take() {
+            return replayed(batch, &digest);
+        }
+        let mut tx = self.tx.take().expect("a valid non-empty batch has a transaction");
+        let client = &self.caller.client_id;
+        db::batches::lock_admission(&mut tx, client).await?;
+        let cap = i64::from(self.state.settings.client_max_batch_items);
+        // This batch's items are inserted already: they count among the unfinished.
+        let unfinished = db::batches::unfinished_items(&mut *tx, client).await?;
+        if unfinished > cap {
+            return Err(ApiError::TooManyRequests {
+                detail: format!(
+                    "this batch would give the client {unfinished} unfinished batch items; \
+                     its limit is {cap}; retry when some have ended"
+                ),
+                retry_after: 30,
+            });
+        }
+        let templates: Vec<String> = self.templates.iter().cloned().collect();
+        db::batches::pin_templates(&mut tx, self.id, &templates).await?;
+        let batch = db::batches::set_digest(&mut tx, self.id, &digest).await?;
+        tx.commit().await?;
+        tracing::info!(batch.id = %batch.id, items = batch.total, "batch accepted");
+        Ok(Accepted::New(batch))
+    }
+}
+
+/// The earlier batch, if this request is the same as the one that made it.
+fn replayed(batch: BatchRow, digest: &str) -> Result<Accepted, ApiError> {
+    if batch.request_digest.as_deref() == Some(digest) {
+        Ok(Accepted::Replay(batch))
+    } else {
+        Err(ApiError::Unprocessable(
+            "this Idempotency-Key was used with a different request".to_owned(),
+        ))
+    }
+}
+
+fn too_many(max: usize, what: &str) -> ApiError {
+    ApiError::PayloadTooLarge(format!("{what} holds at most {max} items"))
+}
+
+/// An item's fields over the defaults; an item naming `templateUrl` or `templateId` replaces
+/// the defaults' choice of template.
+fn with_defaults(defaults: Option<&Map<String, Value>>, item: Map<String, Value>) -> Map<String, Value> {
+    let Some(defaults) = defaults else {
+        return item;
+    };
+    let names_template = item.contains_key("templateUrl") || item.contains_key("templateId");
+    let mut merged: Map<String, Value> = defaults
+        .iter()
+        .filter(|(k, _)| !(names_template && matches!(k.as_str(), "templateUrl" | "templateId")))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    merged.extend(item);
+    merged
+}
+
+/// The whole body, refused with `413` past `max` bytes.
+async fn read_bounded(body: Body, max: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > max {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "a JSON batch body may be at most {max} bytes; send NDJSON for more"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.into())
+}
+
+/// One line of an NDJSON body.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// The 1-based line number and its bytes (without the newline).
+    Text(u64, Vec<u8>),
+    /// A line longer than `LINE_MAX_BYTES`, skipped.
+    TooLong(u64),
+}
+
+/// Splits a body into lines as it arrives, holding at most one line (bounded) at a time.
+struct Lines {
+    stream: axum::body::BodyDataStream,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a newline.
+    searched: usize,
+    /// Inside a line past the limit: its bytes are dropped until its newline.
+    skipping: bool,
+    number: u64,
+    ended: bool,
+}
+
+impl Lines {
+    fn new(body: Body) -> Self {
+        Self {
+            stream: body.into_data_stream(),
+            buf: Vec::new(),
+            searched: 0,
+            skipping: false,
+            number: 0,
+            ended: false,
+        }
+    }
+
+    /// The next line; `seen` gets every byte of the body once, in order.
+    async fn next(&mut self, seen: &mut impl FnMut(&[u8])) -> Result<Option<Line>, ApiError> {
+        loop {
+            if let Some(pos) = self.buf[self.searched..].iter().position(|b| *b == b'\n') {
+                let end = self.searched + pos;
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                self.searched = 0;
+                self.number += 1;
+                if std::mem::take(&mut self.skipping) {
+                    return Ok(Some(Line::TooLong(self.number)));
+                }
+                return Ok(Some(Line::Text(self.number, line)));
+            }
+            self.searched = self.buf.len();
+            if self.buf.len() > LINE_MAX_BYTES {
+                self.buf.clear();
+                self.searched = 0;
+                self.skipping = true;
+            }
+            if self.ended {
+                if self.buf.is_empty() && !self.skipping {
+                    return Ok(None);
+                }
+                self.number += 1;
+                let line = std::mem::take(&mut self.buf);
+                self.searched = 0;
+                if std::mem::take(&mut self.skipping) {
+                    return Ok(Some(Line::TooLong(self.number)));
+                }
+                return Ok(Some(Line::Text(self.number, line)));
+            }
+            match self.stream.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    seen(&chunk);
+                    self.buf.extend_from_slice(&chunk);
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(parts: Vec<&'static [u8]>) -> (Vec<Line>, Vec<u8>) {
+        let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
+        let mut lines = Lines::new(Body::from_stream(stream));
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        while let Some(line) = lines
+            .next(&mut |b: &[u8]| seen.extend_from_slice(b))
+            .await
+            .unwrap()
+        {
+            out.push(line);
+        }
+        (out, seen)
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_across_chunks_numbered_and_every_byte_is_seen() {
+        let (lines, seen) = lines_of(vec![b"{\"a\"", b":1}\n\n  \n{\"b\":2}", b"\n{\"c\":3}"]).await;
+        assert_eq!(
+            lines,
+            vec![
+                Line::Text(1, b"{\"a\":1}".to_vec()),
+                Line::Text(2, b"".to_vec()),
+                Line::Text(3, b"  ".to_vec()),
+                Line::Text(4, b"{\"b\":2}".to_vec()),
+                Line::Text(5, b"{\"c\":3}".to_vec()),
+            ]
+        );
+        assert_eq!(seen, b"{\"a\":1}\n\n  \n{\"b\":2}\n{\"c\":3}");
+    }
+
+    #[tokio::test]
+    async fn an_overlong_line_is_reported_by_number_without_being_kept() {
+        let long: &'static [u8] = Box::leak(vec![b'x'; LINE_MAX_BYTES + 10].into_boxed_slice());
+        let (lines, _) = lines_of(vec![b"{}\n", long, long, b"\n{}\n", long]).await;
+        assert_eq!(
+            lines,
+            vec![
+                Line::Text(1, b"{}".to_vec()),
+                Line::TooLong(2),
+                Line::Text(3, b"{}".to_vec()),
+                Line::TooLong(4),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_item_naming_a_template_replaces_the_defaults_choice() {
+        let defaults = serde_json::json!({"templateUrl": "https://t/a.zip", "tenantName": "D"});
+        let defaults = defaults.as_object().unwrap();
+        let item = serde_json::json!({"templateId": "ab", "tenantName": "I"});
+        let merged = with_defaults(Some(defaults), item.as_object().unwrap().clone());
+        assert_eq!(merged.get("templateUrl"), None);
+        assert_eq!(merged["templateId"], "ab");
+        assert_eq!(merged["tenantName"], "I");
+        let plain = serde_json::json!({"lastName": "L"});
+        let merged = with_defaults(Some(defaults), plain.as_object().unwrap().clone());
+        assert_eq!(merged["templateUrl"], "https://t/a.zip");
+    }
+}

@@ -1,0 +1,386 @@
+//! Batches: accept (JSON or NDJSON), read (with long-poll), list, results, cancel, retry.
+
+use axum::{
+    Extension, Json,
+    body::Body,
+    extract::{Request, State},
+    http::{StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use futures_util::{StreamExt, stream};
+use provisioner_shared::{
+    db::{self, batches::NewItem},
+    domain::{BatchStatus, BatchView, JobError, JobStatus, TemplateSource, TenantSummary},
+};
+use serde::Serialize;
+use tokio::time::Instant;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, FieldError},
+    extract::{
+        Page, PageQuery, PathText, clamped_seconds, job_key, job_key_text, media_type,
+        not_a_cursor, query_param,
+    },
+    intake::{Accepted, Intake},
+    openapi::shapes::{IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
+    submit::Answer,
+    wait,
+};
+
+/// Longest long-poll, seconds.
+const MAX_POLL_WAIT: u64 = 60;
+/// Items read per query while results are streamed, and retried per statement.
+const PAGE: i64 = 1_000;
+
+fn batch_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no batch {raw}")))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no batch {id}"))
+}
+
+fn accepted(status: StatusCode, batch: BatchView) -> Response {
+    let location = format!("/configapi/v2/batches/{}", batch.batch_id);
+    (status, [(header::LOCATION, location)], Json(batch)).into_response()
+}
+
+/// A batch body: JSON with `defaults` and up to 1,000 `items`.
+#[expect(dead_code, reason = "documents the body that is read item by item")]
+#[derive(Debug, ToSchema)]
+pub(super) struct BatchRequest {
+    /// Fields every item has unless it names its own (`templateUrl` and `templateId` are one choice).
+    defaults: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Create bodies, each with its `tenantUrl`.
+    items: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Accepts a batch of creates: every item is validated, and none is created unless all are valid.
+#[utoipa::path(post, path = "/configapi/v2/batches", tag = "batches", operation_id = "createBatch",
+    params(("Idempotency-Key" = inline(Option<IdempotencyKeyText>), Header, description = "Same key and body: the same batch")),
+    request_body(content((BatchRequest = "application/json"), (String = "application/x-ndjson")),
+        description = "JSON with defaults and 1-1,000 items, or NDJSON with one item per line"),
+    responses(
+        (status = 202, description = "Accepted: the batch", body = BatchView,
+            headers(("Location" = String, description = "/configapi/v2/batches/{batchId}"))),
+        (status = 400, description = "Invalid items (each named by item, and line for NDJSON); nothing created"),
+        (status = 413, description = "Too many items"),
+        (status = 415, description = "Neither JSON nor NDJSON"),
+        (status = 422, description = "The Idempotency-Key was used with another body"),
+        (status = 429, description = "The client's unfinished batch items would pass its limit (Retry-After)")))]
+pub(super) async fn create_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    answer: Answer,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let ndjson = match media_type(request.headers()).as_str() {
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => true,
+        "application/json" => false,
+        "" => {
+            return Err(ApiError::UnsupportedMediaType(
+                "Content-Type is missing; send application/json or application/x-ndjson"
+                    .to_owned(),
+            ));
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type {other} is not supported here; send application/json or application/x-ndjson"
+            )));
+        }
+    };
+    let key = answer.idempotency_key.key()?;
+    let max_items = usize::try_from(state.settings.batch_max_items).unwrap_or(usize::MAX);
+    let mut intake = Intake::new(&state, &caller, key, max_items);
+    intake.check_replay().await?;
+    let body = request.into_body();
+    if ndjson {
+        intake.ndjson(body).await?;
+    } else {
+        intake.json(body).await?;
+    }
+    match intake.finish().await? {
+        Accepted::New(batch) | Accepted::Replay(batch) => {
+            Ok(accepted(StatusCode::ACCEPTED, batch.view()))
+        }
+    }
+}
+
+/// The batch; with `?wait=N` it answers as soon as the batch stops running, or after N s.
+#[utoipa::path(get, path = "/configapi/v2/batches/{batch_id}", tag = "batches", operation_id = "getBatch",
+    params(("batch_id" = inline(JobIdText), Path),
+        ("wait" = inline(Option<WaitSeconds>), Query, description = "Long-poll up to N s (<= 60, larger values clamped)")),
+    responses(
+        (status = 200, description = "The batch", body = BatchView),
+        (status = 400, description = "Invalid wait"),
+        (status = 404, description = "No such batch for this client")))]
+pub(super) async fn get_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathText(raw): PathText,
+    uri: Uri,
+) -> Result<Json<BatchView>, ApiError> {
+    let id = batch_id(&raw)?;
+    let wait_secs = match query_param(&uri, "wait") {
+        None => 0,
+        Some(w) => clamped_seconds(&w, MAX_POLL_WAIT).ok_or_else(|| {
+            FieldError::new("wait", "must be a non-negative integer of seconds")
+        })?,
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let batch = wait::until_batch(
+        &state,
+        id,
+        caller.sees(),
+        &caller.client_id,
+        deadline,
+        |b| b.status != BatchStatus::Running,
+    )
+    .await?
+    .ok_or_else(|| not_found(id))?;
+    Ok(Json(batch.view()))
+}
+
+/// The client's batches (every client's for an operator), newest first.
+#[utoipa::path(get, path = "/configapi/v2/batches", tag = "batches", operation_id = "listBatches",
+    params(("limit" = inline(Option<PageLimit>), Query, description = "1-500, default 50; larger values are clamped"),
+        ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
+    responses(
+        (status = 200, description = "Batches, newest first", body = Page<BatchView>),
+        (status = 400, description = "Invalid limit or cursor")))]
+pub(super) async fn list_batches(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Result<Json<Page<BatchView>>, ApiError> {
+    let mut errors = Vec::new();
+    let page = PageQuery::read(&uri, &mut errors);
+    let after = page.after.as_deref().and_then(|c| {
+        let key = job_key(c);
+        if key.is_none() {
+            errors.push(not_a_cursor());
+        }
+        key
+    });
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let rows = db::batches::list(&state.pool, caller.sees(), after, page.fetch()).await?;
+    Ok(Json(page.page(
+        rows,
+        |last| job_key_text(last.created_at, last.id),
+        |row| row.view(),
+    )))
+}
+
+/// One line of a batch's results: the item's newest job.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ItemResult {
+    item: i32,
+    tenant_url: String,
+    job_id: Uuid,
+    status: JobStatus,
+    code: Option<i32>,
+    error: Option<JobError>,
+    tenant: Option<TenantSummary>,
+}
+
+/// `?status=`: one of the job statuses.
+fn status_param(uri: &Uri) -> Result<Option<JobStatus>, ApiError> {
+    query_param(uri, "status")
+        .map(|raw| {
+            JobStatus::parse(&raw).ok_or_else(|| {
+                FieldError::new(
+                    "status",
+                    "must be queued, running, succeeded, failed or cancelled",
+                )
+                .into()
+            })
+        })
+        .transpose()
+}
+
+/// The batch's items in order, one NDJSON line each (its newest job), streamed page by page.
+#[utoipa::path(get, path = "/configapi/v2/batches/{batch_id}/results", tag = "batches", operation_id = "getBatchResults",
+    params(("batch_id" = inline(JobIdText), Path),
+        ("status" = Option<JobStatus>, Query, description = "Only the items whose newest job has this status")),
+    responses(
+        (status = 200, description = "One line per item, in item order", content_type = "application/x-ndjson", body = ItemResult),
+        (status = 400, description = "Invalid status"),
+        (status = 404, description = "No such batch for this client")))]
+pub(super) async fn batch_results(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathText(raw): PathText,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let id = batch_id(&raw)?;
+    let status = status_param(&uri)?;
+    db::batches::find(&state.pool, id, caller.sees())
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let pool = state.pool.clone();
+    // Keyset pages: no transaction or connection is held while a slow client reads.
+    let pages = stream::unfold(Some(-1), move |after| {
+        let pool = pool.clone();
+        async move {
+            let after = after?;
+            match db::batches::results(&pool, id, status, after, PAGE).await {
+                Ok(rows) => {
+                    let next = (rows.len() as i64 == PAGE)
+                        .then(|| rows.last().and_then(|r| r.batch_item))
+                        .flatten();
+                    let mut text = Vec::new();
+                    for row in rows {
+                        let view = row.view();
+                        let line = ItemResult {
+                            item: row.batch_item.unwrap_or_default(),
+                            tenant_url: view.tenant_url,
+                            job_id: view.job_id,
+                            status: view.status,
+                            code: view.code,
+                            error: view.error,
+                            tenant: view.tenant,
+                        };
+                        serde_json::to_writer(&mut text, &line).expect("results serialize");
+                        text.push(b'\n');
+                    }
+                    Some((Ok::<_, sqlx::Error>(text), next))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch.id = %id, "reading batch results failed");
+                    Some((Err(e), None))
+                }
+            }
+        }
+    })
+    .filter(|page| std::future::ready(!matches!(page, Ok(text) if text.is_empty())));
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(pages),
+    )
+        .into_response())
+}
+
+/// Cancels a batch: queued items are cancelled, running ones finish. Idempotent.
+#[utoipa::path(post, path = "/configapi/v2/batches/{batch_id}/cancel", tag = "batches", operation_id = "cancelBatch",
+    params(("batch_id" = inline(JobIdText), Path)),
+    responses(
+        (status = 200, description = "The batch", body = BatchView),
+        (status = 404, description = "No such batch for this client")))]
+pub(super) async fn cancel_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathText(raw): PathText,
+) -> Result<Json<BatchView>, ApiError> {
+    let id = batch_id(&raw)?;
+    let mut tx = state.pool.begin().await?;
+    let batch = db::batches::cancel(&mut tx, id, caller.sees())
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    tx.commit().await?;
+    Ok(Json(batch.view()))
+}
+
+/// `?code=C,C`: job codes.
+fn codes_param(uri: &Uri) -> Result<Option<Vec<i32>>, ApiError> {
+    let Some(raw) = query_param(uri, "code") else {
+        return Ok(None);
+    };
+    raw.split(',')
+        .map(|c| match c.trim().parse::<i32>() {
+            Ok(code) if (100..=599).contains(&code) => Ok(code),
+            _ => Err(FieldError::new("code", "must be HTTP status codes separated by commas").into()),
+        })
+        .collect::<Result<Vec<_>, ApiError>>()
+        .map(Some)
+}
+
+/// Gives every item whose newest job failed (with one of the codes, if given) a new job.
+#[utoipa::path(post, path = "/configapi/v2/batches/{batch_id}/retry", tag = "batches", operation_id = "retryBatch",
+    params(("batch_id" = inline(JobIdText), Path),
+        ("code" = Option<String>, Query, description = "Only items that failed with one of these codes, comma-separated")),
+    responses(
+        (status = 202, description = "Items retried: the batch, running again", body = BatchView),
+        (status = 200, description = "Nothing to retry: the batch", body = BatchView),
+        (status = 400, description = "Invalid code"),
+        (status = 404, description = "No such batch for this client")))]
+pub(super) async fn retry_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    PathText(raw): PathText,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let id = batch_id(&raw)?;
+    let codes = codes_param(&uri)?;
+    let mut tx = state.pool.begin().await?;
+    let batch = db::batches::lock_for_retry(&mut tx, id, caller.sees())
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let mut after = -1;
+    let mut retried = 0usize;
+    loop {
+        let failed =
+            db::batches::failed_items(&mut tx, id, codes.as_deref(), after, PAGE).await?;
+        let Some(last) = failed.last() else { break };
+        after = last.item;
+        let mut old_jobs = Vec::with_capacity(failed.len());
+        let mut items = Vec::with_capacity(failed.len());
+        for old in failed {
+            let item = renewed(&state, &old)?;
+            old_jobs.push(old.job_id);
+            items.push(item);
+        }
+        if retried == 0 {
+            db::batches::reopen(&mut tx, id).await?;
+        }
+        retried += items.len();
+        db::batches::replace_items(&mut tx, id, &batch.client_id, &old_jobs, &items).await?;
+    }
+    if retried == 0 {
+        return Ok((StatusCode::OK, Json(batch.view())).into_response());
+    }
+    let batch = db::batches::find(&mut *tx, id, None)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    tx.commit().await?;
+    tracing::info!(batch.id = %id, items = retried, "batch items retried");
+    Ok(accepted(StatusCode::ACCEPTED, batch.view()))
+}
+
+/// A new job for a failed item: the same parameters, its password sealed again for the new id.
+fn renewed(state: &AppState, old: &db::batches::FailedItem) -> Result<NewItem, ApiError> {
+    let sealed = old.sealed_password.as_deref().ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "batch item {} has no sealed password to retry with",
+            old.item
+        ))
+    })?;
+    let password = state
+        .sealer
+        .open(sealed, old.job_id.as_bytes())
+        .map_err(anyhow::Error::from)?;
+    let job_id = Uuid::now_v7();
+    let template_id = match serde_json::from_value::<provisioner_shared::domain::CreateTenantParams>(
+        old.params.clone(),
+    ) {
+        Ok(params) => match params.template {
+            TemplateSource::Stored(id) => Some(id),
+            TemplateSource::Url(_) => None,
+        },
+        Err(e) => return Err(ApiError::Internal(e.into())),
+    };
+    Ok(NewItem {
+        job_id,
+        item: old.item,
+        tenant_url: old.tenant_url.clone(),
+        params: old.params.clone(),
+        sealed_password: state.sealer.seal(&password, job_id.as_bytes()),
+        template_id,
+    })
+}

@@ -1,0 +1,448 @@
+//! Batches: their items accepted in bulk, counts kept exact by a trigger on `jobs` (see the
+//! migration `20261203000001`), the stop announced once when the last item ends, cancel, retry,
+//! results in item order; the dispatcher's fair release of held items (`dispatch`) and the one
+//! download per batch and template URL (`downloads`).
+
+mod dispatch;
+mod downloads;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+pub use self::{
+    dispatch::release,
+    downloads::{DownloadFailure, DownloadState, download_done, download_failed, download_state},
+};
+use crate::{
+    db::{
+        jobs::{self, JobRow},
+        outbox::{self, OutboxMessage},
+    },
+    domain::{BatchCounts, BatchStatus, BatchView},
+    queue,
+};
+
+const COLUMNS: &str = "id, client_id, status, cancel_requested, total, queued, running, \
+     succeeded, failed, cancelled, held, version, idempotency_key, request_digest, created_at, \
+     finished_at";
+
+/// The channel on which a batch's stop is announced (payload: the batch id); the same channel
+/// as job changes, so one listener serves every wait.
+const NOTIFY_CHANNEL: &str = jobs::NOTIFY_CHANNEL;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BatchRow {
+    pub id: Uuid,
+    pub client_id: String,
+    pub status: BatchStatus,
+    pub cancel_requested: bool,
+    pub total: i32,
+    pub queued: i32,
+    pub running: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub cancelled: i32,
+    /// Queued items the dispatcher has not released to the broker yet.
+    pub held: i32,
+    pub version: i32,
+    pub idempotency_key: Option<String>,
+    pub request_digest: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl BatchRow {
+    pub fn view(&self) -> BatchView {
+        BatchView {
+            batch_id: self.id,
+            status: self.status,
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+            counts: BatchCounts {
+                total: self.total,
+                queued: self.queued,
+                running: self.running,
+                succeeded: self.succeeded,
+                failed: self.failed,
+                cancelled: self.cancelled,
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("the idempotency key is taken")]
+    IdempotencyKeyTaken,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Opens a batch with no items yet (its counts grow as `insert_items` adds them). A key another
+/// batch of the client holds is `IdempotencyKeyTaken` (a concurrent holder is waited for).
+pub async fn create(
+    conn: &mut PgConnection,
+    id: Uuid,
+    client_id: &str,
+    idempotency_key: Option<&str>,
+) -> Result<(), CreateError> {
+    sqlx::query("INSERT INTO batches (id, client_id, idempotency_key) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(client_id)
+        .bind(idempotency_key)
+        .execute(conn)
+        .await
+        .map_err(|e| {
+            if super::violates(&e, "batches_idempotency") {
+                CreateError::IdempotencyKeyTaken
+            } else {
+                CreateError::Database(e)
+            }
+        })?;
+    Ok(())
+}
+
+/// One item of a batch being accepted: its job, queued and held until the dispatcher releases it.
+#[derive(Debug)]
+pub struct NewItem {
+    pub job_id: Uuid,
+    pub item: i32,
+    pub tenant_url: String,
+    pub params: Value,
+    pub sealed_password: Vec<u8>,
+    /// The stored template the item names (pinned by the batch too).
+    pub template_id: Option<String>,
+}
+
+/// Inserts items' jobs in one statement, with their `job.queued` events.
+pub async fn insert_items(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    client_id: &str,
+    items: &[NewItem],
+) -> Result<(), sqlx::Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = items.iter().map(|i| i.job_id).collect();
+    let positions: Vec<i32> = items.iter().map(|i| i.item).collect();
+    let urls: Vec<&str> = items.iter().map(|i| i.tenant_url.as_str()).collect();
+    let params: Vec<&Value> = items.iter().map(|i| &i.params).collect();
+    let sealed: Vec<&[u8]> = items.iter().map(|i| i.sealed_password.as_slice()).collect();
+    let templates: Vec<Option<&str>> = items.iter().map(|i| i.template_id.as_deref()).collect();
+    let rows: Vec<JobRow> = sqlx::query_as(&format!(
+        "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
+                           template_id, batch_id, batch_item)
+         SELECT id, 'createTenant', url, 'queued', $7, params, sealed, template, $8, item
+         FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[])
+              AS i(id, item, url, params, sealed, template)
+         RETURNING {}",
+        jobs::COLUMNS
+    ))
+    .bind(&ids)
+    .bind(&positions)
+    .bind(&urls)
+    .bind(&params)
+    .bind(&sealed)
+    .bind(&templates)
+    .bind(client_id)
+    .bind(batch_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let events: Vec<OutboxMessage> = rows
+        .iter()
+        .map(|row| queue::status_event(&row.view(), row.version))
+        .collect();
+    outbox::insert_many(conn, &events).await
+}
+
+/// Pins stored templates to the batch: they are kept as long as it is.
+pub async fn pin_templates(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    template_ids: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO batch_templates (batch_id, template_id)
+         SELECT $1, t FROM UNNEST($2::text[]) AS t ON CONFLICT DO NOTHING",
+    )
+    .bind(batch_id)
+    .bind(template_ids)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Records the digest of the request that made the batch (for idempotent replays).
+pub async fn set_digest(
+    conn: &mut PgConnection,
+    id: Uuid,
+    digest: &str,
+) -> Result<BatchRow, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE batches SET request_digest = $2 WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(digest)
+    .fetch_one(conn)
+    .await
+}
+
+/// Batch items of `client_id` still queued or running (for its cap). Reads one row per
+/// unfinished batch of the client, not its items.
+pub async fn unfinished_items(
+    exec: impl PgExecutor<'_>,
+    client_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(queued + running), 0)::bigint FROM batches
+         WHERE client_id = $1 AND status = 'running'",
+    )
+    .bind(client_id)
+    .fetch_one(exec)
+    .await
+}
+
+/// Serializes the admission of a client's batches until the transaction ends, so that two
+/// batches accepted at once cannot both pass the client's cap.
+pub async fn lock_admission(conn: &mut PgConnection, client_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('provisioner:batch-admission:' || $1, 0))")
+        .bind(client_id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// A batch by id, as seen by `client_id` (`None`: any client's, for operators).
+pub async fn find(
+    exec: impl PgExecutor<'_>,
+    id: Uuid,
+    client_id: Option<&str>,
+) -> Result<Option<BatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)"
+    ))
+    .bind(id)
+    .bind(client_id)
+    .fetch_optional(exec)
+    .await
+}
+
+pub async fn find_by_idempotency_key(
+    exec: impl PgExecutor<'_>,
+    client_id: &str,
+    key: &str,
+) -> Result<Option<BatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches WHERE client_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(client_id)
+    .bind(key)
+    .fetch_optional(exec)
+    .await
+}
+
+/// Batches newest first; `after` is the (created_at, id) of the last one already seen.
+pub async fn list(
+    exec: impl PgExecutor<'_>,
+    client_id: Option<&str>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<BatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches
+         WHERE ($1::text IS NULL OR client_id = $1)
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    ))
+    .bind(client_id)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(exec)
+    .await
+}
+
+/// Stops the batch if none of its items is queued or running any more: `completed`, or
+/// `cancelled` when a cancel was asked for while it ran; its event goes to the outbox and its
+/// waiters are woken. `None` when it still runs (or had stopped already). Called in the
+/// transaction of every change that may end a batch's last item, after the change: the counts
+/// it reads include it, and of two last items ending at once, the second sees the first.
+pub async fn settle(conn: &mut PgConnection, id: Uuid) -> Result<Option<BatchRow>, sqlx::Error> {
+    let row: Option<BatchRow> = sqlx::query_as(&format!(
+        "UPDATE batches SET
+             status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
+             finished_at = now(), version = version + 1
+         WHERE id = $1 AND status = 'running' AND queued = 0 AND running = 0
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(batch) = &row {
+        outbox::insert(conn, &queue::batch_event(&batch.view(), batch.version)).await?;
+        notify(conn, &[id]).await?;
+    }
+    Ok(row)
+}
+
+/// Wakes whoever waits on these jobs or batches.
+async fn notify(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, id::text) FROM UNNEST($2::uuid[]) AS id")
+        .bind(NOTIFY_CHANNEL)
+        .bind(ids)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Cancels a running batch: its queued items become `cancelled` (running ones finish), and it
+/// stops as `cancelled` when its last item ends. A batch that stopped already is unchanged.
+/// `None` when the client has no such batch.
+pub async fn cancel(
+    conn: &mut PgConnection,
+    id: Uuid,
+    client_id: Option<&str>,
+) -> Result<Option<BatchRow>, sqlx::Error> {
+    let running: Option<bool> = sqlx::query_scalar(
+        "UPDATE batches SET cancel_requested = cancel_requested OR status = 'running'
+         WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)
+         RETURNING status = 'running'",
+    )
+    .bind(id)
+    .bind(client_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match running {
+        None => return Ok(None),
+        Some(false) => return find(&mut *conn, id, None).await,
+        Some(true) => {}
+    }
+    let cancelled: Vec<JobRow> = sqlx::query_as(&format!(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), sealed_password = NULL,
+                         template_id = NULL, version = version + 1
+         WHERE batch_id = $1 AND status = 'queued' AND NOT superseded
+         RETURNING {}",
+        jobs::COLUMNS
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let events: Vec<OutboxMessage> = cancelled
+        .iter()
+        .map(|row| queue::status_event(&row.view(), row.version))
+        .collect();
+    outbox::insert_many(conn, &events).await?;
+    let ids: Vec<Uuid> = cancelled.iter().map(|row| row.id).collect();
+    notify(conn, &ids).await?;
+    settle(conn, id).await?;
+    find(&mut *conn, id, None).await
+}
+
+/// The newest job of a batch item that failed, as a retry needs it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct FailedItem {
+    pub job_id: Uuid,
+    pub item: i32,
+    pub tenant_url: String,
+    pub params: Value,
+    pub sealed_password: Option<Vec<u8>>,
+}
+
+/// Locks the batch for a retry; `None` when the client has no such batch.
+pub async fn lock_for_retry(
+    conn: &mut PgConnection,
+    id: Uuid,
+    client_id: Option<&str>,
+) -> Result<Option<BatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM batches WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)
+         FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(client_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Up to `limit` items after position `after` whose newest job failed (with one of `codes`,
+/// when given), in item order.
+pub async fn failed_items(
+    conn: &mut PgConnection,
+    id: Uuid,
+    codes: Option<&[i32]>,
+    after: i32,
+    limit: i64,
+) -> Result<Vec<FailedItem>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id AS job_id, batch_item AS item, tenant_url, params, sealed_password FROM jobs
+         WHERE batch_id = $1 AND NOT superseded AND batch_item > $3 AND status = 'failed'
+           AND ($2::int[] IS NULL OR code = ANY($2))
+         ORDER BY batch_item LIMIT $4 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(codes)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Replaces failed items' jobs by `items` (new jobs at the same positions): the old jobs stay
+/// readable, no longer counted, their sealed passwords erased.
+pub async fn replace_items(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    client_id: &str,
+    old_jobs: &[Uuid],
+    items: &[NewItem],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET superseded = true, sealed_password = NULL WHERE id = ANY($1)")
+        .bind(old_jobs)
+        .execute(&mut *conn)
+        .await?;
+    insert_items(conn, batch_id, client_id, items).await
+}
+
+/// Runs the batch again after a retry added items: `running`, no cancel pending, and the
+/// downloads that failed for good may be tried again.
+pub async fn reopen(conn: &mut PgConnection, id: Uuid) -> Result<BatchRow, sqlx::Error> {
+    sqlx::query("DELETE FROM batch_downloads WHERE batch_id = $1 AND failure_code IS NOT NULL")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query_as(&format!(
+        "UPDATE batches SET status = 'running', finished_at = NULL, cancel_requested = false,
+                            version = version + 1
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Up to `limit` items after position `after`, each its newest job, in item order (with the
+/// given status only, when one is given).
+pub async fn results(
+    exec: impl PgExecutor<'_>,
+    id: Uuid,
+    status: Option<crate::domain::JobStatus>,
+    after: i32,
+    limit: i64,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {} FROM jobs
+         WHERE batch_id = $1 AND NOT superseded AND batch_item > $2
+           AND ($3::text IS NULL OR status = $3)
+         ORDER BY batch_item LIMIT $4",
+        jobs::COLUMNS
+    ))
+    .bind(id)
+    .bind(after)
+    .bind(status)
+    .bind(limit)
+    .fetch_all(exec)
+    .await
+}

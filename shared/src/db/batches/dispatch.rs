@@ -1,0 +1,102 @@
+//! The dispatcher's release of held batch items to the broker: at most `window` batch items are
+//! on the broker or running at once, and each round shares the free places between the clients
+//! with held items, least recently served first (round robin with equal weights), each client's
+//! oldest batch first, items in order. Interactive work never waits behind this window: it has
+//! its own queue.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::{
+    db::outbox::{self, OutboxMessage},
+    queue,
+};
+
+/// Releases what the window allows; returns how many items went out. One dispatcher at a time
+/// across the cluster: a round that finds another running does nothing.
+pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx::Error> {
+    let ours: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('provisioner:dispatch', 0))")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !ours {
+        return Ok(0);
+    }
+    let in_flight: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs
+         WHERE batch_id IS NOT NULL AND released_at IS NOT NULL AND status IN ('queued', 'running')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let mut free = window - in_flight;
+    let mut released = 0;
+    while free > 0 {
+        let clients: Vec<String> = sqlx::query_scalar(
+            "SELECT b.client_id FROM batches b
+             LEFT JOIN dispatch_turns t ON t.client_id = b.client_id
+             WHERE b.held > 0
+             GROUP BY b.client_id, t.last_released_at
+             ORDER BY t.last_released_at NULLS FIRST, b.client_id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        if clients.is_empty() {
+            break;
+        }
+        let share = (free / clients.len() as i64).max(1);
+        let mut round = 0;
+        for client in &clients {
+            if free <= 0 {
+                break;
+            }
+            let n = release_for(conn, client, share.min(free)).await?;
+            free -= n as i64;
+            round += n;
+        }
+        released += round;
+        if round == 0 {
+            break;
+        }
+    }
+    Ok(released)
+}
+
+/// Releases up to `limit` held items of `client`, oldest batch first, and marks its turn.
+async fn release_for(conn: &mut PgConnection, client: &str, limit: i64) -> Result<usize, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "WITH picked AS (
+             SELECT j.id FROM batches b
+             CROSS JOIN LATERAL (
+                 SELECT id, batch_item FROM jobs
+                 WHERE batch_id = b.id AND status = 'queued' AND released_at IS NULL
+                 ORDER BY batch_item LIMIT $2) j
+             WHERE b.client_id = $1 AND b.held > 0
+             ORDER BY b.created_at, b.id, j.batch_item
+             LIMIT $2)
+         UPDATE jobs SET released_at = now(), sent_at = now()
+         FROM picked WHERE jobs.id = picked.id AND jobs.status = 'queued'
+         RETURNING jobs.id",
+    )
+    .bind(client)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let messages: Vec<OutboxMessage> = ids
+        .iter()
+        .map(|id| queue::JobMessage::routed(*id, true, Duration::ZERO))
+        .collect();
+    outbox::insert_many(conn, &messages).await?;
+    sqlx::query(
+        "INSERT INTO dispatch_turns (client_id, last_released_at) VALUES ($1, clock_timestamp())
+         ON CONFLICT (client_id) DO UPDATE SET last_released_at = EXCLUDED.last_released_at",
+    )
+    .bind(client)
+    .execute(&mut *conn)
+    .await?;
+    Ok(ids.len())
+}

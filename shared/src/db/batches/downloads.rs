@@ -1,0 +1,192 @@
+//! One download per batch and template URL: the first item that needs the URL takes the fetch
+//! lease and stores the bytes; every other item waits for them, or for the failure, which is
+//! the same for all. Transient faults are counted for the whole batch.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// What an item that needs a batch's template URL should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadState {
+    /// Read this stored template.
+    Ready(String),
+    /// The download failed for good: the item fails with this code and detail.
+    Failed { code: i32, detail: String },
+    /// Fetch it now (this is attempt `attempt` for the batch), then report with
+    /// `download_done` or `download_failed` under the same fetcher id.
+    Fetch { attempt: i32 },
+    /// Another item fetches it, or the next try is not due: look again at `until` at the latest.
+    Wait { until: DateTime<Utc> },
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone)]
+pub enum DownloadFailure {
+    /// For good (a 4xx, not a template...): every item fails with `code`.
+    Permanent { code: i32, detail: String },
+    /// Worth another try after `retry_after`, unless the batch's attempts are spent.
+    Transient { detail: String, retry_after: Duration },
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    template_id: Option<String>,
+    failure_code: Option<i32>,
+    failure_detail: Option<String>,
+    fetch_until: Option<DateTime<Utc>>,
+    next_try_at: DateTime<Utc>,
+    attempts: i32,
+    now: DateTime<Utc>,
+}
+
+/// Where the download of `url` for `batch_id` stands; takes the fetch lease (for `lease`) for
+/// `fetcher` when a try is due and nobody holds it. The caller commits right after.
+pub async fn download_state(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    url: &str,
+    fetcher: Uuid,
+    lease: Duration,
+    max_attempts: i32,
+) -> Result<DownloadState, sqlx::Error> {
+    sqlx::query("INSERT INTO batch_downloads (batch_id, url) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(batch_id)
+        .bind(url)
+        .execute(&mut *conn)
+        .await?;
+    let row: Row = sqlx::query_as(
+        "SELECT template_id, failure_code, failure_detail, fetch_until, next_try_at, attempts,
+                now() AS now
+         FROM batch_downloads WHERE batch_id = $1 AND url = $2 FOR UPDATE",
+    )
+    .bind(batch_id)
+    .bind(url)
+    .fetch_one(&mut *conn)
+    .await?;
+    if let Some(id) = row.template_id {
+        return Ok(DownloadState::Ready(id));
+    }
+    if let Some(code) = row.failure_code {
+        return Ok(DownloadState::Failed {
+            code,
+            detail: row.failure_detail.unwrap_or_default(),
+        });
+    }
+    if let Some(until) = row.fetch_until.filter(|u| *u > row.now) {
+        return Ok(DownloadState::Wait { until });
+    }
+    if row.next_try_at > row.now {
+        return Ok(DownloadState::Wait {
+            until: row.next_try_at,
+        });
+    }
+    if row.attempts >= max_attempts {
+        // A fetcher died holding the last attempt: nobody will report; fail for all.
+        let detail = "the template could not be downloaded".to_owned();
+        record_failure(conn, batch_id, url, 500, &detail).await?;
+        return Ok(DownloadState::Failed { code: 500, detail });
+    }
+    let attempt: i32 = sqlx::query_scalar(
+        "UPDATE batch_downloads SET fetcher = $3, attempts = attempts + 1,
+                fetch_until = now() + make_interval(secs => $4)
+         WHERE batch_id = $1 AND url = $2 RETURNING attempts",
+    )
+    .bind(batch_id)
+    .bind(url)
+    .bind(fetcher)
+    .bind(lease.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(DownloadState::Fetch { attempt })
+}
+
+/// The fetch by `fetcher` succeeded: the bytes are stored as `template_id` (the caller stored
+/// them in this transaction) and pinned to the batch.
+pub async fn download_done(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    url: &str,
+    template_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batch_downloads SET template_id = $3, fetcher = NULL, fetch_until = NULL
+         WHERE batch_id = $1 AND url = $2 AND template_id IS NULL",
+    )
+    .bind(batch_id)
+    .bind(url)
+    .bind(template_id)
+    .execute(&mut *conn)
+    .await?;
+    super::pin_templates(conn, batch_id, &[template_id.to_owned()]).await
+}
+
+/// The fetch by `fetcher` failed: for good, or for now (the batch's last attempt makes it
+/// final, code 500). Returns the state every item now sees.
+pub async fn download_failed(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    url: &str,
+    failure: &DownloadFailure,
+    max_attempts: i32,
+) -> Result<DownloadState, sqlx::Error> {
+    match failure {
+        DownloadFailure::Permanent { code, detail } => {
+            record_failure(conn, batch_id, url, *code, detail).await?;
+            Ok(DownloadState::Failed {
+                code: *code,
+                detail: detail.clone(),
+            })
+        }
+        DownloadFailure::Transient {
+            detail,
+            retry_after,
+        } => {
+            let until: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "UPDATE batch_downloads SET fetcher = NULL, fetch_until = NULL,
+                        next_try_at = now() + make_interval(secs => $3)
+                 WHERE batch_id = $1 AND url = $2 AND attempts < $4
+                 RETURNING next_try_at",
+            )
+            .bind(batch_id)
+            .bind(url)
+            .bind(retry_after.as_secs_f64())
+            .bind(max_attempts)
+            .fetch_optional(&mut *conn)
+            .await?;
+            match until {
+                Some(until) => Ok(DownloadState::Wait { until }),
+                None => {
+                    record_failure(conn, batch_id, url, 500, detail).await?;
+                    Ok(DownloadState::Failed {
+                        code: 500,
+                        detail: detail.clone(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+async fn record_failure(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    url: &str,
+    code: i32,
+    detail: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE batch_downloads SET failure_code = $3, failure_detail = $4, fetcher = NULL,
+                fetch_until = NULL
+         WHERE batch_id = $1 AND url = $2",
+    )
+    .bind(batch_id)
+    .bind(url)
+    .bind(code)
+    .bind(detail)
+    .execute(conn)
+    .await
+    .map(drop)
+}

@@ -1,0 +1,55 @@
+//! Releases held batch items to the broker, fairly across clients, keeping at most
+//! `PROVISIONER_DISPATCH_WINDOW` batch items on the broker or running (see
+//! `db::batches::release`). Every worker runs one; a round that finds another process's round
+//! running does nothing. Woken by the database's notifications (items accepted, jobs ending),
+//! and every second in any case.
+
+use std::time::Duration;
+
+use provisioner_shared::{db, relay::Notifications};
+use sqlx::PgPool;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+/// Rounds happen at most this often, however many notifications arrive.
+const MIN_GAP: Duration = Duration::from_millis(50);
+/// A round happens at least this often.
+const TICK: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(
+    pool: PgPool,
+    window: u32,
+    notifications: Notifications,
+    shutdown: CancellationToken,
+) {
+    let mut changes = notifications.subscribe();
+    loop {
+        match round(&pool, i64::from(window)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(items = n, "batch items released"),
+            Err(e) => tracing::warn!(error = %e, "releasing batch items failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MIN_GAP) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let tick = tokio::time::sleep(TICK);
+        tokio::pin!(tick);
+        tokio::select! {
+            n = changes.recv() => {
+                if matches!(n, Err(RecvError::Closed)) {
+                    tick.await;
+                }
+            }
+            () = &mut tick => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn round(pool: &PgPool, window: i64) -> Result<usize, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let released = db::batches::release(&mut tx, window).await?;
+    tx.commit().await?;
+    Ok(released)
+}
