@@ -57,16 +57,18 @@ impl EventTap {
             )
             .await
             .unwrap();
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                provisioner_shared::queue::EVENTS_EXCHANGE.into(),
-                "job.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        for key in ["job.#", "batch.#"] {
+            channel
+                .queue_bind(
+                    queue.name().clone(),
+                    provisioner_shared::queue::EVENTS_EXCHANGE.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
         let consumer = channel
             .basic_consume(
                 queue.name().clone(),

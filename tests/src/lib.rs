@@ -2,6 +2,7 @@
 //! workers in-process or as child processes, and a local template server.
 
 mod broker;
+pub mod batches;
 pub mod events;
 pub mod fixtures;
 pub mod process;

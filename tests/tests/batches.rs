@@ -1,0 +1,518 @@
+//! Batches end to end: acceptance (JSON and NDJSON, all-or-nothing validation, limits,
+//! idempotency), exact counts, results, events, one pinned download per URL, cancel, retry,
+//! visibility, the client cap.
+
+use std::time::Duration;
+
+use provisioner_tests::{
+    Options, TestApp,
+    batches::{self, assert_counts_add_up, item, items, ndjson, post},
+    events::EventTap,
+    fixtures,
+    template_server::Route,
+};
+use serde_json::{Value, json};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+fn id(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_json_batch_with_defaults_runs_every_item_and_reports_exact_results_in_order() {
+    let app = TestApp::spawn().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
+    let urls: Vec<String> = (0..5).map(|_| fixtures::tenant_url()).collect();
+    let mut defaults = fixtures::create_body(&template);
+    defaults.as_object_mut().unwrap().remove("tenantName");
+    let body = json!({
+        "defaults": defaults,
+        "items": urls.iter().enumerate().map(|(i, u)| json!({"tenantUrl": u, "tenantName": format!("T{i}")})).collect::<Vec<_>>(),
+    });
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let batch: Value = r.json().await.unwrap();
+    let batch_id = id(&batch, "batchId");
+    assert_eq!(location, format!("/configapi/v2/batches/{batch_id}"));
+    assert_eq!(batch["status"], "running");
+    assert_eq!(batch["counts"]["total"], 5);
+    assert_counts_add_up(&batch);
+
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["counts"]["succeeded"], 5, "{done}");
+    assert!(done["finishedAt"].is_string());
+    assert_counts_add_up(&done);
+
+    let results = batches::results(&app, &batch_id, "").await;
+    assert_eq!(results.len(), 5);
+    for (i, line) in results.iter().enumerate() {
+        assert_eq!(line["item"], i, "{line}");
+        assert_eq!(line["tenantUrl"], urls[i].as_str());
+        assert_eq!(line["status"], "succeeded");
+        assert_eq!(line["code"], 200);
+        assert_eq!(line["tenant"]["name"], format!("T{i}"), "defaults under the item's own");
+        let (_, job) = app
+            .get_json(&format!("/configapi/v2/jobs/{}", id(line, "jobId")))
+            .await;
+        assert_eq!(job["batchId"], batch_id.as_str());
+        assert_eq!(job["batchItem"], i);
+    }
+    assert!(batches::results(&app, &batch_id, "?status=failed").await.is_empty());
+
+    // Every item's events carry `batchid`; the batch's stop is announced once, after its items.
+    let events = tap
+        .collect_until(|e| e.iter().any(|e| e.routing_key == "batch.completed"))
+        .await;
+    let job_events: Vec<_> = events.iter().filter(|e| e.routing_key.starts_with("job.")).collect();
+    assert!(job_events.len() >= 15, "queued, running, succeeded for 5 items");
+    for e in &job_events {
+        assert_eq!(e.body["batchid"], batch_id.as_str(), "{}", e.body);
+    }
+    let stops: Vec<_> = events.iter().filter(|e| e.routing_key.starts_with("batch.")).collect();
+    assert_eq!(stops.len(), 1);
+    assert_eq!(stops[0].body["type"], "io.provisioner.batch.completed");
+    assert_eq!(stops[0].body["subject"], batch_id.as_str());
+    assert_eq!(stops[0].body["data"]["counts"]["succeeded"], 5);
+    // A single create's events carry no batchid.
+    let single = app
+        .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&template))
+        .await;
+    let events = tap
+        .collect_until(|e| e.iter().any(|e| e.body["subject"] == single["jobId"] && e.routing_key == "job.succeeded"))
+        .await;
+    assert!(events.iter().filter(|e| e.body["subject"] == single["jobId"]).all(|e| e.body.get("batchid").is_none()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn any_invalid_item_refuses_the_whole_batch_naming_items_and_lines() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let good = items(3, &template);
+    let mut bad = item("bad_host", &template);
+    bad["email"] = json!("nope");
+    let dup = good[0].clone();
+    // Lines: 1 good, 2 blank, 3 good, 4 bad (two fields), 5 not JSON, 6 good, 7 duplicate URL.
+    let body = format!(
+        "{}\n\n{}\n{}\n{{not json\n{}\n{}\n",
+        good[0], good[1], bad, good[2], dup
+    );
+    let r = post(&app, &app.http, "application/x-ndjson", body).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().starts_with("3 items are invalid"), "{problem}");
+    let errors = problem["errors"].as_array().unwrap();
+    let at = |item: u64, line: u64, field: &str| {
+        errors.iter().any(|e| e["item"] == item && e["line"] == line && e["field"] == field)
+    };
+    assert!(at(2, 4, "tenantUrl"), "{problem}");
+    assert!(at(2, 4, "email"), "{problem}");
+    assert!(at(3, 5, ""), "{problem}");
+    assert!(at(5, 7, "tenantUrl"), "{problem}");
+    assert_eq!(errors.len(), 4, "{problem}");
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+
+    // JSON: items named by position only.
+    let body = json!({"items": [good[0], {"tenantUrl": "x.example.com"}]});
+    let r = app.http.post(app.url("/configapi/v2/batches")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    let errors = problem["errors"].as_array().unwrap();
+    assert!(errors.iter().all(|e| e["item"] == 1 && e.get("line").is_none()), "{problem}");
+    assert!(errors.iter().any(|e| e["field"] == "password"));
+    // At most 100 problems are listed; the detail counts every invalid item.
+    let many: Vec<Value> = (0..150).map(|_| json!({"tenantUrl": fixtures::tenant_url()})).collect();
+    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&many)).await;
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 100);
+    assert!(problem["detail"].as_str().unwrap().starts_with("150 items are invalid"), "{problem}");
+    // Empty batches, unknown members, wrong media types.
+    let r = post(&app, &app.http, "application/x-ndjson", "\n \n").await;
+    assert_eq!(r.status(), 400);
+    let r = app.http.post(app.url("/configapi/v2/batches")).json(&json!({"items": [], "extra": 1})).send().await.unwrap();
+    let problem: Value = r.json().await.unwrap();
+    let fields: Vec<_> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].clone()).collect();
+    assert!(fields.contains(&json!("extra")) && fields.contains(&json!("items")), "{problem}");
+    let r = post(&app, &app.http, "text/csv", "a,b\n").await;
+    assert_eq!(r.status(), 415);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn more_items_than_allowed_is_413_and_nothing_is_created() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_BATCH_MAX_ITEMS", "3".to_owned())],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&items(4, &template))).await;
+    assert_eq!(r.status(), 413);
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .json(&json!({"items": items(4, &template)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&items(3, &template))).await;
+    assert_eq!(r.status(), 202);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_body_holds_at_most_a_thousand_items() {
+    let app = TestApp::without_workers().await;
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .json(&json!({"items": items(1001, "https://t.example/t.zip")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_body_return_the_same_batch() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let body = ndjson(&items(3, &template));
+    let send = |body: String| {
+        app.http
+            .post(app.url("/configapi/v2/batches"))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", "batch-1")
+            .body(body)
+            .send()
+    };
+    let first: Value = send(body.clone()).await.unwrap().json().await.unwrap();
+    let again = send(body.clone()).await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["batchId"], first["batchId"]);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 3);
+    let other = send(ndjson(&items(3, &template))).await.unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_item_whose_tenant_exists_ends_with_409_and_the_batch_completes() {
+    let app = TestApp::spawn().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let existing = fixtures::tenant_url();
+    app.create_and_wait(&existing, &fixtures::create_body(&template)).await;
+    let mut list = items(2, &template);
+    list.push(item(&existing, &template));
+    let batch = batches::submit(&app, &list).await;
+    let done = batches::wait(&app, &id(&batch, "batchId"), WITHIN).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["counts"]["succeeded"], 2, "{done}");
+    assert_eq!(done["counts"]["failed"], 1, "{done}");
+    let failed = batches::results(&app, &id(&batch, "batchId"), "?status=failed").await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["item"], 2);
+    assert_eq!(failed[0]["code"], 409);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn items_of_a_batch_share_one_download_of_their_template_url_pinned() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &items(6, &template)).await;
+    let batch_id = id(&batch, "batchId");
+    let mut app = app;
+    app.start_worker();
+    // Once the first item has its template, the server's file changes: the rest use the pin.
+    provisioner_tests::eventually(WITHIN, || async {
+        (app.count(&format!("SELECT count(*) FROM batch_downloads WHERE batch_id = '{batch_id}' AND template_id IS NOT NULL")).await == 1).then_some(())
+    })
+    .await;
+    app.templates.put("t.zip", b"not a zip any more".to_vec());
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["counts"]["succeeded"], 6, "{done}");
+    assert_eq!(app.templates.hits("t.zip"), 1);
+    // The pinned bytes are in the store, kept as long as the batch.
+    assert_eq!(app.count(&format!("SELECT count(*) FROM batch_templates WHERE batch_id = '{batch_id}'")).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_url_that_fails_for_good_fails_every_item_with_one_request() {
+    let app = TestApp::spawn().await;
+    let missing = format!("http://{}/missing.zip", app.templates.addr);
+    let batch = batches::submit(&app, &items(4, &missing)).await;
+    let done = batches::wait(&app, &id(&batch, "batchId"), WITHIN).await;
+    assert_eq!(done["counts"]["failed"], 4, "{done}");
+    let failed = batches::results(&app, &id(&batch, "batchId"), "").await;
+    let details: std::collections::HashSet<_> = failed.iter().map(|l| (l["code"].clone(), l["error"]["detail"].clone())).collect();
+    assert_eq!(details.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["code"], 400);
+    assert_eq!(app.templates.hits("missing.zip"), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_url_that_keeps_failing_is_asked_at_most_max_attempts_times_for_the_batch() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![("PROVISIONER_JOB_MAX_ATTEMPTS", "3".to_owned())],
+    })
+    .await;
+    let url = app.templates.route(
+        "down.zip",
+        Route { status: 200, body: Vec::new().into(), fail_first: usize::MAX },
+    );
+    let batch = batches::submit(&app, &items(5, &url)).await;
+    let done = batches::wait(&app, &id(&batch, "batchId"), WITHIN).await;
+    assert_eq!(done["counts"]["failed"], 5, "{done}");
+    for line in batches::results(&app, &id(&batch, "batchId"), "").await {
+        assert_eq!(line["code"], 500, "{line}");
+    }
+    assert_eq!(app.templates.hits("down.zip"), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_items_once_and_is_idempotent() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
+    let batch = batches::submit(&app, &items(4, &template)).await;
+    let batch_id = id(&batch, "batchId");
+    let cancel = || app.http.post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel"))).send();
+    let r = cancel().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let cancelled: Value = r.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["counts"]["cancelled"], 4);
+    assert_counts_add_up(&cancelled);
+    let again: Value = cancel().await.unwrap().json().await.unwrap();
+    assert_eq!(again, cancelled);
+    let events = tap
+        .collect_until(|e| e.iter().filter(|e| e.routing_key == "job.cancelled").count() == 4
+            && e.iter().any(|e| e.routing_key == "batch.cancelled"))
+        .await;
+    assert_eq!(events.iter().filter(|e| e.routing_key.starts_with("batch.")).count(), 1);
+    // A worker started now finds nothing to do.
+    let mut app = app;
+    app.start_worker();
+    let (_, after) = app.get_json(&format!("/configapi/v2/batches/{batch_id}")).await;
+    assert_eq!(after["counts"]["cancelled"], 4);
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_gives_failed_items_new_jobs_and_keeps_the_old_ones_readable() {
+    let app = TestApp::spawn().await;
+    let late = format!("http://{}/late.zip", app.templates.addr);
+    let list = items(3, &late);
+    let batch = batches::submit(&app, &list).await;
+    let batch_id = id(&batch, "batchId");
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["counts"]["failed"], 3);
+    let old = batches::results(&app, &batch_id, "").await;
+    // Nothing failed with 503: nothing to retry.
+    let r = app.http.post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry?code=503"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The template appears; a retry of the 400s runs them again.
+    app.serve_sample_template("late.zip").await;
+    let r = app.http.post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry?code=400"))).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let retried: Value = r.json().await.unwrap();
+    assert_eq!(retried["status"], "running");
+    assert_eq!(retried["counts"]["total"], 3);
+    assert_counts_add_up(&retried);
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["counts"]["succeeded"], 3, "{done}");
+    assert_eq!(done["counts"]["total"], 3);
+    let new = batches::results(&app, &batch_id, "").await;
+    for (o, n) in old.iter().zip(&new) {
+        assert_eq!(o["item"], n["item"]);
+        assert_ne!(o["jobId"], n["jobId"]);
+        let (status, old_job) = app.get_json(&format!("/configapi/v2/jobs/{}", id(o, "jobId"))).await;
+        assert_eq!(status, 200);
+        assert_eq!(old_job["status"], "failed");
+        assert_eq!(old_job["batchItem"], o["item"]);
+    }
+    // The retried admin got the password the batch was submitted with.
+    assert_eq!(
+        app.count("SELECT count(*) FROM users WHERE login_id = 'admin' AND password_hash LIKE '$argon2id$%'").await,
+        3
+    );
+    // Sealed passwords of replaced and succeeded jobs are erased.
+    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE sealed_password IS NOT NULL").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn batches_are_seen_only_by_their_client_and_by_operators() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &items(2, &template)).await;
+    let batch_id = id(&batch, "batchId");
+    let other = batches::client(&app, "other", &["tenants:read", "tenants:write"]).await;
+    let operator = batches::client(&app, "ops", &["tenants:read", "provisioner:admin"]).await;
+    for (method, path) in [
+        ("GET", format!("/configapi/v2/batches/{batch_id}")),
+        ("GET", format!("/configapi/v2/batches/{batch_id}/results")),
+        ("POST", format!("/configapi/v2/batches/{batch_id}/cancel")),
+        ("POST", format!("/configapi/v2/batches/{batch_id}/retry")),
+    ] {
+        let r = other
+            .request(method.parse().unwrap(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+    }
+    let list: Value = other.get(app.url("/configapi/v2/batches")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["items"], json!([]));
+    let seen = operator.get(app.url(&format!("/configapi/v2/batches/{batch_id}"))).send().await.unwrap();
+    assert_eq!(seen.status(), 200);
+    // Read-only operators cannot steer: the scope is checked first.
+    let r = operator.post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel"))).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    // The owner's list, newest first, paged.
+    let second = batches::submit(&app, &items(1, &template)).await;
+    let (_, page) = app.get_json("/configapi/v2/batches?limit=1").await;
+    assert_eq!(page["items"][0]["batchId"], second["batchId"]);
+    let cursor = page["nextCursor"].as_str().unwrap();
+    let (_, page) = app.get_json(&format!("/configapi/v2/batches?limit=1&cursor={cursor}")).await;
+    assert_eq!(page["items"][0]["batchId"], batch_id.as_str());
+    assert_eq!(page["nextCursor"], Value::Null);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_past_the_clients_unfinished_items_cap_is_429_and_creates_nothing() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_BATCH_ITEMS", "5".to_owned())],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    batches::submit(&app, &items(3, &template)).await;
+    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&items(3, &template))).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 3);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
+    batches::submit(&app, &items(2, &template)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn counts_read_while_a_batch_runs_always_add_up_and_never_go_back() {
+    let app = TestApp::with(Options {
+        workers: 2,
+        vars: vec![],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &items(20, &template)).await;
+    let batch_id = id(&batch, "batchId");
+    let mut last_ended = 0;
+    loop {
+        let (_, now) = app.get_json(&format!("/configapi/v2/batches/{batch_id}")).await;
+        assert_counts_add_up(&now);
+        let c = &now["counts"];
+        let ended = c["succeeded"].as_i64().unwrap() + c["failed"].as_i64().unwrap();
+        assert!(ended >= last_ended, "{now}");
+        last_ended = ended;
+        // The counts equal the jobs' committed states.
+        if now["status"] != "running" {
+            let succeeded = app
+                .count(&format!("SELECT count(*) FROM jobs WHERE batch_id = '{batch_id}' AND status = 'succeeded'"))
+                .await;
+            assert_eq!(c["succeeded"].as_i64().unwrap(), succeeded);
+            assert_eq!(succeeded, 20);
+            break;
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn another_clients_single_create_is_not_held_back_by_a_big_batch() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![("PROVISIONER_WORKER_CONCURRENCY", "2".to_owned())],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let big = batches::submit(&app, &items(300, &template)).await;
+    let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
+    // A's items are running before B submits.
+    provisioner_tests::eventually(WITHIN, || async {
+        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'").await > 0).then_some(())
+    })
+    .await;
+    let r = b
+        .post(app.url(&format!("/configapi/v2/selfservice/tenant/{}", fixtures::tenant_url())))
+        .header("prefer", "wait=30")
+        .json(&fixtures::create_body(&template))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "B's create finished while A's batch runs");
+    let (_, a) = app.get_json(&format!("/configapi/v2/batches/{}", id(&big, "batchId"))).await;
+    assert_eq!(a["status"], "running");
+    assert!(a["counts"]["queued"].as_i64().unwrap() > 200, "A's batch is far from done: {a}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn within_a_client_a_single_create_goes_ahead_of_its_queued_batch_items() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![("PROVISIONER_WORKER_CONCURRENCY", "1".to_owned())],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let big = batches::submit(&app, &items(100, &template)).await;
+    provisioner_tests::eventually(WITHIN, || async {
+        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'").await > 0).then_some(())
+    })
+    .await;
+    let single = app.submit(&fixtures::tenant_url(), &fixtures::create_body(&template)).await;
+    let job = app.wait_job(&single).await;
+    assert_eq!(job["status"], "succeeded");
+    // With one slot, a batch item may start between the single's acceptance and its start
+    // only if it took the slot before the single's message reached the worker.
+    let overtaking = app
+        .count(&format!(
+            "SELECT count(*) FROM jobs j, jobs s WHERE s.id = '{single}' AND j.batch_id = '{}'
+               AND j.started_at > s.created_at AND j.started_at < s.started_at",
+            id(&big, "batchId")
+        ))
+        .await;
+    assert!(overtaking <= 1, "{overtaking} batch items started while the single create waited");
+    let (_, a) = app.get_json(&format!("/configapi/v2/batches/{}", id(&big, "batchId"))).await;
+    assert!(a["counts"]["queued"].as_i64().unwrap() > 50, "{a}");
+    app.stop().await;
+}
