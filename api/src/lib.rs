@@ -22,6 +22,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use provisioner_shared::{
+    budget::MemoryBudget,
     config::Settings,
     db::{self, PoolConfig},
     relay::Notifications,
@@ -42,6 +43,8 @@ pub(crate) struct AppState {
     notifications: Notifications,
     token_guard: Arc<token_guard::TokenGuard>,
     waits: Arc<wait::Waits>,
+    /// Memory for uploads in flight and templates being checked.
+    template_budget: MemoryBudget,
 }
 
 /// The whole HTTP surface, apart from binding.
@@ -102,6 +105,7 @@ pub async fn run(
         notifications: background.notifications().clone(),
         token_guard: Arc::new(token_guard::TokenGuard::new()),
         waits: Arc::default(),
+        template_budget: MemoryBudget::new(settings.template_memory_budget),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

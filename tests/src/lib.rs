@@ -121,13 +121,6 @@ impl TestApp {
                 "PROVISIONER_BOOTSTRAP_CLIENT",
                 format!("{BOOTSTRAP_ID}:{BOOTSTRAP_SECRET}"),
             ),
-            (
-                "PROVISIONER_UPLOAD_DIR",
-                std::env::temp_dir()
-                    .join(&name)
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -329,7 +322,6 @@ impl TestApp {
         tokio::task::spawn_blocking(move || run_rabbitmqctl(&["delete_vhost", &vhost]))
             .await
             .unwrap();
-        let _ = std::fs::remove_dir_all(&self.vars["PROVISIONER_UPLOAD_DIR"]);
     }
 }
 

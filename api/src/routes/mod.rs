@@ -12,6 +12,7 @@ mod health;
 mod jobs;
 mod operations;
 mod stream;
+mod templates;
 mod tenants;
 mod token;
 
@@ -50,7 +51,10 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(tenants::list_tenants))
         .routes(routes!(tenants::get_tenant))
-        .routes(routes!(access_numbers::list_access_numbers));
+        .routes(routes!(access_numbers::list_access_numbers))
+        .routes(routes!(templates::list_templates))
+        .routes(routes!(templates::get_template))
+        .routes(routes!(templates::get_template_content));
     let export = OpenApiRouter::new().routes(routes!(export::export_tenant));
     let write = OpenApiRouter::new()
         .routes(create)
@@ -61,7 +65,9 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         .routes(routes!(tenants::deactivate_tenant))
         .routes(routes!(tenants::delete_tenant))
         .routes(routes!(access_numbers::create_access_numbers))
-        .routes(routes!(access_numbers::delete_access_numbers));
+        .routes(routes!(access_numbers::delete_access_numbers))
+        .routes(routes!(templates::store_template))
+        .routes(routes!(templates::delete_template));
     vec![
         Group {
             scope: None,

@@ -1,4 +1,4 @@
-//! `createTenant`: fetch (or load the upload of) the template, check it, hash the request's
+//! `createTenant`: fetch (or read from the store) the template, check it, hash the request's
 //! administrator password, import with new ids.
 
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::tenant_write::Plan;
 pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
     let params: CreateTenantParams = params(job)?;
     // `_reserved` holds the template's share of the memory budget until the job is done with it.
-    let (template, _reserved) = template::load(ctx, job, &params.template, Versions::Exact).await?;
+    let (template, _reserved) = template::load(ctx, &params.template, Versions::Exact).await?;
     let numbers =
         map_numbers(&template.access_numbers, &params).map_err(JobFailure::BadTemplate)?;
     let admin = match &params.admin {
