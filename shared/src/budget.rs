@@ -40,6 +40,12 @@ impl MemoryBudget {
             .min(self.total_kib)
     }
 
+    /// The bytes reserved now (for `/metrics`).
+    pub fn in_use_bytes(&self) -> u64 {
+        let free = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
+        u64::from(self.total_kib.saturating_sub(free)) * 1024
+    }
+
     /// A reservation of nothing, to be grown (`Reserved::grow_within`).
     pub fn none(&self) -> Reserved {
         Reserved {
@@ -163,7 +169,9 @@ mod tests {
         assert_eq!(upload.bytes(), 3 << 20, "a failed growth changes nothing");
         drop(other);
         assert!(upload.grow_within(4 << 20, Duration::from_millis(20)).await);
+        assert_eq!(budget.in_use_bytes(), 4 << 20);
         drop(upload);
+        assert_eq!(budget.in_use_bytes(), 0);
         assert!(
             budget.try_reserve(4 << 20).is_some(),
             "all of it given back"

@@ -181,6 +181,26 @@ impl TestApp {
         }
     }
 
+    /// Makes client `id` with `scopes` (as the operator command does) and returns an HTTP client
+    /// that sends a bearer token of it.
+    pub async fn client_with(&self, id: &str, scopes: &[&str]) -> reqwest::Client {
+        let secret = format!("{id}-secret");
+        let hash = provisioner_shared::passwords::hash(secret.as_bytes());
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        provisioner_shared::db::clients::insert(
+            &self.db,
+            id,
+            id,
+            &hash,
+            &scopes,
+            provisioner_shared::db::clients::OnExisting::Refuse,
+        )
+        .await
+        .unwrap();
+        let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
+        authorized_client(&fetch_token(&anonymous, self.addr, id, &secret).await)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
