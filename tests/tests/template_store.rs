@@ -236,8 +236,8 @@ async fn a_client_sees_only_its_templates_an_operator_every_clients_and_delete_i
     let (a_bytes, b_bytes) = (sample(&app).await, sample(&app).await);
     let a = store_new(&alice, &app, &a_bytes).await;
     let b = store_new(&bob, &app, &b_bytes).await;
-    assert_eq!(listed(&alice, &app).await, [a.clone()]);
-    assert_eq!(listed(&bob, &app).await, [b.clone()]);
+    assert_eq!(listed(&alice, &app).await, vec![a.clone()]);
+    assert_eq!(listed(&bob, &app).await, vec![b.clone()]);
     let path = format!("/configapi/v2/templates/{b}");
     assert_eq!(get(&alice, &app, &path).await.0, 404, "another's template");
     assert_eq!(content(&alice, &app, &b).await.0, 404);
@@ -442,7 +442,7 @@ async fn uploads_are_kept_until_their_job_ends_and_listed_only_when_also_stored(
     let path = format!("/configapi/v2/templates/{stream_id}");
     assert_eq!(get(&app.http, &app, &path).await.0, 404);
     assert_eq!(store(&app.http, &app, &streamed, None).await.status(), 201);
-    assert_eq!(listed(&app.http, &app).await, [stream_id.clone()]);
+    assert_eq!(listed(&app.http, &app).await, vec![stream_id.clone()]);
 
     app.start_worker();
     for job in [&stream_job, &import_job] {
