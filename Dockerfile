@@ -8,10 +8,9 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 provisioner \
-    && mkdir -p /var/lib/provisioner/uploads && chown provisioner /var/lib/provisioner/uploads
+    && useradd --system --uid 10001 provisioner
 COPY --from=build /src/target/release/provisioner-api /src/target/release/provisioner-worker /usr/local/bin/
 USER provisioner
-ENV PROVISIONER_LISTEN=0.0.0.0:8080 PROVISIONER_LOG_FORMAT=json PROVISIONER_UPLOAD_DIR=/var/lib/provisioner/uploads
+ENV PROVISIONER_LISTEN=0.0.0.0:8080 PROVISIONER_LOG_FORMAT=json
 EXPOSE 8080
 CMD ["provisioner-api"]

@@ -122,12 +122,11 @@ CREATE INDEX jobs_batch_held ON jobs (batch_id, batch_item)
 -- Batch items released and not ended: the dispatcher keeps their number under its window.
 CREATE INDEX jobs_batch_in_flight ON jobs (status)
     WHERE batch_id IS NOT NULL AND released_at IS NOT NULL AND status IN ('queued', 'running');
--- One active single job per tenant URL; batch items are checked by their import instead (an
--- item whose tenant exists, or is being made, ends with code 409), and so are imports of an
--- archive whose tenant URL could not be read at once (recorded as '').
+-- One active single create per tenant URL; batch items are checked by their import instead (an
+-- item whose tenant exists, or is being made, ends with code 409), and so are imports.
 DROP INDEX jobs_one_active_per_tenant;
 CREATE UNIQUE INDEX jobs_one_active_per_tenant ON jobs (tenant_url)
-    WHERE status IN ('queued', 'running') AND batch_id IS NULL AND tenant_url <> '';
+    WHERE status IN ('queued', 'running') AND batch_id IS NULL AND kind = 'createTenant';
 CREATE INDEX jobs_active_batch_url ON jobs (tenant_url)
     WHERE status IN ('queued', 'running') AND batch_id IS NOT NULL;
 -- Replaced by `client_active_jobs`.

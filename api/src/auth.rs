@@ -86,6 +86,14 @@ impl Caller {
         (!self.operator).then_some(self.client_id.as_str())
     }
 
+    /// The caller as a reader of the template store.
+    pub(crate) fn viewer(&self) -> db::templates::Viewer<'_> {
+        db::templates::Viewer {
+            client_id: &self.client_id,
+            operator: self.operator,
+        }
+    }
+
     /// Who made a change, as the audit history records it.
     pub(crate) fn actor(&self) -> String {
         format!("client:{}", self.client_id)

@@ -74,6 +74,9 @@ pub(crate) enum ApiError {
     },
     #[error("{0}")]
     BadRequest(String),
+    /// A template refused by the checks create-from-template makes (the detail names the fault).
+    #[error("{0}")]
+    BadTemplate(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -99,6 +102,9 @@ pub(crate) enum ApiError {
     LockTimeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Out of a bounded resource for now: `503` with `Retry-After`.
+    #[error("{detail}")]
+    Busy { detail: String, retry_after: u64 },
     /// A job that ended with a failure code, answered under `Prefer: wait`.
     #[error("job failed")]
     JobFailed {
@@ -176,6 +182,11 @@ impl ApiError {
                 "Validation failed",
             ),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, BLANK, "Bad Request"),
+            Self::BadTemplate(_) => (
+                StatusCode::BAD_REQUEST,
+                "urn:provisioner:problem:bad-template",
+                "Bad template",
+            ),
             Self::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 BLANK,
@@ -201,7 +212,7 @@ impl ApiError {
                 "urn:provisioner:problem:lock-timeout",
                 "Lock timeout",
             ),
-            Self::Unavailable(_) => (
+            Self::Unavailable(_) | Self::Busy { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 BLANK,
                 "Service Unavailable",
@@ -249,6 +260,10 @@ impl ApiError {
             Self::TooManyRequests {
                 detail,
                 retry_after,
+            }
+            | Self::Busy {
+                detail,
+                retry_after,
             } => {
                 problem.detail = detail;
                 extra = Some((header::RETRY_AFTER, HeaderValue::from(retry_after)));
@@ -270,6 +285,7 @@ impl ApiError {
                 problem.detail = "the server could not complete the request".to_owned();
             }
             Self::BadRequest(d)
+            | Self::BadTemplate(d)
             | Self::UnsupportedMediaType(d)
             | Self::Unauthorized(d)
             | Self::Forbidden(d)

@@ -17,7 +17,10 @@ pub struct Accepted {
     pub number_map: BTreeMap<String, String>,
 }
 
-/// Where a create request's template comes from: 0 JSON, 1 form with a file, else form with a URL.
+/// A stored template's id, as a form's file part is named.
+const FORM_FILE_ID: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Where a create request's template comes from: 0 JSON, 1 form with a file, else form without.
 pub fn create_request(
     raw_url: &str,
     body: &Map<String, Value>,
@@ -25,8 +28,8 @@ pub fn create_request(
 ) -> Result<Accepted, Vec<String>> {
     let input = match input {
         0 => validate::TemplateInput::Json,
-        1 => validate::TemplateInput::FormFile,
-        _ => validate::TemplateInput::FormUrl,
+        1 => validate::TemplateInput::FormFile(FORM_FILE_ID),
+        _ => validate::TemplateInput::Form,
     };
     validate::create_request(raw_url, body, input)
         .map(|r| Accepted {

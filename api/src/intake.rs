@@ -4,7 +4,7 @@
 //! size. Any invalid item rolls everything back. The body's keyed digest makes an
 //! `Idempotency-Key` replay answer the same batch.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt;
@@ -26,7 +26,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    validate::{self, TemplateInput},
+    validate::{self, TemplateInput, TenantUrlIn},
 };
 
 /// Most item problems one answer lists.
@@ -67,6 +67,8 @@ pub(crate) struct Intake<'a> {
     invalid: usize,
     chunk: Vec<NewItem>,
     templates: BTreeSet<String>,
+    /// Stored templates asked about, and whether the client may name them.
+    visible: HashMap<String, bool>,
 }
 
 impl<'a> Intake<'a> {
@@ -91,6 +93,7 @@ impl<'a> Intake<'a> {
             invalid: 0,
             chunk: Vec::new(),
             templates: BTreeSet::new(),
+            visible: HashMap::new(),
         }
     }
 
@@ -155,7 +158,10 @@ impl<'a> Intake<'a> {
         };
         drop(bytes);
         let mut problems = Vec::new();
-        for key in doc.keys().filter(|k| !matches!(k.as_str(), "defaults" | "items")) {
+        for key in doc
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "defaults" | "items"))
+        {
             problems.push(FieldError::new(key, "unknown field"));
         }
         let defaults = match doc.remove("defaults") {
@@ -166,7 +172,10 @@ impl<'a> Intake<'a> {
                 None
             }
         };
-        if defaults.as_ref().is_some_and(|d| d.contains_key("tenantUrl")) {
+        if defaults
+            .as_ref()
+            .is_some_and(|d| d.contains_key("tenantUrl"))
+        {
             problems.push(FieldError::new(
                 "defaults.tenantUrl",
                 "each item names its own tenantUrl",
@@ -215,9 +224,19 @@ impl<'a> Intake<'a> {
         if self.items > self.max_items {
             return Err(too_many(self.max_items, "a batch"));
         }
-        let checked = fields
+        let mut checked = fields
             .map_err(|e| vec![e])
             .and_then(|fields| self.check(fields));
+        if let Ok(request) = &checked {
+            if let TemplateSource::Stored(id) = &request.params.template {
+                if !self.visible(id).await? {
+                    checked = Err(vec![FieldError::new(
+                        "templateId",
+                        format!("no template {id} is stored by this client"),
+                    )]);
+                }
+            }
+        }
         let request = match checked {
             Ok(request) => request,
             Err(errors) => {
@@ -259,6 +278,17 @@ impl<'a> Intake<'a> {
         Ok(())
     }
 
+    /// Whether the client may name stored template `id` (asked once per id and batch).
+    async fn visible(&mut self, id: &str) -> Result<bool, ApiError> {
+        if let Some(known) = self.visible.get(id) {
+            return Ok(*known);
+        }
+        let mut conn = self.state.pool.acquire().await?;
+        let seen = db::templates::lock_visible(&mut conn, id, self.caller.viewer()).await?;
+        self.visible.insert(id.to_owned(), seen);
+        Ok(seen)
+    }
+
     /// One item's checks: those of a single create, plus its `tenantUrl`, distinct in the batch.
     fn check(
         &mut self,
@@ -270,14 +300,17 @@ impl<'a> Intake<'a> {
             None | Some(Value::Null) => ("", Some("is required")),
             Some(_) => ("", Some("must be a string")),
         };
-        let result = validate::create_request(raw_url, &fields, TemplateInput::Json);
+        let url_in = TenantUrlIn {
+            field: "tenantUrl",
+            raw: raw_url,
+        };
+        let result = validate::create_fields(url_in, &fields, TemplateInput::Json, &[]);
         let mut errors: Vec<FieldError> = match &result {
             Ok(_) => Vec::new(),
             Err(errors) => errors
                 .iter()
                 .map(|e| match (e.field.as_str(), url_problem) {
-                    ("tenant_url", Some(problem)) => FieldError::new("tenantUrl", problem),
-                    ("tenant_url", None) => FieldError::new("tenantUrl", e.message.clone()),
+                    ("tenantUrl", Some(problem)) => FieldError::new("tenantUrl", problem),
                     _ => e.clone(),
                 })
                 .collect(),
@@ -345,7 +378,10 @@ impl<'a> Intake<'a> {
         if let Some(batch) = self.replay.take() {
             return replayed(batch, &digest);
         }
-        let mut tx = self.tx.take().expect("a valid non-empty batch has a transaction");
+        let mut tx = self
+            .tx
+            .take()
+            .expect("a valid non-empty batch has a transaction");
         let client = &self.caller.client_id;
         db::batches::lock_admission(&mut tx, client).await?;
         let cap = i64::from(self.state.settings.client_max_batch_items);
@@ -359,6 +395,17 @@ impl<'a> Intake<'a> {
                 ),
                 retry_after: 30,
             });
+        }
+        // The templates named by id stay until the pins hold them; one removed meanwhile (its
+        // client deleted it) is the request's problem.
+        for id in &self.templates {
+            if !db::templates::lock_visible(&mut tx, id, self.caller.viewer()).await? {
+                return Err(FieldError::new(
+                    "templateId",
+                    format!("no template {id} is stored by this client"),
+                )
+                .into());
+            }
         }
         let templates: Vec<String> = self.templates.iter().cloned().collect();
         db::batches::pin_templates(&mut tx, self.id, &templates).await?;
@@ -386,7 +433,10 @@ fn too_many(max: usize, what: &str) -> ApiError {
 
 /// An item's fields over the defaults; an item naming `templateUrl` or `templateId` replaces
 /// the defaults' choice of template.
-fn with_defaults(defaults: Option<&Map<String, Value>>, item: Map<String, Value>) -> Map<String, Value> {
+fn with_defaults(
+    defaults: Option<&Map<String, Value>>,
+    item: Map<String, Value>,
+) -> Map<String, Value> {
     let Some(defaults) = defaults else {
         return item;
     };
@@ -514,7 +564,8 @@ mod tests {
 
     #[tokio::test]
     async fn lines_are_split_across_chunks_numbered_and_every_byte_is_seen() {
-        let (lines, seen) = lines_of(vec![b"{\"a\"", b":1}\n\n  \n{\"b\":2}", b"\n{\"c\":3}"]).await;
+        let (lines, seen) =
+            lines_of(vec![b"{\"a\"", b":1}\n\n  \n{\"b\":2}", b"\n{\"c\":3}"]).await;
         assert_eq!(
             lines,
             vec![

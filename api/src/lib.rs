@@ -5,9 +5,9 @@ mod auth;
 mod cli;
 mod error;
 mod extract;
-mod intake;
 #[doc(hidden)]
 pub mod fuzzing;
+mod intake;
 mod metrics;
 mod openapi;
 mod routes;
@@ -23,6 +23,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use provisioner_shared::{
+    budget::MemoryBudget,
     config::Settings,
     db::{self, PoolConfig},
     relay::Notifications,
@@ -43,6 +44,8 @@ pub(crate) struct AppState {
     notifications: Notifications,
     token_guard: Arc<token_guard::TokenGuard>,
     waits: Arc<wait::Waits>,
+    /// Memory for uploads in flight and templates being checked.
+    template_budget: MemoryBudget,
 }
 
 /// The whole HTTP surface, apart from binding.
@@ -103,6 +106,7 @@ pub async fn run(
         notifications: background.notifications().clone(),
         token_guard: Arc::new(token_guard::TokenGuard::new()),
         waits: Arc::default(),
+        template_budget: MemoryBudget::new(settings.template_memory_budget),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -95,3 +95,8 @@ pub(crate) fn record_job_stats(stats: &Stats, outbox_lag_seconds: f64) {
     }
     gauge!("provisioner_outbox_lag_seconds").set(outbox_lag_seconds);
 }
+
+/// Sets the memory this process holds for uploads in flight and templates it checks or sends.
+pub(crate) fn record_template_memory(in_use_bytes: u64) {
+    gauge!("provisioner_template_memory_in_use_bytes").set(in_use_bytes as f64);
+}

@@ -1,6 +1,7 @@
 //! The job submission every create and import shares: idempotency replays, the immediate 409s,
-//! the per-client cap, the job and its outbox message in one transaction, and the answer (`202`,
-//! or the job's final code under `Prefer: wait`).
+//! the per-client cap, the job, its template (an upload stored, or a named one checked and
+//! locked) and its outbox message in one transaction, and the answer (`202`, or the job's final
+//! code under `Prefer: wait`).
 
 use std::convert::Infallible;
 
@@ -15,8 +16,7 @@ use provisioner_shared::{
         self,
         jobs::{InsertError, JobRow, NewJob},
     },
-    domain::{JobKind, JobView},
-    uploads,
+    domain::{JobKind, JobView, TemplateSource},
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -26,8 +26,9 @@ use uuid::Uuid;
 use crate::{
     AppState,
     auth::Caller,
-    error::ApiError,
+    error::{ApiError, FieldError},
     extract::{IdempotencyKey, PreferWait},
+    upload::Upload,
     validate::CreateRequest,
     wait,
 };
@@ -43,13 +44,40 @@ pub(crate) struct Submission {
     pub(crate) digest: String,
     /// Answer 409 at once when the tenant exists (creates; imports learn it from their job).
     pub(crate) refuse_existing_tenant: bool,
-    /// The request uploaded its template: remove it unless the job is made.
-    pub(crate) uploaded: bool,
+    /// The template the job reads from the store, if any (its parameters name the same).
+    pub(crate) template: JobTemplate,
+}
+
+/// Where the job's template is, as far as the store is concerned.
+#[derive(Debug)]
+pub(crate) enum JobTemplate {
+    /// Not in the store: the worker downloads it (`templateUrl`).
+    Download,
+    /// Named by `templateId`: the client must see it (else `400` on that field).
+    Named(String),
+    /// Received with the request: stored with the job.
+    Upload(Upload),
+}
+
+impl JobTemplate {
+    /// What a validated create request names (`upload`: the form's file, if it had one).
+    pub(crate) fn of(request: &CreateRequest, upload: Option<Upload>) -> Self {
+        match (upload, &request.params.template) {
+            (Some(upload), _) => Self::Upload(upload),
+            (None, TemplateSource::Stored(id)) => Self::Named(id.clone()),
+            (None, TemplateSource::Url(_)) => Self::Download,
+        }
+    }
 }
 
 impl Submission {
     /// A create from a validated request.
-    pub(crate) fn create(id: Uuid, request: CreateRequest, digest: String, uploaded: bool) -> Self {
+    pub(crate) fn create(
+        id: Uuid,
+        request: CreateRequest,
+        digest: String,
+        template: JobTemplate,
+    ) -> Self {
         Self {
             id,
             kind: JobKind::CreateTenant,
@@ -58,7 +86,7 @@ impl Submission {
             password: Some(request.password),
             digest,
             refuse_existing_tenant: true,
-            uploaded,
+            template,
         }
     }
 }
@@ -108,19 +136,10 @@ pub(crate) async fn submit(
     answer: &Answer,
     sub: Submission,
 ) -> Result<Response, ApiError> {
-    let key = match answer.idempotency_key.key() {
-        Ok(key) => key,
-        Err(e) => {
-            if sub.uploaded {
-                uploads::remove(&state.settings.upload_dir, sub.id).await;
-            }
-            return Err(e);
-        }
-    };
+    let key = answer.idempotency_key.key()?;
     let outcome = record(state, caller, key, &sub).await;
-    if sub.uploaded && !matches!(outcome, Ok(Recorded::New(_))) {
-        uploads::remove(&state.settings.upload_dir, sub.id).await;
-    }
+    // The upload is stored (or refused): its memory goes back before any wait for the job.
+    drop(sub.template);
     let job = match outcome? {
         Recorded::New(job) => {
             tracing::info!(job.id = %job.id, job.kind = %job.kind, tenant.url = %job.tenant_url, "job accepted");
@@ -150,25 +169,51 @@ async fn record(
     if let Some(job) = replayed(state, caller, key).await? {
         return Ok(Recorded::Replay(job));
     }
-    if sub.refuse_existing_tenant && db::tenants::exists(&state.pool, &sub.tenant_url).await? {
+    let mut tx = state.pool.begin().await?;
+    // A named template is checked first (a request error) and stays locked until the job is.
+    if let JobTemplate::Named(id) = &sub.template {
+        if !db::templates::lock_visible(&mut tx, id, caller.viewer()).await? {
+            return Err(FieldError::new(
+                "templateId",
+                format!("no template {id} is stored by this client"),
+            )
+            .into());
+        }
+    }
+    if sub.refuse_existing_tenant && db::tenants::exists(&mut *tx, &sub.tenant_url).await? {
         return Err(ApiError::Conflict(format!(
             "a tenant with URL {} already exists",
             sub.tenant_url
         )));
     }
+    if sub.refuse_existing_tenant
+        && db::jobs::active_batch_item_exists(&mut *tx, &sub.tenant_url).await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "a queued or running batch item exists for tenant {}",
+            sub.tenant_url
+        )));
+    }
     let cap = state.settings.client_max_active_jobs;
-    if db::jobs::active_count(&state.pool, &caller.client_id).await? >= i64::from(cap) {
+    if db::jobs::active_count(&mut *tx, &caller.client_id).await? >= i64::from(cap) {
         return Err(ApiError::TooManyRequests {
             detail: format!("this client has {cap} queued or running jobs, its limit; retry later"),
             retry_after: 5,
         });
     }
+    let template_id = match &sub.template {
+        JobTemplate::Download => None,
+        JobTemplate::Named(id) => Some(id.as_str()),
+        JobTemplate::Upload(upload) => {
+            db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
+            Some(upload.id.as_str())
+        }
+    };
     let sealed = sub.password.as_ref().map(|p| {
         state
             .sealer
             .seal(p.expose_secret().as_bytes(), sub.id.as_bytes())
     });
-    let mut tx = state.pool.begin().await?;
     let new_job = NewJob {
         id: sub.id,
         kind: sub.kind,
@@ -178,7 +223,7 @@ async fn record(
         sealed_password: sealed,
         idempotency_key: key,
         request_digest: Some(&sub.digest),
-        template_id: None,
+        template_id,
     };
     match db::jobs::insert(&mut tx, new_job).await {
         Ok(job) => {

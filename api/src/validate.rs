@@ -2,9 +2,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use provisioner_shared::domain::{
-    AdminSpec, CreateTenantParams, DEFAULT_LOCK_TIMEOUT, TemplateSource, TenantUrl,
-    is_access_number, is_email, is_hidden_char,
+use provisioner_shared::{
+    db::templates::is_template_id,
+    domain::{
+        AdminSpec, CreateTenantParams, DEFAULT_LOCK_TIMEOUT, TemplateSource, TenantUrl,
+        is_access_number, is_email, is_hidden_char,
+    },
 };
 use secrecy::SecretString;
 use serde_json::{Map, Value};
@@ -14,8 +17,9 @@ use crate::{
     extract::{lock_timeout_from, whole_number},
 };
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "template",
+    "templateId",
     "tenantName",
     "numberMap",
     "firstName",
@@ -35,15 +39,25 @@ pub(crate) struct CreateRequest {
     pub(crate) password: SecretString,
 }
 
-/// Where a create request's template comes from.
+/// How a create request carries its template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TemplateInput {
-    /// JSON body: `templateUrl` is required.
+pub(crate) enum TemplateInput<'a> {
+    /// JSON body: exactly one of `templateUrl` and `templateId`.
     Json,
-    /// Form with a `template` file part: `templateUrl` must be absent.
-    FormFile,
-    /// Form without a file part: `templateUrl` is required.
-    FormUrl,
+    /// Form with a `template` file part, stored under this id: neither `templateUrl` nor
+    /// `templateId` may be given.
+    FormFile(&'a str),
+    /// Form without a file part: exactly one of `templateUrl` and `templateId`.
+    Form,
+}
+
+/// Where a create request names its tenant: the route's path, or a field of the body (a batch
+/// item's `tenantUrl`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TenantUrlIn<'a> {
+    /// The name errors give it (`tenant_url` for the path).
+    pub(crate) field: &'static str,
+    pub(crate) raw: &'a str,
 }
 
 /// Validates the path's tenant URL and the request's fields (a JSON object, or the form's
@@ -51,16 +65,32 @@ pub(crate) enum TemplateInput {
 pub(crate) fn create_request(
     raw_url: &str,
     body: &Map<String, Value>,
-    input: TemplateInput,
+    input: TemplateInput<'_>,
+) -> Result<CreateRequest, Vec<FieldError>> {
+    let url = TenantUrlIn {
+        field: "tenant_url",
+        raw: raw_url,
+    };
+    create_fields(url, body, input, &[])
+}
+
+/// `create_request` for any body that holds a create's fields: `url` says where the tenant URL
+/// comes from, and `extra` names the fields the body may hold besides a create's own (checked by
+/// the caller; a batch item's `tenantUrl`). The rules and messages are the single create's.
+pub(crate) fn create_fields(
+    url: TenantUrlIn<'_>,
+    body: &Map<String, Value>,
+    input: TemplateInput<'_>,
+    extra: &[&str],
 ) -> Result<CreateRequest, Vec<FieldError>> {
     let mut check = Checker {
         body,
         errors: Vec::new(),
     };
-    let tenant_url = TenantUrl::parse(raw_url)
-        .map_err(|m| check.errors.push(FieldError::new("tenant_url", m)))
+    let tenant_url = TenantUrl::parse(url.raw)
+        .map_err(|m| check.errors.push(FieldError::new(url.field, m)))
         .ok();
-    check.unknown_fields(input);
+    check.unknown_fields(input, extra);
     let tenant_name = check.text("tenantName", 255);
     let admin = check.admin();
     let template = check.template(input);
@@ -104,9 +134,11 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn unknown_fields(&mut self, input: TemplateInput) {
+    fn unknown_fields(&mut self, input: TemplateInput<'_>, extra: &[&str]) {
+        let json = input == TemplateInput::Json;
         for key in self.body.keys().filter(|k| {
-            !FIELDS.contains(&k.as_str()) || (input == TemplateInput::Json && *k == "template")
+            let known = FIELDS.contains(&k.as_str()) || extra.contains(&k.as_str());
+            !known || (json && *k == "template")
         }) {
             self.errors.push(FieldError::new(key, "unknown field"));
         }
@@ -116,14 +148,10 @@ impl Checker<'_> {
     fn text(&mut self, field: &'static str, max: usize) -> Option<String> {
         let problem = match self.body.get(field) {
             None | Some(Value::Null) => "is required".to_owned(),
-            Some(Value::String(s)) if s.trim().is_empty() => "must not be empty".to_owned(),
-            Some(Value::String(s)) if s.chars().count() > max => {
-                format!("must be at most {max} characters")
-            }
-            Some(Value::String(s)) if s.chars().any(is_hidden_char) => {
-                "must not contain control or Unicode format characters".to_owned()
-            }
-            Some(Value::String(s)) => return Some(s.clone()),
+            Some(Value::String(s)) => match text_problem(s, max) {
+                None => return Some(s.clone()),
+                Some(problem) => problem,
+            },
             Some(_) => "must be a string".to_owned(),
         };
         self.errors.push(FieldError::new(field, problem));
@@ -161,27 +189,95 @@ impl Checker<'_> {
         None
     }
 
-    /// The uploaded file, or `templateUrl`, as `input` demands.
-    fn template(&mut self, input: TemplateInput) -> Option<TemplateSource> {
-        if input == TemplateInput::FormFile {
-            if self.body.contains_key("templateUrl") {
-                self.errors.push(FieldError::new(
-                    "templateUrl",
-                    "give either a template file or templateUrl, not both",
-                ));
-                return None;
-            }
-            return Some(TemplateSource::Stored(String::new()));
+    fn template(&mut self, input: TemplateInput<'_>) -> Option<TemplateSource> {
+        template_choice(self.body, input, &mut self.errors)
+    }
+}
+
+/// Why `text` is not a valid text field of at most `max` characters (not blank, no control or
+/// Unicode format character); `None` when it is.
+pub(crate) fn text_problem(text: &str, max: usize) -> Option<String> {
+    if text.trim().is_empty() {
+        Some("must not be empty".to_owned())
+    } else if text.chars().count() > max {
+        Some(format!("must be at most {max} characters"))
+    } else if text.chars().any(is_hidden_char) {
+        Some("must not contain control or Unicode format characters".to_owned())
+    } else {
+        None
+    }
+}
+
+/// The template a create (or a batch item, defaults applied) names: exactly one of
+/// `templateUrl` and `templateId`, or in a form a `template` file part and neither. A field
+/// counts as given whatever its value. Problems go to `errors`. Whether the client may use a
+/// `templateId` is the store's to say, when the job is recorded.
+pub(crate) fn template_choice(
+    body: &Map<String, Value>,
+    input: TemplateInput<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Option<TemplateSource> {
+    let given = |field: &str| body.contains_key(field);
+    let (url, id) = (given("templateUrl"), given("templateId"));
+    match (input, url, id) {
+        (TemplateInput::FormFile(stored), false, false) => {
+            Some(TemplateSource::Stored(stored.to_owned()))
         }
-        let url = self.text("templateUrl", 2048)?;
-        match check_template_url(&url) {
-            Ok(()) => Some(TemplateSource::Url(url)),
-            Err(m) => {
-                self.errors.push(FieldError::new("templateUrl", m));
-                None
+        (TemplateInput::FormFile(_), ..) => {
+            for field in ["templateUrl", "templateId"]
+                .into_iter()
+                .filter(|f| given(f))
+            {
+                errors.push(FieldError::new(
+                    field,
+                    "give one of a template file, templateUrl and templateId, not more",
+                ));
             }
+            None
+        }
+        (_, true, false) => template_url(body, errors).map(TemplateSource::Url),
+        (_, false, true) => template_id(body, errors).map(TemplateSource::Stored),
+        (_, both, _) => {
+            let message = if both {
+                "give templateUrl or templateId, not both"
+            } else if input == TemplateInput::Json {
+                "one of templateUrl and templateId is required"
+            } else {
+                "one of a template file, templateUrl and templateId is required"
+            };
+            for field in ["templateUrl", "templateId"] {
+                errors.push(FieldError::new(field, message));
+            }
+            None
         }
     }
+}
+
+fn template_url(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    let problem = match body.get("templateUrl") {
+        Some(Value::String(url)) => match text_problem(url, 2048) {
+            Some(problem) => problem,
+            None => match check_template_url(url) {
+                Ok(()) => return Some(url.clone()),
+                Err(m) => m.to_owned(),
+            },
+        },
+        _ => "must be a string".to_owned(),
+    };
+    errors.push(FieldError::new("templateUrl", problem));
+    None
+}
+
+fn template_id(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<String> {
+    match body.get("templateId") {
+        Some(Value::String(id)) if is_template_id(id) => return Some(id.clone()),
+        Some(Value::String(_)) => errors.push(FieldError::new(
+            "templateId",
+            "must be a template id: the 64 lower-case hex digits of its SHA-256",
+        )),
+        _ => errors.push(FieldError::new("templateId", "must be a string")),
+    }
+    None
 }
 
 /// An absolute http(s) URL with a host and no credentials.
@@ -269,6 +365,98 @@ mod tests {
             assert!(fields.contains(f), "{f} not reported: {errors:?}");
         }
         assert!(fields.contains("numberMap.1") || fields.contains("numberMap.2"));
+    }
+
+    fn fields_of(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    const ID: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn exactly_one_template_source_is_required_and_both_fields_are_named() {
+        let choose = |v: Value, input| {
+            let mut errors = Vec::new();
+            let source = template_choice(&body(v), input, &mut errors);
+            (source, errors)
+        };
+        let (source, errors) = choose(json!({"templateId": ID}), TemplateInput::Json);
+        assert_eq!(
+            source,
+            Some(TemplateSource::Stored(ID.to_owned())),
+            "{errors:?}"
+        );
+        let (source, _) = choose(
+            json!({"templateUrl": "https://t.example/t.zip"}),
+            TemplateInput::Form,
+        );
+        assert_eq!(
+            source,
+            Some(TemplateSource::Url("https://t.example/t.zip".to_owned()))
+        );
+        let (source, _) = choose(json!({}), TemplateInput::FormFile(ID));
+        assert_eq!(source, Some(TemplateSource::Stored(ID.to_owned())));
+        for (v, input) in [
+            (json!({}), TemplateInput::Json),
+            (
+                json!({"templateId": ID, "templateUrl": "https://t.example/t.zip"}),
+                TemplateInput::Json,
+            ),
+            (json!({}), TemplateInput::Form),
+            (
+                json!({"templateId": ID, "templateUrl": null}),
+                TemplateInput::Form,
+            ),
+        ] {
+            let (source, errors) = choose(v.clone(), input);
+            assert_eq!(source, None, "{v}");
+            assert_eq!(fields_of(&errors), ["templateUrl", "templateId"], "{v}");
+        }
+        let (_, errors) = choose(json!({"templateId": ID}), TemplateInput::FormFile(ID));
+        assert_eq!(fields_of(&errors), ["templateId"]);
+        for bad in [
+            json!(ID.to_uppercase()),
+            json!(&ID[1..]),
+            json!(7),
+            Value::Null,
+        ] {
+            let (source, errors) = choose(json!({"templateId": bad}), TemplateInput::Json);
+            assert_eq!(
+                (source, fields_of(&errors)),
+                (None, vec!["templateId"]),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_body_may_carry_the_extra_fields_its_caller_allows() {
+        let item = body(
+            json!({"tenantUrl": "acme.example.com", "tenantName": "Acme", "firstName": "A",
+            "lastName": "L", "loginId": "admin", "password": "correct horse", "email": "a@acme.example",
+            "templateId": ID}),
+        );
+        let url = TenantUrlIn {
+            field: "tenantUrl",
+            raw: "acme.example.com",
+        };
+        let request = create_fields(url, &item, TemplateInput::Json, &["tenantUrl"]).unwrap();
+        assert_eq!(
+            request.params.template,
+            TemplateSource::Stored(ID.to_owned())
+        );
+        let errors = create_request("acme.example.com", &item, TemplateInput::Json).unwrap_err();
+        assert_eq!(
+            fields_of(&errors),
+            ["tenantUrl"],
+            "unknown to a single create"
+        );
+        let url = TenantUrlIn {
+            field: "tenantUrl",
+            raw: "bad_host",
+        };
+        let errors = create_fields(url, &item, TemplateInput::Json, &["tenantUrl"]).unwrap_err();
+        assert_eq!(fields_of(&errors), ["tenantUrl"]);
     }
 
     #[test]

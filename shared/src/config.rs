@@ -40,8 +40,9 @@ pub struct Settings {
     pub job_max_attempts: u32,
     pub template_timeout: Duration,
     pub template_max_bytes: u64,
-    /// Memory a worker process may spend on reading the templates of the jobs it runs at once
-    /// (each template's reading cost, see `Template::reading_cost`).
+    /// Memory one process may spend on templates at once: a worker on reading the templates of
+    /// the jobs it runs (each template's reading cost, see `Template::reading_cost`), the API on
+    /// uploads in flight and on the templates it checks.
     pub template_memory_budget: u64,
     pub log_format: LogFormat,
     /// Base64 of 32 bytes; seals administrator passwords between API and worker.
@@ -51,7 +52,6 @@ pub struct Settings {
     /// First retry delay after a transient failure; doubles per attempt.
     pub retry_base_delay: Duration,
     pub shutdown_timeout: Duration,
-    pub upload_dir: std::path::PathBuf,
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
     /// Connections the API serves at once; more wait in the kernel's backlog.
@@ -158,7 +158,6 @@ impl Settings {
                 "PROVISIONER_SHUTDOWN_TIMEOUT",
                 &var("PROVISIONER_SHUTDOWN_TIMEOUT", "30"),
             )?,
-            upload_dir: var("PROVISIONER_UPLOAD_DIR", "/tmp/provisioner-uploads").into(),
             client_max_active_jobs: positive(
                 "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
                 &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),

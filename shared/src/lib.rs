@@ -1,6 +1,7 @@
 //! Everything both provisioner binaries agree on: settings, domain types, SQL, the broker's wire
 //! contract, the template format, sealing of secrets, telemetry and process plumbing.
 
+pub mod budget;
 pub mod config;
 pub mod db;
 pub mod domain;
@@ -11,4 +12,3 @@ pub mod runtime;
 pub mod seal;
 pub mod telemetry;
 pub mod template;
-pub mod uploads;

@@ -47,7 +47,11 @@ impl JobMessage {
         Self::routed(job.id, job.batch_id.is_some(), delay)
     }
 
-    pub(crate) fn routed(job_id: Uuid, batch_item: bool, delay: std::time::Duration) -> OutboxMessage {
+    pub(crate) fn routed(
+        job_id: Uuid,
+        batch_item: bool,
+        delay: std::time::Duration,
+    ) -> OutboxMessage {
         let routing_key = if batch_item {
             BATCH_ROUTING_KEY
         } else {

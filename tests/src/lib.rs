@@ -1,8 +1,8 @@
 //! End-to-end harness: each test gets a fresh database and RabbitMQ vhost, the API on port 0,
 //! workers in-process or as child processes, and a local template server.
 
-mod broker;
 pub mod batches;
+mod broker;
 pub mod events;
 pub mod fixtures;
 pub mod process;
@@ -122,13 +122,6 @@ impl TestApp {
                 "PROVISIONER_BOOTSTRAP_CLIENT",
                 format!("{BOOTSTRAP_ID}:{BOOTSTRAP_SECRET}"),
             ),
-            (
-                "PROVISIONER_UPLOAD_DIR",
-                std::env::temp_dir()
-                    .join(&name)
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -187,6 +180,26 @@ impl TestApp {
             token.cancel();
             handle.await.unwrap().unwrap();
         }
+    }
+
+    /// Makes client `id` with `scopes` (as the operator command does) and returns an HTTP client
+    /// that sends a bearer token of it.
+    pub async fn client_with(&self, id: &str, scopes: &[&str]) -> reqwest::Client {
+        let secret = format!("{id}-secret");
+        let hash = provisioner_shared::passwords::hash(secret.as_bytes());
+        let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        provisioner_shared::db::clients::insert(
+            &self.db,
+            id,
+            id,
+            &hash,
+            &scopes,
+            provisioner_shared::db::clients::OnExisting::Refuse,
+        )
+        .await
+        .unwrap();
+        let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
+        authorized_client(&fetch_token(&anonymous, self.addr, id, &secret).await)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -330,7 +343,6 @@ impl TestApp {
         tokio::task::spawn_blocking(move || run_rabbitmqctl(&["delete_vhost", &vhost]))
             .await
             .unwrap();
-        let _ = std::fs::remove_dir_all(&self.vars["PROVISIONER_UPLOAD_DIR"]);
     }
 }
 

@@ -23,16 +23,29 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` (a `CARGO_BIN_EXE_*` path) with the app's variables, then `extra`.
     pub fn spawn(bin: &str, app: &TestApp, extra: &[(&str, &str)], rust_log: &str) -> Self {
-        let mut child = Command::new(bin)
+        Self::spawn_with(bin, app, extra, rust_log, |_| {})
+    }
+
+    /// `spawn`, with the command changed by `configure` first (a working directory, more
+    /// variables).
+    pub fn spawn_with(
+        bin: &str,
+        app: &TestApp,
+        extra: &[(&str, &str)],
+        rust_log: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut command = Command::new(bin);
+        command
             .envs(&app.vars)
             .envs(extra.iter().copied())
             .env("PROVISIONER_LOG_FORMAT", "json")
             .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the binary starts");
+            .kill_on_drop(true);
+        configure(&mut command);
+        let mut child = command.spawn().expect("the binary starts");
         let (tx, lines) = mpsc::unbounded_channel();
         let readers = vec![
             forward(child.stdout.take().unwrap(), tx.clone()),

@@ -60,25 +60,42 @@ async fn a_json_batch_with_defaults_runs_every_item_and_reports_exact_results_in
         assert_eq!(line["tenantUrl"], urls[i].as_str());
         assert_eq!(line["status"], "succeeded");
         assert_eq!(line["code"], 200);
-        assert_eq!(line["tenant"]["name"], format!("T{i}"), "defaults under the item's own");
+        assert_eq!(
+            line["tenant"]["name"],
+            format!("T{i}"),
+            "defaults under the item's own"
+        );
         let (_, job) = app
             .get_json(&format!("/configapi/v2/jobs/{}", id(line, "jobId")))
             .await;
         assert_eq!(job["batchId"], batch_id.as_str());
         assert_eq!(job["batchItem"], i);
     }
-    assert!(batches::results(&app, &batch_id, "?status=failed").await.is_empty());
+    assert!(
+        batches::results(&app, &batch_id, "?status=failed")
+            .await
+            .is_empty()
+    );
 
     // Every item's events carry `batchid`; the batch's stop is announced once, after its items.
     let events = tap
         .collect_until(|e| e.iter().any(|e| e.routing_key == "batch.completed"))
         .await;
-    let job_events: Vec<_> = events.iter().filter(|e| e.routing_key.starts_with("job.")).collect();
-    assert!(job_events.len() >= 15, "queued, running, succeeded for 5 items");
+    let job_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.routing_key.starts_with("job."))
+        .collect();
+    assert!(
+        job_events.len() >= 15,
+        "queued, running, succeeded for 5 items"
+    );
     for e in &job_events {
         assert_eq!(e.body["batchid"], batch_id.as_str(), "{}", e.body);
     }
-    let stops: Vec<_> = events.iter().filter(|e| e.routing_key.starts_with("batch.")).collect();
+    let stops: Vec<_> = events
+        .iter()
+        .filter(|e| e.routing_key.starts_with("batch."))
+        .collect();
     assert_eq!(stops.len(), 1);
     assert_eq!(stops[0].body["type"], "io.provisioner.batch.completed");
     assert_eq!(stops[0].body["subject"], batch_id.as_str());
@@ -88,9 +105,17 @@ async fn a_json_batch_with_defaults_runs_every_item_and_reports_exact_results_in
         .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&template))
         .await;
     let events = tap
-        .collect_until(|e| e.iter().any(|e| e.body["subject"] == single["jobId"] && e.routing_key == "job.succeeded"))
+        .collect_until(|e| {
+            e.iter()
+                .any(|e| e.body["subject"] == single["jobId"] && e.routing_key == "job.succeeded")
+        })
         .await;
-    assert!(events.iter().filter(|e| e.body["subject"] == single["jobId"]).all(|e| e.body.get("batchid").is_none()));
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.body["subject"] == single["jobId"])
+            .all(|e| e.body.get("batchid").is_none())
+    );
     app.stop().await;
 }
 
@@ -111,10 +136,18 @@ async fn any_invalid_item_refuses_the_whole_batch_naming_items_and_lines() {
     assert_eq!(r.status(), 400);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     let problem: Value = r.json().await.unwrap();
-    assert!(problem["detail"].as_str().unwrap().starts_with("3 items are invalid"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 items are invalid"),
+        "{problem}"
+    );
     let errors = problem["errors"].as_array().unwrap();
     let at = |item: u64, line: u64, field: &str| {
-        errors.iter().any(|e| e["item"] == item && e["line"] == line && e["field"] == field)
+        errors
+            .iter()
+            .any(|e| e["item"] == item && e["line"] == line && e["field"] == field)
     };
     assert!(at(2, 4, "tenantUrl"), "{problem}");
     assert!(at(2, 4, "email"), "{problem}");
@@ -127,25 +160,58 @@ async fn any_invalid_item_refuses_the_whole_batch_naming_items_and_lines() {
 
     // JSON: items named by position only.
     let body = json!({"items": [good[0], {"tenantUrl": "x.example.com"}]});
-    let r = app.http.post(app.url("/configapi/v2/batches")).json(&body).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let problem: Value = r.json().await.unwrap();
     let errors = problem["errors"].as_array().unwrap();
-    assert!(errors.iter().all(|e| e["item"] == 1 && e.get("line").is_none()), "{problem}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["item"] == 1 && e.get("line").is_none()),
+        "{problem}"
+    );
     assert!(errors.iter().any(|e| e["field"] == "password"));
     // At most 100 problems are listed; the detail counts every invalid item.
-    let many: Vec<Value> = (0..150).map(|_| json!({"tenantUrl": fixtures::tenant_url()})).collect();
+    let many: Vec<Value> = (0..150)
+        .map(|_| json!({"tenantUrl": fixtures::tenant_url()}))
+        .collect();
     let r = post(&app, &app.http, "application/x-ndjson", ndjson(&many)).await;
     let problem: Value = r.json().await.unwrap();
     assert_eq!(problem["errors"].as_array().unwrap().len(), 100);
-    assert!(problem["detail"].as_str().unwrap().starts_with("150 items are invalid"), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("150 items are invalid"),
+        "{problem}"
+    );
     // Empty batches, unknown members, wrong media types.
     let r = post(&app, &app.http, "application/x-ndjson", "\n \n").await;
     assert_eq!(r.status(), 400);
-    let r = app.http.post(app.url("/configapi/v2/batches")).json(&json!({"items": [], "extra": 1})).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .json(&json!({"items": [], "extra": 1}))
+        .send()
+        .await
+        .unwrap();
     let problem: Value = r.json().await.unwrap();
-    let fields: Vec<_> = problem["errors"].as_array().unwrap().iter().map(|e| e["field"].clone()).collect();
-    assert!(fields.contains(&json!("extra")) && fields.contains(&json!("items")), "{problem}");
+    let fields: Vec<_> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].clone())
+        .collect();
+    assert!(
+        fields.contains(&json!("extra")) && fields.contains(&json!("items")),
+        "{problem}"
+    );
     let r = post(&app, &app.http, "text/csv", "a,b\n").await;
     assert_eq!(r.status(), 415);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
@@ -160,7 +226,13 @@ async fn more_items_than_allowed_is_413_and_nothing_is_created() {
     })
     .await;
     let template = app.serve_sample_template("t.zip").await;
-    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&items(4, &template))).await;
+    let r = post(
+        &app,
+        &app.http,
+        "application/x-ndjson",
+        ndjson(&items(4, &template)),
+    )
+    .await;
     assert_eq!(r.status(), 413);
     let r = app
         .http
@@ -171,7 +243,13 @@ async fn more_items_than_allowed_is_413_and_nothing_is_created() {
         .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
-    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&items(3, &template))).await;
+    let r = post(
+        &app,
+        &app.http,
+        "application/x-ndjson",
+        ndjson(&items(3, &template)),
+    )
+    .await;
     assert_eq!(r.status(), 202);
     app.stop().await;
 }
@@ -222,7 +300,8 @@ async fn an_item_whose_tenant_exists_ends_with_409_and_the_batch_completes() {
     let app = TestApp::spawn().await;
     let template = app.serve_sample_template("t.zip").await;
     let existing = fixtures::tenant_url();
-    app.create_and_wait(&existing, &fixtures::create_body(&template)).await;
+    app.create_and_wait(&existing, &fixtures::create_body(&template))
+        .await;
     let mut list = items(2, &template);
     list.push(item(&existing, &template));
     let batch = batches::submit(&app, &list).await;
@@ -255,7 +334,13 @@ async fn items_of_a_batch_share_one_download_of_their_template_url_pinned() {
     assert_eq!(done["counts"]["succeeded"], 6, "{done}");
     assert_eq!(app.templates.hits("t.zip"), 1);
     // The pinned bytes are in the store, kept as long as the batch.
-    assert_eq!(app.count(&format!("SELECT count(*) FROM batch_templates WHERE batch_id = '{batch_id}'")).await, 1);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM batch_templates WHERE batch_id = '{batch_id}'"
+        ))
+        .await,
+        1
+    );
     app.stop().await;
 }
 
@@ -267,7 +352,10 @@ async fn a_url_that_fails_for_good_fails_every_item_with_one_request() {
     let done = batches::wait(&app, &id(&batch, "batchId"), WITHIN).await;
     assert_eq!(done["counts"]["failed"], 4, "{done}");
     let failed = batches::results(&app, &id(&batch, "batchId"), "").await;
-    let details: std::collections::HashSet<_> = failed.iter().map(|l| (l["code"].clone(), l["error"]["detail"].clone())).collect();
+    let details: std::collections::HashSet<_> = failed
+        .iter()
+        .map(|l| (l["code"].clone(), l["error"]["detail"].clone()))
+        .collect();
     assert_eq!(details.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["code"], 400);
     assert_eq!(app.templates.hits("missing.zip"), 1);
@@ -283,7 +371,11 @@ async fn a_url_that_keeps_failing_is_asked_at_most_max_attempts_times_for_the_ba
     .await;
     let url = app.templates.route(
         "down.zip",
-        Route { status: 200, body: Vec::new().into(), fail_first: usize::MAX },
+        Route {
+            status: 200,
+            body: Vec::new().into(),
+            fail_first: usize::MAX,
+        },
     );
     let batch = batches::submit(&app, &items(5, &url)).await;
     let done = batches::wait(&app, &id(&batch, "batchId"), WITHIN).await;
@@ -302,7 +394,11 @@ async fn cancel_stops_queued_items_once_and_is_idempotent() {
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
     let batch = batches::submit(&app, &items(4, &template)).await;
     let batch_id = id(&batch, "batchId");
-    let cancel = || app.http.post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel"))).send();
+    let cancel = || {
+        app.http
+            .post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel")))
+            .send()
+    };
     let r = cancel().await.unwrap();
     assert_eq!(r.status(), 200);
     let cancelled: Value = r.json().await.unwrap();
@@ -312,14 +408,27 @@ async fn cancel_stops_queued_items_once_and_is_idempotent() {
     let again: Value = cancel().await.unwrap().json().await.unwrap();
     assert_eq!(again, cancelled);
     let events = tap
-        .collect_until(|e| e.iter().filter(|e| e.routing_key == "job.cancelled").count() == 4
-            && e.iter().any(|e| e.routing_key == "batch.cancelled"))
+        .collect_until(|e| {
+            e.iter()
+                .filter(|e| e.routing_key == "job.cancelled")
+                .count()
+                == 4
+                && e.iter().any(|e| e.routing_key == "batch.cancelled")
+        })
         .await;
-    assert_eq!(events.iter().filter(|e| e.routing_key.starts_with("batch.")).count(), 1);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.routing_key.starts_with("batch."))
+            .count(),
+        1
+    );
     // A worker started now finds nothing to do.
     let mut app = app;
     app.start_worker();
-    let (_, after) = app.get_json(&format!("/configapi/v2/batches/{batch_id}")).await;
+    let (_, after) = app
+        .get_json(&format!("/configapi/v2/batches/{batch_id}"))
+        .await;
     assert_eq!(after["counts"]["cancelled"], 4);
     assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
     app.stop().await;
@@ -336,11 +445,21 @@ async fn retry_gives_failed_items_new_jobs_and_keeps_the_old_ones_readable() {
     assert_eq!(done["counts"]["failed"], 3);
     let old = batches::results(&app, &batch_id, "").await;
     // Nothing failed with 503: nothing to retry.
-    let r = app.http.post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry?code=503"))).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry?code=503")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // The template appears; a retry of the 400s runs them again.
     app.serve_sample_template("late.zip").await;
-    let r = app.http.post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry?code=400"))).send().await.unwrap();
+    let r = app
+        .http
+        .post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry?code=400")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let retried: Value = r.json().await.unwrap();
     assert_eq!(retried["status"], "running");
@@ -354,7 +473,9 @@ async fn retry_gives_failed_items_new_jobs_and_keeps_the_old_ones_readable() {
     for (o, n) in old.iter().zip(&new) {
         assert_eq!(o["item"], n["item"]);
         assert_ne!(o["jobId"], n["jobId"]);
-        let (status, old_job) = app.get_json(&format!("/configapi/v2/jobs/{}", id(o, "jobId"))).await;
+        let (status, old_job) = app
+            .get_json(&format!("/configapi/v2/jobs/{}", id(o, "jobId")))
+            .await;
         assert_eq!(status, 200);
         assert_eq!(old_job["status"], "failed");
         assert_eq!(old_job["batchItem"], o["item"]);
@@ -365,7 +486,11 @@ async fn retry_gives_failed_items_new_jobs_and_keeps_the_old_ones_readable() {
         3
     );
     // Sealed passwords of replaced and succeeded jobs are erased.
-    assert_eq!(app.count("SELECT count(*) FROM jobs WHERE sealed_password IS NOT NULL").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE sealed_password IS NOT NULL")
+            .await,
+        0
+    );
     app.stop().await;
 }
 
@@ -390,19 +515,36 @@ async fn batches_are_seen_only_by_their_client_and_by_operators() {
             .unwrap();
         assert_eq!(r.status(), 404, "{method} {path}");
     }
-    let list: Value = other.get(app.url("/configapi/v2/batches")).send().await.unwrap().json().await.unwrap();
+    let list: Value = other
+        .get(app.url("/configapi/v2/batches"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["items"], json!([]));
-    let seen = operator.get(app.url(&format!("/configapi/v2/batches/{batch_id}"))).send().await.unwrap();
+    let seen = operator
+        .get(app.url(&format!("/configapi/v2/batches/{batch_id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(seen.status(), 200);
     // Read-only operators cannot steer: the scope is checked first.
-    let r = operator.post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel"))).send().await.unwrap();
+    let r = operator
+        .post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     // The owner's list, newest first, paged.
     let second = batches::submit(&app, &items(1, &template)).await;
     let (_, page) = app.get_json("/configapi/v2/batches?limit=1").await;
     assert_eq!(page["items"][0]["batchId"], second["batchId"]);
     let cursor = page["nextCursor"].as_str().unwrap();
-    let (_, page) = app.get_json(&format!("/configapi/v2/batches?limit=1&cursor={cursor}")).await;
+    let (_, page) = app
+        .get_json(&format!("/configapi/v2/batches?limit=1&cursor={cursor}"))
+        .await;
     assert_eq!(page["items"][0]["batchId"], batch_id.as_str());
     assert_eq!(page["nextCursor"], Value::Null);
     app.stop().await;
@@ -417,7 +559,13 @@ async fn a_batch_past_the_clients_unfinished_items_cap_is_429_and_creates_nothin
     .await;
     let template = app.serve_sample_template("t.zip").await;
     batches::submit(&app, &items(3, &template)).await;
-    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&items(3, &template))).await;
+    let r = post(
+        &app,
+        &app.http,
+        "application/x-ndjson",
+        ndjson(&items(3, &template)),
+    )
+    .await;
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 3);
@@ -438,7 +586,9 @@ async fn counts_read_while_a_batch_runs_always_add_up_and_never_go_back() {
     let batch_id = id(&batch, "batchId");
     let mut last_ended = 0;
     loop {
-        let (_, now) = app.get_json(&format!("/configapi/v2/batches/{batch_id}")).await;
+        let (_, now) = app
+            .get_json(&format!("/configapi/v2/batches/{batch_id}"))
+            .await;
         assert_counts_add_up(&now);
         let c = &now["counts"];
         let ended = c["succeeded"].as_i64().unwrap() + c["failed"].as_i64().unwrap();
@@ -469,20 +619,31 @@ async fn another_clients_single_create_is_not_held_back_by_a_big_batch() {
     let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
     // A's items are running before B submits.
     provisioner_tests::eventually(WITHIN, || async {
-        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'").await > 0).then_some(())
+        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+            .await
+            > 0)
+        .then_some(())
     })
     .await;
     let r = b
-        .post(app.url(&format!("/configapi/v2/selfservice/tenant/{}", fixtures::tenant_url())))
+        .post(app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        )))
         .header("prefer", "wait=30")
         .json(&fixtures::create_body(&template))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "B's create finished while A's batch runs");
-    let (_, a) = app.get_json(&format!("/configapi/v2/batches/{}", id(&big, "batchId"))).await;
+    let (_, a) = app
+        .get_json(&format!("/configapi/v2/batches/{}", id(&big, "batchId")))
+        .await;
     assert_eq!(a["status"], "running");
-    assert!(a["counts"]["queued"].as_i64().unwrap() > 200, "A's batch is far from done: {a}");
+    assert!(
+        a["counts"]["queued"].as_i64().unwrap() > 200,
+        "A's batch is far from done: {a}"
+    );
     app.stop().await;
 }
 
@@ -496,10 +657,15 @@ async fn within_a_client_a_single_create_goes_ahead_of_its_queued_batch_items() 
     let template = app.serve_sample_template("t.zip").await;
     let big = batches::submit(&app, &items(100, &template)).await;
     provisioner_tests::eventually(WITHIN, || async {
-        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'").await > 0).then_some(())
+        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+            .await
+            > 0)
+        .then_some(())
     })
     .await;
-    let single = app.submit(&fixtures::tenant_url(), &fixtures::create_body(&template)).await;
+    let single = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&template))
+        .await;
     let job = app.wait_job(&single).await;
     assert_eq!(job["status"], "succeeded");
     // With one slot, a batch item may start between the single's acceptance and its start
@@ -511,8 +677,113 @@ async fn within_a_client_a_single_create_goes_ahead_of_its_queued_batch_items() 
             id(&big, "batchId")
         ))
         .await;
-    assert!(overtaking <= 1, "{overtaking} batch items started while the single create waited");
-    let (_, a) = app.get_json(&format!("/configapi/v2/batches/{}", id(&big, "batchId"))).await;
+    assert!(
+        overtaking <= 1,
+        "{overtaking} batch items started while the single create waited"
+    );
+    let (_, a) = app
+        .get_json(&format!("/configapi/v2/batches/{}", id(&big, "batchId")))
+        .await;
     assert!(a["counts"]["queued"].as_i64().unwrap() > 50, "{a}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn items_may_name_a_stored_template_by_id_and_an_unknown_id_is_the_items_problem() {
+    let app = TestApp::spawn().await;
+    let zip = fixtures::sample_template(app.db_version().await).write();
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/templates?name=support"))
+        .header("content-type", "application/zip")
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let stored: Value = r.json().await.unwrap();
+    let template_id = id(&stored, "templateId");
+    let by_id = |url: &str, template: &str| {
+        let mut it = item(url, "unused");
+        it.as_object_mut().unwrap().remove("templateUrl");
+        it["templateId"] = json!(template);
+        it
+    };
+    let unknown = "0".repeat(64);
+    let list = [
+        by_id(&fixtures::tenant_url(), &unknown),
+        by_id(&fixtures::tenant_url(), &template_id),
+    ];
+    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&list)).await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["errors"],
+        json!([{"item": 0, "line": 1, "field": "templateId",
+        "message": format!("no template {unknown} is stored by this client")}])
+    );
+    // Both fields, or neither, name both.
+    let mut both = by_id(&fixtures::tenant_url(), &template_id);
+    both["templateUrl"] = json!("https://t.example/t.zip");
+    let mut neither = by_id(&fixtures::tenant_url(), &template_id);
+    neither.as_object_mut().unwrap().remove("templateId");
+    let r = post(
+        &app,
+        &app.http,
+        "application/x-ndjson",
+        ndjson(&[both, neither]),
+    )
+    .await;
+    let problem: Value = r.json().await.unwrap();
+    for item in [0, 1] {
+        for field in ["templateUrl", "templateId"] {
+            assert!(
+                problem["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["item"] == item && e["field"] == field),
+                "{problem}"
+            );
+        }
+    }
+    let batch = batches::submit(
+        &app,
+        &[
+            by_id(&fixtures::tenant_url(), &template_id),
+            by_id(&fixtures::tenant_url(), &template_id),
+        ],
+    )
+    .await;
+    let batch_id = id(&batch, "batchId");
+    // The batch pins the template: the client's delete does not remove it from under the items.
+    let r = app
+        .http
+        .delete(app.url(&format!("/configapi/v2/templates/{template_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["counts"]["succeeded"], 2, "{done}");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM templates WHERE id = '{template_id}'"
+        ))
+        .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_single_create_for_a_url_a_queued_batch_item_names_is_409() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let url = fixtures::tenant_url();
+    batches::submit(&app, &[item(&url, &template)]).await;
+    let r = app.create(&url, &fixtures::create_body(&template)).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
     app.stop().await;
 }

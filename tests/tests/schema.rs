@@ -15,8 +15,16 @@ const SEED: &str = "7";
 /// The whole run may take this long.
 const RUN_LIMIT: Duration = Duration::from_secs(110);
 
+/// What the run needs from the system under test: a tenant, and a stored template (its id, and
+/// a file holding its bytes, from which the hooks make more templates).
+struct Fixtures<'a> {
+    tenant: &'a str,
+    template_id: &'a str,
+    template_zip: &'a Path,
+}
+
 /// Runs schemathesis against `openapi` with every check; its exit status and report.
-async fn schemathesis(openapi: &str, token: &str, tenant: &str) -> (bool, String) {
+async fn schemathesis(openapi: &str, token: &str, fixtures: &Fixtures<'_>) -> (bool, String) {
     let config_dir = Path::new(CONFIG_DIR);
     let run = tokio::process::Command::new("schemathesis")
         .env_clear()
@@ -26,7 +34,9 @@ async fn schemathesis(openapi: &str, token: &str, tenant: &str) -> (bool, String
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .env("NO_COLOR", "1")
         .current_dir(std::env::temp_dir())
-        .env("SCHEMA_TENANT", tenant)
+        .env("SCHEMA_TENANT", fixtures.tenant)
+        .env("SCHEMA_TEMPLATE_ID", fixtures.template_id)
+        .env("SCHEMA_TEMPLATE_ZIP", fixtures.template_zip)
         .arg("--config-file")
         .arg(config_dir.join("schemathesis.toml"))
         .args(["run", openapi, "--checks", "all", "--workers", "1"])
@@ -60,9 +70,29 @@ async fn schemathesis_finds_no_failure_with_every_check_against_the_served_docum
         .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     app.stop_workers().await;
+    // A stored template that creates may name, and its bytes for the hooks.
+    let bytes = fixtures::sample_template(app.db_version().await).write();
+    let template_zip = std::env::temp_dir().join(format!("{}-template.zip", app.database));
+    std::fs::write(&template_zip, &bytes).unwrap();
+    let stored = app
+        .http
+        .post(app.url("/configapi/v2/templates"))
+        .header("content-type", "application/zip")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let stored: serde_json::Value = stored.json().await.unwrap();
+    let run_with = Fixtures {
+        tenant: &tenant,
+        template_id: stored["templateId"].as_str().unwrap(),
+        template_zip: &template_zip,
+    };
     let token = fetch_token(&app.http, app.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
     let openapi = app.url("/openapi.json");
-    let (passed, report) = schemathesis(&openapi, &token, &tenant).await;
+    let (passed, report) = schemathesis(&openapi, &token, &run_with).await;
+    let _ = std::fs::remove_file(&template_zip);
     app.stop().await;
     println!("{report}");
     assert!(passed, "schemathesis found failures:\n{report}");

@@ -1,10 +1,11 @@
 //! Rescues jobs whose worker died or hung: a running job whose lease ran out goes back to the
 //! queue (or fails with code 500 when out of attempts). Reconciles the queue with the jobs: a
-//! queued job whose broker message is lost is sent again.
+//! queued job whose broker message is lost is sent again. Removes the templates nothing needs
+//! any more from the template store.
 
 use std::{sync::Arc, time::Duration};
 
-use provisioner_shared::{db, uploads};
+use provisioner_shared::db;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{self, Context};
@@ -28,6 +29,9 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
         if let Err(e) = reconcile(&ctx).await {
             tracing::warn!(error = %e, "queue reconciliation failed");
+        }
+        if let Err(e) = remove_unused_templates(&ctx).await {
+            tracing::warn!(error = %e, "template store sweep failed");
         }
     }
 }
@@ -58,11 +62,7 @@ async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Uploads older than this whose job has ended (or never came to be) are removed.
-const ORPHAN_AGE: Duration = Duration::from_secs(3600);
-
 async fn sweep(ctx: &Context) -> Result<(), sqlx::Error> {
-    sweep_uploads(ctx).await?;
     for id in db::jobs::expired_leases(&ctx.pool, 100).await? {
         let mut tx = ctx.pool.begin().await?;
         if let Some(job) = jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await? {
@@ -73,22 +73,18 @@ async fn sweep(ctx: &Context) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Removes uploads no job needs: the job ended, or its request failed before the job was made.
-async fn sweep_uploads(ctx: &Context) -> Result<(), sqlx::Error> {
-    let candidates = match uploads::older_than(&ctx.settings.upload_dir, ORPHAN_AGE).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list the upload directory");
-            return Ok(());
-        }
-    };
-    for id in candidates {
-        let live = db::jobs::find(&ctx.pool, id, None)
-            .await?
-            .is_some_and(|j| !j.status.is_terminal());
-        if !live {
-            uploads::remove(&ctx.settings.upload_dir, id).await;
-        }
+/// Templates removed per sweep at most.
+const TEMPLATES_PER_SWEEP: i64 = 100;
+
+/// Removes stored templates that no client keeps, no queued or running job reads and no batch
+/// pins (a job's upload, once the job ended; a template its clients deleted).
+async fn remove_unused_templates(ctx: &Context) -> Result<(), sqlx::Error> {
+    let removed = db::templates::remove_unused(&ctx.pool, TEMPLATES_PER_SWEEP).await?;
+    if removed > 0 {
+        tracing::info!(
+            templates = removed,
+            "removed templates nothing needs any more"
+        );
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ pub(crate) use json::{JsonObject, whole_number};
 pub(crate) use lock_timeout::{JobLockTimeout, RouteLockTimeout, lock_timeout_from};
 pub(crate) use page::{
     Page, PageQuery, decode_cursor, encode_cursor, job_key, job_key_text, not_a_cursor,
+    template_key, template_key_text,
 };
 pub(crate) use path::PathText;
 pub(crate) use query::query_param;

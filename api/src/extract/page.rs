@@ -113,6 +113,32 @@ pub(crate) fn job_key(text: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
+/// The template listing's sort key as text: the keep's creation time in microseconds, the
+/// template id and the client id (last, so it may hold any character).
+pub(crate) fn template_key_text(
+    created_at: DateTime<Utc>,
+    template_id: &str,
+    client_id: &str,
+) -> String {
+    format!(
+        "{}|{template_id}|{client_id}",
+        created_at.timestamp_micros()
+    )
+}
+
+/// A template listing's sort key read back from `template_key_text`.
+pub(crate) fn template_key(text: &str) -> Option<(DateTime<Utc>, String, String)> {
+    let mut parts = text.splitn(3, '|');
+    let micros = parts.next()?.parse().ok()?;
+    let template_id = parts.next()?.to_owned();
+    let client_id = parts.next()?.to_owned();
+    Some((
+        DateTime::from_timestamp_micros(micros)?,
+        template_id,
+        client_id,
+    ))
+}
+
 /// The error for a cursor this API did not issue.
 pub(crate) fn not_a_cursor() -> FieldError {
     FieldError::new("cursor", "is not a cursor this API issued")
@@ -158,5 +184,16 @@ mod tests {
         );
         assert_eq!(decode_cursor("not base64!"), None);
         assert_eq!(job_key("12|not-a-uuid"), None);
+        let key = template_key_text(
+            DateTime::from_timestamp_micros(7).unwrap(),
+            "ab",
+            "client|with|bars",
+        );
+        let (at, template, client) = template_key(&key).unwrap();
+        assert_eq!(
+            (at.timestamp_micros(), template.as_str(), client.as_str()),
+            (7, "ab", "client|with|bars")
+        );
+        assert_eq!(template_key("12|ab"), None);
     }
 }

@@ -50,6 +50,7 @@ impl Modify for SecuritySchemes {
         (name = "auth", description = "OAuth 2.0 client credentials"),
         (name = "tenants", description = "Create, import, inspect and manage tenants"),
         (name = "jobs", description = "Asynchronous jobs"),
+        (name = "templates", description = "The template store: templates stored once, named by id"),
         (name = "access numbers", description = "Access-number ranges"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )

@@ -79,6 +79,19 @@ shape!(
     /// A ZIP archive as the raw request body.
     ZipBody => zip()
 );
+shape!(
+    /// A template's id in the store.
+    TemplateIdText => template_id()
+);
+shape!(
+    /// A stored template's label: text of 1 to 255 characters.
+    TemplateName => text()
+);
+
+/// A template's id: the lower-case hex SHA-256 of its bytes.
+pub(crate) fn template_id() -> RefOr<Schema> {
+    pattern("^[0-9a-f]{64}$", 64, 64)
+}
 
 /// A ZIP archive (a request body or a form's file part).
 pub(crate) fn zip() -> RefOr<Schema> {

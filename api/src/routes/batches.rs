@@ -83,8 +83,7 @@ pub(super) async fn create_batch(
         "application/json" => false,
         "" => {
             return Err(ApiError::UnsupportedMediaType(
-                "Content-Type is missing; send application/json or application/x-ndjson"
-                    .to_owned(),
+                "Content-Type is missing; send application/json or application/x-ndjson".to_owned(),
             ));
         }
         other => {
@@ -127,9 +126,8 @@ pub(super) async fn get_batch(
     let id = batch_id(&raw)?;
     let wait_secs = match query_param(&uri, "wait") {
         None => 0,
-        Some(w) => clamped_seconds(&w, MAX_POLL_WAIT).ok_or_else(|| {
-            FieldError::new("wait", "must be a non-negative integer of seconds")
-        })?,
+        Some(w) => clamped_seconds(&w, MAX_POLL_WAIT)
+            .ok_or_else(|| FieldError::new("wait", "must be a non-negative integer of seconds"))?,
     };
     let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
     let batch = wait::until_batch(
@@ -295,7 +293,9 @@ fn codes_param(uri: &Uri) -> Result<Option<Vec<i32>>, ApiError> {
     raw.split(',')
         .map(|c| match c.trim().parse::<i32>() {
             Ok(code) if (100..=599).contains(&code) => Ok(code),
-            _ => Err(FieldError::new("code", "must be HTTP status codes separated by commas").into()),
+            _ => {
+                Err(FieldError::new("code", "must be HTTP status codes separated by commas").into())
+            }
         })
         .collect::<Result<Vec<_>, ApiError>>()
         .map(Some)
@@ -325,8 +325,7 @@ pub(super) async fn retry_batch(
     let mut after = -1;
     let mut retried = 0usize;
     loop {
-        let failed =
-            db::batches::failed_items(&mut tx, id, codes.as_deref(), after, PAGE).await?;
+        let failed = db::batches::failed_items(&mut tx, id, codes.as_deref(), after, PAGE).await?;
         let Some(last) = failed.last() else { break };
         after = last.item;
         let mut old_jobs = Vec::with_capacity(failed.len());

@@ -7,7 +7,6 @@ use axum::{
     extract::{FromRequest, Multipart, Request, State, multipart::Field},
     response::Response,
 };
-use provisioner_shared::uploads;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -19,19 +18,43 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{JsonObject, PathText, media_type},
     openapi::shapes::{self, HostName, IdempotencyKeyText},
-    submit::{Answer, Submission, Submitted, submit},
+    submit::{Answer, JobTemplate, Submission, Submitted, submit},
     upload::{self, Upload},
     validate::{self, TemplateInput},
 };
 
-/// Create tenant from template (JSON).
+/// Create tenant from template (JSON): the fields of `CreateTenantFields` with exactly one of
+/// `templateUrl` and `templateId`.
+pub(super) struct CreateTenantRequest;
+
+impl utoipa::PartialSchema for CreateTenantRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        exactly_one_of(CreateTenantFields::schema(), &["templateUrl", "templateId"])
+    }
+}
+
+impl ToSchema for CreateTenantRequest {}
+
+/// `fields`, with exactly one of `sources` required.
+fn exactly_one_of(
+    fields: utoipa::openapi::RefOr<utoipa::openapi::Schema>,
+    sources: &[&str],
+) -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    use utoipa::openapi::{AllOfBuilder, ObjectBuilder, OneOfBuilder};
+    let one_source = sources.iter().fold(OneOfBuilder::new(), |one, field| {
+        one.item(ObjectBuilder::new().required(*field))
+    });
+    AllOfBuilder::new().item(fields).item(one_source).into()
+}
+
+/// Create tenant from template (JSON): its fields.
 #[expect(
     dead_code,
     reason = "documents the body that is read field by field, to name every bad field"
 )]
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct CreateTenantRequest {
+pub(super) struct CreateTenantFields {
     #[schema(schema_with = shapes::text)]
     tenant_name: String,
     /// Template access number -> real access number (1-20 digits each; targets distinct).
@@ -48,35 +71,34 @@ pub(super) struct CreateTenantRequest {
     password: String,
     #[schema(schema_with = shapes::email)]
     email: String,
-    /// Absolute http(s) URL of the template ZIP.
+    /// Absolute http(s) URL of the template ZIP; or give `templateId`.
     #[schema(schema_with = shapes::template_url)]
-    template_url: String,
+    template_url: Option<String>,
+    /// A template of the store that this client stored; or give `templateUrl`.
+    #[schema(schema_with = shapes::template_id)]
+    template_id: Option<String>,
     /// Seconds to wait for the import lock, 0-3600 (default 120).
     #[schema(schema_with = shapes::lock_timeout)]
     lock_timeout: Option<u32>,
 }
 
 /// Create tenant from template (form data): the fields of `CreateTenantFormFields` with exactly
-/// one of a `template` file part and `templateUrl`.
+/// one of a `template` file part, `templateUrl` and `templateId`.
 pub(super) struct CreateTenantForm;
 
 impl utoipa::PartialSchema for CreateTenantForm {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
-        use utoipa::openapi::{AllOfBuilder, ObjectBuilder, OneOfBuilder};
-        let one_source = OneOfBuilder::new()
-            .item(ObjectBuilder::new().required("template"))
-            .item(ObjectBuilder::new().required("templateUrl"));
-        AllOfBuilder::new()
-            .item(CreateTenantFormFields::schema())
-            .item(one_source)
-            .into()
+        exactly_one_of(
+            CreateTenantFormFields::schema(),
+            &["template", "templateUrl", "templateId"],
+        )
     }
 }
 
 impl ToSchema for CreateTenantForm {}
 
 /// Create tenant from template (form data): the same fields, `numberMap` repeated as
-/// `template:actual`, and either a `template` file part or `templateUrl`.
+/// `template:actual`, and one of a `template` file part, `templateUrl` and `templateId`.
 #[expect(
     dead_code,
     reason = "documents the body that is read field by field, to name every bad field"
@@ -101,11 +123,13 @@ pub(super) struct CreateTenantFormFields {
     email: String,
     #[schema(schema_with = shapes::form_lock_timeout)]
     lock_timeout: Option<u32>,
-    /// The template ZIP; exactly one of `template` and `templateUrl` is given.
+    /// The template ZIP; exactly one of `template`, `templateUrl` and `templateId` is given.
     #[schema(schema_with = shapes::zip)]
     template: Option<Vec<u8>>,
     #[schema(schema_with = shapes::template_url)]
     template_url: Option<String>,
+    #[schema(schema_with = shapes::template_id)]
+    template_id: Option<String>,
 }
 
 /// Largest text part of a form.
@@ -120,13 +144,13 @@ const FORM_TEXT_LIMIT: usize = 64 << 10;
     request_body(content((CreateTenantRequest = "application/json"), (CreateTenantForm = "multipart/form-data"))),
     responses(
         Submitted,
-        (status = 400, description = "Invalid fields (all named), or under Prefer: wait a bad template"),
+        (status = 400, description = "Invalid fields (all named; a templateId this client did not store among them), or under Prefer: wait a bad template"),
         (status = 409, description = "The tenant, or an active job for it, exists"),
         (status = 422, description = "The Idempotency-Key was used with another body"),
         (status = 413, description = "The template is too large"),
         (status = 415, description = "Not JSON or form data"),
         (status = 500, description = "Under Prefer: wait, the job failed after retries"),
-        (status = 503, description = "Under Prefer: wait, lock timeout")))]
+        (status = 503, description = "Under Prefer: wait, lock timeout; or the server is receiving as many templates as its memory allows (Retry-After)")))]
 pub(super) async fn create_from_template(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -144,11 +168,13 @@ pub(super) async fn create_from_template(
     let digest = state
         .sealer
         .digest(format!("{}\n{}", request.tenant_url, Value::Object(fields)).as_bytes());
-    let sub = Submission::create(Uuid::now_v7(), request, digest, false);
+    let template = JobTemplate::of(&request, None);
+    let sub = Submission::create(Uuid::now_v7(), request, digest, template);
     submit(&state, &caller, &answer, sub).await
 }
 
-/// The form variant: parts as the original, the template streamed to the upload directory.
+/// The form variant: parts as the original, the template file read into memory and stored in
+/// the template store with its job.
 async fn from_form(
     state: AppState,
     caller: Caller,
@@ -156,27 +182,14 @@ async fn from_form(
     answer: Answer,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let job_id = Uuid::now_v7();
-    let form = match read_form(&state, job_id, request).await {
-        Ok(form) => form,
-        Err(e) => {
-            uploads::remove(&state.settings.upload_dir, job_id).await;
-            return Err(e);
-        }
+    let form = read_form(&state, request).await?;
+    let input = match &form.upload {
+        Some(upload) => TemplateInput::FormFile(&upload.id),
+        None => TemplateInput::Form,
     };
-    let input = if form.upload.is_some() {
-        TemplateInput::FormFile
-    } else {
-        TemplateInput::FormUrl
-    };
-    let request = match validate::create_request(&raw_url, &form.fields, input) {
-        Ok(r) => r,
-        Err(errors) => {
-            uploads::remove(&state.settings.upload_dir, job_id).await;
-            return Err(ApiError::Validation(errors));
-        }
-    };
-    let file_digest = form.upload.as_ref().map_or("", |u| u.sha256.as_str());
+    let request =
+        validate::create_request(&raw_url, &form.fields, input).map_err(ApiError::Validation)?;
+    let file_digest = form.upload.as_ref().map_or("", |u| u.id.as_str());
     let digest = state.sealer.digest(
         format!(
             "{}\n{}\n{file_digest}",
@@ -185,7 +198,8 @@ async fn from_form(
         )
         .as_bytes(),
     );
-    let sub = Submission::create(job_id, request, digest, form.upload.is_some());
+    let template = JobTemplate::of(&request, form.upload);
+    let sub = Submission::create(Uuid::now_v7(), request, digest, template);
     submit(&state, &caller, &answer, sub).await
 }
 
@@ -195,12 +209,14 @@ struct Form {
     upload: Option<Upload>,
 }
 
-/// Reads every part; the `template` file part is streamed to job `job_id`'s upload.
-async fn read_form(state: &AppState, job_id: Uuid, request: Request) -> Result<Form, ApiError> {
+/// Reads every part; the `template` file part into memory, within the upload budget.
+async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError> {
+    let max = state.settings.template_max_bytes;
+    // The whole form's length bounds the file's: reserved before reading, at most `max`.
+    let length = upload::declared_length(request.headers(), u64::MAX)?;
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let max = state.settings.template_max_bytes;
     let mut form = Form {
         fields: Map::new(),
         upload: None,
@@ -210,8 +226,8 @@ async fn read_form(state: &AppState, job_id: Uuid, request: Request) -> Result<F
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "template" if form.upload.is_none() => {
-                let dir = &state.settings.upload_dir;
-                form.upload = Some(upload::save(dir, job_id, field, max).await?);
+                let budget = &state.template_budget;
+                form.upload = Some(upload::read(budget, field, length, max).await?);
             }
             "numberMap" => {
                 let pair = form_text(field).await?;

@@ -155,7 +155,6 @@ pub(super) async fn cancel_job(
     let mut tx = state.pool.begin().await?;
     if let Some(job) = db::jobs::cancel(&mut tx, id, caller.sees()).await? {
         tx.commit().await?;
-        provisioner_shared::uploads::remove(&state.settings.upload_dir, id).await;
         return Ok(Json(job.view()));
     }
     match db::jobs::find(&mut *tx, id, caller.sees()).await? {

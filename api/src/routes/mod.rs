@@ -13,6 +13,7 @@ mod health;
 mod jobs;
 mod operations;
 mod stream;
+mod templates;
 mod tenants;
 mod token;
 
@@ -54,7 +55,10 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         .routes(routes!(access_numbers::list_access_numbers))
         .routes(routes!(batches::list_batches))
         .routes(routes!(batches::get_batch))
-        .routes(routes!(batches::batch_results));
+        .routes(routes!(batches::batch_results))
+        .routes(routes!(templates::list_templates))
+        .routes(routes!(templates::get_template))
+        .routes(routes!(templates::get_template_content));
     let export = OpenApiRouter::new().routes(routes!(export::export_tenant));
     let write = OpenApiRouter::new()
         .routes(create)
@@ -68,7 +72,9 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
         .routes(routes!(access_numbers::delete_access_numbers))
         .routes(routes!(batches::create_batch))
         .routes(routes!(batches::cancel_batch))
-        .routes(routes!(batches::retry_batch));
+        .routes(routes!(batches::retry_batch))
+        .routes(routes!(templates::store_template))
+        .routes(routes!(templates::delete_template));
     vec![
         Group {
             scope: None,

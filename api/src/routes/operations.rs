@@ -18,6 +18,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     let mut conn = state.pool.acquire().await?;
     let lag = db::outbox::lag_seconds(&mut conn).await?;
     metrics::record_job_stats(&stats, lag);
+    metrics::record_template_memory(state.template_budget.in_use_bytes());
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics::handle().render(),

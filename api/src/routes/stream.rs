@@ -1,12 +1,12 @@
 //! The raw-ZIP variants: create from a streamed template (`PUT /configapi/v2/tenant/{url}`) and
-//! Import Tenant (`POST /configapi/v2/tenant`). Both stream the body to the upload directory.
+//! Import Tenant (`POST /configapi/v2/tenant`). Both read the body into memory and store it in
+//! the template store with its job.
 
 use std::collections::BTreeMap;
 
 use axum::{
     Extension,
     extract::{Request, State},
-    http::HeaderMap,
     response::Response,
 };
 use provisioner_shared::{
@@ -19,38 +19,18 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError, all_valid},
-    extract::{JobLockTimeout, PathText, media_type},
+    extract::{JobLockTimeout, PathText},
     openapi::shapes::{HostName, LockTimeoutSeconds, ZipBody},
-    submit::{Answer, Submission, Submitted, submit},
-    upload,
+    submit::{Answer, JobTemplate, Submission, Submitted, submit},
+    upload::{self, Upload, require_zip},
 };
 
-/// Streams the request body to the upload of job `id`.
-async fn save_body(
-    state: &AppState,
-    id: uuid::Uuid,
-    request: Request,
-) -> Result<upload::Upload, ApiError> {
+/// Reads the request body into memory, within the size cap and the upload budget.
+async fn read_body(state: &AppState, request: Request) -> Result<Upload, ApiError> {
+    let max = state.settings.template_max_bytes;
+    let length = upload::declared_length(request.headers(), max)?;
     let body = request.into_body().into_data_stream();
-    upload::save(
-        &state.settings.upload_dir,
-        id,
-        body,
-        state.settings.template_max_bytes,
-    )
-    .await
-}
-
-fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
-    match media_type(headers).as_str() {
-        "application/zip" | "application/octet-stream" | "application/x-zip-compressed" => Ok(()),
-        "" => Err(ApiError::UnsupportedMediaType(
-            "Content-Type is missing; send application/zip".to_owned(),
-        )),
-        other => Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type {other} is not supported here; send application/zip"
-        ))),
-    }
+    upload::read(&state.template_budget, body, length, max).await
 }
 
 /// `PUT /configapi/v2/tenant/{tenant_url}?lockTimeout=N`: the tenant name and SIP domain are
@@ -65,7 +45,8 @@ fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 400, description = "Invalid tenant URL or lockTimeout"),
         (status = 409, description = "The tenant exists"),
         (status = 413, description = "The template is too large"),
-        (status = 415, description = "Not a ZIP")))]
+        (status = 415, description = "Not a ZIP"),
+        (status = 503, description = "The server is receiving as many templates as its memory allows (Retry-After)")))]
 pub(super) async fn create_from_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -86,27 +67,26 @@ pub(super) async fn create_from_stream(
             "a tenant with URL {url} already exists"
         )));
     }
-    let id = uuid::Uuid::now_v7();
-    let upload = save_body(&state, id, request).await?;
+    let upload = read_body(&state, request).await?;
     let params = CreateTenantParams {
         tenant_name: url.to_string(),
         admin: None,
         number_map: BTreeMap::new(),
-        template: TemplateSource::Stored(upload.sha256.clone()),
+        template: TemplateSource::Stored(upload.id.clone()),
         lock_timeout,
     };
     let digest = state
         .sealer
-        .digest(format!("stream\n{url}\n{lock_timeout}\n{}", upload.sha256).as_bytes());
+        .digest(format!("stream\n{url}\n{lock_timeout}\n{}", upload.id).as_bytes());
     let sub = Submission {
-        id,
+        id: uuid::Uuid::now_v7(),
         kind: JobKind::CreateTenant,
         tenant_url: url.to_string(),
         params: serde_json::to_value(&params).expect("params serialize"),
         password: None,
         digest,
         refuse_existing_tenant: true,
-        uploaded: true,
+        template: JobTemplate::Upload(upload),
     };
     submit(&state, &caller, &answer, sub).await
 }
@@ -121,7 +101,8 @@ pub(super) async fn create_from_stream(
         Submitted,
         (status = 400, description = "Invalid lockTimeout"),
         (status = 413, description = "The archive is too large"),
-        (status = 415, description = "Not a ZIP")))]
+        (status = 415, description = "Not a ZIP"),
+        (status = 503, description = "The server is receiving as many templates as its memory allows (Retry-After)")))]
 pub(super) async fn import_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -131,14 +112,12 @@ pub(super) async fn import_tenant(
 ) -> Result<Response, ApiError> {
     require_zip(request.headers())?;
     let lock_timeout = lock_timeout?.0;
-    let id = uuid::Uuid::now_v7();
-    let upload = save_body(&state, id, request).await?;
+    let upload = read_body(&state, request).await?;
     // The job names its tenant when the archive says which, within a bounded read (the
     // directory and the start of tenant.json); a bad archive fails in the worker.
-    let path = upload.path.clone();
+    let bytes = upload.bytes.clone();
     let tenant_url = tokio::task::spawn_blocking(move || {
-        let file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
-        template::peek_tenant_url(file, &Limits::default())
+        template::peek_tenant_url(std::io::Cursor::new(&bytes[..]), &Limits::default())
     })
     .await
     .ok()
@@ -146,19 +125,22 @@ pub(super) async fn import_tenant(
     .and_then(|u| TenantUrl::parse(&u).ok())
     .map(|u| u.to_string())
     .unwrap_or_default();
-    let params = ImportTenantParams { lock_timeout, template_id: upload.sha256.clone() };
+    let params = ImportTenantParams {
+        lock_timeout,
+        template_id: upload.id.clone(),
+    };
     let digest = state
         .sealer
-        .digest(format!("import\n{lock_timeout}\n{}", upload.sha256).as_bytes());
+        .digest(format!("import\n{lock_timeout}\n{}", upload.id).as_bytes());
     let sub = Submission {
-        id,
+        id: uuid::Uuid::now_v7(),
         kind: JobKind::ImportTenant,
         tenant_url,
         params: serde_json::to_value(&params).expect("params serialize"),
         password: None,
         digest,
         refuse_existing_tenant: false,
-        uploaded: true,
+        template: JobTemplate::Upload(upload),
     };
     submit(&state, &caller, &answer, sub).await
 }

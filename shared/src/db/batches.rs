@@ -208,11 +208,13 @@ pub async fn unfinished_items(
 /// Serializes the admission of a client's batches until the transaction ends, so that two
 /// batches accepted at once cannot both pass the client's cap.
 pub async fn lock_admission(conn: &mut PgConnection, client_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('provisioner:batch-admission:' || $1, 0))")
-        .bind(client_id)
-        .execute(conn)
-        .await
-        .map(drop)
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('provisioner:batch-admission:' || $1, 0))",
+    )
+    .bind(client_id)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// A batch by id, as seen by `client_id` (`None`: any client's, for operators).

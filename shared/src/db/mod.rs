@@ -7,8 +7,8 @@ pub mod clients;
 pub mod jobs;
 pub mod locks;
 pub mod outbox;
-pub mod templates;
 pub(crate) mod secrets;
+pub mod templates;
 pub mod tenants;
 
 use std::{str::FromStr, time::Duration};

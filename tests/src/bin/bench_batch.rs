@@ -106,7 +106,10 @@ async fn acceptance(items: usize) {
     }
     tx.commit().await.unwrap();
     let raw = started.elapsed();
-    println!("## acceptance: one NDJSON batch of {items} items ({:.1} MiB)", bytes as f64 / 1048576.0);
+    println!(
+        "## acceptance: one NDJSON batch of {items} items ({:.1} MiB)",
+        bytes as f64 / 1048576.0
+    );
     println!(
         "accepted in {:.2} s ({:.0} items/s); raw insert of {items} job rows: {:.2} s; ratio {:.1}x",
         accepted.as_secs_f64(),
@@ -137,7 +140,11 @@ fn standard_template(db_version: i64) -> Vec<u8> {
     t.users = (0..50)
         .map(|i| UserEntry {
             id: Uuid::new_v4(),
-            login_id: if i == 0 { "admin".into() } else { format!("agent{i}") },
+            login_id: if i == 0 {
+                "admin".into()
+            } else {
+                format!("agent{i}")
+            },
             first_name: "Agent".into(),
             last_name: format!("{i}"),
             email: format!("agent{i}@source.example"),
@@ -161,7 +168,10 @@ fn tenant_body(url: &str, i: usize, run: usize) -> Value {
     let mut body = fixtures::create_body(url);
     body["numberMap"] = json!(
         (0..5)
-            .map(|r| (format!("00000{r}0000"), Value::String(format!("{run}{i:07}{r}0"))))
+            .map(|r| (
+                format!("00000{r}0000"),
+                Value::String(format!("{run}{i:07}{r}0"))
+            ))
             .collect::<serde_json::Map<_, _>>()
     );
     body
@@ -202,7 +212,12 @@ async fn throughput(tenants: usize, workers: usize) {
         })
         .collect();
     let batch = batches::submit(&app, &list).await;
-    let done = batches::wait(&app, batch["batchId"].as_str().unwrap(), Duration::from_secs(86_400)).await;
+    let done = batches::wait(
+        &app,
+        batch["batchId"].as_str().unwrap(),
+        Duration::from_secs(86_400),
+    )
+    .await;
     let batch_time = started.elapsed();
     let batch_hits = app.templates.hits("standard.zip");
 
@@ -212,7 +227,9 @@ async fn throughput(tenants: usize, workers: usize) {
             let app = &app;
             let url = url.clone();
             async move {
-                let r = app.create(&fixtures::tenant_url(), &tenant_body(&url, i, 2)).await;
+                let r = app
+                    .create(&fixtures::tenant_url(), &tenant_body(&url, i, 2))
+                    .await;
                 assert_eq!(r.status(), 202);
             }
         })
@@ -224,7 +241,9 @@ async fn throughput(tenants: usize, workers: usize) {
     let ok = app
         .count("SELECT count(*) FROM jobs WHERE batch_id IS NULL AND status = 'succeeded'")
         .await;
-    println!("## throughput: {tenants} standard tenants (50 users, 200 objects, 5 ranges), {workers} workers x 4");
+    println!(
+        "## throughput: {tenants} standard tenants (50 users, 200 objects, 5 ranges), {workers} workers x 4"
+    );
     println!(
         "as one batch: {:.1} s ({:.1} tenants/s), {} succeeded, {batch_hits} template download(s)",
         batch_time.as_secs_f64(),

@@ -9,11 +9,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use provisioner_shared::{config::Settings, seal::Sealer, template::Limits};
+use provisioner_shared::{budget::MemoryBudget, config::Settings, seal::Sealer, template::Limits};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::template::TemplateBudget;
 use crate::{fetch::Fetcher, slots::Slots};
 
 /// What every job handler may use.
@@ -27,7 +26,7 @@ pub(crate) struct Context {
     pub(crate) db_version: i64,
     pub(crate) limits: Limits,
     /// Memory for templates being read and held by running jobs.
-    pub(crate) template_budget: TemplateBudget,
+    pub(crate) template_budget: MemoryBudget,
     /// Jobs this process holds a lease on, so shutdown can hand them back.
     pub(crate) leases: Leases,
     /// One permit per job this process may run at once (`worker_concurrency`), held until the
@@ -51,7 +50,7 @@ impl Context {
             settings.template_max_bytes,
         );
         let limits = Limits::default();
-        let template_budget = TemplateBudget::new(settings.template_memory_budget);
+        let template_budget = MemoryBudget::new(settings.template_memory_budget);
         let faults = Faults::parse(std::env::var(Faults::VARIABLE).ok().as_deref())
             .with_context(|| format!("reading {}", Faults::VARIABLE))?;
         Ok(Arc::new(Self {

@@ -1,4 +1,4 @@
-//! `createTenant`: fetch (or load the upload of) the template, check it, hash the request's
+//! `createTenant`: fetch (or read from the store) the template, check it, hash the request's
 //! administrator password, import with new ids.
 
 use std::time::Duration;

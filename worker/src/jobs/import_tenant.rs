@@ -20,8 +20,8 @@ use crate::tenant_write::Plan;
 pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
     let params: ImportTenantParams = params(job)?;
     // The reader checked the tenant's URL, name and SIP domain like request fields.
-    let (template, _reserved) =
-        template::load(ctx, job, &TemplateSource::Stored(String::new()), Versions::Upgradable).await?;
+    let source = TemplateSource::Stored(params.template_id.clone());
+    let (template, _reserved) = template::load(ctx, job, &source, Versions::Upgradable).await?;
     let actor = format!("client:{}", job.client_id);
     let plan = Plan::for_import(
         &template,

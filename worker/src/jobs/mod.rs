@@ -17,7 +17,6 @@ use provisioner_shared::{
         jobs::{JobRow, PanicSite},
     },
     domain::{JobKind, JobStatus},
-    uploads,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -59,14 +58,10 @@ pub(crate) async fn process(
     let span = tracing::info_span!("job", job.id = %id, job.kind = %job.kind, tenant.url = %job.tenant_url, attempt = job.attempts);
     let (outcome, panicked) = run_under_lease(&ctx, &job, token, span.clone()).await;
     ctx.faults.at(Stage::Record);
-    let ended = outcome::record(&ctx, &job, token, outcome)
+    outcome::record(&ctx, &job, token, outcome)
         .instrument(span)
         .await;
     ctx.leases.release(id);
-    if ended {
-        // No later attempt needs the uploaded template.
-        uploads::remove(&ctx.settings.upload_dir, id).await;
-    }
     if panicked && job.attempts >= ctx.settings.job_max_attempts as i32 {
         Disposition::DeadLetter
     } else {

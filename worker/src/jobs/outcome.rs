@@ -138,25 +138,23 @@ pub(crate) fn written(outcome: WriteOutcome) -> Result<Finished, JobFailure> {
 }
 
 /// Commits how the attempt ended. Database faults here are retried until they pass: the
-/// delivery is not acknowledged before the outcome is durable. Returns whether the job ended by
-/// this attempt (its outcome applied while this worker still held the lease).
+/// delivery is not acknowledged before the outcome is durable.
 pub(super) async fn record(
     ctx: &Context,
     job: &JobRow,
     token: Uuid,
     outcome: Result<Finished, JobFailure>,
-) -> bool {
+) {
     let max = ctx.settings.job_max_attempts;
     log(&outcome, job.attempts, max);
     let failure = match outcome {
-        Ok(Finished::Committed) => return true,
-        Ok(Finished::LostLease) => return false,
+        Ok(Finished::Committed | Finished::LostLease) => return,
         Err(f) if job.attempts >= max as i32 => exhausted(f, max),
         Err(f) => f,
     };
     loop {
         match write(ctx, job, token, &failure).await {
-            Ok(ended) => return ended,
+            Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot record the job's outcome; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -202,21 +200,19 @@ async fn write(
     job: &JobRow,
     token: Uuid,
     failure: &JobFailure,
-) -> Result<bool, sqlx::Error> {
+) -> Result<(), sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
-    let ended = match failure {
+    match failure {
         JobFailure::Transient { .. } => {
+            // Queued again, still naming its stored template (if any) for the next attempt.
             let delay = backoff(ctx.settings.retry_base_delay, job.attempts);
             db::jobs::retry_later(&mut tx, job.id, token, delay).await?;
-            // Queued again: a later attempt still needs the job's upload.
-            false
         }
-        permanent => db::jobs::finish(&mut tx, job.id, token, &permanent.ending())
-            .await?
-            .is_some(),
-    };
-    tx.commit().await?;
-    Ok(ended)
+        permanent => {
+            db::jobs::finish(&mut tx, job.id, token, &permanent.ending()).await?;
+        }
+    }
+    tx.commit().await
 }
 
 /// Takes a running job from a holder whose lease ran out: back to queued (with a new job

@@ -19,7 +19,11 @@ use crate::fetch::FetchError;
 const LOOK_AGAIN: Duration = Duration::from_millis(500);
 
 /// The bytes of `url` as batch `batch` pinned them (downloading them if this item is first).
-pub(super) async fn bytes(ctx: &Context, batch: uuid::Uuid, url: &str) -> Result<Bytes, JobFailure> {
+pub(super) async fn bytes(
+    ctx: &Context,
+    batch: uuid::Uuid,
+    url: &str,
+) -> Result<Bytes, JobFailure> {
     let fetcher = Uuid::new_v4();
     // A fetcher that dies is replaced once its lease runs out.
     let lease = ctx.settings.template_timeout + Duration::from_secs(10);
@@ -47,13 +51,20 @@ pub(super) async fn bytes(ctx: &Context, batch: uuid::Uuid, url: &str) -> Result
 }
 
 /// Downloads `url` for the batch and records the outcome every item will see.
-async fn fetch(ctx: &Context, batch: Uuid, url: &str, attempt: i32) -> Result<DownloadState, JobFailure> {
+async fn fetch(
+    ctx: &Context,
+    batch: Uuid,
+    url: &str,
+    attempt: i32,
+) -> Result<DownloadState, JobFailure> {
     let max_attempts = i32::try_from(ctx.settings.job_max_attempts).unwrap_or(i32::MAX);
     match ctx.fetcher.get(url).await {
         Ok(bytes) => {
             let id = db::templates::content_id(&bytes);
             let mut tx = ctx.pool.begin().await.map_err(db_fault)?;
-            db::templates::put(&mut tx, &id, &bytes).await.map_err(db_fault)?;
+            db::templates::put(&mut tx, &id, &bytes)
+                .await
+                .map_err(db_fault)?;
             db::batches::download_done(&mut tx, batch, url, &id)
                 .await
                 .map_err(db_fault)?;
@@ -65,7 +76,9 @@ async fn fetch(ctx: &Context, batch: Uuid, url: &str, attempt: i32) -> Result<Do
             let failure = match e {
                 FetchError::Permanent(detail) => DownloadFailure::Permanent { code: 400, detail },
                 FetchError::Transient(detail) => {
-                    let exponent = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(16);
+                    let exponent = u32::try_from(attempt.saturating_sub(1))
+                        .unwrap_or(0)
+                        .min(16);
                     DownloadFailure::Transient {
                         detail,
                         retry_after: ctx.settings.retry_base_delay * 2u32.pow(exponent),

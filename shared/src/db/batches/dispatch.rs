@@ -17,10 +17,11 @@ use crate::{
 /// Releases what the window allows; returns how many items went out. One dispatcher at a time
 /// across the cluster: a round that finds another running does nothing.
 pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx::Error> {
-    let ours: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('provisioner:dispatch', 0))")
-            .fetch_one(&mut *conn)
-            .await?;
+    let ours: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('provisioner:dispatch', 0))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if !ours {
         return Ok(0);
     }
@@ -64,7 +65,11 @@ pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx
 }
 
 /// Releases up to `limit` held items of `client`, oldest batch first, and marks its turn.
-async fn release_for(conn: &mut PgConnection, client: &str, limit: i64) -> Result<usize, sqlx::Error> {
+async fn release_for(
+    conn: &mut PgConnection,
+    client: &str,
+    limit: i64,
+) -> Result<usize, sqlx::Error> {
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "WITH picked AS (
              SELECT j.id FROM batches b

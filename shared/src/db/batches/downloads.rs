@@ -28,7 +28,10 @@ pub enum DownloadFailure {
     /// For good (a 4xx, not a template...): every item fails with `code`.
     Permanent { code: i32, detail: String },
     /// Worth another try after `retry_after`, unless the batch's attempts are spent.
-    Transient { detail: String, retry_after: Duration },
+    Transient {
+        detail: String,
+        retry_after: Duration,
+    },
 }
 
 #[derive(sqlx::FromRow)]
@@ -52,11 +55,13 @@ pub async fn download_state(
     lease: Duration,
     max_attempts: i32,
 ) -> Result<DownloadState, sqlx::Error> {
-    sqlx::query("INSERT INTO batch_downloads (batch_id, url) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(batch_id)
-        .bind(url)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO batch_downloads (batch_id, url) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(batch_id)
+    .bind(url)
+    .execute(&mut *conn)
+    .await?;
     let row: Row = sqlx::query_as(
         "SELECT template_id, failure_code, failure_detail, fetch_until, next_try_at, attempts,
                 now() AS now

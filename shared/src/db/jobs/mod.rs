@@ -183,6 +183,21 @@ async fn announce(conn: &mut PgConnection, row: &JobRow) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Is a batch item for this tenant URL queued or running? (Single creates are `409` then; the
+/// unique index covers only single creates.)
+pub async fn active_batch_item_exists(
+    exec: impl PgExecutor<'_>,
+    tenant_url: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE tenant_url = $1 AND batch_id IS NOT NULL
+                                           AND status IN ('queued', 'running'))",
+    )
+    .bind(tenant_url)
+    .fetch_one(exec)
+    .await
+}
+
 /// A job by id, as seen by `client_id` (`None`: any client, for workers).
 pub async fn find(
     exec: impl PgExecutor<'_>,

@@ -36,7 +36,11 @@ pub async fn resend_stranded(
     .fetch_all(&mut *conn)
     .await?;
     for (id, batch_item) in &rows {
-        outbox::insert(conn, &queue::JobMessage::routed(*id, *batch_item, Duration::ZERO)).await?;
+        outbox::insert(
+            conn,
+            &queue::JobMessage::routed(*id, *batch_item, Duration::ZERO),
+        )
+        .await?;
     }
     Ok(rows.into_iter().map(|(id, _)| id).collect())
 }
