@@ -36,7 +36,6 @@ async fn each_invalid_field_is_named_and_no_job_is_recorded() {
         ("email", json!(null)),
         ("templateUrl", json!("ftp://templates.example/t.zip")),
         ("templateUrl", json!("/relative/t.zip")),
-        ("templateUrl", json!(null)),
         ("lockTimeout", json!(-1)),
         ("lockTimeout", json!(3601)),
         ("lockTimeout", json!(1.5)),
@@ -62,6 +61,17 @@ async fn each_invalid_field_is_named_and_no_job_is_recorded() {
         assert_eq!(p["status"], 400);
         assert_eq!(fields(&p), vec![field.to_owned()], "{field} = {value}: {p}");
     }
+    // Neither template source: both fields are named.
+    let mut body = good.clone();
+    body.as_object_mut().unwrap().remove("templateUrl");
+    let (status, p) = problem(app.create("acme.example.com", &body).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(fields(&p), ["templateUrl", "templateId"], "{p}");
+    // A template id is 64 lower-case hex digits.
+    body["templateId"] = json!("F".repeat(64));
+    let (status, p) = problem(app.create("acme.example.com", &body).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(fields(&p), ["templateId"], "{p}");
     // Two keys mapping to one number.
     let mut body = good.clone();
     body["numberMap"] = json!({"0000000000": "4155550100", "0000000100": "4155550100"});
