@@ -51,6 +51,10 @@ shape!(
         .into()
 );
 shape!(
+    /// HTTP status codes separated by commas (`400,409`).
+    CodeList => pattern("^[1-5][0-9]{2}(,[1-5][0-9]{2})*$", 3, 399)
+);
+shape!(
     /// An access number.
     AccessNumberText => pattern(ACCESS_NUMBER, 1, 20)
 );

@@ -26,7 +26,7 @@ use crate::{
         not_a_cursor, query_param,
     },
     intake::{Accepted, Intake},
-    openapi::shapes::{IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
+    openapi::shapes::{self, CodeList, IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
     submit::Answer,
     wait,
 };
@@ -49,14 +49,92 @@ fn accepted(status: StatusCode, batch: BatchView) -> Response {
     (status, [(header::LOCATION, location)], Json(batch)).into_response()
 }
 
-/// A batch body: JSON with `defaults` and up to 1,000 `items`.
+/// A batch body: JSON with `defaults` and 1 to 1,000 `items`.
 #[expect(dead_code, reason = "documents the body that is read item by item")]
 #[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct BatchRequest {
-    /// Fields every item has unless it names its own (`templateUrl` and `templateId` are one choice).
-    defaults: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Create bodies, each with its `tenantUrl`.
-    items: Vec<serde_json::Map<String, serde_json::Value>>,
+    defaults: Option<BatchDefaults>,
+    /// Create bodies, each with its `tenantUrl` (distinct in the batch).
+    #[schema(min_items = 1, max_items = 1000)]
+    items: Vec<BatchItem>,
+}
+
+/// Fields every item has unless it names its own; an item naming `templateUrl` or `templateId`
+/// replaces the defaults' choice.
+#[expect(dead_code, reason = "documents the body that is read item by item")]
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct BatchDefaults {
+    #[schema(schema_with = shapes::text)]
+    tenant_name: Option<String>,
+    #[schema(schema_with = shapes::number_map)]
+    number_map: Option<std::collections::BTreeMap<String, String>>,
+    #[schema(schema_with = shapes::text)]
+    first_name: Option<String>,
+    #[schema(schema_with = shapes::text)]
+    last_name: Option<String>,
+    #[schema(schema_with = shapes::text)]
+    login_id: Option<String>,
+    #[schema(schema_with = shapes::password)]
+    password: Option<String>,
+    #[schema(schema_with = shapes::email)]
+    email: Option<String>,
+    #[schema(schema_with = shapes::template_url)]
+    template_url: Option<String>,
+    #[schema(schema_with = shapes::template_id)]
+    template_id: Option<String>,
+    #[schema(schema_with = shapes::lock_timeout)]
+    lock_timeout: Option<u32>,
+}
+
+/// One item: a create body (exactly one of `templateUrl` and `templateId`) with its `tenantUrl`.
+#[derive(Debug)]
+pub(super) struct BatchItem;
+
+impl utoipa::PartialSchema for BatchItem {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::{AllOfBuilder, ObjectBuilder, OneOfBuilder};
+        let one_source = OneOfBuilder::new()
+            .item(ObjectBuilder::new().required("templateUrl"))
+            .item(ObjectBuilder::new().required("templateId"));
+        AllOfBuilder::new()
+            .item(BatchItemFields::schema())
+            .item(one_source)
+            .into()
+    }
+}
+
+impl ToSchema for BatchItem {}
+
+/// One item's fields.
+#[expect(dead_code, reason = "documents the body that is read item by item")]
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct BatchItemFields {
+    /// Host name of the item's tenant.
+    #[schema(schema_with = shapes::host_name)]
+    tenant_url: String,
+    #[schema(schema_with = shapes::text)]
+    tenant_name: String,
+    #[schema(schema_with = shapes::number_map)]
+    number_map: Option<std::collections::BTreeMap<String, String>>,
+    #[schema(schema_with = shapes::text)]
+    first_name: String,
+    #[schema(schema_with = shapes::text)]
+    last_name: String,
+    #[schema(schema_with = shapes::text)]
+    login_id: String,
+    #[schema(schema_with = shapes::password)]
+    password: String,
+    #[schema(schema_with = shapes::email)]
+    email: String,
+    #[schema(schema_with = shapes::template_url)]
+    template_url: Option<String>,
+    #[schema(schema_with = shapes::template_id)]
+    template_id: Option<String>,
+    #[schema(schema_with = shapes::lock_timeout)]
+    lock_timeout: Option<u32>,
 }
 
 /// Accepts a batch of creates: every item is validated, and none is created unless all are valid.
@@ -304,7 +382,7 @@ fn codes_param(uri: &Uri) -> Result<Option<Vec<i32>>, ApiError> {
 /// Gives every item whose newest job failed (with one of the codes, if given) a new job.
 #[utoipa::path(post, path = "/configapi/v2/batches/{batch_id}/retry", tag = "batches", operation_id = "retryBatch",
     params(("batch_id" = inline(JobIdText), Path),
-        ("code" = Option<String>, Query, description = "Only items that failed with one of these codes, comma-separated")),
+        ("code" = inline(Option<CodeList>), Query, description = "Only items that failed with one of these codes, comma-separated")),
     responses(
         (status = 202, description = "Items retried: the batch, running again", body = BatchView),
         (status = 200, description = "Nothing to retry: the batch", body = BatchView),
