@@ -13,6 +13,7 @@ use provisioner_shared::{budget::MemoryBudget, config::Settings, seal::Sealer, t
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::recent::Recent;
 use crate::{fetch::Fetcher, slots::Slots};
 
 /// What every job handler may use.
@@ -35,6 +36,8 @@ pub(crate) struct Context {
     pub(crate) slots: Arc<Slots>,
     /// Panics a test asked for (`PROVISIONER_TEST_PANIC`); none otherwise.
     pub(crate) faults: Faults,
+    /// Stored templates and batch pins read recently.
+    pub(crate) recent: Recent,
 }
 
 impl Context {
@@ -64,6 +67,7 @@ impl Context {
             template_budget,
             leases: Leases::default(),
             faults,
+            recent: Recent::default(),
         }))
     }
 }

@@ -7,6 +7,7 @@ mod import_tenant;
 mod lease;
 mod outcome;
 mod pin;
+mod recent;
 mod template;
 
 use std::sync::Arc;

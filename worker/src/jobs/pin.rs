@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use provisioner_shared::db::{
     self,
     batches::{DownloadFailure, DownloadState},
@@ -18,12 +17,11 @@ use crate::fetch::FetchError;
 /// Longest pause between two looks at a download another item makes.
 const LOOK_AGAIN: Duration = Duration::from_millis(500);
 
-/// The bytes of `url` as batch `batch` pinned them (downloading them if this item is first).
-pub(super) async fn bytes(
-    ctx: &Context,
-    batch: uuid::Uuid,
-    url: &str,
-) -> Result<Bytes, JobFailure> {
+/// The stored template batch `batch` pinned for `url` (downloading it if this item is first).
+pub(super) async fn resolve(ctx: &Context, batch: Uuid, url: &str) -> Result<String, JobFailure> {
+    if let Some(id) = ctx.recent.pin(batch, url) {
+        return Ok(id);
+    }
     let fetcher = Uuid::new_v4();
     // A fetcher that dies is replaced once its lease runs out.
     let lease = ctx.settings.template_timeout + Duration::from_secs(10);
@@ -39,7 +37,10 @@ pub(super) async fn bytes(
             other => other,
         };
         match state {
-            DownloadState::Ready(id) => return stored(ctx, &id).await,
+            DownloadState::Ready(id) => {
+                ctx.recent.keep_pin(batch, url, &id);
+                return Ok(id);
+            }
             DownloadState::Failed { code, detail } => return Err(failure(code, detail)),
             DownloadState::Wait { until } => {
                 let left = (until - chrono::Utc::now()).to_std().unwrap_or_default();
@@ -92,17 +93,6 @@ async fn fetch(
             tx.commit().await.map_err(db_fault)?;
             Ok(state)
         }
-    }
-}
-
-/// The stored template `id`.
-async fn stored(ctx: &Context, id: &str) -> Result<Bytes, JobFailure> {
-    match db::templates::content(&ctx.pool, id).await {
-        Ok(Some(bytes)) => Ok(bytes.into()),
-        Ok(None) => Err(JobFailure::Internal(
-            "the batch's template is no longer stored".to_owned(),
-        )),
-        Err(e) => Err(JobFailure::fault("the template store could not be read", e)),
     }
 }
 

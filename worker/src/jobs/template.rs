@@ -57,7 +57,10 @@ async fn bytes(
 ) -> Result<bytes::Bytes, JobFailure> {
     match (source, job.batch_id) {
         // A batch's items share one pinned download of their URL.
-        (TemplateSource::Url(url), Some(batch)) => super::pin::bytes(ctx, batch, url).await,
+        (TemplateSource::Url(url), Some(batch)) => {
+            let id = super::pin::resolve(ctx, batch, url).await?;
+            stored(ctx, &id).await
+        }
         (TemplateSource::Url(url), None) => download(ctx, url).await,
         (TemplateSource::Stored(id), _) => stored(ctx, id).await,
     }
@@ -73,8 +76,15 @@ async fn download(ctx: &Context, url: &str) -> Result<bytes::Bytes, JobFailure> 
 /// A template of the store. The job's reference (`jobs.template_id`) keeps it there until the
 /// job ends, so one that is gone is a fault of this system, not of the template.
 async fn stored(ctx: &Context, id: &str) -> Result<bytes::Bytes, JobFailure> {
+    if let Some(bytes) = ctx.recent.template(id) {
+        return Ok(bytes);
+    }
     match db::templates::content(&ctx.pool, id).await? {
-        Some(bytes) => Ok(bytes.into()),
+        Some(bytes) => {
+            let bytes = bytes::Bytes::from(bytes);
+            ctx.recent.keep_template(id, &bytes);
+            Ok(bytes)
+        }
         None => Err(JobFailure::Internal(format!(
             "the stored template {id} is no longer in the template store"
         ))),
