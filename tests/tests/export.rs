@@ -195,3 +195,31 @@ async fn a_client_that_goes_away_mid_export_frees_the_lock_and_the_sessions() {
     assert_eq!(r.status(), 200, "the lock is free");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_within_30_s_and_the_lock_freed() {
+    let app = TestApp::without_workers().await;
+    let url = "stalled.example.com";
+    big_tenant(&app, url).await;
+    let started = std::time::Instant::now();
+    let (mut stream, mut raw) =
+        get_slowly(&app, &format!("/configapi/v2/tenant/{url}/export")).await;
+    assert_eq!(app.advisory_locks().await.0, 1, "the export holds the lock");
+    // Well before the database's idle-in-transaction timeout (60 s) would end it.
+    eventually(Duration::from_secs(45), || async {
+        (app.advisory_locks().await == (0, 0)).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(29),
+        "not before 30 s"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("the server closed the connection");
+    assert!(
+        !raw.ends_with(b"\r\n0\r\n\r\n"),
+        "the cut response does not end like a whole one"
+    );
+    app.stop().await;
+}

@@ -20,7 +20,7 @@ use provisioner_shared::{
     template::{self, Manifest, ManifestSource, Page, TemplateWriter, TenantEntry},
 };
 use sqlx::{Postgres, Transaction};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -40,9 +40,11 @@ const PAGES_AHEAD: usize = 1;
 const CHUNK: usize = 64 << 10;
 const CHUNKS_AHEAD: usize = 4;
 /// While the export reads, the lock's session runs a statement at least this often, so the
-/// idle-in-transaction timeout never ends it (and its lock) under a long export. A client
-/// that stops reading stops the reading: the timeout then ends both sessions.
+/// idle-in-transaction timeout never ends it (and its lock) under a long export.
 const KEEP_LOCK_ALIVE: Duration = Duration::from_secs(10);
+/// A client that reads nothing for this long is cut off, and the export ends (as a request
+/// body that stalls this long ends with 408).
+const STALLED_CLIENT: Duration = Duration::from_secs(30);
 
 /// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
 /// it never observes an import half-way.
@@ -79,10 +81,20 @@ pub(super) async fn export_tenant(
     };
     let (pages, pages_out) = mpsc::channel(PAGES_AHEAD);
     let (chunks, chunks_out) = mpsc::channel(CHUNKS_AHEAD);
+    let (finished, finished_out) = oneshot::channel();
     let span = tracing::Span::current();
     tokio::spawn(read_pages(lock, snapshot, tenant.id, pages).instrument(span.clone()));
+    let body = BodyWriter {
+        chunks,
+        buf: Vec::with_capacity(CHUNK),
+        runtime: tokio::runtime::Handle::current(),
+    };
     tokio::task::spawn_blocking(move || {
-        span.in_scope(|| write_archive(&manifest, tenant, pages_out, chunks));
+        span.in_scope(|| {
+            if write_archive(&manifest, tenant, pages_out, body) {
+                let _ = finished.send(());
+            }
+        });
     });
     let disposition = format!("attachment; filename=\"{url}.zip\"");
     Ok((
@@ -90,7 +102,7 @@ pub(super) async fn export_tenant(
             (header::CONTENT_TYPE, "application/zip".to_owned()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        Body::from_stream(stream(chunks_out)),
+        Body::from_stream(stream(chunks_out, finished_out)),
     )
         .into_response())
 }
@@ -135,18 +147,13 @@ async fn read_pages(
     }
 }
 
-/// Writes the archive of `pages` into the body; a failure ends the body with an error, so the
-/// client sees a cut response, never a short archive that looks whole.
+/// Writes the archive of `pages` into the body; says whether it wrote it whole.
 fn write_archive(
     manifest: &Manifest,
     tenant: TenantEntry,
     mut pages: mpsc::Receiver<PageResult>,
-    chunks: mpsc::Sender<io::Result<Bytes>>,
-) {
-    let body = BodyWriter {
-        chunks: chunks.clone(),
-        buf: Vec::with_capacity(CHUNK),
-    };
+    body: BodyWriter,
+) -> bool {
     let written = (|| {
         let mut archive = TemplateWriter::new(body, manifest, &tenant)?;
         drop(tenant);
@@ -155,25 +162,34 @@ fn write_archive(
         }
         archive.finish().map(drop)
     })();
-    if let Err(e) = written {
-        // Gone already when the client went away.
-        let _ = chunks.blocking_send(Err(e));
+    if let Err(e) = &written {
+        tracing::warn!(error = %e, "the export was cut short");
     }
+    written.is_ok()
 }
 
-/// The response body as a `Write`: bytes go out in chunks of `CHUNK`, waiting while the client
-/// is `CHUNKS_AHEAD` chunks behind.
+/// The response body as a `Write` (for a blocking task): bytes go out in chunks of `CHUNK`,
+/// waiting while the client is `CHUNKS_AHEAD` chunks behind, at most `STALLED_CLIENT`.
 struct BodyWriter {
-    chunks: mpsc::Sender<io::Result<Bytes>>,
+    chunks: mpsc::Sender<Bytes>,
     buf: Vec<u8>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl BodyWriter {
     fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.chunks
-            .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let sent = self
+            .runtime
+            .block_on(self.chunks.send_timeout(chunk, STALLED_CLIENT));
+        sent.map_err(|e| match e {
+            mpsc::error::SendTimeoutError::Timeout(_) => {
+                io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")
+            }
+            mpsc::error::SendTimeoutError::Closed(_) => {
+                io::Error::new(io::ErrorKind::BrokenPipe, "the client went away")
+            }
+        })
     }
 }
 
@@ -194,8 +210,25 @@ impl Write for BodyWriter {
     }
 }
 
+/// The body: the chunks, then an error unless the archive was written whole, so a client sees
+/// a cut response, never a short archive that looks whole.
 fn stream(
-    mut chunks: mpsc::Receiver<io::Result<Bytes>>,
+    chunks: mpsc::Receiver<Bytes>,
+    finished: oneshot::Receiver<()>,
 ) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
-    futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))
+    futures_util::stream::unfold(
+        (chunks, Some(finished)),
+        |(mut chunks, finished)| async move {
+            if let Some(chunk) = chunks.recv().await {
+                return Some((Ok(chunk), (chunks, finished)));
+            }
+            match finished?.await {
+                Ok(()) => None,
+                Err(_) => Some((
+                    Err(io::Error::other("the export was cut short")),
+                    (chunks, None),
+                )),
+            }
+        },
+    )
 }
