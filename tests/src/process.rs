@@ -13,6 +13,20 @@ use tokio::{
 
 use crate::TestApp;
 
+/// A command for `bin` (a `CARGO_BIN_EXE_*` path) that sees the app's variables and nothing of
+/// the test's own environment but `PATH` and `HOME`, with backtraces on.
+pub fn command(bin: &str, app: &TestApp) -> Command {
+    let mut command = Command::new(bin);
+    command.env_clear();
+    for name in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command.envs(&app.vars).env("RUST_BACKTRACE", "1");
+    command
+}
+
 pub struct Proc {
     pub child: Child,
     lines: mpsc::UnboundedReceiver<String>,
@@ -23,8 +37,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` (a `CARGO_BIN_EXE_*` path) with the app's variables, then `extra`.
     pub fn spawn(bin: &str, app: &TestApp, extra: &[(&str, &str)], rust_log: &str) -> Self {
-        let mut child = Command::new(bin)
-            .envs(&app.vars)
+        let mut child = command(bin, app)
             .envs(extra.iter().copied())
             .env("PROVISIONER_LOG_FORMAT", "json")
             .env("RUST_LOG", rust_log)
