@@ -18,13 +18,25 @@ pub(crate) async fn lock_tenant(
     url: &TenantUrl,
     wait: Duration,
 ) -> Result<TenantRow, ApiError> {
-    if !db::locks::acquire(conn, &[LockKey::Tenant(url.as_str())], wait).await? {
-        return Err(ApiError::LockTimeout(format!(
-            "the tenant's lock was not free within {} s",
-            wait.as_secs()
-        )));
-    }
+    lock(conn, url, wait).await?;
     db::tenants::find_by_url(&mut *conn, url.as_str())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))
+}
+
+/// Takes the tenant's lock in `conn`'s transaction (`503` when it is not free within `wait`),
+/// whether the tenant exists or not.
+pub(crate) async fn lock(
+    conn: &mut PgConnection,
+    url: &TenantUrl,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    if db::locks::acquire(conn, &[LockKey::Tenant(url.as_str())], wait).await? {
+        Ok(())
+    } else {
+        Err(ApiError::LockTimeout(format!(
+            "the tenant's lock was not free within {} s",
+            wait.as_secs()
+        )))
+    }
 }

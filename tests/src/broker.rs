@@ -1,5 +1,6 @@
 //! The test system's broker as an operator sees it (`rabbitmqctl`): queue depths, purges,
-//! dropped connections.
+//! dropped connections, connections and their heartbeats, the job queue's binding, and
+//! broker settings changed for a test.
 
 use crate::{TestApp, rabbitmqctl};
 
@@ -45,5 +46,126 @@ impl TestApp {
         })
         .await
         .unwrap();
+    }
+}
+
+/// A connection of this test's vhost: its client-given name and negotiated heartbeat (s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConnection {
+    pub name: String,
+    pub heartbeat: u64,
+}
+
+impl TestApp {
+    /// The connections the broker holds for this test's vhost.
+    pub async fn broker_connections(&self) -> Vec<BrokerConnection> {
+        let vhost = self.vhost.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = rabbitmqctl(&[
+                "list_connections",
+                "--quiet",
+                "--formatter",
+                "json",
+                "vhost",
+                "timeout",
+                "client_properties",
+            ]);
+            let all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+            all.into_iter()
+                .filter(|c| c["vhost"] == vhost.as_str())
+                .map(|c| BrokerConnection {
+                    name: c["client_properties"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|p| p[0] == "connection_name")
+                        .and_then(|p| p[2].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    heartbeat: c["timeout"].as_u64().unwrap_or_default(),
+                })
+                .collect()
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Unbinds (`false`) or binds again (`true`) the job queue from the jobs exchange, as an
+    /// operator's mistake could.
+    pub async fn bind_job_queue(&self, amqp_url: &str, bound: bool) {
+        use lapin::{
+            Connection, ConnectionProperties, options::QueueBindOptions, types::FieldTable,
+        };
+        let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let (queue, exchange, key) = (
+            provisioner_shared::queue::CREATE_TENANT_QUEUE,
+            "provisioner.jobs",
+            "create-tenant",
+        );
+        if bound {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        } else {
+            channel
+                .queue_unbind(
+                    queue.into(),
+                    exchange.into(),
+                    key.into(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let _ = conn.close(200, "done".into()).await;
+    }
+}
+
+/// A setting of the `rabbit` application changed on the running broker for the life of the
+/// guard, then set back (also when the test fails). Broker-wide: only what a test can share
+/// with others running at the same time.
+pub struct BrokerSetting {
+    key: &'static str,
+    before: String,
+}
+
+impl BrokerSetting {
+    /// Sets `key` (an Erlang term, e.g. `2000`).
+    pub fn set(key: &'static str, value: &str) -> Self {
+        let before = rabbitmqctl(&[
+            "eval",
+            &format!("{{ok, V}} = application:get_env(rabbit, {key}), V."),
+        ])
+        .trim()
+        .to_owned();
+        rabbitmqctl(&[
+            "eval",
+            &format!("application:set_env(rabbit, {key}, {value})."),
+        ]);
+        Self { key, before }
+    }
+}
+
+impl Drop for BrokerSetting {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!(
+                    "application:set_env(rabbit, {}, {}).",
+                    self.key, self.before
+                ),
+            ])
+            .output();
     }
 }

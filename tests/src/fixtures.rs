@@ -114,6 +114,33 @@ pub fn sample_template(db_version: i64) -> Template {
     }
 }
 
+/// Asserts that `url` names one tenant holding exactly what the sample template makes with
+/// `create_body`: its two users (the request's administrator in place of the template's), its
+/// three objects, references only to its own objects, one copy of each. A tenant imported twice
+/// over, or half, fails it, which the unique URL alone would not show.
+pub async fn assert_sample_tenant(app: &crate::TestApp, url: &str) {
+    let found: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "WITH t AS (SELECT id FROM tenants WHERE url = $1)
+         SELECT (SELECT count(*) FROM t),
+                (SELECT count(*) FROM users WHERE tenant_id IN (SELECT id FROM t)),
+                (SELECT count(*) FROM users WHERE tenant_id IN (SELECT id FROM t)
+                   AND login_id = 'admin' AND first_name = 'Ada'),
+                (SELECT count(*) FROM config_objects WHERE tenant_id IN (SELECT id FROM t)),
+                (SELECT count(*) FROM config_objects o, unnest(o.refs) r
+                  WHERE o.tenant_id IN (SELECT id FROM t)
+                    AND r NOT IN (SELECT id FROM config_objects WHERE tenant_id = o.tenant_id))",
+    )
+    .bind(url)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        found,
+        (1, 2, 1, 3, 0),
+        "{url}: (tenants, users, request admins, objects, references elsewhere)"
+    );
+}
+
 /// A valid create request body for `template_url`.
 pub fn create_body(template_url: &str) -> Value {
     json!({

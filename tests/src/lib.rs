@@ -2,7 +2,8 @@
 //! workers in-process or as child processes, and a local template server.
 
 pub mod batches;
-mod broker;
+pub mod broker;
+mod cleanup;
 pub mod events;
 pub mod fixtures;
 pub mod process;
@@ -13,7 +14,6 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use provisioner_shared::config::Settings;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 pub use template_server::TemplateServer;
 
@@ -31,6 +31,8 @@ pub struct TestApp {
         CancellationToken,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     )>,
+    /// Removed when the test ends, whether by `stop` or by a failure.
+    leftovers: Option<cleanup::Leftovers>,
 }
 
 /// How to start a test system.
@@ -91,7 +93,8 @@ impl TestApp {
 
     pub async fn with(options: Options) -> Self {
         provisioner_shared::telemetry::init(provisioner_shared::config::LogFormat::Pretty);
-        let name = format!("provisioner_test_{}", Uuid::new_v4().simple());
+        cleanup::sweep_once().await;
+        let name = cleanup::new_name();
         let vhost = name.clone();
         tokio::task::spawn_blocking({
             let vhost = vhost.clone();
@@ -144,8 +147,11 @@ impl TestApp {
             .expect("API starts")
             .expect("API binds");
         let db = sqlx::PgPool::connect(&vars["DATABASE_URL"]).await.unwrap();
-        let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
-        let token = fetch_token(&anonymous, addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+        let token = fetch_token(&http_client(), addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+        let leftovers = cleanup::Leftovers {
+            database: name.clone(),
+            vhost: vhost.clone(),
+        };
         let mut app = Self {
             addr,
             http: authorized_client(&token),
@@ -156,6 +162,7 @@ impl TestApp {
             templates,
             api_shutdown,
             workers: vec![],
+            leftovers: Some(leftovers),
         };
         for _ in 0..options.workers {
             app.start_worker();
@@ -329,20 +336,23 @@ impl TestApp {
         self.stop_workers().await;
         self.api_shutdown.cancel();
         self.db.close().await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.database
-        ))
-        .execute(&admin)
-        .await;
-        let vhost = self.vhost.clone();
-        tokio::task::spawn_blocking(move || run_rabbitmqctl(&["delete_vhost", &vhost]))
-            .await
-            .unwrap();
+        if let Some(leftovers) = self.leftovers.take() {
+            leftovers.remove().await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that failed (or forgot `stop`): the system stops and its leftovers go.
+    fn drop(&mut self) {
+        let Some(leftovers) = self.leftovers.take() else {
+            return;
+        };
+        self.api_shutdown.cancel();
+        for (token, _) in &self.workers {
+            token.cancel();
+        }
+        leftovers.remove_now();
     }
 }
 
@@ -374,6 +384,27 @@ pub async fn fetch_token(
         .to_owned()
 }
 
+/// How long any HTTP exchange of a test may last: past the longest wait a test asks the API for
+/// (`Prefer: wait=60`), so a hung server fails the test instead of hanging it.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// An HTTP client with the harness's timeout and no proxy.
+pub fn http_client() -> reqwest::Client {
+    client_builder().build().unwrap()
+}
+
+/// `GET url` with `http_client`.
+pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(HTTP_TIMEOUT)
+}
+
 /// An HTTP client that sends `Authorization: Bearer <token>` with every request.
 pub fn authorized_client(token: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
@@ -381,11 +412,7 @@ pub fn authorized_client(token: &str) -> reqwest::Client {
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse().unwrap(),
     );
-    reqwest::Client::builder()
-        .no_proxy()
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    client_builder().default_headers(headers).build().unwrap()
 }
 
 fn settings(vars: &HashMap<String, String>) -> Settings {

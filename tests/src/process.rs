@@ -13,6 +13,20 @@ use tokio::{
 
 use crate::TestApp;
 
+/// A command for `bin` (a `CARGO_BIN_EXE_*` path) that sees the app's variables and nothing of
+/// the test's own environment but `PATH` and `HOME`, with backtraces on.
+pub fn command(bin: &str, app: &TestApp) -> Command {
+    let mut command = Command::new(bin);
+    command.env_clear();
+    for name in ["PATH", "HOME"] {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command.envs(&app.vars).env("RUST_BACKTRACE", "1");
+    command
+}
+
 pub struct Proc {
     pub child: Child,
     lines: mpsc::UnboundedReceiver<String>,
@@ -35,9 +49,8 @@ impl Proc {
         rust_log: &str,
         configure: impl FnOnce(&mut Command),
     ) -> Self {
-        let mut command = Command::new(bin);
+        let mut command = command(bin, app);
         command
-            .envs(&app.vars)
             .envs(extra.iter().copied())
             .env("PROVISIONER_LOG_FORMAT", "json")
             .env("RUST_LOG", rust_log)

@@ -1,14 +1,19 @@
-//! A local HTTP server that serves templates, answers with chosen status codes, and counts hits.
+//! A local HTTP server that serves templates, answers with chosen status codes, and counts hits;
+//! hostile routes stream without end (slowly, or as fast as they can) and count what they sent.
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use axum::{
     Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -23,9 +28,27 @@ pub struct Route {
     pub fail_first: usize,
 }
 
+/// A body that never ends: a byte every `every`, or (`None`) 64 KiB chunks as fast as the client
+/// takes them.
+#[derive(Debug, Clone)]
+struct Endless {
+    every: Option<Duration>,
+    sent: Arc<Flow>,
+}
+
+/// What an endless route sent, over all its requests.
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// Body bytes handed to the connection.
+    pub bytes: AtomicU64,
+    /// Responses whose client went away (their body dropped unfinished).
+    pub dropped: AtomicU64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     routes: HashMap<String, Route>,
+    endless: HashMap<String, Endless>,
     hits: HashMap<String, usize>,
     /// Paths whose requests wait (counted, unanswered) until the gate is released.
     gates: HashMap<String, Arc<tokio::sync::Semaphore>>,
@@ -70,6 +93,20 @@ impl TemplateServer {
         format!("http://{}/{name}", self.addr)
     }
 
+    /// Serves at `/name` a 200 whose body never ends: one byte every `every` (a slow loris), or
+    /// with `None` as fast as the client reads. Returns its URL and what it sends.
+    pub fn endless(&self, name: &str, every: Option<Duration>) -> (String, Arc<Flow>) {
+        let sent = Arc::new(Flow::default());
+        self.inner.lock().unwrap().endless.insert(
+            name.to_owned(),
+            Endless {
+                every,
+                sent: sent.clone(),
+            },
+        );
+        (format!("http://{}/{name}", self.addr), sent)
+    }
+
     /// Requests for `/name` from now on wait, unanswered, until `release(name)`.
     pub fn hold(&self, name: &str) {
         self.inner
@@ -108,7 +145,44 @@ async fn serve(State(inner): State<Arc<Mutex<Inner>>>, Path(name): Path<String>)
         // Closed on release: the wait ends with an error.
         let _ = gate.acquire().await;
     }
+    let endless = inner.lock().unwrap().endless.get(&name).cloned();
+    if let Some(endless) = endless {
+        return endless.answer();
+    }
     answer(&inner.lock().unwrap(), &name, hits)
+}
+
+impl Endless {
+    fn answer(self) -> Response {
+        /// Counts the response as dropped when its body goes (it never ends by itself).
+        struct Watch(Arc<Flow>);
+        impl Drop for Watch {
+            fn drop(&mut self) {
+                self.0.dropped.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let chunk = Bytes::from(vec![b'0'; if self.every.is_some() { 1 } else { 64 << 10 }]);
+        let state = (Watch(self.sent.clone()), self.every);
+        let body = futures_util::stream::unfold(state, move |(watch, every)| {
+            let chunk = chunk.clone();
+            async move {
+                if let Some(every) = every {
+                    tokio::time::sleep(every).await;
+                }
+                watch
+                    .0
+                    .bytes
+                    .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                Some((Ok::<_, std::io::Error>(chunk), (watch, every)))
+            }
+        });
+        (
+            StatusCode::OK,
+            [("content-type", "application/zip")],
+            Body::from_stream(body),
+        )
+            .into_response()
+    }
 }
 
 /// What `/name` answers to its `hits`-th request.

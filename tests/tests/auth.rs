@@ -27,8 +27,7 @@ async fn token_request(
 
 /// Runs `provisioner-api` (the test build) with the app's settings and `args`.
 async fn cli(app: &TestApp, args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-api"))
-        .envs(&app.vars)
+    let out = provisioner_tests::process::command(env!("CARGO_BIN_EXE_test-api"), app)
         .env("RUST_LOG", "warn")
         .args(args)
         .output()
@@ -49,7 +48,7 @@ fn field<'a>(out: &'a str, name: &str) -> &'a str {
 #[tokio::test]
 async fn the_token_endpoint_follows_rfc_6749() {
     let app = TestApp::without_workers().await;
-    let anon = reqwest::Client::new();
+    let anon = provisioner_tests::http_client();
     let url = app.url("/configapi/v2/oauth/token");
     let r = token_request(&anon, &url, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
     assert_eq!(r.status(), 200);
@@ -156,7 +155,7 @@ async fn missing_unknown_and_expired_tokens_are_401_with_a_bearer_challenge() {
         vars: vec![("PROVISIONER_TOKEN_TTL", "1".into())],
     })
     .await;
-    let anon = reqwest::Client::new();
+    let anon = provisioner_tests::http_client();
     let path = app.url("/configapi/v2/jobs");
     let check = |r: reqwest::Response| {
         assert_eq!(r.status(), 401);
@@ -225,7 +224,7 @@ async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
     assert!(ok, "{out}");
     let reader = authorized_client(
         &fetch_token(
-            &reqwest::Client::new(),
+            &provisioner_tests::http_client(),
             app.addr,
             field(&out, "client_id"),
             field(&out, "client_secret"),
@@ -239,7 +238,13 @@ async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
         field(&out, "client_secret").to_owned(),
     );
     let other = authorized_client(
-        &fetch_token(&reqwest::Client::new(), app.addr, &other_id, &other_secret).await,
+        &fetch_token(
+            &provisioner_tests::http_client(),
+            app.addr,
+            &other_id,
+            &other_secret,
+        )
+        .await,
     );
 
     let body = fixtures::create_body("https://templates.example/t.zip");
@@ -324,7 +329,13 @@ async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
         "a revoked client's tokens end"
     );
     let url = app.url("/configapi/v2/oauth/token");
-    let r = token_request(&reqwest::Client::new(), &url, &other_id, &other_secret).await;
+    let r = token_request(
+        &provisioner_tests::http_client(),
+        &url,
+        &other_id,
+        &other_secret,
+    )
+    .await;
     assert_eq!(r.status(), 401);
     let (ok, out) = cli(
         &app,
@@ -360,7 +371,7 @@ async fn tokens_a_day_past_their_expiry_are_purged_when_a_token_is_issued() {
     let expired = "SELECT count(*) FROM access_tokens WHERE expires_at < now()";
     assert_eq!(app.count(expired).await, 2);
     fetch_token(
-        &reqwest::Client::new(),
+        &provisioner_tests::http_client(),
         app.addr,
         BOOTSTRAP_ID,
         BOOTSTRAP_SECRET,
@@ -378,7 +389,7 @@ async fn tokens_a_day_past_their_expiry_are_purged_when_a_token_is_issued() {
 async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused() {
     let app = TestApp::without_workers().await;
     let url = app.url("/configapi/v2/oauth/token");
-    let http = reqwest::Client::new();
+    let http = provisioner_tests::http_client();
     let flood = (0..64).map(|i| {
         let (http, url) = (http.clone(), url.clone());
         async move {
@@ -429,7 +440,7 @@ async fn client_with(app: &TestApp, name: &str, scopes: &str) -> (String, reqwes
     .await;
     assert!(ok, "{out}");
     let (id, secret) = (field(&out, "client_id"), field(&out, "client_secret"));
-    let token = fetch_token(&reqwest::Client::new(), app.addr, id, secret).await;
+    let token = fetch_token(&provisioner_tests::http_client(), app.addr, id, secret).await;
     (id.to_owned(), authorized_client(&token))
 }
 
@@ -505,7 +516,7 @@ async fn a_revoked_bootstrap_client_stays_revoked_across_restarts() {
     let addr = api.api_addr().await;
     let url = format!("http://{addr}/configapi/v2/oauth/token");
     let r = token_request(
-        &reqwest::Client::new(),
+        &provisioner_tests::http_client(),
         &url,
         BOOTSTRAP_ID,
         BOOTSTRAP_SECRET,

@@ -15,7 +15,7 @@ fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
 
 /// The `provisioner_worker_panics` figure of `/metrics`.
 async fn panics_in_metrics(app: &TestApp) -> f64 {
-    let text = reqwest::get(app.url("/metrics"))
+    let text = provisioner_tests::get(app.url("/metrics"))
         .await
         .unwrap()
         .text()
@@ -53,7 +53,7 @@ async fn succeeds_once(app: &TestApp, id: &str, tenant: &str) {
         (Some(200), Some(1)),
         "{job}"
     );
-    assert_eq!(tenants_named(app, tenant).await, 1);
+    fixtures::assert_sample_tenant(app, tenant).await;
 }
 
 #[tokio::test]
@@ -81,7 +81,7 @@ async fn a_panic_at_any_stage_of_handling_a_delivery_returns_it_and_the_job_ends
             (Some(200), Some(attempts)),
             "panic at {stage}: {job}"
         );
-        assert_eq!(tenants_named(&app, &tenant).await, 1, "panic at {stage}");
+        fixtures::assert_sample_tenant(&app, &tenant).await;
         // The delivery was settled or returned, not left unacknowledged with the worker.
         until_queue_empty(&app, JOB_QUEUE).await;
         assert!(

@@ -74,7 +74,11 @@ async fn the_full_lifecycle_and_the_identical_unassigned_range_rule() {
             .0,
         404
     );
-    assert_eq!(numbers_of(&app, "").await.len(), 0);
+    assert_eq!(
+        numbers_of(&app, &tenant).await,
+        vec![],
+        "no number is left with it"
+    );
     let (_, all) = app.get_json("/configapi/v2/accessnumbers").await;
     let unassigned: Vec<_> = all
         .as_array()

@@ -53,7 +53,7 @@ fn a_standard_openapi_validator_accepts_the_committed_document_and_refuses_repea
 async fn every_documented_operation_is_routed_and_guarded_by_its_security() {
     let app = TestApp::without_workers().await;
     let document: Value = serde_json::from_str(COMMITTED).unwrap();
-    let anonymous = reqwest::Client::new();
+    let anonymous = provisioner_tests::http_client();
     for (path, method, operation) in operations(&document) {
         let concrete = path
             .replace("{tenant_url}", "probe.example.com")
@@ -85,7 +85,7 @@ const OAS_31_SCHEMA: &str = include_str!("../fixtures/openapi-3.1-schema.json");
 #[tokio::test]
 async fn the_served_openapi_document_is_the_committed_one_and_valid_openapi_3_1() {
     let app = TestApp::without_workers().await;
-    let served: Value = reqwest::get(app.url("/openapi.json"))
+    let served: Value = provisioner_tests::get(app.url("/openapi.json"))
         .await
         .unwrap()
         .json()
@@ -134,16 +134,37 @@ async fn the_served_openapi_document_is_the_committed_one_and_valid_openapi_3_1(
     app.stop().await;
 }
 
+/// The value of the sample whose line starts with `series` (name and labels).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn metrics_expose_requests_jobs_durations_and_lock_waits() {
     let app = TestApp::spawn().await;
     let url = app.serve_sample_template("t").await;
-    assert_eq!(
-        app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
-            .await["code"],
-        200
+    // The one job waits for its tenant's lock for a second and a half.
+    let tenant = fixtures::tenant_url();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    app.until_lock_waiters(1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    held.rollback().await.unwrap();
+    assert_eq!(app.wait_job(&id).await["code"], 200);
+    let waited_ms: i32 = sqlx::query_scalar("SELECT lock_wait_ms FROM jobs WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        waited_ms >= 1500,
+        "the job recorded its wait: {waited_ms} ms"
     );
-    let r = reqwest::get(app.url("/metrics")).await.unwrap();
+    let r = provisioner_tests::get(app.url("/metrics")).await.unwrap();
     assert_eq!(r.status(), 200, "no token needed");
     let text = r.text().await.unwrap();
     for needle in [
@@ -162,6 +183,17 @@ async fn metrics_expose_requests_jobs_durations_and_lock_waits() {
         !text.contains(&app.vars["DATABASE_URL"]),
         "aggregate figures only"
     );
+    // One job ended: both quantiles are its wait.
+    for quantile in ["0.5", "0.99"] {
+        let figure = sample(
+            &text,
+            &format!("provisioner_lock_wait_seconds_last_hour{{quantile=\"{quantile}\"}}"),
+        );
+        assert!(
+            (figure - f64::from(waited_ms) / 1000.0).abs() < 1e-6,
+            "lock wait {quantile}: {figure} s, the job waited {waited_ms} ms"
+        );
+    }
     app.stop().await;
 }
 
@@ -176,11 +208,14 @@ async fn readiness_fails_while_the_broker_is_unreachable() {
         vars: vec![("AMQP_URL", format!("amqp://guest:guest@{closed}/%2f"))],
     })
     .await;
-    let r = reqwest::get(app.url("/readyz")).await.unwrap();
+    let r = provisioner_tests::get(app.url("/readyz")).await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
     assert_eq!(
-        reqwest::get(app.url("/healthz")).await.unwrap().status(),
+        provisioner_tests::get(app.url("/healthz"))
+            .await
+            .unwrap()
+            .status(),
         200
     );
     app.stop().await;
@@ -204,7 +239,7 @@ async fn api_process(
     );
     let addr = api.api_addr().await;
     let token = provisioner_tests::fetch_token(
-        &reqwest::Client::new(),
+        &provisioner_tests::http_client(),
         addr,
         provisioner_tests::BOOTSTRAP_ID,
         provisioner_tests::BOOTSTRAP_SECRET,
@@ -246,7 +281,7 @@ async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
     );
     assert!(api.exit(std::time::Duration::from_secs(10)).await.success());
     assert!(
-        reqwest::get(format!("http://{addr}/healthz"))
+        provisioner_tests::get(format!("http://{addr}/healthz"))
             .await
             .is_err(),
         "no new connections after shutdown"
@@ -293,7 +328,7 @@ async fn sigterm_stops_the_api_within_its_shutdown_timeout_whatever_clients_do()
 #[tokio::test]
 async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
     let app = TestApp::without_workers().await;
-    let http = reqwest::Client::new();
+    let http = provisioner_tests::http_client();
     for i in 0..40 {
         let method = reqwest::Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
         let r = http
@@ -303,7 +338,7 @@ async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
             .unwrap();
         assert_eq!(r.status(), 405);
     }
-    let text = reqwest::get(app.url("/metrics"))
+    let text = provisioner_tests::get(app.url("/metrics"))
         .await
         .unwrap()
         .text()
@@ -349,7 +384,7 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
     .execute(&app.db)
     .await
     .unwrap();
-    let text = reqwest::get(app.url("/metrics"))
+    let text = provisioner_tests::get(app.url("/metrics"))
         .await
         .unwrap()
         .text()
@@ -390,7 +425,7 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
     .execute(&app.db)
     .await
     .unwrap();
-    let text = reqwest::get(app.url("/metrics"))
+    let text = provisioner_tests::get(app.url("/metrics"))
         .await
         .unwrap()
         .text()

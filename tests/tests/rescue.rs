@@ -22,14 +22,6 @@ fn signal(worker: &Proc, signal: &str) {
     assert!(ok, "kill -{signal} {pid}");
 }
 
-async fn tenants_named(app: &TestApp, url: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = $1")
-        .bind(url)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
-}
-
 fn ended(job: &Value) -> (Option<&str>, Option<i64>, Option<i64>) {
     (
         job["status"].as_str(),
@@ -51,7 +43,7 @@ async fn rescued_by_redelivery(app: &TestApp, id: &str, tenant: &str) {
         (Some("succeeded"), Some(200), Some(2)),
         "{done}"
     );
-    assert_eq!(tenants_named(app, tenant).await, 1);
+    fixtures::assert_sample_tenant(app, tenant).await;
     assert_eq!(app.advisory_locks().await, (0, 0));
     rescuer.child.kill().await.unwrap();
 }
@@ -118,7 +110,7 @@ async fn a_stopped_workers_job_is_rescued_by_the_sweeper_and_the_worker_writes_n
         .await;
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(after, done, "the stopped worker changed nothing");
-    assert_eq!(tenants_named(&app, &tenant).await, 1);
+    fixtures::assert_sample_tenant(&app, &tenant).await;
     victim.child.kill().await.unwrap();
     rescuer.child.kill().await.unwrap();
     app.stop().await;

@@ -24,7 +24,7 @@ async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
     let addr = api.api_addr().await;
     let url = app.serve_sample_template("t").await;
     let token = provisioner_tests::fetch_token(
-        &reqwest::Client::new(),
+        &provisioner_tests::http_client(),
         addr,
         provisioner_tests::BOOTSTRAP_ID,
         provisioner_tests::BOOTSTRAP_SECRET,
@@ -116,9 +116,33 @@ async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
         String::from_utf8_lossy(&dump.stderr)
     );
     let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    // The administrator's own row (the template's users carry hashes of their own).
+    let admin_hash: String = sqlx::query_scalar(
+        "SELECT u.password_hash FROM users u JOIN tenants t ON t.id = u.tenant_id
+         WHERE t.url = $1 AND u.login_id = 'admin'",
+    )
+    .bind(&tenant)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     assert!(
-        dump.contains("$argon2id$v=19$m=19456,t=2,p=1$"),
-        "the admin's hash is stored"
+        admin_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{admin_hash}"
+    );
+    assert!(
+        provisioner_shared::passwords::verify(SENTINEL_PASSWORD.as_bytes(), &admin_hash),
+        "the admin's hash is of the sentinel password"
+    );
+    let template_hashes = fixtures::sample_template(app.db_version().await)
+        .users
+        .into_iter()
+        .filter_map(|u| u.password_hash);
+    for hash in template_hashes {
+        assert_ne!(admin_hash, hash, "the template's hash was kept");
+    }
+    assert!(
+        dump.contains(&admin_hash),
+        "the dump holds the admin's hash"
     );
 
     let events: String = events.iter().map(|e| e.body.to_string()).collect();

@@ -34,7 +34,7 @@ async fn half_sent_headers_are_dropped_and_stalled_bodies_end_with_408() {
             provisioner_tests::fixtures::tenant_url()
         );
         let token = provisioner_tests::fetch_token(
-            &reqwest::Client::new(),
+            &provisioner_tests::http_client(),
             app.addr,
             provisioner_tests::BOOTSTRAP_ID,
             provisioner_tests::BOOTSTRAP_SECRET,
@@ -109,7 +109,7 @@ async fn a_client_past_its_waits_at_once_is_answered_without_waiting() {
         .map(|_| tokio::spawn(app.http.get(&poll).send()))
         .collect();
     provisioner_tests::eventually(Duration::from_secs(10), || async {
-        let text = reqwest::get(app.url("/metrics"))
+        let text = provisioner_tests::get(app.url("/metrics"))
             .await
             .ok()?
             .text()

@@ -274,7 +274,7 @@ async fn undecodable_paths_and_oversized_token_forms_still_answer_json() {
         .unwrap();
     let (status, body) = problem(r).await;
     assert!([400, 404].contains(&status), "{status} {body}");
-    let r = reqwest::Client::new()
+    let r = provisioner_tests::http_client()
         .post(app.url("/configapi/v2/oauth/token"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(

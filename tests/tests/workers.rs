@@ -40,12 +40,9 @@ async fn two_worker_processes_share_the_load_and_create_each_tenant_once() {
             "{job}"
         );
     }
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = ANY($1)")
-        .bind(&tenants)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 24);
+    for tenant in &tenants {
+        fixtures::assert_sample_tenant(&app, tenant).await;
+    }
     let done_by = |logs: Vec<Value>| {
         logs.iter()
             .filter(|l| l["message"] == "job succeeded")
@@ -101,12 +98,7 @@ async fn a_worker_killed_mid_import_loses_nothing_and_the_job_completes_once() {
         (Some("succeeded"), Some(200), Some(2)),
         "{done}"
     );
-    let tenants: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE url = $1")
-        .bind(&tenant)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(tenants, 1);
+    fixtures::assert_sample_tenant(&app, &tenant).await;
     assert_eq!(
         app.advisory_locks().await,
         (0, 0),
@@ -179,8 +171,8 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
         (app.queue_messages("provisioner.jobs.create-tenant").await == 0).then_some(())
     })
     .await;
-    let tenants = app.count("SELECT count(*) FROM tenants").await;
-    assert_eq!(tenants, 1);
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 1);
+    fixtures::assert_sample_tenant(&app, &tenant).await;
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(after, done, "later deliveries changed nothing");
     // Garbage on the queue is dead-lettered, not looped.
@@ -255,6 +247,7 @@ async fn broker_connections_dropped_under_load_are_reestablished_and_no_job_is_l
     for id in &ids {
         let job = app.wait_job(id).await;
         assert_eq!(job["code"], 200, "{job}");
+        fixtures::assert_sample_tenant(&app, job["tenantUrl"].as_str().unwrap()).await;
     }
     let tenants = app.count("SELECT count(*) FROM tenants").await;
     assert_eq!(tenants, 15, "every accepted job made its tenant, once");
@@ -396,7 +389,7 @@ async fn stopping_the_api_publishes_every_job_it_committed() {
         let _ = bound.send(a);
     }));
     let addr = addr.await.expect("the API binds");
-    let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
+    let anonymous = provisioner_tests::http_client();
     let token = provisioner_tests::fetch_token(
         &anonymous,
         addr,

@@ -1,23 +1,50 @@
-//! Export Tenant: a template-format-1 ZIP of everything the tenant has.
+//! Export Tenant: a template-format-1 ZIP of everything the tenant has, streamed. Under the
+//! tenant's lock, the tenant is read a page at a time inside one snapshot while a blocking task
+//! writes the archive into the response body; bounded channels between them hold a page or
+//! two and a few chunks, whatever the tenant's size, and a client that stops reading stops the
+//! reading.
+
+use std::{
+    io::{self, Write},
+    time::{Duration, Instant},
+};
 
 use axum::{
+    body::{Body, Bytes},
     extract::State,
     http::header,
     response::{IntoResponse, Response},
 };
 use provisioner_shared::{
-    db,
-    template::{self, AccessNumberEntry, Manifest, ManifestSource, Template, TenantEntry},
+    db::{self, tenants::export::Pages},
+    template::{self, Manifest, ManifestSource, Page, TemplateWriter, TenantEntry},
 };
-use serde_json::{Map, Value};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::{
     AppState,
     error::ApiError,
     extract::{RouteLockTimeout, TenantPath},
     openapi::shapes::{HostName, LockTimeoutSeconds},
-    tenant_lock::lock_tenant,
+    tenant_lock,
 };
+
+/// Rows read per page of a list.
+const PER_PAGE: u16 = 200;
+/// Pages read ahead of the writer.
+const PAGES_AHEAD: usize = 1;
+/// Size of a body chunk, and chunks written ahead of the client.
+const CHUNK: usize = 64 << 10;
+const CHUNKS_AHEAD: usize = 4;
+/// While the export reads, the lock's session runs a statement at least this often, so the
+/// idle-in-transaction timeout never ends it (and its lock) under a long export.
+const KEEP_LOCK_ALIVE: Duration = Duration::from_secs(10);
+/// A client that reads nothing for this long is cut off, and the export ends (as a request
+/// body that stalls this long ends with 408).
+const STALLED_CLIENT: Duration = Duration::from_secs(30);
 
 /// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
 /// it never observes an import half-way.
@@ -33,54 +60,175 @@ pub(super) async fn export_tenant(
     TenantPath(url): TenantPath,
     wait: RouteLockTimeout,
 ) -> Result<Response, ApiError> {
-    let mut tx = state.pool.begin().await?;
-    let tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
-    let settings: Map<String, Value> =
-        serde_json::from_value(tenant.settings.clone()).unwrap_or_default();
-    let template = Template {
-        manifest: Manifest {
-            format: template::FORMAT.to_owned(),
-            format_version: template::FORMAT_VERSION,
-            db_version: db::schema_version(&state.pool).await?,
-            exported_at: chrono::Utc::now(),
-            source: ManifestSource {
-                tenant_id: tenant.id,
-                tenant_url: tenant.url.clone(),
-                tenant_name: tenant.name.clone(),
-            },
+    let db_version = db::schema_version(&state.pool).await?;
+    let mut lock = state.pool.begin().await?;
+    tenant_lock::lock(&mut lock, &url, wait.duration()).await?;
+    // Taken once the lock is held: the snapshot sees whatever its last holder committed.
+    let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
+    let tenant = db::tenants::export::head(&mut snapshot, url.as_str())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))?;
+    let manifest = Manifest {
+        format: template::FORMAT.to_owned(),
+        format_version: template::FORMAT_VERSION,
+        db_version,
+        exported_at: chrono::Utc::now(),
+        source: ManifestSource {
+            tenant_id: tenant.id,
+            tenant_url: tenant.url.clone(),
+            tenant_name: tenant.name.clone(),
         },
-        tenant: TenantEntry {
-            id: tenant.id,
-            url: tenant.url.clone(),
-            name: tenant.name.clone(),
-            sip_domain: tenant.sip_domain.clone(),
-            settings: settings.into(),
-        },
-        users: db::tenants::users(&mut *tx, tenant.id).await?,
-        objects: db::tenants::objects(&mut *tx, tenant.id).await?,
-        access_numbers: db::access_numbers::of_tenant(&mut *tx, tenant.id)
-            .await?
-            .into_iter()
-            .map(|r| AccessNumberEntry {
-                number: r.number,
-                count: r.count,
-                media: r.media,
-            })
-            .collect(),
-        calling_lists: db::tenants::calling_lists(&mut *tx, tenant.id).await?,
-        audit: db::tenants::audit(&mut *tx, tenant.id).await?,
     };
-    tx.commit().await?;
-    let body = tokio::task::spawn_blocking(move || template.write())
-        .await
-        .map_err(anyhow::Error::from)?;
+    let (pages, pages_out) = mpsc::channel(PAGES_AHEAD);
+    let (chunks, chunks_out) = mpsc::channel(CHUNKS_AHEAD);
+    let (finished, finished_out) = oneshot::channel();
+    let span = tracing::Span::current();
+    tokio::spawn(read_pages(lock, snapshot, tenant.id, pages).instrument(span.clone()));
+    let body = BodyWriter {
+        chunks,
+        buf: Vec::with_capacity(CHUNK),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            if write_archive(&manifest, tenant, pages_out, body) {
+                let _ = finished.send(());
+            }
+        });
+    });
     let disposition = format!("attachment; filename=\"{url}.zip\"");
     Ok((
         [
             (header::CONTENT_TYPE, "application/zip".to_owned()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        body,
+        Body::from_stream(stream(chunks_out, finished_out)),
     )
         .into_response())
+}
+
+type PageResult = Result<Page, sqlx::Error>;
+
+/// Reads the tenant's lists page by page into `pages` while `lock` holds its lock; ends both
+/// transactions when done, or when the writer stopped (the client went away).
+async fn read_pages(
+    mut lock: Transaction<'static, Postgres>,
+    mut snapshot: Transaction<'static, Postgres>,
+    tenant: Uuid,
+    pages: mpsc::Sender<PageResult>,
+) {
+    let mut lists = Pages::new(tenant, PER_PAGE);
+    let mut kept = Instant::now();
+    loop {
+        let mut next = lists.next(&mut snapshot).await;
+        if next.is_ok() && kept.elapsed() >= KEEP_LOCK_ALIVE {
+            next = db::locks::keep_alive(&mut lock).await.and(next);
+            kept = Instant::now();
+        }
+        let page = match next {
+            Ok(Some(page)) => Ok(page),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the tenant for its export failed");
+                Err(e)
+            }
+        };
+        let failed = page.is_err();
+        if pages.send(page).await.is_err() || failed {
+            // Rolled back as they drop.
+            return;
+        }
+    }
+    if let Err(e) = snapshot.commit().await {
+        tracing::warn!(error = %e, "ending the export's snapshot failed");
+    }
+    if let Err(e) = lock.commit().await {
+        tracing::warn!(error = %e, "releasing the export's tenant lock failed");
+    }
+}
+
+/// Writes the archive of `pages` into the body; says whether it wrote it whole.
+fn write_archive(
+    manifest: &Manifest,
+    tenant: TenantEntry,
+    mut pages: mpsc::Receiver<PageResult>,
+    body: BodyWriter,
+) -> bool {
+    let written = (|| {
+        let mut archive = TemplateWriter::new(body, manifest, &tenant)?;
+        drop(tenant);
+        while let Some(page) = pages.blocking_recv() {
+            archive.page(&page.map_err(io::Error::other)?)?;
+        }
+        archive.finish().map(drop)
+    })();
+    if let Err(e) = &written {
+        tracing::warn!(error = %e, "the export was cut short");
+    }
+    written.is_ok()
+}
+
+/// The response body as a `Write` (for a blocking task): bytes go out in chunks of `CHUNK`,
+/// waiting while the client is `CHUNKS_AHEAD` chunks behind, at most `STALLED_CLIENT`.
+struct BodyWriter {
+    chunks: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BodyWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        let sent = self
+            .runtime
+            .block_on(self.chunks.send_timeout(chunk, STALLED_CLIENT));
+        sent.map_err(|e| match e {
+            mpsc::error::SendTimeoutError::Timeout(_) => {
+                io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")
+            }
+            mpsc::error::SendTimeoutError::Closed(_) => {
+                io::Error::new(io::ErrorKind::BrokenPipe, "the client went away")
+            }
+        })
+    }
+}
+
+impl Write for BodyWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
+}
+
+/// The body: the chunks, then an error unless the archive was written whole, so a client sees
+/// a cut response, never a short archive that looks whole.
+fn stream(
+    chunks: mpsc::Receiver<Bytes>,
+    finished: oneshot::Receiver<()>,
+) -> impl futures_util::Stream<Item = io::Result<Bytes>> {
+    futures_util::stream::unfold(
+        (chunks, Some(finished)),
+        |(mut chunks, finished)| async move {
+            if let Some(chunk) = chunks.recv().await {
+                return Some((Ok(chunk), (chunks, finished)));
+            }
+            match finished?.await {
+                Ok(()) => None,
+                Err(_) => Some((
+                    Err(io::Error::other("the export was cut short")),
+                    (chunks, None),
+                )),
+            }
+        },
+    )
 }

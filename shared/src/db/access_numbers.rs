@@ -109,19 +109,6 @@ pub async fn list(
     .await
 }
 
-/// A tenant's ranges, for export.
-pub async fn of_tenant(
-    exec: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-) -> Result<Vec<RangeRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, number, count, media, tenant_id FROM access_numbers WHERE tenant_id = $1 ORDER BY digits, span",
-    )
-    .bind(tenant_id)
-    .fetch_all(exec)
-    .await
-}
-
 /// Creates a range for a tenant; `false` when it overlaps any existing range.
 pub async fn create(
     conn: &mut PgConnection,

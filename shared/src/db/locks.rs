@@ -67,3 +67,9 @@ pub async fn acquire(
         .await?;
     Ok(true)
 }
+
+/// Runs a statement in the lock holder's transaction, so the server's idle-in-transaction
+/// timeout does not end it (and its locks) while its holder works on another connection.
+pub async fn keep_alive(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(conn).await.map(drop)
+}

@@ -48,6 +48,27 @@ impl JsonDoc {
     fn from_serialize(value: &impl Serialize) -> Self {
         Self(serde_json::value::to_raw_value(value).expect("JSON values serialize"))
     }
+
+    /// The text of a `jsonb` value as the database prints it, made compact (the whitespace
+    /// between tokens removed, as `serde_json` writes): what was checked on import, never
+    /// built into a tree.
+    pub fn from_database(mut text: String) -> Result<Self, serde_json::Error> {
+        let (mut in_string, mut escaped) = (false, false);
+        text.retain(|c| {
+            if in_string {
+                (in_string, escaped) = match (escaped, c) {
+                    (true, _) => (true, false),
+                    (false, '\\') => (true, true),
+                    (false, '"') => (false, false),
+                    (false, _) => (true, false),
+                };
+                return true;
+            }
+            in_string = c == '"';
+            !matches!(c, ' ' | '\t' | '\n' | '\r')
+        });
+        RawValue::from_string(text).map(Self)
+    }
 }
 
 impl Default for JsonDoc {

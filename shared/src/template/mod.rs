@@ -3,15 +3,17 @@
 //! budget before the ZIP library sees it (`zipdir`); entry count and uncompressed bytes are
 //! bounded while reading (headers that lie are refused); free-form JSON is kept as checked text,
 //! never built into a tree (`json`); every string obeys the request fields' rules (`check`).
+//! Writing streams: a template is written front to back, its lists a page at a time (`writer`,
+//! `zipout`).
 
 mod archive;
 mod check;
 mod entries;
 mod json;
 mod upgrade;
+mod writer;
 mod zipdir;
-
-use std::io::Cursor;
+mod zipout;
 
 pub use archive::peek_tenant_url;
 pub use check::{MAX_NUMBERS, MAX_RANGES, MAX_ROLES};
@@ -20,6 +22,7 @@ pub use entries::{
     TenantEntry, UserEntry,
 };
 pub use json::{JsonDoc, MAX_DEPTH, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE};
+pub use writer::{Page, TemplateWriter};
 
 pub const FORMAT: &str = "provisioner-tenant-template";
 pub const FORMAT_VERSION: u32 = 1;
@@ -185,37 +188,16 @@ impl Template {
 
     /// Writes every entry as a ZIP archive (typed, never through an intermediate JSON tree).
     pub fn write(&self) -> Vec<u8> {
-        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
-        let mut put = |name: &str, value: &dyn erased::Json| {
-            zip.start_file(name, options)
-                .expect("writing to memory cannot fail");
-            value.write_pretty(&mut zip);
-        };
-        put(MANIFEST, &self.manifest);
-        put(TENANT, &self.tenant);
-        put(USERS, &self.users);
-        put(OBJECTS, &self.objects);
-        put(ACCESS_NUMBERS, &self.access_numbers);
-        put(CALLING_LISTS, &self.calling_lists);
-        put(AUDIT, &self.audit);
-        zip.finish()
-            .expect("writing to memory cannot fail")
-            .into_inner()
-    }
-}
-
-mod erased {
-    /// Any entry, written as pretty JSON straight into the archive.
-    pub(super) trait Json {
-        fn write_pretty(&self, out: &mut dyn std::io::Write);
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn write_pretty(&self, out: &mut dyn std::io::Write) {
-            serde_json::to_writer_pretty(out, self).expect("template entries serialize");
-        }
+        let written = (|| {
+            let mut out = TemplateWriter::new(Vec::new(), &self.manifest, &self.tenant)?;
+            out.users(&self.users)?;
+            out.objects(&self.objects)?;
+            out.access_numbers(&self.access_numbers)?;
+            out.calling_lists(&self.calling_lists)?;
+            out.audit(&self.audit)?;
+            out.finish()
+        })();
+        written.expect("writing to memory cannot fail")
     }
 }
 
@@ -234,3 +216,5 @@ mod contents_tests;
 mod peek_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod writer_tests;

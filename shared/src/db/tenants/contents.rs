@@ -1,10 +1,10 @@
 //! A tenant's configuration: users, objects, calling lists and audit history, written in bulk
-//! through `jsonb_to_recordset` (one round trip per table) and read back in their order.
+//! through `jsonb_to_recordset` (one round trip per table); Export Tenant reads them back a
+//! page at a time (`export`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value};
-use sqlx::{PgConnection, PgExecutor, types::Json};
+use sqlx::{PgConnection, types::Json};
 use uuid::Uuid;
 
 use crate::template::{AuditEntry, CallingListEntry, JsonDoc, ObjectEntry, UserEntry};
@@ -166,131 +166,4 @@ pub async fn insert_audit(
     .execute(conn)
     .await
     .map(drop)
-}
-
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    id: Uuid,
-    login_id: String,
-    first_name: String,
-    last_name: String,
-    email: String,
-    roles: Json<Vec<String>>,
-    password_hash: Option<String>,
-    teams: Vec<Uuid>,
-}
-
-pub async fn users(
-    exec: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-) -> Result<Vec<UserEntry>, sqlx::Error> {
-    let rows: Vec<UserRow> = sqlx::query_as(
-        "SELECT id, login_id, first_name, last_name, email, roles, password_hash, teams
-         FROM users WHERE tenant_id = $1 ORDER BY position, login_id",
-    )
-    .bind(tenant_id)
-    .fetch_all(exec)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|u| UserEntry {
-            id: u.id,
-            login_id: u.login_id,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            email: u.email,
-            roles: u.roles.0,
-            password_hash: u.password_hash,
-            teams: u.teams,
-        })
-        .collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct ObjectRow {
-    id: Uuid,
-    kind: String,
-    name: String,
-    data: Json<Map<String, Value>>,
-    refs: Vec<Uuid>,
-}
-
-pub async fn objects(
-    exec: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-) -> Result<Vec<ObjectEntry>, sqlx::Error> {
-    let rows: Vec<ObjectRow> = sqlx::query_as(
-        "SELECT id, kind, name, data, refs FROM config_objects WHERE tenant_id = $1 ORDER BY position, id",
-    )
-    .bind(tenant_id)
-    .fetch_all(exec)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|o| ObjectEntry {
-            id: o.id,
-            kind: o.kind,
-            name: o.name,
-            data: o.data.0.into(),
-            refs: o.refs,
-        })
-        .collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct CallingListRow {
-    id: Uuid,
-    name: String,
-    entries: Json<Vec<Map<String, Value>>>,
-}
-
-pub async fn calling_lists(
-    exec: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-) -> Result<Vec<CallingListEntry>, sqlx::Error> {
-    let rows: Vec<CallingListRow> = sqlx::query_as(
-        "SELECT id, name, entries FROM calling_lists WHERE tenant_id = $1 ORDER BY position, id",
-    )
-    .bind(tenant_id)
-    .fetch_all(exec)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|l| CallingListEntry {
-            id: l.id,
-            name: l.name,
-            entries: l.entries.0.into(),
-        })
-        .collect())
-}
-
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    at: DateTime<Utc>,
-    actor: String,
-    action: String,
-    object: String,
-    details: Json<Map<String, Value>>,
-}
-
-pub async fn audit(
-    exec: impl PgExecutor<'_>,
-    tenant_id: Uuid,
-) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    let rows: Vec<AuditRow> = sqlx::query_as(
-        "SELECT at, actor, action, object, details FROM audit_log WHERE tenant_id = $1 ORDER BY id",
-    )
-    .bind(tenant_id)
-    .fetch_all(exec)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|a| AuditEntry {
-            at: a.at,
-            actor: a.actor,
-            action: a.action,
-            object: a.object,
-            details: a.details.0.into(),
-        })
-        .collect())
 }

@@ -1,17 +1,15 @@
-//! Tenants: lookup, insertion, lifecycle and audit events (here), and their configuration
-//! (`contents`).
+//! Tenants: lookup, insertion, lifecycle and audit events (here), their configuration
+//! (`contents`), and reading a tenant a page at a time for Export Tenant (`export`).
 
 mod contents;
+pub mod export;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-pub use self::contents::{
-    audit, calling_lists, insert_audit, insert_calling_lists, insert_objects, insert_users,
-    objects, users,
-};
+pub use self::contents::{insert_audit, insert_calling_lists, insert_objects, insert_users};
 use crate::domain::{AuditAction, TenantStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]

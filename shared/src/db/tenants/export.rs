@@ -1,0 +1,314 @@
+//! Reading a tenant for Export Tenant a page at a time: its head, then each list in keyset
+//! pages (in the order the whole lists were always read), so no more than a page is held
+//! whatever the tenant's size. Free-form JSON comes back as the database's text, never as a
+//! tree. The caller reads inside one snapshot (`snapshot`), so the pages agree with each other.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction, types::Json};
+use uuid::Uuid;
+
+use crate::template::{
+    AccessNumberEntry, AuditEntry, CallingListEntry, JsonDoc, ObjectEntry, Page, TenantEntry,
+    UserEntry,
+};
+
+/// A read-only REPEATABLE READ transaction: every statement in it sees the database as of its
+/// first statement.
+pub async fn snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+}
+
+/// The tenant's own entry (settings as text; anything but an object reads as `{}`).
+pub async fn head(conn: &mut PgConnection, url: &str) -> Result<Option<TenantEntry>, sqlx::Error> {
+    let row: Option<(Uuid, String, String, String, String)> = sqlx::query_as(
+        "SELECT id, url, name, sip_domain,
+                (CASE WHEN jsonb_typeof(settings) = 'object' THEN settings ELSE '{}' END)::text
+         FROM tenants WHERE url = $1",
+    )
+    .bind(url)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(id, url, name, sip_domain, settings)| {
+        Ok(TenantEntry {
+            id,
+            url,
+            name,
+            sip_domain,
+            settings: json(settings)?,
+        })
+    })
+    .transpose()
+}
+
+/// Where the next page of a list starts: after this row of it.
+#[derive(Debug, Clone)]
+enum After {
+    Users(i32, String),
+    Objects(i32, Uuid),
+    AccessNumbers(i32, String),
+    CallingLists(i32, Uuid),
+    Audit(i64),
+}
+
+/// Which list comes next, and where in it.
+#[derive(Debug, Clone)]
+enum Next {
+    Start(usize),
+    After(After),
+    Done,
+}
+
+/// The pages of one tenant's lists, in archive order: users, objects, access numbers, calling
+/// lists, audit. Every list gives at least one page, possibly empty.
+#[derive(Debug, Clone)]
+pub struct Pages {
+    tenant: Uuid,
+    per_page: i64,
+    next: Next,
+}
+
+impl Pages {
+    pub fn new(tenant: Uuid, per_page: u16) -> Self {
+        Self {
+            tenant,
+            per_page: per_page.max(1).into(),
+            next: Next::Start(0),
+        }
+    }
+
+    /// The next page; `None` after the last.
+    pub async fn next(&mut self, conn: &mut PgConnection) -> Result<Option<Page>, sqlx::Error> {
+        let (list, after) = match std::mem::replace(&mut self.next, Next::Done) {
+            Next::Done => return Ok(None),
+            Next::Start(list) => (list, None),
+            Next::After(after) => (after.list(), Some(after)),
+        };
+        let (page, last) = match list {
+            0 => self.users(conn, after).await?,
+            1 => self.objects(conn, after).await?,
+            2 => self.access_numbers(conn, after).await?,
+            3 => self.calling_lists(conn, after).await?,
+            _ => self.audit(conn, after).await?,
+        };
+        self.next = match last {
+            Some(after) if page.len() as i64 == self.per_page => Next::After(after),
+            _ if list < 4 => Next::Start(list + 1),
+            _ => Next::Done,
+        };
+        Ok(Some(page))
+    }
+
+    async fn users(
+        &self,
+        conn: &mut PgConnection,
+        after: Option<After>,
+    ) -> Result<(Page, Option<After>), sqlx::Error> {
+        let (position, login) = match after {
+            Some(After::Users(p, l)) => (Some(p), Some(l)),
+            _ => (None, None),
+        };
+        let rows: Vec<UserRow> = sqlx::query_as(
+            "SELECT position, id, login_id, first_name, last_name, email, roles, password_hash, teams
+             FROM users
+             WHERE tenant_id = $1 AND ($2::int IS NULL OR (position, login_id) > ($2, $3))
+             ORDER BY position, login_id LIMIT $4",
+        )
+        .bind(self.tenant)
+        .bind(position)
+        .bind(login)
+        .bind(self.per_page)
+        .fetch_all(conn)
+        .await?;
+        let last = rows
+            .last()
+            .map(|r| After::Users(r.position, r.login_id.clone()));
+        Ok((
+            Page::Users(rows.into_iter().map(UserRow::entry).collect()),
+            last,
+        ))
+    }
+
+    async fn objects(
+        &self,
+        conn: &mut PgConnection,
+        after: Option<After>,
+    ) -> Result<(Page, Option<After>), sqlx::Error> {
+        let (position, id) = match after {
+            Some(After::Objects(p, id)) => (Some(p), Some(id)),
+            _ => (None, None),
+        };
+        let rows: Vec<(i32, Uuid, String, String, String, Vec<Uuid>)> = sqlx::query_as(
+            "SELECT position, id, kind, name, data::text, refs FROM config_objects
+             WHERE tenant_id = $1 AND ($2::int IS NULL OR (position, id) > ($2, $3))
+             ORDER BY position, id LIMIT $4",
+        )
+        .bind(self.tenant)
+        .bind(position)
+        .bind(id)
+        .bind(self.per_page)
+        .fetch_all(conn)
+        .await?;
+        let last = rows.last().map(|r| After::Objects(r.0, r.1));
+        let items = rows
+            .into_iter()
+            .map(|(_, id, kind, name, data, refs)| {
+                Ok(ObjectEntry {
+                    id,
+                    kind,
+                    name,
+                    data: json(data)?,
+                    refs,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok((Page::Objects(items), last))
+    }
+
+    async fn access_numbers(
+        &self,
+        conn: &mut PgConnection,
+        after: Option<After>,
+    ) -> Result<(Page, Option<After>), sqlx::Error> {
+        let (digits, span) = match after {
+            Some(After::AccessNumbers(d, s)) => (Some(d), Some(s)),
+            _ => (None, None),
+        };
+        let rows: Vec<(i32, String, String, i32, String)> = sqlx::query_as(
+            "SELECT digits, span::text, number, count, media FROM access_numbers
+             WHERE tenant_id = $1 AND ($2::int IS NULL OR (digits, span) > ($2, $3::numrange))
+             ORDER BY digits, span LIMIT $4",
+        )
+        .bind(self.tenant)
+        .bind(digits)
+        .bind(span)
+        .bind(self.per_page)
+        .fetch_all(conn)
+        .await?;
+        let last = rows.last().map(|r| After::AccessNumbers(r.0, r.1.clone()));
+        let items = rows
+            .into_iter()
+            .map(|(_, _, number, count, media)| AccessNumberEntry {
+                number,
+                count,
+                media,
+            })
+            .collect();
+        Ok((Page::AccessNumbers(items), last))
+    }
+
+    async fn calling_lists(
+        &self,
+        conn: &mut PgConnection,
+        after: Option<After>,
+    ) -> Result<(Page, Option<After>), sqlx::Error> {
+        let (position, id) = match after {
+            Some(After::CallingLists(p, id)) => (Some(p), Some(id)),
+            _ => (None, None),
+        };
+        let rows: Vec<(i32, Uuid, String, String)> = sqlx::query_as(
+            "SELECT position, id, name, entries::text FROM calling_lists
+             WHERE tenant_id = $1 AND ($2::int IS NULL OR (position, id) > ($2, $3))
+             ORDER BY position, id LIMIT $4",
+        )
+        .bind(self.tenant)
+        .bind(position)
+        .bind(id)
+        .bind(self.per_page)
+        .fetch_all(conn)
+        .await?;
+        let last = rows.last().map(|r| After::CallingLists(r.0, r.1));
+        let items = rows
+            .into_iter()
+            .map(|(_, id, name, entries)| {
+                Ok(CallingListEntry {
+                    id,
+                    name,
+                    entries: json(entries)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok((Page::CallingLists(items), last))
+    }
+
+    async fn audit(
+        &self,
+        conn: &mut PgConnection,
+        after: Option<After>,
+    ) -> Result<(Page, Option<After>), sqlx::Error> {
+        let after = match after {
+            Some(After::Audit(id)) => Some(id),
+            _ => None,
+        };
+        let rows: Vec<(i64, DateTime<Utc>, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, at, actor, action, object, details::text FROM audit_log
+             WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id > $2)
+             ORDER BY id LIMIT $3",
+        )
+        .bind(self.tenant)
+        .bind(after)
+        .bind(self.per_page)
+        .fetch_all(conn)
+        .await?;
+        let last = rows.last().map(|r| After::Audit(r.0));
+        let items = rows
+            .into_iter()
+            .map(|(_, at, actor, action, object, details)| {
+                Ok(AuditEntry {
+                    at,
+                    actor,
+                    action,
+                    object,
+                    details: json(details)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok((Page::Audit(items), last))
+    }
+}
+
+impl After {
+    /// The index of its list in archive order.
+    fn list(&self) -> usize {
+        match self {
+            After::Users(..) => 0,
+            After::Objects(..) => 1,
+            After::AccessNumbers(..) => 2,
+            After::CallingLists(..) => 3,
+            After::Audit(..) => 4,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    position: i32,
+    id: Uuid,
+    login_id: String,
+    first_name: String,
+    last_name: String,
+    email: String,
+    roles: Json<Vec<String>>,
+    password_hash: Option<String>,
+    teams: Vec<Uuid>,
+}
+
+impl UserRow {
+    fn entry(self) -> UserEntry {
+        UserEntry {
+            id: self.id,
+            login_id: self.login_id,
+            first_name: self.first_name,
+            last_name: self.last_name,
+            email: self.email,
+            roles: self.roles.0,
+            password_hash: self.password_hash,
+            teams: self.teams,
+        }
+    }
+}
+
+/// A `jsonb` column's text as a `JsonDoc`.
+fn json(text: String) -> Result<JsonDoc, sqlx::Error> {
+    JsonDoc::from_database(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}

@@ -1,0 +1,218 @@
+//! The broker's side of delivery: a job message no queue takes stays in the outbox until it
+//! can be routed (publisher confirms and `mandatory`), and a worker that falls silent is found
+//! out by the heartbeat its connection negotiated, its job redelivered to another.
+
+use std::time::{Duration, Instant};
+
+use provisioner_shared::queue::CREATE_TENANT_QUEUE;
+use provisioner_tests::{
+    Options, TestApp, authorized_client, eventually, fetch_token, fixtures, http_client,
+    process::Proc,
+};
+use serde_json::Value;
+
+/// The job message of `id` waiting in the outbox: how often the relay tried it.
+async fn outbox_attempts(app: &TestApp, id: &str) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT attempts FROM outbox WHERE exchange = 'provisioner.jobs' AND message_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_again() {
+    // The harness's own API cannot reach the broker: the only relay is the API process below.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".into())],
+    })
+    .await;
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let mut api = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        &app,
+        &[("AMQP_URL", &amqp)],
+        "info",
+    );
+    let addr = api.api_addr().await;
+    // Its relay declared the topology; then the job queue loses its binding.
+    api.wait_for("outbox relay connected").await;
+    app.bind_job_queue(&amqp, false).await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let token = fetch_token(
+        &http_client(),
+        addr,
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
+    let r = authorized_client(&token)
+        .post(format!(
+            "http://{addr}/configapi/v2/selfservice/tenant/{tenant}"
+        ))
+        .json(&fixtures::create_body(&url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The broker returned it, twice: the relay says so and keeps it.
+    api.wait_for_record("the unroutable alert", |r| {
+        r["message"] == "message unroutable; kept in the outbox"
+            && r["routing_key"] == "create-tenant"
+    })
+    .await;
+    eventually(Duration::from_secs(15), || async {
+        (outbox_attempts(&app, &id).await >= Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(app.queue_messages(CREATE_TENANT_QUEUE).await, 0);
+    let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(job["status"], "queued");
+
+    // Bound again, it is sent at its next try: once.
+    app.bind_job_queue(&amqp, true).await;
+    eventually(Duration::from_secs(20), || async {
+        outbox_attempts(&app, &id).await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.queue_messages(CREATE_TENANT_QUEUE).await,
+        1,
+        "one copy reached the queue"
+    );
+    let mut worker = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("AMQP_URL", &amqp)],
+        "info",
+    );
+    let done = app.wait_job(&id).await;
+    assert_eq!(
+        (done["code"].as_i64(), done["attempts"].as_i64()),
+        (Some(200), Some(1)),
+        "{done}"
+    );
+    fixtures::assert_sample_tenant(&app, &tenant).await;
+    eventually(Duration::from_secs(10), || async {
+        (app.queue_messages(CREATE_TENANT_QUEUE).await == 0).then_some(())
+    })
+    .await;
+    worker.child.kill().await.unwrap();
+    api.child.kill().await.unwrap();
+    app.stop().await;
+}
+
+/// The heartbeat the worker below asks for, in seconds (`?heartbeat=` of its AMQP URL).
+const HEARTBEAT: u64 = 2;
+
+fn signal(worker: &Proc, signal: &str) {
+    let pid = worker.child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_found_out_within_three_heartbeats_and_its_job_redelivered() {
+    let app = TestApp::without_workers().await;
+    let amqp = format!(
+        "amqp://guest:guest@127.0.0.1:5672/{}?heartbeat={HEARTBEAT}",
+        app.vhost
+    );
+    let url = app.serve_sample_template("t").await;
+    app.templates.hold("t");
+    let mut victim = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("AMQP_URL", &amqp)],
+        "info",
+    );
+    victim.wait_for("consuming").await;
+    // The heartbeat asked for is the one negotiated; connections that ask for none get the
+    // broker's (60 s).
+    let connections = app.broker_connections().await;
+    let victims: Vec<_> = connections
+        .iter()
+        .filter(|c| c.heartbeat == HEARTBEAT)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(victims.contains(&"provisioner-worker"), "{connections:?}");
+    assert!(
+        connections
+            .iter()
+            .filter(|c| c.heartbeat != HEARTBEAT)
+            .all(|c| c.heartbeat == 60),
+        "{connections:?}"
+    );
+
+    let tenant = fixtures::tenant_url();
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    eventually(Duration::from_secs(20), || async {
+        (app.templates.hits("t") == 1).then_some(())
+    })
+    .await;
+    // Another worker, which never sweeps: only a redelivery can bring it the job.
+    let mut rescuer = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("PROVISIONER_SWEEP_INTERVAL", "3600")],
+        "info",
+    );
+    rescuer.wait_for("consuming").await;
+    signal(&victim, "STOP");
+    let stopped = Instant::now();
+    app.templates.release("t");
+    // The broker hears nothing from the victim: it closes the victim's connection and
+    // redelivers its job to the rescuer, which takes the job over at once (the victim's lease,
+    // unrenewed, has run out by then).
+    let redelivered = eventually(Duration::from_secs(30), || async {
+        let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        (attempts == 2).then(|| stopped.elapsed())
+    })
+    .await;
+    // RabbitMQ closes a connection after two to three heartbeat intervals without a byte.
+    assert!(
+        redelivered <= Duration::from_secs(3 * HEARTBEAT + 1),
+        "redelivered after {redelivered:?}"
+    );
+    assert!(
+        !app.broker_connections()
+            .await
+            .iter()
+            .any(|c| c.heartbeat == HEARTBEAT),
+        "the victim's connections are closed"
+    );
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (
+            done["status"].as_str(),
+            done["code"].as_i64(),
+            done["attempts"].as_i64()
+        ),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    rescuer
+        .wait_for_record("the rescuer's success", |r| r["message"] == "job succeeded")
+        .await;
+    fixtures::assert_sample_tenant(&app, &tenant).await;
+    victim.child.kill().await.unwrap();
+    rescuer.child.kill().await.unwrap();
+    app.stop().await;
+}

@@ -1,0 +1,96 @@
+//! Template downloads are bounded end to end: a server that drips bytes is cut off at
+//! `PROVISIONER_TEMPLATE_TIMEOUT` (a transient fault: retried, then 500), and a body without end
+//! at `PROVISIONER_TEMPLATE_MAX_BYTES` (code 400 at once).
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use provisioner_tests::{Options, TestApp, eventually, fixtures};
+
+#[tokio::test]
+async fn a_template_server_that_drips_bytes_is_cut_off_at_the_timeout_then_retried_then_500() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_TEMPLATE_TIMEOUT", "2".into()),
+            ("PROVISIONER_JOB_MAX_ATTEMPTS", "2".into()),
+        ],
+    })
+    .await;
+    // A byte every 100 ms: never idle long, never done.
+    let (url, flow) = app
+        .templates
+        .endless("drip", Some(Duration::from_millis(100)));
+    let started = Instant::now();
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["code"].as_i64(),
+            job["attempts"].as_i64()
+        ),
+        (Some("failed"), Some(500), Some(2)),
+        "{job}"
+    );
+    assert_eq!(
+        job["error"]["detail"],
+        "the job failed 2 times with transient faults; the last: the template download timed out"
+    );
+    assert_eq!(app.templates.hits("drip"), 2, "one download per attempt");
+    // Each attempt lasted the timeout, not more: two of them, and the retry's short delay.
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    // The worker hung up both times; the server counted a byte per 100 ms.
+    eventually(Duration::from_secs(5), || async {
+        (flow.dropped.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    let sent = flow.bytes.load(Ordering::SeqCst);
+    assert!((30..=50).contains(&sent), "{sent} bytes dripped");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_template_without_end_is_cut_off_at_the_byte_cap_with_400_at_once() {
+    const CAP: u64 = 1 << 20;
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![("PROVISIONER_TEMPLATE_MAX_BYTES", CAP.to_string())],
+    })
+    .await;
+    let (url, flow) = app.templates.endless("flood", None);
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["code"].as_i64(),
+            job["attempts"].as_i64()
+        ),
+        (Some("failed"), Some(400), Some(1)),
+        "{job}"
+    );
+    assert_eq!(
+        job["error"]["detail"],
+        format!("the template is larger than {CAP} bytes")
+    );
+    assert_eq!(app.templates.hits("flood"), 1, "not retried");
+    eventually(Duration::from_secs(5), || async {
+        (flow.dropped.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // What the server got out before the worker hung up: the cap, and what sockets buffer.
+    let sent = flow.bytes.load(Ordering::SeqCst);
+    assert!(sent > CAP && sent < CAP + (16 << 20), "{sent} bytes sent");
+    app.stop().await;
+}

@@ -1,0 +1,225 @@
+//! Export Tenant streams its archive: the first bytes leave while the tenant is still being
+//! read under its lock, the archive is one snapshot of the tenant, and a client that goes away
+//! mid-export frees the lock.
+
+use std::time::Duration;
+
+use provisioner_shared::template::{Limits, Template};
+use provisioner_tests::{BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, eventually, fetch_token};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+};
+
+const USERS: i64 = 450;
+const OBJECTS: i64 = 250;
+/// Audit rows of about 600 bytes of random hex each: some 20 MiB of archive, far more than the
+/// socket buffers of a client that reads nothing.
+const AUDIT: i64 = 40_000;
+
+/// A tenant with several pages of every list, written straight into the database.
+async fn big_tenant(app: &TestApp, url: &str) {
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'Big', $1, '{\"timezone\": \"UTC\"}')")
+        .bind(url)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    for sql in [
+        "INSERT INTO users (id, tenant_id, position, login_id, first_name, last_name, email)
+         SELECT gen_random_uuid(), t.id, g / 3, 'user' || g, 'First', 'Last', 'u' || g || '@big.example'
+         FROM tenants t, generate_series(1, $2) g WHERE t.url = $1",
+        "INSERT INTO config_objects (id, tenant_id, position, kind, name, data)
+         SELECT gen_random_uuid(), t.id, g / 2, 'skill', 'skill ' || g, jsonb_build_object('level', g)
+         FROM tenants t, generate_series(1, $2) g WHERE t.url = $1",
+        "INSERT INTO audit_log (tenant_id, at, actor, action, object, details)
+         SELECT t.id, now(), 'ops', 'update', 'object' || g, jsonb_build_object('noise',
+                (SELECT string_agg(md5(random()::text || g || k), '') FROM generate_series(1, 18) k))
+         FROM tenants t, generate_series(1, $2) g WHERE t.url = $1",
+    ] {
+        let n = match sql {
+            s if s.contains("INTO users") => USERS,
+            s if s.contains("INTO config_objects") => OBJECTS,
+            _ => AUDIT,
+        };
+        sqlx::query(sql)
+            .bind(url)
+            .bind(n)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+}
+
+/// Sends `GET path` on a socket with a small receive buffer (no autotuning), so a client that
+/// stops reading soon stops the server; returns the socket once the response head and the
+/// first body bytes arrived, and those bytes.
+async fn get_slowly(app: &TestApp, path: &str) -> (TcpStream, Vec<u8>) {
+    let token = fetch_token(&app.http, app.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(256 << 10).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n",
+        app.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut head_end = None;
+    while head_end.is_none_or(|end| got.len() <= end) {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .expect("the response starts")
+            .unwrap();
+        assert!(n > 0, "the connection closed before the body");
+        got.extend_from_slice(&buf[..n]);
+        head_end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| at + 4);
+    }
+    let head_end = head_end.unwrap();
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    (stream, got[head_end..].to_vec())
+}
+
+/// Reads the rest of a chunked body and decodes it.
+async fn read_chunked(mut stream: TcpStream, mut raw: Vec<u8>) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_end(&mut raw))
+        .await
+        .expect("the export ends")
+        .unwrap();
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = at + raw[at..].windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[at..line_end]).unwrap(), 16)
+            .expect("a chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&raw[line_end + 2..line_end + 2 + size]);
+        at = line_end + 2 + size + 2;
+    }
+}
+
+#[tokio::test]
+async fn the_export_streams_one_snapshot_of_the_tenant_while_holding_its_lock() {
+    let app = TestApp::without_workers().await;
+    let url = "big.example.com";
+    big_tenant(&app, url).await;
+    let (stream, first) = get_slowly(&app, &format!("/configapi/v2/tenant/{url}/export")).await;
+    // The first bytes are out, and the export is not done: it still holds the tenant's lock.
+    assert_eq!(app.advisory_locks().await.0, 1, "the export holds the lock");
+    let r = app
+        .http
+        .post(app.url(&format!(
+            "/configapi/v2/tenant/{url}/deactivate?lockTimeout=0"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a lifecycle change waits for the export");
+    // History written now (it needs no lock) is not in the archive: it is one snapshot.
+    sqlx::query(
+        "INSERT INTO audit_log (tenant_id, at, actor, action, object)
+         SELECT id, now(), 'late', 'update', 'late' FROM tenants WHERE url = $1",
+    )
+    .bind(url)
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let archive = read_chunked(stream, first).await;
+    let t = Template::read(&archive, &Limits::default(), app.db_version().await).unwrap();
+    assert_eq!(
+        (
+            t.users.len() as i64,
+            t.objects.len() as i64,
+            t.audit.len() as i64
+        ),
+        (USERS, OBJECTS, AUDIT)
+    );
+    assert!(t.audit.iter().all(|a| a.actor == "ops"));
+    let logins: Vec<String> =
+        sqlx::query_scalar("SELECT login_id FROM users ORDER BY position, login_id")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        t.users
+            .iter()
+            .map(|u| u.login_id.clone())
+            .collect::<Vec<_>>(),
+        logins,
+        "every page in order, none twice"
+    );
+    assert_eq!(t.tenant.settings.get(), r#"{"timezone":"UTC"}"#);
+    eventually(Duration::from_secs(10), || async {
+        (app.advisory_locks().await == (0, 0)).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_export_frees_the_lock_and_the_sessions() {
+    let app = TestApp::without_workers().await;
+    let url = "gone.example.com";
+    big_tenant(&app, url).await;
+    let (stream, _) = get_slowly(&app, &format!("/configapi/v2/tenant/{url}/export")).await;
+    assert_eq!(app.advisory_locks().await.0, 1, "the export holds the lock");
+    drop(stream);
+    eventually(Duration::from_secs(10), || async {
+        let in_transaction: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'provisioner-api'
+               AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        (app.advisory_locks().await == (0, 0) && in_transaction == 0).then_some(())
+    })
+    .await;
+    let r = app
+        .http
+        .post(app.url(&format!(
+            "/configapi/v2/tenant/{url}/activate?lockTimeout=0"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the lock is free");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_within_30_s_and_the_lock_freed() {
+    let app = TestApp::without_workers().await;
+    let url = "stalled.example.com";
+    big_tenant(&app, url).await;
+    let started = std::time::Instant::now();
+    let (mut stream, mut raw) =
+        get_slowly(&app, &format!("/configapi/v2/tenant/{url}/export")).await;
+    assert_eq!(app.advisory_locks().await.0, 1, "the export holds the lock");
+    // Well before the database's idle-in-transaction timeout (60 s) would end it.
+    eventually(Duration::from_secs(45), || async {
+        (app.advisory_locks().await == (0, 0)).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(29),
+        "not before 30 s"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("the server closed the connection");
+    assert!(
+        !raw.ends_with(b"\r\n0\r\n\r\n"),
+        "the cut response does not end like a whole one"
+    );
+    app.stop().await;
+}
