@@ -83,6 +83,7 @@ CREATE TABLE batch_downloads (
     next_try_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (batch_id, url)
 );
+CREATE INDEX batch_downloads_template ON batch_downloads (template_id) WHERE template_id IS NOT NULL;
 
 -- Clients whose batch items the dispatcher released least recently go first.
 CREATE TABLE dispatch_turns (
@@ -99,7 +100,8 @@ CREATE TABLE client_active_jobs (
     PRIMARY KEY (client_id, shard)
 );
 INSERT INTO client_active_jobs (client_id, shard, n)
-    SELECT client_id, 0, count(*) FROM jobs WHERE status IN ('queued', 'running') GROUP BY client_id;
+    SELECT client_id, 0, count(*) FROM jobs
+    WHERE status IN ('queued', 'running') AND batch_id IS NULL GROUP BY client_id;
 
 ALTER TABLE jobs
     -- The stored template a queued or running job reads; cleared when the job ends.

@@ -283,8 +283,15 @@ impl<'a> Intake<'a> {
         if let Some(known) = self.visible.get(id) {
             return Ok(*known);
         }
-        let mut conn = self.state.pool.acquire().await?;
-        let seen = db::templates::lock_visible(&mut conn, id, self.caller.viewer()).await?;
+        // On the batch's own connection once it has one: a second one per intake could
+        // exhaust the pool under concurrent intakes.
+        let seen = match self.tx.as_mut() {
+            Some(tx) => db::templates::lock_visible(tx, id, self.caller.viewer()).await?,
+            None => {
+                let mut conn = self.state.pool.acquire().await?;
+                db::templates::lock_visible(&mut conn, id, self.caller.viewer()).await?
+            }
+        };
         self.visible.insert(id.to_owned(), seen);
         Ok(seen)
     }

@@ -84,6 +84,11 @@ async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_
         outbox_attempts(&app, &id).await.is_none().then_some(())
     })
     .await;
+    // The broker's queue figures lag its confirms by a moment: wait for the copy to show.
+    eventually(Duration::from_secs(15), || async {
+        (app.queue_messages(CREATE_TENANT_QUEUE).await >= 1).then_some(())
+    })
+    .await;
     assert_eq!(
         app.queue_messages(CREATE_TENANT_QUEUE).await,
         1,

@@ -303,11 +303,28 @@ async fn notify(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error
 /// Cancels a running batch: its queued items become `cancelled` (running ones finish), and it
 /// stops as `cancelled` when its last item ends. A batch that stopped already is unchanged.
 /// `None` when the client has no such batch.
+///
+/// Locks in the order every other writer does, job rows first, then the batch row (the counting
+/// trigger's): claims, releases and finishes of its items cannot deadlock with it.
 pub async fn cancel(
     conn: &mut PgConnection,
     id: Uuid,
     client_id: Option<&str>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
+    if find(&mut *conn, id, client_id).await?.is_none() {
+        return Ok(None);
+    }
+    let cancelled: Vec<JobRow> = sqlx::query_as(&format!(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), sealed_password = NULL,
+                         template_id = NULL, version = version + 1
+         WHERE batch_id = $1 AND status = 'queued' AND NOT superseded
+           AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'running')
+         RETURNING {}",
+        jobs::COLUMNS
+    ))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
     let running: Option<bool> = sqlx::query_scalar(
         "UPDATE batches SET cancel_requested = cancel_requested OR status = 'running'
          WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)
@@ -317,21 +334,9 @@ pub async fn cancel(
     .bind(client_id)
     .fetch_optional(&mut *conn)
     .await?;
-    match running {
-        None => return Ok(None),
-        Some(false) => return find(&mut *conn, id, None).await,
-        Some(true) => {}
+    if running.is_none() {
+        return Ok(None);
     }
-    let cancelled: Vec<JobRow> = sqlx::query_as(&format!(
-        "UPDATE jobs SET status = 'cancelled', finished_at = now(), sealed_password = NULL,
-                         template_id = NULL, version = version + 1
-         WHERE batch_id = $1 AND status = 'queued' AND NOT superseded
-         RETURNING {}",
-        jobs::COLUMNS
-    ))
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
     let events: Vec<OutboxMessage> = cancelled
         .iter()
         .map(|row| queue::status_event(&row.view(), row.version))
@@ -416,7 +421,8 @@ pub async fn reopen(conn: &mut PgConnection, id: Uuid) -> Result<BatchRow, sqlx:
         .execute(&mut *conn)
         .await?;
     sqlx::query_as(&format!(
-        "UPDATE batches SET status = 'running', finished_at = NULL, cancel_requested = false,
+        "UPDATE batches SET status = 'running', finished_at = NULL,
+                            cancel_requested = cancel_requested AND status = 'running',
                             version = version + 1
          WHERE id = $1 RETURNING {COLUMNS}"
     ))

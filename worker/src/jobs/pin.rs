@@ -33,7 +33,7 @@ pub(super) async fn resolve(ctx: &Context, batch: Uuid, url: &str) -> Result<Str
             .map_err(db_fault)?;
         tx.commit().await.map_err(db_fault)?;
         let state = match state {
-            DownloadState::Fetch { attempt } => fetch(ctx, batch, url, attempt).await?,
+            DownloadState::Fetch { attempt } => fetch(ctx, batch, url, fetcher, attempt).await?,
             other => other,
         };
         match state {
@@ -56,6 +56,7 @@ async fn fetch(
     ctx: &Context,
     batch: Uuid,
     url: &str,
+    fetcher: Uuid,
     attempt: i32,
 ) -> Result<DownloadState, JobFailure> {
     let max_attempts = i32::try_from(ctx.settings.job_max_attempts).unwrap_or(i32::MAX);
@@ -66,12 +67,12 @@ async fn fetch(
             db::templates::put(&mut tx, &id, &bytes)
                 .await
                 .map_err(db_fault)?;
-            db::batches::download_done(&mut tx, batch, url, &id)
+            let state = db::batches::download_done(&mut tx, batch, url, fetcher, &id)
                 .await
                 .map_err(db_fault)?;
             tx.commit().await.map_err(db_fault)?;
-            tracing::info!(batch.id = %batch, template.id = %id, "batch template downloaded and pinned");
-            Ok(DownloadState::Ready(id))
+            tracing::info!(batch.id = %batch, template.id = %id, "batch template downloaded");
+            Ok(state)
         }
         Err(e) => {
             let failure = match e {
@@ -87,9 +88,10 @@ async fn fetch(
                 }
             };
             let mut tx = ctx.pool.begin().await.map_err(db_fault)?;
-            let state = db::batches::download_failed(&mut tx, batch, url, &failure, max_attempts)
-                .await
-                .map_err(db_fault)?;
+            let state =
+                db::batches::download_failed(&mut tx, batch, url, fetcher, &failure, max_attempts)
+                    .await
+                    .map_err(db_fault)?;
             tx.commit().await.map_err(db_fault)?;
             Ok(state)
         }

@@ -114,18 +114,54 @@ pub async fn download_done(
     conn: &mut PgConnection,
     batch_id: Uuid,
     url: &str,
+    fetcher: Uuid,
     template_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<DownloadState, sqlx::Error> {
+    let recorded = sqlx::query(
         "UPDATE batch_downloads SET template_id = $3, fetcher = NULL, fetch_until = NULL
-         WHERE batch_id = $1 AND url = $2 AND template_id IS NULL",
+         WHERE batch_id = $1 AND url = $2 AND fetcher = $4
+           AND template_id IS NULL AND failure_code IS NULL",
     )
     .bind(batch_id)
     .bind(url)
     .bind(template_id)
+    .bind(fetcher)
     .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        // This fetcher's lease ran out and another took over: its outcome stands.
+        return current(conn, batch_id, url).await;
+    }
+    super::pin_templates(conn, batch_id, &[template_id.to_owned()]).await?;
+    Ok(DownloadState::Ready(template_id.to_owned()))
+}
+
+/// The outcome recorded for `url`, or a short wait when it is still being fetched.
+async fn current(
+    conn: &mut PgConnection,
+    batch_id: Uuid,
+    url: &str,
+) -> Result<DownloadState, sqlx::Error> {
+    let row: Row = sqlx::query_as(
+        "SELECT template_id, failure_code, failure_detail, fetch_until, next_try_at, attempts,
+                now() AS now
+         FROM batch_downloads WHERE batch_id = $1 AND url = $2",
+    )
+    .bind(batch_id)
+    .bind(url)
+    .fetch_one(conn)
     .await?;
-    super::pin_templates(conn, batch_id, &[template_id.to_owned()]).await
+    Ok(match (row.template_id, row.failure_code) {
+        (Some(id), _) => DownloadState::Ready(id),
+        (None, Some(code)) => DownloadState::Failed {
+            code,
+            detail: row.failure_detail.unwrap_or_default(),
+        },
+        (None, None) => DownloadState::Wait {
+            until: row.fetch_until.unwrap_or(row.next_try_at).max(row.now),
+        },
+    })
 }
 
 /// The fetch by `fetcher` failed: for good, or for now (the batch's last attempt makes it
@@ -134,9 +170,24 @@ pub async fn download_failed(
     conn: &mut PgConnection,
     batch_id: Uuid,
     url: &str,
+    fetcher: Uuid,
     failure: &DownloadFailure,
     max_attempts: i32,
 ) -> Result<DownloadState, sqlx::Error> {
+    let holds: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM batch_downloads WHERE batch_id = $1 AND url = $2 AND fetcher = $3
+           AND template_id IS NULL AND failure_code IS NULL
+         FOR UPDATE",
+    )
+    .bind(batch_id)
+    .bind(url)
+    .bind(fetcher)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if holds.is_none() {
+        // This fetcher's lease ran out and another took over: its outcome stands.
+        return current(conn, batch_id, url).await;
+    }
     match failure {
         DownloadFailure::Permanent { code, detail } => {
             record_failure(conn, batch_id, url, *code, detail).await?;
