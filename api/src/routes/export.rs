@@ -68,7 +68,21 @@ pub(super) async fn export_tenant(
     let tenant = db::tenants::export::head(&mut snapshot, url.as_str())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))?;
-    let manifest = Manifest {
+    let manifest = manifest(db_version, &tenant);
+    let body = stream_archive(manifest, tenant, lock, snapshot);
+    let disposition = format!("attachment; filename=\"{url}.zip\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn manifest(db_version: i64, tenant: &TenantEntry) -> Manifest {
+    Manifest {
         format: template::FORMAT.to_owned(),
         format_version: template::FORMAT_VERSION,
         db_version,
@@ -78,7 +92,17 @@ pub(super) async fn export_tenant(
             tenant_url: tenant.url.clone(),
             tenant_name: tenant.name.clone(),
         },
-    };
+    }
+}
+
+/// Starts reading the tenant (`lock` holding its lock, `snapshot` to read in) and writing its
+/// archive; returns the body the archive streams into.
+fn stream_archive(
+    manifest: Manifest,
+    tenant: TenantEntry,
+    lock: Transaction<'static, Postgres>,
+    snapshot: Transaction<'static, Postgres>,
+) -> Body {
     let (pages, pages_out) = mpsc::channel(PAGES_AHEAD);
     let (chunks, chunks_out) = mpsc::channel(CHUNKS_AHEAD);
     let (finished, finished_out) = oneshot::channel();
@@ -96,15 +120,7 @@ pub(super) async fn export_tenant(
             }
         });
     });
-    let disposition = format!("attachment; filename=\"{url}.zip\"");
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/zip".to_owned()),
-            (header::CONTENT_DISPOSITION, disposition),
-        ],
-        Body::from_stream(stream(chunks_out, finished_out)),
-    )
-        .into_response())
+    Body::from_stream(stream(chunks_out, finished_out))
 }
 
 type PageResult = Result<Page, sqlx::Error>;

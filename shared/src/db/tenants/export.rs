@@ -104,22 +104,21 @@ impl Pages {
         conn: &mut PgConnection,
         after: Option<After>,
     ) -> Result<(Page, Option<After>), sqlx::Error> {
-        let (position, login) = match after {
-            Some(After::Users(p, l)) => (Some(p), Some(l)),
-            _ => (None, None),
+        let after = match after {
+            Some(After::Users(p, l)) => Some((p, l)),
+            _ => None,
         };
-        let rows: Vec<UserRow> = sqlx::query_as(
+        let sql = format!(
             "SELECT position, id, login_id, first_name, last_name, email, roles, password_hash, teams
-             FROM users
-             WHERE tenant_id = $1 AND ($2::int IS NULL OR (position, login_id) > ($2, $3))
-             ORDER BY position, login_id LIMIT $4",
-        )
-        .bind(self.tenant)
-        .bind(position)
-        .bind(login)
-        .bind(self.per_page)
-        .fetch_all(conn)
-        .await?;
+             FROM users WHERE tenant_id = $1 {}
+             ORDER BY position, login_id LIMIT $2",
+            later(after.is_some(), "AND (position, login_id) > ($3, $4)")
+        );
+        let mut query = sqlx::query_as(&sql).bind(self.tenant).bind(self.per_page);
+        if let Some((position, login)) = after {
+            query = query.bind(position).bind(login);
+        }
+        let rows: Vec<UserRow> = query.fetch_all(conn).await?;
         let last = rows
             .last()
             .map(|r| After::Users(r.position, r.login_id.clone()));
@@ -134,21 +133,21 @@ impl Pages {
         conn: &mut PgConnection,
         after: Option<After>,
     ) -> Result<(Page, Option<After>), sqlx::Error> {
-        let (position, id) = match after {
-            Some(After::Objects(p, id)) => (Some(p), Some(id)),
-            _ => (None, None),
+        let after = match after {
+            Some(After::Objects(p, id)) => Some((p, id)),
+            _ => None,
         };
-        let rows: Vec<(i32, Uuid, String, String, String, Vec<Uuid>)> = sqlx::query_as(
+        let sql = format!(
             "SELECT position, id, kind, name, data::text, refs FROM config_objects
-             WHERE tenant_id = $1 AND ($2::int IS NULL OR (position, id) > ($2, $3))
-             ORDER BY position, id LIMIT $4",
-        )
-        .bind(self.tenant)
-        .bind(position)
-        .bind(id)
-        .bind(self.per_page)
-        .fetch_all(conn)
-        .await?;
+             WHERE tenant_id = $1 {} ORDER BY position, id LIMIT $2",
+            later(after.is_some(), "AND (position, id) > ($3, $4)")
+        );
+        let mut query = sqlx::query_as(&sql).bind(self.tenant).bind(self.per_page);
+        if let Some((position, id)) = after {
+            query = query.bind(position).bind(id);
+        }
+        let rows: Vec<(i32, Uuid, String, String, String, Vec<Uuid>)> =
+            query.fetch_all(conn).await?;
         let last = rows.last().map(|r| After::Objects(r.0, r.1));
         let items = rows
             .into_iter()
@@ -170,21 +169,20 @@ impl Pages {
         conn: &mut PgConnection,
         after: Option<After>,
     ) -> Result<(Page, Option<After>), sqlx::Error> {
-        let (digits, span) = match after {
-            Some(After::AccessNumbers(d, s)) => (Some(d), Some(s)),
-            _ => (None, None),
+        let after = match after {
+            Some(After::AccessNumbers(d, s)) => Some((d, s)),
+            _ => None,
         };
-        let rows: Vec<(i32, String, String, i32, String)> = sqlx::query_as(
+        let sql = format!(
             "SELECT digits, span::text, number, count, media FROM access_numbers
-             WHERE tenant_id = $1 AND ($2::int IS NULL OR (digits, span) > ($2, $3::numrange))
-             ORDER BY digits, span LIMIT $4",
-        )
-        .bind(self.tenant)
-        .bind(digits)
-        .bind(span)
-        .bind(self.per_page)
-        .fetch_all(conn)
-        .await?;
+             WHERE tenant_id = $1 {} ORDER BY digits, span LIMIT $2",
+            later(after.is_some(), "AND (digits, span) > ($3, $4::numrange)")
+        );
+        let mut query = sqlx::query_as(&sql).bind(self.tenant).bind(self.per_page);
+        if let Some((digits, span)) = after {
+            query = query.bind(digits).bind(span);
+        }
+        let rows: Vec<(i32, String, String, i32, String)> = query.fetch_all(conn).await?;
         let last = rows.last().map(|r| After::AccessNumbers(r.0, r.1.clone()));
         let items = rows
             .into_iter()
@@ -202,21 +200,20 @@ impl Pages {
         conn: &mut PgConnection,
         after: Option<After>,
     ) -> Result<(Page, Option<After>), sqlx::Error> {
-        let (position, id) = match after {
-            Some(After::CallingLists(p, id)) => (Some(p), Some(id)),
-            _ => (None, None),
+        let after = match after {
+            Some(After::CallingLists(p, id)) => Some((p, id)),
+            _ => None,
         };
-        let rows: Vec<(i32, Uuid, String, String)> = sqlx::query_as(
+        let sql = format!(
             "SELECT position, id, name, entries::text FROM calling_lists
-             WHERE tenant_id = $1 AND ($2::int IS NULL OR (position, id) > ($2, $3))
-             ORDER BY position, id LIMIT $4",
-        )
-        .bind(self.tenant)
-        .bind(position)
-        .bind(id)
-        .bind(self.per_page)
-        .fetch_all(conn)
-        .await?;
+             WHERE tenant_id = $1 {} ORDER BY position, id LIMIT $2",
+            later(after.is_some(), "AND (position, id) > ($3, $4)")
+        );
+        let mut query = sqlx::query_as(&sql).bind(self.tenant).bind(self.per_page);
+        if let Some((position, id)) = after {
+            query = query.bind(position).bind(id);
+        }
+        let rows: Vec<(i32, Uuid, String, String)> = query.fetch_all(conn).await?;
         let last = rows.last().map(|r| After::CallingLists(r.0, r.1));
         let items = rows
             .into_iter()
@@ -240,16 +237,17 @@ impl Pages {
             Some(After::Audit(id)) => Some(id),
             _ => None,
         };
-        let rows: Vec<(i64, DateTime<Utc>, String, String, String, String)> = sqlx::query_as(
+        let sql = format!(
             "SELECT id, at, actor, action, object, details::text FROM audit_log
-             WHERE tenant_id = $1 AND ($2::bigint IS NULL OR id > $2)
-             ORDER BY id LIMIT $3",
-        )
-        .bind(self.tenant)
-        .bind(after)
-        .bind(self.per_page)
-        .fetch_all(conn)
-        .await?;
+             WHERE tenant_id = $1 {} ORDER BY id LIMIT $2",
+            later(after.is_some(), "AND id > $3")
+        );
+        let mut query = sqlx::query_as(&sql).bind(self.tenant).bind(self.per_page);
+        if let Some(id) = after {
+            query = query.bind(id);
+        }
+        let rows: Vec<(i64, DateTime<Utc>, String, String, String, String)> =
+            query.fetch_all(conn).await?;
         let last = rows.last().map(|r| After::Audit(r.0));
         let items = rows
             .into_iter()
@@ -306,6 +304,13 @@ impl UserRow {
             teams: self.teams,
         }
     }
+}
+
+/// The keyset condition of a later page; none on a list's first page. A condition the planner
+/// can use as an index range (not `$n IS NULL OR ...`, which a generic plan cannot), so each
+/// page costs its own rows, not the list's.
+fn later(later_page: bool, condition: &'static str) -> &'static str {
+    if later_page { condition } else { "" }
 }
 
 /// A `jsonb` column's text as a `JsonDoc`.

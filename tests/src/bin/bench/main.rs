@@ -4,6 +4,13 @@
 //! `cargo run --release -p provisioner-tests --bin bench -- [JOBS] [CLIENTS] [WORKERS]`
 //! (defaults 1000, 32, 2; each worker runs PROVISIONER_WORKER_CONCURRENCY=8 jobs at once;
 //! WORKERS=0 measures the API alone).
+//!
+//! Memory of an API process (`memory`; build every binary first with
+//! `cargo build --release -p provisioner-tests --bins`): `bench tokens [N]` (default 128), N
+//! concurrent bad token requests; `bench export [SETTINGS_MIB] [AUDIT_ROWS]` (default 16,
+//! 100000), the export of a tenant that large.
+
+mod memory;
 
 use std::time::{Duration, Instant};
 
@@ -20,10 +27,29 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let scenario = match args.first().map(String::as_str) {
+        Some(s @ ("tokens" | "export")) => Some(s.to_owned()),
+        _ => None,
+    };
+    if scenario.is_some() {
+        args.remove(0);
+    }
+    let args: Vec<usize> = args
+        .iter()
         .map(|a| a.parse().expect("numeric arguments"))
         .collect();
+    match scenario.as_deref() {
+        Some("tokens") => return memory::token_flood(args.first().copied().unwrap_or(128)).await,
+        Some(_) => {
+            let (settings, audit) = (
+                args.first().copied().unwrap_or(16),
+                args.get(1).copied().unwrap_or(100_000),
+            );
+            return memory::export(settings, audit).await;
+        }
+        None => {}
+    }
     let (jobs, clients, workers) = (
         args.first().copied().unwrap_or(1000),
         args.get(1).copied().unwrap_or(32),
