@@ -23,7 +23,7 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{
         Page, PageQuery, PathText, clamped_seconds, job_key, job_key_text, media_type,
-        not_a_cursor, query_param,
+        not_a_cursor, query_param, status_param,
     },
     intake::{Accepted, Intake},
     openapi::shapes::{self, CodeList, IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
@@ -266,21 +266,6 @@ pub(super) struct ItemResult {
     tenant: Option<TenantSummary>,
 }
 
-/// `?status=`: one of the job statuses.
-fn status_param(uri: &Uri) -> Result<Option<JobStatus>, ApiError> {
-    query_param(uri, "status")
-        .map(|raw| {
-            JobStatus::parse(&raw).ok_or_else(|| {
-                FieldError::new(
-                    "status",
-                    "must be queued, running, succeeded, failed or cancelled",
-                )
-                .into()
-            })
-        })
-        .transpose()
-}
-
 /// The batch's items in order, one NDJSON line each (its newest job), streamed page by page.
 #[utoipa::path(get, path = "/configapi/v2/batches/{batch_id}/results", tag = "batches", operation_id = "getBatchResults",
     params(("batch_id" = inline(JobIdText), Path),
@@ -296,7 +281,11 @@ pub(super) async fn batch_results(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let id = batch_id(&raw)?;
-    let status = status_param(&uri)?;
+    let mut errors = Vec::new();
+    let status = status_param(&uri, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     db::batches::find(&state.pool, id, caller.sees())
         .await?
         .ok_or_else(|| not_found(id))?;

@@ -14,7 +14,7 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{
         Page, PageQuery, PathText, clamped_seconds, job_key, job_key_text, not_a_cursor,
-        query_param,
+        query_param, status_param,
     },
     openapi::shapes::{HostName, JobIdText, PageLimit, WaitSeconds},
     wait,
@@ -25,18 +25,6 @@ const MAX_POLL_WAIT: u64 = 60;
 
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no job {raw}")))
-}
-
-/// `?status=`: one of the job statuses.
-fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
-    let raw = query_param(uri, "status")?;
-    JobStatus::parse(&raw).or_else(|| {
-        errors.push(FieldError::new(
-            "status",
-            "must be queued, running, succeeded, failed or cancelled",
-        ));
-        None
-    })
 }
 
 /// The job; with `?wait=N` it answers as soon as the job is terminal, or, with `&status=S`, as
