@@ -21,5 +21,5 @@ pub(crate) use page::{
     template_key, template_key_text,
 };
 pub(crate) use path::PathText;
-pub(crate) use query::{query_param, status_param};
+pub(crate) use query::{query_param, status_param, wait_deadline};
 pub(crate) use tenant::TenantPath;

@@ -24,3 +24,21 @@ pub(crate) fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<Jo
         None
     })
 }
+
+/// Longest long-poll (`?wait=`), seconds.
+const MAX_POLL_WAIT: u64 = 60;
+
+/// `?wait=N`: the long-poll's deadline from now, N clamped to 60 s (none: now); a value that is
+/// not a non-negative integer adds its field error.
+pub(crate) fn wait_deadline(uri: &Uri, errors: &mut Vec<FieldError>) -> tokio::time::Instant {
+    let secs = query_param(uri, "wait").map_or(0, |w| {
+        super::clamped_seconds(&w, MAX_POLL_WAIT).unwrap_or_else(|| {
+            errors.push(FieldError::new(
+                "wait",
+                "must be a non-negative integer of seconds",
+            ));
+            0
+        })
+    });
+    tokio::time::Instant::now() + std::time::Duration::from_secs(secs)
+}

@@ -13,7 +13,6 @@ use provisioner_shared::{
     domain::{BatchStatus, BatchView, JobError, JobStatus, TemplateSource, TenantSummary},
 };
 use serde::Serialize;
-use tokio::time::Instant;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -22,8 +21,8 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{
-        Page, PageQuery, PathText, clamped_seconds, job_key, job_key_text, media_type,
-        not_a_cursor, query_param, status_param,
+        Page, PageQuery, PathText, job_key, job_key_text, media_type, not_a_cursor, query_param,
+        status_param, wait_deadline,
     },
     intake::{Accepted, Intake},
     openapi::shapes::{self, CodeList, IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
@@ -31,8 +30,6 @@ use crate::{
     wait,
 };
 
-/// Longest long-poll, seconds.
-const MAX_POLL_WAIT: u64 = 60;
 /// Items read per query while results are streamed, and retried per statement.
 const PAGE: i64 = 1_000;
 
@@ -202,12 +199,11 @@ pub(super) async fn get_batch(
     uri: Uri,
 ) -> Result<Json<BatchView>, ApiError> {
     let id = batch_id(&raw)?;
-    let wait_secs = match query_param(&uri, "wait") {
-        None => 0,
-        Some(w) => clamped_seconds(&w, MAX_POLL_WAIT)
-            .ok_or_else(|| FieldError::new("wait", "must be a non-negative integer of seconds"))?,
-    };
-    let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let mut errors = Vec::new();
+    let deadline = wait_deadline(&uri, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
     let batch = wait::until_batch(
         &state,
         id,

@@ -5,7 +5,6 @@ use provisioner_shared::{
     db::{self, jobs::ListFilter},
     domain::{JobStatus, JobView, TenantUrl},
 };
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::{
@@ -13,15 +12,12 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{
-        Page, PageQuery, PathText, clamped_seconds, job_key, job_key_text, not_a_cursor,
-        query_param, status_param,
+        Page, PageQuery, PathText, job_key, job_key_text, not_a_cursor, query_param, status_param,
+        wait_deadline,
     },
     openapi::shapes::{HostName, JobIdText, PageLimit, WaitSeconds},
     wait,
 };
-
-/// Longest long-poll, seconds.
-const MAX_POLL_WAIT: u64 = 60;
 
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no job {raw}")))
@@ -44,20 +40,11 @@ pub(super) async fn get_job(
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut errors = Vec::new();
-    let wait_secs = query_param(&uri, "wait").map_or(0, |w| {
-        clamped_seconds(&w, MAX_POLL_WAIT).unwrap_or_else(|| {
-            errors.push(FieldError::new(
-                "wait",
-                "must be a non-negative integer of seconds",
-            ));
-            0
-        })
-    });
+    let deadline = wait_deadline(&uri, &mut errors);
     let seen = status_param(&uri, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let deadline = Instant::now() + std::time::Duration::from_secs(wait_secs);
     let job = wait::until(
         &state,
         id,
