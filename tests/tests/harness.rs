@@ -27,6 +27,9 @@ async fn child_processes_see_the_test_systems_settings_and_nothing_else_of_the_e
         &[("PROVISIONER_WORKER_CONCURRENCY", "2")],
         "info",
     );
+    // Read the environment only once the worker's own code runs: between fork and exec the
+    // kernel shows the parent's (or an empty) environment.
+    worker.wait_for("worker started").await;
     let pid = worker.child.id().unwrap();
     let seen = environment_of(pid);
     let mut allowed: HashSet<String> = app.vars.keys().cloned().collect();
