@@ -72,7 +72,13 @@ pub struct Settings {
     /// Batch items on the broker or running at once, cluster-wide: the dispatcher releases
     /// held items fairly across clients within this window.
     pub dispatch_window: u32,
+    /// Ended jobs (and ended batches with their jobs) are purged this long after they ended;
+    /// at least a day, so an idempotency key stays valid as long as the contract says.
+    pub job_retention: Duration,
 }
+
+/// The shortest retention: the contract keeps idempotency keys at least 24 hours.
+pub const MIN_JOB_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
@@ -190,6 +196,7 @@ impl Settings {
                 "PROVISIONER_DISPATCH_WINDOW",
                 &var("PROVISIONER_DISPATCH_WINDOW", "32"),
             )?,
+            job_retention: retention(&var("PROVISIONER_JOB_RETENTION", "604800"))?,
         })
     }
 }
@@ -247,6 +254,19 @@ fn seconds(variable: &'static str, value: &str) -> Result<Duration, SettingsErro
     positive::<u64>(variable, value).map(Duration::from_secs)
 }
 
+fn retention(value: &str) -> Result<Duration, SettingsError> {
+    const VARIABLE: &str = "PROVISIONER_JOB_RETENTION";
+    let retention = seconds(VARIABLE, value)?;
+    if retention < MIN_JOB_RETENTION {
+        return Err(invalid(
+            VARIABLE,
+            value,
+            "at least 86400 seconds (idempotency keys are kept 24 hours)",
+        ));
+    }
+    Ok(retention)
+}
+
 fn millis(variable: &'static str, value: &str) -> Result<Duration, SettingsError> {
     positive::<u64>(variable, value).map(Duration::from_millis)
 }
@@ -293,5 +313,15 @@ mod tests {
         assert_eq!(err.variable, "PROVISIONER_IMPORT_LOCK");
         let err = settings(&[("PROVISIONER_WORKER_CONCURRENCY", "0")]).unwrap_err();
         assert_eq!(err.variable, "PROVISIONER_WORKER_CONCURRENCY");
+    }
+
+    #[test]
+    fn retention_keeps_idempotency_keys_a_day_at_least() {
+        assert_eq!(settings(&[]).unwrap().job_retention, Duration::from_secs(7 * 86400));
+        let day = settings(&[("PROVISIONER_JOB_RETENTION", "86400")]).unwrap();
+        assert_eq!(day.job_retention, MIN_JOB_RETENTION);
+        let err = settings(&[("PROVISIONER_JOB_RETENTION", "86399")]).unwrap_err();
+        assert_eq!(err.variable, "PROVISIONER_JOB_RETENTION");
+        assert!(err.message.contains("24 hours"), "{}", err.message);
     }
 }

@@ -354,38 +354,6 @@ async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
 }
 
 #[tokio::test]
-async fn tokens_a_day_past_their_expiry_are_purged_when_a_token_is_issued() {
-    let app = TestApp::without_workers().await;
-    for (hash, age) in [("long-expired", "2 days"), ("just-expired", "1 hour")] {
-        sqlx::query(
-            "INSERT INTO access_tokens (token_hash, client_id, scopes, expires_at)
-             VALUES (sha256($1::bytea), $2, '{tenants:read}', now() - $3::interval)",
-        )
-        .bind(hash.as_bytes())
-        .bind(BOOTSTRAP_ID)
-        .bind(age)
-        .execute(&app.db)
-        .await
-        .unwrap();
-    }
-    let expired = "SELECT count(*) FROM access_tokens WHERE expires_at < now()";
-    assert_eq!(app.count(expired).await, 2);
-    fetch_token(
-        &provisioner_tests::http_client(),
-        app.addr,
-        BOOTSTRAP_ID,
-        BOOTSTRAP_SECRET,
-    )
-    .await;
-    assert_eq!(
-        app.count(expired).await,
-        1,
-        "the long-expired token is gone, the recently expired one is kept a day"
-    );
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused() {
     let app = TestApp::without_workers().await;
     let url = app.url("/configapi/v2/oauth/token");

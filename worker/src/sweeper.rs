@@ -1,7 +1,7 @@
 //! Rescues jobs whose worker died or hung: a running job whose lease ran out goes back to the
 //! queue (or fails with code 500 when out of attempts). Reconciles the queue with the jobs: a
 //! queued job whose broker message is lost is sent again. Removes the templates nothing needs
-//! any more from the template store.
+//! any more from the template store. Purges what outlived its retention.
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,6 +29,10 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         }
         if let Err(e) = reconcile(&ctx).await {
             tracing::warn!(error = %e, "queue reconciliation failed");
+        }
+        // Before the templates: removing ended batches unpins theirs.
+        if let Err(e) = purge(&ctx).await {
+            tracing::warn!(error = %e, "retention purge failed");
         }
         if let Err(e) = remove_unused_templates(&ctx).await {
             tracing::warn!(error = %e, "template store sweep failed");
@@ -87,4 +91,46 @@ async fn remove_unused_templates(ctx: &Context) -> Result<(), sqlx::Error> {
         );
     }
     Ok(())
+}
+
+/// Chunks of each kind one sweep removes at most: a backlog of expired rows drains over a few
+/// sweeps instead of one long burst of writes.
+const PURGE_CHUNKS: usize = 20;
+
+/// Removes jobs and batches that ended longer than `job_retention` ago, and long-expired
+/// tokens, a chunk per statement (see `db::retention`).
+async fn purge(ctx: &Context) -> Result<(), sqlx::Error> {
+    let retention = ctx.settings.job_retention;
+    let pool = &ctx.pool;
+    let jobs = drain(|| db::retention::purge_jobs(pool, retention)).await?;
+    let batches = drain(|| db::retention::purge_batches(pool, retention)).await?;
+    let batch_jobs = drain(|| db::retention::purge_batch_jobs(pool)).await?;
+    let tokens = drain(|| db::retention::purge_tokens(pool)).await?;
+    if jobs + batches + batch_jobs + tokens > 0 {
+        tracing::info!(
+            jobs,
+            batches,
+            batch_jobs,
+            tokens,
+            retention_secs = retention.as_secs(),
+            "purged what outlived its retention"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `chunk` until it removes less than a full chunk, `PURGE_CHUNKS` times at most; returns
+/// how many rows went.
+async fn drain<F: std::future::Future<Output = Result<u64, sqlx::Error>>>(
+    mut chunk: impl FnMut() -> F,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    for _ in 0..PURGE_CHUNKS {
+        let n = chunk().await?;
+        total += n;
+        if n < db::retention::CHUNK as u64 {
+            break;
+        }
+    }
+    Ok(total)
 }

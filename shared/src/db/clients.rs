@@ -123,10 +123,3 @@ pub async fn find_token(
     .await
 }
 
-/// Forgets tokens that expired more than a day ago.
-pub async fn purge_expired_tokens(exec: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
-    sqlx::query("DELETE FROM access_tokens WHERE expires_at < now() - interval '1 day'")
-        .execute(exec)
-        .await
-        .map(|r| r.rows_affected())
-}

@@ -7,6 +7,7 @@ pub mod clients;
 pub mod jobs;
 pub mod locks;
 pub mod outbox;
+pub mod retention;
 pub(crate) mod secrets;
 pub mod templates;
 pub mod tenants;
