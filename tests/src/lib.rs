@@ -335,6 +335,12 @@ impl TestApp {
     }
 
     /// Stops everything and removes the database and vhost.
+    /// Stops the API this process runs, for a benchmark that drives an API child process
+    /// alone (`app.http` then reaches nothing).
+    pub fn stop_api(&self) {
+        self.api_shutdown.cancel();
+    }
+
     pub async fn stop(mut self) {
         self.stop_workers().await;
         self.api_shutdown.cancel();

@@ -9,8 +9,12 @@
 //! `cargo build --release -p provisioner-tests --bins`): `bench tokens [N]` (default 128), N
 //! concurrent bad token requests; `bench export [SETTINGS_MIB] [AUDIT_ROWS]` (default 16,
 //! 100000), the export of a tenant that large.
+//!
+//! The system at volume against this machine's raw figures: `bench volume [BACKLOG] [TRIVIAL]
+//! [STANDARD]` (see `volume.rs`).
 
 mod memory;
+mod volume;
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +33,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let scenario = match args.first().map(String::as_str) {
-        Some(s @ ("tokens" | "export")) => Some(s.to_owned()),
+        Some(s @ ("tokens" | "export" | "volume")) => Some(s.to_owned()),
         _ => None,
     };
     if scenario.is_some() {
@@ -41,6 +45,10 @@ async fn main() {
         .collect();
     match scenario.as_deref() {
         Some("tokens") => return memory::token_flood(args.first().copied().unwrap_or(128)).await,
+        Some("volume") => {
+            let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
+            return volume::run(arg(0, 50_000), arg(1, 3_000), arg(2, 2_000)).await;
+        }
         Some(_) => {
             let (settings, audit) = (
                 args.first().copied().unwrap_or(16),

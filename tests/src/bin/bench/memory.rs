@@ -11,10 +11,10 @@ use provisioner_tests::{
     process::Proc,
 };
 
-const MIB: f64 = (1 << 20) as f64;
+pub(crate) const MIB: f64 = (1 << 20) as f64;
 
 /// `(VmRSS, VmHWM)` of process `pid`, in bytes.
-fn memory(pid: u32) -> (u64, u64) {
+pub(crate) fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the API runs");
     let field = |name: &str| {
         status
@@ -29,21 +29,26 @@ fn memory(pid: u32) -> (u64, u64) {
 }
 
 /// Makes the peak the current resident set.
-fn reset_peak(pid: u32) {
+pub(crate) fn reset_peak(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("the peak resets");
 }
 
-/// Starts the release API binary next to this one for `app`; returns it and its address.
-async fn api_process(app: &TestApp) -> (Proc, std::net::SocketAddr) {
+/// The path of the release binary `name` next to this one.
+pub(crate) fn sibling(name: &str) -> String {
     let bin = std::env::current_exe()
         .expect("the bench's path")
-        .with_file_name("test-api");
+        .with_file_name(name);
     assert!(
         bin.exists(),
         "{} is missing: build it with `cargo build --release -p provisioner-tests --bins`",
         bin.display()
     );
-    let mut api = Proc::spawn(bin.to_str().expect("a UTF-8 path"), app, &[], "info");
+    bin.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// Starts the release API binary next to this one for `app`; returns it and its address.
+pub(crate) async fn api_process(app: &TestApp) -> (Proc, std::net::SocketAddr) {
+    let mut api = Proc::spawn(&sibling("test-api"), app, &[], "info");
     let addr = api.api_addr().await;
     (api, addr)
 }

@@ -1,0 +1,493 @@
+//! `bench volume [BACKLOG] [TRIVIAL] [STANDARD]`: the system at volume, each figure next to
+//! what this machine allows in the same run (build every binary first with
+//! `cargo build --release -p provisioner-tests --bins`; the API and the workers run as the
+//! release child processes `test-api` and `test-worker`, default settings, `RUST_LOG=info`).
+//!
+//! - raw figures: single-row commits of `pgbench` with 4 clients, and Argon2id hashes per
+//!   second on every core;
+//! - creates accepted by the API with BACKLOG (default 50,000) jobs already queued (workers
+//!   stopped): 4 connections as fast as they go, then an open loop at half that rate;
+//! - TRIVIAL (default 3,000) stream creates of a template with one pre-hashed user (no hash, no
+//!   download), 2 workers, end to end, with the CPU each process spent per job;
+//! - STANDARD (default 2,000) tenants of a standard template (50 users, 200 objects, 5
+//!   access-number ranges, one administrator hash each) as one batch, with 1 then 2 workers;
+//! - the peak resident set of the API and of each worker through these runs.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures_util::{StreamExt, stream};
+use provisioner_shared::template::{
+    AccessNumberEntry, FORMAT, FORMAT_VERSION, Manifest, ManifestSource, ObjectEntry, Template,
+    TenantEntry, UserEntry,
+};
+use provisioner_tests::{
+    BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, authorized_client, fetch_token, fixtures,
+    http_client, process::Proc,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{
+    memory::{MIB, api_process, memory, reset_peak, sibling},
+    percentile,
+};
+
+/// A hash of a password nobody uses, for the users templates carry.
+const STORED_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY";
+
+pub async fn run(backlog: usize, trivial: usize, standard: usize) {
+    let commits = raw_commits(4, Duration::from_secs(5));
+    let hashes = hash_rate(Duration::from_secs(3));
+    println!("raw: pgbench single-row commits, 4 clients: {commits:.0}/s");
+    println!("raw: Argon2id (m=19456,t=2,p=1) on every core: {hashes:.1} hashes/s");
+    let mut peaks = Peaks::default();
+    accept(backlog, commits, &mut peaks).await;
+    trivial_jobs(trivial, &mut peaks).await;
+    standard_imports(standard, hashes, &mut peaks).await;
+    println!(
+        "peak RSS: API {:.1} MiB, worker {:.1} MiB",
+        peaks.api as f64 / MIB,
+        peaks.worker as f64 / MIB
+    );
+}
+
+#[derive(Default)]
+struct Peaks {
+    api: u64,
+    worker: u64,
+}
+
+impl Peaks {
+    fn api(&mut self, api: &Proc) {
+        self.api = self.api.max(memory(pid(api)).1);
+    }
+
+    fn worker(&mut self, worker: &Proc) {
+        self.worker = self.worker.max(memory(pid(worker)).1);
+    }
+}
+
+fn pid(p: &Proc) -> u32 {
+    p.child.id().expect("the process runs")
+}
+
+/// Seconds of CPU (user and system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
+    let after = &stat[stat.rfind(')').expect("a comm field") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a tick rate")
+}
+
+/// Transactions per second of `pgbench` committing one-row inserts with `clients` clients.
+fn raw_commits(clients: usize, for_how_long: Duration) -> f64 {
+    let db = format!("bench_raw_{}", std::process::id());
+    let psql = |sql: &str, db: &str| {
+        let ok = Command::new("psql")
+            .args(["-qAt", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql])
+            .status()
+            .expect("psql runs")
+            .success();
+        assert!(ok, "psql: {sql}");
+    };
+    psql(&format!("CREATE DATABASE {db}"), "postgres");
+    psql(
+        "CREATE TABLE t (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text)",
+        &db,
+    );
+    let script = std::env::temp_dir().join(format!("{db}.sql"));
+    std::fs::write(&script, "INSERT INTO t (v) VALUES ('x');\n").unwrap();
+    let out = Command::new("pgbench")
+        .args(["-n", "-h", "127.0.0.1", "-U", "postgres", "-j", "2"])
+        .arg(format!("-c{clients}"))
+        .arg(format!("-T{}", for_how_long.as_secs()))
+        .arg("-f")
+        .arg(&script)
+        .arg(&db)
+        .output()
+        .expect("pgbench runs (Debian's postgresql-client)");
+    let _ = std::fs::remove_file(&script);
+    psql(&format!("DROP DATABASE {db}"), "postgres");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("pgbench said: {text}"))
+}
+
+/// Argon2id hashes per second with a thread per core.
+fn hash_rate(for_how_long: Duration) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    let done: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0;
+                    while started.elapsed() < for_how_long {
+                        std::hint::black_box(provisioner_shared::passwords::hash(b"password"));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A system whose in-process API is stopped, with an API child process and a client of it.
+async fn system() -> (TestApp, Proc, String, reqwest::Client) {
+    let app = TestApp::without_workers().await;
+    app.stop_api();
+    let (api, addr) = api_process(&app).await;
+    let token = fetch_token(&http_client(), addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    (app, api, format!("http://{addr}"), authorized_client(&token))
+}
+
+fn worker(app: &TestApp) -> Proc {
+    Proc::spawn(&sibling("test-worker"), app, &[], "info")
+}
+
+async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
+    let (app, api, base, http) = system().await;
+    let template = "https://templates.example/support-v3.zip";
+    let create = |url: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let mut body = fixtures::create_body(template);
+            body["numberMap"] = json!({});
+            let t = Instant::now();
+            let r = http
+                .post(format!("{base}/configapi/v2/selfservice/tenant/{url}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("an answer");
+            (r.status().as_u16(), t.elapsed().as_secs_f64() * 1e3)
+        }
+    };
+    // One real job, copied into the backlog (another client's, as on a shared deployment).
+    let (status, _) = create(fixtures::tenant_url()).await;
+    assert_eq!(status, 202);
+    sqlx::query(
+        "INSERT INTO jobs SELECT (jsonb_populate_record(j, jsonb_build_object(
+             'id', gen_random_uuid(), 'tenant_url', 'backlog-' || g || '.example.com',
+             'client_id', 'backlog-client', 'idempotency_key', NULL))).*
+         FROM (SELECT * FROM jobs LIMIT 1) j, generate_series(1, $1) g",
+    )
+    .bind(backlog as i64)
+    .execute(&app.db)
+    .await
+    .expect("the backlog");
+    reset_peak(pid(&api));
+
+    let requests = 4000;
+    let started = Instant::now();
+    let mut closed: Vec<(u16, f64)> = stream::iter(0..requests)
+        .map(|_| create(fixtures::tenant_url()))
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let rate = requests as f64 / started.elapsed().as_secs_f64();
+    assert!(closed.iter().all(|(s, _)| *s == 202), "every create accepted");
+    let mut latencies: Vec<f64> = closed.drain(..).map(|(_, ms)| ms).collect();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "accept, {backlog} queued, 4 connections: {rate:.0}/s ({:.0}% of raw commits), p50 {:.1} ms, p99 {:.1} ms",
+        100.0 * rate / commits,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+
+    // Open loop: requests leave on a schedule, whatever the answers do.
+    let half = rate / 2.0;
+    let n = (half * 5.0) as usize;
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let at = started + Duration::from_secs_f64(i as f64 / half);
+            let request = create(fixtures::tenant_url());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                request.await
+            })
+        })
+        .collect();
+    let mut open = Vec::with_capacity(n);
+    for t in tasks {
+        open.push(t.await.expect("a request"));
+    }
+    let refused = open.iter().filter(|(s, _)| *s != 202).count();
+    let mut latencies: Vec<f64> = open.into_iter().map(|(_, ms)| ms).collect();
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "accept, open loop at {half:.0}/s for 5 s: p50 {:.1} ms, p99 {:.1} ms, {refused} not accepted",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    peaks.api(&api);
+    drop(api);
+    app.stop().await;
+}
+
+fn manifest(db_version: i64) -> (Manifest, TenantEntry) {
+    let source = Uuid::new_v4();
+    (
+        Manifest {
+            format: FORMAT.to_owned(),
+            format_version: FORMAT_VERSION,
+            db_version,
+            exported_at: Utc::now(),
+            source: ManifestSource {
+                tenant_id: source,
+                tenant_url: "source.example.com".into(),
+                tenant_name: "Source".into(),
+            },
+        },
+        TenantEntry {
+            id: source,
+            url: "source.example.com".into(),
+            name: "Source".into(),
+            sip_domain: "source.example.com".into(),
+            settings: Default::default(),
+        },
+    )
+}
+
+fn user(login: &str) -> UserEntry {
+    UserEntry {
+        id: Uuid::new_v4(),
+        login_id: login.into(),
+        first_name: "First".into(),
+        last_name: "Last".into(),
+        email: format!("{login}@source.example"),
+        roles: vec!["agent".into()],
+        password_hash: Some(STORED_HASH.to_owned()),
+        teams: vec![],
+    }
+}
+
+/// One pre-hashed user and nothing else.
+fn trivial_template(db_version: i64) -> Vec<u8> {
+    let (manifest, tenant) = manifest(db_version);
+    Template {
+        manifest,
+        tenant,
+        users: vec![user("admin")],
+        objects: vec![],
+        access_numbers: vec![],
+        calling_lists: vec![],
+        audit: vec![],
+    }
+    .write()
+}
+
+/// 50 users, 200 objects referring to each other, 5 access-number ranges.
+fn standard_template(db_version: i64) -> Vec<u8> {
+    let (manifest, tenant) = manifest(db_version);
+    let mut users: Vec<UserEntry> = (1..50).map(|i| user(&format!("agent{i}"))).collect();
+    users.push(user("admin"));
+    let teams: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let mut objects: Vec<ObjectEntry> = teams
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ObjectEntry {
+            id: *id,
+            kind: "team".into(),
+            name: format!("Team {i}"),
+            data: json!({"size": i}).as_object().unwrap().clone().into(),
+            refs: vec![],
+        })
+        .collect();
+    for i in 0..180 {
+        objects.push(ObjectEntry {
+            id: Uuid::new_v4(),
+            kind: if i % 2 == 0 { "skill" } else { "service" }.into(),
+            name: format!("Object {i}"),
+            data: json!({"sla": i, "note": "x".repeat(64)})
+                .as_object()
+                .unwrap()
+                .clone()
+                .into(),
+            refs: vec![teams[i % teams.len()]],
+        });
+    }
+    for (i, u) in users.iter_mut().enumerate() {
+        u.teams = vec![teams[i % teams.len()]];
+    }
+    Template {
+        manifest,
+        tenant,
+        users,
+        objects,
+        access_numbers: (0..5)
+            .map(|i| AccessNumberEntry {
+                number: format!("00000{i}0000"),
+                count: 100,
+                media: "VOICE".into(),
+            })
+            .collect(),
+        calling_lists: vec![],
+        audit: vec![],
+    }
+    .write()
+}
+
+/// Waits until no job is queued or running (read from the trigger-kept counts).
+async fn until_idle(app: &TestApp, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(n), 0)::bigint FROM job_counts WHERE status IN ('queued', 'running')",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if open == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{open} jobs still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
+    let (app, api, base, http) = system().await;
+    let zip = bytes::Bytes::from(trivial_template(app.db_version().await));
+    let workers = [worker(&app), worker(&app)];
+    let procs: Vec<&Proc> = std::iter::once(&api).chain(workers.iter()).collect();
+    for p in &procs {
+        reset_peak(pid(p));
+    }
+    let before: Vec<f64> = procs.iter().map(|p| cpu_seconds(pid(p))).collect();
+    let started = Instant::now();
+    let statuses: Vec<u16> = stream::iter(0..n)
+        .map(|_| {
+            let (http, base, zip) = (http.clone(), base.clone(), zip.clone());
+            async move {
+                http.put(format!(
+                    "{base}/configapi/v2/tenant/{}",
+                    fixtures::tenant_url()
+                ))
+                .header("content-type", "application/zip")
+                .body(zip)
+                .send()
+                .await
+                .expect("an answer")
+                .status()
+                .as_u16()
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 202), "every create accepted");
+    let accepted = started.elapsed();
+    until_idle(&app, Duration::from_secs(600)).await;
+    let took = started.elapsed();
+    let cpu: Vec<f64> = procs
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| cpu_seconds(pid(p)) - b)
+        .collect();
+    let ok = app
+        .count("SELECT count(*) FROM jobs WHERE code = 200")
+        .await;
+    println!(
+        "trivial jobs: {n} stream creates (accepted in {:.2} s), 2 workers: {:.0} jobs/s end to end, {ok} succeeded",
+        accepted.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    println!(
+        "CPU per trivial job: API {:.2} ms, workers {:.2} ms",
+        cpu[0] * 1e3 / n as f64,
+        (cpu[1] + cpu[2]) * 1e3 / n as f64
+    );
+    peaks.api(&api);
+    for w in &workers {
+        peaks.worker(w);
+    }
+    drop(workers);
+    drop(api);
+    app.stop().await;
+}
+
+async fn standard_imports(n: usize, hashes: f64, peaks: &mut Peaks) {
+    let (app, api, base, http) = system().await;
+    let zip = standard_template(app.db_version().await);
+    let stored: Value = http
+        .post(format!("{base}/configapi/v2/templates"))
+        .header("content-type", "application/zip")
+        .body(zip)
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("the stored template");
+    let template_id = stored["templateId"].as_str().expect("an id").to_owned();
+    let mut workers = vec![worker(&app)];
+    for count in [1, 2] {
+        while workers.len() < count {
+            workers.push(worker(&app));
+        }
+        for w in &workers {
+            reset_peak(pid(w));
+        }
+        let body: String = (0..n)
+            .map(|_| {
+                let mut item = fixtures::create_body("https://unused.example/t.zip");
+                let item = item.as_object_mut().unwrap();
+                item.remove("templateUrl");
+                item.remove("numberMap");
+                item.insert("templateId".into(), json!(template_id));
+                item.insert("tenantUrl".into(), json!(fixtures::tenant_url()));
+                format!("{}\n", Value::Object(item.clone()))
+            })
+            .collect();
+        let started = Instant::now();
+        let r = http
+            .post(format!("{base}/configapi/v2/batches"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        until_idle(&app, Duration::from_secs(1800)).await;
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        let ok = app
+            .count("SELECT count(*) FROM jobs WHERE code = 200")
+            .await;
+        println!(
+            "standard tenants, {count} worker(s): {rate:.1}/s ({:.0}% of the hash rate {hashes:.1}/s); {ok} succeeded so far",
+            100.0 * rate / hashes
+        );
+        for w in &workers {
+            peaks.worker(w);
+        }
+    }
+    peaks.api(&api);
+    drop(workers);
+    drop(api);
+    app.stop().await;
+}
