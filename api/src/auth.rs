@@ -113,12 +113,9 @@ pub(crate) async fn authenticate_client(
     let phc = client
         .as_ref()
         .map_or_else(|| DUMMY_HASH.to_owned(), |c| c.secret_hash.clone());
-    let verified = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        passwords::verify(secret.as_bytes(), &phc)
-    })
-    .await
-    .unwrap_or(false);
+    let verified = passwords::pool()
+        .verify(secret.into_bytes(), phc, slot)
+        .await;
     Ok(client.filter(|_| verified))
 }
 
@@ -243,8 +240,7 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
             return Ok(());
         }
         let (secret, phc) = (secret.to_owned(), existing.secret_hash.clone());
-        let same =
-            tokio::task::spawn_blocking(move || passwords::verify(secret.as_bytes(), &phc)).await?;
+        let same = passwords::pool().verify(secret.into_bytes(), phc, ()).await;
         if same
             && Scope::ALL
                 .iter()
@@ -254,7 +250,7 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         }
     }
     let secret = secret.to_owned();
-    let hash = tokio::task::spawn_blocking(move || passwords::hash(secret.as_bytes())).await?;
+    let hash = passwords::pool().hash(secret.into_bytes()).await;
     let scopes = all_scope_names();
     db::clients::insert(
         pool,

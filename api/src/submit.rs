@@ -180,22 +180,26 @@ async fn record(
             .into());
         }
     }
-    if sub.refuse_existing_tenant && db::tenants::exists(&mut *tx, &sub.tenant_url).await? {
-        return Err(ApiError::Conflict(format!(
-            "a tenant with URL {} already exists",
-            sub.tenant_url
-        )));
-    }
-    if sub.refuse_existing_tenant
-        && db::jobs::active_batch_item_exists(&mut *tx, &sub.tenant_url).await?
-    {
-        return Err(ApiError::Conflict(format!(
-            "a queued or running batch item exists for tenant {}",
-            sub.tenant_url
-        )));
-    }
+    let active_jobs = if sub.refuse_existing_tenant {
+        let admission = db::jobs::admission(&mut *tx, &sub.tenant_url, &caller.client_id).await?;
+        if admission.tenant_exists {
+            return Err(ApiError::Conflict(format!(
+                "a tenant with URL {} already exists",
+                sub.tenant_url
+            )));
+        }
+        if admission.batch_item_active {
+            return Err(ApiError::Conflict(format!(
+                "a queued or running batch item exists for tenant {}",
+                sub.tenant_url
+            )));
+        }
+        admission.active_jobs
+    } else {
+        db::jobs::active_count(&mut *tx, &caller.client_id).await?
+    };
     let cap = state.settings.client_max_active_jobs;
-    if db::jobs::active_count(&mut *tx, &caller.client_id).await? >= i64::from(cap) {
+    if active_jobs >= i64::from(cap) {
         return Err(ApiError::TooManyRequests {
             detail: format!("this client has {cap} queued or running jobs, its limit; retry later"),
             retry_after: 5,

@@ -1,24 +1,43 @@
 //! Argon2id hashing of passwords and client secrets, at the contract's minimum cost
-//! (m=19456 KiB, t=2, p=1), and the bounds a stored hash's parameters must keep. CPU-heavy: call
-//! from a blocking task.
+//! (m=19456 KiB, t=2, p=1), and the bounds a stored hash's parameters must keep.
+//!
+//! Hashing is CPU-heavy and needs 19 MiB of working memory. `pool()` runs it on a fixed set of
+//! threads, one per core, each reusing one working area for every hash it computes: a process
+//! holds at most that many areas whatever its concurrency, and never hands 19 MiB blocks back
+//! and forth with the allocator (whose per-thread arenas would each keep some). The plain `hash`
+//! and `verify` below allocate per call; they serve one-off commands and tests.
 
-use std::ops::RangeInclusive;
-
-use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
-    password_hash::SaltString,
+use std::{
+    ops::RangeInclusive,
+    sync::{Mutex, OnceLock, mpsc},
 };
 
+use argon2::{
+    Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
+    password_hash::{Output, SaltString},
+};
+use tokio::sync::oneshot;
+
+/// The contract's cost: memory in KiB, iterations, lanes; and the output length.
+const M_COST: u32 = 19_456;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+const OUTPUT_LEN: usize = 32;
+
 fn argon2() -> Argon2<'static> {
-    let params = Params::new(19_456, 2, 1, None).expect("static Argon2 parameters are valid");
+    let params = Params::new(M_COST, T_COST, P_COST, Some(OUTPUT_LEN))
+        .expect("static Argon2 parameters are valid");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+fn new_salt() -> SaltString {
+    SaltString::generate(&mut argon2::password_hash::rand_core::OsRng)
 }
 
 /// A PHC string: `$argon2id$v=19$m=19456,t=2,p=1$...`.
 pub fn hash(secret: &[u8]) -> String {
-    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     argon2()
-        .hash_password(secret, &salt)
+        .hash_password(secret, &new_salt())
         .expect("Argon2 hashing of an in-memory secret cannot fail")
         .to_string()
 }
@@ -26,6 +45,136 @@ pub fn hash(secret: &[u8]) -> String {
 /// Does `secret` match the PHC string `phc`? A malformed `phc` never matches.
 pub fn verify(secret: &[u8], phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| argon2().verify_password(secret, &h).is_ok())
+}
+
+/// The process's hashing pool (threads start with its first use).
+pub fn pool() -> &'static HashPool {
+    static POOL: OnceLock<HashPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        HashPool::new(std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+    })
+}
+
+type Task = Box<dyn FnOnce(&mut [Block]) + Send>;
+
+/// Threads that hash and verify, each with its own reused working memory. Work waits in an
+/// unbounded queue: callers bound how much they submit (job slots, the token guard).
+#[derive(Debug)]
+pub struct HashPool {
+    queue: Mutex<mpsc::Sender<Task>>,
+    threads: usize,
+}
+
+impl HashPool {
+    pub fn new(threads: usize) -> Self {
+        let threads = threads.max(1);
+        let (sender, receiver) = mpsc::channel::<Task>();
+        let receiver = std::sync::Arc::new(Mutex::new(receiver));
+        for i in 0..threads {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    // Touched on the first hash only: a process that never hashes never pays.
+                    let mut memory: Vec<Block> = Vec::new();
+                    loop {
+                        let task = receiver.lock().expect("hash queue").recv();
+                        let Ok(task) = task else { return };
+                        if memory.is_empty() {
+                            memory = vec![Block::default(); M_COST as usize];
+                        }
+                        task(&mut memory);
+                    }
+                })
+                .expect("a hashing thread starts");
+        }
+        Self {
+            queue: Mutex::new(sender),
+            threads,
+        }
+    }
+
+    /// How many hashes run at once.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce(&mut [Block]) -> T + Send + 'static) -> T {
+        let (tx, rx) = oneshot::channel();
+        let task: Task = Box::new(move |memory| {
+            let _ = tx.send(work(memory));
+        });
+        self.queue
+            .lock()
+            .expect("hash queue")
+            .send(task)
+            .expect("the hashing threads run as long as the process");
+        rx.await.expect("a hashing task answers")
+    }
+
+    /// `hash(secret)`, on the pool.
+    pub async fn hash(&self, secret: Vec<u8>) -> String {
+        self.run(move |memory| {
+            let salt = new_salt();
+            let mut raw_salt = [0u8; 64];
+            let salt_bytes = salt
+                .decode_b64(&mut raw_salt)
+                .expect("a generated salt decodes");
+            let mut out = [0u8; OUTPUT_LEN];
+            argon2()
+                .hash_password_into_with_memory(&secret, salt_bytes, &mut out, memory)
+                .expect("Argon2 hashing of an in-memory secret cannot fail");
+            let out = Output::new(&out).expect("a 32-byte output is valid");
+            format!(
+                "$argon2id$v=19$m={M_COST},t={T_COST},p={P_COST}${}${out}",
+                salt.as_str()
+            )
+        })
+        .await
+    }
+
+    /// `verify(secret, phc)`, on the pool: with the reused memory when `phc` has the
+    /// contract's cost (every hash this system makes), else allocating as `verify` does.
+    /// `hold` (say, a semaphore permit) is dropped when the work ends, even if the caller gave
+    /// up waiting: what bounds the callers bounds the queue.
+    pub async fn verify(&self, secret: Vec<u8>, phc: String, hold: impl Send + 'static) -> bool {
+        self.run(move |memory| {
+            let verified = verify_with(&secret, &phc, memory);
+            drop(hold);
+            verified
+        })
+        .await
+    }
+}
+
+fn verify_with(secret: &[u8], phc: &str, memory: &mut [Block]) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let standard = parsed.algorithm.as_str() == "argon2id"
+        && parsed.version == Some(19)
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            (p.m_cost(), p.t_cost(), p.p_cost()) == (M_COST, T_COST, P_COST)
+        });
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    if !standard || expected.len() != OUTPUT_LEN {
+        return argon2().verify_password(secret, &parsed).is_ok();
+    }
+    let mut raw_salt = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut raw_salt) else {
+        return false;
+    };
+    let mut out = [0u8; OUTPUT_LEN];
+    if argon2()
+        .hash_password_into_with_memory(secret, salt_bytes, &mut out, memory)
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    Output::new(&out).is_ok_and(|o| o == expected)
 }
 
 /// The Argon2id parameters a stored hash may carry (CONTRACT, Template ZIP): memory in KiB,
@@ -103,6 +252,35 @@ mod tests {
         ] {
             assert!(super::check_stored(&bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[tokio::test]
+    async fn the_pool_hashes_and_verifies_as_the_plain_functions_do() {
+        let pool = super::HashPool::new(2);
+        let pooled = pool.hash(b"s3cret".to_vec()).await;
+        assert!(pooled.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{pooled}");
+        assert_eq!(super::check_stored(&pooled), Ok(()));
+        // Each side accepts what the other made, and only for the right secret.
+        assert!(super::verify(b"s3cret", &pooled));
+        assert!(!super::verify(b"other", &pooled));
+        let plain = super::hash(b"s3cret");
+        assert!(pool.verify(b"s3cret".to_vec(), plain.clone(), ()).await);
+        assert!(!pool.verify(b"other".to_vec(), plain, ()).await);
+        // Two salts: the same secret never gives the same string.
+        assert_ne!(pool.hash(b"s3cret".to_vec()).await, pooled);
+        // Another cost takes the allocating path, with the same answers.
+        let costly = argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            argon2::Params::new(20_000, 3, 1, None).unwrap(),
+        );
+        let salt = super::new_salt();
+        let other = argon2::PasswordHasher::hash_password(&costly, b"s3cret", &salt)
+            .unwrap()
+            .to_string();
+        assert!(pool.verify(b"s3cret".to_vec(), other.clone(), ()).await);
+        assert!(!pool.verify(b"nope".to_vec(), other, ()).await);
+        assert!(!pool.verify(b"s3cret".to_vec(), "not a hash".to_owned(), ()).await);
     }
 
     #[test]

@@ -30,27 +30,12 @@ pub(crate) struct OutboxRow {
     pub attempts: i32,
 }
 
+/// Inserts one message and wakes the relays, in one statement.
 pub(crate) async fn insert(
     conn: &mut PgConnection,
     msg: &OutboxMessage,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload, available_at)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
-    )
-    .bind(&msg.exchange)
-    .bind(&msg.routing_key)
-    .bind(&msg.message_id)
-    .bind(&msg.content_type)
-    .bind(&msg.payload)
-    .bind(msg.delay.as_secs_f64())
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    insert_notifying(conn, std::slice::from_ref(msg), &[]).await
 }
 
 /// Inserts many messages in one statement (due at once, or after their delay).
@@ -58,17 +43,40 @@ pub(crate) async fn insert_many(
     conn: &mut PgConnection,
     msgs: &[OutboxMessage],
 ) -> Result<(), sqlx::Error> {
-    if msgs.is_empty() {
+    insert_notifying(conn, msgs, &[]).await
+}
+
+/// Inserts `msgs`, wakes the relays and sends the `(channel, payload)` notifications `also`,
+/// in one statement: one round trip however many messages a transition writes.
+pub(crate) async fn insert_notifying(
+    conn: &mut PgConnection,
+    msgs: &[OutboxMessage],
+    also: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    if msgs.is_empty() && also.is_empty() {
         return Ok(());
     }
     let column = |f: fn(&OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
     let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
     let delays: Vec<f64> = msgs.iter().map(|m| m.delay.as_secs_f64()).collect();
+    let mut channels = Vec::with_capacity(also.len() + 1);
+    let mut notes = Vec::with_capacity(also.len() + 1);
+    if !msgs.is_empty() {
+        channels.push(NOTIFY_CHANNEL);
+        notes.push("");
+    }
+    for (channel, payload) in also {
+        channels.push(channel);
+        notes.push(payload);
+    }
+    // A data-modifying CTE runs whether or not the query reads it.
     sqlx::query(
-        "INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload, available_at)
-         SELECT e, r, m, c, p, now() + make_interval(secs => d)
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[])
-              AS t(e, r, m, c, p, d)",
+        "WITH inserted AS (
+             INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload, available_at)
+             SELECT e, r, m, c, p, now() + make_interval(secs => d)
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[])
+                  AS t(e, r, m, c, p, d))
+         SELECT pg_notify(channel, note) FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)",
     )
     .bind(column(|m| &m.exchange))
     .bind(column(|m| &m.routing_key))
@@ -76,13 +84,11 @@ pub(crate) async fn insert_many(
     .bind(column(|m| &m.content_type))
     .bind(&payloads)
     .bind(&delays)
+    .bind(&channels)
+    .bind(&notes)
     .execute(&mut *conn)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(NOTIFY_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    .await
+    .map(drop)
 }
 
 /// Locks up to `limit` due messages, oldest first, skipping those another relay holds.

@@ -92,9 +92,10 @@ async fn admin_user(
         .sealer
         .open(&sealed, job_id.as_bytes())
         .map_err(|e| JobFailure::Internal(e.to_string()))?;
-    let hash = tokio::task::spawn_blocking(move || provisioner_shared::passwords::hash(&password))
-        .await
-        .map_err(|e| JobFailure::fault("password hashing crashed", e))?;
+    // On the process's hashing pool: as many hashes at once as cores, whatever the slots.
+    let hash = provisioner_shared::passwords::pool()
+        .hash(password)
+        .await;
     Ok(UserEntry {
         id: Uuid::now_v7(),
         login_id: spec.login_id.clone(),

@@ -129,9 +129,7 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
             url: plan.tenant_url.clone(),
         })
     };
-    if db::tenants::exists(&mut *conn, &plan.tenant_url).await?
-        || db::tenants::id_exists(&mut *conn, plan.tenant_id).await?
-    {
+    if db::tenants::exists_by_url_or_id(&mut *conn, &plan.tenant_url, plan.tenant_id).await? {
         return Err(exists());
     }
     let tenant = TenantRow {

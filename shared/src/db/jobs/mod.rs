@@ -53,7 +53,7 @@ pub use self::{
         release_lease, renew_lease, retry_later,
     },
     reconcile::{PanicSite, record_panic, resend_stranded},
-    stats::{QUANTILE_SAMPLE, Stats, active_count, prune_endings, stats},
+    stats::{Admission, QUANTILE_SAMPLE, Stats, active_count, admission, prune_endings, stats},
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -163,39 +163,31 @@ pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, 
             InsertError::Database(e)
         }
     })?;
-    outbox::insert(conn, &queue::JobMessage::outbox(&row, Duration::ZERO)).await?;
-    announce(conn, &row).await?;
+    let message = queue::JobMessage::outbox(&row, Duration::ZERO);
+    announce_with(conn, &row, Some(message)).await?;
     Ok(row)
 }
 
 /// Writes the event of the transition that produced `row` and wakes waiters; the end of a
 /// batch's last item stops the batch.
 async fn announce(conn: &mut PgConnection, row: &JobRow) -> Result<(), sqlx::Error> {
-    outbox::insert(conn, &queue::status_event(&row.view(), row.version)).await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(row.id.to_string())
-        .execute(&mut *conn)
-        .await?;
+    announce_with(conn, row, None).await
+}
+
+/// `announce`, with the job's broker message written in the same statement as its event.
+async fn announce_with(
+    conn: &mut PgConnection,
+    row: &JobRow,
+    message: Option<outbox::OutboxMessage>,
+) -> Result<(), sqlx::Error> {
+    let event = queue::status_event(&row.view(), row.version);
+    let id = row.id.to_string();
+    let msgs: Vec<outbox::OutboxMessage> = message.into_iter().chain([event]).collect();
+    outbox::insert_notifying(conn, &msgs, &[(NOTIFY_CHANNEL, &id)]).await?;
     if let Some(batch) = row.batch_id.filter(|_| row.status.is_terminal()) {
         db::batches::settle(conn, batch).await?;
     }
     Ok(())
-}
-
-/// Is a batch item for this tenant URL queued or running? (Single creates are `409` then; the
-/// unique index covers only single creates.)
-pub async fn active_batch_item_exists(
-    exec: impl PgExecutor<'_>,
-    tenant_url: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE tenant_url = $1 AND batch_id IS NOT NULL
-                                           AND status IN ('queued', 'running'))",
-    )
-    .bind(tenant_url)
-    .fetch_one(exec)
-    .await
 }
 
 /// A job by id, as seen by `client_id` (`None`: any client, for workers).

@@ -73,3 +73,34 @@ pub async fn active_count(exec: impl PgExecutor<'_>, client_id: &str) -> Result<
     .fetch_one(exec)
     .await
 }
+
+/// What a single create must know before its job is recorded, in one round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Admission {
+    /// A tenant with the URL exists.
+    pub tenant_exists: bool,
+    /// A queued or running batch item names the URL.
+    pub batch_item_active: bool,
+    /// The client's queued and running jobs outside batches.
+    pub active_jobs: i64,
+}
+
+/// `Admission` for a create of `tenant_url` by `client_id`. Batch items are the one place a
+/// tenant URL may be active outside the unique index of single creates, hence the look.
+pub async fn admission(
+    exec: impl PgExecutor<'_>,
+    tenant_url: &str,
+    client_id: &str,
+) -> Result<Admission, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM tenants WHERE url = $1) AS tenant_exists,
+                EXISTS (SELECT 1 FROM jobs WHERE tenant_url = $1 AND batch_id IS NOT NULL
+                                             AND status IN ('queued', 'running')) AS batch_item_active,
+                (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs
+                 WHERE client_id = $2) AS active_jobs",
+    )
+    .bind(tenant_url)
+    .bind(client_id)
+    .fetch_one(exec)
+    .await
+}

@@ -27,6 +27,9 @@ pub async fn insert_users(
     tenant_id: Uuid,
     users: &[UserEntry],
 ) -> Result<(), sqlx::Error> {
+    if users.is_empty() {
+        return Ok(());
+    }
     let records: Vec<_> = users
         .iter()
         .enumerate()
@@ -70,6 +73,9 @@ pub async fn insert_objects(
     tenant_id: Uuid,
     objects: &[ObjectEntry],
 ) -> Result<(), sqlx::Error> {
+    if objects.is_empty() {
+        return Ok(());
+    }
     let records: Vec<_> = objects
         .iter()
         .enumerate()
@@ -99,6 +105,9 @@ pub async fn insert_calling_lists(
     tenant_id: Uuid,
     lists: &[CallingListEntry],
 ) -> Result<(), sqlx::Error> {
+    if lists.is_empty() {
+        return Ok(());
+    }
     // Typed records: the entries' JSON text goes to the database as it is, never as a tree.
     #[derive(Serialize)]
     struct Record<'a> {
@@ -134,6 +143,9 @@ pub async fn insert_audit(
     tenant_id: Uuid,
     audit: &[AuditEntry],
 ) -> Result<(), sqlx::Error> {
+    if audit.is_empty() {
+        return Ok(());
+    }
     #[derive(Serialize)]
     struct Record<'a> {
         n: usize,

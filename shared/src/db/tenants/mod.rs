@@ -143,9 +143,19 @@ pub async fn url_of(exec: impl PgExecutor<'_>, id: Uuid) -> Result<Option<String
         .await
 }
 
-pub async fn id_exists(exec: impl PgExecutor<'_>, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
-        .bind(id)
-        .fetch_one(exec)
-        .await
+/// Does a tenant with this URL or this id exist? (One round trip for the import's check.)
+pub async fn exists_by_url_or_id(
+    exec: impl PgExecutor<'_>,
+    url: &str,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM tenants WHERE url = $1)
+             OR EXISTS (SELECT 1 FROM tenants WHERE id = $2)",
+    )
+    .bind(url)
+    .bind(id)
+    .fetch_one(exec)
+    .await
 }
+

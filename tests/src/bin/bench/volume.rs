@@ -49,9 +49,10 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize) {
     trivial_jobs(trivial, &mut peaks).await;
     standard_imports(standard, hashes, &mut peaks).await;
     println!(
-        "peak RSS: API {:.1} MiB, worker {:.1} MiB",
+        "peak RSS: API {:.1} MiB, worker {:.1} MiB (worker threads at most {})",
         peaks.api as f64 / MIB,
-        peaks.worker as f64 / MIB
+        peaks.worker as f64 / MIB,
+        peaks.worker_threads
     );
 }
 
@@ -59,6 +60,17 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize) {
 struct Peaks {
     api: u64,
     worker: u64,
+    /// Most threads seen in a worker (blocking-pool threads linger 10 s after their work).
+    worker_threads: u64,
+}
+
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("the process runs")
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a thread count")
 }
 
 impl Peaks {
@@ -68,6 +80,7 @@ impl Peaks {
 
     fn worker(&mut self, worker: &Proc) {
         self.worker = self.worker.max(memory(pid(worker)).1);
+        self.worker_threads = self.worker_threads.max(threads(pid(worker)));
     }
 }
 
@@ -192,7 +205,7 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
         "INSERT INTO jobs SELECT (jsonb_populate_record(j, jsonb_build_object(
              'id', gen_random_uuid(), 'tenant_url', 'backlog-' || g || '.example.com',
              'client_id', 'backlog-client', 'idempotency_key', NULL))).*
-         FROM (SELECT * FROM jobs LIMIT 1) j, generate_series(1, $1) g",
+         FROM jobs j, generate_series(1, $1) g WHERE j.id = (SELECT id FROM jobs LIMIT 1)",
     )
     .bind(backlog as i64)
     .execute(&app.db)
