@@ -72,6 +72,9 @@ pub struct Settings {
     /// Batch items on the broker or running at once, cluster-wide: the dispatcher releases
     /// held items fairly across clients within this window.
     pub dispatch_window: u32,
+    /// Where a worker answers orchestrators' probes (`/healthz`, `/readyz`, the latter `503` once
+    /// it drains); `None`: no listener.
+    pub worker_health_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -92,7 +95,10 @@ impl Settings {
                 "postgres://postgres@127.0.0.1:5432/provisioner",
             )),
             amqp_url: SecretString::from(var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
-            listen: listen_address(&var("PROVISIONER_LISTEN", "127.0.0.1:8080"))?,
+            listen: listen_address(
+                "PROVISIONER_LISTEN",
+                &var("PROVISIONER_LISTEN", "127.0.0.1:8080"),
+            )?,
             bootstrap_client: get("PROVISIONER_BOOTSTRAP_CLIENT")
                 .filter(|v| !v.is_empty())
                 .map(SecretString::from),
@@ -190,17 +196,19 @@ impl Settings {
                 "PROVISIONER_DISPATCH_WINDOW",
                 &var("PROVISIONER_DISPATCH_WINDOW", "32"),
             )?,
+            worker_health_listen: get("PROVISIONER_WORKER_HEALTH_LISTEN")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| listen_address("PROVISIONER_WORKER_HEALTH_LISTEN", &v))
+                .transpose()?,
         })
     }
 }
 
 /// `host:port`, or `:port` for every interface (`:0` picks a free port).
-fn listen_address(value: &str) -> Result<SocketAddr, SettingsError> {
+fn listen_address(variable: &'static str, value: &str) -> Result<SocketAddr, SettingsError> {
     match value.trim().strip_prefix(':') {
-        Some(port) => {
-            parse::<u16>("PROVISIONER_LISTEN", port).map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
-        }
-        None => parse("PROVISIONER_LISTEN", value),
+        Some(port) => parse::<u16>(variable, port).map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
+        None => parse(variable, value),
     }
 }
 
@@ -285,6 +293,15 @@ mod tests {
                 .variable,
             "PROVISIONER_LISTEN"
         );
+    }
+
+    #[test]
+    fn the_worker_health_listener_is_off_unless_an_address_is_given() {
+        assert_eq!(settings(&[]).unwrap().worker_health_listen, None);
+        let s = settings(&[("PROVISIONER_WORKER_HEALTH_LISTEN", ":9090")]).unwrap();
+        assert_eq!(s.worker_health_listen.unwrap().to_string(), "0.0.0.0:9090");
+        let err = settings(&[("PROVISIONER_WORKER_HEALTH_LISTEN", "nope")]).unwrap_err();
+        assert_eq!(err.variable, "PROVISIONER_WORKER_HEALTH_LISTEN");
     }
 
     #[test]
