@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use provisioner_shared::{db::figures, queue};
+use provisioner_shared::db::figures;
 use provisioner_tests::{TestApp, batches, fixtures};
 use serde_json::{Value, json};
 
@@ -83,7 +83,7 @@ fn objects() -> Vec<Value> {
     manifests().into_iter().flat_map(|(_, docs)| docs).collect()
 }
 
-fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+pub(crate) fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
     objects
         .iter()
         .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
@@ -153,295 +153,13 @@ fn the_kustomization_lists_every_manifest_and_each_passes_kubernetes_schemas() {
     }
 }
 
-/// KEDA's documented fields, from https://keda.sh/docs/2.18/reference/scaledobject-spec/,
-/// https://keda.sh/docs/2.18/scalers/rabbitmq-queue/, https://keda.sh/docs/2.18/scalers/postgresql/
-/// and https://keda.sh/docs/2.18/concepts/authentication/ (KEDA 2.18).
-mod keda {
-    pub const SPEC: &[&str] = &[
-        "scaleTargetRef",
-        "pollingInterval",
-        "cooldownPeriod",
-        "initialCooldownPeriod",
-        "idleReplicaCount",
-        "minReplicaCount",
-        "maxReplicaCount",
-        "fallback",
-        "advanced",
-        "triggers",
-    ];
-    pub const SCALE_TARGET_REF: &[&str] = &["apiVersion", "kind", "name", "envSourceContainerName"];
-    pub const FALLBACK: &[&str] = &["failureThreshold", "replicas", "behavior"];
-    pub const ADVANCED: &[&str] = &[
-        "restoreToOriginalReplicaCount",
-        "horizontalPodAutoscalerConfig",
-        "scalingModifiers",
-    ];
-    pub const HPA_CONFIG: &[&str] = &["name", "behavior"];
-    pub const TRIGGER: &[&str] = &[
-        "type",
-        "metadata",
-        "name",
-        "useCachedMetrics",
-        "authenticationRef",
-        "metricType",
-    ];
-    pub const AUTHENTICATION_REF: &[&str] = &["name", "kind"];
-    pub const RABBITMQ_METADATA: &[&str] = &[
-        "host",
-        "protocol",
-        "mode",
-        "value",
-        "activationValue",
-        "queueName",
-        "vhostName",
-        "hostFromEnv",
-        "usernameFromEnv",
-        "passwordFromEnv",
-        "unsafeSsl",
-        "timeout",
-        "useRegex",
-        "pageSize",
-        "operation",
-        "excludeUnacknowledged",
-    ];
-    pub const RABBITMQ_AUTH: &[&str] = &[
-        "host",
-        "username",
-        "password",
-        "vhostName",
-        "tls",
-        "ca",
-        "cert",
-        "key",
-    ];
-    pub const POSTGRESQL_METADATA: &[&str] = &[
-        "connectionFromEnv",
-        "host",
-        "userName",
-        "passwordFromEnv",
-        "port",
-        "dbName",
-        "sslmode",
-        "query",
-        "targetQueryValue",
-        "activationTargetQueryValue",
-    ];
-    pub const POSTGRESQL_AUTH: &[&str] = &[
-        "connection",
-        "host",
-        "userName",
-        "password",
-        "port",
-        "dbName",
-        "sslmode",
-    ];
-    pub const TRIGGER_AUTHENTICATION_SPEC: &[&str] = &[
-        "secretTargetRef",
-        "configMapTargetRef",
-        "env",
-        "podIdentity",
-        "hashiCorpVault",
-        "azureKeyVault",
-        "awsSecretManager",
-        "gcpSecretManager",
-        "boundServiceAccountToken",
-    ];
-    pub const SECRET_TARGET_REF: &[&str] = &["parameter", "name", "key"];
-}
-
-/// Keys of `value` (an object) that `documented` lacks, named with `at`.
-fn undocumented(value: &Value, documented: &[&str], at: &str, problems: &mut Vec<String>) {
-    match value.as_object() {
-        Some(map) => {
-            for key in map.keys().filter(|k| !documented.contains(&k.as_str())) {
-                problems.push(format!("{at}.{key} is not a documented field"));
-            }
-        }
-        None => problems.push(format!("{at} is not an object")),
-    }
-}
-
-fn positive_number(text: &Value, at: &str, problems: &mut Vec<String>) {
-    match text.as_str().and_then(|t| t.parse::<f64>().ok()) {
-        Some(n) if n > 0.0 => {}
-        _ => problems.push(format!("{at} is not a positive number as a string: {text}")),
-    }
-}
-
-/// What is wrong with the KEDA objects among `objects` (empty: nothing).
-fn keda_problems(objects: &[Value]) -> Vec<String> {
-    let mut problems = vec![];
-    let so = object(objects, "ScaledObject", "provisioner-worker");
-    let spec = &so["spec"];
-    undocumented(spec, keda::SPEC, "spec", &mut problems);
-    undocumented(
-        &spec["scaleTargetRef"],
-        keda::SCALE_TARGET_REF,
-        "spec.scaleTargetRef",
-        &mut problems,
-    );
-    if spec["scaleTargetRef"]["name"] != "provisioner-worker" {
-        problems.push("spec.scaleTargetRef.name is not the worker Deployment".to_owned());
-    }
-    if !spec["fallback"].is_null() {
-        undocumented(
-            &spec["fallback"],
-            keda::FALLBACK,
-            "spec.fallback",
-            &mut problems,
-        );
-    }
-    undocumented(
-        &spec["advanced"],
-        keda::ADVANCED,
-        "spec.advanced",
-        &mut problems,
-    );
-    let hpa = &spec["advanced"]["horizontalPodAutoscalerConfig"];
-    undocumented(
-        hpa,
-        keda::HPA_CONFIG,
-        "spec.advanced.horizontalPodAutoscalerConfig",
-        &mut problems,
-    );
-    let (min, max) = (
-        spec["minReplicaCount"].as_i64().unwrap_or(0),
-        spec["maxReplicaCount"].as_i64().unwrap_or(100),
-    );
-    if !(1..=max).contains(&min) {
-        problems.push(format!(
-            "minReplicaCount {min} must be 1..=maxReplicaCount {max}: workers run the dispatcher and the sweeper"
-        ));
-    }
-
-    let auths: Vec<&Value> = objects
-        .iter()
-        .filter(|o| o["kind"] == "TriggerAuthentication")
-        .collect();
-    let secret = object(objects, "Secret", "provisioner-secrets");
-    let mut queues = BTreeSet::new();
-    let mut held_trigger = false;
-    for (i, trigger) in spec["triggers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let at = format!("spec.triggers[{i}]");
-        undocumented(trigger, keda::TRIGGER, &at, &mut problems);
-        let metadata = &trigger["metadata"];
-        for (key, value) in metadata.as_object().into_iter().flatten() {
-            if !value.is_string() {
-                problems.push(format!("{at}.metadata.{key} must be a string"));
-            }
-        }
-        let (metadata_fields, auth_fields) = match trigger["type"].as_str() {
-            Some("rabbitmq") => {
-                if metadata["mode"] != "QueueLength" {
-                    problems.push(format!("{at}: mode must be QueueLength"));
-                }
-                if metadata["protocol"] != "http" {
-                    problems.push(format!(
-                        "{at}: protocol must be http (the management API counts unacknowledged messages)"
-                    ));
-                }
-                positive_number(
-                    &metadata["value"],
-                    &format!("{at}.metadata.value"),
-                    &mut problems,
-                );
-                queues.insert(
-                    metadata["queueName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
-                (keda::RABBITMQ_METADATA, keda::RABBITMQ_AUTH)
-            }
-            Some("postgresql") => {
-                if metadata["query"] != figures::HELD_ITEMS_QUERY {
-                    problems.push(format!("{at}: the query is not figures::HELD_ITEMS_QUERY"));
-                }
-                positive_number(
-                    &metadata["targetQueryValue"],
-                    &format!("{at}.metadata.targetQueryValue"),
-                    &mut problems,
-                );
-                held_trigger = true;
-                (keda::POSTGRESQL_METADATA, keda::POSTGRESQL_AUTH)
-            }
-            other => {
-                problems.push(format!("{at}: unexpected trigger type {other:?}"));
-                continue;
-            }
-        };
-        undocumented(
-            metadata,
-            metadata_fields,
-            &format!("{at}.metadata"),
-            &mut problems,
-        );
-        let auth_ref = &trigger["authenticationRef"];
-        undocumented(
-            auth_ref,
-            keda::AUTHENTICATION_REF,
-            &format!("{at}.authenticationRef"),
-            &mut problems,
-        );
-        let Some(auth) = auths
-            .iter()
-            .find(|a| a["metadata"]["name"] == auth_ref["name"])
-        else {
-            problems.push(format!(
-                "{at}: no TriggerAuthentication {}",
-                auth_ref["name"]
-            ));
-            continue;
-        };
-        undocumented(
-            &auth["spec"],
-            keda::TRIGGER_AUTHENTICATION_SPEC,
-            "TriggerAuthentication.spec",
-            &mut problems,
-        );
-        for r in auth["spec"]["secretTargetRef"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            undocumented(r, keda::SECRET_TARGET_REF, "secretTargetRef", &mut problems);
-            if !auth_fields.contains(&r["parameter"].as_str().unwrap_or_default()) {
-                problems.push(format!(
-                    "{at}: {} is not a documented authentication parameter",
-                    r["parameter"]
-                ));
-            }
-            if r["name"] != "provisioner-secrets"
-                || secret["stringData"][r["key"].as_str().unwrap_or_default()].is_null()
-            {
-                problems.push(format!(
-                    "{at}: secret key {} is not in provisioner-secrets",
-                    r["key"]
-                ));
-            }
-        }
-    }
-    let expected: BTreeSet<String> = queue::JOB_QUEUES.iter().map(|q| (*q).to_owned()).collect();
-    if queues != expected {
-        problems.push(format!(
-            "rabbitmq triggers on {queues:?}, the jobs queues are {expected:?}"
-        ));
-    }
-    if !held_trigger {
-        problems.push("no postgresql trigger on the held batch items".to_owned());
-    }
-    problems
-}
+#[path = "deploy/keda.rs"]
+mod keda;
 
 #[test]
 fn the_scaled_object_uses_only_keda_documented_fields_and_the_jobs_queues() {
     let objects = objects();
-    let problems = keda_problems(&objects);
+    let problems = keda::problems(&objects);
     assert!(problems.is_empty(), "{problems:#?}");
 
     // The HPA behaviour KEDA passes on is a Kubernetes HorizontalPodAutoscaler's: checked by
@@ -473,7 +191,7 @@ fn the_scaled_object_uses_only_keda_documented_fields_and_the_jobs_queues() {
     so["spec"]["pollingIntervall"] = json!(15);
     so["spec"]["triggers"][0]["metadata"]["protocol"] = json!("amqp");
     so["spec"]["triggers"].as_array_mut().unwrap().remove(1);
-    let problems = keda_problems(&broken);
+    let problems = keda::problems(&broken);
     for needle in [
         "spec.pollingIntervall",
         "protocol must be http",
