@@ -100,3 +100,208 @@ pub(crate) fn record_job_stats(stats: &Stats, outbox_lag_seconds: f64) {
 pub(crate) fn record_template_memory(in_use_bytes: u64) {
     gauge!("provisioner_template_memory_in_use_bytes").set(in_use_bytes as f64);
 }
+
+/// The operators' figures that the process-wide recorder does not hold, rendered as Prometheus
+/// text at each scrape (so a client that drops out of the busiest ten leaves no stale series):
+/// the age of the oldest waiting work by queue, held batch items, failures by code among the
+/// recent endings, the busiest clients' share of the active work, and, from the broker, the job
+/// queues' ready messages and consumers.
+pub(crate) async fn operator_figures(
+    pool: &sqlx::PgPool,
+    amqp_url: &secrecy::SecretString,
+) -> Result<String, sqlx::Error> {
+    use provisioner_shared::{
+        db::figures,
+        queue::{BATCH_QUEUE, CREATE_TENANT_QUEUE},
+    };
+    use std::fmt::Write as _;
+
+    let backlog = figures::backlog(pool).await?;
+    let failures = figures::recent_failures(pool).await?;
+    let shares = figures::client_shares(pool).await?;
+    let queues = broker_queue_figures(amqp_url).await;
+
+    let mut out = String::new();
+    let age = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or(0.0, |at| {
+            (backlog.now - at).num_milliseconds().max(0) as f64 / 1000.0
+        })
+    };
+    family(
+        &mut out,
+        "provisioner_queue_oldest_age_seconds",
+        "Seconds the oldest queued job of each job queue has waited (single creates since they were made, batch items since they were released); 0 when none waits",
+    );
+    for (queue, at) in [
+        (CREATE_TENANT_QUEUE, backlog.oldest_single),
+        (BATCH_QUEUE, backlog.oldest_released),
+    ] {
+        let _ = writeln!(
+            out,
+            "provisioner_queue_oldest_age_seconds{{queue=\"{queue}\"}} {}",
+            age(at)
+        );
+    }
+    family(
+        &mut out,
+        "provisioner_batch_items_held",
+        "Batch items held back in PostgreSQL for fairness, not on the broker yet",
+    );
+    let _ = writeln!(out, "provisioner_batch_items_held {}", backlog.held);
+    family(
+        &mut out,
+        "provisioner_batch_held_oldest_age_seconds",
+        "Seconds since the oldest batch with held items was accepted; 0 when none holds any",
+    );
+    let _ = writeln!(
+        out,
+        "provisioner_batch_held_oldest_age_seconds {}",
+        age(backlog.oldest_held)
+    );
+
+    family(
+        &mut out,
+        "provisioner_job_recent_endings",
+        "Jobs that ended among the most recent endings of the last hour (at most 10000): the sample of the failure figures",
+    );
+    let _ = writeln!(out, "provisioner_job_recent_endings {}", failures.endings);
+    family(
+        &mut out,
+        "provisioner_job_recent_failures",
+        "Failed jobs by code among the most recent endings of the last hour (at most 10000)",
+    );
+    let mut by_label: Vec<(&str, i64)> = FAILURE_CODES.iter().map(|c| (*c, 0)).collect();
+    for (code, n) in &failures.by_code {
+        let label = FAILURE_CODES
+            .iter()
+            .find(|c| **c == code.to_string())
+            .copied()
+            .unwrap_or("other");
+        if let Some(slot) = by_label.iter_mut().find(|(l, _)| *l == label) {
+            slot.1 += n;
+        }
+    }
+    for (code, n) in by_label {
+        let _ = writeln!(
+            out,
+            "provisioner_job_recent_failures{{code=\"{code}\"}} {n}"
+        );
+    }
+
+    family(
+        &mut out,
+        "provisioner_client_active_jobs",
+        "Queued and running jobs (single and batch items) of the ten busiest clients, and of all others together (client=\"other\", other=\"true\")",
+    );
+    let named: i64 = shares.top.iter().map(|(_, n)| n).sum();
+    for (client, n) in &shares.top {
+        let _ = writeln!(
+            out,
+            "provisioner_client_active_jobs{{client=\"{}\"}} {n}",
+            label_value(client)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "provisioner_client_active_jobs{{client=\"other\",other=\"true\"}} {}",
+        (shares.total - named).max(0)
+    );
+
+    family(
+        &mut out,
+        "provisioner_broker_reachable",
+        "1 when this scrape read the job queues from the broker, 0 when it could not",
+    );
+    let _ = writeln!(
+        out,
+        "provisioner_broker_reachable {}",
+        u8::from(queues.is_some())
+    );
+    if let Some(queues) = queues {
+        family(
+            &mut out,
+            "provisioner_queue_messages_ready",
+            "Messages of each job queue waiting for a consumer",
+        );
+        for q in &queues {
+            let _ = writeln!(
+                out,
+                "provisioner_queue_messages_ready{{queue=\"{}\"}} {}",
+                q.queue, q.ready
+            );
+        }
+        family(
+            &mut out,
+            "provisioner_queue_consumers",
+            "Consumers of each job queue: one per worker process consuming it",
+        );
+        for q in &queues {
+            let _ = writeln!(
+                out,
+                "provisioner_queue_consumers{{queue=\"{}\"}} {}",
+                q.queue, q.consumers
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The failure codes a job may end with; any other is counted as `other`.
+const FAILURE_CODES: [&str; 5] = ["400", "409", "500", "503", "other"];
+
+/// How long a scrape waits for the broker's answer, and for its turn to ask.
+const BROKER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The job queues' figures, or `None` when the broker did not answer in time. One read at a
+/// time per process: a flood of scrapes cannot open a flood of broker connections.
+async fn broker_queue_figures(
+    amqp_url: &secrecy::SecretString,
+) -> Option<Vec<provisioner_shared::broker_figures::QueueFigures>> {
+    static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = tokio::time::timeout(BROKER_READ_TIMEOUT, TURN.acquire())
+        .await
+        .ok()?
+        .ok()?;
+    let read = tokio::time::timeout(
+        BROKER_READ_TIMEOUT,
+        provisioner_shared::broker_figures::job_queues(amqp_url),
+    )
+    .await;
+    match read {
+        Ok(Ok(figures)) => Some(figures),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading the job queues' figures from the broker");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("the broker did not give the job queues' figures in time");
+            None
+        }
+    }
+}
+
+/// Writes a metric family's `HELP` and `TYPE` (gauge) lines.
+fn family(out: &mut String, name: &str, help: &str) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+}
+
+/// A label value escaped as the Prometheus text format wants (backslash, quote, newline).
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_value;
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_wants() {
+        assert_eq!(label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(label_value("plain-id_1.~"), "plain-id_1.~");
+    }
+}

@@ -75,6 +75,9 @@ pub struct Settings {
     /// Ended jobs (and ended batches with their jobs) are purged this long after they ended;
     /// at least a day, so an idempotency key stays valid as long as the contract says.
     pub job_retention: Duration,
+    /// Where a worker answers orchestrators' probes (`/healthz`, `/readyz`, the latter `503` once
+    /// it drains); `None`: no listener.
+    pub worker_health_listen: Option<SocketAddr>,
 }
 
 /// The shortest retention: the contract keeps idempotency keys at least 24 hours.
@@ -98,7 +101,10 @@ impl Settings {
                 "postgres://postgres@127.0.0.1:5432/provisioner",
             )),
             amqp_url: SecretString::from(var("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")),
-            listen: listen_address(&var("PROVISIONER_LISTEN", "127.0.0.1:8080"))?,
+            listen: listen_address(
+                "PROVISIONER_LISTEN",
+                &var("PROVISIONER_LISTEN", "127.0.0.1:8080"),
+            )?,
             bootstrap_client: get("PROVISIONER_BOOTSTRAP_CLIENT")
                 .filter(|v| !v.is_empty())
                 .map(SecretString::from),
@@ -197,17 +203,19 @@ impl Settings {
                 &var("PROVISIONER_DISPATCH_WINDOW", "32"),
             )?,
             job_retention: retention(&var("PROVISIONER_JOB_RETENTION", "604800"))?,
+            worker_health_listen: get("PROVISIONER_WORKER_HEALTH_LISTEN")
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| listen_address("PROVISIONER_WORKER_HEALTH_LISTEN", &v))
+                .transpose()?,
         })
     }
 }
 
 /// `host:port`, or `:port` for every interface (`:0` picks a free port).
-fn listen_address(value: &str) -> Result<SocketAddr, SettingsError> {
+fn listen_address(variable: &'static str, value: &str) -> Result<SocketAddr, SettingsError> {
     match value.trim().strip_prefix(':') {
-        Some(port) => {
-            parse::<u16>("PROVISIONER_LISTEN", port).map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
-        }
-        None => parse("PROVISIONER_LISTEN", value),
+        Some(port) => parse::<u16>(variable, port).map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
+        None => parse(variable, value),
     }
 }
 
@@ -305,6 +313,15 @@ mod tests {
                 .variable,
             "PROVISIONER_LISTEN"
         );
+    }
+
+    #[test]
+    fn the_worker_health_listener_is_off_unless_an_address_is_given() {
+        assert_eq!(settings(&[]).unwrap().worker_health_listen, None);
+        let s = settings(&[("PROVISIONER_WORKER_HEALTH_LISTEN", ":9090")]).unwrap();
+        assert_eq!(s.worker_health_listen.unwrap().to_string(), "0.0.0.0:9090");
+        let err = settings(&[("PROVISIONER_WORKER_HEALTH_LISTEN", "nope")]).unwrap_err();
+        assert_eq!(err.variable, "PROVISIONER_WORKER_HEALTH_LISTEN");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Everything both provisioner binaries agree on: settings, domain types, SQL, the broker's wire
 //! contract, the template format, sealing of secrets, telemetry and process plumbing.
 
+pub mod broker_figures;
 pub mod budget;
 pub mod config;
 pub mod db;

@@ -4,6 +4,7 @@
 mod consumer;
 mod dispatcher;
 mod fetch;
+mod health;
 mod jobs;
 mod slots;
 mod sweeper;
@@ -29,6 +30,8 @@ const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// Runs consumer, lease sweeper, batch dispatcher and outbox relay until `shutdown`, then
 /// drains.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Probes (when configured): alive from here on, ready while consuming and not draining.
+    let health = health::Health::start(settings.worker_health_listen, shutdown.clone()).await?;
     let pool = db::connect(
         &settings.database_url,
         &PoolConfig {
@@ -62,6 +65,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         "worker started"
     );
 
+    health.set_ready();
     consumer::run(ctx, shutdown).await;
     sweeping.cancel();
     let _ = sweeper.await;

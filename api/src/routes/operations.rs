@@ -19,11 +19,13 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     let lag = db::outbox::lag_seconds(&mut conn).await?;
     metrics::record_job_stats(&stats, lag);
     metrics::record_template_memory(state.template_budget.in_use_bytes());
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::handle().render(),
-    )
-        .into_response())
+    let figures = metrics::operator_figures(&state.pool, &state.settings.amqp_url).await?;
+    let mut text = metrics::handle().render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&figures);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 /// This document.

@@ -1,0 +1,118 @@
+//! Operators' figures for `/metrics` beyond the job counts of `jobs::stats`: how old the waiting
+//! work is, what the recent failures were, how much work each client has, and how much batch work
+//! is held back. Each query reads an index whose size is bounded by a cap or a window (never
+//! the whole `jobs` table), or a sample bounded by `LIMIT`.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgExecutor;
+
+use crate::domain::JobStatus;
+
+/// Most recent endings that the failure figures look at (as the run-time quantiles do).
+pub const FAILURE_SAMPLE: i64 = 10_000;
+
+/// Clients named one by one in the per-client figures; the rest are summed as one.
+pub const TOP_CLIENTS: i64 = 10;
+
+/// When the oldest waiting work of each kind was queued (`None`: nothing waits).
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
+pub struct Backlog {
+    /// The oldest queued single create (interactive queue; includes one waiting for a retry).
+    pub oldest_single: Option<DateTime<Utc>>,
+    /// The oldest batch item released to the broker and not yet started.
+    pub oldest_released: Option<DateTime<Utc>>,
+    /// The oldest batch with items held back in PostgreSQL (not on the broker yet).
+    pub oldest_held: Option<DateTime<Utc>>,
+    /// Batch items held back in PostgreSQL: work the broker does not know about yet.
+    pub held: i64,
+    /// The database's clock, against which the ages are taken.
+    pub now: DateTime<Utc>,
+}
+
+/// The waiting work: single creates through their one-active-per-tenant index (its size is
+/// bounded by the clients' caps on active jobs), released batch items through the in-flight
+/// index (bounded by the dispatch window), held items from the batch rows.
+pub const BACKLOG_QUERY: &str = "SELECT
+             (SELECT min(created_at) FROM jobs
+              WHERE status IN ('queued', 'running') AND batch_id IS NULL
+                AND kind = 'createTenant' AND status = 'queued') AS oldest_single,
+             (SELECT min(released_at) FROM jobs
+              WHERE batch_id IS NOT NULL AND released_at IS NOT NULL
+                AND status IN ('queued', 'running') AND status = 'queued') AS oldest_released,
+             (SELECT min(created_at) FROM batches WHERE held > 0) AS oldest_held,
+             (SELECT coalesce(sum(held), 0)::bigint FROM batches WHERE held > 0) AS held,
+             now() AS now";
+
+pub async fn backlog(exec: impl PgExecutor<'_>) -> Result<Backlog, sqlx::Error> {
+    sqlx::query_as(BACKLOG_QUERY).fetch_one(exec).await
+}
+
+/// The query the worker autoscaler (KEDA's `postgresql` trigger in `deploy/k8s`) runs: batch
+/// items held back in PostgreSQL. Kept here so that a test runs the very text.
+pub const HELD_ITEMS_QUERY: &str =
+    "SELECT coalesce(sum(held), 0)::bigint FROM batches WHERE held > 0";
+
+/// Failed jobs by code among the most recent endings of the last hour.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecentFailures {
+    /// Endings in the sample (every terminal status).
+    pub endings: i64,
+    /// `(code, failed jobs)`, by code.
+    pub by_code: Vec<(i32, i64)>,
+}
+
+/// One read of the sample: endings by code (a cancelled job has none; a succeeded one has 200, a
+/// failed one its failure code).
+pub const FAILURES_QUERY: &str = "SELECT code, status, count(*)::bigint FROM (
+             SELECT status, code FROM jobs
+             WHERE finished_at > now() - interval '1 hour'
+             ORDER BY finished_at DESC LIMIT $1) sample
+         GROUP BY code, status ORDER BY code";
+
+pub async fn recent_failures(exec: impl PgExecutor<'_>) -> Result<RecentFailures, sqlx::Error> {
+    let rows: Vec<(Option<i32>, JobStatus, i64)> = sqlx::query_as(FAILURES_QUERY)
+        .bind(FAILURE_SAMPLE)
+        .fetch_all(exec)
+        .await?;
+    Ok(RecentFailures {
+        endings: rows.iter().map(|(_, _, n)| n).sum(),
+        by_code: rows
+            .into_iter()
+            .filter(|(_, status, _)| *status == JobStatus::Failed)
+            .filter_map(|(code, _, n)| Some((code?, n)))
+            .collect(),
+    })
+}
+
+/// Active work (queued and running jobs, single and batch items) of the busiest clients.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientShares {
+    /// `(client id, active jobs)` of at most `TOP_CLIENTS` clients, busiest first.
+    pub top: Vec<(String, i64)>,
+    /// Active jobs of every client.
+    pub total: i64,
+}
+
+/// Read from the counters the job triggers keep (`client_active_jobs`, the running batches'
+/// counts): rows per client and per running batch, never per job.
+pub const SHARES_QUERY: &str = "WITH work AS (
+             SELECT client_id, sum(n)::bigint AS n FROM client_active_jobs GROUP BY client_id
+             UNION ALL
+             SELECT client_id, sum(queued + running)::bigint FROM batches
+             WHERE status = 'running' GROUP BY client_id),
+         per_client AS (
+             SELECT client_id, sum(n)::bigint AS n FROM work GROUP BY client_id HAVING sum(n) > 0)
+         SELECT client_id, n, (sum(n) OVER ())::bigint FROM per_client
+         ORDER BY n DESC, client_id LIMIT $1";
+
+pub async fn client_shares(exec: impl PgExecutor<'_>) -> Result<ClientShares, sqlx::Error> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(SHARES_QUERY)
+        .bind(TOP_CLIENTS)
+        .fetch_all(exec)
+        .await?;
+    let total = rows.first().map_or(0, |(_, _, total)| *total);
+    Ok(ClientShares {
+        top: rows.into_iter().map(|(id, n, _)| (id, n)).collect(),
+        total,
+    })
+}

@@ -1,0 +1,315 @@
+//! The operators' figures of `/metrics` that dashboards and alerts read: the backlog and its age,
+//! held batch items, recent failures by code, the busiest clients' share of the work, the job
+//! queues' consumers; and what each of their queries reads.
+
+use std::time::Duration;
+
+use provisioner_shared::db::figures;
+use provisioner_tests::{TestApp, batches, eventually, fixtures};
+use serde_json::{Value, json};
+
+/// The `/metrics` text.
+async fn scrape(app: &TestApp) -> String {
+    let r = provisioner_tests::get(app.url("/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The value of the sample whose line is `series` (name and labels) and a value.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+const SINGLES: &str =
+    "provisioner_queue_oldest_age_seconds{queue=\"provisioner.jobs.create-tenant\"}";
+const CONSUMERS: &str = "provisioner_queue_consumers{queue=\"provisioner.jobs.create-tenant\"}";
+const READY: &str = "provisioner_queue_messages_ready{queue=\"provisioner.jobs.create-tenant\"}";
+
+#[tokio::test]
+async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
+    let mut app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, SINGLES), 0.0, "nothing waits yet");
+    assert_eq!(value(&text, "provisioner_batch_items_held"), 0.0);
+    assert_eq!(
+        value(
+            &text,
+            "provisioner_client_active_jobs{client=\"other\",other=\"true\"}"
+        ),
+        0.0
+    );
+
+    // Client `busy` has two single creates and a batch of three (held: no worker dispatches);
+    // `second` two creates; eleven more clients one create each.
+    let busy = batches::client(&app, "busy", &["tenants:read", "tenants:write"]).await;
+    let mut first = None;
+    for _ in 0..2 {
+        let r = busy
+            .post(app.url(&format!(
+                "/configapi/v2/selfservice/tenant/{}",
+                fixtures::tenant_url()
+            )))
+            .json(&fixtures::create_body(&url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let job: serde_json::Value = r.json().await.unwrap();
+        first.get_or_insert(job["jobId"].as_str().unwrap().to_owned());
+    }
+    let r = batches::post(
+        &app,
+        &busy,
+        "application/x-ndjson",
+        batches::ndjson(&batches::items(3, &url)),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let mut singles = 2;
+    for id in ["second"]
+        .into_iter()
+        .map(str::to_owned)
+        // A client may be called `other`: its series is not the others' sum.
+        .chain(["other".to_owned()])
+        .chain((0..10).map(|i| format!("quiet-{i:02}")))
+    {
+        let http = batches::client(&app, &id, &["tenants:read", "tenants:write"]).await;
+        let r = http
+            .post(app.url(&format!(
+                "/configapi/v2/selfservice/tenant/{}",
+                fixtures::tenant_url()
+            )))
+            .json(&fixtures::create_body(&url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{id}");
+        singles += 1;
+        if id == "second" {
+            let r = http
+                .post(app.url(&format!(
+                    "/configapi/v2/selfservice/tenant/{}",
+                    fixtures::tenant_url()
+                )))
+                .json(&fixtures::create_body(&url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            singles += 1;
+        }
+    }
+    // The oldest single create was made two minutes ago; the batch five.
+    sqlx::query("UPDATE jobs SET created_at = now() - interval '120 seconds' WHERE id = $1::uuid")
+        .bind(first.as_deref().unwrap())
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE batches SET created_at = now() - interval '300 seconds'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    let text = scrape(&app).await;
+    let age = value(&text, SINGLES);
+    assert!(
+        (120.0..150.0).contains(&age),
+        "oldest single create: {age} s"
+    );
+    assert_eq!(
+        value(
+            &text,
+            "provisioner_queue_oldest_age_seconds{queue=\"provisioner.jobs.batch\"}"
+        ),
+        0.0,
+        "no batch item is released without a worker"
+    );
+    assert_eq!(value(&text, "provisioner_batch_items_held"), 3.0);
+    let held_age = value(&text, "provisioner_batch_held_oldest_age_seconds");
+    assert!((300.0..330.0).contains(&held_age), "held for {held_age} s");
+
+    // Ten clients by name, busiest first; the other three together.
+    let named: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("provisioner_client_active_jobs{client=\""))
+        .filter(|l| !l.contains("other=\"true\""))
+        .map(|l| {
+            let (client, rest) = l.split_once("\"} ").unwrap();
+            (client.to_owned(), rest.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(named.len(), 10, "{text}");
+    assert_eq!(named[0], ("busy".to_owned(), 5.0));
+    assert_eq!(named[1], ("second".to_owned(), 2.0));
+    assert_eq!(named[2], ("other".to_owned(), 1.0));
+    assert!(
+        named[3..]
+            .iter()
+            .all(|(c, n)| c.starts_with("quiet-") && *n == 1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "provisioner_client_active_jobs{client=\"other\",other=\"true\"}"
+        ),
+        3.0
+    );
+    assert_eq!(singles, 15);
+
+    // The broker: the single creates wait on the interactive queue, nobody consumes it.
+    assert_eq!(value(&text, "provisioner_broker_reachable"), 1.0);
+    assert_eq!(value(&text, CONSUMERS), 0.0);
+    eventually(Duration::from_secs(20), || async {
+        (sample(&scrape(&app).await, READY) == Some(f64::from(singles))).then_some(())
+    })
+    .await;
+
+    // A worker consumes both queues, and the backlog drains.
+    app.start_worker();
+    eventually(Duration::from_secs(20), || async {
+        let text = scrape(&app).await;
+        (sample(&text, CONSUMERS) == Some(1.0)
+            && sample(
+                &text,
+                "provisioner_queue_consumers{queue=\"provisioner.jobs.batch\"}",
+            ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(60), || async {
+        let text = scrape(&app).await;
+        (sample(&text, SINGLES) == Some(0.0)
+            && sample(&text, "provisioner_batch_items_held") == Some(0.0)
+            && sample(
+                &text,
+                "provisioner_client_active_jobs{client=\"other\",other=\"true\"}",
+            ) == Some(0.0)
+            && !text.contains("provisioner_client_active_jobs{client=\"busy\"}"))
+        .then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_the_recent_failures_by_code() {
+    let app = TestApp::spawn().await;
+    let url = app.serve_sample_template("t").await;
+    assert_eq!(
+        app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await["code"],
+        200
+    );
+    // A template the server does not have: code 400.
+    let missing = format!("{}-missing", url);
+    assert_eq!(
+        app.create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&missing))
+            .await["code"],
+        400
+    );
+    // A tenant whose lock is held, with no wait allowed: code 503, twice.
+    for _ in 0..2 {
+        let tenant = fixtures::tenant_url();
+        let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+        let mut body = fixtures::create_body(&url);
+        body["lockTimeout"] = json!(0);
+        assert_eq!(app.create_and_wait(&tenant, &body).await["code"], 503);
+        held.rollback().await.unwrap();
+    }
+    let text = scrape(&app).await;
+    assert_eq!(value(&text, "provisioner_job_recent_endings"), 4.0);
+    for (code, n) in [
+        ("400", 1.0),
+        ("409", 0.0),
+        ("500", 0.0),
+        ("503", 2.0),
+        ("other", 0.0),
+    ] {
+        assert_eq!(
+            value(
+                &text,
+                &format!("provisioner_job_recent_failures{{code=\"{code}\"}}")
+            ),
+            n,
+            "code {code}"
+        );
+    }
+    app.stop().await;
+}
+
+/// Why the plan of `sql` (with `$1` bound to `limit`, sequential scans priced out) reads
+/// `jobs` as a whole, if it does: a sequential scan, or an index scan without a condition on an
+/// index that covers every row.
+async fn whole_jobs_reads(app: &TestApp, sql: &str, limit: Option<i64>) -> Vec<String> {
+    let partial: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'jobs' AND indexdef LIKE '% WHERE %'",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut conn = app.db.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let explain = format!("EXPLAIN (FORMAT JSON) {sql}");
+    let query = sqlx::query_scalar::<_, Value>(&explain);
+    let query = match limit {
+        Some(limit) => query.bind(limit),
+        None => query,
+    };
+    let plan = query.fetch_one(&mut *conn).await.unwrap();
+    sqlx::query("RESET enable_seqscan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let mut found = vec![];
+    let mut nodes = vec![plan[0]["Plan"].clone()];
+    while let Some(node) = nodes.pop() {
+        if let Some(children) = node["Plans"].as_array() {
+            nodes.extend(children.iter().cloned());
+        }
+        let kind = node["Node Type"].as_str().unwrap_or_default();
+        if kind == "Seq Scan" && node["Relation Name"] == "jobs" {
+            found.push("a sequential scan of jobs".to_owned());
+        }
+        if let Some(index) = node["Index Name"].as_str() {
+            if index.starts_with("jobs_")
+                && node["Index Cond"].is_null()
+                && !partial.iter().any(|p| p == index)
+            {
+                found.push(format!("a whole scan of index {index}"));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn no_figure_query_reads_the_whole_jobs_table() {
+    let app = TestApp::without_workers().await;
+    for (name, sql, limit) in [
+        ("backlog", figures::BACKLOG_QUERY, None),
+        (
+            "failures",
+            figures::FAILURES_QUERY,
+            Some(figures::FAILURE_SAMPLE),
+        ),
+        ("shares", figures::SHARES_QUERY, Some(figures::TOP_CLIENTS)),
+        ("held items", figures::HELD_ITEMS_QUERY, None),
+    ] {
+        let found = whole_jobs_reads(&app, sql, limit).await;
+        assert!(found.is_empty(), "the {name} query reads {found:?}");
+    }
+    // The check does see a query that no index answers.
+    let found = whole_jobs_reads(&app, "SELECT count(*) FROM jobs WHERE code = 500", None).await;
+    assert!(!found.is_empty());
+    app.stop().await;
+}
