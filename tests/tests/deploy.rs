@@ -264,13 +264,6 @@ fn the_manifests_numbers_agree_with_each_other() {
         .unwrap();
     assert!(api_pod["terminationGracePeriodSeconds"].as_i64().unwrap() > pre_stop + api_shutdown);
 
-    // Both processes hash with Argon2id: both keep the allocator setting the workers were
-    // measured with (tests/tests/worker_memory.rs).
-    assert_eq!(
-        variable(&objects, "provisioner-api", "MALLOC_MMAP_THRESHOLD_"),
-        variable(&objects, "provisioner-worker", "MALLOC_MMAP_THRESHOLD_")
-    );
-
     // The largest pool finds batch work for every slot.
     let max = so["maxReplicaCount"].as_i64().unwrap();
     let concurrency = number(
