@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod broker;
+pub mod cli;
 mod cleanup;
 pub mod events;
 pub mod fixtures;
