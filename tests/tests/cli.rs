@@ -430,3 +430,117 @@ async fn ctrl_c_while_waiting_leaves_the_batch_running_and_says_how_to_reattach(
     assert_eq!(now["status"], "running");
     app.stop().await;
 }
+
+/// A tmux server of its own for one test, killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn new() -> Self {
+        Self(format!("provisioner-test-{}", uuid::Uuid::new_v4()))
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .expect("tmux runs (scripts/test installs it)");
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux").args(["-L", &self.0, "kill-server"]).output();
+    }
+}
+
+#[tokio::test]
+async fn in_a_terminal_the_progress_bar_draws_and_moves_to_the_end() {
+    let mut app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &batches::items(3, &template)).await;
+    let id = batch["batchId"].as_str().unwrap();
+    let tmux = Tmux::new();
+    let command = format!(
+        "env PROVISIONER_API_URL={} PROVISIONER_CLIENT_ID={} PROVISIONER_CLIENT_SECRET={} {} batch wait {id}; echo EXIT=$?; sleep 60",
+        cli.api, cli.client_id, cli.client_secret, BIN
+    );
+    tmux.run(&["new-session", "-d", "-x", "200", "-y", "20", "-s", "cli", &command]);
+    let pane = || tmux.run(&["capture-pane", "-p", "-t", "cli"]);
+    // Queued: the bar is drawn empty, with the counts.
+    let drawn = eventually(Duration::from_secs(30), || async {
+        let text = pane();
+        (text.contains("0/3") && text.contains("queued 3")).then_some(text)
+    })
+    .await;
+    assert!(drawn.contains(&format!("batch {id}")) && drawn.contains("ETA"), "{drawn}");
+    assert!(!drawn.contains("done ("), "a plain line instead of a bar: {drawn}");
+    // A worker runs the items: the bar reaches the end, then the final counts and exit 0.
+    app.start_worker();
+    let end = eventually(Duration::from_secs(60), || async {
+        let text = pane();
+        text.contains("EXIT=").then_some(text)
+    })
+    .await;
+    assert!(end.contains("3/3") && end.contains("succeeded 3"), "{end}");
+    assert!(end.contains(&format!("batch {id} completed: total 3")), "{end}");
+    assert!(end.contains("EXIT=0"), "{end}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_readme_quick_start_runs_as_written() {
+    let app = TestApp::spawn().await;
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let marker = "<!-- quick-start: run by tests/tests/cli.rs -->";
+    let after = &readme[readme.find(marker).expect("the README marks its Quick start block") + marker.len()..];
+    let start = after.find("```sh\n").unwrap() + "```sh\n".len();
+    let block = &after[start..start + after[start..].find("```").unwrap()];
+    // The client the block names, made as `PROVISIONER_BOOTSTRAP_CLIENT` would make it.
+    let credential = |name: &str| {
+        let at = block.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        block[at..].split_whitespace().next().unwrap().to_owned()
+    };
+    let (id, secret) = (credential("PROVISIONER_CLIENT_ID"), credential("PROVISIONER_CLIENT_SECRET"));
+    provisioner_shared::db::clients::insert(
+        &app.db,
+        &id,
+        &id,
+        &provisioner_shared::passwords::hash(secret.as_bytes()),
+        &["tenants:read".to_owned(), "tenants:write".to_owned()],
+        provisioner_shared::db::clients::OnExisting::Refuse,
+    )
+    .await
+    .unwrap();
+    // In a scratch folder with the repository's examples, `provisioner` on the PATH.
+    let scratch = Scratch::new();
+    std::os::unix::fs::symlink(repo().join("examples"), scratch.path("examples")).unwrap();
+    let bin = scratch.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(BIN, bin.join("provisioner")).unwrap();
+    let script = scratch.write("quick-start.sh", block);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail"])
+        .arg(&script)
+        .current_dir(&scratch.0)
+        .env("PATH", path)
+        .env("PROVISIONER_API_URL", format!("http://{}", app.addr))
+        .env("PROVISIONER_STATE_DIR", scratch.path("state"))
+        .env_remove("PROVISIONER_CLIENT_ID")
+        .env_remove("PROVISIONER_CLIENT_SECRET")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the Quick start failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("completed: total 36, succeeded 36"), "{stdout}");
+    assert!(stdout.contains("tenantUrl,tenantName,firstName,lastName,loginId,email,numberMap,templateId,jobId,status,code,error"), "{stdout}");
+    assert!(stdout.contains("acme.example.com Inactive Acme Support"), "{stdout}");
+    assert!(!stdout.contains(&secret) && !stderr.contains(&secret));
+    app.stop().await;
+}
