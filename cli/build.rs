@@ -4,7 +4,8 @@
 use std::{env, fs, path::Path};
 
 fn main() {
-    let dir = Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("../migrations");
+    let dir =
+        Path::new(&env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("../migrations");
     println!("cargo:rerun-if-changed={}", dir.display());
     let newest = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))

@@ -107,7 +107,10 @@ impl Api {
     /// A token that is valid for a while yet: fetched at first use, renewed before it expires.
     async fn token(&self, fresh: bool) -> Result<String> {
         let mut token = self.token.lock().await;
-        if let Some(t) = token.as_ref().filter(|t| !fresh && Instant::now() < t.renew_at) {
+        if let Some(t) = token
+            .as_ref()
+            .filter(|t| !fresh && Instant::now() < t.renew_at)
+        {
             return Ok(t.value.clone());
         }
         let creds = self.credentials.as_ref().ok_or_else(|| {
@@ -183,7 +186,10 @@ impl Api {
 
     /// Sends an authorized request built by `build` (called again for a retry); a `401` is
     /// retried once with a new token.
-    pub async fn send(&self, build: impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response> {
+    pub async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response> {
         let mut fresh = false;
         loop {
             let token = self.token(fresh).await?;
@@ -262,7 +268,10 @@ pub async fn success_json<T: DeserializeOwned>(response: Response) -> Result<T> 
     response.json().await.map_err(|e| {
         Failure::new(
             Exit::Unreachable,
-            format!("the API's answer is not the expected JSON: {}", e.without_url()),
+            format!(
+                "the API's answer is not the expected JSON: {}",
+                e.without_url()
+            ),
         )
     })
 }

@@ -48,7 +48,9 @@ pub async fn list(api: &Api, out: &Output) -> Result<Exit> {
 }
 
 pub async fn cancel(api: &Api, id: &str, out: &Output) -> Result<Exit> {
-    let batch: Value = api.call(Method::POST, &format!("{}/cancel", path(id)?), None).await?;
+    let batch: Value = api
+        .call(Method::POST, &format!("{}/cancel", path(id)?), None)
+        .await?;
     out.show(&batch, batch_line);
     Ok(Exit::Ok)
 }
@@ -88,7 +90,8 @@ pub async fn results(
     }
     let sink: Box<dyn Write> = match out_file {
         Some(p) => Box::new(
-            std::fs::File::create(p).map_err(|e| Failure::invalid(format!("{}: {e}", p.display())))?,
+            std::fs::File::create(p)
+                .map_err(|e| Failure::invalid(format!("{}: {e}", p.display())))?,
         ),
         None => Box::new(std::io::stdout().lock()),
     };
@@ -115,7 +118,10 @@ pub async fn results(
             emit(&line, &mut csv, &mut sink)?;
         }
         if pending.len() > MAX_RESULT_LINE {
-            return Err(Failure::new(Exit::Unreachable, "a results line is too long"));
+            return Err(Failure::new(
+                Exit::Unreachable,
+                "a results line is too long",
+            ));
         }
     }
     if !pending.is_empty() {
@@ -142,7 +148,10 @@ fn emit(line: &[u8], csv: &mut Option<CsvResults>, sink: &mut impl Write) -> Res
         }
         Some(csv) => {
             let result: Value = serde_json::from_slice(line).map_err(|e| {
-                Failure::new(Exit::Unreachable, format!("a results line is not JSON: {e}"))
+                Failure::new(
+                    Exit::Unreachable,
+                    format!("a results line is not JSON: {e}"),
+                )
             })?;
             csv.row(&result, sink)
         }
@@ -233,7 +242,10 @@ impl CsvResults {
                 (None, _) => String::new(),
             })
             .collect();
-        let error = match (result["error"]["title"].as_str(), result["error"]["detail"].as_str()) {
+        let error = match (
+            result["error"]["title"].as_str(),
+            result["error"]["detail"].as_str(),
+        ) {
             (Some(t), Some(d)) => format!("{t}: {d}"),
             (Some(t), None) => t.to_owned(),
             _ => String::new(),
@@ -241,11 +253,16 @@ impl CsvResults {
         record.extend([
             result["jobId"].as_str().unwrap_or_default().to_owned(),
             result["status"].as_str().unwrap_or_default().to_owned(),
-            result["code"].as_i64().map(|c| c.to_string()).unwrap_or_default(),
+            result["code"]
+                .as_i64()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
             error,
         ]);
         writer.write_record(&record).map_err(csv_error)?;
-        self.rows = writer.into_inner().map_err(|e| Failure::invalid(e.to_string()))?;
+        self.rows = writer
+            .into_inner()
+            .map_err(|e| Failure::invalid(e.to_string()))?;
         sink.write_all(&self.rows)?;
         self.rows.clear();
         Ok(())
@@ -258,7 +275,11 @@ impl CsvResults {
             header.extend(["jobId", "status", "code", "error"].map(String::from));
             let mut writer = csv::Writer::from_writer(Vec::new());
             writer.write_record(&header).map_err(csv_error)?;
-            sink.write_all(&writer.into_inner().map_err(|e| Failure::invalid(e.to_string()))?)?;
+            sink.write_all(
+                &writer
+                    .into_inner()
+                    .map_err(|e| Failure::invalid(e.to_string()))?,
+            )?;
         }
         Ok(())
     }

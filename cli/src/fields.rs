@@ -66,12 +66,18 @@ impl Defaults {
                 ));
             } else if field == "tenantUrl" {
                 problems.push(Problem::new(field, "each row names its own tenantUrl"));
-            } else if fields.insert(field.to_owned(), cell(field, value)).is_some() {
+            } else if fields
+                .insert(field.to_owned(), cell(field, value))
+                .is_some()
+            {
                 problems.push(Problem::new(field, "is set twice"));
             }
         }
         if problems.is_empty() {
-            Ok(Self { set: fields, template })
+            Ok(Self {
+                set: fields,
+                template,
+            })
         } else {
             Err(Failure::invalid("invalid --set option").with_problems(problems))
         }
@@ -253,7 +259,10 @@ fn number_map(value: &Value, problems: &mut Vec<Problem>) {
     for (key, value) in map {
         let field = format!("numberMap.{key}");
         if !is_access_number(key) {
-            problems.push(Problem::new(field, "keys must be strings of 1 to 20 digits"));
+            problems.push(Problem::new(
+                field,
+                "keys must be strings of 1 to 20 digits",
+            ));
             continue;
         }
         match value.as_str() {
@@ -265,7 +274,10 @@ fn number_map(value: &Value, problems: &mut Vec<Problem>) {
                     ));
                 }
             }
-            _ => problems.push(Problem::new(field, "values must be strings of 1 to 20 digits")),
+            _ => problems.push(Problem::new(
+                field,
+                "values must be strings of 1 to 20 digits",
+            )),
         }
     }
 }
@@ -286,8 +298,17 @@ mod tests {
             "numberMap": {"1a": "2"}, "colour": "red"});
         let problems = check(item.as_object().unwrap(), true);
         for f in [
-            "tenantUrl", "tenantName", "firstName", "lastName", "loginId", "password", "email",
-            "templateUrl", "lockTimeout", "numberMap.1a", "colour",
+            "tenantUrl",
+            "tenantName",
+            "firstName",
+            "lastName",
+            "loginId",
+            "password",
+            "email",
+            "templateUrl",
+            "lockTimeout",
+            "numberMap.1a",
+            "colour",
         ] {
             assert!(fields(&problems).contains(&f), "{f}: {problems:?}");
         }
@@ -296,7 +317,10 @@ mod tests {
     #[test]
     fn options_fill_only_what_a_row_lacks_and_cells_convert() {
         let defaults = Defaults::from_options(
-            &["loginId=admin".into(), "numberMap=100:4155550100; 200:4155550200".into()],
+            &[
+                "loginId=admin".into(),
+                "numberMap=100:4155550100; 200:4155550200".into(),
+            ],
             Some(TemplateChoice::Id("a".repeat(64))),
         )
         .unwrap();
@@ -307,7 +331,10 @@ mod tests {
         defaults.fill(&mut item);
         assert_eq!(item["loginId"], "own");
         assert!(!item.contains_key("templateId"));
-        assert_eq!(item["numberMap"], json!({"100": "4155550100", "200": "4155550200"}));
+        assert_eq!(
+            item["numberMap"],
+            json!({"100": "4155550100", "200": "4155550200"})
+        );
         assert_eq!(text_of(&item["numberMap"]), "100:4155550100;200:4155550200");
         assert_eq!(cell("lockTimeout", "30"), json!(30));
         assert!(Defaults::from_options(&["templateUrl=x".into()], None).is_err());

@@ -44,7 +44,11 @@ or answered 5xx; 130 interrupted while waiting (the work goes on).";
 #[command(name = "provisioner", version, after_help = EXAMPLES)]
 pub struct Cli {
     /// The API's base URL.
-    #[arg(long, env = "PROVISIONER_API_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "PROVISIONER_API_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     api: String,
     /// The client id for the API's client-credentials tokens.
     #[arg(long, env = "PROVISIONER_CLIENT_ID")]
@@ -65,9 +69,11 @@ enum Command {
     #[command(subcommand)]
     Template(TemplateCommand),
     /// Create one tenant from a template.
-    #[command(after_help = "Example:\n  provisioner create acme.example.com --template-id ID \\\n      \
+    #[command(
+        after_help = "Example:\n  provisioner create acme.example.com --template-id ID \\\n      \
         --set tenantName='Acme Support' --set firstName=Ada --set lastName=Lovelace \\\n      \
-        --set loginId=admin --set email=ada@acme.example --set password='correct horse battery' --wait")]
+        --set loginId=admin --set email=ada@acme.example --set password='correct horse battery' --wait"
+    )]
     Create {
         /// The new tenant's URL (a host name).
         tenant_url: String,
@@ -94,7 +100,9 @@ enum TemplateCommand {
     /// Build a format-1 template ZIP from a folder of its entries (tenant.json, users.json,
     /// objects.json, access_numbers.json, ...; a missing manifest.json, or its missing fields,
     /// are filled in, `dbVersion` from this build's migrations).
-    #[command(after_help = "Example:\n  provisioner template pack examples/templates/small -o small.zip")]
+    #[command(
+        after_help = "Example:\n  provisioner template pack examples/templates/small -o small.zip"
+    )]
     Pack {
         /// The folder holding the entries.
         dir: PathBuf,
@@ -131,8 +139,10 @@ enum BatchCommand {
     /// or an NDJSON file (.ndjson/.jsonl), by extension; prints the batch id. The options fill
     /// the fields a row lacks. The same file with the same options again reattaches to the
     /// batch it made.
-    #[command(after_help = "Example:\n  provisioner batch submit examples/tenants.csv --template small.zip \\\n      \
-        --set password='correct horse battery staple' --wait")]
+    #[command(
+        after_help = "Example:\n  provisioner batch submit examples/tenants.csv --template small.zip \\\n      \
+        --set password='correct horse battery staple' --wait"
+    )]
     Submit {
         file: PathBuf,
         #[command(flatten)]
@@ -164,7 +174,9 @@ enum BatchCommand {
     },
     /// The items' results: NDJSON as the API gives them, or CSV with the submitted fields
     /// (password left out) then jobId,status,code,error.
-    #[command(after_help = "Example:\n  provisioner batch results ID --status failed --format csv -o failed.csv")]
+    #[command(
+        after_help = "Example:\n  provisioner batch results ID --status failed --format csv -o failed.csv"
+    )]
     Results {
         id: String,
         /// Only items whose newest job has this status (queued, running, succeeded, failed, cancelled).
@@ -243,7 +255,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { Exit::Invalid as u8 } else { 0 });
+            return ExitCode::from(if e.use_stderr() {
+                Exit::Invalid as u8
+            } else {
+                0
+            });
         }
     };
     let out = Output { json: cli.json };
@@ -274,9 +290,18 @@ fn connect(cli: &Cli) -> Result<Api> {
 /// The template option as a field choice; `--template FILE.zip` is stored first.
 async fn template_choice(api: &Api, options: &TemplateOptions) -> Result<Option<TemplateChoice>> {
     Ok(match options {
-        TemplateOptions { template_url: Some(u), .. } => Some(TemplateChoice::Url(u.clone())),
-        TemplateOptions { template_id: Some(i), .. } => Some(TemplateChoice::Id(i.clone())),
-        TemplateOptions { template: Some(file), .. } => {
+        TemplateOptions {
+            template_url: Some(u),
+            ..
+        } => Some(TemplateChoice::Url(u.clone())),
+        TemplateOptions {
+            template_id: Some(i),
+            ..
+        } => Some(TemplateChoice::Id(i.clone())),
+        TemplateOptions {
+            template: Some(file),
+            ..
+        } => {
             // The store checks it as create-from-template would: a bad one is a 400 (exit 4).
             let stored = template::store(api, file, None).await?;
             let id = stored["templateId"].as_str().unwrap_or_default().to_owned();
@@ -289,20 +314,34 @@ async fn template_choice(api: &Api, options: &TemplateOptions) -> Result<Option<
 async fn run(cli: Cli, out: &Output) -> Result<Exit> {
     let api = || connect(&cli);
     match &cli.command {
-        Command::Template(TemplateCommand::Pack { dir, output, db_version }) => {
-            template::pack(dir, output, *db_version, out).map(|()| Exit::Ok)
-        }
+        Command::Template(TemplateCommand::Pack {
+            dir,
+            output,
+            db_version,
+        }) => template::pack(dir, output, *db_version, out).map(|()| Exit::Ok),
         Command::Template(TemplateCommand::Check { file, db_version }) => {
             template::check(file, *db_version, out).map(|()| Exit::Ok)
         }
         Command::Template(TemplateCommand::Upload { file, name }) => {
-            template::upload(&api()?, file, name.as_deref(), out).await.map(|()| Exit::Ok)
+            template::upload(&api()?, file, name.as_deref(), out)
+                .await
+                .map(|()| Exit::Ok)
         }
-        Command::Template(TemplateCommand::List) => template::list(&api()?, out).await.map(|()| Exit::Ok),
-        Command::Create { tenant_url, template, fields, wait } => {
+        Command::Template(TemplateCommand::List) => {
+            template::list(&api()?, out).await.map(|()| Exit::Ok)
+        }
+        Command::Create {
+            tenant_url,
+            template,
+            fields,
+            wait,
+        } => {
             let api = api()?;
             let defaults = Defaults::from_options(&fields.set, None)?;
-            let defaults = Defaults { template: template_choice(&api, template).await?, ..defaults };
+            let defaults = Defaults {
+                template: template_choice(&api, template).await?,
+                ..defaults
+            };
             single::create(&api, tenant_url, &defaults, wait.wanted(), out).await
         }
         Command::Batch(command) => batch_command(&api()?, command, out).await,
@@ -317,15 +356,25 @@ async fn run(cli: Cli, out: &Output) -> Result<Exit> {
 
 async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Result<Exit> {
     match command {
-        BatchCommand::Submit { file, template, fields, wait } => {
+        BatchCommand::Submit {
+            file,
+            template,
+            fields,
+            wait,
+        } => {
             // Options are checked before a template is stored.
             let defaults = Defaults::from_options(&fields.set, None)?;
-            let defaults = Defaults { template: template_choice(api, template).await?, ..defaults };
+            let defaults = Defaults {
+                template: template_choice(api, template).await?,
+                ..defaults
+            };
             let batch = submit::submit(api, file, defaults).await?;
             let id = batch["batchId"].as_str().unwrap_or_default().to_owned();
             match wait.wanted() {
                 None => {
-                    out.show(&batch, |b| b["batchId"].as_str().unwrap_or_default().to_owned());
+                    out.show(&batch, |b| {
+                        b["batchId"].as_str().unwrap_or_default().to_owned()
+                    });
                     Ok(Exit::Ok)
                 }
                 Some(timeout) => {
@@ -338,14 +387,18 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
         }
         BatchCommand::Status { id } => batch::status(api, id, out).await,
         BatchCommand::Wait { id, timeout } => {
-            uuid::Uuid::parse_str(id).map_err(|_| Failure::invalid(format!("`{id}` is not a batch id")))?;
+            uuid::Uuid::parse_str(id)
+                .map_err(|_| Failure::invalid(format!("`{id}` is not a batch id")))?;
             wait::wait(api, wait::Target::Batch(id), *timeout, out).await
         }
         BatchCommand::List => batch::list(api, out).await,
         BatchCommand::Cancel { id } => batch::cancel(api, id, out).await,
         BatchCommand::Retry { id, codes } => batch::retry(api, id, codes, out).await,
-        BatchCommand::Results { id, status, format, output } => {
-            batch::results(api, id, status.as_deref(), *format, output.as_deref()).await
-        }
+        BatchCommand::Results {
+            id,
+            status,
+            format,
+            output,
+        } => batch::results(api, id, status.as_deref(), *format, output.as_deref()).await,
     }
 }

@@ -24,7 +24,11 @@ impl Output {
         self.show(doc, |doc| {
             let status = doc["status"].as_str().unwrap_or("unknown");
             if doc.get("counts").is_some() {
-                format!("{name} {status}: total {}, {}", counts.total, counts.summary())
+                format!(
+                    "{name} {status}: total {}, {}",
+                    counts.total,
+                    counts.summary()
+                )
             } else {
                 job_line(doc)
             }

@@ -89,8 +89,8 @@ pub enum Rows {
 
 impl Rows {
     pub fn open(path: &Path, format: Format) -> Result<Self> {
-        let file = File::open(path)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+        let file =
+            File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
         match format {
             Format::Ndjson => Ok(Self::Ndjson {
                 reader: BufReader::new(file),
@@ -104,7 +104,9 @@ impl Rows {
                     read: Rc::new(Cell::new(0)),
                     floor: floor.clone(),
                 };
-                let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bounded);
+                let mut reader = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .from_reader(bounded);
                 let headers: Vec<String> = reader
                     .headers()
                     .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
@@ -249,7 +251,6 @@ fn check_headers(path: &Path, headers: &[String]) -> Result<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(Failure::invalid(format!("{}: bad header row", path.display()))
-            .with_problems(problems))
+        Err(Failure::invalid(format!("{}: bad header row", path.display())).with_problems(problems))
     }
 }

@@ -32,7 +32,9 @@ pub async fn create(
         problems.insert(0, crate::exit::Problem::new("TENANT_URL", m));
     }
     if !problems.is_empty() {
-        return Err(Failure::invalid("the create is not valid; nothing was sent").with_problems(problems));
+        return Err(
+            Failure::invalid("the create is not valid; nothing was sent").with_problems(problems),
+        );
     }
     let body = Value::Object(body);
     let url = api.url(&format!(

@@ -56,7 +56,11 @@ impl Submission {
 }
 
 fn dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("PROVISIONER_STATE_DIR")
         .or_else(|| var("XDG_STATE_HOME").map(|d| d.join("provisioner")))
         .or_else(|| var("HOME").map(|h| h.join(".local/state/provisioner")))

@@ -50,7 +50,10 @@ fn item_line(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let url = item["tenantUrl"].as_str().unwrap_or_default().to_ascii_lowercase();
+    let url = item["tenantUrl"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let mut line = serde_json::to_vec(&item).expect("a JSON map serializes");
     line.push(b'\n');
     Ok((url, line))
@@ -95,7 +98,10 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
         }
     }
     if lines.is_empty() {
-        return Err(Failure::invalid(format!("{}: the file holds no rows", path.display())));
+        return Err(Failure::invalid(format!(
+            "{}: the file holds no rows",
+            path.display()
+        )));
     }
     if bad_rows > 0 {
         return Err(Failure::invalid(format!(
@@ -126,7 +132,10 @@ fn produce(
         let mut rows = Rows::open(&path, format).map_err(|e| std::io::Error::other(e.message))?;
         let mut digest = Sha256::new();
         let mut chunk = Vec::with_capacity(CHUNK + 1024);
-        while let Some(row) = rows.next_row().map_err(|e| std::io::Error::other(e.message))? {
+        while let Some(row) = rows
+            .next_row()
+            .map_err(|e| std::io::Error::other(e.message))?
+        {
             let (_, line) = item_line(row.fields, &defaults).map_err(|_| changed())?;
             digest.update(&line);
             chunk.extend_from_slice(&line);
@@ -149,7 +158,8 @@ fn produce(
 
 /// The SHA-256 of a file's bytes, as hex.
 fn file_sha256(path: &Path) -> Result<String> {
-    let mut file = File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    let mut file =
+        File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
     let mut digest = Sha256::new();
     let mut buf = vec![0; 64 << 10];
     loop {
@@ -194,7 +204,8 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
         .body(reqwest::Body::wrap_stream(body));
     let response = api.send_once(request).await.map_err(|mut e| {
         if e.exit == Exit::Unreachable {
-            e.message.push_str("; run the same command again to reattach");
+            e.message
+                .push_str("; run the same command again to reattach");
         }
         e
     })?;
@@ -223,5 +234,8 @@ pub fn resubmitted_rows(submission: &state::Submission) -> Option<(Rows, Default
         return None;
     }
     let format = Format::of(&submission.file).ok()?;
-    Some((Rows::open(&submission.file, format).ok()?, submission.defaults()))
+    Some((
+        Rows::open(&submission.file, format).ok()?,
+        submission.defaults(),
+    ))
 }

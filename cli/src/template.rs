@@ -10,8 +10,8 @@ use std::{
 
 use chrono::Utc;
 use provisioner_shared::template::{
-    self as format, AccessNumberEntry, AuditEntry, CallingListEntry, Limits, Manifest,
-    ObjectEntry, Template, TemplateError, TenantEntry, UserEntry,
+    self as format, AccessNumberEntry, AuditEntry, CallingListEntry, Limits, Manifest, ObjectEntry,
+    Template, TemplateError, TenantEntry, UserEntry,
 };
 use reqwest::Method;
 use serde::de::DeserializeOwned;
@@ -37,7 +37,8 @@ const MAX_TEMPLATE_FILE: u64 = 256 << 20;
 
 /// The bytes of a template file, bounded.
 pub fn read_zip(path: &Path) -> Result<Vec<u8>> {
-    let file = fs::File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    let file =
+        fs::File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
     let mut bytes = Vec::new();
     file.take(MAX_TEMPLATE_FILE + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_TEMPLATE_FILE {
@@ -86,7 +87,12 @@ fn entry<T: DeserializeOwned>(dir: &Path, name: &str, problems: &mut Vec<Problem
 
 /// The folder's manifest, with what it leaves out filled in: the format, the `dbVersion` of
 /// this build (or `--db-version`), the time of packing and the source tenant.
-fn manifest(dir: &Path, tenant: &TenantEntry, db_version: i64, problems: &mut Vec<Problem>) -> Option<Manifest> {
+fn manifest(
+    dir: &Path,
+    tenant: &TenantEntry,
+    db_version: i64,
+    problems: &mut Vec<Problem>,
+) -> Option<Manifest> {
     let path = dir.join(format::MANIFEST);
     let mut doc = match fs::read(&path) {
         Ok(text) => match serde_json::from_slice::<Value>(&text) {
@@ -107,7 +113,8 @@ fn manifest(dir: &Path, tenant: &TenantEntry, db_version: i64, problems: &mut Ve
         }
     };
     doc.entry("format").or_insert(json!(format::FORMAT));
-    doc.entry("formatVersion").or_insert(json!(format::FORMAT_VERSION));
+    doc.entry("formatVersion")
+        .or_insert(json!(format::FORMAT_VERSION));
     doc.entry("dbVersion").or_insert(json!(db_version));
     doc.entry("exportedAt").or_insert(json!(Utc::now()));
     doc.entry("source").or_insert(json!({
@@ -121,7 +128,10 @@ fn manifest(dir: &Path, tenant: &TenantEntry, db_version: i64, problems: &mut Ve
 /// `template pack DIR -o FILE.zip`.
 pub fn pack(dir: &Path, out_path: &Path, db_version: Option<i64>, out: &Output) -> Result<()> {
     if !dir.is_dir() {
-        return Err(Failure::invalid(format!("{} is not a folder", dir.display())));
+        return Err(Failure::invalid(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
     }
     let mut problems = Vec::new();
     let tenant_path = dir.join(format::TENANT);
@@ -139,17 +149,37 @@ pub fn pack(dir: &Path, out_path: &Path, db_version: Option<i64>, out: &Output) 
     let manifest = tenant
         .as_ref()
         .and_then(|t| manifest(dir, t, db_version.unwrap_or(DB_VERSION), &mut problems));
-    let (Some(manifest), Some(tenant), Some(users), Some(objects), Some(access_numbers), Some(calling_lists), Some(audit)) =
-        (manifest, tenant, users, objects, numbers, lists, audit)
+    let (
+        Some(manifest),
+        Some(tenant),
+        Some(users),
+        Some(objects),
+        Some(access_numbers),
+        Some(calling_lists),
+        Some(audit),
+    ) = (manifest, tenant, users, objects, numbers, lists, audit)
     else {
-        return Err(Failure::invalid(format!("{}: the template's entries are not valid", dir.display()))
-            .with_problems(problems));
+        return Err(Failure::invalid(format!(
+            "{}: the template's entries are not valid",
+            dir.display()
+        ))
+        .with_problems(problems));
     };
-    let template = Template { manifest, tenant, users, objects, access_numbers, calling_lists, audit };
+    let template = Template {
+        manifest,
+        tenant,
+        users,
+        objects,
+        access_numbers,
+        calling_lists,
+        audit,
+    };
     let bytes = template.write();
     let checked = Template::read(&bytes, &Limits::default(), template.manifest.db_version)
-        .map_err(|e| Failure::invalid(format!("{}: the template would be refused", dir.display()))
-            .with_problems(vec![Problem::new("", e.to_string())]))?;
+        .map_err(|e| {
+            Failure::invalid(format!("{}: the template would be refused", dir.display()))
+                .with_problems(vec![Problem::new("", e.to_string())])
+        })?;
     write_atomically(out_path, &bytes)?;
     let doc = json!({
         "file": out_path.display().to_string(),
@@ -159,7 +189,13 @@ pub fn pack(dir: &Path, out_path: &Path, db_version: Option<i64>, out: &Output) 
         "counts": counts(&checked),
     });
     out.show(&doc, |d| {
-        format!("{} ({} bytes, dbVersion {}, templateId {})", d["file"].as_str().unwrap_or_default(), d["bytes"], d["dbVersion"], d["templateId"].as_str().unwrap_or_default())
+        format!(
+            "{} ({} bytes, dbVersion {}, templateId {})",
+            d["file"].as_str().unwrap_or_default(),
+            d["bytes"],
+            d["dbVersion"],
+            d["templateId"].as_str().unwrap_or_default()
+        )
     });
     Ok(())
 }
@@ -186,7 +222,9 @@ pub fn check(path: &Path, db_version: Option<i64>, out: &Output) -> Result<()> {
         }
         // A template of another database version: its content is checked too, as its own.
         Err(TemplateError::Incompatible("dbVersion", found, _)) => {
-            let mut faults = vec![format!("the manifest's dbVersion is {found}; the server accepts {wanted}")];
+            let mut faults = vec![format!(
+                "the manifest's dbVersion is {found}; the server accepts {wanted}"
+            )];
             if let Ok(found) = found.parse::<i64>() {
                 if let Err(e) = Template::read_for_create(&bytes, &limits, found) {
                     faults.push(e.to_string());
@@ -197,8 +235,11 @@ pub fn check(path: &Path, db_version: Option<i64>, out: &Output) -> Result<()> {
         Err(e) => vec![e.to_string()],
     };
     let problems = faults.into_iter().map(|f| Problem::new("", f)).collect();
-    Err(Failure::invalid(format!("{}: the template would be refused (code 400)", path.display()))
-        .with_problems(problems))
+    Err(Failure::invalid(format!(
+        "{}: the template would be refused (code 400)",
+        path.display()
+    ))
+    .with_problems(problems))
 }
 
 /// Stores a template file; the store's answer (`templateId`, `name`, ...).
@@ -221,7 +262,9 @@ pub async fn store(api: &Api, path: &Path, name: Option<&str>) -> Result<Value> 
 /// `template upload FILE.zip [--name L]`: prints the id.
 pub async fn upload(api: &Api, path: &Path, name: Option<&str>, out: &Output) -> Result<()> {
     let template = store(api, path, name).await?;
-    out.show(&template, |t| t["templateId"].as_str().unwrap_or_default().to_owned());
+    out.show(&template, |t| {
+        t["templateId"].as_str().unwrap_or_default().to_owned()
+    });
     Ok(())
 }
 
@@ -244,4 +287,3 @@ pub async fn list(api: &Api, out: &Output) -> Result<()> {
     }
     Ok(())
 }
-

@@ -17,7 +17,11 @@ use crate::{
 
 /// How long one long-poll may hold: short on a terminal, so the bar moves.
 fn poll_seconds() -> u64 {
-    if std::io::stderr().is_terminal() { 1 } else { 2 }
+    if std::io::stderr().is_terminal() {
+        1
+    } else {
+        2
+    }
 }
 
 /// What is being waited for.
@@ -90,7 +94,12 @@ impl Target<'_> {
 }
 
 /// Waits for `target` at most `timeout` seconds (forever without one).
-pub async fn wait(api: &Api, target: Target<'_>, timeout: Option<u64>, out: &Output) -> Result<Exit> {
+pub async fn wait(
+    api: &Api,
+    target: Target<'_>,
+    timeout: Option<u64>,
+    out: &Output,
+) -> Result<Exit> {
     let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
     let mut progress = Progress::new(target.name(), out.json);
     let interrupt = tokio::signal::ctrl_c();

@@ -138,7 +138,10 @@ impl Cli {
 
     pub fn assert_no_secret(&self, text: &str) {
         for secret in &self.secrets {
-            assert!(!text.contains(secret.as_str()), "a secret was printed: {text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret was printed: {text}"
+            );
         }
     }
 }

@@ -3,8 +3,8 @@
 
 pub mod batches;
 pub mod broker;
-pub mod cli;
 mod cleanup;
+pub mod cli;
 pub mod events;
 pub mod fixtures;
 pub mod process;
