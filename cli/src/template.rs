@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use provisioner_shared::template::{
     self as format, AccessNumberEntry, AuditEntry, CallingListEntry, Limits, Manifest, ObjectEntry,
     Template, TemplateError, TenantEntry, UserEntry,
@@ -116,13 +116,33 @@ fn manifest(
     doc.entry("formatVersion")
         .or_insert(json!(format::FORMAT_VERSION));
     doc.entry("dbVersion").or_insert(json!(db_version));
-    doc.entry("exportedAt").or_insert(json!(Utc::now()));
+    doc.entry("exportedAt").or_insert(json!(newest_change(dir)));
     doc.entry("source").or_insert(json!({
         "tenantId": tenant.id, "tenantUrl": tenant.url, "tenantName": tenant.name
     }));
     serde_json::from_value(Value::Object(doc))
         .map_err(|e| problems.push(Problem::new(format::MANIFEST, e.to_string())))
         .ok()
+}
+
+/// When the folder's entries last changed (to the second; now if unknown): the default
+/// `exportedAt`, so packing the same folder again gives the same bytes and the same template id
+/// (and a batch submitted with it again reattaches).
+fn newest_change(dir: &Path) -> DateTime<Utc> {
+    let newest = [
+        format::MANIFEST,
+        format::TENANT,
+        format::USERS,
+        format::OBJECTS,
+        format::ACCESS_NUMBERS,
+        format::CALLING_LISTS,
+        format::AUDIT,
+    ]
+    .iter()
+    .filter_map(|name| fs::metadata(dir.join(name)).ok()?.modified().ok())
+    .max();
+    let at = newest.map_or_else(Utc::now, DateTime::<Utc>::from);
+    DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
 }
 
 /// `template pack DIR -o FILE.zip`.

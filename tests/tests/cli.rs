@@ -910,18 +910,19 @@ async fn the_readme_quick_start_runs_as_written() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail"])
-        .arg(&script)
-        .current_dir(&scratch.0)
-        .env("PATH", path)
-        .env("PROVISIONER_API_URL", format!("http://{}", app.addr))
-        .env("PROVISIONER_STATE_DIR", scratch.path("state"))
-        .env_remove("PROVISIONER_CLIENT_ID")
-        .env_remove("PROVISIONER_CLIENT_SECRET")
-        .output()
-        .await
-        .unwrap();
+    let run = || {
+        tokio::process::Command::new("bash")
+            .args(["-euo", "pipefail"])
+            .arg(&script)
+            .current_dir(&scratch.0)
+            .env("PATH", &path)
+            .env("PROVISIONER_API_URL", format!("http://{}", app.addr))
+            .env("PROVISIONER_STATE_DIR", scratch.path("state"))
+            .env_remove("PROVISIONER_CLIENT_ID")
+            .env_remove("PROVISIONER_CLIENT_SECRET")
+            .output()
+    };
+    let out = run().await.unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -940,5 +941,9 @@ async fn the_readme_quick_start_runs_as_written() {
         "{stdout}"
     );
     assert!(!stdout.contains(&secret) && !stderr.contains(&secret));
+    // Run again, it packs the same bytes and reattaches to its batch: nothing new, still 0.
+    let again = run().await.unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(batch_count(&app).await, 1);
     app.stop().await;
 }
