@@ -5,6 +5,7 @@
 mod api;
 mod batch;
 mod exit;
+mod faults;
 mod fields;
 mod output;
 mod progress;

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     api::{Api, success_json},
     exit::{Failure, Problem, Result},
+    faults,
     output::Output,
 };
 
@@ -195,11 +196,15 @@ pub fn pack(dir: &Path, out_path: &Path, db_version: Option<i64>, out: &Output) 
         audit,
     };
     let bytes = template.write();
-    let checked = Template::read(&bytes, &Limits::default(), template.manifest.db_version)
-        .map_err(|e| {
-            Failure::invalid(format!("{}: the template would be refused", dir.display()))
-                .with_problems(vec![Problem::new("", e.to_string())])
-        })?;
+    let version = template.manifest.db_version;
+    let checked = Template::read(&bytes, &Limits::default(), version).map_err(|e| {
+        let problems = faults::more(&bytes, version, vec![e.to_string()])
+            .into_iter()
+            .map(|f| Problem::new("", f))
+            .collect();
+        Failure::invalid(format!("{}: the template would be refused", dir.display()))
+            .with_problems(problems)
+    })?;
     write_atomically(out_path, &bytes)?;
     let doc = json!({
         "file": out_path.display().to_string(),
@@ -242,17 +247,16 @@ pub fn check(path: &Path, db_version: Option<i64>, out: &Output) -> Result<()> {
         }
         // A template of another database version: its content is checked too, as its own.
         Err(TemplateError::Incompatible("dbVersion", found, _)) => {
-            let mut faults = vec![format!(
-                "the manifest's dbVersion is {found}; the server accepts {wanted}"
-            )];
-            if let Ok(found) = found.parse::<i64>() {
-                if let Err(e) = Template::read_for_create(&bytes, &limits, found) {
-                    faults.push(e.to_string());
-                }
+            let fault = format!("the manifest's dbVersion is {found}; the server accepts {wanted}");
+            match found.parse::<i64>() {
+                Ok(found) => match Template::read_for_create(&bytes, &limits, found) {
+                    Ok(_) => vec![fault],
+                    Err(e) => faults::more(&bytes, found, vec![fault, e.to_string()]),
+                },
+                Err(_) => vec![fault],
             }
-            faults
         }
-        Err(e) => vec![e.to_string()],
+        Err(e) => faults::more(&bytes, wanted, vec![e.to_string()]),
     };
     let problems = faults.into_iter().map(|f| Problem::new("", f)).collect();
     Err(Failure::invalid(format!(

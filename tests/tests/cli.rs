@@ -118,6 +118,26 @@ async fn examples_pack_check_and_upload_with_the_servers_db_version() {
     cli.run(&["template", "upload", junk.to_str().unwrap()])
         .await
         .expect(4);
+    // Faults in two parts of one template: both are printed.
+    let mut faulty = fixtures::sample_template(app.db_version().await);
+    faulty.users[1].email = "not-an-address".into();
+    faulty.access_numbers[0].number = "99999".into();
+    faulty.access_numbers[0].count = 10;
+    let faulty_zip = scratch.path("faulty.zip");
+    std::fs::write(&faulty_zip, faulty.write()).unwrap();
+    let out = cli
+        .run(&["template", "check", faulty_zip.to_str().unwrap()])
+        .await
+        .expect(4);
+    assert!(
+        out.stderr
+            .contains("users[1].email must be a valid e-mail address")
+            && out
+                .stderr
+                .contains("range 99999 x 10 runs past its digit length"),
+        "{}",
+        out.stderr
+    );
     let broken = scratch.path("broken");
     std::fs::create_dir(&broken).unwrap();
     for entry in ["tenant.json", "objects.json", "access_numbers.json"] {
