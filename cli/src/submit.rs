@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    hash::{Hash, Hasher},
     fs::File,
     io::Read,
     path::{Path, PathBuf},
@@ -59,10 +60,17 @@ fn item_line(
     Ok((url, line))
 }
 
+fn url_key(url: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    url.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Reads the whole file once: checks every row, hashes the body it makes.
 fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared> {
     let mut rows = Rows::open(path, format)?;
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    // Tenant URLs by a 64-bit hash (16 bytes a row, whatever the URL's length).
+    let mut seen: HashMap<u64, u64> = HashMap::new();
     let mut lines = Vec::new();
     let mut problems = Vec::new();
     let mut bad_rows = 0u64;
@@ -77,7 +85,7 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
         let mut row_problems = match item_line(row.fields, defaults) {
             Ok((url, line)) => {
                 digest.update(&line);
-                match seen.insert(url, row.line) {
+                match seen.insert(url_key(&url), row.line) {
                     Some(first) => vec![Problem::new(
                         "tenantUrl",
                         format!("is the same as line {first}'s; tenant URLs must be distinct"),

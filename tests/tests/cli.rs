@@ -967,3 +967,70 @@ async fn the_readme_quick_start_runs_as_written() {
     assert_eq!(batch_count(&app).await, 1);
     app.stop().await;
 }
+
+/// The peak resident memory (`VmHWM`, KiB) a running child reached, read until it exits.
+async fn peak_kib(child: &tokio::process::Child) -> u64 {
+    let status = format!("/proc/{}/status", child.id().unwrap());
+    let mut peak = 0;
+    while let Ok(text) = std::fs::read_to_string(&status) {
+        if let Some(kib) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        {
+            peak = kib;
+        }
+        if text.contains("State:\tZ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    peak
+}
+
+#[tokio::test]
+async fn a_file_of_100000_rows_is_checked_without_being_held_in_memory() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    // About 65 MiB of rows, the last one bad: every row is read, nothing is sent.
+    let path = scratch.path("big.csv");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        writeln!(
+            file,
+            "tenantUrl,tenantName,firstName,lastName,loginId,email"
+        )
+        .unwrap();
+        let pad = "x".repeat(200);
+        for i in 0..100_000 {
+            writeln!(file, "t{i}.example.com,Tenant {i} {pad},Ada {pad},Lovelace {pad},admin,ada@t{i}.example.com").unwrap();
+        }
+        writeln!(file, "bad_url,T,A,B,admin,a@b.example").unwrap();
+    }
+    let set = format!("password={PASSWORD}");
+    let args = [
+        "batch",
+        "submit",
+        path.to_str().unwrap(),
+        "--template-url",
+        "https://templates.example/t.zip",
+        "--set",
+        &set,
+    ];
+    let child = cli.command(&args).spawn().unwrap();
+    let peak = peak_kib(&child).await;
+    let out = cli.finish(child, &args).await.expect(4);
+    assert!(
+        out.stderr.contains("line 100002: tenantUrl:") && out.stderr.contains("1 of 100001 rows"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        peak > 0 && peak < 32 * 1024,
+        "peak {peak} KiB for a 65 MiB file"
+    );
+    assert_eq!(batch_count(&app).await, 0);
+    app.stop().await;
+}
