@@ -6,8 +6,8 @@
 
 use std::{
     collections::HashMap,
-    hash::{Hash, Hasher},
     fs::File,
+    hash::{Hash, Hasher},
     io::Read,
     path::{Path, PathBuf},
 };
@@ -34,7 +34,6 @@ const CHUNK: usize = 64 << 10;
 
 /// What the first reading learned.
 struct Prepared {
-    items: u64,
     /// The file line of each item, by position (to map the API's item errors back).
     lines: Vec<u64>,
     body_sha256: [u8; 32],
@@ -120,7 +119,6 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
         .with_problems(problems));
     }
     Ok(Prepared {
-        items: lines.len() as u64,
         lines,
         body_sha256: digest.finalize().into(),
     })
@@ -229,7 +227,6 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
     }
     let batch: Value = success_json(response).await?;
     let id = batch["batchId"].as_str().unwrap_or_default().to_owned();
-    let _ = prepared.items;
     state::remember(&id, &state::Submission::new(path, file_sha, &defaults));
     Ok(batch)
 }
