@@ -73,6 +73,13 @@ impl Defaults {
                 problems.push(Problem::new(field, "is set twice"));
             }
         }
+        // The administrators' password may come from the environment, off the command line.
+        if let Some(password) = std::env::var("PROVISIONER_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())
+        {
+            fields.entry("password").or_insert(Value::String(password));
+        }
         if problems.is_empty() {
             Ok(Self {
                 set: fields,

@@ -101,7 +101,7 @@ impl Cli {
         command
             .args(args)
             .current_dir(repo())
-            .env_remove("PROVISIONER_API_URL")
+            .env_remove("PROVISIONER_PASSWORD")
             .env("PROVISIONER_API_URL", &self.api)
             .env("PROVISIONER_CLIENT_ID", &self.client_id)
             .env("PROVISIONER_CLIENT_SECRET", &self.client_secret)

@@ -466,21 +466,26 @@ async fn failed_items_exit_1_and_their_csv_results_can_be_fixed_and_retried() {
         .await;
     let extra = format!("{taken},Taken,Ada,Lovelace,admin,ada@{taken}\n");
     let file = scratch.write("t.csv", &csv_rows(2, &extra));
-    let set = format!("password={PASSWORD}");
-    let out = cli
-        .run(&[
-            "batch",
-            "submit",
-            file.to_str().unwrap(),
-            "--template-url",
-            &template,
-            "--set",
-            &set,
-            "--wait",
-        ])
-        .await
-        .expect(1);
+    // The password from the environment, off the command line.
+    let args = [
+        "batch",
+        "submit",
+        file.to_str().unwrap(),
+        "--template-url",
+        &template,
+        "--wait",
+    ];
+    let mut command = cli.command(&args);
+    command.env("PROVISIONER_PASSWORD", PASSWORD);
+    let out = cli.finish(command.spawn().unwrap(), &args).await.expect(1);
     let id = out.stdout.lines().next().unwrap().to_owned();
+    // What the program remembers of the submission holds no password.
+    let record = cli.state.path(&format!("batches/{id}.json"));
+    let record = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        record.contains("t.csv") && !record.contains(PASSWORD),
+        "{record}"
+    );
     assert!(
         out.stdout.contains("failed 1") && out.stdout.contains("succeeded 2"),
         "{}",
