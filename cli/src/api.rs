@@ -210,6 +210,22 @@ impl Api {
         request.bearer_auth(token).send().await.map_err(unreachable)
     }
 
+    /// An `Idempotency-Key` for a body with SHA-256 `digest`: keyed with the client secret
+    /// (HMAC-SHA256), so the key, which the API keeps as it is, says nothing about the body
+    /// (its passwords) to anyone without the secret.
+    pub fn idempotency_key(&self, digest: &[u8; 32]) -> String {
+        use hmac::{Hmac, Mac};
+        let secret = self
+            .credentials
+            .as_ref()
+            .map_or(&[][..], |c| c.secret.as_bytes());
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(digest);
+        let tag = mac.finalize().into_bytes();
+        format!("provisioner-cli-{}", crate::template::hex(&tag))
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

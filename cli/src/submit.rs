@@ -1,8 +1,9 @@
 //! `batch submit FILE`: every row is read, filled from the options and checked before anything
 //! is sent (bad rows are reported by file line, exit 4); then the rows are streamed to
-//! `POST /configapi/v2/batches` as NDJSON, a chunk at a time, under an `Idempotency-Key` that is
-//! the SHA-256 of the body: the same file with the same options names the same batch, so running
-//! the command again after Ctrl-C or a lost connection reattaches to it.
+//! `POST /configapi/v2/batches` as NDJSON, a chunk at a time, under an `Idempotency-Key` derived
+//! from the body (its SHA-256, keyed with the client secret): the same file with the same options
+//! names the same batch, so running the command again after Ctrl-C or a lost connection
+//! reattaches to it.
 
 use std::{
     collections::HashMap,
@@ -192,7 +193,7 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
         .map_err(|e| Failure::invalid(e.to_string()))?
     };
     let (prepared, file_sha) = prepared?;
-    let key = format!("provisioner-cli-{}", hex(&prepared.body_sha256));
+    let key = api.idempotency_key(&prepared.body_sha256);
     let (tx, rx) = mpsc::channel(4);
     {
         let (path, defaults) = (path.clone(), defaults.clone());
