@@ -96,6 +96,7 @@ pub(crate) enum TemplateCommand {
     /// Run the server's checks on a template offline; exit 0, or 4 with every fault found.
     #[command(after_help = "Example:\n  provisioner template check small.zip")]
     Check {
+        /// The template ZIP.
         file: PathBuf,
         /// The dbVersion to check against (default: the newest migration of this build).
         #[arg(long)]
@@ -104,12 +105,14 @@ pub(crate) enum TemplateCommand {
     /// Store a template ZIP in the API's template store; prints its id.
     #[command(after_help = "Example:\n  provisioner template upload small.zip --name small")]
     Upload {
+        /// The template ZIP.
         file: PathBuf,
         /// A label for the template.
         #[arg(long)]
         name: Option<String>,
     },
-    /// List the stored templates.
+    /// List the stored templates (id, name, bytes, dbVersion, when stored).
+    #[command(after_help = "Example:\n  provisioner template list --json")]
     List,
 }
 
@@ -124,6 +127,7 @@ pub(crate) enum BatchCommand {
         --set password='correct horse battery staple' --wait"
     )]
     Submit {
+        /// The rows: a .csv, .ndjson or .jsonl file.
         file: PathBuf,
         #[command(flatten)]
         template: TemplateOptions,
@@ -133,20 +137,42 @@ pub(crate) enum BatchCommand {
         wait: WaitOptions,
     },
     /// Show a batch and its counts.
-    Status { id: String },
-    /// Wait until a batch stops running, with a progress display.
+    #[command(
+        after_help = "Example:\n  provisioner batch status 01a238af-1228-7221-9a9e-808335bcd085"
+    )]
+    Status {
+        /// The batch id.
+        id: String,
+    },
+    /// Wait until a batch stops running, with a progress display; exit 0 all succeeded, 1 some
+    /// failed, 2 cancelled, 3 the wait ran out.
+    #[command(
+        after_help = "Example:\n  provisioner batch wait 01a238af-1228-7221-9a9e-808335bcd085 --timeout 600"
+    )]
     Wait {
+        /// The batch id.
         id: String,
         /// Give up waiting after S seconds (exit 3; the batch goes on).
         #[arg(long, value_name = "S")]
         timeout: Option<u64>,
     },
     /// List your batches, newest first.
+    #[command(after_help = "Example:\n  provisioner batch list")]
     List,
     /// Cancel a batch's queued items (running ones finish).
-    Cancel { id: String },
+    #[command(
+        after_help = "Example:\n  provisioner batch cancel 01a238af-1228-7221-9a9e-808335bcd085"
+    )]
+    Cancel {
+        /// The batch id.
+        id: String,
+    },
     /// Give every failed item a new job (only those that failed with one of the codes, if given).
+    #[command(
+        after_help = "Example:\n  provisioner batch retry 01a238af-1228-7221-9a9e-808335bcd085 --code 503 --code 500"
+    )]
     Retry {
+        /// The batch id.
         id: String,
         /// A job code to retry (repeatable), e.g. --code 503.
         #[arg(long = "code", value_name = "C")]
@@ -158,10 +184,12 @@ pub(crate) enum BatchCommand {
         after_help = "Example:\n  provisioner batch results ID --status failed --format csv -o failed.csv"
     )]
     Results {
+        /// The batch id.
         id: String,
         /// Only items whose newest job has this status (queued, running, succeeded, failed, cancelled).
         #[arg(long)]
         status: Option<String>,
+        /// The output's format.
         #[arg(long, value_enum, default_value = "ndjson")]
         format: batch::ResultsFormat,
         /// Write to this file instead of stdout.
@@ -173,22 +201,42 @@ pub(crate) enum BatchCommand {
 #[derive(Debug, Subcommand)]
 pub(crate) enum JobCommand {
     /// Show a job.
-    Get { id: String },
-    /// Wait until a job ends.
+    #[command(
+        after_help = "Example:\n  provisioner job get 01a238af-26c6-777c-8ab1-075c5147b303 --json"
+    )]
+    Get {
+        /// The job id.
+        id: String,
+    },
+    /// Wait until a job ends; exit 0 succeeded, 1 failed, 2 cancelled, 3 the wait ran out.
+    #[command(
+        after_help = "Example:\n  provisioner job wait 01a238af-26c6-777c-8ab1-075c5147b303 --timeout 120"
+    )]
     Wait {
+        /// The job id.
         id: String,
         /// Give up waiting after S seconds (exit 3; the job goes on).
         #[arg(long, value_name = "S")]
         timeout: Option<u64>,
     },
-    /// Cancel a queued job.
-    Cancel { id: String },
+    /// Cancel a queued job (a running or ended one is refused: exit 1).
+    #[command(
+        after_help = "Example:\n  provisioner job cancel 01a238af-26c6-777c-8ab1-075c5147b303"
+    )]
+    Cancel {
+        /// The job id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TenantCommand {
-    /// Show a tenant.
-    Get { url: String },
+    /// Show a tenant (id, name, SIP domain, status, when created).
+    #[command(after_help = "Example:\n  provisioner tenant get acme.example.com")]
+    Get {
+        /// The tenant's URL.
+        url: String,
+    },
 }
 
 /// Where the template comes from (at most one; a row's own choice wins).

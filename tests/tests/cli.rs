@@ -376,6 +376,20 @@ async fn bad_rows_are_reported_by_file_line_and_nothing_is_submitted() {
         );
     }
     assert_eq!(batch_count(&app).await, 0);
+    // Every command explains itself with an example; help is not an error.
+    for command in [
+        &["batch", "submit"][..],
+        &["template", "pack"],
+        &["job", "wait"],
+        &["create"],
+    ] {
+        let help = cli.run(&[command, &["--help"]].concat()).await.expect(0);
+        assert!(
+            help.stdout.contains("Example"),
+            "{command:?}: {}",
+            help.stdout
+        );
+    }
     // Options and usage errors are 4 too.
     cli.run(&[
         "batch",
