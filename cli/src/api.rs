@@ -17,6 +17,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const BUSY_RETRIES: u32 = 5;
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Most items a listing shows.
+const MAX_LISTED: usize = 10_000;
 /// Largest error body read.
 const MAX_ERROR_BODY: usize = 256 << 10;
 
@@ -254,7 +256,8 @@ impl Api {
         self.call(Method::GET, path, None).await
     }
 
-    /// Every item of a paged listing (`{"items", "nextCursor"}`), following the cursor.
+    /// The items of a paged listing (`{"items", "nextCursor"}`), following the cursor, at most
+    /// `MAX_LISTED` of them.
     pub async fn list_all(&self, path: &str) -> Result<Vec<Value>> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
@@ -267,6 +270,11 @@ impl Api {
             let page: Value = self.get(&url[url::Position::BeforePath..]).await?;
             if let Some(list) = page["items"].as_array() {
                 items.extend(list.iter().cloned());
+            }
+            if items.len() >= MAX_LISTED {
+                items.truncate(MAX_LISTED);
+                eprintln!("showing the newest {MAX_LISTED} only");
+                return Ok(items);
             }
             match page["nextCursor"].as_str() {
                 Some(next) if !next.is_empty() => cursor = Some(next.to_owned()),
