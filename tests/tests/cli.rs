@@ -671,6 +671,68 @@ async fn a_create_waits_for_its_job_and_a_taken_url_exits_1() {
     cli.run(&["tenant", "get", "no-such.example.com"])
         .await
         .expect(4);
+
+    // A create from a template file (stored first), then an NDJSON batch naming it by id.
+    let scratch = Scratch::new();
+    let zip = small_zip(&cli, &scratch).await;
+    let url = fixtures::tenant_url();
+    let mut from_file = vec![
+        "--json",
+        "create",
+        url.as_str(),
+        "--template",
+        &zip,
+        "--wait",
+    ];
+    for f in [
+        "tenantName=Acme",
+        "firstName=Ada",
+        "lastName=Lovelace",
+        "loginId=admin",
+        "email=ada@acme.example",
+    ] {
+        from_file.extend(["--set", f]);
+    }
+    let mut command = cli.command(&from_file);
+    command.env("PROVISIONER_PASSWORD", PASSWORD);
+    let done = cli
+        .finish(command.spawn().unwrap(), &from_file)
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let template_id = cli
+        .run(&["template", "upload", &zip])
+        .await
+        .expect(0)
+        .stdout
+        .trim()
+        .to_owned();
+    let rows: String = (0..2)
+        .map(|_| {
+            let url = fixtures::tenant_url();
+            format!(
+                "{}\n",
+                json!({"tenantUrl": url, "tenantName": "N", "firstName": "A", "lastName": "B",
+                       "loginId": "admin", "email": format!("a@{url}"), "password": PASSWORD,
+                       "numberMap": {"0000000000": "7000000000"}})
+            )
+        })
+        .collect();
+    // Both rows map the same range: the second tenant's is skipped, not failed.
+    let file = scratch.write("t.jsonl", &rows);
+    let out = cli
+        .run(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-id",
+            &template_id,
+            "--wait",
+        ])
+        .await
+        .expect(0);
+    assert!(out.stdout.contains("succeeded 2"), "{}", out.stdout);
     app.stop().await;
 }
 
