@@ -254,3 +254,108 @@ fn check_headers(path: &Path, headers: &[String]) -> Result<()> {
         Err(Failure::invalid(format!("{}: bad header row", path.display())).with_problems(problems))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file in a folder of its own, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn file(name: &str, text: &[u8]) -> TempFile {
+        let dir = std::env::temp_dir().join(format!("provisioner-rows-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    type Fields = std::result::Result<Map<String, Value>, Problem>;
+
+    fn all(path: &Path) -> Vec<(u64, Fields)> {
+        let mut rows = Rows::open(path, Format::of(path).unwrap()).unwrap();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next_row().unwrap() {
+            out.push((row.line, row.fields));
+        }
+        out
+    }
+
+    #[test]
+    fn an_overlong_ndjson_line_is_one_bad_row_and_the_next_keeps_its_number() {
+        let long = format!(
+            "{{\"tenantUrl\": \"{}\"}}\n",
+            "a".repeat(MAX_ROW_BYTES as usize)
+        );
+        let text = format!(
+            "{{\"tenantUrl\": \"a.example\"}}\n\n{long}[1]\n{{\"tenantUrl\": \"b.example\"}}\n"
+        );
+        let rows = all(&file("t.ndjson", text.as_bytes()));
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [1, 3, 4, 5]);
+        assert!(rows[1].1.as_ref().unwrap_err().message.contains("at most"));
+        assert!(
+            rows[2]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("JSON object")
+        );
+        assert_eq!(rows[3].1.as_ref().unwrap()["tenantUrl"], "b.example");
+    }
+
+    #[test]
+    fn a_csv_row_is_numbered_by_its_first_line_and_empty_cells_are_absent() {
+        let text = "tenantUrl,tenantName,numberMap\na.example,\"Two\nlines\",\nb.example,B,1:2;3:4\nc.example\n";
+        let rows = all(&file("t.csv", text.as_bytes()));
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [2, 4, 5]);
+        let first = rows[0].1.as_ref().unwrap();
+        assert_eq!(first["tenantName"], "Two\nlines");
+        assert!(!first.contains_key("numberMap"));
+        assert_eq!(rows[1].1.as_ref().unwrap()["numberMap"]["3"], "4");
+        assert!(rows[2].1.as_ref().unwrap_err().message.contains("cells"));
+    }
+
+    #[test]
+    fn a_csv_header_must_name_known_distinct_fields_and_tenant_url() {
+        let path = file("t.csv", b"tenantName,colour,tenantName\nx,y,z\n");
+        let Err(failure) = Rows::open(&path, Format::Csv) else {
+            panic!("a bad header is refused");
+        };
+        let fields: Vec<&str> = failure.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["colour", "tenantName", "tenantUrl"]);
+    }
+
+    #[test]
+    fn an_endless_csv_record_is_refused_without_being_held() {
+        let mut text = b"tenantUrl\n\"".to_vec();
+        text.extend(std::iter::repeat_n(b'a', 4 * MAX_ROW_BYTES as usize));
+        let path = file("t.csv", &text);
+        let mut rows = Rows::open(&path, Format::Csv).unwrap();
+        let Err(failure) = rows.next_row() else {
+            panic!("an endless record is refused");
+        };
+        assert!(
+            failure.message.contains("longer than"),
+            "{}",
+            failure.message
+        );
+    }
+}
