@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod broker;
 mod cleanup;
+pub mod cli;
 pub mod events;
 pub mod fixtures;
 pub mod process;

@@ -1,0 +1,290 @@
+//! `batch status | wait | list | cancel | retry | results`: the batch routes, and the results
+//! as NDJSON (as the API streams them) or CSV (the submitted fields but `password`, then
+//! `jobId,status,code,error`, ready to be fixed and submitted again).
+
+use std::{
+    collections::BTreeSet,
+    io::{BufWriter, Write},
+    path::Path,
+};
+
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use crate::{
+    api::{Api, answer_failure},
+    exit::{Exit, Failure, Result},
+    fields::{self, FIELDS},
+    output::{Output, batch_line},
+    state,
+    submit::resubmitted_rows,
+};
+
+/// Longest results line read.
+const MAX_RESULT_LINE: usize = 1 << 20;
+
+fn path(id: &str) -> Result<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|id| format!("/configapi/v2/batches/{id}"))
+        .map_err(|_| Failure::invalid(format!("`{id}` is not a batch id")))
+}
+
+pub async fn status(api: &Api, id: &str, out: &Output) -> Result<Exit> {
+    let batch: Value = api.get(&path(id)?).await?;
+    out.show(&batch, batch_line);
+    Ok(Exit::Ok)
+}
+
+pub async fn list(api: &Api, out: &Output) -> Result<Exit> {
+    let items = api.list_all("/configapi/v2/batches").await?;
+    if out.json {
+        println!("{}", json!({ "items": items }));
+    } else {
+        for b in &items {
+            println!("{}", batch_line(b));
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+pub async fn cancel(api: &Api, id: &str, out: &Output) -> Result<Exit> {
+    let batch: Value = api
+        .call(Method::POST, &format!("{}/cancel", path(id)?), None)
+        .await?;
+    out.show(&batch, batch_line);
+    Ok(Exit::Ok)
+}
+
+pub async fn retry(api: &Api, id: &str, codes: &[u16], out: &Output) -> Result<Exit> {
+    let mut route = format!("{}/retry", path(id)?);
+    if !codes.is_empty() {
+        let list: Vec<String> = codes.iter().map(u16::to_string).collect();
+        route.push_str(&format!("?code={}", list.join(",")));
+    }
+    let batch: Value = api.call(Method::POST, &route, None).await?;
+    out.show(&batch, batch_line);
+    Ok(Exit::Ok)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResultsFormat {
+    Ndjson,
+    Csv,
+}
+
+/// `batch results ID [--status S] [--format csv|ndjson] [-o FILE]`.
+pub async fn results(
+    api: &Api,
+    id: &str,
+    status: Option<&str>,
+    format: ResultsFormat,
+    out_file: Option<&Path>,
+) -> Result<Exit> {
+    let mut url = api.url(&format!("{}/results", path(id)?));
+    if let Some(s) = status {
+        url.query_pairs_mut().append_pair("status", s);
+    }
+    let mut response = api.send(|http| http.get(url.clone())).await?;
+    if !response.status().is_success() {
+        return Err(answer_failure(response).await);
+    }
+    let sink: Box<dyn Write> = match out_file {
+        Some(p) => Box::new(
+            std::fs::File::create(p)
+                .map_err(|e| Failure::invalid(format!("{}: {e}", p.display())))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut sink = BufWriter::new(sink);
+    let mut csv = match format {
+        ResultsFormat::Csv => Some(CsvResults::new(id)?),
+        ResultsFormat::Ndjson => None,
+    };
+    let mut pending = Vec::new();
+    let mut more = true;
+    while more {
+        match response.chunk().await {
+            Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
+            Ok(None) => more = false,
+            Err(e) => {
+                return Err(Failure::new(
+                    Exit::Unreachable,
+                    format!("the results stopped: {}", e.without_url()),
+                ));
+            }
+        }
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            emit(&line, &mut csv, &mut sink)?;
+        }
+        if pending.len() > MAX_RESULT_LINE {
+            return Err(Failure::new(
+                Exit::Unreachable,
+                "a results line is too long",
+            ));
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending, &mut csv, &mut sink)?;
+    }
+    if let Some(csv) = csv.as_mut() {
+        csv.finish(&mut sink)?;
+    }
+    sink.flush()?;
+    Ok(Exit::Ok)
+}
+
+fn emit(line: &[u8], csv: &mut Option<CsvResults>, sink: &mut impl Write) -> Result<()> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match csv {
+        None => {
+            sink.write_all(line)?;
+            if line.last() != Some(&b'\n') {
+                sink.write_all(b"\n")?;
+            }
+            Ok(())
+        }
+        Some(csv) => {
+            let result: Value = serde_json::from_slice(line).map_err(|e| {
+                Failure::new(
+                    Exit::Unreachable,
+                    format!("a results line is not JSON: {e}"),
+                )
+            })?;
+            csv.row(&result, sink)
+        }
+    }
+}
+
+/// Results as CSV, each beside the item's submitted fields when the submission is known.
+struct CsvResults {
+    columns: Vec<String>,
+    /// The submitted items, read along with the results (both in item order).
+    items: Option<(crate::rows::Rows, fields::Defaults)>,
+    next_item: u64,
+    rows: Vec<u8>,
+    header_written: bool,
+}
+
+impl CsvResults {
+    fn new(id: &str) -> Result<Self> {
+        let submission = state::recall(id);
+        let mut items = submission.as_ref().and_then(resubmitted_rows);
+        if items.is_none() {
+            eprintln!(
+                "warning: the file batch {id} was submitted from is not known here (or changed); \
+                 the rows carry tenantUrl only"
+            );
+        }
+        let mut columns = vec!["tenantUrl".to_owned()];
+        if let Some((rows, defaults)) = items.as_mut() {
+            // One reading to learn which fields the items have.
+            let mut present = BTreeSet::new();
+            while let Some(row) = rows.next_row()? {
+                if let Ok(mut f) = row.fields {
+                    defaults.fill(&mut f);
+                    present.extend(f.keys().cloned());
+                }
+            }
+            columns = FIELDS
+                .iter()
+                .filter(|f| **f != "password" && present.contains(**f))
+                .map(|f| (*f).to_owned())
+                .collect();
+            items = submission.as_ref().and_then(resubmitted_rows);
+        }
+        Ok(Self {
+            columns,
+            items,
+            next_item: 0,
+            rows: Vec::new(),
+            header_written: false,
+        })
+    }
+
+    /// The submitted fields of item `n` (rows are read forward only).
+    fn item(&mut self, n: u64) -> Result<Option<Map<String, Value>>> {
+        let Some((rows, defaults)) = self.items.as_mut() else {
+            return Ok(None);
+        };
+        while let Some(row) = rows.next_row()? {
+            let index = self.next_item;
+            self.next_item += 1;
+            if index == n {
+                let mut fields = row.fields.unwrap_or_default();
+                defaults.fill(&mut fields);
+                return Ok(Some(fields));
+            }
+        }
+        Ok(None)
+    }
+
+    fn row(&mut self, result: &Value, sink: &mut impl Write) -> Result<()> {
+        let mut writer = csv::Writer::from_writer(std::mem::take(&mut self.rows));
+        if !self.header_written {
+            let mut header = self.columns.clone();
+            header.extend(["jobId", "status", "code", "error"].map(String::from));
+            writer.write_record(&header).map_err(csv_error)?;
+            self.header_written = true;
+        }
+        let item = result["item"].as_u64().unwrap_or(u64::MAX);
+        let fields = self.item(item)?;
+        let mut record: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| match (&fields, c.as_str()) {
+                (_, "tenantUrl") if fields.is_none() => {
+                    result["tenantUrl"].as_str().unwrap_or_default().to_owned()
+                }
+                (Some(f), c) => f.get(c).map(fields::text_of).unwrap_or_default(),
+                (None, _) => String::new(),
+            })
+            .collect();
+        let error = match (
+            result["error"]["title"].as_str(),
+            result["error"]["detail"].as_str(),
+        ) {
+            (Some(t), Some(d)) => format!("{t}: {d}"),
+            (Some(t), None) => t.to_owned(),
+            _ => String::new(),
+        };
+        record.extend([
+            result["jobId"].as_str().unwrap_or_default().to_owned(),
+            result["status"].as_str().unwrap_or_default().to_owned(),
+            result["code"]
+                .as_i64()
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            error,
+        ]);
+        writer.write_record(&record).map_err(csv_error)?;
+        self.rows = writer
+            .into_inner()
+            .map_err(|e| Failure::invalid(e.to_string()))?;
+        sink.write_all(&self.rows)?;
+        self.rows.clear();
+        Ok(())
+    }
+
+    /// A header even when no item matched.
+    fn finish(&mut self, sink: &mut impl Write) -> Result<()> {
+        if !self.header_written {
+            let mut header = self.columns.clone();
+            header.extend(["jobId", "status", "code", "error"].map(String::from));
+            let mut writer = csv::Writer::from_writer(Vec::new());
+            writer.write_record(&header).map_err(csv_error)?;
+            sink.write_all(
+                &writer
+                    .into_inner()
+                    .map_err(|e| Failure::invalid(e.to_string()))?,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn csv_error(e: csv::Error) -> Failure {
+    Failure::invalid(e.to_string())
+}

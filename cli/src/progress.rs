@@ -1,0 +1,135 @@
+//! Progress of a wait on stderr: a live bar (`indicatif`) with the counts, rate and ETA on a
+//! terminal; one plain line at most every 5 s otherwise; nothing with `--json` off a terminal.
+
+use std::{
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+/// Least time between two plain progress lines.
+pub const LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// A batch's (or job's) counts as the API reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub total: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl Counts {
+    pub fn of(batch: &Value) -> Self {
+        let c = &batch["counts"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        Self {
+            total: n("total"),
+            queued: n("queued"),
+            running: n("running"),
+            succeeded: n("succeeded"),
+            failed: n("failed"),
+            cancelled: n("cancelled"),
+        }
+    }
+
+    pub fn done(&self) -> u64 {
+        self.succeeded + self.failed + self.cancelled
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "succeeded {}, failed {}, running {}, queued {}, cancelled {}",
+            self.succeeded, self.failed, self.running, self.queued, self.cancelled
+        )
+    }
+}
+
+enum Mode {
+    Bar(ProgressBar),
+    Lines { last: Option<Instant> },
+    Quiet,
+}
+
+/// What a wait shows while it waits.
+pub struct Progress {
+    mode: Mode,
+    what: String,
+    started: Instant,
+    first_done: Option<u64>,
+}
+
+impl Progress {
+    /// A display for waiting on `what` (for example `batch 5c1e...`).
+    pub fn new(what: String, json: bool) -> Self {
+        let mode = if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec} ETA {eta}",
+                )
+                .expect("a valid template"),
+            );
+            bar.set_prefix(what.clone());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Mode::Bar(bar)
+        } else if json {
+            Mode::Quiet
+        } else {
+            Mode::Lines { last: None }
+        };
+        Self {
+            mode,
+            what,
+            started: Instant::now(),
+            first_done: None,
+        }
+    }
+
+    pub fn update(&mut self, counts: &Counts) {
+        let first = *self.first_done.get_or_insert(counts.done());
+        match &mut self.mode {
+            Mode::Bar(bar) => {
+                bar.set_length(counts.total);
+                bar.set_position(counts.done());
+                bar.set_message(format!(
+                    "succeeded {} failed {} running {} queued {}",
+                    counts.succeeded, counts.failed, counts.running, counts.queued
+                ));
+            }
+            Mode::Lines { last } => {
+                if last.is_some_and(|t| t.elapsed() < LINE_EVERY) {
+                    return;
+                }
+                *last = Some(Instant::now());
+                let elapsed = self.started.elapsed().as_secs_f64();
+                let rate = (counts.done().saturating_sub(first)) as f64 / elapsed.max(0.001);
+                let left = counts.total.saturating_sub(counts.done());
+                let eta = if rate > 0.0 && elapsed >= 1.0 {
+                    format!("ETA {}s", (left as f64 / rate).ceil() as u64)
+                } else {
+                    "ETA unknown".to_owned()
+                };
+                eprintln!(
+                    "{}: {}/{} done ({}), {rate:.1}/s, {eta}",
+                    self.what,
+                    counts.done(),
+                    counts.total,
+                    counts.summary()
+                );
+            }
+            Mode::Quiet => {}
+        }
+    }
+
+    /// Stops drawing (the bar stays as it was last drawn).
+    pub fn finish(&mut self) {
+        if let Mode::Bar(bar) = &self.mode {
+            bar.abandon();
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The rows of a batch file, one at a time with their file line: CSV (header row = field
+//! names, empty cells absent) or NDJSON (one JSON object per non-blank line). Nothing is held
+//! but the row being read: a row (or CSV record) over `MAX_ROW_BYTES` is refused, and the file
+//! may have any number of lines.
+
+use std::{
+    cell::Cell,
+    fs::File,
+    io::{BufRead, BufReader, Read},
+    path::Path,
+    rc::Rc,
+};
+
+use serde_json::{Map, Value};
+
+use crate::{
+    exit::{Failure, Problem, Result},
+    fields,
+};
+
+/// Longest row: the API's limit for one NDJSON item.
+pub const MAX_ROW_BYTES: u64 = 64 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Ndjson,
+}
+
+impl Format {
+    /// By extension: `.csv`, `.ndjson` or `.jsonl`.
+    pub fn of(path: &Path) -> Result<Self> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("csv") => Ok(Self::Csv),
+            Some("ndjson" | "jsonl") => Ok(Self::Ndjson),
+            _ => Err(Failure::invalid(format!(
+                "{}: the file must end in .csv, .ndjson or .jsonl",
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// One row: its first line in the file, and its fields or why they could not be read.
+pub struct Row {
+    pub line: u64,
+    pub fields: std::result::Result<Map<String, Value>, Problem>,
+}
+
+/// A reader that fails once more than `MAX_ROW_BYTES` were read past `floor` (the end of the
+/// last whole CSV record), so one endless record cannot fill the memory.
+pub struct Bounded<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+    floor: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read.get().saturating_sub(self.floor.get()) > MAX_ROW_BYTES + 8192 {
+            return Err(std::io::Error::other(format!(
+                "a row is longer than {MAX_ROW_BYTES} bytes"
+            )));
+        }
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The rows of a file, in order.
+pub enum Rows {
+    Csv {
+        reader: Box<csv::Reader<Bounded<File>>>,
+        headers: Vec<String>,
+        floor: Rc<Cell<u64>>,
+        record: csv::StringRecord,
+    },
+    Ndjson {
+        reader: BufReader<File>,
+        line: u64,
+        buf: Vec<u8>,
+    },
+}
+
+impl Rows {
+    pub fn open(path: &Path, format: Format) -> Result<Self> {
+        let file =
+            File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+        match format {
+            Format::Ndjson => Ok(Self::Ndjson {
+                reader: BufReader::new(file),
+                line: 0,
+                buf: Vec::new(),
+            }),
+            Format::Csv => {
+                let floor = Rc::new(Cell::new(0));
+                let bounded = Bounded {
+                    inner: file,
+                    read: Rc::new(Cell::new(0)),
+                    floor: floor.clone(),
+                };
+                let mut reader = csv::ReaderBuilder::new()
+                    .flexible(true)
+                    .from_reader(bounded);
+                let headers: Vec<String> = reader
+                    .headers()
+                    .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
+                    .iter()
+                    .map(|h| h.trim().to_owned())
+                    .collect();
+                check_headers(path, &headers)?;
+                floor.set(reader.position().byte());
+                Ok(Self::Csv {
+                    reader: Box::new(reader),
+                    headers,
+                    floor,
+                    record: csv::StringRecord::new(),
+                })
+            }
+        }
+    }
+
+    /// The next row, `None` at the end; an error the file cannot be read past.
+    pub fn next_row(&mut self) -> Result<Option<Row>> {
+        match self {
+            Self::Csv {
+                reader,
+                headers,
+                floor,
+                record,
+            } => {
+                let more = reader.read_record(record).map_err(csv_failure)?;
+                floor.set(reader.position().byte());
+                if !more {
+                    return Ok(None);
+                }
+                let line = record.position().map_or(0, |p| p.line());
+                if record.iter().all(|c| c.trim().is_empty()) {
+                    return Ok(Some(Row {
+                        line,
+                        fields: Err(Problem::new("", "the row is empty")),
+                    }));
+                }
+                if record.len() != headers.len() {
+                    let message = format!(
+                        "the row has {} cells; the header has {}",
+                        record.len(),
+                        headers.len()
+                    );
+                    return Ok(Some(Row {
+                        line,
+                        fields: Err(Problem::new("", message)),
+                    }));
+                }
+                let mut fields = Map::new();
+                for (name, value) in headers.iter().zip(record.iter()) {
+                    if !value.is_empty() {
+                        fields.insert(name.clone(), fields::cell(name, value));
+                    }
+                }
+                Ok(Some(Row {
+                    line,
+                    fields: Ok(fields),
+                }))
+            }
+            Self::Ndjson { reader, line, buf } => loop {
+                buf.clear();
+                let n = reader
+                    .by_ref()
+                    .take(MAX_ROW_BYTES + 1)
+                    .read_until(b'\n', buf)?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                *line += 1;
+                if buf.len() as u64 > MAX_ROW_BYTES && buf.last() != Some(&b'\n') {
+                    skip_line(reader)?;
+                    return Ok(Some(Row {
+                        line: *line,
+                        fields: Err(Problem::new(
+                            "",
+                            format!("a row may be at most {MAX_ROW_BYTES} bytes"),
+                        )),
+                    }));
+                }
+                if buf.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let fields = match serde_json::from_slice::<Value>(buf) {
+                    Ok(Value::Object(map)) => Ok(map),
+                    Ok(_) => Err(Problem::new("", "a row must be a JSON object")),
+                    Err(e) => Err(Problem::new("", format!("not valid JSON: {e}"))),
+                };
+                return Ok(Some(Row {
+                    line: *line,
+                    fields,
+                }));
+            },
+        }
+    }
+}
+
+fn skip_line(reader: &mut BufReader<File>) -> Result<()> {
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+fn csv_failure(e: csv::Error) -> Failure {
+    let line = e.position().map(|p| p.line());
+    let message = match (line, e.kind()) {
+        (_, csv::ErrorKind::Io(io)) => io.to_string(),
+        (Some(line), _) => format!("line {line}: {e}"),
+        (None, _) => e.to_string(),
+    };
+    Failure::invalid(format!("the CSV file cannot be read: {message}"))
+}
+
+fn check_headers(path: &Path, headers: &[String]) -> Result<()> {
+    let mut problems = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        if h.is_empty() {
+            problems.push(Problem::new("", format!("column {} has no name", i + 1)).at_line(1));
+        } else if headers[..i].contains(h) {
+            problems.push(Problem::new(h, "appears twice in the header").at_line(1));
+        } else if !fields::FIELDS.contains(&h.as_str()) {
+            problems.push(Problem::new(h, "unknown field").at_line(1));
+        }
+    }
+    if !headers.iter().any(|h| h == "tenantUrl") {
+        problems.push(Problem::new("tenantUrl", "the header must name it").at_line(1));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::invalid(format!("{}: bad header row", path.display())).with_problems(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file in a folder of its own, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn file(name: &str, text: &[u8]) -> TempFile {
+        let dir = std::env::temp_dir().join(format!("provisioner-rows-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        TempFile(path)
+    }
+
+    type Fields = std::result::Result<Map<String, Value>, Problem>;
+
+    fn all(path: &Path) -> Vec<(u64, Fields)> {
+        let mut rows = Rows::open(path, Format::of(path).unwrap()).unwrap();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next_row().unwrap() {
+            out.push((row.line, row.fields));
+        }
+        out
+    }
+
+    #[test]
+    fn an_overlong_ndjson_line_is_one_bad_row_and_the_next_keeps_its_number() {
+        let long = format!(
+            "{{\"tenantUrl\": \"{}\"}}\n",
+            "a".repeat(MAX_ROW_BYTES as usize)
+        );
+        let text = format!(
+            "{{\"tenantUrl\": \"a.example\"}}\n\n{long}[1]\n{{\"tenantUrl\": \"b.example\"}}\n"
+        );
+        let rows = all(&file("t.ndjson", text.as_bytes()));
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [1, 3, 4, 5]);
+        assert!(rows[1].1.as_ref().unwrap_err().message.contains("at most"));
+        assert!(
+            rows[2]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .message
+                .contains("JSON object")
+        );
+        assert_eq!(rows[3].1.as_ref().unwrap()["tenantUrl"], "b.example");
+    }
+
+    #[test]
+    fn a_csv_row_is_numbered_by_its_first_line_and_empty_cells_are_absent() {
+        let text = "tenantUrl,tenantName,numberMap\na.example,\"Two\nlines\",\nb.example,B,1:2;3:4\nc.example\n";
+        let rows = all(&file("t.csv", text.as_bytes()));
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [2, 4, 5]);
+        let first = rows[0].1.as_ref().unwrap();
+        assert_eq!(first["tenantName"], "Two\nlines");
+        assert!(!first.contains_key("numberMap"));
+        assert_eq!(rows[1].1.as_ref().unwrap()["numberMap"]["3"], "4");
+        assert!(rows[2].1.as_ref().unwrap_err().message.contains("cells"));
+    }
+
+    #[test]
+    fn a_csv_header_must_name_known_distinct_fields_and_tenant_url() {
+        let path = file("t.csv", b"tenantName,colour,tenantName\nx,y,z\n");
+        let Err(failure) = Rows::open(&path, Format::Csv) else {
+            panic!("a bad header is refused");
+        };
+        let fields: Vec<&str> = failure.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["colour", "tenantName", "tenantUrl"]);
+    }
+
+    #[test]
+    fn an_endless_csv_record_is_refused_without_being_held() {
+        let mut text = b"tenantUrl\n\"".to_vec();
+        text.extend(std::iter::repeat_n(b'a', 4 * MAX_ROW_BYTES as usize));
+        let path = file("t.csv", &text);
+        let mut rows = Rows::open(&path, Format::Csv).unwrap();
+        let Err(failure) = rows.next_row() else {
+            panic!("an endless record is refused");
+        };
+        assert!(
+            failure.message.contains("longer than"),
+            "{}",
+            failure.message
+        );
+    }
+}

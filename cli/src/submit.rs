@@ -1,0 +1,247 @@
+//! `batch submit FILE`: every row is read, filled from the options and checked before anything
+//! is sent (bad rows are reported by file line, exit 4); then the rows are streamed to
+//! `POST /configapi/v2/batches` as NDJSON, a chunk at a time, under an `Idempotency-Key` derived
+//! from the body (its SHA-256, keyed with the client secret): the same file with the same options
+//! names the same batch, so running the command again after Ctrl-C or a lost connection
+//! reattaches to it.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    hash::{Hash, Hasher},
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::{
+    api::{Api, answer_failure, success_json},
+    exit::{Exit, Failure, Problem, Result},
+    fields::{self, Defaults},
+    rows::{Format, Rows},
+    state,
+    template::hex,
+};
+
+/// Most rows one file may hold (the most unfinished items any client may have).
+pub const MAX_ROWS: u64 = 1_000_000;
+/// Most row problems printed.
+const MAX_REPORTED: usize = 100;
+/// Bytes per chunk of the streamed body.
+const CHUNK: usize = 64 << 10;
+
+/// What the first reading learned.
+struct Prepared {
+    /// The file line of each item, by position (to map the API's item errors back).
+    lines: Vec<u64>,
+    body_sha256: [u8; 32],
+}
+
+/// One row as the line of NDJSON sent for it, or its problems.
+fn item_line(
+    fields: std::result::Result<Map<String, Value>, Problem>,
+    defaults: &Defaults,
+) -> std::result::Result<(String, Vec<u8>), Vec<Problem>> {
+    let mut item = fields.map_err(|p| vec![p])?;
+    defaults.fill(&mut item);
+    let problems = fields::check(&item, true);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let url = item["tenantUrl"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let mut line = serde_json::to_vec(&item).expect("a JSON map serializes");
+    line.push(b'\n');
+    Ok((url, line))
+}
+
+fn url_key(url: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    url.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Reads the whole file once: checks every row, hashes the body it makes.
+fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared> {
+    let mut rows = Rows::open(path, format)?;
+    // Tenant URLs by a 64-bit hash (16 bytes a row, whatever the URL's length).
+    let mut seen: HashMap<u64, u64> = HashMap::new();
+    let mut lines = Vec::new();
+    let mut problems = Vec::new();
+    let mut bad_rows = 0u64;
+    let mut digest = Sha256::new();
+    while let Some(row) = rows.next_row()? {
+        if lines.len() as u64 >= MAX_ROWS {
+            return Err(Failure::invalid(format!(
+                "{}: more than {MAX_ROWS} rows; split the file",
+                path.display()
+            )));
+        }
+        let mut row_problems = match item_line(row.fields, defaults) {
+            Ok((url, line)) => {
+                digest.update(&line);
+                match seen.insert(url_key(&url), row.line) {
+                    Some(first) => vec![Problem::new(
+                        "tenantUrl",
+                        format!("is the same as line {first}'s; tenant URLs must be distinct"),
+                    )],
+                    None => vec![],
+                }
+            }
+            Err(p) => p,
+        };
+        lines.push(row.line);
+        if !row_problems.is_empty() {
+            bad_rows += 1;
+            for p in &mut row_problems {
+                p.line = Some(row.line);
+            }
+            let room = MAX_REPORTED.saturating_sub(problems.len());
+            problems.extend(row_problems.into_iter().take(room));
+        }
+    }
+    if lines.is_empty() {
+        return Err(Failure::invalid(format!(
+            "{}: the file holds no rows",
+            path.display()
+        )));
+    }
+    if bad_rows > 0 {
+        return Err(Failure::invalid(format!(
+            "{}: {bad_rows} of {} rows are invalid; nothing was submitted",
+            path.display(),
+            lines.len()
+        ))
+        .with_problems(problems));
+    }
+    Ok(Prepared {
+        lines,
+        body_sha256: digest.finalize().into(),
+    })
+}
+
+/// Reads the file again, sending the body a chunk at a time; the body fails (so the API makes
+/// nothing) if the file no longer gives the body the first reading hashed.
+fn produce(
+    path: PathBuf,
+    format: Format,
+    defaults: Defaults,
+    expected: [u8; 32],
+    tx: mpsc::Sender<std::io::Result<Vec<u8>>>,
+) {
+    let changed = || std::io::Error::other("the file changed while it was being sent");
+    let result = (|| -> std::io::Result<()> {
+        let mut rows = Rows::open(&path, format).map_err(|e| std::io::Error::other(e.message))?;
+        let mut digest = Sha256::new();
+        let mut chunk = Vec::with_capacity(CHUNK + 1024);
+        while let Some(row) = rows
+            .next_row()
+            .map_err(|e| std::io::Error::other(e.message))?
+        {
+            let (_, line) = item_line(row.fields, &defaults).map_err(|_| changed())?;
+            digest.update(&line);
+            chunk.extend_from_slice(&line);
+            if chunk.len() >= CHUNK && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                return Ok(());
+            }
+        }
+        if <[u8; 32]>::from(digest.finalize()) != expected {
+            return Err(changed());
+        }
+        if !chunk.is_empty() {
+            let _ = tx.blocking_send(Ok(chunk));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = tx.blocking_send(Err(e));
+    }
+}
+
+/// The SHA-256 of a file's bytes, as hex.
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut file =
+        File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    let mut digest = Sha256::new();
+    let mut buf = vec![0; 64 << 10];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex(&digest.finalize()));
+        }
+        digest.update(&buf[..n]);
+    }
+}
+
+/// Submits the file; the batch as the API answers it.
+pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value> {
+    let format = Format::of(path)?;
+    let path = std::fs::canonicalize(path)
+        .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    let prepared = {
+        let (path, defaults) = (path.clone(), defaults.clone());
+        tokio::task::spawn_blocking(move || {
+            let sha = file_sha256(&path)?;
+            prepare(&path, format, &defaults).map(|p| (p, sha))
+        })
+        .await
+        .map_err(|e| Failure::invalid(e.to_string()))?
+    };
+    let (prepared, file_sha) = prepared?;
+    let key = api.idempotency_key(&prepared.body_sha256);
+    let (tx, rx) = mpsc::channel(4);
+    {
+        let (path, defaults) = (path.clone(), defaults.clone());
+        let expected = prepared.body_sha256;
+        tokio::task::spawn_blocking(move || produce(path, format, defaults, expected, tx));
+    }
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let request = api
+        .http()
+        .post(api.url("/configapi/v2/batches"))
+        .header("content-type", "application/x-ndjson")
+        .header("idempotency-key", &key)
+        .body(reqwest::Body::wrap_stream(body));
+    let response = api.send_once(request).await.map_err(|mut e| {
+        if e.exit == Exit::Unreachable {
+            e.message
+                .push_str("; run the same command again to reattach");
+        }
+        e
+    })?;
+    if !response.status().is_success() {
+        let mut failure = answer_failure(response).await;
+        // The API counts items from 0 (and lines of its body from 1): back to file lines.
+        for p in &mut failure.problems {
+            if let Some(line) = p.item.and_then(|i| prepared.lines.get(i as usize)) {
+                p.line = Some(*line);
+            }
+        }
+        return Err(failure);
+    }
+    let batch: Value = success_json(response).await?;
+    let id = batch["batchId"].as_str().unwrap_or_default().to_owned();
+    state::remember(&id, &state::Submission::new(path, file_sha, &defaults));
+    Ok(batch)
+}
+
+/// The items of a remembered submission, in order, for `batch results --format csv`: the same
+/// file (unchanged) read with the same options. `None` when the file changed or is gone.
+pub fn resubmitted_rows(submission: &state::Submission) -> Option<(Rows, Defaults)> {
+    let sha = file_sha256(&submission.file).ok()?;
+    if sha != submission.file_sha256 {
+        return None;
+    }
+    let format = Format::of(&submission.file).ok()?;
+    Some((
+        Rows::open(&submission.file, format).ok()?,
+        submission.defaults(),
+    ))
+}

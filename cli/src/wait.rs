@@ -1,0 +1,153 @@
+//! Waiting for a batch or a job: long-polls until it ends, the wait runs out or Ctrl-C, with a
+//! progress display; the final state goes to stdout and the exit code says how it ended.
+
+use std::{
+    io::IsTerminal,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    api::Api,
+    exit::{Exit, Result},
+    output::Output,
+    progress::{Counts, Progress},
+};
+
+/// How long one long-poll may hold: short on a terminal, so the bar moves.
+fn poll_seconds() -> u64 {
+    if std::io::stderr().is_terminal() {
+        1
+    } else {
+        2
+    }
+}
+
+/// What is being waited for.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Batch(&'a str),
+    Job(&'a str),
+}
+
+impl Target<'_> {
+    fn path(&self, wait: u64) -> String {
+        match self {
+            Self::Batch(id) => format!("/configapi/v2/batches/{id}?wait={wait}"),
+            Self::Job(id) => format!("/configapi/v2/jobs/{id}?wait={wait}"),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Batch(id) => format!("batch {id}"),
+            Self::Job(id) => format!("job {id}"),
+        }
+    }
+
+    fn reattach(&self) -> String {
+        match self {
+            Self::Batch(id) => format!("provisioner batch wait {id}"),
+            Self::Job(id) => format!("provisioner job wait {id}"),
+        }
+    }
+
+    /// The counts to show and whether it has ended.
+    fn read(&self, doc: &Value) -> (Counts, bool) {
+        match self {
+            Self::Batch(_) => (Counts::of(doc), doc["status"] != "running"),
+            Self::Job(_) => {
+                let status = doc["status"].as_str().unwrap_or_default();
+                let one = |s: &str| u64::from(status == s);
+                let counts = Counts {
+                    total: 1,
+                    queued: one("queued"),
+                    running: one("running"),
+                    succeeded: one("succeeded"),
+                    failed: one("failed"),
+                    cancelled: one("cancelled"),
+                };
+                (counts, counts.done() == 1)
+            }
+        }
+    }
+
+    /// The exit code of an ended batch or job.
+    fn exit(&self, doc: &Value) -> Exit {
+        match (self, doc["status"].as_str().unwrap_or_default()) {
+            (_, "cancelled") => Exit::Cancelled,
+            (Self::Job(_), "succeeded") => Exit::Ok,
+            (Self::Job(_), _) => Exit::Failed,
+            (Self::Batch(_), _) => {
+                let c = Counts::of(doc);
+                if c.failed > 0 {
+                    Exit::Failed
+                } else if c.cancelled > 0 {
+                    Exit::Cancelled
+                } else {
+                    Exit::Ok
+                }
+            }
+        }
+    }
+}
+
+/// Waits for `target` at most `timeout` seconds (forever without one).
+pub async fn wait(
+    api: &Api,
+    target: Target<'_>,
+    timeout: Option<u64>,
+    out: &Output,
+) -> Result<Exit> {
+    let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
+    let mut progress = Progress::new(target.name(), out.json);
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    let mut wait = 0;
+    loop {
+        let path = target.path(wait);
+        let doc: Value = tokio::select! {
+            doc = api.get::<Value>(&path) => match doc {
+                Ok(doc) => doc,
+                Err(e) => {
+                    progress.finish();
+                    return Err(e);
+                }
+            },
+            _ = &mut interrupt => {
+                progress.finish();
+                eprintln!(
+                    "interrupted: {} goes on without this command; to wait again: {}",
+                    target.name(),
+                    target.reattach()
+                );
+                return Ok(Exit::Interrupted);
+            }
+        };
+        let (counts, ended) = target.read(&doc);
+        progress.update(&counts);
+        if ended {
+            progress.finish();
+            out.final_state(&target.name(), &doc, &counts);
+            return Ok(target.exit(&doc));
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            progress.finish();
+            out.final_state(&target.name(), &doc, &counts);
+            eprintln!(
+                "the wait ran out after {} s; {} goes on; to wait again: {}",
+                timeout.unwrap_or_default(),
+                target.name(),
+                target.reattach()
+            );
+            return Ok(Exit::TimedOut);
+        }
+        wait = left.map_or(poll_seconds(), |l| l.as_secs().min(poll_seconds()));
+        if wait == 0 {
+            // Less than a second left: a short pause, then one last look.
+            tokio::time::sleep(left.unwrap_or_default()).await;
+        }
+    }
+}

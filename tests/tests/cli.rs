@@ -1,0 +1,1117 @@
+//! The `provisioner` command line end to end: the real program against a running system, for
+//! every command and exit code, CSV and NDJSON input, bad rows by file line, reattaching after
+//! a killed submit, progress off a terminal and in a terminal (tmux), token renewal, secrets
+//! never printed, the examples' dbVersion, and the README's Quick start.
+
+use std::time::{Duration, Instant};
+
+use provisioner_tests::{
+    Options, TestApp, batches,
+    cli::{Cli, Scratch, repo},
+    eventually, fixtures,
+};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_test-provisioner");
+const PASSWORD: &str = "cli-Secret-pa55word-91f2";
+
+fn cli(app: &TestApp) -> Cli {
+    let mut cli = Cli::new(BIN, app);
+    cli.secrets.push(PASSWORD.to_owned());
+    cli
+}
+
+/// Packs the small example into `scratch`; the ZIP's path.
+async fn small_zip(cli: &Cli, scratch: &Scratch) -> String {
+    let zip = scratch.path("small.zip").display().to_string();
+    cli.run(&["template", "pack", "examples/templates/small", "-o", &zip])
+        .await
+        .expect(0);
+    zip
+}
+
+fn csv_rows(n: usize, extra: &str) -> String {
+    let mut text = String::from("tenantUrl,tenantName,firstName,lastName,loginId,email\n");
+    for _ in 0..n {
+        let url = fixtures::tenant_url();
+        text.push_str(&format!(
+            "{url},Tenant {url},Ada,Lovelace,admin,ada@{url}\n"
+        ));
+    }
+    text.push_str(extra);
+    text
+}
+
+async fn batch_count(app: &TestApp) -> i64 {
+    app.count("SELECT count(*) FROM batches").await
+}
+
+#[tokio::test]
+async fn examples_pack_check_and_upload_with_the_servers_db_version() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    for example in ["small", "contact-center-large"] {
+        let zip = scratch
+            .path(&format!("{example}.zip"))
+            .display()
+            .to_string();
+        let dir = format!("examples/templates/{example}");
+        let packed = cli
+            .run(&["--json", "template", "pack", &dir, "-o", &zip])
+            .await
+            .expect(0)
+            .json();
+        // The dbVersion the program was built with is the server's: the examples never rot.
+        assert_eq!(packed["dbVersion"], app.db_version().await, "{packed}");
+        assert!(packed["counts"]["users"].as_u64().unwrap() >= 5, "{packed}");
+        let checked = cli
+            .run(&["template", "check", &zip, "--json"])
+            .await
+            .expect(0)
+            .json();
+        assert_eq!(checked["dbVersion"], app.db_version().await);
+        let id = cli
+            .run(&["template", "upload", &zip, "--name", example])
+            .await
+            .expect(0);
+        assert_eq!(id.stdout.trim(), packed["templateId"].as_str().unwrap());
+        let (status, stored) = app
+            .get_json(&format!("/configapi/v2/templates/{}", id.stdout.trim()))
+            .await;
+        assert_eq!(
+            (status, stored["name"].as_str()),
+            (200, Some(example)),
+            "{stored}"
+        );
+    }
+    let list = cli
+        .run(&["template", "list", "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
+    let text = cli.run(&["template", "list"]).await.expect(0);
+    assert!(
+        text.stdout.contains("contact-center-large"),
+        "{}",
+        text.stdout
+    );
+
+    // Another database version: refused offline with the fault (and 4).
+    let small = scratch.path("small.zip").display().to_string();
+    let wrong = cli
+        .run(&["template", "check", &small, "--db-version", "7"])
+        .await
+        .expect(4);
+    assert!(
+        wrong.stderr.contains("dbVersion is") && wrong.stderr.contains("accepts 7"),
+        "{}",
+        wrong.stderr
+    );
+    // Not a ZIP, and a folder with a broken entry: 4, naming the fault.
+    let junk = scratch.write("junk.zip", "not a zip");
+    cli.run(&["template", "check", junk.to_str().unwrap()])
+        .await
+        .expect(4);
+    cli.run(&["template", "upload", junk.to_str().unwrap()])
+        .await
+        .expect(4);
+    // Faults in two parts of one template: both are printed.
+    let mut faulty = fixtures::sample_template(app.db_version().await);
+    faulty.users[1].email = "not-an-address".into();
+    faulty.access_numbers[0].number = "99999".into();
+    faulty.access_numbers[0].count = 10;
+    let faulty_zip = scratch.path("faulty.zip");
+    std::fs::write(&faulty_zip, faulty.write()).unwrap();
+    let out = cli
+        .run(&["template", "check", faulty_zip.to_str().unwrap()])
+        .await
+        .expect(4);
+    assert!(
+        out.stderr
+            .contains("users[1].email must be a valid e-mail address")
+            && out
+                .stderr
+                .contains("range 99999 x 10 runs past its digit length"),
+        "{}",
+        out.stderr
+    );
+    let broken = scratch.path("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for entry in ["tenant.json", "objects.json", "access_numbers.json"] {
+        std::fs::copy(
+            repo().join("examples/templates/small").join(entry),
+            broken.join(entry),
+        )
+        .unwrap();
+    }
+    std::fs::write(broken.join("users.json"), r#"[{"id": "not-a-uuid"}]"#).unwrap();
+    let out = scratch.path("broken.zip");
+    let bad = cli
+        .run(&[
+            "template",
+            "pack",
+            broken.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .await
+        .expect(4);
+    assert!(bad.stderr.contains("users.json"), "{}", bad.stderr);
+    assert!(!out.exists());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_example_csv_provisions_as_a_batch_and_every_read_command_shows_it() {
+    let app = TestApp::spawn().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let zip = small_zip(&cli, &scratch).await;
+    let set = format!("password={PASSWORD}");
+    let done = cli
+        .run(&[
+            "batch",
+            "submit",
+            "examples/tenants.csv",
+            "--template",
+            &zip,
+            "--set",
+            &set,
+            "--wait",
+            "--json",
+        ])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["counts"]["total"], 36);
+    assert_eq!(done["counts"]["succeeded"], 36, "{done}");
+    let id = done["batchId"].as_str().unwrap().to_owned();
+
+    let status = cli.run(&["batch", "status", &id]).await.expect(0);
+    assert!(
+        status.stdout.contains(&id) && status.stdout.contains("succeeded 36"),
+        "{}",
+        status.stdout
+    );
+    let list = cli.run(&["batch", "list", "--json"]).await.expect(0).json();
+    assert_eq!(list["items"][0]["batchId"], id.as_str());
+    let results = cli.run(&["batch", "results", &id]).await.expect(0);
+    let lines: Vec<Value> = results
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 36);
+    assert_eq!(lines[0]["tenantUrl"], "acme.example.com");
+    let job = lines[0]["jobId"].as_str().unwrap();
+    let got = cli
+        .run(&["job", "get", job, "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(
+        (got["status"].as_str(), got["batchId"].as_str()),
+        (Some("succeeded"), Some(id.as_str()))
+    );
+    let tenant = cli
+        .run(&["tenant", "get", "acme.example.com", "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(
+        (tenant["name"].as_str(), tenant["status"].as_str()),
+        (Some("Acme Support"), Some("Inactive"))
+    );
+    // The numberMap column moved the template's numbers to the row's own.
+    let (_, numbers) = app
+        .get_json("/configapi/v2/accessnumbers?tenantUrl=acme.example.com")
+        .await;
+    let firsts: Vec<&str> = numbers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["number"].as_str().unwrap())
+        .collect();
+    assert!(
+        firsts.contains(&"4155500000") && firsts.contains(&"4155590000"),
+        "{numbers}"
+    );
+    // The CSV results carry the submitted columns, never the password.
+    let csv = cli
+        .run(&["batch", "results", &id, "--format", "csv"])
+        .await
+        .expect(0);
+    let header = csv.stdout.lines().next().unwrap();
+    assert_eq!(
+        header,
+        "tenantUrl,tenantName,firstName,lastName,loginId,email,numberMap,templateId,jobId,status,code,error"
+    );
+    assert_eq!(csv.stdout.lines().count(), 37);
+    assert!(
+        csv.stdout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("acme.example.com,Acme Support,Ada,Lovelace,admin,")
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_rows_are_reported_by_file_line_and_nothing_is_submitted() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let template = app.serve_sample_template("t.zip").await;
+    let good = |url: &str| json!({"tenantUrl": url, "tenantName": "T", "firstName": "A", "lastName": "B", "loginId": "admin", "email": format!("a@{url}")});
+    // NDJSON: blank lines are not items, yet lines count; line 5 has a bad e-mail, line 6 is not JSON.
+    let mut bad = good(&fixtures::tenant_url());
+    bad["email"] = json!("not-an-address");
+    let text = format!(
+        "{}\n\n{}\n   \n{}\n{{oops\n",
+        good(&fixtures::tenant_url()),
+        good(&fixtures::tenant_url()),
+        bad
+    );
+    let file = scratch.write("t.ndjson", &text);
+    let set = format!("password={PASSWORD}");
+    let out = cli
+        .run(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-url",
+            &template,
+            "--set",
+            &set,
+        ])
+        .await
+        .expect(4);
+    assert!(
+        out.stderr
+            .contains("line 5: email: must be a valid e-mail address"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("line 6: not valid JSON"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("line 1:") && !out.stderr.contains("line 3:"),
+        "{}",
+        out.stderr
+    );
+    // CSV: a duplicate tenant URL and a bad numberMap, by the file's line; --json on stderr.
+    let url = fixtures::tenant_url();
+    let csv = format!(
+        "tenantUrl,tenantName,firstName,lastName,loginId,email,numberMap\n\
+         {url},T,A,B,admin,a@{url},0000000000:4155550100\n\
+         \"{url}\",\"T, two\",A,B,admin,a@{url},\n\
+         {u2},T,A,B,admin,a@{u2},12x:1\n",
+        u2 = fixtures::tenant_url()
+    );
+    let file = scratch.write("t.csv", &csv);
+    let out = cli
+        .run(&[
+            "--json",
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-url",
+            &template,
+            "--set",
+            &set,
+        ])
+        .await
+        .expect(4);
+    let report: Value = serde_json::from_str(out.stderr.trim()).unwrap();
+    assert_eq!(report["exitCode"], 4);
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["line"] == 3 && p["field"] == "tenantUrl"),
+        "{report}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["line"] == 4 && p["field"] == "numberMap.12x"),
+        "{report}"
+    );
+    // A row the API refuses (a template id this client never stored): mapped to its line.
+    let file = scratch.write("ok.csv", &csv_rows(3, ""));
+    let unknown = "a".repeat(64);
+    let out = cli
+        .run(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-id",
+            &unknown,
+            "--set",
+            &set,
+        ])
+        .await
+        .expect(4);
+    // The API numbers its body's lines from 1; the file's rows are lines 2 to 4 (a header).
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("templateId:"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", out.stderr);
+    for (line, row) in lines.iter().zip(2..) {
+        assert!(
+            line.trim_start()
+                .starts_with(&format!("line {row}: templateId:")),
+            "{}",
+            out.stderr
+        );
+    }
+    assert_eq!(batch_count(&app).await, 0);
+    // Every command explains itself with an example; help is not an error.
+    for command in [
+        &["batch", "submit"][..],
+        &["template", "pack"],
+        &["job", "wait"],
+        &["create"],
+    ] {
+        let help = cli.run(&[command, &["--help"]].concat()).await.expect(0);
+        assert!(
+            help.stdout.contains("Example"),
+            "{command:?}: {}",
+            help.stdout
+        );
+    }
+    // Options and usage errors are 4 too.
+    cli.run(&[
+        "batch",
+        "submit",
+        file.to_str().unwrap(),
+        "--set",
+        "nonsense",
+    ])
+    .await
+    .expect(4);
+    cli.run(&["batch", "submit", "no-such-file.csv"])
+        .await
+        .expect(4);
+    cli.run(&["batch", "frobnicate"]).await.expect(4);
+    assert_eq!(batch_count(&app).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_submit_run_again_reattaches_to_its_one_batch() {
+    let mut app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let template = app.serve_sample_template("t.zip").await;
+    let file = scratch.write("t.csv", &csv_rows(4, ""));
+    let set = format!("password={PASSWORD}");
+    let args = [
+        "batch",
+        "submit",
+        file.to_str().unwrap(),
+        "--template-url",
+        &template,
+        "--set",
+        &set,
+        "--wait",
+    ];
+    let mut child = cli.command(&args).spawn().unwrap();
+    eventually(Duration::from_secs(30), || async {
+        (batch_count(&app).await == 1).then_some(())
+    })
+    .await;
+    child.kill().await.unwrap();
+    let again = cli.run(&args[..args.len() - 1]).await.expect(0);
+    let id = again.stdout.trim().to_owned();
+    assert_eq!(batch_count(&app).await, 1, "a second batch was made");
+    let first: String = sqlx::query_scalar("SELECT id::text FROM batches")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(id, first);
+    // Other options are another batch.
+    let other = cli
+        .run(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-url",
+            &template,
+            "--set",
+            &set,
+            "--set",
+            "lockTimeout=5",
+        ])
+        .await;
+    assert_eq!(other.code, 0, "{other:?}");
+    assert_eq!(batch_count(&app).await, 2);
+    cli.run(&["batch", "cancel", other.stdout.trim()])
+        .await
+        .expect(0);
+    app.start_worker();
+    let done = cli.run(&["batch", "wait", &id]).await.expect(0);
+    assert!(
+        done.stdout.contains("completed") && done.stdout.contains("succeeded 4"),
+        "{}",
+        done.stdout
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failed_items_exit_1_and_their_csv_results_can_be_fixed_and_retried() {
+    let app = TestApp::spawn().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let template = app.serve_sample_template("t.zip").await;
+    let taken = fixtures::tenant_url();
+    app.create_and_wait(&taken, &fixtures::create_body(&template))
+        .await;
+    let extra = format!("{taken},Taken,Ada,Lovelace,admin,ada@{taken}\n");
+    let file = scratch.write("t.csv", &csv_rows(2, &extra));
+    // The password from the environment, off the command line.
+    let args = [
+        "batch",
+        "submit",
+        file.to_str().unwrap(),
+        "--template-url",
+        &template,
+        "--wait",
+    ];
+    let mut command = cli.command(&args);
+    command.env("PROVISIONER_PASSWORD", PASSWORD);
+    let out = cli.finish(command.spawn().unwrap(), &args).await.expect(1);
+    let id = out.stdout.lines().next().unwrap().to_owned();
+    // What the program remembers of the submission holds no password.
+    let record = cli.state.path(&format!("batches/{id}.json"));
+    let record = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        record.contains("t.csv") && !record.contains(PASSWORD),
+        "{record}"
+    );
+    assert!(
+        out.stdout.contains("failed 1") && out.stdout.contains("succeeded 2"),
+        "{}",
+        out.stdout
+    );
+    let failed = scratch.path("failed.csv");
+    cli.run(&[
+        "batch",
+        "results",
+        &id,
+        "--status",
+        "failed",
+        "--format",
+        "csv",
+        "-o",
+        failed.to_str().unwrap(),
+    ])
+    .await
+    .expect(0);
+    let text = std::fs::read_to_string(&failed).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "tenantUrl,tenantName,firstName,lastName,loginId,email,templateUrl,jobId,status,code,error"
+        )
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with(&format!(
+            "{taken},Taken,Ada,Lovelace,admin,ada@{taken},{template},"
+        )),
+        "{row}"
+    );
+    assert!(row.contains(",failed,409,"), "{row}");
+    assert_eq!(lines.next(), None);
+    // The waits' exit codes hold for a batch already done; a batch with failures read is 0.
+    cli.run(&["batch", "wait", &id]).await.expect(1);
+    cli.run(&["batch", "status", &id]).await.expect(0);
+    let retried = cli
+        .run(&["batch", "retry", &id, "--code", "409", "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(retried["batchId"], id.as_str());
+    cli.run(&["batch", "wait", &id]).await.expect(1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn waits_exit_3_when_they_run_out_and_2_once_cancelled() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let template = app.serve_sample_template("t.zip").await;
+    let file = scratch.write("t.csv", &csv_rows(2, ""));
+    let set = format!("password={PASSWORD}");
+    let started = Instant::now();
+    let out = cli
+        .run(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-url",
+            &template,
+            "--set",
+            &set,
+            "--wait",
+            "--timeout",
+            "2",
+            "--json",
+        ])
+        .await
+        .expect(3);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let batch = out.json();
+    assert_eq!(batch["counts"]["queued"], 2, "{batch}");
+    let id = batch["batchId"].as_str().unwrap().to_owned();
+    cli.run(&["batch", "wait", &id, "--timeout", "1"])
+        .await
+        .expect(3);
+    cli.run(&["batch", "cancel", &id]).await.expect(0);
+    cli.run(&["batch", "wait", &id]).await.expect(2);
+
+    // One create: its id, a wait that runs out, a cancel, a wait that sees it.
+    let url = fixtures::tenant_url();
+    let fields = [
+        "tenantName=Acme",
+        "firstName=Ada",
+        "lastName=Lovelace",
+        "loginId=admin",
+        "email=ada@acme.example",
+    ];
+    let mut args = vec!["create", &url, "--template-url", &template, "--set", &set];
+    for f in &fields {
+        args.extend(["--set", f]);
+    }
+    let job = cli.run(&args).await.expect(0).stdout.trim().to_owned();
+    cli.run(&["job", "wait", &job, "--timeout", "1"])
+        .await
+        .expect(3);
+    let cancelled = cli
+        .run(&["job", "cancel", &job, "--json"])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(cancelled["status"], "cancelled");
+    cli.run(&["job", "wait", &job]).await.expect(2);
+    // An unknown batch or job is 4; a bad create is 4 with nothing sent.
+    let nobody = uuid::Uuid::new_v4().to_string();
+    cli.run(&["batch", "status", &nobody]).await.expect(4);
+    cli.run(&["job", "get", &nobody]).await.expect(4);
+    let bad = cli
+        .run(&[
+            "create",
+            "bad_host",
+            "--template-url",
+            &template,
+            "--set",
+            "email=x",
+        ])
+        .await
+        .expect(4);
+    assert!(
+        bad.stderr.contains("email") && bad.stderr.contains("password: is required"),
+        "{}",
+        bad.stderr
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_create_waits_for_its_job_and_a_taken_url_exits_1() {
+    let app = TestApp::spawn().await;
+    let cli = cli(&app);
+    let template = app.serve_sample_template("t.zip").await;
+    let url = fixtures::tenant_url();
+    let set = format!("password={PASSWORD}");
+    let mut args = vec![
+        "create",
+        url.as_str(),
+        "--template-url",
+        &template,
+        "--set",
+        &set,
+    ];
+    for f in [
+        "tenantName=Acme",
+        "firstName=Ada",
+        "lastName=Lovelace",
+        "loginId=admin",
+        "email=ada@acme.example",
+    ] {
+        args.extend(["--set", f]);
+    }
+    let done = cli
+        .run(&[&["--json"], &args[..], &["--wait"]].concat())
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(
+        (done["status"].as_str(), done["code"].as_i64()),
+        (Some("succeeded"), Some(200)),
+        "{done}"
+    );
+    // The tenant now exists: refused at once with 409, which is 1.
+    let again = cli.run(&[&args[..], &["--wait"]].concat()).await.expect(1);
+    assert!(again.stderr.contains("409"), "{}", again.stderr);
+    cli.run(&["tenant", "get", "no-such.example.com"])
+        .await
+        .expect(4);
+
+    // A create from a template file (stored first), then an NDJSON batch naming it by id.
+    let scratch = Scratch::new();
+    let zip = small_zip(&cli, &scratch).await;
+    let url = fixtures::tenant_url();
+    let mut from_file = vec![
+        "--json",
+        "create",
+        url.as_str(),
+        "--template",
+        &zip,
+        "--wait",
+    ];
+    for f in [
+        "tenantName=Acme",
+        "firstName=Ada",
+        "lastName=Lovelace",
+        "loginId=admin",
+        "email=ada@acme.example",
+    ] {
+        from_file.extend(["--set", f]);
+    }
+    let mut command = cli.command(&from_file);
+    command.env("PROVISIONER_PASSWORD", PASSWORD);
+    let done = cli
+        .finish(command.spawn().unwrap(), &from_file)
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let template_id = cli
+        .run(&["template", "upload", &zip])
+        .await
+        .expect(0)
+        .stdout
+        .trim()
+        .to_owned();
+    let rows: String = (0..2)
+        .map(|_| {
+            let url = fixtures::tenant_url();
+            format!(
+                "{}\n",
+                json!({"tenantUrl": url, "tenantName": "N", "firstName": "A", "lastName": "B",
+                       "loginId": "admin", "email": format!("a@{url}"), "password": PASSWORD,
+                       "numberMap": {"0000000000": "7000000000"}})
+            )
+        })
+        .collect();
+    // Both rows map the same range: the second tenant's is skipped, not failed.
+    let file = scratch.write("t.jsonl", &rows);
+    let out = cli
+        .run(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-id",
+            &template_id,
+            "--wait",
+        ])
+        .await
+        .expect(0);
+    assert!(out.stdout.contains("succeeded 2"), "{}", out.stdout);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_exit_5_an_unreachable_api_6_and_no_secret_is_printed() {
+    let app = TestApp::without_workers().await;
+    let mut wrong = cli(&app);
+    wrong.client_secret = "wrong-secret-1f0c9b".to_owned();
+    wrong.secrets.push(wrong.client_secret.clone());
+    let out = wrong.run(&["batch", "list"]).await.expect(5);
+    assert!(out.stderr.contains("refused"), "{}", out.stderr);
+    let mut none = cli(&app);
+    none.client_id.clear();
+    none.client_secret.clear();
+    none.run(&["template", "list"]).await.expect(5);
+    // A client without tenants:write may read but not submit (403).
+    let _ = batches::client(&app, "reader", &["tenants:read"]).await;
+    let mut reader = cli(&app);
+    reader.client_id = "reader".into();
+    reader.client_secret = "reader-secret".into();
+    reader.secrets.push("reader-secret".into());
+    reader.run(&["batch", "list"]).await.expect(0);
+    let zip = Scratch::new();
+    let packed = small_zip(&reader, &zip).await;
+    reader.run(&["template", "upload", &packed]).await.expect(5);
+    // Nothing listens there: 6.
+    let mut away = cli(&app);
+    away.api = "http://127.0.0.1:9".into();
+    let out = away.run(&["batch", "list"]).await.expect(6);
+    assert!(
+        out.stderr.contains("could not be reached"),
+        "{}",
+        out.stderr
+    );
+    // Credentials in --api are refused rather than echoed.
+    let mut inline = cli(&app);
+    inline.api = format!("http://user:inline-secret-77@{}", app.addr);
+    inline.secrets.push("inline-secret-77".into());
+    inline.run(&["batch", "list"]).await.expect(4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn off_a_terminal_progress_is_one_line_at_most_every_5_seconds() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &batches::items(3, &template)).await;
+    let id = batch["batchId"].as_str().unwrap();
+    let args = ["batch", "wait", id, "--timeout", "12"];
+    let mut child = cli.command(&args).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let started = Instant::now();
+    let mut progress = Vec::new();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        if line.contains("done (") {
+            progress.push((started.elapsed(), line));
+        }
+    }
+    let out = cli.finish(child, &args).await.expect(3);
+    assert!(out.stdout.contains("queued 3"), "{}", out.stdout);
+    assert!(progress.len() >= 2, "{progress:?}");
+    assert!(progress[0].1.contains("0/3 done"), "{progress:?}");
+    for pair in progress.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_millis(4900),
+            "lines {gap:?} apart: {progress:?}"
+        );
+    }
+    assert!(
+        !progress
+            .iter()
+            .any(|(_, l)| l.contains('\r') || l.contains('\u{1b}')),
+        "{progress:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_wait_renews_its_token_before_it_expires() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_TOKEN_TTL", "3".into())],
+    })
+    .await;
+    let cli = cli(&app);
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &batches::items(1, &template)).await;
+    let id = batch["batchId"].as_str().unwrap();
+    cli.run(&["batch", "wait", id, "--timeout", "8"])
+        .await
+        .expect(3);
+    // Every long-poll carried a valid token: no 401 was answered on the batch route.
+    let metrics = provisioner_tests::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("provisioner_http_requests_total") && l.contains("status=\"401\"")
+        })
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let polls: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("provisioner_http_requests_total") && l.contains("batches/{batch_id}\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(polls >= 4.0, "{metrics}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ctrl_c_while_waiting_leaves_the_batch_running_and_says_how_to_reattach() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &batches::items(1, &template)).await;
+    let id = batch["batchId"].as_str().unwrap();
+    let args = ["batch", "wait", id];
+    let mut child = cli.command(&args).spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The first progress line says the wait has begun (and the signal handler is in place).
+    let first = stderr.next_line().await.unwrap().unwrap();
+    assert!(first.contains("0/1 done"), "{first}");
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rest = stderr.next_line().await.unwrap().unwrap_or_default();
+    let out = cli.finish(child, &args).await.expect(130);
+    assert!(
+        rest.contains(&format!("provisioner batch wait {id}")),
+        "{rest} {out:?}"
+    );
+    let (_, now) = app.get_json(&format!("/configapi/v2/batches/{id}")).await;
+    assert_eq!(now["status"], "running");
+    app.stop().await;
+}
+
+/// A tmux server of its own for one test, killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn new() -> Self {
+        Self(format!("provisioner-test-{}", uuid::Uuid::new_v4()))
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .arg("-L")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .expect("tmux runs (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn in_a_terminal_the_progress_bar_draws_and_moves_to_the_end() {
+    let mut app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &batches::items(3, &template)).await;
+    let id = batch["batchId"].as_str().unwrap();
+    let tmux = Tmux::new();
+    let command = format!(
+        "env PROVISIONER_API_URL={} PROVISIONER_CLIENT_ID={} PROVISIONER_CLIENT_SECRET={} {} batch wait {id}; echo EXIT=$?; sleep 60",
+        cli.api, cli.client_id, cli.client_secret, BIN
+    );
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-x",
+        "200",
+        "-y",
+        "20",
+        "-s",
+        "cli",
+        &command,
+    ]);
+    let pane = || tmux.run(&["capture-pane", "-p", "-t", "cli"]);
+    // Queued: the bar is drawn empty, with the counts.
+    let drawn = eventually(Duration::from_secs(30), || async {
+        let text = pane();
+        (text.contains("0/3") && text.contains("queued 3")).then_some(text)
+    })
+    .await;
+    assert!(
+        drawn.contains(&format!("batch {id}")) && drawn.contains("ETA"),
+        "{drawn}"
+    );
+    assert!(
+        !drawn.contains("done ("),
+        "a plain line instead of a bar: {drawn}"
+    );
+    // A worker runs the items: the bar reaches the end, then the final counts and exit 0.
+    app.start_worker();
+    let end = eventually(Duration::from_secs(60), || async {
+        let text = pane();
+        text.contains("EXIT=").then_some(text)
+    })
+    .await;
+    assert!(end.contains("3/3") && end.contains("succeeded 3"), "{end}");
+    assert!(
+        end.contains(&format!("batch {id} completed: total 3")),
+        "{end}"
+    );
+    assert!(end.contains("EXIT=0"), "{end}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_readme_quick_start_runs_as_written() {
+    let app = TestApp::spawn().await;
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let marker = "<!-- quick-start: run by tests/tests/cli.rs -->";
+    let after = &readme[readme
+        .find(marker)
+        .expect("the README marks its Quick start block")
+        + marker.len()..];
+    let start = after.find("```sh\n").unwrap() + "```sh\n".len();
+    let block = &after[start..start + after[start..].find("```").unwrap()];
+    // The client the block names, made as `PROVISIONER_BOOTSTRAP_CLIENT` would make it.
+    let credential = |name: &str| {
+        let at = block.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        block[at..].split_whitespace().next().unwrap().to_owned()
+    };
+    let (id, secret) = (
+        credential("PROVISIONER_CLIENT_ID"),
+        credential("PROVISIONER_CLIENT_SECRET"),
+    );
+    provisioner_shared::db::clients::insert(
+        &app.db,
+        &id,
+        &id,
+        &provisioner_shared::passwords::hash(secret.as_bytes()),
+        &["tenants:read".to_owned(), "tenants:write".to_owned()],
+        provisioner_shared::db::clients::OnExisting::Refuse,
+    )
+    .await
+    .unwrap();
+    // In a scratch folder with the repository's examples, `provisioner` on the PATH.
+    let scratch = Scratch::new();
+    std::os::unix::fs::symlink(repo().join("examples"), scratch.path("examples")).unwrap();
+    let bin = scratch.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(BIN, bin.join("provisioner")).unwrap();
+    let script = scratch.write("quick-start.sh", block);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = || {
+        tokio::process::Command::new("bash")
+            .args(["-euo", "pipefail"])
+            .arg(&script)
+            .current_dir(&scratch.0)
+            .env("PATH", &path)
+            .env("PROVISIONER_API_URL", format!("http://{}", app.addr))
+            .env("PROVISIONER_STATE_DIR", scratch.path("state"))
+            .env_remove("PROVISIONER_CLIENT_ID")
+            .env_remove("PROVISIONER_CLIENT_SECRET")
+            .output()
+    };
+    let out = run().await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "the Quick start failed:\n{block}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("completed: total 36, succeeded 36"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tenantUrl,tenantName,firstName,lastName,loginId,email,numberMap,templateId,jobId,status,code,error"), "{stdout}");
+    assert!(
+        stdout.contains("acme.example.com Inactive Acme Support"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&secret) && !stderr.contains(&secret));
+    // Run again, it packs the same bytes and reattaches to its batch: nothing new, still 0.
+    let again = run().await.unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(batch_count(&app).await, 1);
+    app.stop().await;
+}
+
+/// The peak resident memory (`VmHWM`, KiB) a running child reached, read until it exits.
+async fn peak_kib(child: &tokio::process::Child) -> u64 {
+    let status = format!("/proc/{}/status", child.id().unwrap());
+    let mut peak = 0;
+    while let Ok(text) = std::fs::read_to_string(&status) {
+        if let Some(kib) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        {
+            peak = kib;
+        }
+        if text.contains("State:\tZ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    peak
+}
+
+#[tokio::test]
+async fn a_file_of_100000_rows_is_checked_without_being_held_in_memory() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    // About 65 MiB of rows, the last one bad: every row is read, nothing is sent.
+    let path = scratch.path("big.csv");
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        writeln!(
+            file,
+            "tenantUrl,tenantName,firstName,lastName,loginId,email"
+        )
+        .unwrap();
+        let pad = "x".repeat(200);
+        for i in 0..100_000 {
+            writeln!(file, "t{i}.example.com,Tenant {i} {pad},Ada {pad},Lovelace {pad},admin,ada@t{i}.example.com").unwrap();
+        }
+        writeln!(file, "bad_url,T,A,B,admin,a@b.example").unwrap();
+    }
+    let set = format!("password={PASSWORD}");
+    let args = [
+        "batch",
+        "submit",
+        path.to_str().unwrap(),
+        "--template-url",
+        "https://templates.example/t.zip",
+        "--set",
+        &set,
+    ];
+    let child = cli.command(&args).spawn().unwrap();
+    let peak = peak_kib(&child).await;
+    let out = cli.finish(child, &args).await.expect(4);
+    assert!(
+        out.stderr.contains("line 100002: tenantUrl:") && out.stderr.contains("1 of 100001 rows"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        peak > 0 && peak < 32 * 1024,
+        "peak {peak} KiB for a 65 MiB file"
+    );
+    assert_eq!(batch_count(&app).await, 0);
+    app.stop().await;
+}
