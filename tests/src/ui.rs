@@ -83,7 +83,9 @@ pub fn csrf(page: &str) -> String {
 /// The number a page shows for a batch count (`data-count="name"`).
 pub fn count(page: &str, name: &str) -> i64 {
     let marker = format!("data-count=\"{name}\">");
-    let at = page.find(&marker).unwrap_or_else(|| panic!("no count {name}"));
+    let at = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no count {name}"));
     let rest = &page[at + marker.len()..];
     rest[..rest.find('<').unwrap()].parse().unwrap()
 }

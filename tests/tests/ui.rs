@@ -46,7 +46,10 @@ async fn signed_out_visits_are_sent_to_the_sign_in_form() {
         assert_eq!(location.as_deref(), Some("/ui/login"), "{path}");
     }
     let (status, location, _) = ui::get(&app, "provisioner_session=forged", "/ui/").await;
-    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/ui/login")));
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ui/login"))
+    );
     let (status, _, page) = ui::get(&app, "", "/ui/login").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("name=\"client_id\"") && page.contains("name=\"client_secret\""));
@@ -64,7 +67,10 @@ async fn signing_in_sets_an_http_only_strict_cookie_that_lasts_as_long_as_a_toke
     assert_eq!(r.headers()[header::LOCATION], "/ui/");
     let cookie = r.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
     let attributes: Vec<&str> = cookie.split(';').map(str::trim).collect();
-    assert!(attributes[0].starts_with("provisioner_session="), "{cookie}");
+    assert!(
+        attributes[0].starts_with("provisioner_session="),
+        "{cookie}"
+    );
     for wanted in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=3600"] {
         assert!(attributes.contains(&wanted), "{wanted} in {cookie}");
     }
@@ -91,9 +97,17 @@ async fn signing_in_sets_an_http_only_strict_cookie_that_lasts_as_long_as_a_toke
     let (_, _, page) = ui::get(&app, session, "/ui/").await;
     let r = ui::post(&app, session, "/ui/logout", &[("csrf", &csrf(&page))], &[]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert!(r.headers()[header::SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        r.headers()[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     let (status, location, _) = ui::get(&app, session, "/ui/").await;
-    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/ui/login")));
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ui/login"))
+    );
     app.stop().await;
 }
 
@@ -107,11 +121,17 @@ async fn wrong_credentials_show_the_form_again_with_an_error_and_set_nothing() {
     ] {
         let r = post_login(&app, id, secret, &[]).await;
         assert_eq!(r.status(), StatusCode::OK, "{id}:{secret}");
-        assert!(r.headers().get(header::SET_COOKIE).is_none(), "{id}:{secret}");
+        assert!(
+            r.headers().get(header::SET_COOKIE).is_none(),
+            "{id}:{secret}"
+        );
         let page = r.text().await.unwrap();
         assert!(page.contains("role=\"alert\""), "an error is shown: {page}");
         assert!(page.contains("name=\"client_secret\""), "the form again");
-        assert!(!page.contains("not-the-secret"), "the secret is never echoed");
+        assert!(
+            !page.contains("not-the-secret"),
+            "the secret is never echoed"
+        );
     }
     app.stop().await;
 }
@@ -133,8 +153,14 @@ async fn cross_site_posts_are_refused_and_change_nothing() {
     let refused: [(&[(&str, &str)], &[(&str, &str)]); 4] = [
         // A form on another site: the browser names its origin (and cannot know the token).
         (&[], &[("origin", "https://evil.example")]),
-        (&[("csrf", token.as_str())], &[("origin", "https://evil.example")]),
-        (&[("csrf", token.as_str())], &[("sec-fetch-site", "cross-site")]),
+        (
+            &[("csrf", token.as_str())],
+            &[("origin", "https://evil.example")],
+        ),
+        (
+            &[("csrf", token.as_str())],
+            &[("sec-fetch-site", "cross-site")],
+        ),
         // Same origin, but no token or a wrong one.
         (&[("csrf", "forged")], &[("origin", origin.as_str())]),
     ];
@@ -182,7 +208,13 @@ async fn a_client_sees_only_its_own_batches_and_an_operator_sees_every_one() {
     let alice = batches::client(&app, "alice", &["tenants:read", "tenants:write"]).await;
     batches::client(&app, "bob", &["tenants:read", "tenants:write"]).await;
     batches::client(&app, "ops", &["tenants:read", "provisioner:admin"]).await;
-    let r = batches::post(&app, &alice, "application/x-ndjson", batches::ndjson(&items(4, &template))).await;
+    let r = batches::post(
+        &app,
+        &alice,
+        "application/x-ndjson",
+        batches::ndjson(&items(4, &template)),
+    )
+    .await;
     assert_eq!(r.status(), 202);
     let batch = batch_id(&r.json().await.unwrap());
     let path = format!("/ui/batches/{batch}");
@@ -202,11 +234,21 @@ async fn a_client_sees_only_its_own_batches_and_an_operator_sees_every_one() {
     assert!(!list.contains(&batch));
     let (status, _, live) = ui::get(&app, &other, &format!("/ui/live/batches?ids={batch}")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(serde_json::from_str::<Value>(&live).unwrap()["batches"], serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&live).unwrap()["batches"],
+        serde_json::json!([])
+    );
     let (_, _, jobs) = ui::get(&app, &other, &format!("/ui/jobs?batchId={batch}")).await;
     assert!(jobs.contains("No job matches"), "{jobs}");
     let (_, _, any_page) = ui::get(&app, &other, "/ui/batches").await;
-    let r = ui::post(&app, &other, &format!("{path}/cancel"), &[("csrf", &csrf(&any_page))], &[]).await;
+    let r = ui::post(
+        &app,
+        &other,
+        &format!("{path}/cancel"),
+        &[("csrf", &csrf(&any_page))],
+        &[],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(batch_status(&app, &batch).await["status"], "running");
 
@@ -215,7 +257,10 @@ async fn a_client_sees_only_its_own_batches_and_an_operator_sees_every_one() {
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains(&batch) && page.contains("alice"));
     assert_eq!(count(&page, "queued"), 4);
-    assert!(!page.contains("/cancel\""), "no tenants:write: no actions offered");
+    assert!(
+        !page.contains("/cancel\""),
+        "no tenants:write: no actions offered"
+    );
     let (_, _, list) = ui::get(&app, &operator, "/ui/batches").await;
     assert!(list.contains(&batch));
     let (_, _, live) = ui::get(&app, &operator, &format!("/ui/live/batches?ids={batch}")).await;
@@ -249,7 +294,12 @@ async fn the_failed_rows_download_as_csv_without_passwords() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()[header::CONTENT_TYPE], "text/csv; charset=utf-8");
-    assert!(r.headers()[header::CONTENT_DISPOSITION].to_str().unwrap().starts_with("attachment"));
+    assert!(
+        r.headers()[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
     let csv = r.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
@@ -264,7 +314,10 @@ async fn the_failed_rows_download_as_csv_without_passwords() {
     assert!(!csv.contains(SENTINEL_PASSWORD), "no password in the rows");
     // Signed out, nothing is downloaded.
     let (status, location, _) = ui::get(&app, "", &format!("/ui/batches/{batch}/failed.csv")).await;
-    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/ui/login")));
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ui/login"))
+    );
     app.stop().await;
 }
 
@@ -378,7 +431,13 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
     b.client.goto(&app.url("/ui/batches")).await.unwrap();
     assert_eq!(b.path().await, "/ui/login");
     b.screenshot("login").await;
-    b.client.find(Locator::Id("client_id")).await.unwrap().send_keys(BOOTSTRAP_ID).await.unwrap();
+    b.client
+        .find(Locator::Id("client_id"))
+        .await
+        .unwrap()
+        .send_keys(BOOTSTRAP_ID)
+        .await
+        .unwrap();
     b.client
         .find(Locator::Id("client_secret"))
         .await
@@ -386,17 +445,38 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .send_keys("wrong secret")
         .await
         .unwrap();
-    b.client.find(Locator::Css("form.login button")).await.unwrap().click().await.unwrap();
+    b.client
+        .find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert_eq!(b.path().await, "/ui/login");
     assert!(b.text("#login-error").await.contains("wrong"));
-    b.client.find(Locator::Id("client_secret")).await.unwrap().send_keys(BOOTSTRAP_SECRET).await.unwrap();
-    b.client.find(Locator::Css("form.login button")).await.unwrap().click().await.unwrap();
+    b.client
+        .find(Locator::Id("client_secret"))
+        .await
+        .unwrap()
+        .send_keys(BOOTSTRAP_SECRET)
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert_eq!(b.path().await, "/ui/");
 
     // A queued job (no worker runs yet) is cancelled from the jobs page.
     let tenant = fixtures::tenant_url();
     let job = app.submit(&tenant, &fixtures::create_body(&good)).await;
-    b.client.goto(&app.url("/ui/jobs?status=queued")).await.unwrap();
+    b.client
+        .goto(&app.url("/ui/jobs?status=queued"))
+        .await
+        .unwrap();
     b.screenshot("jobs").await;
     b.client
         .find(Locator::Css(&format!("tr[data-job=\"{job}\"] form button")))
@@ -407,7 +487,10 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .unwrap();
     let (_, cancelled) = app.get_json(&format!("/configapi/v2/jobs/{job}")).await;
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
-    b.client.goto(&app.url(&format!("/ui/jobs/{job}"))).await.unwrap();
+    b.client
+        .goto(&app.url(&format!("/ui/jobs/{job}")))
+        .await
+        .unwrap();
     assert_eq!(b.text("dd [data-status]").await, "cancelled");
     b.screenshot("job").await;
 
@@ -416,11 +499,17 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
     let mut all = items(4, &good);
     all.extend(items(2, &missing));
     let batch = batch_id(&batches::submit(&app, &all).await);
-    b.client.goto(&app.url(&format!("/ui/batches/{batch}"))).await.unwrap();
+    b.client
+        .goto(&app.url(&format!("/ui/batches/{batch}")))
+        .await
+        .unwrap();
     assert_eq!(b.text("#batch-id").await, batch);
     assert_eq!(b.text("[data-count=\"queued\"]").await, "6");
     // Marks this page: a reload would lose the mark.
-    b.client.execute("window.notReloaded = true; return null;", vec![]).await.unwrap();
+    b.client
+        .execute("window.notReloaded = true; return null;", vec![])
+        .await
+        .unwrap();
 
     app.start_worker();
     b.until_text("[data-count=\"succeeded\"]", "4").await;
@@ -428,8 +517,16 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
     b.until_text("dd [data-status]", "completed").await;
     assert_eq!(b.text("[data-count=\"queued\"]").await, "0");
     assert_eq!(b.text("[data-count=\"total\"]").await, "6");
-    let same_page = b.client.execute("return window.notReloaded === true;", vec![]).await.unwrap();
-    assert_eq!(same_page, Value::Bool(true), "the counts changed without a reload");
+    let same_page = b
+        .client
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        same_page,
+        Value::Bool(true),
+        "the counts changed without a reload"
+    );
     // The failures, grouped, appear without a reload too.
     b.until_text("[data-failures] tbody td.num", "400").await;
     b.screenshot("batch").await;
@@ -438,7 +535,9 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
     app.serve_sample_template("later.zip").await;
     let retry = b
         .client
-        .find(Locator::Css("form[action$=\"/retry\"][data-show-when] button"))
+        .find(Locator::Css(
+            "form[action$=\"/retry\"][data-show-when] button",
+        ))
         .await
         .unwrap();
     retry.click().await.unwrap();
@@ -461,9 +560,18 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
 
     // Signing out: the next visit is sent to the sign-in form.
     b.client.goto(&app.url("/ui/")).await.unwrap();
-    b.client.find(Locator::Css("form[action=\"/ui/logout\"] button")).await.unwrap().click().await.unwrap();
+    b.client
+        .find(Locator::Css("form[action=\"/ui/logout\"] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     assert_eq!(b.path().await, "/ui/login");
-    b.client.goto(&app.url(&format!("/ui/batches/{batch}"))).await.unwrap();
+    b.client
+        .goto(&app.url(&format!("/ui/batches/{batch}")))
+        .await
+        .unwrap();
     assert_eq!(b.path().await, "/ui/login");
     browser.stop().await;
     app.stop().await;
