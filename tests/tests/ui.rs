@@ -21,6 +21,9 @@ use serde_json::Value;
 
 const WITHIN: Duration = Duration::from_secs(90);
 
+/// Form fields or headers of a request.
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
 fn batch_id(batch: &Value) -> String {
     batch["batchId"].as_str().unwrap().to_owned()
 }
@@ -150,7 +153,7 @@ async fn cross_site_posts_are_refused_and_change_nothing() {
     let host = app.addr.to_string();
     let origin = format!("http://{host}");
 
-    let refused: [(&[(&str, &str)], &[(&str, &str)]); 4] = [
+    let refused: [(Pairs, Pairs); 4] = [
         // A form on another site: the browser names its origin (and cannot know the token).
         (&[], &[("origin", "https://evil.example")]),
         (
@@ -551,7 +554,7 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
     b.client.goto(&app.url("/ui/batches")).await.unwrap();
     b.screenshot("batches").await;
     b.client.goto(&app.url("/ui/")).await.unwrap();
-    assert_eq!(b.text("[data-figure=\"succeeded\"]").await, "6");
+    b.until_text("[data-figure=\"succeeded\"]", "6").await;
     b.screenshot("overview").await;
     store_template(&app).await;
     b.client.goto(&app.url("/ui/templates")).await.unwrap();

@@ -25,7 +25,10 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
 };
-use provisioner_shared::db::{batches::BatchRow, dashboard::FailureGroup};
+use provisioner_shared::db::{
+    batches::BatchRow,
+    dashboard::{FailureGroup, SessionRow},
+};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -43,6 +46,8 @@ pub(crate) struct Live {
     failures: Cache<Uuid, Vec<FailureGroup>>,
     /// By whose work (`None`: an operator's view of everything).
     overview: Cache<Option<String>, overview::Overview>,
+    /// Sessions by their token's digest: a page's polls do not each read the token again.
+    sessions: Cache<Vec<u8>, Option<SessionRow>>,
 }
 
 impl Default for Live {
@@ -51,6 +56,7 @@ impl Default for Live {
             batches: Cache::new(LIVE_TTL, LIVE_KEYS),
             failures: Cache::new(LIVE_TTL, LIVE_KEYS),
             overview: Cache::new(LIVE_TTL, LIVE_KEYS),
+            sessions: Cache::new(LIVE_TTL, LIVE_KEYS),
         }
     }
 }

@@ -60,7 +60,10 @@ impl Session {
 
     /// Ends the session: its token stops working at once.
     pub(crate) async fn end(&self, state: &AppState) -> Result<(), sqlx::Error> {
-        db::dashboard::revoke_token(&state.pool, &token_digest(&self.token)).await
+        let digest = token_digest(&self.token);
+        db::dashboard::revoke_token(&state.pool, &digest).await?;
+        state.ui.sessions.forget(&digest);
+        Ok(())
     }
 }
 
@@ -73,8 +76,19 @@ impl Session {
         let Some(token) = cookie(headers, COOKIE).filter(|t| t.len() <= MAX_TOKEN) else {
             return Ok(None);
         };
-        let Some((client_id, scopes)) =
-            db::clients::find_token(&state.pool, &token_digest(&token)).await?
+        let digest = token_digest(&token);
+        let pool = state.pool.clone();
+        let found = state
+            .ui
+            .sessions
+            .get(digest.clone(), || async move {
+                db::dashboard::session(&pool, &digest).await
+            })
+            .await?;
+        // A cached session is still refused from the second its token expires.
+        let Some(db::dashboard::SessionRow {
+            client_id, scopes, ..
+        }) = found.filter(|s| s.expires_at > chrono::Utc::now())
         else {
             return Ok(None);
         };

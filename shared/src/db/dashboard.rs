@@ -217,6 +217,29 @@ pub async fn batches_using(
     .await
 }
 
+/// A dashboard session: the client and scopes of an unexpired token of an unrevoked client.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SessionRow {
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    /// The token is refused from this instant on.
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn session(
+    exec: impl PgExecutor<'_>,
+    token_hash: &[u8],
+) -> Result<Option<SessionRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT t.client_id, t.scopes, t.expires_at FROM access_tokens t
+         JOIN api_clients c ON c.id = t.client_id
+         WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL",
+    )
+    .bind(token_hash)
+    .fetch_optional(exec)
+    .await
+}
+
 /// Ends a dashboard session: its token (by digest) stops working at once.
 pub async fn revoke_token(exec: impl PgExecutor<'_>, token_hash: &[u8]) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM access_tokens WHERE token_hash = $1")
