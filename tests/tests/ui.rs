@@ -13,6 +13,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use provisioner_tests::{
     BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp,
     batches::{self, items},
+    eventually,
     fixtures::{self, SENTINEL_PASSWORD},
     ui::{self, count, csrf, post_login, sign_in},
 };
@@ -324,6 +325,89 @@ async fn the_failed_rows_download_as_csv_without_passwords() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn jobs_are_filtered_shown_with_their_timeline_and_a_queued_one_is_cancelled() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let tenant = fixtures::tenant_url();
+    let job = app.submit(&tenant, &fixtures::create_body(&template)).await;
+    let session = sign_in(&app, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+
+    let (status, _, page) = ui::get(
+        &app,
+        &session,
+        &format!("/ui/jobs?status=queued&tenantUrl={tenant}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&format!("data-job=\"{job}\"")), "{page}");
+    let (_, _, page) = ui::get(&app, &session, "/ui/jobs?status=succeeded").await;
+    assert!(!page.contains(&job) && page.contains("No job matches"));
+    let (status, _, page) = ui::get(
+        &app,
+        &session,
+        "/ui/jobs?tenantUrl=not%20a%20host&batchId=nope",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        page.contains("The tenant URL must") && page.contains("The batch id must be a UUID"),
+        "{page}"
+    );
+
+    let path = format!("/ui/jobs/{job}");
+    let (status, _, page) = ui::get(&app, &session, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("Timeline") && page.contains("— queued") && page.contains(&tenant));
+    // A `back` that leaves the dashboard is ignored.
+    let r = ui::post(
+        &app,
+        &session,
+        &format!("{path}/cancel"),
+        &[("csrf", &csrf(&page)), ("back", "//evil.example/ui/")],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[header::LOCATION].to_str().unwrap(), path);
+    let (_, cancelled) = app.get_json(&format!("/configapi/v2/jobs/{job}")).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let r = ui::post(
+        &app,
+        &session,
+        &format!("{path}/cancel"),
+        &[("csrf", &csrf(&page))],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CONFLICT,
+        "an ended job is not cancelled again"
+    );
+
+    // A client that may only read is offered no action, and its posts are refused.
+    batches::client(&app, "reader", &["tenants:read", "provisioner:admin"]).await;
+    let reader = sign_in(&app, "reader", "reader-secret").await;
+    let job = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&template))
+        .await;
+    let (_, _, page) = ui::get(&app, &reader, &format!("/ui/jobs/{job}")).await;
+    assert!(!page.contains("/cancel\""));
+    let r = ui::post(
+        &app,
+        &reader,
+        &format!("/ui/jobs/{job}/cancel"),
+        &[("csrf", &csrf(&page))],
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (_, still) = app.get_json(&format!("/configapi/v2/jobs/{job}")).await;
+    assert_eq!(still["status"], "queued", "{still}");
+    app.stop().await;
+}
+
 /// Headless Chromium under chromedriver, for one test.
 struct Browser {
     driver: Child,
@@ -381,12 +465,16 @@ impl Browser {
             .unwrap()
     }
 
-    /// Waits until the element `css` shows `want`.
+    /// Waits until the element `css` shows `want`. The element may be missing or replaced
+    /// meanwhile (a navigation, a section swapped in by the page's script): it is found again.
     async fn until_text(&self, css: &str, want: &str) {
         let deadline = tokio::time::Instant::now() + WITHIN;
         loop {
-            let text = self.text(css).await;
-            if text == want {
+            let text = match self.client.find(Locator::Css(css)).await {
+                Ok(element) => element.text().await.ok(),
+                Err(_) => None,
+            };
+            if text.as_deref() == Some(want) {
                 return;
             }
             assert!(
@@ -399,6 +487,22 @@ impl Browser {
 
     async fn path(&self) -> String {
         self.client.current_url().await.unwrap().path().to_owned()
+    }
+
+    /// Waits until the window shows the page at `want` (after a click that navigates).
+    async fn until_path(&self, want: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let path = self.path().await;
+            if path == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "at {path}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Saves what the window shows as `docs/ui/{name}.png`.
@@ -432,7 +536,7 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
 
     // Signed out: sent to the sign-in form.
     b.client.goto(&app.url("/ui/batches")).await.unwrap();
-    assert_eq!(b.path().await, "/ui/login");
+    b.until_path("/ui/login").await;
     b.screenshot("login").await;
     b.client
         .find(Locator::Id("client_id"))
@@ -455,7 +559,7 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .click()
         .await
         .unwrap();
-    assert_eq!(b.path().await, "/ui/login");
+    b.until_path("/ui/login").await;
     assert!(b.text("#login-error").await.contains("wrong"));
     b.client
         .find(Locator::Id("client_secret"))
@@ -471,7 +575,7 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .click()
         .await
         .unwrap();
-    assert_eq!(b.path().await, "/ui/");
+    b.until_path("/ui/").await;
 
     // A queued job (no worker runs yet) is cancelled from the jobs page.
     let tenant = fixtures::tenant_url();
@@ -488,8 +592,11 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .click()
         .await
         .unwrap();
-    let (_, cancelled) = app.get_json(&format!("/configapi/v2/jobs/{job}")).await;
-    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    eventually(Duration::from_secs(20), || async {
+        let (_, j) = app.get_json(&format!("/configapi/v2/jobs/{job}")).await;
+        (j["status"] == "cancelled").then_some(())
+    })
+    .await;
     b.client
         .goto(&app.url(&format!("/ui/jobs/{job}")))
         .await
@@ -544,7 +651,7 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .await
         .unwrap();
     retry.click().await.unwrap();
-    assert_eq!(b.path().await, format!("/ui/batches/{batch}"));
+    b.until_path(&format!("/ui/batches/{batch}")).await;
     b.until_text("[data-count=\"succeeded\"]", "6").await;
     b.until_text("dd [data-status]", "completed").await;
     assert_eq!(b.text("[data-count=\"failed\"]").await, "0");
@@ -570,12 +677,12 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .click()
         .await
         .unwrap();
-    assert_eq!(b.path().await, "/ui/login");
+    b.until_path("/ui/login").await;
     b.client
         .goto(&app.url(&format!("/ui/batches/{batch}")))
         .await
         .unwrap();
-    assert_eq!(b.path().await, "/ui/login");
+    b.until_path("/ui/login").await;
     browser.stop().await;
     app.stop().await;
 }
