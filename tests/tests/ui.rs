@@ -230,7 +230,22 @@ async fn a_client_sees_only_its_own_batches_and_an_operator_sees_every_one() {
     assert_eq!(count(&page, "total"), 4);
     assert_eq!(count(&page, "queued"), 4);
 
+    let figure = |page: &str, name: &str| -> i64 {
+        let marker = format!("data-figure=\"{name}\">");
+        let rest = &page[page.find(&marker).unwrap() + marker.len()..];
+        rest[..rest.find('<').unwrap()].parse().unwrap()
+    };
+    let (_, _, overview) = ui::get(&app, &own, "/ui/").await;
+    assert!(overview.contains("Your jobs"), "a client's own figures");
+    assert_eq!(figure(&overview, "queued"), 4);
+
     let other = sign_in(&app, "bob", "bob-secret").await;
+    let (_, _, overview) = ui::get(&app, &other, "/ui/").await;
+    assert_eq!(
+        figure(&overview, "queued"),
+        0,
+        "another client's work is not counted"
+    );
     let (status, _, page) = ui::get(&app, &other, &path).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!page.contains(&batch[9..]), "nothing of it is shown");
@@ -602,7 +617,6 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .await
         .unwrap();
     assert_eq!(b.text("dd [data-status]").await, "cancelled");
-    b.screenshot("job").await;
 
     // A batch of 6 items, 2 of which name a template that is not there yet.
     let missing = format!("http://{}/later.zip", app.templates.addr);
@@ -657,6 +671,21 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
     assert_eq!(b.text("[data-count=\"failed\"]").await, "0");
     let finished = batch_status(&app, &batch).await;
     assert_eq!(finished["counts"]["succeeded"], 6, "{finished}");
+
+    // The timeline of a retried item's new job: queued, released, running, its lock wait, done.
+    let results = batches::results(&app, &batch, "").await;
+    let retried = results[4]["jobId"].as_str().unwrap();
+    b.client
+        .goto(&app.url(&format!("/ui/jobs/{retried}")))
+        .await
+        .unwrap();
+    assert_eq!(b.text("dd [data-status]").await, "succeeded");
+    let timeline = b.text("ol.timeline").await;
+    assert!(
+        timeline.contains("running (attempt 1)") && timeline.contains("for the import lock"),
+        "{timeline}"
+    );
+    b.screenshot("job").await;
 
     b.client.goto(&app.url("/ui/batches")).await.unwrap();
     b.screenshot("batches").await;

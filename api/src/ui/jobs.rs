@@ -9,7 +9,7 @@ use axum::{
 use maud::{Markup, html};
 use provisioner_shared::{
     db::{self, dashboard::JobTiming, jobs::ListFilter},
-    domain::{JobStatus, JobView, TenantUrl},
+    domain::{JobStatus, JobView, SkipReason, TenantUrl},
 };
 use uuid::Uuid;
 
@@ -260,7 +260,13 @@ pub(crate) async fn page(
             section aria-labelledby="h-skipped" {
                 h2 id="h-skipped" { "Access numbers skipped" }
                 ul { @for s in &view.skipped_access_numbers {
-                    li { code { (serde_json::to_string(s).unwrap_or_default()) } }
+                    li {
+                        code { (s.number) } " (" (s.count) " numbers): "
+                        (match s.reason {
+                            SkipReason::AssignedToOtherTenant => "assigned to another tenant",
+                            SkipReason::OverlapsExistingRange => "overlaps an existing range",
+                        })
+                    }
                 } }
             }
         }
