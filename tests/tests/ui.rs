@@ -423,6 +423,64 @@ async fn jobs_are_filtered_shown_with_their_timeline_and_a_queued_one_is_cancell
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_hundred_pages_polling_one_batch_at_once_cost_the_database_one_read() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batch_id(&batches::submit(&app, &items(3, &template)).await);
+    let session = sign_in(&app, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    // Every read of `batches` waits while the test holds this lock: the API sessions waiting
+    // for it are its reads in flight.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let polls: Vec<_> = (0..100)
+        .map(|_| {
+            let (url, cookie) = (
+                app.url(&format!("/ui/live/batches?ids={batch}")),
+                session.clone(),
+            );
+            tokio::spawn(async move {
+                let r = ui::no_redirects()
+                    .get(url)
+                    .header(header::COOKIE, cookie)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), StatusCode::OK);
+                r.json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    let waiting = || async {
+        app.count(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE c.relname = 'batches' AND NOT l.granted",
+        )
+        .await
+    };
+    eventually(Duration::from_secs(20), || async {
+        (waiting().await >= 1).then_some(())
+    })
+    .await;
+    // Watched for a while: without coalescing, the other requests' reads queue up here too.
+    let mut most = 0;
+    let watch_until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::Instant::now() < watch_until {
+        most = most.max(waiting().await);
+    }
+    assert_eq!(most, 1, "one read of the batch serves every page");
+    lock.rollback().await.unwrap();
+    for poll in polls {
+        let body = poll.await.unwrap();
+        assert_eq!(body["batches"][0]["batchId"], batch.as_str(), "{body}");
+        assert_eq!(body["batches"][0]["counts"]["queued"], 3, "{body}");
+    }
+    app.stop().await;
+}
+
 /// Headless Chromium under chromedriver, for one test.
 struct Browser {
     driver: Child,
