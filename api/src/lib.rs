@@ -10,11 +10,13 @@ pub mod fuzzing;
 mod intake;
 mod metrics;
 mod openapi;
+mod retry;
 mod routes;
 mod server;
 mod submit;
 mod tenant_lock;
 mod token_guard;
+mod ui;
 mod upload;
 mod validate;
 mod wait;
@@ -46,12 +48,15 @@ pub(crate) struct AppState {
     waits: Arc<wait::Waits>,
     /// Memory for uploads in flight and templates being checked.
     template_budget: MemoryBudget,
+    /// The dashboard's live caches.
+    ui: Arc<ui::Live>,
 }
 
 /// The whole HTTP surface, apart from binding.
 fn router(state: AppState) -> Router {
     metrics::handle();
     routes::router(&state)
+        .merge(ui::router())
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -107,6 +112,7 @@ pub async fn run(
         token_guard: Arc::new(token_guard::TokenGuard::new()),
         waits: Arc::default(),
         template_budget: MemoryBudget::new(settings.template_memory_budget),
+        ui: Arc::default(),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -9,6 +9,7 @@ pub mod events;
 pub mod fixtures;
 pub mod process;
 pub mod template_server;
+pub mod ui;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -408,7 +409,7 @@ pub async fn get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Respons
     http_client().get(url).send().await
 }
 
-fn client_builder() -> reqwest::ClientBuilder {
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))

@@ -9,8 +9,8 @@ use axum::{
 };
 use futures_util::{StreamExt, stream};
 use provisioner_shared::{
-    db::{self, batches::NewItem},
-    domain::{BatchStatus, BatchView, JobError, JobStatus, TemplateSource, TenantSummary},
+    db,
+    domain::{BatchStatus, BatchView, JobError, JobStatus, TenantSummary},
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -26,6 +26,7 @@ use crate::{
     },
     intake::{Accepted, Intake},
     openapi::shapes::{self, CodeList, IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
+    retry::{self, Retried},
     submit::Answer,
     wait,
 };
@@ -381,68 +382,9 @@ pub(super) async fn retry_batch(
 ) -> Result<Response, ApiError> {
     let id = batch_id(&raw)?;
     let codes = codes_param(&uri)?;
-    let mut tx = state.pool.begin().await?;
-    let batch = db::batches::lock_for_retry(&mut tx, id, caller.sees())
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    let mut after = -1;
-    let mut retried = 0usize;
-    loop {
-        let failed = db::batches::failed_items(&mut tx, id, codes.as_deref(), after, PAGE).await?;
-        let Some(last) = failed.last() else { break };
-        after = last.item;
-        let mut old_jobs = Vec::with_capacity(failed.len());
-        let mut items = Vec::with_capacity(failed.len());
-        for old in failed {
-            let item = renewed(&state, &old)?;
-            old_jobs.push(old.job_id);
-            items.push(item);
-        }
-        if retried == 0 {
-            db::batches::reopen(&mut tx, id).await?;
-        }
-        retried += items.len();
-        db::batches::replace_items(&mut tx, id, &batch.client_id, &old_jobs, &items).await?;
+    match retry::failed_items(&state, id, caller.sees(), codes.as_deref()).await? {
+        None => Err(not_found(id)),
+        Some(Retried::Nothing(batch)) => Ok((StatusCode::OK, Json(batch.view())).into_response()),
+        Some(Retried::Items(batch)) => Ok(accepted(StatusCode::ACCEPTED, batch.view())),
     }
-    if retried == 0 {
-        return Ok((StatusCode::OK, Json(batch.view())).into_response());
-    }
-    let batch = db::batches::find(&mut *tx, id, None)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    tx.commit().await?;
-    tracing::info!(batch.id = %id, items = retried, "batch items retried");
-    Ok(accepted(StatusCode::ACCEPTED, batch.view()))
-}
-
-/// A new job for a failed item: the same parameters, its password sealed again for the new id.
-fn renewed(state: &AppState, old: &db::batches::FailedItem) -> Result<NewItem, ApiError> {
-    let sealed = old.sealed_password.as_deref().ok_or_else(|| {
-        ApiError::Internal(anyhow::anyhow!(
-            "batch item {} has no sealed password to retry with",
-            old.item
-        ))
-    })?;
-    let password = state
-        .sealer
-        .open(sealed, old.job_id.as_bytes())
-        .map_err(anyhow::Error::from)?;
-    let job_id = Uuid::now_v7();
-    let template_id = match serde_json::from_value::<provisioner_shared::domain::CreateTenantParams>(
-        old.params.clone(),
-    ) {
-        Ok(params) => match params.template {
-            TemplateSource::Stored(id) => Some(id),
-            TemplateSource::Url(_) => None,
-        },
-        Err(e) => return Err(ApiError::Internal(e.into())),
-    };
-    Ok(NewItem {
-        job_id,
-        item: old.item,
-        tenant_url: old.tenant_url.clone(),
-        params: old.params.clone(),
-        sealed_password: state.sealer.seal(&password, job_id.as_bytes()),
-        template_id,
-    })
 }

@@ -4,6 +4,7 @@
 pub mod access_numbers;
 pub mod batches;
 pub mod clients;
+pub mod dashboard;
 pub mod figures;
 pub mod jobs;
 pub mod locks;

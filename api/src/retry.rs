@@ -1,0 +1,97 @@
+//! Retrying a batch's failed items: every item whose newest job failed (with one of the given
+//! codes, if any) gets a new job with the same parameters, its password sealed again for the new
+//! id. Shared by the batch retry route and the dashboard.
+
+use provisioner_shared::{
+    db::{self, batches::BatchRow, batches::NewItem},
+    domain::TemplateSource,
+};
+use uuid::Uuid;
+
+use crate::{AppState, error::ApiError};
+
+/// Failed items read and replaced per statement.
+const PAGE: i64 = 1_000;
+
+/// What a retry did.
+#[derive(Debug)]
+pub(crate) enum Retried {
+    /// Nothing had failed (with those codes): the batch as it was.
+    Nothing(BatchRow),
+    /// Items got new jobs: the batch, running again.
+    Items(BatchRow),
+}
+
+/// Retries the failed items of batch `id` as seen by `sees` (`None`: an operator). `None` when
+/// there is no such batch for the caller.
+pub(crate) async fn failed_items(
+    state: &AppState,
+    id: Uuid,
+    sees: Option<&str>,
+    codes: Option<&[i32]>,
+) -> Result<Option<Retried>, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let Some(batch) = db::batches::lock_for_retry(&mut tx, id, sees).await? else {
+        return Ok(None);
+    };
+    let mut after = -1;
+    let mut retried = 0usize;
+    loop {
+        let failed = db::batches::failed_items(&mut tx, id, codes, after, PAGE).await?;
+        let Some(last) = failed.last() else { break };
+        after = last.item;
+        let mut old_jobs = Vec::with_capacity(failed.len());
+        let mut items = Vec::with_capacity(failed.len());
+        for old in failed {
+            let item = renewed(state, &old)?;
+            old_jobs.push(old.job_id);
+            items.push(item);
+        }
+        if retried == 0 {
+            db::batches::reopen(&mut tx, id).await?;
+        }
+        retried += items.len();
+        db::batches::replace_items(&mut tx, id, &batch.client_id, &old_jobs, &items).await?;
+    }
+    if retried == 0 {
+        return Ok(Some(Retried::Nothing(batch)));
+    }
+    let Some(batch) = db::batches::find(&mut *tx, id, None).await? else {
+        return Ok(None);
+    };
+    tx.commit().await?;
+    tracing::info!(batch.id = %id, items = retried, "batch items retried");
+    Ok(Some(Retried::Items(batch)))
+}
+
+/// A new job for a failed item: the same parameters, its password sealed again for the new id.
+fn renewed(state: &AppState, old: &db::batches::FailedItem) -> Result<NewItem, ApiError> {
+    let sealed = old.sealed_password.as_deref().ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "batch item {} has no sealed password to retry with",
+            old.item
+        ))
+    })?;
+    let password = state
+        .sealer
+        .open(sealed, old.job_id.as_bytes())
+        .map_err(anyhow::Error::from)?;
+    let job_id = Uuid::now_v7();
+    let template_id = match serde_json::from_value::<provisioner_shared::domain::CreateTenantParams>(
+        old.params.clone(),
+    ) {
+        Ok(params) => match params.template {
+            TemplateSource::Stored(id) => Some(id),
+            TemplateSource::Url(_) => None,
+        },
+        Err(e) => return Err(ApiError::Internal(e.into())),
+    };
+    Ok(NewItem {
+        job_id,
+        item: old.item,
+        tenant_url: old.tenant_url.clone(),
+        params: old.params.clone(),
+        sealed_password: state.sealer.seal(&password, job_id.as_bytes()),
+        template_id,
+    })
+}

@@ -1,0 +1,147 @@
+//! `GET /ui/batches/{batchId}/failed.csv`: the failed items of a batch as CSV (RFC 4180), one row
+//! per item in item order: its submitted fields (never the password), its job and the error.
+//! Streamed page by page, so neither side holds the whole batch.
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use futures_util::stream;
+use provisioner_shared::{
+    db::{self, jobs::JobRow},
+    domain::{AdminSpec, CreateTenantParams, JobStatus, TemplateSource},
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{layout, session::Session};
+use crate::{AppState, extract::PathText};
+
+/// Items read per query.
+const PAGE: i64 = 1_000;
+
+const HEADER: &str = "item,tenantUrl,tenantName,loginId,firstName,lastName,email,template,jobId,status,code,errorTitle,errorDetail\r\n";
+
+pub(crate) async fn failed_rows(
+    State(state): State<AppState>,
+    session: Session,
+    PathText(raw): PathText,
+) -> Response {
+    let Ok(id) = Uuid::parse_str(&raw) else {
+        return layout::not_found("batch");
+    };
+    match db::batches::find(&state.pool, id, session.caller.sees()).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return layout::not_found("batch"),
+        Err(e) => return layout::internal(e.into()),
+    }
+    let pool = state.pool.clone();
+    let first = stream::once(async { Ok::<_, sqlx::Error>(HEADER.as_bytes().to_vec()) });
+    // Keyset pages: no transaction or connection is held while a slow client reads.
+    let rows = stream::unfold(Some(-1), move |after| {
+        let pool = pool.clone();
+        async move {
+            let after = after?;
+            match db::batches::results(&pool, id, Some(JobStatus::Failed), after, PAGE).await {
+                Ok(rows) if rows.is_empty() => None,
+                Ok(rows) => {
+                    let next = (rows.len() as i64 == PAGE)
+                        .then(|| rows.last().and_then(|r| r.batch_item))
+                        .flatten();
+                    let text: String = rows.iter().map(row).collect();
+                    Some((Ok(text.into_bytes()), next))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch.id = %id, "reading failed rows failed");
+                    Some((Err(e), None))
+                }
+            }
+        }
+    });
+    let mut response =
+        Body::from_stream(futures_util::StreamExt::chain(first, rows)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    let disposition = format!("attachment; filename=\"batch-{id}-failed.csv\"");
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition).expect("ascii"),
+    );
+    layout::no_store(&mut response);
+    response
+}
+
+/// One CSV line of a failed item.
+fn row(job: &JobRow) -> String {
+    let params = serde_json::from_value::<CreateTenantParams>(job.params.clone()).ok();
+    let admin = params.as_ref().and_then(|p| p.admin.as_ref());
+    let admin_field = |f: fn(&AdminSpec) -> &String| admin.map(f).cloned().unwrap_or_default();
+    let template = match params.as_ref().map(|p| &p.template) {
+        Some(TemplateSource::Url(url)) => url.clone(),
+        Some(TemplateSource::Stored(id)) => id.clone(),
+        None => String::new(),
+    };
+    let error = job.error.as_ref();
+    let error_text = |k: &str| {
+        error
+            .and_then(|e| e.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    };
+    let cells = [
+        job.batch_item.map(|i| i.to_string()).unwrap_or_default(),
+        job.tenant_url.clone(),
+        params
+            .as_ref()
+            .map(|p| p.tenant_name.clone())
+            .unwrap_or_default(),
+        admin_field(|a| &a.login_id),
+        admin_field(|a| &a.first_name),
+        admin_field(|a| &a.last_name),
+        admin_field(|a| &a.email),
+        template,
+        job.id.to_string(),
+        job.status.as_str().to_owned(),
+        job.code.map(|c| c.to_string()).unwrap_or_default(),
+        error_text("title"),
+        error_text("detail"),
+    ];
+    let mut line = cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(",");
+    line.push_str("\r\n");
+    line
+}
+
+/// A CSV cell: quoted when it holds a separator, quote or line break; a leading `=`, `+`, `-`,
+/// `@`, tab or carriage return is prefixed with `'`, so a spreadsheet never runs it as a formula.
+fn cell(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+
+    #[test]
+    fn cells_are_quoted_and_never_formulas() {
+        assert_eq!(cell("plain"), "plain");
+        assert_eq!(cell("a,b"), "\"a,b\"");
+        assert_eq!(cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(cell("-1"), "'-1");
+    }
+}

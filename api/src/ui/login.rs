@@ -1,0 +1,181 @@
+//! Signing in and out. The sign-in form takes a client id and secret, verified as the token
+//! endpoint verifies them (through the same guard, which bounds the Argon2 work and refuses peers
+//! that keep failing); success issues a token of the client and keeps it in the session cookie.
+
+use std::net::SocketAddr;
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Redirect, Response},
+};
+use maud::{Markup, html};
+
+use super::{
+    form::Form,
+    layout::{self, Nav},
+    session::{Session, clear_cookie, over_tls, same_origin, set_cookie},
+};
+use crate::{
+    AppState,
+    auth::{Scope, authenticate_client, issue_token},
+    token_guard::Refusal,
+};
+
+/// Longest client id looked up.
+const MAX_CLIENT_ID: usize = 255;
+/// Longest client secret verified.
+const MAX_SECRET: usize = 1024;
+
+/// `GET /ui/login`: the form (or, when already signed in, the overview).
+pub(crate) async fn form(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match Session::lookup(&state, &headers).await {
+        Ok(Some(_)) => Redirect::to("/ui/").into_response(),
+        Ok(None) => login_page(StatusCode::OK, None, ""),
+        Err(e) => layout::internal(e.into()),
+    }
+}
+
+/// `POST /ui/login`: `303` to `/ui/` with the session cookie, or the form again with what was
+/// wrong (and no cookie).
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    if !same_origin(request.headers()) {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            Some("Sign in from this dashboard's own page."),
+            "",
+        );
+    }
+    let form = match Form::read(request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    let id = form.get("client_id").unwrap_or("").trim().to_owned();
+    let secret = form.get("client_secret").unwrap_or("").to_owned();
+    if id.is_empty() || secret.is_empty() {
+        return login_page(
+            StatusCode::OK,
+            Some("Enter the client id and the client secret."),
+            &id,
+        );
+    }
+    if id.len() > MAX_CLIENT_ID || secret.len() > MAX_SECRET {
+        // No client has such an id or secret: nothing to verify.
+        return wrong_credentials(&id);
+    }
+    let guard = &state.token_guard;
+    let slot = match guard.admit(&id, Some(peer.ip())).await {
+        Ok(slot) => slot,
+        Err(refusal) => return refused(refusal, &id),
+    };
+    let client = match authenticate_client(&state.pool, &id, secret, slot).await {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            guard.failed(&id, Some(peer.ip()));
+            return wrong_credentials(&id);
+        }
+        Err(e) => return layout::internal(e.into()),
+    };
+    if !client
+        .scopes
+        .iter()
+        .any(|s| s == Scope::TenantsRead.as_str())
+    {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            Some("This client may not read: the dashboard needs the scope tenants:read."),
+            &id,
+        );
+    }
+    let ttl = state.settings.token_ttl;
+    let token = match issue_token(&state.pool, &client.id, &client.scopes, ttl).await {
+        Ok(token) => token,
+        Err(e) => return layout::internal(e.into()),
+    };
+    tracing::info!(client.id = %client.id, "dashboard sign-in");
+    let mut response = Redirect::to("/ui/").into_response();
+    let cookie = set_cookie(&token, ttl.as_secs(), over_tls(&form.headers));
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    layout::no_store(&mut response);
+    response
+}
+
+/// `POST /ui/logout`: ends the session (its token stops working) and clears the cookie.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    session: Session,
+    request: Request,
+) -> Response {
+    let form = match Form::from_page(&session, request).await {
+        Ok(form) => form,
+        Err(refused) => return refused,
+    };
+    if let Err(e) = session.end(&state).await {
+        return layout::internal(e.into());
+    }
+    let mut response = Redirect::to("/ui/login").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, clear_cookie(over_tls(&form.headers)));
+    response
+}
+
+fn wrong_credentials(id: &str) -> Response {
+    login_page(
+        StatusCode::OK,
+        Some("The client id or the client secret is wrong."),
+        id,
+    )
+}
+
+/// The guard's refusal, as the form with `Retry-After`.
+fn refused(refusal: Refusal, id: &str) -> Response {
+    let (status, message, retry_after) = match refusal {
+        Refusal::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many sign-ins at once. Try again in a moment.",
+            1,
+        ),
+        Refusal::TooManyFailures { retry_after } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many failed attempts from this address. Try again later.",
+            retry_after,
+        ),
+    };
+    let mut response = login_page(status, Some(message), id);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
+}
+
+fn login_page(status: StatusCode, error: Option<&str>, id: &str) -> Response {
+    layout::page(status, "Sign in", None, Nav::None, login_form(error, id))
+}
+
+fn login_form(error: Option<&str>, id: &str) -> Markup {
+    html! {
+        p { "Sign in with the client id and secret of one of this provider's API clients." }
+        @if let Some(error) = error {
+            p class="error" role="alert" id="login-error" { (error) }
+        }
+        form method="post" action="/ui/login" class="login" {
+            div class="field" {
+                label for="client_id" { "Client id" }
+                input type="text" id="client_id" name="client_id" value=(id) required
+                    autocomplete="username" autocapitalize="none" spellcheck="false"
+                    maxlength="255" aria-describedby=[error.map(|_| "login-error")];
+            }
+            div class="field" {
+                label for="client_secret" { "Client secret" }
+                input type="password" id="client_secret" name="client_secret" required
+                    autocomplete="current-password" maxlength="1024";
+            }
+            button type="submit" { "Sign in" }
+        }
+    }
+}
