@@ -2,6 +2,8 @@
 //! Import Tenant) in a blocking task, within the process's template memory budget. Every fault
 //! in the template itself is code 400.
 
+use std::sync::Arc;
+
 use provisioner_shared::{
     budget::Reserved,
     db::{self, jobs::JobRow},
@@ -22,14 +24,24 @@ pub(super) enum Versions {
 }
 
 /// Loads and reads the job's template; the reservation holds its share of the budget while the
-/// template (and what the job builds from it) is in memory.
+/// template (and what the job builds from it) is in memory. A stored template read for a create
+/// recently is not read again.
 pub(super) async fn load(
     ctx: &Context,
     job: &JobRow,
     source: &TemplateSource,
     versions: Versions,
-) -> Result<(Template, Reserved), JobFailure> {
-    let bytes = bytes(ctx, job, source).await?;
+) -> Result<(Arc<Template>, Reserved), JobFailure> {
+    let stored_id = stored_id(ctx, job, source).await?;
+    let cacheable = stored_id.as_deref().filter(|_| versions == Versions::Exact);
+    if let Some((template, cost)) = cacheable.and_then(|id| ctx.recent.read(id)) {
+        return Ok((template, ctx.template_budget.reserve(cost).await));
+    }
+    let bytes = match (&stored_id, source) {
+        (Some(id), _) => stored(ctx, id).await?,
+        (None, TemplateSource::Url(url)) => download(ctx, url).await?,
+        (None, TemplateSource::Stored(id)) => stored(ctx, id).await?,
+    };
     let (limits, db_version) = (ctx.limits, ctx.db_version);
     let contents = match versions {
         Versions::Exact => Contents::ForCreate,
@@ -43,26 +55,32 @@ pub(super) async fn load(
         Versions::Upgradable => Template::read_upgrading(&bytes, &limits, db_version),
     });
     match read.await {
-        Ok(Ok(t)) => Ok((t, reserved)),
+        Ok(Ok(t)) => {
+            let template = Arc::new(t);
+            if let Some(id) = cacheable {
+                ctx.recent.keep_read(id, &template, cost);
+            }
+            Ok((template, reserved))
+        }
         Ok(Err(e)) => Err(JobFailure::BadTemplate(e.to_string())),
         Err(e) => Err(JobFailure::fault("the template reader crashed", e)),
     }
 }
 
-/// The template's bytes, from where the job's parameters say. Each source is one case here.
-async fn bytes(
+/// The store's id of the job's template: named, or the one its batch pinned for its URL
+/// (`None`: a single create downloads its URL).
+async fn stored_id(
     ctx: &Context,
     job: &JobRow,
     source: &TemplateSource,
-) -> Result<bytes::Bytes, JobFailure> {
+) -> Result<Option<String>, JobFailure> {
     match (source, job.batch_id) {
         // A batch's items share one pinned download of their URL.
         (TemplateSource::Url(url), Some(batch)) => {
-            let id = super::pin::resolve(ctx, batch, url).await?;
-            stored(ctx, &id).await
+            Ok(Some(super::pin::resolve(ctx, batch, url).await?))
         }
-        (TemplateSource::Url(url), None) => download(ctx, url).await,
-        (TemplateSource::Stored(id), _) => stored(ctx, id).await,
+        (TemplateSource::Url(_), None) => Ok(None),
+        (TemplateSource::Stored(id), _) => Ok(Some(id.clone())),
     }
 }
 
