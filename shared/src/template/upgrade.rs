@@ -24,6 +24,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261202000001, 20261202150000, unchanged),
     // 20261203000001 added the template store and batches: nothing a template holds.
     (20261202150000, 20261203000001, unchanged),
+    // 20261204000001 indexed what retention purges: nothing a template holds.
+    (20261203000001, 20261204000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {
