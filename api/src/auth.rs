@@ -113,7 +113,7 @@ pub(crate) async fn authenticate_client(
     let phc = client
         .as_ref()
         .map_or_else(|| DUMMY_HASH.to_owned(), |c| c.secret_hash.clone());
-    let verified = passwords::pool()
+    let verified = passwords::occasional_pool()
         .verify(secret.into_bytes(), phc, slot)
         .await;
     Ok(client.filter(|_| verified))
@@ -240,7 +240,9 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
             return Ok(());
         }
         let (secret, phc) = (secret.to_owned(), existing.secret_hash.clone());
-        let same = passwords::pool().verify(secret.into_bytes(), phc, ()).await;
+        let same = passwords::occasional_pool()
+            .verify(secret.into_bytes(), phc, ())
+            .await;
         if same
             && Scope::ALL
                 .iter()
@@ -250,7 +252,7 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         }
     }
     let secret = secret.to_owned();
-    let hash = passwords::pool().hash(secret.into_bytes()).await;
+    let hash = passwords::occasional_pool().hash(secret.into_bytes()).await;
     let scopes = all_scope_names();
     db::clients::insert(
         pool,

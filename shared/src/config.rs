@@ -334,7 +334,10 @@ mod tests {
 
     #[test]
     fn retention_keeps_idempotency_keys_a_day_at_least() {
-        assert_eq!(settings(&[]).unwrap().job_retention, Duration::from_secs(7 * 86400));
+        assert_eq!(
+            settings(&[]).unwrap().job_retention,
+            Duration::from_secs(7 * 86400)
+        );
         let day = settings(&[("PROVISIONER_JOB_RETENTION", "86400")]).unwrap();
         assert_eq!(day.job_retention, MIN_JOB_RETENTION);
         let err = settings(&[("PROVISIONER_JOB_RETENTION", "86399")]).unwrap_err();

@@ -70,18 +70,18 @@ async fn what_outlived_its_retention_is_purged_in_chunks_and_the_rest_stays() {
     // Stop the sweeper while the past is rewritten, so nothing goes half-way.
     app.stop_workers().await;
     backdate_job(&app, &old).await;
+    sqlx::query("UPDATE batches SET finished_at = now() - interval '2 days' WHERE id = $1::uuid")
+        .bind(&old_batch)
+        .execute(&app.db)
+        .await
+        .unwrap();
     sqlx::query(
-        "UPDATE batches SET finished_at = now() - interval '2 days' WHERE id = $1::uuid",
+        "UPDATE jobs SET finished_at = now() - interval '2 days' WHERE batch_id = $1::uuid",
     )
     .bind(&old_batch)
     .execute(&app.db)
     .await
     .unwrap();
-    sqlx::query("UPDATE jobs SET finished_at = now() - interval '2 days' WHERE batch_id = $1::uuid")
-        .bind(&old_batch)
-        .execute(&app.db)
-        .await
-        .unwrap();
     // More old endings than one chunk takes, so the purge must go on chunk after chunk.
     let copies = (provisioner_shared::db::retention::CHUNK * 2 + 7) as i32;
     sqlx::query(
@@ -140,9 +140,14 @@ async fn what_outlived_its_retention_is_purged_in_chunks_and_the_rest_stays() {
 
     // Gone: the old job, its idempotency key (the same key now makes a new job), the old
     // batch (its results too), the long-expired token.
-    assert_eq!(app.get_json(&format!("/configapi/v2/jobs/{old}")).await.0, 404);
     assert_eq!(
-        app.get_json(&format!("/configapi/v2/batches/{old_batch}")).await.0,
+        app.get_json(&format!("/configapi/v2/jobs/{old}")).await.0,
+        404
+    );
+    assert_eq!(
+        app.get_json(&format!("/configapi/v2/batches/{old_batch}"))
+            .await
+            .0,
         404
     );
     assert_eq!(
@@ -156,7 +161,9 @@ async fn what_outlived_its_retention_is_purged_in_chunks_and_the_rest_stays() {
         "succeeded"
     );
     assert_eq!(
-        app.get_json(&format!("/configapi/v2/jobs/{queued}")).await.1["status"],
+        app.get_json(&format!("/configapi/v2/jobs/{queued}"))
+            .await
+            .1["status"],
         "queued"
     );
     let kept = batches::results(&app, &young_batch, "").await;

@@ -122,4 +122,3 @@ pub async fn find_token(
     .fetch_optional(exec)
     .await
 }
-

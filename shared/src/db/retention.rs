@@ -12,7 +12,10 @@ pub const CHUNK: i64 = 500;
 
 /// Removes up to `CHUNK` jobs outside batches that ended more than `retention` ago (with their
 /// idempotency keys, which live on the job). Returns how many went.
-pub async fn purge_jobs(exec: impl PgExecutor<'_>, retention: Duration) -> Result<u64, sqlx::Error> {
+pub async fn purge_jobs(
+    exec: impl PgExecutor<'_>,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
     sqlx::query(
         "DELETE FROM jobs WHERE id IN (
              SELECT id FROM jobs

@@ -87,7 +87,9 @@ impl Recent {
             return;
         }
         inner.read_cost += cost;
-        inner.read.push_back((id.to_owned(), template.clone(), cost));
+        inner
+            .read
+            .push_back((id.to_owned(), template.clone(), cost));
         while inner.read_cost > MAX_READ_COST {
             let (_, _, old) = inner.read.pop_front().expect("over the bound: not empty");
             inner.read_cost -= old;

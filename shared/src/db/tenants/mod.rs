@@ -158,4 +158,3 @@ pub async fn exists_by_url_or_id(
     .fetch_one(exec)
     .await
 }
-

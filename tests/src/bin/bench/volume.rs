@@ -25,8 +25,8 @@ use provisioner_shared::template::{
     TenantEntry, UserEntry,
 };
 use provisioner_tests::{
-    BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, authorized_client, fetch_token, fixtures,
-    http_client, process::Proc,
+    BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, authorized_client, fetch_token, fixtures, http_client,
+    process::Proc,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -37,7 +37,8 @@ use crate::{
 };
 
 /// A hash of a password nobody uses, for the users templates carry.
-const STORED_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY";
+const STORED_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY";
 
 pub async fn run(backlog: usize, trivial: usize, standard: usize) {
     let commits = raw_commits(4, Duration::from_secs(5));
@@ -113,7 +114,17 @@ fn raw_commits(clients: usize, for_how_long: Duration) -> f64 {
     let db = format!("bench_raw_{}", std::process::id());
     let psql = |sql: &str, db: &str| {
         let ok = Command::new("psql")
-            .args(["-qAt", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-c", sql])
+            .args([
+                "-qAt",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .status()
             .expect("psql runs")
             .success();
@@ -173,7 +184,12 @@ async fn system() -> (TestApp, Proc, String, reqwest::Client) {
     app.stop_api();
     let (api, addr) = api_process(&app).await;
     let token = fetch_token(&http_client(), addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
-    (app, api, format!("http://{addr}"), authorized_client(&token))
+    (
+        app,
+        api,
+        format!("http://{addr}"),
+        authorized_client(&token),
+    )
 }
 
 fn worker(app: &TestApp) -> Proc {
@@ -221,7 +237,10 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
         .collect()
         .await;
     let rate = requests as f64 / started.elapsed().as_secs_f64();
-    assert!(closed.iter().all(|(s, _)| *s == 202), "every create accepted");
+    assert!(
+        closed.iter().all(|(s, _)| *s == 202),
+        "every create accepted"
+    );
     let mut latencies: Vec<f64> = closed.drain(..).map(|(_, ms)| ms).collect();
     latencies.sort_by(f64::total_cmp);
     println!(
