@@ -65,7 +65,8 @@ fn router(state: AppState) -> Router {
                 ))
             },
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(extract::request_span))
+        .layer(axum::middleware::map_request(extract::start_trace))
         .layer(axum::middleware::map_request(body_timeout))
         .with_state(state)
 }

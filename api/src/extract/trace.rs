@@ -1,0 +1,54 @@
+//! The request's W3C trace context: every request gets one at the edge (a child of a valid
+//! `traceparent` header, else a new trace), which its span records and its jobs continue.
+
+use std::convert::Infallible;
+
+use axum::{extract::FromRequestParts, extract::Request, http::request::Parts};
+use provisioner_shared::trace::TraceContext;
+
+/// The request's span in its trace.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestTrace(pub(crate) TraceContext);
+
+impl RequestTrace {
+    fn of(request_headers: &axum::http::HeaderMap) -> Self {
+        let header = request_headers
+            .get("traceparent")
+            .map(axum::http::HeaderValue::as_bytes);
+        Self(TraceContext::continue_from(header))
+    }
+}
+
+/// Outermost layer: gives the request its trace context, before its span is made.
+pub(crate) async fn start(mut request: Request) -> Request {
+    let trace = RequestTrace::of(request.headers());
+    request.extensions_mut().insert(trace);
+    request
+}
+
+/// The request's span: method, path and trace id (so every line the request logs has it).
+pub(crate) fn request_span(request: &Request) -> tracing::Span {
+    let trace = request
+        .extensions()
+        .get::<RequestTrace>()
+        .copied()
+        .unwrap_or_else(|| RequestTrace::of(request.headers()));
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = %trace.0.trace_id_hex(),
+    )
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(parts
+            .extensions
+            .get::<Self>()
+            .copied()
+            .unwrap_or_else(|| Self::of(&parts.headers)))
+    }
+}
