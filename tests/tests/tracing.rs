@@ -12,9 +12,9 @@ use lapin::{
 };
 use provisioner_shared::{queue, trace::TraceContext};
 use provisioner_tests::{
-    TestApp, batches,
+    BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, authorized_client, batches,
     events::{Event, EventTap, traceparent_header},
-    fixtures,
+    fetch_token, fixtures, http_client,
     process::Proc,
 };
 use serde_json::{Value, json};
@@ -48,10 +48,19 @@ fn event_trace(event: &Event) -> TraceContext {
 
 /// `POST` a create for a new tenant with `traceparent` (if any); returns the job id.
 async fn create(app: &TestApp, template: &str, traceparent: Option<&str>) -> String {
+    create_at(&app.http, &app.url(""), template, traceparent).await
+}
+
+/// `create`, through the API at `base` with `http`.
+async fn create_at(
+    http: &reqwest::Client,
+    base: &str,
+    template: &str,
+    traceparent: Option<&str>,
+) -> String {
     let tenant = fixtures::tenant_url();
-    let mut request = app
-        .http
-        .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+    let mut request = http
+        .post(format!("{base}/configapi/v2/selfservice/tenant/{tenant}"))
         .json(&fixtures::create_body(template));
     if let Some(value) = traceparent {
         request = request.header("traceparent", value);
@@ -143,7 +152,16 @@ async fn a_requests_trace_reaches_the_job_message_every_event_and_the_workers_lo
     let app = TestApp::without_workers().await;
     let template = app.serve_sample_template("t").await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
-    let id = create(&app, &template, Some(PARENT)).await;
+    // Through an API process logging JSON lines: the request's span has the trace id.
+    let mut api = Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &[], "info");
+    let addr = api.api_addr().await;
+    let token = fetch_token(&http_client(), addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let http = authorized_client(&token);
+    let id = create_at(&http, &format!("http://{addr}"), &template, Some(PARENT)).await;
+    let accepted = api.wait_for("job accepted").await;
+    assert_eq!(accepted["job.id"], id.as_str(), "{accepted}");
+    assert_eq!(accepted["span"]["name"], "request", "{accepted}");
+    assert_eq!(accepted["span"]["trace_id"], PARENT_TRACE, "{accepted}");
 
     // The job's broker message carries the trace as its `traceparent` header, and no more than
     // the job id in its body.
@@ -200,6 +218,8 @@ async fn a_requests_trace_reaches_the_job_message_every_event_and_the_workers_lo
     }
     worker.terminate();
     worker.exit(Duration::from_secs(30)).await;
+    api.terminate();
+    api.exit(Duration::from_secs(30)).await;
     app.stop().await;
 }
 
@@ -250,7 +270,8 @@ async fn a_request_without_a_valid_traceparent_starts_a_new_trace() {
 
 #[tokio::test]
 async fn a_batchs_items_carry_the_trace_of_the_batch_request() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::without_workers().await;
+    let mut worker = Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &[], "info");
     let template = app.serve_sample_template("t").await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
     let items = batches::items(3, &template);
@@ -288,6 +309,18 @@ async fn a_batchs_items_carry_the_trace_of_the_batch_request() {
         .filter(|e| e.routing_key == "job.succeeded")
         .count();
     assert_eq!(done, 3);
+    // The worker's lines of each item carry the batch id and the batch request's trace id.
+    for job in &jobs {
+        let line = worker
+            .wait_for_record("a log line of the item's job span", |r| {
+                r["span"]["job.id"] == job.as_str()
+            })
+            .await;
+        assert_eq!(line["span"]["batch.id"], batch_id.as_str(), "{line}");
+        assert_eq!(line["span"]["trace_id"], PARENT_TRACE, "{line}");
+    }
+    worker.terminate();
+    worker.exit(Duration::from_secs(30)).await;
     app.stop().await;
 }
 
