@@ -234,8 +234,8 @@ async fn record(
         idempotency_key: key,
         request_digest: Some(&sub.digest),
         template_id,
-        // The job's own span in the request's trace.
-        trace: trace.child(),
+        // The request's span: the job's spans are its children.
+        trace: *trace,
     };
     match db::jobs::insert(&mut tx, new_job).await {
         Ok(job) => {

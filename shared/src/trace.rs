@@ -90,6 +90,15 @@ impl TraceContext {
         })
     }
 
+    /// A context from its parts; `None` when an id is all zeros (invalid).
+    pub fn from_parts(trace_id: [u8; 16], span_id: [u8; 8], sampled: bool) -> Option<Self> {
+        (trace_id != [0; 16] && span_id != [0; 8]).then_some(Self {
+            trace_id,
+            span_id,
+            flags: u8::from(sampled),
+        })
+    }
+
     pub fn trace_id(&self) -> [u8; 16] {
         self.trace_id
     }

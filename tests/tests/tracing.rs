@@ -178,7 +178,7 @@ async fn a_requests_trace_reaches_the_job_message_every_event_and_the_workers_lo
     assert_ne!(
         trace.span_id_hex(),
         PARENT_SPAN,
-        "the job is a span of its own in that trace"
+        "the request's span (a child of the caller's) is the job's parent"
     );
     assert!(trace.sampled(), "the request's flags");
     assert_eq!(
@@ -302,8 +302,8 @@ async fn a_batchs_items_carry_the_trace_of_the_batch_request() {
         }
     }
     assert_eq!(jobs.len(), 3, "every item announced");
-    assert_eq!(spans.len(), 3, "each item's job is a span of its own");
-    assert!(!spans.contains(PARENT_SPAN));
+    assert_eq!(spans.len(), 1, "the items continue the batch request's span");
+    assert!(!spans.contains(PARENT_SPAN), "a child of the caller's span");
     let done = events
         .iter()
         .filter(|e| e.routing_key == "job.succeeded")
@@ -399,5 +399,104 @@ async fn a_batch_retry_carries_the_retry_requests_trace() {
         );
         assert!(!trace.sampled(), "the retry request's flags");
     }
+    app.stop().await;
+}
+
+/// What an OTLP/HTTP receiver got: each request's path, content type and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A tiny OTLP/HTTP collector: records every export and answers `200` (an empty
+/// `ExportTraceServiceResponse`).
+async fn otlp_receiver() -> (String, Received) {
+    use axum::{body::Bytes, extract::State, http::HeaderMap, http::Uri, routing::post};
+    let received = Received::default();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(
+                |State(r): State<Received>, uri: Uri, headers: HeaderMap, body: Bytes| async move {
+                    let content_type = headers
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    r.lock()
+                        .unwrap()
+                        .push((uri.path().to_owned(), content_type, body.to_vec()));
+                    ([("content-type", "application/x-protobuf")], Bytes::new())
+                },
+            ),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), received)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_in_the_requests_trace() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t").await;
+    let (endpoint, received) = otlp_receiver().await;
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let mut api = Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &otel, "info");
+    let mut worker = Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &otel, "info");
+    let addr = api.api_addr().await;
+    let token = fetch_token(&http_client(), addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let http = authorized_client(&token);
+    let id = create_at(&http, &format!("http://{addr}"), &template, Some(PARENT)).await;
+    let job = app.wait_job(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let stored: String = sqlx::query_scalar("SELECT traceparent FROM jobs WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let stored = TraceContext::parse(&stored).unwrap();
+    assert_eq!(stored.trace_id_hex(), PARENT_TRACE);
+    let trace_id = hex_bytes(PARENT_TRACE);
+    let request_span = stored.span_id().to_vec();
+    // The API exports the request span (its id is what the job carries) and the worker the job
+    // span (whose parent it is), both in the caller's trace.
+    let exported = |service: &str| {
+        received.lock().unwrap().iter().any(|(path, content_type, body)| {
+            assert_eq!(path, "/v1/traces");
+            assert_eq!(content_type, "application/x-protobuf");
+            contains(body, service.as_bytes())
+                && contains(body, &trace_id)
+                && contains(body, &request_span)
+        })
+    };
+    provisioner_tests::eventually(Duration::from_secs(30), || async {
+        (exported("provisioner-api") && exported("provisioner-worker")).then_some(())
+    })
+    .await;
+    // The worker's job span has the job id as an attribute.
+    assert!(
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, _, body)| contains(body, id.as_bytes()) && contains(body, &trace_id))
+    );
+    worker.terminate();
+    worker.exit(Duration::from_secs(30)).await;
+    api.terminate();
+    api.exit(Duration::from_secs(30)).await;
     app.stop().await;
 }

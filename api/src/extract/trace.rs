@@ -1,10 +1,12 @@
 //! The request's W3C trace context: every request gets one at the edge (a child of a valid
-//! `traceparent` header, else a new trace), which its span records and its jobs continue.
+//! `traceparent` header, else a new trace), which its span records and its jobs continue. When
+//! spans are exported (OTLP), it is the exported request span's own context instead, so the
+//! jobs' spans hang under it.
 
 use std::convert::Infallible;
 
 use axum::{extract::FromRequestParts, extract::Request, http::request::Parts};
-use provisioner_shared::trace::TraceContext;
+use provisioner_shared::{telemetry, trace::TraceContext};
 
 /// The request's span in its trace.
 #[derive(Debug, Clone, Copy)]
@@ -28,23 +30,40 @@ pub(crate) async fn start(mut request: Request) -> Request {
 
 /// The request's span: method, path and trace id (so every line the request logs has it).
 pub(crate) fn request_span(request: &Request) -> tracing::Span {
-    let trace = request
+    let ours = request
         .extensions()
         .get::<RequestTrace>()
         .copied()
         .unwrap_or_else(|| RequestTrace::of(request.headers()));
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         path = %request.uri().path(),
-        trace_id = %trace.0.trace_id_hex(),
-    )
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(parent) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|h| h.to_str().ok())
+        .and_then(TraceContext::parse)
+    {
+        telemetry::set_parent(&span, &parent);
+    }
+    let trace = telemetry::exported_context(&span).unwrap_or(ours.0);
+    span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
+    span
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let current = tracing::Span::current();
+        if current.metadata().is_some_and(|m| m.name() == "request") {
+            if let Some(exported) = telemetry::exported_context(&current) {
+                return Ok(Self(exported));
+            }
+        }
         Ok(parts
             .extensions
             .get::<Self>()

@@ -124,7 +124,7 @@ pub struct NewItem {
 }
 
 /// Inserts items' jobs in one statement, with their `job.queued` events. Each job continues
-/// `trace` (the trace of the request that adds it) in a span of its own.
+/// `trace` (the span of the request that adds it).
 pub async fn insert_items(
     conn: &mut PgConnection,
     batch_id: Uuid,
@@ -141,7 +141,8 @@ pub async fn insert_items(
     let params: Vec<&Value> = items.iter().map(|i| &i.params).collect();
     let sealed: Vec<&[u8]> = items.iter().map(|i| i.sealed_password.as_slice()).collect();
     let templates: Vec<Option<&str>> = items.iter().map(|i| i.template_id.as_deref()).collect();
-    let traces: Vec<String> = items.iter().map(|_| trace.child().to_string()).collect();
+    let trace = trace.to_string();
+    let traces: Vec<&str> = items.iter().map(|_| trace.as_str()).collect();
     let rows: Vec<JobRow> = sqlx::query_as(&format!(
         "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
                            template_id, batch_id, batch_item, traceparent)

@@ -88,6 +88,14 @@ fn job_span(job: &JobRow) -> tracing::Span {
     if let Some(trace_id) = job.trace_id() {
         span.record("trace_id", tracing::field::display(trace_id));
     }
+    // Exported, the job's span is a child of the span its trace context names.
+    if let Some(parent) = job
+        .traceparent
+        .as_deref()
+        .and_then(provisioner_shared::trace::TraceContext::parse)
+    {
+        provisioner_shared::telemetry::set_parent(&span, &parent);
+    }
     span
 }
 

@@ -83,8 +83,8 @@ pub struct JobRow {
     pub lease_until: Option<DateTime<Utc>>,
     /// The stored template the job reads, while it is queued or running.
     pub template_id: Option<String>,
-    /// The W3C trace context the job continues (`00-<trace id>-<the job's span id>-<flags>`):
-    /// the trace of the request that made it. Its message and events carry it.
+    /// The W3C trace context the job continues (`00-<trace id>-<span id>-<flags>`): the span
+    /// of the request that made it, parent of the job's spans. Its message and events carry it.
     pub traceparent: Option<String>,
 }
 
@@ -133,7 +133,7 @@ pub struct NewJob<'a> {
     pub request_digest: Option<&'a str>,
     /// The stored template the job reads (kept in the store until the job ends).
     pub template_id: Option<&'a str>,
-    /// The job's span in the trace of the request that made it.
+    /// The span of the request that makes it (the job's spans are its children).
     pub trace: TraceContext,
 }
 
