@@ -302,7 +302,11 @@ async fn a_batchs_items_carry_the_trace_of_the_batch_request() {
         }
     }
     assert_eq!(jobs.len(), 3, "every item announced");
-    assert_eq!(spans.len(), 1, "the items continue the batch request's span");
+    assert_eq!(
+        spans.len(),
+        1,
+        "the items continue the batch request's span"
+    );
     assert!(!spans.contains(PARENT_SPAN), "a child of the caller's span");
     let done = events
         .iter()
@@ -474,13 +478,17 @@ async fn spans_are_exported_over_otlp_in_the_requests_trace() {
     // The API exports the request span (its id is what the job carries) and the worker the job
     // span (whose parent it is), both in the caller's trace.
     let exported = |service: &str| {
-        received.lock().unwrap().iter().any(|(path, content_type, body)| {
-            assert_eq!(path, "/v1/traces");
-            assert_eq!(content_type, "application/x-protobuf");
-            contains(body, service.as_bytes())
-                && contains(body, &trace_id)
-                && contains(body, &request_span)
-        })
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(path, content_type, body)| {
+                assert_eq!(path, "/v1/traces");
+                assert_eq!(content_type, "application/x-protobuf");
+                contains(body, service.as_bytes())
+                    && contains(body, &trace_id)
+                    && contains(body, &request_span)
+            })
     };
     provisioner_tests::eventually(Duration::from_secs(30), || async {
         (exported("provisioner-api") && exported("provisioner-worker")).then_some(())
