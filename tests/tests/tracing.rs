@@ -239,6 +239,24 @@ async fn a_request_without_a_valid_traceparent_starts_a_new_trace() {
     for m in malformed {
         ids.push(create(&app, &template, Some(m)).await);
     }
+    // Two valid headers at once are as good as a malformed one.
+    let tenant = fixtures::tenant_url();
+    let r = app
+        .http
+        .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+        .json(&fixtures::create_body(&template))
+        .header("traceparent", PARENT)
+        .header("traceparent", PARENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    ids.push(
+        r.json::<Value>().await.unwrap()["jobId"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let events = events_until_succeeded(&mut tap, &refs).await;
     let traces: Vec<String> = ids

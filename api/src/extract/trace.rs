@@ -14,10 +14,16 @@ pub(crate) struct RequestTrace(pub(crate) TraceContext);
 
 impl RequestTrace {
     fn of(request_headers: &axum::http::HeaderMap) -> Self {
-        let header = request_headers
-            .get("traceparent")
-            .map(axum::http::HeaderValue::as_bytes);
-        Self(TraceContext::continue_from(header))
+        Self(TraceContext::continue_from(traceparent(request_headers)))
+    }
+}
+
+/// The request's one `traceparent` header; several are as good as a malformed one.
+fn traceparent(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    let mut all = headers.get_all("traceparent").iter();
+    match (all.next(), all.next()) {
+        (Some(one), None) => Some(one.as_bytes()),
+        _ => None,
     }
 }
 
@@ -41,10 +47,8 @@ pub(crate) fn request_span(request: &Request) -> tracing::Span {
         path = %request.uri().path(),
         trace_id = tracing::field::Empty,
     );
-    if let Some(parent) = request
-        .headers()
-        .get("traceparent")
-        .and_then(|h| h.to_str().ok())
+    if let Some(parent) = traceparent(request.headers())
+        .and_then(|h| std::str::from_utf8(h).ok())
         .and_then(TraceContext::parse)
     {
         telemetry::set_parent(&span, &parent);
