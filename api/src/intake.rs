@@ -15,6 +15,7 @@ use provisioner_shared::{
     },
     domain::TemplateSource,
     seal::Digester,
+    trace::TraceContext,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
@@ -54,6 +55,8 @@ pub(crate) struct Intake<'a> {
     caller: &'a Caller,
     key: Option<&'a str>,
     id: Uuid,
+    /// The request's trace context: the batch records it, its items' jobs continue it.
+    trace: TraceContext,
     /// Opened with the first chunk, so a small batch holds no transaction while it is read.
     tx: Option<Transaction<'static, Postgres>>,
     digester: Option<Digester>,
@@ -77,12 +80,14 @@ impl<'a> Intake<'a> {
         caller: &'a Caller,
         key: Option<&'a str>,
         max_items: usize,
+        trace: TraceContext,
     ) -> Self {
         Self {
             state,
             caller,
             key,
             id: Uuid::now_v7(),
+            trace,
             tx: None,
             digester: Some(state.sealer.digester()),
             replay: None,
@@ -348,7 +353,15 @@ impl<'a> Intake<'a> {
         }
         if self.tx.is_none() {
             let mut tx = self.state.pool.begin().await?;
-            match db::batches::create(&mut tx, self.id, &self.caller.client_id, self.key).await {
+            let created = db::batches::create(
+                &mut tx,
+                self.id,
+                &self.caller.client_id,
+                self.key,
+                &self.trace,
+            )
+            .await;
+            match created {
                 Ok(()) => self.tx = Some(tx),
                 Err(CreateError::IdempotencyKeyTaken) => {
                     drop(tx);
@@ -361,7 +374,8 @@ impl<'a> Intake<'a> {
             }
         }
         let tx = self.tx.as_mut().expect("opened above");
-        db::batches::insert_items(tx, self.id, &self.caller.client_id, &self.chunk).await?;
+        let client = &self.caller.client_id;
+        db::batches::insert_items(tx, self.id, client, &self.chunk, &self.trace).await?;
         self.chunk.clear();
         Ok(())
     }

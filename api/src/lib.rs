@@ -65,7 +65,8 @@ fn router(state: AppState) -> Router {
                 ))
             },
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(extract::request_span))
+        .layer(axum::middleware::map_request(extract::start_trace))
         .layer(axum::middleware::map_request(body_timeout))
         .with_state(state)
 }
@@ -142,7 +143,7 @@ pub async fn run(
 /// The binary's whole `main`: telemetry, settings, signals, run.
 pub async fn main_entry() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    telemetry::init(settings.log_format);
+    telemetry::init_as(settings.log_format, "provisioner-api");
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("openapi") {
         println!("{}", openapi::document().to_pretty_json()?);
@@ -153,5 +154,7 @@ pub async fn main_entry() -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(runtime::shutdown_signal(shutdown.clone()));
-    run(settings, shutdown, |_| {}).await
+    let served = run(settings, shutdown, |_| {}).await;
+    telemetry::shutdown().await;
+    served
 }

@@ -5,6 +5,7 @@
 use provisioner_shared::{
     db::{self, batches::BatchRow, batches::NewItem},
     domain::TemplateSource,
+    trace::TraceContext,
 };
 use uuid::Uuid;
 
@@ -29,6 +30,7 @@ pub(crate) async fn failed_items(
     id: Uuid,
     sees: Option<&str>,
     codes: Option<&[i32]>,
+    trace: &TraceContext,
 ) -> Result<Option<Retried>, ApiError> {
     let mut tx = state.pool.begin().await?;
     let Some(batch) = db::batches::lock_for_retry(&mut tx, id, sees).await? else {
@@ -48,10 +50,10 @@ pub(crate) async fn failed_items(
             items.push(item);
         }
         if retried == 0 {
-            db::batches::reopen(&mut tx, id).await?;
+            db::batches::reopen(&mut tx, id, trace).await?;
         }
         retried += items.len();
-        db::batches::replace_items(&mut tx, id, &batch.client_id, &old_jobs, &items).await?;
+        db::batches::replace_items(&mut tx, id, &batch.client_id, &old_jobs, &items, trace).await?;
     }
     if retried == 0 {
         return Ok(Some(Retried::Nothing(batch)));

@@ -17,6 +17,7 @@ use provisioner_shared::{
         jobs::{InsertError, JobRow, NewJob},
     },
     domain::{JobKind, JobView, TemplateSource},
+    trace::TraceContext,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -27,7 +28,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{IdempotencyKey, PreferWait},
+    extract::{IdempotencyKey, PreferWait, RequestTrace},
     upload::Upload,
     validate::CreateRequest,
     wait,
@@ -109,11 +110,13 @@ pub(crate) enum Submitted {
     TooManyJobs,
 }
 
-/// How the caller asked to be answered: its `Idempotency-Key` and `Prefer: wait`.
-#[derive(Debug, Clone, Default)]
+/// How the caller asked to be answered: its `Idempotency-Key` and `Prefer: wait`; and the
+/// request's trace context, which the job continues.
+#[derive(Debug, Clone)]
 pub(crate) struct Answer {
     pub(crate) idempotency_key: IdempotencyKey,
     pub(crate) prefer_wait: PreferWait,
+    pub(crate) trace: TraceContext,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Answer {
@@ -122,9 +125,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Answer {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
         let Ok(idempotency_key) = IdempotencyKey::from_request_parts(parts, state).await;
         let Ok(prefer_wait) = PreferWait::from_request_parts(parts, state).await;
+        let Ok(RequestTrace(trace)) = RequestTrace::from_request_parts(parts, state).await;
         Ok(Self {
             idempotency_key,
             prefer_wait,
+            trace,
         })
     }
 }
@@ -137,7 +142,7 @@ pub(crate) async fn submit(
     sub: Submission,
 ) -> Result<Response, ApiError> {
     let key = answer.idempotency_key.key()?;
-    let outcome = record(state, caller, key, &sub).await;
+    let outcome = record(state, caller, key, &sub, &answer.trace).await;
     // The upload is stored (or refused): its memory goes back before any wait for the job.
     drop(sub.template);
     let job = match outcome? {
@@ -165,6 +170,7 @@ async fn record(
     caller: &Caller,
     key: Option<&str>,
     sub: &Submission,
+    trace: &TraceContext,
 ) -> Result<Recorded, ApiError> {
     if let Some(job) = replayed(state, caller, key).await? {
         return Ok(Recorded::Replay(job));
@@ -228,6 +234,8 @@ async fn record(
         idempotency_key: key,
         request_digest: Some(&sub.digest),
         template_id,
+        // The request's span: the job's spans are its children.
+        trace: *trace,
     };
     match db::jobs::insert(&mut tx, new_job).await {
         Ok(job) => {

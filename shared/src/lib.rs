@@ -13,3 +13,4 @@ pub mod runtime;
 pub mod seal;
 pub mod telemetry;
 pub mod template;
+pub mod trace;

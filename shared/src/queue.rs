@@ -43,14 +43,21 @@ pub struct JobMessage {
 
 impl JobMessage {
     /// The message of `job`, on the batch queue for a batch item, else on the interactive one.
+    /// It carries the job's trace context as its `traceparent` header.
     pub(crate) fn outbox(job: &JobRow, delay: std::time::Duration) -> OutboxMessage {
-        Self::routed(job.id, job.batch_id.is_some(), delay)
+        Self::routed(
+            job.id,
+            job.batch_id.is_some(),
+            delay,
+            job.traceparent.clone(),
+        )
     }
 
     pub(crate) fn routed(
         job_id: Uuid,
         batch_item: bool,
         delay: std::time::Duration,
+        traceparent: Option<String>,
     ) -> OutboxMessage {
         let routing_key = if batch_item {
             BATCH_ROUTING_KEY
@@ -64,12 +71,19 @@ impl JobMessage {
             content_type: "application/json".to_owned(),
             payload: serde_json::to_vec(&JobMessage { job_id }).expect("job message serializes"),
             delay,
+            traceparent,
         }
     }
 }
 
-/// The CloudEvents 1.0 structured event announcing a job's status at `version`.
-pub(crate) fn status_event(job: &JobView, version: i32) -> OutboxMessage {
+/// The CloudEvents 1.0 structured event announcing a job's status at `version`. With the job's
+/// trace context, the event carries it as the distributed-tracing extension attribute
+/// `traceparent` (and its message as the header of that name); `data` stays the job's view.
+pub(crate) fn status_event(
+    job: &JobView,
+    version: i32,
+    traceparent: Option<&str>,
+) -> OutboxMessage {
     let id = Uuid::now_v7();
     let status = job.status.as_str();
     let mut event = serde_json::json!({
@@ -86,6 +100,9 @@ pub(crate) fn status_event(job: &JobView, version: i32) -> OutboxMessage {
     if let Some(batch) = job.batch_id {
         event["batchid"] = serde_json::Value::String(batch.to_string());
     }
+    if let Some(traceparent) = traceparent {
+        event["traceparent"] = serde_json::Value::String(traceparent.to_owned());
+    }
     OutboxMessage {
         exchange: EVENTS_EXCHANGE.to_owned(),
         routing_key: format!("job.{status}"),
@@ -93,14 +110,20 @@ pub(crate) fn status_event(job: &JobView, version: i32) -> OutboxMessage {
         content_type: "application/cloudevents+json".to_owned(),
         payload: serde_json::to_vec(&event).expect("event serializes"),
         delay: std::time::Duration::ZERO,
+        traceparent: traceparent.map(str::to_owned),
     }
 }
 
-/// The CloudEvent announcing that a batch stopped (`batch.completed` or `batch.cancelled`).
-pub(crate) fn batch_event(batch: &BatchView, version: i32) -> OutboxMessage {
+/// The CloudEvent announcing that a batch stopped (`batch.completed` or `batch.cancelled`),
+/// with the trace context of the batch's request (`traceparent`) when it has one.
+pub(crate) fn batch_event(
+    batch: &BatchView,
+    version: i32,
+    traceparent: Option<&str>,
+) -> OutboxMessage {
     let id = Uuid::now_v7();
     let status = batch.status.as_str();
-    let event = serde_json::json!({
+    let mut event = serde_json::json!({
         "specversion": "1.0",
         "id": id,
         "source": "/provisioner",
@@ -111,6 +134,9 @@ pub(crate) fn batch_event(batch: &BatchView, version: i32) -> OutboxMessage {
         "batchversion": version,
         "data": batch,
     });
+    if let Some(traceparent) = traceparent {
+        event["traceparent"] = serde_json::Value::String(traceparent.to_owned());
+    }
     OutboxMessage {
         exchange: EVENTS_EXCHANGE.to_owned(),
         routing_key: format!("batch.{status}"),
@@ -118,6 +144,7 @@ pub(crate) fn batch_event(batch: &BatchView, version: i32) -> OutboxMessage {
         content_type: "application/cloudevents+json".to_owned(),
         payload: serde_json::to_vec(&event).expect("event serializes"),
         delay: std::time::Duration::ZERO,
+        traceparent: traceparent.map(str::to_owned),
     }
 }
 

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgPool, postgres::PgListener};
@@ -22,6 +23,8 @@ use crate::{
 };
 
 const BATCH: i64 = 200;
+/// The AMQP header carrying a message's W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also poll this often, for delayed retries and notifications lost with a connection.
 const POLL: Duration = Duration::from_millis(500);
@@ -208,10 +211,18 @@ async fn publish_batch(pool: &PgPool, channel: &Channel) -> anyhow::Result<usize
     }
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
-        let props = BasicProperties::default()
+        let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(row.message_id.clone().into())
             .with_content_type(row.content_type.clone().into());
+        if let Some(traceparent) = &row.traceparent {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                TRACEPARENT_HEADER.into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
+            );
+            props = props.with_headers(headers);
+        }
         let confirm = channel
             .basic_publish(
                 row.exchange.clone().into(),

@@ -18,12 +18,14 @@ pub struct EventTap {
     consumer: lapin::Consumer,
 }
 
-/// One received event: its routing key, content type and parsed body.
+/// One received event: its routing key, content type, `traceparent` header and parsed body.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub routing_key: String,
     pub content_type: Option<String>,
     pub persistent: bool,
+    /// The message's `traceparent` header, if it has one.
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -103,9 +105,20 @@ impl EventTap {
                     .as_ref()
                     .map(|c| c.to_string()),
                 persistent: *next.properties.delivery_mode() == Some(2),
+                traceparent: traceparent_header(&next.properties),
                 body: serde_json::from_slice(&next.data).unwrap(),
             });
         }
         events
+    }
+}
+
+/// The `traceparent` header of a message, if it has one (as a string).
+pub fn traceparent_header(properties: &lapin::BasicProperties) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get("traceparent")? {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
     }
 }

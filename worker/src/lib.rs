@@ -80,8 +80,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 /// The binary's whole `main`: telemetry, settings, signals, run.
 pub async fn main_entry() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    telemetry::init(settings.log_format);
+    telemetry::init_as(settings.log_format, "provisioner-worker");
     let shutdown = CancellationToken::new();
     tokio::spawn(runtime::shutdown_signal(shutdown.clone()));
-    run(settings, shutdown).await
+    let ran = run(settings, shutdown).await;
+    telemetry::shutdown().await;
+    ran
 }

@@ -9,6 +9,7 @@ mod page;
 mod path;
 mod query;
 mod tenant;
+mod trace;
 
 pub(crate) use headers::{
     IdempotencyKey, MAX_PREFER_WAIT, PreferWait, clamped_seconds, idempotency_key, media_type,
@@ -23,3 +24,4 @@ pub(crate) use page::{
 pub(crate) use path::PathText;
 pub(crate) use query::{query_param, status_param, wait_deadline};
 pub(crate) use tenant::TenantPath;
+pub(crate) use trace::{RequestTrace, request_span, start as start_trace};

@@ -21,8 +21,8 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{
-        Page, PageQuery, PathText, job_key, job_key_text, media_type, not_a_cursor, query_param,
-        status_param, wait_deadline,
+        Page, PageQuery, PathText, RequestTrace, job_key, job_key_text, media_type, not_a_cursor,
+        query_param, status_param, wait_deadline,
     },
     intake::{Accepted, Intake},
     openapi::shapes::{self, CodeList, IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
@@ -170,7 +170,7 @@ pub(super) async fn create_batch(
     };
     let key = answer.idempotency_key.key()?;
     let max_items = usize::try_from(state.settings.batch_max_items).unwrap_or(usize::MAX);
-    let mut intake = Intake::new(&state, &caller, key, max_items);
+    let mut intake = Intake::new(&state, &caller, key, max_items, answer.trace);
     intake.check_replay().await?;
     let body = request.into_body();
     if ndjson {
@@ -378,11 +378,13 @@ pub(super) async fn retry_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     PathText(raw): PathText,
+    RequestTrace(trace): RequestTrace,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let id = batch_id(&raw)?;
     let codes = codes_param(&uri)?;
-    match retry::failed_items(&state, id, caller.sees(), codes.as_deref()).await? {
+    // The new jobs continue the retry request's trace (not the batch's first request's).
+    match retry::failed_items(&state, id, caller.sees(), codes.as_deref(), &trace).await? {
         None => Err(not_found(id)),
         Some(Retried::Nothing(batch)) => Ok((StatusCode::OK, Json(batch.view())).into_response()),
         Some(Retried::Items(batch)) => Ok(accepted(StatusCode::ACCEPTED, batch.view())),

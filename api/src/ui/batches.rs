@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     AppState,
-    extract::{PageQuery, PathText, job_key, job_key_text, query_param},
+    extract::{PageQuery, PathText, RequestTrace, job_key, job_key_text, query_param},
     retry::{self, Retried},
 };
 
@@ -312,6 +312,7 @@ pub(crate) async fn retry(
     State(state): State<AppState>,
     session: Session,
     PathText(raw): PathText,
+    RequestTrace(trace): RequestTrace,
     request: Request,
 ) -> Response {
     let form = match Form::action(&session, request).await {
@@ -333,7 +334,8 @@ pub(crate) async fn retry(
             }
         },
     };
-    match retry::failed_items(&state, id, session.caller.sees(), codes.as_deref()).await {
+    let sees = session.caller.sees();
+    match retry::failed_items(&state, id, sees, codes.as_deref(), &trace).await {
         Ok(None) => layout::not_found("batch"),
         Ok(Some(Retried::Nothing(_) | Retried::Items(_))) => {
             state.ui.batches.forget(&id);

@@ -22,11 +22,12 @@ use crate::{
     },
     domain::{BatchCounts, BatchStatus, BatchView},
     queue,
+    trace::TraceContext,
 };
 
 const COLUMNS: &str = "id, client_id, status, cancel_requested, total, queued, running, \
      succeeded, failed, cancelled, held, version, idempotency_key, request_digest, created_at, \
-     finished_at";
+     finished_at, traceparent";
 
 /// The channel on which a batch's stop is announced (payload: the batch id); the same channel
 /// as job changes, so one listener serves every wait.
@@ -51,6 +52,8 @@ pub struct BatchRow {
     pub request_digest: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The W3C trace context of the request that made the batch (or retried it last).
+    pub traceparent: Option<String>,
 }
 
 impl BatchRow {
@@ -87,20 +90,24 @@ pub async fn create(
     id: Uuid,
     client_id: &str,
     idempotency_key: Option<&str>,
+    trace: &TraceContext,
 ) -> Result<(), CreateError> {
-    sqlx::query("INSERT INTO batches (id, client_id, idempotency_key) VALUES ($1, $2, $3)")
-        .bind(id)
-        .bind(client_id)
-        .bind(idempotency_key)
-        .execute(conn)
-        .await
-        .map_err(|e| {
-            if super::violates(&e, "batches_idempotency") {
-                CreateError::IdempotencyKeyTaken
-            } else {
-                CreateError::Database(e)
-            }
-        })?;
+    sqlx::query(
+        "INSERT INTO batches (id, client_id, idempotency_key, traceparent) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(client_id)
+    .bind(idempotency_key)
+    .bind(trace.to_string())
+    .execute(conn)
+    .await
+    .map_err(|e| {
+        if super::violates(&e, "batches_idempotency") {
+            CreateError::IdempotencyKeyTaken
+        } else {
+            CreateError::Database(e)
+        }
+    })?;
     Ok(())
 }
 
@@ -116,12 +123,14 @@ pub struct NewItem {
     pub template_id: Option<String>,
 }
 
-/// Inserts items' jobs in one statement, with their `job.queued` events.
+/// Inserts items' jobs in one statement, with their `job.queued` events. Each job continues
+/// `trace` (the span of the request that adds it).
 pub async fn insert_items(
     conn: &mut PgConnection,
     batch_id: Uuid,
     client_id: &str,
     items: &[NewItem],
+    trace: &TraceContext,
 ) -> Result<(), sqlx::Error> {
     if items.is_empty() {
         return Ok(());
@@ -132,12 +141,15 @@ pub async fn insert_items(
     let params: Vec<&Value> = items.iter().map(|i| &i.params).collect();
     let sealed: Vec<&[u8]> = items.iter().map(|i| i.sealed_password.as_slice()).collect();
     let templates: Vec<Option<&str>> = items.iter().map(|i| i.template_id.as_deref()).collect();
+    let trace = trace.to_string();
+    let traces: Vec<&str> = items.iter().map(|_| trace.as_str()).collect();
     let rows: Vec<JobRow> = sqlx::query_as(&format!(
         "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
-                           template_id, batch_id, batch_item)
-         SELECT id, 'createTenant', url, 'queued', $7, params, sealed, template, $8, item
-         FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[])
-              AS i(id, item, url, params, sealed, template)
+                           template_id, batch_id, batch_item, traceparent)
+         SELECT id, 'createTenant', url, 'queued', $7, params, sealed, template, $8, item, tp
+         FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[],
+                     $9::text[])
+              AS i(id, item, url, params, sealed, template, tp)
          RETURNING {}",
         jobs::COLUMNS
     ))
@@ -149,11 +161,12 @@ pub async fn insert_items(
     .bind(&templates)
     .bind(client_id)
     .bind(batch_id)
+    .bind(&traces)
     .fetch_all(&mut *conn)
     .await?;
     let events: Vec<OutboxMessage> = rows
         .iter()
-        .map(|row| queue::status_event(&row.view(), row.version))
+        .map(|row| queue::status_event(&row.view(), row.version, row.traceparent.as_deref()))
         .collect();
     outbox::insert_many(conn, &events).await
 }
@@ -284,7 +297,8 @@ pub async fn settle(conn: &mut PgConnection, id: Uuid) -> Result<Option<BatchRow
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(batch) = &row {
-        outbox::insert(conn, &queue::batch_event(&batch.view(), batch.version)).await?;
+        let event = queue::batch_event(&batch.view(), batch.version, batch.traceparent.as_deref());
+        outbox::insert(conn, &event).await?;
         notify(conn, &[id]).await?;
     }
     Ok(row)
@@ -339,7 +353,7 @@ pub async fn cancel(
     }
     let events: Vec<OutboxMessage> = cancelled
         .iter()
-        .map(|row| queue::status_event(&row.view(), row.version))
+        .map(|row| queue::status_event(&row.view(), row.version, row.traceparent.as_deref()))
         .collect();
     outbox::insert_many(conn, &events).await?;
     let ids: Vec<Uuid> = cancelled.iter().map(|row| row.id).collect();
@@ -397,25 +411,32 @@ pub async fn failed_items(
     .await
 }
 
-/// Replaces failed items' jobs by `items` (new jobs at the same positions): the old jobs stay
-/// readable, no longer counted, their sealed passwords erased.
+/// Replaces failed items' jobs by `items` (new jobs at the same positions, continuing `trace`,
+/// the retry request's): the old jobs stay readable, no longer counted, their sealed passwords
+/// erased.
 pub async fn replace_items(
     conn: &mut PgConnection,
     batch_id: Uuid,
     client_id: &str,
     old_jobs: &[Uuid],
     items: &[NewItem],
+    trace: &TraceContext,
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE jobs SET superseded = true, sealed_password = NULL WHERE id = ANY($1)")
         .bind(old_jobs)
         .execute(&mut *conn)
         .await?;
-    insert_items(conn, batch_id, client_id, items).await
+    insert_items(conn, batch_id, client_id, items, trace).await
 }
 
 /// Runs the batch again after a retry added items: `running`, no cancel pending, and the
-/// downloads that failed for good may be tried again.
-pub async fn reopen(conn: &mut PgConnection, id: Uuid) -> Result<BatchRow, sqlx::Error> {
+/// downloads that failed for good may be tried again. The batch takes the retry request's
+/// trace (`trace`): its next stop event continues it.
+pub async fn reopen(
+    conn: &mut PgConnection,
+    id: Uuid,
+    trace: &TraceContext,
+) -> Result<BatchRow, sqlx::Error> {
     sqlx::query("DELETE FROM batch_downloads WHERE batch_id = $1 AND failure_code IS NOT NULL")
         .bind(id)
         .execute(&mut *conn)
@@ -423,10 +444,11 @@ pub async fn reopen(conn: &mut PgConnection, id: Uuid) -> Result<BatchRow, sqlx:
     sqlx::query_as(&format!(
         "UPDATE batches SET status = 'running', finished_at = NULL,
                             cancel_requested = cancel_requested AND status = 'running',
-                            version = version + 1
+                            version = version + 1, traceparent = $2
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
+    .bind(trace.to_string())
     .fetch_one(conn)
     .await
 }

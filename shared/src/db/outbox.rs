@@ -17,6 +17,8 @@ pub(crate) struct OutboxMessage {
     pub payload: Vec<u8>,
     /// Publish no sooner than this after commit (delayed retries).
     pub delay: Duration,
+    /// The W3C trace context the message carries as its `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -28,6 +30,7 @@ pub(crate) struct OutboxRow {
     pub content_type: String,
     pub payload: Vec<u8>,
     pub attempts: i32,
+    pub traceparent: Option<String>,
 }
 
 /// Inserts one message and wakes the relays, in one statement.
@@ -59,6 +62,7 @@ pub(crate) async fn insert_notifying(
     let column = |f: fn(&OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
     let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
     let delays: Vec<f64> = msgs.iter().map(|m| m.delay.as_secs_f64()).collect();
+    let traces: Vec<Option<&str>> = msgs.iter().map(|m| m.traceparent.as_deref()).collect();
     let mut channels = Vec::with_capacity(also.len() + 1);
     let mut notes = Vec::with_capacity(also.len() + 1);
     if !msgs.is_empty() {
@@ -72,10 +76,12 @@ pub(crate) async fn insert_notifying(
     // A data-modifying CTE runs whether or not the query reads it.
     sqlx::query(
         "WITH inserted AS (
-             INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload, available_at)
-             SELECT e, r, m, c, p, now() + make_interval(secs => d)
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[])
-                  AS t(e, r, m, c, p, d))
+             INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
+                                 available_at, traceparent)
+             SELECT e, r, m, c, p, now() + make_interval(secs => d), tp
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[],
+                         $9::text[])
+                  AS t(e, r, m, c, p, d, tp))
          SELECT pg_notify(channel, note) FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)",
     )
     .bind(column(|m| &m.exchange))
@@ -86,6 +92,7 @@ pub(crate) async fn insert_notifying(
     .bind(&delays)
     .bind(&channels)
     .bind(&notes)
+    .bind(&traces)
     .execute(&mut *conn)
     .await
     .map(drop)
@@ -97,7 +104,7 @@ pub(crate) async fn lock_due(
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, exchange, routing_key, message_id, content_type, payload, attempts
+        "SELECT id, exchange, routing_key, message_id, content_type, payload, attempts, traceparent
          FROM outbox WHERE available_at <= now()
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )

@@ -56,7 +56,7 @@ pub(crate) async fn process(
     };
     ctx.leases.hold(id, token);
     ctx.faults.at(Stage::Claim);
-    let span = tracing::info_span!("job", job.id = %id, job.kind = %job.kind, tenant.url = %job.tenant_url, attempt = job.attempts);
+    let span = job_span(&job);
     let (outcome, panicked) = run_under_lease(&ctx, &job, token, span.clone()).await;
     ctx.faults.at(Stage::Record);
     outcome::record(&ctx, &job, token, outcome)
@@ -68,6 +68,35 @@ pub(crate) async fn process(
     } else {
         Disposition::Ack
     }
+}
+
+/// The span every line of the job's attempt logs under: its id, kind, tenant, attempt, batch
+/// (for a batch item) and the trace id of the request that made it.
+fn job_span(job: &JobRow) -> tracing::Span {
+    let span = tracing::info_span!(
+        "job",
+        job.id = %job.id,
+        job.kind = %job.kind,
+        tenant.url = %job.tenant_url,
+        attempt = job.attempts,
+        batch.id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(batch) = job.batch_id {
+        span.record("batch.id", tracing::field::display(batch));
+    }
+    if let Some(trace_id) = job.trace_id() {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+    // Exported, the job's span is a child of the span its trace context names.
+    if let Some(parent) = job
+        .traceparent
+        .as_deref()
+        .and_then(provisioner_shared::trace::TraceContext::parse)
+    {
+        provisioner_shared::telemetry::set_parent(&span, &parent);
+    }
+    span
 }
 
 /// After a panic while the delivery of job `id` was handled under lease `token` (outside the

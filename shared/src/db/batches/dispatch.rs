@@ -70,7 +70,7 @@ async fn release_for(
     client: &str,
     limit: i64,
 ) -> Result<usize, sqlx::Error> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+    let released: Vec<(Uuid, Option<String>)> = sqlx::query_as(
         "WITH picked AS (
              SELECT j.id FROM batches b
              CROSS JOIN LATERAL (
@@ -82,18 +82,20 @@ async fn release_for(
              LIMIT $2)
          UPDATE jobs SET released_at = now(), sent_at = now()
          FROM picked WHERE jobs.id = picked.id AND jobs.status = 'queued'
-         RETURNING jobs.id",
+         RETURNING jobs.id, jobs.traceparent",
     )
     .bind(client)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    if ids.is_empty() {
+    if released.is_empty() {
         return Ok(0);
     }
-    let messages: Vec<OutboxMessage> = ids
+    let messages: Vec<OutboxMessage> = released
         .iter()
-        .map(|id| queue::JobMessage::routed(*id, true, Duration::ZERO))
+        .map(|(id, traceparent)| {
+            queue::JobMessage::routed(*id, true, Duration::ZERO, traceparent.clone())
+        })
         .collect();
     outbox::insert_many(conn, &messages).await?;
     sqlx::query(
@@ -103,5 +105,5 @@ async fn release_for(
     .bind(client)
     .execute(&mut *conn)
     .await?;
-    Ok(ids.len())
+    Ok(released.len())
 }

@@ -13,6 +13,7 @@ use crate::{
     db::{self, outbox},
     domain::{JobKind, JobStatus, JobView},
     queue,
+    trace::TraceContext,
 };
 
 /// The channel on which job changes are announced (payload: the job id).
@@ -22,7 +23,8 @@ macro_rules! columns {
     () => {
         "id, kind, tenant_url, status, version, code, error, attempts, created_at, \
          started_at, finished_at, tenant, skipped_numbers, batch_id, batch_item, client_id, \
-         params, idempotency_key, request_digest, lease_token, lease_until, template_id"
+         params, idempotency_key, request_digest, lease_token, lease_until, template_id, \
+         traceparent"
     };
 }
 
@@ -81,9 +83,17 @@ pub struct JobRow {
     pub lease_until: Option<DateTime<Utc>>,
     /// The stored template the job reads, while it is queued or running.
     pub template_id: Option<String>,
+    /// The W3C trace context the job continues (`00-<trace id>-<span id>-<flags>`): the span
+    /// of the request that made it, parent of the job's spans. Its message and events carry it.
+    pub traceparent: Option<String>,
 }
 
 impl JobRow {
+    /// The trace id of the job's trace context, as logs show it.
+    pub fn trace_id(&self) -> Option<String> {
+        crate::trace::trace_id_of(self.traceparent.as_deref())
+    }
+
     pub fn view(&self) -> JobView {
         JobView {
             job_id: self.id,
@@ -123,6 +133,8 @@ pub struct NewJob<'a> {
     pub request_digest: Option<&'a str>,
     /// The stored template the job reads (kept in the store until the job ends).
     pub template_id: Option<&'a str>,
+    /// The span of the request that makes it (the job's spans are its children).
+    pub trace: TraceContext,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,8 +151,8 @@ pub enum InsertError {
 pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, InsertError> {
     let row: JobRow = sqlx::query_as(&format!(
         "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
-                           idempotency_key, request_digest, template_id)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9)
+                           idempotency_key, request_digest, template_id, traceparent)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10)
          RETURNING {COLUMNS}"
     ))
     .bind(job.id)
@@ -152,6 +164,7 @@ pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, 
     .bind(job.idempotency_key)
     .bind(job.request_digest)
     .bind(job.template_id)
+    .bind(job.trace.to_string())
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| {
@@ -180,7 +193,7 @@ async fn announce_with(
     row: &JobRow,
     message: Option<outbox::OutboxMessage>,
 ) -> Result<(), sqlx::Error> {
-    let event = queue::status_event(&row.view(), row.version);
+    let event = queue::status_event(&row.view(), row.version, row.traceparent.as_deref());
     let id = row.id.to_string();
     let msgs: Vec<outbox::OutboxMessage> = message.into_iter().chain([event]).collect();
     outbox::insert_notifying(conn, &msgs, &[(NOTIFY_CHANNEL, &id)]).await?;

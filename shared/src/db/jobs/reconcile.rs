@@ -18,7 +18,7 @@ pub async fn resend_stranded(
     after: Duration,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+    let rows: Vec<(Uuid, bool, Option<String>)> = sqlx::query_as(
         "WITH stranded AS (
              SELECT id FROM jobs j
              WHERE status = 'queued' AND sent_at < now() - make_interval(secs => $1)
@@ -28,21 +28,21 @@ pub async fn resend_stranded(
              ORDER BY sent_at LIMIT $3
              FOR UPDATE SKIP LOCKED)
          UPDATE jobs SET sent_at = now() FROM stranded WHERE jobs.id = stranded.id
-         RETURNING jobs.id, jobs.batch_id IS NOT NULL",
+         RETURNING jobs.id, jobs.batch_id IS NOT NULL, jobs.traceparent",
     )
     .bind(after.as_secs_f64())
     .bind(queue::JOBS_EXCHANGE)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    for (id, batch_item) in &rows {
+    for (id, batch_item, traceparent) in &rows {
         outbox::insert(
             conn,
-            &queue::JobMessage::routed(*id, *batch_item, Duration::ZERO),
+            &queue::JobMessage::routed(*id, *batch_item, Duration::ZERO, traceparent.clone()),
         )
         .await?;
     }
-    Ok(rows.into_iter().map(|(id, _)| id).collect())
+    Ok(rows.into_iter().map(|(id, ..)| id).collect())
 }
 
 /// Where a worker caught a panic while handling a delivery.
