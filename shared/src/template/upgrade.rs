@@ -26,6 +26,9 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261202150000, 20261203000001, unchanged),
     // 20261204000001 indexed what retention purges: nothing a template holds.
     (20261203000001, 20261204000001, unchanged),
+    // 20261205000001 kept the trace context of jobs, batches and outbox rows: nothing a
+    // template holds.
+    (20261204000001, 20261205000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {
