@@ -14,3 +14,9 @@ CREATE TABLE purged_batches (
     id         uuid PRIMARY KEY,
     purged_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Every job of a batch, superseded ones included: a removed batch's jobs are found through it.
+CREATE INDEX jobs_by_batch ON jobs (batch_id) WHERE batch_id IS NOT NULL;
+
+-- Every client's jobs, newest first: the operators' job list (`client_id` unset) reads it.
+CREATE INDEX jobs_newest ON jobs (created_at DESC, id DESC);

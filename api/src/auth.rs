@@ -252,7 +252,9 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         }
     }
     let secret = secret.to_owned();
-    let hash = passwords::occasional_pool().hash(secret.into_bytes()).await;
+    let hash = passwords::occasional_pool()
+        .hash(secret.into_bytes())
+        .await?;
     let scopes = all_scope_names();
     db::clients::insert(
         pool,

@@ -252,23 +252,49 @@ const FAILURE_CODES: [&str; 5] = ["400", "409", "500", "503", "other"];
 /// How long a scrape waits for the broker's answer, and for its turn to ask.
 const BROKER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// A broker reading this recent is served as it is.
+const BROKER_READING_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+type QueueFigures = Vec<provisioner_shared::broker_figures::QueueFigures>;
+
 /// The job queues' figures, or `None` when the broker did not answer in time. One read at a
-/// time per process: a flood of scrapes cannot open a flood of broker connections.
-async fn broker_queue_figures(
-    amqp_url: &secrecy::SecretString,
-) -> Option<Vec<provisioner_shared::broker_figures::QueueFigures>> {
+/// time per process, and a reading serves every scrape for `BROKER_READING_FRESH`: a flood of
+/// (unauthenticated) scrapes can neither open a flood of broker connections nor keep the read's
+/// turn from the monitoring system's scrape.
+async fn broker_queue_figures(amqp_url: &secrecy::SecretString) -> Option<QueueFigures> {
     static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, QueueFigures)>> =
+        std::sync::Mutex::new(None);
+    let fresh = || {
+        LAST.lock()
+            .ok()?
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < BROKER_READING_FRESH)
+            .map(|(_, figures)| figures.clone())
+    };
+    if let Some(figures) = fresh() {
+        return Some(figures);
+    }
     let _turn = tokio::time::timeout(BROKER_READ_TIMEOUT, TURN.acquire())
         .await
         .ok()?
         .ok()?;
+    // The scrape that held the turn may have just read it.
+    if let Some(figures) = fresh() {
+        return Some(figures);
+    }
     let read = tokio::time::timeout(
         BROKER_READ_TIMEOUT,
         provisioner_shared::broker_figures::job_queues(amqp_url),
     )
     .await;
     match read {
-        Ok(Ok(figures)) => Some(figures),
+        Ok(Ok(figures)) => {
+            if let Ok(mut last) = LAST.lock() {
+                *last = Some((std::time::Instant::now(), figures.clone()));
+            }
+            Some(figures)
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "reading the job queues' figures from the broker");
             None

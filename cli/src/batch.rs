@@ -250,6 +250,13 @@ impl CsvResults {
             (Some(t), None) => t.to_owned(),
             _ => String::new(),
         };
+        // The server's text may quote a template or its URL: never a formula in a spreadsheet.
+        // (The submitted columns are the user's own, kept as they were for resubmission.)
+        let error = if error.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{error}")
+        } else {
+            error
+        };
         record.extend([
             result["jobId"].as_str().unwrap_or_default().to_owned(),
             result["status"].as_str().unwrap_or_default().to_owned(),

@@ -82,6 +82,11 @@ const RELEASED_CAPACITY: usize = 33 * 1024;
 
 type Task = Box<dyn FnOnce(&mut [Block]) + Send>;
 
+/// The hashing crashed (its pool thread caught the panic and goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("password hashing crashed")]
+pub struct HashFailed;
+
 /// Threads that hash and verify, each with its own reused working memory. Work waits in an
 /// unbounded queue: callers bound how much they submit (job slots, the token guard).
 #[derive(Debug)]
@@ -112,7 +117,11 @@ impl HashPool {
                             };
                             memory.resize(M_COST as usize, Block::default());
                         }
-                        task(&mut memory);
+                        // A panicking hash answers nobody (its caller sees `HashFailed`);
+                        // the thread and its working memory serve the next one.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            task(&mut memory);
+                        }));
                         if mode == Memory::Release {
                             memory = Vec::new();
                         }
@@ -134,21 +143,21 @@ impl HashPool {
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut [Block]) -> T + Send + 'static,
-    ) -> T {
+    ) -> Result<T, HashFailed> {
         let (tx, rx) = oneshot::channel();
         let task: Task = Box::new(move |memory| {
             let _ = tx.send(work(memory));
         });
         self.queue
             .lock()
-            .expect("hash queue")
+            .map_err(|_| HashFailed)?
             .send(task)
-            .expect("the hashing threads run as long as the process");
-        rx.await.expect("a hashing task answers")
+            .map_err(|_| HashFailed)?;
+        rx.await.map_err(|_| HashFailed)
     }
 
     /// `hash(secret)`, on the pool.
-    pub async fn hash(&self, secret: Vec<u8>) -> String {
+    pub async fn hash(&self, secret: Vec<u8>) -> Result<String, HashFailed> {
         self.run(move |memory| {
             let salt = new_salt();
             let mut raw_salt = [0u8; 64];
@@ -179,6 +188,7 @@ impl HashPool {
             verified
         })
         .await
+        .unwrap_or(false)
     }
 }
 
@@ -296,7 +306,7 @@ mod tests {
     }
 
     async fn pool_agrees_with_the_plain_functions(pool: super::HashPool) {
-        let pooled = pool.hash(b"s3cret".to_vec()).await;
+        let pooled = pool.hash(b"s3cret".to_vec()).await.unwrap();
         assert!(
             pooled.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
             "{pooled}"
@@ -309,7 +319,7 @@ mod tests {
         assert!(pool.verify(b"s3cret".to_vec(), plain.clone(), ()).await);
         assert!(!pool.verify(b"other".to_vec(), plain, ()).await);
         // Two salts: the same secret never gives the same string.
-        assert_ne!(pool.hash(b"s3cret".to_vec()).await, pooled);
+        assert_ne!(pool.hash(b"s3cret".to_vec()).await.unwrap(), pooled);
         // Another cost takes the allocating path, with the same answers.
         let costly = argon2::Argon2::new(
             argon2::Algorithm::Argon2id,

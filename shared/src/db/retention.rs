@@ -58,9 +58,11 @@ pub async fn purge_batches(
 pub async fn purge_batch_jobs(exec: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
     sqlx::query_scalar(
         "WITH doomed AS (
-             SELECT j.id FROM purged_batches p JOIN jobs j ON j.batch_id = p.id
-             WHERE j.finished_at IS NOT NULL
-             LIMIT $1 FOR UPDATE OF j SKIP LOCKED),
+             SELECT j.id FROM purged_batches p CROSS JOIN LATERAL (
+                 SELECT id FROM jobs
+                 WHERE batch_id = p.id AND finished_at IS NOT NULL
+                 LIMIT $1 FOR UPDATE SKIP LOCKED) j
+             LIMIT $1),
          gone AS (DELETE FROM jobs WHERE id IN (SELECT id FROM doomed) RETURNING batch_id),
          emptied AS (
              DELETE FROM purged_batches p

@@ -29,6 +29,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     // 20261205000001 kept the trace context of jobs, batches and outbox rows: nothing a
     // template holds.
     (20261204000001, 20261205000001, unchanged),
+    // 20261206000001 kept the job figures by statement: nothing a template holds.
+    (20261205000001, 20261206000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -93,7 +93,10 @@ async fn admin_user(
         .open(&sealed, job_id.as_bytes())
         .map_err(|e| JobFailure::Internal(e.to_string()))?;
     // On the process's hashing pool: as many hashes at once as cores, whatever the slots.
-    let hash = provisioner_shared::passwords::pool().hash(password).await;
+    let hash = provisioner_shared::passwords::pool()
+        .hash(password)
+        .await
+        .map_err(|e| JobFailure::fault("password hashing crashed", e))?;
     Ok(UserEntry {
         id: Uuid::now_v7(),
         login_id: spec.login_id.clone(),
