@@ -14,7 +14,7 @@ use axum::{
 use provisioner_shared::{
     db::{
         self,
-        jobs::{InsertError, JobRow, NewJob},
+        jobs::{Admit, InsertError, JobRow, NewJob, SubmitOutcome, TemplateCheck},
     },
     domain::{JobKind, JobView, TemplateSource},
     trace::TraceContext,
@@ -175,75 +175,83 @@ async fn record(
     if let Some(job) = replayed(state, caller, key).await? {
         return Ok(Recorded::Replay(job));
     }
-    let mut tx = state.pool.begin().await?;
-    // A named template is checked first (a request error) and stays locked until the job is.
-    if let JobTemplate::Named(id) = &sub.template {
-        if !db::templates::lock_visible(&mut tx, id, caller.viewer()).await? {
-            return Err(FieldError::new(
-                "templateId",
-                format!("no template {id} is stored by this client"),
-            )
-            .into());
-        }
-    }
-    let active_jobs = if sub.refuse_existing_tenant {
-        let admission = db::jobs::admission(&mut *tx, &sub.tenant_url, &caller.client_id).await?;
-        if admission.tenant_exists {
-            return Err(ApiError::Conflict(format!(
-                "a tenant with URL {} already exists",
-                sub.tenant_url
-            )));
-        }
-        if admission.batch_item_active {
-            return Err(ApiError::Conflict(format!(
-                "a queued or running batch item exists for tenant {}",
-                sub.tenant_url
-            )));
-        }
-        admission.active_jobs
-    } else {
-        db::jobs::active_count(&mut *tx, &caller.client_id).await?
-    };
-    let cap = state.settings.client_max_active_jobs;
-    if active_jobs >= i64::from(cap) {
-        return Err(ApiError::TooManyRequests {
-            detail: format!("this client has {cap} queued or running jobs, its limit; retry later"),
-            retry_after: 5,
-        });
-    }
-    let template_id = match &sub.template {
-        JobTemplate::Download => None,
-        JobTemplate::Named(id) => Some(id.as_str()),
-        JobTemplate::Upload(upload) => {
-            db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
-            Some(upload.id.as_str())
-        }
-    };
     let sealed = sub.password.as_ref().map(|p| {
         state
             .sealer
             .seal(p.expose_secret().as_bytes(), sub.id.as_bytes())
     });
+    let template_id = match &sub.template {
+        JobTemplate::Download => None,
+        JobTemplate::Named(id) => Some(id.as_str()),
+        JobTemplate::Upload(upload) => Some(upload.id.as_str()),
+    };
     let new_job = NewJob {
         id: sub.id,
         kind: sub.kind,
         tenant_url: &sub.tenant_url,
         client_id: &caller.client_id,
-        params: sub.params.clone(),
-        sealed_password: sealed,
+        params: &sub.params,
+        sealed_password: sealed.as_deref(),
         idempotency_key: key,
         request_digest: Some(&sub.digest),
         template_id,
         // The request's span: the job's spans are its children.
         trace: *trace,
     };
-    match db::jobs::insert(&mut tx, new_job).await {
-        Ok(job) => {
-            tx.commit().await?;
-            Ok(Recorded::New(job))
+    let admit = |template| Admit {
+        refuse_existing_tenant: sub.refuse_existing_tenant,
+        max_active_jobs: i64::from(state.settings.client_max_active_jobs),
+        template,
+    };
+    let check = match &sub.template {
+        JobTemplate::Download => TemplateCheck::None,
+        JobTemplate::Named(_) => TemplateCheck::VisibleTo(caller.viewer()),
+        JobTemplate::Upload(_) => TemplateCheck::Stored,
+    };
+    // One statement, committing on its own. An upload the store does not hold yet is stored
+    // first, in a transaction with the job.
+    let submitted =
+        db::jobs::submit(&mut *state.pool.acquire().await?, &new_job, admit(check)).await;
+    let submitted = match (&sub.template, submitted) {
+        (JobTemplate::Upload(upload), Ok(SubmitOutcome::TemplateNotVisible)) => {
+            let mut tx = state.pool.begin().await?;
+            db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
+            let submitted = db::jobs::submit(&mut tx, &new_job, admit(TemplateCheck::None)).await;
+            if matches!(submitted, Ok(SubmitOutcome::Recorded(_))) {
+                tx.commit().await?;
+            }
+            submitted
+        }
+        (_, submitted) => submitted,
+    };
+    match submitted {
+        Ok(SubmitOutcome::Recorded(job)) => Ok(Recorded::New(*job)),
+        Ok(SubmitOutcome::TemplateNotVisible) => {
+            let id = template_id.unwrap_or_default();
+            Err(FieldError::new(
+                "templateId",
+                format!("no template {id} is stored by this client"),
+            )
+            .into())
+        }
+        Ok(SubmitOutcome::TenantExists) => Err(ApiError::Conflict(format!(
+            "a tenant with URL {} already exists",
+            sub.tenant_url
+        ))),
+        Ok(SubmitOutcome::BatchItemActive) => Err(ApiError::Conflict(format!(
+            "a queued or running batch item exists for tenant {}",
+            sub.tenant_url
+        ))),
+        Ok(SubmitOutcome::TooManyActive) => {
+            let cap = state.settings.client_max_active_jobs;
+            Err(ApiError::TooManyRequests {
+                detail: format!(
+                    "this client has {cap} queued or running jobs, its limit; retry later"
+                ),
+                retry_after: 5,
+            })
         }
         Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) => {
-            drop(tx);
             // A concurrent request with the same key may have won the race: its job is
             // committed by now (the unique check waited for it).
             match replayed(state, caller, key).await? {

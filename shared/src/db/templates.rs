@@ -147,9 +147,9 @@ pub struct Viewer<'a> {
     pub operator: bool,
 }
 
-impl Viewer<'_> {
+impl<'a> Viewer<'a> {
     /// Whose keeps this viewer sees (`None`: everyone's).
-    fn owner(&self) -> Option<&str> {
+    pub(crate) fn owner(&self) -> Option<&'a str> {
         (!self.operator).then_some(self.client_id)
     }
 }

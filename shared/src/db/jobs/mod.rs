@@ -55,7 +55,7 @@ pub use self::{
         release_lease, renew_lease, retry_later,
     },
     reconcile::{PanicSite, record_panic, resend_stranded},
-    stats::{Admission, QUANTILE_SAMPLE, Stats, active_count, admission, prune_endings, stats},
+    stats::{QUANTILE_SAMPLE, Stats, prune_endings, stats},
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -127,8 +127,8 @@ pub struct NewJob<'a> {
     pub kind: JobKind,
     pub tenant_url: &'a str,
     pub client_id: &'a str,
-    pub params: Value,
-    pub sealed_password: Option<Vec<u8>>,
+    pub params: &'a Value,
+    pub sealed_password: Option<&'a [u8]>,
     pub idempotency_key: Option<&'a str>,
     pub request_digest: Option<&'a str>,
     /// The stored template the job reads (kept in the store until the job ends).
@@ -147,24 +147,155 @@ pub enum InsertError {
     Database(#[from] sqlx::Error),
 }
 
-/// Records a queued job, its job message and its `job.queued` event.
-pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, InsertError> {
-    let row: JobRow = sqlx::query_as(&format!(
-        "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
-                           idempotency_key, request_digest, template_id, traceparent)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10)
-         RETURNING {COLUMNS}"
-    ))
-    .bind(job.id)
-    .bind(job.kind)
-    .bind(job.tenant_url)
-    .bind(job.client_id)
-    .bind(&job.params)
-    .bind(&job.sealed_password)
+/// What a submission must satisfy to be recorded, checked in the statement that records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Admit<'a> {
+    /// Refuse when a tenant with the URL exists or a batch item for it is active (creates;
+    /// imports learn it from their job).
+    pub refuse_existing_tenant: bool,
+    /// Most queued and running jobs the client may have outside batches.
+    pub max_active_jobs: i64,
+    /// What the job's stored template (`NewJob::template_id`) must be; it is locked until
+    /// the job is recorded.
+    pub template: TemplateCheck<'a>,
+}
+
+/// The condition on a submission's stored template.
+#[derive(Debug, Clone, Copy)]
+pub enum TemplateCheck<'a> {
+    /// None to check: the job names no stored template, or the caller's transaction stored it.
+    None,
+    /// Stored (an upload whose bytes the store may hold already).
+    Stored,
+    /// Stored and visible to this viewer (a template named by id).
+    VisibleTo(db::templates::Viewer<'a>),
+}
+
+/// The outcome of `submit` when nothing failed.
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    /// Recorded, with its job message and `job.queued` event: the job as stored.
+    Recorded(Box<JobRow>),
+    /// The template is not stored, or not visible to the viewer.
+    TemplateNotVisible,
+    /// A tenant with the URL exists.
+    TenantExists,
+    /// A queued or running batch item names the URL.
+    BatchItemActive,
+    /// The client has `max_active_jobs` queued or running jobs already.
+    TooManyActive,
+}
+
+/// Records a queued job, its job message and its `job.queued` event, after the admission
+/// checks of `admit`, in one statement: on a connection outside a transaction it commits on its
+/// own, so a create costs one round trip. The job's `createdAt` is this process's clock (the
+/// event that announces it is written in the same statement).
+pub async fn submit(
+    conn: &mut PgConnection,
+    job: &NewJob<'_>,
+    admit: Admit<'_>,
+) -> Result<SubmitOutcome, InsertError> {
+    let now = Utc::now();
+    let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    let row = JobRow {
+        id: job.id,
+        kind: job.kind,
+        tenant_url: job.tenant_url.to_owned(),
+        status: JobStatus::Queued,
+        version: 1,
+        code: None,
+        error: None,
+        attempts: 0,
+        created_at,
+        started_at: None,
+        finished_at: None,
+        tenant: None,
+        skipped_numbers: Value::Array(Vec::new()),
+        batch_id: None,
+        batch_item: None,
+        client_id: job.client_id.to_owned(),
+        params: job.params.clone(),
+        idempotency_key: job.idempotency_key.map(str::to_owned),
+        request_digest: job.request_digest.map(str::to_owned),
+        lease_token: None,
+        lease_until: None,
+        template_id: job.template_id.map(str::to_owned),
+        traceparent: Some(job.trace.to_string()),
+    };
+    let msgs = [
+        queue::JobMessage::outbox(&row, Duration::ZERO),
+        queue::status_event(&row.view(), row.version, row.traceparent.as_deref()),
+    ];
+    let column = |f: fn(&outbox::OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
+    let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
+    let traces: Vec<Option<&str>> = msgs.iter().map(|m| m.traceparent.as_deref()).collect();
+    let (check, owner) = match admit.template {
+        TemplateCheck::None => (0_i16, None),
+        TemplateCheck::Stored => (1, None),
+        TemplateCheck::VisibleTo(viewer) => (2, viewer.owner()),
+    };
+    let id_text = row.id.to_string();
+    let checks: (bool, bool, bool, i64, i64) = sqlx::query_as(
+        "WITH admission AS (
+             SELECT
+                 ($13 = 0 OR EXISTS (
+                     SELECT 1 FROM templates t
+                     WHERE t.id = $9
+                       AND ($13 = 1 OR EXISTS (SELECT 1 FROM client_templates k
+                                               WHERE k.template_id = t.id
+                                                 AND ($14::text IS NULL OR k.client_id = $14)))
+                     FOR KEY SHARE OF t)) AS template_visible,
+                 ($12 AND EXISTS (SELECT 1 FROM tenants WHERE url = $3)) AS tenant_exists,
+                 ($12 AND EXISTS (SELECT 1 FROM jobs WHERE tenant_url = $3 AND batch_id IS NOT NULL
+                                                     AND status IN ('queued', 'running')))
+                     AS batch_item_active,
+                 (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs WHERE client_id = $4)
+                     AS active_jobs
+         ), job AS (
+             INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
+                               idempotency_key, request_digest, template_id, traceparent,
+                               created_at)
+             SELECT $1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11
+             FROM admission a
+             WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
+               AND a.active_jobs < $15
+             RETURNING id
+         ), messages AS (
+             INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
+                                 traceparent)
+             SELECT e, r, m, c, p, tp
+             FROM job, UNNEST($16::text[], $17::text[], $18::text[], $19::text[], $20::bytea[],
+                              $21::text[]) AS t(e, r, m, c, p, tp)
+         )
+         SELECT a.template_visible, a.tenant_exists, a.batch_item_active, a.active_jobs,
+                (SELECT count(*) FROM (SELECT pg_notify($22, ''), pg_notify($23, $24)
+                                       FROM job) n) AS recorded
+         FROM admission a",
+    )
+    .bind(row.id)
+    .bind(row.kind)
+    .bind(&row.tenant_url)
+    .bind(&row.client_id)
+    .bind(&row.params)
+    .bind(job.sealed_password)
     .bind(job.idempotency_key)
     .bind(job.request_digest)
     .bind(job.template_id)
-    .bind(job.trace.to_string())
+    .bind(row.traceparent.as_deref())
+    .bind(row.created_at)
+    .bind(admit.refuse_existing_tenant)
+    .bind(check)
+    .bind(owner)
+    .bind(admit.max_active_jobs)
+    .bind(column(|m| &m.exchange))
+    .bind(column(|m| &m.routing_key))
+    .bind(column(|m| &m.message_id))
+    .bind(column(|m| &m.content_type))
+    .bind(&payloads)
+    .bind(&traces)
+    .bind(outbox::NOTIFY_CHANNEL)
+    .bind(NOTIFY_CHANNEL)
+    .bind(&id_text)
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| {
@@ -176,9 +307,19 @@ pub async fn insert(conn: &mut PgConnection, job: NewJob<'_>) -> Result<JobRow, 
             InsertError::Database(e)
         }
     })?;
-    let message = queue::JobMessage::outbox(&row, Duration::ZERO);
-    announce_with(conn, &row, Some(message)).await?;
-    Ok(row)
+    let (template_visible, tenant_exists, batch_item_active, active_jobs, recorded) = checks;
+    Ok(match () {
+        () if recorded == 1 => SubmitOutcome::Recorded(Box::new(row)),
+        () if !template_visible => SubmitOutcome::TemplateNotVisible,
+        () if tenant_exists => SubmitOutcome::TenantExists,
+        () if batch_item_active => SubmitOutcome::BatchItemActive,
+        () if active_jobs >= admit.max_active_jobs => SubmitOutcome::TooManyActive,
+        () => {
+            return Err(InsertError::Database(sqlx::Error::Protocol(
+                "a submission was neither recorded nor refused".to_owned(),
+            )));
+        }
+    })
 }
 
 /// Writes the event of the transition that produced `row` and wakes waiters; the end of a
