@@ -124,6 +124,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::recorder::RecorderGone> for ApiError {
+    fn from(e: crate::recorder::RecorderGone) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
 impl From<axum::extract::multipart::MultipartError> for ApiError {
     fn from(e: axum::extract::multipart::MultipartError) -> Self {
         if let Some(fault) = body_fault(&e) {

@@ -10,6 +10,7 @@ pub mod fuzzing;
 mod intake;
 mod metrics;
 mod openapi;
+mod recorder;
 mod retry;
 mod routes;
 mod server;
@@ -50,6 +51,8 @@ pub(crate) struct AppState {
     template_budget: MemoryBudget,
     /// The dashboard's live caches.
     ui: Arc<ui::Live>,
+    /// Records submitted jobs, several per statement under load.
+    recorder: recorder::Recorder,
 }
 
 /// The whole HTTP surface, apart from binding.
@@ -114,6 +117,7 @@ pub async fn run(
         waits: Arc::default(),
         template_budget: MemoryBudget::new(settings.template_memory_budget),
         ui: Arc::default(),
+        recorder: recorder::Recorder::start(pool.clone()),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

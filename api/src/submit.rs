@@ -14,7 +14,7 @@ use axum::{
 use provisioner_shared::{
     db::{
         self,
-        jobs::{Admit, InsertError, JobRow, NewJob, SubmitOutcome, TemplateCheck},
+        jobs::{Admit, JobRow, NewJob, SubmitOutcome, TemplateCheck},
     },
     domain::{JobKind, JobView, TemplateSource},
     trace::TraceContext,
@@ -182,41 +182,41 @@ async fn record(
     });
     let template_id = match &sub.template {
         JobTemplate::Download => None,
-        JobTemplate::Named(id) => Some(id.as_str()),
-        JobTemplate::Upload(upload) => Some(upload.id.as_str()),
+        JobTemplate::Named(id) => Some(id.clone()),
+        JobTemplate::Upload(upload) => Some(upload.id.clone()),
     };
-    let new_job = NewJob {
-        id: sub.id,
-        kind: sub.kind,
-        tenant_url: &sub.tenant_url,
-        client_id: &caller.client_id,
-        params: &sub.params,
-        sealed_password: sealed.as_deref(),
-        idempotency_key: key,
-        request_digest: Some(&sub.digest),
-        template_id,
-        // The request's span: the job's spans are its children.
-        trace: *trace,
-    };
-    let admit = |template| Admit {
-        refuse_existing_tenant: sub.refuse_existing_tenant,
-        max_active_jobs: i64::from(state.settings.client_max_active_jobs),
-        template,
-    };
-    let check = match &sub.template {
+    let template = match &sub.template {
         JobTemplate::Download => TemplateCheck::None,
-        JobTemplate::Named(_) => TemplateCheck::VisibleTo(caller.viewer()),
+        JobTemplate::Named(_) => TemplateCheck::KeptBy(caller.sees().map(str::to_owned)),
         JobTemplate::Upload(_) => TemplateCheck::Stored,
     };
-    // One statement, committing on its own. An upload the store does not hold yet is stored
-    // first, in a transaction with the job.
-    let submitted =
-        db::jobs::submit(&mut *state.pool.acquire().await?, &new_job, admit(check)).await;
+    let job = NewJob {
+        id: sub.id,
+        kind: sub.kind,
+        tenant_url: sub.tenant_url.clone(),
+        client_id: caller.client_id.clone(),
+        params: sub.params.clone(),
+        sealed_password: sealed,
+        idempotency_key: key.map(str::to_owned),
+        request_digest: Some(sub.digest.clone()),
+        template_id: template_id.clone(),
+        // The request's span: the job's spans are its children.
+        trace: *trace,
+        admit: Admit {
+            refuse_existing_tenant: sub.refuse_existing_tenant,
+            max_active_jobs: i64::from(state.settings.client_max_active_jobs),
+            template,
+        },
+    };
+    // Recorded in one statement with whatever other creates wait meanwhile. An upload the
+    // store does not hold yet is stored first, in a transaction with its job.
+    let (mut job, submitted) = state.recorder.record(job).await?;
     let submitted = match (&sub.template, submitted) {
         (JobTemplate::Upload(upload), Ok(SubmitOutcome::TemplateNotVisible)) => {
+            job.admit.template = TemplateCheck::None;
             let mut tx = state.pool.begin().await?;
             db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
-            let submitted = db::jobs::submit(&mut tx, &new_job, admit(TemplateCheck::None)).await;
+            let submitted = db::jobs::submit(&mut tx, &job).await;
             if matches!(submitted, Ok(SubmitOutcome::Recorded(_))) {
                 tx.commit().await?;
             }
@@ -251,9 +251,9 @@ async fn record(
                 retry_after: 5,
             })
         }
-        Err(InsertError::ActiveJobExists | InsertError::IdempotencyKeyTaken) => {
+        Ok(SubmitOutcome::Conflict) => {
             // A concurrent request with the same key may have won the race: its job is
-            // committed by now (the unique check waited for it).
+            // committed by now (the conflict waited for it).
             match replayed(state, caller, key).await? {
                 Some(job) => Ok(Recorded::Replay(job)),
                 None => Err(ApiError::Conflict(format!(
@@ -262,7 +262,7 @@ async fn record(
                 ))),
             }
         }
-        Err(InsertError::Database(e)) => Err(e.into()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use futures_util::StreamExt;
 use provisioner_tests::{TestApp, events::EventTap, fixtures};
 use serde_json::{Value, json};
 
@@ -374,6 +375,38 @@ async fn a_client_past_its_active_job_cap_gets_429_with_retry_after() {
         .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await;
     assert_eq!(r.status(), 202, "an ended job frees its place");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_cap_holds_exactly_when_its_creates_arrive_together() {
+    let app = TestApp::with(provisioner_tests::Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "25".into())],
+    })
+    .await;
+    let template = app.serve_sample_template("t").await;
+    let urls: Vec<String> = (0..100).map(|_| fixtures::tenant_url()).collect();
+    let statuses: Vec<u16> = futures_util::stream::iter(urls)
+        .map(|url| {
+            let body = fixtures::create_body(&template);
+            let app = &app;
+            async move { app.create(&url, &body).await.status().as_u16() }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut counts: std::collections::HashMap<u16, usize> = Default::default();
+    for status in statuses {
+        *counts.entry(status).or_default() += 1;
+    }
+    assert_eq!(counts.get(&202), Some(&25), "{counts:?}");
+    assert_eq!(counts.get(&429), Some(&75), "{counts:?}");
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 25);
     app.stop().await;
 }
 

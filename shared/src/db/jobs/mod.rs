@@ -121,35 +121,28 @@ impl JobRow {
     }
 }
 
+/// A job about to be recorded by `submit`.
 #[derive(Debug)]
-pub struct NewJob<'a> {
+pub struct NewJob {
     pub id: Uuid,
     pub kind: JobKind,
-    pub tenant_url: &'a str,
-    pub client_id: &'a str,
-    pub params: &'a Value,
-    pub sealed_password: Option<&'a [u8]>,
-    pub idempotency_key: Option<&'a str>,
-    pub request_digest: Option<&'a str>,
+    pub tenant_url: String,
+    pub client_id: String,
+    pub params: Value,
+    pub sealed_password: Option<Vec<u8>>,
+    pub idempotency_key: Option<String>,
+    pub request_digest: Option<String>,
     /// The stored template the job reads (kept in the store until the job ends).
-    pub template_id: Option<&'a str>,
+    pub template_id: Option<String>,
     /// The span of the request that makes it (the job's spans are its children).
     pub trace: TraceContext,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum InsertError {
-    #[error("a queued or running job exists for this tenant")]
-    ActiveJobExists,
-    #[error("the idempotency key is taken")]
-    IdempotencyKeyTaken,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    /// What must hold for it to be recorded.
+    pub admit: Admit,
 }
 
 /// What a submission must satisfy to be recorded, checked in the statement that records it.
-#[derive(Debug, Clone, Copy)]
-pub struct Admit<'a> {
+#[derive(Debug, Clone)]
+pub struct Admit {
     /// Refuse when a tenant with the URL exists or a batch item for it is active (creates;
     /// imports learn it from their job).
     pub refuse_existing_tenant: bool,
@@ -157,26 +150,27 @@ pub struct Admit<'a> {
     pub max_active_jobs: i64,
     /// What the job's stored template (`NewJob::template_id`) must be; it is locked until
     /// the job is recorded.
-    pub template: TemplateCheck<'a>,
+    pub template: TemplateCheck,
 }
 
 /// The condition on a submission's stored template.
-#[derive(Debug, Clone, Copy)]
-pub enum TemplateCheck<'a> {
+#[derive(Debug, Clone)]
+pub enum TemplateCheck {
     /// None to check: the job names no stored template, or the caller's transaction stored it.
     None,
     /// Stored (an upload whose bytes the store may hold already).
     Stored,
-    /// Stored and visible to this viewer (a template named by id).
-    VisibleTo(db::templates::Viewer<'a>),
+    /// Stored and kept by this client (`None`: by any client, for an operator): a template
+    /// named by id.
+    KeptBy(Option<String>),
 }
 
-/// The outcome of `submit` when nothing failed.
+/// What became of one submission.
 #[derive(Debug)]
 pub enum SubmitOutcome {
     /// Recorded, with its job message and `job.queued` event: the job as stored.
     Recorded(Box<JobRow>),
-    /// The template is not stored, or not visible to the viewer.
+    /// The template is not stored, or not kept by the client.
     TemplateNotVisible,
     /// A tenant with the URL exists.
     TenantExists,
@@ -184,142 +178,212 @@ pub enum SubmitOutcome {
     BatchItemActive,
     /// The client has `max_active_jobs` queued or running jobs already.
     TooManyActive,
+    /// Admitted, but a job with its idempotency key, or an active job for its tenant, was
+    /// recorded first (by another statement, or earlier in the same one).
+    Conflict,
 }
 
-/// Records a queued job, its job message and its `job.queued` event, after the admission
-/// checks of `admit`, in one statement: on a connection outside a transaction it commits on its
-/// own, so a create costs one round trip. The job's `createdAt` is this process's clock (the
-/// event that announces it is written in the same statement).
-pub async fn submit(
+/// `submit_many` of one job, on `conn` (within the caller's transaction, if any).
+pub async fn submit(conn: &mut PgConnection, job: &NewJob) -> Result<SubmitOutcome, sqlx::Error> {
+    let mut outcomes = submit_many(conn, std::slice::from_ref(job)).await?;
+    Ok(outcomes.pop().expect("one outcome per job"))
+}
+
+/// Records queued jobs, each with its job message and `job.queued` event, after the admission
+/// checks of each, in one statement: on a connection outside a transaction it commits on its
+/// own, so several concurrent creates cost one round trip and one commit. A job's `createdAt`
+/// is this process's clock (the event announcing it is written in the same statement). One
+/// outcome per job, in order.
+pub async fn submit_many(
     conn: &mut PgConnection,
-    job: &NewJob<'_>,
-    admit: Admit<'_>,
-) -> Result<SubmitOutcome, InsertError> {
+    jobs: &[NewJob],
+) -> Result<Vec<SubmitOutcome>, sqlx::Error> {
     let now = Utc::now();
     let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-    let row = JobRow {
-        id: job.id,
-        kind: job.kind,
-        tenant_url: job.tenant_url.to_owned(),
-        status: JobStatus::Queued,
-        version: 1,
-        code: None,
-        error: None,
-        attempts: 0,
-        created_at,
-        started_at: None,
-        finished_at: None,
-        tenant: None,
-        skipped_numbers: Value::Array(Vec::new()),
-        batch_id: None,
-        batch_item: None,
-        client_id: job.client_id.to_owned(),
-        params: job.params.clone(),
-        idempotency_key: job.idempotency_key.map(str::to_owned),
-        request_digest: job.request_digest.map(str::to_owned),
-        lease_token: None,
-        lease_until: None,
-        template_id: job.template_id.map(str::to_owned),
-        traceparent: Some(job.trace.to_string()),
-    };
-    let msgs = [
-        queue::JobMessage::outbox(&row, Duration::ZERO),
-        queue::status_event(&row.view(), row.version, row.traceparent.as_deref()),
-    ];
-    let column = |f: fn(&outbox::OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
-    let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
-    let traces: Vec<Option<&str>> = msgs.iter().map(|m| m.traceparent.as_deref()).collect();
-    let (check, owner) = match admit.template {
-        TemplateCheck::None => (0_i16, None),
-        TemplateCheck::Stored => (1, None),
-        TemplateCheck::VisibleTo(viewer) => (2, viewer.owner()),
-    };
-    let id_text = row.id.to_string();
-    let checks: (bool, bool, bool, i64, i64) = sqlx::query_as(
-        "WITH admission AS (
-             SELECT
-                 ($13 = 0 OR EXISTS (
+    let rows: Vec<JobRow> = jobs
+        .iter()
+        .map(|job| JobRow {
+            id: job.id,
+            kind: job.kind,
+            tenant_url: job.tenant_url.clone(),
+            status: JobStatus::Queued,
+            version: 1,
+            code: None,
+            error: None,
+            attempts: 0,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            tenant: None,
+            skipped_numbers: Value::Array(Vec::new()),
+            batch_id: None,
+            batch_item: None,
+            client_id: job.client_id.clone(),
+            params: job.params.clone(),
+            idempotency_key: job.idempotency_key.clone(),
+            request_digest: job.request_digest.clone(),
+            lease_token: None,
+            lease_until: None,
+            template_id: job.template_id.clone(),
+            traceparent: Some(job.trace.to_string()),
+        })
+        .collect();
+    let msgs: Vec<(Uuid, outbox::OutboxMessage)> = rows
+        .iter()
+        .flat_map(|row| {
+            [
+                (row.id, queue::JobMessage::outbox(row, Duration::ZERO)),
+                (
+                    row.id,
+                    queue::status_event(&row.view(), row.version, row.traceparent.as_deref()),
+                ),
+            ]
+        })
+        .collect();
+    let job_column = |f: fn(&JobRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+    let msg_column =
+        |f: fn(&outbox::OutboxMessage) -> &str| msgs.iter().map(|(_, m)| f(m)).collect::<Vec<_>>();
+    let checks: Vec<(i16, Option<&str>)> = jobs
+        .iter()
+        .map(|j| match &j.admit.template {
+            TemplateCheck::None => (0, None),
+            TemplateCheck::Stored => (1, None),
+            TemplateCheck::KeptBy(owner) => (2, owner.as_deref()),
+        })
+        .collect();
+    let answers: Vec<(i64, bool, bool, bool, bool, bool)> = sqlx::query_as(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                                  $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::boolean[], $12::int2[], $13::text[], $14::int8[])
+                 WITH ORDINALITY
+                 AS i(id, kind, url, client, params, sealed, key, digest, template_id,
+                      traceparent, refuse, template_check, owner, cap, ord)
+         ), admission AS (
+             SELECT i.ord, i.id, i.client, i.cap,
+                 (i.template_check = 0 OR EXISTS (
                      SELECT 1 FROM templates t
-                     WHERE t.id = $9
-                       AND ($13 = 1 OR EXISTS (SELECT 1 FROM client_templates k
-                                               WHERE k.template_id = t.id
-                                                 AND ($14::text IS NULL OR k.client_id = $14)))
+                     WHERE t.id = i.template_id
+                       AND (i.template_check = 1
+                            OR EXISTS (SELECT 1 FROM client_templates k
+                                       WHERE k.template_id = t.id
+                                         AND (i.owner IS NULL OR k.client_id = i.owner)))
                      FOR KEY SHARE OF t)) AS template_visible,
-                 ($12 AND EXISTS (SELECT 1 FROM tenants WHERE url = $3)) AS tenant_exists,
-                 ($12 AND EXISTS (SELECT 1 FROM jobs WHERE tenant_url = $3 AND batch_id IS NOT NULL
-                                                     AND status IN ('queued', 'running')))
+                 (i.refuse AND EXISTS (SELECT 1 FROM tenants WHERE url = i.url)) AS tenant_exists,
+                 (i.refuse AND EXISTS (SELECT 1 FROM jobs j
+                                       WHERE j.tenant_url = i.url AND j.batch_id IS NOT NULL
+                                         AND j.status IN ('queued', 'running')))
                      AS batch_item_active,
-                 (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs WHERE client_id = $4)
-                     AS active_jobs
+                 (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs
+                  WHERE client_id = i.client) AS active_jobs
+             FROM input i
+         ), within_cap AS (
+             -- The client's jobs already active, then those of this statement in order.
+             SELECT a.ord,
+                    a.active_jobs + row_number() OVER (PARTITION BY a.client ORDER BY a.ord)
+                        <= a.cap AS fits
+             FROM admission a
+             WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
          ), job AS (
              INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
                                idempotency_key, request_digest, template_id, traceparent,
                                created_at)
-             SELECT $1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11
-             FROM admission a
-             WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
-               AND a.active_jobs < $15
+             SELECT i.id, i.kind, i.url, 'queued', i.client, i.params, i.sealed, i.key,
+                    i.digest, i.template_id, i.traceparent, $15
+             FROM input i JOIN within_cap w ON w.ord = i.ord AND w.fits
+             ORDER BY i.ord
+             ON CONFLICT DO NOTHING
              RETURNING id
          ), messages AS (
              INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
                                  traceparent)
-             SELECT e, r, m, c, p, tp
-             FROM job, UNNEST($16::text[], $17::text[], $18::text[], $19::text[], $20::bytea[],
-                              $21::text[]) AS t(e, r, m, c, p, tp)
+             SELECT m.e, m.r, m.m, m.c, m.p, m.tp
+             FROM UNNEST($16::uuid[], $17::text[], $18::text[], $19::text[], $20::text[],
+                         $21::bytea[], $22::text[]) WITH ORDINALITY
+                      AS m(job, e, r, m, c, p, tp, n)
+             JOIN job ON job.id = m.job
+             ORDER BY m.n
+         ), notified AS (
+             SELECT count(*) AS n
+             FROM (SELECT pg_notify($24, job.id::text) FROM job
+                   UNION ALL
+                   SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM job)) sent
          )
-         SELECT a.template_visible, a.tenant_exists, a.batch_item_active, a.active_jobs,
-                (SELECT count(*) FROM (SELECT pg_notify($22, ''), pg_notify($23, $24)
-                                       FROM job) n) AS recorded
-         FROM admission a",
+         SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active,
+                coalesce(w.fits, false) AS fits,
+                EXISTS (SELECT 1 FROM job WHERE job.id = a.id) AS recorded
+         FROM admission a LEFT JOIN within_cap w ON w.ord = a.ord
+         CROSS JOIN notified
+         ORDER BY a.ord",
     )
-    .bind(row.id)
-    .bind(row.kind)
-    .bind(&row.tenant_url)
-    .bind(&row.client_id)
-    .bind(&row.params)
-    .bind(job.sealed_password)
-    .bind(job.idempotency_key)
-    .bind(job.request_digest)
-    .bind(job.template_id)
-    .bind(row.traceparent.as_deref())
-    .bind(row.created_at)
-    .bind(admit.refuse_existing_tenant)
-    .bind(check)
-    .bind(owner)
-    .bind(admit.max_active_jobs)
-    .bind(column(|m| &m.exchange))
-    .bind(column(|m| &m.routing_key))
-    .bind(column(|m| &m.message_id))
-    .bind(column(|m| &m.content_type))
-    .bind(&payloads)
-    .bind(&traces)
+    .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+    .bind(job_column(|r| Some(&r.tenant_url)))
+    .bind(job_column(|r| Some(&r.client_id)))
+    .bind(rows.iter().map(|r| &r.params).collect::<Vec<_>>())
+    .bind(
+        jobs.iter()
+            .map(|j| j.sealed_password.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(job_column(|r| r.idempotency_key.as_deref()))
+    .bind(job_column(|r| r.request_digest.as_deref()))
+    .bind(job_column(|r| r.template_id.as_deref()))
+    .bind(job_column(|r| r.traceparent.as_deref()))
+    .bind(
+        jobs.iter()
+            .map(|j| j.admit.refuse_existing_tenant)
+            .collect::<Vec<_>>(),
+    )
+    .bind(checks.iter().map(|c| c.0).collect::<Vec<_>>())
+    .bind(checks.iter().map(|c| c.1).collect::<Vec<_>>())
+    .bind(
+        jobs.iter()
+            .map(|j| j.admit.max_active_jobs)
+            .collect::<Vec<_>>(),
+    )
+    .bind(created_at)
+    .bind(msgs.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(msg_column(|m| &m.exchange))
+    .bind(msg_column(|m| &m.routing_key))
+    .bind(msg_column(|m| &m.message_id))
+    .bind(msg_column(|m| &m.content_type))
+    .bind(
+        msgs.iter()
+            .map(|(_, m)| m.payload.as_slice())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        msgs.iter()
+            .map(|(_, m)| m.traceparent.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(outbox::NOTIFY_CHANNEL)
     .bind(NOTIFY_CHANNEL)
-    .bind(&id_text)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| {
-        if super::violates(&e, "jobs_one_active_per_tenant") {
-            InsertError::ActiveJobExists
-        } else if super::violates(&e, "jobs_idempotency") {
-            InsertError::IdempotencyKeyTaken
-        } else {
-            InsertError::Database(e)
-        }
-    })?;
-    let (template_visible, tenant_exists, batch_item_active, active_jobs, recorded) = checks;
-    Ok(match () {
-        () if recorded == 1 => SubmitOutcome::Recorded(Box::new(row)),
-        () if !template_visible => SubmitOutcome::TemplateNotVisible,
-        () if tenant_exists => SubmitOutcome::TenantExists,
-        () if batch_item_active => SubmitOutcome::BatchItemActive,
-        () if active_jobs >= admit.max_active_jobs => SubmitOutcome::TooManyActive,
-        () => {
-            return Err(InsertError::Database(sqlx::Error::Protocol(
-                "a submission was neither recorded nor refused".to_owned(),
-            )));
-        }
-    })
+    .fetch_all(&mut *conn)
+    .await?;
+    if answers.len() != rows.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "{} answers for {} submissions",
+            answers.len(),
+            rows.len()
+        )));
+    }
+    Ok(rows
+        .into_iter()
+        .zip(answers)
+        .map(
+            |(row, (_, template_visible, tenant_exists, batch_item_active, fits, recorded))| match (
+            ) {
+                () if recorded => SubmitOutcome::Recorded(Box::new(row)),
+                () if !template_visible => SubmitOutcome::TemplateNotVisible,
+                () if tenant_exists => SubmitOutcome::TenantExists,
+                () if batch_item_active => SubmitOutcome::BatchItemActive,
+                () if !fits => SubmitOutcome::TooManyActive,
+                () => SubmitOutcome::Conflict,
+            },
+        )
+        .collect())
 }
 
 /// Writes the event of the transition that produced `row` and wakes waiters; the end of a

@@ -1,0 +1,86 @@
+//! Creates that arrive together are recorded together (several per statement) and each keeps
+//! its own admission: one job per tenant URL, every answer its own. (Alone in its test binary:
+//! it reads the process's `/metrics` counters.)
+
+use std::collections::HashMap;
+
+use futures_util::{StreamExt, stream};
+use provisioner_tests::{TestApp, fixtures};
+
+/// A counter of `/metrics`.
+async fn figure(app: &TestApp, name: &str) -> f64 {
+    let text = provisioner_tests::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sends every create at once (64 in flight) and gives each URL's answers.
+async fn create_all(app: &TestApp, urls: &[String], template: &str) -> HashMap<String, Vec<u16>> {
+    let answers: Vec<(String, u16)> = stream::iter(urls.iter().cloned())
+        .map(|url| async move {
+            let r = app.create(&url, &fixtures::create_body(template)).await;
+            (url, r.status().as_u16())
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut by_url: HashMap<String, Vec<u16>> = HashMap::new();
+    for (url, status) in answers {
+        by_url.entry(url).or_default().push(status);
+    }
+    by_url
+}
+
+#[tokio::test]
+async fn concurrent_creates_are_recorded_several_per_statement_one_job_per_tenant() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t").await;
+    // 80 tenants, each asked for three times, all at once.
+    let tenants: Vec<String> = (0..80).map(|_| fixtures::tenant_url()).collect();
+    let urls: Vec<String> = tenants
+        .iter()
+        .flat_map(|u| [u.clone(), u.clone(), u.clone()])
+        .collect();
+    let by_url = create_all(&app, &urls, &template).await;
+    for (url, mut statuses) in by_url {
+        statuses.sort_unstable();
+        assert_eq!(
+            statuses,
+            [202, 409, 409],
+            "one job for {url}, the others 409"
+        );
+    }
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 80);
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let queued_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE routing_key = 'job.queued'")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    // Published or not yet, never more than one message and one event per job.
+    assert!(outbox <= 160 && queued_events <= 80, "{outbox} outbox rows");
+    let submissions = figure(&app, "provisioner_submissions_total").await;
+    let statements = figure(&app, "provisioner_submission_statements_total").await;
+    assert_eq!(submissions, 240.0);
+    assert!(
+        statements < submissions,
+        "{statements} statements for {submissions} submissions: none was grouped"
+    );
+    app.stop().await;
+}
