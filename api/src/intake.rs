@@ -72,6 +72,9 @@ pub(crate) struct Intake<'a> {
     templates: BTreeSet<String>,
     /// Stored templates asked about, and whether the client may name them.
     visible: HashMap<String, bool>,
+    /// The client's unfinished batch items when the request began: items past its cap are
+    /// refused as they arrive (checked again under the admission lock at the end).
+    unfinished_before: i64,
 }
 
 impl<'a> Intake<'a> {
@@ -99,11 +102,23 @@ impl<'a> Intake<'a> {
             chunk: Vec::new(),
             templates: BTreeSet::new(),
             visible: HashMap::new(),
+            unfinished_before: 0,
         }
     }
 
+    /// Before the body is read: looks for a batch this client made with the same key, and reads
+    /// how many unfinished batch items the client has (one row per running batch).
+    pub(crate) async fn start(&mut self) -> Result<(), ApiError> {
+        self.check_replay().await?;
+        if self.replay.is_none() {
+            self.unfinished_before =
+                db::batches::unfinished_items(&self.state.pool, &self.caller.client_id).await?;
+        }
+        Ok(())
+    }
+
     /// Looks for a batch this client made with the same key; found, the body is only digested.
-    pub(crate) async fn check_replay(&mut self) -> Result<(), ApiError> {
+    async fn check_replay(&mut self) -> Result<(), ApiError> {
         if let Some(key) = self.key {
             self.replay =
                 db::batches::find_by_idempotency_key(&self.state.pool, &self.caller.client_id, key)
@@ -228,6 +243,13 @@ impl<'a> Intake<'a> {
         self.items += 1;
         if self.items > self.max_items {
             return Err(too_many(self.max_items, "a batch"));
+        }
+        // The rest of the body is not read once the items so far pass the client's cap.
+        let cap = i64::from(self.state.settings.client_max_batch_items);
+        let items = i64::try_from(self.items).unwrap_or(i64::MAX);
+        let unfinished = self.unfinished_before.saturating_add(items);
+        if unfinished > cap {
+            return Err(over_cap(unfinished, cap, "this batch would give"));
         }
         let mut checked = fields
             .map_err(|e| vec![e])
@@ -409,13 +431,7 @@ impl<'a> Intake<'a> {
         // This batch's items are inserted already: they count among the unfinished.
         let unfinished = db::batches::unfinished_items(&mut *tx, client).await?;
         if unfinished > cap {
-            return Err(ApiError::TooManyRequests {
-                detail: format!(
-                    "this batch would give the client {unfinished} unfinished batch items; \
-                     its limit is {cap}; retry when some have ended"
-                ),
-                retry_after: 30,
-            });
+            return Err(over_cap(unfinished, cap, "this batch would give"));
         }
         // The templates named by id stay until the pins hold them; one removed meanwhile (its
         // client deleted it) is the request's problem.
@@ -445,6 +461,17 @@ fn replayed(batch: BatchRow, digest: &str) -> Result<Accepted, ApiError> {
         Err(ApiError::Unprocessable(
             "this Idempotency-Key was used with a different request".to_owned(),
         ))
+    }
+}
+
+/// `429`: `what` (a batch, a retry) the client `unfinished` batch items, past its `cap`.
+pub(crate) fn over_cap(unfinished: i64, cap: i64, what: &str) -> ApiError {
+    ApiError::TooManyRequests {
+        detail: format!(
+            "{what} the client {unfinished} unfinished batch items; its limit is {cap}; \
+             retry when some have ended"
+        ),
+        retry_after: 30,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Retrying a batch's failed items: every item whose newest job failed (with one of the given
 //! codes, if any) gets a new job with the same parameters, its password sealed again for the new
-//! id. Shared by the batch retry route and the dashboard.
+//! id, unless they would pass the owner's cap of unfinished batch items. Shared by the batch
+//! retry route and the dashboard.
 
 use provisioner_shared::{
     db::{self, batches::BatchRow, batches::NewItem},
@@ -9,7 +10,7 @@ use provisioner_shared::{
 };
 use uuid::Uuid;
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, error::ApiError, intake::over_cap};
 
 /// Failed items read and replaced per statement.
 const PAGE: i64 = 1_000;
@@ -57,6 +58,13 @@ pub(crate) async fn failed_items(
     }
     if retried == 0 {
         return Ok(Some(Retried::Nothing(batch)));
+    }
+    // The retried items count against the owner's cap as a new batch's would.
+    db::batches::lock_admission(&mut tx, &batch.client_id).await?;
+    let cap = i64::from(state.settings.client_max_batch_items);
+    let unfinished = db::batches::unfinished_items(&mut *tx, &batch.client_id).await?;
+    if unfinished > cap {
+        return Err(over_cap(unfinished, cap, "this retry would give"));
     }
     let Some(batch) = db::batches::find(&mut *tx, id, None).await? else {
         return Ok(None);

@@ -495,3 +495,75 @@ async fn a_revoked_bootstrap_client_stays_revoked_across_restarts() {
     assert!(api.exit(Duration::from_secs(10)).await.success());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn batch_and_template_store_changes_need_the_write_scope_checked_before_the_owner() {
+    let app = TestApp::without_workers().await;
+    let reader = app.client_with("store-reader", &["tenants:read"]).await;
+    let zip = fixtures::sample_template(app.db_version().await).write();
+    // A template the bootstrap client stored: the scope is checked before whose it is.
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/templates"))
+        .header("content-type", "application/zip")
+        .body(zip.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let stored = r.json::<Value>().await.unwrap()["templateId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut item = fixtures::create_body("https://templates.example/t.zip");
+    item["tenantUrl"] = fixtures::tenant_url().into();
+    let refused = [
+        reader
+            .post(app.url("/configapi/v2/batches"))
+            .header("content-type", "application/x-ndjson")
+            .body(format!("{item}\n")),
+        reader
+            .post(app.url("/configapi/v2/batches"))
+            .json(&serde_json::json!({"items": [item]})),
+        reader
+            .post(app.url("/configapi/v2/templates?name=mine"))
+            .header("content-type", "application/zip")
+            .body(zip),
+        reader.delete(app.url(&format!("/configapi/v2/templates/{stored}"))),
+    ];
+    for request in refused {
+        let r = request.send().await.unwrap();
+        let what = format!("{} {}", r.url().path(), r.status());
+        assert_eq!(r.status(), 403, "{what}");
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("scope=\"tenants:write\""),
+            "{what}"
+        );
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM client_templates").await,
+        1,
+        "the bootstrap client's keep only"
+    );
+    let r = app
+        .http
+        .get(app.url(&format!("/configapi/v2/templates/{stored}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "not deleted");
+    // The reader may read: its own (empty) lists.
+    for path in ["/configapi/v2/batches", "/configapi/v2/templates"] {
+        assert_eq!(
+            reader.get(app.url(path)).send().await.unwrap().status(),
+            200
+        );
+    }
+    app.stop().await;
+}

@@ -171,7 +171,7 @@ pub(super) async fn create_batch(
     let key = answer.idempotency_key.key()?;
     let max_items = usize::try_from(state.settings.batch_max_items).unwrap_or(usize::MAX);
     let mut intake = Intake::new(&state, &caller, key, max_items, answer.trace);
-    intake.check_replay().await?;
+    intake.start().await?;
     let body = request.into_body();
     if ndjson {
         intake.ndjson(body).await?;
@@ -373,7 +373,8 @@ fn codes_param(uri: &Uri) -> Result<Option<Vec<i32>>, ApiError> {
         (status = 202, description = "Items retried: the batch, running again", body = BatchView),
         (status = 200, description = "Nothing to retry: the batch", body = BatchView),
         (status = 400, description = "Invalid code"),
-        (status = 404, description = "No such batch for this client")))]
+        (status = 404, description = "No such batch for this client"),
+        (status = 429, description = "The retried items would pass the owner's limit of unfinished batch items (Retry-After); nothing retried")))]
 pub(super) async fn retry_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     AppState,
+    error::ApiError,
     extract::{PageQuery, PathText, RequestTrace, job_key, job_key_text, query_param},
     retry::{self, Retried},
 };
@@ -342,6 +343,9 @@ pub(crate) async fn retry(
             state.ui.failures.forget(&id);
             let back = super::form::back_to(&form, format!("/ui/batches/{id}"));
             Redirect::to(&back).into_response()
+        }
+        Err(ApiError::TooManyRequests { detail, .. }) => {
+            layout::refused(StatusCode::TOO_MANY_REQUESTS, &detail)
         }
         Err(e) => layout::internal(e.into()),
     }

@@ -1,10 +1,12 @@
 //! Batches: their items accepted in bulk, counts kept exact by a trigger on `jobs` (see the
 //! migration `20261203000001`), the stop announced once when the last item ends, cancel, retry,
 //! results in item order; the dispatcher's fair release of held items (`dispatch`) and the one
-//! download per batch and template URL (`downloads`).
+//! download per batch and template URL (`downloads`); which of two creates for one tenant goes
+//! first (`precedence`).
 
 mod dispatch;
 mod downloads;
+mod precedence;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -14,6 +16,7 @@ use uuid::Uuid;
 pub use self::{
     dispatch::release,
     downloads::{DownloadFailure, DownloadState, download_done, download_failed, download_state},
+    precedence::earlier_active_create,
 };
 use crate::{
     db::{

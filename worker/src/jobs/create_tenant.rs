@@ -36,6 +36,12 @@ pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Fini
         numbers,
         lock_timeout,
     );
+    // The API accepts a batch item whatever else is queued for its tenant: it gives way to
+    // creates submitted before it.
+    let plan = match job.batch_id {
+        Some(_) => plan.after_earlier(job.created_at, job.id),
+        None => plan,
+    };
     write_tenant(ctx, job, token, &plan).await
 }
 

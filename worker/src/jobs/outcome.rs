@@ -131,6 +131,9 @@ pub(crate) fn written(outcome: WriteOutcome) -> Result<Finished, JobFailure> {
         WriteOutcome::TenantExists { url } => Err(JobFailure::Conflict(format!(
             "a tenant with URL {url} already exists"
         ))),
+        WriteOutcome::EarlierWork { url, job } => Err(JobFailure::Conflict(format!(
+            "job {job} for tenant {url}, submitted earlier, is still queued or running"
+        ))),
         WriteOutcome::IdsTaken => Err(JobFailure::Conflict(
             "the tenant's objects, users or calling lists already exist in this cluster".to_owned(),
         )),

@@ -16,6 +16,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub(crate) use plan::Plan;
+use plan::Precedence;
 
 /// How the write transaction ended; a database fault is its `Err`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub(crate) enum WriteOutcome {
     LockNotFree { within: Duration },
     /// A tenant with this URL, id or SIP domain exists; nothing was written.
     TenantExists { url: String },
+    /// The plan gives way to earlier creates, and `job`, a create for the same URL submitted
+    /// before it, is still queued or running; nothing was written.
+    EarlierWork { url: String, job: Uuid },
     /// Kept ids (Import Tenant) of objects, users or calling lists that another tenant uses.
     IdsTaken,
     /// Another worker took the job over (this lease ran out); nothing was written.
@@ -81,6 +85,7 @@ async fn write(
     plan: &Plan,
 ) -> Result<(), Abort> {
     let lock_wait = take_locks(conn, mode, plan).await?;
+    give_way(conn, plan).await?;
     let tenant = insert_tenant(conn, plan).await?;
     insert_contents(conn, &tenant, plan).await?;
     let skipped = place_numbers(conn, &tenant, plan).await?;
@@ -120,6 +125,21 @@ async fn take_locks(
     let waited = started.elapsed();
     tracing::debug!(?waited, "import lock taken");
     Ok(waited)
+}
+
+/// Under the tenant's lock: refuses the write when the plan gives way to earlier creates and
+/// one of them is still queued or running.
+async fn give_way(conn: &mut PgConnection, plan: &Plan) -> Result<(), Abort> {
+    let Precedence::AfterEarlier { created_at, id } = plan.precedence else {
+        return Ok(());
+    };
+    match db::batches::earlier_active_create(conn, &plan.tenant_url, created_at, id).await? {
+        Some(job) => Err(Abort::Refused(WriteOutcome::EarlierWork {
+            url: plan.tenant_url.clone(),
+            job,
+        })),
+        None => Ok(()),
+    }
 }
 
 /// Inserts the tenant, Inactive, unless one with its URL, id or SIP domain exists.

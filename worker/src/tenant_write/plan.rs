@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use provisioner_shared::{
     domain::AuditAction,
     template::{AccessNumberEntry, AuditEntry, CallingListEntry, ObjectEntry, Template, UserEntry},
@@ -27,6 +27,19 @@ pub(crate) struct Plan {
     /// The history to keep (Import Tenant), then the entry recording this import, if any.
     pub(super) audit: Vec<AuditEntry>,
     pub(super) lock_timeout: Duration,
+    pub(super) precedence: Precedence,
+}
+
+/// Whether the write gives way to other creates of the same tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Precedence {
+    /// Writes whatever else is queued for the tenant: the API refused a single create (or an
+    /// import's) at once when another create for the tenant was queued or running.
+    First,
+    /// Gives way to a create for the tenant submitted before `(created_at, id)` and still queued
+    /// or running (`WriteOutcome::EarlierWork`): a batch item, which the API accepts whatever
+    /// else is queued.
+    AfterEarlier { created_at: DateTime<Utc>, id: Uuid },
 }
 
 impl Plan {
@@ -83,6 +96,15 @@ impl Plan {
             calling_lists: vec![],
             audit: vec![],
             lock_timeout,
+            precedence: Precedence::First,
+        }
+    }
+
+    /// The write gives way to earlier creates of the tenant (see `Precedence::AfterEarlier`).
+    pub(crate) fn after_earlier(self, created_at: DateTime<Utc>, id: Uuid) -> Self {
+        Self {
+            precedence: Precedence::AfterEarlier { created_at, id },
+            ..self
         }
     }
 
@@ -114,6 +136,7 @@ impl Plan {
             calling_lists: template.calling_lists.clone(),
             audit,
             lock_timeout,
+            precedence: Precedence::First,
         }
     }
 }

@@ -1,0 +1,36 @@
+//! Which of two creates for one tenant URL goes first. The API accepts a batch item whatever
+//! else is queued for its tenant; the item's import then gives way to a create submitted before
+//! it that is still queued or running (its job ends with code 409).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// A create for `tenant_url` (a single create or a batch item) submitted before the job
+/// `(created_at, job_id)` and still queued or running, if any: the oldest. Reads the two partial
+/// indexes of active creates by URL, so its cost does not grow with the table.
+pub async fn earlier_active_create(
+    conn: &mut PgConnection,
+    tenant_url: &str,
+    created_at: DateTime<Utc>,
+    job_id: Uuid,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM (
+             SELECT id, created_at FROM jobs
+             WHERE tenant_url = $1 AND status IN ('queued', 'running')
+               AND batch_id IS NULL AND kind = 'createTenant'
+             UNION ALL
+             SELECT id, created_at FROM jobs
+             WHERE tenant_url = $1 AND status IN ('queued', 'running') AND batch_id IS NOT NULL
+         ) active
+         WHERE (created_at, id) < ($2, $3)
+         ORDER BY created_at, id
+         LIMIT 1",
+    )
+    .bind(tenant_url)
+    .bind(created_at)
+    .bind(job_id)
+    .fetch_optional(conn)
+    .await
+}

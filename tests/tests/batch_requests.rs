@@ -1,0 +1,287 @@
+//! Batch requests at their edges: the long-poll's `wait`, the client cap checked as items
+//! arrive and on retry, idempotent JSON submissions, results past one page, tenant URLs that
+//! differ only in case.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, stream};
+use provisioner_tests::{
+    Options, TestApp,
+    batches::{self, item, items, ndjson, post},
+    eventually, fixtures,
+};
+use serde_json::{Value, json};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+fn id(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap().to_owned()
+}
+
+/// The value of an unlabelled gauge in the API's `/metrics`.
+async fn gauge(app: &TestApp, name: &str) -> f64 {
+    let text = provisioner_tests::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn batch_wait_holds_a_running_batch_up_to_n_seconds_and_answers_when_it_stops() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let submitted = batches::submit(&app, &items(2, &template)).await;
+    let batch_id = id(&submitted, "batchId");
+    let path = format!("/configapi/v2/batches/{batch_id}");
+
+    // Still running after N seconds: the batch as it is then.
+    let started = Instant::now();
+    let (status, held) = app.get_json(&format!("{path}?wait=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(held["status"], "running", "{held}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "held {:?}",
+        started.elapsed()
+    );
+
+    // A wait far past the maximum is clamped, not refused; it answers as soon as the batch stops.
+    let waiter = tokio::spawn({
+        let http = app.http.clone();
+        let url = app.url(&format!("{path}?wait=99999999999999999999999999"));
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    });
+    // Cancel once the wait is held (the gauge counts every test's waits in this process: if
+    // another's shows first, this wait may begin after the stop and answer at once, as it must).
+    eventually(WITHIN, || async {
+        (gauge(&app, "provisioner_http_waits").await >= 1.0).then_some(())
+    })
+    .await;
+    let r = app
+        .http
+        .post(app.url(&format!("{path}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cancelled_at = Instant::now();
+    let (status, stopped) = waiter.await.unwrap();
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["status"], "cancelled", "{stopped}");
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(10),
+        "answered {:?} after the stop",
+        cancelled_at.elapsed()
+    );
+
+    // A stopped batch is answered at once, whatever the wait.
+    let started = Instant::now();
+    let (status, _) = app.get_json(&format!("{path}?wait=60")).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    for bad in ["abc", "-1", "1.5", ""] {
+        let r = app
+            .http
+            .get(app.url(&format!("{path}?wait={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "wait={bad}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], "wait", "{problem}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_past_the_cap_is_refused_as_its_items_arrive_before_the_body_ends() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_BATCH_ITEMS", "5".to_owned())],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    batches::submit(&app, &items(3, &template)).await;
+    // Three more items pass the cap of 5; the body then stalls, as a huge upload would go on.
+    let lines: Vec<Result<bytes::Bytes, std::io::Error>> = items(3, &template)
+        .iter()
+        .map(|i| Ok(format!("{i}\n").into()))
+        .collect();
+    let body = stream::iter(lines).chain(stream::pending());
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        post(
+            &app,
+            &app.http,
+            "application/x-ndjson",
+            reqwest::Body::wrap_stream(body),
+        ),
+    )
+    .await
+    .expect("the refusal comes before the body ends");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["detail"],
+        "this batch would give the client 6 unfinished batch items; its limit is 5; \
+         retry when some have ended"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_that_would_pass_the_clients_cap_is_429_and_retries_nothing() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_CLIENT_MAX_BATCH_ITEMS", "3".to_owned()),
+            ("PROVISIONER_TEMPLATE_TIMEOUT", "60".to_owned()),
+        ],
+    })
+    .await;
+    let missing = format!("http://{}/missing.zip", app.templates.addr);
+    let failed = batches::submit(&app, &items(3, &missing)).await;
+    let failed_id = id(&failed, "batchId");
+    let done = batches::wait(&app, &failed_id, WITHIN).await;
+    assert_eq!(done["counts"]["failed"], 3, "{done}");
+    // Two items stay unfinished while their template is held.
+    let slow = app.serve_sample_template("slow.zip").await;
+    app.templates.hold("slow.zip");
+    let busy = batches::submit(&app, &items(2, &slow)).await;
+
+    let retry = || {
+        app.http
+            .post(app.url(&format!("/configapi/v2/batches/{failed_id}/retry")))
+            .send()
+    };
+    let r = retry().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["detail"],
+        "this retry would give the client 5 unfinished batch items; its limit is 3; \
+         retry when some have ended"
+    );
+    let (_, after) = app
+        .get_json(&format!("/configapi/v2/batches/{failed_id}"))
+        .await;
+    assert_eq!(after, done, "nothing retried");
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 5);
+
+    app.templates.release("slow.zip");
+    batches::wait(&app, &id(&busy, "batchId"), WITHIN).await;
+    let r = retry().await.unwrap();
+    assert_eq!(r.status(), 202);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_batch_sent_again_with_its_idempotency_key_is_the_same_batch() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let send = |body: &Value| {
+        app.http
+            .post(app.url("/configapi/v2/batches"))
+            .header("idempotency-key", "json-batch-1")
+            .json(body)
+            .send()
+    };
+    let mut defaults = fixtures::create_body(&template);
+    defaults.as_object_mut().unwrap().remove("tenantName");
+    let body = json!({
+        "defaults": defaults,
+        "items": [
+            {"tenantUrl": fixtures::tenant_url(), "tenantName": "One"},
+            {"tenantUrl": fixtures::tenant_url(), "tenantName": "Two"},
+        ],
+    });
+    let first = send(&body).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again = send(&body).await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again.headers()["location"],
+        format!("/configapi/v2/batches/{}", id(&first, "batchId")).as_str()
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["batchId"], first["batchId"]);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 2);
+
+    let mut other = body.clone();
+    other["items"][1]["tenantName"] = json!("Deux");
+    let r = send(&other).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn results_of_more_items_than_one_page_come_complete_and_in_item_order() {
+    let app = TestApp::without_workers().await;
+    let list = items(1_100, "https://templates.example/t.zip");
+    let submitted = batches::submit(&app, &list).await;
+    let batch_id = id(&submitted, "batchId");
+    for query in ["", "?status=queued"] {
+        let results = batches::results(&app, &batch_id, query).await;
+        assert_eq!(results.len(), 1_100, "{query}");
+        for (i, line) in results.iter().enumerate() {
+            assert_eq!(line["item"], i, "{query}");
+            assert_eq!(line["tenantUrl"], list[i]["tenantUrl"], "{query}");
+            assert_eq!(line["status"], "queued");
+        }
+    }
+    assert!(
+        batches::results(&app, &batch_id, "?status=failed")
+            .await
+            .is_empty()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_urls_that_differ_only_in_case_are_one_url_within_a_batch() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let url = fixtures::tenant_url();
+    let upper = url.to_ascii_uppercase();
+    let r = post(
+        &app,
+        &app.http,
+        "application/x-ndjson",
+        ndjson(&[item(&upper, &template), item(&url, &template)]),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["errors"],
+        json!([{"item": 1, "line": 2, "field": "tenantUrl",
+            "message": format!("{url} is named by an earlier item; tenant URLs must be distinct")}]),
+        "{problem}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+
+    // Accepted alone, the item's URL is stored lower-case.
+    let submitted = batches::submit(&app, &[item(&upper, &template)]).await;
+    let results = batches::results(&app, &id(&submitted, "batchId"), "").await;
+    assert_eq!(results[0]["tenantUrl"], url.as_str());
+    app.stop().await;
+}

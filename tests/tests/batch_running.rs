@@ -1,0 +1,332 @@
+//! Batches while their items run: an item gives way to an earlier create of its tenant, a
+//! cancel lets running items finish, worker processes share one download, and a small batch of
+//! one client is not held behind a big one of another.
+
+use std::time::Duration;
+
+use provisioner_tests::{
+    Options, TestApp,
+    batches::{self, assert_counts_add_up, item, items, ndjson, post},
+    events::EventTap,
+    eventually, fixtures,
+    process::Proc,
+};
+use serde_json::{Value, json};
+
+const WITHIN: Duration = Duration::from_secs(90);
+
+fn id(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap().to_owned()
+}
+
+/// Template downloads wait as long as a test holds them (the tests' usual 5 s would end them).
+fn patient_downloads() -> (&'static str, String) {
+    ("PROVISIONER_TEMPLATE_TIMEOUT", "60".to_owned())
+}
+
+async fn batch(app: &TestApp, id: &str) -> Value {
+    let (status, batch) = app.get_json(&format!("/configapi/v2/batches/{id}")).await;
+    assert_eq!(status, 200, "{batch}");
+    batch
+}
+
+#[tokio::test]
+async fn a_batch_item_gives_way_to_an_earlier_single_create_of_its_tenant_and_ends_409() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![patient_downloads()],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let slow = app.serve_sample_template("slow.zip").await;
+    app.templates.hold("slow.zip");
+    let url = fixtures::tenant_url();
+    let single = app.submit(&url, &fixtures::create_body(&slow)).await;
+    // The single create runs, its download held: it is the tenant's earlier, active create.
+    eventually(WITHIN, || async {
+        (app.templates.hits("slow.zip") == 1).then_some(())
+    })
+    .await;
+    let other = fixtures::tenant_url();
+    let submitted = batches::submit(&app, &[item(&url, &template), item(&other, &template)]).await;
+    let batch_id = id(&submitted, "batchId");
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["counts"]["succeeded"], 1, "{done}");
+    assert_eq!(done["counts"]["failed"], 1, "{done}");
+    let results = batches::results(&app, &batch_id, "").await;
+    assert_eq!(results[0]["tenantUrl"], url.as_str());
+    assert_eq!(results[0]["code"], 409, "{}", results[0]);
+    assert_eq!(results[0]["error"]["title"], "Conflict");
+    assert_eq!(
+        results[0]["error"]["detail"],
+        format!("job {single} for tenant {url}, submitted earlier, is still queued or running"),
+    );
+    assert_eq!(results[1]["code"], 200, "{}", results[1]);
+
+    // The single create, which came first, makes the tenant.
+    app.templates.release("slow.zip");
+    let job = app.wait_job(&single).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["code"], 200);
+    assert_eq!(
+        app.count(&format!("SELECT count(*) FROM tenants WHERE url = '{url}'"))
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn of_two_batches_naming_one_tenant_the_earlier_item_wins_and_the_later_ends_409() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![patient_downloads()],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let slow = app.serve_sample_template("slow.zip").await;
+    app.templates.hold("slow.zip");
+    let url = fixtures::tenant_url();
+    let first = batches::submit(&app, &[item(&url, &slow)]).await;
+    let first_id = id(&first, "batchId");
+    eventually(WITHIN, || async {
+        (app.templates.hits("slow.zip") == 1).then_some(())
+    })
+    .await;
+    let first_job = batches::results(&app, &first_id, "").await[0]["jobId"].clone();
+    let second = batches::submit(&app, &[item(&url, &template)]).await;
+    let done = batches::wait(&app, &id(&second, "batchId"), WITHIN).await;
+    assert_eq!(done["counts"]["failed"], 1, "{done}");
+    let later = &batches::results(&app, &id(&second, "batchId"), "").await[0];
+    assert_eq!(later["code"], 409, "{later}");
+    assert_eq!(
+        later["error"]["detail"],
+        format!(
+            "job {} for tenant {url}, submitted earlier, is still queued or running",
+            first_job.as_str().unwrap()
+        ),
+    );
+
+    app.templates.release("slow.zip");
+    let done = batches::wait(&app, &first_id, WITHIN).await;
+    assert_eq!(done["counts"]["succeeded"], 1, "{done}");
+    let earlier = &batches::results(&app, &first_id, "").await[0];
+    assert_eq!(earlier["code"], 200, "{earlier}");
+    assert_eq!(earlier["tenant"]["url"], url.as_str());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_batch_while_items_run_lets_them_finish_and_announces_the_final_counts() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            patient_downloads(),
+            ("PROVISIONER_WORKER_CONCURRENCY", "2".to_owned()),
+        ],
+    })
+    .await;
+    let slow = app.serve_sample_template("slow.zip").await;
+    app.templates.hold("slow.zip");
+    let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
+    let submitted = batches::submit(&app, &items(6, &slow)).await;
+    let batch_id = id(&submitted, "batchId");
+    // Both slots hold an item (one downloads the template, one waits for it); four are queued.
+    eventually(WITHIN, || async {
+        let now = batch(&app, &batch_id).await;
+        (now["counts"]["running"] == 2).then_some(())
+    })
+    .await;
+
+    let r = app
+        .http
+        .post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cancelling: Value = r.json().await.unwrap();
+    assert_eq!(cancelling["status"], "running", "{cancelling}");
+    assert_eq!(cancelling["counts"]["running"], 2, "{cancelling}");
+    assert_eq!(cancelling["counts"]["cancelled"], 4, "{cancelling}");
+    assert_eq!(cancelling["finishedAt"], Value::Null);
+    assert_counts_add_up(&cancelling);
+
+    app.templates.release("slow.zip");
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    let counts =
+        json!({"total": 6, "queued": 0, "running": 0, "succeeded": 2, "failed": 0, "cancelled": 4});
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["counts"], counts, "{done}");
+    assert!(done["finishedAt"].is_string());
+    // The running items' results are kept.
+    let results = batches::results(&app, &batch_id, "").await;
+    let finished: Vec<&Value> = results
+        .iter()
+        .filter(|l| l["status"] == "succeeded")
+        .collect();
+    assert_eq!(finished.len(), 2, "{results:?}");
+    for line in &finished {
+        assert_eq!(line["code"], 200);
+        assert_eq!(line["tenant"]["url"], line["tenantUrl"]);
+    }
+    for line in results.iter().filter(|l| l["status"] != "succeeded") {
+        assert_eq!(line["status"], "cancelled", "{line}");
+        assert_eq!(line["code"], Value::Null);
+    }
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 2);
+
+    // One stop event, after the last running item, with the final counts.
+    let events = tap
+        .collect_until(|e| e.iter().any(|e| e.routing_key.starts_with("batch.")))
+        .await;
+    let stop = events
+        .iter()
+        .find(|e| e.routing_key.starts_with("batch."))
+        .unwrap();
+    assert_eq!(stop.routing_key, "batch.cancelled");
+    assert_eq!(stop.body["type"], "io.provisioner.batch.cancelled");
+    assert_eq!(stop.body["subject"], batch_id.as_str());
+    assert_eq!(stop.body["data"]["status"], "cancelled");
+    assert_eq!(stop.body["data"]["counts"], counts);
+    // Whatever was committed is published once the outbox is empty; a job's events published
+    // after that arrive after it: no second stop comes before them.
+    eventually(WITHIN, || async {
+        (app.count("SELECT count(*) FROM outbox").await == 0).then_some(())
+    })
+    .await;
+    let marker = app
+        .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&slow))
+        .await;
+    let later = tap
+        .collect_until(|e| {
+            e.iter()
+                .any(|e| e.body["subject"] == marker["jobId"] && e.routing_key == "job.succeeded")
+        })
+        .await;
+    assert!(
+        !later.iter().any(|e| e.routing_key.starts_with("batch.")),
+        "the stop is announced once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_completed_batch_changes_nothing_and_announces_nothing() {
+    let app = TestApp::spawn().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
+    let submitted = batches::submit(&app, &items(2, &template)).await;
+    let batch_id = id(&submitted, "batchId");
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    tap.collect_until(|e| e.iter().any(|e| e.routing_key == "batch.completed"))
+        .await;
+    let version = format!("SELECT version::bigint FROM batches WHERE id = '{batch_id}'");
+    let before = app.count(&version).await;
+
+    for _ in 0..2 {
+        let r = app
+            .http
+            .post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body, done, "the batch as it was");
+    }
+    assert_eq!(batch(&app, &batch_id).await, done);
+    assert_eq!(app.count(&version).await, before);
+
+    // Whatever the cancels committed is published once the outbox is empty; a job's events
+    // published after that arrive after it.
+    eventually(WITHIN, || async {
+        (app.count("SELECT count(*) FROM outbox").await == 0).then_some(())
+    })
+    .await;
+    let marker = app
+        .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&template))
+        .await;
+    let events = tap
+        .collect_until(|e| {
+            e.iter()
+                .any(|e| e.body["subject"] == marker["jobId"] && e.routing_key == "job.succeeded")
+        })
+        .await;
+    let batch_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.routing_key.starts_with("batch."))
+        .collect();
+    assert!(batch_events.is_empty(), "{batch_events:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn worker_processes_share_one_download_of_a_batchs_template_url() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![
+            patient_downloads(),
+            ("PROVISIONER_WORKER_CONCURRENCY", "2".to_owned()),
+        ],
+    })
+    .await;
+    let url = app.serve_sample_template("shared.zip").await;
+    app.templates.hold("shared.zip");
+    let submitted = batches::submit(&app, &items(24, &url)).await;
+    let batch_id = id(&submitted, "batchId");
+    let mut workers: Vec<Proc> = (0..3)
+        .map(|_| Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &[], "warn"))
+        .collect();
+    // Every slot of the three processes holds an item: one fetches, five wait for its bytes.
+    eventually(WITHIN, || async {
+        (batch(&app, &batch_id).await["counts"]["running"] == 6).then_some(())
+    })
+    .await;
+    assert_eq!(app.templates.hits("shared.zip"), 1);
+    app.templates.release("shared.zip");
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["counts"]["succeeded"], 24, "{done}");
+    assert_eq!(app.templates.hits("shared.zip"), 1);
+    for worker in &workers {
+        worker.terminate();
+    }
+    for worker in &mut workers {
+        assert!(worker.exit(Duration::from_secs(30)).await.success());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_small_batch_of_one_client_finishes_while_a_big_batch_of_another_is_far_from_done() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_DISPATCH_WINDOW", "2".to_owned()),
+            ("PROVISIONER_WORKER_CONCURRENCY", "2".to_owned()),
+        ],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let big = batches::submit(&app, &items(200, &template)).await;
+    let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
+    let r = post(
+        &app,
+        &b,
+        "application/x-ndjson",
+        ndjson(&items(6, &template)),
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let small: Value = r.json().await.unwrap();
+    let done = batches::wait(&app, &id(&small, "batchId"), WITHIN).await;
+    assert_eq!(done["counts"]["succeeded"], 6, "{done}");
+    let a = batch(&app, &id(&big, "batchId")).await;
+    assert_eq!(a["status"], "running");
+    // Released two at a time, round robin between the clients: A's share while B's six ran.
+    let a_succeeded = a["counts"]["succeeded"].as_i64().unwrap();
+    assert!(a_succeeded < 50, "A's batch is far from done: {a}");
+    app.stop().await;
+}
