@@ -447,6 +447,7 @@ impl<'a> Intake<'a> {
         let templates: Vec<String> = self.templates.iter().cloned().collect();
         db::batches::pin_templates(&mut tx, self.id, &templates).await?;
         let batch = db::batches::set_digest(&mut tx, self.id, &digest).await?;
+        db::batches::count_items(&mut tx, self.id).await?;
         tx.commit().await?;
         tracing::info!(batch.id = %batch.id, items = batch.total, "batch accepted");
         Ok(Accepted::New(batch))

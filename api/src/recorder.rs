@@ -2,9 +2,9 @@
 //! ones are recorded together, in one statement and one commit (`db::jobs::submit_many`).
 //!
 //! A few lanes each take what waits for them (at least one submission, at most `MOST_AT_ONCE`)
-//! and record it; a client's submissions always take the same lane. A lone request is recorded at once, with nothing added to its wait; under load
-//! every lane is busy and the waiting submissions form the next group, so the database's cost
-//! per create falls as the load rises. Each submission keeps its own admission checks and
+//! and record it; a client's submissions always take the same lane. A lone request is recorded
+//! at once, with nothing added to its wait; under load every lane is busy and the waiting
+//! submissions form the next group, so the database's cost per create falls as the load rises. Each submission keeps its own admission checks and
 //! outcome; should a group's statement fail, its submissions are recorded one by one, so one
 //! fault never fails another's request.
 
@@ -88,8 +88,11 @@ pub(crate) struct RecorderGone;
 async fn supervise(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
     loop {
         match tokio::spawn(lane(pool.clone(), receiver.clone())).await {
-            Ok(()) => return,
-            Err(e) => tracing::error!(error = %e, "a job recorder lane failed; starting another"),
+            Err(e) if e.is_panic() => {
+                tracing::error!(error = %e, "a job recorder lane failed; starting another");
+            }
+            // Every sender is gone, or the runtime is stopping.
+            _ => return,
         }
     }
 }
@@ -119,34 +122,58 @@ async fn record(pool: &PgPool, group: Vec<Pending>) {
         group.into_iter().map(|p| (p.job, p.reply)).unzip();
     // Submissions per statement, for operators: their ratio is the grouping under load.
     metrics::counter!("provisioner_submissions_total").increment(jobs.len() as u64);
-    metrics::counter!("provisioner_submission_statements_total").increment(1);
-    let outcomes = match pool.acquire().await {
-        Ok(mut conn) => db::jobs::submit_many(&mut conn, &jobs).await,
-        Err(e) => Err(e),
+    // No connection (the pool is exhausted or closed): nothing was sent, and trying each job
+    // on its own would only wait again, so every request hears it at once.
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            for (job, reply) in jobs.into_iter().zip(replies) {
+                let _ = reply.send((job, Err(same_error(&e))));
+            }
+            return;
+        }
     };
-    match outcomes {
+    metrics::counter!("provisioner_submission_statements_total").increment(1);
+    let e = match db::jobs::submit_many(&mut conn, &jobs).await {
         Ok(outcomes) => {
             for ((job, reply), outcome) in jobs.into_iter().zip(replies).zip(outcomes) {
                 let _ = reply.send((job, Ok(outcome)));
             }
+            return;
         }
-        Err(e) if jobs.len() > 1 => {
-            tracing::warn!(error = %e, jobs = jobs.len(), "recording a group of jobs failed; recording them one by one");
-            for (job, reply) in jobs.into_iter().zip(replies) {
-                let outcome = match pool.acquire().await {
-                    Ok(mut conn) => db::jobs::submit(&mut conn, &job).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send((job, outcome));
+        Err(e) => e,
+    };
+    // The statement failed, perhaps for one job's sake (or after it committed, the connection
+    // lost): each job is recorded on its own, so one fault never fails another's request.
+    tracing::warn!(error = %e, jobs = jobs.len(), "recording a group of jobs failed; recording them one by one");
+    drop(conn);
+    for (job, reply) in jobs.into_iter().zip(replies) {
+        let outcome = match pool.acquire().await {
+            Ok(mut conn) => {
+                metrics::counter!("provisioner_submission_statements_total").increment(1);
+                submit_again(&mut conn, &job).await
             }
-        }
-        Err(e) => {
-            let (job, reply) = jobs
-                .into_iter()
-                .zip(replies)
-                .next()
-                .expect("a group holds a job");
-            let _ = reply.send((job, Err(e)));
-        }
+            Err(e) => Err(e),
+        };
+        let _ = reply.send((job, outcome));
+    }
+}
+
+/// Records `job` after a failed statement that may have recorded it (committed, then the
+/// connection lost): a job stored under its id is that job.
+async fn submit_again(conn: &mut sqlx::PgConnection, job: &NewJob) -> Outcome {
+    match db::jobs::find(&mut *conn, job.id, None).await? {
+        Some(row) => Ok(SubmitOutcome::Recorded(Box::new(row))),
+        None => db::jobs::submit(conn, job).await,
+    }
+}
+
+/// An error for each request of a group that failed before its statement (sqlx's errors are
+/// not `Clone`; the pool's own kinds are kept, so they answer as they would alone).
+fn same_error(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        e => sqlx::Error::Protocol(e.to_string()),
     }
 }

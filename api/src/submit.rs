@@ -160,6 +160,10 @@ pub(crate) async fn submit(
     respond(state, job, answer.prefer_wait).await
 }
 
+/// How often an upload is stored and its job recorded before giving up (each retry means the
+/// sweeper removed the template between the two).
+const UPLOAD_TRIES: usize = 3;
+
 enum Recorded {
     New(JobRow),
     Replay(JobRow),
@@ -209,23 +213,28 @@ async fn record(
         },
     };
     // Recorded in one statement with whatever other creates wait meanwhile. An upload the
-    // store does not hold yet is stored first, in a transaction with its job.
-    let (mut job, submitted) = state.recorder.record(job).await?;
-    let submitted = match (&sub.template, submitted) {
-        (JobTemplate::Upload(upload), Ok(SubmitOutcome::TemplateNotVisible)) => {
-            job.admit.template = TemplateCheck::None;
-            let mut tx = state.pool.begin().await?;
-            db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
-            let submitted = db::jobs::submit(&mut tx, &job).await;
-            if matches!(submitted, Ok(SubmitOutcome::Recorded(_))) {
-                tx.commit().await?;
+    // store does not hold yet is stored, then recorded the same way (the template sweeper
+    // may remove it in between, as it removes anything unreferenced: then again).
+    let (mut job, mut submitted) = state.recorder.record(job).await?;
+    if let JobTemplate::Upload(upload) = &sub.template {
+        for _ in 0..UPLOAD_TRIES {
+            if !matches!(submitted, Ok(SubmitOutcome::TemplateNotVisible)) {
+                break;
             }
-            submitted
+            let mut conn = state.pool.acquire().await?;
+            db::templates::put(&mut conn, &upload.id, &upload.bytes).await?;
+            drop(conn);
+            (job, submitted) = state.recorder.record(job).await?;
         }
-        (_, submitted) => submitted,
-    };
+    }
     match submitted {
         Ok(SubmitOutcome::Recorded(job)) => Ok(Recorded::New(*job)),
+        Ok(SubmitOutcome::TemplateNotVisible) if matches!(sub.template, JobTemplate::Upload(_)) => {
+            Err(anyhow::anyhow!(
+                "the uploaded template was removed {UPLOAD_TRIES} times while its job was recorded"
+            )
+            .into())
+        }
         Ok(SubmitOutcome::TemplateNotVisible) => {
             let id = template_id.unwrap_or_default();
             Err(FieldError::new(
@@ -243,6 +252,10 @@ async fn record(
             sub.tenant_url
         ))),
         Ok(SubmitOutcome::TooManyActive) => {
+            // The same request again, its job recorded meanwhile by another statement.
+            if let Some(job) = replayed(state, caller, key).await? {
+                return Ok(Recorded::Replay(job));
+            }
             let cap = state.settings.client_max_active_jobs;
             Err(ApiError::TooManyRequests {
                 detail: format!(

@@ -285,3 +285,85 @@ async fn tenant_urls_that_differ_only_in_case_are_one_url_within_a_batch() {
     assert_eq!(results[0]["tenantUrl"], url.as_str());
     app.stop().await;
 }
+
+/// While a batch's body is still arriving, its transaction (open since the first chunk of
+/// items) holds no lock on the counters every create and claim updates: it counts its items
+/// as it commits.
+#[tokio::test]
+async fn a_batch_whose_body_is_still_arriving_holds_no_shared_counter() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    // Every shard's counter row of queued jobs exists, as on a system that ran a while.
+    sqlx::query(
+        "INSERT INTO job_counts (status, shard, n) SELECT 'queued', s, 0
+         FROM generate_series(0, 15) s ON CONFLICT DO NOTHING",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // More items than one chunk, so some are inserted, then the body stalls until released.
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first: Vec<Result<bytes::Bytes, std::io::Error>> = items(1_001, &template)
+        .iter()
+        .map(|i| Ok(format!("{i}\n").into()))
+        .collect();
+    let last = format!("{}\n", item(&fixtures::tenant_url(), &template));
+    let body = stream::iter(first).chain(stream::once(async move {
+        released.await.ok();
+        Ok(bytes::Bytes::from(last))
+    }));
+    let request = tokio::spawn({
+        let (url, http) = (app.url("/configapi/v2/batches"), app.http.clone());
+        async move {
+            http.post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    // The first chunk is in: its transaction has written the items' events.
+    eventually(WITHIN, || async {
+        let writers = app
+            .count(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                 WHERE c.relname = 'outbox' AND l.mode = 'RowExclusiveLock'
+                   AND l.pid <> pg_backend_pid()
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())",
+            )
+            .await;
+        (writers > 0).then_some(())
+    })
+    .await;
+    let mut probe = app.db.begin().await.unwrap();
+    let locked = sqlx::query("SELECT n FROM job_counts FOR UPDATE NOWAIT")
+        .fetch_all(&mut *probe)
+        .await;
+    probe.rollback().await.unwrap();
+    assert!(
+        locked.is_ok(),
+        "a counter row is held by the batch being received: {locked:?}"
+    );
+
+    release.send(()).unwrap();
+    let r = request.await.unwrap();
+    assert_eq!(r.status(), 202);
+    // Counted once it committed: the counters agree with the jobs.
+    assert_eq!(
+        app.count("SELECT coalesce(sum(n), 0)::bigint FROM job_counts WHERE status = 'queued'")
+            .await,
+        1_002
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE status = 'queued'")
+            .await,
+        1_002
+    );
+    app.stop().await;
+}

@@ -84,3 +84,76 @@ async fn concurrent_creates_are_recorded_several_per_statement_one_job_per_tenan
     );
     app.stop().await;
 }
+
+/// One statement records several clients' jobs; a job kept out by an active create of its
+/// tenant or by its idempotency key (recorded already, or earlier in the same statement) takes
+/// no place under the client's cap, which still holds for the rest.
+#[tokio::test]
+async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
+    use provisioner_shared::{
+        db::jobs::{Admit, NewJob, SubmitOutcome, TemplateCheck, submit_many},
+        domain::JobKind,
+        trace::TraceContext,
+    };
+    let app = TestApp::without_workers().await;
+    let job = |url: &str, key: Option<&str>| NewJob {
+        id: uuid::Uuid::new_v4(),
+        kind: JobKind::CreateTenant,
+        tenant_url: url.to_owned(),
+        client_id: "grouped".to_owned(),
+        params: serde_json::json!({}),
+        sealed_password: None,
+        idempotency_key: key.map(str::to_owned),
+        request_digest: None,
+        template_id: None,
+        trace: TraceContext::new_root(),
+        admit: Admit {
+            refuse_existing_tenant: true,
+            max_active_jobs: 4,
+            template: TemplateCheck::None,
+        },
+    };
+    let outcomes = |jobs: Vec<NewJob>| {
+        let db = app.db.clone();
+        async move {
+            let mut conn = db.acquire().await.unwrap();
+            submit_many(&mut conn, &jobs)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| match o {
+                    SubmitOutcome::Recorded(_) => "recorded",
+                    SubmitOutcome::Conflict => "conflict",
+                    SubmitOutcome::TooManyActive => "too many",
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    // Two active jobs of the client's cap of four.
+    assert_eq!(
+        outcomes(vec![
+            job("one.example.com", None),
+            job("two.example.com", None)
+        ])
+        .await,
+        ["recorded", "recorded"]
+    );
+    assert_eq!(
+        outcomes(vec![
+            job("one.example.com", None),       // its tenant's create is active
+            job("three.example.com", None),     // the third
+            job("four.example.com", Some("k")), // the fourth
+            job("five.example.com", Some("k")), // its key was taken just before
+            job("six.example.com", None),       // past the cap
+        ])
+        .await,
+        ["conflict", "recorded", "recorded", "conflict", "too many"]
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE client_id = 'grouped'")
+            .await,
+        4
+    );
+    app.stop().await;
+}

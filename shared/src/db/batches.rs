@@ -86,8 +86,9 @@ pub enum CreateError {
     Database(#[from] sqlx::Error),
 }
 
-/// Opens a batch with no items yet (its counts grow as `insert_items` adds them). A key another
-/// batch of the client holds is `IdempotencyKeyTaken` (a concurrent holder is waited for).
+/// Opens a batch with no items yet (its counts grow as `insert_items` adds them), in the
+/// caller's transaction, which calls `count_items` before it commits. A key another batch of
+/// the client holds is `IdempotencyKeyTaken` (a concurrent holder is waited for).
 pub async fn create(
     conn: &mut PgConnection,
     id: Uuid,
@@ -95,6 +96,11 @@ pub async fn create(
     idempotency_key: Option<&str>,
     trace: &TraceContext,
 ) -> Result<(), CreateError> {
+    // The items are counted among all jobs at the end, not as they come: the counter rows are
+    // shared with every other statement that inserts or moves jobs.
+    sqlx::query("SELECT set_config('provisioner.job_counts_at_commit', 'on', true)")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "INSERT INTO batches (id, client_id, idempotency_key, traceparent) VALUES ($1, $2, $3, $4)",
     )
@@ -112,6 +118,21 @@ pub async fn create(
         }
     })?;
     Ok(())
+}
+
+/// Counts the items of batch `id` among all jobs (`job_counts`), as the transaction that
+/// inserted them ends: the shared counter row is locked only until the commit that follows.
+pub async fn count_items(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO job_counts (status, shard, n)
+         SELECT status, pg_backend_pid() % 16, count(*) FROM jobs WHERE batch_id = $1
+         GROUP BY status
+         ON CONFLICT (status, shard) DO UPDATE SET n = job_counts.n + EXCLUDED.n",
+    )
+    .bind(id)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// One item of a batch being accepted: its job, queued and held until the dispatcher releases it.

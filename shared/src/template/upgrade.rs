@@ -31,6 +31,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261204000001, 20261205000001, unchanged),
     // 20261206000001 kept the job figures by statement: nothing a template holds.
     (20261205000001, 20261206000001, unchanged),
+    // 20261207000001 counted a batch's items at its commit: nothing a template holds.
+    (20261206000001, 20261207000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -251,7 +251,7 @@ pub async fn submit_many(
             TemplateCheck::KeptBy(owner) => (2, owner.as_deref()),
         })
         .collect();
-    let answers: Vec<(i64, bool, bool, bool, bool, bool)> = sqlx::query_as(
+    let answers: Vec<(i64, bool, bool, bool, bool, bool, bool)> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[],
@@ -277,13 +277,29 @@ pub async fn submit_many(
                  (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs
                   WHERE client_id = i.client) AS active_jobs
              FROM input i
+         ), admitted AS (
+             -- A job that its idempotency key or its tenant's active create would keep out
+             -- (recorded already, or earlier in this statement) is not recorded, nor counted.
+             SELECT a.ord, a.client, a.cap, a.active_jobs,
+                 (i.key IS NOT NULL
+                  AND (EXISTS (SELECT 1 FROM jobs j
+                               WHERE j.client_id = i.client AND j.idempotency_key = i.key)
+                       OR row_number() OVER (PARTITION BY i.client, i.key ORDER BY i.ord) > 1))
+                 OR (i.kind = 'createTenant'
+                     AND (EXISTS (SELECT 1 FROM jobs j
+                                  WHERE j.tenant_url = i.url AND j.kind = 'createTenant'
+                                    AND j.batch_id IS NULL AND j.status IN ('queued', 'running'))
+                          OR row_number() OVER (PARTITION BY i.url, i.kind ORDER BY i.ord) > 1))
+                     AS conflicts
+             FROM admission a JOIN input i ON i.ord = a.ord
+             WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
          ), within_cap AS (
              -- The client's jobs already active, then those of this statement in order.
-             SELECT a.ord,
-                    a.active_jobs + row_number() OVER (PARTITION BY a.client ORDER BY a.ord)
-                        <= a.cap AS fits
-             FROM admission a
-             WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
+             SELECT ord, conflicts,
+                    NOT conflicts
+                    AND active_jobs + count(*) FILTER (WHERE NOT conflicts)
+                                          OVER (PARTITION BY client ORDER BY ord) <= cap AS fits
+             FROM admitted
          ), job AS (
              INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
                                idempotency_key, request_digest, template_id, traceparent,
@@ -310,7 +326,7 @@ pub async fn submit_many(
                    SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM job)) sent
          )
          SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active,
-                coalesce(w.fits, false) AS fits,
+                coalesce(w.conflicts, false) AS conflicts, coalesce(w.fits, false) AS fits,
                 EXISTS (SELECT 1 FROM job WHERE job.id = a.id) AS recorded
          FROM admission a LEFT JOIN within_cap w ON w.ord = a.ord
          CROSS JOIN notified
@@ -372,17 +388,23 @@ pub async fn submit_many(
     Ok(rows
         .into_iter()
         .zip(answers)
-        .map(
-            |(row, (_, template_visible, tenant_exists, batch_item_active, fits, recorded))| match (
-            ) {
-                () if recorded => SubmitOutcome::Recorded(Box::new(row)),
-                () if !template_visible => SubmitOutcome::TemplateNotVisible,
-                () if tenant_exists => SubmitOutcome::TenantExists,
-                () if batch_item_active => SubmitOutcome::BatchItemActive,
-                () if !fits => SubmitOutcome::TooManyActive,
-                () => SubmitOutcome::Conflict,
-            },
-        )
+        .map(|(row, answer)| {
+            let (_, template_visible, tenant_exists, batch_item_active, conflicts, fits, recorded) =
+                answer;
+            if recorded {
+                SubmitOutcome::Recorded(Box::new(row))
+            } else if !template_visible {
+                SubmitOutcome::TemplateNotVisible
+            } else if tenant_exists {
+                SubmitOutcome::TenantExists
+            } else if batch_item_active {
+                SubmitOutcome::BatchItemActive
+            } else if !conflicts && !fits {
+                SubmitOutcome::TooManyActive
+            } else {
+                SubmitOutcome::Conflict
+            }
+        })
         .collect())
 }
 
