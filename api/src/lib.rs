@@ -117,7 +117,7 @@ pub async fn run(
         waits: Arc::default(),
         template_budget: MemoryBudget::new(settings.template_memory_budget),
         ui: Arc::default(),
-        recorder: recorder::Recorder::start(pool.clone()),
+        recorder: recorder::Recorder::start(&pool),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -46,8 +46,12 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    /// Starts the lanes; they end when every clone of the recorder is gone.
-    pub(crate) fn start(pool: PgPool) -> Self {
+    /// Starts the lanes, on connections of their own to `pool`'s database; they end when
+    /// every clone of the recorder is gone.
+    pub(crate) fn start(pool: &PgPool) -> Self {
+        // Planning the recording statement afresh at each execution cost more than running it
+        // (docs/performance.md): the lanes' sessions keep its generic plan.
+        let pool = db::generic_plan_pool(pool, LANES as u32);
         let lanes = (0..LANES)
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(WAITING);

@@ -81,6 +81,21 @@ async fn try_connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
     Ok(pool)
 }
 
+/// A small pool beside `pool`, to the same database, whose sessions always use the generic plan
+/// of a prepared statement (`plan_cache_mode = force_generic_plan`): for a statement run
+/// constantly whose best plan does not depend on its parameters, such as the one that records
+/// creates, PostgreSQL otherwise plans it afresh at every execution (a custom plan looks
+/// cheaper for arrays of a known length), and planning costs more than running it.
+pub fn generic_plan_pool(pool: &PgPool, max_connections: u32) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options)
+}
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
