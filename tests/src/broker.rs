@@ -183,7 +183,7 @@ impl BrokerSetting {
 
 impl Drop for BrokerSetting {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
+        let _ = crate::process::tool("rabbitmqctl")
             .args([
                 "eval",
                 &format!(

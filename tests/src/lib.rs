@@ -59,7 +59,7 @@ fn run_rabbitmqctl(args: &[&str]) {
 
 /// Runs `rabbitmqctl` and returns its standard output; fails the test if it fails.
 pub(crate) fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
+    let out = process::tool("rabbitmqctl")
         .args(args)
         .output()
         .expect("rabbitmqctl runs");
@@ -207,8 +207,7 @@ impl TestApp {
         )
         .await
         .unwrap();
-        let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
-        authorized_client(&fetch_token(&anonymous, self.addr, id, &secret).await)
+        authorized_client(&fetch_token(&http_client(), self.addr, id, &secret).await)
     }
 
     pub fn url(&self, path: &str) -> String {

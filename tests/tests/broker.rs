@@ -237,7 +237,7 @@ const HEARTBEAT: u64 = 2;
 
 fn signal(worker: &Proc, signal: &str) {
     let pid = worker.child.id().unwrap().to_string();
-    let ok = std::process::Command::new("kill")
+    let ok = provisioner_tests::process::tool("kill")
         .args([&format!("-{signal}"), &pid])
         .status()
         .unwrap()
