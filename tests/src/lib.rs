@@ -429,6 +429,23 @@ fn settings(vars: &HashMap<String, String>) -> Settings {
     Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid")
 }
 
+/// Waits until the API at `addr` holds exactly `n` long-polls (`provisioner_http_waits` of its
+/// `/metrics`). Exact only for an API process of its own: the in-process APIs of a test binary
+/// share one metrics registry.
+pub async fn until_api_waits(addr: SocketAddr, n: u32) {
+    let line = format!("provisioner_http_waits {n}");
+    eventually(Duration::from_secs(20), || async {
+        let text = get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().any(|l| l == line).then_some(())
+    })
+    .await;
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, failing after `within`.
 pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     within: Duration,
