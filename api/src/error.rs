@@ -161,6 +161,11 @@ pub(crate) fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ApiErr
                 "the request body stalled; send it without long pauses".to_owned(),
             ));
         }
+        if let Some(late) = e.downcast_ref::<crate::body_deadline::BodyDeadline>() {
+            return Some(ApiError::RequestTimeout(format!(
+                "{late}; send it faster or in smaller parts"
+            )));
+        }
         if e.is::<http_body_util::LengthLimitError>() {
             return Some(ApiError::PayloadTooLarge(
                 "the request body is larger than this route accepts".to_owned(),

@@ -70,21 +70,91 @@ fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http().make_span_with(extract::request_span))
         .layer(axum::middleware::map_request(extract::start_trace))
-        .layer(axum::middleware::map_request(body_timeout))
+        .layer(axum::middleware::map_request_with_state(
+            state.settings.clone(),
+            body_timeout,
+        ))
         .with_state(state)
 }
 
 /// A request body that sends nothing for this long ends the request with `408`.
 const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Makes reading the request body fail once it stalls for `BODY_IDLE_TIMEOUT`.
-async fn body_timeout(request: axum::extract::Request) -> axum::extract::Request {
+/// Makes reading the request body fail once it stalls for `BODY_IDLE_TIMEOUT`, or once it has
+/// not ended `PROVISIONER_BODY_TIMEOUT` after the headers arrived (a steady trickle).
+async fn body_timeout(
+    axum::extract::State(settings): axum::extract::State<Arc<Settings>>,
+    request: axum::extract::Request,
+) -> axum::extract::Request {
+    let total = settings.body_timeout;
     request.map(|body| {
-        axum::body::Body::new(tower_http::timeout::TimeoutBody::new(
-            BODY_IDLE_TIMEOUT,
-            body,
-        ))
+        if http_body::Body::is_end_stream(&body) {
+            return body;
+        }
+        let idle = tower_http::timeout::TimeoutBody::new(BODY_IDLE_TIMEOUT, body);
+        axum::body::Body::new(body_deadline::DeadlineBody::new(idle, total))
     })
+}
+
+/// The request body's total deadline.
+mod body_deadline {
+    use std::{
+        pin::Pin,
+        task::{Context, Poll},
+        time::Duration,
+    };
+
+    use http_body::{Body, Frame, SizeHint};
+
+    /// The error of a body that had not ended by its deadline.
+    #[derive(Debug, thiserror::Error)]
+    #[error("the request body did not arrive within {} s", .0.as_secs())]
+    pub(crate) struct BodyDeadline(pub(crate) Duration);
+
+    /// `inner`, failing with `BodyDeadline` once `limit` has passed before its end.
+    pub(super) struct DeadlineBody<B> {
+        inner: Pin<Box<B>>,
+        deadline: Pin<Box<tokio::time::Sleep>>,
+        limit: Duration,
+    }
+
+    impl<B> DeadlineBody<B> {
+        pub(super) fn new(inner: B, limit: Duration) -> Self {
+            Self {
+                inner: Box::pin(inner),
+                deadline: Box::pin(tokio::time::sleep(limit)),
+                limit,
+            }
+        }
+    }
+
+    impl<B> Body for DeadlineBody<B>
+    where
+        B: Body,
+        B::Error: Into<axum::BoxError>,
+    {
+        type Data = B::Data;
+        type Error = axum::BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            let this = self.get_mut();
+            if !this.inner.is_end_stream() && this.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(Box::new(BodyDeadline(this.limit)))));
+            }
+            this.inner.as_mut().poll_frame(cx).map_err(Into::into)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.inner.is_end_stream()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.inner.size_hint()
+        }
+    }
 }
 
 /// Connects, binds `settings.listen` and serves until `shutdown`; then finishes in-flight

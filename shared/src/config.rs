@@ -59,6 +59,9 @@ pub struct Settings {
     /// Long-polls (`?wait=`, `Prefer: wait`) one client may hold open at once; past it they are
     /// answered without waiting.
     pub client_max_waits: u32,
+    /// A request body not fully received this long after its headers ends the request with
+    /// `408`, however steadily it trickles (a stalled one ends after 30 s of silence already).
+    pub body_timeout: Duration,
     /// How often the worker's sweeper rescues expired leases and re-sends stranded jobs;
     /// `None`: a third of `job_lease`, from 1 to 10 seconds.
     pub sweep_interval: Option<Duration>,
@@ -181,6 +184,10 @@ impl Settings {
             client_max_waits: positive(
                 "PROVISIONER_CLIENT_MAX_WAITS",
                 &var("PROVISIONER_CLIENT_MAX_WAITS", "64"),
+            )?,
+            body_timeout: seconds(
+                "PROVISIONER_BODY_TIMEOUT",
+                &var("PROVISIONER_BODY_TIMEOUT", "300"),
             )?,
             sweep_interval: get("PROVISIONER_SWEEP_INTERVAL")
                 .filter(|v| !v.trim().is_empty())

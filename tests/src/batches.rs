@@ -21,7 +21,7 @@ pub async fn client(app: &TestApp, id: &str, scopes: &[&str]) -> reqwest::Client
     )
     .await
     .unwrap();
-    let token = fetch_token(&reqwest::Client::new(), app.addr, id, &secret).await;
+    let token = fetch_token(&crate::http_client(), app.addr, id, &secret).await;
     authorized_client(&token)
 }
 

@@ -90,6 +90,31 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Caps `queue` of this test's vhost at `max` messages, publishes past it refused (the
+    /// broker nacks them), by an operator's policy; `None` removes the policy. (A policy's limit
+    /// and the queue's own `x-max-length` both hold: the lower one counts.)
+    pub async fn cap_queue(&self, queue: &str, max: Option<u32>) {
+        let vhost = self.vhost.clone();
+        let pattern = format!("^{}$", queue.replace('.', "\\."));
+        tokio::task::spawn_blocking(move || match max {
+            Some(max) => rabbitmqctl(&[
+                "set_policy",
+                "-p",
+                &vhost,
+                "--apply-to",
+                "queues",
+                "--priority",
+                "10",
+                "test-cap",
+                &pattern,
+                &format!(r#"{{"max-length": {max}, "overflow": "reject-publish"}}"#),
+            ]),
+            None => rabbitmqctl(&["clear_policy", "-p", &vhost, "test-cap"]),
+        })
+        .await
+        .unwrap();
+    }
+
     /// Unbinds (`false`) or binds again (`true`) the job queue from the jobs exchange, as an
     /// operator's mistake could.
     pub async fn bind_job_queue(&self, amqp_url: &str, bound: bool) {
@@ -158,7 +183,7 @@ impl BrokerSetting {
 
 impl Drop for BrokerSetting {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
+        let _ = crate::process::tool("rabbitmqctl")
             .args([
                 "eval",
                 &format!(

@@ -79,7 +79,7 @@ async fn drop_database(name: &str) {
 
 /// Deletes a vhost; one already gone is no failure.
 fn delete_vhost(name: &str) {
-    let _ = std::process::Command::new("rabbitmqctl")
+    let _ = crate::process::tool("rabbitmqctl")
         .args(["delete_vhost", name])
         .output();
 }

@@ -97,11 +97,10 @@ impl Cli {
 
     /// The command with the connection in the environment and a clean state folder.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.bin);
+        let mut command = crate::process::tool_async(&self.bin);
         command
             .args(args)
             .current_dir(repo())
-            .env_remove("PROVISIONER_PASSWORD")
             .env("PROVISIONER_API_URL", &self.api)
             .env("PROVISIONER_CLIENT_ID", &self.client_id)
             .env("PROVISIONER_CLIENT_SECRET", &self.client_secret)

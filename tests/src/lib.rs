@@ -59,7 +59,7 @@ fn run_rabbitmqctl(args: &[&str]) {
 
 /// Runs `rabbitmqctl` and returns its standard output; fails the test if it fails.
 pub(crate) fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
+    let out = process::tool("rabbitmqctl")
         .args(args)
         .output()
         .expect("rabbitmqctl runs");
@@ -207,8 +207,7 @@ impl TestApp {
         )
         .await
         .unwrap();
-        let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
-        authorized_client(&fetch_token(&anonymous, self.addr, id, &secret).await)
+        authorized_client(&fetch_token(&http_client(), self.addr, id, &secret).await)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -428,6 +427,23 @@ pub fn authorized_client(token: &str) -> reqwest::Client {
 
 fn settings(vars: &HashMap<String, String>) -> Settings {
     Settings::from_lookup(|k| vars.get(k).cloned()).expect("test settings are valid")
+}
+
+/// Waits until the API at `addr` holds exactly `n` long-polls (`provisioner_http_waits` of its
+/// `/metrics`). Exact only for an API process of its own: the in-process APIs of a test binary
+/// share one metrics registry.
+pub async fn until_api_waits(addr: SocketAddr, n: u32) {
+    let line = format!("provisioner_http_waits {n}");
+    eventually(Duration::from_secs(20), || async {
+        let text = get(format!("http://{addr}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().any(|l| l == line).then_some(())
+    })
+    .await;
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, failing after `within`.

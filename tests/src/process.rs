@@ -13,16 +13,33 @@ use tokio::{
 
 use crate::TestApp;
 
-/// A command for `bin` (a `CARGO_BIN_EXE_*` path) that sees the app's variables and nothing of
-/// the test's own environment but `PATH` and `HOME`, with backtraces on.
-pub fn command(bin: &str, app: &TestApp) -> Command {
-    let mut command = Command::new(bin);
+/// What a child process keeps of the test's own environment; the rest is cleared, so what the
+/// child does depends on the test alone (no proxy, no `PG*`, no `RABBITMQ_*` of the caller).
+const KEPT: [&str; 2] = ["PATH", "HOME"];
+
+/// A command for any program a test runs (`rabbitmqctl`, `kill`, `pg_dump`, `tmux`, the
+/// command line...): nothing of the test's environment but `PATH` and `HOME`; the test adds
+/// what the program needs.
+pub fn tool(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
     command.env_clear();
-    for name in ["PATH", "HOME"] {
+    for name in KEPT {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
     }
+    command
+}
+
+/// `tool`, run by tokio.
+pub fn tool_async(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    Command::from(tool(program))
+}
+
+/// A command for `bin` (a `CARGO_BIN_EXE_*` path) that sees the app's variables and nothing of
+/// the test's own environment but `PATH` and `HOME`, with backtraces on.
+pub fn command(bin: &str, app: &TestApp) -> Command {
+    let mut command = tool_async(bin);
     command.envs(&app.vars).env("RUST_BACKTRACE", "1");
     command
 }
@@ -123,7 +140,7 @@ impl Proc {
     pub fn terminate(&self) {
         let pid = self.child.id().expect("running").to_string();
         assert!(
-            std::process::Command::new("kill")
+            tool("kill")
                 .args(["-TERM", &pid])
                 .status()
                 .unwrap()

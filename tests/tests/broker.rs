@@ -1,5 +1,6 @@
-//! The broker's side of delivery: a job message no queue takes stays in the outbox until it
-//! can be routed (publisher confirms and `mandatory`), and a worker that falls silent is found
+//! The broker's side of delivery: a job message no queue takes, or the broker refuses (a full
+//! queue's nack), stays in the outbox until it can be routed and taken (publisher confirms and
+//! `mandatory`), and a worker that falls silent is found
 //! out by the heartbeat its connection negotiated, its job redelivered to another.
 
 use std::time::{Duration, Instant};
@@ -116,12 +117,127 @@ async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_job_message_the_broker_refuses_stays_in_the_outbox_until_it_is_taken() {
+    // The harness's own API cannot reach the broker: the only relay is the API process below.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".into())],
+    })
+    .await;
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let mut api = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        &app,
+        &[("AMQP_URL", &amqp)],
+        "info",
+    );
+    let addr = api.api_addr().await;
+    // Its relay declared the topology; then an operator caps the job queue, and a first job
+    // fills it: past the cap (a quorum queue refuses a publish once it holds more than its
+    // limit), the broker nacks every publish.
+    api.wait_for("outbox relay connected").await;
+    app.cap_queue(CREATE_TENANT_QUEUE, Some(0)).await;
+    let url = app.serve_sample_template("t").await;
+    let token = fetch_token(
+        &http_client(),
+        addr,
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
+    let http = authorized_client(&token);
+    let submit = |tenant: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http
+                .post(format!(
+                    "http://{addr}/configapi/v2/selfservice/tenant/{tenant}"
+                ))
+                .json(&fixtures::create_body(&url))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["jobId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (first_tenant, tenant) = (fixtures::tenant_url(), fixtures::tenant_url());
+    let first = submit(first_tenant.clone()).await;
+    eventually(Duration::from_secs(15), || async {
+        (outbox_attempts(&app, &first).await.is_none()
+            && app.queue_messages(CREATE_TENANT_QUEUE).await == 1)
+            .then_some(())
+    })
+    .await;
+    let id = submit(tenant.clone()).await;
+
+    // Refused, twice: the relay says so and keeps the message.
+    api.wait_for_record("the refusal", |r| {
+        r["message"] == "broker refused message; kept in the outbox"
+            && r["exchange"] == "provisioner.jobs"
+    })
+    .await;
+    eventually(Duration::from_secs(15), || async {
+        (outbox_attempts(&app, &id).await >= Some(2)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.queue_messages(CREATE_TENANT_QUEUE).await,
+        1,
+        "the first only"
+    );
+    let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(job["status"], "queued");
+
+    // With room again, it is sent at its next try: once, and each job runs once.
+    app.cap_queue(CREATE_TENANT_QUEUE, None).await;
+    eventually(Duration::from_secs(20), || async {
+        outbox_attempts(&app, &id).await.is_none().then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(15), || async {
+        (app.queue_messages(CREATE_TENANT_QUEUE).await >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.queue_messages(CREATE_TENANT_QUEUE).await,
+        2,
+        "one copy of each reached the queue"
+    );
+    let mut worker = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("AMQP_URL", &amqp)],
+        "info",
+    );
+    for (id, tenant) in [(&first, &first_tenant), (&id, &tenant)] {
+        let done = app.wait_job(id).await;
+        assert_eq!(
+            (done["code"].as_i64(), done["attempts"].as_i64()),
+            (Some(200), Some(1)),
+            "{done}"
+        );
+        fixtures::assert_sample_tenant(&app, tenant).await;
+    }
+    eventually(Duration::from_secs(10), || async {
+        (app.queue_messages(CREATE_TENANT_QUEUE).await == 0).then_some(())
+    })
+    .await;
+    worker.child.kill().await.unwrap();
+    api.child.kill().await.unwrap();
+    app.stop().await;
+}
+
 /// The heartbeat the worker below asks for, in seconds (`?heartbeat=` of its AMQP URL).
 const HEARTBEAT: u64 = 2;
 
 fn signal(worker: &Proc, signal: &str) {
     let pid = worker.child.id().unwrap().to_string();
-    let ok = std::process::Command::new("kill")
+    let ok = provisioner_tests::process::tool("kill")
         .args([&format!("-{signal}"), &pid])
         .status()
         .unwrap()

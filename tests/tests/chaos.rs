@@ -31,7 +31,7 @@ async fn run(commands: Vec<(&'static str, Vec<String>)>) {
         commands
             .into_iter()
             .filter_map(|(program, args)| {
-                let out = std::process::Command::new(program)
+                let out = provisioner_tests::process::tool(program)
                     .args(&args)
                     .output()
                     .unwrap();

@@ -866,7 +866,7 @@ async fn ctrl_c_while_waiting_leaves_the_batch_running_and_says_how_to_reattach(
     assert!(first.contains("0/1 done"), "{first}");
     let pid = child.id().unwrap().to_string();
     assert!(
-        std::process::Command::new("kill")
+        provisioner_tests::process::tool("kill")
             .args(["-INT", &pid])
             .status()
             .unwrap()
@@ -892,7 +892,9 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("tmux")
+        // A terminal type of the test's choosing: nothing of the caller's terminal.
+        let out = provisioner_tests::process::tool("tmux")
+            .env("TERM", "xterm-256color")
             .arg("-L")
             .arg(&self.0)
             .args(args)
@@ -909,7 +911,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("tmux")
+        let _ = provisioner_tests::process::tool("tmux")
             .args(["-L", &self.0, "kill-server"])
             .output();
     }
@@ -1012,7 +1014,7 @@ async fn the_readme_quick_start_runs_as_written() {
         std::env::var("PATH").unwrap_or_default()
     );
     let run = || {
-        tokio::process::Command::new("bash")
+        provisioner_tests::process::tool_async("bash")
             .args(["-euo", "pipefail"])
             .arg(&script)
             .current_dir(&scratch.0)

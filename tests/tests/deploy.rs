@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use provisioner_shared::db::figures;
@@ -35,7 +34,7 @@ fn tool(name: &str) -> PathBuf {
 
 /// Runs `program` with `args`: (success, stdout and stderr).
 fn run(program: &Path, args: &[&str], dir: Option<&Path>) -> (bool, String) {
-    let mut command = Command::new(program);
+    let mut command = provisioner_tests::process::tool(program);
     command.args(args);
     if let Some(dir) = dir {
         command.current_dir(dir);

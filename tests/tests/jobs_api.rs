@@ -315,27 +315,38 @@ async fn long_polling_returns_as_soon_as_the_status_changes() {
         "no change: waits the full time"
     );
 
-    let poll = {
-        let (http, url) = (
-            app.http.clone(),
-            app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=queued")),
-        );
-        tokio::spawn(async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The long poll goes to an API process of its own, whose `/metrics` show when it holds it:
+    // the job changes only then.
+    let mut api =
+        provisioner_tests::process::Proc::spawn(env!("CARGO_BIN_EXE_test-api"), &app, &[], "info");
+    let addr = api.api_addr().await;
+    let http = provisioner_tests::authorized_client(
+        &provisioner_tests::fetch_token(
+            &provisioner_tests::http_client(),
+            addr,
+            provisioner_tests::BOOTSTRAP_ID,
+            provisioner_tests::BOOTSTRAP_SECRET,
+        )
+        .await,
+    );
+    let poll = tokio::spawn(async move {
+        http.get(format!(
+            "http://{addr}/configapi/v2/jobs/{id}?wait=60&status=queued"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+    });
+    provisioner_tests::until_api_waits(addr, 1).await;
     let started = std::time::Instant::now();
     app.start_worker();
     let changed = poll.await.unwrap();
     assert_ne!(changed["status"], "queued");
     assert!(started.elapsed() < Duration::from_secs(20));
+    api.child.kill().await.unwrap();
     app.stop().await;
 }
 

@@ -23,7 +23,7 @@ fn operations(document: &Value) -> Vec<(String, String, Value)> {
 
 /// Runs openapi-spec-validator (`scripts/tools` installs it; `scripts/test` puts it on PATH).
 fn standard_validator(path: &std::path::Path) -> (bool, String) {
-    let out = std::process::Command::new("openapi-spec-validator")
+    let out = provisioner_tests::process::tool("openapi-spec-validator")
         .arg(path)
         .output()
         .expect(
@@ -267,7 +267,8 @@ async fn sigterm_lets_the_api_finish_in_flight_requests_then_exit() {
             .unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Told to stop once it holds the poll.
+    provisioner_tests::until_api_waits(addr, 1).await;
     api.terminate();
     let (status, job) = poll.await.unwrap();
     assert_eq!(

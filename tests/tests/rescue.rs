@@ -14,7 +14,7 @@ fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
 /// Sends `signal` (`STOP`, `CONT`, ...) to the child.
 fn signal(worker: &Proc, signal: &str) {
     let pid = worker.child.id().expect("running").to_string();
-    let ok = std::process::Command::new("kill")
+    let ok = provisioner_tests::process::tool("kill")
         .args([&format!("-{signal}"), &pid])
         .status()
         .unwrap()

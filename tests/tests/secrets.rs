@@ -8,7 +8,6 @@ use provisioner_tests::{
     fixtures::{self, SENTINEL_PASSWORD},
     process::Proc,
 };
-use tokio::process::Command;
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
@@ -98,7 +97,7 @@ async fn a_sentinel_password_is_found_nowhere_but_as_an_argon2id_hash() {
     }
     assert!(logs.contains("job succeeded"), "the logs were captured");
 
-    let dump = Command::new("pg_dump")
+    let dump = provisioner_tests::process::tool_async("pg_dump")
         .args([
             "--data-only",
             "-h",

@@ -133,3 +133,109 @@ async fn a_client_past_its_waits_at_once_is_answered_without_waiting() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_trickling_upload_ends_with_408_at_the_body_deadline_and_is_dropped() {
+    const DEADLINE: Duration = Duration::from_secs(3);
+    const DECLARED: usize = 1 << 20;
+    // The budget holds one declared upload: the trickle's share must be given back for the
+    // upload after it to fit.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![
+            ("PROVISIONER_BODY_TIMEOUT", DEADLINE.as_secs().to_string()),
+            ("PROVISIONER_TEMPLATE_MEMORY_BUDGET", DECLARED.to_string()),
+        ],
+    })
+    .await;
+    let token = provisioner_tests::fetch_token(
+        &provisioner_tests::http_client(),
+        app.addr,
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
+    let tenant = provisioner_tests::fixtures::tenant_url();
+    let stream = TcpStream::connect(app.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(
+            format!(
+                "PUT /configapi/v2/tenant/{tenant} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/zip\r\nContent-Length: {DECLARED}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // One byte every 100 ms: never silent for long, never done (it would take 29 hours).
+    let trickle = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        while started.elapsed() < Duration::from_secs(60) {
+            ticks.tick().await;
+            if writer.write_all(b"P").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let margin = Duration::from_secs(5);
+    let _ = tokio::time::timeout(DEADLINE + margin, async {
+        let mut buf = [0u8; 4096];
+        // The whole answer: its headers and its (short) problem body.
+        while problem_of(&seen).is_none() {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answered = started.elapsed();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&seen).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "no 408 within {:?} of a trickling body: {answer:?}",
+        DEADLINE + margin
+    );
+    assert!(
+        answered >= DEADLINE - Duration::from_millis(500),
+        "ended before its deadline: {answered:?}"
+    );
+    assert!(
+        answer.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    let problem = problem_of(&seen).unwrap();
+    assert_eq!(problem["status"], 408, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive within 3 s"),
+        "{problem}"
+    );
+    // Nothing of it was recorded, and its share of the memory budget is free again: a whole
+    // upload right after it is taken at once.
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM templates").await, 0);
+    let template = provisioner_tests::fixtures::sample_template(app.db_version().await).write();
+    let r = app
+        .http
+        .put(app.url(&format!("/configapi/v2/tenant/{tenant}")))
+        .header("content-type", "application/zip")
+        .body(template)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    app.stop().await;
+}
+
+/// The JSON object in an HTTP answer's body, once it has all arrived.
+fn problem_of(answer: &[u8]) -> Option<serde_json::Value> {
+    let text = String::from_utf8_lossy(answer);
+    let body = &text[text.find("\r\n\r\n")? + 4..];
+    serde_json::from_str(&body[body.find('{')?..=body.rfind('}')?]).ok()
+}

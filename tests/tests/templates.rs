@@ -227,3 +227,43 @@ fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_sip_domain_another_tenant_has_ends_the_job_with_409_naming_the_domain() {
+    let app = TestApp::spawn().await;
+    let good = fixtures::sample_template(app.db_version().await);
+    let domain = fixtures::tenant_url();
+    let importing = |sip_domain: &str| {
+        let mut t = good.clone();
+        t.tenant.id = uuid::Uuid::new_v4();
+        t.tenant.url = fixtures::tenant_url();
+        t.tenant.sip_domain = sip_domain.to_owned();
+        t.access_numbers.clear();
+        t
+    };
+    let first = import(&app, importing(&domain).write()).await;
+    assert_eq!(first["code"], 200, "{first}");
+    let expect = format!("the SIP domain {domain} is already taken by another tenant");
+    // An import naming the same SIP domain, and a create whose URL is that domain (a create's
+    // SIP domain is its URL): neither tenant exists, the domain is what is taken.
+    let second = import(&app, importing(&domain).write()).await;
+    let template = app.serve_sample_template("t").await;
+    let create = app
+        .create_and_wait(&domain, &fixtures::create_body(&template))
+        .await;
+    for (kind, job) in [("import", &second), ("create", &create)] {
+        assert_eq!(
+            (
+                job["status"].as_str(),
+                job["code"].as_i64(),
+                job["attempts"].as_i64()
+            ),
+            (Some("failed"), Some(409), Some(1)),
+            "{kind}: {job}"
+        );
+        assert_eq!(job["error"]["title"], "Conflict", "{kind}");
+        assert_eq!(job["error"]["detail"], expect.as_str(), "{kind}: {job}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 1);
+    app.stop().await;
+}

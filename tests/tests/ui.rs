@@ -5,7 +5,7 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -494,7 +494,7 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new("chromedriver")
+        let driver = provisioner_tests::process::tool("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

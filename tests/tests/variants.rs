@@ -402,3 +402,64 @@ async fn a_streamed_create_retried_with_its_idempotency_key_answers_the_same_job
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_form_text_part_past_64_kib_is_refused_while_it_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::without_workers().await;
+    let token = provisioner_tests::fetch_token(
+        &provisioner_tests::http_client(),
+        app.addr,
+        provisioner_tests::BOOTSTRAP_ID,
+        provisioner_tests::BOOTSTRAP_SECRET,
+    )
+    .await;
+    // A form declaring an 8 MiB `tenantName` part, of which only 64 KiB + 192 KiB are sent:
+    // the handler must refuse the part from what arrived, not wait for the rest of it.
+    const BOUNDARY: &str = "provisionerboundary";
+    const PART: usize = 8 << 20;
+    const SENT: usize = (64 << 10) + (192 << 10);
+    let head =
+        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"tenantName\"\r\n\r\n");
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let length = head.len() + PART + tail.len();
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /configapi/v2/selfservice/tenant/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {length}\r\n\r\n{head}",
+            fixtures::tenant_url()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&vec![b'a'; SENT]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("}") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&seen);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "no 413 within {:?} of 256 KiB of an 8 MiB text part: {answer:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("form part `tenantName` is larger than 65536 bytes"),
+        "{answer}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+}

@@ -226,7 +226,7 @@ async fn broker_connections_dropped_under_load_are_reestablished_and_no_job_is_l
         // The broker drops every connection of this system: relays and consumers.
         let vhost = app.vhost.clone();
         let out = tokio::task::spawn_blocking(move || {
-            std::process::Command::new("rabbitmqctl")
+            provisioner_tests::process::tool("rabbitmqctl")
                 .args([
                     "close_all_connections",
                     "--vhost",
@@ -311,7 +311,7 @@ async fn a_job_in_flight_when_the_broker_connection_drops_still_ends() {
     app.until_lock_waiters(1).await;
     let vhost = app.vhost.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("rabbitmqctl")
+        provisioner_tests::process::tool("rabbitmqctl")
             .args([
                 "close_all_connections",
                 "--vhost",

@@ -9,6 +9,8 @@
 mod archive;
 mod check;
 mod entries;
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 mod upgrade;
 mod writer;

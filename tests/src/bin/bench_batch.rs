@@ -72,8 +72,13 @@ async fn acceptance(items: usize) {
     let addr = api.api_addr().await;
     let pid = api.child.id().expect("running");
     let idle = peak_rss_mib(pid);
-    let anonymous = reqwest::Client::builder().no_proxy().build().unwrap();
-    let token = fetch_token(&anonymous, addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let token = fetch_token(
+        &provisioner_tests::http_client(),
+        addr,
+        BOOTSTRAP_ID,
+        BOOTSTRAP_SECRET,
+    )
+    .await;
     let http = authorized_client(&token);
     let body = batches::ndjson(&batches::items(items, &template));
     let bytes = body.len();

@@ -131,6 +131,9 @@ pub(crate) fn written(outcome: WriteOutcome) -> Result<Finished, JobFailure> {
         WriteOutcome::TenantExists { url } => Err(JobFailure::Conflict(format!(
             "a tenant with URL {url} already exists"
         ))),
+        WriteOutcome::SipDomainTaken { sip_domain } => Err(JobFailure::Conflict(format!(
+            "the SIP domain {sip_domain} is already taken by another tenant"
+        ))),
         WriteOutcome::EarlierWork { url, job } => Err(JobFailure::Conflict(format!(
             "job {job} for tenant {url}, submitted earlier, is still queued or running"
         ))),

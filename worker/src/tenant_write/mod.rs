@@ -25,8 +25,11 @@ pub(crate) enum WriteOutcome {
     Committed,
     /// The import lock was not free within the plan's lock timeout; nothing was written.
     LockNotFree { within: Duration },
-    /// A tenant with this URL, id or SIP domain exists; nothing was written.
+    /// A tenant with this URL or id exists; nothing was written.
     TenantExists { url: String },
+    /// Another tenant has the plan's SIP domain (an import naming a domain already in use, or
+    /// a create whose URL another tenant took as its SIP domain); nothing was written.
+    SipDomainTaken { sip_domain: String },
     /// The plan gives way to earlier creates, and `job`, a create for the same URL submitted
     /// before it, is still queued or running; nothing was written.
     EarlierWork { url: String, job: Uuid },
@@ -37,7 +40,9 @@ pub(crate) enum WriteOutcome {
 }
 
 /// Unique constraints whose violation means the tenant itself exists.
-const TENANT_KEYS: [&str; 3] = ["tenants_pkey", "tenants_url_key", "tenants_sip_domain_key"];
+const TENANT_KEYS: [&str; 2] = ["tenants_pkey", "tenants_url_key"];
+/// The unique constraint whose violation means another tenant has the SIP domain.
+const SIP_DOMAIN_KEY: &str = "tenants_sip_domain_key";
 /// Unique constraints whose violation means kept ids are in use by another tenant.
 const CONTENT_KEYS: [&str; 3] = ["users_pkey", "config_objects_pkey", "calling_lists_pkey"];
 
@@ -142,7 +147,8 @@ async fn give_way(conn: &mut PgConnection, plan: &Plan) -> Result<(), Abort> {
     }
 }
 
-/// Inserts the tenant, Inactive, unless one with its URL, id or SIP domain exists.
+/// Inserts the tenant, Inactive, unless one with its URL, id or SIP domain exists (the URL and
+/// id are this tenant's: it exists; the SIP domain is another's: it is taken).
 async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow, Abort> {
     let exists = || {
         Abort::Refused(WriteOutcome::TenantExists {
@@ -164,6 +170,11 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
     match db::tenants::insert(conn, &tenant).await {
         Ok(()) => Ok(tenant),
         Err(e) if TENANT_KEYS.iter().any(|c| db::violates(&e, c)) => Err(exists()),
+        Err(e) if db::violates(&e, SIP_DOMAIN_KEY) => {
+            Err(Abort::Refused(WriteOutcome::SipDomainTaken {
+                sip_domain: plan.sip_domain.clone(),
+            }))
+        }
         Err(e) => Err(e.into()),
     }
 }

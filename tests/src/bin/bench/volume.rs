@@ -13,10 +13,7 @@
 //!   access-number ranges, one administrator hash each) as one batch, with 1 then 2 workers;
 //! - the peak resident set of the API and of each worker through these runs.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::{StreamExt, stream};
@@ -26,7 +23,7 @@ use provisioner_shared::template::{
 };
 use provisioner_tests::{
     BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, authorized_client, fetch_token, fixtures, http_client,
-    process::Proc,
+    process::{Proc, tool},
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -104,7 +101,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn clock_ticks() -> f64 {
-    let out = Command::new("getconf")
+    let out = tool("getconf")
         .arg("CLK_TCK")
         .output()
         .expect("getconf runs");
@@ -118,7 +115,7 @@ fn clock_ticks() -> f64 {
 fn raw_commits(clients: usize, for_how_long: Duration) -> f64 {
     let db = format!("bench_raw_{}", std::process::id());
     let psql = |sql: &str, db: &str| {
-        let ok = Command::new("psql")
+        let ok = tool("psql")
             .args([
                 "-qAt",
                 "-h",
@@ -142,7 +139,7 @@ fn raw_commits(clients: usize, for_how_long: Duration) -> f64 {
     );
     let script = std::env::temp_dir().join(format!("{db}.sql"));
     std::fs::write(&script, "INSERT INTO t (v) VALUES ('x');\n").unwrap();
-    let out = Command::new("pgbench")
+    let out = tool("pgbench")
         .args(["-n", "-h", "127.0.0.1", "-U", "postgres", "-j", "2"])
         .arg(format!("-c{clients}"))
         .arg(format!("-T{}", for_how_long.as_secs()))
