@@ -99,22 +99,32 @@ async fn body_timeout(
 /// The request body's total deadline.
 mod body_deadline {
     use std::{
+        future::Future,
         pin::Pin,
         task::{Context, Poll},
         time::Duration,
     };
 
     use http_body::{Body, Frame, SizeHint};
+    use tokio::time::Instant;
 
     /// The error of a body that had not ended by its deadline.
     #[derive(Debug, thiserror::Error)]
     #[error("the request body did not arrive within {} s", .0.as_secs())]
     pub(crate) struct BodyDeadline(pub(crate) Duration);
 
-    /// `inner`, failing with `BodyDeadline` once `limit` has passed before its end.
+    /// `inner`, failing with `BodyDeadline` once it has kept the server waiting for `limit` in
+    /// all. Only the client's time counts: the waits for the next bytes, not the time the
+    /// server spends between two reads (a batch's chunks written to the database, a memory
+    /// budget awaited), so a large body sent at full speed is never cut by the server's pace.
     pub(super) struct DeadlineBody<B> {
         inner: Pin<Box<B>>,
-        deadline: Pin<Box<tokio::time::Sleep>>,
+        /// Fires when the waits so far reach `limit`; armed while a wait is under way.
+        timer: Pin<Box<tokio::time::Sleep>>,
+        /// The waits before the current one.
+        waited: Duration,
+        /// When the current wait for the client began.
+        waiting_since: Option<Instant>,
         limit: Duration,
     }
 
@@ -122,7 +132,9 @@ mod body_deadline {
         pub(super) fn new(inner: B, limit: Duration) -> Self {
             Self {
                 inner: Box::pin(inner),
-                deadline: Box::pin(tokio::time::sleep(limit)),
+                timer: Box::pin(tokio::time::sleep(limit)),
+                waited: Duration::ZERO,
+                waiting_since: None,
                 limit,
             }
         }
@@ -141,10 +153,27 @@ mod body_deadline {
             cx: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
             let this = self.get_mut();
-            if !this.inner.is_end_stream() && this.deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(Box::new(BodyDeadline(this.limit)))));
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Pending => {
+                    let since = *this.waiting_since.get_or_insert_with(Instant::now);
+                    let end = since + this.limit.saturating_sub(this.waited);
+                    if this.timer.deadline() != end {
+                        this.timer.as_mut().reset(end);
+                    }
+                    match this.timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(Box::new(BodyDeadline(this.limit)))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+                Poll::Ready(frame) => {
+                    if let Some(since) = this.waiting_since.take() {
+                        this.waited += since.elapsed();
+                    }
+                    Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                }
             }
-            this.inner.as_mut().poll_frame(cx).map_err(Into::into)
         }
 
         fn is_end_stream(&self) -> bool {

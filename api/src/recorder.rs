@@ -141,7 +141,15 @@ async fn record(pool: &PgPool, group: Vec<Pending>) {
     let e = match db::jobs::submit_many(&mut conn, &jobs).await {
         Ok(outcomes) => {
             for ((job, reply), outcome) in jobs.into_iter().zip(replies).zip(outcomes) {
-                let _ = reply.send((job, Ok(outcome)));
+                // Kept out by jobs of the group that were refused in the end: judged alone.
+                let outcome = match outcome {
+                    SubmitOutcome::Unsettled => {
+                        metrics::counter!("provisioner_submission_statements_total").increment(1);
+                        db::jobs::submit(&mut conn, &job).await
+                    }
+                    outcome => Ok(outcome),
+                };
+                let _ = reply.send((job, outcome));
             }
             return;
         }

@@ -37,6 +37,9 @@ pub(crate) async fn failed_items(
     let Some(batch) = db::batches::lock_for_retry(&mut tx, id, sees).await? else {
         return Ok(None);
     };
+    // The owner's admission lock before any job is written (and counted), as a batch being
+    // accepted takes it before it counts its items: one order, no deadlock between the two.
+    db::batches::lock_admission(&mut tx, &batch.client_id).await?;
     let mut after = -1;
     let mut retried = 0usize;
     loop {
@@ -60,7 +63,6 @@ pub(crate) async fn failed_items(
         return Ok(Some(Retried::Nothing(batch)));
     }
     // The retried items count against the owner's cap as a new batch's would.
-    db::batches::lock_admission(&mut tx, &batch.client_id).await?;
     let cap = i64::from(state.settings.client_max_batch_items);
     let unfinished = db::batches::unfinished_items(&mut *tx, &batch.client_id).await?;
     if unfinished > cap {

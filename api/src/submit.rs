@@ -217,6 +217,7 @@ async fn record(
     // may remove it in between, as it removes anything unreferenced: then again).
     let (mut job, mut submitted) = state.recorder.record(job).await?;
     if let JobTemplate::Upload(upload) = &sub.template {
+        let mut stored = false;
         for _ in 0..UPLOAD_TRIES {
             if !matches!(submitted, Ok(SubmitOutcome::TemplateNotVisible)) {
                 break;
@@ -224,7 +225,14 @@ async fn record(
             let mut conn = state.pool.acquire().await?;
             db::templates::put(&mut conn, &upload.id, &upload.bytes).await?;
             drop(conn);
+            stored = true;
             (job, submitted) = state.recorder.record(job).await?;
+        }
+        // Stored for a job then refused (the client's cap, a conflict): the bytes do not stay
+        // until the sweeper's next pass (unless another job took them meanwhile; another
+        // request about to, finding them gone, stores them again).
+        if stored && !matches!(submitted, Ok(SubmitOutcome::Recorded(_))) {
+            db::templates::remove_if_unused(&state.pool, &upload.id).await?;
         }
     }
     match submitted {
@@ -264,7 +272,8 @@ async fn record(
                 retry_after: 5,
             })
         }
-        Ok(SubmitOutcome::Conflict) => {
+        // (The recorder judges an unsettled job again, alone: it never answers one.)
+        Ok(SubmitOutcome::Conflict | SubmitOutcome::Unsettled) => {
             // A concurrent request with the same key may have won the race: its job is
             // committed by now (the conflict waited for it).
             match replayed(state, caller, key).await? {

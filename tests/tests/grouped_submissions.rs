@@ -125,6 +125,7 @@ async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
                     SubmitOutcome::Recorded(_) => "recorded",
                     SubmitOutcome::Conflict => "conflict",
                     SubmitOutcome::TooManyActive => "too many",
+                    SubmitOutcome::Unsettled => "unsettled",
                     other => panic!("unexpected {other:?}"),
                 })
                 .collect::<Vec<_>>()
@@ -155,5 +156,19 @@ async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
             .await,
         4
     );
+    // A client past its cap asks for a tenant first: refused, it keeps out no one else's job,
+    // which is left to be judged again alone (no 409 for a job that does not exist).
+    let mut capped = job("seven.example.com", None);
+    capped.client_id = "capped".to_owned();
+    capped.admit.max_active_jobs = 0;
+    let mut other = job("seven.example.com", None);
+    other.client_id = "other".to_owned();
+    let mut again = job("seven.example.com", None);
+    again.client_id = "other".to_owned();
+    assert_eq!(
+        outcomes(vec![capped, other]).await,
+        ["too many", "unsettled"]
+    );
+    assert_eq!(outcomes(vec![again]).await, ["recorded"]);
     app.stop().await;
 }

@@ -239,3 +239,63 @@ fn problem_of(answer: &[u8]) -> Option<serde_json::Value> {
     let body = &text[text.find("\r\n\r\n")? + 4..];
     serde_json::from_str(&body[body.find('{')?..=body.rfind('}')?]).ok()
 }
+
+/// The body's deadline counts the time the client keeps the API waiting, not the API's own:
+/// a batch sent at once whose first chunk of items waits on the database past the deadline is
+/// still read to its end and accepted.
+#[tokio::test]
+async fn the_body_deadline_does_not_count_the_servers_own_time() {
+    let deadline = Duration::from_secs(2);
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_BODY_TIMEOUT", deadline.as_secs().to_string())],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    // The items' events cannot be written while this lock is held.
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let items = provisioner_tests::batches::items(1_500, &template);
+    let request = tokio::spawn({
+        let (url, http) = (app.url("/configapi/v2/batches"), app.http.clone());
+        let body = provisioner_tests::batches::ndjson(&items);
+        async move {
+            http.post(url)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    // The first chunk waits on the lock, the rest of the body sent already.
+    provisioner_tests::eventually(Duration::from_secs(30), || async {
+        let waiting = app
+            .count(
+                "SELECT count(*) FROM pg_locks l
+                 JOIN pg_class c ON c.oid = l.relation
+                 JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE c.relname = 'outbox' AND NOT l.granted
+                   AND a.query LIKE '%INSERT INTO outbox%'
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())",
+            )
+            .await;
+        (waiting > 0).then_some(())
+    })
+    .await;
+    // The server's own time runs past the body's deadline (the time passing is the test).
+    tokio::time::sleep(deadline + Duration::from_secs(1)).await;
+    blocker.rollback().await.unwrap();
+    let r = request.await.unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE batch_id IS NOT NULL")
+            .await,
+        1_500
+    );
+    app.stop().await;
+}

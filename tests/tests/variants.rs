@@ -463,3 +463,32 @@ async fn a_form_text_part_past_64_kib_is_refused_while_it_arrives() {
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     app.stop().await;
 }
+
+/// An upload the store lacked, stored for a create the client's cap then refuses, does not stay
+/// in the store (no sweeper runs here: there are no workers).
+#[tokio::test]
+async fn an_upload_refused_by_the_clients_cap_leaves_nothing_stored() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "1".into())],
+    })
+    .await;
+    let downloaded = app.serve_sample_template("t.zip").await;
+    let r = app
+        .create(&fixtures::tenant_url(), &fixtures::create_body(&downloaded))
+        .await;
+    assert_eq!(r.status(), 202);
+    let template = fixtures::sample_template(app.db_version().await);
+    let r = app
+        .http
+        .put(app.url(&format!("/configapi/v2/tenant/{}", fixtures::tenant_url())))
+        .header("content-type", "application/zip")
+        .body(template.write())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(stored_templates(&app).await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    app.stop().await;
+}

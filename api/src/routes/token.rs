@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::{
     AppState,
     auth::{authenticate_client, basic_credentials, issue_token},
-    error::ApiError,
+    error::{ApiError, body_fault},
     extract::media_type,
     token_guard::Refusal,
 };
@@ -123,12 +123,23 @@ pub(super) async fn issue_token_route(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    let Ok(body) = axum::body::to_bytes(request.into_body(), FORM_LIMIT).await else {
-        return OAuthError::respond(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            "the form is larger than 16 KiB",
-        );
+    let body = match axum::body::to_bytes(request.into_body(), FORM_LIMIT).await {
+        Ok(body) => body,
+        // Too slow (the body's deadlines) is not too large.
+        Err(e) if matches!(body_fault(&e), Some(ApiError::RequestTimeout(_))) => {
+            return OAuthError::respond(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "the form did not arrive in time",
+            );
+        }
+        Err(_) => {
+            return OAuthError::respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "the form is larger than 16 KiB",
+            );
+        }
     };
     let form = match read_form(&headers, &body) {
         Ok(form) => form,

@@ -43,11 +43,22 @@ impl Form {
                 "Send the form as application/x-www-form-urlencoded.",
             ));
         }
-        let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.map_err(|_| {
-            layout::refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The form is larger than 16 KiB.",
-            )
+        let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.map_err(|e| {
+            // Too slow (the body's deadlines) is not too large.
+            if matches!(
+                crate::error::body_fault(&e),
+                Some(crate::error::ApiError::RequestTimeout(_))
+            ) {
+                layout::refused(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The form did not arrive in time.",
+                )
+            } else {
+                layout::refused(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "The form is larger than 16 KiB.",
+                )
+            }
         })?;
         let fields = url::form_urlencoded::parse(&bytes)
             .map(|(k, v)| (k.into_owned(), v.into_owned()))

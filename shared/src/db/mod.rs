@@ -93,6 +93,15 @@ pub fn generic_plan_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // A statement waiting on a lock ends once its client is gone (the process was
+                // killed), instead of committing what nobody will hear of.
+                conn.execute("SET client_connection_check_interval = 1000")
+                    .await?;
+                Ok(())
+            })
+        })
         .connect_lazy_with(options)
 }
 

@@ -264,21 +264,30 @@ pub async fn remove_unused(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error
     .await?;
     let mut removed = 0;
     for id in ids {
-        let deleted = sqlx::query(&format!(
-            "DELETE FROM templates t WHERE t.id = $1 AND {UNUSED}"
-        ))
-        .bind(&id)
-        .execute(pool)
-        .await;
-        match deleted {
-            Ok(done) => removed += done.rows_affected(),
-            Err(e) if is_foreign_key_violation(&e) => {
-                tracing::debug!(template.id = %id, "a template being removed was taken meanwhile; kept");
-            }
-            Err(e) => return Err(e),
+        if remove_if_unused(pool, &id).await? {
+            removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Removes template `id` if nothing references it (in a statement of its own: a reference
+/// taken meanwhile makes the delete fail, and the template stays). Whether it went.
+pub async fn remove_if_unused(pool: &PgPool, id: &str) -> Result<bool, sqlx::Error> {
+    let deleted = sqlx::query(&format!(
+        "DELETE FROM templates t WHERE t.id = $1 AND {UNUSED}"
+    ))
+    .bind(id)
+    .execute(pool)
+    .await;
+    match deleted {
+        Ok(done) => Ok(done.rows_affected() == 1),
+        Err(e) if is_foreign_key_violation(&e) => {
+            tracing::debug!(template.id = %id, "a template being removed was taken meanwhile; kept");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn is_foreign_key_violation(e: &sqlx::Error) -> bool {

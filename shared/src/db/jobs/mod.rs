@@ -181,6 +181,21 @@ pub enum SubmitOutcome {
     /// Admitted, but a job with its idempotency key, or an active job for its tenant, was
     /// recorded first (by another statement, or earlier in the same one).
     Conflict,
+    /// Kept out by earlier jobs of the same statement with its tenant or key that were all
+    /// refused in the end (another client's over its cap): to be submitted again, alone.
+    Unsettled,
+}
+
+/// What `submit_many`'s statement says of one job.
+#[derive(sqlx::FromRow)]
+struct Answer {
+    template_visible: bool,
+    tenant_exists: bool,
+    batch_item_active: bool,
+    conflicts: bool,
+    fits: bool,
+    unsettled: bool,
+    recorded: bool,
 }
 
 /// `submit_many` of one job, on `conn` (within the caller's transaction, if any).
@@ -251,7 +266,7 @@ pub async fn submit_many(
             TemplateCheck::KeptBy(owner) => (2, owner.as_deref()),
         })
         .collect();
-    let answers: Vec<(i64, bool, bool, bool, bool, bool, bool)> = sqlx::query_as(
+    let answers: Vec<Answer> = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[],
@@ -282,23 +297,27 @@ pub async fn submit_many(
              -- (recorded already, or earlier in this statement) is not recorded, nor counted.
              SELECT a.ord, a.client, a.cap, a.active_jobs,
                  (i.key IS NOT NULL
-                  AND (EXISTS (SELECT 1 FROM jobs j
-                               WHERE j.client_id = i.client AND j.idempotency_key = i.key)
-                       OR row_number() OVER (PARTITION BY i.client, i.key ORDER BY i.ord) > 1))
+                  AND EXISTS (SELECT 1 FROM jobs j
+                              WHERE j.client_id = i.client AND j.idempotency_key = i.key))
                  OR (i.kind = 'createTenant'
-                     AND (EXISTS (SELECT 1 FROM jobs j
-                                  WHERE j.tenant_url = i.url AND j.kind = 'createTenant'
-                                    AND j.batch_id IS NULL AND j.status IN ('queued', 'running'))
-                          OR row_number() OVER (PARTITION BY i.url, i.kind ORDER BY i.ord) > 1))
-                     AS conflicts
+                     AND EXISTS (SELECT 1 FROM jobs j
+                                 WHERE j.tenant_url = i.url AND j.kind = 'createTenant'
+                                   AND j.batch_id IS NULL AND j.status IN ('queued', 'running')))
+                     AS stored_conflict,
+                 (i.key IS NOT NULL
+                  AND row_number() OVER (PARTITION BY i.client, i.key ORDER BY i.ord) > 1)
+                 OR (i.kind = 'createTenant'
+                     AND row_number() OVER (PARTITION BY i.url, i.kind ORDER BY i.ord) > 1)
+                     AS group_conflict
              FROM admission a JOIN input i ON i.ord = a.ord
              WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
          ), within_cap AS (
              -- The client's jobs already active, then those of this statement in order.
-             SELECT ord, conflicts,
-                    NOT conflicts
-                    AND active_jobs + count(*) FILTER (WHERE NOT conflicts)
-                                          OVER (PARTITION BY client ORDER BY ord) <= cap AS fits
+             SELECT ord, stored_conflict, stored_conflict OR group_conflict AS conflicts,
+                    NOT (stored_conflict OR group_conflict)
+                    AND active_jobs
+                        + count(*) FILTER (WHERE NOT (stored_conflict OR group_conflict))
+                              OVER (PARTITION BY client ORDER BY ord) <= cap AS fits
              FROM admitted
          ), job AS (
              INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
@@ -327,8 +346,16 @@ pub async fn submit_many(
          )
          SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active,
                 coalesce(w.conflicts, false) AS conflicts, coalesce(w.fits, false) AS fits,
+                -- Kept out only by earlier jobs of this statement, none of them recorded.
+                coalesce(w.conflicts AND NOT w.stored_conflict, false)
+                AND NOT EXISTS (
+                    SELECT 1 FROM job JOIN input e ON e.id = job.id
+                    WHERE e.ord < a.ord
+                      AND ((e.kind = 'createTenant' AND i.kind = 'createTenant' AND e.url = i.url)
+                           OR (i.key IS NOT NULL AND e.client = i.client AND e.key = i.key)))
+                    AS unsettled,
                 EXISTS (SELECT 1 FROM job WHERE job.id = a.id) AS recorded
-         FROM admission a LEFT JOIN within_cap w ON w.ord = a.ord
+         FROM admission a JOIN input i ON i.ord = a.ord LEFT JOIN within_cap w ON w.ord = a.ord
          CROSS JOIN notified
          ORDER BY a.ord",
     )
@@ -388,17 +415,30 @@ pub async fn submit_many(
     Ok(rows
         .into_iter()
         .zip(answers)
-        .map(|(row, answer)| {
-            let (_, template_visible, tenant_exists, batch_item_active, conflicts, fits, recorded) =
-                answer;
+        .zip(jobs)
+        .map(|((row, answer), job)| {
+            let Answer {
+                template_visible,
+                tenant_exists,
+                batch_item_active,
+                conflicts,
+                fits,
+                unsettled,
+                recorded,
+                ..
+            } = answer;
+            // An upload the store lacks is stored only for a job the rest would admit.
+            let upload = matches!(job.admit.template, TemplateCheck::Stored);
             if recorded {
                 SubmitOutcome::Recorded(Box::new(row))
-            } else if !template_visible {
+            } else if !template_visible && !(upload && (tenant_exists || batch_item_active)) {
                 SubmitOutcome::TemplateNotVisible
             } else if tenant_exists {
                 SubmitOutcome::TenantExists
             } else if batch_item_active {
                 SubmitOutcome::BatchItemActive
+            } else if unsettled {
+                SubmitOutcome::Unsettled
             } else if !conflicts && !fits {
                 SubmitOutcome::TooManyActive
             } else {
