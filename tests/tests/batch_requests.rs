@@ -18,17 +18,9 @@ fn id(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap().to_owned()
 }
 
-/// The value of an unlabelled gauge in the API's `/metrics`.
+/// The value of an unlabelled gauge in the API's `/metrics` (0 when absent).
 async fn gauge(app: &TestApp, name: &str) -> f64 {
-    let text = provisioner_tests::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    app.metric(name).await.unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -15,18 +15,9 @@ fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
 
 /// The `provisioner_worker_panics` figure of `/metrics`.
 async fn panics_in_metrics(app: &TestApp) -> f64 {
-    let text = provisioner_tests::get(app.url("/metrics"))
+    app.metric("provisioner_worker_panics")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("provisioner_worker_panics "))
-        .unwrap_or_else(|| panic!("no provisioner_worker_panics in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
+        .expect("provisioner_worker_panics in /metrics")
 }
 
 async fn tenants_named(app: &TestApp, url: &str) -> i64 {

@@ -9,18 +9,9 @@ use provisioner_tests::{TestApp, fixtures};
 
 /// A counter of `/metrics`.
 async fn figure(app: &TestApp, name: &str) -> f64 {
-    let text = provisioner_tests::get(app.url("/metrics"))
+    app.metric(name)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
 
 /// Sends every create at once (64 in flight) and gives each URL's answers.
