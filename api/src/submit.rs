@@ -232,7 +232,10 @@ async fn record(
         // until the sweeper's next pass (unless another job took them meanwhile; another
         // request about to, finding them gone, stores them again).
         if stored && !matches!(submitted, Ok(SubmitOutcome::Recorded(_))) {
-            db::templates::remove_if_unused(&state.pool, &upload.id).await?;
+            // The request's answer is the refusal; the sweeper removes what this leaves.
+            if let Err(e) = db::templates::remove_if_unused(&state.pool, &upload.id).await {
+                tracing::warn!(template.id = %upload.id, error = %e, "cannot remove a refused upload; the sweeper will");
+            }
         }
     }
     match submitted {
