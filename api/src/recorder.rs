@@ -4,9 +4,10 @@
 //! A few lanes each take what waits for them (at least one submission, at most `MOST_AT_ONCE`)
 //! and record it; a client's submissions always take the same lane. A lone request is recorded
 //! at once, with nothing added to its wait; under load every lane is busy and the waiting
-//! submissions form the next group, so the database's cost per create falls as the load rises. Each submission keeps its own admission checks and
-//! outcome; should a group's statement fail, its submissions are recorded one by one, so one
-//! fault never fails another's request.
+//! submissions form the next group, so the database's cost per create falls as the load rises.
+//! Each submission keeps its own admission checks and outcome; should a group's statement fail,
+//! its submissions are recorded one by one, so one fault never fails another's request. The
+//! lanes' sessions keep the statement's generic plan (`db::generic_plan_pool`).
 
 use std::sync::Arc;
 
