@@ -239,6 +239,11 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
 
+    /// A token of the bootstrap client (every scope) from this system's API.
+    pub async fn bootstrap_token(&self) -> String {
+        fetch_token(&http_client(), self.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await
+    }
+
     /// The value of the unlabelled figure `name` in the API's `/metrics`, if it is there.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = get(self.url("/metrics"))

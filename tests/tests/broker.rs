@@ -23,9 +23,9 @@ async fn outbox_attempts(app: &TestApp, id: &str) -> Option<i32> {
     .unwrap()
 }
 
-#[tokio::test]
-async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_again() {
-    // The harness's own API cannot reach the broker: the only relay is the API process below.
+/// A test system whose only outbox relay is an API process of its own (the harness's API cannot
+/// reach the broker), with that process's address and the vhost's broker URL.
+async fn system_with_one_relay() -> (TestApp, Proc, std::net::SocketAddr, String) {
     let app = TestApp::with(Options {
         workers: 0,
         vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".into())],
@@ -39,6 +39,12 @@ async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_
         "info",
     );
     let addr = api.api_addr().await;
+    (app, api, addr, amqp)
+}
+
+#[tokio::test]
+async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_again() {
+    let (app, mut api, addr, amqp) = system_with_one_relay().await;
     // Its relay declared the topology; then the job queue loses its binding.
     api.wait_for("outbox relay connected").await;
     app.bind_job_queue(&amqp, false).await;
@@ -119,20 +125,7 @@ async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_
 
 #[tokio::test]
 async fn a_job_message_the_broker_refuses_stays_in_the_outbox_until_it_is_taken() {
-    // The harness's own API cannot reach the broker: the only relay is the API process below.
-    let app = TestApp::with(Options {
-        workers: 0,
-        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".into())],
-    })
-    .await;
-    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
-    let mut api = Proc::spawn(
-        env!("CARGO_BIN_EXE_test-api"),
-        &app,
-        &[("AMQP_URL", &amqp)],
-        "info",
-    );
-    let addr = api.api_addr().await;
+    let (app, mut api, addr, amqp) = system_with_one_relay().await;
     // Its relay declared the topology; then an operator caps the job queue, and a first job
     // fills it: past the cap (a quorum queue refuses a publish once it holds more than its
     // limit), the broker nacks every publish.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use provisioner_shared::template::{Limits, Template};
-use provisioner_tests::{BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, eventually, fetch_token};
+use provisioner_tests::{TestApp, eventually};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -54,7 +54,7 @@ async fn big_tenant(app: &TestApp, url: &str) {
 /// stops reading soon stops the server; returns the socket once the response head and the
 /// first body bytes arrived, and those bytes.
 async fn get_slowly(app: &TestApp, path: &str) -> (TcpStream, Vec<u8>) {
-    let token = fetch_token(&app.http, app.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let token = app.bootstrap_token().await;
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(256 << 10).unwrap();
     let mut stream = socket.connect(app.addr).await.unwrap();

@@ -3,7 +3,7 @@
 
 use std::{path::Path, time::Duration};
 
-use provisioner_tests::{BOOTSTRAP_ID, BOOTSTRAP_SECRET, TestApp, fetch_token, fixtures};
+use provisioner_tests::{TestApp, fixtures};
 
 /// The configuration (narrow, explained exceptions) and hooks the run uses.
 const CONFIG_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/schemathesis");
@@ -89,7 +89,7 @@ async fn schemathesis_finds_no_failure_with_every_check_against_the_served_docum
         template_id: stored["templateId"].as_str().unwrap(),
         template_zip: &template_zip,
     };
-    let token = fetch_token(&app.http, app.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let token = app.bootstrap_token().await;
     let openapi = app.url("/openapi.json");
     let (passed, report) = schemathesis(&openapi, &token, &run_with).await;
     let _ = std::fs::remove_file(&template_zip);

@@ -33,13 +33,7 @@ async fn half_sent_headers_are_dropped_and_stalled_bodies_end_with_408() {
             "/configapi/v2/selfservice/tenant/{}",
             provisioner_tests::fixtures::tenant_url()
         );
-        let token = provisioner_tests::fetch_token(
-            &provisioner_tests::http_client(),
-            app.addr,
-            provisioner_tests::BOOTSTRAP_ID,
-            provisioner_tests::BOOTSTRAP_SECRET,
-        )
-        .await;
+        let token = app.bootstrap_token().await;
         let request = format!(
             "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"tenantName\"",
             token
@@ -148,13 +142,7 @@ async fn a_trickling_upload_ends_with_408_at_the_body_deadline_and_is_dropped() 
         ],
     })
     .await;
-    let token = provisioner_tests::fetch_token(
-        &provisioner_tests::http_client(),
-        app.addr,
-        provisioner_tests::BOOTSTRAP_ID,
-        provisioner_tests::BOOTSTRAP_SECRET,
-    )
-    .await;
+    let token = app.bootstrap_token().await;
     let tenant = provisioner_tests::fixtures::tenant_url();
     let stream = TcpStream::connect(app.addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();

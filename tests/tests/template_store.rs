@@ -650,20 +650,11 @@ async fn a_worker_that_shares_no_files_with_the_api_runs_form_uploads_and_import
     app.stop().await;
 }
 
-/// `provisioner_template_memory_in_use_bytes` of the API's `/metrics`.
+/// `provisioner_template_memory_in_use_bytes` of the API's `/metrics` (0 when absent).
 async fn template_memory_in_use(app: &TestApp) -> u64 {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
+    app.metric("provisioner_template_memory_in_use_bytes")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("provisioner_template_memory_in_use_bytes "))
-        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test]
@@ -675,13 +666,7 @@ async fn uploads_past_the_memory_budget_wait_then_answer_503_with_retry_after() 
     })
     .await;
     // An upload that declares the whole budget and sends a little of it.
-    let token = provisioner_tests::fetch_token(
-        &app.http,
-        app.addr,
-        provisioner_tests::BOOTSTRAP_ID,
-        provisioner_tests::BOOTSTRAP_SECRET,
-    )
-    .await;
+    let token = app.bootstrap_token().await;
     let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     let head = format!(
         "POST /configapi/v2/templates HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\

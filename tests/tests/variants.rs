@@ -407,13 +407,7 @@ async fn a_streamed_create_retried_with_its_idempotency_key_answers_the_same_job
 async fn a_form_text_part_past_64_kib_is_refused_while_it_arrives() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::without_workers().await;
-    let token = provisioner_tests::fetch_token(
-        &provisioner_tests::http_client(),
-        app.addr,
-        provisioner_tests::BOOTSTRAP_ID,
-        provisioner_tests::BOOTSTRAP_SECRET,
-    )
-    .await;
+    let token = app.bootstrap_token().await;
     // A form declaring an 8 MiB `tenantName` part, of which only 64 KiB + 192 KiB are sent:
     // the handler must refuse the part from what arrived, not wait for the rest of it.
     const BOUNDARY: &str = "provisionerboundary";
