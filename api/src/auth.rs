@@ -2,7 +2,7 @@
 //! issue (for the token route), the middleware that checks bearer tokens and scopes on every
 //! other route, and the bootstrap client.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{Request, State},
@@ -149,8 +149,8 @@ pub(crate) fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)>
     Some((id.to_owned(), secret.to_owned()))
 }
 
-pub(crate) fn token_digest(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+pub(crate) fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The state of the bearer-token middleware: the app's, and the scope its routes need.
@@ -180,13 +180,14 @@ pub(crate) async fn require_token(
     let Some(token) = token else {
         return unauthorized(None);
     };
-    let found = match db::clients::find_token(&gate.state.pool, &token_digest(token)).await {
-        Ok(found) => found,
+    let grant = match verify(&gate.state, token).await {
+        Ok(grant) => grant,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let Some((client_id, scopes)) = found else {
+    let Some(grant) = grant else {
         return unauthorized(Some("the token is unknown or expired"));
     };
+    let scopes = &grant.scopes;
     let needed = gate.scope.as_str();
     if !scopes.iter().any(|s| s == needed) {
         let mut response =
@@ -199,10 +200,30 @@ pub(crate) async fn require_token(
     }
     let operator = scopes.iter().any(|s| s == Scope::ProvisionerAdmin.as_str());
     request.extensions_mut().insert(Caller {
-        client_id,
+        client_id: grant.client_id.clone(),
         operator,
     });
     next.run(request).await
+}
+
+/// The grant of `token`: kept from a recent request, or read from the database (and kept).
+async fn verify(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<Arc<db::clients::TokenGrant>>, sqlx::Error> {
+    let digest = token_digest(token);
+    if let Some(grant) = state.tokens.get(&digest) {
+        return Ok(Some(grant));
+    }
+    let epoch = state.tokens.epoch();
+    let Some(grant) = db::clients::find_token(&state.pool, &digest).await? else {
+        return Ok(None);
+    };
+    let grant = Arc::new(grant);
+    if let Some(epoch) = epoch {
+        state.tokens.keep(digest, grant.clone(), epoch);
+    }
+    Ok(Some(grant))
 }
 
 fn unauthorized(reason: Option<&str>) -> Response {

@@ -16,6 +16,7 @@ mod routes;
 mod server;
 mod submit;
 mod tenant_lock;
+mod token_cache;
 mod token_guard;
 mod ui;
 mod upload;
@@ -46,6 +47,8 @@ pub(crate) struct AppState {
     settings: Arc<Settings>,
     notifications: Notifications,
     token_guard: Arc<token_guard::TokenGuard>,
+    /// Tokens verified lately, forgotten when a client or token changes.
+    tokens: Arc<token_cache::TokenCache>,
     waits: Arc<wait::Waits>,
     /// Memory for uploads in flight and templates being checked.
     template_budget: MemoryBudget,
@@ -213,6 +216,9 @@ pub async fn run(
         settings: Arc::new(settings.clone()),
         notifications: background.notifications().clone(),
         token_guard: Arc::new(token_guard::TokenGuard::new()),
+        tokens: Arc::new(token_cache::TokenCache::new(
+            background.notifications().auth().clone(),
+        )),
         waits: Arc::default(),
         template_budget: MemoryBudget::new(settings.template_memory_budget),
         ui: Arc::default(),

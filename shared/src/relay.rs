@@ -3,7 +3,13 @@
 //! only once the broker confirmed it routed and stored the message. Stopping drains: what is
 //! committed and due is published first (`Relay::drain_and_stop`).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use lapin::{
@@ -36,10 +42,12 @@ pub struct Notification {
     pub payload: String,
 }
 
-/// Fans out PostgreSQL notifications of the job and outbox channels to in-process subscribers.
+/// Fans out PostgreSQL notifications of the job and outbox channels to in-process subscribers,
+/// and keeps the [`AuthEpoch`].
 #[derive(Debug, Clone)]
 pub struct Notifications {
     sender: broadcast::Sender<Notification>,
+    auth: AuthEpoch,
 }
 
 impl Notifications {
@@ -48,16 +56,19 @@ impl Notifications {
         let (sender, _) = broadcast::channel(4096);
         let hub = Self {
             sender: sender.clone(),
+            auth: AuthEpoch::default(),
         };
+        let auth = hub.auth.clone();
         tokio::spawn(async move {
             let backoff = Backoff {
                 first: Duration::from_secs(1),
                 max: Duration::from_secs(1),
             };
             runtime::reconnect("database notifications", backoff, &shutdown, || async {
-                listen(&pool, &sender, &shutdown)
-                    .await
-                    .context("listening for database notifications")
+                let listened = listen(&pool, &sender, &auth, &shutdown).await;
+                // Changes made while nobody listens go unheard: what was kept is stale.
+                auth.set_listening(false);
+                listened.context("listening for database notifications")
             })
             .await;
         });
@@ -67,23 +78,75 @@ impl Notifications {
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
         self.sender.subscribe()
     }
+
+    /// The epoch of what this process may keep about clients and tokens.
+    pub fn auth(&self) -> &AuthEpoch {
+        &self.auth
+    }
+}
+
+/// Says for how long what a process learned about clients and tokens may be kept: the epoch
+/// moves on whenever the database announces a change to them (`provisioner_auth`), and whenever
+/// the hub stops or starts listening (a change announced meanwhile is lost). While nobody
+/// listens there is no epoch, and nothing may be kept.
+#[derive(Debug, Clone, Default)]
+pub struct AuthEpoch(Arc<AtomicU64>);
+
+impl AuthEpoch {
+    /// The current epoch; `None` while the hub is not listening. Read it before reading the
+    /// database: what was read is good while `current()` stays the same.
+    pub fn current(&self) -> Option<u64> {
+        let n = self.0.load(Ordering::Acquire);
+        (n % 2 == 1).then_some(n)
+    }
+
+    /// A change this process made itself: forget at once, before any announcement arrives.
+    pub fn changed(&self) {
+        // Odd stays odd, even stays even.
+        self.0.fetch_add(2, Ordering::AcqRel);
+    }
+
+    /// For tests of what keeps state under an epoch: the hub starting or stopping to listen.
+    #[doc(hidden)]
+    pub fn set_listening_for_tests(&self, listening: bool) {
+        self.set_listening(listening);
+    }
+
+    fn set_listening(&self, listening: bool) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(if (n % 2 == 1) == listening {
+                    n + 2
+                } else {
+                    n + 1
+                })
+            });
+    }
 }
 
 async fn listen(
     pool: &PgPool,
     sender: &broadcast::Sender<Notification>,
+    auth: &AuthEpoch,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener
-        .listen_all([outbox::NOTIFY_CHANNEL, db::jobs::NOTIFY_CHANNEL])
+        .listen_all([
+            outbox::NOTIFY_CHANNEL,
+            db::jobs::NOTIFY_CHANNEL,
+            db::clients::NOTIFY_CHANNEL,
+        ])
         .await?;
+    auth.set_listening(true);
     loop {
         let next = tokio::select! {
             n = listener.try_recv() => n?,
             () = shutdown.cancelled() => return Ok(()),
         };
         match next {
+            Some(n) if n.channel() == db::clients::NOTIFY_CHANNEL => auth.changed(),
             Some(n) => {
                 let _ = sender.send(Notification {
                     channel: n.channel().to_owned(),

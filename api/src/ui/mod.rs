@@ -47,7 +47,7 @@ pub(crate) struct Live {
     /// By whose work (`None`: an operator's view of everything).
     overview: Cache<Option<String>, overview::Overview>,
     /// Sessions by their token's digest: a page's polls do not each read the token again.
-    sessions: Cache<Vec<u8>, Option<SessionRow>>,
+    sessions: Cache<[u8; 32], Option<SessionRow>>,
 }
 
 impl Default for Live {

@@ -63,6 +63,8 @@ impl Session {
         let digest = token_digest(&self.token);
         db::dashboard::revoke_token(&state.pool, &digest).await?;
         state.ui.sessions.forget(&digest);
+        // Other API processes hear of it from the database.
+        state.tokens.changed();
         Ok(())
     }
 }
@@ -81,7 +83,7 @@ impl Session {
         let found = state
             .ui
             .sessions
-            .get(digest.clone(), || async move {
+            .get(digest, || async move {
                 db::dashboard::session(&pool, &digest).await
             })
             .await?;

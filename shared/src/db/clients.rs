@@ -4,6 +4,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 
+/// Announces a change to clients or tokens that may end a token before its expiry (triggers of
+/// migration 20261208000001): API processes forget the tokens they kept.
+pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_auth";
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClientRow {
     pub id: String,
@@ -109,13 +113,23 @@ pub async fn insert_token(
         .map(drop)
 }
 
-/// The client and scopes of an unexpired token (valid strictly before `expires_at`).
+/// A token's client, scopes and expiry.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TokenGrant {
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    /// Valid strictly before.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The grant of an unexpired token (valid strictly before `expires_at`) of an active client.
 pub async fn find_token(
     exec: impl PgExecutor<'_>,
     token_hash: &[u8],
-) -> Result<Option<(String, Vec<String>)>, sqlx::Error> {
+) -> Result<Option<TokenGrant>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT t.client_id, t.scopes FROM access_tokens t JOIN api_clients c ON c.id = t.client_id
+        "SELECT t.client_id, t.scopes, t.expires_at FROM access_tokens t
+         JOIN api_clients c ON c.id = t.client_id
          WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL",
     )
     .bind(token_hash)
