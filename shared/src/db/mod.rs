@@ -144,6 +144,13 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
 }
 
 /// Is the error a violation of the named constraint or unique index?
+/// This process's clock at the precision PostgreSQL keeps (microseconds): for times a statement
+/// writes whose event is built before it runs, so that the event and the row agree.
+pub fn clock() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
 pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.constraint() == Some(constraint))
 }

@@ -3,7 +3,46 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, postgres::PgQueryResult};
+use sqlx::{
+    PgConnection, Postgres,
+    postgres::{PgArguments, PgQueryResult},
+    query::Query,
+};
+
+/// The outbox insert of the messages bound by [`bind_announcements`] (`$1`-`$6`, `$9`), with a
+/// condition (`""` for none) its `SELECT` ends with.
+macro_rules! insert_sql {
+    ($condition:literal) => {
+        concat!(
+            "INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
+                                 available_at, traceparent)
+             SELECT e, r, m, c, p, now() + make_interval(secs => d), tp
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[],
+                         $9::text[])
+                  AS t(e, r, m, c, p, d, tp) ",
+            $condition
+        )
+    };
+}
+pub(crate) use insert_sql;
+
+/// `UPDATE` (a literal whose parameters start at `$10`, ending before its `RETURNING`) as one
+/// statement that also writes the messages and sends the notifications bound by
+/// [`bind_announcements`], only if the update changed a row: the statement returns one row per
+/// notification then, none otherwise. It commits on its own outside a transaction.
+macro_rules! announced_update_sql {
+    ($update:literal) => {
+        concat!(
+            "WITH changed AS (",
+            $update,
+            " RETURNING 1), inserted AS (",
+            $crate::db::outbox::insert_sql!("WHERE EXISTS (SELECT FROM changed)"),
+            ") SELECT pg_notify(channel, note) FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)
+             WHERE EXISTS (SELECT FROM changed)"
+        )
+    };
+}
+pub(crate) use announced_update_sql;
 
 /// The channel on which inserts are announced, so relays wake at once.
 pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_outbox";
@@ -59,6 +98,28 @@ pub(crate) async fn insert_notifying(
     if msgs.is_empty() && also.is_empty() {
         return Ok(());
     }
+    // A data-modifying CTE runs whether or not the query reads it.
+    bind_announcements(
+        sqlx::query(concat!(
+            "WITH inserted AS (",
+            insert_sql!(""),
+            ") SELECT pg_notify(channel, note) FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)"
+        )),
+        msgs,
+        also,
+    )
+    .execute(&mut *conn)
+    .await
+    .map(drop)
+}
+
+/// Binds `$1`-`$9` of a statement made with [`insert_sql`]: the messages, and the relays' wake-up
+/// (when there are messages) with the notifications `also`.
+pub(crate) fn bind_announcements<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    msgs: &'q [OutboxMessage],
+    also: &[(&'q str, &'q str)],
+) -> Query<'q, Postgres, PgArguments> {
     let column = |f: fn(&OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
     let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
     let delays: Vec<f64> = msgs.iter().map(|m| m.delay.as_secs_f64()).collect();
@@ -70,32 +131,19 @@ pub(crate) async fn insert_notifying(
         notes.push("");
     }
     for (channel, payload) in also {
-        channels.push(channel);
-        notes.push(payload);
+        channels.push(*channel);
+        notes.push(*payload);
     }
-    // A data-modifying CTE runs whether or not the query reads it.
-    sqlx::query(
-        "WITH inserted AS (
-             INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
-                                 available_at, traceparent)
-             SELECT e, r, m, c, p, now() + make_interval(secs => d), tp
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[],
-                         $9::text[])
-                  AS t(e, r, m, c, p, d, tp))
-         SELECT pg_notify(channel, note) FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)",
-    )
-    .bind(column(|m| &m.exchange))
-    .bind(column(|m| &m.routing_key))
-    .bind(column(|m| &m.message_id))
-    .bind(column(|m| &m.content_type))
-    .bind(&payloads)
-    .bind(&delays)
-    .bind(&channels)
-    .bind(&notes)
-    .bind(&traces)
-    .execute(&mut *conn)
-    .await
-    .map(drop)
+    query
+        .bind(column(|m| &m.exchange))
+        .bind(column(|m| &m.routing_key))
+        .bind(column(|m| &m.message_id))
+        .bind(column(|m| &m.content_type))
+        .bind(payloads)
+        .bind(delays)
+        .bind(channels)
+        .bind(notes)
+        .bind(traces)
 }
 
 /// Locks up to `limit` due messages, oldest first, skipping those another relay holds.

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::tenant_write::Plan;
 
-pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
+pub(super) async fn run(ctx: &Context, job: &JobRow) -> Result<Finished, JobFailure> {
     let params: CreateTenantParams = params(job)?;
     // `_reserved` holds the template's share of the memory budget until the job is done with it.
     let (template, _reserved) = template::load(ctx, job, &params.template, Versions::Exact).await?;
@@ -42,7 +42,7 @@ pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Fini
         Some(_) => plan.after_earlier(job.created_at, job.id),
         None => plan,
     };
-    write_tenant(ctx, job, token, &plan).await
+    write_tenant(ctx, job, &plan).await
 }
 
 /// Applies `numberMap`: every key must start a template range, which moves to the mapped

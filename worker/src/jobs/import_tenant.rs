@@ -8,7 +8,6 @@ use provisioner_shared::{
     db::jobs::JobRow,
     domain::{ImportTenantParams, TemplateSource},
 };
-use uuid::Uuid;
 
 use super::{
     Context, Finished, JobFailure, params,
@@ -17,7 +16,7 @@ use super::{
 };
 use crate::tenant_write::Plan;
 
-pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Finished, JobFailure> {
+pub(super) async fn run(ctx: &Context, job: &JobRow) -> Result<Finished, JobFailure> {
     let params: ImportTenantParams = params(job)?;
     // The reader checked the tenant's URL, name and SIP domain like request fields.
     let source = TemplateSource::Stored(params.template_id.clone());
@@ -28,5 +27,5 @@ pub(super) async fn run(ctx: &Context, job: &JobRow, token: Uuid) -> Result<Fini
         &actor,
         Duration::from_secs(params.lock_timeout.into()),
     );
-    write_tenant(ctx, job, token, &plan).await
+    write_tenant(ctx, job, &plan).await
 }

@@ -34,7 +34,7 @@ pub(super) async fn claim(
                 tracing::warn!(job.id = %id, "message names no known job; dead-lettering it");
                 return Err(Disposition::DeadLetter);
             }
-            Ok(Acquired::Rescued) => continue,
+            Ok(Acquired::Changed) => continue,
             // A duplicate of a job another live worker runs: that worker settles it.
             Ok(Acquired::HeldElsewhere(_))
                 if !redelivered || tokio::time::Instant::now() > patience =>
@@ -60,40 +60,49 @@ enum Acquired {
     Unknown,
     /// Running under another worker's live lease, which ends within this long at most.
     HeldElsewhere(Duration),
-    /// Its previous worker's lease ran out and the job was taken back: try again at once.
-    Rescued,
+    /// It changed since it was read (say, its previous worker's lease ran out and the job was
+    /// taken back): try again at once.
+    Changed,
 }
 
 async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
-    if let Some(job) = db::jobs::claim(&mut tx, id, token, ctx.settings.job_lease).await? {
-        tx.commit().await?;
-        return Ok(Acquired::Claimed(Box::new(job)));
-    }
-    let Some(job) = db::jobs::find(&mut *tx, id, None).await? else {
+    let Some(job) = db::jobs::find(&ctx.pool, id, None).await? else {
         return Ok(Acquired::Unknown);
     };
-    if job.status.is_terminal() {
-        return Ok(Acquired::Ended);
+    match job.status {
+        status if status.is_terminal() => Ok(Acquired::Ended),
+        JobStatus::Queued => {
+            let lease = ctx.settings.job_lease;
+            Ok(
+                match db::jobs::claim(&ctx.pool, &job, token, lease).await? {
+                    Some(job) => Acquired::Claimed(Box::new(job)),
+                    // It changed since it was read: read it again.
+                    None => Acquired::Changed,
+                },
+            )
+        }
+        _ => {
+            let remaining = job
+                .lease_until
+                .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default())
+                .unwrap_or_default();
+            if !remaining.is_zero() {
+                return Ok(Acquired::HeldElsewhere(
+                    remaining.clamp(Duration::from_millis(100), Duration::from_secs(1)),
+                ));
+            }
+            // Its worker died or hung: take it back (or fail it when out of attempts).
+            let mut tx = ctx.pool.begin().await?;
+            let rescued = outcome::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
+            tx.commit().await?;
+            // The database's clock may still see the lease alive: then wait like for any holder.
+            Ok(if rescued.is_some() {
+                Acquired::Changed
+            } else {
+                Acquired::HeldElsewhere(Duration::from_secs(1))
+            })
+        }
     }
-    let remaining = job
-        .lease_until
-        .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default())
-        .unwrap_or_default();
-    if job.status == JobStatus::Running && remaining.is_zero() {
-        // Its worker died or hung: take it back (or fail it when out of attempts).
-        let rescued = outcome::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
-        tx.commit().await?;
-        // The database's clock may still see the lease alive: then wait like for any holder.
-        return Ok(if rescued.is_some() {
-            Acquired::Rescued
-        } else {
-            Acquired::HeldElsewhere(Duration::from_secs(1))
-        });
-    }
-    Ok(Acquired::HeldElsewhere(
-        remaining.clamp(Duration::from_millis(100), Duration::from_secs(1)),
-    ))
 }
 
 /// Renews the lease every third of its term while alive; stops with its guard.

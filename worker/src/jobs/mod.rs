@@ -123,10 +123,10 @@ pub(crate) async fn recover(ctx: &Context, id: Uuid, token: Uuid) -> Disposition
 
 async fn give_up(ctx: &Context, id: Uuid, token: Uuid) -> Result<Option<JobRow>, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
-    let Some(lease) = db::jobs::lock_held(&mut tx, id, token).await? else {
+    let Some(held) = db::jobs::lock_held(&mut tx, id, token).await? else {
         return Ok(None);
     };
-    let job = outcome::take_back(&mut tx, id, lease, ctx.settings.job_max_attempts).await?;
+    let job = outcome::take_back(&mut tx, &held, ctx.settings.job_max_attempts).await?;
     tx.commit().await?;
     Ok(job)
 }
@@ -148,7 +148,7 @@ async fn run_under_lease(
     span: tracing::Span,
 ) -> (Result<Finished, JobFailure>, bool) {
     let _heartbeat = lease::heartbeat(ctx.clone(), job.id, token);
-    let run = run_kind(ctx.clone(), job.clone(), token).instrument(span);
+    let run = run_kind(ctx.clone(), job.clone()).instrument(span);
     let mut handler = AbortOnDrop(tokio::spawn(run));
     match (&mut handler.0).await {
         Ok(outcome) => (outcome, false),
@@ -166,11 +166,11 @@ async fn run_under_lease(
 }
 
 /// The registry: each kind's handler.
-async fn run_kind(ctx: Arc<Context>, job: JobRow, token: Uuid) -> Result<Finished, JobFailure> {
+async fn run_kind(ctx: Arc<Context>, job: JobRow) -> Result<Finished, JobFailure> {
     ctx.faults.at(Stage::Handler);
     match job.kind {
-        JobKind::CreateTenant => create_tenant::run(&ctx, &job, token).await,
-        JobKind::ImportTenant => import_tenant::run(&ctx, &job, token).await,
+        JobKind::CreateTenant => create_tenant::run(&ctx, &job).await,
+        JobKind::ImportTenant => import_tenant::run(&ctx, &job).await,
     }
 }
 
@@ -181,14 +181,8 @@ fn params<T: serde::de::DeserializeOwned>(job: &JobRow) -> Result<T, JobFailure>
 }
 
 /// Runs the write transaction for `plan` and says what its outcome means for the job.
-async fn write_tenant(
-    ctx: &Context,
-    job: &JobRow,
-    token: Uuid,
-    plan: &Plan,
-) -> Result<Finished, JobFailure> {
-    let written =
-        tenant_write::run(&ctx.pool, ctx.settings.import_lock, job.id, token, plan).await?;
+async fn write_tenant(ctx: &Context, job: &JobRow, plan: &Plan) -> Result<Finished, JobFailure> {
+    let written = tenant_write::run(&ctx.pool, ctx.settings.import_lock, job, plan).await?;
     ctx.faults.at(Stage::Commit);
     outcome::written(written)
 }

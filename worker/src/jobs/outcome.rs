@@ -215,7 +215,7 @@ async fn write(
             db::jobs::retry_later(&mut tx, job.id, token, delay).await?;
         }
         permanent => {
-            db::jobs::finish(&mut tx, job.id, token, &permanent.ending()).await?;
+            db::jobs::finish(&mut tx, job, &permanent.ending()).await?;
         }
     }
     tx.commit().await
@@ -228,28 +228,27 @@ pub(crate) async fn rescue(
     id: Uuid,
     max_attempts: u32,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    let Some(lease) = db::jobs::lock_expired(conn, id).await? else {
+    let Some(held) = db::jobs::lock_expired(conn, id).await? else {
         return Ok(None);
     };
-    take_back(conn, id, lease, max_attempts).await
+    take_back(conn, &held, max_attempts).await
 }
 
-/// Takes a running job from `lease` (locked by the caller): back to queued with a new job
-/// message while attempts remain, else failed with code 500.
+/// Takes a running job, `held` as its lease holder made it (locked by the caller), from that
+/// holder: back to queued with a new job message while attempts remain, else failed with code
+/// 500.
 pub(crate) async fn take_back(
     conn: &mut PgConnection,
-    id: Uuid,
-    lease: db::jobs::ExpiredLease,
+    held: &JobRow,
     max_attempts: u32,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    if lease.attempts >= max_attempts as i32 {
-        let failure = JobFailure::Internal(format!(
-            "the job's worker was lost {} times",
-            lease.attempts
-        ));
-        db::jobs::finish(conn, id, lease.token, &failure.ending()).await
+    if held.attempts >= max_attempts as i32 {
+        let failure =
+            JobFailure::Internal(format!("the job's worker was lost {} times", held.attempts));
+        db::jobs::finish(conn, held, &failure.ending()).await
     } else {
-        db::jobs::retry_later(conn, id, lease.token, Duration::ZERO).await
+        let token = held.lease_token.expect("a running job has a lease");
+        db::jobs::retry_later(conn, held.id, token, Duration::ZERO).await
     }
 }
 

@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use provisioner_shared::{
     config::ImportLockMode,
-    db::{self, access_numbers::Placement, jobs::Ending, locks::LockKey, tenants::TenantRow},
+    db::{
+        self,
+        access_numbers::Placement,
+        jobs::{Ending, JobRow},
+        locks::LockKey,
+        tenants::TenantRow,
+    },
     domain::{SkipReason, SkippedRange, TenantStatus, TenantSummary},
 };
 use sqlx::{PgConnection, PgPool};
@@ -46,16 +52,15 @@ const SIP_DOMAIN_KEY: &str = "tenants_sip_domain_key";
 /// Unique constraints whose violation means kept ids are in use by another tenant.
 const CONTENT_KEYS: [&str; 3] = ["users_pkey", "config_objects_pkey", "calling_lists_pkey"];
 
-/// Writes `plan` for job `job_id` under lease `token`.
+/// Writes `plan` for `job`, as its claim made it (under that claim's lease).
 pub(crate) async fn run(
     pool: &PgPool,
     mode: ImportLockMode,
-    job_id: Uuid,
-    token: Uuid,
+    job: &JobRow,
     plan: &Plan,
 ) -> Result<WriteOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    match write(&mut tx, mode, job_id, token, plan).await {
+    match write(&mut tx, mode, job, plan).await {
         Ok(()) => {
             tx.commit().await?;
             Ok(WriteOutcome::Committed)
@@ -85,8 +90,7 @@ impl From<sqlx::Error> for Abort {
 async fn write(
     conn: &mut PgConnection,
     mode: ImportLockMode,
-    job_id: Uuid,
-    token: Uuid,
+    job: &JobRow,
     plan: &Plan,
 ) -> Result<(), Abort> {
     let lock_wait = take_locks(conn, mode, plan).await?;
@@ -104,7 +108,7 @@ async fn write(
         },
         skipped,
     };
-    match db::jobs::finish(conn, job_id, token, &ending).await? {
+    match db::jobs::finish(conn, job, &ending).await? {
         Some(_) => Ok(()),
         None => Err(Abort::Refused(WriteOutcome::LostLease)),
     }
@@ -155,9 +159,6 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
             url: plan.tenant_url.clone(),
         })
     };
-    if db::tenants::exists_by_url_or_id(&mut *conn, &plan.tenant_url, plan.tenant_id).await? {
-        return Err(exists());
-    }
     let tenant = TenantRow {
         id: plan.tenant_id,
         url: plan.tenant_url.clone(),
@@ -168,7 +169,8 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
         created_at: Utc::now(),
     };
     match db::tenants::insert(conn, &tenant).await {
-        Ok(()) => Ok(tenant),
+        Ok(true) => Ok(tenant),
+        Ok(false) => Err(exists()),
         Err(e) if TENANT_KEYS.iter().any(|c| db::violates(&e, c)) => Err(exists()),
         Err(e) if db::violates(&e, SIP_DOMAIN_KEY) => {
             Err(Abort::Refused(WriteOutcome::SipDomainTaken {

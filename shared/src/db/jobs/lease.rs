@@ -4,34 +4,58 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, Postgres, postgres::PgArguments};
 use uuid::Uuid;
 
-use super::{JobRow, transition};
+use super::{COLUMNS, JobRow, NOTIFY_CHANNEL, transition};
 use crate::{
     db::outbox,
     domain::{JobError, JobStatus, SkippedRange, TenantSummary},
     queue,
 };
 
-/// queued -> running under a fresh lease held by `token`. `None` when the job is not queued.
+type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// queued -> running under a fresh lease held by `token`, for `job` as read at its version
+/// (`queued`): one statement that commits on its own (outside a transaction) with the job's
+/// `job.running` event and notifications, built from the row it writes, which is `job` moved
+/// on; its `startedAt`, on a first attempt, is this process's clock. `None` when the job is no
+/// longer at that version (read it again).
 pub async fn claim(
-    conn: &mut PgConnection,
-    id: Uuid,
+    exec: impl PgExecutor<'_>,
+    job: &JobRow,
     token: Uuid,
     lease: Duration,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    transition(
-        conn,
-        transition_sql!(
-            "status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, now()),
-         lease_token = $2, lease_until = now() + make_interval(secs => $3)",
-            "id = $1 AND status = 'queued'"
+    let at = crate::db::clock();
+    let claimed = JobRow {
+        status: JobStatus::Running,
+        attempts: job.attempts + 1,
+        started_at: job.started_at.or(Some(at)),
+        lease_token: Some(token),
+        lease_until: Some(at + lease),
+        version: job.version + 1,
+        ..job.clone()
+    };
+    let written = announced(
+        exec,
+        &claimed,
+        outbox::announced_update_sql!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, $11), lease_token = $12,
+                 lease_until = now() + make_interval(secs => $13), version = version + 1
+             WHERE id = $10 AND status = 'queued' AND version = $14"
         ),
-        id,
-        |q| q.bind(token).bind(lease.as_secs_f64()),
+        move |q| {
+            q.bind(job.id)
+                .bind(at)
+                .bind(token)
+                .bind(lease.as_secs_f64())
+                .bind(job.version)
+        },
     )
-    .await
+    .await?;
+    Ok(written.then_some(claimed))
 }
 
 /// Extends the lease; `false` when `token` no longer holds the job.
@@ -83,11 +107,14 @@ pub enum Ending {
     },
 }
 
-/// running -> succeeded | failed, only while `token` holds the lease.
+/// running -> succeeded | failed, for `held` as its lease holder made it (the row `claim`
+/// returned, or one locked by `lock_expired`/`lock_held`), only while that lease holds: one
+/// statement in the caller's transaction with the job's event and notifications, built from
+/// the row it writes; the end of a batch's last item also ends the batch. `None` when the lease
+/// no longer holds. The job's `finishedAt` is this process's clock.
 pub async fn finish(
     conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
+    held: &JobRow,
     ending: &Ending,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let (status, code, error, tenant, skipped, lock_wait_ms) = match ending {
@@ -112,15 +139,53 @@ pub async fn finish(
             None,
         ),
     };
-    transition(
-        conn,
-        transition_sql!("status = $3, code = $4, error = $5, tenant = $6, skipped_numbers = $7, lock_wait_ms = $8, finished_at = now(),
-         sealed_password = CASE WHEN $3 = 'failed' AND batch_id IS NOT NULL THEN sealed_password END,
-         template_id = NULL, lease_token = NULL, lease_until = NULL", "id = $1 AND lease_token = $2 AND status = 'running'"),
-        id,
-        |q| q.bind(token).bind(status).bind(code).bind(error).bind(tenant).bind(skipped).bind(lock_wait_ms),
+    let finished = JobRow {
+        status,
+        code: Some(code),
+        error: error.clone(),
+        tenant: tenant.clone(),
+        skipped_numbers: skipped.clone(),
+        finished_at: Some(crate::db::clock()),
+        template_id: None,
+        lease_token: None,
+        lease_until: None,
+        version: held.version + 1,
+        ..held.clone()
+    };
+    let finished_at = finished.finished_at;
+    let written = announced(
+        &mut *conn,
+        &finished,
+        outbox::announced_update_sql!(
+            "UPDATE jobs SET status = $11, code = $12, error = $13, tenant = $14,
+                 skipped_numbers = $15, lock_wait_ms = $16, finished_at = $17,
+                 sealed_password = CASE WHEN $11 = 'failed' AND batch_id IS NOT NULL
+                                        THEN sealed_password END,
+                 template_id = NULL, lease_token = NULL, lease_until = NULL,
+                 version = version + 1
+             WHERE id = $10 AND lease_token = $18 AND status = 'running' AND version = $19"
+        ),
+        move |q| {
+            q.bind(held.id)
+                .bind(status)
+                .bind(code)
+                .bind(error)
+                .bind(tenant)
+                .bind(skipped)
+                .bind(lock_wait_ms)
+                .bind(finished_at)
+                .bind(held.lease_token)
+                .bind(held.version)
+        },
     )
-    .await
+    .await?;
+    if !written {
+        return Ok(None);
+    }
+    if let Some(batch) = finished.batch_id {
+        crate::db::batches::settle(conn, batch).await?;
+    }
+    Ok(Some(finished))
 }
 
 /// running -> queued after a transient failure: the job message is published again after
@@ -162,28 +227,20 @@ pub async fn expired_leases(
     .await
 }
 
-/// The lease of a running job whose holder let it run out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExpiredLease {
-    pub token: Uuid,
-    pub attempts: i32,
-}
-
 /// Locks a running job whose lease ran out (its worker died or hung), for the caller to take
-/// it back with `retry_later` or `finish` under the returned token. `None`: the job is not
-/// running, or its lease is alive.
+/// it back with `retry_later` or `finish` as its holder. `None`: the job is not running, or its
+/// lease is alive.
 pub async fn lock_expired(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<Option<ExpiredLease>, sqlx::Error> {
-    let holder: Option<(Uuid, i32)> = sqlx::query_as(
-        "SELECT lease_token, attempts FROM jobs
-         WHERE id = $1 AND status = 'running' AND lease_until < now() FOR UPDATE",
-    )
+) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM jobs
+         WHERE id = $1 AND status = 'running' AND lease_until < now() FOR UPDATE"
+    ))
     .bind(id)
     .fetch_optional(&mut *conn)
-    .await?;
-    Ok(holder.map(|(token, attempts)| ExpiredLease { token, attempts }))
+    .await
 }
 
 /// Locks a running job whose lease `token` holds, for the caller to give it up with
@@ -192,14 +249,36 @@ pub async fn lock_held(
     conn: &mut PgConnection,
     id: Uuid,
     token: Uuid,
-) -> Result<Option<ExpiredLease>, sqlx::Error> {
-    let attempts: Option<i32> = sqlx::query_scalar(
-        "SELECT attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND status = 'running'
-         FOR UPDATE",
-    )
+) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM jobs
+         WHERE id = $1 AND lease_token = $2 AND status = 'running' FOR UPDATE"
+    ))
     .bind(id)
     .bind(token)
     .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Runs `update` (made with `outbox::announced_update_sql`, its own parameters bound by
+/// `bind`) with the event of `row`, the row it writes, and the job's notification; says
+/// whether it wrote.
+async fn announced(
+    exec: impl PgExecutor<'_>,
+    row: &JobRow,
+    update: &'static str,
+    bind: impl for<'q> FnOnce(Query<'q>) -> Query<'q>,
+) -> Result<bool, sqlx::Error> {
+    let event = queue::status_event(&row.view(), row.version, row.traceparent.as_deref());
+    let msgs = [event];
+    let id = row.id.to_string();
+    let notes = [(NOTIFY_CHANNEL, id.as_str())];
+    let sent = bind(outbox::bind_announcements(
+        sqlx::query(update),
+        &msgs,
+        &notes,
+    ))
+    .fetch_all(exec)
     .await?;
-    Ok(attempts.map(|attempts| ExpiredLease { token, attempts }))
+    Ok(!sent.is_empty())
 }

@@ -51,8 +51,8 @@ mod stats;
 
 pub use self::{
     lease::{
-        Ending, ExpiredLease, claim, expired_leases, finish, lock_expired, lock_held,
-        release_lease, renew_lease, retry_later,
+        Ending, claim, expired_leases, finish, lock_expired, lock_held, release_lease, renew_lease,
+        retry_later,
     },
     reconcile::{PanicSite, record_panic, resend_stranded},
     stats::{QUANTILE_SAMPLE, Stats, prune_endings, stats},
@@ -213,8 +213,7 @@ pub async fn submit_many(
     conn: &mut PgConnection,
     jobs: &[NewJob],
 ) -> Result<Vec<SubmitOutcome>, sqlx::Error> {
-    let now = Utc::now();
-    let created_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    let created_at = db::clock();
     let rows: Vec<JobRow> = jobs
         .iter()
         .map(|job| JobRow {

@@ -40,11 +40,15 @@ pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::
         .await
 }
 
-/// Inserts an Inactive tenant. A taken URL or SIP domain is a unique violation for the caller.
-pub async fn insert(conn: &mut PgConnection, t: &TenantRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Inserts an Inactive tenant unless one with its URL or id exists (`false`: nothing inserted).
+/// A SIP domain another tenant has, or a tenant inserted concurrently, is a unique violation for
+/// the caller.
+pub async fn insert(conn: &mut PgConnection, t: &TenantRow) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "INSERT INTO tenants (id, url, name, sip_domain, status, settings, created_at)
-         VALUES ($1, $2, $3, $4, 'Inactive', $5, $6)",
+         SELECT $1, $2, $3, $4, 'Inactive', $5, $6
+         WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE url = $2)
+           AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = $1)",
     )
     .bind(t.id)
     .bind(&t.url)
@@ -53,8 +57,8 @@ pub async fn insert(conn: &mut PgConnection, t: &TenantRow) -> Result<(), sqlx::
     .bind(&t.settings)
     .bind(t.created_at)
     .execute(conn)
-    .await
-    .map(drop)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Moves the tenant from `from` to `to`; `false` if it was not in `from`.
@@ -141,20 +145,4 @@ pub async fn url_of(exec: impl PgExecutor<'_>, id: Uuid) -> Result<Option<String
         .bind(id)
         .fetch_optional(exec)
         .await
-}
-
-/// Does a tenant with this URL or this id exist? (One round trip for the import's check.)
-pub async fn exists_by_url_or_id(
-    exec: impl PgExecutor<'_>,
-    url: &str,
-    id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM tenants WHERE url = $1)
-             OR EXISTS (SELECT 1 FROM tenants WHERE id = $2)",
-    )
-    .bind(url)
-    .bind(id)
-    .fetch_one(exec)
-    .await
 }

@@ -1,0 +1,155 @@
+//! A worker's claim and end write the row and its event in one statement, the event built from
+//! the row as it was read or held: these show that the statement writes only when the row is
+//! still what it was read as, and that the row written is the one the event announces.
+
+use std::time::Duration;
+
+use provisioner_shared::db::{self, jobs::Ending};
+use provisioner_tests::{TestApp, fixtures};
+use serde_json::Value;
+use uuid::Uuid;
+
+async fn job_row(app: &TestApp, id: Uuid) -> db::jobs::JobRow {
+    db::jobs::find(&app.db, id, None)
+        .await
+        .unwrap()
+        .expect("the job exists")
+}
+
+/// What `GET /jobs/{id}` answers, as JSON.
+async fn shown(app: &TestApp, id: Uuid) -> Value {
+    let (status, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(status, 200);
+    job
+}
+
+#[tokio::test]
+async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id: Uuid = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await
+        .parse()
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let stale = job_row(&app, id).await;
+
+    // Claimed, then queued again after a transient failure: queued, as it was read, but two
+    // versions on.
+    let first = Uuid::new_v4();
+    let claimed = db::jobs::claim(&app.db, &stale, first, lease)
+        .await
+        .unwrap()
+        .expect("the first claim takes the job");
+    assert_eq!(
+        serde_json::to_value(claimed.view()).unwrap(),
+        shown(&app, id).await,
+        "the claim's row is the one written"
+    );
+    let mut tx = app.db.begin().await.unwrap();
+    db::jobs::retry_later(&mut tx, id, first, Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the lease holds");
+    tx.commit().await.unwrap();
+
+    let late = Uuid::new_v4();
+    let claimed_late = db::jobs::claim(&app.db, &stale, late, lease).await.unwrap();
+    assert!(
+        claimed_late.is_none(),
+        "a claim from the old read is refused"
+    );
+    let now = job_row(&app, id).await;
+    assert_eq!(
+        (
+            now.status.as_str(),
+            now.version,
+            now.attempts,
+            now.lease_token
+        ),
+        ("queued", 3, 1, None),
+        "the refused claim wrote nothing"
+    );
+
+    // Read again, it is claimed for its second attempt, and the row is what its event says.
+    let second = db::jobs::claim(&app.db, &now, late, lease)
+        .await
+        .unwrap()
+        .expect("a fresh read claims it");
+    assert_eq!((second.version, second.attempts), (4, 2));
+    assert_eq!(
+        serde_json::to_value(second.view()).unwrap(),
+        shown(&app, id).await
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_end_under_a_lease_taken_over_writes_nothing() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id: Uuid = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await
+        .parse()
+        .unwrap();
+    let lease = Duration::from_secs(60);
+    let read = job_row(&app, id).await;
+    let held = db::jobs::claim(&app.db, &read, Uuid::new_v4(), lease)
+        .await
+        .unwrap()
+        .expect("claimed");
+    // Its lease ran out and another worker took it over.
+    sqlx::query("UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    let expired = db::jobs::lock_expired(&mut tx, id)
+        .await
+        .unwrap()
+        .expect("the lease ran out");
+    db::jobs::retry_later(&mut tx, id, expired.lease_token.unwrap(), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("taken back");
+    tx.commit().await.unwrap();
+    let taken = job_row(&app, id).await;
+    let other = db::jobs::claim(&app.db, &taken, Uuid::new_v4(), lease)
+        .await
+        .unwrap()
+        .expect("the other worker claims it");
+
+    let failed = Ending::Failed {
+        code: 500,
+        error: provisioner_shared::domain::JobError {
+            title: "Internal Server Error".into(),
+            detail: "late".into(),
+        },
+    };
+    let mut tx = app.db.begin().await.unwrap();
+    let ended = db::jobs::finish(&mut tx, &held, &failed).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(ended.is_none(), "the first holder's end is refused");
+    assert_eq!(
+        serde_json::to_value(other.view()).unwrap(),
+        shown(&app, id).await,
+        "the job is the second holder's, untouched"
+    );
+
+    // Its holder ends it, and the row is what the end's event says.
+    let mut tx = app.db.begin().await.unwrap();
+    let ended = db::jobs::finish(&mut tx, &other, &failed)
+        .await
+        .unwrap()
+        .expect("the holder ends it");
+    tx.commit().await.unwrap();
+    assert_eq!(ended.status.as_str(), "failed");
+    assert_eq!(
+        serde_json::to_value(ended.view()).unwrap(),
+        shown(&app, id).await
+    );
+    app.stop().await;
+}
