@@ -216,12 +216,13 @@ async fn verify(
         return Ok(Some(grant));
     }
     let epoch = state.tokens.epoch();
+    let read_at = tokio::time::Instant::now();
     let Some(grant) = db::clients::find_token(&state.pool, &digest).await? else {
         return Ok(None);
     };
     let grant = Arc::new(grant);
     if let Some(epoch) = epoch {
-        state.tokens.keep(digest, grant.clone(), epoch);
+        state.tokens.keep(digest, grant.clone(), epoch, read_at);
     }
     Ok(Some(grant))
 }

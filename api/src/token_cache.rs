@@ -4,9 +4,10 @@
 //! What is kept is good only within one [`AuthEpoch`]: the epoch moves on when the database
 //! announces a change to clients or tokens (a revocation, a session signed out, a token removed;
 //! any process, any statement) and whenever the notification hub stops or starts listening, and
-//! nothing is kept while it does not listen. A token's expiry is checked at each use. So a
-//! revoked token stops working as soon as this process hears of it (within the notification's
-//! delivery, normally a millisecond) and never later than `KEEP` after it was read; a change
+//! nothing is kept while it does not listen. A kept token also ends when the lifetime it had left
+//! at its read (by PostgreSQL's clock) has passed, counted from before that read. So a revoked
+//! token stops working as soon as this process hears of it (within the notification's
+//! delivery, normally a millisecond) and never later than `KEEP` after its read began; a change
 //! this process makes itself takes effect at once (`AuthEpoch::changed`).
 
 use std::{
@@ -15,7 +16,6 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use provisioner_shared::{db::clients::TokenGrant, relay::AuthEpoch};
 use tokio::time::Instant;
 
@@ -49,8 +49,8 @@ impl TokenCache {
         }
     }
 
-    /// The grant kept for `digest`, if it is still good: kept in the current epoch, less than
-    /// `KEEP` ago, and unexpired.
+    /// The grant kept for `digest`, if it is still good: kept in the current epoch, read less
+    /// than `KEEP` ago, and unexpired.
     pub(crate) fn get(&self, digest: &Digest) -> Option<Arc<TokenGrant>> {
         let epoch = self.epoch.current()?;
         let kept = self.kept.lock().expect("not poisoned");
@@ -58,7 +58,7 @@ impl TokenCache {
             return None;
         }
         let (grant, until) = kept.grants.get(digest)?;
-        (Instant::now() < *until && Utc::now() < grant.expires_at).then(|| grant.clone())
+        (Instant::now() < *until).then(|| grant.clone())
     }
 
     /// The epoch to read the database under: `None` when nothing read now may be kept.
@@ -66,9 +66,15 @@ impl TokenCache {
         self.epoch.current()
     }
 
-    /// Keeps `grant`, read from the database under `epoch` (from [`Self::epoch`], taken before
-    /// the read: a change announced since then makes it stale at once).
-    pub(crate) fn keep(&self, digest: Digest, grant: Arc<TokenGrant>, epoch: u64) {
+    /// Keeps `grant`, read from the database under `epoch` by a read that began at `read_at`
+    /// (both taken before the read: a change announced since then makes it stale at once).
+    pub(crate) fn keep(
+        &self,
+        digest: Digest,
+        grant: Arc<TokenGrant>,
+        epoch: u64,
+        read_at: Instant,
+    ) {
         let mut kept = self.kept.lock().expect("not poisoned");
         if epoch != kept.epoch {
             // Epochs only grow: an older one was stale before it was read.
@@ -81,7 +87,9 @@ impl TokenCache {
         if kept.grants.len() >= MOST {
             kept.grants.clear();
         }
-        kept.grants.insert(digest, (grant, Instant::now() + KEEP));
+        let left = Duration::try_from_secs_f64(grant.seconds_left).unwrap_or_default();
+        let until = read_at + left.min(KEEP);
+        kept.grants.insert(digest, (grant, until));
     }
 
     /// Forgets everything at once: this process changed a client or a token.
@@ -94,11 +102,11 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn grant(expires_in: chrono::Duration) -> Arc<TokenGrant> {
+    fn grant(seconds_left: f64) -> Arc<TokenGrant> {
         Arc::new(TokenGrant {
             client_id: "c".into(),
             scopes: vec!["tenants:read".into()],
-            expires_at: Utc::now() + expires_in,
+            seconds_left,
         })
     }
 
@@ -112,7 +120,7 @@ mod tests {
     fn a_kept_token_is_forgotten_when_a_change_is_announced() {
         let cache = TokenCache::new(listening());
         let epoch = cache.epoch().expect("listening");
-        cache.keep([1; 32], grant(chrono::Duration::hours(1)), epoch);
+        cache.keep([1; 32], grant(3600.0), epoch, Instant::now());
         assert!(cache.get(&[1; 32]).is_some());
         cache.changed();
         assert!(cache.get(&[1; 32]).is_none());
@@ -124,8 +132,8 @@ mod tests {
         let before = cache.epoch().expect("listening");
         cache.changed();
         let now = cache.epoch().expect("listening");
-        cache.keep([2; 32], grant(chrono::Duration::hours(1)), now);
-        cache.keep([1; 32], grant(chrono::Duration::hours(1)), before);
+        cache.keep([2; 32], grant(3600.0), now, Instant::now());
+        cache.keep([1; 32], grant(3600.0), before, Instant::now());
         assert!(cache.get(&[1; 32]).is_none());
         assert!(
             cache.get(&[2; 32]).is_some(),
@@ -140,7 +148,7 @@ mod tests {
         assert_eq!(cache.epoch(), None);
         epoch.set_listening_for_tests(true);
         let first = cache.epoch().expect("listening");
-        cache.keep([1; 32], grant(chrono::Duration::hours(1)), first);
+        cache.keep([1; 32], grant(3600.0), first, Instant::now());
         epoch.set_listening_for_tests(false);
         assert!(cache.get(&[1; 32]).is_none());
         epoch.set_listening_for_tests(true);
@@ -155,7 +163,7 @@ mod tests {
     fn an_expired_token_is_refused_though_kept() {
         let cache = TokenCache::new(listening());
         let epoch = cache.epoch().expect("listening");
-        cache.keep([1; 32], grant(chrono::Duration::milliseconds(-1)), epoch);
+        cache.keep([1; 32], grant(-0.001), epoch, Instant::now());
         assert!(cache.get(&[1; 32]).is_none());
     }
 }

@@ -118,17 +118,20 @@ pub async fn insert_token(
 pub struct TokenGrant {
     pub client_id: String,
     pub scopes: Vec<String>,
-    /// Valid strictly before.
-    pub expires_at: DateTime<Utc>,
+    /// Seconds the token had left when it was read, by PostgreSQL's clock (the one that decides
+    /// expiry).
+    pub seconds_left: f64,
 }
 
-/// The grant of an unexpired token (valid strictly before `expires_at`) of an active client.
+/// The grant of an unexpired token (valid strictly before its `expires_at`) of an active client.
 pub async fn find_token(
     exec: impl PgExecutor<'_>,
     token_hash: &[u8],
 ) -> Result<Option<TokenGrant>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT t.client_id, t.scopes, t.expires_at FROM access_tokens t
+        "SELECT t.client_id, t.scopes,
+                extract(epoch FROM t.expires_at - now())::float8 AS seconds_left
+         FROM access_tokens t
          JOIN api_clients c ON c.id = t.client_id
          WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL",
     )

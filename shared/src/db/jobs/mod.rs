@@ -1,6 +1,7 @@
 //! The jobs table: creation, lookup, listing and cancellation (here), the transitions a worker
 //! makes under a lease (`lease`), aggregate figures (`stats`). Each transition bumps `version`,
-//! writes its CloudEvent to the outbox and notifies waiters, in the caller's transaction.
+//! writes its CloudEvent to the outbox and notifies waiters, in the caller's transaction (the
+//! claim: in its own statement, which commits on its own).
 
 use std::time::Duration;
 
