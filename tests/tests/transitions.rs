@@ -23,22 +23,30 @@ async fn shown(app: &TestApp, id: Uuid) -> Value {
     job
 }
 
-#[tokio::test]
-async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
+/// A system without workers, and the id of one queued create.
+async fn one_queued_job() -> (TestApp, Uuid) {
     let app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
-    let id: Uuid = app
+    let id = app
         .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await
         .parse()
         .unwrap();
-    let lease = Duration::from_secs(60);
+    (app, id)
+}
+
+/// Leases as long as the tests need.
+const LEASE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
+    let (app, id) = one_queued_job().await;
     let stale = job_row(&app, id).await;
 
     // Claimed, then queued again after a transient failure: queued, as it was read, but two
     // versions on.
     let first = Uuid::new_v4();
-    let claimed = db::jobs::claim(&app.db, &stale, first, lease)
+    let claimed = db::jobs::claim(&app.db, &stale, first, LEASE)
         .await
         .unwrap()
         .expect("the first claim takes the job");
@@ -55,7 +63,7 @@ async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
     tx.commit().await.unwrap();
 
     let late = Uuid::new_v4();
-    let claimed_late = db::jobs::claim(&app.db, &stale, late, lease).await.unwrap();
+    let claimed_late = db::jobs::claim(&app.db, &stale, late, LEASE).await.unwrap();
     assert!(
         claimed_late.is_none(),
         "a claim from the old read is refused"
@@ -73,7 +81,7 @@ async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
     );
 
     // Read again, it is claimed for its second attempt, and the row is what its event says.
-    let second = db::jobs::claim(&app.db, &now, late, lease)
+    let second = db::jobs::claim(&app.db, &now, late, LEASE)
         .await
         .unwrap()
         .expect("a fresh read claims it");
@@ -87,16 +95,9 @@ async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
 
 #[tokio::test]
 async fn an_end_under_a_lease_taken_over_writes_nothing() {
-    let app = TestApp::without_workers().await;
-    let url = app.serve_sample_template("t").await;
-    let id: Uuid = app
-        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
-        .await
-        .parse()
-        .unwrap();
-    let lease = Duration::from_secs(60);
+    let (app, id) = one_queued_job().await;
     let read = job_row(&app, id).await;
-    let held = db::jobs::claim(&app.db, &read, Uuid::new_v4(), lease)
+    let held = db::jobs::claim(&app.db, &read, Uuid::new_v4(), LEASE)
         .await
         .unwrap()
         .expect("claimed");
@@ -117,7 +118,7 @@ async fn an_end_under_a_lease_taken_over_writes_nothing() {
         .expect("taken back");
     tx.commit().await.unwrap();
     let taken = job_row(&app, id).await;
-    let other = db::jobs::claim(&app.db, &taken, Uuid::new_v4(), lease)
+    let other = db::jobs::claim(&app.db, &taken, Uuid::new_v4(), LEASE)
         .await
         .unwrap()
         .expect("the other worker claims it");
