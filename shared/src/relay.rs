@@ -19,7 +19,13 @@ use lapin::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgPool, postgres::PgListener};
-use tokio::{sync::broadcast, task::JoinHandle};
+use tokio::{
+    sync::broadcast::{
+        self,
+        error::{RecvError, TryRecvError},
+    },
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -255,7 +261,7 @@ async fn relay_session(
             break;
         }
         tokio::select! {
-            _ = wake.recv() => {}
+            () = outbox_committed(&mut wake) => {}
             () = tokio::time::sleep(POLL) => {}
             // One last pass over what is due, then stop.
             () = drain.cancelled() => {}
@@ -263,6 +269,27 @@ async fn relay_session(
     }
     let _ = conn.close(200, "shutdown".into()).await;
     Ok(())
+}
+
+/// Returns once a transaction that wrote outbox rows committed since the last pass (or
+/// announcements were lost: the pass looks anyway). Every announcement already waiting is taken
+/// with it, so a burst of commits costs one pass, and the hub's other channels (a notification
+/// per job transition) wake nobody here.
+async fn outbox_committed(wake: &mut broadcast::Receiver<Notification>) {
+    loop {
+        match wake.recv().await {
+            Ok(n) if n.channel == outbox::NOTIFY_CHANNEL => break,
+            Ok(_) => {}
+            // Some were lost: the pass looks anyway.
+            Err(RecvError::Lagged(_)) => break,
+            // The hub is gone: only the poll wakes this relay now.
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+    while !matches!(
+        wake.try_recv(),
+        Err(TryRecvError::Empty | TryRecvError::Closed)
+    ) {}
 }
 
 /// Publishes one batch of due rows; returns how many it handled.
@@ -326,4 +353,45 @@ async fn publish_batch(pool: &PgPool, channel: &Channel) -> anyhow::Result<usize
 
 fn retry_delay(attempts: i32) -> Duration {
     Duration::from_secs(1 << attempts.clamp(0, 5))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn note(channel: &str) -> Notification {
+        Notification {
+            channel: channel.to_owned(),
+            payload: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_outbox_announcements_wake_the_relay_and_a_burst_wakes_it_once() {
+        let (hub, mut wake) = broadcast::channel(16);
+        hub.send(note(db::jobs::NOTIFY_CHANNEL)).unwrap();
+        assert_eq!(outbox_committed(&mut wake).now_or_never(), None);
+
+        for _ in 0..3 {
+            hub.send(note(outbox::NOTIFY_CHANNEL)).unwrap();
+            hub.send(note(db::jobs::NOTIFY_CHANNEL)).unwrap();
+        }
+        assert_eq!(outbox_committed(&mut wake).now_or_never(), Some(()));
+        assert_eq!(
+            outbox_committed(&mut wake).now_or_never(),
+            None,
+            "the burst was taken with the first announcement"
+        );
+    }
+
+    #[test]
+    fn lost_announcements_wake_the_relay() {
+        let (hub, mut wake) = broadcast::channel(2);
+        for _ in 0..3 {
+            hub.send(note(db::jobs::NOTIFY_CHANNEL)).unwrap();
+        }
+        assert_eq!(outbox_committed(&mut wake).now_or_never(), Some(()));
+    }
 }

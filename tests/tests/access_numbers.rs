@@ -103,6 +103,51 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
     app.stop().await;
 }
 
+/// Every create from a template whose ranges another tenant owns skips them; were the skip to
+/// lock those ranges until its commit, such creates would commit one at a time.
+#[tokio::test]
+async fn skipping_another_tenants_range_waits_for_no_lock_on_it() {
+    let app = TestApp::spawn().await;
+    let other = fixtures::tenant_url();
+    let mut plain = fixtures::sample_template(app.db_version().await);
+    plain.access_numbers.clear();
+    let plain_url = app.templates.put("plain.zip", plain.write());
+    let mut body = fixtures::create_body(&plain_url);
+    body["numberMap"] = json!({});
+    assert_eq!(app.create_and_wait(&other, &body).await["code"], 200);
+    insert_range(&app, "3000", 10, Some(&other)).await;
+
+    // Another transaction holds the range's row, as a concurrent import placing it would.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM access_numbers WHERE number = '3000' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let mut template = fixtures::sample_template(app.db_version().await);
+    template.access_numbers =
+        serde_json::from_value(json!([{"number": "3000", "count": 10, "media": "VOICE"}])).unwrap();
+    let url = app.templates.put("taken.zip", template.write());
+    let mut body = fixtures::create_body(&url);
+    body["numberMap"] = json!({});
+    let r = app.create(&fixtures::tenant_url(), &body).await;
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    let job = app
+        .wait_job_within(
+            job["jobId"].as_str().unwrap(),
+            std::time::Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(job["code"], 200, "{job}");
+    assert_eq!(
+        job["skippedAccessNumbers"],
+        json!([{"number": "3000", "count": 10, "reason": "assignedToOtherTenant"}])
+    );
+    holder.rollback().await.unwrap();
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn overlapping_ranges_are_impossible_in_the_database_itself() {
     let app = TestApp::without_workers().await;

@@ -26,6 +26,11 @@ pub enum Placement {
 /// Gives `tenant_id` the range `number` x `count` by the contract's rules: no overlap -> created;
 /// exactly the same range unassigned -> assigned; exactly the same range owned -> skipped;
 /// any other overlap -> skipped whole.
+///
+/// A skip is decided on the ranges as last committed, without locking them: every import of
+/// a template whose ranges another tenant owns skips them, and a lock held to the end of each
+/// of those transactions would make them commit one at a time. Only an assignment writes (and
+/// so waits for a concurrent change of the same range, then decides again).
 pub async fn place(
     conn: &mut PgConnection,
     tenant_id: Uuid,
@@ -49,8 +54,7 @@ pub async fn place(
         }
         let overlapping: Vec<RangeRow> = sqlx::query_as(
             "SELECT id, number, count, media, tenant_id FROM access_numbers
-             WHERE digits = length($1) AND span && numrange($1::numeric, $1::numeric + $2)
-             FOR UPDATE",
+             WHERE digits = length($1) AND span && numrange($1::numeric, $1::numeric + $2)",
         )
         .bind(number)
         .bind(count)
@@ -59,20 +63,23 @@ pub async fn place(
         match overlapping.as_slice() {
             // The conflicting range went away between the two statements: try again.
             [] => continue,
-            [same] if same.number == number && same.count == count => {
-                return Ok(match same.tenant_id {
-                    None => {
-                        sqlx::query("UPDATE access_numbers SET tenant_id = $2 WHERE id = $1")
-                            .bind(same.id)
-                            .bind(tenant_id)
-                            .execute(&mut *conn)
-                            .await?;
-                        Placement::AssignedExisting
+            [same] if same.number == number && same.count == count => match same.tenant_id {
+                None => {
+                    let assigned = sqlx::query(
+                        "UPDATE access_numbers SET tenant_id = $2 WHERE id = $1 AND tenant_id IS NULL",
+                    )
+                    .bind(same.id)
+                    .bind(tenant_id)
+                    .execute(&mut *conn)
+                    .await?;
+                    if assigned.rows_affected() == 1 {
+                        return Ok(Placement::AssignedExisting);
                     }
-                    Some(owner) if owner == tenant_id => Placement::OverlapsExistingRange,
-                    Some(_) => Placement::AssignedToOtherTenant,
-                });
-            }
+                    // Taken or removed meanwhile: look again.
+                }
+                Some(owner) if owner == tenant_id => return Ok(Placement::OverlapsExistingRange),
+                Some(_) => return Ok(Placement::AssignedToOtherTenant),
+            },
             _ => return Ok(Placement::OverlapsExistingRange),
         }
     }
