@@ -25,9 +25,10 @@ pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx
     if !ours {
         return Ok(0);
     }
-    // Released and not ended: queued but not held, or running. The batches' counts are kept in
-    // the transaction of every change of their items, so this reads what counting the items
-    // would, from one row per unfinished batch.
+    // Released and not ended: queued but not held, or running (an item runs only once released:
+    // only the release sends its message). The batches' counts are kept in the transaction of
+    // every change of their items, so this reads what counting the items would, from one row
+    // per unfinished batch.
     let in_flight: i64 = sqlx::query_scalar(
         "SELECT coalesce(sum(queued - held + running), 0)::bigint FROM batches
          WHERE status = 'running'",
