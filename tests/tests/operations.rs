@@ -1,5 +1,7 @@
 //! Health, readiness, metrics and the OpenAPI document.
 
+use std::time::Duration;
+
 use provisioner_tests::{Options, TestApp, fixtures};
 use serde_json::Value;
 
@@ -437,5 +439,40 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
         text.contains("provisioner_jobs{status=\"queued\"} 7\n"),
         "{text}"
     );
+    app.stop().await;
+}
+
+/// A pooled connection that PostgreSQL closed while it sat idle is not handed out (a
+/// connection idle a second or more is tested first), though busy connections are not tested
+/// before each use.
+#[tokio::test]
+async fn a_pooled_connection_closed_while_idle_is_not_handed_out() {
+    let app = TestApp::without_workers().await;
+    let config = provisioner_shared::db::PoolConfig {
+        max_connections: 1,
+        application_name: "pool-test",
+        idle_in_transaction_timeout: None,
+    };
+    let pool = provisioner_shared::db::connect(&app.settings().database_url, &config)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(ended);
+    // The pool's only connection is closed at the server; it has to sit idle past the threshold.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let answer: i32 = sqlx::query_scalar("SELECT 7")
+        .fetch_one(&pool)
+        .await
+        .expect("a fresh connection, not the closed one");
+    assert_eq!(answer, 7);
+    pool.close().await;
     app.stop().await;
 }

@@ -56,9 +56,7 @@ async fn try_connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
         .log_statements(tracing::log::LevelFilter::Trace);
     create_database_if_missing(&options).await?;
     let idle = config.idle_in_transaction_timeout;
-    let pool = PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+    let pool = pool_options(config.max_connections)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if let Some(idle) = idle {
@@ -81,6 +79,30 @@ async fn try_connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
     Ok(pool)
 }
 
+/// A connection idle at least this long is tested (a round trip) before it is handed out.
+const TEST_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// What every pool shares. sqlx tests each idle connection with a round trip before handing it
+/// out (and again when it comes back): under load, a connection is idle for microseconds, and
+/// that test doubled the round trips of every statement run on the pool. Only a connection idle
+/// a second or more is tested now (one PostgreSQL may have closed while it sat, say across a
+/// restart); the test on return stays (sqlx always makes it), so a connection broken while in
+/// use is not handed out again either.
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= TEST_IDLE_AFTER {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// A small pool beside `pool`, to the same database, whose sessions always use the generic plan
 /// of a prepared statement (`plan_cache_mode = force_generic_plan`): for a statement run
 /// constantly whose best plan does not depend on its parameters, such as the one that records
@@ -90,9 +112,7 @@ pub fn generic_plan_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options([("plan_cache_mode", "force_generic_plan")]);
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+    pool_options(max_connections)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 // A statement waiting on a lock ends once its client is gone (the process was
