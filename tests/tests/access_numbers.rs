@@ -33,6 +33,18 @@ async fn ranges(app: &TestApp, tenant: Option<&str>) -> Vec<(String, i64, Value)
         .collect()
 }
 
+/// A tenant created from a template without access numbers; its URL.
+async fn tenant_without_ranges(app: &TestApp) -> String {
+    let tenant = fixtures::tenant_url();
+    let mut plain = fixtures::sample_template(app.db_version().await);
+    plain.access_numbers.clear();
+    let plain_url = app.templates.put("plain.zip", plain.write());
+    let mut body = fixtures::create_body(&plain_url);
+    body["numberMap"] = json!({});
+    assert_eq!(app.create_and_wait(&tenant, &body).await["code"], 200);
+    tenant
+}
+
 #[tokio::test]
 async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
     let app = TestApp::spawn().await;
@@ -48,13 +60,7 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
     .unwrap();
     let url = app.templates.put("numbers.zip", template.write());
 
-    let other = fixtures::tenant_url();
-    let mut plain = fixtures::sample_template(app.db_version().await);
-    plain.access_numbers.clear();
-    let plain_url = app.templates.put("plain.zip", plain.write());
-    let mut body = fixtures::create_body(&plain_url);
-    body["numberMap"] = json!({});
-    assert_eq!(app.create_and_wait(&other, &body).await["code"], 200);
+    let other = tenant_without_ranges(&app).await;
     insert_range(&app, "2000", 10, None).await;
     insert_range(&app, "3000", 10, Some(&other)).await;
     insert_range(&app, "4005", 10, None).await;
@@ -108,13 +114,7 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
 #[tokio::test]
 async fn skipping_another_tenants_range_waits_for_no_lock_on_it() {
     let app = TestApp::spawn().await;
-    let other = fixtures::tenant_url();
-    let mut plain = fixtures::sample_template(app.db_version().await);
-    plain.access_numbers.clear();
-    let plain_url = app.templates.put("plain.zip", plain.write());
-    let mut body = fixtures::create_body(&plain_url);
-    body["numberMap"] = json!({});
-    assert_eq!(app.create_and_wait(&other, &body).await["code"], 200);
+    let other = tenant_without_ranges(&app).await;
     insert_range(&app, "3000", 10, Some(&other)).await;
 
     // Another transaction holds the range's row, as a concurrent import placing it would.
