@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     ui: Arc<ui::Live>,
     /// Records submitted jobs, several per statement under load.
     recorder: recorder::Recorder,
+    /// The job queues' figures for `/metrics`, read from the broker at most every few seconds.
+    broker_readings: Arc<metrics::BrokerReadings>,
 }
 
 /// The whole HTTP surface, apart from binding.
@@ -223,6 +225,7 @@ pub async fn run(
         template_budget: MemoryBudget::new(settings.template_memory_budget),
         ui: Arc::default(),
         recorder: recorder::Recorder::start(&pool),
+        broker_readings: Arc::new(metrics::BrokerReadings::new(settings.amqp_url.clone())),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -108,7 +108,7 @@ pub(crate) fn record_template_memory(in_use_bytes: u64) {
 /// queues' ready messages and consumers.
 pub(crate) async fn operator_figures(
     pool: &sqlx::PgPool,
-    amqp_url: &secrecy::SecretString,
+    broker: &BrokerReadings,
 ) -> Result<String, sqlx::Error> {
     use provisioner_shared::{
         db::figures,
@@ -119,7 +119,7 @@ pub(crate) async fn operator_figures(
     let backlog = figures::backlog(pool).await?;
     let failures = figures::recent_failures(pool).await?;
     let shares = figures::client_shares(pool).await?;
-    let queues = broker_queue_figures(amqp_url).await;
+    let queues = broker.read().await;
 
     let mut out = String::new();
     let age = |at: Option<chrono::DateTime<chrono::Utc>>| {
@@ -257,51 +257,69 @@ const BROKER_READING_FRESH: std::time::Duration = std::time::Duration::from_secs
 
 type QueueFigures = Vec<provisioner_shared::broker_figures::QueueFigures>;
 
-/// The job queues' figures, or `None` when the broker did not answer in time. One read at a
-/// time per process, and a reading serves every scrape for `BROKER_READING_FRESH`: a flood of
-/// (unauthenticated) scrapes can neither open a flood of broker connections nor keep the read's
-/// turn from the monitoring system's scrape.
-async fn broker_queue_figures(amqp_url: &secrecy::SecretString) -> Option<QueueFigures> {
-    static TURN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-    static LAST: std::sync::Mutex<Option<(std::time::Instant, QueueFigures)>> =
-        std::sync::Mutex::new(None);
-    let fresh = || {
-        LAST.lock()
+/// An API's readings of its broker's job queues. Each API has its own (its own broker and
+/// vhost): several APIs in one process, as the tests run them, never serve each other's.
+#[derive(Debug)]
+pub(crate) struct BrokerReadings {
+    amqp_url: secrecy::SecretString,
+    /// One read at a time.
+    turn: tokio::sync::Semaphore,
+    last: std::sync::Mutex<Option<(std::time::Instant, QueueFigures)>>,
+}
+
+impl BrokerReadings {
+    pub(crate) fn new(amqp_url: secrecy::SecretString) -> Self {
+        Self {
+            amqp_url,
+            turn: tokio::sync::Semaphore::new(1),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The job queues' figures, or `None` when the broker did not answer in time. One read at
+    /// a time, and a reading serves every scrape for `BROKER_READING_FRESH`: a flood of
+    /// (unauthenticated) scrapes can neither open a flood of broker connections nor keep the
+    /// read's turn from the monitoring system's scrape.
+    async fn read(&self) -> Option<QueueFigures> {
+        let fresh = || {
+            self.last
+                .lock()
+                .ok()?
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < BROKER_READING_FRESH)
+                .map(|(_, figures)| figures.clone())
+        };
+        if let Some(figures) = fresh() {
+            return Some(figures);
+        }
+        let _turn = tokio::time::timeout(BROKER_READ_TIMEOUT, self.turn.acquire())
+            .await
             .ok()?
-            .as_ref()
-            .filter(|(at, _)| at.elapsed() < BROKER_READING_FRESH)
-            .map(|(_, figures)| figures.clone())
-    };
-    if let Some(figures) = fresh() {
-        return Some(figures);
-    }
-    let _turn = tokio::time::timeout(BROKER_READ_TIMEOUT, TURN.acquire())
-        .await
-        .ok()?
-        .ok()?;
-    // The scrape that held the turn may have just read it.
-    if let Some(figures) = fresh() {
-        return Some(figures);
-    }
-    let read = tokio::time::timeout(
-        BROKER_READ_TIMEOUT,
-        provisioner_shared::broker_figures::job_queues(amqp_url),
-    )
-    .await;
-    match read {
-        Ok(Ok(figures)) => {
-            if let Ok(mut last) = LAST.lock() {
-                *last = Some((std::time::Instant::now(), figures.clone()));
+            .ok()?;
+        // The scrape that held the turn may have just read it.
+        if let Some(figures) = fresh() {
+            return Some(figures);
+        }
+        let read = tokio::time::timeout(
+            BROKER_READ_TIMEOUT,
+            provisioner_shared::broker_figures::job_queues(&self.amqp_url),
+        )
+        .await;
+        match read {
+            Ok(Ok(figures)) => {
+                if let Ok(mut last) = self.last.lock() {
+                    *last = Some((std::time::Instant::now(), figures.clone()));
+                }
+                Some(figures)
             }
-            Some(figures)
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "reading the job queues' figures from the broker");
-            None
-        }
-        Err(_) => {
-            tracing::warn!("the broker did not give the job queues' figures in time");
-            None
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading the job queues' figures from the broker");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("the broker did not give the job queues' figures in time");
+                None
+            }
         }
     }
 }

@@ -244,6 +244,39 @@ async fn metrics_count_the_recent_failures_by_code() {
     app.stop().await;
 }
 
+/// Several APIs in one process (as this suite runs them) each read their own broker's queues:
+/// a reading of one is never served to another's scrape.
+#[tokio::test]
+async fn each_api_shows_the_queues_of_its_own_broker() {
+    let busy = TestApp::without_workers().await;
+    let idle = TestApp::without_workers().await;
+    let url = busy.serve_sample_template("t").await;
+    for _ in 0..2 {
+        let r = busy
+            .http
+            .post(busy.url(&format!(
+                "/configapi/v2/selfservice/tenant/{}",
+                fixtures::tenant_url()
+            )))
+            .json(&fixtures::create_body(&url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // The busy API's reading shows its two messages; the idle API's scrape right after it
+    // shows its own empty queue.
+    eventually(Duration::from_secs(20), || async {
+        (sample(&scrape(&busy).await, READY) == Some(2.0)).then_some(())
+    })
+    .await;
+    let text = scrape(&idle).await;
+    assert_eq!(value(&text, READY), 0.0, "{text}");
+    assert_eq!(value(&text, CONSUMERS), 0.0);
+    busy.stop().await;
+    idle.stop().await;
+}
+
 /// Why the plan of `sql` (with `$1` bound to `limit`, sequential scans priced out) reads
 /// `jobs` as a whole, if it does: a sequential scan, or an index scan without a condition on an
 /// index that covers every row.

@@ -19,7 +19,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     let lag = db::outbox::lag_seconds(&mut conn).await?;
     metrics::record_job_stats(&stats, lag);
     metrics::record_template_memory(state.template_budget.in_use_bytes());
-    let figures = metrics::operator_figures(&state.pool, &state.settings.amqp_url).await?;
+    let figures = metrics::operator_figures(&state.pool, &state.broker_readings).await?;
     let mut text = metrics::handle().render();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
