@@ -8,7 +8,8 @@
 //! - creates accepted by the API with BACKLOG (default 50,000) jobs already queued (workers
 //!   stopped): 4 connections as fast as they go, then an open loop at half that rate;
 //! - TRIVIAL (default 3,000) stream creates of a template with one pre-hashed user (no hash, no
-//!   download), 2 workers, end to end, with the CPU each process spent per job;
+//!   download), 2 workers, end to end, with the CPU each process spent per job (the API, the
+//!   workers, and the local PostgreSQL and RabbitMQ);
 //! - STANDARD (default 2,000) tenants of a standard template (50 users, 200 objects, 5
 //!   access-number ranges, one administrator hash each) as one batch, with 1 then 2 workers;
 //! - the peak resident set of the API and of each worker through these runs.
@@ -98,6 +99,54 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / clock_ticks()
+}
+
+/// Seconds of CPU the local PostgreSQL and RabbitMQ have used: every `postgres` process (and
+/// the backends that already exited, counted in their postmaster's children's time) and every
+/// `beam.smp`. `None` for a service with no process here (run elsewhere).
+fn services_cpu_seconds() -> (Option<f64>, Option<f64>) {
+    let (mut postgres, mut rabbitmq) = (None::<u64>, None::<u64>);
+    for entry in std::fs::read_dir("/proc")
+        .expect("/proc is readable")
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let fields: Vec<u64> = stat[close + 2..]
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        if fields.len() < 15 {
+            continue;
+        }
+        let own = fields[11] + fields[12];
+        let children = fields[13] + fields[14];
+        match comm {
+            // The postmaster is the one whose parent is no `postgres`: it has reaped the others.
+            "postgres" => {
+                let parent = std::fs::read_to_string(format!("/proc/{}/comm", fields[1]))
+                    .unwrap_or_default();
+                let reaped = if parent.trim() == "postgres" {
+                    0
+                } else {
+                    children
+                };
+                *postgres.get_or_insert(0) += own + reaped;
+            }
+            "beam.smp" => *rabbitmq.get_or_insert(0) += own + children,
+            _ => {}
+        }
+    }
+    let ticks = clock_ticks();
+    (
+        postgres.map(|t| t as f64 / ticks),
+        rabbitmq.map(|t| t as f64 / ticks),
+    )
 }
 
 fn clock_ticks() -> f64 {
@@ -413,6 +462,7 @@ async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
         reset_peak(pid(p));
     }
     let before: Vec<f64> = procs.iter().map(|p| cpu_seconds(pid(p))).collect();
+    let services_before = services_cpu_seconds();
     let started = Instant::now();
     let statuses: Vec<u16> = stream::iter(0..n)
         .map(|_| {
@@ -443,6 +493,7 @@ async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
         .zip(&before)
         .map(|(p, b)| cpu_seconds(pid(p)) - b)
         .collect();
+    let services_after = services_cpu_seconds();
     let ok = app
         .count("SELECT count(*) FROM jobs WHERE code = 200")
         .await;
@@ -455,6 +506,16 @@ async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
         "CPU per trivial job: API {:.2} ms, workers {:.2} ms",
         cpu[0] * 1e3 / n as f64,
         (cpu[1] + cpu[2]) * 1e3 / n as f64
+    );
+    // The services' share: most of a trivial job's cost is theirs.
+    let per_job = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(b), Some(a)) => format!("{:.2} ms", (a - b) * 1e3 / n as f64),
+        _ => "not measured (not a local process)".to_owned(),
+    };
+    println!(
+        "CPU per trivial job, services: PostgreSQL {}, RabbitMQ {}",
+        per_job(services_before.0, services_after.0),
+        per_job(services_before.1, services_after.1)
     );
     peaks.api(&api);
     for w in &workers {
