@@ -244,12 +244,18 @@ async fn metrics_count_the_recent_failures_by_code() {
     app.stop().await;
 }
 
-/// Several APIs in one process (as this suite runs them) each read their own broker's queues:
-/// a reading of one is never served to another's scrape.
+/// Several APIs in one process (as this suite runs them) each read their own broker's queues
+/// and their own database's figures: a reading of one is never served to another's scrape.
 #[tokio::test]
 async fn each_api_shows_the_queues_of_its_own_broker() {
+    // `busy`: two creates waiting, no worker. `idle`: nothing waiting, one worker consuming.
     let busy = TestApp::without_workers().await;
-    let idle = TestApp::without_workers().await;
+    let mut idle = TestApp::without_workers().await;
+    idle.start_worker();
+    eventually(Duration::from_secs(20), || async {
+        (sample(&scrape(&idle).await, CONSUMERS) == Some(1.0)).then_some(())
+    })
+    .await;
     let url = busy.serve_sample_template("t").await;
     for _ in 0..2 {
         let r = busy
@@ -264,15 +270,20 @@ async fn each_api_shows_the_queues_of_its_own_broker() {
             .unwrap();
         assert_eq!(r.status(), 202);
     }
-    // The busy API's reading shows its two messages; the idle API's scrape right after it
-    // shows its own empty queue.
+    // The busy API's reading shows its two messages and no consumer; the idle API's scrape
+    // right after it shows its own queue: empty, consumed.
     eventually(Duration::from_secs(20), || async {
         (sample(&scrape(&busy).await, READY) == Some(2.0)).then_some(())
     })
     .await;
     let text = scrape(&idle).await;
+    assert_eq!(value(&text, "provisioner_broker_reachable"), 1.0, "{text}");
     assert_eq!(value(&text, READY), 0.0, "{text}");
+    assert_eq!(value(&text, CONSUMERS), 1.0);
+    assert_eq!(value(&text, "provisioner_jobs{status=\"queued\"}"), 0.0);
+    let text = scrape(&busy).await;
     assert_eq!(value(&text, CONSUMERS), 0.0);
+    assert_eq!(value(&text, "provisioner_jobs{status=\"queued\"}"), 2.0);
     busy.stop().await;
     idle.stop().await;
 }

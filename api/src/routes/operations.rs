@@ -6,20 +6,18 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use provisioner_shared::db;
 
 use crate::{AppState, error::ApiError, metrics, openapi};
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let stats = db::jobs::stats(&state.pool).await?;
-    db::jobs::prune_endings(&state.pool).await?;
-    let mut conn = state.pool.acquire().await?;
-    let lag = db::outbox::lag_seconds(&mut conn).await?;
-    metrics::record_job_stats(&stats, lag);
-    metrics::record_template_memory(state.template_budget.in_use_bytes());
-    let figures = metrics::operator_figures(&state.pool, &state.broker_readings).await?;
+    let figures = metrics::render(
+        &state.pool,
+        &state.broker_readings,
+        state.template_budget.in_use_bytes(),
+    )
+    .await?;
     let mut text = metrics::handle().render();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');

@@ -13,6 +13,7 @@
 //! The system at volume against this machine's raw figures: `bench volume [BACKLOG] [TRIVIAL]
 //! [STANDARD]` (see `volume.rs`).
 
+mod cpu;
 mod memory;
 mod volume;
 

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
+    cpu,
     memory::{MIB, api_process, memory, reset_peak, sibling},
     percentile,
 };
@@ -90,74 +91,6 @@ impl Peaks {
 
 fn pid(p: &Proc) -> u32 {
     p.child.id().expect("the process runs")
-}
-
-/// Seconds of CPU (user and system) process `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process runs");
-    let after = &stat[stat.rfind(')').expect("a comm field") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / clock_ticks()
-}
-
-/// Seconds of CPU the local PostgreSQL and RabbitMQ have used: every `postgres` process (and
-/// the backends that already exited, counted in their postmaster's children's time) and every
-/// `beam.smp`. `None` for a service with no process here (run elsewhere).
-fn services_cpu_seconds() -> (Option<f64>, Option<f64>) {
-    let (mut postgres, mut rabbitmq) = (None::<u64>, None::<u64>);
-    for entry in std::fs::read_dir("/proc")
-        .expect("/proc is readable")
-        .flatten()
-    {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let fields: Vec<u64> = stat[close + 2..]
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
-        if fields.len() < 15 {
-            continue;
-        }
-        let own = fields[11] + fields[12];
-        let children = fields[13] + fields[14];
-        match comm {
-            // The postmaster is the one whose parent is no `postgres`: it has reaped the others.
-            "postgres" => {
-                let parent = std::fs::read_to_string(format!("/proc/{}/comm", fields[1]))
-                    .unwrap_or_default();
-                let reaped = if parent.trim() == "postgres" {
-                    0
-                } else {
-                    children
-                };
-                *postgres.get_or_insert(0) += own + reaped;
-            }
-            "beam.smp" => *rabbitmq.get_or_insert(0) += own + children,
-            _ => {}
-        }
-    }
-    let ticks = clock_ticks();
-    (
-        postgres.map(|t| t as f64 / ticks),
-        rabbitmq.map(|t| t as f64 / ticks),
-    )
-}
-
-fn clock_ticks() -> f64 {
-    let out = tool("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .expect("getconf runs");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a tick rate")
 }
 
 /// Transactions per second of `pgbench` committing one-row inserts with `clients` clients.
@@ -461,8 +394,18 @@ async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
     for p in &procs {
         reset_peak(pid(p));
     }
-    let before: Vec<f64> = procs.iter().map(|p| cpu_seconds(pid(p))).collect();
-    let services_before = services_cpu_seconds();
+    let before: Vec<f64> = procs.iter().map(|p| cpu::process_seconds(pid(p))).collect();
+    // The services' process trees, found before the clock starts (`rabbitmqctl` takes a while).
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&app.db)
+        .await
+        .expect("PostgreSQL answers");
+    let services = [
+        u32::try_from(backend).ok().and_then(cpu::postmaster_of),
+        cpu::rabbitmq_server(),
+    ];
+    let services_cpu = || services.map(|root| root.and_then(cpu::tree_seconds));
+    let services_before = services_cpu();
     let started = Instant::now();
     let statuses: Vec<u16> = stream::iter(0..n)
         .map(|_| {
@@ -491,9 +434,9 @@ async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
     let cpu: Vec<f64> = procs
         .iter()
         .zip(&before)
-        .map(|(p, b)| cpu_seconds(pid(p)) - b)
+        .map(|(p, b)| cpu::process_seconds(pid(p)) - b)
         .collect();
-    let services_after = services_cpu_seconds();
+    let services_after = services_cpu();
     let ok = app
         .count("SELECT count(*) FROM jobs WHERE code = 200")
         .await;
@@ -514,8 +457,8 @@ async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
     };
     println!(
         "CPU per trivial job, services: PostgreSQL {}, RabbitMQ {}",
-        per_job(services_before.0, services_after.0),
-        per_job(services_before.1, services_after.1)
+        per_job(services_before[0], services_after[0]),
+        per_job(services_before[1], services_after[1])
     );
     peaks.api(&api);
     for w in &workers {

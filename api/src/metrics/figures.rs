@@ -1,0 +1,227 @@
+//! The figures read from the database and the broker at each scrape.
+
+use std::fmt::Write as _;
+
+use provisioner_shared::{
+    db::{self, figures, jobs::Stats},
+    queue::{BATCH_QUEUE, CREATE_TENANT_QUEUE},
+};
+
+use super::{BrokerReadings, family, label_value};
+
+/// The figures read at each scrape, as Prometheus text: the cluster's job figures from the
+/// database, the memory `template_memory_in_use` this API holds for templates, the age of the
+/// oldest waiting work by queue, held batch items, failures by code among the recent endings,
+/// the busiest clients' share of the active work (so a client that drops out of the busiest ten
+/// leaves no stale series), and, from the broker, the job queues' ready messages and consumers.
+/// Written here rather than into the process-wide recorder, so that several APIs in one process
+/// (as the tests run them) each show their own.
+pub(crate) async fn render(
+    pool: &sqlx::PgPool,
+    broker: &BrokerReadings,
+    template_memory_in_use: u64,
+) -> Result<String, sqlx::Error> {
+    let stats = db::jobs::stats(pool).await?;
+    db::jobs::prune_endings(pool).await?;
+    let outbox_lag = db::outbox::lag_seconds(&mut *pool.acquire().await?).await?;
+    let mut out = String::new();
+    job_figures(&mut out, &stats, outbox_lag);
+    family(
+        &mut out,
+        "provisioner_template_memory_in_use_bytes",
+        "Memory this API holds for uploads in flight and templates it checks or sends",
+    );
+    let _ = writeln!(
+        out,
+        "provisioner_template_memory_in_use_bytes {template_memory_in_use}"
+    );
+
+    let backlog = figures::backlog(pool).await?;
+    let failures = figures::recent_failures(pool).await?;
+    let shares = figures::client_shares(pool).await?;
+    let queues = broker.read().await;
+
+    let age = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or(0.0, |at| {
+            (backlog.now - at).num_milliseconds().max(0) as f64 / 1000.0
+        })
+    };
+    family(
+        &mut out,
+        "provisioner_queue_oldest_age_seconds",
+        "Seconds the oldest queued job of each job queue has waited (single creates since they were made, batch items since they were released); 0 when none waits",
+    );
+    for (queue, at) in [
+        (CREATE_TENANT_QUEUE, backlog.oldest_single),
+        (BATCH_QUEUE, backlog.oldest_released),
+    ] {
+        let _ = writeln!(
+            out,
+            "provisioner_queue_oldest_age_seconds{{queue=\"{queue}\"}} {}",
+            age(at)
+        );
+    }
+    family(
+        &mut out,
+        "provisioner_batch_items_held",
+        "Batch items held back in PostgreSQL for fairness, not on the broker yet",
+    );
+    let _ = writeln!(out, "provisioner_batch_items_held {}", backlog.held);
+    family(
+        &mut out,
+        "provisioner_batch_held_oldest_age_seconds",
+        "Seconds since the oldest batch with held items was accepted; 0 when none holds any",
+    );
+    let _ = writeln!(
+        out,
+        "provisioner_batch_held_oldest_age_seconds {}",
+        age(backlog.oldest_held)
+    );
+
+    family(
+        &mut out,
+        "provisioner_job_recent_endings",
+        "Jobs that ended among the most recent endings of the last hour (at most 10000): the sample of the failure figures",
+    );
+    let _ = writeln!(out, "provisioner_job_recent_endings {}", failures.endings);
+    family(
+        &mut out,
+        "provisioner_job_recent_failures",
+        "Failed jobs by code among the most recent endings of the last hour (at most 10000)",
+    );
+    let mut by_label: Vec<(&str, i64)> = FAILURE_CODES.iter().map(|c| (*c, 0)).collect();
+    for (code, n) in &failures.by_code {
+        let label = FAILURE_CODES
+            .iter()
+            .find(|c| **c == code.to_string())
+            .copied()
+            .unwrap_or("other");
+        if let Some(slot) = by_label.iter_mut().find(|(l, _)| *l == label) {
+            slot.1 += n;
+        }
+    }
+    for (code, n) in by_label {
+        let _ = writeln!(
+            out,
+            "provisioner_job_recent_failures{{code=\"{code}\"}} {n}"
+        );
+    }
+
+    family(
+        &mut out,
+        "provisioner_client_active_jobs",
+        "Queued and running jobs (single and batch items) of the ten busiest clients, and of all others together (client=\"other\", other=\"true\")",
+    );
+    let named: i64 = shares.top.iter().map(|(_, n)| n).sum();
+    for (client, n) in &shares.top {
+        let _ = writeln!(
+            out,
+            "provisioner_client_active_jobs{{client=\"{}\"}} {n}",
+            label_value(client)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "provisioner_client_active_jobs{{client=\"other\",other=\"true\"}} {}",
+        (shares.total - named).max(0)
+    );
+
+    family(
+        &mut out,
+        "provisioner_broker_reachable",
+        "1 when this scrape read the job queues from the broker, 0 when it could not",
+    );
+    let _ = writeln!(
+        out,
+        "provisioner_broker_reachable {}",
+        u8::from(queues.is_some())
+    );
+    if let Some(queues) = queues {
+        family(
+            &mut out,
+            "provisioner_queue_messages_ready",
+            "Messages of each job queue waiting for a consumer",
+        );
+        for q in &queues {
+            let _ = writeln!(
+                out,
+                "provisioner_queue_messages_ready{{queue=\"{}\"}} {}",
+                q.queue, q.ready
+            );
+        }
+        family(
+            &mut out,
+            "provisioner_queue_consumers",
+            "Consumers of each job queue: one per worker process consuming it",
+        );
+        for q in &queues {
+            let _ = writeln!(
+                out,
+                "provisioner_queue_consumers{{queue=\"{}\"}} {}",
+                q.queue, q.consumers
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The failure codes a job may end with; any other is counted as `other`.
+const FAILURE_CODES: [&str; 5] = ["400", "409", "500", "503", "other"];
+
+/// The cluster-wide job figures from the database's aggregates.
+fn job_figures(out: &mut String, stats: &Stats, outbox_lag_seconds: f64) {
+    family(out, "provisioner_jobs", "Jobs stored, by status");
+    for (status, n) in [
+        ("queued", stats.queued),
+        ("running", stats.running),
+        ("succeeded", stats.succeeded),
+        ("failed", stats.failed),
+        ("cancelled", stats.cancelled),
+    ] {
+        let _ = writeln!(out, "provisioner_jobs{{status=\"{status}\"}} {n}");
+    }
+    for (name, help, n) in [
+        (
+            "provisioner_jobs_ended_last_hour",
+            "Jobs that ended in the last hour",
+            stats.recent,
+        ),
+        (
+            "provisioner_lock_timeouts_last_hour",
+            "Jobs that ended in the last hour with a lock timeout (503)",
+            stats.lock_timeouts,
+        ),
+        (
+            "provisioner_worker_panics",
+            "Panics workers caught while handling deliveries, ever",
+            stats.worker_panics,
+        ),
+    ] {
+        family(out, name, help);
+        let _ = writeln!(out, "{name} {n}");
+    }
+    for (name, help, p50, p99) in [
+        (
+            "provisioner_job_duration_seconds_last_hour",
+            "Run time (first start to end) of the most recent jobs that ended in the last hour (at most 10000), by quantile",
+            stats.duration_p50,
+            stats.duration_p99,
+        ),
+        (
+            "provisioner_lock_wait_seconds_last_hour",
+            "Import lock wait of the most recent jobs that ended in the last hour (at most 10000), by quantile",
+            stats.lock_wait_p50,
+            stats.lock_wait_p99,
+        ),
+    ] {
+        family(out, name, help);
+        let _ = writeln!(out, "{name}{{quantile=\"0.5\"}} {}", p50.unwrap_or(0.0));
+        let _ = writeln!(out, "{name}{{quantile=\"0.99\"}} {}", p99.unwrap_or(0.0));
+    }
+    family(
+        out,
+        "provisioner_outbox_lag_seconds",
+        "Seconds the oldest outbox row due for publishing has waited; 0 when none waits",
+    );
+    let _ = writeln!(out, "provisioner_outbox_lag_seconds {outbox_lag_seconds}");
+}
