@@ -258,17 +258,8 @@ async fn each_api_shows_the_queues_of_its_own_broker() {
     .await;
     let url = busy.serve_sample_template("t").await;
     for _ in 0..2 {
-        let r = busy
-            .http
-            .post(busy.url(&format!(
-                "/configapi/v2/selfservice/tenant/{}",
-                fixtures::tenant_url()
-            )))
-            .json(&fixtures::create_body(&url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        busy.submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await;
     }
     // The busy API's reading shows its two messages and no consumer; the idle API's scrape
     // right after it shows its own queue: empty, consumed.

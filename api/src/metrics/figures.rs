@@ -137,29 +137,24 @@ pub(crate) async fn render(
         u8::from(queues.is_some())
     );
     if let Some(queues) = queues {
-        family(
-            &mut out,
-            "provisioner_queue_messages_ready",
-            "Messages of each job queue waiting for a consumer",
-        );
-        for q in &queues {
-            let _ = writeln!(
-                out,
-                "provisioner_queue_messages_ready{{queue=\"{}\"}} {}",
-                q.queue, q.ready
-            );
-        }
-        family(
-            &mut out,
-            "provisioner_queue_consumers",
-            "Consumers of each job queue: one per worker process consuming it",
-        );
-        for q in &queues {
-            let _ = writeln!(
-                out,
-                "provisioner_queue_consumers{{queue=\"{}\"}} {}",
-                q.queue, q.consumers
-            );
+        type Figure = fn(&provisioner_shared::broker_figures::QueueFigures) -> u32;
+        let per_queue: [(&str, &str, Figure); 2] = [
+            (
+                "provisioner_queue_messages_ready",
+                "Messages of each job queue waiting for a consumer",
+                |q| q.ready,
+            ),
+            (
+                "provisioner_queue_consumers",
+                "Consumers of each job queue: one per worker process consuming it",
+                |q| q.consumers,
+            ),
+        ];
+        for (name, help, figure) in per_queue {
+            family(&mut out, name, help);
+            for q in &queues {
+                let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", q.queue, figure(q));
+            }
         }
     }
     Ok(out)
