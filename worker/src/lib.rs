@@ -22,6 +22,8 @@ use provisioner_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[doc(hidden)]
+pub use crate::jobs::Claims;
 use crate::jobs::Context;
 
 /// At shutdown, how long the relay may take to publish what the last jobs committed.

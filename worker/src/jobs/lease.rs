@@ -23,6 +23,10 @@ pub(super) async fn claim(
     redelivered: bool,
     shutdown: &CancellationToken,
 ) -> Result<JobRow, Disposition> {
+    // The common case, a queued job, is claimed with the deliveries arriving beside it.
+    if let Some(job) = ctx.claims.claim(id, token).await {
+        return Ok(job);
+    }
     // A redelivered copy waits at most this long for a live holder before leaving the job to it
     // (and to the sweeper, should that holder die later).
     let patience = tokio::time::Instant::now() + ctx.settings.job_lease * 2;
