@@ -22,9 +22,9 @@ use provisioner_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-#[doc(hidden)]
-pub use crate::jobs::Claims;
 use crate::jobs::Context;
+#[doc(hidden)]
+pub use crate::jobs::{Claim, Claims};
 
 /// At shutdown, how long the relay may take to publish what the last jobs committed.
 const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use self::claims::Claims;
+pub use self::claims::{Claim, Claims};
 pub(crate) use self::{
     context::{Context, Stage},
     lease::{AbortOnDrop, hand_back},

@@ -10,27 +10,19 @@ use uuid::Uuid;
 use super::{COLUMNS, JobRow, NOTIFY_CHANNEL};
 use crate::{db::outbox, domain::JobStatus, queue};
 
-/// What a claim does about a job that another transaction holds locked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Locked {
-    /// Waits for that transaction, then claims the job if it is still as it was read.
-    Wait,
-    /// Leaves the job out at once. A claim of several jobs that never waits cannot deadlock
-    /// with another statement locking several of them (a batch's cancel).
-    Skip,
-}
-
 /// The claim of the jobs `$10` (tokens `$11`, as read at versions `$12`; `startedAt` `$13` on a
 /// first attempt, lease `$14` seconds) with their events and notifications (`$1`-`$9`, one
 /// event per job in the same order, see `outbox::bind_announcements`), written for the jobs
-/// claimed only. Returns the ids claimed.
+/// claimed only; `$locking` is what locking the rows does about a row locked by another
+/// transaction (`""`: wait for it). Returns the ids claimed.
 macro_rules! claim_sql {
     ($locking:literal) => {
         concat!(
             "WITH wanted AS (
-                 SELECT * FROM UNNEST($10::uuid[], $11::uuid[], $12::int4[]) AS w(id, token, version)
+                 SELECT * FROM UNNEST($10::uuid[], $11::uuid[], $12::int4[])
+                     AS w(id, token, version)
              ), locked AS (
-                 -- By id only: a condition on the status would let the planner scan the
+                 -- By id only: with a condition on the status, the planner may scan the
                  -- queued jobs' partial index, the whole backlog, for a handful of ids.
                  SELECT id, status, version FROM jobs WHERE id = ANY($10) FOR UPDATE ",
             $locking,
@@ -43,15 +35,13 @@ macro_rules! claim_sql {
                  FROM wanted w JOIN locked l ON l.id = w.id AND l.version = w.version
                  WHERE jobs.id = l.id AND l.status = 'queued'
                  RETURNING jobs.id
-             ), inserted AS (
-                 INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
-                                     available_at, traceparent)
-                 SELECT e, r, m, c, p, now() + make_interval(secs => d), tp
-                 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[],
-                             $6::float8[], $9::text[], $10::uuid[])
-                      AS t(e, r, m, c, p, d, tp, job)
-                 WHERE job IN (SELECT id FROM changed)
-             ), notified AS (
+             ), inserted AS (",
+            $crate::db::outbox::insert_sql!(
+                ", $10::uuid[]",
+                ", job",
+                "WHERE job IN (SELECT id FROM changed)"
+            ),
+            "), notified AS (
                  SELECT count(*) FROM (
                      SELECT pg_notify(channel, note)
                      FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)
@@ -65,31 +55,38 @@ macro_rules! claim_sql {
 }
 
 /// queued -> running under a fresh lease held by `token`, for `job` as read at its version
-/// (`queued`), waiting for a transaction that holds it locked: see [`claim_many`]. `None` when
-/// the job is no longer at that version (read it again).
+/// (`queued`), waiting for a transaction that holds the job locked: one statement as
+/// [`claim_many`] writes. `None` when the job is no longer at that version (read it again).
 pub async fn claim(
     exec: impl PgExecutor<'_>,
     job: &JobRow,
     token: Uuid,
     lease: Duration,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    Ok(claim_many(exec, &[(job, token)], lease, Locked::Wait)
-        .await?
-        .pop())
+    let sql = claim_sql!("");
+    Ok(write(exec, sql, &[(job, token)], lease).await?.pop())
 }
 
 /// queued -> running under a fresh lease, for each `(job, token)` with `job` as read at its
 /// version: one statement that commits on its own (outside a transaction) with the `job.running`
 /// event and notification of each job it claims, built from the row it writes, which is `job`
 /// moved on; its `startedAt`, on a first attempt, is this process's clock. Returns the jobs
-/// claimed, in the order asked; a job that is no longer at its version (or, with
-/// [`Locked::Skip`], that another transaction holds locked) is left out, and so is every
-/// repetition of a job after its first.
+/// claimed, in the order asked. Left out: a job no longer at its version, one another
+/// transaction holds locked (never waited for, so the statement cannot deadlock with another
+/// locking several jobs), and every repetition of a job after its first.
 pub async fn claim_many(
     exec: impl PgExecutor<'_>,
     reads: &[(&JobRow, Uuid)],
     lease: Duration,
-    locked: Locked,
+) -> Result<Vec<JobRow>, sqlx::Error> {
+    write(exec, claim_sql!("SKIP LOCKED"), reads, lease).await
+}
+
+async fn write(
+    exec: impl PgExecutor<'_>,
+    sql: &'static str,
+    reads: &[(&JobRow, Uuid)],
+    lease: Duration,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
     let at = crate::db::clock();
     let mut seen = HashSet::with_capacity(reads.len());
@@ -115,10 +112,6 @@ pub async fn claim_many(
         .collect();
     let ids: Vec<String> = moved.iter().map(|row| row.id.to_string()).collect();
     let notes: Vec<(&str, &str)> = ids.iter().map(|id| (NOTIFY_CHANNEL, id.as_str())).collect();
-    let sql = match locked {
-        Locked::Wait => claim_sql!(""),
-        Locked::Skip => claim_sql!("SKIP LOCKED"),
-    };
     let claimed: HashSet<Uuid> = outbox::bind_announcements(sqlx::query(sql), &events, &notes)
         .bind(moved.iter().map(|row| row.id).collect::<Vec<_>>())
         .bind(moved.iter().map(|row| row.lease_token).collect::<Vec<_>>())

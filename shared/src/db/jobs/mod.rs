@@ -52,7 +52,7 @@ mod reconcile;
 mod stats;
 
 pub use self::{
-    claim::{Locked, claim, claim_many, find_many},
+    claim::{claim, claim_many, find_many},
     lease::{
         Ending, expired_leases, finish, lock_expired, lock_held, release_lease, renew_lease,
         retry_later,
