@@ -234,28 +234,6 @@ impl TestApp {
             .to_owned()
     }
 
-    /// A system without workers, and the ids of `n` queued creates of the sample template.
-    pub async fn with_queued_jobs(n: usize) -> (Self, Vec<uuid::Uuid>) {
-        let app = Self::without_workers().await;
-        let url = app.serve_sample_template("t").await;
-        let mut ids = Vec::with_capacity(n);
-        for _ in 0..n {
-            let id = app
-                .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
-                .await;
-            ids.push(id.parse().unwrap());
-        }
-        (app, ids)
-    }
-
-    /// The job's row, as the database holds it now.
-    pub async fn job_row(&self, id: uuid::Uuid) -> provisioner_shared::db::jobs::JobRow {
-        provisioner_shared::db::jobs::find(&self.db, id, None)
-            .await
-            .unwrap()
-            .expect("the job exists")
-    }
-
     /// The single number a `SELECT count(*) ...` query answers in this test's database.
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()

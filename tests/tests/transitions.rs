@@ -5,9 +5,16 @@
 use std::time::Duration;
 
 use provisioner_shared::db::{self, jobs::Ending};
-use provisioner_tests::TestApp;
+use provisioner_tests::{TestApp, fixtures};
 use serde_json::Value;
 use uuid::Uuid;
+
+async fn job_row(app: &TestApp, id: Uuid) -> db::jobs::JobRow {
+    db::jobs::find(&app.db, id, None)
+        .await
+        .unwrap()
+        .expect("the job exists")
+}
 
 /// What `GET /jobs/{id}` answers, as JSON.
 async fn shown(app: &TestApp, id: Uuid) -> Value {
@@ -18,8 +25,14 @@ async fn shown(app: &TestApp, id: Uuid) -> Value {
 
 /// A system without workers, and the id of one queued create.
 async fn one_queued_job() -> (TestApp, Uuid) {
-    let (app, ids) = TestApp::with_queued_jobs(1).await;
-    (app, ids[0])
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await
+        .parse()
+        .unwrap();
+    (app, id)
 }
 
 /// Leases as long as the tests need.
@@ -28,7 +41,7 @@ const LEASE: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
     let (app, id) = one_queued_job().await;
-    let stale = app.job_row(id).await;
+    let stale = job_row(&app, id).await;
 
     // Claimed, then queued again after a transient failure: queued, as it was read, but two
     // versions on.
@@ -55,7 +68,7 @@ async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
         claimed_late.is_none(),
         "a claim from the old read is refused"
     );
-    let now = app.job_row(id).await;
+    let now = job_row(&app, id).await;
     assert_eq!(
         (
             now.status.as_str(),
@@ -83,7 +96,7 @@ async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
 #[tokio::test]
 async fn an_end_under_a_lease_taken_over_writes_nothing() {
     let (app, id) = one_queued_job().await;
-    let read = app.job_row(id).await;
+    let read = job_row(&app, id).await;
     let held = db::jobs::claim(&app.db, &read, Uuid::new_v4(), LEASE)
         .await
         .unwrap()
@@ -104,7 +117,7 @@ async fn an_end_under_a_lease_taken_over_writes_nothing() {
         .unwrap()
         .expect("taken back");
     tx.commit().await.unwrap();
-    let taken = app.job_row(id).await;
+    let taken = job_row(&app, id).await;
     let other = db::jobs::claim(&app.db, &taken, Uuid::new_v4(), LEASE)
         .await
         .unwrap()

@@ -23,8 +23,6 @@ use provisioner_shared::{
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::Context;
-#[doc(hidden)]
-pub use crate::jobs::{Claim, Claims};
 
 /// At shutdown, how long the relay may take to publish what the last jobs committed.
 const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);

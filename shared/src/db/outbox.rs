@@ -10,24 +10,16 @@ use sqlx::{
 };
 
 /// The outbox insert of the messages bound by [`bind_announcements`] (`$1`-`$6`, `$9`), with a
-/// condition (`""` for none) its `SELECT` ends with. The three-argument form unnests one more
-/// array beside the messages (`", $10::uuid[]"`) as one more column (`", job"`) the condition
-/// may use.
+/// condition (`""` for none) its `SELECT` ends with.
 macro_rules! insert_sql {
     ($condition:literal) => {
-        $crate::db::outbox::insert_sql!("", "", $condition)
-    };
-    ($array:literal, $column:literal, $condition:literal) => {
         concat!(
             "INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
                                  available_at, traceparent)
              SELECT e, r, m, c, p, now() + make_interval(secs => d), tp
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[],
-                         $9::text[]",
-            $array,
-            ") AS t(e, r, m, c, p, d, tp",
-            $column,
-            ") ",
+                         $9::text[])
+                  AS t(e, r, m, c, p, d, tp) ",
             $condition
         )
     };

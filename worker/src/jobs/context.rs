@@ -13,7 +13,7 @@ use provisioner_shared::{budget::MemoryBudget, config::Settings, seal::Sealer, t
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{claims::Claims, recent::Recent};
+use super::recent::Recent;
 use crate::{fetch::Fetcher, slots::Slots};
 
 /// What every job handler may use.
@@ -38,8 +38,6 @@ pub(crate) struct Context {
     pub(crate) faults: Faults,
     /// Stored templates and batch pins read recently.
     pub(crate) recent: Recent,
-    /// Claims written in groups.
-    pub(crate) claims: Claims,
 }
 
 impl Context {
@@ -59,7 +57,6 @@ impl Context {
         let faults = Faults::parse(std::env::var(Faults::VARIABLE).ok().as_deref())
             .with_context(|| format!("reading {}", Faults::VARIABLE))?;
         Ok(Arc::new(Self {
-            claims: Claims::start(pool.clone(), settings.job_lease),
             slots: Slots::new(usize::from(settings.worker_concurrency)),
             pool,
             settings,

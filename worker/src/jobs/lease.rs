@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{Context, Disposition, claims::Claim, outcome};
+use super::{Context, Disposition, outcome};
 
 /// Claims job `id` under lease `token`, or says what to do with the delivery instead.
 /// `redelivered` is the broker's flag: such a delivery may stand for a worker that died holding
@@ -23,18 +23,11 @@ pub(super) async fn claim(
     redelivered: bool,
     shutdown: &CancellationToken,
 ) -> Result<JobRow, Disposition> {
-    // The common case, a queued job, is claimed with the deliveries arriving beside it; what
-    // the group leaves starts from the group's read, if it made one.
-    let mut read = match ctx.claims.claim(id, token).await {
-        Claim::Claimed(job) => return Ok(job),
-        Claim::Left(job) => Some(job),
-        Claim::Unread => None,
-    };
     // A redelivered copy waits at most this long for a live holder before leaving the job to it
     // (and to the sweeper, should that holder die later).
     let patience = tokio::time::Instant::now() + ctx.settings.job_lease * 2;
     loop {
-        let wait = match acquire(ctx, id, token, read.take()).await {
+        let wait = match acquire(ctx, id, token).await {
             Ok(Acquired::Claimed(job)) => return Ok(*job),
             Ok(Acquired::Ended) => return Err(Disposition::Ack),
             Ok(Acquired::Unknown) => {
@@ -72,19 +65,8 @@ enum Acquired {
     Changed,
 }
 
-/// Claims job `id` under `token` if it is queued, or says why not. `read`: the job as just
-/// read (`Some(None)`: there was no such job), else it is read now.
-async fn acquire(
-    ctx: &Context,
-    id: Uuid,
-    token: Uuid,
-    read: Option<Option<JobRow>>,
-) -> Result<Acquired, sqlx::Error> {
-    let read = match read {
-        Some(read) => read,
-        None => db::jobs::find(&ctx.pool, id, None).await?,
-    };
-    let Some(job) = read else {
+async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, sqlx::Error> {
+    let Some(job) = db::jobs::find(&ctx.pool, id, None).await? else {
         return Ok(Acquired::Unknown);
     };
     match job.status {

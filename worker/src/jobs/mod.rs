@@ -1,7 +1,6 @@
 //! The life of one job inside a worker: claim under a lease, run its kind's handler, record how
 //! the attempt ended. One file per kind; `run_kind` is the registry.
 
-mod claims;
 mod context;
 mod create_tenant;
 mod import_tenant;
@@ -24,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use self::claims::{Claim, Claims};
 pub(crate) use self::{
     context::{Context, Stage},
     lease::{AbortOnDrop, hand_back},

@@ -1,5 +1,5 @@
-//! The transitions a worker makes under a job's lease (taken by `claim`): renewal, hand-back,
-//! the job's end or retry, and taking over from a holder whose lease ran out.
+//! The transitions a worker makes under a job's lease: claim, renewal, hand-back, the job's
+//! end or retry, and taking over from a holder whose lease ran out.
 
 use std::time::Duration;
 
@@ -15,6 +15,48 @@ use crate::{
 };
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// queued -> running under a fresh lease held by `token`, for `job` as read at its version
+/// (`queued`): one statement that commits on its own (outside a transaction) with the job's
+/// `job.running` event and notifications, built from the row it writes, which is `job` moved
+/// on; its `startedAt`, on a first attempt, is this process's clock. `None` when the job is no
+/// longer at that version (read it again).
+pub async fn claim(
+    exec: impl PgExecutor<'_>,
+    job: &JobRow,
+    token: Uuid,
+    lease: Duration,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let at = crate::db::clock();
+    let claimed = JobRow {
+        status: JobStatus::Running,
+        attempts: job.attempts + 1,
+        started_at: job.started_at.or(Some(at)),
+        lease_token: Some(token),
+        lease_until: Some(at + lease),
+        version: job.version + 1,
+        ..job.clone()
+    };
+    let written = announced(
+        exec,
+        &claimed,
+        outbox::announced_update_sql!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1,
+                 started_at = COALESCE(started_at, $11), lease_token = $12,
+                 lease_until = now() + make_interval(secs => $13), version = version + 1
+             WHERE id = $10 AND status = 'queued' AND version = $14"
+        ),
+        move |q| {
+            q.bind(job.id)
+                .bind(at)
+                .bind(token)
+                .bind(lease.as_secs_f64())
+                .bind(job.version)
+        },
+    )
+    .await?;
+    Ok(written.then_some(claimed))
+}
 
 /// Extends the lease; `false` when `token` no longer holds the job.
 pub async fn renew_lease(

@@ -46,15 +46,13 @@ macro_rules! transition_sql {
 pub(crate) const COLUMNS: &str = columns!();
 
 // After the macros: the submodules use them.
-mod claim;
 mod lease;
 mod reconcile;
 mod stats;
 
 pub use self::{
-    claim::{claim, claim_many, find_many},
     lease::{
-        Ending, expired_leases, finish, lock_expired, lock_held, release_lease, renew_lease,
+        Ending, claim, expired_leases, finish, lock_expired, lock_held, release_lease, renew_lease,
         retry_later,
     },
     reconcile::{PanicSite, record_panic, resend_stranded},
