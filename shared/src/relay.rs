@@ -38,7 +38,8 @@ const BATCH: i64 = 200;
 /// The AMQP header carrying a message's W3C trace context.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Also poll this often, for delayed retries and notifications lost with a connection.
+/// Also poll this often: for delayed retries, notifications lost with a connection, and rows
+/// another process wrote whose relay is down.
 const POLL: Duration = Duration::from_millis(500);
 
 /// A notification from PostgreSQL: `channel` and `payload` as sent by `pg_notify`.
@@ -271,14 +272,16 @@ async fn relay_session(
     Ok(())
 }
 
-/// Returns once a transaction that wrote outbox rows committed since the last pass (or
-/// announcements were lost: the pass looks anyway). Every announcement already waiting is taken
+/// Returns once a transaction of this process that wrote outbox rows committed since the last
+/// pass (or announcements were lost: the pass looks anyway). Other processes' rows are their
+/// relays' to publish: waking every relay for every commit made all but the first find nothing. Every announcement already waiting is taken
 /// with it, so a burst of commits costs one pass, and the hub's other channels (a notification
 /// per job transition) wake nobody here.
 async fn outbox_committed(wake: &mut broadcast::Receiver<Notification>) {
     loop {
         match wake.recv().await {
-            Ok(n) if n.channel == outbox::NOTIFY_CHANNEL => break,
+            // Rows this process wrote (or a writer that does not say which process it is).
+            Ok(n) if n.channel == outbox::NOTIFY_CHANNEL && is_ours(&n.payload) => break,
             Ok(_) => {}
             // Some were lost: the pass looks anyway.
             Err(RecvError::Lagged(_)) => break,
@@ -290,6 +293,11 @@ async fn outbox_committed(wake: &mut broadcast::Receiver<Notification>) {
         wake.try_recv(),
         Err(TryRecvError::Empty | TryRecvError::Closed)
     ) {}
+}
+
+/// Whether an outbox announcement is of rows this process wrote.
+fn is_ours(tag: &str) -> bool {
+    tag.is_empty() || tag == outbox::writer_tag()
 }
 
 /// Publishes one batch of due rows; returns how many it handled.
@@ -384,6 +392,25 @@ mod tests {
             None,
             "the burst was taken with the first announcement"
         );
+    }
+
+    #[test]
+    fn only_rows_this_process_wrote_wake_its_relay() {
+        let tagged = |tag: &str| Notification {
+            channel: outbox::NOTIFY_CHANNEL.to_owned(),
+            payload: tag.to_owned(),
+        };
+        let (hub, mut wake) = broadcast::channel(16);
+        // Another process's rows: its own relay publishes them (others poll).
+        hub.send(tagged("0123456789abcdef0123456789abcdef"))
+            .unwrap();
+        assert_eq!(outbox_committed(&mut wake).now_or_never(), None);
+
+        hub.send(tagged(outbox::writer_tag())).unwrap();
+        assert_eq!(outbox_committed(&mut wake).now_or_never(), Some(()));
+        // A writer that does not say which process it is wakes every relay.
+        hub.send(tagged("")).unwrap();
+        assert_eq!(outbox_committed(&mut wake).now_or_never(), Some(()));
     }
 
     #[test]

@@ -47,6 +47,13 @@ pub(crate) use announced_update_sql;
 /// The channel on which inserts are announced, so relays wake at once.
 pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_outbox";
 
+/// What this process's announcements carry: the relay of the process that wrote the rows is
+/// the one that wakes for them (see `relay::outbox_committed`).
+pub(crate) fn writer_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OutboxMessage {
     pub exchange: String,
@@ -128,7 +135,7 @@ pub(crate) fn bind_announcements<'q>(
     let mut notes = Vec::with_capacity(also.len() + 1);
     if !msgs.is_empty() {
         channels.push(NOTIFY_CHANNEL);
-        notes.push("");
+        notes.push(writer_tag());
     }
     for (channel, payload) in also {
         channels.push(*channel);

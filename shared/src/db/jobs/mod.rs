@@ -342,7 +342,7 @@ pub async fn submit_many(
              SELECT count(*) AS n
              FROM (SELECT pg_notify($24, job.id::text) FROM job
                    UNION ALL
-                   SELECT pg_notify($23, '') WHERE EXISTS (SELECT 1 FROM job)) sent
+                   SELECT pg_notify($23, $25) WHERE EXISTS (SELECT 1 FROM job)) sent
          )
          SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active,
                 coalesce(w.conflicts, false) AS conflicts, coalesce(w.fits, false) AS fits,
@@ -403,6 +403,7 @@ pub async fn submit_many(
     )
     .bind(outbox::NOTIFY_CHANNEL)
     .bind(NOTIFY_CHANNEL)
+    .bind(outbox::writer_tag())
     .fetch_all(&mut *conn)
     .await?;
     if answers.len() != rows.len() {
