@@ -38,8 +38,8 @@ const BATCH: i64 = 200;
 /// The AMQP header carrying a message's W3C trace context.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-/// Also poll this often: for delayed retries, notifications lost with a connection, and rows
-/// another process wrote whose relay is down.
+/// Also poll this often (between passes): for delayed retries, notifications lost with a
+/// connection, and rows another process wrote whose relay is down or stopped.
 const POLL: Duration = Duration::from_millis(500);
 
 /// A notification from PostgreSQL: `channel` and `payload` as sent by `pg_notify`.
@@ -200,8 +200,8 @@ impl Relay {
     }
 
     /// Publishes every outbox row already committed and due, then stops. At `deadline` (say,
-    /// the broker is unreachable) it stops anyway: what remains is published by any other
-    /// process's relay, or by this one at its next start.
+    /// the broker is unreachable) it stops anyway: what remains is published at another
+    /// process's relay's next poll, or by this one at its next start.
     pub async fn drain_and_stop(mut self, deadline: Duration) {
         self.drain.cancel();
         if tokio::time::timeout(deadline, &mut self.task)
@@ -274,9 +274,10 @@ async fn relay_session(
 
 /// Returns once a transaction of this process that wrote outbox rows committed since the last
 /// pass (or announcements were lost: the pass looks anyway). Other processes' rows are their
-/// relays' to publish: waking every relay for every commit made all but the first find nothing. Every announcement already waiting is taken
-/// with it, so a burst of commits costs one pass, and the hub's other channels (a notification
-/// per job transition) wake nobody here.
+/// relays' to publish (or the next poll's): waking every relay for every commit made all but
+/// the first find nothing. Every announcement already waiting is taken with it, so a burst of
+/// commits costs one pass, and the hub's other channels (a notification per job transition)
+/// wake nobody here.
 async fn outbox_committed(wake: &mut broadcast::Receiver<Notification>) {
     loop {
         match wake.recv().await {
@@ -369,10 +370,16 @@ mod tests {
 
     use super::*;
 
+    /// A notification on `channel`, as this process sends it.
     fn note(channel: &str) -> Notification {
+        let payload = if channel == outbox::NOTIFY_CHANNEL {
+            outbox::writer_tag()
+        } else {
+            ""
+        };
         Notification {
             channel: channel.to_owned(),
-            payload: String::new(),
+            payload: payload.to_owned(),
         }
     }
 

@@ -44,7 +44,7 @@ macro_rules! announced_update_sql {
 }
 pub(crate) use announced_update_sql;
 
-/// The channel on which inserts are announced, so relays wake at once.
+/// The channel on which inserts are announced, so the writer's relay wakes at once.
 pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_outbox";
 
 /// What this process's announcements carry: the relay of the process that wrote the rows is
@@ -79,7 +79,7 @@ pub(crate) struct OutboxRow {
     pub traceparent: Option<String>,
 }
 
-/// Inserts one message and wakes the relays, in one statement.
+/// Inserts one message and wakes this process's relay, in one statement.
 pub(crate) async fn insert(
     conn: &mut PgConnection,
     msg: &OutboxMessage,
@@ -95,7 +95,7 @@ pub(crate) async fn insert_many(
     insert_notifying(conn, msgs, &[]).await
 }
 
-/// Inserts `msgs`, wakes the relays and sends the `(channel, payload)` notifications `also`,
+/// Inserts `msgs`, wakes this process's relay and sends the `(channel, payload)` notifications `also`,
 /// in one statement: one round trip however many messages a transition writes.
 pub(crate) async fn insert_notifying(
     conn: &mut PgConnection,
@@ -120,8 +120,8 @@ pub(crate) async fn insert_notifying(
     .map(drop)
 }
 
-/// Binds `$1`-`$9` of a statement made with [`insert_sql`]: the messages, and the relays' wake-up
-/// (when there are messages) with the notifications `also`.
+/// Binds `$1`-`$9` of a statement made with [`insert_sql`]: the messages, the wake-up of this
+/// process's relay (when there are messages) and the notifications `also`.
 pub(crate) fn bind_announcements<'q>(
     query: Query<'q, Postgres, PgArguments>,
     msgs: &'q [OutboxMessage],
