@@ -296,7 +296,8 @@ async fn outbox_committed(wake: &mut broadcast::Receiver<Notification>) {
     ) {}
 }
 
-/// Whether an outbox announcement is of rows this process wrote.
+/// Whether an outbox announcement is of rows this process wrote (an untagged one, from a
+/// process of an older version, may be anyone's).
 fn is_ours(tag: &str) -> bool {
     tag.is_empty() || tag == outbox::writer_tag()
 }

@@ -95,8 +95,9 @@ pub(crate) async fn insert_many(
     insert_notifying(conn, msgs, &[]).await
 }
 
-/// Inserts `msgs`, wakes this process's relay and sends the `(channel, payload)` notifications `also`,
-/// in one statement: one round trip however many messages a transition writes.
+/// Inserts `msgs`, wakes this process's relay and sends the `(channel, payload)`
+/// notifications `also`, in one statement: one round trip however many messages a transition
+/// writes.
 pub(crate) async fn insert_notifying(
     conn: &mut PgConnection,
     msgs: &[OutboxMessage],
