@@ -343,6 +343,55 @@ async fn import_tenant_round_trip_keeps_everything_and_create_from_the_export_do
     app.stop().await;
 }
 
+/// An import whose tenant is new but whose kept user and object ids another tenant has ends
+/// with 409, and writes nothing: not the tenant, not the contents that were free.
+#[tokio::test]
+async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let url = app.serve_sample_template("t.zip").await;
+    let tenant = fixtures::tenant_url();
+    app.create_and_wait(&tenant, &fixtures::create_body(&url))
+        .await;
+    let mut copy = app.export(&tenant).await;
+    assert!(!copy.users.is_empty() && !copy.objects.is_empty());
+    copy.tenant.id = uuid::Uuid::new_v4();
+    copy.tenant.url = fixtures::tenant_url();
+    copy.tenant.sip_domain = copy.tenant.url.clone();
+    copy.access_numbers.clear();
+    // One user is free; the objects and the other users are the first tenant's.
+    let free = uuid::Uuid::new_v4();
+    copy.users[0].id = free;
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
+        .header("content-type", "application/zip")
+        .body(copy.write())
+        .send()
+        .await
+        .unwrap();
+    let job = job_of(r, &app).await;
+    assert_eq!(job["code"], 409, "{job}");
+    assert!(
+        job["error"]["detail"]
+            .as_str()
+            .is_some_and(|m| m.contains("already exist in this cluster")),
+        "{job}"
+    );
+    let written: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM tenants WHERE id = $1 OR url = $2)
+              + (SELECT count(*) FROM users WHERE id = $3 OR tenant_id = $1)
+              + (SELECT count(*) FROM audit_log WHERE tenant_id = $1)",
+    )
+    .bind(copy.tenant.id)
+    .bind(&copy.tenant.url)
+    .bind(free)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(written, 0);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn import_upgrades_known_older_versions_and_refuses_newer_or_unknown_ones() {
     let app = TestApp::spawn().await;

@@ -1,6 +1,6 @@
-//! The write transaction that create and Import Tenant share: advisory lock, tenant, users,
-//! objects, access numbers and the job's success, all committed together or not at all. It
-//! reports its own outcome; the job layer decides what that means for the job.
+//! The write transaction that create and Import Tenant share: advisory lock, tenant with its
+//! users and objects, access numbers and the job's success, all committed together or not at
+//! all. It reports its own outcome; the job layer decides what that means for the job.
 
 mod plan;
 
@@ -14,7 +14,7 @@ use provisioner_shared::{
         access_numbers::Placement,
         jobs::{Ending, JobRow},
         locks::LockKey,
-        tenants::TenantRow,
+        tenants::{Contents, TenantRow},
     },
     domain::{SkipReason, SkippedRange, TenantStatus, TenantSummary},
 };
@@ -96,7 +96,6 @@ async fn write(
     let lock_wait = take_locks(conn, mode, plan).await?;
     give_way(conn, plan).await?;
     let tenant = insert_tenant(conn, plan).await?;
-    insert_contents(conn, &tenant, plan).await?;
     let skipped = place_numbers(conn, &tenant, plan).await?;
     let ending = Ending::Succeeded {
         lock_wait,
@@ -151,8 +150,10 @@ async fn give_way(conn: &mut PgConnection, plan: &Plan) -> Result<(), Abort> {
     }
 }
 
-/// Inserts the tenant, Inactive, unless one with its URL, id or SIP domain exists (the URL and
-/// id are this tenant's: it exists; the SIP domain is another's: it is taken).
+/// Inserts the tenant, Inactive, with its objects, users, calling lists and history (one
+/// statement), unless one with its URL, id or SIP domain exists (the URL and id are this
+/// tenant's: it exists; the SIP domain is another's: it is taken) or a kept id is another
+/// tenant's.
 async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow, Abort> {
     let exists = || {
         Abort::Refused(WriteOutcome::TenantExists {
@@ -168,7 +169,13 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
         settings: plan.settings.clone(),
         created_at: Utc::now(),
     };
-    match db::tenants::insert(conn, &tenant).await {
+    let contents = Contents {
+        objects: &plan.objects,
+        users: &plan.users,
+        calling_lists: &plan.calling_lists,
+        audit: &plan.audit,
+    };
+    match db::tenants::insert(conn, &tenant, contents).await {
         Ok(true) => Ok(tenant),
         Ok(false) => Err(exists()),
         Err(e) if TENANT_KEYS.iter().any(|c| db::violates(&e, c)) => Err(exists()),
@@ -177,24 +184,6 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
                 sip_domain: plan.sip_domain.clone(),
             }))
         }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Inserts the tenant's objects, users, calling lists and history.
-async fn insert_contents(
-    conn: &mut PgConnection,
-    tenant: &TenantRow,
-    plan: &Plan,
-) -> Result<(), Abort> {
-    let inserted = async {
-        db::tenants::insert_objects(&mut *conn, tenant.id, &plan.objects).await?;
-        db::tenants::insert_users(&mut *conn, tenant.id, &plan.users).await?;
-        db::tenants::insert_calling_lists(&mut *conn, tenant.id, &plan.calling_lists).await?;
-        db::tenants::insert_audit(&mut *conn, tenant.id, &plan.audit).await
-    };
-    match inserted.await {
-        Ok(()) => Ok(()),
         Err(e) if CONTENT_KEYS.iter().any(|c| db::violates(&e, c)) => {
             Err(Abort::Refused(WriteOutcome::IdsTaken))
         }

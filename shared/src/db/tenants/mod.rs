@@ -9,7 +9,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-pub use self::contents::{insert_audit, insert_calling_lists, insert_objects, insert_users};
+pub use self::contents::{Contents, insert};
 use crate::domain::{AuditAction, TenantStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -38,27 +38,6 @@ pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::
         .bind(url)
         .fetch_one(exec)
         .await
-}
-
-/// Inserts an Inactive tenant unless one with its URL or id exists (`false`: nothing inserted).
-/// A SIP domain another tenant has, or a tenant inserted concurrently, is a unique violation for
-/// the caller.
-pub async fn insert(conn: &mut PgConnection, t: &TenantRow) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO tenants (id, url, name, sip_domain, status, settings, created_at)
-         SELECT $1, $2, $3, $4, 'Inactive', $5, $6
-         WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE url = $2)
-           AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = $1)",
-    )
-    .bind(t.id)
-    .bind(&t.url)
-    .bind(&t.name)
-    .bind(&t.sip_domain)
-    .bind(&t.settings)
-    .bind(t.created_at)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 /// Moves the tenant from `from` to `to`; `false` if it was not in `from`.
