@@ -380,6 +380,8 @@ async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_n
     let written: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM tenants WHERE id = $1 OR url = $2)
               + (SELECT count(*) FROM users WHERE id = $3 OR tenant_id = $1)
+              + (SELECT count(*) FROM config_objects WHERE tenant_id = $1)
+              + (SELECT count(*) FROM calling_lists WHERE tenant_id = $1)
               + (SELECT count(*) FROM audit_log WHERE tenant_id = $1)",
     )
     .bind(copy.tenant.id)
@@ -389,6 +391,46 @@ async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_n
     .await
     .unwrap();
     assert_eq!(written, 0);
+    app.stop().await;
+}
+
+/// A value PostgreSQL refuses (a NUL character for `jsonb`) in an import of a tenant that
+/// exists: the job ends with the tenant's existence (409), as when the tenant is found first,
+/// not with the refused value (400).
+#[tokio::test]
+async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_with_409() {
+    let app = TestApp::spawn().await;
+    let url = app.serve_sample_template("t.zip").await;
+    let tenant = fixtures::tenant_url();
+    app.create_and_wait(&tenant, &fixtures::create_body(&url))
+        .await;
+    let mut copy = app.export(&tenant).await;
+    let mut data = serde_json::Map::new();
+    data.insert("note".to_owned(), json!("a\u{0}b"));
+    copy.objects[0].data = data.into();
+    let import = |body: Vec<u8>| {
+        app.http
+            .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
+            .header("content-type", "application/zip")
+            .body(body)
+            .send()
+    };
+    let job = job_of(import(copy.write()).await.unwrap(), &app).await;
+    assert_eq!(job["code"], 409, "{job}");
+    assert!(
+        job["error"]["detail"]
+            .as_str()
+            .is_some_and(|m| m.contains("already exists")),
+        "{job}"
+    );
+
+    // The same value for a new tenant is the value's refusal.
+    copy.tenant.id = uuid::Uuid::new_v4();
+    copy.tenant.url = fixtures::tenant_url();
+    copy.tenant.sip_domain = copy.tenant.url.clone();
+    copy.access_numbers.clear();
+    let job = job_of(import(copy.write()).await.unwrap(), &app).await;
+    assert_eq!(job["code"], 400, "{job}");
     app.stop().await;
 }
 

@@ -177,6 +177,13 @@ pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.constraint() == Some(constraint))
 }
 
+/// Did PostgreSQL refuse a value: a data exception (SQLSTATE class 22: a NUL character for
+/// `jsonb`, a number out of range) or a program limit (54: a value too large to index)?
+pub fn refused_value(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(e)
+        if e.code().is_some_and(|c| c.starts_with("22") || c.starts_with("54")))
+}
+
 /// Is the error one that a retry may cure (connection lost, server shutting down, pool closed)?
 fn is_transient(err: &sqlx::Error) -> bool {
     match err {

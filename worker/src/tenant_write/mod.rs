@@ -1,6 +1,6 @@
-//! The write transaction that create and Import Tenant share: advisory lock, tenant with its
-//! users and objects, access numbers and the job's success, all committed together or not at
-//! all. It reports its own outcome; the job layer decides what that means for the job.
+//! The write transaction that create and Import Tenant share: advisory lock, the tenant with
+//! its objects, users, calling lists and history, access numbers and the job's success, all
+//! committed together or not at all. It reports its own outcome; the job layer decides what that means for the job.
 
 mod plan;
 
@@ -69,7 +69,32 @@ pub(crate) async fn run(
             tx.rollback().await?;
             Ok(outcome)
         }
+        Err(Abort::Database(e)) if db::refused_value(&e) => {
+            tx.rollback().await?;
+            refused(pool, plan, e).await
+        }
         Err(Abort::Database(e)) => Err(e),
+    }
+}
+
+/// After PostgreSQL refused a value of the plan (`e`): the tenant's existence or its SIP
+/// domain, if another tenant has either, is the outcome, as when they are found first. The
+/// contents are parameters of the tenant's own statement, converted before any of it runs, so
+/// a value the database refuses fails it even when the tenant exists. Read after the rollback,
+/// outside the lock: it only chooses which refusal the job ends with.
+async fn refused(pool: &PgPool, plan: &Plan, e: sqlx::Error) -> Result<WriteOutcome, sqlx::Error> {
+    let taken =
+        db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await?;
+    if taken.tenant {
+        Ok(WriteOutcome::TenantExists {
+            url: plan.tenant_url.clone(),
+        })
+    } else if taken.sip_domain {
+        Ok(WriteOutcome::SipDomainTaken {
+            sip_domain: plan.sip_domain.clone(),
+        })
+    } else {
+        Err(e)
     }
 }
 

@@ -1,5 +1,6 @@
-//! Tenants: lookup, insertion, lifecycle and audit events (here), their configuration
-//! (`contents`), and reading a tenant a page at a time for Export Tenant (`export`).
+//! Tenants: lookup, lifecycle and audit events (here), a new tenant's insertion with its
+//! configuration (`contents`), and reading a tenant a page at a time for Export Tenant
+//! (`export`).
 
 mod contents;
 pub mod export;
@@ -38,6 +39,35 @@ pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::
         .bind(url)
         .fetch_one(exec)
         .await
+}
+
+/// Which keys of a new tenant others have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// A tenant has its URL or its id: it exists.
+    pub tenant: bool,
+    /// A tenant has its SIP domain.
+    pub sip_domain: bool,
+}
+
+/// Which of the keys `id`, `url`, `sip_domain` of a new tenant existing tenants have.
+pub async fn taken(
+    exec: impl PgExecutor<'_>,
+    id: Uuid,
+    url: &str,
+    sip_domain: &str,
+) -> Result<Taken, sqlx::Error> {
+    let (tenant, sip_domain): (bool, bool) = sqlx::query_as(
+        "SELECT coalesce(bool_or(id = $1 OR url = $2), false),
+                coalesce(bool_or(sip_domain = $3), false)
+         FROM tenants WHERE id = $1 OR url = $2 OR sip_domain = $3",
+    )
+    .bind(id)
+    .bind(url)
+    .bind(sip_domain)
+    .fetch_one(exec)
+    .await?;
+    Ok(Taken { tenant, sip_domain })
 }
 
 /// Moves the tenant from `from` to `to`; `false` if it was not in `from`.
