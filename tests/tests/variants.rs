@@ -395,8 +395,9 @@ async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_n
 }
 
 /// A value PostgreSQL refuses (a NUL character for `jsonb`) in an import of a tenant that
-/// exists: the job ends with the tenant's existence (409), as when the tenant is found first,
-/// not with the refused value (400).
+/// exists, or whose SIP domain another tenant has: the job ends with that conflict (409), as
+/// when it is found first, not with the refused value (400), which is the outcome only when
+/// the tenant's keys are free.
 #[tokio::test]
 async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_with_409() {
     let app = TestApp::spawn().await;
@@ -405,6 +406,7 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
     app.create_and_wait(&tenant, &fixtures::create_body(&url))
         .await;
     let mut copy = app.export(&tenant).await;
+    let taken_domain = copy.tenant.sip_domain.clone();
     let mut data = serde_json::Map::new();
     data.insert("note".to_owned(), json!("a\u{0}b"));
     copy.objects[0].data = data.into();
@@ -415,22 +417,53 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
             .body(body)
             .send()
     };
+    let detail = |job: &Value| {
+        job["error"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
     let job = job_of(import(copy.write()).await.unwrap(), &app).await;
     assert_eq!(job["code"], 409, "{job}");
     assert!(
-        job["error"]["detail"]
-            .as_str()
-            .is_some_and(|m| m.contains("already exists")),
+        detail(&job).contains(&format!("a tenant with URL {tenant}")),
         "{job}"
     );
 
-    // The same value for a new tenant is the value's refusal.
+    // A new tenant, with fresh ids for everything it holds, and another tenant's SIP domain.
     copy.tenant.id = uuid::Uuid::new_v4();
     copy.tenant.url = fixtures::tenant_url();
-    copy.tenant.sip_domain = copy.tenant.url.clone();
     copy.access_numbers.clear();
+    let fresh: std::collections::HashMap<_, _> = copy
+        .objects
+        .iter()
+        .map(|o| (o.id, uuid::Uuid::new_v4()))
+        .collect();
+    for object in &mut copy.objects {
+        object.id = fresh[&object.id];
+        object.refs = object.refs.iter().map(|r| fresh[r]).collect();
+    }
+    for user in &mut copy.users {
+        user.id = uuid::Uuid::new_v4();
+        user.teams = user.teams.iter().map(|t| fresh[t]).collect();
+    }
+    for list in &mut copy.calling_lists {
+        list.id = uuid::Uuid::new_v4();
+    }
+    copy.tenant.sip_domain = taken_domain.clone();
+    let job = job_of(import(copy.write()).await.unwrap(), &app).await;
+    assert_eq!(job["code"], 409, "{job}");
+    assert!(
+        detail(&job).contains(&format!("SIP domain {taken_domain}")),
+        "{job}"
+    );
+
+    // Its keys free: the refused value.
+    copy.tenant.sip_domain = copy.tenant.url.clone();
     let job = job_of(import(copy.write()).await.unwrap(), &app).await;
     assert_eq!(job["code"], 400, "{job}");
+    assert!(detail(&job).contains("refused a value"), "{job}");
     app.stop().await;
 }
 

@@ -165,7 +165,6 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(drop)
 }
 
-/// Is the error a violation of the named constraint or unique index?
 /// This process's clock at the precision PostgreSQL keeps (microseconds): for times a statement
 /// writes whose event is built before it runs, so that the event and the row agree.
 pub fn clock() -> chrono::DateTime<chrono::Utc> {
@@ -173,6 +172,7 @@ pub fn clock() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
+/// Is the error a violation of the named constraint or unique index?
 pub fn violates(err: &sqlx::Error, constraint: &str) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.constraint() == Some(constraint))
 }

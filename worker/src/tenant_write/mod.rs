@@ -1,6 +1,7 @@
 //! The write transaction that create and Import Tenant share: advisory lock, the tenant with
 //! its objects, users, calling lists and history, access numbers and the job's success, all
-//! committed together or not at all. It reports its own outcome; the job layer decides what that means for the job.
+//! committed together or not at all. It reports its own outcome; the job layer decides what
+//! that means for the job.
 
 mod plan;
 
@@ -69,32 +70,34 @@ pub(crate) async fn run(
             tx.rollback().await?;
             Ok(outcome)
         }
-        Err(Abort::Database(e)) if db::refused_value(&e) => {
+        Err(Abort::RefusedValue(e)) => {
             tx.rollback().await?;
-            refused(pool, plan, e).await
+            Ok(refused(pool, plan, e).await?)
         }
         Err(Abort::Database(e)) => Err(e),
     }
 }
 
-/// After PostgreSQL refused a value of the plan (`e`): the tenant's existence or its SIP
-/// domain, if another tenant has either, is the outcome, as when they are found first. The
-/// contents are parameters of the tenant's own statement, converted before any of it runs, so
-/// a value the database refuses fails it even when the tenant exists. Read after the rollback,
-/// outside the lock: it only chooses which refusal the job ends with.
+/// After PostgreSQL refused a value of the tenant's statement (`e`): the tenant's existence or
+/// its SIP domain, if another tenant has either, is the outcome, as when they are found first.
+/// The contents are parameters of that statement, converted before any of it runs, so a value
+/// the database refuses fails it even when the tenant exists. Read after the rollback, outside
+/// the lock: it only chooses which refusal the job ends with. Kept ids another tenant uses are
+/// not looked for: a refused value comes before them (before, it depended on which part held
+/// which). Should the read fail, the job ends with the refused value, which no retry cures.
 async fn refused(pool: &PgPool, plan: &Plan, e: sqlx::Error) -> Result<WriteOutcome, sqlx::Error> {
-    let taken =
-        db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await?;
-    if taken.tenant {
-        Ok(WriteOutcome::TenantExists {
+    match db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await {
+        Ok(taken) if taken.tenant => Ok(WriteOutcome::TenantExists {
             url: plan.tenant_url.clone(),
-        })
-    } else if taken.sip_domain {
-        Ok(WriteOutcome::SipDomainTaken {
+        }),
+        Ok(taken) if taken.sip_domain => Ok(WriteOutcome::SipDomainTaken {
             sip_domain: plan.sip_domain.clone(),
-        })
-    } else {
-        Err(e)
+        }),
+        Ok(_) => Err(e),
+        Err(read) => {
+            tracing::warn!(error = %read, "cannot read which keys of the tenant are taken");
+            Err(e)
+        }
     }
 }
 
@@ -102,6 +105,8 @@ async fn refused(pool: &PgPool, plan: &Plan, e: sqlx::Error) -> Result<WriteOutc
 enum Abort {
     /// An outcome other than `Committed`.
     Refused(WriteOutcome),
+    /// PostgreSQL refused a value of the tenant's statement (see `refused`).
+    RefusedValue(sqlx::Error),
     Database(sqlx::Error),
 }
 
@@ -212,6 +217,7 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
         Err(e) if CONTENT_KEYS.iter().any(|c| db::violates(&e, c)) => {
             Err(Abort::Refused(WriteOutcome::IdsTaken))
         }
+        Err(e) if db::refused_value(&e) => Err(Abort::RefusedValue(e)),
         Err(e) => Err(e.into()),
     }
 }

@@ -57,7 +57,7 @@ pub async fn taken(
     url: &str,
     sip_domain: &str,
 ) -> Result<Taken, sqlx::Error> {
-    let (tenant, sip_domain): (bool, bool) = sqlx::query_as(
+    let (tenant, domain): (bool, bool) = sqlx::query_as(
         "SELECT coalesce(bool_or(id = $1 OR url = $2), false),
                 coalesce(bool_or(sip_domain = $3), false)
          FROM tenants WHERE id = $1 OR url = $2 OR sip_domain = $3",
@@ -67,7 +67,10 @@ pub async fn taken(
     .bind(sip_domain)
     .fetch_one(exec)
     .await?;
-    Ok(Taken { tenant, sip_domain })
+    Ok(Taken {
+        tenant,
+        sip_domain: domain,
+    })
 }
 
 /// Moves the tenant from `from` to `to`; `false` if it was not in `from`.
