@@ -1,5 +1,6 @@
 //! The form-data and stream variants of create, and Import Tenant.
 
+use provisioner_shared::template::Template;
 use provisioner_tests::{Options, TestApp, fixtures};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -343,16 +344,35 @@ async fn import_tenant_round_trip_keeps_everything_and_create_from_the_export_do
     app.stop().await;
 }
 
+/// A tenant created from the sample template, and its export.
+async fn created_and_exported(app: &TestApp) -> (String, Template) {
+    let url = app.serve_sample_template("t.zip").await;
+    let tenant = fixtures::tenant_url();
+    app.create_and_wait(&tenant, &fixtures::create_body(&url))
+        .await;
+    let export = app.export(&tenant).await;
+    (tenant, export)
+}
+
+/// The job of an Import Tenant of `archive`, once it ended.
+async fn imported(app: &TestApp, archive: Vec<u8>) -> Value {
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
+        .header("content-type", "application/zip")
+        .body(archive)
+        .send()
+        .await
+        .unwrap();
+    job_of(r, app).await
+}
+
 /// An import whose tenant is new but whose kept user and object ids another tenant has ends
 /// with 409, and writes nothing: not the tenant, not the contents that were free.
 #[tokio::test]
 async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_nothing() {
     let app = TestApp::spawn().await;
-    let url = app.serve_sample_template("t.zip").await;
-    let tenant = fixtures::tenant_url();
-    app.create_and_wait(&tenant, &fixtures::create_body(&url))
-        .await;
-    let mut copy = app.export(&tenant).await;
+    let (_, mut copy) = created_and_exported(&app).await;
     assert!(!copy.users.is_empty() && !copy.objects.is_empty());
     copy.tenant.id = uuid::Uuid::new_v4();
     copy.tenant.url = fixtures::tenant_url();
@@ -361,15 +381,7 @@ async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_n
     // One user is free; the objects and the other users are the first tenant's.
     let free = uuid::Uuid::new_v4();
     copy.users[0].id = free;
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
-        .header("content-type", "application/zip")
-        .body(copy.write())
-        .send()
-        .await
-        .unwrap();
-    let job = job_of(r, &app).await;
+    let job = imported(&app, copy.write()).await;
     assert_eq!(job["code"], 409, "{job}");
     assert!(
         job["error"]["detail"]
@@ -401,22 +413,11 @@ async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_n
 #[tokio::test]
 async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_with_409() {
     let app = TestApp::spawn().await;
-    let url = app.serve_sample_template("t.zip").await;
-    let tenant = fixtures::tenant_url();
-    app.create_and_wait(&tenant, &fixtures::create_body(&url))
-        .await;
-    let mut copy = app.export(&tenant).await;
+    let (tenant, mut copy) = created_and_exported(&app).await;
     let taken_domain = copy.tenant.sip_domain.clone();
     let mut data = serde_json::Map::new();
     data.insert("note".to_owned(), json!("a\u{0}b"));
     copy.objects[0].data = data.into();
-    let import = |body: Vec<u8>| {
-        app.http
-            .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
-            .header("content-type", "application/zip")
-            .body(body)
-            .send()
-    };
     let detail = |job: &Value| {
         job["error"]["detail"]
             .as_str()
@@ -424,7 +425,7 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
             .to_owned()
     };
 
-    let job = job_of(import(copy.write()).await.unwrap(), &app).await;
+    let job = imported(&app, copy.write()).await;
     assert_eq!(job["code"], 409, "{job}");
     assert!(
         detail(&job).contains(&format!("a tenant with URL {tenant}")),
@@ -452,7 +453,7 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
         list.id = uuid::Uuid::new_v4();
     }
     copy.tenant.sip_domain = taken_domain.clone();
-    let job = job_of(import(copy.write()).await.unwrap(), &app).await;
+    let job = imported(&app, copy.write()).await;
     assert_eq!(job["code"], 409, "{job}");
     assert!(
         detail(&job).contains(&format!("SIP domain {taken_domain}")),
@@ -461,7 +462,7 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
 
     // Its keys free: the refused value.
     copy.tenant.sip_domain = copy.tenant.url.clone();
-    let job = job_of(import(copy.write()).await.unwrap(), &app).await;
+    let job = imported(&app, copy.write()).await;
     assert_eq!(job["code"], 400, "{job}");
     assert!(detail(&job).contains("refused a value"), "{job}");
     app.stop().await;
