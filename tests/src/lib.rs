@@ -295,6 +295,21 @@ impl TestApp {
         self.wait_job(job["jobId"].as_str().unwrap()).await
     }
 
+    /// Imports `archive` (Import Tenant, lock timeout 5 s); returns the job once it ended.
+    pub async fn import_and_wait(&self, archive: Vec<u8>) -> Value {
+        let r = self
+            .http
+            .post(self.url("/configapi/v2/tenant?lockTimeout=5"))
+            .header("content-type", "application/zip")
+            .body(archive)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "import");
+        let job: Value = r.json().await.unwrap();
+        self.wait_job(job["jobId"].as_str().unwrap()).await
+    }
+
     pub async fn export(&self, tenant: &str) -> provisioner_shared::template::Template {
         let r = self
             .http

@@ -12,24 +12,6 @@ async fn create_from(app: &TestApp, name: &str, template: &Template) -> Value {
         .await
 }
 
-/// Imports `archive`; returns the ended job.
-async fn import(app: &TestApp, archive: Vec<u8>) -> Value {
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
-        .header("content-type", "application/zip")
-        .body(archive)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    app.wait_job(&id).await
-}
-
 fn assert_bad_template_at_once(name: &str, job: &Value, expect: &str) {
     assert_eq!(
         (
@@ -144,7 +126,7 @@ async fn import_checks_the_tenants_name_and_sip_domain_like_request_fields() {
             ("name", v) => t.tenant.name = v.into(),
             (_, v) => t.tenant.sip_domain = v.into(),
         }
-        let job = import(&app, t.write()).await;
+        let job = app.import_and_wait(t.write()).await;
         assert_bad_template_at_once(name, &job, expect);
     }
     assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
@@ -206,7 +188,7 @@ async fn an_archive_with_a_duplicate_manifest_is_refused_by_both_kinds() {
         ("tenant.json", &tenant),
     ]);
     let dup = replace_all(&bytes, b"manifesX.json", b"manifest.json");
-    let job = import(&app, dup.clone()).await;
+    let job = app.import_and_wait(dup.clone()).await;
     assert_bad_template_at_once("import", &job, "`manifest.json` appears more than once");
     let url = app.templates.put("dup", dup);
     let job = app
@@ -241,12 +223,12 @@ async fn a_sip_domain_another_tenant_has_ends_the_job_with_409_naming_the_domain
         t.access_numbers.clear();
         t
     };
-    let first = import(&app, importing(&domain).write()).await;
+    let first = app.import_and_wait(importing(&domain).write()).await;
     assert_eq!(first["code"], 200, "{first}");
     let expect = format!("the SIP domain {domain} is already taken by another tenant");
     // An import naming the same SIP domain, and a create whose URL is that domain (a create's
     // SIP domain is its URL): neither tenant exists, the domain is what is taken.
-    let second = import(&app, importing(&domain).write()).await;
+    let second = app.import_and_wait(importing(&domain).write()).await;
     let template = app.serve_sample_template("t").await;
     let create = app
         .create_and_wait(&domain, &fixtures::create_body(&template))

@@ -354,19 +354,6 @@ async fn created_and_exported(app: &TestApp) -> (String, Template) {
     (tenant, export)
 }
 
-/// The job of an Import Tenant of `archive`, once it ended.
-async fn imported(app: &TestApp, archive: Vec<u8>) -> Value {
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
-        .header("content-type", "application/zip")
-        .body(archive)
-        .send()
-        .await
-        .unwrap();
-    job_of(r, app).await
-}
-
 /// An import whose tenant is new but whose kept user and object ids another tenant has ends
 /// with 409, and writes nothing: not the tenant, not the contents that were free.
 #[tokio::test]
@@ -381,7 +368,7 @@ async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_n
     // One user is free; the objects and the other users are the first tenant's.
     let free = uuid::Uuid::new_v4();
     copy.users[0].id = free;
-    let job = imported(&app, copy.write()).await;
+    let job = app.import_and_wait(copy.write()).await;
     assert_eq!(job["code"], 409, "{job}");
     assert!(
         job["error"]["detail"]
@@ -425,7 +412,7 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
             .to_owned()
     };
 
-    let job = imported(&app, copy.write()).await;
+    let job = app.import_and_wait(copy.write()).await;
     assert_eq!(job["code"], 409, "{job}");
     assert!(
         detail(&job).contains(&format!("a tenant with URL {tenant}")),
@@ -453,7 +440,7 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
         list.id = uuid::Uuid::new_v4();
     }
     copy.tenant.sip_domain = taken_domain.clone();
-    let job = imported(&app, copy.write()).await;
+    let job = app.import_and_wait(copy.write()).await;
     assert_eq!(job["code"], 409, "{job}");
     assert!(
         detail(&job).contains(&format!("SIP domain {taken_domain}")),
@@ -462,7 +449,7 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
 
     // Its keys free: the refused value.
     copy.tenant.sip_domain = copy.tenant.url.clone();
-    let job = imported(&app, copy.write()).await;
+    let job = app.import_and_wait(copy.write()).await;
     assert_eq!(job["code"], 400, "{job}");
     assert!(detail(&job).contains("refused a value"), "{job}");
     app.stop().await;

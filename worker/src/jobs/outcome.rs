@@ -100,9 +100,7 @@ impl From<sqlx::Error> for JobFailure {
             _ => None,
         };
         match code.as_deref().map(|c| (c, &c[..2])) {
-            // 22: data exceptions (a NUL byte, a value out of range, bad JSON for jsonb...);
-            // 54: program limits (a value too large to index...).
-            Some((c, "22" | "54")) => Self::BadTemplate(format!(
+            Some((c, _)) if db::refused_value(&e) => Self::BadTemplate(format!(
                 "the database refused a value of the template (SQLSTATE {c})"
             )),
             // A unique violation nothing expected: something of this tenant exists already.

@@ -72,7 +72,7 @@ pub(crate) async fn run(
         }
         Err(Abort::RefusedValue(e)) => {
             tx.rollback().await?;
-            Ok(refused(pool, plan, e).await?)
+            refused(pool, plan, e).await
         }
         Err(Abort::Database(e)) => Err(e),
     }

@@ -42,7 +42,7 @@ pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::
 }
 
 /// Which keys of a new tenant others have.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Taken {
     /// A tenant has its URL or its id: it exists.
     pub tenant: bool,
