@@ -154,3 +154,58 @@ async fn an_end_under_a_lease_taken_over_writes_nothing() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_claim_with_its_end_writes_only_a_job_still_queued_as_read() {
+    let (app, id) = one_queued_job().await;
+    let read = job_row(&app, id).await;
+    let failed = Ending::Failed {
+        code: 409,
+        error: provisioner_shared::domain::JobError {
+            title: "Conflict".into(),
+            detail: "taken".into(),
+        },
+    };
+
+    // Another worker claimed it meanwhile: the read is stale, nothing is written.
+    let other = db::jobs::claim(&app.db, &read, Uuid::new_v4(), LEASE)
+        .await
+        .unwrap()
+        .expect("claimed");
+    let mut tx = app.db.begin().await.unwrap();
+    let ended = db::jobs::claim_and_finish(&mut tx, &read, &failed)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        ended.is_none(),
+        "a claim and end from a stale read is refused"
+    );
+    assert_eq!(
+        serde_json::to_value(other.view()).unwrap(),
+        shown(&app, id).await,
+        "the job is the other worker's, untouched"
+    );
+
+    // A job still queued as read is claimed and ended at once: the row is what the end's event
+    // says, one attempt on, two versions on.
+    app.stop().await;
+    let (app, id) = one_queued_job().await;
+    let read = job_row(&app, id).await;
+    let mut tx = app.db.begin().await.unwrap();
+    let ended = db::jobs::claim_and_finish(&mut tx, &read, &failed)
+        .await
+        .unwrap()
+        .expect("written");
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (ended.status.as_str(), ended.version, ended.attempts),
+        ("failed", 3, 1)
+    );
+    assert!(ended.started_at.is_some() && ended.finished_at.is_some());
+    assert_eq!(
+        serde_json::to_value(ended.view()).unwrap(),
+        shown(&app, id).await
+    );
+    app.stop().await;
+}

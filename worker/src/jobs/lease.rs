@@ -13,21 +13,23 @@ use uuid::Uuid;
 
 use super::{Context, Disposition, outcome};
 
-/// Claims job `id` under lease `token`, or says what to do with the delivery instead.
-/// `redelivered` is the broker's flag: such a delivery may stand for a worker that died holding
-/// the job, so it waits for that worker's lease instead of being dropped as a duplicate.
+/// Claims job `id` under lease `token`, or says what to do with the delivery instead, starting
+/// from `read`, the job as just read, if the caller has it. `redelivered` is the broker's flag:
+/// such a delivery may stand for a worker that died holding the job, so it waits for that
+/// worker's lease instead of being dropped as a duplicate.
 pub(super) async fn claim(
     ctx: &Context,
     id: Uuid,
     token: Uuid,
     redelivered: bool,
+    mut read: Option<JobRow>,
     shutdown: &CancellationToken,
 ) -> Result<JobRow, Disposition> {
     // A redelivered copy waits at most this long for a live holder before leaving the job to it
     // (and to the sweeper, should that holder die later).
     let patience = tokio::time::Instant::now() + ctx.settings.job_lease * 2;
     loop {
-        let wait = match acquire(ctx, id, token).await {
+        let wait = match acquire(ctx, id, token, read.take()).await {
             Ok(Acquired::Claimed(job)) => return Ok(*job),
             Ok(Acquired::Ended) => return Err(Disposition::Ack),
             Ok(Acquired::Unknown) => {
@@ -65,9 +67,18 @@ enum Acquired {
     Changed,
 }
 
-async fn acquire(ctx: &Context, id: Uuid, token: Uuid) -> Result<Acquired, sqlx::Error> {
-    let Some(job) = db::jobs::find(&ctx.pool, id, None).await? else {
-        return Ok(Acquired::Unknown);
+async fn acquire(
+    ctx: &Context,
+    id: Uuid,
+    token: Uuid,
+    read: Option<JobRow>,
+) -> Result<Acquired, sqlx::Error> {
+    let job = match read {
+        Some(job) => job,
+        None => match db::jobs::find(&ctx.pool, id, None).await? {
+            Some(job) => job,
+            None => return Ok(Acquired::Unknown),
+        },
     };
     match job.status {
         status if status.is_terminal() => Ok(Acquired::Ended),

@@ -13,11 +13,12 @@ mod template;
 use std::sync::Arc;
 
 use provisioner_shared::{
+    config::ImportLockMode,
     db::{
         self,
         jobs::{JobRow, PanicSite},
     },
-    domain::{JobKind, JobStatus},
+    domain::{CreateTenantParams, JobKind, JobStatus, TemplateSource},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -41,8 +42,14 @@ pub(crate) enum Disposition {
     Requeue,
 }
 
-/// Processes the job `id` once under lease `token`: returns when its outcome (or a retry) is
-/// committed. `redelivered` is the broker's flag (see `lease::claim`).
+/// Processes the job `id` once: returns when its outcome (or a retry) is committed.
+/// `redelivered` is the broker's flag (see `lease::claim`).
+///
+/// A job whose template is at hand (in the store, or its batch's download pinned here) is first
+/// tried before it is claimed: its work, then its claim and its success in the write
+/// transaction, one write of the job's row instead of two (`first_try`). Anything else (a
+/// download to make, a redelivery, that try not committing) is claimed under lease `token` and
+/// run under that lease.
 pub(crate) async fn process(
     ctx: Arc<Context>,
     id: Uuid,
@@ -50,13 +57,30 @@ pub(crate) async fn process(
     redelivered: bool,
     shutdown: CancellationToken,
 ) -> Disposition {
-    let job = match lease::claim(&ctx, id, token, redelivered, &shutdown).await {
+    // A redelivery may be of a job whose handling killed its worker: it is claimed first, so
+    // that every such attempt counts.
+    let read = if redelivered {
+        None
+    } else {
+        match db::jobs::find(&ctx.pool, id, None).await {
+            Ok(Some(job)) if at_hand(&ctx, &job) => {
+                if first_try(&ctx, job).await {
+                    return Disposition::Ack;
+                }
+                None
+            }
+            Ok(found) => found,
+            // The claim reads it again, retrying.
+            Err(_) => None,
+        }
+    };
+    let job = match lease::claim(&ctx, id, token, redelivered, read, &shutdown).await {
         Ok(job) => job,
         Err(disposition) => return disposition,
     };
     ctx.leases.hold(id, token);
     ctx.faults.at(Stage::Claim);
-    let span = job_span(&job);
+    let span = job_span(&job, job.attempts);
     let (outcome, panicked) = run_under_lease(&ctx, &job, token, span.clone()).await;
     ctx.faults.at(Stage::Record);
     outcome::record(&ctx, &job, token, outcome)
@@ -70,15 +94,92 @@ pub(crate) async fn process(
     }
 }
 
-/// The span every line of the job's attempt logs under: its id, kind, tenant, attempt, batch
-/// (for a batch item) and the trace id of the request that made it.
-fn job_span(job: &JobRow) -> tracing::Span {
+/// Whether queued `job` may be tried before it is claimed: its template needs no download (a
+/// single create named by URL downloads it; a batch item's is pinned once for the batch), so
+/// the job stays queued only for the time its work takes in this process. Not with the global
+/// import lock, which another import holds most of the time under load: the try would mostly
+/// find it busy and the job's work would be done twice.
+fn at_hand(ctx: &Context, job: &JobRow) -> bool {
+    if job.status != JobStatus::Queued || ctx.settings.import_lock != ImportLockMode::Tenant {
+        return false;
+    }
+    match job.kind {
+        JobKind::ImportTenant => true,
+        JobKind::CreateTenant => match params::<CreateTenantParams>(job) {
+            Ok(p) => match (p.template, job.batch_id) {
+                (TemplateSource::Stored(_), _) => true,
+                (TemplateSource::Url(url), Some(batch)) => ctx.recent.pin(batch, &url).is_some(),
+                (TemplateSource::Url(_), None) => false,
+            },
+            Err(_) => false,
+        },
+    }
+}
+
+/// Runs the handler of `queued`, unclaimed, whose write claims and ends the job together (see
+/// `tenant_write::run`); says whether the job ended. A failure that a claimed attempt would end
+/// the job with at once (400, 409, 500 without retry) ends it so, claimed and failed in one
+/// write. Any other outcome wrote nothing: the lock was busy, the job changed since it was read,
+/// the failure may pass on a retry, the handler panicked. The job is then claimed and run again
+/// as usual, which waits for the lock, counts the attempt and records its outcome.
+async fn first_try(ctx: &Arc<Context>, queued: JobRow) -> bool {
+    let span = job_span(&queued, queued.attempts + 1);
+    let run = run_kind(ctx.clone(), queued.clone()).instrument(span.clone());
+    let mut handler = AbortOnDrop(tokio::spawn(run));
+    let max = ctx.settings.job_max_attempts;
+    match (&mut handler.0).await {
+        Ok(Ok(Finished::Committed)) => {
+            span.in_scope(|| outcome::log(&Ok(Finished::Committed), queued.attempts + 1, max));
+            true
+        }
+        Ok(Ok(Finished::LostLease)) => {
+            span.in_scope(|| {
+                tracing::debug!("the job changed before it was claimed; reading it again")
+            });
+            false
+        }
+        Ok(Err(failure)) if failure.ends_the_job() => {
+            match outcome::fail_unclaimed(ctx, &queued, &failure).await {
+                Ok(ended) => {
+                    if ended {
+                        span.in_scope(|| outcome::log(&Err(failure), queued.attempts + 1, max));
+                    }
+                    ended
+                }
+                Err(e) => {
+                    span.in_scope(|| tracing::warn!(error = %e, "cannot record the failure of the job's first try; claiming the job"));
+                    false
+                }
+            }
+        }
+        Ok(Err(failure)) => {
+            span.in_scope(|| {
+                tracing::debug!(
+                    reason = failure.detail(),
+                    "the first try wrote nothing; claiming the job"
+                )
+            });
+            false
+        }
+        Err(e) => {
+            span.in_scope(|| tracing::error!(error = %e, "the job's handler crashed before the job was claimed"));
+            if e.is_panic() {
+                count_panic(ctx, PanicSite::Handler).await;
+            }
+            false
+        }
+    }
+}
+
+/// The span every line of the job's attempt (number `attempt`) logs under: its id, kind,
+/// tenant, attempt, batch (for a batch item) and the trace id of the request that made it.
+fn job_span(job: &JobRow, attempt: i32) -> tracing::Span {
     let span = tracing::info_span!(
         "job",
         job.id = %job.id,
         job.kind = %job.kind,
         tenant.url = %job.tenant_url,
-        attempt = job.attempts,
+        attempt,
         batch.id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );

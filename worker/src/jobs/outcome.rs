@@ -68,7 +68,7 @@ impl JobFailure {
         }
     }
 
-    fn detail(&self) -> &str {
+    pub(super) fn detail(&self) -> &str {
         match self {
             Self::BadTemplate(d)
             | Self::Conflict(d)
@@ -76,6 +76,15 @@ impl JobFailure {
             | Self::Internal(d)
             | Self::Transient { detail: d, .. } => d,
         }
+    }
+
+    /// Whether a claimed attempt failing so ends the job at once (no retry). Not a lock timeout,
+    /// which ends the job only after the client's `lockTimeout` was waited for.
+    pub(super) fn ends_the_job(&self) -> bool {
+        matches!(
+            self,
+            Self::BadTemplate(_) | Self::Conflict(_) | Self::Internal(_)
+        )
     }
 
     fn ending(&self) -> Ending {
@@ -168,7 +177,7 @@ pub(super) async fn record(
 }
 
 /// The attempt's one log line, inside the job's span.
-fn log(outcome: &Result<Finished, JobFailure>, attempt: i32, max: u32) {
+pub(super) fn log(outcome: &Result<Finished, JobFailure>, attempt: i32, max: u32) {
     match outcome {
         Ok(Finished::Committed) => tracing::info!("job succeeded"),
         Ok(Finished::LostLease) => {
@@ -217,6 +226,20 @@ async fn write(
         }
     }
     tx.commit().await
+}
+
+/// Ends `queued`, as read and not yet claimed, with `failure` (one that `ends_the_job`): claimed
+/// and failed in one write, as a claimed attempt failing so would end it. `false` when the job
+/// changed since it was read.
+pub(super) async fn fail_unclaimed(
+    ctx: &Context,
+    queued: &JobRow,
+    failure: &JobFailure,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    let ended = db::jobs::claim_and_finish(&mut tx, queued, &failure.ending()).await?;
+    tx.commit().await?;
+    Ok(ended.is_some())
 }
 
 /// Takes a running job from a holder whose lease ran out: back to queued (with a new job

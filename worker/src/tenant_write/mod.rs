@@ -17,7 +17,7 @@ use provisioner_shared::{
         locks::LockKey,
         tenants::{Contents, TenantRow},
     },
-    domain::{SkipReason, SkippedRange, TenantStatus, TenantSummary},
+    domain::{JobStatus, SkipReason, SkippedRange, TenantStatus, TenantSummary},
 };
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -42,7 +42,8 @@ pub(crate) enum WriteOutcome {
     EarlierWork { url: String, job: Uuid },
     /// Kept ids (Import Tenant) of objects, users or calling lists that another tenant uses.
     IdsTaken,
-    /// Another worker took the job over (this lease ran out); nothing was written.
+    /// Another worker took the job over (this lease ran out), or, for a job not yet claimed,
+    /// the job changed since it was read (claimed elsewhere, cancelled); nothing was written.
     LostLease,
 }
 
@@ -53,7 +54,9 @@ const SIP_DOMAIN_KEY: &str = "tenants_sip_domain_key";
 /// Unique constraints whose violation means kept ids are in use by another tenant.
 const CONTENT_KEYS: [&str; 3] = ["users_pkey", "config_objects_pkey", "calling_lists_pkey"];
 
-/// Writes `plan` for `job`, as its claim made it (under that claim's lease).
+/// Writes `plan` for `job`, as its claim made it (under that claim's lease), or, for a job
+/// still queued as read, claiming it with the job's success (`jobs::process`): then the lock is
+/// only tried, never waited for, so that a job waiting for its lock is seen running.
 pub(crate) async fn run(
     pool: &PgPool,
     mode: ImportLockMode,
@@ -123,7 +126,13 @@ async fn write(
     job: &JobRow,
     plan: &Plan,
 ) -> Result<(), Abort> {
-    let lock_wait = take_locks(conn, mode, plan).await?;
+    let unclaimed = job.status == JobStatus::Queued;
+    let wait = if unclaimed {
+        Duration::ZERO
+    } else {
+        plan.lock_timeout
+    };
+    let lock_wait = take_locks(conn, mode, &plan.tenant_url, wait).await?;
     give_way(conn, plan).await?;
     let tenant = insert_tenant(conn, plan).await?;
     let skipped = place_numbers(conn, &tenant, plan).await?;
@@ -137,28 +146,32 @@ async fn write(
         },
         skipped,
     };
-    match db::jobs::finish(conn, job, &ending).await? {
+    let finished = if unclaimed {
+        db::jobs::claim_and_finish(conn, job, &ending).await?
+    } else {
+        db::jobs::finish(conn, job, &ending).await?
+    };
+    match finished {
         Some(_) => Ok(()),
         None => Err(Abort::Refused(WriteOutcome::LostLease)),
     }
 }
 
-/// Takes the import lock(s) of `mode`, waiting at most the plan's lock timeout; returns how
+/// Takes the import lock(s) of `mode` for tenant `url`, waiting at most `wait`; returns how
 /// long it waited.
 async fn take_locks(
     conn: &mut PgConnection,
     mode: ImportLockMode,
-    plan: &Plan,
+    url: &str,
+    wait: Duration,
 ) -> Result<Duration, Abort> {
     let keys: &[LockKey] = match mode {
-        ImportLockMode::Global => &[LockKey::Global, LockKey::Tenant(&plan.tenant_url)],
-        ImportLockMode::Tenant => &[LockKey::Tenant(&plan.tenant_url)],
+        ImportLockMode::Global => &[LockKey::Global, LockKey::Tenant(url)],
+        ImportLockMode::Tenant => &[LockKey::Tenant(url)],
     };
     let started = Instant::now();
-    if !db::locks::acquire(conn, keys, plan.lock_timeout).await? {
-        return Err(Abort::Refused(WriteOutcome::LockNotFree {
-            within: plan.lock_timeout,
-        }));
+    if !db::locks::acquire(conn, keys, wait).await? {
+        return Err(Abort::Refused(WriteOutcome::LockNotFree { within: wait }));
     }
     let waited = started.elapsed();
     tracing::debug!(?waited, "import lock taken");

@@ -39,7 +39,7 @@ pub async fn claim(
     };
     let written = announced(
         exec,
-        &claimed,
+        &[&claimed],
         outbox::announced_update_sql!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1,
                  started_at = COALESCE(started_at, $11), lease_token = $12,
@@ -117,45 +117,11 @@ pub async fn finish(
     held: &JobRow,
     ending: &Ending,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    let (status, code, error, tenant, skipped, lock_wait_ms) = match ending {
-        Ending::Succeeded {
-            tenant,
-            skipped,
-            lock_wait,
-        } => (
-            JobStatus::Succeeded,
-            200,
-            None,
-            Some(serde_json::to_value(tenant).expect("serializes")),
-            serde_json::to_value(skipped).expect("serializes"),
-            Some(i32::try_from(lock_wait.as_millis()).unwrap_or(i32::MAX)),
-        ),
-        Ending::Failed { code, error } => (
-            JobStatus::Failed,
-            *code,
-            Some(serde_json::to_value(error).expect("serializes")),
-            None,
-            Value::Array(vec![]),
-            None,
-        ),
-    };
-    let finished = JobRow {
-        status,
-        code: Some(code),
-        error: error.clone(),
-        tenant: tenant.clone(),
-        skipped_numbers: skipped.clone(),
-        finished_at: Some(crate::db::clock()),
-        template_id: None,
-        lease_token: None,
-        lease_until: None,
-        version: held.version + 1,
-        ..held.clone()
-    };
-    let finished_at = finished.finished_at;
+    let end = End::of(held, ending);
+    let finished = end.row.clone();
     let written = announced(
         &mut *conn,
-        &finished,
+        &[&finished],
         outbox::announced_update_sql!(
             "UPDATE jobs SET status = $11, code = $12, error = $13, tenant = $14,
                  skipped_numbers = $15, lock_wait_ms = $16, finished_at = $17,
@@ -165,27 +131,132 @@ pub async fn finish(
                  version = version + 1
              WHERE id = $10 AND lease_token = $18 AND status = 'running' AND version = $19"
         ),
-        move |q| {
-            q.bind(held.id)
-                .bind(status)
-                .bind(code)
-                .bind(error)
-                .bind(tenant)
-                .bind(skipped)
-                .bind(lock_wait_ms)
-                .bind(finished_at)
-                .bind(held.lease_token)
-                .bind(held.version)
-        },
+        move |q| end.bind(q).bind(held.lease_token).bind(held.version),
     )
     .await?;
-    if !written {
-        return Ok(None);
+    settled(conn, written.then_some(finished)).await
+}
+
+/// queued -> running -> succeeded | failed at once, for `queued` as read at its version: the
+/// claim and the end of an attempt that did its work before claiming (see the worker's
+/// `jobs::process`), in one statement of the caller's transaction with both events (the
+/// `job.running` event is the row as `claim` would have written it, without a lease), written
+/// only if the job is still queued at that version; the end of a batch's last item also ends
+/// the batch. `None` when the job changed since it was read (claimed by another worker,
+/// cancelled). Its `startedAt` (on a first attempt) and `finishedAt` are this process's clock.
+pub async fn claim_and_finish(
+    conn: &mut PgConnection,
+    queued: &JobRow,
+    ending: &Ending,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let started_at = crate::db::clock();
+    let running = JobRow {
+        status: JobStatus::Running,
+        attempts: queued.attempts + 1,
+        started_at: queued.started_at.or(Some(started_at)),
+        version: queued.version + 1,
+        ..queued.clone()
+    };
+    let end = End::of(&running, ending);
+    let finished = end.row.clone();
+    let written = announced(
+        &mut *conn,
+        &[&running, &finished],
+        outbox::announced_update_sql!(
+            "UPDATE jobs SET status = $11, code = $12, error = $13, tenant = $14,
+                 skipped_numbers = $15, lock_wait_ms = $16, finished_at = $17,
+                 sealed_password = CASE WHEN $11 = 'failed' AND batch_id IS NOT NULL
+                                        THEN sealed_password END,
+                 template_id = NULL, lease_token = NULL, lease_until = NULL,
+                 attempts = attempts + 1, started_at = COALESCE(started_at, $18),
+                 version = version + 2
+             WHERE id = $10 AND status = 'queued' AND version = $19"
+        ),
+        move |q| end.bind(q).bind(started_at).bind(queued.version),
+    )
+    .await?;
+    settled(conn, written.then_some(finished)).await
+}
+
+/// The row a job's end writes, from the row it ends (`from`, running), and the parameters
+/// `$10`-`$17` of its update.
+struct End {
+    row: JobRow,
+    code: i32,
+    error: Option<Value>,
+    tenant: Option<Value>,
+    skipped: Value,
+    lock_wait_ms: Option<i32>,
+}
+
+impl End {
+    fn of(from: &JobRow, ending: &Ending) -> Self {
+        let (status, code, error, tenant, skipped, lock_wait_ms) = match ending {
+            Ending::Succeeded {
+                tenant,
+                skipped,
+                lock_wait,
+            } => (
+                JobStatus::Succeeded,
+                200,
+                None,
+                Some(serde_json::to_value(tenant).expect("serializes")),
+                serde_json::to_value(skipped).expect("serializes"),
+                Some(i32::try_from(lock_wait.as_millis()).unwrap_or(i32::MAX)),
+            ),
+            Ending::Failed { code, error } => (
+                JobStatus::Failed,
+                *code,
+                Some(serde_json::to_value(error).expect("serializes")),
+                None,
+                Value::Array(vec![]),
+                None,
+            ),
+        };
+        let row = JobRow {
+            status,
+            code: Some(code),
+            error: error.clone(),
+            tenant: tenant.clone(),
+            skipped_numbers: skipped.clone(),
+            finished_at: Some(crate::db::clock()),
+            template_id: None,
+            lease_token: None,
+            lease_until: None,
+            version: from.version + 1,
+            ..from.clone()
+        };
+        Self {
+            row,
+            code,
+            error,
+            tenant,
+            skipped,
+            lock_wait_ms,
+        }
     }
-    if let Some(batch) = finished.batch_id {
+
+    fn bind(self, q: Query<'_>) -> Query<'_> {
+        q.bind(self.row.id)
+            .bind(self.row.status)
+            .bind(self.code)
+            .bind(self.error)
+            .bind(self.tenant)
+            .bind(self.skipped)
+            .bind(self.lock_wait_ms)
+            .bind(self.row.finished_at)
+    }
+}
+
+/// After a job's end was written (`Some`): the end of a batch's last item ends the batch.
+async fn settled(
+    conn: &mut PgConnection,
+    finished: Option<JobRow>,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    if let Some(batch) = finished.as_ref().and_then(|f| f.batch_id) {
         crate::db::batches::settle(conn, batch).await?;
     }
-    Ok(Some(finished))
+    Ok(finished)
 }
 
 /// running -> queued after a transient failure: the job message is published again after
@@ -261,17 +332,19 @@ pub async fn lock_held(
 }
 
 /// Runs `update` (made with `outbox::announced_update_sql`, its own parameters bound by
-/// `bind`) with the event of `row`, the row it writes, and the job's notification; says
-/// whether it wrote.
+/// `bind`) with the events of `rows`, the versions it writes in order (the last is the row it
+/// leaves), and the job's notification; says whether it wrote.
 async fn announced(
     exec: impl PgExecutor<'_>,
-    row: &JobRow,
+    rows: &[&JobRow],
     update: &'static str,
     bind: impl for<'q> FnOnce(Query<'q>) -> Query<'q>,
 ) -> Result<bool, sqlx::Error> {
-    let event = queue::status_event(&row.view(), row.version, row.traceparent.as_deref());
-    let msgs = [event];
-    let id = row.id.to_string();
+    let msgs: Vec<_> = rows
+        .iter()
+        .map(|row| queue::status_event(&row.view(), row.version, row.traceparent.as_deref()))
+        .collect();
+    let id = rows.last().expect("a row written").id.to_string();
     let notes = [(NOTIFY_CHANNEL, id.as_str())];
     let sent = bind(outbox::bind_announcements(
         sqlx::query(update),

@@ -52,8 +52,8 @@ mod stats;
 
 pub use self::{
     lease::{
-        Ending, claim, expired_leases, finish, lock_expired, lock_held, release_lease, renew_lease,
-        retry_later,
+        Ending, claim, claim_and_finish, expired_leases, finish, lock_expired, lock_held,
+        release_lease, renew_lease, retry_later,
     },
     reconcile::{PanicSite, record_panic, resend_stranded},
     stats::{QUANTILE_SAMPLE, Stats, prune_endings, stats},
