@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use provisioner_shared::db::{self, jobs::Ending};
-use provisioner_tests::{TestApp, fixtures};
+use provisioner_tests::{TestApp, eventually, fixtures};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -187,6 +187,28 @@ async fn a_claim_with_its_end_writes_only_a_job_still_queued_as_read() {
         "the job is the other worker's, untouched"
     );
 
+    // Queued again after a transient failure, it is queued as it was read, but two versions on:
+    // still a stale read.
+    let mut tx = app.db.begin().await.unwrap();
+    db::jobs::retry_later(&mut tx, id, other.lease_token.unwrap(), Duration::ZERO)
+        .await
+        .unwrap()
+        .expect("the holder queues it again");
+    tx.commit().await.unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    let ended = db::jobs::claim_and_finish(&mut tx, &read, &failed)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(ended.is_none(), "a read of an earlier version is refused");
+    assert_eq!(
+        (
+            shown(&app, id).await["status"].as_str(),
+            job_row(&app, id).await.version
+        ),
+        (Some("queued"), 3)
+    );
+
     // A job still queued as read is claimed and ended at once: the row is what the end's event
     // says, one attempt on, two versions on.
     app.stop().await;
@@ -207,5 +229,76 @@ async fn a_claim_with_its_end_writes_only_a_job_still_queued_as_read() {
         serde_json::to_value(ended.view()).unwrap(),
         shown(&app, id).await
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_ended() {
+    let (app, id) = one_queued_job().await;
+    let read = job_row(&app, id).await;
+    let mut try_tx = app.db.begin().await.unwrap();
+    let locked = db::locks::try_for_queued_job(
+        &mut try_tx,
+        id,
+        read.version,
+        &[db::locks::LockKey::Tenant(&read.tenant_url)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        locked,
+        Some(true),
+        "the row and the import lock are the try's"
+    );
+
+    // Another copy of the job is claimed meanwhile: the claim waits for the try.
+    let claim = tokio::spawn({
+        let (pool, read) = (app.db.clone(), read.clone());
+        async move {
+            db::jobs::claim(&pool, &read, Uuid::new_v4(), LEASE)
+                .await
+                .unwrap()
+        }
+    });
+    eventually(Duration::from_secs(10), || async {
+        let waiting = app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+        (waiting == 1).then_some(())
+    })
+    .await;
+    let failed = Ending::Failed {
+        code: 409,
+        error: provisioner_shared::domain::JobError {
+            title: "Conflict".into(),
+            detail: "taken".into(),
+        },
+    };
+    db::jobs::claim_and_finish(&mut try_tx, &read, &failed)
+        .await
+        .unwrap()
+        .expect("the try ends the job");
+    try_tx.commit().await.unwrap();
+    assert!(
+        claim.await.unwrap().is_none(),
+        "the claim finds the job no longer queued"
+    );
+    assert_eq!(shown(&app, id).await["status"], "failed");
+
+    // A second try from the same read finds nothing to lock.
+    let mut tx = app.db.begin().await.unwrap();
+    let again = db::locks::try_for_queued_job(
+        &mut tx,
+        id,
+        read.version,
+        &[db::locks::LockKey::Tenant(&read.tenant_url)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, None);
+    tx.rollback().await.unwrap();
     app.stop().await;
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 /// One advisory lock key of the contract.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +83,33 @@ pub async fn acquire(
         .execute(&mut *conn)
         .await?;
     Ok(true)
+}
+
+/// For a job tried before its claim: locks the job's row, if it is still queued at `version`,
+/// then tries `keys` (no wait), in one statement of the current transaction. `None`: the job
+/// changed since it was read (claimed, cancelled); `Some(false)`: a lock is busy (the
+/// transaction must then be rolled back). Holding the row until the transaction ends makes a
+/// claim, a cancel or another try of the job wait for this one and then find it ended, instead
+/// of taking the job over while its import runs.
+pub async fn try_for_queued_job(
+    conn: &mut PgConnection,
+    job: Uuid,
+    version: i32,
+    keys: &[LockKey<'_>],
+) -> Result<Option<bool>, sqlx::Error> {
+    let texts: Vec<String> = keys.iter().map(LockKey::text).collect();
+    sqlx::query_scalar(
+        "WITH job AS MATERIALIZED (
+             SELECT id FROM jobs WHERE id = $1 AND status = 'queued' AND version = $2
+             FOR NO KEY UPDATE)
+         SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended(k, 0)) ORDER BY n)
+         FROM job, UNNEST($3::text[]) WITH ORDINALITY AS t(k, n)",
+    )
+    .bind(job)
+    .bind(version)
+    .bind(texts)
+    .fetch_one(conn)
+    .await
 }
 
 /// Runs a statement in the lock holder's transaction, so the server's idle-in-transaction

@@ -67,6 +67,10 @@ pub(crate) async fn process(
                 if first_try(&ctx, job).await {
                     return Disposition::Ack;
                 }
+                if shutdown.is_cancelled() {
+                    // Not claimed for an attempt the drain would cut short.
+                    return Disposition::Requeue;
+                }
                 None
             }
             Ok(found) => found,
@@ -94,13 +98,18 @@ pub(crate) async fn process(
     }
 }
 
-/// Whether queued `job` may be tried before it is claimed: its template needs no download (a
+/// Whether queued `job` may be tried before it is claimed: its first attempt (a retry, whose
+/// message no broker marks redelivered, may follow an attempt that killed its worker: it is
+/// claimed first, so that every such attempt counts), whose template needs no download (a
 /// single create named by URL downloads it; a batch item's is pinned once for the batch), so
 /// the job stays queued only for the time its work takes in this process. Not with the global
 /// import lock, which another import holds most of the time under load: the try would mostly
 /// find it busy and the job's work would be done twice.
 fn at_hand(ctx: &Context, job: &JobRow) -> bool {
-    if job.status != JobStatus::Queued || ctx.settings.import_lock != ImportLockMode::Tenant {
+    if job.status != JobStatus::Queued
+        || job.attempts > 0
+        || ctx.settings.import_lock != ImportLockMode::Tenant
+    {
         return false;
     }
     match job.kind {
@@ -123,6 +132,11 @@ fn at_hand(ctx: &Context, job: &JobRow) -> bool {
 /// the failure may pass on a retry, the handler panicked. The job is then claimed and run again
 /// as usual, which waits for the lock, counts the attempt and records its outcome.
 async fn first_try(ctx: &Arc<Context>, queued: JobRow) -> bool {
+    // The job's `startedAt`, should the try end it: when its work began.
+    let queued = JobRow {
+        started_at: queued.started_at.or(Some(db::clock())),
+        ..queued
+    };
     let span = job_span(&queued, queued.attempts + 1);
     let run = run_kind(ctx.clone(), queued.clone()).instrument(span.clone());
     let mut handler = AbortOnDrop(tokio::spawn(run));

@@ -55,8 +55,9 @@ const SIP_DOMAIN_KEY: &str = "tenants_sip_domain_key";
 const CONTENT_KEYS: [&str; 3] = ["users_pkey", "config_objects_pkey", "calling_lists_pkey"];
 
 /// Writes `plan` for `job`, as its claim made it (under that claim's lease), or, for a job
-/// still queued as read, claiming it with the job's success (`jobs::process`): then the lock is
-/// only tried, never waited for, so that a job waiting for its lock is seen running.
+/// still queued as read, claiming it with the job's success (`jobs::process`): then the job's
+/// row is locked first and the import lock only tried, never waited for, so that a job waiting
+/// for its lock is seen running.
 pub(crate) async fn run(
     pool: &PgPool,
     mode: ImportLockMode,
@@ -127,12 +128,11 @@ async fn write(
     plan: &Plan,
 ) -> Result<(), Abort> {
     let unclaimed = job.status == JobStatus::Queued;
-    let wait = if unclaimed {
-        Duration::ZERO
+    let lock_wait = if unclaimed {
+        try_locks(conn, mode, job, &plan.tenant_url).await?
     } else {
-        plan.lock_timeout
+        take_locks(conn, mode, &plan.tenant_url, plan.lock_timeout).await?
     };
-    let lock_wait = take_locks(conn, mode, &plan.tenant_url, wait).await?;
     give_way(conn, plan).await?;
     let tenant = insert_tenant(conn, plan).await?;
     let skipped = place_numbers(conn, &tenant, plan).await?;
@@ -157,6 +157,31 @@ async fn write(
     }
 }
 
+/// The import lock(s) of `mode` for tenant `url`, in the order they are taken.
+fn lock_keys(mode: ImportLockMode, url: &str) -> Vec<LockKey<'_>> {
+    match mode {
+        ImportLockMode::Global => vec![LockKey::Global, LockKey::Tenant(url)],
+        ImportLockMode::Tenant => vec![LockKey::Tenant(url)],
+    }
+}
+
+/// For `job`, queued as read and not yet claimed: locks its row (so that nothing takes the job
+/// over while it is written) and tries the import lock(s), without waiting.
+async fn try_locks(
+    conn: &mut PgConnection,
+    mode: ImportLockMode,
+    job: &JobRow,
+    url: &str,
+) -> Result<Duration, Abort> {
+    match db::locks::try_for_queued_job(conn, job.id, job.version, &lock_keys(mode, url)).await? {
+        Some(true) => Ok(Duration::ZERO),
+        Some(false) => Err(Abort::Refused(WriteOutcome::LockNotFree {
+            within: Duration::ZERO,
+        })),
+        None => Err(Abort::Refused(WriteOutcome::LostLease)),
+    }
+}
+
 /// Takes the import lock(s) of `mode` for tenant `url`, waiting at most `wait`; returns how
 /// long it waited.
 async fn take_locks(
@@ -165,12 +190,9 @@ async fn take_locks(
     url: &str,
     wait: Duration,
 ) -> Result<Duration, Abort> {
-    let keys: &[LockKey] = match mode {
-        ImportLockMode::Global => &[LockKey::Global, LockKey::Tenant(url)],
-        ImportLockMode::Tenant => &[LockKey::Tenant(url)],
-    };
+    let keys = lock_keys(mode, url);
     let started = Instant::now();
-    if !db::locks::acquire(conn, keys, wait).await? {
+    if !db::locks::acquire(conn, &keys, wait).await? {
         return Err(Abort::Refused(WriteOutcome::LockNotFree { within: wait }));
     }
     let waited = started.elapsed();

@@ -143,13 +143,14 @@ pub async fn finish(
 /// `job.running` event is the row as `claim` would have written it, without a lease), written
 /// only if the job is still queued at that version; the end of a batch's last item also ends
 /// the batch. `None` when the job changed since it was read (claimed by another worker,
-/// cancelled). Its `startedAt` (on a first attempt) and `finishedAt` are this process's clock.
+/// cancelled). Its `startedAt`, on a first attempt, is `queued.started_at` if the caller set it
+/// (when the work began), else this process's clock; `finishedAt` is this process's clock.
 pub async fn claim_and_finish(
     conn: &mut PgConnection,
     queued: &JobRow,
     ending: &Ending,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    let started_at = crate::db::clock();
+    let started_at = queued.started_at.unwrap_or_else(crate::db::clock);
     let running = JobRow {
         status: JobStatus::Running,
         attempts: queued.attempts + 1,
