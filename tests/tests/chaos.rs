@@ -1,6 +1,7 @@
 //! Chaos: about a thousand creates while RabbitMQ restarts twice and PostgreSQL once and worker
 //! processes are killed (-9) every few seconds, many of them inside their import transaction
-//! holding a tenant's lock. Every accepted job ends exactly once with its tenant written once
+//! holding a tenant's lock. Half name a template URL (claimed, then imported), half a stored
+//! template (tried before their claim: claimed and ended in the import's transaction). Every accepted job ends exactly once with its tenant written once
 //! and whole; no advisory lock, outbox row or queued message is left.
 //!
 //! It restarts the machine's shared services, so it is ignored by a plain `cargo test`;
@@ -68,13 +69,51 @@ async fn restart_postgresql() {
     run(vec![("pg_ctlcluster", args.map(str::to_owned).to_vec())]).await;
 }
 
+/// The two ways a create names its template: a URL the worker downloads (the job is claimed
+/// before its work), and a template of the store (the job is tried before its claim).
+struct Templates {
+    url: String,
+    stored: String,
+}
+
+/// Stores a sample template for the bootstrap client; returns its id.
+async fn store_sample(app: &TestApp) -> String {
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/templates"))
+        .header("content-type", "application/zip")
+        .body(fixtures::sample_template(app.db_version().await).write())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["templateId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// Submits a create until it is accepted (the same `Idempotency-Key` each time, so a create
-/// whose answer was lost is not made twice); returns its job id.
-async fn submit(app: &TestApp, template: &str, i: usize, at: tokio::time::Instant) -> String {
+/// whose answer was lost is not made twice); returns its job id. Every other create names the
+/// stored template.
+async fn submit(
+    app: &TestApp,
+    templates: &Templates,
+    i: usize,
+    at: tokio::time::Instant,
+) -> String {
     // Paced so that the creates span the faults (not a synchronisation).
     tokio::time::sleep_until(at).await;
     let tenant = format!("chaos{i:05}.example.com");
-    let mut body = fixtures::create_body(template);
+    let mut body = fixtures::create_body(&templates.url);
+    if i % 2 == 1 {
+        let fields = body.as_object_mut().unwrap();
+        fields.remove("templateUrl");
+        fields.insert(
+            "templateId".to_owned(),
+            Value::from(templates.stored.clone()),
+        );
+    }
     body["numberMap"] = serde_json::json!({"0000000000": format!("4{:09}", i * 10)});
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -133,14 +172,17 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
         vars: vec![("PROVISIONER_RECONCILE_AFTER", "30".to_owned())],
     })
     .await;
-    let template = app.serve_sample_template("t").await;
+    let templates = Templates {
+        url: app.serve_sample_template("t").await,
+        stored: store_sample(&app).await,
+    };
     let mut workers: Vec<Proc> = (0..3).map(|_| spawn_worker(&app)).collect();
     let began = Instant::now();
     let start = tokio::time::Instant::now();
     // Spread over the first 36 s of the 42 s of chaos.
     let pace = Duration::from_secs(36) / jobs as u32;
     let submissions = stream::iter(0..jobs)
-        .map(|i| submit(&app, &template, i, start + pace * i as u32))
+        .map(|i| submit(&app, &templates, i, start + pace * i as u32))
         .buffer_unordered(8)
         .collect::<Vec<String>>();
     let (ids, kills) = tokio::join!(submissions, chaos(&app, &mut workers, 14, restarts));
