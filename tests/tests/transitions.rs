@@ -241,7 +241,7 @@ async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_e
         &mut try_tx,
         id,
         read.version,
-        &[db::locks::LockKey::Tenant(&read.tenant_url)],
+        db::locks::LockKey::Tenant(&read.tenant_url),
     )
     .await
     .unwrap();
@@ -270,6 +270,7 @@ async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_e
         (waiting == 1).then_some(())
     })
     .await;
+    assert!(!claim.is_finished(), "the claim waits for the try");
     let failed = Ending::Failed {
         code: 409,
         error: provisioner_shared::domain::JobError {
@@ -294,7 +295,7 @@ async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_e
         &mut tx,
         id,
         read.version,
-        &[db::locks::LockKey::Tenant(&read.tenant_url)],
+        db::locks::LockKey::Tenant(&read.tenant_url),
     )
     .await
     .unwrap();

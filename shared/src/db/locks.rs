@@ -86,29 +86,30 @@ pub async fn acquire(
 }
 
 /// For a job tried before its claim: locks the job's row, if it is still queued at `version`,
-/// then tries `keys` (no wait), in one statement of the current transaction. `None`: the job
-/// changed since it was read (claimed, cancelled); `Some(false)`: a lock is busy (the
+/// then tries `key` (no wait), in one statement of the current transaction. `None`: the job
+/// changed since it was read (claimed, cancelled); `Some(false)`: the lock is busy (the
 /// transaction must then be rolled back). Holding the row until the transaction ends makes a
-/// claim, a cancel or another try of the job wait for this one and then find it ended, instead
-/// of taking the job over while its import runs.
+/// claim, a cancel or another try of the job that comes during the write wait for it and then
+/// find the job ended (or queued still, if the try rolls back), instead of taking the job over
+/// while its import runs. One key: a try is made only under the tenant lock mode.
 pub async fn try_for_queued_job(
     conn: &mut PgConnection,
     job: Uuid,
     version: i32,
-    keys: &[LockKey<'_>],
+    key: LockKey<'_>,
 ) -> Result<Option<bool>, sqlx::Error> {
-    let texts: Vec<String> = keys.iter().map(LockKey::text).collect();
+    // The row is locked (by the materialized expression) before the lock is tried, and the lock
+    // is tried only for a row it returns.
     sqlx::query_scalar(
         "WITH job AS MATERIALIZED (
              SELECT id FROM jobs WHERE id = $1 AND status = 'queued' AND version = $2
              FOR NO KEY UPDATE)
-         SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended(k, 0)) ORDER BY n)
-         FROM job, UNNEST($3::text[]) WITH ORDINALITY AS t(k, n)",
+         SELECT pg_try_advisory_xact_lock(hashtextextended($3, 0)) FROM job",
     )
     .bind(job)
     .bind(version)
-    .bind(texts)
-    .fetch_one(conn)
+    .bind(key.text())
+    .fetch_optional(conn)
     .await
 }
 

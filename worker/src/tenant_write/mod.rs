@@ -173,7 +173,14 @@ async fn try_locks(
     job: &JobRow,
     url: &str,
 ) -> Result<Duration, Abort> {
-    match db::locks::try_for_queued_job(conn, job.id, job.version, &lock_keys(mode, url)).await? {
+    // Under the global lock mode jobs are not tried (`jobs::process`); were one, it finds the
+    // lock busy and is claimed.
+    let ImportLockMode::Tenant = mode else {
+        return Err(Abort::Refused(WriteOutcome::LockNotFree {
+            within: Duration::ZERO,
+        }));
+    };
+    match db::locks::try_for_queued_job(conn, job.id, job.version, LockKey::Tenant(url)).await? {
         Some(true) => Ok(Duration::ZERO),
         Some(false) => Err(Abort::Refused(WriteOutcome::LockNotFree {
             within: Duration::ZERO,
