@@ -45,11 +45,11 @@ pub(crate) enum Disposition {
 /// Processes the job `id` once: returns when its outcome (or a retry) is committed.
 /// `redelivered` is the broker's flag (see `lease::claim`).
 ///
-/// A job whose template is at hand (in the store, or its batch's download pinned here) is first
-/// tried before it is claimed: its work, then its claim and its success in the write
-/// transaction, one write of the job's row instead of two (`first_try`). Anything else (a
-/// download to make, a redelivery, that try not committing) is claimed under lease `token` and
-/// run under that lease.
+/// A job on its first attempt whose template is at hand (in the store, or its batch's download
+/// pinned here) is first tried before it is claimed: its work, then its claim and its end in
+/// the write transaction, one write of the job's row instead of two (`first_try`). Anything
+/// else (a download to make, a retry, a redelivery, that try not ending the job) is claimed
+/// under lease `token` and run under that lease.
 pub(crate) async fn process(
     ctx: Arc<Context>,
     id: Uuid,
@@ -58,7 +58,7 @@ pub(crate) async fn process(
     shutdown: CancellationToken,
 ) -> Disposition {
     // A redelivery may be of a job whose handling killed its worker: it is claimed first, so
-    // that every such attempt counts.
+    // that such attempts count.
     let read = if redelivered {
         None
     } else {
