@@ -154,6 +154,15 @@ pub fn create_body(template_url: &str) -> Value {
     })
 }
 
+/// `create_body` naming stored template `id` instead of a URL.
+pub fn create_body_by_id(id: &str) -> Value {
+    let mut body = create_body("unused");
+    let fields = body.as_object_mut().expect("an object");
+    fields.remove("templateUrl");
+    fields.insert("templateId".to_owned(), json!(id));
+    body
+}
+
 /// A ZIP from raw `(name, bytes)` entries, for hostile archives.
 pub fn raw_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));

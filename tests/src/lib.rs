@@ -93,6 +93,23 @@ impl TestApp {
         )
     }
 
+    /// Stores a sample template for the bootstrap client (expecting 201); returns its id.
+    pub async fn store_sample_template(&self) -> String {
+        let r = self
+            .http
+            .post(self.url("/configapi/v2/templates"))
+            .header("content-type", "application/zip")
+            .body(fixtures::sample_template(self.db_version().await).write())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["templateId"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub async fn with(options: Options) -> Self {
         provisioner_shared::telemetry::init(provisioner_shared::config::LogFormat::Pretty);
         cleanup::sweep_once().await;

@@ -76,23 +76,6 @@ struct Templates {
     stored: String,
 }
 
-/// Stores a sample template for the bootstrap client; returns its id.
-async fn store_sample(app: &TestApp) -> String {
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/templates"))
-        .header("content-type", "application/zip")
-        .body(fixtures::sample_template(app.db_version().await).write())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["templateId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Submits a create until it is accepted (the same `Idempotency-Key` each time, so a create
 /// whose answer was lost is not made twice); returns its job id. Every other create names the
 /// stored template.
@@ -174,7 +157,7 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
     .await;
     let templates = Templates {
         url: app.serve_sample_template("t").await,
-        stored: store_sample(&app).await,
+        stored: app.store_sample_template().await,
     };
     let mut workers: Vec<Proc> = (0..3).map(|_| spawn_worker(&app)).collect();
     let began = Instant::now();

@@ -3,7 +3,7 @@
 //! (its lock is busy) is claimed as before and seen running while it waits.
 
 use provisioner_tests::{TestApp, events::EventTap, fixtures};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Records every change of a job's status from now on, in `job_writes`.
 async fn record_job_writes(app: &TestApp) {
@@ -31,41 +31,16 @@ async fn job_writes(app: &TestApp, id: &str) -> Vec<(String, String)> {
         .unwrap()
 }
 
-/// Stores a sample template; returns its id.
-async fn stored_template(app: &TestApp) -> String {
-    let bytes = fixtures::sample_template(app.db_version().await).write();
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/templates"))
-        .header("content-type", "application/zip")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["templateId"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// A create body naming stored template `id`.
-fn create_by_id(id: &str) -> Value {
-    let mut body = fixtures::create_body("unused");
-    let fields = body.as_object_mut().unwrap();
-    fields.remove("templateUrl");
-    fields.insert("templateId".to_owned(), json!(id));
-    body
-}
-
 #[tokio::test]
 async fn a_create_from_a_stored_template_writes_its_job_once_and_publishes_every_status() {
     let app = TestApp::spawn().await;
     record_job_writes(&app).await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
-    let template = stored_template(&app).await;
+    let template = app.store_sample_template().await;
     let tenant = fixtures::tenant_url();
-    let id = app.submit(&tenant, &create_by_id(&template)).await;
+    let id = app
+        .submit(&tenant, &fixtures::create_body_by_id(&template))
+        .await;
     let job = app.wait_job(&id).await;
     assert_eq!(
         (job["code"].as_i64(), job["attempts"].as_i64()),
@@ -128,10 +103,12 @@ async fn a_create_from_a_stored_template_writes_its_job_once_and_publishes_every
 async fn a_create_from_a_stored_template_whose_lock_is_busy_is_seen_running_while_it_waits() {
     let app = TestApp::spawn().await;
     record_job_writes(&app).await;
-    let template = stored_template(&app).await;
+    let template = app.store_sample_template().await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
-    let id = app.submit(&tenant, &create_by_id(&template)).await;
+    let id = app
+        .submit(&tenant, &fixtures::create_body_by_id(&template))
+        .await;
     app.until_lock_waiters(1).await;
     let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(
@@ -162,8 +139,8 @@ async fn a_create_from_a_stored_template_whose_lock_is_busy_is_seen_running_whil
 async fn a_create_from_a_stored_template_that_fails_for_good_ends_in_one_write_too() {
     let app = TestApp::spawn().await;
     record_job_writes(&app).await;
-    let template = stored_template(&app).await;
-    let mut body = create_by_id(&template);
+    let template = app.store_sample_template().await;
+    let mut body = fixtures::create_body_by_id(&template);
     // No range of the template starts at this number: a bad template for this request (400).
     body["numberMap"] = json!({"9999999999": "4155550000"});
     let id = app.submit(&fixtures::tenant_url(), &body).await;

@@ -79,15 +79,6 @@ async fn listed(http: &reqwest::Client, app: &TestApp) -> Vec<String> {
     }
 }
 
-/// A create body naming stored template `id` instead of a URL.
-fn create_by_id(id: &str) -> Value {
-    let mut body = fixtures::create_body("unused");
-    let fields = body.as_object_mut().unwrap();
-    fields.remove("templateUrl");
-    fields.insert("templateId".to_owned(), json!(id));
-    body
-}
-
 fn fields_of(problem: &Value) -> Vec<&str> {
     problem["errors"]
         .as_array()
@@ -279,7 +270,9 @@ async fn creates_name_a_stored_template_by_id_and_both_neither_or_unknown_ids_ar
     let app = TestApp::spawn().await;
     let id = store_new(&app.http, &app, &sample(&app).await).await;
     let tenant = fixtures::tenant_url();
-    let job = app.create_and_wait(&tenant, &create_by_id(&id)).await;
+    let job = app
+        .create_and_wait(&tenant, &fixtures::create_body_by_id(&id))
+        .await;
     assert_eq!(job["code"], 200, "{job}");
     let exported = app.export(&tenant).await;
     assert_eq!(
@@ -318,9 +311,9 @@ async fn creates_name_a_stored_template_by_id_and_both_neither_or_unknown_ids_ar
     );
 
     let jobs_before = app.count("SELECT count(*) FROM jobs").await;
-    let mut both = create_by_id(&id);
+    let mut both = fixtures::create_body_by_id(&id);
     both["templateUrl"] = json!("https://templates.example/t.zip");
-    let mut neither = create_by_id(&id);
+    let mut neither = fixtures::create_body_by_id(&id);
     neither.as_object_mut().unwrap().remove("templateId");
     for (body, what) in [(both, "both"), (neither, "neither")] {
         let r = app.create(&fixtures::tenant_url(), &body).await;
@@ -342,7 +335,7 @@ async fn creates_name_a_stored_template_by_id_and_both_neither_or_unknown_ids_ar
                 "/configapi/v2/selfservice/tenant/{}",
                 fixtures::tenant_url()
             )))
-            .json(&create_by_id(&unknown))
+            .json(&fixtures::create_body_by_id(&unknown))
             .send()
             .await
             .unwrap();
@@ -351,7 +344,7 @@ async fn creates_name_a_stored_template_by_id_and_both_neither_or_unknown_ids_ar
     }
     // The bootstrap client is an operator: it sees, and may name, every client's templates.
     let operators = app
-        .create(&fixtures::tenant_url(), &create_by_id(&bobs))
+        .create(&fixtures::tenant_url(), &fixtures::create_body_by_id(&bobs))
         .await;
     assert_eq!(operators.status(), 202);
     assert_eq!(
@@ -367,7 +360,7 @@ async fn a_job_accepted_before_its_template_is_deleted_still_completes_then_the_
     let mut app = TestApp::without_workers().await;
     let id = store_new(&app.http, &app, &sample(&app).await).await;
     let job = app
-        .submit(&fixtures::tenant_url(), &create_by_id(&id))
+        .submit(&fixtures::tenant_url(), &fixtures::create_body_by_id(&id))
         .await;
     assert_eq!(delete(&app.http, &app, &id).await, 204);
     assert_eq!(
