@@ -26,12 +26,12 @@ macro_rules! insert_sql {
 }
 pub(crate) use insert_sql;
 
-/// `UPDATE` (a literal whose parameters start at `$10`, ending before its `RETURNING`) as one
+/// `UPDATE` (a literal, or `concat!` of literals, whose parameters start at `$10`, ending before its `RETURNING`) as one
 /// statement that also writes the messages and sends the notifications bound by
 /// [`bind_announcements`], only if the update changed a row: the statement returns one row per
 /// notification then, none otherwise. It commits on its own outside a transaction.
 macro_rules! announced_update_sql {
-    ($update:literal) => {
+    ($update:expr) => {
         concat!(
             "WITH changed AS (",
             $update,

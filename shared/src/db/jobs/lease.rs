@@ -107,6 +107,19 @@ pub enum Ending {
     },
 }
 
+/// The start of a job's end: `UPDATE jobs SET` with the columns `End::bind` binds (`$10`-`$17`),
+/// the failed batch item's sealed password kept for a retry, the template reference and the
+/// lease cleared; the caller adds the version (and what else it sets) and the condition.
+macro_rules! end_update_sql {
+    () => {
+        "UPDATE jobs SET status = $11, code = $12, error = $13, tenant = $14,
+                 skipped_numbers = $15, lock_wait_ms = $16, finished_at = $17,
+                 sealed_password = CASE WHEN $11 = 'failed' AND batch_id IS NOT NULL
+                                        THEN sealed_password END,
+                 template_id = NULL, lease_token = NULL, lease_until = NULL,"
+    };
+}
+
 /// running -> succeeded | failed, for `held` as its lease holder made it (the row `claim`
 /// returned, or one locked by `lock_expired`/`lock_held`), only while that lease holds: one
 /// statement in the caller's transaction with the job's event and notifications, built from
@@ -122,15 +135,11 @@ pub async fn finish(
     let written = announced(
         &mut *conn,
         &[&finished],
-        outbox::announced_update_sql!(
-            "UPDATE jobs SET status = $11, code = $12, error = $13, tenant = $14,
-                 skipped_numbers = $15, lock_wait_ms = $16, finished_at = $17,
-                 sealed_password = CASE WHEN $11 = 'failed' AND batch_id IS NOT NULL
-                                        THEN sealed_password END,
-                 template_id = NULL, lease_token = NULL, lease_until = NULL,
-                 version = version + 1
+        outbox::announced_update_sql!(concat!(
+            end_update_sql!(),
+            " version = version + 1
              WHERE id = $10 AND lease_token = $18 AND status = 'running' AND version = $19"
-        ),
+        )),
         move |q| end.bind(q).bind(held.lease_token).bind(held.version),
     )
     .await?;
@@ -163,16 +172,12 @@ pub async fn claim_and_finish(
     let written = announced(
         &mut *conn,
         &[&running, &finished],
-        outbox::announced_update_sql!(
-            "UPDATE jobs SET status = $11, code = $12, error = $13, tenant = $14,
-                 skipped_numbers = $15, lock_wait_ms = $16, finished_at = $17,
-                 sealed_password = CASE WHEN $11 = 'failed' AND batch_id IS NOT NULL
-                                        THEN sealed_password END,
-                 template_id = NULL, lease_token = NULL, lease_until = NULL,
-                 attempts = attempts + 1, started_at = COALESCE(started_at, $18),
+        outbox::announced_update_sql!(concat!(
+            end_update_sql!(),
+            " attempts = attempts + 1, started_at = COALESCE(started_at, $18),
                  version = version + 2
              WHERE id = $10 AND status = 'queued' AND version = $19"
-        ),
+        )),
         move |q| end.bind(q).bind(started_at).bind(queued.version),
     )
     .await?;
