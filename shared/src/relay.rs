@@ -41,6 +41,8 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also poll this often (between passes): for delayed retries, notifications lost with a
 /// connection, and rows another process wrote whose relay is down or stopped.
 const POLL: Duration = Duration::from_millis(500);
+/// While it deletes rows, a relay vacuums the outbox about this often.
+const VACUUM_EVERY: Duration = Duration::from_secs(1);
 
 /// A notification from PostgreSQL: `channel` and `payload` as sent by `pg_notify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,15 +251,20 @@ async fn relay_session(
         .await
         .context("enabling publisher confirms")?;
     tracing::info!("outbox relay connected");
+    let mut vacuum = Vacuum::new();
     loop {
         // Read before the pass: a pass that began before the drain was asked for may miss rows
         // committed during it, so only a pass that began after it may be the last.
         let last_pass = drain.is_cancelled();
-        while publish_batch(pool, &channel)
-            .await
-            .context("publishing the outbox")?
-            == BATCH as usize
-        {}
+        loop {
+            let handled = publish_batch(pool, &channel)
+                .await
+                .context("publishing the outbox")?;
+            vacuum.after(pool, handled);
+            if handled < BATCH as usize {
+                break;
+            }
+        }
         if last_pass {
             break;
         }
@@ -300,6 +307,48 @@ async fn outbox_committed(wake: &mut broadcast::Receiver<Notification>) {
 /// process of an older version, may be anyone's).
 fn is_ours(tag: &str) -> bool {
     tag.is_empty() || tag == outbox::writer_tag()
+}
+
+/// Keeps the outbox's dead rows few: after a pass that deleted or postponed rows, and then
+/// while passes keep doing so, a vacuum of the table about every [`VACUUM_EVERY`], in a task
+/// of its own so that publishing never waits for it, and never two at once from one relay.
+/// Every process's relay does this; a vacuum finding another one at work passes.
+struct Vacuum {
+    last: tokio::time::Instant,
+    dirty: bool,
+    running: Option<JoinHandle<()>>,
+}
+
+impl Vacuum {
+    fn new() -> Self {
+        Self {
+            last: tokio::time::Instant::now(),
+            dirty: false,
+            running: None,
+        }
+    }
+
+    /// After a pass that handled `handled` rows.
+    fn after(&mut self, pool: &PgPool, handled: usize) {
+        self.dirty |= handled > 0;
+        if !self.dirty
+            || self.last.elapsed() < VACUUM_EVERY
+            || self
+                .running
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        self.dirty = false;
+        self.last = tokio::time::Instant::now();
+        let pool = pool.clone();
+        self.running = Some(tokio::spawn(async move {
+            if let Err(e) = outbox::vacuum(&pool).await {
+                tracing::debug!(error = %e, "vacuuming the outbox failed");
+            }
+        }));
+    }
 }
 
 /// Publishes one batch of due rows; returns how many it handled.

@@ -1,7 +1,10 @@
 //! Outbox announcements wake the relay of the process that wrote the rows; the others poll, so
-//! rows of a process whose relay cannot reach the broker are still published.
+//! rows of a process whose relay cannot reach the broker are still published. A relay that
+//! deletes rows vacuums the table.
 
-use provisioner_tests::{Options, TestApp, fixtures, process::Proc};
+use std::time::Duration;
+
+use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc};
 use sqlx::postgres::PgListener;
 
 #[tokio::test]
@@ -37,5 +40,32 @@ async fn rows_of_a_process_whose_relay_is_down_are_published_by_another_processs
     let done = app.wait_job(&id).await;
     assert_eq!(done["code"].as_i64(), Some(200), "{done}");
     worker.child.kill().await.unwrap();
+    app.stop().await;
+}
+
+/// Every message's row is deleted within milliseconds; a relay reclaims the dead rows itself
+/// rather than leaving every pass to walk them until autovacuum's next visit (a minute apart).
+#[tokio::test]
+async fn a_relay_that_deletes_rows_vacuums_the_outbox() {
+    let app = TestApp::spawn().await;
+    // Manual vacuums only: autovacuum's are counted apart.
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let before = vacuums().await;
+    let url = app.serve_sample_template("t").await;
+    let done = app
+        .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    assert_eq!(done["code"].as_i64(), Some(200), "{done}");
+    eventually(Duration::from_secs(10), || async {
+        (vacuums().await > before).then_some(())
+    })
+    .await;
     app.stop().await;
 }

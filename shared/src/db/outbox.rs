@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sqlx::{
-    PgConnection, Postgres,
+    PgConnection, PgPool, Postgres,
     postgres::{PgArguments, PgQueryResult},
     query::Query,
 };
@@ -177,6 +177,19 @@ pub(crate) async fn delete(
         .bind(ids)
         .execute(conn)
         .await
+}
+
+/// Reclaims the outbox's dead rows. Every message's row is deleted within milliseconds of its
+/// commit, and autovacuum visits a database at most once a minute, so without this every relay
+/// pass walks the dead entries of the minute (see docs/performance.md, "The outbox's dead
+/// rows"). Runs outside any transaction (as `VACUUM` must); `SKIP_LOCKED` passes when another
+/// vacuum of the table is running, and `TRUNCATE false` keeps it from taking the exclusive lock
+/// that cutting the table's empty end needs, which every create and transition would wait for.
+pub(crate) async fn vacuum(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("VACUUM (SKIP_LOCKED, TRUNCATE false) outbox")
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 /// Leaves a message that the broker did not confirm for a later try.
