@@ -262,6 +262,10 @@ async fn record(
             "a queued or running batch item exists for tenant {}",
             sub.tenant_url
         ))),
+        Ok(SubmitOutcome::ImportActive) => Err(ApiError::Conflict(format!(
+            "a queued or running import exists for tenant {}",
+            sub.tenant_url
+        ))),
         Ok(SubmitOutcome::TooManyActive) => {
             // The same request again, its job recorded meanwhile by another statement.
             if let Some(job) = replayed(state, caller, key).await? {

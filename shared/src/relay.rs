@@ -6,7 +6,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -310,13 +310,21 @@ fn is_ours(tag: &str) -> bool {
 }
 
 /// Keeps the outbox's dead rows few: after a pass that deleted or postponed rows, and then
-/// while passes keep doing so, a vacuum of the table about every [`VACUUM_EVERY`], in a task
-/// of its own so that publishing never waits for it, and never two at once from one relay.
-/// Every process's relay does this; a vacuum finding another one at work passes.
+/// while passes keep doing so, a vacuum of the table about every [`VACUUM_EVERY`], unless
+/// another process's relay vacuumed it within that time (so a deployment of many processes
+/// vacuums about once a second in all). It runs in a task of its own, so publishing never
+/// waits for it, one at a time per relay. A vacuum that comes at a quiet moment (its pass found
+/// nothing to publish) also cuts the table's empty end, so the table shrinks back after a
+/// backlog (the busy ones do not: that takes a lock every create and transition would queue
+/// behind). A user that may not vacuum the table is told once, and the relay stops trying.
 struct Vacuum {
     last: tokio::time::Instant,
+    /// Rows handled since the last vacuum.
     dirty: bool,
+    /// Rows handled since the last vacuum that cut the table's empty end.
+    untrimmed: bool,
     running: Option<JoinHandle<()>>,
+    allowed: Arc<AtomicBool>,
 }
 
 impl Vacuum {
@@ -324,15 +332,22 @@ impl Vacuum {
         Self {
             last: tokio::time::Instant::now(),
             dirty: false,
+            untrimmed: false,
             running: None,
+            allowed: Arc::new(AtomicBool::new(true)),
         }
     }
 
     /// After a pass that handled `handled` rows.
     fn after(&mut self, pool: &PgPool, handled: usize) {
-        self.dirty |= handled > 0;
-        if !self.dirty
+        if handled > 0 {
+            self.dirty = true;
+            self.untrimmed = true;
+        }
+        let quiet = handled == 0;
+        if !(if quiet { self.untrimmed } else { self.dirty })
             || self.last.elapsed() < VACUUM_EVERY
+            || !self.allowed.load(Ordering::Relaxed)
             || self
                 .running
                 .as_ref()
@@ -341,11 +356,23 @@ impl Vacuum {
             return;
         }
         self.dirty = false;
+        self.untrimmed &= !quiet;
         self.last = tokio::time::Instant::now();
-        let pool = pool.clone();
+        let (pool, allowed) = (pool.clone(), self.allowed.clone());
         self.running = Some(tokio::spawn(async move {
-            if let Err(e) = outbox::vacuum(&pool).await {
-                tracing::debug!(error = %e, "vacuuming the outbox failed");
+            // A busy moment's vacuum is left to whichever relay comes first; the quiet one is
+            // this relay's own (its rows may be the table's end).
+            let recently = (!quiet).then_some(VACUUM_EVERY);
+            match outbox::vacuum(&pool, recently, quiet).await {
+                Ok(outbox::Vacuumed::NotAllowed) => {
+                    allowed.store(false, Ordering::Relaxed);
+                    tracing::warn!(
+                        "the database user does not own the outbox table, so the relay cannot \
+                         vacuum it; its dead rows wait for autovacuum"
+                    );
+                }
+                Ok(outbox::Vacuumed::Done | outbox::Vacuumed::Recently) => {}
+                Err(e) => tracing::debug!(error = %e, "vacuuming the outbox failed"),
             }
         }));
     }

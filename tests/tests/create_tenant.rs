@@ -210,6 +210,41 @@ async fn an_existing_tenant_or_an_active_job_for_it_is_409_at_once() {
 }
 
 #[tokio::test]
+async fn a_create_while_an_import_of_its_tenant_is_queued_is_409_at_once() {
+    let app = TestApp::without_workers().await;
+    let mut exported = fixtures::sample_template(app.db_version().await);
+    exported.tenant.url = fixtures::tenant_url();
+    exported.tenant.sip_domain = exported.tenant.url.clone();
+    exported.access_numbers.clear();
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/tenant"))
+        .header("content-type", "application/zip")
+        .body(exported.write())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "an import is always accepted");
+
+    let url = app.serve_sample_template("support.zip").await;
+    let r = app
+        .create(&exported.tenant.url, &fixtures::create_body(&url))
+        .await;
+    assert_eq!(r.status(), 409, "a queued import of the tenant exists");
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("import"),
+        "{problem}"
+    );
+    // Another tenant's create is not held up by it.
+    let other = app
+        .create(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    assert_eq!(other.status(), 202);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_tenant_created_between_acceptance_and_import_ends_the_job_with_409() {
     let mut app = TestApp::without_workers().await;
     let url = app.serve_sample_template("support.zip").await;

@@ -44,9 +44,10 @@ async fn rows_of_a_process_whose_relay_is_down_are_published_by_another_processs
 }
 
 /// Every message's row is deleted within milliseconds; a relay reclaims the dead rows itself
-/// rather than leaving every pass to walk them until autovacuum's next visit (a minute apart).
+/// rather than leaving every pass to walk them until autovacuum's next visit (a minute apart),
+/// and once it is quiet again it cuts the table's empty end, so the table shrinks back.
 #[tokio::test]
-async fn a_relay_that_deletes_rows_vacuums_the_outbox() {
+async fn a_relay_that_deletes_rows_vacuums_the_outbox_and_shrinks_it_when_quiet() {
     let app = TestApp::spawn().await;
     // Manual vacuums only: autovacuum's are counted apart.
     let vacuums = || async {
@@ -63,9 +64,89 @@ async fn a_relay_that_deletes_rows_vacuums_the_outbox() {
         .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await;
     assert_eq!(done["code"].as_i64(), Some(200), "{done}");
+    assert!(
+        app.count("SELECT pg_relation_size('outbox')").await > 0,
+        "the job's messages took space"
+    );
     eventually(Duration::from_secs(10), || async {
         (vacuums().await > before).then_some(())
     })
     .await;
+    // Every row published and deleted, and the relays quiet: the table is cut to nothing.
+    eventually(Duration::from_secs(10), || async {
+        (app.count("SELECT pg_relation_size('outbox')").await == 0).then_some(())
+    })
+    .await;
     app.stop().await;
+}
+
+/// A database user that does not own the outbox cannot vacuum it: its relay says so once and
+/// goes on publishing.
+#[tokio::test]
+async fn a_relay_whose_user_may_not_vacuum_the_outbox_says_so_and_goes_on_publishing() {
+    // The harness's API (this test's process) cannot reach a broker: the worker's relay
+    // publishes everything.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".to_owned())],
+    })
+    .await;
+    let role = format!("relay_{}", uuid::Uuid::new_v4().simple());
+    for grant in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT ALL ON SCHEMA public TO {role}"),
+        format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::query(&grant).execute(&app.db).await.unwrap();
+    }
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let database = format!("postgres://{role}@127.0.0.1:5432/{}", app.database);
+    let mut worker = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("AMQP_URL", &amqp), ("DATABASE_URL", &database)],
+        "info",
+    );
+    worker.wait_for("outbox relay connected").await;
+
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let done = app
+        .create_and_wait(&tenant, &fixtures::create_body(&url))
+        .await;
+    assert_eq!(done["code"].as_i64(), Some(200), "{done}");
+    let said = worker
+        .wait_for_record("the relay's warning", |r| {
+            r["level"] == "WARN" && r["message"].as_str().is_some_and(|m| m.contains("vacuum"))
+        })
+        .await;
+    assert!(
+        said["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not own the outbox table"),
+        "{said}"
+    );
+    // It goes on: another job's messages and events are published.
+    let done = app
+        .create_and_wait(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    assert_eq!(done["code"].as_i64(), Some(200), "{done}");
+    let warnings = worker
+        .records()
+        .into_iter()
+        .filter(|r| r["level"] == "WARN" && r.to_string().contains("vacuum"))
+        .count();
+    assert_eq!(warnings, 1, "said once");
+
+    worker.child.kill().await.unwrap();
+    app.stop().await;
+    let cleanup = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&cleanup)
+        .await
+        .unwrap();
 }

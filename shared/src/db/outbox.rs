@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sqlx::{
-    PgConnection, PgPool, Postgres,
+    Executor as _, PgConnection, PgPool, Postgres,
     postgres::{PgArguments, PgQueryResult},
     query::Query,
 };
@@ -179,17 +179,71 @@ pub(crate) async fn delete(
         .await
 }
 
-/// Reclaims the outbox's dead rows. Every message's row is deleted within milliseconds of its
-/// commit, and autovacuum visits a database at most once a minute, so without this every relay
-/// pass walks the dead entries of the minute (see docs/performance.md, "The outbox's dead
-/// rows"). Runs outside any transaction (as `VACUUM` must); `SKIP_LOCKED` passes when another
-/// vacuum of the table is running, and `TRUNCATE false` keeps it from taking the exclusive lock
-/// that cutting the table's empty end needs, which every create and transition would wait for.
-pub(crate) async fn vacuum(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql("VACUUM (SKIP_LOCKED, TRUNCATE false) outbox")
-        .execute(pool)
-        .await
-        .map(drop)
+/// What [`vacuum`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vacuumed {
+    /// The table was vacuumed (or another vacuum was at work on it: skipped without waiting).
+    Done,
+    /// Another process vacuumed it within the interval asked: left alone.
+    Recently,
+    /// This session's user may not vacuum it (it does not own the table).
+    NotAllowed,
+}
+
+/// Reclaims the outbox's dead rows, unless another process did within `recently` (`None`: in
+/// any case). Every message's row is deleted within milliseconds of its commit, and autovacuum
+/// visits a database at most once a minute, so without this every relay pass walks the dead
+/// entries of the minute (see docs/performance.md, "The outbox's dead rows").
+///
+/// Runs outside any transaction (as `VACUUM` must); `SKIP_LOCKED` passes when another vacuum of
+/// the table is at work. Only with `truncate` does it cut the table's empty end, for which it
+/// takes (conditionally, and yielding to anyone who waits) the lock every writer of the outbox
+/// queues behind: for quiet moments. PostgreSQL says why it skipped a table with a `WARNING`;
+/// the session hears errors only while it vacuums, so a skip is not logged every second, and a
+/// session that failed meanwhile is closed rather than handed out with that setting.
+pub(crate) async fn vacuum(
+    pool: &PgPool,
+    recently: Option<Duration>,
+    truncate: bool,
+) -> Result<Vacuumed, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let (allowed, recent): (bool, bool) = sqlx::query_as(
+        "SELECT pg_has_role(c.relowner, 'USAGE'),
+                coalesce(greatest(s.last_vacuum, s.last_autovacuum)
+                         > now() - make_interval(secs => $1), false)
+         FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid
+         WHERE c.oid = 'outbox'::regclass",
+    )
+    .bind(recently.map_or(0.0, |d| d.as_secs_f64()))
+    .fetch_one(&mut *conn)
+    .await?;
+    if !allowed {
+        return Ok(Vacuumed::NotAllowed);
+    }
+    if recent && recently.is_some() {
+        return Ok(Vacuumed::Recently);
+    }
+    let vacuumed = vacuum_quietly(&mut conn, truncate).await;
+    match vacuumed {
+        Ok(_) => Ok(Vacuumed::Done),
+        Err(e) => {
+            let _ = conn.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// The vacuum, with the session's `WARNING`s unheard meanwhile. Statements without parameters,
+/// so sent as simple queries: `VACUUM` runs outside any transaction.
+async fn vacuum_quietly(conn: &mut PgConnection, truncate: bool) -> Result<(), sqlx::Error> {
+    conn.execute("SET client_min_messages = error").await?;
+    conn.execute(if truncate {
+        "VACUUM (SKIP_LOCKED) outbox"
+    } else {
+        "VACUUM (SKIP_LOCKED, TRUNCATE false) outbox"
+    })
+    .await?;
+    conn.execute("RESET client_min_messages").await.map(drop)
 }
 
 /// Leaves a message that the broker did not confirm for a later try.

@@ -35,6 +35,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261206000001, 20261207000001, unchanged),
     // 20261208000001 announced changes to clients and tokens: nothing a template holds.
     (20261207000001, 20261208000001, unchanged),
+    // 20261209000001 indexed active imports by URL: nothing a template holds.
+    (20261208000001, 20261209000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

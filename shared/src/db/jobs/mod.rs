@@ -177,6 +177,8 @@ pub enum SubmitOutcome {
     TenantExists,
     /// A queued or running batch item names the URL.
     BatchItemActive,
+    /// A queued or running Import Tenant job names the URL.
+    ImportActive,
     /// The client has `max_active_jobs` queued or running jobs already.
     TooManyActive,
     /// Admitted, but a job with its idempotency key, or an active job for its tenant, was
@@ -193,6 +195,7 @@ struct Answer {
     template_visible: bool,
     tenant_exists: bool,
     batch_item_active: bool,
+    import_active: bool,
     conflicts: bool,
     fits: bool,
     unsettled: bool,
@@ -289,6 +292,10 @@ pub async fn submit_many(
                                        WHERE j.tenant_url = i.url AND j.batch_id IS NOT NULL
                                          AND j.status IN ('queued', 'running')))
                      AS batch_item_active,
+                 (i.refuse AND EXISTS (SELECT 1 FROM jobs j
+                                       WHERE j.tenant_url = i.url AND j.kind = 'importTenant'
+                                         AND j.status IN ('queued', 'running')))
+                     AS import_active,
                  (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs
                   WHERE client_id = i.client) AS active_jobs
              FROM input i
@@ -311,6 +318,7 @@ pub async fn submit_many(
                      AS group_conflict
              FROM admission a JOIN input i ON i.ord = a.ord
              WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
+               AND NOT a.import_active
          ), within_cap AS (
              -- The client's jobs already active, then those of this statement in order.
              SELECT ord, stored_conflict, stored_conflict OR group_conflict AS conflicts,
@@ -344,7 +352,7 @@ pub async fn submit_many(
                    UNION ALL
                    SELECT pg_notify($23, $25) WHERE EXISTS (SELECT 1 FROM job)) sent
          )
-         SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active,
+         SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active, a.import_active,
                 coalesce(w.conflicts, false) AS conflicts, coalesce(w.fits, false) AS fits,
                 -- Kept out only by earlier jobs of this statement, none of them recorded.
                 coalesce(w.conflicts AND NOT w.stored_conflict, false)
@@ -422,6 +430,7 @@ pub async fn submit_many(
                 template_visible,
                 tenant_exists,
                 batch_item_active,
+                import_active,
                 conflicts,
                 fits,
                 unsettled,
@@ -432,12 +441,16 @@ pub async fn submit_many(
             let upload = matches!(job.admit.template, TemplateCheck::Stored);
             if recorded {
                 SubmitOutcome::Recorded(Box::new(row))
-            } else if !template_visible && !(upload && (tenant_exists || batch_item_active)) {
+            } else if !template_visible
+                && !(upload && (tenant_exists || batch_item_active || import_active))
+            {
                 SubmitOutcome::TemplateNotVisible
             } else if tenant_exists {
                 SubmitOutcome::TenantExists
             } else if batch_item_active {
                 SubmitOutcome::BatchItemActive
+            } else if import_active {
+                SubmitOutcome::ImportActive
             } else if unsettled {
                 SubmitOutcome::Unsettled
             } else if !conflicts && !fits {
