@@ -95,8 +95,10 @@ pub(crate) fn create_fields(
     let admin = check.admin();
     let template = check.template(input);
     let password = check.password();
+    // `null` is no map, as for `lockTimeout`.
     let number_map = body
         .get("numberMap")
+        .filter(|v| !v.is_null())
         .map(|v| number_map(v, &mut check.errors))
         .unwrap_or_default();
     let lock_timeout = match body.get("lockTimeout") {
@@ -372,6 +374,23 @@ mod tests {
     }
 
     const ID: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn a_null_number_map_or_lock_timeout_is_as_if_absent() {
+        let request = create_request(
+            "acme.example.com",
+            &body(
+                json!({"tenantName": "Acme", "firstName": "Ann", "lastName": "Lee",
+                          "loginId": "ann", "password": "long enough", "email": "a@b.example",
+                          "templateUrl": "https://t.example/t.zip", "numberMap": null,
+                          "lockTimeout": null}),
+            ),
+            TemplateInput::Json,
+        )
+        .unwrap_or_else(|e| panic!("valid: {:?}", fields_of(&e)));
+        assert!(request.params.number_map.is_empty());
+        assert_eq!(request.params.lock_timeout, DEFAULT_LOCK_TIMEOUT);
+    }
 
     #[test]
     fn exactly_one_template_source_is_required_and_both_fields_are_named() {
