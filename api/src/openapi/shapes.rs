@@ -189,9 +189,9 @@ pub(crate) fn password() -> RefOr<Schema> {
 /// schema cannot say; the description does).
 pub(crate) fn number_map() -> RefOr<Schema> {
     ObjectBuilder::new()
-        .schema_type(Type::Object)
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
         .description(Some(
-            "Template access number -> real access number (1-20 digits each); no two keys may map to the same number",
+            "Template access number -> real access number (1-20 digits each); no two keys may map to the same number; null: none",
         ))
         .property_names(Some(
             ObjectBuilder::new()
