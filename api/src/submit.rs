@@ -238,6 +238,18 @@ async fn record(
             }
         }
     }
+    // Refused for the tenant's sake: the same request again may have had its job recorded
+    // by another statement meanwhile (this request's replay check came before it), and then
+    // that job is the answer, not the 409 its own job caused.
+    if matches!(
+        submitted,
+        Ok(SubmitOutcome::TenantExists
+            | SubmitOutcome::BatchItemActive
+            | SubmitOutcome::ImportActive)
+    ) && let Some(job) = replayed(state, caller, key).await?
+    {
+        return Ok(Recorded::Replay(job));
+    }
     match submitted {
         Ok(SubmitOutcome::Recorded(job)) => Ok(Recorded::New(*job)),
         Ok(SubmitOutcome::TemplateNotVisible) if matches!(sub.template, JobTemplate::Upload(_)) => {

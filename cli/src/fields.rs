@@ -181,7 +181,8 @@ pub fn check(item: &Map<String, Value>, batch_item: bool) -> Vec<Problem> {
         Some(_) => bad("password", "must be a string"),
     }
     template(item, &mut problems);
-    if let Some(map) = item.get("numberMap") {
+    // `null` is no map, as the API takes it.
+    if let Some(map) = item.get("numberMap").filter(|v| !v.is_null()) {
         number_map(map, &mut problems);
     }
     match item.get("lockTimeout") {
@@ -319,6 +320,16 @@ mod tests {
         ] {
             assert!(fields(&problems).contains(&f), "{f}: {problems:?}");
         }
+    }
+
+    #[test]
+    fn a_null_number_map_or_lock_timeout_is_as_if_absent() {
+        let item = json!({"tenantUrl": "acme.example.com", "tenantName": "Acme",
+            "firstName": "Ann", "lastName": "Lee", "loginId": "ann", "password": "long enough",
+            "email": "a@b.example", "templateUrl": "https://t.example/t.zip",
+            "numberMap": null, "lockTimeout": null});
+        let problems = check(item.as_object().unwrap(), true);
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

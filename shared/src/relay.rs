@@ -313,41 +313,44 @@ fn is_ours(tag: &str) -> bool {
 /// while passes keep doing so, a vacuum of the table about every [`VACUUM_EVERY`], unless
 /// another process's relay vacuumed it within that time (so a deployment of many processes
 /// vacuums about once a second in all). It runs in a task of its own, so publishing never
-/// waits for it, one at a time per relay. A vacuum that comes at a quiet moment (its pass found
-/// nothing to publish) also cuts the table's empty end, so the table shrinks back after a
-/// backlog (the busy ones do not: that takes a lock every create and transition would queue
-/// behind). A user that may not vacuum the table is told once, and the relay stops trying.
+/// waits for it, one at a time per relay. A pass that found nothing may also, at most every
+/// [`TRIM_EVERY`], cut the table's empty end if the table is over [`TRIM_ABOVE`] bytes and
+/// empty at that moment, so it shrinks back after a backlog (a busy table is never cut: that
+/// takes a lock every create and transition would queue behind). A user that may not vacuum
+/// the table is told once per process, and its relays stop trying.
 struct Vacuum {
     last: tokio::time::Instant,
     /// Rows handled since the last vacuum.
     dirty: bool,
-    /// Rows handled since the last vacuum that cut the table's empty end.
-    untrimmed: bool,
+    /// When a cut was last considered.
+    last_trim: Option<tokio::time::Instant>,
     running: Option<JoinHandle<()>>,
-    allowed: Arc<AtomicBool>,
 }
+
+/// This process's database user may not vacuum the outbox (found once, kept).
+static VACUUM_REFUSED: AtomicBool = AtomicBool::new(false);
+/// A cut of the outbox's empty end is considered at most this often per relay...
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// ...and made only when the table is larger than this (bytes) and empty.
+const TRIM_ABOVE: i64 = 1 << 20;
 
 impl Vacuum {
     fn new() -> Self {
         Self {
             last: tokio::time::Instant::now(),
             dirty: false,
-            untrimmed: false,
+            last_trim: None,
             running: None,
-            allowed: Arc::new(AtomicBool::new(true)),
         }
     }
 
     /// After a pass that handled `handled` rows.
     fn after(&mut self, pool: &PgPool, handled: usize) {
-        if handled > 0 {
-            self.dirty = true;
-            self.untrimmed = true;
-        }
-        let quiet = handled == 0;
-        if !(if quiet { self.untrimmed } else { self.dirty })
+        self.dirty |= handled > 0;
+        let trim = handled == 0 && self.last_trim.is_none_or(|t| t.elapsed() >= TRIM_EVERY);
+        if !(self.dirty || trim)
             || self.last.elapsed() < VACUUM_EVERY
-            || !self.allowed.load(Ordering::Relaxed)
+            || VACUUM_REFUSED.load(Ordering::Relaxed)
             || self
                 .running
                 .as_ref()
@@ -355,23 +358,28 @@ impl Vacuum {
         {
             return;
         }
+        let ask = outbox::VacuumAsk {
+            reclaim: self.dirty.then_some(VACUUM_EVERY),
+            trim_above: trim.then_some(TRIM_ABOVE),
+        };
         self.dirty = false;
-        self.untrimmed &= !quiet;
         self.last = tokio::time::Instant::now();
-        let (pool, allowed) = (pool.clone(), self.allowed.clone());
+        if trim {
+            self.last_trim = Some(self.last);
+        }
+        let pool = pool.clone();
         self.running = Some(tokio::spawn(async move {
-            // A busy moment's vacuum is left to whichever relay comes first; the quiet one is
-            // this relay's own (its rows may be the table's end).
-            let recently = (!quiet).then_some(VACUUM_EVERY);
-            match outbox::vacuum(&pool, recently, quiet).await {
+            match outbox::vacuum(&pool, ask).await {
                 Ok(outbox::Vacuumed::NotAllowed) => {
-                    allowed.store(false, Ordering::Relaxed);
-                    tracing::warn!(
-                        "the database user does not own the outbox table, so the relay cannot \
-                         vacuum it; its dead rows wait for autovacuum"
-                    );
+                    if !VACUUM_REFUSED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the database user owns neither the outbox table nor the database, \
+                             so the relay cannot vacuum the table; its dead rows wait for \
+                             autovacuum"
+                        );
+                    }
                 }
-                Ok(outbox::Vacuumed::Done | outbox::Vacuumed::Recently) => {}
+                Ok(outbox::Vacuumed::Done | outbox::Vacuumed::Nothing) => {}
                 Err(e) => tracing::debug!(error = %e, "vacuuming the outbox failed"),
             }
         }));

@@ -43,7 +43,7 @@ async fn read_body(state: &AppState, request: Request) -> Result<Upload, ApiErro
     responses(
         Submitted,
         (status = 400, description = "Invalid tenant URL or lockTimeout"),
-        (status = 409, description = "The tenant exists"),
+        (status = 409, description = "The tenant exists, or a queued or running job (a create, a batch item, an Import Tenant) names it"),
         (status = 413, description = "The template is too large"),
         (status = 415, description = "Not a ZIP"),
         (status = 503, description = "The server is receiving as many templates as its memory allows (Retry-After)")))]

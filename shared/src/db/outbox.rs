@@ -184,48 +184,61 @@ pub(crate) async fn delete(
 pub(crate) enum Vacuumed {
     /// The table was vacuumed (or another vacuum was at work on it: skipped without waiting).
     Done,
-    /// Another process vacuumed it within the interval asked: left alone.
-    Recently,
-    /// This session's user may not vacuum it (it does not own the table).
+    /// Nothing to do: another process vacuumed it within the interval asked, and no cut was
+    /// due.
+    Nothing,
+    /// This session's user may not vacuum it (it owns neither the table nor the database).
     NotAllowed,
 }
 
-/// Reclaims the outbox's dead rows, unless another process did within `recently` (`None`: in
-/// any case). Every message's row is deleted within milliseconds of its commit, and autovacuum
-/// visits a database at most once a minute, so without this every relay pass walks the dead
-/// entries of the minute (see docs/performance.md, "The outbox's dead rows").
+/// What a relay asks of [`vacuum`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VacuumAsk {
+    /// Reclaim the dead rows, unless any process vacuumed the table within this interval.
+    pub(crate) reclaim: Option<Duration>,
+    /// Also cut the table's empty end, if it is larger than this many bytes and holds no row
+    /// now (a backlog's leftover on an idle system).
+    pub(crate) trim_above: Option<i64>,
+}
+
+/// Reclaims the outbox's dead rows. Every message's row is deleted within milliseconds of its
+/// commit, and autovacuum visits a database at most once a minute, so without this every relay
+/// pass walks the dead entries of the minute (see docs/performance.md, "The outbox's dead
+/// rows").
 ///
 /// Runs outside any transaction (as `VACUUM` must); `SKIP_LOCKED` passes when another vacuum of
-/// the table is at work. Only with `truncate` does it cut the table's empty end, for which it
-/// takes (conditionally, and yielding to anyone who waits) the lock every writer of the outbox
-/// queues behind: for quiet moments. PostgreSQL says why it skipped a table with a `WARNING`;
-/// the session hears errors only while it vacuums, so a skip is not logged every second, and a
-/// session that failed meanwhile is closed rather than handed out with that setting.
-pub(crate) async fn vacuum(
-    pool: &PgPool,
-    recently: Option<Duration>,
-    truncate: bool,
-) -> Result<Vacuumed, sqlx::Error> {
+/// the table is at work. Only a cut (`trim_above`) removes the table's empty end, for which
+/// PostgreSQL takes the lock every writer of the outbox queues behind (only if it is free,
+/// trying for up to 5 s meanwhile, and giving it up as soon as anyone waits): so only for a
+/// large table that is empty at that moment. PostgreSQL says why it skipped a table with a
+/// `WARNING`; the session hears errors only while it vacuums, so a skip is not logged every
+/// second, and a session that failed meanwhile is closed rather than handed out with that
+/// setting.
+pub(crate) async fn vacuum(pool: &PgPool, ask: VacuumAsk) -> Result<Vacuumed, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let (allowed, recent): (bool, bool) = sqlx::query_as(
-        "SELECT pg_has_role(c.relowner, 'USAGE'),
+    let (allowed, recent, trim): (bool, bool, bool) = sqlx::query_as(
+        "SELECT pg_has_role(c.relowner, 'USAGE')
+                OR pg_has_role((SELECT datdba FROM pg_database
+                                WHERE datname = current_database()), 'USAGE'),
                 coalesce(greatest(s.last_vacuum, s.last_autovacuum)
-                         > now() - make_interval(secs => $1), false)
+                         > now() - make_interval(secs => $1), false),
+                $2::bigint IS NOT NULL AND pg_relation_size(c.oid) > $2
+                AND NOT EXISTS (SELECT 1 FROM outbox)
          FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid
          WHERE c.oid = 'outbox'::regclass",
     )
-    .bind(recently.map_or(0.0, |d| d.as_secs_f64()))
+    .bind(ask.reclaim.map_or(0.0, |d| d.as_secs_f64()))
+    .bind(ask.trim_above)
     .fetch_one(&mut *conn)
     .await?;
     if !allowed {
         return Ok(Vacuumed::NotAllowed);
     }
-    if recent && recently.is_some() {
-        return Ok(Vacuumed::Recently);
+    if !trim && (ask.reclaim.is_none() || recent) {
+        return Ok(Vacuumed::Nothing);
     }
-    let vacuumed = vacuum_quietly(&mut conn, truncate).await;
-    match vacuumed {
-        Ok(_) => Ok(Vacuumed::Done),
+    match vacuum_quietly(&mut conn, trim).await {
+        Ok(()) => Ok(Vacuumed::Done),
         Err(e) => {
             let _ = conn.close().await;
             Err(e)
