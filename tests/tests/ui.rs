@@ -632,8 +632,16 @@ async fn in_a_browser_an_operator_signs_in_watches_a_batch_finish_retries_it_and
         .click()
         .await
         .unwrap();
-    b.until_path("/ui/login").await;
-    assert!(b.text("#login-error").await.contains("wrong"));
+    // The page was already /ui/login before the post: wait for the answer's error itself.
+    let error = b
+        .client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#login-error"))
+        .await
+        .expect("the sign-in page answers with an error");
+    assert!(error.text().await.unwrap().contains("wrong"));
+    assert_eq!(b.path().await, "/ui/login");
     b.client
         .find(Locator::Id("client_secret"))
         .await
