@@ -312,16 +312,30 @@ impl TestApp {
         self.wait_job(job["jobId"].as_str().unwrap()).await
     }
 
-    /// Imports `archive` (Import Tenant, lock timeout 5 s); returns the job once it ended.
-    pub async fn import_and_wait(&self, archive: Vec<u8>) -> Value {
-        let r = self
-            .http
-            .post(self.url("/configapi/v2/tenant?lockTimeout=5"))
+    /// An export of a tenant this cluster does not have: the sample template under a new URL,
+    /// without access numbers.
+    pub async fn new_tenant_export(&self) -> provisioner_shared::template::Template {
+        let mut exported = fixtures::sample_template(self.db_version().await);
+        exported.tenant.url = fixtures::tenant_url();
+        exported.tenant.sip_domain = exported.tenant.url.clone();
+        exported.access_numbers.clear();
+        exported
+    }
+
+    /// Sends `archive` to Import Tenant (`query` after the path: `""` or `"?lockTimeout=N"`).
+    pub async fn import(&self, archive: Vec<u8>, query: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/configapi/v2/tenant{query}")))
             .header("content-type", "application/zip")
             .body(archive)
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Imports `archive` (Import Tenant, lock timeout 5 s); returns the job once it ended.
+    pub async fn import_and_wait(&self, archive: Vec<u8>) -> Value {
+        let r = self.import(archive, "?lockTimeout=5").await;
         assert_eq!(r.status(), 202, "import");
         let job: Value = r.json().await.unwrap();
         self.wait_job(job["jobId"].as_str().unwrap()).await

@@ -212,18 +212,8 @@ async fn an_existing_tenant_or_an_active_job_for_it_is_409_at_once() {
 #[tokio::test]
 async fn a_create_while_an_import_of_its_tenant_is_queued_is_409_at_once() {
     let app = TestApp::without_workers().await;
-    let mut exported = fixtures::sample_template(app.db_version().await);
-    exported.tenant.url = fixtures::tenant_url();
-    exported.tenant.sip_domain = exported.tenant.url.clone();
-    exported.access_numbers.clear();
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/tenant"))
-        .header("content-type", "application/zip")
-        .body(exported.write())
-        .send()
-        .await
-        .unwrap();
+    let exported = app.new_tenant_export().await;
+    let r = app.import(exported.write(), "").await;
     assert_eq!(r.status(), 202, "an import is always accepted");
 
     let url = app.serve_sample_template("support.zip").await;

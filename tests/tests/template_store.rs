@@ -400,19 +400,9 @@ async fn uploads_are_kept_until_their_job_ends_and_listed_only_when_also_stored(
         .as_str()
         .unwrap()
         .to_owned();
-    let mut exported = fixtures::sample_template(app.db_version().await);
-    exported.tenant.url = fixtures::tenant_url();
-    exported.tenant.sip_domain = exported.tenant.url.clone();
-    exported.access_numbers.clear();
+    let exported = app.new_tenant_export().await;
     let archive = exported.write();
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/tenant"))
-        .header("content-type", "application/zip")
-        .body(archive.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = app.import(archive.clone(), "").await;
     assert_eq!(r.status(), 202);
     let import_job = r.json::<Value>().await.unwrap();
     assert_eq!(import_job["tenantUrl"], exported.tenant.url.as_str());
@@ -611,18 +601,8 @@ async fn a_worker_that_shares_no_files_with_the_api_runs_form_uploads_and_import
         .unwrap()
         .to_owned();
 
-    let mut exported = fixtures::sample_template(app.db_version().await);
-    exported.tenant.url = fixtures::tenant_url();
-    exported.tenant.sip_domain = exported.tenant.url.clone();
-    exported.access_numbers.clear();
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/tenant"))
-        .header("content-type", "application/zip")
-        .body(exported.write())
-        .send()
-        .await
-        .unwrap();
+    let exported = app.new_tenant_export().await;
+    let r = app.import(exported.write(), "").await;
     assert_eq!(r.status(), 202);
     let imported = r.json::<Value>().await.unwrap()["jobId"]
         .as_str()
