@@ -238,14 +238,18 @@ async fn record(
             }
         }
     }
-    // Refused for the tenant's sake: the same request again may have had its job recorded
-    // by another statement meanwhile (this request's replay check came before it), and then
-    // that job is the answer, not the 409 its own job caused.
+    // Refused for its tenant's or its client's sake: the same request again may have had its
+    // job recorded by another statement meanwhile (this request's replay check came before it;
+    // a conflict on the key waited for that job's commit), and then that job is the answer,
+    // not the refusal its own job met.
     if matches!(
         submitted,
         Ok(SubmitOutcome::TenantExists
             | SubmitOutcome::BatchItemActive
-            | SubmitOutcome::ImportActive)
+            | SubmitOutcome::ImportActive
+            | SubmitOutcome::TooManyActive
+            | SubmitOutcome::Conflict
+            | SubmitOutcome::Unsettled)
     ) && let Some(job) = replayed(state, caller, key).await?
     {
         return Ok(Recorded::Replay(job));
@@ -279,10 +283,6 @@ async fn record(
             sub.tenant_url
         ))),
         Ok(SubmitOutcome::TooManyActive) => {
-            // The same request again, its job recorded meanwhile by another statement.
-            if let Some(job) = replayed(state, caller, key).await? {
-                return Ok(Recorded::Replay(job));
-            }
             let cap = state.settings.client_max_active_jobs;
             Err(ApiError::TooManyRequests {
                 detail: format!(
@@ -292,17 +292,10 @@ async fn record(
             })
         }
         // (The recorder judges an unsettled job again, alone: it never answers one.)
-        Ok(SubmitOutcome::Conflict | SubmitOutcome::Unsettled) => {
-            // A concurrent request with the same key may have won the race: its job is
-            // committed by now (the conflict waited for it).
-            match replayed(state, caller, key).await? {
-                Some(job) => Ok(Recorded::Replay(job)),
-                None => Err(ApiError::Conflict(format!(
-                    "a queued or running job exists for tenant {}",
-                    sub.tenant_url
-                ))),
-            }
-        }
+        Ok(SubmitOutcome::Conflict | SubmitOutcome::Unsettled) => Err(ApiError::Conflict(format!(
+            "a queued or running job exists for tenant {}",
+            sub.tenant_url
+        ))),
         Err(e) => Err(e.into()),
     }
 }
