@@ -224,7 +224,7 @@ pub async fn run(
         waits: Arc::default(),
         template_budget: MemoryBudget::new(settings.template_memory_budget),
         ui: Arc::default(),
-        recorder: recorder::Recorder::start(&pool),
+        recorder: recorder::Recorder::start(&pool, background.notifications().clone()),
         broker_readings: Arc::new(metrics::BrokerReadings::new(settings.amqp_url.clone())),
     };
 

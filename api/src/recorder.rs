@@ -11,9 +11,12 @@
 
 use std::sync::Arc;
 
-use provisioner_shared::db::{
-    self,
-    jobs::{NewJob, SubmitOutcome},
+use provisioner_shared::{
+    db::{
+        self,
+        jobs::{NewJob, SubmitOutcome},
+    },
+    relay::Notifications,
 };
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -38,6 +41,8 @@ pub(crate) struct Recorder {
     /// One queue per lane; a client's submissions always take the same lane, so each of its
     /// statements sees the jobs of the one before (its cap holds exactly within a process).
     lanes: Arc<[mpsc::Sender<Pending>]>,
+    /// Wakes this process's relay once a job is recorded (the statement announces nothing).
+    notifications: Notifications,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -49,7 +54,7 @@ impl std::fmt::Debug for Recorder {
 impl Recorder {
     /// Starts the lanes, on connections of their own to `pool`'s database; they end when
     /// every clone of the recorder is gone.
-    pub(crate) fn start(pool: &PgPool) -> Self {
+    pub(crate) fn start(pool: &PgPool, notifications: Notifications) -> Self {
         // Planning the recording statement afresh at each execution cost more than running it
         // (docs/performance.md): the lanes' sessions keep its generic plan.
         let pool = db::generic_plan_pool(pool, LANES as u32);
@@ -60,7 +65,10 @@ impl Recorder {
                 sender
             })
             .collect();
-        Self { lanes }
+        Self {
+            lanes,
+            notifications,
+        }
     }
 
     /// Records `job` (committed when this returns `Recorded`), and gives it back with the
@@ -71,7 +79,11 @@ impl Recorder {
         lane.send(Pending { job, reply })
             .await
             .map_err(|_| RecorderGone)?;
-        answer.await.map_err(|_| RecorderGone)
+        let answered = answer.await.map_err(|_| RecorderGone)?;
+        if let (_, Ok(SubmitOutcome::Recorded(_))) = &answered {
+            self.notifications.committed(&[]);
+        }
+        Ok(answered)
     }
 }
 

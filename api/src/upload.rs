@@ -85,14 +85,22 @@ pub(crate) async fn take(reserved: &mut Reserved, bytes: u64) -> Result<(), ApiE
 
 /// The request's declared body length; `413` at once when it is larger than `max`.
 pub(crate) fn declared_length(headers: &HeaderMap, max: u64) -> Result<Option<u64>, ApiError> {
-    let length = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match length {
+    match content_length(headers) {
         Some(n) if n > max => Err(too_large(max)),
         length => Ok(length),
     }
+}
+
+/// Whether the request declares a body of at most `bytes`.
+pub(crate) fn declared_at_most(headers: &HeaderMap, bytes: u64) -> bool {
+    content_length(headers).is_some_and(|n| n <= bytes)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// A raw template body: `application/zip` (or the usual aliases), else `415`.

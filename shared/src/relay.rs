@@ -20,13 +20,17 @@ use lapin::{
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::{
-    sync::broadcast::{
-        self,
-        error::{RecvError, TryRecvError},
+    sync::{
+        broadcast::{
+            self,
+            error::{RecvError, TryRecvError},
+        },
+        mpsc,
     },
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     db::{self, outbox},
@@ -44,6 +48,12 @@ const POLL: Duration = Duration::from_millis(500);
 /// While it deletes rows, a relay vacuums the outbox about this often.
 const VACUUM_EVERY: Duration = Duration::from_secs(1);
 
+/// Job changes waiting to be announced at most; past it, changes go unannounced (waiters fall
+/// back to their poll).
+const ANNOUNCE_QUEUE: usize = 4096;
+/// Job changes announced per statement at most.
+const ANNOUNCE_BATCH: usize = 512;
+
 /// A notification from PostgreSQL: `channel` and `payload` as sent by `pg_notify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
@@ -52,20 +62,25 @@ pub struct Notification {
 }
 
 /// Fans out PostgreSQL notifications of the job and outbox channels to in-process subscribers,
-/// and keeps the [`AuthEpoch`].
+/// keeps the [`AuthEpoch`], and announces the changes this process committed
+/// ([`Notifications::committed`]).
 #[derive(Debug, Clone)]
 pub struct Notifications {
     sender: broadcast::Sender<Notification>,
     auth: AuthEpoch,
+    announcer: mpsc::Sender<Uuid>,
 }
 
 impl Notifications {
-    /// Starts listening; the task reconnects on its own until `shutdown`.
+    /// Starts listening and announcing; the tasks reconnect on their own until `shutdown`.
     pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
         let (sender, _) = broadcast::channel(4096);
+        let (announcer, changes) = mpsc::channel(ANNOUNCE_QUEUE);
+        tokio::spawn(announce(pool.clone(), changes, shutdown.clone()));
         let hub = Self {
             sender: sender.clone(),
             auth: AuthEpoch::default(),
+            announcer,
         };
         let auth = hub.auth.clone();
         tokio::spawn(async move {
@@ -86,6 +101,24 @@ impl Notifications {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
         self.sender.subscribe()
+    }
+
+    /// After this process committed outbox rows with the changes of `jobs` (a create, a claim,
+    /// a job's end), which the transaction did not announce itself (`db::jobs`): wakes this
+    /// process's relay at once, in-process, and has the changes announced to every process's
+    /// waiters on the jobs channel, off the caller's path (a few statements a second, each
+    /// with every change waiting). A change that cannot be announced (the queue full, the
+    /// database unreachable) is left to the waiters' poll.
+    pub fn committed(&self, jobs: &[Uuid]) {
+        let _ = self.sender.send(Notification {
+            channel: outbox::NOTIFY_CHANNEL.to_owned(),
+            payload: outbox::writer_tag().to_owned(),
+        });
+        for id in jobs {
+            if self.announcer.try_send(*id).is_err() {
+                tracing::debug!(job.id = %id, "job change not announced: the queue is full");
+            }
+        }
     }
 
     /// The epoch of what this process may keep about clients and tokens.
@@ -164,6 +197,29 @@ async fn listen(
             }
             None => return Err(sqlx::Error::PoolClosed),
         }
+    }
+}
+
+/// Announces the job changes `committed` hands over, every change waiting in one statement,
+/// until every sender is gone or `shutdown`. A notifying transaction with nothing else to
+/// commit writes no WAL and waits for no flush, so it holds PostgreSQL's notification lock only
+/// briefly.
+async fn announce(pool: PgPool, mut changes: mpsc::Receiver<Uuid>, shutdown: CancellationToken) {
+    let mut ids = Vec::with_capacity(ANNOUNCE_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = changes.recv_many(&mut ids, ANNOUNCE_BATCH) => n,
+            () = shutdown.cancelled() => 0,
+        };
+        if n == 0 {
+            return;
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if let Err(e) = db::jobs::notify_changed(&pool, &ids).await {
+            tracing::debug!(error = %e, jobs = ids.len(), "job changes not announced");
+        }
+        ids.clear();
     }
 }
 

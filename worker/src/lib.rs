@@ -48,9 +48,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let db_version = db::schema_version(&pool)
         .await
         .context("reading the schema version")?;
-    let ctx = Context::new(pool.clone(), settings.clone(), sealer, db_version)?;
-
     let background = Background::start(&pool, &settings.amqp_url);
+    let ctx = Context::new(
+        pool.clone(),
+        settings.clone(),
+        sealer,
+        db_version,
+        background.notifications().clone(),
+    )?;
     let sweeping = CancellationToken::new();
     let sweeper = tokio::spawn(sweeper::run(ctx.clone(), sweeping.clone()));
     let dispatcher = tokio::spawn(dispatcher::run(

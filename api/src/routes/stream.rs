@@ -25,6 +25,10 @@ use crate::{
     upload::{self, Upload, require_zip},
 };
 
+/// A create whose body is declared at most this large reads it before looking whether the
+/// tenant exists (see `create_from_stream`).
+const READ_BEFORE_LOOKING: u64 = 64 * 1024;
+
 /// Reads the request body into memory, within the size cap and the upload budget.
 async fn read_body(state: &AppState, request: Request) -> Result<Upload, ApiError> {
     let max = state.settings.template_max_bytes;
@@ -60,9 +64,12 @@ pub(super) async fn create_from_stream(
     let (url, lock_timeout) = all_valid(url, lock_timeout)?;
     let lock_timeout = lock_timeout.0;
     // Refuse an existing tenant before reading a possibly large body, unless the request may be
-    // the retry of one that made it (a replay answers the job, not 409).
+    // the retry of one that made it (a replay answers the job, not 409). A body declared small
+    // is read first: the recording statement refuses an existing tenant the same way, and
+    // reading it costs less than a round trip to look.
     let keyed = answer.idempotency_key.is_present();
-    if !keyed && db::tenants::exists(&state.pool, url.as_str()).await? {
+    let small = upload::declared_at_most(request.headers(), READ_BEFORE_LOOKING);
+    if !keyed && !small && db::tenants::exists(&state.pool, url.as_str()).await? {
         return Err(ApiError::Conflict(format!(
             "a tenant with URL {url} already exists"
         )));

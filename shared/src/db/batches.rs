@@ -34,7 +34,6 @@ const COLUMNS: &str = "id, client_id, status, cancel_requested, total, queued, r
 
 /// The channel on which a batch's stop is announced (payload: the batch id); the same channel
 /// as job changes, so one listener serves every wait.
-const NOTIFY_CHANNEL: &str = jobs::NOTIFY_CHANNEL;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRow {
@@ -330,12 +329,7 @@ pub async fn settle(conn: &mut PgConnection, id: Uuid) -> Result<Option<BatchRow
 
 /// Wakes whoever waits on these jobs or batches.
 async fn notify(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, id::text) FROM UNNEST($2::uuid[]) AS id")
-        .bind(NOTIFY_CHANNEL)
-        .bind(ids)
-        .execute(conn)
-        .await
-        .map(drop)
+    jobs::notify_changed(conn, ids).await
 }
 
 /// Cancels a running batch: its queued items become `cancelled` (running ones finish), and it

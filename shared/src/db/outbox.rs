@@ -9,8 +9,8 @@ use sqlx::{
     query::Query,
 };
 
-/// The outbox insert of the messages bound by [`bind_announcements`] (`$1`-`$6`, `$9`), with a
-/// condition (`""` for none) its `SELECT` ends with.
+/// The outbox insert of the messages bound by [`bind_messages`] (`$1`-`$7`), with a condition
+/// (`""` for none) its `SELECT` ends with.
 macro_rules! insert_sql {
     ($condition:literal) => {
         concat!(
@@ -18,7 +18,7 @@ macro_rules! insert_sql {
                                  available_at, traceparent)
              SELECT e, r, m, c, p, now() + make_interval(secs => d), tp
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::float8[],
-                         $9::text[])
+                         $7::text[])
                   AS t(e, r, m, c, p, d, tp) ",
             $condition
         )
@@ -26,10 +26,13 @@ macro_rules! insert_sql {
 }
 pub(crate) use insert_sql;
 
-/// `UPDATE` (a literal, or `concat!` of literals, whose parameters start at `$10`, ending before its `RETURNING`) as one
-/// statement that also writes the messages and sends the notifications bound by
-/// [`bind_announcements`], only if the update changed a row: the statement returns one row per
-/// notification then, none otherwise. It commits on its own outside a transaction.
+/// `UPDATE` (a literal, or `concat!` of literals, whose parameters start at `$8`, ending before
+/// its `RETURNING`) as one statement that also writes the messages bound by [`bind_messages`],
+/// only if the update changed a row; it returns the number of rows changed. It sends no
+/// notification: a transaction that notifies commits behind every other notifying
+/// transaction's commit, its WAL flush included (PostgreSQL serialises them on one lock), so
+/// the hot transitions are announced after their commit instead (`relay::Notifications::committed`).
+/// It commits on its own outside a transaction.
 macro_rules! announced_update_sql {
     ($update:expr) => {
         concat!(
@@ -37,14 +40,14 @@ macro_rules! announced_update_sql {
             $update,
             " RETURNING 1), inserted AS (",
             $crate::db::outbox::insert_sql!("WHERE EXISTS (SELECT FROM changed)"),
-            ") SELECT pg_notify(channel, note) FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)
-             WHERE EXISTS (SELECT FROM changed)"
+            ") SELECT count(*) FROM changed"
         )
     };
 }
 pub(crate) use announced_update_sql;
 
-/// The channel on which inserts are announced, so the writer's relay wakes at once.
+/// The channel on which inserts are announced, so the writer's relay wakes at once (in-process
+/// for the transitions announced after commit).
 pub(crate) const NOTIFY_CHANNEL: &str = "provisioner_outbox";
 
 /// What this process's announcements carry: the relay of the process that wrote the rows is
@@ -106,32 +109,6 @@ pub(crate) async fn insert_notifying(
     if msgs.is_empty() && also.is_empty() {
         return Ok(());
     }
-    // A data-modifying CTE runs whether or not the query reads it.
-    bind_announcements(
-        sqlx::query(concat!(
-            "WITH inserted AS (",
-            insert_sql!(""),
-            ") SELECT pg_notify(channel, note) FROM UNNEST($7::text[], $8::text[]) AS n(channel, note)"
-        )),
-        msgs,
-        also,
-    )
-    .execute(&mut *conn)
-    .await
-    .map(drop)
-}
-
-/// Binds `$1`-`$9` of a statement made with [`insert_sql`]: the messages, the wake-up of this
-/// process's relay (when there are messages) and the notifications `also`.
-pub(crate) fn bind_announcements<'q>(
-    query: Query<'q, Postgres, PgArguments>,
-    msgs: &'q [OutboxMessage],
-    also: &[(&'q str, &'q str)],
-) -> Query<'q, Postgres, PgArguments> {
-    let column = |f: fn(&OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
-    let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
-    let delays: Vec<f64> = msgs.iter().map(|m| m.delay.as_secs_f64()).collect();
-    let traces: Vec<Option<&str>> = msgs.iter().map(|m| m.traceparent.as_deref()).collect();
     let mut channels = Vec::with_capacity(also.len() + 1);
     let mut notes = Vec::with_capacity(also.len() + 1);
     if !msgs.is_empty() {
@@ -142,6 +119,31 @@ pub(crate) fn bind_announcements<'q>(
         channels.push(*channel);
         notes.push(*payload);
     }
+    // A data-modifying CTE runs whether or not the query reads it.
+    bind_messages(
+        sqlx::query(concat!(
+            "WITH inserted AS (",
+            insert_sql!(""),
+            ") SELECT pg_notify(channel, note) FROM UNNEST($8::text[], $9::text[]) AS n(channel, note)"
+        )),
+        msgs,
+    )
+    .bind(channels)
+    .bind(notes)
+    .execute(&mut *conn)
+    .await
+    .map(drop)
+}
+
+/// Binds `$1`-`$7` of a statement made with [`insert_sql`]: the messages.
+pub(crate) fn bind_messages<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    msgs: &'q [OutboxMessage],
+) -> Query<'q, Postgres, PgArguments> {
+    let column = |f: fn(&OutboxMessage) -> &str| msgs.iter().map(f).collect::<Vec<_>>();
+    let payloads: Vec<&[u8]> = msgs.iter().map(|m| m.payload.as_slice()).collect();
+    let delays: Vec<f64> = msgs.iter().map(|m| m.delay.as_secs_f64()).collect();
+    let traces: Vec<Option<&str>> = msgs.iter().map(|m| m.traceparent.as_deref()).collect();
     query
         .bind(column(|m| &m.exchange))
         .bind(column(|m| &m.routing_key))
@@ -149,8 +151,6 @@ pub(crate) fn bind_announcements<'q>(
         .bind(column(|m| &m.content_type))
         .bind(payloads)
         .bind(delays)
-        .bind(channels)
-        .bind(notes)
         .bind(traces)
 }
 

@@ -9,7 +9,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use provisioner_shared::{budget::MemoryBudget, config::Settings, seal::Sealer, template::Limits};
+use provisioner_shared::{
+    budget::MemoryBudget, config::Settings, relay::Notifications, seal::Sealer, template::Limits,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -38,6 +40,8 @@ pub(crate) struct Context {
     pub(crate) faults: Faults,
     /// Stored templates and batch pins read recently.
     pub(crate) recent: Recent,
+    /// The process's hub: the job changes it commits are announced through it.
+    pub(crate) notifications: Notifications,
 }
 
 impl Context {
@@ -46,6 +50,7 @@ impl Context {
         settings: Settings,
         sealer: Sealer,
         db_version: i64,
+        notifications: Notifications,
     ) -> anyhow::Result<Arc<Self>> {
         let fetcher = Fetcher::new(
             settings.template_allow_private,
@@ -68,6 +73,7 @@ impl Context {
             leases: Leases::default(),
             faults,
             recent: Recent::default(),
+            notifications,
         }))
     }
 }

@@ -86,7 +86,10 @@ async fn acquire(
             let lease = ctx.settings.job_lease;
             Ok(
                 match db::jobs::claim(&ctx.pool, &job, token, lease).await? {
-                    Some(job) => Acquired::Claimed(Box::new(job)),
+                    Some(job) => {
+                        ctx.notifications.committed(&[job.id]);
+                        Acquired::Claimed(Box::new(job))
+                    }
                     // It changed since it was read: read it again.
                     None => Acquired::Changed,
                 },

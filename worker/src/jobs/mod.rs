@@ -298,6 +298,9 @@ fn params<T: serde::de::DeserializeOwned>(job: &JobRow) -> Result<T, JobFailure>
 /// Runs the write transaction for `plan` and says what its outcome means for the job.
 async fn write_tenant(ctx: &Context, job: &JobRow, plan: &Plan) -> Result<Finished, JobFailure> {
     let written = tenant_write::run(&ctx.pool, ctx.settings.import_lock, job, plan).await?;
+    if matches!(written, tenant_write::WriteOutcome::Committed) {
+        ctx.notifications.committed(&[job.id]);
+    }
     ctx.faults.at(Stage::Commit);
     outcome::written(written)
 }

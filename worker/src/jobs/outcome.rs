@@ -223,6 +223,9 @@ async fn write(
         }
         permanent => {
             db::jobs::finish(&mut tx, job, &permanent.ending()).await?;
+            tx.commit().await?;
+            ctx.notifications.committed(&[job.id]);
+            return Ok(());
         }
     }
     tx.commit().await
@@ -239,6 +242,9 @@ pub(super) async fn fail_unclaimed(
     let mut tx = ctx.pool.begin().await?;
     let ended = db::jobs::claim_and_finish(&mut tx, queued, &failure.ending()).await?;
     tx.commit().await?;
+    if ended.is_some() {
+        ctx.notifications.committed(&[queued.id]);
+    }
     Ok(ended.is_some())
 }
 
@@ -257,7 +263,8 @@ pub(crate) async fn rescue(
 
 /// Takes a running job, `held` as its lease holder made it (locked by the caller), from that
 /// holder: back to queued with a new job message while attempts remain, else failed with code
-/// 500.
+/// 500. Both announce the change in the caller's transaction (these are rare: the hot
+/// transitions are announced after their commit).
 pub(crate) async fn take_back(
     conn: &mut PgConnection,
     held: &JobRow,
@@ -266,7 +273,11 @@ pub(crate) async fn take_back(
     if held.attempts >= max_attempts as i32 {
         let failure =
             JobFailure::Internal(format!("the job's worker was lost {} times", held.attempts));
-        db::jobs::finish(conn, held, &failure.ending()).await
+        let ended = db::jobs::finish(conn, held, &failure.ending()).await?;
+        if ended.is_some() {
+            db::jobs::notify_in_transaction(conn, held.id).await?;
+        }
+        Ok(ended)
     } else {
         let token = held.lease_token.expect("a running job has a lease");
         db::jobs::retry_later(conn, held.id, token, Duration::ZERO).await

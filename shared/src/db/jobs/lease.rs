@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, Postgres, postgres::PgArguments};
+use sqlx::{PgConnection, PgExecutor, Postgres, Row as _, postgres::PgArguments};
 use uuid::Uuid;
 
-use super::{COLUMNS, JobRow, NOTIFY_CHANNEL, transition};
+use super::{COLUMNS, JobRow, transition};
 use crate::{
     db::outbox,
     domain::{JobError, JobStatus, SkippedRange, TenantSummary},
@@ -18,8 +18,8 @@ type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 /// queued -> running under a fresh lease held by `token`, for `job` as read at its version
 /// (`queued`): one statement that commits on its own (outside a transaction) with the job's
-/// `job.running` event and notifications, built from the row it writes, which is `job` moved
-/// on; its `startedAt`, on a first attempt, is this process's clock. `None` when the job is no
+/// `job.running` event, built from the row it writes, which is `job` moved on (the caller
+/// announces it after the commit); its `startedAt`, on a first attempt, is this process's clock. `None` when the job is no
 /// longer at that version (read it again).
 pub async fn claim(
     exec: impl PgExecutor<'_>,
@@ -42,9 +42,9 @@ pub async fn claim(
         &[&claimed],
         outbox::announced_update_sql!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1,
-                 started_at = COALESCE(started_at, $11), lease_token = $12,
-                 lease_until = now() + make_interval(secs => $13), version = version + 1
-             WHERE id = $10 AND status = 'queued' AND version = $14"
+                 started_at = COALESCE(started_at, $9), lease_token = $10,
+                 lease_until = now() + make_interval(secs => $11), version = version + 1
+             WHERE id = $8 AND status = 'queued' AND version = $12"
         ),
         move |q| {
             q.bind(job.id)
@@ -107,14 +107,14 @@ pub enum Ending {
     },
 }
 
-/// The start of a job's end: `UPDATE jobs SET` with the columns `End::bind` binds (`$10`-`$17`),
+/// The start of a job's end: `UPDATE jobs SET` with the columns `End::bind` binds (`$8`-`$15`),
 /// the failed batch item's sealed password kept for a retry, the template reference and the
 /// lease cleared; the caller adds the version (and what else it sets) and the condition.
 macro_rules! end_update_sql {
     () => {
-        "UPDATE jobs SET status = $11, code = $12, error = $13, tenant = $14,
-                 skipped_numbers = $15, lock_wait_ms = $16, finished_at = $17,
-                 sealed_password = CASE WHEN $11 = 'failed' AND batch_id IS NOT NULL
+        "UPDATE jobs SET status = $9, code = $10, error = $11, tenant = $12,
+                 skipped_numbers = $13, lock_wait_ms = $14, finished_at = $15,
+                 sealed_password = CASE WHEN $9 = 'failed' AND batch_id IS NOT NULL
                                         THEN sealed_password END,
                  template_id = NULL, lease_token = NULL, lease_until = NULL,"
     };
@@ -122,8 +122,8 @@ macro_rules! end_update_sql {
 
 /// running -> succeeded | failed, for `held` as its lease holder made it (the row `claim`
 /// returned, or one locked by `lock_expired`/`lock_held`), only while that lease holds: one
-/// statement in the caller's transaction with the job's event and notifications, built from
-/// the row it writes; the end of a batch's last item also ends the batch. `None` when the lease
+/// statement in the caller's transaction with the job's event, built from the row it writes
+/// (the caller announces it after the commit); the end of a batch's last item also ends the batch. `None` when the lease
 /// no longer holds. The job's `finishedAt` is this process's clock.
 pub async fn finish(
     conn: &mut PgConnection,
@@ -138,7 +138,7 @@ pub async fn finish(
         outbox::announced_update_sql!(concat!(
             end_update_sql!(),
             " version = version + 1
-             WHERE id = $10 AND lease_token = $18 AND status = 'running' AND version = $19"
+             WHERE id = $8 AND lease_token = $16 AND status = 'running' AND version = $17"
         )),
         move |q| end.bind(q).bind(held.lease_token).bind(held.version),
     )
@@ -174,9 +174,9 @@ pub async fn claim_and_finish(
         &[&running, &finished],
         outbox::announced_update_sql!(concat!(
             end_update_sql!(),
-            " attempts = attempts + 1, started_at = COALESCE(started_at, $18),
+            " attempts = attempts + 1, started_at = COALESCE(started_at, $16),
                  version = version + 2
-             WHERE id = $10 AND status = 'queued' AND version = $19"
+             WHERE id = $8 AND status = 'queued' AND version = $17"
         )),
         move |q| end.bind(q).bind(started_at).bind(queued.version),
     )
@@ -185,7 +185,7 @@ pub async fn claim_and_finish(
 }
 
 /// The row a job's end writes, from the row it ends (`from`, running), and the parameters
-/// `$10`-`$17` of its update.
+/// `$8`-`$15` of its update.
 struct End {
     row: JobRow,
     code: i32,
@@ -339,7 +339,8 @@ pub async fn lock_held(
 
 /// Runs `update` (made with `outbox::announced_update_sql`, its own parameters bound by
 /// `bind`) with the events of `rows`, the versions it writes in order (the last is the row it
-/// leaves), and the job's notification; says whether it wrote.
+/// leaves); says whether it wrote. The caller announces the change after its commit
+/// (`relay::Notifications::committed`).
 async fn announced(
     exec: impl PgExecutor<'_>,
     rows: &[&JobRow],
@@ -350,14 +351,9 @@ async fn announced(
         .iter()
         .map(|row| queue::status_event(&row.view(), row.version, row.traceparent.as_deref()))
         .collect();
-    let id = rows.last().expect("a row written").id.to_string();
-    let notes = [(NOTIFY_CHANNEL, id.as_str())];
-    let sent = bind(outbox::bind_announcements(
-        sqlx::query(update),
-        &msgs,
-        &notes,
-    ))
-    .fetch_all(exec)
-    .await?;
-    Ok(!sent.is_empty())
+    let changed: i64 = bind(outbox::bind_messages(sqlx::query(update), &msgs))
+        .fetch_one(exec)
+        .await?
+        .get(0);
+    Ok(changed > 0)
 }

@@ -1,7 +1,10 @@
 //! The jobs table: creation, lookup, listing and cancellation (here), the transitions a worker
-//! makes under a lease (`lease`), aggregate figures (`stats`). Each transition bumps `version`,
-//! writes its CloudEvent to the outbox and notifies waiters, in the caller's transaction (the
-//! claim: in its own statement, which commits on its own).
+//! makes under a lease (`lease`), aggregate figures (`stats`). Each transition bumps `version`
+//! and writes its CloudEvent to the outbox in the caller's transaction (the claim: in its own
+//! statement, which commits on its own). The rarer ones also notify waiters in it; the hot ones
+//! (a create, a claim, a job's end) send no notification inside the transaction, and their
+//! caller announces them after the commit (`relay::Notifications::committed`): PostgreSQL
+//! commits notifying transactions one at a time, each with its WAL flush.
 
 use std::time::Duration;
 
@@ -211,8 +214,9 @@ pub async fn submit(conn: &mut PgConnection, job: &NewJob) -> Result<SubmitOutco
 /// Records queued jobs, each with its job message and `job.queued` event, after the admission
 /// checks of each, in one statement: on a connection outside a transaction it commits on its
 /// own, so several concurrent creates cost one round trip and one commit. A job's `createdAt`
-/// is this process's clock (the event announcing it is written in the same statement). One
-/// outcome per job, in order.
+/// is this process's clock (the event announcing it is written in the same statement). No
+/// notification is sent: the caller wakes its relay after the commit. One outcome per job, in
+/// order.
 pub async fn submit_many(
     conn: &mut PgConnection,
     jobs: &[NewJob],
@@ -346,11 +350,6 @@ pub async fn submit_many(
                       AS m(job, e, r, m, c, p, tp, n)
              JOIN job ON job.id = m.job
              ORDER BY m.n
-         ), notified AS (
-             SELECT count(*) AS n
-             FROM (SELECT pg_notify($24, job.id::text) FROM job
-                   UNION ALL
-                   SELECT pg_notify($23, $25) WHERE EXISTS (SELECT 1 FROM job)) sent
          )
          SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active, a.import_active,
                 coalesce(w.conflicts, false) AS conflicts, coalesce(w.fits, false) AS fits,
@@ -364,7 +363,6 @@ pub async fn submit_many(
                     AS unsettled,
                 EXISTS (SELECT 1 FROM job WHERE job.id = a.id) AS recorded
          FROM admission a JOIN input i ON i.ord = a.ord LEFT JOIN within_cap w ON w.ord = a.ord
-         CROSS JOIN notified
          ORDER BY a.ord",
     )
     .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -409,9 +407,6 @@ pub async fn submit_many(
             .map(|(_, m)| m.traceparent.as_deref())
             .collect::<Vec<_>>(),
     )
-    .bind(outbox::NOTIFY_CHANNEL)
-    .bind(NOTIFY_CHANNEL)
-    .bind(outbox::writer_tag())
     .fetch_all(&mut *conn)
     .await?;
     if answers.len() != rows.len() {
@@ -482,6 +477,30 @@ async fn announce_with(
         db::batches::settle(conn, batch).await?;
     }
     Ok(())
+}
+
+/// Wakes whoever waits on these jobs (or batches): one notification each on the jobs channel,
+/// in one statement.
+pub async fn notify_changed(exec: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, id::text) FROM UNNEST($2::uuid[]) AS id")
+        .bind(NOTIFY_CHANNEL)
+        .bind(ids)
+        .execute(exec)
+        .await
+        .map(drop)
+}
+
+/// Wakes whoever waits on job `id`, and this process's relay, when the caller's transaction
+/// commits: for the rare transitions that announce themselves in their transaction.
+pub async fn notify_in_transaction(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2), pg_notify($3, $4)")
+        .bind(NOTIFY_CHANNEL)
+        .bind(id.to_string())
+        .bind(outbox::NOTIFY_CHANNEL)
+        .bind(outbox::writer_tag())
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 /// A job by id, as seen by `client_id` (`None`: any client, for workers).
