@@ -30,9 +30,11 @@ const WAITING: usize = 1024;
 
 type Outcome = Result<SubmitOutcome, sqlx::Error>;
 
+type Reply = oneshot::Sender<(NewJob, Outcome)>;
+
 struct Pending {
     job: NewJob,
-    reply: oneshot::Sender<(NewJob, Outcome)>,
+    reply: Reply,
 }
 
 /// The API's recorder of submissions (cheap to clone).
@@ -41,8 +43,6 @@ pub(crate) struct Recorder {
     /// One queue per lane; a client's submissions always take the same lane, so each of its
     /// statements sees the jobs of the one before (its cap holds exactly within a process).
     lanes: Arc<[mpsc::Sender<Pending>]>,
-    /// Wakes this process's relay once a job is recorded (the statement announces nothing).
-    notifications: Notifications,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -61,14 +61,15 @@ impl Recorder {
         let lanes = (0..LANES)
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(WAITING);
-                tokio::spawn(supervise(pool.clone(), Arc::new(Mutex::new(receiver))));
+                tokio::spawn(supervise(
+                    pool.clone(),
+                    Arc::new(Mutex::new(receiver)),
+                    notifications.clone(),
+                ));
                 sender
             })
             .collect();
-        Self {
-            lanes,
-            notifications,
-        }
+        Self { lanes }
     }
 
     /// Records `job` (committed when this returns `Recorded`), and gives it back with the
@@ -79,11 +80,7 @@ impl Recorder {
         lane.send(Pending { job, reply })
             .await
             .map_err(|_| RecorderGone)?;
-        let answered = answer.await.map_err(|_| RecorderGone)?;
-        if let (_, Ok(SubmitOutcome::Recorded(_))) = &answered {
-            self.notifications.committed(&[]);
-        }
-        Ok(answered)
+        answer.await.map_err(|_| RecorderGone)
     }
 }
 
@@ -102,9 +99,14 @@ fn lane_of(client_id: &str, lanes: usize) -> usize {
 pub(crate) struct RecorderGone;
 
 /// Runs a lane, and a new one if it panics (its group's requests answer `RecorderGone`).
-async fn supervise(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn supervise(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    notifications: Notifications,
+) {
     loop {
-        match tokio::spawn(lane(pool.clone(), receiver.clone())).await {
+        let lane = lane(pool.clone(), receiver.clone(), notifications.clone());
+        match tokio::spawn(lane).await {
             Err(e) if e.is_panic() => {
                 tracing::error!(error = %e, "a job recorder lane failed; starting another");
             }
@@ -114,7 +116,11 @@ async fn supervise(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) 
     }
 }
 
-async fn lane(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+async fn lane(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    notifications: Notifications,
+) {
     loop {
         let group = {
             let mut receiver = receiver.lock().await;
@@ -130,11 +136,20 @@ async fn lane(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Pending>>>) {
             }
             group
         };
-        record(&pool, group).await;
+        record(&pool, group, &notifications).await;
     }
 }
 
-async fn record(pool: &PgPool, group: Vec<Pending>) {
+/// Answers a submission. A job recorded wakes this process's relay first (its statement
+/// announced nothing), here rather than in the request, which its client may abandon.
+fn answer(notifications: &Notifications, reply: Reply, job: NewJob, outcome: Outcome) {
+    if matches!(outcome, Ok(SubmitOutcome::Recorded(_))) {
+        notifications.committed(&[]);
+    }
+    let _ = reply.send((job, outcome));
+}
+
+async fn record(pool: &PgPool, group: Vec<Pending>, notifications: &Notifications) {
     let (jobs, replies): (Vec<NewJob>, Vec<_>) =
         group.into_iter().map(|p| (p.job, p.reply)).unzip();
     // Submissions per statement, for operators: their ratio is the grouping under load.
@@ -162,7 +177,7 @@ async fn record(pool: &PgPool, group: Vec<Pending>) {
                     }
                     outcome => Ok(outcome),
                 };
-                let _ = reply.send((job, outcome));
+                answer(notifications, reply, job, outcome);
             }
             return;
         }
@@ -180,7 +195,7 @@ async fn record(pool: &PgPool, group: Vec<Pending>) {
             }
             Err(e) => Err(e),
         };
-        let _ = reply.send((job, outcome));
+        answer(notifications, reply, job, outcome);
     }
 }
 

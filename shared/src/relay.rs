@@ -69,6 +69,8 @@ pub struct Notifications {
     sender: broadcast::Sender<Notification>,
     auth: AuthEpoch,
     announcer: mpsc::Sender<Uuid>,
+    /// Changes are being left unannounced (said once, until an announcement gets through).
+    unannounced: Arc<AtomicBool>,
 }
 
 impl Notifications {
@@ -76,11 +78,18 @@ impl Notifications {
     pub fn start(pool: PgPool, shutdown: CancellationToken) -> Self {
         let (sender, _) = broadcast::channel(4096);
         let (announcer, changes) = mpsc::channel(ANNOUNCE_QUEUE);
-        tokio::spawn(announce(pool.clone(), changes, shutdown.clone()));
+        let unannounced = Arc::new(AtomicBool::new(false));
+        tokio::spawn(announce(
+            pool.clone(),
+            changes,
+            unannounced.clone(),
+            shutdown.clone(),
+        ));
         let hub = Self {
             sender: sender.clone(),
             auth: AuthEpoch::default(),
             announcer,
+            unannounced,
         };
         let auth = hub.auth.clone();
         tokio::spawn(async move {
@@ -106,17 +115,24 @@ impl Notifications {
     /// After this process committed outbox rows with the changes of `jobs` (a create, a claim,
     /// a job's end), which the transaction did not announce itself (`db::jobs`): wakes this
     /// process's relay at once, in-process, and has the changes announced to every process's
-    /// waiters on the jobs channel, off the caller's path (a few statements a second, each
-    /// with every change waiting). A change that cannot be announced (the queue full, the
-    /// database unreachable) is left to the waiters' poll.
+    /// waiters on the jobs channel, off the caller's path (one statement at a time, each with
+    /// every change waiting). A change that is not announced (the queue full, the database
+    /// unreachable, the process stopping or dying first, a commit whose answer was lost) is
+    /// left to the waiters' poll (every 2 s) and the relays' (every 500 ms); the first of a
+    /// run of them is logged.
     pub fn committed(&self, jobs: &[Uuid]) {
         let _ = self.sender.send(Notification {
             channel: outbox::NOTIFY_CHANNEL.to_owned(),
             payload: outbox::writer_tag().to_owned(),
         });
         for id in jobs {
-            if self.announcer.try_send(*id).is_err() {
-                tracing::debug!(job.id = %id, "job change not announced: the queue is full");
+            if self.announcer.try_send(*id).is_err()
+                && !self.unannounced.swap(true, Ordering::AcqRel)
+            {
+                tracing::warn!(
+                    job.id = %id,
+                    "job changes are not being announced (the queue is full); waiters poll"
+                );
             }
         }
     }
@@ -201,25 +217,45 @@ async fn listen(
 }
 
 /// Announces the job changes `committed` hands over, every change waiting in one statement,
-/// until every sender is gone or `shutdown`. A notifying transaction with nothing else to
-/// commit writes no WAL and waits for no flush, so it holds PostgreSQL's notification lock only
-/// briefly.
-async fn announce(pool: PgPool, mut changes: mpsc::Receiver<Uuid>, shutdown: CancellationToken) {
+/// until every sender is gone or `shutdown` (what is waiting then is announced once more). A
+/// notifying transaction with nothing else to commit writes no WAL and waits for no flush, so
+/// it holds PostgreSQL's notification lock only briefly.
+async fn announce(
+    pool: PgPool,
+    mut changes: mpsc::Receiver<Uuid>,
+    unannounced: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let mut ids = Vec::with_capacity(ANNOUNCE_BATCH);
     loop {
-        let n = tokio::select! {
-            n = changes.recv_many(&mut ids, ANNOUNCE_BATCH) => n,
-            () = shutdown.cancelled() => 0,
+        let stopping = tokio::select! {
+            biased;
+            n = changes.recv_many(&mut ids, ANNOUNCE_BATCH) => n == 0,
+            () = shutdown.cancelled() => {
+                while ids.len() < ANNOUNCE_BATCH {
+                    let Ok(id) = changes.try_recv() else { break };
+                    ids.push(id);
+                }
+                true
+            }
         };
-        if n == 0 {
+        if !ids.is_empty() {
+            ids.sort_unstable();
+            ids.dedup();
+            match db::jobs::notify_changed(&pool, &ids).await {
+                Ok(()) => unannounced.store(false, Ordering::Release),
+                Err(e) if !unannounced.swap(true, Ordering::AcqRel) => tracing::warn!(
+                    error = %e,
+                    jobs = ids.len(),
+                    "job changes are not being announced; waiters poll"
+                ),
+                Err(_) => {}
+            }
+            ids.clear();
+        }
+        if stopping {
             return;
         }
-        ids.sort_unstable();
-        ids.dedup();
-        if let Err(e) = db::jobs::notify_changed(&pool, &ids).await {
-            tracing::debug!(error = %e, jobs = ids.len(), "job changes not announced");
-        }
-        ids.clear();
     }
 }
 

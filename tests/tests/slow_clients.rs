@@ -287,3 +287,51 @@ async fn the_body_deadline_does_not_count_the_servers_own_time() {
     );
     app.stop().await;
 }
+
+/// A stream create for an existing tenant is refused before its body is read when the body is
+/// declared large (a small one is read first: the recording statement refuses it the same way,
+/// and reading it costs less than the round trip of a look).
+#[tokio::test]
+async fn a_large_stream_create_for_an_existing_tenant_is_refused_before_its_body_arrives() {
+    let app = TestApp::spawn().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = provisioner_tests::fixtures::tenant_url();
+    let done = app
+        .create_and_wait(&tenant, &provisioner_tests::fixtures::create_body(&url))
+        .await;
+    assert_eq!(done["code"].as_i64(), Some(200), "{done}");
+    let token = app.bootstrap_token().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    // A megabyte declared, not a byte of it sent: only the look answers.
+    stream
+        .write_all(
+            format!(
+                "PUT /configapi/v2/tenant/{tenant} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/zip\r\nContent-Length: 1048576\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while problem_of(&seen).is_none() {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let problem = problem_of(&seen)
+        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&seen)));
+    assert_eq!(problem["status"], 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{problem}"
+    );
+    app.stop().await;
+}

@@ -68,7 +68,10 @@ pub(super) async fn create_from_stream(
     // is read first: the recording statement refuses an existing tenant the same way, and
     // reading it costs less than a round trip to look.
     let keyed = answer.idempotency_key.is_present();
-    let small = upload::declared_at_most(request.headers(), READ_BEFORE_LOOKING);
+    let small = upload::declared_at_most(
+        request.headers(),
+        READ_BEFORE_LOOKING.min(state.settings.template_max_bytes),
+    );
     if !keyed && !small && db::tenants::exists(&state.pool, url.as_str()).await? {
         return Err(ApiError::Conflict(format!(
             "a tenant with URL {url} already exists"

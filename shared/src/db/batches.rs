@@ -32,9 +32,6 @@ const COLUMNS: &str = "id, client_id, status, cancel_requested, total, queued, r
      succeeded, failed, cancelled, held, version, idempotency_key, request_digest, created_at, \
      finished_at, traceparent";
 
-/// The channel on which a batch's stop is announced (payload: the batch id); the same channel
-/// as job changes, so one listener serves every wait.
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRow {
     pub id: Uuid,
@@ -327,7 +324,8 @@ pub async fn settle(conn: &mut PgConnection, id: Uuid) -> Result<Option<BatchRow
     Ok(row)
 }
 
-/// Wakes whoever waits on these jobs or batches.
+/// Wakes whoever waits on these jobs or batches, in the caller's transaction: on the jobs
+/// channel (a batch's id for a batch), so one listener serves every wait.
 async fn notify(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
     jobs::notify_changed(conn, ids).await
 }
