@@ -493,14 +493,16 @@ pub async fn notify_changed(exec: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<(
 /// Wakes whoever waits on job `id`, and this process's relay, when the caller's transaction
 /// commits: for the rare transitions that announce themselves in their transaction.
 pub async fn notify_in_transaction(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, $2), pg_notify($3, $4)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(id.to_string())
-        .bind(outbox::NOTIFY_CHANNEL)
-        .bind(outbox::writer_tag())
-        .execute(conn)
-        .await
-        .map(drop)
+    let id = id.to_string();
+    outbox::insert_notifying(
+        conn,
+        &[],
+        &[
+            (NOTIFY_CHANNEL, &id),
+            (outbox::NOTIFY_CHANNEL, outbox::writer_tag()),
+        ],
+    )
+    .await
 }
 
 /// A job by id, as seen by `client_id` (`None`: any client, for workers).
