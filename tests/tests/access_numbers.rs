@@ -208,3 +208,129 @@ async fn the_range_listing_is_paged_through_link_headers_in_number_order() {
     assert_eq!(status, 400);
     app.stop().await;
 }
+
+/// Ranges of one create that overlap each other (in the template, or made identical by its
+/// `numberMap`): the first of them is placed, the others overlap it, as when they are placed
+/// one at a time.
+#[tokio::test]
+async fn ranges_of_one_create_that_overlap_each_other_keep_only_the_first() {
+    let app = TestApp::spawn().await;
+    let mut template = fixtures::sample_template(app.db_version().await);
+    template.access_numbers = serde_json::from_value(json!([
+        {"number": "1000", "count": 10, "media": "VOICE"},
+        {"number": "1005", "count": 10, "media": "VOICE"},
+        {"number": "2000", "count": 5, "media": "VOICE"},
+        {"number": "3000", "count": 5, "media": "CHAT"}
+    ]))
+    .unwrap();
+    let url = app.templates.put("overlapping.zip", template.write());
+    let tenant = fixtures::tenant_url();
+    let mut body = fixtures::create_body(&url);
+    body["numberMap"] = json!({"3000": "2000"});
+    let job = app.create_and_wait(&tenant, &body).await;
+    assert_eq!(job["code"], 200, "{job}");
+    assert_eq!(
+        job["skippedAccessNumbers"],
+        json!([
+            {"number": "1005", "count": 10, "reason": "overlapsExistingRange"},
+            {"number": "2000", "count": 5, "reason": "overlapsExistingRange"}
+        ])
+    );
+    let mine: Vec<_> = ranges(&app, Some(&tenant))
+        .await
+        .into_iter()
+        .map(|(n, c, _)| (n, c))
+        .collect();
+    assert_eq!(mine, vec![("1000".to_owned(), 10), ("2000".to_owned(), 5)]);
+    app.stop().await;
+}
+
+/// The ranges are decided on what was committed when the write read them; one that another
+/// transaction writes meanwhile is decided again once that transaction ends (here: another
+/// tenant's range inserted where none was, and an unassigned range assigned to another tenant).
+#[tokio::test]
+async fn a_range_another_transaction_writes_meanwhile_is_decided_on_what_it_committed() {
+    let app = TestApp::spawn().await;
+    let other = tenant_without_ranges(&app).await;
+    insert_range(&app, "2000", 10, None).await;
+
+    let mut writer = app.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO access_numbers (number, count, media, tenant_id)
+         VALUES ('1000', 10, 'VOICE', (SELECT id FROM tenants WHERE url = $1))",
+    )
+    .bind(&other)
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE access_numbers SET tenant_id = (SELECT id FROM tenants WHERE url = $1)
+         WHERE number = '2000'",
+    )
+    .bind(&other)
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+
+    let mut template = fixtures::sample_template(app.db_version().await);
+    template.access_numbers = serde_json::from_value(json!([
+        {"number": "1000", "count": 10, "media": "VOICE"},
+        {"number": "2000", "count": 10, "media": "VOICE"},
+        {"number": "3000", "count": 10, "media": "VOICE"}
+    ]))
+    .unwrap();
+    let url = app.templates.put("raced.zip", template.write());
+    let mut body = fixtures::create_body(&url);
+    body["numberMap"] = json!({});
+    let tenant = fixtures::tenant_url();
+    let r = app.create(&tenant, &body).await;
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+
+    // The job's write waits for the other transaction on a range it writes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity
+                            WHERE datname = current_database() AND wait_event_type = 'Lock'
+                              AND query ILIKE '%access_numbers%')",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    writer.commit().await.unwrap();
+
+    let job = app
+        .wait_job_within(
+            job["jobId"].as_str().unwrap(),
+            std::time::Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(job["code"], 200, "{job}");
+    assert_eq!(
+        job["skippedAccessNumbers"],
+        json!([
+            {"number": "1000", "count": 10, "reason": "assignedToOtherTenant"},
+            {"number": "2000", "count": 10, "reason": "assignedToOtherTenant"}
+        ])
+    );
+    let mine: Vec<_> = ranges(&app, Some(&tenant))
+        .await
+        .into_iter()
+        .map(|(n, c, _)| (n, c))
+        .collect();
+    assert_eq!(mine, vec![("3000".to_owned(), 10)]);
+    let all = ranges(&app, None).await;
+    assert!(all.contains(&("1000".to_owned(), 10, json!(other))));
+    assert!(all.contains(&("2000".to_owned(), 10, json!(other))));
+    app.stop().await;
+}

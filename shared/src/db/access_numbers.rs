@@ -5,6 +5,8 @@
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::template::AccessNumberEntry;
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RangeRow {
     pub id: i64,
@@ -31,7 +33,7 @@ pub enum Placement {
 /// a template whose ranges another tenant owns skips them, and a lock held to the end of each
 /// of those transactions would make them commit one at a time. Only an assignment writes (and
 /// so waits for a concurrent change of the same range, then decides again).
-pub async fn place(
+async fn place(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     number: &str,
@@ -83,6 +85,128 @@ pub async fn place(
             _ => return Ok(Placement::OverlapsExistingRange),
         }
     }
+}
+
+/// Gives `tenant_id` every range of `ranges` by the rules of [`place`], in their order, with
+/// one statement for all of them where [`place`] makes one or two per range (a standard
+/// template's five ranges, owned by the tenant it was exported from, took ten round trips).
+///
+/// The statement reads the ranges each offered one overlaps (as last committed, locking
+/// none), inserts those that overlap none and assigns those whose identical range is
+/// unassigned. What it could not decide, because another transaction changed the ranges
+/// meanwhile (a range inserted where none was, an unassigned one taken or removed), is decided
+/// again by [`place`], as are all of them when some offered ranges overlap each other (the
+/// statement could not tell which of them a conflict was with).
+pub async fn place_all(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    ranges: &[AccessNumberEntry],
+) -> Result<Vec<Placement>, sqlx::Error> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !pairwise_disjoint(ranges) {
+        let mut placed = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            placed.push(place(conn, tenant_id, &r.number, r.count, &r.media).await?);
+        }
+        return Ok(placed);
+    }
+    let column = |f: fn(&AccessNumberEntry) -> &str| ranges.iter().map(f).collect::<Vec<_>>();
+    let counts: Vec<i32> = ranges.iter().map(|r| r.count).collect();
+    let decided: Vec<Decided> = sqlx::query_as(
+        "WITH offered AS (
+             SELECT * FROM UNNEST($2::text[], $3::int[], $4::text[])
+                      WITH ORDINALITY AS o(number, count, media, i)
+         ), seen AS (
+             SELECT o.i, count(a.id) AS overlaps, (array_agg(a.id))[1] AS id,
+                    bool_and(a.number = o.number AND a.count = o.count) AS same,
+                    (array_agg(a.tenant_id))[1] AS owner
+             FROM offered o
+             LEFT JOIN access_numbers a
+               ON a.digits = length(o.number)
+              AND a.span && numrange(o.number::numeric, o.number::numeric + o.count)
+             GROUP BY o.i
+         ), created AS (
+             INSERT INTO access_numbers (number, count, media, tenant_id)
+             SELECT o.number, o.count, o.media, $1
+             FROM offered o JOIN seen s USING (i) WHERE s.overlaps = 0 ORDER BY o.i
+             ON CONFLICT DO NOTHING
+             RETURNING number, count
+         ), assigned AS (
+             UPDATE access_numbers a SET tenant_id = $1 FROM seen s
+             WHERE a.id = s.id AND s.overlaps = 1 AND s.same AND s.owner IS NULL
+               AND a.tenant_id IS NULL
+             RETURNING a.id
+         )
+         SELECT s.overlaps, s.same, s.owner,
+                EXISTS (SELECT FROM created c WHERE (c.number, c.count) = (o.number, o.count))
+                    AS created,
+                EXISTS (SELECT FROM assigned x WHERE x.id = s.id) AS assigned
+         FROM offered o JOIN seen s USING (i) ORDER BY o.i",
+    )
+    .bind(tenant_id)
+    .bind(column(|r| &r.number))
+    .bind(counts)
+    .bind(column(|r| &r.media))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut decided = decided.into_iter();
+    let mut placed = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        // The statement answers one row per range; were one missing, it is placed alone.
+        let decision = decided.next().and_then(|d| match (d.overlaps, d.same) {
+            _ if d.created => Some(Placement::Created),
+            _ if d.assigned => Some(Placement::AssignedExisting),
+            // Inserted by another transaction since the read, or its identical unassigned
+            // range was taken or removed meanwhile.
+            (0, _) => None,
+            (1, Some(true)) => match d.owner {
+                None => None,
+                Some(owner) if owner == tenant_id => Some(Placement::OverlapsExistingRange),
+                Some(_) => Some(Placement::AssignedToOtherTenant),
+            },
+            _ => Some(Placement::OverlapsExistingRange),
+        });
+        placed.push(match decision {
+            Some(p) => p,
+            None => place(conn, tenant_id, &range.number, range.count, &range.media).await?,
+        });
+    }
+    Ok(placed)
+}
+
+/// What [`place_all`]'s statement found and did for one offered range.
+#[derive(sqlx::FromRow)]
+struct Decided {
+    /// Ranges it overlaps, as last committed when the statement began.
+    overlaps: i64,
+    /// Whether the one it overlaps (if one) is the same range.
+    same: Option<bool>,
+    /// That range's tenant.
+    owner: Option<Uuid>,
+    created: bool,
+    assigned: bool,
+}
+
+/// Do no two of `ranges` share a number? (Only ranges of one digit length can: `0100` and
+/// `100` are different numbers.) `false` too for a range that is not a well-formed number
+/// and count, which the sequential path leaves to the database's checks.
+fn pairwise_disjoint(ranges: &[AccessNumberEntry]) -> bool {
+    let mut spans = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let well_formed = (1..=20).contains(&r.number.len())
+            && r.number.bytes().all(|b| b.is_ascii_digit())
+            && r.count >= 1;
+        let Some(start) = well_formed.then(|| r.number.parse::<u128>().ok()).flatten() else {
+            return false;
+        };
+        spans.push((r.number.len(), start, start + r.count as u128));
+    }
+    spans.sort_unstable();
+    spans
+        .windows(2)
+        .all(|w| w[0].0 != w[1].0 || w[0].2 <= w[1].1)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -150,4 +274,48 @@ pub async fn delete(
     .bind(count)
     .fetch_optional(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(list: &[(&str, i32)]) -> Vec<AccessNumberEntry> {
+        list.iter()
+            .map(|(number, count)| AccessNumberEntry {
+                number: (*number).to_owned(),
+                count: *count,
+                media: "VOICE".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ranges_that_share_no_number_are_disjoint_whatever_their_order() {
+        assert!(pairwise_disjoint(&ranges(&[
+            ("3000", 10),
+            ("1000", 10),
+            ("1010", 5)
+        ])));
+        assert!(pairwise_disjoint(&ranges(&[
+            ("100", 10),
+            ("0100", 10),
+            ("1000", 1)
+        ])));
+        assert!(pairwise_disjoint(&ranges(&[("99999999999999999999", 1)])));
+    }
+
+    #[test]
+    fn ranges_that_share_a_number_or_are_malformed_are_not() {
+        assert!(!pairwise_disjoint(&ranges(&[
+            ("1000", 10),
+            ("3000", 1),
+            ("1009", 1)
+        ])));
+        assert!(!pairwise_disjoint(&ranges(&[("2000", 10), ("2000", 10)])));
+        assert!(!pairwise_disjoint(&ranges(&[("12a4", 1)])));
+        assert!(!pairwise_disjoint(&ranges(&[("1234", 0)])));
+        assert!(!pairwise_disjoint(&ranges(&[("", 1)])));
+        assert!(!pairwise_disjoint(&ranges(&[("123456789012345678901", 1)])));
+    }
 }

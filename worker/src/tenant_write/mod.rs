@@ -264,27 +264,30 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
     }
 }
 
-/// Places the plan's access-number ranges by the range rules; returns those left out.
+/// Places the plan's access-number ranges by the range rules (one statement for all of them,
+/// in the common case); returns those left out.
 async fn place_numbers(
     conn: &mut PgConnection,
     tenant: &TenantRow,
     plan: &Plan,
 ) -> Result<Vec<SkippedRange>, sqlx::Error> {
-    let mut skipped = Vec::new();
-    for range in &plan.access_numbers {
-        let placed =
-            db::access_numbers::place(conn, tenant.id, &range.number, range.count, &range.media)
-                .await?;
-        let reason = match placed {
-            Placement::Created | Placement::AssignedExisting => continue,
-            Placement::AssignedToOtherTenant => SkipReason::AssignedToOtherTenant,
-            Placement::OverlapsExistingRange => SkipReason::OverlapsExistingRange,
-        };
-        skipped.push(SkippedRange {
-            number: range.number.clone(),
-            count: range.count,
-            reason,
-        });
-    }
+    let placed = db::access_numbers::place_all(conn, tenant.id, &plan.access_numbers).await?;
+    let skipped = plan
+        .access_numbers
+        .iter()
+        .zip(placed)
+        .filter_map(|(range, placed)| {
+            let reason = match placed {
+                Placement::Created | Placement::AssignedExisting => return None,
+                Placement::AssignedToOtherTenant => SkipReason::AssignedToOtherTenant,
+                Placement::OverlapsExistingRange => SkipReason::OverlapsExistingRange,
+            };
+            Some(SkippedRange {
+                number: range.number.clone(),
+                count: range.count,
+                reason,
+            })
+        })
+        .collect();
     Ok(skipped)
 }
