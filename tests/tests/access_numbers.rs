@@ -245,14 +245,52 @@ async fn ranges_of_one_create_that_overlap_each_other_keep_only_the_first() {
     app.stop().await;
 }
 
-/// The ranges are decided on what was committed when the write read them; one that another
-/// transaction writes meanwhile is decided again once that transaction ends (here: another
-/// tenant's range inserted where none was, and an unassigned range assigned to another tenant).
+/// Waits until a statement of the job's write whose text starts with `statement` waits for
+/// another transaction.
+async fn until_the_write_waits(app: &TestApp, statement: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity
+                            WHERE datname = current_database()
+                              AND wait_event = 'transactionid'
+                              AND ltrim(query) LIKE $1 || '%')",
+        )
+        .bind(statement)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if waiting {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never waited in {statement}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts a create of a template with `ranges` (numbers kept); its job id.
+async fn create_with_ranges(app: &TestApp, tenant: &str, ranges: Value) -> String {
+    let mut template = fixtures::sample_template(app.db_version().await);
+    template.access_numbers = serde_json::from_value(ranges).unwrap();
+    let url = app.templates.put("ranges.zip", template.write());
+    let mut body = fixtures::create_body(&url);
+    body["numberMap"] = json!({});
+    let r = app.create(tenant, &body).await;
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    job["jobId"].as_str().unwrap().to_owned()
+}
+
+/// The plan's ranges are read as last committed; one that another transaction inserts after
+/// that read is decided again once that transaction ends (here: it commits, so the range is
+/// the other tenant's).
 #[tokio::test]
-async fn a_range_another_transaction_writes_meanwhile_is_decided_on_what_it_committed() {
+async fn a_range_another_transaction_inserts_meanwhile_is_decided_on_what_it_committed() {
     let app = TestApp::spawn().await;
     let other = tenant_without_ranges(&app).await;
-    insert_range(&app, "2000", 10, None).await;
 
     let mut writer = app.db.begin().await.unwrap();
     sqlx::query(
@@ -263,65 +301,28 @@ async fn a_range_another_transaction_writes_meanwhile_is_decided_on_what_it_comm
     .execute(&mut *writer)
     .await
     .unwrap();
-    sqlx::query(
-        "UPDATE access_numbers SET tenant_id = (SELECT id FROM tenants WHERE url = $1)
-         WHERE number = '2000'",
-    )
-    .bind(&other)
-    .execute(&mut *writer)
-    .await
-    .unwrap();
 
-    let mut template = fixtures::sample_template(app.db_version().await);
-    template.access_numbers = serde_json::from_value(json!([
-        {"number": "1000", "count": 10, "media": "VOICE"},
-        {"number": "2000", "count": 10, "media": "VOICE"},
-        {"number": "3000", "count": 10, "media": "VOICE"}
-    ]))
-    .unwrap();
-    let url = app.templates.put("raced.zip", template.write());
-    let mut body = fixtures::create_body(&url);
-    body["numberMap"] = json!({});
     let tenant = fixtures::tenant_url();
-    let r = app.create(&tenant, &body).await;
-    assert_eq!(r.status(), 202);
-    let job: Value = r.json().await.unwrap();
-
-    // The job's write waits for the other transaction on a range it writes.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT FROM pg_stat_activity
-                            WHERE datname = current_database() AND wait_event_type = 'Lock'
-                              AND query ILIKE '%access_numbers%')",
-        )
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the write never waited"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let job = create_with_ranges(
+        &app,
+        &tenant,
+        json!([
+            {"number": "1000", "count": 10, "media": "VOICE"},
+            {"number": "3000", "count": 10, "media": "VOICE"}
+        ]),
+    )
+    .await;
+    // The plan's one statement, inserting what it saw free, waits for the other insert.
+    until_the_write_waits(&app, "WITH offered").await;
     writer.commit().await.unwrap();
 
     let job = app
-        .wait_job_within(
-            job["jobId"].as_str().unwrap(),
-            std::time::Duration::from_secs(20),
-        )
+        .wait_job_within(&job, std::time::Duration::from_secs(20))
         .await;
     assert_eq!(job["code"], 200, "{job}");
     assert_eq!(
         job["skippedAccessNumbers"],
-        json!([
-            {"number": "1000", "count": 10, "reason": "assignedToOtherTenant"},
-            {"number": "2000", "count": 10, "reason": "assignedToOtherTenant"}
-        ])
+        json!([{"number": "1000", "count": 10, "reason": "assignedToOtherTenant"}])
     );
     let mine: Vec<_> = ranges(&app, Some(&tenant))
         .await
@@ -329,8 +330,58 @@ async fn a_range_another_transaction_writes_meanwhile_is_decided_on_what_it_comm
         .map(|(n, c, _)| (n, c))
         .collect();
     assert_eq!(mine, vec![("3000".to_owned(), 10)]);
-    let all = ranges(&app, None).await;
-    assert!(all.contains(&("1000".to_owned(), 10, json!(other))));
-    assert!(all.contains(&("2000".to_owned(), 10, json!(other))));
+    assert!(
+        ranges(&app, None)
+            .await
+            .contains(&("1000".to_owned(), 10, json!(other)))
+    );
+    app.stop().await;
+}
+
+/// A range that another transaction is releasing (unassigning or deleting, as removing a
+/// tenant or a range does) is decided once that transaction ends, as when the ranges were
+/// placed one at a time: released, it is the new tenant's; it is not skipped as still taken.
+#[tokio::test]
+async fn a_range_another_transaction_is_releasing_is_decided_once_it_ends() {
+    let app = TestApp::spawn().await;
+    let other = tenant_without_ranges(&app).await;
+    insert_range(&app, "2000", 10, Some(&other)).await;
+    insert_range(&app, "4000", 10, Some(&other)).await;
+
+    let mut releaser = app.db.begin().await.unwrap();
+    sqlx::query("UPDATE access_numbers SET tenant_id = NULL WHERE number = '2000'")
+        .execute(&mut *releaser)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM access_numbers WHERE number = '4000'")
+        .execute(&mut *releaser)
+        .await
+        .unwrap();
+
+    let tenant = fixtures::tenant_url();
+    let job = create_with_ranges(
+        &app,
+        &tenant,
+        json!([
+            {"number": "2000", "count": 10, "media": "VOICE"},
+            {"number": "4000", "count": 10, "media": "VOICE"}
+        ]),
+    )
+    .await;
+    // Placed one at a time: the insert waits for the release.
+    until_the_write_waits(&app, "INSERT INTO access_numbers").await;
+    releaser.commit().await.unwrap();
+
+    let job = app
+        .wait_job_within(&job, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(job["code"], 200, "{job}");
+    assert_eq!(job["skippedAccessNumbers"], json!([]), "{job}");
+    let mine: Vec<_> = ranges(&app, Some(&tenant))
+        .await
+        .into_iter()
+        .map(|(n, c, _)| (n, c))
+        .collect();
+    assert_eq!(mine, vec![("2000".to_owned(), 10), ("4000".to_owned(), 10)]);
     app.stop().await;
 }

@@ -77,6 +77,8 @@ async fn a_create_a_claim_and_an_end_notify_nothing_inside_their_transactions() 
     );
 
     assert_eq!(heard_before_now(&app, &mut listener).await, vec![]);
+    // The listener holds one of the pool's connections, which closing the pool waits for.
+    drop(listener);
     app.stop().await;
 }
 
@@ -117,5 +119,6 @@ async fn a_workers_claim_and_end_are_announced_to_every_process_after_their_comm
         seen.iter().all(|(_, version)| *version > 1),
         "only the claim and the end are announced: {seen:?}"
     );
+    drop(listener);
     app.stop().await;
 }

@@ -89,14 +89,16 @@ async fn place(
 
 /// Gives `tenant_id` every range of `ranges` by the rules of [`place`], in their order, with
 /// one statement for all of them where [`place`] makes one or two per range (a standard
-/// template's five ranges, owned by the tenant it was exported from, took ten round trips).
+/// template's five ranges, once another tenant owns them, took ten round trips).
 ///
 /// The statement reads the ranges each offered one overlaps (as last committed, locking
-/// none), inserts those that overlap none and assigns those whose identical range is
-/// unassigned. What it could not decide, because another transaction changed the ranges
-/// meanwhile (a range inserted where none was, an unassigned one taken or removed), is decided
-/// again by [`place`], as are all of them when some offered ranges overlap each other (the
-/// statement could not tell which of them a conflict was with).
+/// none), inserts those that overlap none, in the plan's order, and says what it found. It
+/// writes nothing when a range needs [`place`]'s care: an identical unassigned range to assign,
+/// or an overlapped range that another transaction is changing (or has locked), whose outcome
+/// [`place`]'s insert waits for; then every range is placed by [`place`], in order, as before.
+/// So are the ranges of a plan that overlap each other (the statement could not tell which of
+/// them a conflict was with). A range that another transaction inserted after the read (the
+/// insert waited for it and found the conflict) is decided again by [`place`].
 pub async fn place_all(
     conn: &mut PgConnection,
     tenant_id: Uuid,
@@ -106,11 +108,7 @@ pub async fn place_all(
         return Ok(Vec::new());
     }
     if !pairwise_disjoint(ranges) {
-        let mut placed = Vec::with_capacity(ranges.len());
-        for r in ranges {
-            placed.push(place(conn, tenant_id, &r.number, r.count, &r.media).await?);
-        }
-        return Ok(placed);
+        return one_at_a_time(conn, tenant_id, ranges).await;
     }
     let column = |f: fn(&AccessNumberEntry) -> &str| ranges.iter().map(f).collect::<Vec<_>>();
     let counts: Vec<i32> = ranges.iter().map(|r| r.count).collect();
@@ -119,30 +117,31 @@ pub async fn place_all(
              SELECT * FROM UNNEST($2::text[], $3::int[], $4::text[])
                       WITH ORDINALITY AS o(number, count, media, i)
          ), seen AS (
-             SELECT o.i, count(a.id) AS overlaps, (array_agg(a.id))[1] AS id,
+             SELECT o.i, count(a.id) AS overlaps,
                     bool_and(a.number = o.number AND a.count = o.count) AS same,
-                    (array_agg(a.tenant_id))[1] AS owner
+                    (array_agg(a.tenant_id))[1] AS owner,
+                    coalesce(bool_or(a.xmax <> '0'::xid), false) AS contested
              FROM offered o
              LEFT JOIN access_numbers a
                ON a.digits = length(o.number)
               AND a.span && numrange(o.number::numeric, o.number::numeric + o.count)
              GROUP BY o.i
+         ), alone AS (
+             SELECT EXISTS (SELECT FROM seen s
+                            WHERE s.contested OR (s.overlaps = 1 AND s.same AND s.owner IS NULL))
+                    AS needed
          ), created AS (
              INSERT INTO access_numbers (number, count, media, tenant_id)
              SELECT o.number, o.count, o.media, $1
-             FROM offered o JOIN seen s USING (i) WHERE s.overlaps = 0 ORDER BY o.i
+             FROM offered o JOIN seen s USING (i)
+             WHERE s.overlaps = 0 AND NOT (SELECT needed FROM alone)
+             ORDER BY o.i
              ON CONFLICT DO NOTHING
              RETURNING number, count
-         ), assigned AS (
-             UPDATE access_numbers a SET tenant_id = $1 FROM seen s
-             WHERE a.id = s.id AND s.overlaps = 1 AND s.same AND s.owner IS NULL
-               AND a.tenant_id IS NULL
-             RETURNING a.id
          )
-         SELECT s.overlaps, s.same, s.owner,
+         SELECT s.overlaps, s.same, s.owner, (SELECT needed FROM alone) AS alone,
                 EXISTS (SELECT FROM created c WHERE (c.number, c.count) = (o.number, o.count))
-                    AS created,
-                EXISTS (SELECT FROM assigned x WHERE x.id = s.id) AS assigned
+                    AS created
          FROM offered o JOIN seen s USING (i) ORDER BY o.i",
     )
     .bind(tenant_id)
@@ -151,23 +150,30 @@ pub async fn place_all(
     .bind(column(|r| &r.media))
     .fetch_all(&mut *conn)
     .await?;
-    let mut decided = decided.into_iter();
+    if decided.len() != ranges.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "the placement of {} access-number ranges answered {} rows",
+            ranges.len(),
+            decided.len()
+        )));
+    }
+    if decided.iter().any(|d| d.alone) {
+        return one_at_a_time(conn, tenant_id, ranges).await;
+    }
     let mut placed = Vec::with_capacity(ranges.len());
-    for range in ranges {
-        // The statement answers one row per range; were one missing, it is placed alone.
-        let decision = decided.next().and_then(|d| match (d.overlaps, d.same) {
+    for (range, d) in ranges.iter().zip(decided) {
+        let decision = match (d.overlaps, d.same, d.owner) {
             _ if d.created => Some(Placement::Created),
-            _ if d.assigned => Some(Placement::AssignedExisting),
-            // Inserted by another transaction since the read, or its identical unassigned
-            // range was taken or removed meanwhile.
-            (0, _) => None,
-            (1, Some(true)) => match d.owner {
-                None => None,
-                Some(owner) if owner == tenant_id => Some(Placement::OverlapsExistingRange),
-                Some(_) => Some(Placement::AssignedToOtherTenant),
-            },
+            // Inserted by another transaction since the read.
+            (0, ..) => None,
+            (1, Some(true), Some(owner)) if owner == tenant_id => {
+                Some(Placement::OverlapsExistingRange)
+            }
+            (1, Some(true), Some(_)) => Some(Placement::AssignedToOtherTenant),
+            // Unassigned: the statement wrote nothing (`alone`); not reached.
+            (1, Some(true), None) => None,
             _ => Some(Placement::OverlapsExistingRange),
-        });
+        };
         placed.push(match decision {
             Some(p) => p,
             None => place(conn, tenant_id, &range.number, range.count, &range.media).await?,
@@ -176,7 +182,20 @@ pub async fn place_all(
     Ok(placed)
 }
 
-/// What [`place_all`]'s statement found and did for one offered range.
+/// Every range of `ranges` by [`place`], in order.
+async fn one_at_a_time(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    ranges: &[AccessNumberEntry],
+) -> Result<Vec<Placement>, sqlx::Error> {
+    let mut placed = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        placed.push(place(conn, tenant_id, &r.number, r.count, &r.media).await?);
+    }
+    Ok(placed)
+}
+
+/// What [`place_all`]'s statement found for one offered range, and whether it created it.
 #[derive(sqlx::FromRow)]
 struct Decided {
     /// Ranges it overlaps, as last committed when the statement began.
@@ -185,8 +204,9 @@ struct Decided {
     same: Option<bool>,
     /// That range's tenant.
     owner: Option<Uuid>,
+    /// Some range of the plan needs [`place`]: the statement wrote nothing.
+    alone: bool,
     created: bool,
-    assigned: bool,
 }
 
 /// Do no two of `ranges` share a number? (Only ranges of one digit length can: `0100` and
