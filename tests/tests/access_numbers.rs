@@ -109,6 +109,57 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
     app.stop().await;
 }
 
+/// The rules when no range of the plan needs placing alone (no identical unassigned range,
+/// nothing being changed): the plan's one statement decides them all.
+#[tokio::test]
+async fn the_plans_one_statement_applies_each_rule() {
+    let app = TestApp::spawn().await;
+    let other = tenant_without_ranges(&app).await;
+    insert_range(&app, "3000", 10, Some(&other)).await;
+    insert_range(&app, "4005", 10, None).await;
+    insert_range(&app, "6009", 1, Some(&other)).await;
+    insert_range(&app, "7000", 10, None).await;
+
+    let tenant = fixtures::tenant_url();
+    let job = create_with_ranges(
+        &app,
+        &tenant,
+        json!([
+            {"number": "1000", "count": 10, "media": "VOICE"},  // free -> created
+            {"number": "3000", "count": 10, "media": "VOICE"},  // another tenant's -> skipped
+            {"number": "4000", "count": 10, "media": "VOICE"},  // overlaps an unassigned range
+            {"number": "6000", "count": 10, "media": "CHAT"},   // overlaps another tenant's range
+            {"number": "70000", "count": 10, "media": "VOICE"}  // another digit length: created
+        ]),
+    )
+    .await;
+    let job = app
+        .wait_job_within(&job, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(job["code"], 200, "{job}");
+    assert_eq!(
+        job["skippedAccessNumbers"],
+        json!([
+            {"number": "3000", "count": 10, "reason": "assignedToOtherTenant"},
+            {"number": "4000", "count": 10, "reason": "overlapsExistingRange"},
+            {"number": "6000", "count": 10, "reason": "overlapsExistingRange"}
+        ])
+    );
+    let mine: Vec<_> = ranges(&app, Some(&tenant))
+        .await
+        .into_iter()
+        .map(|(n, c, _)| (n, c))
+        .collect();
+    assert_eq!(
+        mine,
+        vec![("1000".to_owned(), 10), ("70000".to_owned(), 10)]
+    );
+    let all = ranges(&app, None).await;
+    assert!(all.contains(&("4005".to_owned(), 10, Value::Null)));
+    assert!(all.contains(&("3000".to_owned(), 10, json!(other))));
+    app.stop().await;
+}
+
 /// Every create from a template whose ranges another tenant owns skips them; were the skip to
 /// lock those ranges until its commit, such creates would commit one at a time.
 #[tokio::test]

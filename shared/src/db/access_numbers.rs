@@ -94,11 +94,14 @@ async fn place(
 /// The statement reads the ranges each offered one overlaps (as last committed, locking
 /// none), inserts those that overlap none, in the plan's order, and says what it found. It
 /// writes nothing when a range needs [`place`]'s care: an identical unassigned range to assign,
-/// or an overlapped range that another transaction is changing (or has locked), whose outcome
-/// [`place`]'s insert waits for; then every range is placed by [`place`], in order, as before.
-/// So are the ranges of a plan that overlap each other (the statement could not tell which of
-/// them a conflict was with). A range that another transaction inserted after the read (the
-/// insert waited for it and found the conflict) is decided again by [`place`].
+/// or an overlapped range that another transaction may be changing (its row's `xmax` is a
+/// transaction not older than the statement's snapshot: a release, delete or lock that may be
+/// under way), whose outcome [`place`]'s insert waits for; then every range is placed by
+/// [`place`], in order, as before. So are the ranges of a plan that overlap each other (the
+/// statement could not tell which of them a conflict was with). A range that another
+/// transaction inserted after the read (the insert waited for it and found the conflict) is
+/// decided again by [`place`]. The skips are decided as of the statement's start, even when
+/// its insert then waits for another transaction.
 pub async fn place_all(
     conn: &mut PgConnection,
     tenant_id: Uuid,
@@ -120,7 +123,8 @@ pub async fn place_all(
              SELECT o.i, count(a.id) AS overlaps,
                     bool_and(a.number = o.number AND a.count = o.count) AS same,
                     (array_agg(a.tenant_id))[1] AS owner,
-                    coalesce(bool_or(a.xmax <> '0'::xid), false) AS contested
+                    coalesce(bool_or(a.xmax <> '0'::xid AND age(a.xmax) <= age(xid(
+                        pg_snapshot_xmin(pg_current_snapshot())))), false) AS contested
              FROM offered o
              LEFT JOIN access_numbers a
                ON a.digits = length(o.number)
@@ -170,7 +174,7 @@ pub async fn place_all(
                 Some(Placement::OverlapsExistingRange)
             }
             (1, Some(true), Some(_)) => Some(Placement::AssignedToOtherTenant),
-            // Unassigned: the statement wrote nothing (`alone`); not reached.
+            // Unassigned: such a plan is `alone` (placed above); should one come here, `place`.
             (1, Some(true), None) => None,
             _ => Some(Placement::OverlapsExistingRange),
         };
