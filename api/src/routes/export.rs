@@ -62,12 +62,22 @@ pub(super) async fn export_tenant(
 ) -> Result<Response, ApiError> {
     let db_version = db::schema_version(&state.pool).await?;
     let mut lock = state.pool.begin().await?;
-    tenant_lock::lock(&mut lock, &url, wait.duration()).await?;
-    // Taken once the lock is held: the snapshot sees whatever its last holder committed.
-    let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
-    let tenant = db::tenants::export::head(&mut snapshot, url.as_str())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no tenant {url}")))?;
+    let found = async {
+        tenant_lock::lock(&mut lock, &url, wait.duration()).await?;
+        // Taken once the lock is held: the snapshot sees whatever its last holder committed.
+        let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
+        match db::tenants::export::head(&mut snapshot, url.as_str()).await {
+            Ok(Some(tenant)) => Ok((snapshot, tenant)),
+            Ok(None) => Err(ApiError::NotFound(format!("no tenant {url}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+    .await;
+    // The lock's transaction goes on with the archive; a refusal ends it before the answer.
+    let (snapshot, tenant) = match found {
+        Ok(found) => found,
+        Err(e) => return tenant_lock::end(lock, Err(e)).await,
+    };
     let manifest = manifest(db_version, &tenant);
     let body = stream_archive(manifest, tenant, lock, snapshot);
     let disposition = format!("attachment; filename=\"{url}.zip\"");

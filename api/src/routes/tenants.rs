@@ -19,7 +19,7 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{Page, PageQuery, RouteLockTimeout, TenantPath, query_param},
     openapi::shapes::{HostName, LockTimeoutSeconds, PageLimit},
-    tenant_lock::lock_tenant,
+    tenant_lock::{self, lock_tenant},
 };
 
 /// A tenant as the API shows it.
@@ -151,22 +151,26 @@ async fn change_status(
 ) -> Result<Json<TenantBody>, ApiError> {
     let (from, to, action) = change.parts();
     let mut tx = state.pool.begin().await?;
-    let mut tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
-    if db::tenants::set_status(&mut tx, tenant.id, from, to).await? {
-        let details = json!({"from": from, "to": to});
-        let target = format!("tenant:{url}");
-        db::tenants::audit_event(
-            &mut tx,
-            tenant.id,
-            &caller.actor(),
-            action,
-            &target,
-            details,
-        )
-        .await?;
-        tenant.status = to;
+    let changed = async {
+        let mut tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
+        if db::tenants::set_status(&mut tx, tenant.id, from, to).await? {
+            let details = json!({"from": from, "to": to});
+            let target = format!("tenant:{url}");
+            db::tenants::audit_event(
+                &mut tx,
+                tenant.id,
+                &caller.actor(),
+                action,
+                &target,
+                details,
+            )
+            .await?;
+            tenant.status = to;
+        }
+        Ok(tenant)
     }
-    tx.commit().await?;
+    .await;
+    let tenant = tenant_lock::end(tx, changed).await?;
     Ok(Json(tenant.into()))
 }
 
@@ -192,15 +196,19 @@ pub(super) async fn delete_tenant(
         }
     };
     let mut tx = state.pool.begin().await?;
-    let tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
-    if tenant.status != TenantStatus::Inactive {
-        return Err(ApiError::BadRequest(format!(
-            "tenant {url} is {}; deactivate it first",
-            tenant.status
-        )));
+    let deleted = async {
+        let tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
+        if tenant.status != TenantStatus::Inactive {
+            return Err(ApiError::BadRequest(format!(
+                "tenant {url} is {}; deactivate it first",
+                tenant.status
+            )));
+        }
+        db::tenants::delete(&mut tx, tenant.id, numbers).await?;
+        Ok(tenant)
     }
-    db::tenants::delete(&mut tx, tenant.id, numbers).await?;
-    tx.commit().await?;
+    .await;
+    let tenant = tenant_lock::end(tx, deleted).await?;
     tracing::info!(tenant.url = %url, ?numbers, "tenant deleted");
     Ok(Json(tenant.into()))
 }
