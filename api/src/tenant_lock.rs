@@ -57,7 +57,7 @@ pub(crate) async fn end<T>(
         }
         Err(e) => {
             if let Err(rollback) = tx.rollback().await {
-                tracing::debug!(error = %rollback, "cannot roll back after a refusal");
+                tracing::warn!(error = %rollback, "cannot roll back after a refusal; the tenant's lock may outlive the answer");
             }
             Err(e)
         }

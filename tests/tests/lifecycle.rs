@@ -300,10 +300,11 @@ async fn access_numbers_are_created_assigned_and_deleted() {
 /// A lifecycle change or an export that is refused (no such tenant, an active tenant's delete)
 /// frees the tenant's lock before it answers: the next request, sent at once with
 /// `lockTimeout=0`, finds it free. A transaction left to be rolled back when its connection
-/// goes back to the pool holds the lock for a moment after the answer; that moment is short and
-/// depends on the scheduler (a CI run's schema test met it once, as a `503` to a `deactivate`
-/// with `lockTimeout=0`), so this test can only catch it when it is long.
-#[tokio::test]
+/// goes back to the pool holds the lock for a moment after the answer; that moment is short but
+/// is enough, on a runtime of several threads (as the schema test's, which met it once as a
+/// `503` to a `deactivate` with `lockTimeout=0`), for the next request to find it taken: without
+/// the fix this test failed in each of three runs, on the request after an export's 404.
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refused_change_frees_the_tenants_lock_before_it_answers() {
     let app = TestApp::spawn().await;
     let url = app.serve_sample_template("t").await;

@@ -66,11 +66,13 @@ pub(super) async fn export_tenant(
         tenant_lock::lock(&mut lock, &url, wait.duration()).await?;
         // Taken once the lock is held: the snapshot sees whatever its last holder committed.
         let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
-        match db::tenants::export::head(&mut snapshot, url.as_str()).await {
-            Ok(Some(tenant)) => Ok((snapshot, tenant)),
-            Ok(None) => Err(ApiError::NotFound(format!("no tenant {url}"))),
-            Err(e) => Err(e.into()),
-        }
+        let refused = match db::tenants::export::head(&mut snapshot, url.as_str()).await {
+            Ok(Some(tenant)) => return Ok((snapshot, tenant)),
+            Ok(None) => ApiError::NotFound(format!("no tenant {url}")),
+            Err(e) => e.into(),
+        };
+        let _ = snapshot.rollback().await;
+        Err(refused)
     }
     .await;
     // The lock's transaction goes on with the archive; a refusal ends it before the answer.
@@ -152,16 +154,20 @@ async fn read_pages(
             kept = Instant::now();
         }
         let page = match next {
-            Ok(Some(page)) => Ok(page),
+            Ok(Some(page)) => page,
             Ok(None) => break,
             Err(e) => {
                 tracing::error!(error = %e, "reading the tenant for its export failed");
-                Err(e)
+                // Ended before the writer hears of it and cuts the body short, so the lock is
+                // free when the client sees the cut.
+                let _ = snapshot.rollback().await;
+                let _ = lock.rollback().await;
+                let _ = pages.send(Err(e)).await;
+                return;
             }
         };
-        let failed = page.is_err();
-        if pages.send(page).await.is_err() || failed {
-            // Rolled back as they drop.
+        if pages.send(Ok(page)).await.is_err() {
+            // The writer stopped: the client went away. Rolled back as they drop.
             return;
         }
     }

@@ -78,7 +78,12 @@ pub(crate) async fn run(
             tx.rollback().await?;
             refused(pool, plan, e).await
         }
-        Err(Abort::Database(e)) => Err(e),
+        // Ended here, not when the connection goes back to the pool: the job's failure is
+        // recorded on another connection, and a client that hears it may try again at once.
+        Err(Abort::Database(e)) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
     }
 }
 
