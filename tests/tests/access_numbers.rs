@@ -33,6 +33,15 @@ async fn ranges(app: &TestApp, tenant: Option<&str>) -> Vec<(String, i64, Value)
         .collect()
 }
 
+/// `tenant`'s ranges, as (first number, count), in number order.
+async fn ranges_of(app: &TestApp, tenant: &str) -> Vec<(String, i64)> {
+    ranges(app, Some(tenant))
+        .await
+        .into_iter()
+        .map(|(n, c, _)| (n, c))
+        .collect()
+}
+
 /// A tenant created from a template without access numbers; its URL.
 async fn tenant_without_ranges(app: &TestApp) -> String {
     let tenant = fixtures::tenant_url();
@@ -80,11 +89,7 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
             {"number": "6000", "count": 10, "reason": "overlapsExistingRange"}
         ])
     );
-    let mine: Vec<_> = ranges(&app, Some(&tenant))
-        .await
-        .into_iter()
-        .map(|(n, c, _)| (n, c))
-        .collect();
+    let mine = ranges_of(&app, &tenant).await;
     assert_eq!(
         mine,
         vec![
@@ -145,11 +150,7 @@ async fn the_plans_one_statement_applies_each_rule() {
             {"number": "6000", "count": 10, "reason": "overlapsExistingRange"}
         ])
     );
-    let mine: Vec<_> = ranges(&app, Some(&tenant))
-        .await
-        .into_iter()
-        .map(|(n, c, _)| (n, c))
-        .collect();
+    let mine = ranges_of(&app, &tenant).await;
     assert_eq!(
         mine,
         vec![("1000".to_owned(), 10), ("70000".to_owned(), 10)]
@@ -287,11 +288,7 @@ async fn ranges_of_one_create_that_overlap_each_other_keep_only_the_first() {
             {"number": "2000", "count": 5, "reason": "overlapsExistingRange"}
         ])
     );
-    let mine: Vec<_> = ranges(&app, Some(&tenant))
-        .await
-        .into_iter()
-        .map(|(n, c, _)| (n, c))
-        .collect();
+    let mine = ranges_of(&app, &tenant).await;
     assert_eq!(mine, vec![("1000".to_owned(), 10), ("2000".to_owned(), 5)]);
     app.stop().await;
 }
@@ -375,11 +372,7 @@ async fn a_range_another_transaction_inserts_meanwhile_is_decided_on_what_it_com
         job["skippedAccessNumbers"],
         json!([{"number": "1000", "count": 10, "reason": "assignedToOtherTenant"}])
     );
-    let mine: Vec<_> = ranges(&app, Some(&tenant))
-        .await
-        .into_iter()
-        .map(|(n, c, _)| (n, c))
-        .collect();
+    let mine = ranges_of(&app, &tenant).await;
     assert_eq!(mine, vec![("3000".to_owned(), 10)]);
     assert!(
         ranges(&app, None)
@@ -428,11 +421,7 @@ async fn a_range_another_transaction_is_releasing_is_decided_once_it_ends() {
         .await;
     assert_eq!(job["code"], 200, "{job}");
     assert_eq!(job["skippedAccessNumbers"], json!([]), "{job}");
-    let mine: Vec<_> = ranges(&app, Some(&tenant))
-        .await
-        .into_iter()
-        .map(|(n, c, _)| (n, c))
-        .collect();
+    let mine = ranges_of(&app, &tenant).await;
     assert_eq!(mine, vec![("2000".to_owned(), 10), ("4000".to_owned(), 10)]);
     app.stop().await;
 }
