@@ -138,10 +138,7 @@ async fn the_plans_one_statement_applies_each_rule() {
         ]),
     )
     .await;
-    let job = app
-        .wait_job_within(&job, std::time::Duration::from_secs(20))
-        .await;
-    assert_eq!(job["code"], 200, "{job}");
+    let job = succeeded(&app, &job).await;
     assert_eq!(
         job["skippedAccessNumbers"],
         json!([
@@ -261,6 +258,15 @@ async fn the_range_listing_is_paged_through_link_headers_in_number_order() {
     app.stop().await;
 }
 
+/// Job `id` once it ended, which must be with 200.
+async fn succeeded(app: &TestApp, id: &str) -> Value {
+    let job = app
+        .wait_job_within(id, std::time::Duration::from_secs(20))
+        .await;
+    assert_eq!(job["code"], 200, "{job}");
+    job
+}
+
 /// Ranges of one create that overlap each other (in the template, or made identical by its
 /// `numberMap`): the first of them is placed, the others overlap it, as when they are placed
 /// one at a time.
@@ -364,10 +370,7 @@ async fn a_range_another_transaction_inserts_meanwhile_is_decided_on_what_it_com
     until_the_write_waits(&app, "WITH offered").await;
     writer.commit().await.unwrap();
 
-    let job = app
-        .wait_job_within(&job, std::time::Duration::from_secs(20))
-        .await;
-    assert_eq!(job["code"], 200, "{job}");
+    let job = succeeded(&app, &job).await;
     assert_eq!(
         job["skippedAccessNumbers"],
         json!([{"number": "1000", "count": 10, "reason": "assignedToOtherTenant"}])
@@ -416,10 +419,7 @@ async fn a_range_another_transaction_is_releasing_is_decided_once_it_ends() {
     until_the_write_waits(&app, "INSERT INTO access_numbers").await;
     releaser.commit().await.unwrap();
 
-    let job = app
-        .wait_job_within(&job, std::time::Duration::from_secs(20))
-        .await;
-    assert_eq!(job["code"], 200, "{job}");
+    let job = succeeded(&app, &job).await;
     assert_eq!(job["skippedAccessNumbers"], json!([]), "{job}");
     let mine = ranges_of(&app, &tenant).await;
     assert_eq!(mine, vec![("2000".to_owned(), 10), ("4000".to_owned(), 10)]);
