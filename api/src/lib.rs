@@ -58,7 +58,16 @@ pub(crate) struct AppState {
     recorder: recorder::Recorder,
     /// The job queues' figures for `/metrics`, read from the broker at most every few seconds.
     broker_readings: Arc<metrics::BrokerReadings>,
+    /// Slots for exports under way: each holds two of the pool's connections while it reads.
+    exports: Arc<tokio::sync::Semaphore>,
 }
+
+/// Connections in the API's database pool.
+const POOL_CONNECTIONS: u32 = 32;
+/// Exports under way at once: each holds two connections (the tenant's lock and the snapshot
+/// it reads in) for as long as its client takes to read the archive, so together they use at
+/// most half the pool and never starve the other routes.
+const EXPORTS_AT_ONCE: usize = POOL_CONNECTIONS as usize / 4;
 
 /// The whole HTTP surface, apart from binding.
 fn router(state: AppState) -> Router {
@@ -201,7 +210,7 @@ pub async fn run(
     let pool = db::connect(
         &settings.database_url,
         &PoolConfig {
-            max_connections: 32,
+            max_connections: POOL_CONNECTIONS,
             application_name: "provisioner-api",
             idle_in_transaction_timeout: Some(Duration::from_secs(60)),
         },
@@ -226,6 +235,7 @@ pub async fn run(
         ui: Arc::default(),
         recorder: recorder::Recorder::start(&pool, background.notifications().clone()),
         broker_readings: Arc::new(metrics::BrokerReadings::new(settings.amqp_url.clone())),
+        exports: Arc::new(tokio::sync::Semaphore::new(EXPORTS_AT_ONCE)),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

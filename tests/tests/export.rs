@@ -223,3 +223,61 @@ async fn a_client_that_stops_reading_is_cut_off_within_30_s_and_the_lock_freed()
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn exports_past_the_servers_bound_are_refused_with_retry_after_and_the_rest_finish() {
+    let app = TestApp::without_workers().await;
+    let url = "busy.example.com";
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'Busy', $1, '{}')")
+        .bind(url)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let held = app.hold_lock(&format!("provisioner:tenant:{url}")).await;
+    // Eight exports (a quarter of the pool's 32 connections, as each holds two) wait for the
+    // tenant's lock, holding every slot.
+    let path = format!("/configapi/v2/tenant/{url}/export");
+    let waiting: Vec<_> = (0..8)
+        .map(|_| {
+            let request = app.http.get(app.url(&format!("{path}?lockTimeout=60")));
+            tokio::spawn(async move {
+                let r = request.send().await.unwrap();
+                (r.status().as_u16(), r.bytes().await.unwrap())
+            })
+        })
+        .collect();
+    app.until_lock_waiters(8).await;
+
+    let refused = app
+        .http
+        .get(app.url(&format!("{path}?lockTimeout=0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"5"[..]),
+        "a refusal for want of a slot, not the lock's timeout"
+    );
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("exports"),
+        "{problem}"
+    );
+    // The rest of the API is not starved meanwhile.
+    let (status, _) = app.get_json(&format!("/configapi/v2/tenant/{url}")).await;
+    assert_eq!(status, 200);
+
+    held.rollback().await.unwrap();
+    for export in waiting {
+        let (status, body) = export.await.unwrap();
+        assert_eq!(status, 200);
+        let t = Template::read(&body, &Limits::default(), app.db_version().await).unwrap();
+        assert_eq!(t.tenant.url, url);
+    }
+    // Every slot came back: a later export (waiting a moment for the last ones to let go) runs.
+    let again = app.export(url).await;
+    assert_eq!(again.tenant.url, url);
+    app.stop().await;
+}

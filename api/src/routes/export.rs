@@ -20,7 +20,7 @@ use provisioner_shared::{
     template::{self, Manifest, ManifestSource, Page, TemplateWriter, TenantEntry},
 };
 use sqlx::{Postgres, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -45,6 +45,10 @@ const KEEP_LOCK_ALIVE: Duration = Duration::from_secs(10);
 /// A client that reads nothing for this long is cut off, and the export ends (as a request
 /// body that stalls this long ends with 408).
 const STALLED_CLIENT: Duration = Duration::from_secs(30);
+/// Longest wait for an export slot when all are taken (never longer than `lockTimeout`);
+/// then `503` with this `Retry-After`.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+const SLOT_RETRY_AFTER: u64 = 5;
 
 /// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
 /// it never observes an import half-way.
@@ -54,16 +58,19 @@ const STALLED_CLIENT: Duration = Duration::from_secs(30);
         (status = 200, description = "The tenant as a template ZIP", content_type = "application/zip"),
         (status = 400, description = "Invalid lockTimeout"),
         (status = 404, description = "No such tenant"),
-        (status = 503, description = "Lock timeout")))]
+        (status = 503, description = "Lock timeout, or as many exports under way as the server allows (with Retry-After)")))]
 pub(super) async fn export_tenant(
     State(state): State<AppState>,
     TenantPath(url): TenantPath,
     wait: RouteLockTimeout,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let slot = take_slot(&state, wait.duration().min(SLOT_WAIT)).await?;
+    let lock_wait = wait.duration().saturating_sub(started.elapsed());
     let db_version = db::schema_version(&state.pool).await?;
     let mut lock = state.pool.begin().await?;
     let found = async {
-        tenant_lock::lock(&mut lock, &url, wait.duration()).await?;
+        tenant_lock::lock(&mut lock, &url, lock_wait).await?;
         // Taken once the lock is held: the snapshot sees whatever its last holder committed.
         let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
         let refused = match db::tenants::export::head(&mut snapshot, url.as_str()).await {
@@ -81,7 +88,7 @@ pub(super) async fn export_tenant(
         Err(e) => return tenant_lock::end(lock, Err(e)).await,
     };
     let manifest = manifest(db_version, &tenant);
-    let body = stream_archive(manifest, tenant, lock, snapshot);
+    let body = stream_archive(manifest, tenant, Held { lock, snapshot, slot });
     let disposition = format!("attachment; filename=\"{url}.zip\"");
     Ok((
         [
@@ -91,6 +98,25 @@ pub(super) async fn export_tenant(
         body,
     )
         .into_response())
+}
+
+/// One of the server's export slots, waiting at most `wait` for one; `503` when none frees.
+async fn take_slot(state: &AppState, wait: Duration) -> Result<OwnedSemaphorePermit, ApiError> {
+    // A free slot is taken at the first poll, before the timeout looks at its clock.
+    let taken = tokio::time::timeout(wait, state.exports.clone().acquire_owned()).await;
+    taken.ok().and_then(Result::ok).ok_or_else(|| ApiError::Busy {
+        detail: "the server is running as many exports as it allows at once; retry later"
+            .to_owned(),
+        retry_after: SLOT_RETRY_AFTER,
+    })
+}
+
+/// What an export holds while it reads: the transaction holding the tenant's lock, the
+/// snapshot it reads in, and its slot. All three end together.
+struct Held {
+    lock: Transaction<'static, Postgres>,
+    snapshot: Transaction<'static, Postgres>,
+    slot: OwnedSemaphorePermit,
 }
 
 fn manifest(db_version: i64, tenant: &TenantEntry) -> Manifest {
@@ -107,19 +133,14 @@ fn manifest(db_version: i64, tenant: &TenantEntry) -> Manifest {
     }
 }
 
-/// Starts reading the tenant (`lock` holding its lock, `snapshot` to read in) and writing its
-/// archive; returns the body the archive streams into.
-fn stream_archive(
-    manifest: Manifest,
-    tenant: TenantEntry,
-    lock: Transaction<'static, Postgres>,
-    snapshot: Transaction<'static, Postgres>,
-) -> Body {
+/// Starts reading the tenant under what `held` holds and writing its archive; returns the body
+/// the archive streams into.
+fn stream_archive(manifest: Manifest, tenant: TenantEntry, held: Held) -> Body {
     let (pages, pages_out) = mpsc::channel(PAGES_AHEAD);
     let (chunks, chunks_out) = mpsc::channel(CHUNKS_AHEAD);
     let (finished, finished_out) = oneshot::channel();
     let span = tracing::Span::current();
-    tokio::spawn(read_pages(lock, snapshot, tenant.id, pages).instrument(span.clone()));
+    tokio::spawn(read_pages(held, tenant.id, pages).instrument(span.clone()));
     let body = BodyWriter {
         chunks,
         buf: Vec::with_capacity(CHUNK),
@@ -137,14 +158,15 @@ fn stream_archive(
 
 type PageResult = Result<Page, sqlx::Error>;
 
-/// Reads the tenant's lists page by page into `pages` while `lock` holds its lock; ends both
-/// transactions when done, or when the writer stopped (the client went away).
-async fn read_pages(
-    mut lock: Transaction<'static, Postgres>,
-    mut snapshot: Transaction<'static, Postgres>,
-    tenant: Uuid,
-    pages: mpsc::Sender<PageResult>,
-) {
+/// Reads the tenant's lists page by page into `pages` while `held` holds its lock; ends both
+/// transactions, then frees the slot, when done or when the writer stopped (the client went
+/// away).
+async fn read_pages(held: Held, tenant: Uuid, pages: mpsc::Sender<PageResult>) {
+    let Held {
+        mut lock,
+        mut snapshot,
+        slot,
+    } = held;
     let mut lists = Pages::new(tenant, PER_PAGE);
     let mut kept = Instant::now();
     loop {
@@ -167,7 +189,9 @@ async fn read_pages(
             }
         };
         if pages.send(Ok(page)).await.is_err() {
-            // The writer stopped: the client went away. Rolled back as they drop.
+            // The writer stopped: the client went away.
+            let _ = snapshot.rollback().await;
+            let _ = lock.rollback().await;
             return;
         }
     }
@@ -177,6 +201,7 @@ async fn read_pages(
     if let Err(e) = lock.commit().await {
         tracing::warn!(error = %e, "releasing the export's tenant lock failed");
     }
+    drop(slot);
 }
 
 /// Writes the archive of `pages` into the body; says whether it wrote it whole.
