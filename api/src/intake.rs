@@ -27,6 +27,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
+    transaction,
     validate::{self, TemplateInput, TenantUrlIn},
 };
 
@@ -425,18 +426,31 @@ impl<'a> Intake<'a> {
             .tx
             .take()
             .expect("a valid non-empty batch has a transaction");
+        let admitted = self.admit(&mut tx, &digest).await;
+        let batch = transaction::end(tx, admitted).await?;
+        tracing::info!(batch.id = %batch.id, items = batch.total, "batch accepted");
+        Ok(Accepted::New(batch))
+    }
+
+    /// Under the client's admission lock, checks the client's cap and the templates named, and
+    /// completes the batch in `tx`.
+    async fn admit(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        digest: &str,
+    ) -> Result<BatchRow, ApiError> {
         let client = &self.caller.client_id;
-        db::batches::lock_admission(&mut tx, client).await?;
+        db::batches::lock_admission(tx, client).await?;
         let cap = i64::from(self.state.settings.client_max_batch_items);
         // This batch's items are inserted already: they count among the unfinished.
-        let unfinished = db::batches::unfinished_items(&mut *tx, client).await?;
+        let unfinished = db::batches::unfinished_items(&mut **tx, client).await?;
         if unfinished > cap {
             return Err(over_cap(unfinished, cap, "this batch would give"));
         }
         // The templates named by id stay until the pins hold them; one removed meanwhile (its
         // client deleted it) is the request's problem.
         for id in &self.templates {
-            if !db::templates::lock_visible(&mut tx, id, self.caller.viewer()).await? {
+            if !db::templates::lock_visible(tx, id, self.caller.viewer()).await? {
                 return Err(FieldError::new(
                     "templateId",
                     format!("no template {id} is stored by this client"),
@@ -445,12 +459,10 @@ impl<'a> Intake<'a> {
             }
         }
         let templates: Vec<String> = self.templates.iter().cloned().collect();
-        db::batches::pin_templates(&mut tx, self.id, &templates).await?;
-        let batch = db::batches::set_digest(&mut tx, self.id, &digest).await?;
-        db::batches::count_items(&mut tx, self.id).await?;
-        tx.commit().await?;
-        tracing::info!(batch.id = %batch.id, items = batch.total, "batch accepted");
-        Ok(Accepted::New(batch))
+        db::batches::pin_templates(tx, self.id, &templates).await?;
+        let batch = db::batches::set_digest(tx, self.id, digest).await?;
+        db::batches::count_items(tx, self.id).await?;
+        Ok(batch)
     }
 }
 

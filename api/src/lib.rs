@@ -18,6 +18,7 @@ mod submit;
 mod tenant_lock;
 mod token_cache;
 mod token_guard;
+mod transaction;
 mod ui;
 mod upload;
 mod validate;

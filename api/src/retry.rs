@@ -8,9 +8,10 @@ use provisioner_shared::{
     domain::TemplateSource,
     trace::TraceContext,
 };
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::{AppState, error::ApiError, intake::over_cap};
+use crate::{AppState, error::ApiError, intake::over_cap, transaction};
 
 /// Failed items read and replaced per statement.
 const PAGE: i64 = 1_000;
@@ -37,13 +38,32 @@ pub(crate) async fn failed_items(
     let Some(batch) = db::batches::lock_for_retry(&mut tx, id, sees).await? else {
         return Ok(None);
     };
+    let retried = retry_in(state, &mut tx, &batch, codes, trace).await;
+    let retried = transaction::end(tx, retried).await?;
+    let Some((retried, batch)) = retried else {
+        return Ok(Some(Retried::Nothing(batch)));
+    };
+    tracing::info!(batch.id = %id, items = retried, "batch items retried");
+    Ok(Some(Retried::Items(batch)))
+}
+
+/// Renews the failed items (with one of `codes`, if given) of `batch` in `tx`, under its
+/// owner's admission lock; how many, and the batch as it is then (`None`: none failed).
+async fn retry_in(
+    state: &AppState,
+    tx: &mut Transaction<'static, Postgres>,
+    batch: &BatchRow,
+    codes: Option<&[i32]>,
+    trace: &TraceContext,
+) -> Result<Option<(usize, BatchRow)>, ApiError> {
+    let id = batch.id;
     // The owner's admission lock before any job is written (and counted), as a batch being
     // accepted takes it before it counts its items: one order, no deadlock between the two.
-    db::batches::lock_admission(&mut tx, &batch.client_id).await?;
+    db::batches::lock_admission(tx, &batch.client_id).await?;
     let mut after = -1;
     let mut retried = 0usize;
     loop {
-        let failed = db::batches::failed_items(&mut tx, id, codes, after, PAGE).await?;
+        let failed = db::batches::failed_items(tx, id, codes, after, PAGE).await?;
         let Some(last) = failed.last() else { break };
         after = last.item;
         let mut old_jobs = Vec::with_capacity(failed.len());
@@ -54,26 +74,24 @@ pub(crate) async fn failed_items(
             items.push(item);
         }
         if retried == 0 {
-            db::batches::reopen(&mut tx, id, trace).await?;
+            db::batches::reopen(tx, id, trace).await?;
         }
         retried += items.len();
-        db::batches::replace_items(&mut tx, id, &batch.client_id, &old_jobs, &items, trace).await?;
+        db::batches::replace_items(tx, id, &batch.client_id, &old_jobs, &items, trace).await?;
     }
     if retried == 0 {
-        return Ok(Some(Retried::Nothing(batch)));
+        return Ok(None);
     }
     // The retried items count against the owner's cap as a new batch's would.
     let cap = i64::from(state.settings.client_max_batch_items);
-    let unfinished = db::batches::unfinished_items(&mut *tx, &batch.client_id).await?;
+    let unfinished = db::batches::unfinished_items(&mut **tx, &batch.client_id).await?;
     if unfinished > cap {
         return Err(over_cap(unfinished, cap, "this retry would give"));
     }
-    let Some(batch) = db::batches::find(&mut *tx, id, None).await? else {
-        return Ok(None);
-    };
-    tx.commit().await?;
-    tracing::info!(batch.id = %id, items = retried, "batch items retried");
-    Ok(Some(Retried::Items(batch)))
+    let batch = db::batches::find(&mut **tx, id, None)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("batch {id} vanished under its lock")))?;
+    Ok(Some((retried, batch)))
 }
 
 /// A new job for a failed item: the same parameters, its password sealed again for the new id.

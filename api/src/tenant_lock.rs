@@ -7,7 +7,7 @@ use provisioner_shared::{
     db::{self, locks::LockKey, tenants::TenantRow},
     domain::TenantUrl,
 };
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::PgConnection;
 
 use crate::error::ApiError;
 
@@ -38,28 +38,5 @@ pub(crate) async fn lock(
             "the tenant's lock was not free within {} s",
             wait.as_secs()
         )))
-    }
-}
-
-/// Ends `tx`, which holds the tenant's lock, as `outcome` says, before the answer goes out:
-/// committed when it is `Ok`, rolled back otherwise. A transaction dropped unended is rolled
-/// back only once its connection goes back to the pool, in a task of its own; until then it
-/// holds the lock, and a request that follows the answer at once with `lockTimeout=0` could
-/// find the lock taken.
-pub(crate) async fn end<T>(
-    tx: Transaction<'static, Postgres>,
-    outcome: Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    match outcome {
-        Ok(value) => {
-            tx.commit().await?;
-            Ok(value)
-        }
-        Err(e) => {
-            if let Err(rollback) = tx.rollback().await {
-                tracing::warn!(error = %rollback, "cannot roll back after a refusal; the tenant's lock may outlive the answer");
-            }
-            Err(e)
-        }
     }
 }

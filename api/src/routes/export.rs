@@ -29,7 +29,7 @@ use crate::{
     error::ApiError,
     extract::{RouteLockTimeout, TenantPath},
     openapi::shapes::{HostName, LockTimeoutSeconds},
-    tenant_lock,
+    tenant_lock, transaction,
 };
 
 /// Rows read per page of a list.
@@ -85,7 +85,7 @@ pub(super) async fn export_tenant(
     // The lock's transaction goes on with the archive; a refusal ends it before the answer.
     let (snapshot, tenant) = match found {
         Ok(found) => found,
-        Err(e) => return tenant_lock::end(lock, Err(e)).await,
+        Err(e) => return transaction::end(lock, Err(e)).await,
     };
     let manifest = manifest(db_version, &tenant);
     let body = stream_archive(manifest, tenant, Held { lock, snapshot, slot });

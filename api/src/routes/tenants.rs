@@ -19,7 +19,8 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{Page, PageQuery, RouteLockTimeout, TenantPath, query_param},
     openapi::shapes::{HostName, LockTimeoutSeconds, PageLimit},
-    tenant_lock::{self, lock_tenant},
+    tenant_lock::lock_tenant,
+    transaction,
 };
 
 /// A tenant as the API shows it.
@@ -170,7 +171,7 @@ async fn change_status(
         Ok(tenant)
     }
     .await;
-    let tenant = tenant_lock::end(tx, changed).await?;
+    let tenant = transaction::end(tx, changed).await?;
     Ok(Json(tenant.into()))
 }
 
@@ -208,7 +209,7 @@ pub(super) async fn delete_tenant(
         Ok(tenant)
     }
     .await;
-    let tenant = tenant_lock::end(tx, deleted).await?;
+    let tenant = transaction::end(tx, deleted).await?;
     tracing::info!(tenant.url = %url, ?numbers, "tenant deleted");
     Ok(Json(tenant.into()))
 }
