@@ -23,6 +23,12 @@ use futures_util::{StreamExt, stream};
 use provisioner_tests::{Options, TestApp, fixtures};
 use serde_json::{Value, json};
 
+const USAGE: &str = "usage: bench [JOBS] [CLIENTS] [WORKERS]
+       bench volume [BACKLOG] [TRIVIAL] [STANDARD]
+       bench tokens [N]
+       bench export [SETTINGS_MIB] [AUDIT_ROWS]
+(arguments are whole numbers; see the README, \"Benchmarks\")";
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -40,10 +46,10 @@ async fn main() {
     if scenario.is_some() {
         args.remove(0);
     }
-    let args: Vec<usize> = args
-        .iter()
-        .map(|a| a.parse().expect("numeric arguments"))
-        .collect();
+    let Ok(args) = args.iter().map(|a| a.parse()).collect::<Result<Vec<usize>, _>>() else {
+        eprintln!("{USAGE}");
+        std::process::exit(2);
+    };
     match scenario.as_deref() {
         Some("tokens") => return memory::token_flood(args.first().copied().unwrap_or(128)).await,
         Some("volume") => {
