@@ -14,6 +14,7 @@ mod recorder;
 mod retry;
 mod routes;
 mod server;
+mod slots;
 mod submit;
 mod tenant_lock;
 mod token_cache;
@@ -59,16 +60,21 @@ pub(crate) struct AppState {
     recorder: recorder::Recorder,
     /// The job queues' figures for `/metrics`, read from the broker at most every few seconds.
     broker_readings: Arc<metrics::BrokerReadings>,
-    /// Slots for exports under way: each holds two of the pool's connections while it reads.
-    exports: Arc<tokio::sync::Semaphore>,
+    /// Exports reading at once: each holds two of the pool's connections while its client reads.
+    exports: slots::Slots,
+    /// Requests waiting for a tenant's lock at once: each holds a connection while it waits.
+    lock_waits: slots::Slots,
 }
 
 /// Connections in the API's database pool.
 const POOL_CONNECTIONS: u32 = 32;
-/// Exports under way at once: each holds two connections (the tenant's lock and the snapshot
-/// it reads in) for as long as its client takes to read the archive, so together they use at
-/// most half the pool and never starve the other routes.
-const EXPORTS_AT_ONCE: usize = POOL_CONNECTIONS as usize / 4;
+/// Exports reading at once: each holds two connections (the tenant's lock and the snapshot it
+/// reads in) for as long as its client takes to read the archive.
+const EXPORTS_AT_ONCE: usize = 6;
+/// Requests (lifecycle changes, exports) waiting for a busy tenant's lock at once, each for up
+/// to its `lockTimeout` (an hour at most) on a connection of its own. With the exports, at most
+/// 20 of the 32 connections are held for long; the rest serve every other route.
+const LOCK_WAITS_AT_ONCE: usize = 8;
 
 /// The whole HTTP surface, apart from binding.
 fn router(state: AppState) -> Router {
@@ -236,7 +242,11 @@ pub async fn run(
         ui: Arc::default(),
         recorder: recorder::Recorder::start(&pool, background.notifications().clone()),
         broker_readings: Arc::new(metrics::BrokerReadings::new(settings.amqp_url.clone())),
-        exports: Arc::new(tokio::sync::Semaphore::new(EXPORTS_AT_ONCE)),
+        exports: slots::Slots::new(EXPORTS_AT_ONCE, "exports reading"),
+        lock_waits: slots::Slots::new(
+            LOCK_WAITS_AT_ONCE,
+            "requests waiting for a tenant's lock",
+        ),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -224,60 +224,128 @@ async fn a_client_that_stops_reading_is_cut_off_within_30_s_and_the_lock_freed()
     app.stop().await;
 }
 
+async fn export_status(app: &TestApp, url: &str, lock_timeout: u32) -> reqwest::Response {
+    app.http
+        .get(app.url(&format!(
+            "/configapi/v2/tenant/{url}/export?lockTimeout={lock_timeout}"
+        )))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The refusal for want of a slot: `503` with `Retry-After`, its detail naming what is full.
+async fn assert_no_slot(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"5"[..]),
+        "a refusal for want of a slot, not the lock's timeout"
+    );
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains(what),
+        "{problem}"
+    );
+}
+
 #[tokio::test]
-async fn exports_past_the_servers_bound_are_refused_with_retry_after_and_the_rest_finish() {
+async fn exports_reading_past_the_servers_bound_are_refused_with_retry_after() {
     let app = TestApp::without_workers().await;
-    let url = "busy.example.com";
-    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'Busy', $1, '{}')")
-        .bind(url)
+    // Six exports (each holds two of the pool's 32 connections) stall on clients that read
+    // nothing, holding every slot.
+    let mut stalled = Vec::new();
+    for i in 0..6 {
+        let url = format!("big{i}.example.com");
+        big_tenant(&app, &url).await;
+        let (stream, _) = get_slowly(&app, &format!("/configapi/v2/tenant/{url}/export")).await;
+        stalled.push(stream);
+    }
+    assert_eq!(app.advisory_locks().await.0, 6, "each holds its tenant's lock");
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), 'seventh.example.com', 'Seventh', 'seventh.example.com')")
         .execute(&app.db)
         .await
         .unwrap();
-    let held = app.hold_lock(&format!("provisioner:tenant:{url}")).await;
-    // Eight exports (a quarter of the pool's 32 connections, as each holds two) wait for the
-    // tenant's lock, holding every slot.
-    let path = format!("/configapi/v2/tenant/{url}/export");
+    assert_no_slot(
+        export_status(&app, "seventh.example.com", 0).await,
+        "exports reading",
+    )
+    .await;
+    assert_eq!(
+        app.advisory_locks().await.0,
+        6,
+        "the refused export let its tenant's lock go before it answered"
+    );
+    // A client that goes away frees its slot.
+    drop(stalled.pop());
+    let seventh = app.export("seventh.example.com").await;
+    assert_eq!(seventh.tenant.name, "Seventh");
+    drop(stalled);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other_tenants() {
+    let app = TestApp::without_workers().await;
+    let busy = "busy.example.com";
+    let free = "free.example.com";
+    for url in [busy, free] {
+        sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'T', $1, '{}')")
+            .bind(url)
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    let held = app.hold_lock(&format!("provisioner:tenant:{busy}")).await;
+    // Eight requests (exports and lifecycle changes) wait for the busy tenant's lock, each on
+    // a connection of its own, holding every slot for waiting.
     let waiting: Vec<_> = (0..8)
-        .map(|_| {
-            let request = app.http.get(app.url(&format!("{path}?lockTimeout=60")));
+        .map(|i| {
+            let request = if i % 2 == 0 {
+                app.http.get(app.url(&format!(
+                    "/configapi/v2/tenant/{busy}/export?lockTimeout=60"
+                )))
+            } else {
+                app.http.post(app.url(&format!(
+                    "/configapi/v2/tenant/{busy}/activate?lockTimeout=60"
+                )))
+            };
             tokio::spawn(async move {
                 let r = request.send().await.unwrap();
-                (r.status().as_u16(), r.bytes().await.unwrap())
+                let status = r.status().as_u16();
+                (status, r.bytes().await.unwrap())
             })
         })
         .collect();
     app.until_lock_waiters(8).await;
 
-    let refused = app
+    // One more would wait too: it is refused once its own bound (1 s) has passed.
+    let r = app
         .http
-        .get(app.url(&format!("{path}?lockTimeout=0")))
+        .post(app.url(&format!(
+            "/configapi/v2/tenant/{busy}/deactivate?lockTimeout=1"
+        )))
         .send()
         .await
         .unwrap();
-    assert_eq!(refused.status(), 503);
-    assert_eq!(
-        refused.headers().get("retry-after").map(|v| v.as_bytes()),
-        Some(&b"5"[..]),
-        "a refusal for want of a slot, not the lock's timeout"
-    );
-    let problem: serde_json::Value = refused.json().await.unwrap();
-    assert!(
-        problem["detail"].as_str().unwrap().contains("exports"),
-        "{problem}"
-    );
-    // The rest of the API is not starved meanwhile.
-    let (status, _) = app.get_json(&format!("/configapi/v2/tenant/{url}")).await;
-    assert_eq!(status, 200);
+    assert_no_slot(r, "waiting for a tenant's lock").await;
+    // Requests whose lock is free take no slot: another tenant's export and change go ahead.
+    let exported = app.export(free).await;
+    assert_eq!(exported.tenant.url, free);
+    let r = app
+        .http
+        .post(app.url(&format!(
+            "/configapi/v2/tenant/{free}/activate?lockTimeout=0"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     held.rollback().await.unwrap();
-    for export in waiting {
-        let (status, body) = export.await.unwrap();
-        assert_eq!(status, 200);
-        let t = Template::read(&body, &Limits::default(), app.db_version().await).unwrap();
-        assert_eq!(t.tenant.url, url);
+    for request in waiting {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
-    // Every slot came back: a later export (waiting a moment for the last ones to let go) runs.
-    let again = app.export(url).await;
-    assert_eq!(again.tenant.url, url);
     app.stop().await;
 }

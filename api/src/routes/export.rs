@@ -45,10 +45,6 @@ const KEEP_LOCK_ALIVE: Duration = Duration::from_secs(10);
 /// A client that reads nothing for this long is cut off, and the export ends (as a request
 /// body that stalls this long ends with 408).
 const STALLED_CLIENT: Duration = Duration::from_secs(30);
-/// Longest wait for an export slot when all are taken (never longer than `lockTimeout`);
-/// then `503` with this `Retry-After`.
-const SLOT_WAIT: Duration = Duration::from_secs(5);
-const SLOT_RETRY_AFTER: u64 = 5;
 
 /// Export Tenant: a template-format-1 ZIP of everything the tenant has, read under its lock so
 /// it never observes an import half-way.
@@ -58,23 +54,26 @@ const SLOT_RETRY_AFTER: u64 = 5;
         (status = 200, description = "The tenant as a template ZIP", content_type = "application/zip"),
         (status = 400, description = "Invalid lockTimeout"),
         (status = 404, description = "No such tenant"),
-        (status = 503, description = "Lock timeout, or as many exports under way as the server allows (with Retry-After)")))]
+        (status = 503, description = "Lock timeout; or, with Retry-After, as many exports reading or requests waiting for a lock as the server allows")))]
 pub(super) async fn export_tenant(
     State(state): State<AppState>,
     TenantPath(url): TenantPath,
     wait: RouteLockTimeout,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let slot = take_slot(&state, wait.duration().min(SLOT_WAIT)).await?;
-    let lock_wait = wait.duration().saturating_sub(started.elapsed());
     let db_version = db::schema_version(&state.pool).await?;
     let mut lock = state.pool.begin().await?;
     let found = async {
-        tenant_lock::lock(&mut lock, &url, lock_wait).await?;
+        tenant_lock::lock(&mut lock, &state.lock_waits, &url, wait.duration()).await?;
+        // A slot to read in, held from here until the archive is written or cut off.
+        let slot = state
+            .exports
+            .take(wait.duration().saturating_sub(started.elapsed()))
+            .await?;
         // Taken once the lock is held: the snapshot sees whatever its last holder committed.
         let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
         let refused = match db::tenants::export::head(&mut snapshot, url.as_str()).await {
-            Ok(Some(tenant)) => return Ok((snapshot, tenant)),
+            Ok(Some(tenant)) => return Ok((snapshot, slot, tenant)),
             Ok(None) => ApiError::NotFound(format!("no tenant {url}")),
             Err(e) => e.into(),
         };
@@ -83,7 +82,7 @@ pub(super) async fn export_tenant(
     }
     .await;
     // The lock's transaction goes on with the archive; a refusal ends it before the answer.
-    let (snapshot, tenant) = match found {
+    let (snapshot, slot, tenant) = match found {
         Ok(found) => found,
         Err(e) => return transaction::end(lock, Err(e)).await,
     };
@@ -98,17 +97,6 @@ pub(super) async fn export_tenant(
         body,
     )
         .into_response())
-}
-
-/// One of the server's export slots, waiting at most `wait` for one; `503` when none frees.
-async fn take_slot(state: &AppState, wait: Duration) -> Result<OwnedSemaphorePermit, ApiError> {
-    // A free slot is taken at the first poll, before the timeout looks at its clock.
-    let taken = tokio::time::timeout(wait, state.exports.clone().acquire_owned()).await;
-    taken.ok().and_then(Result::ok).ok_or_else(|| ApiError::Busy {
-        detail: "the server is running as many exports as it allows at once; retry later"
-            .to_owned(),
-        retry_after: SLOT_RETRY_AFTER,
-    })
 }
 
 /// What an export holds while it reads: the transaction holding the tenant's lock, the
@@ -180,10 +168,11 @@ async fn read_pages(held: Held, tenant: Uuid, pages: mpsc::Sender<PageResult>) {
             Ok(None) => break,
             Err(e) => {
                 tracing::error!(error = %e, "reading the tenant for its export failed");
-                // Ended before the writer hears of it and cuts the body short, so the lock is
-                // free when the client sees the cut.
+                // Ended before the writer hears of it and cuts the body short, so the lock and
+                // the slot are free when the client sees the cut.
                 let _ = snapshot.rollback().await;
                 let _ = lock.rollback().await;
+                drop(slot);
                 let _ = pages.send(Err(e)).await;
                 return;
             }

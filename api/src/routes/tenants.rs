@@ -153,7 +153,7 @@ async fn change_status(
     let (from, to, action) = change.parts();
     let mut tx = state.pool.begin().await?;
     let changed = async {
-        let mut tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
+        let mut tenant = lock_tenant(&mut tx, &state.lock_waits, &url, wait.duration()).await?;
         if db::tenants::set_status(&mut tx, tenant.id, from, to).await? {
             let details = json!({"from": from, "to": to});
             let target = format!("tenant:{url}");
@@ -198,7 +198,7 @@ pub(super) async fn delete_tenant(
     };
     let mut tx = state.pool.begin().await?;
     let deleted = async {
-        let tenant = lock_tenant(&mut tx, &url, wait.duration()).await?;
+        let tenant = lock_tenant(&mut tx, &state.lock_waits, &url, wait.duration()).await?;
         if tenant.status != TenantStatus::Inactive {
             return Err(ApiError::BadRequest(format!(
                 "tenant {url} is {}; deactivate it first",

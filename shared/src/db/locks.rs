@@ -49,6 +49,10 @@ pub async fn acquire(
     if keys.peek().is_none() {
         return Ok(true);
     }
+    if wait.is_zero() {
+        // The busy key was just tried.
+        return Ok(false);
+    }
     for key in keys {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let remaining_ms = remaining.as_millis();
