@@ -30,7 +30,10 @@ pub fn init(format: LogFormat) {
 
 /// `init`, naming the process `service` in exported spans.
 pub fn init_as(format: LogFormat, service: &'static str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL's notices (`relation "_sqlx_migrations" already exists, skipping` at every
+    // start) are not news: shown from warnings up unless `RUST_LOG` says otherwise.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let (otel, otel_error) = match otlp_provider(service) {
         Ok(Some(provider)) => {
             let tracer = provider.tracer("provisioner");
