@@ -231,11 +231,11 @@ fn unauthorized(reason: Option<&str>) -> Response {
     let mut response =
         ApiError::Unauthorized(reason.unwrap_or("a bearer token is required").to_owned())
             .into_response();
+    // No token: the bare challenge (RFC 6750 section 3: no error code when the request had no
+    // credentials). A token refused: why, for a client that would take a new one.
     let challenge = match reason {
-        None => "Bearer realm=\"provisioner\"".to_owned(),
-        Some(r) => format!(
-            "Bearer realm=\"provisioner\", error=\"invalid_token\", error_description=\"{r}\""
-        ),
+        None => "Bearer".to_owned(),
+        Some(r) => format!("Bearer error=\"invalid_token\", error_description=\"{r}\""),
     };
     response
         .headers_mut()

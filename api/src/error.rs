@@ -26,6 +26,14 @@ pub(crate) struct FieldError {
 }
 
 impl FieldError {
+    /// `templateId` names no template the client stored.
+    pub(crate) fn template_not_stored(id: &str) -> Self {
+        Self::new(
+            "templateId",
+            format!("no template {id} is stored by this client"),
+        )
+    }
+
     pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
         Self {
             item: None,

@@ -258,10 +258,7 @@ impl<'a> Intake<'a> {
         if let Ok(request) = &checked {
             if let TemplateSource::Stored(id) = &request.params.template {
                 if !self.visible(id).await? {
-                    checked = Err(vec![FieldError::new(
-                        "templateId",
-                        format!("no template {id} is stored by this client"),
-                    )]);
+                    checked = Err(vec![FieldError::template_not_stored(id)]);
                 }
             }
         }
@@ -451,11 +448,7 @@ impl<'a> Intake<'a> {
         // client deleted it) is the request's problem.
         for id in &self.templates {
             if !db::templates::lock_visible(tx, id, self.caller.viewer()).await? {
-                return Err(FieldError::new(
-                    "templateId",
-                    format!("no template {id} is stored by this client"),
-                )
-                .into());
+                return Err(FieldError::template_not_stored(id).into());
             }
         }
         let templates: Vec<String> = self.templates.iter().cloned().collect();

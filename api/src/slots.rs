@@ -36,13 +36,16 @@ impl Slots {
         // A free slot is taken at the first poll, before the timeout looks at its clock.
         let taken =
             tokio::time::timeout(within.min(SLOT_WAIT), self.free.clone().acquire_owned()).await;
-        taken.ok().and_then(Result::ok).ok_or_else(|| ApiError::Busy {
-            detail: format!(
-                "the server has as many {} as it allows at once; retry later",
-                self.what
-            ),
-            retry_after: RETRY_AFTER,
-        })
+        taken
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| ApiError::Busy {
+                detail: format!(
+                    "the server has as many {} as it allows at once; retry later",
+                    self.what
+                ),
+                retry_after: RETRY_AFTER,
+            })
     }
 }
 
@@ -65,6 +68,9 @@ mod tests {
         });
         tokio::task::yield_now().await;
         drop(held);
-        assert!(waiting.await.unwrap(), "the freed slot goes to the waiting request");
+        assert!(
+            waiting.await.unwrap(),
+            "the freed slot goes to the waiting request"
+        );
     }
 }

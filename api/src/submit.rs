@@ -264,11 +264,7 @@ async fn record(
         }
         Ok(SubmitOutcome::TemplateNotVisible) => {
             let id = template_id.unwrap_or_default();
-            Err(FieldError::new(
-                "templateId",
-                format!("no template {id} is stored by this client"),
-            )
-            .into())
+            Err(FieldError::template_not_stored(&id).into())
         }
         Ok(SubmitOutcome::TenantExists) => Err(ApiError::Conflict(format!(
             "a tenant with URL {} already exists",

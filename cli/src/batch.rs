@@ -188,11 +188,20 @@ impl CsvResults {
                     present.extend(f.keys().cloned());
                 }
             }
-            columns = FIELDS
+            // A CSV file's columns in its order; then the fields the options filled in (and an
+            // NDJSON file's), in the API's order. Never the password.
+            let file: Vec<String> = rows.headers().map(<[String]>::to_vec).unwrap_or_default();
+            columns = file
                 .iter()
-                .filter(|f| **f != "password" && present.contains(**f))
-                .map(|f| (*f).to_owned())
-                .collect();
+                .map(String::as_str)
+                .chain(FIELDS.iter().copied().filter(|f| present.contains(*f)))
+                .filter(|f| *f != "password")
+                .fold(Vec::new(), |mut columns: Vec<String>, f| {
+                    if !columns.iter().any(|c| c == f) {
+                        columns.push(f.to_owned());
+                    }
+                    columns
+                });
             items = submission.as_ref().and_then(resubmitted_rows);
         }
         Ok(Self {

@@ -265,11 +265,12 @@ fn number_map(value: &Value, problems: &mut Vec<Problem>) {
     };
     let mut targets = HashSet::new();
     for (key, value) in map {
-        let field = format!("numberMap.{key}");
+        // The field is `numberMap`; the message names the key.
+        let field = "numberMap";
         if !is_access_number(key) {
             problems.push(Problem::new(
                 field,
-                "keys must be strings of 1 to 20 digits",
+                format!("key {key:?}: keys must be strings of 1 to 20 digits"),
             ));
             continue;
         }
@@ -278,13 +279,13 @@ fn number_map(value: &Value, problems: &mut Vec<Problem>) {
                 if !targets.insert(v) {
                     problems.push(Problem::new(
                         field,
-                        format!("{v} is the target of more than one key"),
+                        format!("key {key:?}: {v} is the target of more than one key"),
                     ));
                 }
             }
             _ => problems.push(Problem::new(
                 field,
-                "values must be strings of 1 to 20 digits",
+                format!("key {key:?}: values must be strings of 1 to 20 digits"),
             )),
         }
     }
@@ -315,7 +316,7 @@ mod tests {
             "email",
             "templateUrl",
             "lockTimeout",
-            "numberMap.1a",
+            "numberMap",
             "colour",
         ] {
             assert!(fields(&problems).contains(&f), "{f}: {problems:?}");

@@ -88,6 +88,14 @@ pub enum Rows {
 }
 
 impl Rows {
+    /// A CSV file's header row, in the file's order; `None` for NDJSON.
+    pub fn headers(&self) -> Option<&[String]> {
+        match self {
+            Self::Csv { headers, .. } => Some(headers),
+            Self::Ndjson { .. } => None,
+        }
+    }
+
     pub fn open(path: &Path, format: Format) -> Result<Self> {
         let file =
             File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;

@@ -167,7 +167,13 @@ async fn missing_unknown_and_expired_tokens_are_401_with_a_bearer_challenge() {
         );
         assert_eq!(r.headers()["content-type"], "application/problem+json");
     };
-    check(anon.get(&path).send().await.unwrap());
+    let r = anon.get(&path).send().await.unwrap();
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer",
+        "no token: the contract's bare challenge"
+    );
+    check(r);
     check(
         anon.get(&path)
             .bearer_auth("not-a-token")

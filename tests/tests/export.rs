@@ -261,7 +261,11 @@ async fn exports_reading_past_the_servers_bound_are_refused_with_retry_after() {
         let (stream, _) = get_slowly(&app, &format!("/configapi/v2/tenant/{url}/export")).await;
         stalled.push(stream);
     }
-    assert_eq!(app.advisory_locks().await.0, 6, "each holds its tenant's lock");
+    assert_eq!(
+        app.advisory_locks().await.0,
+        6,
+        "each holds its tenant's lock"
+    );
     sqlx::query("INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), 'seventh.example.com', 'Seventh', 'seventh.example.com')")
         .execute(&app.db)
         .await

@@ -171,7 +171,7 @@ async fn metrics_expose_requests_jobs_durations_and_lock_waits() {
     let text = r.text().await.unwrap();
     for needle in [
         "provisioner_http_requests_total{method=\"POST\",route=\"/configapi/v2/selfservice/tenant/{tenant_url}\",status=\"202\"}",
-        "provisioner_http_request_duration_seconds_bucket{method=\"GET\",route=\"/configapi/v2/jobs/{job_id}\"",
+        "provisioner_http_request_duration_seconds_bucket{method=\"GET\",route=\"/configapi/v2/jobs/{jobId}\"",
         "provisioner_jobs{status=\"succeeded\"} 1",
         "provisioner_jobs{status=\"queued\"} 0",
         "provisioner_jobs_ended_last_hour 1",

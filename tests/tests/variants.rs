@@ -140,12 +140,22 @@ async fn form_data_needs_exactly_one_template_source_and_a_size_limit_holds() {
     let r = app
         .http
         .post(&url)
-        .multipart(form(Some(huge), None))
+        .multipart(form(Some(huge.clone()), None))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // The limit is the whole request's: a template just under it, with the text parts, is over.
+    let near: Vec<u8> = huge[..99_000].to_vec();
+    let r = app
+        .http
+        .post(&url)
+        .multipart(form(Some(near), None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
     assert_eq!(
         stored_templates(&app).await,
         0,

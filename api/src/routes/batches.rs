@@ -186,8 +186,8 @@ pub(super) async fn create_batch(
 }
 
 /// The batch; with `?wait=N` it answers as soon as the batch stops running, or after N s.
-#[utoipa::path(get, path = "/configapi/v2/batches/{batch_id}", tag = "batches", operation_id = "getBatch",
-    params(("batch_id" = inline(JobIdText), Path),
+#[utoipa::path(get, path = "/configapi/v2/batches/{batchId}", tag = "batches", operation_id = "getBatch",
+    params(("batchId" = inline(JobIdText), Path),
         ("wait" = inline(Option<WaitSeconds>), Query, description = "Long-poll up to N s (<= 60, larger values clamped)")),
     responses(
         (status = 200, description = "The batch", body = BatchView),
@@ -264,8 +264,8 @@ pub(super) struct ItemResult {
 }
 
 /// The batch's items in order, one NDJSON line each (its newest job), streamed page by page.
-#[utoipa::path(get, path = "/configapi/v2/batches/{batch_id}/results", tag = "batches", operation_id = "getBatchResults",
-    params(("batch_id" = inline(JobIdText), Path),
+#[utoipa::path(get, path = "/configapi/v2/batches/{batchId}/results", tag = "batches", operation_id = "getBatchResults",
+    params(("batchId" = inline(JobIdText), Path),
         ("status" = Option<JobStatus>, Query, description = "Only the items whose newest job has this status")),
     responses(
         (status = 200, description = "One line per item, in item order", content_type = "application/x-ndjson", body = ItemResult),
@@ -330,8 +330,8 @@ pub(super) async fn batch_results(
 }
 
 /// Cancels a batch: queued items are cancelled, running ones finish. Idempotent.
-#[utoipa::path(post, path = "/configapi/v2/batches/{batch_id}/cancel", tag = "batches", operation_id = "cancelBatch",
-    params(("batch_id" = inline(JobIdText), Path)),
+#[utoipa::path(post, path = "/configapi/v2/batches/{batchId}/cancel", tag = "batches", operation_id = "cancelBatch",
+    params(("batchId" = inline(JobIdText), Path)),
     responses(
         (status = 200, description = "The batch", body = BatchView),
         (status = 404, description = "No such batch for this client")))]
@@ -366,8 +366,8 @@ fn codes_param(uri: &Uri) -> Result<Option<Vec<i32>>, ApiError> {
 }
 
 /// Gives every item whose newest job failed (with one of the codes, if given) a new job.
-#[utoipa::path(post, path = "/configapi/v2/batches/{batch_id}/retry", tag = "batches", operation_id = "retryBatch",
-    params(("batch_id" = inline(JobIdText), Path),
+#[utoipa::path(post, path = "/configapi/v2/batches/{batchId}/retry", tag = "batches", operation_id = "retryBatch",
+    params(("batchId" = inline(JobIdText), Path),
         ("code" = inline(Option<CodeList>), Query, description = "Only items that failed with one of these codes, comma-separated")),
     responses(
         (status = 202, description = "Items retried: the batch, running again", body = BatchView),

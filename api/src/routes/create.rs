@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use provisioner_shared::db;
+
 use crate::{
     AppState,
     auth::Caller,
@@ -162,8 +164,10 @@ pub(super) async fn create_from_template(
         return from_form(state, caller, raw_url, answer, request).await;
     }
     let JsonObject(fields) = JsonObject::from_request(request, &state).await?;
-    let request = validate::create_request(&raw_url, &fields, TemplateInput::Json)
-        .map_err(ApiError::Validation)?;
+    let request = match validate::create_request(&raw_url, &fields, TemplateInput::Json) {
+        Ok(request) => request,
+        Err(errors) => return Err(refused(&state, &caller, &fields, errors).await),
+    };
     // The digest covers the whole request, password included, keyed so it reveals nothing.
     let digest = state
         .sealer
@@ -171,6 +175,27 @@ pub(super) async fn create_from_template(
     let template = JobTemplate::of(&request, None);
     let sub = Submission::create(Uuid::now_v7(), request, digest, template);
     submit(&state, &caller, &answer, sub).await
+}
+
+/// A create refused for `errors`, a `templateId` the client cannot name among them: every
+/// problem is reported at once, though the id is otherwise checked as the job is recorded (in
+/// the same statement). Looked up only for a request already refused.
+async fn refused(
+    state: &AppState,
+    caller: &Caller,
+    fields: &Map<String, Value>,
+    mut errors: Vec<FieldError>,
+) -> ApiError {
+    if let Some(Value::String(id)) = fields.get("templateId")
+        && !errors.iter().any(|e| e.field == "templateId")
+    {
+        match db::templates::find(&state.pool, id, caller.viewer()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => errors.push(FieldError::template_not_stored(id)),
+            Err(e) => return e.into(),
+        }
+    }
+    ApiError::Validation(errors)
 }
 
 /// The form variant: parts as the original, the template file read into memory and stored in
@@ -187,8 +212,10 @@ async fn from_form(
         Some(upload) => TemplateInput::FormFile(&upload.id),
         None => TemplateInput::Form,
     };
-    let request =
-        validate::create_request(&raw_url, &form.fields, input).map_err(ApiError::Validation)?;
+    let request = match validate::create_request(&raw_url, &form.fields, input) {
+        Ok(request) => request,
+        Err(errors) => return Err(refused(&state, &caller, &form.fields, errors).await),
+    };
     let file_digest = form.upload.as_ref().map_or("", |u| u.id.as_str());
     let digest = state.sealer.digest(
         format!(
@@ -212,8 +239,9 @@ struct Form {
 /// Reads every part; the `template` file part into memory, within the upload budget.
 async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError> {
     let max = state.settings.template_max_bytes;
-    // The whole form's length bounds the file's: reserved before reading, at most `max`.
-    let length = upload::declared_length(request.headers(), u64::MAX)?;
+    // A form declared larger than `max` is `413` before a byte is read; its length bounds the
+    // file's, reserved before reading.
+    let length = upload::declared_length(request.headers(), max)?;
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::BadRequest(e.body_text()))?;

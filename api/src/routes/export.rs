@@ -87,7 +87,15 @@ pub(super) async fn export_tenant(
         Err(e) => return transaction::end(lock, Err(e)).await,
     };
     let manifest = manifest(db_version, &tenant);
-    let body = stream_archive(manifest, tenant, Held { lock, snapshot, slot });
+    let body = stream_archive(
+        manifest,
+        tenant,
+        Held {
+            lock,
+            snapshot,
+            slot,
+        },
+    );
     let disposition = format!("attachment; filename=\"{url}.zip\"");
     Ok((
         [

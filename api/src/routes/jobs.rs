@@ -25,8 +25,8 @@ fn job_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// The job; with `?wait=N` it answers as soon as the job is terminal, or, with `&status=S`, as
 /// soon as its status differs from `S`; after N seconds at most.
-#[utoipa::path(get, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "getJob",
-    params(("job_id" = inline(JobIdText), Path), ("wait" = inline(Option<WaitSeconds>), Query, description = "Long-poll up to N s (<= 60, larger values clamped)"),
+#[utoipa::path(get, path = "/configapi/v2/jobs/{jobId}", tag = "jobs", operation_id = "getJob",
+    params(("jobId" = inline(JobIdText), Path), ("wait" = inline(Option<WaitSeconds>), Query, description = "Long-poll up to N s (<= 60, larger values clamped)"),
         ("status" = Option<JobStatus>, Query, description = "With wait: return as soon as the status differs from this")),
     responses(
         (status = 200, description = "The job", body = JobView),
@@ -115,8 +115,8 @@ pub(super) async fn list_jobs(
 }
 
 /// Cancels a queued job.
-#[utoipa::path(delete, path = "/configapi/v2/jobs/{job_id}", tag = "jobs", operation_id = "cancelJob",
-    params(("job_id" = inline(JobIdText), Path)),
+#[utoipa::path(delete, path = "/configapi/v2/jobs/{jobId}", tag = "jobs", operation_id = "cancelJob",
+    params(("jobId" = inline(JobIdText), Path)),
     responses(
         (status = 200, description = "The cancelled job", body = JobView),
         (status = 404, description = "No such job for this client"),

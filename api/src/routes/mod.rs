@@ -97,10 +97,8 @@ pub(crate) fn table(body_limit: usize) -> Vec<Group> {
 
 /// The whole HTTP surface of `table`, each group behind its scope's bearer-token check.
 pub(crate) fn router(state: &AppState) -> Router<AppState> {
-    // The form variant carries the template plus a few small text parts.
-    let body_limit = usize::try_from(state.settings.template_max_bytes)
-        .unwrap_or(usize::MAX)
-        .saturating_add(64 << 10);
+    // The form variant: the whole request, template and text parts, as the contract says.
+    let body_limit = usize::try_from(state.settings.template_max_bytes).unwrap_or(usize::MAX);
     table(body_limit)
         .into_iter()
         .fold(Router::new(), |router, group| {

@@ -244,8 +244,8 @@ async fn visible(state: &AppState, caller: &Caller, raw: &str) -> Result<KeptRow
 }
 
 /// A template this client stored.
-#[utoipa::path(get, path = "/configapi/v2/templates/{template_id}", tag = "templates", operation_id = "getTemplate",
-    params(("template_id" = inline(TemplateIdText), Path)),
+#[utoipa::path(get, path = "/configapi/v2/templates/{templateId}", tag = "templates", operation_id = "getTemplate",
+    params(("templateId" = inline(TemplateIdText), Path)),
     responses(
         (status = 200, description = "The template", body = TemplateBody),
         (status = 404, description = "No such template for this client")))]
@@ -258,8 +258,8 @@ pub(super) async fn get_template(
 }
 
 /// The ZIP of a template this client stored, byte for byte.
-#[utoipa::path(get, path = "/configapi/v2/templates/{template_id}/content", tag = "templates", operation_id = "getTemplateContent",
-    params(("template_id" = inline(TemplateIdText), Path)),
+#[utoipa::path(get, path = "/configapi/v2/templates/{templateId}/content", tag = "templates", operation_id = "getTemplateContent",
+    params(("templateId" = inline(TemplateIdText), Path)),
     responses(
         (status = 200, description = "The template ZIP as it was stored", content_type = "application/zip"),
         (status = 404, description = "No such template for this client"),
@@ -301,8 +301,8 @@ fn held_body(bytes: Bytes, reserved: Reserved) -> Body {
 
 /// Deletes this client's template. Other clients that stored the same bytes keep theirs, and
 /// jobs already accepted still read it; the store drops the bytes once nothing needs them.
-#[utoipa::path(delete, path = "/configapi/v2/templates/{template_id}", tag = "templates", operation_id = "deleteTemplate",
-    params(("template_id" = inline(TemplateIdText), Path)),
+#[utoipa::path(delete, path = "/configapi/v2/templates/{templateId}", tag = "templates", operation_id = "deleteTemplate",
+    params(("templateId" = inline(TemplateIdText), Path)),
     responses(
         (status = 204, description = "Deleted for this client"),
         (status = 404, description = "No such template for this client")))]

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Cursor, Read, Seek, SeekFrom},
+    io::{self, Cursor, Read, Seek, SeekFrom},
 };
 
 use serde::de::DeserializeOwned;
@@ -32,25 +32,26 @@ const KNOWN: [&str; 7] = [
     AUDIT,
 ];
 
-/// The known entries of `dir`, after the checks that need no decompression.
+/// The known entries of `dir`, after the checks that need no decompression. Every entry counts
+/// against the size limits, known or not: here by the size it declares, and as it is read by
+/// what it yields (`read_entries`).
 fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>, TemplateError> {
     if let Some(link) = dir.iter().find(|e| e.symlink) {
         return Err(TemplateError::Symlink(link.name.clone()));
     }
-    let wanted: Vec<_> = dir
-        .iter()
-        .filter(|e| KNOWN.contains(&e.name.as_str()))
-        .collect();
-    if let Some(big) = wanted.iter().find(|e| e.size > limits.max_entry_bytes) {
+    if let Some(big) = dir.iter().find(|e| e.size > limits.max_entry_bytes) {
         return Err(TemplateError::EntryTooLarge(
             big.name.clone(),
             limits.max_entry_bytes,
         ));
     }
-    if wanted.iter().map(|e| e.size).sum::<u64>() > limits.max_total_bytes {
+    if dir.iter().map(|e| e.size).sum::<u64>() > limits.max_total_bytes {
         return Err(TemplateError::TotalTooLarge(limits.max_total_bytes));
     }
-    Ok(wanted)
+    Ok(dir
+        .iter()
+        .filter(|e| KNOWN.contains(&e.name.as_str()))
+        .collect())
 }
 
 /// See `Template::reading_cost`.
@@ -102,6 +103,19 @@ fn read_entries(bytes: &[u8], limits: &Limits) -> Result<Entries, TemplateError>
             return Err(TemplateError::SizeLies(name));
         }
         out.insert(name, body);
+    }
+    // The other entries are never used, but an entry yielding more than it declares is refused
+    // whatever its name: each is read into nothing, its bytes counted. One that cannot be read
+    // at all (an unsupported method, encryption, a bad checksum) is ignored, as it is unused.
+    for e in dir.iter().filter(|e| !KNOWN.contains(&e.name.as_str())) {
+        let Ok(mut entry) = archive.by_name(&e.name) else {
+            continue;
+        };
+        if let Ok(n) = io::copy(&mut (&mut entry).take(e.size + 1), &mut io::sink())
+            && n > e.size
+        {
+            return Err(TemplateError::SizeLies(e.name.clone()));
+        }
     }
     Ok(out)
 }

@@ -284,6 +284,44 @@ fn other_harmless_entries_are_ignored() {
     assert_eq!(t.tenant.url, "a.example.com");
 }
 
+#[test]
+fn entries_the_template_does_not_use_count_against_the_limits_too() {
+    let limits = Limits {
+        max_entry_bytes: 1 << 20,
+        max_total_bytes: 3 << 19,
+        ..Limits::default()
+    };
+    let zeros = vec![0u8; 1 << 20];
+    let base = [(MANIFEST, manifest(1, DB)), (TENANT, tenant())];
+    let with = |extra: &[(&str, &[u8])]| {
+        let mut entries: Vec<(&str, &[u8])> =
+            base.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+        entries.extend_from_slice(extra);
+        zip_of(&entries)
+    };
+    // Over the limit of one entry, under an ignored name.
+    let big = vec![0u8; (1 << 20) + 1];
+    assert_eq!(
+        Template::read(&with(&[("pad.bin", &big)]), &limits, DB).unwrap_err(),
+        TemplateError::EntryTooLarge("pad.bin".to_owned(), 1 << 20)
+    );
+    // Each within it, together over the total.
+    assert_eq!(
+        Template::read(&with(&[("a.bin", &zeros), ("b.bin", &zeros)]), &limits, DB).unwrap_err(),
+        TemplateError::TotalTooLarge(3 << 19)
+    );
+    // One whose header understates what it yields.
+    let bytes = with(&[("pad.bin", &zeros)]);
+    let size = (1u32 << 20).to_le_bytes();
+    let patched = replace_all(&bytes, &size, &10u32.to_le_bytes());
+    assert_eq!(
+        Template::read(&patched, &limits, DB).unwrap_err(),
+        TemplateError::SizeLies("pad.bin".to_owned())
+    );
+    // Within the limits, it is ignored.
+    assert!(Template::read(&with(&[("pad.bin", &zeros)]), &limits, DB).is_ok());
+}
+
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     assert_eq!(from.len(), to.len());
     let mut out = haystack.to_vec();

@@ -46,7 +46,11 @@ async fn main() {
     if scenario.is_some() {
         args.remove(0);
     }
-    let Ok(args) = args.iter().map(|a| a.parse()).collect::<Result<Vec<usize>, _>>() else {
+    let Ok(args) = args
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<Vec<usize>, _>>()
+    else {
         eprintln!("{USAGE}");
         std::process::exit(2);
     };
