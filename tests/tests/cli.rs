@@ -43,6 +43,14 @@ fn csv_rows(n: usize, extra: &str) -> String {
     text
 }
 
+/// Checks the header of CSV results `lines` and that the next row starts with `prefix`; the row.
+fn first_result<'t>(lines: &mut std::str::Lines<'t>, header: &str, prefix: &str) -> &'t str {
+    assert_eq!(lines.next(), Some(header));
+    let row = lines.next().expect("a row");
+    assert!(row.starts_with(prefix), "{row}");
+    row
+}
+
 async fn batch_count(app: &TestApp) -> i64 {
     app.count("SELECT count(*) FROM batches").await
 }
@@ -497,20 +505,12 @@ async fn csv_results_keep_the_files_columns_in_its_order_without_the_password() 
         .run(&["batch", "results", &id, "--format", "csv"])
         .await
         .expect(0);
+    // The file's columns in its order, then the option's.
     let mut lines = csv.stdout.lines();
-    assert_eq!(
-        lines.next(),
-        Some(
-            "email,loginId,tenantUrl,lastName,firstName,tenantName,templateUrl,jobId,status,code,error"
-        ),
-        "the file's columns in its order, then the option's"
-    );
-    let row = lines.next().unwrap();
-    assert!(
-        row.starts_with(&format!(
-            "ada@{url},admin,{url},Lovelace,Ada,Reordered,{template},"
-        )),
-        "{row}"
+    let row = first_result(
+        &mut lines,
+        "email,loginId,tenantUrl,lastName,firstName,tenantName,templateUrl,jobId,status,code,error",
+        &format!("ada@{url},admin,{url},Lovelace,Ada,Reordered,{template},"),
     );
     assert!(row.ends_with(",succeeded,200,"), "{row}");
     app.stop().await;
@@ -568,18 +568,10 @@ async fn failed_items_exit_1_and_their_csv_results_can_be_fixed_and_retried() {
     .expect(0);
     let text = std::fs::read_to_string(&failed).unwrap();
     let mut lines = text.lines();
-    assert_eq!(
-        lines.next(),
-        Some(
-            "tenantUrl,tenantName,firstName,lastName,loginId,email,templateUrl,jobId,status,code,error"
-        )
-    );
-    let row = lines.next().unwrap();
-    assert!(
-        row.starts_with(&format!(
-            "{taken},Taken,Ada,Lovelace,admin,ada@{taken},{template},"
-        )),
-        "{row}"
+    let row = first_result(
+        &mut lines,
+        "tenantUrl,tenantName,firstName,lastName,loginId,email,templateUrl,jobId,status,code,error",
+        &format!("{taken},Taken,Ada,Lovelace,admin,ada@{taken},{template},"),
     );
     assert!(row.contains(",failed,409,"), "{row}");
     assert_eq!(lines.next(), None);
