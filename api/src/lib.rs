@@ -72,8 +72,9 @@ const POOL_CONNECTIONS: u32 = 32;
 /// reads in) for as long as its client takes to read the archive.
 const EXPORTS_AT_ONCE: usize = 6;
 /// Requests (lifecycle changes, exports) waiting for a busy tenant's lock at once, each for up
-/// to its `lockTimeout` (an hour at most) on a connection of its own. With the exports, at most
-/// 20 of the 32 connections are held for long; the rest serve every other route.
+/// to its `lockTimeout` (an hour at most) on a connection of its own. With the exports reading
+/// (whose slot is taken before their connection), at most 20 of the 32 connections are held
+/// for long; the rest serve every other route.
 const LOCK_WAITS_AT_ONCE: usize = 8;
 
 /// The whole HTTP surface, apart from binding.

@@ -26,9 +26,7 @@ pub(crate) async fn lock_tenant(
 }
 
 /// Takes the tenant's lock in `conn`'s transaction, whether the tenant exists or not: at once
-/// when it is free; else waiting for it in one of `waits`' slots (`503` with `Retry-After`
-/// when none is free within a few seconds), `503 Lock timeout` when it is not free within
-/// `wait` in all.
+/// when it is free, else as `wait_for` does.
 pub(crate) async fn lock(
     conn: &mut PgConnection,
     waits: &Slots,
@@ -36,19 +34,52 @@ pub(crate) async fn lock(
     wait: Duration,
 ) -> Result<(), ApiError> {
     let started = Instant::now();
-    let keys = [LockKey::Tenant(url.as_str())];
-    if db::locks::acquire(conn, &keys, Duration::ZERO).await? {
+    if try_lock(conn, url).await? {
         return Ok(());
     }
-    if !wait.is_zero() {
-        let _waiting = waits.take(wait).await?;
-        let left = wait.saturating_sub(started.elapsed());
-        if db::locks::acquire(conn, &keys, left).await? {
-            return Ok(());
-        }
+    wait_for(conn, waits, url, wait, started).await
+}
+
+/// Tries the tenant's lock in `conn`'s transaction, without waiting.
+pub(crate) async fn try_lock(conn: &mut PgConnection, url: &TenantUrl) -> Result<bool, ApiError> {
+    let keys = [LockKey::Tenant(url.as_str())];
+    Ok(db::locks::acquire(conn, &keys, Duration::ZERO).await?)
+}
+
+/// Waits for the tenant's lock, found busy, in `conn`'s transaction, in one of `waits`' slots,
+/// until `wait` after `started`: `503 Lock timeout` when it is not free by then, `503` with
+/// `Retry-After` when no slot frees within a few seconds and the lock is still busy.
+pub(crate) async fn wait_for(
+    conn: &mut PgConnection,
+    waits: &Slots,
+    url: &TenantUrl,
+    wait: Duration,
+    started: Instant,
+) -> Result<(), ApiError> {
+    let timed_out = || {
+        ApiError::LockTimeout(format!(
+            "the tenant's lock was not free within {} s",
+            wait.as_secs()
+        ))
+    };
+    let left = wait.saturating_sub(started.elapsed());
+    if left.is_zero() {
+        return Err(timed_out());
     }
-    Err(ApiError::LockTimeout(format!(
-        "the tenant's lock was not free within {} s",
-        wait.as_secs()
-    )))
+    let _waiting = match waits.take(left).await {
+        Ok(slot) => slot,
+        // Other tenants' waits hold every slot; this tenant's lock may be free by now.
+        Err(busy) => {
+            return match try_lock(conn, url).await? {
+                true => Ok(()),
+                false => Err(busy),
+            };
+        }
+    };
+    let keys = [LockKey::Tenant(url.as_str())];
+    if db::locks::acquire(conn, &keys, wait.saturating_sub(started.elapsed())).await? {
+        Ok(())
+    } else {
+        Err(timed_out())
+    }
 }

@@ -333,6 +333,33 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
         .await
         .unwrap();
     assert_no_slot(r, "waiting for a tenant's lock").await;
+    // A lock that comes free while its request waits for a slot is taken: no refusal.
+    let other = "other.example.com";
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'T', $1, '{}')")
+        .bind(other)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let held_other = app.hold_lock(&format!("provisioner:tenant:{other}")).await;
+    let request = app.http.post(app.url(&format!(
+        "/configapi/v2/tenant/{other}/activate?lockTimeout=30"
+    )));
+    let activating = tokio::spawn(async move { request.send().await.unwrap().status() });
+    // It tried the lock, found it busy, and waits for a slot (its session idle meanwhile).
+    eventually(Duration::from_secs(20), || async {
+        let tried: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'provisioner-api'
+               AND state = 'idle in transaction' AND query LIKE '%pg_try_advisory_xact_lock%'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        (tried == 1).then_some(())
+    })
+    .await;
+    held_other.rollback().await.unwrap();
+    assert_eq!(activating.await.unwrap(), 200);
     // Requests whose lock is free take no slot: another tenant's export and change go ahead.
     let exported = app.export(free).await;
     assert_eq!(exported.tenant.url, free);

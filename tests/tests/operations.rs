@@ -59,8 +59,14 @@ async fn every_documented_operation_is_routed_and_guarded_by_its_security() {
     for (path, method, operation) in operations(&document) {
         let concrete = path
             .replace("{tenant_url}", "probe.example.com")
-            .replace("{job_id}", "00000000-0000-0000-0000-000000000000")
+            .replace("{jobId}", "00000000-0000-0000-0000-000000000000")
+            .replace("{batchId}", "00000000-0000-0000-0000-000000000000")
+            .replace("{templateId}", &"0".repeat(64))
             .replace("{number}", "4155550100");
+        assert!(
+            !concrete.contains('{'),
+            "a parameter of {path} left unfilled"
+        );
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let r = anonymous
             .request(method.clone(), app.url(&concrete))

@@ -61,15 +61,21 @@ pub(super) async fn export_tenant(
     wait: RouteLockTimeout,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    // A slot to read in first, holding no connection; held until the archive is written or
+    // cut off, but not while the tenant's lock is waited for (that wait has slots of its own).
+    let slot = state.exports.take(wait.duration()).await?;
     let db_version = db::schema_version(&state.pool).await?;
     let mut lock = state.pool.begin().await?;
     let found = async {
-        tenant_lock::lock(&mut lock, &state.lock_waits, &url, wait.duration()).await?;
-        // A slot to read in, held from here until the archive is written or cut off.
-        let slot = state
-            .exports
-            .take(wait.duration().saturating_sub(started.elapsed()))
-            .await?;
+        let slot = if tenant_lock::try_lock(&mut lock, &url).await? {
+            slot
+        } else {
+            drop(slot);
+            tenant_lock::wait_for(&mut lock, &state.lock_waits, &url, wait.duration(), started)
+                .await?;
+            // Taken again without waiting, as the lock is held; gone meanwhile: `503`.
+            state.exports.take(Duration::ZERO).await?
+        };
         // Taken once the lock is held: the snapshot sees whatever its last holder committed.
         let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
         let refused = match db::tenants::export::head(&mut snapshot, url.as_str()).await {
