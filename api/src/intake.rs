@@ -222,7 +222,9 @@ impl<'a> Intake<'a> {
         }
         let limit = JSON_MAX_ITEMS.min(self.max_items);
         if items.len() > limit {
-            return Err(too_many(limit, "a JSON body; send NDJSON for more"));
+            return Err(ApiError::PayloadTooLarge(format!(
+                "a JSON body holds at most {limit} items; send NDJSON for more"
+            )));
         }
         for item in items {
             let fields = match item {

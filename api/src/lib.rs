@@ -90,13 +90,39 @@ fn router(state: AppState) -> Router {
                 ))
             },
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(extract::request_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(extract::request_span)
+                .on_failure(log_failure),
+        )
         .layer(axum::middleware::map_request(extract::start_trace))
         .layer(axum::middleware::map_request_with_state(
             state.settings.clone(),
             body_timeout,
         ))
         .with_state(state)
+}
+
+/// A response the server failed: an error, unless it is a `503` (a lock's timeout, a bound
+/// that is full: the answers that say "later"), which is a warning, so alerts on errors stay
+/// quiet under expected contention.
+fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: Duration,
+    _: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass::StatusCode;
+    let latency = latency.as_millis();
+    match class {
+        StatusCode(code) if code == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::warn!(
+                status = code.as_u16(),
+                latency_ms = latency,
+                "response refused for now"
+            );
+        }
+        class => tracing::error!(classification = %class, latency_ms = latency, "response failed"),
+    }
 }
 
 /// A request body that sends nothing for this long ends the request with `408`.

@@ -135,6 +135,14 @@ struct Checker<'a> {
     errors: Vec<FieldError>,
 }
 
+/// A client's text quoted in an answer (a field name, a key): at most 64 characters of it.
+pub(crate) fn shortened(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 impl Checker<'_> {
     fn unknown_fields(&mut self, input: TemplateInput<'_>, extra: &[&str]) {
         let json = input == TemplateInput::Json;
@@ -142,7 +150,8 @@ impl Checker<'_> {
             let known = FIELDS.contains(&k.as_str()) || extra.contains(&k.as_str());
             !known || (json && *k == "template")
         }) {
-            self.errors.push(FieldError::new(key, "unknown field"));
+            self.errors
+                .push(FieldError::new(&shortened(key), "unknown field"));
         }
     }
 

@@ -134,6 +134,19 @@ async fn form_data_needs_exactly_one_template_source_and_a_size_limit_holds() {
     let bad = form(Some(template.clone()), None).text("status", "succeeded");
     let r = app.http.post(&url).multipart(bad).send().await.unwrap();
     assert_eq!(r.status(), 400);
+    // A template number mapped twice is a fault, not the last mapping silently kept.
+    let twice = form(Some(template.clone()), None).text("numberMap", "0000000000:4155553000");
+    let r = app.http.post(&url).multipart(twice).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["errors"][0]["field"], "numberMap", "{p}");
+    assert!(
+        p["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"0000000000\" is mapped more than once"),
+        "{p}"
+    );
     let huge: Vec<u8> = (0..150_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();

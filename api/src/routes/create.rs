@@ -259,14 +259,28 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
             }
             "numberMap" => {
                 let pair = form_text(field).await?;
-                match pair.split_once(':') {
-                    Some((from, to)) => number_map
-                        .insert(from.trim().to_owned(), Value::String(to.trim().to_owned())),
-                    None => number_map.insert(pair, Value::Null),
+                let (key, value) = match pair.split_once(':') {
+                    Some((from, to)) => {
+                        (from.trim().to_owned(), Value::String(to.trim().to_owned()))
+                    }
+                    None => (pair, Value::Null),
                 };
+                if number_map.contains_key(&key) {
+                    return Err(FieldError::new(
+                        "numberMap",
+                        format!(
+                            "key {:?} is mapped more than once",
+                            validate::shortened(&key)
+                        ),
+                    )
+                    .into());
+                }
+                number_map.insert(key, value);
             }
             _ if form.fields.contains_key(&name) || name == "template" => {
-                return Err(FieldError::new(&name, "appears more than once").into());
+                return Err(
+                    FieldError::new(&validate::shortened(&name), "appears more than once").into(),
+                );
             }
             _ => {
                 let text = form_text(field).await?;

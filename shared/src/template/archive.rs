@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Cursor, Read, Seek, SeekFrom},
+    io::{self, Cursor, Read, Seek, SeekFrom},
 };
 
 use serde::de::DeserializeOwned;
@@ -33,10 +33,8 @@ const KNOWN: [&str; 7] = [
 ];
 
 /// The known entries of `dir`, after the checks that need no decompression. Every entry counts
-/// against the size limits by the size it declares, known or not; the known ones also by what
-/// they yield as they are read (`read_entries`). The others are never decompressed: what they
-/// hold costs nothing, and reading them would let one request spend the inflater on up to
-/// `max_entries` entries.
+/// against the size limits, known or not: here by the size it declares, and as it is read by
+/// what it yields (`read_entries`).
 fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>, TemplateError> {
     if let Some(link) = dir.iter().find(|e| e.symlink) {
         return Err(TemplateError::Symlink(link.name.clone()));
@@ -105,6 +103,20 @@ fn read_entries(bytes: &[u8], limits: &Limits) -> Result<Entries, TemplateError>
             return Err(TemplateError::SizeLies(name));
         }
         out.insert(name, body);
+    }
+    // The other entries are never used, but an entry yielding more than it declares is refused
+    // whatever its name: each is read into nothing, its bytes counted. The inflater reads each
+    // byte of the archive once at most (the walk refuses entries whose data overlap). One that
+    // cannot be read at all (an unsupported method, encryption) is ignored, as it is unused.
+    for e in dir.iter().filter(|e| !KNOWN.contains(&e.name.as_str())) {
+        let Ok(mut entry) = archive.by_name(&e.name) else {
+            continue;
+        };
+        if let Ok(n) = io::copy(&mut (&mut entry).take(e.size + 1), &mut io::sink())
+            && n > e.size
+        {
+            return Err(TemplateError::SizeLies(e.name.clone()));
+        }
     }
     Ok(out)
 }

@@ -310,12 +310,16 @@ fn entries_the_template_does_not_use_count_against_the_limits_too() {
         Template::read(&with(&[("a.bin", &zeros), ("b.bin", &zeros)]), &limits, DB).unwrap_err(),
         TemplateError::TotalTooLarge(3 << 19)
     );
-    // Within the limits, it is ignored, and never decompressed: one whose header understates
-    // what it yields costs nothing.
+    // One whose header understates what it yields.
     let bytes = with(&[("pad.bin", &zeros)]);
     let size = (1u32 << 20).to_le_bytes();
     let patched = replace_all(&bytes, &size, &10u32.to_le_bytes());
-    assert!(Template::read(&patched, &limits, DB).is_ok());
+    assert_eq!(
+        Template::read(&patched, &limits, DB).unwrap_err(),
+        TemplateError::SizeLies("pad.bin".to_owned())
+    );
+    // Within the limits, it is ignored.
+    assert!(Template::read(&bytes, &limits, DB).is_ok());
     assert!(Template::read(&with(&[("pad.bin", &zeros)]), &limits, DB).is_ok());
 }
 

@@ -238,6 +238,22 @@ fn names_the_reader_would_decode_otherwise_are_refused() {
 }
 
 #[test]
+fn entries_whose_data_overlap_are_refused() {
+    // Each record alone fits before the directory; together they claim more than it holds.
+    let plain = archive(&good(), &End::default());
+    let end = plain.len() - 22;
+    let dir_offset = u32::from_le_bytes(plain[end + 16..end + 20].try_into().unwrap());
+    let mut overlapping = good();
+    overlapping[0].declared_compressed = Some(dir_offset - 30);
+    assert_eq!(
+        read(&archive(&overlapping, &End::default())),
+        Err(TemplateError::Malformed(
+            "the entries' data add up to more than the archive holds: they overlap".into()
+        ))
+    );
+}
+
+#[test]
 fn shared_data_symlinks_and_truncation_are_refused() {
     let mut shared = good();
     shared.push(Entry {

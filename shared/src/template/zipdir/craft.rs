@@ -11,6 +11,8 @@ pub(super) struct Entry {
     pub(super) unix_mode: Option<u32>,
     /// Point this record at another entry's data.
     pub(super) same_data_as: Option<usize>,
+    /// The compressed size the central record declares, instead of the true one.
+    pub(super) declared_compressed: Option<u32>,
 }
 
 pub(super) fn entry(name: &str, body: &[u8]) -> Entry {
@@ -22,6 +24,7 @@ pub(super) fn entry(name: &str, body: &[u8]) -> Entry {
         disk: 0,
         unix_mode: None,
         same_data_as: None,
+        declared_compressed: None,
     }
 }
 
@@ -88,7 +91,11 @@ pub(super) fn archive(entries: &[Entry], end: &End) -> Vec<u8> {
         out.extend(e.flags.to_le_bytes());
         out.extend([0u8; 6]);
         out.extend(crc32(data).to_le_bytes());
-        out.extend((data.len() as u32).to_le_bytes());
+        out.extend(
+            e.declared_compressed
+                .unwrap_or(data.len() as u32)
+                .to_le_bytes(),
+        );
         out.extend((data.len() as u32).to_le_bytes());
         out.extend((e.name.len() as u16).to_le_bytes());
         out.extend((e.extra.len() as u16).to_le_bytes());

@@ -65,6 +65,10 @@ pub(super) fn walk_tail(
     let mut entries = Vec::new();
     let mut folded: HashMap<String, String> = HashMap::new();
     let mut offsets = HashMap::new();
+    // Each entry takes at least a local header and its compressed data before the directory;
+    // entries whose spans add up to more overlap, and could make an inflater read the same
+    // bytes once per entry.
+    let mut spans: u64 = 0;
     while at < dir.len() {
         if entries.len() as u64 == end.entries {
             return Err(TemplateError::CountDisagrees {
@@ -76,6 +80,12 @@ pub(super) fn walk_tail(
         at += len;
         if let Some(first) = offsets.insert(record.local_offset, record.entry.name.clone()) {
             return Err(TemplateError::SharedData(first, record.entry.name));
+        }
+        spans = spans.saturating_add(30).saturating_add(record.compressed);
+        if spans > end.dir_offset {
+            return Err(malformed(
+                "the entries' data add up to more than the archive holds: they overlap",
+            ));
         }
         let key = record.entry.name.to_lowercase().replace('\\', "/");
         if let Some(other) = folded.insert(key, record.entry.name.clone()) {

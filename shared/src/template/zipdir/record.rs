@@ -12,6 +12,8 @@ const UTF8_NAME: u16 = 1 << 11;
 pub(super) struct Record {
     pub(super) entry: DirEntry,
     pub(super) local_offset: u64,
+    /// Bytes of compressed data the record declares.
+    pub(super) compressed: u64,
 }
 
 /// Parses the record at the start of `b`; returns it and its length.
@@ -91,6 +93,7 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
         Record {
             entry,
             local_offset,
+            compressed,
         },
         len,
     ))
