@@ -105,9 +105,10 @@ fn read_entries(bytes: &[u8], limits: &Limits) -> Result<Entries, TemplateError>
         out.insert(name, body);
     }
     // The other entries are never used, but an entry yielding more than it declares is refused
-    // whatever its name: each is read into nothing, its bytes counted. The inflater reads each
-    // byte of the archive once at most (the walk refuses entries whose data overlap). One that
-    // cannot be read at all (an unsupported method, encryption) is ignored, as it is unused.
+    // whatever its name: each is read into nothing, its bytes counted. The inflater's input in
+    // all is at most the archive's size (the walk refuses compressed sizes that add up to more).
+    // One that cannot be read (an unsupported method, encryption, corrupt data) is ignored, as
+    // it is unused.
     for e in dir.iter().filter(|e| !KNOWN.contains(&e.name.as_str())) {
         let Ok(mut entry) = archive.by_name(&e.name) else {
             continue;

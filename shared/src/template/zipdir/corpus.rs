@@ -238,6 +238,30 @@ fn names_the_reader_would_decode_otherwise_are_refused() {
 }
 
 #[test]
+fn a_zip64_field_with_values_its_sentinels_do_not_stand_for_is_refused() {
+    // Small sizes and offset in the record, others in a 24-byte ZIP64 field (which the ZIP
+    // library would read instead): refused, as is a second ZIP64 field.
+    let mut wide = vec![0x01, 0x00, 24, 0x00];
+    wide.extend([0xFF; 24]);
+    for extra in [
+        wide,
+        [vec![0x01, 0x00, 0, 0], vec![0x01, 0x00, 0, 0]].concat(),
+    ] {
+        let mut entries = good();
+        entries.push(Entry {
+            extra,
+            ..entry("x.bin", b"abc")
+        });
+        assert_eq!(
+            read(&archive(&entries, &End::default())),
+            Err(TemplateError::Malformed(
+                "`x.bin`: its ZIP64 field holds other values than those it stands for".into()
+            ))
+        );
+    }
+}
+
+#[test]
 fn entries_whose_data_overlap_are_refused() {
     // Each record alone fits before the directory; together they claim more than it holds.
     let plain = archive(&good(), &End::default());

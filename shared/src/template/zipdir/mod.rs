@@ -66,8 +66,9 @@ pub(super) fn walk_tail(
     let mut folded: HashMap<String, String> = HashMap::new();
     let mut offsets = HashMap::new();
     // Each entry takes at least a local header and its compressed data before the directory;
-    // entries whose spans add up to more overlap, and could make an inflater read the same
-    // bytes once per entry.
+    // entries whose spans add up to more overlap. Refusing them keeps an inflater's input, over
+    // all entries, within the archive's size (overlapping entries could make it read the same
+    // bytes once per entry).
     let mut spans: u64 = 0;
     while at < dir.len() {
         if entries.len() as u64 == end.entries {

@@ -42,11 +42,27 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
     let mut compressed = u64::from(u32_at(b, 20));
     let mut disk = u64::from(u16_at(b, 34));
     let mut local_offset = u64::from(u32_at(b, 42));
+    let mut zip64_seen = false;
     for (id, data) in
         extra_fields(extra).map_err(|m| TemplateError::Malformed(format!("`{name}`: {m}")))?
     {
         match id {
             0x0001 => {
+                // Exactly the values its sentinels stand for, once: a reader that takes more
+                // (the ZIP library takes all three 8-byte values from a field of 24 bytes or
+                // more, whatever the sentinels) would see other sizes and offsets than checked.
+                let expected = [size, compressed, local_offset]
+                    .iter()
+                    .filter(|v| **v == 0xFFFF_FFFF)
+                    .count()
+                    * 8
+                    + if disk == 0xFFFF { 4 } else { 0 };
+                if zip64_seen || data.len() != expected {
+                    return Err(TemplateError::Malformed(format!(
+                        "`{name}`: its ZIP64 field holds other values than those it stands for"
+                    )));
+                }
+                zip64_seen = true;
                 let mut fields = data.chunks(8);
                 let mut wide = |narrow: &mut u64, sentinel: u64, len: usize| {
                     if *narrow == sentinel {
