@@ -319,7 +319,10 @@ fn number_map(value: &Value, errors: &mut Vec<FieldError>) -> BTreeMap<String, S
         if !is_access_number(key) {
             errors.push(FieldError::new(
                 field,
-                format!("key {key:?}: keys must be strings of 1 to 20 digits"),
+                format!(
+                    "key {:?}: keys must be strings of 1 to 20 digits",
+                    shortened(key)
+                ),
             ));
             continue;
         }
@@ -328,14 +331,20 @@ fn number_map(value: &Value, errors: &mut Vec<FieldError>) -> BTreeMap<String, S
                 if !targets.insert(v.to_owned()) {
                     errors.push(FieldError::new(
                         field,
-                        format!("key {key:?}: {v} is the target of more than one key"),
+                        format!(
+                            "key {:?}: {v} is the target of more than one key",
+                            shortened(key)
+                        ),
                     ));
                 }
                 out.insert(key.clone(), v.to_owned());
             }
             _ => errors.push(FieldError::new(
                 field,
-                format!("key {key:?}: values must be strings of 1 to 20 digits"),
+                format!(
+                    "key {:?}: values must be strings of 1 to 20 digits",
+                    shortened(key)
+                ),
             )),
         }
     }

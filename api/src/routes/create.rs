@@ -7,12 +7,11 @@ use axum::{
     extract::{FromRequest, Multipart, Request, State, multipart::Field},
     response::Response,
 };
+use provisioner_shared::db;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-use provisioner_shared::db;
 
 use crate::{
     AppState,
