@@ -249,14 +249,20 @@ async fn broker_connections_dropped_under_load_are_reestablished_and_no_job_is_l
         assert_eq!(job["code"], 200, "{job}");
         fixtures::assert_sample_tenant(&app, job["tenantUrl"].as_str().unwrap()).await;
     }
+    // A message the broker took just before it dropped the relay's connection stays in the
+    // outbox until a relay publishes it again and the broker confirms it: a job can end before
+    // its row goes. Every row goes, and the second delivery changes nothing.
+    eventually(Duration::from_secs(20), || async {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
     let tenants = app.count("SELECT count(*) FROM tenants").await;
     assert_eq!(tenants, 15, "every accepted job made its tenant, once");
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert_eq!(pending, 0, "every job message was published");
     app.stop().await;
 }
 
