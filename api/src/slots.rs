@@ -2,9 +2,14 @@
 //! archive (two connections each, for as long as the client reads) and requests waiting for a
 //! tenant's lock (one each, for up to their `lockTimeout`). Past a bound a request waits a
 //! moment for a slot, then is answered `503` with `Retry-After`, so they never take the whole
-//! pool from the other routes.
+//! pool from the other routes. One client holds at most half of a bound's slots, so another
+//! client always finds some.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -15,37 +20,112 @@ const SLOT_WAIT: Duration = Duration::from_secs(5);
 /// The `Retry-After` of a request refused for want of a slot, seconds.
 const RETRY_AFTER: u64 = 5;
 
-/// A fixed number of slots for one kind of long holder.
+/// Each client's share of the slots, by client id.
+type Shares = Arc<Mutex<HashMap<String, Arc<Semaphore>>>>;
+
+/// A fixed number of slots for one kind of long holder, at most half of them per client.
 #[derive(Debug, Clone)]
 pub(crate) struct Slots {
     free: Arc<Semaphore>,
+    /// The slots each client holding or waiting for one may still take; a client's entry goes
+    /// when its last request leaves, so there are never more entries than requests.
+    clients: Shares,
+    per_client: usize,
     /// What the holders do, for the refusal: "exports", "requests waiting for a tenant's lock".
     what: &'static str,
+}
+
+/// A slot held (or, inside `take`, waited for): the client's share and the server's, given
+/// back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    clients: Shares,
+    client: String,
+    share: Option<Arc<Semaphore>>,
+    held: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl Slots {
     pub(crate) fn new(slots: usize, what: &'static str) -> Self {
         Self {
             free: Arc::new(Semaphore::new(slots)),
+            clients: Arc::default(),
+            per_client: slots.div_ceil(2),
             what,
         }
     }
 
-    /// A slot, waiting at most `within` (and `SLOT_WAIT`) for one; `503` when none frees.
-    pub(crate) async fn take(&self, within: Duration) -> Result<OwnedSemaphorePermit, ApiError> {
+    /// A slot for `client`, waiting at most `within` (and `SLOT_WAIT`) for one; `503` when
+    /// none frees, of the client's share or of the server's.
+    pub(crate) async fn take(&self, client: &str, within: Duration) -> Result<Slot, ApiError> {
+        let deadline = tokio::time::Instant::now() + within.min(SLOT_WAIT);
+        let mut slot = self.register(client);
+        let share = slot.share.clone().expect("kept until the slot drops");
         // A free slot is taken at the first poll, before the timeout looks at its clock.
-        let taken =
-            tokio::time::timeout(within.min(SLOT_WAIT), self.free.clone().acquire_owned()).await;
-        taken
+        let own = tokio::time::timeout_at(deadline, share.acquire_owned())
+            .await
             .ok()
             .and_then(Result::ok)
-            .ok_or_else(|| ApiError::Busy {
-                detail: format!(
+            .ok_or_else(|| {
+                self.busy(format!(
+                    "this client has as many {} as one client may have at once ({}); retry later",
+                    self.what, self.per_client
+                ))
+            })?;
+        let server = tokio::time::timeout_at(deadline, self.free.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                self.busy(format!(
                     "the server has as many {} as it allows at once; retry later",
                     self.what
-                ),
-                retry_after: RETRY_AFTER,
-            })
+                ))
+            })?;
+        slot.held = Some((own, server));
+        Ok(slot)
+    }
+
+    /// The client's share, made when none of its requests holds or waits for a slot.
+    fn register(&self, client: &str) -> Slot {
+        let share = self
+            .clients
+            .lock()
+            .expect("slot table")
+            .entry(client.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_client)))
+            .clone();
+        Slot {
+            clients: self.clients.clone(),
+            client: client.to_owned(),
+            share: Some(share),
+            held: None,
+        }
+    }
+
+    fn busy(&self, detail: String) -> ApiError {
+        ApiError::Busy {
+            detail,
+            retry_after: RETRY_AFTER,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Every reference a slot has to its share is made under the table's lock or while the
+        // slot holds one, and given back here under the lock: the last request of a client to
+        // leave sees only the table's and removes the entry, so the table never grows past
+        // the requests in it.
+        let mut table = self.clients.lock().expect("slot table");
+        self.held = None;
+        self.share = None;
+        if table
+            .get(&self.client)
+            .is_some_and(|share| Arc::strong_count(share) == 1)
+        {
+            table.remove(&self.client);
+        }
     }
 }
 
@@ -53,24 +133,63 @@ impl Slots {
 mod tests {
     use super::*;
 
+    fn refused_for(refusal: &ApiError) -> &str {
+        match refusal {
+            ApiError::Busy {
+                detail,
+                retry_after: 5,
+            } => detail,
+            other => panic!("not a 503 with Retry-After: {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_slot_freed_within_the_wait_is_taken_and_none_past_it_is_503() {
-        let slots = Slots::new(1, "exports");
-        let held = slots.take(Duration::ZERO).await.unwrap();
-        let refused = slots.take(Duration::ZERO).await.unwrap_err();
+        let slots = Slots::new(2, "exports");
+        let a = slots.take("a", Duration::ZERO).await.unwrap();
+        let b = slots.take("b", Duration::ZERO).await.unwrap();
+        let refused = slots.take("c", Duration::ZERO).await.unwrap_err();
         assert!(
-            matches!(&refused, ApiError::Busy { detail, retry_after: 5 } if detail.contains("exports")),
+            refused_for(&refused).starts_with("the server has as many exports"),
             "{refused:?}"
         );
         let waiting = tokio::spawn({
             let slots = slots.clone();
-            async move { slots.take(Duration::from_secs(3600)).await.is_ok() }
+            async move { slots.take("c", Duration::from_secs(3600)).await.is_ok() }
         });
         tokio::task::yield_now().await;
-        drop(held);
+        drop(a);
         assert!(
             waiting.await.unwrap(),
             "the freed slot goes to the waiting request"
         );
+        drop(b);
+    }
+
+    #[tokio::test]
+    async fn one_client_holds_at_most_half_the_slots_and_leaves_no_trace() {
+        let slots = Slots::new(5, "exports");
+        let mine: Vec<Slot> = futures_util::future::try_join_all(
+            (0..3).map(|_| slots.take("greedy", Duration::ZERO)),
+        )
+        .await
+        .unwrap();
+        let refused = slots.take("greedy", Duration::ZERO).await.unwrap_err();
+        assert!(
+            refused_for(&refused).starts_with("this client has as many exports"),
+            "{refused:?}"
+        );
+        let theirs = [
+            slots.take("other", Duration::ZERO).await.unwrap(),
+            slots.take("third", Duration::ZERO).await.unwrap(),
+        ];
+        assert!(slots.take("fourth", Duration::ZERO).await.is_err());
+        drop(mine);
+        drop(theirs);
+        assert!(
+            slots.clients.lock().unwrap().is_empty(),
+            "no entry is left once a client's requests are gone, refused ones included"
+        );
+        assert_eq!(slots.free.available_permits(), 5);
     }
 }

@@ -9,13 +9,30 @@ use provisioner_shared::{
 };
 use sqlx::PgConnection;
 
-use crate::{error::ApiError, slots::Slots};
+use crate::{auth::Caller, error::ApiError, slots::Slots};
+
+/// Where a request that finds a tenant's lock busy waits: `slots` bounds such requests, and
+/// `client`'s share of them.
+#[derive(Clone, Copy)]
+pub(crate) struct Waits<'a> {
+    slots: &'a Slots,
+    client: &'a str,
+}
+
+impl<'a> Waits<'a> {
+    pub(crate) fn new(slots: &'a Slots, caller: &'a Caller) -> Self {
+        Self {
+            slots,
+            client: &caller.client_id,
+        }
+    }
+}
 
 /// Takes the tenant's lock in `conn`'s transaction (see `lock`) and returns the tenant (`404`
 /// when there is none).
 pub(crate) async fn lock_tenant(
     conn: &mut PgConnection,
-    waits: &Slots,
+    waits: Waits<'_>,
     url: &TenantUrl,
     wait: Duration,
 ) -> Result<TenantRow, ApiError> {
@@ -29,7 +46,7 @@ pub(crate) async fn lock_tenant(
 /// when it is free, else as `wait_for` does.
 pub(crate) async fn lock(
     conn: &mut PgConnection,
-    waits: &Slots,
+    waits: Waits<'_>,
     url: &TenantUrl,
     wait: Duration,
 ) -> Result<(), ApiError> {
@@ -51,7 +68,7 @@ pub(crate) async fn try_lock(conn: &mut PgConnection, url: &TenantUrl) -> Result
 /// `Retry-After` when no slot frees within a few seconds and the lock is still busy.
 pub(crate) async fn wait_for(
     conn: &mut PgConnection,
-    waits: &Slots,
+    waits: Waits<'_>,
     url: &TenantUrl,
     wait: Duration,
     started: Instant,
@@ -66,9 +83,10 @@ pub(crate) async fn wait_for(
     if left.is_zero() {
         return Err(timed_out());
     }
-    let _waiting = match waits.take(left).await {
+    let _waiting = match waits.slots.take(waits.client, left).await {
         Ok(slot) => slot,
-        // Other tenants' waits hold every slot; this tenant's lock may be free by now.
+        // Other waits hold every slot (or the client's share); this tenant's lock may be free
+        // by now.
         Err(busy) => {
             return match try_lock(conn, url).await? {
                 true => Ok(()),

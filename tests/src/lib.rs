@@ -211,6 +211,11 @@ impl TestApp {
     /// Makes client `id` with `scopes` (as the operator command does) and returns an HTTP client
     /// that sends a bearer token of it.
     pub async fn client_with(&self, id: &str, scopes: &[&str]) -> reqwest::Client {
+        authorized_client(&self.client_token(id, scopes).await)
+    }
+
+    /// Makes client `id` with `scopes` and returns a bearer token of it.
+    pub async fn client_token(&self, id: &str, scopes: &[&str]) -> String {
         let secret = format!("{id}-secret");
         let hash = provisioner_shared::passwords::hash(secret.as_bytes());
         let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
@@ -224,7 +229,7 @@ impl TestApp {
         )
         .await
         .unwrap();
-        authorized_client(&fetch_token(&http_client(), self.addr, id, &secret).await)
+        fetch_token(&http_client(), self.addr, id, &secret).await
     }
 
     pub fn url(&self, path: &str) -> String {

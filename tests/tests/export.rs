@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use provisioner_shared::template::{Limits, Template};
-use provisioner_tests::{TestApp, eventually};
+use provisioner_tests::{TestApp, authorized_client, eventually};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -54,7 +54,11 @@ async fn big_tenant(app: &TestApp, url: &str) {
 /// stops reading soon stops the server; returns the socket once the response head and the
 /// first body bytes arrived, and those bytes.
 async fn get_slowly(app: &TestApp, path: &str) -> (TcpStream, Vec<u8>) {
-    let token = app.bootstrap_token().await;
+    get_slowly_as(&app.bootstrap_token().await, app, path).await
+}
+
+/// `get_slowly` with the bearer `token`.
+async fn get_slowly_as(token: &str, app: &TestApp, path: &str) -> (TcpStream, Vec<u8>) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(256 << 10).unwrap();
     let mut stream = socket.connect(app.addr).await.unwrap();
@@ -249,30 +253,51 @@ async fn assert_no_slot(r: reqwest::Response, what: &str) {
     );
 }
 
+const EXPORTER: &[&str] = &["tenants:read", "tenants:write", "tenants:export"];
+
+async fn tenant_row(app: &TestApp, url: &str) {
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'T', $1, '{}')")
+        .bind(url)
+        .execute(&app.db)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn exports_reading_past_the_servers_bound_are_refused_with_retry_after() {
     let app = TestApp::without_workers().await;
     // Six exports (each holds two of the pool's 32 connections) stall on clients that read
-    // nothing, holding every slot.
+    // nothing, holding every slot: three of each of two clients, as many as one client may
+    // hold.
+    let clients = [
+        app.client_token("first", EXPORTER).await,
+        app.client_token("second", EXPORTER).await,
+    ];
     let mut stalled = Vec::new();
     for i in 0..6 {
         let url = format!("big{i}.example.com");
         big_tenant(&app, &url).await;
-        let (stream, _) = get_slowly(&app, &format!("/configapi/v2/tenant/{url}/export")).await;
-        stalled.push(stream);
+        let path = format!("/configapi/v2/tenant/{url}/export");
+        stalled.push(get_slowly_as(&clients[i / 3], &app, &path).await);
+        if i == 2 {
+            // The first client's fourth is refused while the server has room.
+            let r = authorized_client(&clients[0])
+                .get(app.url("/configapi/v2/tenant/big0.example.com/export?lockTimeout=0"))
+                .send()
+                .await
+                .unwrap();
+            assert_no_slot(r, "this client has as many exports reading").await;
+        }
     }
     assert_eq!(
         app.advisory_locks().await.0,
         6,
         "each holds its tenant's lock"
     );
-    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), 'seventh.example.com', 'Seventh', 'seventh.example.com')")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    tenant_row(&app, "seventh.example.com").await;
     assert_no_slot(
         export_status(&app, "seventh.example.com", 0).await,
-        "exports reading",
+        "the server has as many exports reading",
     )
     .await;
     assert_eq!(
@@ -283,7 +308,7 @@ async fn exports_reading_past_the_servers_bound_are_refused_with_retry_after() {
     // A client that goes away frees its slot.
     drop(stalled.pop());
     let seventh = app.export("seventh.example.com").await;
-    assert_eq!(seventh.tenant.name, "Seventh");
+    assert_eq!(seventh.tenant.name, "T");
     drop(stalled);
     app.stop().await;
 }
@@ -294,33 +319,49 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
     let busy = "busy.example.com";
     let free = "free.example.com";
     for url in [busy, free] {
-        sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'T', $1, '{}')")
-            .bind(url)
-            .execute(&app.db)
-            .await
-            .unwrap();
+        tenant_row(&app, url).await;
     }
     let held = app.hold_lock(&format!("provisioner:tenant:{busy}")).await;
     // Eight requests (exports and lifecycle changes) wait for the busy tenant's lock, each on
-    // a connection of its own, holding every slot for waiting.
-    let waiting: Vec<_> = (0..8)
-        .map(|i| {
-            let request = if i % 2 == 0 {
-                app.http.get(app.url(&format!(
-                    "/configapi/v2/tenant/{busy}/export?lockTimeout=60"
-                )))
-            } else {
-                app.http.post(app.url(&format!(
-                    "/configapi/v2/tenant/{busy}/activate?lockTimeout=60"
-                )))
-            };
-            tokio::spawn(async move {
-                let r = request.send().await.unwrap();
-                let status = r.status().as_u16();
-                (status, r.bytes().await.unwrap())
-            })
+    // a connection of its own, holding every slot for waiting: four of each of two clients,
+    // as many as one client may hold.
+    let clients = [
+        app.client_with("first", EXPORTER).await,
+        app.client_with("second", EXPORTER).await,
+    ];
+    let wait = |client: &reqwest::Client, i: usize| {
+        let request = if i % 2 == 0 {
+            client.get(app.url(&format!(
+                "/configapi/v2/tenant/{busy}/export?lockTimeout=60"
+            )))
+        } else {
+            client.post(app.url(&format!(
+                "/configapi/v2/tenant/{busy}/activate?lockTimeout=60"
+            )))
+        };
+        tokio::spawn(async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.bytes().await.unwrap())
         })
-        .collect();
+    };
+    let mut waiting: Vec<_> = (0..4).map(|i| wait(&clients[0], i)).collect();
+    app.until_lock_waiters(4).await;
+    // The first client's fifth is refused once its own bound has passed, while the server
+    // has room.
+    let r = clients[0]
+        .post(app.url(&format!(
+            "/configapi/v2/tenant/{busy}/deactivate?lockTimeout=1"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_no_slot(
+        r,
+        "this client has as many requests waiting for a tenant's lock",
+    )
+    .await;
+    waiting.extend((0..4).map(|i| wait(&clients[1], i)));
     app.until_lock_waiters(8).await;
 
     // One more would wait too: it is refused once its own bound (1 s) has passed.
@@ -332,14 +373,14 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
         .send()
         .await
         .unwrap();
-    assert_no_slot(r, "waiting for a tenant's lock").await;
+    assert_no_slot(
+        r,
+        "the server has as many requests waiting for a tenant's lock",
+    )
+    .await;
     // A lock that comes free while its request waits for a slot is taken: no refusal.
     let other = "other.example.com";
-    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'T', $1, '{}')")
-        .bind(other)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    tenant_row(&app, other).await;
     let held_other = app.hold_lock(&format!("provisioner:tenant:{other}")).await;
     let request = app.http.post(app.url(&format!(
         "/configapi/v2/tenant/{other}/activate?lockTimeout=30"

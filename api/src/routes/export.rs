@@ -10,6 +10,7 @@ use std::{
 };
 
 use axum::{
+    Extension,
     body::{Body, Bytes},
     extract::State,
     http::header,
@@ -20,16 +21,19 @@ use provisioner_shared::{
     template::{self, Manifest, ManifestSource, Page, TemplateWriter, TenantEntry},
 };
 use sqlx::{Postgres, Transaction};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     AppState,
+    auth::Caller,
     error::ApiError,
     extract::{RouteLockTimeout, TenantPath},
     openapi::shapes::{HostName, LockTimeoutSeconds},
-    tenant_lock, transaction,
+    slots::Slot,
+    tenant_lock::{self, Waits},
+    transaction,
 };
 
 /// Rows read per page of a list.
@@ -57,13 +61,17 @@ const STALLED_CLIENT: Duration = Duration::from_secs(30);
         (status = 503, description = "Lock timeout; or, with Retry-After, as many exports reading or requests waiting for a lock as the server allows")))]
 pub(super) async fn export_tenant(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     TenantPath(url): TenantPath,
     wait: RouteLockTimeout,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     // A slot to read in first, holding no connection; held until the archive is written or
     // cut off, but not while the tenant's lock is waited for (that wait has slots of its own).
-    let slot = state.exports.take(wait.duration()).await?;
+    let slot = state
+        .exports
+        .take(&caller.client_id, wait.duration())
+        .await?;
     let db_version = db::schema_version(&state.pool).await?;
     let mut lock = state.pool.begin().await?;
     let found = async {
@@ -71,10 +79,13 @@ pub(super) async fn export_tenant(
             slot
         } else {
             drop(slot);
-            tenant_lock::wait_for(&mut lock, &state.lock_waits, &url, wait.duration(), started)
-                .await?;
+            let waits = Waits::new(&state.lock_waits, &caller);
+            tenant_lock::wait_for(&mut lock, waits, &url, wait.duration(), started).await?;
             // Taken again without waiting, as the lock is held; gone meanwhile: `503`.
-            state.exports.take(Duration::ZERO).await?
+            state
+                .exports
+                .take(&caller.client_id, Duration::ZERO)
+                .await?
         };
         // Taken once the lock is held: the snapshot sees whatever its last holder committed.
         let mut snapshot = db::tenants::export::snapshot(&state.pool).await?;
@@ -118,7 +129,7 @@ pub(super) async fn export_tenant(
 struct Held {
     lock: Transaction<'static, Postgres>,
     snapshot: Transaction<'static, Postgres>,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
 }
 
 fn manifest(db_version: i64, tenant: &TenantEntry) -> Manifest {

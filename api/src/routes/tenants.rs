@@ -19,7 +19,7 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{Page, PageQuery, RouteLockTimeout, TenantPath, query_param},
     openapi::shapes::{HostName, LockTimeoutSeconds, PageLimit},
-    tenant_lock::lock_tenant,
+    tenant_lock::{Waits, lock_tenant},
     transaction,
 };
 
@@ -153,7 +153,13 @@ async fn change_status(
     let (from, to, action) = change.parts();
     let mut tx = state.pool.begin().await?;
     let changed = async {
-        let mut tenant = lock_tenant(&mut tx, &state.lock_waits, &url, wait.duration()).await?;
+        let mut tenant = lock_tenant(
+            &mut tx,
+            Waits::new(&state.lock_waits, &caller),
+            &url,
+            wait.duration(),
+        )
+        .await?;
         if db::tenants::set_status(&mut tx, tenant.id, from, to).await? {
             let details = json!({"from": from, "to": to});
             let target = format!("tenant:{url}");
@@ -185,6 +191,7 @@ async fn change_status(
         (status = 503, description = "Lock timeout; or, with Retry-After, as many requests waiting for a lock as the server allows")))]
 pub(super) async fn delete_tenant(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     TenantPath(url): TenantPath,
     wait: RouteLockTimeout,
     uri: Uri,
@@ -198,7 +205,13 @@ pub(super) async fn delete_tenant(
     };
     let mut tx = state.pool.begin().await?;
     let deleted = async {
-        let tenant = lock_tenant(&mut tx, &state.lock_waits, &url, wait.duration()).await?;
+        let tenant = lock_tenant(
+            &mut tx,
+            Waits::new(&state.lock_waits, &caller),
+            &url,
+            wait.duration(),
+        )
+        .await?;
         if tenant.status != TenantStatus::Inactive {
             return Err(ApiError::BadRequest(format!(
                 "tenant {url} is {}; deactivate it first",
