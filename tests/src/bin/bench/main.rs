@@ -14,6 +14,7 @@
 //! [STANDARD]` (see `volume.rs`).
 
 mod cpu;
+mod floor;
 mod memory;
 mod volume;
 

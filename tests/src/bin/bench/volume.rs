@@ -7,6 +7,8 @@
 //!   second on every core;
 //! - creates accepted by the API with BACKLOG (default 50,000) jobs already queued (workers
 //!   stopped): 4 connections as fast as they go, then an open loop at half that rate;
+//! - the floor of a job (`floor.rs`): TRIVIAL jobs through what the contract asks of each and
+//!   nothing else, the same libraries and broker topology;
 //! - TRIVIAL (default 3,000) stream creates of a template with one pre-hashed user (no hash, no
 //!   download), 2 workers, end to end, with the CPU each process spent per job (the API, the
 //!   workers, and the local PostgreSQL and RabbitMQ);
@@ -30,7 +32,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::{
-    cpu,
+    cpu, floor,
     memory::{MIB, api_process, memory, reset_peak, sibling},
     percentile,
 };
@@ -48,7 +50,19 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize) {
     // A phase asked for 0 times is left out (to measure one phase alone).
     accept(backlog, commits, &mut peaks).await;
     if trivial > 0 {
-        trivial_jobs(trivial, &mut peaks).await;
+        let floor = floor::measure(trivial).await;
+        let ms =
+            |v: Option<f64>| v.map_or_else(|| "not measured".to_owned(), |v| format!("{v:.2} ms"));
+        println!(
+            "raw: the floor of a job (what the contract asks of each, nothing else; floor.rs), {trivial} jobs: {:.0} accepted/s with 4 clients ({:.0}% of raw commits); {:.0} jobs/s end to end; CPU per job: PostgreSQL {}, RabbitMQ {}, the pipeline's own {:.2} ms",
+            floor.accepted_per_second,
+            floor.accepted_per_second * 100.0 / commits,
+            floor.jobs_per_second,
+            ms(floor.postgres_ms),
+            ms(floor.rabbitmq_ms),
+            floor.own_ms
+        );
+        trivial_jobs(trivial, floor.jobs_per_second, &mut peaks).await;
     }
     if standard > 0 {
         standard_imports(standard, hashes, &mut peaks).await;
@@ -386,7 +400,7 @@ async fn until_idle(app: &TestApp, within: Duration) {
     }
 }
 
-async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
+async fn trivial_jobs(n: usize, floor: f64, peaks: &mut Peaks) {
     let (app, api, base, http) = system().await;
     let zip = bytes::Bytes::from(trivial_template(app.db_version().await));
     let workers = [worker(&app), worker(&app)];
@@ -440,10 +454,11 @@ async fn trivial_jobs(n: usize, peaks: &mut Peaks) {
     let ok = app
         .count("SELECT count(*) FROM jobs WHERE code = 200")
         .await;
+    let rate = n as f64 / took.as_secs_f64();
     println!(
-        "trivial jobs: {n} stream creates (accepted in {:.2} s), 2 workers: {:.0} jobs/s end to end, {ok} succeeded",
+        "trivial jobs: {n} stream creates (accepted in {:.2} s), 2 workers: {rate:.0} jobs/s end to end ({:.0} % of the floor), {ok} succeeded",
         accepted.as_secs_f64(),
-        n as f64 / took.as_secs_f64()
+        rate * 100.0 / floor
     );
     println!(
         "CPU per trivial job: API {:.2} ms, workers {:.2} ms",
