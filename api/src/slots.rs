@@ -2,8 +2,9 @@
 //! archive (two connections each, for as long as the client reads) and requests waiting for a
 //! tenant's lock (one each, for up to their `lockTimeout`). Past a bound a request waits a
 //! moment for a slot, then is answered `503` with `Retry-After`, so they never take the whole
-//! pool from the other routes. One client holds at most half of a bound's slots, so another
-//! client always finds some.
+//! pool from the other routes. One client holds at most half of a bound's slots (at least
+//! one), so no single client takes a bound whole; a request past its client's share is
+//! refused at once, holding nothing while it would wait.
 
 use std::{
     collections::HashMap,
@@ -50,28 +51,25 @@ impl Slots {
         Self {
             free: Arc::new(Semaphore::new(slots)),
             clients: Arc::default(),
-            per_client: slots.div_ceil(2),
+            per_client: (slots / 2).max(1),
             what,
         }
     }
 
-    /// A slot for `client`, waiting at most `within` (and `SLOT_WAIT`) for one; `503` when
-    /// none frees, of the client's share or of the server's.
+    /// A slot for `client`: `503` at once when the client holds its share, else waiting at
+    /// most `within` (and `SLOT_WAIT`) for one of the server's; `503` when none frees.
     pub(crate) async fn take(&self, client: &str, within: Duration) -> Result<Slot, ApiError> {
         let deadline = tokio::time::Instant::now() + within.min(SLOT_WAIT);
         let mut slot = self.register(client);
         let share = slot.share.clone().expect("kept until the slot drops");
+        // Only the client's own requests can free its share: it does not wait for them.
+        let own = share.try_acquire_owned().map_err(|_| {
+            self.busy(format!(
+                "this client has as many {} as one client may have at once ({}); retry later",
+                self.what, self.per_client
+            ))
+        })?;
         // A free slot is taken at the first poll, before the timeout looks at its clock.
-        let own = tokio::time::timeout_at(deadline, share.acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| {
-                self.busy(format!(
-                    "this client has as many {} as one client may have at once ({}); retry later",
-                    self.what, self.per_client
-                ))
-            })?;
         let server = tokio::time::timeout_at(deadline, self.free.clone().acquire_owned())
             .await
             .ok()
@@ -131,6 +129,8 @@ impl Drop for Slot {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn refused_for(refusal: &ApiError) -> &str {
@@ -170,16 +170,22 @@ mod tests {
     async fn one_client_holds_at_most_half_the_slots_and_leaves_no_trace() {
         let slots = Slots::new(5, "exports");
         let mine: Vec<Slot> = futures_util::future::try_join_all(
-            (0..3).map(|_| slots.take("greedy", Duration::ZERO)),
+            (0..2).map(|_| slots.take("greedy", Duration::ZERO)),
         )
         .await
         .unwrap();
-        let refused = slots.take("greedy", Duration::ZERO).await.unwrap_err();
+        // Refused at once, though its wait could be long: only its own requests would free it.
+        let refused = slots
+            .take("greedy", Duration::from_secs(3600))
+            .now_or_never()
+            .expect("answered at the first poll")
+            .unwrap_err();
         assert!(
             refused_for(&refused).starts_with("this client has as many exports"),
             "{refused:?}"
         );
         let theirs = [
+            slots.take("other", Duration::ZERO).await.unwrap(),
             slots.take("other", Duration::ZERO).await.unwrap(),
             slots.take("third", Duration::ZERO).await.unwrap(),
         ];
@@ -191,5 +197,8 @@ mod tests {
             "no entry is left once a client's requests are gone, refused ones included"
         );
         assert_eq!(slots.free.available_permits(), 5);
+        // A bound of one slot still lets a client have it.
+        let one = Slots::new(1, "exports");
+        assert!(one.take("only", Duration::ZERO).await.is_ok());
     }
 }

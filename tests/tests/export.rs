@@ -313,6 +313,21 @@ async fn exports_reading_past_the_servers_bound_are_refused_with_retry_after() {
     app.stop().await;
 }
 
+/// `POST .../deactivate?lockTimeout=1` as `client`.
+async fn deactivate_within_1_s(
+    app: &TestApp,
+    client: &reqwest::Client,
+    url: &str,
+) -> reqwest::Response {
+    client
+        .post(app.url(&format!(
+            "/configapi/v2/tenant/{url}/deactivate?lockTimeout=1"
+        )))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other_tenants() {
     let app = TestApp::without_workers().await;
@@ -349,15 +364,8 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
     app.until_lock_waiters(4).await;
     // The first client's fifth is refused once its own bound has passed, while the server
     // has room.
-    let r = clients[0]
-        .post(app.url(&format!(
-            "/configapi/v2/tenant/{busy}/deactivate?lockTimeout=1"
-        )))
-        .send()
-        .await
-        .unwrap();
     assert_no_slot(
-        r,
+        deactivate_within_1_s(&app, &clients[0], busy).await,
         "this client has as many requests waiting for a tenant's lock",
     )
     .await;
@@ -365,16 +373,8 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
     app.until_lock_waiters(8).await;
 
     // One more would wait too: it is refused once its own bound (1 s) has passed.
-    let r = app
-        .http
-        .post(app.url(&format!(
-            "/configapi/v2/tenant/{busy}/deactivate?lockTimeout=1"
-        )))
-        .send()
-        .await
-        .unwrap();
     assert_no_slot(
-        r,
+        deactivate_within_1_s(&app, &app.http, busy).await,
         "the server has as many requests waiting for a tenant's lock",
     )
     .await;

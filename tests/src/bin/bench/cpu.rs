@@ -39,6 +39,34 @@ pub fn tree_seconds(root: u32) -> Option<f64> {
     Some(ticks as f64 / clock_ticks())
 }
 
+/// The local PostgreSQL's and RabbitMQ's process trees, found once (`rabbitmqctl` takes a
+/// while, so before a clock starts).
+pub struct Services([Option<u32>; 2]);
+
+impl Services {
+    /// The services behind `db` and the local broker; either is `None` when not a local process.
+    pub async fn find(db: &sqlx::PgPool) -> Self {
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(db)
+            .await
+            .expect("PostgreSQL answers");
+        Self([
+            u32::try_from(backend).ok().and_then(postmaster_of),
+            rabbitmq_server(),
+        ])
+    }
+
+    /// Seconds of CPU each tree has used so far: PostgreSQL's, then RabbitMQ's.
+    pub fn seconds(&self) -> [Option<f64>; 2] {
+        self.0.map(|root| root.and_then(tree_seconds))
+    }
+}
+
+/// CPU per item, ms, between two readings of a service (`None` when it was not measured).
+pub fn per_item_ms(before: Option<f64>, after: Option<f64>, items: usize) -> Option<f64> {
+    Some((after? - before?) * 1e3 / items as f64)
+}
+
 /// The PostgreSQL server process (the postmaster) of the backend `backend_pid`, if it runs
 /// here.
 pub fn postmaster_of(backend_pid: u32) -> Option<u32> {

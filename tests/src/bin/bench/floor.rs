@@ -16,7 +16,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures_util::{StreamExt, stream};
@@ -44,32 +44,83 @@ const CLIENTS: usize = 32;
 /// Creates in flight in the accept half alone, as the system's accept phase sends them.
 const ACCEPT_CLIENTS: usize = 4;
 
-/// The floor's figures.
+/// The floor's figures: its accept half alone, then the whole pipeline.
 pub struct Floor {
-    /// Creates recorded and announced per second, with `ACCEPT_CLIENTS` and no consumer.
-    pub accepted_per_second: f64,
+    /// Creates recorded per second, `ACCEPT_CLIENTS` at once, no consumer; the CPU is that of
+    /// recording and announcing them.
+    pub accept: Phase,
     /// Jobs per second end to end (`CLIENTS` creating, `CONSUMERS` consuming).
-    pub jobs_per_second: f64,
-    /// CPU per job, ms: PostgreSQL's and RabbitMQ's process trees (when local), and the
-    /// bench's own process (standing for the API and the workers).
+    pub jobs: Phase,
+}
+
+pub struct Phase {
+    pub per_second: f64,
+    pub cpu: Cpu,
+}
+
+/// CPU per item, ms: PostgreSQL's and RabbitMQ's process trees (when local), and the bench's
+/// own process (standing for the API and the workers).
+pub struct Cpu {
     pub postgres_ms: Option<f64>,
     pub rabbitmq_ms: Option<f64>,
     pub own_ms: f64,
 }
 
-/// Runs `n` jobs through the floor's pipeline on a scratch database and vhost of its own.
+/// The CPU used so far by the services and this process.
+struct Reading {
+    services: [Option<f64>; 2],
+    own: f64,
+}
+
+impl Reading {
+    fn now(services: &cpu::Services) -> Self {
+        Self {
+            services: services.seconds(),
+            own: cpu::process_seconds(std::process::id()),
+        }
+    }
+
+    /// What was used from `self` to now, per item of `n`.
+    fn per_item(&self, services: &cpu::Services, n: usize) -> Cpu {
+        let now = Self::now(services);
+        Cpu {
+            postgres_ms: cpu::per_item_ms(self.services[0], now.services[0], n),
+            rabbitmq_ms: cpu::per_item_ms(self.services[1], now.services[1], n),
+            own_ms: (now.own - self.own) * 1e3 / n as f64,
+        }
+    }
+}
+
+/// Longest any step of the floor may take: past it the bench fails instead of hanging (a
+/// publish or a consumer that failed leaves a job that never ends).
+const STEP: Duration = Duration::from_secs(300);
+
+async fn within<T>(what: &str, step: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, step)
+        .await
+        .unwrap_or_else(|_| panic!("the floor's {what} did not finish within {STEP:?}"))
+}
+
+/// Runs `n` jobs through the floor's accept half, then `n` through the whole pipeline, on a
+/// scratch database and vhost of its own.
 pub async fn measure(n: usize) -> Floor {
     let app = TestApp::without_workers().await;
     app.stop_api();
-    // As many connections as work at once, so no step waits for the pool.
+    // As many connections as work at once, all opened before any clock starts, so no step
+    // waits for the pool or pays for a connection.
+    let connections = CLIENTS + CONSUMERS * usize::from(PREFETCH);
     let db = PgPoolOptions::new()
-        .max_connections((CLIENTS + CONSUMERS * usize::from(PREFETCH)) as u32)
+        .max_connections(connections as u32)
         .connect(&format!(
             "postgres://postgres@127.0.0.1:5432/{}",
             app.database
         ))
         .await
         .expect("PostgreSQL answers");
+    let opened = futures_util::future::try_join_all((0..connections).map(|_| db.acquire()))
+        .await
+        .expect("the pool's connections");
+    drop(opened);
     sqlx::query(
         "CREATE TABLE floor_jobs (id uuid PRIMARY KEY, status text NOT NULL,
                                   created_at timestamptz NOT NULL, finished_at timestamptz)",
@@ -82,57 +133,41 @@ pub async fn measure(n: usize) -> Floor {
     queue::declare_topology(&setup.create_channel().await.expect("a channel"))
         .await
         .expect("the broker topology");
-
     let publisher = confirming(&connect(&amqp).await).await;
-    // The accept half alone first, as the system's accept phase runs (no consumer, 4 clients).
+    let services = cpu::Services::find(&db).await;
+
+    // The accept half alone, as the system's accept phase runs (no consumer, 4 clients); its
+    // CPU until every announcement is confirmed.
+    let before = Reading::now(&services);
     let started = Instant::now();
-    let announcing = accept(&db, &publisher, n, ACCEPT_CLIENTS).await;
-    let accepted_per_second = n as f64 / started.elapsed().as_secs_f64();
-    for announced in announcing {
-        announced.await.expect("announced");
-    }
+    let announcing = within("accept", accept(&db, &publisher, n, ACCEPT_CLIENTS)).await;
+    let accepted = started.elapsed();
+    within("announcements", announced(announcing)).await;
+    let accepting = Phase {
+        per_second: n as f64 / accepted.as_secs_f64(),
+        cpu: before.per_item(&services, n),
+    };
+
     let done = Arc::new(Done::default());
-    let mut consumers = Vec::new();
-    for _ in 0..CONSUMERS {
-        consumers.push(tokio::spawn(consume(
-            amqp.clone(),
-            db.clone(),
-            done.clone(),
-        )));
-    }
-    done.until(n).await;
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&db)
-        .await
-        .expect("PostgreSQL answers");
-    let services = [
-        u32::try_from(backend).ok().and_then(cpu::postmaster_of),
-        cpu::rabbitmq_server(),
-    ];
-    let services_cpu = || services.map(|root| root.and_then(cpu::tree_seconds));
-    let services_before = services_cpu();
-    let own_before = cpu::process_seconds(std::process::id());
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| tokio::spawn(consume(amqp.clone(), db.clone(), done.clone())))
+        .collect();
+    within("first jobs", done.until(n)).await;
+    let before = Reading::now(&services);
     let started = Instant::now();
-    let announcing = accept(&db, &publisher, n, CLIENTS).await;
-    done.until(2 * n).await;
-    for announced in announcing {
-        announced.await.expect("announced");
-    }
-    let took = started.elapsed();
-    let own = cpu::process_seconds(std::process::id()) - own_before;
-    let services_after = services_cpu();
+    within("whole pipeline", async {
+        let announcing = accept(&db, &publisher, n, CLIENTS).await;
+        done.until(2 * n).await;
+        announced(announcing).await;
+    })
+    .await;
+    let jobs = Phase {
+        per_second: n as f64 / started.elapsed().as_secs_f64(),
+        cpu: before.per_item(&services, n),
+    };
     for c in consumers {
         c.abort();
     }
-    let per_job =
-        |before: Option<f64>, after: Option<f64>| Some((after? - before?) * 1e3 / n as f64);
-    let floor = Floor {
-        accepted_per_second,
-        jobs_per_second: n as f64 / took.as_secs_f64(),
-        postgres_ms: per_job(services_before[0], services_after[0]),
-        rabbitmq_ms: per_job(services_before[1], services_after[1]),
-        own_ms: own * 1e3 / n as f64,
-    };
     let ended: i64 =
         sqlx::query_scalar("SELECT count(*) FROM floor_jobs WHERE status = 'succeeded'")
             .fetch_one(&db)
@@ -141,7 +176,16 @@ pub async fn measure(n: usize) -> Floor {
     assert_eq!(ended, 2 * n as i64, "every floor job ended once");
     db.close().await;
     app.stop().await;
-    floor
+    Floor {
+        accept: accepting,
+        jobs,
+    }
+}
+
+async fn announced(announcing: Vec<tokio::task::JoinHandle<()>>) {
+    for announcement in announcing {
+        announcement.await.expect("announced");
+    }
 }
 
 /// Records `n` jobs, `clients` at once, each answered once its row is committed (as a create

@@ -51,18 +51,23 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize) {
     accept(backlog, commits, &mut peaks).await;
     if trivial > 0 {
         let floor = floor::measure(trivial).await;
-        let ms =
-            |v: Option<f64>| v.map_or_else(|| "not measured".to_owned(), |v| format!("{v:.2} ms"));
+        let cpu = |cpu: &floor::Cpu| {
+            format!(
+                "PostgreSQL {}, RabbitMQ {}, its own process {:.2} ms",
+                shown_ms(cpu.postgres_ms),
+                shown_ms(cpu.rabbitmq_ms),
+                cpu.own_ms
+            )
+        };
         println!(
-            "raw: the floor of a job (what the contract asks of each, nothing else; floor.rs), {trivial} jobs: {:.0} accepted/s with 4 clients ({:.0}% of raw commits); {:.0} jobs/s end to end; CPU per job: PostgreSQL {}, RabbitMQ {}, the pipeline's own {:.2} ms",
-            floor.accepted_per_second,
-            floor.accepted_per_second * 100.0 / commits,
-            floor.jobs_per_second,
-            ms(floor.postgres_ms),
-            ms(floor.rabbitmq_ms),
-            floor.own_ms
+            "raw: the floor of a job (what the contract asks of each, at the least; floor.rs), {trivial} jobs: {:.0} accepted/s with 4 clients ({:.0}% of raw commits; CPU per create: {}); {:.0} jobs/s end to end (CPU per job: {})",
+            floor.accept.per_second,
+            floor.accept.per_second * 100.0 / commits,
+            cpu(&floor.accept.cpu),
+            floor.jobs.per_second,
+            cpu(&floor.jobs.cpu)
         );
-        trivial_jobs(trivial, floor.jobs_per_second, &mut peaks).await;
+        trivial_jobs(trivial, floor.jobs.per_second, &mut peaks).await;
     }
     if standard > 0 {
         standard_imports(standard, hashes, &mut peaks).await;
@@ -73,6 +78,14 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize) {
         peaks.worker as f64 / MIB,
         peaks.worker_threads
     );
+}
+
+/// A service's CPU per item as printed.
+fn shown_ms(ms: Option<f64>) -> String {
+    ms.map_or_else(
+        || "not measured (not a local process)".to_owned(),
+        |ms| format!("{ms:.2} ms"),
+    )
 }
 
 #[derive(Default)]
@@ -409,17 +422,8 @@ async fn trivial_jobs(n: usize, floor: f64, peaks: &mut Peaks) {
         reset_peak(pid(p));
     }
     let before: Vec<f64> = procs.iter().map(|p| cpu::process_seconds(pid(p))).collect();
-    // The services' process trees, found before the clock starts (`rabbitmqctl` takes a while).
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&app.db)
-        .await
-        .expect("PostgreSQL answers");
-    let services = [
-        u32::try_from(backend).ok().and_then(cpu::postmaster_of),
-        cpu::rabbitmq_server(),
-    ];
-    let services_cpu = || services.map(|root| root.and_then(cpu::tree_seconds));
-    let services_before = services_cpu();
+    let services = cpu::Services::find(&app.db).await;
+    let services_before = services.seconds();
     let started = Instant::now();
     let statuses: Vec<u16> = stream::iter(0..n)
         .map(|_| {
@@ -450,7 +454,7 @@ async fn trivial_jobs(n: usize, floor: f64, peaks: &mut Peaks) {
         .zip(&before)
         .map(|(p, b)| cpu::process_seconds(pid(p)) - b)
         .collect();
-    let services_after = services_cpu();
+    let services_after = services.seconds();
     let ok = app
         .count("SELECT count(*) FROM jobs WHERE code = 200")
         .await;
@@ -466,14 +470,17 @@ async fn trivial_jobs(n: usize, floor: f64, peaks: &mut Peaks) {
         (cpu[1] + cpu[2]) * 1e3 / n as f64
     );
     // The services' share: most of a trivial job's cost is theirs.
-    let per_job = |before: Option<f64>, after: Option<f64>| match (before, after) {
-        (Some(b), Some(a)) => format!("{:.2} ms", (a - b) * 1e3 / n as f64),
-        _ => "not measured (not a local process)".to_owned(),
+    let per_job = |service: usize| {
+        shown_ms(cpu::per_item_ms(
+            services_before[service],
+            services_after[service],
+            n,
+        ))
     };
     println!(
         "CPU per trivial job, services: PostgreSQL {}, RabbitMQ {}",
-        per_job(services_before[0], services_after[0]),
-        per_job(services_before[1], services_after[1])
+        per_job(0),
+        per_job(1)
     );
     peaks.api(&api);
     for w in &workers {
