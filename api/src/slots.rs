@@ -3,8 +3,8 @@
 //! tenant's lock (one each, for up to their `lockTimeout`). Past a bound a request waits a
 //! moment for a slot, then is answered `503` with `Retry-After`, so they never take the whole
 //! pool from the other routes. One client holds at most half of a bound's slots (at least
-//! one), so no single client takes a bound whole; a request past its client's share is
-//! refused at once, holding nothing while it would wait.
+//! one), so no single client takes a bound of two or more whole; a request past its client's
+//! share is refused at once, since only the client's own requests could free it.
 
 use std::{
     collections::HashMap,
@@ -43,7 +43,10 @@ pub(crate) struct Slot {
     clients: Shares,
     client: String,
     share: Option<Arc<Semaphore>>,
-    held: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
+    /// The client's permit, then the server's: each kept here as soon as it is taken, so the
+    /// drop below gives back whatever a refusal or a cancelled wait had taken.
+    own: Option<OwnedSemaphorePermit>,
+    server: Option<OwnedSemaphorePermit>,
 }
 
 impl Slots {
@@ -63,12 +66,12 @@ impl Slots {
         let mut slot = self.register(client);
         let share = slot.share.clone().expect("kept until the slot drops");
         // Only the client's own requests can free its share: it does not wait for them.
-        let own = share.try_acquire_owned().map_err(|_| {
+        slot.own = Some(share.try_acquire_owned().map_err(|_| {
             self.busy(format!(
                 "this client has as many {} as one client may have at once ({}); retry later",
                 self.what, self.per_client
             ))
-        })?;
+        })?);
         // A free slot is taken at the first poll, before the timeout looks at its clock.
         let server = tokio::time::timeout_at(deadline, self.free.clone().acquire_owned())
             .await
@@ -80,7 +83,7 @@ impl Slots {
                     self.what
                 ))
             })?;
-        slot.held = Some((own, server));
+        slot.server = Some(server);
         Ok(slot)
     }
 
@@ -97,7 +100,8 @@ impl Slots {
             clients: self.clients.clone(),
             client: client.to_owned(),
             share: Some(share),
-            held: None,
+            own: None,
+            server: None,
         }
     }
 
@@ -116,7 +120,8 @@ impl Drop for Slot {
         // leave sees only the table's and removes the entry, so the table never grows past
         // the requests in it.
         let mut table = self.clients.lock().expect("slot table");
-        self.held = None;
+        self.server = None;
+        self.own = None;
         self.share = None;
         if table
             .get(&self.client)

@@ -362,8 +362,7 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
     };
     let mut waiting: Vec<_> = (0..4).map(|i| wait(&clients[0], i)).collect();
     app.until_lock_waiters(4).await;
-    // The first client's fifth is refused once its own bound has passed, while the server
-    // has room.
+    // The first client's fifth is refused at once, while the server has room.
     assert_no_slot(
         deactivate_within_1_s(&app, &clients[0], busy).await,
         "this client has as many requests waiting for a tenant's lock",

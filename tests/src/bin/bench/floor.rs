@@ -91,14 +91,17 @@ impl Reading {
     }
 }
 
-/// Longest any step of the floor may take: past it the bench fails instead of hanging (a
-/// publish or a consumer that failed leaves a job that never ends).
-const STEP: Duration = Duration::from_secs(300);
+/// Longest a step of the floor over `n` jobs may take: past it the bench fails instead of
+/// hanging (a publish or a consumer that failed leaves a job that never ends).
+fn step_bound(n: usize) -> Duration {
+    Duration::from_secs(300) + Duration::from_millis(10) * u32::try_from(n).unwrap_or(u32::MAX)
+}
 
-async fn within<T>(what: &str, step: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, step)
+async fn within<T>(what: &str, n: usize, step: impl Future<Output = T>) -> T {
+    let bound = step_bound(n);
+    tokio::time::timeout(bound, step)
         .await
-        .unwrap_or_else(|_| panic!("the floor's {what} did not finish within {STEP:?}"))
+        .unwrap_or_else(|_| panic!("the floor's {what} did not finish within {bound:?}"))
 }
 
 /// Runs `n` jobs through the floor's accept half, then `n` through the whole pipeline, on a
@@ -111,6 +114,8 @@ pub async fn measure(n: usize) -> Floor {
     let connections = CLIENTS + CONSUMERS * usize::from(PREFETCH);
     let db = PgPoolOptions::new()
         .max_connections(connections as u32)
+        // No test round trip before each use, as the system's pools (`db::connect`).
+        .test_before_acquire(false)
         .connect(&format!(
             "postgres://postgres@127.0.0.1:5432/{}",
             app.database
@@ -140,9 +145,9 @@ pub async fn measure(n: usize) -> Floor {
     // CPU until every announcement is confirmed.
     let before = Reading::now(&services);
     let started = Instant::now();
-    let announcing = within("accept", accept(&db, &publisher, n, ACCEPT_CLIENTS)).await;
+    let announcing = within("accept", n, accept(&db, &publisher, n, ACCEPT_CLIENTS)).await;
     let accepted = started.elapsed();
-    within("announcements", announced(announcing)).await;
+    within("announcements", n, announced(announcing)).await;
     let accepting = Phase {
         per_second: n as f64 / accepted.as_secs_f64(),
         cpu: before.per_item(&services, n),
@@ -152,10 +157,10 @@ pub async fn measure(n: usize) -> Floor {
     let consumers: Vec<_> = (0..CONSUMERS)
         .map(|_| tokio::spawn(consume(amqp.clone(), db.clone(), done.clone())))
         .collect();
-    within("first jobs", done.until(n)).await;
+    within("first jobs", n, done.until(n)).await;
     let before = Reading::now(&services);
     let started = Instant::now();
-    within("whole pipeline", async {
+    within("whole pipeline", n, async {
         let announcing = accept(&db, &publisher, n, CLIENTS).await;
         done.until(2 * n).await;
         announced(announcing).await;
