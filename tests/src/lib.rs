@@ -404,13 +404,13 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Stops everything and removes the database and vhost.
     /// Stops the API this process runs, for a benchmark that drives an API child process
     /// alone (`app.http` then reaches nothing).
     pub fn stop_api(&self) {
         self.api_shutdown.cancel();
     }
 
+    /// Stops everything and removes the database and vhost.
     pub async fn stop(mut self) {
         self.stop_workers().await;
         self.api_shutdown.cancel();

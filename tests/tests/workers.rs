@@ -463,3 +463,41 @@ async fn stopping_the_api_publishes_every_job_it_committed() {
     assert_eq!(queued, ids, "one message per job in the job queue");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_stopped_before_it_connected_creates_no_database() {
+    let app = TestApp::without_workers().await;
+    let never = format!("{}_never", app.database);
+    let mut vars = app.vars.clone();
+    vars.insert(
+        "DATABASE_URL".into(),
+        format!("postgres://postgres@127.0.0.1:5432/{never}"),
+    );
+    let settings = provisioner_shared::config::Settings::from_lookup(|k| vars.get(k).cloned())
+        .expect("valid settings");
+    // A test system dropped right after it started its worker (or a SIGTERM during start-up)
+    // stops the worker before it has connected.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    shutdown.cancel();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        provisioner_worker::run(settings, shutdown),
+    )
+    .await
+    .expect("the worker returns")
+    .expect("without an error");
+    let created: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&never)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    if created {
+        sqlx::query(&format!("DROP DATABASE \"{never}\" WITH (FORCE)"))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
+    assert!(!created, "the stopped worker created its database");
+    app.stop().await;
+}

@@ -32,16 +32,22 @@ const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Probes (when configured): alive from here on, ready while consuming and not draining.
     let health = health::Health::start(settings.worker_health_listen, shutdown.clone()).await?;
-    let pool = db::connect(
-        &settings.database_url,
-        &PoolConfig {
-            max_connections: u32::from(settings.worker_concurrency) * 2 + 4,
-            application_name: "provisioner-worker",
-            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
-        },
-    )
-    .await
-    .context("connecting to PostgreSQL")?;
+    let pool_config = PoolConfig {
+        max_connections: u32::from(settings.worker_concurrency) * 2 + 4,
+        application_name: "provisioner-worker",
+        idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+    };
+    let connecting = db::connect(&settings.database_url, &pool_config);
+    // Stopped while still connecting (PostgreSQL is retried for up to a minute): it exits at
+    // once, and a worker told to stop never creates or migrates a database.
+    let pool = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => {
+            tracing::info!("worker stopped before it connected");
+            return Ok(());
+        }
+        pool = connecting => pool.context("connecting to PostgreSQL")?,
+    };
     let sealer = Sealer::load(settings.seal_key.as_ref(), &pool)
         .await
         .context("loading the seal key")?;
