@@ -19,11 +19,7 @@ const AUDIT: i64 = 40_000;
 
 /// A tenant with several pages of every list, written straight into the database.
 async fn big_tenant(app: &TestApp, url: &str) {
-    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'Big', $1, '{\"timezone\": \"UTC\"}')")
-        .bind(url)
-        .execute(&app.db)
-        .await
-        .unwrap();
+    insert_tenant(app, url, "Big", r#"{"timezone": "UTC"}"#).await;
     for sql in [
         "INSERT INTO users (id, tenant_id, position, login_id, first_name, last_name, email)
          SELECT gen_random_uuid(), t.id, g / 3, 'user' || g, 'First', 'Last', 'u' || g || '@big.example'
@@ -255,9 +251,16 @@ async fn assert_no_slot(r: reqwest::Response, what: &str) {
 
 const EXPORTER: &[&str] = &["tenants:read", "tenants:write", "tenants:export"];
 
+/// A tenant named `T` with no settings, written straight into the database.
 async fn tenant_row(app: &TestApp, url: &str) {
-    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'T', $1, '{}')")
+    insert_tenant(app, url, "T", "{}").await;
+}
+
+async fn insert_tenant(app: &TestApp, url: &str, name: &str, settings: &str) {
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, $2, $1, $3::jsonb)")
         .bind(url)
+        .bind(name)
+        .bind(settings)
         .execute(&app.db)
         .await
         .unwrap();

@@ -58,7 +58,7 @@ const STALLED_CLIENT: Duration = Duration::from_secs(30);
         (status = 200, description = "The tenant as a template ZIP", content_type = "application/zip"),
         (status = 400, description = "Invalid lockTimeout"),
         (status = 404, description = "No such tenant"),
-        (status = 503, description = "Lock timeout; or, with Retry-After, as many exports reading or requests waiting for a lock as the server allows")))]
+        (status = 503, description = "Lock timeout; or, with Retry-After, as many exports reading or requests waiting for a lock as the server, or one client, may have")))]
 pub(super) async fn export_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

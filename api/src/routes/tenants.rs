@@ -90,7 +90,7 @@ pub(super) async fn list_tenants(
         (status = 200, description = "The tenant", body = TenantBody),
         (status = 400, description = "Invalid lockTimeout"),
         (status = 404, description = "No such tenant"),
-        (status = 503, description = "Lock timeout; or, with Retry-After, as many requests waiting for a lock as the server allows")))]
+        (status = 503, description = "Lock timeout; or, with Retry-After, as many requests waiting for a lock as the server, or one client, may have")))]
 pub(super) async fn activate_tenant(
     state: State<AppState>,
     caller: Extension<Caller>,
@@ -107,7 +107,7 @@ pub(super) async fn activate_tenant(
         (status = 200, description = "The tenant", body = TenantBody),
         (status = 400, description = "Invalid lockTimeout"),
         (status = 404, description = "No such tenant"),
-        (status = 503, description = "Lock timeout; or, with Retry-After, as many requests waiting for a lock as the server allows")))]
+        (status = 503, description = "Lock timeout; or, with Retry-After, as many requests waiting for a lock as the server, or one client, may have")))]
 pub(super) async fn deactivate_tenant(
     state: State<AppState>,
     caller: Extension<Caller>,
@@ -188,7 +188,7 @@ async fn change_status(
         (status = 200, description = "The deleted tenant", body = TenantBody),
         (status = 400, description = "The tenant is active, or an invalid parameter"),
         (status = 404, description = "No such tenant"),
-        (status = 503, description = "Lock timeout; or, with Retry-After, as many requests waiting for a lock as the server allows")))]
+        (status = 503, description = "Lock timeout; or, with Retry-After, as many requests waiting for a lock as the server, or one client, may have")))]
 pub(super) async fn delete_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
