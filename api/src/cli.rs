@@ -12,13 +12,66 @@ use crate::auth::all_scope_names;
 
 const USAGE: &str = "usage:
   provisioner-api                      run the API
+  provisioner-api openapi              print the OpenAPI document
   provisioner-api client create --name NAME [--scopes tenants:read,tenants:write] [--id ID]
   provisioner-api client list
   provisioner-api client revoke ID";
 
-/// Runs the command in `args` (without the program name); prints to stdout.
+/// An operator command, read before anything is connected to.
+enum Command<'a> {
+    Create {
+        name: &'a str,
+        scopes: Vec<String>,
+        id: Option<&'a str>,
+    },
+    List,
+    Revoke(&'a str),
+}
+
+impl<'a> Command<'a> {
+    /// The command `args` name; `None` when they ask for help.
+    fn parse(args: &[&'a str]) -> anyhow::Result<Option<Self>> {
+        Ok(Some(match args {
+            ["-h" | "--help" | "help"] => return Ok(None),
+            ["client", "create", rest @ ..] => {
+                let opt = |name: &str| {
+                    rest.iter()
+                        .position(|a| *a == name)
+                        .and_then(|i| rest.get(i + 1))
+                        .copied()
+                };
+                let name =
+                    opt("--name").ok_or_else(|| anyhow::anyhow!("--name is required\n{USAGE}"))?;
+                let scopes: Vec<String> = opt("--scopes")
+                    .unwrap_or("tenants:read,tenants:write")
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .collect();
+                let known = all_scope_names();
+                if let Some(bad) = scopes.iter().find(|s| !known.contains(s)) {
+                    anyhow::bail!("unknown scope `{bad}`; scopes are {}", known.join(", "));
+                }
+                Self::Create {
+                    name,
+                    scopes,
+                    id: opt("--id"),
+                }
+            }
+            ["client", "list"] => Self::List,
+            ["client", "revoke", id] => Self::Revoke(id),
+            _ => anyhow::bail!("{USAGE}"),
+        }))
+    }
+}
+
+/// Runs the command in `args` (without the program name); prints to stdout. A command is read
+/// whole before the database is connected to (so a mistyped one, or `--help`, creates nothing).
 pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let Some(command) = Command::parse(&args)? else {
+        println!("{USAGE}");
+        return Ok(());
+    };
     let pool = db::connect(
         &settings.database_url,
         &PoolConfig {
@@ -28,26 +81,9 @@ pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<
         },
     )
     .await?;
-    match args.as_slice() {
-        ["client", "create", rest @ ..] => {
-            let opt = |name: &str| {
-                rest.iter()
-                    .position(|a| *a == name)
-                    .and_then(|i| rest.get(i + 1))
-                    .copied()
-            };
-            let name =
-                opt("--name").ok_or_else(|| anyhow::anyhow!("--name is required\n{USAGE}"))?;
-            let scopes: Vec<String> = opt("--scopes")
-                .unwrap_or("tenants:read,tenants:write")
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .collect();
-            let known = all_scope_names();
-            if let Some(bad) = scopes.iter().find(|s| !known.contains(s)) {
-                anyhow::bail!("unknown scope `{bad}`; scopes are {}", known.join(", "));
-            }
-            let id = match opt("--id") {
+    match command {
+        Command::Create { name, scopes, id } => {
+            let id = match id {
                 Some(id) => id.to_owned(),
                 None => format!("cl_{}", &random_token()[..16]),
             };
@@ -70,7 +106,7 @@ pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<
                 scopes.join(",")
             );
         }
-        ["client", "list"] => {
+        Command::List => {
             for c in db::clients::list(&pool).await? {
                 let state = if c.revoked_at.is_some() {
                     "revoked"
@@ -87,14 +123,13 @@ pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<
                 );
             }
         }
-        ["client", "revoke", id] => {
+        Command::Revoke(id) => {
             let mut conn = pool.acquire().await?;
             if !db::clients::revoke(&mut conn, id).await? {
                 anyhow::bail!("no active client {id}");
             }
             println!("revoked {id}");
         }
-        _ => anyhow::bail!("{USAGE}"),
     }
     pool.close().await;
     Ok(())

@@ -69,8 +69,9 @@ pub fn base_url(raw: &str) -> Result<Url> {
     Ok(url)
 }
 
-/// A transport error, without its URL (which is the user's own) or anything else.
-fn unreachable(e: reqwest::Error) -> Failure {
+/// A transport error, naming the API's address (`scheme://host:port`, never a path or query),
+/// so a wrong `--api` or `PROVISIONER_API_URL` shows at once.
+fn unreachable(base: &Url, e: reqwest::Error) -> Failure {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -80,7 +81,11 @@ fn unreachable(e: reqwest::Error) -> Failure {
     };
     Failure::new(
         Exit::Unreachable,
-        format!("the API could not be reached: {what} ({})", e.without_url()),
+        format!(
+            "the API at {} could not be reached: {what} ({})",
+            base.origin().ascii_serialization(),
+            e.without_url()
+        ),
     )
 }
 
@@ -147,7 +152,10 @@ impl Api {
         if !status.is_success() {
             return Err(answer_failure(response).await);
         }
-        let body: Value = response.json().await.map_err(unreachable)?;
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| unreachable(&self.base, e))?;
         let value = body["access_token"]
             .as_str()
             .ok_or_else(|| Failure::new(Exit::Unreachable, "the token answer holds no token"))?
@@ -167,7 +175,10 @@ impl Api {
     async fn busy_retries(&self, build: impl Fn() -> RequestBuilder) -> Result<Response> {
         let mut tries = 0;
         loop {
-            let response = build().send().await.map_err(unreachable)?;
+            let response = build()
+                .send()
+                .await
+                .map_err(|e| unreachable(&self.base, e))?;
             let status = response.status();
             let busy = status == StatusCode::TOO_MANY_REQUESTS
                 || status == StatusCode::SERVICE_UNAVAILABLE;
@@ -209,7 +220,11 @@ impl Api {
     /// Sends a request whose body cannot be sent twice (a stream), with a token valid now.
     pub async fn send_once(&self, request: RequestBuilder) -> Result<Response> {
         let token = self.token(false).await?;
-        request.bearer_auth(token).send().await.map_err(unreachable)
+        request
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.base, e))
     }
 
     /// An `Idempotency-Key` for a body with SHA-256 `digest`: keyed with the client secret

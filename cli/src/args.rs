@@ -189,9 +189,9 @@ pub(crate) enum BatchCommand {
         /// Only items whose newest job has this status (queued, running, succeeded, failed, cancelled).
         #[arg(long)]
         status: Option<String>,
-        /// The output's format.
-        #[arg(long, value_enum, default_value = "ndjson")]
-        format: batch::ResultsFormat,
+        /// The output's format (default ndjson; with --json, one JSON array, and csv is refused).
+        #[arg(long, value_enum)]
+        format: Option<batch::ResultsFormat>,
         /// Write to this file instead of stdout.
         #[arg(short, long)]
         output: Option<PathBuf>,

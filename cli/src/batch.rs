@@ -72,12 +72,36 @@ pub enum ResultsFormat {
     Csv,
 }
 
+/// How `batch results` writes the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One JSON document a line, as the API gives them.
+    Ndjson,
+    Csv,
+    /// One JSON array (`--json`: any command prints JSON), written item by item.
+    Array,
+}
+
+impl Layout {
+    /// The layout of `--format` (if given) under `--json` (if given).
+    pub fn of(format: Option<ResultsFormat>, json: bool) -> Result<Self> {
+        match (format, json) {
+            (Some(ResultsFormat::Csv), true) => Err(Failure::invalid(
+                "--json prints JSON: it cannot be given with --format csv",
+            )),
+            (Some(ResultsFormat::Csv), false) => Ok(Self::Csv),
+            (_, true) => Ok(Self::Array),
+            (_, false) => Ok(Self::Ndjson),
+        }
+    }
+}
+
 /// `batch results ID [--status S] [--format csv|ndjson] [-o FILE]`.
 pub async fn results(
     api: &Api,
     id: &str,
     status: Option<&str>,
-    format: ResultsFormat,
+    layout: Layout,
     out_file: Option<&Path>,
 ) -> Result<Exit> {
     let mut url = api.url(&format!("{}/results", path(id)?));
@@ -96,9 +120,10 @@ pub async fn results(
         None => Box::new(std::io::stdout().lock()),
     };
     let mut sink = BufWriter::new(sink);
-    let mut csv = match format {
-        ResultsFormat::Csv => Some(CsvResults::new(id)?),
-        ResultsFormat::Ndjson => None,
+    let mut writer = match layout {
+        Layout::Csv => Writer::Csv(CsvResults::new(id)?),
+        Layout::Ndjson => Writer::Ndjson,
+        Layout::Array => Writer::Array { items: 0 },
     };
     let mut pending = Vec::new();
     let mut more = true;
@@ -115,7 +140,7 @@ pub async fn results(
         }
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            emit(&line, &mut csv, &mut sink)?;
+            writer.item(&line, &mut sink)?;
         }
         if pending.len() > MAX_RESULT_LINE {
             return Err(Failure::new(
@@ -125,35 +150,58 @@ pub async fn results(
         }
     }
     if !pending.is_empty() {
-        emit(&pending, &mut csv, &mut sink)?;
+        writer.item(&pending, &mut sink)?;
     }
-    if let Some(csv) = csv.as_mut() {
-        csv.finish(&mut sink)?;
-    }
+    writer.finish(&mut sink)?;
     sink.flush()?;
     Ok(Exit::Ok)
 }
 
-fn emit(line: &[u8], csv: &mut Option<CsvResults>, sink: &mut impl Write) -> Result<()> {
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    match csv {
-        None => {
-            sink.write_all(line)?;
-            if line.last() != Some(&b'\n') {
-                sink.write_all(b"\n")?;
-            }
-            Ok(())
+/// Writes the results' lines in their layout.
+enum Writer {
+    Ndjson,
+    Csv(CsvResults),
+    Array { items: u64 },
+}
+
+impl Writer {
+    /// Writes one line of the API's NDJSON (a blank one is skipped).
+    fn item(&mut self, line: &[u8], sink: &mut impl Write) -> Result<()> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
         }
-        Some(csv) => {
-            let result: Value = serde_json::from_slice(line).map_err(|e| {
+        let json = || {
+            serde_json::from_slice::<Value>(line).map_err(|e| {
                 Failure::new(
                     Exit::Unreachable,
                     format!("a results line is not JSON: {e}"),
                 )
-            })?;
-            csv.row(&result, sink)
+            })
+        };
+        match self {
+            Self::Ndjson => {
+                sink.write_all(line)?;
+                if line.last() != Some(&b'\n') {
+                    sink.write_all(b"\n")?;
+                }
+                Ok(())
+            }
+            Self::Csv(csv) => csv.row(&json()?, sink),
+            Self::Array { items } => {
+                sink.write_all(if *items == 0 { b"[" } else { b"," })?;
+                sink.write_all(&serde_json::to_vec(&json()?).expect("a value serializes"))?;
+                *items += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, sink: &mut impl Write) -> Result<()> {
+        match self {
+            Self::Ndjson => Ok(()),
+            Self::Csv(csv) => csv.finish(sink),
+            Self::Array { items: 0 } => Ok(sink.write_all(b"[]\n")?),
+            Self::Array { .. } => Ok(sink.write_all(b"]\n")?),
         }
     }
 }

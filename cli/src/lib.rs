@@ -181,6 +181,9 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
             status,
             format,
             output,
-        } => batch::results(api, id, status.as_deref(), *format, output.as_deref()).await,
+        } => {
+            let layout = batch::Layout::of(*format, out.json)?;
+            batch::results(api, id, status.as_deref(), layout, output.as_deref()).await
+        }
     }
 }

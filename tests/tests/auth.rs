@@ -45,6 +45,64 @@ fn field<'a>(out: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {out}"))
 }
 
+/// `--help` and a mistyped command are answered before anything is connected to: neither
+/// creates nor migrates the database `DATABASE_URL` names.
+#[tokio::test]
+async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
+    let app = TestApp::without_workers().await;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Named as the harness names its databases, so a leftover of a failure is swept.
+    let name = format!("provisioner_test_{secs}_{}", uuid::Uuid::new_v4().simple());
+    let url = app.vars["DATABASE_URL"]
+        .rsplit_once('/')
+        .unwrap()
+        .0
+        .to_owned()
+        + "/"
+        + &name;
+    let run = |args: &'static [&'static str]| {
+        let url = url.clone();
+        let app = &app;
+        async move {
+            provisioner_tests::process::command(env!("CARGO_BIN_EXE_test-api"), app)
+                .env("DATABASE_URL", url)
+                .env("RUST_LOG", "warn")
+                .args(args)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let help = run(&["--help"]).await;
+    assert!(help.status.success(), "{help:?}");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("client create"),
+        "{help:?}"
+    );
+    let typo = run(&["client", "craete"]).await;
+    assert!(!typo.status.success());
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("usage:"),
+        "{typo:?}"
+    );
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    if exists {
+        let _ = sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+            .execute(&app.db)
+            .await;
+    }
+    assert!(!exists, "a database was created for --help or a typo");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_token_endpoint_follows_rfc_6749() {
     let app = TestApp::without_workers().await;

@@ -215,6 +215,17 @@ async fn the_example_csv_provisions_as_a_batch_and_every_read_command_shows_it()
         .collect();
     assert_eq!(lines.len(), 36);
     assert_eq!(lines[0]["tenantUrl"], "acme.example.com");
+    // `--json` makes any command print JSON: the results as one array.
+    let array = cli
+        .run(&["--json", "batch", "results", &id])
+        .await
+        .expect(0)
+        .json();
+    assert_eq!(array.as_array().map(Vec::len), Some(36), "{array}");
+    assert_eq!(array[0], lines[0]);
+    cli.run(&["--json", "batch", "results", &id, "--format", "csv"])
+        .await
+        .expect(4);
     let job = lines[0]["jobId"].as_str().unwrap();
     let got = cli
         .run(&["job", "get", job, "--json"])
@@ -802,8 +813,9 @@ async fn refused_credentials_exit_5_an_unreachable_api_6_and_no_secret_is_printe
     away.api = "http://127.0.0.1:9".into();
     let out = away.run(&["batch", "list"]).await.expect(6);
     assert!(
-        out.stderr.contains("could not be reached"),
-        "{}",
+        out.stderr
+            .contains("the API at http://127.0.0.1:9 could not be reached"),
+        "names the address it tried: {}",
         out.stderr
     );
     // Credentials in --api are refused rather than echoed.

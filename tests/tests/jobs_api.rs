@@ -298,6 +298,46 @@ async fn jobs_list_newest_first_with_filters_and_a_cursor() {
     app.stop().await;
 }
 
+/// A URL written from a template (`?status=&limit=&cursor=`) sends empty values: for filters,
+/// paging and waits, empty is absent; for a parameter that changes what a request does, an
+/// empty value stays a fault rather than a default nobody chose.
+#[tokio::test]
+async fn empty_filter_paging_and_wait_values_count_as_absent() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let (status, page) = app
+        .get_json("/configapi/v2/jobs?status=&tenantUrl=&batchId=&limit=&cursor=")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["items"][0]["jobId"], id.as_str(), "{page}");
+    for path in [
+        "/configapi/v2/batches?limit=&cursor=",
+        "/configapi/v2/templates?limit=&cursor=",
+        "/configapi/v2/accessnumbers?tenantUrl=&limit=&cursor=",
+    ] {
+        let (status, page) = app.get_json(path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+    }
+    let started = std::time::Instant::now();
+    let (status, job) = app
+        .get_json(&format!("/configapi/v2/jobs/{id}?wait=&status="))
+        .await;
+    assert_eq!((status, job["status"].as_str()), (200, Some("queued")));
+    assert!(started.elapsed() < Duration::from_secs(5), "no wait asked");
+    let tenant = fixtures::tenant_url();
+    let r = app
+        .http
+        .delete(app.url(&format!("/configapi/v2/tenant/{tenant}?keepAccessNumbers=")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "an empty keepAccessNumbers is not `false`");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn long_polling_returns_as_soon_as_the_status_changes() {
     let mut app = TestApp::without_workers().await;

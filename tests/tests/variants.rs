@@ -538,31 +538,105 @@ async fn a_streamed_create_retried_with_its_idempotency_key_answers_the_same_job
     app.stop().await;
 }
 
+/// Every fault of a form's parts is reported at once with its fields' own, as the JSON variant
+/// reports every bad field: a name given twice, a number mapped twice, a text part too long or not
+/// UTF-8, beside a bad e-mail and a missing field.
 #[tokio::test]
-async fn a_form_text_part_past_64_kib_is_refused_while_it_arrives() {
+async fn a_forms_faults_are_all_reported_at_once_with_its_fields_own() {
+    let app = TestApp::without_workers().await;
+    let template = fixtures::sample_template(app.db_version().await).write();
+    let url = app.url(&format!(
+        "/configapi/v2/selfservice/tenant/{}",
+        fixtures::tenant_url()
+    ));
+    let bad = Form::new()
+        .text("tenantName", "Form Tenant")
+        .text("tenantName", "Again")
+        .text("numberMap", "0000000000:4155550100")
+        .text("numberMap", "0000000000:4155550101")
+        .text("firstName", "a".repeat(70 << 10))
+        .text("password", fixtures::SENTINEL_PASSWORD)
+        .text("email", "not an address")
+        .part("lastName", Part::bytes(vec![0xff, 0xfe, 0x00]))
+        .part(
+            "template",
+            Part::bytes(template)
+                .file_name("t.zip")
+                .mime_str("application/zip")
+                .unwrap(),
+        );
+    let r = app.http.post(&url).multipart(bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let p: Value = r.json().await.unwrap();
+    let faults: Vec<(String, String)> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["field"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let message = |field: &str| {
+        let of: Vec<&str> = faults
+            .iter()
+            .filter(|(f, _)| f == field)
+            .map(|(_, m)| m.as_str())
+            .collect();
+        assert_eq!(of.len(), 1, "one fault of {field}: {p}");
+        of[0].to_owned()
+    };
+    assert_eq!(message("tenantName"), "appears more than once");
+    assert!(
+        message("numberMap").contains("is mapped more than once"),
+        "{p}"
+    );
+    assert_eq!(message("firstName"), "is larger than 65536 bytes");
+    assert_eq!(
+        message("lastName"),
+        "is not UTF-8 text",
+        "not also `required`"
+    );
+    assert!(message("email").contains("address"), "{p}");
+    message("loginId");
+    assert_eq!(faults.len(), 6, "{p}");
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_forms_text_past_1_mib_is_refused_while_it_arrives() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::without_workers().await;
     let token = app.bootstrap_token().await;
-    // A form declaring an 8 MiB `tenantName` part, of which only 64 KiB + 192 KiB are sent:
-    // the handler must refuse the part from what arrived, not wait for the rest of it.
+    // A form declaring 8 MiB of text parts of 60 KiB each (each within the limit of a part), of
+    // which only 1 MiB + 192 KiB are sent: the handler must refuse the form from what arrived
+    // (what it keeps of a form's text is bounded), not wait for the rest of it.
     const BOUNDARY: &str = "provisionerboundary";
-    const PART: usize = 8 << 20;
-    const SENT: usize = (64 << 10) + (192 << 10);
-    let head =
-        format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"tenantName\"\r\n\r\n");
-    let tail = format!("\r\n--{BOUNDARY}--\r\n");
-    let length = head.len() + PART + tail.len();
+    const PART: usize = 60 << 10;
+    const PARTS: usize = (8 << 20) / PART;
+    const SENT: usize = (1 << 20) + (192 << 10);
+    let part = |i: usize| {
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"extra{i}\"\r\n\r\n{}\r\n",
+            "a".repeat(PART)
+        )
+    };
+    let body: String = (0..PARTS).map(part).collect::<String>() + &format!("--{BOUNDARY}--\r\n");
     let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     s.write_all(
         format!(
-            "POST /configapi/v2/selfservice/tenant/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {length}\r\n\r\n{head}",
-            fixtures::tenant_url()
+            "POST /configapi/v2/selfservice/tenant/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+            fixtures::tenant_url(),
+            body.len()
         )
         .as_bytes(),
     )
     .await
     .unwrap();
-    s.write_all(&vec![b'a'; SENT]).await.unwrap();
+    s.write_all(&body.as_bytes()[..SENT]).await.unwrap();
     let started = std::time::Instant::now();
     let mut seen = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
@@ -578,7 +652,7 @@ async fn a_form_text_part_past_64_kib_is_refused_while_it_arrives() {
     let answer = String::from_utf8_lossy(&seen);
     assert!(
         answer.starts_with("HTTP/1.1 413"),
-        "no 413 within {:?} of 256 KiB of an 8 MiB text part: {answer:?}",
+        "no 413 within {:?} of 1.2 MiB of 8 MiB of text parts: {answer:?}",
         started.elapsed()
     );
     assert!(
@@ -586,7 +660,7 @@ async fn a_form_text_part_past_64_kib_is_refused_while_it_arrives() {
         "{answer}"
     );
     assert!(
-        answer.contains("form part `tenantName` is larger than 65536 bytes"),
+        answer.contains("a form's text parts may have at most 1048576 bytes together"),
         "{answer}"
     );
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);

@@ -22,6 +22,6 @@ pub(crate) use page::{
     template_key, template_key_text,
 };
 pub(crate) use path::PathText;
-pub(crate) use query::{query_param, status_param, wait_deadline};
+pub(crate) use query::{optional_param, query_param, status_param, wait_deadline};
 pub(crate) use tenant::TenantPath;
 pub(crate) use trace::{RequestTrace, request_span, start as start_trace};

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::query_param;
+use super::optional_param;
 use crate::error::FieldError;
 
 const DEFAULT_LIMIT: i64 = 50;
@@ -45,7 +45,7 @@ impl PageQuery {
         max: i64,
     ) -> Self {
         let clamped = |raw: &str| super::clamped_seconds(raw, max.unsigned_abs());
-        let limit = match query_param(uri, "limit").map(|l| clamped(&l)) {
+        let limit = match optional_param(uri, "limit").map(|l| clamped(&l)) {
             None => default,
             Some(Some(n)) if n >= 1 => n as i64,
             Some(_) => {
@@ -54,7 +54,7 @@ impl PageQuery {
                 default
             }
         };
-        let after = query_param(uri, "cursor").and_then(|c| {
+        let after = optional_param(uri, "cursor").and_then(|c| {
             let text = decode_cursor(&c);
             if text.is_none() {
                 errors.push(not_a_cursor());

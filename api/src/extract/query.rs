@@ -13,9 +13,17 @@ pub(crate) fn query_param(uri: &Uri, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Like [`query_param`], but an empty value (`?status=`, as a form or a URL template sends for
+/// "none") counts as absent. Only for filters, paging and waits, whose absence is harmless; a
+/// parameter that changes what a request does (`keepAccessNumbers`, a retry's `code`) keeps an
+/// empty value as a fault.
+pub(crate) fn optional_param(uri: &Uri, name: &str) -> Option<String> {
+    query_param(uri, name).filter(|v| !v.is_empty())
+}
+
 /// `?status=`: one of the job statuses; a bad one adds its field error.
 pub(crate) fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
-    let raw = query_param(uri, "status")?;
+    let raw = optional_param(uri, "status")?;
     JobStatus::parse(&raw).or_else(|| {
         errors.push(FieldError::new(
             "status",
@@ -31,7 +39,7 @@ const MAX_POLL_WAIT: u64 = 60;
 /// `?wait=N`: the long-poll's deadline from now, N clamped to 60 s (none: now); a value that is
 /// not a non-negative integer adds its field error.
 pub(crate) fn wait_deadline(uri: &Uri, errors: &mut Vec<FieldError>) -> tokio::time::Instant {
-    let secs = query_param(uri, "wait").map_or(0, |w| {
+    let secs = optional_param(uri, "wait").map_or(0, |w| {
         super::clamped_seconds(&w, MAX_POLL_WAIT).unwrap_or_else(|| {
             errors.push(FieldError::new(
                 "wait",

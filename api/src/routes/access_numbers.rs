@@ -18,7 +18,10 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{JsonObject, Page, PageQuery, PathText, not_a_cursor, query_param, whole_number},
+    extract::{
+        JsonObject, Page, PageQuery, PathText, not_a_cursor, optional_param, query_param,
+        whole_number,
+    },
     openapi::shapes::{self, AccessNumberText, HostName, PageLimit, RangeCount},
 };
 
@@ -79,7 +82,7 @@ pub(super) async fn list_access_numbers(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
-    let url = query_param(&uri, "tenantUrl").and_then(|u| {
+    let url = optional_param(&uri, "tenantUrl").and_then(|u| {
         TenantUrl::parse(&u)
             .map_err(|m| errors.push(FieldError::new("tenantUrl", m)))
             .ok()

@@ -133,8 +133,12 @@ pub(super) struct CreateTenantFormFields {
     template_id: Option<String>,
 }
 
-/// Largest text part of a form.
+/// Largest text part of a form; a longer one is a fault of its field.
 const FORM_TEXT_LIMIT: usize = 64 << 10;
+/// Most bytes a form's text parts may hold together, names included: the JSON variant's limit.
+const FORM_TEXT_TOTAL: usize = 1 << 20;
+/// What a part costs against `FORM_TEXT_TOTAL` besides its name and text.
+const FORM_PART_COST: usize = 64;
 
 /// `POST /configapi/v2/selfservice/tenant/{tenant_url}`, JSON or `multipart/form-data`.
 #[utoipa::path(post, path = "/configapi/v2/selfservice/tenant/{tenant_url}", tag = "tenants",
@@ -212,8 +216,12 @@ async fn from_form(
         None => TemplateInput::Form,
     };
     let request = match validate::create_request(&raw_url, &form.fields, input) {
-        Ok(request) => request,
-        Err(errors) => return Err(refused(&state, &caller, &form.fields, errors).await),
+        Ok(request) if form.problems.is_empty() => request,
+        Ok(_) => return Err(refused(&state, &caller, &form.fields, form.problems).await),
+        Err(errors) => {
+            let errors = form.with_problems(errors);
+            return Err(refused(&state, &caller, &form.fields, errors).await);
+        }
     };
     let file_digest = form.upload.as_ref().map_or("", |u| u.id.as_str());
     let digest = state.sealer.digest(
@@ -229,13 +237,32 @@ async fn from_form(
     submit(&state, &caller, &answer, sub).await
 }
 
-/// A form's text parts gathered as the JSON variant's fields, and its template file.
+/// A form's text parts gathered as the JSON variant's fields, its template file, and the faults
+/// of its parts (reported with the fields' own, all at once).
 struct Form {
     fields: Map<String, Value>,
     upload: Option<Upload>,
+    problems: Vec<FieldError>,
 }
 
-/// Reads every part; the `template` file part into memory, within the upload budget.
+impl Form {
+    /// The form's faults, then the fields' own faults `errors`, but for fields whose part was
+    /// already at fault (a part too long or not text is not also "required").
+    fn with_problems(&self, errors: Vec<FieldError>) -> Vec<FieldError> {
+        let mut all = self.problems.clone();
+        all.extend(
+            errors
+                .into_iter()
+                .filter(|e| !self.problems.iter().any(|p| p.field == e.field)),
+        );
+        all
+    }
+}
+
+/// Reads every part; the `template` file part into memory, within the upload budget. A part at
+/// fault (a name given twice, a number mapped twice, text too long or not UTF-8) is noted and
+/// the reading goes on, so every fault is reported at once; text parts are kept within
+/// `FORM_TEXT_TOTAL` bytes together (`413` past it, as a JSON body past its limit).
 async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError> {
     let max = state.settings.template_max_bytes;
     // A form declared larger than `max` is `413` before a byte is read; its length bounds the
@@ -247,51 +274,69 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
     let mut form = Form {
         fields: Map::new(),
         upload: None,
+        problems: Vec::new(),
     };
     let mut number_map = Map::new();
+    let mut kept = 0;
     while let Some(field) = multipart.next_field().await? {
         let name = field.name().unwrap_or_default().to_owned();
-        match name.as_str() {
-            "template" if form.upload.is_none() => {
+        let shown = validate::shortened(&name);
+        // Every part costs its name and a little more, so many empty parts are bounded too.
+        kept += name.len() + FORM_PART_COST;
+        if kept > FORM_TEXT_TOTAL {
+            return Err(text_too_large());
+        }
+        if name == "template" {
+            if form.upload.is_none() {
                 let budget = &state.template_budget;
                 form.upload = Some(upload::read(budget, field, length, max).await?);
+            } else {
+                form.problems
+                    .push(FieldError::new(&shown, "appears more than once"));
+                skip(field).await?;
             }
-            "numberMap" => {
-                let pair = form_text(field).await?;
-                let (key, value) = match pair.split_once(':') {
-                    Some((from, to)) => {
-                        (from.trim().to_owned(), Value::String(to.trim().to_owned()))
-                    }
-                    None => (pair, Value::Null),
-                };
-                if number_map.contains_key(&key) {
-                    return Err(FieldError::new(
-                        "numberMap",
-                        format!(
-                            "key {:?} is mapped more than once",
-                            validate::shortened(&key)
-                        ),
-                    )
-                    .into());
-                }
+            continue;
+        }
+        let text = match form_text(field, FORM_TEXT_TOTAL - kept).await? {
+            Text::Kept(text) => text,
+            Text::TooLong => {
+                let message = format!("is larger than {FORM_TEXT_LIMIT} bytes");
+                form.problems.push(FieldError::new(&shown, message));
+                continue;
+            }
+            Text::NotUtf8 => {
+                form.problems
+                    .push(FieldError::new(&shown, "is not UTF-8 text"));
+                continue;
+            }
+        };
+        kept += text.len();
+        if name == "numberMap" {
+            let (key, value) = match text.split_once(':') {
+                Some((from, to)) => (from.trim().to_owned(), Value::String(to.trim().to_owned())),
+                None => (text, Value::Null),
+            };
+            if number_map.contains_key(&key) {
+                let message = format!(
+                    "key {:?} is mapped more than once",
+                    validate::shortened(&key)
+                );
+                form.problems.push(FieldError::new("numberMap", message));
+            } else {
                 number_map.insert(key, value);
             }
-            _ if form.fields.contains_key(&name) || name == "template" => {
-                return Err(
-                    FieldError::new(&validate::shortened(&name), "appears more than once").into(),
-                );
-            }
-            _ => {
-                let text = form_text(field).await?;
-                let value = match name.as_str() {
-                    "lockTimeout" => text
-                        .trim()
-                        .parse::<u64>()
-                        .map_or(Value::String(text), Value::from),
-                    _ => Value::String(text),
-                };
-                form.fields.insert(name, value);
-            }
+        } else if form.fields.contains_key(&name) {
+            form.problems
+                .push(FieldError::new(&shown, "appears more than once"));
+        } else {
+            let value = match name.as_str() {
+                "lockTimeout" => text
+                    .trim()
+                    .parse::<u64>()
+                    .map_or(Value::String(text), Value::from),
+                _ => Value::String(text),
+            };
+            form.fields.insert(name, value);
         }
     }
     if !number_map.is_empty() {
@@ -301,18 +346,39 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
     Ok(form)
 }
 
-/// A text part, read chunk by chunk: past `FORM_TEXT_LIMIT` bytes it is `413` before more is read.
-async fn form_text(mut field: Field<'_>) -> Result<String, ApiError> {
-    let name = field.name().unwrap_or_default().to_owned();
+/// A text part as read.
+enum Text {
+    Kept(String),
+    /// Longer than `FORM_TEXT_LIMIT`: its bytes were read and dropped.
+    TooLong,
+    NotUtf8,
+}
+
+/// A text part, read chunk by chunk: one longer than `FORM_TEXT_LIMIT` is read to its end and
+/// dropped; one that would take the form's text past the `room` it has left is `413` at once.
+async fn form_text(mut field: Field<'_>, room: usize) -> Result<Text, ApiError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = field.chunk().await? {
         if bytes.len() + chunk.len() > FORM_TEXT_LIMIT {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "form part `{name}` is larger than {FORM_TEXT_LIMIT} bytes"
-            )));
+            skip(field).await?;
+            return Ok(Text::TooLong);
+        }
+        if bytes.len() + chunk.len() > room {
+            return Err(text_too_large());
         }
         bytes.extend_from_slice(&chunk);
     }
-    String::from_utf8(bytes)
-        .map_err(|_| ApiError::BadRequest(format!("form part `{name}` is not UTF-8 text")))
+    Ok(String::from_utf8(bytes).map_or(Text::NotUtf8, Text::Kept))
+}
+
+/// Reads the rest of a part into nothing (the body's limit bounds it).
+async fn skip(mut field: Field<'_>) -> Result<(), ApiError> {
+    while field.chunk().await?.is_some() {}
+    Ok(())
+}
+
+fn text_too_large() -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "a form's text parts may have at most {FORM_TEXT_TOTAL} bytes together"
+    ))
 }

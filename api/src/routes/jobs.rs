@@ -12,8 +12,8 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{
-        Page, PageQuery, PathText, job_key, job_key_text, not_a_cursor, query_param, status_param,
-        wait_deadline,
+        Page, PageQuery, PathText, job_key, job_key_text, not_a_cursor, optional_param,
+        status_param, wait_deadline,
     },
     openapi::shapes::{HostName, JobIdText, PageLimit, WaitSeconds},
     wait,
@@ -77,12 +77,12 @@ pub(super) async fn list_jobs(
 ) -> Result<Json<Page<JobView>>, ApiError> {
     let mut errors = Vec::new();
     let status = status_param(&uri, &mut errors);
-    let tenant_url = query_param(&uri, "tenantUrl").and_then(|u| {
+    let tenant_url = optional_param(&uri, "tenantUrl").and_then(|u| {
         TenantUrl::parse(&u)
             .map_err(|m| errors.push(FieldError::new("tenantUrl", m)))
             .ok()
     });
-    let batch_id = query_param(&uri, "batchId").and_then(|b| {
+    let batch_id = optional_param(&uri, "batchId").and_then(|b| {
         Uuid::parse_str(&b)
             .map_err(|_| errors.push(FieldError::new("batchId", "must be a UUID")))
             .ok()

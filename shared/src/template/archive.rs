@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     ACCESS_NUMBERS, AUDIT, CALLING_LISTS, Contents, Limits, MANIFEST, Manifest, OBJECTS, TENANT,
-    Template, TemplateError, USERS, json,
+    Template, TemplateError, USERS, check, json,
     zipdir::{self, DirEntry},
 };
 
@@ -164,8 +164,8 @@ pub(super) fn build(
             parse(&mut entries, AUDIT)?.unwrap_or_default(),
         ),
         Contents::ForCreate => {
-            check_shape::<json::ListShape>(&mut entries, CALLING_LISTS)?;
-            check_shape::<json::AuditShape>(&mut entries, AUDIT)?;
+            check_each(&mut entries, CALLING_LISTS, check::calling_list)?;
+            check_each(&mut entries, AUDIT, check::audit_entry)?;
             (Vec::new(), Vec::new())
         }
     };
@@ -195,14 +195,21 @@ fn parse<T: DeserializeOwned>(
         .transpose()
 }
 
-/// Checks a list the job does not import for shape, building nothing.
-fn check_shape<T: DeserializeOwned>(
+/// Checks a list the job does not import: the shape and string rules of each element, as Import
+/// Tenant's, one element built at a time.
+fn check_each<T: DeserializeOwned>(
     entries: &mut Entries,
     name: &'static str,
+    check: fn(usize, &T) -> Result<(), TemplateError>,
 ) -> Result<(), TemplateError> {
     match entries.remove(name) {
-        Some(body) => json::check_list::<T>(&body)
-            .map_err(|e| TemplateError::InvalidEntry(name, e.to_string())),
+        Some(body) => {
+            json::check_list(&body, |i, element: T| check(i, &element)).map_err(|fault| match fault
+            {
+                Ok(fault) => fault,
+                Err(e) => TemplateError::InvalidEntry(name, e.to_string()),
+            })
+        }
         None => Ok(()),
     }
 }

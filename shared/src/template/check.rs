@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{Template, TemplateError};
+use super::{AuditEntry, CallingListEntry, Template, TemplateError};
 use crate::{
     domain::{TenantUrl, is_access_number, is_email, is_hidden_char},
     passwords,
@@ -159,13 +159,23 @@ impl Template {
     /// Calling-list names and audit fields (imported only by Import Tenant).
     fn check_history(&self) -> Result<(), TemplateError> {
         for (i, l) in self.calling_lists.iter().enumerate() {
-            text(&|| format!("calling_lists[{i}].name"), &l.name, 255)?;
+            calling_list(i, l)?;
         }
         for (i, a) in self.audit.iter().enumerate() {
-            text(&|| format!("audit[{i}].actor"), &a.actor, 255)?;
-            text(&|| format!("audit[{i}].action"), &a.action, 64)?;
-            text(&|| format!("audit[{i}].object"), &a.object, 512)?;
+            audit_entry(i, a)?;
         }
         Ok(())
     }
+}
+
+/// The rules of the `i`th calling list's strings (a create, which imports none, checks them too).
+pub(super) fn calling_list(i: usize, l: &CallingListEntry) -> Result<(), TemplateError> {
+    text(&|| format!("calling_lists[{i}].name"), &l.name, 255)
+}
+
+/// The rules of the `i`th audit entry's strings.
+pub(super) fn audit_entry(i: usize, a: &AuditEntry) -> Result<(), TemplateError> {
+    text(&|| format!("audit[{i}].actor"), &a.actor, 255)?;
+    text(&|| format!("audit[{i}].action"), &a.action, 64)?;
+    text(&|| format!("audit[{i}].object"), &a.object, 512)
 }

@@ -261,8 +261,8 @@ fn import_checks_the_tenants_own_name_url_and_sip_domain_and_create_does_not() {
 }
 
 #[test]
-fn create_checks_lists_it_does_not_import_for_shape_only() {
-    let lists = json!([{"id": ID, "name": "n\u{0}", "entries": [{"a": [[[[1]]]]}]}]);
+fn create_checks_the_lists_it_does_not_import_as_import_does_and_builds_none() {
+    let lists = json!([{"id": ID, "name": "n", "entries": [{"a": [[[[1]]]]}]}]);
     let audit = json!([{"at": "2026-11-30T10:00:00Z", "actor": "a", "action": "b", "object": "c", "details": {"x": 1}}]);
     let t = read_with(
         Contents::ForCreate,
@@ -274,17 +274,50 @@ fn create_checks_lists_it_does_not_import_for_shape_only() {
         t.calling_lists.is_empty() && t.audit.is_empty(),
         "nothing built"
     );
-    let imported = read_with(Contents::All, &tenant(), &[(AUDIT, audit)]).unwrap();
+    let imported = read_with(Contents::All, &tenant(), &[(AUDIT, audit.clone())]).unwrap();
     assert_eq!(imported.audit[0].details.to_value(), json!({"x": 1}));
-    let err = read_with(Contents::All, &tenant(), &[(CALLING_LISTS, lists)]).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("calling_lists[0].name must not contain"),
-        "{err}"
-    );
-    let bad_shape = json!([{"at": "yesterday", "actor": "a", "action": "b", "object": "c"}]);
-    assert!(matches!(
-        read_with(Contents::ForCreate, &tenant(), &[(AUDIT, bad_shape)]),
-        Err(TemplateError::InvalidEntry(AUDIT, _))
-    ));
+    // Each fault, in the second element: the same verdict for a create as for an import.
+    let second = |entry: &Value, field: &str, value: Value| {
+        let mut list = vec![entry[0].clone(), entry[0].clone()];
+        list[1][field] = value;
+        Value::Array(list)
+    };
+    let cases = [
+        (
+            CALLING_LISTS,
+            second(&lists, "name", json!("n\u{0}")),
+            Some("calling_lists[1].name must not contain"),
+        ),
+        (CALLING_LISTS, second(&lists, "name", json!(5)), None),
+        (CALLING_LISTS, second(&lists, "entries", json!(["x"])), None),
+        (
+            CALLING_LISTS,
+            second(&lists, "id", json!("not a uuid")),
+            None,
+        ),
+        (AUDIT, second(&audit, "actor", json!(1)), None),
+        (
+            AUDIT,
+            second(&audit, "action", json!("a".repeat(65))),
+            Some("audit[1].action must be at most 64"),
+        ),
+        (AUDIT, second(&audit, "object", json!(null)), None),
+        (AUDIT, second(&audit, "details", json!("text")), None),
+        (AUDIT, second(&audit, "at", json!("yesterday")), None),
+    ];
+    for (entry, body, rule) in cases {
+        for contents in [Contents::ForCreate, Contents::All] {
+            let err = read_with(contents, &tenant(), &[(entry, body.clone())]).unwrap_err();
+            match rule {
+                Some(rule) => assert!(
+                    matches!(&err, TemplateError::InvalidContent(m) if m.contains(rule)),
+                    "{entry} {body}: {err}"
+                ),
+                None => assert!(
+                    matches!(err, TemplateError::InvalidEntry(e, _) if e == entry),
+                    "{entry} {body}: {err}"
+                ),
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::{fmt, marker::PhantomData};
 
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
-    de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
+    de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor},
 };
 use serde_json::{Map, Value, value::RawValue};
 
@@ -260,44 +260,54 @@ impl<'de> Visitor<'de> for Scan {
     }
 }
 
-/// Checks that `body` is a JSON list whose every element has the shape `T`, building nothing
-/// but one element at a time (give `T` `IgnoredAny` fields for what need not be looked at).
-pub(super) fn check_list<T: for<'de> Deserialize<'de>>(body: &[u8]) -> serde_json::Result<()> {
-    struct Elements<T>(PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for Elements<T> {
+/// Checks that `body` is a JSON list whose every element has the shape `T` and passes `check`
+/// (given its position), building one element at a time. The first fault `check` finds is
+/// returned as `Err(Ok(fault))`, a JSON fault as `Err(Err(e))`.
+pub(super) fn check_list<T, E>(
+    body: &[u8],
+    mut check: impl FnMut(usize, T) -> Result<(), E>,
+) -> Result<(), Result<E, serde_json::Error>>
+where
+    T: for<'de> Deserialize<'de>,
+{
+    struct Elements<'c, T, E, C: FnMut(usize, T) -> Result<(), E>> {
+        check: &'c mut C,
+        fault: &'c mut Option<E>,
+        element: PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>, E, C: FnMut(usize, T) -> Result<(), E>> Visitor<'de>
+        for Elements<'_, T, E, C>
+    {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a list")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element::<T>()?.is_some() {}
+            let mut i = 0;
+            while let Some(element) = seq.next_element::<T>()? {
+                if let Err(fault) = (self.check)(i, element) {
+                    *self.fault = Some(fault);
+                    return Err(de::Error::custom("a checked element is at fault"));
+                }
+                i += 1;
+            }
             Ok(())
         }
     }
+    let mut fault = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    de.deserialize_seq(Elements::<T>(PhantomData))?;
-    de.end()
-}
-
-/// The shape of a calling list and of an audit entry, for a job that imports neither.
-#[derive(Deserialize)]
-#[expect(dead_code, reason = "read only for their shape")]
-pub(super) struct ListShape {
-    id: uuid::Uuid,
-    name: IgnoredAny,
-    #[serde(default)]
-    entries: Option<Vec<IgnoredAny>>,
-}
-
-#[derive(Deserialize)]
-#[expect(dead_code, reason = "read only for their shape")]
-pub(super) struct AuditShape {
-    at: chrono::DateTime<chrono::Utc>,
-    actor: IgnoredAny,
-    action: IgnoredAny,
-    object: IgnoredAny,
-    #[serde(default)]
-    details: Option<IgnoredAny>,
+    let read = de
+        .deserialize_seq(Elements {
+            check: &mut check,
+            fault: &mut fault,
+            element: PhantomData,
+        })
+        .and_then(|()| de.end());
+    match (fault, read) {
+        (Some(fault), _) => Err(Ok(fault)),
+        (None, Err(e)) => Err(Err(e)),
+        (None, Ok(())) => Ok(()),
+    }
 }
 
 /// `deserialize_with` for a user's roles: at most `check::MAX_ROLES` + 1 are built (one more

@@ -110,8 +110,9 @@ pub enum TemplateError {
 /// What a read builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contents {
-    /// What create-from-template imports: calling lists and audit history are checked for
-    /// shape, never built; the tenant's own URL, name and SIP domain are not checked (replaced).
+    /// What create-from-template imports: calling lists and audit history are checked as Import
+    /// Tenant checks them (shape and strings), one element at a time, never kept; the tenant's
+    /// own URL, name and SIP domain are not checked (replaced).
     ForCreate,
     /// Everything (Import Tenant, or reading an export).
     All,
