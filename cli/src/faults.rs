@@ -1,7 +1,8 @@
-//! More faults of a refused template than the first: the server's reader stops at the first
-//! fault, so after it has refused a template whose archive is sound, each entry is parsed on
-//! its own and each part (users with objects, access numbers, calling lists with audit) is
-//! checked on its own by the same reader, so every faulty part is named in one run.
+//! Every fault of a refused template, not only the first: the server's reader stops at the
+//! first fault, so after it has refused a template whose archive is sound, each entry is parsed
+//! on its own, the manifest's format and versions are each checked, and the entries that parse
+//! are checked together by the same rules (`Template::faults`), which go on past a fault: every
+//! faulty element is named in one run (up to `MOST`).
 
 use std::io::{Cursor, Read};
 
@@ -45,6 +46,9 @@ fn entry<T: DeserializeOwned>(
         .ok()
 }
 
+/// Most faults of the template's rules one check names.
+const MOST: usize = 100;
+
 /// Every fault found besides (and including) those already known, in order, each once.
 pub fn more(bytes: &[u8], db_version: i64, known: Vec<String>) -> Vec<String> {
     let mut faults = known;
@@ -66,43 +70,31 @@ pub fn more(bytes: &[u8], db_version: i64, known: Vec<String>) -> Vec<String> {
         lists: entry(&mut archive, format::CALLING_LISTS, &limits, &mut found),
         audit: entry(&mut archive, format::AUDIT, &limits, &mut found),
     };
+    if let Some(manifest) = &parsed.manifest {
+        found.extend(
+            manifest
+                .faults(Some(db_version))
+                .iter()
+                .map(ToString::to_string),
+        );
+    }
     if let (Some(mut manifest), Some(tenant)) = (parsed.manifest, parsed.tenant) {
         manifest.db_version = db_version;
-        let empty = Template {
+        // Users name objects (teams): without the objects they are not judged.
+        let (users, objects) = match parsed.objects {
+            Some(objects) => (parsed.users.unwrap_or_default(), objects),
+            None => (Vec::new(), Vec::new()),
+        };
+        let template = Template {
             manifest,
             tenant,
-            users: vec![],
-            objects: vec![],
-            access_numbers: vec![],
-            calling_lists: vec![],
-            audit: vec![],
+            users,
+            objects,
+            access_numbers: parsed.numbers.unwrap_or_default(),
+            calling_lists: parsed.lists.unwrap_or_default(),
+            audit: parsed.audit.unwrap_or_default(),
         };
-        let mut parts = vec![empty.clone()];
-        if let (Some(users), Some(objects)) = (parsed.users, parsed.objects) {
-            parts.push(Template {
-                users,
-                objects,
-                ..empty.clone()
-            });
-        }
-        if let Some(access_numbers) = parsed.numbers {
-            parts.push(Template {
-                access_numbers,
-                ..empty.clone()
-            });
-        }
-        if let (Some(calling_lists), Some(audit)) = (parsed.lists, parsed.audit) {
-            parts.push(Template {
-                calling_lists,
-                audit,
-                ..empty.clone()
-            });
-        }
-        for part in parts {
-            if let Err(e) = Template::read_for_create(&part.write(), &limits, db_version) {
-                found.push(e.to_string());
-            }
-        }
+        found.extend(template.faults(false, MOST).iter().map(ToString::to_string));
     }
     for fault in found {
         if !faults.contains(&fault) {

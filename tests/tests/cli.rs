@@ -126,8 +126,9 @@ async fn examples_pack_check_and_upload_with_the_servers_db_version() {
     cli.run(&["template", "upload", junk.to_str().unwrap()])
         .await
         .expect(4);
-    // Faults in two parts of one template: both are printed.
+    // Faults in two parts of one template, and two in one part: every one is printed.
     let mut faulty = fixtures::sample_template(app.db_version().await);
+    faulty.users[0].first_name = "Ad\u{202e}a".into();
     faulty.users[1].email = "not-an-address".into();
     faulty.access_numbers[0].number = "99999".into();
     faulty.access_numbers[0].count = 10;
@@ -137,15 +138,24 @@ async fn examples_pack_check_and_upload_with_the_servers_db_version() {
         .run(&["template", "check", faulty_zip.to_str().unwrap()])
         .await
         .expect(4);
-    assert!(
-        out.stderr
-            .contains("users[1].email must be a valid e-mail address")
-            && out
-                .stderr
-                .contains("range 99999 x 10 runs past its digit length"),
-        "{}",
-        out.stderr
-    );
+    for fault in [
+        "users[0].firstName must not contain control or Unicode format characters",
+        "users[1].email must be a valid e-mail address",
+        "range 99999 x 10 runs past its digit length",
+    ] {
+        assert!(out.stderr.contains(fault), "{fault}: {}", out.stderr);
+    }
+    // The manifest's faults, each of them, beside the contents'.
+    faulty.manifest.format_version = 2;
+    faulty.manifest.db_version = 7;
+    std::fs::write(&faulty_zip, faulty.write()).unwrap();
+    let out = cli
+        .run(&["template", "check", faulty_zip.to_str().unwrap()])
+        .await
+        .expect(4);
+    for fault in ["formatVersion is 2", "dbVersion is 7", "users[1].email"] {
+        assert!(out.stderr.contains(fault), "{fault}: {}", out.stderr);
+    }
     let broken = scratch.path("broken");
     std::fs::create_dir(&broken).unwrap();
     for entry in ["tenant.json", "objects.json", "access_numbers.json"] {

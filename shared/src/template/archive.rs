@@ -130,20 +130,8 @@ pub(super) fn read_manifest(
     let mut entries = read_entries(bytes, limits)?;
     let manifest: Manifest =
         parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
-    if manifest.format != super::FORMAT {
-        return Err(TemplateError::Incompatible(
-            "format",
-            manifest.format,
-            super::FORMAT.to_owned(),
-        ));
-    }
-    if manifest.format_version != super::FORMAT_VERSION {
-        let v = manifest.format_version.to_string();
-        return Err(TemplateError::Incompatible(
-            "formatVersion",
-            v,
-            super::FORMAT_VERSION.to_string(),
-        ));
+    if let Some(fault) = manifest.faults(None).into_iter().next() {
+        return Err(fault);
     }
     Ok((manifest, entries))
 }

@@ -321,3 +321,46 @@ fn create_checks_the_lists_it_does_not_import_as_import_does_and_builds_none() {
         }
     }
 }
+
+#[test]
+fn the_checks_find_every_faulty_element_and_the_first_is_the_readers_fault() {
+    let mut users = vec![user(), user(), user()];
+    users[0]["firstName"] = json!("Gr\u{202e}ace");
+    users[1]["id"] = json!("1b8f7a52-2f61-4a55-9a39-2f4d2a6e8f10");
+    users[1]["loginId"] = json!("second");
+    users[2]["id"] = json!("2b8f7a52-2f61-4a55-9a39-2f4d2a6e8f10");
+    users[2]["loginId"] = json!("third");
+    users[2]["email"] = json!("not an address");
+    let numbers = json!([{"number": "99999", "count": 10, "media": "VOICE"},
+                         {"number": "0000000000", "count": 10, "media": "VOICE"}]);
+    let template = Template {
+        manifest: serde_json::from_value(manifest()).unwrap(),
+        tenant: serde_json::from_value(tenant()).unwrap(),
+        users: serde_json::from_value(Value::Array(users.clone())).unwrap(),
+        objects: vec![],
+        access_numbers: serde_json::from_value(numbers.clone()).unwrap(),
+        calling_lists: vec![],
+        audit: vec![],
+    };
+    let faults: Vec<String> = template
+        .faults(false, 100)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(faults.len(), 3, "{faults:?}");
+    assert!(faults[0].contains("users[0].firstName"), "{faults:?}");
+    assert!(faults[1].contains("users[2].email"), "{faults:?}");
+    assert!(faults[2].contains("range 99999 x 10"), "{faults:?}");
+    assert_eq!(template.faults(false, 1).len(), 1, "stops at `most`");
+    let read = read_with(
+        Contents::ForCreate,
+        &tenant(),
+        &[(USERS, Value::Array(users)), (ACCESS_NUMBERS, numbers)],
+    )
+    .unwrap_err();
+    assert_eq!(
+        read.to_string(),
+        faults[0],
+        "the reader refuses with the first"
+    );
+}

@@ -153,13 +153,8 @@ impl Template {
         contents: Contents,
     ) -> Result<Self, TemplateError> {
         let (manifest, entries) = archive::read_manifest(bytes, limits)?;
-        if manifest.db_version != db_version {
-            let v = manifest.db_version.to_string();
-            return Err(TemplateError::Incompatible(
-                "dbVersion",
-                v,
-                db_version.to_string(),
-            ));
+        if let Some(fault) = manifest.faults(Some(db_version)).into_iter().next() {
+            return Err(fault);
         }
         archive::build(manifest, entries, contents)
     }
