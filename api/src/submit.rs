@@ -110,6 +110,21 @@ pub(crate) enum Submitted {
     TooManyJobs,
 }
 
+/// The answers of Import Tenant, which always answers `202` (no `Prefer: wait`).
+#[derive(utoipa::IntoResponses)]
+#[expect(dead_code, reason = "documents the answers that `submit` builds")]
+pub(crate) enum Imported {
+    /// Accepted: the job, queued.
+    #[response(status = 202, headers(("Location" = String, description = "/configapi/v2/jobs/{jobId}")))]
+    Accepted(JobView),
+    /// `Idempotency-Key` reused with another request.
+    #[response(status = 422)]
+    KeyReused,
+    /// The client has too many queued or running jobs (`Retry-After`).
+    #[response(status = 429)]
+    TooManyJobs,
+}
+
 /// How the caller asked to be answered: its `Idempotency-Key` and `Prefer: wait`; and the
 /// request's trace context, which the job continues.
 #[derive(Debug, Clone)]

@@ -507,6 +507,21 @@ async fn import_upgrades_known_older_versions_and_refuses_newer_or_unknown_ones(
         job["code"], 400,
         "a bad archive is a job failure, never an immediate error"
     );
+    // Import Tenant always answers 202: `Prefer: wait` does not turn its job's end into the
+    // answer (the job above ended in milliseconds; this one would have too).
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/tenant"))
+        .header("content-type", "application/zip")
+        .header("prefer", "wait=10")
+        .body(b"garbage".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().get("preference-applied").is_none());
+    let job = job_of(r, &app).await;
+    assert_eq!(job["code"], 400);
     app.stop().await;
 }
 

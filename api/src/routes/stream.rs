@@ -19,9 +19,9 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError, all_valid},
-    extract::{JobLockTimeout, PathText},
+    extract::{JobLockTimeout, PathText, PreferWait},
     openapi::shapes::{HostName, LockTimeoutSeconds, ZipBody},
-    submit::{Answer, JobTemplate, Submission, Submitted, submit},
+    submit::{Answer, Imported, JobTemplate, Submission, Submitted, submit},
     upload::{self, Upload, require_zip},
 };
 
@@ -101,14 +101,14 @@ pub(super) async fn create_from_stream(
     submit(&state, &caller, &answer, sub).await
 }
 
-/// `POST /configapi/v2/tenant?lockTimeout=N`: Import Tenant. Always a job: a bad archive or an
-/// existing tenant ends it with code 400 or 409.
+/// `POST /configapi/v2/tenant?lockTimeout=N`: Import Tenant. Always a job, always `202`: a bad
+/// archive or an existing tenant ends it with code 400 or 409 (`Prefer: wait` is not applied).
 #[utoipa::path(post, path = "/configapi/v2/tenant", tag = "tenants",
     operation_id = "importTenant",
     params(("lockTimeout" = inline(Option<LockTimeoutSeconds>), Query, description = "Seconds to wait for the import lock, 0-3600 (default 120)")),
     request_body(content = inline(ZipBody), content_type = "application/zip", description = "An exported tenant"),
     responses(
-        Submitted,
+        Imported,
         (status = 400, description = "Invalid lockTimeout"),
         (status = 413, description = "The archive is too large"),
         (status = 415, description = "Not a ZIP"),
@@ -122,6 +122,10 @@ pub(super) async fn import_tenant(
 ) -> Result<Response, ApiError> {
     require_zip(request.headers())?;
     let lock_timeout = lock_timeout?.0;
+    let answer = Answer {
+        prefer_wait: PreferWait(None),
+        ..answer
+    };
     let upload = read_body(&state, request).await?;
     // The job names its tenant when the archive says which, within a bounded read (the
     // directory and the start of tenant.json); a bad archive fails in the worker.
