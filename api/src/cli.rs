@@ -10,12 +10,17 @@ use rand::RngCore;
 
 use crate::auth::all_scope_names;
 
-const USAGE: &str = "usage:
+pub(crate) const USAGE: &str = "usage:
   provisioner-api                      run the API
   provisioner-api openapi              print the OpenAPI document
   provisioner-api client create --name NAME [--scopes tenants:read,tenants:write] [--id ID]
   provisioner-api client list
   provisioner-api client revoke ID";
+
+/// Whether `args` (without the program name) ask for the usage.
+pub(crate) fn asks_for_help(args: &[String]) -> bool {
+    matches!(args, [one] if ["-h", "--help", "help"].contains(&one.as_str()))
+}
 
 /// An operator command, read before anything is connected to.
 enum Command<'a> {
@@ -29,10 +34,8 @@ enum Command<'a> {
 }
 
 impl<'a> Command<'a> {
-    /// The command `args` name; `None` when they ask for help.
-    fn parse(args: &[&'a str]) -> anyhow::Result<Option<Self>> {
-        Ok(Some(match args {
-            ["-h" | "--help" | "help"] => return Ok(None),
+    fn parse(args: &[&'a str]) -> anyhow::Result<Self> {
+        Ok(match args {
             ["client", "create", rest @ ..] => {
                 let opt = |name: &str| {
                     rest.iter()
@@ -60,18 +63,16 @@ impl<'a> Command<'a> {
             ["client", "list"] => Self::List,
             ["client", "revoke", id] => Self::Revoke(id),
             _ => anyhow::bail!("{USAGE}"),
-        }))
+        })
     }
 }
 
 /// Runs the command in `args` (without the program name); prints to stdout. A command is read
-/// whole before the database is connected to (so a mistyped one, or `--help`, creates nothing).
+/// whole before the database is connected to (so a mistyped one creates nothing; `--help` is
+/// answered before, see `asks_for_help`).
 pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let Some(command) = Command::parse(&args)? else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+    let command = Command::parse(&args)?;
     let pool = db::connect(
         &settings.database_url,
         &PoolConfig {

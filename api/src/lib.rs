@@ -299,9 +299,14 @@ pub async fn run(
 
 /// The binary's whole `main`: telemetry, settings, signals, run.
 pub async fn main_entry() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // Help needs no settings: it answers whatever the environment holds.
+    if cli::asks_for_help(&args) {
+        println!("{}", cli::USAGE);
+        return Ok(());
+    }
     let settings = Settings::from_env()?;
     telemetry::init_as(settings.log_format, "provisioner-api");
-    let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("openapi") {
         println!("{}", openapi::document().to_pretty_json()?);
         return Ok(());

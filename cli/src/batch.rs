@@ -86,12 +86,12 @@ impl Layout {
     /// The layout of `--format` (if given) under `--json` (if given).
     pub fn of(format: Option<ResultsFormat>, json: bool) -> Result<Self> {
         match (format, json) {
-            (Some(ResultsFormat::Csv), true) => Err(Failure::invalid(
-                "--json prints JSON: it cannot be given with --format csv",
+            (Some(_), true) => Err(Failure::invalid(
+                "--json prints the results as one JSON array: it cannot be given with --format",
             )),
             (Some(ResultsFormat::Csv), false) => Ok(Self::Csv),
-            (_, true) => Ok(Self::Array),
-            (_, false) => Ok(Self::Ndjson),
+            (Some(ResultsFormat::Ndjson) | None, false) => Ok(Self::Ndjson),
+            (None, true) => Ok(Self::Array),
         }
     }
 }
@@ -125,6 +125,20 @@ pub async fn results(
         Layout::Ndjson => Writer::Ndjson,
         Layout::Array => Writer::Array { items: 0 },
     };
+    let copied = copy_results(&mut response, &mut writer, &mut sink).await;
+    // Whatever stopped the copy, what was written is ended (an array is closed, so stdout
+    // stays one JSON document); the exit code and stderr say it stopped.
+    let ended = writer.finish(&mut sink).and_then(|()| Ok(sink.flush()?));
+    copied.and(ended)?;
+    Ok(Exit::Ok)
+}
+
+/// Copies the results' NDJSON lines to `writer` as they arrive.
+async fn copy_results(
+    response: &mut reqwest::Response,
+    writer: &mut Writer,
+    sink: &mut impl Write,
+) -> Result<()> {
     let mut pending = Vec::new();
     let mut more = true;
     while more {
@@ -140,7 +154,7 @@ pub async fn results(
         }
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            writer.item(&line, &mut sink)?;
+            writer.item(&line, sink)?;
         }
         if pending.len() > MAX_RESULT_LINE {
             return Err(Failure::new(
@@ -150,11 +164,9 @@ pub async fn results(
         }
     }
     if !pending.is_empty() {
-        writer.item(&pending, &mut sink)?;
+        writer.item(&pending, sink)?;
     }
-    writer.finish(&mut sink)?;
-    sink.flush()?;
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 /// Writes the results' lines in their layout.

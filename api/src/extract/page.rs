@@ -162,9 +162,13 @@ mod tests {
             read(&format!("limit={}", "9".repeat(30))).0.limit,
             MAX_LIMIT
         );
-        for bad in ["limit=0", "limit=-1", "limit=1.5", "limit="] {
+        for bad in ["limit=0", "limit=-1", "limit=1.5"] {
             assert_eq!(read(bad).1.len(), 1, "{bad}");
         }
+        // Empty is absent (a URL template's `?limit=&cursor=`): the default, the first page.
+        let (empty, errors) = read("limit=&cursor=");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(empty.limit, DEFAULT_LIMIT);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Create tenant from template: the JSON and form-data variants of one route.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::{
     Extension,
@@ -135,7 +135,8 @@ pub(super) struct CreateTenantFormFields {
 
 /// Largest text part of a form; a longer one is a fault of its field.
 const FORM_TEXT_LIMIT: usize = 64 << 10;
-/// Most bytes a form's text parts may hold together, names included: the JSON variant's limit.
+/// Most bytes a form's parts but its template may hold together, names included, kept or not:
+/// the JSON variant's limit.
 const FORM_TEXT_TOTAL: usize = 1 << 20;
 /// What a part costs against `FORM_TEXT_TOTAL` besides its name and text.
 const FORM_PART_COST: usize = 64;
@@ -152,7 +153,7 @@ const FORM_PART_COST: usize = 64;
         (status = 400, description = "Invalid fields (all named; a templateId this client did not store among them), or under Prefer: wait a bad template"),
         (status = 409, description = "The tenant, or an active job for it, exists"),
         (status = 422, description = "The Idempotency-Key was used with another body"),
-        (status = 413, description = "The template is too large"),
+        (status = 413, description = "The request is larger than PROVISIONER_TEMPLATE_MAX_BYTES, or a form's parts besides its template pass 1 MiB together"),
         (status = 415, description = "Not JSON or form data"),
         (status = 500, description = "Under Prefer: wait, the job failed after retries"),
         (status = 503, description = "Under Prefer: wait, lock timeout; or the server is receiving as many templates as its memory allows (Retry-After)")))]
@@ -239,21 +240,34 @@ async fn from_form(
 
 /// A form's text parts gathered as the JSON variant's fields, its template file, and the faults
 /// of its parts (reported with the fields' own, all at once).
+#[derive(Default)]
 struct Form {
     fields: Map<String, Value>,
     upload: Option<Upload>,
     problems: Vec<FieldError>,
+    /// The faults already noted (each is reported once, however many parts repeat it).
+    noted: HashSet<(String, String)>,
+    /// Every part name seen, and those whose only value was dropped (too long, not text).
+    seen: HashSet<String>,
+    dropped: HashSet<String>,
 }
 
 impl Form {
-    /// The form's faults, then the fields' own faults `errors`, but for fields whose part was
-    /// already at fault (a part too long or not text is not also "required").
+    fn fault(&mut self, field: &str, message: impl Into<String>) {
+        let message = message.into();
+        if self.noted.insert((field.to_owned(), message.clone())) {
+            self.problems.push(FieldError::new(field, message));
+        }
+    }
+
+    /// The form's faults, then the fields' own `errors`, but for fields whose value was dropped
+    /// (a part too long or not text is not also "required").
     fn with_problems(&self, errors: Vec<FieldError>) -> Vec<FieldError> {
         let mut all = self.problems.clone();
         all.extend(
             errors
                 .into_iter()
-                .filter(|e| !self.problems.iter().any(|p| p.field == e.field)),
+                .filter(|e| !self.dropped.contains(&e.field)),
         );
         all
     }
@@ -261,8 +275,9 @@ impl Form {
 
 /// Reads every part; the `template` file part into memory, within the upload budget. A part at
 /// fault (a name given twice, a number mapped twice, text too long or not UTF-8) is noted and
-/// the reading goes on, so every fault is reported at once; text parts are kept within
-/// `FORM_TEXT_TOTAL` bytes together (`413` past it, as a JSON body past its limit).
+/// the reading goes on, so every fault is reported at once. The other parts' bytes, kept or
+/// not, are at most `FORM_TEXT_TOTAL` together (`413` as soon as they pass it, as a JSON body
+/// past its limit), so a form's memory and reading time besides its template are bounded.
 async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError> {
     let max = state.settings.template_max_bytes;
     // A form declared larger than `max` is `413` before a byte is read; its length bounds the
@@ -271,72 +286,70 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let mut form = Form {
-        fields: Map::new(),
-        upload: None,
-        problems: Vec::new(),
-    };
+    let mut form = Form::default();
     let mut number_map = Map::new();
-    let mut kept = 0;
+    let mut read = 0;
     while let Some(field) = multipart.next_field().await? {
         let name = field.name().unwrap_or_default().to_owned();
         let shown = validate::shortened(&name);
         // Every part costs its name and a little more, so many empty parts are bounded too.
-        kept += name.len() + FORM_PART_COST;
-        if kept > FORM_TEXT_TOTAL {
+        read += name.len() + FORM_PART_COST;
+        if read > FORM_TEXT_TOTAL {
             return Err(text_too_large());
         }
-        if name == "template" {
-            if form.upload.is_none() {
-                let budget = &state.template_budget;
-                form.upload = Some(upload::read(budget, field, length, max).await?);
-            } else {
-                form.problems
-                    .push(FieldError::new(&shown, "appears more than once"));
-                skip(field).await?;
-            }
+        let first = form.seen.insert(name.clone());
+        if name == "template" && first {
+            let budget = &state.template_budget;
+            form.upload = Some(upload::read(budget, field, length, max).await?);
             continue;
         }
-        let text = match form_text(field, FORM_TEXT_TOTAL - kept).await? {
-            Text::Kept(text) => text,
-            Text::TooLong => {
-                let message = format!("is larger than {FORM_TEXT_LIMIT} bytes");
-                form.problems.push(FieldError::new(&shown, message));
-                continue;
-            }
-            Text::NotUtf8 => {
-                form.problems
-                    .push(FieldError::new(&shown, "is not UTF-8 text"));
-                continue;
-            }
-        };
-        kept += text.len();
+        let text = form_text(field, FORM_TEXT_TOTAL - read).await?;
+        read += text.bytes();
         if name == "numberMap" {
-            let (key, value) = match text.split_once(':') {
-                Some((from, to)) => (from.trim().to_owned(), Value::String(to.trim().to_owned())),
-                None => (text, Value::Null),
-            };
-            if number_map.contains_key(&key) {
-                let message = format!(
-                    "key {:?} is mapped more than once",
-                    validate::shortened(&key)
-                );
-                form.problems.push(FieldError::new("numberMap", message));
-            } else {
-                number_map.insert(key, value);
+            if let Text::Kept(pair) = text {
+                let (key, value) = match pair.split_once(':') {
+                    Some((from, to)) => {
+                        (from.trim().to_owned(), Value::String(to.trim().to_owned()))
+                    }
+                    None => (pair, Value::Null),
+                };
+                if number_map.contains_key(&key) {
+                    let shown_key = validate::shortened(&key);
+                    form.fault(
+                        "numberMap",
+                        format!("key {shown_key:?} is mapped more than once"),
+                    );
+                } else {
+                    number_map.insert(key, value);
+                }
+                continue;
             }
-        } else if form.fields.contains_key(&name) {
-            form.problems
-                .push(FieldError::new(&shown, "appears more than once"));
-        } else {
-            let value = match name.as_str() {
-                "lockTimeout" => text
-                    .trim()
-                    .parse::<u64>()
-                    .map_or(Value::String(text), Value::from),
-                _ => Value::String(text),
-            };
-            form.fields.insert(name, value);
+        } else if !first {
+            form.fault(&shown, "appears more than once");
+            continue;
+        }
+        match text {
+            Text::Kept(text) => {
+                let value = match name.as_str() {
+                    "lockTimeout" => text
+                        .trim()
+                        .parse::<u64>()
+                        .map_or(Value::String(text), Value::from),
+                    _ => Value::String(text),
+                };
+                form.fields.insert(name, value);
+            }
+            Text::TooLong(_) | Text::NotUtf8(_) => {
+                let message = match text {
+                    Text::TooLong(_) => format!("is larger than {FORM_TEXT_LIMIT} bytes"),
+                    _ => "is not UTF-8 text".to_owned(),
+                };
+                form.fault(&shown, message);
+                // Its only value is gone (a number map keeps its other parts' keys).
+                if name != "numberMap" {
+                    form.dropped.insert(name);
+                }
+            }
         }
     }
     if !number_map.is_empty() {
@@ -349,36 +362,47 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
 /// A text part as read.
 enum Text {
     Kept(String),
-    /// Longer than `FORM_TEXT_LIMIT`: its bytes were read and dropped.
-    TooLong,
-    NotUtf8,
+    /// Longer than `FORM_TEXT_LIMIT` (this many bytes), read and dropped.
+    TooLong(usize),
+    /// Not UTF-8 (this many bytes).
+    NotUtf8(usize),
+}
+
+impl Text {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Kept(text) => text.len(),
+            Self::TooLong(n) | Self::NotUtf8(n) => *n,
+        }
+    }
 }
 
 /// A text part, read chunk by chunk: one longer than `FORM_TEXT_LIMIT` is read to its end and
-/// dropped; one that would take the form's text past the `room` it has left is `413` at once.
+/// dropped; one that takes the form past the `room` it has left is `413` at once.
 async fn form_text(mut field: Field<'_>, room: usize) -> Result<Text, ApiError> {
     let mut bytes = Vec::new();
+    let mut dropped = 0;
     while let Some(chunk) = field.chunk().await? {
-        if bytes.len() + chunk.len() > FORM_TEXT_LIMIT {
-            skip(field).await?;
-            return Ok(Text::TooLong);
-        }
-        if bytes.len() + chunk.len() > room {
+        let total = bytes.len() + dropped + chunk.len();
+        if total > room {
             return Err(text_too_large());
         }
-        bytes.extend_from_slice(&chunk);
+        if total > FORM_TEXT_LIMIT {
+            dropped = total;
+            bytes = Vec::new();
+        } else {
+            bytes.extend_from_slice(&chunk);
+        }
     }
-    Ok(String::from_utf8(bytes).map_or(Text::NotUtf8, Text::Kept))
-}
-
-/// Reads the rest of a part into nothing (the body's limit bounds it).
-async fn skip(mut field: Field<'_>) -> Result<(), ApiError> {
-    while field.chunk().await?.is_some() {}
-    Ok(())
+    if dropped > 0 {
+        return Ok(Text::TooLong(dropped));
+    }
+    let len = bytes.len();
+    Ok(String::from_utf8(bytes).map_or(Text::NotUtf8(len), Text::Kept))
 }
 
 fn text_too_large() -> ApiError {
     ApiError::PayloadTooLarge(format!(
-        "a form's text parts may have at most {FORM_TEXT_TOTAL} bytes together"
+        "a form's parts but its template may have at most {FORM_TEXT_TOTAL} bytes together"
     ))
 }

@@ -63,13 +63,21 @@ pub(super) fn reading_cost(
     let dir = zipdir::walk(bytes, limits)?;
     let wanted = wanted(&dir, limits)?;
     let text: u64 = wanted.iter().map(|e| e.size).sum();
-    // What create only checks for shape costs its text, nothing built.
+    // What create checks and keeps nothing of is built one element at a time: at most its text
+    // once more (an element's strings and free-form text are no larger than their source).
     let built: u64 = wanted
         .iter()
-        .filter(|e| contents == Contents::All || ![CALLING_LISTS, AUDIT].contains(&e.name.as_str()))
-        .map(|e| e.size)
+        .map(|e| {
+            let checked_only = contents == Contents::ForCreate
+                && [CALLING_LISTS, AUDIT].contains(&e.name.as_str());
+            if checked_only {
+                e.size
+            } else {
+                e.size * BUILT_FACTOR
+            }
+        })
         .sum();
-    Ok(bytes.len() as u64 + text + built * BUILT_FACTOR + SLACK)
+    Ok(bytes.len() as u64 + text + built + SLACK)
 }
 
 /// Reads the known entries' bytes: never more than their headers declare, nor the limits allow.
@@ -146,14 +154,18 @@ pub(super) fn build(
     let users = parse(&mut entries, USERS)?.unwrap_or_default();
     let objects = parse(&mut entries, OBJECTS)?.unwrap_or_default();
     let access_numbers = parse(&mut entries, ACCESS_NUMBERS)?.unwrap_or_default();
+    let mut deferred = None;
     let (calling_lists, audit) = match contents {
         Contents::All => (
             parse(&mut entries, CALLING_LISTS)?.unwrap_or_default(),
             parse(&mut entries, AUDIT)?.unwrap_or_default(),
         ),
         Contents::ForCreate => {
-            check_each(&mut entries, CALLING_LISTS, check::calling_list)?;
-            check_each(&mut entries, AUDIT, check::audit_entry)?;
+            // Their shapes now, as every entry is parsed before any rule is checked; their
+            // strings' first fault after the rest's, where Import Tenant checks them.
+            let lists = check_each(&mut entries, CALLING_LISTS, check::calling_list)?;
+            let audit = check_each(&mut entries, AUDIT, check::audit_entry)?;
+            deferred = lists.or(audit);
             (Vec::new(), Vec::new())
         }
     };
@@ -167,7 +179,7 @@ pub(super) fn build(
         audit,
     };
     template.check(contents == Contents::All)?;
-    Ok(template)
+    deferred.map_or(Ok(template), Err)
 }
 
 fn parse<T: DeserializeOwned>(
@@ -183,23 +195,29 @@ fn parse<T: DeserializeOwned>(
         .transpose()
 }
 
-/// Checks a list the job does not import: the shape and string rules of each element, as Import
-/// Tenant's, one element built at a time.
+/// Checks a list the job does not import, one element built at a time: its shape (a fault is
+/// returned at once) and the rules of `check`, whose first fault is given back to be reported
+/// in its turn.
 fn check_each<T: DeserializeOwned>(
     entries: &mut Entries,
     name: &'static str,
     check: fn(usize, &T) -> Result<(), TemplateError>,
-) -> Result<(), TemplateError> {
-    match entries.remove(name) {
-        Some(body) => {
-            json::check_list(&body, |i, element: T| check(i, &element)).map_err(|fault| match fault
-            {
-                Ok(fault) => fault,
-                Err(e) => TemplateError::InvalidEntry(name, e.to_string()),
-            })
+) -> Result<Option<TemplateError>, TemplateError> {
+    let Some(body) = entries.remove(name) else {
+        return Ok(None);
+    };
+    let mut first = None;
+    json::check_list(&body, |i, element: T| {
+        if first.is_none() {
+            first = check(i, &element).err();
         }
-        None => Ok(()),
-    }
+        Ok::<(), TemplateError>(())
+    })
+    .map_err(|fault| match fault {
+        Ok(fault) => fault,
+        Err(e) => TemplateError::InvalidEntry(name, e.to_string()),
+    })?;
+    Ok(first)
 }
 
 /// Most bytes of the archive's tail `peek_tenant_url` reads to find the central directory.

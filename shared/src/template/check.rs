@@ -141,7 +141,12 @@ impl Template {
             if f.full() {
                 return;
             }
-            f.note(user(i, u));
+            // A user at fault is not judged further: the faults below quote its login id,
+            // which is only shown once it obeys the rules.
+            if let Err(fault) = user(i, u) {
+                f.note(Err(fault));
+                continue;
+            }
             if !ids.insert(u.id) {
                 f.bad(format!("user id {} appears twice", u.id));
             }
@@ -173,7 +178,10 @@ impl Template {
             if f.full() {
                 return;
             }
-            f.note(range(i, n));
+            if let Err(fault) = range(i, n) {
+                f.note(Err(fault));
+                continue;
+            }
             if !firsts.insert(n.number.as_str()) {
                 f.bad(format!("access number {} starts two ranges", n.number));
             }

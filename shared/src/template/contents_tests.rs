@@ -305,6 +305,20 @@ fn create_checks_the_lists_it_does_not_import_as_import_does_and_builds_none() {
         (AUDIT, second(&audit, "details", json!("text")), None),
         (AUDIT, second(&audit, "at", json!("yesterday")), None),
     ];
+    // Both at fault, the lists' and another entry's: a create reports first what an import
+    // does (the lists' strings are checked last).
+    let mut bad_user = user();
+    bad_user["email"] = json!("x");
+    let both = [
+        (USERS, json!([bad_user])),
+        (CALLING_LISTS, second(&lists, "name", json!("n\u{0}"))),
+    ];
+    for contents in [Contents::ForCreate, Contents::All] {
+        let err = read_with(contents, &tenant(), &both)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("users[0].email"), "{err}");
+    }
     for (entry, body, rule) in cases {
         for contents in [Contents::ForCreate, Contents::All] {
             let err = read_with(contents, &tenant(), &[(entry, body.clone())]).unwrap_err();
@@ -352,6 +366,23 @@ fn the_checks_find_every_faulty_element_and_the_first_is_the_readers_fault() {
     assert!(faults[1].contains("users[2].email"), "{faults:?}");
     assert!(faults[2].contains("range 99999 x 10"), "{faults:?}");
     assert_eq!(template.faults(false, 1).len(), 1, "stops at `most`");
+    // A user at fault is not judged further: no fault quotes text that broke the rules (an
+    // escape sequence here, twice, which would also be a login id appearing twice).
+    let mut hostile = template.clone();
+    hostile.users[1].login_id = "\u{1b}]0;x\u{7}".into();
+    hostile.users.push(hostile.users[1].clone());
+    let faults: Vec<String> = hostile
+        .faults(false, 100)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        faults
+            .iter()
+            .any(|f| f.contains("users[1].loginId must not contain")),
+        "{faults:?}"
+    );
+    assert!(!faults.iter().any(|f| f.contains('\u{1b}')), "{faults:?}");
     let read = read_with(
         Contents::ForCreate,
         &tenant(),
