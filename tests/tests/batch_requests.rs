@@ -80,7 +80,12 @@ async fn batch_wait_holds_a_running_batch_up_to_n_seconds_and_answers_when_it_st
     assert_eq!(status, 200);
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    for bad in ["abc", "-1", "1.5", ""] {
+    // An empty `wait` is no wait (as a URL template sends it), answered at once.
+    let started = Instant::now();
+    let (status, _) = app.get_json(&format!("{path}?wait=")).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for bad in ["abc", "-1", "1.5"] {
         let r = app
             .http
             .get(app.url(&format!("{path}?wait={bad}")))
