@@ -169,6 +169,9 @@ mod tests {
         let (empty, errors) = read("limit=&cursor=");
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(empty.limit, DEFAULT_LIMIT);
+        // An empty value hides no value given after it.
+        assert_eq!(read("limit=&limit=x").1.len(), 1);
+        assert_eq!(read("limit=&limit=7").0.limit, 7);
     }
 
     #[test]

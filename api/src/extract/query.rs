@@ -14,11 +14,15 @@ pub(crate) fn query_param(uri: &Uri, name: &str) -> Option<String> {
 }
 
 /// Like [`query_param`], but an empty value (`?status=`, as a form or a URL template sends for
-/// "none") counts as absent. Only for filters, paging and waits, whose absence is harmless; a
+/// "none") counts as absent, and the first value given is the one read. Only for filters, paging and waits, whose absence is harmless; a
 /// parameter that changes what a request does (`keepAccessNumbers`, a retry's `code`) keeps an
 /// empty value as a fault.
 pub(crate) fn optional_param(uri: &Uri, name: &str) -> Option<String> {
-    query_param(uri, name).filter(|v| !v.is_empty())
+    // The first value given: an empty one before it does not hide it (`?limit=&limit=x` is x).
+    let query = uri.query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
 }
 
 /// `?status=`: one of the job statuses; a bad one adds its field error.
