@@ -256,6 +256,25 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Whether a database named `name` exists on this test's server; one that does is dropped
+    /// at once (a test asserting it was never made leaves nothing behind when it fails). Name it
+    /// after this test's database (`{database}_...`), so a leftover is swept as its own are.
+    pub async fn drop_database_if_made(&self, name: &str) -> bool {
+        let made: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+        if made {
+            sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                .execute(&self.db)
+                .await
+                .unwrap();
+        }
+        made
+    }
+
     /// The single number a `SELECT count(*) ...` query answers in this test's database.
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()

@@ -50,19 +50,8 @@ fn field<'a>(out: &'a str, name: &str) -> &'a str {
 #[tokio::test]
 async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
     let app = TestApp::without_workers().await;
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    // Named as the harness names its databases, so a leftover of a failure is swept.
-    let name = format!("provisioner_test_{secs}_{}", uuid::Uuid::new_v4().simple());
-    let url = app.vars["DATABASE_URL"]
-        .rsplit_once('/')
-        .unwrap()
-        .0
-        .to_owned()
-        + "/"
-        + &name;
+    let name = format!("{}_never", app.database);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let run = |args: &'static [&'static str]| {
         let url = url.clone();
         let app = &app;
@@ -88,17 +77,7 @@ async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
         String::from_utf8_lossy(&typo.stderr).contains("usage:"),
         "{typo:?}"
     );
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    if exists {
-        let _ = sqlx::query(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
-            .execute(&app.db)
-            .await;
-    }
+    let exists = app.drop_database_if_made(&name).await;
     assert!(!exists, "a database was created for --help or a typo");
     app.stop().await;
 }

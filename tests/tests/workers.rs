@@ -486,18 +486,7 @@ async fn a_worker_stopped_before_it_connected_creates_no_database() {
     .await
     .expect("the worker returns")
     .expect("without an error");
-    let created: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&never)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    if created {
-        sqlx::query(&format!("DROP DATABASE \"{never}\" WITH (FORCE)"))
-            .execute(&app.db)
-            .await
-            .unwrap();
-    }
+    let created = app.drop_database_if_made(&never).await;
     assert!(!created, "the stopped worker created its database");
     app.stop().await;
 }

@@ -328,7 +328,7 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
             form.fault(&shown, "appears more than once");
             continue;
         }
-        match text {
+        let fault = match text {
             Text::Kept(text) => {
                 let value = match name.as_str() {
                     "lockTimeout" => text
@@ -338,18 +338,15 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
                     _ => Value::String(text),
                 };
                 form.fields.insert(name, value);
+                continue;
             }
-            Text::TooLong(_) | Text::NotUtf8(_) => {
-                let message = match text {
-                    Text::TooLong(_) => format!("is larger than {FORM_TEXT_LIMIT} bytes"),
-                    _ => "is not UTF-8 text".to_owned(),
-                };
-                form.fault(&shown, message);
-                // Its only value is gone (a number map keeps its other parts' keys).
-                if name != "numberMap" {
-                    form.dropped.insert(name);
-                }
-            }
+            Text::TooLong(_) => format!("is larger than {FORM_TEXT_LIMIT} bytes"),
+            Text::NotUtf8(_) => "is not UTF-8 text".to_owned(),
+        };
+        form.fault(&shown, fault);
+        // Its only value is gone (a number map keeps its other parts' keys).
+        if name != "numberMap" {
+            form.dropped.insert(name);
         }
     }
     if !number_map.is_empty() {

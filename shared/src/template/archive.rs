@@ -211,12 +211,8 @@ fn check_each<T: DeserializeOwned>(
         if first.is_none() {
             first = check(i, &element).err();
         }
-        Ok::<(), TemplateError>(())
     })
-    .map_err(|fault| match fault {
-        Ok(fault) => fault,
-        Err(e) => TemplateError::InvalidEntry(name, e.to_string()),
-    })?;
+    .map_err(|e| TemplateError::InvalidEntry(name, e.to_string()))?;
     Ok(first)
 }
 

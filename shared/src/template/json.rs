@@ -1,7 +1,7 @@
 //! Free-form JSON inside a template (tenant settings, object data, calling-list entries, audit
 //! details), kept as the text it came in (`JsonDoc`): checked once while read (nesting, and for
 //! settings the request fields' string rules) but never built into a tree, so it costs what its
-//! text costs. Lists a job does not import are checked for shape without being built.
+//! text costs. Lists a job does not import are read one element at a time, nothing of them kept.
 
 use std::{fmt, marker::PhantomData};
 
@@ -260,24 +260,17 @@ impl<'de> Visitor<'de> for Scan {
     }
 }
 
-/// Checks that `body` is a JSON list whose every element has the shape `T` and passes `check`
-/// (given its position), building one element at a time. The first fault `check` finds is
-/// returned as `Err(Ok(fault))`, a JSON fault as `Err(Err(e))`.
-pub(super) fn check_list<T, E>(
-    body: &[u8],
-    mut check: impl FnMut(usize, T) -> Result<(), E>,
-) -> Result<(), Result<E, serde_json::Error>>
+/// Reads `body` as a JSON list of elements of the shape `T`, one element built at a time, each
+/// handed to `each` with its position and dropped: nothing of the list is kept.
+pub(super) fn check_list<T>(body: &[u8], mut each: impl FnMut(usize, T)) -> serde_json::Result<()>
 where
     T: for<'de> Deserialize<'de>,
 {
-    struct Elements<'c, T, E, C: FnMut(usize, T) -> Result<(), E>> {
-        check: &'c mut C,
-        fault: &'c mut Option<E>,
+    struct Elements<'c, T, C: FnMut(usize, T)> {
+        each: &'c mut C,
         element: PhantomData<T>,
     }
-    impl<'de, T: Deserialize<'de>, E, C: FnMut(usize, T) -> Result<(), E>> Visitor<'de>
-        for Elements<'_, T, E, C>
-    {
+    impl<'de, T: Deserialize<'de>, C: FnMut(usize, T)> Visitor<'de> for Elements<'_, T, C> {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a list")
@@ -285,29 +278,18 @@ where
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let mut i = 0;
             while let Some(element) = seq.next_element::<T>()? {
-                if let Err(fault) = (self.check)(i, element) {
-                    *self.fault = Some(fault);
-                    return Err(de::Error::custom("a checked element is at fault"));
-                }
+                (self.each)(i, element);
                 i += 1;
             }
             Ok(())
         }
     }
-    let mut fault = None;
     let mut de = serde_json::Deserializer::from_slice(body);
-    let read = de
-        .deserialize_seq(Elements {
-            check: &mut check,
-            fault: &mut fault,
-            element: PhantomData,
-        })
-        .and_then(|()| de.end());
-    match (fault, read) {
-        (Some(fault), _) => Err(Ok(fault)),
-        (None, Err(e)) => Err(Err(e)),
-        (None, Ok(())) => Ok(()),
-    }
+    de.deserialize_seq(Elements {
+        each: &mut each,
+        element: PhantomData,
+    })?;
+    de.end()
 }
 
 /// `deserialize_with` for a user's roles: at most `check::MAX_ROLES` + 1 are built (one more
