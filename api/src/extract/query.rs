@@ -7,21 +7,21 @@ use crate::error::FieldError;
 
 /// The first value of query parameter `name`, percent-decoded; `None` when absent.
 pub(crate) fn query_param(uri: &Uri, name: &str) -> Option<String> {
-    let query = uri.query()?;
-    url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
+    first_value(uri, name, |_| true)
 }
 
 /// Like [`query_param`], but an empty value (`?status=`, as a form or a URL template sends for
-/// "none") counts as absent, and the first value given is the one read. Only for filters, paging and waits, whose absence is harmless; a
-/// parameter that changes what a request does (`keepAccessNumbers`, a retry's `code`) keeps an
-/// empty value as a fault.
+/// "none") counts as absent and hides no value given after it (`?limit=&limit=x` is `x`). Only
+/// for filters, paging and waits, whose absence is harmless; a parameter that changes what a
+/// request does (`keepAccessNumbers`, a retry's `code`) keeps an empty value as a fault.
 pub(crate) fn optional_param(uri: &Uri, name: &str) -> Option<String> {
-    // The first value given: an empty one before it does not hide it (`?limit=&limit=x` is x).
+    first_value(uri, name, |v| !v.is_empty())
+}
+
+fn first_value(uri: &Uri, name: &str, wanted: impl Fn(&str) -> bool) -> Option<String> {
     let query = uri.query()?;
     url::form_urlencoded::parse(query.as_bytes())
-        .find(|(k, v)| k == name && !v.is_empty())
+        .find(|(k, v)| k == name && wanted(v))
         .map(|(_, v)| v.into_owned())
 }
 
