@@ -8,10 +8,13 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 provisioner
+    && groupadd --system --gid 10001 provisioner \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home provisioner
 COPY --from=build /src/target/release/provisioner-api /src/target/release/provisioner-worker \
     /src/target/release/provisioner /usr/local/bin/
-USER provisioner
+# Numeric, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
 ENV PROVISIONER_LISTEN=0.0.0.0:8080 PROVISIONER_LOG_FORMAT=json
-EXPOSE 8080
+# The API; a worker's health listener when PROVISIONER_WORKER_HEALTH_LISTEN is set.
+EXPOSE 8080 9090
 CMD ["provisioner-api"]

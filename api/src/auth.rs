@@ -14,7 +14,6 @@ use base64::{
     Engine,
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
-use chrono::Utc;
 use provisioner_shared::{
     db::{self, clients::ClientRow},
     passwords,
@@ -130,8 +129,7 @@ pub(crate) async fn issue_token(
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let token = URL_SAFE_NO_PAD.encode(raw);
-    let expires_at = Utc::now() + chrono::Duration::from_std(ttl).expect("TTL fits");
-    db::clients::insert_token(pool, &token_digest(&token), client_id, scopes, expires_at).await?;
+    db::clients::insert_token(pool, &token_digest(&token), client_id, scopes, ttl).await?;
     Ok(token)
 }
 
@@ -171,11 +169,10 @@ pub(crate) async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        // The scheme's name is case-insensitive (RFC 9110, section 11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty());
     let Some(token) = token else {
         return unauthorized(None);

@@ -26,19 +26,24 @@ pub(crate) enum Retried {
 }
 
 /// Retries the failed items of batch `id` as seen by `sees` (`None`: an operator). `None` when
-/// there is no such batch for the caller.
+/// there is no such batch for the caller. The new jobs continue `caller_trace`, the trace the
+/// retry request carried; a request that carried none leaves them in the batch's own trace,
+/// as the batch's other jobs (a new trace would tie them to nothing).
 pub(crate) async fn failed_items(
     state: &AppState,
     id: Uuid,
     sees: Option<&str>,
     codes: Option<&[i32]>,
-    trace: &TraceContext,
+    caller_trace: Option<TraceContext>,
 ) -> Result<Option<Retried>, ApiError> {
     let mut tx = state.pool.begin().await?;
     let Some(batch) = db::batches::lock_for_retry(&mut tx, id, sees).await? else {
         return Ok(None);
     };
-    let retried = retry_in(state, &mut tx, &batch, codes, trace).await;
+    let trace = caller_trace
+        .or_else(|| batch.traceparent.as_deref().and_then(TraceContext::parse))
+        .unwrap_or_else(TraceContext::new_root);
+    let retried = retry_in(state, &mut tx, &batch, codes, &trace).await;
     let retried = transaction::end(tx, retried).await?;
     let Some((retried, batch)) = retried else {
         return Ok(Some(Retried::Nothing(batch)));

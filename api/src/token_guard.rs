@@ -55,10 +55,10 @@ struct Window {
 }
 
 impl TokenGuard {
-    /// One verification slot per core; as many queue places as four times that.
+    /// One verification slot per thread of the hashing pool; as many queue places as four
+    /// times that.
     pub(crate) fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self::with_slots(cores)
+        Self::with_slots(provisioner_shared::passwords::occasional_threads())
     }
 
     fn with_slots(slots: usize) -> Self {

@@ -51,18 +51,31 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// The hashing pool of a process that hashes all the time (a worker: one password per create):
-/// each thread keeps its working memory (threads start with the first use).
-pub fn pool() -> &'static HashPool {
+/// The hashing pool of a process that hashes all the time (a worker: one password per create),
+/// which runs at most `jobs_at_once` hashing jobs at once: one thread per core, and no more
+/// threads than such jobs (a container without a CPU limit sees every core of its node, and
+/// each thread keeps its 19 MiB working memory). The first call fixes the size; threads start
+/// with their first use.
+pub fn pool(jobs_at_once: usize) -> &'static HashPool {
     static POOL: OnceLock<HashPool> = OnceLock::new();
-    POOL.get_or_init(|| HashPool::new(cores(), Memory::Keep))
+    POOL.get_or_init(|| HashPool::new(cores().min(jobs_at_once.max(1)), Memory::Keep))
+}
+
+/// Most hashes a process that hashes now and then runs at once, however many cores it sees:
+/// each holds 19 MiB while it runs.
+const OCCASIONAL_MAX: usize = 4;
+
+/// Threads of the occasional pool: one per core, at most `OCCASIONAL_MAX`. Callers that admit
+/// hashing work size their admission with it.
+pub fn occasional_threads() -> usize {
+    cores().min(OCCASIONAL_MAX)
 }
 
 /// The hashing pool of a process that hashes now and then (the API: a token request, a client
 /// made): the working memory goes back to the system after each hash.
 pub fn occasional_pool() -> &'static HashPool {
     static POOL: OnceLock<HashPool> = OnceLock::new();
-    POOL.get_or_init(|| HashPool::new(cores(), Memory::Release))
+    POOL.get_or_init(|| HashPool::new(occasional_threads(), Memory::Release))
 }
 
 /// What a pool thread does with its working memory between hashes.

@@ -326,6 +326,22 @@ fn the_manifests_numbers_agree_with_each_other() {
     }
     let service = &object(&objects, "Service", "provisioner-api")["spec"];
     assert_eq!(service["selector"], api["selector"]["matchLabels"]);
+
+    // What only KEDA reads reaches no pod.
+    for spec in [worker, api] {
+        for source in spec["template"]["spec"]["containers"][0]["envFrom"]
+            .as_array()
+            .unwrap()
+        {
+            if let Some(name) = source["secretRef"]["name"].as_str() {
+                let secret = object(&objects, "Secret", name);
+                assert!(
+                    secret["stringData"]["RABBITMQ_MANAGEMENT_URL"].is_null(),
+                    "the pods read KEDA's credentials from {name}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

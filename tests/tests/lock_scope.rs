@@ -1,5 +1,6 @@
 //! A job's `lockTimeout` bounds its wait for the advisory lock only: locks the import meets
-//! after it (a row another session holds) are waited for, however small the timeout.
+//! after it (a row another session holds) are waited for, however small the timeout, and
+//! however much of it the wait for the advisory lock left.
 
 use std::time::Duration;
 
@@ -20,9 +21,12 @@ async fn row_lock_waiters(app: &TestApp) -> i64 {
 async fn an_import_waits_for_a_row_lock_longer_than_its_lock_timeout_and_succeeds() {
     let app = TestApp::spawn().await;
     let url = app.serve_sample_template("t").await;
-    for (lock_timeout, number, other) in [
-        (0, "4155551000", "4155551100"),
-        (1, "4155552000", "4155552100"),
+    // The third import first waits for its advisory lock (a session of the test holds it),
+    // so it sets the wait's bound on its session: that bound must not reach the row lock.
+    for (lock_timeout, number, other, advisory_held) in [
+        (0, "4155551000", "4155551100", false),
+        (1, "4155552000", "4155552100", false),
+        (3, "4155553000", "4155553100", true),
     ] {
         // The very range the template's first range maps to, unassigned: the import assigns
         // it, so it must lock its row, which a session of the test holds.
@@ -38,10 +42,22 @@ async fn an_import_waits_for_a_row_lock_longer_than_its_lock_timeout_and_succeed
             .await
             .unwrap();
         let tenant = fixtures::tenant_url();
+        let advisory = if advisory_held {
+            Some(app.hold_lock(&format!("provisioner:tenant:{tenant}")).await)
+        } else {
+            None
+        };
         let mut body = fixtures::create_body(&url);
         body["numberMap"] = json!({"0000000000": number, "0000000100": other});
         body["lockTimeout"] = json!(lock_timeout);
         let id = app.submit(&tenant, &body).await;
+        if let Some(advisory) = advisory {
+            eventually(Duration::from_secs(20), || async {
+                (app.advisory_locks().await == (1, 1)).then_some(())
+            })
+            .await;
+            advisory.rollback().await.unwrap();
+        }
         eventually(Duration::from_secs(20), || async {
             (row_lock_waiters(&app).await == 1).then_some(())
         })

@@ -56,6 +56,27 @@ async fn every_documented_operation_is_routed_and_guarded_by_its_security() {
     let app = TestApp::without_workers().await;
     let document: Value = serde_json::from_str(COMMITTED).unwrap();
     let anonymous = provisioner_tests::http_client();
+    // For each scope, a client with every other scope (the operator's included).
+    let all = [
+        "tenants:read",
+        "tenants:write",
+        "tenants:export",
+        "provisioner:admin",
+    ];
+    let mut lacking = std::collections::HashMap::new();
+    for (n, scope) in all.iter().enumerate() {
+        let others: Vec<&str> = all.iter().copied().filter(|s| s != scope).collect();
+        let id = format!("lacks-{n}");
+        provisioner_tests::batches::client(&app, &id, &others).await;
+        let token = provisioner_tests::fetch_token(
+            &provisioner_tests::http_client(),
+            app.addr,
+            &id,
+            &format!("{id}-secret"),
+        )
+        .await;
+        lacking.insert(*scope, token);
+    }
     for (path, method, operation) in operations(&document) {
         let concrete = path
             .replace("{tenant_url}", "probe.example.com")
@@ -79,6 +100,22 @@ async fn every_documented_operation_is_routed_and_guarded_by_its_security() {
             .is_some_and(|s| !s.is_empty());
         if secured {
             assert_eq!(status, 401, "{method} {path} answers without a token");
+            // The contract's scope: GET reads (export apart), everything else writes.
+            let scope = operation["security"][0]["bearer"][0].as_str().unwrap();
+            let wanted = match (method.as_str(), path.ends_with("/export")) {
+                ("GET", true) => "tenants:export",
+                ("GET", false) => "tenants:read",
+                _ => "tenants:write",
+            };
+            assert_eq!(scope, wanted, "{method} {path}");
+            // A client with every scope but that one is refused, whatever the scheme's case.
+            let r = anonymous
+                .request(method.clone(), app.url(&concrete))
+                .header("authorization", format!("BEARER {}", lacking[scope]))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "{method} {path} without {scope}");
         } else {
             assert!(
                 ![401, 404, 405].contains(&status),

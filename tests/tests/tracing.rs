@@ -347,79 +347,95 @@ async fn a_batchs_items_carry_the_trace_of_the_batch_request() {
 }
 
 #[tokio::test]
-async fn a_batch_retry_carries_the_retry_requests_trace() {
+async fn a_batch_retry_carries_the_retry_requests_trace_or_else_the_batchs() {
     let app = TestApp::spawn().await;
-    // The template is missing at first: the item fails (400), and its retry gets a new job.
-    let late = format!("http://{}/late.zip", app.templates.addr);
-    let items = vec![batches::item(&fixtures::tenant_url(), &late)];
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/batches"))
-        .header("content-type", "application/x-ndjson")
-        .header("traceparent", PARENT)
-        .body(batches::ndjson(&items))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let batch: Value = r.json().await.unwrap();
-    let batch_id = batch["batchId"].as_str().unwrap().to_owned();
-    let ended = batches::wait(&app, &batch_id, Duration::from_secs(90)).await;
-    assert_eq!(ended["counts"]["failed"], 1, "{ended}");
-    let old_job = batches::results(&app, &batch_id, "").await[0]["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
-    app.serve_sample_template("late.zip").await;
     let retry_parent = "00-1bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-    let r = app
-        .http
-        .post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry")))
-        .header("traceparent", retry_parent)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
-    let retried_stop = |e: &Event| {
-        e.routing_key == "batch.completed" && e.body["data"]["counts"]["succeeded"] == 1
-    };
-    let events = tap
-        .collect_until(|seen| seen.iter().any(retried_stop))
-        .await;
-    // What the first run announced late (if anything) is not the retry's.
-    let retry_events: Vec<&Event> = events
-        .iter()
-        .filter(|e| {
-            if e.routing_key.starts_with("batch.") {
-                retried_stop(e)
-            } else {
-                e.body["subject"] != old_job.as_str()
-            }
-        })
-        .collect();
-    let keys: Vec<&str> = retry_events
-        .iter()
-        .map(|e| e.routing_key.as_str())
-        .collect();
-    assert_eq!(
-        keys,
-        [
-            "job.queued",
-            "job.running",
-            "job.succeeded",
-            "batch.completed"
-        ]
-    );
-    for e in retry_events {
-        let trace = event_trace(e);
-        assert_eq!(
-            trace.trace_id_hex(),
+    // A retry that carries a trace continues it; one that carries none (as the dashboard's)
+    // leaves the new jobs in the batch's trace, with the batch's other jobs.
+    for (n, (header, trace_id, sampled)) in [
+        (
+            Some(retry_parent),
             "1bf92f3577b34da6a3ce929d0e0e4736",
-            "the retry request's trace: {}",
-            e.body
+            false,
+        ),
+        (None, PARENT_TRACE, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The template is missing at first: the item fails (400), and its retry gets a new job.
+        let name = format!("late-{n}.zip");
+        let late = format!("http://{}/{name}", app.templates.addr);
+        let items = vec![batches::item(&fixtures::tenant_url(), &late)];
+        let r = app
+            .http
+            .post(app.url("/configapi/v2/batches"))
+            .header("content-type", "application/x-ndjson")
+            .header("traceparent", PARENT)
+            .body(batches::ndjson(&items))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let batch: Value = r.json().await.unwrap();
+        let batch_id = batch["batchId"].as_str().unwrap().to_owned();
+        let ended = batches::wait(&app, &batch_id, Duration::from_secs(90)).await;
+        assert_eq!(ended["counts"]["failed"], 1, "{ended}");
+        let old_job = batches::results(&app, &batch_id, "").await[0]["jobId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
+        app.serve_sample_template(&name).await;
+        let mut retry = app
+            .http
+            .post(app.url(&format!("/configapi/v2/batches/{batch_id}/retry")));
+        if let Some(header) = header {
+            retry = retry.header("traceparent", header);
+        }
+        let r = retry.send().await.unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let retried_stop = |e: &Event| {
+            e.routing_key == "batch.completed"
+                && e.body["subject"] == batch_id.as_str()
+                && e.body["data"]["counts"]["succeeded"] == 1
+        };
+        let events = tap
+            .collect_until(|seen| seen.iter().any(retried_stop))
+            .await;
+        // What the first run announced late (if anything) is not the retry's.
+        let retry_events: Vec<&Event> = events
+            .iter()
+            .filter(|e| {
+                if e.routing_key.starts_with("batch.") {
+                    retried_stop(e)
+                } else {
+                    e.body["subject"] != old_job.as_str()
+                }
+            })
+            .collect();
+        let keys: Vec<&str> = retry_events
+            .iter()
+            .map(|e| e.routing_key.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "job.queued",
+                "job.running",
+                "job.succeeded",
+                "batch.completed"
+            ]
         );
-        assert!(!trace.sampled(), "the retry request's flags");
+        for e in retry_events {
+            let trace = event_trace(e);
+            assert_eq!(
+                (trace.trace_id_hex().as_str(), trace.sampled()),
+                (trace_id, sampled),
+                "retry with traceparent {header:?}: {}",
+                e.body
+            );
+        }
     }
     app.stop().await;
 }

@@ -141,6 +141,68 @@ async fn wrong_credentials_show_the_form_again_with_an_error_and_set_nothing() {
 }
 
 #[tokio::test]
+async fn a_session_never_exports_and_ends_as_soon_as_its_client_is_revoked() {
+    let app = TestApp::without_workers().await;
+    batches::client(&app, "viewer", &["tenants:read", "tenants:export"]).await;
+    let session = sign_in(&app, "viewer", "viewer-secret").await;
+    // The cookie's token is a bearer token too, but a stolen cookie exports nothing.
+    let token = session.split_once('=').unwrap().1;
+    let r = provisioner_tests::authorized_client(token)
+        .get(app.url("/configapi/v2/tenant/nobody.example.com/export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // The page reads the session (and keeps it for the next polls).
+    let (status, _, _) = ui::get(&app, &session, "/ui/").await;
+    assert_eq!(status, StatusCode::OK);
+    // Revoked by another process (an operator's command): the database's announcement ends
+    // the session at once, not when what this process kept of it grows old (2 s).
+    let mut conn = app.db.acquire().await.unwrap();
+    assert!(
+        provisioner_shared::db::clients::revoke(&mut conn, "viewer")
+            .await
+            .unwrap()
+    );
+    drop(conn);
+    eventually(Duration::from_millis(1500), || async {
+        let (status, location, _) = ui::get(&app, &session, "/ui/").await;
+        (status == StatusCode::SEE_OTHER && location.as_deref() == Some("/ui/login")).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dashboard_faults_answer_pages_not_problem_json() {
+    let app = TestApp::without_workers().await;
+    let session = sign_in(&app, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    for (method, path, status) in [
+        ("GET", "/ui/logout", StatusCode::METHOD_NOT_ALLOWED),
+        ("POST", "/ui/", StatusCode::METHOD_NOT_ALLOWED),
+        ("POST", "/ui/no-such-page", StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/ui/batches/%FF", StatusCode::NOT_FOUND),
+        ("GET", "/ui/jobs/%FF%FE", StatusCode::NOT_FOUND),
+    ] {
+        let r = ui::no_redirects()
+            .request(method.parse().unwrap(), app.url(path))
+            .header(header::COOKIE, &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let kind = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with("text/html"), "{method} {path}: {kind}");
+        assert!(r.text().await.unwrap().contains("role=\"alert\""));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn cross_site_posts_are_refused_and_change_nothing() {
     let app = TestApp::without_workers().await;
     let template = app.serve_sample_template("t.zip").await;

@@ -24,4 +24,4 @@ pub(crate) use page::{
 pub(crate) use path::PathText;
 pub(crate) use query::{optional_param, query_param, status_param, wait_deadline};
 pub(crate) use tenant::TenantPath;
-pub(crate) use trace::{RequestTrace, request_span, start as start_trace};
+pub(crate) use trace::{CallerTrace, RequestTrace, request_span, start as start_trace};

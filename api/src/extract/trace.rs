@@ -75,3 +75,21 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
             .unwrap_or_else(|| Self::of(&parts.headers)))
     }
 }
+
+/// The request's trace context when the request carried a valid `traceparent` (it continues a
+/// caller's trace); `None` when the edge started a new trace for it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallerTrace(pub(crate) Option<TraceContext>);
+
+impl<S: Send + Sync> FromRequestParts<S> for CallerTrace {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
+        let carried = traceparent(&parts.headers)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(TraceContext::parse)
+            .is_some();
+        let RequestTrace(trace) = RequestTrace::from_request_parts(parts, state).await?;
+        Ok(Self(carried.then_some(trace)))
+    }
+}

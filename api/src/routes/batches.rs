@@ -21,7 +21,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{
-        Page, PageQuery, PathText, RequestTrace, job_key, job_key_text, media_type, not_a_cursor,
+        CallerTrace, Page, PageQuery, PathText, job_key, job_key_text, media_type, not_a_cursor,
         query_param, status_param, wait_deadline,
     },
     intake::{Accepted, Intake},
@@ -379,13 +379,13 @@ pub(super) async fn retry_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     PathText(raw): PathText,
-    RequestTrace(trace): RequestTrace,
+    CallerTrace(trace): CallerTrace,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let id = batch_id(&raw)?;
     let codes = codes_param(&uri)?;
-    // The new jobs continue the retry request's trace (not the batch's first request's).
-    match retry::failed_items(&state, id, caller.sees(), codes.as_deref(), &trace).await? {
+    // The new jobs continue the retry request's trace if it carried one, else the batch's.
+    match retry::failed_items(&state, id, caller.sees(), codes.as_deref(), trace).await? {
         None => Err(not_found(id)),
         Some(Retried::Nothing(batch)) => Ok((StatusCode::OK, Json(batch.view())).into_response()),
         Some(Retried::Items(batch)) => Ok(accepted(StatusCode::ACCEPTED, batch.view())),

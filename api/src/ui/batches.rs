@@ -16,6 +16,7 @@ use provisioner_shared::{
 use uuid::Uuid;
 
 use super::{
+    PagePath,
     form::Form,
     layout::{self, Nav, csrf_input},
     session::Session,
@@ -23,7 +24,7 @@ use super::{
 use crate::{
     AppState,
     error::ApiError,
-    extract::{PageQuery, PathText, RequestTrace, job_key, job_key_text, query_param},
+    extract::{CallerTrace, PageQuery, job_key, job_key_text, query_param},
     retry::{self, Retried},
 };
 
@@ -106,7 +107,7 @@ pub(crate) async fn list(State(state): State<AppState>, session: Session, uri: U
 pub(crate) async fn page(
     State(state): State<AppState>,
     session: Session,
-    PathText(raw): PathText,
+    PagePath(raw): PagePath,
 ) -> Response {
     let Ok(id) = Uuid::parse_str(&raw) else {
         return layout::not_found("batch");
@@ -236,7 +237,7 @@ fn failures_table(session: &Session, id: Uuid, groups: &[FailureGroup], failed: 
 pub(crate) async fn failures(
     State(state): State<AppState>,
     session: Session,
-    PathText(raw): PathText,
+    PagePath(raw): PagePath,
 ) -> Response {
     let Ok(id) = Uuid::parse_str(&raw) else {
         return layout::not_found("batch");
@@ -281,7 +282,7 @@ pub(crate) async fn live(State(state): State<AppState>, session: Session, uri: U
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     session: Session,
-    PathText(raw): PathText,
+    PagePath(raw): PagePath,
     request: Request,
 ) -> Response {
     if let Err(refused) = Form::action(&session, request).await {
@@ -312,8 +313,8 @@ pub(crate) async fn cancel(
 pub(crate) async fn retry(
     State(state): State<AppState>,
     session: Session,
-    PathText(raw): PathText,
-    RequestTrace(trace): RequestTrace,
+    PagePath(raw): PagePath,
+    CallerTrace(trace): CallerTrace,
     request: Request,
 ) -> Response {
     let form = match Form::action(&session, request).await {
@@ -336,7 +337,7 @@ pub(crate) async fn retry(
         },
     };
     let sees = session.caller.sees();
-    match retry::failed_items(&state, id, sees, codes.as_deref(), &trace).await {
+    match retry::failed_items(&state, id, sees, codes.as_deref(), trace).await {
         Ok(None) => layout::not_found("batch"),
         Ok(Some(Retried::Nothing(_) | Retried::Items(_))) => {
             state.ui.batches.forget(&id);

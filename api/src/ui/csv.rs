@@ -16,8 +16,8 @@ use provisioner_shared::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{layout, session::Session};
-use crate::{AppState, extract::PathText};
+use super::{PagePath, layout, session::Session};
+use crate::AppState;
 
 /// Items read per query.
 const PAGE: i64 = 1_000;
@@ -27,7 +27,7 @@ const HEADER: &str = "item,tenantUrl,tenantName,loginId,firstName,lastName,email
 pub(crate) async fn failed_rows(
     State(state): State<AppState>,
     session: Session,
-    PathText(raw): PathText,
+    PagePath(raw): PagePath,
 ) -> Response {
     let Ok(id) = Uuid::parse_str(&raw) else {
         return layout::not_found("batch");

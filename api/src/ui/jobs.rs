@@ -14,13 +14,14 @@ use provisioner_shared::{
 use uuid::Uuid;
 
 use super::{
+    PagePath,
     form::{Form, back_to},
     layout::{self, Nav, csrf_input},
     session::Session,
 };
 use crate::{
     AppState,
-    extract::{PageQuery, PathText, job_key, job_key_text, query_param},
+    extract::{PageQuery, job_key, job_key_text, query_param},
 };
 
 /// Jobs per page of the list.
@@ -220,7 +221,7 @@ fn cancel_form(session: &Session, id: Uuid, back: &str) -> Markup {
 pub(crate) async fn page(
     State(state): State<AppState>,
     session: Session,
-    PathText(raw): PathText,
+    PagePath(raw): PagePath,
 ) -> Response {
     let Ok(id) = Uuid::parse_str(&raw) else {
         return layout::not_found("job");
@@ -329,7 +330,7 @@ fn timeline(job: &JobView, timing: Option<&JobTiming>) -> Markup {
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     session: Session,
-    PathText(raw): PathText,
+    PagePath(raw): PagePath,
     request: Request,
 ) -> Response {
     let form = match Form::action(&session, request).await {

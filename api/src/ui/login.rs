@@ -92,7 +92,15 @@ pub(crate) async fn submit(
         );
     }
     let ttl = state.settings.token_ttl;
-    let token = match issue_token(&state.pool, &client.id, &client.scopes, ttl).await {
+    // The session's token is a bearer token too: it gets only what the dashboard uses, so a
+    // stolen cookie never exports tenants (their password hashes).
+    let scopes: Vec<String> = client
+        .scopes
+        .iter()
+        .filter(|s| *s != Scope::TenantsExport.as_str())
+        .cloned()
+        .collect();
+    let token = match issue_token(&state.pool, &client.id, &scopes, ttl).await {
         Ok(token) => token,
         Err(e) => return layout::internal(e.into()),
     };

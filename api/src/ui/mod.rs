@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use axum::{
     Router,
-    extract::Request,
-    http::{HeaderName, HeaderValue, header},
+    extract::{FromRequestParts, Request},
+    http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -29,6 +29,7 @@ use provisioner_shared::db::{
     batches::BatchRow,
     dashboard::{FailureGroup, SessionRow},
 };
+use tower_http::catch_panic::CatchPanicLayer;
 use uuid::Uuid;
 
 use crate::AppState;
@@ -46,8 +47,10 @@ pub(crate) struct Live {
     failures: Cache<Uuid, Vec<FailureGroup>>,
     /// By whose work (`None`: an operator's view of everything).
     overview: Cache<Option<String>, overview::Overview>,
-    /// Sessions by their token's digest: a page's polls do not each read the token again.
-    sessions: Cache<[u8; 32], Option<SessionRow>>,
+    /// Sessions by the authentication epoch they were read in and their token's digest: a
+    /// page's polls do not each read the token again, and a revocation or a sign-out (any
+    /// process) moves the epoch on, so a session read before it is never served after it.
+    sessions: Cache<(u64, [u8; 32]), Option<SessionRow>>,
 }
 
 impl Default for Live {
@@ -82,7 +85,34 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/live/batches", get(batches::live))
         .route("/ui/assets/{name}", get(assets::serve))
         .route("/ui/{*rest}", get(|| async { layout::not_found("page") }))
+        .method_not_allowed_fallback(|| async {
+            layout::refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "This page does not take that kind of request.",
+            )
+        })
+        // Inside the API's own: a dashboard page that panics answers a page too.
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                layout::internal(anyhow::anyhow!("a dashboard handler panicked"))
+            },
+        ))
         .layer(middleware::from_fn(protect))
+}
+
+/// A page's one path parameter, percent-decoded; one that does not decode to UTF-8 names no
+/// page: `404` as a page (the API's routes answer such a path `400` as problem+json).
+pub(crate) struct PagePath(pub(crate) String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PagePath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        crate::extract::PathText::from_request_parts(parts, state)
+            .await
+            .map(|crate::extract::PathText(text)| Self(text))
+            .map_err(|_| layout::not_found("page"))
+    }
 }
 
 /// Headers of every dashboard answer: only this origin's scripts, styles and forms; never in a

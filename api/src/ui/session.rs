@@ -62,8 +62,8 @@ impl Session {
     pub(crate) async fn end(&self, state: &AppState) -> Result<(), sqlx::Error> {
         let digest = token_digest(&self.token);
         db::dashboard::revoke_token(&state.pool, &digest).await?;
-        state.ui.sessions.forget(&digest);
-        // Other API processes hear of it from the database.
+        // A new epoch: no session read before is served again. Other API processes hear of it
+        // from the database.
         state.tokens.changed();
         Ok(())
     }
@@ -79,14 +79,20 @@ impl Session {
             return Ok(None);
         };
         let digest = token_digest(&token);
-        let pool = state.pool.clone();
-        let found = state
-            .ui
-            .sessions
-            .get(digest, || async move {
-                db::dashboard::session(&pool, &digest).await
-            })
-            .await?;
+        // Kept only while the process hears of revocations (see `TokenCache`).
+        let found = match state.tokens.epoch() {
+            Some(epoch) => {
+                let pool = state.pool.clone();
+                state
+                    .ui
+                    .sessions
+                    .get((epoch, digest), || async move {
+                        db::dashboard::session(&pool, &digest).await
+                    })
+                    .await?
+            }
+            None => db::dashboard::session(&state.pool, &digest).await?,
+        };
         // A cached session is still refused from the second its token expires.
         let Some(db::dashboard::SessionRow {
             client_id, scopes, ..

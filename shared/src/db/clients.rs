@@ -96,21 +96,26 @@ pub async fn revoke(conn: &mut sqlx::PgConnection, id: &str) -> Result<bool, sql
     Ok(done.rows_affected() == 1)
 }
 
+/// Stores a token that lives `ttl` from now by PostgreSQL's clock, the one that checks it: no
+/// skew between the API's host and the database lengthens or shortens its life.
 pub async fn insert_token(
     exec: impl PgExecutor<'_>,
     token_hash: &[u8],
     client_id: &str,
     scopes: &[String],
-    expires_at: DateTime<Utc>,
+    ttl: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO access_tokens (token_hash, client_id, scopes, expires_at) VALUES ($1, $2, $3, $4)")
-        .bind(token_hash)
-        .bind(client_id)
-        .bind(scopes)
-        .bind(expires_at)
-        .execute(exec)
-        .await
-        .map(drop)
+    sqlx::query(
+        "INSERT INTO access_tokens (token_hash, client_id, scopes, expires_at)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+    )
+    .bind(token_hash)
+    .bind(client_id)
+    .bind(scopes)
+    .bind(ttl.as_secs_f64())
+    .execute(exec)
+    .await
+    .map(drop)
 }
 
 /// A token's client, scopes and expiry.

@@ -162,7 +162,6 @@ pub(super) fn problems(objects: &[Value]) -> Vec<String> {
         .iter()
         .filter(|o| o["kind"] == "TriggerAuthentication")
         .collect();
-    let secret = object(objects, "Secret", "provisioner-secrets");
     let mut queues = BTreeSet::new();
     let mut held_trigger = false;
     for (i, trigger) in spec["triggers"]
@@ -260,12 +259,15 @@ pub(super) fn problems(objects: &[Value]) -> Vec<String> {
                     r["parameter"]
                 ));
             }
-            if r["name"] != "provisioner-secrets"
-                || secret["stringData"][r["key"].as_str().unwrap_or_default()].is_null()
-            {
+            let holds_key = objects.iter().any(|o| {
+                o["kind"] == "Secret"
+                    && o["metadata"]["name"] == r["name"]
+                    && !o["stringData"][r["key"].as_str().unwrap_or_default()].is_null()
+            });
+            if !holds_key {
                 problems.push(format!(
-                    "{at}: secret key {} is not in provisioner-secrets",
-                    r["key"]
+                    "{at}: secret key {} is not in a Secret {}",
+                    r["key"], r["name"]
                 ));
             }
         }

@@ -98,8 +98,8 @@ async fn admin_user(
         .sealer
         .open(&sealed, job_id.as_bytes())
         .map_err(|e| JobFailure::Internal(e.to_string()))?;
-    // On the process's hashing pool: as many hashes at once as cores, whatever the slots.
-    let hash = provisioner_shared::passwords::pool()
+    // On the process's hashing pool: as many hashes at once as cores (or job slots, if fewer).
+    let hash = provisioner_shared::passwords::pool(usize::from(ctx.settings.worker_concurrency))
         .hash(password)
         .await
         .map_err(|e| JobFailure::fault("password hashing crashed", e))?;
