@@ -28,6 +28,41 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Every queue of this test's vhost as the broker declared it: `name`, `type`, `durable`
+    /// and `arguments` (an object of each argument's value; `rabbitmqctl` lists them as
+    /// `[name, type, value]`).
+    pub async fn queue_declarations(&self) -> Vec<serde_json::Value> {
+        let vhost = self.vhost.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = rabbitmqctl(&[
+                "list_queues",
+                "-p",
+                &vhost,
+                "--quiet",
+                "--formatter",
+                "json",
+                "name",
+                "type",
+                "durable",
+                "arguments",
+            ]);
+            let mut queues: Vec<serde_json::Value> =
+                serde_json::from_str(&out).expect("rabbitmqctl's JSON");
+            for q in &mut queues {
+                let arguments: serde_json::Map<String, serde_json::Value> = q["arguments"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| Some((a[0].as_str()?.to_owned(), a[2].clone())))
+                    .collect();
+                q["arguments"] = arguments.into();
+            }
+            queues
+        })
+        .await
+        .unwrap()
+    }
+
     /// Drops every message ready in a queue of this test's vhost, as an operator could.
     pub async fn purge_queue(&self, queue: &str) {
         let vhost = self.vhost.clone();

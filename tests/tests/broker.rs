@@ -1,7 +1,8 @@
-//! The broker's side of delivery: a job message no queue takes, or the broker refuses (a full
-//! queue's nack), stays in the outbox until it can be routed and taken (publisher confirms and
-//! `mandatory`), and a worker that falls silent is found
-//! out by the heartbeat its connection negotiated, its job redelivered to another.
+//! The broker's side of delivery: the queues as the broker holds them (quorum, persistent,
+//! bounded, dead-lettering at least once), a job message no queue takes, or the broker refuses
+//! (a full queue's nack), stays in the outbox until it can be routed and taken (publisher
+//! confirms and `mandatory`), and a worker that falls silent is found out by the heartbeat its
+//! connection negotiated, its job redelivered to another.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,49 @@ use provisioner_tests::{
     Options, TestApp, authorized_client, eventually, fetch_token, fixtures, http_client,
     process::Proc,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn the_broker_holds_every_jobs_queue_with_the_contracts_arguments() {
+    let app = TestApp::spawn().await;
+    let queues = app.queue_declarations().await;
+    let find = |name: &str| {
+        queues
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("no queue {name} in {queues:#?}"))
+    };
+    for name in provisioner_shared::queue::JOB_QUEUES {
+        let q = find(name);
+        assert_eq!(
+            (&q["type"], &q["durable"]),
+            (&json!("quorum"), &json!(true)),
+            "{q}"
+        );
+        let args = &q["arguments"];
+        assert_eq!(args["x-queue-type"], "quorum", "{q}");
+        assert_eq!(
+            args["x-dead-letter-exchange"], "provisioner.jobs.dead",
+            "{q}"
+        );
+        assert_eq!(args["x-dead-letter-strategy"], "at-least-once", "{q}");
+        assert_eq!(args["x-overflow"], "reject-publish", "{q}");
+        // Explicit bounds: a poison message is dead-lettered, never redelivered forever, and
+        // the queue refuses publishes past its length.
+        assert!(
+            args["x-delivery-limit"].as_i64().is_some_and(|n| n > 0),
+            "{q}"
+        );
+        assert!(args["x-max-length"].as_i64().is_some_and(|n| n > 0), "{q}");
+    }
+    let dead = find("provisioner.jobs.dead");
+    assert_eq!(
+        (&dead["type"], &dead["durable"]),
+        (&json!("quorum"), &json!(true)),
+        "{dead}"
+    );
+    app.stop().await;
+}
 
 /// The job message of `id` waiting in the outbox: how often the relay tried it.
 async fn outbox_attempts(app: &TestApp, id: &str) -> Option<i32> {
