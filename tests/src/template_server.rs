@@ -52,6 +52,8 @@ struct Inner {
     hits: HashMap<String, usize>,
     /// Paths whose requests wait (counted, unanswered) until the gate is released.
     gates: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// The `Content-Type` a path answers with, when not `application/zip`.
+    types: HashMap<String, &'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +84,15 @@ impl TemplateServer {
                 fail_first: 0,
             },
         )
+    }
+
+    /// Answers `/name` with `content_type` instead of `application/zip` from now on.
+    pub fn set_content_type(&self, name: &str, content_type: &'static str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .types
+            .insert(name.to_owned(), content_type);
     }
 
     pub fn route(&self, name: &str, route: Route) -> String {
@@ -145,15 +156,19 @@ async fn serve(State(inner): State<Arc<Mutex<Inner>>>, Path(name): Path<String>)
         // Closed on release: the wait ends with an error.
         let _ = gate.acquire().await;
     }
-    let endless = inner.lock().unwrap().endless.get(&name).cloned();
+    let (endless, content_type) = {
+        let inner = inner.lock().unwrap();
+        let content_type = inner.types.get(&name).copied().unwrap_or("application/zip");
+        (inner.endless.get(&name).cloned(), content_type)
+    };
     if let Some(endless) = endless {
-        return endless.answer();
+        return endless.answer(content_type);
     }
-    answer(&inner.lock().unwrap(), &name, hits)
+    answer(&inner.lock().unwrap(), &name, hits, content_type)
 }
 
 impl Endless {
-    fn answer(self) -> Response {
+    fn answer(self, content_type: &'static str) -> Response {
         /// Counts the response as dropped when its body goes (it never ends by itself).
         struct Watch(Arc<Flow>);
         impl Drop for Watch {
@@ -178,7 +193,7 @@ impl Endless {
         });
         (
             StatusCode::OK,
-            [("content-type", "application/zip")],
+            [("content-type", content_type)],
             Body::from_stream(body),
         )
             .into_response()
@@ -186,13 +201,13 @@ impl Endless {
 }
 
 /// What `/name` answers to its `hits`-th request.
-fn answer(inner: &Inner, name: &str, hits: usize) -> Response {
+fn answer(inner: &Inner, name: &str, hits: usize, content_type: &'static str) -> Response {
     match inner.routes.get(name) {
         None => StatusCode::NOT_FOUND.into_response(),
         Some(r) if hits <= r.fail_first => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         Some(r) => (
             StatusCode::from_u16(r.status).unwrap(),
-            [("content-type", "application/zip")],
+            [("content-type", content_type)],
             r.body.clone(),
         )
             .into_response(),

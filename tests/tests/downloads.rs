@@ -1,6 +1,7 @@
 //! Template downloads are bounded end to end: a server that drips bytes is cut off at
-//! `PROVISIONER_TEMPLATE_TIMEOUT` (a transient fault: retried, then 500), and a body without end
-//! at `PROVISIONER_TEMPLATE_MAX_BYTES` (code 400 at once).
+//! `PROVISIONER_TEMPLATE_TIMEOUT` (a transient fault: retried, then 500), a body without end
+//! at `PROVISIONER_TEMPLATE_MAX_BYTES` (code 400 at once), and a body whose type says it is no
+//! archive (a page, JSON) is not read at all (code 400 at once).
 
 use std::{
     sync::atomic::Ordering,
@@ -92,5 +93,44 @@ async fn a_template_without_end_is_cut_off_at_the_byte_cap_with_400_at_once() {
     // What the server got out before the worker hung up: the cap, and what sockets buffer.
     let sent = flow.bytes.load(Ordering::SeqCst);
     assert!(sent > CAP && sent < CAP + (16 << 20), "{sent} bytes sent");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_served_for_a_template_is_refused_by_its_type_before_its_body_is_read() {
+    let app = TestApp::spawn().await;
+    // A sign-in page without end: nothing of it is worth reading.
+    let (url, flow) = app.templates.endless("login", None);
+    app.templates
+        .set_content_type("login", "text/html; charset=utf-8");
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (job["code"].as_i64(), job["attempts"].as_i64()),
+        (Some(400), Some(1)),
+        "{job}"
+    );
+    assert_eq!(
+        job["error"]["detail"],
+        "the template server answered text/html, not a ZIP"
+    );
+    eventually(Duration::from_secs(5), || async {
+        (flow.dropped.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // What the server got out before the worker hung up: what sockets buffer, no more.
+    let sent = flow.bytes.load(Ordering::SeqCst);
+    assert!(sent < 16 << 20, "{sent} bytes sent");
+
+    // Bytes by any other name are read as an archive.
+    let stored = app.serve_sample_template("s3.zip").await;
+    app.templates
+        .set_content_type("s3.zip", "binary/octet-stream");
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&stored))
+        .await;
+    assert_eq!(app.wait_job(&id).await["code"], 200);
     app.stop().await;
 }

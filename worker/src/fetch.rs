@@ -95,6 +95,16 @@ impl Fetcher {
                 self.max_bytes
             ))
         };
+        if let Some(kind) = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(not_an_archive)
+        {
+            return Err(FetchError::Permanent(format!(
+                "the template server answered {kind}, not a ZIP"
+            )));
+        }
         if response
             .content_length()
             .is_some_and(|n| n > self.max_bytes)
@@ -112,6 +122,37 @@ impl Fetcher {
         }
         Ok(body.freeze())
     }
+}
+
+/// The media type of a `Content-Type` that cannot be a ZIP (text, such as an error or sign-in
+/// page served with `200`; JSON or XML; images, sound, video, fonts), so that nothing of it is
+/// downloaded. Any other (`application/zip`, `application/octet-stream`, a store's own name
+/// for bytes) may be, and the archive's reading decides. Shown only when it is a short token
+/// pair: the text comes from the template server.
+fn not_an_archive(content_type: &str) -> Option<String> {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let (top, sub) = essence.split_once('/')?;
+    let refused = matches!(top, "text" | "image" | "audio" | "video" | "font")
+        || matches!(sub, "json" | "xml" | "html")
+        || sub.ends_with("+json")
+        || sub.ends_with("+xml");
+    if !refused {
+        return None;
+    }
+    let shown = essence.len() <= 64
+        && essence
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/.+-_".contains(&b));
+    Some(if shown {
+        essence
+    } else {
+        "a media type that is not an archive".to_owned()
+    })
 }
 
 fn classify(e: reqwest::Error) -> FetchError {
@@ -205,6 +246,36 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_json_and_media_types_are_no_archive_and_bytes_may_be() {
+        for (content_type, refused) in [
+            ("text/html; charset=utf-8", Some("text/html")),
+            ("TEXT/PLAIN", Some("text/plain")),
+            ("application/json", Some("application/json")),
+            ("application/problem+json", Some("application/problem+json")),
+            ("application/xml", Some("application/xml")),
+            ("image/png", Some("image/png")),
+            ("application/zip", None),
+            ("application/x-zip-compressed", None),
+            ("application/octet-stream", None),
+            ("binary/octet-stream", None),
+            ("application/download", None),
+            ("nonsense", None),
+            ("", None),
+        ] {
+            assert_eq!(
+                super::not_an_archive(content_type).as_deref(),
+                refused,
+                "{content_type}"
+            );
+        }
+        let long = format!("text/{}", "x".repeat(100));
+        assert_eq!(
+            super::not_an_archive(&long).as_deref(),
+            Some("a media type that is not an archive")
+        );
+    }
+
     use super::*;
 
     #[test]
