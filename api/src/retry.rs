@@ -27,8 +27,9 @@ pub(crate) enum Retried {
 
 /// Retries the failed items of batch `id` as seen by `sees` (`None`: an operator). `None` when
 /// there is no such batch for the caller. The new jobs continue `caller_trace`, the trace the
-/// retry request carried; a request that carried none leaves them in the batch's own trace,
-/// as the batch's other jobs (a new trace would tie them to nothing).
+/// retry request carried, which the batch then carries; a request that carried no valid one
+/// leaves them in the batch's trace (its request's, or the last retry's that carried one), with
+/// the batch's other work (a new trace would tie them to nothing).
 pub(crate) async fn failed_items(
     state: &AppState,
     id: Uuid,

@@ -130,10 +130,7 @@ impl Settings {
                 "PROVISIONER_WORKER_CONCURRENCY",
                 &var("PROVISIONER_WORKER_CONCURRENCY", "4"),
             )?,
-            token_ttl: seconds(
-                "PROVISIONER_TOKEN_TTL",
-                &var("PROVISIONER_TOKEN_TTL", "3600"),
-            )?,
+            token_ttl: token_ttl(&var("PROVISIONER_TOKEN_TTL", "3600"))?,
             job_max_attempts: positive(
                 "PROVISIONER_JOB_MAX_ATTEMPTS",
                 &var("PROVISIONER_JOB_MAX_ATTEMPTS", "5"),
@@ -269,6 +266,22 @@ fn seconds(variable: &'static str, value: &str) -> Result<Duration, SettingsErro
     positive::<u64>(variable, value).map(Duration::from_secs)
 }
 
+/// Longest token lifetime: a year (a token's expiry must stay a date PostgreSQL can hold).
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 86_400);
+
+fn token_ttl(value: &str) -> Result<Duration, SettingsError> {
+    const VARIABLE: &str = "PROVISIONER_TOKEN_TTL";
+    let ttl = seconds(VARIABLE, value)?;
+    if ttl > MAX_TOKEN_TTL {
+        return Err(invalid(
+            VARIABLE,
+            value,
+            "at most 31622400 seconds (a year)",
+        ));
+    }
+    Ok(ttl)
+}
+
 fn retention(value: &str) -> Result<Duration, SettingsError> {
     const VARIABLE: &str = "PROVISIONER_JOB_RETENTION";
     let retention = seconds(VARIABLE, value)?;
@@ -350,5 +363,15 @@ mod tests {
         let err = settings(&[("PROVISIONER_JOB_RETENTION", "86399")]).unwrap_err();
         assert_eq!(err.variable, "PROVISIONER_JOB_RETENTION");
         assert!(err.message.contains("24 hours"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_token_lives_a_year_at_most() {
+        let year = settings(&[("PROVISIONER_TOKEN_TTL", "31622400")]).unwrap();
+        assert_eq!(year.token_ttl, MAX_TOKEN_TTL);
+        for too_long in ["31622401", "9000000000000"] {
+            let err = settings(&[("PROVISIONER_TOKEN_TTL", too_long)]).unwrap_err();
+            assert_eq!(err.variable, "PROVISIONER_TOKEN_TTL");
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! (m=19456 KiB, t=2, p=1), and the bounds a stored hash's parameters must keep.
 //!
 //! Hashing is CPU-heavy and needs 19 MiB of working memory. `pool()` runs it on a fixed set of
-//! threads, one per core, each reusing one working area for every hash it computes: a process
-//! holds at most that many areas whatever its concurrency, and never hands 19 MiB blocks back
+//! threads, one per core (no more than the jobs that may hash at once), each reusing one working
+//! area for every hash it computes: a process holds at most that many areas whatever its load, and never hands 19 MiB blocks back
 //! and forth with the allocator (whose per-thread arenas would each keep some). The plain `hash`
 //! and `verify` below allocate per call; they serve one-off commands and tests.
 

@@ -1,7 +1,8 @@
 //! Template downloads are bounded end to end: a server that drips bytes is cut off at
 //! `PROVISIONER_TEMPLATE_TIMEOUT` (a transient fault: retried, then 500), a body without end
 //! at `PROVISIONER_TEMPLATE_MAX_BYTES` (code 400 at once), and a body whose type says it is no
-//! archive (a page, JSON) is not read at all (code 400 at once).
+//! archive (a page, JSON) is not read past its first bytes unless they are a ZIP's (code 400 at
+//! once).
 
 use std::{
     sync::atomic::Ordering,
@@ -97,7 +98,7 @@ async fn a_template_without_end_is_cut_off_at_the_byte_cap_with_400_at_once() {
 }
 
 #[tokio::test]
-async fn a_page_served_for_a_template_is_refused_by_its_type_before_its_body_is_read() {
+async fn a_page_served_for_a_template_is_refused_by_its_type_and_first_bytes() {
     let app = TestApp::spawn().await;
     // A sign-in page without end: nothing of it is worth reading.
     let (url, flow) = app.templates.endless("login", None);
@@ -124,13 +125,18 @@ async fn a_page_served_for_a_template_is_refused_by_its_type_before_its_body_is_
     let sent = flow.bytes.load(Ordering::SeqCst);
     assert!(sent < 16 << 20, "{sent} bytes sent");
 
-    // Bytes by any other name are read as an archive.
-    let stored = app.serve_sample_template("s3.zip").await;
-    app.templates
-        .set_content_type("s3.zip", "binary/octet-stream");
-    let id = app
-        .submit(&fixtures::tenant_url(), &fixtures::create_body(&stored))
-        .await;
-    assert_eq!(app.wait_job(&id).await["code"], 200);
+    // Bytes by any other name are read as an archive, and so is a ZIP a misconfigured server
+    // calls text.
+    for (name, content_type) in [
+        ("s3.zip", "binary/octet-stream"),
+        ("plain.zip", "text/plain"),
+    ] {
+        let url = app.serve_sample_template(name).await;
+        app.templates.set_content_type(name, content_type);
+        let id = app
+            .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await;
+        assert_eq!(app.wait_job(&id).await["code"], 200, "{content_type}");
+    }
     app.stop().await;
 }

@@ -166,7 +166,7 @@ async fn a_session_never_exports_and_ends_as_soon_as_its_client_is_revoked() {
             .unwrap()
     );
     drop(conn);
-    eventually(Duration::from_millis(1500), || async {
+    eventually(Duration::from_millis(700), || async {
         let (status, location, _) = ui::get(&app, &session, "/ui/").await;
         (status == StatusCode::SEE_OTHER && location.as_deref() == Some("/ui/login")).then_some(())
     })
@@ -181,9 +181,10 @@ async fn dashboard_faults_answer_pages_not_problem_json() {
     for (method, path, status) in [
         ("GET", "/ui/logout", StatusCode::METHOD_NOT_ALLOWED),
         ("POST", "/ui/", StatusCode::METHOD_NOT_ALLOWED),
-        ("POST", "/ui/no-such-page", StatusCode::METHOD_NOT_ALLOWED),
+        ("POST", "/ui/no-such-page", StatusCode::NOT_FOUND),
         ("GET", "/ui/batches/%FF", StatusCode::NOT_FOUND),
         ("GET", "/ui/jobs/%FF%FE", StatusCode::NOT_FOUND),
+        ("GET", "/ui/assets/%FF", StatusCode::NOT_FOUND),
     ] {
         let r = ui::no_redirects()
             .request(method.parse().unwrap(), app.url(path))
@@ -192,6 +193,9 @@ async fn dashboard_faults_answer_pages_not_problem_json() {
             .await
             .unwrap();
         assert_eq!(r.status(), status, "{method} {path}");
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(r.headers().contains_key(header::ALLOW), "{method} {path}");
+        }
         let kind = r.headers()[header::CONTENT_TYPE]
             .to_str()
             .unwrap()

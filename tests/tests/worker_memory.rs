@@ -3,8 +3,8 @@
 //! allocated and freed its block on whichever of many threads ran it; glibc's dynamic mmap
 //! threshold grew past 19 MiB after the first free, later blocks came from per-thread heaps, and
 //! the heaps fragmented (505 MiB peak, 430 MiB kept after 120 creates). The hashing pool
-//! (`passwords::pool`) has one thread per core, each reusing one block: the peak is bounded with
-//! the allocator's defaults.
+//! (`passwords::pool`) has one thread per core (no more than the worker's job slots), each
+//! reusing one block: the peak is bounded with the allocator's defaults.
 
 use std::time::Duration;
 

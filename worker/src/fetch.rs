@@ -95,16 +95,16 @@ impl Fetcher {
                 self.max_bytes
             ))
         };
-        if let Some(kind) = response
+        // A type that cannot be an archive: its first bytes decide (a misconfigured server
+        // may still send a ZIP as text), and the rest is not read unless they are a ZIP's.
+        let mut suspect = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(not_an_archive)
-        {
-            return Err(FetchError::Permanent(format!(
-                "the template server answered {kind}, not a ZIP"
-            )));
-        }
+            .and_then(not_an_archive);
+        let not_a_zip = |kind: &str| {
+            FetchError::Permanent(format!("the template server answered {kind}, not a ZIP"))
+        };
         if response
             .content_length()
             .is_some_and(|n| n > self.max_bytes)
@@ -119,15 +119,33 @@ impl Fetcher {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
+            if body.len() >= ZIP_SIGNATURE_LEN {
+                if let Some(kind) = suspect.take() {
+                    if !starts_as_zip(&body) {
+                        return Err(not_a_zip(&kind));
+                    }
+                }
+            }
+        }
+        if let Some(kind) = suspect {
+            return Err(not_a_zip(&kind));
         }
         Ok(body.freeze())
     }
 }
 
+const ZIP_SIGNATURE_LEN: usize = 4;
+
+/// Do `bytes` begin as a ZIP does: a local file header, or the end record of an empty archive?
+fn starts_as_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
+}
+
 /// The media type of a `Content-Type` that cannot be a ZIP (text, such as an error or sign-in
 /// page served with `200`; JSON or XML; images, sound, video, fonts), so that nothing of it is
-/// downloaded. Any other (`application/zip`, `application/octet-stream`, a store's own name
-/// for bytes) may be, and the archive's reading decides. Shown only when it is a short token
+/// downloaded past its first bytes, unless they are a ZIP's. Any other (`application/zip`,
+/// `application/octet-stream`, a store's own name for bytes) may be, and the archive's reading
+/// decides. Shown only when it is a short token
 /// pair: the text comes from the template server.
 fn not_an_archive(content_type: &str) -> Option<String> {
     let essence = content_type

@@ -1,12 +1,11 @@
 //! The dashboard's vendored assets, built into the binary (the dashboard works offline).
 
 use axum::{
-    extract::Path,
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
 
-use super::layout;
+use super::{PagePath, layout};
 
 const ASSETS: [(&str, &str, &str); 2] = [
     (
@@ -22,7 +21,7 @@ const ASSETS: [(&str, &str, &str); 2] = [
 ];
 
 /// `GET /ui/assets/{name}`.
-pub(crate) async fn serve(Path(name): Path<String>) -> Response {
+pub(crate) async fn serve(PagePath(name): PagePath) -> Response {
     let Some((_, content_type, body)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
         return layout::not_found("asset");
     };

@@ -23,12 +23,9 @@ use axum::{
     http::{HeaderName, HeaderValue, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Redirect, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
-use provisioner_shared::db::{
-    batches::BatchRow,
-    dashboard::{FailureGroup, SessionRow},
-};
+use provisioner_shared::db::{batches::BatchRow, dashboard::FailureGroup};
 use tower_http::catch_panic::CatchPanicLayer;
 use uuid::Uuid;
 
@@ -50,7 +47,7 @@ pub(crate) struct Live {
     /// Sessions by the authentication epoch they were read in and their token's digest: a
     /// page's polls do not each read the token again, and a revocation or a sign-out (any
     /// process) moves the epoch on, so a session read before it is never served after it.
-    sessions: Cache<(u64, [u8; 32]), Option<SessionRow>>,
+    sessions: Cache<(u64, [u8; 32]), Option<session::Found>>,
 }
 
 impl Default for Live {
@@ -84,7 +81,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/live/overview", get(overview::live))
         .route("/ui/live/batches", get(batches::live))
         .route("/ui/assets/{name}", get(assets::serve))
-        .route("/ui/{*rest}", get(|| async { layout::not_found("page") }))
+        .route("/ui/{*rest}", any(|| async { layout::not_found("page") }))
         .method_not_allowed_fallback(|| async {
             layout::refused(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -1,7 +1,9 @@
-//! Dashboard sessions. Signing in issues an ordinary bearer token of the client (stored hashed,
-//! expiring with `PROVISIONER_TOKEN_TTL`); the session cookie carries it, `HttpOnly`,
-//! `SameSite=Strict`, and `Secure` when the request came over TLS. State-changing forms carry a
+//! Dashboard sessions. Signing in issues a bearer token of the client without `tenants:export`
+//! (stored hashed, expiring with `PROVISIONER_TOKEN_TTL`); the session cookie carries it,
+//! `HttpOnly`, `SameSite=Strict`, and `Secure` when the request came over TLS. State-changing forms carry a
 //! token derived from the session (`csrf`), and every `POST` must come from this origin.
+
+use std::time::Instant;
 
 use axum::{
     extract::FromRequestParts,
@@ -87,16 +89,19 @@ impl Session {
                     .ui
                     .sessions
                     .get((epoch, digest), || async move {
-                        db::dashboard::session(&pool, &digest).await
+                        Found::read(&pool, &digest).await
                     })
                     .await?
             }
-            None => db::dashboard::session(&state.pool, &digest).await?,
+            None => Found::read(&state.pool, &digest).await?,
         };
         // A cached session is still refused from the second its token expires.
-        let Some(db::dashboard::SessionRow {
-            client_id, scopes, ..
-        }) = found.filter(|s| s.expires_at > chrono::Utc::now())
+        let Some(Found {
+            row: db::dashboard::SessionRow {
+                client_id, scopes, ..
+            },
+            ..
+        }) = found.filter(|f| Instant::now() < f.until)
         else {
             return Ok(None);
         };
@@ -268,5 +273,28 @@ mod tests {
         )])));
         assert!(!over_tls(&headers(&[("x-forwarded-proto", "http")])));
         assert!(!over_tls(&HeaderMap::new()));
+    }
+}
+
+/// A session as read, and the instant its token expires: the lifetime it had left by
+/// PostgreSQL's clock, counted from before the read (this host's clock may differ from the
+/// database's; its monotonic clock only measures the time since).
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    row: db::dashboard::SessionRow,
+    until: Instant,
+}
+
+impl Found {
+    async fn read(pool: &sqlx::PgPool, digest: &[u8; 32]) -> Result<Option<Self>, sqlx::Error> {
+        let read_at = Instant::now();
+        let row = db::dashboard::session(pool, digest).await?;
+        Ok(row.map(|row| {
+            let left = std::time::Duration::try_from_secs_f64(row.seconds_left).unwrap_or_default();
+            Self {
+                until: read_at + left,
+                row,
+            }
+        }))
     }
 }

@@ -222,8 +222,9 @@ pub async fn batches_using(
 pub struct SessionRow {
     pub client_id: String,
     pub scopes: Vec<String>,
-    /// The token is refused from this instant on.
-    pub expires_at: DateTime<Utc>,
+    /// Seconds the token had left when it was read, by PostgreSQL's clock (the one that
+    /// decides).
+    pub seconds_left: f64,
 }
 
 pub async fn session(
@@ -231,7 +232,9 @@ pub async fn session(
     token_hash: &[u8],
 ) -> Result<Option<SessionRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT t.client_id, t.scopes, t.expires_at FROM access_tokens t
+        "SELECT t.client_id, t.scopes,
+                extract(epoch FROM t.expires_at - now())::float8 AS seconds_left
+         FROM access_tokens t
          JOIN api_clients c ON c.id = t.client_id
          WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL",
     )
