@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use provisioner_tests::{TestApp, eventually, fixtures, process::Proc};
+use provisioner_tests::{TestApp, events::EventTap, eventually, fixtures, process::Proc};
 use serde_json::{Value, json};
 
 /// Starts a worker process with the app's settings and `extra` variables.
@@ -141,6 +141,7 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
     let mut app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
+    let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
     let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
     // Publish the same job message four more times, then race two workers.
     let conn = Connection::connect(&app.vars["AMQP_URL"], ConnectionProperties::default())
@@ -175,6 +176,47 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
     fixtures::assert_sample_tenant(&app, &tenant).await;
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(after, done, "later deliveries changed nothing");
+    // Every event written was published (the outbox is empty once the broker confirmed them,
+    // so they are in the tap's queue): a marker published now comes after all of them.
+    eventually(Duration::from_secs(20), || async {
+        (app.count("SELECT count(*) FROM outbox").await == 0).then_some(())
+    })
+    .await;
+    channel
+        .basic_publish(
+            "provisioner.events".into(),
+            "job.marker".into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let events = tap
+        .collect_until(|seen| seen.iter().any(|e| e.routing_key == "job.marker"))
+        .await;
+    // De-duplicated by id, as consumers do: one event per status change, one ending.
+    let mut by_id = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| e.body["subject"] == id.as_str()) {
+        by_id.insert(e.body["id"].as_str().unwrap().to_owned(), e);
+    }
+    let mut changes: Vec<(i64, &str)> = by_id
+        .values()
+        .map(|e| {
+            (
+                e.body["jobversion"].as_i64().unwrap(),
+                e.routing_key.as_str(),
+            )
+        })
+        .collect();
+    changes.sort_unstable();
+    assert_eq!(
+        changes,
+        [(1, "job.queued"), (2, "job.running"), (3, "job.succeeded")],
+        "the job's events"
+    );
     // Garbage on the queue is dead-lettered, not looped.
     channel
         .basic_publish(
