@@ -113,6 +113,51 @@ impl EventTap {
     }
 }
 
+impl EventTap {
+    /// Every event received until now and those already routed to the tap: publishes a marker
+    /// behind them and receives up to it. Whatever a relay published and the broker confirmed
+    /// before this call (an empty outbox says every row was) comes before the marker.
+    pub async fn collect_published(&mut self) -> Vec<Event> {
+        let channel = self._conn.create_channel().await.unwrap();
+        let marker = uuid::Uuid::new_v4().to_string();
+        channel
+            .basic_publish(
+                provisioner_shared::queue::EVENTS_EXCHANGE.into(),
+                "job.marker".into(),
+                lapin::options::BasicPublishOptions::default(),
+                serde_json::json!({"id": marker}).to_string().as_bytes(),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        let mut events = self
+            .collect_until(|seen| seen.last().is_some_and(|e| e.body["id"] == marker.as_str()))
+            .await;
+        events.pop();
+        events
+    }
+}
+
+/// The status changes `events` announce of job `id`, each once as a consumer de-duplicating by
+/// event id sees them: `(jobversion, routing key)`, in version order.
+pub fn changes_of(events: &[Event], id: &str) -> Vec<(i64, String)> {
+    let mut by_id = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| e.body["subject"] == id) {
+        by_id.insert(e.body["id"].as_str().unwrap_or_default().to_owned(), e);
+    }
+    let mut changes: Vec<(i64, String)> = by_id
+        .values()
+        .map(|e| {
+            (
+                e.body["jobversion"].as_i64().unwrap_or_default(),
+                e.routing_key.clone(),
+            )
+        })
+        .collect();
+    changes.sort_unstable();
+    changes
+}
+
 /// The `traceparent` header of a message, if it has one (as a string).
 pub fn traceparent_header(properties: &lapin::BasicProperties) -> Option<String> {
     let headers = properties.headers().as_ref()?;

@@ -1,10 +1,102 @@
 //! Outbox announcements wake the relay of the process that wrote the rows; the others poll, so
-//! rows of a process whose relay cannot reach the broker are still published. A relay that
-//! deletes rows vacuums the table.
+//! rows of a process whose relay cannot reach the broker, or that was killed after its commit,
+//! are still published, once. A relay that deletes rows vacuums the table.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc};
+use provisioner_tests::{
+    BOOTSTRAP_ID, BOOTSTRAP_SECRET, Options, TestApp, authorized_client,
+    events::{EventTap, changes_of},
+    eventually, fetch_token, fixtures, http_client,
+    process::Proc,
+};
+
+/// A broker address nothing answers at.
+const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/none";
+
+#[tokio::test]
+async fn a_job_whose_api_was_killed_after_its_commit_is_published_by_another_process_and_ends_once()
+{
+    // Neither the harness's API nor the API process that accepts the job can reach the broker:
+    // what that process commits, it never publishes.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("AMQP_URL", NO_BROKER.to_owned())],
+    })
+    .await;
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let mut api = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        &app,
+        &[("AMQP_URL", NO_BROKER)],
+        "info",
+    );
+    let addr = api.api_addr().await;
+    let token = fetch_token(&http_client(), addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let mut tap = EventTap::start(&amqp).await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let r = authorized_client(&token)
+        .post(format!(
+            "http://{addr}/configapi/v2/selfservice/tenant/{tenant}"
+        ))
+        .json(&fixtures::create_body(&url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Killed at once after the 202: the job and its outbox rows are committed, nothing sent.
+    api.child.kill().await.unwrap();
+    assert_eq!(
+        app.count("SELECT count(*) FROM outbox").await,
+        2,
+        "the job message and its queued event wait"
+    );
+
+    // A worker's relay (which reaches the broker) publishes them at its next poll.
+    let started = Instant::now();
+    let mut worker = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("AMQP_URL", &amqp)],
+        "info",
+    );
+    let done = app.wait_job(&id).await;
+    assert_eq!(done["code"].as_i64(), Some(200), "{done}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "published and run in {took:?}"
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM tenants WHERE url = '{tenant}'"
+        ))
+        .await,
+        1
+    );
+    // Once: every event written is published (the outbox empties as the broker confirms), each
+    // status change announced once.
+    eventually(Duration::from_secs(20), || async {
+        (app.count("SELECT count(*) FROM outbox").await == 0).then_some(())
+    })
+    .await;
+    let events = tap.collect_published().await;
+    assert_eq!(
+        changes_of(&events, &id),
+        [
+            (1, "job.queued".to_owned()),
+            (2, "job.running".to_owned()),
+            (3, "job.succeeded".to_owned())
+        ]
+    );
+    worker.child.kill().await.unwrap();
+    app.stop().await;
+}
 
 #[tokio::test]
 async fn rows_of_a_process_whose_relay_is_down_are_published_by_another_processs_poll() {

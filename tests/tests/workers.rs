@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
-use provisioner_tests::{TestApp, events::EventTap, eventually, fixtures, process::Proc};
+use provisioner_tests::{
+    TestApp,
+    events::{EventTap, changes_of},
+    eventually, fixtures,
+    process::Proc,
+};
 use serde_json::{Value, json};
 
 /// Starts a worker process with the app's settings and `extra` variables.
@@ -177,44 +182,20 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
     let (_, after) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(after, done, "later deliveries changed nothing");
     // Every event written was published (the outbox is empty once the broker confirmed them,
-    // so they are in the tap's queue): a marker published now comes after all of them.
+    // so they are in the tap's queue).
     eventually(Duration::from_secs(20), || async {
         (app.count("SELECT count(*) FROM outbox").await == 0).then_some(())
     })
     .await;
-    channel
-        .basic_publish(
-            "provisioner.events".into(),
-            "job.marker".into(),
-            BasicPublishOptions::default(),
-            b"{}",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let events = tap
-        .collect_until(|seen| seen.iter().any(|e| e.routing_key == "job.marker"))
-        .await;
     // De-duplicated by id, as consumers do: one event per status change, one ending.
-    let mut by_id = std::collections::BTreeMap::new();
-    for e in events.iter().filter(|e| e.body["subject"] == id.as_str()) {
-        by_id.insert(e.body["id"].as_str().unwrap().to_owned(), e);
-    }
-    let mut changes: Vec<(i64, &str)> = by_id
-        .values()
-        .map(|e| {
-            (
-                e.body["jobversion"].as_i64().unwrap(),
-                e.routing_key.as_str(),
-            )
-        })
-        .collect();
-    changes.sort_unstable();
+    let events = tap.collect_published().await;
     assert_eq!(
-        changes,
-        [(1, "job.queued"), (2, "job.running"), (3, "job.succeeded")],
+        changes_of(&events, &id),
+        [
+            (1, "job.queued".to_owned()),
+            (2, "job.running".to_owned()),
+            (3, "job.succeeded".to_owned())
+        ],
         "the job's events"
     );
     // Garbage on the queue is dead-lettered, not looped.
