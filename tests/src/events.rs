@@ -113,6 +113,19 @@ impl EventTap {
     }
 }
 
+impl crate::TestApp {
+    /// Every event `tap` got and the system will send for what it committed so far: waits for
+    /// the outbox to empty (each row is deleted once the broker confirmed it, so routed to the
+    /// tap), then reads up to a marker published behind them.
+    pub async fn published_events(&self, tap: &mut EventTap) -> Vec<Event> {
+        crate::eventually(Duration::from_secs(20), || async {
+            (self.count("SELECT count(*) FROM outbox").await == 0).then_some(())
+        })
+        .await;
+        tap.collect_published().await
+    }
+}
+
 impl EventTap {
     /// Every event received until now and those already routed to the tap: publishes a marker
     /// behind them and receives up to it. Whatever a relay published and the broker confirmed

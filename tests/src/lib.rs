@@ -71,6 +71,9 @@ pub(crate) fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A broker address nothing answers at.
+pub const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/none";
+
 impl TestApp {
     pub async fn spawn() -> Self {
         Self::with(Options::default()).await
@@ -83,6 +86,22 @@ impl TestApp {
             ..Default::default()
         })
         .await
+    }
+
+    /// A system with no worker whose own API (in this process) cannot reach a broker: what it
+    /// commits, only another process's relay publishes (`broker_url` is the broker's real
+    /// address for such a process).
+    pub async fn without_broker() -> Self {
+        Self::with(Options {
+            workers: 0,
+            vars: vec![("AMQP_URL", NO_BROKER.to_owned())],
+        })
+        .await
+    }
+
+    /// The broker's address for this test's vhost (whatever `AMQP_URL` this system was given).
+    pub fn broker_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.vhost)
     }
 
     /// Serves the sample template (of this schema version) at `/name`; returns its URL.

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use provisioner_shared::queue::CREATE_TENANT_QUEUE;
 use provisioner_tests::{
-    Options, TestApp, authorized_client, eventually, fetch_token, fixtures, http_client,
-    process::Proc,
+    TestApp, authorized_client, eventually, fetch_token, fixtures, http_client, process::Proc,
 };
 use serde_json::{Value, json};
 
@@ -69,12 +68,8 @@ async fn outbox_attempts(app: &TestApp, id: &str) -> Option<i32> {
 /// A test system whose only outbox relay is an API process of its own (the harness's API cannot
 /// reach the broker), with that process's address and the vhost's broker URL.
 async fn system_with_one_relay() -> (TestApp, Proc, std::net::SocketAddr, String) {
-    let app = TestApp::with(Options {
-        workers: 0,
-        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".into())],
-    })
-    .await;
-    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let app = TestApp::without_broker().await;
+    let amqp = app.broker_url();
     let mut api = Proc::spawn(
         env!("CARGO_BIN_EXE_test-api"),
         &app,

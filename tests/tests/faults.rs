@@ -250,11 +250,7 @@ async fn the_concurrency_bound_holds_across_a_broker_reconnect() {
 async fn the_reconciler_sends_a_job_again_only_when_no_message_waits_and_once_per_period() {
     use provisioner_shared::db::jobs::resend_stranded;
     // The API's relay cannot reach a broker: the job message stays in the outbox.
-    let app = TestApp::with(Options {
-        workers: 0,
-        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".to_owned())],
-    })
-    .await;
+    let app = TestApp::without_broker().await;
     let url = app.serve_sample_template("t").await;
     let id = app
         .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))

@@ -5,26 +5,19 @@
 use std::time::{Duration, Instant};
 
 use provisioner_tests::{
-    BOOTSTRAP_ID, BOOTSTRAP_SECRET, Options, TestApp, authorized_client,
+    BOOTSTRAP_ID, BOOTSTRAP_SECRET, NO_BROKER, TestApp, authorized_client,
     events::{EventTap, changes_of},
     eventually, fetch_token, fixtures, http_client,
     process::Proc,
 };
-
-/// A broker address nothing answers at.
-const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/none";
 
 #[tokio::test]
 async fn a_job_whose_api_was_killed_after_its_commit_is_published_by_another_process_and_ends_once()
 {
     // Neither the harness's API nor the API process that accepts the job can reach the broker:
     // what that process commits, it never publishes.
-    let app = TestApp::with(Options {
-        workers: 0,
-        vars: vec![("AMQP_URL", NO_BROKER.to_owned())],
-    })
-    .await;
-    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let app = TestApp::without_broker().await;
+    let amqp = app.broker_url();
     let mut api = Proc::spawn(
         env!("CARGO_BIN_EXE_test-api"),
         &app,
@@ -79,13 +72,8 @@ async fn a_job_whose_api_was_killed_after_its_commit_is_published_by_another_pro
         .await,
         1
     );
-    // Once: every event written is published (the outbox empties as the broker confirms), each
-    // status change announced once.
-    eventually(Duration::from_secs(20), || async {
-        (app.count("SELECT count(*) FROM outbox").await == 0).then_some(())
-    })
-    .await;
-    let events = tap.collect_published().await;
+    // Once: each status change announced once.
+    let events = app.published_events(&mut tap).await;
     assert_eq!(
         changes_of(&events, &id),
         [
@@ -101,12 +89,8 @@ async fn a_job_whose_api_was_killed_after_its_commit_is_published_by_another_pro
 #[tokio::test]
 async fn rows_of_a_process_whose_relay_is_down_are_published_by_another_processs_poll() {
     // The harness's API (this test's process) cannot reach a broker.
-    let app = TestApp::with(Options {
-        workers: 0,
-        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".to_owned())],
-    })
-    .await;
-    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let app = TestApp::without_broker().await;
+    let amqp = app.broker_url();
     let mut worker = Proc::spawn(
         env!("CARGO_BIN_EXE_test-worker"),
         &app,
@@ -179,11 +163,7 @@ async fn a_relay_that_deletes_rows_vacuums_the_outbox_and_shrinks_it_when_quiet(
 async fn a_relay_whose_user_may_not_vacuum_the_outbox_says_so_and_goes_on_publishing() {
     // The harness's API (this test's process) cannot reach a broker: the worker's relay
     // publishes everything.
-    let app = TestApp::with(Options {
-        workers: 0,
-        vars: vec![("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/none".to_owned())],
-    })
-    .await;
+    let app = TestApp::without_broker().await;
     let role = format!("relay_{}", uuid::Uuid::new_v4().simple());
     for grant in [
         format!("CREATE ROLE {role} LOGIN"),
@@ -193,7 +173,7 @@ async fn a_relay_whose_user_may_not_vacuum_the_outbox_says_so_and_goes_on_publis
     ] {
         sqlx::query(&grant).execute(&app.db).await.unwrap();
     }
-    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let amqp = app.broker_url();
     let database = format!("postgres://{role}@127.0.0.1:5432/{}", app.database);
     let mut worker = Proc::spawn(
         env!("CARGO_BIN_EXE_test-worker"),

@@ -286,25 +286,29 @@ async fn a_request_without_a_valid_traceparent_starts_a_new_trace() {
     app.stop().await;
 }
 
+/// Submits a batch of `items` in the trace `PARENT` (expecting 202); returns its id.
+async fn submit_batch(app: &TestApp, items: &[Value]) -> String {
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .header("content-type", "application/x-ndjson")
+        .header("traceparent", PARENT)
+        .body(batches::ndjson(items))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let batch: Value = r.json().await.unwrap();
+    batch["batchId"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn a_batchs_items_carry_the_trace_of_the_batch_request() {
     let app = TestApp::without_workers().await;
     let mut worker = Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &[], "info");
     let template = app.serve_sample_template("t").await;
     let mut tap = EventTap::start(&app.vars["AMQP_URL"]).await;
-    let items = batches::items(3, &template);
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/batches"))
-        .header("content-type", "application/x-ndjson")
-        .header("traceparent", PARENT)
-        .body(batches::ndjson(&items))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let batch: Value = r.json().await.unwrap();
-    let batch_id = batch["batchId"].as_str().unwrap().to_owned();
+    let batch_id = submit_batch(&app, &batches::items(3, &template)).await;
     let events = tap
         .collect_until(|seen| seen.iter().any(|e| e.routing_key == "batch.completed"))
         .await;
@@ -367,18 +371,7 @@ async fn a_batch_retry_carries_the_retry_requests_trace_or_else_the_batchs() {
         let name = format!("late-{n}.zip");
         let late = format!("http://{}/{name}", app.templates.addr);
         let items = vec![batches::item(&fixtures::tenant_url(), &late)];
-        let r = app
-            .http
-            .post(app.url("/configapi/v2/batches"))
-            .header("content-type", "application/x-ndjson")
-            .header("traceparent", PARENT)
-            .body(batches::ndjson(&items))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
-        let batch: Value = r.json().await.unwrap();
-        let batch_id = batch["batchId"].as_str().unwrap().to_owned();
+        let batch_id = submit_batch(&app, &items).await;
         let ended = batches::wait(&app, &batch_id, Duration::from_secs(90)).await;
         assert_eq!(ended["counts"]["failed"], 1, "{ended}");
         let old_job = batches::results(&app, &batch_id, "").await[0]["jobId"]

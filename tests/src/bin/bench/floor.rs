@@ -133,7 +133,7 @@ pub async fn measure(n: usize) -> Floor {
     .execute(&db)
     .await
     .expect("the floor's table");
-    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{}", app.vhost);
+    let amqp = app.broker_url();
     let setup = connect(&amqp).await;
     queue::declare_topology(&setup.create_channel().await.expect("a channel"))
         .await
