@@ -151,19 +151,23 @@ impl EventTap {
     }
 }
 
+/// What a claimed job that succeeded announces: `(jobversion, routing key)` of each change.
+pub const CLAIMED_AND_SUCCEEDED: [(i64, &str); 3] =
+    [(1, "job.queued"), (2, "job.running"), (3, "job.succeeded")];
+
 /// The status changes `events` announce of job `id`, each once as a consumer de-duplicating by
 /// event id sees them: `(jobversion, routing key)`, in version order.
-pub fn changes_of(events: &[Event], id: &str) -> Vec<(i64, String)> {
+pub fn changes_of<'a>(events: &'a [Event], id: &str) -> Vec<(i64, &'a str)> {
     let mut by_id = std::collections::BTreeMap::new();
     for e in events.iter().filter(|e| e.body["subject"] == id) {
         by_id.insert(e.body["id"].as_str().unwrap_or_default().to_owned(), e);
     }
-    let mut changes: Vec<(i64, String)> = by_id
+    let mut changes: Vec<(i64, &str)> = by_id
         .values()
         .map(|e| {
             (
                 e.body["jobversion"].as_i64().unwrap_or_default(),
-                e.routing_key.clone(),
+                e.routing_key.as_str(),
             )
         })
         .collect();

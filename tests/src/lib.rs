@@ -71,6 +71,25 @@ pub(crate) fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Creates `tenant` from `template_url` through the API process at `addr`, as the bootstrap
+/// client (expecting 202); returns the job id.
+pub async fn submit_via(addr: SocketAddr, tenant: &str, template_url: &str) -> String {
+    let token = fetch_token(&http_client(), addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let r = authorized_client(&token)
+        .post(format!(
+            "http://{addr}/configapi/v2/selfservice/tenant/{tenant}"
+        ))
+        .json(&fixtures::create_body(template_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "create {tenant}");
+    r.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A broker address nothing answers at.
 pub const NO_BROKER: &str = "amqp://guest:guest@127.0.0.1:1/none";
 

@@ -7,10 +7,8 @@
 use std::time::{Duration, Instant};
 
 use provisioner_shared::queue::CREATE_TENANT_QUEUE;
-use provisioner_tests::{
-    TestApp, authorized_client, eventually, fetch_token, fixtures, http_client, process::Proc,
-};
-use serde_json::{Value, json};
+use provisioner_tests::{TestApp, eventually, fixtures, process::Proc, submit_via};
+use serde_json::json;
 
 #[tokio::test]
 async fn the_broker_holds_every_jobs_queue_with_the_contracts_arguments() {
@@ -88,26 +86,7 @@ async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_
     app.bind_job_queue(&amqp, false).await;
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
-    let token = fetch_token(
-        &http_client(),
-        addr,
-        provisioner_tests::BOOTSTRAP_ID,
-        provisioner_tests::BOOTSTRAP_SECRET,
-    )
-    .await;
-    let r = authorized_client(&token)
-        .post(format!(
-            "http://{addr}/configapi/v2/selfservice/tenant/{tenant}"
-        ))
-        .json(&fixtures::create_body(&url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = submit_via(addr, &tenant, &url).await;
 
     // The broker returned it, twice: the relay says so and keeps it.
     api.wait_for_record("the unroutable alert", |r| {
@@ -170,41 +149,15 @@ async fn a_job_message_the_broker_refuses_stays_in_the_outbox_until_it_is_taken(
     api.wait_for("outbox relay connected").await;
     app.cap_queue(CREATE_TENANT_QUEUE, Some(0)).await;
     let url = app.serve_sample_template("t").await;
-    let token = fetch_token(
-        &http_client(),
-        addr,
-        provisioner_tests::BOOTSTRAP_ID,
-        provisioner_tests::BOOTSTRAP_SECRET,
-    )
-    .await;
-    let http = authorized_client(&token);
-    let submit = |tenant: String| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            let r = http
-                .post(format!(
-                    "http://{addr}/configapi/v2/selfservice/tenant/{tenant}"
-                ))
-                .json(&fixtures::create_body(&url))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-            r.json::<Value>().await.unwrap()["jobId"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
     let (first_tenant, tenant) = (fixtures::tenant_url(), fixtures::tenant_url());
-    let first = submit(first_tenant.clone()).await;
+    let first = submit_via(addr, &first_tenant, &url).await;
     eventually(Duration::from_secs(15), || async {
         (outbox_attempts(&app, &first).await.is_none()
             && app.queue_messages(CREATE_TENANT_QUEUE).await == 1)
             .then_some(())
     })
     .await;
-    let id = submit(tenant.clone()).await;
+    let id = submit_via(addr, &tenant, &url).await;
 
     // Refused, twice: the relay says so and keeps the message.
     api.wait_for_record("the refusal", |r| {
