@@ -3,9 +3,10 @@
 //!
 //! Hashing is CPU-heavy and needs 19 MiB of working memory. `pool()` runs it on a fixed set of
 //! threads, one per core (no more than the jobs that may hash at once), each reusing one working
-//! area for every hash it computes: a process holds at most that many areas whatever its load, and never hands 19 MiB blocks back
-//! and forth with the allocator (whose per-thread arenas would each keep some). The plain `hash`
-//! and `verify` below allocate per call; they serve one-off commands and tests.
+//! area for every hash it computes: a process holds at most that many areas whatever its load,
+//! and never hands 19 MiB blocks back and forth with the allocator (whose per-thread arenas
+//! would each keep some). The plain `hash` and `verify` below allocate per call; they serve
+//! one-off commands and tests.
 
 use std::{
     ops::RangeInclusive,

@@ -145,8 +145,7 @@ fn starts_as_zip(bytes: &[u8]) -> bool {
 /// page served with `200`; JSON or XML; images, sound, video, fonts), so that nothing of it is
 /// downloaded past its first bytes, unless they are a ZIP's. Any other (`application/zip`,
 /// `application/octet-stream`, a store's own name for bytes) may be, and the archive's reading
-/// decides. Shown only when it is a short token
-/// pair: the text comes from the template server.
+/// decides. Shown only when it is a short token pair: the text comes from the template server.
 fn not_an_archive(content_type: &str) -> Option<String> {
     let essence = content_type
         .split(';')
