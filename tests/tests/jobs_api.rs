@@ -174,6 +174,68 @@ async fn the_same_idempotency_key_returns_the_same_job_and_a_different_body_is_4
 }
 
 #[tokio::test]
+async fn a_storm_over_many_keys_with_conflicting_bodies_makes_one_job_per_key() {
+    // No worker: every job stays in flight while the storm lasts.
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    const KEYS: usize = 16;
+    let mut requests = vec![];
+    for k in 0..KEYS {
+        let tenant = fixtures::tenant_url();
+        let key = format!("storm-{k}");
+        let first = fixtures::create_body(&url);
+        let mut second = first.clone();
+        second["password"] = json!(format!("another password {k}"));
+        // Four copies of one body and two of a conflicting one, sent all at once and
+        // interleaved with every other key's.
+        for which in [0, 1, 0, 0, 1, 0] {
+            let body = if which == 0 { &first } else { &second };
+            requests.push((k, which, tenant.clone(), key.clone(), body.clone()));
+        }
+    }
+    let answers = futures_util::future::join_all(requests.into_iter().map(
+        |(k, which, tenant, key, body)| {
+            let app = &app;
+            async move {
+                let r = app
+                    .http
+                    .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+                    .header("idempotency-key", key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let job = r.json::<Value>().await.unwrap()["jobId"]
+                    .as_str()
+                    .map(str::to_owned);
+                (k, which, status, job)
+            }
+        },
+    ))
+    .await;
+    for k in 0..KEYS {
+        let mine: Vec<_> = answers.iter().filter(|a| a.0 == k).collect();
+        // Whichever body was recorded first wins: all its copies get that job, every copy of
+        // the other body 422.
+        let winner = mine
+            .iter()
+            .find(|a| a.2 == 202)
+            .expect("one body accepted")
+            .1;
+        let jobs: HashSet<&Option<String>> =
+            mine.iter().filter(|a| a.2 == 202).map(|a| &a.3).collect();
+        assert_eq!(jobs.len(), 1, "key {k}: {mine:?}");
+        for a in &mine {
+            let expected = if a.1 == winner { 202 } else { 422 };
+            assert_eq!(a.2, expected, "key {k}: {mine:?}");
+        }
+    }
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, KEYS as i64);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
     let mut app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
