@@ -116,7 +116,8 @@ impl EventTap {
 impl crate::TestApp {
     /// Every event `tap` got and the system will send for what it committed so far: waits for
     /// the outbox to empty (each row is deleted once the broker confirmed it, so routed to the
-    /// tap), then reads up to a marker published behind them.
+    /// tap), then reads up to a marker published behind them. The caller makes sure nothing is
+    /// still writing events (the jobs ended, their deliveries settled).
     pub async fn published_events(&self, tap: &mut EventTap) -> Vec<Event> {
         crate::eventually(Duration::from_secs(20), || async {
             (self.count("SELECT count(*) FROM outbox").await == 0).then_some(())
@@ -143,6 +144,7 @@ impl EventTap {
             )
             .await
             .unwrap();
+        channel.close(200, "marker sent".into()).await.unwrap();
         let mut events = self
             .collect_until(|seen| seen.last().is_some_and(|e| e.body["id"] == marker.as_str()))
             .await;

@@ -166,7 +166,7 @@ async fn a_session_never_exports_and_ends_as_soon_as_its_client_is_revoked() {
             .unwrap()
     );
     drop(conn);
-    eventually(Duration::from_millis(700), || async {
+    eventually(Duration::from_millis(1200), || async {
         let (status, location, _) = ui::get(&app, &session, "/ui/").await;
         (status == StatusCode::SEE_OTHER && location.as_deref() == Some("/ui/login")).then_some(())
     })
