@@ -27,6 +27,13 @@ fn traceparent(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
     }
 }
 
+/// The caller's trace context: the request's one `traceparent`, if it is valid.
+fn caller_context(headers: &axum::http::HeaderMap) -> Option<TraceContext> {
+    traceparent(headers)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(TraceContext::parse)
+}
+
 /// Outermost layer: gives the request its trace context, before its span is made.
 pub(crate) async fn start(mut request: Request) -> Request {
     let trace = RequestTrace::of(request.headers());
@@ -47,10 +54,7 @@ pub(crate) fn request_span(request: &Request) -> tracing::Span {
         path = %request.uri().path(),
         trace_id = tracing::field::Empty,
     );
-    if let Some(parent) = traceparent(request.headers())
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .and_then(TraceContext::parse)
-    {
+    if let Some(parent) = caller_context(request.headers()) {
         telemetry::set_parent(&span, &parent);
     }
     let trace = telemetry::exported_context(&span).unwrap_or(ours.0);
@@ -85,10 +89,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerTrace {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
-        let carried = traceparent(&parts.headers)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(TraceContext::parse)
-            .is_some();
+        let carried = caller_context(&parts.headers).is_some();
         let RequestTrace(trace) = RequestTrace::from_request_parts(parts, state).await?;
         Ok(Self(carried.then_some(trace)))
     }
