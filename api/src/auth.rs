@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, client_rate, error::ApiError};
 
 /// A permission a client holds and a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +194,13 @@ pub(crate) async fn require_token(
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, challenge.parse().expect("ascii"));
         return response;
+    }
+    if let Err(wait) = gate.state.client_rate.take(&grant.client_id) {
+        return ApiError::TooManyRequests {
+            detail: "this client sent more requests than its rate allows; retry later".into(),
+            retry_after: client_rate::retry_after(wait),
+        }
+        .into_response();
     }
     let operator = scopes.iter().any(|s| s == Scope::ProvisionerAdmin.as_str());
     request.extensions_mut().insert(Caller {

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cli;
+mod client_rate;
 mod error;
 mod extract;
 #[doc(hidden)]
@@ -49,6 +50,8 @@ pub(crate) struct AppState {
     settings: Arc<Settings>,
     notifications: Notifications,
     token_guard: Arc<token_guard::TokenGuard>,
+    /// Each client's request rate, when one is set.
+    client_rate: Arc<client_rate::ClientRate>,
     /// Tokens verified lately, forgotten when a client or token changes.
     tokens: Arc<token_cache::TokenCache>,
     waits: Arc<wait::Waits>,
@@ -246,7 +249,7 @@ pub async fn run(
         &PoolConfig {
             max_connections: POOL_CONNECTIONS,
             application_name: "provisioner-api",
-            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+            idle_in_transaction_timeout: Some(settings.idle_in_transaction_timeout),
         },
     )
     .await?;
@@ -261,6 +264,7 @@ pub async fn run(
         settings: Arc::new(settings.clone()),
         notifications: background.notifications().clone(),
         token_guard: Arc::new(token_guard::TokenGuard::new()),
+        client_rate: Arc::new(client_rate::ClientRate::new(settings.client_request_rate)),
         tokens: Arc::new(token_cache::TokenCache::new(
             background.notifications().auth().clone(),
         )),

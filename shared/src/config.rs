@@ -35,6 +35,8 @@ pub struct Settings {
     pub bootstrap_client: Option<SecretString>,
     pub import_lock: ImportLockMode,
     pub template_allow_private: bool,
+    /// The ports templates are downloaded from; `None`: any.
+    pub template_ports: Option<Vec<u16>>,
     pub worker_concurrency: u16,
     pub token_ttl: Duration,
     pub job_max_attempts: u32,
@@ -47,6 +49,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Base64 of 32 bytes; seals administrator passwords between API and worker.
     pub seal_key: Option<SecretString>,
+    /// A database session of the API or a worker idle inside a transaction this long is ended
+    /// by PostgreSQL, with its locks (a hung or partitioned process never keeps one).
+    pub idle_in_transaction_timeout: Duration,
     /// How long a worker owns a running job without renewing its lease.
     pub job_lease: Duration,
     /// First retry delay after a transient failure; doubles per attempt.
@@ -54,6 +59,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
+    /// Requests one client may make per second to one API process (as many at once), past
+    /// which they answer 429; `None`: no limit.
+    pub client_request_rate: Option<std::num::NonZeroU32>,
     /// Connections the API serves at once; more wait in the kernel's backlog.
     pub max_connections: u32,
     /// Long-polls (`?wait=`, `Prefer: wait`) one client may hold open at once; past it they are
@@ -98,6 +106,10 @@ impl Settings {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| default.to_owned())
         };
+        let template_allow_private = parse_bool(
+            "PROVISIONER_TEMPLATE_ALLOW_PRIVATE",
+            &var("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false"),
+        )?;
         Ok(Self {
             database_url: SecretString::from(var(
                 "DATABASE_URL",
@@ -122,9 +134,10 @@ impl Settings {
                     ));
                 }
             },
-            template_allow_private: parse_bool(
-                "PROVISIONER_TEMPLATE_ALLOW_PRIVATE",
-                &var("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false"),
+            template_allow_private,
+            template_ports: template_ports(
+                get("PROVISIONER_TEMPLATE_PORTS").filter(|v| !v.trim().is_empty()),
+                template_allow_private,
             )?,
             worker_concurrency: positive(
                 "PROVISIONER_WORKER_CONCURRENCY",
@@ -174,6 +187,14 @@ impl Settings {
                 "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
                 &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),
             )?,
+            idle_in_transaction_timeout: seconds(
+                "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT",
+                &var("PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT", "60"),
+            )?,
+            client_request_rate: std::num::NonZeroU32::new(parse(
+                "PROVISIONER_CLIENT_REQUEST_RATE",
+                &var("PROVISIONER_CLIENT_REQUEST_RATE", "0"),
+            )?),
             max_connections: positive(
                 "PROVISIONER_MAX_CONNECTIONS",
                 &var("PROVISIONER_MAX_CONNECTIONS", "1024"),
@@ -295,6 +316,37 @@ fn retention(value: &str) -> Result<Duration, SettingsError> {
     Ok(retention)
 }
 
+/// The web's ports, which templates are downloaded from unless the operator says otherwise.
+pub const DEFAULT_TEMPLATE_PORTS: [u16; 2] = [80, 443];
+
+/// `PROVISIONER_TEMPLATE_PORTS`: ports separated by commas, or `any`. Unset: the web's ports,
+/// or any port where private addresses are allowed (development and tests, whose template
+/// servers listen on local ports of every kind).
+fn template_ports(
+    value: Option<String>,
+    allow_private: bool,
+) -> Result<Option<Vec<u16>>, SettingsError> {
+    const VARIABLE: &str = "PROVISIONER_TEMPLATE_PORTS";
+    let Some(value) = value else {
+        return Ok((!allow_private).then(|| DEFAULT_TEMPLATE_PORTS.to_vec()));
+    };
+    if value.trim().eq_ignore_ascii_case("any") {
+        return Ok(None);
+    }
+    value
+        .split(',')
+        .map(|port| match port.trim().parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(invalid(
+                VARIABLE,
+                &value,
+                "ports separated by commas, or `any`",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 fn millis(variable: &'static str, value: &str) -> Result<Duration, SettingsError> {
     positive::<u64>(variable, value).map(Duration::from_millis)
 }
@@ -372,6 +424,21 @@ mod tests {
         for too_long in ["31622401", "9000000000000"] {
             let err = settings(&[("PROVISIONER_TOKEN_TTL", too_long)]).unwrap_err();
             assert_eq!(err.variable, "PROVISIONER_TOKEN_TTL");
+        }
+    }
+
+    #[test]
+    fn templates_come_from_the_webs_ports_unless_private_addresses_are_allowed() {
+        assert_eq!(settings(&[]).unwrap().template_ports, Some(vec![80, 443]));
+        let dev = settings(&[("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "true")]).unwrap();
+        assert_eq!(dev.template_ports, None);
+        let listed = settings(&[("PROVISIONER_TEMPLATE_PORTS", "443, 8443")]).unwrap();
+        assert_eq!(listed.template_ports, Some(vec![443, 8443]));
+        let any = settings(&[("PROVISIONER_TEMPLATE_PORTS", "Any")]).unwrap();
+        assert_eq!(any.template_ports, None);
+        for bad in ["0", "80,", "http", "70000"] {
+            let err = settings(&[("PROVISIONER_TEMPLATE_PORTS", bad)]).unwrap_err();
+            assert_eq!(err.variable, "PROVISIONER_TEMPLATE_PORTS", "{bad}");
         }
     }
 }

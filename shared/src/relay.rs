@@ -265,17 +265,32 @@ pub async fn connect_broker(url: &SecretString, name: &str) -> lapin::Result<Con
     Connection::connect(url.expose_secret(), props).await
 }
 
+/// How long opening a broker session may take in all. A broker that accepts the connection
+/// and then says nothing (cut off behind a proxy or a load balancer, or stopped) would
+/// otherwise hold the session's start, and the process's reconnection, for as long as the
+/// kernel keeps the connection.
+pub const BROKER_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Connects as `name`, opens a channel and declares the topology: how every broker session
-/// starts.
+/// starts. Gives up after `BROKER_SESSION_TIMEOUT`.
 pub async fn open_channel(url: &SecretString, name: &str) -> anyhow::Result<(Connection, Channel)> {
-    let conn = connect_broker(url, name)
+    let open = async {
+        let conn = connect_broker(url, name)
+            .await
+            .context("connecting to the broker")?;
+        let channel = conn.create_channel().await.context("opening a channel")?;
+        queue::declare_topology(&channel)
+            .await
+            .context("declaring the broker topology")?;
+        Ok((conn, channel))
+    };
+    tokio::time::timeout(BROKER_SESSION_TIMEOUT, open)
         .await
-        .context("connecting to the broker")?;
-    let channel = conn.create_channel().await.context("opening a channel")?;
-    queue::declare_topology(&channel)
-        .await
-        .context("declaring the broker topology")?;
-    Ok((conn, channel))
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the broker did not complete the session's start within {BROKER_SESSION_TIMEOUT:?}"
+            ))
+        })
 }
 
 /// A running outbox relay. `drain_and_stop` ends it after publishing what is committed.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod events;
 pub mod fixtures;
 pub mod process;
+pub mod proxy;
 pub mod template_server;
 pub mod ui;
 

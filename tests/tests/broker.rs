@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use provisioner_shared::queue::CREATE_TENANT_QUEUE;
-use provisioner_tests::{TestApp, eventually, fixtures, process::Proc, submit_via};
+use provisioner_tests::{TestApp, eventually, fixtures, process::Proc, proxy::Proxy, submit_via};
 use serde_json::json;
 
 #[tokio::test]
@@ -317,6 +317,100 @@ async fn a_silent_worker_is_found_out_within_three_heartbeats_and_its_job_redeli
         .wait_for_record("the rescuer's success", |r| r["message"] == "job succeeded")
         .await;
     fixtures::assert_sample_tenant(&app, &tenant).await;
+    victim.child.kill().await.unwrap();
+    rescuer.child.kill().await.unwrap();
+    app.stop().await;
+}
+
+/// Whether the broker holds a connection of a worker asking for `HEARTBEAT` (the victims below).
+async fn victim_connected(app: &TestApp) -> bool {
+    app.broker_connections()
+        .await
+        .iter()
+        .any(|c| c.heartbeat == HEARTBEAT && c.name == "provisioner-worker")
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_the_broker_loses_its_delivery_and_reconnects_once_it_can() {
+    let app = TestApp::without_workers().await;
+    // The victim reaches the broker through a proxy the test cuts (packets dropped, nothing
+    // closed); its database link stays up.
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let amqp = format!(
+        "amqp://guest:guest@{}/{}?heartbeat={HEARTBEAT}",
+        proxy.addr, app.vhost
+    );
+    let url = app.serve_sample_template("t").await;
+    app.templates.hold("t");
+    // Its download waits for the test's release (a minute at most), past the cut.
+    let mut victim = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("AMQP_URL", &amqp), ("PROVISIONER_TEMPLATE_TIMEOUT", "60")],
+        "info",
+    );
+    victim.wait_for("consuming").await;
+    let tenant = fixtures::tenant_url();
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    eventually(Duration::from_secs(20), || async {
+        (app.templates.hits("t") == 1).then_some(())
+    })
+    .await;
+    let mut rescuer = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("PROVISIONER_SWEEP_INTERVAL", "3600")],
+        "info",
+    );
+    rescuer.wait_for("consuming").await;
+
+    proxy.cut();
+    let cut = Instant::now();
+    let closed = eventually(Duration::from_secs(30), || async {
+        (!victim_connected(&app).await).then(|| cut.elapsed())
+    })
+    .await;
+    assert!(
+        closed <= Duration::from_secs(3 * HEARTBEAT + 1),
+        "the broker closed the victim's connection after {closed:?}"
+    );
+    // The victim, hearing nothing either, gives its session up and tries a new one, which the
+    // cut leaves unanswered.
+    victim.wait_for("consumer interrupted; reconnecting").await;
+
+    // Its job goes on (its database is reachable) and ends once; the copy the broker
+    // redelivered to the rescuer finds it held, then ended, and is settled there.
+    app.templates.release("t");
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (
+            done["status"].as_str(),
+            done["code"].as_i64(),
+            done["attempts"].as_i64()
+        ),
+        (Some("succeeded"), Some(200), Some(1)),
+        "{done}"
+    );
+    fixtures::assert_sample_tenant(&app, &tenant).await;
+    eventually(Duration::from_secs(30), || async {
+        (app.queue_messages(CREATE_TENANT_QUEUE).await == 0).then_some(())
+    })
+    .await;
+
+    // Healed, the victim is back within a session's start timeout: an attempt that met the
+    // cut does not hold its reconnection.
+    proxy.heal();
+    let healed = Instant::now();
+    eventually(Duration::from_secs(40), || async {
+        victim_connected(&app).await.then_some(())
+    })
+    .await;
+    assert!(
+        healed.elapsed()
+            <= provisioner_shared::relay::BROKER_SESSION_TIMEOUT + Duration::from_secs(10),
+        "reconnected after {:?}",
+        healed.elapsed()
+    );
     victim.child.kill().await.unwrap();
     rescuer.child.kill().await.unwrap();
     app.stop().await;

@@ -1,10 +1,11 @@
 //! The two ways a job whose worker is lost comes back, each on its own: the broker's
 //! redelivery (the sweeper out of reach) and the lease sweeper (no redelivery possible); and a
-//! lock holder killed mid-write, which leaves no partial rows and no lock behind.
+//! lock holder killed mid-write or cut off from PostgreSQL, which leaves no partial rows and no
+//! lock behind.
 
 use std::time::{Duration, Instant};
 
-use provisioner_tests::{TestApp, eventually, fixtures, process::Proc};
+use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc, proxy::Proxy};
 use serde_json::{Value, json};
 
 fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
@@ -176,5 +177,113 @@ async fn a_lock_holder_killed_mid_write_leaves_no_rows_and_frees_the_lock() {
     }
     users.rollback().await.unwrap();
     rescued_by_redelivery(&app, &id, &tenant).await;
+    app.stop().await;
+}
+
+/// How long the sessions of the test below may sit idle in a transaction.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bound() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![(
+            "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT",
+            IDLE_IN_TRANSACTION.as_secs().to_string(),
+        )],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let mut users = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN SHARE MODE")
+        .execute(&mut *users)
+        .await
+        .unwrap();
+    // The victim reaches PostgreSQL through a proxy the test cuts; its broker link stays up, so
+    // only the database side is partitioned.
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, app.database);
+    let mut victim = spawn_worker(&app, &[NO_SWEEPER, ("DATABASE_URL", &through_proxy)]);
+    let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
+    eventually(Duration::from_secs(20), || async {
+        (locks(&app).await == (1, 1)).then_some(())
+    })
+    .await;
+    // Cut while the holder waits inside its write; then its statement goes through, and its
+    // answer goes nowhere: the session sits idle in its transaction, holding the tenant's lock,
+    // and nothing the victim sends arrives.
+    proxy.cut();
+    users.rollback().await.unwrap();
+    let released = Instant::now();
+    eventually(Duration::from_secs(20), || async {
+        (locks(&app).await == (0, 0)).then_some(())
+    })
+    .await;
+    let freed_in = released.elapsed();
+    assert!(
+        freed_in < IDLE_IN_TRANSACTION + Duration::from_secs(2),
+        "lock freed only after {freed_in:?}"
+    );
+    for table in ["tenants", "config_objects", "users", "access_numbers"] {
+        assert_eq!(
+            app.count(&format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "no partial rows in {table}"
+        );
+    }
+    // The victim can renew nothing, and takes no more jobs: it gives its deliveries back to the
+    // broker (its job's among them, which another worker takes over once the lease has run
+    // out; or that worker's sweeper takes the job back first), so the job runs again.
+    victim
+        .wait_for(
+            "PostgreSQL does not answer; giving deliveries back and taking no jobs until it does",
+        )
+        .await;
+    let mut rescuer = spawn_worker(&app, &[]);
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        ended(&done),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    fixtures::assert_sample_tenant(&app, &tenant).await;
+    assert_eq!(app.advisory_locks().await, (0, 0));
+    victim.child.kill().await.unwrap();
+    rescuer.child.kill().await.unwrap();
+    drop(proxy);
+    app.stop().await;
+}
+
+/// Over TCP, every pooled session asks PostgreSQL to probe a silent peer, so a partition ends
+/// even a session that is not idle in a transaction (waiting for a lock, or sending).
+#[tokio::test]
+async fn the_processes_sessions_ask_postgresql_to_probe_a_silent_peer() {
+    let app = TestApp::without_workers().await;
+    let config = provisioner_shared::db::PoolConfig {
+        max_connections: 1,
+        application_name: "keepalive-test",
+        idle_in_transaction_timeout: Some(IDLE_IN_TRANSACTION),
+    };
+    let pool = provisioner_shared::db::connect(&app.settings().database_url, &config)
+        .await
+        .unwrap();
+    let mut settings = vec![];
+    for name in [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+        "client_connection_check_interval",
+        "idle_in_transaction_session_timeout",
+    ] {
+        let value: String = sqlx::query_scalar(&format!("SHOW {name}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        settings.push(value);
+    }
+    assert_eq!(settings, ["10", "5", "3", "25000", "1s", "2s"]);
+    pool.close().await;
     app.stop().await;
 }

@@ -2,7 +2,8 @@
 //! refused (the production default), every spelling of this machine's loopback, a name that
 //! resolves to it, and the cloud metadata address and name end the job with code 400, and no
 //! connection reaches a listener on this machine. With them allowed (as the other tests run), a
-//! redirect is still not followed, not even to this machine.
+//! redirect is still not followed, not even to this machine. And by default only the web's
+//! ports are asked, wherever the host.
 
 use std::{
     net::SocketAddr,
@@ -66,7 +67,12 @@ async fn job_outcome(app: &TestApp, template_url: &str) -> (i64, String) {
 #[tokio::test]
 async fn no_spelling_of_an_internal_address_is_fetched_from() {
     let app = TestApp::with(Options {
-        vars: vec![("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false".to_owned())],
+        vars: vec![
+            ("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false".to_owned()),
+            // The listener's port is not a web port: any port, so the addresses are what is
+            // refused.
+            ("PROVISIONER_TEMPLATE_PORTS", "any".to_owned()),
+        ],
         ..Default::default()
     })
     .await;
@@ -109,5 +115,27 @@ async fn a_redirect_is_not_followed_even_to_an_allowed_address() {
     assert!(detail.contains("redirect"), "{detail}");
     assert_eq!(redirecting.accepted(), 1, "the first address was asked");
     assert_eq!(target.accepted(), 0, "the redirect was followed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn by_default_only_the_webs_ports_are_asked() {
+    let app = TestApp::with(Options {
+        vars: vec![("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    let inside = Listener::start("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()).await;
+    let url = format!("http://{}/t.zip", inside.addr);
+    let (code, detail) = job_outcome(&app, &url).await;
+    assert_eq!(code, 400, "{detail}");
+    assert_eq!(
+        detail,
+        format!(
+            "templateUrl's port {} is not one templates are downloaded from (80, 443)",
+            inside.addr.port()
+        )
+    );
+    assert_eq!(inside.accepted(), 0);
     app.stop().await;
 }

@@ -24,7 +24,10 @@ use provisioner_shared::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
-use crate::jobs::{self, AbortOnDrop, Context, Disposition, Stage};
+use crate::{
+    db_watch::DbWatch,
+    jobs::{self, AbortOnDrop, Context, Disposition, Stage},
+};
 
 /// The deliveries being handled, across broker sessions.
 struct InFlight {
@@ -33,8 +36,9 @@ struct InFlight {
     abandon: CancellationToken,
 }
 
-/// Consumes until `shutdown`, reconnecting after broker faults.
-pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+/// Consumes until `shutdown`, reconnecting after broker faults; while `db` counts PostgreSQL
+/// lost, holds no broker session (see `db_watch`).
+pub(crate) async fn run(ctx: Arc<Context>, db: DbWatch, shutdown: CancellationToken) {
     let backoff = Backoff {
         first: Duration::from_millis(200),
         max: Duration::from_secs(5),
@@ -44,7 +48,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         abandon: CancellationToken::new(),
     };
     runtime::reconnect("consumer", backoff, &shutdown, || {
-        session(&ctx, &shutdown, &in_flight)
+        session(&ctx, db.clone(), &shutdown, &in_flight)
     })
     .await;
     // Shutdown may come while no session runs: jobs of lost channels still finish first.
@@ -53,9 +57,14 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 
 async fn session(
     ctx: &Arc<Context>,
+    mut db: DbWatch,
     shutdown: &CancellationToken,
     in_flight: &InFlight,
 ) -> anyhow::Result<()> {
+    tokio::select! {
+        () = db.reachable() => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
     let (conn, channel) = relay::open_channel(&ctx.settings.amqp_url, "provisioner-worker").await?;
     channel
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
@@ -101,6 +110,17 @@ async fn session(
                 Some((_, Err(e))) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
                 None => break Err(anyhow::anyhow!("the broker ended the consumer")),
             },
+            () = db.lost() => {
+                // Closed, the connection gives every unacknowledged delivery back to the
+                // broker at once; the jobs in flight go on (they may finish, should the
+                // database come back first; their acks then fail harmlessly).
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    conn.close(200, "PostgreSQL unreachable".into()),
+                )
+                .await;
+                break Err(anyhow::anyhow!("PostgreSQL does not answer"));
+            }
             () = shutdown.cancelled() => break Ok(()),
         }
     };

@@ -35,11 +35,18 @@ struct Blocked(String);
 pub(crate) struct Fetcher {
     client: reqwest::Client,
     allow_private: bool,
+    /// The ports downloads may use; `None`: any.
+    ports: Option<Vec<u16>>,
     max_bytes: u64,
 }
 
 impl Fetcher {
-    pub(crate) fn new(allow_private: bool, timeout: Duration, max_bytes: u64) -> Self {
+    pub(crate) fn new(
+        allow_private: bool,
+        ports: Option<Vec<u16>>,
+        timeout: Duration,
+        max_bytes: u64,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -52,6 +59,7 @@ impl Fetcher {
         Self {
             client,
             allow_private,
+            ports,
             max_bytes,
         }
     }
@@ -63,6 +71,17 @@ impl Fetcher {
             return Err(FetchError::Permanent(
                 "templateUrl must be http or https".to_owned(),
             ));
+        }
+        // A service that is not a web server is not asked, even on a public host (the port
+        // is the URL's own: saying so tells the client nothing of the network).
+        if let (Some(ports), Some(port)) = (&self.ports, url.port_or_known_default()) {
+            if !ports.contains(&port) {
+                let allowed: Vec<String> = ports.iter().map(u16::to_string).collect();
+                return Err(FetchError::Permanent(format!(
+                    "templateUrl's port {port} is not one templates are downloaded from ({})",
+                    allowed.join(", ")
+                )));
+            }
         }
         let literal = match url.host() {
             Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
@@ -325,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn obfuscated_loopback_urls_are_refused_before_connecting() {
-        let fetcher = Fetcher::new(false, Duration::from_secs(2), 1024);
+        let fetcher = Fetcher::new(false, Some(vec![80, 443]), Duration::from_secs(2), 1024);
         for url in [
             "http://127.0.0.1/t.zip",
             "http://2130706433/t.zip",
@@ -348,5 +367,39 @@ mod tests {
             fetcher.get("http://no-such-host.invalid/t.zip").await,
             Err(FetchError::Permanent(UNREACHABLE_HOST.to_owned()))
         );
+    }
+
+    #[tokio::test]
+    async fn a_port_not_listed_is_refused_before_connecting() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // A listener that counts connections and closes each at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/t.zip");
+        let only_web = Fetcher::new(true, Some(vec![80, 443]), Duration::from_secs(2), 1024);
+        assert_eq!(
+            only_web.get(&url).await,
+            Err(FetchError::Permanent(format!(
+                "templateUrl's port {port} is not one templates are downloaded from (80, 443)"
+            )))
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 0, "nothing connected");
+        // Listed, or any port: the download is tried (and fails: the listener says nothing).
+        for (ports, tries) in [(Some(vec![443, port]), 1), (None, 2)] {
+            let fetcher = Fetcher::new(true, ports, Duration::from_secs(2), 1024);
+            assert!(matches!(
+                fetcher.get(&url).await,
+                Err(FetchError::Transient(_))
+            ));
+            assert_eq!(accepted.load(Ordering::SeqCst), tries);
+        }
     }
 }

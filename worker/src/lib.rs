@@ -2,6 +2,7 @@
 //! under the advisory lock, and relays the outbox.
 
 mod consumer;
+mod db_watch;
 mod dispatcher;
 mod fetch;
 mod health;
@@ -22,7 +23,7 @@ use provisioner_shared::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::Context;
+use crate::{db_watch::DbWatch, jobs::Context};
 
 /// At shutdown, how long the relay may take to publish what the last jobs committed.
 const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -35,7 +36,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let pool_config = PoolConfig {
         max_connections: u32::from(settings.worker_concurrency) * 2 + 4,
         application_name: "provisioner-worker",
-        idle_in_transaction_timeout: Some(Duration::from_secs(60)),
+        idle_in_transaction_timeout: Some(settings.idle_in_transaction_timeout),
     };
     let connecting = db::connect(&settings.database_url, &pool_config);
     // Stopped while still connecting (PostgreSQL is retried for up to a minute): it exits at
@@ -76,8 +77,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         "worker started"
     );
 
-    health.set_ready();
-    consumer::run(ctx, shutdown).await;
+    let db_watch = DbWatch::start(pool.clone(), sweeping.clone());
+    // Ready while it may consume: the database answers (and until draining).
+    let readiness = async {
+        let mut db = db_watch.clone();
+        loop {
+            health.set_ready(true);
+            db.lost().await;
+            health.set_ready(false);
+            db.reachable().await;
+        }
+    };
+    tokio::select! {
+        () = consumer::run(ctx, db_watch.clone(), shutdown) => {}
+        _ = readiness => {}
+    }
     sweeping.cancel();
     let _ = sweeper.await;
     let _ = dispatcher.await;

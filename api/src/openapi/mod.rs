@@ -110,6 +110,21 @@ fn secure(operation: &mut Operation, scope: Scope) {
             RefOr::T(ResponseBuilder::new().description(description).build()),
         );
     }
+    // A route's own 429 (a cap it checks) says more; every secured route may meet the rate.
+    operation
+        .responses
+        .responses
+        .entry("429".to_owned())
+        .or_insert_with(|| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(
+                        "The client passed its request rate (`PROVISIONER_CLIENT_REQUEST_RATE`); \
+                         `Retry-After` says when to send again",
+                    )
+                    .build(),
+            )
+        });
 }
 
 /// Every 4xx and 5xx answer without a documented body has the problem+json body.

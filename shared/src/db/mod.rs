@@ -28,7 +28,7 @@ pub struct PoolConfig {
     pub max_connections: u32,
     pub application_name: &'static str,
     /// Sessions idle inside a transaction longer than this are ended by the server, so a hung
-    /// process never keeps a lock.
+    /// or partitioned process never keeps a lock (see `session_settings`).
     pub idle_in_transaction_timeout: Option<Duration>,
 }
 
@@ -53,30 +53,43 @@ pub async fn connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
 async fn try_connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url.expose_secret())?
         .application_name(config.application_name)
-        .log_statements(tracing::log::LevelFilter::Trace);
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .options(session_settings(config.idle_in_transaction_timeout));
     create_database_if_missing(&options).await?;
-    let idle = config.idle_in_transaction_timeout;
     let pool = pool_options(config.max_connections)
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if let Some(idle) = idle {
-                    let sql = format!(
-                        "SET idle_in_transaction_session_timeout = {}",
-                        idle.as_millis()
-                    );
-                    conn.execute(sql.as_str()).await?;
-                    // A session waiting for a lock notices a vanished client within a second,
-                    // so a killed worker neither waits on nor holds a lock.
-                    conn.execute("SET client_connection_check_interval = 1000")
-                        .await?;
-                }
-                Ok(())
-            })
-        })
         .connect_with(options)
         .await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+/// How long a silent peer of a session over TCP goes unnoticed by the server: probes after 10 s
+/// without a byte, every 5 s, 3 unanswered (25 s); data it sent unacknowledged for 25 s.
+const TCP_KEEPALIVES: [(&str, &str); 4] = [
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "25000"),
+];
+
+/// The settings every session of a pool starts with (startup options: no round trip). However a
+/// process is lost, PostgreSQL ends its sessions and their transactions, which frees their
+/// locks: a killed process's socket closes, and a session waiting for a lock notices within a
+/// second (`client_connection_check_interval`); a partitioned or hung one is found out by the
+/// keepalives above, or, idle inside a transaction, after `idle_in_transaction`.
+fn session_settings(idle_in_transaction: Option<Duration>) -> Vec<(&'static str, String)> {
+    let mut settings: Vec<(&'static str, String)> = TCP_KEEPALIVES
+        .iter()
+        .map(|&(name, value)| (name, value.to_owned()))
+        .collect();
+    settings.push(("client_connection_check_interval", "1000".to_owned()));
+    if let Some(idle) = idle_in_transaction {
+        settings.push((
+            "idle_in_transaction_session_timeout",
+            idle.as_millis().to_string(),
+        ));
+    }
+    settings
 }
 
 /// A connection idle at least this long is tested (a round trip) before it is handed out.
@@ -114,17 +127,9 @@ pub fn generic_plan_pool(pool: &PgPool, max_connections: u32) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .options([("plan_cache_mode", "force_generic_plan")]);
-    pool_options(max_connections)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                // A statement waiting on a lock ends once its client is gone (the process was
-                // killed), instead of committing what nobody will hear of.
-                conn.execute("SET client_connection_check_interval = 1000")
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_lazy_with(options)
+    // The sessions start as `pool`'s do: a statement waiting on a lock ends once its client is
+    // gone, instead of committing what nobody will hear of.
+    pool_options(max_connections).connect_lazy_with(options)
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

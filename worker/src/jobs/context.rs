@@ -54,6 +54,7 @@ impl Context {
     ) -> anyhow::Result<Arc<Self>> {
         let fetcher = Fetcher::new(
             settings.template_allow_private,
+            settings.template_ports.clone(),
             settings.template_timeout,
             settings.template_max_bytes,
         );

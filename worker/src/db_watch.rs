@@ -1,0 +1,85 @@
+//! Whether this worker reaches PostgreSQL. A worker cut off from the database cannot claim,
+//! import or record anything, yet its broker session would go on taking deliveries and holding
+//! them (each waiting for the database, unacknowledged) while other workers could run them. So
+//! a probe asks PostgreSQL every second, on a session of its own; after `LOST_AFTER` probes in a row without an answer
+//! within `PROBE_TIMEOUT` the worker counts it lost, and the consumer ends its broker session
+//! (the broker hands every unacknowledged delivery to the other workers at once) and opens no
+//! new one until a probe is answered again.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgPool, postgres::PgConnection};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Time between probes.
+const EVERY: Duration = Duration::from_secs(1);
+/// Longest a probe waits for its answer (the pool's connection and the query).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Unanswered probes in a row that make the database lost.
+const LOST_AFTER: u32 = 3;
+
+/// The latest verdict: `true` while the database answers.
+#[derive(Debug, Clone)]
+pub(crate) struct DbWatch(watch::Receiver<bool>);
+
+impl DbWatch {
+    /// Probes `pool` until `stop`; the database counts as reachable to begin with.
+    pub(crate) fn start(pool: PgPool, stop: CancellationToken) -> Self {
+        let (verdict, watching) = watch::channel(true);
+        tokio::spawn(async move {
+            let options = pool.connect_options();
+            // A session of its own, so that a pool whose connections are all busy (jobs waiting
+            // for their locks) does not read as an unreachable database.
+            let mut session: Option<PgConnection> = None;
+            let mut unanswered = 0;
+            loop {
+                let probe = async {
+                    let conn = match &mut session {
+                        Some(conn) => conn,
+                        None => session.insert(PgConnection::connect_with(&options).await?),
+                    };
+                    sqlx::query("SELECT 1").execute(conn).await
+                };
+                let answered = tokio::time::timeout(PROBE_TIMEOUT, probe)
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                if !answered {
+                    // Whatever state it is in, the next probe starts afresh.
+                    session = None;
+                }
+                unanswered = if answered { 0 } else { unanswered + 1 };
+                let reachable = unanswered < LOST_AFTER;
+                if reachable != *verdict.borrow() {
+                    if reachable {
+                        tracing::info!("PostgreSQL answers again; taking jobs again");
+                    } else {
+                        tracing::warn!(
+                            probes = unanswered,
+                            "PostgreSQL does not answer; giving deliveries back and taking no jobs until it does"
+                        );
+                    }
+                    verdict.send_replace(reachable);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(EVERY) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+        Self(watching)
+    }
+
+    /// Returns once the database counts as reachable (at once if it does).
+    pub(crate) async fn reachable(&mut self) {
+        // The sender lives as long as the probe; should it end, nothing is known: go on.
+        let _ = self.0.wait_for(|reachable| *reachable).await;
+    }
+
+    /// Returns once the database counts as lost (never, should the probe end).
+    pub(crate) async fn lost(&mut self) {
+        if self.0.wait_for(|reachable| !*reachable).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
