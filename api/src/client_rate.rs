@@ -9,7 +9,11 @@
 //! number of clients that made requests); those idle long enough to be full again are dropped
 //! once there are many.
 
-use std::{num::NonZeroU32, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use governor::{
     DefaultKeyedRateLimiter, Quota,
@@ -19,10 +23,15 @@ use governor::{
 /// Buckets kept before full ones are dropped.
 const BUCKETS_KEPT: usize = 4096;
 
+/// Least time between two sweeps of the buckets (a sweep visits every one).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 pub(crate) struct ClientRate {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
     clock: DefaultClock,
+    /// When the buckets were last swept.
+    swept: Mutex<Instant>,
 }
 
 impl ClientRate {
@@ -31,6 +40,7 @@ impl ClientRate {
         Self {
             limiter: per_second.map(|rate| DefaultKeyedRateLimiter::keyed(Quota::per_second(rate))),
             clock: DefaultClock::default(),
+            swept: Mutex::new(Instant::now()),
         }
     }
 
@@ -40,12 +50,27 @@ impl ClientRate {
             return Ok(());
         };
         if limiter.len() > BUCKETS_KEPT {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
+            self.sweep(limiter);
         }
         limiter
             .check_key(&client.to_owned())
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+impl ClientRate {
+    /// Drops the buckets that are full again, at most once every `SWEEP_EVERY` (should many
+    /// clients be active at once, a request does not visit them all each time).
+    fn sweep(&self, limiter: &DefaultKeyedRateLimiter<String>) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if swept.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
     }
 }
 

@@ -187,10 +187,10 @@ impl Settings {
                 "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
                 &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),
             )?,
-            idle_in_transaction_timeout: seconds(
+            idle_in_transaction_timeout: idle_in_transaction(&var(
                 "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT",
-                &var("PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT", "60"),
-            )?,
+                "60",
+            ))?,
             client_request_rate: std::num::NonZeroU32::new(parse(
                 "PROVISIONER_CLIENT_REQUEST_RATE",
                 &var("PROVISIONER_CLIENT_REQUEST_RATE", "0"),
@@ -316,6 +316,19 @@ fn retention(value: &str) -> Result<Duration, SettingsError> {
     Ok(retention)
 }
 
+/// The bounds of `PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT`: above the 10 s an export's session
+/// may rest between two pages, and at most a day (PostgreSQL takes at most 2^31 ms).
+const IDLE_IN_TRANSACTION: std::ops::RangeInclusive<u64> = 15..=86_400;
+
+fn idle_in_transaction(value: &str) -> Result<Duration, SettingsError> {
+    const VARIABLE: &str = "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT";
+    let idle = seconds(VARIABLE, value)?;
+    if !IDLE_IN_TRANSACTION.contains(&idle.as_secs()) {
+        return Err(invalid(VARIABLE, value, "from 15 to 86400 seconds"));
+    }
+    Ok(idle)
+}
+
 /// The web's ports, which templates are downloaded from unless the operator says otherwise.
 pub const DEFAULT_TEMPLATE_PORTS: [u16; 2] = [80, 443];
 
@@ -439,6 +452,23 @@ mod tests {
         for bad in ["0", "80,", "http", "70000"] {
             let err = settings(&[("PROVISIONER_TEMPLATE_PORTS", bad)]).unwrap_err();
             assert_eq!(err.variable, "PROVISIONER_TEMPLATE_PORTS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_idle_in_transaction_timeout_is_bounded() {
+        assert_eq!(
+            settings(&[]).unwrap().idle_in_transaction_timeout,
+            Duration::from_secs(60)
+        );
+        for (value, ok) in [
+            ("15", true),
+            ("86400", true),
+            ("14", false),
+            ("86401", false),
+        ] {
+            let parsed = settings(&[("PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT", value)]);
+            assert_eq!(parsed.is_ok(), ok, "{value}");
         }
     }
 }

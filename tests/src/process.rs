@@ -127,6 +127,24 @@ impl Proc {
         }
     }
 
+    /// Waits until `n` records whose message is `message` have come.
+    pub async fn wait_for_count(&mut self, message: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self
+            .records()
+            .iter()
+            .filter(|r| r["message"] == message)
+            .count()
+            < n
+        {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("not {n} `{message}` in time"))
+                .unwrap_or_else(|| panic!("the process ended before {n} `{message}`"));
+            self.seen.push(line);
+        }
+    }
+
     /// The API's bound address, from its log.
     pub async fn api_addr(&mut self) -> std::net::SocketAddr {
         self.wait_for("provisioner API listening").await["addr"]

@@ -614,9 +614,10 @@ async fn batch_and_template_store_changes_need_the_write_scope_checked_before_th
 
 #[tokio::test]
 async fn a_client_past_its_request_rate_gets_429_and_other_clients_do_not_wait() {
+    // One request a second, one at once: a window wide enough for a loaded machine.
     let app = TestApp::with(Options {
         workers: 0,
-        vars: vec![("PROVISIONER_CLIENT_REQUEST_RATE", "5".into())],
+        vars: vec![("PROVISIONER_CLIENT_REQUEST_RATE", "1".into())],
     })
     .await;
     let template = app.serve_sample_template("t").await;
@@ -624,39 +625,47 @@ async fn a_client_past_its_request_rate_gets_429_and_other_clients_do_not_wait()
         .client_with("rated", &["tenants:read", "tenants:write"])
         .await;
     let jobs = app.url("/configapi/v2/jobs");
-    let burst = (0..20).map(|_| {
+    let burst = (0..10).map(|_| {
         let (rated, jobs) = (rated.clone(), jobs.clone());
         async move { rated.get(&jobs).send().await.unwrap() }
     });
     let answers = futures_util::future::join_all(burst).await;
     let passed = answers.iter().filter(|r| r.status() == 200).count();
     assert!(
-        (5..20).contains(&passed),
-        "the burst of 5 passes, then the rate: {passed} of 20 passed"
+        (1..10).contains(&passed),
+        "one passes, then one a second: {passed} of 10 passed"
     );
     let refused: Vec<_> = answers.iter().filter(|r| r.status() == 429).collect();
-    assert_eq!(passed + refused.len(), 20);
+    assert_eq!(passed + refused.len(), 10);
     for r in &refused {
         assert_eq!(
             r.headers()["retry-after"],
             "1",
-            "at 5 a second, the next within 1 s"
+            "at 1 a second, the next within 1 s"
         );
         assert_eq!(r.headers()["content-type"], "application/problem+json");
     }
 
-    // Its bucket is empty: a create is refused before anything is recorded, while another
-    // client's requests pass.
-    let refused = rated
-        .post(app.url(&format!(
-            "/configapi/v2/selfservice/tenant/{}",
-            fixtures::tenant_url()
-        )))
-        .json(&fixtures::create_body(&template))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 429);
+    // A create past the rate is refused before anything is recorded (back to back, the second
+    // of two creates at most is within the second; one that passed recorded its job).
+    let create = || {
+        rated
+            .post(app.url(&format!(
+                "/configapi/v2/selfservice/tenant/{}",
+                fixtures::tenant_url()
+            )))
+            .json(&fixtures::create_body(&template))
+            .send()
+    };
+    let mut accepted = 0;
+    let refused = loop {
+        let r = create().await.unwrap();
+        match r.status().as_u16() {
+            202 if accepted < 5 => accepted += 1,
+            429 => break r,
+            other => panic!("{other} after {accepted} accepted"),
+        }
+    };
     let retry: u64 = refused.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -664,20 +673,12 @@ async fn a_client_past_its_request_rate_gets_429_and_other_clients_do_not_wait()
         .unwrap();
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["status"], 429);
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, accepted);
+    // Another client's requests pass meanwhile.
     assert_eq!(app.get_json("/configapi/v2/jobs").await.0, 200);
 
     // The rate refills the bucket: after `Retry-After`, the client's next request passes.
     tokio::time::sleep(Duration::from_secs(retry)).await;
-    let r = rated
-        .post(app.url(&format!(
-            "/configapi/v2/selfservice/tenant/{}",
-            fixtures::tenant_url()
-        )))
-        .json(&fixtures::create_body(&template))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(create().await.unwrap().status(), 202);
     app.stop().await;
 }

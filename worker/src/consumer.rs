@@ -29,6 +29,9 @@ use crate::{
     jobs::{self, AbortOnDrop, Context, Disposition, Stage},
 };
 
+/// How long shutdown spends handing the leases of abandoned jobs back.
+const HAND_BACK_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The deliveries being handled, across broker sessions.
 struct InFlight {
     tasks: TaskTracker,
@@ -62,9 +65,13 @@ async fn session(
     in_flight: &InFlight,
 ) -> anyhow::Result<()> {
     tokio::select! {
-        () = db.reachable() => {}
+        biased;
         () = shutdown.cancelled() => return Ok(()),
+        () = db.reachable() => {}
     }
+    // The deliveries of this session: abandoned with it should PostgreSQL be lost (and with
+    // every session at the shutdown deadline).
+    let abandon = in_flight.abandon.child_token();
     let (conn, channel) = relay::open_channel(&ctx.settings.amqp_url, "provisioner-worker").await?;
     channel
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
@@ -104,7 +111,7 @@ async fn session(
                         delivery,
                         interactive,
                         shutdown.clone(),
-                        in_flight.abandon.clone(),
+                        abandon.clone(),
                     ));
                 }
                 Some((_, Err(e))) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
@@ -112,13 +119,16 @@ async fn session(
             },
             () = db.lost() => {
                 // Closed, the connection gives every unacknowledged delivery back to the
-                // broker at once; the jobs in flight go on (they may finish, should the
-                // database come back first; their acks then fail harmlessly).
+                // broker at once. The session's jobs are abandoned: none can renew its lease
+                // or record anything, another worker takes each over once its lease runs out,
+                // and a statement whose answer the network lost would wait for it for ever
+                // (the driver's sockets have no keepalive), holding its slot.
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
                     conn.close(200, "PostgreSQL unreachable".into()),
                 )
                 .await;
+                abandon.cancel();
                 break Err(anyhow::anyhow!("PostgreSQL does not answer"));
             }
             () = shutdown.cancelled() => break Ok(()),
@@ -153,7 +163,13 @@ async fn drain(ctx: &Context, in_flight: &InFlight) {
         );
         in_flight.abandon.cancel();
         in_flight.tasks.wait().await;
-        jobs::hand_back(ctx).await;
+        // Bounded: with PostgreSQL out of reach the leases run out on their own.
+        if tokio::time::timeout(HAND_BACK_DEADLINE, jobs::hand_back(ctx))
+            .await
+            .is_err()
+        {
+            tracing::warn!("cannot hand the leases back in time; they run out on their own");
+        }
     }
 }
 
@@ -174,6 +190,8 @@ async fn handle(
             settle(&acker, Disposition::Requeue).await;
             return;
         }
+        // Its session is gone, and the broker gave the delivery to another worker.
+        () = abandon.cancelled() => return,
     };
     let job = match serde_json::from_slice::<JobMessage>(&delivery.data) {
         Ok(msg) => msg.job_id,
@@ -184,6 +202,7 @@ async fn handle(
         }
     };
     let token = Uuid::new_v4();
+    let stopping = shutdown.clone();
     let mut work = AbortOnDrop(tokio::spawn(deliver(
         ctx.clone(),
         delivery,
@@ -196,6 +215,11 @@ async fn handle(
         () = abandon.cancelled() => {
             work.0.abort();
             let _ = (&mut work.0).await;
+            if !stopping.is_cancelled() {
+                // Abandoned for a lost database: the lease is not handed back at shutdown
+                // (it has run out, or will before the database answers again).
+                ctx.leases.release_token(job, token);
+            }
             return;
         }
     };

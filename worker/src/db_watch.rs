@@ -1,10 +1,12 @@
 //! Whether this worker reaches PostgreSQL. A worker cut off from the database cannot claim,
 //! import or record anything, yet its broker session would go on taking deliveries and holding
 //! them (each waiting for the database, unacknowledged) while other workers could run them. So
-//! a probe asks PostgreSQL every second, on a session of its own; after `LOST_AFTER` probes in a row without an answer
-//! within `PROBE_TIMEOUT` the worker counts it lost, and the consumer ends its broker session
-//! (the broker hands every unacknowledged delivery to the other workers at once) and opens no
-//! new one until a probe is answered again.
+//! a probe asks PostgreSQL every second, on a session of its own; after `LOST_AFTER` probes in a
+//! row without an answer within `PROBE_TIMEOUT` (up to 9 s; an error PostgreSQL sends is an
+//! answer) the worker counts it lost, and the consumer ends its broker session
+//! (the broker hands every unacknowledged delivery to the other workers at once), abandons the
+//! session's jobs (see `consumer::session`) and opens no new session until a probe is answered
+//! again.
 
 use std::time::Duration;
 
@@ -41,10 +43,14 @@ impl DbWatch {
                     };
                     sqlx::query("SELECT 1").execute(conn).await
                 };
-                let answered = tokio::time::timeout(PROBE_TIMEOUT, probe)
-                    .await
-                    .is_ok_and(|r| r.is_ok());
-                if !answered {
+                let outcome = tokio::time::timeout(PROBE_TIMEOUT, probe).await;
+                // An error PostgreSQL sends (too many connections, starting up, refused
+                // credentials) is an answer: it is there, and the pool's sessions may work.
+                let answered = match &outcome {
+                    Ok(Ok(_)) | Ok(Err(sqlx::Error::Database(_))) => true,
+                    Ok(Err(_)) | Err(_) => false,
+                };
+                if !matches!(outcome, Ok(Ok(_))) {
                     // Whatever state it is in, the next probe starts afresh.
                     session = None;
                 }

@@ -63,10 +63,9 @@ impl Health {
         Ok(health)
     }
 
-    /// Whether the worker consumes (`/readyz` answers `200` while it does, until draining
-    /// begins).
-    pub(crate) fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
+    /// The worker consumes: `/readyz` answers `200` until draining begins.
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
     }
 }
 

@@ -78,23 +78,21 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     );
 
     let db_watch = DbWatch::start(pool.clone(), sweeping.clone());
-    // Ready while it may consume: the database answers (and until draining).
-    let readiness = async {
-        let mut db = db_watch.clone();
-        loop {
-            health.set_ready(true);
-            db.lost().await;
-            health.set_ready(false);
-            db.reachable().await;
-        }
-    };
-    tokio::select! {
-        () = consumer::run(ctx, db_watch.clone(), shutdown) => {}
-        _ = readiness => {}
-    }
+    // Ready until draining, PostgreSQL out of reach included: a readiness lost by every worker
+    // at once would only stop an orchestrator from moving them (a disruption budget counts
+    // unready pods as down).
+    health.set_ready();
+    consumer::run(ctx, db_watch, shutdown).await;
     sweeping.cancel();
-    let _ = sweeper.await;
-    let _ = dispatcher.await;
+    // Their statements may wait on a database out of reach.
+    for mut task in [sweeper, dispatcher] {
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
     // Publish what the last jobs committed before stopping the relay.
     background.stop(RELAY_DRAIN_DEADLINE).await;
     pool.close().await;

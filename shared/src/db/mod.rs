@@ -64,12 +64,15 @@ async fn try_connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
 }
 
 /// How long a silent peer of a session over TCP goes unnoticed by the server: probes after 10 s
-/// without a byte, every 5 s, 3 unanswered (25 s); data it sent unacknowledged for 25 s.
-const TCP_KEEPALIVES: [(&str, &str); 4] = [
+/// without a byte either way, every 5 s, 3 unanswered (25 s). Only a session with nothing in
+/// flight is probed: an answer the server sent and the network lost is retransmitted as long as
+/// the kernel's default allows (no `tcp_user_timeout`), so a partition that heals within it
+/// loses no answer the client waits for (its socket has no keepalive of its own: sqlx sets
+/// none, and a client waiting for an answer from a server that gave up would wait for ever).
+const TCP_KEEPALIVES: [(&str, &str); 3] = [
     ("tcp_keepalives_idle", "10"),
     ("tcp_keepalives_interval", "5"),
     ("tcp_keepalives_count", "3"),
-    ("tcp_user_timeout", "25000"),
 ];
 
 /// The settings every session of a pool starts with (startup options: no round trip). However a
@@ -94,6 +97,8 @@ fn session_settings(idle_in_transaction: Option<Duration>) -> Vec<(&'static str,
 
 /// A connection idle at least this long is tested (a round trip) before it is handed out.
 const TEST_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// How long that test waits for its answer.
+const TEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every pool shares. sqlx tests each idle connection with a round trip before handing it
 /// out (and again when it comes back): under load, a connection is idle for microseconds, and
@@ -110,10 +115,15 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
-                if meta.idle_for >= TEST_IDLE_AFTER {
-                    conn.ping().await?;
+                if meta.idle_for < TEST_IDLE_AFTER {
+                    return Ok(true);
                 }
-                Ok(true)
+                // A connection the network lost without a word would never answer: it is
+                // closed, and another one taken, after `TEST_TIMEOUT`.
+                match tokio::time::timeout(TEST_TIMEOUT, conn.ping()).await {
+                    Ok(answer) => answer.map(|()| true),
+                    Err(_) => Ok(false),
+                }
             })
         })
 }
