@@ -296,7 +296,13 @@ pub async fn run(
         stop_by.saturating_duration_since(tokio::time::Instant::now())
     });
     background.stop(left).await;
-    pool.close().await;
+    // Connections a lost network left waiting would hold the close for ever.
+    if tokio::time::timeout(Duration::from_secs(5), pool.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some database connections did not close in time");
+    }
     tracing::info!("provisioner API stopped");
     served.map(drop)
 }

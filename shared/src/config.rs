@@ -317,7 +317,7 @@ fn retention(value: &str) -> Result<Duration, SettingsError> {
 }
 
 /// The bounds of `PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT`: above the 10 s an export's session
-/// may rest between two pages, and at most a day (PostgreSQL takes at most 2^31 ms).
+/// may rest between two pages, and at most a day (a longer wait is no bound on a lost process).
 const IDLE_IN_TRANSACTION: std::ops::RangeInclusive<u64> = 15..=86_400;
 
 fn idle_in_transaction(value: &str) -> Result<Duration, SettingsError> {

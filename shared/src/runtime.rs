@@ -44,9 +44,7 @@ pub struct Backoff {
 }
 
 /// A session that lasted this long was healthy: the next failure backs off from `first` again.
-/// Longer than a broker session's start may take (`relay::BROKER_SESSION_TIMEOUT`), so that
-/// starts that time out keep backing off.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// Runs `session` again and again until one returns `Ok` (it stopped on purpose) or `shutdown`
 /// is cancelled. Each failure is logged once, naming `what`, then waited out with `backoff`.

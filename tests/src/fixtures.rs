@@ -141,6 +141,15 @@ pub async fn assert_sample_tenant(app: &crate::TestApp, url: &str) {
     );
 }
 
+/// How a job ended, as tests compare it: status, code and attempts.
+pub fn ending(job: &Value) -> (Option<&str>, Option<i64>, Option<i64>) {
+    (
+        job["status"].as_str(),
+        job["code"].as_i64(),
+        job["attempts"].as_i64(),
+    )
+}
+
 /// A valid create request body for `template_url`.
 pub fn create_body(template_url: &str) -> Value {
     json!({

@@ -1,7 +1,9 @@
-//! A TCP proxy a test can cut, as a network partition looks to both ends: once cut, it forwards
-//! nothing either way and closes nothing (every byte is dropped, every connection stays open),
-//! and new connections are accepted and left silent, until it heals. Dropped, it closes
-//! everything.
+//! A TCP proxy a test can cut: once cut, it forwards nothing either way and closes nothing
+//! (every byte is dropped, every connection stays open), and new connections are accepted and
+//! left silent, until it heals; the connections the cut met stay silent for ever, as after a
+//! partition that lost their state. Its own kernel still acknowledges what each end sends (and
+//! answers keepalive probes), so what it shows is silence, not a peer that stops acknowledging.
+//! Dropped, it closes everything.
 
 use std::net::SocketAddr;
 

@@ -1,6 +1,7 @@
-//! Chaos: about a thousand creates while RabbitMQ restarts twice and PostgreSQL once and worker
+//! Chaos: about a thousand creates while RabbitMQ restarts twice and PostgreSQL once, worker
 //! processes are killed (-9) every few seconds, many of them inside their import transaction
-//! holding a tenant's lock. Half name a template URL (claimed, then imported), half a stored
+//! holding a tenant's lock, and one more worker is cut off from PostgreSQL and then from
+//! RabbitMQ (packets dropped, its connections left open) for a few seconds each. Half name a template URL (claimed, then imported), half a stored
 //! template (tried before their claim: claimed and ended in the import's transaction). Every accepted job ends exactly once with its tenant written once
 //! and whole; no advisory lock, outbox row or queued message is left.
 //!
@@ -10,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
-use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc};
+use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc, proxy::Proxy};
 use serde_json::Value;
 
 const JOB_QUEUE: &str = "provisioner.jobs.create-tenant";
@@ -120,15 +121,68 @@ async fn submit(
     }
 }
 
+/// A worker reaching PostgreSQL and RabbitMQ through proxies the test cuts and heals (the
+/// connections a cut met stay silent for ever, as after a partition that lost their state).
+struct Partitioned {
+    worker: Proc,
+    database: Proxy,
+    broker: Proxy,
+}
+
+impl Partitioned {
+    async fn start(app: &TestApp) -> Self {
+        let database = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+        let broker = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+        let worker = Proc::spawn(
+            env!("CARGO_BIN_EXE_test-worker"),
+            app,
+            &[
+                ("PROVISIONER_WORKER_CONCURRENCY", "4"),
+                (
+                    "DATABASE_URL",
+                    &format!("postgres://postgres@{}/{}", database.addr, app.database),
+                ),
+                (
+                    "AMQP_URL",
+                    &format!(
+                        "amqp://guest:guest@{}/{}?heartbeat=2",
+                        broker.addr, app.vhost
+                    ),
+                ),
+            ],
+            "warn",
+        );
+        Self {
+            worker,
+            database,
+            broker,
+        }
+    }
+}
+
 /// Kills a worker every 3 s (starting a new one), restarting RabbitMQ at rounds 2 and 10 and
-/// PostgreSQL at round 6 unless `restarts` is false.
-async fn chaos(app: &TestApp, workers: &mut Vec<Proc>, rounds: usize, restarts: bool) -> usize {
+/// PostgreSQL at round 6 unless `restarts` is false; cuts the partitioned worker off from
+/// PostgreSQL for rounds 3-4 and from RabbitMQ for rounds 8-9.
+async fn chaos(
+    app: &TestApp,
+    workers: &mut Vec<Proc>,
+    partitioned: &Partitioned,
+    rounds: usize,
+    restarts: bool,
+) -> usize {
     let mut kills = 0;
     for round in 0..rounds {
         let started = Instant::now();
         match round {
             2 | 10 if restarts => restart_rabbitmq().await,
             6 if restarts => restart_postgresql().await,
+            _ => {}
+        }
+        match round {
+            3 => partitioned.database.cut(),
+            5 => partitioned.database.heal(),
+            8 => partitioned.broker.cut(),
+            10 => partitioned.broker.heal(),
             _ => {}
         }
         let mut victim = workers.remove(round % workers.len());
@@ -160,6 +214,7 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
         stored: app.store_sample_template().await,
     };
     let mut workers: Vec<Proc> = (0..3).map(|_| spawn_worker(&app)).collect();
+    let mut partitioned = Partitioned::start(&app).await;
     let began = Instant::now();
     let start = tokio::time::Instant::now();
     // Spread over the first 36 s of the 42 s of chaos.
@@ -168,7 +223,10 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
         .map(|i| submit(&app, &templates, i, start + pace * i as u32))
         .buffer_unordered(8)
         .collect::<Vec<String>>();
-    let (ids, kills) = tokio::join!(submissions, chaos(&app, &mut workers, 14, restarts));
+    let (ids, kills) = tokio::join!(
+        submissions,
+        chaos(&app, &mut workers, &partitioned, 14, restarts)
+    );
     assert_eq!(ids.len(), jobs);
 
     // Every accepted job ends; then nothing is left anywhere.
@@ -227,5 +285,6 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
     for mut worker in workers {
         worker.child.kill().await.unwrap();
     }
+    partitioned.worker.child.kill().await.unwrap();
     app.stop().await;
 }

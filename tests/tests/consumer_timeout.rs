@@ -57,11 +57,7 @@ async fn a_job_that_outlasts_the_consumer_timeout_completes_exactly_once() {
 
     let done = app.wait_job(&id).await;
     assert_eq!(
-        (
-            done["status"].as_str(),
-            done["code"].as_i64(),
-            done["attempts"].as_i64()
-        ),
+        fixtures::ending(&done),
         (Some("succeeded"), Some(200), Some(1)),
         "{done}"
     );

@@ -3,7 +3,10 @@
 //! handled in its own task under one of the process's slots (see `Context::slots`); a panic
 //! anywhere in its handling returns the delivery and gives the job a way forward.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -37,6 +40,16 @@ struct InFlight {
     tasks: TaskTracker,
     /// Cancelled past the shutdown deadline: unfinished jobs are dropped and handed back.
     abandon: CancellationToken,
+    /// A child of `abandon` that the deliveries taken since PostgreSQL last answered hold:
+    /// cancelled (and replaced) when it stays lost for a lease (see `abandon_when_lost`).
+    epoch: Mutex<CancellationToken>,
+}
+
+impl InFlight {
+    /// The token a delivery taken now is abandoned by.
+    fn current_epoch(&self) -> CancellationToken {
+        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Consumes until `shutdown`, reconnecting after broker faults; while `db` counts PostgreSQL
@@ -46,16 +59,49 @@ pub(crate) async fn run(ctx: Arc<Context>, db: DbWatch, shutdown: CancellationTo
         first: Duration::from_millis(200),
         max: Duration::from_secs(5),
     };
+    let abandon = CancellationToken::new();
     let in_flight = InFlight {
         tasks: TaskTracker::new(),
-        abandon: CancellationToken::new(),
+        epoch: Mutex::new(abandon.child_token()),
+        abandon,
     };
-    runtime::reconnect("consumer", backoff, &shutdown, || {
+    let consuming = runtime::reconnect("consumer", backoff, &shutdown, || {
         session(&ctx, db.clone(), &shutdown, &in_flight)
-    })
-    .await;
+    });
+    tokio::select! {
+        () = consuming => {}
+        () = abandon_when_lost(&ctx, db.clone(), &in_flight) => {}
+    }
     // Shutdown may come while no session runs: jobs of lost channels still finish first.
     drain(&ctx, &in_flight).await;
+}
+
+/// Abandons the jobs in flight whenever PostgreSQL stays lost for a lease (from whichever
+/// broker session they came). None can renew its lease or record anything, so by then another
+/// worker may take each over; and a statement whose answer the network lost would wait for it
+/// for ever (the driver's sockets have no keepalive), holding its slot. Before a lease has
+/// passed, nobody else could take the job: a short stall aborts nothing.
+async fn abandon_when_lost(ctx: &Context, mut db: DbWatch, in_flight: &InFlight) {
+    loop {
+        db.lost().await;
+        let still_lost = tokio::select! {
+            () = tokio::time::sleep(ctx.settings.job_lease) => true,
+            () = db.reachable() => false,
+        };
+        if still_lost {
+            let fresh = in_flight.abandon.child_token();
+            let old = std::mem::replace(
+                &mut *in_flight.epoch.lock().unwrap_or_else(|e| e.into_inner()),
+                fresh,
+            );
+            tracing::warn!(
+                jobs = in_flight.tasks.len(),
+                "PostgreSQL lost for a lease; abandoning the jobs in flight to other workers"
+            );
+            old.cancel();
+        }
+        db.reachable().await;
+    }
 }
 
 async fn session(
@@ -69,9 +115,6 @@ async fn session(
         () = shutdown.cancelled() => return Ok(()),
         () = db.reachable() => {}
     }
-    // The deliveries of this session: abandoned with it should PostgreSQL be lost (and with
-    // every session at the shutdown deadline).
-    let abandon = in_flight.abandon.child_token();
     let (conn, channel) = relay::open_channel(&ctx.settings.amqp_url, "provisioner-worker").await?;
     channel
         .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
@@ -111,7 +154,7 @@ async fn session(
                         delivery,
                         interactive,
                         shutdown.clone(),
-                        abandon.clone(),
+                        in_flight.current_epoch(),
                     ));
                 }
                 Some((_, Err(e))) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
@@ -119,16 +162,13 @@ async fn session(
             },
             () = db.lost() => {
                 // Closed, the connection gives every unacknowledged delivery back to the
-                // broker at once. The session's jobs are abandoned: none can renew its lease
-                // or record anything, another worker takes each over once its lease runs out,
-                // and a statement whose answer the network lost would wait for it for ever
-                // (the driver's sockets have no keepalive), holding its slot.
+                // broker at once (the jobs in flight are abandoned later, should PostgreSQL
+                // stay lost: `abandon_when_lost`).
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
                     conn.close(200, "PostgreSQL unreachable".into()),
                 )
                 .await;
-                abandon.cancel();
                 break Err(anyhow::anyhow!("PostgreSQL does not answer"));
             }
             () = shutdown.cancelled() => break Ok(()),
@@ -225,10 +265,15 @@ async fn handle(
     };
     if let Err(e) = joined {
         tracing::error!(job.id = %job, error = %e, "handling a delivery panicked; returning it");
-        // Should recovering panic too, the delivery still goes back.
-        let disposition = tokio::spawn(async move { jobs::recover(&ctx, job, token).await })
-            .await
-            .unwrap_or(Disposition::Requeue);
+        // Should recovering panic too, the delivery still goes back; abandoned, it is left to
+        // the lease and the broker.
+        let mut recovering = AbortOnDrop(tokio::spawn(async move {
+            jobs::recover(&ctx, job, token).await
+        }));
+        let disposition = tokio::select! {
+            recovered = &mut recovering.0 => recovered.unwrap_or(Disposition::Requeue),
+            () = abandon.cancelled() => return,
+        };
         settle(&acker, disposition).await;
     }
 }

@@ -30,7 +30,9 @@ impl DbWatch {
     pub(crate) fn start(pool: PgPool, stop: CancellationToken) -> Self {
         let (verdict, watching) = watch::channel(true);
         tokio::spawn(async move {
-            let options = pool.connect_options();
+            let options = (*pool.connect_options())
+                .clone()
+                .application_name("provisioner-worker-probe");
             // A session of its own, so that a pool whose connections are all busy (jobs waiting
             // for their locks) does not read as an unreachable database.
             let mut session: Option<PgConnection> = None;

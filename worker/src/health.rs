@@ -1,7 +1,9 @@
 //! The worker's optional probe listener (`PROVISIONER_WORKER_HEALTH_LISTEN`): `GET /healthz`
 //! answers `200` while the process runs, draining included; `GET /readyz` answers `200` once the
-//! worker consumes and `503` before that and from the moment its shutdown (draining) begins, so
-//! an orchestrator sees a stopping worker as not ready while it finishes its jobs.
+//! worker has started (connected, migrated) and `503` before that and from the moment its
+//! shutdown (draining) begins, so an orchestrator sees a stopping worker as not ready while it
+//! finishes its jobs. A worker that pauses consuming while PostgreSQL does not answer stays
+//! ready: every worker unready at once would only block node drains.
 //!
 //! A deliberately tiny HTTP/1.1 responder: one request per connection, the request head read
 //! within `READ_TIMEOUT` and `MAX_HEAD` bytes, at most `MAX_CONNECTIONS` connections at once

@@ -31,7 +31,7 @@ const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// Runs consumer, lease sweeper, batch dispatcher and outbox relay until `shutdown`, then
 /// drains.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // Probes (when configured): alive from here on, ready while consuming and not draining.
+    // Probes (when configured): alive from here on, ready once started until draining.
     let health = health::Health::start(settings.worker_health_listen, shutdown.clone()).await?;
     let pool_config = PoolConfig {
         max_connections: u32::from(settings.worker_concurrency) * 2 + 4,
@@ -95,7 +95,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     // Publish what the last jobs committed before stopping the relay.
     background.stop(RELAY_DRAIN_DEADLINE).await;
-    pool.close().await;
+    // Connections a lost network left waiting would hold the close for ever.
+    if tokio::time::timeout(Duration::from_secs(5), pool.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some database connections did not close in time");
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -118,8 +118,9 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
                 if meta.idle_for < TEST_IDLE_AFTER {
                     return Ok(true);
                 }
-                // A connection the network lost without a word would never answer: it is
-                // closed, and another one taken, after `TEST_TIMEOUT`.
+                // A connection the network lost without a word would never answer: after
+                // `TEST_TIMEOUT` it is closed and a new one opened (all within the acquire's
+                // timeout).
                 match tokio::time::timeout(TEST_TIMEOUT, conn.ping()).await {
                     Ok(answer) => answer.map(|()| true),
                     Err(_) => Ok(false),
