@@ -121,6 +121,28 @@ async fn locks(app: &TestApp) -> (i64, i64) {
     (advisory, waits)
 }
 
+/// Waits (up to `within`) until no advisory lock is held and no relation lock awaited; how
+/// long that took.
+async fn until_locks_free(app: &TestApp, within: Duration) -> Duration {
+    let since = Instant::now();
+    eventually(within, || async {
+        (locks(app).await == (0, 0)).then_some(())
+    })
+    .await;
+    since.elapsed()
+}
+
+/// Nothing of an import that did not commit is left.
+async fn assert_no_rows_written(app: &TestApp) {
+    for table in ["tenants", "config_objects", "users", "access_numbers"] {
+        assert_eq!(
+            app.count(&format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "no partial rows in {table}"
+        );
+    }
+}
+
 /// A transaction holding `users` against writes: an import stops after writing the tenant and
 /// its objects, holding the tenant's lock, until it ends.
 async fn users_held(app: &TestApp) -> sqlx::Transaction<'static, sqlx::Postgres> {
@@ -154,24 +176,13 @@ async fn a_lock_holder_killed_mid_write_leaves_no_rows_and_frees_the_lock() {
     assert_eq!(wrote_tenant, 1, "the holder is inside its write");
     victim.child.start_kill().unwrap(); // SIGKILL
     victim.child.wait().await.unwrap();
-    let killed = Instant::now();
-    eventually(Duration::from_secs(5), || async {
-        (locks(&app).await == (0, 0)).then_some(())
-    })
-    .await;
-    let freed_in = killed.elapsed();
+    let freed_in = until_locks_free(&app, Duration::from_secs(5)).await;
     // Worker sessions check for a vanished client every second.
     assert!(
         freed_in < Duration::from_secs(2),
         "lock freed only after {freed_in:?}"
     );
-    for table in ["tenants", "config_objects", "users", "access_numbers"] {
-        assert_eq!(
-            app.count(&format!("SELECT count(*) FROM {table}")).await,
-            0,
-            "no partial rows in {table}"
-        );
-    }
+    assert_no_rows_written(&app).await;
     users.rollback().await.unwrap();
     rescued_by_redelivery(&app, &id, &tenant).await;
     app.stop().await;
@@ -216,25 +227,14 @@ async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bo
     // and nothing the victim sends arrives.
     proxy.cut();
     users.rollback().await.unwrap();
-    let released = Instant::now();
-    eventually(Duration::from_secs(30), || async {
-        (locks(&app).await == (0, 0)).then_some(())
-    })
-    .await;
-    let freed_in = released.elapsed();
+    let freed_in = until_locks_free(&app, Duration::from_secs(30)).await;
     // The idle timeout is what freed it: not before, and soon after.
     assert!(
         freed_in >= IDLE_IN_TRANSACTION - Duration::from_secs(1)
             && freed_in < IDLE_IN_TRANSACTION + Duration::from_secs(5),
         "lock freed after {freed_in:?}"
     );
-    for table in ["tenants", "config_objects", "users", "access_numbers"] {
-        assert_eq!(
-            app.count(&format!("SELECT count(*) FROM {table}")).await,
-            0,
-            "no partial rows in {table}"
-        );
-    }
+    assert_no_rows_written(&app).await;
     // The victim can renew nothing, and takes no more jobs: it gives its deliveries back to the
     // broker (its job's among them, which another worker takes over once the lease has run
     // out; or that worker's sweeper takes the job back first), so the job runs again.
