@@ -78,8 +78,9 @@ const TCP_KEEPALIVES: [(&str, &str); 3] = [
 /// The settings every session of a pool starts with (startup options: no round trip). However a
 /// process is lost, PostgreSQL ends its sessions and their transactions, which frees their
 /// locks: a killed process's socket closes, and a session waiting for a lock notices within a
-/// second (`client_connection_check_interval`); a partitioned or hung one is found out by the
-/// keepalives above, or, idle inside a transaction, after `idle_in_transaction`.
+/// second (`client_connection_check_interval`); a partitioned one by the keepalives above when
+/// its session waits for it; and a session idle inside a transaction (its process hung, or its
+/// last answer lost) after `idle_in_transaction`.
 fn session_settings(idle_in_transaction: Option<Duration>) -> Vec<(&'static str, String)> {
     let mut settings: Vec<(&'static str, String)> = TCP_KEEPALIVES
         .iter()
