@@ -29,7 +29,20 @@ const NO_SWEEPER: (&str, &str) = ("PROVISIONER_SWEEP_INTERVAL", "3600");
 /// A worker that never sweeps takes the job over by redelivery alone: it succeeds at its
 /// second attempt, its tenant exists once, and no advisory lock is left.
 async fn rescued_by_redelivery(app: &TestApp, id: &str, tenant: &str) {
-    let mut rescuer = spawn_worker(app, &[NO_SWEEPER]);
+    let (mut rescuer, _) = runs_again(app, id, tenant, &[NO_SWEEPER]).await;
+    assert_eq!(app.advisory_locks().await, (0, 0));
+    rescuer.child.kill().await.unwrap();
+}
+
+/// Starts another worker (with `extra` settings), which runs job `id` again: it succeeds at its
+/// second attempt and its tenant exists, whole and once. The worker, and the job as it ended.
+async fn runs_again(
+    app: &TestApp,
+    id: &str,
+    tenant: &str,
+    extra: &[(&str, &str)],
+) -> (Proc, serde_json::Value) {
+    let rescuer = spawn_worker(app, extra);
     let done = app.wait_job_within(id, Duration::from_secs(30)).await;
     assert_eq!(
         fixtures::ending(&done),
@@ -37,8 +50,7 @@ async fn rescued_by_redelivery(app: &TestApp, id: &str, tenant: &str) {
         "{done}"
     );
     fixtures::assert_sample_tenant(app, tenant).await;
-    assert_eq!(app.advisory_locks().await, (0, 0));
-    rescuer.child.kill().await.unwrap();
+    (rescuer, done)
 }
 
 #[tokio::test]
@@ -81,13 +93,7 @@ async fn a_stopped_workers_job_is_rescued_by_the_sweeper_and_the_worker_writes_n
     app.templates.release("t");
     // Its channel stays open, so the broker redelivers nothing: only the sweeper of another
     // worker can take the job back once the victim's lease (3 s) runs out.
-    let mut rescuer = spawn_worker(&app, &[]);
-    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
-    assert_eq!(
-        fixtures::ending(&done),
-        (Some("succeeded"), Some(200), Some(2)),
-        "{done}"
-    );
+    let (mut rescuer, done) = runs_again(&app, &id, &tenant, &[]).await;
     rescuer.wait_for("rescued a job whose lease ran out").await;
     // Woken, the victim finishes its attempt without effect: the job and tenant stay as they are.
     signal(&victim, "CONT");
@@ -243,14 +249,7 @@ async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bo
             "PostgreSQL does not answer; giving deliveries back and taking no jobs until it does",
         )
         .await;
-    let mut rescuer = spawn_worker(&app, &[]);
-    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
-    assert_eq!(
-        fixtures::ending(&done),
-        (Some("succeeded"), Some(200), Some(2)),
-        "{done}"
-    );
-    fixtures::assert_sample_tenant(&app, &tenant).await;
+    let (mut rescuer, _) = runs_again(&app, &id, &tenant, &[]).await;
     assert_eq!(app.advisory_locks().await, (0, 0));
 
     // Healed (its connections that met the cut stay silent), the victim takes jobs again, and
