@@ -13,7 +13,9 @@
 //!   download), 2 workers, end to end, with the CPU each process spent per job (the API, the
 //!   workers, and the local PostgreSQL and RabbitMQ);
 //! - STANDARD (default 2,000) tenants of a standard template (50 users, 200 objects, 5
-//!   access-number ranges, one administrator hash each) as one batch, with 1 then 2 workers;
+//!   access-number ranges, one administrator hash each) as one batch, with 1 then 2 workers,
+//!   against min(the hash rate, PostgreSQL's rate for the tenant's statements alone), with the
+//!   CPU each process spent per tenant;
 //! - the peak resident set of the API and of each worker through these runs.
 
 use std::time::{Duration, Instant};
@@ -70,7 +72,11 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize) {
         trivial_jobs(trivial, floor.jobs.per_second, &mut peaks).await;
     }
     if standard > 0 {
-        standard_imports(standard, hashes, &mut peaks).await;
+        let imports = raw_imports(4, Duration::from_secs(3)).await;
+        println!(
+            "raw: the standard tenant's statements alone (PostgreSQL, 4 clients, no hash): {imports:.0} imports/s"
+        );
+        standard_imports(standard, hashes.min(imports), &mut peaks).await;
     }
     println!(
         "peak RSS: API {:.1} MiB, worker {:.1} MiB (worker threads at most {})",
@@ -187,6 +193,91 @@ fn hash_rate(for_how_long: Duration) -> f64 {
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     });
     done as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Imports per second of the standard template's tenant written by PostgreSQL alone, with
+/// `clients` connections: the statements a create's import makes for its tenant (the tenant
+/// with its users and objects, then its access numbers), each tenant one transaction, fresh
+/// ids each time, no job, lock, hash or event around them.
+async fn raw_imports(clients: usize, for_how_long: Duration) -> f64 {
+    use provisioner_shared::{
+        db::{
+            access_numbers,
+            tenants::{self, Contents, TenantRow},
+        },
+        domain::TenantStatus,
+    };
+    let app = TestApp::without_workers().await;
+    let template = standard(app.db_version().await);
+    let started = Instant::now();
+    let done: usize = stream::iter(0..clients)
+        .map(|_| {
+            let (db, template) = (app.db.clone(), &template);
+            async move {
+                let mut n = 0;
+                while started.elapsed() < for_how_long {
+                    let ids: std::collections::HashMap<Uuid, Uuid> = template
+                        .objects
+                        .iter()
+                        .map(|o| (o.id, Uuid::now_v7()))
+                        .collect();
+                    let objects: Vec<ObjectEntry> = template
+                        .objects
+                        .iter()
+                        .map(|o| ObjectEntry {
+                            id: ids[&o.id],
+                            refs: o.refs.iter().map(|r| ids[r]).collect(),
+                            ..o.clone()
+                        })
+                        .collect();
+                    let users: Vec<UserEntry> = template
+                        .users
+                        .iter()
+                        .map(|u| UserEntry {
+                            id: Uuid::now_v7(),
+                            teams: u.teams.iter().map(|t| ids[t]).collect(),
+                            ..u.clone()
+                        })
+                        .collect();
+                    let url = fixtures::tenant_url();
+                    let tenant = TenantRow {
+                        id: Uuid::now_v7(),
+                        sip_domain: url.clone(),
+                        url,
+                        name: "Raw".into(),
+                        status: TenantStatus::Inactive,
+                        settings: template.tenant.settings.to_value(),
+                        created_at: Utc::now(),
+                    };
+                    let contents = Contents {
+                        objects: &objects,
+                        users: &users,
+                        calling_lists: &[],
+                        audit: &[],
+                    };
+                    let mut tx = db.begin().await.expect("a transaction");
+                    assert!(
+                        tenants::insert(&mut tx, &tenant, contents)
+                            .await
+                            .expect("the tenant")
+                    );
+                    access_numbers::place_all(&mut tx, tenant.id, &template.access_numbers)
+                        .await
+                        .expect("the access numbers");
+                    tx.commit().await.expect("a commit");
+                    n += 1;
+                }
+                n
+            }
+        })
+        .buffer_unordered(clients)
+        .collect::<Vec<usize>>()
+        .await
+        .into_iter()
+        .sum();
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    app.stop().await;
+    rate
 }
 
 /// A system whose in-process API is stopped, with an API child process and a client of it.
@@ -346,6 +437,11 @@ fn trivial_template(db_version: i64) -> Vec<u8> {
 
 /// 50 users, 200 objects referring to each other, 5 access-number ranges.
 fn standard_template(db_version: i64) -> Vec<u8> {
+    standard(db_version).write()
+}
+
+/// The standard template, as `standard_template` writes it.
+fn standard(db_version: i64) -> Template {
     let (manifest, tenant) = manifest(db_version);
     let mut users: Vec<UserEntry> = (1..50).map(|i| user(&format!("agent{i}"))).collect();
     users.push(user("admin"));
@@ -392,7 +488,6 @@ fn standard_template(db_version: i64) -> Vec<u8> {
         calling_lists: vec![],
         audit: vec![],
     }
-    .write()
 }
 
 /// Waits until no job is queued or running (read from the trigger-kept counts).
@@ -491,7 +586,8 @@ async fn trivial_jobs(n: usize, floor: f64, peaks: &mut Peaks) {
     app.stop().await;
 }
 
-async fn standard_imports(n: usize, hashes: f64, peaks: &mut Peaks) {
+/// `limit`: min(the hash rate, PostgreSQL's import rate), what the issue measures against.
+async fn standard_imports(n: usize, limit: f64, peaks: &mut Peaks) {
     let (app, api, base, http) = system().await;
     let zip = standard_template(app.db_version().await);
     let stored: Value = http
@@ -524,6 +620,10 @@ async fn standard_imports(n: usize, hashes: f64, peaks: &mut Peaks) {
                 format!("{}\n", Value::Object(item.clone()))
             })
             .collect();
+        let procs: Vec<&Proc> = std::iter::once(&api).chain(workers.iter()).collect();
+        let before: Vec<f64> = procs.iter().map(|p| cpu::process_seconds(pid(p))).collect();
+        let services = cpu::Services::find(&app.db).await;
+        let services_before = services.seconds();
         let started = Instant::now();
         let r = http
             .post(format!("{base}/configapi/v2/batches"))
@@ -535,12 +635,27 @@ async fn standard_imports(n: usize, hashes: f64, peaks: &mut Peaks) {
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
         until_idle(&app, Duration::from_secs(1800)).await;
         let rate = n as f64 / started.elapsed().as_secs_f64();
+        let cpu: Vec<f64> = procs
+            .iter()
+            .zip(&before)
+            .map(|(p, b)| (cpu::process_seconds(pid(p)) - b) * 1e3 / n as f64)
+            .collect();
+        let services_after = services.seconds();
+        let service =
+            |i: usize| shown_ms(cpu::per_item_ms(services_before[i], services_after[i], n));
         let ok = app
             .count("SELECT count(*) FROM jobs WHERE code = 200")
             .await;
         println!(
-            "standard tenants, {count} worker(s): {rate:.1}/s ({:.0}% of the hash rate {hashes:.1}/s); {ok} succeeded so far",
-            100.0 * rate / hashes
+            "standard tenants, {count} worker(s): {rate:.1}/s ({:.0}% of min(hash rate, PostgreSQL's import rate) {limit:.1}/s); {ok} succeeded so far",
+            100.0 * rate / limit
+        );
+        println!(
+            "CPU per standard tenant, {count} worker(s): API {:.2} ms, workers {:.2} ms (the hash included), PostgreSQL {}, RabbitMQ {}",
+            cpu[0],
+            cpu[1..].iter().sum::<f64>(),
+            service(0),
+            service(1)
         );
         for w in &workers {
             peaks.worker(w);
