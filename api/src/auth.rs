@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderMap, header},
+    http::{HeaderMap, HeaderValue, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -99,23 +99,22 @@ impl Caller {
     }
 }
 
-/// The client `id` if it exists, is not revoked and `secret` is its secret. Unknown clients are
-/// verified against a dummy hash, so timing does not tell them apart. `slot` (from the
-/// `TokenGuard`) is held until the hashing ends, even if the request is abandoned.
+/// `client` (as `db::clients::find_active` read it) if `secret` is its secret. No client (an
+/// unknown or revoked id) is verified against a dummy hash, so timing does not tell them apart.
+/// `slot` (from the `TokenGuard`) is held until the hashing ends, even if the request is
+/// abandoned.
 pub(crate) async fn authenticate_client(
-    pool: &PgPool,
-    id: &str,
+    client: Option<ClientRow>,
     secret: String,
     slot: OwnedSemaphorePermit,
-) -> Result<Option<ClientRow>, sqlx::Error> {
-    let client = db::clients::find_active(pool, id).await?;
+) -> Option<ClientRow> {
     let phc = client
         .as_ref()
         .map_or_else(|| DUMMY_HASH.to_owned(), |c| c.secret_hash.clone());
     let verified = passwords::occasional_pool()
         .verify(secret.into_bytes(), phc, slot)
         .await;
-    Ok(client.filter(|_| verified))
+    client.filter(|_| verified)
 }
 
 /// Issues a bearer token for `client_id` with `scopes`, living `ttl` (the workers' sweeper
@@ -235,15 +234,11 @@ fn unauthorized(reason: Option<&str>) -> Response {
     let mut response =
         ApiError::Unauthorized(reason.unwrap_or("a bearer token is required").to_owned())
             .into_response();
-    // No token: the bare challenge (RFC 6750 section 3: no error code when the request had no
-    // credentials). A token refused: why, for a client that would take a new one.
-    let challenge = match reason {
-        None => "Bearer".to_owned(),
-        Some(r) => format!("Bearer error=\"invalid_token\", error_description=\"{r}\""),
-    };
+    // The contract's bare challenge whatever the reason (missing, unknown or expired token);
+    // why the token was refused is the body's `detail`.
     response
         .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, challenge.parse().expect("ascii"));
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 

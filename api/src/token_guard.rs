@@ -1,9 +1,12 @@
 //! Bounds the token endpoint's work. Verifying a client secret is an Argon2id hash (19 MiB, tens
 //! of milliseconds of a core), so an unbounded flood of bad requests could exhaust memory: at most
 //! one verification per core runs at once, a few more wait briefly, and the rest are answered
-//! `503` at once. Peers that keep failing, in all or for one client id, are refused (`429`) for
-//! a while without any hashing. Failures are not counted per client id alone: client ids are not
-//! secret, and anyone could otherwise lock a client out.
+//! `503` at once. A peer that keeps failing for one client id is refused (`429`) for that id for
+//! a while without any hashing; one that keeps naming client ids that do not exist is refused
+//! for every id that does not exist. A client that exists is never refused for what its peer
+//! did under other ids: behind a reverse proxy every client has the proxy's address, and one
+//! integration guessing would otherwise lock out all the others. Failures are not counted per
+//! client id alone: client ids are not secret, and anyone could otherwise lock a client out.
 
 use std::{
     collections::HashMap,
@@ -14,8 +17,8 @@ use std::{
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Failed attempts one peer may make in a window, in all and for one client id, before being
-/// refused.
+/// Failed attempts one peer may make in a window, for one client id or naming client ids that
+/// do not exist, before being refused.
 const MAX_FAILURES: u32 = 20;
 /// The window of `MAX_FAILURES`.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -45,7 +48,8 @@ pub(crate) struct TokenGuard {
 enum Key {
     /// One client id from one peer (`None`: the peer is unknown).
     ClientFrom(String, Option<IpAddr>),
-    Peer(IpAddr),
+    /// Client ids that do not exist (or are revoked), from one peer.
+    UnknownFrom(IpAddr),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -69,13 +73,15 @@ impl TokenGuard {
         }
     }
 
-    /// A verification slot for `client_id` from `peer`, or why not.
+    /// A verification slot for `client_id` from `peer`, or why not; `known`: an active client
+    /// has that id.
     pub(crate) async fn admit(
         &self,
         client_id: &str,
         peer: Option<IpAddr>,
+        known: bool,
     ) -> Result<OwnedSemaphorePermit, Refusal> {
-        let keys = keys(client_id, peer);
+        let keys = keys(client_id, peer, known);
         if let Some(retry_after) = self.refused_for(&keys) {
             return Err(Refusal::TooManyFailures { retry_after });
         }
@@ -93,14 +99,14 @@ impl TokenGuard {
             .map_err(|_| Refusal::Busy)
     }
 
-    /// Records a failed verification of `client_id` from `peer`.
-    pub(crate) fn failed(&self, client_id: &str, peer: Option<IpAddr>) {
+    /// Records a failed verification of `client_id` from `peer` (`known` as for `admit`).
+    pub(crate) fn failed(&self, client_id: &str, peer: Option<IpAddr>, known: bool) {
         let now = Instant::now();
         let mut failures = self.failures.lock().expect("failure map");
         if failures.len() >= MAX_TRACKED {
             failures.retain(|_, w| now.duration_since(w.started) < WINDOW);
         }
-        for key in keys(client_id, peer) {
+        for key in keys(client_id, peer, known) {
             if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
                 break;
             }
@@ -131,9 +137,9 @@ impl TokenGuard {
     }
 }
 
-fn keys(client_id: &str, peer: Option<IpAddr>) -> Vec<Key> {
+fn keys(client_id: &str, peer: Option<IpAddr>, known: bool) -> Vec<Key> {
     let mut keys = vec![Key::ClientFrom(client_id.to_owned(), peer)];
-    keys.extend(peer.map(Key::Peer));
+    keys.extend(peer.filter(|_| !known).map(Key::UnknownFrom));
     keys
 }
 
@@ -144,14 +150,14 @@ mod tests {
     #[tokio::test]
     async fn overflow_is_refused_at_once_and_slots_come_back() {
         let guard = TokenGuard::with_slots(1);
-        let held = guard.admit("a", None).await.unwrap();
+        let held = guard.admit("a", None, true).await.unwrap();
         // Four queue places wait (and run out); a fifth request is refused without waiting.
-        let waiting: Vec<_> = (0..4).map(|_| guard.admit("a", None)).collect();
+        let waiting: Vec<_> = (0..4).map(|_| guard.admit("a", None, true)).collect();
         let started = Instant::now();
         assert_eq!(guard.queue.available_permits(), 4);
         let (queued, overflow) = tokio::join!(futures_util::future::join_all(waiting), async {
             tokio::task::yield_now().await;
-            guard.admit("a", None).await
+            guard.admit("a", None, true).await
         });
         assert_eq!(overflow.unwrap_err(), Refusal::Busy);
         assert!(
@@ -161,7 +167,7 @@ mod tests {
         );
         assert!(started.elapsed() < QUEUE_WAIT * 4);
         drop(held);
-        assert!(guard.admit("a", None).await.is_ok());
+        assert!(guard.admit("a", None, true).await.is_ok());
     }
 
     #[tokio::test]
@@ -170,20 +176,45 @@ mod tests {
         let attacker: IpAddr = "192.0.2.7".parse().unwrap();
         let owner: IpAddr = "198.51.100.9".parse().unwrap();
         for _ in 0..MAX_FAILURES {
-            assert!(guard.admit("victim", Some(attacker)).await.is_ok());
-            guard.failed("victim", Some(attacker));
+            assert!(guard.admit("victim", Some(attacker), true).await.is_ok());
+            guard.failed("victim", Some(attacker), true);
         }
-        let refusal = guard.admit("victim", Some(attacker)).await.unwrap_err();
+        let refusal = guard
+            .admit("victim", Some(attacker), true)
+            .await
+            .unwrap_err();
         assert!(
             matches!(refusal, Refusal::TooManyFailures { retry_after } if (1..=60).contains(&retry_after))
         );
         assert!(
-            guard.admit("other", Some(attacker)).await.is_err(),
-            "the peer is refused for every client id"
+            guard.admit("other", Some(attacker), true).await.is_ok(),
+            "another client, through the same peer (a proxy), is not locked out"
         );
         assert!(
-            guard.admit("victim", Some(owner)).await.is_ok(),
+            guard.admit("victim", Some(owner), true).await.is_ok(),
             "the client itself, from elsewhere, is not locked out"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_naming_unknown_clients_is_refused_for_unknown_ids_only() {
+        let guard = TokenGuard::with_slots(2);
+        let peer: IpAddr = "192.0.2.7".parse().unwrap();
+        for i in 0..MAX_FAILURES {
+            let id = format!("nobody-{i}");
+            assert!(guard.admit(&id, Some(peer), false).await.is_ok());
+            guard.failed(&id, Some(peer), false);
+        }
+        assert!(
+            matches!(
+                guard.admit("nobody-else", Some(peer), false).await,
+                Err(Refusal::TooManyFailures { .. })
+            ),
+            "a new unknown id from that peer is refused without hashing"
+        );
+        assert!(
+            guard.admit("a-real-client", Some(peer), true).await.is_ok(),
+            "a client that exists, through the same peer, is verified"
         );
     }
 
@@ -191,7 +222,7 @@ mod tests {
     fn the_failure_map_stays_bounded() {
         let guard = TokenGuard::with_slots(1);
         for i in 0..(MAX_TRACKED * 3) {
-            guard.failed(&format!("client-{i}"), None);
+            guard.failed(&format!("client-{i}"), None, false);
         }
         assert!(guard.failures.lock().unwrap().len() <= MAX_TRACKED);
     }

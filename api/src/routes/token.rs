@@ -10,6 +10,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use provisioner_shared::db;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -160,18 +161,19 @@ pub(super) async fn issue_token_route(
         // No client has such an id: nothing to verify, nothing to remember.
         return OAuthError::invalid_client();
     }
+    let client = match db::clients::find_active(&state.pool, &id).await {
+        Ok(client) => client,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let known = client.is_some();
     let guard = &state.token_guard;
-    let slot = match guard.admit(&id, Some(peer.ip())).await {
+    let slot = match guard.admit(&id, Some(peer.ip()), known).await {
         Ok(slot) => slot,
         Err(refusal) => return OAuthError::refused(refusal),
     };
-    let client = match authenticate_client(&state.pool, &id, secret, slot).await {
-        Ok(Some(client)) => client,
-        Ok(None) => {
-            guard.failed(&id, Some(peer.ip()));
-            return OAuthError::invalid_client();
-        }
-        Err(e) => return ApiError::from(e).into_response(),
+    let Some(client) = authenticate_client(client, secret, slot).await else {
+        guard.failed(&id, Some(peer.ip()), known);
+        return OAuthError::invalid_client();
     };
     let scopes: Vec<String> = match form.scope.as_deref() {
         None | Some("") => client.scopes.clone(),

@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use maud::{Markup, html};
+use provisioner_shared::db;
 
 use super::{
     form::Form,
@@ -67,18 +68,19 @@ pub(crate) async fn submit(
         // No client has such an id or secret: nothing to verify.
         return wrong_credentials(&id);
     }
+    let client = match db::clients::find_active(&state.pool, &id).await {
+        Ok(client) => client,
+        Err(e) => return layout::internal(e.into()),
+    };
+    let known = client.is_some();
     let guard = &state.token_guard;
-    let slot = match guard.admit(&id, Some(peer.ip())).await {
+    let slot = match guard.admit(&id, Some(peer.ip()), known).await {
         Ok(slot) => slot,
         Err(refusal) => return refused(refusal, &id),
     };
-    let client = match authenticate_client(&state.pool, &id, secret, slot).await {
-        Ok(Some(client)) => client,
-        Ok(None) => {
-            guard.failed(&id, Some(peer.ip()));
-            return wrong_credentials(&id);
-        }
-        Err(e) => return layout::internal(e.into()),
+    let Some(client) = authenticate_client(client, secret, slot).await else {
+        guard.failed(&id, Some(peer.ip()), known);
+        return wrong_credentials(&id);
     };
     if !client
         .scopes

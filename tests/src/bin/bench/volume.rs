@@ -72,9 +72,10 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize) {
         trivial_jobs(trivial, floor.jobs.per_second, &mut peaks).await;
     }
     if standard > 0 {
-        let imports = raw_imports(4, Duration::from_secs(3)).await;
+        let (imports, cpu) = raw_imports(4, Duration::from_secs(3)).await;
         println!(
-            "raw: the standard tenant's statements alone (PostgreSQL, 4 clients, no hash): {imports:.0} imports/s"
+            "raw: the standard tenant's statements alone (PostgreSQL, 4 clients, no hash): {imports:.0} imports/s, PostgreSQL's CPU per import {}",
+            shown_ms(cpu)
         );
         standard_imports(standard, hashes.min(imports), &mut peaks).await;
     }
@@ -199,7 +200,9 @@ fn hash_rate(for_how_long: Duration) -> f64 {
 /// `clients` connections: the statements a create's import makes for its tenant (the tenant
 /// with its users and objects, then its access numbers), each tenant one transaction, fresh
 /// ids each time, no job, lock, hash or event around them.
-async fn raw_imports(clients: usize, for_how_long: Duration) -> f64 {
+///
+/// Returns the rate and PostgreSQL's CPU per import (when it is a local process).
+async fn raw_imports(clients: usize, for_how_long: Duration) -> (f64, Option<f64>) {
     use provisioner_shared::{
         db::{
             access_numbers,
@@ -209,6 +212,8 @@ async fn raw_imports(clients: usize, for_how_long: Duration) -> f64 {
     };
     let app = TestApp::without_workers().await;
     let template = standard(app.db_version().await);
+    let postgres = cpu::Services::find(&app.db).await;
+    let postgres_before = postgres.seconds()[0];
     let started = Instant::now();
     let done: usize = stream::iter(0..clients)
         .map(|_| {
@@ -276,8 +281,9 @@ async fn raw_imports(clients: usize, for_how_long: Duration) -> f64 {
         .into_iter()
         .sum();
     let rate = done as f64 / started.elapsed().as_secs_f64();
+    let cpu = cpu::per_item_ms(postgres_before, postgres.seconds()[0], done);
     app.stop().await;
-    rate
+    (rate, cpu)
 }
 
 /// A system whose in-process API is stopped, with an API child process and a client of it.
