@@ -4,7 +4,7 @@
 //! moment for a slot, then is answered `503` with `Retry-After`, so they never take the whole
 //! pool from the other routes. One client holds at most half of a bound's slots (at least
 //! one), so no single client takes a bound of two or more whole; a request past its client's
-//! share is refused at once, since only the client's own requests could free it.
+//! share waits for one of the client's own to end, as briefly.
 
 use std::{
     collections::HashMap,
@@ -59,19 +59,27 @@ impl Slots {
         }
     }
 
-    /// A slot for `client`: `503` at once when the client holds its share, else waiting at
-    /// most `within` (and `SLOT_WAIT`) for one of the server's; `503` when none frees.
+    /// A slot for `client`, waiting at most `within` (and `SLOT_WAIT`) in all for one of the
+    /// client's share (when its own requests hold the share) and one of the server's; `503`
+    /// when none frees.
     pub(crate) async fn take(&self, client: &str, within: Duration) -> Result<Slot, ApiError> {
         let deadline = tokio::time::Instant::now() + within.min(SLOT_WAIT);
         let mut slot = self.register(client);
         let share = slot.share.clone().expect("kept until the slot drops");
-        // Only the client's own requests can free its share: it does not wait for them.
-        slot.own = Some(share.try_acquire_owned().map_err(|_| {
-            self.busy(format!(
-                "this client has as many {} as one client may have at once ({}); retry later",
-                self.what, self.per_client
-            ))
-        })?);
+        // Only the client's own requests can free its share (a client reading several exports
+        // at once, say): a free one is taken at the first poll.
+        slot.own = Some(
+            tokio::time::timeout_at(deadline, share.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| {
+                    self.busy(format!(
+                        "this client has as many {} as one client may have at once ({}); retry later",
+                        self.what, self.per_client
+                    ))
+                })?,
+        );
         // A free slot is taken at the first poll, before the timeout looks at its clock.
         let server = tokio::time::timeout_at(deadline, self.free.clone().acquire_owned())
             .await
@@ -134,8 +142,6 @@ impl Drop for Slot {
 
 #[cfg(test)]
 mod tests {
-    use futures_util::FutureExt;
-
     use super::*;
 
     fn refused_for(refusal: &ApiError) -> &str {
@@ -179,16 +185,20 @@ mod tests {
         )
         .await
         .unwrap();
-        // Refused at once, though its wait could be long: only its own requests would free it.
-        let refused = slots
-            .take("greedy", Duration::from_secs(3600))
-            .now_or_never()
-            .expect("answered at the first poll")
-            .unwrap_err();
+        // Past its share a client's request waits for one of its own, within its bound.
+        let refused = slots.take("greedy", Duration::ZERO).await.unwrap_err();
         assert!(
             refused_for(&refused).starts_with("this client has as many exports"),
             "{refused:?}"
         );
+        let mut mine = mine.into_iter();
+        let (third, ()) = tokio::join!(slots.take("greedy", Duration::from_secs(3600)), async {
+            tokio::task::yield_now().await;
+            drop(mine.next());
+        });
+        let mine: Vec<Slot> = mine
+            .chain([third.expect("the share freed while it waited")])
+            .collect();
         let theirs = [
             slots.take("other", Duration::ZERO).await.unwrap(),
             slots.take("other", Duration::ZERO).await.unwrap(),

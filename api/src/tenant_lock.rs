@@ -64,8 +64,9 @@ pub(crate) async fn try_lock(conn: &mut PgConnection, url: &TenantUrl) -> Result
 }
 
 /// Waits for the tenant's lock, found busy, in `conn`'s transaction, in one of `waits`' slots,
-/// until `wait` after `started`: `503 Lock timeout` when it is not free by then, `503` with
-/// `Retry-After` when no slot frees within a few seconds and the lock is still busy.
+/// until `wait` after `started`: `503 Lock timeout` when it is not free by then (a wait for a
+/// slot included), `503` with `Retry-After` when no slot frees within a few seconds, the lock
+/// is still busy and the request's own time is not out.
 pub(crate) async fn wait_for(
     conn: &mut PgConnection,
     waits: Waits<'_>,
@@ -90,6 +91,7 @@ pub(crate) async fn wait_for(
         Err(busy) => {
             return match try_lock(conn, url).await? {
                 true => Ok(()),
+                false if started.elapsed() >= wait => Err(timed_out()),
                 false => Err(busy),
             };
         }

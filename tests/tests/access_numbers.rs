@@ -258,6 +258,41 @@ async fn the_range_listing_is_paged_through_link_headers_in_number_order() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn without_a_limit_the_listing_is_every_range_in_one_array() {
+    let app = TestApp::without_workers().await;
+    let (status, empty) = app.get_json("/configapi/v2/accessnumbers").await;
+    assert_eq!((status, empty), (200, json!([])));
+    // More than two of the pages it is read in.
+    sqlx::query(
+        "INSERT INTO access_numbers (number, count, media)
+         SELECT '7' || lpad(g::text, 5, '0'), 1, 'voice' FROM generate_series(1, 2500) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    insert_range(&app, "42", 1, None).await;
+    let r = app
+        .http
+        .get(app.url("/configapi/v2/accessnumbers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("link").is_none(), "no page was asked for");
+    let all: Vec<Value> = r.json().await.unwrap();
+    let numbers: Vec<&str> = all.iter().map(|r| r["number"].as_str().unwrap()).collect();
+    let expected: Vec<String> = std::iter::once("42".to_owned())
+        .chain((1..=2500).map(|g| format!("7{g:05}")))
+        .collect();
+    assert_eq!(numbers, expected, "every range, in number order, each once");
+    assert_eq!(
+        all[1],
+        json!({"number": "700001", "count": 1, "tenantUrl": null, "media": "voice"})
+    );
+    app.stop().await;
+}
+
 /// Job `id` once it ended, which must be with 200.
 async fn succeeded(app: &TestApp, id: &str) -> Value {
     let job = app

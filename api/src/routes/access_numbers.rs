@@ -2,10 +2,12 @@
 
 use axum::{
     Extension, Json,
+    body::Body,
     extract::State,
     http::{HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
+use futures_util::stream;
 use provisioner_shared::{
     db,
     domain::{AuditAction, TenantUrl, is_access_number, is_hidden_char},
@@ -65,17 +67,18 @@ pub(super) struct RangeBody {
     media: String,
 }
 
-/// Most ranges in one answer (and the default `limit`).
+/// Most ranges in one page (a `limit` asked for), and in one read of the whole listing.
 const MAX_RANGES: i64 = 1000;
 
-/// Ranges by digit length and first number. The body is an array (as the original's); a longer
-/// listing continues at the `Link: <...>; rel="next"` URL.
+/// Ranges by digit length and first number. The body is an array (as the original's): every
+/// range, unless a `limit` (or a `cursor`) asks for pages, which continue at the
+/// `Link: <...>; rel="next"` URL.
 #[utoipa::path(get, path = "/configapi/v2/accessnumbers", tag = "access numbers", operation_id = "listAccessNumbers",
-    params(("tenantUrl" = inline(Option<HostName>), Query), ("limit" = inline(Option<PageLimit>), Query, description = "1-1000, default 1000; larger values are clamped"),
+    params(("tenantUrl" = inline(Option<HostName>), Query), ("limit" = inline(Option<PageLimit>), Query, description = "Pages of 1-1000 ranges (larger values are clamped); without it (and without a cursor), every range"),
         ("cursor" = Option<String>, Query, description = "From the previous answer's Link header")),
     responses(
         (status = 200, description = "Ranges; unassigned ones have tenantUrl null", body = Vec<RangeBody>,
-            headers(("Link" = String, description = "`<URL>; rel=\"next\"` when more ranges follow"))),
+            headers(("Link" = String, description = "`<URL>; rel=\"next\"` when a page was asked for and more ranges follow"))),
         (status = 400, description = "Invalid tenantUrl, limit or cursor")))]
 pub(super) async fn list_access_numbers(
     State(state): State<AppState>,
@@ -95,6 +98,9 @@ pub(super) async fn list_access_numbers(
         return Err(ApiError::Validation(errors));
     }
     let tenant = url.as_ref().map(TenantUrl::as_str);
+    if optional_param(&uri, "limit").is_none() && optional_param(&uri, "cursor").is_none() {
+        return Ok(every_range(state.pool.clone(), tenant.map(str::to_owned)));
+    }
     let rows =
         db::access_numbers::list(&state.pool, tenant, page.after.as_deref(), page.fetch()).await?;
     let Page { items, next_cursor } = page.page(
@@ -121,6 +127,64 @@ pub(super) async fn list_access_numbers(
         response.headers_mut().insert(header::LINK, link);
     }
     Ok(response)
+}
+
+/// Every range (of `tenant`, if given) as one JSON array, read a page at a time by key: no
+/// transaction or connection is held while a slow client reads, and memory stays one page
+/// whatever the table holds. A page that cannot be read ends the body unfinished (the client
+/// sees a broken answer, never a shorter list that parses).
+fn every_range(pool: sqlx::PgPool, tenant: Option<String>) -> Response {
+    // (the last number sent, whether a range was sent); `None`: the array is closed.
+    let pages = stream::unfold(Some((None::<String>, false)), move |state| {
+        let (pool, tenant) = (pool.clone(), tenant.clone());
+        async move {
+            let (after, sent) = state?;
+            let rows = match db::access_numbers::list(
+                &pool,
+                tenant.as_deref(),
+                after.as_deref(),
+                MAX_RANGES,
+            )
+            .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading access-number ranges failed");
+                    return Some((Err(e), None));
+                }
+            };
+            let last = rows.len() < MAX_RANGES as usize;
+            let mut text = Vec::new();
+            if after.is_none() {
+                text.push(b'[');
+            }
+            let mut next = after;
+            for (i, row) in rows.into_iter().enumerate() {
+                if sent || i > 0 {
+                    text.push(b',');
+                }
+                next = Some(row.number.clone());
+                let body = RangeBody {
+                    number: row.number,
+                    count: row.count,
+                    tenant_url: row.tenant_url,
+                    media: row.media,
+                };
+                serde_json::to_writer(&mut text, &body).expect("a range serializes");
+            }
+            let sent = sent || next.is_some();
+            if last {
+                text.push(b']');
+                return Some((Ok::<_, sqlx::Error>(text), None));
+            }
+            Some((Ok(text), Some((next, sent))))
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(pages),
+    )
+        .into_response()
 }
 
 /// A range to create, as validated.
