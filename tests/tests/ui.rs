@@ -116,6 +116,31 @@ async fn signing_in_sets_an_http_only_strict_cookie_that_lasts_as_long_as_a_toke
 }
 
 #[tokio::test]
+async fn a_client_that_may_not_read_signs_in_is_told_why_and_can_sign_out() {
+    let app = TestApp::without_workers().await;
+    batches::client(&app, "writer", &["tenants:write"]).await;
+    // Valid credentials sign in, as the contract says, whatever the client's scopes.
+    let r = post_login(&app, "writer", "writer-secret", &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[header::LOCATION], "/ui/");
+    assert!(r.headers().contains_key(header::SET_COOKIE));
+    let session = sign_in(&app, "writer", "writer-secret").await;
+    // Every page then says why it shows nothing, and offers to sign out.
+    let (status, _, page) = ui::get(&app, &session, "/ui/").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("needs the scope tenants:read"), "{page}");
+    let r = ui::post(&app, &session, "/ui/logout", &[("csrf", &csrf(&page))], &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (status, location, _) = ui::get(&app, &session, "/ui/").await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/ui/login")),
+        "signed out"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn wrong_credentials_show_the_form_again_with_an_error_and_set_nothing() {
     let app = TestApp::without_workers().await;
     for (id, secret) in [

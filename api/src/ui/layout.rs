@@ -171,6 +171,21 @@ pub(crate) fn refused(status: StatusCode, message: &str) -> Response {
     )
 }
 
+/// A refusal as a page for a signed-in client that may see no other (its header offers to sign
+/// out).
+pub(crate) fn refused_signed_in(status: StatusCode, message: &str, session: &Session) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    page(
+        status,
+        title,
+        Some(session),
+        Nav::None,
+        html! {
+            p role="alert" { (message) }
+        },
+    )
+}
+
 /// `404` as a page.
 pub(crate) fn not_found(what: &str) -> Response {
     refused(

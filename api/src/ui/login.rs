@@ -15,7 +15,7 @@ use provisioner_shared::db;
 use super::{
     form::Form,
     layout::{self, Nav},
-    session::{Session, clear_cookie, over_tls, same_origin, set_cookie},
+    session::{Session, SignedIn, clear_cookie, over_tls, same_origin, set_cookie},
 };
 use crate::{
     AppState,
@@ -82,17 +82,6 @@ pub(crate) async fn submit(
         guard.failed(&id, Some(peer.ip()), known);
         return wrong_credentials(&id);
     };
-    if !client
-        .scopes
-        .iter()
-        .any(|s| s == Scope::TenantsRead.as_str())
-    {
-        return login_page(
-            StatusCode::FORBIDDEN,
-            Some("This client may not read: the dashboard needs the scope tenants:read."),
-            &id,
-        );
-    }
     let ttl = state.settings.token_ttl;
     // The session's token is a bearer token too: it gets only what the dashboard uses, so a
     // stolen cookie never exports tenants (their password hashes).
@@ -117,7 +106,7 @@ pub(crate) async fn submit(
 /// `POST /ui/logout`: ends the session (its token stops working) and clears the cookie.
 pub(crate) async fn logout(
     State(state): State<AppState>,
-    session: Session,
+    SignedIn(session): SignedIn,
     request: Request,
 ) -> Response {
     let form = match Form::from_page(&session, request).await {

@@ -118,25 +118,43 @@ impl Session {
     }
 }
 
-impl FromRequestParts<AppState> for Session {
+/// Any signed-in session, whatever its scopes: what signing out needs.
+pub(crate) struct SignedIn(pub(crate) Session);
+
+impl FromRequestParts<AppState> for SignedIn {
     type Rejection = Response;
 
     /// The session of the request's cookie; without a valid one, pages answer `303` to the
     /// sign-in form and the live figures `401`.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        let session = Self::lookup(state, &parts.headers)
+        let session = Session::lookup(state, &parts.headers)
             .await
             .map_err(|e| layout::internal(e.into()))?;
-        let Some(session) = session else {
-            if parts.uri.path().starts_with("/ui/live/") {
-                return Err((StatusCode::UNAUTHORIZED, "signed out").into_response());
+        match session {
+            Some(session) => Ok(Self(session)),
+            None if parts.uri.path().starts_with("/ui/live/") => {
+                Err((StatusCode::UNAUTHORIZED, "signed out").into_response())
             }
-            return Err(to_login());
-        };
+            None => Err(to_login()),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Response;
+
+    /// A signed-in session that may read (`SignedIn`'s answers without one); a client without
+    /// `tenants:read` gets a `403` page from which it can sign out.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let SignedIn(session) = SignedIn::from_request_parts(parts, state).await?;
         if !session.can_read {
-            return Err(layout::refused(
+            if parts.uri.path().starts_with("/ui/live/") {
+                return Err((StatusCode::FORBIDDEN, "may not read").into_response());
+            }
+            return Err(layout::refused_signed_in(
                 StatusCode::FORBIDDEN,
-                "This client may not read: the dashboard needs the scope tenants:read.",
+                "This client may not read: the dashboard needs the scope tenants:read. Sign out to sign in as another client.",
+                &session,
             ));
         }
         Ok(session)
