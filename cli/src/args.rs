@@ -266,13 +266,15 @@ pub(crate) struct WaitOptions {
     /// Wait until it ends, with a progress display; the final state goes to stdout.
     #[arg(long)]
     pub(crate) wait: bool,
-    /// With --wait: give up after S seconds (exit 3; the work goes on).
-    #[arg(long, value_name = "S", requires = "wait")]
+    /// Wait as --wait does, giving up after S seconds (exit 3; the work goes on).
+    #[arg(long, value_name = "S")]
     pub(crate) timeout: Option<u64>,
 }
 
 impl WaitOptions {
+    /// Whether to wait, and for how long at most: `--timeout` alone waits too (asking for a
+    /// bound on a wait is asking for the wait).
     pub(crate) fn wanted(&self) -> Option<Option<u64>> {
-        self.wait.then_some(self.timeout)
+        (self.wait || self.timeout.is_some()).then_some(self.timeout)
     }
 }

@@ -661,6 +661,12 @@ async fn waits_exit_3_when_they_run_out_and_2_once_cancelled() {
     cli.run(&["job", "wait", &job, "--timeout", "1"])
         .await
         .expect(3);
+    // `--timeout` alone asks for a wait of at most that long.
+    let other = fixtures::tenant_url();
+    let mut bounded = args.clone();
+    bounded[1] = &other;
+    bounded.extend(["--timeout", "1"]);
+    cli.run(&bounded).await.expect(3);
     let cancelled = cli
         .run(&["job", "cancel", &job, "--json"])
         .await
