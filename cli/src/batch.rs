@@ -108,6 +108,13 @@ pub async fn results(
     if let Some(s) = status {
         url.query_pairs_mut().append_pair("status", s);
     }
+    let csv = match layout {
+        Layout::Csv => Some(CsvResults::new(id)?),
+        Layout::Ndjson | Layout::Array => None,
+    };
+    if csv.as_ref().is_some_and(CsvResults::fields_from_server) {
+        url.query_pairs_mut().append_pair("fields", "submitted");
+    }
     let mut response = api.send(|http| http.get(url.clone())).await?;
     if !response.status().is_success() {
         return Err(answer_failure(response).await);
@@ -120,10 +127,10 @@ pub async fn results(
         None => Box::new(std::io::stdout().lock()),
     };
     let mut sink = BufWriter::new(sink);
-    let mut writer = match layout {
-        Layout::Csv => Writer::Csv(CsvResults::new(id)?),
-        Layout::Ndjson => Writer::Ndjson,
-        Layout::Array => Writer::Array { items: 0 },
+    let mut writer = match (layout, csv) {
+        (_, Some(csv)) => Writer::Csv(csv),
+        (Layout::Array, None) => Writer::Array { items: 0 },
+        (_, None) => Writer::Ndjson,
     };
     let copied = copy_results(&mut response, &mut writer, &mut sink).await;
     // Whatever stopped the copy, what was written is ended (an array is closed, so stdout
@@ -218,7 +225,9 @@ impl Writer {
     }
 }
 
-/// Results as CSV, each beside the item's submitted fields when the submission is known.
+/// Results as CSV, each beside the item's submitted fields: read again from the submitted file
+/// when this machine knows it (its columns in the file's order), else as the server recorded
+/// them (every field's column, in the API's order).
 struct CsvResults {
     columns: Vec<String>,
     /// The submitted items, read along with the results (both in item order).
@@ -232,13 +241,12 @@ impl CsvResults {
     fn new(id: &str) -> Result<Self> {
         let submission = state::recall(id);
         let mut items = submission.as_ref().and_then(resubmitted_rows);
-        if items.is_none() {
-            eprintln!(
-                "warning: the file batch {id} was submitted from is not known here (or changed); \
-                 the rows carry tenantUrl only"
-            );
-        }
-        let mut columns = vec!["tenantUrl".to_owned()];
+        // Without the file, the fields the server recorded for each item.
+        let mut columns: Vec<String> = FIELDS
+            .iter()
+            .filter(|f| **f != "password")
+            .map(|f| (*f).to_owned())
+            .collect();
         if let Some((rows, defaults)) = items.as_mut() {
             // One reading to learn which fields the items have.
             let mut present = BTreeSet::new();
@@ -273,6 +281,11 @@ impl CsvResults {
         })
     }
 
+    /// Whether the items' fields come from the server (`?fields=submitted`), not the file.
+    fn fields_from_server(&self) -> bool {
+        self.items.is_none()
+    }
+
     /// The submitted fields of item `n` (rows are read forward only).
     fn item(&mut self, n: u64) -> Result<Option<Map<String, Value>>> {
         let Some((rows, defaults)) = self.items.as_mut() else {
@@ -299,7 +312,10 @@ impl CsvResults {
             self.header_written = true;
         }
         let item = result["item"].as_u64().unwrap_or(u64::MAX);
-        let fields = self.item(item)?;
+        let fields = match self.item(item)? {
+            Some(fields) => Some(fields),
+            None => result["fields"].as_object().cloned(),
+        };
         let mut record: Vec<String> = self
             .columns
             .iter()

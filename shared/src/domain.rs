@@ -121,6 +121,42 @@ pub struct CreateTenantParams {
     pub lock_timeout: u32,
 }
 
+impl CreateTenantParams {
+    /// The fields of the create (or batch item, its batch's defaults applied) that asked for
+    /// this, by the contract's names: `tenantUrl` (`tenant_url`), the administrator's, the
+    /// template's, `numberMap` (when it maps any number) and `lockTimeout`. Never the
+    /// password, which the job keeps only sealed.
+    pub fn submitted_fields(&self, tenant_url: &str) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut fields = serde_json::Map::new();
+        let mut put = |k: &str, v: Value| {
+            fields.insert(k.to_owned(), v);
+        };
+        put("tenantUrl", tenant_url.into());
+        put("tenantName", self.tenant_name.as_str().into());
+        if let Some(admin) = &self.admin {
+            put("firstName", admin.first_name.as_str().into());
+            put("lastName", admin.last_name.as_str().into());
+            put("loginId", admin.login_id.as_str().into());
+            put("email", admin.email.as_str().into());
+        }
+        match &self.template {
+            TemplateSource::Url(url) => put("templateUrl", url.as_str().into()),
+            TemplateSource::Stored(id) => put("templateId", id.as_str().into()),
+        }
+        if !self.number_map.is_empty() {
+            let map = self
+                .number_map
+                .iter()
+                .map(|(from, to)| (from.clone(), Value::from(to.as_str())))
+                .collect();
+            put("numberMap", Value::Object(map));
+        }
+        put("lockTimeout", self.lock_timeout.into());
+        fields
+    }
+}
+
 /// What an import-tenant job needs: the upload is its template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -267,6 +267,70 @@ async fn results_of_more_items_than_one_page_come_complete_and_in_item_order() {
 }
 
 #[tokio::test]
+async fn results_carry_each_items_submitted_fields_when_asked_never_the_password() {
+    let app = TestApp::without_workers().await;
+    let template = "https://templates.example/t.zip";
+    let (first, second) = (fixtures::tenant_url(), fixtures::tenant_url());
+    let mut defaults = fixtures::create_body(template);
+    defaults.as_object_mut().unwrap().remove("numberMap");
+    let body = json!({
+        "defaults": defaults,
+        "items": [
+            {"tenantUrl": first, "tenantName": "First"},
+            {"tenantUrl": second, "numberMap": {"0000000000": "4155550199"}, "lockTimeout": 0},
+        ],
+    });
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let batch_id = id(&r.json().await.unwrap(), "batchId");
+    let plain = batches::results(&app, &batch_id, "").await;
+    assert!(
+        plain.iter().all(|l| l.get("fields").is_none()),
+        "the contract's lines unless asked"
+    );
+    let results = batches::results(&app, &batch_id, "?fields=submitted").await;
+    let admin = json!({"firstName": "Ada", "lastName": "Lovelace", "loginId": "admin",
+        "email": "ada@acme.example", "templateUrl": template});
+    let mut expected = [
+        json!({"tenantUrl": first, "tenantName": "First", "lockTimeout": 10}),
+        json!({"tenantUrl": second, "tenantName": "Acme Support", "lockTimeout": 0,
+            "numberMap": {"0000000000": "4155550199"}}),
+    ];
+    for e in &mut expected {
+        e.as_object_mut()
+            .unwrap()
+            .extend(admin.as_object().unwrap().clone());
+    }
+    for (line, expected) in results.iter().zip(&expected) {
+        assert_eq!(
+            &line["fields"], expected,
+            "the defaults under the item's own"
+        );
+    }
+    let text = serde_json::to_string(&results).unwrap();
+    assert!(
+        !text.contains(fixtures::SENTINEL_PASSWORD),
+        "never the password"
+    );
+    let r = app
+        .http
+        .get(app.url(&format!(
+            "/configapi/v2/batches/{batch_id}/results?fields=all"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn tenant_urls_that_differ_only_in_case_are_one_url_within_a_batch() {
     let app = TestApp::without_workers().await;
     let template = app.serve_sample_template("t.zip").await;

@@ -538,6 +538,33 @@ async fn csv_results_keep_the_files_columns_in_its_order_without_the_password() 
 }
 
 #[tokio::test]
+async fn csv_results_of_a_batch_made_elsewhere_carry_the_fields_the_server_recorded() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let template = "https://templates.example/t.zip";
+    let url = fixtures::tenant_url();
+    // Posted to the API, not by this command line: no file is known here.
+    let batch = batches::submit(&app, &[batches::item(&url, template)]).await;
+    let id = batch["batchId"].as_str().unwrap();
+    let csv = cli
+        .run(&["batch", "results", id, "--format", "csv"])
+        .await
+        .expect(0);
+    let mut lines = csv.stdout.lines();
+    let row = first_result(
+        &mut lines,
+        "tenantUrl,tenantName,firstName,lastName,loginId,email,numberMap,templateUrl,templateId,lockTimeout,jobId,status,code,error",
+        &format!(
+            "{url},Acme Support,Ada,Lovelace,admin,ada@acme.example,0000000000:4155550100,{template},,10,"
+        ),
+    );
+    assert!(row.ends_with(",queued,,"), "{row}");
+    assert_eq!(lines.next(), None);
+    assert!(!csv.stdout.contains(fixtures::SENTINEL_PASSWORD));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn failed_items_exit_1_and_their_csv_results_can_be_fixed_and_retried() {
     let app = TestApp::spawn().await;
     let cli = cli(&app);

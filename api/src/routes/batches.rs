@@ -10,9 +10,10 @@ use axum::{
 use futures_util::{StreamExt, stream};
 use provisioner_shared::{
     db,
-    domain::{BatchStatus, BatchView, JobError, JobStatus, TenantSummary},
+    domain::{BatchStatus, BatchView, CreateTenantParams, JobError, JobStatus, TenantSummary},
 };
 use serde::Serialize;
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -22,7 +23,7 @@ use crate::{
     error::{ApiError, FieldError},
     extract::{
         CallerTrace, Page, PageQuery, PathText, job_key, job_key_text, media_type, not_a_cursor,
-        query_param, status_param, wait_deadline,
+        optional_param, query_param, status_param, wait_deadline,
     },
     intake::{Accepted, Intake},
     openapi::shapes::{self, CodeList, IdempotencyKeyText, JobIdText, PageLimit, WaitSeconds},
@@ -261,12 +262,26 @@ pub(super) struct ItemResult {
     code: Option<i32>,
     error: Option<JobError>,
     tenant: Option<TenantSummary>,
+    /// With `?fields=submitted`: the fields the item was created with (its batch's defaults
+    /// applied; never the password), by the item fields' names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    fields: Option<Map<String, Value>>,
+}
+
+/// What `?fields=` of the results may ask for (documents the parameter; read as text).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code, reason = "documents the query parameter's one value")]
+enum ResultFields {
+    Submitted,
 }
 
 /// The batch's items in order, one NDJSON line each (its newest job), streamed page by page.
 #[utoipa::path(get, path = "/configapi/v2/batches/{batchId}/results", tag = "batches", operation_id = "getBatchResults",
     params(("batchId" = inline(JobIdText), Path),
-        ("status" = Option<JobStatus>, Query, description = "Only the items whose newest job has this status")),
+        ("status" = Option<JobStatus>, Query, description = "Only the items whose newest job has this status"),
+        ("fields" = inline(Option<ResultFields>), Query, description = "`submitted`: each line also carries `fields`, the fields the item was created with (never the password)")),
     responses(
         (status = 200, description = "One line per item, in item order", content_type = "application/x-ndjson", body = ItemResult),
         (status = 400, description = "Invalid status"),
@@ -280,6 +295,14 @@ pub(super) async fn batch_results(
     let id = batch_id(&raw)?;
     let mut errors = Vec::new();
     let status = status_param(&uri, &mut errors);
+    let with_fields = match optional_param(&uri, "fields").as_deref() {
+        None => false,
+        Some("submitted") => true,
+        Some(_) => {
+            errors.push(FieldError::new("fields", "must be submitted"));
+            false
+        }
+    };
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -299,6 +322,13 @@ pub(super) async fn batch_results(
                         .flatten();
                     let mut text = Vec::new();
                     for row in rows {
+                        let fields = with_fields
+                            .then(|| {
+                                serde_json::from_value::<CreateTenantParams>(row.params.clone())
+                                    .ok()
+                                    .map(|p| p.submitted_fields(&row.tenant_url))
+                            })
+                            .flatten();
                         let view = row.view();
                         let line = ItemResult {
                             item: row.batch_item.unwrap_or_default(),
@@ -308,6 +338,7 @@ pub(super) async fn batch_results(
                             code: view.code,
                             error: view.error,
                             tenant: view.tenant,
+                            fields,
                         };
                         serde_json::to_writer(&mut text, &line).expect("results serialize");
                         text.push(b'\n');

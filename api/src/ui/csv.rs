@@ -11,7 +11,7 @@ use axum::{
 use futures_util::stream;
 use provisioner_shared::{
     db::{self, jobs::JobRow},
-    domain::{AdminSpec, CreateTenantParams, JobStatus, TemplateSource},
+    domain::{CreateTenantParams, JobStatus},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -78,14 +78,22 @@ pub(crate) async fn failed_rows(
 
 /// One CSV line of a failed item.
 fn row(job: &JobRow) -> String {
-    let params = serde_json::from_value::<CreateTenantParams>(job.params.clone()).ok();
-    let admin = params.as_ref().and_then(|p| p.admin.as_ref());
-    let admin_field = |f: fn(&AdminSpec) -> &String| admin.map(f).cloned().unwrap_or_default();
-    let template = match params.as_ref().map(|p| &p.template) {
-        Some(TemplateSource::Url(url)) => url.clone(),
-        Some(TemplateSource::Stored(id)) => id.clone(),
-        None => String::new(),
+    let fields = serde_json::from_value::<CreateTenantParams>(job.params.clone())
+        .map(|p| p.submitted_fields(&job.tenant_url))
+        .unwrap_or_default();
+    let field = |name: &str| {
+        fields
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
     };
+    let template = fields
+        .get("templateUrl")
+        .or_else(|| fields.get("templateId"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let error = job.error.as_ref();
     let error_text = |k: &str| {
         error
@@ -97,14 +105,11 @@ fn row(job: &JobRow) -> String {
     let cells = [
         job.batch_item.map(|i| i.to_string()).unwrap_or_default(),
         job.tenant_url.clone(),
-        params
-            .as_ref()
-            .map(|p| p.tenant_name.clone())
-            .unwrap_or_default(),
-        admin_field(|a| &a.login_id),
-        admin_field(|a| &a.first_name),
-        admin_field(|a| &a.last_name),
-        admin_field(|a| &a.email),
+        field("tenantName"),
+        field("loginId"),
+        field("firstName"),
+        field("lastName"),
+        field("email"),
         template,
         job.id.to_string(),
         job.status.as_str().to_owned(),
