@@ -2,7 +2,7 @@
 //! issue (for the token route), the middleware that checks bearer tokens and scopes on every
 //! other route, and the bootstrap client.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     extract::{Request, State},
@@ -21,9 +21,8 @@ use provisioner_shared::{
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tokio::sync::OwnedSemaphorePermit;
 
-use crate::{AppState, client_rate, error::ApiError};
+use crate::{AppState, client_rate, error::ApiError, token_guard::Refusal};
 
 /// A permission a client holds and a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,22 +98,61 @@ impl Caller {
     }
 }
 
-/// `client` (as `db::clients::find_active` read it) if `secret` is its secret. No client (an
-/// unknown or revoked id) is verified against a dummy hash, so timing does not tell them apart.
-/// `slot` (from the `TokenGuard`) is held until the hashing ends, even if the request is
-/// abandoned.
-pub(crate) async fn authenticate_client(
-    client: Option<ClientRow>,
+/// How a client's credentials fared (the token endpoint's and the sign-in form's).
+pub(crate) enum Credentials {
+    /// `id` is an active client and `secret` its secret.
+    Valid(ClientRow),
+    /// Unknown id, revoked client or wrong secret: which, the answer does not tell.
+    Wrong,
+    /// Refused before any verification (`TokenGuard`).
+    Refused(Refusal),
+    Failed(sqlx::Error),
+}
+
+/// Verifies `secret` as client `id`'s, from `peer`, through the process's `TokenGuard`: first
+/// what needs no database (a verification slot, this id's failures from this peer), then the
+/// client's row, then the hash. An unknown (or revoked) id is verified against a dummy hash so
+/// that timing does not tell it apart, unless the peer has named too many unknown ids lately:
+/// then nothing is hashed, and the answer comes after as long as a verification takes, the
+/// same `Wrong` (a `429` would tell which ids exist).
+pub(crate) async fn verify_credentials(
+    state: &AppState,
+    id: &str,
     secret: String,
-    slot: OwnedSemaphorePermit,
-) -> Option<ClientRow> {
+    peer: Option<IpAddr>,
+) -> Credentials {
+    let guard = &state.token_guard;
+    let slot = match guard.admit(id, peer).await {
+        Ok(slot) => slot,
+        Err(refusal) => return Credentials::Refused(refusal),
+    };
+    let client = match db::clients::find_active(&state.pool, id).await {
+        Ok(client) => client,
+        Err(e) => return Credentials::Failed(e),
+    };
+    let known = client.is_some();
+    if !known && guard.unknown_ids_refused(peer) {
+        drop(slot);
+        guard.as_long_as_a_verification().await;
+        guard.failed(id, peer, known);
+        return Credentials::Wrong;
+    }
     let phc = client
         .as_ref()
         .map_or_else(|| DUMMY_HASH.to_owned(), |c| c.secret_hash.clone());
+    let started = std::time::Instant::now();
+    // `slot` is held until the hashing ends, even if the request is abandoned.
     let verified = passwords::occasional_pool()
         .verify(secret.into_bytes(), phc, slot)
         .await;
-    client.filter(|_| verified)
+    guard.verification_took(started.elapsed());
+    match client.filter(|_| verified) {
+        Some(client) => Credentials::Valid(client),
+        None => {
+            guard.failed(id, peer, known);
+            Credentials::Wrong
+        }
+    }
 }
 
 /// Issues a bearer token for `client_id` with `scopes`, living `ttl` (the workers' sweeper

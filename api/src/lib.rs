@@ -273,8 +273,12 @@ pub async fn run(
         ui: Arc::default(),
         recorder: recorder::Recorder::start(&pool, background.notifications().clone()),
         broker_readings: Arc::new(metrics::BrokerReadings::new(settings.amqp_url.clone())),
-        exports: slots::Slots::new(EXPORTS_AT_ONCE, "exports reading"),
-        lock_waits: slots::Slots::new(LOCK_WAITS_AT_ONCE, "requests waiting for a tenant's lock"),
+        exports: slots::Slots::new(EXPORTS_AT_ONCE, slots::ShareWait::Wait, "exports reading"),
+        lock_waits: slots::Slots::new(
+            LOCK_WAITS_AT_ONCE,
+            slots::ShareWait::Refuse,
+            "requests waiting for a tenant's lock",
+        ),
     };
 
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

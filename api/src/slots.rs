@@ -3,8 +3,10 @@
 //! tenant's lock (one each, for up to their `lockTimeout`). Past a bound a request waits a
 //! moment for a slot, then is answered `503` with `Retry-After`, so they never take the whole
 //! pool from the other routes. One client holds at most half of a bound's slots (at least
-//! one), so no single client takes a bound of two or more whole; a request past its client's
-//! share waits for one of the client's own to end, as briefly.
+//! one), so no single client takes a bound of two or more whole. A request past its client's
+//! share waits as briefly for one of the client's own to end where waiting holds nothing
+//! (exports take their reading slot before any connection), and is refused at once where it
+//! would hold a connection meanwhile (lock waits): one client's burst must not hold the pool.
 
 use std::{
     collections::HashMap,
@@ -32,8 +34,21 @@ pub(crate) struct Slots {
     /// when its last request leaves, so there are never more entries than requests.
     clients: Shares,
     per_client: usize,
+    /// Whether a request past its client's share waits for one of the client's own (when its
+    /// wait holds no connection) or is refused at once.
+    share: ShareWait,
     /// What the holders do, for the refusal: "exports", "requests waiting for a tenant's lock".
     what: &'static str,
+}
+
+/// What a request past its client's share does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShareWait {
+    /// Waits, as for the server's slots: the request holds nothing meanwhile.
+    Wait,
+    /// Refused at once: the request holds a connection meanwhile, and one client's burst of
+    /// such waits would hold the pool.
+    Refuse,
 }
 
 /// A slot held (or, inside `take`, waited for): the client's share and the server's, given
@@ -50,36 +65,38 @@ pub(crate) struct Slot {
 }
 
 impl Slots {
-    pub(crate) fn new(slots: usize, what: &'static str) -> Self {
+    pub(crate) fn new(slots: usize, share: ShareWait, what: &'static str) -> Self {
         Self {
             free: Arc::new(Semaphore::new(slots)),
             clients: Arc::default(),
             per_client: (slots / 2).max(1),
+            share,
             what,
         }
     }
 
     /// A slot for `client`, waiting at most `within` (and `SLOT_WAIT`) in all for one of the
-    /// client's share (when its own requests hold the share) and one of the server's; `503`
-    /// when none frees.
+    /// client's share (when its own requests hold the share, and `ShareWait::Wait`) and one of
+    /// the server's; `503` when none frees.
     pub(crate) async fn take(&self, client: &str, within: Duration) -> Result<Slot, ApiError> {
         let deadline = tokio::time::Instant::now() + within.min(SLOT_WAIT);
         let mut slot = self.register(client);
         let share = slot.share.clone().expect("kept until the slot drops");
         // Only the client's own requests can free its share (a client reading several exports
         // at once, say): a free one is taken at the first poll.
-        slot.own = Some(
-            tokio::time::timeout_at(deadline, share.acquire_owned())
+        let own = match self.share {
+            ShareWait::Wait => tokio::time::timeout_at(deadline, share.acquire_owned())
                 .await
                 .ok()
-                .and_then(Result::ok)
-                .ok_or_else(|| {
-                    self.busy(format!(
-                        "this client has as many {} as one client may have at once ({}); retry later",
-                        self.what, self.per_client
-                    ))
-                })?,
-        );
+                .and_then(Result::ok),
+            ShareWait::Refuse => share.try_acquire_owned().ok(),
+        };
+        slot.own = Some(own.ok_or_else(|| {
+            self.busy(format!(
+                "this client has as many {} as one client may have at once ({}); retry later",
+                self.what, self.per_client
+            ))
+        })?);
         // A free slot is taken at the first poll, before the timeout looks at its clock.
         let server = tokio::time::timeout_at(deadline, self.free.clone().acquire_owned())
             .await
@@ -142,6 +159,8 @@ impl Drop for Slot {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt;
+
     use super::*;
 
     fn refused_for(refusal: &ApiError) -> &str {
@@ -156,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_freed_within_the_wait_is_taken_and_none_past_it_is_503() {
-        let slots = Slots::new(2, "exports");
+        let slots = Slots::new(2, ShareWait::Wait, "exports");
         let a = slots.take("a", Duration::ZERO).await.unwrap();
         let b = slots.take("b", Duration::ZERO).await.unwrap();
         let refused = slots.take("c", Duration::ZERO).await.unwrap_err();
@@ -179,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_client_holds_at_most_half_the_slots_and_leaves_no_trace() {
-        let slots = Slots::new(5, "exports");
+        let slots = Slots::new(5, ShareWait::Wait, "exports");
         let mine: Vec<Slot> = futures_util::future::try_join_all(
             (0..2).map(|_| slots.take("greedy", Duration::ZERO)),
         )
@@ -213,7 +232,26 @@ mod tests {
         );
         assert_eq!(slots.free.available_permits(), 5);
         // A bound of one slot still lets a client have it.
-        let one = Slots::new(1, "exports");
+        let one = Slots::new(1, ShareWait::Wait, "exports");
         assert!(one.take("only", Duration::ZERO).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn where_waiting_would_hold_a_connection_a_client_past_its_share_is_refused_at_once() {
+        let slots = Slots::new(4, ShareWait::Refuse, "lock waits");
+        let _mine = [
+            slots.take("greedy", Duration::ZERO).await.unwrap(),
+            slots.take("greedy", Duration::ZERO).await.unwrap(),
+        ];
+        let refused = slots
+            .take("greedy", Duration::from_secs(3600))
+            .now_or_never()
+            .expect("answered at the first poll")
+            .unwrap_err();
+        assert!(
+            refused_for(&refused).starts_with("this client has as many lock waits"),
+            "{refused:?}"
+        );
+        assert!(slots.take("other", Duration::ZERO).await.is_ok());
     }
 }

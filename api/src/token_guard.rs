@@ -2,23 +2,28 @@
 //! of milliseconds of a core), so an unbounded flood of bad requests could exhaust memory: at most
 //! one verification per core runs at once, a few more wait briefly, and the rest are answered
 //! `503` at once. A peer that keeps failing for one client id is refused (`429`) for that id for
-//! a while without any hashing; one that keeps naming client ids that do not exist is refused
-//! for every id that does not exist. A client that exists is never refused for what its peer
-//! did under other ids: behind a reverse proxy every client has the proxy's address, and one
-//! integration guessing would otherwise lock out all the others. Failures are not counted per
-//! client id alone: client ids are not secret, and anyone could otherwise lock a client out.
+//! a while without any hashing, whether the id exists or not. A peer that keeps naming client
+//! ids that do not exist gets no more hashing for such ids for a while: they are answered as
+//! wrong after as long as a verification takes, so the answer tells nothing of which ids exist.
+//! A client that exists is never refused for what its peer did under other ids: behind a
+//! reverse proxy every client has the proxy's address, and one integration's mistakes would
+//! otherwise lock out all the others. Failures are not counted per client id alone: client ids
+//! are not secret, and anyone could otherwise lock a client out.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Failed attempts one peer may make in a window, for one client id or naming client ids that
-/// do not exist, before being refused.
+/// Failed attempts one peer may make in a window, for one client id (then refused) or naming
+/// client ids that do not exist (then such ids are not hashed).
 const MAX_FAILURES: u32 = 20;
 /// The window of `MAX_FAILURES`.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -26,6 +31,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 const QUEUE_WAIT: Duration = Duration::from_millis(500);
 /// Most failure records kept (ids and peers together); past it the oldest windows are dropped.
 const MAX_TRACKED: usize = 10_000;
+/// How long a verification is taken to last before one was measured.
+const FIRST_VERIFICATION: Duration = Duration::from_millis(50);
 
 /// Why a token request was not let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +49,8 @@ pub(crate) struct TokenGuard {
     slots: Arc<Semaphore>,
     queue: Arc<Semaphore>,
     failures: Mutex<HashMap<Key, Window>>,
+    /// A moving average of how long verifications take, nanoseconds (0: none measured yet).
+    verification_nanos: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -70,19 +79,19 @@ impl TokenGuard {
             slots: Arc::new(Semaphore::new(slots)),
             queue: Arc::new(Semaphore::new(slots * 4)),
             failures: Mutex::new(HashMap::new()),
+            verification_nanos: AtomicU64::new(0),
         }
     }
 
-    /// A verification slot for `client_id` from `peer`, or why not; `known`: an active client
-    /// has that id.
+    /// A verification slot for `client_id` from `peer`, or why not (what needs no database:
+    /// this id's failures from this peer, the slots).
     pub(crate) async fn admit(
         &self,
         client_id: &str,
         peer: Option<IpAddr>,
-        known: bool,
     ) -> Result<OwnedSemaphorePermit, Refusal> {
-        let keys = keys(client_id, peer, known);
-        if let Some(retry_after) = self.refused_for(&keys) {
+        if let Some(retry_after) = self.refused_for(&[Key::ClientFrom(client_id.to_owned(), peer)])
+        {
             return Err(Refusal::TooManyFailures { retry_after });
         }
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -99,7 +108,40 @@ impl TokenGuard {
             .map_err(|_| Refusal::Busy)
     }
 
-    /// Records a failed verification of `client_id` from `peer` (`known` as for `admit`).
+    /// Whether `peer` named too many client ids that do not exist lately: another such id is
+    /// not hashed.
+    pub(crate) fn unknown_ids_refused(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|p| self.refused_for(&[Key::UnknownFrom(p)]).is_some())
+    }
+
+    /// Records how long a verification took.
+    pub(crate) fn verification_took(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // An average over about the last eight; a race between two updates loses one reading.
+        let before = self.verification_nanos.load(Ordering::Relaxed);
+        let now = if before == 0 {
+            took
+        } else {
+            before - before / 8 + took / 8
+        };
+        self.verification_nanos.store(now, Ordering::Relaxed);
+    }
+
+    /// Waits about as long as a verification takes.
+    pub(crate) async fn as_long_as_a_verification(&self) {
+        tokio::time::sleep(self.verification_estimate()).await;
+    }
+
+    /// How long a verification takes, as measured lately.
+    fn verification_estimate(&self) -> Duration {
+        match self.verification_nanos.load(Ordering::Relaxed) {
+            0 => FIRST_VERIFICATION,
+            nanos => Duration::from_nanos(nanos),
+        }
+    }
+
+    /// Records a failed verification of `client_id` from `peer` (`known`: an active client has
+    /// that id).
     pub(crate) fn failed(&self, client_id: &str, peer: Option<IpAddr>, known: bool) {
         let now = Instant::now();
         let mut failures = self.failures.lock().expect("failure map");
@@ -150,14 +192,14 @@ mod tests {
     #[tokio::test]
     async fn overflow_is_refused_at_once_and_slots_come_back() {
         let guard = TokenGuard::with_slots(1);
-        let held = guard.admit("a", None, true).await.unwrap();
+        let held = guard.admit("a", None).await.unwrap();
         // Four queue places wait (and run out); a fifth request is refused without waiting.
-        let waiting: Vec<_> = (0..4).map(|_| guard.admit("a", None, true)).collect();
+        let waiting: Vec<_> = (0..4).map(|_| guard.admit("a", None)).collect();
         let started = Instant::now();
         assert_eq!(guard.queue.available_permits(), 4);
         let (queued, overflow) = tokio::join!(futures_util::future::join_all(waiting), async {
             tokio::task::yield_now().await;
-            guard.admit("a", None, true).await
+            guard.admit("a", None).await
         });
         assert_eq!(overflow.unwrap_err(), Refusal::Busy);
         assert!(
@@ -167,7 +209,7 @@ mod tests {
         );
         assert!(started.elapsed() < QUEUE_WAIT * 4);
         drop(held);
-        assert!(guard.admit("a", None, true).await.is_ok());
+        assert!(guard.admit("a", None).await.is_ok());
     }
 
     #[tokio::test]
@@ -176,45 +218,61 @@ mod tests {
         let attacker: IpAddr = "192.0.2.7".parse().unwrap();
         let owner: IpAddr = "198.51.100.9".parse().unwrap();
         for _ in 0..MAX_FAILURES {
-            assert!(guard.admit("victim", Some(attacker), true).await.is_ok());
+            assert!(guard.admit("victim", Some(attacker)).await.is_ok());
             guard.failed("victim", Some(attacker), true);
         }
-        let refusal = guard
-            .admit("victim", Some(attacker), true)
-            .await
-            .unwrap_err();
+        let refusal = guard.admit("victim", Some(attacker)).await.unwrap_err();
         assert!(
             matches!(refusal, Refusal::TooManyFailures { retry_after } if (1..=60).contains(&retry_after))
         );
         assert!(
-            guard.admit("other", Some(attacker), true).await.is_ok(),
+            guard.admit("other", Some(attacker)).await.is_ok(),
             "another client, through the same peer (a proxy), is not locked out"
         );
         assert!(
-            guard.admit("victim", Some(owner), true).await.is_ok(),
+            !guard.unknown_ids_refused(Some(attacker)),
+            "a known id's failures"
+        );
+        assert!(
+            guard.admit("victim", Some(owner)).await.is_ok(),
             "the client itself, from elsewhere, is not locked out"
         );
     }
 
     #[tokio::test]
-    async fn a_peer_naming_unknown_clients_is_refused_for_unknown_ids_only() {
+    async fn a_peer_naming_unknown_clients_gets_no_more_hashing_for_unknown_ids() {
         let guard = TokenGuard::with_slots(2);
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         for i in 0..MAX_FAILURES {
             let id = format!("nobody-{i}");
-            assert!(guard.admit(&id, Some(peer), false).await.is_ok());
+            assert!(guard.admit(&id, Some(peer)).await.is_ok());
+            assert!(!guard.unknown_ids_refused(Some(peer)));
             guard.failed(&id, Some(peer), false);
         }
+        assert!(guard.unknown_ids_refused(Some(peer)));
         assert!(
-            matches!(
-                guard.admit("nobody-else", Some(peer), false).await,
-                Err(Refusal::TooManyFailures { .. })
-            ),
-            "a new unknown id from that peer is refused without hashing"
+            !guard.unknown_ids_refused(Some("198.51.100.9".parse().unwrap())),
+            "another peer's are hashed"
         );
         assert!(
-            guard.admit("a-real-client", Some(peer), true).await.is_ok(),
-            "a client that exists, through the same peer, is verified"
+            guard.admit("a-real-client", Some(peer)).await.is_ok(),
+            "every id is still admitted: a client that exists is verified"
+        );
+    }
+
+    #[test]
+    fn a_pause_lasts_about_as_long_as_the_verifications_took() {
+        let guard = TokenGuard::with_slots(1);
+        assert_eq!(guard.verification_estimate(), FIRST_VERIFICATION);
+        guard.verification_took(Duration::from_millis(80));
+        assert_eq!(guard.verification_estimate(), Duration::from_millis(80));
+        for _ in 0..64 {
+            guard.verification_took(Duration::from_millis(20));
+        }
+        let after = guard.verification_estimate();
+        assert!(
+            (Duration::from_millis(19)..=Duration::from_millis(21)).contains(&after),
+            "{after:?}"
         );
     }
 

@@ -125,6 +125,15 @@ async fn a_client_that_may_not_read_signs_in_is_told_why_and_can_sign_out() {
     assert_eq!(r.headers()[header::LOCATION], "/ui/");
     assert!(r.headers().contains_key(header::SET_COOKIE));
     let session = sign_in(&app, "writer", "writer-secret").await;
+    // Its session's token carries no scope: used as a bearer token, it may change nothing.
+    let token = session.split_once('=').unwrap().1;
+    let r = provisioner_tests::authorized_client(token)
+        .post(app.url("/configapi/v2/selfservice/tenant/a.example.com"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Every page then says why it shows nothing, and offers to sign out.
     let (status, _, page) = ui::get(&app, &session, "/ui/").await;
     assert_eq!(status, StatusCode::FORBIDDEN);

@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use provisioner_shared::{
     db,
     domain::{AuditAction, TenantUrl, is_access_number, is_hidden_char},
@@ -99,7 +99,7 @@ pub(super) async fn list_access_numbers(
     }
     let tenant = url.as_ref().map(TenantUrl::as_str);
     if optional_param(&uri, "limit").is_none() && optional_param(&uri, "cursor").is_none() {
-        return Ok(every_range(state.pool.clone(), tenant.map(str::to_owned)));
+        return every_range(state.pool.clone(), tenant.map(str::to_owned)).await;
     }
     let rows =
         db::access_numbers::list(&state.pool, tenant, page.after.as_deref(), page.fetch()).await?;
@@ -131,60 +131,68 @@ pub(super) async fn list_access_numbers(
 
 /// Every range (of `tenant`, if given) as one JSON array, read a page at a time by key: no
 /// transaction or connection is held while a slow client reads, and memory stays one page
-/// whatever the table holds. A page that cannot be read ends the body unfinished (the client
-/// sees a broken answer, never a shorter list that parses).
-fn every_range(pool: sqlx::PgPool, tenant: Option<String>) -> Response {
-    // (the last number sent, whether a range was sent); `None`: the array is closed.
-    let pages = stream::unfold(Some((None::<String>, false)), move |state| {
+/// whatever the table holds. The first page is read before the answer starts (a database that
+/// does not answer is a `500`); a later page that cannot be read ends the body unfinished (the
+/// client sees a broken answer, never a shorter list that parses).
+async fn every_range(pool: sqlx::PgPool, tenant: Option<String>) -> Result<Response, ApiError> {
+    let first = db::access_numbers::list(&pool, tenant.as_deref(), None, MAX_RANGES).await?;
+    let (first, mut after) = ranges_text(first, true);
+    let mut text = b"[".to_vec();
+    text.extend(first);
+    if after.is_none() {
+        text.push(b']');
+    }
+    let rest = stream::unfold(after.take().map(Some), move |cursor| {
         let (pool, tenant) = (pool.clone(), tenant.clone());
         async move {
-            let (after, sent) = state?;
-            let rows = match db::access_numbers::list(
-                &pool,
-                tenant.as_deref(),
-                after.as_deref(),
-                MAX_RANGES,
-            )
-            .await
+            let Some(cursor) = cursor? else {
+                return Some((Ok(b"]".to_vec()), None));
+            };
+            match db::access_numbers::list(&pool, tenant.as_deref(), Some(&cursor), MAX_RANGES)
+                .await
             {
-                Ok(rows) => rows,
+                Ok(rows) => {
+                    let (text, next) = ranges_text(rows, false);
+                    Some((Ok::<_, sqlx::Error>(text), Some(next)))
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading access-number ranges failed");
-                    return Some((Err(e), None));
+                    Some((Err(e), None))
                 }
-            };
-            let last = rows.len() < MAX_RANGES as usize;
-            let mut text = Vec::new();
-            if after.is_none() {
-                text.push(b'[');
             }
-            let mut next = after;
-            for (i, row) in rows.into_iter().enumerate() {
-                if sent || i > 0 {
-                    text.push(b',');
-                }
-                next = Some(row.number.clone());
-                let body = RangeBody {
-                    number: row.number,
-                    count: row.count,
-                    tenant_url: row.tenant_url,
-                    media: row.media,
-                };
-                serde_json::to_writer(&mut text, &body).expect("a range serializes");
-            }
-            let sent = sent || next.is_some();
-            if last {
-                text.push(b']');
-                return Some((Ok::<_, sqlx::Error>(text), None));
-            }
-            Some((Ok(text), Some((next, sent))))
         }
     });
-    (
+    let body = stream::once(async { Ok(text) }).chain(rest);
+    Ok((
         [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(pages),
+        Body::from_stream(body),
     )
-        .into_response()
+        .into_response())
+}
+
+/// A page of ranges as array elements (preceded by a comma unless `first`), and the cursor of
+/// the page after it (`None`: this was the last).
+fn ranges_text(
+    rows: Vec<db::access_numbers::ListedRange>,
+    first: bool,
+) -> (Vec<u8>, Option<String>) {
+    let full = rows.len() == MAX_RANGES as usize;
+    let mut text = Vec::new();
+    let mut last = None;
+    for (i, row) in rows.into_iter().enumerate() {
+        if !first || i > 0 {
+            text.push(b',');
+        }
+        last = Some(row.number.clone());
+        let body = RangeBody {
+            number: row.number,
+            count: row.count,
+            tenant_url: row.tenant_url,
+            media: row.media,
+        };
+        serde_json::to_writer(&mut text, &body).expect("a range serializes");
+    }
+    (text, last.filter(|_| full))
 }
 
 /// A range to create, as validated.

@@ -10,13 +10,12 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use provisioner_shared::db;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::{
     AppState,
-    auth::{authenticate_client, basic_credentials, issue_token},
+    auth::{Credentials, basic_credentials, issue_token, verify_credentials},
     error::{ApiError, body_fault},
     extract::media_type,
     token_guard::Refusal,
@@ -161,19 +160,11 @@ pub(super) async fn issue_token_route(
         // No client has such an id: nothing to verify, nothing to remember.
         return OAuthError::invalid_client();
     }
-    let client = match db::clients::find_active(&state.pool, &id).await {
-        Ok(client) => client,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let known = client.is_some();
-    let guard = &state.token_guard;
-    let slot = match guard.admit(&id, Some(peer.ip()), known).await {
-        Ok(slot) => slot,
-        Err(refusal) => return OAuthError::refused(refusal),
-    };
-    let Some(client) = authenticate_client(client, secret, slot).await else {
-        guard.failed(&id, Some(peer.ip()), known);
-        return OAuthError::invalid_client();
+    let client = match verify_credentials(&state, &id, secret, Some(peer.ip())).await {
+        Credentials::Valid(client) => client,
+        Credentials::Wrong => return OAuthError::invalid_client(),
+        Credentials::Refused(refusal) => return OAuthError::refused(refusal),
+        Credentials::Failed(e) => return ApiError::from(e).into_response(),
     };
     let scopes: Vec<String> = match form.scope.as_deref() {
         None | Some("") => client.scopes.clone(),

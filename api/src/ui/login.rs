@@ -10,7 +10,6 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use maud::{Markup, html};
-use provisioner_shared::db;
 
 use super::{
     form::Form,
@@ -19,7 +18,7 @@ use super::{
 };
 use crate::{
     AppState,
-    auth::{Scope, authenticate_client, issue_token},
+    auth::{Credentials, Scope, issue_token, verify_credentials},
     token_guard::Refusal,
 };
 
@@ -68,26 +67,24 @@ pub(crate) async fn submit(
         // No client has such an id or secret: nothing to verify.
         return wrong_credentials(&id);
     }
-    let client = match db::clients::find_active(&state.pool, &id).await {
-        Ok(client) => client,
-        Err(e) => return layout::internal(e.into()),
-    };
-    let known = client.is_some();
-    let guard = &state.token_guard;
-    let slot = match guard.admit(&id, Some(peer.ip()), known).await {
-        Ok(slot) => slot,
-        Err(refusal) => return refused(refusal, &id),
-    };
-    let Some(client) = authenticate_client(client, secret, slot).await else {
-        guard.failed(&id, Some(peer.ip()), known);
-        return wrong_credentials(&id);
+    let client = match verify_credentials(&state, &id, secret, Some(peer.ip())).await {
+        Credentials::Valid(client) => client,
+        Credentials::Wrong => return wrong_credentials(&id),
+        Credentials::Refused(refusal) => return refused(refusal, &id),
+        Credentials::Failed(e) => return layout::internal(e.into()),
     };
     let ttl = state.settings.token_ttl;
     // The session's token is a bearer token too: it gets only what the dashboard uses, so a
-    // stolen cookie never exports tenants (their password hashes).
+    // stolen cookie never exports tenants (their password hashes), and a client that may not
+    // read, for which every page is refused, gets no scope at all.
+    let can_read = client
+        .scopes
+        .iter()
+        .any(|s| s == Scope::TenantsRead.as_str());
     let scopes: Vec<String> = client
         .scopes
         .iter()
+        .filter(|_| can_read)
         .filter(|s| *s != Scope::TenantsExport.as_str())
         .cloned()
         .collect();

@@ -243,25 +243,37 @@ pub struct ListedRange {
 
 /// At most `limit` ranges ordered by digit length and first number, after the range that
 /// starts at `after`; only one tenant's when `tenant_url` is set.
+///
+/// One statement per case, without `$n IS NULL OR ...`: a plan kept for such a statement
+/// cannot use the order's index for the cursor, and would walk every range from the first for
+/// each page. Every range's pages walk `access_numbers_in_order` from the cursor; one
+/// tenant's ranges are few, read through `access_numbers_tenant` and sorted.
 pub async fn list(
     exec: impl PgExecutor<'_>,
     tenant_url: Option<&str>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ListedRange>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT a.number, a.count, a.media, t.url AS tenant_url
-         FROM access_numbers a LEFT JOIN tenants t ON t.id = a.tenant_id
-         WHERE ($1::text IS NULL OR t.url = $1)
-           AND ($2::text IS NULL OR (a.digits, a.number) > (length($2), $2))
-         ORDER BY a.digits, a.number
-         LIMIT $3",
-    )
-    .bind(tenant_url)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(exec)
-    .await
+    const COLUMNS: &str = "SELECT a.number, a.count, a.media, t.url AS tenant_url
+         FROM access_numbers a LEFT JOIN tenants t ON t.id = a.tenant_id";
+    const ORDER: &str = "ORDER BY a.digits, a.number LIMIT $1";
+    const AFTER: &str = "(a.digits, a.number) > (length($2), $2)";
+    let tenant = |n: u8| format!("a.tenant_id = (SELECT id FROM tenants WHERE url = ${n})");
+    // Parameters: the limit, then the cursor if any, then the tenant if any.
+    let text = match (tenant_url, after) {
+        (None, None) => format!("{COLUMNS} {ORDER}"),
+        (None, Some(_)) => format!("{COLUMNS} WHERE {AFTER} {ORDER}"),
+        (Some(_), None) => format!("{COLUMNS} WHERE {} {ORDER}", tenant(2)),
+        (Some(_), Some(_)) => format!("{COLUMNS} WHERE {} AND {AFTER} {ORDER}", tenant(3)),
+    };
+    let mut query = sqlx::query_as(&text).bind(limit);
+    if let Some(after) = after {
+        query = query.bind(after);
+    }
+    if let Some(url) = tenant_url {
+        query = query.bind(url);
+    }
+    query.fetch_all(exec).await
 }
 
 /// Creates a range for a tenant; `false` when it overlaps any existing range.

@@ -37,6 +37,9 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261207000001, 20261208000001, unchanged),
     // 20261209000001 indexed active imports by URL: nothing a template holds.
     (20261208000001, 20261209000001, unchanged),
+    // 20261210000001 indexed the access-number ranges in listing order: nothing a template
+    // holds.
+    (20261209000001, 20261210000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -198,8 +198,9 @@ fn hash_rate(for_how_long: Duration) -> f64 {
 
 /// Imports per second of the standard template's tenant written by PostgreSQL alone, with
 /// `clients` connections: the statements a create's import makes for its tenant (the tenant
-/// with its users and objects, then its access numbers), each tenant one transaction, fresh
-/// ids each time, no job, lock, hash or event around them.
+/// with its users and objects, then its access numbers: created by the first tenant, found
+/// taken and skipped by every other, as in the system's run), each tenant one transaction,
+/// fresh ids each time, no job, lock, hash or event around them.
 ///
 /// Returns the rate and PostgreSQL's CPU per import (when it is a local process).
 async fn raw_imports(clients: usize, for_how_long: Duration) -> (f64, Option<f64>) {
@@ -212,12 +213,19 @@ async fn raw_imports(clients: usize, for_how_long: Duration) -> (f64, Option<f64
     };
     let app = TestApp::without_workers().await;
     let template = standard(app.db_version().await);
-    let postgres = cpu::Services::find(&app.db).await;
+    // As the system's pools: no round trip to test a connection before each use.
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(u32::try_from(clients).unwrap_or(u32::MAX))
+        .test_before_acquire(false)
+        .connect(&app.vars["DATABASE_URL"])
+        .await
+        .expect("PostgreSQL answers");
+    let postgres = cpu::Services::find(&db).await;
     let postgres_before = postgres.seconds()[0];
     let started = Instant::now();
     let done: usize = stream::iter(0..clients)
         .map(|_| {
-            let (db, template) = (app.db.clone(), &template);
+            let (db, template) = (db.clone(), &template);
             async move {
                 let mut n = 0;
                 while started.elapsed() < for_how_long {
@@ -282,6 +290,7 @@ async fn raw_imports(clients: usize, for_how_long: Duration) -> (f64, Option<f64
         .sum();
     let rate = done as f64 / started.elapsed().as_secs_f64();
     let cpu = cpu::per_item_ms(postgres_before, postgres.seconds()[0], done);
+    db.close().await;
     app.stop().await;
     (rate, cpu)
 }
