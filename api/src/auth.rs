@@ -132,9 +132,11 @@ pub(crate) async fn verify_credentials(
     };
     let known = client.is_some();
     if !known && guard.unknown_ids_refused(peer) {
-        drop(slot);
+        // The slot is held as long as a verification would hold it (a burst's answers come
+        // as for a real id), and nothing is recorded: such ids cost no hashing, and each new
+        // one would otherwise take a place in the guard's bounded table.
         guard.as_long_as_a_verification().await;
-        guard.failed(id, peer, known);
+        drop(slot);
         return Credentials::Wrong;
     }
     let phc = client

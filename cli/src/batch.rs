@@ -312,9 +312,11 @@ impl CsvResults {
             self.header_written = true;
         }
         let item = result["item"].as_u64().unwrap_or(u64::MAX);
-        let fields = match self.item(item)? {
-            Some(fields) => Some(fields),
-            None => result["fields"].as_object().cloned(),
+        // The file's own cells are kept as they were, for resubmission; the server's may be
+        // another client's input (an operator sees every batch): never a formula.
+        let (fields, theirs) = match self.item(item)? {
+            Some(fields) => (Some(fields), false),
+            None => (result["fields"].as_object().cloned(), true),
         };
         let mut record: Vec<String> = self
             .columns
@@ -326,6 +328,7 @@ impl CsvResults {
                 (Some(f), c) => f.get(c).map(fields::text_of).unwrap_or_default(),
                 (None, _) => String::new(),
             })
+            .map(|cell| if theirs { never_a_formula(cell) } else { cell })
             .collect();
         let error = match (
             result["error"]["title"].as_str(),
@@ -335,13 +338,8 @@ impl CsvResults {
             (Some(t), None) => t.to_owned(),
             _ => String::new(),
         };
-        // The server's text may quote a template or its URL: never a formula in a spreadsheet.
-        // (The submitted columns are the user's own, kept as they were for resubmission.)
-        let error = if error.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-            format!("'{error}")
-        } else {
-            error
-        };
+        // The server's text may quote a template or its URL.
+        let error = never_a_formula(error);
         record.extend([
             result["jobId"].as_str().unwrap_or_default().to_owned(),
             result["status"].as_str().unwrap_or_default().to_owned(),
@@ -374,6 +372,16 @@ impl CsvResults {
             )?;
         }
         Ok(())
+    }
+}
+
+/// `text` as a cell a spreadsheet never runs as a formula: a leading `=`, `+`, `-`, `@`, tab
+/// or carriage return is prefixed with `'`.
+fn never_a_formula(text: String) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text
     }
 }
 

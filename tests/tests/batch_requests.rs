@@ -307,6 +307,7 @@ async fn results_carry_each_items_submitted_fields_when_asked_never_the_password
             .unwrap()
             .extend(admin.as_object().unwrap().clone());
     }
+    assert_eq!(results.len(), expected.len());
     for (line, expected) in results.iter().zip(&expected) {
         assert_eq!(
             &line["fields"], expected,

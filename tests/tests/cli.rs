@@ -543,8 +543,11 @@ async fn csv_results_of_a_batch_made_elsewhere_carry_the_fields_the_server_recor
     let cli = cli(&app);
     let template = "https://templates.example/t.zip";
     let url = fixtures::tenant_url();
-    // Posted to the API, not by this command line: no file is known here.
-    let batch = batches::submit(&app, &[batches::item(&url, template)]).await;
+    // Posted to the API, not by this command line: no file is known here. Its cells may be
+    // anyone's input: never a formula.
+    let mut item = batches::item(&url, template);
+    item["tenantName"] = json!("=1+2");
+    let batch = batches::submit(&app, &[item]).await;
     let id = batch["batchId"].as_str().unwrap();
     let csv = cli
         .run(&["batch", "results", id, "--format", "csv"])
@@ -555,7 +558,7 @@ async fn csv_results_of_a_batch_made_elsewhere_carry_the_fields_the_server_recor
         &mut lines,
         "tenantUrl,tenantName,firstName,lastName,loginId,email,numberMap,templateUrl,templateId,lockTimeout,jobId,status,code,error",
         &format!(
-            "{url},Acme Support,Ada,Lovelace,admin,ada@acme.example,0000000000:4155550100,{template},,10,"
+            "{url},'=1+2,Ada,Lovelace,admin,ada@acme.example,0000000000:4155550100,{template},,10,"
         ),
     );
     assert!(row.ends_with(",queued,,"), "{row}");
