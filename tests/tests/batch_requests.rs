@@ -280,13 +280,7 @@ async fn results_carry_each_items_submitted_fields_when_asked_never_the_password
             {"tenantUrl": second, "numberMap": {"0000000000": "4155550199"}, "lockTimeout": 0},
         ],
     });
-    let r = app
-        .http
-        .post(app.url("/configapi/v2/batches"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&app, &app.http, "application/json", body.to_string()).await;
     assert_eq!(r.status(), 202);
     let batch_id = id(&r.json().await.unwrap(), "batchId");
     let plain = batches::results(&app, &batch_id, "").await;
