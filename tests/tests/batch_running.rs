@@ -281,8 +281,11 @@ async fn worker_processes_share_one_download_of_a_batchs_template_url() {
         .map(|_| Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &[], "warn"))
         .collect();
     // Every slot of the three processes holds an item: one fetches, five wait for its bytes.
+    // (An item is running before its fetch reaches the server: the hit is waited for too.)
     eventually(WITHIN, || async {
-        (batch(&app, &batch_id).await["counts"]["running"] == 6).then_some(())
+        (batch(&app, &batch_id).await["counts"]["running"] == 6
+            && app.templates.hits("shared.zip") > 0)
+            .then_some(())
     })
     .await;
     assert_eq!(app.templates.hits("shared.zip"), 1);
