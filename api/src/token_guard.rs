@@ -28,7 +28,10 @@ const MAX_FAILURES: u32 = 20;
 /// The window of `MAX_FAILURES`.
 const WINDOW: Duration = Duration::from_secs(60);
 /// How long a request may wait for a verification slot.
-const QUEUE_WAIT: Duration = Duration::from_millis(500);
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// Queue places per verification slot: a burst of integrations starting at once (after a
+/// deployment) waits its turn; only what could not be verified within `QUEUE_WAIT` is refused.
+const QUEUE_PER_SLOT: usize = 16;
 /// Most failure records kept (ids and peers together); past it the oldest windows are dropped.
 const MAX_TRACKED: usize = 10_000;
 /// How long a verification is taken to last before one was measured.
@@ -68,8 +71,8 @@ struct Window {
 }
 
 impl TokenGuard {
-    /// One verification slot per thread of the hashing pool; as many queue places as four
-    /// times that.
+    /// One verification slot per thread of the hashing pool; `QUEUE_PER_SLOT` times as many
+    /// queue places.
     pub(crate) fn new() -> Self {
         Self::with_slots(provisioner_shared::passwords::occasional_threads())
     }
@@ -77,7 +80,7 @@ impl TokenGuard {
     fn with_slots(slots: usize) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(slots)),
-            queue: Arc::new(Semaphore::new(slots * 4)),
+            queue: Arc::new(Semaphore::new(slots * QUEUE_PER_SLOT)),
             failures: Mutex::new(HashMap::new()),
             verification_nanos: AtomicU64::new(0),
         }
@@ -193,10 +196,12 @@ mod tests {
     async fn overflow_is_refused_at_once_and_slots_come_back() {
         let guard = TokenGuard::with_slots(1);
         let held = guard.admit("a", None).await.unwrap();
-        // Four queue places wait (and run out); a fifth request is refused without waiting.
-        let waiting: Vec<_> = (0..4).map(|_| guard.admit("a", None)).collect();
+        // Every queue place waits (and runs out); one more request is refused without waiting.
+        let waiting: Vec<_> = (0..QUEUE_PER_SLOT)
+            .map(|_| guard.admit("a", None))
+            .collect();
         let started = Instant::now();
-        assert_eq!(guard.queue.available_permits(), 4);
+        assert_eq!(guard.queue.available_permits(), QUEUE_PER_SLOT);
         let (queued, overflow) = tokio::join!(futures_util::future::join_all(waiting), async {
             tokio::task::yield_now().await;
             guard.admit("a", None).await

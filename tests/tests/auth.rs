@@ -392,7 +392,8 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
     let app = TestApp::without_workers().await;
     let url = app.url("/configapi/v2/oauth/token");
     let http = provisioner_tests::http_client();
-    let flood = (0..64).map(|i| {
+    // More than the largest bound admits (four slots and their queue: 68).
+    let flood = (0..128).map(|i| {
         let (http, url) = (http.clone(), url.clone());
         async move {
             let r = token_request(&http, &url, &format!("nobody-{i}"), "wrong").await;
@@ -444,6 +445,23 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
     }
     let r = token_request(&http, &url, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
     assert_too_many_failures(r).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_clients_asking_for_tokens_at_once_gets_them_all() {
+    let app = TestApp::without_workers().await;
+    let url = app.url("/configapi/v2/oauth/token");
+    let http = provisioner_tests::http_client();
+    // Sixteen integrations starting at once: more than two verification slots and a small
+    // queue would take (the rest were refused at once), fewer than the queue waits for.
+    let burst = (0..16).map(|_| token_request(&http, &url, BOOTSTRAP_ID, BOOTSTRAP_SECRET));
+    let statuses: Vec<u16> = futures_util::future::join_all(burst)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     app.stop().await;
 }
 
