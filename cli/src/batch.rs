@@ -8,6 +8,7 @@ use std::{
     path::Path,
 };
 
+use provisioner_shared::domain::never_a_formula;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
@@ -372,16 +373,6 @@ impl CsvResults {
             )?;
         }
         Ok(())
-    }
-}
-
-/// `text` as a cell a spreadsheet never runs as a formula: a leading `=`, `+`, `-`, `@`, tab
-/// or carriage return is prefixed with `'`.
-fn never_a_formula(text: String) -> String {
-    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{text}")
-    } else {
-        text
     }
 }
 

@@ -157,6 +157,16 @@ impl CreateTenantParams {
     }
 }
 
+/// `text` as a spreadsheet cell that never runs as a formula: a leading `=`, `+`, `-`, `@`, tab
+/// or carriage return is prefixed with `'` (the dashboard's and the command line's CSV).
+pub fn never_a_formula(text: String) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text
+    }
+}
+
 /// What an import-tenant job needs: the upload is its template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

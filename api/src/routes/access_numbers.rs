@@ -67,6 +67,17 @@ pub(super) struct RangeBody {
     media: String,
 }
 
+impl From<db::access_numbers::ListedRange> for RangeBody {
+    fn from(r: db::access_numbers::ListedRange) -> Self {
+        Self {
+            number: r.number,
+            count: r.count,
+            tenant_url: r.tenant_url,
+            media: r.media,
+        }
+    }
+}
+
 /// Most ranges in one page (a `limit` asked for), and in one read of the whole listing.
 const MAX_RANGES: i64 = 1000;
 
@@ -103,16 +114,7 @@ pub(super) async fn list_access_numbers(
     }
     let rows =
         db::access_numbers::list(&state.pool, tenant, page.after.as_deref(), page.fetch()).await?;
-    let Page { items, next_cursor } = page.page(
-        rows,
-        |r| r.number.clone(),
-        |r| RangeBody {
-            number: r.number,
-            count: r.count,
-            tenant_url: r.tenant_url,
-            media: r.media,
-        },
-    );
+    let Page { items, next_cursor } = page.page(rows, |r| r.number.clone(), RangeBody::from);
     let mut response = Json(items).into_response();
     if let Some(cursor) = next_cursor {
         let mut next = format!(
@@ -136,24 +138,17 @@ pub(super) async fn list_access_numbers(
 /// client sees a broken answer, never a shorter list that parses).
 async fn every_range(pool: sqlx::PgPool, tenant: Option<String>) -> Result<Response, ApiError> {
     let first = db::access_numbers::list(&pool, tenant.as_deref(), None, MAX_RANGES).await?;
-    let (first, mut after) = ranges_text(first, true);
-    let mut text = b"[".to_vec();
-    text.extend(first);
-    if after.is_none() {
-        text.push(b']');
-    }
-    let rest = stream::unfold(after.take().map(Some), move |cursor| {
+    let (mut text, after) = ranges_text(first, true);
+    text.insert(0, b'[');
+    let rest = stream::unfold(after, move |after| {
         let (pool, tenant) = (pool.clone(), tenant.clone());
         async move {
-            let Some(cursor) = cursor? else {
-                return Some((Ok(b"]".to_vec()), None));
-            };
-            match db::access_numbers::list(&pool, tenant.as_deref(), Some(&cursor), MAX_RANGES)
-                .await
+            let after = after?;
+            match db::access_numbers::list(&pool, tenant.as_deref(), Some(&after), MAX_RANGES).await
             {
                 Ok(rows) => {
                     let (text, next) = ranges_text(rows, false);
-                    Some((Ok::<_, sqlx::Error>(text), Some(next)))
+                    Some((Ok::<_, sqlx::Error>(text), next))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reading access-number ranges failed");
@@ -171,7 +166,7 @@ async fn every_range(pool: sqlx::PgPool, tenant: Option<String>) -> Result<Respo
 }
 
 /// A page of ranges as array elements (preceded by a comma unless `first`), and the cursor of
-/// the page after it (`None`: this was the last).
+/// the page after it; the last page (`None`) ends with the array's `]`.
 fn ranges_text(
     rows: Vec<db::access_numbers::ListedRange>,
     first: bool,
@@ -184,15 +179,13 @@ fn ranges_text(
             text.push(b',');
         }
         last = Some(row.number.clone());
-        let body = RangeBody {
-            number: row.number,
-            count: row.count,
-            tenant_url: row.tenant_url,
-            media: row.media,
-        };
-        serde_json::to_writer(&mut text, &body).expect("a range serializes");
+        serde_json::to_writer(&mut text, &RangeBody::from(row)).expect("a range serializes");
     }
-    (text, last.filter(|_| full))
+    let next = last.filter(|_| full);
+    if next.is_none() {
+        text.push(b']');
+    }
+    (text, next)
 }
 
 /// A range to create, as validated.

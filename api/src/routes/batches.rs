@@ -10,7 +10,7 @@ use axum::{
 use futures_util::{StreamExt, stream};
 use provisioner_shared::{
     db,
-    domain::{BatchStatus, BatchView, CreateTenantParams, JobError, JobStatus, TenantSummary},
+    domain::{BatchStatus, BatchView, JobError, JobStatus, TenantSummary},
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -322,13 +322,7 @@ pub(super) async fn batch_results(
                         .flatten();
                     let mut text = Vec::new();
                     for row in rows {
-                        let fields = with_fields
-                            .then(|| {
-                                serde_json::from_value::<CreateTenantParams>(row.params.clone())
-                                    .ok()
-                                    .map(|p| p.submitted_fields(&row.tenant_url))
-                            })
-                            .flatten();
+                        let fields = with_fields.then(|| row.submitted_fields()).flatten();
                         let view = row.view();
                         let line = ItemResult {
                             item: row.batch_item.unwrap_or_default(),

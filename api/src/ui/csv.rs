@@ -11,7 +11,7 @@ use axum::{
 use futures_util::stream;
 use provisioner_shared::{
     db::{self, jobs::JobRow},
-    domain::{CreateTenantParams, JobStatus},
+    domain::{JobStatus, never_a_formula},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -78,9 +78,7 @@ pub(crate) async fn failed_rows(
 
 /// One CSV line of a failed item.
 fn row(job: &JobRow) -> String {
-    let fields = serde_json::from_value::<CreateTenantParams>(job.params.clone())
-        .map(|p| p.submitted_fields(&job.tenant_url))
-        .unwrap_or_default();
+    let fields = job.submitted_fields().unwrap_or_default();
     let field = |name: &str| {
         fields
             .get(name)
@@ -125,11 +123,7 @@ fn row(job: &JobRow) -> String {
 /// A CSV cell: quoted when it holds a separator, quote or line break; a leading `=`, `+`, `-`,
 /// `@`, tab or carriage return is prefixed with `'`, so a spreadsheet never runs it as a formula.
 fn cell(text: &str) -> String {
-    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{text}")
-    } else {
-        text.to_owned()
-    };
+    let text = never_a_formula(text.to_owned());
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {

@@ -158,30 +158,27 @@ pub(crate) fn short_id(id: &str) -> Markup {
 
 /// A page that says what went wrong, with `status`.
 pub(crate) fn refused(status: StatusCode, message: &str) -> Response {
-    let title = status.canonical_reason().unwrap_or("Error");
-    page(
-        status,
-        title,
-        None,
-        Nav::None,
-        html! {
-            p role="alert" { (message) }
-            p { a href="/ui/" { "Back to the dashboard" } }
-        },
-    )
+    refusal(status, message, None)
 }
 
 /// A refusal as a page for a signed-in client that may see no other (its header offers to sign
 /// out).
 pub(crate) fn refused_signed_in(status: StatusCode, message: &str, session: &Session) -> Response {
+    refusal(status, message, Some(session))
+}
+
+fn refusal(status: StatusCode, message: &str, session: Option<&Session>) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
     page(
         status,
         title,
-        Some(session),
+        session,
         Nav::None,
         html! {
             p role="alert" { (message) }
+            @if session.is_none() {
+                p { a href="/ui/" { "Back to the dashboard" } }
+            }
         },
     )
 }

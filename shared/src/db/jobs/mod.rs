@@ -98,6 +98,15 @@ impl JobRow {
         crate::trace::trace_id_of(self.traceparent.as_deref())
     }
 
+    /// The fields of the create (or batch item) that asked for this job, by the contract's
+    /// names (`CreateTenantParams::submitted_fields`); `None` for a job of another kind.
+    pub fn submitted_fields(&self) -> Option<serde_json::Map<String, Value>> {
+        use serde::Deserialize;
+        crate::domain::CreateTenantParams::deserialize(&self.params)
+            .ok()
+            .map(|p| p.submitted_fields(&self.tenant_url))
+    }
+
     pub fn view(&self) -> JobView {
         JobView {
             job_id: self.id,
