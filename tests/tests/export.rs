@@ -21,20 +21,26 @@ const AUDIT: i64 = 40_000;
 async fn big_tenant(app: &TestApp, url: &str) {
     insert_tenant(app, url, "Big", r#"{"timezone": "UTC"}"#).await;
     for sql in [
-        "INSERT INTO users (id, tenant_id, position, login_id, first_name, last_name, email)
-         SELECT gen_random_uuid(), t.id, g / 3, 'user' || g, 'First', 'Last', 'u' || g || '@big.example'
-         FROM tenants t, generate_series(1, $2) g WHERE t.url = $1",
-        "INSERT INTO config_objects (id, tenant_id, position, kind, name, data)
-         SELECT gen_random_uuid(), t.id, g / 2, 'skill', 'skill ' || g, jsonb_build_object('level', g)
-         FROM tenants t, generate_series(1, $2) g WHERE t.url = $1",
+        // Users and objects as the worker stores them: documents in parts of 200 entries.
+        "INSERT INTO tenant_documents (tenant_id, kind, part, entries)
+         SELECT t.id, 'users', (g - 1) / 200, jsonb_agg(jsonb_build_object('id', gen_random_uuid(),
+                'loginId', 'user' || g, 'firstName', 'First', 'lastName', 'Last',
+                'email', 'u' || g || '@big.example', 'roles', '[]'::jsonb, 'passwordHash', null,
+                'teams', '[]'::jsonb) ORDER BY g)
+         FROM tenants t, generate_series(1, $2) g WHERE t.url = $1 GROUP BY t.id, (g - 1) / 200",
+        "INSERT INTO tenant_documents (tenant_id, kind, part, entries)
+         SELECT t.id, 'objects', (g - 1) / 200, jsonb_agg(jsonb_build_object('id', gen_random_uuid(),
+                'kind', 'skill', 'name', 'skill ' || g, 'data', jsonb_build_object('level', g),
+                'refs', '[]'::jsonb) ORDER BY g)
+         FROM tenants t, generate_series(1, $2) g WHERE t.url = $1 GROUP BY t.id, (g - 1) / 200",
         "INSERT INTO audit_log (tenant_id, at, actor, action, object, details)
          SELECT t.id, now(), 'ops', 'update', 'object' || g, jsonb_build_object('noise',
                 (SELECT string_agg(md5(random()::text || g || k), '') FROM generate_series(1, 18) k))
          FROM tenants t, generate_series(1, $2) g WHERE t.url = $1",
     ] {
         let n = match sql {
-            s if s.contains("INTO users") => USERS,
-            s if s.contains("INTO config_objects") => OBJECTS,
+            s if s.contains("'users'") => USERS,
+            s if s.contains("'objects'") => OBJECTS,
             _ => AUDIT,
         };
         sqlx::query(sql)
@@ -143,11 +149,8 @@ async fn the_export_streams_one_snapshot_of_the_tenant_while_holding_its_lock() 
         (USERS, OBJECTS, AUDIT)
     );
     assert!(t.audit.iter().all(|a| a.actor == "ops"));
-    let logins: Vec<String> =
-        sqlx::query_scalar("SELECT login_id FROM users ORDER BY position, login_id")
-            .fetch_all(&app.db)
-            .await
-            .unwrap();
+    // In the order they were written: user1, user2, ...
+    let logins: Vec<String> = (1..=USERS).map(|g| format!("user{g}")).collect();
     assert_eq!(
         t.users
             .iter()
@@ -435,5 +438,87 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
         let (status, body) = request.await.unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
+    app.stop().await;
+}
+
+/// How the previous schema's workers wrote a tenant's objects and users: rows, in position
+/// order, into `config_objects` and `users`, now views of the tenant's documents.
+const PREVIOUS_VERSION_INSERT: &str = "
+    WITH tenant AS (
+        INSERT INTO tenants (id, url, name, sip_domain) VALUES (gen_random_uuid(), $1, 'Old', $1)
+        RETURNING id
+    ), objects AS (
+        INSERT INTO config_objects (id, tenant_id, position, kind, name, data, refs)
+        SELECT x.id, tenant.id, x.position, x.kind, x.name, x.data, x.refs
+        FROM tenant, jsonb_to_recordset($2) AS x(id uuid, position int, kind text, name text,
+             data jsonb, refs uuid[])
+    ), users AS (
+        INSERT INTO users (id, tenant_id, position, login_id, first_name, last_name, email,
+                           roles, password_hash, teams)
+        SELECT x.id, tenant.id, x.position, x.login_id, x.first_name, x.last_name, x.email,
+               x.roles, x.password_hash, x.teams
+        FROM tenant, jsonb_to_recordset($3) AS x(id uuid, position int, login_id text,
+             first_name text, last_name text, email text, roles jsonb, password_hash text,
+             teams uuid[])
+    )
+    SELECT count(*) FROM tenant";
+
+/// A worker of the previous version, still running during a rolling upgrade, writes a tenant
+/// the way it knows (rows into what are now views): its objects and users land in the tenant's
+/// documents, in order, across parts, and the tenant exports whole.
+#[tokio::test]
+async fn a_tenant_written_by_the_previous_versions_worker_exports_whole() {
+    let app = TestApp::without_workers().await;
+    let url = "previous.example.com";
+    let objects: Vec<serde_json::Value> = (0..450)
+        .map(|i| {
+            serde_json::json!({"id": uuid::Uuid::new_v4(), "position": i, "kind": "skill",
+                "name": format!("skill {i}"), "data": {"level": i}, "refs": []})
+        })
+        .collect();
+    let team = objects[7]["id"].clone();
+    let users: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({"id": uuid::Uuid::new_v4(), "position": i,
+                "login_id": format!("agent{i}"), "first_name": "Grace", "last_name": "Hopper",
+                "email": "grace@previous.example", "roles": ["agent"], "password_hash": null,
+                "teams": [team]})
+        })
+        .collect();
+    let written: i64 = sqlx::query_scalar(PREVIOUS_VERSION_INSERT)
+        .bind(url)
+        .bind(serde_json::Value::from(objects.clone()))
+        .bind(serde_json::Value::from(users.clone()))
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(written, 1);
+    let parts: Vec<(String, i32, i32)> = sqlx::query_as(
+        "SELECT kind, part, jsonb_array_length(entries) FROM tenant_documents ORDER BY kind, part",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        parts,
+        [
+            ("objects".into(), 0, 200),
+            ("objects".into(), 1, 200),
+            ("objects".into(), 2, 50),
+            ("users".into(), 0, 3)
+        ]
+    );
+    let t = app.export(url).await;
+    let names: Vec<String> = t.objects.iter().map(|o| o.name.clone()).collect();
+    let expected: Vec<String> = (0..450).map(|i| format!("skill {i}")).collect();
+    assert_eq!(names, expected, "every object, in order, once");
+    assert_eq!(
+        t.objects[449].data.to_value(),
+        serde_json::json!({"level": 449})
+    );
+    let logins: Vec<&str> = t.users.iter().map(|u| u.login_id.as_str()).collect();
+    assert_eq!(logins, ["agent0", "agent1", "agent2"]);
+    assert_eq!(t.users[2].teams, [t.objects[7].id]);
+    assert_eq!(t.users[0].roles, ["agent"]);
     app.stop().await;
 }

@@ -140,7 +140,12 @@ async fn until_locks_free(app: &TestApp, within: Duration) -> Duration {
 
 /// Nothing of an import that did not commit is left.
 async fn assert_no_rows_written(app: &TestApp) {
-    for table in ["tenants", "config_objects", "users", "access_numbers"] {
+    for table in [
+        "tenants",
+        "tenant_documents",
+        "calling_lists",
+        "access_numbers",
+    ] {
         assert_eq!(
             app.count(&format!("SELECT count(*) FROM {table}")).await,
             0,

@@ -1,6 +1,6 @@
 //! The form-data and stream variants of create, and Import Tenant.
 
-use provisioner_shared::template::Template;
+use provisioner_shared::template::{CallingListEntry, JsonDoc, Template};
 use provisioner_tests::{Options, TestApp, fixtures};
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
@@ -377,42 +377,36 @@ async fn created_and_exported(app: &TestApp) -> (String, Template) {
     (tenant, export)
 }
 
-/// An import whose tenant is new but whose kept user and object ids another tenant has ends
-/// with 409, and writes nothing: not the tenant, not the contents that were free.
+/// The ids of a tenant's users, objects and calling lists are its own: imports of a copy under
+/// other URLs and ids, keeping every other id, succeed beside the original and each other, and
+/// each tenant's export gives back its entries with those ids.
 #[tokio::test]
-async fn an_import_whose_kept_ids_another_tenant_uses_ends_with_409_and_writes_nothing() {
+async fn imports_keep_ids_another_tenant_also_holds_each_tenant_its_own() {
     let app = TestApp::spawn().await;
-    let (_, mut copy) = created_and_exported(&app).await;
+    let (original, mut copy) = created_and_exported(&app).await;
     assert!(!copy.users.is_empty() && !copy.objects.is_empty());
-    copy.tenant.id = uuid::Uuid::new_v4();
-    copy.tenant.url = fixtures::tenant_url();
-    copy.tenant.sip_domain = copy.tenant.url.clone();
+    copy.calling_lists = vec![CallingListEntry {
+        id: uuid::Uuid::new_v4(),
+        name: "Leads".into(),
+        entries: JsonDoc::empty_list(),
+    }];
     copy.access_numbers.clear();
-    // One user is free; the objects and the other users are the first tenant's.
-    let free = uuid::Uuid::new_v4();
-    copy.users[0].id = free;
-    let job = app.import_and_wait(copy.write()).await;
-    assert_eq!(job["code"], 409, "{job}");
-    assert!(
-        job["error"]["detail"]
-            .as_str()
-            .is_some_and(|m| m.contains("already exist in this cluster")),
-        "{job}"
-    );
-    let written: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM tenants WHERE id = $1 OR url = $2)
-              + (SELECT count(*) FROM users WHERE id = $3 OR tenant_id = $1)
-              + (SELECT count(*) FROM config_objects WHERE tenant_id = $1)
-              + (SELECT count(*) FROM calling_lists WHERE tenant_id = $1)
-              + (SELECT count(*) FROM audit_log WHERE tenant_id = $1)",
-    )
-    .bind(copy.tenant.id)
-    .bind(&copy.tenant.url)
-    .bind(free)
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
-    assert_eq!(written, 0);
+    let mut imported = Vec::new();
+    for _ in 0..2 {
+        copy.tenant.id = uuid::Uuid::new_v4();
+        copy.tenant.url = fixtures::tenant_url();
+        copy.tenant.sip_domain = copy.tenant.url.clone();
+        let job = app.import_and_wait(copy.write()).await;
+        assert_eq!(job["code"], 200, "{job}");
+        imported.push(copy.tenant.url.clone());
+    }
+    let first = app.export(&original).await;
+    for url in &imported {
+        let export = app.export(url).await;
+        assert_eq!(export.users, first.users, "{url}");
+        assert_eq!(export.objects, first.objects, "{url}");
+        assert_eq!(export.calling_lists, copy.calling_lists, "{url}");
+    }
     app.stop().await;
 }
 

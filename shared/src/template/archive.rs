@@ -163,7 +163,10 @@ pub(super) fn build(
         Contents::ForCreate => {
             // Their shapes now, as every entry is parsed before any rule is checked; their
             // strings' first fault after the rest's, where Import Tenant checks them.
-            let lists = check_each(&mut entries, CALLING_LISTS, check::calling_list)?;
+            let mut ids = std::collections::HashSet::new();
+            let lists = check_each(&mut entries, CALLING_LISTS, |i, l| {
+                check::calling_list(i, l).and_then(|()| check::calling_list_once(&mut ids, l))
+            })?;
             let audit = check_each(&mut entries, AUDIT, check::audit_entry)?;
             deferred = lists.or(audit);
             (Vec::new(), Vec::new())
@@ -201,7 +204,7 @@ fn parse<T: DeserializeOwned>(
 fn check_each<T: DeserializeOwned>(
     entries: &mut Entries,
     name: &'static str,
-    check: fn(usize, &T) -> Result<(), TemplateError>,
+    mut check: impl FnMut(usize, &T) -> Result<(), TemplateError>,
 ) -> Result<Option<TemplateError>, TemplateError> {
     let Some(body) = entries.remove(name) else {
         return Ok(None);

@@ -196,11 +196,12 @@ impl Template {
 
     /// Calling-list names and audit fields (imported only by Import Tenant).
     fn check_history(&self, f: &mut Faults) {
+        let mut ids = HashSet::new();
         for (i, l) in self.calling_lists.iter().enumerate() {
             if f.full() {
                 return;
             }
-            f.note(calling_list(i, l));
+            f.note(calling_list(i, l).and_then(|()| calling_list_once(&mut ids, l)));
         }
         for (i, a) in self.audit.iter().enumerate() {
             if f.full() {
@@ -277,6 +278,18 @@ fn range(i: usize, n: &AccessNumberEntry) -> Result<(), TemplateError> {
         ));
     }
     Ok(())
+}
+
+/// A calling list's id not among `seen`, the ids of the lists before it (then added to them).
+pub(super) fn calling_list_once(
+    seen: &mut HashSet<uuid::Uuid>,
+    l: &CallingListEntry,
+) -> Result<(), TemplateError> {
+    if seen.insert(l.id) {
+        Ok(())
+    } else {
+        bad(format!("calling list id {} appears twice", l.id))
+    }
 }
 
 /// The rules of the `i`th calling list's strings (a create, which imports none, checks them too).

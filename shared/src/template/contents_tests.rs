@@ -282,7 +282,13 @@ fn create_checks_the_lists_it_does_not_import_as_import_does_and_builds_none() {
         list[1][field] = value;
         Value::Array(list)
     };
+    let twice = format!("calling list id {ID} appears twice");
     let cases = [
+        (
+            CALLING_LISTS,
+            json!([lists[0], lists[0]]),
+            Some(twice.as_str()),
+        ),
         (
             CALLING_LISTS,
             second(&lists, "name", json!("n\u{0}")),

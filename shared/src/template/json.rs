@@ -53,22 +53,28 @@ impl JsonDoc {
     /// between tokens removed, as `serde_json` writes): what was checked on import, never
     /// built into a tree.
     pub fn from_database(mut text: String) -> Result<Self, serde_json::Error> {
-        let (mut in_string, mut escaped) = (false, false);
-        text.retain(|c| {
-            if in_string {
-                (in_string, escaped) = match (escaped, c) {
-                    (true, _) => (true, false),
-                    (false, '\\') => (true, true),
-                    (false, '"') => (false, false),
-                    (false, _) => (true, false),
-                };
-                return true;
-            }
-            in_string = c == '"';
-            !matches!(c, ' ' | '\t' | '\n' | '\r')
-        });
+        compact_json(&mut text);
         RawValue::from_string(text).map(Self)
     }
+}
+
+/// Removes the whitespace between the tokens of JSON `text` (as the database prints `jsonb`),
+/// leaving what `serde_json` would write.
+pub fn compact_json(text: &mut String) {
+    let (mut in_string, mut escaped) = (false, false);
+    text.retain(|c| {
+        if in_string {
+            (in_string, escaped) = match (escaped, c) {
+                (true, _) => (true, false),
+                (false, '\\') => (true, true),
+                (false, '"') => (false, false),
+                (false, _) => (true, false),
+            };
+            return true;
+        }
+        in_string = c == '"';
+        !matches!(c, ' ' | '\t' | '\n' | '\r')
+    });
 }
 
 impl Default for JsonDoc {

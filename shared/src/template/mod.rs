@@ -23,7 +23,9 @@ pub use entries::{
     AccessNumberEntry, AuditEntry, CallingListEntry, Manifest, ManifestSource, ObjectEntry,
     TenantEntry, UserEntry,
 };
-pub use json::{JsonDoc, MAX_DEPTH, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE};
+pub use json::{
+    JsonDoc, MAX_DEPTH, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE, compact_json,
+};
 pub use writer::{Page, TemplateWriter};
 
 pub const FORMAT: &str = "provisioner-tenant-template";

@@ -40,6 +40,9 @@ const STEPS: &[(i64, i64, Step)] = &[
     // 20261210000001 indexed the access-number ranges in listing order: nothing a template
     // holds.
     (20261209000001, 20261210000001, unchanged),
+    // 20261211000001 stored users and objects as documents: the template's entries, as they
+    // are.
+    (20261210000001, 20261211000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -144,9 +144,6 @@ pub(crate) fn written(outcome: WriteOutcome) -> Result<Finished, JobFailure> {
         WriteOutcome::EarlierWork { url, job } => Err(JobFailure::Conflict(format!(
             "job {job} for tenant {url}, submitted earlier, is still queued or running"
         ))),
-        WriteOutcome::IdsTaken => Err(JobFailure::Conflict(
-            "the tenant's objects, users or calling lists already exist in this cluster".to_owned(),
-        )),
     }
 }
 

@@ -40,8 +40,6 @@ pub(crate) enum WriteOutcome {
     /// The plan gives way to earlier creates, and `job`, a create for the same URL submitted
     /// before it, is still queued or running; nothing was written.
     EarlierWork { url: String, job: Uuid },
-    /// Kept ids (Import Tenant) of objects, users or calling lists that another tenant uses.
-    IdsTaken,
     /// Another worker took the job over (this lease ran out), or, for a job not yet claimed,
     /// the job changed since it was read (claimed elsewhere, cancelled); nothing was written.
     LostLease,
@@ -51,8 +49,6 @@ pub(crate) enum WriteOutcome {
 const TENANT_KEYS: [&str; 2] = ["tenants_pkey", "tenants_url_key"];
 /// The unique constraint whose violation means another tenant has the SIP domain.
 const SIP_DOMAIN_KEY: &str = "tenants_sip_domain_key";
-/// Unique constraints whose violation means kept ids are in use by another tenant.
-const CONTENT_KEYS: [&str; 3] = ["users_pkey", "config_objects_pkey", "calling_lists_pkey"];
 
 /// Writes `plan` for `job`, as its claim made it (under that claim's lease), or, for a job
 /// still queued as read, claiming it with the job's success (`jobs::process`): then the job's
@@ -91,9 +87,8 @@ pub(crate) async fn run(
 /// its SIP domain, if another tenant has either, is the outcome, as when they are found first.
 /// The contents are parameters of that statement, converted before any of it runs, so a value
 /// the database refuses fails it even when the tenant exists. Read after the rollback, outside
-/// the lock: it only chooses which refusal the job ends with. Kept ids another tenant uses are
-/// not looked for: a refused value comes before them (before, it depended on which part held
-/// which). Should the read fail, the job ends with the refused value, which no retry cures.
+/// the lock: it only chooses which refusal the job ends with. Should the read fail, the job
+/// ends with the refused value, which no retry cures.
 async fn refused(pool: &PgPool, plan: &Plan, e: sqlx::Error) -> Result<WriteOutcome, sqlx::Error> {
     match db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await {
         Ok(taken) if taken.tenant => Ok(WriteOutcome::TenantExists {
@@ -229,8 +224,7 @@ async fn give_way(conn: &mut PgConnection, plan: &Plan) -> Result<(), Abort> {
 
 /// Inserts the tenant, Inactive, with its objects, users, calling lists and history (one
 /// statement), unless one with its URL, id or SIP domain exists (the URL and id are this
-/// tenant's: it exists; the SIP domain is another's: it is taken) or a kept id is another
-/// tenant's.
+/// tenant's: it exists; the SIP domain is another's: it is taken).
 async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow, Abort> {
     let exists = || {
         Abort::Refused(WriteOutcome::TenantExists {
@@ -260,9 +254,6 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
             Err(Abort::Refused(WriteOutcome::SipDomainTaken {
                 sip_domain: plan.sip_domain.clone(),
             }))
-        }
-        Err(e) if CONTENT_KEYS.iter().any(|c| db::violates(&e, c)) => {
-            Err(Abort::Refused(WriteOutcome::IdsTaken))
         }
         Err(e) if db::refused_value(&e) => Err(Abort::RefusedValue(e)),
         Err(e) => Err(e.into()),

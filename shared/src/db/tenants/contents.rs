@@ -1,14 +1,16 @@
 //! A new tenant and its configuration (objects, users, calling lists, audit history), written
-//! by one statement: the rows go to the database as `jsonb` records read by
-//! `jsonb_to_recordset`, one round trip whatever the template holds. Export Tenant reads them
-//! back a page at a time (`export`).
+//! by one statement, one round trip whatever the template holds: objects and users as
+//! documents (`tenant_documents`: parts of `PART_ENTRIES` entries, each a `jsonb` array of
+//! the entries as the template writes them), calling lists and history as rows from `jsonb`
+//! records read by `jsonb_to_recordset`. Export Tenant reads them back a page at a time
+//! (`export`).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, types::Json};
 use uuid::Uuid;
 
-use super::TenantRow;
+use super::{PART_ENTRIES, TenantRow};
 use crate::template::{AuditEntry, CallingListEntry, JsonDoc, ObjectEntry, UserEntry};
 
 /// What a new tenant holds besides its own row.
@@ -22,8 +24,9 @@ pub struct Contents<'a> {
 }
 
 /// Inserts an Inactive tenant and `contents`, unless a tenant with its URL or id exists
-/// (`false`: nothing inserted). A SIP domain another tenant has, a tenant inserted
-/// concurrently, or a kept id another tenant uses is a unique violation for the caller.
+/// (`false`: nothing inserted). A SIP domain another tenant has or a tenant inserted
+/// concurrently is a unique violation for the caller. The ids of the contents are the
+/// tenant's own: another tenant may hold the same.
 ///
 /// One statement: each part's insert reads the tenant's from its common table expression, so
 /// nothing of the contents is written when the tenant is not (the foreign keys are checked at
@@ -40,19 +43,13 @@ pub async fn insert(
              WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE url = $2)
                AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = $1)
              RETURNING id
-         ), objects AS (
-             INSERT INTO config_objects (id, tenant_id, position, kind, name, data, refs)
-             SELECT x.id, tenant.id, x.position, x.kind, x.name, x.data, x.refs
-             FROM tenant, jsonb_to_recordset($7) AS x(id uuid, position int, kind text,
-                  name text, data jsonb, refs uuid[])
-         ), users AS (
-             INSERT INTO users (id, tenant_id, position, login_id, first_name, last_name, email,
-                                roles, password_hash, teams)
-             SELECT x.id, tenant.id, x.position, x.login_id, x.first_name, x.last_name, x.email,
-                    x.roles, x.password_hash, x.teams
-             FROM tenant, jsonb_to_recordset($8) AS x(id uuid, position int, login_id text,
-                  first_name text, last_name text, email text, roles jsonb, password_hash text,
-                  teams uuid[])
+         ), documents AS (
+             INSERT INTO tenant_documents (tenant_id, kind, part, entries)
+             SELECT tenant.id, 'objects', p.n - 1, p.entries
+             FROM tenant, unnest($7::jsonb[]) WITH ORDINALITY AS p(entries, n)
+             UNION ALL
+             SELECT tenant.id, 'users', p.n - 1, p.entries
+             FROM tenant, unnest($8::jsonb[]) WITH ORDINALITY AS p(entries, n)
          ), lists AS (
              INSERT INTO calling_lists (id, tenant_id, position, name, entries)
              SELECT x.id, tenant.id, x.position, x.name, x.entries
@@ -73,8 +70,8 @@ pub async fn insert(
     .bind(&tenant.sip_domain)
     .bind(&tenant.settings)
     .bind(tenant.created_at)
-    .bind(Json(objects(contents.objects)))
-    .bind(Json(users(contents.users)))
+    .bind(parts(contents.objects))
+    .bind(parts(contents.users))
     .bind(Json(calling_lists(contents.calling_lists)))
     .bind(Json(audit(contents.audit)))
     .fetch_one(conn)
@@ -82,60 +79,10 @@ pub async fn insert(
     Ok(inserted == 1)
 }
 
-#[derive(Serialize)]
-struct ObjectRecord<'a> {
-    id: Uuid,
-    position: i32,
-    kind: &'a str,
-    name: &'a str,
-    data: &'a JsonDoc,
-    refs: &'a [Uuid],
-}
-
-fn objects(objects: &[ObjectEntry]) -> Vec<ObjectRecord<'_>> {
-    objects
-        .iter()
-        .enumerate()
-        .map(|(i, o)| ObjectRecord {
-            id: o.id,
-            position: i as i32,
-            kind: &o.kind,
-            name: &o.name,
-            data: &o.data,
-            refs: &o.refs,
-        })
-        .collect()
-}
-
-#[derive(Serialize)]
-struct UserRecord<'a> {
-    id: Uuid,
-    position: i32,
-    login_id: &'a str,
-    first_name: &'a str,
-    last_name: &'a str,
-    email: &'a str,
-    roles: &'a [String],
-    password_hash: Option<&'a str>,
-    teams: &'a [Uuid],
-}
-
-fn users(users: &[UserEntry]) -> Vec<UserRecord<'_>> {
-    users
-        .iter()
-        .enumerate()
-        .map(|(i, u)| UserRecord {
-            id: u.id,
-            position: i as i32,
-            login_id: &u.login_id,
-            first_name: &u.first_name,
-            last_name: &u.last_name,
-            email: &u.email,
-            roles: &u.roles,
-            password_hash: u.password_hash.as_deref(),
-            teams: &u.teams,
-        })
-        .collect()
+/// A kind's entries in parts of `PART_ENTRIES`, each a JSON array of the entries as the
+/// template writes them.
+fn parts<T: Serialize>(entries: &[T]) -> Vec<Json<&[T]>> {
+    entries.chunks(PART_ENTRIES).map(Json).collect()
 }
 
 /// Typed records: the entries' JSON text goes to the database as it is, never as a tree.

@@ -4,12 +4,14 @@
 //! tree. The caller reads inside one snapshot (`snapshot`), so the pages agree with each other.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction, types::Json};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::template::{
     AccessNumberEntry, AuditEntry, CallingListEntry, JsonDoc, ObjectEntry, Page, TenantEntry,
-    UserEntry,
+    UserEntry, compact_json,
 };
 
 /// A read-only REPEATABLE READ transaction: every statement in it sees the database as of its
@@ -44,8 +46,9 @@ pub async fn head(conn: &mut PgConnection, url: &str) -> Result<Option<TenantEnt
 /// Where the next page of a list starts: after this row of it.
 #[derive(Debug, Clone)]
 enum After {
-    Users(i32, String),
-    Objects(i32, Uuid),
+    /// The part of the document last read.
+    Users(i32),
+    Objects(i32),
     AccessNumbers(i32, String),
     CallingLists(i32, Uuid),
     Audit(i64),
@@ -92,6 +95,8 @@ impl Pages {
             _ => self.audit(conn, after).await?,
         };
         self.next = match last {
+            // A document's part is a page whatever its length; a later part may follow.
+            Some(after @ (After::Users(_) | After::Objects(_))) => Next::After(after),
             Some(after) if page.len() as i64 == self.per_page => Next::After(after),
             _ if list < 4 => Next::Start(list + 1),
             _ => Next::Done,
@@ -105,27 +110,14 @@ impl Pages {
         after: Option<After>,
     ) -> Result<(Page, Option<After>), sqlx::Error> {
         let after = match after {
-            Some(After::Users(p, l)) => Some((p, l)),
+            Some(After::Users(part)) => Some(part),
             _ => None,
         };
-        let sql = format!(
-            "SELECT position, id, login_id, first_name, last_name, email, roles, password_hash, teams
-             FROM users WHERE tenant_id = $1 {}
-             ORDER BY position, login_id LIMIT $2",
-            later(after.is_some(), "AND (position, login_id) > ($3, $4)")
-        );
-        let mut query = sqlx::query_as(&sql).bind(self.tenant).bind(self.per_page);
-        if let Some((position, login)) = after {
-            query = query.bind(position).bind(login);
-        }
-        let rows: Vec<UserRow> = query.fetch_all(conn).await?;
-        let last = rows
-            .last()
-            .map(|r| After::Users(r.position, r.login_id.clone()));
-        Ok((
-            Page::Users(rows.into_iter().map(UserRow::entry).collect()),
-            last,
-        ))
+        let part = self.part(conn, "users", after).await?;
+        let last = part.as_ref().map(|(n, _)| After::Users(*n));
+        let users = part.map(|(_, text)| entries(text)).transpose()?;
+        let users = users.unwrap_or_default().into_iter().map(StoredUser::entry);
+        Ok((Page::Users(users.collect()), last))
     }
 
     async fn objects(
@@ -134,34 +126,36 @@ impl Pages {
         after: Option<After>,
     ) -> Result<(Page, Option<After>), sqlx::Error> {
         let after = match after {
-            Some(After::Objects(p, id)) => Some((p, id)),
+            Some(After::Objects(part)) => Some(part),
             _ => None,
         };
-        let sql = format!(
-            "SELECT position, id, kind, name, data::text, refs FROM config_objects
-             WHERE tenant_id = $1 {} ORDER BY position, id LIMIT $2",
-            later(after.is_some(), "AND (position, id) > ($3, $4)")
-        );
-        let mut query = sqlx::query_as(&sql).bind(self.tenant).bind(self.per_page);
-        if let Some((position, id)) = after {
-            query = query.bind(position).bind(id);
-        }
-        let rows: Vec<(i32, Uuid, String, String, String, Vec<Uuid>)> =
-            query.fetch_all(conn).await?;
-        let last = rows.last().map(|r| After::Objects(r.0, r.1));
-        let items = rows
+        let part = self.part(conn, "objects", after).await?;
+        let last = part.as_ref().map(|(n, _)| After::Objects(*n));
+        let objects = part.map(|(_, text)| entries(text)).transpose()?;
+        let objects = objects
+            .unwrap_or_default()
             .into_iter()
-            .map(|(_, id, kind, name, data, refs)| {
-                Ok(ObjectEntry {
-                    id,
-                    kind,
-                    name,
-                    data: json(data)?,
-                    refs,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        Ok((Page::Objects(items), last))
+            .map(StoredObject::entry);
+        Ok((Page::Objects(objects.collect()), last))
+    }
+
+    /// The tenant's next part of the `kind` document after part `after` (the first without
+    /// it): its number and text; `None` past the last.
+    async fn part(
+        &self,
+        conn: &mut PgConnection,
+        kind: &str,
+        after: Option<i32>,
+    ) -> Result<Option<(i32, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT part, entries::text FROM tenant_documents
+             WHERE tenant_id = $1 AND kind = $2 AND part > $3 ORDER BY part LIMIT 1",
+        )
+        .bind(self.tenant)
+        .bind(kind)
+        .bind(after.unwrap_or(-1))
+        .fetch_optional(conn)
+        .await
     }
 
     async fn access_numbers(
@@ -278,20 +272,33 @@ impl After {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    position: i32,
+/// The keyset condition of a later page; none on a list's first page. A condition the planner
+/// can use as an index range (not `$n IS NULL OR ...`, which a generic plan cannot), so each
+/// page costs its own rows, not the list's.
+fn later(later_page: bool, condition: &'static str) -> &'static str {
+    if later_page { condition } else { "" }
+}
+
+/// A user as its tenant's document holds it: read back as it was written, with none of the
+/// template reader's checks (they held when it was imported; data written before a check was
+/// added exports as it is, as when it was a row).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredUser {
     id: Uuid,
     login_id: String,
     first_name: String,
     last_name: String,
     email: String,
-    roles: Json<Vec<String>>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
     password_hash: Option<String>,
+    #[serde(default)]
     teams: Vec<Uuid>,
 }
 
-impl UserRow {
+impl StoredUser {
     fn entry(self) -> UserEntry {
         UserEntry {
             id: self.id,
@@ -299,18 +306,46 @@ impl UserRow {
             first_name: self.first_name,
             last_name: self.last_name,
             email: self.email,
-            roles: self.roles.0,
+            roles: self.roles,
             password_hash: self.password_hash,
             teams: self.teams,
         }
     }
 }
 
-/// The keyset condition of a later page; none on a list's first page. A condition the planner
-/// can use as an index range (not `$n IS NULL OR ...`, which a generic plan cannot), so each
-/// page costs its own rows, not the list's.
-fn later(later_page: bool, condition: &'static str) -> &'static str {
-    if later_page { condition } else { "" }
+/// An object as its tenant's document holds it (see `StoredUser`): its `data` any JSON.
+#[derive(Deserialize)]
+struct StoredObject {
+    id: Uuid,
+    kind: String,
+    name: String,
+    /// Any JSON, `null` included, as it was stored; `{}` when absent.
+    #[serde(default = "no_data")]
+    data: Box<RawValue>,
+    #[serde(default)]
+    refs: Vec<Uuid>,
+}
+
+impl StoredObject {
+    fn entry(self) -> ObjectEntry {
+        ObjectEntry {
+            id: self.id,
+            kind: self.kind,
+            name: self.name,
+            data: JsonDoc::from(self.data),
+            refs: self.refs,
+        }
+    }
+}
+
+fn no_data() -> Box<RawValue> {
+    RawValue::from_string("{}".to_owned()).expect("valid JSON")
+}
+
+/// A document part's text (a `jsonb` array of entries) as entries.
+fn entries<T: serde::de::DeserializeOwned>(mut text: String) -> Result<Vec<T>, sqlx::Error> {
+    compact_json(&mut text);
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// A `jsonb` column's text as a `JsonDoc`.

@@ -11,6 +11,10 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 pub use self::contents::{Contents, insert};
+
+/// Entries of one kind (users, objects) a row of `tenant_documents` holds at most: a tenant's
+/// list is stored in parts of this many, and Export Tenant reads it a part at a time.
+pub const PART_ENTRIES: usize = 200;
 use crate::domain::{AuditAction, TenantStatus};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
