@@ -76,11 +76,18 @@ FROM tenant_documents d, jsonb_array_elements(d.entries) WITH ORDINALITY AS e(en
 WHERE d.kind = 'objects';
 
 -- During a rolling upgrade, workers of the previous version still insert a new tenant's users
--- and objects as rows, in position order, into what are now these views: each row is appended
--- to its part of the tenant's document. Costlier than a worker of this version's one write per
+-- and objects as rows into what are now these views: each row is appended to its part of the
+-- tenant's document, in the order the rows come (that version sends them in position order). Costlier than a worker of this version's one write per
 -- part, and only while such workers run.
-CREATE FUNCTION users_insert_row() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION users_insert_row() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
+    -- What the table's constraints refused, refused still.
+    IF NEW.tenant_id IS NULL OR NEW.id IS NULL OR NEW.position IS NULL OR NEW.login_id IS NULL
+       OR NEW.first_name IS NULL OR NEW.last_name IS NULL OR NEW.email IS NULL
+       OR NEW.password_hash NOT LIKE '$argon2id$%' THEN
+        RAISE EXCEPTION 'a user needs an id, a position, a login id, names, an e-mail and no '
+                        'password hash but an Argon2id one' USING ERRCODE = 'check_violation';
+    END IF;
     INSERT INTO tenant_documents AS d (tenant_id, kind, part, entries)
     VALUES (NEW.tenant_id, 'users', NEW.position / 200, jsonb_build_array(jsonb_build_object(
         'id', NEW.id, 'loginId', NEW.login_id, 'firstName', NEW.first_name,
@@ -88,18 +95,23 @@ BEGIN
         'passwordHash', NEW.password_hash, 'teams', to_jsonb(coalesce(NEW.teams, '{}')))))
     ON CONFLICT (tenant_id, kind, part) DO UPDATE SET entries = d.entries || EXCLUDED.entries;
     RETURN NEW;
-END $$;
+END $fn$;
 CREATE TRIGGER users_insert_row INSTEAD OF INSERT ON users
     FOR EACH ROW EXECUTE FUNCTION users_insert_row();
 
-CREATE FUNCTION config_objects_insert_row() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION config_objects_insert_row() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
+    IF NEW.tenant_id IS NULL OR NEW.id IS NULL OR NEW.position IS NULL OR NEW.kind IS NULL
+       OR NEW.name IS NULL THEN
+        RAISE EXCEPTION 'an object needs an id, a position, a kind and a name'
+            USING ERRCODE = 'not_null_violation';
+    END IF;
     INSERT INTO tenant_documents AS d (tenant_id, kind, part, entries)
     VALUES (NEW.tenant_id, 'objects', NEW.position / 200, jsonb_build_array(jsonb_build_object(
         'id', NEW.id, 'kind', NEW.kind, 'name', NEW.name, 'data', coalesce(NEW.data, '{}'),
         'refs', to_jsonb(coalesce(NEW.refs, '{}')))))
     ON CONFLICT (tenant_id, kind, part) DO UPDATE SET entries = d.entries || EXCLUDED.entries;
     RETURN NEW;
-END $$;
+END $fn$;
 CREATE TRIGGER config_objects_insert_row INSTEAD OF INSERT ON config_objects
     FOR EACH ROW EXECUTE FUNCTION config_objects_insert_row();
