@@ -410,6 +410,70 @@ async fn imports_keep_ids_another_tenant_also_holds_each_tenant_its_own() {
     app.stop().await;
 }
 
+/// A tenant whose lists run past a document part (`PART_ENTRIES` entries): the worker writes
+/// each list in parts, the views number the entries in order across them, and the export gives
+/// every entry back, in order, once.
+#[tokio::test]
+async fn an_import_larger_than_a_document_part_is_stored_in_parts_and_exported_whole() {
+    let app = TestApp::spawn().await;
+    let mut t = fixtures::sample_template(app.db_version().await);
+    t.tenant.id = uuid::Uuid::new_v4();
+    t.tenant.url = fixtures::tenant_url();
+    t.tenant.sip_domain = t.tenant.url.clone();
+    t.access_numbers.clear();
+    let team = t.objects[0].id;
+    let (mut object, mut user) = (t.objects[0].clone(), t.users[1].clone());
+    for i in 0..450 {
+        object.id = uuid::Uuid::new_v4();
+        object.name = format!("team {i}");
+        t.objects.push(object.clone());
+    }
+    for i in 0..250 {
+        user.id = uuid::Uuid::new_v4();
+        user.login_id = format!("agent-{i}");
+        user.teams = vec![team];
+        t.users.push(user.clone());
+    }
+    let job = app.import_and_wait(t.write()).await;
+    assert_eq!(job["code"], 200, "{job}");
+    let parts: Vec<(String, i32, i32)> = sqlx::query_as(
+        "SELECT d.kind, d.part, jsonb_array_length(d.entries) FROM tenant_documents d
+         JOIN tenants t ON t.id = d.tenant_id WHERE t.url = $1 ORDER BY d.kind, d.part",
+    )
+    .bind(&t.tenant.url)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let (objects, users) = (t.objects.len() as i32, t.users.len() as i32);
+    assert_eq!(
+        parts,
+        [
+            ("objects".into(), 0, 200),
+            ("objects".into(), 1, 200),
+            ("objects".into(), 2, objects - 400),
+            ("users".into(), 0, 200),
+            ("users".into(), 1, users - 200),
+        ]
+    );
+    let in_order: Vec<String> = sqlx::query_scalar(
+        "SELECT o.name FROM config_objects o JOIN tenants t ON t.id = o.tenant_id
+         WHERE t.url = $1 ORDER BY o.position",
+    )
+    .bind(&t.tenant.url)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let names: Vec<String> = t.objects.iter().map(|o| o.name.clone()).collect();
+    assert_eq!(
+        in_order, names,
+        "the view numbers the entries in order across parts"
+    );
+    let export = app.export(&t.tenant.url).await;
+    assert_eq!(export.objects, t.objects);
+    assert_eq!(export.users, t.users);
+    app.stop().await;
+}
+
 /// A value PostgreSQL refuses (a NUL character for `jsonb`) in an import of a tenant that
 /// exists, or whose SIP domain another tenant has: the job ends with that conflict (409), as
 /// when it is found first, not with the refused value (400), which is the outcome only when

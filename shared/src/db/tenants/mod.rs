@@ -13,7 +13,10 @@ use uuid::Uuid;
 pub use self::contents::{Contents, insert};
 
 /// Entries of one kind (users, objects) a row of `tenant_documents` holds at most: a tenant's
-/// list is stored in parts of this many, and Export Tenant reads it a part at a time.
+/// list is stored in parts of this many, and Export Tenant reads it a part at a time. The
+/// schema says 200 too (`tenant_documents`' check, the `users` and `config_objects` views'
+/// positions): `variants::an_import_larger_than_a_document_part_is_stored_in_parts_and_exported_whole`
+/// fails when they disagree.
 pub const PART_ENTRIES: usize = 200;
 use crate::domain::{AuditAction, TenantStatus};
 
