@@ -79,6 +79,7 @@ pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<
             max_connections: 2,
             application_name: "provisioner-cli",
             idle_in_transaction_timeout: None,
+            silences: None,
         },
     )
     .await?;

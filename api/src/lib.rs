@@ -250,6 +250,7 @@ pub async fn run(
             max_connections: POOL_CONNECTIONS,
             application_name: "provisioner-api",
             idle_in_transaction_timeout: Some(settings.idle_in_transaction_timeout),
+            silences: None,
         },
     )
     .await?;

@@ -28,6 +28,26 @@ impl TestApp {
         .unwrap()
     }
 
+    /// Every queue of this test's vhost with its ready and unacknowledged messages and its
+    /// consumers, as `rabbitmqctl` prints them (for a failure's diagnosis).
+    pub async fn queue_consumers(&self) -> String {
+        let vhost = self.vhost.clone();
+        tokio::task::spawn_blocking(move || {
+            rabbitmqctl(&[
+                "list_queues",
+                "-p",
+                &vhost,
+                "--quiet",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ])
+        })
+        .await
+        .unwrap()
+    }
+
     /// Every queue of this test's vhost as the broker declared it: `name`, `type`, `durable`
     /// and `arguments` (an object of each argument's value; `rabbitmqctl` lists them as
     /// `[name, type, value]`).

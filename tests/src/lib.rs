@@ -573,6 +573,26 @@ pub async fn until_api_waits(addr: SocketAddr, n: u32) {
     .await;
 }
 
+/// Polls `check` every 50 ms until it returns `expected`; after `within`, gives back the last
+/// value it returned instead (for a failure that says what was left).
+pub async fn settles<T: PartialEq, F: std::future::Future<Output = T>>(
+    within: Duration,
+    expected: &T,
+    mut check: impl FnMut() -> F,
+) -> Result<(), T> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let value = check().await;
+        if value == *expected {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(value);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, failing after `within`.
 pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     within: Duration,

@@ -11,7 +11,9 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
-use provisioner_tests::{Options, TestApp, eventually, fixtures, process::Proc, proxy::Proxy};
+use provisioner_tests::{
+    Options, TestApp, eventually, fixtures, process::Proc, proxy::Proxy, settles,
+};
 use serde_json::Value;
 
 const JOB_QUEUE: &str = "provisioner.jobs.create-tenant";
@@ -150,7 +152,7 @@ impl Partitioned {
                     ),
                 ),
             ],
-            "warn",
+            "info,sqlx=warn",
         );
         Self {
             worker,
@@ -245,11 +247,28 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
             .fetch_all(&app.db)
             .await
             .unwrap();
-    assert_eq!(
-        by_code,
-        vec![(Some(200), jobs as i64)],
-        "every job succeeded once"
-    );
+    if by_code != vec![(Some(200), jobs as i64)] {
+        let failed: Vec<String> = sqlx::query_scalar(
+            "SELECT row_to_json(j)::text FROM (SELECT id, tenant_url, status, code, error, attempts,
+               created_at, started_at, finished_at FROM jobs WHERE code IS DISTINCT FROM 200 LIMIT 10) j",
+        )
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        let mut seen = String::new();
+        for worker in workers.iter_mut().chain([&mut partitioned.worker]) {
+            let text = worker.text();
+            for line in text.lines().filter(|l| {
+                failed
+                    .iter()
+                    .any(|f| f.get(7..43).is_some_and(|id| l.contains(id)))
+            }) {
+                seen.push_str(line);
+                seen.push('\n');
+            }
+        }
+        panic!("not every job succeeded once: {by_code:?}\n{failed:#?}\nworkers on them:\n{seen}");
+    }
     // The tenant each job reports is the one that exists, whole.
     let matched = app
         .count(
@@ -269,14 +288,18 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
         )
         .await;
     assert_eq!(partial, 0, "no tenant is partly written");
-    eventually(Duration::from_secs(60), || async {
-        (app.advisory_locks().await == (0, 0)
-            && app.count("SELECT count(*) FROM outbox").await == 0
-            && app.queue_messages(JOB_QUEUE).await == 0
-            && app.queue_messages(DEAD_QUEUE).await == 0)
-            .then_some(())
+    if let Err(left) = settles(Duration::from_secs(60), &Leftovers::default(), || {
+        Leftovers::of(&app)
     })
-    .await;
+    .await
+    {
+        let mut procs: Vec<&mut Proc> = workers.iter_mut().collect();
+        procs.push(&mut partitioned.worker);
+        panic!(
+            "left after the jobs ended: {left:?}\n{}",
+            diagnosis(&app, procs).await
+        );
+    }
     let attempts = app.count("SELECT sum(attempts)::bigint FROM jobs").await;
     println!(
         "chaos: {jobs} jobs, {kills} workers killed, restarts {restarts}; \
@@ -287,4 +310,142 @@ async fn every_job_ends_exactly_once_through_broker_and_database_restarts_and_wo
     }
     partitioned.worker.child.kill().await.unwrap();
     app.stop().await;
+}
+
+/// What the system may hold once every job has ended: none of it should remain.
+#[derive(Debug, Default, PartialEq)]
+struct Leftovers {
+    /// Import and tenant advisory locks, granted and awaited.
+    locks: (i64, i64),
+    outbox: i64,
+    job_queue: i64,
+    dead_queue: i64,
+}
+
+impl Leftovers {
+    async fn of(app: &TestApp) -> Self {
+        Self {
+            locks: app.advisory_locks().await,
+            outbox: app.count("SELECT count(*) FROM outbox").await,
+            job_queue: app.queue_messages(JOB_QUEUE).await,
+            dead_queue: app.queue_messages(DEAD_QUEUE).await,
+        }
+    }
+}
+
+/// Who holds what was left: the advisory locks' sessions, the outbox's rows, the queues'
+/// consumers and the dead letters' reasons with their jobs.
+async fn diagnosis(app: &TestApp, workers: Vec<&mut Proc>) -> String {
+    let json = |sql: &'static str| async move {
+        sqlx::query_scalar::<_, Option<String>>(sql)
+            .fetch_one(&app.db)
+            .await
+            .map_or_else(|e| e.to_string(), Option::unwrap_or_default)
+    };
+    let locks = json(
+        "SELECT json_agg(json_build_object('granted', l.granted, 'objid', l.objid, 'pid', a.pid,
+           'state', a.state, 'port', a.client_port, 'since', now() - a.state_change,
+           'query', left(a.query, 160)))::text
+         FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+         WHERE l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await;
+    let outbox = json(
+        "SELECT json_agg(json_build_object('id', id, 'routing_key', routing_key, 'message_id', message_id,
+           'available_at', available_at, 'attempts', attempts, 'created_at', created_at))::text
+         FROM (SELECT * FROM outbox ORDER BY id LIMIT 20) o",
+    )
+    .await;
+    let queues = app.queue_consumers().await;
+    let sessions = json(
+        "SELECT json_agg(json_build_object('pid', pid, 'app', application_name, 'port', client_port,
+           'state', state, 'since', now() - state_change, 'query', left(query, 120)))::text
+         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .await;
+    let channels = provisioner_tests::process::tool("rabbitmqctl")
+        .args([
+            "list_channels",
+            "-p",
+            &app.vhost,
+            "--quiet",
+            "pid",
+            "connection",
+            "consumer_count",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let connections = provisioner_tests::process::tool("rabbitmqctl")
+        .args([
+            "list_connections",
+            "-p",
+            &app.vhost,
+            "--quiet",
+            "pid",
+            "peer_port",
+            "channels",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let sockets = provisioner_tests::process::tool("ss")
+        .args(["-tnpH", "dport = :5672"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let logs: Vec<String> = workers
+        .into_iter()
+        .map(|w| {
+            let pid = w.child.id();
+            let text = w.text();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            format!(
+                "worker {pid:?}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect();
+    let mut dead = Vec::new();
+    if let Ok(conn) =
+        lapin::Connection::connect(&app.broker_url(), lapin::ConnectionProperties::default()).await
+        && let Ok(channel) = conn.create_channel().await
+    {
+        // Read without acknowledging: the letters go back when the connection closes.
+        while dead.len() < 20
+            && let Ok(Some(message)) = channel
+                .basic_get(
+                    DEAD_QUEUE.into(),
+                    lapin::options::BasicGetOptions::default(),
+                )
+                .await
+        {
+            let job: Option<uuid::Uuid> = serde_json::from_slice::<Value>(&message.data)
+                .ok()
+                .and_then(|v| v["jobId"].as_str()?.parse().ok());
+            let row: Option<String> = sqlx::query_scalar(
+                "SELECT row_to_json(j)::text FROM (SELECT id, status, code, attempts, created_at, started_at, finished_at
+                 FROM jobs WHERE id = $1) j",
+            )
+            .bind(job)
+            .fetch_optional(&app.db)
+            .await
+            .ok()
+            .flatten();
+            dead.push(format!(
+                "{} headers {:?} job {row:?}",
+                String::from_utf8_lossy(&message.data),
+                message.properties.headers()
+            ));
+        }
+        let _ = conn.close(200, "read".into()).await;
+    }
+    format!(
+        "advisory locks: {locks}\noutbox: {outbox}\nqueues: {queues}\nsessions: {sessions}\n\
+         channels:\n{channels}\nconnections:\n{connections}\nsockets:\n{sockets}\n\
+         dead letters:\n{}\n{}",
+        dead.join("\n"),
+        logs.join("\n")
+    )
 }

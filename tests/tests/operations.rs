@@ -495,6 +495,7 @@ async fn a_pooled_connection_closed_while_idle_is_not_handed_out() {
         max_connections: 1,
         application_name: "pool-test",
         idle_in_transaction_timeout: None,
+        silences: None,
     };
     let pool = provisioner_shared::db::connect(&app.settings().database_url, &config)
         .await

@@ -260,7 +260,7 @@ async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bo
     // Healed (its connections that met the cut stay silent), the victim takes jobs again, and
     // runs them: it is the only worker left.
     victim
-        .wait_for("PostgreSQL lost for a lease; abandoning the jobs in flight to other workers")
+        .wait_for("jobs in flight since PostgreSQL went silent a lease ago are abandoned to other workers")
         .await;
     rescuer.child.kill().await.unwrap();
     proxy.heal();
@@ -278,6 +278,73 @@ async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bo
     app.stop().await;
 }
 
+/// A worker cut off from PostgreSQL for less than it takes to count it lost: the job whose
+/// answer the cut swallowed (its lock, granted while the cut lasted) would wait for it for ever,
+/// holding the worker's only slot while its heartbeat, over new sessions, kept its lease alive.
+/// A lease after the silence the worker abandons it and gives its delivery back; once the lease
+/// has run out, it runs the job again itself, and more jobs after it.
+#[tokio::test]
+async fn a_job_whose_answer_a_short_cut_lost_is_abandoned_and_run_again() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![(
+            "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT",
+            IDLE_IN_TRANSACTION.as_secs().to_string(),
+        )],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, app.database);
+    let mut victim = spawn_worker(
+        &app,
+        &[
+            NO_SWEEPER,
+            ("DATABASE_URL", &through_proxy),
+            ("PROVISIONER_WORKER_CONCURRENCY", "1"),
+        ],
+    );
+    let mut body = fixtures::create_body(&url);
+    body["lockTimeout"] = json!(60);
+    let id = app.submit(&tenant, &body).await;
+    app.until_lock_waiters(1).await;
+    // The lock is granted while the cut lasts: the answer goes nowhere.
+    proxy.cut();
+    held.rollback().await.unwrap();
+    victim
+        .wait_for(
+            "PostgreSQL did not answer a probe; sessions opened before are closed, and jobs then in flight get a lease to finish",
+        )
+        .await;
+    proxy.heal();
+    let done = app.wait_job_within(&id, Duration::from_secs(60)).await;
+    assert_eq!(
+        fixtures::ending(&done),
+        (Some("succeeded"), Some(200), Some(2)),
+        "{done}"
+    );
+    fixtures::assert_sample_tenant(&app, &tenant).await;
+    victim
+        .wait_for("jobs in flight since PostgreSQL went silent a lease ago are abandoned to other workers")
+        .await;
+    let next = fixtures::tenant_url();
+    let id = app.submit(&next, &fixtures::create_body(&url)).await;
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The cut was shorter than it takes to count PostgreSQL lost.
+    assert!(
+        !victim.records().iter().any(|r| r["message"]
+            == "PostgreSQL does not answer; giving deliveries back and taking no jobs until it does"),
+        "the worker counted PostgreSQL lost"
+    );
+    assert_eq!(app.advisory_locks().await, (0, 0));
+    victim.child.kill().await.unwrap();
+    drop(proxy);
+    app.stop().await;
+}
+
 /// Over TCP, every pooled session asks PostgreSQL to probe a silent peer, so a partition ends
 /// even a session that is not idle in a transaction (waiting for a lock); the recorder's pool of
 /// generic plans starts its sessions the same way.
@@ -288,6 +355,7 @@ async fn the_processes_sessions_ask_postgresql_to_probe_a_silent_peer() {
         max_connections: 1,
         application_name: "keepalive-test",
         idle_in_transaction_timeout: Some(IDLE_IN_TRANSACTION),
+        silences: None,
     };
     let pool = provisioner_shared::db::connect(&app.settings().database_url, &config)
         .await

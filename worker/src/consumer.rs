@@ -40,8 +40,9 @@ struct InFlight {
     tasks: TaskTracker,
     /// Cancelled past the shutdown deadline: unfinished jobs are dropped and handed back.
     abandon: CancellationToken,
-    /// A child of `abandon` that the deliveries taken since PostgreSQL last answered hold:
-    /// cancelled (and replaced) when it stays lost for a lease (see `abandon_when_lost`).
+    /// A child of `abandon` that the deliveries taken since PostgreSQL's last silence hold:
+    /// replaced at the next silence, and cancelled a lease after it (see
+    /// `abandon_after_silences`).
     epoch: Mutex<CancellationToken>,
 }
 
@@ -70,37 +71,36 @@ pub(crate) async fn run(ctx: Arc<Context>, db: DbWatch, shutdown: CancellationTo
     });
     tokio::select! {
         () = consuming => {}
-        () = abandon_when_lost(&ctx, db.clone(), &in_flight) => {}
+        () = abandon_after_silences(&ctx, db.clone(), &in_flight) => {}
     }
     // Shutdown may come while no session runs: jobs of lost channels still finish first.
     drain(&ctx, &in_flight).await;
 }
 
-/// Abandons the jobs in flight whenever PostgreSQL stays lost for a lease (from whichever
-/// broker session they came). None can renew its lease or record anything, so by then another
-/// worker may take each over; and a statement whose answer the network lost would wait for it
-/// for ever (the driver's sockets have no keepalive), holding its slot. Before a lease has
-/// passed, nobody else could take the job: a short stall aborts nothing.
-async fn abandon_when_lost(ctx: &Context, mut db: DbWatch, in_flight: &InFlight) {
+/// Abandons, a lease after each silence of PostgreSQL (an unanswered probe, see `db_watch`), the
+/// jobs that were in flight when it began and are still running: a statement whose answer the
+/// silence lost would wait for it for ever (the driver's sockets have no keepalive), holding
+/// its slot and, through its heartbeat, its job's lease. Their deliveries go back to the broker
+/// and their leases run out, so a redelivery runs each again (an attempt more). A job in
+/// flight then that legitimately takes longer than a lease (a long lock wait) is retried too:
+/// which statements lost their answers cannot be known. While PostgreSQL stays lost, nobody can
+/// take the jobs over before their leases run out, so nothing is lost by waiting that long.
+async fn abandon_after_silences(ctx: &Context, mut db: DbWatch, in_flight: &InFlight) {
+    let mut seen = 0;
     loop {
-        db.lost().await;
-        let still_lost = tokio::select! {
-            () = tokio::time::sleep(ctx.settings.job_lease) => true,
-            () = db.reachable() => false,
-        };
-        if still_lost {
-            let fresh = in_flight.abandon.child_token();
-            let old = std::mem::replace(
-                &mut *in_flight.epoch.lock().unwrap_or_else(|e| e.into_inner()),
-                fresh,
-            );
-            tracing::warn!(
-                jobs = in_flight.tasks.len(),
-                "PostgreSQL lost for a lease; abandoning the jobs in flight to other workers"
-            );
-            old.cancel();
-        }
-        db.reachable().await;
+        seen = db.silence_after(seen).await;
+        // Deliveries taken from now on belong to the next epoch.
+        let fresh = in_flight.abandon.child_token();
+        let old = std::mem::replace(
+            &mut *in_flight.epoch.lock().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        tokio::time::sleep(ctx.settings.job_lease).await;
+        tracing::warn!(
+            jobs = in_flight.tasks.len(),
+            "jobs in flight since PostgreSQL went silent a lease ago are abandoned to other workers"
+        );
+        old.cancel();
     }
 }
 
@@ -162,8 +162,8 @@ async fn session(
             },
             () = db.lost() => {
                 // Closed, the connection gives every unacknowledged delivery back to the
-                // broker at once (the jobs in flight are abandoned later, should PostgreSQL
-                // stay lost: `abandon_when_lost`).
+                // broker at once (the jobs in flight are abandoned a lease after the silence
+                // began: `abandon_after_silences`).
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
                     conn.close(200, "PostgreSQL unreachable".into()),
@@ -230,8 +230,11 @@ async fn handle(
             settle(&acker, Disposition::Requeue).await;
             return;
         }
-        // Its session is gone, and the broker gave the delivery to another worker.
-        () = abandon.cancelled() => return,
+        // Back to the broker (if its session is gone, the broker has it already).
+        () = abandon.cancelled() => {
+            settle(&acker, Disposition::Requeue).await;
+            return;
+        }
     };
     let job = match serde_json::from_slice::<JobMessage>(&delivery.data) {
         Ok(msg) => msg.job_id,
@@ -256,23 +259,26 @@ async fn handle(
             work.0.abort();
             let _ = (&mut work.0).await;
             if !stopping.is_cancelled() {
-                // Abandoned for a lost database: the lease is not handed back at shutdown
-                // (it has run out, or will before the database answers again).
+                // Abandoned after a silence: the lease is not handed back (it runs out within a
+                // lease, its heartbeat gone with the work); the delivery goes back to the broker
+                // (if its session is gone, the broker has it already) for a redelivery to run
+                // the job again once it has.
                 ctx.leases.release_token(job, token);
+                settle(&acker, Disposition::Requeue).await;
             }
             return;
         }
     };
     if let Err(e) = joined {
         tracing::error!(job.id = %job, error = %e, "handling a delivery panicked; returning it");
-        // Should recovering panic too, the delivery still goes back; abandoned, it is left to
-        // the lease and the broker.
+        // Should recovering panic too, the delivery still goes back; abandoned, it goes back
+        // at once and the job is left to its lease.
         let mut recovering = AbortOnDrop(tokio::spawn(async move {
             jobs::recover(&ctx, job, token).await
         }));
         let disposition = tokio::select! {
             recovered = &mut recovering.0 => recovered.unwrap_or(Disposition::Requeue),
-            () = abandon.cancelled() => return,
+            () = abandon.cancelled() => Disposition::Requeue,
         };
         settle(&acker, disposition).await;
     }

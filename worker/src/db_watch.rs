@@ -4,12 +4,18 @@
 //! a probe asks PostgreSQL every second, on a session of its own; after `LOST_AFTER` probes in a
 //! row without an answer within `PROBE_TIMEOUT` (up to 9 s; an error PostgreSQL sends is an
 //! answer) the worker counts it lost, and the consumer ends its broker session
-//! (the broker hands every unacknowledged delivery to the other workers at once), abandons the
-//! session's jobs (see `consumer::session`) and opens no new session until a probe is answered
-//! again.
+//! (the broker hands every unacknowledged delivery to the other workers at once) and opens no
+//! new session until a probe is answered again.
+//!
+//! A single unanswered probe is a silence: whatever cut the probe off may have cut the pool's
+//! sessions too, for good, and a statement whose answer was lost waits for ever. So each
+//! silence is recorded (`Silences`: the pool closes every session opened before it) and counted
+//! (the consumer abandons the jobs then in flight that are still running a lease later, see
+//! `consumer::abandon_after_silences`), however soon the database answers again.
 
 use std::time::Duration;
 
+use provisioner_shared::db::Silences;
 use sqlx::{Connection, PgPool, postgres::PgConnection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -21,14 +27,26 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Unanswered probes in a row that make the database lost.
 const LOST_AFTER: u32 = 3;
 
-/// The latest verdict: `true` while the database answers.
+/// What the probe has heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heard {
+    /// The latest verdict: `true` while the database answers.
+    reachable: bool,
+    /// Silences so far: probes unanswered after an answered one (or the first probe).
+    silences: u64,
+}
+
 #[derive(Debug, Clone)]
-pub(crate) struct DbWatch(watch::Receiver<bool>);
+pub(crate) struct DbWatch(watch::Receiver<Heard>);
 
 impl DbWatch {
-    /// Probes `pool` until `stop`; the database counts as reachable to begin with.
-    pub(crate) fn start(pool: PgPool, stop: CancellationToken) -> Self {
-        let (verdict, watching) = watch::channel(true);
+    /// Probes `pool` until `stop`, recording each silence in `silences`; the database counts
+    /// as reachable to begin with.
+    pub(crate) fn start(pool: PgPool, silences: Silences, stop: CancellationToken) -> Self {
+        let (verdict, watching) = watch::channel(Heard {
+            reachable: true,
+            silences: 0,
+        });
         tokio::spawn(async move {
             let options = (*pool.connect_options())
                 .clone()
@@ -38,6 +56,7 @@ impl DbWatch {
             let mut session: Option<PgConnection> = None;
             let mut unanswered = 0;
             loop {
+                let sent = std::time::Instant::now();
                 let probe = async {
                     let conn = match &mut session {
                         Some(conn) => conn,
@@ -57,8 +76,18 @@ impl DbWatch {
                     session = None;
                 }
                 unanswered = if answered { 0 } else { unanswered + 1 };
+                if unanswered > 0 {
+                    silences.record(sent);
+                }
+                if unanswered == 1 {
+                    tracing::warn!(
+                        "PostgreSQL did not answer a probe; sessions opened before are closed, \
+                         and jobs then in flight get a lease to finish"
+                    );
+                    verdict.send_modify(|heard| heard.silences += 1);
+                }
                 let reachable = unanswered < LOST_AFTER;
-                if reachable != *verdict.borrow() {
+                if reachable != verdict.borrow().reachable {
                     if reachable {
                         tracing::info!("PostgreSQL answers again; taking jobs again");
                     } else {
@@ -67,7 +96,7 @@ impl DbWatch {
                             "PostgreSQL does not answer; giving deliveries back and taking no jobs until it does"
                         );
                     }
-                    verdict.send_replace(reachable);
+                    verdict.send_modify(|heard| heard.reachable = reachable);
                 }
                 tokio::select! {
                     () = tokio::time::sleep(EVERY) => {}
@@ -81,13 +110,27 @@ impl DbWatch {
     /// Returns once the database counts as reachable (at once if it does).
     pub(crate) async fn reachable(&mut self) {
         // The sender lives as long as the probe; should it end, nothing is known: go on.
-        let _ = self.0.wait_for(|reachable| *reachable).await;
+        let _ = self.0.wait_for(|heard| heard.reachable).await;
     }
 
     /// Returns once the database counts as lost (never, should the probe end).
     pub(crate) async fn lost(&mut self) {
-        if self.0.wait_for(|reachable| !*reachable).await.is_err() {
+        if self.0.wait_for(|heard| !heard.reachable).await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Returns once a silence comes after the `seen` first ones; gives their count then
+    /// (never returns, should the probe end).
+    pub(crate) async fn silence_after(&mut self, seen: u64) -> u64 {
+        let heard = self
+            .0
+            .wait_for(|heard| heard.silences > seen)
+            .await
+            .map(|heard| heard.silences);
+        match heard {
+            Ok(silences) => silences,
+            Err(_) => std::future::pending().await,
         }
     }
 }

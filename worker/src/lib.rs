@@ -33,10 +33,12 @@ const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Probes (when configured): alive from here on, ready once started until draining.
     let health = health::Health::start(settings.worker_health_listen, shutdown.clone()).await?;
+    let silences = db::Silences::default();
     let pool_config = PoolConfig {
         max_connections: u32::from(settings.worker_concurrency) * 2 + 4,
         application_name: "provisioner-worker",
         idle_in_transaction_timeout: Some(settings.idle_in_transaction_timeout),
+        silences: Some(silences.clone()),
     };
     let connecting = db::connect(&settings.database_url, &pool_config);
     // Stopped while still connecting (PostgreSQL is retried for up to a minute): it exits at
@@ -77,7 +79,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         "worker started"
     );
 
-    let db_watch = DbWatch::start(pool.clone(), sweeping.clone());
+    let db_watch = DbWatch::start(pool.clone(), silences, sweeping.clone());
     // Ready until draining, PostgreSQL out of reach included: a readiness lost by every worker
     // at once would only stop an orchestrator from moving them (a disruption budget counts
     // unready pods as down).

@@ -14,7 +14,11 @@ pub(crate) mod secrets;
 pub mod templates;
 pub mod tenants;
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{
@@ -30,6 +34,36 @@ pub struct PoolConfig {
     /// Sessions idle inside a transaction longer than this are ended by the server, so a hung
     /// or partitioned process never keeps a lock (see `session_settings`).
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// When the process watches its database (the worker), the silences it hears: the pool
+    /// never uses a session opened before the last one again (see `Silences`).
+    pub silences: Option<Silences>,
+}
+
+/// When this process's database last went silent: a probe of it sent then got no answer in
+/// time. A session opened before that may have lost an answer for good: a middlebox that lost
+/// the connection's state drops whatever comes, and the client, waiting to read, never learns
+/// of it (sqlx's sockets have no keepalive). Such a session is closed, without a round trip,
+/// when it comes back to its pool or is next taken from it; its statement's caller is released
+/// by the worker's abandonment of the jobs in flight (`consumer::abandon_after_silences`).
+#[derive(Debug, Clone, Default)]
+pub struct Silences(Arc<Mutex<Option<Instant>>>);
+
+impl Silences {
+    /// A probe sent at `sent` went unanswered.
+    pub fn record(&self, sent: Instant) {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *last = (*last).max(Some(sent));
+    }
+
+    /// Whether a session `age` old was opened before the last silence began.
+    pub fn predate(&self, age: Duration) -> bool {
+        let Some(silence) = *self.0.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return false;
+        };
+        Instant::now()
+            .checked_sub(age)
+            .is_none_or(|opened| opened <= silence)
+    }
 }
 
 /// Connects, creating the database when it does not exist, and applies pending migrations.
@@ -56,7 +90,7 @@ async fn try_connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<
         .log_statements(tracing::log::LevelFilter::Trace)
         .options(session_settings(config.idle_in_transaction_timeout));
     create_database_if_missing(&options).await?;
-    let pool = pool_options(config.max_connections)
+    let pool = pool_options(config.max_connections, config.silences.clone())
         .connect_with(options)
         .await?;
     MIGRATOR.run(&pool).await?;
@@ -108,14 +142,21 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// restart); the test on return stays (sqlx always makes it), so a connection broken while in
 /// use is not handed out again either. The price: one used within a second of a restart fails
 /// its statement at once (a transient error, retried like any other) instead of being replaced
-/// before it.
-fn pool_options(max_connections: u32) -> PgPoolOptions {
-    PgPoolOptions::new()
+/// before it. With `silences`, a session opened before the database's last silence is closed
+/// instead, both when taken and when given back: the test on return would wait for ever for
+/// the answer such a session lost, holding its place in the pool.
+fn pool_options(max_connections: u32, silences: Option<Silences>) -> PgPoolOptions {
+    let distrusted = silences.clone();
+    let options = PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
+        .before_acquire(move |conn, meta| {
+            let distrusted = distrusted.as_ref().is_some_and(|s| s.predate(meta.age));
             Box::pin(async move {
+                if distrusted {
+                    return Ok(false);
+                }
                 if meta.idle_for < TEST_IDLE_AFTER {
                     return Ok(true);
                 }
@@ -127,7 +168,14 @@ fn pool_options(max_connections: u32) -> PgPoolOptions {
                     Err(_) => Ok(false),
                 }
             })
-        })
+        });
+    match silences {
+        Some(silences) => options.after_release(move |_, meta| {
+            let keep = !silences.predate(meta.age);
+            Box::pin(async move { Ok(keep) })
+        }),
+        None => options,
+    }
 }
 
 /// A small pool beside `pool`, to the same database, whose sessions always use the generic plan
@@ -141,7 +189,7 @@ pub fn generic_plan_pool(pool: &PgPool, max_connections: u32) -> PgPool {
         .options([("plan_cache_mode", "force_generic_plan")]);
     // The sessions start as `pool`'s do: a statement waiting on a lock ends once its client is
     // gone, instead of committing what nobody will hear of.
-    pool_options(max_connections).connect_lazy_with(options)
+    pool_options(max_connections, None).connect_lazy_with(options)
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -214,5 +262,26 @@ fn is_transient(err: &sqlx::Error) -> bool {
             c.starts_with("08") || c == "40001" || c == "40P01" || c.starts_with("57P")
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sessions_opened_before_the_last_silence_are_distrusted() {
+        let silences = Silences::default();
+        assert!(
+            !silences.predate(Duration::from_secs(3600)),
+            "no silence yet"
+        );
+        silences.record(Instant::now() - Duration::from_secs(5));
+        assert!(silences.predate(Duration::from_secs(6)));
+        assert!(!silences.predate(Duration::from_secs(4)));
+        // An earlier silence recorded late does not move the last one back.
+        silences.record(Instant::now() - Duration::from_secs(60));
+        assert!(!silences.predate(Duration::from_secs(4)));
+        assert!(silences.predate(Duration::from_secs(6)));
     }
 }
