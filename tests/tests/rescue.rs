@@ -246,9 +246,10 @@ async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bo
         "lock freed after {freed_in:?}"
     );
     assert_no_rows_written(&app).await;
-    // The victim can renew nothing, and takes no more jobs: it gives its deliveries back to the
-    // broker (its job's among them, which another worker takes over once the lease has run
-    // out; or that worker's sweeper takes the job back first), so the job runs again.
+    // The victim can renew nothing, and takes no more jobs: a lease after its first unanswered
+    // probe it abandons the job and gives its delivery back, and once PostgreSQL counts as lost
+    // it ends its broker session; another worker takes the job over once the lease has run out
+    // (or that worker's sweeper takes it back first), so the job runs again.
     victim
         .wait_for(
             "PostgreSQL does not answer; giving deliveries back and taking no jobs until it does",
@@ -260,7 +261,9 @@ async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bo
     // Healed (its connections that met the cut stay silent), the victim takes jobs again, and
     // runs them: it is the only worker left.
     victim
-        .wait_for("jobs in flight since PostgreSQL went silent a lease ago are abandoned to other workers")
+        .wait_for(
+            "jobs running since PostgreSQL went silent a lease ago are abandoned to other workers",
+        )
         .await;
     rescuer.child.kill().await.unwrap();
     proxy.heal();
@@ -315,7 +318,7 @@ async fn a_job_whose_answer_a_short_cut_lost_is_abandoned_and_run_again() {
     held.rollback().await.unwrap();
     victim
         .wait_for(
-            "PostgreSQL did not answer a probe; sessions opened before are closed, and jobs then in flight get a lease to finish",
+            "PostgreSQL did not answer a probe in time; sessions opened before are closed, and jobs running then get a lease to finish",
         )
         .await;
     proxy.heal();
@@ -327,7 +330,9 @@ async fn a_job_whose_answer_a_short_cut_lost_is_abandoned_and_run_again() {
     );
     fixtures::assert_sample_tenant(&app, &tenant).await;
     victim
-        .wait_for("jobs in flight since PostgreSQL went silent a lease ago are abandoned to other workers")
+        .wait_for(
+            "jobs running since PostgreSQL went silent a lease ago are abandoned to other workers",
+        )
         .await;
     let next = fixtures::tenant_url();
     let id = app.submit(&next, &fixtures::create_body(&url)).await;

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use lapin::{
     Acker,
     message::Delivery,
@@ -40,16 +40,27 @@ struct InFlight {
     tasks: TaskTracker,
     /// Cancelled past the shutdown deadline: unfinished jobs are dropped and handed back.
     abandon: CancellationToken,
-    /// A child of `abandon` that the deliveries taken since PostgreSQL's last silence hold:
-    /// replaced at the next silence, and cancelled a lease after it (see
-    /// `abandon_after_silences`).
-    epoch: Mutex<CancellationToken>,
+    /// The child of `abandon` that the jobs started since PostgreSQL's last silence hold.
+    epoch: Epoch,
 }
 
-impl InFlight {
-    /// The token a delivery taken now is abandoned by.
-    fn current_epoch(&self) -> CancellationToken {
-        self.epoch.lock().unwrap_or_else(|e| e.into_inner()).clone()
+/// The token of the jobs started since PostgreSQL's last silence: replaced at the next one, and
+/// cancelled a lease after it (see `abandon_after_silences`).
+#[derive(Clone)]
+struct Epoch(Arc<Mutex<CancellationToken>>);
+
+impl Epoch {
+    /// The token a job started now is abandoned by.
+    fn current(&self) -> CancellationToken {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Starts a new epoch; gives the old one's token.
+    fn replace(&self, fresh: CancellationToken) -> CancellationToken {
+        std::mem::replace(
+            &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        )
     }
 }
 
@@ -63,7 +74,7 @@ pub(crate) async fn run(ctx: Arc<Context>, db: DbWatch, shutdown: CancellationTo
     let abandon = CancellationToken::new();
     let in_flight = InFlight {
         tasks: TaskTracker::new(),
-        epoch: Mutex::new(abandon.child_token()),
+        epoch: Epoch(Arc::new(Mutex::new(abandon.child_token()))),
         abandon,
     };
     let consuming = runtime::reconnect("consumer", backoff, &shutdown, || {
@@ -77,30 +88,39 @@ pub(crate) async fn run(ctx: Arc<Context>, db: DbWatch, shutdown: CancellationTo
     drain(&ctx, &in_flight).await;
 }
 
-/// Abandons, a lease after each silence of PostgreSQL (an unanswered probe, see `db_watch`), the
-/// jobs that were in flight when it began and are still running: a statement whose answer the
-/// silence lost would wait for it for ever (the driver's sockets have no keepalive), holding
-/// its slot and, through its heartbeat, its job's lease. Their deliveries go back to the broker
-/// and their leases run out, so a redelivery runs each again (an attempt more). A job in
-/// flight then that legitimately takes longer than a lease (a long lock wait) is retried too:
+/// Abandons, a lease after each silence of PostgreSQL (a probe it did not answer in time, see
+/// `db_watch`), the jobs that had started when it began and are still running: a statement
+/// whose answer the silence lost would wait for it for ever (the driver's sockets have no
+/// keepalive), holding its slot and, through its heartbeat, its job's lease. Their deliveries go
+/// back to the broker and their leases run out, so a redelivery runs each again (an attempt
+/// more). A job that legitimately takes longer than that (a long lock wait) is retried too:
 /// which statements lost their answers cannot be known. While PostgreSQL stays lost, nobody can
-/// take the jobs over before their leases run out, so nothing is lost by waiting that long.
+/// take the jobs over before their leases run out, so nothing is lost by waiting that long. At
+/// each abandonment every session out of the pool then is distrusted too, so that those of the
+/// jobs abandoned are closed when they come back, not tested for an answer that may never come.
 async fn abandon_after_silences(ctx: &Context, mut db: DbWatch, in_flight: &InFlight) {
     let mut seen = 0;
+    let mut due = FuturesUnordered::new();
     loop {
-        seen = db.silence_after(seen).await;
-        // Deliveries taken from now on belong to the next epoch.
-        let fresh = in_flight.abandon.child_token();
-        let old = std::mem::replace(
-            &mut *in_flight.epoch.lock().unwrap_or_else(|e| e.into_inner()),
-            fresh,
-        );
-        tokio::time::sleep(ctx.settings.job_lease).await;
-        tracing::warn!(
-            jobs = in_flight.tasks.len(),
-            "jobs in flight since PostgreSQL went silent a lease ago are abandoned to other workers"
-        );
-        old.cancel();
+        tokio::select! {
+            silences = db.silence_after(seen) => {
+                seen = silences;
+                // Jobs started from now on belong to the next epoch.
+                let old = in_flight.epoch.replace(in_flight.abandon.child_token());
+                let lease = ctx.settings.job_lease;
+                due.push(async move {
+                    tokio::time::sleep(lease).await;
+                    old
+                });
+            }
+            Some(old) = due.next(), if !due.is_empty() => {
+                tracing::warn!(
+                    "jobs running since PostgreSQL went silent a lease ago are abandoned to other workers"
+                );
+                db.distrust_sessions_now();
+                old.cancel();
+            }
+        }
     }
 }
 
@@ -154,7 +174,8 @@ async fn session(
                         delivery,
                         interactive,
                         shutdown.clone(),
-                        in_flight.current_epoch(),
+                        in_flight.epoch.clone(),
+                        in_flight.abandon.clone(),
                     ));
                 }
                 Some((_, Err(e))) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
@@ -215,13 +236,16 @@ async fn drain(ctx: &Context, in_flight: &InFlight) {
 
 /// Handles one delivery under a slot. The work runs in its own task so that a panic in it (in
 /// the claim, a commit, the recording or the settling) is caught here: the panic is counted,
-/// the job given up if this delivery held it, and the delivery returned or settled.
+/// the job given up if this delivery held it, and the delivery returned or settled. The job
+/// belongs to the epoch current when it gets its slot (`Epoch`); `deadline` is cancelled when
+/// shutdown's deadline passes.
 async fn handle(
     ctx: Arc<Context>,
     delivery: Delivery,
     interactive: bool,
     shutdown: CancellationToken,
-    abandon: CancellationToken,
+    epoch: Epoch,
+    deadline: CancellationToken,
 ) {
     let acker = delivery.acker.clone();
     let _slot = tokio::select! {
@@ -230,12 +254,8 @@ async fn handle(
             settle(&acker, Disposition::Requeue).await;
             return;
         }
-        // Back to the broker (if its session is gone, the broker has it already).
-        () = abandon.cancelled() => {
-            settle(&acker, Disposition::Requeue).await;
-            return;
-        }
     };
+    let abandon = epoch.current();
     let job = match serde_json::from_slice::<JobMessage>(&delivery.data) {
         Ok(msg) => msg.job_id,
         Err(e) => {
@@ -245,7 +265,6 @@ async fn handle(
         }
     };
     let token = Uuid::new_v4();
-    let stopping = shutdown.clone();
     let mut work = AbortOnDrop(tokio::spawn(deliver(
         ctx.clone(),
         delivery,
@@ -258,7 +277,7 @@ async fn handle(
         () = abandon.cancelled() => {
             work.0.abort();
             let _ = (&mut work.0).await;
-            if !stopping.is_cancelled() {
+            if !deadline.is_cancelled() {
                 // Abandoned after a silence: the lease is not handed back (it runs out within a
                 // lease, its heartbeat gone with the work); the delivery goes back to the broker
                 // (if its session is gone, the broker has it already) for a redelivery to run
@@ -278,7 +297,13 @@ async fn handle(
         }));
         let disposition = tokio::select! {
             recovered = &mut recovering.0 => recovered.unwrap_or(Disposition::Requeue),
-            () = abandon.cancelled() => Disposition::Requeue,
+            () = abandon.cancelled() => {
+                if deadline.is_cancelled() {
+                    // Shutdown's deadline: the closing connection gives it back.
+                    return;
+                }
+                Disposition::Requeue
+            }
         };
         settle(&acker, disposition).await;
     }

@@ -7,11 +7,13 @@
 //! (the broker hands every unacknowledged delivery to the other workers at once) and opens no
 //! new session until a probe is answered again.
 //!
-//! A single unanswered probe is a silence: whatever cut the probe off may have cut the pool's
+//! A probe not answered in time is a silence: whatever cut the probe off may have cut the pool's
 //! sessions too, for good, and a statement whose answer was lost waits for ever. So each
 //! silence is recorded (`Silences`: the pool closes every session opened before it) and counted
-//! (the consumer abandons the jobs then in flight that are still running a lease later, see
-//! `consumer::abandon_after_silences`), however soon the database answers again.
+//! (the consumer abandons the jobs running then that still run a lease later, see
+//! `consumer::abandon_after_silences`), however soon the database answers again. A probe that
+//! fails at once (a refused connection, a reset) only has the sessions opened before it closed:
+//! the sessions such a fault breaks fail their statements, nothing waits on them.
 
 use std::time::Duration;
 
@@ -32,12 +34,17 @@ const LOST_AFTER: u32 = 3;
 struct Heard {
     /// The latest verdict: `true` while the database answers.
     reachable: bool,
-    /// Silences so far: probes unanswered after an answered one (or the first probe).
+    /// Silences so far: probes that got no answer in time after one that did (or the first
+    /// probe). An error instead of an answer (a refused connection, a reset) is no silence: the
+    /// sessions it breaks fail their statements.
     silences: u64,
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct DbWatch(watch::Receiver<Heard>);
+pub(crate) struct DbWatch {
+    heard: watch::Receiver<Heard>,
+    silences: Silences,
+}
 
 impl DbWatch {
     /// Probes `pool` until `stop`, recording each silence in `silences`; the database counts
@@ -47,7 +54,9 @@ impl DbWatch {
             reachable: true,
             silences: 0,
         });
+        let recorded = silences.clone();
         tokio::spawn(async move {
+            let silences = recorded;
             let options = (*pool.connect_options())
                 .clone()
                 .application_name("provisioner-worker-probe");
@@ -55,6 +64,8 @@ impl DbWatch {
             // for their locks) does not read as an unreachable database.
             let mut session: Option<PgConnection> = None;
             let mut unanswered = 0;
+            // Whether the last probe got no answer in time.
+            let mut quiet_before = false;
             loop {
                 let sent = std::time::Instant::now();
                 let probe = async {
@@ -75,17 +86,19 @@ impl DbWatch {
                     // Whatever state it is in, the next probe starts afresh.
                     session = None;
                 }
-                unanswered = if answered { 0 } else { unanswered + 1 };
-                if unanswered > 0 {
+                let silent = outcome.is_err();
+                if !answered {
                     silences.record(sent);
                 }
-                if unanswered == 1 {
+                if silent && !quiet_before {
                     tracing::warn!(
-                        "PostgreSQL did not answer a probe; sessions opened before are closed, \
-                         and jobs then in flight get a lease to finish"
+                        "PostgreSQL did not answer a probe in time; sessions opened before are \
+                         closed, and jobs running then get a lease to finish"
                     );
                     verdict.send_modify(|heard| heard.silences += 1);
                 }
+                quiet_before = silent;
+                unanswered = if answered { 0 } else { unanswered + 1 };
                 let reachable = unanswered < LOST_AFTER;
                 if reachable != verdict.borrow().reachable {
                     if reachable {
@@ -104,27 +117,36 @@ impl DbWatch {
                 }
             }
         });
-        Self(watching)
+        Self {
+            heard: watching,
+            silences,
+        }
     }
 
     /// Returns once the database counts as reachable (at once if it does).
     pub(crate) async fn reachable(&mut self) {
         // The sender lives as long as the probe; should it end, nothing is known: go on.
-        let _ = self.0.wait_for(|heard| heard.reachable).await;
+        let _ = self.heard.wait_for(|heard| heard.reachable).await;
     }
 
     /// Returns once the database counts as lost (never, should the probe end).
     pub(crate) async fn lost(&mut self) {
-        if self.0.wait_for(|heard| !heard.reachable).await.is_err() {
+        if self.heard.wait_for(|heard| !heard.reachable).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// From now on, the pool closes every session opened until now when it comes back or is
+    /// next taken (as after a silence).
+    pub(crate) fn distrust_sessions_now(&self) {
+        self.silences.record(std::time::Instant::now());
     }
 
     /// Returns once a silence comes after the `seen` first ones; gives their count then
     /// (never returns, should the probe end).
     pub(crate) async fn silence_after(&mut self, seen: u64) -> u64 {
         let heard = self
-            .0
+            .heard
             .wait_for(|heard| heard.silences > seen)
             .await
             .map(|heard| heard.silences);

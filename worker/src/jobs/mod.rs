@@ -254,7 +254,8 @@ async fn count_panic(ctx: &Context, site: PanicSite) {
 }
 
 /// Runs the kind's handler in its own task while a heartbeat renews the lease. Both stop with
-/// this future: a job abandoned at shutdown neither renews its lease nor goes on importing.
+/// this future: a job abandoned (at shutdown, or after a silence of PostgreSQL) neither renews
+/// its lease nor goes on importing.
 /// Also says whether the handler panicked.
 async fn run_under_lease(
     ctx: &Arc<Context>,
