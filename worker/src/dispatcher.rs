@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 const MIN_GAP: Duration = Duration::from_millis(50);
 /// A round happens at least this often.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a round (one short transaction) may take: one that runs longer waits for an answer
+/// a network fault lost (the driver's sockets have no keepalive); it is given up, and the next
+/// round starts afresh on another session.
+const ROUND_LIMIT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(
     pool: PgPool,
@@ -24,10 +28,13 @@ pub(crate) async fn run(
 ) {
     let mut changes = notifications.subscribe();
     loop {
-        match round(&pool, i64::from(window)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(items = n, "batch items released"),
-            Err(e) => tracing::warn!(error = %e, "releasing batch items failed"),
+        match tokio::time::timeout(ROUND_LIMIT, round(&pool, i64::from(window))).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(items = n, "batch items released"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing batch items failed"),
+            Err(_) => {
+                tracing::warn!(limit = ?ROUND_LIMIT, "a dispatch round took too long; given up")
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(MIN_GAP) => {}

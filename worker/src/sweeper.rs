@@ -10,6 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{self, Context};
 
+/// How long one sweep may take in all. Each of its steps is a few bounded statements, so one
+/// that runs longer waits for an answer a network fault lost (the driver's sockets have no
+/// keepalive): it is given up, and the next sweep starts afresh on other sessions.
+const SWEEP_LIMIT: Duration = Duration::from_secs(60);
+
 pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let every = ctx
         .settings
@@ -24,19 +29,28 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
-        if let Err(e) = sweep(&ctx).await {
-            tracing::warn!(error = %e, "lease sweep failed");
+        if tokio::time::timeout(SWEEP_LIMIT, steps(&ctx))
+            .await
+            .is_err()
+        {
+            tracing::warn!(limit = ?SWEEP_LIMIT, "a sweep took too long; given up until the next");
         }
-        if let Err(e) = reconcile(&ctx).await {
-            tracing::warn!(error = %e, "queue reconciliation failed");
-        }
-        // Before the templates: removing ended batches unpins theirs.
-        if let Err(e) = purge(&ctx).await {
-            tracing::warn!(error = %e, "retention purge failed");
-        }
-        if let Err(e) = remove_unused_templates(&ctx).await {
-            tracing::warn!(error = %e, "template store sweep failed");
-        }
+    }
+}
+
+async fn steps(ctx: &Context) {
+    if let Err(e) = sweep(ctx).await {
+        tracing::warn!(error = %e, "lease sweep failed");
+    }
+    if let Err(e) = reconcile(ctx).await {
+        tracing::warn!(error = %e, "queue reconciliation failed");
+    }
+    // Before the templates: removing ended batches unpins theirs.
+    if let Err(e) = purge(ctx).await {
+        tracing::warn!(error = %e, "retention purge failed");
+    }
+    if let Err(e) = remove_unused_templates(ctx).await {
+        tracing::warn!(error = %e, "template store sweep failed");
     }
 }
 
