@@ -363,8 +363,16 @@ async fn diagnosis(app: &TestApp, workers: Vec<&mut Proc>) -> String {
          FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
     )
     .await;
-    let channels = provisioner_tests::process::tool("rabbitmqctl")
-        .args([
+    let printed = |program: &str, args: &[&str]| {
+        provisioner_tests::process::tool(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| e.to_string())
+    };
+    let channels = printed(
+        "rabbitmqctl",
+        &[
             "list_channels",
             "-p",
             &app.vhost,
@@ -373,12 +381,11 @@ async fn diagnosis(app: &TestApp, workers: Vec<&mut Proc>) -> String {
             "connection",
             "consumer_count",
             "messages_unacknowledged",
-        ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let connections = provisioner_tests::process::tool("rabbitmqctl")
-        .args([
+        ],
+    );
+    let connections = printed(
+        "rabbitmqctl",
+        &[
             "list_connections",
             "-p",
             &app.vhost,
@@ -386,15 +393,9 @@ async fn diagnosis(app: &TestApp, workers: Vec<&mut Proc>) -> String {
             "pid",
             "peer_port",
             "channels",
-        ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let sockets = provisioner_tests::process::tool("ss")
-        .args(["-tnpH", "dport = :5672"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+        ],
+    );
+    let sockets = printed("ss", &["-tnpH", "dport = :5672"]);
     let logs: Vec<String> = workers
         .into_iter()
         .map(|w| {

@@ -202,32 +202,42 @@ async fn a_lock_holder_killed_mid_write_leaves_no_rows_and_frees_the_lock() {
 /// How long the sessions of the tests below may sit idle in a transaction (the least allowed).
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(15);
 
-#[tokio::test]
-async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bound() {
-    let app = TestApp::with(Options {
+/// A system without workers whose sessions may sit idle in a transaction `IDLE_IN_TRANSACTION`.
+async fn app_with_idle_bound() -> TestApp {
+    TestApp::with(Options {
         workers: 0,
         vars: vec![(
             "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT",
             IDLE_IN_TRANSACTION.as_secs().to_string(),
         )],
     })
-    .await;
-    let url = app.serve_sample_template("t").await;
-    let tenant = fixtures::tenant_url();
-    let users = users_held(&app).await;
-    // The victim reaches PostgreSQL through a proxy the test cuts; its broker link stays up, so
-    // only the database side is partitioned.
+    .await
+}
+
+/// A worker that reaches PostgreSQL through a proxy the test cuts (its broker link stays up, so
+/// only the database side is partitioned), with one slot: the job it is cut off in must not
+/// keep it for ever. No sweeper.
+async fn victim_behind_proxy(app: &TestApp) -> (Proxy, Proc) {
     let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
     let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, app.database);
-    // One slot: the job it is cut off in must not keep it for ever.
-    let mut victim = spawn_worker(
-        &app,
+    let victim = spawn_worker(
+        app,
         &[
             NO_SWEEPER,
             ("DATABASE_URL", &through_proxy),
             ("PROVISIONER_WORKER_CONCURRENCY", "1"),
         ],
     );
+    (proxy, victim)
+}
+
+#[tokio::test]
+async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bound() {
+    let app = app_with_idle_bound().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let users = users_held(&app).await;
+    let (proxy, mut victim) = victim_behind_proxy(&app).await;
     let id = app.submit(&tenant, &fixtures::create_body(&url)).await;
     eventually(Duration::from_secs(20), || async {
         (locks(&app).await == (1, 1)).then_some(())
@@ -288,27 +298,11 @@ async fn a_lock_holder_cut_off_from_postgresql_frees_its_lock_within_the_idle_bo
 /// has run out, it runs the job again itself, and more jobs after it.
 #[tokio::test]
 async fn a_job_whose_answer_a_short_cut_lost_is_abandoned_and_run_again() {
-    let app = TestApp::with(Options {
-        workers: 0,
-        vars: vec![(
-            "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT",
-            IDLE_IN_TRANSACTION.as_secs().to_string(),
-        )],
-    })
-    .await;
+    let app = app_with_idle_bound().await;
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, app.database);
-    let mut victim = spawn_worker(
-        &app,
-        &[
-            NO_SWEEPER,
-            ("DATABASE_URL", &through_proxy),
-            ("PROVISIONER_WORKER_CONCURRENCY", "1"),
-        ],
-    );
+    let (proxy, mut victim) = victim_behind_proxy(&app).await;
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(60);
     let id = app.submit(&tenant, &body).await;
