@@ -344,6 +344,57 @@ async fn a_job_whose_answer_a_short_cut_lost_is_abandoned_and_run_again() {
     app.stop().await;
 }
 
+/// A session whose answer a cut swallowed, opened before the silence that followed, is closed
+/// when it comes back to its pool: sqlx's own test on return would wait for ever for that
+/// answer, holding the session's place (here the pool's only one).
+#[tokio::test]
+async fn a_session_older_than_a_silence_is_closed_when_it_comes_back_not_waited_for() {
+    let app = TestApp::without_workers().await;
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = secrecy::SecretString::from(format!(
+        "postgres://postgres@{}/{}",
+        proxy.addr, app.database
+    ));
+    let silences = provisioner_shared::db::Silences::default();
+    let config = provisioner_shared::db::PoolConfig {
+        max_connections: 1,
+        application_name: "silence-test",
+        idle_in_transaction_timeout: None,
+        silences: Some(silences.clone()),
+    };
+    let pool = provisioner_shared::db::connect(&url, &config)
+        .await
+        .unwrap();
+    let lost = tokio::spawn({
+        let pool = pool.clone();
+        async move { sqlx::query("SELECT pg_sleep(1)").execute(&pool).await }
+    });
+    eventually(Duration::from_secs(10), || async {
+        let running = app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'silence-test' AND query LIKE 'SELECT pg_sleep%'",
+            )
+            .await;
+        (running == 1).then_some(())
+    })
+    .await;
+    // Its answer goes nowhere; the worker's probe would hear the silence.
+    proxy.cut();
+    silences.record(Instant::now());
+    lost.abort();
+    assert!(lost.await.unwrap_err().is_cancelled());
+    proxy.heal();
+    let conn = tokio::time::timeout(Duration::from_secs(5), pool.acquire())
+        .await
+        .expect("the pool's place came back")
+        .unwrap();
+    drop(conn);
+    pool.close().await;
+    drop(proxy);
+    app.stop().await;
+}
+
 /// Over TCP, every pooled session asks PostgreSQL to probe a silent peer, so a partition ends
 /// even a session that is not idle in a transaction (waiting for a lock); the recorder's pool of
 /// generic plans starts its sessions the same way.
