@@ -367,13 +367,14 @@ async fn a_session_older_than_a_silence_is_closed_when_it_comes_back_not_waited_
         .unwrap();
     let lost = tokio::spawn({
         let pool = pool.clone();
-        async move { sqlx::query("SELECT pg_sleep(1)").execute(&pool).await }
+        async move { sqlx::query("SELECT pg_sleep(60)").execute(&pool).await }
     });
     eventually(Duration::from_secs(10), || async {
         let running = app
             .count(
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE application_name = 'silence-test' AND query LIKE 'SELECT pg_sleep%'",
+                 WHERE application_name = 'silence-test' AND state = 'active'
+                   AND query LIKE 'SELECT pg_sleep%'",
             )
             .await;
         (running == 1).then_some(())

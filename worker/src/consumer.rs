@@ -96,8 +96,9 @@ pub(crate) async fn run(ctx: Arc<Context>, db: DbWatch, shutdown: CancellationTo
 /// more). A job that legitimately takes longer than that (a long lock wait) is retried too:
 /// which statements lost their answers cannot be known. While PostgreSQL stays lost, nobody can
 /// take the jobs over before their leases run out, so nothing is lost by waiting that long. At
-/// each abandonment every session out of the pool then is distrusted too, so that those of the
-/// jobs abandoned are closed when they come back, not tested for an answer that may never come.
+/// each abandonment every session opened until then is distrusted too (the pool's idle ones are
+/// replaced as they are next taken), so that those of the jobs abandoned are closed when they
+/// come back, not tested for an answer that may never come.
 async fn abandon_after_silences(ctx: &Context, mut db: DbWatch, in_flight: &InFlight) {
     let mut seen = 0;
     let mut due = FuturesUnordered::new();

@@ -7,7 +7,8 @@
 //! (the broker hands every unacknowledged delivery to the other workers at once) and opens no
 //! new session until a probe is answered again.
 //!
-//! A probe not answered in time is a silence: whatever cut the probe off may have cut the pool's
+//! A probe not answered in time (the network cut it, or PostgreSQL was too slow to answer within
+//! 2 s: the two cannot be told apart) is a silence: whatever cut the probe off may have cut the pool's
 //! sessions too, for good, and a statement whose answer was lost waits for ever. So each
 //! silence is recorded (`Silences`: the pool closes every session opened before it) and counted
 //! (the consumer abandons the jobs running then that still run a lease later, see
@@ -34,9 +35,9 @@ const LOST_AFTER: u32 = 3;
 struct Heard {
     /// The latest verdict: `true` while the database answers.
     reachable: bool,
-    /// Silences so far: probes that got no answer in time after one that did (or the first
-    /// probe). An error instead of an answer (a refused connection, a reset) is no silence: the
-    /// sessions it breaks fail their statements.
+    /// Silences so far: probes that got no answer in time, each of them (a job may have started,
+    /// on a new session, between two of a streak). An error instead of an answer (a refused
+    /// connection, a reset) is no silence: the sessions it breaks fail their statements.
     silences: u64,
 }
 
@@ -90,11 +91,13 @@ impl DbWatch {
                 if !answered {
                     silences.record(sent);
                 }
-                if silent && !quiet_before {
-                    tracing::warn!(
-                        "PostgreSQL did not answer a probe in time; sessions opened before are \
-                         closed, and jobs running then get a lease to finish"
-                    );
+                if silent {
+                    if !quiet_before {
+                        tracing::warn!(
+                            "PostgreSQL did not answer a probe in time; sessions opened before \
+                             are closed, and jobs running then get a lease to finish"
+                        );
+                    }
                     verdict.send_modify(|heard| heard.silences += 1);
                 }
                 quiet_before = silent;
