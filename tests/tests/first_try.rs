@@ -2,7 +2,9 @@
 //! end are one write of its row, with both events. A job that cannot be done at once that way
 //! (its lock is busy) is claimed as before and seen running while it waits.
 
-use provisioner_tests::{TestApp, events::EventTap, fixtures};
+use std::time::Duration;
+
+use provisioner_tests::{Options, TestApp, batches, events::EventTap, eventually, fixtures};
 use serde_json::json;
 
 /// Records every change of a job's status from now on, in `job_writes`.
@@ -163,5 +165,61 @@ async fn a_create_from_a_stored_template_that_fails_for_good_ends_in_one_write_t
         "claimed and failed in one write"
     );
     assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
+    app.stop().await;
+}
+
+/// A batch item tried before its claim gives way to an earlier create of its tenant still
+/// running, as a claimed item does: the try's one statement (the job's row, the tenant's lock,
+/// the earlier creates) finds it, and the item ends 409 in one write.
+#[tokio::test]
+async fn a_batch_item_tried_before_its_claim_gives_way_to_an_earlier_create_of_its_tenant() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        // The held download below must outlast the test's usual 5 s.
+        vars: vec![("PROVISIONER_TEMPLATE_TIMEOUT", "60".to_owned())],
+    })
+    .await;
+    record_job_writes(&app).await;
+    let stored = app.store_sample_template().await;
+    let slow = app.serve_sample_template("slow.zip").await;
+    app.templates.hold("slow.zip");
+    let url = fixtures::tenant_url();
+    let single = app.submit(&url, &fixtures::create_body(&slow)).await;
+    // The single create runs, its download held: the tenant's earlier, active create.
+    eventually(Duration::from_secs(30), || async {
+        (app.templates.hits("slow.zip") == 1).then_some(())
+    })
+    .await;
+    let by_id = |tenant: &str| {
+        let mut body = fixtures::create_body_by_id(&stored);
+        body["tenantUrl"] = json!(tenant);
+        body
+    };
+    let other = fixtures::tenant_url();
+    let submitted = batches::submit(&app, &[by_id(&url), by_id(&other)]).await;
+    let batch_id = submitted["batchId"].as_str().unwrap().to_owned();
+    let done = batches::wait(&app, &batch_id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let results = batches::results(&app, &batch_id, "").await;
+    assert_eq!(results[0]["code"], 409, "{}", results[0]);
+    assert_eq!(
+        results[0]["error"]["detail"],
+        format!("job {single} for tenant {url}, submitted earlier, is still queued or running"),
+    );
+    assert_eq!(results[1]["code"], 200, "{}", results[1]);
+    for (result, ended) in results.iter().zip(["failed", "succeeded"]) {
+        let job = result["jobId"].as_str().unwrap();
+        assert_eq!(
+            job_writes(&app, job).await,
+            [("queued".to_owned(), ended.to_owned())],
+            "tried, not claimed: {result}"
+        );
+    }
+
+    // The single create, which came first, makes the tenant.
+    app.templates.release("slow.zip");
+    let job = app.wait_job(&single).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    fixtures::assert_sample_tenant(&app, &url).await;
     app.stop().await;
 }

@@ -242,11 +242,12 @@ async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_e
         id,
         read.version,
         db::locks::LockKey::Tenant(&read.tenant_url),
+        None,
     )
     .await
     .unwrap();
     assert_eq!(
-        locked,
+        locked.map(|t| t.locked),
         Some(true),
         "the row and the import lock are the try's"
     );
@@ -296,6 +297,7 @@ async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_e
         id,
         read.version,
         db::locks::LockKey::Tenant(&read.tenant_url),
+        None,
     )
     .await
     .unwrap();

@@ -17,14 +17,19 @@ use super::{
 };
 use crate::tenant_write::Plan;
 
-pub(super) async fn run(ctx: &Context, job: &JobRow) -> Result<Finished, JobFailure> {
+/// `sealed_password`: the job's, when read with it (`jobs::find_to_try`); else read here.
+pub(super) async fn run(
+    ctx: &Context,
+    job: &JobRow,
+    sealed_password: Option<Vec<u8>>,
+) -> Result<Finished, JobFailure> {
     let params: CreateTenantParams = params(job)?;
     // `_reserved` holds the template's share of the memory budget until the job is done with it.
     let (template, _reserved) = template::load(ctx, job, &params.template, Versions::Exact).await?;
     let numbers =
         map_numbers(&template.access_numbers, &params).map_err(JobFailure::BadTemplate)?;
     let admin = match &params.admin {
-        Some(spec) => Some(admin_user(ctx, job.id, spec).await?),
+        Some(spec) => Some(admin_user(ctx, job.id, spec, sealed_password).await?),
         None => None,
     };
     let lock_timeout = Duration::from_secs(params.lock_timeout.into());
@@ -83,17 +88,22 @@ fn map_numbers(
         .collect()
 }
 
-/// The request's administrator, with its sealed password opened and hashed (Argon2id).
+/// The request's administrator, with its sealed password (`read` with the job, or read now)
+/// opened and hashed (Argon2id).
 async fn admin_user(
     ctx: &Context,
     job_id: Uuid,
     spec: &AdminSpec,
+    read: Option<Vec<u8>>,
 ) -> Result<UserEntry, JobFailure> {
-    let sealed = db::jobs::sealed_password(&ctx.pool, job_id)
-        .await?
-        .ok_or_else(|| {
-            JobFailure::Internal("the job carries no administrator password".to_owned())
-        })?;
+    let sealed = match read {
+        Some(sealed) => sealed,
+        None => db::jobs::sealed_password(&ctx.pool, job_id)
+            .await?
+            .ok_or_else(|| {
+                JobFailure::Internal("the job carries no administrator password".to_owned())
+            })?,
+    };
     let password = ctx
         .sealer
         .open(&sealed, job_id.as_bytes())

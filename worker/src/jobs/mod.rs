@@ -62,9 +62,9 @@ pub(crate) async fn process(
     let read = if redelivered {
         None
     } else {
-        match db::jobs::find(&ctx.pool, id, None).await {
-            Ok(Some(job)) if at_hand(&ctx, &job) => {
-                if first_try(&ctx, job).await {
+        match db::jobs::find_to_try(&ctx.pool, id).await {
+            Ok(Some(read)) if at_hand(&ctx, &read.job) => {
+                if first_try(&ctx, read.job, read.sealed_password).await {
                     return Disposition::Ack;
                 }
                 if shutdown.is_cancelled() {
@@ -73,7 +73,7 @@ pub(crate) async fn process(
                 }
                 None
             }
-            Ok(found) => found,
+            Ok(found) => found.map(|read| read.job),
             // The claim reads it again, retrying.
             Err(_) => None,
         }
@@ -131,14 +131,14 @@ fn at_hand(ctx: &Context, job: &JobRow) -> bool {
 /// write. Any other outcome wrote nothing: the lock was busy, the job changed since it was read,
 /// the failure may pass on a retry, the handler panicked. The job is then claimed and run again
 /// as usual, which waits for the lock, counts the attempt and records its outcome.
-async fn first_try(ctx: &Arc<Context>, queued: JobRow) -> bool {
+async fn first_try(ctx: &Arc<Context>, queued: JobRow, sealed_password: Option<Vec<u8>>) -> bool {
     // The job's `startedAt`, should the try end it: when its work began.
     let queued = JobRow {
         started_at: queued.started_at.or(Some(db::clock())),
         ..queued
     };
     let span = job_span(&queued, queued.attempts + 1);
-    let run = run_kind(ctx.clone(), queued.clone()).instrument(span.clone());
+    let run = run_kind(ctx.clone(), queued.clone(), sealed_password).instrument(span.clone());
     let mut handler = AbortOnDrop(tokio::spawn(run));
     let max = ctx.settings.job_max_attempts;
     match (&mut handler.0).await {
@@ -264,7 +264,7 @@ async fn run_under_lease(
     span: tracing::Span,
 ) -> (Result<Finished, JobFailure>, bool) {
     let _heartbeat = lease::heartbeat(ctx.clone(), job.id, token);
-    let run = run_kind(ctx.clone(), job.clone()).instrument(span);
+    let run = run_kind(ctx.clone(), job.clone(), None).instrument(span);
     let mut handler = AbortOnDrop(tokio::spawn(run));
     match (&mut handler.0).await {
         Ok(outcome) => (outcome, false),
@@ -282,10 +282,14 @@ async fn run_under_lease(
 }
 
 /// The registry: each kind's handler.
-async fn run_kind(ctx: Arc<Context>, job: JobRow) -> Result<Finished, JobFailure> {
+async fn run_kind(
+    ctx: Arc<Context>,
+    job: JobRow,
+    sealed_password: Option<Vec<u8>>,
+) -> Result<Finished, JobFailure> {
     ctx.faults.at(Stage::Handler);
     match job.kind {
-        JobKind::CreateTenant => create_tenant::run(&ctx, &job).await,
+        JobKind::CreateTenant => create_tenant::run(&ctx, &job, sealed_password).await,
         JobKind::ImportTenant => import_tenant::run(&ctx, &job).await,
     }
 }

@@ -14,7 +14,7 @@ use provisioner_shared::{
         self,
         access_numbers::Placement,
         jobs::{Ending, JobRow},
-        locks::LockKey,
+        locks::{LockKey, Tried},
         tenants::{Contents, TenantRow},
     },
     domain::{JobStatus, SkipReason, SkippedRange, TenantStatus, TenantSummary},
@@ -23,7 +23,6 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub(crate) use plan::Plan;
-use plan::Precedence;
 
 /// How the write transaction ended; a database fault is its `Err`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +128,12 @@ async fn write(
 ) -> Result<(), Abort> {
     let unclaimed = job.status == JobStatus::Queued;
     let lock_wait = if unclaimed {
-        try_locks(conn, mode, job, &plan.tenant_url).await?
+        try_locks(conn, mode, job, plan).await?
     } else {
-        take_locks(conn, mode, &plan.tenant_url, plan.lock_timeout).await?
+        let waited = take_locks(conn, mode, &plan.tenant_url, plan.lock_timeout).await?;
+        give_way(conn, plan).await?;
+        waited
     };
-    give_way(conn, plan).await?;
     let tenant = insert_tenant(conn, plan).await?;
     let skipped = place_numbers(conn, &tenant, plan).await?;
     let ending = Ending::Succeeded {
@@ -166,12 +166,14 @@ fn lock_keys(mode: ImportLockMode, url: &str) -> Vec<LockKey<'_>> {
 }
 
 /// For `job`, queued as read and not yet claimed: locks its row (so that nothing takes the job
-/// over while it is written) and tries the import lock(s), without waiting.
+/// over while it is written), tries the import lock(s), without waiting, and, once they are
+/// taken, gives way to earlier creates as `give_way` does, all in one statement; only a create
+/// that statement saw still active is read again (its snapshot predates the lock).
 async fn try_locks(
     conn: &mut PgConnection,
     mode: ImportLockMode,
     job: &JobRow,
-    url: &str,
+    plan: &Plan,
 ) -> Result<Duration, Abort> {
     // Under the global lock mode jobs are not tried (`jobs::process`); were one, it finds the
     // lock busy and is claimed.
@@ -180,9 +182,18 @@ async fn try_locks(
             within: Duration::ZERO,
         }));
     };
-    match db::locks::try_for_queued_job(conn, job.id, job.version, LockKey::Tenant(url)).await? {
-        Some(true) => Ok(Duration::ZERO),
-        Some(false) => Err(Abort::Refused(WriteOutcome::LockNotFree {
+    let key = LockKey::Tenant(&plan.tenant_url);
+    match db::locks::try_for_queued_job(conn, job.id, job.version, key, plan.gives_way()).await? {
+        Some(Tried {
+            locked: true,
+            earlier,
+        }) => {
+            if earlier.is_some() {
+                give_way(conn, plan).await?;
+            }
+            Ok(Duration::ZERO)
+        }
+        Some(Tried { locked: false, .. }) => Err(Abort::Refused(WriteOutcome::LockNotFree {
             within: Duration::ZERO,
         })),
         None => Err(Abort::Refused(WriteOutcome::LostLease)),
@@ -210,10 +221,10 @@ async fn take_locks(
 /// Under the tenant's lock: refuses the write when the plan gives way to earlier creates and
 /// one of them is still queued or running.
 async fn give_way(conn: &mut PgConnection, plan: &Plan) -> Result<(), Abort> {
-    let Precedence::AfterEarlier { created_at, id } = plan.precedence else {
+    let Some(gives_way) = plan.gives_way() else {
         return Ok(());
     };
-    match db::batches::earlier_active_create(conn, &plan.tenant_url, created_at, id).await? {
+    match db::batches::earlier_active_create(conn, gives_way).await? {
         Some(job) => Err(Abort::Refused(WriteOutcome::EarlierWork {
             url: plan.tenant_url.clone(),
             job,

@@ -600,6 +600,37 @@ pub async fn cancel(
     Ok(row)
 }
 
+/// A job as a worker reads it before trying it, with its sealed administrator password (the
+/// try's hash needs it; reading both at once saves a round trip). `Debug` leaves the sealed
+/// password out.
+#[derive(Clone, sqlx::FromRow)]
+pub struct JobToTry {
+    #[sqlx(flatten)]
+    pub job: JobRow,
+    pub sealed_password: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for JobToTry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobToTry")
+            .field("job", &self.job)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Job `id` with its sealed administrator password (`JobToTry`).
+pub async fn find_to_try(
+    exec: impl PgExecutor<'_>,
+    id: Uuid,
+) -> Result<Option<JobToTry>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, sealed_password FROM jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(exec)
+    .await
+}
+
 /// The sealed administrator password of a job.
 pub async fn sealed_password(
     exec: impl PgExecutor<'_>,
