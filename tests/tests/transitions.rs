@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use provisioner_shared::db::{self, jobs::Ending};
-use provisioner_tests::{TestApp, eventually, fixtures};
+use provisioner_tests::{TestApp, batches, eventually, fixtures};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -303,5 +303,152 @@ async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_e
     .unwrap();
     assert_eq!(again, None);
     tx.rollback().await.unwrap();
+    app.stop().await;
+}
+
+/// A batch of `n` items of a stored template, released to the broker (no worker runs): its id
+/// and its items' jobs, in order.
+async fn released_batch(app: &TestApp, n: usize) -> (String, Vec<db::jobs::JobRow>) {
+    let stored = app.store_sample_template().await;
+    let items: Vec<Value> = (0..n)
+        .map(|_| {
+            let mut body = fixtures::create_body_by_id(&stored);
+            body["tenantUrl"] = serde_json::json!(fixtures::tenant_url());
+            body
+        })
+        .collect();
+    let batch = batches::submit(app, &items).await["batchId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut tx = app.db.begin().await.unwrap();
+    assert_eq!(db::batches::release(&mut tx, 100).await.unwrap(), n);
+    tx.commit().await.unwrap();
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = $1::uuid ORDER BY batch_item")
+            .bind(&batch)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    let mut jobs = Vec::new();
+    for id in ids {
+        jobs.push(job_row(app, id).await);
+    }
+    (batch, jobs)
+}
+
+/// A failure that ends a job for good.
+fn conflict() -> Ending {
+    Ending::Failed {
+        code: 409,
+        error: provisioner_shared::domain::JobError {
+            title: "Conflict".into(),
+            detail: "taken".into(),
+        },
+    }
+}
+
+/// An item's end in one write reads its batch's open items under lock: while another item is
+/// open the end does not look at whether the batch is done (one update of the batch's row, its
+/// counts, where there were two), and of two last items ending at once the second, which waits
+/// for the first's lock, reads the count the first left and ends the batch.
+#[tokio::test]
+async fn only_an_items_end_that_may_be_its_batchs_last_looks_at_whether_the_batch_is_done() {
+    let app = TestApp::without_workers().await;
+    let (batch, jobs) = released_batch(&app, 3).await;
+    for sql in [
+        "CREATE TABLE batch_updates (txid bigint)",
+        "CREATE FUNCTION batch_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO batch_updates VALUES (txid_current());
+             RETURN NULL;
+         END $$",
+        "CREATE TRIGGER batch_updated AFTER UPDATE ON batches
+         FOR EACH STATEMENT EXECUTE FUNCTION batch_updated()",
+    ] {
+        sqlx::query(sql).execute(&app.db).await.unwrap();
+    }
+    let updates = |txid: i64| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM batch_updates WHERE txid = $1")
+                .bind(txid)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT status FROM batches WHERE id = $1::uuid")
+            .bind(&batch)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+
+    // Two others open: the end counts itself, and that is all.
+    let mut tx = app.db.begin().await.unwrap();
+    let txid: i64 = sqlx::query_scalar("SELECT txid_current()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    db::jobs::claim_and_finish(&mut tx, &jobs[0], &conflict())
+        .await
+        .unwrap()
+        .expect("the first item ends");
+    tx.commit().await.unwrap();
+    assert_eq!(updates(txid).await, 1, "the counts only");
+    assert_eq!(status().await, "running");
+
+    // The last two at once: the first holds the batch's row until it commits; the second waits
+    // for it, then finds itself the last.
+    let mut first = app.db.begin().await.unwrap();
+    let first_txid: i64 = sqlx::query_scalar("SELECT txid_current()")
+        .fetch_one(&mut *first)
+        .await
+        .unwrap();
+    db::jobs::claim_and_finish(&mut first, &jobs[1], &conflict())
+        .await
+        .unwrap()
+        .expect("the second item ends");
+    let second = tokio::spawn({
+        let (pool, job) = (app.db.clone(), jobs[2].clone());
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            let txid: i64 = sqlx::query_scalar("SELECT txid_current()")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            let ended = db::jobs::claim_and_finish(&mut tx, &job, &conflict())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            (txid, ended.is_some())
+        }
+    });
+    eventually(Duration::from_secs(10), || async {
+        let waiting = app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+        (waiting == 1).then_some(())
+    })
+    .await;
+    first.commit().await.unwrap();
+    let (second_txid, ended) = second.await.unwrap();
+    assert!(ended, "the third item ends");
+    assert_eq!(
+        updates(first_txid).await,
+        1,
+        "another was open: the counts only"
+    );
+    assert_eq!(
+        updates(second_txid).await,
+        2,
+        "the counts, then the batch's end"
+    );
+    assert_eq!(status().await, "completed");
     app.stop().await;
 }

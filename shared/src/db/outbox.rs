@@ -32,15 +32,24 @@ pub(crate) use insert_sql;
 /// notification: a transaction that notifies commits behind every other notifying
 /// transaction's commit, its WAL flush included (PostgreSQL serialises them on one lock), so
 /// the hot transitions are announced after their commit instead (`relay::Notifications::committed`).
-/// It commits on its own outside a transaction.
+/// It commits on its own outside a transaction. With `$more` (common table expressions, each
+/// preceded by a comma, that may read `changed`) and `$also` (one more column of the answer, a
+/// scalar subquery that may read them), the statement also does and answers that.
 macro_rules! announced_update_sql {
     ($update:expr) => {
+        $crate::db::outbox::announced_update_sql!($update, "", "NULL::bigint")
+    };
+    ($update:expr, $more:expr, $also:expr) => {
         concat!(
             "WITH changed AS (",
             $update,
             " RETURNING 1), inserted AS (",
             $crate::db::outbox::insert_sql!("WHERE EXISTS (SELECT FROM changed)"),
-            ") SELECT count(*) FROM changed"
+            ")",
+            $more,
+            " SELECT count(*), ",
+            $also,
+            " FROM changed"
         )
     };
 }

@@ -55,7 +55,7 @@ pub async fn claim(
         },
     )
     .await?;
-    Ok(written.then_some(claimed))
+    Ok(written.written.then_some(claimed))
 }
 
 /// Extends the lease; `false` when `token` no longer holds the job.
@@ -143,7 +143,7 @@ pub async fn finish(
         move |q| end.bind(q).bind(held.lease_token).bind(held.version),
     )
     .await?;
-    settled(conn, written.then_some(finished)).await
+    settled(conn, written.written.then_some(finished), None).await
 }
 
 /// queued -> running -> succeeded | failed at once, for `queued` as read at its version: the
@@ -172,16 +172,36 @@ pub async fn claim_and_finish(
     let written = announced(
         &mut *conn,
         &[&running, &finished],
-        outbox::announced_update_sql!(concat!(
-            end_update_sql!(),
-            " attempts = attempts + 1, started_at = COALESCE(started_at, $16),
+        outbox::announced_update_sql!(
+            concat!(
+                end_update_sql!(),
+                " attempts = attempts + 1, started_at = COALESCE(started_at, $16),
                  version = version + 2
              WHERE id = $8 AND status = 'queued' AND version = $17"
-        )),
-        move |q| end.bind(q).bind(started_at).bind(queued.version),
+            ),
+            // The batch's row as its last commit left it, locked once the job's row is
+            // written (the order of the counting trigger, which updates it at the
+            // statement's end, and of every other writer).
+            ", batch AS MATERIALIZED (
+                 SELECT (queued + running)::bigint AS open FROM batches
+                 WHERE id = $18 AND EXISTS (SELECT FROM changed)
+                 FOR NO KEY UPDATE)",
+            "(SELECT open FROM batch)"
+        ),
+        move |q| {
+            end.bind(q)
+                .bind(started_at)
+                .bind(queued.version)
+                .bind(queued.batch_id)
+        },
     )
     .await?;
-    settled(conn, written.then_some(finished)).await
+    settled(
+        conn,
+        written.written.then_some(finished),
+        written.batch_open,
+    )
+    .await
 }
 
 /// The row a job's end writes, from the row it ends (`from`, running), and the parameters
@@ -255,11 +275,18 @@ impl End {
 }
 
 /// After a job's end was written (`Some`): the end of a batch's last item ends the batch.
+/// `open_before`: the batch's queued and running items as its row read under lock before this
+/// end was counted, if the end's statement read it. The end takes one item at most off that
+/// count, and no other transaction can change it before this one commits (the row stays
+/// locked), so from two open items on the batch cannot be done, and is not looked at.
 async fn settled(
     conn: &mut PgConnection,
     finished: Option<JobRow>,
+    open_before: Option<i64>,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    if let Some(batch) = finished.as_ref().and_then(|f| f.batch_id) {
+    if let Some(batch) = finished.as_ref().and_then(|f| f.batch_id)
+        && open_before.is_none_or(|open| open < 2)
+    {
         crate::db::batches::settle(conn, batch).await?;
     }
     Ok(finished)
@@ -337,23 +364,33 @@ pub async fn lock_held(
     .await
 }
 
+/// What an `announced` statement answered.
+struct Announced {
+    /// Whether it wrote.
+    written: bool,
+    /// The batch's open items, for a statement that read them (`claim_and_finish`).
+    batch_open: Option<i64>,
+}
+
 /// Runs `update` (made with `outbox::announced_update_sql`, its own parameters bound by
 /// `bind`) with the events of `rows`, the versions it writes in order (the last is the row it
-/// leaves); says whether it wrote. The caller announces the change after its commit
+/// leaves). The caller announces the change after its commit
 /// (`relay::Notifications::committed`).
 async fn announced(
     exec: impl PgExecutor<'_>,
     rows: &[&JobRow],
     update: &'static str,
     bind: impl for<'q> FnOnce(Query<'q>) -> Query<'q>,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Announced, sqlx::Error> {
     let msgs: Vec<_> = rows
         .iter()
         .map(|row| queue::status_event(&row.view(), row.version, row.traceparent.as_deref()))
         .collect();
-    let changed: i64 = bind(outbox::bind_messages(sqlx::query(update), &msgs))
+    let answer = bind(outbox::bind_messages(sqlx::query(update), &msgs))
         .fetch_one(exec)
-        .await?
-        .get(0);
-    Ok(changed > 0)
+        .await?;
+    Ok(Announced {
+        written: answer.get::<i64, _>(0) > 0,
+        batch_open: answer.get(1),
+    })
 }
