@@ -452,3 +452,50 @@ async fn only_an_items_end_that_may_be_its_batchs_last_looks_at_whether_the_batc
     assert_eq!(status().await, "completed");
     app.stop().await;
 }
+
+/// The dispatcher's round (its counts and clients read together, each client's turn marked with
+/// its release): with a window of one, nothing more goes out while an item is in flight, and
+/// each item that ends lets the least recently served client's next item out, so two clients'
+/// batches alternate.
+#[tokio::test]
+async fn the_dispatcher_keeps_its_window_and_serves_the_least_recently_served_client_first() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
+    for http in [&app.http, &b] {
+        let items = batches::ndjson(&batches::items(3, &template));
+        let r = batches::post(&app, http, "application/x-ndjson", items).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    }
+    let release = || async {
+        let mut tx = app.db.begin().await.unwrap();
+        let n = db::batches::release(&mut tx, 1).await.unwrap();
+        tx.commit().await.unwrap();
+        n
+    };
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        assert_eq!(release().await, 1, "one place in the window");
+        assert_eq!(release().await, 0, "the window is full");
+        let (id, client): (Uuid, String) = sqlx::query_as(
+            "SELECT id, client_id FROM jobs WHERE released_at IS NOT NULL AND finished_at IS NULL",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        served.push(client);
+        let mut tx = app.db.begin().await.unwrap();
+        db::jobs::claim_and_finish(&mut tx, &job_row(&app, id).await, &conflict())
+            .await
+            .unwrap()
+            .expect("the released item ends");
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(release().await, 0, "nothing is left");
+    // Neither served yet: by client id, then turn about.
+    assert_eq!(
+        served,
+        ["b", "test-admin", "b", "test-admin", "b", "test-admin"]
+    );
+    app.stop().await;
+}

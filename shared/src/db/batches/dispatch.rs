@@ -14,6 +14,17 @@ use crate::{
     queue,
 };
 
+/// The clients with held items, least recently served first.
+macro_rules! waiting_clients_sql {
+    () => {
+        "SELECT b.client_id FROM batches b
+         LEFT JOIN dispatch_turns t ON t.client_id = b.client_id
+         WHERE b.held > 0
+         GROUP BY b.client_id, t.last_released_at
+         ORDER BY t.last_released_at NULLS FIRST, b.client_id"
+    };
+}
+
 /// Releases what the window allows; returns how many items went out. One dispatcher at a time
 /// across the cluster: a round that finds another running does nothing.
 pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx::Error> {
@@ -28,28 +39,19 @@ pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx
     // Released and not ended: queued but not held, or running (an item runs only once released:
     // only the release sends its message). The batches' counts are kept in the transaction of
     // every change of their items, so this reads what counting the items would, from one row
-    // per unfinished batch.
-    let in_flight: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(queued - held + running), 0)::bigint FROM batches
-         WHERE status = 'running'",
-    )
+    // per unfinished batch. Read with the clients to serve, in one round trip.
+    let (in_flight, mut clients): (i64, Vec<String>) = sqlx::query_as(concat!(
+        "SELECT (SELECT coalesce(sum(queued - held + running), 0)::bigint FROM batches
+                 WHERE status = 'running'),
+                ARRAY(",
+        waiting_clients_sql!(),
+        ")"
+    ))
     .fetch_one(&mut *conn)
     .await?;
     let mut free = window - in_flight;
     let mut released = 0;
-    while free > 0 {
-        let clients: Vec<String> = sqlx::query_scalar(
-            "SELECT b.client_id FROM batches b
-             LEFT JOIN dispatch_turns t ON t.client_id = b.client_id
-             WHERE b.held > 0
-             GROUP BY b.client_id, t.last_released_at
-             ORDER BY t.last_released_at NULLS FIRST, b.client_id",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        if clients.is_empty() {
-            break;
-        }
+    while free > 0 && !clients.is_empty() {
         let share = (free / clients.len() as i64).max(1);
         let mut round = 0;
         for client in &clients {
@@ -61,9 +63,12 @@ pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx
             round += n;
         }
         released += round;
-        if round == 0 {
+        if round == 0 || free <= 0 {
             break;
         }
+        clients = sqlx::query_scalar(waiting_clients_sql!())
+            .fetch_all(&mut *conn)
+            .await?;
     }
     Ok(released)
 }
@@ -74,6 +79,7 @@ async fn release_for(
     client: &str,
     limit: i64,
 ) -> Result<usize, sqlx::Error> {
+    // The client's turn is marked in the same statement, if it released anything.
     let released: Vec<(Uuid, Option<String>)> = sqlx::query_as(
         "WITH picked AS (
              SELECT j.id FROM batches b
@@ -83,10 +89,16 @@ async fn release_for(
                  ORDER BY batch_item LIMIT $2) j
              WHERE b.client_id = $1 AND b.held > 0
              ORDER BY b.created_at, b.id, j.batch_item
-             LIMIT $2)
-         UPDATE jobs SET released_at = now(), sent_at = now()
-         FROM picked WHERE jobs.id = picked.id AND jobs.status = 'queued'
-         RETURNING jobs.id, jobs.traceparent",
+             LIMIT $2),
+         released AS (
+             UPDATE jobs SET released_at = now(), sent_at = now()
+             FROM picked WHERE jobs.id = picked.id AND jobs.status = 'queued'
+             RETURNING jobs.id, jobs.traceparent),
+         turn AS (
+             INSERT INTO dispatch_turns (client_id, last_released_at)
+             SELECT $1, clock_timestamp() WHERE EXISTS (SELECT FROM released)
+             ON CONFLICT (client_id) DO UPDATE SET last_released_at = EXCLUDED.last_released_at)
+         SELECT id, traceparent FROM released",
     )
     .bind(client)
     .bind(limit)
@@ -102,12 +114,5 @@ async fn release_for(
         })
         .collect();
     outbox::insert_many(conn, &messages).await?;
-    sqlx::query(
-        "INSERT INTO dispatch_turns (client_id, last_released_at) VALUES ($1, clock_timestamp())
-         ON CONFLICT (client_id) DO UPDATE SET last_released_at = EXCLUDED.last_released_at",
-    )
-    .bind(client)
-    .execute(&mut *conn)
-    .await?;
     Ok(released.len())
 }
