@@ -35,6 +35,20 @@ async fn one_queued_job() -> (TestApp, Uuid) {
     (app, id)
 }
 
+/// Returns once one session of the app's database waits for a lock.
+async fn one_waits_for_a_lock(app: &TestApp) {
+    eventually(Duration::from_secs(10), || async {
+        let waiting = app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await;
+        (waiting == 1).then_some(())
+    })
+    .await;
+}
+
 /// Leases as long as the tests need.
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -261,25 +275,9 @@ async fn a_claim_while_a_try_holds_the_job_waits_for_it_and_then_finds_the_job_e
                 .unwrap()
         }
     });
-    eventually(Duration::from_secs(10), || async {
-        let waiting = app
-            .count(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await;
-        (waiting == 1).then_some(())
-    })
-    .await;
+    one_waits_for_a_lock(&app).await;
     assert!(!claim.is_finished(), "the claim waits for the try");
-    let failed = Ending::Failed {
-        code: 409,
-        error: provisioner_shared::domain::JobError {
-            title: "Conflict".into(),
-            detail: "taken".into(),
-        },
-    };
-    db::jobs::claim_and_finish(&mut try_tx, &read, &failed)
+    db::jobs::claim_and_finish(&mut try_tx, &read, &conflict())
         .await
         .unwrap()
         .expect("the try ends the job");
@@ -337,6 +335,14 @@ async fn released_batch(app: &TestApp, n: usize) -> (String, Vec<db::jobs::JobRo
     (batch, jobs)
 }
 
+/// The id of the transaction `conn` is in.
+async fn transaction_id(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT txid_current()")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
 /// A failure that ends a job for good.
 fn conflict() -> Ending {
     Ending::Failed {
@@ -388,10 +394,7 @@ async fn only_an_items_end_that_may_be_its_batchs_last_looks_at_whether_the_batc
 
     // Two others open: the end counts itself, and that is all.
     let mut tx = app.db.begin().await.unwrap();
-    let txid: i64 = sqlx::query_scalar("SELECT txid_current()")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    let txid = transaction_id(&mut tx).await;
     db::jobs::claim_and_finish(&mut tx, &jobs[0], &conflict())
         .await
         .unwrap()
@@ -403,10 +406,7 @@ async fn only_an_items_end_that_may_be_its_batchs_last_looks_at_whether_the_batc
     // The last two at once: the first holds the batch's row until it commits; the second waits
     // for it, then finds itself the last.
     let mut first = app.db.begin().await.unwrap();
-    let first_txid: i64 = sqlx::query_scalar("SELECT txid_current()")
-        .fetch_one(&mut *first)
-        .await
-        .unwrap();
+    let first_txid = transaction_id(&mut first).await;
     db::jobs::claim_and_finish(&mut first, &jobs[1], &conflict())
         .await
         .unwrap()
@@ -415,10 +415,7 @@ async fn only_an_items_end_that_may_be_its_batchs_last_looks_at_whether_the_batc
         let (pool, job) = (app.db.clone(), jobs[2].clone());
         async move {
             let mut tx = pool.begin().await.unwrap();
-            let txid: i64 = sqlx::query_scalar("SELECT txid_current()")
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
+            let txid = transaction_id(&mut tx).await;
             let ended = db::jobs::claim_and_finish(&mut tx, &job, &conflict())
                 .await
                 .unwrap();
@@ -426,16 +423,7 @@ async fn only_an_items_end_that_may_be_its_batchs_last_looks_at_whether_the_batc
             (txid, ended.is_some())
         }
     });
-    eventually(Duration::from_secs(10), || async {
-        let waiting = app
-            .count(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await;
-        (waiting == 1).then_some(())
-    })
-    .await;
+    one_waits_for_a_lock(&app).await;
     first.commit().await.unwrap();
     let (second_txid, ended) = second.await.unwrap();
     assert!(ended, "the third item ends");
@@ -497,5 +485,83 @@ async fn the_dispatcher_keeps_its_window_and_serves_the_least_recently_served_cl
         served,
         ["b", "test-admin", "b", "test-admin", "b", "test-admin"]
     );
+    app.stop().await;
+}
+
+/// A try whose statement waited for its job's row (another copy of the job held it) says its
+/// read of the earlier creates is stale: a create of the tenant committed meanwhile is not in
+/// its snapshot, and a read made then finds it.
+#[tokio::test]
+async fn a_try_that_waited_for_its_jobs_row_says_its_read_of_earlier_creates_is_stale() {
+    let app = TestApp::without_workers().await;
+    let (_, jobs) = released_batch(&app, 1).await;
+    let item = jobs[0].clone();
+
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(item.id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let trying = tokio::spawn({
+        let (pool, item) = (app.db.clone(), item.clone());
+        async move {
+            let gives_way = db::batches::GivesWay {
+                tenant_url: &item.tenant_url,
+                created_at: item.created_at,
+                id: item.id,
+            };
+            let mut tx = pool.begin().await.unwrap();
+            let tried = db::locks::try_for_queued_job(
+                &mut tx,
+                item.id,
+                item.version,
+                db::locks::LockKey::Tenant(&item.tenant_url),
+                Some(gives_way),
+            )
+            .await
+            .unwrap()
+            .expect("the job is still queued");
+            let again = db::batches::earlier_active_create(&mut tx, gives_way)
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            (tried, again)
+        }
+    });
+    one_waits_for_a_lock(&app).await;
+    // Meanwhile a single create of the same tenant, submitted a second before the item, commits.
+    let mut tx = app.db.begin().await.unwrap();
+    for sql in [
+        "CREATE TEMP TABLE earlier AS SELECT * FROM jobs WHERE id = $1",
+        "UPDATE earlier SET id = gen_random_uuid(), created_at = created_at - interval '1 second',
+                batch_id = NULL, batch_item = NULL",
+        "INSERT INTO jobs SELECT * FROM earlier",
+    ] {
+        let q = sqlx::query(sql);
+        let q = if sql.contains("$1") {
+            q.bind(item.id)
+        } else {
+            q
+        };
+        q.execute(&mut *tx).await.unwrap();
+    }
+    let earlier: Uuid = sqlx::query_scalar("SELECT id FROM earlier")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Not a synchronisation: the property is about a wait longer than the statement's 2 ms.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    holder.rollback().await.unwrap();
+
+    let (tried, again) = trying.await.unwrap();
+    assert!(tried.locked);
+    assert_eq!(
+        tried.earlier, None,
+        "committed after the statement's snapshot"
+    );
+    assert!(tried.stale, "the statement waited for the job's row");
+    assert_eq!(again, Some(earlier), "a read made under the lock finds it");
     app.stop().await;
 }

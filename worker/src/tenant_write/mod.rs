@@ -167,8 +167,9 @@ fn lock_keys(mode: ImportLockMode, url: &str) -> Vec<LockKey<'_>> {
 
 /// For `job`, queued as read and not yet claimed: locks its row (so that nothing takes the job
 /// over while it is written), tries the import lock(s), without waiting, and, once they are
-/// taken, gives way to earlier creates as `give_way` does, all in one statement; only a create
-/// that statement saw still active is read again (its snapshot predates the lock).
+/// taken, gives way to earlier creates as `give_way` does, all in one statement. Its snapshot
+/// predates the lock: a create it saw still active is read again, and so are all of them when
+/// the statement waited for the job's row (`Tried::stale`).
 async fn try_locks(
     conn: &mut PgConnection,
     mode: ImportLockMode,
@@ -187,8 +188,9 @@ async fn try_locks(
         Some(Tried {
             locked: true,
             earlier,
+            stale,
         }) => {
-            if earlier.is_some() {
+            if earlier.is_some() || stale {
                 give_way(conn, plan).await?;
             }
             Ok(Duration::ZERO)
