@@ -169,8 +169,8 @@ async fn a_create_from_a_stored_template_that_fails_for_good_ends_in_one_write_t
 }
 
 /// A batch item tried before its claim gives way to an earlier create of its tenant still
-/// running, as a claimed item does: the try's one statement (the job's row, the tenant's lock,
-/// the earlier creates) finds it, and the item ends 409 in one write.
+/// running, as a claimed item does (the earlier creates read once the try holds the tenant's
+/// lock), and ends 409 in one write.
 #[tokio::test]
 async fn a_batch_item_tried_before_its_claim_gives_way_to_an_earlier_create_of_its_tenant() {
     let app = TestApp::with(Options {

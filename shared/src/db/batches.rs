@@ -13,7 +13,6 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-pub(crate) use self::precedence::earlier_active_create_sql;
 pub use self::{
     dispatch::release,
     downloads::{DownloadFailure, DownloadState, download_done, download_failed, download_state},

@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::db::batches::{GivesWay, earlier_active_create_sql};
-
 /// One advisory lock key of the contract.
 #[derive(Debug, Clone, Copy)]
 pub enum LockKey<'a> {
@@ -91,75 +89,32 @@ pub async fn acquire(
     Ok(true)
 }
 
-/// What a try of a queued job found (`try_for_queued_job`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tried {
-    /// Whether the import lock is the try's; when not, the transaction must be rolled back.
-    pub locked: bool,
-    /// For a try that gives way to earlier creates and took the lock: the oldest create for its
-    /// tenant submitted before it and queued or running as the statement saw it, if any. The
-    /// statement's snapshot predates the lock, so a create that ended meanwhile may still show
-    /// here: read it again (`batches::earlier_active_create`) before giving way.
-    pub earlier: Option<Uuid>,
-    /// The statement took the lock more than `FRESH` after it began (it waited for the job's
-    /// row: another copy of the job was being tried, or a cancel held it): a create committed
-    /// meanwhile is not in its snapshot, so `earlier` may miss one. Read them again.
-    pub stale: bool,
-}
-
-/// How long after its start a try's statement may take its locks and still count its
-/// snapshot as taken with them: a create that commits within it could as well have committed
-/// just after a read made once the lock was held, which the tenant's write would not see
-/// either.
-const FRESH: &str = "2 milliseconds";
-
 /// For a job tried before its claim: locks the job's row, if it is still queued at `version`,
-/// then tries `key` (no wait), and, when the lock is taken and the job gives way to earlier
-/// creates (`gives_way`), reads the oldest of those still queued or running (see `Tried` for
-/// when that read must be made again); one statement of the current transaction, one round
-/// trip. `None`: the job changed since it was read
-/// (claimed, cancelled). Holding the row until the transaction ends makes a claim, a cancel or
-/// another try of the job that comes during the write wait for it and then find the job ended
-/// (or queued still, if the try rolls back), instead of taking the job over while its import
-/// runs. One key: a try is made only under the tenant lock mode.
+/// then tries `key` (no wait), in one statement of the current transaction. `None`: the job
+/// changed since it was read (claimed, cancelled); `Some(false)`: the lock is busy (the
+/// transaction must then be rolled back). Holding the row until the transaction ends makes a
+/// claim, a cancel or another try of the job that comes during the write wait for it and then
+/// find the job ended (or queued still, if the try rolls back), instead of taking the job over
+/// while its import runs. One key: a try is made only under the tenant lock mode.
 pub async fn try_for_queued_job(
     conn: &mut PgConnection,
     job: Uuid,
     version: i32,
     key: LockKey<'_>,
-    gives_way: Option<GivesWay<'_>>,
-) -> Result<Option<Tried>, sqlx::Error> {
-    // The row is locked (by the materialized expression) before the lock is tried, the lock is
-    // tried only for a row it returns, and the earlier creates are read only once it is taken.
-    let row: Option<(bool, Option<Uuid>, bool)> = sqlx::query_as(concat!(
+) -> Result<Option<bool>, sqlx::Error> {
+    // The row is locked (by the materialized expression) before the lock is tried, and the lock
+    // is tried only for a row it returns.
+    sqlx::query_scalar(
         "WITH job AS MATERIALIZED (
              SELECT id FROM jobs WHERE id = $1 AND status = 'queued' AND version = $2
-             FOR NO KEY UPDATE),
-         tried AS MATERIALIZED (
-             SELECT pg_try_advisory_xact_lock(hashtextextended($3, 0)) AS locked,
-                    clock_timestamp() - statement_timestamp() > $7::interval AS stale
-             FROM job)
-         SELECT locked,
-                CASE WHEN locked AND $4::text IS NOT NULL THEN (",
-        earlier_active_create_sql!("$4", "$5", "$6"),
-        ") END,
-                stale
-         FROM tried"
-    ))
+             FOR NO KEY UPDATE)
+         SELECT pg_try_advisory_xact_lock(hashtextextended($3, 0)) FROM job",
+    )
     .bind(job)
     .bind(version)
     .bind(key.text())
-    .bind(gives_way.map(|g| g.tenant_url))
-    .bind(gives_way.map(|g| g.created_at))
-    .bind(gives_way.map(|g| g.id))
-    .bind(FRESH)
     .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|(locked, earlier, stale)| Tried {
-        locked,
-        earlier,
-        stale,
-    }))
+    .await
 }
 
 /// Runs a statement in the lock holder's transaction, so the server's idle-in-transaction

@@ -14,7 +14,7 @@ use provisioner_shared::{
         self,
         access_numbers::Placement,
         jobs::{Ending, JobRow},
-        locks::{LockKey, Tried},
+        locks::LockKey,
         tenants::{Contents, TenantRow},
     },
     domain::{JobStatus, SkipReason, SkippedRange, TenantStatus, TenantSummary},
@@ -128,12 +128,13 @@ async fn write(
 ) -> Result<(), Abort> {
     let unclaimed = job.status == JobStatus::Queued;
     let lock_wait = if unclaimed {
-        try_locks(conn, mode, job, plan).await?
+        try_locks(conn, mode, job, &plan.tenant_url).await?
     } else {
-        let waited = take_locks(conn, mode, &plan.tenant_url, plan.lock_timeout).await?;
-        give_way(conn, plan).await?;
-        waited
+        take_locks(conn, mode, &plan.tenant_url, plan.lock_timeout).await?
     };
+    // Under the lock, in a statement of its own: a snapshot taken before the lock could miss a
+    // create committed while the lock was waited for.
+    give_way(conn, plan).await?;
     let tenant = insert_tenant(conn, plan).await?;
     let skipped = place_numbers(conn, &tenant, plan).await?;
     let ending = Ending::Succeeded {
@@ -166,15 +167,12 @@ fn lock_keys(mode: ImportLockMode, url: &str) -> Vec<LockKey<'_>> {
 }
 
 /// For `job`, queued as read and not yet claimed: locks its row (so that nothing takes the job
-/// over while it is written), tries the import lock(s), without waiting, and, once they are
-/// taken, gives way to earlier creates as `give_way` does, all in one statement. Its snapshot
-/// predates the lock: a create it saw still active is read again, and so are all of them when
-/// the statement waited for the job's row (`Tried::stale`).
+/// over while it is written) and tries the import lock(s), without waiting.
 async fn try_locks(
     conn: &mut PgConnection,
     mode: ImportLockMode,
     job: &JobRow,
-    plan: &Plan,
+    url: &str,
 ) -> Result<Duration, Abort> {
     // Under the global lock mode jobs are not tried (`jobs::process`); were one, it finds the
     // lock busy and is claimed.
@@ -183,19 +181,9 @@ async fn try_locks(
             within: Duration::ZERO,
         }));
     };
-    let key = LockKey::Tenant(&plan.tenant_url);
-    match db::locks::try_for_queued_job(conn, job.id, job.version, key, plan.gives_way()).await? {
-        Some(Tried {
-            locked: true,
-            earlier,
-            stale,
-        }) => {
-            if earlier.is_some() || stale {
-                give_way(conn, plan).await?;
-            }
-            Ok(Duration::ZERO)
-        }
-        Some(Tried { locked: false, .. }) => Err(Abort::Refused(WriteOutcome::LockNotFree {
+    match db::locks::try_for_queued_job(conn, job.id, job.version, LockKey::Tenant(url)).await? {
+        Some(true) => Ok(Duration::ZERO),
+        Some(false) => Err(Abort::Refused(WriteOutcome::LockNotFree {
             within: Duration::ZERO,
         })),
         None => Err(Abort::Refused(WriteOutcome::LostLease)),

@@ -6,39 +6,6 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// The oldest create for the tenant URL `$url` (a single create or a batch item) submitted
-/// before the job `($at, $id)` and still queued or running: a statement answering its id, or no
-/// row. Reads the two partial indexes of active creates by URL, so its cost does not grow with
-/// the table. The arguments are the parameters' places (`"$1"`), so that another statement can
-/// hold it as a subquery (`locks::try_for_queued_job`).
-macro_rules! earlier_active_create_sql {
-    ($url:literal, $at:literal, $id:literal) => {
-        concat!(
-            "SELECT id FROM (
-                 SELECT id, created_at FROM jobs
-                 WHERE tenant_url = ",
-            $url,
-            " AND status IN ('queued', 'running')
-                   AND batch_id IS NULL AND kind = 'createTenant'
-                 UNION ALL
-                 SELECT id, created_at FROM jobs
-                 WHERE tenant_url = ",
-            $url,
-            " AND status IN ('queued', 'running')
-                   AND batch_id IS NOT NULL
-             ) active
-             WHERE (created_at, id) < (",
-            $at,
-            ", ",
-            $id,
-            ")
-             ORDER BY created_at, id
-             LIMIT 1"
-        )
-    };
-}
-pub(crate) use earlier_active_create_sql;
-
 /// A create that gives way to the creates of its tenant submitted before it: the job `id`,
 /// submitted at `created_at`, for `tenant_url`.
 #[derive(Debug, Clone, Copy)]
@@ -48,16 +15,30 @@ pub struct GivesWay<'a> {
     pub id: Uuid,
 }
 
-/// A create for `gives_way`'s tenant submitted before it and still queued or running, if any:
-/// the oldest.
+/// A create for `gives_way`'s tenant (a single create or a batch item) submitted before it and
+/// still queued or running, if any: the oldest. Reads the two partial indexes of active creates
+/// by URL, so its cost does not grow with the table. Read under the tenant's lock, in a
+/// statement of its own: its snapshot must not predate the lock.
 pub async fn earlier_active_create(
     conn: &mut PgConnection,
     gives_way: GivesWay<'_>,
 ) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(earlier_active_create_sql!("$1", "$2", "$3"))
-        .bind(gives_way.tenant_url)
-        .bind(gives_way.created_at)
-        .bind(gives_way.id)
-        .fetch_optional(conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT id FROM (
+             SELECT id, created_at FROM jobs
+             WHERE tenant_url = $1 AND status IN ('queued', 'running')
+               AND batch_id IS NULL AND kind = 'createTenant'
+             UNION ALL
+             SELECT id, created_at FROM jobs
+             WHERE tenant_url = $1 AND status IN ('queued', 'running') AND batch_id IS NOT NULL
+         ) active
+         WHERE (created_at, id) < ($2, $3)
+         ORDER BY created_at, id
+         LIMIT 1",
+    )
+    .bind(gives_way.tenant_url)
+    .bind(gives_way.created_at)
+    .bind(gives_way.id)
+    .fetch_optional(conn)
+    .await
 }
