@@ -23,6 +23,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub(crate) use plan::Plan;
+use plan::Precedence;
 
 /// How the write transaction ended; a database fault is its `Err`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,10 +212,10 @@ async fn take_locks(
 /// Under the tenant's lock: refuses the write when the plan gives way to earlier creates and
 /// one of them is still queued or running.
 async fn give_way(conn: &mut PgConnection, plan: &Plan) -> Result<(), Abort> {
-    let Some(gives_way) = plan.gives_way() else {
+    let Precedence::AfterEarlier { created_at, id } = plan.precedence else {
         return Ok(());
     };
-    match db::batches::earlier_active_create(conn, gives_way).await? {
+    match db::batches::earlier_active_create(conn, &plan.tenant_url, created_at, id).await? {
         Some(job) => Err(Abort::Refused(WriteOutcome::EarlierWork {
             url: plan.tenant_url.clone(),
             job,

@@ -5,7 +5,6 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use provisioner_shared::{
-    db::batches::GivesWay,
     domain::AuditAction,
     template::{AccessNumberEntry, AuditEntry, CallingListEntry, ObjectEntry, Template, UserEntry},
 };
@@ -44,19 +43,6 @@ pub(crate) enum Precedence {
 }
 
 impl Plan {
-    /// Whom the write gives way to: the creates of its tenant submitted before it, for a batch
-    /// item (`Precedence::AfterEarlier`).
-    pub(crate) fn gives_way(&self) -> Option<GivesWay<'_>> {
-        match self.precedence {
-            Precedence::First => None,
-            Precedence::AfterEarlier { created_at, id } => Some(GivesWay {
-                tenant_url: &self.tenant_url,
-                created_at,
-                id,
-            }),
-        }
-    }
-
     /// Gives every user and object a new id and rewrites references to match. The template's
     /// calling lists and audit history are not part of a plan: create never imports them.
     pub(crate) fn from_template(

@@ -6,22 +6,14 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// A create that gives way to the creates of its tenant submitted before it: the job `id`,
-/// submitted at `created_at`, for `tenant_url`.
-#[derive(Debug, Clone, Copy)]
-pub struct GivesWay<'a> {
-    pub tenant_url: &'a str,
-    pub created_at: DateTime<Utc>,
-    pub id: Uuid,
-}
-
-/// A create for `gives_way`'s tenant (a single create or a batch item) submitted before it and
-/// still queued or running, if any: the oldest. Reads the two partial indexes of active creates
-/// by URL, so its cost does not grow with the table. Read under the tenant's lock, in a
-/// statement of its own: its snapshot must not predate the lock.
+/// A create for `tenant_url` (a single create or a batch item) submitted before the job
+/// `(created_at, job_id)` and still queued or running, if any: the oldest. Reads the two partial
+/// indexes of active creates by URL, so its cost does not grow with the table.
 pub async fn earlier_active_create(
     conn: &mut PgConnection,
-    gives_way: GivesWay<'_>,
+    tenant_url: &str,
+    created_at: DateTime<Utc>,
+    job_id: Uuid,
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM (
@@ -36,9 +28,9 @@ pub async fn earlier_active_create(
          ORDER BY created_at, id
          LIMIT 1",
     )
-    .bind(gives_way.tenant_url)
-    .bind(gives_way.created_at)
-    .bind(gives_way.id)
+    .bind(tenant_url)
+    .bind(created_at)
+    .bind(job_id)
     .fetch_optional(conn)
     .await
 }
