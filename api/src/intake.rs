@@ -254,13 +254,31 @@ impl<'a> Intake<'a> {
         if unfinished > cap {
             return Err(over_cap(unfinished, cap, "this batch would give"));
         }
+        // Named for the item's other problems' sake: every one is reported at once, as for a
+        // single create.
+        let named_template = fields
+            .as_ref()
+            .ok()
+            .and_then(|f| f.get("templateId"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let mut checked = fields
             .map_err(|e| vec![e])
             .and_then(|fields| self.check(fields));
-        if let Ok(request) = &checked {
-            if let TemplateSource::Stored(id) = &request.params.template {
-                if !self.visible(id).await? {
-                    checked = Err(vec![FieldError::template_not_stored(id)]);
+        match &mut checked {
+            Ok(request) => {
+                if let TemplateSource::Stored(id) = &request.params.template {
+                    if !self.visible(id).await? {
+                        checked = Err(vec![FieldError::template_not_stored(id)]);
+                    }
+                }
+            }
+            Err(errors) => {
+                if let Some(id) = named_template
+                    && !errors.iter().any(|e| e.field == "templateId")
+                    && !self.visible(&id).await?
+                {
+                    errors.push(FieldError::template_not_stored(&id));
                 }
             }
         }
@@ -564,7 +582,8 @@ impl Lines {
                 line.pop();
                 self.searched = 0;
                 self.number += 1;
-                if std::mem::take(&mut self.skipping) {
+                // Past the limit, however it arrived (its newline in the same chunk or not).
+                if std::mem::take(&mut self.skipping) || line.len() > LINE_MAX_BYTES {
                     return Ok(Some(Line::TooLong(self.number)));
                 }
                 return Ok(Some(Line::Text(self.number, line)));
@@ -582,7 +601,7 @@ impl Lines {
                 self.number += 1;
                 let line = std::mem::take(&mut self.buf);
                 self.searched = 0;
-                if std::mem::take(&mut self.skipping) {
+                if std::mem::take(&mut self.skipping) || line.len() > LINE_MAX_BYTES {
                     return Ok(Some(Line::TooLong(self.number)));
                 }
                 return Ok(Some(Line::Text(self.number, line)));
@@ -645,6 +664,26 @@ mod tests {
                 Line::Text(1, b"{}".to_vec()),
                 Line::TooLong(2),
                 Line::Text(3, b"{}".to_vec()),
+                Line::TooLong(4),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_line_past_the_limit_is_too_long_even_when_it_arrives_whole() {
+        let mut body = vec![b'x'; LINE_MAX_BYTES + 1];
+        body.extend_from_slice(b"\n{}\n");
+        body.extend_from_slice(&vec![b'y'; LINE_MAX_BYTES]);
+        body.extend_from_slice(b"\n");
+        body.extend_from_slice(&vec![b'z'; LINE_MAX_BYTES + 1]);
+        let body: &'static [u8] = Box::leak(body.into_boxed_slice());
+        let (lines, _) = lines_of(vec![body]).await;
+        assert_eq!(
+            lines,
+            vec![
+                Line::TooLong(1),
+                Line::Text(2, b"{}".to_vec()),
+                Line::Text(3, vec![b'y'; LINE_MAX_BYTES]),
                 Line::TooLong(4),
             ]
         );

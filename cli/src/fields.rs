@@ -5,7 +5,9 @@
 
 use std::collections::HashSet;
 
-use provisioner_shared::domain::{TenantUrl, is_access_number, is_email, is_hidden_char};
+use provisioner_shared::domain::{
+    TenantUrl, is_access_number, is_email, is_hidden_char, whole_number,
+};
 use serde_json::{Map, Value};
 
 use crate::exit::{Failure, Problem, Result};
@@ -187,7 +189,8 @@ pub fn check(item: &Map<String, Value>, batch_item: bool) -> Vec<Problem> {
     }
     match item.get("lockTimeout") {
         None | Some(Value::Null) => {}
-        Some(v) if v.as_u64().is_some_and(|n| n <= 3600) => {}
+        // As the API reads it: `30.0` is 30.
+        Some(v) if whole_number(v).is_some_and(|n| (0..=3600).contains(&n)) => {}
         Some(_) => problems.push(Problem::new(
             "lockTimeout",
             "must be an integer from 0 to 3600",
@@ -331,6 +334,25 @@ mod tests {
             "numberMap": null, "lockTimeout": null});
         let problems = check(item.as_object().unwrap(), true);
         assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn a_lock_timeout_is_read_as_the_api_reads_it() {
+        let item = |lock: Value| {
+            json!({"tenantUrl": "acme.example.com", "tenantName": "Acme",
+                "firstName": "Ann", "lastName": "Lee", "loginId": "ann", "password": "long enough",
+                "email": "a@b.example", "templateUrl": "https://t.example/t.zip",
+                "lockTimeout": lock})
+        };
+        for ok in [json!(0), json!(30), json!(30.0), json!(3600)] {
+            let problems = check(item(ok.clone()).as_object().unwrap(), true);
+            assert!(problems.is_empty(), "{ok}: {problems:?}");
+        }
+        for bad in [json!(-1), json!(30.5), json!(3601), json!("30")] {
+            let problems = check(item(bad.clone()).as_object().unwrap(), true);
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert_eq!(problems[0].field, "lockTimeout", "{bad}");
+        }
     }
 
     #[test]

@@ -70,6 +70,15 @@ pub fn is_hidden_char(c: char) -> bool {
     )
 }
 
+/// A JSON number that is a whole number, written as an integer or as a float with no fraction
+/// (JSON Schema's `integer` admits `5.0`). The API and the command line read numbers so alike.
+pub fn whole_number(value: &serde_json::Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        let f = value.as_f64()?;
+        (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+    })
+}
+
 /// Is `s` an access number: 1 to 20 decimal digits?
 pub fn is_access_number(s: &str) -> bool {
     (1..=20).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())

@@ -342,6 +342,14 @@ async fn scopes_are_enforced_and_clients_see_only_their_own_jobs() {
     assert_eq!(listed["items"], serde_json::json!([]));
     let (status, mine) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!((status, mine["status"].as_str()), (200, Some("queued")));
+    // Whose the job is comes before what the query asks: another client's is 404 even with a
+    // query its owner would be refused (400).
+    for query in ["wait=x", "wait=1&status=nope"] {
+        let path = format!("/configapi/v2/jobs/{id}?{query}");
+        let r = other.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{query}");
+        assert_eq!(app.get_json(&path).await.0, 400, "{query}");
+    }
 
     // Listing and revoking clients.
     let (ok, out) = cli(&app, &["client", "list"]).await;

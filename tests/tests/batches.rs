@@ -199,6 +199,21 @@ async fn any_invalid_item_refuses_the_whole_batch_naming_items_and_lines() {
             .starts_with("150 items are invalid"),
         "{problem}"
     );
+    // A line over 64 KiB is that item's problem (field ""), named in the same 400.
+    let long = format!(
+        "{}\n{{\"tenantName\": \"{}\"}}\n",
+        good[0],
+        "x".repeat(64 * 1024)
+    );
+    let r = post(&app, &app.http, "application/x-ndjson", long).await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["errors"],
+        json!([{"item": 1, "line": 2, "field": "",
+            "message": "an item may be at most 65536 bytes"}]),
+        "{problem}"
+    );
     // Empty batches, unknown members, wrong media types.
     let r = post(&app, &app.http, "application/x-ndjson", "\n \n").await;
     assert_eq!(r.status(), 400);
@@ -515,6 +530,20 @@ async fn batches_are_seen_only_by_their_client_and_by_operators() {
         ("GET", format!("/configapi/v2/batches/{batch_id}/results")),
         ("POST", format!("/configapi/v2/batches/{batch_id}/cancel")),
         ("POST", format!("/configapi/v2/batches/{batch_id}/retry")),
+        // Whose the batch is comes before what the query asks: 404, not 400.
+        ("GET", format!("/configapi/v2/batches/{batch_id}?wait=x")),
+        (
+            "GET",
+            format!("/configapi/v2/batches/{batch_id}/results?status=nope"),
+        ),
+        (
+            "GET",
+            format!("/configapi/v2/batches/{batch_id}/results?fields=all"),
+        ),
+        (
+            "POST",
+            format!("/configapi/v2/batches/{batch_id}/retry?code=abc"),
+        ),
     ] {
         let r = other
             .request(method.parse().unwrap(), app.url(&path))
@@ -522,6 +551,26 @@ async fn batches_are_seen_only_by_their_client_and_by_operators() {
             .await
             .unwrap();
         assert_eq!(r.status(), 404, "{method} {path}");
+    }
+    // To its owner the same queries are 400.
+    for (method, path) in [
+        ("GET", format!("/configapi/v2/batches/{batch_id}?wait=x")),
+        (
+            "GET",
+            format!("/configapi/v2/batches/{batch_id}/results?status=nope"),
+        ),
+        (
+            "POST",
+            format!("/configapi/v2/batches/{batch_id}/retry?code=abc"),
+        ),
+    ] {
+        let r = app
+            .http
+            .request(method.parse().unwrap(), app.url(&path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{method} {path}");
     }
     let list: Value = other
         .get(app.url("/configapi/v2/batches"))
@@ -730,6 +779,20 @@ async fn items_may_name_a_stored_template_by_id_and_an_unknown_id_is_the_items_p
         json!([{"item": 0, "line": 1, "field": "templateId",
         "message": format!("no template {unknown} is stored by this client")}])
     );
+    // With another problem, both are named at once, as for a single create.
+    let mut short = by_id(&fixtures::tenant_url(), &unknown);
+    short["password"] = json!("short");
+    let r = post(&app, &app.http, "application/x-ndjson", ndjson(&[short])).await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    let mut fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["password", "templateId"], "{problem}");
     // Both fields, or neither, name both.
     let mut both = by_id(&fixtures::tenant_url(), &template_id);
     both["templateUrl"] = json!("https://t.example/t.zip");

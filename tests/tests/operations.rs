@@ -169,7 +169,26 @@ async fn the_served_openapi_document_is_the_committed_one_and_valid_openapi_3_1(
             "operation id `{id}` is not unique"
         );
     }
-    assert_eq!(ids.len(), 31, "every route is documented once");
+    assert_eq!(ids.len(), 35, "every route is documented once");
+    // The dashboard's entry points the contract names are routes too: documented, as pages.
+    for (path, method) in [
+        ("/ui/", "get"),
+        ("/ui/login", "get"),
+        ("/ui/login", "post"),
+        ("/ui/batches/{batchId}", "get"),
+    ] {
+        let page = &served["paths"][path][method];
+        assert_eq!(page["tags"][0], "dashboard", "{method} {path}");
+        assert!(
+            page.get("security").is_none(),
+            "{method} {path}: a cookie, not a token"
+        );
+    }
+    assert!(
+        served["paths"]["/ui/login"]["post"]["requestBody"]["content"]
+            ["application/x-www-form-urlencoded"]
+            .is_object()
+    );
     let create = &served["paths"]["/configapi/v2/selfservice/tenant/{tenant_url}"]["post"];
     for code in ["202", "400", "401", "403", "409", "413", "415", "422"] {
         assert!(create["responses"][code].is_object(), "create lacks {code}");

@@ -41,15 +41,6 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
-/// A JSON number that is a whole number, written as an integer or as a float with no fraction
-/// (JSON Schema's `integer` admits `5.0`).
-pub(crate) fn whole_number(value: &Value) -> Option<i64> {
-    value.as_i64().or_else(|| {
-        let f = value.as_f64()?;
-        (f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
-    })
-}
-
 /// `application/json` or any `application/*+json`.
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     let mime = media_type(headers);

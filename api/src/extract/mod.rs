@@ -15,13 +15,14 @@ pub(crate) use headers::{
     IdempotencyKey, MAX_PREFER_WAIT, PreferWait, clamped_seconds, idempotency_key, media_type,
     prefer_wait,
 };
-pub(crate) use json::{JsonObject, whole_number};
+pub(crate) use json::JsonObject;
 pub(crate) use lock_timeout::{JobLockTimeout, RouteLockTimeout, lock_timeout_from};
 pub(crate) use page::{
     Page, PageQuery, decode_cursor, encode_cursor, job_key, job_key_text, not_a_cursor,
     template_key, template_key_text,
 };
 pub(crate) use path::PathText;
+pub(crate) use provisioner_shared::domain::whole_number;
 pub(crate) use query::{optional_param, query_param, status_param, wait_deadline};
 pub(crate) use tenant::TenantPath;
 pub(crate) use trace::{CallerTrace, RequestTrace, request_span, start as start_trace};

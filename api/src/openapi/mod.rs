@@ -53,6 +53,7 @@ impl Modify for SecuritySchemes {
         (name = "templates", description = "The template store: templates stored once, named by id"),
         (name = "access numbers", description = "Access-number ranges"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "dashboard", description = "Pages for people (HTML, a session cookie): its entry points"),
     )
 )]
 struct Frame;
@@ -75,6 +76,8 @@ fn build() -> openapi::OpenApi {
         }
         document.merge(paths);
     }
+    // The dashboard's pages answer HTML, never problem+json, and take a session cookie.
+    document.merge(crate::ui::Doc::openapi());
     document
 }
 

@@ -43,6 +43,17 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no batch {id}"))
 }
 
+/// A request whose query is refused with `refusal`: `404` instead when the batch is not the
+/// caller's (the contract's order: the scope, then whose the batch is, then the request).
+/// Looked up only for a request already refused.
+async fn refused(state: &AppState, caller: &Caller, id: Uuid, refusal: ApiError) -> ApiError {
+    match db::batches::find(&state.pool, id, caller.sees()).await {
+        Ok(Some(_)) => refusal,
+        Ok(None) => not_found(id),
+        Err(e) => e.into(),
+    }
+}
+
 fn accepted(status: StatusCode, batch: BatchView) -> Response {
     let location = format!("/configapi/v2/batches/{}", batch.batch_id);
     (status, [(header::LOCATION, location)], Json(batch)).into_response()
@@ -204,7 +215,7 @@ pub(super) async fn get_batch(
     let mut errors = Vec::new();
     let deadline = wait_deadline(&uri, &mut errors);
     if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+        return Err(refused(&state, &caller, id, ApiError::Validation(errors)).await);
     }
     let batch = wait::until_batch(
         &state,
@@ -304,7 +315,7 @@ pub(super) async fn batch_results(
         }
     };
     if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+        return Err(refused(&state, &caller, id, ApiError::Validation(errors)).await);
     }
     db::batches::find(&state.pool, id, caller.sees())
         .await?
@@ -408,7 +419,10 @@ pub(super) async fn retry_batch(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let id = batch_id(&raw)?;
-    let codes = codes_param(&uri)?;
+    let codes = match codes_param(&uri) {
+        Ok(codes) => codes,
+        Err(refusal) => return Err(refused(&state, &caller, id, refusal).await),
+    };
     // The new jobs continue the retry request's trace if it carried one, else the batch's.
     match retry::failed_items(&state, id, caller.sees(), codes.as_deref(), trace).await? {
         None => Err(not_found(id)),

@@ -19,6 +19,10 @@ use crate::{
     wait,
 };
 
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no job {id}"))
+}
+
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no job {raw}")))
 }
@@ -43,7 +47,11 @@ pub(super) async fn get_job(
     let deadline = wait_deadline(&uri, &mut errors);
     let seen = status_param(&uri, &mut errors);
     if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
+        // Another client's job is 404 whatever the query (as a batch is).
+        return match db::jobs::find(&state.pool, id, caller.sees()).await? {
+            Some(_) => Err(ApiError::Validation(errors)),
+            None => Err(not_found(id)),
+        };
     }
     let job = wait::until(
         &state,
@@ -57,7 +65,7 @@ pub(super) async fn get_job(
         },
     )
     .await?
-    .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    .ok_or_else(|| not_found(id))?;
     Ok(Json(job.view()))
 }
 

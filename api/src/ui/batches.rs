@@ -104,6 +104,13 @@ pub(crate) async fn list(State(state): State<AppState>, session: Session, uri: U
 }
 
 /// `GET /ui/batches/{batchId}`: the batch's id and exact counts, kept current.
+#[utoipa::path(get, path = "/ui/batches/{batchId}", tag = "dashboard", operation_id = "dashboardBatch",
+    params(("batchId" = String, Path, description = "The batch's id")),
+    responses(
+        (status = 200, description = "The batch's id and its counts (total, queued, running, succeeded, failed, cancelled), kept current without reloading", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to `/ui/login`"),
+        (status = 403, description = "The client may not read (`tenants:read`)", content_type = "text/html", body = String),
+        (status = 404, description = "No such batch for this client", content_type = "text/html", body = String)))]
 pub(crate) async fn page(
     State(state): State<AppState>,
     session: Session,

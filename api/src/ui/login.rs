@@ -27,7 +27,20 @@ const MAX_CLIENT_ID: usize = 255;
 /// Longest client secret verified.
 const MAX_SECRET: usize = 1024;
 
+/// The sign-in form's fields, as the OpenAPI document describes them (the form is read field by
+/// field, within bounds).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct LoginForm {
+    client_id: String,
+    client_secret: String,
+}
+
 /// `GET /ui/login`: the form (or, when already signed in, the overview).
+#[utoipa::path(get, path = "/ui/login", tag = "dashboard", operation_id = "dashboardSignInForm",
+    responses(
+        (status = 200, description = "The sign-in form", content_type = "text/html", body = String),
+        (status = 303, description = "Already signed in: to `/ui/`")))]
 pub(crate) async fn form(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match Session::lookup(&state, &headers).await {
         Ok(Some(_)) => Redirect::to("/ui/").into_response(),
@@ -38,6 +51,17 @@ pub(crate) async fn form(State(state): State<AppState>, headers: HeaderMap) -> R
 
 /// `POST /ui/login`: `303` to `/ui/` with the session cookie, or the form again with what was
 /// wrong (and no cookie).
+#[utoipa::path(post, path = "/ui/login", tag = "dashboard", operation_id = "dashboardSignIn",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: to `/ui/`, with the session cookie (`HttpOnly`, `SameSite=Strict`)"),
+        (status = 200, description = "Wrong or missing credentials: the form again with the error, no cookie", content_type = "text/html", body = String),
+        (status = 403, description = "Not sent from the dashboard's own page (cross-site)", content_type = "text/html", body = String),
+        (status = 408, description = "The form did not arrive in time", content_type = "text/html", body = String),
+        (status = 413, description = "The form is too large", content_type = "text/html", body = String),
+        (status = 415, description = "Not a form", content_type = "text/html", body = String),
+        (status = 429, description = "Too many failed sign-ins from this address (`Retry-After`)", content_type = "text/html", body = String),
+        (status = 503, description = "Too many sign-ins at once (`Retry-After`)", content_type = "text/html", body = String)))]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,

@@ -32,6 +32,12 @@ use uuid::Uuid;
 use crate::AppState;
 use cache::Cache;
 
+/// The dashboard's entry points that the contract names, for the OpenAPI document: pages for
+/// people (HTML), signed in with a session cookie rather than a bearer token.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(overview::page, login::form, login::submit, batches::page))]
+pub(crate) struct Doc;
+
 /// How long a live figure serves every open page before it is read again.
 const LIVE_TTL: Duration = Duration::from_secs(2);
 /// Most keys each live cache holds.

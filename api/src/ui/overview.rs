@@ -181,6 +181,11 @@ async fn client_view(pool: &sqlx::PgPool, client: &str) -> Result<Overview, sqlx
 }
 
 /// `GET /ui/`.
+#[utoipa::path(get, path = "/ui/", tag = "dashboard", operation_id = "dashboardOverview",
+    responses(
+        (status = 200, description = "The overview of the client's work (everything for an operator)", content_type = "text/html", body = String),
+        (status = 303, description = "No session: to `/ui/login`"),
+        (status = 403, description = "The client may not read (`tenants:read`)", content_type = "text/html", body = String)))]
 pub(crate) async fn page(State(state): State<AppState>, session: Session) -> Response {
     let overview = match load(&state, &session).await {
         Ok(overview) => overview,

@@ -177,6 +177,9 @@ fn unsafe_names_are_refused() {
         "a/../../b.json",
         "C:\\evil.json",
         "..\\x.json",
+        // The contract refuses a name that contains `..` anywhere, not only as a segment.
+        "notes..json",
+        "a/..hidden",
     ] {
         let err = read(&zip_of(&[(name, b"{}"), (MANIFEST, &manifest(1, DB))])).unwrap_err();
         assert_eq!(err, TemplateError::UnsafeName(name.to_owned()));

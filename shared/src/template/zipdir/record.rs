@@ -129,7 +129,8 @@ fn check_name(name: &str) -> Result<(), TemplateError> {
     if name.is_empty()
         || name.starts_with('/')
         || name.starts_with('\\')
-        || name.split(['/', '\\']).any(|p| p == "..")
+        // Anywhere in the name, as the contract says, not only as a path segment.
+        || name.contains("..")
         || name.contains(':')
         || name.chars().any(is_hidden_char)
     {
