@@ -77,6 +77,57 @@ async fn a_batch_item_gives_way_to_an_earlier_single_create_of_its_tenant_and_en
     app.stop().await;
 }
 
+/// An Import Tenant job is work on its tenant too: a batch item submitted after it gives way
+/// while it is queued or running, and ends 409 naming it.
+#[tokio::test]
+async fn a_batch_item_gives_way_to_an_earlier_import_of_its_tenant_and_ends_409() {
+    const INTERACTIVE: &str = "provisioner.jobs.create-tenant";
+    let mut app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![],
+    })
+    .await;
+    let archive = app.new_tenant_export().await;
+    let url = archive.tenant.url.clone();
+    let r = app.import(archive.write(), "").await;
+    assert_eq!(r.status(), 202);
+    let import = id(&r.json().await.unwrap(), "jobId");
+    // The import stays queued (active) for the whole test: its message is taken off the broker
+    // before any worker runs (it is sent again only after PROVISIONER_RECONCILE_AFTER, 90 s).
+    eventually(WITHIN, || async {
+        (app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+            .await
+            == 0
+            && app.queue_messages(INTERACTIVE).await == 1)
+            .then_some(())
+    })
+    .await;
+    app.purge_queue(INTERACTIVE).await;
+    eventually(WITHIN, || async {
+        (app.queue_messages(INTERACTIVE).await == 0).then_some(())
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let submitted = batches::submit(&app, &[item(&url, &template)]).await;
+    app.start_worker();
+    let done = batches::wait(&app, &id(&submitted, "batchId"), WITHIN).await;
+    assert_eq!(done["counts"]["failed"], 1, "{done}");
+    let item = &batches::results(&app, &id(&submitted, "batchId"), "").await[0];
+    assert_eq!(item["code"], 409, "{item}");
+    assert_eq!(
+        item["error"]["detail"],
+        format!("job {import} for tenant {url}, submitted earlier, is still queued or running"),
+    );
+    assert_eq!(
+        app.count(&format!("SELECT count(*) FROM tenants WHERE url = '{url}'"))
+            .await,
+        0
+    );
+    let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{import}")).await;
+    assert_eq!(job["status"], "queued", "{job}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn of_two_batches_naming_one_tenant_the_earlier_item_wins_and_the_later_ends_409() {
     let app = TestApp::with(Options {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub use self::{
     dispatch::release,
     downloads::{DownloadFailure, DownloadState, download_done, download_failed, download_state},
-    precedence::earlier_active_create,
+    precedence::earlier_active_job,
 };
 use crate::{
     db::{

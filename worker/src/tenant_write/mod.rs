@@ -209,13 +209,13 @@ async fn take_locks(
     Ok(waited)
 }
 
-/// Under the tenant's lock: refuses the write when the plan gives way to earlier creates and
-/// one of them is still queued or running.
+/// Under the tenant's lock: refuses the write when the plan gives way to earlier jobs of its
+/// tenant (creates, imports) and one of them is still queued or running.
 async fn give_way(conn: &mut PgConnection, plan: &Plan) -> Result<(), Abort> {
     let Precedence::AfterEarlier { created_at, id } = plan.precedence else {
         return Ok(());
     };
-    match db::batches::earlier_active_create(conn, &plan.tenant_url, created_at, id).await? {
+    match db::batches::earlier_active_job(conn, &plan.tenant_url, created_at, id).await? {
         Some(job) => Err(Abort::Refused(WriteOutcome::EarlierWork {
             url: plan.tenant_url.clone(),
             job,

@@ -1,15 +1,15 @@
-//! Which of two creates for one tenant URL goes first. The API accepts a batch item whatever
-//! else is queued for its tenant; the item's import then gives way to a create submitted before
-//! it that is still queued or running (its job ends with code 409).
+//! Which of two jobs for one tenant URL goes first. The API accepts a batch item whatever else
+//! is queued for its tenant; the item's import then gives way to a create or an Import Tenant
+//! job submitted before it that is still queued or running (its job ends with code 409).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// A create for `tenant_url` (a single create or a batch item) submitted before the job
-/// `(created_at, job_id)` and still queued or running, if any: the oldest. Reads the two partial
-/// indexes of active creates by URL, so its cost does not grow with the table.
-pub async fn earlier_active_create(
+/// A job for `tenant_url` (a single create, a batch item, an Import Tenant job) submitted before
+/// the job `(created_at, job_id)` and still queued or running, if any: the oldest. Reads the
+/// three partial indexes of active jobs by URL, so its cost does not grow with the table.
+pub async fn earlier_active_job(
     conn: &mut PgConnection,
     tenant_url: &str,
     created_at: DateTime<Utc>,
@@ -23,6 +23,9 @@ pub async fn earlier_active_create(
              UNION ALL
              SELECT id, created_at FROM jobs
              WHERE tenant_url = $1 AND status IN ('queued', 'running') AND batch_id IS NOT NULL
+             UNION ALL
+             SELECT id, created_at FROM jobs
+             WHERE tenant_url = $1 AND status IN ('queued', 'running') AND kind = 'importTenant'
          ) active
          WHERE (created_at, id) < ($2, $3)
          ORDER BY created_at, id
