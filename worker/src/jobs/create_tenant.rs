@@ -42,7 +42,7 @@ pub(super) async fn run(
         lock_timeout,
     );
     // The API accepts a batch item whatever else is queued for its tenant: it gives way to
-    // creates submitted before it.
+    // creates and imports submitted before it.
     let plan = match job.batch_id {
         Some(_) => plan.after_earlier(job.created_at, job.id),
         None => plan,

@@ -37,8 +37,8 @@ pub(crate) enum WriteOutcome {
     /// Another tenant has the plan's SIP domain (an import naming a domain already in use, or
     /// a create whose URL another tenant took as its SIP domain); nothing was written.
     SipDomainTaken { sip_domain: String },
-    /// The plan gives way to earlier creates, and `job`, a create for the same URL submitted
-    /// before it, is still queued or running; nothing was written.
+    /// The plan gives way to earlier jobs, and `job`, a create or an import for the same URL
+    /// submitted before it, is still queued or running; nothing was written.
     EarlierWork { url: String, job: Uuid },
     /// Another worker took the job over (this lease ran out), or, for a job not yet claimed,
     /// the job changed since it was read (claimed elsewhere, cancelled); nothing was written.

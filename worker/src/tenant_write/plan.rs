@@ -30,15 +30,15 @@ pub(crate) struct Plan {
     pub(super) precedence: Precedence,
 }
 
-/// Whether the write gives way to other creates of the same tenant.
+/// Whether the write gives way to other jobs of the same tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Precedence {
     /// Writes whatever else is queued for the tenant: the API refused a single create (or an
     /// import's) at once when another create for the tenant was queued or running.
     First,
-    /// Gives way to a create for the tenant submitted before `(created_at, id)` and still queued
-    /// or running (`WriteOutcome::EarlierWork`): a batch item, which the API accepts whatever
-    /// else is queued.
+    /// Gives way to a create or an import for the tenant submitted before `(created_at, id)` and
+    /// still queued or running (`WriteOutcome::EarlierWork`): a batch item, which the API accepts
+    /// whatever else is queued.
     AfterEarlier { created_at: DateTime<Utc>, id: Uuid },
 }
 
