@@ -70,7 +70,7 @@ impl Progress {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec} ETA {eta}",
+                    "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} ETA {eta}",
                 )
                 .expect("a valid template"),
             );
@@ -91,14 +91,27 @@ impl Progress {
     }
 
     pub fn update(&mut self, counts: &Counts) {
+        let first_update = self.first_done.is_none();
         let first = *self.first_done.get_or_insert(counts.done());
+        // Items done since the wait began, per second: those done before it are no rate.
+        let rate = |started: Instant| {
+            counts.done().saturating_sub(first) as f64 / started.elapsed().as_secs_f64().max(0.001)
+        };
         match &mut self.mode {
             Mode::Bar(bar) => {
                 bar.set_length(counts.total);
                 bar.set_position(counts.done());
+                if first_update {
+                    // The bar's estimate of what is left starts here, not from zero.
+                    bar.reset_eta();
+                }
                 bar.set_message(format!(
-                    "succeeded {} failed {} running {} queued {}",
-                    counts.succeeded, counts.failed, counts.running, counts.queued
+                    "succeeded {} failed {} running {} queued {} {:.1}/s",
+                    counts.succeeded,
+                    counts.failed,
+                    counts.running,
+                    counts.queued,
+                    rate(self.started)
                 ));
             }
             Mode::Lines { last } => {
@@ -107,7 +120,7 @@ impl Progress {
                 }
                 *last = Some(Instant::now());
                 let elapsed = self.started.elapsed().as_secs_f64();
-                let rate = (counts.done().saturating_sub(first)) as f64 / elapsed.max(0.001);
+                let rate = rate(self.started);
                 let left = counts.total.saturating_sub(counts.done());
                 let eta = if rate > 0.0 && elapsed >= 1.0 {
                     format!("ETA {}s", (left as f64 / rate).ceil() as u64)

@@ -47,7 +47,9 @@ pub struct Backoff {
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// Runs `session` again and again until one returns `Ok` (it stopped on purpose) or `shutdown`
-/// is cancelled. Each failure is logged once, naming `what`, then waited out with `backoff`.
+/// is cancelled. Each failure is logged once, naming `what`, then waited out with `backoff`. A
+/// session that failed because its database pool was closed ends the loop quietly: the process
+/// is stopping (a closed pool never opens again), and a warning then would read as a fault.
 pub async fn reconnect<F, Fut>(
     what: &str,
     backoff: Backoff,
@@ -63,6 +65,10 @@ pub async fn reconnect<F, Fut>(
         let Err(e) = session().await else {
             return;
         };
+        if pool_closed(&e) {
+            tracing::debug!("{what} stopped: the database pool is closed");
+            return;
+        }
         if started.elapsed() > HEALTHY_SESSION {
             wait = backoff.first;
         }
@@ -78,6 +84,12 @@ pub async fn reconnect<F, Fut>(
         }
         wait = (wait * 2).min(backoff.max);
     }
+}
+
+/// Whether `e` comes from a database pool that was closed (the process is stopping).
+fn pool_closed(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|cause| matches!(cause.downcast_ref(), Some(sqlx::Error::PoolClosed)))
 }
 
 /// The services every process runs besides its own work: the notification hub and the outbox
@@ -112,5 +124,38 @@ impl Background {
     pub async fn stop(self, deadline: Duration) {
         self.relay.drain_and_stop(deadline).await;
         self.hub.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use anyhow::Context;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_that_finds_its_pool_closed_ends_the_loop_without_a_retry() {
+        let sessions = AtomicUsize::new(0);
+        let backoff = Backoff {
+            first: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        };
+        // Were the closed pool taken for a fault, the loop would wait an hour before its next
+        // session: it would not end within the bound below.
+        let shutdown = CancellationToken::new();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            reconnect("listening", backoff, &shutdown, || {
+                sessions.fetch_add(1, Ordering::SeqCst);
+                async {
+                    Err(sqlx::Error::PoolClosed).context("listening for database notifications")
+                }
+            }),
+        )
+        .await
+        .expect("the loop ends");
+        assert_eq!(sessions.load(Ordering::SeqCst), 1);
     }
 }

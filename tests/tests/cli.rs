@@ -1060,6 +1060,16 @@ async fn in_a_terminal_the_progress_bar_draws_and_moves_to_the_end() {
     })
     .await;
     assert!(end.contains("3/3") && end.contains("succeeded 3"), "{end}");
+    // The rate: items done since the wait began, one decimal (not indicatif's four).
+    let rate = end
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/s"))
+        .unwrap_or_else(|| panic!("no rate in {end}"));
+    let decimals = rate.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(
+        decimals == 1 && rate.parse::<f64>().is_ok(),
+        "rate {rate}: {end}"
+    );
     assert!(
         end.contains(&format!("batch {id} completed: total 3")),
         "{end}"
