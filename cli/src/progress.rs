@@ -75,7 +75,7 @@ impl Progress {
                 .expect("a valid template"),
             );
             bar.set_prefix(what.clone());
-            bar.enable_steady_tick(Duration::from_millis(200));
+            // Ticking starts with the first counts (see `update`).
             Mode::Bar(bar)
         } else if json {
             Mode::Quiet
@@ -102,8 +102,12 @@ impl Progress {
                 bar.set_length(counts.total);
                 bar.set_position(counts.done());
                 if first_update {
-                    // The bar's estimate of what is left starts here, not from zero.
+                    // The bar's estimate of what is left starts from the items already done,
+                    // not from zero: the position above reached its estimator (a bar that
+                    // ticks on its own does not pass positions to it), and the reset keeps it
+                    // but forgets the rate of that jump. Then it ticks on its own.
                     bar.reset_eta();
+                    bar.enable_steady_tick(Duration::from_millis(200));
                 }
                 bar.set_message(format!(
                     "succeeded {} failed {} running {} queued {} {:.1}/s",

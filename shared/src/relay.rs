@@ -211,7 +211,14 @@ async fn listen(
                     payload: n.payload().to_owned(),
                 });
             }
-            None => return Err(sqlx::Error::PoolClosed),
+            // The listener's connection was lost (sqlx reconnects it only for the next call):
+            // this session ends, and the loop around it starts another.
+            None => {
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the notification connection was lost",
+                )));
+            }
         }
     }
 }

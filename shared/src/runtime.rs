@@ -48,8 +48,9 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// Runs `session` again and again until one returns `Ok` (it stopped on purpose) or `shutdown`
 /// is cancelled. Each failure is logged once, naming `what`, then waited out with `backoff`. A
-/// session that failed because its database pool was closed ends the loop quietly: the process
-/// is stopping (a closed pool never opens again), and a warning then would read as a fault.
+/// session that fails once `shutdown` was asked for ends the loop quietly: the process is
+/// stopping, and what it tears down (its database pool, closed next) fails the session, which a
+/// warning would present as a fault.
 pub async fn reconnect<F, Fut>(
     what: &str,
     backoff: Backoff,
@@ -65,8 +66,8 @@ pub async fn reconnect<F, Fut>(
         let Err(e) = session().await else {
             return;
         };
-        if pool_closed(&e) {
-            tracing::debug!("{what} stopped: the database pool is closed");
+        if shutdown.is_cancelled() {
+            tracing::debug!(error = format!("{e:#}"), "{what} stopped with the process");
             return;
         }
         if started.elapsed() > HEALTHY_SESSION {
@@ -84,12 +85,6 @@ pub async fn reconnect<F, Fut>(
         }
         wait = (wait * 2).min(backoff.max);
     }
-}
-
-/// Whether `e` comes from a database pool that was closed (the process is stopping).
-fn pool_closed(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|cause| matches!(cause.downcast_ref(), Some(sqlx::Error::PoolClosed)))
 }
 
 /// The services every process runs besides its own work: the notification hub and the outbox
@@ -135,20 +130,56 @@ mod tests {
 
     use super::*;
 
+    /// What a subscriber logged, for the tests that read it.
+    #[derive(Clone, Default)]
+    struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logged {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logged {
+        /// Captures what this thread logs at `info` and above while the guard lives.
+        fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+            let logged = Self::default();
+            let writer = logged.clone();
+            let guard = tracing::subscriber::set_default(
+                tracing_subscriber::fmt()
+                    .with_writer(move || writer.clone())
+                    .with_max_level(tracing::Level::INFO)
+                    .finish(),
+            );
+            (logged, guard)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
     #[tokio::test]
-    async fn a_session_that_finds_its_pool_closed_ends_the_loop_without_a_retry() {
+    async fn a_session_failing_as_the_process_stops_ends_the_loop_quietly() {
+        let (logged, _subscriber) = Logged::capture();
         let sessions = AtomicUsize::new(0);
         let backoff = Backoff {
             first: Duration::from_secs(3600),
             max: Duration::from_secs(3600),
         };
-        // Were the closed pool taken for a fault, the loop would wait an hour before its next
-        // session: it would not end within the bound below.
+        // The process stops: the token is cancelled, then the pool closes under the session.
+        // Were that failure taken for a fault, the loop would wait an hour before it looked at
+        // the token again: it would not end within the bound below.
         let shutdown = CancellationToken::new();
         tokio::time::timeout(
             Duration::from_secs(5),
             reconnect("listening", backoff, &shutdown, || {
                 sessions.fetch_add(1, Ordering::SeqCst);
+                shutdown.cancel();
                 async {
                     Err(sqlx::Error::PoolClosed).context("listening for database notifications")
                 }
@@ -157,5 +188,53 @@ mod tests {
         .await
         .expect("the loop ends");
         assert_eq!(sessions.load(Ordering::SeqCst), 1);
+        assert!(
+            !logged.text().contains("interrupted"),
+            "a clean stop reads as a fault: {}",
+            logged.text()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_failing_while_the_process_runs_is_retried_whatever_the_error() {
+        let (logged, _subscriber) = Logged::capture();
+        let sessions = AtomicUsize::new(0);
+        let backoff = Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(1),
+        };
+        let shutdown = CancellationToken::new();
+        // A lost connection and a closed pool alike: the session runs again (the third time
+        // it stops the process).
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            reconnect("listening", backoff, &shutdown, || {
+                let n = sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == 3 {
+                    shutdown.cancel();
+                }
+                async move {
+                    match n {
+                        1 => Err(sqlx::Error::PoolClosed),
+                        _ => Err(sqlx::Error::Io(
+                            std::io::ErrorKind::ConnectionAborted.into(),
+                        )),
+                    }
+                    .context("listening for database notifications")
+                }
+            }),
+        )
+        .await
+        .expect("the loop ends");
+        assert_eq!(sessions.load(Ordering::SeqCst), 3);
+        assert!(
+            logged
+                .text()
+                .matches("listening interrupted; reconnecting")
+                .count()
+                == 2,
+            "each failure while running is said: {}",
+            logged.text()
+        );
     }
 }
