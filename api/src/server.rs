@@ -1,23 +1,37 @@
 //! Serving HTTP with the limits slow or hostile clients need: a connection whose request headers
-//! have not all arrived within `HEADER_TIMEOUT` is dropped, at most `max_connections` are served
-//! at once (further ones wait in the kernel's backlog), and a stop never waits longer than the
-//! shutdown timeout, whatever the clients do. (Body stalls are the router's: `body_timeout`.)
+//! have not all arrived within `HEADER_TIMEOUT` is dropped (on a kept-alive connection the
+//! wait for the next request counts), one whose client accepts no byte of an answer for
+//! `WRITE_STALL` is dropped, at most `max_connections` are served at once (further ones wait in
+//! the kernel's backlog), and a stop never waits longer than the shutdown timeout, whatever the
+//! clients do. (Body stalls are the router's: `body_timeout`.)
+//!
+//! HTTP/1.1 only: HTTP/2 over cleartext, which nothing in front of the API needs (proxies and
+//! ingresses speak HTTP/1.1 to their backends; browsers speak HTTP/2 over TLS only), would need
+//! bounds of its own that hyper does not have: an idle connection is never closed, and an answer
+//! its client grants no flow-control window waits without a write that could stall.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::ConnectInfo};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto::Builder, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
 };
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet, time::Instant};
+use tokio_io_timeout::TimeoutWriter;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-/// How long a client may take to send a request's headers.
+/// How long a client may take to send a request's headers, or to start its next request on a
+/// kept-alive connection.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an answer may wait for its client to accept any of it. A client that stops reading
+/// would otherwise hold its connection (one of `max_connections`) and the answer's buffered
+/// bytes for as long as it likes.
+pub(crate) const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Serves `app` until `shutdown`, then lets requests in flight finish for at most `timeout`;
 /// past it their connections are closed. Returns when the whole stop must be over.
@@ -28,12 +42,10 @@ pub(crate) async fn serve(
     timeout: Duration,
     max_connections: usize,
 ) -> anyhow::Result<Instant> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut connections = JoinSet::new();
@@ -56,9 +68,9 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => break,
         };
         let service = hyper::service::service_fn(with_peer(app.clone(), peer));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
+        let mut stream = TimeoutWriter::new(stream);
+        stream.set_timeout(Some(WRITE_STALL));
+        let connection = builder.serve_connection(TokioIo::new(Box::pin(stream)), service);
         let connection = graceful.watch(connection);
         connections.spawn(async move {
             if let Err(e) = connection.await {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use provisioner_tests::{Options, TestApp};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 
 /// Reads until the server closes the connection (or `within` passes); returns what it sent.
@@ -53,6 +53,86 @@ async fn half_sent_headers_are_dropped_and_stalled_bodies_end_with_408() {
     );
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(body_answered < Duration::from_secs(40));
+    app.stop().await;
+}
+
+/// A client that stops reading its answer is dropped once the API has waited `WRITE_STALL` (30 s)
+/// to send it more, rather than holding its connection and the answer's bytes for as long as it
+/// likes.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answer_is_dropped() {
+    let app = TestApp::without_workers().await;
+    // 50,000 ranges of a tenant with a long name: a listing of about 13 MB, more than both
+    // sides' socket buffers hold.
+    let url = format!(
+        "{}.example.com",
+        ["a".repeat(60), "b".repeat(60), "c".repeat(60)].join(".")
+    );
+    sqlx::query("INSERT INTO tenants (id, url, name, sip_domain, settings) VALUES (gen_random_uuid(), $1, 'T', $1, '{}')")
+        .bind(&url)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO access_numbers (number, count, media, tenant_id)
+         SELECT (1000000000 + g * 10)::text, 1, 'VOICE', t.id
+         FROM tenants t, generate_series(1, 50000) g WHERE t.url = $1",
+    )
+    .bind(&url)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let request = format!(
+        "GET /configapi/v2/accessnumbers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        app.bootstrap_token().await
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // The client stalls: this wait is the behaviour under test, past the API's 30 s.
+    tokio::time::sleep(Duration::from_secs(36)).await;
+    let mut rest = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection ends");
+    assert!(
+        !rest.ends_with(b"\r\n0\r\n\r\n"),
+        "a client that had stopped reading was sent its whole answer ({} bytes)",
+        rest.len()
+    );
+    app.stop().await;
+}
+
+/// HTTP/2 over cleartext is not served: the API speaks HTTP/1.1, whose bounds it keeps (an
+/// HTTP/2 connection that sent nothing was held open for good).
+#[tokio::test]
+async fn http2_over_cleartext_is_refused_at_once() {
+    let app = TestApp::without_workers().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    let started = Instant::now();
+    // The connection preface, then an empty SETTINGS frame.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(20)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "an HTTP/2 connection was held {:?} (answer {answer:?})",
+        started.elapsed()
+    );
     app.stop().await;
 }
 
