@@ -4,7 +4,10 @@
 //! size. Any invalid item rolls everything back. The body's keyed digest makes an
 //! `Idempotency-Key` replay answer the same batch.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    time::Duration,
+};
 
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt;
@@ -27,6 +30,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
+    slots::Slot,
     transaction,
     validate::{self, TemplateInput, TenantUrlIn},
 };
@@ -60,6 +64,10 @@ pub(crate) struct Intake<'a> {
     trace: TraceContext,
     /// Opened with the first chunk, so a small batch holds no transaction while it is read.
     tx: Option<Transaction<'static, Postgres>>,
+    /// Whether an NDJSON body is still arriving: a transaction opened meanwhile waits for the
+    /// client, so it takes one of the server's slots for batches arriving first, held here.
+    arriving: bool,
+    slot: Option<Slot>,
     digester: Option<Digester>,
     /// Set when another request holds the key: the rest is only digested.
     replay: Option<BatchRow>,
@@ -93,6 +101,8 @@ impl<'a> Intake<'a> {
             id: Uuid::now_v7(),
             trace,
             tx: None,
+            arriving: false,
+            slot: None,
             digester: Some(state.sealer.digester()),
             replay: None,
             max_items,
@@ -134,9 +144,19 @@ impl<'a> Intake<'a> {
         }
     }
 
-    /// Reads an NDJSON body: one item per non-blank line.
+    /// Reads an NDJSON body: one item per non-blank line. Items are written as chunks fill, in a
+    /// transaction that waits for the client between chunks: opening it takes a slot of the
+    /// server's bound on such batches (`503` with `Retry-After` past it), so a few slow senders
+    /// never hold the database pool that every other route needs.
     pub(crate) async fn ndjson(&mut self, body: Body) -> Result<(), ApiError> {
         let mut lines = Lines::new(body);
+        self.arriving = true;
+        let read = self.read_lines(&mut lines).await;
+        self.arriving = false;
+        read
+    }
+
+    async fn read_lines(&mut self, lines: &mut Lines) -> Result<(), ApiError> {
         while let Some(line) = lines.next(&mut |b| self.digest(b)).await? {
             if self.replay.is_some() {
                 continue;
@@ -394,6 +414,14 @@ impl<'a> Intake<'a> {
             return Ok(());
         }
         if self.tx.is_none() {
+            if self.arriving {
+                self.slot = Some(
+                    self.state
+                        .batch_intakes
+                        .take(&self.caller.client_id, Duration::MAX)
+                        .await?,
+                );
+            }
             let mut tx = self.state.pool.begin().await?;
             let created = db::batches::create(
                 &mut tx,

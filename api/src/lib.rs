@@ -67,6 +67,9 @@ pub(crate) struct AppState {
     exports: slots::Slots,
     /// Requests waiting for a tenant's lock at once: each holds a connection while it waits.
     lock_waits: slots::Slots,
+    /// NDJSON batches whose items are written while their body arrives: each holds a
+    /// connection (its transaction) for as long as its client takes to send the body.
+    batch_intakes: slots::Slots,
 }
 
 /// Connections in the API's database pool.
@@ -76,9 +79,13 @@ const POOL_CONNECTIONS: u32 = 32;
 const EXPORTS_AT_ONCE: usize = 6;
 /// Requests (lifecycle changes, exports) waiting for a busy tenant's lock at once, each for up
 /// to its `lockTimeout` (an hour at most) on a connection of its own. With the exports reading
-/// (whose slot is taken before their connection), at most 20 of the 32 connections are held
-/// for long; the rest serve every other route.
+/// (whose slot is taken before their connection) and the batches arriving, at most 24 of the 32
+/// connections are held for long; the rest serve every other route.
 const LOCK_WAITS_AT_ONCE: usize = 8;
+/// NDJSON batches at once whose items are being written as their body arrives, each in a
+/// transaction on a connection of its own until the body ends (at most `PROVISIONER_BODY_TIMEOUT`
+/// of the client's time, and as long as the database takes to write the items).
+const BATCH_INTAKES_AT_ONCE: usize = 4;
 
 /// The whole HTTP surface, apart from binding.
 fn router(state: AppState) -> Router {
@@ -279,6 +286,11 @@ pub async fn run(
             LOCK_WAITS_AT_ONCE,
             slots::ShareWait::Refuse,
             "requests waiting for a tenant's lock",
+        ),
+        batch_intakes: slots::Slots::new(
+            BATCH_INTAKES_AT_ONCE,
+            slots::ShareWait::Wait,
+            "NDJSON batches arriving",
         ),
     };
 

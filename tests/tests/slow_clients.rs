@@ -2,7 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use provisioner_tests::{Options, TestApp};
+use futures_util::{StreamExt, stream};
+use provisioner_tests::{
+    Options, TestApp,
+    batches::{self, item, items},
+    eventually, fixtures,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -31,7 +36,7 @@ async fn half_sent_headers_are_dropped_and_stalled_bodies_end_with_408() {
         let mut s = TcpStream::connect(app.addr).await.unwrap();
         let path = format!(
             "/configapi/v2/selfservice/tenant/{}",
-            provisioner_tests::fixtures::tenant_url()
+            fixtures::tenant_url()
         );
         let token = app.bootstrap_token().await;
         let request = format!(
@@ -173,16 +178,13 @@ async fn a_client_past_its_waits_at_once_is_answered_without_waiting() {
     .await;
     let url = app.serve_sample_template("t").await;
     let id = app
-        .submit(
-            &provisioner_tests::fixtures::tenant_url(),
-            &provisioner_tests::fixtures::create_body(&url),
-        )
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await;
     let poll = app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=queued"));
     let held: Vec<_> = (0..2)
         .map(|_| tokio::spawn(app.http.get(&poll).send()))
         .collect();
-    provisioner_tests::eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(10), || async {
         let text = provisioner_tests::get(app.url("/metrics"))
             .await
             .ok()?
@@ -223,7 +225,7 @@ async fn a_trickling_upload_ends_with_408_at_the_body_deadline_and_is_dropped() 
     })
     .await;
     let token = app.bootstrap_token().await;
-    let tenant = provisioner_tests::fixtures::tenant_url();
+    let tenant = fixtures::tenant_url();
     let stream = TcpStream::connect(app.addr).await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     writer
@@ -288,7 +290,7 @@ async fn a_trickling_upload_ends_with_408_at_the_body_deadline_and_is_dropped() 
     // upload right after it is taken at once.
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM templates").await, 0);
-    let template = provisioner_tests::fixtures::sample_template(app.db_version().await).write();
+    let template = fixtures::sample_template(app.db_version().await).write();
     let r = app
         .http
         .put(app.url(&format!("/configapi/v2/tenant/{tenant}")))
@@ -340,7 +342,7 @@ async fn the_body_deadline_does_not_count_the_servers_own_time() {
         }
     });
     // The first chunk waits on the lock, the rest of the body sent already.
-    provisioner_tests::eventually(Duration::from_secs(30), || async {
+    eventually(Duration::from_secs(30), || async {
         let waiting = app
             .count(
                 "SELECT count(*) FROM pg_locks l
@@ -375,9 +377,9 @@ async fn the_body_deadline_does_not_count_the_servers_own_time() {
 async fn a_large_stream_create_for_an_existing_tenant_is_refused_before_its_body_arrives() {
     let app = TestApp::spawn().await;
     let url = app.serve_sample_template("t").await;
-    let tenant = provisioner_tests::fixtures::tenant_url();
+    let tenant = fixtures::tenant_url();
     let done = app
-        .create_and_wait(&tenant, &provisioner_tests::fixtures::create_body(&url))
+        .create_and_wait(&tenant, &fixtures::create_body(&url))
         .await;
     assert_eq!(done["code"].as_i64(), Some(200), "{done}");
     let token = app.bootstrap_token().await;
@@ -413,5 +415,116 @@ async fn a_large_stream_create_for_an_existing_tenant_is_refused_before_its_body
             .contains("already exists"),
         "{problem}"
     );
+    app.stop().await;
+}
+
+/// An NDJSON batch of more items than one written chunk whose body then stalls until the
+/// returned sender is dropped; the task answers the request's status.
+fn stalled_batch(
+    app: &TestApp,
+    http: &reqwest::Client,
+    template: &str,
+) -> (
+    tokio::task::JoinHandle<reqwest::StatusCode>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first: Vec<Result<bytes::Bytes, std::io::Error>> = items(1_001, template)
+        .iter()
+        .map(|i| Ok(format!("{i}\n").into()))
+        .collect();
+    let last = format!("{}\n", item(&fixtures::tenant_url(), template));
+    let body = stream::iter(first).chain(stream::once(async move {
+        released.await.ok();
+        Ok(bytes::Bytes::from(last))
+    }));
+    let request = http
+        .post(app.url("/configapi/v2/batches"))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body));
+    let answer = tokio::spawn(async move { request.send().await.unwrap().status() });
+    (answer, release)
+}
+
+/// A batch of more items than one chunk whose body arrives whole: the status and the detail
+/// of its answer.
+async fn whole_batch(app: &TestApp, http: &reqwest::Client, template: &str) -> (u16, String) {
+    let r = batches::post(
+        app,
+        http,
+        "application/x-ndjson",
+        batches::ndjson(&items(1_001, template)),
+    )
+    .await;
+    let status = r.status().as_u16();
+    let retry = r.headers().get("retry-after").cloned();
+    let text = r.text().await.unwrap();
+    if status == 503 {
+        assert_eq!(retry.unwrap(), "5", "{text}");
+    }
+    (status, text)
+}
+
+/// NDJSON batches write their items as they arrive, in a transaction that waits for the
+/// client: four at once (two per client) hold a connection each, further ones are `503` with
+/// `Retry-After`, so slow senders never take the pool every other route needs (34 of them
+/// left the API unable to issue a token or list a job).
+#[tokio::test]
+async fn ndjson_batches_arriving_at_once_are_bounded() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let scopes = ["tenants:read", "tenants:write"];
+    let first = batches::client(&app, "first", &scopes).await;
+    let second = batches::client(&app, "second", &scopes).await;
+    let third = batches::client(&app, "third", &scopes).await;
+    let stalled: Vec<_> = [&first, &first, &second, &second]
+        .into_iter()
+        .map(|http| stalled_batch(&app, http, &template))
+        .collect();
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND state = 'idle in transaction'";
+    eventually(Duration::from_secs(30), || async {
+        (app.count(waiting).await == 4).then_some(())
+    })
+    .await;
+    let (status, detail) = whole_batch(&app, &first, &template).await;
+    assert_eq!(status, 503, "{detail}");
+    assert!(
+        detail.contains("this client has as many NDJSON batches arriving"),
+        "{detail}"
+    );
+    let (status, detail) = whole_batch(&app, &third, &template).await;
+    assert_eq!(status, 503, "{detail}");
+    assert!(
+        detail.contains("the server has as many NDJSON batches arriving"),
+        "{detail}"
+    );
+    assert_eq!(app.count(waiting).await, 4, "the refused held nothing");
+    // The other routes keep the pool: more requests at once than it has connections.
+    let listings = (0..40).map(|_| {
+        third
+            .get(app.url("/configapi/v2/jobs?limit=1"))
+            .timeout(Duration::from_secs(5))
+            .send()
+    });
+    for answer in futures_util::future::join_all(listings).await {
+        assert_eq!(answer.expect("answered while batches stall").status(), 200);
+    }
+    // A small batch holds no transaction while it arrives, and needs no slot.
+    let small = batches::post(
+        &app,
+        &third,
+        "application/x-ndjson",
+        batches::ndjson(&items(2, &template)),
+    )
+    .await;
+    assert_eq!(small.status(), 202);
+    // One released: its batch is accepted, and its slot is another client's.
+    let mut stalled = stalled.into_iter();
+    let (answer, release) = stalled.next().unwrap();
+    drop(release);
+    assert_eq!(answer.await.unwrap(), 202);
+    assert_eq!(whole_batch(&app, &third, &template).await.0, 202);
+    drop(stalled);
     app.stop().await;
 }
