@@ -38,7 +38,7 @@ pub(crate) struct Upload {
 /// as it arrives.
 pub(crate) async fn read<S, E>(
     budget: &MemoryBudget,
-    mut stream: S,
+    stream: S,
     expected: Option<u64>,
     max: u64,
 ) -> Result<Upload, ApiError>
@@ -49,6 +49,21 @@ where
     let expected = expected.unwrap_or(0).min(max);
     let mut reserved = budget.none();
     take(&mut reserved, expected).await?;
+    read_within(reserved, stream, max).await
+}
+
+/// Reads `stream` into memory within `reserved` (already taken), which grows as the bytes pass
+/// it: more than `max` bytes is `413`.
+pub(crate) async fn read_within<S, E>(
+    mut reserved: Reserved,
+    mut stream: S,
+    max: u64,
+) -> Result<Upload, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<ApiError>,
+{
+    let expected = reserved.bytes().min(max);
     let mut buffer = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0));
     let mut hasher = Sha256::new();
     while let Some(chunk) = stream.next().await {

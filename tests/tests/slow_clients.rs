@@ -528,3 +528,63 @@ async fn ndjson_batches_arriving_at_once_are_bounded() {
     drop(stalled);
     app.stop().await;
 }
+
+/// A form's bytes are within the upload budget from its first byte, not from its template
+/// part's: the multipart parser buffers a part's headers (and whatever precedes the first
+/// boundary) until it finds their end, and 24 forms whose headers never ended held 1.6 GiB
+/// outside any budget.
+#[tokio::test]
+async fn a_form_takes_its_share_of_the_upload_budget_before_its_first_part() {
+    const BUDGET: u64 = 2 << 20;
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_TEMPLATE_MEMORY_BUDGET", BUDGET.to_string())],
+    })
+    .await;
+    let token = app.bootstrap_token().await;
+    // A form declared at 1.5 MiB whose first part's headers never end.
+    let mut form = TcpStream::connect(app.addr).await.unwrap();
+    let tenant = fixtures::tenant_url();
+    form.write_all(
+        format!(
+            "POST /configapi/v2/selfservice/tenant/{tenant} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary=XyZb\r\nContent-Length: {}\r\n\r\n--XyZb\r\nContent-Disposition: form-data; name=\"x\"\r\nX-Pad: {}",
+            3 << 19,
+            "a".repeat(64 << 10)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Its reading has begun once its padding is in the API's hands: the first bytes of the
+    // form were read only after its share was taken, so a second upload of 1 MiB no longer fits.
+    let upload = |tenant: String| {
+        app.http
+            .put(app.url(&format!("/configapi/v2/tenant/{tenant}")))
+            .header("content-type", "application/zip")
+            .body(vec![b'P'; 1 << 20])
+            .send()
+    };
+    let refused = eventually(Duration::from_secs(20), || async {
+        let r = upload(fixtures::tenant_url()).await.unwrap();
+        (r.status() == 503).then_some(r)
+    })
+    .await;
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("as many templates as its memory allows"),
+        "{problem}"
+    );
+    // The form gone, its share is free again.
+    drop(form);
+    let answered = eventually(Duration::from_secs(20), || async {
+        let r = upload(fixtures::tenant_url()).await.unwrap();
+        (r.status() != 503).then_some(r.status())
+    })
+    .await;
+    assert_eq!(answered, 202, "accepted once the budget has room");
+    app.stop().await;
+}

@@ -273,7 +273,8 @@ impl Form {
     }
 }
 
-/// Reads every part; the `template` file part into memory, within the upload budget. A part at
+/// Reads every part; the `template` file part into memory, the whole form within the upload
+/// budget (the template keeps the form's share while it is held). A part at
 /// fault (a name given twice, a number mapped twice, text too long or not UTF-8) is noted and
 /// the reading goes on, so every fault is reported at once. The other parts' bytes, kept or
 /// not, are at most `FORM_TEXT_TOTAL` together (`413` as soon as they pass it, as a JSON body
@@ -283,6 +284,13 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
     // A form declared larger than `max` is `413` before a byte is read; its length bounds the
     // file's, reserved before reading.
     let length = upload::declared_length(request.headers(), max)?;
+    // The whole form is reserved before a byte is read, not only its template: the parser
+    // buffers whatever comes before the first boundary, and a part's headers, until it finds
+    // their end (up to the body limit), so every byte it may hold is within the budget. A form
+    // of unknown length reserves the most a template may be.
+    let mut reserved = state.template_budget.none();
+    upload::take(&mut reserved, length.unwrap_or(max)).await?;
+    let mut reserved = Some(reserved);
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -299,8 +307,8 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
         }
         let first = form.seen.insert(name.clone());
         if name == "template" && first {
-            let budget = &state.template_budget;
-            form.upload = Some(upload::read(budget, field, length, max).await?);
+            let reserved = reserved.take().expect("one template part is read");
+            form.upload = Some(upload::read_within(reserved, field, max).await?);
             continue;
         }
         let text = form_text(field, FORM_TEXT_TOTAL - read).await?;
