@@ -32,7 +32,9 @@ const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// Queue places per verification slot: a burst of integrations starting at once (after a
 /// deployment) waits its turn; only what could not be verified within `QUEUE_WAIT` is refused.
 const QUEUE_PER_SLOT: usize = 16;
-/// Most failure records kept (ids and peers together); past it the oldest windows are dropped.
+/// Most failure records kept (ids and peers together). Past it, windows that have ended are
+/// dropped, then the record with the fewest failures (the oldest of those): a flood of new keys
+/// pushes out its own single failures, never the count of a key that keeps failing.
 const MAX_TRACKED: usize = 10_000;
 /// How long a verification is taken to last before one was measured.
 const FIRST_VERIFICATION: Duration = Duration::from_millis(50);
@@ -153,7 +155,13 @@ impl TokenGuard {
         }
         for key in keys(client_id, peer, known) {
             if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
-                break;
+                let least = failures
+                    .iter()
+                    .min_by_key(|(_, w)| (w.failures, w.started))
+                    .map(|(k, _)| k.clone());
+                if let Some(least) = least {
+                    failures.remove(&least);
+                }
             }
             let window = failures.entry(key).or_insert(Window {
                 started: now,
@@ -279,6 +287,30 @@ mod tests {
             (Duration::from_millis(19)..=Duration::from_millis(21)).contains(&after),
             "{after:?}"
         );
+    }
+
+    /// A flood of new keys (ids that do not exist, from many peers) fills the map; a key that
+    /// keeps failing is still counted, and locked out (it was not recorded once the map was full).
+    #[tokio::test]
+    async fn a_full_failure_map_still_counts_a_key_that_keeps_failing() {
+        let guard = TokenGuard::with_slots(1);
+        let attacker: IpAddr = "192.0.2.7".parse().unwrap();
+        for i in 0..MAX_TRACKED {
+            let peer = IpAddr::from(std::net::Ipv6Addr::from(u128::try_from(i).unwrap() + 1));
+            guard.failed(&format!("nobody-{i}"), Some(peer), false);
+        }
+        for i in 0..MAX_FAILURES {
+            assert!(guard.admit("victim", Some(attacker)).await.is_ok(), "{i}");
+            guard.failed("victim", Some(attacker), true);
+            // The flood goes on between the attempts.
+            let peer = IpAddr::from(std::net::Ipv6Addr::from((u128::from(i) + 1) << 64));
+            guard.failed("nobody", Some(peer), false);
+        }
+        assert!(matches!(
+            guard.admit("victim", Some(attacker)).await.unwrap_err(),
+            Refusal::TooManyFailures { .. }
+        ));
+        assert!(guard.failures.lock().unwrap().len() <= MAX_TRACKED);
     }
 
     #[test]
