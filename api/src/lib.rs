@@ -30,7 +30,6 @@ use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use provisioner_shared::{
-    budget::MemoryBudget,
     config::Settings,
     db::{self, PoolConfig},
     relay::Notifications,
@@ -56,7 +55,7 @@ pub(crate) struct AppState {
     tokens: Arc<token_cache::TokenCache>,
     waits: Arc<wait::Waits>,
     /// Memory for uploads in flight and templates being checked.
-    template_budget: MemoryBudget,
+    template_budget: upload::Budget,
     /// The dashboard's live caches.
     ui: Arc<ui::Live>,
     /// Records submitted jobs, several per statement under load.
@@ -277,7 +276,7 @@ pub async fn run(
             background.notifications().auth().clone(),
         )),
         waits: Arc::default(),
-        template_budget: MemoryBudget::new(settings.template_memory_budget),
+        template_budget: upload::Budget::new(settings.template_memory_budget),
         ui: Arc::default(),
         recorder: recorder::Recorder::start(&pool, background.notifications().clone()),
         broker_readings: Arc::new(metrics::BrokerReadings::new(settings.amqp_url.clone())),

@@ -2,8 +2,17 @@
 //! all uploads in flight within the process's memory budget (a request that cannot get its
 //! share in time is `503` with `Retry-After`), hashed into their template-store id as the bytes
 //! arrive. Nothing touches the disk: the bytes go to the template store with their job.
+//!
+//! One client's requests hold at most half of the budget together (any one of them alone may
+//! hold more): an upload reserves its declared length before its first byte, so a client's slow
+//! uploads would otherwise hold the whole budget, and every other client's uploads, for as long
+//! as their bodies may take. Past its half a client's request is `503` at once.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{body::Bytes, http::HeaderMap};
 use bytes::BytesMut;
@@ -30,14 +39,108 @@ pub(crate) struct Upload {
     pub(crate) id: String,
     pub(crate) bytes: Bytes,
     /// Its share of the memory budget, held while the bytes are.
-    pub(crate) reserved: Reserved,
+    pub(crate) reserved: Share,
+}
+
+/// The API's memory budget for templates, with each client's part of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    budget: MemoryBudget,
+    /// Bytes held by each client's requests; a client's entry goes with its last share.
+    clients: Arc<Mutex<HashMap<String, u64>>>,
+    per_client: u64,
+}
+
+/// A request's share of the budget, counted to its client; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Share {
+    reserved: Reserved,
+    budget: Budget,
+    client: String,
+    /// The bytes counted to the client for this share.
+    counted: u64,
+}
+
+impl Budget {
+    pub(crate) fn new(bytes: u64) -> Self {
+        Self {
+            budget: MemoryBudget::new(bytes),
+            clients: Arc::default(),
+            per_client: bytes / 2,
+        }
+    }
+
+    /// A share of nothing for `client`'s request, to be grown with `take`.
+    pub(crate) fn none(&self, client: &str) -> Share {
+        Share {
+            reserved: self.budget.none(),
+            budget: self.clone(),
+            client: client.to_owned(),
+            counted: 0,
+        }
+    }
+
+    /// The bytes reserved now (for `/metrics`).
+    pub(crate) fn in_use_bytes(&self) -> u64 {
+        self.budget.in_use_bytes()
+    }
+}
+
+impl Share {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.reserved.bytes()
+    }
+
+    /// Counts this share as `bytes` to its client, unless the client's other requests hold
+    /// some and all together would pass its half of the budget.
+    fn count(&mut self, bytes: u64) -> Result<(), ApiError> {
+        if bytes <= self.counted {
+            return Ok(());
+        }
+        let mut clients = self.budget.clients.lock().expect("client shares");
+        let held = clients.entry(self.client.clone()).or_insert(0);
+        let others = *held - self.counted;
+        if others > 0 && others + bytes > self.budget.per_client {
+            return Err(ApiError::Busy {
+                detail: "this client's requests hold as much of the server's memory for \
+                         templates as one client may; retry later"
+                    .to_owned(),
+                retry_after: RETRY_AFTER,
+            });
+        }
+        *held = others + bytes;
+        self.counted = bytes;
+        Ok(())
+    }
+
+    /// Counts this share as `bytes` again, fewer than counted (its growth failed).
+    fn uncount_to(&mut self, bytes: u64) {
+        let mut clients = self.budget.clients.lock().expect("client shares");
+        if let Some(held) = clients.get_mut(&self.client) {
+            *held -= self.counted - bytes;
+        }
+        self.counted = bytes;
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut clients = self.budget.clients.lock().expect("client shares");
+        if let Some(held) = clients.get_mut(&self.client) {
+            *held -= self.counted;
+            if *held == 0 {
+                clients.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// Reads `stream` into memory: more than `max` bytes is `413`. `expected` (a declared length)
 /// is reserved before the first byte is read; a body longer than that takes more of the budget
 /// as it arrives.
 pub(crate) async fn read<S, E>(
-    budget: &MemoryBudget,
+    budget: &Budget,
+    client: &str,
     stream: S,
     expected: Option<u64>,
     max: u64,
@@ -47,7 +150,7 @@ where
     E: Into<ApiError>,
 {
     let expected = expected.unwrap_or(0).min(max);
-    let mut reserved = budget.none();
+    let mut reserved = budget.none(client);
     take(&mut reserved, expected).await?;
     read_within(reserved, stream, max).await
 }
@@ -55,7 +158,7 @@ where
 /// Reads `stream` into memory within `reserved` (already taken), which grows as the bytes pass
 /// it: more than `max` bytes is `413`.
 pub(crate) async fn read_within<S, E>(
-    mut reserved: Reserved,
+    mut reserved: Share,
     mut stream: S,
     max: u64,
 ) -> Result<Upload, ApiError>
@@ -85,11 +188,15 @@ where
     })
 }
 
-/// Grows `reserved` to `bytes`, waiting at most `BUDGET_WAIT`; `503` when it does not fit.
-pub(crate) async fn take(reserved: &mut Reserved, bytes: u64) -> Result<(), ApiError> {
-    if reserved.grow_within(bytes, BUDGET_WAIT).await {
+/// Grows `share` to `bytes`, waiting at most `BUDGET_WAIT`; `503` when it does not fit, or
+/// at once when its client's other requests hold their half of the budget.
+pub(crate) async fn take(share: &mut Share, bytes: u64) -> Result<(), ApiError> {
+    let before = share.counted;
+    share.count(bytes)?;
+    if share.reserved.grow_within(bytes, BUDGET_WAIT).await {
         Ok(())
     } else {
+        share.uncount_to(before);
         Err(ApiError::Busy {
             detail: "the server is receiving as many templates as its memory allows; retry later"
                 .to_owned(),
@@ -133,4 +240,70 @@ pub(crate) fn require_zip(headers: &HeaderMap) -> Result<(), ApiError> {
 
 fn too_large(max: u64) -> ApiError {
     ApiError::PayloadTooLarge(format!("the template is larger than {max} bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn refusal(taken: Option<Result<(), ApiError>>) -> String {
+        match taken {
+            Some(Err(ApiError::Busy {
+                detail,
+                retry_after: 5,
+            })) => detail,
+            other => panic!("not refused at once: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_holds_at_most_half_the_budget_beside_its_other_requests() {
+        let budget = Budget::new(4 * MIB);
+        let mut first = budget.none("a");
+        take(&mut first, 3 * MIB / 2).await.unwrap();
+        // The client's second request would pass its half: refused at once, not after a wait.
+        let mut second = budget.none("a");
+        let detail = refusal(take(&mut second, 3 * MIB / 2).now_or_never());
+        assert!(detail.contains("this client's requests"), "{detail}");
+        assert_eq!(second.counted, 0, "a refused growth counts nothing");
+        // Another client's fits beside it.
+        let mut other = budget.none("b");
+        take(&mut other, 3 * MIB / 2).await.unwrap();
+        // A request alone may hold more than half, as its bytes arrive.
+        drop((first, second));
+        let mut alone = budget.none("a");
+        take(&mut alone, MIB).await.unwrap();
+        take(&mut alone, 5 * MIB / 2).await.unwrap();
+        assert_eq!(budget.in_use_bytes(), 4 * MIB);
+        drop((alone, other));
+        assert!(
+            budget.clients.lock().unwrap().is_empty(),
+            "entries go with their shares"
+        );
+        assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_growth_the_budget_cannot_hold_is_uncounted() {
+        let budget = Budget::new(2 * MIB);
+        let mut other = budget.none("b");
+        take(&mut other, 3 * MIB / 2).await.unwrap();
+        let mut share = budget.none("a");
+        take(&mut share, MIB / 4).await.unwrap();
+        // The budget has half a MiB left: waited for, then refused; the client is counted as
+        // before.
+        let detail = match take(&mut share, MIB).await {
+            Err(ApiError::Busy { detail, .. }) => detail,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            detail.contains("as many templates as its memory allows"),
+            "{detail}"
+        );
+        assert_eq!(budget.clients.lock().unwrap()["a"], MIB / 4);
+    }
 }

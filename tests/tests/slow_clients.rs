@@ -556,9 +556,14 @@ async fn a_form_takes_its_share_of_the_upload_budget_before_its_first_part() {
     .await
     .unwrap();
     // Its reading has begun once its padding is in the API's hands: the first bytes of the
-    // form were read only after its share was taken, so a second upload of 1 MiB no longer fits.
+    // form were read only after its share was taken, so another client's upload of 1 MiB no
+    // longer fits.
+    let other = provisioner_tests::authorized_client(
+        &app.client_token("other", &["tenants:read", "tenants:write"])
+            .await,
+    );
     let upload = |tenant: String| {
-        app.http
+        other
             .put(app.url(&format!("/configapi/v2/tenant/{tenant}")))
             .header("content-type", "application/zip")
             .body(vec![b'P'; 1 << 20])

@@ -653,8 +653,30 @@ async fn uploads_past_the_memory_budget_wait_then_answer_503_with_retry_after() 
     .await;
 
     let bytes = sample(&app).await;
+    // The same client's next upload passes its half of the budget: refused at once.
     let started = tokio::time::Instant::now();
     let r = store(&app.http, &app, &bytes, None).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused at once"
+    );
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this client's requests hold"),
+        "{problem}"
+    );
+    // Another client's waits for room first.
+    let other = provisioner_tests::authorized_client(
+        &app.client_token("other", &["tenants:read", "tenants:write"])
+            .await,
+    );
+    let started = tokio::time::Instant::now();
+    let r = store(&other, &app, &bytes, None).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "5");
     assert!(

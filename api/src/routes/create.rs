@@ -211,7 +211,7 @@ async fn from_form(
     answer: Answer,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let form = read_form(&state, request).await?;
+    let form = read_form(&state, &caller, request).await?;
     let input = match &form.upload {
         Some(upload) => TemplateInput::FormFile(&upload.id),
         None => TemplateInput::Form,
@@ -279,7 +279,7 @@ impl Form {
 /// the reading goes on, so every fault is reported at once. The other parts' bytes, kept or
 /// not, are at most `FORM_TEXT_TOTAL` together (`413` as soon as they pass it, as a JSON body
 /// past its limit), so a form's memory and reading time besides its template are bounded.
-async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError> {
+async fn read_form(state: &AppState, caller: &Caller, request: Request) -> Result<Form, ApiError> {
     let max = state.settings.template_max_bytes;
     // A form declared larger than `max` is `413` before a byte is read; its length bounds the
     // file's, reserved before reading.
@@ -288,7 +288,7 @@ async fn read_form(state: &AppState, request: Request) -> Result<Form, ApiError>
     // buffers whatever comes before the first boundary, and a part's headers, until it finds
     // their end (up to the body limit), so every byte it may hold is within the budget. A form
     // of unknown length reserves the most a template may be.
-    let mut reserved = state.template_budget.none();
+    let mut reserved = state.template_budget.none(&caller.client_id);
     upload::take(&mut reserved, length.unwrap_or(max)).await?;
     let mut reserved = Some(reserved);
     let mut multipart = Multipart::from_request(request, state)

@@ -30,11 +30,15 @@ use crate::{
 const READ_BEFORE_LOOKING: u64 = 64 * 1024;
 
 /// Reads the request body into memory, within the size cap and the upload budget.
-async fn read_body(state: &AppState, request: Request) -> Result<Upload, ApiError> {
+async fn read_body(
+    state: &AppState,
+    caller: &Caller,
+    request: Request,
+) -> Result<Upload, ApiError> {
     let max = state.settings.template_max_bytes;
     let length = upload::declared_length(request.headers(), max)?;
     let body = request.into_body().into_data_stream();
-    upload::read(&state.template_budget, body, length, max).await
+    upload::read(&state.template_budget, &caller.client_id, body, length, max).await
 }
 
 /// `PUT /configapi/v2/tenant/{tenant_url}?lockTimeout=N`: the tenant name and SIP domain are
@@ -77,7 +81,7 @@ pub(super) async fn create_from_stream(
             "a tenant with URL {url} already exists"
         )));
     }
-    let upload = read_body(&state, request).await?;
+    let upload = read_body(&state, &caller, request).await?;
     let params = CreateTenantParams {
         tenant_name: url.to_string(),
         admin: None,
@@ -126,7 +130,7 @@ pub(super) async fn import_tenant(
         prefer_wait: PreferWait(None),
         ..answer
     };
-    let upload = read_body(&state, request).await?;
+    let upload = read_body(&state, &caller, request).await?;
     // The job names its tenant when the archive says which, within a bounded read (the
     // directory and the start of tenant.json); a bad archive fails in the worker.
     let bytes = upload.bytes.clone();

@@ -14,7 +14,6 @@ use axum::{
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 use provisioner_shared::{
-    budget::Reserved,
     db::{
         self,
         templates::{Facts, KeptRow, Viewer, is_template_id},
@@ -111,7 +110,8 @@ pub(super) async fn store_template(
     let max = state.settings.template_max_bytes;
     let length = upload::declared_length(request.headers(), max)?;
     let body = request.into_body().into_data_stream();
-    let mut upload = upload::read(&state.template_budget, body, length, max).await?;
+    let mut upload =
+        upload::read(&state.template_budget, &caller.client_id, body, length, max).await?;
     // Even an operator stores for itself: only its own keep makes this a repeat.
     let own = Viewer {
         client_id: &caller.client_id,
@@ -270,7 +270,7 @@ pub(super) async fn get_template_content(
     PathText(raw): PathText,
 ) -> Result<Response, ApiError> {
     let kept = visible(&state, &caller, &raw).await?;
-    let mut reserved = state.template_budget.none();
+    let mut reserved = state.template_budget.none(&caller.client_id);
     upload::take(&mut reserved, u64::try_from(kept.bytes).unwrap_or(u64::MAX)).await?;
     let content = db::templates::content(&state.pool, &kept.template_id)
         .await?
@@ -288,7 +288,7 @@ pub(super) async fn get_template_content(
 }
 
 /// A body of `bytes` that holds `reserved` until it is sent (or abandoned).
-fn held_body(bytes: Bytes, reserved: Reserved) -> Body {
+fn held_body(bytes: Bytes, reserved: upload::Share) -> Body {
     let chunks: Vec<Bytes> = (0..bytes.len())
         .step_by(CONTENT_CHUNK)
         .map(|at| bytes.slice(at..(at + CONTENT_CHUNK).min(bytes.len())))
