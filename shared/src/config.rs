@@ -59,6 +59,10 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
+    /// Templates one client may keep in the template store, and their bytes together; past
+    /// either, storing another answers 409.
+    pub client_max_stored_templates: u32,
+    pub client_max_stored_bytes: u64,
     /// Requests one client may make per second to one API process (as many at once), past
     /// which they answer 429; `None`: no limit.
     pub client_request_rate: Option<std::num::NonZeroU32>,
@@ -186,6 +190,14 @@ impl Settings {
             client_max_active_jobs: positive(
                 "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
                 &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),
+            )?,
+            client_max_stored_templates: positive(
+                "PROVISIONER_CLIENT_MAX_STORED_TEMPLATES",
+                &var("PROVISIONER_CLIENT_MAX_STORED_TEMPLATES", "1000"),
+            )?,
+            client_max_stored_bytes: positive(
+                "PROVISIONER_CLIENT_MAX_STORED_BYTES",
+                &var("PROVISIONER_CLIENT_MAX_STORED_BYTES", "4294967296"),
             )?,
             idle_in_transaction_timeout: idle_in_transaction(&var(
                 "PROVISIONER_IDLE_IN_TRANSACTION_TIMEOUT",

@@ -692,3 +692,59 @@ async fn uploads_past_the_memory_budget_wait_then_answer_503_with_retry_after() 
     assert_eq!(store(&app.http, &app, &bytes, None).await.status(), 201);
     app.stop().await;
 }
+
+/// A client keeps at most `PROVISIONER_CLIENT_MAX_STORED_TEMPLATES` templates, of at most
+/// `PROVISIONER_CLIENT_MAX_STORED_BYTES` together: past either, storing another is `409`
+/// (nothing stored); bytes it keeps already are still `200`; deleting one makes room; another
+/// client has a quota of its own.
+#[tokio::test]
+async fn a_client_keeps_templates_within_its_quota() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_STORED_TEMPLATES", "2".into())],
+    })
+    .await;
+    let (first, second, third) = (sample(&app).await, sample(&app).await, sample(&app).await);
+    let first_id = store_new(&app.http, &app, &first).await;
+    store_new(&app.http, &app, &second).await;
+    let r = store(&app.http, &app, &third, None).await;
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("keeps 2 templates") && detail.contains("at most 2 templates"),
+        "{detail}"
+    );
+    assert!(
+        !is_stored(&app, &content_id(&third)).await,
+        "nothing stored"
+    );
+    assert_eq!(store(&app.http, &app, &first, None).await.status(), 200);
+    let other = provisioner_tests::authorized_client(
+        &app.client_token("other", &["tenants:read", "tenants:write"])
+            .await,
+    );
+    store_new(&other, &app, &third).await;
+    assert_eq!(delete(&app.http, &app, &first_id).await, 204);
+    store_new(&app.http, &app, &third).await;
+    app.stop().await;
+
+    // The bytes: a quota smaller than one template refuses even the first.
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_STORED_BYTES", "1000".into())],
+    })
+    .await;
+    let r = store(&app.http, &app, &sample(&app).await, None).await;
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("of 1000 bytes together"),
+        "{problem}"
+    );
+    assert_eq!(stored_templates(&app).await, 0);
+    app.stop().await;
+}

@@ -96,6 +96,7 @@ impl From<KeptRow> for TemplateBody {
             headers(("Location" = String, description = "/configapi/v2/templates/{templateId}"))),
         (status = 200, description = "This client stored these bytes already: its template, name unchanged", body = TemplateBody),
         (status = 400, description = "A template create-from-template refuses (the problem names the fault), or an invalid name"),
+        (status = 409, description = "The client keeps as many templates, or bytes of them, as it may"),
         (status = 413, description = "The template is too large"),
         (status = 415, description = "Not a ZIP"),
         (status = 503, description = "The server is receiving as many templates as its memory allows (Retry-After)")))]
@@ -122,6 +123,7 @@ pub(super) async fn store_template(
     }
     let facts = check(&state, &mut upload).await?;
     let mut tx = state.pool.begin().await?;
+    within_quota(&state, &mut tx, &caller.client_id, upload.bytes.len()).await?;
     db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
     db::templates::describe(&mut tx, &upload.id, &facts).await?;
     let new = db::templates::keep(&mut tx, &caller.client_id, &upload.id, name.as_deref()).await?;
@@ -138,6 +140,33 @@ pub(super) async fn store_template(
         StatusCode::OK
     };
     Ok(answer(status, kept))
+}
+
+/// `409` when keeping one more template of `bytes` would pass the client's quota
+/// (`PROVISIONER_CLIENT_MAX_STORED_TEMPLATES`, `PROVISIONER_CLIENT_MAX_STORED_BYTES`): every
+/// stored template stays until its client deletes it, so a client could otherwise grow the
+/// database without bound. Counted in `tx` under the client's row lock, so concurrent stores
+/// of one client never pass it together.
+async fn within_quota(
+    state: &AppState,
+    tx: &mut sqlx::PgConnection,
+    client_id: &str,
+    bytes: usize,
+) -> Result<(), ApiError> {
+    let (count, held) = db::templates::kept_by(tx, client_id).await?;
+    let (max_count, max_bytes) = (
+        state.settings.client_max_stored_templates,
+        state.settings.client_max_stored_bytes,
+    );
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    let held = u64::try_from(held).unwrap_or(0);
+    if count >= i64::from(max_count) || held.saturating_add(bytes) > max_bytes {
+        return Err(ApiError::Conflict(format!(
+            "this client keeps {count} templates of {held} bytes, and may keep at most \
+             {max_count} templates of {max_bytes} bytes together; delete some first"
+        )));
+    }
+    Ok(())
 }
 
 /// `?name=`: text of 1 to `MAX_NAME` characters, or absent.

@@ -125,6 +125,25 @@ pub async fn keep(
     .map(|done| done.rows_affected() == 1)
 }
 
+/// What client `client_id` keeps in the store: how many templates, and their bytes together.
+/// Locks the client's row first, so concurrent stores of one client count one after another
+/// (until the transaction ends). Reads at most as many rows as the client keeps, which its
+/// quota bounds.
+pub async fn kept_by(conn: &mut PgConnection, client_id: &str) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM api_clients WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(client_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    sqlx::query_as(
+        "SELECT count(*), coalesce(sum(t.bytes), 0)::bigint
+         FROM client_templates c JOIN templates t ON t.id = c.template_id
+         WHERE c.client_id = $1",
+    )
+    .bind(client_id)
+    .fetch_one(conn)
+    .await
+}
+
 /// Client `client_id` no longer keeps template `id`; `false` if it did not keep it. Other
 /// clients' keeps, and jobs that read the template, are not affected.
 pub async fn forget(
