@@ -435,6 +435,8 @@ impl<'a> Intake<'a> {
                 Ok(()) => self.tx = Some(tx),
                 Err(CreateError::IdempotencyKeyTaken) => {
                     drop(tx);
+                    // The rest of the body is only digested: it holds no connection.
+                    self.slot = None;
                     // A concurrent request with the key committed first: answer its batch.
                     self.check_replay().await?;
                     self.chunk.clear();

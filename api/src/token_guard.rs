@@ -34,7 +34,8 @@ const QUEUE_WAIT: Duration = Duration::from_secs(2);
 const QUEUE_PER_SLOT: usize = 16;
 /// Most failure records kept (ids and peers together). Past it, windows that have ended are
 /// dropped, then the record with the fewest failures (the oldest of those): a flood of new keys
-/// pushes out its own single failures, never the count of a key that keeps failing.
+/// pushes out its own single failures before the count of a key that keeps failing (only a
+/// flood whose every record failed more often than that key could push it out).
 const MAX_TRACKED: usize = 10_000;
 /// How long a verification is taken to last before one was measured.
 const FIRST_VERIFICATION: Duration = Duration::from_millis(50);

@@ -217,14 +217,24 @@ impl Api {
         }
     }
 
-    /// Sends a request whose body cannot be sent twice (a stream), with a token valid now.
-    pub async fn send_once(&self, request: RequestBuilder) -> Result<Response> {
-        let token = self.token(false).await?;
-        request
-            .bearer_auth(token)
-            .send()
-            .await
-            .map_err(|e| unreachable(&self.base, e))
+    /// Sends a request whose body is a stream, built anew by `build` for each try, with a token
+    /// valid now: again after a `429`/`503` with `Retry-After`, as `send` does. The API can
+    /// refuse such a body while it still arrives (an NDJSON batch past the batches it receives
+    /// at once), and closing then can reset the connection before its answer is read: a
+    /// request whose connection failed is also sent again (after a second), as many times, so
+    /// it must be safe to repeat (an `Idempotency-Key`).
+    pub async fn send_streamed(&self, build: impl Fn() -> RequestBuilder) -> Result<Response> {
+        let mut failed = 0;
+        loop {
+            let token = self.token(false).await?;
+            match self.busy_retries(|| build().bearer_auth(&token)).await {
+                Err(e) if e.exit == Exit::Unreachable && failed < BUSY_RETRIES => {
+                    failed += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                answered => return answered,
+            }
+        }
     }
 
     /// An `Idempotency-Key` for a body with SHA-256 `digest`: keyed with the client secret

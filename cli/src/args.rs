@@ -114,6 +114,15 @@ pub(crate) enum TemplateCommand {
     /// List the stored templates (id, name, bytes, dbVersion, when stored).
     #[command(after_help = "Example:\n  provisioner template list --json")]
     List,
+    /// Delete a stored template (jobs already accepted still read it); frees its room in the
+    /// client's quota. Exit 4 when this client stores no such template.
+    #[command(
+        after_help = "Example:\n  provisioner template delete ID    (the id that template upload and template list print)"
+    )]
+    Delete {
+        /// The template's id (64 hex digits).
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

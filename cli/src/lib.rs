@@ -112,6 +112,9 @@ async fn run(cli: Cli, out: &Output) -> Result<Exit> {
         Command::Template(TemplateCommand::List) => {
             template::list(&api()?, out).await.map(|()| Exit::Ok)
         }
+        Command::Template(TemplateCommand::Delete { id }) => {
+            template::delete(&api()?, id).await.map(|()| Exit::Ok)
+        }
         Command::Create {
             tenant_url,
             template,

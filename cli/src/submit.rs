@@ -194,22 +194,23 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
     };
     let (prepared, file_sha) = prepared?;
     let key = api.idempotency_key(&prepared.body_sha256);
-    let (tx, rx) = mpsc::channel(4);
-    {
-        let (path, defaults) = (path.clone(), defaults.clone());
-        let expected = prepared.body_sha256;
-        tokio::task::spawn_blocking(move || produce(path, format, defaults, expected, tx));
-    }
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
-    let request = api
-        .http()
-        .post(api.url("/configapi/v2/batches"))
-        .header("content-type", "application/x-ndjson")
-        .header("idempotency-key", &key)
-        .body(reqwest::Body::wrap_stream(body));
-    let response = api.send_once(request).await.map_err(|mut e| {
+    let send = || {
+        let (tx, rx) = mpsc::channel(4);
+        {
+            let (path, defaults) = (path.clone(), defaults.clone());
+            let expected = prepared.body_sha256;
+            tokio::task::spawn_blocking(move || produce(path, format, defaults, expected, tx));
+        }
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        api.http()
+            .post(api.url("/configapi/v2/batches"))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", &key)
+            .body(reqwest::Body::wrap_stream(body))
+    };
+    let response = api.send_streamed(send).await.map_err(|mut e| {
         if e.exit == Exit::Unreachable {
             e.message
                 .push_str("; run the same command again to reattach");

@@ -292,6 +292,22 @@ pub async fn upload(api: &Api, path: &Path, name: Option<&str>, out: &Output) ->
     Ok(())
 }
 
+/// `template delete ID`: prints nothing; exit 4 for an id this client does not store.
+pub async fn delete(api: &Api, id: &str) -> Result<()> {
+    if id.len() != 64 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(Failure::invalid(format!(
+            "{id:?} is not a template id (64 lower-case hex digits)"
+        )));
+    }
+    let url = api.url(&format!("/configapi/v2/templates/{id}"));
+    let response = api.send(|http| http.delete(url.clone())).await?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(crate::api::answer_failure(response).await)
+    }
+}
+
 /// `template list`.
 pub async fn list(api: &Api, out: &Output) -> Result<()> {
     let items = api.list_all("/configapi/v2/templates").await?;

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use provisioner_shared::{db, passwords};
 use serde_json::{Value, json};
 
@@ -110,4 +111,32 @@ pub fn assert_counts_add_up(batch: &Value) {
         .map(|k| c[k].as_i64().unwrap())
         .sum();
     assert_eq!(parts, c["total"].as_i64().unwrap(), "{batch}");
+}
+
+/// An NDJSON batch of more items than one written chunk whose body then stalls until the
+/// returned sender is dropped; the task answers the request's status.
+pub fn stalled(
+    app: &TestApp,
+    http: &reqwest::Client,
+    template: &str,
+) -> (
+    tokio::task::JoinHandle<reqwest::StatusCode>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first: Vec<Result<bytes::Bytes, std::io::Error>> = items(1_001, template)
+        .iter()
+        .map(|i| Ok(format!("{i}\n").into()))
+        .collect();
+    let last = format!("{}\n", item(&fixtures::tenant_url(), template));
+    let body = futures_util::stream::iter(first).chain(futures_util::stream::once(async move {
+        released.await.ok();
+        Ok(bytes::Bytes::from(last))
+    }));
+    let request = http
+        .post(app.url("/configapi/v2/batches"))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body));
+    let answer = tokio::spawn(async move { request.send().await.unwrap().status() });
+    (answer, release)
 }

@@ -498,6 +498,87 @@ async fn a_killed_submit_run_again_reattaches_to_its_one_batch() {
     app.stop().await;
 }
 
+/// A submit the API refuses while the file arrives (its client already sends as many large
+/// NDJSON batches as one client may at once: `503` with `Retry-After`) is sent again, not given
+/// up: it is accepted once the others are in.
+#[tokio::test]
+async fn a_submit_refused_while_the_api_is_busy_is_sent_again() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let template = app.serve_sample_template("t.zip").await;
+    let held: Vec<_> = (0..2)
+        .map(|_| batches::stalled(&app, &app.http, &template))
+        .collect();
+    let receiving = "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND state = 'idle in transaction'";
+    eventually(Duration::from_secs(30), || async {
+        (app.count(receiving).await == 2).then_some(())
+    })
+    .await;
+    let file = scratch.write("t.csv", &csv_rows(1_001, ""));
+    let set = format!("password={PASSWORD}");
+    let child = cli
+        .command(&[
+            "batch",
+            "submit",
+            file.to_str().unwrap(),
+            "--template-url",
+            &template,
+            "--set",
+            &set,
+        ])
+        .spawn()
+        .unwrap();
+    let refused = "provisioner_http_requests_total{method=\"POST\",route=\"/configapi/v2/batches\",status=\"503\"}";
+    eventually(Duration::from_secs(30), || async {
+        (app.metric(refused).await >= Some(1.0)).then_some(())
+    })
+    .await;
+    for (answer, release) in held {
+        drop(release);
+        assert_eq!(answer.await.unwrap(), 202);
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(batch_count(&app).await, 3);
+    app.stop().await;
+}
+
+/// `template delete` removes the client's stored template (exit 0); an id it does not store
+/// exits 4, as one that is not an id does, without a request.
+#[tokio::test]
+async fn a_stored_template_is_deleted_by_its_id() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let zip = small_zip(&cli, &scratch).await;
+    let id = cli
+        .run(&["template", "upload", &zip])
+        .await
+        .expect(0)
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(app.count("SELECT count(*) FROM client_templates").await, 1);
+    cli.run(&["template", "delete", &id]).await.expect(0);
+    assert_eq!(app.count("SELECT count(*) FROM client_templates").await, 0);
+    let again = cli.run(&["template", "delete", &id]).await.expect(4);
+    assert!(again.stderr.contains("404"), "{}", again.stderr);
+    let bad = cli.run(&["template", "delete", "nope"]).await.expect(4);
+    assert!(
+        bad.stderr.contains("is not a template id"),
+        "{}",
+        bad.stderr
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn csv_results_keep_the_files_columns_in_its_order_without_the_password() {
     let app = TestApp::spawn().await;

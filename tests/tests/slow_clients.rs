@@ -2,10 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream};
 use provisioner_tests::{
     Options, TestApp,
-    batches::{self, item, items},
+    batches::{self, items},
     eventually, fixtures,
 };
 use tokio::{
@@ -418,34 +417,6 @@ async fn a_large_stream_create_for_an_existing_tenant_is_refused_before_its_body
     app.stop().await;
 }
 
-/// An NDJSON batch of more items than one written chunk whose body then stalls until the
-/// returned sender is dropped; the task answers the request's status.
-fn stalled_batch(
-    app: &TestApp,
-    http: &reqwest::Client,
-    template: &str,
-) -> (
-    tokio::task::JoinHandle<reqwest::StatusCode>,
-    tokio::sync::oneshot::Sender<()>,
-) {
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let first: Vec<Result<bytes::Bytes, std::io::Error>> = items(1_001, template)
-        .iter()
-        .map(|i| Ok(format!("{i}\n").into()))
-        .collect();
-    let last = format!("{}\n", item(&fixtures::tenant_url(), template));
-    let body = stream::iter(first).chain(stream::once(async move {
-        released.await.ok();
-        Ok(bytes::Bytes::from(last))
-    }));
-    let request = http
-        .post(app.url("/configapi/v2/batches"))
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body));
-    let answer = tokio::spawn(async move { request.send().await.unwrap().status() });
-    (answer, release)
-}
-
 /// A batch of more items than one chunk whose body arrives whole: the status and the detail
 /// of its answer.
 async fn whole_batch(app: &TestApp, http: &reqwest::Client, template: &str) -> (u16, String) {
@@ -479,7 +450,7 @@ async fn ndjson_batches_arriving_at_once_are_bounded() {
     let third = batches::client(&app, "third", &scopes).await;
     let stalled: Vec<_> = [&first, &first, &second, &second]
         .into_iter()
-        .map(|http| stalled_batch(&app, http, &template))
+        .map(|http| batches::stalled(&app, http, &template))
         .collect();
     let waiting = "SELECT count(*) FROM pg_stat_activity
                    WHERE datname = current_database() AND state = 'idle in transaction'";

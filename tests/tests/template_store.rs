@@ -748,3 +748,55 @@ async fn a_client_keeps_templates_within_its_quota() {
     assert_eq!(stored_templates(&app).await, 0);
     app.stop().await;
 }
+
+/// Two stores of the same new bytes by a client one template below its quota: the one that
+/// keeps it second is a repeat (`200`), not past the quota, though it counts the first's keep.
+#[tokio::test]
+async fn concurrent_stores_of_the_same_bytes_at_the_quota_are_a_repeat_not_a_409() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_CLIENT_MAX_STORED_TEMPLATES", "2".into())],
+    })
+    .await;
+    store_new(&app.http, &app, &sample(&app).await).await;
+    let bytes = sample(&app).await;
+    // The client's row held, so both stores come to their count before either keeps.
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM api_clients WHERE id = 'test-admin' FOR UPDATE")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let stores: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url, bytes) = (
+                app.http.clone(),
+                app.url("/configapi/v2/templates"),
+                bytes.clone(),
+            );
+            tokio::spawn(async move {
+                http.post(url)
+                    .header("content-type", "application/zip")
+                    .body(bytes)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    eventually(Duration::from_secs(30), || async {
+        (app.count(waiting).await == 2).then_some(())
+    })
+    .await;
+    holder.rollback().await.unwrap();
+    let mut statuses = Vec::new();
+    for store in stores {
+        statuses.push(store.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 201]);
+    app.stop().await;
+}

@@ -156,7 +156,7 @@ const FORM_PART_COST: usize = 64;
         (status = 413, description = "The request is larger than PROVISIONER_TEMPLATE_MAX_BYTES, or a form's parts besides its template pass 1 MiB together"),
         (status = 415, description = "Not JSON or form data"),
         (status = 500, description = "Under Prefer: wait, the job failed after retries"),
-        (status = 503, description = "Under Prefer: wait, lock timeout; or the server is receiving as many templates as its memory allows (Retry-After)")))]
+        (status = 503, description = "Under Prefer: wait, lock timeout; or the server is receiving as many templates as its memory allows, or this client's requests hold half of that memory (Retry-After)")))]
 pub(super) async fn create_from_template(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -54,7 +54,7 @@ async fn read_body(
         (status = 409, description = "The tenant exists, or a queued or running job (a create, a batch item, an Import Tenant) names it"),
         (status = 413, description = "The template is too large"),
         (status = 415, description = "Not a ZIP"),
-        (status = 503, description = "The server is receiving as many templates as its memory allows (Retry-After)")))]
+        (status = 503, description = "The server is receiving as many templates as its memory allows, or this client's requests hold half of that memory (Retry-After)")))]
 pub(super) async fn create_from_stream(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -116,7 +116,7 @@ pub(super) async fn create_from_stream(
         (status = 400, description = "Invalid lockTimeout"),
         (status = 413, description = "The archive is too large"),
         (status = 415, description = "Not a ZIP"),
-        (status = 503, description = "The server is receiving as many templates as its memory allows (Retry-After)")))]
+        (status = 503, description = "The server is receiving as many templates as its memory allows, or this client's requests hold half of that memory (Retry-After)")))]
 pub(super) async fn import_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,

@@ -99,7 +99,7 @@ impl From<KeptRow> for TemplateBody {
         (status = 409, description = "The client keeps as many templates, or bytes of them, as it may"),
         (status = 413, description = "The template is too large"),
         (status = 415, description = "Not a ZIP"),
-        (status = 503, description = "The server is receiving as many templates as its memory allows (Retry-After)")))]
+        (status = 503, description = "The server is receiving as many templates as its memory allows, or this client's requests hold half of that memory (Retry-After)")))]
 pub(super) async fn store_template(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -123,9 +123,18 @@ pub(super) async fn store_template(
     }
     let facts = check(&state, &mut upload).await?;
     let mut tx = state.pool.begin().await?;
-    within_quota(&state, &mut tx, &caller.client_id, upload.bytes.len()).await?;
     db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
     db::templates::describe(&mut tx, &upload.id, &facts).await?;
+    // Last before the keep, so the client's row is locked only for what is left of the
+    // transaction, not while the bytes are written.
+    within_quota(
+        &state,
+        &mut tx,
+        &caller.client_id,
+        &upload.id,
+        upload.bytes.len(),
+    )
+    .await?;
     let new = db::templates::keep(&mut tx, &caller.client_id, &upload.id, name.as_deref()).await?;
     let kept = db::templates::find(&mut *tx, &upload.id, own)
         .await?
@@ -142,18 +151,27 @@ pub(super) async fn store_template(
     Ok(answer(status, kept))
 }
 
-/// `409` when keeping one more template of `bytes` would pass the client's quota
+/// `409` when keeping template `id` of `bytes` would pass the client's quota
 /// (`PROVISIONER_CLIENT_MAX_STORED_TEMPLATES`, `PROVISIONER_CLIENT_MAX_STORED_BYTES`): every
 /// stored template stays until its client deletes it, so a client could otherwise grow the
 /// database without bound. Counted in `tx` under the client's row lock, so concurrent stores
-/// of one client never pass it together.
+/// of one client never pass it together; a template the client keeps already (a concurrent
+/// store of the same bytes committed first) is a repeat, never refused.
 async fn within_quota(
     state: &AppState,
     tx: &mut sqlx::PgConnection,
     client_id: &str,
+    id: &str,
     bytes: usize,
 ) -> Result<(), ApiError> {
-    let (count, held) = db::templates::kept_by(tx, client_id).await?;
+    let (count, held) = db::templates::kept_by(&mut *tx, client_id).await?;
+    let own = Viewer {
+        client_id,
+        operator: false,
+    };
+    if db::templates::find(&mut *tx, id, own).await?.is_some() {
+        return Ok(());
+    }
     let (max_count, max_bytes) = (
         state.settings.client_max_stored_templates,
         state.settings.client_max_stored_bytes,
@@ -292,7 +310,7 @@ pub(super) async fn get_template(
     responses(
         (status = 200, description = "The template ZIP as it was stored", content_type = "application/zip"),
         (status = 404, description = "No such template for this client"),
-        (status = 503, description = "The server is sending as many templates as its memory allows (Retry-After)")))]
+        (status = 503, description = "The server is sending as many templates as its memory allows, or this client's requests hold half of that memory (Retry-After)")))]
 pub(super) async fn get_template_content(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
