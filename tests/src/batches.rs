@@ -140,3 +140,21 @@ pub fn stalled(
     let answer = tokio::spawn(async move { request.send().await.unwrap().status() });
     (answer, release)
 }
+
+/// Batches being received with their transaction open: their sessions idle in transaction,
+/// waiting for their bodies.
+pub async fn receiving(app: &TestApp) -> i64 {
+    app.count(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state = 'idle in transaction'",
+    )
+    .await
+}
+
+/// Waits until `n` batches are being received (`receiving`).
+pub async fn until_receiving(app: &TestApp, n: i64) {
+    crate::eventually(Duration::from_secs(30), || async {
+        (receiving(app).await == n).then_some(())
+    })
+    .await;
+}

@@ -510,12 +510,7 @@ async fn a_submit_refused_while_the_api_is_busy_is_sent_again() {
     let held: Vec<_> = (0..2)
         .map(|_| batches::stalled(&app, &app.http, &template))
         .collect();
-    let receiving = "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND state = 'idle in transaction'";
-    eventually(Duration::from_secs(30), || async {
-        (app.count(receiving).await == 2).then_some(())
-    })
-    .await;
+    batches::until_receiving(&app, 2).await;
     let file = scratch.write("t.csv", &csv_rows(1_001, ""));
     let set = format!("password={PASSWORD}");
     let child = cli

@@ -452,12 +452,7 @@ async fn ndjson_batches_arriving_at_once_are_bounded() {
         .into_iter()
         .map(|http| batches::stalled(&app, http, &template))
         .collect();
-    let waiting = "SELECT count(*) FROM pg_stat_activity
-                   WHERE datname = current_database() AND state = 'idle in transaction'";
-    eventually(Duration::from_secs(30), || async {
-        (app.count(waiting).await == 4).then_some(())
-    })
-    .await;
+    batches::until_receiving(&app, 4).await;
     let (status, detail) = whole_batch(&app, &first, &template).await;
     assert_eq!(status, 503, "{detail}");
     assert!(
@@ -470,7 +465,11 @@ async fn ndjson_batches_arriving_at_once_are_bounded() {
         detail.contains("the server has as many NDJSON batches arriving"),
         "{detail}"
     );
-    assert_eq!(app.count(waiting).await, 4, "the refused held nothing");
+    assert_eq!(
+        batches::receiving(&app).await,
+        4,
+        "the refused held nothing"
+    );
     // The other routes keep the pool: more requests at once than it has connections.
     let listings = (0..40).map(|_| {
         third
