@@ -294,6 +294,7 @@ mod tests {
         take(&mut other, 3 * MIB / 2).await.unwrap();
         let mut share = budget.none("a");
         take(&mut share, MIB / 4).await.unwrap();
+        tokio::time::pause();
         // The budget has half a MiB left: waited for, then refused; the client is counted as
         // before.
         let detail = match take(&mut share, MIB).await {
