@@ -125,17 +125,12 @@ pub(super) async fn store_template(
     let mut tx = state.pool.begin().await?;
     db::templates::put(&mut tx, &upload.id, &upload.bytes).await?;
     db::templates::describe(&mut tx, &upload.id, &facts).await?;
-    // Last before the keep, so the client's row is locked only for what is left of the
-    // transaction, not while the bytes are written.
-    within_quota(
-        &state,
-        &mut tx,
-        &caller.client_id,
-        &upload.id,
-        upload.bytes.len(),
-    )
-    .await?;
     let new = db::templates::keep(&mut tx, &caller.client_id, &upload.id, name.as_deref()).await?;
+    if new {
+        // Last in the transaction, so the client's row is locked only for its commit, not
+        // while the bytes are written.
+        within_quota(&state, &mut tx, &caller.client_id).await?;
+    }
     let kept = db::templates::find(&mut *tx, &upload.id, own)
         .await?
         .ok_or_else(|| anyhow::anyhow!("template {} is not kept after keeping it", upload.id))?;
@@ -151,37 +146,27 @@ pub(super) async fn store_template(
     Ok(answer(status, kept))
 }
 
-/// `409` when keeping template `id` of `bytes` would pass the client's quota
+/// `409` when the template just kept passes the client's quota
 /// (`PROVISIONER_CLIENT_MAX_STORED_TEMPLATES`, `PROVISIONER_CLIENT_MAX_STORED_BYTES`): every
 /// stored template stays until its client deletes it, so a client could otherwise grow the
-/// database without bound. Counted in `tx` under the client's row lock, so concurrent stores
-/// of one client never pass it together; a template the client keeps already (a concurrent
-/// store of the same bytes committed first) is a repeat, never refused.
+/// database without bound. Counted in `tx`, its keep included, under the client's row lock, so
+/// concurrent stores of one client never pass it together; a template the client came to keep
+/// meanwhile was no new keep, and is never refused.
 async fn within_quota(
     state: &AppState,
     tx: &mut sqlx::PgConnection,
     client_id: &str,
-    id: &str,
-    bytes: usize,
 ) -> Result<(), ApiError> {
-    let (count, held) = db::templates::kept_by(&mut *tx, client_id).await?;
-    let own = Viewer {
-        client_id,
-        operator: false,
-    };
-    if db::templates::find(&mut *tx, id, own).await?.is_some() {
-        return Ok(());
-    }
+    let (count, held) = db::templates::kept_by(tx, client_id).await?;
     let (max_count, max_bytes) = (
         state.settings.client_max_stored_templates,
         state.settings.client_max_stored_bytes,
     );
-    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-    let held = u64::try_from(held).unwrap_or(0);
-    if count >= i64::from(max_count) || held.saturating_add(bytes) > max_bytes {
+    if count > i64::from(max_count) || u64::try_from(held).unwrap_or(0) > max_bytes {
         return Err(ApiError::Conflict(format!(
-            "this client keeps {count} templates of {held} bytes, and may keep at most \
-             {max_count} templates of {max_bytes} bytes together; delete some first"
+            "this client keeps {} templates, and may keep at most {max_count} templates of \
+             {max_bytes} bytes together; delete some first",
+            count - 1
         )));
     }
     Ok(())
