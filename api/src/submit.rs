@@ -228,6 +228,7 @@ async fn record(
         admit: Admit {
             refuse_existing_tenant: sub.refuse_existing_tenant,
             max_active_jobs: i64::from(state.settings.client_max_active_jobs),
+            interactive_jobs: state.settings.client_interactive_jobs,
             template,
         },
     };

@@ -59,6 +59,9 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
+    /// A client's first this many queued and running single jobs go to the interactive queue;
+    /// the rest to the backlog queue, which workers take only when no interactive work waits.
+    pub client_interactive_jobs: u32,
     /// Templates one client may keep in the template store, and their bytes together; past
     /// either, storing another answers 409.
     pub client_max_stored_templates: u32,
@@ -190,6 +193,10 @@ impl Settings {
             client_max_active_jobs: positive(
                 "PROVISIONER_CLIENT_MAX_ACTIVE_JOBS",
                 &var("PROVISIONER_CLIENT_MAX_ACTIVE_JOBS", "10000"),
+            )?,
+            client_interactive_jobs: positive(
+                "PROVISIONER_CLIENT_INTERACTIVE_JOBS",
+                &var("PROVISIONER_CLIENT_INTERACTIVE_JOBS", "4"),
             )?,
             client_max_stored_templates: positive(
                 "PROVISIONER_CLIENT_MAX_STORED_TEMPLATES",

@@ -15,14 +15,59 @@ use crate::{
 };
 
 pub(crate) const JOBS_EXCHANGE: &str = "provisioner.jobs";
-/// Interactive work: single creates and imports.
+/// Interactive work: single creates and imports, each client's first few active ones.
 pub const CREATE_TENANT_QUEUE: &str = "provisioner.jobs.create-tenant";
-const CREATE_TENANT_ROUTING_KEY: &str = "create-tenant";
+pub(crate) const CREATE_TENANT_ROUTING_KEY: &str = "create-tenant";
+/// A client's single jobs past its first few active ones (`client_interactive_jobs`): taken
+/// only when no interactive work waits, so one client's many creates never hold back another
+/// client's few.
+pub const BACKLOG_QUEUE: &str = "provisioner.jobs.backlog";
+pub(crate) const BACKLOG_ROUTING_KEY: &str = "backlog";
 /// Batch items, released a few at a time by the dispatcher, fairly across clients.
 pub const BATCH_QUEUE: &str = "provisioner.jobs.batch";
 const BATCH_ROUTING_KEY: &str = "batch";
-/// Every job queue, interactive first.
-pub const JOB_QUEUES: [&str; 2] = [CREATE_TENANT_QUEUE, BATCH_QUEUE];
+/// Every job queue, the first served first.
+pub const JOB_QUEUES: [&str; 3] = [CREATE_TENANT_QUEUE, BACKLOG_QUEUE, BATCH_QUEUE];
+
+/// Which job queue a job's message goes to; a worker's free slot goes to the first lane with a
+/// delivery waiting for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lane {
+    /// A client's first `client_interactive_jobs` active single jobs.
+    Interactive,
+    /// A client's single jobs past those.
+    Backlog,
+    /// Batch items.
+    Batch,
+}
+
+impl Lane {
+    /// The lane of a job queue's deliveries.
+    pub fn of_queue(name: &str) -> Self {
+        match name {
+            CREATE_TENANT_QUEUE => Self::Interactive,
+            BACKLOG_QUEUE => Self::Backlog,
+            _ => Self::Batch,
+        }
+    }
+
+    /// The lane of a single job that is its client's `rank`-th active one (counting itself).
+    pub fn of_single(rank: i64, interactive_jobs: u32) -> Self {
+        if rank <= i64::from(interactive_jobs) {
+            Self::Interactive
+        } else {
+            Self::Backlog
+        }
+    }
+
+    fn routing_key(self) -> &'static str {
+        match self {
+            Self::Interactive => CREATE_TENANT_ROUTING_KEY,
+            Self::Backlog => BACKLOG_ROUTING_KEY,
+            Self::Batch => BATCH_ROUTING_KEY,
+        }
+    }
+}
 const DEAD_EXCHANGE: &str = "provisioner.jobs.dead";
 const DEAD_QUEUE: &str = "provisioner.jobs.dead";
 pub const EVENTS_EXCHANGE: &str = "provisioner.events";
@@ -42,31 +87,21 @@ pub struct JobMessage {
 }
 
 impl JobMessage {
-    /// The message of `job`, on the batch queue for a batch item, else on the interactive one.
-    /// It carries the job's trace context as its `traceparent` header.
-    pub(crate) fn outbox(job: &JobRow, delay: std::time::Duration) -> OutboxMessage {
-        Self::routed(
-            job.id,
-            job.batch_id.is_some(),
-            delay,
-            job.traceparent.clone(),
-        )
+    /// The message of `job` on `lane`'s queue. It carries the job's trace context as its
+    /// `traceparent` header.
+    pub(crate) fn outbox(job: &JobRow, lane: Lane, delay: std::time::Duration) -> OutboxMessage {
+        Self::routed(job.id, lane, delay, job.traceparent.clone())
     }
 
     pub(crate) fn routed(
         job_id: Uuid,
-        batch_item: bool,
+        lane: Lane,
         delay: std::time::Duration,
         traceparent: Option<String>,
     ) -> OutboxMessage {
-        let routing_key = if batch_item {
-            BATCH_ROUTING_KEY
-        } else {
-            CREATE_TENANT_ROUTING_KEY
-        };
         OutboxMessage {
             exchange: JOBS_EXCHANGE.to_owned(),
-            routing_key: routing_key.to_owned(),
+            routing_key: lane.routing_key().to_owned(),
             message_id: job_id.to_string(),
             content_type: "application/json".to_owned(),
             payload: serde_json::to_vec(&JobMessage { job_id }).expect("job message serializes"),
@@ -231,6 +266,7 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
         .await?;
     for (name, routing_key) in [
         (CREATE_TENANT_QUEUE, CREATE_TENANT_ROUTING_KEY),
+        (BACKLOG_QUEUE, BACKLOG_ROUTING_KEY),
         (BATCH_QUEUE, BATCH_ROUTING_KEY),
     ] {
         channel

@@ -28,6 +28,31 @@ impl TestApp {
         .unwrap()
     }
 
+    /// A queue of this test's vhost: its messages ready, and delivered but not acknowledged.
+    pub async fn queue_depths(&self, queue: &str) -> (i64, i64) {
+        let vhost = self.vhost.clone();
+        let queue = queue.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let out = rabbitmqctl(&[
+                "list_queues",
+                "-p",
+                &vhost,
+                "--quiet",
+                "--no-table-headers",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ]);
+            let count = |n: &str| n.trim().parse::<i64>().expect("a count");
+            out.lines()
+                .map(|l| l.split('\t').collect::<Vec<_>>())
+                .find(|f| f.len() == 3 && f[0].trim() == queue)
+                .map_or((0, 0), |f| (count(f[1]), count(f[2])))
+        })
+        .await
+        .unwrap()
+    }
+
     /// Every queue of this test's vhost with its ready and unacknowledged messages and its
     /// consumers, as `rabbitmqctl` prints them (for a failure's diagnosis).
     pub async fn queue_consumers(&self) -> String {

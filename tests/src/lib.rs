@@ -7,6 +7,7 @@ mod cleanup;
 pub mod cli;
 pub mod events;
 pub mod fixtures;
+pub mod plans;
 pub mod process;
 pub mod proxy;
 pub mod template_server;

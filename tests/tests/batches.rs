@@ -704,6 +704,95 @@ async fn another_clients_single_create_is_not_held_back_by_a_big_batch() {
     app.stop().await;
 }
 
+/// Past its first `PROVISIONER_CLIENT_INTERACTIVE_JOBS` active single jobs, a client's creates
+/// go to the backlog queue, which a worker serves only when no interactive job waits: another
+/// client's create takes the first slot that frees, not the place behind them.
+#[tokio::test]
+async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single_creates() {
+    use provisioner_shared::queue::{BACKLOG_QUEUE, CREATE_TENANT_QUEUE};
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_WORKER_CONCURRENCY", "2".to_owned()),
+            ("PROVISIONER_CLIENT_INTERACTIVE_JOBS", "2".to_owned()),
+        ],
+    })
+    .await;
+    let sample = fixtures::sample_template(app.db_version().await).write();
+    let first = app.templates.put("first.zip", sample.clone());
+    let rest = app.templates.put("rest.zip", sample.clone());
+    let fast = app.templates.put("fast.zip", sample);
+    app.templates.hold("first.zip");
+    app.templates.hold("rest.zip");
+    // A's first two creates hold both slots, downloading their template; four more wait.
+    for _ in 0..2 {
+        app.submit(&fixtures::tenant_url(), &fixtures::create_body(&first))
+            .await;
+    }
+    provisioner_tests::eventually(WITHIN, || async {
+        (app.templates.hits("first.zip") == 2).then_some(())
+    })
+    .await;
+    let mut a_rest = Vec::new();
+    for _ in 0..4 {
+        a_rest.push(
+            app.submit(&fixtures::tenant_url(), &fixtures::create_body(&rest))
+                .await,
+        );
+    }
+    let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
+    let r = b
+        .post(app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        )))
+        .json(&fixtures::create_body(&fast))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let b_job = id(&r.json::<Value>().await.unwrap(), "jobId");
+    // Every job message is on the broker, and B's (with A's first two) at the worker, waiting
+    // for a slot beside A's next two.
+    provisioner_tests::eventually(WITHIN, || async {
+        let interactive = app.queue_depths(CREATE_TENANT_QUEUE).await;
+        let backlog = app.queue_depths(BACKLOG_QUEUE).await;
+        (interactive == (0, 3) && backlog.0 + backlog.1 == 4).then_some(())
+    })
+    .await;
+    app.templates.release("first.zip");
+    // Without the backlog queue, A's next two take the freed slots and hold them: B's create
+    // would not start.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job: Value = b
+            .get(app.url(&format!("/configapi/v2/jobs/{b_job}?wait=5")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] != "queued" && job["status"] != "running" {
+            break job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's create did not end: {job}; {}",
+            app.queue_consumers().await
+        );
+    };
+    assert_eq!(job["status"], "succeeded", "B's create: {job}");
+    // A's later creates are still where they were: at most two of them started.
+    assert!(app.templates.hits("rest.zip") <= 2);
+    for a in &a_rest {
+        let (_, a) = app.get_json(&format!("/configapi/v2/jobs/{a}")).await;
+        assert!(a["status"] == "queued" || a["status"] == "running", "{a}");
+    }
+    app.templates.release("rest.zip");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn within_a_client_a_single_create_goes_ahead_of_its_queued_batch_items() {
     let app = TestApp::with(Options {

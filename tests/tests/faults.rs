@@ -261,7 +261,7 @@ async fn the_reconciler_sends_a_job_again_only_when_no_message_waits_and_once_pe
         .unwrap();
     let resend = || async {
         let mut conn = app.db.acquire().await.unwrap();
-        resend_stranded(&mut conn, Duration::from_secs(60), 100)
+        resend_stranded(&mut conn, Duration::from_secs(60), 100, 4)
             .await
             .unwrap()
     };

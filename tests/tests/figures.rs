@@ -352,3 +352,43 @@ async fn no_figure_query_reads_the_whole_jobs_table() {
     assert!(!found.is_empty());
     app.stop().await;
 }
+
+/// The oldest queued single create is the first entry of an index of its own: the backlog
+/// figures read a handful of rows however many jobs are stored and batch items held (here
+/// 100,000 one-item batches and 200,000 ended creates, no single create queued: the shape in
+/// which a minimum over a wider index walked them all on each scrape).
+#[tokio::test]
+async fn the_backlog_figures_read_a_handful_of_rows_behind_many_held_batch_items() {
+    let app = TestApp::without_workers().await;
+    for sql in [
+        "INSERT INTO batches (id, client_id, created_at)
+         SELECT md5(i::text)::uuid, 'heavy', now() - i * interval '1 ms'
+         FROM generate_series(1, 100000) i",
+        "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, created_at,
+                           batch_id, batch_item)
+         SELECT gen_random_uuid(), 'createTenant', 'held-' || i || '.example.com', 'queued',
+                'heavy', '{}', now() - i * interval '1 ms', md5(i::text)::uuid, 0
+         FROM generate_series(1, 100000) i",
+        "INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, created_at,
+                           finished_at)
+         SELECT gen_random_uuid(), 'createTenant', 'done-' || i || '.example.com', 'succeeded',
+                200, 'light', '{}', now() - i * interval '1 ms', now()
+         FROM generate_series(1, 200000) i",
+        "ANALYZE",
+    ] {
+        sqlx::query(sql).execute(&app.db).await.unwrap();
+    }
+    let backlog = figures::backlog(&app.db).await.unwrap();
+    assert_eq!(backlog.held, 100_000);
+    assert_eq!(backlog.oldest_single, None);
+    let plan: Value = sqlx::query_scalar(&format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+        figures::BACKLOG_QUERY
+    ))
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let read = provisioner_tests::plans::rows_read(&plan, "jobs");
+    assert!(read <= 10.0, "{read} rows of jobs read: {plan}");
+    app.stop().await;
+}

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use futures_util::{StreamExt, stream};
+use provisioner_shared::queue::{BACKLOG_QUEUE, CREATE_TENANT_QUEUE};
 use provisioner_tests::{TestApp, fixtures};
 
 /// A counter of `/metrics`.
@@ -101,6 +102,7 @@ async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
         admit: Admit {
             refuse_existing_tenant: true,
             max_active_jobs: 4,
+            interactive_jobs: 2,
             template: TemplateCheck::None,
         },
     };
@@ -147,6 +149,16 @@ async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
             .await,
         4
     );
+    // The client's first two active jobs went to the interactive queue, the two past them to
+    // the backlog queue.
+    provisioner_tests::eventually(std::time::Duration::from_secs(30), || async {
+        (app.queue_messages(CREATE_TENANT_QUEUE).await + app.queue_messages(BACKLOG_QUEUE).await
+            == 4)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(app.queue_messages(CREATE_TENANT_QUEUE).await, 2);
+    assert_eq!(app.queue_messages(BACKLOG_QUEUE).await, 2);
     // A client past its cap asks for a tenant first: refused, it keeps out no one else's job,
     // which is left to be judged again alone (no 409 for a job that does not exist).
     let mut capped = job("seven.example.com", None);

@@ -602,3 +602,134 @@ async fn long_polling_for_a_change_from_a_terminal_status_answers_at_once() {
     assert_eq!(r.status(), 200);
     app.stop().await;
 }
+
+/// A page of the job list reads about as many rows as it shows, however many jobs are stored
+/// and however rare the status or tenant asked for: one index range per status.
+#[tokio::test]
+async fn a_job_list_page_reads_no_more_rows_than_it_shows_whatever_the_filter() {
+    use provisioner_shared::{
+        db::jobs::{ListFilter, list, list_statement},
+        domain::JobStatus,
+    };
+    let app = TestApp::without_workers().await;
+    let batch = uuid::Uuid::new_v4();
+    // Two failed jobs, then 20,000 newer succeeded ones, all of one client and one batch (the
+    // batch's counts written here, its triggers off: they count only what is inserted queued).
+    let mut conn = app.db.acquire().await.unwrap();
+    for sql in [
+        "SET session_replication_role = replica",
+        "INSERT INTO batches (id, client_id, status, finished_at, total, succeeded, failed)
+         VALUES ($1, 'lister', 'completed', now(), 20002, 20000, 2)",
+        "INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, created_at,
+                           finished_at, batch_id, batch_item)
+         SELECT gen_random_uuid(), 'createTenant', 'old-' || i || '.example.com', 'failed', 500,
+                'lister', '{}', now() - interval '1 day' - i * interval '1 s', now(), $1, i
+         FROM generate_series(0, 1) i",
+        "INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, created_at,
+                           finished_at, batch_id, batch_item)
+         SELECT gen_random_uuid(), 'createTenant', 'new-' || i || '.example.com', 'succeeded',
+                200, 'lister', '{}', now() - i * interval '1 ms', now(), $1, i + 2
+         FROM generate_series(0, 19999) i",
+        "RESET session_replication_role",
+        "ANALYZE jobs",
+    ] {
+        let query = sqlx::query(sql);
+        let query = if sql.contains("$1") {
+            query.bind(batch)
+        } else {
+            query
+        };
+        query.execute(&mut *conn).await.unwrap();
+    }
+    drop(conn);
+    let newest: Vec<(chrono::DateTime<chrono::Utc>, uuid::Uuid)> = sqlx::query_as(
+        "SELECT created_at, id FROM jobs ORDER BY created_at DESC, id DESC LIMIT 200",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let base = ListFilter {
+        limit: 11,
+        ..ListFilter::default()
+    };
+    let filters = [
+        (
+            "a client's failed jobs",
+            2,
+            ListFilter {
+                client_id: Some("lister"),
+                status: Some(JobStatus::Failed),
+                ..base
+            },
+        ),
+        (
+            "a client's jobs of one tenant",
+            1,
+            ListFilter {
+                client_id: Some("lister"),
+                tenant_url: Some("old-1.example.com"),
+                ..base
+            },
+        ),
+        (
+            "everyone's failed jobs",
+            2,
+            ListFilter {
+                status: Some(JobStatus::Failed),
+                ..base
+            },
+        ),
+        (
+            "a batch's failed jobs",
+            2,
+            ListFilter {
+                client_id: Some("lister"),
+                batch_id: Some(batch),
+                status: Some(JobStatus::Failed),
+                ..base
+            },
+        ),
+        (
+            "a client's jobs",
+            11,
+            ListFilter {
+                client_id: Some("lister"),
+                ..base
+            },
+        ),
+        (
+            "a batch's jobs after a cursor",
+            11,
+            ListFilter {
+                batch_id: Some(batch),
+                after: Some(newest[99]),
+                ..base
+            },
+        ),
+        ("everyone's jobs", 11, ListFilter { ..base }),
+    ];
+    for (name, shown, filter) in filters {
+        let jobs = list(&app.db, &filter).await.unwrap();
+        assert_eq!(jobs.len(), shown, "{name}");
+        let (sql, args) = list_statement(&filter).unwrap();
+        let plan: Value =
+            sqlx::query_scalar_with(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), args)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        let read = provisioner_tests::plans::rows_read(&plan, "jobs");
+        assert!(
+            read <= 5.0 * 11.0 + 5.0,
+            "{name}: {read} rows read for {shown} shown: {plan}"
+        );
+        // Newest first, the page the whole table sorted would give.
+        if shown == 11 {
+            let offset = usize::from(filter.after.is_some()) * 100;
+            let expected: Vec<uuid::Uuid> =
+                newest[offset..offset + 11].iter().map(|n| n.1).collect();
+            let got: Vec<uuid::Uuid> = jobs.iter().map(|j| j.id).collect();
+            assert_eq!(got, expected, "{name}");
+        }
+    }
+    app.stop().await;
+}

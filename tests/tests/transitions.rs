@@ -70,7 +70,7 @@ async fn a_claim_from_a_read_the_job_has_moved_past_writes_nothing() {
         "the claim's row is the one written"
     );
     let mut tx = app.db.begin().await.unwrap();
-    db::jobs::retry_later(&mut tx, id, first, Duration::ZERO)
+    db::jobs::retry_later(&mut tx, id, first, Duration::ZERO, 4)
         .await
         .unwrap()
         .expect("the lease holds");
@@ -126,7 +126,7 @@ async fn an_end_under_a_lease_taken_over_writes_nothing() {
         .await
         .unwrap()
         .expect("the lease ran out");
-    db::jobs::retry_later(&mut tx, id, expired.lease_token.unwrap(), Duration::ZERO)
+    db::jobs::retry_later(&mut tx, id, expired.lease_token.unwrap(), Duration::ZERO, 4)
         .await
         .unwrap()
         .expect("taken back");
@@ -204,7 +204,7 @@ async fn a_claim_with_its_end_writes_only_a_job_still_queued_as_read() {
     // Queued again after a transient failure, it is queued as it was read, but two versions on:
     // still a stale read.
     let mut tx = app.db.begin().await.unwrap();
-    db::jobs::retry_later(&mut tx, id, other.lease_token.unwrap(), Duration::ZERO)
+    db::jobs::retry_later(&mut tx, id, other.lease_token.unwrap(), Duration::ZERO, 4)
         .await
         .unwrap()
         .expect("the holder queues it again");

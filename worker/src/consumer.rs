@@ -1,4 +1,4 @@
-//! The consume loop: one broker connection, prefetch = concurrency, manual acks sent only after
+//! The consume loop: one broker connection, a consumer per job queue, manual acks sent only after
 //! the job's outcome committed, reconnection with backoff after broker faults. Each delivery is
 //! handled in its own task under one of the process's slots (see `Context::slots`); a panic
 //! anywhere in its handling returns the delivery and gives the job a way forward.
@@ -20,7 +20,7 @@ use lapin::{
     types::FieldTable,
 };
 use provisioner_shared::{
-    queue::{self, JobMessage},
+    queue::{self, JobMessage, Lane},
     relay,
     runtime::{self, Backoff},
 };
@@ -137,15 +137,19 @@ async fn session(
         () = db.reachable() => {}
     }
     let (conn, channel) = relay::open_channel(&ctx.settings.amqp_url, "provisioner-worker").await?;
-    channel
-        .basic_qos(ctx.settings.worker_concurrency, BasicQosOptions::default())
-        .await
-        .context("setting the prefetch")?;
-    // One consumer per job queue, each with the prefetch; the slots bound what runs, and give
-    // interactive deliveries the first free one.
+    // One consumer per job queue, each with its prefetch; the slots bound what runs, and give a
+    // free one to the first lane with a delivery waiting.
     let mut tags = Vec::new();
     let mut streams = Vec::new();
     for name in queue::JOB_QUEUES {
+        let lane = Lane::of_queue(name);
+        channel
+            .basic_qos(
+                prefetch(lane, ctx.settings.worker_concurrency),
+                BasicQosOptions::default(),
+            )
+            .await
+            .context("setting the prefetch")?;
         let tag = format!("provisioner-worker-{}", uuid::Uuid::new_v4());
         let consumer = channel
             .basic_consume(
@@ -156,24 +160,23 @@ async fn session(
             )
             .await
             .with_context(|| format!("starting to consume {name}"))?;
-        let interactive = name != queue::BATCH_QUEUE;
-        streams.push(consumer.map(move |d| (interactive, d)).boxed());
+        streams.push(consumer.map(move |d| (lane, d)).boxed());
         tags.push(tag);
     }
     let mut consumer = futures_util::stream::select_all(streams);
     tracing::info!(
         queues = ?queue::JOB_QUEUES,
-        prefetch = ctx.settings.worker_concurrency,
+        concurrency = ctx.settings.worker_concurrency,
         "consuming"
     );
     let result = loop {
         tokio::select! {
             next = consumer.next() => match next {
-                Some((interactive, Ok(delivery))) => {
+                Some((lane, Ok(delivery))) => {
                     in_flight.tasks.spawn(handle(
                         ctx.clone(),
                         delivery,
-                        interactive,
+                        lane,
                         shutdown.clone(),
                         in_flight.epoch.clone(),
                         in_flight.abandon.clone(),
@@ -213,6 +216,16 @@ async fn session(
     result
 }
 
+/// Deliveries a consumer of `lane` may hold unacknowledged. The interactive lane's is twice the
+/// concurrency: its deliveries that run still count, and a light client's job must be here,
+/// waiting, when a slot frees, or a delivery of a later lane already waiting takes it.
+fn prefetch(lane: Lane, concurrency: u16) -> u16 {
+    match lane {
+        Lane::Interactive => concurrency.saturating_mul(2),
+        Lane::Backlog | Lane::Batch => concurrency,
+    }
+}
+
 /// Waits for the deliveries in flight up to the shutdown deadline; past it, abandons them and
 /// hands their leases back.
 async fn drain(ctx: &Context, in_flight: &InFlight) {
@@ -243,14 +256,14 @@ async fn drain(ctx: &Context, in_flight: &InFlight) {
 async fn handle(
     ctx: Arc<Context>,
     delivery: Delivery,
-    interactive: bool,
+    lane: Lane,
     shutdown: CancellationToken,
     epoch: Epoch,
     deadline: CancellationToken,
 ) {
     let acker = delivery.acker.clone();
     let _slot = tokio::select! {
-        slot = ctx.slots.acquire(interactive) => slot,
+        slot = ctx.slots.acquire(lane) => slot,
         () = shutdown.cancelled() => {
             settle(&acker, Disposition::Requeue).await;
             return;

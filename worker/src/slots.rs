@@ -1,10 +1,16 @@
 //! The process's job slots: at most `worker_concurrency` jobs run at once, and a free slot goes
-//! to interactive work (single creates, imports) before batch items, so a client's backlog of
-//! batch items never holds back a job submitted on its own.
+//! to the first lane with a delivery waiting (`queue::Lane`): a client's first few single jobs,
+//! then the single jobs past them, then batch items. So one client's many creates never hold
+//! back another client's few, and a client's backlog of batch items never holds back a job
+//! submitted on its own.
 
 use std::sync::{Arc, Mutex};
 
+use provisioner_shared::queue::Lane;
 use tokio::sync::Notify;
+
+/// Lanes, the first served first.
+const LANES: usize = 3;
 
 /// Slots shared by every delivery of the process, across broker sessions.
 #[derive(Debug)]
@@ -16,8 +22,23 @@ pub(crate) struct Slots {
 #[derive(Debug)]
 struct State {
     free: usize,
-    /// Interactive deliveries waiting for a slot: batch items wait while any does.
-    interactive_waiting: usize,
+    /// Deliveries waiting for a slot, by lane: a delivery waits while one of an earlier lane
+    /// does.
+    waiting: [usize; LANES],
+}
+
+impl State {
+    fn may_take(&self, lane: usize) -> bool {
+        self.free > 0 && self.waiting[..lane].iter().all(|&n| n == 0)
+    }
+}
+
+fn index(lane: Lane) -> usize {
+    match lane {
+        Lane::Interactive => 0,
+        Lane::Backlog => 1,
+        Lane::Batch => 2,
+    }
 }
 
 /// A slot held; dropping it frees it.
@@ -31,13 +52,13 @@ impl Drop for Slot {
     }
 }
 
-/// An interactive delivery counted among the waiters until it holds a slot or gives up.
-struct Waiting<'a>(&'a Slots);
+/// A delivery counted among its lane's waiters until it holds a slot or gives up.
+struct Waiting<'a>(&'a Slots, usize);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().expect("slots").interactive_waiting -= 1;
-        // Batch items may have waited for this one only.
+        self.0.state.lock().expect("slots").waiting[self.1] -= 1;
+        // Later lanes may have waited for this one only.
         self.0.freed.notify_waiters();
     }
 }
@@ -47,15 +68,15 @@ impl Slots {
         Arc::new(Self {
             state: Mutex::new(State {
                 free: n,
-                interactive_waiting: 0,
+                waiting: [0; LANES],
             }),
             freed: Notify::new(),
         })
     }
 
-    /// Waits for a slot: an interactive delivery takes the first one free; a batch item waits
-    /// also while an interactive delivery does.
-    pub(crate) async fn acquire(self: &Arc<Self>, interactive: bool) -> Slot {
+    /// Waits for a slot: a delivery takes a free one unless a delivery of an earlier lane waits.
+    pub(crate) async fn acquire(self: &Arc<Self>, lane: Lane) -> Slot {
+        let lane = index(lane);
         let mut waiting = None;
         loop {
             let freed = self.freed.notified();
@@ -64,15 +85,15 @@ impl Slots {
             freed.as_mut().enable();
             {
                 let mut state = self.state.lock().expect("slots");
-                if state.free > 0 && (interactive || state.interactive_waiting == 0) {
+                if state.may_take(lane) {
                     state.free -= 1;
                     drop(state);
                     drop(waiting);
                     return Slot(self.clone());
                 }
-                if interactive && waiting.is_none() {
-                    state.interactive_waiting += 1;
-                    waiting = Some(Waiting(self));
+                if waiting.is_none() {
+                    state.waiting[lane] += 1;
+                    waiting = Some(Waiting(self, lane));
                 }
             }
             freed.await;
@@ -92,51 +113,61 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_freed_slot_goes_to_interactive_work_before_waiting_batch_items() {
-        let slots = Slots::new(1);
-        let held = slots.acquire(false).await;
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let batch = tokio::spawn({
-            let (slots, order) = (slots.clone(), order.clone());
-            async move {
-                let _slot = slots.acquire(false).await;
-                order.lock().unwrap().push("batch");
-            }
-        });
-        // The batch item is waiting before the interactive delivery arrives.
-        tokio::task::yield_now().await;
-        let interactive = tokio::spawn({
-            let (slots, order) = (slots.clone(), order.clone());
-            async move {
-                let slot = slots.acquire(true).await;
-                order.lock().unwrap().push("interactive");
-                drop(slot);
-            }
-        });
-        while slots.state.lock().unwrap().interactive_waiting == 0 {
+    /// Waits until `lane` has a delivery waiting.
+    async fn until_waiting(slots: &Slots, lane: Lane) {
+        while slots.state.lock().unwrap().waiting[index(lane)] == 0 {
             tokio::task::yield_now().await;
         }
-        drop(held);
-        tokio::time::timeout(Duration::from_secs(5), async {
-            interactive.await.unwrap();
-            batch.await.unwrap();
-        })
-        .await
-        .expect("both ran");
-        assert_eq!(*order.lock().unwrap(), ["interactive", "batch"]);
-        assert_eq!(slots.free(), 1);
     }
 
     #[tokio::test]
-    async fn an_interactive_waiter_that_gives_up_does_not_block_batch_items() {
+    async fn a_freed_slot_goes_to_the_first_lane_with_a_delivery_waiting() {
         let slots = Slots::new(1);
-        let held = slots.acquire(false).await;
-        let gave_up = tokio::time::timeout(Duration::from_millis(20), slots.acquire(true)).await;
-        assert!(gave_up.is_err());
-        assert_eq!(slots.state.lock().unwrap().interactive_waiting, 0);
+        let held = slots.acquire(Lane::Batch).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let spawn = |lane: Lane| {
+            let (slots, order) = (slots.clone(), order.clone());
+            tokio::spawn(async move {
+                let slot = slots.acquire(lane).await;
+                order.lock().unwrap().push(lane);
+                drop(slot);
+            })
+        };
+        // They arrive last lane first.
+        let batch = spawn(Lane::Batch);
+        until_waiting(&slots, Lane::Batch).await;
+        let backlog = spawn(Lane::Backlog);
+        until_waiting(&slots, Lane::Backlog).await;
+        let interactive = spawn(Lane::Interactive);
+        until_waiting(&slots, Lane::Interactive).await;
         drop(held);
-        let _slot = tokio::time::timeout(Duration::from_secs(5), slots.acquire(false))
+        tokio::time::timeout(Duration::from_secs(5), async {
+            interactive.await.unwrap();
+            backlog.await.unwrap();
+            batch.await.unwrap();
+        })
+        .await
+        .expect("all ran");
+        assert_eq!(
+            *order.lock().unwrap(),
+            [Lane::Interactive, Lane::Backlog, Lane::Batch]
+        );
+        assert_eq!(slots.free(), 1);
+        assert_eq!(slots.state.lock().unwrap().waiting, [0; LANES]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_does_not_block_later_lanes() {
+        let slots = Slots::new(1);
+        let held = slots.acquire(Lane::Batch).await;
+        for lane in [Lane::Interactive, Lane::Backlog] {
+            let gave_up =
+                tokio::time::timeout(Duration::from_millis(20), slots.acquire(lane)).await;
+            assert!(gave_up.is_err());
+        }
+        assert_eq!(slots.state.lock().unwrap().waiting, [0; LANES]);
+        drop(held);
+        let _slot = tokio::time::timeout(Duration::from_secs(5), slots.acquire(Lane::Batch))
             .await
             .expect("a batch item takes the free slot");
     }

@@ -63,8 +63,13 @@ const RESEND_BATCHES: usize = 10;
 async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
     for _ in 0..RESEND_BATCHES {
         let mut tx = ctx.pool.begin().await?;
-        let ids =
-            db::jobs::resend_stranded(&mut tx, ctx.settings.reconcile_after, RESEND_BATCH).await?;
+        let ids = db::jobs::resend_stranded(
+            &mut tx,
+            ctx.settings.reconcile_after,
+            RESEND_BATCH,
+            ctx.settings.client_interactive_jobs,
+        )
+        .await?;
         tx.commit().await?;
         if !ids.is_empty() {
             tracing::warn!(
@@ -83,7 +88,7 @@ async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
 async fn sweep(ctx: &Context) -> Result<(), sqlx::Error> {
     for id in db::jobs::expired_leases(&ctx.pool, 100).await? {
         let mut tx = ctx.pool.begin().await?;
-        if let Some(job) = jobs::rescue(&mut tx, id, ctx.settings.job_max_attempts).await? {
+        if let Some(job) = jobs::rescue(&mut tx, id, &ctx.settings).await? {
             tracing::warn!(job.id = %id, status = %job.status, "rescued a job whose lease ran out");
         }
         tx.commit().await?;

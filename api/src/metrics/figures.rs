@@ -49,7 +49,7 @@ pub(crate) async fn render(
     family(
         &mut out,
         "provisioner_queue_oldest_age_seconds",
-        "Seconds the oldest queued job of each job queue has waited (single creates since they were made, batch items since they were released); 0 when none waits",
+        "Seconds the oldest queued job of each job queue has waited (single creates since they were made, those on the backlog queue counted under the interactive one; batch items since they were released); 0 when none waits",
     );
     for (queue, at) in [
         (CREATE_TENANT_QUEUE, backlog.oldest_single),

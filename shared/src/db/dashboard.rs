@@ -65,11 +65,36 @@ pub async fn client_figures(
     exec: impl PgExecutor<'_>,
     client_id: &str,
 ) -> Result<ClientFigures, sqlx::Error> {
-    // `jobs_listing` (client_id, created_at DESC, id DESC) serves the sample.
+    // `jobs_listing` (client_id, status, created_at DESC, id DESC) serves the sample: the newest
+    // of each status, merged.
     sqlx::query_as(
         "WITH recent AS (
-             SELECT status, created_at FROM jobs
-             WHERE client_id = $1 AND created_at > now() - interval '1 hour'
+             SELECT status, created_at FROM (
+                 (SELECT status, created_at, id FROM jobs
+                  WHERE client_id = $1 AND status = 'queued'
+                    AND created_at > now() - interval '1 hour'
+                  ORDER BY created_at DESC, id DESC LIMIT $2)
+                 UNION ALL
+                 (SELECT status, created_at, id FROM jobs
+                  WHERE client_id = $1 AND status = 'running'
+                    AND created_at > now() - interval '1 hour'
+                  ORDER BY created_at DESC, id DESC LIMIT $2)
+                 UNION ALL
+                 (SELECT status, created_at, id FROM jobs
+                  WHERE client_id = $1 AND status = 'succeeded'
+                    AND created_at > now() - interval '1 hour'
+                  ORDER BY created_at DESC, id DESC LIMIT $2)
+                 UNION ALL
+                 (SELECT status, created_at, id FROM jobs
+                  WHERE client_id = $1 AND status = 'failed'
+                    AND created_at > now() - interval '1 hour'
+                  ORDER BY created_at DESC, id DESC LIMIT $2)
+                 UNION ALL
+                 (SELECT status, created_at, id FROM jobs
+                  WHERE client_id = $1 AND status = 'cancelled'
+                    AND created_at > now() - interval '1 hour'
+                  ORDER BY created_at DESC, id DESC LIMIT $2)
+             ) newest
              ORDER BY created_at DESC, id DESC LIMIT $2)
          SELECT count(*) FILTER (WHERE status = 'queued') AS queued,
                 count(*) FILTER (WHERE status = 'running') AS running,

@@ -29,13 +29,13 @@ pub struct Backlog {
     pub now: DateTime<Utc>,
 }
 
-/// The waiting work: single creates through their one-active-per-tenant index (its size is
-/// bounded by the clients' caps on active jobs), released batch items through the in-flight
-/// index (bounded by the dispatch window), held items from the batch rows.
+/// The waiting work: the oldest queued single create is the first entry of its index, released
+/// batch items are read through the in-flight index (bounded by the dispatch window), held
+/// items from the batch rows.
 pub const BACKLOG_QUERY: &str = "SELECT
              (SELECT min(created_at) FROM jobs
-              WHERE status IN ('queued', 'running') AND batch_id IS NULL
-                AND kind = 'createTenant' AND status = 'queued') AS oldest_single,
+              WHERE status = 'queued' AND batch_id IS NULL AND kind = 'createTenant')
+                 AS oldest_single,
              (SELECT min(released_at) FROM jobs
               WHERE batch_id IS NOT NULL AND released_at IS NOT NULL
                 AND status IN ('queued', 'running') AND status = 'queued') AS oldest_released,

@@ -23,7 +23,8 @@ macro_rules! text_enum {
         }
 
         impl $name {
-            const ALL: &'static [Self] = &[$(Self::$variant),+];
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
 
             pub fn as_str(self) -> &'static str {
                 match self {

@@ -107,7 +107,7 @@ async fn acquire(
             }
             // Its worker died or hung: take it back (or fail it when out of attempts).
             let mut tx = ctx.pool.begin().await?;
-            let rescued = outcome::rescue(&mut tx, id, ctx.settings.job_max_attempts).await?;
+            let rescued = outcome::rescue(&mut tx, id, &ctx.settings).await?;
             tx.commit().await?;
             // The database's clock may still see the lease alive: then wait like for any holder.
             Ok(if rescued.is_some() {

@@ -241,7 +241,7 @@ async fn give_up(ctx: &Context, id: Uuid, token: Uuid) -> Result<Option<JobRow>,
     let Some(held) = db::jobs::lock_held(&mut tx, id, token).await? else {
         return Ok(None);
     };
-    let job = outcome::take_back(&mut tx, &held, ctx.settings.job_max_attempts).await?;
+    let job = outcome::take_back(&mut tx, &held, &ctx.settings).await?;
     tx.commit().await?;
     Ok(job)
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use provisioner_shared::{
+    config::Settings,
     db::{self, jobs::Ending, jobs::JobRow},
     domain::JobError,
 };
@@ -216,7 +217,14 @@ async fn write(
         JobFailure::Transient { .. } => {
             // Queued again, still naming its stored template (if any) for the next attempt.
             let delay = backoff(ctx.settings.retry_base_delay, job.attempts);
-            db::jobs::retry_later(&mut tx, job.id, token, delay).await?;
+            db::jobs::retry_later(
+                &mut tx,
+                job.id,
+                token,
+                delay,
+                ctx.settings.client_interactive_jobs,
+            )
+            .await?;
         }
         permanent => {
             db::jobs::finish(&mut tx, job, &permanent.ending()).await?;
@@ -250,12 +258,12 @@ pub(super) async fn fail_unclaimed(
 pub(crate) async fn rescue(
     conn: &mut PgConnection,
     id: Uuid,
-    max_attempts: u32,
+    settings: &Settings,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let Some(held) = db::jobs::lock_expired(conn, id).await? else {
         return Ok(None);
     };
-    take_back(conn, &held, max_attempts).await
+    take_back(conn, &held, settings).await
 }
 
 /// Takes a running job, `held` as its lease holder made it (locked by the caller), from that
@@ -265,9 +273,9 @@ pub(crate) async fn rescue(
 pub(crate) async fn take_back(
     conn: &mut PgConnection,
     held: &JobRow,
-    max_attempts: u32,
+    settings: &Settings,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    if held.attempts >= max_attempts as i32 {
+    if held.attempts >= settings.job_max_attempts as i32 {
         let failure =
             JobFailure::Internal(format!("the job's worker was lost {} times", held.attempts));
         let ended = db::jobs::finish(conn, held, &failure.ending()).await?;
@@ -277,7 +285,14 @@ pub(crate) async fn take_back(
         Ok(ended)
     } else {
         let token = held.lease_token.expect("a running job has a lease");
-        db::jobs::retry_later(conn, held.id, token, Duration::ZERO).await
+        db::jobs::retry_later(
+            conn,
+            held.id,
+            token,
+            Duration::ZERO,
+            settings.client_interactive_jobs,
+        )
+        .await
     }
 }
 

@@ -110,7 +110,7 @@ async fn release_for(
     let messages: Vec<OutboxMessage> = released
         .iter()
         .map(|(id, traceparent)| {
-            queue::JobMessage::routed(*id, true, Duration::ZERO, traceparent.clone())
+            queue::JobMessage::routed(*id, queue::Lane::Batch, Duration::ZERO, traceparent.clone())
         })
         .collect();
     outbox::insert_many(conn, &messages).await?;

@@ -293,12 +293,14 @@ async fn settled(
 }
 
 /// running -> queued after a transient failure: the job message is published again after
-/// `delay`.
+/// `delay`, on the lane its client's active jobs give it now (`interactive_jobs`: see
+/// `queue::Lane`).
 pub async fn retry_later(
     conn: &mut PgConnection,
     id: Uuid,
     token: Uuid,
     delay: Duration,
+    interactive_jobs: u32,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let row = transition(
         conn,
@@ -312,7 +314,13 @@ pub async fn retry_later(
     )
     .await?;
     if let Some(row) = &row {
-        outbox::insert(conn, &queue::JobMessage::outbox(row, delay)).await?;
+        let lane = if row.batch_id.is_some() {
+            queue::Lane::Batch
+        } else {
+            let active = super::active_singles(&mut *conn, &row.client_id).await?;
+            queue::Lane::of_single(active, interactive_jobs)
+        };
+        outbox::insert(conn, &queue::JobMessage::outbox(row, lane, delay)).await?;
     }
     Ok(row)
 }

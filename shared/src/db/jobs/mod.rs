@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, postgres::PgArguments};
 use uuid::Uuid;
 
 use crate::{
@@ -161,6 +161,9 @@ pub struct Admit {
     pub refuse_existing_tenant: bool,
     /// Most queued and running jobs the client may have outside batches.
     pub max_active_jobs: i64,
+    /// The client's active jobs outside batches, up to this many (counting this one), go to
+    /// the interactive queue; past it, to the backlog queue.
+    pub interactive_jobs: u32,
     /// What the job's stored template (`NewJob::template_id`) must be; it is locked until
     /// the job is recorded.
     pub template: TemplateCheck,
@@ -263,7 +266,12 @@ pub async fn submit_many(
         .iter()
         .flat_map(|row| {
             [
-                (row.id, queue::JobMessage::outbox(row, Duration::ZERO)),
+                // On the backlog queue instead when the statement finds the client past its
+                // interactive jobs.
+                (
+                    row.id,
+                    queue::JobMessage::outbox(row, queue::Lane::Interactive, Duration::ZERO),
+                ),
                 (
                     row.id,
                     queue::status_event(&row.view(), row.version, row.traceparent.as_deref()),
@@ -286,10 +294,11 @@ pub async fn submit_many(
         "WITH input AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[],
-                                  $11::boolean[], $12::int2[], $13::text[], $14::int8[])
+                                  $11::boolean[], $12::int2[], $13::text[], $14::int8[],
+                                  $23::int8[])
                  WITH ORDINALITY
                  AS i(id, kind, url, client, params, sealed, key, digest, template_id,
-                      traceparent, refuse, template_check, owner, cap, ord)
+                      traceparent, refuse, template_check, owner, cap, interactive, ord)
          ), admission AS (
              SELECT i.ord, i.id, i.client, i.cap,
                  (i.template_check = 0 OR EXISTS (
@@ -332,14 +341,17 @@ pub async fn submit_many(
              FROM admission a JOIN input i ON i.ord = a.ord
              WHERE a.template_visible AND NOT a.tenant_exists AND NOT a.batch_item_active
                AND NOT a.import_active
-         ), within_cap AS (
-             -- The client's jobs already active, then those of this statement in order.
-             SELECT ord, stored_conflict, stored_conflict OR group_conflict AS conflicts,
-                    NOT (stored_conflict OR group_conflict)
-                    AND active_jobs
-                        + count(*) FILTER (WHERE NOT (stored_conflict OR group_conflict))
-                              OVER (PARTITION BY client ORDER BY ord) <= cap AS fits
+         ), ranked AS (
+             -- The client's jobs already active, then those of this statement in order: a
+             -- job's rank counts itself.
+             SELECT ord, cap, stored_conflict, stored_conflict OR group_conflict AS conflicts,
+                    active_jobs
+                    + count(*) FILTER (WHERE NOT (stored_conflict OR group_conflict))
+                          OVER (PARTITION BY client ORDER BY ord) AS rank
              FROM admitted
+         ), within_cap AS (
+             SELECT ord, stored_conflict, conflicts, rank, NOT conflicts AND rank <= cap AS fits
+             FROM ranked
          ), job AS (
              INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
                                idempotency_key, request_digest, template_id, traceparent,
@@ -353,11 +365,15 @@ pub async fn submit_many(
          ), messages AS (
              INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
                                  traceparent)
-             SELECT m.e, m.r, m.m, m.c, m.p, m.tp
+             -- A job message goes to the backlog queue past the client's interactive jobs.
+             SELECT m.e, CASE WHEN m.r = $24 AND w.rank > i.interactive THEN $25 ELSE m.r END,
+                    m.m, m.c, m.p, m.tp
              FROM UNNEST($16::uuid[], $17::text[], $18::text[], $19::text[], $20::text[],
                          $21::bytea[], $22::text[]) WITH ORDINALITY
                       AS m(job, e, r, m, c, p, tp, n)
              JOIN job ON job.id = m.job
+             JOIN input i ON i.id = m.job
+             JOIN within_cap w ON w.ord = i.ord
              ORDER BY m.n
          )
          SELECT a.ord, a.template_visible, a.tenant_exists, a.batch_item_active, a.import_active,
@@ -416,6 +432,13 @@ pub async fn submit_many(
             .map(|(_, m)| m.traceparent.as_deref())
             .collect::<Vec<_>>(),
     )
+    .bind(
+        jobs.iter()
+            .map(|j| i64::from(j.admit.interactive_jobs))
+            .collect::<Vec<_>>(),
+    )
+    .bind(queue::CREATE_TENANT_ROUTING_KEY)
+    .bind(queue::BACKLOG_ROUTING_KEY)
     .fetch_all(&mut *conn)
     .await?;
     if answers.len() != rows.len() {
@@ -514,6 +537,20 @@ pub async fn notify_in_transaction(conn: &mut PgConnection, id: Uuid) -> Result<
     .await
 }
 
+/// The client's queued and running jobs outside batches (its job among them, for a job being
+/// sent again): the rank that decides the lane of a single job sent again.
+pub(crate) async fn active_singles(
+    exec: impl PgExecutor<'_>,
+    client_id: &str,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs WHERE client_id = $1",
+    )
+    .bind(client_id)
+    .fetch_one(exec)
+    .await
+}
+
 /// A job by id, as seen by `client_id` (`None`: any client, for workers).
 pub async fn find(
     exec: impl PgExecutor<'_>,
@@ -544,7 +581,7 @@ pub async fn find_by_idempotency_key(
 }
 
 /// Filters of the job list; `after` is the (created_at, id) of the last item already seen.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 pub struct ListFilter<'a> {
     /// Whose jobs (`None`: every client's, for operators).
     pub client_id: Option<&'a str>,
@@ -555,30 +592,76 @@ pub struct ListFilter<'a> {
     pub limit: i64,
 }
 
-/// Jobs newest first.
+/// Jobs newest first. Only the filters given are in the statement, so that each plan reads the
+/// index made for it (a batch's jobs, a tenant's, a client's, or everyone's), and each of those
+/// has the status before the time: a page reads one range per status asked for (all five when
+/// none is, merged), so it costs the same whatever the tables hold and however rare the status.
 pub async fn list(
     exec: impl PgExecutor<'_>,
     f: &ListFilter<'_>,
 ) -> Result<Vec<JobRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM jobs
-         WHERE ($1::text IS NULL OR client_id = $1)
-           AND ($2::text IS NULL OR status = $2)
-           AND ($3::text IS NULL OR tenant_url = $3)
-           AND ($4::uuid IS NULL OR batch_id = $4)
-           AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $7"
-    ))
-    .bind(f.client_id)
-    .bind(f.status)
-    .bind(f.tenant_url)
-    .bind(f.batch_id)
-    .bind(f.after.map(|a| a.0))
-    .bind(f.after.map(|a| a.1))
-    .bind(f.limit)
-    .fetch_all(exec)
-    .await
+    let (sql, args) = list_statement(f)?;
+    sqlx::query_as_with(&sql, args).fetch_all(exec).await
+}
+
+/// The statement `list` runs, with its arguments (public for the tests of its plans).
+pub fn list_statement(f: &ListFilter<'_>) -> Result<(String, PgArguments), sqlx::Error> {
+    use sqlx::Arguments as _;
+    let mut args = PgArguments::default();
+    let mut conditions = Vec::new();
+    let mut add = |condition: &str, args: &mut PgArguments| {
+        conditions.push(condition.replace('#', &format!("${}", args.len() + 1)));
+    };
+    let encode = sqlx::Error::Encode;
+    if let Some(client) = f.client_id {
+        add("client_id = #", &mut args);
+        args.add(client).map_err(encode)?;
+    }
+    if let Some(url) = f.tenant_url {
+        add("tenant_url = #", &mut args);
+        args.add(url).map_err(encode)?;
+    }
+    if let Some(batch) = f.batch_id {
+        add("batch_id = #", &mut args);
+        args.add(batch).map_err(encode)?;
+    }
+    if let Some((at, id)) = f.after {
+        // Two placeholders: the time, then the id.
+        conditions.push(format!(
+            "(created_at, id) < (${}, ${})",
+            args.len() + 1,
+            args.len() + 2
+        ));
+        args.add(at).map_err(encode)?;
+        args.add(id).map_err(encode)?;
+    }
+    args.add(f.limit).map_err(encode)?;
+    let limit = format!("${}", args.len());
+    let range = |status: JobStatus| {
+        let mut filter = format!("status = '{}'", status.as_str());
+        for c in &conditions {
+            filter.push_str(" AND ");
+            filter.push_str(c);
+        }
+        format!(
+            "SELECT {COLUMNS} FROM jobs WHERE {filter}
+             ORDER BY created_at DESC, id DESC LIMIT {limit}"
+        )
+    };
+    let sql = match f.status {
+        Some(status) => range(status),
+        None => {
+            let ranges: Vec<String> = JobStatus::ALL
+                .iter()
+                .map(|s| format!("({})", range(*s)))
+                .collect();
+            format!(
+                "SELECT * FROM ({}) page ORDER BY created_at DESC, id DESC LIMIT {limit}",
+                ranges.join(" UNION ALL ")
+            )
+        }
+    };
+    Ok((sql, args))
 }
 
 /// queued -> cancelled. `None` when the job is not queued (or not the client's).

@@ -12,13 +12,15 @@ use crate::{db::outbox, queue};
 /// `after` ago and none of whose messages waits in the outbox: the broker lost it (a purged
 /// queue, a dead-lettered delivery) or still holds it behind a backlog. A duplicate is harmless
 /// (a claim takes only a queued job); a job is sent again at most once per `after`. Returns the
-/// jobs sent again. Jobs another reconciler is sending are skipped.
+/// jobs sent again. Jobs another reconciler is sending are skipped. A single job goes on the
+/// lane its client's active jobs give it now (`interactive_jobs`: see `queue::Lane`).
 pub async fn resend_stranded(
     conn: &mut PgConnection,
     after: Duration,
     limit: i64,
+    interactive_jobs: u32,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let rows: Vec<(Uuid, bool, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(Uuid, bool, Option<String>, i64)> = sqlx::query_as(
         "WITH stranded AS (
              SELECT id FROM jobs j
              WHERE status = 'queued' AND sent_at < now() - make_interval(secs => $1)
@@ -28,17 +30,24 @@ pub async fn resend_stranded(
              ORDER BY sent_at LIMIT $3
              FOR UPDATE SKIP LOCKED)
          UPDATE jobs SET sent_at = now() FROM stranded WHERE jobs.id = stranded.id
-         RETURNING jobs.id, jobs.batch_id IS NOT NULL, jobs.traceparent",
+         RETURNING jobs.id, jobs.batch_id IS NOT NULL, jobs.traceparent,
+                   (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs c
+                    WHERE c.client_id = jobs.client_id)",
     )
     .bind(after.as_secs_f64())
     .bind(queue::JOBS_EXCHANGE)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    for (id, batch_item, traceparent) in &rows {
+    for (id, batch_item, traceparent, active) in &rows {
+        let lane = if *batch_item {
+            queue::Lane::Batch
+        } else {
+            queue::Lane::of_single(*active, interactive_jobs)
+        };
         outbox::insert(
             conn,
-            &queue::JobMessage::routed(*id, *batch_item, Duration::ZERO, traceparent.clone()),
+            &queue::JobMessage::routed(*id, lane, Duration::ZERO, traceparent.clone()),
         )
         .await?;
     }
