@@ -17,10 +17,11 @@ DROP INDEX jobs_by_batch;
 CREATE INDEX jobs_by_batch ON jobs (batch_id, status, created_at DESC, id DESC)
     WHERE batch_id IS NOT NULL;
 
--- A tenant's jobs, of every kind and status: the list filtered on `tenantUrl`, and the admission
--- checks for an active batch item or import of a URL (a URL has a handful of jobs), which read
--- the two partial indexes this one replaces.
-CREATE INDEX jobs_by_tenant ON jobs (tenant_url, created_at DESC, id DESC);
+-- A tenant's jobs, of every kind, by status: the list filtered on `tenantUrl`, and the checks
+-- for an active batch item or import of a URL (admission, a batch item's precedence), which read
+-- only the queued and running ranges however many ended jobs the URL has, as the two partial
+-- indexes this one replaces did.
+CREATE INDEX jobs_by_tenant ON jobs (tenant_url, status, created_at DESC, id DESC);
 DROP INDEX jobs_active_batch_url;
 DROP INDEX jobs_active_import_url;
 

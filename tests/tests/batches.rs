@@ -783,8 +783,7 @@ async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single
         );
     };
     assert_eq!(job["status"], "succeeded", "B's create: {job}");
-    // A's later creates are still where they were: at most two of them started.
-    assert!(app.templates.hits("rest.zip") <= 2);
+    // A's later creates are still waiting for their template, or for a slot.
     for a in &a_rest {
         let (_, a) = app.get_json(&format!("/configapi/v2/jobs/{a}")).await;
         assert!(a["status"] == "queued" || a["status"] == "running", "{a}");

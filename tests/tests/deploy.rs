@@ -189,7 +189,11 @@ fn the_scaled_object_uses_only_keda_documented_fields_and_the_jobs_queues() {
         .unwrap();
     so["spec"]["pollingIntervall"] = json!(15);
     so["spec"]["triggers"][0]["metadata"]["protocol"] = json!("amqp");
-    so["spec"]["triggers"].as_array_mut().unwrap().remove(1);
+    // Without `useRegex` the pattern names no queue.
+    so["spec"]["triggers"][0]["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("useRegex");
     let problems = keda::problems(&broken);
     for needle in [
         "spec.pollingIntervall",

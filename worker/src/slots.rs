@@ -1,8 +1,10 @@
-//! The process's job slots: at most `worker_concurrency` jobs run at once, and a free slot goes
-//! to the first lane with a delivery waiting (`queue::Lane`): a client's first few single jobs,
-//! then the single jobs past them, then batch items. So one client's many creates never hold
-//! back another client's few, and a client's backlog of batch items never holds back a job
-//! submitted on its own.
+//! The process's job slots: at most `worker_concurrency` jobs run at once. A free slot goes to
+//! an interactive delivery (a client's first few single jobs) when one waits, so one client's
+//! many creates never hold back another client's few, and a backlog of batch items never holds
+//! back a job submitted on its own. The two later lanes (single jobs past a client's first few,
+//! batch items) take turns when both wait, so neither one client's many creates nor a batch
+//! starves the other; and every `INTERACTIVE_RUN`-th slot that interactive work takes while
+//! they wait goes to them instead, so a steady stream of interactive work starves neither.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +13,11 @@ use tokio::sync::Notify;
 
 /// Lanes, the first served first.
 const LANES: usize = 3;
+const INTERACTIVE: usize = 0;
+
+/// Slots in a row that interactive deliveries may take while a later lane waits; the next one
+/// goes to the later lanes.
+const INTERACTIVE_RUN: u32 = 4;
 
 /// Slots shared by every delivery of the process, across broker sessions.
 #[derive(Debug)]
@@ -22,14 +29,46 @@ pub(crate) struct Slots {
 #[derive(Debug)]
 struct State {
     free: usize,
-    /// Deliveries waiting for a slot, by lane: a delivery waits while one of an earlier lane
-    /// does.
+    /// Deliveries waiting for a slot, by lane.
     waiting: [usize; LANES],
+    /// Slots interactive deliveries took in a row while a later lane waited.
+    interactive_run: u32,
+    /// The later lane whose turn is next when both wait.
+    later_turn: usize,
 }
 
 impl State {
+    fn later_waiting(&self) -> bool {
+        self.waiting[INTERACTIVE + 1..].iter().any(|&n| n > 0)
+    }
+
+    /// Whether a delivery of `lane` may take a free slot now.
     fn may_take(&self, lane: usize) -> bool {
-        self.free > 0 && self.waiting[..lane].iter().all(|&n| n == 0)
+        if self.free == 0 {
+            return false;
+        }
+        let later_due = self.interactive_run >= INTERACTIVE_RUN && self.later_waiting();
+        if lane == INTERACTIVE {
+            return !later_due;
+        }
+        if self.waiting[INTERACTIVE] > 0 && !later_due {
+            return false;
+        }
+        // The two later lanes take turns while both wait.
+        let other = if lane == 1 { 2 } else { 1 };
+        self.waiting[other] == 0 || self.later_turn == lane
+    }
+
+    fn take(&mut self, lane: usize) {
+        self.free -= 1;
+        if lane == INTERACTIVE {
+            if self.later_waiting() {
+                self.interactive_run += 1;
+            }
+        } else {
+            self.interactive_run = 0;
+            self.later_turn = if lane == 1 { 2 } else { 1 };
+        }
     }
 }
 
@@ -69,12 +108,14 @@ impl Slots {
             state: Mutex::new(State {
                 free: n,
                 waiting: [0; LANES],
+                interactive_run: 0,
+                later_turn: 1,
             }),
             freed: Notify::new(),
         })
     }
 
-    /// Waits for a slot: a delivery takes a free one unless a delivery of an earlier lane waits.
+    /// Waits for a slot: a delivery takes a free one when its lane's turn allows (`may_take`).
     pub(crate) async fn acquire(self: &Arc<Self>, lane: Lane) -> Slot {
         let lane = index(lane);
         let mut waiting = None;
@@ -86,9 +127,14 @@ impl Slots {
             {
                 let mut state = self.state.lock().expect("slots");
                 if state.may_take(lane) {
-                    state.free -= 1;
+                    state.take(lane);
+                    let more = state.free > 0;
                     drop(state);
                     drop(waiting);
+                    if more {
+                        // The take may have changed whose turn it is for the slots left.
+                        self.freed.notify_waiters();
+                    }
                     return Slot(self.clone());
                 }
                 if waiting.is_none() {
@@ -154,6 +200,63 @@ mod tests {
         );
         assert_eq!(slots.free(), 1);
         assert_eq!(slots.state.lock().unwrap().waiting, [0; LANES]);
+    }
+
+    /// Takes the slot in turn: every waiting delivery of `lanes`, spawned in that order, records
+    /// its lane once it holds the slot; returns the order in which they got it.
+    async fn order_of(lanes: &[Lane]) -> Vec<Lane> {
+        let slots = Slots::new(1);
+        let held = slots.acquire(Lane::Interactive).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (i, &lane) in lanes.iter().enumerate() {
+            let (slots_, order) = (slots.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let slot = slots_.acquire(lane).await;
+                order.lock().unwrap().push(lane);
+                drop(slot);
+            }));
+            while slots.state.lock().unwrap().waiting.iter().sum::<usize>() < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
+        .await
+        .expect("all ran");
+        let order = order.lock().unwrap().clone();
+        order
+    }
+
+    #[tokio::test]
+    async fn interactive_work_arriving_without_pause_leaves_every_fifth_slot_to_the_later_lanes() {
+        let mut lanes = vec![Lane::Batch];
+        lanes.extend([Lane::Interactive; 10]);
+        let order = order_of(&lanes).await;
+        assert_eq!(
+            order.iter().position(|l| *l == Lane::Batch),
+            Some(INTERACTIVE_RUN as usize),
+            "{order:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_backlog_and_batch_items_take_turns() {
+        let order = order_of(&[
+            Lane::Batch,
+            Lane::Batch,
+            Lane::Batch,
+            Lane::Backlog,
+            Lane::Backlog,
+            Lane::Backlog,
+        ])
+        .await;
+        use Lane::{Backlog, Batch};
+        assert_eq!(order, [Backlog, Batch, Backlog, Batch, Backlog, Batch]);
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@ pub const TOP_CLIENTS: i64 = 10;
 /// When the oldest waiting work of each kind was queued (`None`: nothing waits).
 #[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
 pub struct Backlog {
-    /// The oldest queued single create (interactive queue; includes one waiting for a retry).
+    /// The oldest queued single create (on the interactive or the backlog queue; includes one
+    /// waiting for a retry).
     pub oldest_single: Option<DateTime<Utc>>,
     /// The oldest batch item released to the broker and not yet started.
     pub oldest_released: Option<DateTime<Utc>>,

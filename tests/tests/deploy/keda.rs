@@ -193,12 +193,24 @@ pub(super) fn problems(objects: &[Value]) -> Vec<String> {
                     &format!("{at}.metadata.value"),
                     &mut problems,
                 );
-                queues.insert(
-                    metadata["queueName"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+                let name = metadata["queueName"].as_str().unwrap_or_default();
+                if metadata["useRegex"] == "true" {
+                    // The queues summed: exactly the jobs queues, each name escaped.
+                    let every = queue::JOB_QUEUES
+                        .iter()
+                        .map(|q| q.replace('.', "\\."))
+                        .collect::<Vec<_>>()
+                        .join("|");
+                    if name != format!("^({every})$") {
+                        problems.push(format!("{at}: {name} is not ^({every})$"));
+                    }
+                    if metadata["operation"] != "sum" {
+                        problems.push(format!("{at}: the queues' lengths must be summed"));
+                    }
+                    queues.extend(queue::JOB_QUEUES.iter().map(|q| (*q).to_owned()));
+                } else {
+                    queues.insert(name.to_owned());
+                }
                 (RABBITMQ_METADATA, RABBITMQ_AUTH)
             }
             Some("postgresql") => {

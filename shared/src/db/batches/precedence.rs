@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 /// A job for `tenant_url` (a single create, a batch item, an Import Tenant job) submitted before
 /// the job `(created_at, job_id)` and still queued or running, if any: the oldest. Reads the
-/// three partial indexes of active jobs by URL, so its cost does not grow with the table.
+/// queued and running ranges of the URL's jobs (`jobs_by_tenant`, and the partial index of
+/// active single creates), so its cost does not grow with the table or the URL's ended jobs.
 pub async fn earlier_active_job(
     conn: &mut PgConnection,
     tenant_url: &str,
