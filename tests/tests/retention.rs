@@ -193,3 +193,71 @@ async fn what_outlived_its_retention_is_purged_in_chunks_and_the_rest_stays() {
     assert_eq!(again.status(), 400);
     app.stop().await;
 }
+
+/// A batch item's job that a retry replaced goes once it outlived the retention, while its
+/// batch (ended just now, or retried again and again) and the item's newest job stay.
+#[tokio::test]
+async fn a_retried_batch_items_replaced_job_goes_after_the_retention_without_its_batch() {
+    use provisioner_tests::template_server::Route;
+    let mut app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_JOB_RETENTION", DAY.into()),
+            ("PROVISIONER_SWEEP_INTERVAL", "1".into()),
+            ("PROVISIONER_RECONCILE_AFTER", "3600".into()),
+        ],
+    })
+    .await;
+    // A template URL that answers 404: the items fail at once, every time.
+    let missing = app.templates.route(
+        "missing.zip",
+        Route {
+            status: 404,
+            body: Default::default(),
+            fail_first: 0,
+        },
+    );
+    let batch = batches::submit(&app, &batches::items(2, &missing)).await;
+    let batch = batch["batchId"].as_str().unwrap().to_owned();
+    let done = batches::wait(&app, &batch, Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["failed"], 2, "{done}");
+    let r = app
+        .http
+        .post(app.url(&format!("/configapi/v2/batches/{batch}/retry")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let done = batches::wait(&app, &batch, Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["failed"], 2, "{done}");
+    app.stop_workers().await;
+    let replaced = format!("SELECT count(*) FROM jobs WHERE batch_id = '{batch}' AND superseded");
+    assert_eq!(app.count(&replaced).await, 2);
+    sqlx::query(
+        "UPDATE jobs SET finished_at = now() - interval '2 days'
+         WHERE batch_id = $1::uuid AND superseded",
+    )
+    .bind(&batch)
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    app.start_worker();
+    eventually(Duration::from_secs(60), || async {
+        (app.count(&replaced).await == 0).then_some(())
+    })
+    .await;
+    // The batch and each item's newest job stay.
+    let results = batches::results(&app, &batch, "").await;
+    assert_eq!(results.len(), 2, "{results:?}");
+    for item in &results {
+        let (status, job) = app
+            .get_json(&format!(
+                "/configapi/v2/jobs/{}",
+                item["jobId"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!((status, job["status"].as_str()), (200, Some("failed")));
+    }
+    app.stop().await;
+}

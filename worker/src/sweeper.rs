@@ -121,7 +121,8 @@ const PURGE_CHUNKS: usize = 20;
 async fn purge(ctx: &Context) -> Result<(), sqlx::Error> {
     let retention = ctx.settings.job_retention;
     let pool = &ctx.pool;
-    let jobs = drain(|| db::retention::purge_jobs(pool, retention)).await?;
+    let jobs = drain(|| db::retention::purge_jobs(pool, retention)).await?
+        + drain(|| db::retention::purge_superseded_jobs(pool, retention)).await?;
     let batches = drain(|| db::retention::purge_batches(pool, retention)).await?;
     let batch_jobs = drain(|| db::retention::purge_batch_jobs(pool)).await?;
     let tokens = drain(|| db::retention::purge_tokens(pool)).await?;

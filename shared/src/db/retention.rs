@@ -30,6 +30,27 @@ pub async fn purge_jobs(
     .map(|r| r.rows_affected())
 }
 
+/// Removes up to `CHUNK` superseded batch items' jobs (replaced by a retry) that ended more
+/// than `retention` ago, whatever their batch's state: a batch retried again and again keeps
+/// them no longer than any ended job. Returns how many went.
+pub async fn purge_superseded_jobs(
+    exec: impl PgExecutor<'_>,
+    retention: Duration,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM jobs WHERE id IN (
+             SELECT id FROM jobs
+             WHERE superseded AND finished_at IS NOT NULL
+               AND finished_at < now() - make_interval(secs => $1)
+             ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(retention.as_secs_f64())
+    .bind(CHUNK)
+    .execute(exec)
+    .await
+    .map(|r| r.rows_affected())
+}
+
 /// Removes up to `CHUNK` batches that ended more than `retention` ago (their template pins
 /// and download leases go with them), and records them so their jobs follow
 /// (`purge_batch_jobs`). Returns how many went.
