@@ -7,47 +7,40 @@ use crate::{TestApp, rabbitmqctl};
 impl TestApp {
     /// Messages in a queue of this test's vhost, ready and unacknowledged together.
     pub async fn queue_messages(&self, queue: &str) -> i64 {
-        let vhost = self.vhost.clone();
-        let queue = queue.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let out = rabbitmqctl(&[
-                "list_queues",
-                "-p",
-                &vhost,
-                "--quiet",
-                "--no-table-headers",
-                "name",
-                "messages",
-            ]);
-            out.lines()
-                .filter_map(|l| l.split_once('\t'))
-                .find(|(name, _)| name.trim() == queue)
-                .map_or(0, |(_, n)| n.trim().parse().expect("a count"))
-        })
-        .await
-        .unwrap()
+        self.queue_counts(queue, &["messages"]).await[0]
     }
 
     /// A queue of this test's vhost: its messages ready, and delivered but not acknowledged.
     pub async fn queue_depths(&self, queue: &str) -> (i64, i64) {
+        let counts = self
+            .queue_counts(queue, &["messages_ready", "messages_unacknowledged"])
+            .await;
+        (counts[0], counts[1])
+    }
+
+    /// The counts `columns` of `rabbitmqctl list_queues` for a queue of this test's vhost
+    /// (zeros for a queue it does not list).
+    async fn queue_counts(&self, queue: &str, columns: &[&'static str]) -> Vec<i64> {
         let vhost = self.vhost.clone();
         let queue = queue.to_owned();
+        let columns = columns.to_vec();
         tokio::task::spawn_blocking(move || {
-            let out = rabbitmqctl(&[
+            let mut args = vec![
                 "list_queues",
                 "-p",
                 &vhost,
                 "--quiet",
                 "--no-table-headers",
                 "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ]);
-            let count = |n: &str| n.trim().parse::<i64>().expect("a count");
+            ];
+            args.extend(columns.iter().copied());
+            let out = rabbitmqctl(&args);
             out.lines()
-                .map(|l| l.split('\t').collect::<Vec<_>>())
-                .find(|f| f.len() == 3 && f[0].trim() == queue)
-                .map_or((0, 0), |f| (count(f[1]), count(f[2])))
+                .map(|l| l.split('\t').map(str::trim).collect::<Vec<_>>())
+                .find(|f| f.len() == columns.len() + 1 && f[0] == queue)
+                .map_or(vec![0; columns.len()], |f| {
+                    f[1..].iter().map(|n| n.parse().expect("a count")).collect()
+                })
         })
         .await
         .unwrap()

@@ -833,6 +833,60 @@ async fn within_a_client_a_single_create_goes_ahead_of_its_queued_batch_items() 
     app.stop().await;
 }
 
+/// A client's single creates past its first few (on the backlog queue, which takes turns with
+/// batch items at a worker) still go ahead of its own batch items: the dispatcher releases none
+/// of its items while it has them, so only the items already released may run in between.
+#[tokio::test]
+async fn within_a_client_its_many_single_creates_go_ahead_of_its_batch_items() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_WORKER_CONCURRENCY", "1".to_owned()),
+            ("PROVISIONER_CLIENT_INTERACTIVE_JOBS", "1".to_owned()),
+            ("PROVISIONER_DISPATCH_WINDOW", "2".to_owned()),
+        ],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let big = batches::submit(&app, &items(100, &template)).await;
+    provisioner_tests::eventually(WITHIN, || async {
+        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+            .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+    let mut singles = Vec::new();
+    for _ in 0..8 {
+        singles.push(
+            app.submit(&fixtures::tenant_url(), &fixtures::create_body(&template))
+                .await,
+        );
+    }
+    for single in &singles {
+        assert_eq!(app.wait_job(single).await["status"], "succeeded");
+    }
+    let ids = singles
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let overtaking = app
+        .count(&format!(
+            "SELECT count(*) FROM jobs j WHERE j.batch_id = '{}'
+               AND j.started_at > (SELECT min(created_at) FROM jobs WHERE id IN ({ids}))
+               AND j.started_at < (SELECT max(started_at) FROM jobs WHERE id IN ({ids}))",
+            id(&big, "batchId")
+        ))
+        .await;
+    // The window's two released items, and one that took the slot as the first single came.
+    assert!(
+        overtaking <= 3,
+        "{overtaking} batch items started while the client's single creates waited"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn items_may_name_a_stored_template_by_id_and_an_unknown_id_is_the_items_problem() {
     let app = TestApp::spawn().await;

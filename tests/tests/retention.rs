@@ -9,6 +9,19 @@ use serde_json::json;
 
 const DAY: &str = "86400";
 
+/// A system whose worker sweeps every second with a retention of a day.
+async fn retention_app() -> TestApp {
+    TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_JOB_RETENTION", DAY.into()),
+            ("PROVISIONER_SWEEP_INTERVAL", "1".into()),
+            ("PROVISIONER_RECONCILE_AFTER", "3600".into()),
+        ],
+    })
+    .await
+}
+
 async fn backdate_job(app: &TestApp, id: &str) {
     sqlx::query("UPDATE jobs SET finished_at = now() - interval '2 days' WHERE id = $1::uuid")
         .bind(id)
@@ -19,15 +32,7 @@ async fn backdate_job(app: &TestApp, id: &str) {
 
 #[tokio::test]
 async fn what_outlived_its_retention_is_purged_in_chunks_and_the_rest_stays() {
-    let mut app = TestApp::with(Options {
-        workers: 1,
-        vars: vec![
-            ("PROVISIONER_JOB_RETENTION", DAY.into()),
-            ("PROVISIONER_SWEEP_INTERVAL", "1".into()),
-            ("PROVISIONER_RECONCILE_AFTER", "3600".into()),
-        ],
-    })
-    .await;
+    let mut app = retention_app().await;
     let url = app.serve_sample_template("t").await;
 
     // Two single jobs that ended: one two days ago (with its idempotency key), one just now.
@@ -194,20 +199,13 @@ async fn what_outlived_its_retention_is_purged_in_chunks_and_the_rest_stays() {
     app.stop().await;
 }
 
-/// A batch item's job that a retry replaced goes once it outlived the retention, while its
-/// batch (ended just now, or retried again and again) and the item's newest job stay.
+/// A batch item's job that a retry replaced goes once it was replaced longer ago than the
+/// retention, while its batch (ended just now, or retried again and again) and the item's
+/// newest job stay; one replaced just now stays, however long ago it ended.
 #[tokio::test]
 async fn a_retried_batch_items_replaced_job_goes_after_the_retention_without_its_batch() {
     use provisioner_tests::template_server::Route;
-    let mut app = TestApp::with(Options {
-        workers: 1,
-        vars: vec![
-            ("PROVISIONER_JOB_RETENTION", DAY.into()),
-            ("PROVISIONER_SWEEP_INTERVAL", "1".into()),
-            ("PROVISIONER_RECONCILE_AFTER", "3600".into()),
-        ],
-    })
-    .await;
+    let mut app = retention_app().await;
     // A template URL that answers 404: the items fail at once, every time.
     let missing = app.templates.route(
         "missing.zip",
@@ -233,8 +231,11 @@ async fn a_retried_batch_items_replaced_job_goes_after_the_retention_without_its
     app.stop_workers().await;
     let replaced = format!("SELECT count(*) FROM jobs WHERE batch_id = '{batch}' AND superseded");
     assert_eq!(app.count(&replaced).await, 2);
+    // Both ended two days ago; one was replaced two days ago, the other just now.
     sqlx::query(
-        "UPDATE jobs SET finished_at = now() - interval '2 days'
+        "UPDATE jobs SET finished_at = now() - interval '2 days',
+                         superseded_at = CASE WHEN batch_item = 0
+                                              THEN now() - interval '2 days' ELSE now() END
          WHERE batch_id = $1::uuid AND superseded",
     )
     .bind(&batch)
@@ -244,9 +245,13 @@ async fn a_retried_batch_items_replaced_job_goes_after_the_retention_without_its
 
     app.start_worker();
     eventually(Duration::from_secs(60), || async {
-        (app.count(&replaced).await == 0).then_some(())
+        (app.count(&replaced).await == 1).then_some(())
     })
     .await;
+    let kept = format!(
+        "SELECT count(*) FROM jobs WHERE batch_id = '{batch}' AND superseded AND batch_item = 1"
+    );
+    assert_eq!(app.count(&kept).await, 1);
     // The batch and each item's newest job stay.
     let results = batches::results(&app, &batch, "").await;
     assert_eq!(results.len(), 2, "{results:?}");

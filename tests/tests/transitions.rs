@@ -318,7 +318,7 @@ async fn released_batch(app: &TestApp, n: usize) -> (String, Vec<db::jobs::JobRo
         .unwrap()
         .to_owned();
     let mut tx = app.db.begin().await.unwrap();
-    assert_eq!(db::batches::release(&mut tx, 100).await.unwrap(), n);
+    assert_eq!(db::batches::release(&mut tx, 100, 4).await.unwrap(), n);
     tx.commit().await.unwrap();
     let ids: Vec<Uuid> =
         sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = $1::uuid ORDER BY batch_item")
@@ -455,7 +455,7 @@ async fn the_dispatcher_keeps_its_window_and_serves_the_least_recently_served_cl
     }
     let release = || async {
         let mut tx = app.db.begin().await.unwrap();
-        let n = db::batches::release(&mut tx, 1).await.unwrap();
+        let n = db::batches::release(&mut tx, 1, 4).await.unwrap();
         tx.commit().await.unwrap();
         n
     };

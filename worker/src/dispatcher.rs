@@ -23,12 +23,18 @@ const ROUND_LIMIT: Duration = Duration::from_secs(30);
 pub(crate) async fn run(
     pool: PgPool,
     window: u32,
+    interactive_jobs: u32,
     notifications: Notifications,
     shutdown: CancellationToken,
 ) {
     let mut changes = notifications.subscribe();
     loop {
-        match tokio::time::timeout(ROUND_LIMIT, round(&pool, i64::from(window))).await {
+        match tokio::time::timeout(
+            ROUND_LIMIT,
+            round(&pool, i64::from(window), interactive_jobs),
+        )
+        .await
+        {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => tracing::debug!(items = n, "batch items released"),
             Ok(Err(e)) => tracing::warn!(error = %e, "releasing batch items failed"),
@@ -54,9 +60,9 @@ pub(crate) async fn run(
     }
 }
 
-async fn round(pool: &PgPool, window: i64) -> Result<usize, sqlx::Error> {
+async fn round(pool: &PgPool, window: i64, interactive_jobs: u32) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let released = db::batches::release(&mut tx, window).await?;
+    let released = db::batches::release(&mut tx, window, interactive_jobs).await?;
     tx.commit().await?;
     Ok(released)
 }

@@ -70,6 +70,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let dispatcher = tokio::spawn(dispatcher::run(
         pool.clone(),
         settings.dispatch_window,
+        settings.client_interactive_jobs,
         background.notifications().clone(),
         sweeping.clone(),
     ));

@@ -2,9 +2,9 @@
 //! an interactive delivery (a client's first few single jobs) when one waits, so one client's
 //! many creates never hold back another client's few, and a backlog of batch items never holds
 //! back a job submitted on its own. The two later lanes (single jobs past a client's first few,
-//! batch items) take turns when both wait, so neither one client's many creates nor a batch
-//! starves the other; and every `INTERACTIVE_RUN`-th slot that interactive work takes while
-//! they wait goes to them instead, so a steady stream of interactive work starves neither.
+//! batch items) take turns when both wait, so neither one client's many creates nor another
+//! client's batch starves the other (a client's own batch items are not released while it has
+//! single jobs past its first few: `db::batches::release`).
 
 use std::sync::{Arc, Mutex};
 
@@ -14,10 +14,6 @@ use tokio::sync::Notify;
 /// Lanes, the first served first.
 const LANES: usize = 3;
 const INTERACTIVE: usize = 0;
-
-/// Slots in a row that interactive deliveries may take while a later lane waits; the next one
-/// goes to the later lanes.
-const INTERACTIVE_RUN: u32 = 4;
 
 /// Slots shared by every delivery of the process, across broker sessions.
 #[derive(Debug)]
@@ -31,27 +27,20 @@ struct State {
     free: usize,
     /// Deliveries waiting for a slot, by lane.
     waiting: [usize; LANES],
-    /// Slots interactive deliveries took in a row while a later lane waited.
-    interactive_run: u32,
     /// The later lane whose turn is next when both wait.
     later_turn: usize,
 }
 
 impl State {
-    fn later_waiting(&self) -> bool {
-        self.waiting[INTERACTIVE + 1..].iter().any(|&n| n > 0)
-    }
-
     /// Whether a delivery of `lane` may take a free slot now.
     fn may_take(&self, lane: usize) -> bool {
         if self.free == 0 {
             return false;
         }
-        let later_due = self.interactive_run >= INTERACTIVE_RUN && self.later_waiting();
         if lane == INTERACTIVE {
-            return !later_due;
+            return true;
         }
-        if self.waiting[INTERACTIVE] > 0 && !later_due {
+        if self.waiting[INTERACTIVE] > 0 {
             return false;
         }
         // The two later lanes take turns while both wait.
@@ -61,12 +50,7 @@ impl State {
 
     fn take(&mut self, lane: usize) {
         self.free -= 1;
-        if lane == INTERACTIVE {
-            if self.later_waiting() {
-                self.interactive_run += 1;
-            }
-        } else {
-            self.interactive_run = 0;
+        if lane != INTERACTIVE {
             self.later_turn = if lane == 1 { 2 } else { 1 };
         }
     }
@@ -108,7 +92,6 @@ impl Slots {
             state: Mutex::new(State {
                 free: n,
                 waiting: [0; LANES],
-                interactive_run: 0,
                 later_turn: 1,
             }),
             freed: Notify::new(),
@@ -228,20 +211,7 @@ mod tests {
         })
         .await
         .expect("all ran");
-        let order = order.lock().unwrap().clone();
-        order
-    }
-
-    #[tokio::test]
-    async fn interactive_work_arriving_without_pause_leaves_every_fifth_slot_to_the_later_lanes() {
-        let mut lanes = vec![Lane::Batch];
-        lanes.extend([Lane::Interactive; 10]);
-        let order = order_of(&lanes).await;
-        assert_eq!(
-            order.iter().position(|l| *l == Lane::Batch),
-            Some(INTERACTIVE_RUN as usize),
-            "{order:?}"
-        );
+        order.lock().unwrap().clone()
     }
 
     #[tokio::test]

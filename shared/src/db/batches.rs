@@ -438,10 +438,13 @@ pub async fn replace_items(
     items: &[NewItem],
     trace: &TraceContext,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET superseded = true, sealed_password = NULL WHERE id = ANY($1)")
-        .bind(old_jobs)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE jobs SET superseded = true, superseded_at = now(), sealed_password = NULL
+         WHERE id = ANY($1)",
+    )
+    .bind(old_jobs)
+    .execute(&mut *conn)
+    .await?;
     insert_items(conn, batch_id, client_id, items, trace).await
 }
 

@@ -3,9 +3,13 @@
 //! dashboard session. Every query is bounded (a `LIMIT`, a sample, or one batch's items) and
 //! served by an index.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgExecutor;
 use uuid::Uuid;
+
+use crate::domain::JobStatus;
 
 /// Most recent endings (or, for one client, most recent jobs) the overview's rates look at.
 pub const OVERVIEW_SAMPLE: i64 = 10_000;
@@ -65,36 +69,31 @@ pub async fn client_figures(
     exec: impl PgExecutor<'_>,
     client_id: &str,
 ) -> Result<ClientFigures, sqlx::Error> {
-    // `jobs_listing` (client_id, status, created_at DESC, id DESC) serves the sample: the newest
-    // of each status, merged.
-    sqlx::query_as(
+    sqlx::query_as(&CLIENT_FIGURES_SQL)
+        .bind(client_id)
+        .bind(OVERVIEW_SAMPLE)
+        .fetch_one(exec)
+        .await
+}
+
+/// `client_figures`' statement: `jobs_listing` (client_id, status, created_at DESC, id DESC)
+/// serves the sample, the newest of each status merged.
+static CLIENT_FIGURES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let ranges: Vec<String> = JobStatus::ALL
+        .iter()
+        .map(|status| {
+            format!(
+                "(SELECT status, created_at, id FROM jobs
+                  WHERE client_id = $1 AND status = '{}'
+                    AND created_at > now() - interval '1 hour'
+                  ORDER BY created_at DESC, id DESC LIMIT $2)",
+                status.as_str()
+            )
+        })
+        .collect();
+    format!(
         "WITH recent AS (
-             SELECT status, created_at FROM (
-                 (SELECT status, created_at, id FROM jobs
-                  WHERE client_id = $1 AND status = 'queued'
-                    AND created_at > now() - interval '1 hour'
-                  ORDER BY created_at DESC, id DESC LIMIT $2)
-                 UNION ALL
-                 (SELECT status, created_at, id FROM jobs
-                  WHERE client_id = $1 AND status = 'running'
-                    AND created_at > now() - interval '1 hour'
-                  ORDER BY created_at DESC, id DESC LIMIT $2)
-                 UNION ALL
-                 (SELECT status, created_at, id FROM jobs
-                  WHERE client_id = $1 AND status = 'succeeded'
-                    AND created_at > now() - interval '1 hour'
-                  ORDER BY created_at DESC, id DESC LIMIT $2)
-                 UNION ALL
-                 (SELECT status, created_at, id FROM jobs
-                  WHERE client_id = $1 AND status = 'failed'
-                    AND created_at > now() - interval '1 hour'
-                  ORDER BY created_at DESC, id DESC LIMIT $2)
-                 UNION ALL
-                 (SELECT status, created_at, id FROM jobs
-                  WHERE client_id = $1 AND status = 'cancelled'
-                    AND created_at > now() - interval '1 hour'
-                  ORDER BY created_at DESC, id DESC LIMIT $2)
-             ) newest
+             SELECT status, created_at FROM ({}) newest
              ORDER BY created_at DESC, id DESC LIMIT $2)
          SELECT count(*) FILTER (WHERE status = 'queued') AS queued,
                 count(*) FILTER (WHERE status = 'running') AS running,
@@ -103,12 +102,9 @@ pub async fn client_figures(
                 count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
                 min(created_at) FILTER (WHERE status = 'queued') AS oldest_queued_at
          FROM recent",
+        ranges.join(" UNION ALL ")
     )
-    .bind(client_id)
-    .bind(OVERVIEW_SAMPLE)
-    .fetch_one(exec)
-    .await
-}
+});
 
 /// A job that runs now.
 #[derive(Debug, Clone, sqlx::FromRow)]

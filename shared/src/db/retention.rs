@@ -16,34 +16,46 @@ pub async fn purge_jobs(
     exec: impl PgExecutor<'_>,
     retention: Duration,
 ) -> Result<u64, sqlx::Error> {
-    sqlx::query(
-        "DELETE FROM jobs WHERE id IN (
-             SELECT id FROM jobs
-             WHERE batch_id IS NULL AND finished_at IS NOT NULL
-               AND finished_at < now() - make_interval(secs => $1)
-             ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    purge_older(
+        exec,
+        retention,
+        "batch_id IS NULL AND finished_at IS NOT NULL",
+        "finished_at",
     )
-    .bind(retention.as_secs_f64())
-    .bind(CHUNK)
-    .execute(exec)
     .await
-    .map(|r| r.rows_affected())
 }
 
-/// Removes up to `CHUNK` superseded batch items' jobs (replaced by a retry) that ended more
-/// than `retention` ago, whatever their batch's state: a batch retried again and again keeps
-/// them no longer than any ended job. Returns how many went.
+/// Removes up to `CHUNK` batch items' jobs that a retry replaced more than `retention` ago,
+/// whatever their batch's state: a batch retried again and again keeps them no longer than any
+/// ended job, and each stays readable the whole retention after its replacement. Returns how
+/// many went.
 pub async fn purge_superseded_jobs(
     exec: impl PgExecutor<'_>,
     retention: Duration,
 ) -> Result<u64, sqlx::Error> {
-    sqlx::query(
+    purge_older(
+        exec,
+        retention,
+        "superseded_at IS NOT NULL",
+        "superseded_at",
+    )
+    .await
+}
+
+/// Removes up to `CHUNK` jobs matching `which` (the predicate of a partial index on `since`)
+/// whose `since` is more than `retention` ago, oldest first.
+async fn purge_older(
+    exec: impl PgExecutor<'_>,
+    retention: Duration,
+    which: &'static str,
+    since: &'static str,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(&format!(
         "DELETE FROM jobs WHERE id IN (
              SELECT id FROM jobs
-             WHERE superseded AND finished_at IS NOT NULL
-               AND finished_at < now() - make_interval(secs => $1)
-             ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    )
+             WHERE {which} AND {since} < now() - make_interval(secs => $1)
+             ORDER BY {since} LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    ))
     .bind(retention.as_secs_f64())
     .bind(CHUNK)
     .execute(exec)

@@ -1,8 +1,9 @@
 //! The dispatcher's release of held batch items to the broker: at most `window` batch items are
 //! on the broker or running at once, and each round shares the free places between the clients
 //! with held items, least recently served first (round robin with equal weights), each client's
-//! oldest batch first, items in order. Interactive work never waits behind this window: it has
-//! its own queue.
+//! oldest batch first, items in order. Single jobs never wait behind this window: they have
+//! queues of their own. A client with single jobs past its first few (on the backlog queue) is
+//! not served until it has no more than those: its single jobs go ahead of its batch items.
 
 use std::time::Duration;
 
@@ -14,20 +15,28 @@ use crate::{
     queue,
 };
 
-/// The clients with held items, least recently served first.
+/// The clients with held items and at most `$1` active single jobs, least recently served
+/// first.
 macro_rules! waiting_clients_sql {
     () => {
         "SELECT b.client_id FROM batches b
          LEFT JOIN dispatch_turns t ON t.client_id = b.client_id
          WHERE b.held > 0
+           AND (SELECT coalesce(sum(n), 0) FROM client_active_jobs a
+                WHERE a.client_id = b.client_id) <= $1
          GROUP BY b.client_id, t.last_released_at
          ORDER BY t.last_released_at NULLS FIRST, b.client_id"
     };
 }
 
 /// Releases what the window allows; returns how many items went out. One dispatcher at a time
-/// across the cluster: a round that finds another running does nothing.
-pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx::Error> {
+/// across the cluster: a round that finds another running does nothing. A client with more
+/// than `interactive_jobs` active single jobs waits for them.
+pub async fn release(
+    conn: &mut PgConnection,
+    window: i64,
+    interactive_jobs: u32,
+) -> Result<usize, sqlx::Error> {
     let ours: bool = sqlx::query_scalar(
         "SELECT pg_try_advisory_xact_lock(hashtextextended('provisioner:dispatch', 0))",
     )
@@ -47,6 +56,7 @@ pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx
         waiting_clients_sql!(),
         ")"
     ))
+    .bind(i64::from(interactive_jobs))
     .fetch_one(&mut *conn)
     .await?;
     let mut free = window - in_flight;
@@ -67,6 +77,7 @@ pub async fn release(conn: &mut PgConnection, window: i64) -> Result<usize, sqlx
             break;
         }
         clients = sqlx::query_scalar(waiting_clients_sql!())
+            .bind(i64::from(interactive_jobs))
             .fetch_all(&mut *conn)
             .await?;
     }
