@@ -4,16 +4,26 @@
 //! back a job submitted on its own. The two later lanes (single jobs past a client's first few,
 //! batch items) take turns when both wait, so neither one client's many creates nor another
 //! client's batch starves the other (a client's own batch items are not released while it has
-//! single jobs past its first few: `db::batches::release`).
+//! single jobs past its first few waiting: `db::batches::release`). A delivery of a later lane
+//! that has waited `OVERDUE` goes before interactive work, so a stream of it that keeps every
+//! slot busy never leaves one waiting toward the broker's consumer timeout.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use provisioner_shared::queue::Lane;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 /// Lanes, the first served first.
 const LANES: usize = 3;
 const INTERACTIVE: usize = 0;
+
+/// How long a delivery of a later lane waits before it goes ahead of interactive work: far
+/// below the broker's consumer timeout (`deploy/rabbitmq.conf`: 2 h 5 min), far above a job.
+const OVERDUE: Duration = Duration::from_secs(600);
 
 /// Slots shared by every delivery of the process, across broker sessions.
 #[derive(Debug)]
@@ -27,20 +37,33 @@ struct State {
     free: usize,
     /// Deliveries waiting for a slot, by lane.
     waiting: [usize; LANES],
+    /// When each waiting delivery of the later lanes began to wait, by arrival.
+    since: BTreeMap<u64, Instant>,
+    /// The next arrival's number.
+    arrivals: u64,
     /// The later lane whose turn is next when both wait.
     later_turn: usize,
 }
 
 impl State {
+    /// Whether a delivery of a later lane has waited `OVERDUE`.
+    fn later_overdue(&self) -> bool {
+        self.since
+            .values()
+            .next()
+            .is_some_and(|at| at.elapsed() >= OVERDUE)
+    }
+
     /// Whether a delivery of `lane` may take a free slot now.
     fn may_take(&self, lane: usize) -> bool {
         if self.free == 0 {
             return false;
         }
+        let overdue = self.later_overdue();
         if lane == INTERACTIVE {
-            return true;
+            return !overdue;
         }
-        if self.waiting[INTERACTIVE] > 0 {
+        if self.waiting[INTERACTIVE] > 0 && !overdue {
             return false;
         }
         // The two later lanes take turns while both wait.
@@ -75,12 +98,16 @@ impl Drop for Slot {
     }
 }
 
-/// A delivery counted among its lane's waiters until it holds a slot or gives up.
-struct Waiting<'a>(&'a Slots, usize);
+/// A delivery counted among its lane's waiters (with its arrival number) until it holds a slot
+/// or gives up.
+struct Waiting<'a>(&'a Slots, usize, u64);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.state.lock().expect("slots").waiting[self.1] -= 1;
+        let mut state = self.0.state.lock().expect("slots");
+        state.waiting[self.1] -= 1;
+        state.since.remove(&self.2);
+        drop(state);
         // Later lanes may have waited for this one only.
         self.0.freed.notify_waiters();
     }
@@ -92,6 +119,8 @@ impl Slots {
             state: Mutex::new(State {
                 free: n,
                 waiting: [0; LANES],
+                since: BTreeMap::new(),
+                arrivals: 0,
                 later_turn: 1,
             }),
             freed: Notify::new(),
@@ -121,8 +150,13 @@ impl Slots {
                     return Slot(self.clone());
                 }
                 if waiting.is_none() {
+                    let arrival = state.arrivals;
+                    state.arrivals += 1;
                     state.waiting[lane] += 1;
-                    waiting = Some(Waiting(self, lane));
+                    if lane != INTERACTIVE {
+                        state.since.insert(arrival, Instant::now());
+                    }
+                    waiting = Some(Waiting(self, lane, arrival));
                 }
             }
             freed.await;
@@ -227,6 +261,30 @@ mod tests {
         .await;
         use Lane::{Backlog, Batch};
         assert_eq!(order, [Backlog, Batch, Backlog, Batch, Backlog, Batch]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_item_that_waited_ten_minutes_goes_before_interactive_work() {
+        let slots = Slots::new(1);
+        let held = slots.acquire(Lane::Interactive).await;
+        let batch = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire(Lane::Batch).await }
+        });
+        until_waiting(&slots, Lane::Batch).await;
+        tokio::time::advance(OVERDUE).await;
+        let interactive = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire(Lane::Interactive).await }
+        });
+        until_waiting(&slots, Lane::Interactive).await;
+        drop(held);
+        let slot = batch.await.unwrap();
+        assert!(!interactive.is_finished());
+        drop(slot);
+        drop(interactive.await.unwrap());
+        assert_eq!(slots.free(), 1);
+        assert!(slots.state.lock().unwrap().since.is_empty());
     }
 
     #[tokio::test]

@@ -43,6 +43,9 @@ const STEPS: &[(i64, i64, Step)] = &[
     // 20261211000001 stored users and objects as documents: the template's entries, as they
     // are.
     (20261210000001, 20261211000001, unchanged),
+    // 20261212000001 indexed job lists by status, dated replaced batch items' jobs and indexed
+    // queued single jobs by client: nothing a template holds.
+    (20261211000001, 20261212000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -2,8 +2,9 @@
 //! on the broker or running at once, and each round shares the free places between the clients
 //! with held items, least recently served first (round robin with equal weights), each client's
 //! oldest batch first, items in order. Single jobs never wait behind this window: they have
-//! queues of their own. A client with single jobs past its first few (on the backlog queue) is
-//! not served until it has no more than those: its single jobs go ahead of its batch items.
+//! queues of their own. A client with more active single jobs than its interactive ones (some
+//! on the backlog queue) of which one waits is not served meanwhile: its single jobs go ahead of
+//! its batch items.
 
 use std::time::Duration;
 
@@ -15,15 +16,20 @@ use crate::{
     queue,
 };
 
-/// The clients with held items and at most `$1` active single jobs, least recently served
-/// first.
+/// The clients with held items, least recently served first, but for a client with more than
+/// `$1` active single jobs of which one is queued and due (not waiting for a retry's backoff):
+/// its single jobs go first. One running for long (an import waiting on a tenant's lock) holds
+/// nothing back.
 macro_rules! waiting_clients_sql {
     () => {
         "SELECT b.client_id FROM batches b
          LEFT JOIN dispatch_turns t ON t.client_id = b.client_id
          WHERE b.held > 0
-           AND (SELECT coalesce(sum(n), 0) FROM client_active_jobs a
-                WHERE a.client_id = b.client_id) <= $1
+           AND NOT ((SELECT coalesce(sum(n), 0) FROM client_active_jobs a
+                     WHERE a.client_id = b.client_id) > $1
+                    AND EXISTS (SELECT 1 FROM jobs q
+                                WHERE q.client_id = b.client_id AND q.status = 'queued'
+                                  AND q.batch_id IS NULL AND q.sent_at <= now()))
          GROUP BY b.client_id, t.last_released_at
          ORDER BY t.last_released_at NULLS FIRST, b.client_id"
     };
@@ -31,7 +37,7 @@ macro_rules! waiting_clients_sql {
 
 /// Releases what the window allows; returns how many items went out. One dispatcher at a time
 /// across the cluster: a round that finds another running does nothing. A client with more
-/// than `interactive_jobs` active single jobs waits for them.
+/// than `interactive_jobs` active single jobs, one of them queued, waits for them.
 pub async fn release(
     conn: &mut PgConnection,
     window: i64,

@@ -1,3 +1,6 @@
+-- Three changes of one release: job lists by status, replaced batch items' jobs purged on
+-- their own, and a client's queued single jobs found by client (fairness between lanes).
+--
 -- Job lists read one index range per status, newest first, whatever the filters: a page costs
 -- the same however many jobs the tables hold and however rarely the status asked for occurs.
 -- A list without a status merges the five ranges (`db::jobs::list`). Partial indexes name the
@@ -29,3 +32,18 @@ DROP INDEX jobs_active_import_url;
 -- queued and held (a minimum over a wider index walked past them).
 CREATE INDEX jobs_queued_singles ON jobs (created_at)
     WHERE status = 'queued' AND batch_id IS NULL AND kind = 'createTenant';
+
+-- A batch item's job that a retry replaced is purged once it was replaced longer ago than the
+-- retention, like a single job after its end, not only with its batch: a batch retried again
+-- and again keeps its replaced rows no longer than any ended job, and each stays readable for
+-- the whole retention after its replacement.
+ALTER TABLE jobs ADD COLUMN superseded_at timestamptz;
+-- Jobs replaced before this migration count from now.
+UPDATE jobs SET superseded_at = now() WHERE superseded;
+CREATE INDEX jobs_superseded_at ON jobs (superseded_at) WHERE superseded_at IS NOT NULL;
+
+-- A client's queued single jobs: the dispatcher holds a client's batch items back while one of
+-- its single jobs past its interactive ones waits, and looks that up here (one entry, however
+-- many batch items the client has queued).
+CREATE INDEX jobs_queued_singles_by_client ON jobs (client_id)
+    WHERE status = 'queued' AND batch_id IS NULL;
