@@ -714,7 +714,7 @@ async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single
         workers: 1,
         vars: vec![
             ("PROVISIONER_WORKER_CONCURRENCY", "2".to_owned()),
-            ("PROVISIONER_CLIENT_INTERACTIVE_JOBS", "2".to_owned()),
+            ("PROVISIONER_CLIENT_INTERACTIVE_JOBS", "1".to_owned()),
         ],
     })
     .await;
@@ -724,15 +724,17 @@ async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single
     let fast = app.templates.put("fast.zip", sample);
     app.templates.hold("first.zip");
     app.templates.hold("rest.zip");
-    // A's first two creates hold both slots, downloading their template; four more wait.
+    // A's first create (interactive) and second (on the backlog queue) hold both slots,
+    // downloading their template; four more wait on the backlog queue.
     for _ in 0..2 {
         app.submit(&fixtures::tenant_url(), &fixtures::create_body(&first))
             .await;
+        let hits = app.templates.hits("first.zip") + 1;
+        provisioner_tests::eventually(WITHIN, || async {
+            (app.templates.hits("first.zip") == hits).then_some(())
+        })
+        .await;
     }
-    provisioner_tests::eventually(WITHIN, || async {
-        (app.templates.hits("first.zip") == 2).then_some(())
-    })
-    .await;
     let mut a_rest = Vec::new();
     for _ in 0..4 {
         a_rest.push(
@@ -752,12 +754,12 @@ async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single
         .unwrap();
     assert_eq!(r.status(), 202);
     let b_job = id(&r.json::<Value>().await.unwrap(), "jobId");
-    // Every job message is on the broker, and B's (with A's first two) at the worker, waiting
-    // for a slot beside A's next two.
+    // Every job message is on the broker, and B's (with A's first) at the worker, waiting for
+    // a slot beside A's next backlog one.
     provisioner_tests::eventually(WITHIN, || async {
         let interactive = app.queue_depths(CREATE_TENANT_QUEUE).await;
         let backlog = app.queue_depths(BACKLOG_QUEUE).await;
-        (interactive == (0, 3) && backlog.0 + backlog.1 == 4).then_some(())
+        (interactive == (0, 2) && backlog.0 + backlog.1 == 5).then_some(())
     })
     .await;
     app.templates.release("first.zip");

@@ -216,14 +216,12 @@ async fn session(
     result
 }
 
-/// Deliveries a consumer of `lane` may hold unacknowledged. The interactive lane's is twice the
-/// concurrency: its deliveries that run still count, and a light client's job must be here,
-/// waiting, when a slot frees, or a delivery of a later lane already waiting takes it.
-fn prefetch(lane: Lane, concurrency: u16) -> u16 {
-    match lane {
-        Lane::Interactive => concurrency.saturating_mul(2),
-        Lane::Backlog | Lane::Batch => concurrency,
-    }
+/// Deliveries a consumer of `lane` may hold unacknowledged: the concurrency, on each lane. (A
+/// larger interactive prefetch would have a light client's delivery here, waiting, even while
+/// interactive work fills every slot; but a hung worker would hold more deliveries, which wait
+/// for the reconciler.)
+fn prefetch(_lane: Lane, concurrency: u16) -> u16 {
+    concurrency
 }
 
 /// Waits for the deliveries in flight up to the shutdown deadline; past it, abandons them and
