@@ -19,6 +19,17 @@ fn id(v: &Value, key: &str) -> String {
     v[key].as_str().unwrap().to_owned()
 }
 
+/// Waits until some job has succeeded: the workers are taking the batch's items.
+async fn until_a_job_succeeded(app: &TestApp) {
+    provisioner_tests::eventually(WITHIN, || async {
+        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+            .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_json_batch_with_defaults_runs_every_item_and_reports_exact_results_in_order() {
     let app = TestApp::spawn().await;
@@ -675,13 +686,7 @@ async fn another_clients_single_create_is_not_held_back_by_a_big_batch() {
     let big = batches::submit(&app, &items(300, &template)).await;
     let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
     // A's items are running before B submits.
-    provisioner_tests::eventually(WITHIN, || async {
-        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
-            .await
-            > 0)
-        .then_some(())
-    })
-    .await;
+    until_a_job_succeeded(&app).await;
     let r = b
         .post(app.url(&format!(
             "/configapi/v2/selfservice/tenant/{}",
@@ -803,13 +808,7 @@ async fn within_a_client_a_single_create_goes_ahead_of_its_queued_batch_items() 
     .await;
     let template = app.serve_sample_template("t.zip").await;
     let big = batches::submit(&app, &items(100, &template)).await;
-    provisioner_tests::eventually(WITHIN, || async {
-        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
-            .await
-            > 0)
-        .then_some(())
-    })
-    .await;
+    until_a_job_succeeded(&app).await;
     let single = app
         .submit(&fixtures::tenant_url(), &fixtures::create_body(&template))
         .await;
@@ -851,13 +850,7 @@ async fn within_a_client_its_many_single_creates_go_ahead_of_its_batch_items() {
     .await;
     let template = app.serve_sample_template("t.zip").await;
     let big = batches::submit(&app, &items(100, &template)).await;
-    provisioner_tests::eventually(WITHIN, || async {
-        (app.count("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
-            .await
-            > 0)
-        .then_some(())
-    })
-    .await;
+    until_a_job_succeeded(&app).await;
     let mut singles = Vec::new();
     for _ in 0..8 {
         singles.push(
