@@ -31,7 +31,8 @@ pub const JOB_QUEUES: [&str; 3] = [CREATE_TENANT_QUEUE, BACKLOG_QUEUE, BATCH_QUE
 
 /// Which job queue a job's message goes to; a worker's free slot goes to the first lane with a
 /// delivery waiting for one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Lane {
     /// A client's first `client_interactive_jobs` active single jobs.
     Interactive,
@@ -51,12 +52,24 @@ impl Lane {
         }
     }
 
-    /// The lane of a single job that is its client's `rank`-th active one (counting itself).
-    pub fn of_single(rank: i64, interactive_jobs: u32) -> Self {
-        if rank <= i64::from(interactive_jobs) {
-            Self::Interactive
-        } else {
-            Self::Backlog
+    /// Every lane, in the order a worker's free slot looks at them.
+    pub const ALL: [Self; 3] = [Self::Interactive, Self::Backlog, Self::Batch];
+
+    /// Its name in `jobs.lane`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Backlog => "backlog",
+            Self::Batch => "batch",
+        }
+    }
+
+    /// Its job queue.
+    pub fn queue(self) -> &'static str {
+        match self {
+            Self::Interactive => CREATE_TENANT_QUEUE,
+            Self::Backlog => BACKLOG_QUEUE,
+            Self::Batch => BATCH_QUEUE,
         }
     }
 
@@ -68,6 +81,12 @@ impl Lane {
         }
     }
 }
+
+/// The header of a job message that carries when the job was sent (`jobs.sent_at`, in
+/// microseconds since the Unix epoch): how far its queue has delivered, once a worker receives it
+/// (`job_queue_horizons`).
+pub const SENT_AT_HEADER: &str = "x-sent-at";
+
 const DEAD_EXCHANGE: &str = "provisioner.jobs.dead";
 const DEAD_QUEUE: &str = "provisioner.jobs.dead";
 pub const EVENTS_EXCHANGE: &str = "provisioner.events";

@@ -513,12 +513,22 @@ async fn publish_batch(pool: &PgPool, channel: &Channel) -> anyhow::Result<usize
             .with_delivery_mode(2)
             .with_message_id(row.message_id.clone().into())
             .with_content_type(row.content_type.clone().into());
+        let mut headers = FieldTable::default();
         if let Some(traceparent) = &row.traceparent {
-            let mut headers = FieldTable::default();
             headers.insert(
                 TRACEPARENT_HEADER.into(),
                 AMQPValue::LongString(traceparent.as_str().into()),
             );
+        }
+        let job_message = row.exchange == queue::JOBS_EXCHANGE;
+        if job_message {
+            // How far its queue delivered, once a worker receives it (the reconciler's horizon).
+            headers.insert(
+                queue::SENT_AT_HEADER.into(),
+                AMQPValue::LongLongInt(row.available_at.timestamp_micros()),
+            );
+        }
+        if !headers.inner().is_empty() {
             props = props.with_headers(headers);
         }
         let confirm = channel
@@ -527,7 +537,7 @@ async fn publish_batch(pool: &PgPool, channel: &Channel) -> anyhow::Result<usize
                 row.routing_key.clone().into(),
                 // Job messages must reach their queue; events may have no subscriber.
                 BasicPublishOptions {
-                    mandatory: row.exchange == queue::JOBS_EXCHANGE,
+                    mandatory: job_message,
                     ..Default::default()
                 },
                 &row.payload,

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 const JOB_QUEUE: &str = "provisioner.jobs.create-tenant";
 const DEAD_QUEUE: &str = "provisioner.jobs.dead";
+const BACKLOG_QUEUE: &str = "provisioner.jobs.backlog";
 
 fn spawn_worker(app: &TestApp, extra: &[(&str, &str)]) -> Proc {
     Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), app, extra, "info")
@@ -261,7 +262,7 @@ async fn the_reconciler_sends_a_job_again_only_when_no_message_waits_and_once_pe
         .unwrap();
     let resend = || async {
         let mut conn = app.db.acquire().await.unwrap();
-        resend_stranded(&mut conn, Duration::from_secs(60), 100, 4)
+        resend_stranded(&mut conn, Duration::from_secs(60), 100, 4, &[])
             .await
             .unwrap()
     };
@@ -289,5 +290,133 @@ async fn the_reconciler_sends_a_job_again_only_when_no_message_waits_and_once_pe
         .await
         .unwrap();
     assert!(resend().await.is_empty(), "at most once per period");
+    app.stop().await;
+}
+
+/// Behind a busy worker, jobs whose messages wait in their queue are not sent again while they
+/// wait (they were, once per `PROVISIONER_RECONCILE_AFTER`, each a duplicate on the queue: a
+/// deep backlog grew by itself), while a job whose message the broker lost, sent before the
+/// queue's deliveries reached, is sent again in the same passes.
+#[tokio::test]
+async fn the_reconciler_sends_again_a_lost_message_but_not_the_messages_waiting_behind_a_busy_worker()
+ {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_WORKER_CONCURRENCY", "1".to_owned()),
+            ("PROVISIONER_RECONCILE_AFTER", "2".to_owned()),
+            ("PROVISIONER_SWEEP_INTERVAL", "1".to_owned()),
+        ],
+    })
+    .await;
+    let url = app.serve_sample_template("t").await;
+    // A takes the worker's one slot and waits for a tenant lock the test holds.
+    let a_tenant = fixtures::tenant_url();
+    let held = app
+        .hold_lock(&format!("provisioner:tenant:{a_tenant}"))
+        .await;
+    let mut body = fixtures::create_body(&url);
+    body["lockTimeout"] = json!(120);
+    let a = app.submit(&a_tenant, &body).await;
+    app.until_lock_waiters(1).await;
+    // Five more of the client's creates: three on the interactive queue, two past its
+    // interactive jobs on the backlog queue (one of them prefetched by the worker).
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(
+            app.submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+                .await,
+        );
+    }
+    eventually(Duration::from_secs(20), || async {
+        let (interactive, backlog) = (
+            app.queue_depths(JOB_QUEUE).await,
+            app.queue_depths(BACKLOG_QUEUE).await,
+        );
+        (app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+            .await
+            == 0
+            && interactive.0 >= 3
+            && interactive.1 == 1
+            && backlog.0 >= 1
+            && backlog.1 == 1)
+            .then_some(())
+    })
+    .await;
+    let sent_at = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+            "SELECT sent_at FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id",
+        )
+        .bind(&waiting)
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+    };
+    let first_sent = sent_at().await;
+    // They wait longer than PROVISIONER_RECONCILE_AFTER (by the database's clock)...
+    let last_sent = *first_sent.iter().max().unwrap();
+    eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, bool>("SELECT now() > $1 + interval '2 s'")
+            .bind(last_sent)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+            .then_some(())
+    })
+    .await;
+    // ...and a job sent 10 s before A, the interactive queue's first delivery, has no message
+    // left anywhere (the broker lost it). It waited far less than twenty periods: only the
+    // queue's horizon can show it lost.
+    let (lost, lost_sent): (uuid::Uuid, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "INSERT INTO jobs SELECT (jsonb_populate_record(j, jsonb_build_object(
+             'id', gen_random_uuid(), 'tenant_url', 'lost-' || j.tenant_url,
+             'sent_at', (SELECT sent_at FROM jobs WHERE id = $2::uuid) - interval '10 s',
+             'idempotency_key', NULL))).*
+         FROM jobs j WHERE id = $1::uuid RETURNING id, sent_at",
+    )
+    .bind(&waiting[0])
+    .bind(&a)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(15), || async {
+        sqlx::query_scalar::<_, bool>("SELECT sent_at > $2 FROM jobs WHERE id = $1")
+            .bind(lost)
+            .bind(lost_sent)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+            .then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        (app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        sent_at().await,
+        first_sent,
+        "the jobs waiting in their queues were not sent again"
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM job_queue_horizons
+             WHERE queue IN ('provisioner.jobs.create-tenant', 'provisioner.jobs.backlog')"
+        )
+        .await,
+        2,
+        "the worker recorded how far both queues delivered"
+    );
+    // A, the five waiting jobs and the lost one sent again: one message each (the broker's
+    // counts lag a little behind).
+    eventually(Duration::from_secs(20), || async {
+        (app.queue_messages(JOB_QUEUE).await + app.queue_messages(BACKLOG_QUEUE).await == 7)
+            .then_some(())
+    })
+    .await;
+    drop(held);
     app.stop().await;
 }

@@ -31,6 +31,40 @@ const SINGLES: &str =
 const CONSUMERS: &str = "provisioner_queue_consumers{queue=\"provisioner.jobs.create-tenant\"}";
 const READY: &str = "provisioner_queue_messages_ready{queue=\"provisioner.jobs.create-tenant\"}";
 
+/// A client's single creates past its interactive ones wait on the backlog queue, and its age
+/// is theirs: the interactive queue's figure no longer stands for both.
+#[tokio::test]
+async fn each_job_queue_has_the_age_of_its_own_oldest_job() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    for _ in 0..5 {
+        app.submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await;
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE lane = 'backlog'")
+            .await,
+        1,
+        "the fifth is past the client's four interactive jobs"
+    );
+    sqlx::query("UPDATE jobs SET sent_at = now() - interval '60 seconds' WHERE lane = 'backlog'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let text = scrape(&app).await;
+    let backlog = value(
+        &text,
+        "provisioner_queue_oldest_age_seconds{queue=\"provisioner.jobs.backlog\"}",
+    );
+    assert!(
+        (60.0..90.0).contains(&backlog),
+        "backlog queue: {backlog} s"
+    );
+    let interactive = value(&text, SINGLES);
+    assert!(interactive < 30.0, "interactive queue: {interactive} s");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
     let mut app = TestApp::without_workers().await;
@@ -106,8 +140,8 @@ async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
             singles += 1;
         }
     }
-    // The oldest single create was made two minutes ago; the batch five.
-    sqlx::query("UPDATE jobs SET created_at = now() - interval '120 seconds' WHERE id = $1::uuid")
+    // The oldest single create was sent two minutes ago; the batch made five.
+    sqlx::query("UPDATE jobs SET sent_at = now() - interval '120 seconds' WHERE id = $1::uuid")
         .bind(first.as_deref().unwrap())
         .execute(&app.db)
         .await
@@ -353,21 +387,19 @@ async fn no_figure_query_reads_the_whole_jobs_table() {
     app.stop().await;
 }
 
-/// The oldest queued single create is the first entry of an index of its own: the backlog
-/// figures read a handful of rows however many jobs are stored and batch items held (here
-/// 100,000 one-item batches and 200,000 ended creates, no single create queued: the shape in
-/// which a minimum over a wider index walked them all on each scrape).
-#[tokio::test]
-async fn the_backlog_figures_read_a_handful_of_rows_behind_many_held_batch_items() {
+/// A system without workers holding back 100,000 one-item batches accepted an hour ago, with
+/// 200,000 ended creates and no single create queued.
+async fn with_many_held_batch_items() -> TestApp {
     let app = TestApp::without_workers().await;
     for sql in [
         "INSERT INTO batches (id, client_id, created_at)
          SELECT md5(i::text)::uuid, 'heavy', now() - i * interval '1 ms'
          FROM generate_series(1, 100000) i",
         "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, created_at,
-                           batch_id, batch_item)
+                           sent_at, batch_id, batch_item, lane)
          SELECT gen_random_uuid(), 'createTenant', 'held-' || i || '.example.com', 'queued',
-                'heavy', '{}', now() - i * interval '1 ms', md5(i::text)::uuid, 0
+                'heavy', '{}', now() - interval '1 hour' - i * interval '1 ms',
+                now() - interval '1 hour' - i * interval '1 ms', md5(i::text)::uuid, 0, 'batch'
          FROM generate_series(1, 100000) i",
         "INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, created_at,
                            finished_at)
@@ -378,9 +410,70 @@ async fn the_backlog_figures_read_a_handful_of_rows_behind_many_held_batch_items
     ] {
         sqlx::query(sql).execute(&app.db).await.unwrap();
     }
+    app
+}
+
+/// The reconciler's pass and the dashboard's oldest queued job read the jobs on the broker, by
+/// lane, not the batch items held back: a sweep reads a handful of rows however many items
+/// batches hold (every worker's sweep read them all, and so did each overview).
+#[tokio::test]
+async fn the_reconciler_and_the_overview_read_a_handful_of_rows_behind_many_held_batch_items() {
+    use provisioner_shared::{db, queue::Lane};
+    let app = with_many_held_batch_items().await;
+    let mut tx = app.db.begin().await.unwrap();
+    let after = Duration::from_secs(60);
+    assert_eq!(
+        db::jobs::lanes_behind(&mut *tx, after).await.unwrap(),
+        Vec::<Lane>::new()
+    );
+    let resent = db::jobs::resend_stranded(&mut tx, after, 100, 4, &Lane::ALL)
+        .await
+        .unwrap();
+    assert!(resent.is_empty());
+    // The rows of `jobs` this transaction read so far, by scans and through indexes.
+    let read = async |tx: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar(
+            "SELECT seq_tup_read + idx_tup_fetch FROM pg_stat_xact_user_tables
+             WHERE relname = 'jobs'",
+        )
+        .fetch_one(tx)
+        .await
+        .unwrap()
+    };
+    let by_the_reconciler = read(&mut tx).await;
+    assert!(
+        by_the_reconciler <= 10,
+        "{by_the_reconciler} rows of jobs read"
+    );
+    let system = db::dashboard::system_figures(&mut *tx).await.unwrap();
+    assert!(system.oldest_queued_since.is_some(), "the held items wait");
+    // Besides its sample of the latest endings, bounded by design.
+    let by_the_overview = read(&mut tx).await - by_the_reconciler;
+    assert!(
+        by_the_overview <= db::dashboard::OVERVIEW_SAMPLE + 10,
+        "{by_the_overview} rows of jobs read"
+    );
+    drop(tx);
+    app.stop().await;
+}
+
+/// The oldest queued single create is the first entry of an index of its own: the backlog
+/// figures read a handful of rows however many jobs are stored and batch items held (here
+/// 100,000 one-item batches and 200,000 ended creates, no single create queued: the shape in
+/// which a minimum over a wider index walked them all on each scrape).
+#[tokio::test]
+async fn the_backlog_figures_read_a_handful_of_rows_behind_many_held_batch_items() {
+    let app = with_many_held_batch_items().await;
     let backlog = figures::backlog(&app.db).await.unwrap();
     assert_eq!(backlog.held, 100_000);
-    assert_eq!(backlog.oldest_single, None);
+    assert_eq!(
+        (
+            backlog.oldest_interactive,
+            backlog.oldest_backlog,
+            backlog.oldest_released
+        ),
+        (None, None, None)
+    );
     let plan: Value = sqlx::query_scalar(&format!(
         "EXPLAIN (ANALYZE, FORMAT JSON) {}",
         figures::BACKLOG_QUERY

@@ -173,6 +173,7 @@ async fn session(
         tokio::select! {
             next = consumer.next() => match next {
                 Some((lane, Ok(delivery))) => {
+                    ctx.horizons.saw(lane, &delivery.properties);
                     in_flight.tasks.spawn(handle(
                         ctx.clone(),
                         delivery,

@@ -6,6 +6,7 @@ mod db_watch;
 mod dispatcher;
 mod fetch;
 mod health;
+mod horizons;
 mod jobs;
 mod slots;
 mod sweeper;

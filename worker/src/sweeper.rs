@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use provisioner_shared::db;
+use provisioner_shared::{broker_figures, db, queue::Lane};
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{self, Context};
@@ -20,7 +20,7 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         .settings
         .sweep_interval
         // At most 10 s, so that a lost job message is sent again within the contract's 2 minutes
-        // (with the default `reconcile_after` of 90 s) whatever the lease.
+        // (with the default `reconcile_after` of 90 s, while its queue moves) whatever the lease.
         .unwrap_or(
             (ctx.settings.job_lease / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)),
         );
@@ -54,20 +54,52 @@ async fn steps(ctx: &Context) {
     }
 }
 
+/// How long the reconciler waits for the broker's queue depths (a broker that accepts a
+/// connection and then says nothing would hold the whole sweep).
+const BROKER_READ_LIMIT: Duration = Duration::from_secs(2);
+
 /// Jobs sent again per transaction, and transactions per sweep at most.
 const RESEND_BATCH: i64 = 100;
 const RESEND_BATCHES: usize = 10;
 
-/// Sends again the queued jobs whose message was sent longer ago than `reconcile_after` with
-/// none waiting in the outbox: a purged queue or a dead-lettered delivery lost it.
+/// Records how far the job queues delivered to this process, then sends again the queued jobs
+/// whose message was sent longer ago than `reconcile_after`, with none waiting in the outbox, and
+/// that no longer wait behind their queue's other messages: a purged queue or a dead-lettered
+/// delivery lost it, or a stopped worker holds it. The broker is asked which queues hold
+/// messages only when a job was sent that long ago; when it cannot say, each such job is sent
+/// again (a duplicate, should its message still wait).
 async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
+    ctx.horizons.record(&ctx.pool).await?;
+    let after = ctx.settings.reconcile_after;
+    let behind = db::jobs::lanes_behind(&ctx.pool, after).await?;
+    if behind.is_empty() {
+        return Ok(());
+    }
+    let read = tokio::time::timeout(
+        BROKER_READ_LIMIT,
+        broker_figures::job_queues(&ctx.settings.amqp_url),
+    )
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {BROKER_READ_LIMIT:?}")));
+    let waiting: Vec<Lane> = match read {
+        Ok(figures) => figures
+            .iter()
+            .filter(|q| q.ready > 0)
+            .map(|q| Lane::of_queue(q.queue))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the job queues; sending late jobs again");
+            Vec::new()
+        }
+    };
     for _ in 0..RESEND_BATCHES {
         let mut tx = ctx.pool.begin().await?;
         let ids = db::jobs::resend_stranded(
             &mut tx,
-            ctx.settings.reconcile_after,
+            after,
             RESEND_BATCH,
             ctx.settings.client_interactive_jobs,
+            &waiting,
         )
         .await?;
         tx.commit().await?;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use provisioner_shared::{
     db::{self, figures, jobs::Stats},
-    queue::{BATCH_QUEUE, CREATE_TENANT_QUEUE},
+    queue::{BACKLOG_QUEUE, BATCH_QUEUE, CREATE_TENANT_QUEUE},
 };
 
 use super::{BrokerReadings, family, label_value};
@@ -49,10 +49,11 @@ pub(crate) async fn render(
     family(
         &mut out,
         "provisioner_queue_oldest_age_seconds",
-        "Seconds the oldest queued job of each job queue has waited (single creates since they were made, those on the backlog queue counted under the interactive one; batch items since they were released); 0 when none waits",
+        "Seconds the oldest queued job of each job queue has waited since it was sent there (batch items since their release); 0 when none waits",
     );
     for (queue, at) in [
-        (CREATE_TENANT_QUEUE, backlog.oldest_single),
+        (CREATE_TENANT_QUEUE, backlog.oldest_interactive),
+        (BACKLOG_QUEUE, backlog.oldest_backlog),
         (BATCH_QUEUE, backlog.oldest_released),
     ] {
         let _ = writeln!(

@@ -165,8 +165,9 @@ pub async fn insert_items(
     let traces: Vec<&str> = items.iter().map(|_| trace.as_str()).collect();
     let rows: Vec<JobRow> = sqlx::query_as(&format!(
         "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
-                           template_id, batch_id, batch_item, traceparent)
-         SELECT id, 'createTenant', url, 'queued', $7, params, sealed, template, $8, item, tp
+                           template_id, batch_id, batch_item, traceparent, lane)
+         SELECT id, 'createTenant', url, 'queued', $7, params, sealed, template, $8, item, tp,
+                'batch'
          FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::bytea[], $6::text[],
                      $9::text[])
               AS i(id, item, url, params, sealed, template, tp)

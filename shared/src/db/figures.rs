@@ -17,10 +17,12 @@ pub const TOP_CLIENTS: i64 = 10;
 /// When the oldest waiting work of each kind was queued (`None`: nothing waits).
 #[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
 pub struct Backlog {
-    /// The oldest queued single create (on the interactive or the backlog queue; includes one
-    /// waiting for a retry).
-    pub oldest_single: Option<DateTime<Utc>>,
-    /// The oldest batch item released to the broker and not yet started.
+    /// When the job on the interactive queue (`provisioner.jobs.create-tenant`) longest waiting
+    /// for a worker was sent there (a delayed retry's, when its delay ends).
+    pub oldest_interactive: Option<DateTime<Utc>>,
+    /// The same for the backlog queue (`provisioner.jobs.backlog`).
+    pub oldest_backlog: Option<DateTime<Utc>>,
+    /// The same for the batch queue: the batch item released (or sent again) longest ago.
     pub oldest_released: Option<DateTime<Utc>>,
     /// The oldest batch with items held back in PostgreSQL (not on the broker yet).
     pub oldest_held: Option<DateTime<Utc>>,
@@ -30,16 +32,18 @@ pub struct Backlog {
     pub now: DateTime<Utc>,
 }
 
-/// The waiting work: the oldest queued single create is the first entry of its index, released
-/// batch items are read through the in-flight index (bounded by the dispatch window), held
-/// items from the batch rows.
+/// The waiting work: each queue's oldest queued job is the first entry of its lane in
+/// `jobs_sent_by_lane`, however many jobs wait or are held; held items come from the batch rows.
 pub const BACKLOG_QUERY: &str = "SELECT
-             (SELECT min(created_at) FROM jobs
-              WHERE status = 'queued' AND batch_id IS NULL AND kind = 'createTenant')
-                 AS oldest_single,
-             (SELECT min(released_at) FROM jobs
-              WHERE batch_id IS NOT NULL AND released_at IS NOT NULL
-                AND status IN ('queued', 'running') AND status = 'queued') AS oldest_released,
+             (SELECT min(sent_at) FROM jobs
+              WHERE lane = 'interactive' AND status = 'queued'
+                AND (batch_id IS NULL OR released_at IS NOT NULL)) AS oldest_interactive,
+             (SELECT min(sent_at) FROM jobs
+              WHERE lane = 'backlog' AND status = 'queued'
+                AND (batch_id IS NULL OR released_at IS NOT NULL)) AS oldest_backlog,
+             (SELECT min(sent_at) FROM jobs
+              WHERE lane = 'batch' AND status = 'queued'
+                AND (batch_id IS NULL OR released_at IS NOT NULL)) AS oldest_released,
              (SELECT min(created_at) FROM batches WHERE held > 0) AS oldest_held,
              (SELECT coalesce(sum(held), 0)::bigint FROM batches WHERE held > 0) AS held,
              now() AS now";

@@ -89,6 +89,8 @@ pub(crate) struct OutboxRow {
     pub payload: Vec<u8>,
     pub attempts: i32,
     pub traceparent: Option<String>,
+    /// When it became due: for a job message, when its job was sent (`jobs.sent_at`).
+    pub available_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Inserts one message and wakes this process's relay, in one statement.
@@ -169,7 +171,8 @@ pub(crate) async fn lock_due(
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, exchange, routing_key, message_id, content_type, payload, attempts, traceparent
+        "SELECT id, exchange, routing_key, message_id, content_type, payload, attempts, traceparent,
+                available_at
          FROM outbox WHERE available_at <= now()
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )

@@ -46,6 +46,9 @@ const STEPS: &[(i64, i64, Step)] = &[
     // 20261212000001 indexed job lists by status, dated replaced batch items' jobs and indexed
     // queued single jobs by client: nothing a template holds.
     (20261211000001, 20261212000001, unchanged),
+    // 20261213000001 recorded each job's lane and each job queue's delivery horizon: nothing a
+    // template holds.
+    (20261212000001, 20261213000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::recent::Recent;
-use crate::{fetch::Fetcher, slots::Slots};
+use crate::{fetch::Fetcher, horizons::Horizons, slots::Slots};
 
 /// What every job handler may use.
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub(crate) struct Context {
     pub(crate) recent: Recent,
     /// The process's hub: the job changes it commits are announced through it.
     pub(crate) notifications: Notifications,
+    /// How far each job queue has delivered to this process.
+    pub(crate) horizons: Horizons,
 }
 
 impl Context {
@@ -75,6 +77,7 @@ impl Context {
             faults,
             recent: Recent::default(),
             notifications,
+            horizons: Horizons::default(),
         }))
     }
 }

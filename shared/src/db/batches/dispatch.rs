@@ -108,7 +108,7 @@ async fn release_for(
              ORDER BY b.created_at, b.id, j.batch_item
              LIMIT $2),
          released AS (
-             UPDATE jobs SET released_at = now(), sent_at = now()
+             UPDATE jobs SET released_at = now(), sent_at = now(), lane = 'batch'
              FROM picked WHERE jobs.id = picked.id AND jobs.status = 'queued'
              RETURNING jobs.id, jobs.traceparent),
          turn AS (

@@ -306,21 +306,20 @@ pub async fn retry_later(
         conn,
         transition_sql!(
             "status = 'queued', lease_token = NULL, lease_until = NULL,
-             sent_at = now() + make_interval(secs => $3)",
+             sent_at = now() + make_interval(secs => $3),
+             lane = job_lane(batch_id, client_id, $4)",
             "id = $1 AND lease_token = $2 AND status = 'running'"
         ),
         id,
-        |q| q.bind(token).bind(delay.as_secs_f64()),
+        |q| {
+            q.bind(token)
+                .bind(delay.as_secs_f64())
+                .bind(i64::from(interactive_jobs))
+        },
     )
     .await?;
     if let Some(row) = &row {
-        let lane = if row.batch_id.is_some() {
-            queue::Lane::Batch
-        } else {
-            let active = super::active_singles(&mut *conn, &row.client_id).await?;
-            queue::Lane::of_single(active, interactive_jobs)
-        };
-        outbox::insert(conn, &queue::JobMessage::outbox(row, lane, delay)).await?;
+        outbox::insert(conn, &queue::JobMessage::outbox(row, row.lane, delay)).await?;
     }
     Ok(row)
 }

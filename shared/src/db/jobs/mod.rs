@@ -28,7 +28,7 @@ macro_rules! columns {
         "id, kind, tenant_url, status, version, code, error, attempts, created_at, \
          started_at, finished_at, tenant, skipped_numbers, batch_id, batch_item, client_id, \
          params, idempotency_key, request_digest, lease_token, lease_until, template_id, \
-         traceparent"
+         traceparent, lane"
     };
 }
 
@@ -58,7 +58,7 @@ pub use self::{
         Ending, claim, claim_and_finish, expired_leases, finish, lock_expired, lock_held,
         release_lease, renew_lease, retry_later,
     },
-    reconcile::{PanicSite, record_panic, resend_stranded},
+    reconcile::{PanicSite, lanes_behind, record_horizons, record_panic, resend_stranded},
     stats::{QUANTILE_SAMPLE, Stats, prune_endings, stats},
 };
 
@@ -90,6 +90,8 @@ pub struct JobRow {
     /// The W3C trace context the job continues (`00-<trace id>-<span id>-<flags>`): the span
     /// of the request that made it, parent of the job's spans. Its message and events carry it.
     pub traceparent: Option<String>,
+    /// The job queue its message was last sent to (`jobs.lane`).
+    pub lane: queue::Lane,
 }
 
 impl JobRow {
@@ -260,6 +262,8 @@ pub async fn submit_many(
             lease_until: None,
             template_id: job.template_id.clone(),
             traceparent: Some(job.trace.to_string()),
+            // The statement puts a job past its client's interactive ones on the backlog.
+            lane: queue::Lane::Interactive,
         })
         .collect();
     let msgs: Vec<(Uuid, outbox::OutboxMessage)> = rows
@@ -355,9 +359,10 @@ pub async fn submit_many(
          ), job AS (
              INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
                                idempotency_key, request_digest, template_id, traceparent,
-                               created_at)
+                               created_at, lane)
              SELECT i.id, i.kind, i.url, 'queued', i.client, i.params, i.sealed, i.key,
-                    i.digest, i.template_id, i.traceparent, $15
+                    i.digest, i.template_id, i.traceparent, $15,
+                    CASE WHEN w.rank > i.interactive THEN 'backlog' ELSE 'interactive' END
              FROM input i JOIN within_cap w ON w.ord = i.ord AND w.fits
              ORDER BY i.ord
              ON CONFLICT DO NOTHING
@@ -534,20 +539,6 @@ pub async fn notify_in_transaction(conn: &mut PgConnection, id: Uuid) -> Result<
             (outbox::NOTIFY_CHANNEL, outbox::writer_tag()),
         ],
     )
-    .await
-}
-
-/// The client's queued and running jobs outside batches (its job among them, for a job being
-/// sent again): the rank that decides the lane of a single job sent again.
-pub(crate) async fn active_singles(
-    exec: impl PgExecutor<'_>,
-    client_id: &str,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs WHERE client_id = $1",
-    )
-    .bind(client_id)
-    .fetch_one(exec)
     .await
 }
 
