@@ -21,9 +21,10 @@ WHERE batch_id IS NOT NULL AND released_at IS NOT NULL AND status IN ('queued', 
 -- itself (`db::jobs::submit_many`).
 CREATE FUNCTION job_lane(batch uuid, client text, interactive_jobs bigint) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN batch IS NOT NULL THEN 'batch'
+    SELECT CASE WHEN job_lane.batch IS NOT NULL THEN 'batch'
                 WHEN (SELECT coalesce(sum(n), 0) FROM client_active_jobs c
-                      WHERE c.client_id = client) > interactive_jobs THEN 'backlog'
+                      WHERE c.client_id = job_lane.client) > job_lane.interactive_jobs
+                THEN 'backlog'
                 ELSE 'interactive' END
 $$;
 

@@ -304,7 +304,8 @@ async fn the_reconciler_sends_again_a_lost_message_but_not_the_messages_waiting_
         workers: 1,
         vars: vec![
             ("PROVISIONER_WORKER_CONCURRENCY", "1".to_owned()),
-            ("PROVISIONER_RECONCILE_AFTER", "2".to_owned()),
+            // Twenty periods (100 s) are more than the whole test takes.
+            ("PROVISIONER_RECONCILE_AFTER", "5".to_owned()),
             ("PROVISIONER_SWEEP_INTERVAL", "1".to_owned()),
         ],
     })
@@ -356,7 +357,7 @@ async fn the_reconciler_sends_again_a_lost_message_but_not_the_messages_waiting_
     // They wait longer than PROVISIONER_RECONCILE_AFTER (by the database's clock)...
     let last_sent = *first_sent.iter().max().unwrap();
     eventually(Duration::from_secs(20), || async {
-        sqlx::query_scalar::<_, bool>("SELECT now() > $1 + interval '2 s'")
+        sqlx::query_scalar::<_, bool>("SELECT now() > $1 + interval '5 s'")
             .bind(last_sent)
             .fetch_one(&app.db)
             .await

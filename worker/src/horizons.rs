@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 use lapin::{protocol::BasicProperties, types::AMQPValue};
 use provisioner_shared::{db, queue};
 
+/// How far ahead of this host's clock a message's send time may be (the database's clock, which
+/// stamped it, may run ahead of ours).
+const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
 /// Per lane, in microseconds since the Unix epoch (0: nothing received yet): the latest seen and
 /// the latest recorded.
 #[derive(Debug, Default)]
@@ -27,7 +31,9 @@ fn index(lane: queue::Lane) -> usize {
 
 impl Horizons {
     /// Notes a message received from `lane`'s queue. One without the header (published by an
-    /// older release) moves nothing.
+    /// older release), or whose send time lies ahead of this host's clock by more than
+    /// `MAX_SKEW` (not ours), moves nothing: a horizon only moves forward, so one too far ahead
+    /// would hold for good.
     pub(crate) fn saw(&self, lane: queue::Lane, properties: &BasicProperties) {
         let sent = properties
             .headers()
@@ -37,7 +43,8 @@ impl Horizons {
                 AMQPValue::LongLongInt(us) => Some(*us),
                 _ => None,
             });
-        if let Some(sent) = sent {
+        let latest = (Utc::now() + MAX_SKEW).timestamp_micros();
+        if let Some(sent) = sent.filter(|&us| us <= latest) {
             self.seen[index(lane)].fetch_max(sent, Ordering::Relaxed);
         }
     }
@@ -85,11 +92,13 @@ mod tests {
         horizons.saw(queue::Lane::Backlog, &sent_at(10));
         horizons.saw(queue::Lane::Backlog, &BasicProperties::default());
         horizons.saw(queue::Lane::Batch, &sent_at(5));
+        horizons.saw(queue::Lane::Batch, &sent_at(i64::MAX));
         let seen = |lane| horizons.seen[index(lane)].load(Ordering::Relaxed);
         assert_eq!(
             queue::Lane::ALL.map(seen),
             [0, 20, 5],
-            "each lane its own latest; an older message or one without the header moves nothing"
+            "each lane its own latest; an older message, one without the header or one from the \
+             future moves nothing"
         );
     }
 }

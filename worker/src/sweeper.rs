@@ -66,8 +66,8 @@ const RESEND_BATCHES: usize = 10;
 /// whose message was sent longer ago than `reconcile_after`, with none waiting in the outbox, and
 /// that no longer wait behind their queue's other messages: a purged queue or a dead-lettered
 /// delivery lost it, or a stopped worker holds it. The broker is asked which queues hold
-/// messages only when a job was sent that long ago; when it cannot say, each such job is sent
-/// again (a duplicate, should its message still wait).
+/// messages only when a job was sent that long ago; when it cannot say, every queue is taken
+/// for holding some.
 async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
     ctx.horizons.record(&ctx.pool).await?;
     let after = ctx.settings.reconcile_after;
@@ -88,8 +88,10 @@ async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
             .map(|q| Lane::of_queue(q.queue))
             .collect(),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot read the job queues; sending late jobs again");
-            Vec::new()
+            // Taken for waiting: a job is then sent again once its queue's deliveries passed it
+            // (sending every late job would flood a deep queue with duplicates).
+            tracing::warn!(error = %e, "cannot read the job queues; taking them for non-empty");
+            Lane::ALL.to_vec()
         }
     };
     for _ in 0..RESEND_BATCHES {

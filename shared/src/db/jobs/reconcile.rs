@@ -39,14 +39,16 @@ pub async fn lanes_behind(
 }
 
 /// Records that workers received, from each queue of `delivered`, a message of a job sent at
-/// that time (a horizon only moves forward).
+/// that time (a horizon only moves forward, and never past a minute after the database's
+/// clock: a send time from elsewhere would hold it there for good).
 pub async fn record_horizons(
     exec: impl PgExecutor<'_>,
     delivered: &[(queue::Lane, DateTime<Utc>)],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO job_queue_horizons (queue, delivered_through)
-         SELECT * FROM UNNEST($1::text[], $2::timestamptz[])
+         SELECT q, least(t, now() + interval '1 minute')
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS d(q, t)
          ON CONFLICT (queue) DO UPDATE
              SET delivered_through = greatest(job_queue_horizons.delivered_through,
                                               EXCLUDED.delivered_through),
