@@ -204,6 +204,23 @@ async fn a_queued_job_whose_message_was_dead_lettered_is_sent_again_and_complete
     app.stop().await;
 }
 
+/// A create of the template at `url` that a worker runs and that waits for its tenant's lock,
+/// which the test holds (until the transaction returned ends) for at most `lock_timeout`
+/// seconds: its job id and the test's hold.
+async fn waiting_for_its_lock(
+    app: &TestApp,
+    url: &str,
+    lock_timeout: u64,
+) -> (String, sqlx::Transaction<'static, sqlx::Postgres>) {
+    let tenant = fixtures::tenant_url();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+    let mut body = fixtures::create_body(url);
+    body["lockTimeout"] = json!(lock_timeout);
+    let id = app.submit(&tenant, &body).await;
+    app.until_lock_waiters(1).await;
+    (id, held)
+}
+
 #[tokio::test]
 async fn the_concurrency_bound_holds_across_a_broker_reconnect() {
     let app = TestApp::with(Options {
@@ -213,14 +230,7 @@ async fn the_concurrency_bound_holds_across_a_broker_reconnect() {
     .await;
     let url = app.serve_sample_template("t").await;
     // Job A waits for a tenant lock the test holds, until its lockTimeout ends it (503).
-    let a_tenant = fixtures::tenant_url();
-    let held = app
-        .hold_lock(&format!("provisioner:tenant:{a_tenant}"))
-        .await;
-    let mut body = fixtures::create_body(&url);
-    body["lockTimeout"] = json!(10);
-    let a = app.submit(&a_tenant, &body).await;
-    app.until_lock_waiters(1).await;
+    let (a, held) = waiting_for_its_lock(&app, &url, 10).await;
     // The channel that delivered A is lost while A runs; the consumer reconnects.
     app.drop_broker_connections("test: reconnect under load")
         .await;
@@ -312,14 +322,7 @@ async fn the_reconciler_sends_again_a_lost_message_but_not_the_messages_waiting_
     .await;
     let url = app.serve_sample_template("t").await;
     // A takes the worker's one slot and waits for a tenant lock the test holds.
-    let a_tenant = fixtures::tenant_url();
-    let held = app
-        .hold_lock(&format!("provisioner:tenant:{a_tenant}"))
-        .await;
-    let mut body = fixtures::create_body(&url);
-    body["lockTimeout"] = json!(120);
-    let a = app.submit(&a_tenant, &body).await;
-    app.until_lock_waiters(1).await;
+    let (a, held) = waiting_for_its_lock(&app, &url, 120).await;
     // Five more of the client's creates: three on the interactive queue, two past its
     // interactive jobs on the backlog queue (one of them prefetched by the worker).
     let mut waiting = Vec::new();
