@@ -43,6 +43,7 @@ CREATE INDEX jobs_sent_by_lane ON jobs (lane, sent_at)
 -- and not running is no longer behind other messages: its message was lost, or is held by a
 -- worker. Jobs sent after it still wait behind the queue's backlog, and are not sent again
 -- while they wait (up to twenty times `PROVISIONER_RECONCILE_AFTER`).
+-- `updated_at` says when it last moved, for an operator looking at a queue that stopped.
 CREATE TABLE job_queue_horizons (
     queue text PRIMARY KEY,
     delivered_through timestamptz NOT NULL,

@@ -15,8 +15,8 @@ use crate::{db::outbox, queue};
 const HORIZON_SLACK: Duration = Duration::from_secs(5);
 
 /// How many times `after` a job may wait behind its queue's other messages before it is sent
-/// again all the same (a horizon that stopped: a worker of an older release, which does not
-/// record one).
+/// again all the same: a queue that does not move, or a horizon that stopped (messages published
+/// by an older release carry no send time).
 const MAX_WAIT_FACTOR: u32 = 20;
 
 /// The lanes that have a queued job sent more than `after` ago: the only ones a
@@ -65,8 +65,8 @@ pub async fn record_horizons(
 /// `after` ago and is no longer on the broker: none of its messages waits in the outbox, and
 /// either its queue holds no message waiting for a consumer (`waiting` names the lanes whose
 /// queue does) or the queue's deliveries passed it (`job_queue_horizons`), so the broker lost
-/// the message (a purged queue, a dead-lettered delivery) or a stopped worker holds it. A job
-/// still behind its queue's other messages is not sent again however long it waits, up to
+/// the message (a purged queue, a dead-lettered delivery) or a worker holds it unstarted. A job
+/// still behind its queue's other messages is not sent again until it has waited
 /// `MAX_WAIT_FACTOR` times `after`. A duplicate is harmless (a claim takes only a queued job); a
 /// job is sent again at most once per `after`. Returns the jobs sent again. Jobs another
 /// reconciler is sending are skipped. A single job goes on the lane its client's active jobs
