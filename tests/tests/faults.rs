@@ -37,6 +37,12 @@ async fn until_queue_empty(app: &TestApp, queue: &str) {
     .await;
 }
 
+/// Job messages committed and not yet published.
+async fn job_messages_in_outbox(app: &TestApp) -> i64 {
+    app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
+        .await
+}
+
 /// The job ends 200 at its first attempt, and its tenant exists once.
 async fn succeeds_once(app: &TestApp, id: &str, tenant: &str) {
     let job = app.wait_job_within(id, Duration::from_secs(30)).await;
@@ -143,10 +149,7 @@ async fn reconciling_app() -> TestApp {
 /// Waits until the relay has published every job message to the queue.
 async fn until_published(app: &TestApp, messages: i64) {
     eventually(Duration::from_secs(20), || async {
-        (app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
-            .await
-            == 0
-            && app.queue_messages(JOB_QUEUE).await == messages)
+        (job_messages_in_outbox(app).await == 0 && app.queue_messages(JOB_QUEUE).await == messages)
             .then_some(())
     })
     .await;
@@ -290,11 +293,7 @@ async fn the_reconciler_sends_a_job_again_only_when_no_message_waits_and_once_pe
         vec![id.clone()],
         "a message the broker lost is sent again"
     );
-    assert_eq!(
-        app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
-            .await,
-        1
-    );
+    assert_eq!(job_messages_in_outbox(&app).await, 1);
     sqlx::query("DELETE FROM outbox")
         .execute(&app.db)
         .await
@@ -337,9 +336,7 @@ async fn the_reconciler_sends_again_a_lost_message_but_not_the_messages_waiting_
             app.queue_depths(JOB_QUEUE).await,
             app.queue_depths(BACKLOG_QUEUE).await,
         );
-        (app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
-            .await
-            == 0
+        (job_messages_in_outbox(&app).await == 0
             && interactive.0 >= 3
             && interactive.1 == 1
             && backlog.0 >= 1
@@ -394,10 +391,7 @@ async fn the_reconciler_sends_again_a_lost_message_but_not_the_messages_waiting_
     })
     .await;
     eventually(Duration::from_secs(20), || async {
-        (app.count("SELECT count(*) FROM outbox WHERE exchange = 'provisioner.jobs'")
-            .await
-            == 0)
-            .then_some(())
+        (job_messages_in_outbox(&app).await == 0).then_some(())
     })
     .await;
     assert_eq!(

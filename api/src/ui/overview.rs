@@ -77,11 +77,12 @@ pub(crate) async fn load(state: &AppState, session: &Session) -> Result<Overview
 async fn operator_view(pool: &sqlx::PgPool) -> Result<Overview, sqlx::Error> {
     let stats = db::jobs::stats(pool).await?;
     let system = db::dashboard::system_figures(pool).await?;
+    let backlog = db::figures::backlog(pool).await?;
     let running = db::dashboard::running_jobs(pool, None).await?;
     let hosts = db::dashboard::worker_hosts(pool).await?;
-    let oldest = system
-        .oldest_queued_since
-        .map(|t| (Utc::now() - t).num_seconds().max(0));
+    let oldest = backlog
+        .oldest_waiting()
+        .map(|t| (backlog.now - t).num_seconds().max(0));
     Ok(Overview {
         sections: vec![
             (

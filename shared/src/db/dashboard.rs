@@ -27,8 +27,6 @@ pub struct SystemFigures {
     /// `OVERVIEW_SAMPLE`).
     pub sampled_endings: i64,
     pub sampled_failures: i64,
-    /// When the longest-waiting queued job was sent to (or made ready for) the broker.
-    pub oldest_queued_since: Option<DateTime<Utc>>,
     /// Sessions waiting for an advisory lock now.
     pub lock_waiters: i64,
 }
@@ -42,20 +40,12 @@ pub async fn system_figures(exec: impl PgExecutor<'_>) -> Result<SystemFigures, 
          SELECT
              (SELECT count(*) FROM recent) AS sampled_endings,
              (SELECT count(*) FROM recent WHERE status = 'failed') AS sampled_failures,
-             -- The first entry of each lane's index, and the oldest batch holding items back.
-             least((SELECT min(sent.at) FROM UNNEST($2::text[]) AS l(lane)
-                    CROSS JOIN LATERAL (
-                        SELECT min(sent_at) AS at FROM jobs
-                        WHERE jobs.lane = l.lane AND status = 'queued'
-                          AND (batch_id IS NULL OR released_at IS NOT NULL)) sent),
-                   (SELECT min(created_at) FROM batches WHERE held > 0)) AS oldest_queued_since,
              (SELECT count(*) FROM pg_locks
               WHERE locktype = 'advisory' AND NOT granted
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
                  AS lock_waiters",
     )
     .bind(OVERVIEW_SAMPLE)
-    .bind(crate::queue::Lane::ALL.map(crate::queue::Lane::as_str))
     .fetch_one(exec)
     .await
 }

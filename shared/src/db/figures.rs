@@ -32,6 +32,22 @@ pub struct Backlog {
     pub now: DateTime<Utc>,
 }
 
+impl Backlog {
+    /// When the longest-waiting work was sent to the broker, or its batch accepted while
+    /// the dispatcher holds it back.
+    pub fn oldest_waiting(&self) -> Option<DateTime<Utc>> {
+        [
+            self.oldest_interactive,
+            self.oldest_backlog,
+            self.oldest_released,
+            self.oldest_held,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
 /// The waiting work: each queue's oldest queued job is the first entry of its lane in
 /// `jobs_sent_by_lane`, however many jobs wait or are held; held items come from the batch rows.
 pub const BACKLOG_QUERY: &str = "SELECT
