@@ -5,7 +5,15 @@
 use std::collections::HashMap;
 
 use futures_util::{StreamExt, stream};
-use provisioner_shared::queue::{BACKLOG_QUEUE, CREATE_TENANT_QUEUE};
+use provisioner_shared::{
+    db::{
+        self,
+        jobs::{Admit, NewJob, SubmitOutcome, TemplateCheck, submit_many},
+    },
+    domain::JobKind,
+    queue::{BACKLOG_QUEUE, CREATE_TENANT_QUEUE},
+    trace::TraceContext,
+};
 use provisioner_tests::{TestApp, fixtures};
 
 /// A counter of `/metrics`.
@@ -77,18 +85,10 @@ async fn concurrent_creates_are_recorded_several_per_statement_one_job_per_tenan
     app.stop().await;
 }
 
-/// One statement records several clients' jobs; a job kept out by an active create of its
-/// tenant or by its idempotency key (recorded already, or earlier in the same statement) takes
-/// no place under the client's cap, which still holds for the rest.
-#[tokio::test]
-async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
-    use provisioner_shared::{
-        db::jobs::{Admit, NewJob, SubmitOutcome, TemplateCheck, submit_many},
-        domain::JobKind,
-        trace::TraceContext,
-    };
-    let app = TestApp::without_workers().await;
-    let job = |url: &str, key: Option<&str>| NewJob {
+/// A create of client `grouped` (at most four active jobs, two of them interactive) that
+/// refuses an existing tenant.
+fn job(url: &str, key: Option<&str>) -> NewJob {
+    NewJob {
         id: uuid::Uuid::new_v4(),
         kind: JobKind::CreateTenant,
         tenant_url: url.to_owned(),
@@ -105,7 +105,15 @@ async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
             interactive_jobs: 2,
             template: TemplateCheck::None,
         },
-    };
+    }
+}
+
+/// One statement records several clients' jobs; a job kept out by an active create of its
+/// tenant or by its idempotency key (recorded already, or earlier in the same statement) takes
+/// no place under the client's cap, which still holds for the rest.
+#[tokio::test]
+async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
+    let app = TestApp::without_workers().await;
     let outcomes = |jobs: Vec<NewJob>| {
         let db = app.db.clone();
         async move {
@@ -173,5 +181,83 @@ async fn a_statement_counts_against_the_cap_only_the_jobs_it_records() {
         ["too many", "unsettled"]
     );
     assert_eq!(outcomes(vec![again]).await, ["recorded"]);
+    app.stop().await;
+}
+
+/// The recorder's lanes keep the recording statement's generic plan for their sessions' lives,
+/// made at a session's first create. Made while the tables were small, it must still look each
+/// job's keys up once they hold many active jobs and tenants, not scan them at every statement.
+#[tokio::test]
+async fn a_plan_made_on_small_tables_still_reads_a_handful_of_rows_once_they_grow() {
+    let app = TestApp::without_workers().await;
+    // No statistics replace the plan meanwhile, as an analyze by autovacuum would.
+    for table in ["jobs", "tenants"] {
+        sqlx::query(&format!(
+            "ALTER TABLE {table} SET (autovacuum_enabled = false)"
+        ))
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    let lanes = db::generic_plan_pool(&app.db, 1);
+    let mut conn = lanes.acquire().await.unwrap();
+    let recorded = |outcomes: Vec<SubmitOutcome>| {
+        assert!(
+            matches!(outcomes[..], [SubmitOutcome::Recorded(_)]),
+            "{outcomes:?}"
+        );
+    };
+    recorded(
+        submit_many(&mut conn, &[job("first.example.com", None)])
+            .await
+            .unwrap(),
+    );
+    // Another session adds 20,000 active jobs (batch items and imports among them) and
+    // 20,000 tenants.
+    sqlx::query(
+        "INSERT INTO batches (id, client_id, total, queued)
+         VALUES ('00000000-0000-0000-0000-000000000001', 'other', 0, 0)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, created_at,
+                           batch_id, batch_item)
+         SELECT gen_random_uuid(),
+                CASE WHEN g % 4 = 0 THEN 'importTenant' ELSE 'createTenant' END,
+                'active-' || g || '.example.com', 'queued', 'other', '{}', now(),
+                CASE WHEN g % 2 = 1 THEN '00000000-0000-0000-0000-000000000001'::uuid END,
+                CASE WHEN g % 2 = 1 THEN g END
+         FROM generate_series(1, 20000) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO tenants (id, url, name, sip_domain)
+         SELECT gen_random_uuid(), 'made-' || g || '.example.com', 'Made', 'sip-' || g
+         FROM generate_series(1, 20000) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    recorded(
+        submit_many(&mut tx, &[job("second.example.com", Some("key"))])
+            .await
+            .unwrap(),
+    );
+    let read: i64 = sqlx::query_scalar(
+        "SELECT sum(seq_tup_read + coalesce(idx_tup_fetch, 0))::bigint
+         FROM pg_stat_xact_user_tables WHERE relname IN ('jobs', 'tenants')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(read <= 10, "{read} rows of jobs and tenants read");
+    drop(tx);
+    drop(conn);
+    lanes.close().await;
     app.stop().await;
 }

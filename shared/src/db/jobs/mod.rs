@@ -304,6 +304,10 @@ pub async fn submit_many(
                  AS i(id, kind, url, client, params, sealed, key, digest, template_id,
                       traceparent, refuse, template_check, owner, cap, interactive, ord)
          ), admission AS (
+             -- Every check here and in `admitted` looks its job's keys up. `OFFSET 0` keeps
+             -- PostgreSQL from making an EXISTS one scan of the whole table, hashed, per
+             -- statement: the lanes keep a generic plan, which, made while the tables were
+             -- small, would go on scanning every active job and tenant as they grow.
              SELECT i.ord, i.id, i.client, i.cap,
                  (i.template_check = 0 OR EXISTS (
                      SELECT 1 FROM templates t
@@ -311,16 +315,18 @@ pub async fn submit_many(
                        AND (i.template_check = 1
                             OR EXISTS (SELECT 1 FROM client_templates k
                                        WHERE k.template_id = t.id
-                                         AND (i.owner IS NULL OR k.client_id = i.owner)))
+                                         AND (i.owner IS NULL OR k.client_id = i.owner)
+                                       OFFSET 0))
                      FOR KEY SHARE OF t)) AS template_visible,
-                 (i.refuse AND EXISTS (SELECT 1 FROM tenants WHERE url = i.url)) AS tenant_exists,
+                 (i.refuse AND EXISTS (SELECT 1 FROM tenants WHERE url = i.url OFFSET 0))
+                     AS tenant_exists,
                  (i.refuse AND EXISTS (SELECT 1 FROM jobs j
                                        WHERE j.tenant_url = i.url AND j.batch_id IS NOT NULL
-                                         AND j.status IN ('queued', 'running')))
+                                         AND j.status IN ('queued', 'running') OFFSET 0))
                      AS batch_item_active,
                  (i.refuse AND EXISTS (SELECT 1 FROM jobs j
                                        WHERE j.tenant_url = i.url AND j.kind = 'importTenant'
-                                         AND j.status IN ('queued', 'running')))
+                                         AND j.status IN ('queued', 'running') OFFSET 0))
                      AS import_active,
                  (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs
                   WHERE client_id = i.client) AS active_jobs
@@ -331,11 +337,13 @@ pub async fn submit_many(
              SELECT a.ord, a.client, a.cap, a.active_jobs,
                  (i.key IS NOT NULL
                   AND EXISTS (SELECT 1 FROM jobs j
-                              WHERE j.client_id = i.client AND j.idempotency_key = i.key))
+                              WHERE j.client_id = i.client AND j.idempotency_key = i.key
+                              OFFSET 0))
                  OR (i.kind = 'createTenant'
                      AND EXISTS (SELECT 1 FROM jobs j
                                  WHERE j.tenant_url = i.url AND j.kind = 'createTenant'
-                                   AND j.batch_id IS NULL AND j.status IN ('queued', 'running')))
+                                   AND j.batch_id IS NULL AND j.status IN ('queued', 'running')
+                                 OFFSET 0))
                      AS stored_conflict,
                  (i.key IS NOT NULL
                   AND row_number() OVER (PARTITION BY i.client, i.key ORDER BY i.ord) > 1)

@@ -347,6 +347,13 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
     reset_peak(pid(&api));
 
     let requests = 4000;
+    let grouping = Grouping::read(&http, &base).await;
+    let services = cpu::Services::find(&app.db).await;
+    let cpu_before = (
+        services.seconds(),
+        cpu::process_seconds(pid(&api)),
+        cpu::process_seconds(std::process::id()),
+    );
     let started = Instant::now();
     let mut closed: Vec<(u16, f64)> = stream::iter(0..requests)
         .map(|_| create(fixtures::tenant_url()))
@@ -354,6 +361,23 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
         .collect()
         .await;
     let rate = requests as f64 / started.elapsed().as_secs_f64();
+    let services_after = services.seconds();
+    let per_create = |before: f64, after: f64| (after - before) * 1e3 / requests as f64;
+    let cpu = format!(
+        "CPU per create: PostgreSQL {}, RabbitMQ {}, API {:.2} ms, this client {:.2} ms",
+        shown_ms(cpu::per_item_ms(
+            cpu_before.0[0],
+            services_after[0],
+            requests
+        )),
+        shown_ms(cpu::per_item_ms(
+            cpu_before.0[1],
+            services_after[1],
+            requests
+        )),
+        per_create(cpu_before.1, cpu::process_seconds(pid(&api))),
+        per_create(cpu_before.2, cpu::process_seconds(std::process::id())),
+    );
     assert!(
         closed.iter().all(|(s, _)| *s == 202),
         "every create accepted"
@@ -361,16 +385,19 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
     let mut latencies: Vec<f64> = closed.drain(..).map(|(_, ms)| ms).collect();
     latencies.sort_by(f64::total_cmp);
     println!(
-        "accept, {backlog} queued, 4 connections: {rate:.0}/s ({:.0}% of raw commits), p50 {:.1} ms, p99 {:.1} ms",
+        "accept, {backlog} queued, 4 connections: {rate:.0}/s ({:.0}% of raw commits), p50 {:.1} ms, p99 {:.1} ms, {:.2} creates a statement",
         100.0 * rate / commits,
         percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99)
+        percentile(&latencies, 0.99),
+        grouping.since(&http, &base).await,
     );
+    println!("{cpu}");
 
     // Open loop: requests leave on a schedule, whatever the answers do.
     let half = rate / 2.0;
     let n = (half * 5.0) as usize;
     let started = tokio::time::Instant::now();
+    let grouping = Grouping::read(&http, &base).await;
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let at = started + Duration::from_secs_f64(i as f64 / half);
@@ -389,13 +416,48 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
     let mut latencies: Vec<f64> = open.into_iter().map(|(_, ms)| ms).collect();
     latencies.sort_by(f64::total_cmp);
     println!(
-        "accept, open loop at {half:.0}/s for 5 s: p50 {:.1} ms, p99 {:.1} ms, {refused} not accepted",
+        "accept, open loop at {half:.0}/s for 5 s: p50 {:.1} ms, p99 {:.1} ms, {refused} not accepted, {:.2} creates a statement",
         percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99)
+        percentile(&latencies, 0.99),
+        grouping.since(&http, &base).await,
     );
     peaks.api(&api);
     drop(api);
     app.stop().await;
+}
+
+/// The API's count of recorded submissions and of the statements that recorded them.
+struct Grouping {
+    submissions: f64,
+    statements: f64,
+}
+
+impl Grouping {
+    async fn read(http: &reqwest::Client, base: &str) -> Self {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics reads");
+        let figure = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .map_or(0.0, |v| v.trim().parse().expect("a number"))
+        };
+        Self {
+            submissions: figure("provisioner_submissions_total"),
+            statements: figure("provisioner_submission_statements_total"),
+        }
+    }
+
+    /// Submissions a statement recorded since `self` was read.
+    async fn since(&self, http: &reqwest::Client, base: &str) -> f64 {
+        let now = Self::read(http, base).await;
+        (now.submissions - self.submissions) / (now.statements - self.statements).max(1.0)
+    }
 }
 
 fn manifest(db_version: i64) -> (Manifest, TenantEntry) {
