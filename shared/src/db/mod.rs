@@ -178,18 +178,29 @@ fn pool_options(max_connections: u32, silences: Option<Silences>) -> PgPoolOptio
     }
 }
 
+/// How long a session of a `generic_plan_pool` lives, and so its plans.
+const GENERIC_PLAN_AGE: Duration = Duration::from_secs(60);
+
 /// A small pool beside `pool`, to the same database, whose sessions always use the generic plan
 /// of a prepared statement (`plan_cache_mode = force_generic_plan`): for a statement run
 /// constantly whose best plan does not depend on its parameters, such as the one that records
 /// creates, PostgreSQL otherwise plans it afresh at every execution (a custom plan looks
 /// cheaper for arrays of a known length), and planning costs more than running it.
+///
+/// Such a plan is made from what the tables held when it was made, and kept. So that one made
+/// while they were small does not scan them whole as they grow, the sessions plan without
+/// sequential scans where an index serves (a lookup costs about the same on a small table), and
+/// each is replaced after `GENERIC_PLAN_AGE`, its plans made again from the tables' sizes then.
 pub fn generic_plan_pool(pool: &PgPool, max_connections: u32) -> PgPool {
-    let options = (*pool.connect_options())
-        .clone()
-        .options([("plan_cache_mode", "force_generic_plan")]);
+    let options = (*pool.connect_options()).clone().options([
+        ("plan_cache_mode", "force_generic_plan"),
+        ("enable_seqscan", "off"),
+    ]);
     // The sessions start as `pool`'s do: a statement waiting on a lock ends once its client is
     // gone, instead of committing what nobody will hear of.
-    pool_options(max_connections, None).connect_lazy_with(options)
+    pool_options(max_connections, None)
+        .max_lifetime(GENERIC_PLAN_AGE)
+        .connect_lazy_with(options)
 }
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

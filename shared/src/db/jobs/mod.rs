@@ -304,10 +304,11 @@ pub async fn submit_many(
                  AS i(id, kind, url, client, params, sealed, key, digest, template_id,
                       traceparent, refuse, template_check, owner, cap, interactive, ord)
          ), admission AS (
-             -- Every check here and in `admitted` looks its job's keys up. `OFFSET 0` keeps
-             -- PostgreSQL from making an EXISTS one scan of the whole table, hashed, per
-             -- statement: the lanes keep a generic plan, which, made while the tables were
-             -- small, would go on scanning every active job and tenant as they grow.
+             -- Every check here and in `admitted` looks its job's keys up. The lanes keep a
+             -- generic plan (`db::generic_plan_pool`), made from what the tables held when it
+             -- was made: `OFFSET 0` keeps PostgreSQL from making an EXISTS one scan of the
+             -- whole table, hashed, per statement, which a plan made on small tables would go
+             -- on doing as they grow.
              SELECT i.ord, i.id, i.client, i.cap,
                  (i.template_check = 0 OR EXISTS (
                      SELECT 1 FROM templates t
@@ -320,8 +321,11 @@ pub async fn submit_many(
                      FOR KEY SHARE OF t)) AS template_visible,
                  (i.refuse AND EXISTS (SELECT 1 FROM tenants WHERE url = i.url OFFSET 0))
                      AS tenant_exists,
+                 -- `batch_item` is set exactly when `batch_id` is; asked of it, the check
+                 -- cannot be served by the partial indexes of batch items, which a plan made
+                 -- before there were any would take for the cheapest scan.
                  (i.refuse AND EXISTS (SELECT 1 FROM jobs j
-                                       WHERE j.tenant_url = i.url AND j.batch_id IS NOT NULL
+                                       WHERE j.tenant_url = i.url AND j.batch_item IS NOT NULL
                                          AND j.status IN ('queued', 'running') OFFSET 0))
                      AS batch_item_active,
                  (i.refuse AND EXISTS (SELECT 1 FROM jobs j

@@ -385,7 +385,7 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
     let mut latencies: Vec<f64> = closed.drain(..).map(|(_, ms)| ms).collect();
     latencies.sort_by(f64::total_cmp);
     println!(
-        "accept, {backlog} queued, 4 connections: {rate:.0}/s ({:.0}% of raw commits), p50 {:.1} ms, p99 {:.1} ms, {:.2} creates a statement",
+        "accept, {backlog} queued, 4 connections: {rate:.0}/s ({:.0}% of raw commits), p50 {:.1} ms, p99 {:.1} ms, {:.2} submissions a statement",
         100.0 * rate / commits,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
@@ -416,7 +416,7 @@ async fn accept(backlog: usize, commits: f64, peaks: &mut Peaks) {
     let mut latencies: Vec<f64> = open.into_iter().map(|(_, ms)| ms).collect();
     latencies.sort_by(f64::total_cmp);
     println!(
-        "accept, open loop at {half:.0}/s for 5 s: p50 {:.1} ms, p99 {:.1} ms, {refused} not accepted, {:.2} creates a statement",
+        "accept, open loop at {half:.0}/s for 5 s: p50 {:.1} ms, p99 {:.1} ms, {refused} not accepted, {:.2} submissions a statement",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         grouping.since(&http, &base).await,
