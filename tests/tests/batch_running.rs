@@ -384,3 +384,58 @@ async fn a_small_batch_of_one_client_finishes_while_a_big_batch_of_another_is_fa
     assert!(a_succeeded < 50, "A's batch is far from done: {a}");
     app.stop().await;
 }
+
+/// A batch item's precedence check reads its URL's queued and running jobs only: under a plan
+/// made while the URL had no ended jobs (a generic plan, which PostgreSQL may keep), 5,000 ended
+/// jobs of the URL (batch items and imports among them) add nothing to what it reads.
+#[tokio::test]
+async fn the_precedence_check_reads_none_of_its_urls_ended_jobs() {
+    use provisioner_shared::db;
+    let app = TestApp::without_workers().await;
+    let url = "often.example.com";
+    let mut conn = app.db.acquire().await.unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let check = async |conn: &mut sqlx::PgConnection| {
+        db::batches::earlier_active_job(conn, url, now, uuid::Uuid::new_v4())
+            .await
+            .unwrap()
+    };
+    assert_eq!(check(&mut conn).await, None);
+    // 5,000 ended jobs of the URL; the batch items among them were replaced by a retry.
+    sqlx::raw_sql(
+        "INSERT INTO batches (id, client_id)
+         VALUES ('00000000-0000-0000-0000-000000000003', 'other');
+         INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, created_at,
+                           finished_at, batch_id, batch_item, superseded, superseded_at)
+         SELECT gen_random_uuid(),
+                CASE WHEN g % 4 = 0 THEN 'importTenant' ELSE 'createTenant' END,
+                'often.example.com', 'failed', 500, 'other', '{}', now() - interval '1 hour',
+                now(), CASE WHEN g % 2 = 1 THEN '00000000-0000-0000-0000-000000000003'::uuid END,
+                CASE WHEN g % 2 = 1 THEN g END, g % 2 = 1, CASE WHEN g % 2 = 1 THEN now() END
+         FROM generate_series(1, 5000) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // Rows read by sequential scans and index entries read, this transaction's.
+    let reads = "SELECT ((SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_xact_user_tables
+                          WHERE relname = 'jobs')
+                       + (SELECT coalesce(sum(pg_stat_get_xact_tuples_returned(indexrelid)), 0)
+                          FROM pg_index WHERE indrelid = 'jobs'::regclass))::bigint";
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let before: i64 = sqlx::query_scalar(reads).fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(check(&mut tx).await, None);
+    let read = sqlx::query_scalar::<_, i64>(reads)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap()
+        - before;
+    assert!(read <= 10, "{read} rows of jobs read");
+    drop(tx);
+    drop(conn);
+    app.stop().await;
+}

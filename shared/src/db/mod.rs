@@ -178,8 +178,10 @@ fn pool_options(max_connections: u32, silences: Option<Silences>) -> PgPoolOptio
     }
 }
 
-/// How long a session of a `generic_plan_pool` lives, and so its plans.
-const GENERIC_PLAN_AGE: Duration = Duration::from_secs(60);
+/// How long a session of a `generic_plan_pool` lives, and so its plans (checked as it is given
+/// back, and every `GENERIC_PLAN_AGE` while it sits idle). Rare: each renewal takes a server
+/// connection, which a full server may refuse for a while.
+const GENERIC_PLAN_AGE: Duration = Duration::from_secs(600);
 
 /// A small pool beside `pool`, to the same database, whose sessions always use the generic plan
 /// of a prepared statement (`plan_cache_mode = force_generic_plan`): for a statement run
