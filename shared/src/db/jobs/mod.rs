@@ -327,21 +327,15 @@ pub async fn submit_many(
                      FOR KEY SHARE OF t)) AS template_visible,
                  (i.refuse AND EXISTS (SELECT 1 FROM tenants WHERE url = i.url OFFSET 0))
                      AS tenant_exists,
-                 -- These two read the URL's active range of `jobs_by_tenant (tenant_url,
-                 -- status, ...)`, however many ended jobs the URL has: the range on `status`
-                 -- ('queued' and 'running' are neighbours among the statuses, in that order)
-                 -- is a condition of the index where a plan may leave the list to a filter.
                  -- `batch_item` is set exactly when `batch_id` is; asked of it, the check
                  -- cannot be served by the partial indexes of batch items, which a plan made
                  -- before there were any would take for the cheapest scan.
                  (i.refuse AND EXISTS (SELECT 1 FROM jobs j
                                        WHERE j.tenant_url = i.url AND j.batch_item IS NOT NULL
-                                         AND j.status BETWEEN 'queued' AND 'running'
                                          AND j.status IN ('queued', 'running') OFFSET 0))
                      AS batch_item_active,
                  (i.refuse AND EXISTS (SELECT 1 FROM jobs j
                                        WHERE j.tenant_url = i.url AND j.kind = 'importTenant'
-                                         AND j.status BETWEEN 'queued' AND 'running'
                                          AND j.status IN ('queued', 'running') OFFSET 0))
                      AS import_active,
                  (SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs
