@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use provisioner_shared::db;
 use provisioner_tests::{
     Options, TestApp,
     batches::{self, assert_counts_add_up, item, items, ndjson, post},
     events::EventTap,
     eventually, fixtures,
+    plans::rows_read_in_transaction,
     process::Proc,
 };
 use serde_json::{Value, json};
@@ -165,6 +167,66 @@ async fn of_two_batches_naming_one_tenant_the_earlier_item_wins_and_the_later_en
     let earlier = &batches::results(&app, &first_id, "").await[0];
     assert_eq!(earlier["code"], 200, "{earlier}");
     assert_eq!(earlier["tenant"]["url"], url.as_str());
+    app.stop().await;
+}
+
+/// An item's look for an earlier active job of its tenant (made under the tenant's lock, so it
+/// holds up the tenant's other writes) reads that tenant's active jobs alone, whatever else the
+/// table holds: 20,000 queued batch items of other tenants and 5,000 ended jobs of its own
+/// (a client retrying a create that fails), under the custom plans of a session's first calls
+/// and the generic plan PostgreSQL settles on after them.
+#[tokio::test]
+async fn an_items_look_for_earlier_work_reads_only_its_tenants_active_jobs() {
+    let app = TestApp::without_workers().await;
+    let earlier = uuid::Uuid::new_v4();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO batches (id, client_id)
+         VALUES ('00000000-0000-0000-0000-000000000001', 'other');
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
+                           released_at, lane)
+         SELECT gen_random_uuid(), 'createTenant', 'item-' || g || '.example.com', 'queued',
+                'other', '{{}}', '00000000-0000-0000-0000-000000000001', g,
+                CASE WHEN g % 2 = 0 THEN now() END, 'batch'
+         FROM generate_series(1, 20000) g;
+         INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, finished_at)
+         SELECT gen_random_uuid(),
+                CASE WHEN g % 4 = 0 THEN 'importTenant' ELSE 'createTenant' END,
+                'busy.example.com', 'failed', 500, 'retrying', '{{}}', now()
+         FROM generate_series(1, 5000) g;
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, created_at)
+         VALUES ('{earlier}', 'importTenant', 'busy.example.com', 'running', 'mover', '{{}}',
+                 now() - interval '1 minute');
+         ANALYZE jobs"
+    ))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut conn = app.db.acquire().await.unwrap();
+    let now = chrono::Utc::now();
+    let before_it = now - chrono::Duration::minutes(2);
+    // Past the five custom plans PostgreSQL makes before it weighs a generic one.
+    for call in 0..8 {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        let before = rows_read_in_transaction(&mut tx, &["jobs"]).await;
+        let found =
+            db::batches::earlier_active_job(&mut tx, "busy.example.com", now, uuid::Uuid::new_v4())
+                .await
+                .unwrap();
+        let read = rows_read_in_transaction(&mut tx, &["jobs"]).await - before;
+        assert_eq!(found, Some(earlier), "call {call}");
+        assert!(read <= 5, "call {call}: {read} rows of jobs read");
+        // A job submitted before the running import does not give way to it.
+        let found = db::batches::earlier_active_job(
+            &mut tx,
+            "busy.example.com",
+            before_it,
+            uuid::Uuid::new_v4(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(found, None, "call {call}");
+    }
+    drop(conn);
     app.stop().await;
 }
 
