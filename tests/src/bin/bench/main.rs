@@ -11,7 +11,7 @@
 //! 100000), the export of a tenant that large.
 //!
 //! The system at volume against this machine's raw figures: `bench volume [BACKLOG] [TRIVIAL]
-//! [STANDARD]` (see `volume.rs`).
+//! [STANDARD] [ENDED]` (see `volume.rs`).
 
 mod cpu;
 mod floor;
@@ -25,7 +25,7 @@ use provisioner_tests::{Options, TestApp, fixtures};
 use serde_json::{Value, json};
 
 const USAGE: &str = "usage: bench [JOBS] [CLIENTS] [WORKERS]
-       bench volume [BACKLOG] [TRIVIAL] [STANDARD]
+       bench volume [BACKLOG] [TRIVIAL] [STANDARD] [ENDED]
        bench tokens [N]
        bench export [SETTINGS_MIB] [AUDIT_ROWS]
 (arguments are whole numbers; see the README, \"Benchmarks\")";
@@ -59,7 +59,13 @@ async fn main() {
         Some("tokens") => return memory::token_flood(args.first().copied().unwrap_or(128)).await,
         Some("volume") => {
             let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
-            return volume::run(arg(0, 50_000), arg(1, 3_000), arg(2, 2_000)).await;
+            return volume::run(
+                arg(0, 50_000),
+                arg(1, 3_000),
+                arg(2, 2_000),
+                arg(3, 1_000_000),
+            )
+            .await;
         }
         Some(_) => {
             let (settings, audit) = (
