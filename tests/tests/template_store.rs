@@ -800,3 +800,65 @@ async fn concurrent_stores_of_the_same_bytes_at_the_quota_are_a_repeat_not_a_409
     assert_eq!(statuses, [200, 201]);
     app.stop().await;
 }
+
+/// A client's look at a template it keeps (reading it, naming it in a create) finds its own
+/// keep by its key, however many other clients keep the same bytes (one template of many kept
+/// by 5,000 clients), under the custom plans of
+/// a session's first calls and the generic plan PostgreSQL settles on after them; an operator
+/// still sees the earliest client's keep, and a client none it does not keep.
+#[tokio::test]
+async fn a_clients_look_at_a_template_reads_its_own_keep_not_every_clients() {
+    use provisioner_shared::db::templates::{Viewer, find, lock_visible};
+    use provisioner_tests::plans::rows_read_in_transaction;
+
+    let app = TestApp::without_workers().await;
+    sqlx::raw_sql(
+        "INSERT INTO templates (id, content, bytes) VALUES (repeat('ab', 32), 'zip', 3);
+         INSERT INTO client_templates (client_id, template_id, created_at)
+         SELECT 'keeper-' || g, repeat('ab', 32), now() - interval '1 day' + g * interval '1 s'
+         FROM generate_series(1, 5000) g;
+         INSERT INTO client_templates (client_id, template_id) VALUES ('mine', repeat('ab', 32));
+         -- 2,000 other templates, one keep each: to the planner a template has few keeps.
+         INSERT INTO templates (id, content, bytes)
+         SELECT lpad(to_hex(g), 64, '0'), 'zip', 3 FROM generate_series(1, 2000) g;
+         INSERT INTO client_templates (client_id, template_id)
+         SELECT 'owner-' || g, lpad(to_hex(g), 64, '0') FROM generate_series(1, 2000) g",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::raw_sql("VACUUM ANALYZE templates, client_templates")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let id = "ab".repeat(32);
+    let mine = Viewer {
+        client_id: "mine",
+        operator: false,
+    };
+    let mut conn = app.db.acquire().await.unwrap();
+    for call in 0..8 {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        let before = rows_read_in_transaction(&mut tx, &["client_templates"]).await;
+        let kept = find(&mut *tx, &id, mine).await.unwrap().expect("its keep");
+        assert!(lock_visible(&mut tx, &id, mine).await.unwrap());
+        let read = rows_read_in_transaction(&mut tx, &["client_templates"]).await - before;
+        assert_eq!(kept.client_id, "mine");
+        assert!(read <= 4, "call {call}: {read} keeps read");
+        let stranger = Viewer {
+            client_id: "stranger",
+            operator: false,
+        };
+        assert!(find(&mut *tx, &id, stranger).await.unwrap().is_none());
+        assert!(!lock_visible(&mut tx, &id, stranger).await.unwrap());
+        let operator = Viewer {
+            client_id: "operator",
+            operator: true,
+        };
+        let earliest = find(&mut *tx, &id, operator).await.unwrap().expect("a keep");
+        assert_eq!(earliest.client_id, "keeper-1", "call {call}");
+        assert!(lock_visible(&mut tx, &id, operator).await.unwrap());
+    }
+    drop(conn);
+    app.stop().await;
+}
