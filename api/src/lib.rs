@@ -275,7 +275,10 @@ pub async fn run(
         tokens: Arc::new(token_cache::TokenCache::new(
             background.notifications().auth().clone(),
         )),
-        waits: Arc::default(),
+        waits: Arc::new(wait::Waits::new(
+            shutdown.clone(),
+            settings.shutdown_timeout,
+        )),
         template_budget: upload::Budget::new(settings.template_memory_budget),
         ui: Arc::default(),
         recorder: recorder::Recorder::start(&pool, background.notifications().clone()),

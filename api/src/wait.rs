@@ -1,6 +1,7 @@
 //! Waiting for a job (or a batch) to change, woken by the database's job notifications (with a polling
 //! fallback), for `Prefer: wait` and long-polling. Each client may hold a bounded number of
-//! waits at once; past it, a wait answers at once with the job as it is.
+//! waits at once; past it, a wait answers at once with the job as it is, as every wait does
+//! when the API stops and its shutdown timeout nearly ran out.
 
 use std::{
     collections::HashMap,
@@ -10,14 +11,19 @@ use std::{
 
 use provisioner_shared::db::{self, batches::BatchRow, jobs::JobRow};
 use tokio::{sync::broadcast::error::RecvError, time::Instant};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::AppState;
 
 /// Waits in progress, per client.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Waits {
     held: Mutex<HashMap<String, u32>>,
+    /// Cancelled a little before the shutdown timeout runs out once the API begins to stop:
+    /// every wait then ends with the thing as it is (a create's `202`, a job's state), so its
+    /// client is answered before the connections close.
+    answer_now: CancellationToken,
 }
 
 /// One wait of a client; it ends when dropped.
@@ -27,6 +33,25 @@ struct WaitSlot {
 }
 
 impl Waits {
+    /// Waits that end once `stopping` is cancelled and `shutdown_timeout` has nearly run out
+    /// (a quarter of it, at most a second, left for the answers).
+    pub(crate) fn new(stopping: CancellationToken, shutdown_timeout: Duration) -> Self {
+        let answer_now = CancellationToken::new();
+        let margin = (shutdown_timeout / 4).min(Duration::from_secs(1));
+        tokio::spawn({
+            let answer_now = answer_now.clone();
+            async move {
+                stopping.cancelled().await;
+                tokio::time::sleep(shutdown_timeout.saturating_sub(margin)).await;
+                answer_now.cancel();
+            }
+        });
+        Self {
+            held: Mutex::default(),
+            answer_now,
+        }
+    }
+
     /// A slot for `client`, unless it already holds `max`.
     fn take(self: &Arc<Self>, client: &str, max: u32) -> Option<WaitSlot> {
         let mut held = self.held.lock().expect("wait map");
@@ -98,7 +123,7 @@ where
     Fut: std::future::Future<Output = Result<Option<T>, sqlx::Error>>,
 {
     let slot = state.waits.take(waiter, state.settings.client_max_waits);
-    let deadline = if slot.is_some() {
+    let mut deadline = if slot.is_some() && !state.waits.answer_now.is_cancelled() {
         deadline
     } else {
         Instant::now()
@@ -123,6 +148,10 @@ where
                     Err(RecvError::Closed) => { tokio::time::sleep_until(poll).await; break }
                 },
                 () = tokio::time::sleep_until(poll) => break,
+                () = state.waits.answer_now.cancelled() => {
+                    deadline = Instant::now();
+                    break;
+                }
             }
         }
     }

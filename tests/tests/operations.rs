@@ -391,6 +391,87 @@ async fn sigterm_stops_the_api_within_its_shutdown_timeout_whatever_clients_do()
     app.stop().await;
 }
 
+/// Waits held when the API stops that would outlast its shutdown timeout end a little before
+/// it with the thing as it is: a long-poll gets the job, a create with `Prefer: wait` its `202`
+/// and the job's id, before the connections close (a client that sent no `Idempotency-Key`
+/// would otherwise never learn the id of a job that was accepted).
+#[tokio::test]
+async fn waits_held_at_shutdown_are_answered_with_the_job_as_it_is() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let (mut api, addr, http) = api_process(
+        &app,
+        &[("PROVISIONER_SHUTDOWN_TIMEOUT", "2")],
+        "info,tower_http=debug",
+    )
+    .await;
+    let poll = tokio::spawn({
+        let (http, id) = (http.clone(), id.clone());
+        async move {
+            http.get(format!(
+                "http://{addr}/configapi/v2/jobs/{id}?wait=60&status=queued"
+            ))
+            .send()
+            .await
+            .unwrap()
+        }
+    });
+    let tenant = fixtures::tenant_url();
+    let create = tokio::spawn({
+        let (http, tenant) = (http.clone(), tenant.clone());
+        let body = fixtures::create_body(&url);
+        async move {
+            http.post(format!(
+                "http://{addr}/configapi/v2/selfservice/tenant/{tenant}"
+            ))
+            .header("prefer", "wait=60")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+        }
+    });
+    // Both are waiting once the create's job is recorded and the poll was read.
+    api.wait_for_record("the long-poll reaching the API", |r| {
+        r["message"] == "started processing request"
+            && r.to_string().contains(&format!("/configapi/v2/jobs/{id}"))
+    })
+    .await;
+    provisioner_tests::eventually(Duration::from_secs(30), || async {
+        (app.count(&format!(
+            "SELECT count(*) FROM jobs WHERE tenant_url = '{tenant}'"
+        ))
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    let terminated = std::time::Instant::now();
+    api.terminate();
+    let poll = poll.await.unwrap();
+    assert_eq!(poll.status(), 200);
+    let job: Value = poll.json().await.unwrap();
+    assert_eq!(
+        (job["jobId"].as_str(), job["status"].as_str()),
+        (Some(id.as_str()), Some("queued")),
+        "{job}"
+    );
+    let create = create.await.unwrap();
+    assert_eq!(create.status(), 202);
+    let accepted: Value = create.json().await.unwrap();
+    assert_eq!(accepted["status"], "queued", "{accepted}");
+    assert!(accepted["jobId"].is_string(), "{accepted}");
+    assert!(api.exit(Duration::from_secs(10)).await.success());
+    assert!(
+        terminated.elapsed() < Duration::from_secs(10),
+        "stopped within its shutdown timeout"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
     let app = TestApp::without_workers().await;

@@ -855,7 +855,10 @@ async fn a_clients_look_at_a_template_reads_its_own_keep_not_every_clients() {
             client_id: "operator",
             operator: true,
         };
-        let earliest = find(&mut *tx, &id, operator).await.unwrap().expect("a keep");
+        let earliest = find(&mut *tx, &id, operator)
+            .await
+            .unwrap()
+            .expect("a keep");
         assert_eq!(earliest.client_id, "keeper-1", "call {call}");
         assert!(lock_visible(&mut tx, &id, operator).await.unwrap());
     }
