@@ -32,17 +32,17 @@ fn path(id: &str) -> Result<String> {
 
 pub async fn status(api: &Api, id: &str, out: &Output) -> Result<Exit> {
     let batch: Value = api.get(&path(id)?).await?;
-    out.show(&batch, batch_line);
+    out.show(&batch, batch_line)?;
     Ok(Exit::Ok)
 }
 
 pub async fn list(api: &Api, out: &Output) -> Result<Exit> {
     let items = api.list_all("/configapi/v2/batches").await?;
     if out.json {
-        println!("{}", json!({ "items": items }));
+        crate::output::print_line(json!({ "items": items }))?;
     } else {
         for b in &items {
-            println!("{}", batch_line(b));
+            crate::output::print_line(batch_line(b))?;
         }
     }
     Ok(Exit::Ok)
@@ -52,7 +52,7 @@ pub async fn cancel(api: &Api, id: &str, out: &Output) -> Result<Exit> {
     let batch: Value = api
         .call(Method::POST, &format!("{}/cancel", path(id)?), None)
         .await?;
-    out.show(&batch, batch_line);
+    out.show(&batch, batch_line)?;
     Ok(Exit::Ok)
 }
 
@@ -63,7 +63,7 @@ pub async fn retry(api: &Api, id: &str, codes: &[u16], out: &Output) -> Result<E
         route.push_str(&format!("?code={}", list.join(",")));
     }
     let batch: Value = api.call(Method::POST, &route, None).await?;
-    out.show(&batch, batch_line);
+    out.show(&batch, batch_line)?;
     Ok(Exit::Ok)
 }
 

@@ -159,12 +159,12 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
                 None => {
                     out.show(&batch, |b| {
                         b["batchId"].as_str().unwrap_or_default().to_owned()
-                    });
+                    })?;
                     Ok(Exit::Ok)
                 }
                 Some(timeout) => {
                     if !out.json {
-                        println!("{id}");
+                        crate::output::print_line(&id)?;
                     }
                     wait::wait(api, wait::Target::Batch(&id), timeout, out).await
                 }

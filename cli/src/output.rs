@@ -1,8 +1,22 @@
 //! What commands print on stdout: plain lines for people, or one JSON document with `--json`.
 
+use std::{fmt::Display, io::Write as _};
+
 use serde_json::Value;
 
-use crate::progress::Counts;
+use crate::{
+    exit::{Failure, Result},
+    progress::Counts,
+};
+
+/// Writes `text` and a newline on stdout. A stdout its reader closed (`| head`) is an error
+/// like any other (exit 4), not a panic.
+pub fn print_line(text: impl Display) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::invalid(format!("cannot write to stdout: {e}")))
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -11,16 +25,16 @@ pub struct Output {
 
 impl Output {
     /// Prints `doc` with `--json`, else the text `text` makes of it.
-    pub fn show(&self, doc: &Value, text: impl FnOnce(&Value) -> String) {
+    pub fn show(&self, doc: &Value, text: impl FnOnce(&Value) -> String) -> Result<()> {
         if self.json {
-            println!("{doc}");
+            print_line(doc)
         } else {
-            println!("{}", text(doc));
+            print_line(text(doc))
         }
     }
 
     /// The final (or last seen) state of a waited-for batch or job.
-    pub fn final_state(&self, name: &str, doc: &Value, counts: &Counts) {
+    pub fn final_state(&self, name: &str, doc: &Value, counts: &Counts) -> Result<()> {
         self.show(doc, |doc| {
             let status = doc["status"].as_str().unwrap_or("unknown");
             if doc.get("counts").is_some() {
@@ -32,7 +46,7 @@ impl Output {
             } else {
                 job_line(doc)
             }
-        });
+        })
     }
 }
 

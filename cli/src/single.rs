@@ -49,12 +49,12 @@ pub async fn create(
     let id = job["jobId"].as_str().unwrap_or_default().to_owned();
     match wait_for {
         None => {
-            out.show(&job, |j| j["jobId"].as_str().unwrap_or_default().to_owned());
+            out.show(&job, |j| j["jobId"].as_str().unwrap_or_default().to_owned())?;
             Ok(Exit::Ok)
         }
         Some(timeout) => {
             if !out.json {
-                println!("{id}");
+                crate::output::print_line(&id)?;
             }
             wait::wait(api, Target::Job(&id), timeout, out).await
         }
@@ -63,7 +63,7 @@ pub async fn create(
 
 pub async fn job_get(api: &Api, id: &str, out: &Output) -> Result<Exit> {
     let job: Value = api.get(&job_path(id)?).await?;
-    out.show(&job, job_line);
+    out.show(&job, job_line)?;
     Ok(Exit::Ok)
 }
 
@@ -74,7 +74,7 @@ pub async fn job_wait(api: &Api, id: &str, timeout: Option<u64>, out: &Output) -
 
 pub async fn job_cancel(api: &Api, id: &str, out: &Output) -> Result<Exit> {
     let job: Value = api.call(Method::DELETE, &job_path(id)?, None).await?;
-    out.show(&job, job_line);
+    out.show(&job, job_line)?;
     Ok(Exit::Ok)
 }
 
@@ -92,6 +92,6 @@ pub async fn tenant_get(api: &Api, url: &str, out: &Output) -> Result<Exit> {
             t["id"].as_str().unwrap_or_default(),
             t["createdAt"].as_str().unwrap_or_default()
         )
-    });
+    })?;
     Ok(Exit::Ok)
 }

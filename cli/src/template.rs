@@ -221,7 +221,7 @@ pub fn pack(dir: &Path, out_path: &Path, db_version: Option<i64>, out: &Output) 
             d["dbVersion"],
             d["templateId"].as_str().unwrap_or_default()
         )
-    });
+    })?;
     Ok(())
 }
 
@@ -242,7 +242,7 @@ pub fn check(path: &Path, db_version: Option<i64>, out: &Output) -> Result<()> {
             let doc = json!({"file": path.display().to_string(), "valid": true, "dbVersion": wanted,
                 "templateId": template_id(&bytes), "counts": counts(&t)});
             out.show(&doc, |d| format!("{}: valid for dbVersion {wanted} ({} users, {} objects, {} access-number ranges)",
-                path.display(), d["counts"]["users"], d["counts"]["objects"], d["counts"]["accessNumbers"]));
+                path.display(), d["counts"]["users"], d["counts"]["objects"], d["counts"]["accessNumbers"]))?;
             return Ok(());
         }
         // A template of another database version: its content is checked too, as its own.
@@ -288,7 +288,7 @@ pub async fn upload(api: &Api, path: &Path, name: Option<&str>, out: &Output) ->
     let template = store(api, path, name).await?;
     out.show(&template, |t| {
         t["templateId"].as_str().unwrap_or_default().to_owned()
-    });
+    })?;
     Ok(())
 }
 
@@ -312,17 +312,17 @@ pub async fn delete(api: &Api, id: &str) -> Result<()> {
 pub async fn list(api: &Api, out: &Output) -> Result<()> {
     let items = api.list_all("/configapi/v2/templates").await?;
     if out.json {
-        println!("{}", json!({"items": items}));
+        crate::output::print_line(json!({"items": items}))?;
     } else {
         for t in &items {
-            println!(
+            crate::output::print_line(format_args!(
                 "{} {} {} bytes dbVersion {} {}",
                 t["templateId"].as_str().unwrap_or_default(),
                 t["name"].as_str().unwrap_or("-"),
                 t["bytes"],
                 t["dbVersion"],
                 t["createdAt"].as_str().unwrap_or_default()
-            );
+            ))?;
         }
     }
     Ok(())

@@ -129,13 +129,13 @@ pub async fn wait(
         progress.update(&counts);
         if ended {
             progress.finish();
-            out.final_state(&target.name(), &doc, &counts);
+            out.final_state(&target.name(), &doc, &counts)?;
             return Ok(target.exit(&doc));
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
             progress.finish();
-            out.final_state(&target.name(), &doc, &counts);
+            out.final_state(&target.name(), &doc, &counts)?;
             eprintln!(
                 "the wait ran out after {} s; {} goes on; to wait again: {}",
                 timeout.unwrap_or_default(),

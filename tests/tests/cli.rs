@@ -1300,3 +1300,27 @@ async fn a_file_of_100000_rows_is_checked_without_being_held_in_memory() {
     assert_eq!(batch_count(&app).await, 0);
     app.stop().await;
 }
+
+/// A reader that leaves early (`provisioner batch list | head -1`) closes stdout under the
+/// program: it says so on stderr and exits 4, as any other error, never with a panic (101).
+#[tokio::test]
+async fn a_closed_stdout_is_an_error_not_a_panic() {
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    for args in [
+        &["--json", "batch", "list"][..],
+        &["--json", "template", "list"],
+    ] {
+        let mut child = cli.command(args).spawn().expect("the program starts");
+        // The reading end closes before the program has anything to write.
+        drop(child.stdout.take());
+        let out = cli.finish(child, args).await;
+        assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("cannot write to stdout") && !out.stderr.contains("panicked"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    app.stop().await;
+}
