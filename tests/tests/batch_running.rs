@@ -234,6 +234,62 @@ async fn an_items_look_for_earlier_work_reads_only_its_tenants_active_jobs() {
     app.stop().await;
 }
 
+/// A dispatch round reads an index entry or two per client with held items and what it
+/// releases, however many batches are held or ended: one client holds 5,000 one-item batches,
+/// twenty others one batch each, and 3,000 batches ended before.
+#[tokio::test]
+async fn a_dispatch_round_reads_a_handful_of_batches_however_many_are_held() {
+    let app = TestApp::without_workers().await;
+    sqlx::raw_sql(
+        "INSERT INTO batches (id, client_id, created_at)
+         SELECT gen_random_uuid(), 'many', now() - interval '1 hour' + g * interval '1 ms'
+         FROM generate_series(1, 5000) g
+         UNION ALL
+         SELECT gen_random_uuid(), 'other-' || g, now() FROM generate_series(1, 20) g;
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
+                           lane)
+         SELECT gen_random_uuid(), 'createTenant', 'item-' || b.id || '.example.com', 'queued',
+                b.client_id, '{}', b.id, 1, 'batch'
+         FROM batches b;
+         INSERT INTO batches (id, client_id, status, created_at, finished_at)
+         SELECT gen_random_uuid(), 'many', 'completed', now() - interval '2 hours', now()
+         FROM generate_series(1, 3000)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::raw_sql("VACUUM ANALYZE batches, jobs")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut conn = app.db.acquire().await.unwrap();
+    for round in 1..=3 {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        let before = rows_read_in_transaction(&mut tx, &["batches", "jobs"]).await;
+        // Sixteen places more each round: one item for each of sixteen clients.
+        let released = db::batches::release(&mut tx, 16 * round, 4).await.unwrap();
+        let read = rows_read_in_transaction(&mut tx, &["batches", "jobs"]).await - before;
+        tx.commit().await.unwrap();
+        assert_eq!(released, 16, "round {round}");
+        assert!(
+            read <= 300,
+            "round {round}: {read} rows of batches and jobs read"
+        );
+    }
+    // Every other client's one item went out, and the rest of the 48 places to `many`.
+    let served: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT client_id, count(*) FROM jobs WHERE released_at IS NOT NULL
+         GROUP BY client_id ORDER BY client_id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(served.len(), 21, "{served:?}");
+    assert_eq!(served[0], ("many".to_owned(), 28), "{served:?}");
+    drop(conn);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn cancelling_a_batch_while_items_run_lets_them_finish_and_announces_the_final_counts() {
     let app = TestApp::with(Options {

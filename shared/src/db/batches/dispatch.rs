@@ -19,19 +19,27 @@ use crate::{
 /// The clients with held items, least recently served first, but for a client with more than
 /// `$1` active single jobs of which one is queued and due (not waiting for a retry's backoff):
 /// its single jobs go first. One running for long (an import waiting on a tenant's lock) holds
-/// nothing back.
+/// nothing back. The clients are found one index lookup each in `batches_held` (the next client
+/// after the last found), not by reading every batch with held items: a client with 5,000
+/// one-item batches held made each round read them all, with the checks above once per batch.
 macro_rules! waiting_clients_sql {
     () => {
-        "SELECT b.client_id FROM batches b
-         LEFT JOIN dispatch_turns t ON t.client_id = b.client_id
-         WHERE b.held > 0
+        "WITH RECURSIVE held AS (
+             (SELECT client_id FROM batches WHERE held > 0 ORDER BY client_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT b.client_id FROM batches b
+                     WHERE b.held > 0 AND b.client_id > h.client_id
+                     ORDER BY b.client_id LIMIT 1)
+             FROM held h WHERE h.client_id IS NOT NULL)
+         SELECT h.client_id FROM held h
+         LEFT JOIN dispatch_turns t ON t.client_id = h.client_id
+         WHERE h.client_id IS NOT NULL
            AND NOT ((SELECT coalesce(sum(n), 0) FROM client_active_jobs a
-                     WHERE a.client_id = b.client_id) > $1
+                     WHERE a.client_id = h.client_id) > $1
                     AND EXISTS (SELECT 1 FROM jobs q
-                                WHERE q.client_id = b.client_id AND q.status = 'queued'
+                                WHERE q.client_id = h.client_id AND q.status = 'queued'
                                   AND q.batch_id IS NULL AND q.sent_at <= now()))
-         GROUP BY b.client_id, t.last_released_at
-         ORDER BY t.last_released_at NULLS FIRST, b.client_id"
+         ORDER BY t.last_released_at NULLS FIRST, h.client_id"
     };
 }
 
@@ -52,12 +60,14 @@ pub async fn release(
         return Ok(0);
     }
     // Released and not ended: queued but not held, or running (an item runs only once released:
-    // only the release sends its message). The batches' counts are kept in the transaction of
-    // every change of their items, so this reads what counting the items would, from one row
-    // per unfinished batch. Read with the clients to serve, in one round trip.
+    // only the release sends its message), whatever its batch's state (a cancelled batch's
+    // running items still take a worker). Counted in `jobs_batch_in_flight`, which holds those
+    // items alone (about a window's), not from one row per unfinished batch. Read with the
+    // clients to serve, in one round trip.
     let (in_flight, mut clients): (i64, Vec<String>) = sqlx::query_as(concat!(
-        "SELECT (SELECT coalesce(sum(queued - held + running), 0)::bigint FROM batches
-                 WHERE status = 'running'),
+        "SELECT (SELECT count(*) FROM jobs
+                 WHERE batch_id IS NOT NULL AND released_at IS NOT NULL
+                   AND status IN ('queued', 'running')),
                 ARRAY(",
         waiting_clients_sql!(),
         ")"
