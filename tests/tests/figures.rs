@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use provisioner_shared::db::figures;
-use provisioner_tests::{TestApp, batches, eventually, fixtures};
+use provisioner_tests::{TestApp, batches, eventually, fixtures, plans::rows_read_in_transaction};
 use serde_json::{Value, json};
 
 /// The `/metrics` text.
@@ -479,5 +479,55 @@ async fn the_backlog_figures_read_a_handful_of_rows_behind_many_held_batch_items
     .unwrap();
     let read = provisioner_tests::plans::rows_read(&plan, "jobs");
     assert!(read <= 10.0, "{read} rows of jobs read: {plan}");
+    app.stop().await;
+}
+
+/// The run-time quantiles of `/metrics` read at most the sample's number of endings, however
+/// many of the last hour's endings never started (here the 30,000 cancelled items of a big
+/// batch, after 50 jobs that ran): they are over the jobs that ran among the most recent
+/// endings.
+#[tokio::test]
+async fn the_run_time_quantiles_read_at_most_a_sample_of_the_hours_endings() {
+    use provisioner_shared::db;
+    let app = TestApp::without_workers().await;
+    sqlx::raw_sql(
+        "INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, created_at,
+                           started_at, finished_at)
+         SELECT gen_random_uuid(), 'createTenant', 'ran-' || i || '.example.com', 'succeeded',
+                200, 'light', '{}', now() - interval '40 minutes',
+                now() - interval '30 minutes' - i * interval '1 s',
+                now() - interval '30 minutes'
+         FROM generate_series(1, 50) i;
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, created_at,
+                           finished_at)
+         SELECT gen_random_uuid(), 'createTenant', 'never-' || i || '.example.com', 'cancelled',
+                'heavy', '{}', now() - interval '20 minutes', now() - interval '10 minutes'
+         FROM generate_series(1, 30000) i;
+         ANALYZE jobs",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    let before = rows_read_in_transaction(&mut tx, &["jobs"]).await;
+    let stats = db::jobs::stats(&mut *tx).await.unwrap();
+    let read = rows_read_in_transaction(&mut tx, &["jobs"]).await - before;
+    assert!(
+        read <= db::jobs::QUANTILE_SAMPLE + 10,
+        "{read} rows of jobs read"
+    );
+    // The most recent 10,000 endings never ran: no run time to tell.
+    assert_eq!(stats.duration_p50, None);
+    // Fifty that ran ending after them are the sample.
+    sqlx::query(
+        "UPDATE jobs SET finished_at = now(), started_at = now() - interval '5 s'
+         WHERE tenant_url LIKE 'ran-%'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let stats = db::jobs::stats(&mut *tx).await.unwrap();
+    assert_eq!(stats.duration_p50, Some(5.0));
+    drop(tx);
     app.stop().await;
 }

@@ -22,7 +22,7 @@ pub struct Stats {
     pub worker_panics: i64,
 }
 
-/// Most recent endings the quantiles are computed over.
+/// Most recent endings the quantiles are computed over (those of them that ran).
 pub const QUANTILE_SAMPLE: i64 = 10_000;
 
 pub async fn stats(exec: impl PgExecutor<'_>) -> Result<Stats, sqlx::Error> {
@@ -32,10 +32,15 @@ pub async fn stats(exec: impl PgExecutor<'_>) -> Result<Stats, sqlx::Error> {
              SELECT coalesce(sum(ended), 0)::bigint AS ended,
                     coalesce(sum(lock_timeouts), 0)::bigint AS lock_timeouts
              FROM job_endings WHERE minute > now() - interval '1 hour'),
+         -- The last hour's most recent endings, of which those that ran: a scrape reads at
+         -- most $1 entries of `jobs_finished`, however many of them never started (the
+         -- cancelled items of a big batch), where looking for $1 that ran read them all.
          sample AS (
              SELECT EXTRACT(EPOCH FROM finished_at - started_at)::float8 AS secs, lock_wait_ms
-             FROM jobs WHERE finished_at > now() - interval '1 hour' AND started_at IS NOT NULL
-             ORDER BY finished_at DESC LIMIT $1)
+             FROM (SELECT finished_at, started_at, lock_wait_ms FROM jobs
+                   WHERE finished_at > now() - interval '1 hour'
+                   ORDER BY finished_at DESC LIMIT $1) recent
+             WHERE started_at IS NOT NULL)
          SELECT
              coalesce((SELECT n FROM counts WHERE status = 'queued'), 0) AS queued,
              coalesce((SELECT n FROM counts WHERE status = 'running'), 0) AS running,
