@@ -536,6 +536,34 @@ async fn an_import_of_an_existing_tenant_with_a_value_the_database_refuses_ends_
     app.stop().await;
 }
 
+/// An import under a new URL of a tenant whose id another tenant has ends 409 naming the id,
+/// not the URL (which no tenant has: a client told so would look for it in vain).
+#[tokio::test]
+async fn an_import_whose_tenant_id_another_url_has_ends_409_naming_the_id() {
+    let app = TestApp::spawn().await;
+    let (original, mut copy) = created_and_exported(&app).await;
+    let moved = fixtures::tenant_url();
+    copy.tenant.url = moved.clone();
+    copy.tenant.sip_domain = moved.clone();
+    let job = app.import_and_wait(copy.write()).await;
+    assert_eq!(job["code"], 409, "{job}");
+    let detail = job["error"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("a tenant with id {}", copy.tenant.id))
+            && !detail.contains(&moved),
+        "{job}"
+    );
+    // The original, still there under its own URL.
+    let (status, tenant) = app
+        .get_json(&format!("/configapi/v2/tenant/{original}"))
+        .await;
+    assert_eq!(
+        (status, tenant["id"].as_str()),
+        (200, Some(copy.tenant.id.to_string().as_str()))
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn import_upgrades_known_older_versions_and_refuses_newer_or_unknown_ones() {
     let app = TestApp::spawn().await;

@@ -139,6 +139,9 @@ pub(crate) fn written(outcome: WriteOutcome) -> Result<Finished, JobFailure> {
         WriteOutcome::TenantExists { url } => Err(JobFailure::Conflict(format!(
             "a tenant with URL {url} already exists"
         ))),
+        WriteOutcome::TenantIdTaken { id } => Err(JobFailure::Conflict(format!(
+            "a tenant with id {id} already exists (under another URL)"
+        ))),
         WriteOutcome::SipDomainTaken { sip_domain } => Err(JobFailure::Conflict(format!(
             "the SIP domain {sip_domain} is already taken by another tenant"
         ))),

@@ -32,8 +32,11 @@ pub(crate) enum WriteOutcome {
     Committed,
     /// The import lock was not free within the plan's lock timeout; nothing was written.
     LockNotFree { within: Duration },
-    /// A tenant with this URL or id exists; nothing was written.
+    /// A tenant with this URL exists; nothing was written.
     TenantExists { url: String },
+    /// A tenant with this id exists under another URL (an import keeps its tenant's id);
+    /// nothing was written.
+    TenantIdTaken { id: Uuid },
     /// Another tenant has the plan's SIP domain (an import naming a domain already in use, or
     /// a create whose URL another tenant took as its SIP domain); nothing was written.
     SipDomainTaken { sip_domain: String },
@@ -66,6 +69,10 @@ pub(crate) async fn run(
             tx.commit().await?;
             Ok(WriteOutcome::Committed)
         }
+        Err(Abort::Refused(WriteOutcome::TenantExists { url })) => {
+            tx.rollback().await?;
+            Ok(which_exists(pool, plan, url).await)
+        }
         Err(Abort::Refused(outcome)) => {
             tx.rollback().await?;
             Ok(outcome)
@@ -83,6 +90,22 @@ pub(crate) async fn run(
     }
 }
 
+/// The tenant's URL or id found taken: which one, read after the rollback (outside the lock:
+/// it only words the refusal). The id of an import may be another URL's tenant's; should the
+/// read fail or find neither any more, the URL is named, as before.
+async fn which_exists(pool: &PgPool, plan: &Plan, url: String) -> WriteOutcome {
+    match db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await {
+        Ok(taken) if taken.tenant && !taken.url => {
+            WriteOutcome::TenantIdTaken { id: plan.tenant_id }
+        }
+        Ok(_) => WriteOutcome::TenantExists { url },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read which key of the tenant is taken");
+            WriteOutcome::TenantExists { url }
+        }
+    }
+}
+
 /// After PostgreSQL refused a value of the tenant's statement (`e`): the tenant's existence or
 /// its SIP domain, if another tenant has either, is the outcome, as when they are found first.
 /// The contents are parameters of that statement, converted before any of it runs, so a value
@@ -91,6 +114,9 @@ pub(crate) async fn run(
 /// ends with the refused value, which no retry cures.
 async fn refused(pool: &PgPool, plan: &Plan, e: sqlx::Error) -> Result<WriteOutcome, sqlx::Error> {
     match db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await {
+        Ok(taken) if taken.tenant && !taken.url => {
+            Ok(WriteOutcome::TenantIdTaken { id: plan.tenant_id })
+        }
         Ok(taken) if taken.tenant => Ok(WriteOutcome::TenantExists {
             url: plan.tenant_url.clone(),
         }),

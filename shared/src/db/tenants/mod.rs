@@ -53,6 +53,8 @@ pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::
 pub struct Taken {
     /// A tenant has its URL or its id: it exists.
     pub tenant: bool,
+    /// A tenant has its URL (with `tenant` but not this, another URL has its id).
+    pub url: bool,
     /// A tenant has its SIP domain.
     pub sip_domain: bool,
 }
@@ -64,8 +66,9 @@ pub async fn taken(
     url: &str,
     sip_domain: &str,
 ) -> Result<Taken, sqlx::Error> {
-    let (tenant, domain): (bool, bool) = sqlx::query_as(
+    let (tenant, url_taken, domain): (bool, bool, bool) = sqlx::query_as(
         "SELECT coalesce(bool_or(id = $1 OR url = $2), false),
+                coalesce(bool_or(url = $2), false),
                 coalesce(bool_or(sip_domain = $3), false)
          FROM tenants WHERE id = $1 OR url = $2 OR sip_domain = $3",
     )
@@ -76,6 +79,7 @@ pub async fn taken(
     .await?;
     Ok(Taken {
         tenant,
+        url: url_taken,
         sip_domain: domain,
     })
 }
