@@ -125,7 +125,7 @@ pub async fn results(
             std::fs::File::create(p)
                 .map_err(|e| Failure::invalid(format!("{}: {e}", p.display())))?,
         ),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(crate::output::Stdout),
     };
     let mut sink = BufWriter::new(sink);
     let mut writer = match (layout, csv) {
@@ -149,7 +149,8 @@ async fn copy_results(
 ) -> Result<()> {
     let mut pending = Vec::new();
     let mut more = true;
-    while more {
+    // Stdout's reader may have left: the rest is not worth downloading.
+    while more && !crate::output::stdout_closed() {
         match response.chunk().await {
             Ok(Some(chunk)) => pending.extend_from_slice(&chunk),
             Ok(None) => more = false,

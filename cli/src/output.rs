@@ -1,6 +1,10 @@
 //! What commands print on stdout: plain lines for people, or one JSON document with `--json`.
 
-use std::{fmt::Display, io::Write as _};
+use std::{
+    fmt::Display,
+    io::{self, Write},
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use serde_json::Value;
 
@@ -9,12 +13,48 @@ use crate::{
     progress::Counts,
 };
 
-/// Writes `text` and a newline on stdout. A stdout its reader closed (`| head`) is an error
-/// like any other (exit 4), not a panic.
+/// Set once stdout's reader has left (`provisioner batch list | head -1`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether stdout's reader has left: nothing more is worth writing there.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Stdout, whose reader may leave early: from then on what is written is dropped without an
+/// error, and the command ends with its own exit code (the contract has none for it), where
+/// printing panicked. Other write errors are errors.
+pub struct Stdout;
+
+impl Stdout {
+    fn unless_closed(op: impl FnOnce() -> io::Result<usize>, len: usize) -> io::Result<usize> {
+        if stdout_closed() {
+            return Ok(len);
+        }
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                STDOUT_CLOSED.store(true, Ordering::Relaxed);
+                Ok(len)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Self::unless_closed(|| io::stdout().lock().write(buf), buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Self::unless_closed(|| io::stdout().lock().flush().map(|()| 0), 0).map(|_| ())
+    }
+}
+
+/// Writes `text` and a newline on stdout (see `Stdout`).
 pub fn print_line(text: impl Display) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}")
-        .and_then(|()| out.flush())
+    writeln!(Stdout, "{text}")
+        .and_then(|()| Stdout.flush())
         .map_err(|e| Failure::invalid(format!("cannot write to stdout: {e}")))
 }
 

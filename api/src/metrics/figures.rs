@@ -199,13 +199,13 @@ fn job_figures(out: &mut String, stats: &Stats, outbox_lag_seconds: f64) {
     for (name, help, p50, p99) in [
         (
             "provisioner_job_duration_seconds_last_hour",
-            "Run time (first start to end) of the most recent started jobs that ended in the last hour (at most 10000), by quantile",
+            "Run time (first start to end) of the jobs that ran among the most recent endings of the last hour (at most 10000), by quantile",
             stats.duration_p50,
             stats.duration_p99,
         ),
         (
             "provisioner_lock_wait_seconds_last_hour",
-            "Import lock wait of the most recent started jobs that ended in the last hour (at most 10000; those that recorded one), by quantile",
+            "Import lock wait of the jobs that ran among the most recent endings of the last hour (at most 10000; those that recorded one), by quantile",
             stats.lock_wait_p50,
             stats.lock_wait_p99,
         ),

@@ -49,9 +49,10 @@ const STEPS: &[(i64, i64, Step)] = &[
     // 20261213000001 recorded each job's lane and each job queue's delivery horizon: nothing a
     // template holds.
     (20261212000001, 20261213000001, unchanged),
-    // 20261214000001 indexed a URL's active jobs and the held batches in release order:
-    // nothing a template holds.
+    // 20261214000001 indexed a URL's active jobs: nothing a template holds.
     (20261213000001, 20261214000001, unchanged),
+    // 20261214000002 indexed the held batches in release order: nothing a template holds.
+    (20261214000001, 20261214000002, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

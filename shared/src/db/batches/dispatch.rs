@@ -60,10 +60,10 @@ pub async fn release(
         return Ok(0);
     }
     // Released and not ended: queued but not held, or running (an item runs only once released:
-    // only the release sends its message), whatever its batch's state (a cancelled batch's
-    // running items still take a worker). Counted in `jobs_batch_in_flight`, which holds those
-    // items alone (about a window's), not from one row per unfinished batch. Read with the
-    // clients to serve, in one round trip.
+    // only the release sends its message). Counted in `jobs_batch_in_flight`, which holds those
+    // items alone (about a window's), not from one row per unfinished batch (the same count: a
+    // batch stays running until its last item ends). Read with the clients to serve, in one
+    // round trip.
     let (in_flight, mut clients): (i64, Vec<String>) = sqlx::query_as(concat!(
         "SELECT (SELECT count(*) FROM jobs
                  WHERE batch_id IS NOT NULL AND released_at IS NOT NULL

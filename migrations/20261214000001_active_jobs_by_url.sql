@@ -1,5 +1,3 @@
--- Two indexes for reads that grew with the tables.
---
 -- A tenant URL's queued and running jobs, whatever its ended ones: the checks for an active
 -- batch item or import of a URL (a create's admission) and for an earlier active job (a batch
 -- item's precedence). `jobs_by_tenant` serves them only while a plan takes its status list as
@@ -15,9 +13,3 @@
 -- every ended job of the URL again.
 CREATE INDEX jobs_active_by_url ON jobs (tenant_url, created_at, id)
     WHERE status IN ('queued', 'running');
-
--- The dispatcher's round finds the clients with held batch items one lookup each here, and
--- releases a client's items from its oldest held batch on in (created_at, id) order, both
--- without reading every batch of the client or every held batch.
-DROP INDEX batches_held;
-CREATE INDEX batches_held ON batches (client_id, created_at, id) WHERE held > 0;
