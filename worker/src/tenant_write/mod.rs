@@ -92,13 +92,10 @@ pub(crate) async fn run(
 
 /// The tenant's URL or id found taken: which one, read after the rollback (outside the lock:
 /// it only words the refusal). The id of an import may be another URL's tenant's; should the
-/// read fail or find neither any more, the URL is named, as before.
+/// read fail or find nothing any more, the URL is named, as before.
 async fn which_exists(pool: &PgPool, plan: &Plan, url: String) -> WriteOutcome {
     match db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await {
-        Ok(taken) if taken.tenant && !taken.url => {
-            WriteOutcome::TenantIdTaken { id: plan.tenant_id }
-        }
-        Ok(_) => WriteOutcome::TenantExists { url },
+        Ok(taken) => refusal(taken, plan).unwrap_or(WriteOutcome::TenantExists { url }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read which key of the tenant is taken");
             WriteOutcome::TenantExists { url }
@@ -114,20 +111,29 @@ async fn which_exists(pool: &PgPool, plan: &Plan, url: String) -> WriteOutcome {
 /// ends with the refused value, which no retry cures.
 async fn refused(pool: &PgPool, plan: &Plan, e: sqlx::Error) -> Result<WriteOutcome, sqlx::Error> {
     match db::tenants::taken(pool, plan.tenant_id, &plan.tenant_url, &plan.sip_domain).await {
-        Ok(taken) if taken.tenant && !taken.url => {
-            Ok(WriteOutcome::TenantIdTaken { id: plan.tenant_id })
-        }
-        Ok(taken) if taken.tenant => Ok(WriteOutcome::TenantExists {
-            url: plan.tenant_url.clone(),
-        }),
-        Ok(taken) if taken.sip_domain => Ok(WriteOutcome::SipDomainTaken {
-            sip_domain: plan.sip_domain.clone(),
-        }),
-        Ok(_) => Err(e),
+        Ok(taken) => refusal(taken, plan).ok_or(e),
         Err(read) => {
             tracing::warn!(error = %read, "cannot read which keys of the tenant are taken");
             Err(e)
         }
+    }
+}
+
+/// The refusal the keys `taken` say: the plan's URL (the tenant exists), its id under another
+/// URL, or its SIP domain; none if all are free.
+fn refusal(taken: db::tenants::Taken, plan: &Plan) -> Option<WriteOutcome> {
+    if taken.url {
+        Some(WriteOutcome::TenantExists {
+            url: plan.tenant_url.clone(),
+        })
+    } else if taken.tenant {
+        Some(WriteOutcome::TenantIdTaken { id: plan.tenant_id })
+    } else if taken.sip_domain {
+        Some(WriteOutcome::SipDomainTaken {
+            sip_domain: plan.sip_domain.clone(),
+        })
+    } else {
+        None
     }
 }
 
