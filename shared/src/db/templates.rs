@@ -192,14 +192,15 @@ const KEPT_COLUMNS: &str = "k.template_id, k.client_id, k.name, k.created_at, t.
      t.db_version, t.users, t.objects, t.access_numbers";
 
 impl Viewer<'_> {
-    /// The condition on a keep `k` that this viewer sees, `$2` being `owner()`: a client's is
-    /// a lookup of its own keep by its key. (One statement for both, `$2 IS NULL OR ...`, got
-    /// a generic plan after five runs that walked every client's keep of the template.)
-    fn keeps_seen(&self) -> &'static str {
+    /// The condition on a keep `k` that this viewer sees, `owner` being the parameter bound to
+    /// `owner()`: a client's is a lookup of its own keeps by their key. (One statement for both,
+    /// `$2 IS NULL OR ...`, got a generic plan after five runs that walked every client's keep
+    /// of a template.)
+    fn keeps_seen(&self, owner: &str) -> String {
         if self.operator {
-            "$2::text IS NULL"
+            format!("{owner}::text IS NULL")
         } else {
-            "k.client_id = $2"
+            format!("k.client_id = {owner}")
         }
     }
 }
@@ -215,7 +216,7 @@ pub async fn find(
          WHERE k.template_id = $1 AND {}
          ORDER BY k.client_id = $3 DESC, k.created_at, k.client_id
          LIMIT 1",
-        viewer.keeps_seen()
+        viewer.keeps_seen("$2")
     ))
     .bind(id)
     .bind(viewer.owner())
@@ -236,7 +237,7 @@ pub async fn lock_visible(
          WHERE t.id = $1 AND EXISTS (SELECT 1 FROM client_templates k
                                      WHERE k.template_id = t.id AND {})
          FOR KEY SHARE OF t",
-        viewer.keeps_seen()
+        viewer.keeps_seen("$2")
     ))
     .bind(id)
     .bind(viewer.owner())
@@ -257,11 +258,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<KeptRow>, sqlx::Error> {
     // A client's listing filters on `client_id` alone, so its index serves the order.
-    let whose = if viewer.operator {
-        "$1::text IS NULL"
-    } else {
-        "k.client_id = $1"
-    };
+    let whose = viewer.keeps_seen("$1");
     sqlx::query_as(&format!(
         "SELECT {KEPT_COLUMNS} FROM client_templates k JOIN templates t ON t.id = k.template_id
          WHERE {whose}
