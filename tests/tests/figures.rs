@@ -531,3 +531,180 @@ async fn the_run_time_quantiles_read_at_most_a_sample_of_the_hours_endings() {
     drop(tx);
     app.stop().await;
 }
+
+/// Checks that the held and active batch items read from `batch_held_changes` and the items in
+/// flight (by the figures, KEDA's trigger, the shares and a batch's admission) are what the
+/// batches' own counts say, before and after the changes are folded.
+async fn agree_with_the_batches(app: &TestApp, step: &str) {
+    use provisioner_shared::db;
+    let counted: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT client_id, sum(held)::bigint,
+                coalesce(sum(queued + running) FILTER (WHERE status = 'running'), 0)::bigint
+         FROM batches GROUP BY client_id ORDER BY client_id",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let oldest: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT min(created_at) FROM batches WHERE held > 0")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    for folded in [false, true] {
+        let at = format!("{step}, folded: {folded}");
+        if folded {
+            figures::compact_held_changes(&app.db).await.unwrap();
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_held_changes")
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            let holding = counted.iter().filter(|(_, held, _)| *held > 0).count();
+            assert_eq!(
+                rows, holding as i64,
+                "{at}: one row per client holding items"
+            );
+        }
+        let held: i64 = sqlx::query_scalar(figures::HELD_ITEMS_QUERY)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        assert_eq!(held, counted.iter().map(|(_, h, _)| h).sum::<i64>(), "{at}");
+        let backlog = figures::backlog(&app.db).await.unwrap();
+        assert_eq!(backlog.held, held, "{at}");
+        assert_eq!(backlog.oldest_held, oldest, "{at}");
+        let shares = figures::client_shares(&app.db).await.unwrap();
+        let mut active: Vec<(String, i64)> = counted
+            .iter()
+            .filter(|(_, _, active)| *active > 0)
+            .map(|(client, _, active)| (client.clone(), *active))
+            .collect();
+        active.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        assert_eq!(shares.top, active, "{at}");
+        for (client, _, n) in &counted {
+            let unfinished = db::batches::unfinished_items(&app.db, client)
+                .await
+                .unwrap();
+            assert_eq!(unfinished, *n, "{at}: {client}");
+        }
+    }
+}
+
+/// The held and active batch items agree with the batches' counts through every change an item
+/// goes through: intake, release, claim, end, cancel and retry, with and without the changes
+/// folded.
+#[tokio::test]
+async fn held_and_active_batch_items_agree_with_the_batches_counts_through_every_change() {
+    use provisioner_shared::db;
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let mut batch_ids = vec![];
+    for (client, sizes) in [("a", [3, 6]), ("b", [2, 4]), ("c", [5, 1])] {
+        let http = batches::client(&app, client, &["tenants:read", "tenants:write"]).await;
+        for n in sizes {
+            let r = batches::post(
+                &app,
+                &http,
+                "application/x-ndjson",
+                batches::ndjson(&batches::items(n, &url)),
+            )
+            .await;
+            assert_eq!(r.status(), 202);
+            let body: Value = r.json().await.unwrap();
+            batch_ids.push((http.clone(), body["batchId"].as_str().unwrap().to_owned()));
+        }
+    }
+    agree_with_the_batches(&app, "accepted").await;
+    for window in [5, 9] {
+        let mut tx = app.db.begin().await.unwrap();
+        let released = db::batches::release(&mut tx, window, 4).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(released > 0, "window {window}");
+        agree_with_the_batches(&app, &format!("released up to {window}")).await;
+    }
+    for (step, sql) in [
+        (
+            "claimed",
+            "UPDATE jobs SET status = 'running', started_at = now()
+             WHERE id IN (SELECT id FROM jobs WHERE released_at IS NOT NULL
+                          ORDER BY id LIMIT 5)",
+        ),
+        (
+            "ended",
+            "UPDATE jobs SET status = CASE WHEN batch_item % 2 = 0 THEN 'succeeded' ELSE 'failed' END,
+                             code = CASE WHEN batch_item % 2 = 0 THEN 200 ELSE 400 END,
+                             finished_at = now()
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'running' ORDER BY id LIMIT 4)",
+        ),
+    ] {
+        let changed = sqlx::query(sql).execute(&app.db).await.unwrap();
+        assert!(changed.rows_affected() > 0, "{step}");
+        agree_with_the_batches(&app, step).await;
+    }
+    // A cancel of a batch with held items; a retry of every batch's failed items.
+    let (http, cancelled) = &batch_ids[3];
+    let r = http
+        .post(app.url(&format!("/configapi/v2/batches/{cancelled}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    agree_with_the_batches(&app, "cancelled").await;
+    let mut retried = 0;
+    for (http, id) in &batch_ids {
+        let r = http
+            .post(app.url(&format!("/configapi/v2/batches/{id}/retry?code=400")))
+            .send()
+            .await
+            .unwrap();
+        retried += u32::from(r.status() == 202);
+    }
+    assert!(retried > 0, "a failed item was retried");
+    agree_with_the_batches(&app, "retried").await;
+    app.stop().await;
+}
+
+/// `/metrics`' held items and shares, KEDA's trigger and a batch's admission read a handful of
+/// rows of `batches`, `jobs` and `batch_held_changes` however many batches hold items, once the
+/// changes are folded (as each sweep and scrape does): here 100,000 one-item batches, where each
+/// read one row per batch.
+#[tokio::test]
+async fn the_held_and_active_batch_items_read_a_handful_of_rows_behind_many_held_batches() {
+    use provisioner_shared::db;
+    let app = with_many_held_batch_items().await;
+    let folded = figures::compact_held_changes(&app.db).await.unwrap();
+    assert!(folded <= 100_001, "{folded} changes folded");
+    let tables = ["batches", "jobs", "batch_held_changes"];
+    let mut conn = app.db.acquire().await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let mut reads = vec![];
+    let mut before = rows_read_in_transaction(&mut tx, &tables).await;
+    let backlog = figures::backlog(&mut *tx).await.unwrap();
+    assert_eq!(backlog.held, 100_000);
+    assert!(backlog.oldest_held.is_some());
+    let after = rows_read_in_transaction(&mut tx, &tables).await;
+    reads.push(("backlog", after - before));
+    before = after;
+    let held: i64 = sqlx::query_scalar(figures::HELD_ITEMS_QUERY)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(held, 100_000);
+    let after = rows_read_in_transaction(&mut tx, &tables).await;
+    reads.push(("KEDA's trigger", after - before));
+    before = after;
+    let shares = figures::client_shares(&mut *tx).await.unwrap();
+    assert_eq!(shares.top, vec![("heavy".to_owned(), 100_000)]);
+    let after = rows_read_in_transaction(&mut tx, &tables).await;
+    reads.push(("shares", after - before));
+    before = after;
+    let unfinished = db::batches::unfinished_items(&mut *tx, "heavy")
+        .await
+        .unwrap();
+    assert_eq!(unfinished, 100_000);
+    let after = rows_read_in_transaction(&mut tx, &tables).await;
+    reads.push(("admission", after - before));
+    drop(tx);
+    assert!(reads.iter().all(|(_, n)| *n <= 10), "rows read: {reads:?}");
+    drop(conn);
+    app.stop().await;
+}

@@ -1,7 +1,8 @@
 //! Rescues jobs whose worker died or hung: a running job whose lease ran out goes back to the
 //! queue (or fails with code 500 when out of attempts). Reconciles the queue with the jobs: a
 //! queued job whose broker message is lost is sent again. Removes the templates nothing needs
-//! any more from the template store. Purges what outlived its retention.
+//! any more from the template store. Purges what outlived its retention. Folds the changes of
+//! held batch items into one row per client (`db::figures::compact_held_changes`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -51,6 +52,9 @@ async fn steps(ctx: &Context) {
     }
     if let Err(e) = remove_unused_templates(ctx).await {
         tracing::warn!(error = %e, "template store sweep failed");
+    }
+    if let Err(e) = db::figures::compact_held_changes(&ctx.pool).await {
+        tracing::warn!(error = %e, "folding the changes of held batch items failed");
     }
 }
 

@@ -23,6 +23,9 @@ pub(crate) async fn render(
 ) -> Result<String, sqlx::Error> {
     let stats = db::jobs::stats(pool).await?;
     db::jobs::prune_endings(pool).await?;
+    // Also done by every worker's sweep; here too, so that a deployment whose workers are scaled
+    // to zero still reads a few rows.
+    figures::compact_held_changes(pool).await?;
     let outbox_lag = db::outbox::lag_seconds(&mut *pool.acquire().await?).await?;
     let mut out = String::new();
     job_figures(&mut out, &stats, outbox_lag);

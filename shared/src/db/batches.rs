@@ -224,16 +224,18 @@ pub async fn set_digest(
     .await
 }
 
-/// Batch items of `client_id` still queued or running (for its cap). Reads one row per
-/// unfinished batch of the client, not its items.
+/// Batch items of `client_id` still queued or running (for its cap): its held items and its
+/// items in flight, not a row per unfinished batch (a client with 100,000 one-item batches
+/// unfinished made each of its batches read them all).
 pub async fn unfinished_items(
     exec: impl PgExecutor<'_>,
     client_id: &str,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(sum(queued + running), 0)::bigint FROM batches
-         WHERE client_id = $1 AND status = 'running'",
-    )
+    sqlx::query_scalar(concat!(
+        "SELECT coalesce(sum(n), 0)::bigint FROM (",
+        crate::db::figures::batch_items_active_sql!("AND client_id = $1"),
+        ") active"
+    ))
     .bind(client_id)
     .fetch_one(exec)
     .await

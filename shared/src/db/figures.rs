@@ -49,7 +49,8 @@ impl Backlog {
 }
 
 /// The waiting work: each queue's oldest queued job is the first entry of its lane in
-/// `jobs_sent_by_lane`, however many jobs wait or are held; held items come from the batch rows.
+/// `jobs_sent_by_lane`, however many jobs wait or are held; the oldest held batch is the first
+/// entry of `batches_held_oldest`, and the held items are the sum of `batch_held_changes`.
 pub const BACKLOG_QUERY: &str = "SELECT
              (SELECT min(sent_at) FROM jobs
               WHERE lane = 'interactive' AND status = 'queued'
@@ -61,7 +62,7 @@ pub const BACKLOG_QUERY: &str = "SELECT
               WHERE lane = 'batch' AND status = 'queued'
                 AND (batch_id IS NULL OR released_at IS NOT NULL)) AS oldest_released,
              (SELECT min(created_at) FROM batches WHERE held > 0) AS oldest_held,
-             (SELECT coalesce(sum(held), 0)::bigint FROM batches WHERE held > 0) AS held,
+             (SELECT coalesce(sum(n), 0)::bigint FROM batch_held_changes) AS held,
              now() AS now";
 
 pub async fn backlog(exec: impl PgExecutor<'_>) -> Result<Backlog, sqlx::Error> {
@@ -70,8 +71,27 @@ pub async fn backlog(exec: impl PgExecutor<'_>) -> Result<Backlog, sqlx::Error> 
 
 /// The query the worker autoscaler (KEDA's `postgresql` trigger in `deploy/k8s`) runs: batch
 /// items held back in PostgreSQL. Kept here so that a test runs the very text.
-pub const HELD_ITEMS_QUERY: &str =
-    "SELECT coalesce(sum(held), 0)::bigint FROM batches WHERE held > 0";
+pub const HELD_ITEMS_QUERY: &str = "SELECT coalesce(sum(n), 0)::bigint FROM batch_held_changes";
+
+/// Folds the changes of held items appended since the last compaction into one row per client
+/// (none for a client that holds nothing), so that the readers above sum a few rows however many
+/// batches were accepted, released or cancelled since. Rows another compaction is folding are
+/// left to it (`SKIP LOCKED`): compactions never wait for each other, and a reader sees the rows
+/// before or after one, both the same sums. Returns how many rows it folded.
+pub async fn compact_held_changes(exec: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH folded AS (
+             DELETE FROM batch_held_changes
+             WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch_held_changes FOR UPDATE SKIP LOCKED))
+             RETURNING client_id, n),
+         kept AS (
+             INSERT INTO batch_held_changes (client_id, n)
+             SELECT client_id, sum(n) FROM folded GROUP BY client_id HAVING sum(n) <> 0)
+         SELECT count(*) FROM folded",
+    )
+    .fetch_one(exec)
+    .await
+}
 
 /// Failed jobs by code among the most recent endings of the last hour.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -114,17 +134,43 @@ pub struct ClientShares {
     pub total: i64,
 }
 
-/// Read from the counters the job triggers keep (`client_active_jobs`, the running batches'
-/// counts): rows per client and per running batch, never per job.
-pub const SHARES_QUERY: &str = "WITH work AS (
-             SELECT client_id, sum(n)::bigint AS n FROM client_active_jobs GROUP BY client_id
+/// A client's batch items queued or running, as rows of `(client_id, n)` to be summed: its held
+/// items (its changes in `batch_held_changes`) and its items released and not ended (in
+/// `jobs_batch_in_flight`, at most about the dispatcher's window in all). The same number as the
+/// sum of `queued + running` over its running batches (a batch runs until its last item ends),
+/// without a row per batch. `$filter` (`""` or a condition on `client_id` with its `AND`)
+/// restricts both to one client.
+macro_rules! batch_items_active_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT client_id, sum(n)::bigint AS n FROM batch_held_changes
+             WHERE true ",
+            $filter,
+            " GROUP BY client_id
              UNION ALL
-             SELECT client_id, sum(queued + running)::bigint FROM batches
-             WHERE status = 'running' GROUP BY client_id),
+             SELECT client_id, count(*) FROM jobs
+             WHERE batch_id IS NOT NULL AND released_at IS NOT NULL
+               AND status IN ('queued', 'running') ",
+            $filter,
+            " GROUP BY client_id"
+        )
+    };
+}
+pub(crate) use batch_items_active_sql;
+
+/// Read from the counters the triggers keep (`client_active_jobs`, `batch_held_changes`) and the
+/// batch items in flight: rows per client and per item in flight, never per job or per batch.
+pub const SHARES_QUERY: &str = concat!(
+    "WITH work AS (
+             SELECT client_id, sum(n)::bigint AS n FROM client_active_jobs GROUP BY client_id
+             UNION ALL ",
+    batch_items_active_sql!(""),
+    "),
          per_client AS (
              SELECT client_id, sum(n)::bigint AS n FROM work GROUP BY client_id HAVING sum(n) > 0)
          SELECT client_id, n, (sum(n) OVER ())::bigint FROM per_client
-         ORDER BY n DESC, client_id LIMIT $1";
+         ORDER BY n DESC, client_id LIMIT $1"
+);
 
 pub async fn client_shares(exec: impl PgExecutor<'_>) -> Result<ClientShares, sqlx::Error> {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(SHARES_QUERY)

@@ -53,6 +53,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261213000001, 20261214000001, unchanged),
     // 20261214000002 indexed the held batches in release order: nothing a template holds.
     (20261214000001, 20261214000002, unchanged),
+    // 20261215000001 kept the held batch items by client: nothing a template holds.
+    (20261214000002, 20261215000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {
