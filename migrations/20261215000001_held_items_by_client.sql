@@ -6,13 +6,20 @@
 -- Appended, never updated in place: a counter row updated by the dispatcher's round (several
 -- batches, one statement per client, in one transaction) and by a cancel or a batch's intake
 -- would make them wait for each other's batch rows in turn, and deadlock.
+-- A key of its own, so that a publication of every table (logical replication, which needs
+-- one to publish deletes) does not refuse the folds.
 CREATE TABLE batch_held_changes (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     client_id  text   NOT NULL,
     n          bigint NOT NULL
 );
 
 CREATE FUNCTION batches_held_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.client_id = NEW.client_id THEN
+        INSERT INTO batch_held_changes (client_id, n) VALUES (NEW.client_id, NEW.held - OLD.held);
+        RETURN NULL;
+    END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.held <> 0 THEN
         INSERT INTO batch_held_changes (client_id, n) VALUES (OLD.client_id, -OLD.held);
     END IF;

@@ -118,7 +118,7 @@ impl<'a> Intake<'a> {
     }
 
     /// Before the body is read: looks for a batch this client made with the same key, and reads
-    /// how many unfinished batch items the client has (one row per running batch).
+    /// how many unfinished batch items the client has (its held items and its items in flight).
     pub(crate) async fn start(&mut self) -> Result<(), ApiError> {
         self.check_replay().await?;
         if self.replay.is_none() {

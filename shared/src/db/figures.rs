@@ -73,22 +73,33 @@ pub async fn backlog(exec: impl PgExecutor<'_>) -> Result<Backlog, sqlx::Error> 
 /// items held back in PostgreSQL. Kept here so that a test runs the very text.
 pub const HELD_ITEMS_QUERY: &str = "SELECT coalesce(sum(n), 0)::bigint FROM batch_held_changes";
 
-/// Folds the changes of held items appended since the last compaction into one row per client
-/// (none for a client that holds nothing), so that the readers above sum a few rows however many
-/// batches were accepted, released or cancelled since. Rows another compaction is folding are
-/// left to it (`SKIP LOCKED`): compactions never wait for each other, and a reader sees the rows
-/// before or after one, both the same sums. Returns how many rows it folded.
+/// Changes of held items one fold takes at most (a long gap between folds drains over a few).
+pub const FOLD_LIMIT: i64 = 100_000;
+
+/// Folds the changes of held items appended since the last fold into one row per client (none
+/// for a client that holds nothing), so that the readers above sum a few rows however many
+/// batches were accepted, released or cancelled since. Does nothing when no client has more than
+/// one row (an idle system's folds leave no dead rows behind). Rows another fold is folding are
+/// left to it (`SKIP LOCKED`): folds never wait for each other (two at once may leave a client
+/// two rows, which the next fold merges), and a reader sees the rows before or after one, with
+/// the same sums. Returns how many rows it folded.
 pub async fn compact_held_changes(exec: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "WITH folded AS (
              DELETE FROM batch_held_changes
-             WHERE ctid = ANY (ARRAY(SELECT ctid FROM batch_held_changes FOR UPDATE SKIP LOCKED))
+             WHERE id = ANY (ARRAY(
+                 SELECT id FROM batch_held_changes
+                 WHERE EXISTS (SELECT FROM batch_held_changes
+                               GROUP BY client_id HAVING count(*) > 1)
+                 ORDER BY id LIMIT $1
+                 FOR UPDATE SKIP LOCKED))
              RETURNING client_id, n),
          kept AS (
              INSERT INTO batch_held_changes (client_id, n)
              SELECT client_id, sum(n) FROM folded GROUP BY client_id HAVING sum(n) <> 0)
          SELECT count(*) FROM folded",
     )
+    .bind(FOLD_LIMIT)
     .fetch_one(exec)
     .await
 }
@@ -150,7 +161,7 @@ macro_rules! batch_items_active_sql {
              UNION ALL
              SELECT client_id, count(*) FROM jobs
              WHERE batch_id IS NOT NULL AND released_at IS NOT NULL
-               AND status IN ('queued', 'running') ",
+               AND status IN ('queued', 'running') AND NOT superseded ",
             $filter,
             " GROUP BY client_id"
         )
