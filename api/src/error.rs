@@ -169,6 +169,9 @@ pub(crate) fn body_fault(e: &(dyn std::error::Error + 'static)) -> Option<ApiErr
                 "the request body stalled; send it without long pauses".to_owned(),
             ));
         }
+        if let Some(long) = e.downcast_ref::<crate::form_window::HeadersTooLong>() {
+            return Some(ApiError::BadRequest(format!("malformed form data: {long}")));
+        }
         if let Some(late) = e.downcast_ref::<crate::body_deadline::BodyDeadline>() {
             return Some(ApiError::RequestTimeout(format!(
                 "{late}; send it faster or in smaller parts"
@@ -261,8 +264,17 @@ impl ApiError {
         };
         let mut extra = None;
         match self {
-            Self::Validation(errors) => {
-                problem.detail = "one or more fields are invalid; see `errors`".to_owned();
+            Self::Validation(mut errors) => {
+                // An answer no larger than a few kilobytes, however many faults the body held
+                // (40,000 bad `numberMap` keys in a 1 MiB create made a 3.7 MB answer).
+                let max = crate::intake::MAX_REPORTED_ERRORS;
+                problem.detail = if errors.len() > max {
+                    let all = errors.len();
+                    errors.truncate(max);
+                    format!("{all} fields are invalid; see `errors` (the first {max})")
+                } else {
+                    "one or more fields are invalid; see `errors`".to_owned()
+                };
                 problem.errors = Some(errors);
             }
             Self::InvalidItems { errors, invalid } => {

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use axum::body::{Body, Bytes};
+use axum::{body::Body, http::HeaderMap};
 use futures_util::StreamExt;
 use provisioner_shared::{
     db::{
@@ -45,6 +45,14 @@ const JSON_MAX_BYTES: usize = 8 << 20;
 pub(crate) const LINE_MAX_BYTES: usize = 64 << 10;
 /// Items inserted per statement.
 const CHUNK: usize = 1_000;
+/// NDJSON text of the items held before they are inserted, at most (then they are inserted
+/// however few): 999 items of 64 KiB each held 3.5 times their 65 MB.
+const CHUNK_BYTES: usize = 1 << 20;
+/// What an NDJSON intake holds in memory at most, counted in the budget for its whole life: its
+/// held items (`CHUNK_BYTES` of text and a line, about four times that once parsed and
+/// checked) and the line being parsed (`upload::JSON_PARSED_PER_BYTE` times its length).
+const NDJSON_HELD: u64 = (CHUNK_BYTES as u64 + LINE_MAX_BYTES as u64) * 4
+    + LINE_MAX_BYTES as u64 * crate::upload::JSON_PARSED_PER_BYTE;
 
 /// How the batch's request ended.
 pub(crate) enum Accepted {
@@ -78,6 +86,11 @@ pub(crate) struct Intake<'a> {
     errors: Vec<FieldError>,
     invalid: usize,
     chunk: Vec<NewItem>,
+    /// The NDJSON text of the items in `chunk`, and of the line being read.
+    chunk_bytes: usize,
+    line_bytes: usize,
+    /// The body's share of the memory budget, held while its items are.
+    held: Option<crate::upload::Share>,
     templates: BTreeSet<String>,
     /// Stored templates asked about, and whether the client may name them.
     visible: HashMap<String, bool>,
@@ -111,6 +124,9 @@ impl<'a> Intake<'a> {
             errors: Vec::new(),
             invalid: 0,
             chunk: Vec::new(),
+            chunk_bytes: 0,
+            line_bytes: 0,
+            held: None,
             templates: BTreeSet::new(),
             visible: HashMap::new(),
             unfinished_before: 0,
@@ -149,6 +165,9 @@ impl<'a> Intake<'a> {
     /// server's bound on such batches (`503` with `Retry-After` past it), so a few slow senders
     /// never hold the database pool that every other route needs.
     pub(crate) async fn ndjson(&mut self, body: Body) -> Result<(), ApiError> {
+        let mut held = self.state.template_budget.none(&self.caller.client_id);
+        crate::upload::take(&mut held, NDJSON_HELD).await?;
+        self.held = Some(held);
         let mut lines = Lines::new(body);
         self.arriving = true;
         let read = self.read_lines(&mut lines).await;
@@ -171,6 +190,8 @@ impl<'a> Intake<'a> {
                         Ok(_) => Err(FieldError::new("", "an item must be a JSON object")),
                         Err(e) => Err(FieldError::new("", format!("not valid JSON: {e}"))),
                     };
+                    self.line_bytes = text.len();
+                    drop(text);
                     self.item(Some(number), fields).await?;
                 }
                 Line::TooLong(number) => {
@@ -185,9 +206,24 @@ impl<'a> Intake<'a> {
         Ok(())
     }
 
-    /// Reads a JSON body: `{"defaults": {...}, "items": [...]}`.
-    pub(crate) async fn json(&mut self, body: Body) -> Result<(), ApiError> {
-        let bytes = read_bounded(body, JSON_MAX_BYTES).await?;
+    /// Reads a JSON body: `{"defaults": {...}, "items": [...]}`, within the client's part of the
+    /// memory budget (`upload::read_json`), held until the intake ends.
+    pub(crate) async fn json(&mut self, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
+        let (bytes, held) = crate::upload::read_json(
+            &self.state.template_budget,
+            &self.caller.client_id,
+            headers,
+            body,
+            JSON_MAX_BYTES as u64,
+        )
+        .await
+        .map_err(|e| match e {
+            ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
+                "a JSON batch body may be at most {JSON_MAX_BYTES} bytes; send NDJSON for more"
+            )),
+            other => other,
+        })?;
+        self.held = Some(held);
         self.digest(&bytes);
         if self.replay.is_some() {
             return Ok(());
@@ -312,6 +348,7 @@ impl<'a> Intake<'a> {
                 self.errors
                     .extend(errors.into_iter().take(room).map(|e| e.at(index, line)));
                 self.chunk.clear();
+                self.chunk_bytes = 0;
                 return Ok(());
             }
         };
@@ -339,7 +376,8 @@ impl<'a> Intake<'a> {
             sealed_password,
             template_id,
         });
-        if self.chunk.len() >= CHUNK {
+        self.chunk_bytes += std::mem::take(&mut self.line_bytes);
+        if self.chunk.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
             self.flush().await?;
         }
         Ok(())
@@ -440,6 +478,7 @@ impl<'a> Intake<'a> {
                     // A concurrent request with the key committed first: answer its batch.
                     self.check_replay().await?;
                     self.chunk.clear();
+                    self.chunk_bytes = 0;
                     return Ok(());
                 }
                 Err(CreateError::Database(e)) => return Err(e.into()),
@@ -449,6 +488,7 @@ impl<'a> Intake<'a> {
         let client = &self.caller.client_id;
         db::batches::insert_items(tx, self.id, client, &self.chunk, &self.trace).await?;
         self.chunk.clear();
+        self.chunk_bytes = 0;
         Ok(())
     }
 
@@ -554,22 +594,6 @@ fn with_defaults(
         .collect();
     merged.extend(item);
     merged
-}
-
-/// The whole body, refused with `413` past `max` bytes.
-async fn read_bounded(body: Body, max: usize) -> Result<Bytes, ApiError> {
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if buf.len() + chunk.len() > max {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "a JSON batch body may be at most {max} bytes; send NDJSON for more"
-            )));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.into())
 }
 
 /// One line of an NDJSON body.

@@ -6,6 +6,7 @@ mod cli;
 mod client_rate;
 mod error;
 mod extract;
+mod form_window;
 #[doc(hidden)]
 pub mod fuzzing;
 mod intake;

@@ -95,6 +95,9 @@ impl Api {
             .connect_timeout(Duration::from_secs(10))
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("provisioner-cli/", env!("CARGO_PKG_VERSION")))
+            // A redirect is answered, not followed: following one sent the client secret's form
+            // (and every bearer token) on to wherever the answer pointed, over plain HTTP too.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Failure::new(Exit::Unreachable, e.without_url().to_string()))?;
         Ok(Self {
@@ -342,6 +345,21 @@ pub async fn answer_failure(response: Response) -> Failure {
     let exit = exit_for(status);
     if status.is_server_error() {
         return Failure::new(exit, format!("the API answered {status}"));
+    }
+    if status.is_redirection() {
+        let to = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or("nowhere it said");
+        return Failure::new(
+            exit,
+            format!(
+                "the API answered {status}, a redirect to {to}, which this command does not \
+                 follow (credentials would go with it): set --api or PROVISIONER_API_URL to \
+                 where the API is"
+            ),
+        );
     }
     let mut body = Vec::new();
     let mut response = response;

@@ -42,7 +42,7 @@ pub async fn list(api: &Api, out: &Output) -> Result<Exit> {
         crate::output::print_line(json!({ "items": items }))?;
     } else {
         for b in &items {
-            crate::output::print_line(batch_line(b))?;
+            crate::output::print_text(batch_line(b))?;
         }
     }
     Ok(Exit::Ok)
@@ -341,7 +341,7 @@ impl CsvResults {
             _ => String::new(),
         };
         // The server's text may quote a template or its URL.
-        let error = never_a_formula(error);
+        let error = never_a_formula(crate::output::printable(&error).into_owned());
         record.extend([
             result["jobId"].as_str().unwrap_or_default().to_owned(),
             result["status"].as_str().unwrap_or_default().to_owned(),

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::output::printable;
+
 /// The process exit codes of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -104,9 +106,9 @@ impl Failure {
             });
             eprintln!("{doc}");
         } else {
-            eprintln!("error: {}", self.message);
+            eprintln!("error: {}", printable(&self.message));
             for p in &self.problems {
-                eprintln!("  {p}");
+                eprintln!("  {}", printable(&p.to_string()));
             }
         }
     }

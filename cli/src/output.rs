@@ -1,6 +1,7 @@
 //! What commands print on stdout: plain lines for people, or one JSON document with `--json`.
 
 use std::{
+    borrow::Cow,
     fmt::Display,
     io::{self, Write},
     sync::atomic::{AtomicBool, Ordering},
@@ -51,7 +52,37 @@ impl Write for Stdout {
     }
 }
 
-/// Writes `text` and a newline on stdout (see `Stdout`).
+/// `text` with the characters a terminal would act on escaped as `\u{1b}`: control characters
+/// but line feeds and tabs (escape sequences can recolour the terminal, set its title or write
+/// its clipboard) and the bidirectional overrides (which reorder what is shown). Text that the
+/// server or a template gave (a tenant URL, an error's detail quoting a template's entry name)
+/// is then shown, never acted on.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let acts = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(acts) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acts(c) {
+            shown.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            shown.push(c);
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// Writes text for people and a newline on stdout, `printable`.
+pub fn print_text(text: impl Display) -> Result<()> {
+    print_line(printable(&text.to_string()))
+}
+
+/// Writes `text` and a newline on stdout (see `Stdout`), as it is: JSON documents (whose
+/// strings escape control characters) and the caller's own text.
 pub fn print_line(text: impl Display) -> Result<()> {
     writeln!(Stdout, "{text}")
         .and_then(|()| Stdout.flush())
@@ -69,7 +100,7 @@ impl Output {
         if self.json {
             print_line(doc)
         } else {
-            print_line(text(doc))
+            print_text(text(doc))
         }
     }
 
@@ -121,4 +152,25 @@ pub fn batch_line(batch: &Value) -> String {
         counts.total,
         counts.summary()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_what_a_terminal_acts_on_and_nothing_else() {
+        assert_eq!(
+            printable("a tenant\tURL\nnext line é"),
+            "a tenant\tURL\nnext line é"
+        );
+        assert_eq!(
+            printable("x\u{1b}[31mRED\u{1b}]52;c;cHduZWQ=\u{7}"),
+            "x\\u{1b}[31mRED\\u{1b}]52;c;cHduZWQ=\\u{7}"
+        );
+        assert_eq!(
+            printable("8-bit \u{9b}CSI, \r, right-to-left \u{202e}txt.exe"),
+            "8-bit \\u{9b}CSI, \\u{d}, right-to-left \\u{202e}txt.exe"
+        );
+    }
 }

@@ -315,7 +315,7 @@ pub async fn list(api: &Api, out: &Output) -> Result<()> {
         crate::output::print_line(json!({"items": items}))?;
     } else {
         for t in &items {
-            crate::output::print_line(format_args!(
+            crate::output::print_text(format_args!(
                 "{} {} {} bytes dbVersion {} {}",
                 t["templateId"].as_str().unwrap_or_default(),
                 t["name"].as_str().unwrap_or("-"),

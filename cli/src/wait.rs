@@ -110,8 +110,18 @@ pub async fn wait(
         let doc: Value = tokio::select! {
             doc = api.get::<Value>(&path) => match doc {
                 Ok(doc) => doc,
-                Err(e) => {
+                Err(mut e) => {
                     progress.finish();
+                    // The work goes on without this command (an API restarting, a network
+                    // fault): say how to wait again, as a timeout or an interrupt does.
+                    if e.exit == Exit::Unreachable {
+                        e.message = format!(
+                            "{}; {} goes on without this command; to wait again: {}",
+                            e.message,
+                            target.name(),
+                            target.reattach()
+                        );
+                    }
                     return Err(e);
                 }
             },

@@ -506,3 +506,136 @@ async fn a_small_batch_of_one_client_finishes_while_a_big_batch_of_another_is_fa
     assert!(a_succeeded < 50, "A's batch is far from done: {a}");
     app.stop().await;
 }
+
+/// Waits until `n` sessions of this test's database wait for a lock of any kind.
+async fn until_sessions_wait_for_locks(app: &TestApp, n: i64) {
+    eventually(Duration::from_secs(20), || async {
+        (app.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            == n)
+            .then_some(())
+    })
+    .await;
+}
+
+/// A cancel that arrives while a retry of the same batch is being written waits for it, then
+/// cancels the retried items too: it saw neither the retry's new item nor, once the retry had
+/// reopened the batch, anything left to do, answered as done, and left the new item to run.
+#[tokio::test]
+async fn a_cancel_beside_a_retry_cancels_the_retried_items() {
+    let app = TestApp::without_workers().await;
+    // A completed batch of one item that failed.
+    let batch = uuid::Uuid::new_v4();
+    let failed = uuid::Uuid::new_v4();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO batches (id, client_id) VALUES ('{batch}', 'c');
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
+                           lane)
+         VALUES ('{failed}', 'createTenant', 'r.example.com', 'queued', 'c', '{{}}', '{batch}',
+                 0, 'batch');
+         UPDATE jobs SET status = 'failed', code = 400, finished_at = now() WHERE id = '{failed}';
+         UPDATE batches SET status = 'completed', finished_at = now() WHERE id = '{batch}';"
+    ))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // The retry, as far as its new item: locked, reopened, the failed job replaced.
+    let mut retry = app.db.begin().await.unwrap();
+    assert!(
+        db::batches::lock_for_retry(&mut retry, batch, None)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    sqlx::raw_sql(&format!(
+        "UPDATE batches SET status = 'running', finished_at = NULL WHERE id = '{batch}';
+         UPDATE jobs SET superseded = true, superseded_at = now() WHERE id = '{failed}';
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
+                           lane)
+         VALUES (gen_random_uuid(), 'createTenant', 'r.example.com', 'queued', 'c', '{{}}',
+                 '{batch}', 0, 'batch');"
+    ))
+    .execute(&mut *retry)
+    .await
+    .unwrap();
+    let db = app.db.clone();
+    let cancel = tokio::spawn(async move {
+        let mut tx = db.begin().await.unwrap();
+        let batch = db::batches::cancel(&mut tx, batch, None).await.unwrap();
+        tx.commit().await.unwrap();
+        batch.unwrap()
+    });
+    until_sessions_wait_for_locks(&app, 1).await;
+    retry.commit().await.unwrap();
+    let cancelled = cancel.await.unwrap();
+    assert_eq!(
+        (cancelled.queued, cancelled.cancelled),
+        (0, 1),
+        "{cancelled:?}"
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM jobs WHERE batch_id = '{batch}' AND status = 'queued'"
+        ))
+        .await,
+        0,
+        "nothing left to run"
+    );
+    app.stop().await;
+}
+
+/// A cancel beside a dispatcher round that releases a client's items in two statements (its
+/// share, then what other clients left) waits for the round, and both end: the cancel locked
+/// the items in an index's order, last item first, held the ones the round's second statement
+/// wanted while it waited for the first's, and one of the two ended in a deadlock.
+#[tokio::test]
+async fn a_cancel_beside_a_dispatch_round_waits_for_it_instead_of_deadlocking() {
+    let app = TestApp::without_workers().await;
+    let batch = uuid::Uuid::new_v4();
+    // Items whose ids rise with their positions (as time-ordered ids do), 20,000 single jobs
+    // so that the plans read indexes, and no index of a batch's items by position: the cancel's
+    // plan then reads the batch's queued items newest id first, last item first.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO batches (id, client_id) VALUES ('{batch}', 'c');
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
+                           lane)
+         SELECT ('00000000-0000-7000-8000-' || lpad(i::text, 12, '0'))::uuid, 'createTenant',
+                'd-' || i || '.example.com', 'queued', 'c', '{{}}', '{batch}', i, 'batch'
+         FROM generate_series(0, 39) i;
+         INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, finished_at)
+         SELECT gen_random_uuid(), 'createTenant', 's-' || i || '.example.com', 'succeeded',
+                200, 'c', '{{}}', now()
+         FROM generate_series(1, 20000) i;
+         DROP INDEX jobs_batch_items;
+         ANALYZE jobs, batches;"
+    ))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut round = app.db.begin().await.unwrap();
+    assert_eq!(db::batches::release(&mut round, 16, 4).await.unwrap(), 16);
+    let db = app.db.clone();
+    let cancel = tokio::spawn(async move {
+        let mut tx = db.begin().await?;
+        let batch = db::batches::cancel(&mut tx, batch, None).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(batch.unwrap())
+    });
+    until_sessions_wait_for_locks(&app, 1).await;
+    // The same round's second statement for the client: the next sixteen items.
+    assert_eq!(db::batches::release(&mut round, 32, 4).await.unwrap(), 16);
+    round.commit().await.unwrap();
+    let cancelled = cancel
+        .await
+        .unwrap()
+        .expect("the cancel ends without a deadlock");
+    assert_eq!(
+        (cancelled.queued, cancelled.cancelled),
+        (0, 40),
+        "{cancelled:?}"
+    );
+    app.stop().await;
+}

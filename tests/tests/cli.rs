@@ -940,6 +940,16 @@ async fn refused_credentials_exit_5_an_unreachable_api_6_and_no_secret_is_printe
         "names the address it tried: {}",
         out.stderr
     );
+    // A wait that cannot reach the API says how to wait again, as one that runs out does.
+    let job = uuid::Uuid::new_v4().to_string();
+    let out = away.run(&["job", "wait", &job]).await.expect(6);
+    assert!(
+        out.stderr.contains(&format!(
+            "goes on without this command; to wait again: provisioner job wait {job}"
+        )),
+        "{}",
+        out.stderr
+    );
     // Credentials in --api are refused rather than echoed.
     let mut inline = cli(&app);
     inline.api = format!("http://user:inline-secret-77@{}", app.addr);
@@ -1319,5 +1329,96 @@ async fn a_closed_stdout_ends_printing_not_in_a_panic() {
         assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
         assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
     }
+    app.stop().await;
+}
+
+/// An API that answers with a redirect to another address gets its answer shown, not followed:
+/// following it sent the client secret's form on to the other address (over plain HTTP too).
+#[tokio::test]
+async fn a_redirect_is_shown_not_followed_so_the_secret_goes_nowhere_else() {
+    let app = TestApp::without_workers().await;
+    // Where the redirect points: nothing may connect to it.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let target = format!(
+        "http://{}/configapi/v2/oauth/token",
+        elsewhere.local_addr().unwrap()
+    );
+    // An API that redirects every request there.
+    let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", redirecting.local_addr().unwrap());
+    let answer = format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        loop {
+            let (mut socket, _) = redirecting.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    let mut cli = cli(&app);
+    cli.api = api;
+    let out = cli.run(&["batch", "list"]).await.expect(6);
+    assert!(
+        out.stderr.contains(&format!("a redirect to {target}")),
+        "{}",
+        out.stderr
+    );
+    match elsewhere.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the redirect was followed: {other:?}"),
+    }
+    server.abort();
+    app.stop().await;
+}
+
+/// What a template or the server says is shown with the characters a terminal acts on escaped:
+/// a template whose entry name carries escape sequences (colour, window title) had them reach
+/// the terminal raw through the check's message.
+#[tokio::test]
+async fn escape_sequences_in_a_templates_names_reach_the_terminal_escaped() {
+    use std::io::Write as _;
+    let app = TestApp::without_workers().await;
+    let cli = cli(&app);
+    let scratch = Scratch::new();
+    let packed = small_zip(&cli, &scratch).await;
+    let mut small = zip::ZipArchive::new(std::fs::File::open(&packed).unwrap()).unwrap();
+    let evil = scratch.path("evil.zip");
+    let mut writer = zip::ZipWriter::new(std::fs::File::create(&evil).unwrap());
+    for i in 0..small.len() {
+        writer.raw_copy_file(small.by_index(i).unwrap()).unwrap();
+    }
+    writer
+        .start_file(
+            "x\u{1b}[31mRED\u{1b}]0;title\u{7}",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+    writer.write_all(b"{}").unwrap();
+    writer.finish().unwrap();
+    let out = cli
+        .run(&["template", "check", &evil.display().to_string()])
+        .await
+        .expect(4);
+    assert!(
+        !out.stderr.contains(['\u{1b}', '\u{7}']),
+        "raw escapes: {:?}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("x\\u{1b}[31mRED\\u{1b}]0;title\\u{7}"),
+        "{}",
+        out.stderr
+    );
     app.stop().await;
 }

@@ -532,6 +532,32 @@ async fn the_run_time_quantiles_read_at_most_a_sample_of_the_hours_endings() {
     app.stop().await;
 }
 
+/// Submits, for each client, a batch of each size (items of a served template, held: the
+/// dispatcher releases them); each batch's client and id.
+async fn submit_batches(
+    app: &TestApp,
+    batches: &[(&str, &[usize])],
+) -> Vec<(reqwest::Client, String)> {
+    let url = app.serve_sample_template("t").await;
+    let mut submitted = vec![];
+    for (client, sizes) in batches {
+        let http = batches::client(app, client, &["tenants:read", "tenants:write"]).await;
+        for n in *sizes {
+            let r = batches::post(
+                app,
+                &http,
+                "application/x-ndjson",
+                batches::ndjson(&batches::items(*n, &url)),
+            )
+            .await;
+            assert_eq!(r.status(), 202);
+            let body: Value = r.json().await.unwrap();
+            submitted.push((http.clone(), body["batchId"].as_str().unwrap().to_owned()));
+        }
+    }
+    submitted
+}
+
 /// Checks that the held and active batch items read from `batch_held_changes` and the items in
 /// flight (by the figures, KEDA's trigger, the shares and a batch's admission) are what the
 /// batches' own counts say, before and after the changes are folded.
@@ -596,23 +622,7 @@ async fn agree_with_the_batches(app: &TestApp, step: &str) {
 async fn held_and_active_batch_items_agree_with_the_batches_counts_through_every_change() {
     use provisioner_shared::db;
     let app = TestApp::without_workers().await;
-    let url = app.serve_sample_template("t").await;
-    let mut batch_ids = vec![];
-    for (client, sizes) in [("a", [3, 6]), ("b", [2, 4]), ("c", [5, 1])] {
-        let http = batches::client(&app, client, &["tenants:read", "tenants:write"]).await;
-        for n in sizes {
-            let r = batches::post(
-                &app,
-                &http,
-                "application/x-ndjson",
-                batches::ndjson(&batches::items(n, &url)),
-            )
-            .await;
-            assert_eq!(r.status(), 202);
-            let body: Value = r.json().await.unwrap();
-            batch_ids.push((http.clone(), body["batchId"].as_str().unwrap().to_owned()));
-        }
-    }
+    let batch_ids = submit_batches(&app, &[("a", &[3, 6]), ("b", &[2, 4]), ("c", &[5, 1])]).await;
     agree_with_the_batches(&app, "accepted").await;
     for window in [5, 9] {
         let mut tx = app.db.begin().await.unwrap();
@@ -687,27 +697,11 @@ async fn a_workers_sweeps_fold_the_changes_of_held_items() {
         vars: vec![("PROVISIONER_SWEEP_INTERVAL", "1".to_owned())],
     })
     .await;
-    let url = app.serve_sample_template("t").await;
-    let mut submitted = vec![];
-    for client in ["a", "b"] {
-        let http = batches::client(&app, client, &["tenants:read", "tenants:write"]).await;
-        for n in [2, 3] {
-            let r = batches::post(
-                &app,
-                &http,
-                "application/x-ndjson",
-                batches::ndjson(&batches::items(n, &url)),
-            )
-            .await;
-            assert_eq!(r.status(), 202);
-            let body: Value = r.json().await.unwrap();
-            submitted.push(body["batchId"].as_str().unwrap().to_owned());
-        }
-    }
+    let submitted = submit_batches(&app, &[("a", &[2, 3]), ("b", &[2, 3])]).await;
     const ROWS: &str = "SELECT count(*) FROM batch_held_changes";
     assert_eq!(app.count(ROWS).await, 4, "a change per batch accepted");
     app.start_worker();
-    for id in &submitted {
+    for (_, id) in &submitted {
         let done = batches::wait(&app, id, Duration::from_secs(60)).await;
         assert_eq!(done["status"], "completed", "{done}");
     }

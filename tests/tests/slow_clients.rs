@@ -563,3 +563,187 @@ async fn a_form_takes_its_share_of_the_upload_budget_before_its_first_part() {
     assert_eq!(answered, 202, "accepted once the budget has room");
     app.stop().await;
 }
+
+/// A form whose part headers arrive in small pieces is refused once they pass a bounded read,
+/// not read to the body limit: the parser searches everything it holds for their end each
+/// time more arrives, and 12 MiB of such headers in 64-byte pieces kept a core busy for 49 s.
+#[tokio::test]
+async fn a_forms_part_headers_in_small_pieces_end_400_after_a_bounded_read() {
+    let app = TestApp::without_workers().await;
+    let token = app.bootstrap_token().await;
+    let stream = TcpStream::connect(app.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /configapi/v2/selfservice/tenant/{} HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: multipart/form-data; boundary=BB\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        fixtures::tenant_url()
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let start = "--BB\r\nContent-Disposition: form-data; name=\"x\"\r\nX-H: ";
+    writer
+        .write_all(format!("{:x}\r\n{start}\r\n", start.len()).as_bytes())
+        .await
+        .unwrap();
+    // Header bytes, 64 at a time, up to the body limit (64 MiB) unless the answer comes first.
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    let sending = tokio::spawn(async move {
+        let piece = format!("40\r\n{}\r\n", "a".repeat(64));
+        for _ in 0..(1 << 20) {
+            if writer.write_all(piece.as_bytes()).await.is_err() {
+                break;
+            }
+            counted.fetch_add(64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") || !answer.ends_with(b"}") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("answered within 60 s, long before the body limit");
+    sending.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("did not end within 1048576 bytes and 1024 reads"),
+        "{answer}"
+    );
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sent < 16 << 20,
+        "{sent} bytes of headers were taken before the answer"
+    );
+    app.stop().await;
+}
+
+/// A JSON body takes its share of the memory budget, for its bytes and what parsing them may
+/// take, from its declared length: a client holding one large JSON batch body gets `503` for
+/// another body at once, where bodies read whole were held outside any budget (150 held at
+/// once took 1.3 GB).
+#[tokio::test]
+async fn json_bodies_take_their_share_of_the_memory_budget() {
+    const BUDGET: u64 = 512 << 20;
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_TEMPLATE_MEMORY_BUDGET", BUDGET.to_string())],
+    })
+    .await;
+    let token = app
+        .client_token("big", &["tenants:read", "tenants:write"])
+        .await;
+    let http = provisioner_tests::authorized_client(&token);
+    let in_use = || async {
+        app.metric("provisioner_template_memory_in_use_bytes")
+            .await
+            .unwrap_or_default()
+    };
+    assert_eq!(in_use().await, 0.0);
+    // Most of an 8 MiB JSON batch, its end held back.
+    let declared: u64 = 8 << 20;
+    let mut held = TcpStream::connect(app.addr).await.unwrap();
+    held.write_all(
+        format!(
+            "POST /configapi/v2/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{{\"items\": ["
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let share = (declared * 32) as f64;
+    eventually(Duration::from_secs(20), || async {
+        (in_use().await == share).then_some(())
+    })
+    .await;
+    // The same client's next JSON body, however small, would pass its half of the budget.
+    let r = http
+        .post(app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        )))
+        .json(&fixtures::create_body("https://t.example/t.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("as many request bodies and templates as its memory allows"),
+        "{problem}"
+    );
+    // Another client's is accepted; the held body gone, its share is free.
+    let other = batches::client(&app, "other", &["tenants:read", "tenants:write"]).await;
+    let r = other
+        .post(app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        )))
+        .json(&fixtures::create_body("https://t.example/t.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    drop(held);
+    eventually(Duration::from_secs(20), || async {
+        (in_use().await == 0.0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+/// An NDJSON batch of few but large items is written as its text reaches a chunk's bytes, not
+/// only its items: twenty items of about 60 KB each open the batch's transaction (and take an
+/// arriving batch's slot) before the body ends, where 999 such items were all held in memory.
+#[tokio::test]
+async fn an_ndjson_batch_of_few_large_items_is_written_as_it_arrives() {
+    use futures_util::StreamExt as _;
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let http = batches::client(&app, "fat", &["tenants:read", "tenants:write"]).await;
+    let fat = move |n: usize| -> String {
+        let mut item = batches::item(&fixtures::tenant_url(), &template);
+        let map: serde_json::Map<String, serde_json::Value> = (0..2_500u64)
+            .map(|i| {
+                (
+                    format!("{}", 1_000_000_000 + i),
+                    serde_json::Value::String(format!("{}", 2_000_000_000 + n as u64 * 10_000 + i)),
+                )
+            })
+            .collect();
+        item["numberMap"] = serde_json::Value::Object(map);
+        format!("{item}\n")
+    };
+    let first: Vec<Result<bytes::Bytes, std::io::Error>> =
+        (0..20).map(|n| Ok(fat(n).into())).collect();
+    assert!(first.iter().all(|l| l.as_ref().unwrap().len() < 64 << 10));
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let last = fat(20);
+    let body = futures_util::stream::iter(first).chain(futures_util::stream::once(async move {
+        released.await.ok();
+        Ok(bytes::Bytes::from(last))
+    }));
+    let request = http
+        .post(app.url("/configapi/v2/batches"))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body));
+    let answer = tokio::spawn(async move { request.send().await.unwrap() });
+    batches::until_receiving(&app, 1).await;
+    drop(release);
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 202);
+    let batch: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(batch["counts"]["total"], 21, "{batch}");
+    app.stop().await;
+}

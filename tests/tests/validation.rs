@@ -295,3 +295,24 @@ async fn undecodable_paths_and_oversized_token_forms_still_answer_json() {
     assert_eq!(body["error"], "invalid_request");
     app.stop().await;
 }
+
+/// A body with thousands of bad fields gets an answer of the first hundred, saying how many
+/// there were: 40,000 bad `numberMap` keys in a 1 MiB create made a 3.7 MB answer.
+#[tokio::test]
+async fn an_answer_lists_at_most_a_hundred_faults_and_says_how_many_there_were() {
+    let app = TestApp::without_workers().await;
+    let mut body = fixtures::create_body("https://templates.example/t.zip");
+    body["numberMap"] = Value::Object(
+        (0..5_000)
+            .map(|i| (format!("bad{i}"), json!("1")))
+            .collect(),
+    );
+    let (status, p) = problem(app.create(&fixtures::tenant_url(), &body).await).await;
+    assert_eq!(status, 400, "{p}");
+    assert_eq!(fields(&p).len(), 100);
+    assert_eq!(
+        p["detail"],
+        "5000 fields are invalid; see `errors` (the first 100)"
+    );
+    app.stop().await;
+}

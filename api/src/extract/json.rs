@@ -8,36 +8,52 @@ use axum::{
 use serde_json::{Map, Value};
 
 use super::media_type;
-use crate::error::ApiError;
+use crate::{AppState, auth::Caller, error::ApiError, upload};
 
 /// Largest JSON body.
 const JSON_LIMIT: usize = 1 << 20;
 
 /// A JSON body that is an object: `415` for another media type, `413` past the limit, `400`
-/// for malformed JSON or another JSON value.
+/// for malformed JSON or another JSON value. Read within the caller's part of the memory budget
+/// (`upload::read_json`), whose share comes with it: hold it while the fields are held.
 #[derive(Debug)]
-pub(crate) struct JsonObject(pub(crate) Map<String, Value>);
+pub(crate) struct JsonObject(pub(crate) Map<String, Value>, pub(crate) upload::Share);
 
-impl<S: Send + Sync> FromRequest<S> for JsonObject {
+impl FromRequest<AppState> for JsonObject {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, _: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         require_json(request.headers())?;
-        let body = axum::body::to_bytes(request.into_body(), JSON_LIMIT)
-            .await
-            .map_err(|e| match ApiError::from(e) {
-                ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
-                    "a JSON body may have at most {JSON_LIMIT} bytes"
-                )),
-                other => other,
-            })?;
-        match serde_json::from_slice(&body) {
-            Ok(Value::Object(fields)) => Ok(Self(fields)),
-            Ok(_) => Err(ApiError::BadRequest(
-                "the body must be a JSON object".to_owned(),
+        let client = request
+            .extensions()
+            .get::<Caller>()
+            .map(|c| c.client_id.clone())
+            .unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        let (body, share) = upload::read_json(
+            &state.template_budget,
+            &client,
+            &parts.headers,
+            body,
+            JSON_LIMIT as u64,
+        )
+        .await
+        .map_err(|e| match e {
+            ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
+                "a JSON body may have at most {JSON_LIMIT} bytes"
             )),
-            Err(e) => Err(ApiError::BadRequest(format!("malformed JSON body: {e}"))),
-        }
+            other => other,
+        })?;
+        let fields = match serde_json::from_slice(&body) {
+            Ok(Value::Object(fields)) => fields,
+            Ok(_) => {
+                return Err(ApiError::BadRequest(
+                    "the body must be a JSON object".to_owned(),
+                ));
+            }
+            Err(e) => return Err(ApiError::BadRequest(format!("malformed JSON body: {e}"))),
+        };
+        Ok(Self(fields, share))
     }
 }
 

@@ -286,7 +286,7 @@ fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
 pub(super) async fn create_access_numbers(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    JsonObject(fields): JsonObject,
+    JsonObject(fields, _held): JsonObject,
 ) -> Result<StatusCode, ApiError> {
     let NewRange {
         number,

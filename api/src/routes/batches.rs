@@ -185,11 +185,11 @@ pub(super) async fn create_batch(
     let max_items = usize::try_from(state.settings.batch_max_items).unwrap_or(usize::MAX);
     let mut intake = Intake::new(&state, &caller, key, max_items, answer.trace);
     intake.start().await?;
-    let body = request.into_body();
+    let (parts, body) = request.into_parts();
     if ndjson {
         intake.ndjson(body).await?;
     } else {
-        intake.json(body).await?;
+        intake.json(&parts.headers, body).await?;
     }
     match intake.finish().await? {
         Accepted::New(batch) | Accepted::Replay(batch) => {

@@ -18,6 +18,7 @@ use crate::{
     auth::Caller,
     error::{ApiError, FieldError},
     extract::{JsonObject, PathText, media_type},
+    form_window,
     openapi::shapes::{self, HostName, IdempotencyKeyText},
     submit::{Answer, JobTemplate, Submission, Submitted, submit},
     upload::{self, Upload},
@@ -167,7 +168,7 @@ pub(super) async fn create_from_template(
     if media_type(request.headers()) == "multipart/form-data" {
         return from_form(state, caller, raw_url, answer, request).await;
     }
-    let JsonObject(fields) = JsonObject::from_request(request, &state).await?;
+    let JsonObject(fields, held) = JsonObject::from_request(request, &state).await?;
     let request = match validate::create_request(&raw_url, &fields, TemplateInput::Json) {
         Ok(request) => request,
         Err(errors) => return Err(refused(&state, &caller, &fields, errors).await),
@@ -176,6 +177,8 @@ pub(super) async fn create_from_template(
     let digest = state
         .sealer
         .digest(format!("{}\n{}", request.tenant_url, Value::Object(fields)).as_bytes());
+    // The body's fields are gone: its share of the memory budget is not held through a wait.
+    drop(held);
     let template = JobTemplate::of(&request, None);
     let sub = Submission::create(Uuid::now_v7(), request, digest, template);
     submit(&state, &caller, &answer, sub).await
@@ -291,13 +294,21 @@ async fn read_form(state: &AppState, caller: &Caller, request: Request) -> Resul
     let mut reserved = state.template_budget.none(&caller.client_id);
     upload::take(&mut reserved, length.unwrap_or(max)).await?;
     let mut reserved = Some(reserved);
+    // The parser's search for each part's headers is bounded in bytes and reads: its time
+    // would grow with the square of headers sent in small pieces (`form_window`).
+    let window = form_window::Window::default();
+    let request = request.map(|body| axum::body::Body::new(window.guard(body)));
     let mut multipart = Multipart::from_request(request, state)
         .await
         .map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let mut form = Form::default();
     let mut number_map = Map::new();
     let mut read = 0;
-    while let Some(field) = multipart.next_field().await? {
+    loop {
+        window.open();
+        let next = multipart.next_field().await;
+        window.close();
+        let Some(field) = next? else { break };
         let name = field.name().unwrap_or_default().to_owned();
         let shown = validate::shortened(&name);
         // Every part costs its name and a little more, so many empty parts are bounded too.

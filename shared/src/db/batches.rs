@@ -333,25 +333,47 @@ async fn notify(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error
     jobs::notify_changed(conn, ids).await
 }
 
+/// Serializes the changes of a batch's items that a client asks for (cancel, retry) until the
+/// transaction ends. Taken before any row: a cancel that ran beside a retry saw neither the
+/// retry's new items nor, once the retry had reopened the batch, that it had anything to cancel,
+/// and left the new items to run under a cancel it answered as done.
+pub async fn lock_changes(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('provisioner:batch-changes:' || $1, 0))",
+    )
+    .bind(id.to_string())
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
 /// Cancels a running batch: its queued items become `cancelled` (running ones finish), and it
 /// stops as `cancelled` when its last item ends. A batch that stopped already is unchanged.
 /// `None` when the client has no such batch.
 ///
 /// Locks in the order every other writer does, job rows first, then the batch row (the counting
-/// trigger's): claims, releases and finishes of its items cannot deadlock with it.
+/// trigger's): claims, releases and finishes of its items cannot deadlock with it. The items'
+/// rows are locked in item order, as a dispatcher round releases them: in the order of an index
+/// whose entries of one batch share their time, a cancel locked them last item first, and
+/// deadlocked with a round that released a client's items in two statements (the second
+/// waiting for items the cancel held, the cancel for items the first had released).
 pub async fn cancel(
     conn: &mut PgConnection,
     id: Uuid,
     client_id: Option<&str>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
+    lock_changes(conn, id).await?;
     if find(&mut *conn, id, client_id).await?.is_none() {
         return Ok(None);
     }
     let cancelled: Vec<JobRow> = sqlx::query_as(&format!(
         "UPDATE jobs SET status = 'cancelled', finished_at = now(), sealed_password = NULL,
                          template_id = NULL, version = version + 1
-         WHERE batch_id = $1 AND status = 'queued' AND NOT superseded
-           AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'running')
+         WHERE id IN (SELECT id FROM jobs
+                      WHERE batch_id = $1 AND status = 'queued' AND NOT superseded
+                        AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'running')
+                      ORDER BY batch_item FOR UPDATE)
+           AND status = 'queued'
          RETURNING {}",
         jobs::COLUMNS
     ))
@@ -391,12 +413,14 @@ pub struct FailedItem {
     pub sealed_password: Option<Vec<u8>>,
 }
 
-/// Locks the batch for a retry; `None` when the client has no such batch.
+/// Locks the batch for a retry (after `lock_changes`: a cancel waits for the retry, and then
+/// sees its items); `None` when the client has no such batch.
 pub async fn lock_for_retry(
     conn: &mut PgConnection,
     id: Uuid,
     client_id: Option<&str>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
+    lock_changes(conn, id).await?;
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM batches WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)
          FOR UPDATE"
