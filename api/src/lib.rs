@@ -106,6 +106,7 @@ fn router(state: AppState) -> Router {
                 .on_failure(log_failure),
         )
         .layer(axum::middleware::map_request(extract::start_trace))
+        .layer(axum::middleware::from_fn(refuse_encoded_bodies))
         .layer(axum::middleware::map_request_with_state(
             state.settings.clone(),
             body_timeout,
@@ -133,6 +134,36 @@ fn log_failure(
         }
         class => tracing::error!(classification = %class, latency_ms = latency, "response failed"),
     }
+}
+
+/// `415` for a body with a `Content-Encoding` (other than `identity`): no route decodes one, and
+/// a gzipped JSON body was read as if it were plain.
+async fn refuse_encoded_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let encodings: Vec<String> = request
+        .headers()
+        .get_all(axum::http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .into_owned()
+                .split(',')
+                .map(|e| e.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|e| !e.is_empty() && e != "identity")
+        .collect();
+    if let Some(encoding) = encodings.first() {
+        return axum::response::IntoResponse::into_response(error::ApiError::UnsupportedMediaType(
+            format!(
+                "Content-Encoding {:?} is not supported; send the body as it is",
+                validate::shortened(encoding)
+            ),
+        ));
+    }
+    next.run(request).await
 }
 
 /// A request body that sends nothing for this long ends the request with `408`.

@@ -316,3 +316,49 @@ async fn an_answer_lists_at_most_a_hundred_faults_and_says_how_many_there_were()
     );
     app.stop().await;
 }
+
+/// A body with a `Content-Encoding` is refused (`415`), not read as if it were plain; an
+/// `Idempotency-Key` sent twice is a fault of its own, not the first of the two; and nothing is
+/// recorded for either.
+#[tokio::test]
+async fn an_encoded_body_and_a_repeated_idempotency_key_are_refused() {
+    let app = TestApp::without_workers().await;
+    let path = format!(
+        "/configapi/v2/selfservice/tenant/{}",
+        fixtures::tenant_url()
+    );
+    let body = fixtures::create_body("https://templates.example/t.zip");
+    let r = app
+        .http
+        .post(app.url(&path))
+        .header("content-encoding", "gzip")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 415, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Content-Encoding \"gzip\""),
+        "{p}"
+    );
+    let r = app
+        .http
+        .post(app.url(&path))
+        .header("content-encoding", "identity")
+        .header("idempotency-key", "first")
+        .header("idempotency-key", "second")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 400, "{p}");
+    assert_eq!(p["errors"][0]["field"], "Idempotency-Key", "{p}");
+    assert_eq!(p["errors"][0]["message"], "must be sent once", "{p}");
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+}

@@ -16,7 +16,15 @@ pub(crate) const MAX_PREFER_WAIT: u64 = 300;
 /// which the submission calls after the request's own validation, so a bad body is reported
 /// first.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct IdempotencyKey(Option<Result<String, ()>>);
+pub(crate) struct IdempotencyKey(Option<Result<String, KeyFault>>);
+
+/// What is wrong with the `Idempotency-Key` sent.
+#[derive(Debug, Clone, Copy)]
+enum KeyFault {
+    Malformed,
+    /// The header came more than once.
+    Repeated,
+}
 
 impl IdempotencyKey {
     /// Was a key sent at all (valid or not)?
@@ -29,11 +37,14 @@ impl IdempotencyKey {
         match &self.0 {
             None => Ok(None),
             Some(Ok(k)) => Ok(Some(k)),
-            Some(Err(())) => Err(FieldError::new(
+            Some(Err(KeyFault::Malformed)) => Err(FieldError::new(
                 "Idempotency-Key",
                 "must be 1 to 255 visible ASCII characters",
             )
             .into()),
+            Some(Err(KeyFault::Repeated)) => {
+                Err(FieldError::new("Idempotency-Key", "must be sent once").into())
+            }
         }
     }
 }
@@ -42,10 +53,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        let key = parts
-            .headers
-            .get("idempotency-key")
-            .map(|v| idempotency_key(v.as_bytes()).map(str::to_owned).ok_or(()));
+        let mut sent = parts.headers.get_all("idempotency-key").iter();
+        let key = sent.next().map(|v| {
+            idempotency_key(v.as_bytes())
+                .map(str::to_owned)
+                .ok_or(KeyFault::Malformed)
+        });
+        // Two keys: which one the client meant is not for the server to guess.
+        let key = if sent.next().is_some() {
+            Some(Err(KeyFault::Repeated))
+        } else {
+            key
+        };
         Ok(Self(key))
     }
 }
@@ -78,7 +97,10 @@ pub(crate) fn prefer_wait<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Opt
         .into_iter()
         .filter(|v| v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)))
         .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split([',', ';']))
+        // Preferences are separated by commas; what follows a semicolon are a preference's
+        // parameters (`handling=strict; wait=2` asks for strict handling, not a wait).
+        .flat_map(|v| v.split(','))
+        .filter_map(|pref| pref.split(';').next())
         .find_map(|pref| {
             let (name, value) = pref.split_once('=')?;
             name.trim().eq_ignore_ascii_case("wait").then_some(())?;
@@ -122,6 +144,11 @@ mod tests {
         );
         assert_eq!(prefer_wait([&b"wait=x"[..], b"wait=-1"]), None);
         assert_eq!(prefer_wait([&b"wait=5\xc3\xa9"[..]]), None);
+        assert_eq!(prefer_wait([&b"handling=strict; wait=2"[..]]), None);
+        assert_eq!(
+            prefer_wait([&b"handling=strict; wait=2, wait=3"[..]]),
+            Some(3)
+        );
     }
 
     #[test]
