@@ -4,8 +4,11 @@
 //! of their length: one request whose part headers grew to 12 MiB in 64-byte pieces kept a core
 //! busy for 49 s, and the body limit would have allowed 25 minutes. The form's reader opens the
 //! window before it asks for the next part and closes it once the part is there; while it is
-//! open, the body fails with `HeadersTooLong` past `MAX_BYTES` or `MAX_READS`. A part's data is
-//! read with the window closed, however large.
+//! open, each read counts what the parser will search then (what arrived since the window
+//! opened), and the body fails with `HeadersTooLong` once one window has brought more than
+//! `MAX_BYTES` or the searches of the whole request add up to more than `MAX_SEARCH` (so many
+//! parts cannot each spend a window's worth). A part's data is read with the window closed,
+//! however large.
 
 use std::{
     pin::Pin,
@@ -19,18 +22,19 @@ use std::{
 use axum::body::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// Bytes that may arrive while the window is open: well above a part's headers (a few hundred
+/// Bytes that may arrive while one window is open: well above a part's headers (a few hundred
 /// bytes) with the rest of the read that brings them (the server reads up to about 400 KiB at
 /// once).
 pub(crate) const MAX_BYTES: usize = 1 << 20;
-/// Reads that may bring them: a part's headers in a handful, even from a slow link.
-pub(crate) const MAX_READS: usize = 1_024;
+/// What the parser's searches for headers may cover in all, over a whole request: a form's
+/// windows take a read or two each, most of them none (one read brings many small parts).
+pub(crate) const MAX_SEARCH: usize = 256 << 20;
 
 /// The error of a form whose window ran out.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "a form part's headers (or what comes before the first part) did not end within {MAX_BYTES} \
-     bytes and {MAX_READS} reads"
+     bytes, or came in too many pieces"
 )]
 pub(crate) struct HeadersTooLong;
 
@@ -41,15 +45,16 @@ pub(crate) struct Window(Arc<State>);
 #[derive(Debug, Default)]
 struct State {
     open: AtomicBool,
+    /// What arrived since the window opened.
     bytes: AtomicUsize,
-    reads: AtomicUsize,
+    /// What the searches covered, over the whole request.
+    searched: AtomicUsize,
 }
 
 impl Window {
     /// From now until `close`, what arrives counts.
     pub(crate) fn open(&self) {
         self.0.bytes.store(0, Ordering::Relaxed);
-        self.0.reads.store(0, Ordering::Relaxed);
         self.0.open.store(true, Ordering::Relaxed);
     }
 
@@ -71,8 +76,9 @@ impl Window {
             return true;
         }
         let bytes = self.0.bytes.fetch_add(len, Ordering::Relaxed) + len;
-        let reads = self.0.reads.fetch_add(1, Ordering::Relaxed) + 1;
-        bytes <= MAX_BYTES && reads <= MAX_READS
+        // The parser searches all that arrived in this window again.
+        let searched = self.0.searched.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        bytes <= MAX_BYTES && searched <= MAX_SEARCH
     }
 }
 

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use axum::{body::Body, http::HeaderMap};
+use axum::{
+    body::{Body, Bytes},
+    http::HeaderMap,
+};
 use futures_util::StreamExt;
 use provisioner_shared::{
     db::{
@@ -48,11 +51,9 @@ const CHUNK: usize = 1_000;
 /// NDJSON text of the items held before they are inserted, at most (then they are inserted
 /// however few): 999 items of 64 KiB each held 3.5 times their 65 MB.
 const CHUNK_BYTES: usize = 1 << 20;
-/// What an NDJSON intake holds in memory at most, counted in the budget for its whole life: its
-/// held items (`CHUNK_BYTES` of text and a line, about four times that once parsed and
-/// checked) and the line being parsed (`upload::JSON_PARSED_PER_BYTE` times its length).
-const NDJSON_HELD: u64 = (CHUNK_BYTES as u64 + LINE_MAX_BYTES as u64) * 4
-    + LINE_MAX_BYTES as u64 * crate::upload::JSON_PARSED_PER_BYTE;
+/// What the items held before they are written take in memory per byte of their NDJSON text,
+/// parsed and checked (999 items of 64 KiB each took 3.5 times their text).
+const HELD_PER_BYTE: u64 = 4;
 
 /// How the batch's request ended.
 pub(crate) enum Accepted {
@@ -89,7 +90,8 @@ pub(crate) struct Intake<'a> {
     /// The NDJSON text of the items in `chunk`, and of the line being read.
     chunk_bytes: usize,
     line_bytes: usize,
-    /// The body's share of the memory budget, held while its items are.
+    /// The body's share of the memory budget (a JSON body's, or an NDJSON body's held items'),
+    /// held while what it counts is.
     held: Option<crate::upload::Share>,
     templates: BTreeSet<String>,
     /// Stored templates asked about, and whether the client may name them.
@@ -165,9 +167,6 @@ impl<'a> Intake<'a> {
     /// server's bound on such batches (`503` with `Retry-After` past it), so a few slow senders
     /// never hold the database pool that every other route needs.
     pub(crate) async fn ndjson(&mut self, body: Body) -> Result<(), ApiError> {
-        let mut held = self.state.template_budget.none(&self.caller.client_id);
-        crate::upload::take(&mut held, NDJSON_HELD).await?;
-        self.held = Some(held);
         let mut lines = Lines::new(body);
         self.arriving = true;
         let read = self.read_lines(&mut lines).await;
@@ -185,6 +184,10 @@ impl<'a> Intake<'a> {
                     if text.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
+                    // The line's parse, held until the item is checked and kept.
+                    let mut parsing = self.state.template_budget.none(&self.caller.client_id);
+                    let parsed = text.len() as u64 * crate::upload::JSON_PARSED_PER_BYTE;
+                    crate::upload::take_for_json(&mut parsing, parsed).await?;
                     let fields = match serde_json::from_slice::<Value>(&text) {
                         Ok(Value::Object(fields)) => Ok(fields),
                         Ok(_) => Err(FieldError::new("", "an item must be a JSON object")),
@@ -193,6 +196,7 @@ impl<'a> Intake<'a> {
                     self.line_bytes = text.len();
                     drop(text);
                     self.item(Some(number), fields).await?;
+                    drop(parsing);
                 }
                 Line::TooLong(number) => {
                     let e = FieldError::new(
@@ -224,6 +228,14 @@ impl<'a> Intake<'a> {
             other => other,
         })?;
         self.held = Some(held);
+        let read = self.read_document(bytes).await;
+        // The document is gone, its items kept (at most a chunk of them).
+        self.held = None;
+        read
+    }
+
+    /// The items of a JSON body read whole.
+    async fn read_document(&mut self, bytes: Bytes) -> Result<(), ApiError> {
         self.digest(&bytes);
         if self.replay.is_some() {
             return Ok(());
@@ -376,7 +388,18 @@ impl<'a> Intake<'a> {
             sealed_password,
             template_id,
         });
-        self.chunk_bytes += std::mem::take(&mut self.line_bytes);
+        let line = std::mem::take(&mut self.line_bytes);
+        if line > 0 {
+            // An NDJSON item: the chunk's share grows with its text.
+            self.chunk_bytes += line;
+            let needed = self.chunk_bytes as u64 * HELD_PER_BYTE;
+            let held = self
+                .held
+                .get_or_insert_with(|| self.state.template_budget.none(&self.caller.client_id));
+            if needed > held.bytes() {
+                crate::upload::take_for_json(held, needed + (64 << 10)).await?;
+            }
+        }
         if self.chunk.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
             self.flush().await?;
         }
@@ -489,6 +512,10 @@ impl<'a> Intake<'a> {
         db::batches::insert_items(tx, self.id, client, &self.chunk, &self.trace).await?;
         self.chunk.clear();
         self.chunk_bytes = 0;
+        if self.arriving {
+            // Written: the NDJSON chunk's share starts again from nothing.
+            self.held = None;
+        }
         Ok(())
     }
 

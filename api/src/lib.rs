@@ -148,7 +148,6 @@ async fn refuse_encoded_bodies(
         .iter()
         .flat_map(|v| {
             String::from_utf8_lossy(v.as_bytes())
-                .into_owned()
                 .split(',')
                 .map(|e| e.trim().to_ascii_lowercase())
                 .collect::<Vec<_>>()

@@ -209,12 +209,13 @@ pub(crate) async fn take(share: &mut Share, bytes: u64) -> Result<(), ApiError> 
 /// value is 32 bytes, `[0,0,...]` spends two bytes of text on each, and arrays grow by doubling.
 /// An 8 MiB array of zeros took about 200 MB.
 pub(crate) const JSON_PARSED_PER_BYTE: u64 = 32;
-/// Steps in which a JSON body of unknown length takes its share as it arrives.
+/// The least a JSON body's share grows by as its bytes arrive.
 const JSON_STEP: u64 = 64 << 10;
 
-/// Reads a JSON body of at most `max` bytes (else `413`) within `client`'s part of the budget,
-/// taking for each byte what its parse may hold (`JSON_PARSED_PER_BYTE`): its declared length
-/// before the first byte is read, and more as bytes pass it. The share is to be held while the
+/// Reads a JSON body of at most `max` bytes (else `413`) within `client`'s part of the budget:
+/// its bytes as they arrive (a slow sender holds what it sent, not what it declared), then, once
+/// it has arrived, what parsing it may take (`JSON_PARSED_PER_BYTE` a byte, at most half the
+/// budget: no one body holds every other client's share). The share is to be held while the
 /// parsed document is. Bodies read whole were held outside the budget: 150 connections each
 /// sending most of an 8 MiB JSON batch took 1.3 GB, and parsing one took 200 MB more.
 pub(crate) async fn read_json(
@@ -224,12 +225,11 @@ pub(crate) async fn read_json(
     body: axum::body::Body,
     max: u64,
 ) -> Result<(Bytes, Share), ApiError> {
-    let declared = declared_length(headers, max)?;
+    declared_length(headers, max)?;
     let mut share = budget.none(client);
-    let mut covered = declared.unwrap_or(0);
-    take_for_json(&mut share, covered).await?;
+    let mut covered = 0;
     let mut stream = body.into_data_stream();
-    let mut buffer = BytesMut::with_capacity(usize::try_from(covered).unwrap_or(0));
+    let mut buffer = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         let len = (buffer.len() + chunk.len()) as u64;
@@ -237,27 +237,29 @@ pub(crate) async fn read_json(
             return Err(too_large(max));
         }
         if len > covered {
-            covered = (len + JSON_STEP).min(max);
+            covered = (len * 2).max(JSON_STEP).min(max);
             take_for_json(&mut share, covered).await?;
         }
         buffer.extend_from_slice(&chunk);
     }
+    let parsed = (buffer.len() as u64)
+        .saturating_mul(JSON_PARSED_PER_BYTE)
+        .min(budget.per_client);
+    take_for_json(&mut share, parsed.max(covered)).await?;
     Ok((buffer.freeze(), share))
 }
 
-/// `take` for `text` bytes of JSON and their parse, with a refusal that says so.
-async fn take_for_json(share: &mut Share, text: u64) -> Result<(), ApiError> {
-    take(share, text.saturating_mul(JSON_PARSED_PER_BYTE))
-        .await
-        .map_err(|e| match e {
-            ApiError::Busy { retry_after, .. } => ApiError::Busy {
-                detail: "the server holds as many request bodies and templates as its memory \
-                         allows, or this client's requests hold half of that memory; retry later"
-                    .to_owned(),
-                retry_after,
-            },
-            other => other,
-        })
+/// `take` of `bytes` for a JSON text or its parse, with a refusal that says so.
+pub(crate) async fn take_for_json(share: &mut Share, bytes: u64) -> Result<(), ApiError> {
+    take(share, bytes).await.map_err(|e| match e {
+        ApiError::Busy { retry_after, .. } => ApiError::Busy {
+            detail: "the server holds as many request bodies and templates as its memory \
+                     allows, or this client's requests hold half of that memory; retry later"
+                .to_owned(),
+            retry_after,
+        },
+        other => other,
+    })
 }
 
 /// The request's declared body length; `413` at once when it is larger than `max`.
@@ -340,6 +342,80 @@ mod tests {
             "entries go with their shares"
         );
         assert_eq!(budget.in_use_bytes(), 0);
+    }
+
+    /// A body whose first `sent` bytes arrived and whose rest never does.
+    fn stalled_body(sent: usize) -> axum::body::Body {
+        let first = futures_util::stream::once(async move {
+            Ok::<_, std::io::Error>(Bytes::from(vec![b' '; sent]))
+        });
+        axum::body::Body::from_stream(first.chain(futures_util::stream::pending()))
+    }
+
+    fn declaring(length: u64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(axum::http::header::CONTENT_LENGTH, length.into());
+        headers
+    }
+
+    /// A JSON body holds what it sent while it arrives, not what it declared nor what its
+    /// parse may take: 150 bodies declared at 8 MiB and left unfinished each reserved 256 MiB.
+    #[tokio::test]
+    async fn a_slow_json_body_holds_what_it_sent_not_what_it_declared() {
+        let budget = Budget::new(512 * MIB);
+        let reading = tokio::spawn({
+            let budget = budget.clone();
+            async move {
+                read_json(
+                    &budget,
+                    "a",
+                    &declaring(8 * MIB),
+                    stalled_body(MIB as usize),
+                    8 * MIB,
+                )
+                .await
+                .map(drop)
+            }
+        });
+        let mut held = 0;
+        while held == 0 {
+            tokio::task::yield_now().await;
+            held = budget.in_use_bytes();
+        }
+        assert_eq!(held, 2 * MIB, "twice what arrived");
+        reading.abort();
+        assert!(reading.await.unwrap_err().is_cancelled());
+        assert_eq!(budget.in_use_bytes(), 0, "given back with the request");
+    }
+
+    /// Once arrived, a JSON body holds what parsing it may take, 32 bytes a byte of text, but
+    /// never more than half the budget: one body does not hold every other client's share.
+    #[tokio::test]
+    async fn an_arrived_json_body_holds_its_parse_up_to_half_the_budget() {
+        let budget = Budget::new(512 * MIB);
+        let body = axum::body::Body::from(vec![b' '; MIB as usize]);
+        let (bytes, share) = read_json(&budget, "a", &HeaderMap::new(), body, 8 * MIB)
+            .await
+            .unwrap();
+        assert_eq!(bytes.len() as u64, MIB);
+        assert_eq!(share.bytes(), 32 * MIB);
+        drop(share);
+        let small = Budget::new(16 * MIB);
+        let body = axum::body::Body::from(vec![b' '; MIB as usize]);
+        let (_, share) = read_json(&small, "a", &HeaderMap::new(), body, 8 * MIB)
+            .await
+            .unwrap();
+        assert_eq!(share.bytes(), 8 * MIB);
+        // Past the limit: 413, whatever it declared.
+        let body = axum::body::Body::from(vec![b' '; 2 * MIB as usize]);
+        assert!(matches!(
+            read_json(&budget, "a", &HeaderMap::new(), body, MIB).await,
+            Err(ApiError::PayloadTooLarge(_))
+        ));
+        assert!(matches!(
+            read_json(&budget, "a", &declaring(2 * MIB), stalled_body(1), MIB).await,
+            Err(ApiError::PayloadTooLarge(_))
+        ));
     }
 
     #[tokio::test]

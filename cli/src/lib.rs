@@ -164,7 +164,7 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
                 }
                 Some(timeout) => {
                     if !out.json {
-                        crate::output::print_line(&id)?;
+                        crate::output::print_text(&id)?;
                     }
                     wait::wait(api, wait::Target::Batch(&id), timeout, out).await
                 }

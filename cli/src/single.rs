@@ -54,7 +54,7 @@ pub async fn create(
         }
         Some(timeout) => {
             if !out.json {
-                crate::output::print_line(&id)?;
+                crate::output::print_text(&id)?;
             }
             wait::wait(api, Target::Job(&id), timeout, out).await
         }

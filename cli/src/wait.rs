@@ -12,6 +12,7 @@ use crate::{
     api::Api,
     exit::{Exit, Result},
     output::Output,
+    output::printable,
     progress::{Counts, Progress},
 };
 
@@ -39,17 +40,19 @@ impl Target<'_> {
         }
     }
 
+    /// `batch ID` or `job ID`, to show (the id is the server's: `printable`).
     fn name(&self) -> String {
         match self {
-            Self::Batch(id) => format!("batch {id}"),
-            Self::Job(id) => format!("job {id}"),
+            Self::Batch(id) => format!("batch {}", printable(id)),
+            Self::Job(id) => format!("job {}", printable(id)),
         }
     }
 
+    /// The command that waits again, to show.
     fn reattach(&self) -> String {
         match self {
-            Self::Batch(id) => format!("provisioner batch wait {id}"),
-            Self::Job(id) => format!("provisioner job wait {id}"),
+            Self::Batch(id) => format!("provisioner batch wait {}", printable(id)),
+            Self::Job(id) => format!("provisioner job wait {}", printable(id)),
         }
     }
 

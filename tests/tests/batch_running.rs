@@ -639,3 +639,47 @@ async fn a_cancel_beside_a_dispatch_round_waits_for_it_instead_of_deadlocking() 
     );
     app.stop().await;
 }
+
+/// A dispatch round passes over held items that another transaction has locked (a cancel or a
+/// retry of their batch at work) instead of waiting for them: a round that waited for an item
+/// a cancel held, while the cancel waited for one the round had released, was a deadlock.
+#[tokio::test]
+async fn a_dispatch_round_passes_over_items_another_transaction_holds() {
+    let app = TestApp::without_workers().await;
+    let batch = uuid::Uuid::new_v4();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO batches (id, client_id) VALUES ('{batch}', 'c');
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
+                           lane)
+         SELECT gen_random_uuid(), 'createTenant', 'p-' || i || '.example.com', 'queued', 'c',
+                '{{}}', '{batch}', i, 'batch'
+         FROM generate_series(0, 9) i;"
+    ))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query("SELECT id FROM jobs WHERE batch_item = 0 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut round = app.db.begin().await.unwrap();
+    let released = tokio::time::timeout(
+        Duration::from_secs(20),
+        db::batches::release(&mut round, 4, 4),
+    )
+    .await
+    .expect("the round does not wait for the held item")
+    .unwrap();
+    round.commit().await.unwrap();
+    assert_eq!(released, 4);
+    let items: Vec<i32> = sqlx::query_scalar(
+        "SELECT batch_item FROM jobs WHERE released_at IS NOT NULL ORDER BY batch_item",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(items, vec![1, 2, 3, 4]);
+    holder.rollback().await.unwrap();
+    app.stop().await;
+}

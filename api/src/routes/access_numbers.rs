@@ -286,7 +286,7 @@ fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
 pub(super) async fn create_access_numbers(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    JsonObject(fields, _held): JsonObject,
+    JsonObject(fields, held): JsonObject,
 ) -> Result<StatusCode, ApiError> {
     let NewRange {
         number,
@@ -294,6 +294,8 @@ pub(super) async fn create_access_numbers(
         media,
         tenant_url: url,
     } = new_range(&fields).map_err(ApiError::Validation)?;
+    // The body read: its memory is not held through the database's work.
+    drop((fields, held));
     let mut tx = state.pool.begin().await?;
     let Some(tenant) = db::tenants::find_by_url(&mut *tx, url.as_str()).await? else {
         return Err(FieldError::new("tenantUrl", format!("no tenant {url} exists")).into());

@@ -171,7 +171,10 @@ pub(super) async fn create_from_template(
     let JsonObject(fields, held) = JsonObject::from_request(request, &state).await?;
     let request = match validate::create_request(&raw_url, &fields, TemplateInput::Json) {
         Ok(request) => request,
-        Err(errors) => return Err(refused(&state, &caller, &fields, errors).await),
+        Err(errors) => {
+            drop(held);
+            return Err(refused(&state, &caller, &fields, errors).await);
+        }
     };
     // The digest covers the whole request, password included, keyed so it reveals nothing.
     let digest = state

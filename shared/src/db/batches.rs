@@ -362,10 +362,10 @@ pub async fn cancel(
     id: Uuid,
     client_id: Option<&str>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
-    lock_changes(conn, id).await?;
     if find(&mut *conn, id, client_id).await?.is_none() {
         return Ok(None);
     }
+    lock_changes(conn, id).await?;
     let cancelled: Vec<JobRow> = sqlx::query_as(&format!(
         "UPDATE jobs SET status = 'cancelled', finished_at = now(), sealed_password = NULL,
                          template_id = NULL, version = version + 1
@@ -420,6 +420,9 @@ pub async fn lock_for_retry(
     id: Uuid,
     client_id: Option<&str>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
+    if find(&mut *conn, id, client_id).await?.is_none() {
+        return Ok(None);
+    }
     lock_changes(conn, id).await?;
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM batches WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)

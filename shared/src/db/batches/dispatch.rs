@@ -100,7 +100,11 @@ pub async fn release(
     Ok(released)
 }
 
-/// Releases up to `limit` held items of `client`, oldest batch first, and marks its turn.
+/// Releases up to `limit` held items of `client`, oldest batch first, and marks its turn. Items
+/// another transaction has locked (a cancel or a retry of their batch at work) are passed over,
+/// not waited for: a round releases a client's items in several statements, and one that
+/// waited for a cancel holding an item the round had not reached, while the cancel waited for
+/// one the round had released, was a deadlock.
 async fn release_for(
     conn: &mut PgConnection,
     client: &str,
@@ -113,7 +117,8 @@ async fn release_for(
              CROSS JOIN LATERAL (
                  SELECT id, batch_item FROM jobs
                  WHERE batch_id = b.id AND status = 'queued' AND released_at IS NULL
-                 ORDER BY batch_item LIMIT $2) j
+                 ORDER BY batch_item LIMIT $2
+                 FOR UPDATE SKIP LOCKED) j
              WHERE b.client_id = $1 AND b.held > 0
              ORDER BY b.created_at, b.id, j.batch_item
              LIMIT $2),
