@@ -45,8 +45,11 @@ pub(crate) struct Window(Arc<State>);
 #[derive(Debug, Default)]
 struct State {
     open: AtomicBool,
-    /// What arrived since the window opened.
+    /// What arrived since the window opened, and the read before it (which the parser may
+    /// still hold, the next part's headers begun at its end).
     bytes: AtomicUsize,
+    /// The last read while the window was closed.
+    last_closed: AtomicUsize,
     /// What the searches covered, over the whole request.
     searched: AtomicUsize,
 }
@@ -54,7 +57,8 @@ struct State {
 impl Window {
     /// From now until `close`, what arrives counts.
     pub(crate) fn open(&self) {
-        self.0.bytes.store(0, Ordering::Relaxed);
+        let held = self.0.last_closed.swap(0, Ordering::Relaxed);
+        self.0.bytes.store(held, Ordering::Relaxed);
         self.0.open.store(true, Ordering::Relaxed);
     }
 
@@ -73,6 +77,7 @@ impl Window {
     /// Counts one read of `len` bytes; `false` once the bounds are passed.
     fn admit(&self, len: usize) -> bool {
         if !self.0.open.load(Ordering::Relaxed) {
+            self.0.last_closed.store(len, Ordering::Relaxed);
             return true;
         }
         let bytes = self.0.bytes.fetch_add(len, Ordering::Relaxed) + len;

@@ -51,9 +51,12 @@ const CHUNK: usize = 1_000;
 /// NDJSON text of the items held before they are inserted, at most (then they are inserted
 /// however few): 999 items of 64 KiB each held 3.5 times their 65 MB.
 const CHUNK_BYTES: usize = 1 << 20;
-/// What the items held before they are written take in memory per byte of their NDJSON text,
-/// parsed and checked (999 items of 64 KiB each took 3.5 times their text).
+/// What the items held before they are written take in memory: per byte of their NDJSON text,
+/// parsed and checked (999 items of 64 KiB each took 3.5 times their text), and per item
+/// besides (a small item's parameters, URL and sealed password take about 2.5 KiB whatever its
+/// text).
 const HELD_PER_BYTE: u64 = 4;
+const HELD_PER_ITEM: u64 = 4 << 10;
 
 /// How the batch's request ended.
 pub(crate) enum Accepted {
@@ -90,8 +93,9 @@ pub(crate) struct Intake<'a> {
     /// The NDJSON text of the items in `chunk`, and of the line being read.
     chunk_bytes: usize,
     line_bytes: usize,
-    /// The body's share of the memory budget (a JSON body's, or an NDJSON body's held items'),
-    /// held while what it counts is.
+    /// The request's one share of the memory budget: a JSON body's parse, then its held items;
+    /// an NDJSON body's held items, and the line being parsed. One share, so that its parts
+    /// never count as another request's against the client's half.
     held: Option<crate::upload::Share>,
     templates: BTreeSet<String>,
     /// Stored templates asked about, and whether the client may name them.
@@ -184,10 +188,9 @@ impl<'a> Intake<'a> {
                     if text.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    // The line's parse, held until the item is checked and kept.
-                    let mut parsing = self.state.template_budget.none(&self.caller.client_id);
+                    // The line's parse, counted until the item is checked and kept.
                     let parsed = text.len() as u64 * crate::upload::JSON_PARSED_PER_BYTE;
-                    crate::upload::take_for_json(&mut parsing, parsed).await?;
+                    self.count_held(parsed).await?;
                     let fields = match serde_json::from_slice::<Value>(&text) {
                         Ok(Value::Object(fields)) => Ok(fields),
                         Ok(_) => Err(FieldError::new("", "an item must be a JSON object")),
@@ -196,7 +199,7 @@ impl<'a> Intake<'a> {
                     self.line_bytes = text.len();
                     drop(text);
                     self.item(Some(number), fields).await?;
-                    drop(parsing);
+                    self.count_held(0).await?;
                 }
                 Line::TooLong(number) => {
                     let e = FieldError::new(
@@ -219,19 +222,40 @@ impl<'a> Intake<'a> {
             headers,
             body,
             JSON_MAX_BYTES as u64,
-        )
-        .await
-        .map_err(|e| match e {
-            ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
+            &format!(
                 "a JSON batch body may be at most {JSON_MAX_BYTES} bytes; send NDJSON for more"
-            )),
-            other => other,
-        })?;
+            ),
+        )
+        .await?;
         self.held = Some(held);
-        let read = self.read_document(bytes).await;
-        // The document is gone, its items kept (at most a chunk of them).
-        self.held = None;
-        read
+        self.read_document(bytes).await?;
+        // The document is gone: what is left to count are the items kept until they are
+        // written (as many as the body's text).
+        let items = self.chunk.len() as u64 * HELD_PER_ITEM;
+        let text =
+            self.held.as_ref().map_or(0, |h| h.bytes()) / crate::upload::JSON_PARSED_PER_BYTE;
+        if let Some(held) = self.held.as_mut() {
+            held.shrink_to(text * HELD_PER_BYTE + items);
+        }
+        Ok(())
+    }
+
+    /// Sets the request's share to its held items (`chunk_bytes` of NDJSON text) and `more`
+    /// bytes besides: grown, waiting as the budget says (`503` when it does not come), or given
+    /// back. A JSON body's share is its own (`json`).
+    async fn count_held(&mut self, more: u64) -> Result<(), ApiError> {
+        let needed = self.chunk_bytes as u64 * HELD_PER_BYTE
+            + self.chunk.len() as u64 * HELD_PER_ITEM
+            + more;
+        let held = self
+            .held
+            .get_or_insert_with(|| self.state.template_budget.none(&self.caller.client_id));
+        if needed > held.bytes() {
+            crate::upload::take_for_json(held, needed).await
+        } else {
+            held.shrink_to(needed);
+            Ok(())
+        }
     }
 
     /// The items of a JSON body read whole.
@@ -388,18 +412,8 @@ impl<'a> Intake<'a> {
             sealed_password,
             template_id,
         });
-        let line = std::mem::take(&mut self.line_bytes);
-        if line > 0 {
-            // An NDJSON item: the chunk's share grows with its text.
-            self.chunk_bytes += line;
-            let needed = self.chunk_bytes as u64 * HELD_PER_BYTE;
-            let held = self
-                .held
-                .get_or_insert_with(|| self.state.template_budget.none(&self.caller.client_id));
-            if needed > held.bytes() {
-                crate::upload::take_for_json(held, needed + (64 << 10)).await?;
-            }
-        }
+        // An NDJSON item's text; its share is counted by the line's reader (`count_held`).
+        self.chunk_bytes += std::mem::take(&mut self.line_bytes);
         if self.chunk.len() >= CHUNK || self.chunk_bytes >= CHUNK_BYTES {
             self.flush().await?;
         }
@@ -512,10 +526,6 @@ impl<'a> Intake<'a> {
         db::batches::insert_items(tx, self.id, client, &self.chunk, &self.trace).await?;
         self.chunk.clear();
         self.chunk_bytes = 0;
-        if self.arriving {
-            // Written: the NDJSON chunk's share starts again from nothing.
-            self.held = None;
-        }
         Ok(())
     }
 

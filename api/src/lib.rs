@@ -92,6 +92,8 @@ fn router(state: AppState) -> Router {
     metrics::handle();
     routes::router(&state)
         .merge(ui::router())
+        // Inside the request's trace and figures: its refusals are logged and counted.
+        .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
@@ -106,7 +108,6 @@ fn router(state: AppState) -> Router {
                 .on_failure(log_failure),
         )
         .layer(axum::middleware::map_request(extract::start_trace))
-        .layer(axum::middleware::from_fn(refuse_encoded_bodies))
         .layer(axum::middleware::map_request_with_state(
             state.settings.clone(),
             body_timeout,
@@ -155,12 +156,18 @@ async fn refuse_encoded_bodies(
         .filter(|e| !e.is_empty() && e != "identity")
         .collect();
     if let Some(encoding) = encodings.first() {
-        return axum::response::IntoResponse::into_response(error::ApiError::UnsupportedMediaType(
-            format!(
+        let mut refused = axum::response::IntoResponse::into_response(
+            error::ApiError::UnsupportedMediaType(format!(
                 "Content-Encoding {:?} is not supported; send the body as it is",
                 validate::shortened(encoding)
-            ),
-        ));
+            )),
+        );
+        // RFC 9110, 15.5.16: the codings this server takes.
+        refused.headers_mut().insert(
+            axum::http::header::ACCEPT_ENCODING,
+            axum::http::HeaderValue::from_static("identity"),
+        );
+        return refused;
     }
     next.run(request).await
 }

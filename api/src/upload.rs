@@ -113,6 +113,15 @@ impl Share {
         Ok(())
     }
 
+    /// Gives back all of this share but `bytes`.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        self.reserved.shrink_to(bytes);
+        let kept = self.reserved.bytes();
+        if kept < self.counted {
+            self.uncount_to(kept);
+        }
+    }
+
     /// Counts this share as `bytes` again, fewer than counted (its growth failed).
     fn uncount_to(&mut self, bytes: u64) {
         let mut clients = self.budget.clients.lock().expect("client shares");
@@ -214,8 +223,8 @@ const JSON_STEP: u64 = 64 << 10;
 
 /// Reads a JSON body of at most `max` bytes (else `413`) within `client`'s part of the budget:
 /// its bytes as they arrive (a slow sender holds what it sent, not what it declared), then, once
-/// it has arrived, what parsing it may take (`JSON_PARSED_PER_BYTE` a byte, at most half the
-/// budget: no one body holds every other client's share). The share is to be held while the
+/// it has arrived, what parsing it may take (`JSON_PARSED_PER_BYTE` a byte; `413` when that is
+/// more than half the budget: no one body holds every other client's share). The share is to be held while the
 /// parsed document is. Bodies read whole were held outside the budget: 150 connections each
 /// sending most of an 8 MiB JSON batch took 1.3 GB, and parsing one took 200 MB more.
 pub(crate) async fn read_json(
@@ -224,8 +233,10 @@ pub(crate) async fn read_json(
     headers: &HeaderMap,
     body: axum::body::Body,
     max: u64,
+    past_max: &str,
 ) -> Result<(Bytes, Share), ApiError> {
-    declared_length(headers, max)?;
+    let too_large = || ApiError::PayloadTooLarge(past_max.to_owned());
+    declared_length(headers, max).map_err(|_| too_large())?;
     let mut share = budget.none(client);
     let mut covered = 0;
     let mut stream = body.into_data_stream();
@@ -234,7 +245,7 @@ pub(crate) async fn read_json(
         let chunk = chunk?;
         let len = (buffer.len() + chunk.len()) as u64;
         if len > max {
-            return Err(too_large(max));
+            return Err(too_large());
         }
         if len > covered {
             covered = (len * 2).max(JSON_STEP).min(max);
@@ -242,9 +253,15 @@ pub(crate) async fn read_json(
         }
         buffer.extend_from_slice(&chunk);
     }
-    let parsed = (buffer.len() as u64)
-        .saturating_mul(JSON_PARSED_PER_BYTE)
-        .min(budget.per_client);
+    let parsed = (buffer.len() as u64).saturating_mul(JSON_PARSED_PER_BYTE);
+    if parsed > budget.per_client {
+        // Its parse would hold more than one client's part of the budget.
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a JSON body of {} bytes needs more memory to read than this server gives one \
+             client; send a smaller one (or NDJSON, for a batch)",
+            buffer.len()
+        )));
+    }
     take_for_json(&mut share, parsed.max(covered)).await?;
     Ok((buffer.freeze(), share))
 }
@@ -372,15 +389,19 @@ mod tests {
                     &declaring(8 * MIB),
                     stalled_body(MIB as usize),
                     8 * MIB,
+                    "big",
                 )
                 .await
                 .map(drop)
             }
         });
         let mut held = 0;
-        while held == 0 {
-            tokio::task::yield_now().await;
+        for _ in 0..10_000 {
             held = budget.in_use_bytes();
+            if held > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         assert_eq!(held, 2 * MIB, "twice what arrived");
         reading.abort();
@@ -394,27 +415,34 @@ mod tests {
     async fn an_arrived_json_body_holds_its_parse_up_to_half_the_budget() {
         let budget = Budget::new(512 * MIB);
         let body = axum::body::Body::from(vec![b' '; MIB as usize]);
-        let (bytes, share) = read_json(&budget, "a", &HeaderMap::new(), body, 8 * MIB)
+        let (bytes, share) = read_json(&budget, "a", &HeaderMap::new(), body, 8 * MIB, "big")
             .await
             .unwrap();
         assert_eq!(bytes.len() as u64, MIB);
         assert_eq!(share.bytes(), 32 * MIB);
         drop(share);
+        // A parse that would take more than a client's half is refused.
         let small = Budget::new(16 * MIB);
         let body = axum::body::Body::from(vec![b' '; MIB as usize]);
-        let (_, share) = read_json(&small, "a", &HeaderMap::new(), body, 8 * MIB)
-            .await
-            .unwrap();
-        assert_eq!(share.bytes(), 8 * MIB);
+        match read_json(&small, "a", &HeaderMap::new(), body, 8 * MIB, "big").await {
+            Err(ApiError::PayloadTooLarge(detail)) => {
+                assert!(
+                    detail.contains("than this server gives one client"),
+                    "{detail}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(small.in_use_bytes(), 0);
         // Past the limit: 413, whatever it declared.
         let body = axum::body::Body::from(vec![b' '; 2 * MIB as usize]);
         assert!(matches!(
-            read_json(&budget, "a", &HeaderMap::new(), body, MIB).await,
-            Err(ApiError::PayloadTooLarge(_))
+            read_json(&budget, "a", &HeaderMap::new(), body, MIB, "big").await,
+            Err(ApiError::PayloadTooLarge(d)) if d == "big"
         ));
         assert!(matches!(
-            read_json(&budget, "a", &declaring(2 * MIB), stalled_body(1), MIB).await,
-            Err(ApiError::PayloadTooLarge(_))
+            read_json(&budget, "a", &declaring(2 * MIB), stalled_body(1), MIB, "big").await,
+            Err(ApiError::PayloadTooLarge(d)) if d == "big"
         ));
     }
 

@@ -43,16 +43,22 @@ impl Target<'_> {
     /// `batch ID` or `job ID`, to show (the id is the server's: `printable`).
     fn name(&self) -> String {
         match self {
-            Self::Batch(id) => format!("batch {}", printable(id)),
-            Self::Job(id) => format!("job {}", printable(id)),
+            Self::Batch(id) => format!("batch {}", printable(id).replace('\n', "\\n")),
+            Self::Job(id) => format!("job {}", printable(id).replace('\n', "\\n")),
         }
     }
 
     /// The command that waits again, to show.
     fn reattach(&self) -> String {
         match self {
-            Self::Batch(id) => format!("provisioner batch wait {}", printable(id)),
-            Self::Job(id) => format!("provisioner job wait {}", printable(id)),
+            Self::Batch(id) => format!(
+                "provisioner batch wait {}",
+                printable(id).replace('\n', "\\n")
+            ),
+            Self::Job(id) => format!(
+                "provisioner job wait {}",
+                printable(id).replace('\n', "\\n")
+            ),
         }
     }
 

@@ -119,6 +119,25 @@ impl Reserved {
         }
     }
 
+    /// Gives back all but what `cost` bytes need (nothing, when it covers less already).
+    pub fn shrink_to(&mut self, cost: u64) {
+        let keep = if cost == 0 {
+            0
+        } else {
+            self.budget.permits_for(cost)
+        };
+        if keep >= self.kib {
+            return;
+        }
+        if let Some(permit) = &mut self.permit {
+            drop(permit.split((self.kib - keep) as usize));
+        }
+        if keep == 0 {
+            self.permit = None;
+        }
+        self.kib = keep;
+    }
+
     fn add(&mut self, permit: OwnedSemaphorePermit, kib: u32) {
         match &mut self.permit {
             Some(held) => held.merge(permit),

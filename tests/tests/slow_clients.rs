@@ -693,3 +693,49 @@ async fn an_ndjson_batch_of_few_large_items_is_written_as_it_arrives() {
     assert_eq!(batch["counts"]["total"], 21, "{batch}");
     app.stop().await;
 }
+
+/// An NDJSON batch being received counts the items it holds (their text and a little per item)
+/// and the line it parses in the memory budget, and gives it all back once written: 999 small
+/// items held before they are written were counted nowhere.
+#[tokio::test]
+async fn an_ndjson_batch_counts_the_items_it_holds_in_the_memory_budget() {
+    use futures_util::StreamExt as _;
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let http = batches::client(&app, "small", &["tenants:read", "tenants:write"]).await;
+    let in_use = || async {
+        app.metric("provisioner_template_memory_in_use_bytes")
+            .await
+            .unwrap_or_default()
+    };
+    let first: Vec<Result<bytes::Bytes, std::io::Error>> = items(10, &template)
+        .iter()
+        .map(|i| Ok(format!("{i}\n").into()))
+        .collect();
+    // The items' text, without the line ends.
+    let text: usize = first.iter().map(|l| l.as_ref().unwrap().len() - 1).sum();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let last = format!("{}\n", batches::item(&fixtures::tenant_url(), &template));
+    let body = futures_util::stream::iter(first).chain(futures_util::stream::once(async move {
+        released.await.ok();
+        Ok(bytes::Bytes::from(last))
+    }));
+    let request = http
+        .post(app.url("/configapi/v2/batches"))
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body));
+    let answer = tokio::spawn(async move { request.send().await.unwrap().status() });
+    // Ten items held: four bytes a byte of their text and 4 KiB each, in whole KiB.
+    let expected = ((text * 4 + 10 * 4096).div_ceil(1024) * 1024) as f64;
+    eventually(Duration::from_secs(20), || async {
+        (in_use().await == expected).then_some(())
+    })
+    .await;
+    drop(release);
+    assert_eq!(answer.await.unwrap(), 202);
+    eventually(Duration::from_secs(20), || async {
+        (in_use().await == 0.0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

@@ -36,14 +36,9 @@ impl FromRequest<AppState> for JsonObject {
             &parts.headers,
             body,
             JSON_LIMIT as u64,
+            &format!("a JSON body may have at most {JSON_LIMIT} bytes"),
         )
-        .await
-        .map_err(|e| match e {
-            ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
-                "a JSON body may have at most {JSON_LIMIT} bytes"
-            )),
-            other => other,
-        })?;
+        .await?;
         let fields = match serde_json::from_slice(&body) {
             Ok(Value::Object(fields)) => fields,
             Ok(_) => {
