@@ -113,8 +113,8 @@ pub fn assert_counts_add_up(batch: &Value) {
     assert_eq!(parts, c["total"].as_i64().unwrap(), "{batch}");
 }
 
-/// An NDJSON batch of more items than one written chunk whose body then stalls until the
-/// returned sender is dropped; the task answers the request's status.
+/// A batch of 1,001 items whose last line waits for the returned sender (sent or dropped):
+/// its answer's status, once it comes.
 pub fn stalled(
     app: &TestApp,
     http: &reqwest::Client,
@@ -123,12 +123,32 @@ pub fn stalled(
     tokio::task::JoinHandle<reqwest::StatusCode>,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let first: Vec<Result<bytes::Bytes, std::io::Error>> = items(1_001, template)
+    let first = items(1_001, template)
         .iter()
-        .map(|i| Ok(format!("{i}\n").into()))
+        .map(|i| format!("{i}\n"))
         .collect();
     let last = format!("{}\n", item(&fixtures::tenant_url(), template));
+    let (answer, release) = stalled_lines(app, http, first, last);
+    (
+        tokio::spawn(async move { answer.await.unwrap().status() }),
+        release,
+    )
+}
+
+/// An NDJSON batch of `first` then `last`, whose last line waits for the returned sender (sent
+/// or dropped): its answer, once it comes.
+pub fn stalled_lines(
+    app: &TestApp,
+    http: &reqwest::Client,
+    first: Vec<String>,
+    last: String,
+) -> (
+    tokio::task::JoinHandle<reqwest::Response>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let first: Vec<Result<bytes::Bytes, std::io::Error>> =
+        first.into_iter().map(|l| Ok(l.into())).collect();
     let body = futures_util::stream::iter(first).chain(futures_util::stream::once(async move {
         released.await.ok();
         Ok(bytes::Bytes::from(last))
@@ -137,7 +157,7 @@ pub fn stalled(
         .post(app.url("/configapi/v2/batches"))
         .header("content-type", "application/x-ndjson")
         .body(reqwest::Body::wrap_stream(body));
-    let answer = tokio::spawn(async move { request.send().await.unwrap().status() });
+    let answer = tokio::spawn(async move { request.send().await.unwrap() });
     (answer, release)
 }
 

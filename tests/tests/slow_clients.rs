@@ -608,6 +608,16 @@ async fn form_in_pieces(
     (String::from_utf8_lossy(&answer).into_owned(), sent)
 }
 
+/// Checks that a form was refused for its headers' pieces before `within` bytes of them went.
+fn refused_within((answer, sent): (String, usize), within: usize) {
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("or came in too many pieces"), "{answer}");
+    assert!(
+        sent < within,
+        "{sent} bytes of headers were taken before the answer"
+    );
+}
+
 /// A part's header of `len` bytes in 64-byte pieces, after its boundary line.
 fn long_header_part(name: &str, len: usize) -> impl Iterator<Item = String> + use<> {
     let start = format!("--BB\r\nContent-Disposition: form-data; name=\"{name}\"\r\nX-H: ");
@@ -622,12 +632,9 @@ fn long_header_part(name: &str, len: usize) -> impl Iterator<Item = String> + us
 #[tokio::test]
 async fn a_forms_part_headers_in_small_pieces_end_400_after_a_bounded_read() {
     let app = TestApp::without_workers().await;
-    let (answer, sent) = form_in_pieces(&app, long_header_part("x", 64 << 20)).await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("or came in too many pieces"), "{answer}");
-    assert!(
-        sent < 16 << 20,
-        "{sent} bytes of headers were taken before the answer"
+    refused_within(
+        form_in_pieces(&app, long_header_part("x", 64 << 20)).await,
+        16 << 20,
     );
     app.stop().await;
 }
@@ -639,13 +646,7 @@ async fn a_forms_part_headers_in_small_pieces_end_400_after_a_bounded_read() {
 async fn many_parts_with_long_headers_in_small_pieces_end_400() {
     let app = TestApp::without_workers().await;
     let parts = (0..200).flat_map(|i| long_header_part(&format!("x{i}"), 48 << 10));
-    let (answer, sent) = form_in_pieces(&app, parts).await;
-    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("or came in too many pieces"), "{answer}");
-    assert!(
-        sent < 4 << 20,
-        "{sent} bytes of headers were taken before the answer"
-    );
+    refused_within(form_in_pieces(&app, parts).await, 4 << 20);
     app.stop().await;
 }
 
@@ -654,11 +655,10 @@ async fn many_parts_with_long_headers_in_small_pieces_end_400() {
 /// arriving batch's slot) before the body ends, where 999 such items were all held in memory.
 #[tokio::test]
 async fn an_ndjson_batch_of_few_large_items_is_written_as_it_arrives() {
-    use futures_util::StreamExt as _;
     let app = TestApp::without_workers().await;
     let template = app.serve_sample_template("t.zip").await;
     let http = batches::client(&app, "fat", &["tenants:read", "tenants:write"]).await;
-    let fat = move |n: usize| -> String {
+    let fat = |n: usize| -> String {
         let mut item = batches::item(&fixtures::tenant_url(), &template);
         let map: serde_json::Map<String, serde_json::Value> = (0..2_500u64)
             .map(|i| {
@@ -671,20 +671,9 @@ async fn an_ndjson_batch_of_few_large_items_is_written_as_it_arrives() {
         item["numberMap"] = serde_json::Value::Object(map);
         format!("{item}\n")
     };
-    let first: Vec<Result<bytes::Bytes, std::io::Error>> =
-        (0..20).map(|n| Ok(fat(n).into())).collect();
-    assert!(first.iter().all(|l| l.as_ref().unwrap().len() < 64 << 10));
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let last = fat(20);
-    let body = futures_util::stream::iter(first).chain(futures_util::stream::once(async move {
-        released.await.ok();
-        Ok(bytes::Bytes::from(last))
-    }));
-    let request = http
-        .post(app.url("/configapi/v2/batches"))
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body));
-    let answer = tokio::spawn(async move { request.send().await.unwrap() });
+    let first: Vec<String> = (0..20).map(&fat).collect();
+    assert!(first.iter().all(|l| l.len() < 64 << 10));
+    let (answer, release) = batches::stalled_lines(&app, &http, first, fat(20));
     batches::until_receiving(&app, 1).await;
     drop(release);
     let answer = answer.await.unwrap();
@@ -699,7 +688,6 @@ async fn an_ndjson_batch_of_few_large_items_is_written_as_it_arrives() {
 /// items held before they are written were counted nowhere.
 #[tokio::test]
 async fn an_ndjson_batch_counts_the_items_it_holds_in_the_memory_budget() {
-    use futures_util::StreamExt as _;
     let app = TestApp::without_workers().await;
     let template = app.serve_sample_template("t.zip").await;
     let http = batches::client(&app, "small", &["tenants:read", "tenants:write"]).await;
@@ -708,23 +696,14 @@ async fn an_ndjson_batch_counts_the_items_it_holds_in_the_memory_budget() {
             .await
             .unwrap_or_default()
     };
-    let first: Vec<Result<bytes::Bytes, std::io::Error>> = items(10, &template)
+    let first: Vec<String> = items(10, &template)
         .iter()
-        .map(|i| Ok(format!("{i}\n").into()))
+        .map(|i| format!("{i}\n"))
         .collect();
     // The items' text, without the line ends.
-    let text: usize = first.iter().map(|l| l.as_ref().unwrap().len() - 1).sum();
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let text: usize = first.iter().map(|l| l.len() - 1).sum();
     let last = format!("{}\n", batches::item(&fixtures::tenant_url(), &template));
-    let body = futures_util::stream::iter(first).chain(futures_util::stream::once(async move {
-        released.await.ok();
-        Ok(bytes::Bytes::from(last))
-    }));
-    let request = http
-        .post(app.url("/configapi/v2/batches"))
-        .header("content-type", "application/x-ndjson")
-        .body(reqwest::Body::wrap_stream(body));
-    let answer = tokio::spawn(async move { request.send().await.unwrap().status() });
+    let (answer, release) = batches::stalled_lines(&app, &http, first, last);
     // Ten items held: four bytes a byte of their text and 4 KiB each, in whole KiB.
     let expected = ((text * 4 + 10 * 4096).div_ceil(1024) * 1024) as f64;
     eventually(Duration::from_secs(20), || async {
@@ -732,7 +711,7 @@ async fn an_ndjson_batch_counts_the_items_it_holds_in_the_memory_budget() {
     })
     .await;
     drop(release);
-    assert_eq!(answer.await.unwrap(), 202);
+    assert_eq!(answer.await.unwrap().status(), 202);
     eventually(Duration::from_secs(20), || async {
         (in_use().await == 0.0).then_some(())
     })
