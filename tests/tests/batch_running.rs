@@ -528,15 +528,10 @@ async fn until_sessions_wait_for_locks(app: &TestApp, n: i64) {
 async fn a_cancel_beside_a_retry_cancels_the_retried_items() {
     let app = TestApp::without_workers().await;
     // A completed batch of one item that failed.
-    let batch = uuid::Uuid::new_v4();
     let failed = uuid::Uuid::new_v4();
+    let batch = held_batch(&app, 1, &format!("'{failed}'::uuid")).await;
     sqlx::raw_sql(&format!(
-        "INSERT INTO batches (id, client_id) VALUES ('{batch}', 'c');
-         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
-                           lane)
-         VALUES ('{failed}', 'createTenant', 'r.example.com', 'queued', 'c', '{{}}', '{batch}',
-                 0, 'batch');
-         UPDATE jobs SET status = 'failed', code = 400, finished_at = now() WHERE id = '{failed}';
+        "UPDATE jobs SET status = 'failed', code = 400, finished_at = now() WHERE id = '{failed}';
          UPDATE batches SET status = 'completed', finished_at = now() WHERE id = '{batch}';"
     ))
     .execute(&app.db)
@@ -594,24 +589,23 @@ async fn a_cancel_beside_a_retry_cancels_the_retried_items() {
 #[tokio::test]
 async fn a_cancel_beside_a_dispatch_round_waits_for_it_instead_of_deadlocking() {
     let app = TestApp::without_workers().await;
-    let batch = uuid::Uuid::new_v4();
     // Items whose ids rise with their positions (as time-ordered ids do), 20,000 single jobs
     // so that the plans read indexes, and no index of a batch's items by position: the cancel's
     // plan then reads the batch's queued items newest id first, last item first.
-    sqlx::raw_sql(&format!(
-        "INSERT INTO batches (id, client_id) VALUES ('{batch}', 'c');
-         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
-                           lane)
-         SELECT ('00000000-0000-7000-8000-' || lpad(i::text, 12, '0'))::uuid, 'createTenant',
-                'd-' || i || '.example.com', 'queued', 'c', '{{}}', '{batch}', i, 'batch'
-         FROM generate_series(0, 39) i;
-         INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, finished_at)
+    let batch = held_batch(
+        &app,
+        40,
+        "('00000000-0000-7000-8000-' || lpad(i::text, 12, '0'))::uuid",
+    )
+    .await;
+    sqlx::raw_sql(
+        "INSERT INTO jobs (id, kind, tenant_url, status, code, client_id, params, finished_at)
          SELECT gen_random_uuid(), 'createTenant', 's-' || i || '.example.com', 'succeeded',
-                200, 'c', '{{}}', now()
+                200, 'c', '{}', now()
          FROM generate_series(1, 20000) i;
          DROP INDEX jobs_batch_items;
-         ANALYZE jobs, batches;"
-    ))
+         ANALYZE jobs, batches;",
+    )
     .execute(&app.db)
     .await
     .unwrap();
@@ -646,18 +640,7 @@ async fn a_cancel_beside_a_dispatch_round_waits_for_it_instead_of_deadlocking() 
 #[tokio::test]
 async fn a_dispatch_round_passes_over_items_another_transaction_holds() {
     let app = TestApp::without_workers().await;
-    let batch = uuid::Uuid::new_v4();
-    sqlx::raw_sql(&format!(
-        "INSERT INTO batches (id, client_id) VALUES ('{batch}', 'c');
-         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
-                           lane)
-         SELECT gen_random_uuid(), 'createTenant', 'p-' || i || '.example.com', 'queued', 'c',
-                '{{}}', '{batch}', i, 'batch'
-         FROM generate_series(0, 9) i;"
-    ))
-    .execute(&app.db)
-    .await
-    .unwrap();
+    held_batch(&app, 10, "gen_random_uuid()").await;
     let mut holder = app.db.begin().await.unwrap();
     sqlx::query("SELECT id FROM jobs WHERE batch_item = 0 FOR UPDATE")
         .execute(&mut *holder)
@@ -682,4 +665,22 @@ async fn a_dispatch_round_passes_over_items_another_transaction_holds() {
     assert_eq!(items, vec![1, 2, 3, 4]);
     holder.rollback().await.unwrap();
     app.stop().await;
+}
+
+/// A batch of client `c` with `items` queued items held (positions 0 to `items - 1`), each
+/// job's id the SQL `id` over the position `i`; the batch's id.
+async fn held_batch(app: &TestApp, items: i32, id: &str) -> uuid::Uuid {
+    let batch = uuid::Uuid::new_v4();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO batches (id, client_id) VALUES ('{batch}', 'c');
+         INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, batch_id, batch_item,
+                           lane)
+         SELECT {id}, 'createTenant', 'i-' || i || '-{batch}.example.com', 'queued', 'c',
+                '{{}}', '{batch}', i, 'batch'
+         FROM generate_series(0, {items} - 1) i;"
+    ))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    batch
 }
