@@ -83,7 +83,7 @@ pub fn create_request_target(data: &[u8]) {
     let Some((&input, json)) = rest.split_first() else {
         return;
     };
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(json) else {
+    let Ok(Value::Object(body)) = crate::strict_json::parse(json) else {
         return;
     };
     let raw_url = String::from_utf8_lossy(head);

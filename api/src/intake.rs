@@ -191,7 +191,7 @@ impl<'a> Intake<'a> {
                     // The line's parse, counted until the item is checked and kept.
                     let parsed = text.len() as u64 * crate::upload::JSON_PARSED_PER_BYTE;
                     self.count_held(parsed).await?;
-                    let fields = match serde_json::from_slice::<Value>(&text) {
+                    let fields = match crate::strict_json::parse(&text) {
                         Ok(Value::Object(fields)) => Ok(fields),
                         Ok(_) => Err(FieldError::new("", "an item must be a JSON object")),
                         Err(e) => Err(FieldError::new("", format!("not valid JSON: {e}"))),
@@ -264,7 +264,7 @@ impl<'a> Intake<'a> {
         if self.replay.is_some() {
             return Ok(());
         }
-        let Value::Object(mut doc) = serde_json::from_slice::<Value>(&bytes)
+        let Value::Object(mut doc) = crate::strict_json::parse(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?
         else {
             return Err(FieldError::new("", "the body must be a JSON object").into());

@@ -17,6 +17,7 @@ mod retry;
 mod routes;
 mod server;
 mod slots;
+mod strict_json;
 mod submit;
 mod tenant_lock;
 mod token_cache;

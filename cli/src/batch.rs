@@ -19,15 +19,14 @@ use crate::{
     output::{Output, batch_line},
     state,
     submit::resubmitted_rows,
+    wait::Target,
 };
 
 /// Longest results line read.
 const MAX_RESULT_LINE: usize = 1 << 20;
 
 fn path(id: &str) -> Result<String> {
-    uuid::Uuid::parse_str(id)
-        .map(|id| format!("/configapi/v2/batches/{id}"))
-        .map_err(|_| Failure::invalid(format!("`{id}` is not a batch id")))
+    Ok(Target::batch(id)?.path())
 }
 
 pub async fn status(api: &Api, id: &str, out: &Output) -> Result<Exit> {

@@ -26,7 +26,7 @@ use crate::{
     args::{
         BatchCommand, Cli, Command, JobCommand, TemplateCommand, TemplateOptions, TenantCommand,
     },
-    exit::{Exit, Failure, Result},
+    exit::{Exit, Result},
     fields::{Defaults, TemplateChoice},
     output::Output,
 };
@@ -154,7 +154,7 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
                 ..defaults
             };
             let batch = submit::submit(api, file, defaults).await?;
-            let id = batch["batchId"].as_str().unwrap_or_default().to_owned();
+            let target = wait::Target::answered(&batch, "batchId")?;
             match wait.wanted() {
                 None => {
                     out.show(&batch, |b| {
@@ -164,17 +164,15 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
                 }
                 Some(timeout) => {
                     if !out.json {
-                        crate::output::print_text(&id)?;
+                        crate::output::print_text(batch["batchId"].as_str().unwrap_or_default())?;
                     }
-                    wait::wait(api, wait::Target::Batch(&id), timeout, out).await
+                    wait::wait(api, target, timeout, out).await
                 }
             }
         }
         BatchCommand::Status { id } => batch::status(api, id, out).await,
         BatchCommand::Wait { id, timeout } => {
-            uuid::Uuid::parse_str(id)
-                .map_err(|_| Failure::invalid(format!("`{id}` is not a batch id")))?;
-            wait::wait(api, wait::Target::Batch(id), *timeout, out).await
+            wait::wait(api, wait::Target::batch(id)?, *timeout, out).await
         }
         BatchCommand::List => batch::list(api, out).await,
         BatchCommand::Cancel { id } => batch::cancel(api, id, out).await,

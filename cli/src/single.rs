@@ -12,9 +12,7 @@ use crate::{
 };
 
 fn job_path(id: &str) -> Result<String> {
-    uuid::Uuid::parse_str(id)
-        .map(|id| format!("/configapi/v2/jobs/{id}"))
-        .map_err(|_| Failure::invalid(format!("`{id}` is not a job id")))
+    Ok(Target::job(id)?.path())
 }
 
 /// `create TENANT_URL ... [--wait]`: one create; with `--wait`, its end.
@@ -46,7 +44,7 @@ pub async fn create(
         return Err(answer_failure(response).await);
     }
     let job: Value = success_json(response).await?;
-    let id = job["jobId"].as_str().unwrap_or_default().to_owned();
+    let target = Target::answered(&job, "jobId")?;
     match wait_for {
         None => {
             out.show(&job, |j| j["jobId"].as_str().unwrap_or_default().to_owned())?;
@@ -54,9 +52,9 @@ pub async fn create(
         }
         Some(timeout) => {
             if !out.json {
-                crate::output::print_text(&id)?;
+                crate::output::print_text(job["jobId"].as_str().unwrap_or_default())?;
             }
-            wait::wait(api, Target::Job(&id), timeout, out).await
+            wait::wait(api, target, timeout, out).await
         }
     }
 }
@@ -68,8 +66,7 @@ pub async fn job_get(api: &Api, id: &str, out: &Output) -> Result<Exit> {
 }
 
 pub async fn job_wait(api: &Api, id: &str, timeout: Option<u64>, out: &Output) -> Result<Exit> {
-    job_path(id)?;
-    wait::wait(api, Target::Job(id), timeout, out).await
+    wait::wait(api, Target::job(id)?, timeout, out).await
 }
 
 pub async fn job_cancel(api: &Api, id: &str, out: &Output) -> Result<Exit> {

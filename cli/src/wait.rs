@@ -7,10 +7,11 @@ use std::{
 };
 
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::{
     api::Api,
-    exit::{Exit, Result},
+    exit::{Exit, Failure, Result},
     output::Output,
     output::printable,
     progress::{Counts, Progress},
@@ -25,40 +26,66 @@ fn poll_seconds() -> u64 {
     }
 }
 
-/// What is being waited for.
+/// What is being waited for: an id, parsed, so that only an id is ever put into a path.
 #[derive(Debug, Clone, Copy)]
-pub enum Target<'a> {
-    Batch(&'a str),
-    Job(&'a str),
+pub enum Target {
+    Batch(Uuid),
+    Job(Uuid),
 }
 
-impl Target<'_> {
-    fn path(&self, wait: u64) -> String {
-        match self {
-            Self::Batch(id) => format!("/configapi/v2/batches/{id}?wait={wait}"),
-            Self::Job(id) => format!("/configapi/v2/jobs/{id}?wait={wait}"),
+impl Target {
+    /// The batch `id` names, or `invalid` for a user's argument that is not an id.
+    pub fn batch(id: &str) -> Result<Self> {
+        Uuid::parse_str(id)
+            .map(Self::Batch)
+            .map_err(|_| Failure::invalid(format!("`{}` is not a batch id", shown(id))))
+    }
+
+    /// The job `id` names, or `invalid` for a user's argument that is not an id.
+    pub fn job(id: &str) -> Result<Self> {
+        Uuid::parse_str(id)
+            .map(Self::Job)
+            .map_err(|_| Failure::invalid(format!("`{}` is not a job id", shown(id))))
+    }
+
+    /// The batch or job (`field`: `batchId` or `jobId`) of an accepted submission: the API's
+    /// answer must name it.
+    pub fn answered(doc: &Value, field: &str) -> Result<Self> {
+        let id = doc[field].as_str().and_then(|id| Uuid::parse_str(id).ok());
+        match (id, field) {
+            (Some(id), "batchId") => Ok(Self::Batch(id)),
+            (Some(id), _) => Ok(Self::Job(id)),
+            (None, _) => Err(Failure::new(
+                Exit::Unreachable,
+                format!(
+                    "the API's answer has no `{field}` to wait for: {}",
+                    shown(&doc[field].to_string())
+                ),
+            )),
         }
     }
 
-    /// `batch ID` or `job ID`, to show (the id is the server's: `printable`).
+    /// The resource's path.
+    pub fn path(&self) -> String {
+        match self {
+            Self::Batch(id) => format!("/configapi/v2/batches/{id}"),
+            Self::Job(id) => format!("/configapi/v2/jobs/{id}"),
+        }
+    }
+
+    /// `batch ID` or `job ID`, to show.
     fn name(&self) -> String {
         match self {
-            Self::Batch(id) => format!("batch {}", printable(id).replace('\n', "\\n")),
-            Self::Job(id) => format!("job {}", printable(id).replace('\n', "\\n")),
+            Self::Batch(id) => format!("batch {id}"),
+            Self::Job(id) => format!("job {id}"),
         }
     }
 
     /// The command that waits again, to show.
     fn reattach(&self) -> String {
         match self {
-            Self::Batch(id) => format!(
-                "provisioner batch wait {}",
-                printable(id).replace('\n', "\\n")
-            ),
-            Self::Job(id) => format!(
-                "provisioner job wait {}",
-                printable(id).replace('\n', "\\n")
-            ),
+            Self::Batch(id) => format!("provisioner batch wait {id}"),
+            Self::Job(id) => format!("provisioner job wait {id}"),
         }
     }
 
@@ -102,20 +129,20 @@ impl Target<'_> {
     }
 }
 
+/// `text` (a user's argument or the server's) as it may be shown: escaped, on one line.
+fn shown(text: &str) -> String {
+    printable(text).replace('\n', "\\n")
+}
+
 /// Waits for `target` at most `timeout` seconds (forever without one).
-pub async fn wait(
-    api: &Api,
-    target: Target<'_>,
-    timeout: Option<u64>,
-    out: &Output,
-) -> Result<Exit> {
+pub async fn wait(api: &Api, target: Target, timeout: Option<u64>, out: &Output) -> Result<Exit> {
     let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
     let mut progress = Progress::new(target.name(), out.json);
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
     let mut wait = 0;
     loop {
-        let path = target.path(wait);
+        let path = format!("{}?wait={wait}", target.path());
         let doc: Value = tokio::select! {
             doc = api.get::<Value>(&path) => match doc {
                 Ok(doc) => doc,

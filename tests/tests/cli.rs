@@ -1345,29 +1345,15 @@ async fn a_redirect_is_shown_not_followed_so_the_secret_goes_nowhere_else() {
         elsewhere.local_addr().unwrap()
     );
     // An API that redirects every request there.
-    let redirecting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}", redirecting.local_addr().unwrap());
-    let answer = format!(
-        "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\
-         Connection: close\r\n\r\n"
-    );
-    let server = tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        loop {
-            let (mut socket, _) = redirecting.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match socket.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let _ = socket.write_all(answer.as_bytes()).await;
-        }
-    });
+    let redirecting = FakeApi::start(vec![(
+        "",
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n"
+        ),
+    )])
+    .await;
     let mut cli = cli(&app);
-    cli.api = api;
+    cli.api = redirecting.base.clone();
     let out = cli.run(&["batch", "list"]).await.expect(6);
     assert!(
         out.stderr.contains(&format!("a redirect to {target}")),
@@ -1378,7 +1364,130 @@ async fn a_redirect_is_shown_not_followed_so_the_secret_goes_nowhere_else() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("the redirect was followed: {other:?}"),
     }
-    server.abort();
+    app.stop().await;
+}
+
+/// An HTTP server that answers each request with the first answer whose path prefix its path
+/// has (404 if none), and keeps every request line it got.
+struct FakeApi {
+    base: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeApi {
+    async fn start(answers: Vec<(&'static str, String)>) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&request)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+                seen.lock().unwrap().push(line);
+                let answer = answers
+                    .iter()
+                    .find(|(prefix, _)| path.starts_with(prefix))
+                    .map(|(_, answer)| answer.clone())
+                    .unwrap_or_else(|| {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()
+                    });
+                // One request a connection: whatever body it has is left unread.
+                let answer = answer.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        Self {
+            base,
+            requests,
+            server,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// An id the API answers is put into a path only as an id: a create whose answer names a job
+/// id that is a path (`../..`) ends with exit 6 and sends no request to where it points.
+#[tokio::test]
+async fn a_job_id_the_api_answers_is_put_into_no_path_unless_it_is_an_id() {
+    let app = TestApp::without_workers().await;
+    let json = |status: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let api = FakeApi::start(vec![
+        (
+            "/configapi/v2/oauth/token",
+            json(
+                "200 OK",
+                r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#,
+            ),
+        ),
+        (
+            "/configapi/v2/selfservice/tenant/",
+            json(
+                "202 Accepted",
+                r#"{"jobId":"../../templates/x","status":"queued"}"#,
+            ),
+        ),
+    ])
+    .await;
+    let mut cli = cli(&app);
+    cli.api = api.base.clone();
+    let url = fixtures::tenant_url();
+    let set = format!("password={PASSWORD}");
+    let template = "a".repeat(64);
+    let mut args = vec!["create", url.as_str(), "--template-id", &template];
+    for f in [
+        set.as_str(),
+        "tenantName=Acme",
+        "firstName=Ada",
+        "lastName=Lovelace",
+        "loginId=admin",
+        "email=ada@acme.example",
+    ] {
+        args.extend(["--set", f]);
+    }
+    args.push("--wait");
+    let out = cli.run(&args).await.expect(6);
+    assert!(
+        out.stderr.contains("no `jobId` to wait for"),
+        "{}",
+        out.stderr
+    );
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("/oauth/token") || r.contains("/selfservice/tenant/")),
+        "{requests:?}"
+    );
     app.stop().await;
 }
 

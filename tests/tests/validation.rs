@@ -362,3 +362,78 @@ async fn an_encoded_body_and_a_repeated_idempotency_key_are_refused() {
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     app.stop().await;
 }
+
+/// A member named twice in one object is refused, not read as its last value: the single
+/// create, a JSON batch's item and an NDJSON batch's line each answer `400` naming it, and
+/// nothing is recorded. Before, `{"tenantUrl": ...}` given twice took the second silently.
+#[tokio::test]
+async fn a_member_named_twice_is_refused_in_every_json_body() {
+    let app = TestApp::without_workers().await;
+    let create = fixtures::create_body("https://templates.example/t.zip").to_string();
+    // `"lockTimeout": 30` again at the end of the object.
+    let twice = format!("{},\"lockTimeout\":30}}", &create[..create.len() - 1]);
+    let path = format!(
+        "/configapi/v2/selfservice/tenant/{}",
+        fixtures::tenant_url()
+    );
+    let item = |url: String| {
+        let mut item: Value = serde_json::from_str(&create).unwrap();
+        item["tenantUrl"] = json!(url);
+        item.to_string()
+    };
+    let one = item(fixtures::tenant_url());
+    let item_twice = format!(
+        "{},\"tenantUrl\":\"{}\"}}",
+        &one[..one.len() - 1],
+        fixtures::tenant_url()
+    );
+    for (path, content_type, body, says) in [
+        (
+            path.as_str(),
+            "application/json",
+            twice.clone(),
+            "malformed JSON body: the member \"lockTimeout\" is given twice",
+        ),
+        (
+            "/configapi/v2/batches",
+            "application/json",
+            format!(
+                "{{\"items\": [{}, {item_twice}]}}",
+                item(fixtures::tenant_url())
+            ),
+            "the body is not valid JSON: the member \"tenantUrl\" is given twice",
+        ),
+        (
+            "/configapi/v2/batches",
+            "application/x-ndjson",
+            format!("{}\n{item_twice}\n", item(fixtures::tenant_url())),
+            "not valid JSON: the member \"tenantUrl\" is given twice",
+        ),
+    ] {
+        let r = app
+            .http
+            .post(app.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, p) = problem(r).await;
+        assert_eq!(status, 400, "{content_type} {path}: {p}");
+        let mut said = vec![p["detail"].as_str().unwrap_or_default()];
+        if let Some(errors) = p["errors"].as_array() {
+            said.extend(
+                errors
+                    .iter()
+                    .map(|e| e["message"].as_str().unwrap_or_default()),
+            );
+        }
+        assert!(
+            said.iter().any(|m| m.starts_with(says)),
+            "{content_type} {path}: {p}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    app.stop().await;
+}

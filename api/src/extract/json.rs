@@ -39,7 +39,7 @@ impl FromRequest<AppState> for JsonObject {
             &format!("a JSON body may have at most {JSON_LIMIT} bytes"),
         )
         .await?;
-        let fields = match serde_json::from_slice(&body) {
+        let fields = match crate::strict_json::parse(&body) {
             Ok(Value::Object(fields)) => fields,
             Ok(_) => {
                 return Err(ApiError::BadRequest(
