@@ -345,6 +345,7 @@ pub async fn run(
         &shutdown,
         settings.shutdown_timeout,
         settings.max_connections as usize,
+        settings.max_connections_per_peer,
     )
     .await;
     // Publish what the last requests committed, within what is left of the shutdown timeout;

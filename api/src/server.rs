@@ -2,15 +2,23 @@
 //! have not all arrived within `HEADER_TIMEOUT` is dropped (on a kept-alive connection the
 //! wait for the next request counts), one whose client accepts no byte of an answer for
 //! `WRITE_STALL` is dropped, at most `max_connections` are served at once (further ones wait in
-//! the kernel's backlog), and a stop never waits longer than the shutdown timeout, whatever the
-//! clients do. (Body stalls are the router's: `body_timeout`.)
+//! the kernel's backlog), at most `per_peer` of them from one address (one more is closed as
+//! soon as it is accepted, so that one client cannot take every place and keep everyone else
+//! waiting in the backlog), and a stop never waits longer than the shutdown timeout, whatever
+//! the clients do. (Body stalls are the router's: `body_timeout`.)
 //!
 //! HTTP/1.1 only: HTTP/2 over cleartext, which nothing in front of the API needs (proxies and
 //! ingresses speak HTTP/1.1 to their backends; browsers speak HTTP/2 over TLS only), would need
 //! bounds of its own that hyper does not have: an idle connection is never closed, and an answer
 //! its client grants no flow-control window waits without a write that could stall.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context;
 use axum::{Router, extract::ConnectInfo};
@@ -41,6 +49,7 @@ pub(crate) async fn serve(
     shutdown: &CancellationToken,
     timeout: Duration,
     max_connections: usize,
+    per_peer: Option<NonZeroU32>,
 ) -> anyhow::Result<Instant> {
     let mut builder = http1::Builder::new();
     builder
@@ -48,6 +57,7 @@ pub(crate) async fn serve(
         .header_read_timeout(HEADER_TIMEOUT);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
+    let peers = Peers::default();
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -67,6 +77,11 @@ pub(crate) async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let Some(peer_slot) = peers.admit(peer.ip(), per_peer) else {
+            // Closed at once: its place is free again for other peers.
+            tracing::debug!(%peer, "connection closed: its address has as many as one may have");
+            continue;
+        };
         let service = hyper::service::service_fn(with_peer(app.clone(), peer));
         let mut stream = TimeoutWriter::new(stream);
         stream.set_timeout(Some(WRITE_STALL));
@@ -76,6 +91,7 @@ pub(crate) async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
+            drop(peer_slot);
             drop(slot);
         });
     }
@@ -104,5 +120,71 @@ fn with_peer(
     move |mut request| {
         request.extensions_mut().insert(ConnectInfo(peer));
         app.clone().call(request)
+    }
+}
+
+/// How many connections each peer address has served at once.
+#[derive(Clone, Default)]
+struct Peers(Arc<Mutex<HashMap<IpAddr, u32>>>);
+
+impl Peers {
+    /// A place for one more connection from `ip`, if it has fewer than `cap`; held until the
+    /// connection ends.
+    fn admit(&self, ip: IpAddr, cap: Option<NonZeroU32>) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_default();
+        if cap.is_some_and(|cap| *count >= cap.get()) {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct PeerSlot {
+    peers: Peers,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = counts.entry(self.ip) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_has_at_most_its_cap_and_its_places_come_back() {
+        let peers = Peers::default();
+        let cap = NonZeroU32::new(2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let first = peers.admit(a, cap).unwrap();
+        let _second = peers.admit(a, cap).unwrap();
+        assert!(peers.admit(a, cap).is_none());
+        assert!(peers.admit(b, cap).is_some());
+        drop(first);
+        assert!(peers.admit(a, cap).is_some());
+        assert!(peers.admit(a, None).is_some(), "no cap");
+    }
+
+    #[test]
+    fn a_peer_without_connections_is_forgotten() {
+        let peers = Peers::default();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        drop(peers.admit(a, NonZeroU32::new(1)));
+        assert!(peers.0.lock().unwrap().is_empty());
     }
 }

@@ -71,6 +71,9 @@ pub struct Settings {
     pub client_request_rate: Option<std::num::NonZeroU32>,
     /// Connections the API serves at once; more wait in the kernel's backlog.
     pub max_connections: u32,
+    /// Connections one peer address may have served at once; one more is closed as soon as it
+    /// is accepted. `None`: no cap (a proxy in front makes every client one peer).
+    pub max_connections_per_peer: Option<std::num::NonZeroU32>,
     /// Long-polls (`?wait=`, `Prefer: wait`) one client may hold open at once; past it they are
     /// answered without waiting.
     pub client_max_waits: u32,
@@ -116,6 +119,10 @@ impl Settings {
         let template_allow_private = parse_bool(
             "PROVISIONER_TEMPLATE_ALLOW_PRIVATE",
             &var("PROVISIONER_TEMPLATE_ALLOW_PRIVATE", "false"),
+        )?;
+        let max_connections: u32 = positive(
+            "PROVISIONER_MAX_CONNECTIONS",
+            &var("PROVISIONER_MAX_CONNECTIONS", "1024"),
         )?;
         Ok(Self {
             database_url: SecretString::from(var(
@@ -214,10 +221,14 @@ impl Settings {
                 "PROVISIONER_CLIENT_REQUEST_RATE",
                 &var("PROVISIONER_CLIENT_REQUEST_RATE", "0"),
             )?),
-            max_connections: positive(
-                "PROVISIONER_MAX_CONNECTIONS",
-                &var("PROVISIONER_MAX_CONNECTIONS", "1024"),
-            )?,
+            max_connections,
+            max_connections_per_peer: std::num::NonZeroU32::new(parse(
+                "PROVISIONER_MAX_CONNECTIONS_PER_PEER",
+                &var(
+                    "PROVISIONER_MAX_CONNECTIONS_PER_PEER",
+                    &(max_connections / 2).max(1).to_string(),
+                ),
+            )?),
             client_max_waits: positive(
                 "PROVISIONER_CLIENT_MAX_WAITS",
                 &var("PROVISIONER_CLIENT_MAX_WAITS", "64"),
@@ -426,6 +437,25 @@ mod tests {
         assert_eq!(s.worker_health_listen.unwrap().to_string(), "0.0.0.0:9090");
         let err = settings(&[("PROVISIONER_WORKER_HEALTH_LISTEN", "nope")]).unwrap_err();
         assert_eq!(err.variable, "PROVISIONER_WORKER_HEALTH_LISTEN");
+    }
+
+    #[test]
+    fn one_peer_has_half_the_connections_unless_told_otherwise() {
+        let cap = |vars: &[(&str, &str)]| {
+            settings(vars)
+                .unwrap()
+                .max_connections_per_peer
+                .map(|n| n.get())
+        };
+        assert_eq!(cap(&[]), Some(512));
+        assert_eq!(cap(&[("PROVISIONER_MAX_CONNECTIONS", "1")]), Some(1));
+        assert_eq!(cap(&[("PROVISIONER_MAX_CONNECTIONS", "10")]), Some(5));
+        assert_eq!(cap(&[("PROVISIONER_MAX_CONNECTIONS_PER_PEER", "0")]), None);
+        assert_eq!(
+            cap(&[("PROVISIONER_MAX_CONNECTIONS_PER_PEER", "3")]),
+            Some(3)
+        );
+        assert!(settings(&[("PROVISIONER_MAX_CONNECTIONS_PER_PEER", "-1")]).is_err());
     }
 
     #[test]

@@ -168,6 +168,73 @@ async fn connections_past_the_cap_wait_for_a_free_one() {
     app.stop().await;
 }
 
+/// One address holds at most `PROVISIONER_MAX_CONNECTIONS_PER_PEER` connections: one more is
+/// closed as soon as it is accepted, unserved, and the places left serve other addresses.
+/// Before, one address could hold every place and keep every other client in the backlog.
+#[tokio::test]
+async fn one_address_holds_at_most_its_share_of_the_connections() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![
+            ("PROVISIONER_MAX_CONNECTIONS", "8".into()),
+            ("PROVISIONER_MAX_CONNECTIONS_PER_PEER", "2".into()),
+        ],
+    })
+    .await;
+    let health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let from_other_address = || async {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(app.addr).await.unwrap()
+    };
+    // Two kept-alive connections from 127.0.0.2, each served once.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = from_other_address().await;
+        s.write_all(health).await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    // A third from there is closed without an answer.
+    let mut third = from_other_address().await;
+    let _ = third.write_all(health).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "a third connection from one address was kept open"
+    );
+    assert!(
+        answer.is_empty(),
+        "served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // Another address is served meanwhile.
+    let mut other = TcpStream::connect(app.addr).await.unwrap();
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut other, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Once one of the two ends (as soon as the server has seen it end), that address is
+    // served again.
+    drop(held.pop());
+    eventually(Duration::from_secs(10), || async {
+        let mut again = from_other_address().await;
+        again
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let answer = read_until_closed(&mut again, Duration::from_secs(10)).await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_past_its_waits_at_once_is_answered_without_waiting() {
     let app = TestApp::with(Options {
