@@ -171,7 +171,7 @@ impl<'a> Intake<'a> {
     /// server's bound on such batches (`503` with `Retry-After` past it), so a few slow senders
     /// never hold the database pool that every other route needs.
     pub(crate) async fn ndjson(&mut self, body: Body) -> Result<(), ApiError> {
-        let mut lines = Lines::new(body);
+        let mut lines = Lines::new(body, self.state.settings.batch_max_bytes);
         self.arriving = true;
         let read = self.read_lines(&mut lines).await;
         self.arriving = false;
@@ -656,13 +656,17 @@ struct Lines {
     skipping: bool,
     number: u64,
     ended: bool,
+    /// Bytes of the body received so far, and the most it may have.
+    arrived: u64,
+    max_bytes: u64,
     /// Bytes moved within `buf` so far (the tests' measure of the work done).
     #[cfg(test)]
     shifted: usize,
 }
 
 impl Lines {
-    fn new(body: Body) -> Self {
+    /// The lines of `body`, which may have at most `max_bytes` (`413` past them).
+    fn new(body: Body, max_bytes: u64) -> Self {
         Self {
             stream: body.into_data_stream(),
             buf: Vec::new(),
@@ -671,6 +675,8 @@ impl Lines {
             skipping: false,
             number: 0,
             ended: false,
+            arrived: 0,
+            max_bytes,
             #[cfg(test)]
             shifted: 0,
         }
@@ -718,6 +724,13 @@ impl Lines {
             match self.stream.next().await {
                 Some(chunk) => {
                     let chunk = chunk?;
+                    self.arrived += chunk.len() as u64;
+                    if self.arrived > self.max_bytes {
+                        return Err(ApiError::PayloadTooLarge(format!(
+                            "an NDJSON batch may have at most {} bytes",
+                            self.max_bytes
+                        )));
+                    }
                     seen(&chunk);
                     self.buf.extend_from_slice(&chunk);
                 }
@@ -733,7 +746,7 @@ mod tests {
 
     async fn lines_of(parts: Vec<&'static [u8]>) -> (Vec<Line>, Vec<u8>) {
         let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
-        let mut lines = Lines::new(Body::from_stream(stream));
+        let mut lines = Lines::new(Body::from_stream(stream), u64::MAX);
         let mut seen = Vec::new();
         let mut out = Vec::new();
         while let Some(line) = lines
@@ -744,6 +757,32 @@ mod tests {
             out.push(line);
         }
         (out, seen)
+    }
+
+    #[tokio::test]
+    async fn a_body_past_its_bytes_is_refused_as_the_byte_past_them_arrives() {
+        let read = |max: u64| async move {
+            let stream = futures_util::stream::iter(
+                [&b"{}\n{}"[..], b"\n", b"{}\n"].map(Ok::<_, std::io::Error>),
+            );
+            let mut lines = Lines::new(Body::from_stream(stream), max);
+            let mut n = 0;
+            loop {
+                match lines.next(&mut |_| {}).await {
+                    Ok(Some(_)) => n += 1,
+                    Ok(None) => return Ok(n),
+                    Err(e) => return Err((n, e)),
+                }
+            }
+        };
+        assert_eq!(read(9).await.unwrap(), 3);
+        let (before, e) = read(8).await.unwrap_err();
+        // The two lines of the first 6 bytes were read; the chunk past 8 is refused.
+        assert_eq!(before, 2);
+        assert!(
+            matches!(&e, ApiError::PayloadTooLarge(m) if m == "an NDJSON batch may have at most 8 bytes"),
+            "{e:?}"
+        );
     }
 
     #[tokio::test]
@@ -788,7 +827,7 @@ mod tests {
         let body: &'static [u8] = Box::leak(body.into_boxed_slice());
         let stream =
             futures_util::stream::iter([body, b":1}\n"].into_iter().map(Ok::<_, std::io::Error>));
-        let mut lines = Lines::new(Body::from_stream(stream));
+        let mut lines = Lines::new(Body::from_stream(stream), u64::MAX);
         let mut out = Vec::new();
         while let Some(line) = lines.next(&mut |_: &[u8]| {}).await.unwrap() {
             out.push(line);

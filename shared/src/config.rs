@@ -88,6 +88,8 @@ pub struct Settings {
     pub reconcile_after: Duration,
     /// Most items one batch may hold (`413` past it; a JSON body holds at most 1,000).
     pub batch_max_items: u32,
+    /// Bytes an NDJSON batch body may have; past them: 413.
+    pub batch_max_bytes: u64,
     /// Unfinished batch items one client may have; a batch that would pass it is `429`.
     pub client_max_batch_items: u32,
     /// Batch items on the broker or running at once, cluster-wide: the dispatcher releases
@@ -248,6 +250,10 @@ impl Settings {
             batch_max_items: positive(
                 "PROVISIONER_BATCH_MAX_ITEMS",
                 &var("PROVISIONER_BATCH_MAX_ITEMS", "100000"),
+            )?,
+            batch_max_bytes: positive(
+                "PROVISIONER_BATCH_MAX_BYTES",
+                &var("PROVISIONER_BATCH_MAX_BYTES", "1073741824"),
             )?,
             client_max_batch_items: positive(
                 "PROVISIONER_CLIENT_MAX_BATCH_ITEMS",

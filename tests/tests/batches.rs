@@ -288,6 +288,32 @@ async fn more_items_than_allowed_is_413_and_nothing_is_created() {
     app.stop().await;
 }
 
+/// An NDJSON body has at most `PROVISIONER_BATCH_MAX_BYTES`: past them `413`, nothing created,
+/// however the bytes come (items, or one line that never ends, which before was read into
+/// nothing for as long as it came).
+#[tokio::test]
+async fn an_ndjson_body_past_its_bytes_is_413_and_nothing_is_created() {
+    let template = "https://templates.example/t.zip";
+    let three = ndjson(&items(3, template));
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_BATCH_MAX_BYTES", three.len().to_string())],
+    })
+    .await;
+    let said = format!("an NDJSON batch may have at most {} bytes", three.len());
+    for body in [ndjson(&items(4, template)), "x".repeat(3 * three.len())] {
+        let r = post(&app, &app.http, "application/x-ndjson", body).await;
+        assert_eq!(r.status(), 413);
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["detail"], said, "{p}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    let r = post(&app, &app.http, "application/x-ndjson", three).await;
+    assert_eq!(r.status(), 202);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_json_body_holds_at_most_a_thousand_items() {
     let app = TestApp::without_workers().await;
