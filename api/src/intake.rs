@@ -170,8 +170,11 @@ impl<'a> Intake<'a> {
     /// transaction that waits for the client between chunks: opening it takes a slot of the
     /// server's bound on such batches (`503` with `Retry-After` past it), so a few slow senders
     /// never hold the database pool that every other route needs.
-    pub(crate) async fn ndjson(&mut self, body: Body) -> Result<(), ApiError> {
-        let mut lines = Lines::new(body, self.state.settings.batch_max_bytes);
+    pub(crate) async fn ndjson(&mut self, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
+        let max = self.state.settings.batch_max_bytes;
+        // A body declared longer is refused before any of it is read.
+        crate::upload::declared_length(headers, max).map_err(|_| ndjson_too_large(max))?;
+        let mut lines = Lines::new(body, max);
         self.arriving = true;
         let read = self.read_lines(&mut lines).await;
         self.arriving = false;
@@ -216,15 +219,19 @@ impl<'a> Intake<'a> {
     /// Reads a JSON body: `{"defaults": {...}, "items": [...]}`, within the client's part of the
     /// memory budget (`upload::read_json`), held until the intake ends.
     pub(crate) async fn json(&mut self, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
+        // The NDJSON bound too, when it is the smaller.
+        let max = (JSON_MAX_BYTES as u64).min(self.state.settings.batch_max_bytes);
         let (bytes, held) = crate::upload::read_json(
             &self.state.template_budget,
             &self.caller.client_id,
             headers,
             body,
-            JSON_MAX_BYTES as u64,
-            &format!(
-                "a JSON batch body may be at most {JSON_MAX_BYTES} bytes; send NDJSON for more"
-            ),
+            max,
+            &if max < JSON_MAX_BYTES as u64 {
+                format!("a batch body may be at most {max} bytes")
+            } else {
+                format!("a JSON batch body may be at most {max} bytes; send NDJSON for more")
+            },
         )
         .await?;
         self.held = Some(held);
@@ -610,6 +617,11 @@ pub(crate) fn over_cap(unfinished: i64, cap: i64, what: &str) -> ApiError {
     }
 }
 
+/// `413` for an NDJSON batch body past `max` bytes.
+fn ndjson_too_large(max: u64) -> ApiError {
+    ApiError::PayloadTooLarge(format!("an NDJSON batch may have at most {max} bytes"))
+}
+
 fn too_many(max: usize, what: &str) -> ApiError {
     ApiError::PayloadTooLarge(format!("{what} holds at most {max} items"))
 }
@@ -726,10 +738,7 @@ impl Lines {
                     let chunk = chunk?;
                     self.arrived += chunk.len() as u64;
                     if self.arrived > self.max_bytes {
-                        return Err(ApiError::PayloadTooLarge(format!(
-                            "an NDJSON batch may have at most {} bytes",
-                            self.max_bytes
-                        )));
+                        return Err(ndjson_too_large(self.max_bytes));
                     }
                     seen(&chunk);
                     self.buf.extend_from_slice(&chunk);

@@ -2,10 +2,11 @@
 //! have not all arrived within `HEADER_TIMEOUT` is dropped (on a kept-alive connection the
 //! wait for the next request counts), one whose client accepts no byte of an answer for
 //! `WRITE_STALL` is dropped, at most `max_connections` are served at once (further ones wait in
-//! the kernel's backlog), at most `per_peer` of them from one address (one more is closed as
-//! soon as it is accepted, so that one client cannot take every place and keep everyone else
-//! waiting in the backlog), and a stop never waits longer than the shutdown timeout, whatever
-//! the clients do. (Body stalls are the router's: `body_timeout`.)
+//! the kernel's backlog), at most `per_peer` of them from one address (one more is answered
+//! `503` with `Retry-After` and closed as soon as it is accepted, so that one client cannot take
+//! every place and keep everyone else waiting in the backlog), and a stop never waits longer
+//! than the shutdown timeout, whatever the clients do. (Body stalls are the router's:
+//! `body_timeout`.)
 //!
 //! HTTP/1.1 only: HTTP/2 over cleartext, which nothing in front of the API needs (proxies and
 //! ingresses speak HTTP/1.1 to their backends; browsers speak HTTP/2 over TLS only), would need
@@ -58,6 +59,7 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     let peers = Peers::default();
+    let refusals = Refusals::new();
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -78,8 +80,10 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => break,
         };
         let Some(peer_slot) = peers.admit(peer.ip(), per_peer) else {
-            // Closed at once: its place is free again for other peers.
-            tracing::debug!(%peer, "connection closed: its address has as many as one may have");
+            // Its place is free again for other peers at once; the answer and the close are
+            // another task's.
+            drop(slot);
+            refusals.refuse(stream, peer);
             continue;
         };
         let service = hyper::service::service_fn(with_peer(app.clone(), peer));
@@ -123,14 +127,94 @@ fn with_peer(
     }
 }
 
-/// How many connections each peer address has served at once.
+/// The answer to a connection past its address's share: no request of it is read.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/problem+json\r\n\
+Retry-After: 1\r\n\
+Connection: close\r\n\
+Content-Length: 156\r\n\r\n\
+{\"type\":\"about:blank\",\"title\":\"Service Unavailable\",\"status\":503,\
+\"detail\":\"this address has as many connections as one may have; retry when one has closed\"}";
+
+/// Refused connections answered at once; past it, one more is closed without an answer.
+const REFUSALS_AT_ONCE: usize = 64;
+/// How long a refused connection is read (and what it sent dropped) after its answer, so that
+/// closing it with its request unread does not reset the answer away.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// At most one warning of refused connections this often.
+const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Answers and closes the connections refused for their address's share, each within
+/// `REFUSAL_LINGER` and at most `REFUSALS_AT_ONCE` at a time; counts them, and warns now and then.
+struct Refusals {
+    at_once: Arc<Semaphore>,
+    warned: Mutex<Option<std::time::Instant>>,
+}
+
+impl Refusals {
+    fn new() -> Self {
+        Self {
+            at_once: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+            warned: Mutex::new(None),
+        }
+    }
+
+    fn refuse(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        metrics::counter!("provisioner_http_connections_refused_total").increment(1);
+        {
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            if warned.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_EVERY) {
+                *warned = Some(std::time::Instant::now());
+                tracing::warn!(
+                    %peer,
+                    "a connection past its address's share (PROVISIONER_MAX_CONNECTIONS_PER_PEER) answered 503; behind a proxy that hides client addresses, set it to 0"
+                );
+            }
+        }
+        let Ok(permit) = self.at_once.clone().try_acquire_owned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut stream = stream;
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                stream.write_all(REFUSAL).await?;
+                stream.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await? > 0 {}
+                std::io::Result::Ok(())
+            })
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+/// How many connections each peer address has served at once. IPv6 addresses count by their
+/// /64 (one host's many addresses), IPv4 ones (mapped into IPv6 or not) by the address.
 #[derive(Clone, Default)]
 struct Peers(Arc<Mutex<HashMap<IpAddr, u32>>>);
+
+/// What `ip` counts as.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+        v4 => v4,
+    }
+}
 
 impl Peers {
     /// A place for one more connection from `ip`, if it has fewer than `cap`; held until the
     /// connection ends.
     fn admit(&self, ip: IpAddr, cap: Option<NonZeroU32>) -> Option<PeerSlot> {
+        let ip = peer_key(ip);
         let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(ip).or_default();
         if cap.is_some_and(|cap| *count >= cap.get()) {
@@ -178,6 +262,27 @@ mod tests {
         drop(first);
         assert!(peers.admit(a, cap).is_some());
         assert!(peers.admit(a, None).is_some(), "no cap");
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_by_its_64_and_a_mapped_ipv4_as_itself() {
+        let key = |ip: &str| peer_key(ip.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:a:b:c:d"), key("2001:db8:1:2::ffff"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+    }
+
+    #[test]
+    fn the_refusal_is_one_whole_answer() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["status"], 503);
     }
 
     #[test]

@@ -154,7 +154,6 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
                 ..defaults
             };
             let batch = submit::submit(api, file, defaults).await?;
-            let target = wait::Target::answered(&batch, "batchId")?;
             match wait.wanted() {
                 None => {
                     out.show(&batch, |b| {
@@ -163,6 +162,7 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
                     Ok(Exit::Ok)
                 }
                 Some(timeout) => {
+                    let target = wait::Target::answered(&batch, "batchId")?;
                     if !out.json {
                         crate::output::print_text(batch["batchId"].as_str().unwrap_or_default())?;
                     }

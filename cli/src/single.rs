@@ -44,13 +44,13 @@ pub async fn create(
         return Err(answer_failure(response).await);
     }
     let job: Value = success_json(response).await?;
-    let target = Target::answered(&job, "jobId")?;
     match wait_for {
         None => {
             out.show(&job, |j| j["jobId"].as_str().unwrap_or_default().to_owned())?;
             Ok(Exit::Ok)
         }
         Some(timeout) => {
+            let target = Target::answered(&job, "jobId")?;
             if !out.json {
                 crate::output::print_text(job["jobId"].as_str().unwrap_or_default())?;
             }

@@ -129,9 +129,17 @@ impl Target {
     }
 }
 
-/// `text` (a user's argument or the server's) as it may be shown: escaped, on one line.
+/// Most characters of a user's or the server's text quoted in a message.
+const SHOWN_CHARS: usize = 100;
+
+/// `text` (a user's argument or the server's) as it may be shown: escaped, on one line, its
+/// first `SHOWN_CHARS` characters.
 fn shown(text: &str) -> String {
-    printable(text).replace('\n', "\\n")
+    let cut = match text.char_indices().nth(SHOWN_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    };
+    printable(&cut).replace('\n', "\\n")
 }
 
 /// Waits for `target` at most `timeout` seconds (forever without one).

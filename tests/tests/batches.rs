@@ -290,7 +290,8 @@ async fn more_items_than_allowed_is_413_and_nothing_is_created() {
 
 /// An NDJSON body has at most `PROVISIONER_BATCH_MAX_BYTES`: past them `413`, nothing created,
 /// however the bytes come (items, or one line that never ends, which before was read into
-/// nothing for as long as it came).
+/// nothing for as long as it came), and at once when its declared length is longer. A JSON
+/// batch body has at most the same when it is less than its own 8 MiB.
 #[tokio::test]
 async fn an_ndjson_body_past_its_bytes_is_413_and_nothing_is_created() {
     let template = "https://templates.example/t.zip";
@@ -307,6 +308,35 @@ async fn an_ndjson_body_past_its_bytes_is_413_and_nothing_is_created() {
         let p: Value = r.json().await.unwrap();
         assert_eq!(p["detail"], said, "{p}");
     }
+    // Declared longer, refused before any of it is read (the body never comes).
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let token = app.bootstrap_token().await;
+    let head = format!(
+        "POST /configapi/v2/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+        three.len() + 1
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer),
+    )
+    .await
+    .expect("an answer before the body")
+    .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
+    // A JSON batch has the smaller of its own bound and this one.
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/batches"))
+        .json(&json!({"items": items(4, template)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
     let r = post(&app, &app.http, "application/x-ndjson", three).await;

@@ -1441,25 +1441,6 @@ async fn a_job_id_the_api_answers_is_put_into_no_path_unless_it_is_an_id() {
             body.len()
         )
     };
-    let api = FakeApi::start(vec![
-        (
-            "/configapi/v2/oauth/token",
-            json(
-                "200 OK",
-                r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#,
-            ),
-        ),
-        (
-            "/configapi/v2/selfservice/tenant/",
-            json(
-                "202 Accepted",
-                r#"{"jobId":"../../templates/x","status":"queued"}"#,
-            ),
-        ),
-    ])
-    .await;
-    let mut cli = cli(&app);
-    cli.api = api.base.clone();
     let url = fixtures::tenant_url();
     let set = format!("password={PASSWORD}");
     let template = "a".repeat(64);
@@ -1474,20 +1455,45 @@ async fn a_job_id_the_api_answers_is_put_into_no_path_unless_it_is_an_id() {
     ] {
         args.extend(["--set", f]);
     }
-    args.push("--wait");
-    let out = cli.run(&args).await.expect(6);
-    assert!(
-        out.stderr.contains("no `jobId` to wait for"),
-        "{}",
-        out.stderr
-    );
-    let requests = api.requests();
-    assert!(
-        requests
-            .iter()
-            .all(|r| r.contains("/oauth/token") || r.contains("/selfservice/tenant/")),
-        "{requests:?}"
-    );
+    let long = "x".repeat(100_000);
+    for id in ["../../templates/x", long.as_str()] {
+        let api = FakeApi::start(vec![
+            (
+                "/configapi/v2/oauth/token",
+                json(
+                    "200 OK",
+                    r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#,
+                ),
+            ),
+            (
+                "/configapi/v2/selfservice/tenant/",
+                json(
+                    "202 Accepted",
+                    &json!({"jobId": id, "status": "queued"}).to_string(),
+                ),
+            ),
+        ])
+        .await;
+        let mut cli = cli(&app);
+        cli.api = api.base.clone();
+        // Not waiting, the id is only shown.
+        let out = cli.run(&args).await.expect(0);
+        assert_eq!(out.stdout.trim_end(), id);
+        let out = cli.run(&[&args[..], &["--wait"]].concat()).await.expect(6);
+        assert!(
+            out.stderr.contains("no `jobId` to wait for"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.len() < 1_000, "{} bytes", out.stderr.len());
+        let requests = api.requests();
+        assert!(
+            requests
+                .iter()
+                .all(|r| r.contains("/oauth/token") || r.contains("/selfservice/tenant/")),
+            "{requests:?}"
+        );
+    }
     app.stop().await;
 }
 

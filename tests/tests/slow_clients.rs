@@ -169,8 +169,9 @@ async fn connections_past_the_cap_wait_for_a_free_one() {
 }
 
 /// One address holds at most `PROVISIONER_MAX_CONNECTIONS_PER_PEER` connections: one more is
-/// closed as soon as it is accepted, unserved, and the places left serve other addresses.
-/// Before, one address could hold every place and keep every other client in the backlog.
+/// answered `503` with `Retry-After` and closed as soon as it is accepted, its request unread,
+/// and the places left serve other addresses. Before, one address could hold every place and
+/// keep every other client in the backlog.
 #[tokio::test]
 async fn one_address_holds_at_most_its_share_of_the_connections() {
     let app = TestApp::with(Options {
@@ -197,20 +198,19 @@ async fn one_address_holds_at_most_its_share_of_the_connections() {
         assert_eq!(&buf, b"HTTP/1.1 200");
         held.push(s);
     }
-    // A third from there is closed without an answer.
+    // A third from there is refused, whatever it sent.
     let mut third = from_other_address().await;
-    let _ = third.write_all(health).await;
+    third.write_all(health).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), third.read_to_end(&mut answer)).await;
     assert!(
         read.is_ok(),
         "a third connection from one address was kept open"
     );
-    assert!(
-        answer.is_empty(),
-        "served: {}",
-        String::from_utf8_lossy(&answer)
-    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\r\nRetry-After: 1\r\n"), "{answer}");
+    assert!(answer.ends_with("retry when one has closed\"}"), "{answer}");
     // Another address is served meanwhile.
     let mut other = TcpStream::connect(app.addr).await.unwrap();
     other

@@ -437,3 +437,38 @@ async fn a_member_named_twice_is_refused_in_every_json_body() {
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
     app.stop().await;
 }
+
+/// A query parameter that is not UTF-8 once percent-decoded is `400` naming it, on every route,
+/// before anything is done: read with replacement characters, `?name=%FF` stored a template
+/// named "\u{fffd}".
+#[tokio::test]
+async fn a_query_that_is_not_utf8_once_decoded_is_refused() {
+    let app = TestApp::without_workers().await;
+    let zip = fixtures::sample_template(app.db_version().await).write();
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/templates?name=caf%E9"))
+        .header("content-type", "application/zip")
+        .body(zip)
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 400, "{p}");
+    assert_eq!(p["errors"][0]["field"], "name", "{p}");
+    assert_eq!(
+        p["errors"][0]["message"], "is not UTF-8 once percent-decoded",
+        "{p}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM templates").await, 0);
+    let r = app
+        .http
+        .get(app.url("/configapi/v2/jobs?limit=5&tenantUrl=a%C3"))
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 400, "{p}");
+    assert_eq!(fields(&p), ["tenantUrl"], "{p}");
+    app.stop().await;
+}

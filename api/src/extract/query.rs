@@ -25,6 +25,41 @@ fn first_value(uri: &Uri, name: &str, wanted: impl Fn(&str) -> bool) -> Option<S
         .map(|(_, v)| v.into_owned())
 }
 
+/// The name of the first query parameter whose name or value is not UTF-8 once percent-decoded
+/// (shown as far as it can be), if any. Every reader of the query decodes with replacement
+/// characters, which would make `?name=%FF` a name of its own: such a query is refused first.
+pub(crate) fn undecodable_param(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decoded(name);
+        let bad = std::str::from_utf8(&name).is_err()
+            || std::str::from_utf8(&percent_decoded(value)).is_err();
+        bad.then(|| String::from_utf8_lossy(&name).into_owned())
+    })
+}
+
+/// `text` decoded as `application/x-www-form-urlencoded` decodes it: `+` is a space, `%XX` a
+/// byte, any other `%` itself.
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+            (b'+', _, _) => out.push(b' '),
+            (b, _, _) => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 /// `?status=`: one of the job statuses; a bad one adds its field error.
 pub(crate) fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
     let raw = optional_param(uri, "status")?;
@@ -53,4 +88,30 @@ pub(crate) fn wait_deadline(uri: &Uri, errors: &mut Vec<FieldError>) -> tokio::t
         })
     });
     tokio::time::Instant::now() + std::time::Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_is_undecodable_only_where_a_decoded_part_is_not_utf8() {
+        assert_eq!(undecodable_param(""), None);
+        assert_eq!(undecodable_param("name=caf%C3%A9+au+lait&x=%&y=%2"), None);
+        assert_eq!(undecodable_param("a=1&name=%FF"), Some("name".into()));
+        assert_eq!(
+            undecodable_param("a=1&na%C3%A9=%C3"),
+            Some("na\u{e9}".into())
+        );
+        assert_eq!(undecodable_param("%FFx=1"), Some("\u{fffd}x".into()));
+    }
+
+    #[test]
+    fn decoding_follows_the_form_encoding() {
+        assert_eq!(percent_decoded("a+b%20c%zz%4"), b"a b c%zz%4");
+        let decoded: Vec<(String, String)> = url::form_urlencoded::parse(b"a+b%20c%zz%4=1")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(decoded[0].0.as_bytes(), percent_decoded("a+b%20c%zz%4"));
+    }
 }

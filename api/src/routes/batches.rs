@@ -187,7 +187,7 @@ pub(super) async fn create_batch(
     intake.start().await?;
     let (parts, body) = request.into_parts();
     if ndjson {
-        intake.ndjson(body).await?;
+        intake.ndjson(&parts.headers, body).await?;
     } else {
         intake.json(&parts.headers, body).await?;
     }
