@@ -170,11 +170,8 @@ impl<'a> Intake<'a> {
     /// transaction that waits for the client between chunks: opening it takes a slot of the
     /// server's bound on such batches (`503` with `Retry-After` past it), so a few slow senders
     /// never hold the database pool that every other route needs.
-    pub(crate) async fn ndjson(&mut self, headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
-        let max = self.state.settings.batch_max_bytes;
-        // A body declared longer is refused before any of it is read.
-        crate::upload::declared_length(headers, max).map_err(|_| ndjson_too_large(max))?;
-        let mut lines = Lines::new(body, max);
+    pub(crate) async fn ndjson(&mut self, body: Body) -> Result<(), ApiError> {
+        let mut lines = Lines::new(body, self.state.settings.batch_max_bytes);
         self.arriving = true;
         let read = self.read_lines(&mut lines).await;
         self.arriving = false;
@@ -615,6 +612,13 @@ pub(crate) fn over_cap(unfinished: i64, cap: i64, what: &str) -> ApiError {
         ),
         retry_after: 30,
     }
+}
+
+/// `413` for an NDJSON batch body declared longer than `max` bytes, before any of it is read.
+pub(crate) fn refuse_declared_ndjson(headers: &HeaderMap, max: u64) -> Result<(), ApiError> {
+    crate::upload::declared_length(headers, max)
+        .map(drop)
+        .map_err(|_| ndjson_too_large(max))
 }
 
 /// `413` for an NDJSON batch body past `max` bytes.

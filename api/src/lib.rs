@@ -92,10 +92,11 @@ const BATCH_INTAKES_AT_ONCE: usize = 4;
 fn router(state: AppState) -> Router {
     metrics::handle();
     routes::router(&state)
+        // The API's routes only: the dashboard's pages answer faults as pages of their own.
+        .route_layer(axum::middleware::from_fn(refuse_undecodable_queries))
         .merge(ui::router())
         // Inside the request's trace and figures: its refusals are logged and counted.
         .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
-        .route_layer(axum::middleware::from_fn(refuse_undecodable_queries))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {

@@ -60,6 +60,8 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(max_connections));
     let peers = Peers::default();
     let refusals = Refusals::new();
+    // Shown from the start, at 0.
+    refused_count().absolute(0);
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -138,9 +140,11 @@ Content-Length: 156\r\n\r\n\
 
 /// Refused connections answered at once; past it, one more is closed without an answer.
 const REFUSALS_AT_ONCE: usize = 64;
-/// How long a refused connection is read (and what it sent dropped) after its answer, so that
-/// closing it with its request unread does not reset the answer away.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// How long a refused connection is waited for and read, all told (what it sent is dropped):
+/// its answer goes after the first bytes of its request (an HTTP client takes an answer that
+/// comes before it has written its request for a broken connection), and it is read until it
+/// closes, so that closing it with its request unread does not reset the answer away.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 /// At most one warning of refused connections this often.
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
@@ -160,7 +164,7 @@ impl Refusals {
     }
 
     fn refuse(&self, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        metrics::counter!("provisioner_http_connections_refused_total").increment(1);
+        refused_count().increment(1);
         {
             let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
             if warned.is_none_or(|at| at.elapsed() >= REFUSAL_WARNING_EVERY) {
@@ -178,9 +182,12 @@ impl Refusals {
             use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
             let mut stream = stream;
             let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                let mut sink = [0u8; 4096];
+                if stream.read(&mut sink).await? == 0 {
+                    return Ok(());
+                }
                 stream.write_all(REFUSAL).await?;
                 stream.shutdown().await?;
-                let mut sink = [0u8; 4096];
                 while stream.read(&mut sink).await? > 0 {}
                 std::io::Result::Ok(())
             })
@@ -188,6 +195,12 @@ impl Refusals {
             drop(permit);
         });
     }
+}
+
+/// Connections refused for their address's share (answered, or closed unanswered past
+/// `REFUSALS_AT_ONCE`).
+fn refused_count() -> metrics::Counter {
+    metrics::counter!("provisioner_http_connections_refused_total")
 }
 
 /// How many connections each peer address has served at once. IPv6 addresses count by their

@@ -156,9 +156,8 @@ async fn batch_command(api: &Api, command: &BatchCommand, out: &Output) -> Resul
             let batch = submit::submit(api, file, defaults).await?;
             match wait.wanted() {
                 None => {
-                    out.show(&batch, |b| {
-                        b["batchId"].as_str().unwrap_or_default().to_owned()
-                    })?;
+                    let id = wait::answered_id(&batch, "batchId")?;
+                    out.show(&batch, |_| id)?;
                     Ok(Exit::Ok)
                 }
                 Some(timeout) => {

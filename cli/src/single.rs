@@ -46,7 +46,8 @@ pub async fn create(
     let job: Value = success_json(response).await?;
     match wait_for {
         None => {
-            out.show(&job, |j| j["jobId"].as_str().unwrap_or_default().to_owned())?;
+            let id = wait::answered_id(&job, "jobId")?;
+            out.show(&job, |_| id)?;
             Ok(Exit::Ok)
         }
         Some(timeout) => {

@@ -48,8 +48,8 @@ impl Target {
             .map_err(|_| Failure::invalid(format!("`{}` is not a job id", shown(id))))
     }
 
-    /// The batch or job (`field`: `batchId` or `jobId`) of an accepted submission: the API's
-    /// answer must name it.
+    /// The batch or job (`field`: `batchId` or `jobId`) of an accepted submission, to wait for:
+    /// the API's answer must name it by an id.
     pub fn answered(doc: &Value, field: &str) -> Result<Self> {
         let id = doc[field].as_str().and_then(|id| Uuid::parse_str(id).ok());
         match (id, field) {
@@ -126,6 +126,21 @@ impl Target {
                 }
             }
         }
+    }
+}
+
+/// The `field` (`batchId` or `jobId`) of an accepted submission as a line to print, when the
+/// command does not wait: the API's answer must name it; it is shown escaped, on one line.
+pub fn answered_id(doc: &Value, field: &str) -> Result<String> {
+    match doc[field].as_str() {
+        Some(id) if !id.is_empty() => Ok(printable(id).replace('\n', "\\n")),
+        _ => Err(Failure::new(
+            Exit::Unreachable,
+            format!(
+                "the API's answer has no `{field}`: {}",
+                shown(&doc[field].to_string())
+            ),
+        )),
     }
 }
 

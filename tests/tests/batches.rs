@@ -337,6 +337,12 @@ async fn an_ndjson_body_past_its_bytes_is_413_and_nothing_is_created() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        p["detail"],
+        format!("a batch body may be at most {} bytes", three.len()),
+        "{p}"
+    );
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
     let r = post(&app, &app.http, "application/x-ndjson", three).await;

@@ -1456,7 +1456,7 @@ async fn a_job_id_the_api_answers_is_put_into_no_path_unless_it_is_an_id() {
         args.extend(["--set", f]);
     }
     let long = "x".repeat(100_000);
-    for id in ["../../templates/x", long.as_str()] {
+    for id in ["../../templates/x", long.as_str(), "a\nb"] {
         let api = FakeApi::start(vec![
             (
                 "/configapi/v2/oauth/token",
@@ -1476,9 +1476,9 @@ async fn a_job_id_the_api_answers_is_put_into_no_path_unless_it_is_an_id() {
         .await;
         let mut cli = cli(&app);
         cli.api = api.base.clone();
-        // Not waiting, the id is only shown.
+        // Not waiting, the id is only shown, on one line.
         let out = cli.run(&args).await.expect(0);
-        assert_eq!(out.stdout.trim_end(), id);
+        assert_eq!(out.stdout, format!("{}\n", id.replace('\n', "\\n")));
         let out = cli.run(&[&args[..], &["--wait"]].concat()).await.expect(6);
         assert!(
             out.stderr.contains("no `jobId` to wait for"),

@@ -210,7 +210,30 @@ async fn one_address_holds_at_most_its_share_of_the_connections() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("\r\nRetry-After: 1\r\n"), "{answer}");
+    assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
     assert!(answer.ends_with("retry when one has closed\"}"), "{answer}");
+    // An HTTP client reads it as the answer to its request, not as a broken connection.
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("http://{}/healthz", app.addr))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let figures = provisioner_tests::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        figures.contains("provisioner_http_connections_refused_total 2"),
+        "{figures}"
+    );
     // Another address is served meanwhile.
     let mut other = TcpStream::connect(app.addr).await.unwrap();
     other

@@ -470,5 +470,9 @@ async fn a_query_that_is_not_utf8_once_decoded_is_refused() {
     let (status, p) = problem(r).await;
     assert_eq!(status, 400, "{p}");
     assert_eq!(fields(&p), ["tenantUrl"], "{p}");
+    assert_eq!(
+        p["errors"][0]["message"], "is not UTF-8 once percent-decoded",
+        "{p}"
+    );
     app.stop().await;
 }

@@ -181,13 +181,17 @@ pub(super) async fn create_batch(
             )));
         }
     };
+    if ndjson {
+        // A body declared too long costs nothing more than this look.
+        crate::intake::refuse_declared_ndjson(request.headers(), state.settings.batch_max_bytes)?;
+    }
     let key = answer.idempotency_key.key()?;
     let max_items = usize::try_from(state.settings.batch_max_items).unwrap_or(usize::MAX);
     let mut intake = Intake::new(&state, &caller, key, max_items, answer.trace);
     intake.start().await?;
     let (parts, body) = request.into_parts();
     if ndjson {
-        intake.ndjson(&parts.headers, body).await?;
+        intake.ndjson(body).await?;
     } else {
         intake.json(&parts.headers, body).await?;
     }
