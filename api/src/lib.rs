@@ -12,6 +12,7 @@ pub mod fuzzing;
 mod intake;
 mod metrics;
 mod openapi;
+mod peer;
 mod recorder;
 mod retry;
 mod routes;

@@ -67,6 +67,17 @@ enum Key {
     UnknownFrom(IpAddr),
 }
 
+/// Peers as `peer::key` counts them: an IPv6 peer by its /64.
+impl Key {
+    fn client_from(client_id: &str, peer: Option<IpAddr>) -> Self {
+        Self::ClientFrom(client_id.to_owned(), peer.map(crate::peer::key))
+    }
+
+    fn unknown_from(peer: IpAddr) -> Self {
+        Self::UnknownFrom(crate::peer::key(peer))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Window {
     started: Instant,
@@ -96,8 +107,7 @@ impl TokenGuard {
         client_id: &str,
         peer: Option<IpAddr>,
     ) -> Result<OwnedSemaphorePermit, Refusal> {
-        if let Some(retry_after) = self.refused_for(&[Key::ClientFrom(client_id.to_owned(), peer)])
-        {
+        if let Some(retry_after) = self.refused_for(&[Key::client_from(client_id, peer)]) {
             return Err(Refusal::TooManyFailures { retry_after });
         }
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
@@ -117,7 +127,7 @@ impl TokenGuard {
     /// Whether `peer` named too many client ids that do not exist lately: another such id is
     /// not hashed.
     pub(crate) fn unknown_ids_refused(&self, peer: Option<IpAddr>) -> bool {
-        peer.is_some_and(|p| self.refused_for(&[Key::UnknownFrom(p)]).is_some())
+        peer.is_some_and(|p| self.refused_for(&[Key::unknown_from(p)]).is_some())
     }
 
     /// Records how long a verification took.
@@ -192,8 +202,8 @@ impl TokenGuard {
 }
 
 fn keys(client_id: &str, peer: Option<IpAddr>, known: bool) -> Vec<Key> {
-    let mut keys = vec![Key::ClientFrom(client_id.to_owned(), peer)];
-    keys.extend(peer.filter(|_| !known).map(Key::UnknownFrom));
+    let mut keys = vec![Key::client_from(client_id, peer)];
+    keys.extend(peer.filter(|_| !known).map(Key::unknown_from));
     keys
 }
 
@@ -251,6 +261,23 @@ mod tests {
             guard.admit("victim", Some(owner)).await.is_ok(),
             "the client itself, from elsewhere, is not locked out"
         );
+    }
+
+    /// An IPv6 peer that takes a new address of its /64 for each attempt is one peer.
+    #[tokio::test]
+    async fn failures_from_one_ipv6_64_count_together() {
+        let guard = TokenGuard::with_slots(2);
+        let address = |i: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i + 1]);
+        for i in 0..u16::try_from(MAX_FAILURES).unwrap() {
+            assert!(guard.admit("victim", Some(address(i))).await.is_ok());
+            guard.failed("victim", Some(address(i)), true);
+        }
+        assert!(matches!(
+            guard.admit("victim", Some(address(999))).await.unwrap_err(),
+            Refusal::TooManyFailures { .. }
+        ));
+        let elsewhere = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(guard.admit("victim", Some(elsewhere)).await.is_ok());
     }
 
     #[tokio::test]

@@ -325,14 +325,19 @@ impl TestApp {
         fetch_token(&http_client(), self.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await
     }
 
-    /// The value of the unlabelled figure `name` in the API's `/metrics`, if it is there.
-    pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = get(self.url("/metrics"))
+    /// The API's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        get(self.url("/metrics"))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of the unlabelled figure `name` in the API's `/metrics`, if it is there.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .map(|v| v.trim().parse().unwrap())

@@ -15,6 +15,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_test-provisioner");
 const PASSWORD: &str = "cli-Secret-pa55word-91f2";
+/// The create fields besides the password, as `--set` takes them.
+const ADMIN_FIELDS: [&str; 5] = [
+    "tenantName=Acme",
+    "firstName=Ada",
+    "lastName=Lovelace",
+    "loginId=admin",
+    "email=ada@acme.example",
+];
 
 fn cli(app: &TestApp) -> Cli {
     let mut cli = Cli::new(BIN, app);
@@ -818,13 +826,7 @@ async fn a_create_waits_for_its_job_and_a_taken_url_exits_1() {
         "--set",
         &set,
     ];
-    for f in [
-        "tenantName=Acme",
-        "firstName=Ada",
-        "lastName=Lovelace",
-        "loginId=admin",
-        "email=ada@acme.example",
-    ] {
+    for f in ADMIN_FIELDS {
         args.extend(["--set", f]);
     }
     let done = cli
@@ -1010,12 +1012,7 @@ async fn a_long_wait_renews_its_token_before_it_expires() {
         .await
         .expect(3);
     // Every long-poll carried a valid token: no 401 was answered on the batch route.
-    let metrics = provisioner_tests::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let refused: Vec<&str> = metrics
         .lines()
         .filter(|l| {
@@ -1445,14 +1442,7 @@ async fn a_job_id_the_api_answers_is_put_into_no_path_unless_it_is_an_id() {
     let set = format!("password={PASSWORD}");
     let template = "a".repeat(64);
     let mut args = vec!["create", url.as_str(), "--template-id", &template];
-    for f in [
-        set.as_str(),
-        "tenantName=Acme",
-        "firstName=Ada",
-        "lastName=Lovelace",
-        "loginId=admin",
-        "email=ada@acme.example",
-    ] {
+    for f in std::iter::once(set.as_str()).chain(ADMIN_FIELDS) {
         args.extend(["--set", f]);
     }
     let long = "x".repeat(100_000);

@@ -500,12 +500,7 @@ async fn the_dashboard_and_the_alerts_read_only_figures_that_metrics_serves() {
         .get_json(&format!("/configapi/v2/jobs/{id}?wait=1&status=queued"))
         .await;
     assert_eq!(status, 200);
-    let text = provisioner_tests::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let served: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#'))

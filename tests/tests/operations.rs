@@ -449,12 +449,7 @@ async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
             .unwrap();
         assert_eq!(r.status(), 405);
     }
-    let text = provisioner_tests::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(!text.contains("INVENTED"), "a method became a label");
     assert!(
         text.contains("method=\"other\",route=\"/healthz\",status=\"405\""),
@@ -495,12 +490,7 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
     .execute(&app.db)
     .await
     .unwrap();
-    let text = provisioner_tests::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for (status, n) in [
         ("queued", 7),
         ("running", 0),
@@ -536,12 +526,7 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
     .execute(&app.db)
     .await
     .unwrap();
-    let text = provisioner_tests::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains("provisioner_jobs{status=\"queued\"} 7\n"),
         "{text}"

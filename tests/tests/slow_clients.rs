@@ -224,15 +224,10 @@ async fn one_address_holds_at_most_its_share_of_the_connections() {
         .expect("an answer");
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
-    let figures = provisioner_tests::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        figures.contains("provisioner_http_connections_refused_total 2"),
-        "{figures}"
+    assert_eq!(
+        app.metric("provisioner_http_connections_refused_total")
+            .await,
+        Some(2.0)
     );
     // Another address is served meanwhile.
     let mut other = TcpStream::connect(app.addr).await.unwrap();
