@@ -2,11 +2,11 @@
 //! have not all arrived within `HEADER_TIMEOUT` is dropped (on a kept-alive connection the
 //! wait for the next request counts), one whose client accepts no byte of an answer for
 //! `WRITE_STALL` is dropped, at most `max_connections` are served at once (further ones wait in
-//! the kernel's backlog), at most `per_peer` of them from one address (one more is answered
-//! `503` with `Retry-After` and closed as soon as it is accepted, so that one client cannot take
-//! every place and keep everyone else waiting in the backlog), and a stop never waits longer
-//! than the shutdown timeout, whatever the clients do. (Body stalls are the router's:
-//! `body_timeout`.)
+//! the kernel's backlog), at most `per_peer` of them from one address (one more, once accepted,
+//! gives its place back at once and is answered `503` with `Retry-After` by a task of its own,
+//! so that one client cannot take every place and keep everyone else waiting in the backlog),
+//! and a stop never waits longer than the shutdown timeout, whatever the clients do. (Body
+//! stalls are the router's: `body_timeout`.)
 //!
 //! HTTP/1.1 only: HTTP/2 over cleartext, which nothing in front of the API needs (proxies and
 //! ingresses speak HTTP/1.1 to their backends; browsers speak HTTP/2 over TLS only), would need
@@ -129,7 +129,8 @@ fn with_peer(
     }
 }
 
-/// The answer to a connection past its address's share: no request of it is read.
+/// The answer to a connection past its address's share, whatever its request (only its first
+/// bytes are read, and dropped).
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 Content-Type: application/problem+json\r\n\
 Retry-After: 1\r\n\
