@@ -6,11 +6,9 @@
 
 use std::fmt;
 
+use provisioner_shared::domain::member_given_twice;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
-
-/// Most characters of a repeated member name quoted in the refusal.
-const SHOWN_NAME: usize = 64;
 
 /// `bytes` as one JSON value; a member name repeated within one object is an error, at its
 /// place in the text like any other fault.
@@ -76,23 +74,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut members = Map::new();
         while let Some(name) = map.next_key::<String>()? {
             if members.contains_key(&name) {
-                return Err(de::Error::custom(format_args!(
-                    "the member {} is given twice",
-                    shown(&name)
-                )));
+                return Err(de::Error::custom(member_given_twice(&name)));
             }
             let Strict(value) = map.next_value()?;
             members.insert(name, value);
         }
         Ok(Value::Object(members))
-    }
-}
-
-/// `name` quoted as JSON, its first `SHOWN_NAME` characters.
-fn shown(name: &str) -> String {
-    match name.char_indices().nth(SHOWN_NAME) {
-        Some((end, _)) => format!("{}...", Value::from(&name[..end])),
-        None => Value::from(name).to_string(),
     }
 }
 
@@ -132,10 +119,7 @@ mod tests {
         let text = format!(r#"{{"{name}": 1, "{name}": 2}}"#);
         let e = parse(text.as_bytes()).unwrap_err().to_string();
         assert!(e.len() < 200, "{e}");
-        assert!(
-            e.contains(&format!("\"{}\"...", "n".repeat(SHOWN_NAME))),
-            "{e}"
-        );
+        assert!(e.contains(&format!("\"{}\"...", "n".repeat(64))), "{e}");
     }
 
     #[test]

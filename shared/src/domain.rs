@@ -70,6 +70,20 @@ pub fn is_hidden_char(c: char) -> bool {
     )
 }
 
+/// Most characters of a repeated JSON member name quoted by [`member_given_twice`].
+const SHOWN_MEMBER_NAME: usize = 64;
+
+/// The fault of a JSON object naming member `name` twice (in a request body or in a template's
+/// free-form JSON): parsers differ on which of the two counts, so neither does. The name is
+/// quoted as JSON, cut to its first 64 characters.
+pub fn member_given_twice(name: &str) -> String {
+    let shown = match name.char_indices().nth(SHOWN_MEMBER_NAME) {
+        Some((end, _)) => format!("{}...", serde_json::Value::from(&name[..end])),
+        None => serde_json::Value::from(name).to_string(),
+    };
+    format!("the member {shown} is given twice")
+}
+
 /// A JSON number that is a whole number, written as an integer or as a float with no fraction
 /// (JSON Schema's `integer` admits `5.0`). The API and the command line read numbers so alike.
 pub fn whole_number(value: &serde_json::Value) -> Option<i64> {

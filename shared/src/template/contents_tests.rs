@@ -401,3 +401,57 @@ fn the_checks_find_every_faulty_element_and_the_first_is_the_readers_fault() {
         "the reader refuses with the first"
     );
 }
+
+#[test]
+fn a_member_named_twice_in_free_form_json_is_refused_wherever_it_is() {
+    // Raw text: `json!` cannot repeat a member. Each document once with a name given twice,
+    // once with the same name in two objects (no repetition).
+    let read = |tenant: String, entries: &[(&str, String)]| {
+        let mut all = vec![
+            (MANIFEST, serde_json::to_vec(&manifest()).unwrap()),
+            (TENANT, tenant.into_bytes()),
+        ];
+        all.extend(entries.iter().map(|(n, t)| (*n, t.clone().into_bytes())));
+        Template::read_upgrading(&zip_of(&all), &Limits::default(), DB)
+    };
+    let tenant_with = |settings: &str| {
+        format!(
+            r#"{{"id": "{ID}", "url": "a.example.com", "name": "A", "sipDomain": "a.example.com",
+                 "settings": {settings}}}"#
+        )
+    };
+    let object =
+        |data: &str| format!(r#"[{{"id": "{ID}", "kind": "team", "name": "t", "data": {data}}}]"#);
+    let list =
+        |entry: &str| format!(r#"[{{"id": "{ID}", "name": "n", "entries": [{{}}, {entry}]}}]"#);
+    let audit = |details: &str| {
+        format!(
+            r#"[{{"at": "2026-11-30T10:00:00Z", "actor": "a", "action": "b", "object": "c", "details": {details}}}]"#
+        )
+    };
+    let twice = r#"{"tz": 1, "n": {"a": 1, "a": 2}}"#;
+    let apart = r#"{"tz": 1, "n": {"a": 1}, "m": {"a": {"a": "a"}}}"#;
+    // Each document: where it is, the tenant's text, the other entries.
+    type Case = (&'static str, String, Vec<(&'static str, String)>);
+    let cases = |doc: &str| -> Vec<Case> {
+        vec![
+            ("settings", tenant_with(doc), vec![]),
+            (OBJECTS, tenant_with("{}"), vec![(OBJECTS, object(doc))]),
+            (
+                CALLING_LISTS,
+                tenant_with("{}"),
+                vec![(CALLING_LISTS, list(doc))],
+            ),
+            (AUDIT, tenant_with("{}"), vec![(AUDIT, audit(doc))]),
+        ]
+    };
+    for ((what, t, entries), (_, bad_t, bad_entries)) in cases(apart).into_iter().zip(cases(twice))
+    {
+        assert!(read(t, &entries).is_ok(), "{what}");
+        let err = read(bad_t, &bad_entries).unwrap_err().to_string();
+        assert!(
+            err.contains(r#"the member "a" is given twice"#),
+            "{what}: {err}"
+        );
+    }
+}

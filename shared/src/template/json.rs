@@ -258,9 +258,17 @@ impl<'de> Visitor<'de> for Scan {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let inner = self.deeper()?;
+        // The names seen in this object (borrowed from the text where they have no escapes): a
+        // name given twice is a fault, since `jsonb` would keep the last of the two where the
+        // template's author may have meant the first.
+        let mut names = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             inner.text(&key, MAX_SETTINGS_KEY, "key")?;
+            if names.contains(&key) {
+                return Err(de::Error::custom(crate::domain::member_given_twice(&key)));
+            }
             map.next_value_seed(inner)?;
+            names.insert(key);
         }
         Ok(())
     }
