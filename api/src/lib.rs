@@ -93,8 +93,6 @@ const BATCH_INTAKES_AT_ONCE: usize = 4;
 fn router(state: AppState) -> Router {
     metrics::handle();
     routes::router(&state)
-        // The API's routes only: the dashboard's pages answer faults as pages of their own.
-        .route_layer(axum::middleware::from_fn(refuse_undecodable_queries))
         .merge(ui::router())
         // Inside the request's trace and figures: its refusals are logged and counted.
         .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
@@ -139,23 +137,6 @@ fn log_failure(
         }
         class => tracing::error!(classification = %class, latency_ms = latency, "response failed"),
     }
-}
-
-/// `400` for a query with a parameter whose name or value is not UTF-8 once percent-decoded:
-/// read with replacement characters, `?name=%FF` would have named a template "\u{fffd}".
-async fn refuse_undecodable_queries(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if let Some(name) = request.uri().query().and_then(extract::undecodable_param) {
-        return axum::response::IntoResponse::into_response(error::ApiError::Validation(vec![
-            error::FieldError::new(
-                &validate::shortened(&name),
-                "is not UTF-8 once percent-decoded",
-            ),
-        ]));
-    }
-    next.run(request).await
 }
 
 /// `415` for a body with a `Content-Encoding` (other than `identity`): no route decodes one, and

@@ -474,5 +474,16 @@ async fn a_query_that_is_not_utf8_once_decoded_is_refused() {
         p["errors"][0]["message"], "is not UTF-8 once percent-decoded",
         "{p}"
     );
+    // Checked after the route, its method and the token: without a token such a query is
+    // `401`, with a method the route lacks `405`, as any other query would be.
+    let path = "/configapi/v2/jobs?tenantUrl=a%C3";
+    let r = provisioner_tests::http_client()
+        .get(app.url(path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app.http.patch(app.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
     app.stop().await;
 }

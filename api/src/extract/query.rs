@@ -43,6 +43,26 @@ pub(crate) fn undecodable_param(query: &str) -> Option<String> {
     })
 }
 
+/// Middleware of the API's routes (not the dashboard's pages, which answer faults as pages): `400`
+/// for a query with a parameter whose name or value is not UTF-8 once percent-decoded (read with
+/// replacement characters, `?name=%FF` would have named a template "\u{fffd}"). It runs once the
+/// route and method matched and the token was checked, so a wrong method is still `405` and a
+/// request without a token still `401`.
+pub(crate) async fn refuse_undecodable_queries(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(name) = request.uri().query().and_then(undecodable_param) {
+        return axum::response::IntoResponse::into_response(crate::error::ApiError::Validation(
+            vec![FieldError::new(
+                &crate::validate::shortened(&name),
+                "is not UTF-8 once percent-decoded",
+            )],
+        ));
+    }
+    next.run(request).await
+}
+
 /// `?status=`: one of the job statuses; a bad one adds its field error.
 pub(crate) fn status_param(uri: &Uri, errors: &mut Vec<FieldError>) -> Option<JobStatus> {
     let raw = optional_param(uri, "status")?;

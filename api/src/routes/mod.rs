@@ -24,6 +24,7 @@ use crate::{
     AppState,
     auth::{Gate, Scope, require_token},
     error::ApiError,
+    extract::refuse_undecodable_queries,
 };
 
 /// Routes that share an access rule.
@@ -103,6 +104,8 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .into_iter()
         .fold(Router::new(), |router, group| {
             let (routes, _) = group.routes.split_for_parts();
+            // Inside the token's check: a request without one is `401` whatever its query.
+            let routes = routes.route_layer(middleware::from_fn(refuse_undecodable_queries));
             let routes = match group.scope {
                 None => routes,
                 Some(scope) => routes.route_layer(middleware::from_fn_with_state(
