@@ -1,8 +1,10 @@
-//! The job queues as the broker sees them, for `/metrics`: messages ready and consumers
-//! attached. Read with passive declares on a short-lived connection, so a scrape costs one
-//! connection and one round trip per queue.
+//! The job queues as the broker sees them, for `/metrics` and the reconciler: messages ready and
+//! consumers attached. Read with passive declares, one round trip per queue, on a connection a
+//! reader keeps between reads: an API scraped every few seconds, or a worker's sweeper asking
+//! every 10 s while a backlog is late, opens one connection, not one per read (each a pair of
+//! lines in the broker's log and a login's work).
 
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
+use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
 use secrecy::SecretString;
 
 use crate::{queue, relay};
@@ -17,32 +19,65 @@ pub struct QueueFigures {
     pub consumers: u32,
 }
 
-/// The figures of every job queue, interactive first.
-pub async fn job_queues(amqp_url: &SecretString) -> anyhow::Result<Vec<QueueFigures>> {
-    let conn = relay::connect_broker(amqp_url, "provisioner-metrics").await?;
-    let read = async {
-        let channel = conn.create_channel().await?;
-        let mut figures = Vec::with_capacity(queue::JOB_QUEUES.len());
-        for name in queue::JOB_QUEUES {
-            let q = channel
-                .queue_declare(
-                    name.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            figures.push(QueueFigures {
-                queue: name,
-                ready: q.message_count(),
-                consumers: q.consumer_count(),
-            });
+/// Reads the job queues' figures on one broker connection kept from one read to the next,
+/// opened at the first read and again after any failed one. One read at a time; a read whose
+/// future is dropped (a caller's timeout) drops the connection with it, so the next read starts
+/// on a fresh one.
+#[derive(Debug)]
+pub struct QueueReader {
+    amqp_url: SecretString,
+    /// The connection's name, as the broker lists it.
+    name: &'static str,
+    held: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+}
+
+impl QueueReader {
+    pub fn new(amqp_url: SecretString, name: &'static str) -> Self {
+        Self {
+            amqp_url,
+            name,
+            held: tokio::sync::Mutex::new(None),
         }
-        anyhow::Ok(figures)
     }
-    .await;
-    let _ = conn.close(200, "metrics read".into()).await;
-    read
+
+    /// The figures of every job queue, interactive first.
+    pub async fn read(&self) -> anyhow::Result<Vec<QueueFigures>> {
+        let mut held = self.held.lock().await;
+        // Taken out while it is used: kept again only after a read that succeeded.
+        let (conn, channel) = match held.take() {
+            Some((conn, channel)) if channel.status().connected() => (conn, channel),
+            _ => {
+                let conn = relay::connect_broker(&self.amqp_url, self.name).await?;
+                let channel = conn.create_channel().await?;
+                (conn, channel)
+            }
+        };
+        let figures = job_queues(&channel).await?;
+        *held = Some((conn, channel));
+        Ok(figures)
+    }
+}
+
+/// The figures of every job queue, interactive first. A queue that does not exist closes the
+/// channel (the broker answers a passive declare of it with an error).
+async fn job_queues(channel: &Channel) -> anyhow::Result<Vec<QueueFigures>> {
+    let mut figures = Vec::with_capacity(queue::JOB_QUEUES.len());
+    for name in queue::JOB_QUEUES {
+        let q = channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        figures.push(QueueFigures {
+            queue: name,
+            ready: q.message_count(),
+            consumers: q.consumer_count(),
+        });
+    }
+    Ok(figures)
 }

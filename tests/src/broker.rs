@@ -122,11 +122,13 @@ impl TestApp {
     }
 }
 
-/// A connection of this test's vhost: its client-given name and negotiated heartbeat (s).
+/// A connection of this test's vhost: its client-given name, negotiated heartbeat (s) and the
+/// client's port (which tells one connection from another of the same name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConnection {
     pub name: String,
     pub heartbeat: u64,
+    pub peer_port: u64,
 }
 
 impl TestApp {
@@ -141,6 +143,7 @@ impl TestApp {
                 "json",
                 "vhost",
                 "timeout",
+                "peer_port",
                 "client_properties",
             ]);
             let all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
@@ -156,6 +159,7 @@ impl TestApp {
                         .unwrap_or_default()
                         .to_owned(),
                     heartbeat: c["timeout"].as_u64().unwrap_or_default(),
+                    peer_port: c["peer_port"].as_u64().unwrap_or_default(),
                 })
                 .collect()
         })

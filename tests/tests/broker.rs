@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use provisioner_shared::queue::CREATE_TENANT_QUEUE;
+use provisioner_shared::{broker_figures::QueueReader, queue::CREATE_TENANT_QUEUE};
 use provisioner_tests::{TestApp, eventually, fixtures, process::Proc, proxy::Proxy, submit_via};
 use serde_json::json;
 
@@ -402,5 +402,46 @@ async fn a_worker_cut_off_from_the_broker_loses_its_delivery_and_reconnects_once
     );
     victim.child.kill().await.unwrap();
     rescuer.child.kill().await.unwrap();
+    app.stop().await;
+}
+
+/// The job queues' figures (`/metrics`, the reconciler of a late backlog) are read on one
+/// connection kept from one read to the next, and on a new one once it is lost.
+#[tokio::test]
+async fn the_job_queues_are_read_on_one_connection_kept_between_reads() {
+    const NAME: &str = "provisioner-test-queues";
+    let app = TestApp::without_workers().await;
+    let reader = QueueReader::new(app.broker_url().into(), NAME);
+    let ports = || async {
+        app.broker_connections()
+            .await
+            .into_iter()
+            .filter(|c| c.name == NAME)
+            .map(|c| c.peer_port)
+            .collect::<Vec<_>>()
+    };
+    let figures = reader.read().await.unwrap();
+    assert_eq!(
+        figures.iter().map(|q| q.queue).collect::<Vec<_>>(),
+        provisioner_shared::queue::JOB_QUEUES,
+    );
+    let kept = ports().await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    for _ in 0..3 {
+        reader.read().await.unwrap();
+    }
+    assert_eq!(ports().await, kept, "the same connection, still open");
+
+    // Lost: a read may fail on it (the reader learns of the close as it reads), and the next
+    // one reads on a new connection.
+    app.drop_broker_connections("test: the reader's connection is lost")
+        .await;
+    eventually(Duration::from_secs(10), || async {
+        reader.read().await.ok()
+    })
+    .await;
+    let new = ports().await;
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, kept);
     app.stop().await;
 }

@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use provisioner_shared::{broker_figures, db, queue::Lane};
+use provisioner_shared::{broker_figures::QueueReader, db, queue::Lane};
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{self, Context};
@@ -25,12 +25,14 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         .unwrap_or(
             (ctx.settings.job_lease / 3).clamp(Duration::from_secs(1), Duration::from_secs(10)),
         );
+    // The reconciler's one broker connection, kept from sweep to sweep.
+    let queues = QueueReader::new(ctx.settings.amqp_url.clone(), "provisioner-sweeper");
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = shutdown.cancelled() => return,
         }
-        if tokio::time::timeout(SWEEP_LIMIT, steps(&ctx))
+        if tokio::time::timeout(SWEEP_LIMIT, steps(&ctx, &queues))
             .await
             .is_err()
         {
@@ -39,11 +41,11 @@ pub(crate) async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
-async fn steps(ctx: &Context) {
+async fn steps(ctx: &Context, queues: &QueueReader) {
     if let Err(e) = sweep(ctx).await {
         tracing::warn!(error = %e, "lease sweep failed");
     }
-    if let Err(e) = reconcile(ctx).await {
+    if let Err(e) = reconcile(ctx, queues).await {
         tracing::warn!(error = %e, "queue reconciliation failed");
     }
     // Before the templates: removing ended batches unpins theirs.
@@ -72,19 +74,16 @@ const RESEND_BATCHES: usize = 10;
 /// delivery lost it, or a stopped worker holds it. The broker is asked which queues hold
 /// messages only when a job was sent that long ago; when it cannot say, every queue is taken
 /// for holding some.
-async fn reconcile(ctx: &Context) -> Result<(), sqlx::Error> {
+async fn reconcile(ctx: &Context, queues: &QueueReader) -> Result<(), sqlx::Error> {
     ctx.horizons.record(&ctx.pool).await?;
     let after = ctx.settings.reconcile_after;
     let behind = db::jobs::lanes_behind(&ctx.pool, after).await?;
     if behind.is_empty() {
         return Ok(());
     }
-    let read = tokio::time::timeout(
-        BROKER_READ_LIMIT,
-        broker_figures::job_queues(&ctx.settings.amqp_url),
-    )
-    .await
-    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {BROKER_READ_LIMIT:?}")));
+    let read = tokio::time::timeout(BROKER_READ_LIMIT, queues.read())
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {BROKER_READ_LIMIT:?}")));
     let waiting: Vec<Lane> = match read {
         Ok(figures) => figures
             .iter()

@@ -12,7 +12,7 @@ pub(super) type QueueFigures = Vec<provisioner_shared::broker_figures::QueueFigu
 /// vhost): several APIs in one process, as the tests run them, never serve each other's.
 #[derive(Debug)]
 pub(crate) struct BrokerReadings {
-    amqp_url: secrecy::SecretString,
+    reader: provisioner_shared::broker_figures::QueueReader,
     /// One read at a time.
     turn: tokio::sync::Semaphore,
     last: std::sync::Mutex<Option<(std::time::Instant, QueueFigures)>>,
@@ -21,7 +21,10 @@ pub(crate) struct BrokerReadings {
 impl BrokerReadings {
     pub(crate) fn new(amqp_url: secrecy::SecretString) -> Self {
         Self {
-            amqp_url,
+            reader: provisioner_shared::broker_figures::QueueReader::new(
+                amqp_url,
+                "provisioner-metrics",
+            ),
             turn: tokio::sync::Semaphore::new(1),
             last: std::sync::Mutex::new(None),
         }
@@ -51,11 +54,7 @@ impl BrokerReadings {
         if let Some(figures) = fresh() {
             return Some(figures);
         }
-        let read = tokio::time::timeout(
-            BROKER_READ_TIMEOUT,
-            provisioner_shared::broker_figures::job_queues(&self.amqp_url),
-        )
-        .await;
+        let read = tokio::time::timeout(BROKER_READ_TIMEOUT, self.reader.read()).await;
         match read {
             Ok(Ok(figures)) => {
                 if let Ok(mut last) = self.last.lock() {
