@@ -194,6 +194,12 @@ impl From<FieldError> for ApiError {
 }
 
 impl ApiError {
+    /// `422`: an `Idempotency-Key` the client used for another request (another body, or
+    /// another route: a key names one request of its client, job or batch).
+    pub(crate) fn key_reused() -> Self {
+        Self::Unprocessable("this Idempotency-Key was used with a different request".to_owned())
+    }
+
     /// Status, problem type and title: the one place they are decided.
     fn class(&self) -> (StatusCode, &'static str, &'static str) {
         const BLANK: &str = "about:blank";

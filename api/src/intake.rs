@@ -151,11 +151,16 @@ impl<'a> Intake<'a> {
     }
 
     /// Looks for a batch this client made with the same key; found, the body is only digested.
+    /// A key the client gave a job (a single create, an import) is `422`: a key names one
+    /// request, whatever its route.
     async fn check_replay(&mut self) -> Result<(), ApiError> {
-        if let Some(key) = self.key {
-            self.replay =
-                db::batches::find_by_idempotency_key(&self.state.pool, &self.caller.client_id, key)
-                    .await?;
+        let Some(key) = self.key else {
+            return Ok(());
+        };
+        let (pool, client) = (&self.state.pool, &self.caller.client_id);
+        self.replay = db::batches::find_by_idempotency_key(pool, client, key).await?;
+        if self.replay.is_none() && db::jobs::key_taken(pool, client, key).await? {
+            return Err(ApiError::key_reused());
         }
         Ok(())
     }
@@ -597,9 +602,7 @@ fn replayed(batch: BatchRow, digest: &str) -> Result<Accepted, ApiError> {
     if batch.request_digest.as_deref() == Some(digest) {
         Ok(Accepted::Replay(batch))
     } else {
-        Err(ApiError::Unprocessable(
-            "this Idempotency-Key was used with a different request".to_owned(),
-        ))
+        Err(ApiError::key_reused())
     }
 }
 

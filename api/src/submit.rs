@@ -170,11 +170,7 @@ pub(crate) async fn submit(
             job
         }
         Recorded::Replay(job) if job.request_digest.as_deref() == Some(sub.digest.as_str()) => job,
-        Recorded::Replay(_) => {
-            return Err(ApiError::Unprocessable(
-                "this Idempotency-Key was used with a different request".to_owned(),
-            ));
-        }
+        Recorded::Replay(_) => return Err(ApiError::key_reused()),
     };
     respond(state, job, answer.prefer_wait).await
 }
@@ -316,18 +312,24 @@ async fn record(
     }
 }
 
-/// The caller's job recorded under this idempotency key, if any.
+/// The caller's job recorded under this idempotency key, if any. A key the client gave a batch
+/// is `422`: a key names one request, whatever its route.
 async fn replayed(
     state: &AppState,
     caller: &Caller,
     key: Option<&str>,
 ) -> Result<Option<JobRow>, ApiError> {
-    match key {
-        Some(key) => {
-            Ok(db::jobs::find_by_idempotency_key(&state.pool, &caller.client_id, key).await?)
-        }
-        None => Ok(None),
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let (pool, client) = (&state.pool, &caller.client_id);
+    if let Some(job) = db::jobs::find_by_idempotency_key(pool, client, key).await? {
+        return Ok(Some(job));
     }
+    if db::batches::key_taken(pool, client, key).await? {
+        return Err(ApiError::key_reused());
+    }
+    Ok(None)
 }
 
 /// 202 with the job, or, under `Prefer: wait=N`, the job's final code if it ends within N s.

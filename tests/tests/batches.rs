@@ -392,6 +392,55 @@ async fn the_same_idempotency_key_and_body_return_the_same_batch() {
 }
 
 #[tokio::test]
+async fn a_key_names_one_request_of_its_client_whatever_its_route() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let (items, tenant) = (ndjson(&items(2, &template)), fixtures::tenant_url());
+    let batch = |key: &'static str| {
+        app.http
+            .post(app.url("/configapi/v2/batches"))
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", key)
+            .body(items.clone())
+            .send()
+    };
+    let create = |key: &'static str| {
+        app.http
+            .post(app.url(&format!("/configapi/v2/selfservice/tenant/{tenant}")))
+            .header("idempotency-key", key)
+            .json(&fixtures::create_body(&template))
+            .send()
+    };
+    // A job's key, then a batch with it: 422, nothing made.
+    assert_eq!(create("one").await.unwrap().status(), 202);
+    let r = batch("one").await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    // A batch's key, then a create with it (of another tenant: the first create's is
+    // active): the same.
+    assert_eq!(batch("two").await.unwrap().status(), 202);
+    let r = app
+        .http
+        .post(app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        )))
+        .header("idempotency-key", "two")
+        .json(&fixtures::create_body(&template))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 3);
+    assert_eq!(create("one").await.unwrap().status(), 202, "replayed");
+    // Each still replays on its own route.
+    assert_eq!(batch("two").await.unwrap().status(), 202);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_item_whose_tenant_exists_ends_with_409_and_the_batch_completes() {
     let app = TestApp::spawn().await;
     let template = app.serve_sample_template("t.zip").await;
@@ -478,6 +527,14 @@ async fn a_url_that_keeps_failing_is_asked_at_most_max_attempts_times_for_the_ba
     assert_eq!(done["counts"]["failed"], 5, "{done}");
     for line in batches::results(&app, &id(&batch, "batchId"), "").await {
         assert_eq!(line["code"], 500, "{line}");
+        // Every item says how often the batch asked, as a single create's last fault does.
+        let detail = line["error"]["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.starts_with(
+                "the batch's template download failed 3 times with transient faults; the last: "
+            ),
+            "{line}"
+        );
     }
     assert_eq!(app.templates.hits("down.zip"), 3);
     app.stop().await;

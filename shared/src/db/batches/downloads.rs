@@ -215,11 +215,13 @@ pub async fn download_failed(
             match until {
                 Some(until) => Ok(DownloadState::Wait { until }),
                 None => {
-                    record_failure(conn, batch_id, url, 500, detail).await?;
-                    Ok(DownloadState::Failed {
-                        code: 500,
-                        detail: detail.clone(),
-                    })
+                    // Out of attempts: said as a single create's last transient fault says it.
+                    let detail = format!(
+                        "the batch's template download failed {max_attempts} times with \
+                         transient faults; the last: {detail}"
+                    );
+                    record_failure(conn, batch_id, url, 500, &detail).await?;
+                    Ok(DownloadState::Failed { code: 500, detail })
                 }
             }
         }
