@@ -83,14 +83,15 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// The layout of `--format` (if given) under `--json` (if given).
+    /// The layout of `--format` (if given) under `--json` (if given): `--json` alone is one
+    /// array; NDJSON asked for by name is JSON too, a document a line; CSV is not JSON.
     pub fn of(format: Option<ResultsFormat>, json: bool) -> Result<Self> {
         match (format, json) {
-            (Some(_), true) => Err(Failure::invalid(
-                "--json prints the results as one JSON array: it cannot be given with --format",
+            (Some(ResultsFormat::Csv), true) => Err(Failure::invalid(
+                "--json prints JSON: it cannot be given with --format csv",
             )),
             (Some(ResultsFormat::Csv), false) => Ok(Self::Csv),
-            (Some(ResultsFormat::Ndjson) | None, false) => Ok(Self::Ndjson),
+            (Some(ResultsFormat::Ndjson), _) | (None, false) => Ok(Self::Ndjson),
             (None, true) => Ok(Self::Array),
         }
     }

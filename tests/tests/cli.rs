@@ -244,6 +244,12 @@ async fn the_example_csv_provisions_as_a_batch_and_every_read_command_shows_it()
     cli.run(&["--json", "batch", "results", &id, "--format", "csv"])
         .await
         .expect(4);
+    // NDJSON asked for by name is JSON too: one document a line, as without `--json`.
+    let ndjson = cli
+        .run(&["--json", "batch", "results", &id, "--format", "ndjson"])
+        .await
+        .expect(0);
+    assert_eq!(ndjson.stdout, results.stdout);
     let job = lines[0]["jobId"].as_str().unwrap();
     let got = cli
         .run(&["job", "get", job, "--json"])
