@@ -141,6 +141,9 @@ Content-Length: 156\r\n\r\n\
 
 /// Refused connections answered at once; past it, one more is closed without an answer.
 const REFUSALS_AT_ONCE: usize = 64;
+/// Of those, one peer address's at most: a peer reconnecting in a loop leaves the rest to
+/// other peers' refusals.
+const REFUSALS_PER_PEER: NonZeroU32 = NonZeroU32::new(8).expect("not zero");
 /// How long a refused connection is waited for and read, all told (what it sent is dropped):
 /// its answer goes after the first bytes of its request (an HTTP client takes an answer that
 /// comes before it has written its request for a broken connection), and it is read until it
@@ -150,9 +153,12 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(2);
 const REFUSAL_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Answers and closes the connections refused for their address's share, each within
-/// `REFUSAL_LINGER` and at most `REFUSALS_AT_ONCE` at a time; counts them, and warns now and then.
+/// `REFUSAL_LINGER`, at most `REFUSALS_AT_ONCE` at a time and `REFUSALS_PER_PEER` of one peer;
+/// counts them, and warns now and then.
 struct Refusals {
     at_once: Arc<Semaphore>,
+    /// The refusals being answered, by peer.
+    peers: Peers,
     warned: Mutex<Option<std::time::Instant>>,
 }
 
@@ -160,6 +166,7 @@ impl Refusals {
     fn new() -> Self {
         Self {
             at_once: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+            peers: Peers::default(),
             warned: Mutex::new(None),
         }
     }
@@ -176,6 +183,9 @@ impl Refusals {
                 );
             }
         }
+        let Some(peer_slot) = self.peers.admit(peer.ip(), Some(REFUSALS_PER_PEER)) else {
+            return;
+        };
         let Ok(permit) = self.at_once.clone().try_acquire_owned() else {
             return;
         };
@@ -193,7 +203,7 @@ impl Refusals {
                 std::io::Result::Ok(())
             })
             .await;
-            drop(permit);
+            drop((permit, peer_slot));
         });
     }
 }
@@ -273,6 +283,41 @@ mod tests {
         );
         let problem: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(problem["status"], 503);
+    }
+
+    #[tokio::test]
+    async fn one_peer_has_at_most_its_share_of_the_answered_refusals() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refusals = Refusals::new();
+        // A client from `from`, refused; what it reads once it has sent a request.
+        let refused = async |from: &str| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let client = socket.connect(addr).await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            refusals.refuse(stream, peer);
+            client
+        };
+        let answer = async |mut client: tokio::net::TcpStream| {
+            let _ = client.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got).await;
+            String::from_utf8_lossy(&got).into_owned()
+        };
+        // The peer's share, held: each waits for its request.
+        let mut held = Vec::new();
+        for _ in 0..REFUSALS_PER_PEER.get() {
+            held.push(refused("127.0.0.1").await);
+        }
+        let past = refused("127.0.0.1").await;
+        let other = refused("127.0.0.2").await;
+        assert_eq!(answer(past).await, "", "closed unanswered");
+        assert!(answer(other).await.starts_with("HTTP/1.1 503 "));
+        for client in held {
+            assert!(answer(client).await.starts_with("HTTP/1.1 503 "));
+        }
     }
 
     #[test]
