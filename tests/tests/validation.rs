@@ -180,10 +180,28 @@ async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
         .unwrap();
     let (status, p) = problem(r).await;
     assert_eq!(status, 415);
-    assert!(p["detail"].as_str().unwrap().contains("text/plain"));
+    assert_eq!(
+        p["detail"],
+        "Content-Type text/plain is not supported here; send application/json or multipart/form-data"
+    );
 
     let r = app.http.post(&url).body("{}").send().await.unwrap();
     assert_eq!(problem(r).await.0, 415);
+
+    // A route that takes JSON alone asks for JSON alone, whatever was sent.
+    let r = app
+        .http
+        .post(app.url("/configapi/v2/accessnumbers"))
+        .multipart(reqwest::multipart::Form::new().text("number", "900"))
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 415);
+    assert_eq!(
+        p["detail"],
+        "Content-Type multipart/form-data is not supported here; send application/json"
+    );
     app.stop().await;
 }
 

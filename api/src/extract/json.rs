@@ -23,7 +23,19 @@ impl FromRequest<AppState> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        require_json(request.headers())?;
+        Self::read(request, state, "application/json").await
+    }
+}
+
+impl JsonObject {
+    /// The body as a JSON object; a `415` names `accepted`, the media types the route takes
+    /// (a route that also takes a form says so).
+    pub(crate) async fn read(
+        request: Request,
+        state: &AppState,
+        accepted: &str,
+    ) -> Result<Self, ApiError> {
+        require_json(request.headers(), accepted)?;
         let client = request
             .extensions()
             .get::<Caller>()
@@ -52,18 +64,18 @@ impl FromRequest<AppState> for JsonObject {
     }
 }
 
-/// `application/json` or any `application/*+json`.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+/// `application/json` or any `application/*+json`; `accepted` is what a refusal asks for.
+fn require_json(headers: &HeaderMap, accepted: &str) -> Result<(), ApiError> {
     let mime = media_type(headers);
     if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
         Ok(())
     } else if mime.is_empty() {
-        Err(ApiError::UnsupportedMediaType(
-            "Content-Type is missing; send application/json or multipart/form-data".to_owned(),
-        ))
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type is missing; send {accepted}"
+        )))
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type {mime} is not supported here; send application/json or multipart/form-data"
+            "Content-Type {mime} is not supported here; send {accepted}"
         )))
     }
 }

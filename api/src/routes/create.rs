@@ -168,7 +168,8 @@ pub(super) async fn create_from_template(
     if media_type(request.headers()) == "multipart/form-data" {
         return from_form(state, caller, raw_url, answer, request).await;
     }
-    let JsonObject(fields, held) = JsonObject::from_request(request, &state).await?;
+    let JsonObject(fields, held) =
+        JsonObject::read(request, &state, "application/json or multipart/form-data").await?;
     let request = match validate::create_request(&raw_url, &fields, TemplateInput::Json) {
         Ok(request) => request,
         Err(errors) => {
