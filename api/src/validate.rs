@@ -221,46 +221,52 @@ pub(crate) fn text_problem(text: &str, max: usize) -> Option<String> {
 
 /// The template a create (or a batch item, defaults applied) names: exactly one of
 /// `templateUrl` and `templateId`, or in a form a `template` file part and neither. A field
-/// counts as given whatever its value. Problems go to `errors`. Whether the client may use a
-/// `templateId` is the store's to say, when the job is recorded.
+/// whose value is `null` is not given (as `numberMap` and `lockTimeout`: a client that sends
+/// every field of its model, unset ones as `null`, is understood); any other value is, and is
+/// checked. A problem names every field of the choice at fault (`template` too, in a form).
+/// Problems go to `errors`. Whether the client may use a `templateId` is the store's to say,
+/// when the job is recorded.
 pub(crate) fn template_choice(
     body: &Map<String, Value>,
     input: TemplateInput<'_>,
     errors: &mut Vec<FieldError>,
 ) -> Option<TemplateSource> {
-    let given = |field: &str| body.contains_key(field);
+    let given = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
     let (url, id) = (given("templateUrl"), given("templateId"));
+    let mut refuse = |fields: &[&str], message: &str| {
+        for field in fields {
+            errors.push(FieldError::new(field, message));
+        }
+        None
+    };
     match (input, url, id) {
         (TemplateInput::FormFile(stored), false, false) => {
             Some(TemplateSource::Stored(stored.to_owned()))
         }
         (TemplateInput::FormFile(_), ..) => {
-            for field in ["templateUrl", "templateId"]
+            let fields: Vec<&str> = ["template", "templateUrl", "templateId"]
                 .into_iter()
-                .filter(|f| given(f))
-            {
-                errors.push(FieldError::new(
-                    field,
-                    "give one of a template file, templateUrl and templateId, not more",
-                ));
-            }
-            None
+                .filter(|f| *f == "template" || given(f))
+                .collect();
+            refuse(
+                &fields,
+                "give one of a template file, templateUrl and templateId, not more",
+            )
         }
         (_, true, false) => template_url(body, errors).map(TemplateSource::Url),
         (_, false, true) => template_id(body, errors).map(TemplateSource::Stored),
-        (_, both, _) => {
-            let message = if both {
-                "give templateUrl or templateId, not both"
-            } else if input == TemplateInput::Json {
-                "one of templateUrl and templateId is required"
-            } else {
-                "one of a template file, templateUrl and templateId is required"
-            };
-            for field in ["templateUrl", "templateId"] {
-                errors.push(FieldError::new(field, message));
-            }
-            None
-        }
+        (_, true, true) => refuse(
+            &["templateUrl", "templateId"],
+            "give templateUrl or templateId, not both",
+        ),
+        (TemplateInput::Json, false, false) => refuse(
+            &["templateUrl", "templateId"],
+            "one of templateUrl and templateId is required",
+        ),
+        (TemplateInput::Form, false, false) => refuse(
+            &["template", "templateUrl", "templateId"],
+            "one of a template file, templateUrl and templateId is required",
+        ),
     }
 }
 
@@ -439,30 +445,46 @@ mod tests {
         );
         let (source, _) = choose(json!({}), TemplateInput::FormFile(ID));
         assert_eq!(source, Some(TemplateSource::Stored(ID.to_owned())));
-        for (v, input) in [
-            (json!({}), TemplateInput::Json),
+        // `null` is no choice.
+        for input in [TemplateInput::Json, TemplateInput::Form] {
+            let (source, _) = choose(json!({"templateId": ID, "templateUrl": null}), input);
+            assert_eq!(source, Some(TemplateSource::Stored(ID.to_owned())));
+        }
+        // Every field of the choice at fault is named, the form's file part too.
+        let both = || json!({"templateId": ID, "templateUrl": "https://t.example/t.zip"});
+        for (v, input, fields) in [
             (
-                json!({"templateId": ID, "templateUrl": "https://t.example/t.zip"}),
+                json!({}),
                 TemplateInput::Json,
+                &["templateUrl", "templateId"][..],
             ),
-            (json!({}), TemplateInput::Form),
             (
-                json!({"templateId": ID, "templateUrl": null}),
+                json!({"templateId": null}),
+                TemplateInput::Json,
+                &["templateUrl", "templateId"],
+            ),
+            (both(), TemplateInput::Json, &["templateUrl", "templateId"]),
+            (
+                json!({}),
                 TemplateInput::Form,
+                &["template", "templateUrl", "templateId"],
+            ),
+            (
+                json!({"templateId": ID}),
+                TemplateInput::FormFile(ID),
+                &["template", "templateId"],
+            ),
+            (
+                both(),
+                TemplateInput::FormFile(ID),
+                &["template", "templateUrl", "templateId"],
             ),
         ] {
             let (source, errors) = choose(v.clone(), input);
             assert_eq!(source, None, "{v}");
-            assert_eq!(fields_of(&errors), ["templateUrl", "templateId"], "{v}");
+            assert_eq!(fields_of(&errors), fields, "{v}");
         }
-        let (_, errors) = choose(json!({"templateId": ID}), TemplateInput::FormFile(ID));
-        assert_eq!(fields_of(&errors), ["templateId"]);
-        for bad in [
-            json!(ID.to_uppercase()),
-            json!(&ID[1..]),
-            json!(7),
-            Value::Null,
-        ] {
+        for bad in [json!(ID.to_uppercase()), json!(&ID[1..]), json!(7)] {
             let (source, errors) = choose(json!({"templateId": bad}), TemplateInput::Json);
             assert_eq!(
                 (source, fields_of(&errors)),
