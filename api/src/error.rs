@@ -95,6 +95,10 @@ pub(crate) enum ApiError {
     NotFound(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    #[error("{0}")]
+    UriTooLong(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// The request body stalled.
     #[error("{0}")]
     RequestTimeout(String),
@@ -225,6 +229,12 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, BLANK, "Not Found"),
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, BLANK, "Request Timeout"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, BLANK, "Content Too Large"),
+            Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, BLANK, "URI Too Long"),
+            Self::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                BLANK,
+                "Request Header Fields Too Large",
+            ),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, BLANK, "Method Not Allowed"),
             Self::TooManyRequests { .. } => {
                 (StatusCode::TOO_MANY_REQUESTS, BLANK, "Too Many Requests")
@@ -328,6 +338,8 @@ impl ApiError {
             | Self::Forbidden(d)
             | Self::NotFound(d)
             | Self::PayloadTooLarge(d)
+            | Self::UriTooLong(d)
+            | Self::HeadersTooLarge(d)
             | Self::RequestTimeout(d)
             | Self::Conflict(d)
             | Self::Unprocessable(d)

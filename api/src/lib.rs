@@ -97,6 +97,8 @@ fn router(state: AppState) -> Router {
         // Inside the request's trace and figures: its refusals are logged and counted.
         .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
         .route_layer(axum::middleware::from_fn(metrics::track))
+        // Every path, routed or not.
+        .layer(axum::middleware::from_fn(refuse_oversized_heads))
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 axum::response::IntoResponse::into_response(error::ApiError::Internal(
@@ -172,6 +174,45 @@ async fn refuse_encoded_bodies(
         return refused;
     }
     next.run(request).await
+}
+
+/// Longest request target (path and query) answered: `414` past it.
+const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// Most header bytes (names and values) a request may carry: `431` past it.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// `414` for a request target longer than `MAX_TARGET_BYTES`, `431` for headers past
+/// `MAX_HEADER_BYTES`, as problems like every other refusal. The HTTP server's own bounds
+/// (a 65,534-byte target, 100 headers, about 400 KiB of head) are further out, and answer with
+/// an empty body: these come first for every request that fits in them.
+async fn refuse_oversized_heads(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |t| t.as_str().len());
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    let refusal = if target > MAX_TARGET_BYTES {
+        Some(error::ApiError::UriTooLong(format!(
+            "the request target (path and query) is {target} bytes; at most {MAX_TARGET_BYTES} are read"
+        )))
+    } else if headers > MAX_HEADER_BYTES {
+        Some(error::ApiError::HeadersTooLarge(format!(
+            "the request's headers are {headers} bytes; at most {MAX_HEADER_BYTES} are read"
+        )))
+    } else {
+        None
+    };
+    match refusal {
+        Some(refusal) => axum::response::IntoResponse::into_response(refusal),
+        None => next.run(request).await,
+    }
 }
 
 /// A request body that sends nothing for this long ends the request with `408`.

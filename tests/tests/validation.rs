@@ -288,6 +288,43 @@ async fn the_request_is_judged_before_its_idempotency_key() {
 }
 
 #[tokio::test]
+async fn an_oversized_target_or_head_is_a_problem_routed_or_not() {
+    let app = TestApp::without_workers().await;
+    let long = "a".repeat(9_000);
+    for path in [
+        format!("/configapi/v2/jobs?x={long}"),
+        format!("/no/such/route/{long}"),
+    ] {
+        let r = app.http.get(app.url(&path)).send().await.unwrap();
+        let (status, p) = problem(r).await;
+        assert_eq!(status, 414, "{p}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("at most 8192"),
+            "{p}"
+        );
+    }
+    let r = app
+        .http
+        .get(app.url("/configapi/v2/jobs"))
+        .header("x-padding", "b".repeat(40_000))
+        .send()
+        .await
+        .unwrap();
+    let (status, p) = problem(r).await;
+    assert_eq!(status, 431, "{p}");
+    // Within the bounds, nothing changes.
+    let r = app
+        .http
+        .get(app.url(&format!("/healthz?x={}", "a".repeat(8_000))))
+        .header("x-padding", "b".repeat(30_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn undecodable_paths_and_oversized_token_forms_still_answer_json() {
     let app = TestApp::without_workers().await;
     let r = app
