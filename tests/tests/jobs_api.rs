@@ -588,18 +588,29 @@ async fn a_wait_of_any_length_is_clamped_not_refused() {
 }
 
 #[tokio::test]
-async fn long_polling_for_a_change_from_a_terminal_status_answers_at_once() {
+async fn long_polling_for_a_change_from_the_status_a_job_ended_in_waits_its_seconds() {
     let app = TestApp::without_workers().await;
     let id = cancelled_job(&app).await;
-    // A cancelled job will never change: waiting a minute for it would only hold the client.
-    let r = app
-        .http
-        .get(app.url(&format!("/configapi/v2/jobs/{id}?wait=60&status=cancelled")))
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .expect("answered before the client's 20 s timeout");
-    assert_eq!(r.status(), 200);
+    // The contract: `?wait=N&status=S` answers once the status differs from `S`, and in every
+    // case after N seconds; a job that ended in `S` never differs, so it is the N seconds.
+    let asked = std::time::Instant::now();
+    let (status, job) = app
+        .get_json(&format!("/configapi/v2/jobs/{id}?wait=1&status=cancelled"))
+        .await;
+    let waited = asked.elapsed();
+    assert_eq!(
+        (status, &job["status"]),
+        (200, &json!("cancelled")),
+        "{job}"
+    );
+    assert!(waited >= Duration::from_millis(950), "{waited:?}");
+    // Asked with another status, it answers at once.
+    let asked = std::time::Instant::now();
+    let (status, _) = app
+        .get_json(&format!("/configapi/v2/jobs/{id}?wait=60&status=queued"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(asked.elapsed() < Duration::from_secs(20));
     app.stop().await;
 }
 
