@@ -13,8 +13,8 @@ use crate::error::{ApiError, FieldError};
 pub(crate) const MAX_PREFER_WAIT: u64 = 300;
 
 /// `Idempotency-Key`, as sent. It is checked (1 to 255 visible ASCII characters) by `key()`,
-/// which the submission calls after the request's own validation, so a bad body is reported
-/// first.
+/// which the submission calls after the request's own validation; a request refused for its
+/// body reports the key's fault among the body's (`fault()`), every problem at once.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct IdempotencyKey(Option<Result<String, KeyFault>>);
 
@@ -34,18 +34,21 @@ impl IdempotencyKey {
 
     /// The key, if one was sent; a malformed one is a validation error.
     pub(crate) fn key(&self) -> Result<Option<&str>, ApiError> {
-        match &self.0 {
-            None => Ok(None),
-            Some(Ok(k)) => Ok(Some(k)),
-            Some(Err(KeyFault::Malformed)) => Err(FieldError::new(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )
-            .into()),
-            Some(Err(KeyFault::Repeated)) => {
-                Err(FieldError::new("Idempotency-Key", "must be sent once").into())
-            }
+        match (&self.0, self.fault()) {
+            (_, Some(fault)) => Err(fault.into()),
+            (Some(Ok(k)), None) => Ok(Some(k)),
+            (_, None) => Ok(None),
         }
+    }
+
+    /// What is wrong with the key sent, if anything.
+    pub(crate) fn fault(&self) -> Option<FieldError> {
+        let message = match &self.0 {
+            None | Some(Ok(_)) => return None,
+            Some(Err(KeyFault::Malformed)) => "must be 1 to 255 visible ASCII characters",
+            Some(Err(KeyFault::Repeated)) => "must be sent once",
+        };
+        Some(FieldError::new("Idempotency-Key", message))
     }
 }
 

@@ -174,7 +174,7 @@ pub(super) async fn create_from_template(
         Ok(request) => request,
         Err(errors) => {
             drop(held);
-            return Err(refused(&state, &caller, &fields, errors).await);
+            return Err(refused(&state, &caller, &fields, errors, &answer).await);
         }
     };
     // The digest covers the whole request, password included, keyed so it reveals nothing.
@@ -188,15 +188,18 @@ pub(super) async fn create_from_template(
     submit(&state, &caller, &answer, sub).await
 }
 
-/// A create refused for `errors`, a `templateId` the client cannot name among them: every
-/// problem is reported at once, though the id is otherwise checked as the job is recorded (in
-/// the same statement). Looked up only for a request already refused.
+/// A create refused for `errors`, with a `templateId` the client cannot name and a malformed
+/// `Idempotency-Key` among them: every problem is reported at once, though the id is otherwise
+/// checked as the job is recorded (in the same statement). Looked up only for a request already
+/// refused.
 async fn refused(
     state: &AppState,
     caller: &Caller,
     fields: &Map<String, Value>,
     mut errors: Vec<FieldError>,
+    answer: &Answer,
 ) -> ApiError {
+    errors.extend(answer.idempotency_key.fault());
     if let Some(Value::String(id)) = fields.get("templateId")
         && !errors.iter().any(|e| e.field == "templateId")
     {
@@ -225,10 +228,10 @@ async fn from_form(
     };
     let request = match validate::create_request(&raw_url, &form.fields, input) {
         Ok(request) if form.problems.is_empty() => request,
-        Ok(_) => return Err(refused(&state, &caller, &form.fields, form.problems).await),
+        Ok(_) => return Err(refused(&state, &caller, &form.fields, form.problems, &answer).await),
         Err(errors) => {
             let errors = form.with_problems(errors);
-            return Err(refused(&state, &caller, &form.fields, errors).await);
+            return Err(refused(&state, &caller, &form.fields, errors, &answer).await);
         }
     };
     let file_digest = form.upload.as_ref().map_or("", |u| u.id.as_str());
