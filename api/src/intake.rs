@@ -634,8 +634,7 @@ fn too_many(max: usize, what: &str) -> ApiError {
 }
 
 /// An item's fields over the defaults; an item naming `templateUrl` or `templateId` replaces
-/// the defaults' choice of template. A field an item gives as `null` is not given (as in a single
-/// create): the default's value stands.
+/// the defaults' choice of template.
 fn with_defaults(
     defaults: Option<&Map<String, Value>>,
     item: Map<String, Value>,
@@ -643,7 +642,6 @@ fn with_defaults(
     let Some(defaults) = defaults else {
         return item;
     };
-    let item: Map<String, Value> = item.into_iter().filter(|(_, v)| !v.is_null()).collect();
     let names_template = item.contains_key("templateUrl") || item.contains_key("templateId");
     let mut merged: Map<String, Value> = defaults
         .iter()
@@ -888,11 +886,5 @@ mod tests {
         let plain = serde_json::json!({"lastName": "L"});
         let merged = with_defaults(Some(defaults), plain.as_object().unwrap().clone());
         assert_eq!(merged["templateUrl"], "https://t/a.zip");
-        // `null` is not given: the defaults' values stand.
-        let nulls = serde_json::json!({"templateId": null, "tenantName": null});
-        let merged = with_defaults(Some(defaults), nulls.as_object().unwrap().clone());
-        assert_eq!(merged["templateUrl"], "https://t/a.zip");
-        assert_eq!(merged.get("templateId"), None);
-        assert_eq!(merged["tenantName"], "D");
     }
 }

@@ -221,17 +221,16 @@ pub(crate) fn text_problem(text: &str, max: usize) -> Option<String> {
 
 /// The template a create (or a batch item, defaults applied) names: exactly one of
 /// `templateUrl` and `templateId`, or in a form a `template` file part and neither. A field
-/// whose value is `null` is not given (as `numberMap` and `lockTimeout`: a client that sends
-/// every field of its model, unset ones as `null`, is understood); any other value is, and is
-/// checked. A problem names every field of the choice at fault (`template` too, in a form).
-/// Problems go to `errors`. Whether the client may use a `templateId` is the store's to say,
-/// when the job is recorded.
+/// counts as given whatever its value (`null` too, as the OpenAPI document's `oneOf` counts it:
+/// a body the document refuses is refused). A problem names every field of the choice at fault
+/// (`template` too, in a form). Problems go to `errors`. Whether the client may use a
+/// `templateId` is the store's to say, when the job is recorded.
 pub(crate) fn template_choice(
     body: &Map<String, Value>,
     input: TemplateInput<'_>,
     errors: &mut Vec<FieldError>,
 ) -> Option<TemplateSource> {
-    let given = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
+    let given = |field: &str| body.contains_key(field);
     let (url, id) = (given("templateUrl"), given("templateId"));
     let mut refuse = |fields: &[&str], message: &str| {
         for field in fields {
@@ -445,11 +444,6 @@ mod tests {
         );
         let (source, _) = choose(json!({}), TemplateInput::FormFile(ID));
         assert_eq!(source, Some(TemplateSource::Stored(ID.to_owned())));
-        // `null` is no choice.
-        for input in [TemplateInput::Json, TemplateInput::Form] {
-            let (source, _) = choose(json!({"templateId": ID, "templateUrl": null}), input);
-            assert_eq!(source, Some(TemplateSource::Stored(ID.to_owned())));
-        }
         // Every field of the choice at fault is named, the form's file part too.
         let both = || json!({"templateId": ID, "templateUrl": "https://t.example/t.zip"});
         for (v, input, fields) in [
@@ -459,7 +453,7 @@ mod tests {
                 &["templateUrl", "templateId"][..],
             ),
             (
-                json!({"templateId": null}),
+                json!({"templateId": ID, "templateUrl": null}),
                 TemplateInput::Json,
                 &["templateUrl", "templateId"],
             ),
@@ -484,7 +478,12 @@ mod tests {
             assert_eq!(source, None, "{v}");
             assert_eq!(fields_of(&errors), fields, "{v}");
         }
-        for bad in [json!(ID.to_uppercase()), json!(&ID[1..]), json!(7)] {
+        for bad in [
+            json!(ID.to_uppercase()),
+            json!(&ID[1..]),
+            json!(7),
+            Value::Null,
+        ] {
             let (source, errors) = choose(json!({"templateId": bad}), TemplateInput::Json);
             assert_eq!(
                 (source, fields_of(&errors)),
