@@ -18,6 +18,7 @@ use provisioner_shared::{
     db::{
         self,
         batches::{BatchRow, CreateError, NewItem},
+        idempotency::KeyHolder,
     },
     domain::TemplateSource,
     seal::Digester,
@@ -159,7 +160,9 @@ impl<'a> Intake<'a> {
         };
         let (pool, client) = (&self.state.pool, &self.caller.client_id);
         self.replay = db::batches::find_by_idempotency_key(pool, client, key).await?;
-        if self.replay.is_none() && db::jobs::key_taken(pool, client, key).await? {
+        if self.replay.is_none()
+            && db::idempotency::key_taken(pool, KeyHolder::Job, client, key).await?
+        {
             return Err(ApiError::key_reused());
         }
         Ok(())

@@ -14,6 +14,7 @@ use axum::{
 use provisioner_shared::{
     db::{
         self,
+        idempotency::KeyHolder,
         jobs::{Admit, JobRow, NewJob, SubmitOutcome, TemplateCheck},
     },
     domain::{JobKind, JobView, TemplateSource},
@@ -326,7 +327,7 @@ async fn replayed(
     if let Some(job) = db::jobs::find_by_idempotency_key(pool, client, key).await? {
         return Ok(Some(job));
     }
-    if db::batches::key_taken(pool, client, key).await? {
+    if db::idempotency::key_taken(pool, KeyHolder::Batch, client, key).await? {
         return Err(ApiError::key_reused());
     }
     Ok(None)

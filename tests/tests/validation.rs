@@ -178,12 +178,11 @@ async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
         .send()
         .await
         .unwrap();
-    let (status, p) = problem(r).await;
-    assert_eq!(status, 415);
-    assert_eq!(
-        p["detail"],
-        "Content-Type text/plain is not supported here; send application/json or multipart/form-data"
-    );
+    assert_unsupported(
+        r,
+        "Content-Type text/plain is not supported here; send application/json or multipart/form-data",
+    )
+    .await;
 
     let r = app.http.post(&url).body("{}").send().await.unwrap();
     assert_eq!(problem(r).await.0, 415);
@@ -196,13 +195,18 @@ async fn malformed_json_and_wrong_content_types_say_what_is_wrong() {
         .send()
         .await
         .unwrap();
-    let (status, p) = problem(r).await;
-    assert_eq!(status, 415);
-    assert_eq!(
-        p["detail"],
-        "Content-Type multipart/form-data is not supported here; send application/json"
-    );
+    assert_unsupported(
+        r,
+        "Content-Type multipart/form-data is not supported here; send application/json",
+    )
+    .await;
     app.stop().await;
+}
+
+/// A `415` problem saying `detail`.
+async fn assert_unsupported(r: reqwest::Response, detail: &str) {
+    let (status, p) = problem(r).await;
+    assert_eq!((status, p["detail"].as_str()), (415, Some(detail)), "{p}");
 }
 
 #[tokio::test]

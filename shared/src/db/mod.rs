@@ -6,6 +6,7 @@ pub mod batches;
 pub mod clients;
 pub mod dashboard;
 pub mod figures;
+pub mod idempotency;
 pub mod jobs;
 pub mod locks;
 pub mod outbox;

@@ -575,22 +575,6 @@ pub async fn find(
     .await
 }
 
-/// Whether the client gave a job this idempotency key (a key names one request of its
-/// client, whatever its route).
-pub async fn key_taken(
-    exec: impl PgExecutor<'_>,
-    client_id: &str,
-    key: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT FROM jobs WHERE client_id = $1 AND idempotency_key = $2)",
-    )
-    .bind(client_id)
-    .bind(key)
-    .fetch_one(exec)
-    .await
-}
-
 pub async fn find_by_idempotency_key(
     exec: impl PgExecutor<'_>,
     client_id: &str,
