@@ -93,7 +93,9 @@ pub(crate) async fn until(
     done: impl Fn(&JobRow) -> bool,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let fetch = || db::jobs::find(&state.pool, id, owner);
-    watch(state, id, waiter, deadline, fetch, done).await
+    // An ended job never changes: it is not read again while the wait runs out.
+    let settled = |j: &JobRow| j.status.is_terminal();
+    watch(state, id, waiter, deadline, fetch, done, settled).await
 }
 
 /// `until` for a batch (woken when it stops).
@@ -106,10 +108,12 @@ pub(crate) async fn until_batch(
     done: impl Fn(&BatchRow) -> bool,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
     let fetch = || db::batches::find(&state.pool, id, owner);
-    watch(state, id, waiter, deadline, fetch, done).await
+    // A stopped batch may run again (a retry).
+    watch(state, id, waiter, deadline, fetch, done, |_| false).await
 }
 
-/// Reads the thing `id` with `fetch` until `done` holds, woken by notifications naming `id`.
+/// Reads the thing `id` with `fetch` until `done` holds, woken by notifications naming `id`;
+/// a thing `settled` (it will not change) is not read again: the wait runs out on its own.
 async fn watch<T, F, Fut>(
     state: &AppState,
     id: Uuid,
@@ -117,6 +121,7 @@ async fn watch<T, F, Fut>(
     deadline: Instant,
     fetch: F,
     done: impl Fn(&T) -> bool,
+    settled: impl Fn(&T) -> bool,
 ) -> Result<Option<T>, sqlx::Error>
 where
     F: Fn() -> Fut,
@@ -136,6 +141,13 @@ where
             return Ok(None);
         };
         if done(&thing) || Instant::now() >= deadline {
+            return Ok(Some(thing));
+        }
+        if settled(&thing) {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = state.waits.answer_now.cancelled() => {}
+            }
             return Ok(Some(thing));
         }
         let poll = (Instant::now() + Duration::from_secs(2)).min(deadline);

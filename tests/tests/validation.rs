@@ -288,6 +288,22 @@ async fn a_malformed_idempotency_key_is_named_with_the_bodys_faults() {
     let (status, body) = problem(r).await;
     assert_eq!(status, 400);
     assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
+    // A body whose only other fault is a template the client cannot name: both at once.
+    let r = app
+        .http
+        .post(app.url(&path))
+        .header("idempotency-key", &bad_key)
+        .json(&fixtures::create_body_by_id(&"f".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(r).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        self::fields(&body),
+        ["Idempotency-Key", "templateId"],
+        "{body}"
+    );
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     app.stop().await;
 }

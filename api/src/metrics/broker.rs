@@ -12,7 +12,7 @@ pub(super) type QueueFigures = Vec<provisioner_shared::broker_figures::QueueFigu
 /// vhost): several APIs in one process, as the tests run them, never serve each other's.
 #[derive(Debug)]
 pub(crate) struct BrokerReadings {
-    reader: provisioner_shared::broker_figures::QueueReader,
+    reader: std::sync::Arc<provisioner_shared::broker_figures::QueueReader>,
     /// One read at a time.
     turn: tokio::sync::Semaphore,
     last: std::sync::Mutex<Option<(std::time::Instant, QueueFigures)>>,
@@ -21,10 +21,10 @@ pub(crate) struct BrokerReadings {
 impl BrokerReadings {
     pub(crate) fn new(amqp_url: secrecy::SecretString) -> Self {
         Self {
-            reader: provisioner_shared::broker_figures::QueueReader::new(
+            reader: std::sync::Arc::new(provisioner_shared::broker_figures::QueueReader::new(
                 amqp_url,
                 "provisioner-metrics",
-            ),
+            )),
             turn: tokio::sync::Semaphore::new(1),
             last: std::sync::Mutex::new(None),
         }
@@ -54,20 +54,31 @@ impl BrokerReadings {
         if let Some(figures) = fresh() {
             return Some(figures);
         }
-        let read = tokio::time::timeout(BROKER_READ_TIMEOUT, self.reader.read()).await;
+        // In a task of its own, bounded by its own timeout: a scrape whose client leaves
+        // mid-read does not take the reader's kept connection with it.
+        let reader = std::sync::Arc::clone(&self.reader);
+        let read =
+            tokio::spawn(
+                async move { tokio::time::timeout(BROKER_READ_TIMEOUT, reader.read()).await },
+            )
+            .await;
         match read {
-            Ok(Ok(figures)) => {
+            Ok(Ok(Ok(figures))) => {
                 if let Ok(mut last) = self.last.lock() {
                     *last = Some((std::time::Instant::now(), figures.clone()));
                 }
                 Some(figures)
             }
-            Ok(Err(e)) => {
+            Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "reading the job queues' figures from the broker");
                 None
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 tracing::warn!("the broker did not give the job queues' figures in time");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the read of the job queues' figures failed");
                 None
             }
         }

@@ -158,7 +158,7 @@ pub(super) struct BatchItemFields {
         (status = 400, description = "Invalid items (each named by item, and line for NDJSON); nothing created"),
         (status = 413, description = "Too many items"),
         (status = 415, description = "Neither JSON nor NDJSON"),
-        (status = 422, description = "The Idempotency-Key was used with another body"),
+        (status = 422, description = "The Idempotency-Key was used with another body, or for another kind of request (a batch's key for a create, a job's for a batch)"),
         (status = 429, description = "The client's unfinished batch items would pass its limit (Retry-After)"),
         (status = 503, description = "As many NDJSON batches arriving as the server, or one client, may have at once (Retry-After)")))]
 pub(super) async fn create_batch(

@@ -153,7 +153,7 @@ const FORM_PART_COST: usize = 64;
         Submitted,
         (status = 400, description = "Invalid fields (all named; a templateId this client did not store among them), or under Prefer: wait a bad template"),
         (status = 409, description = "The tenant, or an active job for it, exists"),
-        (status = 422, description = "The Idempotency-Key was used with another body"),
+        (status = 422, description = "The Idempotency-Key was used with another body, or for another kind of request (a batch's key for a create, a job's for a batch)"),
         (status = 413, description = "The request is larger than PROVISIONER_TEMPLATE_MAX_BYTES, or a form's parts besides its template pass 1 MiB together"),
         (status = 415, description = "Not JSON or form data"),
         (status = 500, description = "Under Prefer: wait, the job failed after retries"),
@@ -171,6 +171,11 @@ pub(super) async fn create_from_template(
     let JsonObject(fields, held) =
         JsonObject::read(request, &state, "application/json or multipart/form-data").await?;
     let request = match validate::create_request(&raw_url, &fields, TemplateInput::Json) {
+        // Refused for its key alone: with the fields' other faults the store finds.
+        Ok(_) if answer.idempotency_key.fault().is_some() => {
+            drop(held);
+            return Err(refused(&state, &caller, &fields, Vec::new(), &answer).await);
+        }
         Ok(request) => request,
         Err(errors) => {
             drop(held);
@@ -227,7 +232,9 @@ async fn from_form(
         None => TemplateInput::Form,
     };
     let request = match validate::create_request(&raw_url, &form.fields, input) {
-        Ok(request) if form.problems.is_empty() => request,
+        Ok(request) if form.problems.is_empty() && answer.idempotency_key.fault().is_none() => {
+            request
+        }
         Ok(_) => return Err(refused(&state, &caller, &form.fields, form.problems, &answer).await),
         Err(errors) => {
             let errors = form.with_problems(errors);

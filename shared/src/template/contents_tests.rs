@@ -450,8 +450,11 @@ fn a_member_named_twice_in_free_form_json_is_refused_wherever_it_is() {
         assert!(read(t, &entries).is_ok(), "{what}");
         let err = read(bad_t, &bad_entries).unwrap_err().to_string();
         assert!(
-            err.contains(r#"the member "a" is given twice"#),
+            err.contains(r#"the member "a" is given twice (in "#),
             "{what}: {err}"
         );
+        // Its place counts from the document's own text, which the message names.
+        assert!(err.contains(", line 1 column "), "{what}: {err}");
+        assert!(err.contains(" of them)"), "{what}: {err}");
     }
 }

@@ -146,8 +146,26 @@ fn read<'de, D: Deserializer<'de>>(d: D, rules: Rules) -> Result<JsonDoc, D::Err
         Rules::Settings | Rules::Object => text.deserialize_map(top),
         Rules::Objects => text.deserialize_seq(top),
     }
-    .map_err(de::Error::custom)?;
+    .map_err(|e| de::Error::custom(placed(&e, rules)))?;
     Ok(JsonDoc(raw))
+}
+
+/// A fault found inside a document, said where it is: its place counts from the document's own
+/// text, not from the entry around it, so the document is named with it.
+fn placed(fault: &serde_json::Error, rules: Rules) -> String {
+    let text = fault.to_string();
+    let at = format!(" at line {} column {}", fault.line(), fault.column());
+    let what = text.strip_suffix(&at).unwrap_or(&text);
+    let document = match rules {
+        Rules::Settings => "the tenant's settings",
+        Rules::Object => "an object's data or an audit entry's details",
+        Rules::Objects => "a calling list's entries",
+    };
+    format!(
+        "{what} (in {document}, line {} column {} of them)",
+        fault.line(),
+        fault.column()
+    )
 }
 
 /// `deserialize_with` for tenant settings.

@@ -90,7 +90,10 @@ pub async fn download_state(
     }
     if row.attempts >= max_attempts {
         // A fetcher died holding the last attempt: nobody will report; fail for all.
-        let detail = "the template could not be downloaded".to_owned();
+        let detail = out_of_attempts(
+            row.attempts,
+            "the worker downloading it stopped before it finished",
+        );
         record_failure(conn, batch_id, url, 500, &detail).await?;
         return Ok(DownloadState::Failed { code: 500, detail });
     }
@@ -174,8 +177,9 @@ pub async fn download_failed(
     failure: &DownloadFailure,
     max_attempts: i32,
 ) -> Result<DownloadState, sqlx::Error> {
+    // The attempts made, this one included (a fetcher whose lease ran out counts its own).
     let holds: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM batch_downloads WHERE batch_id = $1 AND url = $2 AND fetcher = $3
+        "SELECT attempts FROM batch_downloads WHERE batch_id = $1 AND url = $2 AND fetcher = $3
            AND template_id IS NULL AND failure_code IS NULL
          FOR UPDATE",
     )
@@ -184,10 +188,10 @@ pub async fn download_failed(
     .bind(fetcher)
     .fetch_optional(&mut *conn)
     .await?;
-    if holds.is_none() {
+    let Some(attempts) = holds else {
         // This fetcher's lease ran out and another took over: its outcome stands.
         return current(conn, batch_id, url).await;
-    }
+    };
     match failure {
         DownloadFailure::Permanent { code, detail } => {
             record_failure(conn, batch_id, url, *code, detail).await?;
@@ -215,17 +219,21 @@ pub async fn download_failed(
             match until {
                 Some(until) => Ok(DownloadState::Wait { until }),
                 None => {
-                    // Out of attempts: said as a single create's last transient fault says it.
-                    let detail = format!(
-                        "the batch's template download failed {max_attempts} times with \
-                         transient faults; the last: {detail}"
-                    );
+                    let detail = out_of_attempts(attempts, detail);
                     record_failure(conn, batch_id, url, 500, &detail).await?;
                     Ok(DownloadState::Failed { code: 500, detail })
                 }
             }
         }
     }
+}
+
+/// The fault of a download out of attempts, as a single create's last transient fault says it:
+/// how many were made, and the last one's fault.
+fn out_of_attempts(attempts: i32, last: &str) -> String {
+    format!(
+        "the batch's template download failed {attempts} times with transient faults; the last: {last}"
+    )
 }
 
 async fn record_failure(
