@@ -889,5 +889,11 @@ mod tests {
         let plain = serde_json::json!({"lastName": "L"});
         let merged = with_defaults(Some(defaults), plain.as_object().unwrap().clone());
         assert_eq!(merged["templateUrl"], "https://t/a.zip");
+        // An item's own value overrides the default's, `null` too (then judged as the item's).
+        let nulls = serde_json::json!({"templateId": null, "tenantName": null});
+        let merged = with_defaults(Some(defaults), nulls.as_object().unwrap().clone());
+        assert_eq!(merged.get("templateUrl"), None);
+        assert_eq!(merged["templateId"], serde_json::Value::Null);
+        assert_eq!(merged["tenantName"], serde_json::Value::Null);
     }
 }

@@ -144,11 +144,13 @@ where
             return Ok(Some(thing));
         }
         if settled(&thing) {
+            // Nothing to hear of it; one read at the end (it may have been purged since).
+            drop(changes);
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {}
                 () = state.waits.answer_now.cancelled() => {}
             }
-            return Ok(Some(thing));
+            return fetch().await;
         }
         let poll = (Instant::now() + Duration::from_secs(2)).min(deadline);
         loop {

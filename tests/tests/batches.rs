@@ -541,6 +541,42 @@ async fn a_url_that_keeps_failing_is_asked_at_most_max_attempts_times_for_the_ba
 }
 
 #[tokio::test]
+async fn a_download_whose_last_fetcher_never_reported_fails_every_item_saying_so() {
+    let mut app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_JOB_MAX_ATTEMPTS", "3".to_owned())],
+    })
+    .await;
+    let url = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &items(2, &url)).await;
+    let batch_id = id(&batch, "batchId");
+    // Its last attempt taken by a fetcher whose lease ran out without a word.
+    sqlx::query(
+        "INSERT INTO batch_downloads (batch_id, url, attempts, fetcher, fetch_until)
+         VALUES ($1::uuid, $2, 3, gen_random_uuid(), now() - interval '1 second')",
+    )
+    .bind(&batch_id)
+    .bind(&url)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    app.start_worker();
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["counts"]["failed"], 2, "{done}");
+    for line in batches::results(&app, &batch_id, "").await {
+        assert_eq!(line["code"], 500, "{line}");
+        assert_eq!(
+            line["error"]["detail"],
+            "the batch's template download failed 3 times with transient faults; the last: \
+             it did not end within its lease",
+            "{line}"
+        );
+    }
+    assert_eq!(app.templates.hits("t.zip"), 0, "not asked a fourth time");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn cancel_stops_queued_items_once_and_is_idempotent() {
     let app = TestApp::without_workers().await;
     let template = app.serve_sample_template("t.zip").await;

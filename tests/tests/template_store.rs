@@ -315,7 +315,10 @@ async fn creates_name_a_stored_template_by_id_and_both_neither_or_unknown_ids_ar
     both["templateUrl"] = json!("https://templates.example/t.zip");
     let mut neither = fixtures::create_body_by_id(&id);
     neither.as_object_mut().unwrap().remove("templateId");
-    for (body, what) in [(both, "both"), (neither, "neither")] {
+    // `null` is a value: a choice given, as the document's `oneOf` counts it.
+    let mut null = fixtures::create_body_by_id(&id);
+    null["templateUrl"] = Value::Null;
+    for (body, what) in [(both, "both"), (neither, "neither"), (null, "null")] {
         let r = app.create(&fixtures::tenant_url(), &body).await;
         assert_eq!(r.status(), 400, "{what}");
         let problem: Value = r.json().await.unwrap();

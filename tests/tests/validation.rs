@@ -304,6 +304,30 @@ async fn a_malformed_idempotency_key_is_named_with_the_bodys_faults() {
         ["Idempotency-Key", "templateId"],
         "{body}"
     );
+    // The same of a form.
+    let form = reqwest::multipart::Form::new()
+        .text("tenantName", "Acme")
+        .text("firstName", "Ada")
+        .text("lastName", "Lovelace")
+        .text("loginId", "admin")
+        .text("password", "correct horse battery")
+        .text("email", "ada@acme.example")
+        .text("templateId", "f".repeat(64));
+    let r = app
+        .http
+        .post(app.url(&path))
+        .header("idempotency-key", &bad_key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(r).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        self::fields(&body),
+        ["Idempotency-Key", "templateId"],
+        "{body}"
+    );
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     app.stop().await;
 }

@@ -1,10 +1,15 @@
 //! The job queues' figures as an API's broker gives them, read at most every few seconds.
 
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 /// How long a scrape waits for the broker's answer, and for its turn to ask.
-const BROKER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const BROKER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A broker reading this recent is served as it is.
-const BROKER_READING_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+const BROKER_READING_FRESH: Duration = Duration::from_secs(5);
 
 pub(super) type QueueFigures = Vec<provisioner_shared::broker_figures::QueueFigures>;
 
@@ -12,41 +17,36 @@ pub(super) type QueueFigures = Vec<provisioner_shared::broker_figures::QueueFigu
 /// vhost): several APIs in one process, as the tests run them, never serve each other's.
 #[derive(Debug)]
 pub(crate) struct BrokerReadings {
-    reader: std::sync::Arc<provisioner_shared::broker_figures::QueueReader>,
-    /// One read at a time.
-    turn: tokio::sync::Semaphore,
-    last: std::sync::Mutex<Option<(std::time::Instant, QueueFigures)>>,
+    reader: Arc<provisioner_shared::broker_figures::QueueReader>,
+    /// One read at a time: its permit goes with the read's task.
+    turn: Arc<tokio::sync::Semaphore>,
+    last: Arc<Mutex<Option<(Instant, QueueFigures)>>>,
 }
 
 impl BrokerReadings {
     pub(crate) fn new(amqp_url: secrecy::SecretString) -> Self {
         Self {
-            reader: std::sync::Arc::new(provisioner_shared::broker_figures::QueueReader::new(
+            reader: Arc::new(provisioner_shared::broker_figures::QueueReader::new(
                 amqp_url,
                 "provisioner-metrics",
             )),
-            turn: tokio::sync::Semaphore::new(1),
-            last: std::sync::Mutex::new(None),
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            last: Arc::new(Mutex::new(None)),
         }
     }
 
     /// The job queues' figures, or `None` when the broker did not answer in time. One read at
     /// a time, and a reading serves every scrape for `BROKER_READING_FRESH`: a flood of
     /// (unauthenticated) scrapes can neither open a flood of broker connections nor keep the
-    /// read's turn from the monitoring system's scrape.
+    /// read's turn from the monitoring system's scrape. The read runs in a task of its own,
+    /// which holds the turn and keeps what it read: a scrape whose client leaves mid-read takes
+    /// neither the reader's kept connection nor the reading with it.
     pub(super) async fn read(&self) -> Option<QueueFigures> {
-        let fresh = || {
-            self.last
-                .lock()
-                .ok()?
-                .as_ref()
-                .filter(|(at, _)| at.elapsed() < BROKER_READING_FRESH)
-                .map(|(_, figures)| figures.clone())
-        };
+        let fresh = || fresh(&self.last);
         if let Some(figures) = fresh() {
             return Some(figures);
         }
-        let _turn = tokio::time::timeout(BROKER_READ_TIMEOUT, self.turn.acquire())
+        let turn = tokio::time::timeout(BROKER_READ_TIMEOUT, self.turn.clone().acquire_owned())
             .await
             .ok()?
             .ok()?;
@@ -54,21 +54,20 @@ impl BrokerReadings {
         if let Some(figures) = fresh() {
             return Some(figures);
         }
-        // In a task of its own, bounded by its own timeout: a scrape whose client leaves
-        // mid-read does not take the reader's kept connection with it.
-        let reader = std::sync::Arc::clone(&self.reader);
-        let read =
-            tokio::spawn(
-                async move { tokio::time::timeout(BROKER_READ_TIMEOUT, reader.read()).await },
-            )
-            .await;
-        match read {
-            Ok(Ok(Ok(figures))) => {
-                if let Ok(mut last) = self.last.lock() {
-                    *last = Some((std::time::Instant::now(), figures.clone()));
-                }
-                Some(figures)
+        let (reader, last) = (Arc::clone(&self.reader), Arc::clone(&self.last));
+        let read = tokio::spawn(async move {
+            let read = tokio::time::timeout(BROKER_READ_TIMEOUT, reader.read()).await;
+            if let Ok(Ok(figures)) = &read
+                && let Ok(mut last) = last.lock()
+            {
+                *last = Some((Instant::now(), figures.clone()));
             }
+            drop(turn);
+            read
+        })
+        .await;
+        match read {
+            Ok(Ok(Ok(figures))) => Some(figures),
             Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "reading the job queues' figures from the broker");
                 None
@@ -83,4 +82,13 @@ impl BrokerReadings {
             }
         }
     }
+}
+
+/// The last reading, if it is fresh enough to serve.
+fn fresh(last: &Mutex<Option<(Instant, QueueFigures)>>) -> Option<QueueFigures> {
+    last.lock()
+        .ok()?
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < BROKER_READING_FRESH)
+        .map(|(_, figures)| figures.clone())
 }

@@ -12,10 +12,14 @@ pub enum KeyHolder {
 }
 
 impl KeyHolder {
-    fn table(self) -> &'static str {
+    fn lookup(self) -> &'static str {
         match self {
-            Self::Job => "jobs",
-            Self::Batch => "batches",
+            Self::Job => {
+                "SELECT EXISTS (SELECT FROM jobs WHERE client_id = $1 AND idempotency_key = $2)"
+            }
+            Self::Batch => {
+                "SELECT EXISTS (SELECT FROM batches WHERE client_id = $1 AND idempotency_key = $2)"
+            }
         }
     }
 }
@@ -27,12 +31,9 @@ pub async fn key_taken(
     client_id: &str,
     key: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(&format!(
-        "SELECT EXISTS (SELECT FROM {} WHERE client_id = $1 AND idempotency_key = $2)",
-        holder.table()
-    ))
-    .bind(client_id)
-    .bind(key)
-    .fetch_one(exec)
-    .await
+    sqlx::query_scalar(holder.lookup())
+        .bind(client_id)
+        .bind(key)
+        .fetch_one(exec)
+        .await
 }

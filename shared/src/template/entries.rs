@@ -57,7 +57,7 @@ pub struct ObjectEntry {
     pub id: Uuid,
     pub kind: String,
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::object_data")]
     pub data: JsonDoc,
     #[serde(default)]
     pub refs: Vec<Uuid>,
@@ -84,6 +84,6 @@ pub struct AuditEntry {
     pub actor: String,
     pub action: String,
     pub object: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::audit_details")]
     pub details: JsonDoc,
 }

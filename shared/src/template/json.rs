@@ -127,13 +127,18 @@ enum Rules {
 }
 
 impl<'de> Deserialize<'de> for JsonDoc {
-    /// Any object (object data, audit details).
+    /// Any object.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        read(d, Rules::Object)
+        read(d, Rules::Object, "a JSON object")
     }
 }
 
-fn read<'de, D: Deserializer<'de>>(d: D, rules: Rules) -> Result<JsonDoc, D::Error> {
+/// Reads a document under `rules`; a fault names the `document`.
+fn read<'de, D: Deserializer<'de>>(
+    d: D,
+    rules: Rules,
+    document: &str,
+) -> Result<JsonDoc, D::Error> {
     let raw = Box::<RawValue>::deserialize(d)?;
     if rules == Rules::Settings && raw.get().len() > MAX_SETTINGS_BYTES {
         return Err(de::Error::custom(format!(
@@ -146,23 +151,21 @@ fn read<'de, D: Deserializer<'de>>(d: D, rules: Rules) -> Result<JsonDoc, D::Err
         Rules::Settings | Rules::Object => text.deserialize_map(top),
         Rules::Objects => text.deserialize_seq(top),
     }
-    .map_err(|e| de::Error::custom(placed(&e, rules)))?;
+    .map_err(|e| de::Error::custom(placed(&e, document)))?;
     Ok(JsonDoc(raw))
 }
 
 /// A fault found inside a document, said where it is: its place counts from the document's own
 /// text, not from the entry around it, so the document is named with it.
-fn placed(fault: &serde_json::Error, rules: Rules) -> String {
+fn placed(fault: &serde_json::Error, document: &str) -> String {
+    if fault.line() == 0 {
+        return format!("{fault} (in {document})");
+    }
     let text = fault.to_string();
     let at = format!(" at line {} column {}", fault.line(), fault.column());
     let what = text.strip_suffix(&at).unwrap_or(&text);
-    let document = match rules {
-        Rules::Settings => "the tenant's settings",
-        Rules::Object => "an object's data or an audit entry's details",
-        Rules::Objects => "a calling list's entries",
-    };
     format!(
-        "{what} (in {document}, line {} column {} of them)",
+        "{what} (in {document}, at line {} column {} of it)",
         fault.line(),
         fault.column()
     )
@@ -170,12 +173,22 @@ fn placed(fault: &serde_json::Error, rules: Rules) -> String {
 
 /// `deserialize_with` for tenant settings.
 pub(super) fn settings<'de, D: Deserializer<'de>>(d: D) -> Result<JsonDoc, D::Error> {
-    read(d, Rules::Settings)
+    read(d, Rules::Settings, "the tenant's settings")
 }
 
 /// `deserialize_with` for calling-list entries.
 pub(super) fn objects<'de, D: Deserializer<'de>>(d: D) -> Result<JsonDoc, D::Error> {
-    read(d, Rules::Objects)
+    read(d, Rules::Objects, "a calling list's entries")
+}
+
+/// `deserialize_with` for an object's data.
+pub(super) fn object_data<'de, D: Deserializer<'de>>(d: D) -> Result<JsonDoc, D::Error> {
+    read(d, Rules::Object, "an object's data")
+}
+
+/// `deserialize_with` for an audit entry's details.
+pub(super) fn audit_details<'de, D: Deserializer<'de>>(d: D) -> Result<JsonDoc, D::Error> {
+    read(d, Rules::Object, "an audit entry's details")
 }
 
 /// Checks one value at `depth`, building nothing.

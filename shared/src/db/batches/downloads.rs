@@ -89,11 +89,9 @@ pub async fn download_state(
         });
     }
     if row.attempts >= max_attempts {
-        // A fetcher died holding the last attempt: nobody will report; fail for all.
-        let detail = out_of_attempts(
-            row.attempts,
-            "the worker downloading it stopped before it finished",
-        );
+        // The last attempt's fetcher did not report within its lease (it died, or stalled):
+        // nobody will; fail for all.
+        let detail = out_of_attempts(row.attempts, "it did not end within its lease");
         record_failure(conn, batch_id, url, 500, &detail).await?;
         return Ok(DownloadState::Failed { code: 500, detail });
     }
