@@ -256,55 +256,34 @@ async fn a_malformed_idempotency_key_is_named_with_the_bodys_faults() {
         .await
         .unwrap();
     assert_eq!(r.status(), 415, "the media type is judged first");
-    let r = app
-        .http
-        .post(app.url(&path))
-        .header("idempotency-key", &bad_key)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = problem(r).await;
-    assert_eq!(status, 400);
-    let fields: Vec<&str> = body["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    // A create with the malformed key: its problem (a 400).
+    let keyed = |request: reqwest::RequestBuilder| {
+        let request = request.header("idempotency-key", &bad_key);
+        async move {
+            let (status, body) = problem(request.send().await.unwrap()).await;
+            assert_eq!(status, 400, "{body}");
+            body
+        }
+    };
+    let create = || app.http.post(app.url(&path));
+    let body = keyed(create().json(&serde_json::json!({}))).await;
+    let fields = self::fields(&body);
     // Every problem at once: the body's fields and the key.
     assert!(
-        fields.contains(&"tenantName") && fields.contains(&"Idempotency-Key"),
+        fields.contains(&"tenantName".to_owned()) && fields.contains(&"Idempotency-Key".to_owned()),
         "{fields:?}"
     );
-    let r = app
-        .http
-        .post(app.url(&path))
-        .header("idempotency-key", &bad_key)
-        .json(&fixtures::create_body("https://templates.example/t.zip"))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = problem(r).await;
-    assert_eq!(status, 400);
-    assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
-    // A body whose only other fault is a template the client cannot name: both at once.
-    let r = app
-        .http
-        .post(app.url(&path))
-        .header("idempotency-key", &bad_key)
-        .json(&fixtures::create_body_by_id(&"f".repeat(64)))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = problem(r).await;
-    assert_eq!(status, 400);
+    let body =
+        keyed(create().json(&fixtures::create_body("https://templates.example/t.zip"))).await;
+    assert_eq!(self::fields(&body), ["Idempotency-Key"], "{body}");
+    // A body whose only other fault is a template the client cannot name: both at once, of
+    // JSON and of a form.
+    let body = keyed(create().json(&fixtures::create_body_by_id(&"f".repeat(64)))).await;
     assert_eq!(
         self::fields(&body),
         ["Idempotency-Key", "templateId"],
         "{body}"
     );
-    // The same of a form.
     let form = reqwest::multipart::Form::new()
         .text("tenantName", "Acme")
         .text("firstName", "Ada")
@@ -313,16 +292,7 @@ async fn a_malformed_idempotency_key_is_named_with_the_bodys_faults() {
         .text("password", "correct horse battery")
         .text("email", "ada@acme.example")
         .text("templateId", "f".repeat(64));
-    let r = app
-        .http
-        .post(app.url(&path))
-        .header("idempotency-key", &bad_key)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = problem(r).await;
-    assert_eq!(status, 400);
+    let body = keyed(create().multipart(form)).await;
     assert_eq!(
         self::fields(&body),
         ["Idempotency-Key", "templateId"],
