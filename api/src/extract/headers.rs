@@ -34,11 +34,10 @@ impl IdempotencyKey {
 
     /// The key, if one was sent; a malformed one is a validation error.
     pub(crate) fn key(&self) -> Result<Option<&str>, ApiError> {
-        match (&self.0, self.fault()) {
-            (_, Some(fault)) => Err(fault.into()),
-            (Some(Ok(k)), None) => Ok(Some(k)),
-            (_, None) => Ok(None),
+        if let Some(fault) = self.fault() {
+            return Err(fault.into());
         }
+        Ok(self.0.as_ref().and_then(|sent| sent.as_deref().ok()))
     }
 
     /// What is wrong with the key sent, if anything.

@@ -42,8 +42,7 @@ impl BrokerReadings {
     /// which holds the turn and keeps what it read: a scrape whose client leaves mid-read takes
     /// neither the reader's kept connection nor the reading with it.
     pub(super) async fn read(&self) -> Option<QueueFigures> {
-        let fresh = || fresh(&self.last);
-        if let Some(figures) = fresh() {
+        if let Some(figures) = fresh(&self.last) {
             return Some(figures);
         }
         let turn = tokio::time::timeout(BROKER_READ_TIMEOUT, self.turn.clone().acquire_owned())
@@ -51,7 +50,7 @@ impl BrokerReadings {
             .ok()?
             .ok()?;
         // The scrape that held the turn may have just read it.
-        if let Some(figures) = fresh() {
+        if let Some(figures) = fresh(&self.last) {
             return Some(figures);
         }
         let (reader, last) = (Arc::clone(&self.reader), Arc::clone(&self.last));
