@@ -297,6 +297,75 @@ async fn access_numbers_are_created_assigned_and_deleted() {
     app.stop().await;
 }
 
+/// A tenant holds at most the ranges a template may carry (1,000), whatever their numbers, so
+/// that Export Tenant gives an archive that Import Tenant takes back.
+#[tokio::test]
+async fn a_tenant_holds_at_most_the_ranges_a_template_carries_so_its_export_imports_again() {
+    let app = TestApp::spawn().await;
+    let tenant = fixtures::tenant_url();
+    let mut plain = fixtures::sample_template(app.db_version().await);
+    plain.access_numbers.clear();
+    let plain_url = app.templates.put("plain.zip", plain.write());
+    let mut body = fixtures::create_body(&plain_url);
+    body["numberMap"] = json!({});
+    assert_eq!(app.create_and_wait(&tenant, &body).await["code"], 200);
+    let add = |number: String, count: i64| {
+        app.http
+            .post(app.url("/configapi/v2/accessnumbers"))
+            .json(&json!({"number": number, "count": count, "tenantUrl": tenant, "media": "VOICE"}))
+            .send()
+    };
+    // A range of a million numbers: more than any template held before.
+    assert_eq!(add("5550000000".into(), 1_000_000).await.unwrap().status(), 204);
+    // 998 more, written directly (each request is one), then the 1,000th through the API.
+    sqlx::query(
+        "INSERT INTO access_numbers (number, count, media, tenant_id)
+         SELECT lpad((i * 10)::text, 10, '0'), 5, 'VOICE', (SELECT id FROM tenants WHERE url = $1)
+         FROM generate_series(1, 998) i",
+    )
+    .bind(&tenant)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(add("6660000000".into(), 10).await.unwrap().status(), 204);
+    let refused = add("7770000000".into(), 1).await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already holds 1000 access-number ranges"),
+        "{problem}"
+    );
+    let held = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT count(*), coalesce(sum(count), 0)::bigint FROM access_numbers
+             WHERE tenant_id = (SELECT id FROM tenants WHERE url = $1)",
+        )
+        .bind(&tenant)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(held().await, (1_000, 1_000_000 + 998 * 5 + 10));
+
+    let archive = app
+        .http
+        .get(app.url(&format!("/configapi/v2/tenant/{tenant}/export")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(archive.status(), 200);
+    let archive = archive.bytes().await.unwrap().to_vec();
+    assert_eq!(delete(&app, &format!("/configapi/v2/tenant/{tenant}")).await.0, 200);
+    assert_eq!(held().await.0, 0);
+    let job = app.import_and_wait(archive).await;
+    assert_eq!(job["code"], 200, "{job}");
+    assert_eq!(held().await, (1_000, 1_000_000 + 998 * 5 + 10));
+    app.stop().await;
+}
+
 /// A lifecycle change or an export that is refused (no such tenant, an active tenant's delete)
 /// frees the tenant's lock before it answers: the next request, sent at once with
 /// `lockTimeout=0`, finds it free. A transaction left to be rolled back when its connection

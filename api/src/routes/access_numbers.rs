@@ -11,7 +11,7 @@ use futures_util::{StreamExt, stream};
 use provisioner_shared::{
     db,
     domain::{AuditAction, TenantUrl, is_access_number, is_hidden_char},
-    template::range_fits,
+    template::{self, range_fits},
 };
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -281,7 +281,7 @@ fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
     responses(
         (status = 204, description = "Created and assigned"),
         (status = 400, description = "Invalid fields, or no such tenant"),
-        (status = 409, description = "Overlaps an existing range"),
+        (status = 409, description = "Overlaps an existing range, or the tenant already holds 1,000 ranges"),
         (status = 415, description = "Not JSON")))]
 pub(super) async fn create_access_numbers(
     State(state): State<AppState>,
@@ -300,6 +300,14 @@ pub(super) async fn create_access_numbers(
     let Some(tenant) = db::tenants::find_by_url(&mut *tx, url.as_str()).await? else {
         return Err(FieldError::new("tenantUrl", format!("no tenant {url} exists")).into());
     };
+    // A tenant holds at most the ranges a template may carry, so that its export imports again.
+    let held = db::access_numbers::count_locked(&mut tx, tenant.id).await?;
+    if held >= template::MAX_RANGES as i64 {
+        return Err(ApiError::Conflict(format!(
+            "tenant {url} already holds {held} access-number ranges, the most a tenant may hold (a template carries at most {})",
+            template::MAX_RANGES
+        )));
+    }
     if !db::access_numbers::create(&mut tx, &number, count, &media, tenant.id).await? {
         return Err(ApiError::Conflict(format!(
             "the range {number} x {count} overlaps an existing range"

@@ -276,6 +276,21 @@ pub async fn list(
     query.fetch_all(exec).await
 }
 
+/// The ranges tenant `tenant_id` holds, its row locked until the transaction ends: two requests
+/// adding ranges to one tenant count one after the other, so a cap on the count holds exactly.
+/// (`FOR NO KEY UPDATE`: the foreign keys of the ranges inserted meanwhile do not wait for it.)
+pub async fn count_locked(conn: &mut PgConnection, tenant_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(tenant_id)
+        .execute(&mut *conn)
+        .await?;
+    // A statement of its own: it reads what committed while the lock was awaited.
+    sqlx::query_scalar("SELECT count(*) FROM access_numbers WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .fetch_one(&mut *conn)
+        .await
+}
+
 /// Creates a range for a tenant; `false` when it overlaps any existing range.
 pub async fn create(
     conn: &mut PgConnection,

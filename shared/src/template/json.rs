@@ -15,6 +15,12 @@ use crate::domain::is_hidden_char;
 
 /// Deepest nesting of a free-form value (the value itself is level 1).
 pub const MAX_DEPTH: usize = 32;
+/// Most elements of one array, or members of one object, in a free-form value. PostgreSQL builds
+/// a `jsonb` value's array or object in one allocation, which cannot pass 1 GiB: about 16.7
+/// million elements or 8.4 million members fail there (`invalid memory alloc request size`),
+/// with an internal error that would read as a database fault. A bound far below either keeps
+/// such a template a fault of the template.
+pub const MAX_ELEMENTS: usize = 1_000_000;
 /// Longest settings key and string value, in characters, and largest settings text in bytes.
 pub const MAX_SETTINGS_KEY: usize = 255;
 pub const MAX_SETTINGS_VALUE: usize = 65_536;
@@ -283,7 +289,15 @@ impl<'de> Visitor<'de> for Scan {
         } else {
             self.deeper()?
         };
-        while seq.next_element_seed(inner)?.is_some() {}
+        let mut elements = 0;
+        while seq.next_element_seed(inner)?.is_some() {
+            elements += 1;
+            if elements > MAX_ELEMENTS {
+                return Err(de::Error::custom(format!(
+                    "an array holds more than {MAX_ELEMENTS} elements"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -300,6 +314,11 @@ impl<'de> Visitor<'de> for Scan {
             }
             map.next_value_seed(inner)?;
             names.insert(key);
+            if names.len() > MAX_ELEMENTS {
+                return Err(de::Error::custom(format!(
+                    "an object has more than {MAX_ELEMENTS} members"
+                )));
+            }
         }
         Ok(())
     }

@@ -18,13 +18,13 @@ mod zipdir;
 mod zipout;
 
 pub use archive::peek_tenant_url;
-pub use check::{MAX_NUMBERS, MAX_RANGES, MAX_ROLES};
+pub use check::{MAX_RANGES, MAX_ROLES};
 pub use entries::{
     AccessNumberEntry, AuditEntry, CallingListEntry, Manifest, ManifestSource, ObjectEntry,
     TenantEntry, UserEntry,
 };
 pub use json::{
-    JsonDoc, MAX_DEPTH, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE, compact_json,
+    JsonDoc, MAX_DEPTH, MAX_ELEMENTS, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE, compact_json,
 };
 pub use writer::{Page, TemplateWriter};
 

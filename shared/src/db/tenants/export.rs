@@ -168,7 +168,10 @@ impl Pages {
             _ => None,
         };
         let sql = format!(
-            "SELECT digits, span::text, number, count, media FROM access_numbers
+            // The cursor's text is not named `span`: `ORDER BY span` would sort by that text
+            // (`[10,15)` before `[9,10)`) while the cursor compares ranges, and pages would skip
+            // and repeat ranges.
+            "SELECT digits, span::text AS cursor, number, count, media FROM access_numbers
              WHERE tenant_id = $1 {} ORDER BY digits, span LIMIT $2",
             later(after.is_some(), "AND (digits, span) > ($3, $4::numrange)")
         );
