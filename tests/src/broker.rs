@@ -231,6 +231,20 @@ impl TestApp {
         }
         let _ = conn.close(200, "done".into()).await;
     }
+
+    /// Deletes job queue `queue` (with what it holds), as an operator's mistake could.
+    pub async fn delete_job_queue(&self, amqp_url: &str, queue: &str) {
+        use lapin::{Connection, ConnectionProperties, options::QueueDeleteOptions};
+        let conn = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "done".into()).await;
+    }
 }
 
 /// A setting of the `rabbit` application changed on the running broker for the life of the

@@ -52,6 +52,23 @@ async fn the_broker_holds_every_jobs_queue_with_the_contracts_arguments() {
     app.stop().await;
 }
 
+/// An operator deletes a job queue while workers consume it: the broker cancels their
+/// consumers, and each worker starts a new broker session, which declares the queue again and
+/// consumes it. Before, the cancelled consumer was dropped silently and nobody consumed the
+/// queue again (its job messages, unroutable, stayed in the outbox).
+#[tokio::test]
+async fn a_job_queue_deleted_under_the_workers_is_declared_again_and_consumed() {
+    let app = TestApp::spawn().await;
+    let url = app.templates.put("t.zip", fixtures::sample_template(app.db_version().await).write());
+    let body = fixtures::create_body(&url);
+    assert_eq!(app.create_and_wait(&fixtures::tenant_url(), &body).await["code"], 200);
+    app.delete_job_queue(&app.broker_url(), CREATE_TENANT_QUEUE)
+        .await;
+    let job = app.create_and_wait(&fixtures::tenant_url(), &body).await;
+    assert_eq!(job["code"], 200, "{job}");
+    app.stop().await;
+}
+
 /// The job message of `id` waiting in the outbox: how often the relay tried it.
 async fn outbox_attempts(app: &TestApp, id: &str) -> Option<i32> {
     sqlx::query_scalar(
@@ -101,6 +118,23 @@ async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_
     assert_eq!(app.queue_messages(CREATE_TENANT_QUEUE).await, 0);
     let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(job["status"], "queued");
+    // The relay's lag (`provisioner_outbox_lag_seconds`, the alert's figure) counts from when
+    // the message was first due, not from its next try, which each refusal puts further off.
+    let waited: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM outbox
+         WHERE exchange = 'provisioner.jobs' AND message_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let lag = provisioner_shared::db::outbox::lag_seconds(&mut *app.db.acquire().await.unwrap())
+        .await
+        .unwrap();
+    assert!(
+        lag >= waited - 0.5 && waited > 0.5,
+        "lag {lag} s; the message has waited {waited} s"
+    );
 
     // Bound again, it is sent at its next try: once.
     app.bind_job_queue(&amqp, true).await;

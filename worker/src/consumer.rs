@@ -160,7 +160,15 @@ async fn session(
             )
             .await
             .with_context(|| format!("starting to consume {name}"))?;
-        streams.push(consumer.map(move |d| (lane, d)).boxed());
+        // Its end is an item too: `select_all` would drop an ended stream and go on with the
+        // others, and a consumer the broker cancelled (its queue deleted) would be gone
+        // unnoticed, its queue consumed by nobody here.
+        streams.push(
+            consumer
+                .map(move |d| (lane, Some(d)))
+                .chain(futures_util::stream::once(async move { (lane, None) }))
+                .boxed(),
+        );
         tags.push(tag);
     }
     let mut consumer = futures_util::stream::select_all(streams);
@@ -172,7 +180,7 @@ async fn session(
     let result = loop {
         tokio::select! {
             next = consumer.next() => match next {
-                Some((lane, Ok(delivery))) => {
+                Some((lane, Some(Ok(delivery)))) => {
                     ctx.horizons.saw(lane, &delivery.properties);
                     in_flight.tasks.spawn(handle(
                         ctx.clone(),
@@ -183,8 +191,13 @@ async fn session(
                         in_flight.abandon.clone(),
                     ));
                 }
-                Some((_, Err(e))) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
-                None => break Err(anyhow::anyhow!("the broker ended the consumer")),
+                Some((_, Some(Err(e)))) => break Err(anyhow::Error::new(e).context("receiving deliveries")),
+                // A new session declares the queue again (deleted, the broker cancelled its
+                // consumer) and consumes every queue.
+                Some((lane, None)) => break Err(anyhow::anyhow!(
+                    "the broker ended the consumer of {}", lane.queue()
+                )),
+                None => break Err(anyhow::anyhow!("the broker ended the consumers")),
             },
             () = db.lost() => {
                 // Closed, the connection gives every unacknowledged delivery back to the

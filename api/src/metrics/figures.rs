@@ -222,7 +222,7 @@ fn job_figures(out: &mut String, stats: &Stats, outbox_lag_seconds: f64) {
     family(
         out,
         "provisioner_outbox_lag_seconds",
-        "Seconds the oldest outbox row due for publishing has waited; 0 when none waits",
+        "Seconds the oldest outbox row not yet published has waited since it was first due (a row the broker refused counts from its first try); 0 when none waits",
     );
     let _ = writeln!(out, "provisioner_outbox_lag_seconds {outbox_lag_seconds}");
 }

@@ -279,6 +279,7 @@ pub(crate) async fn postpone(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE outbox SET attempts = attempts + 1,
+                due_at = coalesce(due_at, available_at),
                 available_at = now() + make_interval(secs => $2)
          WHERE id = $1",
     )
@@ -289,11 +290,14 @@ pub(crate) async fn postpone(
     .map(drop)
 }
 
-/// Age in seconds of the oldest due message (0 when none): the relay's lag.
+/// Age in seconds of the oldest message due and not published (0 when none): the relay's lag.
+/// A message put off after a failed try counts from when it was first due, not from its next
+/// try (which a broker that keeps refusing moves on and on).
 pub async fn lag_seconds(conn: &mut PgConnection) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(available_at))::float8, 0)
-         FROM outbox WHERE available_at <= now()",
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - least(
+             (SELECT min(available_at) FROM outbox WHERE available_at <= now()),
+             (SELECT min(due_at) FROM outbox WHERE due_at IS NOT NULL)))::float8, 0)",
     )
     .fetch_one(conn)
     .await
