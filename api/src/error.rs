@@ -131,7 +131,18 @@ pub(crate) enum ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// A fault a retry may cure (a lost connection, a server restarting, a deadlock) is `503`
+    /// with `Retry-After`: the client learns it may send the request again (with its
+    /// `Idempotency-Key`, a create's retry is safe). Any other is a `500`.
     fn from(e: sqlx::Error) -> Self {
+        if provisioner_shared::db::is_transient(&e) {
+            tracing::warn!(error = %e, "the database failed a request for the moment");
+            return Self::Busy {
+                detail: "the database could not complete the request just now; try again"
+                    .to_owned(),
+                retry_after: 1,
+            };
+        }
         Self::Internal(e.into())
     }
 }

@@ -569,3 +569,59 @@ async fn a_pooled_connection_closed_while_idle_is_not_handed_out() {
     pool.close().await;
     app.stop().await;
 }
+
+/// A request whose database session was lost (PostgreSQL restarted, its backend ended) is `503`
+/// with `Retry-After`, a fault the client may send again, not a `500`.
+#[tokio::test]
+async fn a_request_whose_database_session_was_lost_is_503_with_retry_after() {
+    let app = TestApp::without_workers().await;
+    let (status, _) = app.get_json("/configapi/v2/jobs").await;
+    assert_eq!(status, 200);
+    // Every session of the API ends at the server, while its pool still holds them idle for
+    // less than the second after which it tests one before use.
+    let sessions: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'provisioner-api'
+           AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let mut ended = 0;
+    for pid in sessions {
+        let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(pid)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        ended += usize::from(done);
+    }
+    assert!(ended >= 1, "the API holds a session");
+    let r = app
+        .http
+        .get(app.url("/configapi/v2/jobs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["detail"],
+        "the database could not complete the request just now; try again"
+    );
+    // Each lost session leaves the pool as its request fails: the retries are served once the
+    // pool's other lost sessions (as many as it held) are gone, and none is a 500.
+    let mut answers = Vec::new();
+    for _ in 0..64 {
+        let (status, _) = app.get_json("/configapi/v2/jobs").await;
+        answers.push(status);
+        if status == 200 {
+            break;
+        }
+    }
+    assert_eq!(answers.last(), Some(&200), "{answers:?}");
+    assert!(answers.iter().all(|s| [200, 503].contains(s)), "{answers:?}");
+    app.stop().await;
+}

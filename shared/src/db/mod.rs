@@ -264,7 +264,7 @@ pub fn refused_value(err: &sqlx::Error) -> bool {
 }
 
 /// Is the error one that a retry may cure (connection lost, server shutting down, pool closed)?
-fn is_transient(err: &sqlx::Error) -> bool {
+pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
