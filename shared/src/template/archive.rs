@@ -151,14 +151,14 @@ pub(super) fn build(
     contents: Contents,
 ) -> Result<Template, TemplateError> {
     let tenant = parse(&mut entries, TENANT)?.ok_or(TemplateError::Missing(TENANT))?;
-    let users = parse(&mut entries, USERS)?.unwrap_or_default();
-    let objects = parse(&mut entries, OBJECTS)?.unwrap_or_default();
-    let access_numbers = parse(&mut entries, ACCESS_NUMBERS)?.unwrap_or_default();
+    let users = parse_list(&mut entries, USERS)?.unwrap_or_default();
+    let objects = parse_list(&mut entries, OBJECTS)?.unwrap_or_default();
+    let access_numbers = parse_list(&mut entries, ACCESS_NUMBERS)?.unwrap_or_default();
     let mut deferred = None;
     let (calling_lists, audit) = match contents {
         Contents::All => (
-            parse(&mut entries, CALLING_LISTS)?.unwrap_or_default(),
-            parse(&mut entries, AUDIT)?.unwrap_or_default(),
+            parse_list(&mut entries, CALLING_LISTS)?.unwrap_or_default(),
+            parse_list(&mut entries, AUDIT)?.unwrap_or_default(),
         ),
         Contents::ForCreate => {
             // Their shapes now, as every entry is parsed before any rule is checked; their
@@ -185,14 +185,33 @@ pub(super) fn build(
     deferred.map_or(Ok(template), Err)
 }
 
+/// An entry that is one object.
 fn parse<T: DeserializeOwned>(
     entries: &mut Entries,
     name: &'static str,
 ) -> Result<Option<T>, TemplateError> {
+    read(entries, name, |de| json::object(de))
+}
+
+/// An entry that is a list of objects.
+fn parse_list<T: DeserializeOwned>(
+    entries: &mut Entries,
+    name: &'static str,
+) -> Result<Option<Vec<T>>, TemplateError> {
+    read(entries, name, |de| json::objects_of(de))
+}
+
+fn read<T>(
+    entries: &mut Entries,
+    name: &'static str,
+    value: impl FnOnce(&mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>) -> serde_json::Result<T>,
+) -> Result<Option<T>, TemplateError> {
     entries
         .remove(name)
         .map(|body| {
-            serde_json::from_slice(&body)
+            let mut de = serde_json::Deserializer::from_slice(&body);
+            value(&mut de)
+                .and_then(|v| de.end().map(|()| v))
                 .map_err(|e| TemplateError::InvalidEntry(name, e.to_string()))
         })
         .transpose()

@@ -251,6 +251,55 @@ fn a_free_form_array_or_object_holds_at_most_a_million_elements() {
 }
 
 #[test]
+fn every_entry_and_record_is_an_object_never_an_array_of_its_fields() {
+    // Serde's derived structs take `[field, field, ...]` too; the format does not.
+    let read = |entries: &[(&str, String)]| {
+        let mut all = vec![
+            (MANIFEST, serde_json::to_vec(&manifest()).unwrap()),
+            (TENANT, serde_json::to_vec(&tenant()).unwrap()),
+        ];
+        for (name, text) in entries {
+            all.retain(|(n, _)| n != name);
+            all.push((*name, text.clone().into_bytes()));
+        }
+        Template::read_upgrading(&zip_of(&all), &Limits::default(), DB)
+    };
+    let fields = |v: Value| -> String {
+        let values: Vec<Value> = v.as_object().unwrap().values().cloned().collect();
+        Value::Array(values).to_string()
+    };
+    let mut source_as_array = manifest();
+    source_as_array["source"] = json!([ID, "a.example.com", "A"]);
+    let audit = json!({"at": "2026-11-30T10:00:00Z", "actor": "a", "action": "b", "object": "c"});
+    let range = json!({"number": "5550000", "count": 1, "media": "VOICE"});
+    let object = json!({"id": ID, "kind": "team", "name": "t"});
+    let list = json!({"id": ID, "name": "n"});
+    // Each entry as objects is read; with one of them an array of its fields, refused.
+    for (name, good, bad) in [
+        (MANIFEST, manifest().to_string(), source_as_array.to_string()),
+        (MANIFEST, manifest().to_string(), {
+            // The manifest's fields in the order the struct declares them.
+            let m = manifest();
+            json!([m["format"], m["formatVersion"], m["dbVersion"], m["exportedAt"], m["source"]])
+                .to_string()
+        }),
+        (TENANT, tenant().to_string(), fields(tenant())),
+        (USERS, json!([user()]).to_string(), format!("[{}]", fields(user()))),
+        (OBJECTS, json!([object]).to_string(), format!("[{}]", fields(object.clone()))),
+        (ACCESS_NUMBERS, json!([range]).to_string(), format!("[{}]", fields(range.clone()))),
+        (CALLING_LISTS, json!([list]).to_string(), format!("[{}]", fields(list.clone()))),
+        (AUDIT, json!([audit]).to_string(), format!("[{}]", fields(audit.clone()))),
+    ] {
+        assert!(read(&[(name, good)]).is_ok(), "{name}");
+        let err = read(&[(name, bad.clone())]).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid type: sequence, expected a JSON object"),
+            "{name} {bad}: {err}"
+        );
+    }
+}
+
+#[test]
 fn access_number_caps_hold_after_the_numbers_are_counted() {
     let ranges = |n: usize, count: i32| -> Value {
         (0..n)

@@ -14,6 +14,7 @@ pub struct Manifest {
     pub format_version: u32,
     pub db_version: i64,
     pub exported_at: DateTime<Utc>,
+    #[serde(deserialize_with = "json::object")]
     pub source: ManifestSource,
 }
 

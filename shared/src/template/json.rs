@@ -324,6 +324,41 @@ impl<'de> Visitor<'de> for Scan {
     }
 }
 
+/// `T` read only from a JSON object. Serde's derived structs also take an array of their fields
+/// in order (`["templates", 1, 7, ...]` for a manifest), which the format does not allow: every
+/// entry, every element of a list entry and every record within them is an object.
+#[derive(Debug)]
+pub(super) struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Fields(PhantomData)).map(Object)
+    }
+}
+
+/// `deserialize_with` for a record within an entry (a manifest's `source`): an object only.
+pub(super) fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Object::deserialize(d).map(|Object(t)| t)
+}
+
+/// `deserialize_with`-like reading of a list entry: a list of objects, each `T`.
+pub(super) fn objects_of<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    let list = Vec::<Object<T>>::deserialize(d)?;
+    Ok(list.into_iter().map(|Object(t)| t).collect())
+}
+
 /// Reads `body` as a JSON list of elements of the shape `T`, one element built at a time, each
 /// handed to `each` with its position and dropped: nothing of the list is kept.
 pub(super) fn check_list<T>(body: &[u8], mut each: impl FnMut(usize, T)) -> serde_json::Result<()>
@@ -341,7 +376,7 @@ where
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let mut i = 0;
-            while let Some(element) = seq.next_element::<T>()? {
+            while let Some(Object(element)) = seq.next_element::<Object<T>>()? {
                 (self.each)(i, element);
                 i += 1;
             }
