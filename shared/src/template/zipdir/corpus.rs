@@ -278,6 +278,35 @@ fn entries_whose_data_overlap_are_refused() {
 }
 
 #[test]
+fn a_local_header_that_names_its_entry_otherwise_is_refused() {
+    // A reader going by local headers would see a path escape, or another entry of the format.
+    for (name, local) in [("notes.txt", "../../evil"), (TENANT, "TENANT.JSON")] {
+        let mut entries = good();
+        entries.push(Entry {
+            local_name: Some(local.as_bytes().to_vec()),
+            ..entry(name, b"{}")
+        });
+        if name == TENANT {
+            entries.remove(1);
+        }
+        assert_eq!(
+            read(&archive(&entries, &End::default())).map(|_| ()),
+            Err(TemplateError::Malformed(format!(
+                "the entry {name} has another name in its local header"
+            ))),
+            "{local}"
+        );
+    }
+    // One that agrees, as every writer makes it, is read.
+    let mut entries = good();
+    entries.push(Entry {
+        local_name: Some(b"notes.txt".to_vec()),
+        ..entry("notes.txt", b"{}")
+    });
+    assert!(read(&archive(&entries, &End::default())).is_ok());
+}
+
+#[test]
 fn shared_data_symlinks_and_truncation_are_refused() {
     let mut shared = good();
     shared.push(Entry {

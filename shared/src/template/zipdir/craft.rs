@@ -13,6 +13,8 @@ pub(super) struct Entry {
     pub(super) same_data_as: Option<usize>,
     /// The compressed size the central record declares, instead of the true one.
     pub(super) declared_compressed: Option<u32>,
+    /// The name the local header gives, instead of the directory's.
+    pub(super) local_name: Option<Vec<u8>>,
 }
 
 pub(super) fn entry(name: &str, body: &[u8]) -> Entry {
@@ -25,6 +27,7 @@ pub(super) fn entry(name: &str, body: &[u8]) -> Entry {
         unix_mode: None,
         same_data_as: None,
         declared_compressed: None,
+        local_name: None,
     }
 }
 
@@ -71,9 +74,10 @@ pub(super) fn archive(entries: &[Entry], end: &End) -> Vec<u8> {
         out.extend(crc32(&e.body).to_le_bytes());
         out.extend((e.body.len() as u32).to_le_bytes());
         out.extend((e.body.len() as u32).to_le_bytes());
-        out.extend((e.name.len() as u16).to_le_bytes());
+        let local_name = e.local_name.as_ref().unwrap_or(&e.name);
+        out.extend((local_name.len() as u16).to_le_bytes());
         out.extend(0u16.to_le_bytes());
-        out.extend(&e.name);
+        out.extend(local_name);
         out.extend(&e.body);
     }
     let dir_offset = out.len() as u64;

@@ -82,6 +82,11 @@ pub(super) fn walk_tail(
         if let Some(first) = offsets.insert(record.local_offset, record.entry.name.clone()) {
             return Err(TemplateError::SharedData(first, record.entry.name));
         }
+        if base == 0 {
+            // The whole archive is here: its local header must name the entry as the directory
+            // does (a reader that goes by local headers would otherwise see another name).
+            local_name_agrees(tail, &record)?;
+        }
         spans = spans.saturating_add(30).saturating_add(record.compressed);
         if spans > end.dir_offset {
             return Err(malformed(
@@ -105,6 +110,32 @@ pub(super) fn walk_tail(
         });
     }
     Ok(entries)
+}
+
+/// The local header of `record`'s entry, in `archive`, has the signature and the very name
+/// the central directory gives it.
+fn local_name_agrees(archive: &[u8], record: &record::Record) -> Result<(), TemplateError> {
+    const LOCAL: u32 = 0x0403_4b50;
+    let at = usize::try_from(record.local_offset).unwrap_or(usize::MAX);
+    let header = at
+        .checked_add(30)
+        .and_then(|end| archive.get(at..end))
+        .ok_or_else(|| malformed("an entry's local header lies past the archive's end"))?;
+    if u32::from_le_bytes([header[0], header[1], header[2], header[3]]) != LOCAL {
+        return Err(malformed(&format!(
+            "the entry {} has no local header where the directory says",
+            record.entry.name
+        )));
+    }
+    let name_len = usize::from(u16::from_le_bytes([header[26], header[27]]));
+    let name = archive.get(at + 30..at + 30 + name_len);
+    if name != Some(record.entry.name.as_bytes()) {
+        return Err(malformed(&format!(
+            "the entry {} has another name in its local header",
+            record.entry.name
+        )));
+    }
+    Ok(())
 }
 
 /// What the end record(s) say about the directory.
