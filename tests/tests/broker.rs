@@ -59,9 +59,15 @@ async fn the_broker_holds_every_jobs_queue_with_the_contracts_arguments() {
 #[tokio::test]
 async fn a_job_queue_deleted_under_the_workers_is_declared_again_and_consumed() {
     let app = TestApp::spawn().await;
-    let url = app.templates.put("t.zip", fixtures::sample_template(app.db_version().await).write());
+    let url = app.templates.put(
+        "t.zip",
+        fixtures::sample_template(app.db_version().await).write(),
+    );
     let body = fixtures::create_body(&url);
-    assert_eq!(app.create_and_wait(&fixtures::tenant_url(), &body).await["code"], 200);
+    assert_eq!(
+        app.create_and_wait(&fixtures::tenant_url(), &body).await["code"],
+        200
+    );
     app.delete_job_queue(&app.broker_url(), CREATE_TENANT_QUEUE)
         .await;
     let job = app.create_and_wait(&fixtures::tenant_url(), &body).await;
@@ -128,7 +134,7 @@ async fn an_unroutable_job_message_stays_in_the_outbox_until_the_queue_is_bound_
     .fetch_one(&app.db)
     .await
     .unwrap();
-    let lag = provisioner_shared::db::outbox::lag_seconds(&mut *app.db.acquire().await.unwrap())
+    let lag = provisioner_shared::db::outbox::lag_seconds(&mut app.db.acquire().await.unwrap())
         .await
         .unwrap();
     assert!(

@@ -316,7 +316,10 @@ async fn a_tenant_holds_at_most_the_ranges_a_template_carries_so_its_export_impo
             .send()
     };
     // A range of a million numbers: more than any template held before.
-    assert_eq!(add("5550000000".into(), 1_000_000).await.unwrap().status(), 204);
+    assert_eq!(
+        add("5550000000".into(), 1_000_000).await.unwrap().status(),
+        204
+    );
     // 998 more, written directly (each request is one), then the 1,000th through the API.
     sqlx::query(
         "INSERT INTO access_numbers (number, count, media, tenant_id)
@@ -358,7 +361,12 @@ async fn a_tenant_holds_at_most_the_ranges_a_template_carries_so_its_export_impo
         .unwrap();
     assert_eq!(archive.status(), 200);
     let archive = archive.bytes().await.unwrap().to_vec();
-    assert_eq!(delete(&app, &format!("/configapi/v2/tenant/{tenant}")).await.0, 200);
+    assert_eq!(
+        delete(&app, &format!("/configapi/v2/tenant/{tenant}"))
+            .await
+            .0,
+        200
+    );
     assert_eq!(held().await.0, 0);
     let job = app.import_and_wait(archive).await;
     assert_eq!(job["code"], 200, "{job}");

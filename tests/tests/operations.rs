@@ -622,6 +622,9 @@ async fn a_request_whose_database_session_was_lost_is_503_with_retry_after() {
         }
     }
     assert_eq!(answers.last(), Some(&200), "{answers:?}");
-    assert!(answers.iter().all(|s| [200, 503].contains(s)), "{answers:?}");
+    assert!(
+        answers.iter().all(|s| [200, 503].contains(s)),
+        "{answers:?}"
+    );
     app.stop().await;
 }

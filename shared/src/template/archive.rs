@@ -204,7 +204,9 @@ fn parse_list<T: DeserializeOwned>(
 fn read<T>(
     entries: &mut Entries,
     name: &'static str,
-    value: impl FnOnce(&mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>) -> serde_json::Result<T>,
+    value: impl FnOnce(
+        &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
+    ) -> serde_json::Result<T>,
 ) -> Result<Option<T>, TemplateError> {
     entries
         .remove(name)

@@ -276,22 +276,55 @@ fn every_entry_and_record_is_an_object_never_an_array_of_its_fields() {
     let list = json!({"id": ID, "name": "n"});
     // Each entry as objects is read; with one of them an array of its fields, refused.
     for (name, good, bad) in [
-        (MANIFEST, manifest().to_string(), source_as_array.to_string()),
+        (
+            MANIFEST,
+            manifest().to_string(),
+            source_as_array.to_string(),
+        ),
         (MANIFEST, manifest().to_string(), {
             // The manifest's fields in the order the struct declares them.
             let m = manifest();
-            json!([m["format"], m["formatVersion"], m["dbVersion"], m["exportedAt"], m["source"]])
-                .to_string()
+            json!([
+                m["format"],
+                m["formatVersion"],
+                m["dbVersion"],
+                m["exportedAt"],
+                m["source"]
+            ])
+            .to_string()
         }),
         (TENANT, tenant().to_string(), fields(tenant())),
-        (USERS, json!([user()]).to_string(), format!("[{}]", fields(user()))),
-        (OBJECTS, json!([object]).to_string(), format!("[{}]", fields(object.clone()))),
-        (ACCESS_NUMBERS, json!([range]).to_string(), format!("[{}]", fields(range.clone()))),
-        (CALLING_LISTS, json!([list]).to_string(), format!("[{}]", fields(list.clone()))),
-        (AUDIT, json!([audit]).to_string(), format!("[{}]", fields(audit.clone()))),
+        (
+            USERS,
+            json!([user()]).to_string(),
+            format!("[{}]", fields(user())),
+        ),
+        (
+            OBJECTS,
+            json!([object]).to_string(),
+            format!("[{}]", fields(object.clone())),
+        ),
+        (
+            ACCESS_NUMBERS,
+            json!([range]).to_string(),
+            format!("[{}]", fields(range.clone())),
+        ),
+        (
+            CALLING_LISTS,
+            json!([list]).to_string(),
+            format!("[{}]", fields(list.clone())),
+        ),
+        (
+            AUDIT,
+            json!([audit]).to_string(),
+            format!("[{}]", fields(audit.clone())),
+        ),
     ] {
         assert!(read(&[(name, good)]).is_ok(), "{name}");
-        let err = read(&[(name, bad.clone())]).map(|_| ()).unwrap_err().to_string();
+        let err = read(&[(name, bad.clone())])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("invalid type: sequence, expected a JSON object"),
             "{name} {bad}: {err}"

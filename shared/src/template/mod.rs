@@ -24,7 +24,8 @@ pub use entries::{
     TenantEntry, UserEntry,
 };
 pub use json::{
-    JsonDoc, MAX_DEPTH, MAX_ELEMENTS, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE, compact_json,
+    JsonDoc, MAX_DEPTH, MAX_ELEMENTS, MAX_SETTINGS_BYTES, MAX_SETTINGS_KEY, MAX_SETTINGS_VALUE,
+    compact_json,
 };
 pub use writer::{Page, TemplateWriter};
 
