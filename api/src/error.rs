@@ -135,7 +135,8 @@ impl From<sqlx::Error> for ApiError {
     /// with `Retry-After`: the client learns it may send the request again (with its
     /// `Idempotency-Key`, a create's retry is safe). Any other is a `500`.
     fn from(e: sqlx::Error) -> Self {
-        if provisioner_shared::db::is_transient(&e) {
+        // Not a protocol error: the driver also raises those for faults of the request itself.
+        if provisioner_shared::db::is_transient(&e) && !matches!(e, sqlx::Error::Protocol(_)) {
             tracing::warn!(error = %e, "the database failed a request for the moment");
             return Self::Busy {
                 detail: "the database could not complete the request just now; try again"

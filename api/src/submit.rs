@@ -343,7 +343,7 @@ async fn respond(
         return Ok(accepted(&job));
     };
     let deadline = Instant::now() + std::time::Duration::from_secs(secs);
-    let job = wait::until(
+    let waited = wait::until(
         state,
         job.id,
         Some(&job.client_id),
@@ -351,8 +351,16 @@ async fn respond(
         deadline,
         |j| j.status.is_terminal(),
     )
-    .await?
-    .unwrap_or(job);
+    .await;
+    let job = match waited {
+        Ok(found) => found.unwrap_or(job),
+        // The job is recorded: a read that fails while waiting answers as without the
+        // preference, never with an error a client would take for the create's own.
+        Err(e) => {
+            tracing::warn!(job.id = %job.id, error = %e, "cannot wait for the job; answering 202");
+            return Ok(accepted(&job));
+        }
+    };
     if !job.status.is_terminal() {
         return Ok(accepted(&job));
     }

@@ -373,6 +373,18 @@ impl TestApp {
         }
     }
 
+    /// A tenant created from a template without access numbers; its URL.
+    pub async fn tenant_without_ranges(&self) -> String {
+        let tenant = fixtures::tenant_url();
+        let mut plain = fixtures::sample_template(self.db_version().await);
+        plain.access_numbers.clear();
+        let plain_url = self.templates.put("plain.zip", plain.write());
+        let mut body = fixtures::create_body(&plain_url);
+        body["numberMap"] = serde_json::json!({});
+        assert_eq!(self.create_and_wait(&tenant, &body).await["code"], 200);
+        tenant
+    }
+
     /// Creates a tenant and waits for the job; returns the final job.
     pub async fn create_and_wait(&self, tenant: &str, body: &Value) -> Value {
         let r = self.create(tenant, body).await;

@@ -42,18 +42,6 @@ async fn ranges_of(app: &TestApp, tenant: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
-/// A tenant created from a template without access numbers; its URL.
-async fn tenant_without_ranges(app: &TestApp) -> String {
-    let tenant = fixtures::tenant_url();
-    let mut plain = fixtures::sample_template(app.db_version().await);
-    plain.access_numbers.clear();
-    let plain_url = app.templates.put("plain.zip", plain.write());
-    let mut body = fixtures::create_body(&plain_url);
-    body["numberMap"] = json!({});
-    assert_eq!(app.create_and_wait(&tenant, &body).await["code"], 200);
-    tenant
-}
-
 #[tokio::test]
 async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
     let app = TestApp::spawn().await;
@@ -69,7 +57,7 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
     .unwrap();
     let url = app.templates.put("numbers.zip", template.write());
 
-    let other = tenant_without_ranges(&app).await;
+    let other = app.tenant_without_ranges().await;
     insert_range(&app, "2000", 10, None).await;
     insert_range(&app, "3000", 10, Some(&other)).await;
     insert_range(&app, "4005", 10, None).await;
@@ -119,7 +107,7 @@ async fn each_range_rule_applies_and_skipping_never_fails_the_job() {
 #[tokio::test]
 async fn the_plans_one_statement_applies_each_rule() {
     let app = TestApp::spawn().await;
-    let other = tenant_without_ranges(&app).await;
+    let other = app.tenant_without_ranges().await;
     insert_range(&app, "3000", 10, Some(&other)).await;
     insert_range(&app, "4005", 10, None).await;
     insert_range(&app, "6009", 1, Some(&other)).await;
@@ -163,7 +151,7 @@ async fn the_plans_one_statement_applies_each_rule() {
 #[tokio::test]
 async fn skipping_another_tenants_range_waits_for_no_lock_on_it() {
     let app = TestApp::spawn().await;
-    let other = tenant_without_ranges(&app).await;
+    let other = app.tenant_without_ranges().await;
     insert_range(&app, "3000", 10, Some(&other)).await;
 
     // Another transaction holds the range's row, as a concurrent import placing it would.
@@ -379,7 +367,7 @@ async fn create_with_ranges(app: &TestApp, tenant: &str, ranges: Value) -> Strin
 #[tokio::test]
 async fn a_range_another_transaction_inserts_meanwhile_is_decided_on_what_it_committed() {
     let app = TestApp::spawn().await;
-    let other = tenant_without_ranges(&app).await;
+    let other = app.tenant_without_ranges().await;
 
     let mut writer = app.db.begin().await.unwrap();
     sqlx::query(
@@ -426,7 +414,7 @@ async fn a_range_another_transaction_inserts_meanwhile_is_decided_on_what_it_com
 #[tokio::test]
 async fn a_range_another_transaction_is_releasing_is_decided_once_it_ends() {
     let app = TestApp::spawn().await;
-    let other = tenant_without_ranges(&app).await;
+    let other = app.tenant_without_ranges().await;
     insert_range(&app, "2000", 10, Some(&other)).await;
     insert_range(&app, "4000", 10, Some(&other)).await;
 
@@ -458,5 +446,61 @@ async fn a_range_another_transaction_is_releasing_is_decided_once_it_ends() {
     assert_eq!(job["skippedAccessNumbers"], json!([]), "{job}");
     let mine = ranges_of(&app, &tenant).await;
     assert_eq!(mine, vec![("2000".to_owned(), 10), ("4000".to_owned(), 10)]);
+    app.stop().await;
+}
+
+/// A range's create locks its tenant's row before its insert, and a tenant's delete locks that
+/// row before it touches the tenant's ranges: a create whose range overlaps one the delete
+/// removes and the delete wait for one another in one order, never in a cycle. (The delete
+/// used to remove the ranges first: then it waited for the create's row lock while the
+/// create's insert waited for the removed range, and PostgreSQL broke the deadlock by failing
+/// one of them.)
+#[tokio::test]
+async fn a_range_create_and_its_tenants_delete_never_deadlock() {
+    use provisioner_shared::db::{access_numbers, tenants};
+    let app = TestApp::without_workers().await;
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO tenants (id, url, name, sip_domain)
+         VALUES (gen_random_uuid(), 'acme.example.com', 'Acme', 'acme.example.com') RETURNING id",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    insert_range(&app, "4155550100", 100, Some("acme.example.com")).await;
+    let mut create = app.db.begin().await.unwrap();
+    let held = access_numbers::holding_locked(&mut create, id)
+        .await
+        .unwrap();
+    assert_eq!(held.map(|h| (h.ranges, h.numbers)), Some((1, 100)));
+    let db = app.db.clone();
+    let delete = tokio::spawn(async move {
+        let mut tx = db.begin().await?;
+        tenants::delete(&mut tx, id, tenants::NumbersOnDelete::Delete).await?;
+        tx.commit().await
+    });
+    // The delete waits for the create's lock on the tenant's row.
+    provisioner_tests::eventually(std::time::Duration::from_secs(10), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        (waiting == 1).then_some(())
+    })
+    .await;
+    // The create's overlapping range: refused as an overlap, without waiting for the delete.
+    let created = access_numbers::create(&mut create, "4155550150", 10, "VOICE", id)
+        .await
+        .unwrap();
+    assert!(!created);
+    create.commit().await.unwrap();
+    delete
+        .await
+        .unwrap()
+        .expect("the delete goes through once the create ends");
+    assert_eq!(app.count("SELECT count(*) FROM access_numbers").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
     app.stop().await;
 }

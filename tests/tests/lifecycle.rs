@@ -297,28 +297,33 @@ async fn access_numbers_are_created_assigned_and_deleted() {
     app.stop().await;
 }
 
-/// A tenant holds at most the ranges a template may carry (1,000), whatever their numbers, so
-/// that Export Tenant gives an archive that Import Tenant takes back.
+/// A tenant holds at most what a template may carry (1,000 ranges, 100,000 numbers), so that
+/// Export Tenant gives an archive that Import Tenant takes back.
 #[tokio::test]
 async fn a_tenant_holds_at_most_the_ranges_a_template_carries_so_its_export_imports_again() {
     let app = TestApp::spawn().await;
-    let tenant = fixtures::tenant_url();
-    let mut plain = fixtures::sample_template(app.db_version().await);
-    plain.access_numbers.clear();
-    let plain_url = app.templates.put("plain.zip", plain.write());
-    let mut body = fixtures::create_body(&plain_url);
-    body["numberMap"] = json!({});
-    assert_eq!(app.create_and_wait(&tenant, &body).await["code"], 200);
-    let add = |number: String, count: i64| {
+    let tenant = app.tenant_without_ranges().await;
+    let add = |number: &str, count: i64| {
         app.http
             .post(app.url("/configapi/v2/accessnumbers"))
             .json(&json!({"number": number, "count": count, "tenantUrl": tenant, "media": "VOICE"}))
             .send()
     };
-    // A range of a million numbers: more than any template held before.
-    assert_eq!(
-        add("5550000000".into(), 1_000_000).await.unwrap().status(),
-        204
+    let refused = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 409);
+        let problem: Value = r.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains("would pass what a tenant may hold"),
+            "{detail}"
+        );
+        detail
+    };
+    assert_eq!(add("5550000000", 90_000).await.unwrap().status(), 204);
+    let detail = refused(add("6660000000", 10_001).await.unwrap()).await;
+    assert!(
+        detail.contains("holds 1 access-number ranges of 90000 numbers"),
+        "{detail}"
     );
     // 998 more, written directly (each request is one), then the 1,000th through the API.
     sqlx::query(
@@ -330,17 +335,8 @@ async fn a_tenant_holds_at_most_the_ranges_a_template_carries_so_its_export_impo
     .execute(&app.db)
     .await
     .unwrap();
-    assert_eq!(add("6660000000".into(), 10).await.unwrap().status(), 204);
-    let refused = add("7770000000".into(), 1).await.unwrap();
-    assert_eq!(refused.status(), 409);
-    let problem: Value = refused.json().await.unwrap();
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("already holds 1000 access-number ranges"),
-        "{problem}"
-    );
+    assert_eq!(add("6660000000", 10).await.unwrap().status(), 204);
+    refused(add("7770000000", 1).await.unwrap()).await;
     let held = || async {
         sqlx::query_as::<_, (i64, i64)>(
             "SELECT count(*), coalesce(sum(count), 0)::bigint FROM access_numbers
@@ -351,7 +347,7 @@ async fn a_tenant_holds_at_most_the_ranges_a_template_carries_so_its_export_impo
         .await
         .unwrap()
     };
-    assert_eq!(held().await, (1_000, 1_000_000 + 998 * 5 + 10));
+    assert_eq!(held().await, (1_000, 90_000 + 998 * 5 + 10));
 
     let archive = app
         .http
@@ -370,7 +366,7 @@ async fn a_tenant_holds_at_most_the_ranges_a_template_carries_so_its_export_impo
     assert_eq!(held().await.0, 0);
     let job = app.import_and_wait(archive).await;
     assert_eq!(job["code"], 200, "{job}");
-    assert_eq!(held().await, (1_000, 1_000_000 + 998 * 5 + 10));
+    assert_eq!(held().await, (1_000, 90_000 + 998 * 5 + 10));
     app.stop().await;
 }
 

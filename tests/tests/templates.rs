@@ -149,11 +149,18 @@ async fn access_number_caps_refuse_a_template_before_any_lock_is_taken() {
     let tenant = fixtures::tenant_url();
     // Holding the tenant's import lock: a job that reached the lock would end 503, not 400.
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
-    for (name, numbers, expect) in [(
-        "ranges",
-        ranges(1_001, 1),
-        "1001 access-number ranges; at most 1000",
-    )] {
+    for (name, numbers, expect) in [
+        (
+            "ranges",
+            ranges(1_001, 1),
+            "1001 access-number ranges; at most 1000",
+        ),
+        (
+            "numbers",
+            ranges(2, 50_001),
+            "hold 100002 numbers; at most 100000",
+        ),
+    ] {
         let mut t = good.clone();
         t.access_numbers = numbers;
         let url = app.templates.put(name, t.write());

@@ -281,7 +281,7 @@ fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
     responses(
         (status = 204, description = "Created and assigned"),
         (status = 400, description = "Invalid fields, or no such tenant"),
-        (status = 409, description = "Overlaps an existing range, or the tenant already holds 1,000 ranges"),
+        (status = 409, description = "Overlaps an existing range, or would give the tenant more than 1,000 ranges or 100,000 numbers"),
         (status = 415, description = "Not JSON")))]
 pub(super) async fn create_access_numbers(
     State(state): State<AppState>,
@@ -300,12 +300,19 @@ pub(super) async fn create_access_numbers(
     let Some(tenant) = db::tenants::find_by_url(&mut *tx, url.as_str()).await? else {
         return Err(FieldError::new("tenantUrl", format!("no tenant {url} exists")).into());
     };
-    // A tenant holds at most the ranges a template may carry, so that its export imports again.
-    let held = db::access_numbers::count_locked(&mut tx, tenant.id).await?;
-    if held >= template::MAX_RANGES as i64 {
+    // A tenant holds at most what a template may carry, so that its export imports again.
+    let Some(held) = db::access_numbers::holding_locked(&mut tx, tenant.id).await? else {
+        return Err(FieldError::new("tenantUrl", format!("no tenant {url} exists")).into());
+    };
+    if held.ranges >= template::MAX_RANGES as i64
+        || held.numbers + i64::from(count) > template::MAX_NUMBERS as i64
+    {
         return Err(ApiError::Conflict(format!(
-            "tenant {url} already holds {held} access-number ranges, the most a tenant may hold (a template carries at most {})",
-            template::MAX_RANGES
+            "tenant {url} holds {} access-number ranges of {} numbers; with {count} more it would pass what a tenant may hold, as a template: {} ranges, {} numbers",
+            held.ranges,
+            held.numbers,
+            template::MAX_RANGES,
+            template::MAX_NUMBERS
         )));
     }
     if !db::access_numbers::create(&mut tx, &number, count, &media, tenant.id).await? {

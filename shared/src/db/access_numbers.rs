@@ -276,19 +276,37 @@ pub async fn list(
     query.fetch_all(exec).await
 }
 
-/// The ranges tenant `tenant_id` holds, its row locked until the transaction ends: two requests
-/// adding ranges to one tenant count one after the other, so a cap on the count holds exactly.
-/// (`FOR NO KEY UPDATE`: the foreign keys of the ranges inserted meanwhile do not wait for it.)
-pub async fn count_locked(conn: &mut PgConnection, tenant_id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+/// What a tenant holds: its ranges, and their numbers in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Holding {
+    pub ranges: i64,
+    pub numbers: i64,
+}
+
+/// What tenant `tenant_id` holds, its row locked until the transaction ends (`None`: it is gone):
+/// two requests adding ranges to one tenant count one after the other, so a cap holds exactly.
+/// `FOR NO KEY UPDATE`: the foreign keys of ranges inserted meanwhile do not wait for it; a
+/// tenant's delete locks the row before its ranges (`tenants::delete`), in the same order.
+pub async fn holding_locked(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+) -> Result<Option<Holding>, sqlx::Error> {
+    let found = sqlx::query("SELECT FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
         .bind(tenant_id)
         .execute(&mut *conn)
         .await?;
+    if found.rows_affected() == 0 {
+        return Ok(None);
+    }
     // A statement of its own: it reads what committed while the lock was awaited.
-    sqlx::query_scalar("SELECT count(*) FROM access_numbers WHERE tenant_id = $1")
-        .bind(tenant_id)
-        .fetch_one(&mut *conn)
-        .await
+    sqlx::query_as(
+        "SELECT count(*) AS ranges, coalesce(sum(count), 0)::bigint AS numbers
+         FROM access_numbers WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map(Some)
 }
 
 /// Creates a range for a tenant; `false` when it overlaps any existing range.

@@ -12,11 +12,11 @@ use crate::{
     passwords,
 };
 
-/// Most access-number ranges one template, and so one tenant, may hold (each of 1 to 1,000,000
-/// numbers). A tenant's ranges added through the API are capped by the same figure, so that an
-/// exported tenant imports again. The numbers are not capped in all: a range is one row,
-/// whatever its count.
+/// Most access-number ranges, and numbers in all, one template may hold (CONTRACT). A tenant's
+/// ranges added through the API are capped by the same figures, so that its export imports
+/// again.
 pub const MAX_RANGES: usize = 1_000;
+pub const MAX_NUMBERS: u64 = 100_000;
 /// Most roles one user may have.
 pub const MAX_ROLES: usize = 32;
 
@@ -187,6 +187,12 @@ impl Template {
             if !firsts.insert(n.number.as_str()) {
                 f.bad(format!("access number {} starts two ranges", n.number));
             }
+        }
+        let total: u64 = ranges.iter().map(|r| r.count as u64).sum();
+        if total > MAX_NUMBERS {
+            f.bad(format!(
+                "the template's access-number ranges hold {total} numbers; at most {MAX_NUMBERS} are allowed"
+            ));
         }
     }
 

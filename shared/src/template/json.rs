@@ -16,11 +16,12 @@ use crate::domain::is_hidden_char;
 /// Deepest nesting of a free-form value (the value itself is level 1).
 pub const MAX_DEPTH: usize = 32;
 /// Most elements of one array, or members of one object, in a free-form value. PostgreSQL builds
-/// a `jsonb` value's array or object in one allocation, which cannot pass 1 GiB: about 16.7
-/// million elements or 8.4 million members fail there (`invalid memory alloc request size`),
-/// with an internal error that would read as a database fault. A bound far below either keeps
-/// such a template a fault of the template.
-pub const MAX_ELEMENTS: usize = 1_000_000;
+/// a `jsonb` value's array or object in one allocation, which cannot pass 1 GiB: an array of
+/// more than 16.7 million elements (32 bytes each) or an object of more than 8.4 million members
+/// (72 bytes each) fails there (`invalid memory alloc request size`), with an internal error
+/// that would read as a database fault and be retried. Half of the smaller keeps such a template
+/// a fault of the template, and leaves every value PostgreSQL stores well alone.
+pub const MAX_ELEMENTS: usize = 4_000_000;
 /// Longest settings key and string value, in characters, and largest settings text in bytes.
 pub const MAX_SETTINGS_KEY: usize = 255;
 pub const MAX_SETTINGS_VALUE: usize = 65_536;

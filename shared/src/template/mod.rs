@@ -18,7 +18,7 @@ mod zipdir;
 mod zipout;
 
 pub use archive::peek_tenant_url;
-pub use check::{MAX_RANGES, MAX_ROLES};
+pub use check::{MAX_NUMBERS, MAX_RANGES, MAX_ROLES};
 pub use entries::{
     AccessNumberEntry, AuditEntry, CallingListEntry, Manifest, ManifestSource, ObjectEntry,
     TenantEntry, UserEntry,

@@ -113,6 +113,12 @@ pub async fn delete(
     id: Uuid,
     numbers: NumbersOnDelete,
 ) -> Result<(), sqlx::Error> {
+    // The tenant's row first, as a range's create locks it before its insert: the other order
+    // deadlocks with a create whose range overlaps one deleted here.
+    sqlx::query("SELECT FROM tenants WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     let sql = match numbers {
         NumbersOnDelete::Delete => "DELETE FROM access_numbers WHERE tenant_id = $1",
         NumbersOnDelete::KeepUnassigned => {
