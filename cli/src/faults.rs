@@ -54,7 +54,7 @@ pub fn more(bytes: &[u8], db_version: i64, known: Vec<String>) -> Vec<String> {
     let mut faults = known;
     let limits = Limits::default();
     // Only an archive the server's reader walks safely is opened here.
-    if Template::reading_cost(bytes, &limits, Contents::ForCreate).is_err() {
+    if Template::costs(bytes, &limits, Contents::ForCreate).is_err() {
         return faults;
     }
     let Ok(mut archive) = zip::ZipArchive::new(Cursor::new(bytes)) else {

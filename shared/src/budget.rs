@@ -1,5 +1,5 @@
 //! A process's memory budget for templates, in KiB permits of one semaphore: a worker reserves a
-//! template's reading cost before it reads it; the API reserves uploads as their bytes arrive
+//! template's costs (reading it, then writing it) before it reads it; the API reserves uploads as their bytes arrive
 //! and the reading cost of a template it checks. A reservation gives its share back when dropped.
 
 use std::{sync::Arc, time::Duration};

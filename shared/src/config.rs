@@ -42,8 +42,8 @@ pub struct Settings {
     pub job_max_attempts: u32,
     pub template_timeout: Duration,
     pub template_max_bytes: u64,
-    /// Memory one process may spend on templates at once: a worker on reading the templates of
-    /// the jobs it runs (each template's reading cost, see `Template::reading_cost`), the API on
+    /// Memory one process may spend on templates at once: a worker on reading and writing the
+    /// templates of the jobs it runs (each template's costs, see `Template::costs`), the API on
     /// uploads in flight and on the templates it checks.
     pub template_memory_budget: u64,
     pub log_format: LogFormat,

@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
+use provisioner_shared::template::{self, Contents, Limits, ObjectEntry, Template};
 use provisioner_tests::{TestApp, fixtures, process::Proc};
 use serde_json::json;
+use uuid::Uuid;
 
 /// `key` (a `VmRSS:`-like line) of `/proc/PID/status`, in KiB.
 fn status_kib(pid: u32, key: &str) -> u64 {
@@ -56,4 +58,73 @@ async fn a_busy_worker_stays_small_with_the_allocators_defaults() {
     // The bound for a worker at the default concurrency.
     assert!(peak < 128, "peak {peak} MiB");
     assert!(after < 100, "{after} MiB resident once the jobs ended");
+}
+
+/// The sample template with `extra` more objects, as small as objects are, written without the
+/// writer's indentation (about 92 bytes of `objects.json` each): the most built for the bytes.
+fn template_with_objects(db_version: i64, extra: usize) -> Vec<u8> {
+    let mut t = fixtures::sample_template(db_version);
+    t.objects.extend((0..extra).map(|i| ObjectEntry {
+        id: Uuid::new_v4(),
+        kind: "k".to_owned(),
+        name: i.to_string(),
+        data: Default::default(),
+        refs: vec![],
+    }));
+    let entries = [
+        (template::MANIFEST, serde_json::to_vec(&t.manifest).unwrap()),
+        (template::TENANT, serde_json::to_vec(&t.tenant).unwrap()),
+        (template::USERS, serde_json::to_vec(&t.users).unwrap()),
+        (template::OBJECTS, serde_json::to_vec(&t.objects).unwrap()),
+        (
+            template::ACCESS_NUMBERS,
+            serde_json::to_vec(&t.access_numbers).unwrap(),
+        ),
+    ];
+    let entries: Vec<(&str, &[u8])> = entries.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    fixtures::raw_zip(&entries)
+}
+
+/// A job's share of its worker's template memory budget covers what the job holds: the
+/// template read and what its write builds from it (the plan, a copy with new ids, and the
+/// statement's parameters), not only the reading, which measured half of it. One create of a
+/// template near the largest allowed: 56 MiB of the smallest objects, the most built for the
+/// bytes.
+#[tokio::test]
+async fn a_jobs_share_of_the_template_memory_budget_covers_its_read_and_its_write() {
+    let app = TestApp::without_workers().await;
+    let template = template_with_objects(app.db_version().await, 640_000);
+    // What the worker reserves for the job (`jobs::template::load`).
+    let costs = Template::costs(&template, &Limits::default(), Contents::ForCreate).unwrap();
+    let share = (costs.reading + costs.writing) >> 20;
+    let url = app.templates.put("large", template);
+    let vars = [("PROVISIONER_WORKER_CONCURRENCY", "4")];
+    let mut worker = Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &vars, "warn");
+    let pid = worker.child.id().unwrap();
+    // The worker at rest after a create of the small sample template, so that what it sets up
+    // once (sessions, a hashing thread's working area) is in the baseline.
+    let small = app.serve_sample_template("small").await;
+    let first = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&small))
+        .await;
+    app.wait_job_within(&first, Duration::from_secs(60)).await;
+    let idle = status_kib(pid, "VmRSS:") / 1024;
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let job = app.wait_job_within(&id, Duration::from_secs(300)).await;
+    assert_eq!(job["code"], 200, "{job}");
+    let peak = status_kib(pid, "VmHWM:") / 1024;
+    worker.child.kill().await.unwrap();
+    app.stop().await;
+    let held = peak - idle;
+    println!(
+        "held {held} MiB (idle {idle}, peak {peak}); share {share} MiB: reading {} MiB, writing {} MiB",
+        costs.reading >> 20,
+        costs.writing >> 20
+    );
+    assert!(
+        held <= share,
+        "the job held {held} MiB on a share of {share} MiB"
+    );
 }

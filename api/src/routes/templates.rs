@@ -187,8 +187,9 @@ fn name_param(uri: &Uri) -> Result<Option<String>, ApiError> {
 /// `dbVersion`, every limit), within the memory budget its reading costs.
 async fn check(state: &AppState, upload: &mut Upload) -> Result<Facts, ApiError> {
     let limits = Limits::default();
-    let cost =
-        Template::reading_cost(&upload.bytes, &limits, Contents::ForCreate).map_err(refused)?;
+    let cost = Template::costs(&upload.bytes, &limits, Contents::ForCreate)
+        .map_err(refused)?
+        .reading;
     upload::take(&mut upload.reserved, cost).await?;
     let db_version = db::schema_version(&state.pool).await?;
     let bytes = upload.bytes.clone();

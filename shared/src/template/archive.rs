@@ -10,8 +10,8 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    ACCESS_NUMBERS, AUDIT, CALLING_LISTS, Contents, Limits, MANIFEST, Manifest, OBJECTS, TENANT,
-    Template, TemplateError, USERS, check, json,
+    ACCESS_NUMBERS, AUDIT, CALLING_LISTS, Contents, Costs, Limits, MANIFEST, Manifest, OBJECTS,
+    TENANT, Template, TemplateError, USERS, check, json,
     zipdir::{self, DirEntry},
 };
 
@@ -21,6 +21,13 @@ type Entries = BTreeMap<String, Vec<u8>>;
 /// text, typed fields, vectors' spare capacity (measured: `tests/template_memory.rs`).
 const BUILT_FACTOR: u64 = 4;
 const SLACK: u64 = 1 << 20;
+/// What the write of a read template builds costs at most this many times the text of the
+/// entries it writes: the job's plan, a copy of those entries with new ids (what reading built,
+/// `BUILT_FACTOR`), and the statement's parameters, that text again in the driver's argument
+/// buffer and once more in its send buffer, each grown by doubling. Measured
+/// (`tests/tests/worker_memory.rs`): a create of 56 MiB of the smallest objects held 400 MiB,
+/// where its reading cost is 300 MiB and this adds 453 MiB.
+const WRITE_FACTOR: u64 = BUILT_FACTOR + 4;
 
 const KNOWN: [&str; 7] = [
     MANIFEST,
@@ -54,30 +61,29 @@ fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>,
         .collect())
 }
 
-/// See `Template::reading_cost`.
-pub(super) fn reading_cost(
+/// See `Template::costs`.
+pub(super) fn costs(
     bytes: &[u8],
     limits: &Limits,
     contents: Contents,
-) -> Result<u64, TemplateError> {
+) -> Result<Costs, TemplateError> {
     let dir = zipdir::walk(bytes, limits)?;
     let wanted = wanted(&dir, limits)?;
     let text: u64 = wanted.iter().map(|e| e.size).sum();
     // What create checks and keeps nothing of is built one element at a time: at most its text
-    // once more (an element's strings and free-form text are no larger than their source).
-    let built: u64 = wanted
-        .iter()
-        .map(|e| {
-            let checked_only = contents == Contents::ForCreate
-                && [CALLING_LISTS, AUDIT].contains(&e.name.as_str());
-            if checked_only {
-                e.size
-            } else {
-                e.size * BUILT_FACTOR
-            }
-        })
-        .sum();
-    Ok(bytes.len() as u64 + text + built + SLACK)
+    // once more (an element's strings and free-form text are no larger than their source). It is
+    // not written either.
+    let checked_only = |e: &DirEntry| {
+        contents == Contents::ForCreate && [CALLING_LISTS, AUDIT].contains(&e.name.as_str())
+    };
+    let (kept, checked): (Vec<&DirEntry>, Vec<&DirEntry>) =
+        wanted.iter().copied().partition(|e| !checked_only(e));
+    let kept: u64 = kept.iter().map(|e| e.size).sum();
+    let checked: u64 = checked.iter().map(|e| e.size).sum();
+    Ok(Costs {
+        reading: bytes.len() as u64 + text + kept * BUILT_FACTOR + checked + SLACK,
+        writing: kept * WRITE_FACTOR,
+    })
 }
 
 /// Reads the known entries' bytes: never more than their headers declare, nor the limits allow.

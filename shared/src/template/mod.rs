@@ -121,6 +121,15 @@ pub enum Contents {
     All,
 }
 
+/// Upper bounds of the memory a template takes, in bytes (`Template::costs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Costs {
+    /// Reading it: the archive, each entry's text while it is parsed, what is built from it.
+    pub reading: u64,
+    /// Writing what was read as a tenant, besides: a job's plan and the statement's parameters.
+    pub writing: u64,
+}
+
 /// A whole template, in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Template {
@@ -177,14 +186,15 @@ impl Template {
         archive::build(manifest, entries, Contents::All)
     }
 
-    /// An upper bound of the memory reading `bytes` for `contents` may take, archive included:
-    /// known from the central directory alone, before anything is decompressed.
-    pub fn reading_cost(
+    /// Upper bounds of the memory reading `bytes` for `contents` may take, archive included, and
+    /// writing what was read: known from the central directory alone, before anything is
+    /// decompressed.
+    pub fn costs(
         bytes: &[u8],
         limits: &Limits,
         contents: Contents,
-    ) -> Result<u64, TemplateError> {
-        archive::reading_cost(bytes, limits, contents)
+    ) -> Result<Costs, TemplateError> {
+        archive::costs(bytes, limits, contents)
     }
 
     /// Writes every entry as a ZIP archive (typed, never through an intermediate JSON tree).

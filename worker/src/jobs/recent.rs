@@ -10,13 +10,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use provisioner_shared::template::Template;
+use provisioner_shared::template::{Costs, Template};
 use uuid::Uuid;
 
 /// Most template bytes kept; a template larger than half of it is not kept.
 const MAX_TEMPLATE_BYTES: usize = 16 << 20;
-/// Most reading cost (`Template::reading_cost`, an upper bound of the memory a read template
-/// holds) of the read templates kept; one costing more than half of it is not kept.
+/// Most reading cost (`Costs::reading`, an upper bound of the memory a read template holds) of
+/// the read templates kept; one costing more than half of it is not kept.
 const MAX_READ_COST: u64 = 32 << 20;
 /// Most batch pins kept; past it they are forgotten all at once.
 const MAX_PINS: usize = 4096;
@@ -30,8 +30,8 @@ struct Inner {
     templates: VecDeque<(String, Bytes)>,
     bytes: usize,
     pins: HashMap<(Uuid, String), String>,
-    /// Read for a create, with their reading cost; most recently used last.
-    read: VecDeque<(String, Arc<Template>, u64)>,
+    /// Read for a create, with their costs; most recently used last.
+    read: VecDeque<(String, Arc<Template>, Costs)>,
     read_cost: u64,
 }
 
@@ -66,8 +66,8 @@ impl Recent {
         }
     }
 
-    /// Stored template `id` as read for a create, and its reading cost, if read recently.
-    pub(crate) fn read(&self, id: &str) -> Option<(Arc<Template>, u64)> {
+    /// Stored template `id` as read for a create, and its costs, if read recently.
+    pub(crate) fn read(&self, id: &str) -> Option<(Arc<Template>, Costs)> {
         let mut inner = self.0.lock().expect("recent templates");
         let at = inner.read.iter().position(|(t, _, _)| t == id)?;
         let entry = inner.read.remove(at).expect("found");
@@ -78,21 +78,21 @@ impl Recent {
 
     /// Keeps stored template `id` as read for a create, forgetting the least recently used
     /// past the bound.
-    pub(crate) fn keep_read(&self, id: &str, template: &Arc<Template>, cost: u64) {
-        if cost > MAX_READ_COST / 2 {
+    pub(crate) fn keep_read(&self, id: &str, template: &Arc<Template>, costs: Costs) {
+        if costs.reading > MAX_READ_COST / 2 {
             return;
         }
         let mut inner = self.0.lock().expect("recent templates");
         if inner.read.iter().any(|(t, _, _)| t == id) {
             return;
         }
-        inner.read_cost += cost;
+        inner.read_cost += costs.reading;
         inner
             .read
-            .push_back((id.to_owned(), template.clone(), cost));
+            .push_back((id.to_owned(), template.clone(), costs));
         while inner.read_cost > MAX_READ_COST {
             let (_, _, old) = inner.read.pop_front().expect("over the bound: not empty");
-            inner.read_cost -= old;
+            inner.read_cost -= old.reading;
         }
     }
 
@@ -168,12 +168,17 @@ mod tests {
     #[test]
     fn read_templates_are_kept_within_their_cost_bound_least_recently_used_first_out() {
         let recent = Recent::default();
-        let quarter = MAX_READ_COST / 4;
+        // What writing costs is kept with the template, and is no part of the bound.
+        let costs = |reading| Costs {
+            reading,
+            writing: MAX_READ_COST,
+        };
+        let quarter = costs(MAX_READ_COST / 4);
         for id in ["a", "b", "c", "d"] {
             recent.keep_read(id, &template(), quarter);
         }
-        let (kept, cost) = recent.read("a").expect("kept");
-        assert_eq!(cost, quarter);
+        let (kept, kept_costs) = recent.read("a").expect("kept");
+        assert_eq!(kept_costs, quarter);
         // The same template is handed out, not a copy.
         assert!(Arc::ptr_eq(&kept, &recent.read("a").unwrap().0));
         recent.keep_read("e", &template(), quarter);
@@ -181,7 +186,7 @@ mod tests {
         for id in ["a", "c", "d", "e"] {
             assert!(recent.read(id).is_some(), "{id}");
         }
-        recent.keep_read("huge", &template(), MAX_READ_COST / 2 + 1);
+        recent.keep_read("huge", &template(), costs(MAX_READ_COST / 2 + 1));
         assert!(recent.read("huge").is_none());
     }
 }

@@ -8,7 +8,7 @@ use provisioner_shared::{
     budget::Reserved,
     db::{self, jobs::JobRow},
     domain::TemplateSource,
-    template::{Contents, Template},
+    template::{Contents, Costs, Template},
 };
 
 use super::{Context, JobFailure};
@@ -24,8 +24,9 @@ pub(super) enum Versions {
 }
 
 /// Loads and reads the job's template; the reservation holds its share of the budget while the
-/// template (and what the job builds from it) is in memory. A stored template read for a create
-/// recently is not read again.
+/// template and what the job builds from it to write it are in memory (both reserved at once,
+/// before reading: a job never waits for more while it holds a share). A stored template read
+/// for a create recently is not read again.
 pub(super) async fn load(
     ctx: &Context,
     job: &JobRow,
@@ -34,8 +35,9 @@ pub(super) async fn load(
 ) -> Result<(Arc<Template>, Reserved), JobFailure> {
     let stored_id = stored_id(ctx, job, source).await?;
     let cacheable = stored_id.as_deref().filter(|_| versions == Versions::Exact);
-    if let Some((template, cost)) = cacheable.and_then(|id| ctx.recent.read(id)) {
-        return Ok((template, ctx.template_budget.reserve(cost).await));
+    if let Some((template, costs)) = cacheable.and_then(|id| ctx.recent.read(id)) {
+        let reserved = ctx.template_budget.reserve(job_cost(costs)).await;
+        return Ok((template, reserved));
     }
     let bytes = match (&stored_id, source) {
         (Some(id), _) => stored(ctx, id).await?,
@@ -47,9 +49,9 @@ pub(super) async fn load(
         Versions::Exact => Contents::ForCreate,
         Versions::Upgradable => Contents::All,
     };
-    let cost = Template::reading_cost(&bytes, &limits, contents)
+    let costs = Template::costs(&bytes, &limits, contents)
         .map_err(|e| JobFailure::BadTemplate(e.to_string()))?;
-    let reserved = ctx.template_budget.reserve(cost).await;
+    let reserved = ctx.template_budget.reserve(job_cost(costs)).await;
     let read = tokio::task::spawn_blocking(move || match versions {
         Versions::Exact => Template::read_for_create(&bytes, &limits, db_version),
         Versions::Upgradable => Template::read_upgrading(&bytes, &limits, db_version),
@@ -58,13 +60,18 @@ pub(super) async fn load(
         Ok(Ok(t)) => {
             let template = Arc::new(t);
             if let Some(id) = cacheable {
-                ctx.recent.keep_read(id, &template, cost);
+                ctx.recent.keep_read(id, &template, costs);
             }
             Ok((template, reserved))
         }
         Ok(Err(e)) => Err(JobFailure::BadTemplate(e.to_string())),
         Err(e) => Err(JobFailure::fault("the template reader crashed", e)),
     }
+}
+
+/// What a job holds of the budget: the template read, and what its write builds from it.
+fn job_cost(costs: Costs) -> u64 {
+    costs.reading + costs.writing
 }
 
 /// The store's id of the job's template: named, or the one its batch pinned for its URL
