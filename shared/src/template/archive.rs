@@ -29,6 +29,11 @@ const SLACK: u64 = 1 << 20;
 /// where its reading cost is 300 MiB and this adds 453 MiB.
 const WRITE_FACTOR: u64 = BUILT_FACTOR + 4;
 
+/// Compression methods: the two the format's writer uses, and WinZip's AES.
+const STORED: u16 = 0;
+const DEFLATED: u16 = 8;
+const AES: u16 = 99;
+
 const KNOWN: [&str; 7] = [
     MANIFEST,
     TENANT,
@@ -55,10 +60,33 @@ fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>,
     if dir.iter().map(|e| e.size).sum::<u64>() > limits.max_total_bytes {
         return Err(TemplateError::TotalTooLarge(limits.max_total_bytes));
     }
-    Ok(dir
+    let known: Vec<&DirEntry> = dir
         .iter()
         .filter(|e| KNOWN.contains(&e.name.as_str()))
-        .collect())
+        .collect();
+    // The ZIP library opens no archive with an AES entry it cannot parse (it says "not a ZIP"),
+    // and decompresses only what the format's writer makes.
+    let unreadable = |e: &DirEntry| {
+        if e.encrypted {
+            Some("encrypted".to_owned())
+        } else if ![STORED, DEFLATED].contains(&e.method) {
+            Some(format!(
+                "compression method {}; only stored ({STORED}) and deflate ({DEFLATED}) are read",
+                e.method
+            ))
+        } else {
+            None
+        }
+    };
+    let refused = dir
+        .iter()
+        .filter(|e| e.method == AES)
+        .chain(known.iter().copied())
+        .find_map(|e| unreadable(e).map(|why| (e, why)));
+    if let Some((e, why)) = refused {
+        return Err(TemplateError::Unreadable(e.name.clone(), why));
+    }
+    Ok(known)
 }
 
 /// See `Template::costs`.

@@ -307,6 +307,49 @@ fn a_local_header_that_names_its_entry_otherwise_is_refused() {
 }
 
 #[test]
+fn an_entry_neither_stored_nor_deflated_or_an_encrypted_one_is_refused_by_name() {
+    // bzip2, LZMA, Zstandard, WinZip's AES, an unassigned number: none is read.
+    for method in [12u16, 14, 93, 99, 1234] {
+        let mut entries = good();
+        entries[1].method = method;
+        assert_eq!(
+            read(&archive(&entries, &End::default())).map(|_| ()),
+            Err(TemplateError::Unreadable(
+                TENANT.into(),
+                format!("compression method {method}; only stored (0) and deflate (8) are read")
+            )),
+            "{method}"
+        );
+    }
+    let mut encrypted = good();
+    encrypted[0].flags = 1;
+    assert_eq!(
+        read(&archive(&encrypted, &End::default())).map(|_| ()),
+        Err(TemplateError::Unreadable(
+            MANIFEST.into(),
+            "encrypted".into()
+        ))
+    );
+    // An entry of no part of the format is never decompressed: any method will do, but AES,
+    // with which the ZIP library opens no archive (it said "could not find EOCD").
+    let mut entries = good();
+    entries.push(Entry {
+        method: 12,
+        flags: 1,
+        ..entry("notes.bz2", b"BZh")
+    });
+    assert!(read(&archive(&entries, &End::default())).is_ok());
+    entries[2].method = 99;
+    assert_eq!(
+        read(&archive(&entries, &End::default())).map(|_| ()),
+        Err(TemplateError::Unreadable(
+            "notes.bz2".into(),
+            "encrypted".into()
+        ))
+    );
+}
+
+#[test]
 fn shared_data_symlinks_and_truncation_are_refused() {
     let mut shared = good();
     shared.push(Entry {

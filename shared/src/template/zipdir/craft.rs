@@ -15,6 +15,8 @@ pub(super) struct Entry {
     pub(super) declared_compressed: Option<u32>,
     /// The name the local header gives, instead of the directory's.
     pub(super) local_name: Option<Vec<u8>>,
+    /// The compression method both headers give (the data is stored whatever they say).
+    pub(super) method: u16,
 }
 
 pub(super) fn entry(name: &str, body: &[u8]) -> Entry {
@@ -28,6 +30,7 @@ pub(super) fn entry(name: &str, body: &[u8]) -> Entry {
         same_data_as: None,
         declared_compressed: None,
         local_name: None,
+        method: 0,
     }
 }
 
@@ -70,7 +73,8 @@ pub(super) fn archive(entries: &[Entry], end: &End) -> Vec<u8> {
         out.extend(0x0403_4b50u32.to_le_bytes());
         out.extend(20u16.to_le_bytes());
         out.extend(e.flags.to_le_bytes());
-        out.extend([0u8; 6]); // stored, time, date
+        out.extend(e.method.to_le_bytes());
+        out.extend([0u8; 4]); // time, date
         out.extend(crc32(&e.body).to_le_bytes());
         out.extend((e.body.len() as u32).to_le_bytes());
         out.extend((e.body.len() as u32).to_le_bytes());
@@ -93,7 +97,8 @@ pub(super) fn archive(entries: &[Entry], end: &End) -> Vec<u8> {
         out.extend(made_by.to_le_bytes());
         out.extend(20u16.to_le_bytes());
         out.extend(e.flags.to_le_bytes());
-        out.extend([0u8; 6]);
+        out.extend(e.method.to_le_bytes());
+        out.extend([0u8; 4]);
         out.extend(crc32(data).to_le_bytes());
         out.extend(
             e.declared_compressed

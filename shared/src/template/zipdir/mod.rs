@@ -23,6 +23,9 @@ pub(super) struct DirEntry {
     /// Uncompressed size the directory declares; reading never yields more.
     pub(super) size: u64,
     pub(super) symlink: bool,
+    /// The compression method the directory gives (0 stored, 8 deflate).
+    pub(super) method: u16,
+    pub(super) encrypted: bool,
 }
 
 /// Walks the central directory of `bytes`, refusing anything the limits or a single,

@@ -8,6 +8,8 @@ const CENTRAL: u32 = 0x0201_4b50;
 const CENTRAL_LEN: usize = 46;
 /// General-purpose flag bit 11: the name is UTF-8.
 const UTF8_NAME: u16 = 1 << 11;
+/// General-purpose flag bit 0: the data is encrypted.
+const ENCRYPTED: u16 = 1;
 
 pub(super) struct Record {
     pub(super) entry: DirEntry,
@@ -104,6 +106,8 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
         name,
         size,
         symlink,
+        method: u16_at(b, 10),
+        encrypted: flags & ENCRYPTED != 0,
     };
     Ok((
         Record {
