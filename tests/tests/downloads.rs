@@ -2,7 +2,8 @@
 //! `PROVISIONER_TEMPLATE_TIMEOUT` (a transient fault: retried, then 500), a body without end
 //! at `PROVISIONER_TEMPLATE_MAX_BYTES` (code 400 at once), and a body whose type says it is no
 //! archive (a page, JSON) is not read past its first bytes unless they are a ZIP's (code 400 at
-//! once).
+//! once). A server whose answer is not HTTP a client reads (its head larger than any client
+//! takes) is code 400 at once too: asking again gets the same answer.
 
 use std::{
     sync::atomic::Ordering,
@@ -138,5 +139,58 @@ async fn a_page_served_for_a_template_is_refused_by_its_type_and_first_bytes() {
             .await;
         assert_eq!(app.wait_job(&id).await["code"], 200, "{content_type}");
     }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_template_server_whose_answer_has_a_head_too_large_to_read_is_400_at_once() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![("PROVISIONER_JOB_MAX_ATTEMPTS", "3".into())],
+    })
+    .await;
+    // A status line, then a header of 1 MiB: more than the HTTP client reads of a head.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/big-head", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn({
+        let hits = hits.clone();
+        async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                hits.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let mut head = b"HTTP/1.1 200 OK\r\nX-Padding: ".to_vec();
+                    head.extend(std::iter::repeat_n(b'a', 1 << 20));
+                    head.extend(b"\r\n\r\n");
+                    let _ = socket.write_all(&head).await;
+                });
+            }
+        }
+    });
+    let id = app
+        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["code"].as_i64(),
+            job["attempts"].as_i64()
+        ),
+        (Some("failed"), Some(400), Some(1)),
+        "{job}"
+    );
+    assert_eq!(
+        job["error"]["detail"],
+        "the template server's answer is not HTTP this service reads: its head is too large"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried");
+    server.abort();
     app.stop().await;
 }

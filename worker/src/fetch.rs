@@ -200,6 +200,20 @@ fn classify(e: reqwest::Error) -> FetchError {
         if s.is::<Blocked>() || not_found {
             return FetchError::Permanent(UNREACHABLE_HOST.to_owned());
         }
+        // An answer the client cannot parse is the same answer when asked again.
+        if let Some(http) = s.downcast_ref::<hyper::Error>() {
+            if http.is_parse_too_large() {
+                return FetchError::Permanent(
+                    "the template server's answer is not HTTP this service reads: its head is too large"
+                        .to_owned(),
+                );
+            }
+            if http.is_parse() {
+                return FetchError::Permanent(
+                    "the template server's answer is not HTTP this service reads".to_owned(),
+                );
+            }
+        }
         source = s.source();
     }
     if e.is_timeout() {
