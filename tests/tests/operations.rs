@@ -537,6 +537,60 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
 /// A pooled connection that PostgreSQL closed while it sat idle is not handed out: one idle a
 /// second or more is tested first. (That busy ones are not tested before each use is a matter
 /// of round trips, counted in `docs/performance.md`.)
+/// Resident set of this process, MiB.
+fn resident_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap()
+        / 1024
+}
+
+/// A connection keeps the buffer space its largest message grew for as long as it lives (sqlx
+/// keeps it for the next): a tenant's documents or a stored template, tens of MiB, held by a
+/// pooled connection that will not need them again. Given back, it drops that space.
+#[tokio::test]
+async fn a_connection_given_back_drops_the_buffer_its_largest_message_grew() {
+    const MIB: usize = 1 << 20;
+    let app = TestApp::without_workers().await;
+    let config = provisioner_shared::db::PoolConfig {
+        max_connections: 1,
+        application_name: "pool-test",
+        idle_in_transaction_timeout: None,
+        silences: None,
+    };
+    let pool = provisioner_shared::db::connect(&app.settings().database_url, &config)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let sent: i32 = {
+        // Sent once: the connection's send buffer grows to hold it.
+        let big = vec![b'x'; 100 * MIB];
+        sqlx::query_scalar("SELECT length($1)")
+            .bind(&big)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(sent as usize, 100 * MIB);
+    let holding = resident_mib();
+    drop(conn);
+    provisioner_tests::eventually(Duration::from_secs(10), || async {
+        (pool.num_idle() == 1).then_some(())
+    })
+    .await;
+    let given_back = resident_mib();
+    assert!(
+        holding.saturating_sub(given_back) >= 64,
+        "{holding} MiB resident with the connection in use, {given_back} MiB given back"
+    );
+    pool.close().await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_pooled_connection_closed_while_idle_is_not_handed_out() {
     let app = TestApp::without_workers().await;

@@ -145,7 +145,8 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// its statement at once (a transient error, retried like any other) instead of being replaced
 /// before it. With `silences`, a session opened before the database's last silence is closed
 /// instead, both when taken and when given back: the test on return would wait for ever for
-/// the answer such a session lost, holding its place in the pool.
+/// the answer such a session lost, holding its place in the pool. A connection given back
+/// drops the buffer space its largest message took.
 fn pool_options(max_connections: u32, silences: Option<Silences>) -> PgPoolOptions {
     let distrusted = silences.clone();
     let options = PgPoolOptions::new()
@@ -170,13 +171,14 @@ fn pool_options(max_connections: u32, silences: Option<Silences>) -> PgPoolOptio
                 }
             })
         });
-    match silences {
-        Some(silences) => options.after_release(move |_, meta| {
-            let keep = !silences.predate(meta.age);
-            Box::pin(async move { Ok(keep) })
-        }),
-        None => options,
-    }
+    options.after_release(move |conn, meta| {
+        // A connection keeps the buffers its largest message grew (a tenant's documents, a
+        // stored template: tens of MiB), for as long as it lives; given back, it keeps the
+        // default 8 KiB. A no-op for every connection that never grew.
+        conn.shrink_buffers();
+        let keep = silences.as_ref().is_none_or(|s| !s.predate(meta.age));
+        Box::pin(async move { Ok(keep) })
+    })
 }
 
 /// How long a session of a `generic_plan_pool` lives, and so its plans (checked as it is given
