@@ -11,6 +11,16 @@ use std::{
 };
 
 use provisioner_tests::{Options, TestApp, eventually, fixtures};
+use serde_json::Value;
+
+/// A job's status, code and attempts.
+fn ending(job: &Value) -> (&str, i64, i64) {
+    (
+        job["status"].as_str().unwrap_or_default(),
+        job["code"].as_i64().unwrap_or_default(),
+        job["attempts"].as_i64().unwrap_or_default(),
+    )
+}
 
 #[tokio::test]
 async fn a_template_server_that_drips_bytes_is_cut_off_at_the_timeout_then_retried_then_500() {
@@ -32,15 +42,7 @@ async fn a_template_server_that_drips_bytes_is_cut_off_at_the_timeout_then_retri
         .await;
     let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
     let took = started.elapsed();
-    assert_eq!(
-        (
-            job["status"].as_str(),
-            job["code"].as_i64(),
-            job["attempts"].as_i64()
-        ),
-        (Some("failed"), Some(500), Some(2)),
-        "{job}"
-    );
+    assert_eq!(ending(&job), ("failed", 500, 2), "{job}");
     assert_eq!(
         job["error"]["detail"],
         "the job failed 2 times with transient faults; the last: the template download timed out"
@@ -74,15 +76,7 @@ async fn a_template_without_end_is_cut_off_at_the_byte_cap_with_400_at_once() {
         .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await;
     let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
-    assert_eq!(
-        (
-            job["status"].as_str(),
-            job["code"].as_i64(),
-            job["attempts"].as_i64()
-        ),
-        (Some("failed"), Some(400), Some(1)),
-        "{job}"
-    );
+    assert_eq!(ending(&job), ("failed", 400, 1), "{job}");
     assert_eq!(
         job["error"]["detail"],
         format!("the template is larger than {CAP} bytes")
@@ -177,15 +171,7 @@ async fn a_template_server_whose_answer_has_a_head_too_large_to_read_is_400_at_o
         .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
         .await;
     let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
-    assert_eq!(
-        (
-            job["status"].as_str(),
-            job["code"].as_i64(),
-            job["attempts"].as_i64()
-        ),
-        (Some("failed"), Some(400), Some(1)),
-        "{job}"
-    );
+    assert_eq!(ending(&job), ("failed", 400, 1), "{job}");
     assert_eq!(
         job["error"]["detail"],
         "the template server's answer is not HTTP this service reads: its head is too large"

@@ -537,6 +537,19 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
 /// A pooled connection that PostgreSQL closed while it sat idle is not handed out: one idle a
 /// second or more is tested first. (That busy ones are not tested before each use is a matter
 /// of round trips, counted in `docs/performance.md`.)
+/// A pool of one connection, as the processes make theirs, to `app`'s database.
+async fn one_connection_pool(app: &TestApp) -> sqlx::PgPool {
+    let config = provisioner_shared::db::PoolConfig {
+        max_connections: 1,
+        application_name: "pool-test",
+        idle_in_transaction_timeout: None,
+        silences: None,
+    };
+    provisioner_shared::db::connect(&app.settings().database_url, &config)
+        .await
+        .unwrap()
+}
+
 /// Resident set of this process, MiB.
 fn resident_mib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -556,15 +569,7 @@ fn resident_mib() -> u64 {
 async fn a_connection_given_back_drops_the_buffer_its_largest_message_grew() {
     const MIB: usize = 1 << 20;
     let app = TestApp::without_workers().await;
-    let config = provisioner_shared::db::PoolConfig {
-        max_connections: 1,
-        application_name: "pool-test",
-        idle_in_transaction_timeout: None,
-        silences: None,
-    };
-    let pool = provisioner_shared::db::connect(&app.settings().database_url, &config)
-        .await
-        .unwrap();
+    let pool = one_connection_pool(&app).await;
     let mut conn = pool.acquire().await.unwrap();
     let sent: i32 = {
         // Sent once: the connection's send buffer grows to hold it.
@@ -594,15 +599,7 @@ async fn a_connection_given_back_drops_the_buffer_its_largest_message_grew() {
 #[tokio::test]
 async fn a_pooled_connection_closed_while_idle_is_not_handed_out() {
     let app = TestApp::without_workers().await;
-    let config = provisioner_shared::db::PoolConfig {
-        max_connections: 1,
-        application_name: "pool-test",
-        idle_in_transaction_timeout: None,
-        silences: None,
-    };
-    let pool = provisioner_shared::db::connect(&app.settings().database_url, &config)
-        .await
-        .unwrap();
+    let pool = one_connection_pool(&app).await;
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&pool)
         .await
