@@ -1,6 +1,7 @@
 //! A process's memory budget for templates, in KiB permits of one semaphore: a worker reserves a
-//! template's costs (reading it, then writing it) before it reads it; the API reserves uploads as their bytes arrive
-//! and the reading cost of a template it checks. A reservation gives its share back when dropped.
+//! template's costs (reading it, then writing it) before it reads it; the API reserves uploads
+//! as their bytes arrive and the reading cost of a template it checks. A reservation gives its
+//! share back when dropped.
 
 use std::{sync::Arc, time::Duration};
 

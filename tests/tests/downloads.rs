@@ -6,12 +6,16 @@
 //! takes) is code 400 at once too: asking again gets the same answer.
 
 use std::{
-    sync::atomic::Ordering,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use provisioner_tests::{Options, TestApp, eventually, fixtures};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A job's status, code and attempts.
 fn ending(job: &Value) -> (&str, i64, i64) {
@@ -136,47 +140,60 @@ async fn a_page_served_for_a_template_is_refused_by_its_type_and_first_bytes() {
     app.stop().await;
 }
 
+/// Serves `answer` to every connection on a local port; returns the URL and the connections
+/// counted.
+async fn raw_server(answer: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/t", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let answer = Arc::new(answer);
+    tokio::spawn({
+        let hits = hits.clone();
+        async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let _ = socket.write_all(&answer).await;
+                });
+            }
+        }
+    });
+    (url, hits)
+}
+
 #[tokio::test]
-async fn a_template_server_whose_answer_has_a_head_too_large_to_read_is_400_at_once() {
+async fn a_template_server_whose_answer_is_not_http_a_client_reads_is_400_at_once() {
     let app = TestApp::with(Options {
         workers: 1,
         vars: vec![("PROVISIONER_JOB_MAX_ATTEMPTS", "3".into())],
     })
     .await;
     // A status line, then a header of 1 MiB: more than the HTTP client reads of a head.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/big-head", listener.local_addr().unwrap());
-    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let server = tokio::spawn({
-        let hits = hits.clone();
-        async move {
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                hits.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut request = [0u8; 4096];
-                    let _ = socket.read(&mut request).await;
-                    let mut head = b"HTTP/1.1 200 OK\r\nX-Padding: ".to_vec();
-                    head.extend(std::iter::repeat_n(b'a', 1 << 20));
-                    head.extend(b"\r\n\r\n");
-                    let _ = socket.write_all(&head).await;
-                });
-            }
-        }
-    });
-    let id = app
-        .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
-        .await;
-    let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
-    assert_eq!(ending(&job), ("failed", 400, 1), "{job}");
-    assert_eq!(
-        job["error"]["detail"],
-        "the template server's answer is not HTTP this service reads: its head is too large"
-    );
-    assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried");
-    server.abort();
+    let mut big_head = b"HTTP/1.1 200 OK\r\nX-Padding: ".to_vec();
+    big_head.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big_head.extend(b"\r\n\r\n");
+    let not_http = "the template server's answer is not HTTP this service reads";
+    for (answer, detail) in [
+        (
+            big_head,
+            format!("{not_http}: its head is too large or has too many headers"),
+        ),
+        (
+            b"HTTP/1.1 two hundred OK\r\n\r\n".to_vec(),
+            not_http.to_owned(),
+        ),
+    ] {
+        let (url, hits) = raw_server(answer).await;
+        let id = app
+            .submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+            .await;
+        let job = app.wait_job_within(&id, Duration::from_secs(30)).await;
+        assert_eq!(ending(&job), ("failed", 400, 1), "{job}");
+        assert_eq!(job["error"]["detail"], detail.as_str());
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "not retried");
+    }
     app.stop().await;
 }

@@ -534,9 +534,6 @@ async fn job_figures_are_kept_exact_by_the_database_not_counted_per_scrape() {
     app.stop().await;
 }
 
-/// A pooled connection that PostgreSQL closed while it sat idle is not handed out: one idle a
-/// second or more is tested first. (That busy ones are not tested before each use is a matter
-/// of round trips, counted in `docs/performance.md`.)
 /// A pool of one connection, as the processes make theirs, to `app`'s database.
 async fn one_connection_pool(app: &TestApp) -> sqlx::PgPool {
     let config = provisioner_shared::db::PoolConfig {
@@ -596,6 +593,9 @@ async fn a_connection_given_back_drops_the_buffer_its_largest_message_grew() {
     app.stop().await;
 }
 
+/// A pooled connection that PostgreSQL closed while it sat idle is not handed out: one idle a
+/// second or more is tested first. (That busy ones are not tested before each use is a matter
+/// of round trips, counted in `docs/performance.md`.)
 #[tokio::test]
 async fn a_pooled_connection_closed_while_idle_is_not_handed_out() {
     let app = TestApp::without_workers().await;

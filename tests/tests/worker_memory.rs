@@ -94,12 +94,15 @@ fn template_with_objects(db_version: i64, extra: usize) -> Vec<u8> {
 async fn a_jobs_share_of_the_template_memory_budget_covers_its_read_and_its_write() {
     let app = TestApp::without_workers().await;
     let template = template_with_objects(app.db_version().await, 640_000);
-    // What the worker reserves for the job (`jobs::template::load`).
     let costs = Template::costs(&template, &Limits::default(), Contents::ForCreate).unwrap();
-    let share = (costs.reading + costs.writing) >> 20;
     let url = app.templates.put("large", template);
     let vars = [("PROVISIONER_WORKER_CONCURRENCY", "4")];
-    let mut worker = Proc::spawn(env!("CARGO_BIN_EXE_test-worker"), &app, &vars, "warn");
+    let mut worker = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &vars,
+        "warn,provisioner_worker::jobs::template=debug",
+    );
     let pid = worker.child.id().unwrap();
     // The worker at rest after a create of the small sample template, so that what it sets up
     // once (sessions, a hashing thread's working area) is in the baseline.
@@ -115,8 +118,17 @@ async fn a_jobs_share_of_the_template_memory_budget_covers_its_read_and_its_writ
     let job = app.wait_job_within(&id, Duration::from_secs(300)).await;
     assert_eq!(job["code"], 200, "{job}");
     let peak = status_kib(pid, "VmHWM:") / 1024;
+    // What the worker reserved for each job, the small one's first.
+    let shares: Vec<u64> = worker
+        .records()
+        .iter()
+        .filter(|r| r["message"] == "template memory reserved")
+        .filter_map(|r| r["bytes"].as_u64())
+        .collect();
     worker.child.kill().await.unwrap();
     app.stop().await;
+    assert_eq!(shares.len(), 2, "{shares:?}");
+    let share = shares[1] >> 20;
     let held = peak - idle;
     println!(
         "held {held} MiB (idle {idle}, peak {peak}); share {share} MiB: reading {} MiB, writing {} MiB",

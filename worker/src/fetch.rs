@@ -204,7 +204,7 @@ fn classify(e: reqwest::Error) -> FetchError {
         if let Some(http) = s.downcast_ref::<hyper::Error>() {
             if http.is_parse_too_large() {
                 return FetchError::Permanent(
-                    "the template server's answer is not HTTP this service reads: its head is too large"
+                    "the template server's answer is not HTTP this service reads: its head is too large or has too many headers"
                         .to_owned(),
                 );
             }

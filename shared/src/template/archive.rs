@@ -29,10 +29,9 @@ const SLACK: u64 = 1 << 20;
 /// where its reading cost is 300 MiB and this adds 453 MiB.
 const WRITE_FACTOR: u64 = BUILT_FACTOR + 4;
 
-/// Compression methods: the two the format's writer uses, and WinZip's AES.
+/// The compression methods the format's writer uses.
 const STORED: u16 = 0;
 const DEFLATED: u16 = 8;
-const AES: u16 = 99;
 
 const KNOWN: [&str; 7] = [
     MANIFEST,
@@ -64,8 +63,7 @@ fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>,
         .iter()
         .filter(|e| KNOWN.contains(&e.name.as_str()))
         .collect();
-    // The ZIP library opens no archive with an AES entry it cannot parse (it says "not a ZIP"),
-    // and decompresses only what the format's writer makes.
+    // The ZIP library decompresses only what the format's writer makes.
     let unreadable = |e: &DirEntry| {
         if e.encrypted {
             Some("encrypted".to_owned())
@@ -78,12 +76,7 @@ fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>,
             None
         }
     };
-    let refused = dir
-        .iter()
-        .filter(|e| e.method == AES)
-        .chain(known.iter().copied())
-        .find_map(|e| unreadable(e).map(|why| (e, why)));
-    if let Some((e, why)) = refused {
+    if let Some((e, why)) = known.iter().find_map(|e| unreadable(e).map(|why| (e, why))) {
         return Err(TemplateError::Unreadable(e.name.clone(), why));
     }
     Ok(known)

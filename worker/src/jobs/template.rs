@@ -36,8 +36,7 @@ pub(super) async fn load(
     let stored_id = stored_id(ctx, job, source).await?;
     let cacheable = stored_id.as_deref().filter(|_| versions == Versions::Exact);
     if let Some((template, costs)) = cacheable.and_then(|id| ctx.recent.read(id)) {
-        let reserved = ctx.template_budget.reserve(job_cost(costs)).await;
-        return Ok((template, reserved));
+        return Ok((template, reserve(ctx, costs).await));
     }
     let bytes = match (&stored_id, source) {
         (Some(id), _) => stored(ctx, id).await?,
@@ -51,7 +50,7 @@ pub(super) async fn load(
     };
     let costs = Template::costs(&bytes, &limits, contents)
         .map_err(|e| JobFailure::BadTemplate(e.to_string()))?;
-    let reserved = ctx.template_budget.reserve(job_cost(costs)).await;
+    let reserved = reserve(ctx, costs).await;
     let read = tokio::task::spawn_blocking(move || match versions {
         Versions::Exact => Template::read_for_create(&bytes, &limits, db_version),
         Versions::Upgradable => Template::read_upgrading(&bytes, &limits, db_version),
@@ -69,9 +68,13 @@ pub(super) async fn load(
     }
 }
 
-/// What a job holds of the budget: the template read, and what its write builds from it.
-fn job_cost(costs: Costs) -> u64 {
-    costs.reading + costs.writing
+/// Reserves the job's share of the budget: the template read, and what its write builds from
+/// it.
+async fn reserve(ctx: &Context, costs: Costs) -> Reserved {
+    let share = costs.reading + costs.writing;
+    let reserved = ctx.template_budget.reserve(share).await;
+    tracing::debug!(bytes = share, "template memory reserved");
+    reserved
 }
 
 /// The store's id of the job's template: named, or the one its batch pinned for its URL

@@ -308,8 +308,14 @@ fn a_local_header_that_names_its_entry_otherwise_is_refused() {
 
 #[test]
 fn an_entry_neither_stored_nor_deflated_or_an_encrypted_one_is_refused_by_name() {
-    // bzip2, LZMA, Zstandard, WinZip's AES, an unassigned number: none is read.
-    for method in [12u16, 14, 93, 99, 1234] {
+    let aes = |vendor: &[u8; 2]| {
+        let mut field = vec![0x01, 0x99, 7, 0, 2, 0];
+        field.extend(vendor);
+        field.extend([3, 0, 0]);
+        field
+    };
+    // bzip2, LZMA, Zstandard, an unassigned number: none is read.
+    for method in [12u16, 14, 93, 1234] {
         let mut entries = good();
         entries[1].method = method;
         assert_eq!(
@@ -321,32 +327,59 @@ fn an_entry_neither_stored_nor_deflated_or_an_encrypted_one_is_refused_by_name()
             "{method}"
         );
     }
-    let mut encrypted = good();
-    encrypted[0].flags = 1;
-    assert_eq!(
-        read(&archive(&encrypted, &End::default())).map(|_| ()),
-        Err(TemplateError::Unreadable(
-            MANIFEST.into(),
-            "encrypted".into()
-        ))
-    );
-    // An entry of no part of the format is never decompressed: any method will do, but AES,
-    // with which the ZIP library opens no archive (it said "could not find EOCD").
+    // Encrypted, the traditional way or with WinZip's AES.
+    for (method, extra) in [(0, vec![]), (99, aes(b"AE"))] {
+        let mut encrypted = good();
+        encrypted[0] = Entry {
+            flags: 1,
+            method,
+            extra,
+            ..encrypted[0].clone()
+        };
+        assert_eq!(
+            read(&archive(&encrypted, &End::default())).map(|_| ()),
+            Err(TemplateError::Unreadable(
+                MANIFEST.into(),
+                "encrypted".into()
+            )),
+            "{method}"
+        );
+    }
+    // An entry of no part of the format is never decompressed: any method will do, AES
+    // included, but not an AES field the ZIP library cannot read (with which it opens no
+    // archive: it said "could not find EOCD").
     let mut entries = good();
     entries.push(Entry {
         method: 12,
         flags: 1,
         ..entry("notes.bz2", b"BZh")
     });
+    entries.push(Entry {
+        method: 99,
+        flags: 1,
+        extra: aes(b"AE"),
+        ..entry("notes.aes", b"secret")
+    });
     assert!(read(&archive(&entries, &End::default())).is_ok());
-    entries[2].method = 99;
-    assert_eq!(
-        read(&archive(&entries, &End::default())).map(|_| ()),
-        Err(TemplateError::Unreadable(
-            "notes.bz2".into(),
-            "encrypted".into()
-        ))
-    );
+    for (method, extra, why) in [
+        (
+            99,
+            vec![],
+            "it is AES-encrypted (method 99) without its AES encryption field",
+        ),
+        (0, aes(b"XX"), "its AES encryption field is malformed"),
+    ] {
+        let mut entries = good();
+        entries.push(Entry {
+            method,
+            extra,
+            ..entry("notes.txt", b"{}")
+        });
+        assert_eq!(
+            read(&archive(&entries, &End::default())).map(|_| ()),
+            Err(TemplateError::Malformed(format!("`notes.txt`: {why}")))
+        );
+    }
 }
 
 #[test]

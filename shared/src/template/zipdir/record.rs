@@ -10,6 +10,9 @@ const CENTRAL_LEN: usize = 46;
 const UTF8_NAME: u16 = 1 << 11;
 /// General-purpose flag bit 0: the data is encrypted.
 const ENCRYPTED: u16 = 1;
+/// WinZip's AES encryption: the compression method, and the extra field that goes with it.
+const AES: u16 = 99;
+const AES_FIELD: u16 = 0x9901;
 
 pub(super) struct Record {
     pub(super) entry: DirEntry,
@@ -45,6 +48,7 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
     let mut disk = u64::from(u16_at(b, 34));
     let mut local_offset = u64::from(u32_at(b, 42));
     let mut zip64_seen = false;
+    let mut aes_seen = false;
     for (id, data) in
         extra_fields(extra).map_err(|m| TemplateError::Malformed(format!("`{name}`: {m}")))?
     {
@@ -87,8 +91,27 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
                 }
             }
             0x7075 | 0x6375 => return Err(TemplateError::UnsupportedName(name)),
+            AES_FIELD => {
+                // As the ZIP library reads it: it opens no archive with one it cannot read.
+                let readable = data.len() == 7
+                    && [1, 2].contains(&u16_at(data, 0))
+                    && &data[2..4] == b"AE"
+                    && (1..=3).contains(&data[4]);
+                if aes_seen || !readable {
+                    return Err(TemplateError::Malformed(format!(
+                        "`{name}`: its AES encryption field is malformed"
+                    )));
+                }
+                aes_seen = true;
+            }
             _ => {}
         }
+    }
+    let method = u16_at(b, 10);
+    if method == AES && !aes_seen {
+        return Err(TemplateError::Malformed(format!(
+            "`{name}`: it is AES-encrypted (method 99) without its AES encryption field"
+        )));
     }
     if disk != 0 {
         return Err(TemplateError::SpannedArchive);
@@ -106,7 +129,7 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
         name,
         size,
         symlink,
-        method: u16_at(b, 10),
+        method,
         encrypted: flags & ENCRYPTED != 0,
     };
     Ok((
