@@ -567,28 +567,37 @@ async fn a_connection_given_back_drops_the_buffer_its_largest_message_grew() {
     const MIB: usize = 1 << 20;
     let app = TestApp::without_workers().await;
     let pool = one_connection_pool(&app).await;
-    let mut conn = pool.acquire().await.unwrap();
-    let sent: i32 = {
-        // Sent once: the connection's send buffer grows to hold it.
-        let big = vec![b'x'; 100 * MIB];
-        sqlx::query_scalar("SELECT length($1)")
-            .bind(&big)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap()
-    };
-    assert_eq!(sent as usize, 100 * MIB);
-    let holding = resident_mib();
-    drop(conn);
-    provisioner_tests::eventually(Duration::from_secs(10), || async {
-        (pool.num_idle() == 1).then_some(())
-    })
-    .await;
-    let given_back = resident_mib();
-    assert!(
-        holding.saturating_sub(given_back) >= 64,
-        "{holding} MiB resident with the connection in use, {given_back} MiB given back"
-    );
+    // 100 MiB sent once (the send buffer grows to hold it), then received once (the receive
+    // buffer does).
+    for direction in ["sent", "received"] {
+        let mut conn = pool.acquire().await.unwrap();
+        let length = if direction == "sent" {
+            sqlx::query_scalar::<_, i32>("SELECT length($1)")
+                .bind(vec![b'x'; 100 * MIB])
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap() as usize
+        } else {
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT repeat('x', $1)::bytea")
+                .bind(100 * MIB as i32)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+                .len()
+        };
+        assert_eq!(length, 100 * MIB);
+        let holding = resident_mib();
+        drop(conn);
+        provisioner_tests::eventually(Duration::from_secs(10), || async {
+            (pool.num_idle() == 1).then_some(())
+        })
+        .await;
+        let given_back = resident_mib();
+        assert!(
+            holding.saturating_sub(given_back) >= 64,
+            "{direction}: {holding} MiB resident with the connection in use, {given_back} MiB given back"
+        );
+    }
     pool.close().await;
     app.stop().await;
 }

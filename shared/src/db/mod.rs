@@ -173,10 +173,11 @@ fn pool_options(max_connections: u32, silences: Option<Silences>) -> PgPoolOptio
         });
     options.after_release(move |conn, meta| {
         // A connection keeps the buffers its largest message grew (a tenant's documents, a
-        // stored template: tens of MiB), for as long as it lives; given back, it keeps 8 KiB or
-        // its last message's length. Nothing for a connection whose messages stay under 8 KiB,
-        // a reallocation of its send buffer for one whose last was longer: a fraction of a
-        // microsecond beside the statement's round trip.
+        // stored template: tens of MiB), for as long as it lives; given back, its send buffer
+        // is cut to its last messages' length, at most 8 KiB, and its spare receive space to
+        // 8 KiB. That is a small reallocation at most releases (a fraction of a microsecond
+        // beside the statement's round trip), and a large message after it grows the buffer
+        // again by doubling.
         conn.shrink_buffers();
         let keep = silences.as_ref().is_none_or(|s| !s.predate(meta.age));
         Box::pin(async move { Ok(keep) })

@@ -327,11 +327,12 @@ fn an_entry_neither_stored_nor_deflated_or_an_encrypted_one_is_refused_by_name()
             "{method}"
         );
     }
-    // Encrypted, the traditional way or with WinZip's AES.
-    for (method, extra) in [(0, vec![]), (99, aes(b"AE"))] {
+    // Encrypted, the traditional way or with WinZip's AES (which the ZIP library takes for
+    // encryption whatever the flag and the method say).
+    for (flags, method, extra) in [(1, 0, vec![]), (1, 99, aes(b"AE")), (0, 8, aes(b"AE"))] {
         let mut encrypted = good();
         encrypted[0] = Entry {
-            flags: 1,
+            flags,
             method,
             extra,
             ..encrypted[0].clone()
@@ -361,13 +362,65 @@ fn an_entry_neither_stored_nor_deflated_or_an_encrypted_one_is_refused_by_name()
         ..entry("notes.aes", b"secret")
     });
     assert!(read(&archive(&entries, &End::default())).is_ok());
+    let field = |id: u16, data: &[u8]| {
+        let mut field = id.to_le_bytes().to_vec();
+        field.extend((data.len() as u16).to_le_bytes());
+        field.extend(data);
+        field
+    };
+    let mut ntfs = vec![0, 0, 0, 0, 1, 0, 24, 0];
+    ntfs.extend([0; 24]);
+    // Times fields as the library reads them: NTFS's, and extended timestamps of one, two and
+    // three times.
+    let mut entries = good();
+    for (i, extra) in [
+        field(0x000a, &ntfs),
+        field(0x5455, &[1, 0, 0, 0, 0]),
+        field(0x5455, &[3, 0, 0, 0, 0, 0, 0, 0, 0]),
+        field(0x5455, &[7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        entries.push(Entry {
+            extra,
+            ..entry(&format!("notes{i}.txt"), b"{}")
+        });
+    }
+    assert!(read(&archive(&entries, &End::default())).is_ok());
+    let mut bad_ntfs = ntfs.clone();
+    bad_ntfs[6] = 16;
     for (method, extra, why) in [
         (
             99,
             vec![],
             "it is AES-encrypted (method 99) without its AES encryption field",
         ),
-        (0, aes(b"XX"), "its AES encryption field is malformed"),
+        (
+            0,
+            aes(b"XX"),
+            "its AES encryption field is not one the ZIP library reads",
+        ),
+        (
+            0,
+            field(0x000a, &bad_ntfs),
+            "its NTFS times field is not one the ZIP library reads",
+        ),
+        (
+            0,
+            field(0x5455, &[3, 0, 0, 0, 0, 0, 0]),
+            "its extended timestamp field is not one the ZIP library reads",
+        ),
+        (
+            0,
+            field(0x5455, &[8, 0, 0, 0, 0]),
+            "its extended timestamp field is not one the ZIP library reads",
+        ),
+        (
+            0,
+            field(0x5455, &[]),
+            "its extended timestamp field is not one the ZIP library reads",
+        ),
     ] {
         let mut entries = good();
         entries.push(Entry {

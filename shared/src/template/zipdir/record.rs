@@ -13,6 +13,9 @@ const ENCRYPTED: u16 = 1;
 /// WinZip's AES encryption: the compression method, and the extra field that goes with it.
 const AES: u16 = 99;
 const AES_FIELD: u16 = 0x9901;
+/// Extra fields of file times: NTFS's, and the extended timestamp of Unix tools.
+const NTFS_TIMES: u16 = 0x000a;
+const UNIX_TIMES: u16 = 0x5455;
 
 pub(super) struct Record {
     pub(super) entry: DirEntry,
@@ -91,18 +94,31 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
                 }
             }
             0x7075 | 0x6375 => return Err(TemplateError::UnsupportedName(name)),
+            // The fields the ZIP library reads, as it reads them: it opens no archive with one
+            // it cannot read (and says "could not find EOCD").
             AES_FIELD => {
-                // As the ZIP library reads it: it opens no archive with one it cannot read.
                 let readable = data.len() == 7
                     && [1, 2].contains(&u16_at(data, 0))
                     && &data[2..4] == b"AE"
                     && (1..=3).contains(&data[4]);
-                if aes_seen || !readable {
-                    return Err(TemplateError::Malformed(format!(
-                        "`{name}`: its AES encryption field is malformed"
-                    )));
+                if !readable {
+                    return Err(unread_field(&name, "AES encryption"));
                 }
                 aes_seen = true;
+            }
+            NTFS_TIMES => {
+                if data.len() != 32 || u16_at(data, 4) != 1 || u16_at(data, 6) != 24 {
+                    return Err(unread_field(&name, "NTFS times"));
+                }
+            }
+            UNIX_TIMES => {
+                let readable = data.first().is_some_and(|&flags| {
+                    flags & 0b1111_1000 == 0
+                        && (data.len() == 5 || data.len() == 1 + 4 * flags.count_ones() as usize)
+                });
+                if !readable {
+                    return Err(unread_field(&name, "extended timestamp"));
+                }
             }
             _ => {}
         }
@@ -130,7 +146,8 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
         size,
         symlink,
         method,
-        encrypted: flags & ENCRYPTED != 0,
+        // The ZIP library takes an AES field for encryption whatever the flags say.
+        encrypted: flags & ENCRYPTED != 0 || aes_seen,
     };
     Ok((
         Record {
@@ -139,6 +156,12 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
             compressed,
         },
         len,
+    ))
+}
+
+fn unread_field(name: &str, field: &str) -> TemplateError {
+    TemplateError::Malformed(format!(
+        "`{name}`: its {field} field is not one the ZIP library reads"
     ))
 }
 
