@@ -106,10 +106,8 @@ pub(super) fn record(b: &[u8], dir_offset: u64) -> Result<(Record, usize), Templ
                 }
                 aes_seen = true;
             }
-            NTFS_TIMES => {
-                if data.len() != 32 || u16_at(data, 4) != 1 || u16_at(data, 6) != 24 {
-                    return Err(unread_field(&name, "NTFS times"));
-                }
+            NTFS_TIMES if data.len() != 32 || u16_at(data, 4) != 1 || u16_at(data, 6) != 24 => {
+                return Err(unread_field(&name, "NTFS times"));
             }
             UNIX_TIMES => {
                 let readable = data.first().is_some_and(|&flags| {
