@@ -2,6 +2,7 @@
 //! transaction, answers at once, and serves job and tenant state.
 
 mod auth;
+mod cancel;
 mod cli;
 mod client_rate;
 mod error;

@@ -559,9 +559,11 @@ async fn a_cancel_beside_a_retry_cancels_the_retried_items() {
     let db = app.db.clone();
     let cancel = tokio::spawn(async move {
         let mut tx = db.begin().await.unwrap();
-        let batch = db::batches::cancel(&mut tx, batch, None).await.unwrap();
+        let done = db::batches::cancel(&mut tx, batch, None, db::batches::CANCEL_CHUNK)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
-        batch.unwrap()
+        done.unwrap().batch
     });
     until_sessions_wait_for_locks(&app, 1).await;
     retry.commit().await.unwrap();
@@ -614,9 +616,9 @@ async fn a_cancel_beside_a_dispatch_round_waits_for_it_instead_of_deadlocking() 
     let db = app.db.clone();
     let cancel = tokio::spawn(async move {
         let mut tx = db.begin().await?;
-        let batch = db::batches::cancel(&mut tx, batch, None).await?;
+        let done = db::batches::cancel(&mut tx, batch, None, db::batches::CANCEL_CHUNK).await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(batch.unwrap())
+        Ok::<_, sqlx::Error>(done.unwrap().batch)
     });
     until_sessions_wait_for_locks(&app, 1).await;
     // The same round's second statement for the client: the next sixteen items.

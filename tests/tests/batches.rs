@@ -1150,3 +1150,78 @@ async fn a_single_create_for_a_url_a_queued_batch_item_names_is_409() {
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
     app.stop().await;
 }
+
+/// The cancelled count of batch `batch_id`, read in the database.
+async fn cancelled_count(app: &TestApp, batch_id: &str) -> i64 {
+    app.count(&format!(
+        "SELECT cancelled::bigint FROM batches WHERE id = '{batch_id}'"
+    ))
+    .await
+}
+
+/// A large batch's cancel commits a chunk of its items at a time: no transaction holds the rows
+/// of the whole batch, which in one transaction kept every worker that reached one of them (and
+/// other clients' jobs behind those workers) waiting for minutes. Here one item's row is held:
+/// the chunks before it are committed while the cancel waits for it, and once it is free the
+/// cancel ends with every item cancelled.
+#[tokio::test]
+async fn a_large_batch_is_cancelled_a_chunk_per_transaction() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &items(2_500, &template)).await;
+    let batch_id = id(&batch, "batchId");
+    let mut holder = app.db.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT 1 FROM jobs WHERE batch_id = '{batch_id}' AND batch_item = 2400 FOR UPDATE"
+    ))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let request = app
+        .http
+        .post(app.url(&format!("/configapi/v2/batches/{batch_id}/cancel")))
+        .send();
+    let cancel = tokio::spawn(request);
+    provisioner_tests::eventually(WITHIN, || async {
+        (cancelled_count(&app, &batch_id).await >= 2_000).then_some(())
+    })
+    .await;
+    assert!(!cancel.is_finished(), "the cancel waits for the held item");
+    holder.rollback().await.unwrap();
+    let r = cancel.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let cancelled: Value = r.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["counts"]["cancelled"], 2_500, "{cancelled}");
+    assert_counts_add_up(&cancelled);
+    app.stop().await;
+}
+
+/// A cancel whose canceller stopped half-way (here: asked for, no item cancelled yet) releases
+/// none of the batch's held items, and a worker's sweep finishes it: every item cancelled, none
+/// run.
+#[tokio::test]
+async fn a_cancel_left_half_done_is_finished_by_the_workers_and_no_held_item_runs() {
+    let mut app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &items(1_500, &template)).await;
+    let batch_id = id(&batch, "batchId");
+    app.count(&format!(
+        "WITH asked AS (UPDATE batches SET cancel_requested = true WHERE id = '{batch_id}'
+                        RETURNING 1)
+         SELECT count(*) FROM asked"
+    ))
+    .await;
+    app.start_worker();
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["counts"]["cancelled"], 1_500, "{done}");
+    assert_counts_add_up(&done);
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM jobs WHERE attempts > 0")
+            .await,
+        0
+    );
+    app.stop().await;
+}

@@ -2,6 +2,7 @@
 
 use provisioner_tests::{TestApp, fixtures};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 async fn problem(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
@@ -555,5 +556,51 @@ async fn a_query_that_is_not_utf8_once_decoded_is_refused() {
     assert_eq!(r.status(), 401);
     let r = app.http.patch(app.url(path)).send().await.unwrap();
     assert_eq!(r.status(), 405);
+    app.stop().await;
+}
+
+/// A query parameter given two different values is `400` naming it, before anything is done:
+/// which one the client meant is not for the server to guess (a retry's `?code=400&code=409`
+/// retried the 400s alone). An empty value beside another, or the same value twice, says one
+/// thing.
+#[tokio::test]
+async fn a_query_parameter_given_two_different_values_is_refused() {
+    let app = TestApp::without_workers().await;
+    let twice = "is given more than once, with different values";
+    for (path, field) in [
+        (
+            format!(
+                "/configapi/v2/batches/{}/retry?code=400&code=409",
+                Uuid::new_v4()
+            ),
+            "code",
+        ),
+        (
+            "/configapi/v2/tenant/a.example.com/activate?lockTimeout=1&lockTimeout=abc".to_owned(),
+            "lockTimeout",
+        ),
+        (
+            "/configapi/v2/jobs?status=failed&limit=&status=queued".to_owned(),
+            "status",
+        ),
+    ] {
+        let request = if path.starts_with("/configapi/v2/jobs") {
+            app.http.get(app.url(&path))
+        } else {
+            app.http.post(app.url(&path))
+        };
+        let (status, p) = problem(request.send().await.unwrap()).await;
+        assert_eq!(status, 400, "{path}: {p}");
+        assert_eq!(fields(&p), [field], "{path}: {p}");
+        assert_eq!(p["errors"][0]["message"], twice, "{path}: {p}");
+    }
+    for path in [
+        "/configapi/v2/jobs?limit=&limit=5",
+        "/configapi/v2/jobs?limit=5&limit=5",
+        "/configapi/v2/jobs?status=queued&status=",
+    ] {
+        let r = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
     app.stop().await;
 }

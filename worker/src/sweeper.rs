@@ -48,6 +48,9 @@ async fn steps(ctx: &Context, queues: &QueueReader) {
     if let Err(e) = reconcile(ctx, queues).await {
         tracing::warn!(error = %e, "queue reconciliation failed");
     }
+    if let Err(e) = finish_cancels(ctx).await {
+        tracing::warn!(error = %e, "going on with a batch's cancel failed");
+    }
     // Before the templates: removing ended batches unpins theirs.
     if let Err(e) = purge(ctx).await {
         tracing::warn!(error = %e, "retention purge failed");
@@ -129,6 +132,28 @@ async fn sweep(ctx: &Context) -> Result<(), sqlx::Error> {
             tracing::warn!(job.id = %id, status = %job.status, "rescued a job whose lease ran out");
         }
         tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Chunks of a cancel one sweep goes on with at most.
+const CANCEL_CHUNKS: usize = 20;
+
+/// Goes on with the cancels whose canceller stopped before it was done (the API stopped, or the
+/// database failed, half-way through a large batch): their held items are released no more, and
+/// are cancelled here, a chunk per transaction. Read at each sweep, not at each dispatch round:
+/// the batches holding items back are read to find them.
+async fn finish_cancels(ctx: &Context) -> Result<(), sqlx::Error> {
+    for _ in 0..CANCEL_CHUNKS {
+        let Some(batch) = db::batches::pending_cancel(&ctx.pool).await? else {
+            return Ok(());
+        };
+        let mut tx = ctx.pool.begin().await?;
+        let done = db::batches::cancel(&mut tx, batch, None, db::batches::CANCEL_CHUNK).await?;
+        tx.commit().await?;
+        if let Some(done) = done.filter(|done| !done.more) {
+            tracing::info!(batch.id = %batch, status = %done.batch.status, "finished a batch's cancel");
+        }
     }
     Ok(())
 }

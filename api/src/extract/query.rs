@@ -43,21 +43,46 @@ pub(crate) fn undecodable_param(query: &str) -> Option<String> {
     })
 }
 
+/// The name of the first query parameter given two different non-empty values, if any: which
+/// of the two the client meant is not for the server to guess (as with a JSON member named
+/// twice). An empty value beside another counts as absent, as for every reader here
+/// (`?limit=&limit=5` is 5), and the same value twice says one thing.
+pub(crate) fn ambiguous_param(query: &str) -> Option<String> {
+    let mut seen: std::collections::HashMap<_, _> = std::collections::HashMap::new();
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(_, value)| !value.is_empty())
+        .find_map(|(name, value)| match seen.entry(name) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                (*first.get() != value).then(|| first.key().clone().into_owned())
+            }
+            std::collections::hash_map::Entry::Vacant(place) => {
+                place.insert(value);
+                None
+            }
+        })
+}
+
 /// Middleware of the API's routes (not the dashboard's pages, which answer faults as pages): `400`
 /// for a query with a parameter whose name or value is not UTF-8 once percent-decoded (read with
-/// replacement characters, `?name=%FF` would have named a template "\u{fffd}"). It runs once the
-/// route and method matched and the token was checked, so a wrong method is still `405` and a
-/// request without a token still `401`.
+/// replacement characters, `?name=%FF` would have named a template "\u{fffd}"), or given two
+/// different values (`ambiguous_param`). It runs once the route and method matched and the token
+/// was checked, so a wrong method is still `405` and a request without a token still `401`.
 pub(crate) async fn refuse_undecodable_queries(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if let Some(name) = request.uri().query().and_then(undecodable_param) {
+    let query = request.uri().query();
+    let fault = query
+        .and_then(undecodable_param)
+        .map(|name| (name, "is not UTF-8 once percent-decoded"))
+        .or_else(|| {
+            query
+                .and_then(ambiguous_param)
+                .map(|name| (name, "is given more than once, with different values"))
+        });
+    if let Some((name, problem)) = fault {
         return axum::response::IntoResponse::into_response(crate::error::ApiError::Validation(
-            vec![FieldError::new(
-                &crate::validate::shortened(&name),
-                "is not UTF-8 once percent-decoded",
-            )],
+            vec![FieldError::new(&crate::validate::shortened(&name), problem)],
         ));
     }
     next.run(request).await
@@ -108,5 +133,31 @@ mod tests {
         );
         assert_eq!(undecodable_param("%FFx=1"), Some("\u{fffd}x".into()));
         assert_eq!(undecodable_param("a+b%FF=1"), Some("a b\u{fffd}".into()));
+    }
+
+    #[test]
+    fn a_query_is_ambiguous_only_where_a_name_has_two_different_values() {
+        for fine in [
+            "",
+            "limit=5",
+            "limit=&limit=5",
+            "limit=5&limit=",
+            "limit=5&limit=5",
+            "status=queued&limit=5&cursor=",
+            "a=1&b=1",
+        ] {
+            assert_eq!(ambiguous_param(fine), None, "{fine}");
+        }
+        assert_eq!(
+            ambiguous_param("lockTimeout=1&lockTimeout=abc"),
+            Some("lockTimeout".into())
+        );
+        assert_eq!(
+            ambiguous_param("x=1&status=bogus&limit=&status=queued"),
+            Some("status".into())
+        );
+        // Decoded before they are compared: `%71ueued` is `queued`, and `a+b` is `a b`.
+        assert_eq!(ambiguous_param("status=queued&status=%71ueued"), None);
+        assert_eq!(ambiguous_param("a%20b=1&a+b=2"), Some("a b".into()));
     }
 }

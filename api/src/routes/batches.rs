@@ -382,11 +382,9 @@ pub(super) async fn cancel_batch(
     PathText(raw): PathText,
 ) -> Result<Json<BatchView>, ApiError> {
     let id = batch_id(&raw)?;
-    let mut tx = state.pool.begin().await?;
-    let batch = db::batches::cancel(&mut tx, id, caller.sees())
+    let batch = crate::cancel::cancel(&state.pool, id, caller.sees())
         .await?
         .ok_or_else(|| not_found(id))?;
-    tx.commit().await?;
     Ok(Json(batch.view()))
 }
 

@@ -298,13 +298,7 @@ pub(crate) async fn cancel(
     let Ok(id) = Uuid::parse_str(&raw) else {
         return layout::not_found("batch");
     };
-    let cancelled = async {
-        let mut tx = state.pool.begin().await?;
-        let batch = db::batches::cancel(&mut tx, id, session.caller.sees()).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>(batch)
-    };
-    match cancelled.await {
+    match crate::cancel::cancel(&state.pool, id, session.caller.sees()).await {
         Ok(Some(_)) => {
             state.ui.batches.forget(&id);
             tracing::info!(batch.id = %id, client.id = %session.caller.client_id, "batch cancelled from the dashboard");

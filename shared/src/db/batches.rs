@@ -347,9 +347,29 @@ pub async fn lock_changes(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx:
     .map(drop)
 }
 
-/// Cancels a running batch: its queued items become `cancelled` (running ones finish), and it
-/// stops as `cancelled` when its last item ends. A batch that stopped already is unchanged.
-/// `None` when the client has no such batch.
+/// Queued items a cancel changes in one transaction: each of its transactions holds the items'
+/// rows, and with them the workers that reach one, for no longer than this many take.
+pub const CANCEL_CHUNK: i64 = 1_000;
+
+/// What one transaction of a cancel did.
+#[derive(Debug)]
+pub struct Cancelled {
+    /// The batch after it.
+    pub batch: BatchRow,
+    /// Whether queued items may be left: the caller cancels again, in a new transaction.
+    pub more: bool,
+}
+
+/// Cancels a running batch, up to `limit` of its queued items in this transaction (the first in
+/// item order): they become `cancelled` (running ones finish), and the batch stops as
+/// `cancelled` when its last item ends. Once a cancel was asked for, the dispatcher releases no
+/// more of its items, and finishes the cancel of its held items should its caller stop before
+/// it is done (`pending_cancel`). A batch that stopped already is unchanged. `None` when the
+/// client has no such batch.
+///
+/// One transaction for a whole batch of 100,000 queued items held their rows for minutes (each
+/// cancelled row a new version with its index entries, an event and a notification): every
+/// worker that reached one of them waited, other clients' jobs behind it.
 ///
 /// Locks in the order every other writer does, job rows first, then the batch row (the counting
 /// trigger's): claims, releases and finishes of its items cannot deadlock with it. The items'
@@ -361,7 +381,8 @@ pub async fn cancel(
     conn: &mut PgConnection,
     id: Uuid,
     client_id: Option<&str>,
-) -> Result<Option<BatchRow>, sqlx::Error> {
+    limit: i64,
+) -> Result<Option<Cancelled>, sqlx::Error> {
     if find(&mut *conn, id, client_id).await?.is_none() {
         return Ok(None);
     }
@@ -372,14 +393,16 @@ pub async fn cancel(
          WHERE id IN (SELECT id FROM jobs
                       WHERE batch_id = $1 AND status = 'queued' AND NOT superseded
                         AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'running')
-                      ORDER BY batch_item FOR UPDATE)
+                      ORDER BY batch_item LIMIT $2 FOR UPDATE)
            AND status = 'queued'
          RETURNING {}",
         jobs::COLUMNS
     ))
     .bind(id)
+    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
+    let more = i64::try_from(cancelled.len()).is_ok_and(|n| n >= limit);
     let running: Option<bool> = sqlx::query_scalar(
         "UPDATE batches SET cancel_requested = cancel_requested OR status = 'running'
          WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)
@@ -400,7 +423,20 @@ pub async fn cancel(
     let ids: Vec<Uuid> = cancelled.iter().map(|row| row.id).collect();
     notify(conn, &ids).await?;
     settle(conn, id).await?;
-    find(&mut *conn, id, None).await
+    Ok(find(&mut *conn, id, None)
+        .await?
+        .map(|batch| Cancelled { batch, more }))
+}
+
+/// A running batch whose cancel was asked for and that still holds items back (its canceller
+/// stopped before it was done), the oldest first.
+pub async fn pending_cancel(exec: impl PgExecutor<'_>) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM batches WHERE held > 0 AND cancel_requested AND status = 'running'
+         ORDER BY created_at LIMIT 1",
+    )
+    .fetch_optional(exec)
+    .await
 }
 
 /// The newest job of a batch item that failed, as a retry needs it.

@@ -612,3 +612,61 @@ fn a_member_named_twice_in_free_form_json_is_refused_wherever_it_is() {
         assert!(err.contains(&place), "{what}: {err}");
     }
 }
+
+#[test]
+fn a_nul_character_in_free_form_json_is_refused_wherever_it_is() {
+    // `jsonb` cannot hold U+0000, in a value or a name: a template that holds one would be
+    // stored, then fail every create that uses it. Settings refuse every control character.
+    let object = |data: Value| json!([{"id": ID, "kind": "team", "name": "t", "data": data}]);
+    let list = |entry: Value| json!([{"id": ID, "name": "n", "entries": [{}, entry]}]);
+    let audit = |details: Value| {
+        json!([{"at": "2026-11-30T10:00:00Z", "actor": "a", "action": "b", "object": "c",
+                "details": details}])
+    };
+    let cases = [
+        (
+            OBJECTS,
+            object(json!({"a": {"b": ["x\u{0}"]}})),
+            "an object's data",
+            "value",
+        ),
+        (
+            OBJECTS,
+            object(json!({"a\u{0}": 1})),
+            "an object's data",
+            "key",
+        ),
+        (
+            CALLING_LISTS,
+            list(json!({"n": "\u{0}"})),
+            "a calling list's entries",
+            "value",
+        ),
+        (
+            AUDIT,
+            audit(json!({"k\u{0}": "v"})),
+            "an audit entry's details",
+            "key",
+        ),
+    ];
+    for (entry, body, document, what) in cases {
+        for contents in [Contents::ForCreate, Contents::All] {
+            let err = read_with(contents, &tenant(), &[(entry, body.clone())])
+                .unwrap_err()
+                .to_string();
+            let said = format!(
+                "a {what} contains the character U+0000, which the database cannot store (in {document}"
+            );
+            assert!(err.contains(&said), "{entry} {contents:?}: {err}");
+        }
+    }
+    // Any other character is the author's to use there, an escaped control character too.
+    assert!(
+        read_with(
+            Contents::ForCreate,
+            &tenant(),
+            &[(OBJECTS, object(json!({"a\u{1}": "\u{7}\u{202e}"})))]
+        )
+        .is_ok()
+    );
+}

@@ -4,7 +4,7 @@
 //! oldest batch first, items in order. Single jobs never wait behind this window: they have
 //! queues of their own. A client with more active single jobs than its interactive ones (some
 //! on the backlog queue) of which one waits is not served meanwhile: its single jobs go ahead of
-//! its batch items.
+//! its batch items. A batch whose cancel was asked for has no more items released.
 
 use std::time::Duration;
 
@@ -119,7 +119,7 @@ async fn release_for(
                  WHERE batch_id = b.id AND status = 'queued' AND released_at IS NULL
                  ORDER BY batch_item LIMIT $2
                  FOR UPDATE SKIP LOCKED) j
-             WHERE b.client_id = $1 AND b.held > 0
+             WHERE b.client_id = $1 AND b.held > 0 AND NOT b.cancel_requested
              ORDER BY b.created_at, b.id, j.batch_item
              LIMIT $2),
          released AS (

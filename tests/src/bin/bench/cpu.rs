@@ -11,6 +11,25 @@ pub fn process_seconds(pid: u32) -> f64 {
     (stat.own as f64) / clock_ticks()
 }
 
+/// Seconds of CPU the threads of process `pid` whose names start with `prefix` have used (the
+/// hashing pool's `argon2-N`), live threads only.
+pub fn threads_seconds(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ticks: u64 = tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|tid| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.starts_with(prefix))
+        })
+        .filter_map(|tid| read_stat_at(&format!("/proc/{pid}/task/{tid}/stat")))
+        .map(|s| s.own)
+        .sum();
+    ticks as f64 / clock_ticks()
+}
+
 /// Seconds of CPU the tree of processes under `root` has used: each live process in it, and
 /// the children each has already reaped. `None` when `root` is no live process here.
 ///
@@ -98,7 +117,11 @@ struct Stat {
 }
 
 fn read_stat(pid: u32) -> Option<Stat> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    read_stat_at(&format!("/proc/{pid}/stat"))
+}
+
+fn read_stat_at(path: &str) -> Option<Stat> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The fields after the command name, which may hold spaces and parentheses: state, ppid...
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
     let field = |i: usize| -> Option<u64> { fields.get(i)?.parse().ok() };

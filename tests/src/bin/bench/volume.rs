@@ -18,7 +18,8 @@
 //!   access-number ranges, one administrator hash each) as one batch, with 1 then 2 workers,
 //!   against min(the hash rate, PostgreSQL's rate for the tenant's statements alone), with the
 //!   CPU each process spent per tenant (the hash rate measured again just before and after each
-//!   phase, and the higher taken);
+//!   phase, and the higher taken), and that CPU split into the hash (the workers' `argon2-N`
+//!   threads) and everything else, against what 75 % of the hash rate leaves besides the hash;
 //! - the peak resident set of the API and of each worker through these runs.
 
 use std::time::{Duration, Instant};
@@ -180,9 +181,14 @@ fn raw_commits(clients: usize, for_how_long: Duration) -> f64 {
 /// Argon2id hashes per second with a thread per core, hashed as a worker hashes them (its
 /// hashing pool, each thread keeping its working memory between hashes; a hash that allocated
 /// its 19 MiB afresh measured a few per cent slower), after one hash per thread.
+/// The cores this machine gives the processes (each measure runs on all of them).
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 async fn hash_rate(for_how_long: Duration) -> f64 {
     use provisioner_shared::passwords::{HashPool, Memory};
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores();
     let pool = std::sync::Arc::new(HashPool::new(threads, Memory::Keep));
     let hash = |pool: std::sync::Arc<HashPool>| async move {
         pool.hash(b"password".to_vec()).await.expect("a hash");
@@ -809,6 +815,13 @@ async fn standard_imports(n: usize, imports: f64, peaks: &mut Peaks) {
         let hashes_before = hash_rate(Duration::from_secs(3)).await;
         let procs: Vec<&Proc> = std::iter::once(&api).chain(workers.iter()).collect();
         let before: Vec<f64> = procs.iter().map(|p| cpu::process_seconds(pid(p))).collect();
+        let hashing = || -> f64 {
+            workers
+                .iter()
+                .map(|w| cpu::threads_seconds(pid(w), "argon2-"))
+                .sum()
+        };
+        let hashing_before = hashing();
         let services = cpu::Services::find(&app.db).await;
         let services_before = services.seconds();
         let started = Instant::now();
@@ -827,9 +840,10 @@ async fn standard_imports(n: usize, imports: f64, peaks: &mut Peaks) {
             .zip(&before)
             .map(|(p, b)| (cpu::process_seconds(pid(p)) - b) * 1e3 / n as f64)
             .collect();
+        let hash_ms = (hashing() - hashing_before) * 1e3 / n as f64;
         let services_after = services.seconds();
-        let service =
-            |i: usize| shown_ms(cpu::per_item_ms(services_before[i], services_after[i], n));
+        let service_ms = |i: usize| cpu::per_item_ms(services_before[i], services_after[i], n);
+        let service = |i: usize| shown_ms(service_ms(i));
         let ok = app
             .count("SELECT count(*) FROM jobs WHERE code = 200")
             .await;
@@ -849,6 +863,17 @@ async fn standard_imports(n: usize, imports: f64, peaks: &mut Peaks) {
             service(0),
             service(1)
         );
+        if let (Some(pg), Some(mq)) = (service_ms(0), service_ms(1)) {
+            let rest = cpu.iter().sum::<f64>() + pg + mq - hash_ms;
+            let hashes = hashes_before.max(hashes_after);
+            // On saturated cores, a rate of 75 % of `limit` leaves this much CPU a tenant.
+            let budget = cores() as f64 * 1e3 / (0.75 * limit);
+            println!(
+                "CPU of a standard tenant, {count} worker(s): the hash {hash_ms:.2} ms ({:.2} ms alone), everything else {rest:.2} ms; 75% of {limit:.1}/s leaves {:.2} ms besides the hash",
+                cores() as f64 * 1e3 / hashes,
+                budget - hash_ms
+            );
+        }
         for w in &workers {
             peaks.worker(w);
         }
