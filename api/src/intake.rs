@@ -89,6 +89,9 @@ pub(crate) struct Intake<'a> {
     /// 128 bits of each tenant URL's SHA-256: duplicates found without keeping the URLs.
     urls: HashSet<u128>,
     errors: Vec<FieldError>,
+    /// Faults of a JSON body's frame that leave its items readable (an unknown member, a
+    /// default `tenantUrl`): reported with the items' own, all at once.
+    frame_errors: Vec<FieldError>,
     invalid: usize,
     chunk: Vec<NewItem>,
     /// The NDJSON text of the items in `chunk`, and of the line being read.
@@ -129,6 +132,7 @@ impl<'a> Intake<'a> {
             items: 0,
             urls: HashSet::new(),
             errors: Vec::new(),
+            frame_errors: Vec::new(),
             invalid: 0,
             chunk: Vec::new(),
             chunk_bytes: 0,
@@ -289,7 +293,7 @@ impl<'a> Intake<'a> {
         {
             problems.push(FieldError::new(key, "unknown field"));
         }
-        let defaults = match doc.remove("defaults") {
+        let mut defaults = match doc.remove("defaults") {
             None | Some(Value::Null) => None,
             Some(Value::Object(d)) => Some(d),
             Some(_) => {
@@ -297,11 +301,14 @@ impl<'a> Intake<'a> {
                 None
             }
         };
+        // Reported, and left out: the items are still checked without it.
+        let mut frame_errors = std::mem::take(&mut problems);
         if defaults
-            .as_ref()
-            .is_some_and(|d| d.contains_key("tenantUrl"))
+            .as_mut()
+            .and_then(|d| d.remove("tenantUrl"))
+            .is_some()
         {
-            problems.push(FieldError::new(
+            frame_errors.push(FieldError::new(
                 "defaults.tenantUrl",
                 "each item names its own tenantUrl",
             ));
@@ -321,9 +328,11 @@ impl<'a> Intake<'a> {
                 Vec::new()
             }
         };
-        if !problems.is_empty() {
-            return Err(ApiError::Validation(problems));
+        if !problems.is_empty() || frame_errors.iter().any(|e| e.field == "defaults") {
+            frame_errors.extend(problems);
+            return Err(ApiError::Validation(frame_errors));
         }
+        self.frame_errors = frame_errors;
         let limit = JSON_MAX_ITEMS.min(self.max_items);
         if items.len() > limit {
             return Err(ApiError::PayloadTooLarge(format!(
@@ -546,6 +555,11 @@ impl<'a> Intake<'a> {
         let digest = self.digester.take().expect("digested once").finish();
         if let Some(batch) = self.replay.take() {
             return replayed(batch, &digest);
+        }
+        if !self.frame_errors.is_empty() {
+            let mut errors = std::mem::take(&mut self.frame_errors);
+            errors.append(&mut self.errors);
+            return Err(ApiError::Validation(errors));
         }
         if self.invalid > 0 {
             return Err(ApiError::InvalidItems {

@@ -1,5 +1,5 @@
 //! The rows of a batch file, one at a time with their file line: CSV (header row = field
-//! names, empty cells absent) or NDJSON (one JSON object per non-blank line). Nothing is held
+//! names, empty cells absent, the columns a results file adds read past) or NDJSON (one JSON object per non-blank line). Nothing is held
 //! but the row being read: a row (or CSV record) over `MAX_ROW_BYTES` is refused, and the file
 //! may have any number of lines.
 
@@ -72,6 +72,50 @@ impl<R: Read> Read for Bounded<R> {
     }
 }
 
+/// Lines counted up to a byte of a file, reading it forward once beside the CSV reader, which
+/// does not count the blank lines it skips in its own line numbers.
+pub struct LineCounter {
+    reader: BufReader<File>,
+    /// The byte read up to, and the line it is on (from 1).
+    byte: u64,
+    line: u64,
+}
+
+impl LineCounter {
+    fn new(file: File) -> Self {
+        Self {
+            reader: BufReader::new(file),
+            byte: 0,
+            line: 1,
+        }
+    }
+
+    /// The line of the record the CSV reader placed at byte `at` (the end of the record before
+    /// it: the line breaks and blank lines between them are passed over); `at` never goes back.
+    fn line_of(&mut self, at: u64) -> Result<u64> {
+        loop {
+            let buf = self
+                .reader
+                .fill_buf()
+                .map_err(|e| Failure::invalid(e.to_string()))?;
+            let before = usize::try_from(at.saturating_sub(self.byte)).unwrap_or(usize::MAX);
+            let take = if before > 0 {
+                buf.len().min(before)
+            } else {
+                buf.iter()
+                    .take_while(|&&b| b == b'\r' || b == b'\n')
+                    .count()
+            };
+            if take == 0 {
+                return Ok(self.line);
+            }
+            self.line += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.byte += take as u64;
+            self.reader.consume(take);
+        }
+    }
+}
+
 /// The rows of a file, in order.
 pub enum Rows {
     Csv {
@@ -79,6 +123,7 @@ pub enum Rows {
         headers: Vec<String>,
         floor: Rc<Cell<u64>>,
         record: csv::StringRecord,
+        lines: LineCounter,
     },
     Ndjson {
         reader: BufReader<File>,
@@ -123,11 +168,14 @@ impl Rows {
                     .collect();
                 check_headers(path, &headers)?;
                 floor.set(reader.position().byte());
+                let again = File::open(path)
+                    .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
                 Ok(Self::Csv {
                     reader: Box::new(reader),
                     headers,
                     floor,
                     record: csv::StringRecord::new(),
+                    lines: LineCounter::new(again),
                 })
             }
         }
@@ -141,13 +189,17 @@ impl Rows {
                 headers,
                 floor,
                 record,
+                lines,
             } => {
                 let more = reader.read_record(record).map_err(csv_failure)?;
                 floor.set(reader.position().byte());
                 if !more {
                     return Ok(None);
                 }
-                let line = record.position().map_or(0, |p| p.line());
+                let line = match record.position() {
+                    Some(at) => lines.line_of(at.byte())?,
+                    None => 0,
+                };
                 if record.iter().all(|c| c.trim().is_empty()) {
                     return Ok(Some(Row {
                         line,
@@ -167,7 +219,7 @@ impl Rows {
                 }
                 let mut fields = Map::new();
                 for (name, value) in headers.iter().zip(record.iter()) {
-                    if !value.is_empty() {
+                    if !value.is_empty() && !RESULT_COLUMNS.contains(&name.as_str()) {
                         fields.insert(name.clone(), fields::cell(name, value));
                     }
                 }
@@ -242,6 +294,10 @@ fn csv_failure(e: csv::Error) -> Failure {
     Failure::invalid(format!("the CSV file cannot be read: {message}"))
 }
 
+/// The columns `batch results --format csv` adds after an item's fields: read past, so that its
+/// file of failed items can be fixed and submitted again as it is.
+const RESULT_COLUMNS: [&str; 4] = ["jobId", "status", "code", "error"];
+
 fn check_headers(path: &Path, headers: &[String]) -> Result<()> {
     let mut problems = Vec::new();
     for (i, h) in headers.iter().enumerate() {
@@ -249,7 +305,7 @@ fn check_headers(path: &Path, headers: &[String]) -> Result<()> {
             problems.push(Problem::new("", format!("column {} has no name", i + 1)).at_line(1));
         } else if headers[..i].contains(h) {
             problems.push(Problem::new(h, "appears twice in the header").at_line(1));
-        } else if !fields::FIELDS.contains(&h.as_str()) {
+        } else if !fields::FIELDS.contains(&h.as_str()) && !RESULT_COLUMNS.contains(&h.as_str()) {
             problems.push(Problem::new(h, "unknown field").at_line(1));
         }
     }
@@ -339,6 +395,27 @@ mod tests {
         assert!(!first.contains_key("numberMap"));
         assert_eq!(rows[1].1.as_ref().unwrap()["numberMap"]["3"], "4");
         assert!(rows[2].1.as_ref().unwrap_err().message.contains("cells"));
+    }
+
+    #[test]
+    fn a_csv_row_after_blank_lines_keeps_its_line_in_the_file() {
+        // The CSV reader skips blank lines without counting them.
+        let text = "tenantUrl\r\n\r\na.example\n\n\n\nb.example,x\n\n\"c.\nexample\"\nd.example\n";
+        let rows = all(&file("t.csv", text.as_bytes()));
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [3, 7, 9, 11]);
+        assert!(rows[1].1.as_ref().unwrap_err().message.contains("cells"));
+    }
+
+    #[test]
+    fn the_columns_of_a_results_file_are_read_past() {
+        let text = "tenantUrl,tenantName,jobId,status,code,error\na.example,A,0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f10,failed,409,\"tenant exists\"\n";
+        let rows = all(&file("failed.csv", text.as_bytes()));
+        let fields = rows[0].1.as_ref().unwrap();
+        assert_eq!(
+            fields.keys().collect::<Vec<_>>(),
+            ["tenantName", "tenantUrl"]
+        );
     }
 
     #[test]

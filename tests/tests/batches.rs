@@ -1225,3 +1225,30 @@ async fn a_cancel_left_half_done_is_finished_by_the_workers_and_no_held_item_run
     );
     app.stop().await;
 }
+
+/// A JSON batch whose frame has faults that leave its items readable (an unknown member, a
+/// default `tenantUrl`) is refused with those faults and every item's own, all at once.
+#[tokio::test]
+async fn a_json_batchs_frame_faults_are_reported_with_its_items_faults() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let mut defaults = item("x.example.com", &template);
+    defaults["bogus"] = json!(1);
+    let body = json!({"defaults": defaults, "items": [{"tenantUrl": "bad_host"}], "extra": 1});
+    let r = post(&app, &app.http, "application/json", body.to_string()).await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    let errors = problem["errors"].as_array().unwrap();
+    let named = |item: Option<u64>, field: &str| {
+        errors
+            .iter()
+            .any(|e| e["field"] == field && e.get("item").and_then(Value::as_u64) == item)
+    };
+    assert!(named(None, "extra"), "{problem}");
+    assert!(named(None, "defaults.tenantUrl"), "{problem}");
+    assert!(named(Some(0), "tenantUrl"), "{problem}");
+    assert!(named(Some(0), "bogus"), "{problem}");
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
+    app.stop().await;
+}

@@ -44,7 +44,9 @@ impl IdempotencyKey {
     pub(crate) fn fault(&self) -> Option<FieldError> {
         let message = match &self.0 {
             None | Some(Ok(_)) => return None,
-            Some(Err(KeyFault::Malformed)) => "must be 1 to 255 visible ASCII characters",
+            Some(Err(KeyFault::Malformed)) => {
+                "must be 1 to 255 visible ASCII characters (spaces allowed inside)"
+            }
             Some(Err(KeyFault::Repeated)) => "must be sent once",
         };
         Some(FieldError::new("Idempotency-Key", message))
