@@ -129,7 +129,7 @@ pub async fn results(
     };
     let mut sink = BufWriter::new(sink);
     let mut writer = match (layout, csv) {
-        (_, Some(csv)) => Writer::Csv(csv),
+        (_, Some(csv)) => Writer::Csv(Box::new(csv)),
         (Layout::Array, None) => Writer::Array { items: 0 },
         (_, None) => Writer::Ndjson,
     };
@@ -181,7 +181,7 @@ async fn copy_results(
 /// Writes the results' lines in their layout.
 enum Writer {
     Ndjson,
-    Csv(CsvResults),
+    Csv(Box<CsvResults>),
     Array { items: u64 },
 }
 
