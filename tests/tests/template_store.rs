@@ -184,8 +184,16 @@ async fn bad_templates_are_refused_naming_the_fault_and_nothing_is_stored() {
     })
     .await;
     let newer = fixtures::sample_template(app.db_version().await + 1).write();
+    // Stored, a NUL in an object's data would fail every create that used it.
+    let mut nul = fixtures::sample_template(app.db_version().await);
+    nul.objects[0].data = json!({"note": "Tier\u{0}"})
+        .as_object()
+        .unwrap()
+        .clone()
+        .into();
     for (bytes, fault) in [
         (newer, "dbVersion"),
+        (nul.write(), "U+0000"),
         (b"not a zip".to_vec(), "not a ZIP"),
         (
             fixtures::raw_zip(&[("tenant.json", b"{}")]),

@@ -85,8 +85,9 @@ async fn template_strings_and_weak_hashes_end_the_job_with_400_at_once() {
 
 #[tokio::test]
 async fn a_value_the_database_refuses_ends_the_job_with_400_at_once() {
-    // A NUL inside free-form object data passes the reader (the data is any JSON) but jsonb
-    // refuses it (SQLSTATE 22P05): a data exception, permanent, not a fault to retry.
+    // A NUL inside free-form object data is any JSON's, but jsonb refuses it (SQLSTATE 22P05):
+    // the reader refuses it first, naming the document, so the store never keeps such a
+    // template.
     let app = TestApp::spawn().await;
     let mut template = fixtures::sample_template(app.db_version().await);
     template.objects[0].data = json!({"note": "a\u{0}b"})
@@ -95,8 +96,28 @@ async fn a_value_the_database_refuses_ends_the_job_with_400_at_once() {
         .clone()
         .into();
     let job = create_from(&app, "nul-data", &template).await;
-    assert_bad_template_at_once("nul-data", &job, "SQLSTATE 22P05");
+    assert_bad_template_at_once("nul-data", &job, "U+0000, which the database cannot store");
     assert_eq!(app.count("SELECT count(*) FROM tenants").await, 0);
+    // A value the database refuses all the same (a data exception, or a program limit) is a
+    // fault of the value, permanent: the worker ends such a job with 400 at once.
+    let refused = sqlx::query(r#"SELECT '"a\u0000b"'::jsonb"#)
+        .execute(&app.db)
+        .await
+        .unwrap_err();
+    assert!(provisioner_shared::db::refused_value(&refused), "{refused}");
+    let division = sqlx::query("SELECT 1/0")
+        .execute(&app.db)
+        .await
+        .unwrap_err();
+    assert!(
+        provisioner_shared::db::refused_value(&division),
+        "22012 is a data exception"
+    );
+    let other = sqlx::query("SELECT * FROM no_such_table")
+        .execute(&app.db)
+        .await
+        .unwrap_err();
+    assert!(!provisioner_shared::db::refused_value(&other), "{other}");
     app.stop().await;
 }
 
