@@ -1,6 +1,6 @@
 //! Cancelling a batch, shared by the cancel route and the dashboard: its queued items a chunk
-//! per transaction (`db::batches::CANCEL_CHUNK`), so no transaction holds a large batch's rows
-//! for long; the answer comes once none is left.
+//! per transaction (`db::batches::CANCEL_CHUNK`), in item order, so no transaction holds a large
+//! batch's rows for long; the answer comes once none is left.
 
 use provisioner_shared::db::{self, batches::BatchRow};
 use sqlx::PgPool;
@@ -8,22 +8,31 @@ use uuid::Uuid;
 
 /// The batch once its queued items are cancelled; `None` when `sees` has no such batch. Should
 /// this stop half-way (the process stops, the database fails), the cancel is asked for already:
-/// the dispatcher releases none of the items left and cancels those it holds, and asking again
-/// goes on where this stopped.
+/// the dispatcher releases none of the items left, the workers' sweep cancels them, and asking
+/// again goes on where this stopped.
 pub(crate) async fn cancel(
     pool: &PgPool,
     id: Uuid,
     sees: Option<&str>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
+    // Forward from the last item cancelled (the items before it are not read again), then once
+    // more from the start: a retry between two transactions may have queued items behind it.
+    let mut after = -1;
+    let mut from_start = false;
     loop {
         let mut tx = pool.begin().await?;
-        let Some(done) = db::batches::cancel(&mut tx, id, sees, db::batches::CANCEL_CHUNK).await?
+        let Some(done) =
+            db::batches::cancel(&mut tx, id, sees, after, db::batches::CANCEL_CHUNK).await?
         else {
             return Ok(None);
         };
         tx.commit().await?;
-        if !done.more {
+        if done.more {
+            after = done.last.unwrap_or(after);
+        } else if after == -1 || from_start {
             return Ok(Some(done.batch));
+        } else {
+            (after, from_start) = (-1, true);
         }
     }
 }

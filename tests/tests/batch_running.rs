@@ -559,7 +559,7 @@ async fn a_cancel_beside_a_retry_cancels_the_retried_items() {
     let db = app.db.clone();
     let cancel = tokio::spawn(async move {
         let mut tx = db.begin().await.unwrap();
-        let done = db::batches::cancel(&mut tx, batch, None, db::batches::CANCEL_CHUNK)
+        let done = db::batches::cancel(&mut tx, batch, None, -1, db::batches::CANCEL_CHUNK)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -616,7 +616,7 @@ async fn a_cancel_beside_a_dispatch_round_waits_for_it_instead_of_deadlocking() 
     let db = app.db.clone();
     let cancel = tokio::spawn(async move {
         let mut tx = db.begin().await?;
-        let done = db::batches::cancel(&mut tx, batch, None, db::batches::CANCEL_CHUNK).await?;
+        let done = db::batches::cancel(&mut tx, batch, None, -1, db::batches::CANCEL_CHUNK).await?;
         tx.commit().await?;
         Ok::<_, sqlx::Error>(done.unwrap().batch)
     });

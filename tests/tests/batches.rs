@@ -1252,3 +1252,62 @@ async fn a_json_batchs_frame_faults_are_reported_with_its_items_faults() {
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
     app.stop().await;
 }
+
+/// A retry after a cancel is the newer request: its items are released and run, even while an
+/// item that was running at the cancel still runs (the cancel asked for is over).
+#[tokio::test]
+async fn a_retry_after_a_cancel_runs_its_items() {
+    let mut app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &items(3, &template)).await;
+    let batch_id = id(&batch, "batchId");
+    // Item 0 failed, item 1 runs (under a lease nobody renews, valid for an hour), item 2 held.
+    app.count(&format!(
+        "WITH failed AS (UPDATE jobs SET status = 'failed', code = 400, finished_at = now(),
+                                         released_at = now(), attempts = 1
+                         WHERE batch_id = '{batch_id}' AND batch_item = 0 RETURNING 1),
+              running AS (UPDATE jobs SET status = 'running', released_at = now(), attempts = 1,
+                                          started_at = now(), lease_token = gen_random_uuid(),
+                                          lease_until = now() + interval '1 hour'
+                          WHERE batch_id = '{batch_id}' AND batch_item = 1 RETURNING 1)
+         SELECT (SELECT count(*) FROM failed) + (SELECT count(*) FROM running)"
+    ))
+    .await;
+    let url = |action: &str| app.url(&format!("/configapi/v2/batches/{batch_id}/{action}"));
+    let cancelled: Value = app
+        .http
+        .post(url("cancel"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&cancelled["status"], &cancelled["counts"]["cancelled"]),
+        (&json!("running"), &json!(1)),
+        "{cancelled}"
+    );
+    let r = app.http.post(url("retry?code=400")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    app.start_worker();
+    provisioner_tests::eventually(WITHIN, || async {
+        let newest = app
+            .count(&format!(
+                "SELECT count(*) FROM jobs WHERE batch_id = '{batch_id}' AND batch_item = 0
+                   AND NOT superseded AND status = 'succeeded'"
+            ))
+            .await;
+        (newest == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM jobs WHERE batch_id = '{batch_id}' AND status = 'cancelled'"
+        ))
+        .await,
+        1,
+        "only the item queued at the cancel"
+    );
+    app.stop().await;
+}

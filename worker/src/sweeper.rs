@@ -141,18 +141,32 @@ const CANCEL_CHUNKS: usize = 20;
 
 /// Goes on with the cancels whose canceller stopped before it was done (the API stopped, or the
 /// database failed, half-way through a large batch): their held items are released no more, and
-/// are cancelled here, a chunk per transaction. Read at each sweep, not at each dispatch round:
-/// the batches holding items back are read to find them.
+/// are cancelled here, a chunk per transaction, the oldest such batch first and at most
+/// `CANCEL_CHUNKS` chunks a sweep (one left half done by a sweep is found again by the next,
+/// which reads from its first item on). A batch whose cancel is at work elsewhere is left to it.
+/// Read at each sweep, not at each dispatch round: the batches holding items back are read to
+/// find them.
 async fn finish_cancels(ctx: &Context) -> Result<(), sqlx::Error> {
+    let Some(batch) = db::batches::pending_cancel(&ctx.pool).await? else {
+        return Ok(());
+    };
+    let mut after = -1;
     for _ in 0..CANCEL_CHUNKS {
-        let Some(batch) = db::batches::pending_cancel(&ctx.pool).await? else {
-            return Ok(());
-        };
         let mut tx = ctx.pool.begin().await?;
-        let done = db::batches::cancel(&mut tx, batch, None, db::batches::CANCEL_CHUNK).await?;
+        // A canceller at work (an API's request, another worker's sweep) is left to it.
+        if !db::batches::try_lock_changes(&mut tx, batch).await? {
+            return Ok(());
+        }
+        let done =
+            db::batches::cancel(&mut tx, batch, None, after, db::batches::CANCEL_CHUNK).await?;
         tx.commit().await?;
-        if let Some(done) = done.filter(|done| !done.more) {
-            tracing::info!(batch.id = %batch, status = %done.batch.status, "finished a batch's cancel");
+        match done {
+            Some(done) if done.more => after = done.last.unwrap_or(after),
+            Some(done) => {
+                tracing::info!(batch.id = %batch, status = %done.batch.status, "finished a batch's cancel");
+                return Ok(());
+            }
+            None => return Ok(()),
         }
     }
     Ok(())

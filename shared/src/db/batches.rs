@@ -358,10 +358,13 @@ pub struct Cancelled {
     pub batch: BatchRow,
     /// Whether queued items may be left: the caller cancels again, in a new transaction.
     pub more: bool,
+    /// The last item it cancelled: where the next transaction goes on.
+    pub last: Option<i32>,
 }
 
-/// Cancels a running batch, up to `limit` of its queued items in this transaction (the first in
-/// item order): they become `cancelled` (running ones finish), and the batch stops as
+/// Cancels a running batch, up to `limit` of its queued items in this transaction, the first in
+/// item order after position `after` (the last item the caller's previous transaction cancelled,
+/// or -1: the items before it, cancelled already, are not read again): they become `cancelled` (running ones finish), and the batch stops as
 /// `cancelled` when its last item ends. Once a cancel was asked for, the dispatcher releases no
 /// more of its items, and finishes the cancel of its held items should its caller stop before
 /// it is done (`pending_cancel`). A batch that stopped already is unchanged. `None` when the
@@ -381,6 +384,7 @@ pub async fn cancel(
     conn: &mut PgConnection,
     id: Uuid,
     client_id: Option<&str>,
+    after: i32,
     limit: i64,
 ) -> Result<Option<Cancelled>, sqlx::Error> {
     if find(&mut *conn, id, client_id).await?.is_none() {
@@ -391,7 +395,8 @@ pub async fn cancel(
         "UPDATE jobs SET status = 'cancelled', finished_at = now(), sealed_password = NULL,
                          template_id = NULL, version = version + 1
          WHERE id IN (SELECT id FROM jobs
-                      WHERE batch_id = $1 AND status = 'queued' AND NOT superseded
+                      WHERE batch_id = $1 AND batch_item > $3 AND status = 'queued'
+                        AND NOT superseded
                         AND EXISTS (SELECT 1 FROM batches WHERE id = $1 AND status = 'running')
                       ORDER BY batch_item LIMIT $2 FOR UPDATE)
            AND status = 'queued'
@@ -400,9 +405,11 @@ pub async fn cancel(
     ))
     .bind(id)
     .bind(limit)
+    .bind(after)
     .fetch_all(&mut *conn)
     .await?;
     let more = i64::try_from(cancelled.len()).is_ok_and(|n| n >= limit);
+    let last = cancelled.iter().filter_map(|row| row.batch_item).max();
     let running: Option<bool> = sqlx::query_scalar(
         "UPDATE batches SET cancel_requested = cancel_requested OR status = 'running'
          WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)
@@ -425,11 +432,21 @@ pub async fn cancel(
     settle(conn, id).await?;
     Ok(find(&mut *conn, id, None)
         .await?
-        .map(|batch| Cancelled { batch, more }))
+        .map(|batch| Cancelled { batch, more, last }))
+}
+
+/// Takes the changes lock of batch `id` if no other transaction holds it (`lock_changes`).
+pub async fn try_lock_changes(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('provisioner:batch-changes:' || $1, 0))",
+    )
+    .bind(id.to_string())
+    .fetch_one(conn)
+    .await
 }
 
 /// A running batch whose cancel was asked for and that still holds items back (its canceller
-/// stopped before it was done), the oldest first.
+/// stopped before it was done, or is at work), the oldest first.
 pub async fn pending_cancel(exec: impl PgExecutor<'_>) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM batches WHERE held > 0 AND cancel_requested AND status = 'running'
@@ -514,8 +531,10 @@ pub async fn replace_items(
     insert_items(conn, batch_id, client_id, items, trace).await
 }
 
-/// Runs the batch again after a retry added items: `running`, no cancel pending, and the
-/// downloads that failed for good may be tried again. The batch takes the retry request's
+/// Runs the batch again after a retry added items: `running`, no cancel pending (the retry is
+/// the newer request: its items are released and run, and the batch ends `completed` unless it
+/// is cancelled again; a cancel asked for while it ran would otherwise keep the dispatcher from
+/// releasing them), and the downloads that failed for good may be tried again. The batch takes the retry request's
 /// trace (`trace`): its next stop event continues it.
 pub async fn reopen(
     conn: &mut PgConnection,
@@ -528,7 +547,7 @@ pub async fn reopen(
         .await?;
     sqlx::query_as(&format!(
         "UPDATE batches SET status = 'running', finished_at = NULL,
-                            cancel_requested = cancel_requested AND status = 'running',
+                            cancel_requested = false,
                             version = version + 1, traceparent = $2
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
