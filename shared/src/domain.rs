@@ -234,6 +234,17 @@ pub struct JobError {
     pub detail: String,
 }
 
+/// `text` as PostgreSQL can store it, in `text` and in `jsonb`: a NUL character, which neither
+/// holds, becomes U+FFFD. For messages that quote what a client sent (a template's value, an
+/// entry's name): refused by the database, such a job's end could never be recorded.
+pub fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// How many items of a batch are in each state; the parts add up to `total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchCounts {

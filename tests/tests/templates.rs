@@ -141,6 +141,13 @@ async fn import_checks_the_tenants_name_and_sip_domain_like_request_fields() {
             ("sip", "not a domain at all"),
             "tenant.json sipDomain",
         ),
+        // Quoted in the job's error, a NUL the database cannot store (it would refuse the
+        // job's end, again and again): U+FFFD in its place.
+        (
+            "nul-sip",
+            ("sip", "sip.example.com\u{0}"),
+            "tenant.json sipDomain `sip.example.com\u{fffd}`",
+        ),
     ] {
         let mut t = good.clone();
         match edit {

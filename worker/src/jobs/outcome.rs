@@ -94,7 +94,7 @@ impl JobFailure {
             code,
             error: JobError {
                 title: title.to_owned(),
-                detail: self.detail().to_owned(),
+                detail: provisioner_shared::domain::storable(self.detail()).into_owned(),
             },
         }
     }

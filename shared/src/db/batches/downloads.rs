@@ -249,7 +249,7 @@ async fn record_failure(
     .bind(batch_id)
     .bind(url)
     .bind(code)
-    .bind(detail)
+    .bind(crate::domain::storable(detail))
     .execute(conn)
     .await
     .map(drop)
