@@ -265,7 +265,8 @@ impl CsvResults {
                 .iter()
                 .map(String::as_str)
                 .chain(FIELDS.iter().copied().filter(|f| present.contains(*f)))
-                .filter(|f| *f != "password")
+                // A results file's own columns come again after the fields, once.
+                .filter(|f| *f != "password" && !crate::rows::RESULT_COLUMNS.contains(f))
                 .fold(Vec::new(), |mut columns: Vec<String>, f| {
                     if !columns.iter().any(|c| c == f) {
                         columns.push(f.to_owned());

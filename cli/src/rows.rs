@@ -294,18 +294,29 @@ fn csv_failure(e: csv::Error) -> Failure {
     Failure::invalid(format!("the CSV file cannot be read: {message}"))
 }
 
-/// The columns `batch results --format csv` adds after an item's fields: read past, so that its
-/// file of failed items can be fixed and submitted again as it is.
-const RESULT_COLUMNS: [&str; 4] = ["jobId", "status", "code", "error"];
+/// The columns `batch results --format csv` adds after an item's fields: read past when a
+/// header names all four (a results file), so that its failed items can be fixed and submitted
+/// again as they are; one of them alone is an unknown field, as before.
+pub const RESULT_COLUMNS: [&str; 4] = ["jobId", "status", "code", "error"];
+
+/// Whether `headers` are a results file's: they name every one of `RESULT_COLUMNS`.
+fn a_results_file(headers: &[String]) -> bool {
+    RESULT_COLUMNS
+        .iter()
+        .all(|c| headers.iter().any(|h| h == c))
+}
 
 fn check_headers(path: &Path, headers: &[String]) -> Result<()> {
+    let results = a_results_file(headers);
     let mut problems = Vec::new();
     for (i, h) in headers.iter().enumerate() {
         if h.is_empty() {
             problems.push(Problem::new("", format!("column {} has no name", i + 1)).at_line(1));
         } else if headers[..i].contains(h) {
             problems.push(Problem::new(h, "appears twice in the header").at_line(1));
-        } else if !fields::FIELDS.contains(&h.as_str()) && !RESULT_COLUMNS.contains(&h.as_str()) {
+        } else if !(fields::FIELDS.contains(&h.as_str())
+            || results && RESULT_COLUMNS.contains(&h.as_str()))
+        {
             problems.push(Problem::new(h, "unknown field").at_line(1));
         }
     }
@@ -415,6 +426,16 @@ mod tests {
         assert_eq!(
             fields.keys().collect::<Vec<_>>(),
             ["tenantName", "tenantUrl"]
+        );
+        // One of them alone is a column of the author's: unknown, as any other.
+        let text = "tenantUrl,status\na.example,Active\n";
+        let path = file("mine.csv", text.as_bytes());
+        let Err(refused) = Rows::open(&path, Format::Csv) else {
+            panic!("a status column alone was read");
+        };
+        assert!(
+            refused.problems.iter().any(|p| p.field == "status"),
+            "{refused:?}"
         );
     }
 

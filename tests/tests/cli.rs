@@ -726,6 +726,32 @@ async fn failed_items_exit_1_and_their_csv_results_can_be_fixed_and_retried() {
         .json();
     assert_eq!(retried["batchId"], id.as_str());
     cli.run(&["batch", "wait", &id]).await.expect(1);
+    // The failed rows' file submits again as it is (its result columns read past), and the
+    // new batch's results name each column once: submitted again, they would be refused.
+    let args = ["batch", "submit", failed.to_str().unwrap(), "--wait"];
+    let mut command = cli.command(&args);
+    command.env("PROVISIONER_PASSWORD", PASSWORD);
+    let out = cli.finish(command.spawn().unwrap(), &args).await.expect(1);
+    let again = out.stdout.lines().next().unwrap().to_owned();
+    let twice = scratch.path("twice.csv");
+    let results = [
+        "batch",
+        "results",
+        &again,
+        "--format",
+        "csv",
+        "-o",
+        twice.to_str().unwrap(),
+    ];
+    cli.run(&results).await.expect(0);
+    let text = std::fs::read_to_string(&twice).unwrap();
+    assert_eq!(
+        text.lines().next(),
+        Some(
+            "tenantUrl,tenantName,firstName,lastName,loginId,email,templateUrl,jobId,status,code,error"
+        ),
+        "{text}"
+    );
     app.stop().await;
 }
 
