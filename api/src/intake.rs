@@ -41,6 +41,8 @@ use crate::{
 
 /// Most item problems one answer lists.
 pub(crate) const MAX_REPORTED_ERRORS: usize = 100;
+/// Faults of a JSON body's frame reported with its items' at most.
+const MAX_FRAME_ERRORS: usize = 10;
 /// Most items a JSON body holds.
 pub(crate) const JSON_MAX_ITEMS: usize = 1_000;
 /// Largest JSON batch body.
@@ -332,6 +334,8 @@ impl<'a> Intake<'a> {
             frame_errors.extend(problems);
             return Err(ApiError::Validation(frame_errors));
         }
+        // A few, so that the items' own still show.
+        frame_errors.truncate(MAX_FRAME_ERRORS);
         self.frame_errors = frame_errors;
         let limit = JSON_MAX_ITEMS.min(self.max_items);
         if items.len() > limit {
@@ -409,7 +413,7 @@ impl<'a> Intake<'a> {
                 return Ok(());
             }
         };
-        if self.invalid > 0 {
+        if self.invalid > 0 || !self.frame_errors.is_empty() {
             // Nothing will be created: only validation goes on.
             return Ok(());
         }
@@ -556,16 +560,18 @@ impl<'a> Intake<'a> {
         if let Some(batch) = self.replay.take() {
             return replayed(batch, &digest);
         }
-        if !self.frame_errors.is_empty() {
-            let mut errors = std::mem::take(&mut self.frame_errors);
-            errors.append(&mut self.errors);
-            return Err(ApiError::Validation(errors));
-        }
+        // The frame's faults first, then the items' (at most `MAX_REPORTED_ERRORS` in all).
+        let mut errors = std::mem::take(&mut self.frame_errors);
+        let room = MAX_REPORTED_ERRORS.saturating_sub(errors.len());
+        errors.extend(std::mem::take(&mut self.errors).into_iter().take(room));
         if self.invalid > 0 {
             return Err(ApiError::InvalidItems {
-                errors: std::mem::take(&mut self.errors),
+                errors,
                 invalid: self.invalid,
             });
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
         }
         if self.items == 0 {
             return Err(FieldError::new("items", "a batch holds at least one item").into());

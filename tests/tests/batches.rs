@@ -1248,6 +1248,21 @@ async fn a_json_batchs_frame_faults_are_reported_with_its_items_faults() {
     assert!(named(None, "defaults.tenantUrl"), "{problem}");
     assert!(named(Some(0), "tenantUrl"), "{problem}");
     assert!(named(Some(0), "bogus"), "{problem}");
+    // The detail counts the invalid items, as for any batch with some.
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 item is invalid"),
+        "{problem}"
+    );
+    // Its items valid, the frame's faults alone.
+    let body = json!({"items": [item("ok.example.com", &template)], "extra": 1});
+    let r = post(&app, &app.http, "application/json", body.to_string()).await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 1, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "extra", "{problem}");
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
     assert_eq!(app.count("SELECT count(*) FROM batches").await, 0);
     app.stop().await;
