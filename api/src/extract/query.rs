@@ -43,14 +43,26 @@ pub(crate) fn undecodable_param(query: &str) -> Option<String> {
     })
 }
 
-/// The name of the first query parameter given two different non-empty values, if any: which
-/// of the two the client meant is not for the server to guess (as with a JSON member named
-/// twice). An empty value beside another counts as absent, as for every reader here
-/// (`?limit=&limit=5` is 5), and the same value twice says one thing.
+/// The parameters read with [`optional_param`], for which an empty value counts as absent.
+const OPTIONAL: [&str; 7] = [
+    "status",
+    "tenantUrl",
+    "batchId",
+    "limit",
+    "cursor",
+    "wait",
+    "fields",
+];
+
+/// The name of the first query parameter given two different values, if any: which of the two
+/// the client meant is not for the server to guess (as with a JSON member named twice). The
+/// same value twice says one thing, and so does an empty value beside another for the
+/// parameters whose empty value counts as absent (`OPTIONAL`: `?limit=&limit=5` is 5); for any
+/// other, an empty value is a value (`?keepAccessNumbers=&keepAccessNumbers=true` is refused).
 pub(crate) fn ambiguous_param(query: &str) -> Option<String> {
     let mut seen: std::collections::HashMap<_, _> = std::collections::HashMap::new();
     url::form_urlencoded::parse(query.as_bytes())
-        .filter(|(_, value)| !value.is_empty())
+        .filter(|(name, value)| !(value.is_empty() && OPTIONAL.contains(&name.as_ref())))
         .find_map(|(name, value)| match seen.entry(name) {
             std::collections::hash_map::Entry::Occupied(first) => {
                 (*first.get() != value).then(|| first.key().clone().into_owned())
@@ -159,5 +171,12 @@ mod tests {
         // Decoded before they are compared: `%71ueued` is `queued`, and `a+b` is `a b`.
         assert_eq!(ambiguous_param("status=queued&status=%71ueued"), None);
         assert_eq!(ambiguous_param("a%20b=1&a+b=2"), Some("a b".into()));
+        // An empty value is a value but where it counts as absent.
+        assert_eq!(
+            ambiguous_param("keepAccessNumbers=true&keepAccessNumbers="),
+            Some("keepAccessNumbers".into())
+        );
+        assert_eq!(ambiguous_param("code=&code=400"), Some("code".into()));
+        assert_eq!(ambiguous_param("cursor=abc&cursor="), None);
     }
 }
