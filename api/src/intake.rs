@@ -293,7 +293,10 @@ impl<'a> Intake<'a> {
             .keys()
             .filter(|k| !matches!(k.as_str(), "defaults" | "items"))
         {
-            problems.push(FieldError::new(key, "unknown field"));
+            problems.push(FieldError::new(
+                &crate::validate::shortened(key),
+                "unknown field",
+            ));
         }
         let mut defaults = match doc.remove("defaults") {
             None | Some(Value::Null) => None,
@@ -310,10 +313,10 @@ impl<'a> Intake<'a> {
             .and_then(|d| d.remove("tenantUrl"))
             .is_some()
         {
-            frame_errors.push(FieldError::new(
-                "defaults.tenantUrl",
-                "each item names its own tenantUrl",
-            ));
+            frame_errors.insert(
+                0,
+                FieldError::new("defaults.tenantUrl", "each item names its own tenantUrl"),
+            );
         }
         let items = match doc.remove("items") {
             Some(Value::Array(items)) if !items.is_empty() => items,
@@ -332,6 +335,7 @@ impl<'a> Intake<'a> {
         };
         if !problems.is_empty() || frame_errors.iter().any(|e| e.field == "defaults") {
             frame_errors.extend(problems);
+            frame_errors.truncate(MAX_FRAME_ERRORS);
             return Err(ApiError::Validation(frame_errors));
         }
         // A few, so that the items' own still show.

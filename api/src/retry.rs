@@ -5,7 +5,7 @@
 
 use provisioner_shared::{
     db::{self, batches::BatchRow, batches::NewItem},
-    domain::TemplateSource,
+    domain::{BatchStatus, TemplateSource},
     trace::TraceContext,
 };
 use sqlx::{Postgres, Transaction};
@@ -41,6 +41,14 @@ pub(crate) async fn failed_items(
     let Some(batch) = db::batches::lock_for_retry(&mut tx, id, sees).await? else {
         return Ok(None);
     };
+    if batch.cancel_requested && batch.status == BatchStatus::Running {
+        // Its cancel is at work, or its running items finish after it: retried now, the new
+        // items would be held back with the cancelled ones, and the batch would end
+        // `cancelled` with them run or not as the race went. Once it stopped, it may be.
+        return Err(ApiError::Conflict(
+            "the batch is being cancelled: retry once it has stopped".to_owned(),
+        ));
+    }
     let trace = caller_trace
         .or_else(|| batch.traceparent.as_deref().and_then(TraceContext::parse))
         .unwrap_or_else(TraceContext::new_root);

@@ -1268,15 +1268,9 @@ async fn a_json_batchs_frame_faults_are_reported_with_its_items_faults() {
     app.stop().await;
 }
 
-/// A retry after a cancel is the newer request: its items are released and run, even while an
-/// item that was running at the cancel still runs (the cancel asked for is over).
-#[tokio::test]
-async fn a_retry_after_a_cancel_runs_its_items() {
-    let mut app = TestApp::without_workers().await;
-    let template = app.serve_sample_template("t.zip").await;
-    let batch = batches::submit(&app, &items(3, &template)).await;
-    let batch_id = id(&batch, "batchId");
-    // Item 0 failed, item 1 runs (under a lease nobody renews, valid for an hour), item 2 held.
+/// Items of `batch_id` set by hand: item 0 failed with code 400 and, when `running`, item 1
+/// running under a lease nobody renews (valid for an hour); the rest stay held.
+async fn fail_first_item(app: &TestApp, batch_id: &str, running: bool) {
     app.count(&format!(
         "WITH failed AS (UPDATE jobs SET status = 'failed', code = 400, finished_at = now(),
                                          released_at = now(), attempts = 1
@@ -1284,45 +1278,71 @@ async fn a_retry_after_a_cancel_runs_its_items() {
               running AS (UPDATE jobs SET status = 'running', released_at = now(), attempts = 1,
                                           started_at = now(), lease_token = gen_random_uuid(),
                                           lease_until = now() + interval '1 hour'
-                          WHERE batch_id = '{batch_id}' AND batch_item = 1 RETURNING 1)
+                          WHERE batch_id = '{batch_id}' AND batch_item = 1 AND {running}
+                          RETURNING 1)
          SELECT (SELECT count(*) FROM failed) + (SELECT count(*) FROM running)"
     ))
     .await;
-    let url = |action: &str| app.url(&format!("/configapi/v2/batches/{batch_id}/{action}"));
-    let cancelled: Value = app
-        .http
-        .post(url("cancel"))
-        .send()
+}
+
+/// A retry of a batch whose cancel was asked for is `409` until the batch stops (its running
+/// items finished): retried meanwhile, its items would be held back with the cancelled ones, or
+/// run, as a race went. Once it stopped, the retry runs its items, and the batch, running again
+/// with no cancel asked for, ends `completed`.
+#[tokio::test]
+async fn a_retry_waits_for_a_cancel_to_stop_then_runs_its_items() {
+    let mut app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let post_to = |batch_id: &str, action: &str| {
+        app.http
+            .post(app.url(&format!("/configapi/v2/batches/{batch_id}/{action}")))
+            .send()
+    };
+    // An item still runs after the cancel.
+    let stopping = id(
+        &batches::submit(&app, &items(3, &template)).await,
+        "batchId",
+    );
+    fail_first_item(&app, &stopping, true).await;
+    let cancelled: Value = post_to(&stopping, "cancel")
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        (&cancelled["status"], &cancelled["counts"]["cancelled"]),
-        (&json!("running"), &json!(1)),
-        "{cancelled}"
+    assert_eq!(cancelled["status"], "running", "{cancelled}");
+    let r = post_to(&stopping, "retry?code=400").await.unwrap();
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("being cancelled"),
+        "{problem}"
     );
-    let r = app.http.post(url("retry?code=400")).send().await.unwrap();
+    // Nothing runs any more: the cancel stops the batch, and the retry runs its items.
+    let stopped = id(
+        &batches::submit(&app, &items(3, &template)).await,
+        "batchId",
+    );
+    fail_first_item(&app, &stopped, false).await;
+    let cancelled: Value = post_to(&stopped, "cancel")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let r = post_to(&stopped, "retry?code=400").await.unwrap();
     assert_eq!(r.status(), 202);
     app.start_worker();
-    provisioner_tests::eventually(WITHIN, || async {
-        let newest = app
-            .count(&format!(
-                "SELECT count(*) FROM jobs WHERE batch_id = '{batch_id}' AND batch_item = 0
-                   AND NOT superseded AND status = 'succeeded'"
-            ))
-            .await;
-        (newest == 1).then_some(())
-    })
-    .await;
+    let done = batches::wait(&app, &stopped, WITHIN).await;
+    assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(
-        app.count(&format!(
-            "SELECT count(*) FROM jobs WHERE batch_id = '{batch_id}' AND status = 'cancelled'"
-        ))
-        .await,
-        1,
-        "only the item queued at the cancel"
+        (&done["counts"]["succeeded"], &done["counts"]["cancelled"]),
+        (&json!(1), &json!(2)),
+        "{done}"
     );
     app.stop().await;
 }

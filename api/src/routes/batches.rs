@@ -413,6 +413,7 @@ fn codes_param(uri: &Uri) -> Result<Option<Vec<i32>>, ApiError> {
         (status = 200, description = "Nothing to retry: the batch", body = BatchView),
         (status = 400, description = "Invalid code"),
         (status = 404, description = "No such batch for this client"),
+        (status = 409, description = "The batch is being cancelled (its cancel at work, or its running items finishing after it): retry once it has stopped"),
         (status = 429, description = "The retried items would pass the owner's limit of unfinished batch items (Retry-After); nothing retried")))]
 pub(super) async fn retry_batch(
     State(state): State<AppState>,

@@ -390,6 +390,8 @@ pub async fn cancel(
     if find(&mut *conn, id, client_id).await?.is_none() {
         return Ok(None);
     }
+    // At least one a transaction, or a caller going on while `more` would never end.
+    let limit = limit.max(1);
     lock_changes(conn, id).await?;
     let cancelled: Vec<JobRow> = sqlx::query_as(&format!(
         "UPDATE jobs SET status = 'cancelled', finished_at = now(), sealed_password = NULL,
@@ -531,10 +533,9 @@ pub async fn replace_items(
     insert_items(conn, batch_id, client_id, items, trace).await
 }
 
-/// Runs the batch again after a retry added items: `running`, no cancel pending (the retry is
-/// the newer request: its items are released and run, and the batch ends `completed` unless it
-/// is cancelled again; a cancel asked for while it ran would otherwise keep the dispatcher from
-/// releasing them), and the downloads that failed for good may be tried again. The batch takes the retry request's
+/// Runs the batch again after a retry added items: `running`, no cancel pending (a batch whose
+/// cancel was asked for is retried only once it stopped: the cancel is over), and the downloads
+/// that failed for good may be tried again. The batch takes the retry request's
 /// trace (`trace`): its next stop event continues it.
 pub async fn reopen(
     conn: &mut PgConnection,
@@ -547,7 +548,7 @@ pub async fn reopen(
         .await?;
     sqlx::query_as(&format!(
         "UPDATE batches SET status = 'running', finished_at = NULL,
-                            cancel_requested = false,
+                            cancel_requested = cancel_requested AND status = 'running',
                             version = version + 1, traceparent = $2
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
