@@ -349,6 +349,8 @@ pub(crate) async fn retry(
         Err(ApiError::TooManyRequests { detail, .. }) => {
             layout::refused(StatusCode::TOO_MANY_REQUESTS, &detail)
         }
+        // Its cancel is at work, or its running items finish after it.
+        Err(ApiError::Conflict(detail)) => layout::refused(StatusCode::CONFLICT, &detail),
         Err(e) => layout::internal(e.into()),
     }
 }
