@@ -16,7 +16,9 @@ pub(crate) async fn cancel(
     sees: Option<&str>,
 ) -> Result<Option<BatchRow>, sqlx::Error> {
     // Forward from the last item cancelled (the items before it are not read again), then once
-    // more from the start: a retry between two transactions may have queued items behind it.
+    // more from the start: an item running when the cursor passed it may be queued again since
+    // (a transient fault's retry, a rescue). A retry of the batch is refused from the first
+    // commit on (`retry::failed_items`).
     let mut after = -1;
     let mut from_start = false;
     loop {
