@@ -333,14 +333,23 @@ async fn notify(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error
     jobs::notify_changed(conn, ids).await
 }
 
+/// The advisory-lock key of batch `$1`'s changes (`lock_changes`, `try_lock_changes`).
+macro_rules! changes_key {
+    () => {
+        "hashtextextended('provisioner:batch-changes:' || $1, 0)"
+    };
+}
+
 /// Serializes the changes of a batch's items that a client asks for (cancel, retry) until the
 /// transaction ends. Taken before any row: a cancel that ran beside a retry saw neither the
 /// retry's new items nor, once the retry had reopened the batch, that it had anything to cancel,
 /// and left the new items to run under a cancel it answered as done.
 pub async fn lock_changes(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('provisioner:batch-changes:' || $1, 0))",
-    )
+    sqlx::query(concat!(
+        "SELECT pg_advisory_xact_lock(",
+        changes_key!(),
+        ")"
+    ))
     .bind(id.to_string())
     .execute(conn)
     .await
@@ -364,10 +373,11 @@ pub struct Cancelled {
 
 /// Cancels a running batch, up to `limit` of its queued items in this transaction, the first in
 /// item order after position `after` (the last item the caller's previous transaction cancelled,
-/// or -1: the items before it, cancelled already, are not read again): they become `cancelled` (running ones finish), and the batch stops as
-/// `cancelled` when its last item ends. Once a cancel was asked for, the dispatcher releases no
-/// more of its items, and finishes the cancel of its held items should its caller stop before
-/// it is done (`pending_cancel`). A batch that stopped already is unchanged. `None` when the
+/// or -1: the items before it, cancelled already, are not read again): they become `cancelled`
+/// (running ones finish), and the batch stops as `cancelled` when its last item ends. Once a
+/// cancel was asked for, the dispatcher releases no more of its items, and the workers' sweep
+/// finishes the cancel of its held items should its caller stop before it is done
+/// (`pending_cancel`). A batch that stopped already is unchanged. `None` when the
 /// client has no such batch.
 ///
 /// One transaction for a whole batch of 100,000 queued items held their rows for minutes (each
@@ -439,9 +449,11 @@ pub async fn cancel(
 
 /// Takes the changes lock of batch `id` if no other transaction holds it (`lock_changes`).
 pub async fn try_lock_changes(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended('provisioner:batch-changes:' || $1, 0))",
-    )
+    sqlx::query_scalar(concat!(
+        "SELECT pg_try_advisory_xact_lock(",
+        changes_key!(),
+        ")"
+    ))
     .bind(id.to_string())
     .fetch_one(conn)
     .await
