@@ -109,18 +109,26 @@ pub(crate) enum Credentials {
     Failed(sqlx::Error),
 }
 
-/// Verifies `secret` as client `id`'s, from `peer`, through the process's `TokenGuard`: first
-/// what needs no database (a verification slot, this id's failures from this peer), then the
-/// client's row, then the hash. An unknown (or revoked) id is verified against a dummy hash so
-/// that timing does not tell it apart, unless the peer has named too many unknown ids lately:
-/// then nothing is hashed, and the answer comes after as long as a verification takes, the
-/// same `Wrong` (a `429` would tell which ids exist).
+/// Verifies `secret` as client `id`'s, from `peer` (the connection's address; the address a
+/// trusted proxy names when it is one, `peer::client_address`), through the process's
+/// `TokenGuard`: first what needs no database (a verification slot, this id's failures from
+/// this address), then the client's row, then the hash. An unknown (or revoked) id is verified
+/// against a dummy hash so that timing does not tell it apart, unless the address has named
+/// too many unknown ids lately: then nothing is hashed, and the answer comes after as long as
+/// a verification takes, the same `Wrong`, counted for the id as a known id's failure is (so
+/// the `429` that twenty of them bring tells nothing of which ids exist either).
 pub(crate) async fn verify_credentials(
     state: &AppState,
     id: &str,
     secret: String,
-    peer: Option<IpAddr>,
+    peer: IpAddr,
+    headers: &HeaderMap,
 ) -> Credentials {
+    let peer = Some(crate::peer::client_address(
+        peer,
+        headers,
+        &state.settings.trusted_proxies,
+    ));
     let guard = &state.token_guard;
     let slot = match guard.admit(id, peer).await {
         Ok(slot) => slot,
@@ -132,11 +140,14 @@ pub(crate) async fn verify_credentials(
     };
     let known = client.is_some();
     if !known && guard.unknown_ids_refused(peer) {
-        // The slot is held as long as a verification would hold it (a burst's answers come
-        // as for a real id), and nothing is recorded: such ids cost no hashing, and each new
-        // one would otherwise take a place in the guard's bounded table.
-        guard.as_long_as_a_verification().await;
+        // The slot is given back at once (nothing is hashed), and the answer comes after as
+        // long as a verification would take. The failure is counted for this id from this
+        // address as a known id's is: otherwise a known id would be refused (`429`) after
+        // twenty wrong secrets and an unknown one never, which tells which ids exist. A flood
+        // of new ids leaves its single failures first when the guard's table is full.
         drop(slot);
+        guard.failed_unknown_id(id, peer);
+        guard.as_long_as_a_verification().await;
         return Credentials::Wrong;
     }
     let phc = client
@@ -292,6 +303,7 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         !id.is_empty() && !secret.is_empty(),
         "PROVISIONER_BOOTSTRAP_CLIENT must be client_id:client_secret"
     );
+    let mut secret_changed = false;
     if let Some(existing) = db::clients::find(pool, id).await? {
         if existing.revoked_at.is_some() {
             tracing::warn!(
@@ -311,6 +323,7 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         {
             return Ok(());
         }
+        secret_changed = !same;
     }
     let secret = secret.to_owned();
     let hash = passwords::occasional_pool()
@@ -326,6 +339,16 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         db::clients::OnExisting::Replace,
     )
     .await?;
+    if secret_changed {
+        // A new secret is how an operator rotates one that leaked: the tokens the old one got
+        // end with it, as a revocation ends them.
+        let ended = db::clients::end_tokens(pool, id).await?;
+        tracing::info!(
+            client.id = id,
+            tokens.ended = ended,
+            "the bootstrap client's secret changed; its tokens ended"
+        );
+    }
     tracing::info!(client.id = id, "bootstrap client ready");
     Ok(())
 }

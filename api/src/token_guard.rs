@@ -54,6 +54,9 @@ pub(crate) enum Refusal {
 pub(crate) struct TokenGuard {
     slots: Arc<Semaphore>,
     queue: Arc<Semaphore>,
+    /// Requests of each peer holding a slot or a queue place, at most `per_peer` each.
+    holding: Arc<Mutex<HashMap<Option<IpAddr>, usize>>>,
+    per_peer: usize,
     failures: Mutex<HashMap<Key, Window>>,
     /// A moving average of how long verifications take, nanoseconds (0: none measured yet).
     verification_nanos: AtomicU64,
@@ -95,33 +98,62 @@ impl TokenGuard {
         Self {
             slots: Arc::new(Semaphore::new(slots)),
             queue: Arc::new(Semaphore::new(slots * QUEUE_PER_SLOT)),
+            holding: Arc::default(),
+            // Half of the slots and queue places: one address cannot take them all (without a
+            // trusted proxy's address, every client behind the proxy is one address, and still
+            // gets half).
+            per_peer: (slots * (1 + QUEUE_PER_SLOT) / 2).max(1),
             failures: Mutex::new(HashMap::new()),
             verification_nanos: AtomicU64::new(0),
         }
     }
 
     /// A verification slot for `client_id` from `peer`, or why not (what needs no database:
-    /// this id's failures from this peer, the slots).
+    /// this id's failures from this peer, the peer's share of the slots and queue places, the
+    /// slots).
     pub(crate) async fn admit(
         &self,
         client_id: &str,
         peer: Option<IpAddr>,
-    ) -> Result<OwnedSemaphorePermit, Refusal> {
+    ) -> Result<Slot, Refusal> {
         if let Some(retry_after) = self.refused_for(&[Key::client_from(client_id, peer)]) {
             return Err(Refusal::TooManyFailures { retry_after });
         }
+        let share = self.share(peer).ok_or(Refusal::Busy)?;
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(permit);
+            return Ok(Slot {
+                _permit: permit,
+                _share: share,
+            });
         }
         let _place = self
             .queue
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::Busy)?;
-        tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.slots.clone().acquire_owned())
             .await
             .map_err(|_| Refusal::Busy)?
-            .map_err(|_| Refusal::Busy)
+            .map_err(|_| Refusal::Busy)?;
+        Ok(Slot {
+            _permit: permit,
+            _share: share,
+        })
+    }
+
+    /// One more request of `peer` holding a slot or a queue place, unless it holds its share.
+    fn share(&self, peer: Option<IpAddr>) -> Option<Share> {
+        let peer = peer.map(crate::peer::key);
+        let mut holding = self.holding.lock().expect("holding map");
+        let held = holding.entry(peer).or_insert(0);
+        if *held >= self.per_peer {
+            return None;
+        }
+        *held += 1;
+        Some(Share {
+            holding: self.holding.clone(),
+            peer,
+        })
     }
 
     /// Whether `peer` named too many client ids that do not exist lately: another such id is
@@ -188,6 +220,13 @@ impl TokenGuard {
         }
     }
 
+    /// Records a request for `client_id`, an id that does not exist, from `peer` once `peer`
+    /// named too many such ids (`unknown_ids_refused`): counted for that id from that peer
+    /// only, as a known id's failure is, so that both are refused after as many.
+    pub(crate) fn failed_unknown_id(&self, client_id: &str, peer: Option<IpAddr>) {
+        self.failed(client_id, peer, true);
+    }
+
     /// Seconds until the first of `keys` that failed too often may try again.
     fn refused_for(&self, keys: &[Key]) -> Option<u64> {
         let now = Instant::now();
@@ -198,6 +237,33 @@ impl TokenGuard {
             .filter_map(|w| WINDOW.checked_sub(now.duration_since(w.started)))
             .map(|left| left.as_secs().max(1))
             .max()
+    }
+}
+
+/// A verification slot, held until the verification ends (then given back with the peer's
+/// place in its share).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _share: Share,
+}
+
+/// A peer's place among the requests holding a slot or a queue place.
+#[derive(Debug)]
+struct Share {
+    holding: Arc<Mutex<HashMap<Option<IpAddr>, usize>>>,
+    peer: Option<IpAddr>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut holding = self.holding.lock().expect("holding map");
+        if let Some(held) = holding.get_mut(&self.peer) {
+            *held -= 1;
+            if *held == 0 {
+                holding.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -234,6 +300,43 @@ mod tests {
         assert!(started.elapsed() < QUEUE_WAIT * 4);
         drop(held);
         assert!(guard.admit("a", None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn one_peer_holds_at_most_half_of_the_slots_and_queue_places() {
+        use futures_util::FutureExt as _;
+        let guard = Arc::new(TokenGuard::with_slots(1));
+        let flooder: IpAddr = "192.0.2.7".parse().unwrap();
+        let other: IpAddr = "198.51.100.9".parse().unwrap();
+        let half = guard.per_peer;
+        assert_eq!(half, 8, "one slot and its sixteen queue places, halved");
+        // The flooder's first request holds the slot, the others wait in the queue.
+        let held = guard.admit("a", Some(flooder)).await.unwrap();
+        let waiting: Vec<_> = (1..half)
+            .map(|_| {
+                let guard = guard.clone();
+                tokio::spawn(async move { guard.admit("a", Some(flooder)).await.map(drop) })
+            })
+            .collect();
+        while guard.holding.lock().unwrap().get(&Some(flooder)) != Some(&half) {
+            tokio::task::yield_now().await;
+        }
+        // One more of the flooder's is refused at once; another peer's waits for the slot.
+        let more = guard.admit("a", Some(flooder)).now_or_never();
+        assert!(matches!(more, Some(Err(Refusal::Busy))), "{more:?}");
+        assert!(guard.admit("b", Some(other)).now_or_never().is_none());
+        for w in &waiting {
+            w.abort();
+        }
+        drop(held);
+        assert!(guard.admit("b", Some(other)).await.is_ok());
+        for w in waiting {
+            let _ = w.await;
+        }
+        assert!(
+            guard.holding.lock().unwrap().is_empty(),
+            "every share given back"
+        );
     }
 
     #[tokio::test]

@@ -73,12 +73,15 @@ impl<R: Read> Read for Bounded<R> {
 }
 
 /// Lines counted up to a byte of a file, reading it forward once beside the CSV reader, which
-/// does not count the blank lines it skips in its own line numbers.
+/// does not count the blank lines it skips in its own line numbers. A line ends as the CSV
+/// reader ends a record: `\n`, `\r\n` or a lone `\r`.
 pub struct LineCounter {
     reader: BufReader<File>,
     /// The byte read up to, and the line it is on (from 1).
     byte: u64,
     line: u64,
+    /// Whether the last byte counted was `\r` (a `\n` right after it ends no other line).
+    after_cr: bool,
 }
 
 impl LineCounter {
@@ -87,6 +90,7 @@ impl LineCounter {
             reader: BufReader::new(file),
             byte: 0,
             line: 1,
+            after_cr: false,
         }
     }
 
@@ -109,7 +113,12 @@ impl LineCounter {
             if take == 0 {
                 return Ok(self.line);
             }
-            self.line += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            for &b in &buf[..take] {
+                if b == b'\r' || (b == b'\n' && !self.after_cr) {
+                    self.line += 1;
+                }
+                self.after_cr = b == b'\r';
+            }
             self.byte += take as u64;
             self.reader.consume(take);
         }
@@ -191,7 +200,19 @@ impl Rows {
                 record,
                 lines,
             } => {
-                let more = reader.read_record(record).map_err(csv_failure)?;
+                let more = match reader.read_record(record) {
+                    Ok(more) => more,
+                    Err(e) => {
+                        // The reader's own line number does not count the blank lines it skipped.
+                        let line = match e.position() {
+                            Some(at) if !matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                                Some(lines.line_of(at.byte())?)
+                            }
+                            _ => None,
+                        };
+                        return Err(csv_failure(&e, line));
+                    }
+                };
                 floor.set(reader.position().byte());
                 if !more {
                     return Ok(None);
@@ -284,12 +305,23 @@ fn skip_line(reader: &mut BufReader<File>) -> Result<()> {
     }
 }
 
-fn csv_failure(e: csv::Error) -> Failure {
-    let line = e.position().map(|p| p.line());
-    let message = match (line, e.kind()) {
-        (_, csv::ErrorKind::Io(io)) => io.to_string(),
-        (Some(line), _) => format!("line {line}: {e}"),
-        (None, _) => e.to_string(),
+/// A fault of the file the CSV reader found, at `line` of the file when it names a record.
+fn csv_failure(e: &csv::Error, line: Option<u64>) -> Failure {
+    let fault = match e.kind() {
+        csv::ErrorKind::Io(io) => {
+            return Failure::invalid(format!("the CSV file cannot be read: {io}"));
+        }
+        // The crate's own text names the record by its line, which skips blank lines.
+        csv::ErrorKind::Utf8 { err, .. } => format!(
+            "column {} is not UTF-8 text (its first {} bytes are)",
+            err.field() + 1,
+            err.valid_up_to()
+        ),
+        _ => e.to_string(),
+    };
+    let message = match line {
+        Some(line) => format!("line {line}: {fault}"),
+        None => fault,
     };
     Failure::invalid(format!("the CSV file cannot be read: {message}"))
 }
@@ -416,6 +448,30 @@ mod tests {
         let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
         assert_eq!(lines, [3, 7, 9, 11]);
         assert!(rows[1].1.as_ref().unwrap_err().message.contains("cells"));
+    }
+
+    #[test]
+    fn a_csv_file_with_lone_carriage_returns_numbers_its_rows_by_line() {
+        let text = "tenantUrl\ra.example\r\rb.example,x\r\r\nc.example\r";
+        let rows = all(&file("t.csv", text.as_bytes()));
+        let lines: Vec<u64> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [2, 4, 6]);
+    }
+
+    #[test]
+    fn a_csv_cell_that_is_not_utf8_is_reported_at_its_line_in_the_file() {
+        let text = b"tenantUrl,tenantName\n\n\na.example,A\n\nb.example,\xff\xfe\n";
+        let path = file("t.csv", text);
+        let mut rows = Rows::open(&path, Format::Csv).unwrap();
+        assert_eq!(rows.next_row().unwrap().unwrap().line, 4);
+        let Err(failure) = rows.next_row() else {
+            panic!("a cell that is not UTF-8 was read");
+        };
+        assert!(
+            failure.message.contains("line 6: column 2 is not UTF-8"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

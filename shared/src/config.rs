@@ -74,6 +74,10 @@ pub struct Settings {
     /// Connections one peer address may have served at once; one more is closed as soon as it
     /// is accepted. `None`: no cap (a proxy in front makes every client one peer).
     pub max_connections_per_peer: Option<std::num::NonZeroU32>,
+    /// Proxies in front of the API whose `X-Forwarded-For` is believed: a request from one of
+    /// them counts as from the address it names (for the token endpoint's and the sign-in's
+    /// failure counts); empty: every request counts as from its connection's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Long-polls (`?wait=`, `Prefer: wait`) one client may hold open at once; past it they are
     /// answered without waiting.
     pub client_max_waits: u32,
@@ -231,6 +235,7 @@ impl Settings {
                     &(max_connections / 2).max(1).to_string(),
                 ),
             )?),
+            trusted_proxies: trusted_proxies(&var("PROVISIONER_TRUSTED_PROXIES", ""))?,
             client_max_waits: positive(
                 "PROVISIONER_CLIENT_MAX_WAITS",
                 &var("PROVISIONER_CLIENT_MAX_WAITS", "64"),
@@ -278,6 +283,21 @@ fn listen_address(variable: &'static str, value: &str) -> Result<SocketAddr, Set
         Some(port) => parse::<u16>(variable, port).map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
         None => parse(variable, value),
     }
+}
+
+/// Address blocks (`10.0.0.0/8`) or single addresses, separated by commas or spaces.
+fn trusted_proxies(value: &str) -> Result<Vec<ipnet::IpNet>, SettingsError> {
+    const VARIABLE: &str = "PROVISIONER_TRUSTED_PROXIES";
+    value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| invalid(VARIABLE, p, "IP addresses or blocks such as `10.0.0.0/8`"))
+        })
+        .collect()
 }
 
 fn invalid(variable: &'static str, value: &str, expected: &str) -> SettingsError {
@@ -443,6 +463,22 @@ mod tests {
         assert_eq!(s.worker_health_listen.unwrap().to_string(), "0.0.0.0:9090");
         let err = settings(&[("PROVISIONER_WORKER_HEALTH_LISTEN", "nope")]).unwrap_err();
         assert_eq!(err.variable, "PROVISIONER_WORKER_HEALTH_LISTEN");
+    }
+
+    #[test]
+    fn trusted_proxies_are_blocks_or_addresses() {
+        assert!(settings(&[]).unwrap().trusted_proxies.is_empty());
+        let s = settings(&[(
+            "PROVISIONER_TRUSTED_PROXIES",
+            "10.1.2.3/8, 192.0.2.7 2001:db8::/32",
+        )])
+        .unwrap();
+        let shown: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        let err =
+            settings(&[("PROVISIONER_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local")]).unwrap_err();
+        assert_eq!(err.variable, "PROVISIONER_TRUSTED_PROXIES");
+        assert!(err.message.contains("proxy.local"), "{}", err.message);
     }
 
     #[test]

@@ -422,8 +422,9 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
     );
 
     // Failures from one peer naming ids that do not exist are counted: after 20 in a minute,
-    // another such id is no longer hashed, but still answered as a wrong secret would be (a
-    // `429` would tell which ids exist).
+    // another such id is no longer hashed, but still answered as a wrong secret would be, and
+    // refused after 20 tries as a known id is (were it not, the `429` would tell which ids
+    // exist).
     let mut failed = answers.iter().filter(|(s, _)| *s == 401).count();
     let mut n = 0;
     while failed < 20 {
@@ -432,10 +433,12 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
         failed += 1;
         n += 1;
     }
-    for _ in 0..25 {
+    for n in 1..=20 {
         let r = token_request(&http, &url, "nobody-else", "wrong").await;
-        assert_eq!(r.status(), 401);
+        assert_eq!(r.status(), 401, "try {n} of an id that does not exist");
     }
+    let r = token_request(&http, &url, "nobody-else", "wrong").await;
+    assert_too_many_failures(r).await;
     // A client that exists is still verified through that peer (behind a proxy every client
     // has the proxy's address): 401 for a wrong secret, a token for the right one.
     let r = token_request(&http, &url, BOOTSTRAP_ID, "wrong").await;
@@ -452,6 +455,74 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
         assert_eq!(r.status(), 401, "failure {n} of 20");
     }
     let r = token_request(&http, &url, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    assert_too_many_failures(r).await;
+    app.stop().await;
+}
+
+/// `token_request` through a proxy that says the request came from `from`.
+async fn token_request_from(
+    http: &reqwest::Client,
+    url: &str,
+    from: &str,
+    id: &str,
+    secret: &str,
+) -> reqwest::Response {
+    http.post(url)
+        .header("x-forwarded-for", from)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_failures_count_by_the_address_it_names() {
+    let app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![("PROVISIONER_TRUSTED_PROXIES", "127.0.0.0/8, ::1".into())],
+    })
+    .await;
+    let url = app.url("/configapi/v2/oauth/token");
+    let http = provisioner_tests::http_client();
+    // Someone elsewhere guesses the bootstrap client's secret through the proxy (the test's
+    // connections come from 127.0.0.1, the trusted proxy), and writes an address of its own
+    // choosing in front of the one the proxy appends: only the proxy's is believed.
+    for n in 1..=20 {
+        let r =
+            token_request_from(&http, &url, "198.51.100.1, 203.0.113.66", BOOTSTRAP_ID, "x").await;
+        assert_eq!(r.status(), 401, "failure {n} of 20");
+    }
+    let r = token_request_from(&http, &url, "203.0.113.66", BOOTSTRAP_ID, "x").await;
+    assert_too_many_failures(r).await;
+    // The client itself, from its own address, is not locked out: before, every request had
+    // the proxy's address, and the guesses locked the client out.
+    let r = token_request_from(&http, &url, "192.0.2.10", BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The guesser cannot pass for the client: what it writes left of the proxy's entry is not
+    // believed.
+    let r = token_request_from(
+        &http,
+        &url,
+        "192.0.2.10, 203.0.113.66",
+        BOOTSTRAP_ID,
+        BOOTSTRAP_SECRET,
+    )
+    .await;
+    assert_too_many_failures(r).await;
+    app.stop().await;
+
+    // Without a trusted proxy, the header is not believed: the connection's address counts.
+    let app = TestApp::without_workers().await;
+    let url = app.url("/configapi/v2/oauth/token");
+    for n in 1..=20 {
+        let r = token_request_from(&http, &url, &format!("203.0.113.{n}"), BOOTSTRAP_ID, "x").await;
+        assert_eq!(r.status(), 401, "failure {n} of 20");
+    }
+    let r = token_request_from(&http, &url, "192.0.2.10", BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
     assert_too_many_failures(r).await;
     app.stop().await;
 }
@@ -579,6 +650,76 @@ async fn a_revoked_bootstrap_client_stays_revoked_across_restarts() {
     )
     .await;
     assert_eq!(r.status(), 401, "the restart did not undo the revocation");
+    api.terminate();
+    assert!(api.exit(Duration::from_secs(10)).await.success());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_holds_only_the_scopes_its_client_still_has_and_a_new_secret_ends_tokens() {
+    let app = TestApp::without_workers().await;
+    let writer = app
+        .client_with("scope-loser", &["tenants:read", "tenants:write"])
+        .await;
+    let create = || {
+        writer
+            .post(app.url(&format!(
+                "/configapi/v2/selfservice/tenant/{}",
+                fixtures::tenant_url()
+            )))
+            .json(&fixtures::create_body("https://templates.example/t.zip"))
+            .send()
+    };
+    assert_eq!(create().await.unwrap().status(), 202);
+    // An operator takes the write scope away: the token issued before loses it too.
+    sqlx::query("UPDATE api_clients SET scopes = '{tenants:read}' WHERE id = 'scope-loser'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    provisioner_tests::eventually(Duration::from_secs(20), || async {
+        (create().await.unwrap().status() == 403).then_some(())
+    })
+    .await;
+    let r = writer
+        .get(app.url("/configapi/v2/jobs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the scope it keeps still works");
+
+    // The bootstrap client's secret is changed (an API starts with a new one, as an operator
+    // rotates a secret that leaked): the tokens the old secret got end.
+    let old_token = fetch_token(
+        &provisioner_tests::http_client(),
+        app.addr,
+        BOOTSTRAP_ID,
+        BOOTSTRAP_SECRET,
+    )
+    .await;
+    let old = authorized_client(&old_token);
+    let jobs = app.url("/configapi/v2/jobs");
+    assert_eq!(old.get(&jobs).send().await.unwrap().status(), 200);
+    let spec = format!("{BOOTSTRAP_ID}:a-new-secret");
+    let mut api = provisioner_tests::process::Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        &app,
+        &[("PROVISIONER_BOOTSTRAP_CLIENT", spec.as_str())],
+        "info",
+    );
+    let addr = api.api_addr().await;
+    provisioner_tests::eventually(Duration::from_secs(20), || async {
+        (old.get(&jobs).send().await.unwrap().status() == 401).then_some(())
+    })
+    .await;
+    let fresh = fetch_token(
+        &provisioner_tests::http_client(),
+        addr,
+        BOOTSTRAP_ID,
+        "a-new-secret",
+    )
+    .await;
+    let r = authorized_client(&fresh).get(&jobs).send().await.unwrap();
+    assert_eq!(r.status(), 200);
     api.terminate();
     assert!(api.exit(Duration::from_secs(10)).await.success());
     app.stop().await;

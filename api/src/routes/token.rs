@@ -160,7 +160,7 @@ pub(super) async fn issue_token_route(
         // No client has such an id: nothing to verify, nothing to remember.
         return OAuthError::invalid_client();
     }
-    let client = match verify_credentials(&state, &id, secret, Some(peer.ip())).await {
+    let client = match verify_credentials(&state, &id, secret, peer.ip(), &headers).await {
         Credentials::Valid(client) => client,
         Credentials::Wrong => return OAuthError::invalid_client(),
         Credentials::Refused(refusal) => return OAuthError::refused(refusal),

@@ -74,6 +74,8 @@ pub(crate) async fn submit(
             "",
         );
     }
+    // The failures are counted by the address a trusted proxy names, when one does.
+    let headers = request.headers().clone();
     let form = match Form::read(request).await {
         Ok(form) => form,
         Err(refused) => return refused,
@@ -91,7 +93,7 @@ pub(crate) async fn submit(
         // No client has such an id or secret: nothing to verify.
         return wrong_credentials(&id);
     }
-    let client = match verify_credentials(&state, &id, secret, Some(peer.ip())).await {
+    let client = match verify_credentials(&state, &id, secret, peer.ip(), &headers).await {
         Credentials::Valid(client) => client,
         Credentials::Wrong => return wrong_credentials(&id),
         Credentials::Refused(refusal) => return refused(refusal, &id),

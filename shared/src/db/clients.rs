@@ -81,6 +81,15 @@ pub async fn list(exec: impl PgExecutor<'_>) -> Result<Vec<ClientRow>, sqlx::Err
         .await
 }
 
+/// Ends every token of the client (its secret changed: what the old one got ends with it).
+pub async fn end_tokens(exec: impl PgExecutor<'_>, id: &str) -> Result<u64, sqlx::Error> {
+    sqlx::query("DELETE FROM access_tokens WHERE client_id = $1")
+        .bind(id)
+        .execute(exec)
+        .await
+        .map(|done| done.rows_affected())
+}
+
 /// Revokes the client and ends its tokens; `false` if there is no such active client.
 pub async fn revoke(conn: &mut sqlx::PgConnection, id: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
@@ -89,10 +98,7 @@ pub async fn revoke(conn: &mut sqlx::PgConnection, id: &str) -> Result<bool, sql
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM access_tokens WHERE client_id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    end_tokens(&mut *conn, id).await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -128,18 +134,22 @@ pub struct TokenGrant {
     pub seconds_left: f64,
 }
 
+/// A token's scopes that its client still holds (a token never keeps a scope its client lost
+/// after it was issued), in the token's order; SQL over `access_tokens t JOIN api_clients c`.
+const GRANTED_SCOPES: &str = "ARRAY(SELECT s FROM unnest(t.scopes) WITH ORDINALITY AS g(s, n) WHERE s = ANY(c.scopes) ORDER BY n)";
+
 /// The grant of an unexpired token (valid strictly before its `expires_at`) of an active client.
 pub async fn find_token(
     exec: impl PgExecutor<'_>,
     token_hash: &[u8],
 ) -> Result<Option<TokenGrant>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT t.client_id, t.scopes,
+    sqlx::query_as(&format!(
+        "SELECT t.client_id, {GRANTED_SCOPES} AS scopes,
                 extract(epoch FROM t.expires_at - now())::float8 AS seconds_left
          FROM access_tokens t
          JOIN api_clients c ON c.id = t.client_id
-         WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL",
-    )
+         WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL"
+    ))
     .bind(token_hash)
     .fetch_optional(exec)
     .await

@@ -249,16 +249,14 @@ pub async fn session(
     exec: impl PgExecutor<'_>,
     token_hash: &[u8],
 ) -> Result<Option<SessionRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT t.client_id, t.scopes,
-                extract(epoch FROM t.expires_at - now())::float8 AS seconds_left
-         FROM access_tokens t
-         JOIN api_clients c ON c.id = t.client_id
-         WHERE t.token_hash = $1 AND t.expires_at > now() AND c.revoked_at IS NULL",
-    )
-    .bind(token_hash)
-    .fetch_optional(exec)
-    .await
+    // A session's token is a bearer token: the same grant, with the scopes its client holds.
+    Ok(super::clients::find_token(exec, token_hash)
+        .await?
+        .map(|grant| SessionRow {
+            client_id: grant.client_id,
+            scopes: grant.scopes,
+            seconds_left: grant.seconds_left,
+        }))
 }
 
 /// Ends a dashboard session: its token (by digest) stops working at once.
