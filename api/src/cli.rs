@@ -5,16 +5,17 @@ use provisioner_shared::{
     config::Settings,
     db::{self, PoolConfig},
     passwords,
+    seal::Sealer,
 };
 use rand::RngCore;
 
-use crate::auth::all_scope_names;
+use crate::{auth::all_scope_names, metrics::client_label};
 
 pub(crate) const USAGE: &str = "usage:
   provisioner-api                      run the API
   provisioner-api openapi              print the OpenAPI document
   provisioner-api client create --name NAME [--scopes tenants:read,tenants:write] [--id ID]
-  provisioner-api client list
+  provisioner-api client list          id, name, scopes, created, state, /metrics label
   provisioner-api client revoke ID";
 
 /// Whether `args` (without the program name) ask for the usage.
@@ -109,6 +110,9 @@ pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<
             );
         }
         Command::List => {
+            // The key the API processes label clients with in `/metrics` (as each loads it at
+            // start), for the last column.
+            let sealer = Sealer::load(settings.seal_key.as_ref(), &pool).await?;
             for c in db::clients::list(&pool).await? {
                 let state = if c.revoked_at.is_some() {
                     "revoked"
@@ -116,12 +120,13 @@ pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<
                     "active"
                 };
                 println!(
-                    "{}\t{}\t{}\t{}\t{}",
+                    "{}\t{}\t{}\t{}\t{}\t{}",
                     c.id,
                     c.name,
                     c.scopes.join(","),
                     c.created_at.to_rfc3339(),
-                    state
+                    state,
+                    client_label(&sealer, &c.id)
                 );
             }
         }

@@ -2,6 +2,7 @@
 //! transaction, answers at once, and serves job and tenant state.
 
 mod auth;
+mod cache;
 mod cancel;
 mod cli;
 mod client_rate;
@@ -64,8 +65,9 @@ pub(crate) struct AppState {
     ui: Arc<ui::Live>,
     /// Records submitted jobs, several per statement under load.
     recorder: recorder::Recorder,
-    /// The job queues' figures for `/metrics`, read from the broker at most every few seconds.
-    broker_readings: Arc<metrics::BrokerReadings>,
+    /// The figures `/metrics` reads from the database and the broker, at most every few
+    /// seconds whatever the number of scrapes.
+    figures: Arc<metrics::Figures>,
     /// Exports reading at once: each holds two of the pool's connections while its client reads.
     exports: slots::Slots,
     /// Requests waiting for a tenant's lock at once: each holds a connection while it waits.
@@ -364,7 +366,7 @@ pub async fn run(
         template_budget: upload::Budget::new(settings.template_memory_budget),
         ui: Arc::default(),
         recorder: recorder::Recorder::start(&pool, background.notifications().clone()),
-        broker_readings: Arc::new(metrics::BrokerReadings::new(settings.amqp_url.clone())),
+        figures: Arc::new(metrics::Figures::new(settings.amqp_url.clone())),
         exports: slots::Slots::new(EXPORTS_AT_ONCE, slots::ShareWait::Wait, "exports reading"),
         lock_waits: slots::Slots::new(
             LOCK_WAITS_AT_ONCE,

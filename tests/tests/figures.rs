@@ -2,7 +2,7 @@
 //! held batch items, recent failures by code, the busiest clients' share of the work, the job
 //! queues' consumers; and what each of their queries reads.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use provisioner_shared::db::figures;
 use provisioner_tests::{TestApp, batches, eventually, fixtures, plans::rows_read_in_transaction};
@@ -24,6 +24,36 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 fn value(text: &str, series: &str) -> f64 {
     sample(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+/// Each client's `/metrics` label as the operator command `provisioner-api client list` shows
+/// it (its last column), by client id.
+async fn client_labels(app: &TestApp) -> HashMap<String, String> {
+    let out = provisioner_tests::process::command(env!("CARGO_BIN_EXE_test-api"), app)
+        .env("RUST_LOG", "warn")
+        .args(["client", "list"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    text.lines()
+        .map(|l| {
+            let columns: Vec<&str> = l.split('\t').collect();
+            assert_eq!(columns.len(), 6, "{l}");
+            (columns[0].to_owned(), columns[5].to_owned())
+        })
+        .collect()
+}
+
+/// Whether `label` is a client's pseudonym: `c-` and 12 lowercase hex digits.
+fn is_pseudonym(label: &str) -> bool {
+    label.strip_prefix("c-").is_some_and(|hex| {
+        hex.len() == 12
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 const SINGLES: &str =
@@ -151,7 +181,12 @@ async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
         .await
         .unwrap();
 
-    let text = scrape(&app).await;
+    // A reading made after the last change: the first one serves the scrapes of a few seconds.
+    let text = eventually(Duration::from_secs(20), || async {
+        let text = scrape(&app).await;
+        (sample(&text, "provisioner_batch_held_oldest_age_seconds")? >= 300.0).then_some(text)
+    })
+    .await;
     let age = value(&text, SINGLES);
     assert!(
         (120.0..150.0).contains(&age),
@@ -169,7 +204,15 @@ async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
     let held_age = value(&text, "provisioner_batch_held_oldest_age_seconds");
     assert!((300.0..330.0).contains(&held_age), "held for {held_age} s");
 
-    // Ten clients by name, busiest first; the other three together.
+    // Ten clients by their label, busiest first; the other three together. A client's label is
+    // the pseudonym the operator command shows for it; no client id is anywhere in the text.
+    let labels = client_labels(&app).await;
+    let label = |id: &str| {
+        labels
+            .get(id)
+            .unwrap_or_else(|| panic!("no {id} in the client list: {labels:?}"))
+            .clone()
+    };
     let named: Vec<(String, f64)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("provisioner_client_active_jobs{client=\""))
@@ -180,14 +223,37 @@ async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
         })
         .collect();
     assert_eq!(named.len(), 10, "{text}");
-    assert_eq!(named[0], ("busy".to_owned(), 5.0));
-    assert_eq!(named[1], ("second".to_owned(), 2.0));
-    assert_eq!(named[2], ("other".to_owned(), 1.0));
-    assert!(
-        named[3..]
-            .iter()
-            .all(|(c, n)| c.starts_with("quiet-") && *n == 1.0)
+    assert_eq!(named[0], (label("busy"), 5.0));
+    assert_eq!(named[1], (label("second"), 2.0));
+    // Ties in the order of their ids, as before: `other`, then the first seven quiet ones.
+    assert_eq!(named[2], (label("other"), 1.0));
+    let quiet: Vec<(String, f64)> = (0..7)
+        .map(|i| (label(&format!("quiet-{i:02}")), 1.0))
+        .collect();
+    assert_eq!(named[3..], quiet[..]);
+    for line in text.lines().filter(|l| l.contains("client=\"")) {
+        let (_, rest) = line.split_once("client=\"").unwrap();
+        let (value, _) = rest.split_once('"').unwrap();
+        assert!(
+            is_pseudonym(value) || (value == "other" && line.contains("other=\"true\"")),
+            "a client label that is not a pseudonym: {line}"
+        );
+    }
+    assert_eq!(
+        labels.len(),
+        14,
+        "the thirteen and the bootstrap client: {labels:?}"
     );
+    for id in labels.keys() {
+        assert!(
+            !text.contains(&format!("\"{id}\"")) || id == "other",
+            "{id} in\n{text}"
+        );
+        // Nowhere at all, but for the ids that are words of the figures' names and help.
+        if !["other", "second"].contains(&id.as_str()) {
+            assert!(!text.contains(id.as_str()), "{id} in\n{text}");
+        }
+    }
     assert_eq!(
         value(
             &text,
@@ -217,6 +283,10 @@ async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
         .then_some(())
     })
     .await;
+    let busiest = format!(
+        "provisioner_client_active_jobs{{client=\"{}\"}}",
+        label("busy")
+    );
     eventually(Duration::from_secs(60), || async {
         let text = scrape(&app).await;
         (sample(&text, SINGLES) == Some(0.0)
@@ -225,7 +295,7 @@ async fn metrics_show_the_backlog_its_age_held_items_and_the_busiest_clients() {
                 &text,
                 "provisioner_client_active_jobs{client=\"other\",other=\"true\"}",
             ) == Some(0.0)
-            && !text.contains("provisioner_client_active_jobs{client=\"busy\"}"))
+            && !text.contains(&busiest))
         .then_some(())
     })
     .await;
@@ -275,6 +345,81 @@ async fn metrics_count_the_recent_failures_by_code() {
             "code {code}"
         );
     }
+    app.stop().await;
+}
+
+/// `/metrics` needs no token, so a flood of scrapes must not become a flood of statements: fifty
+/// scrapes at once cost the database one reading, counted by a statement trigger on the table
+/// each reading prunes (the statement runs, and the trigger fires, whether it deletes rows or
+/// not). The reading is held on a lock until a scrape waits on it, so the others arrive while it
+/// is under way; a change made afterwards shows in a later reading.
+#[tokio::test]
+async fn concurrent_scrapes_share_one_reading_of_the_database() {
+    let app = TestApp::without_workers().await;
+    sqlx::raw_sql(
+        "CREATE TABLE readings_seen (at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE FUNCTION reading_seen() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO readings_seen DEFAULT VALUES;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER reading_seen AFTER DELETE ON job_endings
+             FOR EACH STATEMENT EXECUTE FUNCTION reading_seen();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    const READINGS: &str = "SELECT count(*) FROM readings_seen";
+    assert_eq!(app.count(READINGS).await, 0, "nothing scraped yet");
+
+    // A reading's first statement reads the job counts: it waits while this holds them.
+    let mut held = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE job_counts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let scrapes: Vec<_> = (0..50)
+        .map(|_| {
+            let url = app.url("/metrics");
+            tokio::spawn(async move {
+                let r = provisioner_tests::get(url).await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(20), || async {
+        let waiting = app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'provisioner-api'
+                   AND wait_event_type = 'Lock'",
+            )
+            .await;
+        (waiting > 0).then_some(())
+    })
+    .await;
+    held.rollback().await.unwrap();
+    for scrape in scrapes {
+        let (status, text) = scrape.await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(value(&text, "provisioner_jobs{status=\"queued\"}"), 0.0);
+    }
+    assert_eq!(
+        app.count(READINGS).await,
+        1,
+        "fifty scrapes at once cost one reading"
+    );
+
+    // A job created now shows in a later reading.
+    let url = app.serve_sample_template("t").await;
+    app.submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
+        .await;
+    eventually(Duration::from_secs(20), || async {
+        let text = scrape(&app).await;
+        (sample(&text, "provisioner_jobs{status=\"queued\"}") == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(app.count(READINGS).await >= 2);
     app.stop().await;
 }
 

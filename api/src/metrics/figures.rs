@@ -1,45 +1,78 @@
-//! The figures read from the database and the broker at each scrape.
+//! The figures read from the database and the broker, at most once per `READING_FRESH` whatever
+//! the number of scrapes.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use provisioner_shared::{
     db::{self, figures, jobs::Stats},
     queue::{BACKLOG_QUEUE, BATCH_QUEUE, CREATE_TENANT_QUEUE},
+    seal::Sealer,
 };
 
-use super::{BrokerReadings, family, label_value};
+use super::{broker::BrokerReadings, client_label, family};
+use crate::cache::Cache;
 
-/// The figures read at each scrape, as Prometheus text: the cluster's job figures from the
-/// database, the memory `template_memory_in_use` this API holds for templates, the age of the
-/// oldest waiting work by queue, held batch items, failures by code among the recent endings,
-/// the busiest clients' share of the active work (so a client that drops out of the busiest ten
+/// A reading of the database's and the broker's figures this recent serves every scrape.
+const READING_FRESH: Duration = Duration::from_secs(2);
+
+/// An API's figures from its database and broker for `/metrics`. `/metrics` needs no token, so
+/// a flood of scrapes must not become a flood of statements (nor of writes, see `render`): one
+/// reading serves every scrape for `READING_FRESH`, and the scrapes that arrive while it is read
+/// wait for it rather than read their own. Each API has its own (its own database and broker):
+/// several APIs in one process, as the tests run them, never serve each other's.
+#[derive(Debug)]
+pub(crate) struct Figures {
+    broker: BrokerReadings,
+    reading: Cache<(), Arc<str>>,
+}
+
+impl Figures {
+    pub(crate) fn new(amqp_url: secrecy::SecretString) -> Self {
+        Self {
+            broker: BrokerReadings::new(amqp_url),
+            reading: Cache::new(READING_FRESH, 1),
+        }
+    }
+
+    /// The figures as Prometheus text: the last reading if it is fresh, else the reading under
+    /// way, else a new one. A reading that fails is not kept: the next scrape reads again.
+    pub(crate) async fn text(
+        &self,
+        pool: &sqlx::PgPool,
+        sealer: &Sealer,
+    ) -> Result<Arc<str>, sqlx::Error> {
+        self.reading
+            .get((), || async {
+                render(pool, &self.broker, sealer).await.map(Arc::from)
+            })
+            .await
+    }
+}
+
+/// The figures of one reading, as Prometheus text: the cluster's job figures from the database,
+/// the age of the oldest waiting work by queue, held batch items, failures by code among the
+/// recent endings, the busiest clients' share of the active work, each client by its label
+/// (`client_label`: a pseudonym, never its id; so a client that drops out of the busiest ten
 /// leaves no stale series), and, from the broker, the job queues' ready messages and consumers.
 /// Written here rather than into the process-wide recorder, so that several APIs in one process
 /// (as the tests run them) each show their own.
-pub(crate) async fn render(
+async fn render(
     pool: &sqlx::PgPool,
     broker: &BrokerReadings,
-    template_memory_in_use: u64,
+    sealer: &Sealer,
 ) -> Result<String, sqlx::Error> {
     let stats = db::jobs::stats(pool).await?;
+    // Each worker's sweep folds the changes of held items too; a reading does it as well (once
+    // per reading, whatever the number of scrapes), so that a deployment whose workers are
+    // scaled to zero still reads a few rows, and forgets the old endings, which nothing else
+    // does. A fold that fails leaves the sums exact: the reading goes on.
     db::jobs::prune_endings(pool).await?;
-    // Also done by every worker's sweep; here too, so that a deployment whose workers are scaled
-    // to zero still reads a few rows. A fold that fails leaves the sums exact: the scrape goes on.
     if let Err(e) = figures::compact_held_changes(pool).await {
         tracing::warn!(error = %e, "folding the changes of held batch items failed");
     }
     let outbox_lag = db::outbox::lag_seconds(&mut *pool.acquire().await?).await?;
     let mut out = String::new();
     job_figures(&mut out, &stats, outbox_lag);
-    family(
-        &mut out,
-        "provisioner_template_memory_in_use_bytes",
-        "Memory this API holds for uploads in flight and templates it checks or sends",
-    );
-    let _ = writeln!(
-        out,
-        "provisioner_template_memory_in_use_bytes {template_memory_in_use}"
-    );
 
     let backlog = figures::backlog(pool).await?;
     let failures = figures::recent_failures(pool).await?;
@@ -116,14 +149,14 @@ pub(crate) async fn render(
     family(
         &mut out,
         "provisioner_client_active_jobs",
-        "Queued and running jobs (single and batch items) of the ten busiest clients, and of all others together (client=\"other\", other=\"true\")",
+        "Queued and running jobs (single and batch items) of the ten busiest clients, each by its pseudonym (provisioner-api client list shows each client's), and of all others together (client=\"other\", other=\"true\")",
     );
     let named: i64 = shares.top.iter().map(|(_, n)| n).sum();
     for (client, n) in &shares.top {
         let _ = writeln!(
             out,
             "provisioner_client_active_jobs{{client=\"{}\"}} {n}",
-            label_value(client)
+            client_label(sealer, client)
         );
     }
     let _ = writeln!(

@@ -1,6 +1,7 @@
 //! Prometheus figures: request counts and latencies of this process (the process-wide
-//! recorder), and the figures each API reads from the database and its broker at scrape time
-//! (aggregates only).
+//! recorder), and the figures each API reads from the database and its broker, at most every
+//! few seconds whatever the number of scrapes (aggregates only: clients are named by a keyed
+//! pseudonym, never by their id).
 
 mod broker;
 mod figures;
@@ -15,8 +16,9 @@ use axum::{
 };
 use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use provisioner_shared::seal::Sealer;
 
-pub(crate) use self::{broker::BrokerReadings, figures::render};
+pub(crate) use self::figures::Figures;
 
 /// The process-wide recorder (installed once, shared by every router in the process).
 pub(crate) fn handle() -> &'static PrometheusHandle {
@@ -76,21 +78,60 @@ pub(super) fn family(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} gauge");
 }
 
-/// A label value escaped as the Prometheus text format wants (backslash, quote, newline).
-pub(super) fn label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// This process's memory for templates, as a figure (read at each scrape, like the recorder's).
+pub(crate) fn template_memory(out: &mut String, in_use_bytes: u64) {
+    use std::fmt::Write as _;
+    family(
+        out,
+        "provisioner_template_memory_in_use_bytes",
+        "Memory this API holds for uploads in flight and templates it checks or sends",
+    );
+    let _ = writeln!(
+        out,
+        "provisioner_template_memory_in_use_bytes {in_use_bytes}"
+    );
+}
+
+/// What a client's label is a digest of, besides its id: these digests are of nothing else the
+/// process digests with the same key (request bodies).
+const CLIENT_LABEL_DOMAIN: &[u8] = b"provisioner:metrics:client-label\0";
+
+/// The label `/metrics` gives a client (`provisioner_client_active_jobs{client}`): `c-` and the
+/// first 12 hex digits of a keyed digest of its id. Every process of the cluster has the same key
+/// (`PROVISIONER_SEAL_KEY`, else the instance key in the database), so every API replica gives
+/// a client the same label, scrape after scrape; whoever lacks the key cannot tell the id from
+/// it. `provisioner-api client list` shows each client's.
+pub(crate) fn client_label(sealer: &Sealer, client_id: &str) -> String {
+    let mut digest = sealer.digester();
+    digest.update(CLIENT_LABEL_DOMAIN);
+    digest.update(client_id.as_bytes());
+    let hex = digest.finish();
+    format!("c-{}", &hex[..12])
 }
 
 #[cfg(test)]
 mod tests {
-    use super::label_value;
+    use provisioner_shared::seal::Sealer;
+
+    use super::client_label;
 
     #[test]
-    fn label_values_are_escaped_as_the_text_format_wants() {
-        assert_eq!(label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
-        assert_eq!(label_value("plain-id_1.~"), "plain-id_1.~");
+    fn a_clients_label_is_stable_keyed_and_not_its_id() {
+        let sealer = Sealer::from_key(&[3; 32]);
+        let label = client_label(&sealer, "busy");
+        assert_eq!(label, client_label(&Sealer::from_key(&[3; 32]), "busy"));
+        assert_eq!(label.len(), 14);
+        assert!(label.starts_with("c-"));
+        assert!(
+            label[2..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(label, client_label(&sealer, "second"));
+        assert_ne!(label, client_label(&Sealer::from_key(&[4; 32]), "busy"));
+        // Not the digest of the id alone, as a request body's would be.
+        assert!(!sealer.digest(b"busy").starts_with(&label[2..]));
+        // No label is the others' sum.
+        assert_ne!(client_label(&sealer, "other"), "other");
     }
 }

@@ -5,7 +5,6 @@
 
 mod assets;
 mod batches;
-mod cache;
 mod csv;
 mod form;
 mod jobs;
@@ -29,8 +28,7 @@ use provisioner_shared::db::{batches::BatchRow, dashboard::FailureGroup};
 use tower_http::catch_panic::CatchPanicLayer;
 use uuid::Uuid;
 
-use crate::AppState;
-use cache::Cache;
+use crate::{AppState, cache::Cache};
 
 /// The dashboard's entry points that the contract names, for the OpenAPI document: pages for
 /// people (HTML), signed in with a session cookie rather than a bearer token.

@@ -1,8 +1,9 @@
-//! A small cache with coalescing, so that the live figures of open dashboard pages cost the
-//! database one read per key and `ttl`, whatever the number of pages: concurrent callers of a
-//! key share one load, and its value serves every caller until it is `ttl` old. The number of
-//! keys is bounded; past it, expired keys go first, and if every key is fresh the caller loads
-//! without caching (the pool still bounds the database's work).
+//! A small cache with coalescing, so that the live figures of open dashboard pages, and the
+//! database figures of `/metrics`, cost the database one read per key and `ttl`, whatever the
+//! number of pages or scrapes: concurrent callers of a key share one load, and its value serves
+//! every caller until it is `ttl` old. The number of keys is bounded; past it, expired keys go
+//! first, and if every key is fresh the caller loads without caching (the pool still bounds the
+//! database's work).
 
 use std::{
     collections::HashMap,
