@@ -180,6 +180,52 @@ impl CreateTenantParams {
     }
 }
 
+/// The fields of a create or a batch item, in the order files name them: the columns of the
+/// command line's CSV files, and of the results files the command line and the dashboard
+/// write (without `password`), which submit again as they are.
+pub const ITEM_FIELDS: [&str; 11] = [
+    "tenantUrl",
+    "tenantName",
+    "firstName",
+    "lastName",
+    "loginId",
+    "password",
+    "email",
+    "numberMap",
+    "templateUrl",
+    "templateId",
+    "lockTimeout",
+];
+
+/// The columns a results file has after the item's fields: the command line reads past them
+/// when a file names all four, so that a results file submits again.
+pub const RESULT_COLUMNS: [&str; 4] = ["jobId", "status", "code", "error"];
+
+/// A field's value as a CSV cell: text as it is, `numberMap` as `from:to;from:to`, a number as
+/// written, nothing for `null`.
+pub fn csv_cell(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(";"),
+        other => other.to_string(),
+    }
+}
+
+/// A job's error as a results file's `error` cell: `title: detail`, or the title alone.
+pub fn error_cell(title: Option<&str>, detail: Option<&str>) -> String {
+    match (title, detail) {
+        (Some(t), Some(d)) => format!("{t}: {d}"),
+        (Some(t), None) => t.to_owned(),
+        _ => String::new(),
+    }
+}
+
 /// `text` as a spreadsheet cell that never runs as a formula: a leading `=`, `+`, `-`, `@`, tab
 /// or carriage return is prefixed with `'` (the dashboard's and the command line's CSV).
 pub fn never_a_formula(text: String) -> String {

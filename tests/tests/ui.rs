@@ -422,15 +422,38 @@ async fn the_failed_rows_download_as_csv_without_passwords() {
     let csv = r.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 3, "{csv}");
-    assert!(lines[0].starts_with("item,tenantUrl,"));
+    // The columns of the command line's results files.
+    assert_eq!(
+        lines[0],
+        "tenantUrl,tenantName,firstName,lastName,loginId,email,numberMap,templateUrl,templateId,lockTimeout,jobId,status,code,error"
+    );
     for (line, item) in lines[1..].iter().zip(&failing) {
         let cells: Vec<&str> = line.split(',').collect();
-        assert_eq!(cells[1], item["tenantUrl"].as_str().unwrap(), "{line}");
+        assert_eq!(cells[0], item["tenantUrl"].as_str().unwrap(), "{line}");
+        assert_eq!(cells[1], item["tenantName"].as_str().unwrap(), "{line}");
         assert_eq!(cells[7], missing, "{line}");
-        assert_eq!(cells[9], "failed");
-        assert_eq!(cells[10], "400");
+        assert_eq!(cells[11], "failed");
+        assert_eq!(cells[12], "400");
     }
     assert!(!csv.contains(SENTINEL_PASSWORD), "no password in the rows");
+    // The file submits again as it is with the command line (the password from its variable).
+    let scratch = provisioner_tests::cli::Scratch::new();
+    let file = scratch.path("failed.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let cli = provisioner_tests::cli::Cli::new(env!("CARGO_BIN_EXE_test-provisioner"), &app);
+    let args = ["batch", "submit", file.to_str().unwrap()];
+    let mut command = cli.command(&args);
+    command.env("PROVISIONER_PASSWORD", "Resubmitted-pa55word");
+    let out = cli.finish(command.spawn().unwrap(), &args).await.expect(0);
+    let again = out.stdout.lines().next().unwrap().to_owned();
+    let (status, resubmitted) = app
+        .get_json(&format!("/configapi/v2/batches/{again}"))
+        .await;
+    assert_eq!(
+        (status, resubmitted["counts"]["total"].as_i64()),
+        (200, Some(2)),
+        "{resubmitted}"
+    );
     // Signed out, nothing is downloaded.
     let (status, location, _) = ui::get(&app, "", &format!("/ui/batches/{batch}/failed.csv")).await;
     assert_eq!(

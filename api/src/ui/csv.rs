@@ -1,5 +1,6 @@
 //! `GET /ui/batches/{batchId}/failed.csv`: the failed items of a batch as CSV (RFC 4180), one row
-//! per item in item order: its submitted fields (never the password), its job and the error.
+//! per item in item order: its submitted fields (never the password), its job and the error, in
+//! the columns of the command line's results files, so that it submits again as it is.
 //! Streamed page by page, so neither side holds the whole batch.
 
 use axum::{
@@ -11,7 +12,7 @@ use axum::{
 use futures_util::stream;
 use provisioner_shared::{
     db::{self, jobs::JobRow},
-    domain::{JobStatus, never_a_formula},
+    domain::{ITEM_FIELDS, JobStatus, RESULT_COLUMNS, csv_cell, error_cell, never_a_formula},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -22,7 +23,18 @@ use crate::AppState;
 /// Items read per query.
 const PAGE: i64 = 1_000;
 
-const HEADER: &str = "item,tenantUrl,tenantName,loginId,firstName,lastName,email,template,jobId,status,code,errorTitle,errorDetail\r\n";
+/// The columns: an item's fields but the password, then its job's result; the command line's
+/// `batch results --format csv` writes the same (when it does not have the submitted file), and
+/// `batch submit` takes the file again as it is (the result columns read past).
+fn header() -> String {
+    let mut columns: Vec<&str> = ITEM_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| *f != "password")
+        .collect();
+    columns.extend(RESULT_COLUMNS);
+    format!("{}\r\n", columns.join(","))
+}
 
 pub(crate) async fn failed_rows(
     State(state): State<AppState>,
@@ -38,7 +50,7 @@ pub(crate) async fn failed_rows(
         Err(e) => return layout::internal(e.into()),
     }
     let pool = state.pool.clone();
-    let first = stream::once(async { Ok::<_, sqlx::Error>(HEADER.as_bytes().to_vec()) });
+    let first = stream::once(async { Ok::<_, sqlx::Error>(header().into_bytes()) });
     // Keyset pages: no transaction or connection is held while a slow client reads.
     let rows = stream::unfold(Some(-1), move |after| {
         let pool = pool.clone();
@@ -79,42 +91,22 @@ pub(crate) async fn failed_rows(
 /// One CSV line of a failed item.
 fn row(job: &JobRow) -> String {
     let fields = job.submitted_fields().unwrap_or_default();
-    let field = |name: &str| {
-        fields
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let template = fields
-        .get("templateUrl")
-        .or_else(|| fields.get("templateId"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
     let error = job.error.as_ref();
-    let error_text = |k: &str| {
-        error
-            .and_then(|e| e.get(k))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let cells = [
-        job.batch_item.map(|i| i.to_string()).unwrap_or_default(),
-        job.tenant_url.clone(),
-        field("tenantName"),
-        field("loginId"),
-        field("firstName"),
-        field("lastName"),
-        field("email"),
-        template,
+    let error_text = |k: &str| error.and_then(|e| e.get(k)).and_then(Value::as_str);
+    let mut cells: Vec<String> = ITEM_FIELDS
+        .iter()
+        .filter(|f| **f != "password")
+        .map(|f| match *f {
+            "tenantUrl" => job.tenant_url.clone(),
+            f => fields.get(f).map(csv_cell).unwrap_or_default(),
+        })
+        .collect();
+    cells.extend([
         job.id.to_string(),
         job.status.as_str().to_owned(),
         job.code.map(|c| c.to_string()).unwrap_or_default(),
-        error_text("title"),
-        error_text("detail"),
-    ];
+        error_cell(error_text("title"), error_text("detail")),
+    ]);
     let mut line = cells.iter().map(|c| cell(c)).collect::<Vec<_>>().join(",");
     line.push_str("\r\n");
     line
