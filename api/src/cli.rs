@@ -74,6 +74,7 @@ impl<'a> Command<'a> {
 pub(crate) async fn run(settings: &Settings, args: &[String]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let command = Command::parse(&args)?;
+    db::require_database(&settings.database_url).await?;
     let pool = db::connect(
         &settings.database_url,
         &PoolConfig {

@@ -33,6 +33,7 @@ mod wait;
 
 use std::{sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use axum::Router;
 use provisioner_shared::{
     config::Settings,
@@ -380,7 +381,14 @@ pub async fn run(
         ),
     };
 
-    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (PROVISIONER_LISTEN; is another API running there?)",
+                settings.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "provisioner API listening");
     on_bound(addr);

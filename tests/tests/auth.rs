@@ -46,7 +46,8 @@ fn field<'a>(out: &'a str, name: &str) -> &'a str {
 }
 
 /// `--help` and a mistyped command are answered before anything is connected to: neither
-/// creates nor migrates the database `DATABASE_URL` names.
+/// creates nor migrates the database `DATABASE_URL` names; a command refuses a database that
+/// does not exist.
 #[tokio::test]
 async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
     let app = TestApp::without_workers().await;
@@ -77,8 +78,30 @@ async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
         String::from_utf8_lossy(&typo.stderr).contains("usage:"),
         "{typo:?}"
     );
+    // A command against a database that does not exist (`DATABASE_URL` mistyped, or `.env`
+    // not loaded) makes none: its client would be where no API reads.
+    for args in [
+        &["client", "list"][..],
+        &["client", "create", "--name", "ops"][..],
+    ] {
+        let out = provisioner_tests::process::command(env!("CARGO_BIN_EXE_test-api"), &app)
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            stderr.contains(&format!("the database \"{name}\" does not exist"))
+                && stderr.contains("DATABASE_URL"),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("client_secret"));
+    }
     let exists = app.drop_database_if_made(&name).await;
-    assert!(!exists, "a database was created for --help or a typo");
+    assert!(!exists, "a database was created for --help, a typo or a command");
     app.stop().await;
 }
 

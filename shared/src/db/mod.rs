@@ -67,6 +67,25 @@ impl Silences {
     }
 }
 
+/// Fails, naming `DATABASE_URL`, when the database `url` names does not exist: for an operator
+/// command, which must not create one (with `DATABASE_URL` mistyped or not loaded, its client
+/// would be made where no API reads). Other faults are left to `connect`, which retries them.
+pub async fn require_database(url: &SecretString) -> anyhow::Result<()> {
+    let options = PgConnectOptions::from_str(url.expose_secret())?;
+    match PgConnection::connect_with(&options).await {
+        Ok(session) => Ok(session.close().await?),
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            anyhow::bail!(
+                "the database {:?} does not exist: DATABASE_URL must name the API's database \
+                 (these commands read the environment, not .env: `set -a; . ./.env; set +a` \
+                 loads it); the API makes its database at its first start",
+                options.get_database().unwrap_or("postgres")
+            )
+        }
+        Err(_) => Ok(()),
+    }
+}
+
 /// Connects, creating the database when it does not exist, and applies pending migrations.
 /// While PostgreSQL is unreachable it keeps trying for a minute, so a process may start first.
 pub async fn connect(url: &SecretString, config: &PoolConfig) -> anyhow::Result<PgPool> {
