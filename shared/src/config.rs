@@ -281,7 +281,14 @@ impl Settings {
 fn listen_address(variable: &'static str, value: &str) -> Result<SocketAddr, SettingsError> {
     match value.trim().strip_prefix(':') {
         Some(port) => parse::<u16>(variable, port).map(|p| SocketAddr::from(([0, 0, 0, 0], p))),
-        None => parse(variable, value),
+        None => value.trim().parse().map_err(|_| {
+            invalid(
+                variable,
+                value,
+                "an IP address and a port (`127.0.0.1:8080`, `[::1]:8080`) or `:PORT` for every \
+                 interface; not a host name such as `localhost`",
+            )
+        }),
     }
 }
 
@@ -463,6 +470,12 @@ mod tests {
         assert_eq!(s.worker_health_listen.unwrap().to_string(), "0.0.0.0:9090");
         let err = settings(&[("PROVISIONER_WORKER_HEALTH_LISTEN", "nope")]).unwrap_err();
         assert_eq!(err.variable, "PROVISIONER_WORKER_HEALTH_LISTEN");
+        let err = settings(&[("PROVISIONER_LISTEN", "localhost:8080")]).unwrap_err();
+        assert!(
+            err.message.contains("not a host name such as `localhost`"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
