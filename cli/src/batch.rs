@@ -9,11 +9,11 @@ use std::{
 };
 
 use provisioner_shared::domain::never_a_formula;
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    api::{Api, answer_failure},
+    api::{Api, answer_failure, success_json},
     exit::{Exit, Failure, Result},
     fields::{self, FIELDS},
     output::{Output, batch_line},
@@ -55,15 +55,42 @@ pub async fn cancel(api: &Api, id: &str, out: &Output) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// `batch retry ID [--code C]...`: the batch as it is then. When nothing failed (with those
+/// codes) the API answers `200` and the batch unchanged: not an error (exit 0), but said on
+/// stderr, since the state alone does not tell it from a retry.
 pub async fn retry(api: &Api, id: &str, codes: &[u16], out: &Output) -> Result<Exit> {
     let mut route = format!("{}/retry", path(id)?);
     if !codes.is_empty() {
         let list: Vec<String> = codes.iter().map(u16::to_string).collect();
         route.push_str(&format!("?code={}", list.join(",")));
     }
-    let batch: Value = api.call(Method::POST, &route, None).await?;
+    let url = api.url(&route);
+    let response = api.send(|http| http.post(url.clone())).await?;
+    let retried = response.status() != StatusCode::OK;
+    let batch: Value = success_json(response).await?;
+    if !retried {
+        eprintln!("{}", nothing_to_retry(id, codes, &batch));
+    }
     out.show(&batch, batch_line)?;
     Ok(Exit::Ok)
+}
+
+/// What a retry that renewed no item says.
+fn nothing_to_retry(id: &str, codes: &[u16], batch: &Value) -> String {
+    let with = match codes {
+        [] => String::new(),
+        [code] => format!(" with code {code}"),
+        [codes @ .., last] => {
+            let codes: Vec<String> = codes.iter().map(u16::to_string).collect();
+            format!(" with code {} or {last}", codes.join(", "))
+        }
+    };
+    let running = if batch["status"] == "running" {
+        " (yet: the batch is still running)"
+    } else {
+        ""
+    };
+    format!("nothing to retry: no item of batch {id} has failed{with}{running}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -310,7 +337,7 @@ impl CsvResults {
         let mut writer = csv::Writer::from_writer(std::mem::take(&mut self.rows));
         if !self.header_written {
             let mut header = self.columns.clone();
-            header.extend(["jobId", "status", "code", "error"].map(String::from));
+            header.extend(crate::rows::RESULT_COLUMNS.map(String::from));
             writer.write_record(&header).map_err(csv_error)?;
             self.header_written = true;
         }
@@ -333,14 +360,10 @@ impl CsvResults {
             })
             .map(|cell| if theirs { never_a_formula(cell) } else { cell })
             .collect();
-        let error = match (
+        let error = provisioner_shared::domain::error_cell(
             result["error"]["title"].as_str(),
             result["error"]["detail"].as_str(),
-        ) {
-            (Some(t), Some(d)) => format!("{t}: {d}"),
-            (Some(t), None) => t.to_owned(),
-            _ => String::new(),
-        };
+        );
         // The server's text may quote a template or its URL.
         let error = never_a_formula(crate::output::printable(&error).into_owned());
         record.extend([
@@ -365,7 +388,7 @@ impl CsvResults {
     fn finish(&mut self, sink: &mut impl Write) -> Result<()> {
         if !self.header_written {
             let mut header = self.columns.clone();
-            header.extend(["jobId", "status", "code", "error"].map(String::from));
+            header.extend(crate::rows::RESULT_COLUMNS.map(String::from));
             let mut writer = csv::Writer::from_writer(Vec::new());
             writer.write_record(&header).map_err(csv_error)?;
             sink.write_all(
@@ -380,4 +403,26 @@ impl CsvResults {
 
 fn csv_error(e: csv::Error) -> Failure {
     Failure::invalid(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_of_nothing_says_which_items_it_looked_for() {
+        let id = "01a238af-1228-7221-9a9e-808335bcd085";
+        let done = json!({"status": "completed"});
+        assert_eq!(
+            nothing_to_retry(id, &[], &done),
+            format!("nothing to retry: no item of batch {id} has failed")
+        );
+        assert_eq!(
+            nothing_to_retry(id, &[503, 500, 429], &json!({"status": "running"})),
+            format!(
+                "nothing to retry: no item of batch {id} has failed with code 503, 500 or 429 \
+                 (yet: the batch is still running)"
+            )
+        );
+    }
 }

@@ -12,20 +12,10 @@ use serde_json::{Map, Value};
 
 use crate::exit::{Failure, Problem, Result};
 
-/// The fields a create (or a batch item) may hold.
-pub const FIELDS: [&str; 11] = [
-    "tenantUrl",
-    "tenantName",
-    "firstName",
-    "lastName",
-    "loginId",
-    "password",
-    "email",
-    "numberMap",
-    "templateUrl",
-    "templateId",
-    "lockTimeout",
-];
+/// The fields a create (or a batch item) may hold, in the order files name them.
+pub use provisioner_shared::domain::ITEM_FIELDS as FIELDS;
+/// A value as CSV text (the inverse of `cell`).
+pub use provisioner_shared::domain::csv_cell as text_of;
 
 /// Where the template of a create or batch comes from, as the options say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,28 +41,32 @@ pub struct Defaults {
 }
 
 impl Defaults {
-    /// Parses `FIELD=VALUE` options.
+    /// Parses `FIELD=VALUE` options. A fault of one is the option's, reported once before any
+    /// row is read (never with its value, which may be a password).
     pub fn from_options(set: &[String], template: Option<TemplateChoice>) -> Result<Self> {
         let mut fields = Map::new();
         let mut problems = Vec::new();
         for option in set {
-            let Some((field, value)) = option.split_once('=') else {
+            let Some((field, value)) = option.split_once('=').filter(|(f, _)| !f.trim().is_empty())
+            else {
                 problems.push(Problem::new("--set", "must be FIELD=VALUE"));
                 continue;
             };
             let field = field.trim();
+            let fault = |message: String| Problem::new(format!("--set {field}"), message);
             if field == "templateUrl" || field == "templateId" {
-                problems.push(Problem::new(
-                    field,
-                    "give the template with --template-url, --template-id or --template",
+                problems.push(fault(
+                    "give the template with --template-url, --template-id or --template".into(),
                 ));
             } else if field == "tenantUrl" {
-                problems.push(Problem::new(field, "each row names its own tenantUrl"));
+                problems.push(fault("each row names its own tenantUrl".into()));
+            } else if !FIELDS.contains(&field) {
+                problems.push(fault(unknown(field)));
             } else if fields
                 .insert(field.to_owned(), cell(field, value))
                 .is_some()
             {
-                problems.push(Problem::new(field, "is set twice"));
+                problems.push(fault("is set twice".into()));
             }
         }
         // The administrators' password may come from the environment, off the command line.
@@ -88,7 +82,10 @@ impl Defaults {
                 template,
             })
         } else {
-            Err(Failure::invalid("invalid --set option").with_problems(problems))
+            Err(
+                Failure::invalid("invalid --set option; nothing was submitted")
+                    .with_problems(problems),
+            )
         }
     }
 
@@ -104,6 +101,48 @@ impl Defaults {
             }
         }
     }
+}
+
+/// Why `--set FIELD=...` names no field, and the fields it may name (the nearest first, when
+/// one is a slip away: a letter left out, added, changed or a case).
+fn unknown(field: &str) -> String {
+    let settable: Vec<&str> = FIELDS
+        .into_iter()
+        .filter(|f| !matches!(*f, "tenantUrl" | "templateUrl" | "templateId"))
+        .collect();
+    let nearest = settable
+        .iter()
+        .map(|f| {
+            (
+                slips(&field.to_ascii_lowercase(), &f.to_ascii_lowercase()),
+                f,
+            )
+        })
+        .min()
+        .filter(|(d, _)| *d <= 2);
+    let list = settable.join(", ");
+    match nearest {
+        Some((_, f)) => format!("unknown field; did you mean {f}? (--set takes {list})"),
+        None => format!("unknown field; --set takes {list}"),
+    }
+}
+
+/// The edits (a character added, left out or changed) that turn `a` into `b`.
+fn slips(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// A textual value (a CSV cell or an option) as the JSON the API expects for `field`:
@@ -124,20 +163,6 @@ pub fn cell(field: &str, text: &str) -> Value {
             .map(Value::from)
             .unwrap_or_else(|_| Value::String(text.to_owned())),
         _ => Value::String(text.to_owned()),
-    }
-}
-
-/// A value as CSV text (the inverse of `cell`).
-pub fn text_of(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default()))
-            .collect::<Vec<_>>()
-            .join(";"),
-        other => other.to_string(),
     }
 }
 
@@ -379,5 +404,28 @@ mod tests {
         assert_eq!(text_of(&item["numberMap"]), "100:4155550100;200:4155550200");
         assert_eq!(cell("lockTimeout", "30"), json!(30));
         assert!(Defaults::from_options(&["templateUrl=x".into()], None).is_err());
+    }
+
+    #[test]
+    fn an_unknown_set_field_is_a_fault_of_the_option_not_of_each_row() {
+        let Err(failure) = Defaults::from_options(&["passwrd=correct horse".into()], None) else {
+            panic!("an unknown --set field was taken");
+        };
+        assert_eq!(failure.exit, crate::exit::Exit::Invalid);
+        assert!(
+            failure.message.contains("nothing was submitted"),
+            "{}",
+            failure.message
+        );
+        let shown: Vec<String> = failure.problems.iter().map(Problem::to_string).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].starts_with("--set passwrd: unknown field") && shown[0].contains("password"),
+            "{shown:?}"
+        );
+        assert!(
+            !shown[0].contains("correct horse"),
+            "the value is never shown: {shown:?}"
+        );
     }
 }

@@ -8,9 +8,12 @@ mod batch;
 mod exit;
 mod faults;
 mod fields;
+mod lacking;
 mod output;
 mod progress;
 mod rows;
+#[cfg(test)]
+mod scratch;
 mod single;
 mod state;
 mod submit;

@@ -5,9 +5,10 @@
 
 use std::{
     cell::Cell,
+    fmt::Display,
     fs::File,
     io::{BufRead, BufReader, Read},
-    path::Path,
+    path::{Path, PathBuf},
     rc::Rc,
 };
 
@@ -96,12 +97,9 @@ impl LineCounter {
 
     /// The line of the record the CSV reader placed at byte `at` (the end of the record before
     /// it: the line breaks and blank lines between them are passed over); `at` never goes back.
-    fn line_of(&mut self, at: u64) -> Result<u64> {
+    fn line_of(&mut self, at: u64) -> std::io::Result<u64> {
         loop {
-            let buf = self
-                .reader
-                .fill_buf()
-                .map_err(|e| Failure::invalid(e.to_string()))?;
+            let buf = self.reader.fill_buf()?;
             let before = usize::try_from(at.saturating_sub(self.byte)).unwrap_or(usize::MAX);
             let take = if before > 0 {
                 buf.len().min(before)
@@ -128,6 +126,7 @@ impl LineCounter {
 /// The rows of a file, in order.
 pub enum Rows {
     Csv {
+        path: PathBuf,
         reader: Box<csv::Reader<Bounded<File>>>,
         headers: Vec<String>,
         floor: Rc<Cell<u64>>,
@@ -135,6 +134,7 @@ pub enum Rows {
         lines: LineCounter,
     },
     Ndjson {
+        path: PathBuf,
         reader: BufReader<File>,
         line: u64,
         buf: Vec<u8>,
@@ -150,11 +150,14 @@ impl Rows {
         }
     }
 
+    /// The rows of the file at `path`; a folder, or a file that cannot be opened, is refused
+    /// naming it.
     pub fn open(path: &Path, format: Format) -> Result<Self> {
-        let file =
-            File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+        not_a_folder(path)?;
+        let file = File::open(path).map_err(|e| unreadable(path, e))?;
         match format {
             Format::Ndjson => Ok(Self::Ndjson {
+                path: path.to_owned(),
                 reader: BufReader::new(file),
                 line: 0,
                 buf: Vec::new(),
@@ -171,15 +174,15 @@ impl Rows {
                     .from_reader(bounded);
                 let headers: Vec<String> = reader
                     .headers()
-                    .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?
+                    .map_err(|e| unreadable(path, e))?
                     .iter()
                     .map(|h| h.trim().to_owned())
                     .collect();
                 check_headers(path, &headers)?;
                 floor.set(reader.position().byte());
-                let again = File::open(path)
-                    .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+                let again = File::open(path).map_err(|e| unreadable(path, e))?;
                 Ok(Self::Csv {
+                    path: path.to_owned(),
                     reader: Box::new(reader),
                     headers,
                     floor,
@@ -194,6 +197,7 @@ impl Rows {
     pub fn next_row(&mut self) -> Result<Option<Row>> {
         match self {
             Self::Csv {
+                path,
                 reader,
                 headers,
                 floor,
@@ -206,11 +210,11 @@ impl Rows {
                         // The reader's own line number does not count the blank lines it skipped.
                         let line = match e.position() {
                             Some(at) if !matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                                Some(lines.line_of(at.byte())?)
+                                Some(lines.line_of(at.byte()).map_err(|e| unreadable(path, e))?)
                             }
                             _ => None,
                         };
-                        return Err(csv_failure(&e, line));
+                        return Err(csv_failure(path, &e, line));
                     }
                 };
                 floor.set(reader.position().byte());
@@ -218,7 +222,7 @@ impl Rows {
                     return Ok(None);
                 }
                 let line = match record.position() {
-                    Some(at) => lines.line_of(at.byte())?,
+                    Some(at) => lines.line_of(at.byte()).map_err(|e| unreadable(path, e))?,
                     None => 0,
                 };
                 if record.iter().all(|c| c.trim().is_empty()) {
@@ -249,18 +253,24 @@ impl Rows {
                     fields: Ok(fields),
                 }))
             }
-            Self::Ndjson { reader, line, buf } => loop {
+            Self::Ndjson {
+                path,
+                reader,
+                line,
+                buf,
+            } => loop {
                 buf.clear();
                 let n = reader
                     .by_ref()
                     .take(MAX_ROW_BYTES + 1)
-                    .read_until(b'\n', buf)?;
+                    .read_until(b'\n', buf)
+                    .map_err(|e| unreadable(path, e))?;
                 if n == 0 {
                     return Ok(None);
                 }
                 *line += 1;
                 if buf.len() as u64 > MAX_ROW_BYTES && buf.last() != Some(&b'\n') {
-                    skip_line(reader)?;
+                    skip_line(reader).map_err(|e| unreadable(path, e))?;
                     return Ok(Some(Row {
                         line: *line,
                         fields: Err(Problem::new(
@@ -286,7 +296,7 @@ impl Rows {
     }
 }
 
-fn skip_line(reader: &mut BufReader<File>) -> Result<()> {
+fn skip_line(reader: &mut BufReader<File>) -> std::io::Result<()> {
     loop {
         let chunk = reader.fill_buf()?;
         if chunk.is_empty() {
@@ -305,11 +315,27 @@ fn skip_line(reader: &mut BufReader<File>) -> Result<()> {
     }
 }
 
+/// Refuses a folder given for a file of rows, naming it.
+pub fn not_a_folder(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(Failure::invalid(format!(
+            "{} is a folder, not a file of rows (.csv, .ndjson or .jsonl)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The file at `path` cannot be read, and why.
+fn unreadable(path: &Path, e: impl Display) -> Failure {
+    Failure::invalid(format!("{}: {e}", path.display()))
+}
+
 /// A fault of the file the CSV reader found, at `line` of the file when it names a record.
-fn csv_failure(e: &csv::Error, line: Option<u64>) -> Failure {
+fn csv_failure(path: &Path, e: &csv::Error, line: Option<u64>) -> Failure {
     let fault = match e.kind() {
         csv::ErrorKind::Io(io) => {
-            return Failure::invalid(format!("the CSV file cannot be read: {io}"));
+            return unreadable(path, format_args!("the CSV file cannot be read: {io}"));
         }
         // The crate's own text names the record by its line, which skips blank lines.
         csv::ErrorKind::Utf8 { err, .. } => format!(
@@ -323,13 +349,14 @@ fn csv_failure(e: &csv::Error, line: Option<u64>) -> Failure {
         Some(line) => format!("line {line}: {fault}"),
         None => fault,
     };
-    Failure::invalid(format!("the CSV file cannot be read: {message}"))
+    unreadable(path, format_args!("the CSV file cannot be read: {message}"))
 }
 
-/// The columns `batch results --format csv` adds after an item's fields: read past when a
-/// header names all four (a results file), so that its failed items can be fixed and submitted
-/// again as they are; one of them alone is an unknown field, as before.
-pub const RESULT_COLUMNS: [&str; 4] = ["jobId", "status", "code", "error"];
+/// The columns `batch results --format csv` (and the dashboard's failed rows) add after an
+/// item's fields: read past when a header names all four (a results file), so that its failed
+/// items can be fixed and submitted again as they are; one of them alone is an unknown field,
+/// as before.
+pub use provisioner_shared::domain::RESULT_COLUMNS;
 
 /// Whether `headers` are a results file's: they name every one of `RESULT_COLUMNS`.
 fn a_results_file(headers: &[String]) -> bool {
@@ -365,32 +392,7 @@ fn check_headers(path: &Path, headers: &[String]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A file in a folder of its own, removed when dropped.
-    struct TempFile(std::path::PathBuf);
-
-    impl std::ops::Deref for TempFile {
-        type Target = Path;
-        fn deref(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            if let Some(dir) = self.0.parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-    }
-
-    fn file(name: &str, text: &[u8]) -> TempFile {
-        let dir = std::env::temp_dir().join(format!("provisioner-rows-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        TempFile(path)
-    }
+    use crate::scratch::file;
 
     type Fields = std::result::Result<Map<String, Value>, Problem>;
 

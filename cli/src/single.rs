@@ -7,6 +7,7 @@ use crate::{
     api::{Api, answer_failure, success_json},
     exit::{Exit, Failure, Result},
     fields::{self, Defaults},
+    lacking,
     output::{Output, job_line},
     wait::{self, Target},
 };
@@ -25,7 +26,7 @@ pub async fn create(
 ) -> Result<Exit> {
     let mut body = Map::new();
     defaults.fill(&mut body);
-    let mut problems = fields::check(&body, false);
+    let mut problems = lacking::name_options(&body, fields::check(&body, false));
     if let Err(m) = provisioner_shared::domain::TenantUrl::parse(tenant_url) {
         problems.insert(0, crate::exit::Problem::new("TENANT_URL", m));
     }

@@ -21,7 +21,8 @@ use crate::{
     api::{Api, answer_failure, success_json},
     exit::{Exit, Failure, Problem, Result},
     fields::{self, Defaults},
-    rows::{Format, Rows},
+    lacking::RowFaults,
+    rows::{self, Format, Rows},
     state,
     template::hex,
 };
@@ -40,14 +41,14 @@ struct Prepared {
     body_sha256: [u8; 32],
 }
 
-/// One row as the line of NDJSON sent for it, or its problems.
+/// One row's fields, filled from the options, as the line of NDJSON sent for it (and its tenant
+/// URL), or its problems.
 fn item_line(
-    fields: std::result::Result<Map<String, Value>, Problem>,
+    item: &mut Map<String, Value>,
     defaults: &Defaults,
 ) -> std::result::Result<(String, Vec<u8>), Vec<Problem>> {
-    let mut item = fields.map_err(|p| vec![p])?;
-    defaults.fill(&mut item);
-    let problems = fields::check(&item, true);
+    defaults.fill(item);
+    let problems = fields::check(item, true);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -55,7 +56,7 @@ fn item_line(
         .as_str()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let mut line = serde_json::to_vec(&item).expect("a JSON map serializes");
+    let mut line = serde_json::to_vec(item).expect("a JSON map serializes");
     line.push(b'\n');
     Ok((url, line))
 }
@@ -72,8 +73,7 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
     // Tenant URLs by a 64-bit hash (16 bytes a row, whatever the URL's length).
     let mut seen: HashMap<u64, u64> = HashMap::new();
     let mut lines = Vec::new();
-    let mut problems = Vec::new();
-    let mut bad_rows = 0u64;
+    let mut faults = RowFaults::new(MAX_REPORTED);
     let mut digest = Sha256::new();
     while let Some(row) = rows.next_row()? {
         if lines.len() as u64 >= MAX_ROWS {
@@ -82,7 +82,15 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
                 path.display()
             )));
         }
-        let mut row_problems = match item_line(row.fields, defaults) {
+        lines.push(row.line);
+        let mut item = match row.fields {
+            Ok(item) => item,
+            Err(problem) => {
+                faults.unread(row.line, problem);
+                continue;
+            }
+        };
+        let problems = match item_line(&mut item, defaults) {
             Ok((url, line)) => {
                 digest.update(&line);
                 match seen.insert(url_key(&url), row.line) {
@@ -93,17 +101,9 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
                     None => vec![],
                 }
             }
-            Err(p) => p,
+            Err(problems) => problems,
         };
-        lines.push(row.line);
-        if !row_problems.is_empty() {
-            bad_rows += 1;
-            for p in &mut row_problems {
-                p.line = Some(row.line);
-            }
-            let room = MAX_REPORTED.saturating_sub(problems.len());
-            problems.extend(row_problems.into_iter().take(room));
-        }
+        faults.read(row.line, &item, problems);
     }
     if lines.is_empty() {
         return Err(Failure::invalid(format!(
@@ -111,13 +111,14 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
             path.display()
         )));
     }
+    let bad_rows = faults.bad_rows();
     if bad_rows > 0 {
         return Err(Failure::invalid(format!(
             "{}: {bad_rows} of {} rows are invalid; nothing was submitted",
             path.display(),
             lines.len()
         ))
-        .with_problems(problems));
+        .with_problems(faults.into_problems()));
     }
     Ok(Prepared {
         lines,
@@ -143,7 +144,8 @@ fn produce(
             .next_row()
             .map_err(|e| std::io::Error::other(e.message))?
         {
-            let (_, line) = item_line(row.fields, &defaults).map_err(|_| changed())?;
+            let mut item = row.fields.map_err(|_| changed())?;
+            let (_, line) = item_line(&mut item, &defaults).map_err(|_| changed())?;
             digest.update(&line);
             chunk.extend_from_slice(&line);
             if chunk.len() >= CHUNK && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
@@ -165,12 +167,13 @@ fn produce(
 
 /// The SHA-256 of a file's bytes, as hex.
 fn file_sha256(path: &Path) -> Result<String> {
-    let mut file =
-        File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    rows::not_a_folder(path)?;
+    let named = |e: std::io::Error| Failure::invalid(format!("{}: {e}", path.display()));
+    let mut file = File::open(path).map_err(named)?;
     let mut digest = Sha256::new();
     let mut buf = vec![0; 64 << 10];
     loop {
-        let n = file.read(&mut buf)?;
+        let n = file.read(&mut buf).map_err(named)?;
         if n == 0 {
             return Ok(hex(&digest.finalize()));
         }
@@ -180,6 +183,7 @@ fn file_sha256(path: &Path) -> Result<String> {
 
 /// Submits the file; the batch as the API answers it.
 pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value> {
+    rows::not_a_folder(path)?;
     let format = Format::of(path)?;
     let path = std::fs::canonicalize(path)
         .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
@@ -245,4 +249,127 @@ pub fn resubmitted_rows(submission: &state::Submission) -> Option<(Rows, Default
         Rows::open(&submission.file, format).ok()?,
         submission.defaults(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{fields::TemplateChoice, scratch};
+
+    const HEADER: &str = "tenantUrl,tenantName,firstName,lastName,loginId,email";
+
+    fn csv(rows: &[&str]) -> String {
+        let mut text = format!("{HEADER}\n");
+        for row in rows {
+            text.push_str(row);
+            text.push('\n');
+        }
+        text
+    }
+
+    fn row(url: &str) -> String {
+        format!("{url},T,Ada,Lovelace,admin,a@{url}")
+    }
+
+    fn defaults(set: &[(&str, &str)], template: bool) -> Defaults {
+        Defaults {
+            set: set
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+                .collect(),
+            template: template.then(|| TemplateChoice::Url("https://t.example/t.zip".into())),
+        }
+    }
+
+    /// The refusal of `text` as a CSV file read with `defaults`, its problems as printed.
+    fn refused(text: &str, defaults: &Defaults) -> (Failure, Vec<String>) {
+        let path = scratch::file("t.csv", text.as_bytes());
+        let Err(failure) = prepare(&path, Format::Csv, defaults) else {
+            panic!("the file was taken");
+        };
+        let shown = failure.problems.iter().map(Problem::to_string).collect();
+        (failure, shown)
+    }
+
+    #[test]
+    fn a_password_no_row_has_is_reported_once_with_the_options_that_give_it() {
+        let rows = [row("a.example"), row("b.example"), row("c.example")];
+        let text = csv(&rows.iter().map(String::as_str).collect::<Vec<_>>());
+        let (failure, shown) = refused(&text, &defaults(&[], true));
+        assert!(
+            failure
+                .message
+                .ends_with("3 of 3 rows are invalid; nothing was submitted"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(
+            shown[0].starts_with("password: ")
+                && shown[0].contains("--set password=")
+                && shown[0].contains("PROVISIONER_PASSWORD"),
+            "{shown:?}"
+        );
+        assert_eq!(failure.problems[0].line, None);
+    }
+
+    #[test]
+    fn a_template_no_row_names_is_reported_once_with_the_template_options() {
+        // Another fault of one row is still reported at its line.
+        let text = csv(&[&row("a.example"), "b.example,T,Ada,Lovelace,admin,nope"]);
+        let (_, shown) = refused(&text, &defaults(&[("password", "long enough")], false));
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            ["--template-url", "--template-id", "--template FILE.zip"]
+                .iter()
+                .all(|o| shown[0].contains(o)),
+            "{shown:?}"
+        );
+        assert_eq!(shown[1], "line 3: email: must be a valid e-mail address");
+    }
+
+    #[test]
+    fn a_field_some_rows_have_is_reported_at_each_row_that_lacks_it() {
+        let text = format!(
+            "{HEADER},password,templateUrl\n{},long enough,https://t.example/t.zip\n{},,\n{},,\n",
+            row("a.example"),
+            row("b.example"),
+            row("c.example"),
+        );
+        let (failure, shown) = refused(&text, &defaults(&[], false));
+        assert!(
+            failure
+                .message
+                .ends_with("2 of 3 rows are invalid; nothing was submitted")
+        );
+        let required: Vec<&String> = shown.iter().filter(|p| p.contains("password")).collect();
+        assert_eq!(
+            required,
+            [
+                "line 3: password: is required",
+                "line 4: password: is required"
+            ],
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown.iter().filter(|p| p.contains("templateUrl: ")).count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_folder_given_for_the_rows_is_named() {
+        let dir = scratch::folder("rows.ndjson");
+        let shown = dir.display().to_string();
+        let sha = file_sha256(&dir).err();
+        let prepared = prepare(&dir, Format::Ndjson, &defaults(&[], true)).err();
+        for failure in [sha, prepared] {
+            let failure = failure.expect("a folder is refused");
+            assert!(
+                failure.message.starts_with(&format!("{shown} is a folder")),
+                "{}",
+                failure.message
+            );
+        }
+    }
 }

@@ -36,12 +36,24 @@ pub const DB_VERSION: i64 = {
 /// Largest template file read (the server refuses larger ones anyway).
 const MAX_TEMPLATE_FILE: u64 = 256 << 20;
 
-/// The bytes of a template file, bounded.
+/// The bytes of a template file, bounded; a folder is refused with the command that packs it.
 pub fn read_zip(path: &Path) -> Result<Vec<u8>> {
-    let file =
-        fs::File::open(path).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+    if path.is_dir() {
+        let zip = path
+            .file_name()
+            .map_or_else(|| "FILE".into(), |n| n.to_string_lossy());
+        return Err(Failure::invalid(format!(
+            "{shown} is a folder, not a template ZIP: pack it first with \
+             `provisioner template pack {shown} -o {zip}.zip` and give the ZIP",
+            shown = path.display()
+        )));
+    }
+    let named = |e: std::io::Error| Failure::invalid(format!("{}: {e}", path.display()));
+    let file = fs::File::open(path).map_err(named)?;
     let mut bytes = Vec::new();
-    file.take(MAX_TEMPLATE_FILE + 1).read_to_end(&mut bytes)?;
+    file.take(MAX_TEMPLATE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(named)?;
     if bytes.len() as u64 > MAX_TEMPLATE_FILE {
         return Err(Failure::invalid(format!(
             "{}: larger than {MAX_TEMPLATE_FILE} bytes",
@@ -326,4 +338,30 @@ pub async fn list(api: &Api, out: &Output) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{exit::Exit, scratch};
+
+    #[test]
+    fn a_folder_given_for_a_template_zip_is_named_with_the_command_that_packs_it() {
+        let dir = scratch::folder("small");
+        let shown = dir.display().to_string();
+        let pack = format!("provisioner template pack {shown} -o small.zip");
+        // `template upload`, `--template` of create and batch submit read it so; `template check` too.
+        let read = read_zip(&dir).err();
+        let checked = check(&dir, None, &Output { json: false }).err();
+        for failure in [read, checked] {
+            let failure = failure.expect("a folder is refused");
+            assert_eq!(failure.exit, Exit::Invalid);
+            assert!(
+                failure.message.starts_with(&format!("{shown} is a folder"))
+                    && failure.message.contains(&pack),
+                "{}",
+                failure.message
+            );
+        }
+    }
 }

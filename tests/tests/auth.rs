@@ -101,7 +101,10 @@ async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
         assert!(!String::from_utf8_lossy(&out.stdout).contains("client_secret"));
     }
     let exists = app.drop_database_if_made(&name).await;
-    assert!(!exists, "a database was created for --help, a typo or a command");
+    assert!(
+        !exists,
+        "a database was created for --help, a typo or a command"
+    );
     app.stop().await;
 }
 

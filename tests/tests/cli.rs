@@ -419,6 +419,70 @@ async fn bad_rows_are_reported_by_file_line_and_nothing_is_submitted() {
         );
     }
     assert_eq!(batch_count(&app).await, 0);
+    // A template folder where a ZIP goes is named, with the command that packs it.
+    let folder = "examples/templates/small";
+    let submit = ["batch", "submit", file.to_str().unwrap()];
+    for args in [
+        &[&submit[..], &["--template", folder, "--set", &set]].concat()[..],
+        &["template", "upload", folder],
+        &["template", "check", folder],
+    ] {
+        let out = cli.run(args).await.expect(4);
+        assert!(
+            out.stderr.contains(&format!("{folder} is a folder"))
+                && out
+                    .stderr
+                    .contains(&format!("provisioner template pack {folder} -o small.zip")),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // A --set field that does not exist is the option's fault, said once, before any row.
+    let typo = format!("passwrd={PASSWORD}");
+    let out = cli
+        .run(&[&submit[..], &["--template-url", &template, "--set", &typo]].concat())
+        .await
+        .expect(4);
+    assert!(
+        out.stderr.contains("--set passwrd: unknown field") && !out.stderr.contains("line "),
+        "{}",
+        out.stderr
+    );
+    // A field or template no row has is said once, with the options that give it.
+    let out = cli
+        .run(&[&submit[..], &["--template-url", &template]].concat())
+        .await
+        .expect(4);
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("password"))
+        .collect();
+    assert!(
+        said.len() == 1
+            && said[0].contains("--set password=")
+            && said[0].contains("PROVISIONER_PASSWORD"),
+        "{}",
+        out.stderr
+    );
+    let out = cli
+        .run(&[&submit[..], &["--set", &set]].concat())
+        .await
+        .expect(4);
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("template"))
+        .collect();
+    assert!(
+        said.len() == 1
+            && ["--template-url", "--template-id", "--template FILE.zip"]
+                .iter()
+                .all(|o| said[0].contains(o)),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(batch_count(&app).await, 0);
     // Every command explains itself with an example; help is not an error.
     for command in [
         &["batch", "submit"][..],
@@ -719,11 +783,24 @@ async fn failed_items_exit_1_and_their_csv_results_can_be_fixed_and_retried() {
     // The waits' exit codes hold for a batch already done; a batch with failures read is 0.
     cli.run(&["batch", "wait", &id]).await.expect(1);
     cli.run(&["batch", "status", &id]).await.expect(0);
+    // Nothing failed with 503: said on stderr, and not an error.
+    let none = cli
+        .run(&["batch", "retry", &id, "--code", "503"])
+        .await
+        .expect(0);
+    assert!(
+        none.stderr.contains(&format!(
+            "nothing to retry: no item of batch {id} has failed with code 503"
+        )),
+        "{}",
+        none.stderr
+    );
     let retried = cli
         .run(&["batch", "retry", &id, "--code", "409", "--json"])
         .await
-        .expect(0)
-        .json();
+        .expect(0);
+    assert!(!retried.stderr.contains("nothing"), "{}", retried.stderr);
+    let retried = retried.json();
     assert_eq!(retried["batchId"], id.as_str());
     cli.run(&["batch", "wait", &id]).await.expect(1);
     // The failed rows' file submits again as it is (its result columns read past), and the
