@@ -261,6 +261,11 @@ async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["detail"],
+        format!("job {id} was already cancelled and can no longer be cancelled").as_str()
+    );
     let r = app
         .http
         .delete(app.url("/configapi/v2/jobs/00000000-0000-0000-0000-000000000000"))
@@ -305,6 +310,14 @@ async fn a_queued_job_can_be_cancelled_and_is_then_never_run() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with(" has already succeeded and can no longer be cancelled"),
+        "{problem}"
+    );
     app.stop().await;
 }
 

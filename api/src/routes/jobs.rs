@@ -144,8 +144,8 @@ pub(super) async fn cancel_job(
     match db::jobs::find(&mut *tx, id, caller.sees()).await? {
         None => Err(ApiError::NotFound(format!("no job {id}"))),
         Some(job) => Err(ApiError::Conflict(format!(
-            "job {id} is {} and can no longer be cancelled",
-            job.status
+            "job {id} {} and can no longer be cancelled",
+            job.status.uncancellable_because()
         ))),
     }
 }

@@ -360,7 +360,10 @@ pub(crate) async fn cancel(
         Ok(Err(None)) => layout::not_found("job"),
         Ok(Err(Some(job))) => layout::refused(
             StatusCode::CONFLICT,
-            &format!("Job {id} is {} and can no longer be cancelled.", job.status),
+            &format!(
+                "Job {id} {} and can no longer be cancelled.",
+                job.status.uncancellable_because()
+            ),
         ),
         Err(e) => layout::internal(e.into()),
     }

@@ -80,6 +80,18 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
+
+    /// Why a job in this status cannot be cancelled, after "job ID": "is running", "has
+    /// already succeeded", ...
+    pub fn uncancellable_because(self) -> &'static str {
+        match self {
+            Self::Queued => "is queued",
+            Self::Running => "is running",
+            Self::Succeeded => "has already succeeded",
+            Self::Failed => "has already failed",
+            Self::Cancelled => "was already cancelled",
+        }
+    }
 }
 
 text_enum! {
