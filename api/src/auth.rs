@@ -140,14 +140,15 @@ pub(crate) async fn verify_credentials(
     };
     let known = client.is_some();
     if !known && guard.unknown_ids_refused(peer) {
-        // The slot is given back at once (nothing is hashed), and the answer comes after as
-        // long as a verification would take. The failure is counted for this id from this
-        // address as a known id's is: otherwise a known id would be refused (`429`) after
+        // The slot is held as long as a verification would hold it, so a burst's answers come
+        // as for a real id (given back at once, a burst of unknown ids was answered all
+        // together, a real id's one after another). The failure is counted for this id from
+        // this address as a known id's is: otherwise a known id would be refused (`429`) after
         // twenty wrong secrets and an unknown one never, which tells which ids exist. A flood
         // of new ids leaves its single failures first when the guard's table is full.
-        drop(slot);
         guard.failed_unknown_id(id, peer);
         guard.as_long_as_a_verification().await;
+        drop(slot);
         return Credentials::Wrong;
     }
     let phc = client
@@ -168,19 +169,28 @@ pub(crate) async fn verify_credentials(
     }
 }
 
-/// Issues a bearer token for `client_id` with `scopes`, living `ttl` (the workers' sweeper
-/// purges expired ones, see `db::retention`).
+/// Issues a bearer token for `client` (as its secret was verified) with `scopes`, living `ttl`
+/// (the workers' sweeper purges expired ones, see `db::retention`); `None` when the client's
+/// secret changed or it was revoked since the verification (its credentials are wrong now).
 pub(crate) async fn issue_token(
     pool: &PgPool,
-    client_id: &str,
+    client: &ClientRow,
     scopes: &[String],
     ttl: Duration,
-) -> Result<String, sqlx::Error> {
+) -> Result<Option<String>, sqlx::Error> {
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);
     let token = URL_SAFE_NO_PAD.encode(raw);
-    db::clients::insert_token(pool, &token_digest(&token), client_id, scopes, ttl).await?;
-    Ok(token)
+    let stored = db::clients::insert_token(
+        pool,
+        &token_digest(&token),
+        &client.id,
+        &client.secret_hash,
+        scopes,
+        ttl,
+    )
+    .await?;
+    Ok(stored.then_some(token))
 }
 
 /// An Argon2id hash of a random value nobody knows, verified against for unknown clients.
@@ -330,8 +340,9 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         .hash(secret.into_bytes())
         .await?;
     let scopes = all_scope_names();
+    let mut tx = pool.begin().await?;
     db::clients::insert(
-        pool,
+        &mut *tx,
         id,
         id,
         &hash,
@@ -341,14 +352,17 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
     .await?;
     if secret_changed {
         // A new secret is how an operator rotates one that leaked: the tokens the old one got
-        // end with it, as a revocation ends them.
-        let ended = db::clients::end_tokens(pool, id).await?;
+        // end with it, in the transaction of the change (a token being stored meanwhile holds
+        // the client's row: the change waits for it and ends it, or comes first and the token
+        // is not stored; `db::clients::insert_token`).
+        let ended = db::clients::end_tokens(&mut *tx, id).await?;
         tracing::info!(
             client.id = id,
             tokens.ended = ended,
             "the bootstrap client's secret changed; its tokens ended"
         );
     }
+    tx.commit().await?;
     tracing::info!(client.id = id, "bootstrap client ready");
     Ok(())
 }

@@ -16,19 +16,35 @@ use std::{
 use tokio::sync::OnceCell;
 
 #[derive(Debug)]
-pub(crate) struct Cache<K, V> {
+pub(crate) struct Cache<K, V, E = sqlx::Error> {
     ttl: Duration,
     max_keys: usize,
-    slots: Mutex<HashMap<K, Arc<Slot<V>>>>,
+    slots: Mutex<HashMap<K, Arc<Slot<V, E>>>>,
 }
 
 #[derive(Debug)]
-struct Slot<V> {
+struct Slot<V, E> {
     born: Instant,
-    value: OnceCell<V>,
+    value: OnceCell<Result<V, E>>,
 }
 
-impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
+/// A load's error, as every caller that waited for the load gets it.
+pub(crate) trait Shared {
+    fn shared(&self) -> Self;
+}
+
+impl Shared for sqlx::Error {
+    /// The same message, and a fault a retry may cure stays one (`503`, not `500`).
+    fn shared(&self) -> Self {
+        if provisioner_shared::db::is_transient(self) && !matches!(self, Self::Protocol(_)) {
+            Self::Io(std::io::Error::other(self.to_string()))
+        } else {
+            Self::Protocol(self.to_string())
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone, E: Shared> Cache<K, V, E> {
     pub(crate) fn new(ttl: Duration, max_keys: usize) -> Self {
         Self {
             ttl,
@@ -38,16 +54,26 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
     }
 
     /// The value of `key`: a fresh cached one, the result of a load in flight, or `load()`'s.
-    /// A failed load is not cached: the next caller loads again.
-    pub(crate) async fn get<E, F, Fut>(&self, key: K, load: F) -> Result<V, E>
+    /// A failed load is not kept: the callers that waited for it get its error (one after
+    /// another loading again would each wait as long), and the next caller loads again.
+    pub(crate) async fn get<F, Fut>(&self, key: K, load: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let Some(slot) = self.slot(key) else {
+        let Some(slot) = self.slot(key.clone()) else {
             return load().await;
         };
-        slot.value.get_or_try_init(load).await.cloned()
+        match slot.value.get_or_init(load).await {
+            Ok(value) => Ok(value.clone()),
+            Err(e) => {
+                let mut slots = self.slots.lock().expect("cache lock");
+                if slots.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    slots.remove(&key);
+                }
+                Err(e.shared())
+            }
+        }
     }
 
     /// Drops the value of `key`, so the next caller reads it anew (after a change made here).
@@ -57,7 +83,7 @@ impl<K: Eq + Hash + Clone, V: Clone> Cache<K, V> {
 
     /// The key's slot, new if it had none or an expired one; `None` when the cache is full of
     /// fresh keys.
-    fn slot(&self, key: K) -> Option<Arc<Slot<V>>> {
+    fn slot(&self, key: K) -> Option<Arc<Slot<V, E>>> {
         let mut slots = self.slots.lock().expect("cache lock");
         if let Some(slot) = slots.get(&key).filter(|s| s.born.elapsed() < self.ttl) {
             return Some(slot.clone());
@@ -83,9 +109,54 @@ mod tests {
 
     use super::*;
 
+    impl Shared for () {
+        fn shared(&self) -> Self {}
+    }
+
+    impl Shared for &'static str {
+        fn shared(&self) -> Self {
+            self
+        }
+    }
+
+    #[tokio::test]
+    async fn the_callers_that_waited_for_a_failed_load_get_its_error_without_loading_again() {
+        let cache = Arc::new(Cache::<u32, u64, &str>::new(Duration::from_secs(60), 8));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let readers: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, loads, gate) = (cache.clone(), loads.clone(), gate.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get(7, || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            gate.notified().await;
+                            Err("down")
+                        })
+                        .await
+                })
+            })
+            .collect();
+        while loads.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Let every reader reach the load in flight before it fails.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        for reader in readers {
+            assert_eq!(reader.await.unwrap(), Err("down"));
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "one load for all of them");
+        // The failure is not kept: the next caller loads again.
+        assert_eq!(cache.get(7, || async { Ok(5) }).await, Ok(5));
+    }
+
     #[tokio::test]
     async fn concurrent_readers_of_a_key_share_one_load() {
-        let cache = Arc::new(Cache::<u32, u64>::new(Duration::from_secs(60), 8));
+        let cache = Arc::new(Cache::<u32, u64, ()>::new(Duration::from_secs(60), 8));
         let loads = Arc::new(AtomicUsize::new(0));
         let readers: Vec<_> = (0..100)
             .map(|_| {
@@ -109,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_value_is_loaded_again_once_expired_and_failures_are_not_kept() {
-        let cache = Cache::<u32, u64>::new(Duration::from_millis(30), 8);
+        let cache = Cache::<u32, u64, &str>::new(Duration::from_millis(30), 8);
         assert_eq!(
             cache.get(1, || async { Err::<u64, _>("down") }).await,
             Err("down")
@@ -122,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_number_of_keys_stays_bounded() {
-        let cache = Cache::<u32, u32>::new(Duration::from_secs(60), 4);
+        let cache = Cache::<u32, u32, ()>::new(Duration::from_secs(60), 4);
         for k in 0..100 {
             assert_eq!(cache.get(k, || async move { Ok::<_, ()>(k) }).await, Ok(k));
         }

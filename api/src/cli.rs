@@ -38,12 +38,25 @@ impl<'a> Command<'a> {
     fn parse(args: &[&'a str]) -> anyhow::Result<Self> {
         Ok(match args {
             ["client", "create", rest @ ..] => {
-                let opt = |name: &str| {
-                    rest.iter()
-                        .position(|a| *a == name)
-                        .and_then(|i| rest.get(i + 1))
-                        .copied()
-                };
+                // Options in pairs, each known and given once: a mistyped `--scope` would
+                // otherwise give the client the default scopes, writing included.
+                let mut given: Vec<(&str, &'a str)> = Vec::new();
+                for pair in rest.chunks(2) {
+                    match pair {
+                        [option @ ("--name" | "--scopes" | "--id"), value] => {
+                            if given.iter().any(|(o, _)| o == option) {
+                                anyhow::bail!("{option} is given twice\n{USAGE}");
+                            }
+                            given.push((option, value));
+                        }
+                        [option @ ("--name" | "--scopes" | "--id")] => {
+                            anyhow::bail!("{option} needs a value\n{USAGE}")
+                        }
+                        [other, ..] => anyhow::bail!("unknown option `{other}`\n{USAGE}"),
+                        [] => {}
+                    }
+                }
+                let opt = |name: &str| given.iter().find(|(o, _)| *o == name).map(|(_, v)| *v);
                 let name =
                     opt("--name").ok_or_else(|| anyhow::anyhow!("--name is required\n{USAGE}"))?;
                 let scopes: Vec<String> = opt("--scopes")
@@ -63,7 +76,8 @@ impl<'a> Command<'a> {
             }
             ["client", "list"] => Self::List,
             ["client", "revoke", id] => Self::Revoke(id),
-            _ => anyhow::bail!("{USAGE}"),
+            [] => anyhow::bail!("{USAGE}"),
+            _ => anyhow::bail!("unknown command `{}`\n{USAGE}", args.join(" ")),
         })
     }
 }

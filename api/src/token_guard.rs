@@ -54,7 +54,8 @@ pub(crate) enum Refusal {
 pub(crate) struct TokenGuard {
     slots: Arc<Semaphore>,
     queue: Arc<Semaphore>,
-    /// Requests of each peer holding a slot or a queue place, at most `per_peer` each.
+    /// Requests of each peer holding a slot or a queue place, at most `per_peer` each: all the
+    /// places but one per slot.
     holding: Arc<Mutex<HashMap<Option<IpAddr>, usize>>>,
     per_peer: usize,
     failures: Mutex<HashMap<Key, Window>>,
@@ -99,10 +100,11 @@ impl TokenGuard {
             slots: Arc::new(Semaphore::new(slots)),
             queue: Arc::new(Semaphore::new(slots * QUEUE_PER_SLOT)),
             holding: Arc::default(),
-            // Half of the slots and queue places: one address cannot take them all (without a
-            // trusted proxy's address, every client behind the proxy is one address, and still
-            // gets half).
-            per_peer: (slots * (1 + QUEUE_PER_SLOT) / 2).max(1),
+            // Every place but one per slot: one address cannot take them all, so another always
+            // finds a place (and waits at most `QUEUE_WAIT`), while a burst from one address
+            // (every client behind a proxy that is not trusted is one) keeps nearly all of them:
+            // sixteen integrations starting at once fit even with one slot.
+            per_peer: slots * QUEUE_PER_SLOT,
             failures: Mutex::new(HashMap::new()),
             verification_nanos: AtomicU64::new(0),
         }
@@ -303,22 +305,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_peer_holds_at_most_half_of_the_slots_and_queue_places() {
+    async fn one_peer_leaves_a_place_for_another() {
         use futures_util::FutureExt as _;
         let guard = Arc::new(TokenGuard::with_slots(1));
         let flooder: IpAddr = "192.0.2.7".parse().unwrap();
         let other: IpAddr = "198.51.100.9".parse().unwrap();
-        let half = guard.per_peer;
-        assert_eq!(half, 8, "one slot and its sixteen queue places, halved");
+        let most = guard.per_peer;
+        assert_eq!(most, 16, "one slot and its sixteen queue places, but one");
         // The flooder's first request holds the slot, the others wait in the queue.
         let held = guard.admit("a", Some(flooder)).await.unwrap();
-        let waiting: Vec<_> = (1..half)
+        let waiting: Vec<_> = (1..most)
             .map(|_| {
                 let guard = guard.clone();
                 tokio::spawn(async move { guard.admit("a", Some(flooder)).await.map(drop) })
             })
             .collect();
-        while guard.holding.lock().unwrap().get(&Some(flooder)) != Some(&half) {
+        while guard.holding.lock().unwrap().get(&Some(flooder)) != Some(&most) {
             tokio::task::yield_now().await;
         }
         // One more of the flooder's is refused at once; another peer's waits for the slot.

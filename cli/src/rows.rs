@@ -174,7 +174,17 @@ impl Rows {
                     .from_reader(bounded);
                 let headers: Vec<String> = reader
                     .headers()
-                    .map_err(|e| unreadable(path, e))?
+                    .map_err(|e| {
+                        // By its line in the file, as a row's fault is.
+                        let line = e
+                            .position()
+                            .filter(|_| !matches!(e.kind(), csv::ErrorKind::Io(_)))
+                            .and_then(|at| {
+                                let file = File::open(path).ok()?;
+                                LineCounter::new(file).line_of(at.byte()).ok()
+                            });
+                        csv_failure(path, &e, line)
+                    })?
                     .iter()
                     .map(|h| h.trim().to_owned())
                     .collect();
@@ -471,6 +481,19 @@ mod tests {
         };
         assert!(
             failure.message.contains("line 6: column 2 is not UTF-8"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn a_header_that_is_not_utf8_is_reported_at_its_line_in_the_file() {
+        let path = file("t.csv", b"\r\r\rtenantUrl,tenant\xffName\na.example,A\n");
+        let Err(failure) = Rows::open(&path, Format::Csv) else {
+            panic!("a header that is not UTF-8 was read");
+        };
+        assert!(
+            failure.message.contains("line 4: column 2 is not UTF-8"),
             "{}",
             failure.message
         );

@@ -292,17 +292,40 @@ fn listen_address(variable: &'static str, value: &str) -> Result<SocketAddr, Set
     }
 }
 
-/// Address blocks (`10.0.0.0/8`) or single addresses, separated by commas or spaces.
+/// Address blocks (`10.0.0.0/8`) or single addresses, separated by commas or spaces. IPv4
+/// blocks written mapped into IPv6 (`::ffff:10.0.0.0/104`) are taken as IPv4 (peers are
+/// compared as IPv4); a block of every address is refused (whoever connects would choose the
+/// address it counts as).
 fn trusted_proxies(value: &str) -> Result<Vec<ipnet::IpNet>, SettingsError> {
     const VARIABLE: &str = "PROVISIONER_TRUSTED_PROXIES";
     value
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|p| !p.is_empty())
         .map(|p| {
-            p.parse::<ipnet::IpNet>()
+            let net = p
+                .parse::<ipnet::IpNet>()
                 .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map(|net| net.trunc())
-                .map_err(|_| invalid(VARIABLE, p, "IP addresses or blocks such as `10.0.0.0/8`"))
+                .map_err(|_| invalid(VARIABLE, p, "IP addresses or blocks such as `10.0.0.0/8`"))?;
+            let net = match net {
+                ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => {
+                    match v6.network().to_ipv4_mapped() {
+                        Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                            .map(ipnet::IpNet::V4)
+                            .unwrap_or(net),
+                        None => net,
+                    }
+                }
+                net => net,
+            };
+            if net.prefix_len() == 0 {
+                return Err(invalid(
+                    VARIABLE,
+                    p,
+                    "the proxies' own addresses: trusting every address lets any client choose the address it counts as",
+                ));
+            }
+            Ok(net)
         })
         .collect()
 }
@@ -488,6 +511,12 @@ mod tests {
         .unwrap();
         let shown: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        let mapped = settings(&[("PROVISIONER_TRUSTED_PROXIES", "::ffff:10.0.0.0/104")]).unwrap();
+        assert_eq!(mapped.trusted_proxies[0].to_string(), "10.0.0.0/8");
+        for everyone in ["0.0.0.0/0", "::/0"] {
+            let err = settings(&[("PROVISIONER_TRUSTED_PROXIES", everyone)]).unwrap_err();
+            assert!(err.message.contains("any client"), "{}", err.message);
+        }
         let err =
             settings(&[("PROVISIONER_TRUSTED_PROXIES", "10.0.0.0/8,proxy.local")]).unwrap_err();
         assert_eq!(err.variable, "PROVISIONER_TRUSTED_PROXIES");

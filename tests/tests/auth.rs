@@ -74,9 +74,26 @@ async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
     );
     let typo = run(&["client", "craete"]).await;
     assert!(!typo.status.success());
+    let stderr = String::from_utf8_lossy(&typo.stderr);
     assert!(
-        String::from_utf8_lossy(&typo.stderr).contains("usage:"),
+        stderr.contains("unknown command `client craete`") && stderr.contains("usage:"),
         "{typo:?}"
+    );
+    // A mistyped option is refused, not ignored: `--scope` would have given the default scopes,
+    // writing included.
+    let option = run(&[
+        "client",
+        "create",
+        "--name",
+        "ro",
+        "--scope",
+        "tenants:read",
+    ])
+    .await;
+    assert!(!option.status.success());
+    assert!(
+        String::from_utf8_lossy(&option.stderr).contains("unknown option `--scope`"),
+        "{option:?}"
     );
     // A command against a database that does not exist (`DATABASE_URL` mistyped, or `.env`
     // not loaded) makes none: its client would be where no API reads.
@@ -485,6 +502,11 @@ async fn a_flood_of_bad_token_requests_is_bounded_and_failing_peers_are_refused(
     app.stop().await;
 }
 
+/// A token digest nobody holds.
+fn rand_digest() -> Vec<u8> {
+    uuid::Uuid::new_v4().as_bytes().repeat(2)
+}
+
 /// `token_request` through a proxy that says the request came from `from`.
 async fn token_request_from(
     http: &reqwest::Client,
@@ -737,6 +759,35 @@ async fn a_token_holds_only_the_scopes_its_client_still_has_and_a_new_secret_end
         (old.get(&jobs).send().await.unwrap().status() == 401).then_some(())
     })
     .await;
+    // A token request that verified the old secret before the change stores no token after
+    // it (it is stored only while the client still has the hash it was verified against).
+    let stored = |verified: String| {
+        let db = app.db.clone();
+        async move {
+            provisioner_shared::db::clients::insert_token(
+                &db,
+                &rand_digest(),
+                BOOTSTRAP_ID,
+                &verified,
+                &["tenants:read".to_owned()],
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let current: String = sqlx::query_scalar("SELECT secret_hash FROM api_clients WHERE id = $1")
+        .bind(BOOTSTRAP_ID)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let old_hash =
+        "$argon2id$v=19$m=19456,t=2,p=1$c3RhbGUtc2FsdA$c3RhbGUtaGFzaC1vZi10aGUtb2xkLXNlY3JldA";
+    assert!(
+        !stored(old_hash.to_owned()).await,
+        "verified against a hash it no longer has"
+    );
+    assert!(stored(current).await);
     let fresh = fetch_token(
         &provisioner_tests::http_client(),
         addr,

@@ -185,8 +185,10 @@ pub(super) async fn issue_token_route(
         }
     };
     let ttl = state.settings.token_ttl;
-    let access_token = match issue_token(&state.pool, &client.id, &scopes, ttl).await {
-        Ok(token) => token,
+    let access_token = match issue_token(&state.pool, &client, &scopes, ttl).await {
+        Ok(Some(token)) => token,
+        // Its secret changed, or it was revoked, since the secret was verified.
+        Ok(None) => return OAuthError::invalid_client(),
         Err(e) => return ApiError::from(e).into_response(),
     };
     let body = TokenResponse {

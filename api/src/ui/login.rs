@@ -114,8 +114,10 @@ pub(crate) async fn submit(
         .filter(|s| *s != Scope::TenantsExport.as_str())
         .cloned()
         .collect();
-    let token = match issue_token(&state.pool, &client.id, &scopes, ttl).await {
-        Ok(token) => token,
+    let token = match issue_token(&state.pool, &client, &scopes, ttl).await {
+        Ok(Some(token)) => token,
+        // Its secret changed, or it was revoked, since the secret was verified.
+        Ok(None) => return wrong_credentials(&id),
         Err(e) => return layout::internal(e.into()),
     };
     tracing::info!(client.id = %client.id, "dashboard sign-in");

@@ -103,25 +103,34 @@ pub async fn revoke(conn: &mut sqlx::PgConnection, id: &str) -> Result<bool, sql
 }
 
 /// Stores a token that lives `ttl` from now by PostgreSQL's clock, the one that checks it: no
-/// skew between the API's host and the database lengthens or shortens its life.
+/// skew between the API's host and the database lengthens or shortens its life. Only while the
+/// client is active with the secret hash `verified` (the one its secret was checked against):
+/// `false`, and no token, when its secret changed or it was revoked meanwhile. The client's
+/// row is share-locked until the commit, so a change of secret (`end_tokens` in its
+/// transaction) either waits for this token and ends it, or comes first and this stores none.
 pub async fn insert_token(
     exec: impl PgExecutor<'_>,
     token_hash: &[u8],
     client_id: &str,
+    verified: &str,
     scopes: &[String],
     ttl: std::time::Duration,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "INSERT INTO access_tokens (token_hash, client_id, scopes, expires_at)
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+         SELECT $1, c.id, $3, now() + make_interval(secs => $4)
+         FROM api_clients c
+         WHERE c.id = $2 AND c.secret_hash = $5 AND c.revoked_at IS NULL
+         FOR SHARE OF c",
     )
     .bind(token_hash)
     .bind(client_id)
     .bind(scopes)
     .bind(ttl.as_secs_f64())
+    .bind(verified)
     .execute(exec)
     .await
-    .map(drop)
+    .map(|done| done.rows_affected() == 1)
 }
 
 /// A token's client, scopes and expiry.
