@@ -144,10 +144,12 @@ pub(crate) async fn verify_credentials(
         // as for a real id (given back at once, a burst of unknown ids was answered all
         // together, a real id's one after another). The failure is counted for this id from
         // this address as a known id's is: otherwise a known id would be refused (`429`) after
-        // twenty wrong secrets and an unknown one never, which tells which ids exist. A flood
-        // of new ids leaves its single failures first when the guard's table is full.
-        guard.failed_unknown_id(id, peer);
+        // twenty wrong secrets and an unknown one never, which tells which ids exist. Counted
+        // after the pause, as a known id's failure is counted after its verification: a
+        // request abandoned before its answer is counted on neither path. A flood of new ids
+        // leaves its single failures first when the guard's table is full.
         guard.as_long_as_a_verification().await;
+        guard.failed_unknown_id(id, peer);
         drop(slot);
         return Credentials::Wrong;
     }
@@ -304,7 +306,11 @@ fn unauthorized(reason: Option<&str>) -> Response {
 }
 
 /// Makes sure `id:secret` exists with every scope (the bootstrap client), unless an operator
-/// revoked it: a revocation outlives restarts.
+/// revoked it: a revocation outlives restarts. Only what differs is written: missing scopes
+/// alone keep the secret's hash (a new hash, with a new salt, would fail the token requests
+/// verified against the old one, `db::clients::insert_token`), and a new secret replaces the
+/// hash read, ending the client's tokens with it; of several APIs starting at once with the
+/// same secret, one writes it.
 pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
     let (id, secret) = spec.split_once(':').ok_or_else(|| {
         anyhow::anyhow!("PROVISIONER_BOOTSTRAP_CLIENT must be client_id:client_secret")
@@ -313,48 +319,52 @@ pub(crate) async fn bootstrap(pool: &PgPool, spec: &str) -> anyhow::Result<()> {
         !id.is_empty() && !secret.is_empty(),
         "PROVISIONER_BOOTSTRAP_CLIENT must be client_id:client_secret"
     );
-    let mut secret_changed = false;
-    if let Some(existing) = db::clients::find(pool, id).await? {
-        if existing.revoked_at.is_some() {
-            tracing::warn!(
-                client.id = id,
-                "the bootstrap client was revoked and stays revoked; unset PROVISIONER_BOOTSTRAP_CLIENT or name another id"
-            );
-            return Ok(());
-        }
-        let (secret, phc) = (secret.to_owned(), existing.secret_hash.clone());
-        let same = passwords::occasional_pool()
-            .verify(secret.into_bytes(), phc, ())
-            .await;
-        if same
-            && Scope::ALL
-                .iter()
-                .all(|s| existing.scopes.iter().any(|e| e == s.as_str()))
-        {
-            return Ok(());
-        }
-        secret_changed = !same;
-    }
-    let secret = secret.to_owned();
-    let hash = passwords::occasional_pool()
-        .hash(secret.into_bytes())
-        .await?;
     let scopes = all_scope_names();
+    let hash = |secret: &str| {
+        let secret = secret.to_owned();
+        async move { passwords::occasional_pool().hash(secret.into_bytes()).await }
+    };
+    let Some(existing) = db::clients::find(pool, id).await? else {
+        // Another API starting at once may make it first: then it is as that one made it.
+        db::clients::insert(
+            pool,
+            id,
+            id,
+            &hash(secret).await?,
+            &scopes,
+            db::clients::OnExisting::Keep,
+        )
+        .await?;
+        tracing::info!(client.id = id, "bootstrap client ready");
+        return Ok(());
+    };
+    if existing.revoked_at.is_some() {
+        tracing::warn!(
+            client.id = id,
+            "the bootstrap client was revoked and stays revoked; unset PROVISIONER_BOOTSTRAP_CLIENT or name another id"
+        );
+        return Ok(());
+    }
+    let same = passwords::occasional_pool()
+        .verify(secret.as_bytes().to_vec(), existing.secret_hash.clone(), ())
+        .await;
+    if same {
+        if !Scope::ALL
+            .iter()
+            .all(|s| existing.scopes.iter().any(|e| e == s.as_str()))
+        {
+            db::clients::set_scopes(pool, id, &scopes).await?;
+        }
+        tracing::info!(client.id = id, "bootstrap client ready");
+        return Ok(());
+    }
+    // A new secret is how an operator rotates one that leaked: the tokens the old one got end
+    // with it, in the transaction of the change (a token being stored meanwhile holds the
+    // client's row: the change waits for it and ends it, or comes first and the token is not
+    // stored; `db::clients::insert_token`).
+    let new_hash = hash(secret).await?;
     let mut tx = pool.begin().await?;
-    db::clients::insert(
-        &mut *tx,
-        id,
-        id,
-        &hash,
-        &scopes,
-        db::clients::OnExisting::Replace,
-    )
-    .await?;
-    if secret_changed {
-        // A new secret is how an operator rotates one that leaked: the tokens the old one got
-        // end with it, in the transaction of the change (a token being stored meanwhile holds
-        // the client's row: the change waits for it and ends it, or comes first and the token
-        // is not stored; `db::clients::insert_token`).
+    if db::clients::replace_secret(&mut *tx, id, &existing.secret_hash, &new_hash, &scopes).await? {
         let ended = db::clients::end_tokens(&mut *tx, id).await?;
         tracing::info!(
             client.id = id,

@@ -43,13 +43,15 @@ impl<'a> Command<'a> {
                 let mut given: Vec<(&str, &'a str)> = Vec::new();
                 for pair in rest.chunks(2) {
                     match pair {
-                        [option @ ("--name" | "--scopes" | "--id"), value] => {
+                        [option @ ("--name" | "--scopes" | "--id"), value]
+                            if !value.starts_with("--") =>
+                        {
                             if given.iter().any(|(o, _)| o == option) {
                                 anyhow::bail!("{option} is given twice\n{USAGE}");
                             }
                             given.push((option, value));
                         }
-                        [option @ ("--name" | "--scopes" | "--id")] => {
+                        [option @ ("--name" | "--scopes" | "--id"), ..] => {
                             anyhow::bail!("{option} needs a value\n{USAGE}")
                         }
                         [other, ..] => anyhow::bail!("unknown option `{other}`\n{USAGE}"),
@@ -76,6 +78,7 @@ impl<'a> Command<'a> {
             }
             ["client", "list"] => Self::List,
             ["client", "revoke", id] => Self::Revoke(id),
+            ["client", "revoke"] => anyhow::bail!("client revoke needs the client's id\n{USAGE}"),
             [] => anyhow::bail!("{USAGE}"),
             _ => anyhow::bail!("unknown command `{}`\n{USAGE}", args.join(" ")),
         })

@@ -95,6 +95,19 @@ async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
         String::from_utf8_lossy(&option.stderr).contains("unknown option `--scope`"),
         "{option:?}"
     );
+    // An option where a value goes is no value (a client named `--scopes`, with the default
+    // scopes, before).
+    let missing = run(&["client", "create", "--name", "--scopes", "tenants:read"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("--name needs a value"),
+        "{missing:?}"
+    );
+    let revoke = run(&["client", "revoke"]).await;
+    assert!(
+        String::from_utf8_lossy(&revoke.stderr).contains("client revoke needs the client's id"),
+        "{revoke:?}"
+    );
     // A command against a database that does not exist (`DATABASE_URL` mistyped, or `.env`
     // not loaded) makes none: its client would be where no API reads.
     for args in [
@@ -734,6 +747,39 @@ async fn a_token_holds_only_the_scopes_its_client_still_has_and_a_new_secret_end
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the scope it keeps still works");
+
+    // The bootstrap client lost a scope; an API starting with the same secret gives it back and
+    // keeps the secret's hash (a new one would fail the token requests verified meanwhile).
+    let hash_of_bootstrap = || async {
+        sqlx::query_as::<_, (String, Vec<String>)>(
+            "SELECT secret_hash, scopes FROM api_clients WHERE id = $1",
+        )
+        .bind(BOOTSTRAP_ID)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let (hash_before, _) = hash_of_bootstrap().await;
+    sqlx::query(
+        "UPDATE api_clients SET scopes = array_remove(scopes, 'tenants:export') WHERE id = $1",
+    )
+    .bind(BOOTSTRAP_ID)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let same = format!("{BOOTSTRAP_ID}:{BOOTSTRAP_SECRET}");
+    let mut again = provisioner_tests::process::Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        &app,
+        &[("PROVISIONER_BOOTSTRAP_CLIENT", same.as_str())],
+        "info",
+    );
+    again.api_addr().await;
+    let (hash_after, scopes) = hash_of_bootstrap().await;
+    assert!(scopes.iter().any(|s| s == "tenants:export"), "{scopes:?}");
+    assert_eq!(hash_after, hash_before, "the secret's hash kept");
+    again.terminate();
+    assert!(again.exit(Duration::from_secs(10)).await.success());
 
     // The bootstrap client's secret is changed (an API starts with a new one, as an operator
     // rotates a secret that leaked): the tokens the old secret got end.

@@ -23,9 +23,8 @@ pub struct ClientRow {
 pub enum OnExisting {
     /// Fail with a unique violation (operators making a new client).
     Refuse,
-    /// Give it this secret and these scopes again, unless it is revoked (the bootstrap client:
-    /// a revocation outlives restarts).
-    Replace,
+    /// Leave it as it is (the bootstrap client, made by another API starting at once).
+    Keep,
 }
 
 pub async fn insert(
@@ -40,10 +39,9 @@ pub async fn insert(
         OnExisting::Refuse => {
             "INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)"
         }
-        OnExisting::Replace => {
+        OnExisting::Keep => {
             "INSERT INTO api_clients (id, name, secret_hash, scopes) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET secret_hash = $3, scopes = $4
-             WHERE api_clients.revoked_at IS NULL"
+             ON CONFLICT (id) DO NOTHING"
         }
     };
     sqlx::query(sql)
@@ -79,6 +77,42 @@ pub async fn list(exec: impl PgExecutor<'_>) -> Result<Vec<ClientRow>, sqlx::Err
     sqlx::query_as("SELECT id, name, secret_hash, scopes, created_at, revoked_at FROM api_clients ORDER BY created_at, id")
         .fetch_all(exec)
         .await
+}
+
+/// Gives an active client these scopes (its secret's hash kept).
+pub async fn set_scopes(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    scopes: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE api_clients SET scopes = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id)
+        .bind(scopes)
+        .execute(exec)
+        .await
+        .map(drop)
+}
+
+/// Gives an active client a new secret's hash and these scopes, if its hash is still `read`
+/// (`false`: changed or revoked meanwhile, by another process).
+pub async fn replace_secret(
+    exec: impl PgExecutor<'_>,
+    id: &str,
+    read: &str,
+    secret_hash: &str,
+    scopes: &[String],
+) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "UPDATE api_clients SET secret_hash = $3, scopes = $4
+         WHERE id = $1 AND secret_hash = $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(read)
+    .bind(secret_hash)
+    .bind(scopes)
+    .execute(exec)
+    .await
+    .map(|done| done.rows_affected() == 1)
 }
 
 /// Ends every token of the client (its secret changed: what the old one got ends with it).

@@ -72,17 +72,28 @@ impl Silences {
 /// would be made where no API reads). Other faults are left to `connect`, which retries them.
 pub async fn require_database(url: &SecretString) -> anyhow::Result<()> {
     let options = PgConnectOptions::from_str(url.expose_secret())?;
-    match PgConnection::connect_with(&options).await {
-        Ok(session) => Ok(session.close().await?),
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
-            anyhow::bail!(
-                "the database {:?} does not exist: DATABASE_URL must name the API's database \
-                 (these commands read the environment, not .env: `set -a; . ./.env; set +a` \
-                 loads it); the API makes its database at its first start",
-                options.get_database().unwrap_or("postgres")
-            )
+    // While PostgreSQL is unreachable, tried for a minute, as `connect` does: what it answers
+    // then decides (`connect` would make a missing database).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match PgConnection::connect_with(&options).await {
+            Ok(session) => return Ok(session.close().await?),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+                anyhow::bail!(
+                    "the database {:?} does not exist: DATABASE_URL must name the API's \
+                     database (these commands read the environment, not .env: `set -a; . \
+                     ./.env; set +a` loads it); the API makes its database at its first start",
+                    options
+                        .get_database()
+                        .unwrap_or_else(|| options.get_username())
+                )
+            }
+            Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "PostgreSQL is not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(_) => Ok(()),
     }
 }
 
