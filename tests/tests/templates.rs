@@ -261,7 +261,15 @@ async fn a_sip_domain_another_tenant_has_ends_the_job_with_409_naming_the_domain
     let create = app
         .create_and_wait(&domain, &fixtures::create_body(&template))
         .await;
-    for (kind, job) in [("import", &second), ("create", &create)] {
+    // In other letters' case, the same host name (before, it was stored beside the first).
+    let shouted = app
+        .import_and_wait(importing(&domain.to_ascii_uppercase()).write())
+        .await;
+    for (kind, job) in [
+        ("import", &second),
+        ("create", &create),
+        ("import in capitals", &shouted),
+    ] {
         assert_eq!(
             (
                 job["status"].as_str(),

@@ -305,8 +305,20 @@ async fn import_tenant_round_trip_keeps_everything_and_create_from_the_export_do
         .execute(&app.db)
         .await
         .unwrap();
-    let before = app.export(&tenant).await;
+    let mut before = app.export(&tenant).await;
     assert_eq!((before.calling_lists.len(), before.audit.len()), (1, 2));
+    // Numbers no `f64` holds: kept as written (they were rounded).
+    let exact = [
+        "18446744073709551617",
+        "-9223372036854775809",
+        "0.1000000000000000000001",
+    ];
+    before.tenant.settings = serde_json::value::RawValue::from_string(format!(
+        r#"{{"a":{},"b":{},"c":{}}}"#,
+        exact[0], exact[1], exact[2]
+    ))
+    .unwrap()
+    .into();
     assert_eq!(
         app.http
             .delete(app.url(&format!("/configapi/v2/tenant/{tenant}")))
@@ -339,6 +351,13 @@ async fn import_tenant_round_trip_keeps_everything_and_create_from_the_export_do
         after.tenant, before.tenant,
         "ids, URL, name, SIP domain and settings are kept"
     );
+    for number in exact {
+        assert!(
+            after.tenant.settings.get().contains(number),
+            "{number} in {}",
+            after.tenant.settings.get()
+        );
+    }
     assert_eq!(
         after.users, before.users,
         "users keep their ids and password hashes"

@@ -271,10 +271,10 @@ async fn insert_tenant(conn: &mut PgConnection, plan: &Plan) -> Result<TenantRow
         name: plan.tenant_name.clone(),
         sip_domain: plan.sip_domain.clone(),
         status: TenantStatus::Inactive,
-        settings: plan.settings.clone(),
         created_at: Utc::now(),
     };
     let contents = Contents {
+        settings: Some(&plan.settings),
         objects: &plan.objects,
         users: &plan.users,
         calling_lists: &plan.calling_lists,

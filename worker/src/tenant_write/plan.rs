@@ -6,9 +6,10 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use provisioner_shared::{
     domain::AuditAction,
-    template::{AccessNumberEntry, AuditEntry, CallingListEntry, ObjectEntry, Template, UserEntry},
+    template::{
+        AccessNumberEntry, AuditEntry, CallingListEntry, JsonDoc, ObjectEntry, Template, UserEntry,
+    },
 };
-use serde_json::Value;
 use uuid::Uuid;
 
 /// Everything the transaction writes, prepared before it starts (no hashing under the lock).
@@ -18,7 +19,8 @@ pub(crate) struct Plan {
     pub(super) tenant_url: String,
     pub(super) tenant_name: String,
     pub(super) sip_domain: String,
-    pub(super) settings: Value,
+    /// As the template writes them (its text: numbers kept exactly).
+    pub(super) settings: JsonDoc,
     pub(super) users: Vec<UserEntry>,
     pub(super) objects: Vec<ObjectEntry>,
     pub(super) access_numbers: Vec<AccessNumberEntry>,
@@ -89,7 +91,7 @@ impl Plan {
             tenant_url: tenant_url.to_owned(),
             tenant_name: tenant_name.to_owned(),
             sip_domain: tenant_url.to_owned(),
-            settings: template.tenant.settings.to_value(),
+            settings: template.tenant.settings.clone(),
             users,
             objects,
             access_numbers: numbers,
@@ -128,8 +130,10 @@ impl Plan {
             tenant_id: t.id,
             tenant_url: t.url.to_ascii_lowercase(),
             tenant_name: t.name.clone(),
-            sip_domain: t.sip_domain.clone(),
-            settings: t.settings.to_value(),
+            // A host name, as the URL: in one case, so that `tenants.sip_domain`'s unique index
+            // refuses `LARGE1.example` beside `large1.example`.
+            sip_domain: t.sip_domain.to_ascii_lowercase(),
+            settings: t.settings.clone(),
             users: template.users.clone(),
             objects: template.objects.clone(),
             access_numbers: template.access_numbers.clone(),

@@ -16,6 +16,9 @@ use crate::template::{AuditEntry, CallingListEntry, JsonDoc, ObjectEntry, UserEn
 /// What a new tenant holds besides its own row.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Contents<'a> {
+    /// The tenant's settings as the template writes them (`None`: `{}`): stored from their
+    /// text, so a number no `f64` holds (`18446744073709551617`) is kept exactly.
+    pub settings: Option<&'a JsonDoc>,
     pub objects: &'a [ObjectEntry],
     pub users: &'a [UserEntry],
     pub calling_lists: &'a [CallingListEntry],
@@ -39,7 +42,7 @@ pub async fn insert(
     let inserted: i64 = sqlx::query_scalar(
         "WITH tenant AS (
              INSERT INTO tenants (id, url, name, sip_domain, status, settings, created_at)
-             SELECT $1, $2, $3, $4, 'Inactive', $5, $6
+             SELECT $1, $2, $3, $4, 'Inactive', $5::jsonb, $6
              WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE url = $2)
                AND NOT EXISTS (SELECT 1 FROM tenants WHERE id = $1)
              RETURNING id
@@ -68,7 +71,7 @@ pub async fn insert(
     .bind(&tenant.url)
     .bind(&tenant.name)
     .bind(&tenant.sip_domain)
-    .bind(&tenant.settings)
+    .bind(contents.settings.map_or("{}", JsonDoc::get))
     .bind(tenant.created_at)
     .bind(parts(contents.objects))
     .bind(parts(contents.users))

@@ -27,7 +27,6 @@ pub struct TenantRow {
     pub name: String,
     pub sip_domain: String,
     pub status: TenantStatus,
-    pub settings: Value,
     pub created_at: DateTime<Utc>,
 }
 
@@ -35,10 +34,12 @@ pub async fn find_by_url(
     exec: impl PgExecutor<'_>,
     url: &str,
 ) -> Result<Option<TenantRow>, sqlx::Error> {
-    sqlx::query_as("SELECT id, url, name, sip_domain, status, settings, created_at FROM tenants WHERE url = $1")
-        .bind(url)
-        .fetch_optional(exec)
-        .await
+    sqlx::query_as(
+        "SELECT id, url, name, sip_domain, status, created_at FROM tenants WHERE url = $1",
+    )
+    .bind(url)
+    .fetch_optional(exec)
+    .await
 }
 
 pub async fn exists(exec: impl PgExecutor<'_>, url: &str) -> Result<bool, sqlx::Error> {
@@ -140,7 +141,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<TenantRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, url, name, sip_domain, status, settings, created_at FROM tenants
+        "SELECT id, url, name, sip_domain, status, created_at FROM tenants
          WHERE $1::text IS NULL OR url > $1 ORDER BY url LIMIT $2",
     )
     .bind(after)

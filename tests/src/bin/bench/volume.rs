@@ -273,10 +273,10 @@ async fn raw_imports(clients: usize, for_how_long: Duration) -> (f64, Option<f64
                         url,
                         name: "Raw".into(),
                         status: TenantStatus::Inactive,
-                        settings: template.tenant.settings.to_value(),
                         created_at: Utc::now(),
                     };
                     let contents = Contents {
+                        settings: Some(&template.tenant.settings),
                         objects: &objects,
                         users: &users,
                         calling_lists: &[],
