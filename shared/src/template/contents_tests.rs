@@ -614,6 +614,59 @@ fn a_member_named_twice_in_free_form_json_is_refused_wherever_it_is() {
 }
 
 #[test]
+fn a_number_the_database_cannot_store_is_refused_wherever_it_is() {
+    // `jsonb` stores numbers as `numeric`: at most 16,383 digits after the point. `1e-16384`
+    // passed the reader (an `f64` holds it as 0), and every create from the template failed.
+    let tiny = format!("0.{}1", "0".repeat(16_383));
+    for (number, fits) in [
+        ("1e-16384", false),
+        ("1.5e-16383", false),
+        (tiny.as_str(), false),
+        ("1e-16383", true),
+        ("-2.5E+3", true),
+        ("12345678901234567890.125", true),
+    ] {
+        // As text, so the number reaches the reader as written; a string that looks like one
+        // is no number.
+        let objects = format!(
+            r#"[{{"id":"{ID}","kind":"team","name":"t","data":{{"n":{number},"s":"1e-99999"}}}}]"#
+        );
+        let settings = format!(
+            r#"{{"id":"{ID}","url":"a.example.com","name":"A","sipDomain":"a.example.com","settings":{{"n":{number}}}}}"#
+        );
+        let read = |entries: &[(&str, Vec<u8>)]| {
+            let mut all = vec![(MANIFEST, serde_json::to_vec(&manifest()).unwrap())];
+            all.extend(entries.iter().cloned());
+            Template::read_for_create(&zip_of(&all), &Limits::default(), DB).map(drop)
+        };
+        let tenant_text = serde_json::to_vec(&tenant()).unwrap();
+        for (document, got) in [
+            (
+                "an object's data",
+                read(&[(TENANT, tenant_text), (OBJECTS, objects.into_bytes())]),
+            ),
+            (
+                "the tenant's settings",
+                read(&[(TENANT, settings.into_bytes())]),
+            ),
+        ] {
+            match (fits, got) {
+                (true, Ok(())) => {}
+                (false, Err(e)) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("more than 16383 digits after the decimal point")
+                            && e.contains(document),
+                        "{number}: {e}"
+                    );
+                }
+                (fits, got) => panic!("{number} in {document}: fits {fits}, read {got:?}"),
+            }
+        }
+    }
+}
+
+#[test]
 fn a_nul_character_in_free_form_json_is_refused_wherever_it_is() {
     // `jsonb` cannot hold U+0000, in a value or a name: a template that holds one would be
     // stored, then fail every create that uses it. Settings refuse every control character.

@@ -159,7 +159,78 @@ fn read<'de, D: Deserializer<'de>>(
         Rules::Objects => text.deserialize_seq(top),
     }
     .map_err(|e| de::Error::custom(placed(&e, document)))?;
+    if let Err(fault) = numbers_fit_numeric(raw.get()) {
+        return Err(de::Error::custom(format!("{fault} (in {document})")));
+    }
     Ok(JsonDoc(raw))
+}
+
+/// Digits after the decimal point a number of `jsonb` may have (PostgreSQL's `numeric`).
+const MAX_NUMERIC_SCALE: i64 = 16_383;
+
+/// Whether every number of the JSON `text` fits PostgreSQL's `numeric`, which `jsonb` stores
+/// numbers as: at most `MAX_NUMERIC_SCALE` digits after the point, counting what a negative
+/// exponent adds (`1e-16384` has 16,384). Stored, such a number would fail every create that
+/// uses the template. (The reader already refuses a number beyond `f64`'s range, `1e400`, so
+/// the digits before the point are few.)
+fn numbers_fit_numeric(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if !(b == b'-' || b.is_ascii_digit()) {
+            i += 1;
+            continue;
+        }
+        // A number: [-] digits [. digits] [e|E [+|-] digits].
+        let digits = |i: &mut usize| {
+            let start = *i;
+            while *i < bytes.len() && bytes[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            *i - start
+        };
+        i += usize::from(b == b'-');
+        digits(&mut i);
+        let mut scale: i64 = 0;
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+            scale = i64::try_from(digits(&mut i)).unwrap_or(i64::MAX);
+        }
+        if matches!(bytes.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            let negative = bytes.get(i) == Some(&b'-');
+            i += usize::from(matches!(bytes.get(i), Some(b'+' | b'-')));
+            let start = i;
+            digits(&mut i);
+            let exponent: i64 = text[start..i].parse().unwrap_or(i64::MAX);
+            if negative {
+                scale = scale.saturating_add(exponent);
+            } else {
+                scale = scale.saturating_sub(exponent);
+            }
+        }
+        if scale > MAX_NUMERIC_SCALE {
+            return Err(format!(
+                "a number has more than {MAX_NUMERIC_SCALE} digits after the decimal point, more than the database can store"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A fault found inside a document, said where it is: its place counts from the document's own
