@@ -485,3 +485,47 @@ async fn the_dispatcher_keeps_its_window_and_serves_the_least_recently_served_cl
     );
     app.stop().await;
 }
+
+/// A cancel that finds the job running while its hand-back to the queue (a retry) is being
+/// written waits for that write and cancels the job, queued again; it is not refused on a
+/// state that is already being left.
+#[tokio::test]
+async fn a_cancel_beside_a_hand_back_to_the_queue_cancels_the_job() {
+    let (app, id) = one_queued_job().await;
+    let read = job_row(&app, id).await;
+    let lease = Uuid::new_v4();
+    db::jobs::claim(&app.db, &read, lease, LEASE)
+        .await
+        .unwrap()
+        .expect("the claim takes the job");
+    let mut hand_back = app.db.begin().await.unwrap();
+    db::jobs::retry_later(&mut hand_back, id, lease, Duration::ZERO, 4)
+        .await
+        .unwrap()
+        .expect("the lease holds");
+
+    let mut cancel = tokio::spawn({
+        let request = app
+            .http
+            .delete(app.url(&format!("/configapi/v2/jobs/{id}")));
+        async move { request.send().await.unwrap() }
+    });
+    tokio::select! {
+        answered = &mut cancel => {
+            let answer = answered.unwrap();
+            panic!(
+                "the cancel answered {} ({}) without waiting for the hand-back",
+                answer.status(),
+                answer.text().await.unwrap()
+            );
+        }
+        () = one_waits_for_a_lock(&app) => {}
+    }
+    hand_back.commit().await.unwrap();
+    let answer = cancel.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let cancelled: Value = answer.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(shown(&app, id).await["status"], "cancelled");
+    app.stop().await;
+}

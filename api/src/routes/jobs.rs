@@ -2,7 +2,10 @@
 
 use axum::{Extension, Json, extract::State, http::Uri};
 use provisioner_shared::{
-    db::{self, jobs::ListFilter},
+    db::{
+        self,
+        jobs::{Cancel, ListFilter},
+    },
     domain::{JobStatus, JobView, TenantUrl},
 };
 use uuid::Uuid;
@@ -137,13 +140,13 @@ pub(super) async fn cancel_job(
 ) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&raw)?;
     let mut tx = state.pool.begin().await?;
-    if let Some(job) = db::jobs::cancel(&mut tx, id, caller.sees()).await? {
-        tx.commit().await?;
-        return Ok(Json(job.view()));
-    }
-    match db::jobs::find(&mut *tx, id, caller.sees()).await? {
-        None => Err(ApiError::NotFound(format!("no job {id}"))),
-        Some(job) => Err(ApiError::Conflict(format!(
+    match db::jobs::cancel_or_refuse(&mut tx, id, caller.sees()).await? {
+        Cancel::Done(job) => {
+            tx.commit().await?;
+            Ok(Json(job.view()))
+        }
+        Cancel::NotFound => Err(ApiError::NotFound(format!("no job {id}"))),
+        Cancel::Refused(job) => Err(ApiError::Conflict(format!(
             "job {id} {} and can no longer be cancelled",
             job.status.uncancellable_because()
         ))),

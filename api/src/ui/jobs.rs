@@ -8,7 +8,11 @@ use axum::{
 };
 use maud::{Markup, html};
 use provisioner_shared::{
-    db::{self, dashboard::JobTiming, jobs::ListFilter},
+    db::{
+        self,
+        dashboard::JobTiming,
+        jobs::{Cancel, ListFilter},
+    },
     domain::{JobStatus, JobView, SkipReason, TenantUrl},
 };
 use uuid::Uuid;
@@ -343,22 +347,22 @@ pub(crate) async fn cancel(
     let sees = session.caller.sees();
     let cancelled = async {
         let mut tx = state.pool.begin().await?;
-        if let Some(job) = db::jobs::cancel(&mut tx, id, sees).await? {
+        let cancel = db::jobs::cancel_or_refuse(&mut tx, id, sees).await?;
+        if let Cancel::Done(_) = cancel {
             tx.commit().await?;
-            return Ok(Ok(job));
         }
-        Ok::<_, sqlx::Error>(Err(db::jobs::find(&mut *tx, id, sees).await?))
+        Ok::<_, sqlx::Error>(cancel)
     };
     match cancelled.await {
-        Ok(Ok(job)) => {
+        Ok(Cancel::Done(job)) => {
             if let Some(batch) = job.batch_id {
                 state.ui.batches.forget(&batch);
             }
             tracing::info!(job.id = %id, client.id = %session.caller.client_id, "job cancelled from the dashboard");
             Redirect::to(&back_to(&form, format!("/ui/jobs/{id}"))).into_response()
         }
-        Ok(Err(None)) => layout::not_found("job"),
-        Ok(Err(Some(job))) => layout::refused(
+        Ok(Cancel::NotFound) => layout::not_found("job"),
+        Ok(Cancel::Refused(job)) => layout::refused(
             StatusCode::CONFLICT,
             &format!(
                 "Job {id} {} and can no longer be cancelled.",

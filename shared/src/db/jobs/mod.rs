@@ -673,8 +673,50 @@ pub fn list_statement(f: &ListFilter<'_>) -> Result<(String, PgArguments), sqlx:
     Ok((sql, args))
 }
 
+/// What a cancel of one job found.
+#[derive(Debug)]
+pub enum Cancel {
+    /// It was queued and is now cancelled.
+    Done(JobRow),
+    /// It is running or has ended, as of its latest committed state.
+    Refused(JobRow),
+    /// No such job (for this client).
+    NotFound,
+}
+
+/// queued -> cancelled, or why not. A job that was not queued when the cancel looked is read
+/// again under its row lock, so what is refused is its latest committed state and cannot
+/// change before the answer: a job handed back to the queue meanwhile (a retry) is cancelled
+/// then, never refused as "queued". The caller commits.
+pub async fn cancel_or_refuse(
+    conn: &mut PgConnection,
+    id: Uuid,
+    client_id: Option<&str>,
+) -> Result<Cancel, sqlx::Error> {
+    if let Some(job) = cancel(conn, id, client_id).await? {
+        return Ok(Cancel::Done(job));
+    }
+    let locked: Option<JobRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM jobs WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)
+         FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(client_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match locked {
+        None => Cancel::NotFound,
+        Some(job) if job.status == JobStatus::Queued => match cancel(conn, id, client_id).await? {
+            Some(job) => Cancel::Done(job),
+            // Unreachable while the row is locked; said plainly if it ever is not.
+            None => Cancel::Refused(job),
+        },
+        Some(job) => Cancel::Refused(job),
+    })
+}
+
 /// queued -> cancelled. `None` when the job is not queued (or not the client's).
-pub async fn cancel(
+async fn cancel(
     conn: &mut PgConnection,
     id: Uuid,
     client_id: Option<&str>,
