@@ -954,6 +954,99 @@ async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single
     app.stop().await;
 }
 
+/// Two clients past their interactive jobs: the backlog queue serves in arrival order, so B's
+/// later creates there would wait for all of A's before them; instead, each of B's interactive
+/// jobs that ends sends B's next backlog job on the interactive queue (and each of A's, A's),
+/// and the two share the worker by turns.
+#[tokio::test]
+async fn a_clients_creates_past_its_interactive_ones_do_not_wait_behind_another_clients_backlog() {
+    let mut app = TestApp::with(Options {
+        workers: 0,
+        vars: vec![
+            ("PROVISIONER_WORKER_CONCURRENCY", "1".to_owned()),
+            ("PROVISIONER_CLIENT_INTERACTIVE_JOBS", "2".to_owned()),
+        ],
+    })
+    .await;
+    let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
+    let zip = fixtures::sample_template(app.db_version().await).write();
+    let mut stored = Vec::new();
+    for http in [&app.http, &b] {
+        let r = http
+            .post(app.url("/configapi/v2/templates"))
+            .header("content-type", "application/zip")
+            .body(zip.clone())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        stored.push(id(&r.json::<Value>().await.unwrap(), "templateId"));
+    }
+    let create = |http: reqwest::Client, template: String| {
+        let url = app.url(&format!(
+            "/configapi/v2/selfservice/tenant/{}",
+            fixtures::tenant_url()
+        ));
+        async move {
+            let r = http
+                .post(url)
+                .json(&fixtures::create_body_by_id(&template))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            id(&r.json::<Value>().await.unwrap(), "jobId")
+        }
+    };
+    // A: 2 interactive, 28 on the backlog; then B: 2 interactive, 2 on the backlog behind A's.
+    let mut a_jobs = Vec::new();
+    for _ in 0..30 {
+        a_jobs.push(create(app.http.clone(), stored[0].clone()).await);
+    }
+    let mut b_jobs = Vec::new();
+    for _ in 0..4 {
+        b_jobs.push(create(b.clone(), stored[1].clone()).await);
+    }
+    app.start_worker();
+    for job in &b_jobs {
+        let job = app.wait_job(job).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    let a_ids = a_jobs
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let b_ids = b_jobs
+        .iter()
+        .map(|b| format!("'{b}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let a_before_b = app
+        .count(&format!(
+            "SELECT count(*) FROM jobs WHERE id IN ({a_ids})
+               AND finished_at < (SELECT max(finished_at) FROM jobs WHERE id IN ({b_ids}))"
+        ))
+        .await;
+    // In arrival order on the backlog queue, all thirty. By turns: B's four among the first
+    // dozen or so (with one slot, a worker takes a backlog delivery whenever no interactive
+    // one is at hand, so A's backlog runs about every other job beside A's and B's turns).
+    let order: String = sqlx::query_scalar(
+        "SELECT string_agg(client_id || ':' || lane, ' ' ORDER BY finished_at) FROM jobs",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(
+        a_before_b <= 20,
+        "{a_before_b} of A's 30 creates ended before B's last: {order}"
+    );
+    for job in &a_jobs {
+        assert_eq!(app.wait_job(job).await["status"], "succeeded");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn within_a_client_a_single_create_goes_ahead_of_its_queued_batch_items() {
     let app = TestApp::with(Options {
