@@ -952,3 +952,51 @@ async fn the_held_and_active_batch_items_read_a_handful_of_rows_behind_many_held
     drop(conn);
     app.stop().await;
 }
+
+/// An API cut off from PostgreSQL still answers `/metrics` within a few seconds, with its own
+/// figures and `provisioner_database_reachable 0`, the database's and broker's left out (it
+/// answered 503 after the pool's 10 s, with nothing a dashboard or alert could read).
+#[tokio::test]
+async fn without_its_database_an_api_serves_its_own_figures_and_says_so() {
+    let app = TestApp::without_workers().await;
+    let proxy = provisioner_tests::proxy::Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let through_proxy = format!("postgres://postgres@{}/{}", proxy.addr, app.database);
+    let mut api = provisioner_tests::process::Proc::spawn(
+        env!("CARGO_BIN_EXE_test-api"),
+        &app,
+        &[("DATABASE_URL", &through_proxy)],
+        "info",
+    );
+    let addr = api.api_addr().await;
+    let scrape = || async move {
+        let r = provisioner_tests::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    let reachable = scrape().await;
+    assert_eq!(value(&reachable, "provisioner_database_reachable"), 1.0);
+    assert!(sample(&reachable, "provisioner_batch_items_held").is_some());
+
+    proxy.cut();
+    // The reading of the last 2 s may serve a scrape or two; then each scrape reads again.
+    let unreachable = eventually(Duration::from_secs(30), || async {
+        let started = std::time::Instant::now();
+        let text = scrape().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "a scrape took {:?}",
+            started.elapsed()
+        );
+        (sample(&text, "provisioner_database_reachable") == Some(0.0)).then_some(text)
+    })
+    .await;
+    assert!(sample(&unreachable, "provisioner_template_memory_in_use_bytes").is_some());
+    assert!(
+        sample(&unreachable, "provisioner_batch_items_held").is_none(),
+        "{unreachable}"
+    );
+    drop(api);
+    app.stop().await;
+}

@@ -15,6 +15,11 @@ use crate::cache::Cache;
 /// A reading of the database's and the broker's figures this recent serves every scrape.
 const READING_FRESH: Duration = Duration::from_secs(2);
 
+/// Longest a reading may take: past it the scrape goes on without the database's and broker's
+/// figures (`provisioner_database_reachable 0`), well within Prometheus's default scrape
+/// timeout (10 s), rather than waiting for the pool's own limit and answering nothing.
+const READING_LIMIT: Duration = Duration::from_secs(3);
+
 /// An API's figures from its database and broker for `/metrics`. `/metrics` needs no token, so
 /// a flood of scrapes must not become a flood of statements (nor of writes, see `render`): one
 /// reading serves every scrape for `READING_FRESH`, and the scrapes that arrive while it is read
@@ -35,7 +40,8 @@ impl Figures {
     }
 
     /// The figures as Prometheus text: the last reading if it is fresh, else the reading under
-    /// way, else a new one. A reading that fails is not kept: the next scrape reads again.
+    /// way, else a new one, within `READING_LIMIT`. A reading that fails is not kept: the next
+    /// scrape reads again.
     pub(crate) async fn text(
         &self,
         pool: &sqlx::PgPool,
@@ -43,7 +49,11 @@ impl Figures {
     ) -> Result<Arc<str>, sqlx::Error> {
         self.reading
             .get((), || async {
-                render(pool, &self.broker, sealer).await.map(Arc::from)
+                match tokio::time::timeout(READING_LIMIT, render(pool, &self.broker, sealer)).await
+                {
+                    Ok(rendered) => rendered.map(Arc::from),
+                    Err(_) => Err(sqlx::Error::PoolTimedOut),
+                }
             })
             .await
     }

@@ -24,7 +24,7 @@ pub(crate) use self::figures::Figures;
 pub(crate) fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(
                 Matcher::Full("provisioner_http_request_duration_seconds".to_owned()),
                 &[
@@ -34,7 +34,25 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
             )
             .expect("static buckets are valid")
             .install_recorder()
-            .expect("the metrics recorder is installed once")
+            .expect("the metrics recorder is installed once");
+        // Each family's `# HELP` line (`promtool check metrics` wants one).
+        metrics::describe_counter!(
+            "provisioner_http_requests_total",
+            "HTTP requests this API process answered, by method, route template and status"
+        );
+        metrics::describe_histogram!(
+            "provisioner_http_request_duration_seconds",
+            "Seconds this API process took to answer, by method and route template"
+        );
+        metrics::describe_counter!(
+            "provisioner_http_connections_refused_total",
+            "Connections refused because their address had PROVISIONER_MAX_CONNECTIONS_PER_PEER already"
+        );
+        metrics::describe_gauge!(
+            "provisioner_http_waits",
+            "Long-polls (Prefer: wait, ?wait=) this API process holds now"
+        );
+        handle
     })
 }
 
@@ -89,6 +107,22 @@ pub(crate) fn template_memory(out: &mut String, in_use_bytes: u64) {
     let _ = writeln!(
         out,
         "provisioner_template_memory_in_use_bytes {in_use_bytes}"
+    );
+}
+
+/// Whether this scrape could read the figures of the database (`1`), or is served without them
+/// and the broker's (`0`: the database unreachable, or slower than the reading's limit).
+pub(crate) fn database_reachable(out: &mut String, reachable: bool) {
+    use std::fmt::Write as _;
+    family(
+        out,
+        "provisioner_database_reachable",
+        "1 when this scrape read the figures of PostgreSQL (and RabbitMQ); 0 when it could not, and they are left out",
+    );
+    let _ = writeln!(
+        out,
+        "provisioner_database_reachable {}",
+        u8::from(reachable)
     );
 }
 
