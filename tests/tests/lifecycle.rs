@@ -218,6 +218,18 @@ async fn tenants_are_listed_with_a_cursor() {
             .map(|i| format!("t{i}.example.com"))
             .collect::<Vec<_>>()
     );
+    // A cursor this API did not issue (not the form of a stored URL: "garbage!",
+    // "T1.example.com") is refused, as on every list.
+    for forged in ["Z2FyYmFnZSE", "VDEuZXhhbXBsZS5jb20"] {
+        let (status, problem) = app
+            .get_json(&format!("/configapi/v2/tenant?cursor={forged}"))
+            .await;
+        assert_eq!(status, 400, "{forged}: {problem}");
+        assert_eq!(
+            problem["errors"][0]["message"], "is not a cursor this API issued",
+            "{problem}"
+        );
+    }
     app.stop().await;
 }
 

@@ -8,7 +8,7 @@ use provisioner_shared::{
         self,
         tenants::{NumbersOnDelete, TenantRow},
     },
-    domain::{AuditAction, TenantStatus},
+    domain::{AuditAction, TenantStatus, TenantUrl},
 };
 use serde::Serialize;
 use serde_json::json;
@@ -17,7 +17,7 @@ use crate::{
     AppState,
     auth::Caller,
     error::{ApiError, FieldError},
-    extract::{Page, PageQuery, RouteLockTimeout, TenantPath, query_param},
+    extract::{Page, PageQuery, RouteLockTimeout, TenantPath, not_a_cursor, query_param},
     openapi::shapes::{HostName, LockTimeoutSeconds, PageLimit},
     tenant_lock::{Waits, lock_tenant},
     transaction,
@@ -76,6 +76,14 @@ pub(super) async fn list_tenants(
 ) -> Result<Json<Page<TenantBody>>, ApiError> {
     let mut errors = Vec::new();
     let page = PageQuery::read(&uri, &mut errors);
+    // A cursor carries the last URL of a page, as stored: lower-case, a host name.
+    if page
+        .after
+        .as_deref()
+        .is_some_and(|after| !TenantUrl::parse(after).is_ok_and(|u| u.as_str() == after))
+    {
+        errors.push(not_a_cursor());
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
