@@ -294,7 +294,6 @@ async fn handle(
     let mut work = AbortOnDrop(tokio::spawn(deliver(
         ctx.clone(),
         delivery,
-        lane,
         job,
         token,
         shutdown,
@@ -336,20 +335,15 @@ async fn handle(
     }
 }
 
-/// Processes the job, then settles its delivery; an interactive one's place may go to the
-/// client's next backlog job (`jobs::make_way`).
+/// Processes the job, then settles its delivery.
 async fn deliver(
     ctx: Arc<Context>,
     delivery: Delivery,
-    lane: Lane,
     job: Uuid,
     token: Uuid,
     shutdown: CancellationToken,
 ) {
     let disposition = jobs::process(ctx.clone(), job, token, delivery.redelivered, shutdown).await;
-    if lane == Lane::Interactive && disposition == Disposition::Ack {
-        jobs::make_way(&ctx, job).await;
-    }
     ctx.faults.at(Stage::Settle);
     settle(&delivery.acker, disposition).await;
 }

@@ -98,25 +98,6 @@ pub(crate) async fn process(
     }
 }
 
-/// After a delivery of the interactive queue settled job `id` (ran it, or found it ended): if it
-/// is a single job that ended and another client has jobs on the backlog queue, the place the
-/// message held on the interactive queue goes to its client's next job on the backlog
-/// (`db::jobs::make_way_in_backlog`). Once per interactive message: a job sent there again that
-/// ran from its backlog message makes way when that interactive copy comes. Best effort: a job
-/// it fails to send waits for its turn on the backlog queue, as before.
-pub(crate) async fn make_way(ctx: &Context, id: Uuid) {
-    match db::jobs::make_way_in_backlog(&ctx.pool, id).await {
-        Ok(Some(next)) => {
-            ctx.notifications.committed(&[]);
-            tracing::debug!(job.id = %id, next.id = %next, "the client's next backlog job sent on the interactive queue");
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(job.id = %id, error = %e, "cannot send the client's next backlog job on the interactive queue");
-        }
-    }
-}
-
 /// Whether queued `job` may be tried before it is claimed: its first attempt (a retry, whose
 /// message no broker marks redelivered, may follow an attempt that killed its worker: it is
 /// claimed first, so that every such attempt counts), whose template needs no download (a

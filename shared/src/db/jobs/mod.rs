@@ -58,10 +58,7 @@ pub use self::{
         Ending, claim, claim_and_finish, expired_leases, finish, lock_expired, lock_held,
         release_lease, renew_lease, retry_later,
     },
-    reconcile::{
-        PanicSite, lanes_behind, make_way_in_backlog, record_horizons, record_panic,
-        resend_stranded,
-    },
+    reconcile::{PanicSite, lanes_behind, record_horizons, record_panic, resend_stranded},
     stats::{QUANTILE_SAMPLE, Stats, prune_endings, stats},
 };
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor, Row as _};
+use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::{db::outbox, queue};
@@ -125,63 +125,6 @@ pub async fn resend_stranded(
         .await?;
     }
     Ok(rows.into_iter().map(|(id, ..)| id).collect())
-}
-
-/// After a delivery of the interactive queue settled single job `ended`, which ended (or was
-/// retried on the backlog queue), so that its place there is free: while another client has
-/// single jobs waiting on the backlog queue, sends the oldest due backlog job of `ended`'s
-/// client again, on the interactive queue. The backlog queue serves in arrival order, and only when no
-/// interactive job waits, so without this a client's creates past its interactive ones waited
-/// behind every other client's backlog sent before them. Now, while several clients have a
-/// backlog, each keeps as many jobs on the interactive queue as it had (one ended, one sent):
-/// they share the workers by turns there, and the backlog queue takes what slots they leave. A
-/// client alone on the backlog sends nothing again: its jobs are next there. The job's message
-/// on the backlog queue stays, a duplicate that a claim makes harmless. Two statements, each
-/// committing on its own: the search (index entries of `jobs_backlog_by_client`: the client's
-/// oldest, and the first of a client before and after it) and, when it found a job, its lane and
-/// send time with its message. Returns the job sent.
-pub async fn make_way_in_backlog(
-    pool: &sqlx::PgPool,
-    ended: Uuid,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    let next: Option<(Uuid, Option<String>)> = sqlx::query_as(
-        "SELECT n.id, n.traceparent FROM jobs e
-         CROSS JOIN LATERAL (
-             SELECT j.id, j.traceparent FROM jobs j
-             WHERE j.client_id = e.client_id AND j.lane = 'backlog' AND j.status = 'queued'
-               AND j.batch_id IS NULL AND j.sent_at <= now()
-             ORDER BY j.sent_at LIMIT 1) n
-         WHERE e.id = $1 AND e.batch_id IS NULL
-           AND ((e.lane = 'interactive' AND e.status IN ('succeeded', 'failed', 'cancelled'))
-                -- Retried, and sent to the backlog queue (its client has more active jobs than
-                -- interactive ones): its place is free as well.
-                OR (e.lane = 'backlog' AND e.status = 'queued'))
-           AND (EXISTS (SELECT 1 FROM jobs o
-                        WHERE o.lane = 'backlog' AND o.status = 'queued' AND o.batch_id IS NULL
-                          AND o.client_id < e.client_id)
-                OR EXISTS (SELECT 1 FROM jobs o
-                           WHERE o.lane = 'backlog' AND o.status = 'queued'
-                             AND o.batch_id IS NULL AND o.client_id > e.client_id))",
-    )
-    .bind(ended)
-    .fetch_optional(pool)
-    .await?;
-    let Some((id, traceparent)) = next else {
-        return Ok(None);
-    };
-    let message =
-        queue::JobMessage::routed(id, queue::Lane::Interactive, Duration::ZERO, traceparent);
-    let answer = outbox::bind_messages(
-        sqlx::query(outbox::announced_update_sql!(
-            "UPDATE jobs SET lane = 'interactive', sent_at = now()
-             WHERE id = $8 AND lane = 'backlog' AND status = 'queued'"
-        )),
-        std::slice::from_ref(&message),
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await?;
-    Ok((answer.get::<i64, _>(0) > 0).then_some(id))
 }
 
 /// Where a worker caught a panic while handling a delivery.
