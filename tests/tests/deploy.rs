@@ -501,6 +501,22 @@ async fn the_dashboard_and_the_alerts_read_only_figures_that_metrics_serves() {
         .await;
     assert_eq!(status, 200);
     let text = app.metrics_text().await;
+    // The page passes promtool's lint: every family has its help, and its type fits its samples.
+    let mut lint = provisioner_tests::process::tool(&tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    std::io::Write::write_all(&mut lint.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let linted = lint.wait_with_output().unwrap();
+    assert!(
+        linted.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
     let served: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -9,7 +9,7 @@ use provisioner_shared::{
     seal::Sealer,
 };
 
-use super::{broker::BrokerReadings, client_label, family};
+use super::{broker::BrokerReadings, client_label, family, typed_family};
 use crate::cache::Cache;
 
 /// A reading of the database's and the broker's figures this recent serves every scrape.
@@ -258,7 +258,8 @@ fn job_figures(out: &mut String, stats: &Stats, outbox_lag_seconds: f64) {
             stats.lock_wait_p99,
         ),
     ] {
-        family(out, name, help);
+        // Quantiles over a window, as a summary reports them (without its sum and count).
+        typed_family(out, name, help, "summary");
         let _ = writeln!(out, "{name}{{quantile=\"0.5\"}} {}", p50.unwrap_or(0.0));
         let _ = writeln!(out, "{name}{{quantile=\"0.99\"}} {}", p99.unwrap_or(0.0));
     }

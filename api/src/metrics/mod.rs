@@ -48,6 +48,14 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
             "provisioner_http_connections_refused_total",
             "Connections refused because their address had PROVISIONER_MAX_CONNECTIONS_PER_PEER already"
         );
+        metrics::describe_counter!(
+            "provisioner_submissions_total",
+            "Creates and imports this API process recorded"
+        );
+        metrics::describe_counter!(
+            "provisioner_submission_statements_total",
+            "Statements that recorded them (under load one records several: group commit)"
+        );
         metrics::describe_gauge!(
             "provisioner_http_waits",
             "Long-polls (Prefer: wait, ?wait=) this API process holds now"
@@ -91,9 +99,14 @@ fn method_label(method: &Method) -> &'static str {
 
 /// Writes a metric family's `HELP` and `TYPE` (gauge) lines.
 pub(super) fn family(out: &mut String, name: &str, help: &str) {
+    typed_family(out, name, help, "gauge");
+}
+
+/// Writes a metric family's `HELP` and `TYPE` lines, of type `kind`.
+pub(super) fn typed_family(out: &mut String, name: &str, help: &str, kind: &str) {
     use std::fmt::Write as _;
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// This process's memory for templates, as a figure (read at each scrape, like the recorder's).
