@@ -502,7 +502,7 @@ async fn the_dashboard_and_the_alerts_read_only_figures_that_metrics_serves() {
     assert_eq!(status, 200);
     let text = app.metrics_text().await;
     // The page passes promtool's lint: every family has its help, and its type fits its samples.
-    let mut lint = provisioner_tests::process::tool(&tool("promtool"))
+    let mut lint = provisioner_tests::process::tool(tool("promtool"))
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
