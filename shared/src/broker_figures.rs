@@ -42,6 +42,19 @@ impl QueueReader {
 
     /// The figures of every job queue, interactive first.
     pub async fn read(&self) -> anyhow::Result<Vec<QueueFigures>> {
+        Ok(self.read_queues(false).await?.0)
+    }
+
+    /// `read`, and the messages waiting in the dead-letter queue.
+    pub async fn read_with_dead_letters(&self) -> anyhow::Result<(Vec<QueueFigures>, u32)> {
+        let (queues, dead) = self.read_queues(true).await?;
+        Ok((queues, dead.unwrap_or_default()))
+    }
+
+    async fn read_queues(
+        &self,
+        dead_letters: bool,
+    ) -> anyhow::Result<(Vec<QueueFigures>, Option<u32>)> {
         let mut held = self.held.lock().await;
         // Taken out while it is used: kept again only after a read that succeeded.
         let (conn, channel) = match held.take() {
@@ -53,9 +66,29 @@ impl QueueReader {
             }
         };
         let figures = job_queues(&channel).await?;
+        let dead = if dead_letters {
+            Some(ready(&channel, queue::DEAD_QUEUE).await?.message_count())
+        } else {
+            None
+        };
         *held = Some((conn, channel));
-        Ok(figures)
+        Ok((figures, dead))
     }
+}
+
+/// A passive declare of `name`: its figures, or an error (closing the channel) if it does not
+/// exist.
+async fn ready(channel: &Channel, name: &str) -> lapin::Result<lapin::Queue> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The figures of every job queue, interactive first. A queue that does not exist closes the
@@ -63,16 +96,7 @@ impl QueueReader {
 async fn job_queues(channel: &Channel) -> anyhow::Result<Vec<QueueFigures>> {
     let mut figures = Vec::with_capacity(queue::JOB_QUEUES.len());
     for name in queue::JOB_QUEUES {
-        let q = channel
-            .queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let q = ready(channel, name).await?;
         figures.push(QueueFigures {
             queue: name,
             ready: q.message_count(),

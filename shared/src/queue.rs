@@ -88,7 +88,7 @@ impl Lane {
 pub const SENT_AT_HEADER: &str = "x-sent-at";
 
 const DEAD_EXCHANGE: &str = "provisioner.jobs.dead";
-const DEAD_QUEUE: &str = "provisioner.jobs.dead";
+pub(crate) const DEAD_QUEUE: &str = "provisioner.jobs.dead";
 pub const EVENTS_EXCHANGE: &str = "provisioner.events";
 
 /// Deliveries of one message (including redeliveries after a consumer died) before the broker

@@ -215,6 +215,14 @@ async fn duplicate_deliveries_of_a_job_have_one_effect() {
     })
     .await;
     assert_eq!(dead, 1);
+    // ...where /metrics counts it, for the alert that tells an operator to look.
+    eventually(Duration::from_secs(20), || async {
+        let text = app.metrics_text().await;
+        text.lines()
+            .any(|l| l == "provisioner_dead_letters 1")
+            .then_some(())
+    })
+    .await;
     app.stop().await;
 }
 

@@ -11,7 +11,8 @@ const BROKER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A broker reading this recent is served as it is.
 const BROKER_READING_FRESH: Duration = Duration::from_secs(5);
 
-pub(super) type QueueFigures = Vec<provisioner_shared::broker_figures::QueueFigures>;
+/// The job queues' figures, and the messages waiting in the dead-letter queue.
+pub(super) type QueueFigures = (Vec<provisioner_shared::broker_figures::QueueFigures>, u32);
 
 /// An API's readings of its broker's job queues. Each API has its own (its own broker and
 /// vhost): several APIs in one process, as the tests run them, never serve each other's.
@@ -55,7 +56,8 @@ impl BrokerReadings {
         }
         let (reader, last) = (Arc::clone(&self.reader), Arc::clone(&self.last));
         let read = tokio::spawn(async move {
-            let read = tokio::time::timeout(BROKER_READ_TIMEOUT, reader.read()).await;
+            let read =
+                tokio::time::timeout(BROKER_READ_TIMEOUT, reader.read_with_dead_letters()).await;
             if let Ok(Ok(figures)) = &read
                 && let Ok(mut last) = last.lock()
             {

@@ -185,7 +185,7 @@ async fn render(
         "provisioner_broker_reachable {}",
         u8::from(queues.is_some())
     );
-    if let Some(queues) = queues {
+    if let Some((queues, dead_letters)) = queues {
         type Figure = fn(&provisioner_shared::broker_figures::QueueFigures) -> u32;
         let per_queue: [(&str, &str, Figure); 2] = [
             (
@@ -205,6 +205,12 @@ async fn render(
                 let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", q.queue, figure(q));
             }
         }
+        family(
+            &mut out,
+            "provisioner_dead_letters",
+            "Messages waiting in provisioner.jobs.dead (nothing consumes it: an operator inspects and purges it)",
+        );
+        let _ = writeln!(out, "provisioner_dead_letters {dead_letters}");
     }
     Ok(out)
 }
