@@ -18,9 +18,10 @@ pub(crate) const USAGE: &str = "usage:
   provisioner-api client list          id, name, scopes, created, state, /metrics label
   provisioner-api client revoke ID";
 
-/// Whether `args` (without the program name) ask for the usage.
+/// Whether `args` (without the program name) ask for the usage: `help`, or `-h`/`--help`
+/// anywhere (`client create --help`), never taken as an option's value.
 pub(crate) fn asks_for_help(args: &[String]) -> bool {
-    matches!(args, [one] if ["-h", "--help", "help"].contains(&one.as_str()))
+    args.first().is_some_and(|a| a == "help") || args.iter().any(|a| a == "-h" || a == "--help")
 }
 
 /// An operator command, read before anything is connected to.

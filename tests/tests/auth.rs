@@ -81,12 +81,20 @@ async fn the_operator_commands_help_and_a_mistyped_one_create_no_database() {
                 .unwrap()
         }
     };
-    let help = run(&["--help"]).await;
-    assert!(help.status.success(), "{help:?}");
-    assert!(
-        String::from_utf8_lossy(&help.stdout).contains("client create"),
-        "{help:?}"
-    );
+    // Help anywhere in a command (after it, as most tools take it) prints the usage and ends
+    // well; `client create --help` was an unknown option.
+    for asked in [
+        &["--help"][..],
+        &["client", "create", "--help"],
+        &["client", "-h"],
+    ] {
+        let help = run(asked).await;
+        assert!(help.status.success(), "{asked:?}: {help:?}");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("client create"),
+            "{help:?}"
+        );
+    }
     let typo = run(&["client", "craete"]).await;
     assert!(!typo.status.success());
     let stderr = String::from_utf8_lossy(&typo.stderr);
