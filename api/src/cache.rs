@@ -76,6 +76,77 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Shared> Cache<K, V, E> {
         }
     }
 
+    /// The values of `keys`, in their order: fresh cached ones as they are, and every other in
+    /// one call of `load` (given the keys it is to read, in order; it answers a value for each),
+    /// whose values are then kept. One load per call, however many keys miss: a caller asking
+    /// for a hundred unknown keys costs one read, not a hundred. A single key missing goes
+    /// through `get`, so concurrent callers of one key (many pages watching one thing) share
+    /// its load; several missing are loaded by each caller.
+    pub(crate) async fn get_many<F, Fut>(&self, keys: &[K], load: F) -> Result<Vec<V>, E>
+    where
+        F: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = Result<Vec<V>, E>>,
+    {
+        let mut found: Vec<Option<V>> = keys.iter().map(|k| self.peek(k)).collect();
+        let missing: Vec<K> = keys
+            .iter()
+            .zip(&found)
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let [one] = missing.as_slice() {
+            let value = self
+                .get(one.clone(), || async {
+                    Ok(load(vec![one.clone()])
+                        .await?
+                        .pop()
+                        .expect("a load answers a value for each key"))
+                })
+                .await?;
+            if let Some(slot) = found.iter_mut().find(|v| v.is_none()) {
+                *slot = Some(value);
+            }
+        } else if !missing.is_empty() {
+            let mut loaded = load(missing.clone()).await?.into_iter();
+            for (key, value) in keys.iter().zip(found.iter_mut()) {
+                if value.is_none() {
+                    let Some(v) = loaded.next() else { break };
+                    self.put(key.clone(), v.clone());
+                    *value = Some(v);
+                }
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// The fresh value of `key`, if one is kept (not a load in flight).
+    fn peek(&self, key: &K) -> Option<V> {
+        let slots = self.slots.lock().expect("cache lock");
+        let slot = slots.get(key).filter(|s| s.born.elapsed() < self.ttl)?;
+        match slot.value.get() {
+            Some(Ok(value)) => Some(value.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps `value` for `key` from now, if there is room (as `slot` makes it).
+    fn put(&self, key: K, value: V) {
+        let mut slots = self.slots.lock().expect("cache lock");
+        if slots.len() >= self.max_keys {
+            slots.retain(|_, s| s.born.elapsed() < self.ttl);
+            if slots.len() >= self.max_keys {
+                return;
+            }
+        }
+        slots.insert(
+            key,
+            Arc::new(Slot {
+                born: Instant::now(),
+                value: OnceCell::new_with(Some(Ok(value))),
+            }),
+        );
+    }
+
     /// Drops the value of `key`, so the next caller reads it anew (after a change made here).
     pub(crate) fn forget(&self, key: &K) {
         self.slots.lock().expect("cache lock").remove(key);
@@ -189,6 +260,38 @@ mod tests {
         assert_eq!(cache.get(1, || async { Ok::<_, &str>(2) }).await, Ok(1));
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert_eq!(cache.get(1, || async { Ok::<_, &str>(3) }).await, Ok(3));
+    }
+
+    #[tokio::test]
+    async fn many_keys_missing_are_loaded_in_one_call_and_then_kept() {
+        let cache = Cache::<u32, Option<u32>, ()>::new(Duration::from_secs(60), 64);
+        assert_eq!(cache.get(1, || async { Ok(Some(10)) }).await, Ok(Some(10)));
+        let calls = AtomicUsize::new(0);
+        let load = |keys: Vec<u32>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            // Odd keys exist; even ones do not (kept as `None` too).
+            async move {
+                Ok(keys
+                    .iter()
+                    .map(|k| (k % 2 == 1).then_some(k * 10))
+                    .collect())
+            }
+        };
+        let keys: Vec<u32> = (0..50).collect();
+        let values = cache.get_many(&keys, load).await.unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one load for 49 keys missing"
+        );
+        assert_eq!(values.len(), 50);
+        assert_eq!(values[1], Some(10), "the kept value, not the load's");
+        assert_eq!(values[3], Some(30));
+        assert_eq!(values[4], None);
+        // Every one is kept now, found and not found alike.
+        let again = cache.get_many(&keys, load).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing loaded again");
+        assert_eq!(again, values);
     }
 
     #[tokio::test]

@@ -604,6 +604,67 @@ async fn a_hundred_pages_polling_one_batch_at_once_cost_the_database_one_read() 
     app.stop().await;
 }
 
+/// The ids a page asks for that the live cache lacks are read in one statement: a request
+/// naming a hundred made-up ids costs the database one read (it cost a hundred, one after
+/// another, and the dashboard has no request rate of its own).
+#[tokio::test]
+async fn a_live_request_for_many_batches_not_kept_reads_them_in_one_statement() {
+    let app = TestApp::without_workers().await;
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batch_id(&batches::submit(&app, &items(3, &template)).await);
+    let session = sign_in(&app, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await;
+    let mut ids = vec![batch.clone()];
+    ids.extend((0..99).map(|_| uuid::Uuid::new_v4().to_string()));
+    let lock_batches = || async {
+        let mut tx = app.db.begin().await.unwrap();
+        sqlx::query("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx
+    };
+    let reads_waiting = || async {
+        app.count(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE c.relname = 'batches' AND NOT l.granted",
+        )
+        .await
+    };
+    let first = lock_batches().await;
+    let mut poll = tokio::spawn({
+        let url = app.url(&format!("/ui/live/batches?ids={}", ids.join(",")));
+        async move {
+            let r = ui::no_redirects()
+                .get(url)
+                .header(header::COOKIE, session)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()
+        }
+    });
+    eventually(Duration::from_secs(20), || async {
+        (reads_waiting().await >= 1).then_some(())
+    })
+    .await;
+    // Its first read goes through; the table is held again at once (after that read), so any
+    // later read of the request waits where the test sees it.
+    first.rollback().await.unwrap();
+    let second = lock_batches().await;
+    let answered = tokio::select! {
+        body = &mut poll => body.unwrap(),
+        () = eventually(Duration::from_secs(20), || async {
+            (reads_waiting().await >= 1).then_some(())
+        }) => panic!("the request read the batches again after its first read"),
+    };
+    second.rollback().await.unwrap();
+    let shown = answered["batches"].as_array().unwrap();
+    assert_eq!(shown.len(), 1, "{answered}");
+    assert_eq!(shown[0]["batchId"], batch.as_str());
+    app.stop().await;
+}
+
 /// Headless Chromium under chromedriver, for one test.
 struct Browser {
     driver: Child,

@@ -268,6 +268,17 @@ pub async fn find(
     .await
 }
 
+/// The batches among `ids` (any client's), in no order.
+pub async fn find_many(
+    exec: impl PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<Vec<BatchRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM batches WHERE id = ANY($1)"))
+        .bind(ids)
+        .fetch_all(exec)
+        .await
+}
+
 pub async fn find_by_idempotency_key(
     exec: impl PgExecutor<'_>,
     client_id: &str,
