@@ -199,7 +199,9 @@ async fn copy_results(
             ));
         }
     }
-    if !pending.is_empty() {
+    // The last line, if the results ended without a line feed; a copy cut short because
+    // stdout's reader left holds a piece of a line, which is not one.
+    if !more && !pending.is_empty() {
         writer.item(&pending, sink)?;
     }
     Ok(())

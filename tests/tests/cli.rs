@@ -1435,6 +1435,20 @@ async fn a_closed_stdout_ends_printing_not_in_a_panic() {
         assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
         assert!(out.stderr.is_empty(), "{args:?}: {}", out.stderr);
     }
+    // Results as CSV, from many lines: the copy stops in the middle of the results, and the
+    // piece of a line it holds then is not taken for a line (it was: "a results line is not
+    // JSON", exit 6).
+    let template = app.serve_sample_template("t.zip").await;
+    let batch = batches::submit(&app, &batches::items(3000, &template)).await;
+    let id = batch["batchId"].as_str().unwrap().to_owned();
+    for format in ["csv", "ndjson"] {
+        let args = ["batch", "results", id.as_str(), "--format", format];
+        let mut child = cli.command(&args).spawn().expect("the program starts");
+        drop(child.stdout.take());
+        let out = cli.finish(child, &args).await;
+        assert_eq!(out.code, 0, "{format}: {}", out.stderr);
+        assert!(out.stderr.is_empty(), "{format}: {}", out.stderr);
+    }
     app.stop().await;
 }
 
