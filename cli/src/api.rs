@@ -226,12 +226,17 @@ impl Api {
     /// at once), and closing then can reset the connection before its answer is read: a
     /// request whose connection failed is also sent again (after a second), as many times, so
     /// it must be safe to repeat (an `Idempotency-Key`).
-    pub async fn send_streamed(&self, build: impl Fn() -> RequestBuilder) -> Result<Response> {
+    /// `settled` says, after a failure, that no retry can help (the body itself failed).
+    pub async fn send_streamed(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+        settled: impl Fn() -> bool,
+    ) -> Result<Response> {
         let mut failed = 0;
         loop {
             let token = self.token(false).await?;
             match self.busy_retries(|| build().bearer_auth(&token)).await {
-                Err(e) if e.exit == Exit::Unreachable && failed < BUSY_RETRIES => {
+                Err(e) if e.exit == Exit::Unreachable && failed < BUSY_RETRIES && !settled() => {
                     failed += 1;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

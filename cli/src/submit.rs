@@ -11,6 +11,10 @@ use std::{
     hash::{Hash, Hasher},
     io::Read,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use serde_json::{Map, Value};
@@ -134,8 +138,12 @@ fn produce(
     defaults: Defaults,
     expected: [u8; 32],
     tx: mpsc::Sender<std::io::Result<Vec<u8>>>,
+    differs: Arc<AtomicBool>,
 ) {
-    let changed = || std::io::Error::other("the file changed while it was being sent");
+    let changed = || {
+        differs.store(true, Ordering::Relaxed);
+        std::io::Error::other("the file changed while it was being sent")
+    };
     let result = (|| -> std::io::Result<()> {
         let mut rows = Rows::open(&path, format).map_err(|e| std::io::Error::other(e.message))?;
         let mut digest = Sha256::new();
@@ -198,12 +206,17 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
     };
     let (prepared, file_sha) = prepared?;
     let key = api.idempotency_key(&prepared.body_sha256);
+    // Set when the file no longer gives the body hashed: the request failed, and no retry can
+    // send it.
+    let differs = Arc::new(AtomicBool::new(false));
     let send = || {
         let (tx, rx) = mpsc::channel(4);
         {
-            let (path, defaults) = (path.clone(), defaults.clone());
+            let (path, defaults, differs) = (path.clone(), defaults.clone(), differs.clone());
             let expected = prepared.body_sha256;
-            tokio::task::spawn_blocking(move || produce(path, format, defaults, expected, tx));
+            tokio::task::spawn_blocking(move || {
+                produce(path, format, defaults, expected, tx, differs)
+            });
         }
         let body = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk, rx))
@@ -214,7 +227,17 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
             .header("idempotency-key", &key)
             .body(reqwest::Body::wrap_stream(body))
     };
-    let response = api.send_streamed(send).await.map_err(|mut e| {
+    let sent = api
+        .send_streamed(send, || differs.load(Ordering::Relaxed))
+        .await;
+    if sent.is_err() && differs.load(Ordering::Relaxed) {
+        return Err(Failure::invalid(format!(
+            "{}: the file changed while it was being sent (after it was checked); nothing was \
+             submitted: check it and run the command again",
+            path.display()
+        )));
+    }
+    let response = sent.map_err(|mut e| {
         if e.exit == Exit::Unreachable {
             e.message
                 .push_str("; run the same command again to reattach");
