@@ -344,11 +344,12 @@ impl CsvResults {
             self.header_written = true;
         }
         let item = result["item"].as_u64().unwrap_or(u64::MAX);
-        // The file's own cells are kept as they were, for resubmission; the server's may be
-        // another client's input (an operator sees every batch): never a formula.
-        let (fields, theirs) = match self.item(item)? {
-            Some(fields) => (Some(fields), false),
-            None => (result["fields"].as_object().cloned(), true),
+        // From the file or the server (whose may be another client's input: an operator sees
+        // every batch), every cell is never a formula; submitted again, each is read as it was
+        // written (`rows::Rows` takes the guard off a results file's cells).
+        let fields = match self.item(item)? {
+            Some(fields) => Some(fields),
+            None => result["fields"].as_object().cloned(),
         };
         let mut record: Vec<String> = self
             .columns
@@ -360,7 +361,7 @@ impl CsvResults {
                 (Some(f), c) => f.get(c).map(fields::text_of).unwrap_or_default(),
                 (None, _) => String::new(),
             })
-            .map(|cell| if theirs { never_a_formula(cell) } else { cell })
+            .map(never_a_formula)
             .collect();
         let error = provisioner_shared::domain::error_cell(
             result["error"]["title"].as_str(),

@@ -129,6 +129,8 @@ pub enum Rows {
         path: PathBuf,
         reader: Box<csv::Reader<Bounded<File>>>,
         headers: Vec<String>,
+        /// A results file's (`a_results_file`): its cells were written by `never_a_formula`.
+        results: bool,
         floor: Rc<Cell<u64>>,
         record: csv::StringRecord,
         lines: LineCounter,
@@ -194,6 +196,7 @@ impl Rows {
                 Ok(Self::Csv {
                     path: path.to_owned(),
                     reader: Box::new(reader),
+                    results: a_results_file(&headers),
                     headers,
                     floor,
                     record: csv::StringRecord::new(),
@@ -210,6 +213,7 @@ impl Rows {
                 path,
                 reader,
                 headers,
+                results,
                 floor,
                 record,
                 lines,
@@ -254,6 +258,9 @@ impl Rows {
                 }
                 let mut fields = Map::new();
                 for (name, value) in headers.iter().zip(record.iter()) {
+                    // A results file's cells as the text they were made from (a `'` that
+                    // keeps a spreadsheet from running one is not part of it).
+                    let value = if *results { as_written(value) } else { value };
                     if !value.is_empty() && !RESULT_COLUMNS.contains(&name.as_str()) {
                         fields.insert(name.clone(), fields::cell(name, value));
                     }
@@ -367,6 +374,7 @@ fn csv_failure(path: &Path, e: &csv::Error, line: Option<u64>) -> Failure {
 /// items can be fixed and submitted again as they are; one of them alone is an unknown field,
 /// as before.
 pub use provisioner_shared::domain::RESULT_COLUMNS;
+use provisioner_shared::domain::as_written;
 
 /// Whether `headers` are a results file's: they name every one of `RESULT_COLUMNS`.
 fn a_results_file(headers: &[String]) -> bool {

@@ -227,13 +227,20 @@ pub fn error_cell(title: Option<&str>, detail: Option<&str>) -> String {
 }
 
 /// `text` as a spreadsheet cell that never runs as a formula: a leading `=`, `+`, `-`, `@`, tab
-/// or carriage return is prefixed with `'` (the dashboard's and the command line's CSV).
+/// or carriage return is prefixed with `'` (the dashboard's and the command line's CSV), and so
+/// is a leading `'`, so that `as_written` gives every text back exactly.
 pub fn never_a_formula(text: String) -> String {
-    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r', '\'']) {
         format!("'{text}")
     } else {
         text
     }
+}
+
+/// A cell of a results file as the text it was made from by `never_a_formula` (its leading `'`
+/// taken off), for a results file submitted again.
+pub fn as_written(cell: &str) -> &str {
+    cell.strip_prefix('\'').unwrap_or(cell)
 }
 
 /// What an import-tenant job needs: the upload is its template.

@@ -778,7 +778,9 @@ async fn csv_results_of_a_batch_made_elsewhere_carry_the_fields_the_server_recor
     // anyone's input: never a formula.
     let mut item = batches::item(&url, template);
     item["tenantName"] = json!("=1+2");
-    let batch = batches::submit(&app, &[item]).await;
+    let mut quoted = batches::item(&fixtures::tenant_url(), template);
+    quoted["tenantName"] = json!("'t Hooft");
+    let batch = batches::submit(&app, &[item, quoted]).await;
     let id = batch["batchId"].as_str().unwrap();
     let csv = cli
         .run(&["batch", "results", id, "--format", "csv"])
@@ -793,8 +795,43 @@ async fn csv_results_of_a_batch_made_elsewhere_carry_the_fields_the_server_recor
         ),
     );
     assert!(row.ends_with(",queued,,"), "{row}");
+    assert!(lines.next().unwrap().contains(",''t Hooft,"));
     assert_eq!(lines.next(), None);
     assert!(!csv.stdout.contains(fixtures::SENTINEL_PASSWORD));
+    // Submitted again as it is, each cell is the text it was made from: the guard against
+    // formulas is not sent as part of a name (it was: a tenant named `'=1+2`).
+    let scratch = Scratch::new();
+    let again = scratch.write("again.csv", &csv.stdout);
+    let out = cli
+        .run(&[
+            "batch",
+            "submit",
+            again.to_str().unwrap(),
+            "--set",
+            &format!("password={PASSWORD}"),
+        ])
+        .await
+        .expect(0);
+    let again_id = out.stdout.lines().next().unwrap().to_owned();
+    let submitted = app
+        .http
+        .get(app.url(&format!(
+            "/configapi/v2/batches/{again_id}/results?fields=submitted"
+        )))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let names: Vec<String> = submitted
+        .lines()
+        .map(|l| {
+            let line: Value = serde_json::from_str(l).unwrap();
+            line["fields"]["tenantName"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(names, ["=1+2", "'t Hooft"]);
     app.stop().await;
 }
 
