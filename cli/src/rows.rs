@@ -286,6 +286,11 @@ impl Rows {
                     return Ok(None);
                 }
                 *line += 1;
+                // A byte-order mark opening the file (Windows editors write one), as a CSV
+                // file's is: not part of the first row.
+                if *line == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+                    buf.drain(..3);
+                }
                 if buf.len() as u64 > MAX_ROW_BYTES && buf.last() != Some(&b'\n') {
                     skip_line(reader).map_err(|e| unreadable(path, e))?;
                     return Ok(Some(Row {
@@ -355,11 +360,17 @@ fn csv_failure(path: &Path, e: &csv::Error, line: Option<u64>) -> Failure {
             return unreadable(path, format_args!("the CSV file cannot be read: {io}"));
         }
         // The crate's own text names the record by its line, which skips blank lines.
-        csv::ErrorKind::Utf8 { err, .. } => format!(
-            "column {} is not UTF-8 text (its first {} bytes are)",
-            err.field() + 1,
-            err.valid_up_to()
-        ),
+        csv::ErrorKind::Utf8 { err, .. } => match err.valid_up_to() {
+            0 => format!(
+                "column {} is not UTF-8 text (from its first byte; save the file as UTF-8)",
+                err.field() + 1
+            ),
+            valid => format!(
+                "column {} is not UTF-8 text (after its first {valid} bytes; save the file as \
+                 UTF-8)",
+                err.field() + 1
+            ),
+        },
         _ => e.to_string(),
     };
     let message = match line {
@@ -488,10 +499,20 @@ mod tests {
             panic!("a cell that is not UTF-8 was read");
         };
         assert!(
-            failure.message.contains("line 6: column 2 is not UTF-8"),
+            failure
+                .message
+                .contains("line 6: column 2 is not UTF-8 text (from its first byte;"),
             "{}",
             failure.message
         );
+    }
+
+    #[test]
+    fn an_ndjson_file_may_open_with_a_byte_order_mark() {
+        let path = file("t.ndjson", b"\xEF\xBB\xBF{\"tenantUrl\":\"a.example\"}\n");
+        let mut rows = Rows::open(&path, Format::Ndjson).unwrap();
+        let row = rows.next_row().unwrap().unwrap();
+        assert_eq!(row.fields.unwrap()["tenantUrl"], "a.example");
     }
 
     #[test]
@@ -501,7 +522,9 @@ mod tests {
             panic!("a header that is not UTF-8 was read");
         };
         assert!(
-            failure.message.contains("line 4: column 2 is not UTF-8"),
+            failure
+                .message
+                .contains("line 4: column 2 is not UTF-8 text (after its first 6 bytes;"),
             "{}",
             failure.message
         );
