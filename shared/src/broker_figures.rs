@@ -42,18 +42,19 @@ impl QueueReader {
 
     /// The figures of every job queue, interactive first.
     pub async fn read(&self) -> anyhow::Result<Vec<QueueFigures>> {
-        Ok(self.read_queues(false).await?.0)
+        Ok(self.read_queues(DeadLetters::Unread).await?.0)
     }
 
-    /// `read`, and the messages waiting in the dead-letter queue.
-    pub async fn read_with_dead_letters(&self) -> anyhow::Result<(Vec<QueueFigures>, u32)> {
-        let (queues, dead) = self.read_queues(true).await?;
-        Ok((queues, dead.unwrap_or_default()))
+    /// `read`, and the messages waiting in the dead-letter queue: `None` if it cannot be read
+    /// (it was deleted: it is declared again when a process reconnects), which leaves the job
+    /// queues' figures as they are.
+    pub async fn read_with_dead_letters(&self) -> anyhow::Result<(Vec<QueueFigures>, Option<u32>)> {
+        self.read_queues(DeadLetters::Read).await
     }
 
     async fn read_queues(
         &self,
-        dead_letters: bool,
+        dead_letters: DeadLetters,
     ) -> anyhow::Result<(Vec<QueueFigures>, Option<u32>)> {
         let mut held = self.held.lock().await;
         // Taken out while it is used: kept again only after a read that succeeded.
@@ -66,14 +67,31 @@ impl QueueReader {
             }
         };
         let figures = job_queues(&channel).await?;
-        let dead = if dead_letters {
-            Some(ready(&channel, queue::DEAD_QUEUE).await?.message_count())
-        } else {
-            None
+        // On a channel of its own: a passive declare of a queue that does not exist closes its
+        // channel.
+        let dead = match dead_letters {
+            DeadLetters::Read => match conn.create_channel().await {
+                Ok(apart) => {
+                    let dead = ready(&apart, queue::DEAD_QUEUE).await;
+                    if apart.status().connected() {
+                        let _ = apart.close(200, "read".into()).await;
+                    }
+                    dead.ok().map(|q| q.message_count())
+                }
+                Err(_) => None,
+            },
+            DeadLetters::Unread => None,
         };
         *held = Some((conn, channel));
         Ok((figures, dead))
     }
+}
+
+/// Whether a read asks for the dead-letter queue too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeadLetters {
+    Read,
+    Unread,
 }
 
 /// A passive declare of `name`: its figures, or an error (closing the channel) if it does not

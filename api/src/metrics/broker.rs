@@ -11,8 +11,12 @@ const BROKER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// A broker reading this recent is served as it is.
 const BROKER_READING_FRESH: Duration = Duration::from_secs(5);
 
-/// The job queues' figures, and the messages waiting in the dead-letter queue.
-pub(super) type QueueFigures = (Vec<provisioner_shared::broker_figures::QueueFigures>, u32);
+/// The job queues' figures, and the messages waiting in the dead-letter queue (when it could be
+/// read).
+pub(super) type QueueFigures = (
+    Vec<provisioner_shared::broker_figures::QueueFigures>,
+    Option<u32>,
+);
 
 /// An API's readings of its broker's job queues. Each API has its own (its own broker and
 /// vhost): several APIs in one process, as the tests run them, never serve each other's.

@@ -12,23 +12,35 @@ use provisioner_shared::{
 use super::{broker::BrokerReadings, client_label, family, typed_family};
 use crate::cache::Cache;
 
-/// A reading of the database's and the broker's figures this recent serves every scrape.
+/// A reading of the database's figures this recent serves every scrape.
 const READING_FRESH: Duration = Duration::from_secs(2);
 
-/// Longest a reading may take: past it the scrape goes on without the database's and broker's
-/// figures (`provisioner_database_reachable 0`), well within Prometheus's default scrape
-/// timeout (10 s), rather than waiting for the pool's own limit and answering nothing.
-const READING_LIMIT: Duration = Duration::from_secs(3);
+/// Longest a scrape waits for the database's figures: past it the scrape goes on without them
+/// (`provisioner_database_reachable 0`), well within Prometheus's default scrape timeout
+/// (10 s), rather than waiting for the pool's own limit and answering nothing.
+const READING_WAIT: Duration = Duration::from_secs(3);
 
 /// An API's figures from its database and broker for `/metrics`. `/metrics` needs no token, so
-/// a flood of scrapes must not become a flood of statements (nor of writes, see `render`): one
-/// reading serves every scrape for `READING_FRESH`, and the scrapes that arrive while it is read
-/// wait for it rather than read their own. Each API has its own (its own database and broker):
-/// several APIs in one process, as the tests run them, never serve each other's.
+/// a flood of scrapes must not become a flood of statements (nor of writes, see
+/// `render_database`): one reading serves every scrape for `READING_FRESH`, the scrapes that
+/// arrive while it is read wait for it rather than read their own, and one reading at a time
+/// runs, in a task of its own (`turn`), to its end: a scrape that stops waiting for a slow
+/// database leaves it running, and the next scrape waits for its turn rather than adding
+/// another reading (and another connection held) beside it. The broker's figures are read
+/// beside the database's, each within its own bounds. Each API has its own (its own database
+/// and broker): several APIs in one process, as the tests run them, never serve each other's.
 #[derive(Debug)]
 pub(crate) struct Figures {
     broker: BrokerReadings,
     reading: Cache<(), Arc<str>>,
+    turn: Arc<tokio::sync::Semaphore>,
+}
+
+/// Whether a scrape read the database's figures (its `provisioner_database_reachable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Database {
+    Read,
+    Unread,
 }
 
 impl Figures {
@@ -36,26 +48,41 @@ impl Figures {
         Self {
             broker: BrokerReadings::new(amqp_url),
             reading: Cache::new(READING_FRESH, 1),
+            turn: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
-    /// The figures as Prometheus text: the last reading if it is fresh, else the reading under
-    /// way, else a new one, within `READING_LIMIT`. A reading that fails is not kept: the next
-    /// scrape reads again.
-    pub(crate) async fn text(
+    /// The database's figures as Prometheus text: the last reading if it is fresh, else the
+    /// reading under way, else a new one when no other runs, within `READING_WAIT`. A reading
+    /// that fails is not kept: the next scrape reads again.
+    pub(crate) async fn database_text(
         &self,
         pool: &sqlx::PgPool,
         sealer: &Sealer,
     ) -> Result<Arc<str>, sqlx::Error> {
-        self.reading
-            .get((), || async {
-                match tokio::time::timeout(READING_LIMIT, render(pool, &self.broker, sealer)).await
-                {
-                    Ok(rendered) => rendered.map(Arc::from),
-                    Err(_) => Err(sqlx::Error::PoolTimedOut),
-                }
+        let read = self.reading.get((), || async {
+            let turn = self
+                .turn
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+            let (pool, sealer) = (pool.clone(), sealer.clone());
+            tokio::spawn(async move {
+                let _turn = turn;
+                render_database(&pool, &sealer).await.map(Arc::from)
             })
             .await
+            .map_err(|e| sqlx::Error::Protocol(format!("the figures' reading ended: {e}")))?
+        });
+        tokio::time::timeout(READING_WAIT, read)
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+    }
+
+    /// The broker's figures as Prometheus text (`BrokerReadings::read` bounds its own time).
+    pub(crate) async fn broker_text(&self) -> String {
+        render_broker(self.broker.read().await)
     }
 }
 
@@ -66,11 +93,7 @@ impl Figures {
 /// leaves no stale series), and, from the broker, the job queues' ready messages and consumers.
 /// Written here rather than into the process-wide recorder, so that several APIs in one process
 /// (as the tests run them) each show their own.
-async fn render(
-    pool: &sqlx::PgPool,
-    broker: &BrokerReadings,
-    sealer: &Sealer,
-) -> Result<String, sqlx::Error> {
+async fn render_database(pool: &sqlx::PgPool, sealer: &Sealer) -> Result<String, sqlx::Error> {
     let stats = db::jobs::stats(pool).await?;
     // Each worker's sweep folds the changes of held items too; a reading does it as well (once
     // per reading, whatever the number of scrapes), so that a deployment whose workers are
@@ -87,7 +110,6 @@ async fn render(
     let backlog = figures::backlog(pool).await?;
     let failures = figures::recent_failures(pool).await?;
     let shares = figures::client_shares(pool).await?;
-    let queues = broker.read().await;
 
     let age = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map_or(0.0, |at| {
@@ -175,6 +197,13 @@ async fn render(
         (shares.total - named).max(0)
     );
 
+    Ok(out)
+}
+
+/// The broker's figures of one reading (`None`: the broker could not be read) as Prometheus
+/// text: the job queues' ready messages and consumers, and the dead letters when read.
+fn render_broker(queues: Option<super::broker::QueueFigures>) -> String {
+    let mut out = String::new();
     family(
         &mut out,
         "provisioner_broker_reachable",
@@ -205,14 +234,16 @@ async fn render(
                 let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", q.queue, figure(q));
             }
         }
-        family(
-            &mut out,
-            "provisioner_dead_letters",
-            "Messages waiting in provisioner.jobs.dead (nothing consumes it: an operator inspects and purges it)",
-        );
-        let _ = writeln!(out, "provisioner_dead_letters {dead_letters}");
+        if let Some(dead_letters) = dead_letters {
+            family(
+                &mut out,
+                "provisioner_dead_letters",
+                "Messages waiting in provisioner.jobs.dead (nothing consumes it: an operator inspects and purges it)",
+            );
+            let _ = writeln!(out, "provisioner_dead_letters {dead_letters}");
+        }
     }
-    Ok(out)
+    out
 }
 
 /// The failure codes a job may end with; any other is counted as `other`.

@@ -18,7 +18,7 @@ use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use provisioner_shared::seal::Sealer;
 
-pub(crate) use self::figures::Figures;
+pub(crate) use self::figures::{Database, Figures};
 
 /// The process-wide recorder (installed once, shared by every router in the process).
 pub(crate) fn handle() -> &'static PrometheusHandle {
@@ -124,19 +124,16 @@ pub(crate) fn template_memory(out: &mut String, in_use_bytes: u64) {
 }
 
 /// Whether this scrape could read the figures of the database (`1`), or is served without them
-/// and the broker's (`0`: the database unreachable, or slower than the reading's limit).
-pub(crate) fn database_reachable(out: &mut String, reachable: bool) {
+/// (`0`: the database unreachable, or slower than the scrape's wait for it).
+pub(crate) fn database_reachable(out: &mut String, database: Database) {
     use std::fmt::Write as _;
     family(
         out,
         "provisioner_database_reachable",
-        "1 when this scrape read the figures of PostgreSQL (and RabbitMQ); 0 when it could not, and they are left out",
+        "1 when this scrape read the figures of PostgreSQL; 0 when it could not within 3 s, and they are left out",
     );
-    let _ = writeln!(
-        out,
-        "provisioner_database_reachable {}",
-        u8::from(reachable)
-    );
+    let read = u8::from(database == Database::Read);
+    let _ = writeln!(out, "provisioner_database_reachable {read}");
 }
 
 /// What a client's label is a digest of, besides its id: these digests are of nothing else the

@@ -12,20 +12,29 @@ use crate::{AppState, metrics, openapi};
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
-    // Read at most every few seconds, one reading shared by the scrapes meanwhile; this
-    // process's own figures below are read at each scrape. Without the database, they are
-    // served all the same, with the figures read from it (and the broker's) left out.
-    let figures = state.figures.text(&state.pool, &state.sealer).await;
+    // Read at most every few seconds, one reading shared by the scrapes meanwhile, the
+    // database's and the broker's side by side; this process's own figures below are read at
+    // each scrape. Without the database, they are served all the same, with the figures read
+    // from it left out.
+    let (database, broker) = tokio::join!(
+        state.figures.database_text(&state.pool, &state.sealer),
+        state.figures.broker_text()
+    );
     let mut text = metrics::handle().render();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
     metrics::template_memory(&mut text, state.template_budget.in_use_bytes());
-    metrics::database_reachable(&mut text, figures.is_ok());
-    match figures {
+    let read = match &database {
+        Ok(_) => metrics::Database::Read,
+        Err(_) => metrics::Database::Unread,
+    };
+    metrics::database_reachable(&mut text, read);
+    match database {
         Ok(figures) => text.push_str(&figures),
         Err(e) => tracing::warn!(error = %e, "/metrics cannot read the figures of the database"),
     }
+    text.push_str(&broker);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
