@@ -79,10 +79,10 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Shared> Cache<K, V, E> {
     /// The values of `keys`, in their order: fresh cached ones as they are, and every other in
     /// one call of `load` (given the keys it is to read, in order; it answers a value for each),
     /// whose values are then kept. One load per call, however many keys miss: a caller asking
-    /// for a hundred unknown keys costs one read, not a hundred. A single key missing goes
-    /// through `get`, so concurrent callers of one key (many pages watching one thing) share
-    /// its load; several missing are loaded by each caller.
-    pub(crate) async fn get_many<F, Fut>(&self, keys: &[K], load: F) -> Result<Vec<V>, E>
+    /// for a hundred unknown keys costs one read, not a hundred. Unlike `get`, callers missing
+    /// the same keys at once each load them: for values that rarely change, kept long enough
+    /// that misses are rare. `None` for a key the load gave no value.
+    pub(crate) async fn get_many<F, Fut>(&self, keys: &[K], load: F) -> Result<Vec<Option<V>>, E>
     where
         F: FnOnce(Vec<K>) -> Fut,
         Fut: Future<Output = Result<Vec<V>, E>>,
@@ -94,20 +94,8 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Shared> Cache<K, V, E> {
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k.clone())
             .collect();
-        if let [one] = missing.as_slice() {
-            let value = self
-                .get(one.clone(), || async {
-                    Ok(load(vec![one.clone()])
-                        .await?
-                        .pop()
-                        .expect("a load answers a value for each key"))
-                })
-                .await?;
-            if let Some(slot) = found.iter_mut().find(|v| v.is_none()) {
-                *slot = Some(value);
-            }
-        } else if !missing.is_empty() {
-            let mut loaded = load(missing.clone()).await?.into_iter();
+        if !missing.is_empty() {
+            let mut loaded = load(missing).await?.into_iter();
             for (key, value) in keys.iter().zip(found.iter_mut()) {
                 if value.is_none() {
                     let Some(v) = loaded.next() else { break };
@@ -116,7 +104,7 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Shared> Cache<K, V, E> {
                 }
             }
         }
-        Ok(found.into_iter().flatten().collect())
+        Ok(found)
     }
 
     /// The fresh value of `key`, if one is kept (not a load in flight).
@@ -285,9 +273,9 @@ mod tests {
             "one load for 49 keys missing"
         );
         assert_eq!(values.len(), 50);
-        assert_eq!(values[1], Some(10), "the kept value, not the load's");
-        assert_eq!(values[3], Some(30));
-        assert_eq!(values[4], None);
+        assert_eq!(values[1], Some(Some(10)), "the kept value, not the load's");
+        assert_eq!(values[3], Some(Some(30)));
+        assert_eq!(values[4], Some(None));
         // Every one is kept now, found and not found alike.
         let again = cache.get_many(&keys, load).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing loaded again");

@@ -278,29 +278,33 @@ pub(crate) async fn live(State(state): State<AppState>, session: Session, uri: U
             wanted.push(id);
         }
     }
-    // Those the cache does not hold are read in one statement (a hundred ids the caller made
-    // up cost one read, not a hundred), and kept, found or not, as `visible` keeps them.
+    // Which of them name a batch, those not known yet in one statement (a hundred ids the
+    // caller made up cost one read, not a hundred); then each batch through the live cache,
+    // one read for every page that shows it.
     let pool = state.pool.clone();
-    let rows = state
+    let named = state
         .ui
-        .batches
-        .get_many(&wanted, |missing| async move {
-            let found = db::batches::find_many(&pool, &missing).await?;
-            Ok(missing
-                .iter()
-                .map(|id| found.iter().find(|b| b.id == *id).cloned())
-                .collect())
+        .batch_ids
+        .get_many(&wanted, |unknown| async move {
+            let found = db::batches::existing(&pool, &unknown).await?;
+            Ok(unknown.iter().map(|id| found.contains(id)).collect())
         })
         .await;
-    let batches: Vec<_> = match rows {
-        Ok(rows) => rows
-            .into_iter()
-            .flatten()
-            .filter(|b| session.caller.sees().is_none_or(|c| c == b.client_id))
-            .map(|b| b.view())
-            .collect(),
+    let named = match named {
+        Ok(named) => named,
         Err(e) => return layout::internal(e.into()),
     };
+    let mut batches = Vec::with_capacity(wanted.len());
+    for (id, named) in wanted.into_iter().zip(named) {
+        if named != Some(true) {
+            continue;
+        }
+        match visible(&state, &session, id).await {
+            Ok(Some(batch)) => batches.push(batch.view()),
+            Ok(None) => {}
+            Err(e) => return layout::internal(e.into()),
+        }
+    }
     let mut response = Json(serde_json::json!({ "batches": batches })).into_response();
     layout::no_store(&mut response);
     response

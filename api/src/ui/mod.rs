@@ -40,11 +40,17 @@ pub(crate) struct Doc;
 const LIVE_TTL: Duration = Duration::from_secs(2);
 /// Most keys each live cache holds.
 const LIVE_KEYS: usize = 4096;
+/// How long whether a batch id names a batch is kept: ids are the server's (random), so one
+/// that named none names none later; a batch removed meanwhile reads as none from `batches`.
+const EXISTS_TTL: Duration = Duration::from_secs(60);
 
 /// The live caches of one API process.
 #[derive(Debug)]
 pub(crate) struct Live {
     batches: Cache<Uuid, Option<BatchRow>>,
+    /// Whether an id names a batch at all, checked for many ids in one statement: a live
+    /// request's ids that name none never reach `batches`, one read each.
+    batch_ids: Cache<Uuid, bool>,
     failures: Cache<Uuid, Vec<FailureGroup>>,
     /// By whose work (`None`: an operator's view of everything).
     overview: Cache<Option<String>, overview::Overview>,
@@ -58,6 +64,7 @@ impl Default for Live {
     fn default() -> Self {
         Self {
             batches: Cache::new(LIVE_TTL, LIVE_KEYS),
+            batch_ids: Cache::new(EXISTS_TTL, LIVE_KEYS),
             failures: Cache::new(LIVE_TTL, LIVE_KEYS),
             overview: Cache::new(LIVE_TTL, LIVE_KEYS),
             sessions: Cache::new(LIVE_TTL, LIVE_KEYS),

@@ -268,12 +268,9 @@ pub async fn find(
     .await
 }
 
-/// The batches among `ids` (any client's), in no order.
-pub async fn find_many(
-    exec: impl PgExecutor<'_>,
-    ids: &[Uuid],
-) -> Result<Vec<BatchRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM batches WHERE id = ANY($1)"))
+/// Those of `ids` that name a batch (any client's), in no order.
+pub async fn existing(exec: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM batches WHERE id = ANY($1)")
         .bind(ids)
         .fetch_all(exec)
         .await
