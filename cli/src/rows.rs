@@ -123,6 +123,9 @@ impl LineCounter {
     }
 }
 
+/// UTF-8's byte-order mark, which some editors write at the start of a file.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
+
 /// The rows of a file, in order.
 pub enum Rows {
     Csv {
@@ -277,9 +280,15 @@ impl Rows {
                 buf,
             } => loop {
                 buf.clear();
+                // The first line may open with a byte-order mark, besides its row.
+                let mark = if *line == 0 {
+                    BYTE_ORDER_MARK.len() as u64
+                } else {
+                    0
+                };
                 let n = reader
                     .by_ref()
-                    .take(MAX_ROW_BYTES + 1)
+                    .take(MAX_ROW_BYTES + 1 + mark)
                     .read_until(b'\n', buf)
                     .map_err(|e| unreadable(path, e))?;
                 if n == 0 {
@@ -288,8 +297,8 @@ impl Rows {
                 *line += 1;
                 // A byte-order mark opening the file (Windows editors write one), as a CSV
                 // file's is: not part of the first row.
-                if *line == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
-                    buf.drain(..3);
+                if *line == 1 && buf.starts_with(BYTE_ORDER_MARK) {
+                    buf.drain(..BYTE_ORDER_MARK.len());
                 }
                 if buf.len() as u64 > MAX_ROW_BYTES && buf.last() != Some(&b'\n') {
                     skip_line(reader).map_err(|e| unreadable(path, e))?;
@@ -513,6 +522,24 @@ mod tests {
         let mut rows = Rows::open(&path, Format::Ndjson).unwrap();
         let row = rows.next_row().unwrap().unwrap();
         assert_eq!(row.fields.unwrap()["tenantUrl"], "a.example");
+        // The mark does not count in the row's size: a row of the largest size is one row.
+        let largest = format!(
+            "{{\"tenantUrl\":\"a.example\",\"tenantName\":\"{}\"}}",
+            "n".repeat(MAX_ROW_BYTES as usize - 41)
+        );
+        assert_eq!(largest.len() as u64, MAX_ROW_BYTES);
+        let mut text = BYTE_ORDER_MARK.to_vec();
+        text.extend_from_slice(largest.as_bytes());
+        text.extend_from_slice(b"\n{\"tenantUrl\":\"b.example\"}\n");
+        let path = file("big.ndjson", &text);
+        let mut rows = Rows::open(&path, Format::Ndjson).unwrap();
+        let first = rows.next_row().unwrap().unwrap();
+        assert_eq!(first.fields.unwrap()["tenantUrl"], "a.example");
+        let second = rows.next_row().unwrap().unwrap();
+        assert_eq!(
+            (second.line, second.fields.unwrap()["tenantUrl"].clone()),
+            (2, serde_json::json!("b.example"))
+        );
     }
 
     #[test]

@@ -144,14 +144,17 @@ fn produce(
         differs.store(true, Ordering::Relaxed);
         std::io::Error::other("the file changed while it was being sent")
     };
+    // The first reading read it whole: a reading that fails now is of a file that changed
+    // (a header renamed, a row broken, the file gone) as much as one that differs.
+    let unreadable = |e: crate::exit::Failure| {
+        differs.store(true, Ordering::Relaxed);
+        std::io::Error::other(e.message)
+    };
     let result = (|| -> std::io::Result<()> {
-        let mut rows = Rows::open(&path, format).map_err(|e| std::io::Error::other(e.message))?;
+        let mut rows = Rows::open(&path, format).map_err(unreadable)?;
         let mut digest = Sha256::new();
         let mut chunk = Vec::with_capacity(CHUNK + 1024);
-        while let Some(row) = rows
-            .next_row()
-            .map_err(|e| std::io::Error::other(e.message))?
-        {
+        while let Some(row) = rows.next_row().map_err(unreadable)? {
             let mut item = row.fields.map_err(|_| changed())?;
             let (_, line) = item_line(&mut item, &defaults).map_err(|_| changed())?;
             digest.update(&line);
@@ -209,7 +212,9 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
     // Set when the file no longer gives the body hashed: the request failed, and no retry can
     // send it.
     let differs = Arc::new(AtomicBool::new(false));
+    let tries = std::cell::Cell::new(0u32);
     let send = || {
+        tries.set(tries.get() + 1);
         let (tx, rx) = mpsc::channel(4);
         {
             let (path, defaults, differs) = (path.clone(), defaults.clone(), differs.clone());
@@ -231,9 +236,16 @@ pub async fn submit(api: &Api, path: &Path, defaults: Defaults) -> Result<Value>
         .send_streamed(send, || differs.load(Ordering::Relaxed))
         .await;
     if sent.is_err() && differs.load(Ordering::Relaxed) {
+        // An earlier try, cut off before its answer, may have been taken whole.
+        let outcome = if tries.get() > 1 {
+            "this try was refused, and an earlier one may have made a batch (`provisioner batch \
+             list` shows it)"
+        } else {
+            "nothing was submitted"
+        };
         return Err(Failure::invalid(format!(
-            "{}: the file changed while it was being sent (after it was checked); nothing was \
-             submitted: check it and run the command again",
+            "{}: the file changed (or could no longer be read) while it was being sent, after \
+             it was checked; {outcome}: check it and run the command again",
             path.display()
         )));
     }

@@ -529,66 +529,73 @@ async fn a_file_changed_while_it_is_sent_is_refused_as_the_files_fault() {
     let app = TestApp::without_workers().await;
     let mut cli = cli(&app);
     let scratch = Scratch::new();
-    let file = scratch.write("rows.csv", &csv_rows(3, ""));
-    let changed = csv_rows(3, "");
-    // An API whose token endpoint changes the file before it answers, and that counts every
-    // other connection (the batch's tries), reading each until the program gives it up.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    cli.api = format!("http://{}", listener.local_addr().unwrap());
-    let tries = Arc::new(AtomicUsize::new(0));
-    let server = tokio::spawn({
-        let (file, tries) = (file.clone(), tries.clone());
-        async move {
-            loop {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let mut request = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+    // Other rows; and a header renamed, which the second reading cannot read past.
+    for changed in [
+        csv_rows(3, ""),
+        csv_rows(3, "").replacen("tenantName", "name", 1),
+    ] {
+        let file = scratch.write("rows.csv", &csv_rows(3, ""));
+        // An API whose token endpoint changes the file before it answers, and that counts every
+        // other connection (the batch's tries), reading each until the program gives it up.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        cli.api = format!("http://{}", listener.local_addr().unwrap());
+        let tries = Arc::new(AtomicUsize::new(0));
+        let server = tokio::spawn({
+            let (file, tries) = (file.clone(), tries.clone());
+            async move {
+                loop {
+                    let (mut socket, _) = listener.accept().await.unwrap();
+                    let mut request = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&request).into_owned();
+                    if head.starts_with("POST /configapi/v2/oauth/token") {
+                        std::fs::write(&file, &changed).unwrap();
+                        let body =
+                            r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write_all(answer.as_bytes()).await;
+                    } else {
+                        // The batch, or what the program sent of it before its body failed (it
+                        // may be nothing: the body fails before its first piece).
+                        tries.fetch_add(1, Ordering::SeqCst);
+                        while matches!(socket.read(&mut chunk).await, Ok(n) if n > 0) {}
                     }
                 }
-                let head = String::from_utf8_lossy(&request).into_owned();
-                if head.starts_with("POST /configapi/v2/oauth/token") {
-                    std::fs::write(&file, &changed).unwrap();
-                    let body = r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                } else {
-                    // The batch, or what the program sent of it before its body failed (it
-                    // may be nothing: the body fails before its first piece).
-                    tries.fetch_add(1, Ordering::SeqCst);
-                    while matches!(socket.read(&mut chunk).await, Ok(n) if n > 0) {}
-                }
             }
-        }
-    });
-    let out = cli
-        .run(&[
-            "batch",
-            "submit",
-            file.to_str().unwrap(),
-            "--template-url",
-            "http://templates.example/t.zip",
-            "--set",
-            &format!("password={PASSWORD}"),
-        ])
-        .await
-        .expect(4);
-    assert!(
-        out.stderr
-            .contains("the file changed while it was being sent")
-            && !out.stderr.contains("reattach"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(tries.load(Ordering::SeqCst), 1, "sent once");
-    server.abort();
+        });
+        let out = cli
+            .run(&[
+                "batch",
+                "submit",
+                file.to_str().unwrap(),
+                "--template-url",
+                "http://templates.example/t.zip",
+                "--set",
+                &format!("password={PASSWORD}"),
+            ])
+            .await
+            .expect(4);
+        assert!(
+            out.stderr
+                .contains("the file changed (or could no longer be read) while it was being sent")
+                && out.stderr.contains("nothing was submitted")
+                && !out.stderr.contains("reattach"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "sent once");
+        server.abort();
+    }
     app.stop().await;
 }
 
