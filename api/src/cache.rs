@@ -79,9 +79,10 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Shared> Cache<K, V, E> {
     /// The values of `keys`, in their order: fresh cached ones as they are, and every other in
     /// one call of `load` (given the keys it is to read, in order; it answers a value for each),
     /// whose values are then kept. One load per call, however many keys miss: a caller asking
-    /// for a hundred unknown keys costs one read, not a hundred. Unlike `get`, callers missing
-    /// the same keys at once each load them: for values that rarely change, kept long enough
-    /// that misses are rare. `None` for a key the load gave no value.
+    /// for a hundred unknown keys costs one read, not a hundred. A single key missing is shared
+    /// with the callers missing it at once, as `get` shares it; several are loaded by each
+    /// caller: for values that rarely change, kept long enough that such misses are rare.
+    /// `None` for a key the load gave no value.
     pub(crate) async fn get_many<F, Fut>(&self, keys: &[K], load: F) -> Result<Vec<Option<V>>, E>
     where
         F: FnOnce(Vec<K>) -> Fut,
@@ -94,7 +95,21 @@ impl<K: Eq + Hash + Clone, V: Clone, E: Shared> Cache<K, V, E> {
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k.clone())
             .collect();
-        if !missing.is_empty() {
+        if let [one] = missing.as_slice() {
+            // One key alone is loaded as `get` loads it: callers asking for it at once (many
+            // pages watching one thing, opened together) share one load.
+            let value = self
+                .get(one.clone(), || async {
+                    Ok(load(vec![one.clone()])
+                        .await?
+                        .pop()
+                        .expect("a load answers a value for each key"))
+                })
+                .await?;
+            if let Some(slot) = found.iter_mut().find(|v| v.is_none()) {
+                *slot = Some(value);
+            }
+        } else if !missing.is_empty() {
             let mut loaded = load(missing).await?.into_iter();
             for (key, value) in keys.iter().zip(found.iter_mut()) {
                 if value.is_none() {

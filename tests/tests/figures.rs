@@ -423,6 +423,47 @@ async fn concurrent_scrapes_share_one_reading_of_the_database() {
     app.stop().await;
 }
 
+/// A reading of the database slower than a scrape waits for: the scrape answers without it
+/// (`provisioner_database_reachable 0`), the reading goes on to its end, and the next scrape
+/// waits for it rather than starting another beside it (each scrape started one, holding a
+/// connection each, for as long as the database was slow).
+#[tokio::test]
+async fn a_slow_reading_of_the_database_runs_alone_while_scrapes_answer_without_it() {
+    let app = TestApp::without_workers().await;
+    let waiting_readings = || async {
+        app.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'provisioner-api'
+               AND wait_event_type = 'Lock'",
+        )
+        .await
+    };
+    // A reading's first statement reads the job counts: it waits while this holds them.
+    let mut held = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE job_counts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let text = scrape(&app).await;
+        assert_eq!(value(&text, "provisioner_database_reachable"), 0.0);
+        assert!(sample(&text, "provisioner_jobs{status=\"queued\"}").is_none());
+        assert!(sample(&text, "provisioner_broker_reachable").is_some());
+    }
+    assert_eq!(
+        waiting_readings().await,
+        1,
+        "one reading waits, however many scrapes gave up on it"
+    );
+    held.rollback().await.unwrap();
+    eventually(Duration::from_secs(20), || async {
+        let text = scrape(&app).await;
+        (sample(&text, "provisioner_database_reachable") == Some(1.0)).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 /// Several APIs in one process (as this suite runs them) each read their own broker's queues
 /// and their own database's figures: a reading of one is never served to another's scrape.
 #[tokio::test]

@@ -620,10 +620,13 @@ async fn live_requests_for_made_up_batch_ids_read_the_database_once() {
             .unwrap();
         tx
     };
+    // The API's reads only (not an autovacuum of the table, say).
     let reads_waiting = || async {
         app.count(
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-             WHERE c.relname = 'batches' AND NOT l.granted",
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE c.relname = 'batches' AND NOT l.granted
+               AND a.application_name = 'provisioner-api'",
         )
         .await
     };
