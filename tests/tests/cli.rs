@@ -545,14 +545,7 @@ async fn a_file_changed_while_it_is_sent_is_refused_as_the_files_fault() {
             async move {
                 loop {
                     let (mut socket, _) = listener.accept().await.unwrap();
-                    let mut request = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => request.extend_from_slice(&chunk[..n]),
-                        }
-                    }
+                    let request = request_head(&mut socket).await;
                     let head = String::from_utf8_lossy(&request).into_owned();
                     if head.starts_with("POST /configapi/v2/oauth/token") {
                         std::fs::write(&file, &changed).unwrap();
@@ -568,6 +561,7 @@ async fn a_file_changed_while_it_is_sent_is_refused_as_the_files_fault() {
                         // The batch, or what the program sent of it before its body failed (it
                         // may be nothing: the body fails before its first piece).
                         tries.fetch_add(1, Ordering::SeqCst);
+                        let mut chunk = [0u8; 4096];
                         while matches!(socket.read(&mut chunk).await, Ok(n) if n > 0) {}
                     }
                 }
@@ -1608,6 +1602,20 @@ async fn a_redirect_is_shown_not_followed_so_the_secret_goes_nowhere_else() {
     app.stop().await;
 }
 
+/// What a fake server reads of a request: up to the end of its head (or the connection's).
+async fn request_head(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&chunk[..n]),
+        }
+    }
+    request
+}
+
 /// An HTTP server that answers each request with the first answer whose path prefix its path
 /// has (404 if none), and keeps every request line it got.
 struct FakeApi {
@@ -1618,7 +1626,7 @@ struct FakeApi {
 
 impl FakeApi {
     async fn start(answers: Vec<(&'static str, String)>) -> Self {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::io::AsyncWriteExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1626,14 +1634,7 @@ impl FakeApi {
         let server = tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
-                let mut request = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                let request = request_head(&mut socket).await;
                 let line = String::from_utf8_lossy(&request)
                     .lines()
                     .next()

@@ -642,34 +642,47 @@ async fn a_pooled_connection_closed_while_idle_is_not_handed_out() {
 #[tokio::test]
 async fn a_request_whose_database_session_was_lost_is_503_with_retry_after() {
     let app = TestApp::without_workers().await;
-    let (status, _) = app.get_json("/configapi/v2/jobs").await;
-    assert_eq!(status, 200);
-    // Every session of the API ends at the server, while its pool still holds them idle for
-    // less than the second after which it tests one before use.
-    let sessions: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'provisioner-api'
-           AND pid <> pg_backend_pid()",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
-    let mut ended = 0;
-    for pid in sessions {
-        let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
-            .bind(pid)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-        ended += usize::from(done);
-    }
-    assert!(ended >= 1, "the API holds a session");
-    let r = app
-        .http
-        .get(app.url("/configapi/v2/jobs"))
-        .send()
+    // The request must come within a second of the sessions' last use: after that the pool
+    // tests a session before it hands it out, and replaces a lost one (and the answer is a
+    // `200`). On a loaded machine the set-up can take longer, so it is made again until it fits.
+    let mut fitted = None;
+    for _ in 0..10 {
+        let (status, _) = app.get_json("/configapi/v2/jobs").await;
+        assert_eq!(status, 200);
+        let last_use = std::time::Instant::now();
+        // Every session of the API ends at the server, while its pool still holds them idle.
+        let sessions: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'provisioner-api'
+               AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&app.db)
         .await
         .unwrap();
+        let mut ended = 0;
+        for pid in sessions {
+            let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+                .bind(pid)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+            ended += usize::from(done);
+        }
+        assert!(ended >= 1, "the API holds a session");
+        let r = app
+            .http
+            .get(app.url("/configapi/v2/jobs"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 && last_use.elapsed() >= Duration::from_millis(900) {
+            // Too late: the pool tested its sessions first.
+            continue;
+        }
+        fitted = Some(r);
+        break;
+    }
+    let r = fitted.expect("one of ten requests came within a second of the sessions' last use");
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     assert_eq!(r.headers()["content-type"], "application/problem+json");
