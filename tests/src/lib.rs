@@ -320,6 +320,24 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.db).await.unwrap()
     }
 
+    /// Locks on `table` in this test's database, held or awaited by sessions other than the
+    /// test's, that meet `condition` (SQL over `l`, the lock, and `a`, its session). A test
+    /// binary runs its tests side by side, each in a database made by the same migrations, where
+    /// a table has the same oid: without the database named, another test's locks count here.
+    pub async fn table_locks(&self, table: &str, condition: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE c.relname = $1 AND l.pid <> pg_backend_pid()
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND ({condition})"
+        ))
+        .bind(table)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
     /// A token of the bootstrap client (every scope) from this system's API.
     pub async fn bootstrap_token(&self) -> String {
         fetch_token(&http_client(), self.addr, BOOTSTRAP_ID, BOOTSTRAP_SECRET).await

@@ -399,13 +399,7 @@ async fn a_batch_whose_body_is_still_arriving_holds_no_shared_counter() {
     // The first chunk is in: its transaction has written the items' events.
     eventually(WITHIN, || async {
         let writers = app
-            .count(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-                 WHERE c.relname = 'outbox' AND l.mode = 'RowExclusiveLock'
-                   AND l.pid <> pg_backend_pid()
-                   AND l.database = (SELECT oid FROM pg_database
-                                     WHERE datname = current_database())",
-            )
+            .table_locks("outbox", "l.mode = 'RowExclusiveLock'")
             .await;
         (writers > 0).then_some(())
     })

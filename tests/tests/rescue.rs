@@ -178,11 +178,7 @@ async fn a_lock_holder_killed_mid_write_leaves_no_rows_and_frees_the_lock() {
     })
     .await;
     let wrote_tenant = app
-        .count(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-             WHERE c.relname = 'tenants' AND l.mode = 'RowExclusiveLock' AND l.granted
-             AND l.pid <> pg_backend_pid()",
-        )
+        .table_locks("tenants", "l.mode = 'RowExclusiveLock' AND l.granted")
         .await;
     assert_eq!(wrote_tenant, 1, "the holder is inside its write");
     victim.child.start_kill().unwrap(); // SIGKILL

@@ -428,14 +428,9 @@ async fn the_body_deadline_does_not_count_the_servers_own_time() {
     // The first chunk waits on the lock, the rest of the body sent already.
     eventually(Duration::from_secs(30), || async {
         let waiting = app
-            .count(
-                "SELECT count(*) FROM pg_locks l
-                 JOIN pg_class c ON c.oid = l.relation
-                 JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE c.relname = 'outbox' AND NOT l.granted
-                   AND a.query LIKE '%INSERT INTO outbox%'
-                   AND l.database = (SELECT oid FROM pg_database
-                                     WHERE datname = current_database())",
+            .table_locks(
+                "outbox",
+                "NOT l.granted AND a.query LIKE '%INSERT INTO outbox%'",
             )
             .await;
         (waiting > 0).then_some(())

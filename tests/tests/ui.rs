@@ -577,13 +577,7 @@ async fn a_hundred_pages_polling_one_batch_at_once_cost_the_database_one_read() 
             })
         })
         .collect();
-    let waiting = || async {
-        app.count(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-             WHERE c.relname = 'batches' AND NOT l.granted",
-        )
-        .await
-    };
+    let waiting = || async { app.table_locks("batches", "NOT l.granted").await };
     eventually(Duration::from_secs(20), || async {
         (waiting().await >= 1).then_some(())
     })
@@ -622,11 +616,9 @@ async fn live_requests_for_made_up_batch_ids_read_the_database_once() {
     };
     // The API's reads only (not an autovacuum of the table, say).
     let reads_waiting = || async {
-        app.count(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
-             JOIN pg_stat_activity a ON a.pid = l.pid
-             WHERE c.relname = 'batches' AND NOT l.granted
-               AND a.application_name = 'provisioner-api'",
+        app.table_locks(
+            "batches",
+            "NOT l.granted AND a.application_name = 'provisioner-api'",
         )
         .await
     };
