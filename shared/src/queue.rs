@@ -18,67 +18,153 @@ pub(crate) const JOBS_EXCHANGE: &str = "provisioner.jobs";
 /// Interactive work: single creates and imports, each client's first few active ones.
 pub const CREATE_TENANT_QUEUE: &str = "provisioner.jobs.create-tenant";
 pub(crate) const CREATE_TENANT_ROUTING_KEY: &str = "create-tenant";
-/// A client's single jobs past its first few active ones (`client_interactive_jobs`): taken
-/// only when no interactive work waits, so one client's many creates never hold back another
-/// client's few.
-pub const BACKLOG_QUEUE: &str = "provisioner.jobs.backlog";
-pub(crate) const BACKLOG_ROUTING_KEY: &str = "backlog";
+/// A client's single jobs past its first few active ones (`client_interactive_jobs`), the
+/// first of the backlog's tiers (see `Lane::Backlog`): taken only when no interactive work
+/// waits, so one client's many creates never hold back another client's few.
+pub const BACKLOG_QUEUE: &str = BACKLOG_QUEUES[0];
+/// The backlog's tiers, by a job's rank among its client's active single jobs: tier `t` takes
+/// the ranks past `interactive * 2^t` up to `interactive * 2^(t+1)`, the last every rank past
+/// `interactive * 2^(TIERS-1)`. Their names in `jobs.lane` are their routing keys.
+pub const BACKLOG_TIERS: usize = 6;
+const BACKLOG_LANES: [&str; BACKLOG_TIERS] = [
+    "backlog",
+    "backlog-1",
+    "backlog-2",
+    "backlog-3",
+    "backlog-4",
+    "backlog-5",
+];
+const BACKLOG_QUEUES: [&str; BACKLOG_TIERS] = [
+    "provisioner.jobs.backlog",
+    "provisioner.jobs.backlog-1",
+    "provisioner.jobs.backlog-2",
+    "provisioner.jobs.backlog-3",
+    "provisioner.jobs.backlog-4",
+    "provisioner.jobs.backlog-5",
+];
 /// Batch items, released a few at a time by the dispatcher, fairly across clients.
 pub const BATCH_QUEUE: &str = "provisioner.jobs.batch";
 const BATCH_ROUTING_KEY: &str = "batch";
 /// Every job queue, the first served first.
-pub const JOB_QUEUES: [&str; 3] = [CREATE_TENANT_QUEUE, BACKLOG_QUEUE, BATCH_QUEUE];
+pub const JOB_QUEUES: [&str; Lane::COUNT] = {
+    let mut queues = [CREATE_TENANT_QUEUE; Lane::COUNT];
+    let mut i = 0;
+    while i < Lane::COUNT {
+        queues[i] = Lane::ALL[i].queue();
+        i += 1;
+    }
+    queues
+};
 
 /// Which job queue a job's message goes to; a worker's free slot goes to the first lane with a
 /// delivery waiting for one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, sqlx::Type)]
-#[sqlx(type_name = "text", rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Lane {
     /// A client's first `client_interactive_jobs` active single jobs.
     Interactive,
-    /// A client's single jobs past those.
-    Backlog,
+    /// A client's single jobs past those, in tiers by their rank among the client's active
+    /// single jobs when sent (`BACKLOG_TIERS`; the database's `job_rank_lane`): a client's
+    /// tenth job waits behind other clients' first twenty at most, never behind the thousands
+    /// another client queued before it. A tier is taken only when no lower one waits.
+    Backlog(u8),
     /// Batch items.
     Batch,
 }
 
 impl Lane {
-    /// The lane of a job queue's deliveries.
-    pub fn of_queue(name: &str) -> Self {
-        match name {
-            CREATE_TENANT_QUEUE => Self::Interactive,
-            BACKLOG_QUEUE => Self::Backlog,
-            _ => Self::Batch,
+    /// How many lanes there are.
+    pub const COUNT: usize = BACKLOG_TIERS + 2;
+
+    /// Every lane, in the order a worker's free slot looks at them.
+    pub const ALL: [Self; Self::COUNT] = {
+        let mut lanes = [Self::Interactive; Self::COUNT];
+        let mut t = 0;
+        while t < BACKLOG_TIERS {
+            lanes[1 + t] = Self::Backlog(t as u8);
+            t += 1;
+        }
+        lanes[Self::COUNT - 1] = Self::Batch;
+        lanes
+    };
+
+    /// Its place in `ALL`.
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Interactive => 0,
+            Self::Backlog(tier) => 1 + tier as usize,
+            Self::Batch => Self::COUNT - 1,
         }
     }
 
-    /// Every lane, in the order a worker's free slot looks at them.
-    pub const ALL: [Self; 3] = [Self::Interactive, Self::Backlog, Self::Batch];
+    /// The lane of a job queue's deliveries.
+    pub fn of_queue(name: &str) -> Self {
+        Self::of_queue_checked(name).unwrap_or(Self::Batch)
+    }
+
+    fn of_queue_checked(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|lane| lane.queue() == name)
+    }
 
     /// Its name in `jobs.lane`.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Interactive => "interactive",
-            Self::Backlog => "backlog",
+            Self::Backlog(tier) => BACKLOG_LANES[tier as usize],
             Self::Batch => "batch",
         }
     }
 
     /// Its job queue.
-    pub fn queue(self) -> &'static str {
+    pub const fn queue(self) -> &'static str {
         match self {
             Self::Interactive => CREATE_TENANT_QUEUE,
-            Self::Backlog => BACKLOG_QUEUE,
+            Self::Backlog(tier) => BACKLOG_QUEUES[tier as usize],
             Self::Batch => BATCH_QUEUE,
         }
     }
 
-    fn routing_key(self) -> &'static str {
+    const fn routing_key(self) -> &'static str {
         match self {
             Self::Interactive => CREATE_TENANT_ROUTING_KEY,
-            Self::Backlog => BACKLOG_ROUTING_KEY,
+            Self::Backlog(tier) => BACKLOG_LANES[tier as usize],
             Self::Batch => BATCH_ROUTING_KEY,
         }
+    }
+}
+
+impl std::str::FromStr for Lane {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|lane| lane.as_str() == name)
+            .ok_or_else(|| format!("no job lane is named {name:?}"))
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for Lane {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::Decode<'_, sqlx::Postgres> for Lane {
+    fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(<&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?.parse()?)
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for Lane {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
     }
 }
 
@@ -283,11 +369,7 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    for (name, routing_key) in [
-        (CREATE_TENANT_QUEUE, CREATE_TENANT_ROUTING_KEY),
-        (BACKLOG_QUEUE, BACKLOG_ROUTING_KEY),
-        (BATCH_QUEUE, BATCH_ROUTING_KEY),
-    ] {
+    for (name, routing_key) in Lane::ALL.map(|lane| (lane.queue(), lane.routing_key())) {
         channel
             .queue_declare(name.into(), queue, job_queue_arguments())
             .await?;
@@ -302,4 +384,34 @@ pub async fn declare_topology(channel: &Channel) -> lapin::Result<()> {
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lane_is_named_once_and_read_back_from_its_name() {
+        assert_eq!(
+            Lane::ALL.map(|l| l.as_str().parse::<Lane>().unwrap()),
+            Lane::ALL
+        );
+        assert_eq!(
+            Lane::ALL.map(|l| Lane::of_queue_checked(l.queue())),
+            Lane::ALL.map(Some)
+        );
+        let mut queues = JOB_QUEUES.to_vec();
+        queues.dedup();
+        assert_eq!(queues.len(), Lane::COUNT);
+        assert_eq!(BACKLOG_QUEUE, "provisioner.jobs.backlog");
+        for lane in Lane::ALL {
+            if let Lane::Backlog(_) = lane {
+                let quoted = format!("'{}'", lane.as_str());
+                assert!(
+                    crate::db::figures::BACKLOG_QUERY.contains(&quoted),
+                    "the backlog figures read {lane:?}"
+                );
+            }
+        }
+    }
 }

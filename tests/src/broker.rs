@@ -2,27 +2,54 @@
 //! dropped connections, connections and their heartbeats, the job queue's binding, and
 //! broker settings changed for a test.
 
+use provisioner_shared::queue::Lane;
+
 use crate::{TestApp, rabbitmqctl};
+
+/// The backlog's queues, every tier.
+fn backlog_queues() -> Vec<&'static str> {
+    Lane::ALL
+        .into_iter()
+        .filter(|lane| matches!(lane, Lane::Backlog(_)))
+        .map(Lane::queue)
+        .collect()
+}
 
 impl TestApp {
     /// Messages in a queue of this test's vhost, ready and unacknowledged together.
     pub async fn queue_messages(&self, queue: &str) -> i64 {
-        self.queue_counts(queue, &["messages"]).await[0]
+        self.queue_counts(&[queue], &["messages"]).await[0]
     }
 
     /// A queue of this test's vhost: its messages ready, and delivered but not acknowledged.
     pub async fn queue_depths(&self, queue: &str) -> (i64, i64) {
         let counts = self
-            .queue_counts(queue, &["messages_ready", "messages_unacknowledged"])
+            .queue_counts(&[queue], &["messages_ready", "messages_unacknowledged"])
             .await;
         (counts[0], counts[1])
     }
 
-    /// The counts `columns` of `rabbitmqctl list_queues` for a queue of this test's vhost
-    /// (zeros for a queue it does not list).
-    async fn queue_counts(&self, queue: &str, columns: &[&'static str]) -> Vec<i64> {
+    /// Messages in the backlog's queues together (every tier of `queue::Lane::Backlog`).
+    pub async fn backlog_messages(&self) -> i64 {
+        self.queue_counts(&backlog_queues(), &["messages"]).await[0]
+    }
+
+    /// The backlog's queues together: their messages ready, and delivered but not acknowledged.
+    pub async fn backlog_depths(&self) -> (i64, i64) {
+        let counts = self
+            .queue_counts(
+                &backlog_queues(),
+                &["messages_ready", "messages_unacknowledged"],
+            )
+            .await;
+        (counts[0], counts[1])
+    }
+
+    /// The counts `columns` of `rabbitmqctl list_queues`, summed over `queues` of this test's
+    /// vhost (zeros for a queue it does not list).
+    async fn queue_counts(&self, queues: &[&str], columns: &[&'static str]) -> Vec<i64> {
         let vhost = self.vhost.clone();
-        let queue = queue.to_owned();
+        let queues: Vec<String> = queues.iter().map(|q| (*q).to_owned()).collect();
         let columns = columns.to_vec();
         tokio::task::spawn_blocking(move || {
             let mut args = vec![
@@ -35,12 +62,17 @@ impl TestApp {
             ];
             args.extend(columns.iter().copied());
             let out = rabbitmqctl(&args);
-            out.lines()
+            let mut sums = vec![0; columns.len()];
+            for f in out
+                .lines()
                 .map(|l| l.split('\t').map(str::trim).collect::<Vec<_>>())
-                .find(|f| f.len() == columns.len() + 1 && f[0] == queue)
-                .map_or(vec![0; columns.len()], |f| {
-                    f[1..].iter().map(|n| n.parse().expect("a count")).collect()
-                })
+                .filter(|f| f.len() == columns.len() + 1 && queues.iter().any(|q| q == f[0]))
+            {
+                for (sum, n) in sums.iter_mut().zip(&f[1..]) {
+                    *sum += n.parse::<i64>().expect("a count");
+                }
+            }
+            sums
         })
         .await
         .unwrap()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use provisioner_tests::{
-    Options, TestApp,
+    BOOTSTRAP_ID, Options, TestApp,
     batches::{self, assert_counts_add_up, item, items, ndjson, post},
     events::EventTap,
     fixtures,
@@ -869,7 +869,7 @@ async fn another_clients_single_create_is_not_held_back_by_a_big_batch() {
 /// client's create takes the first slot that frees, not the place behind them.
 #[tokio::test]
 async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single_creates() {
-    use provisioner_shared::queue::{BACKLOG_QUEUE, CREATE_TENANT_QUEUE};
+    use provisioner_shared::queue::CREATE_TENANT_QUEUE;
     let app = TestApp::with(Options {
         workers: 1,
         vars: vec![
@@ -918,7 +918,7 @@ async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single
     // a slot beside A's next backlog one.
     provisioner_tests::eventually(WITHIN, || async {
         let interactive = app.queue_depths(CREATE_TENANT_QUEUE).await;
-        let backlog = app.queue_depths(BACKLOG_QUEUE).await;
+        let backlog = app.backlog_depths().await;
         (interactive == (0, 2) && backlog.0 + backlog.1 == 5).then_some(())
     })
     .await;
@@ -951,6 +951,79 @@ async fn another_clients_single_create_is_not_held_back_by_a_clients_many_single
         assert!(a["status"] == "queued" || a["status"] == "running", "{a}");
     }
     app.templates.release("rest.zip");
+    app.stop().await;
+}
+
+/// A client's creates past its first few wait behind other clients' creates of no higher rank
+/// among their own, not behind every create queued before them: with client A's forty creates
+/// queued behind one slot, client B's three (its first interactive, the next two in the
+/// backlog's two lowest tiers) start after a few of A's. With one backlog queue served in
+/// arrival order, B's second and third started after all of A's.
+#[tokio::test]
+async fn a_clients_creates_past_its_first_wait_behind_a_few_of_another_clients_many() {
+    use provisioner_shared::queue::CREATE_TENANT_QUEUE;
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![
+            ("PROVISIONER_WORKER_CONCURRENCY", "1".to_owned()),
+            ("PROVISIONER_CLIENT_INTERACTIVE_JOBS", "1".to_owned()),
+        ],
+    })
+    .await;
+    let sample = fixtures::sample_template(app.db_version().await).write();
+    let first = app.templates.put("first.zip", sample.clone());
+    let rest = app.templates.put("rest.zip", sample);
+    app.templates.hold("first.zip");
+    // A's first create holds the one slot, downloading its template.
+    app.submit(&fixtures::tenant_url(), &fixtures::create_body(&first))
+        .await;
+    provisioner_tests::eventually(WITHIN, || async {
+        (app.templates.hits("first.zip") == 1).then_some(())
+    })
+    .await;
+    for _ in 0..39 {
+        app.submit(&fixtures::tenant_url(), &fixtures::create_body(&rest))
+            .await;
+    }
+    let b = batches::client(&app, "b", &["tenants:read", "tenants:write"]).await;
+    for _ in 0..3 {
+        let r = b
+            .post(app.url(&format!(
+                "/configapi/v2/selfservice/tenant/{}",
+                fixtures::tenant_url()
+            )))
+            .json(&fixtures::create_body(&rest))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    // Every job message is on the broker: A's first (at the worker) and B's first on the
+    // interactive queue, the other 41 in the backlog's tiers.
+    provisioner_tests::eventually(WITHIN, || async {
+        let interactive = app.queue_messages(CREATE_TENANT_QUEUE).await;
+        (interactive == 2 && app.backlog_messages().await == 41).then_some(())
+    })
+    .await;
+    app.templates.release("first.zip");
+    let b_ended = "SELECT count(*) FROM jobs WHERE client_id = 'b' AND status = 'succeeded'";
+    provisioner_tests::eventually(Duration::from_secs(60), || async {
+        (app.count(b_ended).await == 3).then_some(())
+    })
+    .await;
+    // B's last start against A's: A's first, the two of A's ranks before B's in the lowest
+    // tiers, and one or two that took the slot while B's next message was on its way from the
+    // broker (each queue's consumer holds one delivery at this concurrency).
+    let a_before = app
+        .count(&format!(
+            "SELECT count(*) FROM jobs WHERE client_id = '{BOOTSTRAP_ID}'
+               AND started_at < (SELECT max(started_at) FROM jobs WHERE client_id = 'b')"
+        ))
+        .await;
+    assert!(
+        a_before <= 8,
+        "{a_before} of A's 40 creates started before B's third"
+    );
     app.stop().await;
 }
 

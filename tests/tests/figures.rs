@@ -61,37 +61,53 @@ const SINGLES: &str =
 const CONSUMERS: &str = "provisioner_queue_consumers{queue=\"provisioner.jobs.create-tenant\"}";
 const READY: &str = "provisioner_queue_messages_ready{queue=\"provisioner.jobs.create-tenant\"}";
 
-/// A client's single creates past its interactive ones wait on the backlog queue, and its age
-/// is theirs: the interactive queue's figure no longer stands for both.
+/// A client's single creates past its interactive ones wait on the backlog's queues, a tier
+/// by rank, and each queue's age is its own jobs': the interactive queue's figure no longer
+/// stands for them all.
 #[tokio::test]
 async fn each_job_queue_has_the_age_of_its_own_oldest_job() {
     let app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
-    for _ in 0..5 {
+    for _ in 0..9 {
         app.submit(&fixtures::tenant_url(), &fixtures::create_body(&url))
             .await;
     }
+    let lanes: Vec<(String, i64)> =
+        sqlx::query_as("SELECT lane, count(*) FROM jobs GROUP BY lane ORDER BY lane")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
     assert_eq!(
-        app.count("SELECT count(*) FROM jobs WHERE lane = 'backlog'")
-            .await,
-        1,
-        "the fifth is past the client's four interactive jobs"
+        lanes,
+        [
+            ("backlog".to_owned(), 4),
+            ("backlog-1".to_owned(), 1),
+            ("interactive".to_owned(), 4)
+        ],
+        "the 5th to 8th past the client's four interactive jobs, the 9th in the next tier"
     );
-    sqlx::query("UPDATE jobs SET sent_at = now() - interval '60 seconds' WHERE lane = 'backlog'")
+    sqlx::query("UPDATE jobs SET sent_at = now() - interval '60 seconds' WHERE lane = 'backlog-1'")
         .execute(&app.db)
         .await
         .unwrap();
     let text = scrape(&app).await;
-    let backlog = value(
-        &text,
-        "provisioner_queue_oldest_age_seconds{queue=\"provisioner.jobs.backlog\"}",
+    let age = |queue: &str| {
+        value(
+            &text,
+            &format!("provisioner_queue_oldest_age_seconds{{queue=\"{queue}\"}}"),
+        )
+    };
+    let tier = age("provisioner.jobs.backlog-1");
+    assert!((60.0..90.0).contains(&tier), "backlog-1 queue: {tier} s");
+    for queue in ["provisioner.jobs.backlog", "provisioner.jobs.create-tenant"] {
+        let queued = age(queue);
+        assert!(queued < 30.0, "{queue}: {queued} s");
+    }
+    assert_eq!(
+        age("provisioner.jobs.backlog-2"),
+        0.0,
+        "nothing waits there"
     );
-    assert!(
-        (60.0..90.0).contains(&backlog),
-        "backlog queue: {backlog} s"
-    );
-    let interactive = value(&text, SINGLES);
-    assert!(interactive < 30.0, "interactive queue: {interactive} s");
     app.stop().await;
 }
 
@@ -651,7 +667,7 @@ async fn the_backlog_figures_read_a_handful_of_rows_behind_many_held_batch_items
     assert_eq!(
         (
             backlog.oldest_interactive,
-            backlog.oldest_backlog,
+            backlog.oldest_backlog(),
             backlog.oldest_released
         ),
         (None, None, None)

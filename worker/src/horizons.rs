@@ -17,16 +17,12 @@ const MAX_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 /// the latest recorded.
 #[derive(Debug, Default)]
 pub(crate) struct Horizons {
-    seen: [AtomicI64; 3],
-    recorded: [AtomicI64; 3],
+    seen: [AtomicI64; queue::Lane::COUNT],
+    recorded: [AtomicI64; queue::Lane::COUNT],
 }
 
 fn index(lane: queue::Lane) -> usize {
-    match lane {
-        queue::Lane::Interactive => 0,
-        queue::Lane::Backlog => 1,
-        queue::Lane::Batch => 2,
-    }
+    lane.index()
 }
 
 impl Horizons {
@@ -88,15 +84,16 @@ mod tests {
     #[test]
     fn a_lane_keeps_the_latest_send_time_it_received() {
         let horizons = Horizons::default();
-        horizons.saw(queue::Lane::Backlog, &sent_at(20));
-        horizons.saw(queue::Lane::Backlog, &sent_at(10));
-        horizons.saw(queue::Lane::Backlog, &BasicProperties::default());
+        horizons.saw(queue::Lane::Backlog(0), &sent_at(20));
+        horizons.saw(queue::Lane::Backlog(0), &sent_at(10));
+        horizons.saw(queue::Lane::Backlog(0), &BasicProperties::default());
+        horizons.saw(queue::Lane::Backlog(3), &sent_at(7));
         horizons.saw(queue::Lane::Batch, &sent_at(5));
         horizons.saw(queue::Lane::Batch, &sent_at(i64::MAX));
         let seen = |lane| horizons.seen[index(lane)].load(Ordering::Relaxed);
         assert_eq!(
             queue::Lane::ALL.map(seen),
-            [0, 20, 5],
+            [0, 20, 0, 0, 7, 0, 0, 5],
             "each lane its own latest; an older message, one without the header or one from the \
              future moves nothing"
         );

@@ -1,12 +1,15 @@
 //! The process's job slots: at most `worker_concurrency` jobs run at once. A free slot goes to
 //! an interactive delivery (a client's first few single jobs) when one waits, so one client's
 //! many creates never hold back another client's few, and a backlog of batch items never holds
-//! back a job submitted on its own. The two later lanes (single jobs past a client's first few,
-//! batch items) take turns when both wait, so neither one client's many creates nor another
-//! client's batch starves the other (a client's own batch items are not released while it has
-//! single jobs past its first few waiting: `db::batches::release`). A delivery of a later lane
-//! that has waited `OVERDUE` goes before interactive work, so a stream of it that keeps every
-//! slot busy never leaves one waiting toward the broker's consumer timeout.
+//! back a job submitted on its own. The later lanes (single jobs past a client's first few, in
+//! the backlog's tiers, and batch items) take turns, the backlog's lowest tier waiting against
+//! batch items, so neither one client's many creates nor another client's batch starves the
+//! other (a client's own batch items are not released while it has single jobs past its first
+//! few waiting: `db::batches::release`); a backlog tier goes only when no lower one waits, so a
+//! client's sixth job goes before another's thousandth. The oldest delivery of a later lane,
+//! once it has waited `OVERDUE`, goes first, before interactive work and lower tiers, so a
+//! stream of them that keeps every slot busy never leaves one waiting toward the broker's
+//! consumer timeout.
 
 use std::{
     collections::BTreeMap,
@@ -17,9 +20,12 @@ use std::{
 use provisioner_shared::queue::Lane;
 use tokio::{sync::Notify, time::Instant};
 
-/// Lanes, the first served first.
-const LANES: usize = 3;
+/// Lanes, the first served first (`Lane::index`).
+const LANES: usize = Lane::COUNT;
 const INTERACTIVE: usize = 0;
+const BATCH: usize = LANES - 1;
+/// The backlog's tiers, the lowest first.
+const BACKLOG: std::ops::Range<usize> = 1..BATCH;
 
 /// How long a delivery of a later lane waits before it goes ahead of interactive work: far
 /// below the broker's consumer timeout (`deploy/rabbitmq.conf`: 2 h 5 min), far above a job.
@@ -37,21 +43,22 @@ struct State {
     free: usize,
     /// Deliveries waiting for a slot, by lane.
     waiting: [usize; LANES],
-    /// When each waiting delivery of the later lanes began to wait, by arrival.
-    since: BTreeMap<u64, Instant>,
+    /// When each waiting delivery of the later lanes began to wait, and its lane, by arrival.
+    since: BTreeMap<u64, (Instant, usize)>,
     /// The next arrival's number.
     arrivals: u64,
-    /// The later lane whose turn is next when both wait.
-    later_turn: usize,
+    /// Whether batch items have the turn when both they and the backlog wait.
+    batch_turn: bool,
 }
 
 impl State {
-    /// Whether a delivery of a later lane has waited `OVERDUE`.
-    fn later_overdue(&self) -> bool {
+    /// The lane of the oldest delivery of a later lane, if it has waited `OVERDUE`.
+    fn overdue_lane(&self) -> Option<usize> {
         self.since
             .values()
             .next()
-            .is_some_and(|at| at.elapsed() >= OVERDUE)
+            .filter(|(at, _)| at.elapsed() >= OVERDUE)
+            .map(|&(_, lane)| lane)
     }
 
     /// Whether a delivery of `lane` may take a free slot now.
@@ -59,32 +66,34 @@ impl State {
         if self.free == 0 {
             return false;
         }
-        let overdue = self.later_overdue();
-        if lane == INTERACTIVE {
-            return !overdue;
+        if let Some(overdue) = self.overdue_lane() {
+            return lane == overdue;
         }
-        if self.waiting[INTERACTIVE] > 0 && !overdue {
+        if lane == INTERACTIVE {
+            return true;
+        }
+        if self.waiting[INTERACTIVE] > 0 {
             return false;
         }
-        // The two later lanes take turns while both wait.
-        let other = if lane == 1 { 2 } else { 1 };
-        self.waiting[other] == 0 || self.later_turn == lane
+        let backlog_waits = self.waiting[BACKLOG].iter().any(|&n| n > 0);
+        if lane == BATCH {
+            return !backlog_waits || self.batch_turn;
+        }
+        // A backlog tier: none lower waiting, and the backlog's turn when batch items wait.
+        self.waiting[BACKLOG.start..lane].iter().all(|&n| n == 0)
+            && (self.waiting[BATCH] == 0 || !self.batch_turn)
     }
 
     fn take(&mut self, lane: usize) {
         self.free -= 1;
         if lane != INTERACTIVE {
-            self.later_turn = if lane == 1 { 2 } else { 1 };
+            self.batch_turn = lane != BATCH;
         }
     }
 }
 
 fn index(lane: Lane) -> usize {
-    match lane {
-        Lane::Interactive => 0,
-        Lane::Backlog => 1,
-        Lane::Batch => 2,
-    }
+    lane.index()
 }
 
 /// A slot held; dropping it frees it.
@@ -121,7 +130,7 @@ impl Slots {
                 waiting: [0; LANES],
                 since: BTreeMap::new(),
                 arrivals: 0,
-                later_turn: 1,
+                batch_turn: false,
             }),
             freed: Notify::new(),
         })
@@ -154,7 +163,7 @@ impl Slots {
                     state.arrivals += 1;
                     state.waiting[lane] += 1;
                     if lane != INTERACTIVE {
-                        state.since.insert(arrival, Instant::now());
+                        state.since.insert(arrival, (Instant::now(), lane));
                     }
                     waiting = Some(Waiting(self, lane, arrival));
                 }
@@ -199,8 +208,8 @@ mod tests {
         // They arrive last lane first.
         let batch = spawn(Lane::Batch);
         until_waiting(&slots, Lane::Batch).await;
-        let backlog = spawn(Lane::Backlog);
-        until_waiting(&slots, Lane::Backlog).await;
+        let backlog = spawn(Lane::Backlog(0));
+        until_waiting(&slots, Lane::Backlog(0)).await;
         let interactive = spawn(Lane::Interactive);
         until_waiting(&slots, Lane::Interactive).await;
         drop(held);
@@ -213,7 +222,7 @@ mod tests {
         .expect("all ran");
         assert_eq!(
             *order.lock().unwrap(),
-            [Lane::Interactive, Lane::Backlog, Lane::Batch]
+            [Lane::Interactive, Lane::Backlog(0), Lane::Batch]
         );
         assert_eq!(slots.free(), 1);
         assert_eq!(slots.state.lock().unwrap().waiting, [0; LANES]);
@@ -254,13 +263,50 @@ mod tests {
             Lane::Batch,
             Lane::Batch,
             Lane::Batch,
-            Lane::Backlog,
-            Lane::Backlog,
-            Lane::Backlog,
+            Lane::Backlog(0),
+            Lane::Backlog(0),
+            Lane::Backlog(0),
         ])
         .await;
         use Lane::{Backlog, Batch};
-        assert_eq!(order, [Backlog, Batch, Backlog, Batch, Backlog, Batch]);
+        assert_eq!(
+            order,
+            [Backlog(0), Batch, Backlog(0), Batch, Backlog(0), Batch]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backlog_tier_goes_only_when_no_lower_one_waits() {
+        use Lane::{Backlog, Batch};
+        // Arrived highest tier first; batch items still take every other turn.
+        let order = order_of(&[Backlog(5), Backlog(5), Backlog(2), Backlog(0), Batch, Batch]).await;
+        assert_eq!(
+            order,
+            [Backlog(0), Batch, Backlog(2), Batch, Backlog(5), Backlog(5)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_delivery_that_waited_ten_minutes_goes_before_lower_tiers() {
+        let slots = Slots::new(1);
+        let held = slots.acquire(Lane::Interactive).await;
+        let high = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire(Lane::Backlog(5)).await }
+        });
+        until_waiting(&slots, Lane::Backlog(5)).await;
+        tokio::time::advance(OVERDUE).await;
+        let low = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire(Lane::Backlog(0)).await }
+        });
+        until_waiting(&slots, Lane::Backlog(0)).await;
+        drop(held);
+        let slot = high.await.unwrap();
+        assert!(!low.is_finished());
+        drop(slot);
+        drop(low.await.unwrap());
+        assert_eq!(slots.free(), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -291,7 +337,7 @@ mod tests {
     async fn a_waiter_that_gives_up_does_not_block_later_lanes() {
         let slots = Slots::new(1);
         let held = slots.acquire(Lane::Batch).await;
-        for lane in [Lane::Interactive, Lane::Backlog] {
+        for lane in [Lane::Interactive, Lane::Backlog(0)] {
             let gave_up =
                 tokio::time::timeout(Duration::from_millis(20), slots.acquire(lane)).await;
             assert!(gave_up.is_err());

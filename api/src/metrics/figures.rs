@@ -5,7 +5,7 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use provisioner_shared::{
     db::{self, figures, jobs::Stats},
-    queue::{BACKLOG_QUEUE, BATCH_QUEUE, CREATE_TENANT_QUEUE},
+    queue::{BATCH_QUEUE, CREATE_TENANT_QUEUE, Lane},
     seal::Sealer,
 };
 
@@ -121,11 +121,22 @@ async fn render_database(pool: &sqlx::PgPool, sealer: &Sealer) -> Result<String,
         "provisioner_queue_oldest_age_seconds",
         "Seconds the oldest queued job of each job queue has waited since it was sent there (batch items since their release); 0 when none waits",
     );
-    for (queue, at) in [
-        (CREATE_TENANT_QUEUE, backlog.oldest_interactive),
-        (BACKLOG_QUEUE, backlog.oldest_backlog),
-        (BATCH_QUEUE, backlog.oldest_released),
-    ] {
+    let tiers = Lane::ALL.into_iter().filter_map(|lane| match lane {
+        Lane::Backlog(tier) => Some((
+            lane.queue(),
+            backlog
+                .oldest_backlog_tiers
+                .get(usize::from(tier))
+                .copied()
+                .flatten(),
+        )),
+        _ => None,
+    });
+    let queues = [(CREATE_TENANT_QUEUE, backlog.oldest_interactive)]
+        .into_iter()
+        .chain(tiers)
+        .chain([(BATCH_QUEUE, backlog.oldest_released)]);
+    for (queue, at) in queues {
         let _ = writeln!(
             out,
             "provisioner_queue_oldest_age_seconds{{queue=\"{queue}\"}} {}",

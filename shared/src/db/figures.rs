@@ -20,8 +20,8 @@ pub struct Backlog {
     /// When the job on the interactive queue (`provisioner.jobs.create-tenant`) longest waiting
     /// for a worker was sent there (a delayed retry's, when its delay ends).
     pub oldest_interactive: Option<DateTime<Utc>>,
-    /// The same for the backlog queue (`provisioner.jobs.backlog`).
-    pub oldest_backlog: Option<DateTime<Utc>>,
+    /// The same for each of the backlog's queues (`queue::Lane::Backlog`), by tier.
+    pub oldest_backlog_tiers: Vec<Option<DateTime<Utc>>>,
     /// The same for the batch queue: the batch item released (or sent again) longest ago.
     pub oldest_released: Option<DateTime<Utc>>,
     /// The oldest batch with items held back in PostgreSQL (not on the broker yet).
@@ -33,12 +33,17 @@ pub struct Backlog {
 }
 
 impl Backlog {
+    /// The same for the backlog's queues together.
+    pub fn oldest_backlog(&self) -> Option<DateTime<Utc>> {
+        self.oldest_backlog_tiers.iter().flatten().min().copied()
+    }
+
     /// When the longest-waiting work was sent to the broker, or its batch accepted while
     /// the dispatcher holds it back.
     pub fn oldest_waiting(&self) -> Option<DateTime<Utc>> {
         [
             self.oldest_interactive,
-            self.oldest_backlog,
+            self.oldest_backlog(),
             self.oldest_released,
             self.oldest_held,
         ]
@@ -55,9 +60,12 @@ pub const BACKLOG_QUERY: &str = "SELECT
              (SELECT min(sent_at) FROM jobs
               WHERE lane = 'interactive' AND status = 'queued'
                 AND (batch_id IS NULL OR released_at IS NOT NULL)) AS oldest_interactive,
-             (SELECT min(sent_at) FROM jobs
-              WHERE lane = 'backlog' AND status = 'queued'
-                AND (batch_id IS NULL OR released_at IS NOT NULL)) AS oldest_backlog,
+             ARRAY(SELECT (SELECT min(sent_at) FROM jobs
+                           WHERE lane = t.lane AND status = 'queued'
+                             AND (batch_id IS NULL OR released_at IS NOT NULL))
+                   FROM unnest(ARRAY['backlog', 'backlog-1', 'backlog-2', 'backlog-3',
+                                     'backlog-4', 'backlog-5']) WITH ORDINALITY AS t(lane, n)
+                   ORDER BY t.n) AS oldest_backlog_tiers,
              (SELECT min(sent_at) FROM jobs
               WHERE lane = 'batch' AND status = 'queued'
                 AND (batch_id IS NULL OR released_at IS NOT NULL)) AS oldest_released,

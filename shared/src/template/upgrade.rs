@@ -57,6 +57,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261214000002, 20261215000001, unchanged),
     // 20261216000001 kept when a put-off outbox row was first due: nothing a template holds.
     (20261215000001, 20261216000001, unchanged),
+    // 20261217000001 put a client's backlog in tiers by rank: nothing a template holds.
+    (20261216000001, 20261217000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

@@ -164,7 +164,7 @@ pub struct Admit {
     /// Most queued and running jobs the client may have outside batches.
     pub max_active_jobs: i64,
     /// The client's active jobs outside batches, up to this many (counting this one), go to
-    /// the interactive queue; past it, to the backlog queue.
+    /// the interactive queue; past it, to the backlog queue of its rank's tier (`queue::Lane::Backlog`).
     pub interactive_jobs: u32,
     /// What the job's stored template (`NewJob::template_id`) must be; it is locked until
     /// the job is recorded.
@@ -262,7 +262,7 @@ pub async fn submit_many(
             lease_until: None,
             template_id: job.template_id.clone(),
             traceparent: Some(job.trace.to_string()),
-            // The statement puts a job past its client's interactive ones on the backlog.
+            // The statement puts a job past its client's interactive ones on a backlog tier.
             lane: queue::Lane::Interactive,
         })
         .collect();
@@ -372,15 +372,16 @@ pub async fn submit_many(
                           OVER (PARTITION BY client ORDER BY ord) AS rank
              FROM admitted
          ), within_cap AS (
-             SELECT ord, stored_conflict, conflicts, rank, NOT conflicts AND rank <= cap AS fits
-             FROM ranked
+             SELECT r.ord, r.stored_conflict, r.conflicts, r.rank,
+                    NOT r.conflicts AND r.rank <= r.cap AS fits,
+                    job_rank_lane(r.rank, i.interactive) AS lane
+             FROM ranked r JOIN input i ON i.ord = r.ord
          ), job AS (
              INSERT INTO jobs (id, kind, tenant_url, status, client_id, params, sealed_password,
                                idempotency_key, request_digest, template_id, traceparent,
                                created_at, lane)
              SELECT i.id, i.kind, i.url, 'queued', i.client, i.params, i.sealed, i.key,
-                    i.digest, i.template_id, i.traceparent, $15,
-                    CASE WHEN w.rank > i.interactive THEN 'backlog' ELSE 'interactive' END
+                    i.digest, i.template_id, i.traceparent, $15, w.lane
              FROM input i JOIN within_cap w ON w.ord = i.ord AND w.fits
              ORDER BY i.ord
              ON CONFLICT DO NOTHING
@@ -388,8 +389,10 @@ pub async fn submit_many(
          ), messages AS (
              INSERT INTO outbox (exchange, routing_key, message_id, content_type, payload,
                                  traceparent)
-             -- A job message goes to the backlog queue past the client's interactive jobs.
-             SELECT m.e, CASE WHEN m.r = $24 AND w.rank > i.interactive THEN $25 ELSE m.r END,
+             -- A job message goes to the backlog queue of its rank's tier past the client's
+             -- interactive jobs (a backlog lane's name is its routing key).
+             SELECT m.e, CASE WHEN m.r = $24 AND w.lane <> 'interactive' THEN w.lane
+                              ELSE m.r END,
                     m.m, m.c, m.p, m.tp
              FROM UNNEST($16::uuid[], $17::text[], $18::text[], $19::text[], $20::text[],
                          $21::bytea[], $22::text[]) WITH ORDINALITY
@@ -461,7 +464,6 @@ pub async fn submit_many(
             .collect::<Vec<_>>(),
     )
     .bind(queue::CREATE_TENANT_ROUTING_KEY)
-    .bind(queue::BACKLOG_ROUTING_KEY)
     .fetch_all(&mut *conn)
     .await?;
     if answers.len() != rows.len() {
