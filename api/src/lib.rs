@@ -100,7 +100,8 @@ fn router(state: AppState) -> Router {
         .merge(ui::router())
         // Inside the request's trace and figures: its refusals are logged and counted.
         .route_layer(axum::middleware::from_fn(refuse_encoded_bodies))
-        .route_layer(axum::middleware::from_fn(metrics::track))
+        // Every request, a path no route matches too (as `unmatched`).
+        .layer(axum::middleware::from_fn(metrics::track))
         // Every path, routed or not.
         .layer(axum::middleware::from_fn(refuse_oversized_heads))
         .layer(CatchPanicLayer::custom(

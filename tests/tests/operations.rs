@@ -436,6 +436,30 @@ async fn sigterm_stops_the_api_within_its_shutdown_timeout_answering_the_waits_i
     app.stop().await;
 }
 
+/// Requests to paths no route matches are counted too, all under one label: scanners probing
+/// paths showed nowhere in the figures.
+#[tokio::test]
+async fn invented_paths_are_counted_as_unmatched_so_metrics_stay_bounded() {
+    let app = TestApp::without_workers().await;
+    for i in 0..40 {
+        let r = provisioner_tests::get(app.url(&format!("/invented/{i}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+    let text = app.metrics_text().await;
+    assert!(!text.contains("invented"), "a path became a label");
+    let line = "provisioner_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}";
+    assert_eq!(
+        text.lines()
+            .find_map(|l| l.strip_prefix(line))
+            .map(str::trim),
+        Some("40"),
+        "{text}"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn invented_http_methods_are_counted_as_other_so_metrics_stay_bounded() {
     let app = TestApp::without_workers().await;

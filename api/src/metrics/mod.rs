@@ -64,7 +64,8 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Middleware: counts and times every routed request by method, route template and status.
+/// Middleware: counts and times every request by method, route template (`unmatched` for a path
+/// no route matches: a client cannot add labels by inventing paths) and status.
 pub(crate) async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method()).to_owned();
