@@ -15,7 +15,7 @@ ALTER TABLE jobs ADD CONSTRAINT jobs_lane_check
 -- The lane of a single job ranked `rank` among its client's active single jobs (its own
 -- included), the client having `interactive_jobs` interactive ones.
 CREATE FUNCTION job_rank_lane(rank bigint, interactive_jobs bigint) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT CASE WHEN rank <= interactive_jobs THEN 'interactive'
                 ELSE (ARRAY['backlog', 'backlog-1', 'backlog-2', 'backlog-3', 'backlog-4',
                             'backlog-5'])[
@@ -24,12 +24,25 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
            END
 $$;
 
--- A job sent now: a batch item's lane, or a single job's by the rank its client's queued and
--- running single jobs give it (its own among them).
-CREATE OR REPLACE FUNCTION job_lane(batch uuid, client text, interactive_jobs bigint)
+-- The lane of a job sent again (a retry, a lost message) that was last sent on `sent_on`: a
+-- batch item's, or a single job's by the lower of two bounds of its rank among its client's
+-- active single jobs now: their count (its own included), and the rank it was last sent with
+-- (the jobs ahead of it then are all that can be ahead of it now; at most `interactive_jobs` of
+-- a client's active jobs can have been sent as interactive, and so on for each tier). A job
+-- among a client's first few stays there, however many the client queued after it.
+-- `job_lane`, which ranked by the count alone, stays as it was for the processes of the
+-- previous release, which know the three lanes only.
+CREATE FUNCTION job_resend_lane(batch uuid, client text, interactive_jobs bigint, sent_on text)
 RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN job_lane.batch IS NOT NULL THEN 'batch'
-                ELSE job_rank_lane((SELECT coalesce(sum(n), 0)::bigint FROM client_active_jobs c
-                                    WHERE c.client_id = job_lane.client),
-                                   job_lane.interactive_jobs) END
+    SELECT CASE WHEN job_resend_lane.batch IS NOT NULL THEN 'batch'
+                ELSE (SELECT l FROM (VALUES (job_resend_lane.sent_on),
+                                            (job_rank_lane(
+                                                 (SELECT coalesce(sum(n), 0)::bigint
+                                                  FROM client_active_jobs c
+                                                  WHERE c.client_id = job_resend_lane.client),
+                                                 job_resend_lane.interactive_jobs))) AS v(l)
+                      ORDER BY array_position(ARRAY['interactive', 'backlog', 'backlog-1',
+                                                    'backlog-2', 'backlog-3', 'backlog-4',
+                                                    'backlog-5'], l) NULLS LAST
+                      LIMIT 1) END
 $$;

@@ -66,7 +66,15 @@ impl QueueReader {
                 (conn, channel)
             }
         };
-        let figures = job_queues(&channel).await?;
+        let figures = match job_queues(&channel).await {
+            Ok(figures) => figures,
+            Err(e) => {
+                // A queue not declared yet (or deleted) closed the channel: the connection goes
+                // too, not left open beside the next read's.
+                let _ = conn.close(200, "read failed".into()).await;
+                return Err(e);
+            }
+        };
         // On a channel of its own: a passive declare of a queue that does not exist closes its
         // channel.
         let dead = match dead_letters {

@@ -60,7 +60,8 @@ pub struct Settings {
     /// Queued and running jobs one client may have; past it, creates answer 429.
     pub client_max_active_jobs: u32,
     /// A client's first this many queued and running single jobs go to the interactive queue;
-    /// the rest to the backlog queue, which workers take only when no interactive work waits.
+    /// the rest to the backlog's tiers by their rank (`queue::Lane::Backlog`), which workers take
+    /// only when no interactive work waits, a tier only when no lower one waits.
     pub client_interactive_jobs: u32,
     /// Templates one client may keep in the template store, and their bytes together; past
     /// either, storing another answers 409.

@@ -154,8 +154,15 @@ impl sqlx::Type<sqlx::Postgres> for Lane {
 }
 
 impl sqlx::Decode<'_, sqlx::Postgres> for Lane {
+    /// A lane this release does not know (one a later release named) reads as the backlog's
+    /// last tier: a row of such a job still reads, where a failure would refuse every page
+    /// listing it while two releases run side by side. The lane of a job this process sends is
+    /// always one that the statement sending it named.
     fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
-        Ok(<&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?.parse()?)
+        let name = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(name
+            .parse()
+            .unwrap_or(Self::Backlog(BACKLOG_TIERS as u8 - 1)))
     }
 }
 

@@ -337,3 +337,89 @@ async fn rows_read_once_the_tables_grew(statistics: Statistics) -> i64 {
     app.stop().await;
     after - before
 }
+
+/// The backlog's tiers by rank, and the lane of a job sent again (a retry, a lost message): the
+/// lower of the lane it was sent on and the lane of its client's active count, both bounds of
+/// its rank now. By the count alone, a client's first job retried behind its thousands queued
+/// after it would wait in the last tier.
+#[tokio::test]
+async fn a_job_sent_again_keeps_its_tier_or_takes_a_lower_one() {
+    let app = TestApp::without_workers().await;
+    let ranks = [
+        1_i64, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 1_000_000,
+    ];
+    let lanes: Vec<String> =
+        sqlx::query_scalar("SELECT job_rank_lane(r, 4) FROM unnest($1::bigint[]) AS r")
+            .bind(ranks.as_slice())
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        lanes,
+        [
+            "interactive",
+            "interactive",
+            "backlog",
+            "backlog",
+            "backlog-1",
+            "backlog-1",
+            "backlog-2",
+            "backlog-2",
+            "backlog-3",
+            "backlog-3",
+            "backlog-4",
+            "backlog-4",
+            "backlog-5",
+            "backlog-5"
+        ]
+    );
+    // Recorded as the API records them (not through it: this binary's other tests count the
+    // process's submissions).
+    // (The test's pool holds one connection: each use takes it for a moment.)
+    let mut jobs = Vec::new();
+    for _ in 0..40 {
+        let mut next = job(&provisioner_tests::fixtures::tenant_url(), None);
+        next.admit.max_active_jobs = 100;
+        next.admit.interactive_jobs = 4;
+        jobs.push(next.id);
+        let mut conn = app.db.acquire().await.unwrap();
+        let recorded = submit_many(&mut conn, &[next]).await.unwrap();
+        assert!(matches!(recorded[..], [SubmitOutcome::Recorded(_)]));
+    }
+    let sent_again = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT lane, job_resend_lane(batch_id, client_id, 4, lane) FROM jobs
+             WHERE status = 'queued' ORDER BY created_at, id",
+        )
+        .fetch_all(&app.db)
+        .await
+        .unwrap()
+    };
+    // With 40 active (the count's lane: backlog-3), each keeps the lane it was sent on.
+    let lanes = sent_again().await;
+    assert_eq!(lanes.len(), 40);
+    assert!(lanes.iter().all(|(was, now)| was == now), "{lanes:?}");
+    assert_eq!(lanes[0].0, "interactive");
+    assert_eq!(lanes[39].0, "backlog-3");
+    // With all but the last six cancelled, the count (6: backlog) is the lower bound for them.
+    for &job in &jobs[..34] {
+        let mut conn = app.db.acquire().await.unwrap();
+        let cancelled = provisioner_shared::db::jobs::cancel_or_refuse(&mut conn, job, None)
+            .await
+            .unwrap();
+        assert!(matches!(
+            cancelled,
+            provisioner_shared::db::jobs::Cancel::Done(_)
+        ));
+    }
+    let lanes = sent_again().await;
+    assert_eq!(
+        lanes
+            .iter()
+            .map(|(_, now)| now.as_str())
+            .collect::<Vec<_>>(),
+        ["backlog"; 6],
+        "{lanes:?}"
+    );
+    app.stop().await;
+}

@@ -7,9 +7,9 @@
 //! other (a client's own batch items are not released while it has single jobs past its first
 //! few waiting: `db::batches::release`); a backlog tier goes only when no lower one waits, so a
 //! client's sixth job goes before another's thousandth. The oldest delivery of a later lane,
-//! once it has waited `OVERDUE`, goes first, before interactive work and lower tiers, so a
-//! stream of them that keeps every slot busy never leaves one waiting toward the broker's
-//! consumer timeout.
+//! once it has waited `OVERDUE`, goes before the other later lanes, and once it has waited
+//! `LATE`, before interactive work too, so a stream of work that keeps every slot busy never
+//! leaves one waiting toward the broker's consumer timeout.
 
 use std::{
     collections::BTreeMap,
@@ -27,9 +27,15 @@ const BATCH: usize = LANES - 1;
 /// The backlog's tiers, the lowest first.
 const BACKLOG: std::ops::Range<usize> = 1..BATCH;
 
-/// How long a delivery of a later lane waits before it goes ahead of interactive work: far
-/// below the broker's consumer timeout (`deploy/rabbitmq.conf`: 2 h 5 min), far above a job.
+/// How long the oldest delivery of a later lane waits before it goes ahead of the other later
+/// lanes (lower backlog tiers, batch items): far above a job.
 const OVERDUE: Duration = Duration::from_secs(600);
+
+/// How long it waits before it goes ahead of interactive work too: far below the broker's
+/// consumer timeout (`deploy/rabbitmq.conf`: 2 h 5 min). A worker holds up to its concurrency
+/// from each later lane's queue; going ahead of interactive work at `OVERDUE` would let a worker
+/// whose later lanes are all full give the next several slots to overdue deliveries.
+const LATE: Duration = Duration::from_secs(1800);
 
 /// Slots shared by every delivery of the process, across broker sessions.
 #[derive(Debug)]
@@ -52,22 +58,27 @@ struct State {
 }
 
 impl State {
-    /// The lane of the oldest delivery of a later lane, if it has waited `OVERDUE`.
-    fn overdue_lane(&self) -> Option<usize> {
+    /// The arrival of the oldest delivery of a later lane and how long it has waited.
+    fn oldest_later(&self) -> Option<(u64, Duration)> {
         self.since
-            .values()
+            .iter()
             .next()
-            .filter(|(at, _)| at.elapsed() >= OVERDUE)
-            .map(|&(_, lane)| lane)
+            .map(|(&arrival, (at, _))| (arrival, at.elapsed()))
     }
 
-    /// Whether a delivery of `lane` may take a free slot now.
-    fn may_take(&self, lane: usize) -> bool {
+    /// Whether a delivery of `lane` (waiting since `arrival`, once it has waited) may take a
+    /// free slot now.
+    fn may_take(&self, lane: usize, arrival: Option<u64>) -> bool {
         if self.free == 0 {
             return false;
         }
-        if let Some(overdue) = self.overdue_lane() {
-            return lane == overdue;
+        match self.oldest_later() {
+            Some((oldest, waited)) if waited >= LATE => return arrival == Some(oldest),
+            Some((oldest, waited)) if waited >= OVERDUE => {
+                return lane == INTERACTIVE
+                    || (self.waiting[INTERACTIVE] == 0 && arrival == Some(oldest));
+            }
+            _ => {}
         }
         if lane == INTERACTIVE {
             return true;
@@ -147,7 +158,7 @@ impl Slots {
             freed.as_mut().enable();
             {
                 let mut state = self.state.lock().expect("slots");
-                if state.may_take(lane) {
+                if state.may_take(lane, waiting.as_ref().map(|w: &Waiting<'_>| w.2)) {
                     state.take(lane);
                     let more = state.free > 0;
                     drop(state);
@@ -310,7 +321,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_item_that_waited_ten_minutes_goes_before_interactive_work() {
+    async fn a_batch_item_that_waited_ten_minutes_still_gives_way_to_interactive_work() {
         let slots = Slots::new(1);
         let held = slots.acquire(Lane::Interactive).await;
         let batch = tokio::spawn({
@@ -319,6 +330,29 @@ mod tests {
         });
         until_waiting(&slots, Lane::Batch).await;
         tokio::time::advance(OVERDUE).await;
+        let interactive = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire(Lane::Interactive).await }
+        });
+        until_waiting(&slots, Lane::Interactive).await;
+        drop(held);
+        let slot = interactive.await.unwrap();
+        assert!(!batch.is_finished());
+        drop(slot);
+        drop(batch.await.unwrap());
+        assert_eq!(slots.free(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_item_that_waited_half_an_hour_goes_before_interactive_work() {
+        let slots = Slots::new(1);
+        let held = slots.acquire(Lane::Interactive).await;
+        let batch = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.acquire(Lane::Batch).await }
+        });
+        until_waiting(&slots, Lane::Batch).await;
+        tokio::time::advance(LATE).await;
         let interactive = tokio::spawn({
             let slots = slots.clone();
             async move { slots.acquire(Lane::Interactive).await }

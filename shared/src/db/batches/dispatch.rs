@@ -3,7 +3,7 @@
 //! with held items, least recently served first (round robin with equal weights), each client's
 //! oldest batch first, items in order. Single jobs never wait behind this window: they have
 //! queues of their own. A client with more active single jobs than its interactive ones (some
-//! on the backlog queue) of which one waits is not served meanwhile: its single jobs go ahead of
+//! on the backlog's queues) of which one waits is not served meanwhile: its single jobs go ahead of
 //! its batch items. A batch whose cancel was asked for has no more items released.
 
 use std::time::Duration;

@@ -307,7 +307,7 @@ pub async fn retry_later(
         transition_sql!(
             "status = 'queued', lease_token = NULL, lease_until = NULL,
              sent_at = now() + make_interval(secs => $3),
-             lane = job_lane(batch_id, client_id, $4)",
+             lane = job_resend_lane(batch_id, client_id, $4, lane)",
             "id = $1 AND lease_token = $2 AND status = 'running'"
         ),
         id,

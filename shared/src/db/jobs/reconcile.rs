@@ -102,7 +102,7 @@ pub async fn resend_stranded(
                  ORDER BY j.sent_at LIMIT $3
                  FOR UPDATE SKIP LOCKED) s
              LIMIT $3)
-         UPDATE jobs SET sent_at = now(), lane = job_lane(batch_id, client_id, $4)
+         UPDATE jobs SET sent_at = now(), lane = job_resend_lane(batch_id, client_id, $4, jobs.lane)
          FROM stranded WHERE jobs.id = stranded.id
          RETURNING jobs.id, jobs.lane, jobs.traceparent",
     )
