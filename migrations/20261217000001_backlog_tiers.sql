@@ -27,11 +27,16 @@ $$;
 -- The lane of a job sent again (a retry, a lost message) that was last sent on `sent_on`: a
 -- batch item's, or a single job's by the lower of two bounds of its rank among its client's
 -- active single jobs now: their count (its own included), and the rank it was last sent with
--- (the jobs ahead of it then are all that can be ahead of it now; at most `interactive_jobs` of
--- a client's active jobs can have been sent as interactive, and so on for each tier). A job
--- among a client's first few stays there, however many the client queued after it.
+-- (the jobs ahead of it then are all that can be ahead of it now). A job among a client's first
+-- few stays there, however many the client queued after it. The bound is as good as the ranks
+-- recorded: each API process ranks a client's creates exactly, but creates arriving at once at
+-- R processes may each be ranked among the first few, so a client may keep up to R times its
+-- interactive jobs on the interactive lane (and lanes a process of the previous release sent
+-- on, all `backlog` past the first few, are kept or lowered).
 -- `job_lane`, which ranked by the count alone, stays as it was for the processes of the
--- previous release, which know the three lanes only.
+-- previous release, which know the three lanes only. A later release that names more lanes
+-- adds functions of its own rather than replacing these in place, so that every process sends
+-- on a lane it knows (`queue::Lane` reads a name it does not know as the last tier).
 CREATE FUNCTION job_resend_lane(batch uuid, client text, interactive_jobs bigint, sent_on text)
 RETURNS text LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN job_resend_lane.batch IS NOT NULL THEN 'batch'

@@ -450,13 +450,12 @@ async fn invented_paths_are_counted_as_unmatched_so_metrics_stay_bounded() {
     let text = app.metrics_text().await;
     assert!(!text.contains("invented"), "a path became a label");
     let line = "provisioner_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}";
-    assert_eq!(
-        text.lines()
-            .find_map(|l| l.strip_prefix(line))
-            .map(str::trim),
-        Some("40"),
-        "{text}"
-    );
+    // At least these 40 (the recorder is the test process's, shared with its other tests).
+    let counted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .map_or(0.0, |n| n.trim().parse().unwrap());
+    assert!(counted >= 40.0, "{counted} counted: {text}");
     app.stop().await;
 }
 

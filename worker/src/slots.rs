@@ -313,7 +313,10 @@ mod tests {
         });
         until_waiting(&slots, Lane::Backlog(0)).await;
         drop(held);
-        let slot = high.await.unwrap();
+        let slot = tokio::time::timeout(Duration::from_secs(1), high)
+            .await
+            .expect("the overdue delivery takes the slot")
+            .unwrap();
         assert!(!low.is_finished());
         drop(slot);
         drop(low.await.unwrap());
@@ -336,7 +339,10 @@ mod tests {
         });
         until_waiting(&slots, Lane::Interactive).await;
         drop(held);
-        let slot = interactive.await.unwrap();
+        let slot = tokio::time::timeout(Duration::from_secs(1), interactive)
+            .await
+            .expect("interactive work takes the slot")
+            .unwrap();
         assert!(!batch.is_finished());
         drop(slot);
         drop(batch.await.unwrap());
@@ -359,7 +365,10 @@ mod tests {
         });
         until_waiting(&slots, Lane::Interactive).await;
         drop(held);
-        let slot = batch.await.unwrap();
+        let slot = tokio::time::timeout(Duration::from_secs(1), batch)
+            .await
+            .expect("the late batch item takes the slot")
+            .unwrap();
         assert!(!interactive.is_finished());
         drop(slot);
         drop(interactive.await.unwrap());
