@@ -297,83 +297,73 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_oldest_delivery_that_waited_ten_minutes_goes_before_lower_tiers() {
+    /// One slot held while a delivery of `first` waits `waited`, then one of `second` arrives:
+    /// the lane of the one that takes the slot once it frees (the other takes it next).
+    async fn first_to_take(first: Lane, waited: Duration, second: Lane) -> Lane {
         let slots = Slots::new(1);
         let held = slots.acquire(Lane::Interactive).await;
-        let high = tokio::spawn({
+        let wait = |lane: Lane| {
             let slots = slots.clone();
-            async move { slots.acquire(Lane::Backlog(5)).await }
-        });
-        until_waiting(&slots, Lane::Backlog(5)).await;
-        tokio::time::advance(OVERDUE).await;
-        let low = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(Lane::Backlog(0)).await }
-        });
-        until_waiting(&slots, Lane::Backlog(0)).await;
+            tokio::spawn(async move { slots.acquire(lane).await })
+        };
+        let mut a = wait(first);
+        until_waiting(&slots, first).await;
+        tokio::time::advance(waited).await;
+        let mut b = wait(second);
+        until_waiting(&slots, second).await;
         drop(held);
-        let slot = tokio::time::timeout(Duration::from_secs(1), high)
-            .await
-            .expect("the overdue delivery takes the slot")
-            .unwrap();
-        assert!(!low.is_finished());
+        let (slot, first_took) = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::select! {
+                slot = &mut a => (slot.unwrap(), true),
+                slot = &mut b => (slot.unwrap(), false),
+            }
+        })
+        .await
+        .expect("a waiting delivery takes the freed slot");
         drop(slot);
-        drop(low.await.unwrap());
+        let next = if first_took { b.await } else { a.await };
+        drop(next.unwrap());
         assert_eq!(slots.free(), 1);
+        assert!(slots.state.lock().unwrap().since.is_empty());
+        if first_took { first } else { second }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_oldest_delivery_that_waited_ten_minutes_goes_before_lower_tiers() {
+        use Lane::Backlog;
+        assert_eq!(
+            first_to_take(Backlog(5), OVERDUE - Duration::from_secs(1), Backlog(0)).await,
+            Backlog(0)
+        );
+        assert_eq!(
+            first_to_take(Backlog(5), OVERDUE, Backlog(0)).await,
+            Backlog(5)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_item_that_waited_ten_minutes_still_gives_way_to_interactive_work() {
-        let slots = Slots::new(1);
-        let held = slots.acquire(Lane::Interactive).await;
-        let batch = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(Lane::Batch).await }
-        });
-        until_waiting(&slots, Lane::Batch).await;
-        tokio::time::advance(OVERDUE).await;
-        let interactive = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(Lane::Interactive).await }
-        });
-        until_waiting(&slots, Lane::Interactive).await;
-        drop(held);
-        let slot = tokio::time::timeout(Duration::from_secs(1), interactive)
-            .await
-            .expect("interactive work takes the slot")
-            .unwrap();
-        assert!(!batch.is_finished());
-        drop(slot);
-        drop(batch.await.unwrap());
-        assert_eq!(slots.free(), 1);
+        assert_eq!(
+            first_to_take(Lane::Batch, OVERDUE, Lane::Interactive).await,
+            Lane::Interactive
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_item_that_waited_half_an_hour_goes_before_interactive_work() {
-        let slots = Slots::new(1);
-        let held = slots.acquire(Lane::Interactive).await;
-        let batch = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(Lane::Batch).await }
-        });
-        until_waiting(&slots, Lane::Batch).await;
-        tokio::time::advance(LATE).await;
-        let interactive = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(Lane::Interactive).await }
-        });
-        until_waiting(&slots, Lane::Interactive).await;
-        drop(held);
-        let slot = tokio::time::timeout(Duration::from_secs(1), batch)
-            .await
-            .expect("the late batch item takes the slot")
-            .unwrap();
-        assert!(!interactive.is_finished());
-        drop(slot);
-        drop(interactive.await.unwrap());
-        assert_eq!(slots.free(), 1);
-        assert!(slots.state.lock().unwrap().since.is_empty());
+        assert_eq!(
+            first_to_take(
+                Lane::Batch,
+                LATE - Duration::from_secs(1),
+                Lane::Interactive
+            )
+            .await,
+            Lane::Interactive
+        );
+        assert_eq!(
+            first_to_take(Lane::Batch, LATE, Lane::Interactive).await,
+            Lane::Batch
+        );
     }
 
     #[tokio::test]
