@@ -1,5 +1,6 @@
 //! The rows of a batch file, one at a time with their file line: CSV (header row = field
-//! names, empty cells absent, the columns a results file adds read past) or NDJSON (one JSON object per non-blank line). Nothing is held
+//! names, cells trimmed but for `password`, empty cells absent, the columns a results file adds
+//! read past) or NDJSON (one JSON object per non-blank line). Nothing is held
 //! but the row being read: a row (or CSV record) over `MAX_ROW_BYTES` is refused, and the file
 //! may have any number of lines.
 
@@ -60,12 +61,34 @@ pub struct Bounded<R> {
     floor: Rc<Cell<u64>>,
 }
 
+/// `Bounded`'s refusal: the record begun after its floor is longer than `MAX_ROW_BYTES`.
+#[derive(Debug)]
+struct RowTooLong;
+
+impl Display for RowTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a row is longer than {MAX_ROW_BYTES} bytes (is a quote opened there and never \
+             closed?)"
+        )
+    }
+}
+
+impl std::error::Error for RowTooLong {}
+
+/// Whether the CSV reader's `e` is `Bounded`'s refusal.
+fn too_long(e: &csv::Error) -> bool {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io.get_ref().is_some_and(|e| e.is::<RowTooLong>()),
+        _ => false,
+    }
+}
+
 impl<R: Read> Read for Bounded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.read.get().saturating_sub(self.floor.get()) > MAX_ROW_BYTES + 8192 {
-            return Err(std::io::Error::other(format!(
-                "a row is longer than {MAX_ROW_BYTES} bytes"
-            )));
+            return Err(std::io::Error::other(RowTooLong));
         }
         let n = self.inner.read(buf)?;
         self.read.set(self.read.get() + n as u64);
@@ -180,14 +203,19 @@ impl Rows {
                 let headers: Vec<String> = reader
                     .headers()
                     .map_err(|e| {
-                        // By its line in the file, as a row's fault is.
-                        let line = e
-                            .position()
-                            .filter(|_| !matches!(e.kind(), csv::ErrorKind::Io(_)))
-                            .and_then(|at| {
-                                let file = File::open(path).ok()?;
-                                LineCounter::new(file).line_of(at.byte()).ok()
-                            });
+                        // By its line in the file, as a row's fault is; an endless header row
+                        // from its first line.
+                        let at = if too_long(&e) {
+                            Some(0)
+                        } else {
+                            e.position()
+                                .filter(|_| !matches!(e.kind(), csv::ErrorKind::Io(_)))
+                                .map(csv::Position::byte)
+                        };
+                        let line = at.and_then(|at| {
+                            let file = File::open(path).ok()?;
+                            LineCounter::new(file).line_of(at).ok()
+                        });
                         csv_failure(path, &e, line)
                     })?
                     .iter()
@@ -225,11 +253,18 @@ impl Rows {
                     Ok(more) => more,
                     Err(e) => {
                         // The reader's own line number does not count the blank lines it skipped.
-                        let line = match e.position() {
+                        // A record too long to hold is named by the line it begins on: the
+                        // first after the last whole record.
+                        let at = match e.position() {
+                            _ if too_long(&e) => Some(floor.get()),
                             Some(at) if !matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                                Some(lines.line_of(at.byte()).map_err(|e| unreadable(path, e))?)
+                                Some(at.byte())
                             }
                             _ => None,
+                        };
+                        let line = match at {
+                            Some(at) => Some(lines.line_of(at).map_err(|e| unreadable(path, e))?),
+                            None => None,
                         };
                         return Err(csv_failure(path, &e, line));
                     }
@@ -264,6 +299,13 @@ impl Rows {
                     // A results file's cells as the text they were made from (a `'` that
                     // keeps a spreadsheet from running one is not part of it).
                     let value = if *results { as_written(value) } else { value };
+                    // Spaces around a cell (`a.example, Acme` typed by hand) are not part of
+                    // its value, but for a password, whose every character counts.
+                    let value = if name == "password" {
+                        value
+                    } else {
+                        value.trim()
+                    };
                     if !value.is_empty() && !RESULT_COLUMNS.contains(&name.as_str()) {
                         fields.insert(name.clone(), fields::cell(name, value));
                     }
@@ -365,9 +407,10 @@ fn unreadable(path: &Path, e: impl Display) -> Failure {
 /// A fault of the file the CSV reader found, at `line` of the file when it names a record.
 fn csv_failure(path: &Path, e: &csv::Error, line: Option<u64>) -> Failure {
     let fault = match e.kind() {
-        csv::ErrorKind::Io(io) => {
+        csv::ErrorKind::Io(io) if !too_long(e) => {
             return unreadable(path, format_args!("the CSV file cannot be read: {io}"));
         }
+        csv::ErrorKind::Io(io) => io.to_string(),
         // The crate's own text names the record by its line, which skips blank lines.
         csv::ErrorKind::Utf8 { err, .. } => match err.valid_up_to() {
             0 => format!(
@@ -478,6 +521,19 @@ mod tests {
         assert!(!first.contains_key("numberMap"));
         assert_eq!(rows[1].1.as_ref().unwrap()["numberMap"]["3"], "4");
         assert!(rows[2].1.as_ref().unwrap_err().message.contains("cells"));
+    }
+
+    #[test]
+    fn csv_cells_are_trimmed_but_a_password() {
+        let text =
+            "tenantUrl, tenantName ,password,numberMap\n a.example ,\" Acme \", pass word ,  \n";
+        let rows = all(&file("t.csv", text.as_bytes()));
+        let fields = rows[0].1.as_ref().unwrap();
+        assert_eq!(fields["tenantUrl"], "a.example");
+        assert_eq!(fields["tenantName"], "Acme");
+        assert_eq!(fields["password"], " pass word ");
+        // A cell of spaces alone is empty: absent.
+        assert!(!fields.contains_key("numberMap"), "{fields:?}");
     }
 
     #[test]
@@ -598,7 +654,43 @@ mod tests {
             panic!("an endless record is refused");
         };
         assert!(
-            failure.message.contains("longer than"),
+            failure
+                .message
+                .contains("line 2: a row is longer than 65536 bytes"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn a_quote_never_closed_is_reported_at_the_line_it_opens() {
+        // Rows after it, blank lines included, are swallowed by the open quote.
+        let mut text =
+            b"tenantUrl,tenantName\na.example,A\n\n\nb.example,\"B\nc.example,C\n".to_vec();
+        for i in 0..10_000 {
+            text.extend_from_slice(format!("\nt{i}.example,T").as_bytes());
+        }
+        let path = file("t.csv", &text);
+        let mut rows = Rows::open(&path, Format::Csv).unwrap();
+        assert_eq!(rows.next_row().unwrap().unwrap().line, 2);
+        let Err(failure) = rows.next_row() else {
+            panic!("a record of the rest of the file is refused");
+        };
+        assert!(
+            failure.message.contains("line 5: a row is longer than")
+                && failure
+                    .message
+                    .contains("a quote opened there and never closed?"),
+            "{}",
+            failure.message
+        );
+        let mut header = b"\n\"tenantUrl".to_vec();
+        header.extend(std::iter::repeat_n(b'a', 2 * MAX_ROW_BYTES as usize));
+        let Err(failure) = Rows::open(&file("h.csv", &header), Format::Csv) else {
+            panic!("an endless header is refused");
+        };
+        assert!(
+            failure.message.contains("line 2: a row is longer than"),
             "{}",
             failure.message
         );

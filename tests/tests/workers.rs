@@ -363,7 +363,7 @@ async fn a_job_in_flight_when_the_broker_connection_drops_still_ends() {
 
 #[tokio::test]
 async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
-    let mut app = TestApp::without_workers().await;
+    let app = TestApp::without_workers().await;
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
@@ -374,23 +374,40 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
     app.until_lock_waiters(1).await;
     worker.terminate();
     assert!(worker.exit(Duration::from_secs(15)).await.success());
-    // Its lease ends now rather than lasting out its term, and its lock wait is gone.
-    let (status, lease_over): (String, bool) =
-        sqlx::query_as("SELECT status, lease_until <= now() FROM jobs WHERE id = $1::uuid")
+    // Back in the queue at once, without its lease; the attempt shutdown cut short is counted
+    // as handed back, not against the job's limit (the job did not fail).
+    let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(
+        (job["status"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(1)),
+        "{job}"
+    );
+    let (lease, handed_back): (Option<chrono::DateTime<chrono::Utc>>, i32) =
+        sqlx::query_as("SELECT lease_until, handed_back FROM jobs WHERE id = $1::uuid")
             .bind(&id)
             .fetch_one(&app.db)
             .await
             .unwrap();
-    assert_eq!((status.as_str(), lease_over), ("running", true));
+    assert_eq!((lease, handed_back), (None, 1));
+    // No new message was written for it: the delivery that ran the attempt went back to its
+    // queue with the connection, and runs it again (the broker's figures lag a little).
+    let queue = provisioner_shared::queue::Lane::Interactive.queue();
+    eventually(Duration::from_secs(20), || async {
+        (app.queue_depths(queue).await == (1, 0)).then_some(())
+    })
+    .await;
     app.until_lock_waiters(0).await; // the abandoned session's wait ends within a second
     held.rollback().await.unwrap();
-    app.start_worker();
+    // With one attempt allowed, a counted hand-back would fail the job with 500.
+    let mut second = spawn_worker(&app, &[("PROVISIONER_JOB_MAX_ATTEMPTS", "1")]);
     let done = app.wait_job(&id).await;
     assert_eq!(
         (done["code"].as_i64(), done["attempts"].as_i64()),
         (Some(200), Some(2)),
         "{done}"
     );
+    second.terminate();
+    assert!(second.exit(Duration::from_secs(15)).await.success());
     app.stop().await;
 }
 

@@ -32,7 +32,7 @@ use crate::{
     jobs::{self, AbortOnDrop, Context, Disposition, Stage},
 };
 
-/// How long shutdown spends handing the leases of abandoned jobs back.
+/// How long shutdown spends handing abandoned jobs back to the queue.
 const HAND_BACK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The deliveries being handled, across broker sessions.
@@ -239,7 +239,8 @@ fn prefetch(_lane: Lane, concurrency: u16) -> u16 {
 }
 
 /// Waits for the deliveries in flight up to the shutdown deadline; past it, abandons them and
-/// hands their leases back.
+/// hands their jobs back to the queue (their deliveries, left unsettled, go back to the broker
+/// when the caller closes the connection, after this).
 async fn drain(ctx: &Context, in_flight: &InFlight) {
     in_flight.tasks.close();
     let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, in_flight.tasks.wait()).await;
@@ -250,12 +251,12 @@ async fn drain(ctx: &Context, in_flight: &InFlight) {
         );
         in_flight.abandon.cancel();
         in_flight.tasks.wait().await;
-        // Bounded: with PostgreSQL out of reach the leases run out on their own.
+        // Bounded: with PostgreSQL out of reach the jobs' leases run out on their own.
         if tokio::time::timeout(HAND_BACK_DEADLINE, jobs::hand_back(ctx))
             .await
             .is_err()
         {
-            tracing::warn!("cannot hand the leases back in time; they run out on their own");
+            tracing::warn!("cannot hand the jobs back in time; their leases run out on their own");
         }
     }
 }

@@ -301,7 +301,7 @@ fn timeline(job: &JobView, timing: Option<&JobTiming>) -> Markup {
                     (layout::time(started)) " — running (attempt " (job.attempts) ")"
                     @if job.attempts > 1 {
                         " after " (job.attempts - 1) " earlier attempt" @if job.attempts > 2 { "s" }
-                        " that ended in a transient fault"
+                        " that did not finish (a transient fault, a lost worker or a worker stopped)"
                     }
                 }
             }

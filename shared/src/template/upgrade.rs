@@ -59,6 +59,8 @@ const STEPS: &[(i64, i64, Step)] = &[
     (20261215000001, 20261216000001, unchanged),
     // 20261217000001 put a client's backlog in tiers by rank: nothing a template holds.
     (20261216000001, 20261217000001, unchanged),
+    // 20261218000001 counted the attempts handed back at shutdown: nothing a template holds.
+    (20261217000001, 20261218000001, unchanged),
 ];
 
 fn unchanged(_: &mut Entries) -> Result<(), TemplateError> {

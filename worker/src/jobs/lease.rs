@@ -134,13 +134,28 @@ pub(super) fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) -> AbortOnDrop
     }))
 }
 
-/// Jobs cut short by shutdown: let their leases end now so a redelivery runs them at once.
+/// Jobs cut short by shutdown: back to the queue now, their attempts handed back rather than
+/// counted against the limit (`db::jobs::hand_back`). Their deliveries, left unsettled, go back
+/// to the broker when the connection closes, after this, and run them again at once. One whose
+/// hand-back fails keeps its lease until it runs out, and is then taken back as from a lost
+/// worker, which counts the attempt.
 pub(crate) async fn hand_back(ctx: &Context) {
     for (id, token) in ctx.leases.take_all() {
-        if let Err(e) = db::jobs::release_lease(&ctx.pool, id, token).await {
-            tracing::warn!(job.id = %id, error = %e, "cannot release lease; the sweeper will");
+        if let Err(e) = hand_back_one(ctx, id, token).await {
+            tracing::warn!(job.id = %id, error = %e, "cannot hand the job back; the sweeper will");
         }
     }
+}
+
+async fn hand_back_one(ctx: &Context, id: Uuid, token: Uuid) -> Result<(), sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    let queued = db::jobs::hand_back(&mut tx, id, token).await?;
+    if queued.is_some() {
+        // In the transaction: this process's announcer is stopping with it.
+        db::jobs::notify_in_transaction(&mut tx, id).await?;
+        tracing::info!(job.id = %id, "job handed back to the queue at shutdown");
+    }
+    tx.commit().await
 }
 
 /// A task that is aborted when this guard is dropped.

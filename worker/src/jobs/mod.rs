@@ -91,7 +91,7 @@ pub(crate) async fn process(
         .instrument(span)
         .await;
     ctx.leases.release(id);
-    if panicked && job.attempts >= ctx.settings.job_max_attempts as i32 {
+    if panicked && job.counted_attempts() >= ctx.settings.job_max_attempts as i32 {
         Disposition::DeadLetter
     } else {
         Disposition::Ack

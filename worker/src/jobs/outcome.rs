@@ -160,10 +160,10 @@ pub(super) async fn record(
     outcome: Result<Finished, JobFailure>,
 ) {
     let max = ctx.settings.job_max_attempts;
-    log(&outcome, job.attempts, max);
+    log(&outcome, job.counted_attempts(), max);
     let failure = match outcome {
         Ok(Finished::Committed | Finished::LostLease) => return,
-        Err(f) if job.attempts >= max as i32 => exhausted(f, max),
+        Err(f) if job.counted_attempts() >= max as i32 => exhausted(f, max),
         Err(f) => f,
     };
     loop {
@@ -278,9 +278,11 @@ pub(crate) async fn take_back(
     held: &JobRow,
     settings: &Settings,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    if held.attempts >= settings.job_max_attempts as i32 {
-        let failure =
-            JobFailure::Internal(format!("the job's worker was lost {} times", held.attempts));
+    if held.counted_attempts() >= settings.job_max_attempts as i32 {
+        let failure = JobFailure::Internal(format!(
+            "the job's worker was lost {} times",
+            held.counted_attempts()
+        ));
         let ended = db::jobs::finish(conn, held, &failure.ending()).await?;
         if ended.is_some() {
             db::jobs::notify_in_transaction(conn, held.id).await?;

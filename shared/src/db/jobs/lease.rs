@@ -77,21 +77,6 @@ pub async fn renew_lease(
     Ok(done.rows_affected() == 1)
 }
 
-/// Lets the lease of a job whose work was cut short (shutdown) expire now, so a redelivery may
-/// take it at once.
-pub async fn release_lease(
-    exec: impl PgExecutor<'_>,
-    id: Uuid,
-    token: Uuid,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET lease_until = now() WHERE id = $1 AND lease_token = $2 AND status = 'running'")
-        .bind(id)
-        .bind(token)
-        .execute(exec)
-        .await
-        .map(drop)
-}
-
 /// How a running job ends.
 #[derive(Debug, Clone)]
 pub enum Ending {
@@ -322,6 +307,30 @@ pub async fn retry_later(
         outbox::insert(conn, &queue::JobMessage::outbox(row, row.lane, delay)).await?;
     }
     Ok(row)
+}
+
+/// running -> queued for a job whose attempt shutdown cut short (its worker stopped past its
+/// deadline, as a scale-down does): the attempt is counted as handed back (`handed_back`), not
+/// against the job's limit, since the job did not fail. No new job message: the delivery that
+/// ran the attempt goes back to its queue when the stopping worker's broker connection closes
+/// (after this commits), so the job keeps its lane; `sent_at` is now, so the reconciler gives
+/// that delivery its usual time before it sends the job again.
+pub async fn hand_back(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    transition(
+        conn,
+        transition_sql!(
+            "status = 'queued', handed_back = handed_back + 1, lease_token = NULL,
+             lease_until = NULL, sent_at = now()",
+            "id = $1 AND lease_token = $2 AND status = 'running'"
+        ),
+        id,
+        |q| q.bind(token),
+    )
+    .await
 }
 
 /// Running jobs whose lease ran out: their worker died or hung.

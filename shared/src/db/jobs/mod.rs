@@ -28,7 +28,7 @@ macro_rules! columns {
         "id, kind, tenant_url, status, version, code, error, attempts, created_at, \
          started_at, finished_at, tenant, skipped_numbers, batch_id, batch_item, client_id, \
          params, idempotency_key, request_digest, lease_token, lease_until, template_id, \
-         traceparent, lane"
+         traceparent, lane, handed_back"
     };
 }
 
@@ -55,8 +55,8 @@ mod stats;
 
 pub use self::{
     lease::{
-        Ending, claim, claim_and_finish, expired_leases, finish, lock_expired, lock_held,
-        release_lease, renew_lease, retry_later,
+        Ending, claim, claim_and_finish, expired_leases, finish, hand_back, lock_expired,
+        lock_held, renew_lease, retry_later,
     },
     reconcile::{PanicSite, lanes_behind, record_horizons, record_panic, resend_stranded},
     stats::{QUANTILE_SAMPLE, Stats, prune_endings, stats},
@@ -92,9 +92,20 @@ pub struct JobRow {
     pub traceparent: Option<String>,
     /// The job queue its message was last sent to (`jobs.lane`).
     pub lane: queue::Lane,
+    /// Attempts that a worker's shutdown cut short and handed back (`jobs.handed_back`): among
+    /// `attempts`, but not counted against the limit (`counted_attempts`). Read as 0 by a
+    /// statement that does not name it.
+    #[sqlx(default)]
+    pub handed_back: i32,
 }
 
 impl JobRow {
+    /// The attempts counted against `PROVISIONER_JOB_MAX_ATTEMPTS`: every one begun but those
+    /// a worker's shutdown handed back.
+    pub fn counted_attempts(&self) -> i32 {
+        self.attempts - self.handed_back
+    }
+
     /// The trace id of the job's trace context, as logs show it.
     pub fn trace_id(&self) -> Option<String> {
         crate::trace::trace_id_of(self.traceparent.as_deref())
@@ -264,6 +275,7 @@ pub async fn submit_many(
             traceparent: Some(job.trace.to_string()),
             // The statement puts a job past its client's interactive ones on a backlog tier.
             lane: queue::Lane::Interactive,
+            handed_back: 0,
         })
         .collect();
     let msgs: Vec<(Uuid, outbox::OutboxMessage)> = rows
