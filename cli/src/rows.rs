@@ -298,10 +298,12 @@ impl Rows {
                 for (name, value) in headers.iter().zip(record.iter()) {
                     // A results file's cells as the text they were made from (a `'` that
                     // keeps a spreadsheet from running one is not part of it).
-                    let value = if *results { as_written(value) } else { value };
                     // Spaces around a cell (`a.example, Acme` typed by hand) are not part of
-                    // its value, but for a password, whose every character counts.
-                    let value = if name == "password" {
+                    // its value, but for a password, whose every character counts, and in a
+                    // results file, whose cells are the fields' text as it was submitted.
+                    let value = if *results {
+                        as_written(value)
+                    } else if name == "password" {
                         value
                     } else {
                         value.trim()
@@ -534,6 +536,10 @@ mod tests {
         assert_eq!(fields["password"], " pass word ");
         // A cell of spaces alone is empty: absent.
         assert!(!fields.contains_key("numberMap"), "{fields:?}");
+        // A results file's cells are the text the fields were submitted with, spaces and all.
+        let text = "tenantUrl,tenantName,jobId,status,code,error\na.example, Acme ,0b8f7a52-2f61-4a55-9a39-2f4d2a6e8f10,failed,409,x\n";
+        let rows = all(&file("failed.csv", text.as_bytes()));
+        assert_eq!(rows[0].1.as_ref().unwrap()["tenantName"], " Acme ");
     }
 
     #[test]
