@@ -138,13 +138,16 @@ pub(super) fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) -> AbortOnDrop
 /// counted against the limit (`db::jobs::hand_back`). Their deliveries, left unsettled, go back
 /// to the broker when the connection closes, after this, and run them again at once. One whose
 /// hand-back fails keeps its lease until it runs out, and is then taken back as from a lost
-/// worker, which counts the attempt.
+/// worker, which counts the attempt. All at once: one waiting for its row (a cancel of its
+/// batch at work) does not hold the others past shutdown's time for them.
 pub(crate) async fn hand_back(ctx: &Context) {
-    for (id, token) in ctx.leases.take_all() {
+    let jobs = ctx.leases.take_all();
+    futures_util::future::join_all(jobs.into_iter().map(|(id, token)| async move {
         if let Err(e) = hand_back_one(ctx, id, token).await {
             tracing::warn!(job.id = %id, error = %e, "cannot hand the job back; the sweeper will");
         }
-    }
+    }))
+    .await;
 }
 
 async fn hand_back_one(ctx: &Context, id: Uuid, token: Uuid) -> Result<(), sqlx::Error> {
