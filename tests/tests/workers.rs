@@ -389,8 +389,7 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
             .await
             .unwrap();
     assert_eq!((lease, handed_back), (None, 1));
-    // No new message was written for it: the delivery that ran the attempt went back to its
-    // queue with the connection, and runs it again (the broker's figures lag a little).
+    // One message waits for it: the new one, which replaced the delivery (acknowledged).
     let queue = provisioner_shared::queue::Lane::Interactive.queue();
     eventually(Duration::from_secs(20), || async {
         (app.queue_depths(queue).await == (1, 0)).then_some(())
@@ -398,14 +397,71 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
     .await;
     app.until_lock_waiters(0).await; // the abandoned session's wait ends within a second
     held.rollback().await.unwrap();
-    // With one attempt allowed, a counted hand-back would fail the job with 500.
-    let mut second = spawn_worker(&app, &[("PROVISIONER_JOB_MAX_ATTEMPTS", "1")]);
+    // The next attempt's download fails once (transient): with two attempts allowed, it is
+    // the job's first counted one, so the job is retried, not failed with 500 as when the
+    // handed-back attempt counted.
+    app.templates.route(
+        "t",
+        provisioner_tests::template_server::Route {
+            status: 200,
+            body: fixtures::sample_template(app.db_version().await)
+                .write()
+                .into(),
+            // Counted over the path's requests: the first attempt's download was one.
+            fail_first: app.templates.hits("t") + 1,
+        },
+    );
+    let mut second = spawn_worker(&app, &[("PROVISIONER_JOB_MAX_ATTEMPTS", "2")]);
     let done = app.wait_job(&id).await;
     assert_eq!(
         (done["code"].as_i64(), done["attempts"].as_i64()),
-        (Some(200), Some(2)),
+        (Some(200), Some(3)),
         "{done}"
     );
+    second.terminate();
+    assert!(second.exit(Duration::from_secs(15)).await.success());
+    app.stop().await;
+}
+
+/// A job whose delivery the broker took back earlier (its session ended; the copy it delivered
+/// again waited for the running job, then left it) is sent again when shutdown hands it back:
+/// no delivery of it is left to go back with the connection.
+#[tokio::test]
+async fn a_job_handed_back_after_its_delivery_was_lost_is_sent_again() {
+    let app = TestApp::without_workers().await;
+    let url = app.serve_sample_template("t").await;
+    let tenant = fixtures::tenant_url();
+    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
+    let mut worker = Proc::spawn(
+        env!("CARGO_BIN_EXE_test-worker"),
+        &app,
+        &[("PROVISIONER_SHUTDOWN_TIMEOUT", "1")],
+        "info,provisioner_worker=debug",
+    );
+    let mut body = fixtures::create_body(&url);
+    body["lockTimeout"] = json!(60);
+    let id = app.submit(&tenant, &body).await;
+    app.until_lock_waiters(1).await;
+    app.drop_broker_connections("test: a session lost mid-job")
+        .await;
+    // The copy the broker delivers again (to the next session) finds the job running under a
+    // live lease, waits for two leases, and is acknowledged: no message of the job is left.
+    worker
+        .wait_for("a copy of a job running elsewhere; acknowledged")
+        .await;
+    worker.terminate();
+    assert!(worker.exit(Duration::from_secs(15)).await.success());
+    let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(job["status"], "queued", "{job}");
+    let queue = provisioner_shared::queue::Lane::Interactive.queue();
+    eventually(Duration::from_secs(20), || async {
+        (app.queue_depths(queue).await == (1, 0)).then_some(())
+    })
+    .await;
+    held.rollback().await.unwrap();
+    let mut second = spawn_worker(&app, &[]);
+    let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["code"], 200, "{done}");
     second.terminate();
     assert!(second.exit(Duration::from_secs(15)).await.success());
     app.stop().await;

@@ -32,7 +32,7 @@ use crate::{
     jobs::{self, AbortOnDrop, Context, Disposition, Stage},
 };
 
-/// How long shutdown spends handing abandoned jobs back to the queue.
+/// How long shutdown spends handing an abandoned job back to the queue.
 const HAND_BACK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The deliveries being handled, across broker sessions.
@@ -238,9 +238,8 @@ fn prefetch(_lane: Lane, concurrency: u16) -> u16 {
     concurrency
 }
 
-/// Waits for the deliveries in flight up to the shutdown deadline; past it, abandons them and
-/// hands their jobs back to the queue (their deliveries, left unsettled, go back to the broker
-/// when the caller closes the connection, after this).
+/// Waits for the deliveries in flight up to the shutdown deadline; past it, abandons them: each
+/// hands its job back to the queue (`handle`).
 async fn drain(ctx: &Context, in_flight: &InFlight) {
     in_flight.tasks.close();
     let drained = tokio::time::timeout(ctx.settings.shutdown_timeout, in_flight.tasks.wait()).await;
@@ -251,13 +250,6 @@ async fn drain(ctx: &Context, in_flight: &InFlight) {
         );
         in_flight.abandon.cancel();
         in_flight.tasks.wait().await;
-        // Bounded: with PostgreSQL out of reach the jobs' leases run out on their own.
-        if tokio::time::timeout(HAND_BACK_DEADLINE, jobs::hand_back(ctx))
-            .await
-            .is_err()
-        {
-            tracing::warn!("cannot hand the jobs back in time; their leases run out on their own");
-        }
     }
 }
 
@@ -304,7 +296,21 @@ async fn handle(
         () = abandon.cancelled() => {
             work.0.abort();
             let _ = (&mut work.0).await;
-            if !deadline.is_cancelled() {
+            if deadline.is_cancelled() {
+                // Shutdown's deadline: the job goes back to the queue with a new message, which
+                // replaces this delivery (it may come from a broker session already gone, whose
+                // delivery the broker has given to another worker meanwhile). Bounded: with
+                // PostgreSQL out of reach, the delivery goes back with the connection and the
+                // lease runs out.
+                let handed = tokio::time::timeout(
+                    HAND_BACK_DEADLINE,
+                    jobs::hand_back(&ctx, job, token),
+                )
+                .await;
+                if handed == Ok(true) {
+                    settle(&acker, Disposition::Ack).await;
+                }
+            } else {
                 // Abandoned after a silence: the lease is not handed back (it runs out within a
                 // lease, its heartbeat gone with the work); the delivery goes back to the broker
                 // (if its session is gone, the broker has it already) for a redelivery to run

@@ -103,9 +103,9 @@ impl Leases {
         }
     }
 
-    /// Empties the map, returning what it held.
-    pub(crate) fn take_all(&self) -> Vec<(Uuid, Uuid)> {
-        self.0.lock().expect("lease map").drain().collect()
+    /// Whether `token` holds the lease on `id`.
+    pub(crate) fn holds(&self, id: Uuid, token: Uuid) -> bool {
+        self.0.lock().expect("lease map").get(&id) == Some(&token)
     }
 }
 

@@ -41,6 +41,7 @@ pub(super) async fn claim(
             Ok(Acquired::HeldElsewhere(_))
                 if !redelivered || tokio::time::Instant::now() > patience =>
             {
+                tracing::debug!(job.id = %id, redelivered, "a copy of a job running elsewhere; acknowledged");
                 return Err(Disposition::Ack);
             }
             Ok(Acquired::HeldElsewhere(wait)) => wait,
@@ -134,31 +135,36 @@ pub(super) fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) -> AbortOnDrop
     }))
 }
 
-/// Jobs cut short by shutdown: back to the queue now, their attempts handed back rather than
-/// counted against the limit (`db::jobs::hand_back`). Their deliveries, left unsettled, go back
-/// to the broker when the connection closes, after this, and run them again at once. One whose
-/// hand-back fails keeps its lease until it runs out, and is then taken back as from a lost
-/// worker, which counts the attempt. All at once: one waiting for its row (a cancel of its
-/// batch at work) does not hold the others past shutdown's time for them.
-pub(crate) async fn hand_back(ctx: &Context) {
-    let jobs = ctx.leases.take_all();
-    futures_util::future::join_all(jobs.into_iter().map(|(id, token)| async move {
-        if let Err(e) = hand_back_one(ctx, id, token).await {
-            tracing::warn!(job.id = %id, error = %e, "cannot hand the job back; the sweeper will");
-        }
-    }))
-    .await;
-}
-
-async fn hand_back_one(ctx: &Context, id: Uuid, token: Uuid) -> Result<(), sqlx::Error> {
-    let mut tx = ctx.pool.begin().await?;
-    let queued = db::jobs::hand_back(&mut tx, id, token).await?;
-    if queued.is_some() {
-        // In the transaction: this process's announcer is stopping with it.
-        db::jobs::notify_in_transaction(&mut tx, id).await?;
-        tracing::info!(job.id = %id, "job handed back to the queue at shutdown");
+/// A job that shutdown cut short, whose lease `token` holds: back to the queue now with a new
+/// job message, its attempt handed back rather than counted against the limit
+/// (`db::jobs::hand_back`). `true` once that committed: the caller then acknowledges the
+/// delivery, which the new message replaces. Otherwise (no such lease, PostgreSQL out of reach)
+/// the delivery goes back to the broker with the connection, and the job's lease runs out: it
+/// is then taken back as from a lost worker, which counts the attempt.
+pub(crate) async fn hand_back(ctx: &Context, id: Uuid, token: Uuid) -> bool {
+    if !ctx.leases.holds(id, token) {
+        return false;
     }
-    tx.commit().await
+    let handed = async {
+        let mut tx = ctx.pool.begin().await?;
+        let queued =
+            db::jobs::hand_back(&mut tx, id, token, ctx.settings.client_interactive_jobs).await?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(queued.is_some())
+    };
+    match handed.await {
+        Ok(handed) => {
+            ctx.leases.release_token(id, token);
+            if handed {
+                tracing::info!(job.id = %id, "job handed back to the queue at shutdown");
+            }
+            handed
+        }
+        Err(e) => {
+            tracing::warn!(job.id = %id, error = %e, "cannot hand the job back; its lease will run out");
+            false
+        }
+    }
 }
 
 /// A task that is aborted when this guard is dropped.

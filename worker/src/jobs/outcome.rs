@@ -160,7 +160,7 @@ pub(super) async fn record(
     outcome: Result<Finished, JobFailure>,
 ) {
     let max = ctx.settings.job_max_attempts;
-    log(&outcome, job.counted_attempts(), max);
+    log(&outcome, job.attempts, max);
     let failure = match outcome {
         Ok(Finished::Committed | Finished::LostLease) => return,
         Err(f) if job.counted_attempts() >= max as i32 => exhausted(f, max),
@@ -219,7 +219,7 @@ async fn write(
     match failure {
         JobFailure::Transient { .. } => {
             // Queued again, still naming its stored template (if any) for the next attempt.
-            let delay = backoff(ctx.settings.retry_base_delay, job.attempts);
+            let delay = backoff(ctx.settings.retry_base_delay, job.counted_attempts());
             db::jobs::retry_later(
                 &mut tx,
                 job.id,

@@ -287,50 +287,54 @@ pub async fn retry_later(
     delay: Duration,
     interactive_jobs: u32,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    let row = transition(
-        conn,
-        transition_sql!(
-            "status = 'queued', lease_token = NULL, lease_until = NULL,
-             sent_at = now() + make_interval(secs => $3),
-             lane = job_resend_lane(batch_id, client_id, $4, lane)",
-            "id = $1 AND lease_token = $2 AND status = 'running'"
-        ),
-        id,
-        |q| {
-            q.bind(token)
-                .bind(delay.as_secs_f64())
-                .bind(i64::from(interactive_jobs))
-        },
-    )
+    let sql = transition_sql!(
+        "status = 'queued', lease_token = NULL, lease_until = NULL,
+         sent_at = now() + make_interval(secs => $3),
+         lane = job_resend_lane(batch_id, client_id, $4, lane)",
+        "id = $1 AND lease_token = $2 AND status = 'running'"
+    );
+    requeue(conn, sql, id, token, delay, interactive_jobs).await
+}
+
+/// running -> queued for a job whose attempt shutdown cut short (its worker stopped past its
+/// deadline, as a scale-down does), as `retry_later` without a delay: its message is sent
+/// again at once; the attempt is counted as handed back (`handed_back`), not against the job's
+/// limit, since the job did not fail. The caller acknowledges the delivery it replaces.
+pub async fn hand_back(
+    conn: &mut PgConnection,
+    id: Uuid,
+    token: Uuid,
+    interactive_jobs: u32,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let sql = transition_sql!(
+        "status = 'queued', handed_back = handed_back + 1, lease_token = NULL,
+         lease_until = NULL, sent_at = now() + make_interval(secs => $3),
+         lane = job_resend_lane(batch_id, client_id, $4, lane)",
+        "id = $1 AND lease_token = $2 AND status = 'running'"
+    );
+    requeue(conn, sql, id, token, Duration::ZERO, interactive_jobs).await
+}
+
+/// A running job held by `token` back to the queue by `sql` (`$1` its id, `$2` the token, `$3`
+/// the delay in seconds, `$4` the interactive jobs), with its event and a new job message.
+async fn requeue(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    id: Uuid,
+    token: Uuid,
+    delay: Duration,
+    interactive_jobs: u32,
+) -> Result<Option<JobRow>, sqlx::Error> {
+    let row = transition(conn, sql, id, |q| {
+        q.bind(token)
+            .bind(delay.as_secs_f64())
+            .bind(i64::from(interactive_jobs))
+    })
     .await?;
     if let Some(row) = &row {
         outbox::insert(conn, &queue::JobMessage::outbox(row, row.lane, delay)).await?;
     }
     Ok(row)
-}
-
-/// running -> queued for a job whose attempt shutdown cut short (its worker stopped past its
-/// deadline, as a scale-down does): the attempt is counted as handed back (`handed_back`), not
-/// against the job's limit, since the job did not fail. No new job message: the delivery that
-/// ran the attempt goes back to its queue when the stopping worker's broker connection closes
-/// (after this commits), so the job keeps its lane; `sent_at` is now, so the reconciler gives
-/// that delivery its usual time before it sends the job again.
-pub async fn hand_back(
-    conn: &mut PgConnection,
-    id: Uuid,
-    token: Uuid,
-) -> Result<Option<JobRow>, sqlx::Error> {
-    transition(
-        conn,
-        transition_sql!(
-            "status = 'queued', handed_back = handed_back + 1, lease_token = NULL,
-             lease_until = NULL, sent_at = now()",
-            "id = $1 AND lease_token = $2 AND status = 'running'"
-        ),
-        id,
-        |q| q.bind(token),
-    )
-    .await
 }
 
 /// Running jobs whose lease ran out: their worker died or hung.

@@ -93,9 +93,7 @@ pub struct JobRow {
     /// The job queue its message was last sent to (`jobs.lane`).
     pub lane: queue::Lane,
     /// Attempts that a worker's shutdown cut short and handed back (`jobs.handed_back`): among
-    /// `attempts`, but not counted against the limit (`counted_attempts`). Read as 0 by a
-    /// statement that does not name it.
-    #[sqlx(default)]
+    /// `attempts`, but not counted against the limit (`counted_attempts`).
     pub handed_back: i32,
 }
 
