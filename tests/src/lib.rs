@@ -325,15 +325,20 @@ impl TestApp {
     /// binary runs its tests side by side, each in a database made by the same migrations, where
     /// a table has the same oid: without the database named, another test's locks count here.
     pub async fn table_locks(&self, table: &str, condition: &str) -> i64 {
-        sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+        self.table_lockers(table, condition).await.len() as i64
+    }
+
+    /// `table_locks`, each as its session's backend pid and statement.
+    pub async fn table_lockers(&self, table: &str, condition: &str) -> Vec<(i32, String)> {
+        sqlx::query_as(&format!(
+            "SELECT a.pid, a.query FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
              JOIN pg_stat_activity a ON a.pid = l.pid
              WHERE c.relname = $1 AND l.pid <> pg_backend_pid()
                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                AND ({condition})"
         ))
         .bind(table)
-        .fetch_one(&self.db)
+        .fetch_all(&self.db)
         .await
         .unwrap()
     }

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 use crate::{
     db_watch::DbWatch,
-    jobs::{self, AbortOnDrop, Context, Disposition, Stage},
+    jobs::{self, AbortOnDrop, Context, Disposition, HandBack, Stage},
 };
 
 /// How long shutdown spends handing an abandoned job back to the queue.
@@ -302,13 +302,17 @@ async fn handle(
                 // delivery the broker has given to another worker meanwhile). Bounded: with
                 // PostgreSQL out of reach, the delivery goes back with the connection and the
                 // lease runs out.
-                let handed = tokio::time::timeout(
-                    HAND_BACK_DEADLINE,
-                    jobs::hand_back(&ctx, job, token),
-                )
-                .await;
-                if handed == Ok(true) {
-                    settle(&acker, Disposition::Ack).await;
+                match tokio::time::timeout(HAND_BACK_DEADLINE, jobs::hand_back(&ctx, job, token))
+                    .await
+                {
+                    Ok(HandBack::Queued | HandBack::MovedOn) => {
+                        settle(&acker, Disposition::Ack).await;
+                    }
+                    Ok(HandBack::NotDone) => {}
+                    Err(_) => tracing::warn!(
+                        job.id = %job,
+                        "cannot hand the job back in time; its lease will run out"
+                    ),
                 }
             } else {
                 // Abandoned after a silence: the lease is not handed back (it runs out within a
@@ -332,7 +336,8 @@ async fn handle(
             recovered = &mut recovering.0 => recovered.unwrap_or(Disposition::Requeue),
             () = abandon.cancelled() => {
                 if deadline.is_cancelled() {
-                    // Shutdown's deadline: the closing connection gives it back.
+                    // Shutdown's deadline: the broker has it back once its session ends (now,
+                    // or already); the job is left to its lease.
                     return;
                 }
                 Disposition::Requeue

@@ -91,10 +91,6 @@ impl Leases {
         self.0.lock().expect("lease map").insert(id, token);
     }
 
-    pub(crate) fn release(&self, id: Uuid) {
-        self.0.lock().expect("lease map").remove(&id);
-    }
-
     /// Forgets the lease on `id` if `token` is the one held.
     pub(crate) fn release_token(&self, id: Uuid, token: Uuid) {
         let mut held = self.0.lock().expect("lease map");

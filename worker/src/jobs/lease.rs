@@ -1,5 +1,5 @@
 //! A job's lease: claiming the job (or rescuing it from a dead holder), renewing the lease while
-//! the handler runs, and handing leases back at shutdown.
+//! the handler runs, and handing the job back to the queue at shutdown.
 
 use std::{sync::Arc, time::Duration};
 
@@ -135,15 +135,26 @@ pub(super) fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) -> AbortOnDrop
     }))
 }
 
+/// What `hand_back` did with a job that shutdown cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandBack {
+    /// Back in the queue with a new job message, which replaces the delivery.
+    Queued,
+    /// The job had moved on (ended, retried or taken back by another worker): the delivery is
+    /// spent too.
+    MovedOn,
+    /// Nothing written: no lease of this delivery (a try, or a claim not made), or PostgreSQL
+    /// out of reach. The delivery goes back to the broker with the connection; a lease, if
+    /// any, runs out, and the job is taken back as from a lost worker (the attempt counted).
+    NotDone,
+}
+
 /// A job that shutdown cut short, whose lease `token` holds: back to the queue now with a new
 /// job message, its attempt handed back rather than counted against the limit
-/// (`db::jobs::hand_back`). `true` once that committed: the caller then acknowledges the
-/// delivery, which the new message replaces. Otherwise (no such lease, PostgreSQL out of reach)
-/// the delivery goes back to the broker with the connection, and the job's lease runs out: it
-/// is then taken back as from a lost worker, which counts the attempt.
-pub(crate) async fn hand_back(ctx: &Context, id: Uuid, token: Uuid) -> bool {
+/// (`db::jobs::hand_back`).
+pub(crate) async fn hand_back(ctx: &Context, id: Uuid, token: Uuid) -> HandBack {
     if !ctx.leases.holds(id, token) {
-        return false;
+        return HandBack::NotDone;
     }
     let handed = async {
         let mut tx = ctx.pool.begin().await?;
@@ -157,12 +168,14 @@ pub(crate) async fn hand_back(ctx: &Context, id: Uuid, token: Uuid) -> bool {
             ctx.leases.release_token(id, token);
             if handed {
                 tracing::info!(job.id = %id, "job handed back to the queue at shutdown");
+                HandBack::Queued
+            } else {
+                HandBack::MovedOn
             }
-            handed
         }
         Err(e) => {
             tracing::warn!(job.id = %id, error = %e, "cannot hand the job back; its lease will run out");
-            false
+            HandBack::NotDone
         }
     }
 }

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub(crate) use self::{
     context::{Context, Stage},
-    lease::{AbortOnDrop, hand_back},
+    lease::{AbortOnDrop, HandBack, hand_back},
     outcome::{Finished, JobFailure, rescue},
 };
 use crate::tenant_write::{self, Plan};
@@ -90,7 +90,7 @@ pub(crate) async fn process(
     outcome::record(&ctx, &job, token, outcome)
         .instrument(span)
         .await;
-    ctx.leases.release(id);
+    ctx.leases.release_token(id, token);
     if panicked && job.counted_attempts() >= ctx.settings.job_max_attempts as i32 {
         Disposition::DeadLetter
     } else {

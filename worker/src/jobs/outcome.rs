@@ -160,7 +160,8 @@ pub(super) async fn record(
     outcome: Result<Finished, JobFailure>,
 ) {
     let max = ctx.settings.job_max_attempts;
-    log(&outcome, job.attempts, max);
+    // The attempt as counted against `max` (handed-back attempts are not).
+    log(&outcome, job.counted_attempts(), max);
     let failure = match outcome {
         Ok(Finished::Committed | Finished::LostLease) => return,
         Err(f) if job.counted_attempts() >= max as i32 => exhausted(f, max),
