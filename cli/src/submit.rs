@@ -65,6 +65,17 @@ fn item_line(
     Ok((url, line))
 }
 
+/// The fields `--set` names that are columns of the file too: an option fills only the rows
+/// that lack the field, which a user may not expect of a column (the password, which may come
+/// from `PROVISIONER_PASSWORD` as well, is left out).
+fn filled_by_the_file<'a>(headers: &'a [String], defaults: &Defaults) -> Vec<&'a str> {
+    headers
+        .iter()
+        .map(String::as_str)
+        .filter(|h| *h != "password" && defaults.set.contains_key(*h))
+        .collect()
+}
+
 fn url_key(url: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     url.hash(&mut hasher);
@@ -74,6 +85,13 @@ fn url_key(url: &str) -> u64 {
 /// Reads the whole file once: checks every row, hashes the body it makes.
 fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared> {
     let mut rows = Rows::open(path, format)?;
+    for field in filled_by_the_file(rows.headers().unwrap_or_default(), defaults) {
+        eprintln!(
+            "note: {} has a column {field}: --set {field} fills only the rows whose {field} cell \
+             is empty",
+            path.display()
+        );
+    }
     // Tenant URLs by a 64-bit hash (16 bytes a row, whatever the URL's length).
     let mut seen: HashMap<u64, u64> = HashMap::new();
     let mut lines = Vec::new();
@@ -304,6 +322,23 @@ mod tests {
 
     fn row(url: &str) -> String {
         format!("{url},T,Ada,Lovelace,admin,a@{url}")
+    }
+
+    #[test]
+    fn a_set_field_that_is_a_column_of_the_file_is_named() {
+        let headers: Vec<String> = ["tenantUrl", "tenantName", "password", "email"]
+            .map(String::from)
+            .to_vec();
+        let set = defaults(
+            &[
+                ("tenantName", "Acme"),
+                ("password", "Welcome-1"),
+                ("firstName", "Ann"),
+            ],
+            false,
+        );
+        assert_eq!(filled_by_the_file(&headers, &set), ["tenantName"]);
+        assert!(filled_by_the_file(&[], &set).is_empty());
     }
 
     fn defaults(set: &[(&str, &str)], template: bool) -> Defaults {
