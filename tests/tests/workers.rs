@@ -361,19 +361,43 @@ async fn a_job_in_flight_when_the_broker_connection_drops_still_ends() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
-    let app = TestApp::without_workers().await;
+/// A create (template `t`, served) that `worker` has claimed and that waits for its tenant's
+/// lock, which the returned transaction holds; the job's id.
+async fn a_job_waiting_for_its_lock(
+    app: &TestApp,
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, String) {
     let url = app.serve_sample_template("t").await;
     let tenant = fixtures::tenant_url();
     let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
-    let mut worker = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "1")]);
     let mut body = fixtures::create_body(&url);
     body["lockTimeout"] = json!(60);
     let id = app.submit(&tenant, &body).await;
     app.until_lock_waiters(1).await;
+    (held, id)
+}
+
+/// Until the interactive queue holds one message ready and none delivered (the broker's
+/// figures lag a little).
+async fn until_one_message_waits(app: &TestApp) {
+    let queue = provisioner_shared::queue::Lane::Interactive.queue();
+    eventually(Duration::from_secs(20), || async {
+        (app.queue_depths(queue).await == (1, 0)).then_some(())
+    })
+    .await;
+}
+
+/// Stops `worker` with SIGTERM; it must exit cleanly.
+async fn stop(mut worker: Proc) {
     worker.terminate();
     assert!(worker.exit(Duration::from_secs(15)).await.success());
+}
+
+#[tokio::test]
+async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
+    let app = TestApp::without_workers().await;
+    let worker = spawn_worker(&app, &[("PROVISIONER_SHUTDOWN_TIMEOUT", "1")]);
+    let (held, id) = a_job_waiting_for_its_lock(&app).await;
+    stop(worker).await;
     // Back in the queue at once, without its lease; the attempt shutdown cut short is counted
     // as handed back, not against the job's limit (the job did not fail).
     let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
@@ -390,11 +414,7 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
             .unwrap();
     assert_eq!((lease, handed_back), (None, 1));
     // One message waits for it: the new one, which replaced the delivery (acknowledged).
-    let queue = provisioner_shared::queue::Lane::Interactive.queue();
-    eventually(Duration::from_secs(20), || async {
-        (app.queue_depths(queue).await == (1, 0)).then_some(())
-    })
-    .await;
+    until_one_message_waits(&app).await;
     app.until_lock_waiters(0).await; // the abandoned session's wait ends within a second
     held.rollback().await.unwrap();
     // The next attempt's download fails once (transient): with two attempts allowed, it is
@@ -411,15 +431,14 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
             fail_first: app.templates.hits("t") + 1,
         },
     );
-    let mut second = spawn_worker(&app, &[("PROVISIONER_JOB_MAX_ATTEMPTS", "2")]);
+    let second = spawn_worker(&app, &[("PROVISIONER_JOB_MAX_ATTEMPTS", "2")]);
     let done = app.wait_job(&id).await;
     assert_eq!(
         (done["code"].as_i64(), done["attempts"].as_i64()),
         (Some(200), Some(3)),
         "{done}"
     );
-    second.terminate();
-    assert!(second.exit(Duration::from_secs(15)).await.success());
+    stop(second).await;
     app.stop().await;
 }
 
@@ -429,19 +448,13 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
 #[tokio::test]
 async fn a_job_handed_back_after_its_delivery_was_lost_is_sent_again() {
     let app = TestApp::without_workers().await;
-    let url = app.serve_sample_template("t").await;
-    let tenant = fixtures::tenant_url();
-    let held = app.hold_lock(&format!("provisioner:tenant:{tenant}")).await;
     let mut worker = Proc::spawn(
         env!("CARGO_BIN_EXE_test-worker"),
         &app,
         &[("PROVISIONER_SHUTDOWN_TIMEOUT", "1")],
         "info,provisioner_worker=debug",
     );
-    let mut body = fixtures::create_body(&url);
-    body["lockTimeout"] = json!(60);
-    let id = app.submit(&tenant, &body).await;
-    app.until_lock_waiters(1).await;
+    let (held, id) = a_job_waiting_for_its_lock(&app).await;
     app.drop_broker_connections("test: a session lost mid-job")
         .await;
     // The copy the broker delivers again (to the next session) finds the job running under a
@@ -449,21 +462,15 @@ async fn a_job_handed_back_after_its_delivery_was_lost_is_sent_again() {
     worker
         .wait_for("a copy of a job running elsewhere; acknowledged")
         .await;
-    worker.terminate();
-    assert!(worker.exit(Duration::from_secs(15)).await.success());
+    stop(worker).await;
     let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
     assert_eq!(job["status"], "queued", "{job}");
-    let queue = provisioner_shared::queue::Lane::Interactive.queue();
-    eventually(Duration::from_secs(20), || async {
-        (app.queue_depths(queue).await == (1, 0)).then_some(())
-    })
-    .await;
+    until_one_message_waits(&app).await;
     held.rollback().await.unwrap();
-    let mut second = spawn_worker(&app, &[]);
+    let second = spawn_worker(&app, &[]);
     let done = app.wait_job_within(&id, Duration::from_secs(30)).await;
     assert_eq!(done["code"], 200, "{done}");
-    second.terminate();
-    assert!(second.exit(Duration::from_secs(15)).await.success());
+    stop(second).await;
     app.stop().await;
 }
 
