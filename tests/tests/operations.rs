@@ -672,7 +672,6 @@ async fn a_request_whose_database_session_was_lost_is_503_with_retry_after() {
     for _ in 0..10 {
         let (status, _) = app.get_json("/configapi/v2/jobs").await;
         assert_eq!(status, 200);
-        let last_use = std::time::Instant::now();
         // Every session of the API ends at the server, while its pool still holds them idle.
         let sessions: Vec<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity
@@ -698,8 +697,10 @@ async fn a_request_whose_database_session_was_lost_is_503_with_retry_after() {
             .send()
             .await
             .unwrap();
-        if r.status() == 200 && last_use.elapsed() >= Duration::from_millis(900) {
-            // Too late: the pool tested its sessions first.
+        if r.status() == 200 {
+            // It did not fit: the pool tested its sessions first (a second after their last
+            // use), or the request took a session opened after the list was read (a
+            // background task's). A system that never answers 503 still fails below.
             continue;
         }
         fitted = Some(r);
