@@ -10,8 +10,8 @@ use std::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    ACCESS_NUMBERS, AUDIT, CALLING_LISTS, Contents, Costs, Limits, MANIFEST, Manifest, OBJECTS,
-    TENANT, Template, TemplateError, USERS, check, json,
+    ACCESS_NUMBERS, AUDIT, CALLING_LISTS, Contents, Costs, ENTRIES, Limits, MANIFEST, Manifest,
+    OBJECTS, TENANT, Template, TemplateError, USERS, check, json,
     zipdir::{self, DirEntry},
 };
 
@@ -33,16 +33,6 @@ const WRITE_FACTOR: u64 = BUILT_FACTOR + 4;
 const STORED: u16 = 0;
 const DEFLATED: u16 = 8;
 
-const KNOWN: [&str; 7] = [
-    MANIFEST,
-    TENANT,
-    USERS,
-    OBJECTS,
-    ACCESS_NUMBERS,
-    CALLING_LISTS,
-    AUDIT,
-];
-
 /// The known entries of `dir`, after the checks that need no decompression. Every entry counts
 /// against the size limits, known or not: here by the size it declares, and as it is read by
 /// what it yields (`read_entries`).
@@ -61,7 +51,7 @@ fn wanted<'d>(dir: &'d [DirEntry], limits: &Limits) -> Result<Vec<&'d DirEntry>,
     }
     let known: Vec<&DirEntry> = dir
         .iter()
-        .filter(|e| KNOWN.contains(&e.name.as_str()))
+        .filter(|e| ENTRIES.contains(&e.name.as_str()))
         .collect();
     // The ZIP library decompresses only what the format's writer makes.
     let unreadable = |e: &DirEntry| {
@@ -144,7 +134,7 @@ fn read_entries(bytes: &[u8], limits: &Limits) -> Result<Entries, TemplateError>
     // all is at most the archive's size (the walk refuses compressed sizes that add up to more).
     // One that cannot be read (an unsupported method, encryption, corrupt data) is ignored, as
     // it is unused.
-    for e in dir.iter().filter(|e| !KNOWN.contains(&e.name.as_str())) {
+    for e in dir.iter().filter(|e| !ENTRIES.contains(&e.name.as_str())) {
         let Ok(mut entry) = archive.by_name(&e.name) else {
             continue;
         };

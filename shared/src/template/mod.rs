@@ -40,6 +40,17 @@ pub const ACCESS_NUMBERS: &str = "access_numbers.json";
 pub const CALLING_LISTS: &str = "calling_lists.json";
 pub const AUDIT: &str = "audit.json";
 
+/// The entries the format names; an archive's other entries are ignored.
+pub(crate) const ENTRIES: [&str; 7] = [
+    MANIFEST,
+    TENANT,
+    USERS,
+    OBJECTS,
+    ACCESS_NUMBERS,
+    CALLING_LISTS,
+    AUDIT,
+];
+
 /// Bounds on what a template may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -155,6 +155,21 @@ fn duplicate_names_are_refused_in_every_encoding() {
             "Manifest.JSON".into()
         ))
     );
+    // Other names that differ only in case, or in `\` for `/`, are harmless: ignored.
+    let mut extras = good();
+    for name in ["README.txt", "readme.txt", "notes/a.txt", "notes\\a.txt"] {
+        extras.push(entry(name, b"hello"));
+    }
+    assert_eq!(
+        read(&archive(&extras, &End::default())).unwrap().tenant.url,
+        "a.example.com"
+    );
+    // The same extra twice is still two entries with one name.
+    extras.push(entry("readme.txt", b"again"));
+    assert_eq!(
+        read(&archive(&extras, &End::default())),
+        Err(TemplateError::DuplicateEntry("readme.txt".into()))
+    );
 }
 
 #[test]

@@ -2,12 +2,12 @@
 //! archive: the entry limit, duplicate names and disk numbers hold for every encoding (ZIP64 end
 //! record and locator included), and counts that disagree with the records are refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 mod record;
 
 use self::record::record;
-use super::{Limits, TemplateError};
+use super::{ENTRIES, Limits, TemplateError};
 
 const EOCD: u32 = 0x0605_4b50;
 const EOCD64: u32 = 0x0606_4b50;
@@ -66,6 +66,7 @@ pub(super) fn walk_tail(
     let dir = &tail[start as usize..(end.dir_end - base) as usize];
     let mut at = 0;
     let mut entries = Vec::new();
+    let mut names = HashSet::new();
     let mut folded: HashMap<String, String> = HashMap::new();
     let mut offsets = HashMap::new();
     // Each entry takes at least a local header and its compressed data before the directory;
@@ -96,13 +97,16 @@ pub(super) fn walk_tail(
                 "the entries' data add up to more than the archive holds: they overlap",
             ));
         }
+        if !names.insert(record.entry.name.clone()) {
+            return Err(TemplateError::DuplicateEntry(record.entry.name));
+        }
+        // A name that a reader going by case (or by `\` as `/`) takes for one of the format's
+        // entries makes two readings of the archive; other names are ignored, however alike.
         let key = record.entry.name.to_lowercase().replace('\\', "/");
-        if let Some(other) = folded.insert(key, record.entry.name.clone()) {
-            return Err(if other == record.entry.name {
-                TemplateError::DuplicateEntry(other)
-            } else {
-                TemplateError::NamesCollide(other, record.entry.name)
-            });
+        if ENTRIES.contains(&key.as_str()) {
+            if let Some(other) = folded.insert(key, record.entry.name.clone()) {
+                return Err(TemplateError::NamesCollide(other, record.entry.name));
+            }
         }
         entries.push(record.entry);
     }
