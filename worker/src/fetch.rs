@@ -1,5 +1,6 @@
-//! Template download: bounded in time and bytes, no proxy, no redirects, and no connection to a
-//! loopback, private or link-local address unless the operator allows it.
+//! Template download: bounded in time and bytes, no proxy, at most `MAX_REDIRECTS` redirects
+//! (each hop checked as the first URL is), and no connection to a loopback, private or
+//! link-local address unless the operator allows it.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -31,12 +32,82 @@ const UNREACHABLE_HOST: &str =
 #[error("{0} resolves to a non-public address")]
 struct Blocked(String);
 
+/// Redirects followed per download: a store's signed link or a CDN's is one or two.
+const MAX_REDIRECTS: usize = 5;
+
+/// A redirect that is not followed, and why (the detail a job's error shows).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RedirectRefused(String);
+
+/// Where a download may go, for the first URL and every redirect alike.
 #[derive(Debug, Clone)]
-pub(crate) struct Fetcher {
-    client: reqwest::Client,
+struct Reach {
     allow_private: bool,
     /// The ports downloads may use; `None`: any.
     ports: Option<Vec<u16>>,
+}
+
+impl Reach {
+    /// `Err` with the reason when `url` (`whose`: `templateUrl`, or `the redirect`) may not be
+    /// asked. A host name is checked as it is resolved (`GuardedResolver`), here only an
+    /// address written in the URL.
+    fn check(&self, url: &Url, whose: &str) -> Result<(), String> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("{whose} must be http or https"));
+        }
+        // A service that is not a web server is not asked, even on a public host (the port
+        // is the URL's own: saying so tells the client nothing of the network).
+        if let (Some(ports), Some(port)) = (&self.ports, url.port_or_known_default()) {
+            if !ports.contains(&port) {
+                let allowed: Vec<String> = ports.iter().map(u16::to_string).collect();
+                return Err(format!(
+                    "{whose}'s port {port} is not one templates are downloaded from ({})",
+                    allowed.join(", ")
+                ));
+            }
+        }
+        let literal = match url.host() {
+            Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        };
+        if literal.is_some_and(|ip| !self.allow_private && !is_public(ip)) {
+            return Err(UNREACHABLE_HOST.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether a redirect from the chain `previous` (the first URL first) to `next` is
+    /// followed: as a first URL would be asked, not from `https` to `http`, and within
+    /// `MAX_REDIRECTS`.
+    fn hop(&self, previous: &[Url], next: &Url) -> Result<(), String> {
+        let refused = |why: &str| format!("the template server redirected: {why}");
+        if previous.len() > MAX_REDIRECTS {
+            return Err(refused(&format!("more than {MAX_REDIRECTS} redirects")));
+        }
+        if previous.last().is_some_and(|u| u.scheme() == "https") && next.scheme() == "http" {
+            return Err(refused("from https to http, which is not followed"));
+        }
+        self.check(next, "the redirect")
+            .map_err(|why| refused(&why))
+    }
+
+    /// The client's redirect policy (`hop`).
+    fn redirects(self) -> reqwest::redirect::Policy {
+        reqwest::redirect::Policy::custom(move |attempt| {
+            match self.hop(attempt.previous(), attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(why) => attempt.error(RedirectRefused(why)),
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Fetcher {
+    client: reqwest::Client,
+    reach: Reach,
     max_bytes: u64,
 }
 
@@ -47,19 +118,36 @@ impl Fetcher {
         timeout: Duration,
         max_bytes: u64,
     ) -> Self {
+        Self::resolving_with(
+            Arc::new(GuardedResolver { allow_private }),
+            Reach {
+                allow_private,
+                ports,
+            },
+            timeout,
+            max_bytes,
+        )
+    }
+
+    /// As `new`, with host names resolved by `resolver` (a test's, standing for the web).
+    fn resolving_with(
+        resolver: Arc<impl Resolve + 'static>,
+        reach: Reach,
+        timeout: Duration,
+        max_bytes: u64,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reach.clone().redirects())
             .connect_timeout(Duration::from_secs(5).min(timeout))
             .timeout(timeout)
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+            .dns_resolver(resolver)
             .user_agent("provisioner-worker")
             .build()
             .expect("the HTTP client configuration is static");
         Self {
             client,
-            allow_private,
-            ports,
+            reach,
             max_bytes,
         }
     }
@@ -67,35 +155,15 @@ impl Fetcher {
     pub(crate) async fn get(&self, raw: &str) -> Result<Bytes, FetchError> {
         let url = Url::parse(raw)
             .map_err(|e| FetchError::Permanent(format!("templateUrl is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(FetchError::Permanent(
-                "templateUrl must be http or https".to_owned(),
-            ));
-        }
-        // A service that is not a web server is not asked, even on a public host (the port
-        // is the URL's own: saying so tells the client nothing of the network).
-        if let (Some(ports), Some(port)) = (&self.ports, url.port_or_known_default()) {
-            if !ports.contains(&port) {
-                let allowed: Vec<String> = ports.iter().map(u16::to_string).collect();
-                return Err(FetchError::Permanent(format!(
-                    "templateUrl's port {port} is not one templates are downloaded from ({})",
-                    allowed.join(", ")
-                )));
-            }
-        }
-        let literal = match url.host() {
-            Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
-        };
-        if literal.is_some_and(|ip| !self.allow_private && !is_public(ip)) {
-            return Err(FetchError::Permanent(UNREACHABLE_HOST.to_owned()));
-        }
+        self.reach
+            .check(&url, "templateUrl")
+            .map_err(FetchError::Permanent)?;
         let response = self.client.get(url).send().await.map_err(classify)?;
         let status = response.status();
         if status.is_redirection() {
+            // A redirect without a `Location` to follow, or an answer such as `304`.
             return Err(FetchError::Permanent(format!(
-                "the template server redirected ({status}); redirects are not followed"
+                "the template server answered {status} and named nothing to follow"
             )));
         }
         if status.is_server_error() {
@@ -199,6 +267,9 @@ fn classify(e: reqwest::Error) -> FetchError {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
         if s.is::<Blocked>() || not_found {
             return FetchError::Permanent(UNREACHABLE_HOST.to_owned());
+        }
+        if let Some(refused) = s.downcast_ref::<RedirectRefused>() {
+            return FetchError::Permanent(refused.0.clone());
         }
         // An answer the client cannot parse is the same answer when asked again.
         if let Some(http) = s.downcast_ref::<hyper::Error>() {
@@ -380,6 +451,167 @@ mod tests {
         assert_eq!(
             fetcher.get("http://no-such-host.invalid/t.zip").await,
             Err(FetchError::Permanent(UNREACHABLE_HOST.to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_redirect_is_followed_only_where_a_first_url_could_go() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let reach = Reach {
+            allow_private: false,
+            ports: Some(vec![80, 443]),
+        };
+        let from = |s: &str| vec![url(s)];
+        let refused = |why: &str| Err(format!("the template server redirected: {why}"));
+        let https = from("https://store.example/t.zip");
+        assert_eq!(
+            reach.hop(&https, &url("https://cdn.example/a/t.zip")),
+            Ok(())
+        );
+        assert_eq!(
+            reach.hop(
+                &from("http://store.example/t.zip"),
+                &url("https://cdn.example/t.zip")
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            reach.hop(&https, &url("http://cdn.example/t.zip")),
+            refused("from https to http, which is not followed")
+        );
+        for inside in [
+            "https://127.0.0.1/t.zip",
+            "https://[::1]/t.zip",
+            "https://169.254.169.254/",
+        ] {
+            assert_eq!(
+                reach.hop(&https, &url(inside)),
+                refused(UNREACHABLE_HOST),
+                "{inside}"
+            );
+        }
+        assert_eq!(
+            reach.hop(&https, &url("https://cdn.example:8443/t.zip")),
+            refused("the redirect's port 8443 is not one templates are downloaded from (80, 443)")
+        );
+        assert_eq!(
+            reach.hop(&https, &url("ftp://cdn.example/t.zip")),
+            refused("the redirect must be http or https")
+        );
+        // The first URL and five redirects behind: the sixth is not followed.
+        let five: Vec<Url> = (0..=MAX_REDIRECTS)
+            .map(|i| url(&format!("https://cdn{i}.example/t.zip")))
+            .collect();
+        assert_eq!(
+            reach.hop(&five[..MAX_REDIRECTS], &url("https://next.example/")),
+            Ok(())
+        );
+        assert_eq!(
+            reach.hop(&five, &url("https://next.example/")),
+            refused("more than 5 redirects")
+        );
+        // Private addresses allowed (development): the address no longer stops a redirect.
+        let open = Reach {
+            allow_private: true,
+            ports: None,
+        };
+        assert_eq!(
+            open.hop(&https, &url("https://127.0.0.1:8443/t.zip")),
+            Ok(())
+        );
+    }
+
+    /// Resolves `public.test` to a listener on this machine, as if it were a public host, and
+    /// every other name as the worker does.
+    struct PublicTest(SocketAddr);
+
+    impl Resolve for PublicTest {
+        fn resolve(&self, name: Name) -> Resolving {
+            if name.as_str() == "public.test" {
+                let addr = self.0;
+                return Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as Addrs) });
+            }
+            GuardedResolver {
+                allow_private: false,
+            }
+            .resolve(name)
+        }
+    }
+
+    /// A listener on 127.0.0.1 that counts connections and answers each with `reply`.
+    async fn answering(reply: String) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // The request's head first: an answer sent before it is not one to it.
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// With private addresses refused, a public host's redirect to an internal address (written
+    /// as one, or a name that resolves to one) is refused before anything connects to it.
+    #[tokio::test]
+    async fn a_public_hosts_redirect_inside_is_refused_before_connecting() {
+        use std::sync::atomic::Ordering;
+        let (inside, reached) =
+            answering("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into()).await;
+        let port = inside.port();
+        for (location, detail) in [
+            (
+                format!("http://127.0.0.1:{port}/t.zip"),
+                format!("the template server redirected: {UNREACHABLE_HOST}"),
+            ),
+            (
+                format!("http://[::ffff:7f00:1]:{port}/t.zip"),
+                format!("the template server redirected: {UNREACHABLE_HOST}"),
+            ),
+            (
+                format!("http://localhost:{port}/t.zip"),
+                UNREACHABLE_HOST.to_owned(),
+            ),
+        ] {
+            let (public, asked) = answering(format!(
+                "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
+            ))
+            .await;
+            let reach = Reach {
+                allow_private: false,
+                ports: None,
+            };
+            let fetcher = Fetcher::resolving_with(
+                Arc::new(PublicTest(public)),
+                reach,
+                Duration::from_secs(5),
+                1024,
+            );
+            let url = format!("http://public.test:{}/t.zip", public.port());
+            assert_eq!(
+                fetcher.get(&url).await,
+                Err(FetchError::Permanent(detail)),
+                "{location}"
+            );
+            assert_eq!(asked.load(Ordering::SeqCst), 1, "the public host was asked");
+        }
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            0,
+            "a redirect reached inside"
         );
     }
 
