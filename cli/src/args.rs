@@ -101,6 +101,10 @@ pub(crate) enum TemplateCommand {
         /// The dbVersion to check against (default: the newest migration of this build).
         #[arg(long)]
         db_version: Option<i64>,
+        /// The server's PROVISIONER_TEMPLATE_MAX_BYTES: a larger file is refused (413 on
+        /// upload, code 400 when downloaded).
+        #[arg(long, default_value_t = provisioner_shared::config::DEFAULT_TEMPLATE_MAX_BYTES)]
+        max_bytes: u64,
     },
     /// Store a template ZIP in the API's template store; prints its id.
     #[command(after_help = "Example:\n  provisioner template upload small.zip --name small")]

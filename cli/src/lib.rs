@@ -104,9 +104,11 @@ async fn run(cli: Cli, out: &Output) -> Result<Exit> {
             output,
             db_version,
         }) => template::pack(dir, output, *db_version, out).map(|()| Exit::Ok),
-        Command::Template(TemplateCommand::Check { file, db_version }) => {
-            template::check(file, *db_version, out).map(|()| Exit::Ok)
-        }
+        Command::Template(TemplateCommand::Check {
+            file,
+            db_version,
+            max_bytes,
+        }) => template::check(file, *db_version, *max_bytes, out).map(|()| Exit::Ok),
         Command::Template(TemplateCommand::Upload { file, name }) => {
             template::upload(&api()?, file, name.as_deref(), out)
                 .await

@@ -245,11 +245,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `template check FILE.zip`: every fault create-from-template would find, offline.
-pub fn check(path: &Path, db_version: Option<i64>, out: &Output) -> Result<()> {
+pub fn check(path: &Path, db_version: Option<i64>, max_bytes: u64, out: &Output) -> Result<()> {
     let bytes = read_zip(path)?;
     let wanted = db_version.unwrap_or(DB_VERSION);
     let limits = Limits::default();
+    let too_large = too_large(bytes.len(), max_bytes);
     let faults = match Template::read_for_create(&bytes, &limits, wanted) {
+        Ok(_) if too_large.is_some() => vec![],
         Ok(t) => {
             let doc = json!({"file": path.display().to_string(), "valid": true, "dbVersion": wanted,
                 "templateId": template_id(&bytes), "counts": counts(&t)});
@@ -270,12 +272,26 @@ pub fn check(path: &Path, db_version: Option<i64>, out: &Output) -> Result<()> {
         }
         Err(e) => faults::more(&bytes, wanted, vec![e.to_string()]),
     };
-    let problems = faults.into_iter().map(|f| Problem::new("", f)).collect();
+    let problems = too_large
+        .into_iter()
+        .chain(faults)
+        .map(|f| Problem::new("", f))
+        .collect();
     Err(Failure::invalid(format!(
         "{}: the template would be refused (code 400)",
         path.display()
     ))
     .with_problems(problems))
+}
+
+/// The fault of a template file of `len` bytes where the server takes at most `max`.
+fn too_large(len: usize, max: u64) -> Option<String> {
+    (len as u64 > max).then(|| {
+        format!(
+            "the file is {len} bytes, more than the server's {max} (PROVISIONER_TEMPLATE_MAX_BYTES; \
+             --max-bytes for another): an upload answers 413 and a download ends with code 400"
+        )
+    })
 }
 
 /// Stores a template file; the store's answer (`templateId`, `name`, ...).
@@ -352,7 +368,7 @@ mod tests {
         let pack = format!("provisioner template pack {shown} -o small.zip");
         // `template upload`, `--template` of create and batch submit read it so; `template check` too.
         let read = read_zip(&dir).err();
-        let checked = check(&dir, None, &Output { json: false }).err();
+        let checked = check(&dir, None, u64::MAX, &Output { json: false }).err();
         for failure in [read, checked] {
             let failure = failure.expect("a folder is refused");
             assert_eq!(failure.exit, Exit::Invalid);

@@ -4,6 +4,9 @@ use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use secrecy::SecretString;
 
+/// `PROVISIONER_TEMPLATE_MAX_BYTES` when unset: the largest template download or upload.
+pub const DEFAULT_TEMPLATE_MAX_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {message}")]
 pub struct SettingsError {
@@ -175,7 +178,10 @@ impl Settings {
             )?,
             template_max_bytes: positive(
                 "PROVISIONER_TEMPLATE_MAX_BYTES",
-                &var("PROVISIONER_TEMPLATE_MAX_BYTES", "67108864"),
+                &var(
+                    "PROVISIONER_TEMPLATE_MAX_BYTES",
+                    &DEFAULT_TEMPLATE_MAX_BYTES.to_string(),
+                ),
             )?,
             template_memory_budget: positive(
                 "PROVISIONER_TEMPLATE_MEMORY_BUDGET",

@@ -126,6 +126,36 @@ async fn examples_pack_check_and_upload_with_the_servers_db_version() {
         "{}",
         wrong.stderr
     );
+    // Larger than the server takes (`--max-bytes`, default 64 MiB): 4, naming the limit,
+    // beside every other fault.
+    let size = std::fs::metadata(&small).unwrap().len();
+    let (exactly, less) = (size.to_string(), (size - 1).to_string());
+    cli.run(&["template", "check", &small, "--max-bytes", &exactly])
+        .await
+        .expect(0);
+    let over = cli
+        .run(&["template", "check", &small, "--max-bytes", &less])
+        .await
+        .expect(4);
+    let named = format!("the file is {size} bytes, more than the server's {less}");
+    assert!(over.stderr.contains(&named), "{}", over.stderr);
+    let both = cli
+        .run(&[
+            "template",
+            "check",
+            &small,
+            "--max-bytes",
+            &less,
+            "--db-version",
+            "7",
+        ])
+        .await
+        .expect(4);
+    assert!(
+        both.stderr.contains(&named) && both.stderr.contains("accepts 7"),
+        "{}",
+        both.stderr
+    );
     // Not a ZIP, and a folder with a broken entry: 4, naming the fault.
     let junk = scratch.write("junk.zip", "not a zip");
     cli.run(&["template", "check", junk.to_str().unwrap()])
