@@ -28,8 +28,12 @@ pub(crate) enum FetchError {
 const UNREACHABLE_HOST: &str =
     "templateUrl's host does not resolve to a public address, so no template was fetched";
 
+/// `UNREACHABLE_HOST` for a redirect's host.
+const UNREACHABLE_REDIRECT: &str = "the template server redirected: the redirect's host does not resolve to a public address, so no template was fetched";
+
+/// A host name not fetched from: it does not resolve, or resolves to a non-public address.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} resolves to a non-public address")]
+#[error("{0} does not resolve to a public address")]
 struct Blocked(String);
 
 /// Redirects followed per download: a store's signed link or a CDN's is one or two.
@@ -73,7 +77,9 @@ impl Reach {
             _ => None,
         };
         if literal.is_some_and(|ip| !self.allow_private && !is_public(ip)) {
-            return Err(UNREACHABLE_HOST.to_owned());
+            return Err(format!(
+                "{whose}'s host does not resolve to a public address, so no template was fetched"
+            ));
         }
         Ok(())
     }
@@ -138,6 +144,8 @@ impl Fetcher {
     ) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy()
+            // A signed link's query is its secret: the next host is not told it.
+            .referer(false)
             .redirect(reach.clone().redirects())
             .connect_timeout(Duration::from_secs(5).min(timeout))
             .timeout(timeout)
@@ -158,12 +166,18 @@ impl Fetcher {
         self.reach
             .check(&url, "templateUrl")
             .map_err(FetchError::Permanent)?;
-        let response = self.client.get(url).send().await.map_err(classify)?;
+        let response = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| classify(e, &url))?;
         let status = response.status();
         if status.is_redirection() {
-            // A redirect without a `Location` to follow, or an answer such as `304`.
+            // A redirect without a `Location`, or a `300` or `304`: nothing to follow.
             return Err(FetchError::Permanent(format!(
-                "the template server answered {status} and named nothing to follow"
+                "the template server answered {status}: neither a template nor a redirect \
+                 (301, 302, 303, 307 or 308 with a Location) to one"
             )));
         }
         if status.is_server_error() {
@@ -201,7 +215,7 @@ impl Fetcher {
         let mut body = BytesMut::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(classify)?;
+            let chunk = chunk.map_err(|e| classify(e, &url))?;
             if (body.len() + chunk.len()) as u64 > self.max_bytes {
                 return Err(too_large());
             }
@@ -259,14 +273,18 @@ fn not_an_archive(content_type: &str) -> Option<String> {
     })
 }
 
-fn classify(e: reqwest::Error) -> FetchError {
+/// Why a download of `asked` failed, as the job's error says it.
+fn classify(e: reqwest::Error, asked: &Url) -> FetchError {
     let mut source: Option<&dyn std::error::Error> = Some(&e);
     while let Some(s) = source {
-        let not_found = s
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound);
-        if s.is::<Blocked>() || not_found {
-            return FetchError::Permanent(UNREACHABLE_HOST.to_owned());
+        if let Some(Blocked(host)) = s.downcast_ref::<Blocked>() {
+            // Another host than the one asked: a redirect's.
+            let detail = if asked.host_str() == Some(host.as_str()) {
+                UNREACHABLE_HOST
+            } else {
+                UNREACHABLE_REDIRECT
+            };
+            return FetchError::Permanent(detail.to_owned());
         }
         if let Some(refused) = s.downcast_ref::<RedirectRefused>() {
             return FetchError::Permanent(refused.0.clone());
@@ -310,12 +328,14 @@ impl Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::NotFound, "host not found"))?
-                .collect();
+            let blocked =
+                |host| Box::new(Blocked(host)) as Box<dyn std::error::Error + Send + Sync>;
+            let Ok(addrs) = tokio::net::lookup_host((host.as_str(), 0)).await else {
+                return Err(blocked(host));
+            };
+            let addrs: Vec<SocketAddr> = addrs.collect();
             if !allow_private && addrs.iter().any(|a| !is_public(a.ip())) {
-                return Err(Box::new(Blocked(host)) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(blocked(host));
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -358,6 +378,7 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link local
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64 (may reach IPv4 private space)
+        || (s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0) // SIIT: ::ffff:0:a.b.c.d
         || s[0] == 0x2002 // 6to4: tunnels to an embedded IPv4 address
         || (s[0] == 0x2001 && s[1] == 0) // Teredo: tunnels to an embedded IPv4 address
         || (s[0] & 0xffc0) == 0xfec0 // site local (deprecated, still routed inside sites)
@@ -419,6 +440,8 @@ mod tests {
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "fec0::1",
             "100::1",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} treated as public");
         }
@@ -486,7 +509,7 @@ mod tests {
         ] {
             assert_eq!(
                 reach.hop(&https, &url(inside)),
-                refused(UNREACHABLE_HOST),
+                Err(UNREACHABLE_REDIRECT.to_owned()),
                 "{inside}"
             );
         }
@@ -499,15 +522,15 @@ mod tests {
             refused("the redirect must be http or https")
         );
         // The first URL and five redirects behind: the sixth is not followed.
-        let five: Vec<Url> = (0..=MAX_REDIRECTS)
+        let six: Vec<Url> = (0..=MAX_REDIRECTS)
             .map(|i| url(&format!("https://cdn{i}.example/t.zip")))
             .collect();
         assert_eq!(
-            reach.hop(&five[..MAX_REDIRECTS], &url("https://next.example/")),
+            reach.hop(&six[..MAX_REDIRECTS], &url("https://next.example/")),
             Ok(())
         );
         assert_eq!(
-            reach.hop(&five, &url("https://next.example/")),
+            reach.hop(&six, &url("https://next.example/")),
             refused("more than 5 redirects")
         );
         // Private addresses allowed (development): the address no longer stops a redirect.
@@ -538,16 +561,16 @@ mod tests {
         }
     }
 
-    /// A listener on 127.0.0.1 that counts connections and answers each with `reply`.
-    async fn answering(reply: String) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    /// A listener on 127.0.0.1 that answers every request with `reply`; the heads of the
+    /// requests it was sent, one per connection.
+    async fn answering(reply: String) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = accepted.clone();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 // The request's head first: an answer sent before it is not one to it.
                 let mut head = Vec::new();
                 let mut buf = [0; 1024];
@@ -557,60 +580,78 @@ mod tests {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
                 let _ = stream.write_all(reply.as_bytes()).await;
                 let _ = stream.shutdown().await;
             }
         });
-        (addr, accepted)
+        (addr, heads)
+    }
+
+    /// A fetcher that refuses private addresses and takes `public.test` for a public host
+    /// whose address is `public`.
+    fn public_test_fetcher(public: SocketAddr) -> Fetcher {
+        let reach = Reach {
+            allow_private: false,
+            ports: None,
+        };
+        Fetcher::resolving_with(
+            Arc::new(PublicTest(public)),
+            reach,
+            Duration::from_secs(5),
+            1024,
+        )
+    }
+
+    /// A signed link's query does not go to the host it redirects to (no `Referer`).
+    #[tokio::test]
+    async fn a_redirect_does_not_tell_the_next_host_where_it_came_from() {
+        let (cdn, seen) = answering("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into()).await;
+        let (store, _) = answering(format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://public.test:{}/t.zip\r\nContent-Length: 0\r\n\r\n",
+            cdn.port()
+        ))
+        .await;
+        let url = format!("http://public.test:{}/t.zip?sig=SECRET", store.port());
+        assert_eq!(public_test_fetcher(store).get(&url).await, Ok(Bytes::new()));
+        let heads = seen.lock().unwrap().clone();
+        assert_eq!(heads.len(), 1, "the redirect was followed");
+        assert!(
+            !heads[0].to_ascii_lowercase().contains("referer") && !heads[0].contains("SECRET"),
+            "{}",
+            heads[0]
+        );
     }
 
     /// With private addresses refused, a public host's redirect to an internal address (written
     /// as one, or a name that resolves to one) is refused before anything connects to it.
     #[tokio::test]
     async fn a_public_hosts_redirect_inside_is_refused_before_connecting() {
-        use std::sync::atomic::Ordering;
         let (inside, reached) =
             answering("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into()).await;
         let port = inside.port();
-        for (location, detail) in [
-            (
-                format!("http://127.0.0.1:{port}/t.zip"),
-                format!("the template server redirected: {UNREACHABLE_HOST}"),
-            ),
-            (
-                format!("http://[::ffff:7f00:1]:{port}/t.zip"),
-                format!("the template server redirected: {UNREACHABLE_HOST}"),
-            ),
-            (
-                format!("http://localhost:{port}/t.zip"),
-                UNREACHABLE_HOST.to_owned(),
-            ),
+        for location in [
+            format!("http://127.0.0.1:{port}/t.zip"),
+            format!("http://[::ffff:7f00:1]:{port}/t.zip"),
+            format!("http://[::ffff:0:127.0.0.1]:{port}/t.zip"),
+            format!("http://localhost:{port}/t.zip"),
         ] {
             let (public, asked) = answering(format!(
                 "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n"
             ))
             .await;
-            let reach = Reach {
-                allow_private: false,
-                ports: None,
-            };
-            let fetcher = Fetcher::resolving_with(
-                Arc::new(PublicTest(public)),
-                reach,
-                Duration::from_secs(5),
-                1024,
-            );
             let url = format!("http://public.test:{}/t.zip", public.port());
             assert_eq!(
-                fetcher.get(&url).await,
-                Err(FetchError::Permanent(detail)),
+                public_test_fetcher(public).get(&url).await,
+                Err(FetchError::Permanent(UNREACHABLE_REDIRECT.to_owned())),
                 "{location}"
             );
-            assert_eq!(asked.load(Ordering::SeqCst), 1, "the public host was asked");
+            assert_eq!(asked.lock().unwrap().len(), 1, "the public host was asked");
         }
-        assert_eq!(
-            reached.load(Ordering::SeqCst),
-            0,
+        assert!(
+            reached.lock().unwrap().is_empty(),
             "a redirect reached inside"
         );
     }

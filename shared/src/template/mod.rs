@@ -101,8 +101,10 @@ pub enum TemplateError {
     TotalTooLarge(u64),
     #[error("entry name `{0}` appears more than once")]
     DuplicateEntry(String),
-    #[error("entry names `{0}` and `{1}` differ only in case")]
-    NamesCollide(String, String),
+    #[error(
+        "entry name `{0}` is not the format's `{1}` but reads as it where case, trailing dots or spaces are ignored"
+    )]
+    NameLikeEntry(String, String),
     #[error("entry name `{0}` is neither ASCII nor flagged UTF-8, or carries a second name")]
     UnsupportedName(String),
     #[error("entry name `{0}` is absolute, leaves the archive or holds control characters")]

@@ -146,15 +146,25 @@ fn duplicate_names_are_refused_in_every_encoding() {
         read(&archive(&flagged, &End::default())),
         Err(TemplateError::DuplicateEntry(MANIFEST.into()))
     );
-    let mut cased = good();
-    cased.push(entry("Manifest.JSON", b"{}"));
-    assert_eq!(
-        read(&archive(&cased, &End::default())),
-        Err(TemplateError::NamesCollide(
-            MANIFEST.into(),
-            "Manifest.JSON".into()
-        ))
-    );
+    // A name a reader ignoring case, or trailing dots and spaces, takes for one of the
+    // format's entries: refused beside it and alone.
+    for (name, like) in [
+        ("Manifest.JSON", MANIFEST),
+        ("Users.JSON", "users.json"),
+        ("uſers.json", "users.json"),
+        ("tenant.json ", TENANT),
+        ("audit.json.", "audit.json"),
+    ] {
+        let mut cased = good();
+        let mut like_it = entry(name, b"[]");
+        like_it.flags = 1 << 11;
+        cased.push(like_it);
+        assert_eq!(
+            read(&archive(&cased, &End::default())),
+            Err(TemplateError::NameLikeEntry(name.into(), like.into())),
+            "{name}"
+        );
+    }
     // Other names that differ only in case, or in `\` for `/`, are harmless: ignored.
     let mut extras = good();
     for name in ["README.txt", "readme.txt", "notes/a.txt", "notes\\a.txt"] {

@@ -67,7 +67,6 @@ pub(super) fn walk_tail(
     let mut at = 0;
     let mut entries = Vec::new();
     let mut names = HashSet::new();
-    let mut folded: HashMap<String, String> = HashMap::new();
     let mut offsets = HashMap::new();
     // Each entry takes at least a local header and its compressed data before the directory;
     // entries whose spans add up to more overlap. Refusing them keeps an inflater's input, over
@@ -100,13 +99,8 @@ pub(super) fn walk_tail(
         if !names.insert(record.entry.name.clone()) {
             return Err(TemplateError::DuplicateEntry(record.entry.name));
         }
-        // A name that a reader going by case (or by `\` as `/`) takes for one of the format's
-        // entries makes two readings of the archive; other names are ignored, however alike.
-        let key = record.entry.name.to_lowercase().replace('\\', "/");
-        if ENTRIES.contains(&key.as_str()) {
-            if let Some(other) = folded.insert(key, record.entry.name.clone()) {
-                return Err(TemplateError::NamesCollide(other, record.entry.name));
-            }
+        if let Some(entry) = taken_for_an_entry(&record.entry.name) {
+            return Err(TemplateError::NameLikeEntry(record.entry.name, entry));
         }
         entries.push(record.entry);
     }
@@ -117,6 +111,24 @@ pub(super) fn walk_tail(
         });
     }
     Ok(entries)
+}
+
+/// The format's entry that `name` is not but that a reader ignoring case (Unicode's: `ſ` is
+/// an `S`), taking `\\` for `/` or dropping trailing dots and spaces (as Windows does) would
+/// take it for: such a name makes two readings of the archive. Other names are ignored,
+/// however alike.
+fn taken_for_an_entry(name: &str) -> Option<String> {
+    if ENTRIES.contains(&name) {
+        return None;
+    }
+    let folded = name
+        .replace('\\', "/")
+        .trim_end_matches(['.', ' '])
+        .to_uppercase();
+    ENTRIES
+        .iter()
+        .find(|entry| entry.to_uppercase() == folded)
+        .map(|entry| (*entry).to_owned())
 }
 
 /// The local header of `record`'s entry, in `archive`, has the signature and the very name
