@@ -133,18 +133,8 @@ fn a_written_template_reads_back_whole_with_the_entries_of_whole_lists() {
     assert_eq!(Template::read(&written, &Limits::default(), DB).unwrap(), t);
     let (ours, theirs) = (entries(&written), entries(&reference(&t)));
     let names: Vec<&str> = ours.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            MANIFEST,
-            TENANT,
-            USERS,
-            OBJECTS,
-            ACCESS_NUMBERS,
-            CALLING_LISTS,
-            AUDIT
-        ]
-    );
+    // Every entry of the format, in its order.
+    assert_eq!(names, super::ENTRIES);
     assert_eq!(
         ours, theirs,
         "each entry holds the very bytes of the whole list"
