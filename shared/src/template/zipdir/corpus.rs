@@ -154,6 +154,11 @@ fn duplicate_names_are_refused_in_every_encoding() {
         ("uſers.json", "users.json"),
         ("tenant.json ", TENANT),
         ("audit.json.", "audit.json"),
+        ("audİt.json", "audit.json"),
+        ("manıfest.json", MANIFEST),
+        ("./tenant.json", TENANT),
+        (".\\objects.json", "objects.json"),
+        ("tenant.json/", TENANT),
     ] {
         let mut cased = good();
         let mut like_it = entry(name, b"[]");

@@ -113,22 +113,40 @@ pub(super) fn walk_tail(
     Ok(entries)
 }
 
-/// The format's entry that `name` is not but that a reader ignoring case (Unicode's: `ſ` is
-/// an `S`), taking `\\` for `/` or dropping trailing dots and spaces (as Windows does) would
-/// take it for: such a name makes two readings of the archive. Other names are ignored,
-/// however alike.
+/// The format's entry that `name` is not but that another reader would take it for: such a
+/// name makes two readings of the archive. Readers differ in what they ignore: `\\` taken for
+/// `/`, `.` parts and empty ones of a path (`./tenant.json`, as unzip extracts it), trailing
+/// dots and spaces (as Windows drops them), and case letter by letter, Unicode's included
+/// (`ſ` is an `s` in upper case, `İ` an `i` in lower case). Other names are ignored, however
+/// alike.
 fn taken_for_an_entry(name: &str) -> Option<String> {
     if ENTRIES.contains(&name) {
         return None;
     }
-    let folded = name
-        .replace('\\', "/")
-        .trim_end_matches(['.', ' '])
-        .to_uppercase();
+    let path = name.replace('\\', "/");
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let [last] = parts[..] else {
+        return None;
+    };
+    let folded = last.trim_end_matches(['.', ' ']);
     ENTRIES
         .iter()
-        .find(|entry| entry.to_uppercase() == folded)
+        .find(|entry| {
+            folded.chars().count() == entry.len()
+                && folded
+                    .chars()
+                    .zip(entry.chars())
+                    .all(|(c, e)| same_letter(c, e))
+        })
         .map(|entry| (*entry).to_owned())
+}
+
+/// Is `c` the letter `e` (lower-case ASCII) to a reader that ignores case?
+fn same_letter(c: char, e: char) -> bool {
+    c == e || c.to_lowercase().next() == Some(e) || c.to_uppercase().eq(e.to_uppercase())
 }
 
 /// The local header of `record`'s entry, in `archive`, has the signature and the very name
