@@ -22,14 +22,17 @@ pub(crate) enum FetchError {
     Transient(String),
 }
 
-/// The one detail for a host that may not be fetched from, whatever the reason (it does not
-/// resolve, or it resolves to a non-public address): a job's error must not let a client map
-/// internal names.
-const UNREACHABLE_HOST: &str =
-    "templateUrl's host does not resolve to a public address, so no template was fetched";
+/// The one detail for a host (`whose`: `templateUrl`, or `the redirect`) that may not be
+/// fetched from, whatever the reason (it does not resolve, or it resolves to a non-public
+/// address): a job's error must not let a client map internal names.
+fn unreachable(whose: &str) -> String {
+    format!("{whose}'s host does not resolve to a public address, so no template was fetched")
+}
 
-/// `UNREACHABLE_HOST` for a redirect's host.
-const UNREACHABLE_REDIRECT: &str = "the template server redirected: the redirect's host does not resolve to a public address, so no template was fetched";
+/// The detail of a redirect not followed, `why`.
+fn redirected(why: &str) -> String {
+    format!("the template server redirected: {why}")
+}
 
 /// A host name not fetched from: it does not resolve, or resolves to a non-public address.
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +80,7 @@ impl Reach {
             _ => None,
         };
         if literal.is_some_and(|ip| !self.allow_private && !is_public(ip)) {
-            return Err(format!(
-                "{whose}'s host does not resolve to a public address, so no template was fetched"
-            ));
+            return Err(unreachable(whose));
         }
         Ok(())
     }
@@ -88,15 +89,14 @@ impl Reach {
     /// followed: as a first URL would be asked, not from `https` to `http`, and within
     /// `MAX_REDIRECTS`.
     fn hop(&self, previous: &[Url], next: &Url) -> Result<(), String> {
-        let refused = |why: &str| format!("the template server redirected: {why}");
         if previous.len() > MAX_REDIRECTS {
-            return Err(refused(&format!("more than {MAX_REDIRECTS} redirects")));
+            return Err(redirected(&format!("more than {MAX_REDIRECTS} redirects")));
         }
         if previous.last().is_some_and(|u| u.scheme() == "https") && next.scheme() == "http" {
-            return Err(refused("from https to http, which is not followed"));
+            return Err(redirected("from https to http, which is not followed"));
         }
         self.check(next, "the redirect")
-            .map_err(|why| refused(&why))
+            .map_err(|why| redirected(&why))
     }
 
     /// The client's redirect policy (`hop`).
@@ -280,11 +280,11 @@ fn classify(e: reqwest::Error, asked: &Url) -> FetchError {
         if let Some(Blocked(host)) = s.downcast_ref::<Blocked>() {
             // Another host than the one asked: a redirect's.
             let detail = if asked.host_str() == Some(host.as_str()) {
-                UNREACHABLE_HOST
+                unreachable("templateUrl")
             } else {
-                UNREACHABLE_REDIRECT
+                redirected(&unreachable("the redirect"))
             };
-            return FetchError::Permanent(detail.to_owned());
+            return FetchError::Permanent(detail);
         }
         if let Some(refused) = s.downcast_ref::<RedirectRefused>() {
             return FetchError::Permanent(refused.0.clone());
@@ -449,6 +449,11 @@ mod tests {
             assert!(is_public(ip.parse().unwrap()), "{ip} treated as private");
         }
     }
+
+    /// The details of a refused host, as a job's error shows them.
+    const UNREACHABLE_HOST: &str =
+        "templateUrl's host does not resolve to a public address, so no template was fetched";
+    const UNREACHABLE_REDIRECT: &str = "the template server redirected: the redirect's host does not resolve to a public address, so no template was fetched";
 
     #[tokio::test]
     async fn obfuscated_loopback_urls_are_refused_before_connecting() {

@@ -102,7 +102,7 @@ pub enum TemplateError {
     #[error("entry name `{0}` appears more than once")]
     DuplicateEntry(String),
     #[error(
-        "entry name `{0}` is not the format's `{1}` but reads as it where case, trailing dots or spaces are ignored"
+        "entry name `{0}` is not the format's `{1}` but reads as it where case, `.` path parts or trailing dots and spaces are ignored"
     )]
     NameLikeEntry(String, String),
     #[error("entry name `{0}` is neither ASCII nor flagged UTF-8, or carries a second name")]
