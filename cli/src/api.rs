@@ -192,8 +192,15 @@ impl Api {
             match after {
                 Some(seconds) if busy && tries < BUSY_RETRIES => {
                     tries += 1;
-                    let wait = Duration::from_secs(seconds).min(MAX_RETRY_AFTER);
-                    tokio::time::sleep(wait.max(Duration::from_millis(200))).await;
+                    let wait = Duration::from_secs(seconds)
+                        .min(MAX_RETRY_AFTER)
+                        .max(Duration::from_millis(200));
+                    // Said, so that a wait of up to minutes is not taken for a hang.
+                    eprintln!(
+                        "the API is busy ({status}); asking again in {} s ({tries} of {BUSY_RETRIES})",
+                        wait.as_secs().max(1)
+                    );
+                    tokio::time::sleep(wait).await;
                 }
                 _ => return Ok(response),
             }

@@ -1,5 +1,6 @@
 //! Progress of a wait on stderr: a live bar (`indicatif`) with the counts, rate and ETA on a
-//! terminal; one plain line at most every 5 s otherwise; nothing with `--json` off a terminal.
+//! terminal; one plain line at most every 5 s otherwise (`--json` too: its document is the final
+//! state, on stdout).
 
 use std::{
     io::IsTerminal,
@@ -52,7 +53,6 @@ impl Counts {
 enum Mode {
     Bar(ProgressBar),
     Lines { last: Option<Instant> },
-    Quiet,
 }
 
 /// What a wait shows while it waits.
@@ -65,7 +65,7 @@ pub struct Progress {
 
 impl Progress {
     /// A display for waiting on `what` (for example `batch 5c1e...`).
-    pub fn new(what: String, json: bool) -> Self {
+    pub fn new(what: String) -> Self {
         let mode = if std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -77,8 +77,6 @@ impl Progress {
             bar.set_prefix(what.clone());
             // Ticking starts with the first counts (see `update`).
             Mode::Bar(bar)
-        } else if json {
-            Mode::Quiet
         } else {
             Mode::Lines { last: None }
         };
@@ -139,7 +137,6 @@ impl Progress {
                     counts.summary()
                 );
             }
-            Mode::Quiet => {}
         }
     }
 

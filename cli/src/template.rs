@@ -22,7 +22,7 @@ use crate::{
     api::{Api, success_json},
     exit::{Failure, Problem, Result},
     faults,
-    output::Output,
+    output::{Output, print_line},
 };
 
 /// The `dbVersion` of the newest migration this program was built with.
@@ -272,11 +272,14 @@ pub fn check(path: &Path, db_version: Option<i64>, max_bytes: u64, out: &Output)
         }
         Err(e) => faults::more(&bytes, wanted, vec![e.to_string()]),
     };
-    let problems = too_large
-        .into_iter()
-        .chain(faults)
-        .map(|f| Problem::new("", f))
-        .collect();
+    let faults: Vec<String> = too_large.into_iter().chain(faults).collect();
+    // The check's outcome is the command's output: with `--json` on stdout too, as a valid
+    // template's is (the failure goes to stderr, as every command's).
+    if out.json {
+        print_line(json!({"file": path.display().to_string(), "valid": false,
+            "dbVersion": wanted, "faults": faults}))?;
+    }
+    let problems = faults.into_iter().map(|f| Problem::new("", f)).collect();
     Err(Failure::invalid(format!(
         "{}: the template would be refused (code 400)",
         path.display()

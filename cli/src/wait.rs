@@ -160,7 +160,7 @@ fn shown(text: &str) -> String {
 /// Waits for `target` at most `timeout` seconds (forever without one).
 pub async fn wait(api: &Api, target: Target, timeout: Option<u64>, out: &Output) -> Result<Exit> {
     let deadline = timeout.map(|s| Instant::now() + Duration::from_secs(s));
-    let mut progress = Progress::new(target.name(), out.json);
+    let mut progress = Progress::new(target.name());
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
     let mut wait = 0;

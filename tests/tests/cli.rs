@@ -156,6 +156,18 @@ async fn examples_pack_check_and_upload_with_the_servers_db_version() {
         "{}",
         both.stderr
     );
+    // With `--json`, the outcome is on stdout too, as a valid template's is.
+    let json = cli
+        .run(&["--json", "template", "check", &small, "--max-bytes", &less])
+        .await
+        .expect(4);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect(&json.stdout);
+    assert_eq!(
+        (&doc["valid"], doc["faults"].as_array().map(|f| f.len())),
+        (&serde_json::json!(false), Some(1)),
+        "{doc}"
+    );
+    assert!(doc["faults"][0].as_str().unwrap().contains(&named), "{doc}");
     // Not a ZIP, and a folder with a broken entry: 4, naming the fault.
     let junk = scratch.write("junk.zip", "not a zip");
     cli.run(&["template", "check", junk.to_str().unwrap()])
@@ -721,11 +733,12 @@ async fn a_submit_refused_while_the_api_is_busy_is_sent_again() {
         assert_eq!(answer.await.unwrap(), 202);
     }
     let out = child.wait_with_output().await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The wait is said, not taken for a hang.
+    assert!(
+        stderr.contains("the API is busy (503 Service Unavailable); asking again in"),
+        "{stderr}"
     );
     assert_eq!(batch_count(&app).await, 3);
     app.stop().await;
@@ -1248,6 +1261,14 @@ async fn off_a_terminal_progress_is_one_line_at_most_every_5_seconds() {
             .any(|(_, l)| l.contains('\r') || l.contains('\u{1b}')),
         "{progress:?}"
     );
+    // With `--json` too, on stderr: stdout keeps its one document, the final state.
+    let out = cli
+        .run(&["--json", "batch", "wait", id, "--timeout", "1"])
+        .await
+        .expect(3);
+    assert!(out.stderr.contains("0/3 done"), "{}", out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.stdout);
+    assert_eq!(doc["counts"]["queued"], 3, "{doc}");
     app.stop().await;
 }
 

@@ -442,6 +442,59 @@ async fn a_job_still_running_at_the_shutdown_deadline_is_handed_back_at_once() {
     app.stop().await;
 }
 
+/// A job that gets every worker stopped under it (a worker starved by it until its liveness
+/// probe fails, say) is not handed back for ever: as many attempts as the limit are handed back
+/// free, and past them an attempt stopped counts, as a lost worker's does, so the job ends.
+#[tokio::test]
+async fn hand_backs_past_the_attempts_limit_count_so_the_job_ends() {
+    let app = TestApp::without_workers().await;
+    let settings = [
+        ("PROVISIONER_SHUTDOWN_TIMEOUT", "1"),
+        ("PROVISIONER_JOB_MAX_ATTEMPTS", "1"),
+    ];
+    let first = spawn_worker(&app, &settings);
+    let (held, id) = a_job_waiting_for_its_lock(&app).await;
+    stop(first).await;
+    let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(
+        job["status"], "queued",
+        "the first hand-back is free: {job}"
+    );
+    // The second attempt waits for the same lock, and its worker is stopped too.
+    app.until_lock_waiters(0).await; // the abandoned session's wait ends within a second
+    let second = spawn_worker(&app, &settings);
+    app.until_lock_waiters(1).await;
+    stop(second).await;
+    let (_, job) = app.get_json(&format!("/configapi/v2/jobs/{id}")).await;
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["code"].as_i64(),
+            job["attempts"].as_i64()
+        ),
+        (Some("failed"), Some(500), Some(2)),
+        "{job}"
+    );
+    let detail = job["error"]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("stopped at shutdown again after its free hand-backs (1)"),
+        "{detail}"
+    );
+    // A poison job: its delivery is dead-lettered, as a job that crashed its last attempt is.
+    eventually(Duration::from_secs(20), || async {
+        (app.queue_depths("provisioner.jobs.dead").await.0 == 1).then_some(())
+    })
+    .await;
+    let handed_back: i32 = sqlx::query_scalar("SELECT handed_back FROM jobs WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(handed_back, 1);
+    held.rollback().await.unwrap();
+    app.stop().await;
+}
+
 /// A job whose delivery the broker took back earlier (its session ended; the copy it delivered
 /// again waited for the running job, then left it) is sent again when shutdown hands it back:
 /// no delivery of it is left to go back with the connection.

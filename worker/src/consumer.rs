@@ -305,9 +305,10 @@ async fn handle(
                 match tokio::time::timeout(HAND_BACK_DEADLINE, jobs::hand_back(&ctx, job, token))
                     .await
                 {
-                    Ok(HandBack::Queued | HandBack::MovedOn) => {
+                    Ok(HandBack::Queued | HandBack::Counted | HandBack::MovedOn) => {
                         settle(&acker, Disposition::Ack).await;
                     }
+                    Ok(HandBack::Failed) => settle(&acker, Disposition::DeadLetter).await,
                     Ok(HandBack::NotDone) => {}
                     Err(_) => tracing::warn!(
                         job.id = %job,

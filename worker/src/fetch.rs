@@ -39,6 +39,26 @@ fn redirected(why: &str) -> String {
 #[error("{0} does not resolve to a public address")]
 struct Blocked(String);
 
+/// A host name whose lookup failed for the moment (no answer in time, the DNS server's
+/// failure: `EAI_AGAIN`) or for want of a resource: asked again later, it may resolve.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} could not be resolved for now")]
+struct LookupFailed(String);
+
+/// The error of `host`'s lookup that failed with `kind`: only a failure that may pass is
+/// `LookupFailed` (retried); a name that does not exist, or that no lookup could resolve, is
+/// `Blocked`, as a name of a private address is.
+fn lookup_failure(
+    host: String,
+    kind: dns_lookup::LookupErrorKind,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    use dns_lookup::LookupErrorKind as Kind;
+    match kind {
+        Kind::Again | Kind::Memory | Kind::System => Box::new(LookupFailed(host)),
+        _ => Box::new(Blocked(host)),
+    }
+}
+
 /// Redirects followed per download: a store's signed link or a CDN's is one or two.
 const MAX_REDIRECTS: usize = 5;
 
@@ -276,15 +296,26 @@ fn not_an_archive(content_type: &str) -> Option<String> {
 /// Why a download of `asked` failed, as the job's error says it.
 fn classify(e: reqwest::Error, asked: &Url) -> FetchError {
     let mut source: Option<&dyn std::error::Error> = Some(&e);
+    // Another host than the one asked is a redirect's.
+    let redirects_host = |host: &str| asked.host_str() != Some(host);
     while let Some(s) = source {
         if let Some(Blocked(host)) = s.downcast_ref::<Blocked>() {
-            // Another host than the one asked: a redirect's.
-            let detail = if asked.host_str() == Some(host.as_str()) {
-                unreachable("templateUrl")
-            } else {
+            let detail = if redirects_host(host) {
                 redirected(&unreachable("the redirect"))
+            } else {
+                unreachable("templateUrl")
             };
             return FetchError::Permanent(detail);
+        }
+        if let Some(LookupFailed(host)) = s.downcast_ref::<LookupFailed>() {
+            let whose = if redirects_host(host) {
+                "the redirect"
+            } else {
+                "templateUrl"
+            };
+            return FetchError::Transient(format!(
+                "{whose}'s host name could not be looked up for now"
+            ));
         }
         if let Some(refused) = s.downcast_ref::<RedirectRefused>() {
             return FetchError::Permanent(refused.0.clone());
@@ -330,10 +361,18 @@ impl Resolve for GuardedResolver {
             let host = name.as_str().to_owned();
             let blocked =
                 |host| Box::new(Blocked(host)) as Box<dyn std::error::Error + Send + Sync>;
-            let Ok(addrs) = tokio::net::lookup_host((host.as_str(), 0)).await else {
-                return Err(blocked(host));
+            // getaddrinfo, as the standard library's lookup, but with its error's kind.
+            let name = host.clone();
+            let looked = tokio::task::spawn_blocking(move || {
+                dns_lookup::lookup_host(&name).map(|ips| ips.collect::<Vec<IpAddr>>())
+            })
+            .await;
+            let ips = match looked {
+                Ok(Ok(ips)) => ips,
+                Ok(Err(e)) => return Err(lookup_failure(host, e.kind())),
+                Err(_) => return Err(lookup_failure(host, dns_lookup::LookupErrorKind::System)),
             };
-            let addrs: Vec<SocketAddr> = addrs.collect();
+            let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
             if !allow_private && addrs.iter().any(|a| !is_public(a.ip())) {
                 return Err(blocked(host));
             }
@@ -659,6 +698,53 @@ mod tests {
             reached.lock().unwrap().is_empty(),
             "a redirect reached inside"
         );
+    }
+
+    /// Fails every lookup as getaddrinfo would with `kind`.
+    struct FailingLookup(dns_lookup::LookupErrorKind);
+
+    impl Resolve for FailingLookup {
+        fn resolve(&self, name: Name) -> Resolving {
+            let failure = lookup_failure(name.as_str().to_owned(), self.0);
+            Box::pin(async move { Err(failure) })
+        }
+    }
+
+    /// A lookup that fails for the moment (a DNS server slow or failing: `EAI_AGAIN`) is a
+    /// transient fault, retried; a name that does not exist is final, as before.
+    #[tokio::test]
+    async fn a_lookup_that_fails_for_now_is_retried_and_a_name_that_does_not_exist_is_not() {
+        use dns_lookup::LookupErrorKind as Kind;
+        let get = |kind| async move {
+            let reach = Reach {
+                allow_private: false,
+                ports: None,
+            };
+            Fetcher::resolving_with(
+                Arc::new(FailingLookup(kind)),
+                reach,
+                Duration::from_secs(5),
+                1024,
+            )
+            .get("http://templates.example/t.zip")
+            .await
+        };
+        for kind in [Kind::Again, Kind::Memory, Kind::System] {
+            assert_eq!(
+                get(kind).await,
+                Err(FetchError::Transient(
+                    "templateUrl's host name could not be looked up for now".to_owned()
+                )),
+                "{kind:?}"
+            );
+        }
+        for kind in [Kind::NoName, Kind::NoData, Kind::Fail] {
+            assert_eq!(
+                get(kind).await,
+                Err(FetchError::Permanent(unreachable("templateUrl"))),
+                "{kind:?}"
+            );
+        }
     }
 
     #[tokio::test]

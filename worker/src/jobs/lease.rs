@@ -140,6 +140,12 @@ pub(super) fn heartbeat(ctx: Arc<Context>, id: Uuid, token: Uuid) -> AbortOnDrop
 pub(crate) enum HandBack {
     /// Back in the queue with a new job message, which replaces the delivery.
     Queued,
+    /// Taken back with the attempt counted, since the job's free hand-backs were spent: back
+    /// in the queue with a new job message. The delivery is spent.
+    Counted,
+    /// As `Counted`, but the job's attempts had run out: it ended with code 500, a poison
+    /// job whose delivery goes to the dead-letter queue.
+    Failed,
     /// The job had moved on (ended, retried or taken back by another worker): the delivery is
     /// spent too.
     MovedOn,
@@ -151,27 +157,52 @@ pub(crate) enum HandBack {
 
 /// A job that shutdown cut short, whose lease `token` holds: back to the queue now with a new
 /// job message, its attempt handed back rather than counted against the limit
-/// (`db::jobs::hand_back`).
+/// (`db::jobs::hand_back`). As many attempts of a job as `PROVISIONER_JOB_MAX_ATTEMPTS` are
+/// handed back so; past them the attempt counts, as a lost worker's does, and a job whose
+/// counted attempts have run out ends with code 500 (`outcome::take_back`).
 pub(crate) async fn hand_back(ctx: &Context, id: Uuid, token: Uuid) -> HandBack {
     if !ctx.leases.holds(id, token) {
         return HandBack::NotDone;
     }
+    let settings = &ctx.settings;
     let handed = async {
         let mut tx = ctx.pool.begin().await?;
+        let free = settings.job_max_attempts;
         let queued =
-            db::jobs::hand_back(&mut tx, id, token, ctx.settings.client_interactive_jobs).await?;
+            db::jobs::hand_back(&mut tx, id, token, settings.client_interactive_jobs, free).await?;
+        let taken = match queued {
+            Some(_) => Some(HandBack::Queued),
+            None => match db::jobs::lock_held(&mut tx, id, token).await? {
+                Some(held) => outcome::take_back(&mut tx, &held, settings, outcome::Taken::Stopped)
+                    .await?
+                    .map(|job| match job.status {
+                        JobStatus::Failed => HandBack::Failed,
+                        _ => HandBack::Counted,
+                    }),
+                None => None,
+            },
+        };
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(queued.is_some())
+        Ok::<_, sqlx::Error>(taken.unwrap_or(HandBack::MovedOn))
     };
     match handed.await {
         Ok(handed) => {
             ctx.leases.release_token(id, token);
-            if handed {
-                tracing::info!(job.id = %id, "job handed back to the queue at shutdown");
-                HandBack::Queued
-            } else {
-                HandBack::MovedOn
+            match handed {
+                HandBack::Queued => {
+                    tracing::info!(job.id = %id, "job handed back to the queue at shutdown");
+                }
+                HandBack::Counted => tracing::warn!(
+                    job.id = %id,
+                    "job stopped at shutdown once more than hand-backs are free; the attempt counts"
+                ),
+                HandBack::Failed => tracing::error!(
+                    job.id = %id,
+                    "job stopped at shutdown after its free hand-backs, and its attempts ran out: failed"
+                ),
+                HandBack::MovedOn | HandBack::NotDone => {}
             }
+            handed
         }
         Err(e) => {
             tracing::warn!(job.id = %id, error = %e, "cannot hand the job back; its lease will run out");

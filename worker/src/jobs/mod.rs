@@ -241,7 +241,7 @@ async fn give_up(ctx: &Context, id: Uuid, token: Uuid) -> Result<Option<JobRow>,
     let Some(held) = db::jobs::lock_held(&mut tx, id, token).await? else {
         return Ok(None);
     };
-    let job = outcome::take_back(&mut tx, &held, &ctx.settings).await?;
+    let job = outcome::take_back(&mut tx, &held, &ctx.settings, outcome::Taken::Lost).await?;
     tx.commit().await?;
     Ok(job)
 }

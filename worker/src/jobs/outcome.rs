@@ -267,7 +267,17 @@ pub(crate) async fn rescue(
     let Some(held) = db::jobs::lock_expired(conn, id).await? else {
         return Ok(None);
     };
-    take_back(conn, &held, settings).await
+    take_back(conn, &held, settings, Taken::Lost).await
+}
+
+/// Why a job is taken from its lease holder, as the job's error says it when its attempts
+/// have run out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Taken {
+    /// Its lease ran out, or its handling crashed.
+    Lost,
+    /// Its worker stopped past the shutdown deadline, once more than hand-backs are free.
+    Stopped,
 }
 
 /// Takes a running job, `held` as its lease holder made it (locked by the caller), from that
@@ -278,12 +288,19 @@ pub(crate) async fn take_back(
     conn: &mut PgConnection,
     held: &JobRow,
     settings: &Settings,
+    why: Taken,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     if held.counted_attempts() >= settings.job_max_attempts as i32 {
-        let failure = JobFailure::Internal(format!(
-            "the job's worker was lost {} times",
-            held.counted_attempts()
-        ));
+        let failure = JobFailure::Internal(match why {
+            Taken::Lost => format!(
+                "the job's worker was lost {} times",
+                held.counted_attempts()
+            ),
+            Taken::Stopped => format!(
+                "the job's worker was stopped at shutdown again after its free hand-backs ({}), and its attempts ran out",
+                held.handed_back
+            ),
+        });
         let ended = db::jobs::finish(conn, held, &failure.ending()).await?;
         if ended.is_some() {
             db::jobs::notify_in_transaction(conn, held.id).await?;

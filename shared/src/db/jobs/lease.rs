@@ -293,30 +293,46 @@ pub async fn retry_later(
          lane = job_resend_lane(batch_id, client_id, $4, lane)",
         "id = $1 AND lease_token = $2 AND status = 'running'"
     );
-    requeue(conn, sql, id, token, delay, interactive_jobs).await
+    requeue(conn, sql, id, token, delay, interactive_jobs, |q| q).await
 }
 
 /// running -> queued for a job whose attempt shutdown cut short (its worker stopped past its
 /// deadline, as a scale-down does), as `retry_later` without a delay: its message is sent
 /// again at once; the attempt is counted as handed back (`handed_back`), not against the job's
 /// limit, since the job did not fail. The caller acknowledges the delivery it replaces.
+///
+/// At most `free` attempts of a job are handed back so: past them (`None`, the job left
+/// running) the caller takes the job back as from a lost worker, the attempt counted, so that
+/// a job that gets every worker stopped under it still ends.
 pub async fn hand_back(
     conn: &mut PgConnection,
     id: Uuid,
     token: Uuid,
     interactive_jobs: u32,
+    free: u32,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let sql = transition_sql!(
         "status = 'queued', handed_back = handed_back + 1, lease_token = NULL,
          lease_until = NULL, sent_at = now() + make_interval(secs => $3),
          lane = job_resend_lane(batch_id, client_id, $4, lane)",
-        "id = $1 AND lease_token = $2 AND status = 'running'"
+        "id = $1 AND lease_token = $2 AND status = 'running' AND handed_back < $5"
     );
-    requeue(conn, sql, id, token, Duration::ZERO, interactive_jobs).await
+    let free = i32::try_from(free).unwrap_or(i32::MAX);
+    requeue(
+        conn,
+        sql,
+        id,
+        token,
+        Duration::ZERO,
+        interactive_jobs,
+        |q| q.bind(free),
+    )
+    .await
 }
 
 /// A running job held by `token` back to the queue by `sql` (`$1` its id, `$2` the token, `$3`
-/// the delay in seconds, `$4` the interactive jobs), with its event and a new job message.
+/// the delay in seconds, `$4` the interactive jobs, then what `more` binds), with its event and
+/// a new job message.
 async fn requeue(
     conn: &mut PgConnection,
     sql: &'static str,
@@ -324,11 +340,14 @@ async fn requeue(
     token: Uuid,
     delay: Duration,
     interactive_jobs: u32,
+    more: impl FnOnce(super::Query) -> super::Query,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let row = transition(conn, sql, id, |q| {
-        q.bind(token)
-            .bind(delay.as_secs_f64())
-            .bind(i64::from(interactive_jobs))
+        more(
+            q.bind(token)
+                .bind(delay.as_secs_f64())
+                .bind(i64::from(interactive_jobs)),
+        )
     })
     .await?;
     if let Some(row) = &row {

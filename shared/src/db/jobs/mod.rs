@@ -789,7 +789,8 @@ pub async fn sealed_password(
         .map(Option::flatten)
 }
 
-type Query = sqlx::query::QueryAs<'static, sqlx::Postgres, JobRow, sqlx::postgres::PgArguments>;
+pub(super) type Query =
+    sqlx::query::QueryAs<'static, sqlx::Postgres, JobRow, sqlx::postgres::PgArguments>;
 
 /// Runs a statement made by `transition_sql!` (`$1` is the id), then announces the new version.
 async fn transition(
