@@ -388,10 +388,10 @@ impl<'a> Intake<'a> {
             .and_then(|fields| self.check(fields));
         match &mut checked {
             Ok(request) => {
-                if let TemplateSource::Stored(id) = &request.params.template {
-                    if !self.visible(id).await? {
-                        checked = Err(vec![FieldError::template_not_stored(id)]);
-                    }
+                if let TemplateSource::Stored(id) = &request.params.template
+                    && !self.visible(id).await?
+                {
+                    checked = Err(vec![FieldError::template_not_stored(id)]);
                 }
             }
             Err(errors) => {

@@ -94,11 +94,12 @@ impl Defaults {
         for (k, v) in &self.set {
             item.entry(k.clone()).or_insert_with(|| v.clone());
         }
-        if let Some(choice) = &self.template {
-            if !item.contains_key("templateUrl") && !item.contains_key("templateId") {
-                let (field, value) = choice.field();
-                item.insert(field.to_owned(), Value::String(value.to_owned()));
-            }
+        if let Some(choice) = &self.template
+            && !item.contains_key("templateUrl")
+            && !item.contains_key("templateId")
+        {
+            let (field, value) = choice.field();
+            item.insert(field.to_owned(), Value::String(value.to_owned()));
         }
     }
 }

@@ -360,7 +360,7 @@ async fn requests_waiting_for_a_tenants_lock_are_bounded_and_never_hold_up_other
         app.client_with("second", EXPORTER).await,
     ];
     let wait = |client: &reqwest::Client, i: usize| {
-        let request = if i % 2 == 0 {
+        let request = if i.is_multiple_of(2) {
             client.get(app.url(&format!(
                 "/configapi/v2/tenant/{busy}/export?lockTimeout=60"
             )))

@@ -555,13 +555,12 @@ async fn whole_jobs_reads(app: &TestApp, sql: &str, limit: Option<i64>) -> Vec<S
         if kind == "Seq Scan" && node["Relation Name"] == "jobs" {
             found.push("a sequential scan of jobs".to_owned());
         }
-        if let Some(index) = node["Index Name"].as_str() {
-            if index.starts_with("jobs_")
-                && node["Index Cond"].is_null()
-                && !partial.iter().any(|p| p == index)
-            {
-                found.push(format!("a whole scan of index {index}"));
-            }
+        if let Some(index) = node["Index Name"].as_str()
+            && index.starts_with("jobs_")
+            && node["Index Cond"].is_null()
+            && !partial.iter().any(|p| p == index)
+        {
+            found.push(format!("a whole scan of index {index}"));
         }
     }
     found

@@ -85,10 +85,10 @@ async fn events_until_succeeded(tap: &mut EventTap, ids: &[&str]) -> HashMap<Str
         .await;
     let mut by_job: HashMap<String, Vec<Event>> = HashMap::new();
     for e in events {
-        if let Some(id) = e.body["subject"].as_str() {
-            if e.routing_key.starts_with("job.") {
-                by_job.entry(id.to_owned()).or_default().push(e);
-            }
+        if let Some(id) = e.body["subject"].as_str()
+            && e.routing_key.starts_with("job.")
+        {
+            by_job.entry(id.to_owned()).or_default().push(e);
         }
     }
     for id in ids {

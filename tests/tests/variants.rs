@@ -804,3 +804,58 @@ async fn an_upload_refused_by_the_clients_cap_leaves_nothing_stored() {
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
     app.stop().await;
 }
+
+/// An exported archive whose `tenant.json` does not name its URL within the first 1 MiB (the
+/// API's bounded read): accepted with an empty `tenantUrl`, which the job takes from the tenant
+/// it made once it succeeds, so the job lists under its tenant like any other.
+#[tokio::test]
+async fn an_import_whose_url_the_api_cannot_read_in_time_takes_the_url_of_its_tenant() {
+    use std::io::Read;
+    let app = TestApp::spawn().await;
+    let template = fixtures::sample_template(app.db_version().await);
+    let url = template.tenant.url.clone();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(template.write())).unwrap();
+    let mut entries = Vec::new();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().to_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if name == "tenant.json" {
+            // 1 MiB of spaces after the opening brace: the URL comes after the read's end.
+            assert_eq!(bytes[0], b'{');
+            let mut padded = b"{".to_vec();
+            padded.resize(1 + (1 << 20), b' ');
+            padded.extend_from_slice(&bytes[1..]);
+            bytes = padded;
+        }
+        entries.push((name, bytes));
+    }
+    let entries: Vec<(&str, &[u8])> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let response = app
+        .http
+        .post(app.url("/configapi/v2/tenant?lockTimeout=5"))
+        .header("content-type", "application/zip")
+        .body(fixtures::raw_zip(&entries))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["tenantUrl"], "", "{accepted}");
+    let id = accepted["jobId"].as_str().unwrap();
+    let job = app.wait_job(id).await;
+    assert_eq!(
+        (job["code"].as_i64(), job["tenantUrl"].as_str()),
+        (Some(200), Some(url.as_str())),
+        "{job}"
+    );
+    let (_, listed) = app
+        .get_json(&format!("/configapi/v2/jobs?tenantUrl={url}"))
+        .await;
+    assert_eq!(listed["items"][0]["jobId"].as_str(), Some(id), "{listed}");
+    app.stop().await;
+}

@@ -85,14 +85,14 @@ impl Reach {
         }
         // A service that is not a web server is not asked, even on a public host (the port
         // is the URL's own: saying so tells the client nothing of the network).
-        if let (Some(ports), Some(port)) = (&self.ports, url.port_or_known_default()) {
-            if !ports.contains(&port) {
-                let allowed: Vec<String> = ports.iter().map(u16::to_string).collect();
-                return Err(format!(
-                    "{whose}'s port {port} is not one templates are downloaded from ({})",
-                    allowed.join(", ")
-                ));
-            }
+        if let (Some(ports), Some(port)) = (&self.ports, url.port_or_known_default())
+            && !ports.contains(&port)
+        {
+            let allowed: Vec<String> = ports.iter().map(u16::to_string).collect();
+            return Err(format!(
+                "{whose}'s port {port} is not one templates are downloaded from ({})",
+                allowed.join(", ")
+            ));
         }
         let literal = match url.host() {
             Some(Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
@@ -240,12 +240,11 @@ impl Fetcher {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
-            if body.len() >= ZIP_SIGNATURE_LEN {
-                if let Some(kind) = suspect.take() {
-                    if !starts_as_zip(&body) {
-                        return Err(not_a_zip(&kind));
-                    }
-                }
+            if body.len() >= ZIP_SIGNATURE_LEN
+                && let Some(kind) = suspect.take()
+                && !starts_as_zip(&body)
+            {
+                return Err(not_a_zip(&kind));
             }
         }
         if let Some(kind) = suspect {

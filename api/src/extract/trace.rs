@@ -67,10 +67,10 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTrace {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
         let current = tracing::Span::current();
-        if current.metadata().is_some_and(|m| m.name() == "request") {
-            if let Some(exported) = telemetry::exported_context(&current) {
-                return Ok(Self(exported));
-            }
+        if current.metadata().is_some_and(|m| m.name() == "request")
+            && let Some(exported) = telemetry::exported_context(&current)
+        {
+            return Ok(Self(exported));
         }
         Ok(parts
             .extensions

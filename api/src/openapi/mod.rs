@@ -134,12 +134,13 @@ fn secure(operation: &mut Operation, scope: Scope) {
 fn problem_bodies(operation: &mut Operation) {
     let problem = Content::new(Some(RefOr::Ref(openapi::Ref::from_schema_name("Problem"))));
     for (status, response) in operation.responses.responses.iter_mut() {
-        if let RefOr::T(response) = response {
-            if status.starts_with(['4', '5']) && response.content.is_empty() {
-                response
-                    .content
-                    .insert(PROBLEM_JSON.to_owned(), problem.clone());
-            }
+        if let RefOr::T(response) = response
+            && status.starts_with(['4', '5'])
+            && response.content.is_empty()
+        {
+            response
+                .content
+                .insert(PROBLEM_JSON.to_owned(), problem.clone());
         }
     }
 }

@@ -254,13 +254,13 @@ fn new_range(fields: &Map<String, Value>) -> Result<NewRange, Vec<FieldError>> {
     let tenant_url = tenant_url
         .map_err(|m| errors.push(FieldError::new("tenantUrl", m)))
         .ok();
-    if let (Some(n), Some(c)) = (&number, count) {
-        if !range_fits(n, c) {
-            errors.push(FieldError::new(
-                "count",
-                "the range runs past the number's digit length",
-            ));
-        }
+    if let (Some(n), Some(c)) = (&number, count)
+        && !range_fits(n, c)
+    {
+        errors.push(FieldError::new(
+            "count",
+            "the range runs past the number's digit length",
+        ));
     }
     match (number, count, media, tenant_url) {
         (Some(number), Some(count), Some(media), Some(tenant_url)) if errors.is_empty() => {

@@ -61,10 +61,10 @@ impl Filters {
             f.errors
                 .push(("status", "Choose one of the statuses.".to_owned()));
         }
-        if !f.tenant_url.is_empty() {
-            if let Err(m) = TenantUrl::parse(&f.tenant_url) {
-                f.errors.push(("tenantUrl", format!("The tenant URL {m}.")));
-            }
+        if !f.tenant_url.is_empty()
+            && let Err(m) = TenantUrl::parse(&f.tenant_url)
+        {
+            f.errors.push(("tenantUrl", format!("The tenant URL {m}.")));
         }
         if !f.batch_id.is_empty() && Uuid::parse_str(&f.batch_id).is_err() {
             f.errors

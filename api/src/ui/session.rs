@@ -214,10 +214,10 @@ pub(crate) fn clear_cookie(secure: bool) -> HeaderValue {
 /// neither (scripts) are judged by the anti-forgery token alone.
 pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let text = |name: header::HeaderName| headers.get(name).map(|v| v.to_str().unwrap_or("?"));
-    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
-        if !matches!(site, "same-origin" | "none") {
-            return false;
-        }
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site, "same-origin" | "none")
+    {
+        return false;
     }
     let Some(origin) = text(header::ORIGIN) else {
         return true;

@@ -188,7 +188,11 @@ impl Template {
                 f.bad(format!("access number {} starts two ranges", n.number));
             }
         }
-        let total: u64 = ranges.iter().map(|r| r.count as u64).sum();
+        // A negative count is a fault above, and no numbers here.
+        let total: u64 = ranges
+            .iter()
+            .map(|r| u64::try_from(r.count).unwrap_or(0))
+            .sum();
         if total > MAX_NUMBERS {
             f.bad(format!(
                 "the template's access-number ranges hold {total} numbers; at most {MAX_NUMBERS} are allowed"

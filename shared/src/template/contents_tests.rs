@@ -552,6 +552,27 @@ fn the_checks_find_every_faulty_element_and_the_first_is_the_readers_fault() {
         faults[0],
         "the reader refuses with the first"
     );
+    // Negative counts: each range a fault of its own, and none adds to the numbers' total
+    // (as unsigned they overflowed it).
+    let mut negative = template.clone();
+    negative.users.truncate(1);
+    negative.users[0].first_name = "Grace".into();
+    negative.access_numbers = serde_json::from_value(json!([
+        {"number": "5550000000", "count": -1, "media": "VOICE"},
+        {"number": "5560000000", "count": -1, "media": "VOICE"}]))
+    .unwrap();
+    let faults: Vec<String> = negative
+        .faults(false, 100)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(faults.len(), 2, "{faults:?}");
+    assert!(
+        faults
+            .iter()
+            .all(|f| f.contains("with a count of 1 to 1000000")),
+        "{faults:?}"
+    );
 }
 
 #[test]

@@ -98,6 +98,8 @@ pub enum Ending {
 macro_rules! end_update_sql {
     () => {
         "UPDATE jobs SET status = $9, code = $10, error = $11, tenant = $12,
+                 tenant_url = CASE WHEN tenant_url = '' THEN coalesce($12 ->> 'url', '')
+                                   ELSE tenant_url END,
                  skipped_numbers = $13, lock_wait_ms = $14, finished_at = $15,
                  sealed_password = CASE WHEN $9 = 'failed' AND batch_id IS NOT NULL
                                         THEN sealed_password END,
@@ -224,11 +226,18 @@ impl End {
                 None,
             ),
         };
+        // An Import Tenant job whose URL the API could not read from its archive in time
+        // (`tenantUrl` empty) takes the URL of the tenant it made (as the statement does).
+        let tenant_url = match ending {
+            Ending::Succeeded { tenant, .. } if from.tenant_url.is_empty() => tenant.url.clone(),
+            _ => from.tenant_url.clone(),
+        };
         let row = JobRow {
             status,
             code: Some(code),
             error: error.clone(),
             tenant: tenant.clone(),
+            tenant_url,
             skipped_numbers: skipped.clone(),
             finished_at: Some(crate::db::clock()),
             template_id: None,

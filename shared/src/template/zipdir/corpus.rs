@@ -100,6 +100,33 @@ fn the_zip64_end_record_must_agree_with_the_end_record() {
     ));
 }
 
+/// A ZIP64 end record whose size is the largest a field holds (the locator and the end record
+/// otherwise right): refused as malformed, where adding to it overflowed.
+#[test]
+fn a_zip64_end_record_of_any_size_is_refused_without_overflow() {
+    let mut bytes = Vec::new();
+    // The ZIP64 end record at 0: signature, size u64::MAX, versions 45, then zeros.
+    bytes.extend_from_slice(&0x0606_4b50_u32.to_le_bytes());
+    bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+    bytes.extend_from_slice(&[45, 0, 45, 0]);
+    bytes.extend_from_slice(&[0; 40]);
+    // The locator: on disk 0, the record at offset 0, one disk.
+    bytes.extend_from_slice(&0x0706_4b50_u32.to_le_bytes());
+    bytes.extend_from_slice(&0_u32.to_le_bytes());
+    bytes.extend_from_slice(&0_u64.to_le_bytes());
+    bytes.extend_from_slice(&1_u32.to_le_bytes());
+    // The end record, every field saying "see ZIP64", no comment.
+    bytes.extend_from_slice(&0x0605_4b50_u32.to_le_bytes());
+    bytes.extend_from_slice(&[0xff; 16]);
+    bytes.extend_from_slice(&[0, 0]);
+    assert_eq!(bytes.len(), 98);
+    assert!(
+        matches!(read(&bytes), Err(TemplateError::Malformed(_))),
+        "{:?}",
+        read(&bytes)
+    );
+}
+
 #[test]
 fn archives_on_several_disks_are_refused() {
     for end in [

@@ -296,8 +296,11 @@ fn zip64_end(bytes: &[u8], base: u64, locator: usize) -> Result<Zip64End, Templa
         return Err(malformed("the ZIP64 locator points outside the archive"));
     };
     let r = &bytes[at..];
-    if u32_at(r, 0) != EOCD64 || (at as u64).checked_add(12 + u64_at(r, 4)) != Some(locator as u64)
-    {
+    // The record's size is the archive's word: any value, so added with a check.
+    let ends_at = u64_at(r, 4)
+        .checked_add(12)
+        .and_then(|size| (at as u64).checked_add(size));
+    if u32_at(r, 0) != EOCD64 || ends_at != Some(locator as u64) {
         return Err(malformed("the ZIP64 end record is missing or misplaced"));
     }
     Ok(Zip64End {
