@@ -12,6 +12,9 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid 10001 --no-create-home provisioner
 COPY --from=build /src/target/release/provisioner-api /src/target/release/provisioner-worker \
     /src/target/release/provisioner /usr/local/bin/
+# The example templates and tenants, so that the command line in the image can run the quick
+# start without a Rust toolchain on the host (README, "With Docker Compose").
+COPY --from=build /src/examples /usr/share/provisioner/examples
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 ENV PROVISIONER_LISTEN=0.0.0.0:8080 PROVISIONER_LOG_FORMAT=json
