@@ -246,8 +246,23 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `template check FILE.zip`: every fault create-from-template would find, offline.
 pub fn check(path: &Path, db_version: Option<i64>, max_bytes: u64, out: &Output) -> Result<()> {
-    let bytes = read_zip(path)?;
     let wanted = db_version.unwrap_or(DB_VERSION);
+    let refused = |faults: &[String]| -> Result<()> {
+        // The check's outcome is the command's output: with `--json` on stdout too, as a valid
+        // template's is (the failure goes to stderr, as every command's).
+        if out.json {
+            print_line(json!({"file": path.display().to_string(), "valid": false,
+                "dbVersion": wanted, "faults": faults}))?;
+        }
+        Ok(())
+    };
+    let bytes = match read_zip(path) {
+        Ok(bytes) => bytes,
+        Err(failure) => {
+            refused(std::slice::from_ref(&failure.message))?;
+            return Err(failure);
+        }
+    };
     let limits = Limits::default();
     let too_large = too_large(bytes.len(), max_bytes);
     let faults = match Template::read_for_create(&bytes, &limits, wanted) {
@@ -273,12 +288,7 @@ pub fn check(path: &Path, db_version: Option<i64>, max_bytes: u64, out: &Output)
         Err(e) => faults::more(&bytes, wanted, vec![e.to_string()]),
     };
     let faults: Vec<String> = too_large.into_iter().chain(faults).collect();
-    // The check's outcome is the command's output: with `--json` on stdout too, as a valid
-    // template's is (the failure goes to stderr, as every command's).
-    if out.json {
-        print_line(json!({"file": path.display().to_string(), "valid": false,
-            "dbVersion": wanted, "faults": faults}))?;
-    }
+    refused(&faults)?;
     let problems = faults.into_iter().map(|f| Problem::new("", f)).collect();
     Err(Failure::invalid(format!(
         "{}: the template would be refused (code 400)",

@@ -168,6 +168,18 @@ async fn examples_pack_check_and_upload_with_the_servers_db_version() {
         "{doc}"
     );
     assert!(doc["faults"][0].as_str().unwrap().contains(&named), "{doc}");
+    // And when the file cannot be read at all.
+    let absent = scratch.path("absent.zip").display().to_string();
+    let json = cli
+        .run(&["--json", "template", "check", &absent])
+        .await
+        .expect(4);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect(&json.stdout);
+    assert_eq!(doc["valid"], false, "{doc}");
+    assert!(
+        doc["faults"][0].as_str().unwrap().contains("absent.zip"),
+        "{doc}"
+    );
     // Not a ZIP, and a folder with a broken entry: 4, naming the fault.
     let junk = scratch.write("junk.zip", "not a zip");
     cli.run(&["template", "check", junk.to_str().unwrap()])

@@ -98,7 +98,7 @@ pub enum Ending {
 macro_rules! end_update_sql {
     () => {
         "UPDATE jobs SET status = $9, code = $10, error = $11, tenant = $12,
-                 tenant_url = CASE WHEN tenant_url = '' THEN coalesce($12 ->> 'url', '')
+                 tenant_url = CASE WHEN tenant_url = '' THEN coalesce($12::jsonb ->> 'url', '')
                                    ELSE tenant_url END,
                  skipped_numbers = $13, lock_wait_ms = $14, finished_at = $15,
                  sealed_password = CASE WHEN $9 = 'failed' AND batch_id IS NOT NULL

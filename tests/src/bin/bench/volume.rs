@@ -51,6 +51,9 @@ pub async fn run(backlog: usize, trivial: usize, standard: usize, ended: usize) 
     let commits = raw_commits(4, Duration::from_secs(5));
     let hashes = hash_rate(Duration::from_secs(3)).await;
     println!("raw: pgbench single-row commits, 4 clients: {commits:.0}/s");
+    for (name, value) in worker_settings() {
+        println!("workers' setting from the environment: {name}={value}");
+    }
     println!("raw: Argon2id (m=19456,t=2,p=1) on every core: {hashes:.1} hashes/s");
     let mut peaks = Peaks::default();
     // A phase asked for 0 times is left out (to measure one phase alone).
@@ -323,8 +326,23 @@ async fn system() -> (TestApp, Proc, String, reqwest::Client) {
     )
 }
 
+/// A worker process with the default settings, but for the workers' settings given to the bench
+/// itself (`PROVISIONER_WORKER_CONCURRENCY=8 bench volume ...`), passed on so that another
+/// setting can be measured beside the defaults (`worker_settings` prints them).
 fn worker(app: &TestApp) -> Proc {
-    Proc::spawn(&sibling("test-worker"), app, &[], "info")
+    let passed = worker_settings();
+    let extra: Vec<(&str, &str)> = passed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Proc::spawn(&sibling("test-worker"), app, &extra, "info")
+}
+
+/// The `PROVISIONER_WORKER_*` variables of the bench's environment, which its workers get.
+fn worker_settings() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("PROVISIONER_WORKER_"))
+        .collect()
 }
 
 /// Creates a tenant from a template URL nobody serves (no worker runs in the accept phase):
