@@ -636,16 +636,16 @@ mod tests {
     /// A fetcher that refuses private addresses and takes `public.test` for a public host
     /// whose address is `public`.
     fn public_test_fetcher(public: SocketAddr) -> Fetcher {
+        fetcher_resolving_with(PublicTest(public))
+    }
+
+    /// A fetcher that refuses private addresses, any port, with names resolved by `resolver`.
+    fn fetcher_resolving_with(resolver: impl Resolve + 'static) -> Fetcher {
         let reach = Reach {
             allow_private: false,
             ports: None,
         };
-        Fetcher::resolving_with(
-            Arc::new(PublicTest(public)),
-            reach,
-            Duration::from_secs(5),
-            1024,
-        )
+        Fetcher::resolving_with(Arc::new(resolver), reach, Duration::from_secs(5), 1024)
     }
 
     /// A signed link's query does not go to the host it redirects to (no `Referer`).
@@ -715,18 +715,9 @@ mod tests {
     async fn a_lookup_that_fails_for_now_is_retried_and_a_name_that_does_not_exist_is_not() {
         use dns_lookup::LookupErrorKind as Kind;
         let get = |kind| async move {
-            let reach = Reach {
-                allow_private: false,
-                ports: None,
-            };
-            Fetcher::resolving_with(
-                Arc::new(FailingLookup(kind)),
-                reach,
-                Duration::from_secs(5),
-                1024,
-            )
-            .get("http://templates.example/t.zip")
-            .await
+            fetcher_resolving_with(FailingLookup(kind))
+                .get("http://templates.example/t.zip")
+                .await
         };
         for kind in [Kind::Again, Kind::Memory, Kind::System] {
             assert_eq!(
