@@ -1,7 +1,8 @@
 //! `bench volume [BACKLOG] [TRIVIAL] [STANDARD] [ENDED]`: the system at volume, each figure next to
 //! what this machine allows in the same run (build every binary first with
 //! `cargo build --release -p provisioner-tests --bins`; the API and the workers run as the
-//! release child processes `test-api` and `test-worker`, default settings, `RUST_LOG=info`).
+//! release child processes `test-api` and `test-worker`, default settings, `RUST_LOG=info`; the
+//! workers take `PROVISIONER_WORKER_CONCURRENCY` from the bench's environment when it is set).
 //!
 //! - raw figures: single-row commits of `pgbench` with 4 clients, and Argon2id hashes per
 //!   second on every core;
@@ -326,9 +327,9 @@ async fn system() -> (TestApp, Proc, String, reqwest::Client) {
     )
 }
 
-/// A worker process with the default settings, but for the workers' settings given to the bench
-/// itself (`PROVISIONER_WORKER_CONCURRENCY=8 bench volume ...`), passed on so that another
-/// setting can be measured beside the defaults (`worker_settings` prints them).
+/// A worker process with the default settings, but for the workers' concurrency given to the
+/// bench itself (`PROVISIONER_WORKER_CONCURRENCY=8 bench volume ...`), passed on so that another
+/// setting can be measured beside the default (`run` prints it).
 fn worker(app: &TestApp) -> Proc {
     let passed = worker_settings();
     let extra: Vec<(&str, &str)> = passed
@@ -338,10 +339,14 @@ fn worker(app: &TestApp) -> Proc {
     Proc::spawn(&sibling("test-worker"), app, &extra, "info")
 }
 
-/// The `PROVISIONER_WORKER_*` variables of the bench's environment, which its workers get.
+/// The workers' settings of the bench's environment that its workers get: only those that
+/// can differ between measures of one machine (not, say, a health listener's address, which
+/// two workers cannot share; a child process sees nothing else of the bench's environment).
 fn worker_settings() -> Vec<(String, String)> {
-    std::env::vars()
-        .filter(|(k, _)| k.starts_with("PROVISIONER_WORKER_"))
+    const PASSED: [&str; 1] = ["PROVISIONER_WORKER_CONCURRENCY"];
+    PASSED
+        .iter()
+        .filter_map(|&k| Some((k.to_owned(), std::env::var(k).ok()?)))
         .collect()
 }
 
