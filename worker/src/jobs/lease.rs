@@ -167,20 +167,19 @@ pub(crate) async fn hand_back(ctx: &Context, id: Uuid, token: Uuid) -> HandBack 
     let settings = &ctx.settings;
     let handed = async {
         let mut tx = ctx.pool.begin().await?;
-        let free = settings.job_max_attempts;
-        let queued =
-            db::jobs::hand_back(&mut tx, id, token, settings.client_interactive_jobs, free).await?;
-        let taken = match queued {
-            Some(_) => Some(HandBack::Queued),
-            None => match db::jobs::lock_held(&mut tx, id, token).await? {
-                Some(held) => outcome::take_back(&mut tx, &held, settings, outcome::Taken::Stopped)
+        let taken = match db::jobs::lock_held(&mut tx, id, token).await? {
+            None => None,
+            Some(held) if held.handed_back < settings.job_max_attempts as i32 => {
+                db::jobs::hand_back(&mut tx, id, token, settings.client_interactive_jobs)
                     .await?
-                    .map(|job| match job.status {
-                        JobStatus::Failed => HandBack::Failed,
-                        _ => HandBack::Counted,
-                    }),
-                None => None,
-            },
+                    .map(|_| HandBack::Queued)
+            }
+            Some(held) => outcome::take_back(&mut tx, &held, settings, outcome::Taken::Stopped)
+                .await?
+                .map(|job| match job.status {
+                    JobStatus::Failed => HandBack::Failed,
+                    _ => HandBack::Counted,
+                }),
         };
         tx.commit().await?;
         Ok::<_, sqlx::Error>(taken.unwrap_or(HandBack::MovedOn))

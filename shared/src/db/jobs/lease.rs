@@ -302,46 +302,31 @@ pub async fn retry_later(
          lane = job_resend_lane(batch_id, client_id, $4, lane)",
         "id = $1 AND lease_token = $2 AND status = 'running'"
     );
-    requeue(conn, sql, id, token, delay, interactive_jobs, |q| q).await
+    requeue(conn, sql, id, token, delay, interactive_jobs).await
 }
 
 /// running -> queued for a job whose attempt shutdown cut short (its worker stopped past its
 /// deadline, as a scale-down does), as `retry_later` without a delay: its message is sent
 /// again at once; the attempt is counted as handed back (`handed_back`), not against the job's
-/// limit, since the job did not fail. The caller acknowledges the delivery it replaces.
-///
-/// At most `free` attempts of a job are handed back so: past them (`None`, the job left
-/// running) the caller takes the job back as from a lost worker, the attempt counted, so that
-/// a job that gets every worker stopped under it still ends.
+/// limit, since the job did not fail. The caller acknowledges the delivery it replaces, and
+/// bounds how often a job is handed back (the worker: as many times as its attempts limit).
 pub async fn hand_back(
     conn: &mut PgConnection,
     id: Uuid,
     token: Uuid,
     interactive_jobs: u32,
-    free: u32,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let sql = transition_sql!(
         "status = 'queued', handed_back = handed_back + 1, lease_token = NULL,
          lease_until = NULL, sent_at = now() + make_interval(secs => $3),
          lane = job_resend_lane(batch_id, client_id, $4, lane)",
-        "id = $1 AND lease_token = $2 AND status = 'running' AND handed_back < $5"
+        "id = $1 AND lease_token = $2 AND status = 'running'"
     );
-    let free = i32::try_from(free).unwrap_or(i32::MAX);
-    requeue(
-        conn,
-        sql,
-        id,
-        token,
-        Duration::ZERO,
-        interactive_jobs,
-        |q| q.bind(free),
-    )
-    .await
+    requeue(conn, sql, id, token, Duration::ZERO, interactive_jobs).await
 }
 
 /// A running job held by `token` back to the queue by `sql` (`$1` its id, `$2` the token, `$3`
-/// the delay in seconds, `$4` the interactive jobs, then what `more` binds), with its event and
-/// a new job message.
+/// the delay in seconds, `$4` the interactive jobs), with its event and a new job message.
 async fn requeue(
     conn: &mut PgConnection,
     sql: &'static str,
@@ -349,14 +334,11 @@ async fn requeue(
     token: Uuid,
     delay: Duration,
     interactive_jobs: u32,
-    more: impl FnOnce(super::Query) -> super::Query,
 ) -> Result<Option<JobRow>, sqlx::Error> {
     let row = transition(conn, sql, id, |q| {
-        more(
-            q.bind(token)
-                .bind(delay.as_secs_f64())
-                .bind(i64::from(interactive_jobs)),
-        )
+        q.bind(token)
+            .bind(delay.as_secs_f64())
+            .bind(i64::from(interactive_jobs))
     })
     .await?;
     if let Some(row) = &row {

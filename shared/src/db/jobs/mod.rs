@@ -789,8 +789,7 @@ pub async fn sealed_password(
         .map(Option::flatten)
 }
 
-pub(super) type Query =
-    sqlx::query::QueryAs<'static, sqlx::Postgres, JobRow, sqlx::postgres::PgArguments>;
+type Query = sqlx::query::QueryAs<'static, sqlx::Postgres, JobRow, sqlx::postgres::PgArguments>;
 
 /// Runs a statement made by `transition_sql!` (`$1` is the id), then announces the new version.
 async fn transition(
