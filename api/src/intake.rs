@@ -20,7 +20,7 @@ use provisioner_shared::{
         batches::{BatchRow, CreateError, NewItem},
         idempotency::KeyHolder,
     },
-    domain::TemplateSource,
+    domain::{TemplateSource, TenantUrl},
     seal::Digester,
     trace::TraceContext,
 };
@@ -493,15 +493,15 @@ impl<'a> Intake<'a> {
                 })
                 .collect(),
         };
-        if let Ok(request) = &result {
-            let digest = Sha256::digest(request.tenant_url.as_str().as_bytes());
+        // Whatever else is wrong with the item: every problem is named at once.
+        if let Ok(tenant_url) = TenantUrl::parse(raw_url) {
+            let digest = Sha256::digest(tenant_url.as_str().as_bytes());
             let short = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
             if !self.urls.insert(short) {
                 errors.push(FieldError::new(
                     "tenantUrl",
                     format!(
-                        "{} is named by an earlier item; tenant URLs must be distinct",
-                        request.tenant_url
+                        "{tenant_url} is named by an earlier item; tenant URLs must be distinct"
                     ),
                 ));
             }

@@ -47,22 +47,26 @@ struct Prepared {
 
 /// One row's fields, filled from the options, as the line of NDJSON sent for it (and its tenant
 /// URL), or its problems.
+/// The item's tenant URL, lower-case, when that field is valid (whatever else is wrong with the
+/// item, so that a repeated URL is named with its other faults), and its line, when every
+/// field is.
 fn item_line(
     item: &mut Map<String, Value>,
     defaults: &Defaults,
-) -> std::result::Result<(String, Vec<u8>), Vec<Problem>> {
+) -> (Option<String>, std::result::Result<Vec<u8>, Vec<Problem>>) {
     defaults.fill(item);
     let problems = fields::check(item, true);
+    let url = problems
+        .iter()
+        .all(|p| p.field != "tenantUrl")
+        .then(|| item["tenantUrl"].as_str().map(str::to_ascii_lowercase))
+        .flatten();
     if !problems.is_empty() {
-        return Err(problems);
+        return (url, Err(problems));
     }
-    let url = item["tenantUrl"]
-        .as_str()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
     let mut line = serde_json::to_vec(item).expect("a JSON map serializes");
     line.push(b'\n');
-    Ok((url, line))
+    (url, Ok(line))
 }
 
 /// The fields `--set` names that are columns of the file too: an option fills only the rows
@@ -112,19 +116,20 @@ fn prepare(path: &Path, format: Format, defaults: &Defaults) -> Result<Prepared>
                 continue;
             }
         };
-        let problems = match item_line(&mut item, defaults) {
-            Ok((url, line)) => {
+        let (url, line) = item_line(&mut item, defaults);
+        let mut problems = match line {
+            Ok(line) => {
                 digest.update(&line);
-                match seen.insert(url_key(&url), row.line) {
-                    Some(first) => vec![Problem::new(
-                        "tenantUrl",
-                        format!("is the same as line {first}'s; tenant URLs must be distinct"),
-                    )],
-                    None => vec![],
-                }
+                vec![]
             }
             Err(problems) => problems,
         };
+        if let Some(first) = url.and_then(|url| seen.insert(url_key(&url), row.line)) {
+            problems.push(Problem::new(
+                "tenantUrl",
+                format!("is the same as line {first}'s; tenant URLs must be distinct"),
+            ));
+        }
         faults.read(row.line, &item, problems);
     }
     if lines.is_empty() {
@@ -174,7 +179,7 @@ fn produce(
         let mut chunk = Vec::with_capacity(CHUNK + 1024);
         while let Some(row) = rows.next_row().map_err(unreadable)? {
             let mut item = row.fields.map_err(|_| changed())?;
-            let (_, line) = item_line(&mut item, &defaults).map_err(|_| changed())?;
+            let line = item_line(&mut item, &defaults).1.map_err(|_| changed())?;
             digest.update(&line);
             chunk.extend_from_slice(&line);
             if chunk.len() >= CHUNK && tx.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
@@ -396,6 +401,24 @@ mod tests {
             "{shown:?}"
         );
         assert_eq!(shown[1], "line 3: email: must be a valid e-mail address");
+    }
+
+    #[test]
+    fn a_repeated_tenant_url_is_named_with_the_rows_other_faults() {
+        let text = csv(&[
+            "dup.example,T,Ada,Lovelace,admin,not an address",
+            "DUP.example,T,Ada,Lovelace,admin,nope",
+        ]);
+        let set = defaults(&[("password", "long enough")], true);
+        let (_, shown) = refused(&text, &set);
+        assert_eq!(
+            shown,
+            [
+                "line 2: email: must be a valid e-mail address",
+                "line 3: tenantUrl: is the same as line 2's; tenant URLs must be distinct",
+                "line 3: email: must be a valid e-mail address",
+            ]
+        );
     }
 
     #[test]

@@ -348,6 +348,33 @@ async fn tenant_urls_that_differ_only_in_case_are_one_url_within_a_batch() {
     );
     assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
 
+    // Named with the items' other faults, wherever they are: every problem at once.
+    let mut first = item(&url, &template);
+    first["email"] = json!("not an address");
+    let mut second = item(&upper, &template);
+    second.as_object_mut().unwrap().remove("tenantName");
+    let r = post(
+        &app,
+        &app.http,
+        "application/json",
+        json!({"items": [first, second]}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    let named: Vec<(i64, &str)> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["item"].as_i64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        named,
+        [(0, "email"), (1, "tenantName"), (1, "tenantUrl")],
+        "{problem}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+
     // Accepted alone, the item's URL is stored lower-case.
     let submitted = batches::submit(&app, &[item(&upper, &template)]).await;
     let results = batches::results(&app, &id(&submitted, "batchId"), "").await;
