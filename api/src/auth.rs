@@ -134,7 +134,13 @@ pub(crate) async fn verify_credentials(
         Ok(slot) => slot,
         Err(refusal) => return Credentials::Refused(refusal),
     };
-    let client = match db::clients::find_active(&state.pool, id).await {
+    // No client's id holds a NUL (PostgreSQL's text cannot): such an id is unknown, as any.
+    let found = if id.contains('\0') {
+        Ok(None)
+    } else {
+        db::clients::find_active(&state.pool, id).await
+    };
+    let client = match found {
         Ok(client) => client,
         Err(e) => return Credentials::Failed(e),
     };

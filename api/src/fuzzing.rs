@@ -125,7 +125,9 @@ pub fn request_headers_target(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    assert_eq!(decode_cursor(&encode_cursor(text)).as_deref(), Some(text));
+    // Every key without a NUL (which no issued key holds) reads back as it was made.
+    let issuable = (!text.contains('\0')).then_some(text);
+    assert_eq!(decode_cursor(&encode_cursor(text)).as_deref(), issuable);
     if let Some(key) = decode_cursor(text) {
         let _ = job_key(&key);
     }

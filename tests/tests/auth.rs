@@ -183,6 +183,14 @@ async fn the_token_endpoint_follows_rfc_6749() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let r = anon
+        .post(&url)
+        .basic_auth("\0", Some("x"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
     type Case<'a> = (Vec<(&'a str, &'a str)>, u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -214,6 +222,16 @@ async fn the_token_endpoint_follows_rfc_6749() {
         ),
         (
             vec![("grant_type", "client_credentials")],
+            401,
+            "invalid_client",
+        ),
+        // No client's id holds a NUL: unknown, as any other.
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("client_id", "a\0b"),
+                ("client_secret", "x"),
+            ],
             401,
             "invalid_client",
         ),

@@ -370,6 +370,13 @@ async fn jobs_list_newest_first_with_filters_and_a_cursor() {
     assert_eq!(status, 400);
     let (status, _) = app.get_json("/configapi/v2/jobs?cursor=garbage").await;
     assert_eq!(status, 400);
+    // A well-formed cursor holding a NUL (`1796689952844080|x|\0`), which no key does.
+    for list in ["jobs", "templates", "batches", "tenant", "accessnumbers"] {
+        let path = format!("/configapi/v2/{list}?cursor=MTc5NjY4OTk1Mjg0NDA4MHx4fAA");
+        let (status, problem) = app.get_json(&path).await;
+        assert_eq!(status, 400, "{list}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "cursor", "{list}: {problem}");
+    }
     app.stop().await;
 }
 

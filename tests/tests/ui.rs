@@ -156,6 +156,7 @@ async fn wrong_credentials_show_the_form_again_with_an_error_and_set_nothing() {
         (BOOTSTRAP_ID, "not-the-secret"),
         ("no-such-client", "whatever"),
         (BOOTSTRAP_ID, ""),
+        ("a\0b", "whatever"),
     ] {
         let r = post_login(&app, id, secret, &[]).await;
         assert_eq!(r.status(), StatusCode::OK, "{id}:{secret}");

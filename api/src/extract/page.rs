@@ -96,7 +96,10 @@ pub(crate) fn encode_cursor(key: &str) -> String {
 /// The sort key a cursor carries; `None` for text no cursor is.
 pub(crate) fn decode_cursor(cursor: &str) -> Option<String> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    String::from_utf8(bytes).ok()
+    // No key this API issues holds a NUL, which PostgreSQL's text refuses.
+    String::from_utf8(bytes)
+        .ok()
+        .filter(|text| !text.contains('\0'))
 }
 
 /// The job listing's sort key as text: creation time in microseconds and id.
@@ -190,6 +193,7 @@ mod tests {
             (1_700_000_000_123_456, Uuid::nil())
         );
         assert_eq!(decode_cursor("not base64!"), None);
+        assert_eq!(decode_cursor(&encode_cursor("1|x|\0")), None);
         assert_eq!(job_key("12|not-a-uuid"), None);
         let key = template_key_text(
             DateTime::from_timestamp_micros(7).unwrap(),
