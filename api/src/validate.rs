@@ -90,17 +90,10 @@ pub(crate) fn create_fields(
     let tenant_url = TenantUrl::parse(url.raw)
         .map_err(|m| check.errors.push(FieldError::new(url.field, m)))
         .ok();
-    check.unknown_fields(input, extra);
     let tenant_name = check.text("tenantName", 255);
     let admin = check.admin();
     let template = check.template(input);
     let password = check.password();
-    // `null` is no map, as for `lockTimeout`.
-    let number_map = body
-        .get("numberMap")
-        .filter(|v| !v.is_null())
-        .map(|v| number_map(v, &mut check.errors))
-        .unwrap_or_default();
     let lock_timeout = match body.get("lockTimeout") {
         None | Some(Value::Null) => DEFAULT_LOCK_TIMEOUT,
         Some(v) => lock_timeout_from(whole_number(v).and_then(|n| u64::try_from(n).ok()))
@@ -109,6 +102,15 @@ pub(crate) fn create_fields(
                 0
             }),
     };
+    // The faults a body may hold without bound come last, so that the answer's first ones
+    // (`MAX_REPORTED_ERRORS`) always name the fields above. `null` is no map, as for
+    // `lockTimeout`.
+    let number_map = body
+        .get("numberMap")
+        .filter(|v| !v.is_null())
+        .map(|v| number_map(v, &mut check.errors))
+        .unwrap_or_default();
+    check.unknown_fields(input, extra);
     match (tenant_url, tenant_name, admin, template, password) {
         (Some(tenant_url), Some(tenant_name), Some(admin), Some(template), Some(password))
             if check.errors.is_empty() =>
@@ -396,6 +398,33 @@ mod tests {
                 .any(|e| e.field == "numberMap" && e.message.contains("more than one key")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn the_named_fields_faults_come_before_those_without_bound() {
+        let mut fields = body(
+            json!({"email": "nope", "password": "short", "lockTimeout": -1,
+            "numberMap": {"x": "1"}}),
+        );
+        for i in 0..150 {
+            fields.insert(format!("zz{i}"), json!(1));
+        }
+        let errors = create_request("acme.example.com", &fields, TemplateInput::Json).unwrap_err();
+        let first: Vec<&str> = fields_of(&errors[..crate::intake::MAX_REPORTED_ERRORS]);
+        for f in [
+            "email",
+            "password",
+            "lockTimeout",
+            "numberMap",
+            "templateUrl",
+        ] {
+            assert!(first.contains(&f), "{f} not among the first: {first:?}");
+        }
+        let unknown = errors
+            .iter()
+            .filter(|e| e.message == "unknown field")
+            .count();
+        assert_eq!(unknown, 150);
     }
 
     fn fields_of(errors: &[FieldError]) -> Vec<&str> {
