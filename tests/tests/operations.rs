@@ -51,6 +51,71 @@ fn a_standard_openapi_validator_accepts_the_committed_document_and_refuses_repea
     assert!(!ok && out.contains("not unique"), "{out}");
 }
 
+/// Every `templateUrl` schema's pattern in `document`.
+fn template_url_patterns(document: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![document];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(p)) =
+                    map.get("templateUrl").and_then(|s| s.get("pattern"))
+                {
+                    found.push(p.clone());
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The document's pattern for `templateUrl` takes the URLs the server takes that users send
+/// (signed links with a query, an address and a port, percent-escapes), so that a client
+/// checking requests against the document sends them, and refuses what the server refuses.
+/// Read by Python's `re`, whose syntax is ECMA-262's for these patterns.
+#[test]
+fn the_documented_template_url_pattern_takes_signed_links_addresses_and_ports() {
+    let document: Value = serde_json::from_str(COMMITTED).unwrap();
+    let patterns = template_url_patterns(&document);
+    assert!(patterns.len() >= 4, "{patterns:?}");
+    let taken = [
+        "https://templates.example/support-v3.zip",
+        "https://store.example/t.zip?sig=a%2Bb&expires=1700000000",
+        "http://127.0.0.1:18091/small.zip",
+        "https://a.example/p%20q/(1).zip",
+        "HTTPS://A.EXAMPLE:65535",
+    ];
+    let refused = [
+        "ftp://a.example/t.zip",
+        "https://a.example:65536/t.zip",
+        "http://999.1.1.1/t.zip",
+        "https://user@a.example/t.zip",
+        "https://a.example/t zip",
+    ];
+    let script = "import json, re, sys\n\
+        patterns, taken, refused = json.load(sys.stdin)\n\
+        for p in patterns:\n\
+        \x20   for u in taken: assert re.fullmatch(p, u), ('refused', u)\n\
+        \x20   for u in refused: assert not re.fullmatch(p, u), ('taken', u)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let input = serde_json::json!([patterns, taken, refused]).to_string();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
 async fn every_documented_operation_is_routed_and_guarded_by_its_security() {
     let app = TestApp::without_workers().await;

@@ -24,7 +24,8 @@ pub(crate) use page::{
 pub(crate) use path::PathText;
 pub(crate) use provisioner_shared::domain::whole_number;
 pub(crate) use query::{
-    optional_param, query_param, refuse_undecodable_queries, status_param, wait_deadline,
+    EMPTY_IS_ABSENT, optional_param, query_param, refuse_undecodable_queries, status_param,
+    wait_deadline,
 };
 pub(crate) use tenant::TenantPath;
 pub(crate) use trace::{CallerTrace, RequestTrace, request_span, start as start_trace};

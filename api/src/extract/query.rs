@@ -10,11 +10,27 @@ pub(crate) fn query_param(uri: &Uri, name: &str) -> Option<String> {
     first_value(uri, name, |_| true)
 }
 
+/// The query parameters read with [`optional_param`]: the OpenAPI document says of each that an
+/// empty value is as if absent.
+pub(crate) const EMPTY_IS_ABSENT: [&str; 7] = [
+    "limit",
+    "cursor",
+    "status",
+    "wait",
+    "fields",
+    "tenantUrl",
+    "batchId",
+];
+
 /// Like [`query_param`], but an empty value (`?status=`, as a form or a URL template sends for
 /// "none") counts as absent and hides no value given after it (`?limit=&limit=x` is `x`). Only
 /// for filters, paging and waits, whose absence is harmless; a parameter that changes what a
 /// request does (`keepAccessNumbers`, a retry's `code`) keeps an empty value as a fault.
 pub(crate) fn optional_param(uri: &Uri, name: &str) -> Option<String> {
+    debug_assert!(
+        EMPTY_IS_ABSENT.contains(&name),
+        "{name} is not in EMPTY_IS_ABSENT"
+    );
     first_value(uri, name, |v| !v.is_empty())
 }
 

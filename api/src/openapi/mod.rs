@@ -9,9 +9,10 @@ use std::sync::OnceLock;
 use utoipa::{
     Modify, OpenApi,
     openapi::{
-        self, Content, RefOr,
-        path::Operation,
+        self, Content, ObjectBuilder, RefOr, Type,
+        path::{Operation, ParameterIn},
         response::ResponseBuilder,
+        schema::AnyOfBuilder,
         security::{
             ClientCredentials, Flow, HttpAuthScheme, HttpBuilder, OAuth2, Scopes,
             SecurityRequirement, SecurityScheme,
@@ -22,6 +23,7 @@ use utoipa::{
 use crate::{
     auth::Scope,
     error::{FieldError, PROBLEM_JSON, Problem},
+    extract::EMPTY_IS_ABSENT,
     routes,
 };
 
@@ -73,6 +75,7 @@ fn build() -> openapi::OpenApi {
                 secure(operation, scope);
             }
             problem_bodies(operation);
+            empty_is_absent(operation);
         }
         document.merge(paths);
     }
@@ -128,6 +131,24 @@ fn secure(operation: &mut Operation, scope: Scope) {
                     .build(),
             )
         });
+}
+
+/// A filter, paging or wait parameter may be sent empty (a form or a URL template sends
+/// `?status=` for "none"), which the server takes as absent (`extract::EMPTY_IS_ABSENT`): its
+/// schema says so.
+fn empty_is_absent(operation: &mut Operation) {
+    let parameters = operation.parameters.iter_mut().flatten();
+    for parameter in parameters.filter(|p| {
+        p.parameter_in == ParameterIn::Query && EMPTY_IS_ABSENT.contains(&p.name.as_str())
+    }) {
+        let Some(schema) = parameter.schema.take() else {
+            continue;
+        };
+        let empty = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(0));
+        parameter.schema = Some(AnyOfBuilder::new().item(schema).item(empty).into());
+    }
 }
 
 /// Every 4xx and 5xx answer without a documented body has the problem+json body.

@@ -165,13 +165,21 @@ pub(crate) fn email() -> RefOr<Schema> {
     self::pattern(pattern, 3, 254)
 }
 
-/// An absolute http or https URL without credentials. The document states a plain form (a host
-/// name whose labels start with a letter, an optional port and path); the server accepts every
-/// URL the WHATWG rules parse with such a scheme and a host.
+/// An absolute http or https URL without credentials. The document states the usual forms (a
+/// host name whose labels start with a letter, or an IPv4 address; a port; a path and a query of
+/// RFC 3986's characters and percent-escapes, as signed links carry), each of which the server
+/// accepts; the server accepts every URL the WHATWG rules parse with such a scheme and a host.
 pub(crate) fn template_url() -> RefOr<Schema> {
     let label = "[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    let octet = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    let port =
+        "(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
+    let escape = "%[0-9A-Fa-f]{2}";
+    let path = format!("(?:[A-Za-z0-9._~!$&'()*+,;=:@/-]|{escape})");
+    let query = format!("(?:[A-Za-z0-9._~!$&'()*+,;=:@/?-]|{escape})");
     let pattern = format!(
-        "^[Hh][Tt][Tt][Pp][Ss]?://{label}(?:\\.{label})*(?::[0-9]{{1,4}})?(?:/[A-Za-z0-9._~/-]*)?$"
+        "^[Hh][Tt][Tt][Pp][Ss]?://(?:{label}(?:\\.{label})*|(?:{octet}\\.){{3}}{octet})\
+         (?::{port})?(?:/{path}*)?(?:\\?{query}*)?$"
     );
     self::pattern(&pattern, 8, 2048)
 }
