@@ -375,15 +375,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Runs every check, then answers all their field errors at once, or all their values.
+/// Runs every check, then answers all their field errors at once (with `more`, the faults of
+/// what is checked elsewhere, such as an `Idempotency-Key`), or all their values.
 pub(crate) fn all_valid<A, B>(
     a: Result<A, FieldError>,
     b: Result<B, FieldError>,
+    more: Option<FieldError>,
 ) -> Result<(A, B), ApiError> {
-    match (a, b) {
-        (Ok(a), Ok(b)) => Ok((a, b)),
-        (a, b) => Err(ApiError::Validation(
-            a.err().into_iter().chain(b.err()).collect(),
+    match (a, b, more) {
+        (Ok(a), Ok(b), None) => Ok((a, b)),
+        (a, b, more) => Err(ApiError::Validation(
+            a.err().into_iter().chain(b.err()).chain(more).collect(),
         )),
     }
 }

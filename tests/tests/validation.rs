@@ -604,3 +604,42 @@ async fn a_query_parameter_given_two_different_values_is_refused() {
     }
     app.stop().await;
 }
+
+/// Routes whose parameters are read apart (the path, the query, an `Idempotency-Key`) still
+/// name every bad one at once.
+#[tokio::test]
+async fn the_stream_import_and_delete_routes_name_every_bad_parameter_at_once() {
+    let app = TestApp::without_workers().await;
+    let bad_key = "k".repeat(300);
+    let zip = fixtures::raw_zip(&[("manifest.json", b"{}")]);
+    let cases = [
+        (
+            app.http
+                .put(app.url("/configapi/v2/tenant/bad_host?lockTimeout=x"))
+                .header("idempotency-key", &bad_key),
+            vec!["tenant_url", "lockTimeout", "Idempotency-Key"],
+        ),
+        (
+            app.http
+                .post(app.url("/configapi/v2/tenant?lockTimeout=x"))
+                .header("idempotency-key", &bad_key),
+            vec!["lockTimeout", "Idempotency-Key"],
+        ),
+        (
+            app.http.delete(
+                app.url("/configapi/v2/tenant/a.example.com?keepAccessNumbers=maybe&lockTimeout=x"),
+            ),
+            vec!["lockTimeout", "keepAccessNumbers"],
+        ),
+    ];
+    for (request, named) in cases {
+        let request = request
+            .header("content-type", "application/zip")
+            .body(zip.clone());
+        let (status, p) = problem(request.send().await.unwrap()).await;
+        assert_eq!(status, 400, "{p}");
+        assert_eq!(fields(&p), named, "{p}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 0);
+    app.stop().await;
+}

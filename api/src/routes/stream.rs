@@ -65,7 +65,7 @@ pub(super) async fn create_from_stream(
 ) -> Result<Response, ApiError> {
     require_zip(request.headers())?;
     let url = TenantUrl::parse(&raw_url).map_err(|m| FieldError::new("tenant_url", m));
-    let (url, lock_timeout) = all_valid(url, lock_timeout)?;
+    let (url, lock_timeout) = all_valid(url, lock_timeout, answer.idempotency_key.fault())?;
     let lock_timeout = lock_timeout.0;
     // Refuse an existing tenant before reading a possibly large body, unless the request may be
     // the retry of one that made it (a replay answers the job, not 409). A body declared small
@@ -125,7 +125,8 @@ pub(super) async fn import_tenant(
     request: Request,
 ) -> Result<Response, ApiError> {
     require_zip(request.headers())?;
-    let lock_timeout = lock_timeout?.0;
+    let (lock_timeout, ()) = all_valid(lock_timeout, Ok(()), answer.idempotency_key.fault())?;
+    let lock_timeout = lock_timeout.0;
     let answer = Answer {
         prefer_wait: PreferWait(None),
         ..answer

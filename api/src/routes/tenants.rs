@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::{
     AppState,
     auth::Caller,
-    error::{ApiError, FieldError},
+    error::{ApiError, FieldError, all_valid},
     extract::{Page, PageQuery, RouteLockTimeout, TenantPath, not_a_cursor, query_param},
     openapi::shapes::{HostName, LockTimeoutSeconds, PageLimit},
     tenant_lock::{Waits, lock_tenant},
@@ -201,16 +201,18 @@ pub(super) async fn delete_tenant(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     TenantPath(url): TenantPath,
-    wait: RouteLockTimeout,
+    wait: Result<RouteLockTimeout, FieldError>,
     uri: Uri,
 ) -> Result<Json<TenantBody>, ApiError> {
     let numbers = match query_param(&uri, "keepAccessNumbers").as_deref() {
-        None | Some("false") => NumbersOnDelete::Delete,
-        Some("true") => NumbersOnDelete::KeepUnassigned,
-        Some(_) => {
-            return Err(FieldError::new("keepAccessNumbers", "must be true or false").into());
-        }
+        None | Some("false") => Ok(NumbersOnDelete::Delete),
+        Some("true") => Ok(NumbersOnDelete::KeepUnassigned),
+        Some(_) => Err(FieldError::new(
+            "keepAccessNumbers",
+            "must be true or false",
+        )),
     };
+    let (wait, numbers) = all_valid(wait, numbers, None)?;
     let mut tx = state.pool.begin().await?;
     let deleted = async {
         let tenant = lock_tenant(
