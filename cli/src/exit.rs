@@ -96,7 +96,9 @@ impl Failure {
         self
     }
 
-    /// Prints the failure on stderr: plain lines, or one JSON document with `--json`.
+    /// Prints the failure on stderr: plain lines, or one JSON document with `--json`, which
+    /// also goes to stdout when the command printed nothing there (`--json` makes every
+    /// command print one JSON document on stdout, its outcome, a failure included).
     pub fn report(&self, json: bool) {
         if json {
             let doc = serde_json::json!({
@@ -105,6 +107,10 @@ impl Failure {
                 "problems": self.problems,
             });
             eprintln!("{doc}");
+            if !crate::output::stdout_written() {
+                // Nothing more can be said of a stdout that cannot be written.
+                let _ = crate::output::print_line(&doc);
+            }
         } else {
             eprintln!("error: {}", printable(&self.message));
             for p in &self.problems {

@@ -17,9 +17,17 @@ use crate::{
 /// Set once stdout's reader has left (`provisioner batch list | head -1`).
 static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
 
+/// Set once anything was written on stdout.
+static STDOUT_WRITTEN: AtomicBool = AtomicBool::new(false);
+
 /// Whether stdout's reader has left: nothing more is worth writing there.
 pub fn stdout_closed() -> bool {
     STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Whether the command wrote anything on stdout (a document, a line, results).
+pub fn stdout_written() -> bool {
+    STDOUT_WRITTEN.load(Ordering::Relaxed)
 }
 
 /// Stdout, whose reader may leave early: from then on what is written is dropped without an
@@ -44,6 +52,9 @@ impl Stdout {
 
 impl Write for Stdout {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !buf.is_empty() {
+            STDOUT_WRITTEN.store(true, Ordering::Relaxed);
+        }
         Self::unless_closed(|| io::stdout().lock().write(buf), buf.len())
     }
 

@@ -429,6 +429,9 @@ async fn bad_rows_are_reported_by_file_line_and_nothing_is_submitted() {
         .expect(4);
     let report: Value = serde_json::from_str(out.stderr.trim()).unwrap();
     assert_eq!(report["exitCode"], 4);
+    // `--json` makes every command print its outcome on stdout, a failure included.
+    let printed: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(printed, report);
     let problems = report["problems"].as_array().unwrap();
     assert!(
         problems
