@@ -256,8 +256,28 @@ pub fn check_stored(phc: &str) -> Result<(), String> {
     if hash.version != Some(19) {
         return Err("is not Argon2 version 19".to_owned());
     }
-    if hash.salt.is_none() || hash.hash.is_none() {
+    let (Some(salt), Some(output)) = (hash.salt, &hash.hash) else {
         return Err("lacks a salt or an output".to_owned());
+    };
+    // As the Argon2 PHC format has them: `m`, `t`, `p`, then `keyid` and `data` if given, each
+    // once. A name given twice has no one meaning (parsers differ on which value holds: a
+    // checked `m=19456` beside an unchecked `m=4294967295`).
+    let names: Vec<&str> = hash.params.iter().map(|(name, _)| name.as_str()).collect();
+    let in_order = ["m", "t", "p", "keyid", "data"];
+    if names.len() < 3 || names[..3] != in_order[..3] || !is_in_order(&names[3..], &in_order[3..]) {
+        return Err(format!(
+            "has the parameters {}; an Argon2 PHC string has m, t and p in that order (then keyid and data, if any), each once",
+            names.join(",")
+        ));
+    }
+    // Salt and output lengths the Argon2 PHC format allows, in bytes (unpadded base64: four
+    // characters a three bytes).
+    let salt_bytes = salt.as_str().len() * 3 / 4;
+    if !(8..=48).contains(&salt_bytes) || !(12..=64).contains(&output.len()) {
+        return Err(format!(
+            "has a salt of {salt_bytes} bytes and an output of {}; the Argon2 PHC format takes 8-48 and 12-64",
+            output.len()
+        ));
     }
     let params = Params::try_from(&hash).map_err(|e| format!("has invalid parameters ({e})"))?;
     let (m, t, p) = (params.m_cost(), params.t_cost(), params.p_cost());
@@ -275,6 +295,12 @@ pub fn check_stored(phc: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `names` are some of `order`, in its order, each once.
+fn is_in_order(names: &[&str], order: &[&str]) -> bool {
+    let mut rest = order.iter();
+    names.iter().all(|name| rest.any(|o| o == name))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -282,7 +308,13 @@ mod tests {
         let salt_and_hash = "c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY";
         let with = |params: &str| format!("$argon2id$v=19${params}${salt_and_hash}");
         assert_eq!(super::check_stored(&super::hash(b"x")), Ok(()));
-        for ok in ["m=19456,t=2,p=1", "m=262144,t=16,p=8", "m=65536,t=3,p=4"] {
+        for ok in [
+            "m=19456,t=2,p=1",
+            "m=262144,t=16,p=8",
+            "m=65536,t=3,p=4",
+            "m=19456,t=2,p=1,keyid=YWJj",
+            "m=19456,t=2,p=1,keyid=YWJj,data=YWJj",
+        ] {
             assert_eq!(super::check_stored(&with(ok)), Ok(()), "{ok}");
         }
         for weak_or_huge in [
@@ -307,6 +339,16 @@ mod tests {
             format!("$argon2id$v=16$m=19456,t=2,p=1${salt_and_hash}"),
             "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0".to_owned(),
             format!("$argon2id$v=19$m=19456,t=2,p=1${}", "A".repeat(600)),
+            // A parameter twice, or out of order: whichever value a reader takes.
+            with("m=4294967295,m=19456,t=2,p=1"),
+            with("m=19456,t=1,t=2,p=1"),
+            with("m=19456,t=2,p=255,p=1"),
+            with("p=1,t=2,m=19456"),
+            with("m=19456,t=2,p=1,data=YWJj,keyid=YWJj"),
+            // A salt or an output shorter or longer than the format allows.
+            "$argon2id$v=19$m=19456,t=2,p=1$qfxiXg$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY"
+                .to_owned(),
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3".to_owned(),
         ] {
             assert!(super::check_stored(&bad).is_err(), "{bad} accepted");
         }

@@ -153,8 +153,8 @@ pub(super) fn read_manifest(
     limits: &Limits,
 ) -> Result<(Manifest, Entries), TemplateError> {
     let mut entries = read_entries(bytes, limits)?;
-    let manifest: Manifest =
-        parse(&mut entries, MANIFEST)?.ok_or(TemplateError::Missing(MANIFEST))?;
+    let manifest: Manifest = parse(&mut entries, &mut Exported::new(limits), MANIFEST)?
+        .ok_or(TemplateError::Missing(MANIFEST))?;
     if let Some(fault) = manifest.faults(None).into_iter().next() {
         return Err(fault);
     }
@@ -165,17 +165,19 @@ pub(super) fn read_manifest(
 pub(super) fn build(
     manifest: Manifest,
     mut entries: Entries,
+    limits: &Limits,
     contents: Contents,
 ) -> Result<Template, TemplateError> {
-    let tenant = parse(&mut entries, TENANT)?.ok_or(TemplateError::Missing(TENANT))?;
-    let users = parse_list(&mut entries, USERS)?.unwrap_or_default();
-    let objects = parse_list(&mut entries, OBJECTS)?.unwrap_or_default();
-    let access_numbers = parse_list(&mut entries, ACCESS_NUMBERS)?.unwrap_or_default();
+    let sizes = &mut Exported::new(limits);
+    let tenant = parse(&mut entries, sizes, TENANT)?.ok_or(TemplateError::Missing(TENANT))?;
+    let users = parse_list(&mut entries, sizes, USERS)?.unwrap_or_default();
+    let objects = parse_list(&mut entries, sizes, OBJECTS)?.unwrap_or_default();
+    let access_numbers = parse_list(&mut entries, sizes, ACCESS_NUMBERS)?.unwrap_or_default();
     let mut deferred = None;
     let (calling_lists, audit) = match contents {
         Contents::All => (
-            parse_list(&mut entries, CALLING_LISTS)?.unwrap_or_default(),
-            parse_list(&mut entries, AUDIT)?.unwrap_or_default(),
+            parse_list(&mut entries, sizes, CALLING_LISTS)?.unwrap_or_default(),
+            parse_list(&mut entries, sizes, AUDIT)?.unwrap_or_default(),
         ),
         Contents::ForCreate => {
             // Their shapes now, as every entry is parsed before any rule is checked; their
@@ -202,38 +204,77 @@ pub(super) fn build(
     deferred.map_or(Ok(template), Err)
 }
 
+/// The sizes of the entries a template's tenant exports: each entry's text, with what its
+/// numbers gain once the database writes them out (`json::take_growth`). An export is read
+/// back under the same limits as the template, so the template must fit them as exported.
+struct Exported {
+    limits: Limits,
+    total: u64,
+}
+
+impl Exported {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            limits: *limits,
+            total: 0,
+        }
+    }
+
+    /// Counts entry `name` of `text` bytes whose numbers gain `growth`.
+    fn count(&mut self, name: &str, text: usize, growth: u64) -> Result<(), TemplateError> {
+        let size = (text as u64).saturating_add(growth);
+        self.total = self.total.saturating_add(size);
+        if size > self.limits.max_entry_bytes {
+            return Err(TemplateError::EntryTooLargeExported(
+                name.to_owned(),
+                self.limits.max_entry_bytes,
+            ));
+        }
+        if self.total > self.limits.max_total_bytes {
+            return Err(TemplateError::TotalTooLargeExported(
+                self.limits.max_total_bytes,
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An entry that is one object.
 fn parse<T: DeserializeOwned>(
     entries: &mut Entries,
+    sizes: &mut Exported,
     name: &'static str,
 ) -> Result<Option<T>, TemplateError> {
-    read(entries, name, |de| json::object(de))
+    read(entries, sizes, name, |de| json::object(de))
 }
 
 /// An entry that is a list of objects.
 fn parse_list<T: DeserializeOwned>(
     entries: &mut Entries,
+    sizes: &mut Exported,
     name: &'static str,
 ) -> Result<Option<Vec<T>>, TemplateError> {
-    read(entries, name, |de| json::objects_of(de))
+    read(entries, sizes, name, |de| json::objects_of(de))
 }
 
 fn read<T>(
     entries: &mut Entries,
+    sizes: &mut Exported,
     name: &'static str,
     value: impl FnOnce(
         &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
     ) -> serde_json::Result<T>,
 ) -> Result<Option<T>, TemplateError> {
-    entries
-        .remove(name)
-        .map(|body| {
-            let mut de = serde_json::Deserializer::from_slice(&body);
-            value(&mut de)
-                .and_then(|v| de.end().map(|()| v))
-                .map_err(|e| TemplateError::InvalidEntry(name, e.to_string()))
-        })
-        .transpose()
+    let Some(body) = entries.remove(name) else {
+        return Ok(None);
+    };
+    json::take_growth();
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let parsed = value(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| TemplateError::InvalidEntry(name, e.to_string()))?;
+    sizes.count(name, body.len(), json::take_growth())?;
+    Ok(Some(parsed))
 }
 
 /// Checks a list the job does not import, one element built at a time: its shape (a fault is

@@ -744,3 +744,61 @@ fn a_nul_character_in_free_form_json_is_refused_wherever_it_is() {
         .is_ok()
     );
 }
+
+#[test]
+fn a_template_must_fit_the_limits_as_its_tenants_export_writes_it() {
+    // The database keeps `1e300` exactly and writes it out as 301 characters: 5,000 of them in
+    // 30 KB of settings export as 1.5 MB, which the export's reader refused (its settings over
+    // 1 MiB), so the tenant could not be imported again.
+    let numbers = |n: usize| format!("[{}]", ["1e300"; 1].repeat(n).join(","));
+    let settings = |n: usize| {
+        format!(
+            r#"{{"id":"{ID}","url":"a.example.com","name":"A","sipDomain":"a.example.com","settings":{{"a":{}}}}}"#,
+            numbers(n)
+        )
+    };
+    let read = |tenant: String, objects: Option<String>, limits: &Limits| {
+        let mut all = vec![
+            (MANIFEST, serde_json::to_vec(&manifest()).unwrap()),
+            (TENANT, tenant.into_bytes()),
+        ];
+        all.extend(objects.map(|o| (OBJECTS, o.into_bytes())));
+        Template::read_for_create(&zip_of(&all), limits, DB).map(drop)
+    };
+    let defaults = Limits::default();
+    // 3,000 export as 903 KB: taken; 5,000 as 1.5 MB: refused.
+    assert_eq!(read(settings(3_000), None, &defaults), Ok(()));
+    let err = read(settings(5_000), None, &defaults)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("once their numbers are written out in full"),
+        "{err}"
+    );
+
+    // An entry's size, and all entries', count what their numbers gain too.
+    let objects = |n: usize| {
+        format!(
+            r#"[{{"id":"{ID}","kind":"team","name":"t","data":{{"n":{}}}}}]"#,
+            numbers(n)
+        )
+    };
+    let small = Limits {
+        max_entry_bytes: 1 << 20,
+        max_total_bytes: 3 << 19,
+        ..Limits::default()
+    };
+    let tenant = serde_json::to_string(&tenant()).unwrap();
+    assert_eq!(read(tenant.clone(), Some(objects(3_000)), &small), Ok(()));
+    assert_eq!(
+        read(tenant.clone(), Some(objects(4_000)), &small),
+        Err(TemplateError::EntryTooLargeExported(
+            OBJECTS.to_owned(),
+            1 << 20
+        ))
+    );
+    assert_eq!(
+        read(settings(3_000), Some(objects(3_000)), &small),
+        Err(TemplateError::TotalTooLargeExported(3 << 19))
+    );
+}

@@ -3,7 +3,7 @@
 //! settings the request fields' string rules) but never built into a tree, so it costs what its
 //! text costs. Lists a job does not import are read one element at a time, nothing of them kept.
 
-use std::{fmt, marker::PhantomData};
+use std::{cell::Cell, fmt, marker::PhantomData};
 
 use serde::{
     Deserialize, Deserializer, Serialize, Serializer,
@@ -159,23 +159,45 @@ fn read<'de, D: Deserializer<'de>>(
         Rules::Objects => text.deserialize_seq(top),
     }
     .map_err(|e| de::Error::custom(placed(&e, document)))?;
-    if let Err(fault) = numbers_fit_numeric(raw.get()) {
-        return Err(de::Error::custom(format!("{fault} (in {document})")));
+    let growth = number_growth(raw.get())
+        .map_err(|fault| de::Error::custom(format!("{fault} (in {document})")))?;
+    if rules == Rules::Settings && raw.get().len() as u64 + growth > MAX_SETTINGS_BYTES as u64 {
+        return Err(de::Error::custom(format!(
+            "settings are larger than {MAX_SETTINGS_BYTES} bytes once their numbers are written \
+             out in full, as the database keeps and exports them (`1e300` takes 301 characters)"
+        )));
     }
+    GROWTH.with(|g| g.set(g.get().saturating_add(growth)));
     Ok(JsonDoc(raw))
 }
 
 /// Digits after the decimal point a number of `jsonb` may have (PostgreSQL's `numeric`).
 const MAX_NUMERIC_SCALE: i64 = 16_383;
 
-/// Whether every number of the JSON `text` fits PostgreSQL's `numeric`, which `jsonb` stores
-/// numbers as: at most `MAX_NUMERIC_SCALE` digits after the point, counting what a negative
-/// exponent adds (`1e-16384` has 16,384). Stored, such a number would fail every create that
-/// uses the template. (The reader already refuses a number beyond `f64`'s range, `1e400`, so
-/// the digits before the point are few.)
-fn numbers_fit_numeric(text: &str) -> Result<(), String> {
+thread_local! {
+    /// Bytes the numbers of the documents read on this thread gain once the database writes
+    /// them out (`number_growth`), since `take_growth` last asked.
+    static GROWTH: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The growth counted on this thread since the last call (see `GROWTH`), counted from zero
+/// again.
+pub(super) fn take_growth() -> u64 {
+    GROWTH.with(|g| g.replace(0))
+}
+
+/// How many bytes the numbers of the JSON `text` gain when the database writes them out:
+/// `jsonb` keeps a number as PostgreSQL's `numeric`, exactly, and prints it without an
+/// exponent (`1e300` as a 1 and 300 zeros, `1e-5` as `0.00001`). An export writes what the
+/// database prints, so a template's documents take this much more room in the export of a
+/// tenant made from it, and the export must still fit the limits it is read back under. A
+/// number the database cannot store (more than `MAX_NUMERIC_SCALE` digits after the point,
+/// counting what a negative exponent adds: `1e-16384` has 16,384) is a fault: stored, it would
+/// fail every create that uses the template. (The reader already refuses a number beyond
+/// `f64`'s range, `1e400`, so the digits before the point are few.)
+fn number_growth(text: &str) -> Result<u64, String> {
     let bytes = text.as_bytes();
-    let (mut i, mut in_string) = (0, false);
+    let (mut i, mut in_string, mut growth) = (0, false, 0u64);
     while i < bytes.len() {
         let b = bytes[i];
         if in_string {
@@ -197,40 +219,58 @@ fn numbers_fit_numeric(text: &str) -> Result<(), String> {
             continue;
         }
         // A number: [-] digits [. digits] [e|E [+|-] digits].
+        let start = i;
         let digits = |i: &mut usize| {
             let start = *i;
             while *i < bytes.len() && bytes[*i].is_ascii_digit() {
                 *i += 1;
             }
-            *i - start
+            &text[start..*i]
         };
-        i += usize::from(b == b'-');
-        digits(&mut i);
-        let mut scale: i64 = 0;
+        let negative = b == b'-';
+        i += usize::from(negative);
+        let whole = digits(&mut i);
+        let mut fraction = "";
         if bytes.get(i) == Some(&b'.') {
             i += 1;
-            scale = i64::try_from(digits(&mut i)).unwrap_or(i64::MAX);
+            fraction = digits(&mut i);
         }
+        let mut exponent: i64 = 0;
         if matches!(bytes.get(i), Some(b'e' | b'E')) {
             i += 1;
-            let negative = bytes.get(i) == Some(&b'-');
+            let minus = bytes.get(i) == Some(&b'-');
             i += usize::from(matches!(bytes.get(i), Some(b'+' | b'-')));
-            let start = i;
-            digits(&mut i);
-            let exponent: i64 = text[start..i].parse().unwrap_or(i64::MAX);
-            if negative {
-                scale = scale.saturating_add(exponent);
-            } else {
-                scale = scale.saturating_sub(exponent);
-            }
+            let magnitude: i64 = digits(&mut i).parse().unwrap_or(i64::MAX);
+            exponent = if minus { -magnitude } else { magnitude };
         }
+        let fraction_len = i64::try_from(fraction.len()).unwrap_or(i64::MAX);
+        let scale = fraction_len.saturating_sub(exponent).max(0);
         if scale > MAX_NUMERIC_SCALE {
             return Err(format!(
                 "a number has more than {MAX_NUMERIC_SCALE} digits after the decimal point, more than the database can store"
             ));
         }
+        // As `numeric_out` prints it: the sign of a value other than zero, the digits before
+        // the point (at least one), then the point and `scale` digits if any.
+        let leading_zeros = whole
+            .bytes()
+            .chain(fraction.bytes())
+            .take_while(|&d| d == b'0')
+            .count();
+        let significant = whole.len() + fraction.len() - leading_zeros;
+        let before_point = if significant == 0 {
+            1
+        } else {
+            let point = i64::try_from(whole.len()).unwrap_or(i64::MAX) - leading_zeros as i64;
+            point.saturating_add(exponent).max(1)
+        };
+        let printed = i64::from(negative && significant > 0)
+            + before_point
+            + if scale > 0 { 1 + scale } else { 0 };
+        let written = (i - start) as i64;
+        growth = growth.saturating_add(u64::try_from(printed - written).unwrap_or(0));
     }
-    Ok(())
+    Ok(growth)
 }
 
 /// A fault found inside a document, said where it is: its place counts from the document's own
@@ -494,4 +534,41 @@ pub(super) fn roles<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
         }
     }
     d.deserialize_seq(Roles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_grow_by_what_the_database_prints_of_them() {
+        // Each number beside the length PostgreSQL 15 prints it with (`('{"n": N}'::jsonb ->
+        // 'n')::text`), as measured.
+        for (number, printed) in [
+            ("1e300", 301),
+            ("1e-5", 7),
+            ("1.50", 4),
+            ("-0", 1),
+            ("-0.0", 3),
+            ("0.000", 5),
+            ("1.0e2", 3),
+            ("1.23e1", 4),
+            ("123.456e-2", 7),
+            ("-1.5e-7", 11),
+            ("0e10", 1),
+            ("100", 3),
+            ("1E+3", 4),
+            ("0.001e3", 1),
+            ("0.05", 4),
+            ("12345678901234567890.125", 24),
+            ("-2.5E+3", 5),
+            ("1e-16383", 16_385),
+        ] {
+            let text = format!(r#"{{"n":{number},"s":"1e300"}}"#);
+            let growth = (printed as usize).saturating_sub(number.len()) as u64;
+            assert_eq!(number_growth(&text), Ok(growth), "{number}");
+        }
+        let many = format!("[{}]", ["1e300"; 10].join(","));
+        assert_eq!(number_growth(&many), Ok(10 * 296));
+    }
 }

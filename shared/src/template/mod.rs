@@ -95,6 +95,14 @@ pub enum TemplateError {
     SharedData(String, String),
     #[error("entry `{0}` is larger than {1} bytes uncompressed")]
     EntryTooLarge(String, u64),
+    #[error(
+        "entry `{0}` would be larger than {1} bytes in an export: the database keeps its numbers exactly and writes them out in full (`1e300` takes 301 characters)"
+    )]
+    EntryTooLargeExported(String, u64),
+    #[error(
+        "the template's entries would be larger than {0} bytes in all in an export: the database keeps their numbers exactly and writes them out in full (`1e300` takes 301 characters)"
+    )]
+    TotalTooLargeExported(u64),
     #[error("entry `{0}` holds more or fewer bytes than its header says")]
     SizeLies(String),
     #[error("the template's entries are larger than {0} bytes uncompressed in all")]
@@ -181,7 +189,7 @@ impl Template {
         if let Some(fault) = manifest.faults(Some(db_version)).into_iter().next() {
             return Err(fault);
         }
-        archive::build(manifest, entries, contents)
+        archive::build(manifest, entries, limits, contents)
     }
 
     /// Reads everything of an archive for Import Tenant: an older database version is brought
@@ -196,7 +204,7 @@ impl Template {
             upgrade::upgrade(&mut entries, manifest.db_version, db_version)?;
             manifest.db_version = db_version;
         }
-        archive::build(manifest, entries, Contents::All)
+        archive::build(manifest, entries, limits, Contents::All)
     }
 
     /// Upper bounds of the memory reading `bytes` for `contents` may take, archive included, and
