@@ -686,3 +686,37 @@ async fn held_batch(app: &TestApp, items: i32, id: &str) -> uuid::Uuid {
     .unwrap();
     batch
 }
+
+/// A batch ends when its last item does, by the clock that item ended by: its `finishedAt`
+/// was the start of the last item's transaction, which a lock wait puts well before the
+/// item's own `finishedAt` (a `lockTimeout` of an hour could make it an hour early).
+#[tokio::test]
+async fn a_batch_ends_no_earlier_than_its_last_item() {
+    let app = TestApp::with(Options {
+        workers: 1,
+        vars: vec![],
+    })
+    .await;
+    let template = app.serve_sample_template("t.zip").await;
+    let url = fixtures::tenant_url();
+    let lock = app.hold_lock(&format!("provisioner:tenant:{url}")).await;
+    let submitted = batches::submit(&app, &[item(&url, &template)]).await;
+    let batch_id = id(&submitted, "batchId");
+    // The item's transaction waits for the lock; then it is let go.
+    eventually(WITHIN, || async {
+        (app.advisory_locks().await.1 == 1).then_some(())
+    })
+    .await;
+    lock.rollback().await.unwrap();
+    let done = batches::wait(&app, &batch_id, WITHIN).await;
+    assert_eq!(done["counts"]["succeeded"], 1, "{done}");
+    let results = batches::results(&app, &batch_id, "").await;
+    let (_, job) = app
+        .get_json(&format!("/configapi/v2/jobs/{}", id(&results[0], "jobId")))
+        .await;
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v["finishedAt"].as_str().unwrap()).unwrap()
+    };
+    assert!(at(&done) >= at(&job), "batch {done}, its last item {job}");
+    app.stop().await;
+}

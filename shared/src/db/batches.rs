@@ -315,16 +315,24 @@ pub async fn list(
 /// `cancelled` when a cancel was asked for while it ran; its event goes to the outbox and its
 /// waiters are woken. `None` when it still runs (or had stopped already). Called in the
 /// transaction of every change that may end a batch's last item, after the change: the counts
-/// it reads include it, and of two last items ending at once, the second sees the first.
-pub async fn settle(conn: &mut PgConnection, id: Uuid) -> Result<Option<BatchRow>, sqlx::Error> {
+/// it reads include it, and of two last items ending at once, the second sees the first. The
+/// batch ends now, by the database's clock (not at its transaction's start, which may precede
+/// a long lock wait), and never before `ended_at`, the ending item's `finishedAt` (a worker's
+/// clock).
+pub async fn settle(
+    conn: &mut PgConnection,
+    id: Uuid,
+    ended_at: Option<DateTime<Utc>>,
+) -> Result<Option<BatchRow>, sqlx::Error> {
     let row: Option<BatchRow> = sqlx::query_as(&format!(
         "UPDATE batches SET
              status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
-             finished_at = now(), version = version + 1
+             finished_at = greatest(clock_timestamp(), $2::timestamptz), version = version + 1
          WHERE id = $1 AND status = 'running' AND queued = 0 AND running = 0
          RETURNING {COLUMNS}"
     ))
     .bind(id)
+    .bind(ended_at)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(batch) = &row {
@@ -449,7 +457,7 @@ pub async fn cancel(
     outbox::insert_many(conn, &events).await?;
     let ids: Vec<Uuid> = cancelled.iter().map(|row| row.id).collect();
     notify(conn, &ids).await?;
-    settle(conn, id).await?;
+    settle(conn, id, None).await?;
     Ok(find(&mut *conn, id, None)
         .await?
         .map(|batch| Cancelled { batch, more, last }))

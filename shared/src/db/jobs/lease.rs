@@ -278,10 +278,11 @@ async fn settled(
     finished: Option<JobRow>,
     open_before: Option<i64>,
 ) -> Result<Option<JobRow>, sqlx::Error> {
-    if let Some(batch) = finished.as_ref().and_then(|f| f.batch_id)
+    if let Some(f) = finished.as_ref()
+        && let Some(batch) = f.batch_id
         && open_before.is_none_or(|open| open < 2)
     {
-        crate::db::batches::settle(conn, batch).await?;
+        crate::db::batches::settle(conn, batch, f.finished_at).await?;
     }
     Ok(finished)
 }

@@ -541,7 +541,7 @@ async fn announce_with(
     let msgs: Vec<outbox::OutboxMessage> = message.into_iter().chain([event]).collect();
     outbox::insert_notifying(conn, &msgs, &[(NOTIFY_CHANNEL, &id)]).await?;
     if let Some(batch) = row.batch_id.filter(|_| row.status.is_terminal()) {
-        db::batches::settle(conn, batch).await?;
+        db::batches::settle(conn, batch, row.finished_at).await?;
     }
     Ok(())
 }
