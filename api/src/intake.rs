@@ -498,12 +498,17 @@ impl<'a> Intake<'a> {
             let digest = Sha256::digest(tenant_url.as_str().as_bytes());
             let short = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
             if !self.urls.insert(short) {
-                errors.push(FieldError::new(
-                    "tenantUrl",
-                    format!(
-                        "{tenant_url} is named by an earlier item; tenant URLs must be distinct"
+                // First: the faults after it may be many (unknown fields, `numberMap` keys), and
+                // an item's faults are cut at the answer's room.
+                errors.insert(
+                    0,
+                    FieldError::new(
+                        "tenantUrl",
+                        format!(
+                            "{tenant_url} is named by an earlier item; tenant URLs must be distinct"
+                        ),
                     ),
-                ));
+                );
             }
         }
         match result {

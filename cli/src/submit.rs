@@ -45,11 +45,9 @@ struct Prepared {
     body_sha256: [u8; 32],
 }
 
-/// One row's fields, filled from the options, as the line of NDJSON sent for it (and its tenant
-/// URL), or its problems.
-/// The item's tenant URL, lower-case, when that field is valid (whatever else is wrong with the
-/// item, so that a repeated URL is named with its other faults), and its line, when every
-/// field is.
+/// One row's fields, filled from the options: its tenant URL, lower-case, when that field is
+/// valid (whatever else is wrong with the row, so that a repeated URL is named with its other
+/// faults), and the line of NDJSON sent for it, or its problems.
 fn item_line(
     item: &mut Map<String, Value>,
     defaults: &Defaults,

@@ -270,9 +270,12 @@ pub fn check_stored(phc: &str) -> Result<(), String> {
             names.join(",")
         ));
     }
-    // Salt and output lengths the Argon2 PHC format allows, in bytes (unpadded base64: four
-    // characters a three bytes).
-    let salt_bytes = salt.as_str().len() * 3 / 4;
+    // Salt and output lengths the Argon2 PHC format allows, in bytes; a salt that does not
+    // decode (a character outside base64's, a length of 1 modulo 4) could never be verified.
+    let mut buffer = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut buffer).map(<[u8]>::len) else {
+        return Err("has a salt that is not base64".to_owned());
+    };
     if !(8..=48).contains(&salt_bytes) || !(12..=64).contains(&output.len()) {
         return Err(format!(
             "has a salt of {salt_bytes} bytes and an output of {}; the Argon2 PHC format takes 8-48 and 12-64",
@@ -345,7 +348,9 @@ mod tests {
             with("m=19456,t=2,p=255,p=1"),
             with("p=1,t=2,m=19456"),
             with("m=19456,t=2,p=1,data=YWJj,keyid=YWJj"),
-            // A salt or an output shorter or longer than the format allows.
+            // A salt that does not decode; a salt or an output shorter or longer than the
+            // format allows.
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0.$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY".to_owned(),
             "$argon2id$v=19$m=19456,t=2,p=1$qfxiXg$3q2+7w0Wm4m6b3Hn2c7l1o8d5bY2xgq4p0aXc1kz9QY"
                 .to_owned(),
             "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$3q2+7w0Wm4m6b3".to_owned(),

@@ -94,6 +94,7 @@ fn the_documented_template_url_pattern_takes_signed_links_addresses_and_ports() 
         "http://999.1.1.1/t.zip",
         "https://user@a.example/t.zip",
         "https://a.example/t zip",
+        "https://xn--0.example/t.zip",
     ];
     let script = "import json, re, sys\n\
         patterns, taken, refused = json.load(sys.stdin)\n\

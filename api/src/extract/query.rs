@@ -59,26 +59,15 @@ pub(crate) fn undecodable_param(query: &str) -> Option<String> {
     })
 }
 
-/// The parameters read with [`optional_param`], for which an empty value counts as absent.
-const OPTIONAL: [&str; 7] = [
-    "status",
-    "tenantUrl",
-    "batchId",
-    "limit",
-    "cursor",
-    "wait",
-    "fields",
-];
-
 /// The name of the first query parameter given two different values, if any: which of the two
 /// the client meant is not for the server to guess (as with a JSON member named twice). The
 /// same value twice says one thing, and so does an empty value beside another for the
-/// parameters whose empty value counts as absent (`OPTIONAL`: `?limit=&limit=5` is 5); for any
+/// parameters whose empty value counts as absent (`EMPTY_IS_ABSENT`: `?limit=&limit=5` is 5); for any
 /// other, an empty value is a value (`?keepAccessNumbers=&keepAccessNumbers=true` is refused).
 pub(crate) fn ambiguous_param(query: &str) -> Option<String> {
     let mut seen: std::collections::HashMap<_, _> = std::collections::HashMap::new();
     url::form_urlencoded::parse(query.as_bytes())
-        .filter(|(name, value)| !(value.is_empty() && OPTIONAL.contains(&name.as_ref())))
+        .filter(|(name, value)| !(value.is_empty() && EMPTY_IS_ABSENT.contains(&name.as_ref())))
         .find_map(|(name, value)| match seen.entry(name) {
             std::collections::hash_map::Entry::Occupied(first) => {
                 (*first.get() != value).then(|| first.key().clone().into_owned())

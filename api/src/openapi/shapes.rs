@@ -170,7 +170,9 @@ pub(crate) fn email() -> RefOr<Schema> {
 /// RFC 3986's characters and percent-escapes, as signed links carry), each of which the server
 /// accepts; the server accepts every URL the WHATWG rules parse with such a scheme and a host.
 pub(crate) fn template_url() -> RefOr<Schema> {
-    let label = "[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+    // Letters, digits and single inner hyphens, at most 63: no `--`, so no `xn--` label,
+    // which the server decodes as punycode and may refuse.
+    let label = "[A-Za-z](?:-?[A-Za-z0-9]){0,31}";
     let octet = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
     let port =
         "(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";

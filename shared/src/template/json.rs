@@ -159,9 +159,11 @@ fn read<'de, D: Deserializer<'de>>(
         Rules::Objects => text.deserialize_seq(top),
     }
     .map_err(|e| de::Error::custom(placed(&e, document)))?;
-    let growth = number_growth(raw.get())
+    let Growth { growth, spaces } = number_growth(raw.get())
         .map_err(|fault| de::Error::custom(format!("{fault} (in {document})")))?;
-    if rules == Rules::Settings && raw.get().len() as u64 + growth > MAX_SETTINGS_BYTES as u64 {
+    // As the export writes them: without the whitespace, with the numbers written out.
+    let exported = (raw.get().len() as u64 - spaces).saturating_add(growth);
+    if rules == Rules::Settings && exported > MAX_SETTINGS_BYTES as u64 {
         return Err(de::Error::custom(format!(
             "settings are larger than {MAX_SETTINGS_BYTES} bytes once their numbers are written \
              out in full, as the database keeps and exports them (`1e300` takes 301 characters)"
@@ -173,6 +175,8 @@ fn read<'de, D: Deserializer<'de>>(
 
 /// Digits after the decimal point a number of `jsonb` may have (PostgreSQL's `numeric`).
 const MAX_NUMERIC_SCALE: i64 = 16_383;
+/// The exponent from which `numeric` refuses a number, whatever its digits (`INT_MAX / 2`).
+const MAX_NUMERIC_EXPONENT: i64 = 1_073_741_823;
 
 thread_local! {
     /// Bytes the numbers of the documents read on this thread gain once the database writes
@@ -195,9 +199,9 @@ pub(super) fn take_growth() -> u64 {
 /// counting what a negative exponent adds: `1e-16384` has 16,384) is a fault: stored, it would
 /// fail every create that uses the template. (The reader already refuses a number beyond
 /// `f64`'s range, `1e400`, so the digits before the point are few.)
-fn number_growth(text: &str) -> Result<u64, String> {
+fn number_growth(text: &str) -> Result<Growth, String> {
     let bytes = text.as_bytes();
-    let (mut i, mut in_string, mut growth) = (0, false, 0u64);
+    let (mut i, mut in_string, mut growth, mut spaces) = (0, false, 0u64, 0u64);
     while i < bytes.len() {
         let b = bytes[i];
         if in_string {
@@ -215,6 +219,8 @@ fn number_growth(text: &str) -> Result<u64, String> {
             continue;
         }
         if !(b == b'-' || b.is_ascii_digit()) {
+            // Whitespace between tokens, which the database does not keep.
+            spaces += u64::from(b.is_ascii_whitespace());
             i += 1;
             continue;
         }
@@ -241,6 +247,13 @@ fn number_growth(text: &str) -> Result<u64, String> {
             let minus = bytes.get(i) == Some(&b'-');
             i += usize::from(matches!(bytes.get(i), Some(b'+' | b'-')));
             let magnitude: i64 = digits(&mut i).parse().unwrap_or(i64::MAX);
+            // `numeric` refuses such an exponent whatever the digits (`0e2000000000` too,
+            // which the reader takes as 0).
+            if magnitude >= MAX_NUMERIC_EXPONENT {
+                return Err(format!(
+                    "a number has an exponent of {MAX_NUMERIC_EXPONENT} or more, more than the database can store"
+                ));
+            }
             exponent = if minus { -magnitude } else { magnitude };
         }
         let fraction_len = i64::try_from(fraction.len()).unwrap_or(i64::MAX);
@@ -270,7 +283,16 @@ fn number_growth(text: &str) -> Result<u64, String> {
         let written = (i - start) as i64;
         growth = growth.saturating_add(u64::try_from(printed - written).unwrap_or(0));
     }
-    Ok(growth)
+    Ok(Growth { growth, spaces })
+}
+
+/// What `number_growth` found in a document.
+#[derive(Debug, PartialEq, Eq)]
+struct Growth {
+    /// Bytes its numbers gain once written out in full.
+    growth: u64,
+    /// Bytes of whitespace between its tokens, which the database drops.
+    spaces: u64,
 }
 
 /// A fault found inside a document, said where it is: its place counts from the document's own
@@ -566,9 +588,30 @@ mod tests {
         ] {
             let text = format!(r#"{{"n":{number},"s":"1e300"}}"#);
             let growth = (printed as usize).saturating_sub(number.len()) as u64;
-            assert_eq!(number_growth(&text), Ok(growth), "{number}");
+            assert_eq!(
+                number_growth(&text).map(|g| g.growth),
+                Ok(growth),
+                "{number}"
+            );
         }
-        let many = format!("[{}]", ["1e300"; 10].join(","));
-        assert_eq!(number_growth(&many), Ok(10 * 296));
+        let many = format!("[ {} ]", ["1e300"; 10].join(",\n"));
+        assert_eq!(
+            number_growth(&many),
+            Ok(Growth {
+                growth: 10 * 296,
+                spaces: 11
+            })
+        );
+        // An exponent `numeric` refuses, whatever the digits; the reader takes `0e2000000000`.
+        for number in [
+            "0e2000000000",
+            "-0e99999999999999999999",
+            "1e1073741823",
+            "0E-1073741823",
+        ] {
+            let err = number_growth(&format!("[{number}]")).unwrap_err();
+            assert!(err.contains("exponent"), "{number}: {err}");
+        }
+        assert!(number_growth("[0e1073741822]").is_ok());
     }
 }
